@@ -1,0 +1,25 @@
+/**
+ * Limits and defaults shared by client and server. docs/limits.md lists these; keep the two in step.
+ */
+export const PROTOCOL_VERSION = 1;
+
+/** Bytes in one segment page. Objects are page aligned so page rights can guard them. */
+export const PAGE_BYTES = 4096;
+/** Default size of the segment's address space (sparse: only used pages cost memory or disk). */
+export const DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024 * 1024;
+/** Largest segment a server accepts (2^46 bytes, 64 TiB: addresses stay exact in a double). */
+export const MAX_SEGMENT_BYTES = 2 ** 46;
+/** Largest single object. A grant carries a whole object in one frame, so this stays below the frame limit. */
+export const MAX_OBJECT_BYTES = 32 * 1024 * 1024;
+/** Largest frame either side accepts; checked from the length prefix, before any buffering. */
+export const MAX_FRAME_BYTES = 64 * 1024 * 1024;
+/** Names are UTF-8 strings of 1..255 bytes without NUL. */
+export const MAX_NAME_BYTES = 255;
+/** Nesting depth limit for msgpack headers. */
+export const MAX_HEADER_DEPTH = 8;
+
+export const DEFAULT_SESSION_TIMEOUT_MS = 10_000;
+export const MIN_SESSION_TIMEOUT_MS = 200;
+export const MAX_SESSION_TIMEOUT_MS = 600_000;
+/** Requests a client keeps in flight on one connection before callers wait (back-pressure). */
+export const MAX_INFLIGHT_REQUESTS = 4096;
