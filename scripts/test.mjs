@@ -3,9 +3,11 @@
 // "N passed, N failed". ava's own summary ("N tests passed") is not parsed by CI.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 
+// ava's package exports do not expose its CLI file; find it next to the resolved main entry.
 const require = createRequire(import.meta.url);
-const avaCli = require.resolve('ava/entrypoints/cli.mjs');
+const avaCli = join(dirname(require.resolve('ava')), 'cli.mjs');
 const child = spawn(process.execPath, [avaCli, '--tap', ...process.argv.slice(2)], {
   stdio: ['ignore', 'pipe', 'inherit'],
 });

@@ -1,1 +1,163 @@
-export const placeholder = 1;
+/**
+ * @segmem/client: persistent, replicated, shared memory for Node.js.
+ *
+ * `connect({ servers })` opens a session with a segmem server; `openEmbedded({ dir })` runs the store
+ * inside this process. Both return a {@link Segment}.
+ */
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import {
+  DEFAULT_SESSION_TIMEOUT_MS,
+  decodeInvalidationDatagram,
+  MAX_SESSION_TIMEOUT_MS,
+  MIN_SESSION_TIMEOUT_MS,
+  SegmemError,
+} from '@segmem/protocol';
+import { connectLocal, type FsyncPolicy, SegmemNode } from '@segmem/server';
+import { openMappedSegment } from './mapped-segment.js';
+import { type Segment, SegmentImpl } from './segment.js';
+import { type Dial, Session, tcpDial, type Transport } from './session.js';
+
+export { type ErrorCode, SegmemError } from '@segmem/protocol';
+export type { AcquireOptions, Handle, ObjectInfo, Segment, SharedLog } from './segment.js';
+
+export interface ConnectOptions {
+  /** Server addresses, host:port. Any reachable one will do. */
+  servers: string[];
+  /** Locks are released this long after the client stops heart-beating. Default 10000. */
+  sessionTimeoutMs?: number;
+  /** Directory for the local mapped segment file (sparse; unlinked at once). Default: the OS temp dir. */
+  cacheDir?: string;
+  /** Credential the server expects, if it has one. */
+  token?: string;
+  /** Also receive invalidations as UDP datagrams (best effort, beside the TCP pushes). Default false. */
+  udpHints?: boolean;
+}
+
+export interface EmbeddedOptions {
+  /** Data directory of the store; created if missing. One process at a time may open it. */
+  dir: string;
+  sessionTimeoutMs?: number;
+  /** WAL durability policy. Default "batch". */
+  fsync?: FsyncPolicy;
+  /** Size of the segment's address space, for a fresh directory. Default 4 GiB (sparse). */
+  segmentBytes?: number;
+  cacheDir?: string;
+}
+
+function sessionTimeout(value: number | undefined): number {
+  const ms = value ?? DEFAULT_SESSION_TIMEOUT_MS;
+  if (!Number.isInteger(ms) || ms < MIN_SESSION_TIMEOUT_MS || ms > MAX_SESSION_TIMEOUT_MS) {
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `sessionTimeoutMs must be an integer ${MIN_SESSION_TIMEOUT_MS}..${MAX_SESSION_TIMEOUT_MS}; got ${String(value)}`,
+    );
+  }
+  return ms;
+}
+
+async function openSegment(
+  dial: Dial,
+  opts: { sessionTimeoutMs: number; token?: string; cacheDir?: string; reconnect: boolean; udp?: UdpSocket },
+  onClose: () => Promise<void>,
+): Promise<SegmentImpl> {
+  let segment: SegmentImpl | undefined;
+  const session = await Session.open({
+    dial,
+    sessionTimeoutMs: opts.sessionTimeoutMs,
+    ...(opts.token !== undefined ? { token: opts.token } : {}),
+    ...(opts.udp ? { udpPort: opts.udp.address().port } : {}),
+    reconnect: opts.reconnect,
+    onInvalidate: (msg) => segment?.onInvalidate(msg),
+    onSessionLost: () => segment?.sessionLost(),
+    onResumed: () => segment?.revalidate(),
+  });
+  const mapped = openMappedSegment({
+    segmentBytes: session.hello.segmentBytes,
+    pageBytes: session.hello.pageBytes,
+    ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
+  });
+  segment = new SegmentImpl(session, mapped, session.hello.pageBytes, onClose);
+  const udp = opts.udp;
+  if (udp) {
+    udp.on('message', (buf) => {
+      try {
+        const d = decodeInvalidationDatagram(buf);
+        if (d.sessionId === session.sessionId) segment?.onHint(d.objects);
+      } catch {
+        // not ours, or damaged: hints are best effort
+      }
+    });
+  }
+  return segment;
+}
+
+/** Opens a session with a segmem cluster. */
+export async function connect(opts: ConnectOptions): Promise<Segment> {
+  if (!opts || !Array.isArray(opts.servers) || opts.servers.length === 0 || !opts.servers.every((s) => typeof s === 'string')) {
+    throw new SegmemError('INVALID_ARGUMENT', 'connect needs servers: a non-empty array of "host:port" strings');
+  }
+  const sessionTimeoutMs = sessionTimeout(opts.sessionTimeoutMs);
+  let udp: UdpSocket | undefined;
+  if (opts.udpHints) {
+    udp = createSocket('udp4');
+    await new Promise<void>((resolve, reject) => {
+      udp!.once('error', reject);
+      udp!.bind(0, () => resolve());
+    });
+    udp.unref();
+  }
+  try {
+    return await openSegment(
+      tcpDial(opts.servers),
+      {
+        sessionTimeoutMs,
+        reconnect: true,
+        ...(opts.token !== undefined ? { token: opts.token } : {}),
+        ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
+        ...(udp ? { udp } : {}),
+      },
+      async () => {
+        udp?.close();
+      },
+    );
+  } catch (err) {
+    udp?.close();
+    throw err;
+  }
+}
+
+/** Runs the store inside this process, durable in `dir`. */
+export async function openEmbedded(opts: EmbeddedOptions): Promise<Segment> {
+  if (!opts || typeof opts.dir !== 'string' || opts.dir.length === 0) {
+    throw new SegmemError('INVALID_ARGUMENT', 'openEmbedded needs dir: the path of the data directory');
+  }
+  const sessionTimeoutMs = sessionTimeout(opts.sessionTimeoutMs);
+  const node = await SegmemNode.open({
+    id: 'embedded',
+    dataDir: opts.dir,
+    fsync: opts.fsync ?? 'batch',
+    ...(opts.segmentBytes !== undefined ? { segmentBytes: opts.segmentBytes } : {}),
+  });
+  const dial: Dial = async () => {
+    const end = connectLocal(node);
+    const transport: Transport = {
+      write: (parts) => end.write(parts),
+      close: () => end.close(),
+      onData: () => {},
+      onClose: () => {},
+    };
+    end.onData = (chunk) => transport.onData(chunk);
+    end.onClose = () => transport.onClose();
+    return transport;
+  };
+  try {
+    return await openSegment(
+      dial,
+      { sessionTimeoutMs, reconnect: false, ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}) },
+      () => node.close(),
+    );
+  } catch (err) {
+    await node.close();
+    throw err;
+  }
+}

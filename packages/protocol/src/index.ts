@@ -1,1 +1,7 @@
-export const placeholder = 1;
+export * from './datagram.js';
+export * from './errors.js';
+export * from './frame.js';
+export * from './limits.js';
+export * from './messages.js';
+export * from './msgpack.js';
+export * from './validate.js';

@@ -23,3 +23,12 @@ export const MIN_SESSION_TIMEOUT_MS = 200;
 export const MAX_SESSION_TIMEOUT_MS = 600_000;
 /** Requests a client keeps in flight on one connection before callers wait (back-pressure). */
 export const MAX_INFLIGHT_REQUESTS = 4096;
+
+/** Longest credential a HELLO may carry, in UTF-8 bytes. */
+export const MAX_TOKEN_BYTES = 4096;
+/** Longest `timeoutMs` a request may carry: the largest delay a Node timer supports (about 24.8 days). */
+export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+/** Largest UDP invalidation hint, chosen to fit one unfragmented datagram on common paths (IPv6 minimum MTU 1280). */
+export const MAX_DATAGRAM_BYTES = 1200;
+/** Longest error message an ERROR frame carries; longer messages are cut when encoded. */
+export const MAX_ERROR_MESSAGE_CHARS = 4096;

@@ -1,1 +1,85 @@
-export const placeholder = 1;
+/**
+ * @segmem/server: the segmem server and its building blocks.
+ */
+import { SegmemError } from '@segmem/protocol';
+import { DEFAULT_CONFIG, loadConfigFile, parseFsync, parseSegmentBytes } from './config.js';
+import { SegmemNode } from './node.js';
+import type { FsyncPolicy } from './storage/wal.js';
+import { listen } from './shell/tcp.js';
+
+export { SegmemError } from '@segmem/protocol';
+export { DEFAULT_CONFIG, loadConfigFile, parsePeers, type ServerConfig } from './config.js';
+export { SegmemNode, type NodeOptions } from './node.js';
+export { connectLocal, type LocalEnd } from './shell/local.js';
+export type { FsyncPolicy } from './storage/wal.js';
+
+export interface StartServerOptions {
+  id: string;
+  /** host:port to listen on (TCP, and UDP for invalidation hints). Port 0 picks a free port. */
+  listen: string;
+  /** All members of the group, id -> host:port, this server included. */
+  peers?: Record<string, string>;
+  dataDir: string;
+  /** Path of a JSON config file (see docs/operations.md). */
+  config?: string;
+  /** Overrides the config file's fsync policy. Default "batch". */
+  fsync?: FsyncPolicy;
+  /** Overrides the config file's segment size. */
+  segmentBytes?: number;
+  /** Truncate the WAL at a corrupt record instead of refusing to start. */
+  repair?: boolean;
+  /** Receives recovery reports and warnings, one line each. */
+  log?: (line: string) => void;
+}
+
+export interface RunningServer {
+  /** The address the server listens on, host:port. */
+  address: string;
+  close(): Promise<void>;
+}
+
+export async function startServer(opts: StartServerOptions): Promise<RunningServer> {
+  if (typeof opts.id !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(opts.id)) {
+    throw new SegmemError('INVALID_ARGUMENT', `server id must be 1..64 characters of [A-Za-z0-9._-]; got ${JSON.stringify(opts.id)}`);
+  }
+  if (typeof opts.dataDir !== 'string' || opts.dataDir.length === 0) {
+    throw new SegmemError('INVALID_ARGUMENT', 'dataDir must be a non-empty path');
+  }
+  const config = opts.config ? loadConfigFile(opts.config) : { ...DEFAULT_CONFIG };
+  const peers = opts.peers ?? config.servers;
+  const others = Object.keys(peers).filter((id) => id !== opts.id);
+  if (others.length > 0) {
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `this version runs single-member groups only; replication across ${Object.keys(peers).length} servers is not available yet`,
+    );
+  }
+  const node = await SegmemNode.open({
+    id: opts.id,
+    dataDir: opts.dataDir,
+    fsync: opts.fsync ? parseFsync(opts.fsync) : config.fsync,
+    segmentBytes: opts.segmentBytes !== undefined ? parseSegmentBytes(opts.segmentBytes) : config.segmentBytes,
+    ...(config.clusterId ? { clusterId: config.clusterId } : {}),
+    ...(config.token ? { token: config.token } : {}),
+    ...(opts.repair ? { repair: true } : {}),
+    ...(opts.log ? { log: opts.log } : {}),
+  });
+  let listener: Awaited<ReturnType<typeof listen>>;
+  try {
+    listener = await listen(node, opts.listen);
+  } catch (err) {
+    await node.close();
+    throw new SegmemError('UNAVAILABLE', `cannot listen on ${opts.listen}: ${(err as Error).message}`);
+  }
+  let closing: Promise<void> | null = null;
+  return {
+    address: listener.address,
+    close() {
+      closing ??= (async () => {
+        await listener.close();
+        await node.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,398 @@
+/**
+ * The Segment API over a session: named objects in the local mapped segment, read/write access with
+ * page rights, a cache of object pages validated by version, and write releases that ship only the
+ * bytes that changed.
+ */
+import {
+  type AcquireOk,
+  type Invalidate,
+  type ObjectRecord,
+  SegmemError,
+  validateName,
+  validatePrefix,
+  validateSize,
+} from '@segmem/protocol';
+import { changedRanges, gatherRanges } from './diff.js';
+import type { MappedSegment } from './mapped-segment.js';
+import type { Session } from './session.js';
+
+export interface ObjectInfo {
+  name: string;
+  size: number;
+  address: number;
+  version: number;
+}
+
+export interface Handle {
+  readonly name: string;
+  readonly mode: 'read' | 'write';
+  /** The object's bytes, in the local segment; usable until release. */
+  readonly bytes: Buffer;
+  /** A DataView over the same memory as `bytes`. */
+  readonly view: DataView;
+  /** The object's version when access was granted. */
+  readonly version: number;
+  /** Fencing token of this grant. */
+  readonly token: number;
+  release(): Promise<void>;
+}
+
+export interface AcquireOptions {
+  /** Give up after this many milliseconds with TIMEOUT; without it, wait as long as it takes. */
+  timeoutMs?: number;
+  /** Abort the wait with ABORTED. */
+  signal?: AbortSignal;
+}
+
+export interface SharedLog {
+  append(record: Uint8Array | string): Promise<number>;
+  appendBatch(records: (Uint8Array | string)[]): Promise<number[]>;
+  read(opts?: { from?: number; follow?: boolean; signal?: AbortSignal }): AsyncIterable<{ seq: number; data: Buffer }>;
+}
+
+export interface Segment {
+  create(name: string, size: number, opts?: { ifNotExists?: boolean }): Promise<ObjectInfo>;
+  acquireRead(name: string, opts?: AcquireOptions): Promise<Handle>;
+  acquireWrite(name: string, opts?: AcquireOptions): Promise<Handle>;
+  read<T>(name: string, fn: (h: Handle) => T | Promise<T>): Promise<T>;
+  update<T>(name: string, fn: (h: Handle) => T | Promise<T>): Promise<T>;
+  stat(name: string): Promise<ObjectInfo>;
+  list(prefix?: string): Promise<ObjectInfo[]>;
+  delete(name: string): Promise<void>;
+  log(name: string): SharedLog;
+  close(): Promise<void>;
+}
+
+/** What the client knows of one object it has seen. */
+interface CachedObject {
+  id: number;
+  name: string;
+  size: number;
+  address: number;
+  /** Version of the local copy; 0 when the local copy is not trustworthy. */
+  version: number;
+  readHolds: number;
+  writeHeld: boolean;
+}
+
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+function info(r: ObjectRecord): ObjectInfo {
+  return { name: r.name, size: r.size, address: r.address, version: r.version };
+}
+
+export class SegmentImpl implements Segment {
+  private readonly byName = new Map<string, CachedObject>();
+  private readonly byId = new Map<number, CachedObject>();
+  private readonly handles = new Set<HandleImpl>();
+  private lastInvalidationSeq = 0;
+  private closed = false;
+  private closing: Promise<void> | null = null;
+
+  constructor(
+    private readonly session: Session,
+    private readonly mapped: MappedSegment,
+    private readonly pageBytes: number,
+    private readonly onClose: () => Promise<void> = async () => {},
+  ) {}
+
+  /** True when page rights guard the objects (the native addon is loaded). */
+  get protectedPages(): boolean {
+    return this.mapped.protectedPages;
+  }
+
+  private check(): void {
+    if (this.closed) throw new SegmemError('CLOSED', 'the segment is closed');
+  }
+
+  async create(name: string, size: number, opts: { ifNotExists?: boolean } = {}): Promise<ObjectInfo> {
+    this.check();
+    validateName(name);
+    validateSize(size);
+    const ifNotExists = opts.ifNotExists ?? false;
+    if (typeof ifNotExists !== 'boolean') throw new SegmemError('INVALID_ARGUMENT', 'ifNotExists must be a boolean');
+    const r = await this.session.call({ type: 'CREATE', seq: this.session.seq(), name, size, ifNotExists });
+    return info(r.object);
+  }
+
+  async stat(name: string): Promise<ObjectInfo> {
+    this.check();
+    validateName(name);
+    return info((await this.session.call({ type: 'STAT', name })).object);
+  }
+
+  async list(prefix = ''): Promise<ObjectInfo[]> {
+    this.check();
+    validatePrefix(prefix);
+    return (await this.session.call({ type: 'LIST', prefix })).objects.map(info);
+  }
+
+  async delete(name: string): Promise<void> {
+    this.check();
+    validateName(name);
+    await this.session.call({ type: 'DELETE', seq: this.session.seq(), name });
+    const cached = this.byName.get(name);
+    if (cached && cached.readHolds === 0 && !cached.writeHeld) this.drop(cached);
+  }
+
+  log(_name: string): SharedLog {
+    throw new SegmemError('INVALID_ARGUMENT', 'shared logs are not supported yet in this version of segmem');
+  }
+
+  acquireRead(name: string, opts?: AcquireOptions): Promise<Handle> {
+    return this.acquire(name, 'read', opts);
+  }
+
+  acquireWrite(name: string, opts?: AcquireOptions): Promise<Handle> {
+    return this.acquire(name, 'write', opts);
+  }
+
+  async read<T>(name: string, fn: (h: Handle) => T | Promise<T>): Promise<T> {
+    const h = await this.acquireRead(name);
+    try {
+      return await fn(h);
+    } finally {
+      await h.release();
+    }
+  }
+
+  /** Write access around `fn`. If `fn` throws, its changes are undone and the release ships nothing. */
+  async update<T>(name: string, fn: (h: Handle) => T | Promise<T>): Promise<T> {
+    const h = (await this.acquireWrite(name)) as HandleImpl;
+    let value: T;
+    try {
+      value = await fn(h);
+    } catch (err) {
+      h.rollback();
+      await h.release();
+      throw err;
+    }
+    await h.release();
+    return value;
+  }
+
+  private async acquire(name: string, mode: 'read' | 'write', opts: AcquireOptions = {}): Promise<Handle> {
+    this.check();
+    validateName(name);
+    const { timeoutMs, signal } = opts;
+    if (timeoutMs !== undefined && !(Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= MAX_TIMEOUT_MS)) {
+      throw new SegmemError('INVALID_ARGUMENT', `timeoutMs must be an integer 0..${MAX_TIMEOUT_MS}; got ${String(timeoutMs)}`);
+    }
+    if (signal?.aborted) throw new SegmemError('ABORTED', `acquire of "${name}" was aborted`);
+    const cached = this.byName.get(name);
+    const fresh = cached && cached.version > 0;
+    const seq = this.session.seq();
+    const { requestId, promise } = this.session.start({
+      type: 'ACQUIRE',
+      seq,
+      name,
+      mode,
+      cachedId: fresh ? cached.id : 0,
+      cachedVersion: fresh ? cached.version : 0,
+      timeoutMs: timeoutMs ?? null,
+    });
+    const cachedIdSent = fresh ? cached.id : 0;
+    if (!signal) return this.granted((await promise) as AcquireOk, mode, cachedIdSent);
+    return new Promise<Handle>((resolve, reject) => {
+      let aborted = false;
+      const onAbort = () => {
+        aborted = true;
+        this.session.start({ type: 'CANCEL', requestId, reason: 'ABORTED' }).promise.catch(() => {});
+        reject(new SegmemError('ABORTED', `acquire of "${name}" was aborted`));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      promise.then(
+        (ok) => {
+          signal.removeEventListener('abort', onAbort);
+          const handle = this.granted(ok as AcquireOk, mode, cachedIdSent);
+          // The grant raced the abort: give it straight back.
+          if (aborted) handle.release().catch(() => {});
+          else resolve(handle);
+        },
+        (err) => {
+          signal.removeEventListener('abort', onAbort);
+          if (!aborted) reject(err);
+        },
+      );
+    });
+  }
+
+  /** Installs a grant in the local segment and returns its handle. */
+  private granted(grant: AcquireOk, mode: 'read' | 'write', cachedIdSent: number): Handle {
+    const rec = grant.object;
+    let cached = this.byName.get(rec.name);
+    if (cached && (cached.id !== rec.id || cached.address !== rec.address || cached.size !== rec.size)) {
+      if (cached.readHolds === 0 && !cached.writeHeld) this.drop(cached);
+      cached = undefined;
+    }
+    const stale = this.byId.get(rec.id);
+    if (stale && stale !== cached) this.drop(stale);
+    if (!cached) {
+      cached = { id: rec.id, name: rec.name, size: rec.size, address: rec.address, version: 0, readHolds: 0, writeHeld: false };
+      this.byName.set(rec.name, cached);
+      this.byId.set(rec.id, cached);
+    }
+    const bytes = this.mapped.bytes(rec.address, rec.size, rec.name);
+    const needsFill = grant.pages.length > 0 || cachedIdSent !== rec.id || cached.version === 0;
+    if (needsFill) {
+      this.mapped.setAccess(rec.address, rec.size, 'write');
+      // The server sent pages relative to what we said we held: with nothing valid held, start from zeros.
+      if (cachedIdSent !== rec.id) this.mapped.zero(rec.address, rec.size);
+      const payload = grant.payload;
+      let at = 0;
+      for (const p of grant.pages) {
+        const start = p * this.pageBytes;
+        const n = Math.min(this.pageBytes, rec.size - start);
+        bytes.set(payload.subarray(at, at + n), start);
+        at += n;
+      }
+    }
+    cached.version = rec.version;
+    if (mode === 'write') cached.writeHeld = true;
+    else cached.readHolds++;
+    this.mapped.setAccess(rec.address, rec.size, cached.writeHeld ? 'write' : 'read');
+    const handle = new HandleImpl(this, cached, mode, bytes, rec.version, grant.token);
+    this.handles.add(handle);
+    return handle;
+  }
+
+  /** Called by a handle's release(). */
+  async releaseHandle(h: HandleImpl, cached: CachedObject): Promise<void> {
+    this.handles.delete(h);
+    if (h.mode === 'read') {
+      cached.readHolds--;
+      if (cached.readHolds === 0 && !cached.writeHeld) this.mapped.setAccess(cached.address, cached.size, 'none');
+      if (this.closed) return;
+      // Pipelined: the server handles it before anything this session sends later; nothing to wait for.
+      this.session
+        .call({ type: 'RELEASE', seq: this.session.seq(), name: cached.name, mode: 'read', token: h.token, ranges: [], payload: Buffer.alloc(0) })
+        .catch(() => {});
+      return;
+    }
+    const ranges = h.twin ? changedRanges(h.bytes, h.twin, this.pageBytes) : [];
+    const payload = ranges.length > 0 ? gatherRanges(h.bytes, ranges) : Buffer.alloc(0);
+    cached.writeHeld = false;
+    this.mapped.setAccess(cached.address, cached.size, cached.readHolds > 0 ? 'read' : 'none');
+    if (this.closed) throw new SegmemError('CLOSED', 'the segment was closed before the release: the write is discarded');
+    try {
+      const r = await this.session.call({
+        type: 'RELEASE',
+        seq: this.session.seq(),
+        name: cached.name,
+        mode: 'write',
+        token: h.token,
+        ranges,
+        payload,
+      });
+      if (cached.version > 0) cached.version = r.version;
+      h.bytesSent = payload.length;
+    } catch (err) {
+      cached.version = 0; // the local bytes hold a write the server refused
+      throw err;
+    }
+  }
+
+  onInvalidate(msg: Invalidate): void {
+    if (this.lastInvalidationSeq !== 0 && msg.seq !== this.lastInvalidationSeq + 1) {
+      this.revalidate();
+    }
+    this.lastInvalidationSeq = msg.seq;
+    this.invalidateObjects(msg.objects);
+  }
+
+  /** UDP hints: best effort and unordered, so they only drop pages, never move the sequence. */
+  onHint(objects: [number, number][]): void {
+    this.invalidateObjects(objects);
+  }
+
+  private invalidateObjects(objects: [number, number][]): void {
+    for (const [id, version] of objects) {
+      const cached = this.byId.get(id);
+      if (!cached || cached.readHolds > 0 || cached.writeHeld) continue;
+      if (version === 0) this.drop(cached);
+      else if (cached.version !== 0 && cached.version < version) {
+        cached.version = 0;
+        this.mapped.zero(cached.address, cached.size); // free the stale pages now
+      }
+    }
+  }
+
+  /** After a missed push or a reconnect: ask the server which cached copies are stale. */
+  revalidate(): void {
+    this.lastInvalidationSeq = 0;
+    const objects: [number, number][] = [];
+    for (const c of this.byId.values()) if (c.version > 0) objects.push([c.id, c.version]);
+    if (objects.length === 0) return;
+    this.session
+      .call({ type: 'VALIDATE', objects })
+      .then((r) => this.invalidateObjects(r.stale.map(([id, v]) => [id, v === 0 ? 0 : Number.MAX_SAFE_INTEGER])))
+      .catch(() => {});
+  }
+
+  /** The session was replaced: every handle lost its lock and nothing cached can be trusted. */
+  sessionLost(): void {
+    this.lastInvalidationSeq = 0;
+    for (const h of this.handles) h.lost = true;
+    for (const c of this.byId.values()) c.version = 0;
+  }
+
+  private drop(cached: CachedObject): void {
+    this.byName.delete(cached.name);
+    this.byId.delete(cached.id);
+    this.mapped.forget(cached.address, cached.size);
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      await this.session.close();
+      for (const h of this.handles) h.lost = true;
+      this.handles.clear();
+      this.mapped.close();
+      await this.onClose();
+    })();
+    return this.closing;
+  }
+}
+
+export class HandleImpl implements Handle {
+  readonly view: DataView;
+  /** The bytes at acquire, to find what a write changed. */
+  twin: Buffer | null;
+  released = false;
+  lost = false;
+  /** Bytes the write release shipped (for benchmarks and tests). */
+  bytesSent = 0;
+
+  constructor(
+    private readonly segment: SegmentImpl,
+    private readonly cached: CachedObject,
+    readonly mode: 'read' | 'write',
+    readonly bytes: Buffer,
+    readonly version: number,
+    readonly token: number,
+  ) {
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.twin = mode === 'write' ? Buffer.from(bytes) : null;
+  }
+
+  get name(): string {
+    return this.cached.name;
+  }
+
+  /** Restores the bytes as they were at acquire. */
+  rollback(): void {
+    if (this.twin && !this.released) this.twin.copy(this.bytes);
+  }
+
+  release(): Promise<void> {
+    if (this.released) {
+      return Promise.reject(new SegmemError('INVALID_ARGUMENT', `this ${this.mode} handle on "${this.name}" was already released`));
+    }
+    this.released = true;
+    if (this.lost) {
+      return Promise.reject(new SegmemError('LOCK_LOST', `the session lost its ${this.mode} access to "${this.name}"`));
+    }
+    return this.segment.releaseHandle(this, this.cached);
+  }
+}

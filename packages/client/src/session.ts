@@ -1,0 +1,350 @@
+/**
+ * A client session with one server (or an embedded node): the HELLO handshake, request/response
+ * correlation with many requests in flight, keepalives, sequence numbers for exactly-once retries,
+ * and, over TCP, reconnection that resumes the session and re-sends what was not answered.
+ */
+import { connect as netConnect, type Socket } from 'node:net';
+import {
+  decodeInvalidate,
+  decodeResponse,
+  encodeRequest,
+  type Frame,
+  FrameDecoder,
+  type HelloOk,
+  type Invalidate,
+  MAX_FRAME_BYTES,
+  MAX_INFLIGHT_REQUESTS,
+  MessageType,
+  type OkBodies,
+  PROTOCOL_VERSION,
+  type Request,
+  type RequestType,
+  SegmemError,
+} from '@segmem/protocol';
+
+/** A byte stream to a server: a TCP socket or an in-process pipe. */
+export interface Transport {
+  write(parts: Buffer[]): void;
+  close(): void;
+  onData: (chunk: Buffer) => void;
+  onClose: () => void;
+}
+
+/** Opens a transport; rejects when the server cannot be reached. */
+export type Dial = () => Promise<Transport>;
+
+interface Pending {
+  readonly req: Request;
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (err: SegmemError) => void;
+}
+
+export interface SessionOptions {
+  dial: Dial;
+  sessionTimeoutMs: number;
+  clusterId?: string;
+  token?: string;
+  udpPort?: number;
+  /** Whether a lost transport may be re-dialled (TCP); an embedded pipe cannot come back. */
+  reconnect: boolean;
+  onInvalidate: (msg: Invalidate) => void;
+  /** The session was replaced by a new one (the old one expired while disconnected). */
+  onSessionLost: (err: SegmemError) => void;
+  /** Dropping the transport made the client's cache unreliable: revalidate it. */
+  onResumed: () => void;
+}
+
+export class Session {
+  hello!: HelloOk;
+  private transport: Transport | null = null;
+  private decoder = new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
+  private readonly pending = new Map<number, Pending>();
+  private nextRequestId = 1;
+  private nextSeq = 1;
+  private keepaliveTimer: NodeJS.Timeout | null = null;
+  private closed = false;
+  private reconnecting: Promise<void> | null = null;
+  private readonly capacityWaiters: (() => void)[] = [];
+
+  private constructor(private readonly opts: SessionOptions) {}
+
+  static async open(opts: SessionOptions): Promise<Session> {
+    const session = new Session(opts);
+    await session.attach(await opts.dial(), null);
+    return session;
+  }
+
+  get sessionId(): number {
+    return this.hello.sessionId;
+  }
+
+  /** The next sequence number for a mutating request. */
+  seq(): number {
+    return this.nextSeq++;
+  }
+
+  /** Sends a request; resolves with the OK body, rejects with the server's SegmemError. */
+  async call<T extends RequestType>(req: Extract<Request, { type: T }>): Promise<OkBodies[T]> {
+    if (this.pending.size >= MAX_INFLIGHT_REQUESTS) await this.waitForCapacity();
+    return this.start(req).promise as Promise<OkBodies[T]>;
+  }
+
+  /**
+   * Sends a request and returns its requestId at once, with the promise of its answer (so a waiting
+   * ACQUIRE can be cancelled by id).
+   */
+  start(req: Request): { requestId: number; promise: Promise<unknown> } {
+    if (this.closed) return { requestId: 0, promise: Promise.reject(new SegmemError('CLOSED', 'the segment is closed')) };
+    const requestId = this.allocateRequestId();
+    const promise = new Promise<unknown>((resolve, reject) => {
+      this.pending.set(requestId, { req, resolve, reject });
+    });
+    if (this.transport && !this.reconnecting) this.transport.write(encodeRequest(req, requestId));
+    return { requestId, promise };
+  }
+
+  private allocateRequestId(): number {
+    let id = this.nextRequestId;
+    while (this.pending.has(id) || id === 0) id = id >= 0xffffffff ? 1 : id + 1;
+    this.nextRequestId = id >= 0xffffffff ? 1 : id + 1;
+    return id;
+  }
+
+  private waitForCapacity(): Promise<void> {
+    return new Promise((resolve) => this.capacityWaiters.push(resolve));
+  }
+
+  private async attach(transport: Transport, resumeSessionId: number | null): Promise<boolean> {
+    this.decoder = new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
+    this.transport = transport;
+    transport.onData = (chunk) => this.receive(chunk);
+    transport.onClose = () => this.lost(transport);
+    const requestId = this.allocateRequestId();
+    const answer = new Promise<unknown>((resolve, reject) => {
+      this.pending.set(requestId, {
+        req: { type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: this.opts.sessionTimeoutMs },
+        resolve,
+        reject,
+      });
+    });
+    transport.write(
+      encodeRequest(
+        {
+          type: 'HELLO',
+          protocol: PROTOCOL_VERSION,
+          sessionTimeoutMs: this.opts.sessionTimeoutMs,
+          clusterId: this.opts.clusterId ?? null,
+          token: this.opts.token ?? null,
+          resumeSessionId,
+          udpPort: this.opts.udpPort ?? null,
+          clientName: `pid ${process.pid}`,
+        },
+        requestId,
+      ),
+    );
+    const hello = (await answer) as HelloOk;
+    this.hello = hello;
+    this.startKeepalive(hello.keepaliveMs);
+    return hello.resumed;
+  }
+
+  private receive(chunk: Buffer): void {
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (err) {
+      this.transport?.close();
+      this.failAll(err as SegmemError);
+      return;
+    }
+    for (const frame of frames) {
+      if (frame.requestId === 0) {
+        if (frame.type === MessageType.INVALIDATE) {
+          try {
+            this.opts.onInvalidate(decodeInvalidate(frame));
+          } catch {
+            this.opts.onResumed(); // an unreadable push: treat as a gap
+          }
+        } else if (frame.type === MessageType.ERROR) {
+          // The server is closing the connection over a framing error; the close handler follows.
+        }
+        continue;
+      }
+      const p = this.pending.get(frame.requestId);
+      if (!p) continue; // an answer to something we gave up on (e.g. a cancelled acquire)
+      this.pending.delete(frame.requestId);
+      this.releaseCapacity();
+      try {
+        p.resolve(decodeResponse(p.req.type, frame));
+      } catch (err) {
+        p.reject(SegmemError.is(err) ? err : new SegmemError('PROTOCOL', String(err)));
+      }
+    }
+  }
+
+  private releaseCapacity(): void {
+    while (this.capacityWaiters.length > 0 && this.pending.size < MAX_INFLIGHT_REQUESTS) this.capacityWaiters.shift()!();
+  }
+
+  /** Forgets a request whose answer no longer matters. */
+  abandon(requestId: number): void {
+    if (this.pending.delete(requestId)) this.releaseCapacity();
+  }
+
+  private startKeepalive(everyMs: number): void {
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    this.keepaliveTimer = setInterval(() => {
+      if (this.transport && !this.reconnecting) this.start({ type: 'KEEPALIVE' }).promise.catch(() => {});
+    }, everyMs);
+    this.keepaliveTimer.unref();
+  }
+
+  private lost(transport: Transport): void {
+    if (transport !== this.transport) return;
+    this.transport = null;
+    if (this.closed) return;
+    if (!this.opts.reconnect) {
+      this.shutdown(new SegmemError('CLOSED', 'the connection to the store closed'));
+      return;
+    }
+    this.reconnecting = this.reconnect().finally(() => {
+      this.reconnecting = null;
+    });
+  }
+
+  /** Re-dials with capped, jittered back-off until the session would have expired anyway. */
+  private async reconnect(): Promise<void> {
+    const oldSession = this.hello.sessionId;
+    const deadline = Date.now() + Math.max(this.opts.sessionTimeoutMs, 2000) * 3;
+    let delayMs = 20;
+    while (!this.closed) {
+      try {
+        const transport = await this.opts.dial();
+        // Answers to the old HELLO and to requests re-sent below must not collide: drop the HELLO entries.
+        const resumed = await this.attach(transport, oldSession);
+        if (resumed) {
+          for (const [id, p] of this.pending) if (p.req.type !== 'HELLO') transport.write(encodeRequest(p.req, id));
+          this.opts.onResumed();
+        } else {
+          this.nextSeq = 1;
+          const err = new SegmemError('LOCK_LOST', `session ${oldSession} expired while disconnected; a new session started`);
+          for (const [id, p] of this.pending) {
+            this.pending.delete(id);
+            p.reject(err);
+          }
+          this.releaseCapacity();
+          this.opts.onSessionLost(err);
+        }
+        return;
+      } catch (err) {
+        if (SegmemError.is(err) && (err.code === 'UNAUTHORIZED' || err.code === 'PROTOCOL')) {
+          this.shutdown(err);
+          return;
+        }
+        if (Date.now() > deadline) {
+          this.shutdown(new SegmemError('UNAVAILABLE', `cannot reach the server again: ${(err as Error).message}`));
+          return;
+        }
+        await new Promise((r) => setTimeout(r, delayMs * (0.5 + Math.random())));
+        delayMs = Math.min(delayMs * 2, 1000);
+      }
+    }
+  }
+
+  private failAll(err: SegmemError): void {
+    for (const [id, p] of this.pending) {
+      this.pending.delete(id);
+      p.reject(err);
+    }
+    this.releaseCapacity();
+  }
+
+  private shutdown(err: SegmemError): void {
+    this.closed = true;
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    this.failAll(err);
+    for (const w of this.capacityWaiters.splice(0)) w();
+    this.transport?.close();
+    this.transport = null;
+    this.opts.onSessionLost(err);
+  }
+
+  /** Ends the session: the server releases its locks at once. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.transport && !this.reconnecting) {
+      await Promise.race([
+        this.call({ type: 'GOODBYE' }).catch(() => {}),
+        new Promise((r) => setTimeout(r, 2000).unref()),
+      ]);
+    }
+    this.closed = true;
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    this.failAll(new SegmemError('CLOSED', 'the segment is closed'));
+    this.transport?.close();
+    this.transport = null;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+}
+
+/** Dials the first reachable server of the list (in order, then round again). */
+export function tcpDial(servers: string[]): Dial {
+  let next = 0;
+  return async () => {
+    let lastError: Error | undefined;
+    for (let i = 0; i < servers.length; i++) {
+      const addr = servers[(next + i) % servers.length]!;
+      try {
+        const t = await dialOne(addr);
+        next = (next + i) % servers.length;
+        return t;
+      } catch (err) {
+        lastError = err as Error;
+      }
+    }
+    next = (next + 1) % servers.length;
+    throw new SegmemError('UNAVAILABLE', `no server reachable (${servers.join(', ')}): ${lastError?.message}`);
+  };
+}
+
+function dialOne(addr: string): Promise<Transport> {
+  const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(addr);
+  if (!m) return Promise.reject(new SegmemError('INVALID_ARGUMENT', `server address must be host:port; got ${JSON.stringify(addr)}`));
+  const host = m[1]!.replace(/^\[|\]$/g, '');
+  const port = Number(m[2]);
+  return new Promise((resolve, reject) => {
+    const socket: Socket = netConnect({ host, port, noDelay: true });
+    const timer = setTimeout(() => socket.destroy(new Error(`connect to ${addr} timed out`)), 5000);
+    socket.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      const transport: Transport = {
+        write(parts) {
+          if (socket.destroyed) return;
+          if (parts.length === 1) socket.write(parts[0]!);
+          else {
+            socket.cork();
+            for (const p of parts) socket.write(p);
+            socket.uncork();
+          }
+        },
+        close() {
+          socket.destroy();
+        },
+        onData: () => {},
+        onClose: () => {},
+      };
+      socket.on('data', (chunk: Buffer) => transport.onData(chunk));
+      socket.on('error', () => {});
+      socket.on('close', () => transport.onClose());
+      resolve(transport);
+    });
+  });
+}

@@ -1,0 +1,819 @@
+/**
+ * The message catalogue: every message segmem sends over TCP, its type code, header fields, payload, answer,
+ * and the validation each field gets when decoded. docs/protocol.md has the same table for readers.
+ *
+ * Conventions:
+ * - Integers are non-negative safe integers unless a field says otherwise; `name` fields follow
+ *   {@link validateName}. Unknown extra header fields are ignored (forward compatibility); a missing or bad
+ *   required field is refused.
+ * - Encoders trust their TypeScript-typed input and do not validate it (keep them fast); decoders validate
+ *   everything and return fresh objects holding only the known fields.
+ * - {@link decodeRequest} throws PROTOCOL for a frame that is not a request (unknown type, a response or push
+ *   type, requestId 0, a HELLO of another protocol version): the connection is then closed. It throws
+ *   INVALID_ARGUMENT, its message naming the message type and field, for a bad field: only that request fails.
+ * - {@link decodeOk}, {@link decodeError}, {@link decodeInvalidate} decode what a server sent; a client never
+ *   trusts a bad answer, so every problem there is PROTOCOL.
+ */
+import { invalidArgument, isErrorCode, protocolError, SegmemError, type ErrorCode } from './errors.js';
+import { EMPTY_PAYLOAD, encodeFrame, type Frame, MAX_U32 } from './frame.js';
+import {
+  MAX_ERROR_MESSAGE_CHARS,
+  MAX_HEADER_DEPTH,
+  MAX_NAME_BYTES,
+  MAX_SEGMENT_BYTES,
+  MAX_TOKEN_BYTES,
+  PAGE_BYTES,
+  PROTOCOL_VERSION,
+} from './limits.js';
+import { sanitizeHeaderValue } from './msgpack.js';
+import {
+  type AccessMode,
+  arrayField,
+  type ByteRange,
+  boolField,
+  describeValue,
+  grantPayloadBytes,
+  isPlainMap,
+  mapField,
+  optionalField,
+  stringField,
+  toWellFormedString,
+  uintField,
+  validateMode,
+  validateName,
+  validatePages,
+  validatePrefix,
+  validateRanges,
+  validateSessionTimeoutMs,
+  validateSize,
+  validateTimeoutMs,
+  type VersionPair,
+  versionPairsField,
+} from './validate.js';
+
+// ---------------------------------------------------------------------------------------------------------------
+// Type codes
+
+/** Wire codes of every message type: requests 0x01.., responses 0x40.., server pushes 0x60... */
+export const MessageType = {
+  HELLO: 0x01,
+  KEEPALIVE: 0x02,
+  CREATE: 0x03,
+  DELETE: 0x04,
+  STAT: 0x05,
+  LIST: 0x06,
+  ACQUIRE: 0x07,
+  RELEASE: 0x08,
+  CANCEL: 0x09,
+  VALIDATE: 0x0a,
+  GOODBYE: 0x0b,
+  OK: 0x40,
+  ERROR: 0x41,
+  INVALIDATE: 0x60,
+} as const;
+
+export type MessageTypeName = keyof typeof MessageType;
+
+/** The request types, each answered by OK or ERROR with the request's requestId. */
+export const REQUEST_TYPES = [
+  'HELLO',
+  'KEEPALIVE',
+  'CREATE',
+  'DELETE',
+  'STAT',
+  'LIST',
+  'ACQUIRE',
+  'RELEASE',
+  'CANCEL',
+  'VALIDATE',
+  'GOODBYE',
+] as const;
+
+export type RequestType = (typeof REQUEST_TYPES)[number];
+
+/** Reasons a CANCEL may give. */
+export const CANCEL_REASONS = ['TIMEOUT', 'ABORTED'] as const;
+export type CancelReason = (typeof CANCEL_REASONS)[number];
+
+const NAME_BY_CODE: (MessageTypeName | undefined)[] = new Array(256).fill(undefined);
+for (const [name, code] of Object.entries(MessageType)) NAME_BY_CODE[code] = name as MessageTypeName;
+
+/** The name of a type code, or undefined for a code no message uses. */
+export function messageTypeName(code: number): MessageTypeName | undefined {
+  return NAME_BY_CODE[code];
+}
+
+/** True when `code` is the type code of a request. */
+export function isRequestCode(code: number): boolean {
+  return code >= MessageType.HELLO && code <= MessageType.GOODBYE;
+}
+
+function hex(code: number): string {
+  return `0x${code.toString(16).padStart(2, '0')}`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Shared records
+
+/** An object as the directory knows it. */
+export interface ObjectRecord {
+  /** Object id, >= 1, never reused. */
+  id: number;
+  name: string;
+  /** Bytes, 1..MAX_OBJECT_BYTES. */
+  size: number;
+  /** Byte offset of the object in the segment, a multiple of PAGE_BYTES. */
+  address: number;
+  /** >= 1; increases with every write release. */
+  version: number;
+}
+
+/** Validates an ObjectRecord (INVALID_ARGUMENT naming the field) and returns a copy with only its fields. */
+export function validateObjectRecord(value: unknown, field = 'object'): ObjectRecord {
+  const o = mapField(value, field);
+  const id = uintField(o.id, `${field}.id`, 1);
+  const name = validateName(o.name, `${field}.name`);
+  const size = validateSize(o.size, `${field}.size`);
+  const address = uintField(o.address, `${field}.address`, 0, MAX_SEGMENT_BYTES - size);
+  if (address % PAGE_BYTES !== 0) {
+    throw invalidArgument(`${field}.address must be a multiple of ${PAGE_BYTES}; got ${address}`, {
+      field: `${field}.address`,
+    });
+  }
+  const version = uintField(o.version, `${field}.version`, 1);
+  return { id, name, size, address, version };
+}
+
+function objectRecordsField(value: unknown, field: string): ObjectRecord[] {
+  const list = arrayField(value, field);
+  const out: ObjectRecord[] = new Array(list.length);
+  for (let i = 0; i < list.length; i++) out[i] = validateObjectRecord(list[i], `${field}[${i}]`);
+  return out;
+}
+
+function copyRecord(o: ObjectRecord): ObjectRecord {
+  return { id: o.id, name: o.name, size: o.size, address: o.address, version: o.version };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Requests (client -> server)
+
+/** 0x01: opens or resumes a session; must be the first request on a connection. */
+export interface HelloRequest {
+  type: 'HELLO';
+  /** The client's PROTOCOL_VERSION; another version is refused with ERROR PROTOCOL naming both. */
+  protocol: number;
+  /** The cluster the client expects to reach; null accepts any. 1..255 bytes. */
+  clusterId?: string | null;
+  /** Credential, 0..MAX_TOKEN_BYTES bytes; null for none. */
+  token?: string | null;
+  /** MIN_SESSION_TIMEOUT_MS..MAX_SESSION_TIMEOUT_MS. */
+  sessionTimeoutMs: number;
+  /** A session to resume after a reconnect (>= 1), or null for a new session. */
+  resumeSessionId?: number | null;
+  /** The client's UDP port for invalidation hints (1..65535), or null for none. */
+  udpPort?: number | null;
+  /** Free text for logs, 0..255 bytes. */
+  clientName?: string | null;
+}
+
+/** 0x02: keeps the session alive. */
+export interface KeepaliveRequest {
+  type: 'KEEPALIVE';
+}
+
+/** 0x03: creates a zero-filled object. */
+export interface CreateRequest {
+  type: 'CREATE';
+  /** Session sequence number (>= 1) for exactly-once retries. */
+  seq: number;
+  name: string;
+  size: number;
+  /** With true, an existing object of that name is answered `created: false` instead of ALREADY_EXISTS. */
+  ifNotExists: boolean;
+}
+
+/** 0x04: deletes an object. */
+export interface DeleteRequest {
+  type: 'DELETE';
+  seq: number;
+  name: string;
+}
+
+/** 0x05: describes an object. */
+export interface StatRequest {
+  type: 'STAT';
+  name: string;
+}
+
+/** 0x06: lists the objects whose name starts with `prefix` (empty: all). */
+export interface ListRequest {
+  type: 'LIST';
+  prefix: string;
+}
+
+/** 0x07: takes read (shared) or write (exclusive) access; may wait (see CANCEL). */
+export interface AcquireRequest {
+  type: 'ACQUIRE';
+  seq: number;
+  name: string;
+  mode: AccessMode;
+  /** Id of the object the client has cached under this name, 0 for nothing cached. */
+  cachedId: number;
+  /** Version of the cached copy, 0 for nothing cached. */
+  cachedVersion: number;
+  /** How long the server may keep the request waiting (0..MAX_TIMEOUT_MS), null for no limit. */
+  timeoutMs: number | null;
+}
+
+/** 0x08: gives access back; a write release carries the changed bytes. */
+export interface ReleaseRequest {
+  type: 'RELEASE';
+  seq: number;
+  name: string;
+  mode: AccessMode;
+  /** The fencing token of the grant being released. */
+  token: number;
+  /** Changed byte ranges, sorted and non-overlapping; empty for a read release. */
+  ranges: ByteRange[];
+  /** The bytes of `ranges`, concatenated (length = sum of range lengths); empty for a read release. */
+  payload: Uint8Array;
+}
+
+/** 0x09: cancels a waiting ACQUIRE sent earlier on this connection. */
+export interface CancelRequest {
+  type: 'CANCEL';
+  /** requestId of the ACQUIRE to cancel (>= 1). */
+  requestId: number;
+  reason: CancelReason;
+}
+
+/** 0x0A: asks which cached objects are stale. */
+export interface ValidateRequest {
+  type: 'VALIDATE';
+  /** `[id, version]` of each cached object (id >= 1, version >= 1). */
+  objects: VersionPair[];
+}
+
+/** 0x0B: ends the session (locks released at once). */
+export interface GoodbyeRequest {
+  type: 'GOODBYE';
+}
+
+export type Request =
+  | HelloRequest
+  | KeepaliveRequest
+  | CreateRequest
+  | DeleteRequest
+  | StatRequest
+  | ListRequest
+  | AcquireRequest
+  | ReleaseRequest
+  | CancelRequest
+  | ValidateRequest
+  | GoodbyeRequest;
+
+export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
+
+// ---------------------------------------------------------------------------------------------------------------
+// OK answers (0x40), one body per request type
+
+export type EmptyBody = Record<string, never>;
+
+export interface HelloOk {
+  sessionId: number;
+  /** True when `resumeSessionId` was honoured. */
+  resumed: boolean;
+  clusterId: string;
+  serverId: string;
+  pageBytes: number;
+  segmentBytes: number;
+  maxFrameBytes: number;
+  maxObjectBytes: number;
+  /** The session timeout the server applies. */
+  sessionTimeoutMs: number;
+  /** How often the client should send KEEPALIVE. */
+  keepaliveMs: number;
+  /** The server's UDP port for hints, or null. */
+  udpPort: number | null;
+}
+
+export interface CreateOk {
+  object: ObjectRecord;
+  /** False when `ifNotExists` found an existing object. */
+  created: boolean;
+}
+
+export interface StatOk {
+  object: ObjectRecord;
+}
+
+export interface ListOk {
+  objects: ObjectRecord[];
+}
+
+/** A grant. */
+export interface AcquireOk {
+  object: ObjectRecord;
+  /** Fencing token, increasing per object across leader changes. */
+  token: number;
+  /** Pages whose bytes the payload carries: strictly ascending, each < pageCount(object.size). */
+  pages: number[];
+  /** The listed pages' bytes, concatenated; each PAGE_BYTES except the object's last page (see grantPayloadBytes). */
+  payload: Uint8Array;
+}
+
+export interface ReleaseOk {
+  /** The object's version after the release. */
+  version: number;
+}
+
+export interface CancelOk {
+  /** False when the ACQUIRE had already been answered (or was unknown). */
+  cancelled: boolean;
+}
+
+export interface ValidateOk {
+  /** `[id, currentVersion]` of each stale object; currentVersion 0 means deleted. */
+  stale: VersionPair[];
+}
+
+export interface OkBodies {
+  HELLO: HelloOk;
+  KEEPALIVE: EmptyBody;
+  CREATE: CreateOk;
+  DELETE: EmptyBody;
+  STAT: StatOk;
+  LIST: ListOk;
+  ACQUIRE: AcquireOk;
+  RELEASE: ReleaseOk;
+  CANCEL: CancelOk;
+  VALIDATE: ValidateOk;
+  GOODBYE: EmptyBody;
+}
+
+/** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
+export type OkBodyInput<T extends RequestType> = T extends 'ACQUIRE'
+  ? Omit<AcquireOk, 'payload'> & { payload?: Uint8Array }
+  : OkBodies[T];
+
+// ---------------------------------------------------------------------------------------------------------------
+// ERROR (0x41) and the INVALIDATE push (0x60)
+
+export interface ErrorBody {
+  code: ErrorCode;
+  message: string;
+  details: Record<string, unknown> | null;
+}
+
+/** Server push: these objects changed (version) or were deleted (version 0). */
+export interface Invalidate {
+  /** Per-session push sequence number, >= 1, increasing by one per push: a gap means a missed push. */
+  seq: number;
+  objects: VersionPair[];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Encoding
+
+/** Encodes a request (see {@link encodeFrame} for the returned parts). requestId must be 1..2^32-1. */
+export function encodeRequest(req: Request, requestId: number, groupId = 0): Buffer[] {
+  if (requestId === 0) throw invalidArgument('requestId 0 is reserved for pushes; requests use 1..2^32-1');
+  switch (req.type) {
+    case 'HELLO':
+      return encodeFrame(MessageType.HELLO, requestId, groupId, {
+        protocol: req.protocol,
+        clusterId: req.clusterId ?? null,
+        token: req.token ?? null,
+        sessionTimeoutMs: req.sessionTimeoutMs,
+        resumeSessionId: req.resumeSessionId ?? null,
+        udpPort: req.udpPort ?? null,
+        clientName: req.clientName ?? null,
+      });
+    case 'KEEPALIVE':
+      return encodeFrame(MessageType.KEEPALIVE, requestId, groupId, {});
+    case 'CREATE':
+      return encodeFrame(MessageType.CREATE, requestId, groupId, {
+        seq: req.seq,
+        name: req.name,
+        size: req.size,
+        ifNotExists: req.ifNotExists,
+      });
+    case 'DELETE':
+      return encodeFrame(MessageType.DELETE, requestId, groupId, { seq: req.seq, name: req.name });
+    case 'STAT':
+      return encodeFrame(MessageType.STAT, requestId, groupId, { name: req.name });
+    case 'LIST':
+      return encodeFrame(MessageType.LIST, requestId, groupId, { prefix: req.prefix });
+    case 'ACQUIRE':
+      return encodeFrame(MessageType.ACQUIRE, requestId, groupId, {
+        seq: req.seq,
+        name: req.name,
+        mode: req.mode,
+        cachedId: req.cachedId,
+        cachedVersion: req.cachedVersion,
+        timeoutMs: req.timeoutMs,
+      });
+    case 'RELEASE':
+      return encodeFrame(
+        MessageType.RELEASE,
+        requestId,
+        groupId,
+        { seq: req.seq, name: req.name, mode: req.mode, token: req.token, ranges: req.ranges },
+        req.payload,
+      );
+    case 'CANCEL':
+      return encodeFrame(MessageType.CANCEL, requestId, groupId, {
+        requestId: req.requestId,
+        reason: req.reason,
+      });
+    case 'VALIDATE':
+      return encodeFrame(MessageType.VALIDATE, requestId, groupId, { objects: req.objects });
+    case 'GOODBYE':
+      return encodeFrame(MessageType.GOODBYE, requestId, groupId, {});
+    default:
+      throw invalidArgument(`unknown request type ${describeValue((req as { type: unknown }).type)}`);
+  }
+}
+
+/**
+ * Encodes the OK answer to a request of `requestType`. For ACQUIRE the grant's page bytes come from `payload`
+ * or, if that is absent, `body.payload`; their length must match the pages (INVALID_ARGUMENT otherwise).
+ */
+export function encodeOk<T extends RequestType>(
+  requestType: T,
+  requestId: number,
+  body: OkBodyInput<T>,
+  payload?: Uint8Array,
+  groupId = 0,
+): Buffer[] {
+  const b = body as OkBodyInput<RequestType> & Record<string, unknown>;
+  let header: object;
+  switch (requestType as RequestType) {
+    case 'HELLO': {
+      const h = b as HelloOk;
+      header = {
+        sessionId: h.sessionId,
+        resumed: h.resumed,
+        clusterId: h.clusterId,
+        serverId: h.serverId,
+        pageBytes: h.pageBytes,
+        segmentBytes: h.segmentBytes,
+        maxFrameBytes: h.maxFrameBytes,
+        maxObjectBytes: h.maxObjectBytes,
+        sessionTimeoutMs: h.sessionTimeoutMs,
+        keepaliveMs: h.keepaliveMs,
+        udpPort: h.udpPort ?? null,
+      };
+      break;
+    }
+    case 'KEEPALIVE':
+    case 'DELETE':
+    case 'GOODBYE':
+      header = {};
+      break;
+    case 'CREATE':
+      header = { object: copyRecord((b as CreateOk).object), created: (b as CreateOk).created };
+      break;
+    case 'STAT':
+      header = { object: copyRecord((b as StatOk).object) };
+      break;
+    case 'LIST':
+      header = { objects: (b as ListOk).objects.map(copyRecord) };
+      break;
+    case 'ACQUIRE': {
+      const g = b as OkBodyInput<'ACQUIRE'>;
+      const bytes = payload ?? g.payload ?? EMPTY_PAYLOAD;
+      const expected = grantPayloadBytes(g.object.size, g.pages);
+      if (bytes.byteLength !== expected) {
+        throw invalidArgument(
+          `ACQUIRE grant payload is ${bytes.byteLength} bytes; ${g.pages.length} pages of a ${g.object.size}-byte object need ${expected}`,
+        );
+      }
+      return encodeFrame(
+        MessageType.OK,
+        requestId,
+        groupId,
+        { object: copyRecord(g.object), token: g.token, pages: g.pages },
+        bytes,
+      );
+    }
+    case 'RELEASE':
+      header = { version: (b as ReleaseOk).version };
+      break;
+    case 'CANCEL':
+      header = { cancelled: (b as CancelOk).cancelled };
+      break;
+    case 'VALIDATE':
+      header = { stale: (b as ValidateOk).stale };
+      break;
+    default:
+      throw invalidArgument(`unknown request type ${describeValue(requestType)}`);
+  }
+  return encodeFrame(MessageType.OK, requestId, groupId, header);
+}
+
+/**
+ * Encodes an ERROR frame. requestId 0 answers a frame-level problem (the connection is then closed).
+ * The message is made well-formed and cut to MAX_ERROR_MESSAGE_CHARS; details are reduced to values a header
+ * can carry (see {@link sanitizeHeaderValue}).
+ */
+export function encodeError(requestId: number, err: SegmemError, groupId = 0): Buffer[] {
+  const code: ErrorCode = isErrorCode(err.code) ? err.code : 'PROTOCOL';
+  let message = typeof err.message === 'string' ? err.message : String(err.message);
+  if (message.length > MAX_ERROR_MESSAGE_CHARS) message = `${message.slice(0, MAX_ERROR_MESSAGE_CHARS - 3)}...`;
+  message = toWellFormedString(message);
+  const details = err.details === undefined ? null : sanitizeHeaderValue(err.details, MAX_HEADER_DEPTH - 1);
+  return encodeFrame(MessageType.ERROR, requestId, groupId, {
+    code,
+    message,
+    details: isPlainMap(details) ? details : null,
+  });
+}
+
+/** Encodes an INVALIDATE push (requestId 0). */
+export function encodeInvalidate(msg: Invalidate, groupId = 0): Buffer[] {
+  return encodeFrame(MessageType.INVALIDATE, 0, groupId, { seq: msg.seq, objects: msg.objects });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Decoding requests
+
+type Header = Record<string, unknown>;
+
+function noPayload(payload: Buffer): void {
+  if (payload.length !== 0) {
+    throw invalidArgument(`this request carries no payload; got ${payload.length} payload bytes`, {
+      field: 'payload',
+    });
+  }
+}
+
+const seqField = (v: unknown) => uintField(v, 'seq', 1);
+
+const REQUEST_DECODERS: ((h: Header, payload: Buffer) => Request)[] = [];
+
+REQUEST_DECODERS[MessageType.HELLO] = (h, payload) => {
+  const protocol = uintField(h.protocol, 'protocol', 0, MAX_U32);
+  if (protocol !== PROTOCOL_VERSION) {
+    throw protocolError(
+      `protocol version mismatch: the client speaks version ${protocol}, this server speaks version ${PROTOCOL_VERSION}`,
+      { clientVersion: protocol, serverVersion: PROTOCOL_VERSION },
+    );
+  }
+  noPayload(payload);
+  return {
+    type: 'HELLO',
+    protocol,
+    clusterId: optionalField(h.clusterId, 'clusterId', (v, f) => stringField(v, f, 1, MAX_NAME_BYTES)),
+    token: optionalField(h.token, 'token', (v, f) => stringField(v, f, 0, MAX_TOKEN_BYTES)),
+    sessionTimeoutMs: validateSessionTimeoutMs(h.sessionTimeoutMs),
+    resumeSessionId: optionalField(h.resumeSessionId, 'resumeSessionId', (v, f) => uintField(v, f, 1)),
+    udpPort: optionalField(h.udpPort, 'udpPort', (v, f) => uintField(v, f, 1, 65535)),
+    clientName: optionalField(h.clientName, 'clientName', (v, f) => stringField(v, f, 0, MAX_NAME_BYTES)),
+  };
+};
+
+REQUEST_DECODERS[MessageType.KEEPALIVE] = (_h, payload) => {
+  noPayload(payload);
+  return { type: 'KEEPALIVE' };
+};
+
+REQUEST_DECODERS[MessageType.CREATE] = (h, payload) => {
+  noPayload(payload);
+  return {
+    type: 'CREATE',
+    seq: seqField(h.seq),
+    name: validateName(h.name),
+    size: validateSize(h.size),
+    ifNotExists: boolField(h.ifNotExists, 'ifNotExists'),
+  };
+};
+
+REQUEST_DECODERS[MessageType.DELETE] = (h, payload) => {
+  noPayload(payload);
+  return { type: 'DELETE', seq: seqField(h.seq), name: validateName(h.name) };
+};
+
+REQUEST_DECODERS[MessageType.STAT] = (h, payload) => {
+  noPayload(payload);
+  return { type: 'STAT', name: validateName(h.name) };
+};
+
+REQUEST_DECODERS[MessageType.LIST] = (h, payload) => {
+  noPayload(payload);
+  return { type: 'LIST', prefix: validatePrefix(h.prefix) };
+};
+
+REQUEST_DECODERS[MessageType.ACQUIRE] = (h, payload) => {
+  noPayload(payload);
+  return {
+    type: 'ACQUIRE',
+    seq: seqField(h.seq),
+    name: validateName(h.name),
+    mode: validateMode(h.mode),
+    cachedId: uintField(h.cachedId, 'cachedId'),
+    cachedVersion: uintField(h.cachedVersion, 'cachedVersion'),
+    timeoutMs: validateTimeoutMs(h.timeoutMs),
+  };
+};
+
+REQUEST_DECODERS[MessageType.RELEASE] = (h, payload) => {
+  const seq = seqField(h.seq);
+  const name = validateName(h.name);
+  const mode = validateMode(h.mode);
+  const token = uintField(h.token, 'token');
+  const { ranges, totalBytes } = validateRanges(h.ranges);
+  if (mode === 'read' && ranges.length > 0) {
+    throw invalidArgument(`a read RELEASE carries no ranges; got ${ranges.length}`, { field: 'ranges' });
+  }
+  if (totalBytes !== payload.length) {
+    throw invalidArgument(`payload is ${payload.length} bytes but the ranges add up to ${totalBytes}`, {
+      field: 'payload',
+    });
+  }
+  return { type: 'RELEASE', seq, name, mode, token, ranges, payload };
+};
+
+REQUEST_DECODERS[MessageType.CANCEL] = (h, payload) => {
+  noPayload(payload);
+  const reason = h.reason;
+  if (reason !== 'TIMEOUT' && reason !== 'ABORTED') {
+    throw invalidArgument(`reason must be 'TIMEOUT' or 'ABORTED'; got ${describeValue(reason)}`, {
+      field: 'reason',
+    });
+  }
+  return { type: 'CANCEL', requestId: uintField(h.requestId, 'requestId', 1, MAX_U32), reason };
+};
+
+REQUEST_DECODERS[MessageType.VALIDATE] = (h, payload) => {
+  noPayload(payload);
+  return { type: 'VALIDATE', objects: versionPairsField(h.objects, 'objects', 1) };
+};
+
+REQUEST_DECODERS[MessageType.GOODBYE] = (_h, payload) => {
+  noPayload(payload);
+  return { type: 'GOODBYE' };
+};
+
+/**
+ * Decodes and validates a request frame. PROTOCOL: not a request (unknown or non-request type, requestId 0) or
+ * a HELLO of another protocol version. INVALID_ARGUMENT: a bad field, the message naming type and field.
+ */
+export function decodeRequest(frame: Frame): Request {
+  const name = NAME_BY_CODE[frame.type];
+  if (name === undefined) {
+    throw protocolError(`unknown message type ${hex(frame.type)}`, { type: frame.type });
+  }
+  if (!isRequestCode(frame.type)) {
+    throw protocolError(`message type ${name} (${hex(frame.type)}) is not a request`, { type: frame.type });
+  }
+  if (frame.requestId === 0) {
+    throw protocolError(`${name} request with requestId 0 (reserved for pushes)`, { type: frame.type });
+  }
+  try {
+    return REQUEST_DECODERS[frame.type](frame.header, frame.payload);
+  } catch (err) {
+    if (SegmemError.is(err, 'INVALID_ARGUMENT')) {
+      throw new SegmemError('INVALID_ARGUMENT', `${name}: ${err.message}`, { ...err.details, type: name });
+    }
+    throw err;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Decoding answers and pushes (client side: every problem is PROTOCOL)
+
+const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodies[T] } = {
+  HELLO: (h, payload) => {
+    noPayload(payload);
+    return {
+      sessionId: uintField(h.sessionId, 'sessionId', 1),
+      resumed: boolField(h.resumed, 'resumed'),
+      clusterId: stringField(h.clusterId, 'clusterId', 1, MAX_NAME_BYTES),
+      serverId: stringField(h.serverId, 'serverId', 1, MAX_NAME_BYTES),
+      pageBytes: uintField(h.pageBytes, 'pageBytes', 1),
+      segmentBytes: uintField(h.segmentBytes, 'segmentBytes', 1, MAX_SEGMENT_BYTES),
+      maxFrameBytes: uintField(h.maxFrameBytes, 'maxFrameBytes', 1, MAX_U32),
+      maxObjectBytes: uintField(h.maxObjectBytes, 'maxObjectBytes', 1),
+      sessionTimeoutMs: validateSessionTimeoutMs(h.sessionTimeoutMs),
+      keepaliveMs: uintField(h.keepaliveMs, 'keepaliveMs', 1),
+      udpPort: optionalField(h.udpPort, 'udpPort', (v, f) => uintField(v, f, 1, 65535)),
+    };
+  },
+  KEEPALIVE: emptyOk,
+  CREATE: (h, payload) => {
+    noPayload(payload);
+    return { object: validateObjectRecord(h.object), created: boolField(h.created, 'created') };
+  },
+  DELETE: emptyOk,
+  STAT: (h, payload) => {
+    noPayload(payload);
+    return { object: validateObjectRecord(h.object) };
+  },
+  LIST: (h, payload) => {
+    noPayload(payload);
+    return { objects: objectRecordsField(h.objects, 'objects') };
+  },
+  ACQUIRE: (h, payload) => {
+    const object = validateObjectRecord(h.object);
+    const token = uintField(h.token, 'token');
+    const pages = validatePages(h.pages, object.size);
+    const expected = grantPayloadBytes(object.size, pages);
+    if (payload.length !== expected) {
+      throw invalidArgument(
+        `payload is ${payload.length} bytes; ${pages.length} pages of a ${object.size}-byte object need ${expected}`,
+        { field: 'payload' },
+      );
+    }
+    return { object, token, pages, payload };
+  },
+  RELEASE: (h, payload) => {
+    noPayload(payload);
+    return { version: uintField(h.version, 'version', 1) };
+  },
+  CANCEL: (h, payload) => {
+    noPayload(payload);
+    return { cancelled: boolField(h.cancelled, 'cancelled') };
+  },
+  VALIDATE: (h, payload) => {
+    noPayload(payload);
+    return { stale: versionPairsField(h.stale, 'stale', 0) };
+  },
+  GOODBYE: emptyOk,
+};
+
+function emptyOk(_h: Header, payload: Buffer): EmptyBody {
+  noPayload(payload);
+  return {};
+}
+
+function asProtocol(err: unknown, context: string): unknown {
+  if (SegmemError.is(err, 'INVALID_ARGUMENT')) {
+    return new SegmemError('PROTOCOL', `${context}: ${err.message}`, err.details, { cause: err });
+  }
+  return err;
+}
+
+/** Decodes and validates the OK answer to a request of `requestType`; PROTOCOL for anything wrong. */
+export function decodeOk<T extends RequestType>(requestType: T, frame: Frame): OkBodies[T] {
+  if (frame.type !== MessageType.OK) {
+    const got = NAME_BY_CODE[frame.type] ?? 'unknown type';
+    throw protocolError(`expected OK (0x40) answering ${requestType}; got ${got} (${hex(frame.type)})`);
+  }
+  const decode = OK_DECODERS[requestType] as (h: Header, payload: Buffer) => OkBodies[T];
+  if (decode === undefined) throw invalidArgument(`unknown request type ${describeValue(requestType)}`);
+  try {
+    return decode(frame.header, frame.payload);
+  } catch (err) {
+    throw asProtocol(err, `bad OK answer to ${requestType}`);
+  }
+}
+
+/** Decodes an ERROR frame into the SegmemError it carries. An unknown code or a bad field is PROTOCOL. */
+export function decodeError(frame: Frame): SegmemError {
+  if (frame.type !== MessageType.ERROR) {
+    throw protocolError(`expected ERROR (0x41); got ${NAME_BY_CODE[frame.type] ?? 'unknown type'} (${hex(frame.type)})`);
+  }
+  const h = frame.header;
+  const message = h.message;
+  if (typeof message !== 'string') {
+    throw protocolError(`bad ERROR frame: message must be a string; got ${describeValue(message)}`);
+  }
+  if (!isErrorCode(h.code)) {
+    throw protocolError(`peer sent an ERROR with unknown code ${describeValue(h.code)}: ${message}`, {
+      remoteCode: typeof h.code === 'string' ? h.code : null,
+    });
+  }
+  const details = h.details;
+  if (details !== undefined && details !== null && !isPlainMap(details)) {
+    throw protocolError(`bad ERROR frame: details must be a map or null; got ${describeValue(details)}`);
+  }
+  return new SegmemError(h.code, message, details ?? undefined);
+}
+
+/**
+ * Decodes an answer to a request of `requestType`: the OK body, or throws the SegmemError an ERROR frame
+ * carries (or PROTOCOL for anything else).
+ */
+export function decodeResponse<T extends RequestType>(requestType: T, frame: Frame): OkBodies[T] {
+  if (frame.type === MessageType.ERROR) throw decodeError(frame);
+  return decodeOk(requestType, frame);
+}
+
+/** Decodes an INVALIDATE push; PROTOCOL for anything wrong. */
+export function decodeInvalidate(frame: Frame): Invalidate {
+  if (frame.type !== MessageType.INVALIDATE) {
+    throw protocolError(`expected INVALIDATE (0x60); got ${NAME_BY_CODE[frame.type] ?? 'unknown type'} (${hex(frame.type)})`);
+  }
+  if (frame.requestId !== 0) throw protocolError(`INVALIDATE push with requestId ${frame.requestId}; pushes use 0`);
+  try {
+    noPayload(frame.payload);
+    return {
+      seq: uintField(frame.header.seq, 'seq', 1),
+      objects: versionPairsField(frame.header.objects, 'objects', 0),
+    };
+  } catch (err) {
+    throw asProtocol(err, 'bad INVALIDATE push');
+  }
+}

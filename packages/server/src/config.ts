@@ -1,0 +1,97 @@
+/**
+ * Server configuration: every option with its default in one place, and the universal config file
+ * (seed 003): one JSON file naming the cluster's servers, page size, segment size and policies.
+ */
+import { readFileSync } from 'node:fs';
+import { DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, PAGE_BYTES, SegmemError } from '@segmem/protocol';
+import { FSYNC_POLICIES, type FsyncPolicy } from './storage/wal.js';
+
+export interface ServerConfig {
+  /** Cluster id to create a fresh data directory with, or to insist on for an existing one. */
+  clusterId?: string;
+  /** Page size; must equal the OS page size for page rights to work. Only 4096 is supported. */
+  pageBytes: number;
+  /** Size of the segment's address space. Sparse: unused pages cost nothing. */
+  segmentBytes: number;
+  /** WAL durability policy. */
+  fsync: FsyncPolicy;
+  /** Credential clients present in HELLO. */
+  token?: string;
+  /** Server id -> host:port. */
+  servers: Record<string, string>;
+  /** Data directory per server; `{id}` is replaced by the server id. */
+  dataDir: string;
+}
+
+export const DEFAULT_CONFIG: ServerConfig = {
+  pageBytes: PAGE_BYTES,
+  segmentBytes: DEFAULT_SEGMENT_BYTES,
+  fsync: 'batch',
+  servers: {},
+  dataDir: './data/{id}',
+};
+
+function bad(message: string): SegmemError {
+  return new SegmemError('INVALID_ARGUMENT', message);
+}
+
+export function parseFsync(value: unknown): FsyncPolicy {
+  if (typeof value === 'string' && (FSYNC_POLICIES as readonly string[]).includes(value)) return value as FsyncPolicy;
+  throw bad(`fsync must be one of ${FSYNC_POLICIES.join(', ')}; got ${JSON.stringify(value)}`);
+}
+
+export function parseSegmentBytes(value: unknown): number {
+  const n = typeof value === 'string' ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < PAGE_BYTES || n % PAGE_BYTES !== 0 || n > MAX_SEGMENT_BYTES) {
+    throw bad(`segmentBytes must be a multiple of ${PAGE_BYTES} between ${PAGE_BYTES} and ${MAX_SEGMENT_BYTES}; got ${String(value)}`);
+  }
+  return n;
+}
+
+export function loadConfigFile(path: string): ServerConfig {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw bad(`cannot read config file ${path}: ${(err as Error).message}`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad(`config file ${path} must hold a JSON object`);
+  const c = raw as Record<string, unknown>;
+  const known = new Set(['clusterId', 'pageBytes', 'segmentBytes', 'fsync', 'token', 'servers', 'dataDir']);
+  for (const key of Object.keys(c)) if (!known.has(key)) throw bad(`config file ${path}: unknown setting "${key}"`);
+  const config: ServerConfig = { ...DEFAULT_CONFIG, servers: {} };
+  if (c.clusterId !== undefined) {
+    if (typeof c.clusterId !== 'string' || c.clusterId.length === 0) throw bad('clusterId must be a non-empty string');
+    config.clusterId = c.clusterId;
+  }
+  if (c.pageBytes !== undefined && c.pageBytes !== PAGE_BYTES) throw bad(`pageBytes must be ${PAGE_BYTES}`);
+  if (c.segmentBytes !== undefined) config.segmentBytes = parseSegmentBytes(c.segmentBytes);
+  if (c.fsync !== undefined) config.fsync = parseFsync(c.fsync);
+  if (c.token !== undefined) {
+    if (typeof c.token !== 'string') throw bad('token must be a string');
+    config.token = c.token;
+  }
+  if (c.dataDir !== undefined) {
+    if (typeof c.dataDir !== 'string' || c.dataDir.length === 0) throw bad('dataDir must be a non-empty string');
+    config.dataDir = c.dataDir;
+  }
+  if (c.servers !== undefined) {
+    if (typeof c.servers !== 'object' || c.servers === null) throw bad('servers must map server ids to host:port');
+    for (const [id, addr] of Object.entries(c.servers)) {
+      if (typeof addr !== 'string') throw bad(`servers.${id} must be a host:port string`);
+      config.servers[id] = addr;
+    }
+  }
+  return config;
+}
+
+/** Parses `s1=127.0.0.1:7401,s2=...` into a map. */
+export function parsePeers(value: string): Record<string, string> {
+  const peers: Record<string, string> = {};
+  for (const item of value.split(',').filter(Boolean)) {
+    const eq = item.indexOf('=');
+    if (eq <= 0) throw bad(`--peers entries must be id=host:port; got ${JSON.stringify(item)}`);
+    peers[item.slice(0, eq)] = item.slice(eq + 1);
+  }
+  return peers;
+}

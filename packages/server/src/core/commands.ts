@@ -1,0 +1,98 @@
+/**
+ * The commands of the replicated log, and the results and effects of applying them.
+ * Every change to the segment's state is one of these, applied in log order by {@link StateMachine.apply}.
+ */
+import type { ErrorCode } from '@segmem/protocol';
+import { Packr } from 'msgpackr';
+
+export type LockMode = 'read' | 'write';
+
+export type Command =
+  | { op: 'open'; timeoutMs: number; clientName: string | null }
+  | { op: 'close'; sessionId: number }
+  | { op: 'expire'; sessionIds: number[] }
+  /** Appended once after recovery: sessions do not survive a restart of a single-member group. */
+  | { op: 'restart' }
+  | { op: 'create'; sessionId: number; seq: number; name: string; size: number; ifNotExists: boolean }
+  | { op: 'delete'; sessionId: number; seq: number; name: string }
+  | { op: 'acquire'; sessionId: number; seq: number; name: string; mode: LockMode }
+  | { op: 'cancel'; sessionId: number; seq: number; reason: 'TIMEOUT' | 'ABORTED' }
+  | {
+      op: 'release';
+      sessionId: number;
+      seq: number;
+      name: string;
+      mode: LockMode;
+      token: number;
+      /** [offset, length] pairs, sorted and disjoint; their bytes are `data`, concatenated. */
+      ranges: [number, number][];
+      data: Buffer | null;
+    };
+
+/**
+ * Commands that change durable data. Under fsync "always"/"batch" they are applied (made visible)
+ * only once the log holds them on disk. The others (locks, sessions) only matter while sessions live,
+ * and sessions end with the process that holds them, so they need not wait for the disk.
+ */
+export function mustSync(cmd: Command): boolean {
+  return cmd.op === 'create' || cmd.op === 'delete' || (cmd.op === 'release' && cmd.mode === 'write');
+}
+
+export interface ObjectRecord {
+  id: number;
+  name: string;
+  size: number;
+  address: number;
+  version: number;
+}
+
+export interface Grant {
+  object: ObjectRecord;
+  token: number;
+  mode: LockMode;
+}
+
+export type Result = { ok: true; value: unknown } | { ok: false; code: ErrorCode; message: string };
+
+export type Effect =
+  /** A queued acquire was granted. */
+  | { kind: 'grant'; sessionId: number; seq: number; grant: Grant }
+  /** A queued acquire ended without a grant (cancelled, object deleted, session closed). */
+  | { kind: 'fail'; sessionId: number; seq: number; code: ErrorCode; message: string }
+  /** These sessions cache a stale copy of the object (version 0: deleted). */
+  | { kind: 'invalidate'; sessionIds: number[]; objectId: number; version: number }
+  /** A session ended; its connection should be told. */
+  | { kind: 'sessionClosed'; sessionId: number; reason: 'goodbye' | 'expired' | 'restart' };
+
+export interface Outcome {
+  result: Result;
+  effects: Effect[];
+}
+
+// --- log record codec: u32 header length | msgpack header | raw data bytes (never re-encoded) ---
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
+
+export function encodeCommand(cmd: Command): Buffer[] {
+  let data: Buffer | null = null;
+  let header: unknown = cmd;
+  if (cmd.op === 'release' && cmd.data) {
+    data = cmd.data;
+    header = { ...cmd, data: null };
+  }
+  const body = packr.pack(header);
+  const prefix = Buffer.allocUnsafe(4);
+  prefix.writeUInt32LE(body.length, 0);
+  return data && data.length > 0 ? [prefix, body, data] : [prefix, body];
+}
+
+export function decodeCommand(record: Buffer): Command {
+  if (record.length < 4) throw new Error('log record too short for a command');
+  const headerBytes = record.readUInt32LE(0);
+  if (4 + headerBytes > record.length) throw new Error('log record header runs past its end');
+  const cmd = packr.unpack(record.subarray(4, 4 + headerBytes)) as Command;
+  if (cmd.op === 'release' && cmd.mode === 'write') {
+    cmd.data = record.subarray(4 + headerBytes);
+  }
+  return cmd;
+}

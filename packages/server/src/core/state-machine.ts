@@ -1,0 +1,461 @@
+/**
+ * The segment's replicated state machine: directory of names, page allocator, object bytes with
+ * per-page versions, reader/writer locks with FIFO queues and fencing tokens, sessions and
+ * exactly-once deduplication of retried commands.
+ *
+ * Pure: no clock, timers, I/O or randomness. Time-dependent decisions (session expiry, acquire
+ * timeouts) are made by the shell and arrive here as commands, so every replica that applies the
+ * same log reaches the same state.
+ */
+import type { ErrorCode } from '@segmem/protocol';
+import { PageAllocator } from './allocator.js';
+import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';
+
+/** How many recent results each session keeps for answering retried commands. */
+export const DEDUP_WINDOW = 1024;
+
+interface Waiter {
+  sessionId: number;
+  seq: number;
+  mode: LockMode;
+}
+
+interface Hold {
+  mode: LockMode;
+  /** One token per grant held (a session may hold several read grants of one object). */
+  tokens: number[];
+}
+
+export interface SegmentObject {
+  readonly id: number;
+  readonly name: string;
+  readonly size: number;
+  readonly firstPage: number;
+  readonly pageCount: number;
+  /** Byte offset of the object in the segment: firstPage * pageBytes. */
+  readonly address: number;
+  version: number;
+  /** Object version at which each page last changed (1 = never written since create). */
+  readonly pageVersions: Float64Array;
+  /** The object's bytes; null until the first write (all zero). */
+  data: Buffer | null;
+  lastToken: number;
+  writer: number; // session id holding write access, 0 if none
+  readers: number; // read grants outstanding
+  readonly queue: Waiter[];
+  /** Sessions that were granted the object since its last change: they cache its pages. */
+  readonly cachedBy: Set<number>;
+}
+
+interface Session {
+  readonly id: number;
+  readonly timeoutMs: number;
+  readonly clientName: string | null;
+  readonly holds: Map<number, Hold>; // object id -> hold
+  readonly waiting: Map<number, { objectId: number }>; // acquire seq -> object waited on
+  readonly done: Map<number, Result>; // seq -> result, the last DEDUP_WINDOW of them
+  readonly cached: Set<number>; // object ids this session may cache
+}
+
+export interface StateMachineOptions {
+  pageBytes: number;
+  segmentBytes: number;
+}
+
+const ok = (value: unknown): Result => ({ ok: true, value });
+const fail = (code: ErrorCode, message: string): Result => ({ ok: false, code, message });
+
+export class StateMachine {
+  readonly pageBytes: number;
+  readonly segmentBytes: number;
+  private readonly allocator: PageAllocator;
+  private readonly byName = new Map<string, SegmentObject>();
+  private readonly byId = new Map<number, SegmentObject>();
+  private readonly sessions = new Map<number, Session>();
+  private nextObjectId = 1;
+  private nextSessionId = 1;
+  /** Index of the last applied log entry. */
+  appliedIndex = 0;
+
+  constructor(opts: StateMachineOptions) {
+    if (opts.segmentBytes % opts.pageBytes !== 0) throw new RangeError('segmentBytes must be a multiple of pageBytes');
+    this.pageBytes = opts.pageBytes;
+    this.segmentBytes = opts.segmentBytes;
+    this.allocator = new PageAllocator(opts.segmentBytes / opts.pageBytes);
+  }
+
+  /** Applies the command at log index `index`. Deterministic: same log, same state, same outcomes. */
+  apply(index: number, cmd: Command): Outcome {
+    if (index !== this.appliedIndex + 1) {
+      throw new Error(`state machine invariant: applying index ${index} after ${this.appliedIndex}`);
+    }
+    this.appliedIndex = index;
+    const effects: Effect[] = [];
+    const result = this.applyCommand(cmd, effects);
+    return { result, effects };
+  }
+
+  private applyCommand(cmd: Command, effects: Effect[]): Result {
+    switch (cmd.op) {
+      case 'open':
+        return this.openSession(cmd.timeoutMs, cmd.clientName);
+      case 'close':
+        this.closeSession(cmd.sessionId, 'goodbye', effects);
+        return ok(null);
+      case 'expire':
+        for (const id of cmd.sessionIds) this.closeSession(id, 'expired', effects);
+        return ok(null);
+      case 'restart':
+        for (const id of [...this.sessions.keys()]) this.closeSession(id, 'restart', effects);
+        return ok(null);
+      case 'cancel':
+        return this.cancel(cmd.sessionId, cmd.seq, cmd.reason, effects);
+      default:
+        return this.applySessionCommand(cmd, effects);
+    }
+  }
+
+  /** Commands that carry (session, seq): retried ones answer with the stored result. */
+  private applySessionCommand(cmd: Command & { sessionId: number; seq: number }, effects: Effect[]): Result {
+    const session = this.sessions.get(cmd.sessionId);
+    if (!session) return fail('LOCK_LOST', `session ${cmd.sessionId} has expired or was closed`);
+    const previous = session.done.get(cmd.seq);
+    if (previous) return previous;
+    if (cmd.op === 'acquire' && session.waiting.has(cmd.seq)) return ok({ queued: true });
+    let result: Result;
+    switch (cmd.op) {
+      case 'create':
+        result = this.create(cmd.name, cmd.size, cmd.ifNotExists);
+        break;
+      case 'delete':
+        result = this.delete(cmd.name, effects);
+        break;
+      case 'acquire':
+        result = this.acquire(session, cmd.seq, cmd.name, cmd.mode);
+        break;
+      case 'release':
+        result = this.release(session, cmd, effects);
+        break;
+      default:
+        throw new Error(`state machine invariant: unknown command ${(cmd as { op: string }).op}`);
+    }
+    const queued = result.ok && (result.value as { queued?: boolean } | null)?.queued === true;
+    if (!queued) this.remember(session, cmd.seq, result);
+    return result;
+  }
+
+  private remember(session: Session, seq: number, result: Result): void {
+    session.done.set(seq, result);
+    if (session.done.size > DEDUP_WINDOW) {
+      const oldest = session.done.keys().next().value as number;
+      session.done.delete(oldest);
+    }
+  }
+
+  // --- sessions ---
+
+  private openSession(timeoutMs: number, clientName: string | null): Result {
+    const id = this.nextSessionId++;
+    this.sessions.set(id, {
+      id,
+      timeoutMs,
+      clientName,
+      holds: new Map(),
+      waiting: new Map(),
+      done: new Map(),
+      cached: new Set(),
+    });
+    return ok({ sessionId: id });
+  }
+
+  private closeSession(id: number, reason: 'goodbye' | 'expired' | 'restart', effects: Effect[]): void {
+    const session = this.sessions.get(id);
+    if (!session) return;
+    this.sessions.delete(id);
+    const touched = new Set<SegmentObject>();
+    for (const [seq, w] of session.waiting) {
+      const obj = this.byId.get(w.objectId);
+      if (obj) {
+        removeWaiter(obj, id, seq);
+        touched.add(obj);
+      }
+      effects.push({ kind: 'fail', sessionId: id, seq, code: 'LOCK_LOST', message: `session ${id} ${reason}` });
+    }
+    // Locks go back; a write that was never released never reached us, so it is discarded.
+    for (const [objectId, hold] of session.holds) {
+      const obj = this.byId.get(objectId);
+      if (!obj) continue;
+      if (hold.mode === 'write') obj.writer = 0;
+      else obj.readers -= hold.tokens.length;
+      touched.add(obj);
+    }
+    for (const objectId of session.cached) this.byId.get(objectId)?.cachedBy.delete(id);
+    effects.push({ kind: 'sessionClosed', sessionId: id, reason });
+    for (const obj of touched) this.pump(obj, effects);
+  }
+
+  // --- directory ---
+
+  private create(name: string, size: number, ifNotExists: boolean): Result {
+    const existing = this.byName.get(name);
+    if (existing) {
+      if (ifNotExists && existing.size === size) return ok({ object: record(existing), created: false });
+      const sizeNote = existing.size === size ? '' : ` with size ${existing.size}`;
+      return fail('ALREADY_EXISTS', `object "${name}" already exists${sizeNote}`);
+    }
+    const pageCount = Math.ceil(size / this.pageBytes);
+    const firstPage = this.allocator.allocate(pageCount);
+    if (firstPage < 0) {
+      return fail(
+        'NO_SPACE',
+        `no free extent of ${pageCount} pages for "${name}" (${size} bytes); ${this.allocator.freePages} pages free in all`,
+      );
+    }
+    const obj: SegmentObject = {
+      id: this.nextObjectId++,
+      name,
+      size,
+      firstPage,
+      pageCount,
+      address: firstPage * this.pageBytes,
+      version: 1,
+      pageVersions: new Float64Array(pageCount).fill(1),
+      data: null,
+      lastToken: 0,
+      writer: 0,
+      readers: 0,
+      queue: [],
+      cachedBy: new Set(),
+    };
+    this.byName.set(name, obj);
+    this.byId.set(obj.id, obj);
+    return ok({ object: record(obj), created: true });
+  }
+
+  private delete(name: string, effects: Effect[]): Result {
+    const obj = this.byName.get(name);
+    if (!obj) return fail('NOT_FOUND', `no object named "${name}"`);
+    this.byName.delete(name);
+    this.byId.delete(obj.id);
+    this.allocator.release(obj.firstPage, obj.pageCount);
+    for (const w of obj.queue) {
+      this.sessions.get(w.sessionId)?.waiting.delete(w.seq);
+      effects.push({
+        kind: 'fail',
+        sessionId: w.sessionId,
+        seq: w.seq,
+        code: 'NOT_FOUND',
+        message: `object "${name}" was deleted`,
+      });
+    }
+    // Holders keep nothing: their releases will answer LOCK_LOST.
+    for (const session of this.sessions.values()) {
+      session.holds.delete(obj.id);
+      session.cached.delete(obj.id);
+    }
+    if (obj.cachedBy.size > 0) {
+      effects.push({ kind: 'invalidate', sessionIds: [...obj.cachedBy], objectId: obj.id, version: 0 });
+    }
+    return ok(null);
+  }
+
+  // --- locks ---
+
+  private acquire(session: Session, seq: number, name: string, mode: LockMode): Result {
+    const obj = this.byName.get(name);
+    if (!obj) return fail('NOT_FOUND', `no object named "${name}"`);
+    const hold = session.holds.get(obj.id);
+    if (hold) {
+      if (hold.mode === 'write') {
+        return fail('DEADLOCK', `this session already holds write access to "${name}"; release it first`);
+      }
+      if (mode === 'write') {
+        return fail(
+          'DEADLOCK',
+          `this session holds read access to "${name}" and asks for write access: it would wait for itself`,
+        );
+      }
+      // Re-entrant read: granted at once, even past queued writers, since they wait for this session anyway.
+      return ok({ granted: this.grant(session, obj, 'read') });
+    }
+    if (obj.queue.length === 0 && compatible(obj, mode)) {
+      return ok({ granted: this.grant(session, obj, mode) });
+    }
+    obj.queue.push({ sessionId: session.id, seq, mode });
+    session.waiting.set(seq, { objectId: obj.id });
+    return ok({ queued: true });
+  }
+
+  private grant(session: Session, obj: SegmentObject, mode: LockMode): Grant {
+    const token = ++obj.lastToken;
+    const hold = session.holds.get(obj.id);
+    if (mode === 'write') {
+      obj.writer = session.id;
+      session.holds.set(obj.id, { mode, tokens: [token] });
+    } else {
+      obj.readers++;
+      if (hold) hold.tokens.push(token);
+      else session.holds.set(obj.id, { mode, tokens: [token] });
+    }
+    obj.cachedBy.add(session.id);
+    session.cached.add(obj.id);
+    return { object: record(obj), token, mode };
+  }
+
+  /** Grants queued waiters in FIFO order while the head is compatible with the holders. */
+  private pump(obj: SegmentObject, effects: Effect[]): void {
+    while (obj.queue.length > 0) {
+      const head = obj.queue[0]!;
+      if (!compatible(obj, head.mode)) return;
+      obj.queue.shift();
+      const session = this.sessions.get(head.sessionId);
+      if (!session) continue;
+      session.waiting.delete(head.seq);
+      const grant = this.grant(session, obj, head.mode);
+      this.remember(session, head.seq, ok({ granted: grant }));
+      effects.push({ kind: 'grant', sessionId: session.id, seq: head.seq, grant });
+    }
+  }
+
+  private cancel(sessionId: number, seq: number, reason: 'TIMEOUT' | 'ABORTED', effects: Effect[]): Result {
+    const session = this.sessions.get(sessionId);
+    const waiting = session?.waiting.get(seq);
+    if (!session || !waiting) return ok({ cancelled: false });
+    session.waiting.delete(seq);
+    const obj = this.byId.get(waiting.objectId);
+    const message =
+      reason === 'TIMEOUT' ? `acquire of "${obj?.name}" timed out` : `acquire of "${obj?.name}" was aborted`;
+    const result = fail(reason, message);
+    this.remember(session, seq, result);
+    effects.push({ kind: 'fail', sessionId, seq, code: reason, message });
+    if (obj) {
+      removeWaiter(obj, sessionId, seq);
+      // A cancelled writer at the head may have been holding back readers behind it.
+      this.pump(obj, effects);
+    }
+    return ok({ cancelled: true });
+  }
+
+  private release(session: Session, cmd: Command & { op: 'release' }, effects: Effect[]): Result {
+    const obj = this.byName.get(cmd.name);
+    if (!obj) return fail('LOCK_LOST', `object "${cmd.name}" was deleted while held`);
+    const hold = session.holds.get(obj.id);
+    const at = hold && hold.mode === cmd.mode ? hold.tokens.indexOf(cmd.token) : -1;
+    if (!hold || at < 0) {
+      return fail(
+        'LOCK_LOST',
+        `this session does not hold ${cmd.mode} access to "${cmd.name}" with token ${cmd.token} (released already, or lost)`,
+      );
+    }
+    if (cmd.mode === 'write') {
+      let total = 0;
+      for (const [offset, length] of cmd.ranges) {
+        if (offset < 0 || length < 1 || offset + length > obj.size) {
+          return fail('INVALID_ARGUMENT', `range ${offset}+${length} is outside "${cmd.name}" (${obj.size} bytes)`);
+        }
+        total += length;
+      }
+      if (total !== (cmd.data?.length ?? 0)) {
+        return fail('INVALID_ARGUMENT', 'release ranges do not match the bytes sent');
+      }
+      if (cmd.ranges.length > 0) this.writeRanges(obj, cmd.ranges, cmd.data!, session.id, effects);
+      obj.writer = 0;
+      session.holds.delete(obj.id);
+    } else {
+      hold.tokens.splice(at, 1);
+      obj.readers--;
+      if (hold.tokens.length === 0) session.holds.delete(obj.id);
+    }
+    this.pump(obj, effects);
+    return ok({ version: obj.version });
+  }
+
+  private writeRanges(
+    obj: SegmentObject,
+    ranges: [number, number][],
+    data: Buffer,
+    writerId: number,
+    effects: Effect[],
+  ): void {
+    if (!obj.data) obj.data = Buffer.alloc(obj.size);
+    const version = ++obj.version;
+    let at = 0;
+    for (const [offset, length] of ranges) {
+      data.copy(obj.data, offset, at, at + length);
+      at += length;
+      const first = Math.floor(offset / this.pageBytes);
+      const last = Math.floor((offset + length - 1) / this.pageBytes);
+      for (let p = first; p <= last; p++) obj.pageVersions[p] = version;
+    }
+    const stale = [...obj.cachedBy].filter((id) => id !== writerId);
+    if (stale.length > 0) effects.push({ kind: 'invalidate', sessionIds: stale, objectId: obj.id, version });
+    for (const id of stale) {
+      obj.cachedBy.delete(id);
+      this.sessions.get(id)?.cached.delete(obj.id);
+    }
+  }
+
+  // --- queries (read-only; not commands) ---
+
+  stat(name: string): ObjectRecord | undefined {
+    const obj = this.byName.get(name);
+    return obj ? record(obj) : undefined;
+  }
+
+  list(prefix: string): ObjectRecord[] {
+    const out: ObjectRecord[] = [];
+    for (const obj of this.byName.values()) if (obj.name.startsWith(prefix)) out.push(record(obj));
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  object(id: number): SegmentObject | undefined {
+    return this.byId.get(id);
+  }
+
+  objectNamed(name: string): SegmentObject | undefined {
+    return this.byName.get(name);
+  }
+
+  hasSession(id: number): boolean {
+    return this.sessions.has(id);
+  }
+
+  sessionIds(): number[] {
+    return [...this.sessions.keys()];
+  }
+
+  sessionTimeoutMs(id: number): number | undefined {
+    return this.sessions.get(id)?.timeoutMs;
+  }
+
+  /** Pages of `obj` a client holding (cachedId, cachedVersion) lacks, ascending. */
+  pagesSince(obj: SegmentObject, cachedId: number, cachedVersion: number): number[] {
+    const since = cachedId === obj.id ? cachedVersion : 1; // a fresh copy starts zero-filled: version 1
+    const pages: number[] = [];
+    if (since >= obj.version) return pages;
+    const versions = obj.pageVersions;
+    for (let p = 0; p < versions.length; p++) if (versions[p]! > since) pages.push(p);
+    return pages;
+  }
+
+  get freePages(): number {
+    return this.allocator.freePages;
+  }
+
+  objectCount(): number {
+    return this.byName.size;
+  }
+}
+
+function record(obj: SegmentObject): ObjectRecord {
+  return { id: obj.id, name: obj.name, size: obj.size, address: obj.address, version: obj.version };
+}
+
+function compatible(obj: SegmentObject, mode: LockMode): boolean {
+  return mode === 'write' ? obj.writer === 0 && obj.readers === 0 : obj.writer === 0;
+}
+
+function removeWaiter(obj: SegmentObject, sessionId: number, seq: number): void {
+  const i = obj.queue.findIndex((w) => w.sessionId === sessionId && w.seq === seq);
+  if (i >= 0) obj.queue.splice(i, 1);
+}

@@ -1,0 +1,436 @@
+/**
+ * One segmem server's state and request handling, independent of how bytes arrive: the data
+ * directory, the WAL, the state machine and its log, session liveness, and the delivery of grants,
+ * errors and invalidations to whichever connection a session is attached to.
+ * `startServer` puts it behind TCP/UDP; the client's embedded mode attaches in-process connections.
+ */
+import type { Socket as UdpSocket } from 'node:dgram';
+import {
+  type AcquireRequest,
+  encodeError,
+  encodeInvalidate,
+  encodeInvalidationDatagram,
+  encodeOk,
+  type HelloRequest,
+  MAX_FRAME_BYTES,
+  MAX_OBJECT_BYTES,
+  PAGE_BYTES,
+  type ReleaseRequest,
+  type RequestType,
+  SegmemError,
+} from '@segmem/protocol';
+import { type Command, decodeCommand, type Grant, type Outcome, type Result } from './core/commands.js';
+import { type SegmentObject, StateMachine } from './core/state-machine.js';
+import { LocalLog } from './log/local-log.js';
+import { type Clock, SessionLiveness, systemClock } from './shell/liveness.js';
+import { DataDir } from './storage/datadir.js';
+import { type FsyncPolicy, type RecoveryReport, Wal } from './storage/wal.js';
+
+export interface NodeOptions {
+  id: string;
+  dataDir: string;
+  fsync?: FsyncPolicy;
+  segmentBytes?: number;
+  clusterId?: string;
+  /** Credential clients must present in HELLO; none when unset. */
+  token?: string;
+  /** Truncate the WAL at a corrupt record instead of refusing to start. */
+  repair?: boolean;
+  clock?: Clock;
+  /** Where to report recovery and warnings; default: nowhere. */
+  log?: (line: string) => void;
+}
+
+/** The transport under one connection: TCP socket or an in-process pipe. */
+export interface Wire {
+  write(parts: Buffer[]): void;
+  close(): void;
+  /** Remote address for UDP hints (TCP only). */
+  readonly remoteAddress?: string | undefined;
+}
+
+/** What the node needs to know about a connection to answer it. */
+export interface Port {
+  readonly wire: Wire;
+  readonly udpPort: number | null;
+  closed: boolean;
+}
+
+interface Waiting {
+  port: Port;
+  requestId: number;
+  cachedId: number;
+  cachedVersion: number;
+  timer: NodeJS.Timeout | null;
+}
+
+interface SessionState {
+  port: Port | null;
+  invalidationSeq: number;
+  /** Acquires waiting in the lock queue, by seq. */
+  readonly waiting: Map<number, Waiting>;
+}
+
+export class SegmemNode {
+  readonly id: string;
+  readonly sm: StateMachine;
+  readonly recovery: RecoveryReport;
+  readonly clusterId: string;
+  private readonly log: LocalLog;
+  private readonly sessions = new Map<number, SessionState>();
+  private readonly liveness: SessionLiveness;
+  private readonly expiring = new Set<number>();
+  private expiryTimer: NodeJS.Timeout | null = null;
+  private udp: UdpSocket | null = null;
+  private closing = false;
+
+  private constructor(
+    private readonly opts: NodeOptions,
+    private readonly dataDir: DataDir,
+    wal: Wal,
+    sm: StateMachine,
+    recovery: RecoveryReport,
+  ) {
+    this.id = opts.id;
+    this.sm = sm;
+    this.recovery = recovery;
+    this.clusterId = dataDir.meta.clusterId;
+    this.liveness = new SessionLiveness(opts.clock ?? systemClock);
+    this.log = new LocalLog(wal, sm, (_index, _cmd, outcome) => this.afterApply(outcome));
+  }
+
+  static async open(opts: NodeOptions): Promise<SegmemNode> {
+    const segmentBytes = opts.segmentBytes ?? 4 * 1024 * 1024 * 1024;
+    const dataDir = await DataDir.open({
+      dir: opts.dataDir,
+      serverId: opts.id,
+      pageBytes: PAGE_BYTES,
+      segmentBytes,
+      ...(opts.clusterId ? { clusterId: opts.clusterId } : {}),
+    });
+    try {
+      const { wal, records, report } = await Wal.open({
+        dir: dataDir.walDir,
+        fsync: opts.fsync ?? 'batch',
+        ...(opts.repair ? { repair: true } : {}),
+      });
+      const sm = new StateMachine({ pageBytes: PAGE_BYTES, segmentBytes });
+      for (const rec of records) sm.apply(rec.index, decodeCommand(rec.payload));
+      const node = new SegmemNode(opts, dataDir, wal, sm, report);
+      if (report.truncated) {
+        const t = report.truncated;
+        opts.log?.(`recovery: truncated torn WAL tail in ${t.file} at offset ${t.offset} (${t.droppedBytes} bytes: ${t.reason})`);
+      }
+      if (report.repaired) opts.log?.(`recovery: repaired WAL: ${JSON.stringify(report.repaired)}`);
+      // Sessions end with a restart: their lock state may not all have reached the disk.
+      await node.log.propose({ op: 'restart' });
+      node.scheduleExpiry();
+      return node;
+    } catch (err) {
+      await dataDir.close();
+      throw err;
+    }
+  }
+
+  /** Attaches the UDP socket used to send invalidation hints. */
+  setUdp(socket: UdpSocket | null): void {
+    this.udp = socket;
+  }
+
+  get pageBytes(): number {
+    return this.sm.pageBytes;
+  }
+
+  // --- requests ---
+
+  /** Handles one decoded request from `port`, whose session is `sessionId` (0 before HELLO). */
+  async hello(port: Port, requestId: number, req: HelloRequest): Promise<number> {
+    if (req.clusterId && req.clusterId !== this.clusterId) {
+      throw new SegmemError('UNAUTHORIZED', `this server belongs to cluster ${this.clusterId}, not ${req.clusterId}`);
+    }
+    if (this.opts.token !== undefined && req.token !== this.opts.token) {
+      throw new SegmemError('UNAUTHORIZED', 'bad or missing token');
+    }
+    let sessionId = 0;
+    let resumed = false;
+    if (req.resumeSessionId && this.sm.hasSession(req.resumeSessionId) && !this.expiring.has(req.resumeSessionId)) {
+      sessionId = req.resumeSessionId;
+      resumed = true;
+    } else {
+      const outcome = await this.log.propose({ op: 'open', timeoutMs: req.sessionTimeoutMs, clientName: req.clientName ?? null });
+      sessionId = (unwrap(outcome.result) as { sessionId: number }).sessionId;
+    }
+    let state = this.sessions.get(sessionId);
+    if (!state) {
+      state = { port: null, invalidationSeq: 0, waiting: new Map() };
+      this.sessions.set(sessionId, state);
+    }
+    state.port = port;
+    const timeoutMs = this.sm.sessionTimeoutMs(sessionId) ?? req.sessionTimeoutMs;
+    this.liveness.track(sessionId, timeoutMs);
+    this.rescheduleExpiry();
+    port.wire.write(
+      encodeOk('HELLO', requestId, {
+        sessionId,
+        resumed,
+        clusterId: this.clusterId,
+        serverId: this.id,
+        pageBytes: PAGE_BYTES,
+        segmentBytes: this.sm.segmentBytes,
+        maxFrameBytes: MAX_FRAME_BYTES,
+        maxObjectBytes: MAX_OBJECT_BYTES,
+        sessionTimeoutMs: timeoutMs,
+        keepaliveMs: Math.max(50, Math.floor(timeoutMs / 4)),
+        udpPort: this.udp ? this.udp.address().port : null,
+      }),
+    );
+    return sessionId;
+  }
+
+  touch(sessionId: number): void {
+    this.liveness.touch(sessionId);
+  }
+
+  async create(sessionId: number, req: { seq: number; name: string; size: number; ifNotExists: boolean }) {
+    const outcome = await this.log.propose({ op: 'create', sessionId, ...pick(req, 'seq', 'name', 'size', 'ifNotExists') });
+    return unwrap(outcome.result) as { object: ReturnType<StateMachine['stat']>; created: boolean };
+  }
+
+  async delete(sessionId: number, req: { seq: number; name: string }): Promise<void> {
+    unwrap((await this.log.propose({ op: 'delete', sessionId, seq: req.seq, name: req.name })).result);
+  }
+
+  stat(name: string) {
+    const rec = this.sm.stat(name);
+    if (!rec) throw new SegmemError('NOT_FOUND', `no object named "${name}"`);
+    return rec;
+  }
+
+  list(prefix: string) {
+    return this.sm.list(prefix);
+  }
+
+  validate(objects: [number, number][]): [number, number][] {
+    const stale: [number, number][] = [];
+    for (const [id, version] of objects) {
+      const obj = this.sm.object(id);
+      if (!obj) stale.push([id, 0]);
+      else if (obj.version !== version) stale.push([id, obj.version]);
+    }
+    return stale;
+  }
+
+  /** Takes a lock; answers on `port` now (granted/failed) or later (when the queue moves). */
+  async acquire(port: Port, sessionId: number, requestId: number, req: AcquireRequest): Promise<void> {
+    const state = this.sessionState(sessionId);
+    // Registered before proposing: a grant for this waiter may be applied in the same drain.
+    const waiting: Waiting = { port, requestId, cachedId: req.cachedId, cachedVersion: req.cachedVersion, timer: null };
+    state.waiting.set(req.seq, waiting);
+    let outcome: Outcome;
+    try {
+      outcome = await this.log.propose({ op: 'acquire', sessionId, seq: req.seq, name: req.name, mode: req.mode });
+    } catch (err) {
+      state.waiting.delete(req.seq);
+      throw err;
+    }
+    if (state.waiting.get(req.seq) !== waiting) return; // already answered by a grant or failure effect
+    const result = outcome.result;
+    if (!result.ok) {
+      state.waiting.delete(req.seq);
+      throw new SegmemError(result.code, result.message);
+    }
+    const value = result.value as { granted?: Grant; queued?: boolean };
+    if (value.granted) {
+      state.waiting.delete(req.seq);
+      this.sendGrant(waiting, value.granted);
+      return;
+    }
+    if (req.timeoutMs !== null) {
+      waiting.timer = setTimeout(() => {
+        waiting.timer = null;
+        this.log.propose({ op: 'cancel', sessionId, seq: req.seq, reason: 'TIMEOUT' }).catch(() => {});
+      }, req.timeoutMs);
+    }
+  }
+
+  /** CANCEL: the waiter answers through the `fail` effect; this answers whether it was still waiting. */
+  async cancel(sessionId: number, acquireRequestId: number, reason: 'TIMEOUT' | 'ABORTED', port: Port): Promise<boolean> {
+    const state = this.sessions.get(sessionId);
+    if (!state) return false;
+    for (const [seq, w] of state.waiting) {
+      if (w.requestId === acquireRequestId && w.port === port) {
+        const outcome = await this.log.propose({ op: 'cancel', sessionId, seq, reason });
+        return (unwrap(outcome.result) as { cancelled: boolean }).cancelled;
+      }
+    }
+    return false;
+  }
+
+  async release(sessionId: number, req: ReleaseRequest): Promise<number> {
+    const data = req.mode === 'write' && req.payload.byteLength > 0 ? toBuffer(req.payload) : null;
+    const cmd: Command = {
+      op: 'release',
+      sessionId,
+      seq: req.seq,
+      name: req.name,
+      mode: req.mode,
+      token: req.token,
+      ranges: req.ranges,
+      data,
+    };
+    const outcome = await this.log.propose(cmd);
+    return (unwrap(outcome.result) as { version: number }).version;
+  }
+
+  async goodbye(sessionId: number): Promise<void> {
+    await this.log.propose({ op: 'close', sessionId });
+  }
+
+  /** A connection went away; its session lives on until it resumes or times out. */
+  detach(port: Port, sessionId: number): void {
+    port.closed = true;
+    const state = this.sessions.get(sessionId);
+    if (state && state.port === port) state.port = null;
+  }
+
+  // --- effects ---
+
+  private afterApply(outcome: Outcome): void {
+    for (const effect of outcome.effects) {
+      switch (effect.kind) {
+        case 'grant': {
+          const w = this.takeWaiting(effect.sessionId, effect.seq);
+          if (w) this.sendGrant(w, effect.grant);
+          break;
+        }
+        case 'fail': {
+          const w = this.takeWaiting(effect.sessionId, effect.seq);
+          if (w && !w.port.closed) {
+            w.port.wire.write(encodeError(w.requestId, new SegmemError(effect.code, effect.message)));
+          }
+          break;
+        }
+        case 'invalidate':
+          for (const sid of effect.sessionIds) this.pushInvalidation(sid, effect.objectId, effect.version);
+          break;
+        case 'sessionClosed': {
+          const state = this.sessions.get(effect.sessionId);
+          this.sessions.delete(effect.sessionId);
+          this.liveness.forget(effect.sessionId);
+          this.expiring.delete(effect.sessionId);
+          if (state) for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
+          break;
+        }
+      }
+    }
+  }
+
+  private takeWaiting(sessionId: number, seq: number): Waiting | undefined {
+    const state = this.sessions.get(sessionId);
+    const w = state?.waiting.get(seq);
+    if (!w) return undefined;
+    state!.waiting.delete(seq);
+    if (w.timer) clearTimeout(w.timer);
+    return w;
+  }
+
+  private sendGrant(w: Waiting, grant: Grant): void {
+    if (w.port.closed) return; // the client resumes and retries the same seq: the grant is remembered
+    const obj = this.sm.object(grant.object.id);
+    if (!obj) {
+      w.port.wire.write(encodeError(w.requestId, new SegmemError('NOT_FOUND', `object "${grant.object.name}" was deleted`)));
+      return;
+    }
+    const pages = this.sm.pagesSince(obj, w.cachedId, w.cachedVersion);
+    const payload = pagesPayload(obj, pages, this.sm.pageBytes);
+    const record = { id: obj.id, name: obj.name, size: obj.size, address: obj.address, version: obj.version };
+    w.port.wire.write(encodeOk('ACQUIRE', w.requestId, { object: record, token: grant.token, pages }, payload));
+  }
+
+  private pushInvalidation(sessionId: number, objectId: number, version: number): void {
+    const state = this.sessions.get(sessionId);
+    if (!state) return;
+    // Numbered even when the session is detached, so the client sees the gap when it returns.
+    const seq = ++state.invalidationSeq;
+    const port = state.port;
+    if (!port || port.closed) return;
+    port.wire.write(encodeInvalidate({ seq, objects: [[objectId, version]] }));
+    if (port.udpPort && this.udp && port.wire.remoteAddress) {
+      const datagram = encodeInvalidationDatagram({ sessionId, seq, objects: [[objectId, version]] });
+      this.udp.send(datagram, port.udpPort, port.wire.remoteAddress, () => {});
+    }
+  }
+
+  private sessionState(sessionId: number): SessionState {
+    const state = this.sessions.get(sessionId);
+    if (!state) throw new SegmemError('LOCK_LOST', `session ${sessionId} has expired or was closed`);
+    return state;
+  }
+
+  // --- session expiry ---
+
+  private scheduleExpiry(): void {
+    if (this.closing) return;
+    const every = this.liveness.checkEveryMs(1000);
+    this.expiryTimer = setTimeout(() => {
+      this.expiryTimer = null;
+      this.expireOverdue();
+      this.scheduleExpiry();
+    }, every);
+    this.expiryTimer.unref?.();
+  }
+
+  private rescheduleExpiry(): void {
+    if (this.expiryTimer) clearTimeout(this.expiryTimer);
+    this.scheduleExpiry();
+  }
+
+  private expireOverdue(): void {
+    const overdue = this.liveness.overdue().filter((id) => !this.expiring.has(id));
+    if (overdue.length === 0) return;
+    for (const id of overdue) this.expiring.add(id);
+    this.log.propose({ op: 'expire', sessionIds: overdue }).catch((err) => {
+      this.opts.log?.(`session expiry failed: ${(err as Error).message}`);
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    if (this.expiryTimer) clearTimeout(this.expiryTimer);
+    for (const state of this.sessions.values()) for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
+    await this.log.close();
+    await this.dataDir.close();
+  }
+}
+
+/** The bytes of the listed pages, copied once into the outgoing payload (the object may change before the socket drains). */
+function pagesPayload(obj: SegmentObject, pages: number[], pageBytes: number): Buffer | undefined {
+  if (pages.length === 0 || !obj.data) return undefined;
+  let total = 0;
+  for (const p of pages) total += Math.min(pageBytes, obj.size - p * pageBytes);
+  const out = Buffer.allocUnsafe(total);
+  let at = 0;
+  for (const p of pages) {
+    const start = p * pageBytes;
+    at += obj.data.copy(out, at, start, Math.min(obj.size, start + pageBytes));
+  }
+  return out;
+}
+
+function unwrap(result: Result): unknown {
+  if (!result.ok) throw new SegmemError(result.code, result.message);
+  return result.value;
+}
+
+function pick<T extends object, K extends keyof T>(obj: T, ...keys: K[]): Pick<T, K> {
+  const out = {} as Pick<T, K>;
+  for (const k of keys) out[k] = obj[k];
+  return out;
+}
+
+function toBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+export type { RequestType };

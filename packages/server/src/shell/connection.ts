@@ -1,0 +1,196 @@
+/**
+ * One client connection: turns received bytes into frames, frames into requests, and requests into
+ * calls on the node; answers each request by its requestId (answers may come out of order: a
+ * blocked ACQUIRE does not hold back the requests behind it).
+ *
+ * A frame that breaks the framing (bad length, version, header) gets an ERROR with requestId 0 and
+ * the connection is closed; a well-framed request with a bad field gets an ERROR for that request
+ * only. Neither changes any state.
+ */
+import {
+  decodeRequest,
+  encodeError,
+  encodeOk,
+  type Frame,
+  FrameDecoder,
+  MAX_FRAME_BYTES,
+  MAX_INFLIGHT_REQUESTS,
+  PROTOCOL_VERSION,
+  type Request,
+  SegmemError,
+} from '@segmem/protocol';
+import type { Port, SegmemNode, Wire } from '../node.js';
+
+export interface ConnectionHooks {
+  /** Stop reading from the transport (too many requests in flight). */
+  pause(): void;
+  resume(): void;
+}
+
+export class ServerConnection implements Port {
+  readonly udpPortRef = { value: null as number | null };
+  closed = false;
+  private readonly decoder = new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
+  private sessionId = 0;
+  private helloPending = false;
+  private inflight = 0;
+  private paused = false;
+
+  constructor(
+    private readonly node: SegmemNode,
+    readonly wire: Wire,
+    private readonly hooks: ConnectionHooks = { pause() {}, resume() {} },
+  ) {}
+
+  get udpPort(): number | null {
+    return this.udpPortRef.value;
+  }
+
+  /** Bytes received from the transport. */
+  receive(chunk: Buffer): void {
+    if (this.closed) return;
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (err) {
+      this.fatal(0, err);
+      return;
+    }
+    for (const frame of frames) {
+      if (this.closed) return;
+      this.handle(frame);
+    }
+  }
+
+  /** The transport closed. */
+  disconnected(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.sessionId) this.node.detach(this, this.sessionId);
+  }
+
+  private handle(frame: Frame): void {
+    let req: Request;
+    try {
+      req = decodeRequest(frame);
+    } catch (err) {
+      if (SegmemError.is(err, 'PROTOCOL')) this.fatal(frame.requestId, err);
+      else this.answerError(frame.requestId, err);
+      return;
+    }
+    if (this.sessionId === 0) {
+      if (req.type !== 'HELLO' || this.helloPending) {
+        this.fatal(frame.requestId, new SegmemError('PROTOCOL', `expected HELLO as the first request; got ${req.type}`));
+        return;
+      }
+      if (req.protocol !== PROTOCOL_VERSION) {
+        this.fatal(
+          frame.requestId,
+          new SegmemError('PROTOCOL', `protocol version ${req.protocol} is not supported; this server speaks ${PROTOCOL_VERSION}`),
+        );
+        return;
+      }
+      this.helloPending = true;
+      this.udpPortRef.value = req.udpPort ?? null;
+      this.node.hello(this, frame.requestId, req).then(
+        (sessionId) => {
+          this.helloPending = false;
+          if (this.closed) this.node.detach(this, sessionId);
+          else this.sessionId = sessionId;
+        },
+        (err) => this.fatal(frame.requestId, err),
+      );
+      return;
+    }
+    if (req.type === 'HELLO') {
+      this.answerError(frame.requestId, new SegmemError('PROTOCOL', 'HELLO was already sent on this connection'));
+      return;
+    }
+    this.node.touch(this.sessionId);
+    this.track(this.dispatch(frame.requestId, req), frame.requestId);
+  }
+
+  private async dispatch(requestId: number, req: Exclude<Request, { type: 'HELLO' }>): Promise<void> {
+    const node = this.node;
+    const sid = this.sessionId;
+    switch (req.type) {
+      case 'KEEPALIVE':
+        this.answer(encodeOk('KEEPALIVE', requestId, {}));
+        return;
+      case 'CREATE': {
+        const r = await node.create(sid, req);
+        this.answer(encodeOk('CREATE', requestId, { object: r.object!, created: r.created }));
+        return;
+      }
+      case 'DELETE':
+        await node.delete(sid, req);
+        this.answer(encodeOk('DELETE', requestId, {}));
+        return;
+      case 'STAT':
+        this.answer(encodeOk('STAT', requestId, { object: node.stat(req.name) }));
+        return;
+      case 'LIST':
+        this.answer(encodeOk('LIST', requestId, { objects: node.list(req.prefix) }));
+        return;
+      case 'ACQUIRE':
+        await node.acquire(this, sid, requestId, req);
+        return;
+      case 'RELEASE': {
+        const version = await node.release(sid, req);
+        this.answer(encodeOk('RELEASE', requestId, { version }));
+        return;
+      }
+      case 'CANCEL': {
+        const cancelled = await node.cancel(sid, req.requestId, req.reason, this);
+        this.answer(encodeOk('CANCEL', requestId, { cancelled }));
+        return;
+      }
+      case 'VALIDATE':
+        this.answer(encodeOk('VALIDATE', requestId, { stale: node.validate(req.objects) }));
+        return;
+      case 'GOODBYE':
+        await node.goodbye(sid);
+        this.answer(encodeOk('GOODBYE', requestId, {}));
+        return;
+    }
+  }
+
+  /** Counts requests in flight for back-pressure and turns a failure into an ERROR answer. */
+  private track(work: Promise<void>, requestId: number): void {
+    this.inflight++;
+    if (this.inflight >= MAX_INFLIGHT_REQUESTS && !this.paused) {
+      this.paused = true;
+      this.hooks.pause();
+    }
+    work
+      .catch((err: unknown) => this.answerError(requestId, err))
+      .finally(() => {
+        this.inflight--;
+        if (this.paused && this.inflight < MAX_INFLIGHT_REQUESTS / 2) {
+          this.paused = false;
+          this.hooks.resume();
+        }
+      });
+  }
+
+  private answer(parts: Buffer[]): void {
+    if (!this.closed) this.wire.write(parts);
+  }
+
+  private answerError(requestId: number, err: unknown): void {
+    this.answer(encodeError(requestId, asSegmemError(err)));
+  }
+
+  /** The byte stream cannot be trusted any more: say why, then close. */
+  private fatal(requestId: number, err: unknown): void {
+    if (this.closed) return;
+    this.wire.write(encodeError(requestId, asSegmemError(err)));
+    this.disconnected();
+    this.wire.close();
+  }
+}
+
+export function asSegmemError(err: unknown): SegmemError {
+  if (SegmemError.is(err)) return err;
+  return new SegmemError('UNAVAILABLE', `internal error: ${(err as Error)?.message ?? String(err)}`);
+}

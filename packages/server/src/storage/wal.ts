@@ -1,0 +1,811 @@
+/**
+ * The write-ahead log: an append-only sequence of opaque byte records with consecutive indexes.
+ *
+ * ## On-disk format
+ *
+ * The log lives in one directory of segment files, each named after the index of its first record,
+ * zero-padded to 20 digits (`00000000000000000001.wal`). A segment starts with a 16-byte file header
+ *
+ * | bytes | field                                                    |
+ * |-------|----------------------------------------------------------|
+ * | 0-7   | magic `SGMWAL01`                                         |
+ * | 8-11  | u32 format version (1)                                   |
+ * | 12-15 | u32 CRC-32C of bytes 0-11                                |
+ *
+ * followed by records, each a 16-byte record header and the payload (all integers little-endian):
+ *
+ * | bytes | field                                                    |
+ * |-------|----------------------------------------------------------|
+ * | 0-3   | u32 payload length                                       |
+ * | 4-7   | u32 CRC-32C of bytes 0-3, bytes 8-15 and the payload     |
+ * | 8-15  | u64 index                                                |
+ * | 16-   | payload                                                  |
+ *
+ * A new segment is started before a record that would make the current one larger than `segmentBytes`
+ * (a segment holds at least one record, so a single record larger than `segmentBytes` gets a segment of
+ * its own).
+ *
+ * ## Recovery
+ *
+ * {@link Wal.open} reads and verifies every record and stops at the first bad one. If no valid record
+ * exists anywhere after it (a crash in the middle of the last write: a "torn tail"), the log is
+ * truncated there and the fact is reported. If a valid record does exist after it, the damage is not
+ * a torn write but corruption of data that may have been acknowledged, and `open` refuses to start
+ * unless `repair` is set.
+ *
+ * @module
+ */
+import * as fs from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { SegmemError } from '@segmem/protocol';
+import { crc32c } from './crc32c.js';
+import { errnoCode, errorMessage, fsyncDir } from './files.js';
+
+/**
+ * When the write-ahead log forces records to stable storage.
+ *
+ * - `'batch'` (the default): group commit. Appended records are written and made durable in flushes;
+ *   only one flush runs at a time, and every record appended while a flush is running goes into the
+ *   next one, which starts as soon as the previous one completes: one write (`writev`) plus one
+ *   `fdatasync` for all of its records. There is no artificial delay, so a lone record is as fast as
+ *   under `'always'`, and under load many records share one sync. A record counts as durable (and
+ *   `durableIndex` advances) after the `fdatasync` that covers it has completed.
+ * - `'always'`: every record gets its own write and its own `fdatasync`, in index order; no two records
+ *   share a sync. The strictest and slowest policy: throughput is bounded by the disk's sync latency.
+ * - `'none'`: records are handed to the operating system (the `write` system call) in background
+ *   flushes, grouped like `'batch'`, and never fsynced. A record counts as durable once it is written
+ *   to the OS: it survives a crash of the process, but not of the operating system or a power loss.
+ */
+export type FsyncPolicy = 'always' | 'batch' | 'none';
+
+export const FSYNC_POLICIES: readonly FsyncPolicy[] = ['always', 'batch', 'none'];
+
+/** Magic bytes at the start of every segment file. */
+export const WAL_MAGIC = 'SGMWAL01';
+/** The segment format version written by this code. */
+export const WAL_FORMAT_VERSION = 1;
+/** Size of the segment file header. */
+export const WAL_FILE_HEADER_BYTES = 16;
+/** Size of the header in front of every record's payload. */
+export const WAL_RECORD_HEADER_BYTES = 16;
+export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
+export const DEFAULT_MAX_RECORD_BYTES = 128 * 1024 * 1024;
+/** Record lengths are stored in 32 bits. */
+const MAX_RECORD_BYTES_LIMIT = 0xffff_ffff;
+const MIN_SEGMENT_BYTES = WAL_FILE_HEADER_BYTES + WAL_RECORD_HEADER_BYTES;
+const TWO_32 = 0x1_0000_0000;
+const SEGMENT_NAME = /^(\d{20})\.wal$/;
+
+/**
+ * The file operations the log uses while running. Tests replace some of them to inject I/O errors.
+ * @internal
+ */
+export interface WalIo {
+  /** Opens a segment file for writing: `'wx'` creates a new file, `'r+'` reopens the last one. */
+  open(path: string, flags: 'wx' | 'r+'): Promise<number>;
+  /** Positional gather write; resolves with the number of bytes written. */
+  writev(fd: number, buffers: Uint8Array[], position: number): Promise<number>;
+  fdatasync(fd: number): Promise<void>;
+  close(fd: number): Promise<void>;
+  fsyncDir(dir: string): Promise<void>;
+}
+
+const nodeIo: WalIo = {
+  open: (path, flags) =>
+    new Promise((resolve, reject) => fs.open(path, flags, 0o644, (err, fd) => (err ? reject(err) : resolve(fd)))),
+  writev: (fd, buffers, position) =>
+    new Promise((resolve, reject) =>
+      fs.writev(fd, buffers, position, (err, written) => (err ? reject(err) : resolve(written))),
+    ),
+  fdatasync: (fd) => new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve()))),
+  close: (fd) => new Promise((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve()))),
+  fsyncDir,
+};
+
+export interface WalOptions {
+  /** The directory holding the segment files (created if missing). */
+  dir: string;
+  /** See {@link FsyncPolicy}. */
+  fsync: FsyncPolicy;
+  /** Start a new segment file before a record that would grow the current one past this. Default 64 MiB. */
+  segmentBytes?: number;
+  /** Largest payload accepted by `append` and believed during recovery. Default 128 MiB. */
+  maxRecordBytes?: number;
+  /**
+   * Start even if the log is corrupt (a bad record followed by valid ones): truncate it at the bad
+   * record, dropping everything after it, and report what was dropped in `report.repaired`.
+   */
+  repair?: boolean;
+  /** @internal Replaces file operations (for fault-injection tests). */
+  io?: Partial<WalIo>;
+}
+
+export interface WalRecord {
+  index: number;
+  /** The payload. Records returned by {@link Wal.open} share memory with the segment file they came from. */
+  payload: Buffer;
+}
+
+export interface RecoveryReport {
+  /** Number of records recovered (and returned for replay). */
+  records: number;
+  /** Index of the first recovered record; `lastIndex + 1` when there are none. */
+  firstIndex: number;
+  /** Index of the last recovered record (0 for an empty log); appends continue at `lastIndex + 1`. */
+  lastIndex: number;
+  /** Number of segment files left after recovery. */
+  segments: number;
+  /** Set when a torn tail (an interrupted last write) was cut off. */
+  truncated?: { file: string; offset: number; droppedBytes: number; reason: string };
+  /** Set when `repair` was given and the log was cut at a corrupt record with valid records after it. */
+  repaired?: { file: string; offset: number; droppedRecords: number; droppedBytes: number; reason: string };
+}
+
+export interface WalStats {
+  /** Records appended since open. */
+  appends: number;
+  /** Write batches completed (each one write, plus one `fdatasync` unless the policy is `'none'`). */
+  flushes: number;
+  /** `fdatasync` calls on segment files. */
+  syncs: number;
+  /** fsync calls on the log directory (after creating segment files or deleting them). */
+  dirSyncs: number;
+  /** Bytes written to segment files (headers included). */
+  bytes: number;
+}
+
+interface Segment {
+  firstIndex: number;
+  path: string;
+}
+
+interface Waiter {
+  index: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+/** The file name of the segment whose first record has index `firstIndex`. */
+export function segmentFileName(firstIndex: number): string {
+  return `${String(firstIndex).padStart(20, '0')}.wal`;
+}
+
+function fileHeader(): Buffer {
+  const h = Buffer.alloc(WAL_FILE_HEADER_BYTES);
+  h.write(WAL_MAGIC, 0, 'latin1');
+  h.writeUInt32LE(WAL_FORMAT_VERSION, 8);
+  h.writeUInt32LE(crc32c(h, 0, 0, 12), 12);
+  return h;
+}
+
+function putU32(b: Buffer, off: number, v: number): void {
+  b[off] = v;
+  b[off + 1] = v >>> 8;
+  b[off + 2] = v >>> 16;
+  b[off + 3] = v >>> 24;
+}
+
+function readU32(b: Uint8Array, off: number): number {
+  return (b[off]! | (b[off + 1]! << 8) | (b[off + 2]! << 16) | (b[off + 3]! << 24)) >>> 0;
+}
+
+function readIndex(b: Uint8Array, off: number): number {
+  return readU32(b, off + 12) * TWO_32 + readU32(b, off + 8);
+}
+
+/** CRC of a record whose header starts at `off` in `b` and whose payload follows it. */
+function recordCrc(b: Uint8Array, off: number, len: number): number {
+  let crc = crc32c(b, 0, off, off + 4);
+  crc = crc32c(b, crc, off + 8, off + 16);
+  return crc32c(b, crc, off + 16, off + 16 + len);
+}
+
+/** Why the file header at the start of `b` is invalid, or undefined if it is valid. */
+function checkFileHeader(b: Buffer): string | undefined {
+  if (b.length < WAL_FILE_HEADER_BYTES) return 'incomplete segment header';
+  if (b.toString('latin1', 0, 8) !== WAL_MAGIC) return 'bad segment header (wrong magic)';
+  if (readU32(b, 12) !== crc32c(b, 0, 0, 12)) return 'bad segment header (bad checksum)';
+  const version = readU32(b, 8);
+  if (version !== WAL_FORMAT_VERSION) return `unsupported segment format version ${version}`;
+  return undefined;
+}
+
+/** Verifies the record at `off`: returns its payload length, or why it is invalid. */
+function checkRecord(b: Buffer, off: number, expected: number, maxRecordBytes: number): number | string {
+  if (b.length - off < WAL_RECORD_HEADER_BYTES) return 'incomplete record header';
+  const len = readU32(b, off);
+  if (len > maxRecordBytes) return `record length ${len} exceeds the maximum ${maxRecordBytes}`;
+  if (off + WAL_RECORD_HEADER_BYTES + len > b.length) return 'incomplete record (runs past the end of the file)';
+  if (recordCrc(b, off, len) !== readU32(b, off + 4)) return 'bad checksum';
+  const index = readIndex(b, off);
+  if (index !== expected) return `unexpected index ${index}, expected ${expected}`;
+  return len;
+}
+
+/**
+ * Scans `b` from byte `from` for records that verify (bounded length, checksum) and carry an index in
+ * `(afterIndex, maxIndex]`, at any byte offset. Returns how many were found (stopping at `limit`) and
+ * how many bytes they span; found records are skipped over as a whole.
+ */
+function scanForRecords(
+  b: Buffer,
+  from: number,
+  afterIndex: number,
+  maxIndex: number,
+  maxRecordBytes: number,
+  limit: number,
+): number {
+  let found = 0;
+  const end = b.length - WAL_RECORD_HEADER_BYTES;
+  for (let p = from; p <= end; p++) {
+    const hi = readU32(b, p + 12);
+    if (hi > maxIndex / TWO_32) continue;
+    const index = hi * TWO_32 + readU32(b, p + 8);
+    if (index <= afterIndex || index > maxIndex) continue;
+    const len = readU32(b, p);
+    if (len > maxRecordBytes || p + WAL_RECORD_HEADER_BYTES + len > b.length) continue;
+    if (recordCrc(b, p, len) !== readU32(b, p + 4)) continue;
+    if (++found >= limit) return found;
+    p += WAL_RECORD_HEADER_BYTES + len - 1;
+  }
+  return found;
+}
+
+function isAllZero(b: Uint8Array, from: number): boolean {
+  for (let i = from; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+function walFailed(err: unknown): SegmemError {
+  if (SegmemError.is(err)) return err;
+  return new SegmemError(
+    'UNAVAILABLE',
+    `write-ahead log failed: ${errorMessage(err)}`,
+    { reason: 'WAL_FAILED', errno: errnoCode(err) },
+    { cause: err },
+  );
+}
+
+function closedError(): SegmemError {
+  return new SegmemError('CLOSED', 'write-ahead log is closed');
+}
+
+interface Recovered {
+  records: WalRecord[];
+  segments: Segment[];
+  /** Size of the last segment after recovery (0 if there is none). */
+  lastSize: number;
+  lastIndex: number;
+  report: RecoveryReport;
+}
+
+async function recover(dir: string, maxRecordBytes: number, repair: boolean): Promise<Recovered> {
+  const names = (await fsp.readdir(dir)).filter((n) => SEGMENT_NAME.test(n)).sort();
+  const records: WalRecord[] = [];
+  const segments: Segment[] = [];
+  const sizes: number[] = [];
+  let expected = names.length > 0 ? Number(SEGMENT_NAME.exec(names[0]!)![1]) : 1;
+  if (!Number.isSafeInteger(expected) || expected < 1) expected = 1;
+  let bad: { file: number; offset: number; reason: string; buf: Buffer } | undefined;
+
+  for (let f = 0; f < names.length && !bad; f++) {
+    const path = join(dir, names[f]!);
+    const buf = await fsp.readFile(path);
+    const first = Number(SEGMENT_NAME.exec(names[f]!)![1]);
+    segments.push({ firstIndex: first, path });
+    sizes.push(0);
+    if (first !== expected) {
+      bad = { file: f, offset: 0, reason: `segment file name says first index ${first}, expected ${expected}`, buf };
+      break;
+    }
+    const headerProblem = checkFileHeader(buf);
+    if (headerProblem) {
+      bad = { file: f, offset: 0, reason: headerProblem, buf };
+      break;
+    }
+    let off = WAL_FILE_HEADER_BYTES;
+    while (off < buf.length) {
+      const r = checkRecord(buf, off, expected, maxRecordBytes);
+      if (typeof r === 'string') {
+        bad = { file: f, offset: off, reason: r, buf };
+        break;
+      }
+      records.push({ index: expected, payload: buf.subarray(off + WAL_RECORD_HEADER_BYTES, off + WAL_RECORD_HEADER_BYTES + r) });
+      expected++;
+      off += WAL_RECORD_HEADER_BYTES + r;
+    }
+    sizes[f] = bad ? bad.offset : buf.length;
+  }
+
+  const lastIndex = expected - 1;
+  const report: RecoveryReport = {
+    records: records.length,
+    firstIndex: records.length > 0 ? records[0]!.index : lastIndex + 1,
+    lastIndex,
+    segments: 0,
+  };
+
+  if (bad) {
+    const badPath = join(dir, names[bad.file]!);
+    const laterPaths = names.slice(bad.file + 1).map((n) => join(dir, n));
+    let laterBytes = 0;
+    const laterBufs: Buffer[] = [];
+    for (const p of laterPaths) {
+      const b = await fsp.readFile(p);
+      laterBufs.push(b);
+      laterBytes += b.length;
+    }
+    const droppedBytes = bad.buf.length - bad.offset + laterBytes;
+    // Every record takes at least 16 bytes, so no genuine record after the bad one can have a larger index.
+    const maxIndex = lastIndex + 1 + Math.ceil(droppedBytes / WAL_RECORD_HEADER_BYTES);
+    const limit = repair ? Number.POSITIVE_INFINITY : 1;
+    let validAfter = scanForRecords(bad.buf, bad.offset + 1, lastIndex, maxIndex, maxRecordBytes, limit);
+    for (const b of laterBufs) {
+      if (validAfter >= limit) break;
+      validAfter += scanForRecords(b, 0, lastIndex, maxIndex, maxRecordBytes, limit - validAfter);
+    }
+    if (validAfter > 0 && !repair) {
+      throw new SegmemError(
+        'UNAVAILABLE',
+        `write-ahead log is corrupt: bad record at ${badPath} offset ${bad.offset} is followed by valid records; ` +
+          'refusing to start so acknowledged data is not dropped silently (start with repair to truncate there)',
+        { reason: 'WAL_CORRUPT', file: badPath, offset: bad.offset, problem: bad.reason },
+      );
+    }
+    // Cut the log at the bad record: truncate its file (or remove it, if the damage is in its header)
+    // and remove every later file.
+    if (bad.offset < WAL_FILE_HEADER_BYTES) {
+      await fsp.rm(badPath, { force: true });
+      segments.pop();
+      sizes.pop();
+    } else {
+      const handle = await fsp.open(badPath, 'r+');
+      try {
+        // await handle.truncate(bad.offset);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+    }
+    for (const p of laterPaths) await fsp.rm(p, { force: true });
+    if (bad.offset < WAL_FILE_HEADER_BYTES || laterPaths.length > 0) await fsyncDir(dir);
+
+    if (validAfter > 0) {
+      report.repaired = { file: badPath, offset: bad.offset, droppedRecords: validAfter, droppedBytes, reason: bad.reason };
+    } else {
+      let reason: string;
+      if (bad.buf.length === 0 && laterBytes === 0) reason = 'empty segment file';
+      else if (isAllZero(bad.buf, bad.offset) && laterBufs.every((b) => isAllZero(b, 0))) reason = 'zero-filled tail';
+      else if (bad.offset < WAL_FILE_HEADER_BYTES) reason = `torn segment file (${bad.reason})`;
+      else reason = `torn record (${bad.reason})`;
+      report.truncated = { file: badPath, offset: bad.offset, droppedBytes, reason };
+    }
+  }
+  report.segments = segments.length;
+  return { records, segments, lastSize: sizes.length > 0 ? sizes[sizes.length - 1]! : 0, lastIndex, report };
+}
+
+/**
+ * The write-ahead log. Open it with {@link Wal.open}; append with {@link Wal.append}; learn about
+ * durability through {@link Wal.waitDurable}, {@link Wal.onDurable} and {@link Wal.durableIndex}.
+ */
+export class Wal {
+  readonly policy: FsyncPolicy;
+  readonly dir: string;
+  /** Index of the last appended record (0 for an empty log). */
+  lastIndex: number;
+  /** Highest index known durable under the policy (for `'none'`: written to the OS). */
+  durableIndex: number;
+  readonly stats: WalStats = { appends: 0, flushes: 0, syncs: 0, dirSyncs: 0, bytes: 0 };
+
+  private readonly segmentBytes: number;
+  private readonly maxRecordBytes: number;
+  private readonly io: WalIo;
+  /** Segment files on disk, oldest first; the last one is the one being written. */
+  private readonly segments: Segment[];
+
+  // The segment file being written.
+  private fd: number | null = null;
+  private fdPos = 0;
+  private fdDirty = false;
+
+  // Segment accounting including queued records, to place segment boundaries at append time.
+  private vFirst: number;
+  private vBytes: number;
+  private vRecords: number;
+
+  // Queued records: their buffers (header, payload parts) in `iov`; `recEnds[k]` is the position in
+  // `iov` after the k-th queued record; records before `recHead` have been written.
+  private iov: Uint8Array[] = [];
+  private iovHead = 0;
+  private recEnds: number[] = [];
+  private recHead = 0;
+  /** Index of the last record handed to the OS. */
+  private writtenIndex: number;
+  /** Segment boundaries among the queued records: a new file starts with record `index` at `iov[iovPos]`. */
+  private rolls: { index: number; iovPos: number }[] = [];
+
+  private flushPromise: Promise<void> | null = null;
+  private readonly runFlushesBound = () => this.runFlushes();
+  private failure: SegmemError | null = null;
+  private closing = false;
+  private closed = false;
+  private closePromise: Promise<void> | null = null;
+  private waiters: Waiter[] = [];
+  private listeners: ((durableIndex: number) => void)[] = [];
+  private prefixChain: Promise<unknown> = Promise.resolve();
+
+  private constructor(opts: Required<Omit<WalOptions, 'repair' | 'io'>>, io: WalIo, rec: Recovered) {
+    this.dir = opts.dir;
+    this.policy = opts.fsync;
+    this.segmentBytes = opts.segmentBytes;
+    this.maxRecordBytes = opts.maxRecordBytes;
+    this.io = io;
+    this.segments = rec.segments;
+    this.lastIndex = rec.lastIndex;
+    this.durableIndex = rec.lastIndex;
+    this.writtenIndex = rec.lastIndex;
+    const last = rec.segments[rec.segments.length - 1];
+    this.vFirst = last ? last.firstIndex : 0;
+    this.vBytes = last ? rec.lastSize : 0;
+    this.vRecords = last ? rec.lastIndex + 1 - last.firstIndex : 0;
+    this.fdPos = rec.lastSize;
+  }
+
+  /**
+   * Opens (creating if needed) the log in `opts.dir`, recovers it and returns the records to replay,
+   * in index order, with a report of what recovery found. Throws `SegmemError('UNAVAILABLE')` with
+   * `details.reason === 'WAL_CORRUPT'` (and `details.file`, `details.offset`) if the log is corrupt and
+   * `repair` is not set.
+   */
+  static async open(opts: WalOptions): Promise<{ wal: Wal; records: WalRecord[]; report: RecoveryReport }> {
+    if (!FSYNC_POLICIES.includes(opts.fsync)) {
+      throw new SegmemError('INVALID_ARGUMENT', `unknown fsync policy ${JSON.stringify(opts.fsync)}`);
+    }
+    const segmentBytes = opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
+    if (!Number.isSafeInteger(segmentBytes) || segmentBytes < MIN_SEGMENT_BYTES) {
+      throw new SegmemError('INVALID_ARGUMENT', `segmentBytes must be an integer >= ${MIN_SEGMENT_BYTES}`);
+    }
+    const maxRecordBytes = opts.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES;
+    if (!Number.isSafeInteger(maxRecordBytes) || maxRecordBytes < 0 || maxRecordBytes > MAX_RECORD_BYTES_LIMIT) {
+      throw new SegmemError('INVALID_ARGUMENT', `maxRecordBytes must be an integer in [0, ${MAX_RECORD_BYTES_LIMIT}]`);
+    }
+    const dir = opts.dir;
+    const created = await fsp.mkdir(dir, { recursive: true });
+    if (created !== undefined && opts.fsync !== 'none') {
+      // Make the new directories themselves durable: fsync the parent of each one created.
+      for (let d = dir; ; d = dirname(d)) {
+        await fsyncDir(dirname(d));
+        if (d === created || dirname(d) === d) break;
+      }
+    }
+    const rec = await recover(dir, maxRecordBytes, opts.repair === true);
+    const io: WalIo = { ...nodeIo, ...opts.io };
+    const wal = new Wal({ dir, fsync: opts.fsync, segmentBytes, maxRecordBytes }, io, rec);
+    const last = rec.segments[rec.segments.length - 1];
+    if (last) wal.fd = await io.open(last.path, 'r+');
+    return { wal, records: rec.records, report: rec.report };
+  }
+
+  /** Index of the oldest record still stored (`lastIndex + 1` if none is). */
+  get firstIndex(): number {
+    const first = this.segments[0];
+    return first ? Math.min(first.firstIndex, this.lastIndex + 1) : this.lastIndex + 1;
+  }
+
+  /** Number of segment files. */
+  get segmentCount(): number {
+    return this.segments.length;
+  }
+
+  /** The error that stopped the log, if it failed. */
+  get failed(): SegmemError | null {
+    return this.failure;
+  }
+
+  /**
+   * Appends one record and returns its index (`lastIndex + 1`). Synchronous and cheap: the payload is
+   * not copied (do not modify it until it is durable), only a 16-byte record header is allocated, and
+   * no I/O happens in the call; a flush is started (on the microtask queue) if none is running, so all
+   * records appended in one synchronous run share a flush.
+   *
+   * An array is one record made of the concatenation of its parts (written with a gather write).
+   *
+   * Throws `SegmemError('UNAVAILABLE')` once the log has failed, `'CLOSED'` once `close` was called,
+   * and `'INVALID_ARGUMENT'` for a payload larger than `maxRecordBytes`.
+   */
+  append(payload: Uint8Array | readonly Uint8Array[]): number {
+    if (this.failure) throw this.failure;
+    if (this.closing) throw closedError();
+    const parts = Array.isArray(payload) ? (payload as readonly Uint8Array[]) : null;
+    let len: number;
+    if (parts) {
+      len = 0;
+      for (let i = 0; i < parts.length; i++) len += parts[i]!.length;
+    } else {
+      len = (payload as Uint8Array).length;
+    }
+    if (len > this.maxRecordBytes) {
+      throw new SegmemError('INVALID_ARGUMENT', `WAL record of ${len} bytes exceeds the maximum of ${this.maxRecordBytes}`);
+    }
+    const index = this.lastIndex + 1;
+    const h = Buffer.allocUnsafe(WAL_RECORD_HEADER_BYTES);
+    putU32(h, 0, len);
+    putU32(h, 8, index >>> 0);
+    putU32(h, 12, Math.floor(index / TWO_32));
+    let crc = crc32c(h, crc32c(h, 0, 0, 4), 8, 16);
+    const iov = this.iov;
+    const recordBytes = WAL_RECORD_HEADER_BYTES + len;
+    if (this.vFirst === 0 || (this.vRecords > 0 && this.vBytes + recordBytes > this.segmentBytes)) {
+      this.rolls.push({ index, iovPos: iov.length });
+      this.vFirst = index;
+      this.vBytes = WAL_FILE_HEADER_BYTES;
+      this.vRecords = 0;
+    }
+    iov.push(h);
+    if (parts) {
+      for (let i = 0; i < parts.length; i++) {
+        const p = parts[i]!;
+        if (p.length === 0) continue;
+        crc = crc32c(p, crc);
+        iov.push(p);
+      }
+    } else if (len > 0) {
+      crc = crc32c(payload as Uint8Array, crc);
+      iov.push(payload as Uint8Array);
+    }
+    putU32(h, 4, crc);
+    this.recEnds.push(iov.length);
+    this.vBytes += recordBytes;
+    this.vRecords++;
+    this.lastIndex = index;
+    this.stats.appends++;
+    if (this.flushPromise === null) this.flushPromise = Promise.resolve().then(this.runFlushesBound);
+    return index;
+  }
+
+  /**
+   * Resolves once `durableIndex >= index`. Rejects with the log's `SegmemError('UNAVAILABLE')` if it
+   * failed before that, and with `SegmemError('CLOSED')` if it was closed without `index` being durable.
+   */
+  waitDurable(index: number): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (index <= this.durableIndex) return Promise.resolve();
+    if (this.closed || (this.closing && index > this.lastIndex)) return Promise.reject(closedError());
+    return new Promise<void>((resolve, reject) => {
+      const w: Waiter = { index, resolve, reject };
+      const ws = this.waiters;
+      let i = ws.length;
+      while (i > 0 && ws[i - 1]!.index > index) i--;
+      if (i === ws.length) ws.push(w);
+      else ws.splice(i, 0, w);
+    });
+  }
+
+  /**
+   * Calls `listener(durableIndex)` after each flush completes (after `durableIndex` advanced and the
+   * matching `waitDurable` promises were resolved). Returns a function that removes the listener.
+   * An exception thrown by a listener is rethrown asynchronously (an uncaught exception); it does not
+   * affect the log.
+   */
+  onDurable(listener: (durableIndex: number) => void): () => void {
+    this.listeners.push(listener);
+    return () => {
+      const i = this.listeners.indexOf(listener);
+      if (i >= 0) this.listeners.splice(i, 1);
+    };
+  }
+
+  /**
+   * Deletes the segment files all of whose records have indexes below `beforeIndex` (for use once a
+   * snapshot covers them). The segment being written is never deleted. Resolves with the number of
+   * files deleted.
+   */
+  truncatePrefix(beforeIndex: number): Promise<number> {
+    const run = async (): Promise<number> => {
+      let deleted = 0;
+      // Segment i holds indexes [segments[i].firstIndex, segments[i + 1].firstIndex - 1].
+      while (this.segments.length > 1 && this.segments[1]!.firstIndex <= beforeIndex) {
+        const seg = this.segments[0]!;
+        await fsp.rm(seg.path, { force: true });
+        this.segments.shift();
+        deleted++;
+      }
+      if (deleted > 0 && this.policy !== 'none') {
+        await this.io.fsyncDir(this.dir);
+        this.stats.dirSyncs++;
+      }
+      return deleted;
+    };
+    const result = this.prefixChain.then(run, run);
+    this.prefixChain = result.catch(() => {});
+    return result;
+  }
+
+  /**
+   * Flushes every queued record, makes it durable (unless the policy is `'none'`) and closes the files.
+   * Idempotent. Rejects if the log failed with records not durable; any later `append` throws
+   * `SegmemError('CLOSED')`.
+   */
+  close(): Promise<void> {
+    if (!this.closePromise) {
+      this.closing = true;
+      this.closePromise = this.doClose();
+    }
+    return this.closePromise;
+  }
+
+  private async doClose(): Promise<void> {
+    while (this.flushPromise) await this.flushPromise;
+    await this.prefixChain;
+    if (this.fd !== null) {
+      const fd = this.fd;
+      this.fd = null;
+      try {
+        if (!this.failure && this.fdDirty && this.policy !== 'none') {
+          await this.io.fdatasync(fd);
+          this.stats.syncs++;
+          this.fdDirty = false;
+        }
+      } catch (err) {
+        this.fail(err);
+      } finally {
+        await this.io.close(fd).catch(() => {});
+      }
+    }
+    this.closed = true;
+    const err = this.failure ?? closedError();
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.reject(err);
+    if (this.failure && this.durableIndex < this.lastIndex) throw this.failure;
+  }
+
+  private async runFlushes(): Promise<void> {
+    try {
+      while (!this.failure && this.recHead < this.recEnds.length) {
+        const count = this.policy === 'always' ? 1 : this.recEnds.length - this.recHead;
+        await this.flush(count);
+      }
+    } catch (err) {
+      this.fail(err);
+    } finally {
+      this.flushPromise = null;
+    }
+  }
+
+  /** Writes the next `count` queued records, syncs them (policy permitting) and reports them durable. */
+  private async flush(count: number): Promise<void> {
+    const firstIndex = this.writtenIndex + 1;
+    const lastIndex = firstIndex + count - 1;
+    const iovEnd = this.recEnds[this.recHead + count - 1]!;
+    let pos = this.iovHead;
+    let created = false;
+    const rolls = this.rolls;
+    while (rolls.length > 0 && rolls[0]!.index <= lastIndex) {
+      const roll = rolls.shift()!;
+      if (roll.iovPos > pos) await this.write(this.iov.slice(pos, roll.iovPos));
+      pos = roll.iovPos;
+      await this.startSegment(roll.index);
+      created = true;
+    }
+    if (iovEnd > pos) await this.write(this.iov.slice(pos, iovEnd));
+    this.writtenIndex = lastIndex;
+    this.iovHead = iovEnd;
+    this.recHead += count;
+    this.compactQueue();
+    if (this.policy !== 'none') {
+      await this.io.fdatasync(this.fd!);
+      this.stats.syncs++;
+      this.fdDirty = false;
+      if (created) {
+        await this.io.fsyncDir(this.dir);
+        this.stats.dirSyncs++;
+      }
+    }
+    this.stats.flushes++;
+    this.durableIndex = lastIndex;
+    this.notify();
+  }
+
+  private compactQueue(): void {
+    if (this.recHead === this.recEnds.length) {
+      this.iov.length = 0;
+      this.recEnds.length = 0;
+      this.iovHead = 0;
+      this.recHead = 0;
+      return;
+    }
+    if (this.recHead < 1024 || this.recHead * 2 < this.recEnds.length) return;
+    const shift = this.iovHead;
+    this.iov.splice(0, shift);
+    this.recEnds.splice(0, this.recHead);
+    for (let i = 0; i < this.recEnds.length; i++) this.recEnds[i]! -= shift;
+    for (const r of this.rolls) r.iovPos -= shift;
+    this.iovHead = 0;
+    this.recHead = 0;
+  }
+
+  /** Writes `buffers` at the end of the current segment file, retrying short writes. */
+  private async write(buffers: Uint8Array[]): Promise<void> {
+    let total = 0;
+    for (let i = 0; i < buffers.length; i++) total += buffers[i]!.length;
+    if (total === 0) return;
+    const fd = this.fd!;
+    let done = 0;
+    let bufs = buffers;
+    for (;;) {
+      const n = await this.io.writev(fd, bufs, this.fdPos + done);
+      done += n;
+      if (done >= total) break;
+      if (n <= 0) throw new Error(`short write to ${this.currentPath()}`);
+      // Drop what was written and continue with the rest.
+      let skip = n;
+      let i = 0;
+      while (skip >= bufs[i]!.length) skip -= bufs[i++]!.length;
+      bufs = bufs.slice(i);
+      if (skip > 0) bufs[0] = bufs[0]!.subarray(skip);
+    }
+    this.fdPos += total;
+    this.fdDirty = true;
+    this.stats.bytes += total;
+  }
+
+  private currentPath(): string {
+    return this.segments[this.segments.length - 1]?.path ?? this.dir;
+  }
+
+  /** Closes the current segment (synced, policy permitting) and creates the one starting at `firstIndex`. */
+  private async startSegment(firstIndex: number): Promise<void> {
+    if (this.fd !== null) {
+      const fd = this.fd;
+      if (this.fdDirty && this.policy !== 'none') {
+        await this.io.fdatasync(fd);
+        this.stats.syncs++;
+      }
+      this.fdDirty = false;
+      this.fd = null;
+      await this.io.close(fd);
+    }
+    const path = join(this.dir, segmentFileName(firstIndex));
+    this.fd = await this.io.open(path, 'wx');
+    this.fdPos = 0;
+    this.segments.push({ firstIndex, path });
+    await this.write([fileHeader()]);
+  }
+
+  private notify(): void {
+    const durable = this.durableIndex;
+    const ws = this.waiters;
+    let n = 0;
+    while (n < ws.length && ws[n]!.index <= durable) n++;
+    if (n > 0) {
+      const done = n === ws.length ? ws : ws.slice(0, n);
+      this.waiters = n === ws.length ? [] : ws.slice(n);
+      for (const w of done) w.resolve();
+    }
+    for (const listener of this.listeners) {
+      try {
+        listener(durable);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+  }
+
+  private fail(err: unknown): void {
+    if (this.failure) return;
+    this.failure = walFailed(err);
+    this.iov = [];
+    this.recEnds = [];
+    this.rolls = [];
+    this.iovHead = 0;
+    this.recHead = 0;
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.reject(this.failure);
+  }
+}
