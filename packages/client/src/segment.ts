@@ -96,6 +96,11 @@ export class SegmentImpl implements Segment {
     private readonly onClose: () => Promise<void> = async () => {},
   ) {}
 
+  /** Bytes and requests this segment's session moved so far (not part of the pinned API). */
+  stats(): { bytesSent: number; bytesReceived: number; requests: number } {
+    return { ...this.session.traffic };
+  }
+
   /** True when page rights guard the objects (the native addon is loaded). */
   get protectedPages(): boolean {
     return this.mapped.protectedPages;

@@ -65,6 +65,8 @@ export class Session {
   private closed = false;
   private reconnecting: Promise<void> | null = null;
   private readonly capacityWaiters: (() => void)[] = [];
+  /** Bytes written to and read from the transport, for benchmarks and diagnostics. */
+  readonly traffic = { bytesSent: 0, bytesReceived: 0, requests: 0 };
 
   private constructor(private readonly opts: SessionOptions) {}
 
@@ -99,8 +101,14 @@ export class Session {
     const promise = new Promise<unknown>((resolve, reject) => {
       this.pending.set(requestId, { req, resolve, reject });
     });
-    if (this.transport && !this.reconnecting) this.transport.write(encodeRequest(req, requestId));
+    if (this.transport && !this.reconnecting) this.send(encodeRequest(req, requestId));
     return { requestId, promise };
+  }
+
+  private send(parts: Buffer[]): void {
+    for (const p of parts) this.traffic.bytesSent += p.length;
+    this.traffic.requests++;
+    this.transport!.write(parts);
   }
 
   private allocateRequestId(): number {
@@ -149,6 +157,7 @@ export class Session {
   }
 
   private receive(chunk: Buffer): void {
+    this.traffic.bytesReceived += chunk.length;
     let frames: Frame[];
     try {
       frames = this.decoder.push(chunk);

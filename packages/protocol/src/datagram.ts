@@ -61,7 +61,10 @@ export function encodeInvalidationDatagram(msg: InvalidationDatagramInput): Buff
   if (full.length <= MAX_DATAGRAM_BYTES) return full;
   // Largest prefix of objects that fits, by binary search (each probe encodes at most ~400 pairs).
   let lo = 0;
-  let hi = Math.min(all.length - 1, Math.floor((MAX_DATAGRAM_BYTES - DATAGRAM_PREFIX_BYTES) / MIN_PAIR_BYTES));
+  let hi = Math.min(
+    all.length - 1,
+    Math.floor((MAX_DATAGRAM_BYTES - DATAGRAM_PREFIX_BYTES) / MIN_PAIR_BYTES),
+  );
   let best = build(msg, [], true);
   if (best.length > MAX_DATAGRAM_BYTES) {
     throw new SegmemError('INVALID_ARGUMENT', 'invalidation datagram does not fit even without objects');
@@ -101,7 +104,10 @@ export function decodeInvalidationDatagram(buf: Buffer): InvalidationDatagram {
       sessionId: uintField(body.sessionId, 'sessionId', 1),
       seq: uintField(body.seq, 'seq', 1),
       objects: versionPairsField(body.objects, 'objects', 0),
-      truncated: body.truncated === undefined || body.truncated === null ? false : boolField(body.truncated, 'truncated'),
+      truncated:
+        body.truncated === undefined || body.truncated === null
+          ? false
+          : boolField(body.truncated, 'truncated'),
     };
   } catch (err) {
     if (SegmemError.is(err)) {

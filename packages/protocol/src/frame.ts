@@ -68,7 +68,12 @@ export function encodeFrame(
   maxFrameBytes: number = MAX_FRAME_BYTES,
 ): Buffer[] {
   checkFixedFields(type, requestId, groupId);
-  const head = encodeHeader(header, FRAME_PREFIX_BYTES);
+  let head: Buffer;
+  try {
+    head = encodeHeader(header, FRAME_PREFIX_BYTES);
+  } catch (err) {
+    throw invalidArgument(`frame header cannot be encoded: ${(err as Error)?.message ?? String(err)}`);
+  }
   const headerBytes = head.length - FRAME_PREFIX_BYTES;
   const payloadBytes = payload === undefined ? 0 : payload.byteLength;
   const frameBytes = FRAME_FIXED_BYTES + headerBytes + payloadBytes;
@@ -109,7 +114,9 @@ export function frameLength(parts: readonly Uint8Array[]): number {
 
 function checkFrameBytes(frameBytes: number, maxFrameBytes: number): void {
   if (frameBytes < FRAME_FIXED_BYTES) {
-    throw protocolError(`frame length ${frameBytes} is below the minimum of ${FRAME_FIXED_BYTES}`, { frameBytes });
+    throw protocolError(`frame length ${frameBytes} is below the minimum of ${FRAME_FIXED_BYTES}`, {
+      frameBytes,
+    });
   }
   if (frameBytes > maxFrameBytes) {
     throw protocolError(`frame length ${frameBytes} exceeds the limit of ${maxFrameBytes} bytes`, {

@@ -14,7 +14,7 @@
  * - {@link decodeOk}, {@link decodeError}, {@link decodeInvalidate} decode what a server sent; a client never
  *   trusts a bad answer, so every problem there is PROTOCOL.
  */
-import { invalidArgument, isErrorCode, protocolError, SegmemError, type ErrorCode } from './errors.js';
+import { type ErrorCode, invalidArgument, isErrorCode, protocolError, SegmemError } from './errors.js';
 import { EMPTY_PAYLOAD, encodeFrame, type Frame, MAX_U32 } from './frame.js';
 import {
   MAX_ERROR_MESSAGE_CHARS,
@@ -39,6 +39,7 @@ import {
   stringField,
   toWellFormedString,
   uintField,
+  type VersionPair,
   validateMode,
   validateName,
   validatePages,
@@ -47,7 +48,6 @@ import {
   validateSessionTimeoutMs,
   validateSize,
   validateTimeoutMs,
-  type VersionPair,
   versionPairsField,
 } from './validate.js';
 
@@ -521,7 +521,8 @@ export function encodeOk<T extends RequestType>(
 export function encodeError(requestId: number, err: SegmemError, groupId = 0): Buffer[] {
   const code: ErrorCode = isErrorCode(err.code) ? err.code : 'PROTOCOL';
   let message = typeof err.message === 'string' ? err.message : String(err.message);
-  if (message.length > MAX_ERROR_MESSAGE_CHARS) message = `${message.slice(0, MAX_ERROR_MESSAGE_CHARS - 3)}...`;
+  if (message.length > MAX_ERROR_MESSAGE_CHARS)
+    message = `${message.slice(0, MAX_ERROR_MESSAGE_CHARS - 3)}...`;
   message = toWellFormedString(message);
   const details = err.details === undefined ? null : sanitizeHeaderValue(err.details, MAX_HEADER_DEPTH - 1);
   return encodeFrame(MessageType.ERROR, requestId, groupId, {
@@ -773,7 +774,9 @@ export function decodeOk<T extends RequestType>(requestType: T, frame: Frame): O
 /** Decodes an ERROR frame into the SegmemError it carries. An unknown code or a bad field is PROTOCOL. */
 export function decodeError(frame: Frame): SegmemError {
   if (frame.type !== MessageType.ERROR) {
-    throw protocolError(`expected ERROR (0x41); got ${NAME_BY_CODE[frame.type] ?? 'unknown type'} (${hex(frame.type)})`);
+    throw protocolError(
+      `expected ERROR (0x41); got ${NAME_BY_CODE[frame.type] ?? 'unknown type'} (${hex(frame.type)})`,
+    );
   }
   const h = frame.header;
   const message = h.message;
@@ -804,9 +807,12 @@ export function decodeResponse<T extends RequestType>(requestType: T, frame: Fra
 /** Decodes an INVALIDATE push; PROTOCOL for anything wrong. */
 export function decodeInvalidate(frame: Frame): Invalidate {
   if (frame.type !== MessageType.INVALIDATE) {
-    throw protocolError(`expected INVALIDATE (0x60); got ${NAME_BY_CODE[frame.type] ?? 'unknown type'} (${hex(frame.type)})`);
+    throw protocolError(
+      `expected INVALIDATE (0x60); got ${NAME_BY_CODE[frame.type] ?? 'unknown type'} (${hex(frame.type)})`,
+    );
   }
-  if (frame.requestId !== 0) throw protocolError(`INVALIDATE push with requestId ${frame.requestId}; pushes use 0`);
+  if (frame.requestId !== 0)
+    throw protocolError(`INVALIDATE push with requestId ${frame.requestId}; pushes use 0`);
   try {
     noPayload(frame.payload);
     return {

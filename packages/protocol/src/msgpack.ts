@@ -120,7 +120,11 @@ function scanValue(buf: Buffer, pos: number, end: number, depth: number): number
       need(pos, 8, end);
       const high = buf.readInt32BE(pos);
       const low = buf.readUInt32BE(pos + 4);
-      if (high > MAX_SAFE_HIGH_WORD || high < -MAX_SAFE_HIGH_WORD - 1 || (high === -MAX_SAFE_HIGH_WORD - 1 && low === 0)) {
+      if (
+        high > MAX_SAFE_HIGH_WORD ||
+        high < -MAX_SAFE_HIGH_WORD - 1 ||
+        (high === -MAX_SAFE_HIGH_WORD - 1 && low === 0)
+      ) {
         bad('integer beyond +-(2^53-1) refused', pos - 1);
       }
       return pos + 8;

@@ -44,7 +44,9 @@ export function isSafeUint(value: unknown): value is number {
 
 /** True for a plain map as the header decoder produces it: an object that is neither an array nor bytes. */
 export function isPlainMap(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array);
+  return (
+    typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array)
+  );
 }
 
 /** A short, safe description of a value for error messages (never echoes more than a few dozen characters). */
@@ -77,7 +79,11 @@ function fail(field: string, rule: string, value: unknown): never {
 /** An integer in min..max (both safe integers). */
 export function uintField(value: unknown, field: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   if (typeof value === 'number' && Number.isSafeInteger(value) && value >= min && value <= max) return value;
-  return fail(field, max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer ${min}..${max}`, value);
+  return fail(
+    field,
+    max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer ${min}..${max}`,
+    value,
+  );
 }
 
 export function boolField(value: unknown, field: string): boolean {
@@ -100,7 +106,11 @@ export function stringField(value: unknown, field: string, minBytes: number, max
 }
 
 /** `undefined` and `null` become `null`; anything else goes through `check`. */
-export function optionalField<T>(value: unknown, field: string, check: (v: unknown, f: string) => T): T | null {
+export function optionalField<T>(
+  value: unknown,
+  field: string,
+  check: (v: unknown, f: string) => T,
+): T | null {
   return value === undefined || value === null ? null : check(value, field);
 }
 
@@ -122,7 +132,9 @@ export function validateName(value: unknown, field = 'name'): string {
   const bytes = value.length === 0 || value.length > MAX_NAME_BYTES ? -1 : Buffer.byteLength(value, 'utf8');
   if (bytes < 1 || bytes > MAX_NAME_BYTES) {
     const got = value.length === 0 ? 0 : Buffer.byteLength(value, 'utf8');
-    throw invalidArgument(`${field} must be 1..${MAX_NAME_BYTES} bytes of UTF-8; got ${got} bytes`, { field });
+    throw invalidArgument(`${field} must be 1..${MAX_NAME_BYTES} bytes of UTF-8; got ${got} bytes`, {
+      field,
+    });
   }
   checkNameChars(value, field);
   return value;
@@ -135,7 +147,9 @@ export function validatePrefix(value: unknown, field = 'prefix'): string {
   const bytes = value.length > MAX_NAME_BYTES ? value.length : Buffer.byteLength(value, 'utf8');
   if (bytes > MAX_NAME_BYTES) {
     const got = Buffer.byteLength(value, 'utf8');
-    throw invalidArgument(`${field} must be 0..${MAX_NAME_BYTES} bytes of UTF-8; got ${got} bytes`, { field });
+    throw invalidArgument(`${field} must be 0..${MAX_NAME_BYTES} bytes of UTF-8; got ${got} bytes`, {
+      field,
+    });
   }
   checkNameChars(value, field);
   return value;
@@ -179,7 +193,10 @@ export function versionPairsField(value: unknown, field: string, minVersion = 0)
   for (let i = 0; i < list.length; i++) {
     const pair = list[i];
     if (!Array.isArray(pair) || pair.length !== 2) fail(`${field}[${i}]`, 'an [id, version] pair', pair);
-    out[i] = [uintField(pair[0], `${field}[${i}][0] (id)`, 1), uintField(pair[1], `${field}[${i}][1] (version)`, minVersion)];
+    out[i] = [
+      uintField(pair[0], `${field}[${i}][0] (id)`, 1),
+      uintField(pair[1], `${field}[${i}][1] (version)`, minVersion),
+    ];
   }
   return out;
 }
@@ -216,7 +233,11 @@ export function validatePages(value: unknown, size: number, field = 'pages'): nu
   for (let i = 0; i < list.length; i++) {
     const page = list[i];
     if (typeof page !== 'number' || !Number.isSafeInteger(page) || page <= previous || page >= limit) {
-      fail(`${field}[${i}]`, `a page number ${previous + 1}..${limit - 1} (strictly ascending, within the object)`, page);
+      fail(
+        `${field}[${i}]`,
+        `a page number ${previous + 1}..${limit - 1} (strictly ascending, within the object)`,
+        page,
+      );
     }
     previous = page;
   }
@@ -228,13 +249,17 @@ export function validatePages(value: unknown, size: number, field = 'pages'): nu
  * each within MAX_OBJECT_BYTES. Returns the ranges and their total length.
  * Bounds against the object's actual size are the server's check (it knows the size).
  */
-export function validateRanges(value: unknown, field = 'ranges'): { ranges: ByteRange[]; totalBytes: number } {
+export function validateRanges(
+  value: unknown,
+  field = 'ranges',
+): { ranges: ByteRange[]; totalBytes: number } {
   const list = arrayField(value, field);
   let end = 0;
   let totalBytes = 0;
   for (let i = 0; i < list.length; i++) {
     const range = list[i];
-    if (!Array.isArray(range) || range.length !== 2) fail(`${field}[${i}]`, 'an [offset, length] pair', range);
+    if (!Array.isArray(range) || range.length !== 2)
+      fail(`${field}[${i}]`, 'an [offset, length] pair', range);
     const offset = range[0];
     if (!isSafeUint(offset) || offset < end || offset >= MAX_OBJECT_BYTES) {
       const rule = i === 0 ? '' : ' (ranges sorted and non-overlapping)';

@@ -26,7 +26,13 @@ const specArb: fc.Arbitrary<Spec> = fc.record({
   groupId: fc.integer({ min: 0, max: 0xffff }),
   header: fc.dictionary(
     fc.string({ maxLength: 8 }).filter((k) => !['__proto__', 'constructor', 'prototype'].includes(k)),
-    fc.oneof(fc.maxSafeInteger(), fc.string(), fc.boolean(), fc.constant(null), fc.array(fc.nat(), { maxLength: 4 })),
+    fc.oneof(
+      fc.maxSafeInteger(),
+      fc.string(),
+      fc.boolean(),
+      fc.constant(null),
+      fc.array(fc.nat(), { maxLength: 4 }),
+    ),
     { maxKeys: 6, noNullPrototype: true },
   ),
   payload: fc.uint8Array({ maxLength: 300 }).map((u) => Buffer.from(u)),
@@ -115,7 +121,9 @@ test('arbitrary frames round trip through arbitrary chunking', (t) => {
           from = p;
         }
         t.is(frames.length, specs.length);
-        specs.forEach((s, i) => same(t, frames[i], s));
+        specs.forEach((s, i) => {
+          same(t, frames[i], s);
+        });
         t.is(decoder.bufferedBytes, 0);
       },
     ),
@@ -139,7 +147,9 @@ test('frames split at every possible position decode, and coalesced ones too', (
         ...decoder.push(stream.subarray(j)),
       ];
       t.is(frames.length, 3, `cut at ${i},${j}`);
-      specs.forEach((s, k) => same(t, frames[k], s));
+      specs.forEach((s, k) => {
+        same(t, frames[k], s);
+      });
     }
   }
   // Byte by byte.
@@ -147,7 +157,9 @@ test('frames split at every possible position decode, and coalesced ones too', (
   const frames: Frame[] = [];
   for (let i = 0; i < stream.length; i++) frames.push(...decoder.push(stream.subarray(i, i + 1)));
   t.is(frames.length, 3);
-  specs.forEach((s, k) => same(t, frames[k], s));
+  specs.forEach((s, k) => {
+    same(t, frames[k], s);
+  });
 });
 
 test('a frame within one chunk is decoded in place: its payload is a view of the chunk', (t) => {
@@ -158,7 +170,10 @@ test('a frame within one chunk is decoded in place: its payload is a view of the
   t.is(frames.length, 2);
   for (const f of frames) {
     t.is(f.payload.buffer, chunk.buffer);
-    t.true(f.payload.byteOffset >= chunk.byteOffset && f.payload.byteOffset + f.payload.length <= chunk.byteOffset + chunk.length);
+    t.true(
+      f.payload.byteOffset >= chunk.byteOffset &&
+        f.payload.byteOffset + f.payload.length <= chunk.byteOffset + chunk.length,
+    );
   }
   chunk[a.length - 1] = 0xee; // the payload sees changes to the chunk: shared memory
   t.is(frames[0].payload[4095], 0xee);
@@ -183,7 +198,8 @@ test('a large frame over many chunks decodes in linear time', (t) => {
   const decoder = new FrameDecoder();
   const started = process.hrtime.bigint();
   let frames: Frame[] = [];
-  for (let i = 0; i < stream.length; i += 1000) frames = frames.concat(decoder.push(stream.subarray(i, i + 1000)));
+  for (let i = 0; i < stream.length; i += 1000)
+    frames = frames.concat(decoder.push(stream.subarray(i, i + 1000)));
   const ms = Number(process.hrtime.bigint() - started) / 1e6;
   t.is(frames.length, 1);
   t.true(frames[0].payload.equals(payload));

@@ -129,13 +129,14 @@ test('cancel removes a waiter, and a cancelled writer at the head lets readers t
   t.deepEqual(value(run({ op: 'cancel', sessionId: b, seq: 1, reason: 'TIMEOUT' })), { cancelled: false });
 });
 
-test('self-deadlocks are refused with DEADLOCK, re-entrant reads are granted', (t) => {
+test('a session queues behind its own grants like any other session', (t) => {
   const { run, open } = machine();
   const a = open();
   value(run({ op: 'create', sessionId: a, seq: 1, name: 'x', size: 4, ifNotExists: false }));
-  value(run({ op: 'acquire', sessionId: a, seq: 2, name: 'x', mode: 'read' }));
-  t.truthy(value(run({ op: 'acquire', sessionId: a, seq: 3, name: 'x', mode: 'read' })).granted);
-  t.like(run({ op: 'acquire', sessionId: a, seq: 4, name: 'x', mode: 'write' }).result, { ok: false, code: 'DEADLOCK' });
+  const w = value(run({ op: 'acquire', sessionId: a, seq: 2, name: 'x', mode: 'write' })).granted;
+  t.deepEqual(value(run({ op: 'acquire', sessionId: a, seq: 3, name: 'x', mode: 'write' })), { queued: true });
+  const out = run({ op: 'release', sessionId: a, seq: 4, name: 'x', mode: 'write', token: w.token, ranges: [], data: null });
+  t.like(out.effects[0], { kind: 'grant', sessionId: a, seq: 3 });
 });
 
 test('grants name only the pages changed since the cached version', (t) => {

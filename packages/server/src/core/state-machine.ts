@@ -264,20 +264,8 @@ export class StateMachine {
   private acquire(session: Session, seq: number, name: string, mode: LockMode): Result {
     const obj = this.byName.get(name);
     if (!obj) return fail('NOT_FOUND', `no object named "${name}"`);
-    const hold = session.holds.get(obj.id);
-    if (hold) {
-      if (hold.mode === 'write') {
-        return fail('DEADLOCK', `this session already holds write access to "${name}"; release it first`);
-      }
-      if (mode === 'write') {
-        return fail(
-          'DEADLOCK',
-          `this session holds read access to "${name}" and asks for write access: it would wait for itself`,
-        );
-      }
-      // Re-entrant read: granted at once, even past queued writers, since they wait for this session anyway.
-      return ok({ granted: this.grant(session, obj, 'read') });
-    }
+    // A session's acquires queue like anyone's: a process's concurrent tasks share one session, and a
+    // second acquire of an object the session holds waits for the first release (as with a mutex).
     if (obj.queue.length === 0 && compatible(obj, mode)) {
       return ok({ granted: this.grant(session, obj, mode) });
     }

@@ -362,7 +362,7 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
     } else {
       const handle = await fsp.open(badPath, 'r+');
       try {
-        // await handle.truncate(bad.offset);
+        await handle.truncate(bad.offset);
         await handle.sync();
       } finally {
         await handle.close();

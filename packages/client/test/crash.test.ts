@@ -1,0 +1,118 @@
+/**
+ * What happens when processes die or misbehave: real child processes, real signals.
+ */
+import { join } from 'node:path';
+import test from 'ava';
+import { connect, openEmbedded } from '../src/index.js';
+import { fixturesDir, runNode, startServerProcess, tempDir } from './helpers.js';
+
+test('a client killed while holding write access loses its write, and the lock frees after sessionTimeoutMs', async (t) => {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path });
+  const seg = await connect({ servers: [server.address] });
+  try {
+    await seg.create('victim', 4);
+    await seg.update('victim', (h) => h.bytes.writeUInt32LE(7, 0));
+    const child = runNode(join(fixturesDir, 'hold-write.mjs'), [server.address, 'victim'], {
+      onLine: (line, proc) => {
+        if (line === 'holding') proc.kill('SIGKILL');
+      },
+    });
+    const exit = await child.done;
+    t.is(exit.signal, 'SIGKILL', `child stderr: ${exit.stderr}`);
+    t.true(exit.stdout.includes('holding'));
+    const started = Date.now();
+    const h = await seg.acquireWrite('victim', { timeoutMs: 10_000 });
+    const waited = Date.now() - started;
+    t.is(h.bytes.readUInt32LE(0), 7, 'the dead writer\'s unreleased change is not visible');
+    t.true(waited < 8000, `lock released after the 1 s session timeout (waited ${waited} ms)`);
+    await h.release();
+    t.is((await seg.stat('victim')).version, 2, 'a release that changed nothing keeps the version');
+  } finally {
+    await seg.close();
+    await server.stop();
+    dir.cleanup();
+  }
+});
+
+for (const [how, expected] of [
+  ['after-release', /illegal access at address 0x[0-9a-f]+.*object "compteur".*not acquired/],
+  ['read-handle', /illegal access at address 0x[0-9a-f]+.*object "compteur".*read-only/],
+  ['never', /object "compteur".*not acquired/],
+] as const) {
+  test(`page rights: ${how} crashes the process with a message naming the object`, async (t) => {
+    const dir = tempDir();
+    try {
+      const { done } = runNode(join(fixturesDir, 'violate.mjs'), [dir.path, how]);
+      const exit = await done;
+      if (exit.code === 3 && process.env.SEGMEM_ALLOW_NO_NATIVE === '1') {
+        t.pass('native addon unavailable and allowed to be');
+        return;
+      }
+      t.is(exit.signal, 'SIGABRT', `stdout: ${exit.stdout} stderr: ${exit.stderr}`);
+      t.regex(exit.stderr, expected);
+      t.false(exit.stdout.includes('survived'));
+    } finally {
+      dir.cleanup();
+    }
+  });
+}
+
+test('a second process opening an embedded directory in use gets an error naming the holder', async (t) => {
+  const dir = tempDir();
+  const seg = await openEmbedded({ dir: dir.path, fsync: 'none' });
+  try {
+    await seg.create('x', 4);
+    const { done } = runNode(join(fixturesDir, 'open-embedded.mjs'), [dir.path]);
+    const exit = await done;
+    const report = JSON.parse(exit.stdout.trim()) as { ok: boolean; code: string; message: string };
+    t.false(report.ok);
+    t.is(report.code, 'UNAVAILABLE');
+    t.true(report.message.includes(String(process.pid)), report.message);
+    await t.throwsAsync(openEmbedded({ dir: dir.path }), { message: new RegExp(String(process.pid)) });
+  } finally {
+    await seg.close();
+  }
+  // After close the directory is free again, with the data intact.
+  const again = await openEmbedded({ dir: dir.path, fsync: 'none' });
+  t.is((await again.stat('x')).size, 4);
+  await again.close();
+  dir.cleanup();
+});
+
+test('a process killed while holding an embedded directory leaves a stale lock that the next open takes over', async (t) => {
+  const dir = tempDir();
+  const child = runNode(join(fixturesDir, 'open-embedded.mjs'), [dir.path, 'hold'], {
+    onLine: (line, proc) => {
+      if (line.includes('"ok":true')) proc.kill('SIGKILL');
+    },
+  });
+  const exit = await child.done;
+  t.is(exit.signal, 'SIGKILL');
+  const seg = await openEmbedded({ dir: dir.path, fsync: 'none' });
+  await seg.close();
+  dir.cleanup();
+});
+
+test('close() releases held locks at once', async (t) => {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path });
+  const a = await connect({ servers: [server.address], sessionTimeoutMs: 60_000 });
+  const b = await connect({ servers: [server.address] });
+  try {
+    await a.create('x', 4);
+    const h = await a.acquireWrite('x');
+    h.bytes[0] = 5;
+    const waiting = b.acquireRead('x', { timeoutMs: 5000 });
+    await a.close(); // long session timeout: only an explicit close can free it this fast
+    const r = await waiting;
+    t.is(r.bytes[0], 0, 'the unreleased write of the closed session is discarded');
+    await r.release();
+    await t.throwsAsync(h.release(), { code: 'LOCK_LOST' } as never);
+    await t.throwsAsync(a.stat('x'), { code: 'CLOSED' } as never);
+  } finally {
+    await b.close();
+    await server.stop();
+    dir.cleanup();
+  }
+});

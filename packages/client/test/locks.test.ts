@@ -1,0 +1,159 @@
+/**
+ * Blocking semantics of the seed: readers share and block writers, writers exclude everyone,
+ * waiters are served in FIFO order, and waits honour timeouts and abort signals.
+ */
+import test from 'ava';
+import { connect, type Handle, type Segment, SegmemError } from '../src/index.js';
+import { startServerProcess, tempDir, waitFor } from './helpers.js';
+
+async function cluster(t: { teardown(fn: () => unknown): void }, sessions: number): Promise<Segment[]> {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path, fsync: 'none' });
+  const segs: Segment[] = [];
+  for (let i = 0; i < sessions; i++) segs.push(await connect({ servers: [server.address], sessionTimeoutMs: 5000 }));
+  t.teardown(async () => {
+    for (const s of segs) await s.close();
+    await server.stop();
+    dir.cleanup();
+  });
+  return segs;
+}
+
+/** Tracks whether a promise has settled, without awaiting it. */
+function settled<T>(p: Promise<T>): { done: () => boolean; value: Promise<T> } {
+  let done = false;
+  p.then(
+    () => (done = true),
+    () => (done = true),
+  );
+  return { done: () => done, value: p };
+}
+
+/** Gives the server time to act on what was sent, by a round trip on each session. */
+async function roundTrip(...segs: Segment[]): Promise<void> {
+  for (const s of segs) await s.list('\u{10FFFF}');
+}
+
+test('readers share an object while a writer waits for all of them', async (t) => {
+  const [r1, r2, w] = await cluster(t, 3);
+  await r1!.create('x', 4);
+  const h1 = await r1!.acquireRead('x');
+  const h2 = await r2!.acquireRead('x'); // shared: granted while h1 is held
+  const writer = settled(w!.acquireWrite('x'));
+  await roundTrip(w!, r1!, r2!);
+  t.false(writer.done(), 'the writer waits while readers hold the object');
+  await h1.release();
+  await roundTrip(w!, r1!);
+  t.false(writer.done(), 'still one reader');
+  await h2.release();
+  const wh = await writer.value;
+  t.is(wh.mode, 'write');
+  await wh.release();
+});
+
+test('a reader waits while a writer holds the object, and sees the write', async (t) => {
+  const [w, r] = await cluster(t, 2);
+  await w!.create('x', 4);
+  const wh = await w!.acquireWrite('x');
+  const reader = settled(r!.acquireRead('x'));
+  await roundTrip(r!, w!);
+  t.false(reader.done(), 'the reader blocks while the writer holds the object');
+  wh.bytes.writeUInt32LE(77);
+  await wh.release();
+  const rh = await reader.value;
+  t.is(rh.bytes.readUInt32LE(0), 77);
+  t.true(rh.token > wh.token, 'fencing tokens increase per object');
+  await rh.release();
+});
+
+test('waiters are served in FIFO order, so a waiting writer is not starved by later readers', async (t) => {
+  const segs = await cluster(t, 5);
+  const [holder, w1, r1, w2, r2] = segs as [Segment, Segment, Segment, Segment, Segment];
+  await holder.create('x', 4);
+  const order: string[] = [];
+  const h = await holder.acquireRead('x');
+  const take = async (s: Segment, mode: 'read' | 'write', label: string): Promise<Handle> => {
+    const handle = mode === 'read' ? await s.acquireRead('x') : await s.acquireWrite('x');
+    order.push(label);
+    return handle;
+  };
+  const pw1 = take(w1, 'write', 'w1');
+  await roundTrip(w1);
+  const pr1 = take(r1, 'read', 'r1'); // arrives while readers hold but a writer waits: it must queue
+  await roundTrip(r1);
+  const pw2 = take(w2, 'write', 'w2');
+  await roundTrip(w2);
+  const pr2 = take(r2, 'read', 'r2');
+  await roundTrip(r2);
+  t.deepEqual(order, [], 'everyone waits behind the first writer');
+  await h.release();
+  const hw1 = await pw1;
+  await roundTrip(r1, w2, r2);
+  t.deepEqual(order, ['w1']);
+  await hw1.release();
+  const hr1 = await pr1;
+  await roundTrip(w2, r2);
+  t.deepEqual(order, ['w1', 'r1'], 'r2 queued behind w2 stays there');
+  await hr1.release();
+  const hw2 = await pw2;
+  await hw2.release();
+  const hr2 = await pr2;
+  await hr2.release();
+  t.deepEqual(order, ['w1', 'r1', 'w2', 'r2']);
+});
+
+test('an acquire times out with TIMEOUT and leaves the queue', async (t) => {
+  const [a, b] = await cluster(t, 2);
+  await a!.create('x', 4);
+  const held = await a!.acquireWrite('x');
+  const started = Date.now();
+  const err = await t.throwsAsync(b!.acquireWrite('x', { timeoutMs: 150 }));
+  const waited = Date.now() - started;
+  t.is((err as SegmemError).code, 'TIMEOUT');
+  t.true(waited >= 140 && waited < 3000, `timed out after ${waited} ms`);
+  await held.release();
+  // The timed-out waiter must not hold the object: a new writer gets it at once.
+  const next = await b!.acquireWrite('x', { timeoutMs: 2000 });
+  await next.release();
+});
+
+test('an acquire is aborted by its signal with ABORTED, and the lock is not leaked', async (t) => {
+  const [a, b] = await cluster(t, 2);
+  await a!.create('x', 4);
+  const held = await a!.acquireWrite('x');
+  const ac = new AbortController();
+  const pending = b!.acquireRead('x', { signal: ac.signal });
+  await roundTrip(b!);
+  ac.abort();
+  const err = await t.throwsAsync(pending);
+  t.is((err as SegmemError).code, 'ABORTED');
+  await t.throwsAsync(b!.acquireRead('x', { signal: AbortSignal.abort() }), { code: 'ABORTED' } as never);
+  await held.release();
+  const again = await a!.acquireWrite('x', { timeoutMs: 2000 });
+  await again.release();
+});
+
+test('concurrent tasks of one session queue on the same object and increments are exact', async (t) => {
+  const [a, b] = await cluster(t, 2);
+  await a!.create('n', 4);
+  const bump = (s: Segment) =>
+    s.update('n', (h) => {
+      h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1);
+    });
+  await Promise.all([...Array.from({ length: 25 }, () => bump(a!)), ...Array.from({ length: 25 }, () => bump(b!))]);
+  t.is(await a!.read('n', (h) => h.bytes.readUInt32LE(0)), 50);
+  t.is((await b!.stat('n')).version, 51);
+});
+
+test('deleting an object fails its waiters with NOT_FOUND and its holder gets LOCK_LOST', async (t) => {
+  const [a, b] = await cluster(t, 2);
+  await a!.create('x', 4);
+  const held = await a!.acquireWrite('x');
+  const waiter = b!.acquireRead('x');
+  await roundTrip(b!);
+  await b!.delete('x');
+  await t.throwsAsync(waiter, { code: 'NOT_FOUND' } as never);
+  held.bytes[0] = 1;
+  await t.throwsAsync(held.release(), { code: 'LOCK_LOST' } as never);
+  await waitFor(async () => (await a!.list()).length === 0, 'object gone');
+});

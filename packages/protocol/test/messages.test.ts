@@ -1,0 +1,637 @@
+import test, { type ExecutionContext } from 'ava';
+import fc from 'fast-check';
+import {
+  decodeError,
+  decodeFrame,
+  decodeInvalidate,
+  decodeOk,
+  decodeRequest,
+  decodeResponse,
+  ERROR_CODES,
+  encodeError,
+  encodeFrameToBuffer,
+  encodeInvalidate,
+  encodeOk,
+  encodeRequest,
+  type Frame,
+  FrameDecoder,
+  grantPayloadBytes,
+  MAX_ERROR_MESSAGE_CHARS,
+  MAX_OBJECT_BYTES,
+  MessageType,
+  messageTypeName,
+  type ObjectRecord,
+  type OkBodies,
+  type OkBodyInput,
+  PAGE_BYTES,
+  PROTOCOL_VERSION,
+  REQUEST_TYPES,
+  type Request,
+  type RequestType,
+  SegmemError,
+  validateName,
+  validateSize,
+  validateTimeoutMs,
+} from '../src/index.js';
+
+function frameOf(parts: Buffer[]): Frame {
+  const frames = new FrameDecoder().push(Buffer.concat(parts));
+  if (frames.length !== 1) throw new Error(`expected 1 frame, got ${frames.length}`);
+  return frames[0];
+}
+
+function rawFrame(type: number, header: object, payload?: Uint8Array, requestId = 1): Frame {
+  return decodeFrame(encodeFrameToBuffer(type, requestId, 0, header, payload));
+}
+
+function throwsCode(t: ExecutionContext, fn: () => unknown, code: string, includes: string[]): SegmemError {
+  const err = t.throws(fn) as SegmemError;
+  t.true(SegmemError.is(err), String(err));
+  t.is(err.code, code as SegmemError['code'], err.message);
+  for (const s of includes) t.true(err.message.includes(s), `"${err.message}" should mention "${s}"`);
+  return err;
+}
+
+const record: ObjectRecord = { id: 7, name: 'matrix/a', size: 10_000, address: 3 * PAGE_BYTES, version: 4 };
+
+const sampleRequests: Request[] = [
+  {
+    type: 'HELLO',
+    protocol: PROTOCOL_VERSION,
+    clusterId: 'c1',
+    token: 'secret',
+    sessionTimeoutMs: 10_000,
+    resumeSessionId: 12,
+    udpPort: 7402,
+    clientName: 'worker-1',
+  },
+  {
+    type: 'HELLO',
+    protocol: PROTOCOL_VERSION,
+    clusterId: null,
+    token: null,
+    sessionTimeoutMs: 200,
+    resumeSessionId: null,
+    udpPort: null,
+    clientName: null,
+  },
+  { type: 'KEEPALIVE' },
+  { type: 'CREATE', seq: 1, name: 'counter', size: 8, ifNotExists: true },
+  { type: 'DELETE', seq: 2, name: 'counter' },
+  { type: 'STAT', name: 'ü/ñ' },
+  { type: 'LIST', prefix: '' },
+  { type: 'LIST', prefix: 'matrix/' },
+  { type: 'ACQUIRE', seq: 3, name: 'counter', mode: 'write', cachedId: 0, cachedVersion: 0, timeoutMs: null },
+  { type: 'ACQUIRE', seq: 4, name: 'counter', mode: 'read', cachedId: 7, cachedVersion: 3, timeoutMs: 0 },
+  {
+    type: 'RELEASE',
+    seq: 5,
+    name: 'counter',
+    mode: 'write',
+    token: 9,
+    ranges: [
+      [0, 4],
+      [100, 2],
+    ],
+    payload: Buffer.from([1, 2, 3, 4, 5, 6]),
+  },
+  { type: 'RELEASE', seq: 6, name: 'counter', mode: 'read', token: 10, ranges: [], payload: Buffer.alloc(0) },
+  { type: 'CANCEL', requestId: 17, reason: 'TIMEOUT' },
+  { type: 'CANCEL', requestId: 2 ** 32 - 1, reason: 'ABORTED' },
+  {
+    type: 'VALIDATE',
+    objects: [
+      [1, 1],
+      [Number.MAX_SAFE_INTEGER, 2 ** 40],
+    ],
+  },
+  { type: 'VALIDATE', objects: [] },
+  { type: 'GOODBYE' },
+];
+
+function normalise(req: Request): unknown {
+  if (req.type === 'RELEASE') return { ...req, payload: Buffer.from(req.payload) };
+  return req;
+}
+
+test('every request type round trips through FrameDecoder', (t) => {
+  const seen = new Set<string>();
+  let requestId = 1;
+  for (const req of sampleRequests) {
+    const frame = frameOf(encodeRequest(req, requestId, 3));
+    t.is(frame.type, MessageType[req.type]);
+    t.is(frame.requestId, requestId);
+    t.is(frame.groupId, 3);
+    t.deepEqual(normalise(decodeRequest(frame)), normalise(req));
+    seen.add(req.type);
+    requestId++;
+  }
+  t.deepEqual([...seen].sort(), [...REQUEST_TYPES].sort());
+});
+
+test('HELLO optional fields default to null', (t) => {
+  const decoded = decodeRequest(
+    frameOf(encodeRequest({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000 }, 1)),
+  );
+  t.deepEqual(decoded, {
+    type: 'HELLO',
+    protocol: PROTOCOL_VERSION,
+    clusterId: null,
+    token: null,
+    sessionTimeoutMs: 5000,
+    resumeSessionId: null,
+    udpPort: null,
+    clientName: null,
+  });
+});
+
+test('unknown extra header fields are ignored', (t) => {
+  const frame = rawFrame(MessageType.STAT, { name: 'x', futureField: { a: [1, 2] }, other: 'y' });
+  t.deepEqual(decodeRequest(frame), { type: 'STAT', name: 'x' });
+  const ok = rawFrame(MessageType.OK, { version: 3, extra: true });
+  t.deepEqual(decodeOk('RELEASE', ok), { version: 3 });
+});
+
+// ---- property tests over valid requests
+
+const nameArb = fc
+  .string({ unit: 'binary', minLength: 1, maxLength: 80 })
+  .filter((s) => !s.includes('\0') && Buffer.byteLength(s) <= 255);
+const seqArb = fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER });
+const uintArb = fc.maxSafeNat();
+const modeArb = fc.constantFrom<'read' | 'write'>('read', 'write');
+const pairArb = fc.tuple(
+  fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }),
+  fc.integer({ min: 1, max: 2 ** 40 }),
+);
+
+const rangesArb = fc
+  .array(fc.tuple(fc.integer({ min: 0, max: 50 }), fc.integer({ min: 1, max: 50 })), { maxLength: 6 })
+  .map((gaps) => {
+    let at = 0;
+    return gaps.map(([gap, length]) => {
+      const range: [number, number] = [at + gap, length];
+      at += gap + length;
+      return range;
+    });
+  });
+
+const requestArb: fc.Arbitrary<Request> = fc.oneof(
+  fc.record({
+    type: fc.constant('HELLO' as const),
+    protocol: fc.constant(PROTOCOL_VERSION),
+    clusterId: fc.option(fc.string({ minLength: 1, maxLength: 50 })),
+    token: fc.option(fc.string({ maxLength: 200 })),
+    sessionTimeoutMs: fc.integer({ min: 200, max: 600_000 }),
+    resumeSessionId: fc.option(seqArb),
+    udpPort: fc.option(fc.integer({ min: 1, max: 65535 })),
+    clientName: fc.option(fc.string({ maxLength: 50 })),
+  }),
+  fc.constant({ type: 'KEEPALIVE' as const }),
+  fc.record({
+    type: fc.constant('CREATE' as const),
+    seq: seqArb,
+    name: nameArb,
+    size: fc.integer({ min: 1, max: MAX_OBJECT_BYTES }),
+    ifNotExists: fc.boolean(),
+  }),
+  fc.record({ type: fc.constant('DELETE' as const), seq: seqArb, name: nameArb }),
+  fc.record({ type: fc.constant('STAT' as const), name: nameArb }),
+  fc.record({ type: fc.constant('LIST' as const), prefix: fc.oneof(fc.constant(''), nameArb) }),
+  fc.record({
+    type: fc.constant('ACQUIRE' as const),
+    seq: seqArb,
+    name: nameArb,
+    mode: modeArb,
+    cachedId: uintArb,
+    cachedVersion: uintArb,
+    timeoutMs: fc.option(fc.integer({ min: 0, max: 2 ** 31 - 1 })),
+  }),
+  fc
+    .record({
+      seq: seqArb,
+      name: nameArb,
+      token: uintArb,
+      ranges: rangesArb,
+      fill: fc.integer({ min: 0, max: 255 }),
+    })
+    .map(
+      ({ seq, name, token, ranges, fill }): Request => ({
+        type: 'RELEASE',
+        seq,
+        name,
+        mode: 'write',
+        token,
+        ranges,
+        payload: Buffer.alloc(
+          ranges.reduce((n, r) => n + r[1], 0),
+          fill,
+        ),
+      }),
+    ),
+  fc.record({
+    type: fc.constant('CANCEL' as const),
+    requestId: fc.integer({ min: 1, max: 2 ** 32 - 1 }),
+    reason: fc.constantFrom<'TIMEOUT' | 'ABORTED'>('TIMEOUT', 'ABORTED'),
+  }),
+  fc.record({ type: fc.constant('VALIDATE' as const), objects: fc.array(pairArb, { maxLength: 20 }) }),
+  fc.constant({ type: 'GOODBYE' as const }),
+);
+
+test('arbitrary valid requests round trip, pipelined and arbitrarily chunked', (t) => {
+  fc.assert(
+    fc.property(fc.array(requestArb, { minLength: 1, maxLength: 8 }), fc.nat(), (reqs, chunkSeed) => {
+      const stream = Buffer.concat(reqs.flatMap((r, i) => encodeRequest(r, i + 1)));
+      const decoder = new FrameDecoder();
+      const chunk = 1 + (chunkSeed % 97);
+      const frames: Frame[] = [];
+      for (let i = 0; i < stream.length; i += chunk)
+        frames.push(...decoder.push(stream.subarray(i, i + chunk)));
+      t.is(frames.length, reqs.length);
+      frames.forEach((f, i) => {
+        t.is(f.requestId, i + 1);
+        t.deepEqual(normalise(decodeRequest(f)), normalise(reqs[i]));
+      });
+    }),
+    { numRuns: 300 },
+  );
+});
+
+// ---- request refusals
+
+test('frames that are not requests are PROTOCOL errors', (t) => {
+  throwsCode(t, () => decodeRequest(rawFrame(0x7f, {})), 'PROTOCOL', ['unknown message type 0x7f']);
+  throwsCode(t, () => decodeRequest(rawFrame(0x00, {})), 'PROTOCOL', ['unknown message type 0x00']);
+  throwsCode(t, () => decodeRequest(rawFrame(MessageType.OK, {})), 'PROTOCOL', [
+    'OK (0x40) is not a request',
+  ]);
+  throwsCode(t, () => decodeRequest(rawFrame(MessageType.INVALIDATE, {}, undefined, 0)), 'PROTOCOL', [
+    'not a request',
+  ]);
+  throwsCode(t, () => decodeRequest(rawFrame(MessageType.STAT, { name: 'x' }, undefined, 0)), 'PROTOCOL', [
+    'requestId 0',
+  ]);
+  t.throws(() => encodeRequest({ type: 'KEEPALIVE' }, 0), { code: 'INVALID_ARGUMENT' } as never);
+});
+
+test('a HELLO of another protocol version is refused naming both versions', (t) => {
+  const frame = rawFrame(MessageType.HELLO, { protocol: PROTOCOL_VERSION + 1, sessionTimeoutMs: 10_000 });
+  throwsCode(t, () => decodeRequest(frame), 'PROTOCOL', [
+    `version ${PROTOCOL_VERSION + 1}`,
+    `server speaks version ${PROTOCOL_VERSION}`,
+  ]);
+});
+
+const badFields: [type: RequestType, header: Record<string, unknown>, field: string][] = [
+  ['HELLO', { protocol: 1, sessionTimeoutMs: 100 }, 'sessionTimeoutMs'],
+  ['HELLO', { protocol: 1, sessionTimeoutMs: 600_001 }, 'sessionTimeoutMs'],
+  ['HELLO', { protocol: 1 }, 'sessionTimeoutMs'],
+  ['HELLO', { sessionTimeoutMs: 1000 }, 'protocol'],
+  ['HELLO', { protocol: 1, sessionTimeoutMs: 1000, udpPort: 0 }, 'udpPort'],
+  ['HELLO', { protocol: 1, sessionTimeoutMs: 1000, udpPort: 65536 }, 'udpPort'],
+  ['HELLO', { protocol: 1, sessionTimeoutMs: 1000, clusterId: '' }, 'clusterId'],
+  ['HELLO', { protocol: 1, sessionTimeoutMs: 1000, clusterId: 5 }, 'clusterId'],
+  ['HELLO', { protocol: 1, sessionTimeoutMs: 1000, token: 'x'.repeat(4097) }, 'token'],
+  ['HELLO', { protocol: 1, sessionTimeoutMs: 1000, resumeSessionId: 0 }, 'resumeSessionId'],
+  ['HELLO', { protocol: 1, sessionTimeoutMs: 1000, clientName: 'x'.repeat(256) }, 'clientName'],
+  ['CREATE', { seq: 0, name: 'a', size: 1, ifNotExists: false }, 'seq'],
+  ['CREATE', { seq: 1.5, name: 'a', size: 1, ifNotExists: false }, 'seq'],
+  ['CREATE', { seq: 1, name: '', size: 1, ifNotExists: false }, 'name'],
+  ['CREATE', { seq: 1, name: 'a', size: 0, ifNotExists: false }, 'size'],
+  ['CREATE', { seq: 1, name: 'a', size: MAX_OBJECT_BYTES + 1, ifNotExists: false }, 'size'],
+  ['CREATE', { seq: 1, name: 'a', size: '8', ifNotExists: false }, 'size'],
+  ['CREATE', { seq: 1, name: 'a', size: 8 }, 'ifNotExists'],
+  ['CREATE', { seq: 1, name: 'a', size: 8, ifNotExists: 1 }, 'ifNotExists'],
+  ['DELETE', { name: 'a' }, 'seq'],
+  ['STAT', {}, 'name'],
+  ['STAT', { name: 'a\0b' }, 'name'],
+  ['LIST', {}, 'prefix'],
+  ['LIST', { prefix: 'x'.repeat(256) }, 'prefix'],
+  [
+    'ACQUIRE',
+    { seq: 1, name: 'a', mode: 'exclusive', cachedId: 0, cachedVersion: 0, timeoutMs: null },
+    'mode',
+  ],
+  ['ACQUIRE', { seq: 1, name: 'a', mode: 'read', cachedVersion: 0, timeoutMs: null }, 'cachedId'],
+  [
+    'ACQUIRE',
+    { seq: 1, name: 'a', mode: 'read', cachedId: 0, cachedVersion: -1, timeoutMs: null },
+    'cachedVersion',
+  ],
+  ['ACQUIRE', { seq: 1, name: 'a', mode: 'read', cachedId: 0, cachedVersion: 0, timeoutMs: -5 }, 'timeoutMs'],
+  [
+    'ACQUIRE',
+    { seq: 1, name: 'a', mode: 'read', cachedId: 0, cachedVersion: 0, timeoutMs: 2 ** 31 },
+    'timeoutMs',
+  ],
+  ['RELEASE', { seq: 1, name: 'a', mode: 'write', ranges: [] }, 'token'],
+  ['RELEASE', { seq: 1, name: 'a', mode: 'write', token: 1 }, 'ranges'],
+  ['RELEASE', { seq: 1, name: 'a', mode: 'write', token: 1, ranges: [[0, 0]] }, 'ranges[0][1] (length)'],
+  ['RELEASE', { seq: 1, name: 'a', mode: 'write', token: 1, ranges: [[0]] }, 'ranges[0]'],
+  [
+    'RELEASE',
+    {
+      seq: 1,
+      name: 'a',
+      mode: 'write',
+      token: 1,
+      ranges: [
+        [10, 5],
+        [12, 1],
+      ],
+    },
+    'ranges[1][0] (offset)',
+  ],
+  [
+    'RELEASE',
+    {
+      seq: 1,
+      name: 'a',
+      mode: 'write',
+      token: 1,
+      ranges: [
+        [10, 5],
+        [0, 1],
+      ],
+    },
+    'sorted and non-overlapping',
+  ],
+  ['RELEASE', { seq: 1, name: 'a', mode: 'write', token: 1, ranges: [[MAX_OBJECT_BYTES, 1]] }, 'offset'],
+  [
+    'RELEASE',
+    { seq: 1, name: 'a', mode: 'read', token: 1, ranges: [[0, 1]] },
+    'read RELEASE carries no ranges',
+  ],
+  ['RELEASE', { seq: 1, name: 'a', mode: 'write', token: 1, ranges: [[0, 2]] }, 'ranges add up to 2'],
+  ['CANCEL', { requestId: 0, reason: 'TIMEOUT' }, 'requestId'],
+  ['CANCEL', { requestId: 1, reason: 'BORED' }, 'reason'],
+  ['VALIDATE', { objects: [[0, 1]] }, 'objects[0][0] (id)'],
+  ['VALIDATE', { objects: [[1, 0]] }, 'objects[0][1] (version)'],
+  ['VALIDATE', { objects: [[1, 2, 3]] }, 'objects[0]'],
+  ['VALIDATE', { objects: {} }, 'objects'],
+];
+
+test('bad fields are INVALID_ARGUMENT naming message type and field', (t) => {
+  for (const [type, header, field] of badFields) {
+    const payload = type === 'RELEASE' ? Buffer.alloc(1) : undefined;
+    const err = throwsCode(
+      t,
+      () => decodeRequest(rawFrame(MessageType[type], header, payload)),
+      'INVALID_ARGUMENT',
+      [`${type}: `, field],
+    );
+    t.is(err.details?.type, type);
+  }
+});
+
+test('requests without a payload refuse one', (t) => {
+  throwsCode(
+    t,
+    () => decodeRequest(rawFrame(MessageType.STAT, { name: 'a' }, Buffer.alloc(3))),
+    'INVALID_ARGUMENT',
+    ['STAT: ', 'no payload', '3 payload bytes'],
+  );
+  throwsCode(
+    t,
+    () =>
+      decodeRequest(
+        rawFrame(
+          MessageType.RELEASE,
+          { seq: 1, name: 'a', mode: 'read', token: 1, ranges: [] },
+          Buffer.alloc(3),
+        ),
+      ),
+    'INVALID_ARGUMENT',
+    ['payload is 3 bytes but the ranges add up to 0'],
+  );
+});
+
+// ---- names and other field validators
+
+test('validateName', (t) => {
+  t.is(validateName('a'), 'a');
+  t.is(validateName('a/b/c'), 'a/b/c');
+  const multi = 'é'.repeat(127) + 'a'; // 255 bytes exactly
+  t.is(Buffer.byteLength(multi), 255);
+  t.is(validateName(multi), multi);
+  const emoji = '🚀'.repeat(63) + 'abc'; // 4 * 63 + 3 = 255
+  t.is(validateName(emoji), emoji);
+  throwsCode(t, () => validateName(''), 'INVALID_ARGUMENT', [
+    'name must be 1..255 bytes of UTF-8; got 0 bytes',
+  ]);
+  throwsCode(t, () => validateName('x'.repeat(256)), 'INVALID_ARGUMENT', ['got 256 bytes']);
+  throwsCode(t, () => validateName('x'.repeat(300)), 'INVALID_ARGUMENT', [
+    'name must be 1..255 bytes of UTF-8; got 300 bytes',
+  ]);
+  throwsCode(t, () => validateName(`${multi}é`), 'INVALID_ARGUMENT', ['got 257 bytes']);
+  throwsCode(t, () => validateName('a\0b'), 'INVALID_ARGUMENT', ['NUL']);
+  throwsCode(t, () => validateName(42), 'INVALID_ARGUMENT', ['name must be a string; got number 42']);
+  throwsCode(t, () => validateName(null), 'INVALID_ARGUMENT', ['got null']);
+  throwsCode(t, () => validateName(undefined, 'object.name'), 'INVALID_ARGUMENT', [
+    'object.name must be a string',
+  ]);
+  throwsCode(t, () => validateName('ab\ud800'), 'INVALID_ARGUMENT', ['lone surrogate']);
+  throwsCode(t, () => validateName('\udc00ab'), 'INVALID_ARGUMENT', ['lone surrogate']);
+});
+
+test('validateSize and validateTimeoutMs', (t) => {
+  t.is(validateSize(1), 1);
+  t.is(validateSize(MAX_OBJECT_BYTES), MAX_OBJECT_BYTES);
+  for (const bad of [0, -1, 1.5, MAX_OBJECT_BYTES + 1, '1', null, Number.NaN, 2 ** 53 + 2]) {
+    throwsCode(t, () => validateSize(bad), 'INVALID_ARGUMENT', ['size must be an integer 1..']);
+  }
+  t.is(validateTimeoutMs(undefined), null);
+  t.is(validateTimeoutMs(null), null);
+  t.is(validateTimeoutMs(0), 0);
+  throwsCode(t, () => validateTimeoutMs(-1), 'INVALID_ARGUMENT', ['timeoutMs']);
+  throwsCode(t, () => validateTimeoutMs(Number.POSITIVE_INFINITY), 'INVALID_ARGUMENT', ['timeoutMs']);
+});
+
+test('grantPayloadBytes', (t) => {
+  t.is(grantPayloadBytes(4096, []), 0);
+  t.is(grantPayloadBytes(4096, [0]), 4096);
+  t.is(grantPayloadBytes(5000, [0, 1]), 5000);
+  t.is(grantPayloadBytes(5000, [1]), 904);
+  t.is(grantPayloadBytes(5000, [0]), 4096);
+  t.is(grantPayloadBytes(1, [0]), 1);
+  t.is(grantPayloadBytes(3 * 4096, [0, 2]), 8192);
+});
+
+// ---- OK answers
+
+const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
+  HELLO: {
+    sessionId: 42,
+    resumed: false,
+    clusterId: 'c1',
+    serverId: 's1',
+    pageBytes: PAGE_BYTES,
+    segmentBytes: 2 ** 32,
+    maxFrameBytes: 64 * 1024 * 1024,
+    maxObjectBytes: MAX_OBJECT_BYTES,
+    sessionTimeoutMs: 10_000,
+    keepaliveMs: 2500,
+    udpPort: null,
+  },
+  KEEPALIVE: {},
+  CREATE: { object: record, created: true },
+  DELETE: {},
+  STAT: { object: record },
+  LIST: { objects: [record, { ...record, id: 8, name: 'matrix/b', address: 0, size: 1 }] },
+  ACQUIRE: { object: record, token: 77, pages: [0, 2], payload: Buffer.alloc(4096 + (10_000 - 8192), 9) },
+  RELEASE: { version: 5 },
+  CANCEL: { cancelled: true },
+  VALIDATE: {
+    stale: [
+      [7, 5],
+      [9, 0],
+    ],
+  },
+  GOODBYE: {},
+};
+
+test('every OK body round trips', (t) => {
+  for (const type of REQUEST_TYPES) {
+    const body = sampleOks[type] as OkBodyInput<typeof type>;
+    const frame = frameOf(encodeOk(type, 5, body));
+    t.is(frame.type, MessageType.OK);
+    t.is(frame.requestId, 5);
+    const decoded = decodeOk(type, frame) as unknown as Record<string, unknown>;
+    if (type === 'ACQUIRE') {
+      t.true(Buffer.isBuffer(decoded.payload));
+      t.deepEqual(
+        { ...decoded, payload: [...(decoded.payload as Buffer)] },
+        {
+          ...body,
+          payload: [...(body as OkBodies['ACQUIRE']).payload],
+        },
+      );
+    } else {
+      t.deepEqual(decoded, body as unknown as Record<string, unknown>);
+    }
+    t.deepEqual(decodeResponse(type, frame), decoded as never);
+  }
+});
+
+test('a grant payload may come as the separate argument, and must match the pages', (t) => {
+  const { payload, ...header } = sampleOks.ACQUIRE;
+  const frame = frameOf(encodeOk('ACQUIRE', 1, header, payload));
+  t.is(decodeOk('ACQUIRE', frame).payload.length, 5904);
+  throwsCode(t, () => encodeOk('ACQUIRE', 1, header, Buffer.alloc(10)), 'INVALID_ARGUMENT', ['need 5904']);
+  throwsCode(t, () => encodeOk('ACQUIRE', 1, header), 'INVALID_ARGUMENT', ['grant payload is 0 bytes']);
+});
+
+test('bad answers are PROTOCOL errors naming the field', (t) => {
+  const okFrame = (header: object, payload?: Uint8Array) => rawFrame(MessageType.OK, header, payload);
+  const cases: [RequestType, Frame, string][] = [
+    ['RELEASE', okFrame({ version: 0 }), 'version'],
+    ['RELEASE', okFrame({}), 'version'],
+    ['CANCEL', okFrame({ cancelled: 'yes' }), 'cancelled'],
+    ['STAT', okFrame({ object: { ...record, address: 100 } }), 'object.address must be a multiple of 4096'],
+    ['STAT', okFrame({ object: { ...record, id: 0 } }), 'object.id'],
+    ['STAT', okFrame({ object: { ...record, name: '' } }), 'object.name'],
+    ['STAT', okFrame({ object: [1, 2] }), 'object must be a map'],
+    ['LIST', okFrame({ objects: [record, { ...record, size: 0 }] }), 'objects[1].size'],
+    ['CREATE', okFrame({ object: record }), 'created'],
+    ['HELLO', okFrame({ ...sampleOks.HELLO, sessionId: 0 }), 'sessionId'],
+    ['HELLO', okFrame({ ...sampleOks.HELLO, udpPort: 70000 }), 'udpPort'],
+    ['VALIDATE', okFrame({ stale: [[1, -1]] }), 'stale[0][1]'],
+    ['KEEPALIVE', okFrame({}, Buffer.alloc(1)), 'no payload'],
+    ['ACQUIRE', okFrame({ object: record, token: 1, pages: [1, 0] }, Buffer.alloc(8192)), 'pages[1]'],
+    ['ACQUIRE', okFrame({ object: record, token: 1, pages: [3] }, Buffer.alloc(4096)), 'pages[0]'],
+    [
+      'ACQUIRE',
+      okFrame({ object: record, token: 1, pages: [0, 0] }, Buffer.alloc(8192)),
+      'strictly ascending',
+    ],
+    ['ACQUIRE', okFrame({ object: record, token: 1, pages: [2] }, Buffer.alloc(4096)), 'need 1808'],
+    ['ACQUIRE', okFrame({ object: record, token: 1, pages: [] }, Buffer.alloc(1)), 'need 0'],
+  ];
+  for (const [type, frame, includes] of cases) {
+    throwsCode(t, () => decodeOk(type, frame), 'PROTOCOL', [`bad OK answer to ${type}`, includes]);
+  }
+  throwsCode(t, () => decodeOk('STAT', rawFrame(MessageType.INVALIDATE, {})), 'PROTOCOL', ['expected OK']);
+});
+
+// ---- ERROR
+
+test('ERROR frames round trip every code', (t) => {
+  for (const code of ERROR_CODES) {
+    const err = new SegmemError(code, `something ${code}`, { name: 'x', n: 3, nested: { list: [1, 'a'] } });
+    const frame = frameOf(encodeError(9, err));
+    t.is(frame.type, MessageType.ERROR);
+    t.is(frame.requestId, 9);
+    const back = decodeError(frame);
+    t.true(SegmemError.is(back, code));
+    t.is(back.message, err.message);
+    t.deepEqual(back.details, err.details);
+    const thrown = t.throws(() => decodeResponse('STAT', frame)) as SegmemError;
+    t.is(thrown.code, code);
+  }
+  const plain = decodeError(frameOf(encodeError(0, new SegmemError('PROTOCOL', 'bad frame'))));
+  t.is(plain.details, undefined);
+});
+
+test('ERROR encoding makes any message and details carriable', (t) => {
+  const long = 'x'.repeat(MAX_ERROR_MESSAGE_CHARS * 2);
+  const back = decodeError(
+    frameOf(encodeError(1, new SegmemError('NOT_FOUND', `${long}`, { when: new Date(0), big: 2n ** 64n }))),
+  );
+  t.is(back.message.length, MAX_ERROR_MESSAGE_CHARS);
+  t.deepEqual(back.details, { when: '1970-01-01T00:00:00.000Z', big: '18446744073709551616' });
+  const surrogate = decodeError(
+    frameOf(encodeError(1, new SegmemError('INVALID_ARGUMENT', 'bad name "\ud800"'))),
+  );
+  t.is(surrogate.message, 'bad name "\ufffd"');
+});
+
+test('bad ERROR frames are PROTOCOL errors', (t) => {
+  throwsCode(
+    t,
+    () => decodeError(rawFrame(MessageType.ERROR, { code: 'BORED', message: 'zzz' })),
+    'PROTOCOL',
+    ['unknown code', 'BORED', 'zzz'],
+  );
+  throwsCode(t, () => decodeError(rawFrame(MessageType.ERROR, { code: 'NOT_FOUND' })), 'PROTOCOL', [
+    'message',
+  ]);
+  throwsCode(
+    t,
+    () => decodeError(rawFrame(MessageType.ERROR, { code: 'NOT_FOUND', message: 'x', details: 5 })),
+    'PROTOCOL',
+    ['details'],
+  );
+  throwsCode(t, () => decodeError(rawFrame(MessageType.OK, {})), 'PROTOCOL', ['expected ERROR']);
+});
+
+// ---- INVALIDATE
+
+test('INVALIDATE round trips and is validated', (t) => {
+  const msg = {
+    seq: 3,
+    objects: [
+      [1, 2],
+      [3, 0],
+    ] as [number, number][],
+  };
+  const frame = frameOf(encodeInvalidate(msg, 2));
+  t.is(frame.type, MessageType.INVALIDATE);
+  t.is(frame.requestId, 0);
+  t.is(frame.groupId, 2);
+  t.deepEqual(decodeInvalidate(frame), msg);
+  throwsCode(t, () => decodeInvalidate(rawFrame(MessageType.INVALIDATE, msg, undefined, 4)), 'PROTOCOL', [
+    'requestId 4',
+  ]);
+  throwsCode(
+    t,
+    () => decodeInvalidate(rawFrame(MessageType.INVALIDATE, { seq: 0, objects: [] }, undefined, 0)),
+    'PROTOCOL',
+    ['seq'],
+  );
+  throwsCode(t, () => decodeInvalidate(rawFrame(MessageType.OK, msg)), 'PROTOCOL', ['expected INVALIDATE']);
+});
+
+test('messageTypeName covers every code', (t) => {
+  for (const [name, code] of Object.entries(MessageType)) t.is(messageTypeName(code), name as never);
+  t.is(messageTypeName(0x42), undefined);
+});

@@ -1,0 +1,74 @@
+/**
+ * segmem-server: runs one server in the foreground. Prints `segmem-server <id> ready on <host:port>`
+ * once it serves; SIGTERM or SIGINT shut it down cleanly (exit 0).
+ */
+import { resolve } from 'node:path';
+import { SegmemError } from '@segmem/protocol';
+import { loadConfigFile, parsePeers } from '../config.js';
+import { startServer } from '../index.js';
+import { parseArgs } from './args.js';
+
+const USAGE = `usage: segmem-server --id ID --listen HOST:PORT --data DIR [--peers ID=HOST:PORT,...] [--fsync always|batch|none]
+                     [--segment-bytes N] [--repair]
+       segmem-server --config segmem.json --id ID [--data DIR] [--fsync ...]`;
+
+export async function serverMain(argv: string[]): Promise<void> {
+  let args: ReturnType<typeof parseArgs>;
+  try {
+    args = parseArgs(argv, { values: ['id', 'listen', 'peers', 'data', 'config', 'fsync', 'segment-bytes'], flags: ['repair', 'help'] });
+  } catch (err) {
+    fail(err);
+    return;
+  }
+  if (args.flags.has('help')) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  try {
+    const id = args.values.get('id');
+    if (!id) throw new SegmemError('INVALID_ARGUMENT', '--id is required');
+    const configPath = args.values.get('config');
+    const config = configPath ? loadConfigFile(configPath) : undefined;
+    const listen = args.values.get('listen') ?? config?.servers[id];
+    if (!listen) throw new SegmemError('INVALID_ARGUMENT', configPath ? `server "${id}" is not listed in ${configPath}` : '--listen is required');
+    const data = args.values.get('data') ?? config?.dataDir.replaceAll('{id}', id);
+    if (!data) throw new SegmemError('INVALID_ARGUMENT', '--data is required');
+    const peersArg = args.values.get('peers');
+    const segmentBytes = args.values.get('segment-bytes');
+    const fsync = args.values.get('fsync');
+    const server = await startServer({
+      id,
+      listen,
+      dataDir: resolve(data),
+      ...(configPath ? { config: configPath } : {}),
+      ...(peersArg ? { peers: parsePeers(peersArg) } : {}),
+      ...(fsync ? { fsync: fsync as never } : {}),
+      ...(segmentBytes ? { segmentBytes: Number(segmentBytes) } : {}),
+      ...(args.flags.has('repair') ? { repair: true } : {}),
+      log: (line) => process.stderr.write(`segmem-server ${id}: ${line}\n`),
+    });
+    process.stdout.write(`segmem-server ${id} ready on ${server.address}\n`);
+    let stopping = false;
+    const stop = () => {
+      if (stopping) return;
+      stopping = true;
+      server.close().then(
+        () => process.exit(0),
+        (err) => {
+          process.stderr.write(`segmem-server ${id}: shutdown failed: ${(err as Error).message}\n`);
+          process.exit(1);
+        },
+      );
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  } catch (err) {
+    fail(err);
+  }
+}
+
+function fail(err: unknown): void {
+  const message = SegmemError.is(err) ? `${err.message} (${err.code})` : String((err as Error)?.stack ?? err);
+  process.stderr.write(`segmem-server: ${message}\n${SegmemError.is(err, 'INVALID_ARGUMENT') ? `${USAGE}\n` : ''}`);
+  process.exitCode = 1;
+}
