@@ -35,6 +35,8 @@ export type Dial = () => Promise<Transport>;
 
 interface Pending {
   readonly req: Request;
+  /** Whether the request went out on the transport (requests made while disconnected wait). */
+  sent: boolean;
   readonly resolve: (value: unknown) => void;
   readonly reject: (err: SegmemError) => void;
 }
@@ -65,6 +67,9 @@ export class Session {
   private closed = false;
   private reconnecting: Promise<void> | null = null;
   private readonly capacityWaiters: (() => void)[] = [];
+  /** Set while no server has been reachable for longer than the session timeout. */
+  private unavailable: SegmemError | null = null;
+  private unavailableTimer: NodeJS.Timeout | null = null;
   /** Bytes written to and read from the transport, for benchmarks and diagnostics. */
   readonly traffic = { bytesSent: 0, bytesReceived: 0, requests: 0 };
 
@@ -97,11 +102,17 @@ export class Session {
    */
   start(req: Request): { requestId: number; promise: Promise<unknown> } {
     if (this.closed) return { requestId: 0, promise: Promise.reject(new SegmemError('CLOSED', 'the segment is closed')) };
+    if (this.unavailable) return { requestId: 0, promise: Promise.reject(this.unavailable) };
     const requestId = this.allocateRequestId();
+    let entry!: Pending;
     const promise = new Promise<unknown>((resolve, reject) => {
-      this.pending.set(requestId, { req, resolve, reject });
+      entry = { req, sent: false, resolve, reject };
+      this.pending.set(requestId, entry);
     });
-    if (this.transport && !this.reconnecting) this.send(encodeRequest(req, requestId));
+    if (this.transport && !this.reconnecting) {
+      this.send(encodeRequest(req, requestId));
+      entry.sent = true;
+    }
     return { requestId, promise };
   }
 
@@ -126,34 +137,32 @@ export class Session {
     this.decoder = new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
     this.transport = transport;
     transport.onData = (chunk) => this.receive(chunk);
-    transport.onClose = () => this.lost(transport);
     const requestId = this.allocateRequestId();
+    const hello: Request = {
+      type: 'HELLO',
+      protocol: PROTOCOL_VERSION,
+      sessionTimeoutMs: this.opts.sessionTimeoutMs,
+      clusterId: this.opts.clusterId ?? null,
+      token: this.opts.token ?? null,
+      resumeSessionId,
+      udpPort: this.opts.udpPort ?? null,
+      clientName: `pid ${process.pid}`,
+    };
     const answer = new Promise<unknown>((resolve, reject) => {
-      this.pending.set(requestId, {
-        req: { type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: this.opts.sessionTimeoutMs },
-        resolve,
-        reject,
-      });
+      this.pending.set(requestId, { req: hello, sent: true, resolve, reject });
     });
-    transport.write(
-      encodeRequest(
-        {
-          type: 'HELLO',
-          protocol: PROTOCOL_VERSION,
-          sessionTimeoutMs: this.opts.sessionTimeoutMs,
-          clusterId: this.opts.clusterId ?? null,
-          token: this.opts.token ?? null,
-          resumeSessionId,
-          udpPort: this.opts.udpPort ?? null,
-          clientName: `pid ${process.pid}`,
-        },
-        requestId,
-      ),
-    );
-    const hello = (await answer) as HelloOk;
-    this.hello = hello;
-    this.startKeepalive(hello.keepaliveMs);
-    return hello.resumed;
+    transport.onClose = () => {
+      const p = this.pending.get(requestId);
+      if (!p) return;
+      this.pending.delete(requestId);
+      p.reject(new SegmemError('UNAVAILABLE', 'the connection closed during the handshake'));
+    };
+    this.send(encodeRequest(hello, requestId));
+    const ok = (await answer) as HelloOk;
+    transport.onClose = () => this.lost(transport);
+    this.hello = ok;
+    this.startKeepalive(ok.keepaliveMs);
+    return ok.resumed;
   }
 
   private receive(chunk: Buffer): void {
@@ -216,42 +225,71 @@ export class Session {
       this.shutdown(new SegmemError('CLOSED', 'the connection to the store closed'));
       return;
     }
+    // Callers wait for the reconnection up to sessionTimeoutMs; after that they fail fast with
+    // UNAVAILABLE while the client keeps re-dialling in the background, so service resumes by itself.
+    this.unavailable = null;
+    this.unavailableTimer = setTimeout(() => {
+      this.unavailableTimer = null;
+      this.unavailable = new SegmemError(
+        'UNAVAILABLE',
+        `no server reachable for ${this.opts.sessionTimeoutMs} ms; still trying to reconnect`,
+      );
+      this.failAll(this.unavailable);
+    }, this.opts.sessionTimeoutMs);
+    this.unavailableTimer.unref();
     this.reconnecting = this.reconnect().finally(() => {
       this.reconnecting = null;
+      if (this.unavailableTimer) clearTimeout(this.unavailableTimer);
+      this.unavailableTimer = null;
+      this.unavailable = null;
     });
   }
 
-  /** Re-dials with capped, jittered back-off until the session would have expired anyway. */
+  /** Re-dials with capped, jittered back-off until it reaches a server or the session is closed. */
   private async reconnect(): Promise<void> {
     const oldSession = this.hello.sessionId;
-    const deadline = Date.now() + Math.max(this.opts.sessionTimeoutMs, 2000) * 3;
     let delayMs = 20;
     while (!this.closed) {
       try {
         const transport = await this.opts.dial();
-        // Answers to the old HELLO and to requests re-sent below must not collide: drop the HELLO entries.
+        if (this.closed) {
+          transport.close();
+          return;
+        }
         const resumed = await this.attach(transport, oldSession);
         if (resumed) {
-          for (const [id, p] of this.pending) if (p.req.type !== 'HELLO') transport.write(encodeRequest(p.req, id));
-          this.opts.onResumed();
-        } else {
-          this.nextSeq = 1;
-          const err = new SegmemError('LOCK_LOST', `session ${oldSession} expired while disconnected; a new session started`);
+          // Same session: every unanswered request is re-sent with its seq; the server answers retries
+          // of what it already applied from its dedup table.
           for (const [id, p] of this.pending) {
-            this.pending.delete(id);
-            p.reject(err);
+            this.send(encodeRequest(p.req, id));
+            p.sent = true;
           }
-          this.releaseCapacity();
-          this.opts.onSessionLost(err);
+          this.opts.onResumed();
+          return;
         }
+        // A new session: locks and waits of the old one are gone. Requests that never went out, and
+        // read-only ones, are sent now; the outcome of a mutation that was in flight is unknown.
+        const lost = new SegmemError('LOCK_LOST', `session ${oldSession} ended while disconnected; a new session started`);
+        for (const [id, p] of this.pending) {
+          const t = p.req.type;
+          if (!p.sent || t === 'STAT' || t === 'LIST' || t === 'VALIDATE' || t === 'KEEPALIVE') {
+            this.send(encodeRequest(p.req, id));
+            p.sent = true;
+            continue;
+          }
+          this.pending.delete(id);
+          p.reject(
+            t === 'CREATE' || t === 'DELETE'
+              ? new SegmemError('UNAVAILABLE', `the server restarted before answering ${t}; it may or may not have been applied`)
+              : lost,
+          );
+        }
+        this.releaseCapacity();
+        this.opts.onSessionLost(lost);
         return;
       } catch (err) {
         if (SegmemError.is(err) && (err.code === 'UNAUTHORIZED' || err.code === 'PROTOCOL')) {
           this.shutdown(err);
-          return;
-        }
-        if (Date.now() > deadline) {
-          this.shutdown(new SegmemError('UNAVAILABLE', `cannot reach the server again: ${(err as Error).message}`));
           return;
         }
         await new Promise((r) => setTimeout(r, delayMs * (0.5 + Math.random())));
@@ -270,6 +308,7 @@ export class Session {
 
   private shutdown(err: SegmemError): void {
     this.closed = true;
+    if (this.unavailableTimer) clearTimeout(this.unavailableTimer);
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
     this.failAll(err);
     for (const w of this.capacityWaiters.splice(0)) w();
@@ -289,6 +328,7 @@ export class Session {
     }
     this.closed = true;
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    if (this.unavailableTimer) clearTimeout(this.unavailableTimer);
     this.failAll(new SegmemError('CLOSED', 'the segment is closed'));
     this.transport?.close();
     this.transport = null;

@@ -406,9 +406,10 @@ export class SegmemNode {
 
 /** The bytes of the listed pages, copied once into the outgoing payload (the object may change before the socket drains). */
 function pagesPayload(obj: SegmentObject, pages: number[], pageBytes: number): Buffer | undefined {
-  if (pages.length === 0 || !obj.data) return undefined;
+  if (pages.length === 0) return undefined;
   let total = 0;
   for (const p of pages) total += Math.min(pageBytes, obj.size - p * pageBytes);
+  if (!obj.data) return Buffer.alloc(total); // never written: zeros
   const out = Buffer.allocUnsafe(total);
   let at = 0;
   for (const p of pages) {

@@ -122,7 +122,11 @@ test('on-disk format: file header and record layout', async (t) => {
   t.is(buf.readUInt32LE(r1), 5);
   t.is(buf.readBigUInt64LE(r1 + 8), 1n);
   t.is(buf.toString('latin1', r1 + 16, r1 + 21), 'hello');
-  const covered = Buffer.concat([buf.subarray(r1, r1 + 4), buf.subarray(r1 + 8, r1 + 16), Buffer.from('hello')]);
+  const covered = Buffer.concat([
+    buf.subarray(r1, r1 + 4),
+    buf.subarray(r1 + 8, r1 + 16),
+    Buffer.from('hello'),
+  ]);
   t.is(buf.readUInt32LE(r1 + 4), crc32c(covered));
   // record 2 (empty)
   const r2 = r1 + 21;
@@ -164,7 +168,10 @@ test("'batch' shares one fdatasync among records appended together", async (t) =
   // Records appended while a flush is in flight all go into the next flush.
   const before = { ...wal.stats };
   const first = wal.append(payloadFor(0, 10));
-  await waitFor(() => wal.stats.bytes > before.bytes || wal.durableIndex >= first, 'the first flush to write');
+  await waitFor(
+    () => wal.stats.bytes > before.bytes || wal.durableIndex >= first,
+    'the first flush to write',
+  );
   const more: number[] = [];
   for (let i = 0; i < 200; i++) more.push(wal.append(payloadFor(i, 10)));
   await wal.waitDurable(more[more.length - 1]!);
@@ -361,7 +368,7 @@ for (const damage of tornTails) {
 
     const { wal, records, report } = await Wal.open(opts);
     t.is(records.length, damage.records);
-    records.forEach((r, i) => t.deepEqual(r.payload, payloads[i]));
+    for (const [i, r] of records.entries()) t.deepEqual(r.payload, payloads[i]);
     t.truthy(report.truncated, 'report.truncated');
     t.regex(report.truncated!.reason, damage.reason);
     t.is(report.truncated!.file, file);
@@ -466,7 +473,10 @@ for (const segmentBytes of [1 << 20, 300]) {
     t.is(e.details?.reason, 'WAL_CORRUPT');
     t.is(e.details?.file, c.file);
     t.is(e.details?.offset, c.offset);
-    t.regex(e.message, /write-ahead log is corrupt: bad record at .* offset \d+ is followed by valid records/);
+    t.regex(
+      e.message,
+      /write-ahead log is corrupt: bad record at .* offset \d+ is followed by valid records/,
+    );
     t.regex(e.message, /repair/);
     // Nothing was changed on disk.
     t.is((await fsp.stat(c.file)).size, c.fileSize);
@@ -477,7 +487,7 @@ for (const segmentBytes of [1 << 20, 300]) {
     const before = await segmentFiles(c.dir);
     const { wal, records, report } = await Wal.open({ ...c.opts, repair: true });
     t.is(records.length, 11);
-    records.forEach((r, i) => t.deepEqual(r.payload, c.payloads[i]));
+    for (const [i, r] of records.entries()) t.deepEqual(r.payload, c.payloads[i]);
     t.truthy(report.repaired);
     t.is(report.repaired!.file, c.file);
     t.is(report.repaired!.offset, c.offset);
@@ -541,6 +551,30 @@ test('corruption: a duplicated record (valid checksum, wrong index) refuses to o
   const err = await t.throwsAsync(Wal.open(opts));
   t.like((err as SegmemError).details, { reason: 'WAL_CORRUPT', file, offset: r5 + size });
   t.regex(String((err as SegmemError).details?.problem), /unexpected index 5, expected 6/);
+});
+
+test('corruption: a gap of many missing segments before a valid one refuses to open', async (t) => {
+  const dir = await tempDir(t);
+  const opts: WalOptions = { dir, fsync: 'batch' };
+  await writeLog(
+    opts,
+    Array.from({ length: 5 }, (_, i) => payloadFor(i + 1, 30)),
+  );
+  // A lone segment far ahead, as if everything in between had been deleted.
+  const other = await tempDir(t);
+  const { wal } = await Wal.open({ dir: other, fsync: 'batch' });
+  for (let i = 1; i <= 2000; i++) wal.append(Buffer.alloc(0));
+  await wal.close();
+  const buf = await fsp.readFile(join(other, segmentFileName(1)));
+  // Keep the file header and the records 1000 and 1001.
+  const at = WAL_FILE_HEADER_BYTES + 999 * WAL_RECORD_HEADER_BYTES;
+  const far = join(dir, segmentFileName(1000));
+  await fsp.writeFile(
+    far,
+    Buffer.concat([buf.subarray(0, WAL_FILE_HEADER_BYTES), buf.subarray(at, at + 2 * WAL_RECORD_HEADER_BYTES)]),
+  );
+  const err = await t.throwsAsync(Wal.open(opts));
+  t.like((err as SegmemError).details, { reason: 'WAL_CORRUPT', file: far, offset: 0 });
 });
 
 for (const policy of ['batch', 'always'] as FsyncPolicy[]) {
@@ -630,7 +664,7 @@ test('an I/O error fails the log: waitDurable rejects with UNAVAILABLE, durable 
   t.true(SegmemError.is(e6, 'UNAVAILABLE'));
   t.is(e6?.message, 'write-ahead log failed: ENOSPC: no space left on device, write');
   t.is((e6 as SegmemError).details?.errno, 'ENOSPC');
-  t.is((e6?.cause as Error).message, 'ENOSPC: no space left on device, write');
+  t.is((e6!.cause as Error).message, 'ENOSPC: no space left on device, write');
   const e7 = await t.throwsAsync(wal.waitDurable(i7));
   t.is(e7, e6);
   // Later calls fail the same way; nothing durable is affected.
@@ -670,7 +704,9 @@ test('a real ENOSPC from the kernel (segment redirected to /dev/full) fails the 
     fsync: 'batch',
     io: {
       open: (_path, _flags) =>
-        new Promise((resolve, reject) => fs.open('/dev/full', 'w', (err, fd) => (err ? reject(err) : resolve(fd)))),
+        new Promise((resolve, reject) =>
+          fs.open('/dev/full', 'w', (err, fd) => (err ? reject(err) : resolve(fd))),
+        ),
     },
   });
   const err = await t.throwsAsync(wal.waitDurable(wal.append(Buffer.from('lost'))));
@@ -768,7 +804,12 @@ test('property: damage limited to the tail always recovers exactly a prefix', as
               else await fsp.truncate(path, local);
             } else {
               const h = await fsp.open(path, 'r+');
-              await h.write(Buffer.alloc(size - local + (k === files.length - 1 ? damage.extra : 0)), 0, undefined, local);
+              await h.write(
+                Buffer.alloc(size - local + (k === files.length - 1 ? damage.extra : 0)),
+                0,
+                undefined,
+                local,
+              );
               await h.close();
             }
           }
@@ -778,22 +819,26 @@ test('property: damage limited to the tail always recovers exactly a prefix', as
         const intact = ends.filter((e) => e <= at).length;
         const { wal, records, report } = await Wal.open(opts);
         if (damage.kind === 'truncate') {
-          if (records.length !== intact) throw new Error(`recovered ${records.length} records, expected ${intact}`);
+          if (records.length !== intact)
+            throw new Error(`recovered ${records.length} records, expected ${intact}`);
         } else if (records.length < intact || records.length > payloads.length) {
           throw new Error(`recovered ${records.length} records, expected ${intact}..${payloads.length}`);
         }
         records.forEach((r, i) => {
-          if (r.index !== i + 1 || !r.payload.equals(payloads[i]!)) throw new Error(`record ${i + 1} differs`);
+          if (r.index !== i + 1 || !r.payload.equals(payloads[i]!))
+            throw new Error(`record ${i + 1} differs`);
         });
         if (report.repaired) throw new Error('tail damage must not need repair');
         // The damaged bytes are gone from the disk: what is left is exactly the recovered records.
         const remaining = await segmentFiles(dir);
-        if (remaining.length > 0 && remaining[0] !== segmentFileName(1)) throw new Error(`first segment ${remaining[0]}`);
+        if (remaining.length > 0 && remaining[0] !== segmentFileName(1))
+          throw new Error(`first segment ${remaining[0]}`);
         for (let k = 0; k < remaining.length; k++) {
           const first = Number(remaining[k]!.slice(0, 20));
           const end = k + 1 < remaining.length ? Number(remaining[k + 1]!.slice(0, 20)) : records.length + 1;
           let expectedBytes = WAL_FILE_HEADER_BYTES;
-          for (let i = first; i < end; i++) expectedBytes += WAL_RECORD_HEADER_BYTES + payloads[i - 1]!.length;
+          for (let i = first; i < end; i++)
+            expectedBytes += WAL_RECORD_HEADER_BYTES + payloads[i - 1]!.length;
           const size = (await fsp.stat(join(dir, remaining[k]!))).size;
           if (size !== expectedBytes) {
             throw new Error(`${remaining[k]} has ${size} bytes after recovery, expected ${expectedBytes}`);
@@ -828,5 +873,5 @@ test('appends survive random payloads (sanity for gathered writes and rolls)', a
   await wal.close();
   const r = await reopen(opts);
   t.is(r.records.length, 500);
-  r.records.forEach((rec, i) => t.true(rec.payload.equals(payloads[i]!)));
+  for (const [i, rec] of r.records.entries()) t.true(rec.payload.equals(payloads[i]!));
 });

@@ -418,7 +418,8 @@ export class StateMachine {
 
   /** Pages of `obj` a client holding (cachedId, cachedVersion) lacks, ascending. */
   pagesSince(obj: SegmentObject, cachedId: number, cachedVersion: number): number[] {
-    const since = cachedId === obj.id ? cachedVersion : 1; // a fresh copy starts zero-filled: version 1
+    // A fresh local copy starts zero-filled, which is what version 1 (just created) holds.
+    const since = cachedId === obj.id && cachedVersion >= 1 ? cachedVersion : 1;
     const pages: number[] = [];
     if (since >= obj.version) return pages;
     const versions = obj.pageVersions;

@@ -9,7 +9,7 @@ import { promises as fsp, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
-import { errnoCode, errorMessage, fsyncDir, writeFileAtomic } from './files.js';
+import { errnoCode, errorMessage, fsyncDir, mkdirDurable, writeFileAtomic } from './files.js';
 
 /** The identity and geometry of a data directory, stored in `<dir>/meta.json`. */
 export interface DataDirMeta {
@@ -176,9 +176,11 @@ export class DataDir {
 
     if (create) {
       try {
-        const made = await fsp.mkdir(dir, { recursive: true });
-        if (made !== undefined) await fsyncDir(resolve(made, '..'));
+        await mkdirDurable(dir);
       } catch (err) {
+        if (errnoCode(err) === 'EEXIST') {
+          throw new SegmemError('INVALID_ARGUMENT', `data directory ${dir} is not a directory`, { dir });
+        }
         throw notWritable(dir, err);
       }
     }
@@ -186,10 +188,12 @@ export class DataDir {
     try {
       st = await fsp.stat(dir);
     } catch (err) {
-      if (errnoCode(err) === 'ENOENT') throw new SegmemError('NOT_FOUND', `data directory ${dir} does not exist`, { dir });
+      if (errnoCode(err) === 'ENOENT')
+        throw new SegmemError('NOT_FOUND', `data directory ${dir} does not exist`, { dir });
       throw notWritable(dir, err);
     }
-    if (!st.isDirectory()) throw new SegmemError('INVALID_ARGUMENT', `data directory ${dir} is not a directory`, { dir });
+    if (!st.isDirectory())
+      throw new SegmemError('INVALID_ARGUMENT', `data directory ${dir} is not a directory`, { dir });
     await checkWritable(dir);
 
     const key = await fsp.realpath(dir);
@@ -208,8 +212,7 @@ export class DataDir {
     heldLocks.set(key, nonce);
     try {
       const { meta, created } = await loadOrCreateMeta(dir, opts, create);
-      await fsp.mkdir(join(dir, WAL_DIR), { recursive: true });
-      if (created) await fsyncDir(dir);
+      await mkdirDurable(join(dir, WAL_DIR));
       return new DataDir(dir, meta, created, nonce, stale);
     } catch (err) {
       await releaseLock(dir, key, nonce).catch(() => {});
@@ -247,7 +250,12 @@ async function checkWritable(dir: string): Promise<void> {
 async function acquireLock(dir: string): Promise<{ nonce: string; stale: LockHolder | undefined }> {
   const lockPath = join(dir, LOCK_FILE);
   const host = hostname();
-  const mine: LockContent = { pid: process.pid, hostname: host, nonce: randomUUID(), createdAt: new Date().toISOString() };
+  const mine: LockContent = {
+    pid: process.pid,
+    hostname: host,
+    nonce: randomUUID(),
+    createdAt: new Date().toISOString(),
+  };
   let stale: LockHolder | undefined;
   for (let attempt = 0; attempt < 5; attempt++) {
     try {
@@ -289,10 +297,16 @@ async function acquireLock(dir: string): Promise<{ nonce: string; stale: LockHol
     // Stale: the holder is gone. Remove the file only if it is still the one we examined.
     if ((await readText(lockPath)) === text) {
       await fsp.rm(lockPath, { force: true });
-      stale = holder ? { pid: holder.pid, hostname: holder.hostname, createdAt: holder.createdAt } : { pid: 0, hostname: '' };
+      stale = holder
+        ? { pid: holder.pid, hostname: holder.hostname, createdAt: holder.createdAt }
+        : { pid: 0, hostname: '' };
     }
   }
-  throw new SegmemError('UNAVAILABLE', `data directory ${dir} is in use: could not take its ${LOCK_FILE} file`, { dir });
+  throw new SegmemError(
+    'UNAVAILABLE',
+    `data directory ${dir} is in use: could not take its ${LOCK_FILE} file`,
+    { dir },
+  );
 }
 
 async function releaseLock(dir: string, key: string, nonce: string): Promise<void> {
@@ -306,7 +320,9 @@ async function releaseLock(dir: string, key: string, nonce: string): Promise<voi
 }
 
 function invalidMeta(path: string, problem: string): SegmemError {
-  return new SegmemError('INVALID_ARGUMENT', `${path} is not a valid segmem meta file: ${problem}`, { file: path });
+  return new SegmemError('INVALID_ARGUMENT', `${path} is not a valid segmem meta file: ${problem}`, {
+    file: path,
+  });
 }
 
 function validateMeta(path: string, v: unknown): DataDirMeta {
@@ -323,7 +339,8 @@ function validateMeta(path: string, v: unknown): DataDirMeta {
     if (typeof m[k] !== 'string' || m[k] === '') throw invalidMeta(path, `${k} must be a non-empty string`);
   }
   for (const k of ['pageBytes', 'segmentBytes'] as const) {
-    if (!Number.isSafeInteger(m[k]) || (m[k] as number) <= 0) throw invalidMeta(path, `${k} must be a positive integer`);
+    if (!Number.isSafeInteger(m[k]) || (m[k] as number) <= 0)
+      throw invalidMeta(path, `${k} must be a positive integer`);
   }
   return {
     formatVersion: 1,
@@ -344,7 +361,8 @@ async function loadOrCreateMeta(
   let text: string | undefined;
   try {
     const st = await fsp.stat(path);
-    if (!st.isFile()) throw new SegmemError('INVALID_ARGUMENT', `${path} is not a regular file`, { file: path });
+    if (!st.isFile())
+      throw new SegmemError('INVALID_ARGUMENT', `${path} is not a regular file`, { file: path });
     text = await fsp.readFile(path, 'utf8');
   } catch (err) {
     if (errnoCode(err) !== 'ENOENT') {
@@ -355,7 +373,9 @@ async function loadOrCreateMeta(
 
   if (text === undefined) {
     if (!create) {
-      throw new SegmemError('NOT_FOUND', `data directory ${dir} is not initialised (no ${META_FILE})`, { dir });
+      throw new SegmemError('NOT_FOUND', `data directory ${dir} is not initialised (no ${META_FILE})`, {
+        dir,
+      });
     }
     // Refuse to adopt a log of unknown origin.
     const walFiles = await fsp.readdir(join(dir, WAL_DIR)).catch(() => [] as string[]);
@@ -393,17 +413,25 @@ async function loadOrCreateMeta(
     );
   }
   if (meta.serverId !== opts.serverId) {
-    throw new SegmemError('INVALID_ARGUMENT', `data directory ${dir} belongs to server ${meta.serverId}, not ${opts.serverId}`, {
-      dir,
-      serverId: meta.serverId,
-    });
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `data directory ${dir} belongs to server ${meta.serverId}, not ${opts.serverId}`,
+      {
+        dir,
+        serverId: meta.serverId,
+      },
+    );
   }
   for (const k of ['pageBytes', 'segmentBytes'] as const) {
     if (meta[k] !== opts[k]) {
-      throw new SegmemError('INVALID_ARGUMENT', `data directory ${dir} was created with ${k} ${meta[k]}, not ${opts[k]}`, {
-        dir,
-        [k]: meta[k],
-      });
+      throw new SegmemError(
+        'INVALID_ARGUMENT',
+        `data directory ${dir} was created with ${k} ${meta[k]}, not ${opts[k]}`,
+        {
+          dir,
+          [k]: meta[k],
+        },
+      );
     }
   }
   return { meta, created: false };

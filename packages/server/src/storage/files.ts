@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 
 /** fsyncs a directory, making the creation, removal or renaming of its entries durable. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -15,6 +15,23 @@ export async function fsyncDir(dir: string): Promise<void> {
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * Creates `dir` and any missing parents. With `sync`, each new directory's entry is made durable by
+ * fsyncing its parent. Resolves with whether anything was created.
+ */
+export async function mkdirDurable(dir: string, sync = true): Promise<boolean> {
+  const target = resolve(dir);
+  const first = await fsp.mkdir(target, { recursive: true });
+  if (first === undefined) return false;
+  if (sync) {
+    for (let d = target; ; d = dirname(d)) {
+      await fsyncDir(dirname(d));
+      if (d === resolve(first) || dirname(d) === d) break;
+    }
+  }
+  return true;
 }
 
 /**

@@ -37,10 +37,10 @@
  */
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { crc32c } from './crc32c.js';
-import { errnoCode, errorMessage, fsyncDir } from './files.js';
+import { errnoCode, errorMessage, fsyncDir, mkdirDurable } from './files.js';
 
 /**
  * When the write-ahead log forces records to stable storage.
@@ -93,12 +93,15 @@ export interface WalIo {
 
 const nodeIo: WalIo = {
   open: (path, flags) =>
-    new Promise((resolve, reject) => fs.open(path, flags, 0o644, (err, fd) => (err ? reject(err) : resolve(fd)))),
+    new Promise((resolve, reject) =>
+      fs.open(path, flags, 0o644, (err, fd) => (err ? reject(err) : resolve(fd))),
+    ),
   writev: (fd, buffers, position) =>
     new Promise((resolve, reject) =>
       fs.writev(fd, buffers, position, (err, written) => (err ? reject(err) : resolve(written))),
     ),
-  fdatasync: (fd) => new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve()))),
+  fdatasync: (fd) =>
+    new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve()))),
   close: (fd) => new Promise((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve()))),
   fsyncDir,
 };
@@ -216,7 +219,8 @@ function checkRecord(b: Buffer, off: number, expected: number, maxRecordBytes: n
   if (b.length - off < WAL_RECORD_HEADER_BYTES) return 'incomplete record header';
   const len = readU32(b, off);
   if (len > maxRecordBytes) return `record length ${len} exceeds the maximum ${maxRecordBytes}`;
-  if (off + WAL_RECORD_HEADER_BYTES + len > b.length) return 'incomplete record (runs past the end of the file)';
+  if (off + WAL_RECORD_HEADER_BYTES + len > b.length)
+    return 'incomplete record (runs past the end of the file)';
   if (recordCrc(b, off, len) !== readU32(b, off + 4)) return 'bad checksum';
   const index = readIndex(b, off);
   if (index !== expected) return `unexpected index ${index}, expected ${expected}`;
@@ -296,7 +300,12 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
     segments.push({ firstIndex: first, path });
     sizes.push(0);
     if (first !== expected) {
-      bad = { file: f, offset: 0, reason: `segment file name says first index ${first}, expected ${expected}`, buf };
+      bad = {
+        file: f,
+        offset: 0,
+        reason: `segment file name says first index ${first}, expected ${expected}`,
+        buf,
+      };
       break;
     }
     const headerProblem = checkFileHeader(buf);
@@ -311,7 +320,10 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
         bad = { file: f, offset: off, reason: r, buf };
         break;
       }
-      records.push({ index: expected, payload: buf.subarray(off + WAL_RECORD_HEADER_BYTES, off + WAL_RECORD_HEADER_BYTES + r) });
+      records.push({
+        index: expected,
+        payload: buf.subarray(off + WAL_RECORD_HEADER_BYTES, off + WAL_RECORD_HEADER_BYTES + r),
+      });
       expected++;
       off += WAL_RECORD_HEADER_BYTES + r;
     }
@@ -337,8 +349,11 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
       laterBytes += b.length;
     }
     const droppedBytes = bad.buf.length - bad.offset + laterBytes;
-    // Every record takes at least 16 bytes, so no genuine record after the bad one can have a larger index.
-    const maxIndex = lastIndex + 1 + Math.ceil(droppedBytes / WAL_RECORD_HEADER_BYTES);
+    // Only indexes a genuine later record could carry are believed (which keeps random bytes from passing
+    // for a record): every record takes at least 16 bytes, and a later segment starts at its name's index.
+    let base = lastIndex + 1;
+    for (const n of names.slice(bad.file)) base = Math.max(base, Number(SEGMENT_NAME.exec(n)![1]));
+    const maxIndex = Math.min(Number.MAX_SAFE_INTEGER, base + Math.ceil(droppedBytes / WAL_RECORD_HEADER_BYTES));
     const limit = repair ? Number.POSITIVE_INFINITY : 1;
     let validAfter = scanForRecords(bad.buf, bad.offset + 1, lastIndex, maxIndex, maxRecordBytes, limit);
     for (const b of laterBufs) {
@@ -372,11 +387,18 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
     if (bad.offset < WAL_FILE_HEADER_BYTES || laterPaths.length > 0) await fsyncDir(dir);
 
     if (validAfter > 0) {
-      report.repaired = { file: badPath, offset: bad.offset, droppedRecords: validAfter, droppedBytes, reason: bad.reason };
+      report.repaired = {
+        file: badPath,
+        offset: bad.offset,
+        droppedRecords: validAfter,
+        droppedBytes,
+        reason: bad.reason,
+      };
     } else {
       let reason: string;
       if (bad.buf.length === 0 && laterBytes === 0) reason = 'empty segment file';
-      else if (isAllZero(bad.buf, bad.offset) && laterBufs.every((b) => isAllZero(b, 0))) reason = 'zero-filled tail';
+      else if (isAllZero(bad.buf, bad.offset) && laterBufs.every((b) => isAllZero(b, 0)))
+        reason = 'zero-filled tail';
       else if (bad.offset < WAL_FILE_HEADER_BYTES) reason = `torn segment file (${bad.reason})`;
       else reason = `torn record (${bad.reason})`;
       report.truncated = { file: badPath, offset: bad.offset, droppedBytes, reason };
@@ -468,18 +490,18 @@ export class Wal {
       throw new SegmemError('INVALID_ARGUMENT', `segmentBytes must be an integer >= ${MIN_SEGMENT_BYTES}`);
     }
     const maxRecordBytes = opts.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES;
-    if (!Number.isSafeInteger(maxRecordBytes) || maxRecordBytes < 0 || maxRecordBytes > MAX_RECORD_BYTES_LIMIT) {
-      throw new SegmemError('INVALID_ARGUMENT', `maxRecordBytes must be an integer in [0, ${MAX_RECORD_BYTES_LIMIT}]`);
+    if (
+      !Number.isSafeInteger(maxRecordBytes) ||
+      maxRecordBytes < 0 ||
+      maxRecordBytes > MAX_RECORD_BYTES_LIMIT
+    ) {
+      throw new SegmemError(
+        'INVALID_ARGUMENT',
+        `maxRecordBytes must be an integer in [0, ${MAX_RECORD_BYTES_LIMIT}]`,
+      );
     }
     const dir = opts.dir;
-    const created = await fsp.mkdir(dir, { recursive: true });
-    if (created !== undefined && opts.fsync !== 'none') {
-      // Make the new directories themselves durable: fsync the parent of each one created.
-      for (let d = dir; ; d = dirname(d)) {
-        await fsyncDir(dirname(d));
-        if (d === created || dirname(d) === d) break;
-      }
-    }
+    await mkdirDurable(dir, opts.fsync !== 'none');
     const rec = await recover(dir, maxRecordBytes, opts.repair === true);
     const io: WalIo = { ...nodeIo, ...opts.io };
     const wal = new Wal({ dir, fsync: opts.fsync, segmentBytes, maxRecordBytes }, io, rec);
@@ -527,7 +549,10 @@ export class Wal {
       len = (payload as Uint8Array).length;
     }
     if (len > this.maxRecordBytes) {
-      throw new SegmemError('INVALID_ARGUMENT', `WAL record of ${len} bytes exceeds the maximum of ${this.maxRecordBytes}`);
+      throw new SegmemError(
+        'INVALID_ARGUMENT',
+        `WAL record of ${len} bytes exceeds the maximum of ${this.maxRecordBytes}`,
+      );
     }
     const index = this.lastIndex + 1;
     const h = Buffer.allocUnsafe(WAL_RECORD_HEADER_BYTES);
