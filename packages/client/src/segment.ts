@@ -101,6 +101,12 @@ export class SegmentImpl implements Segment {
     return { ...this.session.traffic };
   }
 
+  /** What the local cache holds for `name` (version 0: dropped, refetched on the next acquire). Diagnostic. */
+  cacheInfo(name: string): { id: number; version: number } | undefined {
+    const c = this.byName.get(name);
+    return c ? { id: c.id, version: c.version } : undefined;
+  }
+
   /** True when page rights guard the objects (the native addon is loaded). */
   get protectedPages(): boolean {
     return this.mapped.protectedPages;

@@ -571,7 +571,10 @@ test('corruption: a gap of many missing segments before a valid one refuses to o
   const far = join(dir, segmentFileName(1000));
   await fsp.writeFile(
     far,
-    Buffer.concat([buf.subarray(0, WAL_FILE_HEADER_BYTES), buf.subarray(at, at + 2 * WAL_RECORD_HEADER_BYTES)]),
+    Buffer.concat([
+      buf.subarray(0, WAL_FILE_HEADER_BYTES),
+      buf.subarray(at, at + 2 * WAL_RECORD_HEADER_BYTES),
+    ]),
   );
   const err = await t.throwsAsync(Wal.open(opts));
   t.like((err as SegmemError).details, { reason: 'WAL_CORRUPT', file: far, offset: 0 });

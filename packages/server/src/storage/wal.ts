@@ -353,7 +353,10 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
     // for a record): every record takes at least 16 bytes, and a later segment starts at its name's index.
     let base = lastIndex + 1;
     for (const n of names.slice(bad.file)) base = Math.max(base, Number(SEGMENT_NAME.exec(n)![1]));
-    const maxIndex = Math.min(Number.MAX_SAFE_INTEGER, base + Math.ceil(droppedBytes / WAL_RECORD_HEADER_BYTES));
+    const maxIndex = Math.min(
+      Number.MAX_SAFE_INTEGER,
+      base + Math.ceil(droppedBytes / WAL_RECORD_HEADER_BYTES),
+    );
     const limit = repair ? Number.POSITIVE_INFINITY : 1;
     let validAfter = scanForRecords(bad.buf, bad.offset + 1, lastIndex, maxIndex, maxRecordBytes, limit);
     for (const b of laterBufs) {
@@ -415,10 +418,8 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
 export class Wal {
   readonly policy: FsyncPolicy;
   readonly dir: string;
-  /** Index of the last appended record (0 for an empty log). */
-  lastIndex: number;
-  /** Highest index known durable under the policy (for `'none'`: written to the OS). */
-  durableIndex: number;
+  private last: number;
+  private durable: number;
   readonly stats: WalStats = { appends: 0, flushes: 0, syncs: 0, dirSyncs: 0, bytes: 0 };
 
   private readonly segmentBytes: number;
@@ -465,8 +466,8 @@ export class Wal {
     this.maxRecordBytes = opts.maxRecordBytes;
     this.io = io;
     this.segments = rec.segments;
-    this.lastIndex = rec.lastIndex;
-    this.durableIndex = rec.lastIndex;
+    this.last = rec.lastIndex;
+    this.durable = rec.lastIndex;
     this.writtenIndex = rec.lastIndex;
     const last = rec.segments[rec.segments.length - 1];
     this.vFirst = last ? last.firstIndex : 0;
@@ -510,10 +511,20 @@ export class Wal {
     return { wal, records: rec.records, report: rec.report };
   }
 
+  /** Index of the last appended record (0 for an empty log). */
+  get lastIndex(): number {
+    return this.last;
+  }
+
+  /** Highest index known durable under the policy (for `'none'`: written to the OS). */
+  get durableIndex(): number {
+    return this.durable;
+  }
+
   /** Index of the oldest record still stored (`lastIndex + 1` if none is). */
   get firstIndex(): number {
     const first = this.segments[0];
-    return first ? Math.min(first.firstIndex, this.lastIndex + 1) : this.lastIndex + 1;
+    return first ? Math.min(first.firstIndex, this.last + 1) : this.last + 1;
   }
 
   /** Number of segment files. */
@@ -554,7 +565,7 @@ export class Wal {
         `WAL record of ${len} bytes exceeds the maximum of ${this.maxRecordBytes}`,
       );
     }
-    const index = this.lastIndex + 1;
+    const index = this.last + 1;
     const h = Buffer.allocUnsafe(WAL_RECORD_HEADER_BYTES);
     putU32(h, 0, len);
     putU32(h, 8, index >>> 0);
@@ -584,7 +595,7 @@ export class Wal {
     this.recEnds.push(iov.length);
     this.vBytes += recordBytes;
     this.vRecords++;
-    this.lastIndex = index;
+    this.last = index;
     this.stats.appends++;
     if (this.flushPromise === null) this.flushPromise = Promise.resolve().then(this.runFlushesBound);
     return index;
@@ -596,8 +607,8 @@ export class Wal {
    */
   waitDurable(index: number): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
-    if (index <= this.durableIndex) return Promise.resolve();
-    if (this.closed || (this.closing && index > this.lastIndex)) return Promise.reject(closedError());
+    if (index <= this.durable) return Promise.resolve();
+    if (this.closed || (this.closing && index > this.last)) return Promise.reject(closedError());
     return new Promise<void>((resolve, reject) => {
       const w: Waiter = { index, resolve, reject };
       const ws = this.waiters;
@@ -684,7 +695,7 @@ export class Wal {
     const waiters = this.waiters;
     this.waiters = [];
     for (const w of waiters) w.reject(err);
-    if (this.failure && this.durableIndex < this.lastIndex) throw this.failure;
+    if (this.failure && this.durable < this.last) throw this.failure;
   }
 
   private async runFlushes(): Promise<void> {
@@ -730,7 +741,7 @@ export class Wal {
       }
     }
     this.stats.flushes++;
-    this.durableIndex = lastIndex;
+    this.durable = lastIndex;
     this.notify();
   }
 
@@ -801,7 +812,7 @@ export class Wal {
   }
 
   private notify(): void {
-    const durable = this.durableIndex;
+    const durable = this.durable;
     const ws = this.waiters;
     let n = 0;
     while (n < ws.length && ws[n]!.index <= durable) n++;

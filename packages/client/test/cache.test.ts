@@ -1,0 +1,132 @@
+/**
+ * The client cache: pages validated by version on acquire, dropped at once on an invalidation pushed
+ * over TCP or hinted over UDP, and revalidated after a gap in the pushes (a dropped connection).
+ */
+import { createServer, type Server, type Socket, connect as tcp } from 'node:net';
+import test from 'ava';
+import { connect, type Segment } from '../src/index.js';
+import { startServerProcess, tempDir, waitFor } from './helpers.js';
+
+type Diag = Segment & {
+  cacheInfo(name: string): { id: number; version: number } | undefined;
+  stats(): { bytesSent: number; bytesReceived: number; requests: number };
+};
+
+/** A TCP proxy the test can stall (server→client direction) or cut. */
+class Proxy {
+  private server!: Server;
+  private readonly pairs = new Set<[Socket, Socket]>();
+  private held = false;
+  private readonly backlog: [Socket, Buffer][] = [];
+  connections = 0;
+  address = '';
+
+  static async start(target: string): Promise<Proxy> {
+    const p = new Proxy();
+    const [host, port] = target.split(':');
+    p.server = createServer((client) => {
+      p.connections++;
+      const upstream = tcp({ host: host!, port: Number(port) });
+      const pair: [Socket, Socket] = [client, upstream];
+      p.pairs.add(pair);
+      client.on('data', (d) => upstream.write(d));
+      upstream.on('data', (d: Buffer) => (p.held ? p.backlog.push([client, d]) : client.write(d)));
+      const end = () => {
+        client.destroy();
+        upstream.destroy();
+        p.pairs.delete(pair);
+      };
+      client.on('close', end);
+      upstream.on('close', end);
+      client.on('error', () => {});
+      upstream.on('error', () => {});
+    });
+    await new Promise<void>((r) => p.server.listen(0, '127.0.0.1', () => r()));
+    p.address = `127.0.0.1:${(p.server.address() as { port: number }).port}`;
+    return p;
+  }
+
+  hold(): void {
+    this.held = true;
+  }
+
+  release(): void {
+    this.held = false;
+    for (const [sock, d] of this.backlog.splice(0)) sock.write(d);
+  }
+
+  cut(): void {
+    this.backlog.length = 0;
+    this.held = false;
+    for (const [a, b] of this.pairs) {
+      a.destroy();
+      b.destroy();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+test('a cached, unchanged object is granted without moving its pages', async (t) => {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path, fsync: 'none' });
+  const a = (await connect({ servers: [server.address] })) as Diag;
+  try {
+    await a.create('page', 4096);
+    await a.update('page', (h) => h.bytes.fill(1));
+    await a.read('page', () => {});
+    const before = a.stats().bytesReceived;
+    for (let i = 0; i < 10; i++) await a.read('page', (h) => t.is(h.bytes[4095], 1));
+    const perCycle = (a.stats().bytesReceived - before) / 10;
+    t.true(perCycle < 200, `a warm read cycle received ${perCycle} bytes`);
+  } finally {
+    await a.close();
+    await server.stop();
+    dir.cleanup();
+  }
+});
+
+test('invalidations: pushed over TCP, hinted over UDP, and a gap makes the client revalidate', async (t) => {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path, fsync: 'none' });
+  const proxy = await Proxy.start(server.address);
+  const a = (await connect({ servers: [server.address] })) as Diag;
+  const b = (await connect({ servers: [proxy.address], udpHints: true, sessionTimeoutMs: 5000 })) as Diag;
+  try {
+    await a.create('x', 8192);
+    await b.read('x', () => {});
+    t.like(b.cacheInfo('x'), { version: 1 });
+
+    // TCP push: b drops its copy without doing anything.
+    await a.update('x', (h) => h.bytes.writeUInt32LE(1, 0));
+    await waitFor(() => b.cacheInfo('x')?.version === 0, 'b to drop x after the TCP push');
+    t.is(await b.read('x', (h) => h.bytes.readUInt32LE(0)), 1);
+    t.like(b.cacheInfo('x'), { version: 2 });
+
+    // UDP hint: with the TCP path stalled, the datagram alone makes b drop its copy.
+    proxy.hold();
+    await a.update('x', (h) => h.bytes.writeUInt32LE(2, 0));
+    await waitFor(() => b.cacheInfo('x')?.version === 0, 'b to drop x from the UDP hint while TCP is stalled');
+    proxy.release();
+    t.is(await b.read('x', (h) => h.bytes.readUInt32LE(0)), 2);
+
+    // A gap: b's connection is cut, a writes while b is away (the push numbered for b is never
+    // delivered), b reconnects, resumes its session and revalidates its cache by version.
+    proxy.hold();
+    proxy.cut();
+    await a.update('x', (h) => h.bytes.writeUInt32LE(3, 4096));
+    await waitFor(() => proxy.connections >= 2, 'b to reconnect');
+    await waitFor(() => b.cacheInfo('x')?.version === 0, 'b to find its copy stale after the reconnect');
+    t.is(await b.read('x', (h) => h.bytes.readUInt32LE(4096)), 3);
+    t.is(await b.read('x', (h) => h.bytes.readUInt32LE(0)), 2, 'pages that did not change are kept');
+  } finally {
+    await a.close();
+    await b.close();
+    await proxy.close();
+    await server.stop();
+    dir.cleanup();
+  }
+});

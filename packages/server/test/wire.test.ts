@@ -1,0 +1,258 @@
+/**
+ * The server's port under bad input: garbage, oversize frames, wrong handshakes, bad fields, other
+ * sessions' tokens. Each gets a clear error; the server keeps serving everyone else.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect as netConnect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  decodeError,
+  decodeResponse,
+  encodeRequest,
+  type Frame,
+  FrameDecoder,
+  MessageType,
+  PROTOCOL_VERSION,
+  type Request,
+  SegmemError,
+} from '@segmem/protocol';
+import test from 'ava';
+import { startServer } from '../src/index.js';
+
+/** A raw protocol client over a real socket, for sending exactly the bytes a test wants. */
+class RawClient {
+  private readonly decoder = new FrameDecoder();
+  private readonly frames: Frame[] = [];
+  private waiters: (() => void)[] = [];
+  closed = false;
+  private nextId = 1;
+
+  private constructor(readonly socket: Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      for (const f of this.decoder.push(chunk)) this.frames.push(f);
+      this.wake();
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      this.wake();
+    });
+    socket.on('error', () => {});
+  }
+
+  static open(address: string): Promise<RawClient> {
+    const [host, port] = address.split(':');
+    return new Promise((resolve, reject) => {
+      const s = netConnect({ host: host!, port: Number(port) }, () => resolve(new RawClient(s)));
+      s.once('error', reject);
+    });
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** The next frame, or null once the server closed the connection. */
+  async next(timeoutMs = 5000): Promise<Frame | null> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.frames.length === 0 && !this.closed) {
+      if (Date.now() > deadline) throw new Error('no frame from the server in time');
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+    return this.frames.shift() ?? null;
+  }
+
+  async untilClosed(timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.closed) {
+      if (Date.now() > deadline) throw new Error('the server did not close the connection');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  send(req: Request): number {
+    const id = this.nextId++;
+    for (const p of encodeRequest(req, id)) this.socket.write(p);
+    return id;
+  }
+
+  async call<T extends Request['type']>(req: Extract<Request, { type: T }>) {
+    const id = this.send(req);
+    const f = await this.next();
+    if (!f) throw new Error('connection closed');
+    if (f.requestId !== id) throw new Error(`answer to ${f.requestId}, expected ${id}`);
+    return decodeResponse(req.type, f);
+  }
+
+  async hello(extra: Partial<Extract<Request, { type: 'HELLO' }>> = {}) {
+    return this.call({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000, ...extra });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+async function server(t: { teardown(fn: () => unknown): void }) {
+  const dir = mkdtempSync(join(tmpdir(), 'segmem-wire-'));
+  const s = await startServer({ id: 's1', listen: '127.0.0.1:0', dataDir: dir, fsync: 'none' });
+  t.teardown(async () => {
+    await s.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return s;
+}
+
+test('garbage bytes get an ERROR frame and a closed connection; other clients are served throughout', async (t) => {
+  const s = await server(t);
+  const good = await RawClient.open(s.address);
+  await good.hello();
+  await good.call({ type: 'CREATE', seq: 1, name: 'x', size: 4, ifNotExists: false });
+  const bad = await RawClient.open(s.address);
+  bad.socket.write(Buffer.from('GET / HTTP/1.1\r\nHost: example\r\n\r\n'));
+  const f = await bad.next();
+  t.truthy(f);
+  t.is(f!.type, MessageType.ERROR);
+  t.is(f!.requestId, 0);
+  t.is(decodeError(f!).code, 'PROTOCOL');
+  await bad.untilClosed();
+  t.like(await good.call({ type: 'STAT', name: 'x' }), { object: { name: 'x', size: 4 } });
+});
+
+test('an oversize frame is refused from its length prefix, before its body is sent', async (t) => {
+  const s = await server(t);
+  const c = await RawClient.open(s.address);
+  const prefix = Buffer.alloc(4);
+  prefix.writeUInt32LE(0xfffffff0, 0);
+  c.socket.write(prefix); // only 4 bytes: the server must not wait for 4 GiB
+  const f = await c.next();
+  const err = decodeError(f!);
+  t.is(err.code, 'PROTOCOL');
+  t.regex(err.message, /exceeds|limit|too large/i);
+  await c.untilClosed();
+});
+
+test('the handshake: HELLO first, one protocol version, the right cluster and token', async (t) => {
+  const s = await server(t);
+  const early = await RawClient.open(s.address);
+  early.send({ type: 'STAT', name: 'x' });
+  t.is(decodeError((await early.next())!).code, 'PROTOCOL');
+  await early.untilClosed();
+
+  const version = await RawClient.open(s.address);
+  version.send({ type: 'HELLO', protocol: PROTOCOL_VERSION + 1, sessionTimeoutMs: 5000 });
+  const verr = decodeError((await version.next())!);
+  t.is(verr.code, 'PROTOCOL');
+  t.true(verr.message.includes(String(PROTOCOL_VERSION)) && verr.message.includes(String(PROTOCOL_VERSION + 1)), verr.message);
+  await version.untilClosed();
+
+  const cluster = await RawClient.open(s.address);
+  const cerr = await t.throwsAsync(cluster.hello({ clusterId: 'not-this-one' }));
+  t.is((cerr as SegmemError).code, 'UNAUTHORIZED');
+
+  const ok = await RawClient.open(s.address);
+  const hello = await ok.hello();
+  t.true(hello.sessionId >= 1);
+  t.is(hello.pageBytes, 4096);
+  const twice = await t.throwsAsync(ok.hello());
+  t.is((twice as SegmemError).code, 'PROTOCOL');
+});
+
+test('a well-framed request with a bad field gets INVALID_ARGUMENT and the connection stays usable', async (t) => {
+  const s = await server(t);
+  const c = await RawClient.open(s.address);
+  await c.hello();
+  for (const bad of [
+    { type: 'CREATE', seq: 1, name: '', size: 4, ifNotExists: false },
+    { type: 'CREATE', seq: 2, name: 'x', size: 0, ifNotExists: false },
+    { type: 'CREATE', seq: 3, name: 'x', size: -1, ifNotExists: false },
+    { type: 'CREATE', seq: 4, name: 'x'.repeat(300), size: 4, ifNotExists: false },
+    { type: 'ACQUIRE', seq: 5, name: 'x', mode: 'exclusive', cachedId: 0, cachedVersion: 0, timeoutMs: null },
+  ] as unknown as Request[]) {
+    const err = await t.throwsAsync(c.call(bad as never));
+    t.is((err as SegmemError).code, 'INVALID_ARGUMENT', (err as Error).message);
+  }
+  t.like(await c.call({ type: 'CREATE', seq: 6, name: 'x', size: 4, ifNotExists: false }), { created: true });
+  t.deepEqual(
+    (await c.call({ type: 'LIST', prefix: '' })).objects.map((o) => o.name),
+    ['x'],
+    'nothing but the valid create changed anything',
+  );
+  // A write range outside the object: refused by the server, the lock stays held, nothing changes.
+  const g = await c.call({ type: 'ACQUIRE', seq: 7, name: 'x', mode: 'write', cachedId: 0, cachedVersion: 0, timeoutMs: null });
+  const err = await t.throwsAsync(
+    c.call({ type: 'RELEASE', seq: 8, name: 'x', mode: 'write', token: g.token, ranges: [[2, 4]], payload: Buffer.alloc(4) }),
+  );
+  t.is((err as SegmemError).code, 'INVALID_ARGUMENT');
+  t.like(await c.call({ type: 'RELEASE', seq: 9, name: 'x', mode: 'write', token: g.token, ranges: [[0, 1]], payload: Buffer.from([1]) }), {
+    version: 2,
+  });
+});
+
+test('a release under another session\'s token is LOCK_LOST and leaves the holder\'s lock alone', async (t) => {
+  const s = await server(t);
+  const a = await RawClient.open(s.address);
+  const b = await RawClient.open(s.address);
+  await a.hello();
+  await b.hello();
+  await a.call({ type: 'CREATE', seq: 1, name: 'x', size: 4, ifNotExists: false });
+  const g = await a.call({ type: 'ACQUIRE', seq: 2, name: 'x', mode: 'write', cachedId: 0, cachedVersion: 0, timeoutMs: null });
+  const err = await t.throwsAsync(
+    b.call({ type: 'RELEASE', seq: 1, name: 'x', mode: 'write', token: g.token, ranges: [[0, 1]], payload: Buffer.from([9]) }),
+  );
+  t.is((err as SegmemError).code, 'LOCK_LOST');
+  t.like(await a.call({ type: 'RELEASE', seq: 3, name: 'x', mode: 'write', token: g.token, ranges: [], payload: Buffer.alloc(0) }), {
+    version: 1,
+  });
+});
+
+test('a retried request with the same seq is answered from the dedup table, not applied again', async (t) => {
+  const s = await server(t);
+  const c = await RawClient.open(s.address);
+  await c.hello();
+  await c.call({ type: 'CREATE', seq: 1, name: 'n', size: 4, ifNotExists: false });
+  const g = await c.call({ type: 'ACQUIRE', seq: 2, name: 'n', mode: 'write', cachedId: 0, cachedVersion: 0, timeoutMs: null });
+  const release: Extract<Request, { type: 'RELEASE' }> = {
+    type: 'RELEASE',
+    seq: 3,
+    name: 'n',
+    mode: 'write',
+    token: g.token,
+    ranges: [[0, 1]],
+    payload: Buffer.from([5]),
+  };
+  t.like(await c.call(release), { version: 2 });
+  t.like(await c.call(release), { version: 2 });
+  t.like(await c.call({ type: 'CREATE', seq: 1, name: 'n', size: 4, ifNotExists: false }), { created: true });
+  t.is((await c.call({ type: 'STAT', name: 'n' })).object.version, 2);
+});
+
+test('random bytes never crash the server (bounded fuzz)', async (t) => {
+  const s = await server(t);
+  const keeper = await RawClient.open(s.address);
+  await keeper.hello();
+  let seed = 12345;
+  const rand = () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed;
+  };
+  const valid = Buffer.concat(encodeRequest({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000 }, 1));
+  for (let i = 0; i < 60; i++) {
+    const c = await RawClient.open(s.address);
+    let bytes: Buffer;
+    if (i % 2 === 0) {
+      bytes = Buffer.alloc(1 + (rand() % 300));
+      for (let j = 0; j < bytes.length; j++) bytes[j] = rand() & 0xff;
+    } else {
+      bytes = Buffer.from(valid);
+      for (let k = 0; k < 3; k++) bytes[rand() % bytes.length] = rand() & 0xff; // a mutated handshake
+    }
+    c.socket.write(bytes);
+    c.socket.end();
+    await c.untilClosed();
+  }
+  t.like(await keeper.call({ type: 'LIST', prefix: '' }), { objects: [] });
+});
