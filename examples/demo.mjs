@@ -21,7 +21,9 @@ try {
   seg = await openEmbedded({ dir }); // reopen: the value is on disk
   const value = await seg.read('compteur', (h) => h.bytes.readInt32LE(0));
   console.log(`embedded: wrote 23*45, closed, reopened ${dir}: compteur = ${value}`);
-  console.log(`embedded: page protection ${seg.protectedPages ? 'on (mmap + mprotect)' : 'off (no native addon)'}`);
+  console.log(
+    `embedded: page protection ${seg.protectedPages ? 'on (mmap + mprotect)' : 'off (no native addon)'}`,
+  );
   await seg.close();
   if (value !== 1035) process.exitCode = 1;
 } finally {

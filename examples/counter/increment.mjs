@@ -1,5 +1,10 @@
 // Adds 1 to "compteur" N times, each under write access (read, add, write back, release).
-import { close_persistant, init_persistant, p_access_readwrite, p_release_readwrite } from '@segmem/client/compat';
+import {
+  close_persistant,
+  init_persistant,
+  p_access_readwrite,
+  p_release_readwrite,
+} from '@segmem/client/compat';
 
 const times = Number(process.argv[2] ?? 100);
 await init_persistant();

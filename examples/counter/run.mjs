@@ -16,7 +16,9 @@ try {
   console.log(`counter: the seed program wrote 23*45; ${seed}`);
   const started = performance.now();
   const outputs = await Promise.all(
-    Array.from({ length: processes }, () => run(join(here, 'increment.mjs'), [String(times)], server.servers)),
+    Array.from({ length: processes }, () =>
+      run(join(here, 'increment.mjs'), [String(times)], server.servers),
+    ),
   );
   const ms = performance.now() - started;
   for (const [line] of outputs) console.log(`counter:   ${line}`);

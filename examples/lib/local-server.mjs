@@ -7,7 +7,10 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
-const serverBin = join(dirname(fileURLToPath(import.meta.url)), '../../packages/server/bin/segmem-server.mjs');
+const serverBin = join(
+  dirname(fileURLToPath(import.meta.url)),
+  '../../packages/server/bin/segmem-server.mjs',
+);
 
 export async function localServer() {
   if (process.env.SEGMEM_SERVERS) return { servers: process.env.SEGMEM_SERVERS, stop: async () => {} };
@@ -44,6 +47,8 @@ export function run(script, args, servers) {
     });
     const lines = [];
     createInterface({ input: child.stdout }).on('line', (l) => lines.push(l));
-    child.once('exit', (code) => (code === 0 ? resolve(lines) : reject(new Error(`${script} exited with code ${code}`))));
+    child.once('exit', (code) =>
+      code === 0 ? resolve(lines) : reject(new Error(`${script} exited with code ${code}`)),
+    );
   });
 }

@@ -72,7 +72,10 @@ function take(data: Buffer, mode: 'read' | 'write'): Handle {
   const list = handles.get(data);
   const i = list ? list.findIndex((h) => h.mode === mode) : -1;
   if (!list || i < 0) {
-    throw new SegmemError('INVALID_ARGUMENT', `this buffer is not held for ${mode === 'read' ? 'reading' : 'writing'} (released twice, or never acquired)`);
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `this buffer is not held for ${mode === 'read' ? 'reading' : 'writing'} (released twice, or never acquired)`,
+    );
   }
   const [h] = list.splice(i, 1);
   if (list.length === 0) handles.delete(data);

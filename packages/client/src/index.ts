@@ -15,7 +15,7 @@ import {
 import { connectLocal, type FsyncPolicy, SegmemNode } from '@segmem/server';
 import { openMappedSegment } from './mapped-segment.js';
 import { type Segment, SegmentImpl } from './segment.js';
-import { type Dial, Session, tcpDial, type Transport } from './session.js';
+import { type Dial, Session, type Transport, tcpDial } from './session.js';
 
 export { type ErrorCode, SegmemError } from '@segmem/protocol';
 export type { AcquireOptions, Handle, ObjectInfo, Segment, SharedLog } from './segment.js';
@@ -93,8 +93,16 @@ async function openSegment(
 
 /** Opens a session with a segmem cluster. */
 export async function connect(opts: ConnectOptions): Promise<Segment> {
-  if (!opts || !Array.isArray(opts.servers) || opts.servers.length === 0 || !opts.servers.every((s) => typeof s === 'string')) {
-    throw new SegmemError('INVALID_ARGUMENT', 'connect needs servers: a non-empty array of "host:port" strings');
+  if (
+    !opts ||
+    !Array.isArray(opts.servers) ||
+    opts.servers.length === 0 ||
+    !opts.servers.every((s) => typeof s === 'string')
+  ) {
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      'connect needs servers: a non-empty array of "host:port" strings',
+    );
   }
   const sessionTimeoutMs = sessionTimeout(opts.sessionTimeoutMs);
   let udp: UdpSocket | undefined;

@@ -55,7 +55,11 @@ export interface MappedSegment {
   close(): void;
 }
 
-export function openMappedSegment(opts: { segmentBytes: number; pageBytes: number; cacheDir?: string }): MappedSegment {
+export function openMappedSegment(opts: {
+  segmentBytes: number;
+  pageBytes: number;
+  cacheDir?: string;
+}): MappedSegment {
   const { native, loadError } = loadNative();
   if (native && native.pageSize() === opts.pageBytes) return new NativeSegment(native, opts);
   if (!warned) {
@@ -82,7 +86,10 @@ class NativeSegment implements MappedSegment {
   ) {
     this.pageBytes = opts.pageBytes;
     native.installFaultHandler();
-    const path = join(opts.cacheDir ?? tmpdir(), `segmem-${process.pid}-${randomBytes(6).toString('hex')}.segment`);
+    const path = join(
+      opts.cacheDir ?? tmpdir(),
+      `segmem-${process.pid}-${randomBytes(6).toString('hex')}.segment`,
+    );
     this.id = native.map(path, opts.segmentBytes);
     // The mapping keeps the file alive; unlinking now means nothing is left behind, even after a crash.
     unlinkSync(path);

@@ -47,7 +47,11 @@ export interface AcquireOptions {
 export interface SharedLog {
   append(record: Uint8Array | string): Promise<number>;
   appendBatch(records: (Uint8Array | string)[]): Promise<number[]>;
-  read(opts?: { from?: number; follow?: boolean; signal?: AbortSignal }): AsyncIterable<{ seq: number; data: Buffer }>;
+  read(opts?: {
+    from?: number;
+    follow?: boolean;
+    signal?: AbortSignal;
+  }): AsyncIterable<{ seq: number; data: Buffer }>;
 }
 
 export interface Segment {
@@ -121,7 +125,8 @@ export class SegmentImpl implements Segment {
     validateName(name);
     validateSize(size);
     const ifNotExists = opts.ifNotExists ?? false;
-    if (typeof ifNotExists !== 'boolean') throw new SegmemError('INVALID_ARGUMENT', 'ifNotExists must be a boolean');
+    if (typeof ifNotExists !== 'boolean')
+      throw new SegmemError('INVALID_ARGUMENT', 'ifNotExists must be a boolean');
     const r = await this.session.call({ type: 'CREATE', seq: this.session.seq(), name, size, ifNotExists });
     return info(r.object);
   }
@@ -186,8 +191,14 @@ export class SegmentImpl implements Segment {
     this.check();
     validateName(name);
     const { timeoutMs, signal } = opts;
-    if (timeoutMs !== undefined && !(Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= MAX_TIMEOUT_MS)) {
-      throw new SegmemError('INVALID_ARGUMENT', `timeoutMs must be an integer 0..${MAX_TIMEOUT_MS}; got ${String(timeoutMs)}`);
+    if (
+      timeoutMs !== undefined &&
+      !(Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= MAX_TIMEOUT_MS)
+    ) {
+      throw new SegmemError(
+        'INVALID_ARGUMENT',
+        `timeoutMs must be an integer 0..${MAX_TIMEOUT_MS}; got ${String(timeoutMs)}`,
+      );
     }
     if (signal?.aborted) throw new SegmemError('ABORTED', `acquire of "${name}" was aborted`);
     const cached = this.byName.get(name);
@@ -239,7 +250,15 @@ export class SegmentImpl implements Segment {
     const stale = this.byId.get(rec.id);
     if (stale && stale !== cached) this.drop(stale);
     if (!cached) {
-      cached = { id: rec.id, name: rec.name, size: rec.size, address: rec.address, version: 0, readHolds: 0, writeHeld: false };
+      cached = {
+        id: rec.id,
+        name: rec.name,
+        size: rec.size,
+        address: rec.address,
+        version: 0,
+        readHolds: 0,
+        writeHeld: false,
+      };
       this.byName.set(rec.name, cached);
       this.byId.set(rec.id, cached);
     }
@@ -272,11 +291,20 @@ export class SegmentImpl implements Segment {
     this.handles.delete(h);
     if (h.mode === 'read') {
       cached.readHolds--;
-      if (cached.readHolds === 0 && !cached.writeHeld) this.mapped.setAccess(cached.address, cached.size, 'none');
+      if (cached.readHolds === 0 && !cached.writeHeld)
+        this.mapped.setAccess(cached.address, cached.size, 'none');
       if (this.closed) return;
       // Pipelined: the server handles it before anything this session sends later; nothing to wait for.
       this.session
-        .call({ type: 'RELEASE', seq: this.session.seq(), name: cached.name, mode: 'read', token: h.token, ranges: [], payload: Buffer.alloc(0) })
+        .call({
+          type: 'RELEASE',
+          seq: this.session.seq(),
+          name: cached.name,
+          mode: 'read',
+          token: h.token,
+          ranges: [],
+          payload: Buffer.alloc(0),
+        })
         .catch(() => {});
       return;
     }
@@ -284,7 +312,8 @@ export class SegmentImpl implements Segment {
     const payload = ranges.length > 0 ? gatherRanges(h.bytes, ranges) : Buffer.alloc(0);
     cached.writeHeld = false;
     this.mapped.setAccess(cached.address, cached.size, cached.readHolds > 0 ? 'read' : 'none');
-    if (this.closed) throw new SegmemError('CLOSED', 'the segment was closed before the release: the write is discarded');
+    if (this.closed)
+      throw new SegmemError('CLOSED', 'the segment was closed before the release: the write is discarded');
     try {
       const r = await this.session.call({
         type: 'RELEASE',
@@ -336,7 +365,9 @@ export class SegmentImpl implements Segment {
     if (objects.length === 0) return;
     this.session
       .call({ type: 'VALIDATE', objects })
-      .then((r) => this.invalidateObjects(r.stale.map(([id, v]) => [id, v === 0 ? 0 : Number.MAX_SAFE_INTEGER])))
+      .then((r) =>
+        this.invalidateObjects(r.stale.map(([id, v]) => [id, v === 0 ? 0 : Number.MAX_SAFE_INTEGER])),
+      )
       .catch(() => {});
   }
 
@@ -398,11 +429,18 @@ export class HandleImpl implements Handle {
 
   release(): Promise<void> {
     if (this.released) {
-      return Promise.reject(new SegmemError('INVALID_ARGUMENT', `this ${this.mode} handle on "${this.name}" was already released`));
+      return Promise.reject(
+        new SegmemError(
+          'INVALID_ARGUMENT',
+          `this ${this.mode} handle on "${this.name}" was already released`,
+        ),
+      );
     }
     this.released = true;
     if (this.lost) {
-      return Promise.reject(new SegmemError('LOCK_LOST', `the session lost its ${this.mode} access to "${this.name}"`));
+      return Promise.reject(
+        new SegmemError('LOCK_LOST', `the session lost its ${this.mode} access to "${this.name}"`),
+      );
     }
     return this.segment.releaseHandle(this, this.cached);
   }

@@ -101,7 +101,8 @@ export class Session {
    * ACQUIRE can be cancelled by id).
    */
   start(req: Request): { requestId: number; promise: Promise<unknown> } {
-    if (this.closed) return { requestId: 0, promise: Promise.reject(new SegmemError('CLOSED', 'the segment is closed')) };
+    if (this.closed)
+      return { requestId: 0, promise: Promise.reject(new SegmemError('CLOSED', 'the segment is closed')) };
     if (this.unavailable) return { requestId: 0, promise: Promise.reject(this.unavailable) };
     const requestId = this.allocateRequestId();
     let entry!: Pending;
@@ -201,7 +202,8 @@ export class Session {
   }
 
   private releaseCapacity(): void {
-    while (this.capacityWaiters.length > 0 && this.pending.size < MAX_INFLIGHT_REQUESTS) this.capacityWaiters.shift()!();
+    while (this.capacityWaiters.length > 0 && this.pending.size < MAX_INFLIGHT_REQUESTS)
+      this.capacityWaiters.shift()!();
   }
 
   /** Forgets a request whose answer no longer matters. */
@@ -269,7 +271,10 @@ export class Session {
         }
         // A new session: locks and waits of the old one are gone. Requests that never went out, and
         // read-only ones, are sent now; the outcome of a mutation that was in flight is unknown.
-        const lost = new SegmemError('LOCK_LOST', `session ${oldSession} ended while disconnected; a new session started`);
+        const lost = new SegmemError(
+          'LOCK_LOST',
+          `session ${oldSession} ended while disconnected; a new session started`,
+        );
         for (const [id, p] of this.pending) {
           const t = p.req.type;
           if (!p.sent || t === 'STAT' || t === 'LIST' || t === 'VALIDATE' || t === 'KEEPALIVE') {
@@ -280,7 +285,10 @@ export class Session {
           this.pending.delete(id);
           p.reject(
             t === 'CREATE' || t === 'DELETE'
-              ? new SegmemError('UNAVAILABLE', `the server restarted before answering ${t}; it may or may not have been applied`)
+              ? new SegmemError(
+                  'UNAVAILABLE',
+                  `the server restarted before answering ${t}; it may or may not have been applied`,
+                )
               : lost,
           );
         }
@@ -355,13 +363,19 @@ export function tcpDial(servers: string[]): Dial {
       }
     }
     next = (next + 1) % servers.length;
-    throw new SegmemError('UNAVAILABLE', `no server reachable (${servers.join(', ')}): ${lastError?.message}`);
+    throw new SegmemError(
+      'UNAVAILABLE',
+      `no server reachable (${servers.join(', ')}): ${lastError?.message}`,
+    );
   };
 }
 
 function dialOne(addr: string): Promise<Transport> {
   const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(addr);
-  if (!m) return Promise.reject(new SegmemError('INVALID_ARGUMENT', `server address must be host:port; got ${JSON.stringify(addr)}`));
+  if (!m)
+    return Promise.reject(
+      new SegmemError('INVALID_ARGUMENT', `server address must be host:port; got ${JSON.stringify(addr)}`),
+    );
   const host = m[1]!.replace(/^\[|\]$/g, '');
   const port = Number(m[2]);
   return new Promise((resolve, reject) => {

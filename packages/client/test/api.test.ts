@@ -2,7 +2,7 @@
  * The Segment API and the compat API, against an embedded store and a real server process.
  */
 import test, { type ExecutionContext } from 'ava';
-import { connect, openEmbedded, type Segment, SegmemError } from '../src/index.js';
+import { connect, openEmbedded, SegmemError, type Segment } from '../src/index.js';
 import { type ServerProcess, startServerProcess, tempDir } from './helpers.js';
 
 type Mode = 'embedded' | 'tcp';
@@ -44,7 +44,12 @@ async function fixture(mode: Mode): Promise<Fixture> {
   };
 }
 
-async function rejectsCode(t: ExecutionContext, p: Promise<unknown> | (() => unknown), code: string, what: string) {
+async function rejectsCode(
+  t: ExecutionContext,
+  p: Promise<unknown> | (() => unknown),
+  code: string,
+  what: string,
+) {
   const err = await t.throwsAsync(async () => (typeof p === 'function' ? p() : p), undefined, what);
   t.true(SegmemError.is(err), `${what}: a SegmemError`);
   t.is((err as SegmemError).code, code as never, `${what}: ${(err as Error).message}`);
@@ -92,7 +97,12 @@ for (const mode of ['embedded', 'tcp'] as const) {
       const again = await seg.create('m/b', 1, { ifNotExists: true });
       t.is(again.name, 'm/b');
       await rejectsCode(t, seg.create('m/b', 1), 'ALREADY_EXISTS', 'duplicate create');
-      await rejectsCode(t, seg.create('m/b', 2, { ifNotExists: true }), 'ALREADY_EXISTS', 'ifNotExists with another size');
+      await rejectsCode(
+        t,
+        seg.create('m/b', 2, { ifNotExists: true }),
+        'ALREADY_EXISTS',
+        'ifNotExists with another size',
+      );
       const a = await seg.stat('m/a');
       await seg.delete('m/a');
       await rejectsCode(t, seg.stat('m/a'), 'NOT_FOUND', 'stat after delete');
@@ -100,7 +110,10 @@ for (const mode of ['embedded', 'tcp'] as const) {
       const c = await seg.create('m/c', 8000);
       t.is(c.address, a.address, 'freed pages are reused');
       const h = await seg.acquireRead('m/c');
-      t.true(h.bytes.every((b) => b === 0), 'a new object on reused pages reads as zeros');
+      t.true(
+        h.bytes.every((b) => b === 0),
+        'a new object on reused pages reads as zeros',
+      );
       await h.release();
     } finally {
       await f.cleanup();
@@ -115,8 +128,20 @@ for (const mode of ['embedded', 'tcp'] as const) {
       for (const size of [0, -1, 1.5, Number.NaN, '8' as unknown as number, 2 ** 40]) {
         await rejectsCode(t, seg.create('s', size), 'INVALID_ARGUMENT', `size ${String(size)}`);
       }
-      for (const name of ['', 'x'.repeat(256), 'é'.repeat(128), 'a\0b', 42 as unknown as string, null as unknown as string]) {
-        await rejectsCode(t, seg.create(name, 4), 'INVALID_ARGUMENT', `name ${JSON.stringify(name)?.slice(0, 20)}`);
+      for (const name of [
+        '',
+        'x'.repeat(256),
+        'é'.repeat(128),
+        'a\0b',
+        42 as unknown as string,
+        null as unknown as string,
+      ]) {
+        await rejectsCode(
+          t,
+          seg.create(name, 4),
+          'INVALID_ARGUMENT',
+          `name ${JSON.stringify(name)?.slice(0, 20)}`,
+        );
         await rejectsCode(t, seg.acquireRead(name), 'INVALID_ARGUMENT', 'acquire with a bad name');
       }
       await seg.create('é'.repeat(127), 4); // 254 bytes of UTF-8: fine
@@ -142,7 +167,11 @@ for (const mode of ['embedded', 'tcp'] as const) {
       mode === 'embedded'
         ? await openEmbedded({ dir: dir.path, fsync: 'none', segmentBytes: 64 * 4096 })
         : await (async () => {
-            const server = await startServerProcess({ dataDir: dir.path, fsync: 'none', extra: ['--segment-bytes', String(64 * 4096)] });
+            const server = await startServerProcess({
+              dataDir: dir.path,
+              fsync: 'none',
+              extra: ['--segment-bytes', String(64 * 4096)],
+            });
             const s = await connect({ servers: [server.address] });
             t.teardown(() => server.stop());
             return s;
@@ -181,7 +210,7 @@ for (const mode of ['embedded', 'tcp'] as const) {
   });
 }
 
-test('tcp: two sessions see each other\'s writes, and a write of one byte in 1 MiB ships a few bytes', async (t) => {
+test("tcp: two sessions see each other's writes, and a write of one byte in 1 MiB ships a few bytes", async (t) => {
   const f = await fixture('tcp');
   try {
     const a = await f.open();

@@ -13,7 +13,7 @@ type Diag = Segment & {
 };
 
 /** A TCP proxy the test can stall (server→client direction) or cut. */
-class Proxy {
+class TcpProxy {
   private server!: Server;
   private readonly pairs = new Set<[Socket, Socket]>();
   private held = false;
@@ -21,8 +21,8 @@ class Proxy {
   connections = 0;
   address = '';
 
-  static async start(target: string): Promise<Proxy> {
-    const p = new Proxy();
+  static async start(target: string): Promise<TcpProxy> {
+    const p = new TcpProxy();
     const [host, port] = target.split(':');
     p.server = createServer((client) => {
       p.connections++;
@@ -92,7 +92,7 @@ test('a cached, unchanged object is granted without moving its pages', async (t)
 test('invalidations: pushed over TCP, hinted over UDP, and a gap makes the client revalidate', async (t) => {
   const dir = tempDir();
   const server = await startServerProcess({ dataDir: dir.path, fsync: 'none' });
-  const proxy = await Proxy.start(server.address);
+  const proxy = await TcpProxy.start(server.address);
   const a = (await connect({ servers: [server.address] })) as Diag;
   const b = (await connect({ servers: [proxy.address], udpHints: true, sessionTimeoutMs: 5000 })) as Diag;
   try {
@@ -109,7 +109,10 @@ test('invalidations: pushed over TCP, hinted over UDP, and a gap makes the clien
     // UDP hint: with the TCP path stalled, the datagram alone makes b drop its copy.
     proxy.hold();
     await a.update('x', (h) => h.bytes.writeUInt32LE(2, 0));
-    await waitFor(() => b.cacheInfo('x')?.version === 0, 'b to drop x from the UDP hint while TCP is stalled');
+    await waitFor(
+      () => b.cacheInfo('x')?.version === 0,
+      'b to drop x from the UDP hint while TCP is stalled',
+    );
     proxy.release();
     t.is(await b.read('x', (h) => h.bytes.readUInt32LE(0)), 2);
 

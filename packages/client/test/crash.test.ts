@@ -24,7 +24,7 @@ test('a client killed while holding write access loses its write, and the lock f
     const started = Date.now();
     const h = await seg.acquireWrite('victim', { timeoutMs: 10_000 });
     const waited = Date.now() - started;
-    t.is(h.bytes.readUInt32LE(0), 7, 'the dead writer\'s unreleased change is not visible');
+    t.is(h.bytes.readUInt32LE(0), 7, "the dead writer's unreleased change is not visible");
     t.true(waited < 8000, `lock released after the 1 s session timeout (waited ${waited} ms)`);
     await h.release();
     t.is((await seg.stat('victim')).version, 2, 'a release that changed nothing keeps the version');

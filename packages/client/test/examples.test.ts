@@ -7,7 +7,10 @@ import { runNode } from './helpers.js';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
 
 test('npm run demo: the seed program, the multi-process counter and the contention demo all pass', async (t) => {
-  const { done } = runNode(resolve(root, 'examples/demo.mjs'), [], { timeoutMs: 90_000, env: { SEGMEM_SERVERS: '' } });
+  const { done } = runNode(resolve(root, 'examples/demo.mjs'), [], {
+    timeoutMs: 90_000,
+    env: { SEGMEM_SERVERS: '' },
+  });
   const exit = await done;
   t.is(exit.code, 0, exit.stderr);
   t.regex(exit.stdout, /compteur = 1035/);

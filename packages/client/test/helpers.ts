@@ -17,7 +17,11 @@ export function tempDir(prefix = 'segmem-test-'): { path: string; cleanup: () =>
 }
 
 /** Polls `cond` until it returns a truthy value or `timeoutMs` passes (then throws `what`). */
-export async function waitFor<T>(cond: () => T | Promise<T>, what: string, timeoutMs = 10_000): Promise<NonNullable<T>> {
+export async function waitFor<T>(
+  cond: () => T | Promise<T>,
+  what: string,
+  timeoutMs = 10_000,
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await cond();
@@ -89,8 +93,15 @@ export async function startServerProcess(opts: {
 export function runNode(
   script: string,
   args: string[],
-  opts: { env?: Record<string, string>; timeoutMs?: number; onLine?: (line: string, proc: ChildProcess) => void } = {},
-): { proc: ChildProcess; done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> } {
+  opts: {
+    env?: Record<string, string>;
+    timeoutMs?: number;
+    onLine?: (line: string, proc: ChildProcess) => void;
+  } = {},
+): {
+  proc: ChildProcess;
+  done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>;
+} {
   const proc = spawn(process.execPath, [script, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
@@ -105,18 +116,21 @@ export function runNode(
     opts.onLine?.(line, proc);
   });
   proc.stderr!.on('data', (d: string) => (stderr += d));
-  const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>(
-    (resolveDone, reject) => {
-      const timer = setTimeout(() => {
-        proc.kill('SIGKILL');
-        reject(new Error(`${script} did not finish within ${opts.timeoutMs ?? 30_000} ms; stderr: ${stderr}`));
-      }, opts.timeoutMs ?? 30_000);
-      proc.once('exit', (code, signal) => {
-        clearTimeout(timer);
-        // let the line reader drain
-        setImmediate(() => resolveDone({ code, signal, stdout, stderr }));
-      });
-    },
-  );
+  const done = new Promise<{
+    code: number | null;
+    signal: NodeJS.Signals | null;
+    stdout: string;
+    stderr: string;
+  }>((resolveDone, reject) => {
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`${script} did not finish within ${opts.timeoutMs ?? 30_000} ms; stderr: ${stderr}`));
+    }, opts.timeoutMs ?? 30_000);
+    proc.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      // let the line reader drain
+      setImmediate(() => resolveDone({ code, signal, stdout, stderr }));
+    });
+  });
   return { proc, done };
 }

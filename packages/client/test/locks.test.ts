@@ -3,14 +3,15 @@
  * waiters are served in FIFO order, and waits honour timeouts and abort signals.
  */
 import test from 'ava';
-import { connect, type Handle, type Segment, SegmemError } from '../src/index.js';
+import { connect, type Handle, type SegmemError, type Segment } from '../src/index.js';
 import { startServerProcess, tempDir, waitFor } from './helpers.js';
 
 async function cluster(t: { teardown(fn: () => unknown): void }, sessions: number): Promise<Segment[]> {
   const dir = tempDir();
   const server = await startServerProcess({ dataDir: dir.path, fsync: 'none' });
   const segs: Segment[] = [];
-  for (let i = 0; i < sessions; i++) segs.push(await connect({ servers: [server.address], sessionTimeoutMs: 5000 }));
+  for (let i = 0; i < sessions; i++)
+    segs.push(await connect({ servers: [server.address], sessionTimeoutMs: 5000 }));
   t.teardown(async () => {
     for (const s of segs) await s.close();
     await server.stop();
@@ -140,7 +141,10 @@ test('concurrent tasks of one session queue on the same object and increments ar
     s.update('n', (h) => {
       h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1);
     });
-  await Promise.all([...Array.from({ length: 25 }, () => bump(a!)), ...Array.from({ length: 25 }, () => bump(b!))]);
+  await Promise.all([
+    ...Array.from({ length: 25 }, () => bump(a!)),
+    ...Array.from({ length: 25 }, () => bump(b!)),
+  ]);
   t.is(await a!.read('n', (h) => h.bytes.readUInt32LE(0)), 50);
   t.is((await b!.stat('n')).version, 51);
 });

@@ -44,7 +44,10 @@ test('every acknowledged write survives kill -9 of the server under load, and cl
         },
       }),
     );
-    await waitFor(() => [...acked.values()].every((v) => v >= 30) && acked.size === 3, 'some acknowledged increments');
+    await waitFor(
+      () => [...acked.values()].every((v) => v >= 30) && acked.size === 3,
+      'some acknowledged increments',
+    );
     await server.kill(); // SIGKILL: no clean shutdown
     server = await startServerProcess({ dataDir: dir.path, listen, fsync: 'batch' });
     // The restart ended every session: each child's increment in flight fails with LOCK_LOST and it exits.
@@ -58,10 +61,12 @@ test('every acknowledged write survives kill -9 of the server under load, and cl
       async () => {
         try {
           const out = new Map<string, number>();
-          for (const name of lastAcked.keys()) out.set(name, await seg.read(name, (h) => h.bytes.readUInt32LE(0)));
+          for (const name of lastAcked.keys())
+            out.set(name, await seg.read(name, (h) => h.bytes.readUInt32LE(0)));
           return out;
         } catch (err) {
-          if (SegmemError.is(err) && (err.code === 'LOCK_LOST' || err.code === 'UNAVAILABLE')) return undefined;
+          if (SegmemError.is(err) && (err.code === 'LOCK_LOST' || err.code === 'UNAVAILABLE'))
+            return undefined;
           throw err;
         }
       },
@@ -105,7 +110,7 @@ test('a clean restart recovers every write, versions and free space', async (t) 
     t.is(bytes[5999], 7);
     t.is(bytes[6000], 0);
     const c = await seg.create('c', 4096);
-    t.is(c.address, 3 * 4096, 'the deleted object\'s pages are free again after recovery');
+    t.is(c.address, 3 * 4096, "the deleted object's pages are free again after recovery");
   } finally {
     await seg.close();
     await server.stop();
@@ -177,7 +182,14 @@ test('a data directory that is not writable, or belongs to another cluster, is r
   const dir = tempDir();
   try {
     writeFileSync(join(dir.path, 'plain-file'), 'x');
-    const notDir = await runNode(serverBin, ['--id', 's1', '--listen', '127.0.0.1:0', '--data', join(dir.path, 'plain-file', 'sub')]).done;
+    const notDir = await runNode(serverBin, [
+      '--id',
+      's1',
+      '--listen',
+      '127.0.0.1:0',
+      '--data',
+      join(dir.path, 'plain-file', 'sub'),
+    ]).done;
     t.is(notDir.code, 1);
     t.regex(notDir.stderr, /data directory .*plain-file/);
     const data = join(dir.path, 'data');
@@ -188,7 +200,16 @@ test('a data directory that is not writable, or belongs to another cluster, is r
     const other = await runNode(serverBin, ['--config', config, '--id', 's1', '--data', data]).done;
     t.is(other.code, 1);
     t.regex(other.stderr, /belongs to cluster .* not another-cluster|another-cluster/);
-    const badFsync = await runNode(serverBin, ['--id', 's1', '--listen', '127.0.0.1:0', '--data', data, '--fsync', 'sometimes']).done;
+    const badFsync = await runNode(serverBin, [
+      '--id',
+      's1',
+      '--listen',
+      '127.0.0.1:0',
+      '--data',
+      data,
+      '--fsync',
+      'sometimes',
+    ]).done;
     t.is(badFsync.code, 1);
     t.regex(badFsync.stderr, /fsync must be one of always, batch, none/);
   } finally {

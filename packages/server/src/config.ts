@@ -36,14 +36,23 @@ function bad(message: string): SegmemError {
 }
 
 export function parseFsync(value: unknown): FsyncPolicy {
-  if (typeof value === 'string' && (FSYNC_POLICIES as readonly string[]).includes(value)) return value as FsyncPolicy;
+  if (typeof value === 'string' && (FSYNC_POLICIES as readonly string[]).includes(value))
+    return value as FsyncPolicy;
   throw bad(`fsync must be one of ${FSYNC_POLICIES.join(', ')}; got ${JSON.stringify(value)}`);
 }
 
 export function parseSegmentBytes(value: unknown): number {
   const n = typeof value === 'string' ? Number(value) : value;
-  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < PAGE_BYTES || n % PAGE_BYTES !== 0 || n > MAX_SEGMENT_BYTES) {
-    throw bad(`segmentBytes must be a multiple of ${PAGE_BYTES} between ${PAGE_BYTES} and ${MAX_SEGMENT_BYTES}; got ${String(value)}`);
+  if (
+    typeof n !== 'number' ||
+    !Number.isSafeInteger(n) ||
+    n < PAGE_BYTES ||
+    n % PAGE_BYTES !== 0 ||
+    n > MAX_SEGMENT_BYTES
+  ) {
+    throw bad(
+      `segmentBytes must be a multiple of ${PAGE_BYTES} between ${PAGE_BYTES} and ${MAX_SEGMENT_BYTES}; got ${String(value)}`,
+    );
   }
   return n;
 }
@@ -55,13 +64,16 @@ export function loadConfigFile(path: string): ServerConfig {
   } catch (err) {
     throw bad(`cannot read config file ${path}: ${(err as Error).message}`);
   }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad(`config file ${path} must hold a JSON object`);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw bad(`config file ${path} must hold a JSON object`);
   const c = raw as Record<string, unknown>;
   const known = new Set(['clusterId', 'pageBytes', 'segmentBytes', 'fsync', 'token', 'servers', 'dataDir']);
-  for (const key of Object.keys(c)) if (!known.has(key)) throw bad(`config file ${path}: unknown setting "${key}"`);
+  for (const key of Object.keys(c))
+    if (!known.has(key)) throw bad(`config file ${path}: unknown setting "${key}"`);
   const config: ServerConfig = { ...DEFAULT_CONFIG, servers: {} };
   if (c.clusterId !== undefined) {
-    if (typeof c.clusterId !== 'string' || c.clusterId.length === 0) throw bad('clusterId must be a non-empty string');
+    if (typeof c.clusterId !== 'string' || c.clusterId.length === 0)
+      throw bad('clusterId must be a non-empty string');
     config.clusterId = c.clusterId;
   }
   if (c.pageBytes !== undefined && c.pageBytes !== PAGE_BYTES) throw bad(`pageBytes must be ${PAGE_BYTES}`);
@@ -72,11 +84,13 @@ export function loadConfigFile(path: string): ServerConfig {
     config.token = c.token;
   }
   if (c.dataDir !== undefined) {
-    if (typeof c.dataDir !== 'string' || c.dataDir.length === 0) throw bad('dataDir must be a non-empty string');
+    if (typeof c.dataDir !== 'string' || c.dataDir.length === 0)
+      throw bad('dataDir must be a non-empty string');
     config.dataDir = c.dataDir;
   }
   if (c.servers !== undefined) {
-    if (typeof c.servers !== 'object' || c.servers === null) throw bad('servers must map server ids to host:port');
+    if (typeof c.servers !== 'object' || c.servers === null)
+      throw bad('servers must map server ids to host:port');
     for (const [id, addr] of Object.entries(c.servers)) {
       if (typeof addr !== 'string') throw bad(`servers.${id} must be a host:port string`);
       config.servers[id] = addr;

@@ -4,12 +4,12 @@
 import { SegmemError } from '@segmem/protocol';
 import { DEFAULT_CONFIG, loadConfigFile, parseFsync, parseSegmentBytes } from './config.js';
 import { SegmemNode } from './node.js';
-import type { FsyncPolicy } from './storage/wal.js';
 import { listen } from './shell/tcp.js';
+import type { FsyncPolicy } from './storage/wal.js';
 
 export { SegmemError } from '@segmem/protocol';
 export { DEFAULT_CONFIG, loadConfigFile, parsePeers, type ServerConfig } from './config.js';
-export { SegmemNode, type NodeOptions } from './node.js';
+export { type NodeOptions, SegmemNode } from './node.js';
 export { connectLocal, type LocalEnd } from './shell/local.js';
 export type { FsyncPolicy } from './storage/wal.js';
 
@@ -40,7 +40,10 @@ export interface RunningServer {
 
 export async function startServer(opts: StartServerOptions): Promise<RunningServer> {
   if (typeof opts.id !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(opts.id)) {
-    throw new SegmemError('INVALID_ARGUMENT', `server id must be 1..64 characters of [A-Za-z0-9._-]; got ${JSON.stringify(opts.id)}`);
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `server id must be 1..64 characters of [A-Za-z0-9._-]; got ${JSON.stringify(opts.id)}`,
+    );
   }
   if (typeof opts.dataDir !== 'string' || opts.dataDir.length === 0) {
     throw new SegmemError('INVALID_ARGUMENT', 'dataDir must be a non-empty path');
@@ -58,7 +61,8 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     id: opts.id,
     dataDir: opts.dataDir,
     fsync: opts.fsync ? parseFsync(opts.fsync) : config.fsync,
-    segmentBytes: opts.segmentBytes !== undefined ? parseSegmentBytes(opts.segmentBytes) : config.segmentBytes,
+    segmentBytes:
+      opts.segmentBytes !== undefined ? parseSegmentBytes(opts.segmentBytes) : config.segmentBytes,
     ...(config.clusterId ? { clusterId: config.clusterId } : {}),
     ...(config.token ? { token: config.token } : {}),
     ...(opts.repair ? { repair: true } : {}),

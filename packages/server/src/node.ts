@@ -119,7 +119,9 @@ export class SegmemNode {
       const node = new SegmemNode(opts, dataDir, wal, sm, report);
       if (report.truncated) {
         const t = report.truncated;
-        opts.log?.(`recovery: truncated torn WAL tail in ${t.file} at offset ${t.offset} (${t.droppedBytes} bytes: ${t.reason})`);
+        opts.log?.(
+          `recovery: truncated torn WAL tail in ${t.file} at offset ${t.offset} (${t.droppedBytes} bytes: ${t.reason})`,
+        );
       }
       if (report.repaired) opts.log?.(`recovery: repaired WAL: ${JSON.stringify(report.repaired)}`);
       // Sessions end with a restart: their lock state may not all have reached the disk.
@@ -146,18 +148,29 @@ export class SegmemNode {
   /** Handles one decoded request from `port`, whose session is `sessionId` (0 before HELLO). */
   async hello(port: Port, requestId: number, req: HelloRequest): Promise<number> {
     if (req.clusterId && req.clusterId !== this.clusterId) {
-      throw new SegmemError('UNAUTHORIZED', `this server belongs to cluster ${this.clusterId}, not ${req.clusterId}`);
+      throw new SegmemError(
+        'UNAUTHORIZED',
+        `this server belongs to cluster ${this.clusterId}, not ${req.clusterId}`,
+      );
     }
     if (this.opts.token !== undefined && req.token !== this.opts.token) {
       throw new SegmemError('UNAUTHORIZED', 'bad or missing token');
     }
     let sessionId = 0;
     let resumed = false;
-    if (req.resumeSessionId && this.sm.hasSession(req.resumeSessionId) && !this.expiring.has(req.resumeSessionId)) {
+    if (
+      req.resumeSessionId &&
+      this.sm.hasSession(req.resumeSessionId) &&
+      !this.expiring.has(req.resumeSessionId)
+    ) {
       sessionId = req.resumeSessionId;
       resumed = true;
     } else {
-      const outcome = await this.log.propose({ op: 'open', timeoutMs: req.sessionTimeoutMs, clientName: req.clientName ?? null });
+      const outcome = await this.log.propose({
+        op: 'open',
+        timeoutMs: req.sessionTimeoutMs,
+        clientName: req.clientName ?? null,
+      });
       sessionId = (unwrap(outcome.result) as { sessionId: number }).sessionId;
     }
     let state = this.sessions.get(sessionId);
@@ -192,7 +205,11 @@ export class SegmemNode {
   }
 
   async create(sessionId: number, req: { seq: number; name: string; size: number; ifNotExists: boolean }) {
-    const outcome = await this.log.propose({ op: 'create', sessionId, ...pick(req, 'seq', 'name', 'size', 'ifNotExists') });
+    const outcome = await this.log.propose({
+      op: 'create',
+      sessionId,
+      ...pick(req, 'seq', 'name', 'size', 'ifNotExists'),
+    });
     return unwrap(outcome.result) as { object: ReturnType<StateMachine['stat']>; created: boolean };
   }
 
@@ -224,11 +241,23 @@ export class SegmemNode {
   async acquire(port: Port, sessionId: number, requestId: number, req: AcquireRequest): Promise<void> {
     const state = this.sessionState(sessionId);
     // Registered before proposing: a grant for this waiter may be applied in the same drain.
-    const waiting: Waiting = { port, requestId, cachedId: req.cachedId, cachedVersion: req.cachedVersion, timer: null };
+    const waiting: Waiting = {
+      port,
+      requestId,
+      cachedId: req.cachedId,
+      cachedVersion: req.cachedVersion,
+      timer: null,
+    };
     state.waiting.set(req.seq, waiting);
     let outcome: Outcome;
     try {
-      outcome = await this.log.propose({ op: 'acquire', sessionId, seq: req.seq, name: req.name, mode: req.mode });
+      outcome = await this.log.propose({
+        op: 'acquire',
+        sessionId,
+        seq: req.seq,
+        name: req.name,
+        mode: req.mode,
+      });
     } catch (err) {
       state.waiting.delete(req.seq);
       throw err;
@@ -254,7 +283,12 @@ export class SegmemNode {
   }
 
   /** CANCEL: the waiter answers through the `fail` effect; this answers whether it was still waiting. */
-  async cancel(sessionId: number, acquireRequestId: number, reason: 'TIMEOUT' | 'ABORTED', port: Port): Promise<boolean> {
+  async cancel(
+    sessionId: number,
+    acquireRequestId: number,
+    reason: 'TIMEOUT' | 'ABORTED',
+    port: Port,
+  ): Promise<boolean> {
     const state = this.sessions.get(sessionId);
     if (!state) return false;
     for (const [seq, w] of state.waiting) {
@@ -338,13 +372,17 @@ export class SegmemNode {
     if (w.port.closed) return; // the client resumes and retries the same seq: the grant is remembered
     const obj = this.sm.object(grant.object.id);
     if (!obj) {
-      w.port.wire.write(encodeError(w.requestId, new SegmemError('NOT_FOUND', `object "${grant.object.name}" was deleted`)));
+      w.port.wire.write(
+        encodeError(w.requestId, new SegmemError('NOT_FOUND', `object "${grant.object.name}" was deleted`)),
+      );
       return;
     }
     const pages = this.sm.pagesSince(obj, w.cachedId, w.cachedVersion);
     const payload = pagesPayload(obj, pages, this.sm.pageBytes);
     const record = { id: obj.id, name: obj.name, size: obj.size, address: obj.address, version: obj.version };
-    w.port.wire.write(encodeOk('ACQUIRE', w.requestId, { object: record, token: grant.token, pages }, payload));
+    w.port.wire.write(
+      encodeOk('ACQUIRE', w.requestId, { object: record, token: grant.token, pages }, payload),
+    );
   }
 
   private pushInvalidation(sessionId: number, objectId: number, version: number): void {
@@ -398,7 +436,8 @@ export class SegmemNode {
     if (this.closing) return;
     this.closing = true;
     if (this.expiryTimer) clearTimeout(this.expiryTimer);
-    for (const state of this.sessions.values()) for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
+    for (const state of this.sessions.values())
+      for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
     await this.log.close();
     await this.dataDir.close();
   }

@@ -11,7 +11,8 @@ function machine(segmentPages = 1024) {
   const sm = new StateMachine({ pageBytes: PAGE, segmentBytes: segmentPages * PAGE });
   let index = 0;
   const run = (cmd: Command): Outcome => sm.apply(++index, cmd);
-  const open = (): number => (run({ op: 'open', timeoutMs: 1000, clientName: null }).result as any).value.sessionId;
+  const open = (): number =>
+    (run({ op: 'open', timeoutMs: 1000, clientName: null }).result as any).value.sessionId;
   return { sm, run, open };
 }
 
@@ -23,15 +24,26 @@ function value(o: Outcome): any {
 test('create allocates page-aligned, zero-versioned objects and reuses freed space', (t) => {
   const { run, open } = machine(8);
   const s = open();
-  const a = value(run({ op: 'create', sessionId: s, seq: 1, name: 'a', size: 5000, ifNotExists: false })).object;
+  const a = value(
+    run({ op: 'create', sessionId: s, seq: 1, name: 'a', size: 5000, ifNotExists: false }),
+  ).object;
   const b = value(run({ op: 'create', sessionId: s, seq: 2, name: 'b', size: 4, ifNotExists: false })).object;
   t.is(a.address, 0);
   t.is(b.address, 2 * PAGE);
   t.is(a.version, 1);
   value(run({ op: 'delete', sessionId: s, seq: 3, name: 'a' }));
-  const c = value(run({ op: 'create', sessionId: s, seq: 4, name: 'c', size: 8192, ifNotExists: false })).object;
+  const c = value(
+    run({ op: 'create', sessionId: s, seq: 4, name: 'c', size: 8192, ifNotExists: false }),
+  ).object;
   t.is(c.address, 0, 'freed pages are reused');
-  const full = run({ op: 'create', sessionId: s, seq: 5, name: 'd', size: 6 * PAGE, ifNotExists: false }).result;
+  const full = run({
+    op: 'create',
+    sessionId: s,
+    seq: 5,
+    name: 'd',
+    size: 6 * PAGE,
+    ifNotExists: false,
+  }).result;
   t.like(full, { ok: false, code: 'NO_SPACE' });
   const dup = run({ op: 'create', sessionId: s, seq: 6, name: 'b', size: 4, ifNotExists: false }).result;
   t.like(dup, { ok: false, code: 'ALREADY_EXISTS' });
@@ -49,15 +61,35 @@ test('readers share, a writer waits for them, and FIFO keeps later readers behin
   t.truthy(r1.granted);
   t.truthy(r2.granted);
   t.true(r2.granted.token > r1.granted.token, 'tokens increase');
-  t.deepEqual(value(run({ op: 'acquire', sessionId: s3, seq: 1, name: 'x', mode: 'write' })), { queued: true });
+  t.deepEqual(value(run({ op: 'acquire', sessionId: s3, seq: 1, name: 'x', mode: 'write' })), {
+    queued: true,
+  });
   t.deepEqual(
     value(run({ op: 'acquire', sessionId: s4, seq: 1, name: 'x', mode: 'read' })),
     { queued: true },
     'a reader arriving behind a waiting writer waits (writers do not starve)',
   );
-  let out = run({ op: 'release', sessionId: s1, seq: 3, name: 'x', mode: 'read', token: r1.granted.token, ranges: [], data: null });
+  let out = run({
+    op: 'release',
+    sessionId: s1,
+    seq: 3,
+    name: 'x',
+    mode: 'read',
+    token: r1.granted.token,
+    ranges: [],
+    data: null,
+  });
   t.deepEqual(out.effects, []);
-  out = run({ op: 'release', sessionId: s2, seq: 2, name: 'x', mode: 'read', token: r2.granted.token, ranges: [], data: null });
+  out = run({
+    op: 'release',
+    sessionId: s2,
+    seq: 2,
+    name: 'x',
+    mode: 'read',
+    token: r2.granted.token,
+    ranges: [],
+    data: null,
+  });
   t.is(out.effects.length, 1);
   const g = out.effects[0]!;
   t.like(g, { kind: 'grant', sessionId: s3, seq: 1 });
@@ -73,7 +105,10 @@ test('readers share, a writer waits for them, and FIFO keeps later readers behin
     data: Buffer.from([7, 8, 9]),
   });
   t.is(value(out).version, 2);
-  t.like(out.effects.find((e) => e.kind === 'grant'), { sessionId: s4, seq: 1 });
+  t.like(
+    out.effects.find((e) => e.kind === 'grant'),
+    { sessionId: s4, seq: 1 },
+  );
   const inval = out.effects.find((e) => e.kind === 'invalidate') as any;
   t.deepEqual(inval.sessionIds.sort(), [s1, s2].sort(), 'sessions that cached the old version are told');
 });
@@ -83,10 +118,39 @@ test('releases are fenced by token and a stale or repeated release is LOCK_LOST'
   const s = open();
   value(run({ op: 'create', sessionId: s, seq: 1, name: 'x', size: 4, ifNotExists: false }));
   const g = value(run({ op: 'acquire', sessionId: s, seq: 2, name: 'x', mode: 'write' })).granted;
-  const bad = run({ op: 'release', sessionId: s, seq: 3, name: 'x', mode: 'write', token: g.token + 1, ranges: [], data: null });
+  const bad = run({
+    op: 'release',
+    sessionId: s,
+    seq: 3,
+    name: 'x',
+    mode: 'write',
+    token: g.token + 1,
+    ranges: [],
+    data: null,
+  });
   t.like(bad.result, { ok: false, code: 'LOCK_LOST' });
-  value(run({ op: 'release', sessionId: s, seq: 4, name: 'x', mode: 'write', token: g.token, ranges: [], data: null }));
-  const twice = run({ op: 'release', sessionId: s, seq: 5, name: 'x', mode: 'write', token: g.token, ranges: [], data: null });
+  value(
+    run({
+      op: 'release',
+      sessionId: s,
+      seq: 4,
+      name: 'x',
+      mode: 'write',
+      token: g.token,
+      ranges: [],
+      data: null,
+    }),
+  );
+  const twice = run({
+    op: 'release',
+    sessionId: s,
+    seq: 5,
+    name: 'x',
+    mode: 'write',
+    token: g.token,
+    ranges: [],
+    data: null,
+  });
   t.like(twice.result, { ok: false, code: 'LOCK_LOST' });
 });
 
@@ -95,11 +159,22 @@ test('a retried command (same session and seq) is applied once', (t) => {
   const s = open();
   value(run({ op: 'create', sessionId: s, seq: 1, name: 'x', size: 4, ifNotExists: false }));
   const g = value(run({ op: 'acquire', sessionId: s, seq: 2, name: 'x', mode: 'write' })).granted;
-  const rel: Command = { op: 'release', sessionId: s, seq: 3, name: 'x', mode: 'write', token: g.token, ranges: [[0, 1]], data: Buffer.from([1]) };
+  const rel: Command = {
+    op: 'release',
+    sessionId: s,
+    seq: 3,
+    name: 'x',
+    mode: 'write',
+    token: g.token,
+    ranges: [[0, 1]],
+    data: Buffer.from([1]),
+  };
   t.is(value(run(rel)).version, 2);
   t.is(value(run(rel)).version, 2, 'the retry answers the first result');
   t.is(sm.stat('x')!.version, 2, 'and changes nothing');
-  t.like(run({ op: 'create', sessionId: s, seq: 1, name: 'x', size: 4, ifNotExists: false }).result, { ok: true });
+  t.like(run({ op: 'create', sessionId: s, seq: 1, name: 'x', size: 4, ifNotExists: false }).result, {
+    ok: true,
+  });
 });
 
 test('closing a session releases its locks, drops its waiters and discards nothing that was written', (t) => {
@@ -107,12 +182,20 @@ test('closing a session releases its locks, drops its waiters and discards nothi
   const [a, b] = [open(), open()];
   value(run({ op: 'create', sessionId: a, seq: 1, name: 'x', size: 4, ifNotExists: false }));
   value(run({ op: 'acquire', sessionId: a, seq: 2, name: 'x', mode: 'write' }));
-  t.deepEqual(value(run({ op: 'acquire', sessionId: b, seq: 1, name: 'x', mode: 'write' })), { queued: true });
+  t.deepEqual(value(run({ op: 'acquire', sessionId: b, seq: 1, name: 'x', mode: 'write' })), {
+    queued: true,
+  });
   const out = run({ op: 'expire', sessionIds: [a] });
-  t.like(out.effects.find((e) => e.kind === 'grant'), { sessionId: b });
+  t.like(
+    out.effects.find((e) => e.kind === 'grant'),
+    { sessionId: b },
+  );
   t.is(sm.stat('x')!.version, 1, 'the unreleased write never happened');
   t.false(sm.hasSession(a));
-  t.like(run({ op: 'acquire', sessionId: a, seq: 3, name: 'x', mode: 'read' }).result, { ok: false, code: 'LOCK_LOST' });
+  t.like(run({ op: 'acquire', sessionId: a, seq: 3, name: 'x', mode: 'read' }).result, {
+    ok: false,
+    code: 'LOCK_LOST',
+  });
 });
 
 test('cancel removes a waiter, and a cancelled writer at the head lets readers through', (t) => {
@@ -134,18 +217,40 @@ test('a session queues behind its own grants like any other session', (t) => {
   const a = open();
   value(run({ op: 'create', sessionId: a, seq: 1, name: 'x', size: 4, ifNotExists: false }));
   const w = value(run({ op: 'acquire', sessionId: a, seq: 2, name: 'x', mode: 'write' })).granted;
-  t.deepEqual(value(run({ op: 'acquire', sessionId: a, seq: 3, name: 'x', mode: 'write' })), { queued: true });
-  const out = run({ op: 'release', sessionId: a, seq: 4, name: 'x', mode: 'write', token: w.token, ranges: [], data: null });
+  t.deepEqual(value(run({ op: 'acquire', sessionId: a, seq: 3, name: 'x', mode: 'write' })), {
+    queued: true,
+  });
+  const out = run({
+    op: 'release',
+    sessionId: a,
+    seq: 4,
+    name: 'x',
+    mode: 'write',
+    token: w.token,
+    ranges: [],
+    data: null,
+  });
   t.like(out.effects[0], { kind: 'grant', sessionId: a, seq: 3 });
 });
 
 test('grants name only the pages changed since the cached version', (t) => {
   const { sm, run, open } = machine();
   const a = open();
-  const obj = value(run({ op: 'create', sessionId: a, seq: 1, name: 'big', size: 10 * PAGE, ifNotExists: false })).object;
+  const obj = value(
+    run({ op: 'create', sessionId: a, seq: 1, name: 'big', size: 10 * PAGE, ifNotExists: false }),
+  ).object;
   const g = value(run({ op: 'acquire', sessionId: a, seq: 2, name: 'big', mode: 'write' })).granted;
   value(
-    run({ op: 'release', sessionId: a, seq: 3, name: 'big', mode: 'write', token: g.token, ranges: [[3 * PAGE + 5, 1]], data: Buffer.from([1]) }),
+    run({
+      op: 'release',
+      sessionId: a,
+      seq: 3,
+      name: 'big',
+      mode: 'write',
+      token: g.token,
+      ranges: [[3 * PAGE + 5, 1]],
+      data: Buffer.from([1]),
+    }),
   );
   const o = sm.objectNamed('big')!;
   t.deepEqual(sm.pagesSince(o, obj.id, 1), [3]);
@@ -182,22 +287,50 @@ test('replaying the same log gives the same state (determinism)', (t) => {
         for (const st of steps) {
           const name = `o${st.obj}`;
           const s = st.s;
-          if (st.kind === 0) run({ op: 'create', sessionId: s, seq: seq++, name, size: 100, ifNotExists: true });
+          if (st.kind === 0)
+            run({ op: 'create', sessionId: s, seq: seq++, name, size: 100, ifNotExists: true });
           else if (st.kind === 1) run({ op: 'delete', sessionId: s, seq: seq++, name });
           else if (st.kind <= 3) {
-            const o = run({ op: 'acquire', sessionId: s, seq: seq++, name, mode: st.kind === 2 ? 'read' : 'write' });
+            const o = run({
+              op: 'acquire',
+              sessionId: s,
+              seq: seq++,
+              name,
+              mode: st.kind === 2 ? 'read' : 'write',
+            });
             const g = o.result.ok ? (o.result.value as any).granted : undefined;
             if (g) tokens.set(`${s}/${name}`, g.token);
           } else if (st.kind === 4) {
             const token = tokens.get(`${s}/${name}`) ?? 1;
-            run({ op: 'release', sessionId: s, seq: seq++, name, mode: 'write', token, ranges: [[st.off, 1]], data: Buffer.from([st.off]) });
-          } else run({ op: 'release', sessionId: s, seq: seq++, name, mode: 'read', token: tokens.get(`${s}/${name}`) ?? 1, ranges: [], data: null });
+            run({
+              op: 'release',
+              sessionId: s,
+              seq: seq++,
+              name,
+              mode: 'write',
+              token,
+              ranges: [[st.off, 1]],
+              data: Buffer.from([st.off]),
+            });
+          } else
+            run({
+              op: 'release',
+              sessionId: s,
+              seq: seq++,
+              name,
+              mode: 'read',
+              token: tokens.get(`${s}/${name}`) ?? 1,
+              ranges: [],
+              data: null,
+            });
         }
         const second = new StateMachine({ pageBytes: PAGE, segmentBytes: 64 * PAGE });
-        log.forEach((cmd, i) => second.apply(i + 1, cmd));
+        for (const [i, cmd] of log.entries()) second.apply(i + 1, cmd);
         const dump = (sm: StateMachine) =>
           sm.list('').map((r) => ({ ...r, data: sm.objectNamed(r.name)!.data?.toString('hex') ?? null }));
-        return JSON.stringify(dump(first)) === JSON.stringify(dump(second)) && first.freePages === second.freePages;
+        return (
+          JSON.stringify(dump(first)) === JSON.stringify(dump(second)) && first.freePages === second.freePages
+        );
       },
     ),
   );
@@ -206,23 +339,27 @@ test('replaying the same log gives the same state (determinism)', (t) => {
 
 test('allocator: allocation and free keep free space exact and extents merged', (t) => {
   fc.assert(
-    fc.property(fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 1, max: 9 })), { maxLength: 200 }), (ops) => {
-      const a = new PageAllocator(100);
-      const live: [number, number][] = [];
-      for (const [alloc, n] of ops) {
-        if (alloc || live.length === 0) {
-          const start = a.allocate(n);
-          if (start >= 0) live.push([start, n]);
-        } else {
-          const [start, count] = live.splice(n % live.length, 1)[0]!;
-          a.release(start, count);
+    fc.property(
+      fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 1, max: 9 })), { maxLength: 200 }),
+      (ops) => {
+        const a = new PageAllocator(100);
+        const live: [number, number][] = [];
+        for (const [alloc, n] of ops) {
+          if (alloc || live.length === 0) {
+            const start = a.allocate(n);
+            if (start >= 0) live.push([start, n]);
+          } else {
+            const [start, count] = live.splice(n % live.length, 1)[0]!;
+            a.release(start, count);
+          }
         }
-      }
-      const used = live.reduce((s, [, n]) => s + n, 0);
-      const ext = a.extents();
-      for (let i = 1; i < ext.length; i++) if (ext[i - 1]!.start + ext[i - 1]!.count >= ext[i]!.start) return false;
-      return a.freePages === 100 - used;
-    }),
+        const used = live.reduce((s, [, n]) => s + n, 0);
+        const ext = a.extents();
+        for (let i = 1; i < ext.length; i++)
+          if (ext[i - 1]!.start + ext[i - 1]!.count >= ext[i]!.start) return false;
+        return a.freePages === 100 - used;
+      },
+    ),
   );
   t.throws(() => {
     const a = new PageAllocator(10);

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
 import * as fs from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
@@ -10,9 +10,9 @@ import { crc32c } from '../src/storage/crc32c.js';
 import {
   type FsyncPolicy,
   segmentFileName,
-  Wal,
   WAL_FILE_HEADER_BYTES,
   WAL_RECORD_HEADER_BYTES,
+  Wal,
   type WalOptions,
 } from '../src/storage/wal.js';
 

@@ -15,7 +15,7 @@ import {
   MessageType,
   PROTOCOL_VERSION,
   type Request,
-  SegmemError,
+  type SegmemError,
 } from '@segmem/protocol';
 import test from 'ava';
 import { startServer } from '../src/index.js';
@@ -146,7 +146,10 @@ test('the handshake: HELLO first, one protocol version, the right cluster and to
   version.send({ type: 'HELLO', protocol: PROTOCOL_VERSION + 1, sessionTimeoutMs: 5000 });
   const verr = decodeError((await version.next())!);
   t.is(verr.code, 'PROTOCOL');
-  t.true(verr.message.includes(String(PROTOCOL_VERSION)) && verr.message.includes(String(PROTOCOL_VERSION + 1)), verr.message);
+  t.true(
+    verr.message.includes(String(PROTOCOL_VERSION)) && verr.message.includes(String(PROTOCOL_VERSION + 1)),
+    verr.message,
+  );
   await version.untilClosed();
 
   const cluster = await RawClient.open(s.address);
@@ -182,31 +185,85 @@ test('a well-framed request with a bad field gets INVALID_ARGUMENT and the conne
     'nothing but the valid create changed anything',
   );
   // A write range outside the object: refused by the server, the lock stays held, nothing changes.
-  const g = await c.call({ type: 'ACQUIRE', seq: 7, name: 'x', mode: 'write', cachedId: 0, cachedVersion: 0, timeoutMs: null });
+  const g = await c.call({
+    type: 'ACQUIRE',
+    seq: 7,
+    name: 'x',
+    mode: 'write',
+    cachedId: 0,
+    cachedVersion: 0,
+    timeoutMs: null,
+  });
   const err = await t.throwsAsync(
-    c.call({ type: 'RELEASE', seq: 8, name: 'x', mode: 'write', token: g.token, ranges: [[2, 4]], payload: Buffer.alloc(4) }),
+    c.call({
+      type: 'RELEASE',
+      seq: 8,
+      name: 'x',
+      mode: 'write',
+      token: g.token,
+      ranges: [[2, 4]],
+      payload: Buffer.alloc(4),
+    }),
   );
   t.is((err as SegmemError).code, 'INVALID_ARGUMENT');
-  t.like(await c.call({ type: 'RELEASE', seq: 9, name: 'x', mode: 'write', token: g.token, ranges: [[0, 1]], payload: Buffer.from([1]) }), {
-    version: 2,
-  });
+  t.like(
+    await c.call({
+      type: 'RELEASE',
+      seq: 9,
+      name: 'x',
+      mode: 'write',
+      token: g.token,
+      ranges: [[0, 1]],
+      payload: Buffer.from([1]),
+    }),
+    {
+      version: 2,
+    },
+  );
 });
 
-test('a release under another session\'s token is LOCK_LOST and leaves the holder\'s lock alone', async (t) => {
+test("a release under another session's token is LOCK_LOST and leaves the holder's lock alone", async (t) => {
   const s = await server(t);
   const a = await RawClient.open(s.address);
   const b = await RawClient.open(s.address);
   await a.hello();
   await b.hello();
   await a.call({ type: 'CREATE', seq: 1, name: 'x', size: 4, ifNotExists: false });
-  const g = await a.call({ type: 'ACQUIRE', seq: 2, name: 'x', mode: 'write', cachedId: 0, cachedVersion: 0, timeoutMs: null });
+  const g = await a.call({
+    type: 'ACQUIRE',
+    seq: 2,
+    name: 'x',
+    mode: 'write',
+    cachedId: 0,
+    cachedVersion: 0,
+    timeoutMs: null,
+  });
   const err = await t.throwsAsync(
-    b.call({ type: 'RELEASE', seq: 1, name: 'x', mode: 'write', token: g.token, ranges: [[0, 1]], payload: Buffer.from([9]) }),
+    b.call({
+      type: 'RELEASE',
+      seq: 1,
+      name: 'x',
+      mode: 'write',
+      token: g.token,
+      ranges: [[0, 1]],
+      payload: Buffer.from([9]),
+    }),
   );
   t.is((err as SegmemError).code, 'LOCK_LOST');
-  t.like(await a.call({ type: 'RELEASE', seq: 3, name: 'x', mode: 'write', token: g.token, ranges: [], payload: Buffer.alloc(0) }), {
-    version: 1,
-  });
+  t.like(
+    await a.call({
+      type: 'RELEASE',
+      seq: 3,
+      name: 'x',
+      mode: 'write',
+      token: g.token,
+      ranges: [],
+      payload: Buffer.alloc(0),
+    }),
+    {
+      version: 1,
+    },
+  );
 });
 
 test('a retried request with the same seq is answered from the dedup table, not applied again', async (t) => {
@@ -214,7 +271,15 @@ test('a retried request with the same seq is answered from the dedup table, not 
   const c = await RawClient.open(s.address);
   await c.hello();
   await c.call({ type: 'CREATE', seq: 1, name: 'n', size: 4, ifNotExists: false });
-  const g = await c.call({ type: 'ACQUIRE', seq: 2, name: 'n', mode: 'write', cachedId: 0, cachedVersion: 0, timeoutMs: null });
+  const g = await c.call({
+    type: 'ACQUIRE',
+    seq: 2,
+    name: 'n',
+    mode: 'write',
+    cachedId: 0,
+    cachedVersion: 0,
+    timeoutMs: null,
+  });
   const release: Extract<Request, { type: 'RELEASE' }> = {
     type: 'RELEASE',
     seq: 3,
@@ -239,7 +304,9 @@ test('random bytes never crash the server (bounded fuzz)', async (t) => {
     seed = (seed * 1103515245 + 12345) & 0x7fffffff;
     return seed;
   };
-  const valid = Buffer.concat(encodeRequest({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000 }, 1));
+  const valid = Buffer.concat(
+    encodeRequest({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000 }, 1),
+  );
   for (let i = 0; i < 60; i++) {
     const c = await RawClient.open(s.address);
     let bytes: Buffer;

@@ -7,7 +7,10 @@ export interface ParsedArgs {
   positional: string[];
 }
 
-export function parseArgs(argv: string[], spec: { values: string[]; flags: string[]; positional?: boolean }): ParsedArgs {
+export function parseArgs(
+  argv: string[],
+  spec: { values: string[]; flags: string[]; positional?: boolean },
+): ParsedArgs {
   const out: ParsedArgs = { values: new Map(), flags: new Set(), positional: [] };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;

@@ -19,7 +19,8 @@ export async function segmemMain(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   try {
     if (command === 'up') await up(rest);
-    else if (command === undefined || command === 'help' || command === '--help') process.stdout.write(`${USAGE}\n`);
+    else if (command === undefined || command === 'help' || command === '--help')
+      process.stdout.write(`${USAGE}\n`);
     else throw new SegmemError('INVALID_ARGUMENT', `unknown command ${JSON.stringify(command)}`);
   } catch (err) {
     const message = SegmemError.is(err) ? err.message : String((err as Error)?.stack ?? err);
@@ -33,11 +34,16 @@ async function up(argv: string[]): Promise<void> {
   const count = Number(args.values.get('servers') ?? '1');
   const port = Number(args.values.get('port') ?? '7401');
   const dir = resolve(args.values.get('dir') ?? '.segmem');
-  if (!Number.isInteger(count) || count < 1 || count > 7) throw new SegmemError('INVALID_ARGUMENT', '--servers must be 1..7');
+  if (!Number.isInteger(count) || count < 1 || count > 7)
+    throw new SegmemError('INVALID_ARGUMENT', '--servers must be 1..7');
   if (count > 1) {
-    throw new SegmemError('INVALID_ARGUMENT', `--servers ${count}: this version runs single-member groups only; use --servers 1`);
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `--servers ${count}: this version runs single-member groups only; use --servers 1`,
+    );
   }
-  if (!Number.isInteger(port) || port < 1 || port + count - 1 > 65535) throw new SegmemError('INVALID_ARGUMENT', '--port must be 1..65535');
+  if (!Number.isInteger(port) || port < 1 || port + count - 1 > 65535)
+    throw new SegmemError('INVALID_ARGUMENT', '--port must be 1..65535');
   const fsync = args.values.get('fsync');
   const children: ReturnType<typeof spawn>[] = [];
   const addresses: string[] = [];
@@ -51,9 +57,13 @@ async function up(argv: string[]): Promise<void> {
     const listen = `127.0.0.1:${port + i}`;
     const data = join(dir, id);
     mkdirSync(data, { recursive: true });
-    const child = spawn(process.execPath, [SERVER_BIN, '--id', id, '--listen', listen, '--data', data, ...(fsync ? ['--fsync', fsync] : [])], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
+    const child = spawn(
+      process.execPath,
+      [SERVER_BIN, '--id', id, '--listen', listen, '--data', data, ...(fsync ? ['--fsync', fsync] : [])],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
     children.push(child);
     const ready = await new Promise<string>((resolveReady, reject) => {
       const lines = createInterface({ input: child.stdout! });
@@ -62,7 +72,9 @@ async function up(argv: string[]): Promise<void> {
         if (m) resolveReady(m[1]!);
         process.stdout.write(`${line}\n`);
       });
-      child.once('exit', (code) => reject(new SegmemError('UNAVAILABLE', `server ${id} exited with code ${code} before it was ready`)));
+      child.once('exit', (code) =>
+        reject(new SegmemError('UNAVAILABLE', `server ${id} exited with code ${code} before it was ready`)),
+      );
     }).catch((err) => {
       stopAll();
       throw err;
@@ -70,5 +82,7 @@ async function up(argv: string[]): Promise<void> {
     addresses.push(ready);
   }
   process.stdout.write(`SEGMEM_SERVERS=${addresses.join(',')}\n`);
-  await Promise.all(children.map((c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.once('exit', r)))));
+  await Promise.all(
+    children.map((c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.once('exit', r)))),
+  );
 }

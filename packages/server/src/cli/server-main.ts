@@ -15,7 +15,10 @@ const USAGE = `usage: segmem-server --id ID --listen HOST:PORT --data DIR [--pee
 export async function serverMain(argv: string[]): Promise<void> {
   let args: ReturnType<typeof parseArgs>;
   try {
-    args = parseArgs(argv, { values: ['id', 'listen', 'peers', 'data', 'config', 'fsync', 'segment-bytes'], flags: ['repair', 'help'] });
+    args = parseArgs(argv, {
+      values: ['id', 'listen', 'peers', 'data', 'config', 'fsync', 'segment-bytes'],
+      flags: ['repair', 'help'],
+    });
   } catch (err) {
     fail(err);
     return;
@@ -30,7 +33,11 @@ export async function serverMain(argv: string[]): Promise<void> {
     const configPath = args.values.get('config');
     const config = configPath ? loadConfigFile(configPath) : undefined;
     const listen = args.values.get('listen') ?? config?.servers[id];
-    if (!listen) throw new SegmemError('INVALID_ARGUMENT', configPath ? `server "${id}" is not listed in ${configPath}` : '--listen is required');
+    if (!listen)
+      throw new SegmemError(
+        'INVALID_ARGUMENT',
+        configPath ? `server "${id}" is not listed in ${configPath}` : '--listen is required',
+      );
     const data = args.values.get('data') ?? config?.dataDir.replaceAll('{id}', id);
     if (!data) throw new SegmemError('INVALID_ARGUMENT', '--data is required');
     const peersArg = args.values.get('peers');
@@ -69,6 +76,8 @@ export async function serverMain(argv: string[]): Promise<void> {
 
 function fail(err: unknown): void {
   const message = SegmemError.is(err) ? `${err.message} (${err.code})` : String((err as Error)?.stack ?? err);
-  process.stderr.write(`segmem-server: ${message}\n${SegmemError.is(err, 'INVALID_ARGUMENT') ? `${USAGE}\n` : ''}`);
+  process.stderr.write(
+    `segmem-server: ${message}\n${SegmemError.is(err, 'INVALID_ARGUMENT') ? `${USAGE}\n` : ''}`,
+  );
   process.exitCode = 1;
 }

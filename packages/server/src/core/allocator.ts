@@ -14,7 +14,8 @@ export class PageAllocator {
   private freePagesCount: number;
 
   constructor(totalPages: number) {
-    if (!Number.isSafeInteger(totalPages) || totalPages < 1) throw new RangeError('totalPages must be a positive integer');
+    if (!Number.isSafeInteger(totalPages) || totalPages < 1)
+      throw new RangeError('totalPages must be a positive integer');
     this.totalPages = totalPages;
     this.free = [{ start: 0, count: totalPages }];
     this.freePagesCount = totalPages;

@@ -78,7 +78,8 @@ export class StateMachine {
   appliedIndex = 0;
 
   constructor(opts: StateMachineOptions) {
-    if (opts.segmentBytes % opts.pageBytes !== 0) throw new RangeError('segmentBytes must be a multiple of pageBytes');
+    if (opts.segmentBytes % opts.pageBytes !== 0)
+      throw new RangeError('segmentBytes must be a multiple of pageBytes');
     this.pageBytes = opts.pageBytes;
     this.segmentBytes = opts.segmentBytes;
     this.allocator = new PageAllocator(opts.segmentBytes / opts.pageBytes);
@@ -179,7 +180,13 @@ export class StateMachine {
         removeWaiter(obj, id, seq);
         touched.add(obj);
       }
-      effects.push({ kind: 'fail', sessionId: id, seq, code: 'LOCK_LOST', message: `session ${id} ${reason}` });
+      effects.push({
+        kind: 'fail',
+        sessionId: id,
+        seq,
+        code: 'LOCK_LOST',
+        message: `session ${id} ${reason}`,
+      });
     }
     // Locks go back; a write that was never released never reached us, so it is discarded.
     for (const [objectId, hold] of session.holds) {
@@ -339,7 +346,10 @@ export class StateMachine {
       let total = 0;
       for (const [offset, length] of cmd.ranges) {
         if (offset < 0 || length < 1 || offset + length > obj.size) {
-          return fail('INVALID_ARGUMENT', `range ${offset}+${length} is outside "${cmd.name}" (${obj.size} bytes)`);
+          return fail(
+            'INVALID_ARGUMENT',
+            `range ${offset}+${length} is outside "${cmd.name}" (${obj.size} bytes)`,
+          );
         }
         total += length;
       }

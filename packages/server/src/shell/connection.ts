@@ -80,13 +80,19 @@ export class ServerConnection implements Port {
     }
     if (this.sessionId === 0) {
       if (req.type !== 'HELLO' || this.helloPending) {
-        this.fatal(frame.requestId, new SegmemError('PROTOCOL', `expected HELLO as the first request; got ${req.type}`));
+        this.fatal(
+          frame.requestId,
+          new SegmemError('PROTOCOL', `expected HELLO as the first request; got ${req.type}`),
+        );
         return;
       }
       if (req.protocol !== PROTOCOL_VERSION) {
         this.fatal(
           frame.requestId,
-          new SegmemError('PROTOCOL', `protocol version ${req.protocol} is not supported; this server speaks ${PROTOCOL_VERSION}`),
+          new SegmemError(
+            'PROTOCOL',
+            `protocol version ${req.protocol} is not supported; this server speaks ${PROTOCOL_VERSION}`,
+          ),
         );
         return;
       }
@@ -103,7 +109,10 @@ export class ServerConnection implements Port {
       return;
     }
     if (req.type === 'HELLO') {
-      this.answerError(frame.requestId, new SegmemError('PROTOCOL', 'HELLO was already sent on this connection'));
+      this.answerError(
+        frame.requestId,
+        new SegmemError('PROTOCOL', 'HELLO was already sent on this connection'),
+      );
       return;
     }
     this.node.touch(this.sessionId);
