@@ -8,6 +8,8 @@
  * same log reaches the same state.
  */
 import type { ErrorCode } from '@segmem/protocol';
+import { createHash } from 'node:crypto';
+import { Packr } from 'msgpackr';
 import { PageAllocator } from './allocator.js';
 import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';
 
@@ -60,7 +62,20 @@ interface Session {
 export interface StateMachineOptions {
   pageBytes: number;
   segmentBytes: number;
+  /**
+   * A deliberately broken variant for the simulator's checker tests only: accept a release whatever its
+   * token. Never set in a server; it exists so a test can prove the checkers catch a fencing bug.
+   */
+  unsafeSkipFencing?: boolean;
 }
+
+const snapshotCodec = new Packr({
+  useRecords: false,
+  mapsAsObjects: true,
+  int64AsType: 'number',
+  moreTypes: false,
+});
+const SNAPSHOT_FORMAT = 1;
 
 const ok = (value: unknown): Result => ({ ok: true, value });
 const fail = (code: ErrorCode, message: string): Result => ({ ok: false, code, message });
@@ -74,6 +89,7 @@ export class StateMachine {
   private readonly sessions = new Map<number, Session>();
   private nextObjectId = 1;
   private nextSessionId = 1;
+  private readonly unsafeSkipFencing: boolean;
   /** Index of the last applied log entry. */
   appliedIndex = 0;
 
@@ -83,6 +99,7 @@ export class StateMachine {
     this.pageBytes = opts.pageBytes;
     this.segmentBytes = opts.segmentBytes;
     this.allocator = new PageAllocator(opts.segmentBytes / opts.pageBytes);
+    this.unsafeSkipFencing = opts.unsafeSkipFencing === true;
   }
 
   /** Applies the command at log index `index`. Deterministic: same log, same state, same outcomes. */
@@ -334,8 +351,15 @@ export class StateMachine {
   private release(session: Session, cmd: Command & { op: 'release' }, effects: Effect[]): Result {
     const obj = this.byName.get(cmd.name);
     if (!obj) return fail('LOCK_LOST', `object "${cmd.name}" was deleted while held`);
-    const hold = session.holds.get(obj.id);
-    const at = hold && hold.mode === cmd.mode ? hold.tokens.indexOf(cmd.token) : -1;
+    let hold = session.holds.get(obj.id);
+    let at = hold && hold.mode === cmd.mode ? hold.tokens.indexOf(cmd.token) : -1;
+    if (this.unsafeSkipFencing && at < 0) {
+      // Broken on purpose (see StateMachineOptions): act as if the release held the lock.
+      hold = { mode: cmd.mode, tokens: [cmd.token] };
+      at = 0;
+      if (cmd.mode === 'write') obj.writer = session.id;
+      else obj.readers++;
+    }
     if (!hold || at < 0) {
       return fail(
         'LOCK_LOST',
@@ -391,6 +415,137 @@ export class StateMachine {
       obj.cachedBy.delete(id);
       this.sessions.get(id)?.cached.delete(obj.id);
     }
+  }
+
+  // --- snapshots ---
+
+  /**
+   * The whole state as bytes: what a snapshot stores and what a lagging replica installs. Deterministic:
+   * two machines that applied the same log produce the same bytes (the simulator compares digests).
+   */
+  snapshot(): Buffer {
+    const objects = [...this.byId.values()]
+      .sort((a, b) => a.id - b.id)
+      .map((o) => [
+        o.id,
+        o.name,
+        o.size,
+        o.firstPage,
+        o.version,
+        Buffer.from(o.pageVersions.buffer, o.pageVersions.byteOffset, o.pageVersions.byteLength),
+        o.data,
+        o.lastToken,
+        o.writer,
+        o.readers,
+        o.queue.map((w) => [w.sessionId, w.seq, w.mode]),
+        [...o.cachedBy],
+      ]);
+    const sessions = [...this.sessions.values()]
+      .sort((a, b) => a.id - b.id)
+      .map((s) => [
+        s.id,
+        s.timeoutMs,
+        s.clientName,
+        [...s.holds].map(([id, h]) => [id, h.mode, h.tokens]),
+        [...s.waiting].map(([seq, w]) => [seq, w.objectId]),
+        [...s.done].map(([seq, r]) => [seq, r]),
+        [...s.cached],
+      ]);
+    return snapshotCodec.pack([
+      SNAPSHOT_FORMAT,
+      this.pageBytes,
+      this.segmentBytes,
+      this.appliedIndex,
+      this.nextObjectId,
+      this.nextSessionId,
+      objects,
+      sessions,
+    ]);
+  }
+
+  /** Rebuilds a state machine from {@link snapshot} bytes. */
+  static restore(bytes: Buffer, opts: Partial<StateMachineOptions> = {}): StateMachine {
+    const [format, pageBytes, segmentBytes, appliedIndex, nextObjectId, nextSessionId, objects, sessions] =
+      snapshotCodec.unpack(bytes) as [
+        number,
+        number,
+        number,
+        number,
+        number,
+        number,
+        unknown[][],
+        unknown[][],
+      ];
+    if (format !== SNAPSHOT_FORMAT) throw new Error(`unknown state machine snapshot format ${format}`);
+    const sm = new StateMachine({ ...opts, pageBytes, segmentBytes });
+    sm.appliedIndex = appliedIndex;
+    sm.nextObjectId = nextObjectId;
+    sm.nextSessionId = nextSessionId;
+    for (const o of objects) {
+      const [id, name, size, firstPage, version, pv, data, lastToken, writer, readers, queue, cachedBy] =
+        o as [
+          number,
+          string,
+          number,
+          number,
+          number,
+          Buffer,
+          Buffer | null,
+          number,
+          number,
+          number,
+          [number, number, LockMode][],
+          number[],
+        ];
+      const pageCount = Math.ceil(size / pageBytes);
+      const pageVersions = new Float64Array(pageCount);
+      Buffer.from(pageVersions.buffer).set(pv);
+      sm.allocator.reserve(firstPage, pageCount);
+      const obj: SegmentObject = {
+        id,
+        name,
+        size,
+        firstPage,
+        pageCount,
+        address: firstPage * pageBytes,
+        version,
+        pageVersions,
+        data: data ? Buffer.from(data) : null,
+        lastToken,
+        writer,
+        readers,
+        queue: queue.map(([sessionId, seq, mode]) => ({ sessionId, seq, mode })),
+        cachedBy: new Set(cachedBy),
+      };
+      sm.byName.set(name, obj);
+      sm.byId.set(id, obj);
+    }
+    for (const s of sessions) {
+      const [id, timeoutMs, clientName, holds, waiting, done, cached] = s as [
+        number,
+        number,
+        string | null,
+        [number, LockMode, number[]][],
+        [number, number][],
+        [number, Result][],
+        number[],
+      ];
+      sm.sessions.set(id, {
+        id,
+        timeoutMs,
+        clientName,
+        holds: new Map(holds.map(([oid, mode, tokens]) => [oid, { mode, tokens }])),
+        waiting: new Map(waiting.map(([seq, objectId]) => [seq, { objectId }])),
+        done: new Map(done),
+        cached: new Set(cached),
+      });
+    }
+    return sm;
+  }
+
+  /** A short digest of the whole state, for comparing replicas. */
+  digest(): string {
+    return createHash('sha256').update(this.snapshot()).digest('hex').slice(0, 16);
   }
 
   // --- queries (read-only; not commands) ---

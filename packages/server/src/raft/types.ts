@@ -1,0 +1,131 @@
+/**
+ * The consensus core's vocabulary. The core (raft/node.ts) is a pure value driven by `step()`,
+ * `tick()` and `propose()`; `ready()` says what to persist, send and apply; `advance()` says it was done.
+ * Storage, network, clock and randomness come in from outside, so the simulator can drive all of them.
+ */
+
+/** A server id: 1..64 characters of [A-Za-z0-9._-]. */
+export type NodeId = string;
+
+export type EntryType = 'normal' | 'conf';
+
+export interface Entry {
+  term: number;
+  index: number;
+  type: EntryType;
+  /**
+   * 'normal': an encoded state-machine command (opaque to the core; empty for the no-op a new leader
+   * appends). 'conf': an encoded {@link ConfChange}.
+   */
+  data: Buffer;
+}
+
+/** One membership change at a time (single-server changes). */
+export interface ConfChange {
+  op: 'add' | 'remove';
+  id: NodeId;
+}
+
+/** What must be on stable storage before any message of the same Ready is sent. */
+export interface HardState {
+  term: number;
+  vote: NodeId | null;
+  commit: number;
+}
+
+export interface SnapshotMeta {
+  index: number;
+  term: number;
+  /** Voting members as of `index`. */
+  members: NodeId[];
+}
+
+export interface Snapshot {
+  meta: SnapshotMeta;
+  /** The state machine's state at meta.index, opaque to the core. */
+  data: Buffer;
+}
+
+export type MessageType =
+  | 'preVote'
+  | 'preVoteResp'
+  | 'vote'
+  | 'voteResp'
+  | 'append'
+  | 'appendResp'
+  | 'heartbeat'
+  | 'heartbeatResp'
+  | 'snapshot'
+  | 'timeoutNow';
+
+export interface Message {
+  type: MessageType;
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  /** append: index/term of the entry before `entries`; vote/preVote: the candidate's last index/term. */
+  logIndex?: number;
+  logTerm?: number;
+  entries?: Entry[];
+  /** append/heartbeat: the leader's commit index (capped for the follower's log). */
+  commit?: number;
+  /** Responses: rejected (vote refused, append did not match). */
+  reject?: boolean;
+  /** appendResp: the follower's last matching index (accepted), or a hint where to retry (rejected). */
+  hintIndex?: number;
+  hintTerm?: number;
+  snapshot?: Snapshot;
+  /** heartbeat/heartbeatResp: carries a ReadIndex round's context. */
+  context?: number;
+}
+
+export interface ReadState {
+  /** The context passed to readIndex(). */
+  context: number;
+  /** Reads that wait until the applied index reaches this are linearizable. */
+  index: number;
+}
+
+export type Role = 'follower' | 'preCandidate' | 'candidate' | 'leader';
+
+export interface Ready {
+  /** Persist if present (term/vote changes must be durable before messages go out). */
+  hardState?: HardState;
+  /** Append to stable storage; an entry whose index is already stored replaces it and everything after. */
+  entries: Entry[];
+  /** A snapshot received from the leader: persist it and restore the state machine from it. */
+  snapshot?: Snapshot;
+  /** Send only after hardState, entries and snapshot above are durable. */
+  messages: Message[];
+  /** Committed entries to apply, in order (after the snapshot, if any). */
+  committed: Entry[];
+  readStates: ReadState[];
+  /** True when hardState or entries must be fsynced before messages are sent. */
+  mustSync: boolean;
+}
+
+/** Read-only access to what is on stable storage; the core never writes through it. */
+export interface RaftStorage {
+  initialState(): { hardState: HardState; members: NodeId[] };
+  /** Entries [lo, hi). Throws {@link CompactedError} below firstIndex. */
+  entries(lo: number, hi: number): Entry[];
+  /** Term of entry i; for i = firstIndex - 1 the snapshot's term. */
+  term(i: number): number;
+  firstIndex(): number;
+  lastIndex(): number;
+  snapshot(): Snapshot;
+}
+
+export class CompactedError extends Error {
+  constructor(index: number) {
+    super(`entry ${index} was compacted into a snapshot`);
+    this.name = 'CompactedError';
+  }
+}
+
+export class NotLeaderError extends Error {
+  constructor(readonly leader: NodeId | null) {
+    super(leader ? `not the leader; the leader is ${leader}` : 'not the leader; no leader is known');
+    this.name = 'NotLeaderError';
+  }
+}
