@@ -30,8 +30,15 @@ export interface Transport {
   onClose: () => void;
 }
 
-/** Opens a transport; rejects when the server cannot be reached. */
-export type Dial = () => Promise<Transport>;
+/** Opens a transport, to `prefer` first when given (a leader named by a redirect); rejects when nothing answers. */
+export type Dial = (prefer?: string) => Promise<Transport>;
+
+/** A follower's answer: not the leader (the client goes to `address` if it is known). */
+function redirectOf(err: unknown): { address: string | null } | null {
+  if (!SegmemError.is(err, 'UNAVAILABLE') || err.details?.reason !== 'NOT_LEADER') return null;
+  const address = err.details.address;
+  return { address: typeof address === 'string' ? address : null };
+}
 
 interface Pending {
   readonly req: Request;
@@ -77,8 +84,26 @@ export class Session {
 
   static async open(opts: SessionOptions): Promise<Session> {
     const session = new Session(opts);
-    await session.attach(await opts.dial(), null);
-    return session;
+    // Follow redirects to the leader; while a group elects one, keep trying for up to the session timeout.
+    const deadline = Date.now() + Math.max(opts.sessionTimeoutMs, 5000);
+    let prefer: string | undefined;
+    let delayMs = 25;
+    for (;;) {
+      const transport = await opts.dial(prefer);
+      try {
+        await session.attach(transport, null);
+        return session;
+      } catch (err) {
+        transport.close();
+        const redirect = redirectOf(err);
+        if (!redirect || Date.now() > deadline) throw err;
+        prefer = redirect.address ?? undefined;
+        if (!prefer) {
+          await new Promise((r) => setTimeout(r, delayMs));
+          delayMs = Math.min(delayMs * 2, 500);
+        }
+      }
+    }
   }
 
   get sessionId(): number {
@@ -191,13 +216,24 @@ export class Session {
       }
       const p = this.pending.get(frame.requestId);
       if (!p) continue; // an answer to something we gave up on (e.g. a cancelled acquire)
+      let value: unknown;
+      try {
+        value = decodeResponse(p.req.type, frame);
+      } catch (err) {
+        if (redirectOf(err) && p.req.type !== 'HELLO' && this.opts.reconnect) {
+          // This server stopped leading: keep the request, move to the leader, re-send it there (same seq).
+          p.sent = false;
+          this.transport?.close();
+          continue;
+        }
+        this.pending.delete(frame.requestId);
+        this.releaseCapacity();
+        p.reject(SegmemError.is(err) ? err : new SegmemError('PROTOCOL', String(err)));
+        continue;
+      }
       this.pending.delete(frame.requestId);
       this.releaseCapacity();
-      try {
-        p.resolve(decodeResponse(p.req.type, frame));
-      } catch (err) {
-        p.reject(SegmemError.is(err) ? err : new SegmemError('PROTOCOL', String(err)));
-      }
+      p.resolve(value);
     }
   }
 
@@ -251,9 +287,11 @@ export class Session {
   private async reconnect(): Promise<void> {
     const oldSession = this.hello.sessionId;
     let delayMs = 20;
+    let prefer: string | undefined;
     while (!this.closed) {
       try {
-        const transport = await this.opts.dial();
+        const transport = await this.opts.dial(prefer);
+        prefer = undefined;
         if (this.closed) {
           transport.close();
           return;
@@ -299,6 +337,12 @@ export class Session {
         if (SegmemError.is(err) && (err.code === 'UNAUTHORIZED' || err.code === 'PROTOCOL')) {
           this.shutdown(err);
           return;
+        }
+        this.transport?.close();
+        const redirect = redirectOf(err);
+        if (redirect?.address) {
+          prefer = redirect.address;
+          continue;
         }
         await new Promise((r) => setTimeout(r, delayMs * (0.5 + Math.random())));
         delayMs = Math.min(delayMs * 2, 1000);
@@ -350,23 +394,20 @@ export class Session {
 /** Dials the first reachable server of the list (in order, then round again). */
 export function tcpDial(servers: string[]): Dial {
   let next = 0;
-  return async () => {
+  return async (prefer?: string) => {
     let lastError: Error | undefined;
-    for (let i = 0; i < servers.length; i++) {
-      const addr = servers[(next + i) % servers.length]!;
+    const order = prefer ? [prefer, ...servers.filter((s) => s !== prefer)] : servers.map((_, i) => servers[(next + i) % servers.length]!);
+    for (const addr of order) {
       try {
         const t = await dialOne(addr);
-        next = (next + i) % servers.length;
+        next = Math.max(0, servers.indexOf(addr));
         return t;
       } catch (err) {
         lastError = err as Error;
       }
     }
     next = (next + 1) % servers.length;
-    throw new SegmemError(
-      'UNAVAILABLE',
-      `no server reachable (${servers.join(', ')}): ${lastError?.message}`,
-    );
+    throw new SegmemError('UNAVAILABLE', `no server reachable (${order.join(', ')}): ${lastError?.message}`);
   };
 }
 

@@ -21,7 +21,7 @@ import {
 } from '@segmem/protocol';
 import { type Command, decodeCommand, type Grant, type Outcome, type Result } from './core/commands.js';
 import { type SegmentObject, StateMachine } from './core/state-machine.js';
-import { LocalLog } from './log/local-log.js';
+import { type ApplyListener, LocalLog, type ReplicatedLog } from './log/local-log.js';
 import { type Clock, SessionLiveness, systemClock } from './shell/liveness.js';
 import { DataDir } from './storage/datadir.js';
 import { type FsyncPolicy, type RecoveryReport, Wal } from './storage/wal.js';
@@ -71,12 +71,25 @@ interface SessionState {
   readonly waiting: Map<number, Waiting>;
 }
 
+/** The replicated log as the node uses it: a single member's LocalLog or a Raft group's RaftLog. */
+export interface NodeLog extends ReplicatedLog {
+  /** The state machine the log applies to (a Raft follower may replace it when it installs a snapshot). */
+  readonly stateMachine: StateMachine;
+  /** Whether this member may serve clients now. */
+  isLeader(): boolean;
+  /** The leader as far as this member knows, for redirects. */
+  leaderHint(): { id: string; address: string | null } | null;
+  /** Resolves once the applied state includes everything committed before the call. */
+  readBarrier(): Promise<void>;
+}
+
 export class SegmemNode {
   readonly id: string;
-  readonly sm: StateMachine;
   readonly recovery: RecoveryReport;
   readonly clusterId: string;
-  private readonly log: LocalLog;
+  private readonly log: NodeLog;
+  /** Connections of clients with a session, so a deposed leader can close them (they then find the new one). */
+  private readonly ports = new Set<Port>();
   private readonly sessions = new Map<number, SessionState>();
   private readonly liveness: SessionLiveness;
   private readonly expiring = new Set<number>();
@@ -87,16 +100,59 @@ export class SegmemNode {
   private constructor(
     private readonly opts: NodeOptions,
     private readonly dataDir: DataDir,
-    wal: Wal,
-    sm: StateMachine,
+    makeLog: (onApply: ApplyListener) => NodeLog,
     recovery: RecoveryReport,
   ) {
     this.id = opts.id;
-    this.sm = sm;
     this.recovery = recovery;
     this.clusterId = dataDir.meta.clusterId;
     this.liveness = new SessionLiveness(opts.clock ?? systemClock);
-    this.log = new LocalLog(wal, sm, (_index, _cmd, outcome) => this.afterApply(outcome));
+    this.log = makeLog((_index, _cmd, outcome) => this.afterApply(outcome));
+  }
+
+  get sm(): StateMachine {
+    return this.log.stateMachine;
+  }
+
+  /** Builds a node over a log made by the caller (the cluster mode's Raft log). */
+  static withLog(
+    opts: NodeOptions,
+    dataDir: DataDir,
+    makeLog: (onApply: ApplyListener) => NodeLog,
+    recovery: RecoveryReport,
+  ): SegmemNode {
+    const node = new SegmemNode(opts, dataDir, makeLog, recovery);
+    node.scheduleExpiry();
+    return node;
+  }
+
+  /** The log's leadership changed: a new leader restarts every session's clock; a deposed one lets go. */
+  roleChanged(isLeader: boolean): void {
+    if (isLeader) {
+      for (const id of this.sm.sessionIds()) this.liveness.track(id, this.sm.sessionTimeoutMs(id) ?? 10_000);
+      this.rescheduleExpiry();
+      return;
+    }
+    for (const id of this.sm.sessionIds()) this.liveness.forget(id);
+    this.expiring.clear();
+    for (const state of this.sessions.values()) for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
+    this.sessions.clear();
+    for (const port of this.ports) {
+      port.closed = true;
+      port.wire.close();
+    }
+    this.ports.clear();
+  }
+
+  /** Throws the redirect a client follows when this member is not the leader. */
+  requireLeader(): void {
+    if (this.log.isLeader()) return;
+    const hint = this.log.leaderHint();
+    throw new SegmemError(
+      'UNAVAILABLE',
+      hint ? `not the leader; the leader is ${hint.id}${hint.address ? ` at ${hint.address}` : ''}` : 'not the leader; no leader is known yet',
+      { reason: 'NOT_LEADER', leader: hint?.id ?? null, address: hint?.address ?? null },
+    );
   }
 
   static async open(opts: NodeOptions): Promise<SegmemNode> {
@@ -116,7 +172,7 @@ export class SegmemNode {
       });
       const sm = new StateMachine({ pageBytes: PAGE_BYTES, segmentBytes });
       for (const rec of records) sm.apply(rec.index, decodeCommand(rec.payload));
-      const node = new SegmemNode(opts, dataDir, wal, sm, report);
+      const node = new SegmemNode(opts, dataDir, (onApply) => new LocalLog(wal, sm, onApply), report);
       if (report.truncated) {
         const t = report.truncated;
         opts.log?.(
@@ -134,6 +190,22 @@ export class SegmemNode {
     }
   }
 
+  /** Receives consensus messages from peers (cluster mode only). */
+  peerHandler: ((msg: import('./raft/types.js').Message) => void) | null = null;
+
+  /** Checks a peer's PEER_HELLO; throws UNAUTHORIZED for another cluster or a misdirected peer. */
+  acceptPeer(hello: { clusterId: string; from: string; to: string }): (msg: import('./raft/types.js').Message) => void {
+    if (!this.peerHandler) throw new SegmemError('PROTOCOL', 'this server runs a single-member group and takes no peers');
+    if (hello.clusterId !== this.clusterId) {
+      throw new SegmemError('UNAUTHORIZED', `peer ${hello.from} belongs to cluster ${hello.clusterId}, not ${this.clusterId}`);
+    }
+    if (hello.to !== this.id) throw new SegmemError('UNAUTHORIZED', `peer ${hello.from} dialled ${hello.to}, but this is ${this.id}`);
+    const handler = this.peerHandler;
+    return (msg) => {
+      if (msg.from === hello.from && msg.to === this.id) handler(msg);
+    };
+  }
+
   /** Attaches the UDP socket used to send invalidation hints. */
   setUdp(socket: UdpSocket | null): void {
     this.udp = socket;
@@ -147,6 +219,7 @@ export class SegmemNode {
 
   /** Handles one decoded request from `port`, whose session is `sessionId` (0 before HELLO). */
   async hello(port: Port, requestId: number, req: HelloRequest): Promise<number> {
+    this.requireLeader();
     if (req.clusterId && req.clusterId !== this.clusterId) {
       throw new SegmemError(
         'UNAUTHORIZED',
@@ -179,6 +252,7 @@ export class SegmemNode {
       this.sessions.set(sessionId, state);
     }
     state.port = port;
+    this.ports.add(port);
     const timeoutMs = this.sm.sessionTimeoutMs(sessionId) ?? req.sessionTimeoutMs;
     this.liveness.track(sessionId, timeoutMs);
     this.rescheduleExpiry();
@@ -217,17 +291,23 @@ export class SegmemNode {
     unwrap((await this.log.propose({ op: 'delete', sessionId, seq: req.seq, name: req.name })).result);
   }
 
-  stat(name: string) {
+  async stat(name: string) {
+    this.requireLeader();
+    await this.log.readBarrier();
     const rec = this.sm.stat(name);
     if (!rec) throw new SegmemError('NOT_FOUND', `no object named "${name}"`);
     return rec;
   }
 
-  list(prefix: string) {
+  async list(prefix: string) {
+    this.requireLeader();
+    await this.log.readBarrier();
     return this.sm.list(prefix);
   }
 
-  validate(objects: [number, number][]): [number, number][] {
+  async validate(objects: [number, number][]): Promise<[number, number][]> {
+    this.requireLeader();
+    await this.log.readBarrier();
     const stale: [number, number][] = [];
     for (const [id, version] of objects) {
       const obj = this.sm.object(id);
@@ -323,6 +403,7 @@ export class SegmemNode {
   /** A connection went away; its session lives on until it resumes or times out. */
   detach(port: Port, sessionId: number): void {
     port.closed = true;
+    this.ports.delete(port);
     const state = this.sessions.get(sessionId);
     if (state && state.port === port) state.port = null;
   }
@@ -424,6 +505,7 @@ export class SegmemNode {
   }
 
   private expireOverdue(): void {
+    if (!this.log.isLeader()) return;
     const overdue = this.liveness.overdue().filter((id) => !this.expiring.has(id));
     if (overdue.length === 0) return;
     for (const id of overdue) this.expiring.add(id);

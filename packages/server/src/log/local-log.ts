@@ -105,6 +105,24 @@ export class LocalLog implements ReplicatedLog {
     return this.failure;
   }
 
+  get stateMachine(): StateMachine {
+    return this.sm;
+  }
+
+  /** A single member is always its own leader. */
+  isLeader(): boolean {
+    return true;
+  }
+
+  leaderHint(): null {
+    return null;
+  }
+
+  /** Everything committed is applied already: one member, applying in order. */
+  readBarrier(): Promise<void> {
+    return Promise.resolve();
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     await this.wal.close();

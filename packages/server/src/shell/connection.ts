@@ -20,6 +20,8 @@ import {
   SegmemError,
 } from '@segmem/protocol';
 import type { Port, SegmemNode, Wire } from '../node.js';
+import type { Message } from '../raft/types.js';
+import { decodePeerHello, decodeRaftMessage, PeerMessageType } from './peer-codec.js';
 
 export interface ConnectionHooks {
   /** Stop reading from the transport (too many requests in flight). */
@@ -69,7 +71,27 @@ export class ServerConnection implements Port {
     if (this.sessionId) this.node.detach(this, this.sessionId);
   }
 
+  /** Set once a PEER_HELLO turned this into a link from another member. */
+  private peer: ((msg: Message) => void) | null = null;
+
+  private handlePeer(frame: Frame): void {
+    try {
+      if (this.peer) {
+        if (frame.type !== PeerMessageType.RAFT) throw new SegmemError('PROTOCOL', `unexpected frame type ${frame.type} on a peer link`);
+        this.peer(decodeRaftMessage(frame));
+      } else {
+        this.peer = this.node.acceptPeer(decodePeerHello(frame));
+      }
+    } catch (err) {
+      this.fatal(frame.requestId, err);
+    }
+  }
+
   private handle(frame: Frame): void {
+    if (this.peer || (this.sessionId === 0 && !this.helloPending && frame.type === PeerMessageType.PEER_HELLO)) {
+      this.handlePeer(frame);
+      return;
+    }
     let req: Request;
     try {
       req = decodeRequest(frame);
@@ -122,6 +144,7 @@ export class ServerConnection implements Port {
   private async dispatch(requestId: number, req: Exclude<Request, { type: 'HELLO' }>): Promise<void> {
     const node = this.node;
     const sid = this.sessionId;
+    node.requireLeader();
     switch (req.type) {
       case 'KEEPALIVE':
         this.answer(encodeOk('KEEPALIVE', requestId, {}));
@@ -136,10 +159,10 @@ export class ServerConnection implements Port {
         this.answer(encodeOk('DELETE', requestId, {}));
         return;
       case 'STAT':
-        this.answer(encodeOk('STAT', requestId, { object: node.stat(req.name) }));
+        this.answer(encodeOk('STAT', requestId, { object: await node.stat(req.name) }));
         return;
       case 'LIST':
-        this.answer(encodeOk('LIST', requestId, { objects: node.list(req.prefix) }));
+        this.answer(encodeOk('LIST', requestId, { objects: await node.list(req.prefix) }));
         return;
       case 'ACQUIRE':
         await node.acquire(this, sid, requestId, req);
@@ -155,7 +178,7 @@ export class ServerConnection implements Port {
         return;
       }
       case 'VALIDATE':
-        this.answer(encodeOk('VALIDATE', requestId, { stale: node.validate(req.objects) }));
+        this.answer(encodeOk('VALIDATE', requestId, { stale: await node.validate(req.objects) }));
         return;
       case 'GOODBYE':
         await node.goodbye(sid);

@@ -1,0 +1,140 @@
+/**
+ * Server-to-server frames, on the same port and framing as clients (docs/protocol.md, "Peer messages"):
+ *   0x80 PEER_HELLO  { clusterId, from, to }          first frame of a peer connection
+ *   0x81 RAFT        one consensus message; entry data and snapshot bytes travel in the raw payload,
+ *                    their lengths in the header, so page bytes are never msgpack-encoded.
+ * Peers validate every field like clients do: a peer is just another process on the network.
+ */
+import {
+  arrayField,
+  boolField,
+  encodeFrame,
+  type Frame,
+  invalidArgument,
+  isPlainMap,
+  optionalField,
+  stringField,
+  uintField,
+} from '@segmem/protocol';
+import type { Entry, Message, MessageType, NodeId, Snapshot } from '../raft/types.js';
+
+export const PeerMessageType = { PEER_HELLO: 0x80, RAFT: 0x81 } as const;
+
+const MESSAGE_TYPES: ReadonlySet<string> = new Set<MessageType>([
+  'preVote',
+  'preVoteResp',
+  'vote',
+  'voteResp',
+  'append',
+  'appendResp',
+  'heartbeat',
+  'heartbeatResp',
+  'snapshot',
+  'timeoutNow',
+]);
+
+const NODE_ID = /^[A-Za-z0-9._-]{1,64}$/;
+
+function nodeId(value: unknown, field: string): NodeId {
+  const s = stringField(value, field, 1, 64);
+  if (!NODE_ID.test(s)) throw invalidArgument(`${field} must be a server id of [A-Za-z0-9._-]`);
+  return s;
+}
+
+export function encodePeerHello(hello: { clusterId: string; from: NodeId; to: NodeId }): Buffer[] {
+  return encodeFrame(PeerMessageType.PEER_HELLO, 1, 0, hello);
+}
+
+export function decodePeerHello(frame: Frame): { clusterId: string; from: NodeId; to: NodeId } {
+  const h = frame.header;
+  return { clusterId: stringField(h.clusterId, 'clusterId', 1, 255), from: nodeId(h.from, 'from'), to: nodeId(h.to, 'to') };
+}
+
+export function encodeRaftMessage(m: Message, groupId = 0): Buffer[] {
+  const parts: Buffer[] = [];
+  let entries: [number, number, number, number][] | undefined;
+  if (m.entries && m.entries.length > 0) {
+    entries = m.entries.map((e) => {
+      parts.push(e.data);
+      return [e.term, e.index, e.type === 'conf' ? 1 : 0, e.data.length];
+    });
+  }
+  let snapshot: [number, number, NodeId[], number] | undefined;
+  if (m.snapshot) {
+    parts.push(m.snapshot.data);
+    snapshot = [m.snapshot.meta.index, m.snapshot.meta.term, m.snapshot.meta.members, m.snapshot.data.length];
+  }
+  const header: Record<string, unknown> = { type: m.type, from: m.from, to: m.to, term: m.term };
+  if (m.logIndex !== undefined) header.logIndex = m.logIndex;
+  if (m.logTerm !== undefined) header.logTerm = m.logTerm;
+  if (m.commit !== undefined) header.commit = m.commit;
+  if (m.reject !== undefined) header.reject = m.reject;
+  if (m.hintIndex !== undefined) header.hintIndex = m.hintIndex;
+  if (m.hintTerm !== undefined) header.hintTerm = m.hintTerm;
+  if (m.context !== undefined) header.context = m.context;
+  if (entries) header.entries = entries;
+  if (snapshot) header.snapshot = snapshot;
+  const payload = parts.length === 0 ? undefined : parts.length === 1 ? parts[0] : Buffer.concat(parts);
+  return encodeFrame(PeerMessageType.RAFT, 1, groupId, header, payload);
+}
+
+export function decodeRaftMessage(frame: Frame): Message {
+  const h = frame.header;
+  const type = stringField(h.type, 'type', 1, 32);
+  if (!MESSAGE_TYPES.has(type)) throw invalidArgument(`unknown raft message type ${JSON.stringify(type)}`);
+  const m: Message = {
+    type: type as MessageType,
+    from: nodeId(h.from, 'from'),
+    to: nodeId(h.to, 'to'),
+    term: uintField(h.term, 'term'),
+  };
+  const opt = (name: keyof Message) => optionalField(h[name], name, (v, f) => uintField(v, f));
+  const logIndex = opt('logIndex');
+  if (logIndex !== null) m.logIndex = logIndex;
+  const logTerm = opt('logTerm');
+  if (logTerm !== null) m.logTerm = logTerm;
+  const commit = opt('commit');
+  if (commit !== null) m.commit = commit;
+  const hintIndex = opt('hintIndex');
+  if (hintIndex !== null) m.hintIndex = hintIndex;
+  const hintTerm = opt('hintTerm');
+  if (hintTerm !== null) m.hintTerm = hintTerm;
+  const context = opt('context');
+  if (context !== null) m.context = context;
+  const reject = optionalField(h.reject, 'reject', boolField);
+  if (reject !== null) m.reject = reject;
+  let at = 0;
+  const take = (n: number, field: string): Buffer => {
+    if (at + n > frame.payload.length) throw invalidArgument(`${field} runs past the payload`);
+    const out = frame.payload.subarray(at, at + n);
+    at += n;
+    return out;
+  };
+  if (h.entries !== undefined && h.entries !== null) {
+    m.entries = arrayField(h.entries, 'entries').map((raw, i): Entry => {
+      const f = `entries[${i}]`;
+      const a = arrayField(raw, f);
+      if (a.length !== 4) throw invalidArgument(`${f} must be [term, index, type, length]`);
+      const kind = uintField(a[2], `${f}.type`, 0, 1);
+      return {
+        term: uintField(a[0], `${f}.term`),
+        index: uintField(a[1], `${f}.index`, 1),
+        type: kind === 1 ? 'conf' : 'normal',
+        data: take(uintField(a[3], `${f}.length`), f),
+      };
+    });
+  }
+  if (h.snapshot !== undefined && h.snapshot !== null) {
+    const a = arrayField(h.snapshot, 'snapshot');
+    if (a.length !== 4) throw invalidArgument('snapshot must be [index, term, members, length]');
+    const members = arrayField(a[2], 'snapshot.members').map((v, i) => nodeId(v, `snapshot.members[${i}]`));
+    const snap: Snapshot = {
+      meta: { index: uintField(a[0], 'snapshot.index'), term: uintField(a[1], 'snapshot.term'), members },
+      data: take(uintField(a[3], 'snapshot.length'), 'snapshot'),
+    };
+    m.snapshot = snap;
+  }
+  if (at !== frame.payload.length) throw invalidArgument('payload longer than the entries and snapshot it carries');
+  if (!isPlainMap(h)) throw invalidArgument('raft header must be a map');
+  return m;
+}

@@ -1,0 +1,124 @@
+/**
+ * Links to the other members of the group. Each server dials every peer and sends its own messages on
+ * that outgoing connection; it receives theirs on the connections they dialled (accepted by the same
+ * listener as clients, recognised by a PEER_HELLO first frame).
+ *
+ * Raft tolerates lost messages, so nothing here queues without bound: while a link is down or its
+ * socket is backed up, messages to that peer are dropped and the core's retries (heartbeats, append
+ * retries) carry the state across once the link is back. Each link re-dials on its own, with capped,
+ * jittered back-off, so a restarted peer is found again without any topology change.
+ */
+import { connect as netConnect, type Socket } from 'node:net';
+import type { Message, NodeId } from '../raft/types.js';
+import { encodePeerHello, encodeRaftMessage } from './peer-codec.js';
+import { parseHostPort } from './tcp.js';
+
+/** Drop messages to a peer whose socket already holds this many unsent bytes. */
+const MAX_UNSENT_BYTES = 32 * 1024 * 1024;
+
+class PeerLink {
+  private socket: Socket | null = null;
+  private connected = false;
+  private closed = false;
+  private delayMs = 20;
+  private timer: NodeJS.Timeout | null = null;
+  dropped = 0;
+
+  constructor(
+    readonly id: NodeId,
+    private readonly address: string,
+    private readonly hello: Buffer[],
+  ) {
+    this.dial();
+  }
+
+  private dial(): void {
+    if (this.closed) return;
+    const { host, port } = parseHostPort(this.address, `address of peer ${this.id}`);
+    const socket = netConnect({ host, port, noDelay: true });
+    this.socket = socket;
+    socket.on('connect', () => {
+      this.connected = true;
+      this.delayMs = 20;
+      socket.cork();
+      for (const p of this.hello) socket.write(p);
+      socket.uncork();
+    });
+    // Peers answer nothing on this connection; drain whatever comes (e.g. an ERROR before a close).
+    socket.on('data', () => {});
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      this.connected = false;
+      this.socket = null;
+      if (this.closed) return;
+      this.timer = setTimeout(() => this.dial(), this.delayMs * (0.5 + Math.random()));
+      this.delayMs = Math.min(this.delayMs * 2, 1000);
+    });
+  }
+
+  send(parts: Buffer[]): void {
+    const s = this.socket;
+    if (!s || !this.connected || s.writableLength > MAX_UNSENT_BYTES) {
+      this.dropped++;
+      return;
+    }
+    if (parts.length === 1) s.write(parts[0]!);
+    else {
+      s.cork();
+      for (const p of parts) s.write(p);
+      s.uncork();
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.socket?.destroy();
+  }
+}
+
+export class PeerTransport {
+  private readonly links = new Map<NodeId, PeerLink>();
+
+  constructor(
+    private readonly self: NodeId,
+    private readonly clusterId: string,
+    private readonly addresses: Record<NodeId, string>,
+    members: NodeId[],
+  ) {
+    this.setMembers(members);
+  }
+
+  /** Opens links to new members and closes links to removed ones. */
+  setMembers(members: NodeId[]): void {
+    for (const id of members) {
+      if (id === this.self || this.links.has(id)) continue;
+      const address = this.addresses[id];
+      if (!address) continue; // no known address: the operator adds it with the member
+      this.links.set(id, new PeerLink(id, address, encodePeerHello({ clusterId: this.clusterId, from: this.self, to: id })));
+    }
+    for (const [id, link] of this.links) {
+      if (!members.includes(id)) {
+        link.close();
+        this.links.delete(id);
+      }
+    }
+  }
+
+  addAddress(id: NodeId, address: string): void {
+    this.addresses[id] = address;
+  }
+
+  addressOf(id: NodeId): string | undefined {
+    return this.addresses[id];
+  }
+
+  send(msg: Message): void {
+    this.links.get(msg.to)?.send(encodeRaftMessage(msg));
+  }
+
+  close(): void {
+    for (const link of this.links.values()) link.close();
+    this.links.clear();
+  }
+}

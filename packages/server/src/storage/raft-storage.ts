@@ -1,0 +1,299 @@
+/**
+ * Durable storage for one Raft member: log entries and hard state as records in the WAL, snapshots as
+ * checksummed files. Implements the core's read-only {@link RaftStorage} view from memory, and the
+ * write side the driver calls after each Ready.
+ *
+ * WAL record kinds (first byte):
+ *   1 entry:      u8 1 | u32 header length | msgpack [term, index, type] | data
+ *   2 hard state: u8 2 | msgpack [term, vote, commit]
+ *   3 snapshot:   u8 3 | msgpack [index, term]   (a snapshot file at that point was installed)
+ * Later records win: an entry at an index already logged replaces it and everything after it, which is
+ * how a follower's conflicting suffix is overwritten in an append-only file.
+ */
+import { readdir, readFile, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { SegmemError } from '@segmem/protocol';
+import { Packr } from 'msgpackr';
+import {
+  CompactedError,
+  type Entry,
+  type HardState,
+  type NodeId,
+  type RaftStorage,
+  type Snapshot,
+} from '../raft/types.js';
+import { crc32c } from './crc32c.js';
+import { mkdirDurable, writeFileAtomic } from './files.js';
+import type { FsyncPolicy, RecoveryReport, Wal } from './wal.js';
+import { Wal as WalClass } from './wal.js';
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
+
+const KIND_ENTRY = 1;
+const KIND_HARD_STATE = 2;
+const KIND_SNAPSHOT = 3;
+const SNAPSHOT_MAGIC = 'SGMSNAP1';
+
+function encodeEntry(e: Entry): Buffer[] {
+  const header = packr.pack([e.term, e.index, e.type === 'conf' ? 1 : 0]);
+  const prefix = Buffer.allocUnsafe(5);
+  prefix[0] = KIND_ENTRY;
+  prefix.writeUInt32LE(header.length, 1);
+  return e.data.length > 0 ? [prefix, header, e.data] : [prefix, header];
+}
+
+function encodeSmall(kind: number, value: unknown): Buffer[] {
+  return [Buffer.from([kind]), packr.pack(value)];
+}
+
+function snapshotFileName(meta: { index: number; term: number }): string {
+  return `${String(meta.term).padStart(20, '0')}-${String(meta.index).padStart(20, '0')}.snap`;
+}
+
+/** Snapshot file: magic | u32 meta length | msgpack meta | data | u32 crc32c of everything before. */
+function encodeSnapshotFile(snap: Snapshot): Buffer {
+  const meta = packr.pack([snap.meta.index, snap.meta.term, snap.meta.members]);
+  const head = Buffer.alloc(12);
+  head.write(SNAPSHOT_MAGIC, 0, 'latin1');
+  head.writeUInt32LE(meta.length, 8);
+  const body = Buffer.concat([head, meta, snap.data]);
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32LE(crc32c(body), 0);
+  return Buffer.concat([body, crc]);
+}
+
+function decodeSnapshotFile(bytes: Buffer, file: string): Snapshot {
+  const bad = (why: string) =>
+    new SegmemError('UNAVAILABLE', `snapshot file ${file} is damaged: ${why}`, { reason: 'SNAPSHOT_CORRUPT', file });
+  if (bytes.length < 16 || bytes.toString('latin1', 0, 8) !== SNAPSHOT_MAGIC) throw bad('bad magic');
+  const body = bytes.subarray(0, bytes.length - 4);
+  if (crc32c(body) !== bytes.readUInt32LE(bytes.length - 4)) throw bad('checksum mismatch');
+  const metaBytes = bytes.readUInt32LE(8);
+  if (12 + metaBytes > body.length) throw bad('meta runs past the end');
+  const [index, term, members] = packr.unpack(body.subarray(12, 12 + metaBytes)) as [number, number, NodeId[]];
+  return { meta: { index, term, members }, data: Buffer.from(body.subarray(12 + metaBytes)) };
+}
+
+export interface DiskRaftStorageOptions {
+  dir: string; // the data directory (wal/ and snap/ live under it)
+  walDir: string;
+  fsync: FsyncPolicy;
+  /** Members to start with when the directory is fresh (no snapshot, no conf entries yet). */
+  initialMembers: NodeId[];
+  repair?: boolean;
+}
+
+export class DiskRaftStorage implements RaftStorage {
+  private hard: HardState = { term: 0, vote: null, commit: 0 };
+  private snap: Snapshot;
+  /** Entries after the snapshot: log[0].index === snap.meta.index + 1. */
+  private log: Entry[] = [];
+  private readonly snapDir: string;
+
+  private constructor(
+    readonly wal: Wal,
+    private readonly opts: DiskRaftStorageOptions,
+    readonly report: RecoveryReport,
+  ) {
+    this.snapDir = join(opts.dir, 'snap');
+    this.snap = { meta: { index: 0, term: 0, members: [...opts.initialMembers] }, data: Buffer.alloc(0) };
+  }
+
+  static async open(opts: DiskRaftStorageOptions): Promise<DiskRaftStorage> {
+    await mkdirDurable(join(opts.dir, 'snap'));
+    const { wal, records, report } = await WalClass.open({
+      dir: opts.walDir,
+      fsync: opts.fsync,
+      ...(opts.repair ? { repair: true } : {}),
+    });
+    const storage = new DiskRaftStorage(wal, opts, report);
+    try {
+      await storage.loadLatestSnapshot();
+      for (const rec of records) storage.replay(rec.payload, rec.index);
+    } catch (err) {
+      await wal.close().catch(() => {});
+      throw err;
+    }
+    return storage;
+  }
+
+  private async loadLatestSnapshot(): Promise<void> {
+    const files = (await readdir(this.snapDir)).filter((f) => f.endsWith('.snap')).sort();
+    // Newest first; a damaged newest snapshot falls back to the one before (a crash mid-write leaves a temp file
+    // anyway, since files are renamed into place complete).
+    for (let i = files.length - 1; i >= 0; i--) {
+      const file = join(this.snapDir, files[i]!);
+      try {
+        this.snap = decodeSnapshotFile(await readFile(file), file);
+        return;
+      } catch (err) {
+        if (i === 0) throw err;
+      }
+    }
+  }
+
+  private replay(payload: Buffer, walIndex: number): void {
+    const kind = payload[0];
+    if (kind === KIND_ENTRY) {
+      const headerBytes = payload.readUInt32LE(1);
+      const [term, index, type] = packr.unpack(payload.subarray(5, 5 + headerBytes)) as [number, number, number];
+      const entry: Entry = { term, index, type: type === 1 ? 'conf' : 'normal', data: payload.subarray(5 + headerBytes) };
+      if (index <= this.snap.meta.index) return;
+      this.appendInMemory([entry], walIndex);
+    } else if (kind === KIND_HARD_STATE) {
+      const [term, vote, commit] = packr.unpack(payload.subarray(1)) as [number, NodeId | null, number];
+      this.hard = { term, vote, commit };
+    } else if (kind === KIND_SNAPSHOT) {
+      const [index, term] = packr.unpack(payload.subarray(1)) as [number, number];
+      if (index > this.snap.meta.index) {
+        throw new SegmemError('UNAVAILABLE', `WAL names a snapshot at index ${index} (term ${term}) missing from ${this.snapDir}`, {
+          reason: 'SNAPSHOT_MISSING',
+        });
+      }
+      // Installed snapshots replace the log before them; compaction snapshots only drop covered entries.
+      this.log = this.log.filter((e) => e.index > this.snap.meta.index);
+    } else {
+      throw new SegmemError('UNAVAILABLE', `unknown WAL record kind ${kind} at WAL index ${walIndex}`, { reason: 'WAL_CORRUPT' });
+    }
+  }
+
+  private appendInMemory(entries: Entry[], where: number | string): void {
+    if (entries.length === 0) return;
+    const first = entries[0]!.index;
+    const expectedNext = this.lastIndex() + 1;
+    if (first > expectedNext) {
+      throw new SegmemError('UNAVAILABLE', `raft log gap: entry ${first} after ${expectedNext - 1} (${where})`, {
+        reason: 'RAFT_LOG_GAP',
+      });
+    }
+    const keep = first - this.snap.meta.index - 1;
+    if (keep < this.log.length) this.log.length = Math.max(0, keep);
+    for (const e of entries) this.log.push(e);
+  }
+
+  // --- RaftStorage (read side) ---
+
+  initialState(): { hardState: HardState; members: NodeId[] } {
+    return { hardState: { ...this.hard }, members: this.currentMembers() };
+  }
+
+  /** Members as of the last conf entry in the log, or the snapshot's. */
+  currentMembers(): NodeId[] {
+    let members = [...this.snap.meta.members];
+    for (const e of this.log) if (e.type === 'conf') members = applyConfChange(members, e.data);
+    return members;
+  }
+
+  entries(lo: number, hi: number): Entry[] {
+    if (lo <= this.snap.meta.index) throw new CompactedError(lo);
+    const base = this.snap.meta.index + 1;
+    return this.log.slice(lo - base, hi - base);
+  }
+
+  term(i: number): number {
+    if (i === this.snap.meta.index) return this.snap.meta.term;
+    if (i < this.snap.meta.index) throw new CompactedError(i);
+    const e = this.log[i - this.snap.meta.index - 1];
+    if (!e) throw new RangeError(`no entry ${i} (last ${this.lastIndex()})`);
+    return e.term;
+  }
+
+  firstIndex(): number {
+    return this.snap.meta.index + 1;
+  }
+
+  lastIndex(): number {
+    return this.snap.meta.index + this.log.length;
+  }
+
+  snapshot(): Snapshot {
+    return this.snap;
+  }
+
+  hardState(): HardState {
+    return { ...this.hard };
+  }
+
+  // --- write side: called with each Ready, in order ---
+
+  /**
+   * Appends the Ready's hard state and entries to the WAL (no I/O in the call) and updates the
+   * in-memory view. Returns the WAL index to wait on for durability.
+   */
+  save(hardState: HardState | undefined, entries: Entry[]): number {
+    let walIndex = this.wal.lastIndex;
+    if (entries.length > 0) {
+      for (const e of entries) walIndex = this.wal.append(encodeEntry(e));
+      this.appendInMemory(entries, 'ready');
+    }
+    if (hardState) {
+      this.hard = { ...hardState };
+      walIndex = this.wal.append(encodeSmall(KIND_HARD_STATE, [hardState.term, hardState.vote, hardState.commit]));
+    }
+    return walIndex;
+  }
+
+  waitDurable(walIndex: number): Promise<void> {
+    return this.wal.waitDurable(walIndex);
+  }
+
+  /** Installs a snapshot received from the leader: file first (durably), then the marker record. */
+  async installSnapshot(snap: Snapshot): Promise<void> {
+    await writeFileAtomic(join(this.snapDir, snapshotFileName(snap.meta)), encodeSnapshotFile(snap));
+    this.snap = snap;
+    // The leader's snapshot replaces the whole log; it re-sends whatever follows the snapshot.
+    this.log = [];
+    const walIndex = this.wal.append(encodeSmall(KIND_SNAPSHOT, [snap.meta.index, snap.meta.term]));
+    await this.wal.waitDurable(walIndex);
+    await this.removeOldSnapshots();
+  }
+
+  /** Takes a snapshot of the applied state at `index` and drops the log entries it covers. */
+  async compact(index: number, data: Buffer): Promise<void> {
+    if (index <= this.snap.meta.index) return;
+    if (index > this.lastIndex()) throw new RangeError(`cannot compact to ${index}: last index is ${this.lastIndex()}`);
+    const term = this.term(index);
+    const members = this.membersAt(index);
+    const snap: Snapshot = { meta: { index, term, members }, data };
+    await writeFileAtomic(join(this.snapDir, snapshotFileName(snap.meta)), encodeSnapshotFile(snap));
+    this.log = this.log.slice(index - this.snap.meta.index);
+    this.snap = snap;
+    this.wal.append(encodeSmall(KIND_SNAPSHOT, [index, term]));
+    await this.removeOldSnapshots();
+  }
+
+  private membersAt(index: number): NodeId[] {
+    let members = [...this.snap.meta.members];
+    for (const e of this.log) {
+      if (e.index > index) break;
+      if (e.type === 'conf') members = applyConfChange(members, e.data);
+    }
+    return members;
+  }
+
+  private async removeOldSnapshots(): Promise<void> {
+    const keep = snapshotFileName(this.snap.meta);
+    const files = (await readdir(this.snapDir)).filter((f) => f.endsWith('.snap') && f < keep);
+    for (const f of files) await unlink(join(this.snapDir, f)).catch(() => {});
+  }
+
+  close(): Promise<void> {
+    return this.wal.close();
+  }
+}
+
+/** Encoding of a conf entry's data: msgpack { op, id }. */
+export function encodeConfChange(cc: { op: 'add' | 'remove'; id: NodeId }): Buffer {
+  return packr.pack([cc.op, cc.id]);
+}
+
+export function decodeConfChange(data: Buffer): { op: 'add' | 'remove'; id: NodeId } {
+  const [op, id] = packr.unpack(data) as ['add' | 'remove', NodeId];
+  return { op, id };
+}
+
+export function applyConfChange(members: NodeId[], data: Buffer): NodeId[] {
+  const cc = decodeConfChange(data);
+  if (cc.op === 'add') return members.includes(cc.id) ? members : [...members, cc.id];
+  return members.filter((m) => m !== cc.id);
+}
