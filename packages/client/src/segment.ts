@@ -80,6 +80,8 @@ interface CachedObject {
 }
 
 const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+/** How long past its timeoutMs an acquire waits for the server's own TIMEOUT before giving up locally. */
+const ACQUIRE_GUARD_GRACE_MS = 1000;
 
 function info(r: ObjectRecord): ObjectInfo {
   return { name: r.name, size: r.size, address: r.address, version: r.version };
@@ -214,26 +216,43 @@ export class SegmentImpl implements Segment {
       timeoutMs: timeoutMs ?? null,
     });
     const cachedIdSent = fresh ? cached.id : 0;
-    if (!signal) return this.granted((await promise) as AcquireOk, mode, cachedIdSent);
+    if (!signal && timeoutMs === undefined) return this.granted((await promise) as AcquireOk, mode, cachedIdSent);
     return new Promise<Handle>((resolve, reject) => {
-      let aborted = false;
-      const onAbort = () => {
-        aborted = true;
-        this.session.start({ type: 'CANCEL', requestId, reason: 'ABORTED' }).promise.catch(() => {});
-        reject(new SegmemError('ABORTED', `acquire of "${name}" was aborted`));
+      let gaveUp = false;
+      let guard: NodeJS.Timeout | undefined;
+      const giveUp = (err: SegmemError, reason: 'TIMEOUT' | 'ABORTED') => {
+        if (gaveUp) return;
+        gaveUp = true;
+        if (guard) clearTimeout(guard);
+        signal?.removeEventListener('abort', onAbort);
+        this.session.start({ type: 'CANCEL', requestId, reason }).promise.catch(() => {});
+        reject(err);
       };
-      signal.addEventListener('abort', onAbort, { once: true });
+      const onAbort = () => giveUp(new SegmemError('ABORTED', `acquire of "${name}" was aborted`), 'ABORTED');
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (timeoutMs !== undefined) {
+        // The server times the wait out itself; this guard bounds it when no server answers at all.
+        guard = setTimeout(() => {
+          const err = this.session.isConnected
+            ? new SegmemError('TIMEOUT', `acquire of "${name}" timed out after ${timeoutMs} ms`)
+            : new SegmemError('UNAVAILABLE', `acquire of "${name}": no server reachable within ${timeoutMs} ms`);
+          giveUp(err, 'TIMEOUT');
+        }, timeoutMs + ACQUIRE_GUARD_GRACE_MS);
+        guard.unref?.();
+      }
       promise.then(
         (ok) => {
-          signal.removeEventListener('abort', onAbort);
+          if (guard) clearTimeout(guard);
+          signal?.removeEventListener('abort', onAbort);
           const handle = this.granted(ok as AcquireOk, mode, cachedIdSent);
-          // The grant raced the abort: give it straight back.
-          if (aborted) handle.release().catch(() => {});
+          // The grant raced the abort or the guard: give it straight back.
+          if (gaveUp) handle.release().catch(() => {});
           else resolve(handle);
         },
         (err) => {
-          signal.removeEventListener('abort', onAbort);
-          if (!aborted) reject(err);
+          if (guard) clearTimeout(guard);
+          signal?.removeEventListener('abort', onAbort);
+          if (!gaveUp) reject(err);
         },
       );
     });

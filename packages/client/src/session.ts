@@ -386,6 +386,11 @@ export class Session {
     this.transport = null;
   }
 
+  /** True while a transport is up and no reconnection is under way. */
+  get isConnected(): boolean {
+    return this.transport !== null && this.reconnecting === null && !this.closed;
+  }
+
   get isClosed(): boolean {
     return this.closed;
   }
@@ -396,7 +401,9 @@ export function tcpDial(servers: string[]): Dial {
   let next = 0;
   return async (prefer?: string) => {
     let lastError: Error | undefined;
-    const order = prefer ? [prefer, ...servers.filter((s) => s !== prefer)] : servers.map((_, i) => servers[(next + i) % servers.length]!);
+    const order = prefer
+      ? [prefer, ...servers.filter((s) => s !== prefer)]
+      : servers.map((_, i) => servers[(next + i) % servers.length]!);
     for (const addr of order) {
       try {
         const t = await dialOne(addr);

@@ -22,6 +22,7 @@ import {
 import { type Command, decodeCommand, type Grant, type Outcome, type Result } from './core/commands.js';
 import { type SegmentObject, StateMachine } from './core/state-machine.js';
 import { type ApplyListener, LocalLog, type ReplicatedLog } from './log/local-log.js';
+import type { Message } from './raft/types.js';
 import { type Clock, SessionLiveness, systemClock } from './shell/liveness.js';
 import { DataDir } from './storage/datadir.js';
 import { type FsyncPolicy, type RecoveryReport, Wal } from './storage/wal.js';
@@ -135,7 +136,8 @@ export class SegmemNode {
     }
     for (const id of this.sm.sessionIds()) this.liveness.forget(id);
     this.expiring.clear();
-    for (const state of this.sessions.values()) for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
+    for (const state of this.sessions.values())
+      for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
     this.sessions.clear();
     for (const port of this.ports) {
       port.closed = true;
@@ -150,7 +152,9 @@ export class SegmemNode {
     const hint = this.log.leaderHint();
     throw new SegmemError(
       'UNAVAILABLE',
-      hint ? `not the leader; the leader is ${hint.id}${hint.address ? ` at ${hint.address}` : ''}` : 'not the leader; no leader is known yet',
+      hint
+        ? `not the leader; the leader is ${hint.id}${hint.address ? ` at ${hint.address}` : ''}`
+        : 'not the leader; no leader is known yet',
       { reason: 'NOT_LEADER', leader: hint?.id ?? null, address: hint?.address ?? null },
     );
   }
@@ -191,15 +195,20 @@ export class SegmemNode {
   }
 
   /** Receives consensus messages from peers (cluster mode only). */
-  peerHandler: ((msg: import('./raft/types.js').Message) => void) | null = null;
+  peerHandler: ((msg: Message) => void) | null = null;
 
   /** Checks a peer's PEER_HELLO; throws UNAUTHORIZED for another cluster or a misdirected peer. */
-  acceptPeer(hello: { clusterId: string; from: string; to: string }): (msg: import('./raft/types.js').Message) => void {
-    if (!this.peerHandler) throw new SegmemError('PROTOCOL', 'this server runs a single-member group and takes no peers');
+  acceptPeer(hello: { clusterId: string; from: string; to: string }): (msg: Message) => void {
+    if (!this.peerHandler)
+      throw new SegmemError('PROTOCOL', 'this server runs a single-member group and takes no peers');
     if (hello.clusterId !== this.clusterId) {
-      throw new SegmemError('UNAUTHORIZED', `peer ${hello.from} belongs to cluster ${hello.clusterId}, not ${this.clusterId}`);
+      throw new SegmemError(
+        'UNAUTHORIZED',
+        `peer ${hello.from} belongs to cluster ${hello.clusterId}, not ${this.clusterId}`,
+      );
     }
-    if (hello.to !== this.id) throw new SegmemError('UNAUTHORIZED', `peer ${hello.from} dialled ${hello.to}, but this is ${this.id}`);
+    if (hello.to !== this.id)
+      throw new SegmemError('UNAUTHORIZED', `peer ${hello.from} dialled ${hello.to}, but this is ${this.id}`);
     const handler = this.peerHandler;
     return (msg) => {
       if (msg.from === hello.from && msg.to === this.id) handler(msg);
@@ -514,9 +523,17 @@ export class SegmemNode {
     });
   }
 
+  private readonly closeHooks: (() => void)[] = [];
+
+  /** Runs `fn` when the node closes (before the log and data directory close). */
+  onClose(fn: () => void): void {
+    this.closeHooks.push(fn);
+  }
+
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    for (const fn of this.closeHooks) fn();
     if (this.expiryTimer) clearTimeout(this.expiryTimer);
     for (const state of this.sessions.values())
       for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);

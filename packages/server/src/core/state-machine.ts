@@ -7,8 +7,9 @@
  * timeouts) are made by the shell and arrive here as commands, so every replica that applies the
  * same log reaches the same state.
  */
-import type { ErrorCode } from '@segmem/protocol';
+
 import { createHash } from 'node:crypto';
+import type { ErrorCode } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import { PageAllocator } from './allocator.js';
 import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';

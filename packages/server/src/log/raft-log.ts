@@ -14,10 +14,10 @@
 import { SegmemError } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommand, type Outcome } from '../core/commands.js';
 import { StateMachine } from '../core/state-machine.js';
+import type { NodeLog } from '../node.js';
 import type { ConfChange, Entry, Message, NodeId, Ready, Role } from '../raft/types.js';
 import { NotLeaderError } from '../raft/types.js';
 import type { DiskRaftStorage } from '../storage/raft-storage.js';
-import type { NodeLog } from '../node.js';
 import type { ApplyListener } from './local-log.js';
 
 /** What the driver needs from the core (raft/node.ts). */
@@ -63,7 +63,10 @@ export interface RaftLogOptions {
 export class RaftLog implements NodeLog {
   private sm: StateMachine;
   private readonly pending = new Map<number, PendingProposal>();
-  private readonly reads = new Map<number, { resolve: () => void; reject: (err: Error) => void; index: number }>();
+  private readonly reads = new Map<
+    number,
+    { resolve: () => void; reject: (err: Error) => void; index: number }
+  >();
   private readonly waitingApplied: { index: number; resolve: () => void }[] = [];
   private nextReadContext = 1;
   private appliedIndex: number;
@@ -167,7 +170,8 @@ export class RaftLog implements NodeLog {
 
   /** Resolves once this node's applied state includes everything committed before the call (ReadIndex). */
   readBarrier(): Promise<void> {
-    if (this.core.role !== 'leader') return Promise.reject(this.notLeader(new NotLeaderError(this.core.leader)));
+    if (this.core.role !== 'leader')
+      return Promise.reject(this.notLeader(new NotLeaderError(this.core.leader)));
     const context = this.nextReadContext++;
     const promise = new Promise<void>((resolve, reject) => {
       this.reads.set(context, { resolve, reject, index: 0 });
@@ -221,7 +225,9 @@ export class RaftLog implements NodeLog {
       this.sm = StateMachine.restore(rd.snapshot.data);
       this.appliedIndex = rd.snapshot.meta.index;
       this.peers.setMembers(rd.snapshot.meta.members);
-      this.opts.log?.(`installed snapshot at index ${rd.snapshot.meta.index} (term ${rd.snapshot.meta.term})`);
+      this.opts.log?.(
+        `installed snapshot at index ${rd.snapshot.meta.index} (term ${rd.snapshot.meta.term})`,
+      );
     }
     const walIndex = this.storage.save(rd.hardState, rd.entries);
     if (rd.mustSync) await this.storage.waitDurable(walIndex);
@@ -242,11 +248,16 @@ export class RaftLog implements NodeLog {
     const waiting = this.pending.get(e.index);
     if (waiting) this.pending.delete(e.index);
     if (waiting && waiting.term !== e.term) {
-      waiting.reject(new SegmemError('UNAVAILABLE', 'leadership changed before the request committed; retry', { reason: 'NOT_LEADER' }));
+      waiting.reject(
+        new SegmemError('UNAVAILABLE', 'leadership changed before the request committed; retry', {
+          reason: 'NOT_LEADER',
+        }),
+      );
     }
     if (e.type === 'conf') {
       this.peers.setMembers(this.core.members);
-      if (waiting && waiting.term === e.term) waiting.resolve({ result: { ok: true, value: null }, effects: [] });
+      if (waiting && waiting.term === e.term)
+        waiting.resolve({ result: { ok: true, value: null }, effects: [] });
     } else if (e.data.length > 0) {
       const cmd = decodeCommand(e.data);
       const outcome = this.sm.apply(this.sm.appliedIndex + 1, cmd);
@@ -291,7 +302,10 @@ export class RaftLog implements NodeLog {
     this.lastRole = role;
     this.lastLeader = leader;
     if (lostLeadership) {
-      const err = new SegmemError('UNAVAILABLE', 'this server lost leadership; retry', { reason: 'NOT_LEADER', leader });
+      const err = new SegmemError('UNAVAILABLE', 'this server lost leadership; retry', {
+        reason: 'NOT_LEADER',
+        leader,
+      });
       for (const [i, p] of this.pending) {
         this.pending.delete(i);
         p.reject(err);
@@ -307,7 +321,9 @@ export class RaftLog implements NodeLog {
   private fail(err: unknown): void {
     this.failure = SegmemError.is(err)
       ? err
-      : new SegmemError('UNAVAILABLE', `replication failed: ${(err as Error)?.message ?? err}`, undefined, { cause: err });
+      : new SegmemError('UNAVAILABLE', `replication failed: ${(err as Error)?.message ?? err}`, undefined, {
+          cause: err,
+        });
     this.opts.log?.(`raft loop failed: ${this.failure.message}`);
     for (const [i, p] of this.pending) {
       this.pending.delete(i);

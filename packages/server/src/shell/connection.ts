@@ -77,7 +77,8 @@ export class ServerConnection implements Port {
   private handlePeer(frame: Frame): void {
     try {
       if (this.peer) {
-        if (frame.type !== PeerMessageType.RAFT) throw new SegmemError('PROTOCOL', `unexpected frame type ${frame.type} on a peer link`);
+        if (frame.type !== PeerMessageType.RAFT)
+          throw new SegmemError('PROTOCOL', `unexpected frame type ${frame.type} on a peer link`);
         this.peer(decodeRaftMessage(frame));
       } else {
         this.peer = this.node.acceptPeer(decodePeerHello(frame));
@@ -88,7 +89,10 @@ export class ServerConnection implements Port {
   }
 
   private handle(frame: Frame): void {
-    if (this.peer || (this.sessionId === 0 && !this.helloPending && frame.type === PeerMessageType.PEER_HELLO)) {
+    if (
+      this.peer ||
+      (this.sessionId === 0 && !this.helloPending && frame.type === PeerMessageType.PEER_HELLO)
+    ) {
       this.handlePeer(frame);
       return;
     }

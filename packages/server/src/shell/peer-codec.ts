@@ -47,7 +47,11 @@ export function encodePeerHello(hello: { clusterId: string; from: NodeId; to: No
 
 export function decodePeerHello(frame: Frame): { clusterId: string; from: NodeId; to: NodeId } {
   const h = frame.header;
-  return { clusterId: stringField(h.clusterId, 'clusterId', 1, 255), from: nodeId(h.from, 'from'), to: nodeId(h.to, 'to') };
+  return {
+    clusterId: stringField(h.clusterId, 'clusterId', 1, 255),
+    from: nodeId(h.from, 'from'),
+    to: nodeId(h.to, 'to'),
+  };
 }
 
 export function encodeRaftMessage(m: Message, groupId = 0): Buffer[] {
@@ -134,7 +138,8 @@ export function decodeRaftMessage(frame: Frame): Message {
     };
     m.snapshot = snap;
   }
-  if (at !== frame.payload.length) throw invalidArgument('payload longer than the entries and snapshot it carries');
+  if (at !== frame.payload.length)
+    throw invalidArgument('payload longer than the entries and snapshot it carries');
   if (!isPlainMap(h)) throw invalidArgument('raft header must be a map');
   return m;
 }

@@ -95,7 +95,10 @@ export class PeerTransport {
       if (id === this.self || this.links.has(id)) continue;
       const address = this.addresses[id];
       if (!address) continue; // no known address: the operator adds it with the member
-      this.links.set(id, new PeerLink(id, address, encodePeerHello({ clusterId: this.clusterId, from: this.self, to: id })));
+      this.links.set(
+        id,
+        new PeerLink(id, address, encodePeerHello({ clusterId: this.clusterId, from: this.self, to: id })),
+      );
     }
     for (const [id, link] of this.links) {
       if (!members.includes(id)) {

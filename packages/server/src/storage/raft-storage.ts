@@ -64,13 +64,20 @@ function encodeSnapshotFile(snap: Snapshot): Buffer {
 
 function decodeSnapshotFile(bytes: Buffer, file: string): Snapshot {
   const bad = (why: string) =>
-    new SegmemError('UNAVAILABLE', `snapshot file ${file} is damaged: ${why}`, { reason: 'SNAPSHOT_CORRUPT', file });
+    new SegmemError('UNAVAILABLE', `snapshot file ${file} is damaged: ${why}`, {
+      reason: 'SNAPSHOT_CORRUPT',
+      file,
+    });
   if (bytes.length < 16 || bytes.toString('latin1', 0, 8) !== SNAPSHOT_MAGIC) throw bad('bad magic');
   const body = bytes.subarray(0, bytes.length - 4);
   if (crc32c(body) !== bytes.readUInt32LE(bytes.length - 4)) throw bad('checksum mismatch');
   const metaBytes = bytes.readUInt32LE(8);
   if (12 + metaBytes > body.length) throw bad('meta runs past the end');
-  const [index, term, members] = packr.unpack(body.subarray(12, 12 + metaBytes)) as [number, number, NodeId[]];
+  const [index, term, members] = packr.unpack(body.subarray(12, 12 + metaBytes)) as [
+    number,
+    number,
+    NodeId[],
+  ];
   return { meta: { index, term, members }, data: Buffer.from(body.subarray(12 + metaBytes)) };
 }
 
@@ -136,8 +143,17 @@ export class DiskRaftStorage implements RaftStorage {
     const kind = payload[0];
     if (kind === KIND_ENTRY) {
       const headerBytes = payload.readUInt32LE(1);
-      const [term, index, type] = packr.unpack(payload.subarray(5, 5 + headerBytes)) as [number, number, number];
-      const entry: Entry = { term, index, type: type === 1 ? 'conf' : 'normal', data: payload.subarray(5 + headerBytes) };
+      const [term, index, type] = packr.unpack(payload.subarray(5, 5 + headerBytes)) as [
+        number,
+        number,
+        number,
+      ];
+      const entry: Entry = {
+        term,
+        index,
+        type: type === 1 ? 'conf' : 'normal',
+        data: payload.subarray(5 + headerBytes),
+      };
       if (index <= this.snap.meta.index) return;
       this.appendInMemory([entry], walIndex);
     } else if (kind === KIND_HARD_STATE) {
@@ -146,14 +162,20 @@ export class DiskRaftStorage implements RaftStorage {
     } else if (kind === KIND_SNAPSHOT) {
       const [index, term] = packr.unpack(payload.subarray(1)) as [number, number];
       if (index > this.snap.meta.index) {
-        throw new SegmemError('UNAVAILABLE', `WAL names a snapshot at index ${index} (term ${term}) missing from ${this.snapDir}`, {
-          reason: 'SNAPSHOT_MISSING',
-        });
+        throw new SegmemError(
+          'UNAVAILABLE',
+          `WAL names a snapshot at index ${index} (term ${term}) missing from ${this.snapDir}`,
+          {
+            reason: 'SNAPSHOT_MISSING',
+          },
+        );
       }
       // Installed snapshots replace the log before them; compaction snapshots only drop covered entries.
       this.log = this.log.filter((e) => e.index > this.snap.meta.index);
     } else {
-      throw new SegmemError('UNAVAILABLE', `unknown WAL record kind ${kind} at WAL index ${walIndex}`, { reason: 'WAL_CORRUPT' });
+      throw new SegmemError('UNAVAILABLE', `unknown WAL record kind ${kind} at WAL index ${walIndex}`, {
+        reason: 'WAL_CORRUPT',
+      });
     }
   }
 
@@ -162,9 +184,13 @@ export class DiskRaftStorage implements RaftStorage {
     const first = entries[0]!.index;
     const expectedNext = this.lastIndex() + 1;
     if (first > expectedNext) {
-      throw new SegmemError('UNAVAILABLE', `raft log gap: entry ${first} after ${expectedNext - 1} (${where})`, {
-        reason: 'RAFT_LOG_GAP',
-      });
+      throw new SegmemError(
+        'UNAVAILABLE',
+        `raft log gap: entry ${first} after ${expectedNext - 1} (${where})`,
+        {
+          reason: 'RAFT_LOG_GAP',
+        },
+      );
     }
     const keep = first - this.snap.meta.index - 1;
     if (keep < this.log.length) this.log.length = Math.max(0, keep);
@@ -228,7 +254,9 @@ export class DiskRaftStorage implements RaftStorage {
     }
     if (hardState) {
       this.hard = { ...hardState };
-      walIndex = this.wal.append(encodeSmall(KIND_HARD_STATE, [hardState.term, hardState.vote, hardState.commit]));
+      walIndex = this.wal.append(
+        encodeSmall(KIND_HARD_STATE, [hardState.term, hardState.vote, hardState.commit]),
+      );
     }
     return walIndex;
   }
@@ -251,7 +279,8 @@ export class DiskRaftStorage implements RaftStorage {
   /** Takes a snapshot of the applied state at `index` and drops the log entries it covers. */
   async compact(index: number, data: Buffer): Promise<void> {
     if (index <= this.snap.meta.index) return;
-    if (index > this.lastIndex()) throw new RangeError(`cannot compact to ${index}: last index is ${this.lastIndex()}`);
+    if (index > this.lastIndex())
+      throw new RangeError(`cannot compact to ${index}: last index is ${this.lastIndex()}`);
     const term = this.term(index);
     const members = this.membersAt(index);
     const snap: Snapshot = { meta: { index, term, members }, data };

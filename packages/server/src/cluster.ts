@@ -1,0 +1,118 @@
+/**
+ * Cluster mode: a node whose log is a Raft group of several servers. Every command is committed on a
+ * majority (each member fsyncs before acknowledging) before it is applied, so sessions, locks and
+ * tokens survive the loss of any minority, and a restarted member simply catches up.
+ */
+import { createHash } from 'node:crypto';
+import { PAGE_BYTES, SegmemError } from '@segmem/protocol';
+import { StateMachine } from './core/state-machine.js';
+import { type RaftCore, RaftLog } from './log/raft-log.js';
+import { type NodeOptions, SegmemNode } from './node.js';
+import type { NodeId, RaftStorage } from './raft/types.js';
+import { PeerTransport } from './shell/peers.js';
+import { DataDir } from './storage/datadir.js';
+import { DiskRaftStorage } from './storage/raft-storage.js';
+
+/** Ticks of the consensus clock. Election timeout: 10..20 ticks (0.5..1 s); heartbeats every tick. */
+export const RAFT_TICK_MS = 50;
+export const ELECTION_TICKS = 10;
+export const HEARTBEAT_TICKS = 1;
+export const SNAPSHOT_EVERY_ENTRIES = 10_000;
+
+export interface CoreConfig {
+  id: NodeId;
+  storage: RaftStorage;
+  electionTicks: number;
+  heartbeatTicks: number;
+  rand: () => number;
+}
+
+export interface ClusterNodeOptions extends NodeOptions {
+  /** Every member, this one included: id -> host:port. */
+  peers: Record<NodeId, string>;
+  makeCore: (cfg: CoreConfig) => RaftCore;
+}
+
+/** A cluster id every member derives alike when the operator gives none: a digest of the member list. */
+export function defaultClusterId(peers: Record<NodeId, string>): string {
+  const members = Object.keys(peers)
+    .sort()
+    .map((id) => `${id}=${peers[id]}`)
+    .join(',');
+  return `segmem-${createHash('sha256').update(members).digest('hex').slice(0, 16)}`;
+}
+
+export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemNode> {
+  if (!opts.peers[opts.id])
+    throw new SegmemError('INVALID_ARGUMENT', `--peers must list this server (${opts.id})`);
+  const segmentBytes = opts.segmentBytes ?? 4 * 1024 * 1024 * 1024;
+  const clusterId = opts.clusterId ?? defaultClusterId(opts.peers);
+  const dataDir = await DataDir.open({
+    dir: opts.dataDir,
+    serverId: opts.id,
+    pageBytes: PAGE_BYTES,
+    segmentBytes,
+    clusterId,
+  });
+  let storage: DiskRaftStorage | undefined;
+  try {
+    storage = await DiskRaftStorage.open({
+      dir: dataDir.dir,
+      walDir: dataDir.walDir,
+      fsync: opts.fsync ?? 'batch',
+      initialMembers: Object.keys(opts.peers).sort(),
+      ...(opts.repair ? { repair: true } : {}),
+    });
+    const report = storage.report;
+    if (report.truncated) {
+      const t = report.truncated;
+      opts.log?.(
+        `recovery: truncated torn WAL tail in ${t.file} at offset ${t.offset} (${t.droppedBytes} bytes: ${t.reason})`,
+      );
+    }
+    if (report.repaired) opts.log?.(`recovery: repaired WAL: ${JSON.stringify(report.repaired)}`);
+    const snap = storage.snapshot();
+    const sm =
+      snap.meta.index > 0 && snap.data.length > 0
+        ? StateMachine.restore(snap.data)
+        : new StateMachine({ pageBytes: PAGE_BYTES, segmentBytes });
+    const core = opts.makeCore({
+      id: opts.id,
+      storage,
+      electionTicks: ELECTION_TICKS,
+      heartbeatTicks: HEARTBEAT_TICKS,
+      rand: Math.random,
+    });
+    const peers = new PeerTransport(opts.id, clusterId, { ...opts.peers }, core.members);
+    let node: SegmemNode | undefined;
+    let raftLog: RaftLog | undefined;
+    const diskStorage = storage;
+    node = SegmemNode.withLog(
+      opts,
+      dataDir,
+      (onApply) => {
+        raftLog = new RaftLog(core, diskStorage, sm, peers, onApply, {
+          tickMs: RAFT_TICK_MS,
+          snapshotEveryEntries: SNAPSHOT_EVERY_ENTRIES,
+          pageBytes: PAGE_BYTES,
+          segmentBytes,
+          onRoleChange: (role, leader, term) => {
+            opts.log?.(`raft: ${role} in term ${term}${leader ? `, leader ${leader}` : ''}`);
+            node?.roleChanged(role === 'leader');
+          },
+          ...(opts.log ? { log: opts.log } : {}),
+        });
+        return raftLog;
+      },
+      report,
+    );
+    node.peerHandler = (msg) => raftLog!.receive(msg);
+    node.onClose(() => peers.close());
+    raftLog!.start();
+    return node;
+  } catch (err) {
+    await storage?.close().catch(() => {});
+    await dataDir.close();
+    throw err;
+  }
+}
