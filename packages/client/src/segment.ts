@@ -6,6 +6,7 @@
 import {
   type AcquireOk,
   type Invalidate,
+  MAX_TIMEOUT_MS,
   type ObjectRecord,
   SegmemError,
   validateName,
@@ -77,9 +78,10 @@ interface CachedObject {
   version: number;
   readHolds: number;
   writeHeld: boolean;
+  /** Acquires sent for this object and not answered yet: their grants are deltas against the local bytes. */
+  inflight: number;
 }
 
-const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 /** How long past its timeoutMs an acquire waits for the server's own TIMEOUT before giving up locally. */
 const ACQUIRE_GUARD_GRACE_MS = 1000;
 
@@ -150,7 +152,7 @@ export class SegmentImpl implements Segment {
     validateName(name);
     await this.session.call({ type: 'DELETE', seq: this.session.seq(), name });
     const cached = this.byName.get(name);
-    if (cached && cached.readHolds === 0 && !cached.writeHeld) this.drop(cached);
+    if (cached) this.retire(cached);
   }
 
   log(_name: string): SharedLog {
@@ -205,6 +207,8 @@ export class SegmentImpl implements Segment {
     if (signal?.aborted) throw new SegmemError('ABORTED', `acquire of "${name}" was aborted`);
     const cached = this.byName.get(name);
     const fresh = cached && cached.version > 0;
+    // While this acquire is out, an invalidation must not wipe the bytes its grant will be a delta against.
+    if (fresh) cached.inflight++;
     const seq = this.session.seq();
     const { requestId, promise } = this.session.start({
       type: 'ACQUIRE',
@@ -216,7 +220,14 @@ export class SegmentImpl implements Segment {
       timeoutMs: timeoutMs ?? null,
     });
     const cachedIdSent = fresh ? cached.id : 0;
-    if (!signal && timeoutMs === undefined) return this.granted((await promise) as AcquireOk, mode, cachedIdSent);
+    if (fresh) {
+      promise.then(
+        () => cached.inflight--,
+        () => cached.inflight--,
+      );
+    }
+    if (!signal && timeoutMs === undefined)
+      return this.install((await promise) as AcquireOk, mode, cachedIdSent);
     return new Promise<Handle>((resolve, reject) => {
       let gaveUp = false;
       let guard: NodeJS.Timeout | undefined;
@@ -235,7 +246,10 @@ export class SegmentImpl implements Segment {
         guard = setTimeout(() => {
           const err = this.session.isConnected
             ? new SegmemError('TIMEOUT', `acquire of "${name}" timed out after ${timeoutMs} ms`)
-            : new SegmemError('UNAVAILABLE', `acquire of "${name}": no server reachable within ${timeoutMs} ms`);
+            : new SegmemError(
+                'UNAVAILABLE',
+                `acquire of "${name}": no server reachable within ${timeoutMs} ms`,
+              );
           giveUp(err, 'TIMEOUT');
         }, timeoutMs + ACQUIRE_GUARD_GRACE_MS);
         guard.unref?.();
@@ -244,7 +258,13 @@ export class SegmentImpl implements Segment {
         (ok) => {
           if (guard) clearTimeout(guard);
           signal?.removeEventListener('abort', onAbort);
-          const handle = this.granted(ok as AcquireOk, mode, cachedIdSent);
+          let handle: Handle;
+          try {
+            handle = this.install(ok as AcquireOk, mode, cachedIdSent);
+          } catch (err) {
+            if (!gaveUp) reject(err);
+            return;
+          }
           // The grant raced the abort or the guard: give it straight back.
           if (gaveUp) handle.release().catch(() => {});
           else resolve(handle);
@@ -258,16 +278,40 @@ export class SegmentImpl implements Segment {
     });
   }
 
+  /** {@link granted}, giving the grant back to the server if it cannot be installed locally. */
+  private install(grant: AcquireOk, mode: 'read' | 'write', cachedIdSent: number): Handle {
+    try {
+      return this.granted(grant, mode, cachedIdSent);
+    } catch (err) {
+      this.session
+        .call({
+          type: 'RELEASE',
+          seq: this.session.seq(),
+          name: grant.object.name,
+          mode,
+          token: grant.token,
+          ranges: [],
+          payload: Buffer.alloc(0),
+        })
+        .catch(() => {});
+      if (SegmemError.is(err)) throw err;
+      throw new SegmemError(
+        'NO_SPACE',
+        `cannot map "${grant.object.name}" locally: ${(err as Error).message}`,
+      );
+    }
+  }
+
   /** Installs a grant in the local segment and returns its handle. */
   private granted(grant: AcquireOk, mode: 'read' | 'write', cachedIdSent: number): Handle {
     const rec = grant.object;
     let cached = this.byName.get(rec.name);
     if (cached && (cached.id !== rec.id || cached.address !== rec.address || cached.size !== rec.size)) {
-      if (cached.readHolds === 0 && !cached.writeHeld) this.drop(cached);
+      this.retire(cached);
       cached = undefined;
     }
     const stale = this.byId.get(rec.id);
-    if (stale && stale !== cached) this.drop(stale);
+    if (stale && stale !== cached) this.retire(stale);
     if (!cached) {
       cached = {
         id: rec.id,
@@ -277,6 +321,7 @@ export class SegmentImpl implements Segment {
         version: 0,
         readHolds: 0,
         writeHeld: false,
+        inflight: 0,
       };
       this.byName.set(rec.name, cached);
       this.byId.set(rec.id, cached);
@@ -308,10 +353,13 @@ export class SegmentImpl implements Segment {
   /** Called by a handle's release(). */
   async releaseHandle(h: HandleImpl, cached: CachedObject): Promise<void> {
     this.handles.delete(h);
+    // An object deleted (and its pages maybe reused) while held: its pages are not ours to protect any more.
+    const current = this.byId.get(cached.id) === cached;
     if (h.mode === 'read') {
       cached.readHolds--;
-      if (cached.readHolds === 0 && !cached.writeHeld)
+      if (current && cached.readHolds === 0 && !cached.writeHeld) {
         this.mapped.setAccess(cached.address, cached.size, 'none');
+      }
       if (this.closed) return;
       // Pipelined: the server handles it before anything this session sends later; nothing to wait for.
       this.session
@@ -330,7 +378,7 @@ export class SegmentImpl implements Segment {
     const ranges = h.twin ? changedRanges(h.bytes, h.twin, this.pageBytes) : [];
     const payload = ranges.length > 0 ? gatherRanges(h.bytes, ranges) : Buffer.alloc(0);
     cached.writeHeld = false;
-    this.mapped.setAccess(cached.address, cached.size, cached.readHolds > 0 ? 'read' : 'none');
+    if (current) this.mapped.setAccess(cached.address, cached.size, cached.readHolds > 0 ? 'read' : 'none');
     if (this.closed)
       throw new SegmemError('CLOSED', 'the segment was closed before the release: the write is discarded');
     try {
@@ -367,9 +415,14 @@ export class SegmentImpl implements Segment {
   private invalidateObjects(objects: [number, number][]): void {
     for (const [id, version] of objects) {
       const cached = this.byId.get(id);
-      if (!cached || cached.readHolds > 0 || cached.writeHeld) continue;
-      if (version === 0) this.drop(cached);
-      else if (cached.version !== 0 && cached.version < version) {
+      if (!cached) continue;
+      if (version === 0) {
+        this.retire(cached); // deleted: its pages may soon belong to another object
+        continue;
+      }
+      // Held, or a grant is on its way (a delta against these bytes): keep them.
+      if (cached.readHolds > 0 || cached.writeHeld || cached.inflight > 0) continue;
+      if (cached.version !== 0 && cached.version < version) {
         cached.version = 0;
         this.mapped.zero(cached.address, cached.size); // free the stale pages now
       }
@@ -395,6 +448,17 @@ export class SegmentImpl implements Segment {
     this.lastInvalidationSeq = 0;
     for (const h of this.handles) h.lost = true;
     for (const c of this.byId.values()) c.version = 0;
+  }
+
+  /** An entry replaced by a newer object: forgotten, and its pages freed unless a handle still holds them. */
+  private retire(cached: CachedObject): void {
+    if (cached.readHolds === 0 && !cached.writeHeld) {
+      this.drop(cached);
+      return;
+    }
+    // Still held: leave the pages alone (the new object may live there); the handle's release sees it is not current.
+    if (this.byName.get(cached.name) === cached) this.byName.delete(cached.name);
+    if (this.byId.get(cached.id) === cached) this.byId.delete(cached.id);
   }
 
   private drop(cached: CachedObject): void {

@@ -133,3 +133,58 @@ test('invalidations: pushed over TCP, hinted over UDP, and a gap makes the clien
     dir.cleanup();
   }
 });
+
+test('regression: an invalidation that arrives while an acquire is pending does not wipe the pages the grant omits', async (t) => {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path, fsync: 'none' });
+  const a = (await connect({ servers: [server.address] })) as Diag;
+  const b = (await connect({ servers: [server.address] })) as Diag;
+  try {
+    await a.create('x', 3 * 4096);
+    await a.update('x', (h) => {
+      h.bytes.fill(1, 0, 4096);
+      h.bytes.fill(2, 4096, 8192);
+      h.bytes.fill(3, 8192);
+    });
+    await b.read('x', () => {}); // b caches all three pages
+    const held = await a.acquireWrite('x');
+    const pending = b.acquireRead('x'); // waits; its grant will be a delta against b's copy
+    await b.list(''); // the acquire reached the server
+    held.bytes.fill(9, 4096, 8192); // only page 1 changes
+    await held.release(); // b gets the INVALIDATE push, then the grant with page 1 only
+    const h = await pending;
+    t.is(h.bytes[0], 1, 'page 0 kept');
+    t.is(h.bytes[5000], 9, 'page 1 updated');
+    t.is(h.bytes[9000], 3, 'page 2 kept');
+    await h.release();
+  } finally {
+    await a.close();
+    await b.close();
+    await server.stop();
+    dir.cleanup();
+  }
+});
+
+test('regression: releasing a handle of a deleted object leaves the pages of the object now living there alone', async (t) => {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path, fsync: 'none' });
+  const a = (await connect({ servers: [server.address] })) as Diag;
+  const b = (await connect({ servers: [server.address] })) as Diag;
+  try {
+    await a.create('old', 4096);
+    const oldHandle = await a.acquireRead('old');
+    await b.delete('old');
+    const info = await b.create('new', 4096);
+    t.is(info.address, (await a.list(''))[0]!.address, 'the new object reuses the pages');
+    const fresh = await a.acquireWrite('new');
+    await oldHandle.release(); // a read release is pipelined: the server's LOCK_LOST is not waited for
+    fresh.bytes[10] = 42; // must not fault: the stale release did not take the new object's rights
+    await fresh.release();
+    t.is(await b.read('new', (h) => h.bytes[10]), 42);
+  } finally {
+    await a.close();
+    await b.close();
+    await server.stop();
+    dir.cleanup();
+  }
+});

@@ -116,3 +116,22 @@ test('close() releases held locks at once', async (t) => {
     dir.cleanup();
   }
 });
+
+test('a client whose event loop stalls past its session timeout gets a new session and keeps working', async (t) => {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path });
+  const seg = await connect({ servers: [server.address], sessionTimeoutMs: 300 });
+  try {
+    await seg.create('x', 4);
+    const held = await seg.acquireWrite('x');
+    const until = Date.now() + 1500;
+    while (Date.now() < until) {} // no keepalives get out: the server expires the session
+    await t.throwsAsync(held.release(), { code: 'LOCK_LOST' } as never);
+    await seg.update('x', (h) => h.bytes.writeUInt32LE(5));
+    t.is(await seg.read('x', (h) => h.bytes.readUInt32LE(0)), 5, 'a new session works');
+  } finally {
+    await seg.close();
+    await server.stop();
+    dir.cleanup();
+  }
+});

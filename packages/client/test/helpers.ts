@@ -134,3 +134,104 @@ export function runNode(
   });
   return { proc, done };
 }
+
+/** A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one machine). */
+export async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  return new Promise((resolvePort) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolvePort(port));
+    });
+  });
+}
+
+export interface ClusterMember {
+  id: string;
+  address: string;
+  dataDir: string;
+  server: ServerProcess | null;
+}
+
+/** A group of real segmem-server processes on loopback, with helpers to find and fault its leader. */
+export class TestCluster {
+  readonly members: ClusterMember[];
+  readonly peers: string;
+
+  private constructor(
+    members: ClusterMember[],
+    private readonly fsync: string,
+  ) {
+    this.members = members;
+    this.peers = members.map((m) => `${m.id}=${m.address}`).join(',');
+  }
+
+  static async start(size: number, root: string, fsync = 'batch'): Promise<TestCluster> {
+    const members: ClusterMember[] = [];
+    for (let i = 0; i < size; i++) {
+      members.push({
+        id: `s${i + 1}`,
+        address: `127.0.0.1:${await freePort()}`,
+        dataDir: join(root, `s${i + 1}`),
+        server: null,
+      });
+    }
+    const cluster = new TestCluster(members, fsync);
+    await Promise.all(members.map((m) => cluster.startMember(m.id)));
+    return cluster;
+  }
+
+  get addresses(): string[] {
+    return this.members.map((m) => m.address);
+  }
+
+  member(id: string): ClusterMember {
+    const m = this.members.find((x) => x.id === id);
+    if (!m) throw new Error(`no member ${id}`);
+    return m;
+  }
+
+  async startMember(id: string): Promise<void> {
+    const m = this.member(id);
+    m.server = await startServerProcess({
+      id,
+      dataDir: m.dataDir,
+      listen: m.address,
+      fsync: this.fsync,
+      extra: ['--peers', this.peers],
+    });
+  }
+
+  /** The member whose log says it leads the highest term, among those running. */
+  leader(): ClusterMember | undefined {
+    let best: { m: ClusterMember; term: number } | undefined;
+    for (const m of this.members) {
+      if (!m.server || m.server.proc.exitCode !== null || m.server.proc.signalCode !== null) continue;
+      const lines = m.server
+        .stderr()
+        .split('\n')
+        .filter((l) => l.includes('raft: '));
+      const last = lines[lines.length - 1];
+      const match = last ? /raft: (\w+) in term (\d+)/.exec(last) : null;
+      if (match && match[1] === 'leader' && (!best || Number(match[2]) > best.term))
+        best = { m, term: Number(match[2]) };
+    }
+    return best?.m;
+  }
+
+  async kill(id: string): Promise<void> {
+    const m = this.member(id);
+    await m.server?.kill();
+    m.server = null;
+  }
+
+  async stopAll(): Promise<(number | null)[]> {
+    const codes: (number | null)[] = [];
+    for (const m of this.members) {
+      if (m.server) codes.push(await m.server.stop());
+      m.server = null;
+    }
+    return codes;
+  }
+}

@@ -4,7 +4,8 @@
  * tokens survive the loss of any minority, and a restarted member simply catches up.
  */
 import { createHash } from 'node:crypto';
-import { PAGE_BYTES, SegmemError } from '@segmem/protocol';
+import { DEFAULT_SEGMENT_BYTES, PAGE_BYTES, SegmemError } from '@segmem/protocol';
+import { parseSegmentBytes } from './config.js';
 import { StateMachine } from './core/state-machine.js';
 import { type RaftCore, RaftLog } from './log/raft-log.js';
 import { type NodeOptions, SegmemNode } from './node.js';
@@ -45,7 +46,7 @@ export function defaultClusterId(peers: Record<NodeId, string>): string {
 export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemNode> {
   if (!opts.peers[opts.id])
     throw new SegmemError('INVALID_ARGUMENT', `--peers must list this server (${opts.id})`);
-  const segmentBytes = opts.segmentBytes ?? 4 * 1024 * 1024 * 1024;
+  const segmentBytes = parseSegmentBytes(opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES);
   const clusterId = opts.clusterId ?? defaultClusterId(opts.peers);
   const dataDir = await DataDir.open({
     dir: opts.dataDir,

@@ -9,9 +9,16 @@ import type { FsyncPolicy } from './storage/wal.js';
 
 export { SegmemError } from '@segmem/protocol';
 export { DEFAULT_CONFIG, loadConfigFile, parsePeers, type ServerConfig } from './config.js';
+export type { Command, ObjectRecord, Outcome } from './core/commands.js';
+export { StateMachine } from './core/state-machine.js';
+export type { ApplyListener, ReplicatedLog } from './log/local-log.js';
+export type { NodeLog, Port, Wire } from './node.js';
 export { type NodeOptions, SegmemNode } from './node.js';
+export type { Message, NodeId } from './raft/types.js';
+export type { Clock } from './shell/liveness.js';
 export { connectLocal, type LocalEnd } from './shell/local.js';
-export type { FsyncPolicy } from './storage/wal.js';
+export { DataDir } from './storage/datadir.js';
+export type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
 
 export interface StartServerOptions {
   id: string;
@@ -36,6 +43,8 @@ export interface RunningServer {
   /** The address the server listens on, host:port. */
   address: string;
   close(): Promise<void>;
+  /** Where this member stands (not part of the pinned API): leader or not, commands applied, state digest. */
+  status(): ReturnType<SegmemNode['status']>;
 }
 
 export async function startServer(opts: StartServerOptions): Promise<RunningServer> {
@@ -78,6 +87,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   let closing: Promise<void> | null = null;
   return {
     address: listener.address,
+    status: () => node.status(),
     close() {
       closing ??= (async () => {
         await listener.close();

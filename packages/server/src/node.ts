@@ -7,6 +7,7 @@
 import type { Socket as UdpSocket } from 'node:dgram';
 import {
   type AcquireRequest,
+  DEFAULT_SEGMENT_BYTES,
   encodeError,
   encodeInvalidate,
   encodeInvalidationDatagram,
@@ -19,6 +20,7 @@ import {
   type RequestType,
   SegmemError,
 } from '@segmem/protocol';
+import { parseSegmentBytes } from './config.js';
 import { type Command, decodeCommand, type Grant, type Outcome, type Result } from './core/commands.js';
 import { type SegmentObject, StateMachine } from './core/state-machine.js';
 import { type ApplyListener, LocalLog, type ReplicatedLog } from './log/local-log.js';
@@ -146,6 +148,18 @@ export class SegmemNode {
     this.ports.clear();
   }
 
+  /** For operators and tests: where this member stands. */
+  status(): { leader: boolean; applied: number; digest: string; sessions: number; objects: number } {
+    const sm = this.sm;
+    return {
+      leader: this.log.isLeader(),
+      applied: sm.appliedIndex,
+      digest: sm.digest(),
+      sessions: sm.sessionIds().length,
+      objects: sm.objectCount(),
+    };
+  }
+
   /** Throws the redirect a client follows when this member is not the leader. */
   requireLeader(): void {
     if (this.log.isLeader()) return;
@@ -160,7 +174,7 @@ export class SegmemNode {
   }
 
   static async open(opts: NodeOptions): Promise<SegmemNode> {
-    const segmentBytes = opts.segmentBytes ?? 4 * 1024 * 1024 * 1024;
+    const segmentBytes = parseSegmentBytes(opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES);
     const dataDir = await DataDir.open({
       dir: opts.dataDir,
       serverId: opts.id,
@@ -185,7 +199,7 @@ export class SegmemNode {
       }
       if (report.repaired) opts.log?.(`recovery: repaired WAL: ${JSON.stringify(report.repaired)}`);
       // Sessions end with a restart: their lock state may not all have reached the disk.
-      await node.log.propose({ op: 'restart' });
+      await node.log.propose({ op: 'restart', sessionIdFloor: Date.now() * 1000 });
       node.scheduleExpiry();
       return node;
     } catch (err) {
@@ -443,6 +457,13 @@ export class SegmemNode {
           this.liveness.forget(effect.sessionId);
           this.expiring.delete(effect.sessionId);
           if (state) for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
+          // An expired session whose client is still connected (e.g. its event loop stalled past the timeout):
+          // close the connection, so the client notices, finds its session gone and starts a new one.
+          if (effect.reason === 'expired' && state?.port && !state.port.closed) {
+            state.port.closed = true;
+            this.ports.delete(state.port);
+            state.port.wire.close();
+          }
           break;
         }
       }

@@ -328,10 +328,18 @@ test('replaying the same log gives the same state, and a snapshot restores it ex
         for (const [i, cmd] of log.entries()) second.apply(i + 1, cmd);
         const dump = (sm: StateMachine) =>
           sm.list('').map((r) => ({ ...r, data: sm.objectNamed(r.name)!.data?.toString('hex') ?? null }));
-        const same = JSON.stringify(dump(first)) === JSON.stringify(dump(second)) && first.digest() === second.digest();
+        const same =
+          JSON.stringify(dump(first)) === JSON.stringify(dump(second)) && first.digest() === second.digest();
         // A snapshot restores the exact state, and the restored machine goes on identically.
         const restored = StateMachine.restore(first.snapshot());
-        const tail: Command = { op: 'create', sessionId: 1, seq: 100_000, name: 'after', size: 10, ifNotExists: false };
+        const tail: Command = {
+          op: 'create',
+          sessionId: 1,
+          seq: 100_000,
+          name: 'after',
+          size: 10,
+          ifNotExists: false,
+        };
         restored.apply(restored.appliedIndex + 1, tail);
         first.apply(first.appliedIndex + 1, tail);
         return same && restored.digest() === first.digest() && restored.freePages === first.freePages;
@@ -371,4 +379,14 @@ test('allocator: allocation and free keep free space exact and extents merged', 
     a.release(s, 2);
     a.release(s, 2);
   });
+});
+
+test('after a restart, session ids continue above the floor, so ids lost with an unsynced tail are never reissued', (t) => {
+  const { run, open } = machine();
+  const a = open();
+  run({ op: 'restart', sessionIdFloor: 5_000_000 });
+  const b = open();
+  t.true(b >= 5_000_000 && b !== a);
+  run({ op: 'restart', sessionIdFloor: 10 }); // a floor below the counter changes nothing
+  t.true(open() > b);
 });

@@ -69,6 +69,13 @@ export async function serverMain(argv: string[]): Promise<void> {
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
+    // SIGUSR2 prints where this member stands (tests compare replicas with it).
+    process.on('SIGUSR2', () => {
+      const s = server.status();
+      process.stderr.write(
+        `segmem-server ${id}: status leader=${s.leader} applied=${s.applied} digest=${s.digest} sessions=${s.sessions} objects=${s.objects}\n`,
+      );
+    });
   } catch (err) {
     fail(err);
   }

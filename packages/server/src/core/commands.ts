@@ -11,8 +11,12 @@ export type Command =
   | { op: 'open'; timeoutMs: number; clientName: string | null }
   | { op: 'close'; sessionId: number }
   | { op: 'expire'; sessionIds: number[] }
-  /** Appended once after recovery: sessions do not survive a restart of a single-member group. */
-  | { op: 'restart' }
+  /**
+   * Appended once after recovery: sessions do not survive a restart of a single-member group. Session ids
+   * continue from `sessionIdFloor` (chosen from the clock by the node), so an id handed out just before a
+   * crash, in a log record the crash lost, is never handed out again to someone else.
+   */
+  | { op: 'restart'; sessionIdFloor: number }
   | { op: 'create'; sessionId: number; seq: number; name: string; size: number; ifNotExists: boolean }
   | { op: 'delete'; sessionId: number; seq: number; name: string }
   | { op: 'acquire'; sessionId: number; seq: number; name: string; mode: LockMode }

@@ -126,6 +126,9 @@ export class StateMachine {
         return ok(null);
       case 'restart':
         for (const id of [...this.sessions.keys()]) this.closeSession(id, 'restart', effects);
+        if (Number.isSafeInteger(cmd.sessionIdFloor) && cmd.sessionIdFloor > this.nextSessionId) {
+          this.nextSessionId = cmd.sessionIdFloor;
+        }
         return ok(null);
       case 'cancel':
         return this.cancel(cmd.sessionId, cmd.seq, cmd.reason, effects);

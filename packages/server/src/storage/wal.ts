@@ -54,8 +54,11 @@ import { errnoCode, errorMessage, fsyncDir, mkdirDurable } from './files.js';
  * - `'always'`: every record gets its own write and its own `fdatasync`, in index order; no two records
  *   share a sync. The strictest and slowest policy: throughput is bounded by the disk's sync latency.
  * - `'none'`: records are handed to the operating system (the `write` system call) in background
- *   flushes, grouped like `'batch'`, and never fsynced. A record counts as durable once it is written
- *   to the OS: it survives a crash of the process, but not of the operating system or a power loss.
+ *   flushes, grouped like `'batch'`, and never fsynced. `durableIndex` advances once a record is written
+ *   to the OS; from then on it survives a crash of the process, but not of the operating system or a
+ *   power loss. The log above this one acknowledges commands under 'none' without waiting even for that
+ *   write, so the last moments before a process crash (typically well under a millisecond of commands)
+ *   can be lost too.
  */
 export type FsyncPolicy = 'always' | 'batch' | 'none';
 
@@ -69,7 +72,7 @@ export const WAL_FORMAT_VERSION = 1;
 export const WAL_FILE_HEADER_BYTES = 16;
 /** Size of the header in front of every record's payload. */
 export const WAL_RECORD_HEADER_BYTES = 16;
-export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
+export const DEFAULT_WAL_FILE_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_MAX_RECORD_BYTES = 128 * 1024 * 1024;
 /** Record lengths are stored in 32 bits. */
 const MAX_RECORD_BYTES_LIMIT = 0xffff_ffff;
@@ -486,7 +489,7 @@ export class Wal {
     if (!FSYNC_POLICIES.includes(opts.fsync)) {
       throw new SegmemError('INVALID_ARGUMENT', `unknown fsync policy ${JSON.stringify(opts.fsync)}`);
     }
-    const segmentBytes = opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
+    const segmentBytes = opts.segmentBytes ?? DEFAULT_WAL_FILE_BYTES;
     if (!Number.isSafeInteger(segmentBytes) || segmentBytes < MIN_SEGMENT_BYTES) {
       throw new SegmemError('INVALID_ARGUMENT', `segmentBytes must be an integer >= ${MIN_SEGMENT_BYTES}`);
     }
