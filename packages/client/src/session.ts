@@ -5,6 +5,7 @@
  */
 import { connect as netConnect, type Socket } from 'node:net';
 import {
+  type AcquireOk,
   decodeInvalidate,
   decodeResponse,
   encodeRequest,
@@ -143,9 +144,11 @@ export class Session {
   }
 
   private send(parts: Buffer[]): void {
+    const transport = this.transport;
+    if (!transport) return; // lost meanwhile: pending requests are re-sent after the next attach
     for (const p of parts) this.traffic.bytesSent += p.length;
     this.traffic.requests++;
-    this.transport!.write(parts);
+    transport.write(parts);
   }
 
   private allocateRequestId(): number {
@@ -263,6 +266,9 @@ export class Session {
       this.shutdown(new SegmemError('CLOSED', 'the connection to the store closed'));
       return;
     }
+    // One reconnection loop at a time: if the link drops again while it runs (even right after it
+    // re-attached), the loop sees its transport gone and goes round again.
+    if (this.reconnecting) return;
     // Callers wait for the reconnection up to sessionTimeoutMs; after that they fail fast with
     // UNAVAILABLE while the client keeps re-dialling in the background, so service resumes by itself.
     this.unavailable = null;
@@ -272,7 +278,7 @@ export class Session {
         'UNAVAILABLE',
         `no server reachable for ${this.opts.sessionTimeoutMs} ms; still trying to reconnect`,
       );
-      this.failAll(this.unavailable);
+      this.failAll(this.unavailable, true);
     }, this.opts.sessionTimeoutMs);
     this.unavailableTimer.unref();
     this.reconnecting = this.reconnect().finally(() => {
@@ -296,7 +302,7 @@ export class Session {
           transport.close();
           return;
         }
-        const resumed = await this.attach(transport, oldSession);
+        const resumed = await this.attach(transport, this.hello.sessionId);
         if (resumed) {
           // Same session: every unanswered request is re-sent with its seq; the server answers retries
           // of what it already applied from its dedup table.
@@ -305,7 +311,8 @@ export class Session {
             p.sent = true;
           }
           this.opts.onResumed();
-          return;
+          if (this.transport === transport) return;
+          continue; // lost again already: dial again
         }
         // A new session: locks and waits of the old one are gone. Requests that never went out, and
         // read-only ones, are sent now; the outcome of a mutation that was in flight is unknown.
@@ -332,7 +339,7 @@ export class Session {
         }
         this.releaseCapacity();
         this.opts.onSessionLost(lost);
-        return;
+        if (this.transport === transport) return;
       } catch (err) {
         if (SegmemError.is(err) && (err.code === 'UNAUTHORIZED' || err.code === 'PROTOCOL')) {
           this.shutdown(err);
@@ -350,12 +357,39 @@ export class Session {
     }
   }
 
-  private failAll(err: SegmemError): void {
+  /**
+   * Rejects every pending request. With `keepAcquires` (the session may still live), an acquire stays
+   * registered as an orphan: its caller has its error, but if the server grants it later (it may already
+   * be in the group's log), the grant is given straight back instead of holding the lock forever.
+   */
+  private failAll(err: SegmemError, keepAcquires = false): void {
     for (const [id, p] of this.pending) {
-      this.pending.delete(id);
       p.reject(err);
+      if (keepAcquires && p.req.type === 'ACQUIRE') {
+        const req = p.req;
+        this.pending.set(id, {
+          req,
+          sent: p.sent,
+          resolve: (grant) => this.giveBack(req.name, req.mode, (grant as AcquireOk).token),
+          reject: () => {},
+        });
+      } else this.pending.delete(id);
     }
     this.releaseCapacity();
+  }
+
+  /** Releases a grant nobody waits for any more, changing nothing. */
+  giveBack(name: string, mode: 'read' | 'write', token: number): void {
+    const req: Request = {
+      type: 'RELEASE',
+      seq: this.seq(),
+      name,
+      mode,
+      token,
+      ranges: [],
+      payload: Buffer.alloc(0),
+    };
+    this.start(req).promise.catch(() => {});
   }
 
   private shutdown(err: SegmemError): void {

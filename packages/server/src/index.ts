@@ -2,9 +2,11 @@
  * @segmem/server: the segmem server and its building blocks.
  */
 import { SegmemError } from '@segmem/protocol';
+import { openClusterNode } from './cluster.js';
 import { DEFAULT_CONFIG, loadConfigFile, parseFsync, parseSegmentBytes } from './config.js';
 import { SegmemNode } from './node.js';
-import { listen } from './shell/tcp.js';
+import { RaftNode } from './raft/node.js';
+import { listen, parseHostPort } from './shell/tcp.js';
 import type { FsyncPolicy } from './storage/wal.js';
 
 export { SegmemError } from '@segmem/protocol';
@@ -60,13 +62,13 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   const config = opts.config ? loadConfigFile(opts.config) : { ...DEFAULT_CONFIG };
   const peers = opts.peers ?? config.servers;
   const others = Object.keys(peers).filter((id) => id !== opts.id);
-  if (others.length > 0) {
-    throw new SegmemError(
-      'INVALID_ARGUMENT',
-      `this version runs single-member groups only; replication across ${Object.keys(peers).length} servers is not available yet`,
-    );
+  for (const [id, address] of Object.entries(peers)) {
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(id)) {
+      throw new SegmemError('INVALID_ARGUMENT', `peer id ${JSON.stringify(id)} is not a valid server id`);
+    }
+    parseHostPort(address, `address of peer ${id}`);
   }
-  const node = await SegmemNode.open({
+  const nodeOpts = {
     id: opts.id,
     dataDir: opts.dataDir,
     fsync: opts.fsync ? parseFsync(opts.fsync) : config.fsync,
@@ -76,7 +78,12 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     ...(config.token ? { token: config.token } : {}),
     ...(opts.repair ? { repair: true } : {}),
     ...(opts.log ? { log: opts.log } : {}),
-  });
+  };
+  // One member: the single-member log. Several: a Raft group, every command committed on a majority.
+  const node =
+    others.length === 0
+      ? await SegmemNode.open(nodeOpts)
+      : await openClusterNode({ ...nodeOpts, peers, makeCore: (cfg) => new RaftNode(cfg) });
   let listener: Awaited<ReturnType<typeof listen>>;
   try {
     listener = await listen(node, opts.listen);

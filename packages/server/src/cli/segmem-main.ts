@@ -36,12 +36,6 @@ async function up(argv: string[]): Promise<void> {
   const dir = resolve(args.values.get('dir') ?? '.segmem');
   if (!Number.isInteger(count) || count < 1 || count > 7)
     throw new SegmemError('INVALID_ARGUMENT', '--servers must be 1..7');
-  if (count > 1) {
-    throw new SegmemError(
-      'INVALID_ARGUMENT',
-      `--servers ${count}: this version runs single-member groups only; use --servers 1`,
-    );
-  }
   if (!Number.isInteger(port) || port < 1 || port + count - 1 > 65535)
     throw new SegmemError('INVALID_ARGUMENT', '--port must be 1..65535');
   const fsync = args.values.get('fsync');
@@ -52,14 +46,27 @@ async function up(argv: string[]): Promise<void> {
   };
   process.on('SIGINT', stopAll);
   process.on('SIGTERM', stopAll);
+  // More than one server: one Raft group, every member listed in --peers.
+  const members = Array.from({ length: count }, (_, i) => `s${i + 1}=127.0.0.1:${port + i}`).join(',');
   for (let i = 0; i < count; i++) {
     const id = `s${i + 1}`;
     const listen = `127.0.0.1:${port + i}`;
     const data = join(dir, id);
     mkdirSync(data, { recursive: true });
+    const peers = count > 1 ? ['--peers', members] : [];
     const child = spawn(
       process.execPath,
-      [SERVER_BIN, '--id', id, '--listen', listen, '--data', data, ...(fsync ? ['--fsync', fsync] : [])],
+      [
+        SERVER_BIN,
+        '--id',
+        id,
+        '--listen',
+        listen,
+        '--data',
+        data,
+        ...peers,
+        ...(fsync ? ['--fsync', fsync] : []),
+      ],
       {
         stdio: ['ignore', 'pipe', 'inherit'],
       },

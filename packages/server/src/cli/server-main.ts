@@ -54,7 +54,7 @@ export async function serverMain(argv: string[]): Promise<void> {
       ...(args.flags.has('repair') ? { repair: true } : {}),
       log: (line) => process.stderr.write(`segmem-server ${id}: ${line}\n`),
     });
-    process.stdout.write(`segmem-server ${id} ready on ${server.address}\n`);
+    // Signal handlers first: a signal that arrives right after the ready line must find them.
     let stopping = false;
     const stop = () => {
       if (stopping) return;
@@ -76,6 +76,7 @@ export async function serverMain(argv: string[]): Promise<void> {
         `segmem-server ${id}: status leader=${s.leader} applied=${s.applied} digest=${s.digest} sessions=${s.sessions} objects=${s.objects}\n`,
       );
     });
+    process.stdout.write(`segmem-server ${id} ready on ${server.address}\n`);
   } catch (err) {
     fail(err);
   }

@@ -103,8 +103,14 @@ export class RaftLogView {
   append(ents: readonly Entry[]): void {
     if (ents.length === 0) return;
     const after = ents[0]!.index;
-    invariant(after > this.committed, () => `appending at ${after} would replace committed ${this.committed}`);
-    invariant(after <= this.lastIndex() + 1, () => `append at ${after} leaves a gap after ${this.lastIndex()}`);
+    invariant(
+      after > this.committed,
+      () => `appending at ${after} would replace committed ${this.committed}`,
+    );
+    invariant(
+      after <= this.lastIndex() + 1,
+      () => `append at ${after} leaves a gap after ${this.lastIndex()}`,
+    );
     const end = this.offset + this.unstable.length;
     if (after === end) {
       for (const e of ents) this.unstable.push(e);
@@ -175,7 +181,10 @@ export class RaftLogView {
   takeCommitted(max: number): Entry[] {
     if (this.committed <= this.applying) return [];
     const lo = this.applying + 1;
-    invariant(lo >= this.firstIndex(), () => `entry ${lo} to apply was compacted (first ${this.firstIndex()})`);
+    invariant(
+      lo >= this.firstIndex(),
+      () => `entry ${lo} to apply was compacted (first ${this.firstIndex()})`,
+    );
     const out = this.entries(lo, this.committed + 1, max);
     if (out.length > 0) this.applying = out[out.length - 1]!.index;
     return out;

@@ -87,6 +87,15 @@ export class Progress {
     }
   }
 
+  /**
+   * A heartbeat answer from a follower whose window is full: its oldest append may have been lost, so one
+   * slot is freed for a new append. If entries are missing, that append is rejected and the follower is
+   * probed from its match index (etcd's Inflights.FreeFirstOne).
+   */
+  freeOneIfFull(): void {
+    if (this.state === 'replicate' && this.inflight.length >= this.maxInflight) this.inflight.shift();
+  }
+
   /** The follower acknowledged everything up to `index`. Returns false for a stale acknowledgement. */
   maybeUpdate(index: number): boolean {
     let updated = false;

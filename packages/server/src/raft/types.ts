@@ -63,7 +63,10 @@ export interface Message {
   from: NodeId;
   to: NodeId;
   term: number;
-  /** append: index/term of the entry before `entries`; vote/preVote: the candidate's last index/term. */
+  /**
+   * append: index/term of the entry before `entries`; vote/preVote: the candidate's last index/term;
+   * appendResp with `reject`: the logIndex of the append it rejects (so the leader can ignore stale rejects).
+   */
   logIndex?: number;
   logTerm?: number;
   entries?: Entry[];
@@ -75,7 +78,11 @@ export interface Message {
   hintIndex?: number;
   hintTerm?: number;
   snapshot?: Snapshot;
-  /** heartbeat/heartbeatResp: carries a ReadIndex round's context. */
+  /**
+   * heartbeat/heartbeatResp: carries a ReadIndex round's context. vote/preVote: CAMPAIGN_TRANSFER (1, see
+   * raft/node.ts) marks a campaign started by a leadership transfer, which voters grant despite leader
+   * stickiness.
+   */
   context?: number;
 }
 
@@ -100,12 +107,16 @@ export interface Ready {
   /** Committed entries to apply, in order (after the snapshot, if any). */
   committed: Entry[];
   readStates: ReadState[];
-  /** True when hardState or entries must be fsynced before messages are sent. */
+  /** True when hardState (term or vote), entries or snapshot must be fsynced before messages are sent. */
   mustSync: boolean;
 }
 
 /** Read-only access to what is on stable storage; the core never writes through it. */
 export interface RaftStorage {
+  /**
+   * `members`: the membership after every conf entry stored. (The core itself rebuilds the membership
+   * from snapshot().meta.members and the conf entries after it, so it can roll back an uncommitted change.)
+   */
   initialState(): { hardState: HardState; members: NodeId[] };
   /** Entries [lo, hi). Throws {@link CompactedError} below firstIndex. */
   entries(lo: number, hi: number): Entry[];

@@ -14,6 +14,7 @@ import { readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
+import { applyConfChange } from '../raft/confchange.js';
 import {
   CompactedError,
   type Entry,
@@ -309,20 +310,4 @@ export class DiskRaftStorage implements RaftStorage {
   close(): Promise<void> {
     return this.wal.close();
   }
-}
-
-/** Encoding of a conf entry's data: msgpack { op, id }. */
-export function encodeConfChange(cc: { op: 'add' | 'remove'; id: NodeId }): Buffer {
-  return packr.pack([cc.op, cc.id]);
-}
-
-export function decodeConfChange(data: Buffer): { op: 'add' | 'remove'; id: NodeId } {
-  const [op, id] = packr.unpack(data) as ['add' | 'remove', NodeId];
-  return { op, id };
-}
-
-export function applyConfChange(members: NodeId[], data: Buffer): NodeId[] {
-  const cc = decodeConfChange(data);
-  if (cc.op === 'add') return members.includes(cc.id) ? members : [...members, cc.id];
-  return members.filter((m) => m !== cc.id);
 }

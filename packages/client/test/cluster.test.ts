@@ -1,0 +1,164 @@
+/**
+ * Three real segmem-server processes replicating with Raft, under real faults: SIGKILL of the leader,
+ * SIGSTOP beyond the election timeout, restarts. Every acknowledged increment must be there exactly once,
+ * and every server must end with the same state.
+ */
+import { join } from 'node:path';
+import test from 'ava';
+import { connect, SegmemError } from '../src/index.js';
+import { fixturesDir, runNode, TestCluster, tempDir, waitFor } from './helpers.js';
+
+/** Asks each running member for its status line (SIGUSR2) and returns the latest one per member. */
+async function statuses(
+  cluster: TestCluster,
+): Promise<Map<string, { applied: number; digest: string; leader: boolean }>> {
+  const out = new Map<string, { applied: number; digest: string; leader: boolean }>();
+  for (const m of cluster.members) {
+    if (!m.server) continue;
+    const before = (m.server.stderr().match(/status /g) ?? []).length;
+    m.server.proc.kill('SIGUSR2');
+    await waitFor(
+      () => (m.server!.stderr().match(/status /g) ?? []).length > before,
+      `status of ${m.id}`,
+      5000,
+    );
+    const lines = m.server
+      .stderr()
+      .split('\n')
+      .filter((l) => l.includes(' status '));
+    const match = /leader=(\w+) applied=(\d+) digest=(\w+)/.exec(lines[lines.length - 1]!)!;
+    out.set(m.id, { leader: match[1] === 'true', applied: Number(match[2]), digest: match[3]! });
+  }
+  return out;
+}
+
+async function converged(cluster: TestCluster): Promise<void> {
+  await waitFor(
+    async () => {
+      const s = [...(await statuses(cluster)).values()];
+      return s.length > 0 && s.every((x) => x.applied === s[0]!.applied && x.digest === s[0]!.digest);
+    },
+    'every running server to hold the same state',
+    20_000,
+  );
+}
+
+test('a 3-server cluster commits writes, fails over when the leader is killed, and the counter keeps counting', async (t) => {
+  const dir = tempDir();
+  const cluster = await TestCluster.start(3, dir.path);
+  const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
+  try {
+    await seg.create('compteur', 4);
+    for (let i = 0; i < 20; i++)
+      await seg.update('compteur', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+    const leader = await waitFor(() => cluster.leader(), 'a leader');
+    const killedAt = Date.now();
+    await cluster.kill(leader.id);
+    await seg.update('compteur', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+    const failoverMs = Date.now() - killedAt;
+    t.log(`first write after killing the leader took ${failoverMs} ms`);
+    t.true(failoverMs < 10_000);
+    t.is(await seg.read('compteur', (h) => h.bytes.readUInt32LE(0)), 21);
+    await cluster.startMember(leader.id);
+    await converged(cluster);
+  } finally {
+    await seg.close();
+    await cluster.stopAll();
+    dir.cleanup();
+  }
+});
+
+test('under repeated leader kills, pauses and restarts, every acknowledged increment is there exactly once', async (t) => {
+  const dir = tempDir();
+  const cluster = await TestCluster.start(3, dir.path);
+  const admin = await connect({ servers: cluster.addresses });
+  const counters = ['c0', 'c1', 'c2'];
+  try {
+    for (const c of counters) await admin.create(c, 4);
+    const acked = new Map<string, number>();
+    const children = counters.map((name) =>
+      runNode(join(fixturesDir, 'increment.mjs'), [cluster.addresses.join(','), name, '400'], {
+        timeoutMs: 120_000,
+        onLine: (line) => {
+          const m = /^ack (\d+)$/.exec(line);
+          if (m) acked.set(name, Number(m[1]));
+        },
+      }),
+    );
+    const progress = () => [...acked.values()].reduce((a, b) => a + b, 0);
+    for (let round = 0; round < 3; round++) {
+      const before = progress();
+      await waitFor(() => progress() >= before + 30, `progress before fault round ${round}`, 30_000);
+      if (round % 2 === 0) {
+        const leader = await waitFor(() => cluster.leader(), 'a leader', 20_000);
+        await cluster.kill(leader.id); // SIGKILL
+        const after = progress();
+        await waitFor(() => progress() >= after + 10, 'progress on the new leader', 30_000);
+        await cluster.startMember(leader.id);
+      } else {
+        const victim = cluster.members.find((m) => m.server && m !== cluster.leader()) ?? cluster.members[0]!;
+        victim.server!.proc.kill('SIGSTOP'); // longer than the election timeout, then back
+        const after = progress();
+        await waitFor(() => progress() >= after + 20, 'progress while a member is paused', 30_000);
+        victim.server!.proc.kill('SIGCONT');
+      }
+    }
+    for (const c of children) {
+      const exit = await c.done;
+      t.is(exit.code, 0, exit.stderr);
+    }
+    for (const name of counters) {
+      const value = await admin.read(name, (h) => h.bytes.readUInt32LE(0));
+      t.is(value, 400, `${name}: 400 increments acknowledged, ${value} applied`);
+      t.is(acked.get(name), 400);
+    }
+    await converged(cluster);
+  } finally {
+    await admin.close();
+    await cluster.stopAll();
+    dir.cleanup();
+  }
+});
+
+test('with 2 of 3 servers down writes fail with UNAVAILABLE within the timeout, and work again when one returns', async (t) => {
+  const dir = tempDir();
+  const cluster = await TestCluster.start(3, dir.path);
+  const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 3000 });
+  try {
+    await seg.create('x', 4);
+    const [a, b] = cluster.members.slice(0, 2) as [(typeof cluster.members)[0], (typeof cluster.members)[0]];
+    await cluster.kill(a.id);
+    await cluster.kill(b.id);
+    const started = Date.now();
+    const err = await t.throwsAsync(seg.acquireWrite('x', { timeoutMs: 1500 }));
+    const waited = Date.now() - started;
+    t.true(SegmemError.is(err) && (err.code === 'UNAVAILABLE' || err.code === 'TIMEOUT'), String(err));
+    t.true(waited < 6000, `failed after ${waited} ms`);
+    await cluster.startMember(a.id);
+    let lastError: unknown;
+    const h = await waitFor(
+      async () => {
+        try {
+          return await seg.acquireWrite('x', { timeoutMs: 2000 });
+        } catch (err) {
+          lastError = err;
+          return undefined;
+        }
+      },
+      'a write once a majority is back',
+      30_000,
+    ).catch((err) => {
+      t.log(`last client error: ${String(lastError)}`);
+      for (const m of cluster.members)
+        t.log(`${m.id}: ${m.server?.stderr().split('\n').slice(-15).join('\n')}`);
+      throw err;
+    });
+    h.bytes.writeUInt32LE(9);
+    await h.release();
+    t.is(await seg.read('x', (r) => r.bytes.readUInt32LE(0)), 9);
+  } finally {
+    await seg.close();
+    await cluster.stopAll();
+    dir.cleanup();
+  }
+});
