@@ -162,3 +162,26 @@ test('with 2 of 3 servers down writes fail with UNAVAILABLE within the timeout, 
     dir.cleanup();
   }
 });
+
+test('a clean shutdown of the leader hands leadership to a follower first', async (t) => {
+  const dir = tempDir();
+  const cluster = await TestCluster.start(3, dir.path);
+  const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
+  try {
+    await seg.create('x', 4);
+    const leader = await waitFor(() => cluster.leader(), 'a leader');
+    const stderr = () => leader.server!.stderr();
+    const code = await leader.server!.stop(); // SIGTERM
+    t.is(code, 0);
+    t.regex(stderr(), /handed leadership to s\d/);
+    leader.server = null;
+    const started = Date.now();
+    await seg.update('x', (h) => h.bytes.writeUInt32LE(1));
+    t.log(`first write after the leader's clean shutdown took ${Date.now() - started} ms`);
+    t.is(await seg.read('x', (h) => h.bytes.readUInt32LE(0)), 1);
+  } finally {
+    await seg.close();
+    await cluster.stopAll();
+    dir.cleanup();
+  }
+});

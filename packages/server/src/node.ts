@@ -84,6 +84,8 @@ export interface NodeLog extends ReplicatedLog {
   leaderHint(): { id: string; address: string | null } | null;
   /** Resolves once the applied state includes everything committed before the call. */
   readBarrier(): Promise<void>;
+  /** Before a clean shutdown: let another member lead (Raft groups; a single member has nobody to hand to). */
+  handOff?(): Promise<void>;
 }
 
 export class SegmemNode {
@@ -551,8 +553,15 @@ export class SegmemNode {
     this.closeHooks.push(fn);
   }
 
-  async close(): Promise<void> {
-    if (this.closing) return;
+  private closed: Promise<void> | null = null;
+
+  close(): Promise<void> {
+    this.closed ??= this.shutdown();
+    return this.closed;
+  }
+
+  private async shutdown(): Promise<void> {
+    await this.log.handOff?.().catch(() => {});
     this.closing = true;
     for (const fn of this.closeHooks) fn();
     if (this.expiryTimer) clearTimeout(this.expiryTimer);
