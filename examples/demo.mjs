@@ -33,6 +33,7 @@ try {
 for (const [title, script] of [
   ['2. counter: several processes increment one counter', 'counter/run.mjs'],
   ['3. contention: readers share, writers exclude', 'contention/run.mjs'],
+  ['4. failover: a 3-server cluster loses its leader, the counter keeps counting', 'failover/run.mjs'],
 ]) {
   console.log(`\n== ${title} ==`);
   const r = spawnSync(process.execPath, [join(here, script)], { stdio: 'inherit' });

@@ -2,6 +2,7 @@
 // examples. Uses SEGMEM_SERVERS instead when it is set (an existing cluster).
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -38,6 +39,16 @@ export async function localServer() {
   };
 }
 
+function freePort() {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
 /** Runs `node script args...` with SEGMEM_SERVERS set; resolves with its stdout lines. */
 export function run(script, args, servers) {
   return new Promise((resolve, reject) => {
@@ -51,4 +62,65 @@ export function run(script, args, servers) {
       code === 0 ? resolve(lines) : reject(new Error(`${script} exited with code ${code}`)),
     );
   });
+}
+
+/** Starts `size` segmem-server processes on 127.0.0.1 as one Raft group (data in a temporary directory). */
+export async function localCluster(size) {
+  const dir = mkdtempSync(join(tmpdir(), 'segmem-example-cluster-'));
+  const ids = Array.from({ length: size }, (_, i) => `s${i + 1}`);
+  const addresses = [];
+  for (let i = 0; i < size; i++) addresses.push(`127.0.0.1:${await freePort()}`);
+  const peers = ids.map((id, i) => `${id}=${addresses[i]}`).join(',');
+  const members = new Map();
+  const start = (id) => {
+    const i = ids.indexOf(id);
+    const proc = spawn(
+      process.execPath,
+      [serverBin, '--id', id, '--listen', addresses[i], '--data', join(dir, id), '--peers', peers],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    const member = { id, proc, role: 'follower', term: 0 };
+    createInterface({ input: proc.stderr }).on('line', (line) => {
+      const m = / raft: (\w+) in term (\d+)/.exec(line);
+      if (m) Object.assign(member, { role: m[1], term: Number(m[2]) });
+    });
+    members.set(id, member);
+    return new Promise((resolve, reject) => {
+      createInterface({ input: proc.stdout }).on('line', (line) => {
+        if (line.includes(' ready on ')) resolve();
+      });
+      proc.once('exit', (code) => reject(new Error(`${id} exited with code ${code}`)));
+    });
+  };
+  await Promise.all(ids.map(start));
+  return {
+    servers: addresses.join(','),
+    /** The live member that last said it leads, with the highest term. */
+    leader() {
+      let best;
+      for (const m of members.values()) {
+        if (
+          m.proc.exitCode === null &&
+          m.proc.signalCode === null &&
+          m.role === 'leader' &&
+          (!best || m.term > best.term)
+        )
+          best = m;
+      }
+      return best;
+    },
+    kill(id) {
+      members.get(id).proc.kill('SIGKILL');
+    },
+    restart: start,
+    async stop() {
+      for (const m of members.values()) {
+        if (m.proc.exitCode === null && m.proc.signalCode === null) {
+          m.proc.kill('SIGTERM');
+          await new Promise((r) => m.proc.once('exit', r));
+        }
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }

@@ -6,7 +6,7 @@ import { runNode } from './helpers.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
 
-test('npm run demo: the seed program, the multi-process counter and the contention demo all pass', async (t) => {
+test('npm run demo: the seed program, the multi-process counter, contention and failover demos all pass', async (t) => {
   const { done } = runNode(resolve(root, 'examples/demo.mjs'), [], {
     timeoutMs: 90_000,
     env: { SEGMEM_SERVERS: '' },
@@ -16,5 +16,6 @@ test('npm run demo: the seed program, the multi-process counter and the contenti
   t.regex(exit.stdout, /compteur = 1035/);
   t.regex(exit.stdout, /compteur = 2035 \(expected 2035\)/);
   t.regex(exit.stdout, /each alone: yes/);
+  t.regex(exit.stdout, /failover: \d+ increments acknowledged, compteur = \d+: exact/);
   t.regex(exit.stdout, /demo: all checks passed/);
 });
