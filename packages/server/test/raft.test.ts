@@ -6,11 +6,18 @@
  */
 import test from 'ava';
 import fc from 'fast-check';
-import { decodeConfChange } from '../src/raft/confchange.js';
+import { decodeConfChange, encodeConfChange } from '../src/raft/confchange.js';
 import { MemoryStorage } from '../src/raft/memory-storage.js';
 import { type RaftConfig, RaftNode } from '../src/raft/node.js';
 import { committedIndex, naiveCommittedIndex } from '../src/raft/quorum.js';
-import { type Entry, type Message, type NodeId, NotLeaderError, type ReadState } from '../src/raft/types.js';
+import {
+  CompactedError,
+  type Entry,
+  type Message,
+  type NodeId,
+  NotLeaderError,
+  type ReadState,
+} from '../src/raft/types.js';
 import { Prng } from '../src/sim/prng.js';
 
 interface TestNode {
@@ -504,6 +511,24 @@ test('membership: a new node starts empty, is caught up, then counts in the quor
   t.true(c.get('n1').commitIndex > commit);
 });
 
+test('membership: a new node behind the compaction point is caught up by snapshot, then by appends', (t) => {
+  const c = new Cluster(ids(3));
+  c.campaign('n1');
+  for (let i = 0; i < 10; i++) c.propose('n1', `e${i}`);
+  const n1 = c.nodes.get('n1')!;
+  const upTo = n1.raft.appliedIndex;
+  n1.storage.compact(upTo, Buffer.from('state'));
+  c.addNode('n4', ids(3));
+  c.get('n1').proposeConfChange({ op: 'add', id: 'n4' });
+  c.stabilize();
+  const n4 = c.nodes.get('n4')!;
+  t.is(n4.storage.snapshot().meta.index, upTo, 'the snapshot, since the entries it needs are compacted');
+  t.deepEqual(n4.storage.snapshot().meta.members, ids(3), "with the snapshot's membership");
+  t.deepEqual(n4.raft.members, ids(4), 'then the conf entry after it, by append');
+  c.propose('n1', 'after');
+  t.is(n4.applied[n4.applied.length - 1]!.data.toString(), 'after');
+});
+
 test('membership: a removed follower stops campaigning; one change at a time', (t) => {
   const c = new Cluster(ids(3));
   c.campaign('n1');
@@ -677,4 +702,41 @@ test('quorum: committedIndex agrees with a naive majority count', (t) => {
     }),
   );
   t.pass();
+});
+
+test('MemoryStorage: append replaces a conflicting suffix, compact keeps the term and membership', (t) => {
+  const e = (
+    index: number,
+    term: number,
+    type: Entry['type'] = 'normal',
+    data: Buffer = Buffer.alloc(0),
+  ): Entry => ({
+    index,
+    term,
+    type,
+    data,
+  });
+  const s = new MemoryStorage(['a', 'b']);
+  s.append([e(1, 1), e(2, 1), e(3, 1)]);
+  s.append([e(2, 2)]);
+  t.is(s.lastIndex(), 2, 'everything after a replaced entry goes');
+  t.is(s.term(2), 2);
+  t.throws(() => s.append([e(5, 2)]), { instanceOf: RangeError }, 'no gaps');
+  s.append([e(3, 2, 'conf', encodeConfChange({ op: 'add', id: 'c' })), e(4, 2)]);
+  s.compact(3, Buffer.from('sm'));
+  t.deepEqual(s.snapshot().meta, { index: 3, term: 2, members: ['a', 'b', 'c'] });
+  t.is(s.firstIndex(), 4);
+  t.throws(() => s.entries(3, 5), { instanceOf: CompactedError });
+  t.is(s.term(3), 2, 'the snapshot index keeps its term');
+  t.deepEqual(
+    s.entries(4, 5).map((x) => x.index),
+    [4],
+  );
+  t.false(
+    s.applySnapshot({ meta: { index: 2, term: 1, members: [] }, data: Buffer.alloc(0) }),
+    'older: ignored',
+  );
+  t.true(s.applySnapshot({ meta: { index: 9, term: 3, members: ['a'] }, data: Buffer.alloc(0) }));
+  t.is(s.lastIndex(), 9);
+  t.deepEqual(s.initialState().members, ['a']);
 });

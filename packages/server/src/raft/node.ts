@@ -13,7 +13,7 @@
  *     3. restore the state machine from `snapshot` (if any), then apply `committed` in order;
  *     4. call `advance()`. `ready()` may not be called again before that; `step()` and `tick()` may.
  *
- * Design choices (see docs/architecture.md):
+ * Design choices:
  * - Pre-vote (Raft thesis §9.6) and check-quorum, with leader stickiness: a member that heard from a leader
  *   within the election timeout ignores (pre-)vote requests, unless they come from a leadership transfer.
  * - Single-server membership changes (thesis §4.1). A configuration takes effect as soon as its entry is

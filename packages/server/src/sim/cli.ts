@@ -1,0 +1,72 @@
+/**
+ * npm run sim -- --seeds N [--seed S] [--nodes 3|5] [--broken commitWithoutMajority|ackBeforeFsync|skipFencing]
+ *                [--ticks T] [--from F] [--verbose] [--trace] [--no-durability-check]
+ *                [--params '{"maxEntriesPerMessage":1}']  (override parameters the seed draws)
+ * Runs seeds F..F+N-1 (default 1..N), or the one seed S (printing its whole failure, trace included).
+ * One line per failure, then "N seeds passed, M failed"; exits 1 on any failure.
+ */
+import { BROKEN_VARIANTS, type BrokenVariant, runSimulation, type SimOptions } from './simulator.js';
+
+function usage(message: string): never {
+  process.stderr.write(
+    `${message}\nusage: npm run sim -- --seeds N [--seed S] [--from F] [--nodes 3|5] [--ticks T] [--broken ${BROKEN_VARIANTS.join('|')}] [--verbose]\n`,
+  );
+  process.exit(2);
+}
+
+const args = process.argv.slice(2);
+const opt = (name: string): string | undefined => {
+  const i = args.indexOf(`--${name}`);
+  if (i < 0) return undefined;
+  const v = args[i + 1];
+  if (v === undefined || v.startsWith('--')) usage(`--${name} needs a value`);
+  return v;
+};
+const int = (name: string, value: string | undefined, min: number): number | undefined => {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < min) usage(`--${name} must be an integer >= ${min}`);
+  return n;
+};
+
+const seed = int('seed', opt('seed'), 0);
+const seeds = int('seeds', opt('seeds'), 1) ?? (seed === undefined ? 100 : 1);
+const from = int('from', opt('from'), 0) ?? 1;
+const nodes = int('nodes', opt('nodes'), 1) ?? 3;
+const ticks = int('ticks', opt('ticks'), 1);
+const broken = opt('broken');
+if (broken !== undefined && !BROKEN_VARIANTS.includes(broken as BrokenVariant))
+  usage(`unknown --broken ${broken}`);
+const verbose = args.includes('--verbose');
+
+const list = seed !== undefined ? [seed] : Array.from({ length: seeds }, (_, i) => from + i);
+let passed = 0;
+let failed = 0;
+const started = Date.now();
+for (const s of list) {
+  const o: SimOptions = { seed: s, nodes };
+  if (ticks !== undefined) o.ticks = ticks;
+  if (broken !== undefined) o.broken = broken as BrokenVariant;
+  const params = opt('params');
+  if (params !== undefined) o.params = JSON.parse(params);
+  if (args.includes('--no-durability-check')) o.skipDurabilityCheck = true;
+  if (args.includes('--trace')) o.onTrace = (line) => process.stderr.write(`${line}\n`);
+  const r = runSimulation(o);
+  if (r.ok) {
+    passed++;
+    if (verbose || seed !== undefined) {
+      const st = r.stats;
+      process.stdout.write(
+        `seed ${s} ok: ${st.ticks} ticks, ${st.leaderTerms} leader terms, commit ${st.committed}, ${st.opsCompleted} ops (+${st.opsUnknown} unknown), ${st.crashes} crashes, ${st.partitions} partitions, ${st.snapshotsInstalled} snapshots, ${st.expiries} expiries, ${st.replays} replays, ${st.replacements} replacements, ${st.transfers} transfers\n`,
+      );
+    }
+  } else {
+    failed++;
+    const f = r.failure!;
+    if (seed !== undefined) process.stdout.write(`${f.message}\n`);
+    else process.stdout.write(`FAIL seed ${s}: ${f.checker}: ${f.detail.split('\n')[0]}\n`);
+  }
+}
+const secs = ((Date.now() - started) / 1000).toFixed(1);
+process.stdout.write(`${passed} seeds passed, ${failed} failed (${secs} s)\n`);
+process.exit(failed > 0 ? 1 : 0);
