@@ -97,8 +97,11 @@ export class Session {
       } catch (err) {
         transport.close();
         const redirect = redirectOf(err);
-        if (!redirect || Date.now() > deadline) throw err;
-        prefer = redirect.address ?? undefined;
+        // A redirect, or a member that dropped the connection mid-handshake (e.g. it just lost leadership):
+        // try again, until the deadline.
+        const retry = redirect !== null || SegmemError.is(err, 'UNAVAILABLE');
+        if (!retry || Date.now() > deadline) throw err;
+        prefer = redirect?.address ?? undefined;
         if (!prefer) {
           await new Promise((r) => setTimeout(r, delayMs));
           delayMs = Math.min(delayMs * 2, 500);

@@ -6,7 +6,8 @@
  * WAL record kinds (first byte):
  *   1 entry:      u8 1 | u32 header length | msgpack [term, index, type] | data
  *   2 hard state: u8 2 | msgpack [term, vote, commit]
- *   3 snapshot:   u8 3 | msgpack [index, term]   (a snapshot file at that point was installed)
+ *   3 installed:  u8 3 | msgpack [index, term]   (a leader's snapshot was installed: it replaced the whole log)
+ *   4 compacted:  u8 4 | msgpack [index, term]   (a local snapshot: entries up to index were dropped)
  * Later records win: an entry at an index already logged replaces it and everything after it, which is
  * how a follower's conflicting suffix is overwritten in an append-only file.
  */
@@ -32,7 +33,8 @@ const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: '
 
 const KIND_ENTRY = 1;
 const KIND_HARD_STATE = 2;
-const KIND_SNAPSHOT = 3;
+const KIND_SNAPSHOT_INSTALLED = 3;
+const KIND_SNAPSHOT_COMPACTED = 4;
 const SNAPSHOT_MAGIC = 'SGMSNAP1';
 
 function encodeEntry(e: Entry): Buffer[] {
@@ -160,7 +162,7 @@ export class DiskRaftStorage implements RaftStorage {
     } else if (kind === KIND_HARD_STATE) {
       const [term, vote, commit] = packr.unpack(payload.subarray(1)) as [number, NodeId | null, number];
       this.hard = { term, vote, commit };
-    } else if (kind === KIND_SNAPSHOT) {
+    } else if (kind === KIND_SNAPSHOT_INSTALLED || kind === KIND_SNAPSHOT_COMPACTED) {
       const [index, term] = packr.unpack(payload.subarray(1)) as [number, number];
       if (index > this.snap.meta.index) {
         throw new SegmemError(
@@ -171,8 +173,10 @@ export class DiskRaftStorage implements RaftStorage {
           },
         );
       }
-      // Installed snapshots replace the log before them; compaction snapshots only drop covered entries.
-      this.log = this.log.filter((e) => e.index > this.snap.meta.index);
+      // An installed snapshot replaced the whole log (entries logged before it, even past its index, were
+      // discarded); a compaction only dropped the entries it covers.
+      this.log =
+        kind === KIND_SNAPSHOT_INSTALLED ? [] : this.log.filter((e) => e.index > this.snap.meta.index);
     } else {
       throw new SegmemError('UNAVAILABLE', `unknown WAL record kind ${kind} at WAL index ${walIndex}`, {
         reason: 'WAL_CORRUPT',
@@ -272,7 +276,7 @@ export class DiskRaftStorage implements RaftStorage {
     this.snap = snap;
     // The leader's snapshot replaces the whole log; it re-sends whatever follows the snapshot.
     this.log = [];
-    const walIndex = this.wal.append(encodeSmall(KIND_SNAPSHOT, [snap.meta.index, snap.meta.term]));
+    const walIndex = this.wal.append(encodeSmall(KIND_SNAPSHOT_INSTALLED, [snap.meta.index, snap.meta.term]));
     await this.wal.waitDurable(walIndex);
     await this.removeOldSnapshots();
   }
@@ -288,7 +292,7 @@ export class DiskRaftStorage implements RaftStorage {
     await writeFileAtomic(join(this.snapDir, snapshotFileName(snap.meta)), encodeSnapshotFile(snap));
     this.log = this.log.slice(index - this.snap.meta.index);
     this.snap = snap;
-    this.wal.append(encodeSmall(KIND_SNAPSHOT, [index, term]));
+    this.wal.append(encodeSmall(KIND_SNAPSHOT_COMPACTED, [index, term]));
     await this.removeOldSnapshots();
   }
 
