@@ -114,9 +114,10 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
     });
     udp.unref();
   }
+  const servers = [...opts.servers];
   try {
-    return await openSegment(
-      tcpDial(opts.servers),
+    const segment = await openSegment(
+      tcpDial(servers),
       {
         sessionTimeoutMs,
         reconnect: true,
@@ -128,6 +129,14 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
         udp?.close();
       },
     );
+    // Learn the whole membership, so failover can reach members the caller did not list (best effort).
+    segment
+      .members()
+      .then((members) => {
+        for (const [, address] of members) if (address && !servers.includes(address)) servers.push(address);
+      })
+      .catch(() => {});
+    return segment;
   } catch (err) {
     udp?.close();
     throw err;

@@ -109,6 +109,12 @@ export class SegmentImpl implements Segment {
     return { ...this.session.traffic };
   }
 
+  /** The group's members and their addresses (a single server lists itself without one). Not pinned. */
+  async members(): Promise<[string, string | null][]> {
+    this.check();
+    return (await this.session.call({ type: 'MEMBERSHIP', op: 'list', id: null, address: null })).members;
+  }
+
   /** What the local cache holds for `name` (version 0: dropped, refetched on the next acquire). Diagnostic. */
   cacheInfo(name: string): { id: number; version: number } | undefined {
     const c = this.byName.get(name);

@@ -6,7 +6,16 @@
 import { join } from 'node:path';
 import test from 'ava';
 import { connect, SegmemError } from '../src/index.js';
-import { fixturesDir, runNode, TestCluster, tempDir, waitFor } from './helpers.js';
+import {
+  fixturesDir,
+  freePort,
+  runNode,
+  type ServerProcess,
+  startServerProcess,
+  TestCluster,
+  tempDir,
+  waitFor,
+} from './helpers.js';
 
 /** Asks each running member for its status line (SIGUSR2) and returns the latest one per member. */
 async function statuses(
@@ -179,6 +188,59 @@ test('a clean shutdown of the leader hands leadership to a follower first', asyn
     await seg.update('x', (h) => h.bytes.writeUInt32LE(1));
     t.log(`first write after the leader's clean shutdown took ${Date.now() - started} ms`);
     t.is(await seg.read('x', (h) => h.bytes.readUInt32LE(0)), 1);
+  } finally {
+    await seg.close();
+    await cluster.stopAll();
+    dir.cleanup();
+  }
+});
+
+test('membership: a new server joins with segmem cluster add, catches up, and a member is removed', async (t) => {
+  const dir = tempDir();
+  const cluster = await TestCluster.start(3, dir.path);
+  const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
+  const segmemBin = join(fixturesDir, '../../../server/bin/segmem.mjs');
+  const cli = async (...args: string[]) => {
+    const r = await runNode(segmemBin, ['cluster', ...args, '--servers', cluster.addresses.join(',')], {
+      env: { SEGMEM_DEBUG: '1' },
+    }).done;
+    if (r.code !== 0) {
+      for (const m of cluster.members)
+        t.log(`${m.id}: ${m.server?.stderr().split('\n').slice(-12).join('\n')}`);
+    }
+    t.is(r.code, 0, r.stderr);
+    return r.stdout;
+  };
+  let joiner: ServerProcess | undefined;
+  try {
+    await seg.create('n', 4);
+    for (let i = 0; i < 30; i++)
+      await seg.update('n', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+    const listed = await cli('list');
+    const clusterId = /^cluster (\S+)$/m.exec(listed)![1]!;
+    t.is(listed.trim().split('\n').length, 4, listed);
+    // s4 starts as a joiner (it never campaigns), then the group adds it.
+    const address = `127.0.0.1:${await freePort()}`;
+    joiner = await startServerProcess({
+      id: 's4',
+      listen: address,
+      dataDir: join(dir.path, 's4'),
+      extra: ['--peers', `${cluster.peers},s4=${address}`, '--join', '--cluster-id', clusterId],
+    });
+    const added = await cli('add', 's4', address);
+    t.regex(added, new RegExp(`^s4 ${address}$`, 'm'));
+    await seg.update('n', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+    // Every member, the new one included, ends with the same state.
+    cluster.members.push({ id: 's4', address, dataDir: join(dir.path, 's4'), server: joiner });
+    await converged(cluster);
+    // Remove s1 (leader or not) and stop it: the other three go on.
+    const removed = await cli('remove', 's1');
+    t.notRegex(removed, /^s1 /m);
+    await cluster.member('s1').server?.stop();
+    cluster.member('s1').server = null;
+    await seg.update('n', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+    t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 32);
+    await converged(cluster);
   } finally {
     await seg.close();
     await cluster.stopAll();

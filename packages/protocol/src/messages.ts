@@ -67,6 +67,7 @@ export const MessageType = {
   CANCEL: 0x09,
   VALIDATE: 0x0a,
   GOODBYE: 0x0b,
+  MEMBERSHIP: 0x0c,
   OK: 0x40,
   ERROR: 0x41,
   INVALIDATE: 0x60,
@@ -87,6 +88,7 @@ export const REQUEST_TYPES = [
   'CANCEL',
   'VALIDATE',
   'GOODBYE',
+  'MEMBERSHIP',
 ] as const;
 
 export type RequestType = (typeof REQUEST_TYPES)[number];
@@ -105,7 +107,7 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
-  return code >= MessageType.HELLO && code <= MessageType.GOODBYE;
+  return code >= MessageType.HELLO && code <= MessageType.MEMBERSHIP;
 }
 
 function hex(code: number): string {
@@ -260,6 +262,21 @@ export interface GoodbyeRequest {
   type: 'GOODBYE';
 }
 
+/** Server ids: 1..64 characters of [A-Za-z0-9._-]. */
+const SERVER_ID = /^[A-Za-z0-9._-]{1,64}$/;
+/** host:port, as members and clients write addresses. */
+const HOST_PORT = /^(\[[^\]]{1,253}\]|[^:\s]{1,253}):(\d{1,5})$/;
+
+/** 0x0C: the group's membership: list it, or add or remove one server (one change at a time). */
+export interface MembershipRequest {
+  type: 'MEMBERSHIP';
+  op: 'list' | 'add' | 'remove';
+  /** The server to add or remove (not for 'list'). */
+  id: string | null;
+  /** host:port of a server to add (where the members reach it). */
+  address: string | null;
+}
+
 export type Request =
   | HelloRequest
   | KeepaliveRequest
@@ -271,7 +288,8 @@ export type Request =
   | ReleaseRequest
   | CancelRequest
   | ValidateRequest
-  | GoodbyeRequest;
+  | GoodbyeRequest
+  | MembershipRequest;
 
 export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
 
@@ -338,6 +356,13 @@ export interface ValidateOk {
   stale: VersionPair[];
 }
 
+export interface MembershipOk {
+  /** `[id, address]` of every voting member after the change (address null where unknown). */
+  members: [string, string | null][];
+  /** The leader that answered. */
+  leader: string;
+}
+
 export interface OkBodies {
   HELLO: HelloOk;
   KEEPALIVE: EmptyBody;
@@ -350,6 +375,7 @@ export interface OkBodies {
   CANCEL: CancelOk;
   VALIDATE: ValidateOk;
   GOODBYE: EmptyBody;
+  MEMBERSHIP: MembershipOk;
 }
 
 /** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
@@ -431,6 +457,12 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
       return encodeFrame(MessageType.VALIDATE, requestId, groupId, { objects: req.objects });
     case 'GOODBYE':
       return encodeFrame(MessageType.GOODBYE, requestId, groupId, {});
+    case 'MEMBERSHIP':
+      return encodeFrame(MessageType.MEMBERSHIP, requestId, groupId, {
+        op: req.op,
+        id: req.id,
+        address: req.address,
+      });
     default:
       throw invalidArgument(`unknown request type ${describeValue((req as { type: unknown }).type)}`);
   }
@@ -503,6 +535,9 @@ export function encodeOk<T extends RequestType>(
       break;
     case 'CANCEL':
       header = { cancelled: (b as CancelOk).cancelled };
+      break;
+    case 'MEMBERSHIP':
+      header = { members: (b as MembershipOk).members, leader: (b as MembershipOk).leader };
       break;
     case 'VALIDATE':
       header = { stale: (b as ValidateOk).stale };
@@ -657,6 +692,26 @@ REQUEST_DECODERS[MessageType.GOODBYE] = (_h, payload) => {
   return { type: 'GOODBYE' };
 };
 
+REQUEST_DECODERS[MessageType.MEMBERSHIP] = (h, payload) => {
+  noPayload(payload);
+  const op = h.op;
+  if (op !== 'list' && op !== 'add' && op !== 'remove') {
+    throw invalidArgument(`op must be 'list', 'add' or 'remove'; got ${describeValue(op)}`, { field: 'op' });
+  }
+  const id = optionalField(h.id, 'id', (v, f) => stringField(v, f, 1, 64));
+  const address = optionalField(h.address, 'address', (v, f) => stringField(v, f, 3, 261));
+  if (op !== 'list' && (id === null || !SERVER_ID.test(id))) {
+    throw invalidArgument('id must be a server id: 1..64 characters of [A-Za-z0-9._-]', { field: 'id' });
+  }
+  if (
+    op === 'add' &&
+    (address === null || !HOST_PORT.test(address) || Number(HOST_PORT.exec(address)![2]) > 65535)
+  ) {
+    throw invalidArgument(`address must be host:port; got ${describeValue(address)}`, { field: 'address' });
+  }
+  return { type: 'MEMBERSHIP', op, id, address };
+};
+
 /**
  * Decodes and validates a request frame. PROTOCOL: not a request (unknown or non-request type, requestId 0) or
  * a HELLO of another protocol version. INVALID_ARGUMENT: a bad field, the message naming type and field.
@@ -742,6 +797,17 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
     return { stale: versionPairsField(h.stale, 'stale', 0) };
   },
   GOODBYE: emptyOk,
+  MEMBERSHIP: (h, payload) => {
+    noPayload(payload);
+    const members = arrayField(h.members, 'members').map((m, i) => {
+      const pair = arrayField(m, `members[${i}]`);
+      if (pair.length !== 2) throw invalidArgument(`members[${i}] must be [id, address]`);
+      const id = stringField(pair[0], `members[${i}].id`, 1, 64);
+      const address = optionalField(pair[1], `members[${i}].address`, (v, f) => stringField(v, f, 3, 261));
+      return [id, address] as [string, string | null];
+    });
+    return { members, leader: stringField(h.leader, 'leader', 1, 64) };
+  },
 };
 
 function emptyOk(_h: Header, payload: Buffer): EmptyBody {

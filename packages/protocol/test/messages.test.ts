@@ -107,6 +107,9 @@ const sampleRequests: Request[] = [
   },
   { type: 'VALIDATE', objects: [] },
   { type: 'GOODBYE' },
+  { type: 'MEMBERSHIP', op: 'list', id: null, address: null },
+  { type: 'MEMBERSHIP', op: 'add', id: 's4', address: '127.0.0.1:7404' },
+  { type: 'MEMBERSHIP', op: 'remove', id: 's1', address: null },
 ];
 
 function normalise(req: Request): unknown {
@@ -488,6 +491,13 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
     ],
   },
   GOODBYE: {},
+  MEMBERSHIP: {
+    members: [
+      ['s1', '127.0.0.1:7401'],
+      ['s4', null],
+    ],
+    leader: 's1',
+  },
 };
 
 test('every OK body round trips', (t) => {

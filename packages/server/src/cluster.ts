@@ -32,6 +32,11 @@ export interface ClusterNodeOptions extends NodeOptions {
   /** Every member, this one included: id -> host:port. */
   peers: Record<NodeId, string>;
   makeCore: (cfg: CoreConfig) => RaftCore;
+  /**
+   * This server joins an existing group: it starts with the others as the membership (not itself), so it
+   * never campaigns, and waits until a member adds it (`segmem cluster add`).
+   */
+  join?: boolean;
 }
 
 /** A cluster id every member derives alike when the operator gives none: a digest of the member list. */
@@ -61,7 +66,9 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       dir: dataDir.dir,
       walDir: dataDir.walDir,
       fsync: opts.fsync ?? 'batch',
-      initialMembers: Object.keys(opts.peers).sort(),
+      initialMembers: Object.keys(opts.peers)
+        .filter((id) => !opts.join || id !== opts.id)
+        .sort(),
       ...(opts.repair ? { repair: true } : {}),
     });
     const report = storage.report;
@@ -84,7 +91,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       heartbeatTicks: HEARTBEAT_TICKS,
       rand: Math.random,
     });
-    const peers = new PeerTransport(opts.id, clusterId, { ...opts.peers }, core.members);
+    const peers = new PeerTransport(opts.id, clusterId, { ...opts.peers }, []);
     let node: SegmemNode | undefined;
     let raftLog: RaftLog | undefined;
     const diskStorage = storage;
@@ -107,6 +114,11 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       },
       report,
     );
+    // Members added after start-up: their addresses are in the conf entries still in the log.
+    for (const e of storage.entries(storage.firstIndex(), storage.lastIndex() + 1)) {
+      if (e.type === 'conf') raftLog!.learnAddress(e.data);
+    }
+    peers.setMembers(core.members);
     node.peerHandler = (msg) => raftLog!.receive(msg);
     node.onClose(() => peers.close());
     raftLog!.start();

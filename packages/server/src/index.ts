@@ -37,6 +37,10 @@ export interface StartServerOptions {
   segmentBytes?: number;
   /** Truncate the WAL at a corrupt record instead of refusing to start. */
   repair?: boolean;
+  /** Join an existing group: wait to be added (segmem cluster add) instead of campaigning. */
+  join?: boolean;
+  /** The cluster id (overrides the config file's; a joining server needs the group's, see segmem cluster list). */
+  clusterId?: string;
   /** Receives recovery reports and warnings, one line each. */
   log?: (line: string) => void;
 }
@@ -74,7 +78,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     fsync: opts.fsync ? parseFsync(opts.fsync) : config.fsync,
     segmentBytes:
       opts.segmentBytes !== undefined ? parseSegmentBytes(opts.segmentBytes) : config.segmentBytes,
-    ...(config.clusterId ? { clusterId: config.clusterId } : {}),
+    ...((opts.clusterId ?? config.clusterId) ? { clusterId: opts.clusterId ?? config.clusterId } : {}),
     ...(config.token ? { token: config.token } : {}),
     ...(opts.repair ? { repair: true } : {}),
     ...(opts.log ? { log: opts.log } : {}),
@@ -83,7 +87,12 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   const node =
     others.length === 0
       ? await SegmemNode.open(nodeOpts)
-      : await openClusterNode({ ...nodeOpts, peers, makeCore: (cfg) => new RaftNode(cfg) });
+      : await openClusterNode({
+          ...nodeOpts,
+          peers,
+          makeCore: (cfg) => new RaftNode(cfg),
+          ...(opts.join ? { join: true } : {}),
+        });
   let listener: Awaited<ReturnType<typeof listen>>;
   try {
     listener = await listen(node, opts.listen);

@@ -86,6 +86,9 @@ export interface NodeLog extends ReplicatedLog {
   readBarrier(): Promise<void>;
   /** Before a clean shutdown: let another member lead (Raft groups; a single member has nobody to hand to). */
   handOff?(): Promise<void>;
+  /** Raft groups: members with their addresses, and single-server membership changes. */
+  membersWithAddresses?(): [string, string | null][];
+  proposeConfChange?(cc: { op: 'add' | 'remove'; id: string; address?: string }): Promise<void>;
 }
 
 export class SegmemNode {
@@ -143,11 +146,39 @@ export class SegmemNode {
     for (const state of this.sessions.values())
       for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
     this.sessions.clear();
-    for (const port of this.ports) {
-      port.closed = true;
-      port.wire.close();
-    }
+    // Close client connections once the answers already on their way are written (a turn of the loop).
+    const ports = [...this.ports];
     this.ports.clear();
+    setImmediate(() => {
+      for (const port of ports) {
+        port.closed = true;
+        port.wire.close();
+      }
+    });
+  }
+
+  /** MEMBERSHIP: lists the group, or adds or removes one server (committed before it answers). */
+  async membership(op: 'list' | 'add' | 'remove', id: string | null, address: string | null) {
+    this.requireLeader();
+    const log = this.log;
+    if (!log.membersWithAddresses || !log.proposeConfChange) {
+      if (op !== 'list') {
+        throw new SegmemError(
+          'INVALID_ARGUMENT',
+          'this server runs a single-member group; start it with --peers to replicate',
+        );
+      }
+      return { members: [[this.id, null]] as [string, string | null][], leader: this.id };
+    }
+    if (op !== 'list') {
+      try {
+        await log.proposeConfChange({ op, id: id!, ...(op === 'add' && address ? { address } : {}) });
+      } catch (err) {
+        if (SegmemError.is(err)) throw err;
+        throw new SegmemError('INVALID_ARGUMENT', (err as Error).message);
+      }
+    }
+    return { members: log.membersWithAddresses(), leader: this.id };
   }
 
   /** For operators and tests: where this member stands. */

@@ -9,15 +9,15 @@ import { startServer } from '../index.js';
 import { parseArgs } from './args.js';
 
 const USAGE = `usage: segmem-server --id ID --listen HOST:PORT --data DIR [--peers ID=HOST:PORT,...] [--fsync always|batch|none]
-                     [--segment-bytes N] [--repair]
+                     [--segment-bytes N] [--repair] [--join --cluster-id ID]
        segmem-server --config segmem.json --id ID [--data DIR] [--fsync ...]`;
 
 export async function serverMain(argv: string[]): Promise<void> {
   let args: ReturnType<typeof parseArgs>;
   try {
     args = parseArgs(argv, {
-      values: ['id', 'listen', 'peers', 'data', 'config', 'fsync', 'segment-bytes'],
-      flags: ['repair', 'help'],
+      values: ['id', 'listen', 'peers', 'data', 'config', 'fsync', 'segment-bytes', 'cluster-id'],
+      flags: ['repair', 'help', 'join'],
     });
   } catch (err) {
     fail(err);
@@ -52,6 +52,8 @@ export async function serverMain(argv: string[]): Promise<void> {
       ...(fsync ? { fsync: fsync as never } : {}),
       ...(segmentBytes ? { segmentBytes: Number(segmentBytes) } : {}),
       ...(args.flags.has('repair') ? { repair: true } : {}),
+      ...(args.flags.has('join') ? { join: true } : {}),
+      ...(args.values.get('cluster-id') ? { clusterId: args.values.get('cluster-id')! } : {}),
       log: (line) => process.stderr.write(`segmem-server ${id}: ${line}\n`),
     });
     // Signal handlers first: a signal that arrives right after the ready line must find them.

@@ -15,6 +15,7 @@ import { SegmemError } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommand, type Outcome } from '../core/commands.js';
 import { StateMachine } from '../core/state-machine.js';
 import type { NodeLog } from '../node.js';
+import { decodeConfChange } from '../raft/confchange.js';
 import type { ConfChange, Entry, Message, NodeId, Ready, Role } from '../raft/types.js';
 import { NotLeaderError } from '../raft/types.js';
 import type { DiskRaftStorage } from '../storage/raft-storage.js';
@@ -43,6 +44,7 @@ export interface PeerSender {
   send(msg: Message): void;
   setMembers(members: NodeId[]): void;
   addressOf(id: NodeId): string | undefined;
+  addAddress(id: NodeId, address: string): void;
 }
 
 interface PendingProposal {
@@ -160,7 +162,9 @@ export class RaftLog implements NodeLog {
     try {
       at = this.core.proposeConfChange(cc);
     } catch (err) {
-      return Promise.reject(this.notLeader(err));
+      // Not the leader: a redirect. Anything else (already a member, a change in progress) is the caller's.
+      if (err instanceof NotLeaderError) return Promise.reject(this.notLeader(err));
+      return Promise.reject(new SegmemError('INVALID_ARGUMENT', (err as Error).message));
     }
     const promise = new Promise<void>((resolve, reject) => {
       this.pending.set(at.index, { term: at.term, resolve: () => resolve(), reject });
@@ -259,6 +263,11 @@ export class RaftLog implements NodeLog {
     }
     const walIndex = this.storage.save(rd.hardState, rd.entries);
     if (rd.mustSync) await this.storage.waitDurable(walIndex);
+    // A membership change takes effect when appended: learn an added member's address and link to it now.
+    if (rd.entries.some((e) => e.type === 'conf')) {
+      for (const e of rd.entries) if (e.type === 'conf') this.learnAddress(e.data);
+      this.peers.setMembers(this.core.members);
+    }
     for (const m of rd.messages) this.peers.send(m);
     for (const e of rd.committed) this.applyEntry(e);
     for (const rs of rd.readStates) {
@@ -268,6 +277,21 @@ export class RaftLog implements NodeLog {
       this.whenApplied(rs.index).then(r.resolve);
     }
     this.maybeCompact();
+  }
+
+  /** Records the address an 'add' conf entry carries. */
+  learnAddress(data: Buffer): void {
+    try {
+      const cc = decodeConfChange(data);
+      if (cc.op === 'add' && cc.address) this.peers.addAddress(cc.id, cc.address);
+    } catch {
+      // a conf entry the core accepted is well formed; nothing to learn otherwise
+    }
+  }
+
+  /** Current members with the addresses this member knows for them. */
+  membersWithAddresses(): [NodeId, string | null][] {
+    return this.core.members.map((id) => [id, this.peers.addressOf(id) ?? null]);
   }
 
   private applyEntry(e: Entry): void {

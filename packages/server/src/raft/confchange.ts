@@ -8,17 +8,20 @@ import type { ConfChange, NodeId } from './types.js';
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
 
 export function encodeConfChange(cc: ConfChange): Buffer {
-  return packr.pack([cc.op, cc.id]);
+  return packr.pack(cc.address ? [cc.op, cc.id, cc.address] : [cc.op, cc.id]);
 }
 
 export function decodeConfChange(data: Buffer): ConfChange {
   const decoded = packr.unpack(data) as unknown;
-  if (!Array.isArray(decoded) || decoded.length !== 2) throw new Error('conf entry is not [op, id]');
-  const [op, id] = decoded as [unknown, unknown];
+  if (!Array.isArray(decoded) || (decoded.length !== 2 && decoded.length !== 3)) {
+    throw new Error('conf entry is not [op, id] or [op, id, address]');
+  }
+  const [op, id, address] = decoded as [unknown, unknown, unknown];
   if ((op !== 'add' && op !== 'remove') || typeof id !== 'string') {
     throw new Error(`conf entry has a bad op or id: ${JSON.stringify(decoded)}`);
   }
-  return { op, id };
+  if (address !== undefined && typeof address !== 'string') throw new Error('conf entry has a bad address');
+  return address ? { op, id, address } : { op, id };
 }
 
 /** The member list after `data` (a conf entry) applies to `members`; order is kept, additions go last. */

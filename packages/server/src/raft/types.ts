@@ -24,6 +24,8 @@ export interface Entry {
 export interface ConfChange {
   op: 'add' | 'remove';
   id: NodeId;
+  /** host:port of an added member, so every member (and any later leader) can reach it. */
+  address?: string;
 }
 
 /** What must be on stable storage before any message of the same Ready is sent. */

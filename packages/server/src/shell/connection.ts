@@ -188,6 +188,9 @@ export class ServerConnection implements Port {
         await node.goodbye(sid);
         this.answer(encodeOk('GOODBYE', requestId, {}));
         return;
+      case 'MEMBERSHIP':
+        this.answer(encodeOk('MEMBERSHIP', requestId, await node.membership(req.op, req.id, req.address)));
+        return;
     }
   }
 

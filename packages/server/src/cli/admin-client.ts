@@ -1,0 +1,117 @@
+/**
+ * A minimal protocol client for operator commands (the server package must not depend on the client
+ * SDK): opens a session on the group's leader, following redirects, runs one request, says goodbye.
+ */
+import { connect as netConnect, type Socket } from 'node:net';
+import {
+  decodeResponse,
+  encodeRequest,
+  type Frame,
+  FrameDecoder,
+  type OkBodies,
+  PROTOCOL_VERSION,
+  type Request,
+  SegmemError,
+} from '@segmem/protocol';
+import { parseHostPort } from '../shell/tcp.js';
+
+class Conn {
+  private readonly decoder = new FrameDecoder();
+  private readonly frames: Frame[] = [];
+  private wake: (() => void) | null = null;
+  private closed = false;
+  private nextId = 1;
+
+  private constructor(private readonly socket: Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      for (const f of this.decoder.push(chunk)) this.frames.push(f);
+      this.wake?.();
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      this.wake?.();
+    });
+    socket.on('error', () => {});
+  }
+
+  static open(address: string, timeoutMs: number): Promise<Conn> {
+    const { host, port } = parseHostPort(address, 'server address');
+    return new Promise((resolve, reject) => {
+      const s = netConnect({ host, port });
+      const timer = setTimeout(() => s.destroy(new Error(`connect to ${address} timed out`)), timeoutMs);
+      s.once('connect', () => {
+        clearTimeout(timer);
+        resolve(new Conn(s));
+      });
+      s.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
+  }
+
+  async call<T extends Request['type']>(
+    req: Extract<Request, { type: T }>,
+    timeoutMs: number,
+  ): Promise<OkBodies[T]> {
+    const id = this.nextId++;
+    for (const p of encodeRequest(req, id)) this.socket.write(p);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.frames.findIndex((f) => f.requestId === id || f.requestId === 0);
+      if (i >= 0) return decodeResponse(req.type, this.frames.splice(i, 1)[0]!);
+      if (this.closed) throw new SegmemError('UNAVAILABLE', 'the server closed the connection');
+      if (Date.now() > deadline)
+        throw new SegmemError('TIMEOUT', `no answer to ${req.type} within ${timeoutMs} ms`);
+      await new Promise<void>((r) => {
+        this.wake = r;
+        setTimeout(r, 50);
+      });
+    }
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+/** Runs `req` on the leader of the group reachable at `servers`. */
+export async function adminCall<T extends Request['type']>(
+  servers: string[],
+  req: Extract<Request, { type: T }>,
+  timeoutMs = 15_000,
+): Promise<OkBodies[T] & { clusterId: string }> {
+  const deadline = Date.now() + timeoutMs;
+  const queue = [...servers];
+  let lastError: unknown;
+  const tried: string[] = [];
+  while (Date.now() < deadline) {
+    const address = queue.shift() ?? servers[0]!;
+    queue.push(address);
+    let conn: Conn | undefined;
+    try {
+      conn = await Conn.open(address, 2000);
+      const hello = await conn.call(
+        { type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000, clientName: 'segmem cli' },
+        5000,
+      );
+      const answer = await conn.call(req, Math.max(1000, deadline - Date.now()));
+      await conn.call({ type: 'GOODBYE' }, 2000).catch(() => {});
+      return { ...answer, clusterId: hello.clusterId };
+    } catch (err) {
+      lastError = err;
+      if (process.env.SEGMEM_DEBUG) tried.push(`${address}: ${(err as Error).message}`);
+      const details = SegmemError.is(err) ? err.details : undefined;
+      if (details?.reason === 'NOT_LEADER') {
+        if (typeof details.address === 'string') queue.unshift(details.address);
+        else await new Promise((r) => setTimeout(r, 200)); // an election is under way
+      } else if (SegmemError.is(err) && err.code !== 'UNAVAILABLE') {
+        throw err;
+      }
+    } finally {
+      conn?.close();
+    }
+  }
+  if (process.env.SEGMEM_DEBUG) process.stderr.write(`${tried.join('\n')}\n`);
+  throw lastError instanceof Error ? lastError : new SegmemError('UNAVAILABLE', 'no leader reachable');
+}
