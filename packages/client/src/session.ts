@@ -34,6 +34,9 @@ export interface Transport {
 /** Opens a transport, to `prefer` first when given (a leader named by a redirect); rejects when nothing answers. */
 export type Dial = (prefer?: string) => Promise<Transport>;
 
+/** How often to ask again while the group elects a leader (members answer NOT_LEADER without a hint). */
+const ELECTION_POLL_MS = 50;
+
 /** A follower's answer: not the leader (the client goes to `address` if it is known). */
 function redirectOf(err: unknown): { address: string | null } | null {
   if (!SegmemError.is(err, 'UNAVAILABLE') || err.details?.reason !== 'NOT_LEADER') return null;
@@ -103,8 +106,8 @@ export class Session {
         if (!retry || Date.now() > deadline) throw err;
         prefer = redirect?.address ?? undefined;
         if (!prefer) {
-          await new Promise((r) => setTimeout(r, delayMs));
-          delayMs = Math.min(delayMs * 2, 500);
+          await new Promise((r) => setTimeout(r, redirect ? ELECTION_POLL_MS : delayMs));
+          if (!redirect) delayMs = Math.min(delayMs * 2, 500);
         }
       }
     }
@@ -352,6 +355,12 @@ export class Session {
         const redirect = redirectOf(err);
         if (redirect?.address) {
           prefer = redirect.address;
+          continue;
+        }
+        if (redirect) {
+          // A member answered: an election is under way. Ask again soon; backing off here would only add
+          // to the failover time what the election itself did not cost.
+          await new Promise((r) => setTimeout(r, ELECTION_POLL_MS));
           continue;
         }
         await new Promise((r) => setTimeout(r, delayMs * (0.5 + Math.random())));
