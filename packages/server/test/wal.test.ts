@@ -155,6 +155,28 @@ test("'always' gives every record its own write and fdatasync", async (t) => {
   t.is(wal.stats.syncs, n);
 });
 
+test("'batch' syncs only for records somebody waits for; the rest ride along with the next sync", async (t) => {
+  const dir = await tempDir(t);
+  const { wal } = await Wal.open({ dir, fsync: 'batch' });
+  // Records nobody waits for (lock grants, for the log above): written to the OS, not fsynced.
+  let last = 0;
+  for (let i = 0; i < 10; i++) last = wal.append(payloadFor(i, 50));
+  await waitFor(() => wal.stats.flushes > 0, 'the records to be written');
+  t.is(wal.stats.syncs, 0, 'no fdatasync for records nobody waits for');
+  t.true(wal.durableIndex < last);
+  // Waiting for one of them (already written) syncs them all.
+  await wal.waitDurable(last);
+  t.is(wal.stats.syncs, 1);
+  t.is(wal.durableIndex, last);
+  // A waited-for record syncs the unsynced ones before it too.
+  for (let i = 0; i < 5; i++) wal.append(payloadFor(i, 50));
+  const durable = wal.append(payloadFor(99, 50));
+  await wal.waitDurable(durable);
+  t.is(wal.durableIndex, durable);
+  await wal.close();
+  t.is((await reopen({ dir, fsync: 'batch' })).records.length, 16);
+});
+
 test("'batch' shares one fdatasync among records appended together", async (t) => {
   const dir = await tempDir(t);
   const { wal } = await Wal.open({ dir, fsync: 'batch' });

@@ -50,7 +50,10 @@ import { errnoCode, errorMessage, fsyncDir, mkdirDurable } from './files.js';
  *   next one, which starts as soon as the previous one completes: one write (`writev`) plus one
  *   `fdatasync` for all of its records. There is no artificial delay, so a lone record is as fast as
  *   under `'always'`, and under load many records share one sync. A record counts as durable (and
- *   `durableIndex` advances) after the `fdatasync` that covers it has completed.
+ *   `durableIndex` advances) after the `fdatasync` that covers it has completed. A flush holding only
+ *   records nobody waits for (`waitDurable`) writes them without a sync; they become durable with the
+ *   next sync somebody waits for, at a segment roll, or at close. (The log above waits only for data
+ *   changes, so lock and session records cost no fdatasync of their own.)
  * - `'always'`: every record gets its own write and its own `fdatasync`, in index order; no two records
  *   share a sync. The strictest and slowest policy: throughput is bounded by the disk's sync latency.
  * - `'none'`: records are handed to the operating system (the `write` system call) in background
@@ -619,6 +622,10 @@ export class Wal {
       while (i > 0 && ws[i - 1]!.index > index) i--;
       if (i === ws.length) ws.push(w);
       else ws.splice(i, 0, w);
+      // Already written but not synced (a flush nobody waited for): sync it now.
+      if (this.flushPromise === null && index <= this.writtenIndex) {
+        this.flushPromise = Promise.resolve().then(this.runFlushesBound);
+      }
     });
   }
 
@@ -703,9 +710,13 @@ export class Wal {
 
   private async runFlushes(): Promise<void> {
     try {
-      while (!this.failure && this.recHead < this.recEnds.length) {
-        const count = this.policy === 'always' ? 1 : this.recEnds.length - this.recHead;
-        await this.flush(count);
+      while (!this.failure) {
+        if (this.recHead < this.recEnds.length) {
+          const count = this.policy === 'always' ? 1 : this.recEnds.length - this.recHead;
+          await this.flush(count);
+        } else if (this.syncWanted(this.writtenIndex)) {
+          await this.syncWritten();
+        } else break;
       }
     } catch (err) {
       this.fail(err);
@@ -734,17 +745,40 @@ export class Wal {
     this.iovHead = iovEnd;
     this.recHead += count;
     this.compactQueue();
-    if (this.policy !== 'none') {
-      await this.io.fdatasync(this.fd!);
-      this.stats.syncs++;
-      this.fdDirty = false;
-      if (created) {
-        await this.io.fsyncDir(this.dir);
-        this.stats.dirSyncs++;
-      }
+    if (created && this.policy !== 'none') {
+      await this.io.fsyncDir(this.dir);
+      this.stats.dirSyncs++;
     }
     this.stats.flushes++;
-    this.durable = lastIndex;
+    if (this.policy === 'none') {
+      this.durable = lastIndex;
+      this.notify();
+    } else if (this.syncWanted(lastIndex)) {
+      await this.syncWritten();
+    }
+    // else ('batch', nobody waits for these records yet): written to the OS, synced with the next flush
+    // somebody waits for (or at a segment roll or close). Records that need no durability of their own,
+    // such as lock grants, then cost no fdatasync.
+  }
+
+  /**
+   * Whether a sync is due for records up to `upTo`: always under 'always'; under 'batch' when a caller
+   * waits for one of them (waiters are sorted, so the first is the lowest) or the log is closing.
+   */
+  private syncWanted(upTo: number): boolean {
+    if (this.policy === 'none' || this.durable >= upTo) return false;
+    if (this.policy === 'always' || this.closing) return true;
+    const first = this.waiters[0];
+    return first !== undefined && first.index <= upTo;
+  }
+
+  /** fdatasync of everything written so far; then it counts as durable. */
+  private async syncWritten(): Promise<void> {
+    const upTo = this.writtenIndex;
+    await this.io.fdatasync(this.fd!);
+    this.stats.syncs++;
+    this.fdDirty = false;
+    this.durable = upTo;
     this.notify();
   }
 
