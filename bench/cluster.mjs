@@ -95,13 +95,24 @@ async function writeCycles(addresses, clients) {
   );
   for (const s of segs) await s.close();
   lat.sort((a, b) => a - b);
-  return { ops: lat.length, opsPerS: Math.round(lat.length / (windowMs / 1000)), p50: pct(lat, 0.5) * 1000, p99: pct(lat, 0.99) * 1000 };
+  return {
+    ops: lat.length,
+    opsPerS: Math.round(lat.length / (windowMs / 1000)),
+    p50: pct(lat, 0.5) * 1000,
+    p99: pct(lat, 0.99) * 1000,
+  };
 }
 
 function leaderOf(members) {
   let best;
   for (const m of members) {
-    if (m.proc.exitCode === null && m.proc.signalCode === null && m.role === 'leader' && (!best || m.term > best.term)) best = m;
+    if (
+      m.proc.exitCode === null &&
+      m.proc.signalCode === null &&
+      m.role === 'leader' &&
+      (!best || m.term > best.term)
+    )
+      best = m;
   }
   return best;
 }
@@ -143,7 +154,9 @@ try {
     ]) {
       const r = await writeCycles(g.addresses, clients);
       rows.push({ config, clients, ...r });
-      console.log(`${config.padEnd(18)} ${String(clients).padStart(2)} clients: ${fmt(r.opsPerS)} cycles/s, p50 ${fmt(r.p50)} µs, p99 ${fmt(r.p99)} µs`);
+      console.log(
+        `${config.padEnd(18)} ${String(clients).padStart(2)} clients: ${fmt(r.opsPerS)} cycles/s, p50 ${fmt(r.p50)} µs, p99 ${fmt(r.p99)} µs`,
+      );
     }
   }
   const times = await failoverTimes(three);
@@ -158,7 +171,9 @@ try {
   const table = [
     '| config | fsync | clients | cycles/s | p50 µs | p99 µs |',
     '|---|---|---:|---:|---:|---:|',
-    ...rows.map((r) => `| ${r.config} | batch | ${r.clients} | ${fmt(r.opsPerS)} | ${fmt(r.p50)} | ${fmt(r.p99)} |`),
+    ...rows.map(
+      (r) => `| ${r.config} | batch | ${r.clients} | ${fmt(r.opsPerS)} | ${fmt(r.p50)} | ${fmt(r.p99)} |`,
+    ),
   ].join('\n');
   const section = `<!-- bench:cluster:start -->
 ## Replication

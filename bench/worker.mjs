@@ -14,7 +14,10 @@ import { drive, driveBatched } from './lib/load.mjs';
 const MiB = 1024 * 1024;
 
 function result(obj) {
-  process.stdout.write(`BENCH_RESULT ${JSON.stringify(obj)}\n`);
+  const cpu = process.cpuUsage(); // this process's CPU time since it started, for the orchestrator's accounting
+  process.stdout.write(
+    `BENCH_RESULT ${JSON.stringify({ ...obj, workerCpuSeconds: (cpu.user + cpu.system) / 1e6 })}\n`,
+  );
 }
 
 /** Deterministic PRNG (xorshift32) so runs pick the same offsets. */
@@ -222,7 +225,8 @@ async function cycle(spec) {
   // Check that the writes reached the server: a fresh session must see what the last cycle left.
   if ((op === 'write' || op === 'big') && target.kind === 'tcp') {
     const expected = [];
-    for (let i = 0; i < clients; i++) expected.push(await perClient[i].read(names[i], (h) => Buffer.from(h.bytes)));
+    for (let i = 0; i < clients; i++)
+      expected.push(await perClient[i].read(names[i], (h) => Buffer.from(h.bytes)));
     const fresh = await openTarget(target, client);
     let mismatches = 0;
     for (let i = 0; i < clients; i++) {
@@ -249,7 +253,15 @@ async function codec(spec) {
   let op;
   const asChunk = (parts) => (parts.length === 1 ? parts[0] : Buffer.concat(parts));
   if (spec.case === 'acquire-request') {
-    const req = { type: 'ACQUIRE', seq: 1, name: 'bench/object-0001', mode: 'write', cachedId: 17, cachedVersion: 42, timeoutMs: null };
+    const req = {
+      type: 'ACQUIRE',
+      seq: 1,
+      name: 'bench/object-0001',
+      mode: 'write',
+      cachedId: 17,
+      cachedVersion: 42,
+      timeoutMs: null,
+    };
     op = () => {
       req.seq = requestId;
       const chunk = asChunk(p.encodeRequest(req, requestId));
@@ -261,7 +273,11 @@ async function codec(spec) {
     frameBytes = asChunk(p.encodeRequest(req, 1)).length;
   } else if (spec.case === 'grant-4k') {
     const payload = Buffer.alloc(4096, 0xab);
-    const body = { object: { id: 17, name: 'bench/object-0001', size: 4096, address: 17 * 4096, version: 42 }, token: 9, pages: [0] };
+    const body = {
+      object: { id: 17, name: 'bench/object-0001', size: 4096, address: 17 * 4096, version: 42 },
+      token: 9,
+      pages: [0],
+    };
     op = () => {
       const chunk = asChunk(p.encodeOk('ACQUIRE', requestId, body, payload));
       requestId = requestId >= 0xfffffff0 ? 1 : requestId + 1;

@@ -2,10 +2,11 @@
 //
 // Every process started here is remembered by pid and killed (by that pid only) when the run ends, whether
 // it ends normally, by an error, or by SIGINT/SIGTERM. Every temp dir made here is removed the same way.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
@@ -90,7 +91,10 @@ export function stopChild(child, graceMs = 5000) {
  * rejecting if the process exits first or `timeoutMs` passes.
  */
 export function spawnUntilReady(script, args, { ready, nodeArgs = [], timeoutMs = 15000, name = script }) {
-  const child = spawn(process.execPath, [...nodeArgs, script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT_DIR });
+  const child = spawn(process.execPath, [...nodeArgs, script, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: ROOT_DIR,
+  });
   children.add(child);
   let stderr = '';
   child.stderr.setEncoding('utf8');
@@ -102,7 +106,10 @@ export function spawnUntilReady(script, args, { ready, nodeArgs = [], timeoutMs 
     const timer = setTimeout(() => {
       fail(new Error(`${name} did not report ready within ${timeoutMs} ms`));
     }, timeoutMs);
-    const onExit = (code, signal) => fail(new Error(`${name} exited (code ${code}, signal ${signal}) before it was ready: ${stderr.trim()}`));
+    const onExit = (code, signal) =>
+      fail(
+        new Error(`${name} exited (code ${code}, signal ${signal}) before it was ready: ${stderr.trim()}`),
+      );
     function fail(err) {
       clearTimeout(timer);
       child.off('exit', onExit);
@@ -141,6 +148,7 @@ export async function startSegmemServer({ id = 's1', fsync = 'batch', segmentByt
   });
   return {
     address: match[1],
+    pid: child.pid,
     child,
     dataDir,
     profileDir,
@@ -149,7 +157,9 @@ export async function startSegmemServer({ id = 's1', fsync = 'batch', segmentByt
       const { code, signal } = await stopChild(child, 10000);
       removeTempDir(dataDir);
       if (code !== 0) {
-        throw new Error(`segmem-server ${id} (fsync ${fsync}) stopped with code ${code}, signal ${signal}: ${stderr().trim()}`);
+        throw new Error(
+          `segmem-server ${id} (fsync ${fsync}) stopped with code ${code}, signal ${signal}: ${stderr().trim()}`,
+        );
       }
     },
   };
@@ -157,21 +167,98 @@ export async function startSegmemServer({ id = 's1', fsync = 'batch', segmentByt
 
 /** Starts the plain TCP echo server used for the floor. Resolves with { address, stop() }. */
 export async function startEchoServer() {
-  const { child, match } = await spawnUntilReady(ECHO_SERVER, [], { ready: /^echo ready on (\S+)$/, name: 'echo server' });
+  const { child, match } = await spawnUntilReady(ECHO_SERVER, [], {
+    ready: /^echo ready on (\S+)$/,
+    name: 'echo server',
+  });
   return {
     address: match[1],
+    pid: child.pid,
     async stop() {
       await stopChild(child, 5000);
     },
   };
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// CPU accounting: how much CPU processes other than ours used while a row ran (Linux /proc; null elsewhere).
+
+let clockTicks;
+function ticksPerSecond() {
+  if (clockTicks === undefined) {
+    try {
+      clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  return clockTicks;
+}
+
+/** Busy CPU seconds of the whole machine so far (steal included: another VM's use is contention too). */
+function machineBusySeconds() {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal (guest time is already inside user)
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] ?? 0)) / ticksPerSecond();
+  } catch {
+    return null;
+  }
+}
+
+/** CPU seconds (user + system) a live process used so far, or 0 if it cannot be read. */
+function processCpuSeconds(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond();
+  } catch {
+    return 0;
+  }
+}
+
+/** CPUs busy (all processes) over the next `ms`, or null without /proc. */
+export async function machineBusyCpus(ms) {
+  const a = machineBusySeconds();
+  if (a === null) return null;
+  const t0 = performance.now();
+  await new Promise((r) => setTimeout(r, ms));
+  const b = machineBusySeconds();
+  return b === null ? null : (b - a) / ((performance.now() - t0) / 1000);
+}
+
+/**
+ * Waits until the machine is quiet (at most `thresholdCpus` busy over a short sample) or `maxMs` has passed.
+ * Only our idle servers run between rows, so what is busy then is someone else. Returns the time waited.
+ */
+export async function waitForQuiet({ maxMs, thresholdCpus = 0.15, sampleMs = 300 }) {
+  const t0 = performance.now();
+  let busy = null;
+  for (;;) {
+    busy = await machineBusyCpus(sampleMs);
+    if (busy === null || busy <= thresholdCpus || performance.now() - t0 >= maxMs) break;
+  }
+  return { waitedMs: Math.max(0, performance.now() - t0 - sampleMs), busy };
+}
+
+function selfCpuSeconds() {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+
 /**
  * Runs one load worker with `spec` and resolves with the JSON it reports. The worker is killed (by pid) if it
  * runs past `timeoutMs`; a non-zero exit or missing result rejects.
  */
-export function runWorker(spec, { timeoutMs }) {
-  const child = spawn(process.execPath, [WORKER, JSON.stringify(spec)], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT_DIR });
+export function runWorker(spec, { timeoutMs, pids = [] }) {
+  const t0 = performance.now();
+  const busy0 = machineBusySeconds();
+  const self0 = selfCpuSeconds();
+  const pids0 = pids.map(processCpuSeconds);
+  const child = spawn(process.execPath, [WORKER, JSON.stringify(spec)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: ROOT_DIR,
+  });
   children.add(child);
   let stdout = '';
   let stderr = '';
@@ -193,14 +280,26 @@ export function runWorker(spec, { timeoutMs }) {
       clearTimeout(timer);
       children.delete(child);
       const line = stdout.split('\n').find((l) => l.startsWith('BENCH_RESULT '));
-      if (timedOut) reject(new Error(`worker ${spec.mode} timed out after ${timeoutMs} ms (killed): ${stderr.trim()}`));
-      else if (code !== 0 || !line) reject(new Error(`worker ${spec.mode} failed (code ${code}, signal ${signal}): ${stderr.trim()}`));
+      if (timedOut)
+        reject(new Error(`worker ${spec.mode} timed out after ${timeoutMs} ms (killed): ${stderr.trim()}`));
+      else if (code !== 0 || !line)
+        reject(new Error(`worker ${spec.mode} failed (code ${code}, signal ${signal}): ${stderr.trim()}`));
       else {
         const result = JSON.parse(line.slice('BENCH_RESULT '.length));
         const warnings = stderr
           .split('\n')
           .filter((l) => l.trim() && !/ExperimentalWarning|--trace-warnings/.test(l));
         if (warnings.length > 0) result.warnings = warnings;
+        // CPUs' worth of time used by everything else on the machine while this row ran.
+        const busy1 = machineBusySeconds();
+        if (busy0 !== null && busy1 !== null && typeof result.workerCpuSeconds === 'number') {
+          const ours =
+            result.workerCpuSeconds +
+            (selfCpuSeconds() - self0) +
+            pids.reduce((sum, pid, i) => sum + (processCpuSeconds(pid) - pids0[i]), 0);
+          const wall = (performance.now() - t0) / 1000;
+          result.othersCpu = Math.max(0, (busy1 - busy0 - ours) / wall);
+        }
         resolve(result);
       }
     });

@@ -26,6 +26,8 @@ export function topSelfTime(dir, root, limit = 15) {
   for (const f of files) {
     const prof = JSON.parse(readFileSync(join(dir, f), 'utf8'));
     const nodeById = new Map(prof.nodes.map((n) => [n.id, n]));
+    const parentOf = new Map();
+    for (const n of prof.nodes) for (const c of n.children ?? []) parentOf.set(c, n);
     const self = new Map();
     const { samples = [], timeDeltas = [] } = prof;
     for (let i = 0; i < samples.length; i++) {
@@ -42,14 +44,30 @@ export function topSelfTime(dir, root, limit = 15) {
       const fn = cf.functionName || '(anonymous)';
       const where = cf.url ? `${shortUrl(cf.url, root)}:${cf.lineNumber + 1}` : '';
       const key = `${fn}\u0000${where}`;
-      const row = byKey.get(key) ?? { fn, where, selfUs: 0 };
+      const row = byKey.get(key) ?? { fn, where, selfUs: 0, callers: new Map() };
       row.selfUs += us;
+      // The nearest JavaScript caller (skipping native frames), to tell e.g. a socket write from a file write.
+      let p = parentOf.get(id);
+      while (p && !p.callFrame.url && p.callFrame.functionName !== '(root)') p = parentOf.get(p.id);
+      if (p?.callFrame.url) {
+        const ck = `${p.callFrame.functionName || '(anonymous)'} ${shortUrl(p.callFrame.url, root)}:${p.callFrame.lineNumber + 1}`;
+        row.callers.set(ck, (row.callers.get(ck) ?? 0) + us);
+      }
       byKey.set(key, row);
     }
   }
   const rows = [...byKey.values()]
     .sort((a, b) => b.selfUs - a.selfUs)
     .slice(0, limit)
-    .map((r) => ({ fn: r.fn, where: r.where, selfMs: r.selfUs / 1000, share: totalUs > 0 ? r.selfUs / totalUs : 0 }));
+    .map((r) => {
+      const caller = [...r.callers.entries()].sort((a, b) => b[1] - a[1])[0];
+      return {
+        fn: r.fn,
+        where: r.where,
+        caller: caller ? caller[0] : '',
+        selfMs: r.selfUs / 1000,
+        share: totalUs > 0 ? r.selfUs / totalUs : 0,
+      };
+    });
   return { totalMs: totalUs / 1000, rows, files: files.length };
 }

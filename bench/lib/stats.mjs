@@ -76,7 +76,9 @@ export function fmtNum(n, digits = 1) {
  * already formatted strings.
  */
 export function textTable(columns, rows) {
-  const widths = columns.map((c) => Math.max(c.title.length, ...rows.map((r) => String(r[c.key] ?? '').length)));
+  const widths = columns.map((c) =>
+    Math.max(c.title.length, ...rows.map((r) => String(r[c.key] ?? '').length)),
+  );
   const cell = (c, v, w) => (c.align === 'left' ? String(v).padEnd(w) : String(v).padStart(w));
   const lines = [];
   lines.push(columns.map((c, i) => cell(c, c.title, widths[i])).join('  '));
