@@ -106,6 +106,8 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     status: () => node.status(),
     close() {
       closing ??= (async () => {
+        // Hand leadership over while the peer links still carry the acknowledgements the transfer needs.
+        await node.handOff();
         await listener.close();
         await node.close();
       })();

@@ -591,8 +591,14 @@ export class SegmemNode {
     return this.closed;
   }
 
-  private async shutdown(): Promise<void> {
+  /** Before a clean shutdown of a Raft member: let another member lead (no-op for a single member). */
+  async handOff(): Promise<void> {
+    if (this.closing) return;
     await this.log.handOff?.().catch(() => {});
+  }
+
+  private async shutdown(): Promise<void> {
+    await this.handOff();
     this.closing = true;
     for (const fn of this.closeHooks) fn();
     if (this.expiryTimer) clearTimeout(this.expiryTimer);

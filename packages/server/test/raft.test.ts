@@ -740,3 +740,21 @@ test('MemoryStorage: append replaces a conflicting suffix, compact keeps the ter
   t.is(s.lastIndex(), 9);
   t.deepEqual(s.initialState().members, ['a']);
 });
+
+test('append messages stay under maxBytesPerMessage (at least one entry each), so frames stay within the limit', (t) => {
+  const c = new Cluster(['a', 'b', 'c'], { maxBytesPerMessage: 1000 });
+  c.campaign('a');
+  c.cutLink('a', 'b'); // b falls behind, then catches up in capped messages
+  for (let i = 0; i < 6; i++) c.get('a').propose(Buffer.alloc(400, i));
+  c.stabilize();
+  c.heal();
+  c.delivered = [];
+  c.tick(3);
+  const appends = c.delivered.filter((m) => m.type === 'append' && m.to === 'b' && (m.entries?.length ?? 0) > 0);
+  t.true(appends.length >= 3, `${appends.length} appends`);
+  for (const m of appends) {
+    const bytes = m.entries!.reduce((n, e) => n + e.data.length, 0);
+    t.true(m.entries!.length === 1 || bytes <= 1000, `${m.entries!.length} entries, ${bytes} bytes`);
+  }
+  t.is(c.get('b').commitIndex, c.get('a').commitIndex);
+});

@@ -85,10 +85,12 @@ export async function adminCall<T extends Request['type']>(
   const queue = [...servers];
   let lastError: unknown;
   const tried: string[] = [];
+  let attempts = 0;
   while (Date.now() < deadline) {
     const address = queue.shift() ?? servers[0]!;
     queue.push(address);
     let conn: Conn | undefined;
+    attempts++;
     try {
       conn = await Conn.open(address, 2000);
       const hello = await conn.call(
@@ -106,7 +108,8 @@ export async function adminCall<T extends Request['type']>(
         if (typeof details.address === 'string') queue.unshift(details.address);
         else await new Promise((r) => setTimeout(r, 200)); // an election is under way
       } else if (SegmemError.is(err) && err.code !== 'UNAVAILABLE') {
-        throw err;
+        // Tell the caller whether an earlier attempt may have done the work (its answer was lost).
+        throw attempts > 1 ? new SegmemError(err.code, err.message, { ...err.details, retried: true }) : err;
       }
     } finally {
       conn?.close();

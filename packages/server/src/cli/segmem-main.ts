@@ -53,7 +53,8 @@ async function cluster(argv: string[]): Promise<void> {
   } catch (err) {
     // A leader that removes itself steps down as the change commits and may drop the connection before
     // answering; the retry then finds the change done. Show the membership instead of an error.
-    const done = /is not a member|is already a member/.test((err as Error).message);
+    const retried = SegmemError.is(err) && err.details?.retried === true;
+    const done = retried && /is not a member|is already a member/.test((err as Error).message);
     if (!done) throw err;
     r = await adminCall(servers, { type: 'MEMBERSHIP', op: 'list', id: null, address: null });
   }

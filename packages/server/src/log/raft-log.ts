@@ -268,7 +268,15 @@ export class RaftLog implements NodeLog {
       for (const e of rd.entries) if (e.type === 'conf') this.learnAddress(e.data);
       this.peers.setMembers(this.core.members);
     }
-    for (const m of rd.messages) this.peers.send(m);
+    for (const m of rd.messages) {
+      // A message that cannot be encoded (e.g. a snapshot larger than a frame) is dropped like a lost one:
+      // the core retries, and this loop, which every member depends on, keeps running.
+      try {
+        this.peers.send(m);
+      } catch (err) {
+        this.opts.log?.(`dropped a ${m.type} message to ${m.to}: ${(err as Error).message}`);
+      }
+    }
     for (const e of rd.committed) this.applyEntry(e);
     for (const rs of rd.readStates) {
       const r = this.reads.get(rs.context);

@@ -64,6 +64,8 @@ export interface RaftConfig {
   checkQuorum?: boolean;
   /** Entries per append message. Default 256. */
   maxEntriesPerMessage?: number;
+  /** Entry bytes per append message (at least one entry is always sent). Default 16 MiB: frames stay under 64 MiB. */
+  maxBytesPerMessage?: number;
   /** Unanswered (pipelined) appends per follower. Default 64. */
   maxInflightMessages?: number;
   /** Committed entries per Ready. Default 1024. */
@@ -104,6 +106,7 @@ export class RaftNode {
   private readonly preVote: boolean;
   private readonly checkQuorum: boolean;
   private readonly maxEntriesPerMessage: number;
+  private readonly maxBytesPerMessage: number;
   private readonly maxInflight: number;
   private readonly maxCommittedPerReady: number;
   private readonly snapshotRetryTicks: number;
@@ -154,6 +157,7 @@ export class RaftNode {
     this.preVote = cfg.preVote ?? true;
     this.checkQuorum = cfg.checkQuorum ?? true;
     this.maxEntriesPerMessage = cfg.maxEntriesPerMessage ?? 256;
+    this.maxBytesPerMessage = cfg.maxBytesPerMessage ?? 16 * 1024 * 1024;
     this.maxInflight = cfg.maxInflightMessages ?? 64;
     this.maxCommittedPerReady = cfg.maxCommittedPerReady ?? 1024;
     this.snapshotRetryTicks = cfg.snapshotRetryTicks ?? 20 * cfg.electionTicks;
@@ -972,6 +976,14 @@ export class RaftNode {
     }
     if (prevTerm === undefined || ents === null) return this.sendSnapshot(to, pr);
     if (ents.length === 0 && !sendIfEmpty) return false;
+    let bytes = 0;
+    for (let i = 0; i < ents.length; i++) {
+      bytes += ents[i]!.data.length;
+      if (i > 0 && bytes > this.maxBytesPerMessage) {
+        ents = ents.slice(0, i);
+        break;
+      }
+    }
     this.send({
       type: 'append',
       to,
