@@ -750,7 +750,9 @@ test('append messages stay under maxBytesPerMessage (at least one entry each), s
   c.heal();
   c.delivered = [];
   c.tick(3);
-  const appends = c.delivered.filter((m) => m.type === 'append' && m.to === 'b' && (m.entries?.length ?? 0) > 0);
+  const appends = c.delivered.filter(
+    (m) => m.type === 'append' && m.to === 'b' && (m.entries?.length ?? 0) > 0,
+  );
   t.true(appends.length >= 3, `${appends.length} appends`);
   for (const m of appends) {
     const bytes = m.entries!.reduce((n, e) => n + e.data.length, 0);

@@ -85,19 +85,28 @@ export async function adminCall<T extends Request['type']>(
   const queue = [...servers];
   let lastError: unknown;
   const tried: string[] = [];
-  let attempts = 0;
+  /** Whether an earlier attempt sent the request and lost the connection before the answer. */
+  let uncertain = false;
   while (Date.now() < deadline) {
     const address = queue.shift() ?? servers[0]!;
     queue.push(address);
     let conn: Conn | undefined;
-    attempts++;
     try {
       conn = await Conn.open(address, 2000);
       const hello = await conn.call(
         { type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000, clientName: 'segmem cli' },
         5000,
       );
-      const answer = await conn.call(req, Math.max(1000, deadline - Date.now()));
+      let answer: OkBodies[T];
+      try {
+        answer = await conn.call(req, Math.max(1000, deadline - Date.now()));
+      } catch (err) {
+        // A lost connection, or a leader that lost leadership with the change in its log: it may be done.
+        if (SegmemError.is(err) && err.code === 'UNAVAILABLE') {
+          if (err.details?.reason !== 'NOT_LEADER' || err.details?.maybeApplied === true) uncertain = true;
+        }
+        throw err;
+      }
       await conn.call({ type: 'GOODBYE' }, 2000).catch(() => {});
       return { ...answer, clusterId: hello.clusterId };
     } catch (err) {
@@ -109,7 +118,7 @@ export async function adminCall<T extends Request['type']>(
         else await new Promise((r) => setTimeout(r, 200)); // an election is under way
       } else if (SegmemError.is(err) && err.code !== 'UNAVAILABLE') {
         // Tell the caller whether an earlier attempt may have done the work (its answer was lost).
-        throw attempts > 1 ? new SegmemError(err.code, err.message, { ...err.details, retried: true }) : err;
+        throw uncertain ? new SegmemError(err.code, err.message, { ...err.details, retried: true }) : err;
       }
     } finally {
       conn?.close();

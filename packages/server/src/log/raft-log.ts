@@ -362,9 +362,12 @@ export class RaftLog implements NodeLog {
     this.lastRole = role;
     this.lastLeader = leader;
     if (lostLeadership) {
+      // The entries may still commit under the next leader: the outcome is unknown (retries with the same
+      // seq are answered from the dedup table; a membership change shows in the member list).
       const err = new SegmemError('UNAVAILABLE', 'this server lost leadership; retry', {
         reason: 'NOT_LEADER',
         leader,
+        maybeApplied: true,
       });
       for (const [i, p] of this.pending) {
         this.pending.delete(i);
