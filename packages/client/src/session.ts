@@ -18,6 +18,7 @@ import {
   MessageType,
   type OkBodies,
   PROTOCOL_VERSION,
+  parseHostPort,
   type Request,
   type RequestType,
   SegmemError,
@@ -465,13 +466,13 @@ export function tcpDial(servers: string[]): Dial {
 }
 
 function dialOne(addr: string): Promise<Transport> {
-  const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(addr);
-  if (!m)
-    return Promise.reject(
-      new SegmemError('INVALID_ARGUMENT', `server address must be host:port; got ${JSON.stringify(addr)}`),
-    );
-  const host = m[1]!.replace(/^\[|\]$/g, '');
-  const port = Number(m[2]);
+  let host: string;
+  let port: number;
+  try {
+    ({ host, port } = parseHostPort(addr, 'server address'));
+  } catch (err) {
+    return Promise.reject(err);
+  }
   return new Promise((resolve, reject) => {
     const socket: Socket = netConnect({ host, port, noDelay: true });
     const timer = setTimeout(() => socket.destroy(new Error(`connect to ${addr} timed out`)), 5000);

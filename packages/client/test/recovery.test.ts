@@ -3,21 +3,18 @@
  * say so), a bad record followed by good ones is corruption (refuse to start, unless told to repair).
  */
 import { appendFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import test from 'ava';
 import { connect, SegmemError } from '../src/index.js';
-import { fixturesDir, runNode, serverBin, startServerProcess, tempDir, waitFor } from './helpers.js';
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+import {
+  fixturesDir,
+  freePort,
+  runNode,
+  serverBin,
+  startServerProcess,
+  tempDir,
+  waitFor,
+} from './helpers.js';
 
 function walFiles(dataDir: string): string[] {
   return readdirSync(join(dataDir, 'wal'))

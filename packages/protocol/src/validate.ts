@@ -278,3 +278,13 @@ export function rangesPayloadBytes(ranges: readonly ByteRange[]): number {
   for (const range of ranges) total += range[1];
   return total;
 }
+
+/** Parses `host:port` (IPv6 hosts in brackets); INVALID_ARGUMENT naming `what` otherwise. */
+export function parseHostPort(value: string, what = 'address'): { host: string; port: number } {
+  const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[2]) : Number.NaN;
+  if (!m || port > 65535) {
+    throw invalidArgument(`${what} must be host:port; got ${JSON.stringify(value)}`);
+  }
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
+}

@@ -4,25 +4,18 @@
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server, type Socket } from 'node:net';
-import { SegmemError } from '@segmem/protocol';
+import { parseHostPort } from '@segmem/protocol';
 import type { SegmemNode } from '../node.js';
 import { ServerConnection } from './connection.js';
 
 /** Pause reading from a socket whose unsent answers exceed this (a client that does not read). */
 const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
 
+export { parseHostPort };
+
 export interface Listener {
   readonly address: string;
   close(): Promise<void>;
-}
-
-export function parseHostPort(value: string, what = 'address'): { host: string; port: number } {
-  const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(value);
-  const port = m ? Number(m[2]) : Number.NaN;
-  if (!m || port > 65535) {
-    throw new SegmemError('INVALID_ARGUMENT', `${what} must be host:port; got ${JSON.stringify(value)}`);
-  }
-  return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
 export async function listen(node: SegmemNode, listenAddress: string): Promise<Listener> {
