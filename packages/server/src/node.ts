@@ -17,7 +17,6 @@ import {
   MAX_OBJECT_BYTES,
   PAGE_BYTES,
   type ReleaseRequest,
-  type RequestType,
   SegmemError,
 } from '@segmem/protocol';
 import { parseSegmentBytes } from './config.js';
@@ -638,5 +637,3 @@ function pick<T extends object, K extends keyof T>(obj: T, ...keys: K[]): Pick<T
 function toBuffer(bytes: Uint8Array): Buffer {
   return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
-
-export type { RequestType };

@@ -30,7 +30,8 @@ export interface ConnectionHooks {
 }
 
 export class ServerConnection implements Port {
-  readonly udpPortRef = { value: null as number | null };
+  /** The client's UDP port for invalidation hints, from its HELLO (null: none asked for). */
+  udpPort: number | null = null;
   closed = false;
   private readonly decoder = new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
   private sessionId = 0;
@@ -43,10 +44,6 @@ export class ServerConnection implements Port {
     readonly wire: Wire,
     private readonly hooks: ConnectionHooks = { pause() {}, resume() {} },
   ) {}
-
-  get udpPort(): number | null {
-    return this.udpPortRef.value;
-  }
 
   /** Bytes received from the transport. */
   receive(chunk: Buffer): void {
@@ -123,7 +120,7 @@ export class ServerConnection implements Port {
         return;
       }
       this.helloPending = true;
-      this.udpPortRef.value = req.udpPort ?? null;
+      this.udpPort = req.udpPort ?? null;
       this.node.hello(this, frame.requestId, req).then(
         (sessionId) => {
           this.helloPending = false;
