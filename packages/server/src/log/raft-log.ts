@@ -42,6 +42,9 @@ export interface RaftCore {
 
 export interface PeerSender {
   send(msg: Message): void;
+  /** Optional batching: sends between cork() and flush() may leave together. */
+  cork?(): void;
+  flush?(): void;
   setMembers(members: NodeId[]): void;
   addressOf(id: NodeId): string | undefined;
   addAddress(id: NodeId, address: string): void;
@@ -268,6 +271,7 @@ export class RaftLog implements NodeLog {
       for (const e of rd.entries) if (e.type === 'conf') this.learnAddress(e.data);
       this.peers.setMembers(this.core.members);
     }
+    this.peers.cork?.();
     for (const m of rd.messages) {
       // A message that cannot be encoded (e.g. a snapshot larger than a frame) is dropped like a lost one:
       // the core retries, and this loop, which every member depends on, keeps running.
@@ -277,6 +281,7 @@ export class RaftLog implements NodeLog {
         this.opts.log?.(`dropped a ${m.type} message to ${m.to}: ${(err as Error).message}`);
       }
     }
+    this.peers.flush?.();
     for (const e of rd.committed) this.applyEntry(e);
     for (const rs of rd.readStates) {
       const r = this.reads.get(rs.context);

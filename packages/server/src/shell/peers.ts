@@ -70,6 +70,15 @@ class PeerLink {
     }
   }
 
+  /** Holds writes until uncork(): the messages of one Ready leave in one system call. */
+  cork(): void {
+    if (this.connected) this.socket?.cork();
+  }
+
+  uncork(): void {
+    if (this.socket && this.socket.writableCorked > 0) this.socket.uncork();
+  }
+
   close(): void {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
@@ -118,6 +127,15 @@ export class PeerTransport {
 
   send(msg: Message): void {
     this.links.get(msg.to)?.send(encodeRaftMessage(msg));
+  }
+
+  /** Batches the sends that follow until {@link flush} (one write per peer instead of one per message). */
+  cork(): void {
+    for (const link of this.links.values()) link.cork();
+  }
+
+  flush(): void {
+    for (const link of this.links.values()) link.uncork();
   }
 
   close(): void {
