@@ -15,15 +15,8 @@ import { readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
-import { applyConfChange } from '../raft/confchange.js';
-import {
-  CompactedError,
-  type Entry,
-  type HardState,
-  type NodeId,
-  type RaftStorage,
-  type Snapshot,
-} from '../raft/types.js';
+import { MemoryStorage } from '../raft/memory-storage.js';
+import type { Entry, HardState, NodeId, RaftStorage, Snapshot } from '../raft/types.js';
 import { crc32c } from './crc32c.js';
 import { mkdirDurable, writeFileAtomic } from './files.js';
 import type { FsyncPolicy, RecoveryReport, Wal } from './wal.js';
@@ -94,19 +87,17 @@ export interface DiskRaftStorageOptions {
 }
 
 export class DiskRaftStorage implements RaftStorage {
-  private hard: HardState = { term: 0, vote: null, commit: 0 };
-  private snap: Snapshot;
-  /** Entries after the snapshot: log[0].index === snap.meta.index + 1. */
-  private log: Entry[] = [];
+  /** What the core reads: the same in-memory view tests use, kept equal to what the WAL and snap/ hold. */
+  private mem: MemoryStorage;
   private readonly snapDir: string;
 
   private constructor(
     readonly wal: Wal,
-    private readonly opts: DiskRaftStorageOptions,
+    opts: DiskRaftStorageOptions,
     readonly report: RecoveryReport,
   ) {
     this.snapDir = join(opts.dir, 'snap');
-    this.snap = { meta: { index: 0, term: 0, members: [...opts.initialMembers] }, data: Buffer.alloc(0) };
+    this.mem = new MemoryStorage(opts.initialMembers);
   }
 
   static async open(opts: DiskRaftStorageOptions): Promise<DiskRaftStorage> {
@@ -129,12 +120,12 @@ export class DiskRaftStorage implements RaftStorage {
 
   private async loadLatestSnapshot(): Promise<void> {
     const files = (await readdir(this.snapDir)).filter((f) => f.endsWith('.snap')).sort();
-    // Newest first; a damaged newest snapshot falls back to the one before (a crash mid-write leaves a temp file
-    // anyway, since files are renamed into place complete).
+    // Newest first; a damaged newest snapshot falls back to the one before (files are renamed into place
+    // complete, so damage means the disk, not a crash mid-write).
     for (let i = files.length - 1; i >= 0; i--) {
       const file = join(this.snapDir, files[i]!);
       try {
-        this.snap = decodeSnapshotFile(await readFile(file), file);
+        this.mem.applySnapshot(decodeSnapshotFile(await readFile(file), file));
         return;
       } catch (err) {
         if (i === 0) throw err;
@@ -144,6 +135,7 @@ export class DiskRaftStorage implements RaftStorage {
 
   private replay(payload: Buffer, walIndex: number): void {
     const kind = payload[0];
+    const snapIndex = this.mem.snapshot().meta.index;
     if (kind === KIND_ENTRY) {
       const headerBytes = payload.readUInt32LE(1);
       const [term, index, type] = packr.unpack(payload.subarray(5, 5 + headerBytes)) as [
@@ -151,32 +143,29 @@ export class DiskRaftStorage implements RaftStorage {
         number,
         number,
       ];
+      if (index <= snapIndex) return; // covered by the snapshot
       const entry: Entry = {
         term,
         index,
         type: type === 1 ? 'conf' : 'normal',
         data: payload.subarray(5 + headerBytes),
       };
-      if (index <= this.snap.meta.index) return;
-      this.appendInMemory([entry], walIndex);
+      this.appendInMemory([entry], `WAL index ${walIndex}`);
     } else if (kind === KIND_HARD_STATE) {
       const [term, vote, commit] = packr.unpack(payload.subarray(1)) as [number, NodeId | null, number];
-      this.hard = { term, vote, commit };
+      this.mem.setHardState({ term, vote, commit });
     } else if (kind === KIND_SNAPSHOT_INSTALLED || kind === KIND_SNAPSHOT_COMPACTED) {
       const [index, term] = packr.unpack(payload.subarray(1)) as [number, number];
-      if (index > this.snap.meta.index) {
+      if (index > snapIndex) {
         throw new SegmemError(
           'UNAVAILABLE',
           `WAL names a snapshot at index ${index} (term ${term}) missing from ${this.snapDir}`,
-          {
-            reason: 'SNAPSHOT_MISSING',
-          },
+          { reason: 'SNAPSHOT_MISSING' },
         );
       }
       // An installed snapshot replaced the whole log (entries logged before it, even past its index, were
-      // discarded); a compaction only dropped the entries it covers.
-      this.log =
-        kind === KIND_SNAPSHOT_INSTALLED ? [] : this.log.filter((e) => e.index > this.snap.meta.index);
+      // discarded). A compaction only dropped entries at or below its index, which replay skips anyway.
+      if (kind === KIND_SNAPSHOT_INSTALLED) this.resetLogTo(this.mem.snapshot());
     } else {
       throw new SegmemError('UNAVAILABLE', `unknown WAL record kind ${kind} at WAL index ${walIndex}`, {
         reason: 'WAL_CORRUPT',
@@ -184,72 +173,60 @@ export class DiskRaftStorage implements RaftStorage {
     }
   }
 
-  private appendInMemory(entries: Entry[], where: number | string): void {
-    if (entries.length === 0) return;
-    const first = entries[0]!.index;
-    const expectedNext = this.lastIndex() + 1;
-    if (first > expectedNext) {
-      throw new SegmemError(
-        'UNAVAILABLE',
-        `raft log gap: entry ${first} after ${expectedNext - 1} (${where})`,
-        {
-          reason: 'RAFT_LOG_GAP',
-        },
-      );
+  private appendInMemory(entries: Entry[], where: string): void {
+    try {
+      this.mem.append(entries);
+    } catch (err) {
+      throw new SegmemError('UNAVAILABLE', `raft log gap at ${where}: ${(err as Error).message}`, {
+        reason: 'RAFT_LOG_GAP',
+      });
     }
-    const keep = first - this.snap.meta.index - 1;
-    if (keep < this.log.length) this.log.length = Math.max(0, keep);
-    for (const e of entries) this.log.push(e);
+  }
+
+  /** Empties the log after `snap`, keeping the hard state. */
+  private resetLogTo(snap: Snapshot): void {
+    const hard = this.mem.hardState();
+    this.mem = new MemoryStorage();
+    this.mem.applySnapshot(snap);
+    this.mem.setHardState(hard);
   }
 
   // --- RaftStorage (read side) ---
 
   initialState(): { hardState: HardState; members: NodeId[] } {
-    return { hardState: { ...this.hard }, members: this.currentMembers() };
-  }
-
-  /** Members as of the last conf entry in the log, or the snapshot's. */
-  currentMembers(): NodeId[] {
-    let members = [...this.snap.meta.members];
-    for (const e of this.log) if (e.type === 'conf') members = applyConfChange(members, e.data);
-    return members;
+    return this.mem.initialState();
   }
 
   entries(lo: number, hi: number): Entry[] {
-    if (lo <= this.snap.meta.index) throw new CompactedError(lo);
-    const base = this.snap.meta.index + 1;
-    return this.log.slice(lo - base, hi - base);
+    return this.mem.entries(lo, hi);
   }
 
   term(i: number): number {
-    if (i === this.snap.meta.index) return this.snap.meta.term;
-    if (i < this.snap.meta.index) throw new CompactedError(i);
-    const e = this.log[i - this.snap.meta.index - 1];
-    if (!e) throw new RangeError(`no entry ${i} (last ${this.lastIndex()})`);
-    return e.term;
+    return this.mem.term(i);
   }
 
   firstIndex(): number {
-    return this.snap.meta.index + 1;
+    return this.mem.firstIndex();
   }
 
   lastIndex(): number {
-    return this.snap.meta.index + this.log.length;
+    return this.mem.lastIndex();
   }
 
   snapshot(): Snapshot {
-    return this.snap;
+    return this.mem.snapshot();
   }
 
   hardState(): HardState {
-    return { ...this.hard };
+    return this.mem.hardState();
   }
 
   // --- write side: called with each Ready, in order ---
 
   /**
-   * Appends the Ready's hard state and entries to the WAL (no I/O in the call) and updates the
-   * in-memory view. Returns the WAL index to wait on for durability.
+   * Appends the Ready's entries and hard state to the WAL (no I/O in the call; entries first, so a crash
+   * that keeps a prefix never keeps a commit index beyond them) and updates the in-memory view. Returns the
+   * WAL index to wait on for durability.
    */
   save(hardState: HardState | undefined, entries: Entry[]): number {
     let walIndex = this.wal.lastIndex;
@@ -258,7 +235,7 @@ export class DiskRaftStorage implements RaftStorage {
       this.appendInMemory(entries, 'ready');
     }
     if (hardState) {
-      this.hard = { ...hardState };
+      this.mem.setHardState(hardState);
       walIndex = this.wal.append(
         encodeSmall(KIND_HARD_STATE, [hardState.term, hardState.vote, hardState.commit]),
       );
@@ -272,10 +249,11 @@ export class DiskRaftStorage implements RaftStorage {
 
   /** Installs a snapshot received from the leader: file first (durably), then the marker record. */
   async installSnapshot(snap: Snapshot): Promise<void> {
+    // The core hands over only snapshots newer than its log; an older one changes nothing.
+    if (snap.meta.index <= this.mem.snapshot().meta.index) return;
     await writeFileAtomic(join(this.snapDir, snapshotFileName(snap.meta)), encodeSnapshotFile(snap));
-    this.snap = snap;
     // The leader's snapshot replaces the whole log; it re-sends whatever follows the snapshot.
-    this.log = [];
+    this.mem.applySnapshot(snap);
     const walIndex = this.wal.append(encodeSmall(KIND_SNAPSHOT_INSTALLED, [snap.meta.index, snap.meta.term]));
     await this.wal.waitDurable(walIndex);
     await this.removeOldSnapshots();
@@ -283,30 +261,19 @@ export class DiskRaftStorage implements RaftStorage {
 
   /** Takes a snapshot of the applied state at `index` and drops the log entries it covers. */
   async compact(index: number, data: Buffer): Promise<void> {
-    if (index <= this.snap.meta.index) return;
-    if (index > this.lastIndex())
-      throw new RangeError(`cannot compact to ${index}: last index is ${this.lastIndex()}`);
-    const term = this.term(index);
-    const members = this.membersAt(index);
-    const snap: Snapshot = { meta: { index, term, members }, data };
-    await writeFileAtomic(join(this.snapDir, snapshotFileName(snap.meta)), encodeSnapshotFile(snap));
-    this.log = this.log.slice(index - this.snap.meta.index);
-    this.snap = snap;
-    this.wal.append(encodeSmall(KIND_SNAPSHOT_COMPACTED, [index, term]));
+    if (index <= this.mem.snapshot().meta.index) return;
+    if (index > this.mem.lastIndex()) {
+      throw new RangeError(`cannot compact to ${index}: last index is ${this.mem.lastIndex()}`);
+    }
+    const meta = { index, term: this.mem.term(index), members: this.mem.membersAt(index) };
+    await writeFileAtomic(join(this.snapDir, snapshotFileName(meta)), encodeSnapshotFile({ meta, data }));
+    this.mem.compact(index, data);
+    this.wal.append(encodeSmall(KIND_SNAPSHOT_COMPACTED, [index, meta.term]));
     await this.removeOldSnapshots();
   }
 
-  private membersAt(index: number): NodeId[] {
-    let members = [...this.snap.meta.members];
-    for (const e of this.log) {
-      if (e.index > index) break;
-      if (e.type === 'conf') members = applyConfChange(members, e.data);
-    }
-    return members;
-  }
-
   private async removeOldSnapshots(): Promise<void> {
-    const keep = snapshotFileName(this.snap.meta);
+    const keep = snapshotFileName(this.mem.snapshot().meta);
     const files = (await readdir(this.snapDir)).filter((f) => f.endsWith('.snap') && f < keep);
     for (const f of files) await unlink(join(this.snapDir, f)).catch(() => {});
   }
