@@ -126,10 +126,10 @@ export function runNode(
       proc.kill('SIGKILL');
       reject(new Error(`${script} did not finish within ${opts.timeoutMs ?? 30_000} ms; stderr: ${stderr}`));
     }, opts.timeoutMs ?? 30_000);
-    proc.once('exit', (code, signal) => {
+    // 'close', not 'exit': only then has everything the child wrote to its pipes been read.
+    proc.once('close', (code, signal) => {
       clearTimeout(timer);
-      // let the line reader drain
-      setImmediate(() => resolveDone({ code, signal, stdout, stderr }));
+      resolveDone({ code, signal, stdout, stderr });
     });
   });
   return { proc, done };
