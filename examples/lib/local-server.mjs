@@ -58,7 +58,8 @@ export function run(script, args, servers) {
     });
     const lines = [];
     createInterface({ input: child.stdout }).on('line', (l) => lines.push(l));
-    child.once('exit', (code) =>
+    // 'close', not 'exit': the child's output is fully read by then.
+    child.once('close', (code) =>
       code === 0 ? resolve(lines) : reject(new Error(`${script} exited with code ${code}`)),
     );
   });
