@@ -107,6 +107,8 @@ export class RaftNode {
   private readonly checkQuorum: boolean;
   private readonly maxEntriesPerMessage: number;
   private readonly maxBytesPerMessage: number;
+  /** A leader owes its followers an append (new entries or a new commit index), sent at the next ready(). */
+  private bcastPending = false;
   private readonly maxInflight: number;
   private readonly maxCommittedPerReady: number;
   private readonly snapshotRetryTicks: number;
@@ -275,7 +277,8 @@ export class RaftNode {
   propose(data: Buffer): { index: number; term: number } {
     this.checkCanPropose();
     const e = this.appendEntry('normal', data);
-    this.bcastAppend();
+    // Sent with the next ready(): the proposals made until then travel in one append per follower.
+    this.bcastPending = true;
     this.afterEvent();
     return { index: e.index, term: e.term };
   }
@@ -362,6 +365,7 @@ export class RaftNode {
     if (this.outstanding) return false;
     return (
       this.msgs.length > 0 ||
+      (this.bcastPending && this.currentRole === 'leader') ||
       this.log.hasUnstable() ||
       this.log.pendingSnapshot !== null ||
       this.log.hasNextCommitted() ||
@@ -373,6 +377,10 @@ export class RaftNode {
   /** What to persist, send and apply next (see the rules at the top of this file). */
   ready(): Ready {
     invariant(this.outstanding === null, 'ready() is called again only after advance()');
+    if (this.bcastPending) {
+      this.bcastPending = false;
+      if (this.currentRole === 'leader') this.bcastAppend();
+    }
     const hs = this.hardState();
     const prev = this.prevHardState;
     const snap = this.log.pendingSnapshot;
@@ -806,7 +814,8 @@ export class RaftNode {
     if (!pr.maybeUpdate(m.hintIndex ?? 0)) return;
     if (pr.state === 'probe') pr.becomeReplicate();
     else if (pr.state === 'snapshot' && pr.match >= pr.pendingSnapshot) pr.becomeReplicate();
-    if (this.maybeCommit()) this.bcastAppend();
+    // A new commit index reaches the followers with the next ready(), once for all the acks until then.
+    if (this.maybeCommit()) this.bcastPending = true;
     else if (wasPaused) this.sendAppend(m.from);
     // Flow control may allow several appends now (after probe -> replicate, or freed inflight slots).
     while (this.currentRole === 'leader' && this.prs.has(m.from) && this.sendAppend(m.from, false)) {}
