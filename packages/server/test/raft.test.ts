@@ -760,3 +760,28 @@ test('append messages stay under maxBytesPerMessage (at least one entry each), s
   }
   t.is(c.get('b').commitIndex, c.get('a').commitIndex);
 });
+
+test('a leader counts its own entry toward the majority only once it is durable (appends may leave before its fsync)', (t) => {
+  const c = new Cluster(['a', 'b', 'c']);
+  c.campaign('a');
+  const a = c.get('a');
+  const b = c.get('b');
+  const { index } = a.propose(Buffer.from('x'));
+  // The leader's Ready: its appends may go out now, while its own write is still in flight.
+  const rd = a.ready();
+  t.true(rd.entries.some((e) => e.index === index));
+  const append = rd.messages.find((m) => m.type === 'append' && m.to === 'b')!;
+  b.step(append);
+  const brd = b.ready();
+  c.nodes.get('b')!.storage.append(brd.entries); // b's copy is durable before it answers
+  b.advance();
+  const ack = brd.messages.find((m) => m.type === 'appendResp')!;
+  a.step(ack);
+  t.true(
+    a.commitIndex < index,
+    'one durable copy (b) of three is not a majority: the leader own copy is not durable yet',
+  );
+  c.nodes.get('a')!.storage.append(rd.entries);
+  a.advance();
+  t.is(a.commitIndex, index, 'once the leader copy is durable too, two of three: committed');
+});

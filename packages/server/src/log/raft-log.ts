@@ -16,6 +16,7 @@ import { type Command, decodeCommand, encodeCommand, type Outcome } from '../cor
 import { StateMachine } from '../core/state-machine.js';
 import type { NodeLog } from '../node.js';
 import { decodeConfChange } from '../raft/confchange.js';
+import { mayLeaveBeforePersist } from '../raft/node.js';
 import type { ConfChange, Entry, Message, NodeId, Ready, Role } from '../raft/types.js';
 import { NotLeaderError } from '../raft/types.js';
 import type { DiskRaftStorage } from '../storage/raft-storage.js';
@@ -264,15 +265,32 @@ export class RaftLog implements NodeLog {
         `installed snapshot at index ${rd.snapshot.meta.index} (term ${rd.snapshot.meta.term})`,
       );
     }
-    const walIndex = this.storage.save(rd.hardState, rd.entries);
-    if (rd.mustSync) await this.storage.waitDurable(walIndex);
     // A membership change takes effect when appended: learn an added member's address and link to it now.
     if (rd.entries.some((e) => e.type === 'conf')) {
       for (const e of rd.entries) if (e.type === 'conf') this.learnAddress(e.data);
       this.peers.setMembers(this.core.members);
     }
+    // A leader's appends leave at once, in parallel with its own fsync; votes and acknowledgements wait.
+    const early = rd.messages.filter(mayLeaveBeforePersist);
+    const late = early.length === 0 ? rd.messages : rd.messages.filter((m) => !mayLeaveBeforePersist(m));
+    this.sendAll(early);
+    const walIndex = this.storage.save(rd.hardState, rd.entries);
+    if (rd.mustSync) await this.storage.waitDurable(walIndex);
+    this.sendAll(late);
+    for (const e of rd.committed) this.applyEntry(e);
+    for (const rs of rd.readStates) {
+      const r = this.reads.get(rs.context);
+      if (!r) continue;
+      this.reads.delete(rs.context);
+      this.whenApplied(rs.index).then(r.resolve);
+    }
+    this.maybeCompact();
+  }
+
+  private sendAll(messages: Message[]): void {
+    if (messages.length === 0) return;
     this.peers.cork?.();
-    for (const m of rd.messages) {
+    for (const m of messages) {
       // A message that cannot be encoded (e.g. a snapshot larger than a frame) is dropped like a lost one:
       // the core retries, and this loop, which every member depends on, keeps running.
       try {
@@ -282,14 +300,6 @@ export class RaftLog implements NodeLog {
       }
     }
     this.peers.flush?.();
-    for (const e of rd.committed) this.applyEntry(e);
-    for (const rs of rd.readStates) {
-      const r = this.reads.get(rs.context);
-      if (!r) continue;
-      this.reads.delete(rs.context);
-      this.whenApplied(rs.index).then(r.resolve);
-    }
-    this.maybeCompact();
   }
 
   /** Records the address an 'add' conf entry carries. */

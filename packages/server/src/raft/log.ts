@@ -43,6 +43,13 @@ export class RaftLogView {
     return this.snap ? this.snap.meta.index + 1 : this.storage.firstIndex();
   }
 
+  /** The last index known durable here: everything before the unstable tail (and a pending snapshot). */
+  durableLastIndex(): number {
+    if (this.unstable.length > 0) return this.offset - 1;
+    if (this.snap) return this.snap.meta.index;
+    return this.storage.lastIndex();
+  }
+
   lastIndex(): number {
     if (this.unstable.length > 0) return this.offset + this.unstable.length - 1;
     if (this.snap) return this.snap.meta.index;

@@ -9,7 +9,10 @@
  *   order (they are also on the {@link Ready} fields):
  *     1. persist `snapshot` (if any), then `entries`, then `hardState` (in that order, so a crash that keeps
  *        a prefix of the writes never keeps a commit index beyond the entries), and fsync if `mustSync`;
- *     2. only then send `messages`: a vote, or an acknowledgement of entries, must never outrun the disk;
+ *     2. only then send `messages`: a vote, or an acknowledgement of entries, must never outrun the disk.
+ *        The exception: a leader's own messages ({@link mayLeaveBeforePersist}: appends, heartbeats,
+ *        snapshots, timeoutNow) may be sent at once, in parallel with its fsync (Raft thesis 10.2.1): a
+ *        leader counts its own entries toward a majority only after advance() says they are durable;
  *     3. restore the state machine from `snapshot` (if any), then apply `committed` in order;
  *     4. call `advance()`. `ready()` may not be called again before that; `step()` and `tick()` may.
  *
@@ -47,6 +50,14 @@ import {
 
 /** `context` of a vote request sent by a leadership transfer: voters grant it even within a leader's lease. */
 export const CAMPAIGN_TRANSFER = 1;
+
+/**
+ * Messages a driver may send before persisting the Ready they came in: what a leader sends to replicate
+ * (never a vote, a vote answer or an acknowledgement, which must not outrun the disk).
+ */
+export function mayLeaveBeforePersist(m: Message): boolean {
+  return m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot' || m.type === 'timeoutNow';
+}
 
 export interface RaftConfig {
   id: NodeId;
@@ -413,6 +424,9 @@ export class RaftNode {
     if (rd.committed.length > 0) this.log.applied = rd.committed[rd.committed.length - 1]!.index;
     else if (rd.snapshot) this.log.applied = Math.max(this.log.applied, rd.snapshot.meta.index);
     this.outstanding = null;
+    // The leader's own entries just became durable: they may complete a majority.
+    if (this.currentRole === 'leader' && rd.entries.length > 0 && this.maybeCommit())
+      this.bcastPending = true;
   }
 
   // --- state transitions ---
@@ -941,9 +955,11 @@ export class RaftNode {
    */
   private maybeCommit(): boolean {
     if (this.commitWithoutMajority) return this.commitTo(this.log.lastIndex());
-    const last = this.log.lastIndex();
+    // The leader counts its own copy only once it is durable: its appends may go out while its own fsync
+    // runs (thesis 10.2.1), so an entry commits on a majority of durable copies, with or without the leader's.
+    const durable = this.log.durableLastIndex();
     const index = committedIndex(this.memberList, (id) =>
-      id === this.id ? last : (this.prs.get(id)?.match ?? 0),
+      id === this.id ? durable : (this.prs.get(id)?.match ?? 0),
     );
     if (index <= this.log.committed || this.log.term(index) !== this.currentTerm) return false;
     return this.commitTo(index);

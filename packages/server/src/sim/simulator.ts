@@ -20,7 +20,7 @@ import { decodeCommand, encodeCommand } from '../core/commands.js';
 import { StateMachine } from '../core/state-machine.js';
 import { decodeConfChange } from '../raft/confchange.js';
 import { RaftInvariantError } from '../raft/invariant.js';
-import { RaftNode } from '../raft/node.js';
+import { mayLeaveBeforePersist, RaftNode } from '../raft/node.js';
 import {
   type Entry,
   type Message,
@@ -480,9 +480,11 @@ class Simulation {
         if (rd.mustSync && node.syncAt === Number.POSITIVE_INFINITY) {
           node.syncAt = this.now + 1 + this.prng.int(0, this.params.fsyncMaxTicks * 2);
         }
-        this.finishReady(node, rd);
+        this.finishReady(node, rd, false);
         continue;
       }
+      // Like the real driver: a leader's appends leave now, in parallel with its fsync.
+      this.sendMessages(node, rd.messages.filter(mayLeaveBeforePersist));
       const fsyncTicks = rd.mustSync ? this.prng.int(0, this.params.fsyncMaxTicks) : 0;
       node.inflight = { rd, doneAt: this.now + fsyncTicks };
     }
@@ -511,8 +513,21 @@ class Simulation {
   }
 
   /** Ready rules 2-4: send, restore and apply, advance. */
-  private finishReady(node: SimNode, rd: Ready): void {
-    for (const m of rd.messages) {
+  private finishReady(node: SimNode, rd: Ready, earlySent = true): void {
+    this.sendMessages(node, earlySent ? rd.messages.filter((m) => !mayLeaveBeforePersist(m)) : rd.messages);
+    if (rd.snapshot) {
+      node.sm = this.newStateMachine(rd.snapshot.data);
+      node.applied = rd.snapshot.meta.index;
+      this.stats.snapshotsInstalled++;
+      this.trace(`${node.id} installs snapshot at ${rd.snapshot.meta.index} (term ${rd.snapshot.meta.term})`);
+    }
+    for (const e of rd.committed) this.apply(node, e);
+    node.raft.advance();
+    this.maybeCompact(node);
+  }
+
+  private sendMessages(node: SimNode, messages: readonly Message[]): void {
+    for (const m of messages) {
       if (m.type === 'appendResp' && !m.reject && m.hintIndex !== undefined) {
         // The highest acknowledged index counts (a stale duplicate is answered with a lower one).
         const term = node.raft.termAt(m.hintIndex);
@@ -524,15 +539,6 @@ class Simulation {
       }
       this.net.send(this.now, node.id, m.to, { kind: 'raft', msg: m });
     }
-    if (rd.snapshot) {
-      node.sm = this.newStateMachine(rd.snapshot.data);
-      node.applied = rd.snapshot.meta.index;
-      this.stats.snapshotsInstalled++;
-      this.trace(`${node.id} installs snapshot at ${rd.snapshot.meta.index} (term ${rd.snapshot.meta.term})`);
-    }
-    for (const e of rd.committed) this.apply(node, e);
-    node.raft.advance();
-    this.maybeCompact(node);
   }
 
   private apply(node: SimNode, e: Entry): void {
