@@ -192,10 +192,9 @@ ${table}
 Failover, leader SIGKILL to the first successful write on the new leader (default timeouts: 50 ms ticks,
 election after 10..20 ticks), ${times.length} runs: p50 ${fmt(pct(times, 0.5))} ms, max ${fmt(times[times.length - 1])} ms (target: p50 under 1.5 s).
 
-Where the replicated write goes: each cycle is two commits (the acquire, then the release); a commit is the
-leader's fsync, then the followers' (the core persists before it sends, so the two are sequential), plus two
-loopback hops, on a disk the three servers share. Letting the leader send its appends while its own fsync runs
-(counting itself only once durable, as etcd does) is the next step for latency.
+Where the replicated write goes: each cycle is two commits (the acquire, then the release); a commit is
+the leader's append reaching the followers (sent in parallel with the leader's own fsync), their fsync and
+answer, then the apply and the reply, on a disk the three servers share and with 4 processes on 2 CPUs.
 <!-- bench:cluster:end -->`;
   console.log(`\n${table}`);
   if (!quick) {
