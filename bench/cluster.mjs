@@ -6,69 +6,19 @@
 //
 // Servers bind 127.0.0.1 on free ports, with data in a temporary directory, fsync "batch" (the default);
 // every loop is bounded in time and count, and every process started is stopped at the end.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { cpus, tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { connect } from '@segmem/client';
+import { localCluster } from '../examples/lib/local-server.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const serverBin = join(here, '../packages/server/bin/segmem-server.mjs');
 const quick = process.argv.includes('--quick');
 const windowMs = quick ? 1000 : 3000;
 const failovers = quick ? 2 : 5;
-const root = mkdtempSync(join(tmpdir(), 'segmem-bench-cluster-'));
-const procs = new Set();
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function startServer(id, address, dataDir, peers) {
-  const args = [serverBin, '--id', id, '--listen', address, '--data', dataDir, '--fsync', 'batch'];
-  if (peers) args.push('--peers', peers);
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  procs.add(proc);
-  const member = { id, address, dataDir, peers, proc, role: 'follower', term: 0 };
-  createInterface({ input: proc.stderr }).on('line', (line) => {
-    const m = / raft: (\w+) in term (\d+)/.exec(line);
-    if (m) Object.assign(member, { role: m[1], term: Number(m[2]) });
-  });
-  return new Promise((resolve, reject) => {
-    createInterface({ input: proc.stdout }).on('line', (line) => {
-      if (line.includes(' ready on ')) resolve(member);
-    });
-    proc.once('exit', (code) => reject(new Error(`${id} exited with code ${code}`)));
-  });
-}
-
-async function stop(member) {
-  const p = member.proc;
-  if (p.exitCode === null && p.signalCode === null) {
-    p.kill('SIGTERM');
-    await new Promise((r) => p.once('exit', r));
-  }
-  procs.delete(p);
-}
-
-async function group(size) {
-  const ids = Array.from({ length: size }, (_, i) => `s${i + 1}`);
-  const addresses = [];
-  for (let i = 0; i < size; i++) addresses.push(`127.0.0.1:${await freePort()}`);
-  const peers = size > 1 ? ids.map((id, i) => `${id}=${addresses[i]}`).join(',') : undefined;
-  const dir = mkdtempSync(join(root, `g${size}-`));
-  const members = await Promise.all(ids.map((id, i) => startServer(id, addresses[i], join(dir, id), peers)));
-  return { addresses, members };
-}
+/** Every group started, stopped (processes and data) at the end whatever happens. */
+const groups = [];
 
 const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
 
@@ -103,39 +53,22 @@ async function writeCycles(addresses, clients) {
   };
 }
 
-function leaderOf(members) {
-  let best;
-  for (const m of members) {
-    if (
-      m.proc.exitCode === null &&
-      m.proc.signalCode === null &&
-      m.role === 'leader' &&
-      (!best || m.term > best.term)
-    )
-      best = m;
-  }
-  return best;
-}
-
-async function failoverTimes(g) {
-  const seg = await connect({ servers: g.addresses });
+async function failoverTimes(group) {
+  const seg = await connect({ servers: group.servers.split(',') });
   await seg.create('failover', 4, { ifNotExists: true });
   const times = [];
   for (let i = 0; i < failovers; i++) {
     await seg.update('failover', (h) => h.bytes.writeUInt32LE(i));
     let leader;
-    for (const deadline = Date.now() + 10_000; !(leader = leaderOf(g.members)) && Date.now() < deadline; ) {
+    for (const deadline = Date.now() + 10_000; !(leader = group.leader()) && Date.now() < deadline; ) {
       await new Promise((r) => setTimeout(r, 20));
     }
     if (!leader) throw new Error('no leader');
     const t0 = performance.now();
-    leader.proc.kill('SIGKILL');
-    await new Promise((r) => leader.proc.once('exit', r));
-    procs.delete(leader.proc);
+    await group.kill(leader.id);
     await seg.update('failover', (h) => h.bytes.writeUInt32LE(i + 1000));
     times.push(performance.now() - t0);
-    const back = await startServer(leader.id, leader.address, leader.dataDir, leader.peers);
-    g.members[g.members.indexOf(leader)] = back;
+    await group.restart(leader.id);
   }
   await seg.close();
   times.sort((a, b) => a - b);
@@ -145,14 +78,16 @@ async function failoverTimes(g) {
 const fmt = (n) => Math.round(n).toLocaleString('en-US');
 const rows = [];
 try {
-  const single = await group(1);
-  const three = await group(3);
+  const single = await localCluster(1);
+  groups.push(single);
+  const three = await localCluster(3);
+  groups.push(three);
   for (const clients of [1, 32]) {
     for (const [config, g] of [
       ['1 server', single],
       ['3 servers (Raft)', three],
     ]) {
-      const r = await writeCycles(g.addresses, clients);
+      const r = await writeCycles(g.servers.split(','), clients);
       rows.push({ config, clients, ...r });
       console.log(
         `${config.padEnd(18)} ${String(clients).padStart(2)} clients: ${fmt(r.opsPerS)} cycles/s, p50 ${fmt(r.p50)} µs, p99 ${fmt(r.p99)} µs`,
@@ -161,7 +96,6 @@ try {
   }
   const times = await failoverTimes(three);
   console.log(`failover: leader SIGKILL -> first write, ${times.map((t) => `${fmt(t)} ms`).join(', ')}`);
-  for (const m of [...single.members, ...three.members]) await stop(m);
 
   const ratio = (clients) => {
     const a = rows.find((r) => r.config.startsWith('3') && r.clients === clients);
@@ -205,6 +139,5 @@ answer, then the apply and the reply, on a disk the three servers share and with
     console.log('wrote the Replication section of docs/benchmarks.md');
   }
 } finally {
-  for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-  rmSync(root, { recursive: true, force: true });
+  for (const g of groups) await g.stop();
 }

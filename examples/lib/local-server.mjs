@@ -65,8 +65,11 @@ export function run(script, args, servers) {
   });
 }
 
-/** Starts `size` segmem-server processes on 127.0.0.1 as one Raft group (data in a temporary directory). */
-export async function localCluster(size) {
+/**
+ * Starts `size` segmem-server processes on 127.0.0.1 as one Raft group (one server: a single-member group),
+ * data in a temporary directory. Also used by bench/cluster.mjs.
+ */
+export async function localCluster(size, { fsync = 'batch' } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'segmem-example-cluster-'));
   const ids = Array.from({ length: size }, (_, i) => `s${i + 1}`);
   const addresses = [];
@@ -77,7 +80,11 @@ export async function localCluster(size) {
     const i = ids.indexOf(id);
     const proc = spawn(
       process.execPath,
-      [serverBin, '--id', id, '--listen', addresses[i], '--data', join(dir, id), '--peers', peers],
+      [
+        serverBin,
+        ...['--id', id, '--listen', addresses[i], '--data', join(dir, id), '--fsync', fsync],
+        ...(size > 1 ? ['--peers', peers] : []),
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     const member = { id, proc, role: 'follower', term: 0 };
@@ -110,8 +117,12 @@ export async function localCluster(size) {
       }
       return best;
     },
+    /** SIGKILL; resolves once the process is gone. */
     kill(id) {
-      members.get(id).proc.kill('SIGKILL');
+      const { proc } = members.get(id);
+      if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
+      proc.kill('SIGKILL');
+      return new Promise((r) => proc.once('exit', r));
     },
     restart: start,
     async stop() {

@@ -5,16 +5,27 @@
 import { appendFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
-import { connect, SegmemError } from '../src/index.js';
+import { connect, SegmemError, type Segment } from '../src/index.js';
 import {
   fixturesDir,
   freePort,
   runNode,
+  type ServerProcess,
   serverBin,
   startServerProcess,
   tempDir,
   waitFor,
 } from './helpers.js';
+
+/** A stopped server's data directory holding object "x" written five times (x = 5), under fsync "always". */
+async function writeFiveVersions(dataDir: string): Promise<void> {
+  const server = await startServerProcess({ dataDir, fsync: 'always' });
+  const seg = await connect({ servers: [server.address] });
+  await seg.create('x', 4);
+  for (let i = 1; i <= 5; i++) await seg.update('x', (h) => h.bytes.writeUInt32LE(i, 0));
+  await seg.close();
+  await server.stop();
+}
 
 function walFiles(dataDir: string): string[] {
   return readdirSync(join(dataDir, 'wal'))
@@ -117,12 +128,9 @@ test('a clean restart recovers every write, versions and free space', async (t) 
 
 test('a torn WAL tail is truncated at restart, reported, and nothing before it is lost', async (t) => {
   const dir = tempDir();
-  let server = await startServerProcess({ dataDir: dir.path, fsync: 'always' });
-  let seg = await connect({ servers: [server.address] });
-  await seg.create('x', 4);
-  for (let i = 1; i <= 5; i++) await seg.update('x', (h) => h.bytes.writeUInt32LE(i, 0));
-  await seg.close();
-  await server.stop();
+  await writeFiveVersions(dir.path);
+  let server: ServerProcess;
+  let seg: Segment;
   const files = walFiles(dir.path);
   const last = files[files.length - 1]!;
   // A crash in the middle of a write: the start of a record header and a few payload bytes.
@@ -144,12 +152,9 @@ test('a torn WAL tail is truncated at restart, reported, and nothing before it i
 
 test('a corrupt WAL record followed by valid ones stops the server with the file and offset; --repair truncates there', async (t) => {
   const dir = tempDir();
-  let server = await startServerProcess({ dataDir: dir.path, fsync: 'always' });
-  let seg = await connect({ servers: [server.address] });
-  await seg.create('x', 4);
-  for (let i = 1; i <= 5; i++) await seg.update('x', (h) => h.bytes.writeUInt32LE(i, 0));
-  await seg.close();
-  await server.stop();
+  await writeFiveVersions(dir.path);
+  let server: ServerProcess;
+  let seg: Segment;
   const [first] = walFiles(dir.path);
   const bytes = readFileSync(first!);
   // Flip one payload byte of the first record (file header 16 bytes, record header 16 bytes).

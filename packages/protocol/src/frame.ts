@@ -64,7 +64,7 @@ export function encodeFrame(
   requestId: number,
   groupId: number,
   header: object,
-  payload?: Uint8Array,
+  payload?: Uint8Array | readonly Uint8Array[],
   maxFrameBytes: number = MAX_FRAME_BYTES,
 ): Buffer[] {
   checkFixedFields(type, requestId, groupId);
@@ -75,7 +75,11 @@ export function encodeFrame(
     throw invalidArgument(`frame header cannot be encoded: ${(err as Error)?.message ?? String(err)}`);
   }
   const headerBytes = head.length - FRAME_PREFIX_BYTES;
-  const payloadBytes = payload === undefined ? 0 : payload.byteLength;
+  // A payload may come in parts (e.g. several log entries): they follow the header as they are, uncopied.
+  const parts: readonly Uint8Array[] =
+    payload === undefined ? [] : Array.isArray(payload) ? payload : [payload as Uint8Array];
+  let payloadBytes = 0;
+  for (const p of parts) payloadBytes += p.byteLength;
   const frameBytes = FRAME_FIXED_BYTES + headerBytes + payloadBytes;
   if (frameBytes > maxFrameBytes) {
     throw invalidArgument(
@@ -89,7 +93,10 @@ export function encodeFrame(
   head.writeUInt32LE(requestId, 6);
   head.writeUInt16LE(groupId, 10);
   head.writeUInt32LE(headerBytes, 12);
-  return payloadBytes === 0 ? [head] : [head, toBuffer(payload as Uint8Array)];
+  if (payloadBytes === 0) return [head];
+  const out = [head];
+  for (const p of parts) if (p.byteLength > 0) out.push(toBuffer(p));
+  return out;
 }
 
 /** {@link encodeFrame} as one contiguous Buffer (copies the payload; for UDP and tests). */

@@ -293,3 +293,16 @@ test('FrameDecoder refuses a bad maxFrameBytes', (t) => {
     t.is(err.code, 'INVALID_ARGUMENT');
   }
 });
+
+test('a payload given in parts follows the header uncopied and decodes as one payload', (t) => {
+  const a = Buffer.from('first part|');
+  const b = Buffer.alloc(0);
+  const c = Buffer.from('second part');
+  const parts = encodeFrame(0x81, 1, 0, { n: 2 }, [a, b, c]);
+  t.is(parts.length, 3, 'header, then the non-empty parts');
+  t.is(parts[1], a, 'the same memory, not a copy');
+  t.is(parts[2], c);
+  const frames = new FrameDecoder().push(Buffer.concat(parts));
+  t.is(frames.length, 1);
+  t.is(frames[0]!.payload.toString(), 'first part|second part');
+});

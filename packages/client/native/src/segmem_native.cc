@@ -145,18 +145,23 @@ uint32_t IdOf(const Mapping& m) {
 
 // Checks [offset, offset + length) lies in the mapping, offset page aligned; returns length rounded up to
 // whole pages (which must still fit).
+// Throws a RangeError unless [offset, offset + length) lies inside the mapping.
+void CheckRange(Napi::Env env, const Mapping& m, uint64_t offset, uint64_t length, const char* fn) {
+  const uint64_t size = m.size.load(std::memory_order_relaxed);
+  if (offset > size || length > size - offset) {
+    ThrowRange(env, std::string(fn) + ": range [" + std::to_string(offset) + ", " + std::to_string(offset + length) +
+                        ") is outside the mapping (size " + std::to_string(size) + ")");
+  }
+}
+
 uint64_t PageRange(Napi::Env env, const Mapping& m, uint64_t offset, uint64_t length, const char* fn) {
   const uint64_t ps = PageSize();
-  const uint64_t size = m.size.load(std::memory_order_relaxed);
   if (offset % ps != 0) {
     ThrowRange(env, std::string(fn) + ": offset " + std::to_string(offset) + " is not a multiple of the page size (" +
                         std::to_string(ps) + ")");
   }
   uint64_t rounded = (length + ps - 1) / ps * ps;
-  if (offset > size || rounded > size - offset) {
-    ThrowRange(env, std::string(fn) + ": range [" + std::to_string(offset) + ", " + std::to_string(offset + length) +
-                        ") is outside the mapping (size " + std::to_string(size) + ")");
-  }
+  CheckRange(env, m, offset, rounded, fn);
   return rounded;
 }
 
@@ -315,11 +320,7 @@ Napi::Value JsBuffer(const Napi::CallbackInfo& info) {
   Mapping& m = ArgMapping(info, true);
   uint64_t offset = ArgU64(info, 1, "offset");
   uint64_t length = ArgU64(info, 2, "length");
-  uint64_t size = m.size.load(std::memory_order_relaxed);
-  if (offset > size || length > size - offset) {
-    ThrowRange(env, "buffer: range [" + std::to_string(offset) + ", " + std::to_string(offset + length) +
-                        ") is outside the mapping (size " + std::to_string(size) + ")");
-  }
+  CheckRange(env, m, offset, length, "buffer");
   if (length == 0) return Napi::Buffer<uint8_t>::New(env, 0);
   uint8_t* p = reinterpret_cast<uint8_t*>(m.base.load(std::memory_order_relaxed)) + offset;
   // External buffer, no copy; the mapping outlives it (close() never unmaps), so nothing to free.
@@ -356,11 +357,7 @@ Napi::Value JsSync(const Napi::CallbackInfo& info) {
   Mapping& m = ArgMapping(info, true);
   uint64_t offset = ArgU64(info, 1, "offset");
   uint64_t length = ArgU64(info, 2, "length");
-  uint64_t size = m.size.load(std::memory_order_relaxed);
-  if (offset > size || length > size - offset) {
-    ThrowRange(env, "sync: range [" + std::to_string(offset) + ", " + std::to_string(offset + length) +
-                        ") is outside the mapping (size " + std::to_string(size) + ")");
-  }
+  CheckRange(env, m, offset, length, "sync");
   if (length == 0) return env.Undefined();
   const uint64_t ps = PageSize();
   uint64_t start = offset / ps * ps;
@@ -411,11 +408,7 @@ Napi::Value JsLabel(const Napi::CallbackInfo& info) {
   uint64_t offset = ArgU64(info, 1, "offset");
   uint64_t length = ArgU64(info, 2, "length");
   std::string name = ArgString(info, 3, "name");
-  uint64_t size = m.size.load(std::memory_order_relaxed);
-  if (offset > size || length > size - offset) {
-    ThrowRange(env, "label: range [" + std::to_string(offset) + ", " + std::to_string(offset + length) +
-                        ") is outside the mapping (size " + std::to_string(size) + ")");
-  }
+  CheckRange(env, m, offset, length, "label");
   uint32_t id = IdOf(m);
   auto key = std::make_pair(id, offset);
   auto it = g_labelIndex.find(key);

@@ -78,8 +78,8 @@ export function encodeRaftMessage(m: Message, groupId = 0): Buffer[] {
   if (m.context !== undefined) header.context = m.context;
   if (entries) header.entries = entries;
   if (snapshot) header.snapshot = snapshot;
-  const payload = parts.length === 0 ? undefined : parts.length === 1 ? parts[0] : Buffer.concat(parts);
-  return encodeFrame(PeerMessageType.RAFT, 1, groupId, header, payload);
+  // Entry data and snapshot bytes follow the header as they are: no copy, no re-encoding.
+  return encodeFrame(PeerMessageType.RAFT, 1, groupId, header, parts);
 }
 
 export function decodeRaftMessage(frame: Frame): Message {
