@@ -18,7 +18,8 @@ import { type Segment, SegmentImpl } from './segment.js';
 import { type Dial, Session, type Transport, tcpDial } from './session.js';
 
 export { type ErrorCode, SegmemError } from '@segmem/protocol';
-export type { AcquireOptions, Handle, ObjectInfo, Segment, SharedLog } from './segment.js';
+export type { AcquireOptions, Handle, ObjectInfo, Segment } from './segment.js';
+export type { LogInfo, LogOptions, LogReadOptions, LogRecord, SharedLog } from './shared-log.js';
 
 export interface ConnectOptions {
   /** Server addresses, host:port. Any reachable one will do. */

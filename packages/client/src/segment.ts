@@ -16,6 +16,7 @@ import {
 import { changedRanges, gatherRanges } from './diff.js';
 import type { MappedSegment } from './mapped-segment.js';
 import type { Session } from './session.js';
+import { type LogOptions, type SharedLog, SharedLogImpl } from './shared-log.js';
 
 export interface ObjectInfo {
   name: string;
@@ -45,16 +46,6 @@ export interface AcquireOptions {
   signal?: AbortSignal;
 }
 
-export interface SharedLog {
-  append(record: Uint8Array | string): Promise<number>;
-  appendBatch(records: (Uint8Array | string)[]): Promise<number[]>;
-  read(opts?: {
-    from?: number;
-    follow?: boolean;
-    signal?: AbortSignal;
-  }): AsyncIterable<{ seq: number; data: Buffer }>;
-}
-
 export interface Segment {
   create(name: string, size: number, opts?: { ifNotExists?: boolean }): Promise<ObjectInfo>;
   acquireRead(name: string, opts?: AcquireOptions): Promise<Handle>;
@@ -64,7 +55,8 @@ export interface Segment {
   stat(name: string): Promise<ObjectInfo>;
   list(prefix?: string): Promise<ObjectInfo[]>;
   delete(name: string): Promise<void>;
-  log(name: string): SharedLog;
+  /** The shared log `name` (created by its first append; `opts.maxBytes` sets its retention then). */
+  log(name: string, opts?: LogOptions): SharedLog;
   close(): Promise<void>;
 }
 
@@ -93,6 +85,7 @@ export class SegmentImpl implements Segment {
   private readonly byName = new Map<string, CachedObject>();
   private readonly byId = new Map<number, CachedObject>();
   private readonly handles = new Set<HandleImpl>();
+  private readonly logs = new Map<string, SharedLogImpl>();
   private lastInvalidationSeq = 0;
   private closed = false;
   private closing: Promise<void> | null = null;
@@ -161,8 +154,15 @@ export class SegmentImpl implements Segment {
     if (cached) this.retire(cached);
   }
 
-  log(_name: string): SharedLog {
-    throw new SegmemError('INVALID_ARGUMENT', 'shared logs are not supported yet in this version of segmem');
+  log(name: string, opts: LogOptions = {}): SharedLog {
+    this.check();
+    // One handle per name, so appends from anywhere in the process share its batches.
+    let log = this.logs.get(name);
+    if (!log) {
+      log = new SharedLogImpl(this.session, name, opts, () => this.check());
+      this.logs.set(name, log);
+    }
+    return log;
   }
 
   acquireRead(name: string, opts?: AcquireOptions): Promise<Handle> {

@@ -329,14 +329,21 @@ export class Session {
         );
         for (const [id, p] of this.pending) {
           const t = p.req.type;
-          if (!p.sent || t === 'STAT' || t === 'LIST' || t === 'VALIDATE' || t === 'KEEPALIVE') {
+          if (
+            !p.sent ||
+            t === 'STAT' ||
+            t === 'LIST' ||
+            t === 'VALIDATE' ||
+            t === 'KEEPALIVE' ||
+            t === 'LOG_READ'
+          ) {
             this.send(encodeRequest(p.req, id));
             p.sent = true;
             continue;
           }
           this.pending.delete(id);
           p.reject(
-            t === 'CREATE' || t === 'DELETE'
+            t === 'CREATE' || t === 'DELETE' || t === 'LOG_APPEND' || t === 'LOG_TRUNCATE'
               ? new SegmemError(
                   'UNAVAILABLE',
                   `the server restarted before answering ${t}; it may or may not have been applied`,

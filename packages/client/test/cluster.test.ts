@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { connect, SegmemError } from '../src/index.js';
 import {
+  converged,
   fixturesDir,
   freePort,
   runNode,
@@ -16,41 +17,6 @@ import {
   tempDir,
   waitFor,
 } from './helpers.js';
-
-/** Asks each running member for its status line (SIGUSR2) and returns the latest one per member. */
-async function statuses(
-  cluster: TestCluster,
-): Promise<Map<string, { applied: number; digest: string; leader: boolean }>> {
-  const out = new Map<string, { applied: number; digest: string; leader: boolean }>();
-  for (const m of cluster.members) {
-    if (!m.server) continue;
-    const before = (m.server.stderr().match(/status /g) ?? []).length;
-    m.server.proc.kill('SIGUSR2');
-    await waitFor(
-      () => (m.server!.stderr().match(/status /g) ?? []).length > before,
-      `status of ${m.id}`,
-      5000,
-    );
-    const lines = m.server
-      .stderr()
-      .split('\n')
-      .filter((l) => l.includes(' status '));
-    const match = /leader=(\w+) applied=(\d+) digest=(\w+)/.exec(lines[lines.length - 1]!)!;
-    out.set(m.id, { leader: match[1] === 'true', applied: Number(match[2]), digest: match[3]! });
-  }
-  return out;
-}
-
-async function converged(cluster: TestCluster): Promise<void> {
-  await waitFor(
-    async () => {
-      const s = [...(await statuses(cluster)).values()];
-      return s.length > 0 && s.every((x) => x.applied === s[0]!.applied && x.digest === s[0]!.digest);
-    },
-    'every running server to hold the same state',
-    20_000,
-  );
-}
 
 test('a 3-server cluster commits writes, fails over when the leader is killed, and the counter keeps counting', async (t) => {
   const dir = tempDir();

@@ -235,3 +235,38 @@ export class TestCluster {
     return codes;
   }
 }
+
+/** Asks each running member for its status line (SIGUSR2) and returns the latest one per member. */
+export async function statuses(
+  cluster: TestCluster,
+): Promise<Map<string, { applied: number; digest: string; leader: boolean }>> {
+  const out = new Map<string, { applied: number; digest: string; leader: boolean }>();
+  for (const m of cluster.members) {
+    if (!m.server) continue;
+    const before = (m.server.stderr().match(/status /g) ?? []).length;
+    m.server.proc.kill('SIGUSR2');
+    await waitFor(
+      () => (m.server!.stderr().match(/status /g) ?? []).length > before,
+      `status of ${m.id}`,
+      5000,
+    );
+    const lines = m.server
+      .stderr()
+      .split('\n')
+      .filter((l) => l.includes(' status '));
+    const match = /leader=(\w+) applied=(\d+) digest=(\w+)/.exec(lines[lines.length - 1]!)!;
+    out.set(m.id, { leader: match[1] === 'true', applied: Number(match[2]), digest: match[3]! });
+  }
+  return out;
+}
+
+export async function converged(cluster: TestCluster): Promise<void> {
+  await waitFor(
+    async () => {
+      const s = [...(await statuses(cluster)).values()];
+      return s.length > 0 && s.every((x) => x.applied === s[0]!.applied && x.digest === s[0]!.digest);
+    },
+    'every running server to hold the same state',
+    20_000,
+  );
+}

@@ -32,3 +32,15 @@ export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 export const MAX_DATAGRAM_BYTES = 1200;
 /** Longest error message an ERROR frame carries; longer messages are cut when encoded. */
 export const MAX_ERROR_MESSAGE_CHARS = 4096;
+/** Largest record of a shared log (records may be empty). */
+export const MAX_LOG_RECORD_BYTES = 1024 * 1024;
+/** Largest LOG_APPEND: the records of one atomic batch, together. */
+export const MAX_LOG_BATCH_BYTES = 8 * 1024 * 1024;
+/** Most records one LOG_APPEND may carry. */
+export const MAX_LOG_BATCH_RECORDS = 65536;
+/** Most record bytes one LOG_READ answer carries (at least one record, whatever its size). */
+export const MAX_LOG_READ_BYTES = 4 * 1024 * 1024;
+/** Retention of a log created without `maxBytes`: older records are dropped beyond this many bytes. */
+export const DEFAULT_LOG_MAX_BYTES = 64 * 1024 * 1024;
+/** Largest `maxBytes` a log may keep (logs live in the replicated state, in memory and in snapshots). */
+export const MAX_LOG_MAX_BYTES = 1024 * 1024 * 1024;

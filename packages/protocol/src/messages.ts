@@ -15,10 +15,16 @@
  *   trusts a bad answer, so every problem there is PROTOCOL.
  */
 import { type ErrorCode, invalidArgument, isErrorCode, protocolError, SegmemError } from './errors.js';
-import { EMPTY_PAYLOAD, encodeFrame, type Frame, MAX_U32 } from './frame.js';
+import { EMPTY_PAYLOAD, encodeFrame, type Frame, frameLength, MAX_U32 } from './frame.js';
 import {
   MAX_ERROR_MESSAGE_CHARS,
   MAX_HEADER_DEPTH,
+  MAX_LOG_BATCH_BYTES,
+  MAX_LOG_BATCH_RECORDS,
+  MAX_LOG_MAX_BYTES,
+  MAX_LOG_READ_BYTES,
+  MAX_LOG_RECORD_BYTES,
+  MAX_TIMEOUT_MS,
   MAX_NAME_BYTES,
   MAX_SEGMENT_BYTES,
   MAX_TOKEN_BYTES,
@@ -68,6 +74,9 @@ export const MessageType = {
   VALIDATE: 0x0a,
   GOODBYE: 0x0b,
   MEMBERSHIP: 0x0c,
+  LOG_APPEND: 0x0d,
+  LOG_READ: 0x0e,
+  LOG_TRUNCATE: 0x0f,
   OK: 0x40,
   ERROR: 0x41,
   INVALIDATE: 0x60,
@@ -89,6 +98,9 @@ export const REQUEST_TYPES = [
   'VALIDATE',
   'GOODBYE',
   'MEMBERSHIP',
+  'LOG_APPEND',
+  'LOG_READ',
+  'LOG_TRUNCATE',
 ] as const;
 
 export type RequestType = (typeof REQUEST_TYPES)[number];
@@ -107,7 +119,7 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
-  return code >= MessageType.HELLO && code <= MessageType.MEMBERSHIP;
+  return code >= MessageType.HELLO && code <= MessageType.LOG_TRUNCATE;
 }
 
 function hex(code: number): string {
@@ -277,6 +289,40 @@ export interface MembershipRequest {
   address: string | null;
 }
 
+/** 0x0D: appends records to a shared log, atomically and contiguously; creates the log on first use. */
+export interface LogAppendRequest {
+  type: 'LOG_APPEND';
+  seq: number;
+  name: string;
+  /** Byte length of each record, 0..MAX_LOG_RECORD_BYTES; 1..MAX_LOG_BATCH_RECORDS records. */
+  sizes: number[];
+  /** Retention (1..MAX_LOG_MAX_BYTES) if this append creates the log; null for the default. Ignored otherwise. */
+  maxBytes: number | null;
+  /** The records, concatenated (length = sum of sizes, at most MAX_LOG_BATCH_BYTES). */
+  payload: Uint8Array;
+}
+
+/** 0x0E: reads records of a shared log from a sequence number; may wait for new ones. */
+export interface LogReadRequest {
+  type: 'LOG_READ';
+  name: string;
+  /** First sequence number wanted; null for the oldest retained. */
+  from: number | null;
+  /** Most record bytes to answer with, 0..MAX_LOG_READ_BYTES (0: only the log's bounds). */
+  maxBytes: number;
+  /** When no record at `from` exists yet: how long the server may hold the request for one (0..MAX_TIMEOUT_MS). */
+  waitMs: number;
+}
+
+/** 0x0F: drops the records of a shared log before a sequence number. */
+export interface LogTruncateRequest {
+  type: 'LOG_TRUNCATE';
+  seq: number;
+  name: string;
+  /** Records with a smaller sequence number are dropped (at most the log's next sequence number). */
+  before: number;
+}
+
 export type Request =
   | HelloRequest
   | KeepaliveRequest
@@ -289,7 +335,10 @@ export type Request =
   | CancelRequest
   | ValidateRequest
   | GoodbyeRequest
-  | MembershipRequest;
+  | MembershipRequest
+  | LogAppendRequest
+  | LogReadRequest
+  | LogTruncateRequest;
 
 export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
 
@@ -363,6 +412,32 @@ export interface MembershipOk {
   leader: string;
 }
 
+export interface LogAppendOk {
+  /** Sequence number of the batch's first record; the others follow contiguously. */
+  first: number;
+  count: number;
+}
+
+/** A log's bounds, and the records read (`sizes` may be empty). */
+export interface LogReadOk {
+  /** Oldest retained sequence number (= next when the log is empty). */
+  first: number;
+  /** Sequence number the next appended record will get. */
+  next: number;
+  /** Bytes of the retained records. */
+  bytes: number;
+  /** Sequence number of the first record in the payload. */
+  from: number;
+  /** Byte length of each record in the payload. */
+  sizes: number[];
+  payload: Uint8Array;
+}
+
+export interface LogTruncateOk {
+  /** Oldest retained sequence number after the truncation. */
+  first: number;
+}
+
 export interface OkBodies {
   HELLO: HelloOk;
   KEEPALIVE: EmptyBody;
@@ -376,12 +451,17 @@ export interface OkBodies {
   VALIDATE: ValidateOk;
   GOODBYE: EmptyBody;
   MEMBERSHIP: MembershipOk;
+  LOG_APPEND: LogAppendOk;
+  LOG_READ: LogReadOk;
+  LOG_TRUNCATE: LogTruncateOk;
 }
 
 /** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
 export type OkBodyInput<T extends RequestType> = T extends 'ACQUIRE'
   ? Omit<AcquireOk, 'payload'> & { payload?: Uint8Array }
-  : OkBodies[T];
+  : T extends 'LOG_READ'
+    ? Omit<LogReadOk, 'payload'> & { payload?: Uint8Array }
+    : OkBodies[T];
 
 // ---------------------------------------------------------------------------------------------------------------
 // ERROR (0x41) and the INVALIDATE push (0x60)
@@ -463,6 +543,27 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         id: req.id,
         address: req.address,
       });
+    case 'LOG_APPEND':
+      return encodeFrame(
+        MessageType.LOG_APPEND,
+        requestId,
+        groupId,
+        { seq: req.seq, name: req.name, sizes: req.sizes, maxBytes: req.maxBytes },
+        req.payload,
+      );
+    case 'LOG_READ':
+      return encodeFrame(MessageType.LOG_READ, requestId, groupId, {
+        name: req.name,
+        from: req.from,
+        maxBytes: req.maxBytes,
+        waitMs: req.waitMs,
+      });
+    case 'LOG_TRUNCATE':
+      return encodeFrame(MessageType.LOG_TRUNCATE, requestId, groupId, {
+        seq: req.seq,
+        name: req.name,
+        before: req.before,
+      });
     default:
       throw invalidArgument(`unknown request type ${describeValue((req as { type: unknown }).type)}`);
   }
@@ -476,7 +577,7 @@ export function encodeOk<T extends RequestType>(
   requestType: T,
   requestId: number,
   body: OkBodyInput<T>,
-  payload?: Uint8Array,
+  payload?: Uint8Array | readonly Uint8Array[],
   groupId = 0,
 ): Buffer[] {
   const b = body as OkBodyInput<RequestType> & Record<string, unknown>;
@@ -515,7 +616,7 @@ export function encodeOk<T extends RequestType>(
       break;
     case 'ACQUIRE': {
       const g = b as OkBodyInput<'ACQUIRE'>;
-      const bytes = payload ?? g.payload ?? EMPTY_PAYLOAD;
+      const bytes = (payload as Uint8Array | undefined) ?? g.payload ?? EMPTY_PAYLOAD;
       const expected = grantPayloadBytes(g.object.size, g.pages);
       if (bytes.byteLength !== expected) {
         throw invalidArgument(
@@ -541,6 +642,30 @@ export function encodeOk<T extends RequestType>(
       break;
     case 'VALIDATE':
       header = { stale: (b as ValidateOk).stale };
+      break;
+    case 'LOG_APPEND':
+      header = { first: (b as LogAppendOk).first, count: (b as LogAppendOk).count };
+      break;
+    case 'LOG_READ': {
+      const r = b as OkBodyInput<'LOG_READ'>;
+      // The records may come as parts (views into the log's memory): they are written out uncopied.
+      const bytes = payload ?? r.payload ?? EMPTY_PAYLOAD;
+      let total = 0;
+      for (const n of r.sizes) total += n;
+      const carried = Array.isArray(bytes) ? frameLength(bytes) : (bytes as Uint8Array).byteLength;
+      if (carried !== total) {
+        throw invalidArgument(`LOG_READ payload is ${carried} bytes; the sizes add up to ${total}`);
+      }
+      return encodeFrame(
+        MessageType.OK,
+        requestId,
+        groupId,
+        { first: r.first, next: r.next, bytes: r.bytes, from: r.from, sizes: r.sizes },
+        bytes,
+      );
+    }
+    case 'LOG_TRUNCATE':
+      header = { first: (b as LogTruncateOk).first };
       break;
     default:
       throw invalidArgument(`unknown request type ${describeValue(requestType)}`);
@@ -712,6 +837,70 @@ REQUEST_DECODERS[MessageType.MEMBERSHIP] = (h, payload) => {
   return { type: 'MEMBERSHIP', op, id, address };
 };
 
+/** Record sizes of a batch or a read answer; their sum must be the payload's length. */
+function logSizesField(value: unknown, payloadBytes: number, maxRecords: number): number[] {
+  const list = arrayField(value, 'sizes');
+  if (list.length > maxRecords) {
+    throw invalidArgument(`sizes lists ${list.length} records; at most ${maxRecords} are allowed`, {
+      field: 'sizes',
+    });
+  }
+  const sizes: number[] = new Array(list.length);
+  let total = 0;
+  for (let i = 0; i < list.length; i++) {
+    const n = list[i];
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > MAX_LOG_RECORD_BYTES) {
+      throw invalidArgument(
+        `sizes[${i}] must be a record length of 0..${MAX_LOG_RECORD_BYTES} bytes; got ${describeValue(n)}`,
+        { field: `sizes[${i}]` },
+      );
+    }
+    sizes[i] = n;
+    total += n;
+  }
+  if (total !== payloadBytes) {
+    throw invalidArgument(`payload is ${payloadBytes} bytes but the record sizes add up to ${total}`, {
+      field: 'payload',
+    });
+  }
+  return sizes;
+}
+
+REQUEST_DECODERS[MessageType.LOG_APPEND] = (h, payload) => {
+  const seq = seqField(h.seq);
+  const name = validateName(h.name);
+  if (payload.length > MAX_LOG_BATCH_BYTES) {
+    throw invalidArgument(`a batch carries at most ${MAX_LOG_BATCH_BYTES} bytes; got ${payload.length}`, {
+      field: 'payload',
+    });
+  }
+  const sizes = logSizesField(h.sizes, payload.length, MAX_LOG_BATCH_RECORDS);
+  if (sizes.length === 0) throw invalidArgument('a batch needs at least one record', { field: 'sizes' });
+  const maxBytes = optionalField(h.maxBytes, 'maxBytes', (v, f) => uintField(v, f, 1, MAX_LOG_MAX_BYTES));
+  return { type: 'LOG_APPEND', seq, name, sizes, maxBytes, payload };
+};
+
+REQUEST_DECODERS[MessageType.LOG_READ] = (h, payload) => {
+  noPayload(payload);
+  return {
+    type: 'LOG_READ',
+    name: validateName(h.name),
+    from: optionalField(h.from, 'from', (v, f) => uintField(v, f)),
+    maxBytes: uintField(h.maxBytes, 'maxBytes', 0, MAX_LOG_READ_BYTES),
+    waitMs: uintField(h.waitMs, 'waitMs', 0, MAX_TIMEOUT_MS),
+  };
+};
+
+REQUEST_DECODERS[MessageType.LOG_TRUNCATE] = (h, payload) => {
+  noPayload(payload);
+  return {
+    type: 'LOG_TRUNCATE',
+    seq: seqField(h.seq),
+    name: validateName(h.name),
+    before: uintField(h.before, 'before'),
+  };
+};
+
 /**
  * Decodes and validates a request frame. PROTOCOL: not a request (unknown or non-request type, requestId 0) or
  * a HELLO of another protocol version. INVALID_ARGUMENT: a bad field, the message naming type and field.
@@ -807,6 +996,25 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
       return [id, address] as [string, string | null];
     });
     return { members, leader: stringField(h.leader, 'leader', 1, 64) };
+  },
+  LOG_APPEND: (h, payload) => {
+    noPayload(payload);
+    return {
+      first: uintField(h.first, 'first'),
+      count: uintField(h.count, 'count', 1, MAX_LOG_BATCH_RECORDS),
+    };
+  },
+  LOG_READ: (h, payload) => {
+    const first = uintField(h.first, 'first');
+    const next = uintField(h.next, 'next', first);
+    const bytes = uintField(h.bytes, 'bytes');
+    const from = uintField(h.from, 'from', first, next);
+    const sizes = logSizesField(h.sizes, payload.length, next - from);
+    return { first, next, bytes, from, sizes, payload };
+  },
+  LOG_TRUNCATE: (h, payload) => {
+    noPayload(payload);
+    return { first: uintField(h.first, 'first') };
   },
 };
 

@@ -17,6 +17,8 @@ import {
   FrameDecoder,
   grantPayloadBytes,
   MAX_ERROR_MESSAGE_CHARS,
+  MAX_LOG_BATCH_RECORDS,
+  MAX_LOG_RECORD_BYTES,
   MAX_OBJECT_BYTES,
   MessageType,
   messageTypeName,
@@ -110,10 +112,23 @@ const sampleRequests: Request[] = [
   { type: 'MEMBERSHIP', op: 'list', id: null, address: null },
   { type: 'MEMBERSHIP', op: 'add', id: 's4', address: '127.0.0.1:7404' },
   { type: 'MEMBERSHIP', op: 'remove', id: 's1', address: null },
+  {
+    type: 'LOG_APPEND',
+    seq: 9,
+    name: 'events',
+    sizes: [3, 0, 2],
+    maxBytes: null,
+    payload: Buffer.from('abcde'),
+  },
+  { type: 'LOG_APPEND', seq: 10, name: 'events', sizes: [0], maxBytes: 4096, payload: Buffer.alloc(0) },
+  { type: 'LOG_READ', name: 'events', from: null, maxBytes: 1024, waitMs: 0 },
+  { type: 'LOG_READ', name: 'events', from: 12, maxBytes: 0, waitMs: 30_000 },
+  { type: 'LOG_TRUNCATE', seq: 11, name: 'events', before: 100 },
 ];
 
 function normalise(req: Request): unknown {
-  if (req.type === 'RELEASE') return { ...req, payload: Buffer.from(req.payload) };
+  if (req.type === 'RELEASE' || req.type === 'LOG_APPEND')
+    return { ...req, payload: Buffer.from(req.payload) };
   return req;
 }
 
@@ -498,6 +513,9 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
     ],
     leader: 's1',
   },
+  LOG_APPEND: { first: 0, count: 3 },
+  LOG_READ: { first: 2, next: 10, bytes: 800, from: 4, sizes: [1, 0, 2], payload: Buffer.from('xyz') },
+  LOG_TRUNCATE: { first: 7 },
 };
 
 test('every OK body round trips', (t) => {
@@ -507,13 +525,13 @@ test('every OK body round trips', (t) => {
     t.is(frame.type, MessageType.OK);
     t.is(frame.requestId, 5);
     const decoded = decodeOk(type, frame) as unknown as Record<string, unknown>;
-    if (type === 'ACQUIRE') {
+    if (type === 'ACQUIRE' || type === 'LOG_READ') {
       t.true(Buffer.isBuffer(decoded.payload));
       t.deepEqual(
         { ...decoded, payload: [...(decoded.payload as Buffer)] },
         {
           ...body,
-          payload: [...(body as OkBodies['ACQUIRE']).payload],
+          payload: [...(body as { payload: Uint8Array }).payload],
         },
       );
     } else {
@@ -529,6 +547,45 @@ test('a grant payload may come as the separate argument, and must match the page
   t.is(decodeOk('ACQUIRE', frame).payload.length, 5904);
   throwsCode(t, () => encodeOk('ACQUIRE', 1, header, Buffer.alloc(10)), 'INVALID_ARGUMENT', ['need 5904']);
   throwsCode(t, () => encodeOk('ACQUIRE', 1, header), 'INVALID_ARGUMENT', ['grant payload is 0 bytes']);
+});
+
+test('LOG_APPEND and LOG_READ refuse bad record lists, naming the field', (t) => {
+  const appendFrame = (header: object, payload?: Uint8Array) =>
+    rawFrame(MessageType.LOG_APPEND, { seq: 1, name: 'l', maxBytes: null, ...header }, payload);
+  const cases: [Frame, string][] = [
+    [appendFrame({ sizes: [] }), 'at least one record'],
+    [appendFrame({ sizes: [2] }, Buffer.alloc(3)), 'sizes add up to 2'],
+    [appendFrame({ sizes: [-1] }), 'sizes[0]'],
+    [appendFrame({ sizes: [MAX_LOG_RECORD_BYTES + 1] }, Buffer.alloc(MAX_LOG_RECORD_BYTES + 1)), 'sizes[0]'],
+    [appendFrame({ sizes: 'x' }), 'sizes'],
+    [appendFrame({ sizes: new Array(MAX_LOG_BATCH_RECORDS + 1).fill(0) }), 'at most 65536'],
+    [appendFrame({ sizes: [1], maxBytes: 0 }, Buffer.alloc(1)), 'maxBytes'],
+    [appendFrame({ sizes: [1], name: '' }, Buffer.alloc(1)), 'name'],
+    [
+      appendFrame({ sizes: new Array(9).fill(MAX_LOG_RECORD_BYTES) }, Buffer.alloc(9 * MAX_LOG_RECORD_BYTES)),
+      'at most 8388608 bytes',
+    ],
+    [
+      rawFrame(MessageType.LOG_READ, { name: 'l', from: null, maxBytes: 5 * 1024 * 1024, waitMs: 0 }),
+      'maxBytes',
+    ],
+    [rawFrame(MessageType.LOG_READ, { name: 'l', from: -1, maxBytes: 1, waitMs: 0 }), 'from'],
+    [rawFrame(MessageType.LOG_READ, { name: 'l', from: 0, maxBytes: 1, waitMs: 2 ** 31 }), 'waitMs'],
+    [rawFrame(MessageType.LOG_TRUNCATE, { seq: 1, name: 'l', before: 1.5 }), 'before'],
+  ];
+  for (const [frame, mention] of cases) {
+    throwsCode(t, () => decodeRequest(frame), 'INVALID_ARGUMENT', [mention]);
+  }
+  // A read answer must not claim more records than the log's bounds allow, nor bytes it does not carry.
+  const ok = (header: object, payload?: Uint8Array) => rawFrame(MessageType.OK, header, payload);
+  const base = { first: 0, next: 2, bytes: 2, from: 0 };
+  throwsCode(t, () => decodeOk('LOG_READ', ok({ ...base, sizes: [1, 1, 1] }, Buffer.alloc(3))), 'PROTOCOL', [
+    'at most 2',
+  ]);
+  throwsCode(t, () => decodeOk('LOG_READ', ok({ ...base, sizes: [1] }, Buffer.alloc(2))), 'PROTOCOL', [
+    'add up to 1',
+  ]);
+  throwsCode(t, () => decodeOk('LOG_READ', ok({ ...base, from: 3, sizes: [] })), 'PROTOCOL', ['from']);
 });
 
 test('bad answers are PROTOCOL errors naming the field', (t) => {

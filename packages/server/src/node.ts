@@ -13,7 +13,10 @@ import {
   encodeInvalidationDatagram,
   encodeOk,
   type HelloRequest,
+  type LogAppendRequest,
+  type LogReadRequest,
   MAX_FRAME_BYTES,
+  MAX_LOG_BATCH_RECORDS,
   MAX_OBJECT_BYTES,
   PAGE_BYTES,
   type ReleaseRequest,
@@ -66,6 +69,14 @@ interface Waiting {
   timer: NodeJS.Timeout | null;
 }
 
+/** A LOG_READ held until its log gains a record (or its wait ends). */
+interface LogWaiter {
+  port: Port;
+  requestId: number;
+  req: LogReadRequest;
+  timer: NodeJS.Timeout | null;
+}
+
 interface SessionState {
   port: Port | null;
   invalidationSeq: number;
@@ -100,6 +111,8 @@ export class SegmemNode {
   private readonly sessions = new Map<number, SessionState>();
   private readonly liveness: SessionLiveness;
   private readonly expiring = new Set<number>();
+  /** Held LOG_READs by log name. */
+  private readonly logWaiters = new Map<string, Set<LogWaiter>>();
   private expiryTimer: NodeJS.Timeout | null = null;
   private udp: UdpSocket | null = null;
   private closing = false;
@@ -145,6 +158,7 @@ export class SegmemNode {
     for (const state of this.sessions.values())
       for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
     this.sessions.clear();
+    this.dropLogWaiters();
     // Close client connections once the answers already on their way are written (a turn of the loop).
     const ports = [...this.ports];
     this.ports.clear();
@@ -451,6 +465,84 @@ export class SegmemNode {
     return (unwrap(outcome.result) as { version: number }).version;
   }
 
+  /** LOG_APPEND: one command, so the batch is atomic, contiguous and applied exactly once. */
+  async logAppend(sessionId: number, req: LogAppendRequest): Promise<{ first: number; count: number }> {
+    const cmd: Command = {
+      op: 'append',
+      sessionId,
+      seq: req.seq,
+      name: req.name,
+      sizes: req.sizes,
+      maxBytes: req.maxBytes,
+      data: req.payload.byteLength > 0 ? toBuffer(req.payload) : null,
+    };
+    return unwrap((await this.log.propose(cmd)).result) as { first: number; count: number };
+  }
+
+  async logTruncate(sessionId: number, req: { seq: number; name: string; before: number }): Promise<number> {
+    const outcome = await this.log.propose({
+      op: 'truncate',
+      sessionId,
+      ...pick(req, 'seq', 'name', 'before'),
+    });
+    return (unwrap(outcome.result) as { first: number }).first;
+  }
+
+  /**
+   * LOG_READ: answers on `port` with the records from `req.from`, now or, when there are none yet and the
+   * request may wait, as soon as the log gains one (pushed from the apply path, not polled).
+   */
+  async logRead(port: Port, requestId: number, req: LogReadRequest): Promise<void> {
+    this.requireLeader();
+    await this.log.readBarrier();
+    if (this.answerLogRead(port, requestId, req, req.waitMs === 0)) return;
+    const waiter: LogWaiter = { port, requestId, req, timer: null };
+    let set = this.logWaiters.get(req.name);
+    if (!set) {
+      set = new Set();
+      this.logWaiters.set(req.name, set);
+    }
+    set.add(waiter);
+    waiter.timer = setTimeout(() => {
+      waiter.timer = null;
+      this.logWaiters.get(req.name)?.delete(waiter);
+      this.answerLogRead(port, requestId, req, true);
+    }, req.waitMs);
+  }
+
+  /** Answers a LOG_READ unless it has nothing to say yet and may wait; returns whether it answered. */
+  private answerLogRead(port: Port, requestId: number, req: LogReadRequest, mustAnswer: boolean): boolean {
+    const r = this.sm.readLog(req.name, req.from, req.maxBytes, MAX_LOG_BATCH_RECORDS);
+    if (port.closed) return true;
+    if (!r.ok) {
+      const details = r.first === undefined ? undefined : { first: r.first };
+      port.wire.write(encodeError(requestId, new SegmemError(r.code, r.message, details)));
+      return true;
+    }
+    const read = r.read;
+    if (read.sizes.length === 0 && req.maxBytes > 0 && !mustAnswer) return false;
+    const { parts, ...header } = read;
+    port.wire.write(encodeOk('LOG_READ', requestId, header, parts));
+    return true;
+  }
+
+  private wakeLogReaders(name: string): void {
+    const set = this.logWaiters.get(name);
+    if (!set) return;
+    for (const w of set) {
+      if (this.answerLogRead(w.port, w.requestId, w.req, false)) {
+        set.delete(w);
+        if (w.timer) clearTimeout(w.timer);
+      }
+    }
+    if (set.size === 0) this.logWaiters.delete(name);
+  }
+
+  private dropLogWaiters(): void {
+    for (const set of this.logWaiters.values()) for (const w of set) if (w.timer) clearTimeout(w.timer);
+    this.logWaiters.clear();
+  }
+
   async goodbye(sessionId: number): Promise<void> {
     await this.log.propose({ op: 'close', sessionId });
   }
@@ -482,6 +574,9 @@ export class SegmemNode {
         }
         case 'invalidate':
           for (const sid of effect.sessionIds) this.pushInvalidation(sid, effect.objectId, effect.version);
+          break;
+        case 'logChanged':
+          this.wakeLogReaders(effect.name);
           break;
         case 'sessionClosed': {
           const state = this.sessions.get(effect.sessionId);
@@ -603,6 +698,7 @@ export class SegmemNode {
     if (this.expiryTimer) clearTimeout(this.expiryTimer);
     for (const state of this.sessions.values())
       for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
+    this.dropLogWaiters();
     await this.log.close();
     await this.dataDir.close();
   }

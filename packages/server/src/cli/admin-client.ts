@@ -75,55 +75,111 @@ class Conn {
   }
 }
 
-/** Runs `req` on the leader of the group reachable at `servers`. */
+/**
+ * A session on the leader of the group reachable at `servers`, for operator commands: each call goes to
+ * the leader, following redirects and re-dialling (a new session) when the connection is lost.
+ */
+export class AdminSession {
+  private conn: Conn | null = null;
+  private clusterId = '';
+  private readonly queue: string[];
+
+  constructor(private readonly servers: string[]) {
+    this.queue = [...servers];
+  }
+
+  /** Runs `req` on the leader; `timeoutMs` bounds the whole attempt, retries included. */
+  async call<T extends Request['type']>(
+    req: Extract<Request, { type: T }>,
+    timeoutMs = 15_000,
+  ): Promise<OkBodies[T] & { clusterId: string }> {
+    const deadline = Date.now() + timeoutMs;
+    let lastError: unknown;
+    const tried: string[] = [];
+    /** Whether an earlier attempt sent the request and lost the connection before the answer. */
+    let uncertain = false;
+    while (Date.now() < deadline) {
+      const address = this.queue[0] ?? this.servers[0]!;
+      try {
+        const conn = await this.connected(address);
+        let answer: OkBodies[T];
+        try {
+          answer = await conn.call(req, Math.max(1000, deadline - Date.now()));
+        } catch (err) {
+          // A lost connection, or a leader that lost leadership with the change in its log: it may be done.
+          if (SegmemError.is(err) && err.code === 'UNAVAILABLE') {
+            if (err.details?.reason !== 'NOT_LEADER' || err.details?.maybeApplied === true) uncertain = true;
+          }
+          throw err;
+        }
+        return { ...answer, clusterId: this.clusterId };
+      } catch (err) {
+        lastError = err;
+        this.drop();
+        if (process.env.SEGMEM_DEBUG) tried.push(`${address}: ${(err as Error).message}`);
+        const details = SegmemError.is(err) ? err.details : undefined;
+        if (details?.reason === 'NOT_LEADER' && typeof details.address === 'string') {
+          this.prefer(details.address);
+          continue;
+        }
+        this.queue.push(this.queue.shift()!);
+        if (details?.reason === 'NOT_LEADER') {
+          await new Promise((r) => setTimeout(r, 200)); // an election is under way
+        } else if (SegmemError.is(err) && err.code !== 'UNAVAILABLE') {
+          // Tell the caller whether an earlier attempt may have done the work (its answer was lost).
+          throw uncertain ? new SegmemError(err.code, err.message, { ...err.details, retried: true }) : err;
+        }
+      }
+    }
+    if (process.env.SEGMEM_DEBUG) process.stderr.write(`${tried.join('\n')}\n`);
+    throw lastError instanceof Error ? lastError : new SegmemError('UNAVAILABLE', 'no leader reachable');
+  }
+
+  /** Says goodbye (the session ends at once) and closes. */
+  async close(): Promise<void> {
+    if (this.conn) await this.conn.call({ type: 'GOODBYE' }, 2000).catch(() => {});
+    this.drop();
+  }
+
+  private async connected(address: string): Promise<Conn> {
+    if (this.conn) return this.conn;
+    const conn = await Conn.open(address, 2000);
+    try {
+      const hello = await conn.call(
+        { type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000, clientName: 'segmem cli' },
+        5000,
+      );
+      this.clusterId = hello.clusterId;
+    } catch (err) {
+      conn.close();
+      throw err;
+    }
+    this.conn = conn;
+    return conn;
+  }
+
+  private drop(): void {
+    this.conn?.close();
+    this.conn = null;
+  }
+
+  private prefer(address: string): void {
+    const i = this.queue.indexOf(address);
+    if (i >= 0) this.queue.splice(i, 1);
+    this.queue.unshift(address);
+  }
+}
+
+/** Runs `req` on the leader of the group reachable at `servers`, in a session of its own. */
 export async function adminCall<T extends Request['type']>(
   servers: string[],
   req: Extract<Request, { type: T }>,
   timeoutMs = 15_000,
 ): Promise<OkBodies[T] & { clusterId: string }> {
-  const deadline = Date.now() + timeoutMs;
-  const queue = [...servers];
-  let lastError: unknown;
-  const tried: string[] = [];
-  /** Whether an earlier attempt sent the request and lost the connection before the answer. */
-  let uncertain = false;
-  while (Date.now() < deadline) {
-    const address = queue.shift() ?? servers[0]!;
-    queue.push(address);
-    let conn: Conn | undefined;
-    try {
-      conn = await Conn.open(address, 2000);
-      const hello = await conn.call(
-        { type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000, clientName: 'segmem cli' },
-        5000,
-      );
-      let answer: OkBodies[T];
-      try {
-        answer = await conn.call(req, Math.max(1000, deadline - Date.now()));
-      } catch (err) {
-        // A lost connection, or a leader that lost leadership with the change in its log: it may be done.
-        if (SegmemError.is(err) && err.code === 'UNAVAILABLE') {
-          if (err.details?.reason !== 'NOT_LEADER' || err.details?.maybeApplied === true) uncertain = true;
-        }
-        throw err;
-      }
-      await conn.call({ type: 'GOODBYE' }, 2000).catch(() => {});
-      return { ...answer, clusterId: hello.clusterId };
-    } catch (err) {
-      lastError = err;
-      if (process.env.SEGMEM_DEBUG) tried.push(`${address}: ${(err as Error).message}`);
-      const details = SegmemError.is(err) ? err.details : undefined;
-      if (details?.reason === 'NOT_LEADER') {
-        if (typeof details.address === 'string') queue.unshift(details.address);
-        else await new Promise((r) => setTimeout(r, 200)); // an election is under way
-      } else if (SegmemError.is(err) && err.code !== 'UNAVAILABLE') {
-        // Tell the caller whether an earlier attempt may have done the work (its answer was lost).
-        throw uncertain ? new SegmemError(err.code, err.message, { ...err.details, retried: true }) : err;
-      }
-    } finally {
-      conn?.close();
-    }
+  const session = new AdminSession(servers);
+  try {
+    return await session.call(req, timeoutMs);
+  } finally {
+    await session.close();
   }
-  if (process.env.SEGMEM_DEBUG) process.stderr.write(`${tried.join('\n')}\n`);
-  throw lastError instanceof Error ? lastError : new SegmemError('UNAVAILABLE', 'no leader reachable');
 }

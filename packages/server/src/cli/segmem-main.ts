@@ -6,8 +6,8 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { SegmemError } from '@segmem/protocol';
-import { adminCall } from './admin-client.js';
+import { MAX_LOG_READ_BYTES, SegmemError, validateName } from '@segmem/protocol';
+import { AdminSession, adminCall } from './admin-client.js';
 import { parseArgs } from './args.js';
 
 const USAGE = `usage: segmem up [--servers N] [--dir DIR] [--port PORT] [--fsync always|batch|none]
@@ -16,7 +16,13 @@ const USAGE = `usage: segmem up [--servers N] [--dir DIR] [--port PORT] [--fsync
        segmem cluster list --servers HOST:PORT,...
        segmem cluster add ID HOST:PORT --servers HOST:PORT,...
        segmem cluster remove ID --servers HOST:PORT,...
-         Shows or changes the group's membership, one server at a time (start a new server with --join first).`;
+         Shows or changes the group's membership, one server at a time (start a new server with --join first).
+       segmem log tail NAME [--from SEQ] [--follow] [--json] --servers HOST:PORT,...
+         Prints the records of shared log NAME from SEQ (default: the oldest kept), one per line as
+         "SEQ TEXT" (TEXT is the record as UTF-8 with \\, \\n and \\r escaped) or, with --json, as
+         {"seq":N,"data":"<base64>"}; --follow keeps waiting for new records until Ctrl-C.
+       segmem log info NAME --servers HOST:PORT,...
+         Prints the log's first and next sequence numbers and its retained bytes.`;
 
 const SERVER_BIN = join(dirname(fileURLToPath(import.meta.url)), '../../../bin/segmem-server.mjs');
 
@@ -25,6 +31,7 @@ export async function segmemMain(argv: string[]): Promise<void> {
   try {
     if (command === 'up') await up(rest);
     else if (command === 'cluster') await cluster(rest);
+    else if (command === 'log') await logCommand(rest);
     else if (command === undefined || command === 'help' || command === '--help')
       process.stdout.write(`${USAGE}\n`);
     else throw new SegmemError('INVALID_ARGUMENT', `unknown command ${JSON.stringify(command)}`);
@@ -35,12 +42,77 @@ export async function segmemMain(argv: string[]): Promise<void> {
   }
 }
 
-async function cluster(argv: string[]): Promise<void> {
-  const args = parseArgs(argv, { values: ['servers'], flags: [], positional: true });
-  const [op, id, address] = args.positional;
+function serversOf(args: { values: Map<string, string> }): string[] {
   const servers = (args.values.get('servers') ?? process.env.SEGMEM_SERVERS ?? '').split(',').filter(Boolean);
   if (servers.length === 0)
     throw new SegmemError('INVALID_ARGUMENT', '--servers (or SEGMEM_SERVERS) is required');
+  return servers;
+}
+
+/** How long a followed read waits on the server before asking again. */
+const TAIL_WAIT_MS = 10_000;
+
+async function logCommand(argv: string[]): Promise<void> {
+  const args = parseArgs(argv, { values: ['servers', 'from'], flags: ['follow', 'json'], positional: true });
+  const [op, name] = args.positional;
+  if (op !== 'tail' && op !== 'info') {
+    throw new SegmemError('INVALID_ARGUMENT', `log needs tail or info; got ${JSON.stringify(op)}`);
+  }
+  if (!name) throw new SegmemError('INVALID_ARGUMENT', `log ${op} needs a log name`);
+  validateName(name);
+  const session = new AdminSession(serversOf(args));
+  try {
+    if (op === 'info') {
+      const r = await session.call({ type: 'LOG_READ', name, from: null, maxBytes: 0, waitMs: 0 });
+      process.stdout.write(`log ${name}: first ${r.first}, next ${r.next}, ${r.bytes} bytes\n`);
+      return;
+    }
+    const fromArg = args.values.get('from');
+    let from: number | null = null;
+    if (fromArg !== undefined) {
+      from = Number(fromArg);
+      if (!/^\d+$/.test(fromArg) || !Number.isSafeInteger(from))
+        throw new SegmemError('INVALID_ARGUMENT', `--from must be a sequence number; got ${fromArg}`);
+    }
+    const follow = args.flags.has('follow');
+    const json = args.flags.has('json');
+    let stop = false;
+    process.once('SIGINT', () => {
+      stop = true;
+      void session.close().then(() => process.exit(0));
+    });
+    while (!stop) {
+      const r = await session.call(
+        { type: 'LOG_READ', name, from, maxBytes: MAX_LOG_READ_BYTES, waitMs: follow ? TAIL_WAIT_MS : 0 },
+        TAIL_WAIT_MS + 15_000,
+      );
+      const payload = Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength);
+      let at = 0;
+      let out = '';
+      for (let i = 0; i < r.sizes.length; i++) {
+        const data = payload.subarray(at, at + r.sizes[i]!);
+        at += r.sizes[i]!;
+        out += json
+          ? `${JSON.stringify({ seq: r.from + i, data: data.toString('base64') })}\n`
+          : `${r.from + i} ${escapeText(data.toString('utf8'))}\n`;
+      }
+      if (out && !process.stdout.write(out)) await new Promise((r) => process.stdout.once('drain', r));
+      from = r.from + r.sizes.length;
+      if (!follow && from >= r.next) break;
+    }
+  } finally {
+    await session.close();
+  }
+}
+
+function escapeText(s: string): string {
+  return s.replace(/[\\\n\r]/g, (c) => (c === '\\' ? '\\\\' : c === '\n' ? '\\n' : '\\r'));
+}
+
+async function cluster(argv: string[]): Promise<void> {
+  const args = parseArgs(argv, { values: ['servers'], flags: [], positional: true });
+  const [op, id, address] = args.positional;
+  const servers = serversOf(args);
   if (op !== 'list' && op !== 'add' && op !== 'remove') {
     throw new SegmemError('INVALID_ARGUMENT', `cluster needs list, add or remove; got ${JSON.stringify(op)}`);
   }

@@ -31,7 +31,20 @@ export type Command =
       /** [offset, length] pairs, sorted and disjoint; their bytes are `data`, concatenated. */
       ranges: [number, number][];
       data: Buffer | null;
-    };
+    }
+  /** Appends records to a shared log (created on first use with retention `maxBytes`, null: the default). */
+  | {
+      op: 'append';
+      sessionId: number;
+      seq: number;
+      name: string;
+      /** Byte length of each record; the records are `data`, concatenated. */
+      sizes: number[];
+      maxBytes: number | null;
+      data: Buffer | null;
+    }
+  /** Drops a shared log's records before sequence number `before`. */
+  | { op: 'truncate'; sessionId: number; seq: number; name: string; before: number };
 
 /**
  * Commands that change durable data. Under fsync "always"/"batch" they are applied (made visible)
@@ -39,7 +52,13 @@ export type Command =
  * and sessions end with the process that holds them, so they need not wait for the disk.
  */
 export function mustSync(cmd: Command): boolean {
-  return cmd.op === 'create' || cmd.op === 'delete' || (cmd.op === 'release' && cmd.mode === 'write');
+  return (
+    cmd.op === 'create' ||
+    cmd.op === 'delete' ||
+    cmd.op === 'append' ||
+    cmd.op === 'truncate' ||
+    (cmd.op === 'release' && cmd.mode === 'write')
+  );
 }
 
 export interface ObjectRecord {
@@ -65,6 +84,8 @@ export type Effect =
   | { kind: 'fail'; sessionId: number; seq: number; code: ErrorCode; message: string }
   /** These sessions cache a stale copy of the object (version 0: deleted). */
   | { kind: 'invalidate'; sessionIds: number[]; objectId: number; version: number }
+  /** A shared log gained records, was truncated or was deleted: readers waiting on it should look again. */
+  | { kind: 'logChanged'; name: string }
   /** A session ended; its connection should be told. */
   | { kind: 'sessionClosed'; sessionId: number; reason: 'goodbye' | 'expired' | 'restart' };
 
@@ -80,7 +101,7 @@ const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: '
 export function encodeCommand(cmd: Command): Buffer[] {
   let data: Buffer | null = null;
   let header: unknown = cmd;
-  if (cmd.op === 'release' && cmd.data) {
+  if ((cmd.op === 'release' || cmd.op === 'append') && cmd.data) {
     data = cmd.data;
     header = { ...cmd, data: null };
   }
@@ -95,7 +116,7 @@ export function decodeCommand(record: Buffer): Command {
   const headerBytes = record.readUInt32LE(0);
   if (4 + headerBytes > record.length) throw new Error('log record header runs past its end');
   const cmd = packr.unpack(record.subarray(4, 4 + headerBytes)) as Command;
-  if (cmd.op === 'release' && cmd.mode === 'write') {
+  if ((cmd.op === 'release' && cmd.mode === 'write') || cmd.op === 'append') {
     cmd.data = record.subarray(4 + headerBytes);
   }
   return cmd;

@@ -13,6 +13,7 @@ import type { ErrorCode } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import { PageAllocator } from './allocator.js';
 import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';
+import { type LogRead, SharedLogs } from './shared-logs.js';
 
 /** How many recent results each session keeps for answering retried commands. */
 export const DEDUP_WINDOW = 1024;
@@ -76,7 +77,8 @@ const snapshotCodec = new Packr({
   int64AsType: 'number',
   moreTypes: false,
 });
-const SNAPSHOT_FORMAT = 1;
+/** 2 added shared logs; format 1 snapshots (no logs) still restore. */
+const SNAPSHOT_FORMAT = 2;
 
 const ok = (value: unknown): Result => ({ ok: true, value });
 const fail = (code: ErrorCode, message: string): Result => ({ ok: false, code, message });
@@ -88,6 +90,7 @@ export class StateMachine {
   private readonly byName = new Map<string, SegmentObject>();
   private readonly byId = new Map<number, SegmentObject>();
   private readonly sessions = new Map<number, Session>();
+  private logs = new SharedLogs();
   private nextObjectId = 1;
   private nextSessionId = 1;
   private readonly unsafeSkipFencing: boolean;
@@ -158,6 +161,12 @@ export class StateMachine {
       case 'release':
         result = this.release(session, cmd, effects);
         break;
+      case 'append':
+        result = this.append(cmd, effects);
+        break;
+      case 'truncate':
+        result = this.truncate(cmd.name, cmd.before, effects);
+        break;
       default:
         throw new Error(`state machine invariant: unknown command ${(cmd as { op: string }).op}`);
     }
@@ -225,6 +234,7 @@ export class StateMachine {
   // --- directory ---
 
   private create(name: string, size: number, ifNotExists: boolean): Result {
+    if (this.logs.has(name)) return fail('ALREADY_EXISTS', `"${name}" already exists as a shared log`);
     const existing = this.byName.get(name);
     if (existing) {
       if (ifNotExists && existing.size === size) return ok({ object: record(existing), created: false });
@@ -261,6 +271,10 @@ export class StateMachine {
   }
 
   private delete(name: string, effects: Effect[]): Result {
+    if (this.logs.delete(name)) {
+      effects.push({ kind: 'logChanged', name });
+      return ok(null);
+    }
     const obj = this.byName.get(name);
     if (!obj) return fail('NOT_FOUND', `no object named "${name}"`);
     this.byName.delete(name);
@@ -421,6 +435,78 @@ export class StateMachine {
     }
   }
 
+  // --- shared logs ---
+
+  private append(cmd: Command & { op: 'append' }, effects: Effect[]): Result {
+    if (this.byName.has(cmd.name)) {
+      return fail('INVALID_ARGUMENT', `"${cmd.name}" is an object, not a shared log`);
+    }
+    let total = 0;
+    for (const n of cmd.sizes) total += n;
+    if (cmd.sizes.length === 0 || total !== (cmd.data?.length ?? 0)) {
+      return fail('INVALID_ARGUMENT', 'append record sizes do not match the bytes sent');
+    }
+    const first = this.logs.append(cmd.name, cmd.sizes, cmd.data, cmd.maxBytes);
+    effects.push({ kind: 'logChanged', name: cmd.name });
+    return ok({ first, count: cmd.sizes.length });
+  }
+
+  private truncate(name: string, before: number, effects: Effect[]): Result {
+    const log = this.logs.get(name);
+    if (!log) return fail('NOT_FOUND', `no shared log named "${name}"`);
+    if (before > log.next) {
+      return fail(
+        'INVALID_ARGUMENT',
+        `cannot truncate "${name}" before ${before}: its next sequence number is ${log.next}`,
+      );
+    }
+    const first = this.logs.truncate(log, before);
+    effects.push({ kind: 'logChanged', name });
+    return ok({ first });
+  }
+
+  /**
+   * Reads records of log `name` from `from` (null: the oldest retained). Throws-free: NOT_FOUND for an
+   * unknown log or for records already dropped (details carry the first retained number), INVALID_ARGUMENT
+   * for a `from` past the end.
+   */
+  readLog(
+    name: string,
+    from: number | null,
+    maxBytes: number,
+    maxRecords: number,
+  ): { ok: true; read: LogRead } | { ok: false; code: ErrorCode; message: string; first?: number } {
+    const log = this.logs.get(name);
+    if (!log) {
+      if (this.byName.has(name)) {
+        return { ok: false, code: 'INVALID_ARGUMENT', message: `"${name}" is an object, not a shared log` };
+      }
+      return { ok: false, code: 'NOT_FOUND', message: `no shared log named "${name}"` };
+    }
+    const start = from ?? log.first;
+    if (start < log.first) {
+      return {
+        ok: false,
+        code: 'NOT_FOUND',
+        message: `records of "${name}" before ${log.first} were truncated (asked for ${start})`,
+        first: log.first,
+      };
+    }
+    if (start > log.next) {
+      return {
+        ok: false,
+        code: 'INVALID_ARGUMENT',
+        message: `"${name}" has no record ${start} yet and will number the next one ${log.next}`,
+      };
+    }
+    return { ok: true, read: this.logs.read(log, start, maxBytes, maxRecords) };
+  }
+
+  /** How many shared logs exist. */
+  logCount(): number {
+    return this.logs.size;
+  }
+
   // --- snapshots ---
 
   /**
@@ -464,27 +550,40 @@ export class StateMachine {
       this.nextSessionId,
       objects,
       sessions,
+      this.logs.snapshot(),
     ]);
   }
 
   /** Rebuilds a state machine from {@link snapshot} bytes. */
   static restore(bytes: Buffer, opts: Partial<StateMachineOptions> = {}): StateMachine {
-    const [format, pageBytes, segmentBytes, appliedIndex, nextObjectId, nextSessionId, objects, sessions] =
-      snapshotCodec.unpack(bytes) as [
-        number,
-        number,
-        number,
-        number,
-        number,
-        number,
-        unknown[][],
-        unknown[][],
-      ];
-    if (format !== SNAPSHOT_FORMAT) throw new Error(`unknown state machine snapshot format ${format}`);
+    const [
+      format,
+      pageBytes,
+      segmentBytes,
+      appliedIndex,
+      nextObjectId,
+      nextSessionId,
+      objects,
+      sessions,
+      logs,
+    ] = snapshotCodec.unpack(bytes) as [
+      number,
+      number,
+      number,
+      number,
+      number,
+      number,
+      unknown[][],
+      unknown[][],
+      unknown[] | undefined,
+    ];
+    if (format !== SNAPSHOT_FORMAT && format !== 1)
+      throw new Error(`unknown state machine snapshot format ${format}`);
     const sm = new StateMachine({ ...opts, pageBytes, segmentBytes });
     sm.appliedIndex = appliedIndex;
     sm.nextObjectId = nextObjectId;
     sm.nextSessionId = nextSessionId;
+    if (format >= 2 && logs) sm.logs = SharedLogs.restore(logs);
     for (const o of objects) {
       const [id, name, size, firstPage, version, pv, data, lastToken, writer, readers, queue, cachedBy] =
         o as [

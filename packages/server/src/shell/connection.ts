@@ -188,6 +188,15 @@ export class ServerConnection implements Port {
       case 'MEMBERSHIP':
         this.answer(encodeOk('MEMBERSHIP', requestId, await node.membership(req.op, req.id, req.address)));
         return;
+      case 'LOG_APPEND':
+        this.answer(encodeOk('LOG_APPEND', requestId, await node.logAppend(sid, req)));
+        return;
+      case 'LOG_READ':
+        await node.logRead(this, requestId, req);
+        return;
+      case 'LOG_TRUNCATE':
+        this.answer(encodeOk('LOG_TRUNCATE', requestId, { first: await node.logTruncate(sid, req) }));
+        return;
     }
   }
 
