@@ -23,7 +23,6 @@ import {
   MessageType,
   messageTypeName,
   type ObjectRecord,
-  type OkBodies,
   type OkBodyInput,
   PAGE_BYTES,
   PROTOCOL_VERSION,
