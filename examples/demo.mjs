@@ -30,13 +30,19 @@ try {
   rmSync(dir, { recursive: true, force: true });
 }
 
-for (const [title, script] of [
+for (const [title, script, ...args] of [
   ['2. counter: several processes increment one counter', 'counter/run.mjs'],
   ['3. contention: readers share, writers exclude', 'contention/run.mjs'],
   ['4. failover: a 3-server cluster loses its leader, the counter keeps counting', 'failover/run.mjs'],
+  [
+    '5. log-writers: 8 processes append to one shared log, a reader follows it',
+    'log-writers/run.mjs',
+    '8',
+    '500',
+  ],
 ]) {
   console.log(`\n== ${title} ==`);
-  const r = spawnSync(process.execPath, [join(here, script)], { stdio: 'inherit' });
+  const r = spawnSync(process.execPath, [join(here, script), ...args], { stdio: 'inherit' });
   if (r.status !== 0) {
     console.error(`demo: ${script} failed`);
     process.exitCode = 1;

@@ -6,7 +6,7 @@ import { runNode } from './helpers.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
 
-test('npm run demo: the seed program, the multi-process counter, contention and failover demos all pass', async (t) => {
+test('npm run demo: the seed program, the multi-process counter, contention, failover and log-writers demos all pass', async (t) => {
   const { done } = runNode(resolve(root, 'examples/demo.mjs'), [], {
     timeoutMs: 90_000,
     env: { SEGMEM_SERVERS: '' },
@@ -17,5 +17,6 @@ test('npm run demo: the seed program, the multi-process counter, contention and 
   t.regex(exit.stdout, /compteur = 2035 \(expected 2035\)/);
   t.regex(exit.stdout, /each alone: yes/);
   t.regex(exit.stdout, /failover: \d+ increments acknowledged, compteur = \d+: exact/);
+  t.regex(exit.stdout, /log-writers: every record exactly once, each writer in order: yes/);
   t.regex(exit.stdout, /demo: all checks passed/);
 });
