@@ -13,6 +13,7 @@ import {
   SegmemError,
 } from '@segmem/protocol';
 import { connectLocal, type FsyncPolicy, SegmemNode } from '@segmem/server';
+import { FollowerReads } from './follower-reads.js';
 import { openMappedSegment } from './mapped-segment.js';
 import { type Segment, SegmentImpl } from './segment.js';
 import { type Dial, Session, type Transport, tcpDial } from './session.js';
@@ -32,6 +33,11 @@ export interface ConnectOptions {
   token?: string;
   /** Also receive invalidations as UDP datagrams (best effort, beside the TCP pushes). Default false. */
   udpHints?: boolean;
+  /**
+   * In a cluster, read the pages of large grants (64 KiB or more changed) from followers instead of the
+   * leader, to spread the load. Default true; no effect with one server.
+   */
+  followerReads?: boolean;
 }
 
 export interface EmbeddedOptions {
@@ -58,7 +64,14 @@ function sessionTimeout(value: number | undefined): number {
 
 async function openSegment(
   dial: Dial,
-  opts: { sessionTimeoutMs: number; token?: string; cacheDir?: string; reconnect: boolean; udp?: UdpSocket },
+  opts: {
+    sessionTimeoutMs: number;
+    token?: string;
+    cacheDir?: string;
+    reconnect: boolean;
+    udp?: UdpSocket;
+    followerReads?: boolean;
+  },
   onClose: () => Promise<void>,
 ): Promise<SegmentImpl> {
   let segment: SegmentImpl | undefined;
@@ -77,7 +90,22 @@ async function openSegment(
     pageBytes: session.hello.pageBytes,
     ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
   });
-  segment = new SegmentImpl(session, mapped, session.hello.pageBytes, onClose);
+  const followerReads = opts.followerReads
+    ? new FollowerReads(session, {
+        sessionTimeoutMs: opts.sessionTimeoutMs,
+        ...(opts.token !== undefined ? { token: opts.token } : {}),
+      })
+    : null;
+  segment = new SegmentImpl(
+    session,
+    mapped,
+    session.hello.pageBytes,
+    async () => {
+      followerReads?.close();
+      await onClose();
+    },
+    followerReads,
+  );
   const udp = opts.udp;
   if (udp) {
     udp.on('message', (buf) => {
@@ -122,6 +150,7 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
       {
         sessionTimeoutMs,
         reconnect: true,
+        followerReads: opts.followerReads ?? true,
         ...(opts.token !== undefined ? { token: opts.token } : {}),
         ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
         ...(udp ? { udp } : {}),

@@ -14,6 +14,7 @@ import {
   validateSize,
 } from '@segmem/protocol';
 import { changedRanges, gatherRanges } from './diff.js';
+import { FOLLOWER_READ_MIN_BYTES, type FollowerReads } from './follower-reads.js';
 import type { MappedSegment } from './mapped-segment.js';
 import type { Session } from './session.js';
 import { type LogOptions, type SharedLog, SharedLogImpl } from './shared-log.js';
@@ -95,11 +96,27 @@ export class SegmentImpl implements Segment {
     private readonly mapped: MappedSegment,
     private readonly pageBytes: number,
     private readonly onClose: () => Promise<void> = async () => {},
+    /** Where deferred grants get their pages (a cluster's followers); none for one server or embedded. */
+    private readonly followerReads: FollowerReads | null = null,
   ) {}
 
   /** Bytes and requests this segment's session moved so far (not part of the pinned API). */
-  stats(): { bytesSent: number; bytesReceived: number; requests: number } {
-    return { ...this.session.traffic };
+  stats(): {
+    bytesSent: number;
+    bytesReceived: number;
+    requests: number;
+    /** Pages of deferred grants read from followers and from the leader. */
+    pageReads: { fromFollowers: number; fromLeader: number };
+  } {
+    const t = { ...this.session.traffic };
+    const f = this.followerReads;
+    if (f) {
+      const r = f.traffic();
+      t.bytesSent += r.bytesSent;
+      t.bytesReceived += r.bytesReceived;
+      t.requests += r.requests;
+    }
+    return { ...t, pageReads: { ...(f?.stats ?? { fromFollowers: 0, fromLeader: 0 }) } };
   }
 
   /** The group's members and their addresses (a single server lists itself without one). Not pinned. */
@@ -224,6 +241,7 @@ export class SegmentImpl implements Segment {
       cachedId: fresh ? cached.id : 0,
       cachedVersion: fresh ? cached.version : 0,
       timeoutMs: timeoutMs ?? null,
+      inlineMaxBytes: this.followerReads?.active ? FOLLOWER_READ_MIN_BYTES : null,
     });
     const cachedIdSent = fresh ? cached.id : 0;
     if (fresh) {
@@ -233,7 +251,11 @@ export class SegmentImpl implements Segment {
       );
     }
     if (!signal && timeoutMs === undefined)
-      return this.install((await promise) as AcquireOk, mode, cachedIdSent);
+      return this.install(
+        await this.complete((await promise) as AcquireOk, mode, cached),
+        mode,
+        cachedIdSent,
+      );
     return new Promise<Handle>((resolve, reject) => {
       let gaveUp = false;
       let guard: NodeJS.Timeout | undefined;
@@ -261,12 +283,12 @@ export class SegmentImpl implements Segment {
         guard.unref?.();
       }
       promise.then(
-        (ok) => {
+        async (ok) => {
           if (guard) clearTimeout(guard);
           signal?.removeEventListener('abort', onAbort);
           let handle: Handle;
           try {
-            handle = this.install(ok as AcquireOk, mode, cachedIdSent);
+            handle = this.install(await this.complete(ok as AcquireOk, mode, cached), mode, cachedIdSent);
           } catch (err) {
             if (!gaveUp) reject(err);
             return;
@@ -282,6 +304,29 @@ export class SegmentImpl implements Segment {
         },
       );
     });
+  }
+
+  /**
+   * A deferred grant's page bytes, read from a follower (or the leader); the grant is given back if they
+   * cannot be read. The cached copy the grant is a delta against stays guarded meanwhile.
+   */
+  private async complete(
+    grant: AcquireOk,
+    mode: 'read' | 'write',
+    cached?: CachedObject,
+  ): Promise<AcquireOk> {
+    if (!grant.deferred) return grant;
+    if (cached) cached.inflight++;
+    try {
+      if (!this.followerReads) throw new SegmemError('PROTOCOL', 'a deferred grant without follower reads');
+      const payload = await this.followerReads.fetch(grant);
+      return { ...grant, payload, deferred: false };
+    } catch (err) {
+      this.session.giveBack(grant.object.name, mode, grant.token);
+      throw err;
+    } finally {
+      if (cached) cached.inflight--;
+    }
   }
 
   /** {@link granted}, giving the grant back to the server if it cannot be installed locally. */

@@ -66,6 +66,8 @@ export interface SessionOptions {
   onSessionLost: (err: SegmemError) => void;
   /** Dropping the transport made the client's cache unreliable: revalidate it. */
   onResumed: () => void;
+  /** A page-reader connection: no session, READ_PAGES only, to any member (see HelloRequest.pageReader). */
+  pageReader?: boolean;
 }
 
 export class Session {
@@ -183,6 +185,7 @@ export class Session {
       resumeSessionId,
       udpPort: this.opts.udpPort ?? null,
       clientName: `pid ${process.pid}`,
+      pageReader: this.opts.pageReader ?? false,
     };
     const answer = new Promise<unknown>((resolve, reject) => {
       this.pending.set(requestId, { req: hello, sent: true, resolve, reject });
@@ -195,9 +198,12 @@ export class Session {
     };
     this.send(encodeRequest(hello, requestId));
     const ok = (await answer) as HelloOk;
+    if (ok.sessionId === 0 && !this.opts.pageReader) {
+      throw new SegmemError('PROTOCOL', 'the server opened no session (sessionId 0) for a session HELLO');
+    }
     transport.onClose = () => this.lost(transport);
     this.hello = ok;
-    this.startKeepalive(ok.keepaliveMs);
+    if (!this.opts.pageReader) this.startKeepalive(ok.keepaliveMs);
     return ok.resumed;
   }
 

@@ -155,7 +155,8 @@ for (const mode of ['embedded', 'tcp'] as const) {
       t.is(h.bytes.length, 8);
       t.is((await seg.stat('ok')).version, 2, 'nothing changed by the second release');
       t.is((await seg.list()).length, 2, 'no object was created by bad input');
-      t.throws(() => seg.log('x'), { code: 'INVALID_ARGUMENT' } as never);
+      t.throws(() => seg.log(''), { code: 'INVALID_ARGUMENT' } as never);
+      await rejectsCode(t, seg.log('ok').append('x'), 'INVALID_ARGUMENT', 'an object is not a log');
     } finally {
       await f.cleanup();
     }

@@ -13,6 +13,7 @@ import {
   runNode,
   type ServerProcess,
   startServerProcess,
+  statuses,
   TestCluster,
   tempDir,
   waitFor,
@@ -209,6 +210,59 @@ test('membership: a new server joins with segmem cluster add, catches up, and a 
     await converged(cluster);
   } finally {
     await seg.close();
+    await cluster.stopAll();
+    dir.cleanup();
+  }
+});
+
+test('followers serve the bytes of large grants; reads stay correct when a follower dies', async (t) => {
+  const dir = tempDir();
+  const cluster = await TestCluster.start(3, dir.path);
+  const writer = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
+  const reader = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
+  const size = 1024 * 1024;
+  try {
+    await writer.create('big', size);
+    let round = 0;
+    /** The writer rewrites every page; the reader then needs all of them, a 1 MiB delta. */
+    const writeAndCheck = async () => {
+      round++;
+      await writer.update('big', (h) => h.bytes.fill(round % 251));
+      await reader.read('big', (h) => {
+        t.is(h.bytes[0], round % 251);
+        t.is(h.bytes[size - 1], round % 251);
+        t.true(h.bytes.every((b) => b === round % 251));
+      });
+    };
+    // The reader learns the members in the background; from then on its large grants are deferred.
+    await waitFor(
+      async () => {
+        await writeAndCheck();
+        return (
+          (reader as unknown as { stats(): { pageReads: { fromFollowers: number } } }).stats().pageReads
+            .fromFollowers > 0
+        );
+      },
+      'a grant whose pages came from a follower',
+      20_000,
+    );
+    const served = [...(await statuses(cluster)).values()];
+    t.true(
+      served.some((s) => !s.leader && s.pagesServed >= 256),
+      `a follower served the pages: ${JSON.stringify(served)}`,
+    );
+    t.is(served.find((s) => s.leader)?.pagesServed, 0, 'the leader served none of them');
+
+    // One follower dies: reads go on, from the other follower or from the leader, and stay right.
+    const leader = await waitFor(() => cluster.leader(), 'a leader');
+    const follower = cluster.members.find((m) => m.id !== leader.id)!;
+    await cluster.kill(follower.id);
+    for (let i = 0; i < 5; i++) await writeAndCheck();
+    await cluster.startMember(follower.id);
+    await converged(cluster);
+  } finally {
+    await reader.close().catch(() => {});
+    await writer.close().catch(() => {});
     await cluster.stopAll();
     dir.cleanup();
   }

@@ -239,8 +239,8 @@ export class TestCluster {
 /** Asks each running member for its status line (SIGUSR2) and returns the latest one per member. */
 export async function statuses(
   cluster: TestCluster,
-): Promise<Map<string, { applied: number; digest: string; leader: boolean }>> {
-  const out = new Map<string, { applied: number; digest: string; leader: boolean }>();
+): Promise<Map<string, { applied: number; digest: string; leader: boolean; pagesServed: number }>> {
+  const out = new Map<string, { applied: number; digest: string; leader: boolean; pagesServed: number }>();
   for (const m of cluster.members) {
     if (!m.server) continue;
     const before = (m.server.stderr().match(/status /g) ?? []).length;
@@ -254,8 +254,15 @@ export async function statuses(
       .stderr()
       .split('\n')
       .filter((l) => l.includes(' status '));
-    const match = /leader=(\w+) applied=(\d+) digest=(\w+)/.exec(lines[lines.length - 1]!)!;
-    out.set(m.id, { leader: match[1] === 'true', applied: Number(match[2]), digest: match[3]! });
+    const line = lines[lines.length - 1]!;
+    const match = /leader=(\w+) applied=(\d+) digest=(\w+)/.exec(line)!;
+    const served = /pagesServed=(\d+)/.exec(line);
+    out.set(m.id, {
+      leader: match[1] === 'true',
+      applied: Number(match[2]),
+      digest: match[3]!,
+      pagesServed: served ? Number(served[1]) : 0,
+    });
   }
   return out;
 }

@@ -25,6 +25,7 @@ import {
   MAX_LOG_READ_BYTES,
   MAX_LOG_RECORD_BYTES,
   MAX_NAME_BYTES,
+  MAX_OBJECT_BYTES,
   MAX_SEGMENT_BYTES,
   MAX_TIMEOUT_MS,
   MAX_TOKEN_BYTES,
@@ -77,6 +78,7 @@ export const MessageType = {
   LOG_APPEND: 0x0d,
   LOG_READ: 0x0e,
   LOG_TRUNCATE: 0x0f,
+  READ_PAGES: 0x10,
   OK: 0x40,
   ERROR: 0x41,
   INVALIDATE: 0x60,
@@ -101,6 +103,7 @@ export const REQUEST_TYPES = [
   'LOG_APPEND',
   'LOG_READ',
   'LOG_TRUNCATE',
+  'READ_PAGES',
 ] as const;
 
 export type RequestType = (typeof REQUEST_TYPES)[number];
@@ -119,7 +122,7 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
-  return code >= MessageType.HELLO && code <= MessageType.LOG_TRUNCATE;
+  return code >= MessageType.HELLO && code <= MessageType.READ_PAGES;
 }
 
 function hex(code: number): string {
@@ -189,6 +192,11 @@ export interface HelloRequest {
   udpPort?: number | null;
   /** Free text for logs, 0..255 bytes. */
   clientName?: string | null;
+  /**
+   * A connection that only reads pages (READ_PAGES) from whichever member it reaches, follower or leader:
+   * no session is opened (the answer's sessionId is 0) and no redirect is given. Default false.
+   */
+  pageReader?: boolean | null;
 }
 
 /** 0x02: keeps the session alive. */
@@ -238,6 +246,11 @@ export interface AcquireRequest {
   cachedVersion: number;
   /** How long the server may keep the request waiting (0..MAX_TIMEOUT_MS), null for no limit. */
   timeoutMs: number | null;
+  /**
+   * Most page bytes the grant may carry; when more pages changed, the grant lists them with `deferred` and
+   * the client reads them with READ_PAGES (from a follower). Null or absent: no limit.
+   */
+  inlineMaxBytes?: number | null;
 }
 
 /** 0x08: gives access back; a write release carries the changed bytes. */
@@ -289,6 +302,19 @@ export interface MembershipRequest {
   address: string | null;
 }
 
+/** 0x10: reads pages of an object at a version, on a page-reader connection to any member (or on a session's). */
+export interface ReadPagesRequest {
+  type: 'READ_PAGES';
+  /** The object (>= 1), as a grant named it. */
+  objectId: number;
+  /** The version the pages must be read at (>= 1): a member that has not applied it yet waits for it. */
+  version: number;
+  /** Page numbers, strictly ascending, at least one. */
+  pages: number[];
+  /** How long a member behind `version` may wait to catch up (0..MAX_TIMEOUT_MS) before answering UNAVAILABLE. */
+  waitMs: number;
+}
+
 /** 0x0D: appends records to a shared log, atomically and contiguously; creates the log on first use. */
 export interface LogAppendRequest {
   type: 'LOG_APPEND';
@@ -338,7 +364,8 @@ export type Request =
   | MembershipRequest
   | LogAppendRequest
   | LogReadRequest
-  | LogTruncateRequest;
+  | LogTruncateRequest
+  | ReadPagesRequest;
 
 export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
 
@@ -387,6 +414,16 @@ export interface AcquireOk {
   /** Pages whose bytes the payload carries: strictly ascending, each < pageCount(object.size). */
   pages: number[];
   /** The listed pages' bytes, concatenated; each PAGE_BYTES except the object's last page (see grantPayloadBytes). */
+  payload: Uint8Array;
+  /** True when the pages' bytes were left out (over the request's `inlineMaxBytes`): the payload is empty. */
+  deferred?: boolean;
+}
+
+/** The pages READ_PAGES asked for, at the version asked for. */
+export interface ReadPagesOk {
+  object: ObjectRecord;
+  pages: number[];
+  /** The pages' bytes, as in a grant. */
   payload: Uint8Array;
 }
 
@@ -454,6 +491,7 @@ export interface OkBodies {
   LOG_APPEND: LogAppendOk;
   LOG_READ: LogReadOk;
   LOG_TRUNCATE: LogTruncateOk;
+  READ_PAGES: ReadPagesOk;
 }
 
 /** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
@@ -461,7 +499,9 @@ export type OkBodyInput<T extends RequestType> = T extends 'ACQUIRE'
   ? Omit<AcquireOk, 'payload'> & { payload?: Uint8Array }
   : T extends 'LOG_READ'
     ? Omit<LogReadOk, 'payload'> & { payload?: Uint8Array }
-    : OkBodies[T];
+    : T extends 'READ_PAGES'
+      ? Omit<ReadPagesOk, 'payload'> & { payload?: Uint8Array }
+      : OkBodies[T];
 
 // ---------------------------------------------------------------------------------------------------------------
 // ERROR (0x41) and the INVALIDATE push (0x60)
@@ -495,6 +535,7 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         resumeSessionId: req.resumeSessionId ?? null,
         udpPort: req.udpPort ?? null,
         clientName: req.clientName ?? null,
+        pageReader: req.pageReader ?? false,
       });
     case 'KEEPALIVE':
       return encodeFrame(MessageType.KEEPALIVE, requestId, groupId, {});
@@ -519,6 +560,7 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         cachedId: req.cachedId,
         cachedVersion: req.cachedVersion,
         timeoutMs: req.timeoutMs,
+        inlineMaxBytes: req.inlineMaxBytes ?? null,
       });
     case 'RELEASE':
       return encodeFrame(
@@ -563,6 +605,13 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         seq: req.seq,
         name: req.name,
         before: req.before,
+      });
+    case 'READ_PAGES':
+      return encodeFrame(MessageType.READ_PAGES, requestId, groupId, {
+        objectId: req.objectId,
+        version: req.version,
+        pages: req.pages,
+        waitMs: req.waitMs,
       });
     default:
       throw invalidArgument(`unknown request type ${describeValue((req as { type: unknown }).type)}`);
@@ -617,6 +666,16 @@ export function encodeOk<T extends RequestType>(
     case 'ACQUIRE': {
       const g = b as OkBodyInput<'ACQUIRE'>;
       const bytes = (payload as Uint8Array | undefined) ?? g.payload ?? EMPTY_PAYLOAD;
+      if (g.deferred) {
+        if (bytes.byteLength !== 0) throw invalidArgument('a deferred grant carries no page bytes');
+        return encodeFrame(
+          MessageType.OK,
+          requestId,
+          groupId,
+          { object: copyRecord(g.object), token: g.token, pages: g.pages, deferred: true },
+          EMPTY_PAYLOAD,
+        );
+      }
       const expected = grantPayloadBytes(g.object.size, g.pages);
       if (bytes.byteLength !== expected) {
         throw invalidArgument(
@@ -667,6 +726,21 @@ export function encodeOk<T extends RequestType>(
     case 'LOG_TRUNCATE':
       header = { first: (b as LogTruncateOk).first };
       break;
+    case 'READ_PAGES': {
+      const r = b as OkBodyInput<'READ_PAGES'>;
+      const bytes = (payload as Uint8Array | undefined) ?? r.payload ?? EMPTY_PAYLOAD;
+      const expected = grantPayloadBytes(r.object.size, r.pages);
+      if (bytes.byteLength !== expected) {
+        throw invalidArgument(`READ_PAGES payload is ${bytes.byteLength} bytes; the pages need ${expected}`);
+      }
+      return encodeFrame(
+        MessageType.OK,
+        requestId,
+        groupId,
+        { object: copyRecord(r.object), pages: r.pages },
+        bytes,
+      );
+    }
     default:
       throw invalidArgument(`unknown request type ${describeValue(requestType)}`);
   }
@@ -732,6 +806,7 @@ REQUEST_DECODERS[MessageType.HELLO] = (h, payload) => {
     resumeSessionId: optionalField(h.resumeSessionId, 'resumeSessionId', (v, f) => uintField(v, f, 1)),
     udpPort: optionalField(h.udpPort, 'udpPort', (v, f) => uintField(v, f, 1, 65535)),
     clientName: optionalField(h.clientName, 'clientName', (v, f) => stringField(v, f, 0, MAX_NAME_BYTES)),
+    pageReader: optionalField(h.pageReader, 'pageReader', boolField) ?? false,
   };
 };
 
@@ -776,6 +851,7 @@ REQUEST_DECODERS[MessageType.ACQUIRE] = (h, payload) => {
     cachedId: uintField(h.cachedId, 'cachedId'),
     cachedVersion: uintField(h.cachedVersion, 'cachedVersion'),
     timeoutMs: validateTimeoutMs(h.timeoutMs),
+    inlineMaxBytes: optionalField(h.inlineMaxBytes, 'inlineMaxBytes', (v, f) => uintField(v, f, 0, MAX_U32)),
   };
 };
 
@@ -891,6 +967,20 @@ REQUEST_DECODERS[MessageType.LOG_READ] = (h, payload) => {
   };
 };
 
+REQUEST_DECODERS[MessageType.READ_PAGES] = (h, payload) => {
+  noPayload(payload);
+  // The object's size is not known here: pages are checked against the largest object, then by the server.
+  const pages = validatePages(h.pages, MAX_OBJECT_BYTES);
+  if (pages.length === 0) throw invalidArgument('pages must list at least one page', { field: 'pages' });
+  return {
+    type: 'READ_PAGES',
+    objectId: uintField(h.objectId, 'objectId', 1),
+    version: uintField(h.version, 'version', 1),
+    pages,
+    waitMs: uintField(h.waitMs, 'waitMs', 0, MAX_TIMEOUT_MS),
+  };
+};
+
 REQUEST_DECODERS[MessageType.LOG_TRUNCATE] = (h, payload) => {
   noPayload(payload);
   return {
@@ -933,7 +1023,7 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
   HELLO: (h, payload) => {
     noPayload(payload);
     return {
-      sessionId: uintField(h.sessionId, 'sessionId', 1),
+      sessionId: uintField(h.sessionId, 'sessionId', 0),
       resumed: boolField(h.resumed, 'resumed'),
       clusterId: stringField(h.clusterId, 'clusterId', 1, MAX_NAME_BYTES),
       serverId: stringField(h.serverId, 'serverId', 1, MAX_NAME_BYTES),
@@ -964,6 +1054,10 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
     const object = validateObjectRecord(h.object);
     const token = uintField(h.token, 'token');
     const pages = validatePages(h.pages, object.size);
+    if (h.deferred !== undefined && h.deferred !== null && boolField(h.deferred, 'deferred')) {
+      noPayload(payload);
+      return { object, token, pages, payload, deferred: true };
+    }
     const expected = grantPayloadBytes(object.size, pages);
     if (payload.length !== expected) {
       throw invalidArgument(
@@ -1015,6 +1109,17 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
   LOG_TRUNCATE: (h, payload) => {
     noPayload(payload);
     return { first: uintField(h.first, 'first') };
+  },
+  READ_PAGES: (h, payload) => {
+    const object = validateObjectRecord(h.object);
+    const pages = validatePages(h.pages, object.size);
+    const expected = grantPayloadBytes(object.size, pages);
+    if (payload.length !== expected) {
+      throw invalidArgument(`payload is ${payload.length} bytes; the pages need ${expected}`, {
+        field: 'payload',
+      });
+    }
+    return { object, pages, payload };
   },
 };
 

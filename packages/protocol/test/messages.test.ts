@@ -123,11 +123,15 @@ const sampleRequests: Request[] = [
   { type: 'LOG_READ', name: 'events', from: null, maxBytes: 1024, waitMs: 0 },
   { type: 'LOG_READ', name: 'events', from: 12, maxBytes: 0, waitMs: 30_000 },
   { type: 'LOG_TRUNCATE', seq: 11, name: 'events', before: 100 },
+  { type: 'READ_PAGES', objectId: 7, version: 4, pages: [0, 2, 9], waitMs: 1000 },
 ];
 
+/** A request as decoding returns it: payloads as Buffers, absent optional fields at their defaults. */
 function normalise(req: Request): unknown {
   if (req.type === 'RELEASE' || req.type === 'LOG_APPEND')
     return { ...req, payload: Buffer.from(req.payload) };
+  if (req.type === 'HELLO') return { ...req, pageReader: req.pageReader ?? false };
+  if (req.type === 'ACQUIRE') return { ...req, inlineMaxBytes: req.inlineMaxBytes ?? null };
   return req;
 }
 
@@ -159,6 +163,7 @@ test('HELLO optional fields default to null', (t) => {
     resumeSessionId: null,
     udpPort: null,
     clientName: null,
+    pageReader: false,
   });
 });
 
@@ -203,6 +208,7 @@ const requestArb: fc.Arbitrary<Request> = fc.oneof(
     resumeSessionId: fc.option(seqArb),
     udpPort: fc.option(fc.integer({ min: 1, max: 65535 })),
     clientName: fc.option(fc.string({ maxLength: 50 })),
+    pageReader: fc.boolean(),
   }),
   fc.constant({ type: 'KEEPALIVE' as const }),
   fc.record({
@@ -223,6 +229,7 @@ const requestArb: fc.Arbitrary<Request> = fc.oneof(
     cachedId: uintArb,
     cachedVersion: uintArb,
     timeoutMs: fc.option(fc.integer({ min: 0, max: 2 ** 31 - 1 })),
+    inlineMaxBytes: fc.option(fc.integer({ min: 0, max: 2 ** 32 - 1 })),
   }),
   fc
     .record({
@@ -515,6 +522,7 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
   LOG_APPEND: { first: 0, count: 3 },
   LOG_READ: { first: 2, next: 10, bytes: 800, from: 4, sizes: [1, 0, 2], payload: Buffer.from('xyz') },
   LOG_TRUNCATE: { first: 7 },
+  READ_PAGES: { object: record, pages: [1], payload: Buffer.alloc(4096, 3) },
 };
 
 test('every OK body round trips', (t) => {
@@ -587,6 +595,22 @@ test('LOG_APPEND and LOG_READ refuse bad record lists, naming the field', (t) =>
   throwsCode(t, () => decodeOk('LOG_READ', ok({ ...base, from: 3, sizes: [] })), 'PROTOCOL', ['from']);
 });
 
+test('a deferred grant lists its pages without their bytes; READ_PAGES refuses an empty page list', (t) => {
+  const { payload: _bytes, ...header } = sampleOks.ACQUIRE;
+  const frame = frameOf(encodeOk('ACQUIRE', 1, { ...header, deferred: true }));
+  t.deepEqual(decodeOk('ACQUIRE', frame), { ...header, deferred: true, payload: Buffer.alloc(0) });
+  throwsCode(
+    t,
+    () => encodeOk('ACQUIRE', 1, { ...header, deferred: true }, Buffer.alloc(1)),
+    'INVALID_ARGUMENT',
+    ['deferred'],
+  );
+  const read = (h: object) => rawFrame(MessageType.READ_PAGES, { objectId: 1, version: 1, waitMs: 0, ...h });
+  throwsCode(t, () => decodeRequest(read({ pages: [] })), 'INVALID_ARGUMENT', ['at least one page']);
+  throwsCode(t, () => decodeRequest(read({ pages: [2, 1] })), 'INVALID_ARGUMENT', ['pages[1]']);
+  throwsCode(t, () => decodeRequest(read({ pages: [0], objectId: 0 })), 'INVALID_ARGUMENT', ['objectId']);
+});
+
 test('bad answers are PROTOCOL errors naming the field', (t) => {
   const okFrame = (header: object, payload?: Uint8Array) => rawFrame(MessageType.OK, header, payload);
   const cases: [RequestType, Frame, string][] = [
@@ -599,7 +623,14 @@ test('bad answers are PROTOCOL errors naming the field', (t) => {
     ['STAT', okFrame({ object: [1, 2] }), 'object must be a map'],
     ['LIST', okFrame({ objects: [record, { ...record, size: 0 }] }), 'objects[1].size'],
     ['CREATE', okFrame({ object: record }), 'created'],
-    ['HELLO', okFrame({ ...sampleOks.HELLO, sessionId: 0 }), 'sessionId'],
+    ['HELLO', okFrame({ ...sampleOks.HELLO, sessionId: -1 }), 'sessionId'],
+    [
+      'ACQUIRE',
+      okFrame({ object: record, token: 1, pages: [0], deferred: true }, Buffer.alloc(4096)),
+      'payload',
+    ],
+    ['READ_PAGES', okFrame({ object: record, pages: [0] }, Buffer.alloc(10)), 'payload'],
+    ['READ_PAGES', okFrame({ object: record, pages: [3] }, Buffer.alloc(4096)), 'pages[0]'],
     ['HELLO', okFrame({ ...sampleOks.HELLO, udpPort: 70000 }), 'udpPort'],
     ['VALIDATE', okFrame({ stale: [[1, -1]] }), 'stale[0][1]'],
     ['KEEPALIVE', okFrame({}, Buffer.alloc(1)), 'no payload'],

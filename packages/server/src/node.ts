@@ -12,6 +12,7 @@ import {
   encodeInvalidate,
   encodeInvalidationDatagram,
   encodeOk,
+  grantPayloadBytes,
   type HelloRequest,
   type LogAppendRequest,
   type LogReadRequest,
@@ -19,6 +20,8 @@ import {
   MAX_LOG_BATCH_RECORDS,
   MAX_OBJECT_BYTES,
   PAGE_BYTES,
+  pageCount,
+  type ReadPagesRequest,
   type ReleaseRequest,
   SegmemError,
 } from '@segmem/protocol';
@@ -66,6 +69,16 @@ interface Waiting {
   requestId: number;
   cachedId: number;
   cachedVersion: number;
+  /** Most page bytes the grant may carry before it defers them to READ_PAGES; null: no limit. */
+  inlineMaxBytes: number | null;
+  timer: NodeJS.Timeout | null;
+}
+
+/** A READ_PAGES for a version this member has not applied yet. */
+interface PageReadWaiter {
+  port: Port;
+  requestId: number;
+  req: ReadPagesRequest;
   timer: NodeJS.Timeout | null;
 }
 
@@ -113,6 +126,10 @@ export class SegmemNode {
   private readonly expiring = new Set<number>();
   /** Held LOG_READs by log name. */
   private readonly logWaiters = new Map<string, Set<LogWaiter>>();
+  /** READ_PAGES waiting for this member to apply their version. */
+  private readonly pageWaiters = new Set<PageReadWaiter>();
+  /** Pages this member served through READ_PAGES (for status lines and tests). */
+  pagesServed = 0;
   private expiryTimer: NodeJS.Timeout | null = null;
   private udp: UdpSocket | null = null;
   private closing = false;
@@ -195,7 +212,15 @@ export class SegmemNode {
   }
 
   /** For operators and tests: where this member stands. */
-  status(): { leader: boolean; applied: number; digest: string; sessions: number; objects: number } {
+  status(): {
+    leader: boolean;
+    applied: number;
+    digest: string;
+    sessions: number;
+    objects: number;
+    logs: number;
+    pagesServed: number;
+  } {
     const sm = this.sm;
     return {
       leader: this.log.isLeader(),
@@ -203,6 +228,8 @@ export class SegmemNode {
       digest: sm.digest(),
       sessions: sm.sessionIds().length,
       objects: sm.objectCount(),
+      logs: sm.logCount(),
+      pagesServed: this.pagesServed,
     };
   }
 
@@ -289,15 +316,7 @@ export class SegmemNode {
   /** Handles one decoded request from `port`, whose session is `sessionId` (0 before HELLO). */
   async hello(port: Port, requestId: number, req: HelloRequest): Promise<number> {
     this.requireLeader();
-    if (req.clusterId && req.clusterId !== this.clusterId) {
-      throw new SegmemError(
-        'UNAUTHORIZED',
-        `this server belongs to cluster ${this.clusterId}, not ${req.clusterId}`,
-      );
-    }
-    if (this.opts.token !== undefined && req.token !== this.opts.token) {
-      throw new SegmemError('UNAUTHORIZED', 'bad or missing token');
-    }
+    this.checkCredentials(req);
     let sessionId = 0;
     let resumed = false;
     if (
@@ -395,6 +414,7 @@ export class SegmemNode {
       requestId,
       cachedId: req.cachedId,
       cachedVersion: req.cachedVersion,
+      inlineMaxBytes: req.inlineMaxBytes ?? null,
       timer: null,
     };
     state.waiting.set(req.seq, waiting);
@@ -543,6 +563,108 @@ export class SegmemNode {
     this.logWaiters.clear();
   }
 
+  private dropPageWaiters(): void {
+    for (const w of this.pageWaiters) if (w.timer) clearTimeout(w.timer);
+    this.pageWaiters.clear();
+  }
+
+  private checkCredentials(req: HelloRequest): void {
+    if (req.clusterId && req.clusterId !== this.clusterId) {
+      throw new SegmemError(
+        'UNAUTHORIZED',
+        `this server belongs to cluster ${this.clusterId}, not ${req.clusterId}`,
+      );
+    }
+    if (this.opts.token !== undefined && req.token !== this.opts.token) {
+      throw new SegmemError('UNAUTHORIZED', 'bad or missing token');
+    }
+  }
+
+  /** HELLO of a page-reader connection: any member answers, after the cluster and credential checks. */
+  helloPageReader(port: Port, requestId: number, req: HelloRequest): void {
+    this.checkCredentials(req);
+    port.wire.write(
+      encodeOk('HELLO', requestId, {
+        sessionId: 0,
+        resumed: false,
+        clusterId: this.clusterId,
+        serverId: this.id,
+        pageBytes: PAGE_BYTES,
+        segmentBytes: this.sm.segmentBytes,
+        maxFrameBytes: MAX_FRAME_BYTES,
+        maxObjectBytes: MAX_OBJECT_BYTES,
+        sessionTimeoutMs: req.sessionTimeoutMs,
+        keepaliveMs: req.sessionTimeoutMs,
+        udpPort: null,
+      }),
+    );
+  }
+
+  /**
+   * READ_PAGES: the pages of an object at exactly `req.version`, from this member's applied state. A
+   * member that has not applied that version yet waits for it (up to `waitMs`); one that has moved past
+   * it cannot serve it (the reader's grant must have been lost).
+   */
+  async readPages(port: Port, requestId: number, req: ReadPagesRequest): Promise<void> {
+    if (this.answerPageRead(port, requestId, req, req.waitMs === 0)) return;
+    const waiter: PageReadWaiter = { port, requestId, req, timer: null };
+    this.pageWaiters.add(waiter);
+    waiter.timer = setTimeout(() => {
+      this.pageWaiters.delete(waiter);
+      this.answerPageRead(port, requestId, req, true);
+    }, req.waitMs);
+  }
+
+  /** Answers a READ_PAGES unless this member is behind its version and may wait; returns whether it answered. */
+  private answerPageRead(port: Port, requestId: number, req: ReadPagesRequest, mustAnswer: boolean): boolean {
+    if (port.closed) return true;
+    const obj = this.sm.object(req.objectId);
+    let err: SegmemError | null = null;
+    if (obj && obj.version < req.version) {
+      if (!mustAnswer) return false;
+      err = new SegmemError(
+        'UNAVAILABLE',
+        `member ${this.id} has not applied version ${req.version} of "${obj.name}" yet (it has ${obj.version})`,
+        { reason: 'BEHIND' },
+      );
+    } else if (!obj) {
+      // A follower that has not applied the object's create yet is behind, not wrong.
+      if (!mustAnswer && !this.log.isLeader()) return false;
+      err = new SegmemError('NOT_FOUND', `no object with id ${req.objectId} on member ${this.id}`);
+    } else if (obj.version > req.version) {
+      err = new SegmemError(
+        'LOCK_LOST',
+        `"${obj.name}" changed since version ${req.version} (it is at ${obj.version}): the grant was lost`,
+      );
+    } else if (req.pages[req.pages.length - 1]! >= pageCount(obj.size)) {
+      err = new SegmemError('INVALID_ARGUMENT', `"${obj.name}" has ${pageCount(obj.size)} pages`);
+    }
+    if (err) {
+      port.wire.write(encodeError(requestId, err));
+      return true;
+    }
+    const record = {
+      id: obj!.id,
+      name: obj!.name,
+      size: obj!.size,
+      address: obj!.address,
+      version: obj!.version,
+    };
+    const payload = pagesPayload(obj!, req.pages, this.sm.pageBytes);
+    port.wire.write(encodeOk('READ_PAGES', requestId, { object: record, pages: req.pages }, payload));
+    this.pagesServed += req.pages.length;
+    return true;
+  }
+
+  private wakePageReaders(): void {
+    for (const w of this.pageWaiters) {
+      if (this.answerPageRead(w.port, w.requestId, w.req, false)) {
+        this.pageWaiters.delete(w);
+        if (w.timer) clearTimeout(w.timer);
+      }
+    }
+  }
+
   async goodbye(sessionId: number): Promise<void> {
     await this.log.propose({ op: 'close', sessionId });
   }
@@ -558,6 +680,7 @@ export class SegmemNode {
   // --- effects ---
 
   private afterApply(outcome: Outcome): void {
+    if (this.pageWaiters.size > 0) this.wakePageReaders();
     for (const effect of outcome.effects) {
       switch (effect.kind) {
         case 'grant': {
@@ -616,8 +739,15 @@ export class SegmemNode {
       return;
     }
     const pages = this.sm.pagesSince(obj, w.cachedId, w.cachedVersion);
-    const payload = pagesPayload(obj, pages, this.sm.pageBytes);
     const record = { id: obj.id, name: obj.name, size: obj.size, address: obj.address, version: obj.version };
+    if (w.inlineMaxBytes !== null && grantPayloadBytes(obj.size, pages) > w.inlineMaxBytes) {
+      // Too many bytes for the leader to send: the client reads them from a follower (READ_PAGES).
+      w.port.wire.write(
+        encodeOk('ACQUIRE', w.requestId, { object: record, token: grant.token, pages, deferred: true }),
+      );
+      return;
+    }
+    const payload = pagesPayload(obj, pages, this.sm.pageBytes);
     w.port.wire.write(
       encodeOk('ACQUIRE', w.requestId, { object: record, token: grant.token, pages }, payload),
     );
@@ -699,6 +829,7 @@ export class SegmemNode {
     for (const state of this.sessions.values())
       for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
     this.dropLogWaiters();
+    this.dropPageWaiters();
     await this.log.close();
     await this.dataDir.close();
   }

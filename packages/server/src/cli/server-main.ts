@@ -75,7 +75,7 @@ export async function serverMain(argv: string[]): Promise<void> {
     process.on('SIGUSR2', () => {
       const s = server.status();
       process.stderr.write(
-        `segmem-server ${id}: status leader=${s.leader} applied=${s.applied} digest=${s.digest} sessions=${s.sessions} objects=${s.objects}\n`,
+        `segmem-server ${id}: status leader=${s.leader} applied=${s.applied} digest=${s.digest} sessions=${s.sessions} objects=${s.objects} logs=${s.logs} pagesServed=${s.pagesServed}\n`,
       );
     });
     process.stdout.write(`segmem-server ${id} ready on ${server.address}\n`);

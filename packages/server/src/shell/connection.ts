@@ -36,6 +36,8 @@ export class ServerConnection implements Port {
   private readonly decoder = new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
   private sessionId = 0;
   private helloPending = false;
+  /** Set by a HELLO with pageReader: no session; only READ_PAGES (and KEEPALIVE) are served. */
+  private pageReader = false;
   private inflight = 0;
   private paused = false;
 
@@ -101,6 +103,10 @@ export class ServerConnection implements Port {
       else this.answerError(frame.requestId, err);
       return;
     }
+    if (this.pageReader) {
+      this.track(this.dispatchPageReader(frame.requestId, req), frame.requestId);
+      return;
+    }
     if (this.sessionId === 0) {
       if (req.type !== 'HELLO' || this.helloPending) {
         this.fatal(
@@ -117,6 +123,15 @@ export class ServerConnection implements Port {
             `protocol version ${req.protocol} is not supported; this server speaks ${PROTOCOL_VERSION}`,
           ),
         );
+        return;
+      }
+      if (req.pageReader) {
+        try {
+          this.node.helloPageReader(this, frame.requestId, req);
+          this.pageReader = true;
+        } catch (err) {
+          this.fatal(frame.requestId, err);
+        }
         return;
       }
       this.helloPending = true;
@@ -140,6 +155,22 @@ export class ServerConnection implements Port {
     }
     this.node.touch(this.sessionId);
     this.track(this.dispatch(frame.requestId, req), frame.requestId);
+  }
+
+  /** A page-reader connection (any member, no session): reads pages, nothing else. */
+  private async dispatchPageReader(requestId: number, req: Request): Promise<void> {
+    if (req.type === 'READ_PAGES') {
+      await this.node.readPages(this, requestId, req);
+      return;
+    }
+    if (req.type === 'KEEPALIVE') {
+      this.answer(encodeOk('KEEPALIVE', requestId, {}));
+      return;
+    }
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `a page-reader connection serves only READ_PAGES; got ${req.type}`,
+    );
   }
 
   private async dispatch(requestId: number, req: Exclude<Request, { type: 'HELLO' }>): Promise<void> {
@@ -196,6 +227,9 @@ export class ServerConnection implements Port {
         return;
       case 'LOG_TRUNCATE':
         this.answer(encodeOk('LOG_TRUNCATE', requestId, { first: await node.logTruncate(sid, req) }));
+        return;
+      case 'READ_PAGES':
+        await node.readPages(this, requestId, req);
         return;
     }
   }
