@@ -35,12 +35,23 @@
  *
  * @module
  */
-import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { crc32c } from './crc32c.js';
-import { errnoCode, errorMessage, fsyncDir, mkdirDurable } from './files.js';
+import {
+  closeFd,
+  errnoCode,
+  errorMessage,
+  fdatasyncFd,
+  fsyncDir,
+  mkdirDurable,
+  openFd,
+  truncateFile,
+  unlinkFile,
+  writeAll,
+  writevFd,
+} from './files.js';
 
 /**
  * When the write-ahead log forces records to stable storage.
@@ -98,18 +109,11 @@ export interface WalIo {
 }
 
 const nodeIo: WalIo = {
-  open: (path, flags) =>
-    new Promise((resolve, reject) =>
-      fs.open(path, flags, 0o644, (err, fd) => (err ? reject(err) : resolve(fd))),
-    ),
-  writev: (fd, buffers, position) =>
-    new Promise((resolve, reject) =>
-      fs.writev(fd, buffers, position, (err, written) => (err ? reject(err) : resolve(written))),
-    ),
-  fdatasync: (fd) =>
-    new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve()))),
-  close: (fd) => new Promise((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve()))),
-  fsyncDir,
+  open: (path, flags) => openFd(path, flags, flags === 'wx' ? 'wal.create' : 'wal.open'),
+  writev: (fd, buffers, position) => writevFd(fd, buffers, position, 'wal.write'),
+  fdatasync: (fd) => fdatasyncFd(fd, 'wal.sync'),
+  close: (fd) => closeFd(fd, 'wal.close'),
+  fsyncDir: (dir) => fsyncDir(dir, 'wal.dirsync'),
 };
 
 export interface WalOptions {
@@ -128,6 +132,14 @@ export interface WalOptions {
   repair?: boolean;
   /** @internal Replaces file operations (for fault-injection tests). */
   io?: Partial<WalIo>;
+  /**
+   * The caller's state already holds every record up to this index (it was restored from a snapshot
+   * taken there). Recovery then reads only the segments that hold later records and returns only those;
+   * refuses (`UNAVAILABLE`, `details.reason === 'WAL_GAP'`) if the log starts after `coveredIndex + 1`;
+   * and, if the log ends before `coveredIndex`, deletes it and continues at `coveredIndex + 1`
+   * (`report.discarded`).
+   */
+  coveredIndex?: number;
 }
 
 export interface WalRecord {
@@ -149,6 +161,11 @@ export interface RecoveryReport {
   truncated?: { file: string; offset: number; droppedBytes: number; reason: string };
   /** Set when `repair` was given and the log was cut at a corrupt record with valid records after it. */
   repaired?: { file: string; offset: number; droppedRecords: number; droppedBytes: number; reason: string };
+  /**
+   * Set when the log ended before `coveredIndex` (its tail was lost): its files were deleted and the log
+   * continues at `coveredIndex + 1`. `lastIndex` is where the old log ended.
+   */
+  discarded?: { segments: number; lastIndex: number; coveredIndex: number };
 }
 
 export interface WalStats {
@@ -173,6 +190,11 @@ interface Waiter {
   index: number;
   resolve: () => void;
   reject: (err: Error) => void;
+}
+
+/** Whether `name` is the name of a WAL segment file. */
+export function isSegmentFileName(name: string): boolean {
+  return SEGMENT_NAME.test(name);
 }
 
 /** The file name of the segment whose first record has index `firstIndex`. */
@@ -286,23 +308,52 @@ interface Recovered {
   segments: Segment[];
   /** Size of the last segment after recovery (0 if there is none). */
   lastSize: number;
+  /** Whether the last segment was read and verified, so appends may continue in it (else a new one starts). */
+  appendable: boolean;
   lastIndex: number;
   report: RecoveryReport;
 }
 
-async function recover(dir: string, maxRecordBytes: number, repair: boolean): Promise<Recovered> {
-  const names = (await fsp.readdir(dir)).filter((n) => SEGMENT_NAME.test(n)).sort();
+function firstIndexOf(name: string): number {
+  return Number(SEGMENT_NAME.exec(name)![1]);
+}
+
+async function recover(
+  dir: string,
+  maxRecordBytes: number,
+  repair: boolean,
+  covered: number | undefined,
+): Promise<Recovered> {
+  let names = (await fsp.readdir(dir)).filter((n) => SEGMENT_NAME.test(n)).sort();
   const records: WalRecord[] = [];
   const segments: Segment[] = [];
   const sizes: number[] = [];
-  let expected = names.length > 0 ? Number(SEGMENT_NAME.exec(names[0]!)![1]) : 1;
+  if (covered !== undefined) {
+    // Segments all of whose records the caller's snapshot holds are not read; they stay listed, and the
+    // next truncation behind a snapshot deletes them. Whatever happened to them (a deletion interrupted by
+    // a crash, in any order) does not matter.
+    let skip = 0;
+    while (skip + 1 < names.length && firstIndexOf(names[skip + 1]!) <= covered + 1) skip++;
+    for (const n of names.slice(0, skip)) segments.push({ firstIndex: firstIndexOf(n), path: join(dir, n) });
+    names = names.slice(skip);
+    const start = names.length > 0 ? firstIndexOf(names[0]!) : covered + 1;
+    if (start > covered + 1) {
+      throw new SegmemError(
+        'UNAVAILABLE',
+        `write-ahead log in ${dir} starts at index ${start}, but the snapshot it continues ends at index ${covered}: ` +
+          `records ${covered + 1}..${start - 1} are missing`,
+        { reason: 'WAL_GAP', dir, firstIndex: start, coveredIndex: covered },
+      );
+    }
+  }
+  let expected = names.length > 0 ? firstIndexOf(names[0]!) : 1;
   if (!Number.isSafeInteger(expected) || expected < 1) expected = 1;
   let bad: { file: number; offset: number; reason: string; buf: Buffer } | undefined;
 
   for (let f = 0; f < names.length && !bad; f++) {
     const path = join(dir, names[f]!);
     const buf = await fsp.readFile(path);
-    const first = Number(SEGMENT_NAME.exec(names[f]!)![1]);
+    const first = firstIndexOf(names[f]!);
     segments.push({ firstIndex: first, path });
     sizes.push(0);
     if (first !== expected) {
@@ -326,10 +377,12 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
         bad = { file: f, offset: off, reason: r, buf };
         break;
       }
-      records.push({
-        index: expected,
-        payload: buf.subarray(off + WAL_RECORD_HEADER_BYTES, off + WAL_RECORD_HEADER_BYTES + r),
-      });
+      if (covered === undefined || expected > covered) {
+        records.push({
+          index: expected,
+          payload: buf.subarray(off + WAL_RECORD_HEADER_BYTES, off + WAL_RECORD_HEADER_BYTES + r),
+        });
+      }
       expected++;
       off += WAL_RECORD_HEADER_BYTES + r;
     }
@@ -358,7 +411,7 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
     // Only indexes a genuine later record could carry are believed (which keeps random bytes from passing
     // for a record): every record takes at least 16 bytes, and a later segment starts at its name's index.
     let base = lastIndex + 1;
-    for (const n of names.slice(bad.file)) base = Math.max(base, Number(SEGMENT_NAME.exec(n)![1]));
+    for (const n of names.slice(bad.file)) base = Math.max(base, firstIndexOf(n));
     const maxIndex = Math.min(
       Number.MAX_SAFE_INTEGER,
       base + Math.ceil(droppedBytes / WAL_RECORD_HEADER_BYTES),
@@ -380,20 +433,14 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
     // Cut the log at the bad record: truncate its file (or remove it, if the damage is in its header)
     // and remove every later file.
     if (bad.offset < WAL_FILE_HEADER_BYTES) {
-      await fsp.rm(badPath, { force: true });
+      await unlinkFile(badPath, 'recovery.unlink');
       segments.pop();
       sizes.pop();
     } else {
-      const handle = await fsp.open(badPath, 'r+');
-      try {
-        await handle.truncate(bad.offset);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
+      await truncateFile(badPath, bad.offset, 'recovery.truncate');
     }
-    for (const p of laterPaths) await fsp.rm(p, { force: true });
-    if (bad.offset < WAL_FILE_HEADER_BYTES || laterPaths.length > 0) await fsyncDir(dir);
+    for (const p of laterPaths) await unlinkFile(p, 'recovery.unlink');
+    if (bad.offset < WAL_FILE_HEADER_BYTES || laterPaths.length > 0) await fsyncDir(dir, 'recovery.dirsync');
 
     if (validAfter > 0) {
       report.repaired = {
@@ -413,8 +460,43 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
       report.truncated = { file: badPath, offset: bad.offset, droppedBytes, reason };
     }
   }
+  if (covered !== undefined && lastIndex < covered) {
+    // The log ends before the snapshot it continues (its tail was lost: fsync "none" and an OS crash, or
+    // files removed by hand). Every record it holds is in the snapshot: start a new log after it.
+    for (const seg of segments) await unlinkFile(seg.path, 'recovery.unlink');
+    if (segments.length > 0) await fsyncDir(dir, 'recovery.dirsync');
+    report.discarded = { segments: segments.length, lastIndex, coveredIndex: covered };
+    report.lastIndex = covered;
+    report.firstIndex = covered + 1;
+    report.segments = 0;
+    return { records: [], segments: [], lastSize: 0, appendable: false, lastIndex: covered, report };
+  }
   report.segments = segments.length;
-  return { records, segments, lastSize: sizes.length > 0 ? sizes[sizes.length - 1]! : 0, lastIndex, report };
+  // Only a segment that was read may be appended to (the last one may be a skipped one, when every
+  // segment read was torn and removed).
+  const appendable = sizes.length > 0;
+  const lastSize = appendable ? sizes[sizes.length - 1]! : 0;
+  return { records, segments, lastSize, appendable, lastIndex, report };
+}
+
+/** What a recovery report says, as lines for the server's log (none when the WAL was intact). */
+export function describeRecovery(report: RecoveryReport): string[] {
+  const lines: string[] = [];
+  const t = report.truncated;
+  if (t) {
+    lines.push(
+      `recovery: truncated torn WAL tail in ${t.file} at offset ${t.offset} (${t.droppedBytes} bytes: ${t.reason})`,
+    );
+  }
+  if (report.repaired) lines.push(`recovery: repaired WAL: ${JSON.stringify(report.repaired)}`);
+  const d = report.discarded;
+  if (d) {
+    lines.push(
+      `recovery: the WAL ended at index ${d.lastIndex}, before the snapshot at index ${d.coveredIndex}; ` +
+        `its ${d.segments} file(s) were deleted and it continues at index ${d.coveredIndex + 1}`,
+    );
+  }
+  return lines;
 }
 
 /**
@@ -465,7 +547,11 @@ export class Wal {
   private listeners: ((durableIndex: number) => void)[] = [];
   private prefixChain: Promise<unknown> = Promise.resolve();
 
-  private constructor(opts: Required<Omit<WalOptions, 'repair' | 'io'>>, io: WalIo, rec: Recovered) {
+  private constructor(
+    opts: Required<Omit<WalOptions, 'repair' | 'io' | 'coveredIndex'>>,
+    io: WalIo,
+    rec: Recovered,
+  ) {
     this.dir = opts.dir;
     this.policy = opts.fsync;
     this.segmentBytes = opts.segmentBytes;
@@ -475,7 +561,7 @@ export class Wal {
     this.last = rec.lastIndex;
     this.durable = rec.lastIndex;
     this.writtenIndex = rec.lastIndex;
-    const last = rec.segments[rec.segments.length - 1];
+    const last = rec.appendable ? rec.segments[rec.segments.length - 1] : undefined;
     this.vFirst = last ? last.firstIndex : 0;
     this.vBytes = last ? rec.lastSize : 0;
     this.vRecords = last ? rec.lastIndex + 1 - last.firstIndex : 0;
@@ -509,11 +595,11 @@ export class Wal {
     }
     const dir = opts.dir;
     await mkdirDurable(dir, opts.fsync !== 'none');
-    const rec = await recover(dir, maxRecordBytes, opts.repair === true);
+    const rec = await recover(dir, maxRecordBytes, opts.repair === true, opts.coveredIndex);
     const io: WalIo = { ...nodeIo, ...opts.io };
     const wal = new Wal({ dir, fsync: opts.fsync, segmentBytes, maxRecordBytes }, io, rec);
     const last = rec.segments[rec.segments.length - 1];
-    if (last) wal.fd = await io.open(last.path, 'r+');
+    if (rec.appendable && last) wal.fd = await io.open(last.path, 'r+');
     return { wal, records: rec.records, report: rec.report };
   }
 
@@ -654,7 +740,7 @@ export class Wal {
       // Segment i holds indexes [segments[i].firstIndex, segments[i + 1].firstIndex - 1].
       while (this.segments.length > 1 && this.segments[1]!.firstIndex <= beforeIndex) {
         const seg = this.segments[0]!;
-        await fsp.rm(seg.path, { force: true });
+        await unlinkFile(seg.path, 'wal.unlink');
         this.segments.shift();
         deleted++;
       }
@@ -802,31 +888,11 @@ export class Wal {
 
   /** Writes `buffers` at the end of the current segment file, retrying short writes. */
   private async write(buffers: Uint8Array[]): Promise<void> {
-    let total = 0;
-    for (let i = 0; i < buffers.length; i++) total += buffers[i]!.length;
+    const total = await writeAll(this.io.writev, this.fd!, buffers, this.fdPos);
     if (total === 0) return;
-    const fd = this.fd!;
-    let done = 0;
-    let bufs = buffers;
-    for (;;) {
-      const n = await this.io.writev(fd, bufs, this.fdPos + done);
-      done += n;
-      if (done >= total) break;
-      if (n <= 0) throw new Error(`short write to ${this.currentPath()}`);
-      // Drop what was written and continue with the rest.
-      let skip = n;
-      let i = 0;
-      while (skip >= bufs[i]!.length) skip -= bufs[i++]!.length;
-      bufs = bufs.slice(i);
-      if (skip > 0) bufs[0] = bufs[0]!.subarray(skip);
-    }
     this.fdPos += total;
     this.fdDirty = true;
     this.stats.bytes += total;
-  }
-
-  private currentPath(): string {
-    return this.segments[this.segments.length - 1]?.path ?? this.dir;
   }
 
   /** Closes the current segment (synced, policy permitting) and creates the one starting at `firstIndex`. */
