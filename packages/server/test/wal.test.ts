@@ -349,6 +349,20 @@ const tornTails: Damage[] = [
     reason: /^zero-filled tail$/,
   },
   {
+    // A disk that wrote the later blocks of the last write first: its second half is there, its first is not.
+    name: 'last record written out of order (second half on disk, first half zeros)',
+    apply: async (file, offsets) => {
+      const size = (await fsp.stat(file)).size;
+      const at = offsets[19]!;
+      const half = Math.floor((size - at) / 2);
+      const h = await fsp.open(file, 'r+');
+      await h.write(Buffer.alloc(half), 0, half, at);
+      await h.close();
+    },
+    records: 19,
+    reason: /torn record \(bad checksum\)/,
+  },
+  {
     name: 'half-written record header',
     apply: async (file) => {
       const h = Buffer.alloc(8);
@@ -437,6 +451,25 @@ test('torn tail: an empty or half-written new segment file is removed', async (t
   await r.wal.close();
   const again = await reopen(opts);
   t.is(again.records.length, 11);
+});
+
+test('torn tail: a preallocated, zero-filled next segment file is removed and reported', async (t) => {
+  const dir = await tempDir(t);
+  const opts: WalOptions = { dir, fsync: 'batch', segmentBytes: 200 };
+  await writeLog(
+    opts,
+    Array.from({ length: 10 }, (_, i) => payloadFor(i + 1, 50)),
+  );
+  const files = await segmentFiles(dir);
+  const zeros = join(dir, segmentFileName(11));
+  await fsp.writeFile(zeros, Buffer.alloc(64 * 1024));
+  const r = await Wal.open(opts);
+  t.is(r.records.length, 10);
+  t.like(r.report.truncated, { file: zeros, offset: 0, droppedBytes: 64 * 1024, reason: 'zero-filled tail' });
+  t.deepEqual(await segmentFiles(dir), files);
+  t.is(r.wal.append(Buffer.from('next')), 11);
+  await r.wal.close();
+  t.is((await reopen(opts)).records.length, 11);
 });
 
 test('torn tail: a torn record in the last segment with an empty next segment', async (t) => {
