@@ -230,6 +230,8 @@ export class SegmemNode {
         segmentBytes,
         ...pick(opts, 'snapshotEveryEntries', 'snapshotIntervalMs', 'walFileBytes', 'log'),
         ...(opts.repair ? { repair: true } : {}),
+        onStall: (stall) =>
+          opts.log?.(stall ? `WAL: ${stall.message}` : 'WAL: writes succeed again; changes are accepted'),
       });
       for (const line of dataDir.warnings) opts.log?.(line);
       for (const line of describeLocalRecovery(local.report)) opts.log?.(line);
@@ -577,6 +579,7 @@ export class SegmemNode {
     for (const id of overdue) this.expiring.add(id);
     this.log.propose({ op: 'expire', sessionIds: overdue }).catch((err) => {
       this.opts.log?.(`session expiry failed: ${(err as Error).message}`);
+      for (const id of overdue) this.expiring.delete(id); // tried again at the next check
     });
   }
 

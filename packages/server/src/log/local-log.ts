@@ -194,6 +194,8 @@ export class LocalLog implements ReplicatedLog {
     try {
       index = this.wal.append(encodeCommand(cmd));
     } catch (err) {
+      // A full disk refuses this change only; the log carries on once the WAL's retry succeeds.
+      if (err === this.wal.stalled) return Promise.reject(err);
       return Promise.reject(this.fail(err));
     }
     const sync = this.waitForDisk && mustSync(cmd);

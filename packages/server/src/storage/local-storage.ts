@@ -31,6 +31,7 @@ import {
   type RecoveryReport,
   Wal,
   type WalIo,
+  type WalOptions,
   type WalRecord,
 } from './wal.js';
 
@@ -44,6 +45,8 @@ export interface LocalStorageOptions {
   walFileBytes?: number;
   /** @internal Replaces the WAL's file operations (for fault-injection tests). */
   walIo?: Partial<WalIo>;
+  /** See {@link WalOptions.onStall}. */
+  onStall?: WalOptions['onStall'];
 }
 
 /** What recovery found: the WAL's report, the snapshot it started from and what it had to skip. */
@@ -110,6 +113,7 @@ export class LocalStorage {
         ...(opts.walFileBytes !== undefined ? { segmentBytes: opts.walFileBytes } : {}),
         ...(opts.repair ? { repair: true } : {}),
         ...(opts.walIo ? { io: opts.walIo } : {}),
+        ...(opts.onStall ? { onStall: opts.onStall } : {}),
       });
     } catch (err) {
       throw explainGap(err, snapDir, damaged, newest?.file);

@@ -93,6 +93,21 @@ const MAX_RECORD_BYTES_LIMIT = 0xffff_ffff;
 const MIN_SEGMENT_BYTES = WAL_FILE_HEADER_BYTES + WAL_RECORD_HEADER_BYTES;
 const TWO_32 = 0x1_0000_0000;
 const SEGMENT_NAME = /^(\d{20})\.wal$/;
+/** After a failed write, the flush is retried after this long, doubling up to the maximum. */
+const STALL_RETRY_MIN_MS = 50;
+const STALL_RETRY_MAX_MS = 2000;
+
+/**
+ * Errors of writes and file creations, which a retry may get past (a full disk that gets space back);
+ * anything else (a failed fdatasync above all: the kernel may have dropped the unsynced pages) fails
+ * the log for good.
+ */
+const retryableWrites = new WeakSet<object>();
+
+function retryable(err: unknown): unknown {
+  if (typeof err === 'object' && err !== null) retryableWrites.add(err);
+  return err;
+}
 
 /**
  * The file operations the log uses while running. Tests replace some of them to inject I/O errors.
@@ -140,6 +155,12 @@ export interface WalOptions {
    * (`report.discarded`).
    */
   coveredIndex?: number;
+  /**
+   * Called when writes start failing for a reason a retry may get past (a full disk: `ENOSPC`), with the
+   * error appends now throw, and with null once a retry succeeded. Meanwhile the log keeps what was
+   * queued, retries every 50 ms doubling to 2 s, and refuses new appends; nothing is lost or reordered.
+   */
+  onStall?: (stall: SegmemError | null) => void;
 }
 
 export interface WalRecord {
@@ -534,8 +555,15 @@ export class Wal {
   private recHead = 0;
   /** Index of the last record handed to the OS. */
   private writtenIndex: number;
-  /** Segment boundaries among the queued records: a new file starts with record `index` at `iov[iovPos]`. */
-  private rolls: { index: number; iovPos: number }[] = [];
+  /** Segment boundaries among the queued records: a new file starts with each of these indexes. */
+  private rolls: number[] = [];
+  /** A segment file was created and the directory not yet fsynced. */
+  private dirDirty = false;
+  /** Set while writes fail for lack of space (or another retryable write error); cleared by a retry that succeeds. */
+  private stall: SegmemError | null = null;
+  private stallRetryMs = STALL_RETRY_MIN_MS;
+  private stallTimer: NodeJS.Timeout | null = null;
+  private readonly onStall: ((stall: SegmemError | null) => void) | undefined;
 
   private flushPromise: Promise<void> | null = null;
   private readonly runFlushesBound = () => this.runFlushes();
@@ -548,7 +576,8 @@ export class Wal {
   private prefixChain: Promise<unknown> = Promise.resolve();
 
   private constructor(
-    opts: Required<Omit<WalOptions, 'repair' | 'io' | 'coveredIndex'>>,
+    opts: Required<Omit<WalOptions, 'repair' | 'io' | 'coveredIndex' | 'onStall'>> &
+      Pick<WalOptions, 'onStall'>,
     io: WalIo,
     rec: Recovered,
   ) {
@@ -557,6 +586,7 @@ export class Wal {
     this.segmentBytes = opts.segmentBytes;
     this.maxRecordBytes = opts.maxRecordBytes;
     this.io = io;
+    this.onStall = opts.onStall;
     this.segments = rec.segments;
     this.last = rec.lastIndex;
     this.durable = rec.lastIndex;
@@ -597,7 +627,17 @@ export class Wal {
     await mkdirDurable(dir, opts.fsync !== 'none');
     const rec = await recover(dir, maxRecordBytes, opts.repair === true, opts.coveredIndex);
     const io: WalIo = { ...nodeIo, ...opts.io };
-    const wal = new Wal({ dir, fsync: opts.fsync, segmentBytes, maxRecordBytes }, io, rec);
+    const wal = new Wal(
+      {
+        dir,
+        fsync: opts.fsync,
+        segmentBytes,
+        maxRecordBytes,
+        ...(opts.onStall ? { onStall: opts.onStall } : {}),
+      },
+      io,
+      rec,
+    );
     const last = rec.segments[rec.segments.length - 1];
     if (rec.appendable && last) wal.fd = await io.open(last.path, 'r+');
     return { wal, records: rec.records, report: rec.report };
@@ -629,6 +669,11 @@ export class Wal {
     return this.failure;
   }
 
+  /** While writes fail and are being retried (a full disk): the error `append` throws. */
+  get stalled(): SegmemError | null {
+    return this.stall;
+  }
+
   /**
    * Appends one record and returns its index (`lastIndex + 1`). Synchronous and cheap: the payload is
    * not copied (do not modify it until it is durable), only a 16-byte record header is allocated, and
@@ -643,6 +688,7 @@ export class Wal {
   append(payload: Uint8Array | readonly Uint8Array[]): number {
     if (this.failure) throw this.failure;
     if (this.closing) throw closedError();
+    if (this.stall) throw this.stall;
     const parts = Array.isArray(payload) ? (payload as readonly Uint8Array[]) : null;
     let len: number;
     if (parts) {
@@ -666,7 +712,7 @@ export class Wal {
     const iov = this.iov;
     const recordBytes = WAL_RECORD_HEADER_BYTES + len;
     if (this.vFirst === 0 || (this.vRecords > 0 && this.vBytes + recordBytes > this.segmentBytes)) {
-      this.rolls.push({ index, iovPos: iov.length });
+      this.rolls.push(index);
       this.vFirst = index;
       this.vBytes = WAL_FILE_HEADER_BYTES;
       this.vRecords = 0;
@@ -709,7 +755,7 @@ export class Wal {
       if (i === ws.length) ws.push(w);
       else ws.splice(i, 0, w);
       // Already written but not synced (a flush nobody waited for): sync it now.
-      if (this.flushPromise === null && index <= this.writtenIndex) {
+      if (this.flushPromise === null && this.stall === null && index <= this.writtenIndex) {
         this.flushPromise = Promise.resolve().then(this.runFlushesBound);
       }
     });
@@ -769,6 +815,12 @@ export class Wal {
   }
 
   private async doClose(): Promise<void> {
+    if (this.stallTimer) {
+      clearTimeout(this.stallTimer);
+      this.stallTimer = null;
+      // One last try to write what is queued; if the disk is still full, the log fails.
+      this.flushPromise ??= Promise.resolve().then(this.runFlushesBound);
+    }
     while (this.flushPromise) await this.flushPromise;
     await this.prefixChain;
     if (this.fd !== null) {
@@ -805,36 +857,35 @@ export class Wal {
         } else break;
       }
     } catch (err) {
-      this.fail(err);
+      if (retryableWrites.has(err as object) && !this.closing) this.startStall(err);
+      else this.fail(err);
     } finally {
       this.flushPromise = null;
     }
   }
 
-  /** Writes the next `count` queued records, syncs them (policy permitting) and reports them durable. */
+  /**
+   * Writes the next `count` queued records, syncs them (policy permitting) and reports them durable.
+   * Progress is kept after each completed step (records written, segment created), so after a failed
+   * write the same call can be made again and continues where it stopped, rewriting the same bytes at
+   * the same offsets.
+   */
   private async flush(count: number): Promise<void> {
-    const firstIndex = this.writtenIndex + 1;
-    const lastIndex = firstIndex + count - 1;
-    const iovEnd = this.recEnds[this.recHead + count - 1]!;
-    let pos = this.iovHead;
-    let created = false;
-    const rolls = this.rolls;
-    while (rolls.length > 0 && rolls[0]!.index <= lastIndex) {
-      const roll = rolls.shift()!;
-      if (roll.iovPos > pos) await this.write(this.iov.slice(pos, roll.iovPos));
-      pos = roll.iovPos;
-      await this.startSegment(roll.index);
-      created = true;
+    const lastIndex = this.writtenIndex + count;
+    while (this.rolls.length > 0 && this.rolls[0]! <= lastIndex) {
+      const roll = this.rolls[0]!;
+      if (roll - 1 > this.writtenIndex) await this.writeQueued(roll - 1);
+      await this.startSegment(roll);
+      this.rolls.shift();
     }
-    if (iovEnd > pos) await this.write(this.iov.slice(pos, iovEnd));
-    this.writtenIndex = lastIndex;
-    this.iovHead = iovEnd;
-    this.recHead += count;
+    if (lastIndex > this.writtenIndex) await this.writeQueued(lastIndex);
+    if (this.stall) this.endStall(); // writes get through again
     this.compactQueue();
-    if (created && this.policy !== 'none') {
+    if (this.dirDirty && this.policy !== 'none') {
       await this.io.fsyncDir(this.dir);
       this.stats.dirSyncs++;
     }
+    this.dirDirty = false;
     this.stats.flushes++;
     if (this.policy === 'none') {
       this.durable = lastIndex;
@@ -845,6 +896,47 @@ export class Wal {
     // else ('batch', nobody waits for these records yet): written to the OS, synced with the next flush
     // somebody waits for (or at a segment roll or close). Records that need no durability of their own,
     // such as lock grants, then cost no fdatasync.
+  }
+
+  /** Writes the queued records up to index `upTo` into the current segment and counts them written. */
+  private async writeQueued(upTo: number): Promise<void> {
+    const n = upTo - this.writtenIndex;
+    const iovEnd = this.recEnds[this.recHead + n - 1]!;
+    await this.write(this.iov.slice(this.iovHead, iovEnd));
+    this.writtenIndex = upTo;
+    this.iovHead = iovEnd;
+    this.recHead += n;
+  }
+
+  /** Writes failed for a reason a later retry may not meet (a full disk): refuse appends, retry later. */
+  private startStall(err: unknown): void {
+    const code = errnoCode(err) ?? 'EIO';
+    const first = this.stall === null;
+    this.stall = new SegmemError(
+      'UNAVAILABLE',
+      `cannot write the write-ahead log in ${this.dir}: ${errorMessage(err)}; ` +
+        'changes are refused until a retry succeeds (free space on that file system)',
+      {
+        reason: code === 'ENOSPC' || code === 'EDQUOT' ? 'NO_SPACE' : 'WAL_WRITE_FAILED',
+        dir: this.dir,
+        errno: code,
+      },
+      { cause: err },
+    );
+    if (first) this.onStall?.(this.stall);
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = null;
+      if (this.flushPromise === null && !this.failure) {
+        this.flushPromise = Promise.resolve().then(this.runFlushesBound);
+      }
+    }, this.stallRetryMs);
+    this.stallRetryMs = Math.min(STALL_RETRY_MAX_MS, this.stallRetryMs * 2);
+  }
+
+  private endStall(): void {
+    this.stall = null;
+    this.stallRetryMs = STALL_RETRY_MIN_MS;
+    this.onStall?.(null);
   }
 
   /**
@@ -881,37 +973,52 @@ export class Wal {
     this.iov.splice(0, shift);
     this.recEnds.splice(0, this.recHead);
     for (let i = 0; i < this.recEnds.length; i++) this.recEnds[i]! -= shift;
-    for (const r of this.rolls) r.iovPos -= shift;
     this.iovHead = 0;
     this.recHead = 0;
   }
 
   /** Writes `buffers` at the end of the current segment file, retrying short writes. */
   private async write(buffers: Uint8Array[]): Promise<void> {
-    const total = await writeAll(this.io.writev, this.fd!, buffers, this.fdPos);
+    let total: number;
+    try {
+      total = await writeAll(this.io.writev, this.fd!, buffers, this.fdPos);
+    } catch (err) {
+      throw retryable(err);
+    }
     if (total === 0) return;
     this.fdPos += total;
     this.fdDirty = true;
     this.stats.bytes += total;
   }
 
-  /** Closes the current segment (synced, policy permitting) and creates the one starting at `firstIndex`. */
+  /**
+   * Closes the current segment (synced, policy permitting) and creates the one starting at `firstIndex`.
+   * Called again after a failed creation or header write, it continues where it stopped.
+   */
   private async startSegment(firstIndex: number): Promise<void> {
-    if (this.fd !== null) {
-      const fd = this.fd;
-      if (this.fdDirty && this.policy !== 'none') {
-        await this.io.fdatasync(fd);
-        this.stats.syncs++;
+    const current = this.segments[this.segments.length - 1];
+    if (this.fd === null || current?.firstIndex !== firstIndex) {
+      if (this.fd !== null) {
+        const fd = this.fd;
+        if (this.fdDirty && this.policy !== 'none') {
+          await this.io.fdatasync(fd);
+          this.stats.syncs++;
+        }
+        this.fdDirty = false;
+        this.fd = null;
+        await this.io.close(fd);
       }
-      this.fdDirty = false;
-      this.fd = null;
-      await this.io.close(fd);
+      const path = join(this.dir, segmentFileName(firstIndex));
+      try {
+        this.fd = await this.io.open(path, 'wx');
+      } catch (err) {
+        throw retryable(err);
+      }
+      this.fdPos = 0;
+      this.segments.push({ firstIndex, path });
+      this.dirDirty = true;
     }
-    const path = join(this.dir, segmentFileName(firstIndex));
-    this.fd = await this.io.open(path, 'wx');
-    this.fdPos = 0;
-    this.segments.push({ firstIndex, path });
-    await this.write([fileHeader()]);
+    if (this.fdPos === 0) await this.write([fileHeader()]);
   }
 
   private notify(): void {
@@ -938,6 +1045,8 @@ export class Wal {
   private fail(err: unknown): void {
     if (this.failure) return;
     this.failure = walFailed(err);
+    this.stall = null;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
     this.iov = [];
     this.recEnds = [];
     this.rolls = [];
