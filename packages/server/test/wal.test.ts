@@ -424,14 +424,19 @@ for (const damage of tornTails) {
   });
 }
 
-test('torn tail: an empty or half-written new segment file is removed', async (t) => {
+/** A log of 10 records of 50 bytes in 200-byte segment files (two records each). */
+async function tenRecordsInSmallSegments(t: ExecutionContext) {
   const dir = await tempDir(t);
   const opts: WalOptions = { dir, fsync: 'batch', segmentBytes: 200 };
   await writeLog(
     opts,
     Array.from({ length: 10 }, (_, i) => payloadFor(i + 1, 50)),
   );
-  const files = await segmentFiles(dir);
+  return { dir, opts, files: await segmentFiles(dir) };
+}
+
+test('torn tail: an empty or half-written new segment file is removed', async (t) => {
+  const { dir, opts, files } = await tenRecordsInSmallSegments(t);
   t.true(files.length >= 3);
   // A roll that crashed right after creating the file / in the middle of its header.
   const empty = join(dir, segmentFileName(11));
@@ -454,13 +459,7 @@ test('torn tail: an empty or half-written new segment file is removed', async (t
 });
 
 test('torn tail: a preallocated, zero-filled next segment file is removed and reported', async (t) => {
-  const dir = await tempDir(t);
-  const opts: WalOptions = { dir, fsync: 'batch', segmentBytes: 200 };
-  await writeLog(
-    opts,
-    Array.from({ length: 10 }, (_, i) => payloadFor(i + 1, 50)),
-  );
-  const files = await segmentFiles(dir);
+  const { dir, opts, files } = await tenRecordsInSmallSegments(t);
   const zeros = join(dir, segmentFileName(11));
   await fsp.writeFile(zeros, Buffer.alloc(64 * 1024));
   const r = await Wal.open(opts);
@@ -473,13 +472,7 @@ test('torn tail: a preallocated, zero-filled next segment file is removed and re
 });
 
 test('torn tail: a torn record in the last segment with an empty next segment', async (t) => {
-  const dir = await tempDir(t);
-  const opts: WalOptions = { dir, fsync: 'batch', segmentBytes: 200 };
-  await writeLog(
-    opts,
-    Array.from({ length: 10 }, (_, i) => payloadFor(i + 1, 50)),
-  );
-  const files = await segmentFiles(dir);
+  const { dir, opts, files } = await tenRecordsInSmallSegments(t);
   const last = join(dir, files[files.length - 1]!);
   const size = (await fsp.stat(last)).size;
   await fsp.truncate(last, size - 3);
