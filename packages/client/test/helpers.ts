@@ -48,6 +48,8 @@ export async function startServerProcess(opts: {
   listen?: string;
   fsync?: string;
   extra?: string[];
+  /** Extra environment variables (e.g. the storage fault plans SEGMEM_CRASH_AT / SEGMEM_FAIL_AT). */
+  env?: Record<string, string>;
 }): Promise<ServerProcess> {
   const args = [
     serverBin,
@@ -60,7 +62,10 @@ export async function startServerProcess(opts: {
     ...(opts.fsync ? ['--fsync', opts.fsync] : []),
     ...(opts.extra ?? []),
   ];
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}),
+  });
   let err = '';
   proc.stderr!.setEncoding('utf8');
   proc.stderr!.on('data', (d: string) => (err += d));

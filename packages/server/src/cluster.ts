@@ -13,6 +13,7 @@ import type { NodeId, RaftStorage } from './raft/types.js';
 import { PeerTransport } from './shell/peers.js';
 import { DataDir } from './storage/datadir.js';
 import { DiskRaftStorage } from './storage/raft-storage.js';
+import { describeRecovery } from './storage/wal.js';
 
 /** Ticks of the consensus clock. Election timeout: 10..20 ticks (0.5..1 s); heartbeats every tick. */
 export const RAFT_TICK_MS = 50;
@@ -72,13 +73,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       ...(opts.repair ? { repair: true } : {}),
     });
     const report = storage.report;
-    if (report.truncated) {
-      const t = report.truncated;
-      opts.log?.(
-        `recovery: truncated torn WAL tail in ${t.file} at offset ${t.offset} (${t.droppedBytes} bytes: ${t.reason})`,
-      );
-    }
-    if (report.repaired) opts.log?.(`recovery: repaired WAL: ${JSON.stringify(report.repaired)}`);
+    for (const line of [...dataDir.warnings, ...describeRecovery(report)]) opts.log?.(line);
     const snap = storage.snapshot();
     const sm =
       snap.meta.index > 0 && snap.data.length > 0
@@ -101,7 +96,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       (onApply) => {
         raftLog = new RaftLog(core, diskStorage, sm, peers, onApply, {
           tickMs: RAFT_TICK_MS,
-          snapshotEveryEntries: SNAPSHOT_EVERY_ENTRIES,
+          snapshotEveryEntries: opts.snapshotEveryEntries ?? SNAPSHOT_EVERY_ENTRIES,
           pageBytes: PAGE_BYTES,
           segmentBytes,
           onRoleChange: (role, leader, term) => {

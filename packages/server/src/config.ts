@@ -21,6 +21,10 @@ export interface ServerConfig {
   servers: Record<string, string>;
   /** Data directory per server; `{id}` is replaced by the server id. */
   dataDir: string;
+  /** Snapshot the state machine every this many log entries, then cut the WAL (0: never by count). */
+  snapshotEveryEntries: number;
+  /** One server: also snapshot this often if anything changed (0: never by time). */
+  snapshotIntervalMs: number;
 }
 
 export const DEFAULT_CONFIG: ServerConfig = {
@@ -29,6 +33,8 @@ export const DEFAULT_CONFIG: ServerConfig = {
   fsync: 'batch',
   servers: {},
   dataDir: './data/{id}',
+  snapshotEveryEntries: 10_000,
+  snapshotIntervalMs: 600_000,
 };
 
 function bad(message: string): SegmemError {
@@ -57,6 +63,14 @@ export function parseSegmentBytes(value: unknown): number {
   return n;
 }
 
+/** A non-negative integer setting (a count or a duration); strings of digits are accepted (CLI flags). */
+export function parseNonNegativeInteger(name: string, value: unknown): number {
+  const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0)
+    throw bad(`${name} must be a non-negative integer; got ${JSON.stringify(value)}`);
+  return n;
+}
+
 export function loadConfigFile(path: string): ServerConfig {
   let raw: unknown;
   try {
@@ -67,7 +81,17 @@ export function loadConfigFile(path: string): ServerConfig {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
     throw bad(`config file ${path} must hold a JSON object`);
   const c = raw as Record<string, unknown>;
-  const known = new Set(['clusterId', 'pageBytes', 'segmentBytes', 'fsync', 'token', 'servers', 'dataDir']);
+  const known = new Set([
+    'clusterId',
+    'pageBytes',
+    'segmentBytes',
+    'fsync',
+    'token',
+    'servers',
+    'dataDir',
+    'snapshotEveryEntries',
+    'snapshotIntervalMs',
+  ]);
   for (const key of Object.keys(c))
     if (!known.has(key)) throw bad(`config file ${path}: unknown setting "${key}"`);
   const config: ServerConfig = { ...DEFAULT_CONFIG, servers: {} };
@@ -79,6 +103,9 @@ export function loadConfigFile(path: string): ServerConfig {
   if (c.pageBytes !== undefined && c.pageBytes !== PAGE_BYTES) throw bad(`pageBytes must be ${PAGE_BYTES}`);
   if (c.segmentBytes !== undefined) config.segmentBytes = parseSegmentBytes(c.segmentBytes);
   if (c.fsync !== undefined) config.fsync = parseFsync(c.fsync);
+  for (const key of ['snapshotEveryEntries', 'snapshotIntervalMs'] as const) {
+    if (c[key] !== undefined) config[key] = parseNonNegativeInteger(key, c[key]);
+  }
   if (c.token !== undefined) {
     if (typeof c.token !== 'string') throw bad('token must be a string');
     config.token = c.token;

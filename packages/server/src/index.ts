@@ -3,7 +3,13 @@
  */
 import { SegmemError } from '@segmem/protocol';
 import { openClusterNode } from './cluster.js';
-import { DEFAULT_CONFIG, loadConfigFile, parseFsync, parseSegmentBytes } from './config.js';
+import {
+  DEFAULT_CONFIG,
+  loadConfigFile,
+  parseFsync,
+  parseNonNegativeInteger,
+  parseSegmentBytes,
+} from './config.js';
 import { SegmemNode } from './node.js';
 import { RaftNode } from './raft/node.js';
 import { listen, parseHostPort } from './shell/tcp.js';
@@ -37,6 +43,10 @@ export interface StartServerOptions {
   segmentBytes?: number;
   /** Truncate the WAL at a corrupt record instead of refusing to start. */
   repair?: boolean;
+  /** Overrides the config file's snapshotEveryEntries (default 10000; 0: never by count). */
+  snapshotEveryEntries?: number;
+  /** Overrides the config file's snapshotIntervalMs (default 600000; 0: never by time; one server only). */
+  snapshotIntervalMs?: number;
   /** Join an existing group: wait to be added (segmem cluster add) instead of campaigning. */
   join?: boolean;
   /** The cluster id (overrides the config file's; a joining server needs the group's, see segmem cluster list). */
@@ -79,6 +89,14 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     segmentBytes:
       opts.segmentBytes !== undefined ? parseSegmentBytes(opts.segmentBytes) : config.segmentBytes,
     ...((opts.clusterId ?? config.clusterId) ? { clusterId: opts.clusterId ?? config.clusterId } : {}),
+    snapshotEveryEntries: parseNonNegativeInteger(
+      'snapshotEveryEntries',
+      opts.snapshotEveryEntries ?? config.snapshotEveryEntries,
+    ),
+    snapshotIntervalMs: parseNonNegativeInteger(
+      'snapshotIntervalMs',
+      opts.snapshotIntervalMs ?? config.snapshotIntervalMs,
+    ),
     ...(config.token ? { token: config.token } : {}),
     ...(opts.repair ? { repair: true } : {}),
     ...(opts.log ? { log: opts.log } : {}),

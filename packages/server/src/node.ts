@@ -26,13 +26,14 @@ import {
   SegmemError,
 } from '@segmem/protocol';
 import { parseSegmentBytes } from './config.js';
-import { type Command, decodeCommand, type Grant, type Outcome, type Result } from './core/commands.js';
-import { type SegmentObject, StateMachine } from './core/state-machine.js';
-import { type ApplyListener, LocalLog, type ReplicatedLog } from './log/local-log.js';
+import type { Command, Grant, Outcome, Result } from './core/commands.js';
+import type { SegmentObject, StateMachine } from './core/state-machine.js';
+import { type ApplyListener, openLocalLog, type ReplicatedLog } from './log/local-log.js';
 import type { Message } from './raft/types.js';
 import { type Clock, SessionLiveness, systemClock } from './shell/liveness.js';
 import { DataDir } from './storage/datadir.js';
-import { type FsyncPolicy, type RecoveryReport, Wal } from './storage/wal.js';
+import { describeLocalRecovery } from './storage/local-storage.js';
+import type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
 
 export interface NodeOptions {
   id: string;
@@ -47,6 +48,12 @@ export interface NodeOptions {
   clock?: Clock;
   /** Where to report recovery and warnings; default: nowhere. */
   log?: (line: string) => void;
+  /** Snapshot the state every this many log entries (default 10000; 0: never by count). */
+  snapshotEveryEntries?: number;
+  /** Snapshot the state this often if it changed (default 600000; 0: never by time). One server only. */
+  snapshotIntervalMs?: number;
+  /** @internal WAL segment file size (default 64 MiB); small values let tests exercise file rolls. */
+  walFileBytes?: number;
 }
 
 /** The transport under one connection: TCP socket or an in-process pipe. */
@@ -256,21 +263,20 @@ export class SegmemNode {
       ...(opts.clusterId ? { clusterId: opts.clusterId } : {}),
     });
     try {
-      const { wal, records, report } = await Wal.open({
-        dir: dataDir.walDir,
+      const local = await openLocalLog({
+        dir: dataDir.dir,
+        walDir: dataDir.walDir,
         fsync: opts.fsync ?? 'batch',
+        pageBytes: PAGE_BYTES,
+        segmentBytes,
+        ...pick(opts, 'snapshotEveryEntries', 'snapshotIntervalMs', 'walFileBytes', 'log'),
         ...(opts.repair ? { repair: true } : {}),
+        onStall: (stall) =>
+          opts.log?.(stall ? `WAL: ${stall.message}` : 'WAL: writes succeed again; changes are accepted'),
       });
-      const sm = new StateMachine({ pageBytes: PAGE_BYTES, segmentBytes });
-      for (const rec of records) sm.apply(rec.index, decodeCommand(rec.payload));
-      const node = new SegmemNode(opts, dataDir, (onApply) => new LocalLog(wal, sm, onApply), report);
-      if (report.truncated) {
-        const t = report.truncated;
-        opts.log?.(
-          `recovery: truncated torn WAL tail in ${t.file} at offset ${t.offset} (${t.droppedBytes} bytes: ${t.reason})`,
-        );
-      }
-      if (report.repaired) opts.log?.(`recovery: repaired WAL: ${JSON.stringify(report.repaired)}`);
+      for (const line of dataDir.warnings) opts.log?.(line);
+      for (const line of describeLocalRecovery(local.report)) opts.log?.(line);
+      const node = new SegmemNode(opts, dataDir, local.create, local.report.wal);
       // Sessions end with a restart: their lock state may not all have reached the disk.
       await node.log.propose({ op: 'restart', sessionIdFloor: Date.now() * 1000 });
       node.scheduleExpiry();
@@ -798,6 +804,7 @@ export class SegmemNode {
     for (const id of overdue) this.expiring.add(id);
     this.log.propose({ op: 'expire', sessionIds: overdue }).catch((err) => {
       this.opts.log?.(`session expiry failed: ${(err as Error).message}`);
+      for (const id of overdue) this.expiring.delete(id); // tried again at the next check
     });
   }
 

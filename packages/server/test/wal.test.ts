@@ -349,6 +349,20 @@ const tornTails: Damage[] = [
     reason: /^zero-filled tail$/,
   },
   {
+    // A disk that wrote the later blocks of the last write first: its second half is there, its first is not.
+    name: 'last record written out of order (second half on disk, first half zeros)',
+    apply: async (file, offsets) => {
+      const size = (await fsp.stat(file)).size;
+      const at = offsets[19]!;
+      const half = Math.floor((size - at) / 2);
+      const h = await fsp.open(file, 'r+');
+      await h.write(Buffer.alloc(half), 0, half, at);
+      await h.close();
+    },
+    records: 19,
+    reason: /torn record \(bad checksum\)/,
+  },
+  {
     name: 'half-written record header',
     apply: async (file) => {
       const h = Buffer.alloc(8);
@@ -410,14 +424,19 @@ for (const damage of tornTails) {
   });
 }
 
-test('torn tail: an empty or half-written new segment file is removed', async (t) => {
+/** A log of 10 records of 50 bytes in 200-byte segment files (two records each). */
+async function tenRecordsInSmallSegments(t: ExecutionContext) {
   const dir = await tempDir(t);
   const opts: WalOptions = { dir, fsync: 'batch', segmentBytes: 200 };
   await writeLog(
     opts,
     Array.from({ length: 10 }, (_, i) => payloadFor(i + 1, 50)),
   );
-  const files = await segmentFiles(dir);
+  return { dir, opts, files: await segmentFiles(dir) };
+}
+
+test('torn tail: an empty or half-written new segment file is removed', async (t) => {
+  const { dir, opts, files } = await tenRecordsInSmallSegments(t);
   t.true(files.length >= 3);
   // A roll that crashed right after creating the file / in the middle of its header.
   const empty = join(dir, segmentFileName(11));
@@ -439,14 +458,21 @@ test('torn tail: an empty or half-written new segment file is removed', async (t
   t.is(again.records.length, 11);
 });
 
+test('torn tail: a preallocated, zero-filled next segment file is removed and reported', async (t) => {
+  const { dir, opts, files } = await tenRecordsInSmallSegments(t);
+  const zeros = join(dir, segmentFileName(11));
+  await fsp.writeFile(zeros, Buffer.alloc(64 * 1024));
+  const r = await Wal.open(opts);
+  t.is(r.records.length, 10);
+  t.like(r.report.truncated, { file: zeros, offset: 0, droppedBytes: 64 * 1024, reason: 'zero-filled tail' });
+  t.deepEqual(await segmentFiles(dir), files);
+  t.is(r.wal.append(Buffer.from('next')), 11);
+  await r.wal.close();
+  t.is((await reopen(opts)).records.length, 11);
+});
+
 test('torn tail: a torn record in the last segment with an empty next segment', async (t) => {
-  const dir = await tempDir(t);
-  const opts: WalOptions = { dir, fsync: 'batch', segmentBytes: 200 };
-  await writeLog(
-    opts,
-    Array.from({ length: 10 }, (_, i) => payloadFor(i + 1, 50)),
-  );
-  const files = await segmentFiles(dir);
+  const { dir, opts, files } = await tenRecordsInSmallSegments(t);
   const last = join(dir, files[files.length - 1]!);
   const size = (await fsp.stat(last)).size;
   await fsp.truncate(last, size - 3);
@@ -665,43 +691,77 @@ function enospc(): Error {
   return Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28 });
 }
 
-test('an I/O error fails the log: waitDurable rejects with UNAVAILABLE, durable records stay', async (t) => {
+/** A writev that, while `failing()` says so, writes half of what it is given and then fails with ENOSPC. */
+function fullDisk(failing: () => boolean) {
+  return (fd: number, buffers: Uint8Array[], position: number) => {
+    if (failing()) {
+      const all = Buffer.concat(buffers);
+      fs.writeSync(fd, all, 0, all.length >> 1, position);
+      return Promise.reject(enospc());
+    }
+    return new Promise<number>((resolve, reject) =>
+      fs.writev(fd, buffers, position, (err, n) => (err ? reject(err) : resolve(n))),
+    );
+  };
+}
+
+test('a full disk stalls the log: appends refused naming the directory and errno, queued records wait, a retry that succeeds resumes', async (t) => {
   const dir = await tempDir(t);
-  let failWrites = false;
+  let failures = 0;
+  let opensToFail = 0;
+  const stalls: (SegmemError | null)[] = [];
+  const opts: WalOptions = { dir, fsync: 'batch', segmentBytes: 200 };
   const { wal } = await Wal.open({
-    dir,
-    fsync: 'batch',
+    ...opts,
+    onStall: (s) => stalls.push(s),
     io: {
-      writev: (fd, buffers, position) =>
-        failWrites
+      writev: fullDisk(() => failures-- > 0),
+      open: (path, flags) =>
+        opensToFail-- > 0
           ? Promise.reject(enospc())
           : new Promise((resolve, reject) =>
-              fs.writev(fd, buffers, position, (err, n) => (err ? reject(err) : resolve(n))),
+              fs.open(path, flags, (err, fd) => (err ? reject(err) : resolve(fd))),
             ),
     },
   });
+  for (let i = 1; i <= 5; i++) wal.append(payloadFor(i, 50));
+  await wal.waitDurable(5);
+  failures = 3;
+  opensToFail = 1;
+  // Records 6..9 cross a segment boundary: the retry has to redo a half-written record and a file creation.
+  const waits = [6, 7, 8, 9].map((i) => wal.waitDurable(wal.append(payloadFor(i, 50))));
+  await waitFor(() => wal.stalled !== null, 'the stall');
+  const stall = wal.stalled!;
+  t.true(SegmemError.is(stall, 'UNAVAILABLE'));
+  t.like(stall.details, { reason: 'NO_SPACE', dir, errno: 'ENOSPC' });
+  t.regex(stall.message, /^cannot write the write-ahead log in .*: ENOSPC: no space left on device/);
+  t.throws(() => wal.append(Buffer.from('refused')), { is: stall });
+  t.is(wal.durableIndex, 5);
+  await Promise.all(waits);
+  t.is(wal.stalled, null);
+  t.deepEqual(stalls, [stall, null]);
+  t.is(wal.append(payloadFor(10, 50)), 10);
+  await wal.close();
+  const r = await reopen(opts);
+  t.is(r.records.length, 10);
+  for (const rec of r.records) t.deepEqual(rec.payload, payloadFor(rec.index, 50));
+  t.is(r.report.truncated, undefined, 'the half-written bytes were rewritten in place');
+});
+
+test('a log still stalled at close fails: its waiters reject and what was durable stays', async (t) => {
+  const dir = await tempDir(t);
+  let failWrites = false;
+  const { wal } = await Wal.open({ dir, fsync: 'batch', io: { writev: fullDisk(() => failWrites) } });
   for (let i = 0; i < 5; i++) wal.append(payloadFor(i + 1, 10));
   await wal.waitDurable(5);
   failWrites = true;
-  const i6 = wal.append(payloadFor(6, 10));
-  const i7 = wal.append(payloadFor(7, 10));
-  const e6 = await t.throwsAsync(wal.waitDurable(i6));
+  const w6 = wal.waitDurable(wal.append(payloadFor(6, 10)));
+  await waitFor(() => wal.stalled !== null, 'the stall');
+  await t.throwsAsync(wal.close(), { message: /^write-ahead log failed: ENOSPC/ });
+  const e6 = await t.throwsAsync(w6);
   t.true(SegmemError.is(e6, 'UNAVAILABLE'));
-  t.is(e6?.message, 'write-ahead log failed: ENOSPC: no space left on device, write');
   t.is((e6 as SegmemError).details?.errno, 'ENOSPC');
-  t.is((e6!.cause as Error).message, 'ENOSPC: no space left on device, write');
-  const e7 = await t.throwsAsync(wal.waitDurable(i7));
-  t.is(e7, e6);
-  // Later calls fail the same way; nothing durable is affected.
-  await t.throwsAsync(wal.waitDurable(100), { message: /write-ahead log failed/ });
-  await wal.waitDurable(5).then(
-    () => t.fail('a failed log should reject'),
-    (err) => t.true(SegmemError.is(err, 'UNAVAILABLE')),
-  );
-  t.throws(() => wal.append(Buffer.from('x')), { message: /write-ahead log failed/ });
   t.is(wal.durableIndex, 5);
-  t.truthy(wal.failed);
-  await t.throwsAsync(wal.close(), { message: /write-ahead log failed/ });
   const r = await reopen({ dir, fsync: 'batch' });
   t.is(r.records.length, 5);
 });
@@ -718,7 +778,7 @@ test('a failing fdatasync fails the log', async (t) => {
   await t.throwsAsync(wal.close());
 });
 
-test('a real ENOSPC from the kernel (segment redirected to /dev/full) fails the log', async (t) => {
+test('a real ENOSPC from the kernel (segment redirected to /dev/full) stalls the log', async (t) => {
   if (!fs.existsSync('/dev/full')) {
     t.pass('no /dev/full on this system');
     return;
@@ -734,10 +794,12 @@ test('a real ENOSPC from the kernel (segment redirected to /dev/full) fails the 
         ),
     },
   });
-  const err = await t.throwsAsync(wal.waitDurable(wal.append(Buffer.from('lost'))));
-  t.true(SegmemError.is(err, 'UNAVAILABLE'));
-  t.regex(err!.message, /^write-ahead log failed: ENOSPC/);
+  const lost = wal.waitDurable(wal.append(Buffer.from('lost')));
+  await waitFor(() => wal.stalled !== null, 'the stall');
+  t.regex(wal.stalled!.message, /ENOSPC/);
+  t.is(wal.stalled!.details?.reason, 'NO_SPACE');
   await t.throwsAsync(wal.close());
+  await t.throwsAsync(lost, { message: /^write-ahead log failed: ENOSPC/ });
 });
 
 // ---------------------------------------------------------------------------------------------------------

@@ -4,19 +4,31 @@
  */
 import { resolve } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
-import { loadConfigFile, parsePeers } from '../config.js';
+import { loadConfigFile, parseNonNegativeInteger, parsePeers } from '../config.js';
 import { startServer } from '../index.js';
 import { parseArgs } from './args.js';
 
 const USAGE = `usage: segmem-server --id ID --listen HOST:PORT --data DIR [--peers ID=HOST:PORT,...] [--fsync always|batch|none]
-                     [--segment-bytes N] [--repair] [--join --cluster-id ID]
+                     [--segment-bytes N] [--snapshot-every-entries N] [--snapshot-interval-ms MS]
+                     [--repair] [--join --cluster-id ID]
        segmem-server --config segmem.json --id ID [--data DIR] [--fsync ...]`;
 
 export async function serverMain(argv: string[]): Promise<void> {
   let args: ReturnType<typeof parseArgs>;
   try {
     args = parseArgs(argv, {
-      values: ['id', 'listen', 'peers', 'data', 'config', 'fsync', 'segment-bytes', 'cluster-id'],
+      values: [
+        'id',
+        'listen',
+        'peers',
+        'data',
+        'config',
+        'fsync',
+        'segment-bytes',
+        'cluster-id',
+        'snapshot-every-entries',
+        'snapshot-interval-ms',
+      ],
       flags: ['repair', 'help', 'join'],
     });
   } catch (err) {
@@ -43,6 +55,8 @@ export async function serverMain(argv: string[]): Promise<void> {
     const peersArg = args.values.get('peers');
     const segmentBytes = args.values.get('segment-bytes');
     const fsync = args.values.get('fsync');
+    const snapshotEvery = args.values.get('snapshot-every-entries');
+    const snapshotInterval = args.values.get('snapshot-interval-ms');
     const server = await startServer({
       id,
       listen,
@@ -51,6 +65,12 @@ export async function serverMain(argv: string[]): Promise<void> {
       ...(peersArg ? { peers: parsePeers(peersArg) } : {}),
       ...(fsync ? { fsync: fsync as never } : {}),
       ...(segmentBytes ? { segmentBytes: Number(segmentBytes) } : {}),
+      ...(snapshotEvery !== undefined
+        ? { snapshotEveryEntries: parseNonNegativeInteger('--snapshot-every-entries', snapshotEvery) }
+        : {}),
+      ...(snapshotInterval !== undefined
+        ? { snapshotIntervalMs: parseNonNegativeInteger('--snapshot-interval-ms', snapshotInterval) }
+        : {}),
       ...(args.flags.has('repair') ? { repair: true } : {}),
       ...(args.flags.has('join') ? { join: true } : {}),
       ...(args.values.get('cluster-id') ? { clusterId: args.values.get('cluster-id')! } : {}),

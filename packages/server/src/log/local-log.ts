@@ -7,10 +7,22 @@
  * under the fsync policy (see `mustSync`). Lock and session entries do not wait for the disk when
  * nothing durable is pending before them, which keeps uncontended lock traffic off the fsync path;
  * they are safe to lose in a crash because recovery ends every session (the `restart` command).
+ *
+ * Snapshots: every `snapshotEveryEntries` applied entries, and every `snapshotIntervalMs` if anything was
+ * applied since the last one, the state machine is serialised at its applied index (synchronously, on
+ * the event loop: see docs/operations.md for what that costs on a large state), and handed to the
+ * storage, which writes it with asynchronous file I/O once the WAL holds that index durably, then cuts
+ * the WAL behind the previous snapshot.
  */
 import { SegmemError } from '@segmem/protocol';
-import { type Command, encodeCommand, mustSync, type Outcome } from '../core/commands.js';
-import type { StateMachine } from '../core/state-machine.js';
+import { type Command, decodeCommand, encodeCommand, mustSync, type Outcome } from '../core/commands.js';
+import { StateMachine } from '../core/state-machine.js';
+import { errorMessage } from '../storage/files.js';
+import {
+  type LocalRecoveryReport,
+  LocalStorage,
+  type LocalStorageOptions,
+} from '../storage/local-storage.js';
 import type { Wal } from '../storage/wal.js';
 
 interface Pending {
@@ -29,20 +41,150 @@ export interface ReplicatedLog {
   close(): Promise<void>;
 }
 
+export interface SnapshotPolicy {
+  /** Take a snapshot once this many entries were applied since the last one (0: never by count). */
+  snapshotEveryEntries: number;
+  /** Take a snapshot this often if anything was applied since the last one (0: never by time). */
+  snapshotIntervalMs: number;
+}
+
+export interface OpenLocalLogOptions extends LocalStorageOptions, Partial<SnapshotPolicy> {
+  pageBytes: number;
+  segmentBytes: number;
+  /** Where to report snapshots and their failures. */
+  log?: (line: string) => void;
+  /**
+   * A deliberately broken variant for the crash-point harness only: apply and acknowledge data changes
+   * without waiting for the disk. Never set in a server; it exists so a test can prove the harness catches it.
+   * @internal
+   */
+  unsafeAckBeforeDurable?: boolean;
+}
+
+/** Defaults of the single-member log's snapshot policy. */
+export const DEFAULT_SNAPSHOT_POLICY: SnapshotPolicy = {
+  snapshotEveryEntries: 10_000,
+  snapshotIntervalMs: 600_000,
+};
+
+/**
+ * Recovers a single-member group's state from its data directory: the newest good snapshot, then the WAL
+ * rolled forward from it. Resolves with the recovery report and a function that makes the log (once the
+ * caller has its apply listener).
+ */
+export async function openLocalLog(
+  opts: OpenLocalLogOptions,
+): Promise<{ report: LocalRecoveryReport; create(onApply: ApplyListener): LocalLog }> {
+  const { storage, snapshot, records, report } = await LocalStorage.open(opts);
+  let sm: StateMachine;
+  try {
+    sm = snapshot
+      ? StateMachine.restore(snapshot)
+      : new StateMachine({ pageBytes: opts.pageBytes, segmentBytes: opts.segmentBytes });
+    for (const rec of records) sm.apply(rec.index, decodeCommand(rec.payload));
+  } catch (err) {
+    await storage.close().catch(() => {});
+    throw err;
+  }
+  const policy: SnapshotPolicy = {
+    snapshotEveryEntries: opts.snapshotEveryEntries ?? DEFAULT_SNAPSHOT_POLICY.snapshotEveryEntries,
+    snapshotIntervalMs: opts.snapshotIntervalMs ?? DEFAULT_SNAPSHOT_POLICY.snapshotIntervalMs,
+  };
+  return {
+    report,
+    create: (onApply) =>
+      new LocalLog(storage, sm, onApply, {
+        policy,
+        replayed: records.length,
+        ...(opts.log ? { log: opts.log } : {}),
+        ...(opts.unsafeAckBeforeDurable ? { unsafeAckBeforeDurable: true } : {}),
+      }),
+  };
+}
+
 export class LocalLog implements ReplicatedLog {
   private readonly pending: Pending[] = [];
   private head = 0; // index into `pending` of the next entry to apply
   private failure: SegmemError | null = null;
   private closed = false;
   private readonly waitForDisk: boolean;
+  private readonly wal: Wal;
+  private readonly policy: SnapshotPolicy;
+  private readonly log: ((line: string) => void) | undefined;
+  /** Entries applied since the last snapshot was taken. */
+  private sinceSnapshot: number;
+  private snapshotting: Promise<void> | null = null;
+  private readonly timer: NodeJS.Timeout | null = null;
 
   constructor(
-    private readonly wal: Wal,
+    private readonly storage: LocalStorage,
     private readonly sm: StateMachine,
     private readonly onApply: ApplyListener,
+    opts: {
+      policy?: SnapshotPolicy;
+      log?: (line: string) => void;
+      /** WAL records replayed at recovery, which count towards the next snapshot. */
+      replayed?: number;
+      unsafeAckBeforeDurable?: boolean;
+    } = {},
   ) {
-    this.waitForDisk = wal.policy !== 'none';
-    wal.onDurable(() => this.drain());
+    const policy = opts.policy ?? { snapshotEveryEntries: 0, snapshotIntervalMs: 0 };
+    this.policy = policy;
+    this.log = opts.log;
+    this.wal = storage.wal;
+    this.sinceSnapshot = opts.replayed ?? 0;
+    this.waitForDisk = this.wal.policy !== 'none' && opts.unsafeAckBeforeDurable !== true;
+    this.wal.onDurable(() => this.drain());
+    if (policy.snapshotIntervalMs > 0) {
+      this.timer = setInterval(() => {
+        if (this.sinceSnapshot > 0) this.snapshot().catch(() => {});
+      }, policy.snapshotIntervalMs);
+      this.timer.unref();
+    }
+  }
+
+  /**
+   * Takes a snapshot of the state machine now (unless one is being written: then resolves when that one
+   * is done) and resolves once it is on disk and the WAL was cut behind the previous one. Rejects if
+   * writing it failed; the log itself carries on either way.
+   */
+  snapshot(): Promise<void> {
+    if (this.snapshotting) return this.snapshotting;
+    if (this.closed) return Promise.reject(new SegmemError('CLOSED', 'the server is shutting down'));
+    if (this.failure) return Promise.reject(this.failure);
+    const index = this.sm.appliedIndex;
+    if (index <= this.storage.snapshotIndex) return Promise.resolve();
+    const started = performance.now();
+    const data = this.sm.snapshot();
+    const serializeMs = performance.now() - started;
+    this.sinceSnapshot = 0;
+    const run = async () => {
+      // A snapshot never runs ahead of the log it continues: what it holds is durable in the WAL first.
+      await this.wal.waitDurable(index);
+      const writeStarted = performance.now();
+      await this.storage.saveSnapshot(index, data);
+      this.log?.(
+        `snapshot at index ${index}: ${data.length} bytes, serialised in ${serializeMs.toFixed(0)} ms, ` +
+          `written in ${(performance.now() - writeStarted).toFixed(0)} ms; WAL now starts at index ${this.wal.firstIndex}`,
+      );
+    };
+    const done = run()
+      .catch((err: unknown) => {
+        this.log?.(`snapshot at index ${index} failed: ${errorMessage(err)}`);
+        throw err;
+      })
+      .finally(() => {
+        this.snapshotting = null;
+      });
+    this.snapshotting = done;
+    return done;
+  }
+
+  private maybeSnapshot(): void {
+    const every = this.policy.snapshotEveryEntries;
+    if (every > 0 && this.sinceSnapshot >= every && !this.snapshotting && !this.closed) {
+      this.snapshot().catch(() => {});
+    }
   }
 
   propose(cmd: Command): Promise<Outcome> {
@@ -52,6 +194,8 @@ export class LocalLog implements ReplicatedLog {
     try {
       index = this.wal.append(encodeCommand(cmd));
     } catch (err) {
+      // A full disk refuses this change only; the log carries on once the WAL's retry succeeds.
+      if (err === this.wal.stalled) return Promise.reject(err);
       return Promise.reject(this.fail(err));
     }
     const sync = this.waitForDisk && mustSync(cmd);
@@ -79,9 +223,11 @@ export class LocalLog implements ReplicatedLog {
         entry.reject(this.fail(err));
         return;
       }
+      this.sinceSnapshot++;
       this.onApply(entry.index, entry.cmd, outcome);
       entry.resolve(outcome);
     }
+    this.maybeSnapshot();
     if (this.head === this.pending.length) {
       this.pending.length = 0;
       this.head = 0;
@@ -125,6 +271,8 @@ export class LocalLog implements ReplicatedLog {
 
   async close(): Promise<void> {
     this.closed = true;
-    await this.wal.close();
+    if (this.timer) clearInterval(this.timer);
+    await this.snapshotting?.catch(() => {});
+    await this.storage.close();
   }
 }

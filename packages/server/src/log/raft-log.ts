@@ -61,7 +61,7 @@ interface PendingProposal {
 
 export interface RaftLogOptions {
   tickMs: number;
-  /** Take a state machine snapshot and compact the log every this many applied entries. */
+  /** Take a state machine snapshot and compact the log every this many applied entries (0: never). */
   snapshotEveryEntries: number;
   pageBytes: number;
   segmentBytes: number;
@@ -378,7 +378,8 @@ export class RaftLog implements NodeLog {
   }
 
   private maybeCompact(): void {
-    if (this.compacting || this.entriesSinceSnapshot < this.opts.snapshotEveryEntries) return;
+    const every = this.opts.snapshotEveryEntries;
+    if (this.compacting || every <= 0 || this.entriesSinceSnapshot < every) return;
     this.compacting = true;
     this.entriesSinceSnapshot = 0;
     const index = this.appliedIndex;

@@ -9,7 +9,16 @@ import { promises as fsp, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
-import { errnoCode, errorMessage, fsyncDir, mkdirDurable, writeFileAtomic } from './files.js';
+import {
+  errnoCode,
+  errorMessage,
+  fsyncDir,
+  isAtomicTempName,
+  mkdirDurable,
+  writeFileAtomic,
+} from './files.js';
+import { isSnapshotName, SNAPSHOT_DIR } from './snapshot-file.js';
+import { isSegmentFileName } from './wal.js';
 
 /** The identity and geometry of a data directory, stored in `<dir>/meta.json`. */
 export interface DataDirMeta {
@@ -128,6 +137,11 @@ export class DataDir {
   readonly created: boolean;
   /** Set if the lock was taken over from a process that had died without releasing it. */
   readonly staleLock: LockHolder | undefined;
+  /**
+   * What the open noticed and the server should report: temporary files of interrupted writes it deleted,
+   * and files it does not know, which it leaves alone and ignores.
+   */
+  readonly warnings: string[] = [];
 
   private readonly nonce: string;
   private closed = false;
@@ -213,7 +227,9 @@ export class DataDir {
     try {
       const { meta, created } = await loadOrCreateMeta(dir, opts, create);
       await mkdirDurable(join(dir, WAL_DIR));
-      return new DataDir(dir, meta, created, nonce, stale);
+      const dataDir = new DataDir(dir, meta, created, nonce, stale);
+      dataDir.warnings.push(...(await tidy(dir)));
+      return dataDir;
     } catch (err) {
       await releaseLock(dir, key, nonce).catch(() => {});
       throw err;
@@ -227,6 +243,37 @@ export class DataDir {
     const key = await fsp.realpath(this.dir).catch(() => this.dir);
     await releaseLock(this.dir, key, this.nonce);
   }
+}
+
+/** Which names each part of a data directory expects; anything else is reported and ignored. */
+const EXPECTED: { sub: string; expected: (name: string) => boolean }[] = [
+  { sub: '', expected: (n) => n === META_FILE || n === LOCK_FILE || n === WAL_DIR || n === SNAPSHOT_DIR },
+  { sub: WAL_DIR, expected: isSegmentFileName },
+  { sub: SNAPSHOT_DIR, expected: isSnapshotName },
+];
+
+/**
+ * Deletes the temporary files a crash left behind (an interrupted `meta.json` or snapshot write, a write
+ * probe) and lists files the server does not know: they are ignored, not deleted, since they may be the
+ * operator's. Resolves with one line for each.
+ */
+async function tidy(dir: string): Promise<string[]> {
+  const lines: string[] = [];
+  for (const { sub, expected } of EXPECTED) {
+    const where = join(dir, sub);
+    const names = await fsp.readdir(where).catch(() => [] as string[]);
+    for (const name of names.sort()) {
+      if (expected(name)) continue;
+      const path = join(where, name);
+      if (isAtomicTempName(name) || name.startsWith('.write-test-')) {
+        await fsp.rm(path, { force: true });
+        lines.push(`data directory: removed ${path}, left by a write that a crash interrupted`);
+      } else {
+        lines.push(`data directory: ignoring unexpected file ${path}`);
+      }
+    }
+  }
+  return lines;
 }
 
 async function checkWritable(dir: string): Promise<void> {
@@ -394,7 +441,7 @@ async function loadOrCreateMeta(
       pageBytes: opts.pageBytes,
       segmentBytes: opts.segmentBytes,
     };
-    await writeFileAtomic(path, `${JSON.stringify(meta, null, 2)}\n`);
+    await writeFileAtomic(path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
     return { meta, created: true };
   }
 

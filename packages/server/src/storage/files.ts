@@ -1,20 +1,130 @@
 /**
- * Small durable-file helpers shared by the storage layer.
+ * The storage layer's file operations. The WAL, the snapshots and the data directory's metadata do their
+ * open, write, sync, rename, unlink and truncate through these functions, each naming its
+ * {@link FaultStep}, so crash and I/O-error tests can stop or fail any one of them (see `faults.ts`).
  *
  * @module
  */
 import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
+import { type AtomicFileKind, type FaultStep, faultDone, faultPoint } from './faults.js';
+
+/** A Node.js callback that settles a promise, marking the end of `step` on success. */
+function settle<T>(
+  step: FaultStep,
+  res: (value: T) => void,
+  rej: (err: Error) => void,
+): (err: NodeJS.ErrnoException | null, value?: T) => void {
+  return (err, value) => {
+    if (err) return rej(err);
+    faultDone(step);
+    res(value as T);
+  };
+}
+
+/** Opens a file and resolves with its descriptor. */
+export function openFd(path: string, flags: string, step: FaultStep): Promise<number> {
+  return new Promise((res, rej) => {
+    faultPoint(step);
+    fs.open(path, flags, 0o644, settle(step, res, rej));
+  });
+}
+
+/** One positional gather write; resolves with the number of bytes written (possibly fewer than given). */
+export function writevFd(
+  fd: number,
+  buffers: Uint8Array[],
+  position: number,
+  step: FaultStep,
+): Promise<number> {
+  return new Promise((res, rej) => {
+    faultPoint(step, { fd, buffers, position });
+    fs.writev(fd, buffers, position, settle(step, res, rej));
+  });
+}
+
+export function fdatasyncFd(fd: number, step: FaultStep): Promise<void> {
+  return new Promise((res, rej) => {
+    faultPoint(step);
+    fs.fdatasync(fd, settle(step, res, rej));
+  });
+}
+
+export function closeFd(fd: number, step: FaultStep): Promise<void> {
+  return new Promise((res, rej) => {
+    faultPoint(step);
+    fs.close(fd, settle(step, res, rej));
+  });
+}
+
+/**
+ * Writes all of `buffers` at `position` with `writev`, continuing after short writes. Resolves with the
+ * number of bytes written.
+ */
+export async function writeAll(
+  writev: (fd: number, buffers: Uint8Array[], position: number) => Promise<number>,
+  fd: number,
+  buffers: readonly Uint8Array[],
+  position: number,
+): Promise<number> {
+  let total = 0;
+  for (const b of buffers) total += b.length;
+  let done = 0;
+  let bufs = buffers.filter((b) => b.length > 0);
+  while (done < total) {
+    const n = await writev(fd, bufs, position + done);
+    if (n <= 0)
+      throw Object.assign(new Error('short write: the file accepted no more bytes'), { code: 'EIO' });
+    done += n;
+    // Drop what was written and continue with the rest.
+    let skip = n;
+    let i = 0;
+    while (i < bufs.length && skip >= bufs[i]!.length) skip -= bufs[i++]!.length;
+    bufs = bufs.slice(i);
+    if (skip > 0) bufs[0] = bufs[0]!.subarray(skip);
+  }
+  return total;
+}
 
 /** fsyncs a directory, making the creation, removal or renaming of its entries durable. */
-export async function fsyncDir(dir: string): Promise<void> {
+export async function fsyncDir(dir: string, step?: FaultStep): Promise<void> {
+  if (step) faultPoint(step);
   const handle = await fsp.open(dir, 'r');
   try {
     await handle.sync();
   } finally {
     await handle.close();
   }
+  if (step) faultDone(step);
+}
+
+/** Renames `from` to `to` (replacing `to`). */
+export async function renameFile(from: string, to: string, step: FaultStep): Promise<void> {
+  faultPoint(step);
+  await fsp.rename(from, to);
+  faultDone(step);
+}
+
+/** Removes a file; a file already gone is not an error. */
+export async function unlinkFile(path: string, step: FaultStep): Promise<void> {
+  faultPoint(step);
+  await fsp.rm(path, { force: true });
+  faultDone(step);
+}
+
+/** Cuts a file to `length` bytes and fsyncs it. */
+export async function truncateFile(path: string, length: number, step: FaultStep): Promise<void> {
+  faultPoint(step);
+  const handle = await fsp.open(path, 'r+');
+  try {
+    await handle.truncate(length);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  faultDone(step);
 }
 
 /**
@@ -34,31 +144,47 @@ export async function mkdirDurable(dir: string, sync = true): Promise<boolean> {
   return true;
 }
 
+/** Whether `name` is a temporary file {@link writeFileAtomic} left behind (a crash before its rename). */
+export function isAtomicTempName(name: string): boolean {
+  return /^\..+\.tmp-\d+-[0-9a-f]{8}$/.test(name);
+}
+
 /**
  * Replaces `file` atomically: the data goes to a temporary file in the same directory, which is fsynced,
  * renamed over `file`, and the directory is fsynced. A crash leaves either the old or the new content
- * (and possibly a stray `.<name>.tmp-*` file, which readers ignore).
+ * (and possibly a stray `.<name>.tmp-<pid>-<hex>` file: see {@link isAtomicTempName}). The file system
+ * work runs off the event loop (libuv's thread pool). `kind` names the fault steps
+ * (`<kind>.create`, `.write`, `.sync`, `.rename`, `.dirsync`).
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array): Promise<void> {
+export async function writeFileAtomic(
+  file: string,
+  data: string | Uint8Array | readonly Uint8Array[],
+  kind: AtomicFileKind,
+): Promise<void> {
   const dir = dirname(file);
   const tmp = join(dir, `.${basename(file)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
-  const handle = await fsp.open(tmp, 'wx', 0o644);
+  const parts = typeof data === 'string' ? [Buffer.from(data)] : data instanceof Uint8Array ? [data] : data;
+  const fd = await openFd(tmp, 'wx', `${kind}.create`);
   try {
-    await handle.writeFile(data);
-    await handle.sync();
+    await writeAll((f, b, p) => writevFd(f, b, p, `${kind}.write`), fd, parts, 0);
+    await fdatasyncFd(fd, `${kind}.sync`);
   } catch (err) {
-    await handle.close().catch(() => {});
+    await closePlain(fd).catch(() => {});
     await fsp.rm(tmp, { force: true }).catch(() => {});
     throw err;
   }
-  await handle.close();
+  await closePlain(fd);
   try {
-    await fsp.rename(tmp, file);
+    await renameFile(tmp, file, `${kind}.rename`);
   } catch (err) {
     await fsp.rm(tmp, { force: true }).catch(() => {});
     throw err;
   }
-  await fsyncDir(dir);
+  await fsyncDir(dir, `${kind}.dirsync`);
+}
+
+function closePlain(fd: number): Promise<void> {
+  return new Promise((res, rej) => fs.close(fd, (err) => (err ? rej(err) : res())));
 }
 
 /** The `code` of a Node.js system error (`'ENOENT'`, ...), or undefined. */

@@ -11,14 +11,20 @@
  * Later records win: an entry at an index already logged replaces it and everything after it, which is
  * how a follower's conflicting suffix is overwritten in an append-only file.
  */
-import { readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import { MemoryStorage } from '../raft/memory-storage.js';
 import type { Entry, HardState, NodeId, RaftStorage, Snapshot } from '../raft/types.js';
-import { crc32c } from './crc32c.js';
-import { mkdirDurable, writeFileAtomic } from './files.js';
+import { mkdirDurable } from './files.js';
+import {
+  listSnapshotFiles,
+  loadNewestSnapshot,
+  removeSnapshotFiles,
+  SNAPSHOT_DIR,
+  snapshotFileName,
+  writeSnapshotFile,
+} from './snapshot-file.js';
 import type { FsyncPolicy, RecoveryReport, Wal } from './wal.js';
 import { Wal as WalClass } from './wal.js';
 
@@ -28,7 +34,6 @@ const KIND_ENTRY = 1;
 const KIND_HARD_STATE = 2;
 const KIND_SNAPSHOT_INSTALLED = 3;
 const KIND_SNAPSHOT_COMPACTED = 4;
-const SNAPSHOT_MAGIC = 'SGMSNAP1';
 
 function encodeEntry(e: Entry): Buffer[] {
   const header = packr.pack([e.term, e.index, e.type === 'conf' ? 1 : 0]);
@@ -40,41 +45,6 @@ function encodeEntry(e: Entry): Buffer[] {
 
 function encodeSmall(kind: number, value: unknown): Buffer[] {
   return [Buffer.from([kind]), packr.pack(value)];
-}
-
-function snapshotFileName(meta: { index: number; term: number }): string {
-  return `${String(meta.term).padStart(20, '0')}-${String(meta.index).padStart(20, '0')}.snap`;
-}
-
-/** Snapshot file: magic | u32 meta length | msgpack meta | data | u32 crc32c of everything before. */
-function encodeSnapshotFile(snap: Snapshot): Buffer {
-  const meta = packr.pack([snap.meta.index, snap.meta.term, snap.meta.members]);
-  const head = Buffer.alloc(12);
-  head.write(SNAPSHOT_MAGIC, 0, 'latin1');
-  head.writeUInt32LE(meta.length, 8);
-  const body = Buffer.concat([head, meta, snap.data]);
-  const crc = Buffer.alloc(4);
-  crc.writeUInt32LE(crc32c(body), 0);
-  return Buffer.concat([body, crc]);
-}
-
-function decodeSnapshotFile(bytes: Buffer, file: string): Snapshot {
-  const bad = (why: string) =>
-    new SegmemError('UNAVAILABLE', `snapshot file ${file} is damaged: ${why}`, {
-      reason: 'SNAPSHOT_CORRUPT',
-      file,
-    });
-  if (bytes.length < 16 || bytes.toString('latin1', 0, 8) !== SNAPSHOT_MAGIC) throw bad('bad magic');
-  const body = bytes.subarray(0, bytes.length - 4);
-  if (crc32c(body) !== bytes.readUInt32LE(bytes.length - 4)) throw bad('checksum mismatch');
-  const metaBytes = bytes.readUInt32LE(8);
-  if (12 + metaBytes > body.length) throw bad('meta runs past the end');
-  const [index, term, members] = packr.unpack(body.subarray(12, 12 + metaBytes)) as [
-    number,
-    number,
-    NodeId[],
-  ];
-  return { meta: { index, term, members }, data: Buffer.from(body.subarray(12 + metaBytes)) };
 }
 
 export interface DiskRaftStorageOptions {
@@ -96,12 +66,12 @@ export class DiskRaftStorage implements RaftStorage {
     opts: DiskRaftStorageOptions,
     readonly report: RecoveryReport,
   ) {
-    this.snapDir = join(opts.dir, 'snap');
+    this.snapDir = join(opts.dir, SNAPSHOT_DIR);
     this.mem = new MemoryStorage(opts.initialMembers);
   }
 
   static async open(opts: DiskRaftStorageOptions): Promise<DiskRaftStorage> {
-    await mkdirDurable(join(opts.dir, 'snap'));
+    await mkdirDurable(join(opts.dir, SNAPSHOT_DIR));
     const { wal, records, report } = await WalClass.open({
       dir: opts.walDir,
       fsync: opts.fsync,
@@ -119,18 +89,11 @@ export class DiskRaftStorage implements RaftStorage {
   }
 
   private async loadLatestSnapshot(): Promise<void> {
-    const files = (await readdir(this.snapDir)).filter((f) => f.endsWith('.snap')).sort();
     // Newest first; a damaged newest snapshot falls back to the one before (files are renamed into place
-    // complete, so damage means the disk, not a crash mid-write).
-    for (let i = files.length - 1; i >= 0; i--) {
-      const file = join(this.snapDir, files[i]!);
-      try {
-        this.mem.applySnapshot(decodeSnapshotFile(await readFile(file), file));
-        return;
-      } catch (err) {
-        if (i === 0) throw err;
-      }
-    }
+    // complete, so damage means the disk, not a crash mid-write). With none left, the member refuses.
+    const { newest, damaged } = await loadNewestSnapshot(this.snapDir);
+    if (newest) this.mem.applySnapshot(newest);
+    else if (damaged.length > 0) throw damaged[damaged.length - 1]!.error;
   }
 
   private replay(payload: Buffer, walIndex: number): void {
@@ -251,7 +214,7 @@ export class DiskRaftStorage implements RaftStorage {
   async installSnapshot(snap: Snapshot): Promise<void> {
     // The core hands over only snapshots newer than its log; an older one changes nothing.
     if (snap.meta.index <= this.mem.snapshot().meta.index) return;
-    await writeFileAtomic(join(this.snapDir, snapshotFileName(snap.meta)), encodeSnapshotFile(snap));
+    await writeSnapshotFile(this.snapDir, snap);
     // The leader's snapshot replaces the whole log; it re-sends whatever follows the snapshot.
     this.mem.applySnapshot(snap);
     const walIndex = this.wal.append(encodeSmall(KIND_SNAPSHOT_INSTALLED, [snap.meta.index, snap.meta.term]));
@@ -266,7 +229,7 @@ export class DiskRaftStorage implements RaftStorage {
       throw new RangeError(`cannot compact to ${index}: last index is ${this.mem.lastIndex()}`);
     }
     const meta = { index, term: this.mem.term(index), members: this.mem.membersAt(index) };
-    await writeFileAtomic(join(this.snapDir, snapshotFileName(meta)), encodeSnapshotFile({ meta, data }));
+    await writeSnapshotFile(this.snapDir, { meta, data });
     this.mem.compact(index, data);
     this.wal.append(encodeSmall(KIND_SNAPSHOT_COMPACTED, [index, meta.term]));
     await this.removeOldSnapshots();
@@ -274,8 +237,10 @@ export class DiskRaftStorage implements RaftStorage {
 
   private async removeOldSnapshots(): Promise<void> {
     const keep = snapshotFileName(this.mem.snapshot().meta);
-    const files = (await readdir(this.snapDir)).filter((f) => f.endsWith('.snap') && f < keep);
-    for (const f of files) await unlink(join(this.snapDir, f)).catch(() => {});
+    await removeSnapshotFiles(
+      this.snapDir,
+      (await listSnapshotFiles(this.snapDir)).filter((f) => f < keep),
+    ).catch(() => {});
   }
 
   close(): Promise<void> {

@@ -35,12 +35,23 @@
  *
  * @module
  */
-import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { crc32c } from './crc32c.js';
-import { errnoCode, errorMessage, fsyncDir, mkdirDurable } from './files.js';
+import {
+  closeFd,
+  errnoCode,
+  errorMessage,
+  fdatasyncFd,
+  fsyncDir,
+  mkdirDurable,
+  openFd,
+  truncateFile,
+  unlinkFile,
+  writeAll,
+  writevFd,
+} from './files.js';
 
 /**
  * When the write-ahead log forces records to stable storage.
@@ -82,6 +93,21 @@ const MAX_RECORD_BYTES_LIMIT = 0xffff_ffff;
 const MIN_SEGMENT_BYTES = WAL_FILE_HEADER_BYTES + WAL_RECORD_HEADER_BYTES;
 const TWO_32 = 0x1_0000_0000;
 const SEGMENT_NAME = /^(\d{20})\.wal$/;
+/** After a failed write, the flush is retried after this long, doubling up to the maximum. */
+const STALL_RETRY_MIN_MS = 50;
+const STALL_RETRY_MAX_MS = 2000;
+
+/**
+ * Errors of writes and file creations, which a retry may get past (a full disk that gets space back);
+ * anything else (a failed fdatasync above all: the kernel may have dropped the unsynced pages) fails
+ * the log for good.
+ */
+const retryableWrites = new WeakSet<object>();
+
+function retryable(err: unknown): unknown {
+  if (typeof err === 'object' && err !== null) retryableWrites.add(err);
+  return err;
+}
 
 /**
  * The file operations the log uses while running. Tests replace some of them to inject I/O errors.
@@ -98,18 +124,11 @@ export interface WalIo {
 }
 
 const nodeIo: WalIo = {
-  open: (path, flags) =>
-    new Promise((resolve, reject) =>
-      fs.open(path, flags, 0o644, (err, fd) => (err ? reject(err) : resolve(fd))),
-    ),
-  writev: (fd, buffers, position) =>
-    new Promise((resolve, reject) =>
-      fs.writev(fd, buffers, position, (err, written) => (err ? reject(err) : resolve(written))),
-    ),
-  fdatasync: (fd) =>
-    new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve()))),
-  close: (fd) => new Promise((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve()))),
-  fsyncDir,
+  open: (path, flags) => openFd(path, flags, flags === 'wx' ? 'wal.create' : 'wal.open'),
+  writev: (fd, buffers, position) => writevFd(fd, buffers, position, 'wal.write'),
+  fdatasync: (fd) => fdatasyncFd(fd, 'wal.sync'),
+  close: (fd) => closeFd(fd, 'wal.close'),
+  fsyncDir: (dir) => fsyncDir(dir, 'wal.dirsync'),
 };
 
 export interface WalOptions {
@@ -128,6 +147,20 @@ export interface WalOptions {
   repair?: boolean;
   /** @internal Replaces file operations (for fault-injection tests). */
   io?: Partial<WalIo>;
+  /**
+   * The caller's state already holds every record up to this index (it was restored from a snapshot
+   * taken there). Recovery then reads only the segments that hold later records and returns only those;
+   * refuses (`UNAVAILABLE`, `details.reason === 'WAL_GAP'`) if the log starts after `coveredIndex + 1`;
+   * and, if the log ends before `coveredIndex`, deletes it and continues at `coveredIndex + 1`
+   * (`report.discarded`).
+   */
+  coveredIndex?: number;
+  /**
+   * Called when writes start failing for a reason a retry may get past (a full disk: `ENOSPC`), with the
+   * error appends now throw, and with null once a retry succeeded. Meanwhile the log keeps what was
+   * queued, retries every 50 ms doubling to 2 s, and refuses new appends; nothing is lost or reordered.
+   */
+  onStall?: (stall: SegmemError | null) => void;
 }
 
 export interface WalRecord {
@@ -149,6 +182,11 @@ export interface RecoveryReport {
   truncated?: { file: string; offset: number; droppedBytes: number; reason: string };
   /** Set when `repair` was given and the log was cut at a corrupt record with valid records after it. */
   repaired?: { file: string; offset: number; droppedRecords: number; droppedBytes: number; reason: string };
+  /**
+   * Set when the log ended before `coveredIndex` (its tail was lost): its files were deleted and the log
+   * continues at `coveredIndex + 1`. `lastIndex` is where the old log ended.
+   */
+  discarded?: { segments: number; lastIndex: number; coveredIndex: number };
 }
 
 export interface WalStats {
@@ -173,6 +211,11 @@ interface Waiter {
   index: number;
   resolve: () => void;
   reject: (err: Error) => void;
+}
+
+/** Whether `name` is the name of a WAL segment file. */
+export function isSegmentFileName(name: string): boolean {
+  return SEGMENT_NAME.test(name);
 }
 
 /** The file name of the segment whose first record has index `firstIndex`. */
@@ -286,23 +329,52 @@ interface Recovered {
   segments: Segment[];
   /** Size of the last segment after recovery (0 if there is none). */
   lastSize: number;
+  /** Whether the last segment was read and verified, so appends may continue in it (else a new one starts). */
+  appendable: boolean;
   lastIndex: number;
   report: RecoveryReport;
 }
 
-async function recover(dir: string, maxRecordBytes: number, repair: boolean): Promise<Recovered> {
-  const names = (await fsp.readdir(dir)).filter((n) => SEGMENT_NAME.test(n)).sort();
+function firstIndexOf(name: string): number {
+  return Number(SEGMENT_NAME.exec(name)![1]);
+}
+
+async function recover(
+  dir: string,
+  maxRecordBytes: number,
+  repair: boolean,
+  covered: number | undefined,
+): Promise<Recovered> {
+  let names = (await fsp.readdir(dir)).filter((n) => SEGMENT_NAME.test(n)).sort();
   const records: WalRecord[] = [];
   const segments: Segment[] = [];
   const sizes: number[] = [];
-  let expected = names.length > 0 ? Number(SEGMENT_NAME.exec(names[0]!)![1]) : 1;
+  if (covered !== undefined) {
+    // Segments all of whose records the caller's snapshot holds are not read; they stay listed, and the
+    // next truncation behind a snapshot deletes them. Whatever happened to them (a deletion interrupted by
+    // a crash, in any order) does not matter.
+    let skip = 0;
+    while (skip + 1 < names.length && firstIndexOf(names[skip + 1]!) <= covered + 1) skip++;
+    for (const n of names.slice(0, skip)) segments.push({ firstIndex: firstIndexOf(n), path: join(dir, n) });
+    names = names.slice(skip);
+    const start = names.length > 0 ? firstIndexOf(names[0]!) : covered + 1;
+    if (start > covered + 1) {
+      throw new SegmemError(
+        'UNAVAILABLE',
+        `write-ahead log in ${dir} starts at index ${start}, but the snapshot it continues ends at index ${covered}: ` +
+          `records ${covered + 1}..${start - 1} are missing`,
+        { reason: 'WAL_GAP', dir, firstIndex: start, coveredIndex: covered },
+      );
+    }
+  }
+  let expected = names.length > 0 ? firstIndexOf(names[0]!) : 1;
   if (!Number.isSafeInteger(expected) || expected < 1) expected = 1;
   let bad: { file: number; offset: number; reason: string; buf: Buffer } | undefined;
 
   for (let f = 0; f < names.length && !bad; f++) {
     const path = join(dir, names[f]!);
     const buf = await fsp.readFile(path);
-    const first = Number(SEGMENT_NAME.exec(names[f]!)![1]);
+    const first = firstIndexOf(names[f]!);
     segments.push({ firstIndex: first, path });
     sizes.push(0);
     if (first !== expected) {
@@ -326,10 +398,12 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
         bad = { file: f, offset: off, reason: r, buf };
         break;
       }
-      records.push({
-        index: expected,
-        payload: buf.subarray(off + WAL_RECORD_HEADER_BYTES, off + WAL_RECORD_HEADER_BYTES + r),
-      });
+      if (covered === undefined || expected > covered) {
+        records.push({
+          index: expected,
+          payload: buf.subarray(off + WAL_RECORD_HEADER_BYTES, off + WAL_RECORD_HEADER_BYTES + r),
+        });
+      }
       expected++;
       off += WAL_RECORD_HEADER_BYTES + r;
     }
@@ -358,7 +432,7 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
     // Only indexes a genuine later record could carry are believed (which keeps random bytes from passing
     // for a record): every record takes at least 16 bytes, and a later segment starts at its name's index.
     let base = lastIndex + 1;
-    for (const n of names.slice(bad.file)) base = Math.max(base, Number(SEGMENT_NAME.exec(n)![1]));
+    for (const n of names.slice(bad.file)) base = Math.max(base, firstIndexOf(n));
     const maxIndex = Math.min(
       Number.MAX_SAFE_INTEGER,
       base + Math.ceil(droppedBytes / WAL_RECORD_HEADER_BYTES),
@@ -380,20 +454,14 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
     // Cut the log at the bad record: truncate its file (or remove it, if the damage is in its header)
     // and remove every later file.
     if (bad.offset < WAL_FILE_HEADER_BYTES) {
-      await fsp.rm(badPath, { force: true });
+      await unlinkFile(badPath, 'recovery.unlink');
       segments.pop();
       sizes.pop();
     } else {
-      const handle = await fsp.open(badPath, 'r+');
-      try {
-        await handle.truncate(bad.offset);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
+      await truncateFile(badPath, bad.offset, 'recovery.truncate');
     }
-    for (const p of laterPaths) await fsp.rm(p, { force: true });
-    if (bad.offset < WAL_FILE_HEADER_BYTES || laterPaths.length > 0) await fsyncDir(dir);
+    for (const p of laterPaths) await unlinkFile(p, 'recovery.unlink');
+    if (bad.offset < WAL_FILE_HEADER_BYTES || laterPaths.length > 0) await fsyncDir(dir, 'recovery.dirsync');
 
     if (validAfter > 0) {
       report.repaired = {
@@ -413,8 +481,43 @@ async function recover(dir: string, maxRecordBytes: number, repair: boolean): Pr
       report.truncated = { file: badPath, offset: bad.offset, droppedBytes, reason };
     }
   }
+  if (covered !== undefined && lastIndex < covered) {
+    // The log ends before the snapshot it continues (its tail was lost: fsync "none" and an OS crash, or
+    // files removed by hand). Every record it holds is in the snapshot: start a new log after it.
+    for (const seg of segments) await unlinkFile(seg.path, 'recovery.unlink');
+    if (segments.length > 0) await fsyncDir(dir, 'recovery.dirsync');
+    report.discarded = { segments: segments.length, lastIndex, coveredIndex: covered };
+    report.lastIndex = covered;
+    report.firstIndex = covered + 1;
+    report.segments = 0;
+    return { records: [], segments: [], lastSize: 0, appendable: false, lastIndex: covered, report };
+  }
   report.segments = segments.length;
-  return { records, segments, lastSize: sizes.length > 0 ? sizes[sizes.length - 1]! : 0, lastIndex, report };
+  // Only a segment that was read may be appended to (the last one may be a skipped one, when every
+  // segment read was torn and removed).
+  const appendable = sizes.length > 0;
+  const lastSize = appendable ? sizes[sizes.length - 1]! : 0;
+  return { records, segments, lastSize, appendable, lastIndex, report };
+}
+
+/** What a recovery report says, as lines for the server's log (none when the WAL was intact). */
+export function describeRecovery(report: RecoveryReport): string[] {
+  const lines: string[] = [];
+  const t = report.truncated;
+  if (t) {
+    lines.push(
+      `recovery: truncated torn WAL tail in ${t.file} at offset ${t.offset} (${t.droppedBytes} bytes: ${t.reason})`,
+    );
+  }
+  if (report.repaired) lines.push(`recovery: repaired WAL: ${JSON.stringify(report.repaired)}`);
+  const d = report.discarded;
+  if (d) {
+    lines.push(
+      `recovery: the WAL ended at index ${d.lastIndex}, before the snapshot at index ${d.coveredIndex}; ` +
+        `its ${d.segments} file(s) were deleted and it continues at index ${d.coveredIndex + 1}`,
+    );
+  }
+  return lines;
 }
 
 /**
@@ -452,8 +555,15 @@ export class Wal {
   private recHead = 0;
   /** Index of the last record handed to the OS. */
   private writtenIndex: number;
-  /** Segment boundaries among the queued records: a new file starts with record `index` at `iov[iovPos]`. */
-  private rolls: { index: number; iovPos: number }[] = [];
+  /** Segment boundaries among the queued records: a new file starts with each of these indexes. */
+  private rolls: number[] = [];
+  /** A segment file was created and the directory not yet fsynced. */
+  private dirDirty = false;
+  /** Set while writes fail for lack of space (or another retryable write error); cleared by a retry that succeeds. */
+  private stall: SegmemError | null = null;
+  private stallRetryMs = STALL_RETRY_MIN_MS;
+  private stallTimer: NodeJS.Timeout | null = null;
+  private readonly onStall: ((stall: SegmemError | null) => void) | undefined;
 
   private flushPromise: Promise<void> | null = null;
   private readonly runFlushesBound = () => this.runFlushes();
@@ -465,17 +575,23 @@ export class Wal {
   private listeners: ((durableIndex: number) => void)[] = [];
   private prefixChain: Promise<unknown> = Promise.resolve();
 
-  private constructor(opts: Required<Omit<WalOptions, 'repair' | 'io'>>, io: WalIo, rec: Recovered) {
+  private constructor(
+    opts: Required<Omit<WalOptions, 'repair' | 'io' | 'coveredIndex' | 'onStall'>> &
+      Pick<WalOptions, 'onStall'>,
+    io: WalIo,
+    rec: Recovered,
+  ) {
     this.dir = opts.dir;
     this.policy = opts.fsync;
     this.segmentBytes = opts.segmentBytes;
     this.maxRecordBytes = opts.maxRecordBytes;
     this.io = io;
+    this.onStall = opts.onStall;
     this.segments = rec.segments;
     this.last = rec.lastIndex;
     this.durable = rec.lastIndex;
     this.writtenIndex = rec.lastIndex;
-    const last = rec.segments[rec.segments.length - 1];
+    const last = rec.appendable ? rec.segments[rec.segments.length - 1] : undefined;
     this.vFirst = last ? last.firstIndex : 0;
     this.vBytes = last ? rec.lastSize : 0;
     this.vRecords = last ? rec.lastIndex + 1 - last.firstIndex : 0;
@@ -509,11 +625,21 @@ export class Wal {
     }
     const dir = opts.dir;
     await mkdirDurable(dir, opts.fsync !== 'none');
-    const rec = await recover(dir, maxRecordBytes, opts.repair === true);
+    const rec = await recover(dir, maxRecordBytes, opts.repair === true, opts.coveredIndex);
     const io: WalIo = { ...nodeIo, ...opts.io };
-    const wal = new Wal({ dir, fsync: opts.fsync, segmentBytes, maxRecordBytes }, io, rec);
+    const wal = new Wal(
+      {
+        dir,
+        fsync: opts.fsync,
+        segmentBytes,
+        maxRecordBytes,
+        ...(opts.onStall ? { onStall: opts.onStall } : {}),
+      },
+      io,
+      rec,
+    );
     const last = rec.segments[rec.segments.length - 1];
-    if (last) wal.fd = await io.open(last.path, 'r+');
+    if (rec.appendable && last) wal.fd = await io.open(last.path, 'r+');
     return { wal, records: rec.records, report: rec.report };
   }
 
@@ -543,6 +669,11 @@ export class Wal {
     return this.failure;
   }
 
+  /** While writes fail and are being retried (a full disk): the error `append` throws. */
+  get stalled(): SegmemError | null {
+    return this.stall;
+  }
+
   /**
    * Appends one record and returns its index (`lastIndex + 1`). Synchronous and cheap: the payload is
    * not copied (do not modify it until it is durable), only a 16-byte record header is allocated, and
@@ -557,6 +688,7 @@ export class Wal {
   append(payload: Uint8Array | readonly Uint8Array[]): number {
     if (this.failure) throw this.failure;
     if (this.closing) throw closedError();
+    if (this.stall) throw this.stall;
     const parts = Array.isArray(payload) ? (payload as readonly Uint8Array[]) : null;
     let len: number;
     if (parts) {
@@ -580,7 +712,7 @@ export class Wal {
     const iov = this.iov;
     const recordBytes = WAL_RECORD_HEADER_BYTES + len;
     if (this.vFirst === 0 || (this.vRecords > 0 && this.vBytes + recordBytes > this.segmentBytes)) {
-      this.rolls.push({ index, iovPos: iov.length });
+      this.rolls.push(index);
       this.vFirst = index;
       this.vBytes = WAL_FILE_HEADER_BYTES;
       this.vRecords = 0;
@@ -623,7 +755,7 @@ export class Wal {
       if (i === ws.length) ws.push(w);
       else ws.splice(i, 0, w);
       // Already written but not synced (a flush nobody waited for): sync it now.
-      if (this.flushPromise === null && index <= this.writtenIndex) {
+      if (this.flushPromise === null && this.stall === null && index <= this.writtenIndex) {
         this.flushPromise = Promise.resolve().then(this.runFlushesBound);
       }
     });
@@ -654,7 +786,7 @@ export class Wal {
       // Segment i holds indexes [segments[i].firstIndex, segments[i + 1].firstIndex - 1].
       while (this.segments.length > 1 && this.segments[1]!.firstIndex <= beforeIndex) {
         const seg = this.segments[0]!;
-        await fsp.rm(seg.path, { force: true });
+        await unlinkFile(seg.path, 'wal.unlink');
         this.segments.shift();
         deleted++;
       }
@@ -683,6 +815,12 @@ export class Wal {
   }
 
   private async doClose(): Promise<void> {
+    if (this.stallTimer) {
+      clearTimeout(this.stallTimer);
+      this.stallTimer = null;
+      // One last try to write what is queued; if the disk is still full, the log fails.
+      this.flushPromise ??= Promise.resolve().then(this.runFlushesBound);
+    }
     while (this.flushPromise) await this.flushPromise;
     await this.prefixChain;
     if (this.fd !== null) {
@@ -719,36 +857,35 @@ export class Wal {
         } else break;
       }
     } catch (err) {
-      this.fail(err);
+      if (retryableWrites.has(err as object) && !this.closing) this.startStall(err);
+      else this.fail(err);
     } finally {
       this.flushPromise = null;
     }
   }
 
-  /** Writes the next `count` queued records, syncs them (policy permitting) and reports them durable. */
+  /**
+   * Writes the next `count` queued records, syncs them (policy permitting) and reports them durable.
+   * Progress is kept after each completed step (records written, segment created), so after a failed
+   * write the same call can be made again and continues where it stopped, rewriting the same bytes at
+   * the same offsets.
+   */
   private async flush(count: number): Promise<void> {
-    const firstIndex = this.writtenIndex + 1;
-    const lastIndex = firstIndex + count - 1;
-    const iovEnd = this.recEnds[this.recHead + count - 1]!;
-    let pos = this.iovHead;
-    let created = false;
-    const rolls = this.rolls;
-    while (rolls.length > 0 && rolls[0]!.index <= lastIndex) {
-      const roll = rolls.shift()!;
-      if (roll.iovPos > pos) await this.write(this.iov.slice(pos, roll.iovPos));
-      pos = roll.iovPos;
-      await this.startSegment(roll.index);
-      created = true;
+    const lastIndex = this.writtenIndex + count;
+    while (this.rolls.length > 0 && this.rolls[0]! <= lastIndex) {
+      const roll = this.rolls[0]!;
+      if (roll - 1 > this.writtenIndex) await this.writeQueued(roll - 1);
+      await this.startSegment(roll);
+      this.rolls.shift();
     }
-    if (iovEnd > pos) await this.write(this.iov.slice(pos, iovEnd));
-    this.writtenIndex = lastIndex;
-    this.iovHead = iovEnd;
-    this.recHead += count;
+    if (lastIndex > this.writtenIndex) await this.writeQueued(lastIndex);
+    if (this.stall) this.endStall(); // writes get through again
     this.compactQueue();
-    if (created && this.policy !== 'none') {
+    if (this.dirDirty && this.policy !== 'none') {
       await this.io.fsyncDir(this.dir);
       this.stats.dirSyncs++;
     }
+    this.dirDirty = false;
     this.stats.flushes++;
     if (this.policy === 'none') {
       this.durable = lastIndex;
@@ -759,6 +896,47 @@ export class Wal {
     // else ('batch', nobody waits for these records yet): written to the OS, synced with the next flush
     // somebody waits for (or at a segment roll or close). Records that need no durability of their own,
     // such as lock grants, then cost no fdatasync.
+  }
+
+  /** Writes the queued records up to index `upTo` into the current segment and counts them written. */
+  private async writeQueued(upTo: number): Promise<void> {
+    const n = upTo - this.writtenIndex;
+    const iovEnd = this.recEnds[this.recHead + n - 1]!;
+    await this.write(this.iov.slice(this.iovHead, iovEnd));
+    this.writtenIndex = upTo;
+    this.iovHead = iovEnd;
+    this.recHead += n;
+  }
+
+  /** Writes failed for a reason a later retry may not meet (a full disk): refuse appends, retry later. */
+  private startStall(err: unknown): void {
+    const code = errnoCode(err) ?? 'EIO';
+    const first = this.stall === null;
+    this.stall = new SegmemError(
+      'UNAVAILABLE',
+      `cannot write the write-ahead log in ${this.dir}: ${errorMessage(err)}; ` +
+        'changes are refused until a retry succeeds (free space on that file system)',
+      {
+        reason: code === 'ENOSPC' || code === 'EDQUOT' ? 'NO_SPACE' : 'WAL_WRITE_FAILED',
+        dir: this.dir,
+        errno: code,
+      },
+      { cause: err },
+    );
+    if (first) this.onStall?.(this.stall);
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = null;
+      if (this.flushPromise === null && !this.failure) {
+        this.flushPromise = Promise.resolve().then(this.runFlushesBound);
+      }
+    }, this.stallRetryMs);
+    this.stallRetryMs = Math.min(STALL_RETRY_MAX_MS, this.stallRetryMs * 2);
+  }
+
+  private endStall(): void {
+    this.stall = null;
+    this.stallRetryMs = STALL_RETRY_MIN_MS;
+    this.onStall?.(null);
   }
 
   /**
@@ -795,57 +973,52 @@ export class Wal {
     this.iov.splice(0, shift);
     this.recEnds.splice(0, this.recHead);
     for (let i = 0; i < this.recEnds.length; i++) this.recEnds[i]! -= shift;
-    for (const r of this.rolls) r.iovPos -= shift;
     this.iovHead = 0;
     this.recHead = 0;
   }
 
   /** Writes `buffers` at the end of the current segment file, retrying short writes. */
   private async write(buffers: Uint8Array[]): Promise<void> {
-    let total = 0;
-    for (let i = 0; i < buffers.length; i++) total += buffers[i]!.length;
-    if (total === 0) return;
-    const fd = this.fd!;
-    let done = 0;
-    let bufs = buffers;
-    for (;;) {
-      const n = await this.io.writev(fd, bufs, this.fdPos + done);
-      done += n;
-      if (done >= total) break;
-      if (n <= 0) throw new Error(`short write to ${this.currentPath()}`);
-      // Drop what was written and continue with the rest.
-      let skip = n;
-      let i = 0;
-      while (skip >= bufs[i]!.length) skip -= bufs[i++]!.length;
-      bufs = bufs.slice(i);
-      if (skip > 0) bufs[0] = bufs[0]!.subarray(skip);
+    let total: number;
+    try {
+      total = await writeAll(this.io.writev, this.fd!, buffers, this.fdPos);
+    } catch (err) {
+      throw retryable(err);
     }
+    if (total === 0) return;
     this.fdPos += total;
     this.fdDirty = true;
     this.stats.bytes += total;
   }
 
-  private currentPath(): string {
-    return this.segments[this.segments.length - 1]?.path ?? this.dir;
-  }
-
-  /** Closes the current segment (synced, policy permitting) and creates the one starting at `firstIndex`. */
+  /**
+   * Closes the current segment (synced, policy permitting) and creates the one starting at `firstIndex`.
+   * Called again after a failed creation or header write, it continues where it stopped.
+   */
   private async startSegment(firstIndex: number): Promise<void> {
-    if (this.fd !== null) {
-      const fd = this.fd;
-      if (this.fdDirty && this.policy !== 'none') {
-        await this.io.fdatasync(fd);
-        this.stats.syncs++;
+    const current = this.segments[this.segments.length - 1];
+    if (this.fd === null || current?.firstIndex !== firstIndex) {
+      if (this.fd !== null) {
+        const fd = this.fd;
+        if (this.fdDirty && this.policy !== 'none') {
+          await this.io.fdatasync(fd);
+          this.stats.syncs++;
+        }
+        this.fdDirty = false;
+        this.fd = null;
+        await this.io.close(fd);
       }
-      this.fdDirty = false;
-      this.fd = null;
-      await this.io.close(fd);
+      const path = join(this.dir, segmentFileName(firstIndex));
+      try {
+        this.fd = await this.io.open(path, 'wx');
+      } catch (err) {
+        throw retryable(err);
+      }
+      this.fdPos = 0;
+      this.segments.push({ firstIndex, path });
+      this.dirDirty = true;
     }
-    const path = join(this.dir, segmentFileName(firstIndex));
-    this.fd = await this.io.open(path, 'wx');
-    this.fdPos = 0;
-    this.segments.push({ firstIndex, path });
-    await this.write([fileHeader()]);
+    if (this.fdPos === 0) await this.write([fileHeader()]);
   }
 
   private notify(): void {
@@ -872,6 +1045,8 @@ export class Wal {
   private fail(err: unknown): void {
     if (this.failure) return;
     this.failure = walFailed(err);
+    this.stall = null;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
     this.iov = [];
     this.recEnds = [];
     this.rolls = [];
