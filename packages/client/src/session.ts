@@ -30,10 +30,15 @@ export interface Transport {
   close(): void;
   onData: (chunk: Buffer) => void;
   onClose: () => void;
+  /** The server's address, when it has one (TCP). */
+  readonly address?: string;
 }
 
-/** Opens a transport, to `prefer` first when given (a leader named by a redirect); rejects when nothing answers. */
-export type Dial = (prefer?: string) => Promise<Transport>;
+/**
+ * Opens a transport, to `prefer` first when given (a leader named by a redirect) and to `avoid` last (a
+ * server that just failed the handshake); rejects when nothing answers.
+ */
+export type Dial = (prefer?: string, avoid?: string) => Promise<Transport>;
 
 /** How often to ask again while the group elects a leader (members answer NOT_LEADER without a hint). */
 const ELECTION_POLL_MS = 50;
@@ -94,9 +99,10 @@ export class Session {
     // Follow redirects to the leader; while a group elects one, keep trying for up to the session timeout.
     const deadline = Date.now() + Math.max(opts.sessionTimeoutMs, 5000);
     let prefer: string | undefined;
+    let avoid: string | undefined;
     let delayMs = 25;
     for (;;) {
-      const transport = await opts.dial(prefer);
+      const transport = await opts.dial(prefer, avoid);
       try {
         await session.attach(transport, null);
         return session;
@@ -108,6 +114,7 @@ export class Session {
         const retry = redirect !== null || SegmemError.is(err, 'UNAVAILABLE');
         if (!retry || Date.now() > deadline) throw err;
         prefer = redirect?.address ?? undefined;
+        avoid = prefer ? undefined : transport.address;
         if (!prefer) {
           await new Promise((r) => setTimeout(r, redirect ? ELECTION_POLL_MS : delayMs));
           if (!redirect) delayMs = Math.min(delayMs * 2, 500);
@@ -203,6 +210,8 @@ export class Session {
     }
     transport.onClose = () => this.lost(transport);
     this.hello = ok;
+    // From now on only this cluster will do: an address reused by another cluster's server is refused.
+    this.opts.clusterId ??= ok.clusterId;
     if (!this.opts.pageReader) this.startKeepalive(ok.keepaliveMs);
     return ok.resumed;
   }
@@ -307,10 +316,14 @@ export class Session {
     const oldSession = this.hello.sessionId;
     let delayMs = 20;
     let prefer: string | undefined;
+    let avoid: string | undefined;
     while (!this.closed) {
+      let dialled: Transport | undefined;
       try {
-        const transport = await this.opts.dial(prefer);
+        const transport = await this.opts.dial(prefer, avoid);
+        dialled = transport;
         prefer = undefined;
+        avoid = undefined;
         if (this.closed) {
           transport.close();
           return;
@@ -361,7 +374,12 @@ export class Session {
         this.opts.onSessionLost(lost);
         if (this.transport === transport) return;
       } catch (err) {
-        if (SegmemError.is(err) && (err.code === 'UNAUTHORIZED' || err.code === 'PROTOCOL')) {
+        const otherCluster = SegmemError.is(err) && err.details?.reason === 'CLUSTER_MISMATCH';
+        if (
+          SegmemError.is(err) &&
+          !otherCluster &&
+          (err.code === 'UNAUTHORIZED' || err.code === 'PROTOCOL')
+        ) {
           this.shutdown(err);
           return;
         }
@@ -371,6 +389,9 @@ export class Session {
           prefer = redirect.address;
           continue;
         }
+        // This server would not do (another cluster on a reused address, no leader known, a dropped
+        // handshake): try the others first next time.
+        avoid = dialled?.address;
         if (redirect) {
           // A member answered: an election is under way. Ask again soon; backing off here would only add
           // to the failover time what the election itself did not cost.
@@ -459,11 +480,14 @@ export class Session {
 /** Dials the first reachable server of the list (in order, then round again). */
 export function tcpDial(servers: string[]): Dial {
   let next = 0;
-  return async (prefer?: string) => {
+  return async (prefer?: string, avoid?: string) => {
     let lastError: Error | undefined;
-    const order = prefer
+    let order = prefer
       ? [prefer, ...servers.filter((s) => s !== prefer)]
       : servers.map((_, i) => servers[(next + i) % servers.length]!);
+    // A named leader goes first whatever failed before; otherwise the server that just failed goes last.
+    if (!prefer && avoid && order.length > 1 && order.includes(avoid))
+      order = [...order.filter((s) => s !== avoid), avoid];
     for (const addr of order) {
       try {
         const t = await dialOne(addr);
@@ -497,6 +521,7 @@ function dialOne(addr: string): Promise<Transport> {
       clearTimeout(timer);
       socket.removeAllListeners('error');
       const transport: Transport = {
+        address: addr,
         write(parts) {
           if (socket.destroyed) return;
           if (parts.length === 1) socket.write(parts[0]!);

@@ -579,6 +579,7 @@ export class SegmemNode {
       throw new SegmemError(
         'UNAUTHORIZED',
         `this server belongs to cluster ${this.clusterId}, not ${req.clusterId}`,
+        { reason: 'CLUSTER_MISMATCH', clusterId: this.clusterId },
       );
     }
     if (this.opts.token !== undefined && req.token !== this.opts.token) {
