@@ -3,7 +3,7 @@
 // records to one shared log, with each mechanism a single machine would use and with segmem; records/s and
 // append latency per cell, every log read back and checked, real SIGKILL crash tests, strace and perf.
 //
-//   npm run bench:logs                 # full run (~6-10 min); rewrites docs/log-mechanisms.md's results
+//   npm run bench:logs                 # full run (~5-10 min); rewrites docs/log-mechanisms.md's results
 //                                      # section and docs/img/log-mechanisms.svg
 //   npm run bench:logs -- --quick      # short smoke run (1, 4, 16 writers; 0.4 s cells); leaves docs alone
 //
@@ -11,7 +11,8 @@
 //   --no-docs         write nothing
 //   --only LIST       mechanisms: append,flock,fcntl,mmap,mq,fifo,segmem1,segmem3 (partial: docs untouched)
 //   --writers LIST    writer counts (default 1,2,4,8,16)
-//   --window-ms N     per-cell time bound (default 2000; --quick 400)
+//   --window-ms N     per-cell time bound (default 1500; --quick 400)
+//   --repeats N       runs per native cell, the fastest kept (default 2; --quick 1)
 //   --inflight K      appends in flight per segmem writer process (default 32)
 //   --no-crash, --no-tools, --no-quiet-wait
 //
@@ -80,6 +81,7 @@ function parseOptions(argv) {
     writers: null,
     windowMs: null,
     inflight: 32,
+    repeats: null,
     crash: true,
     tools: true,
     quietWait: true,
@@ -109,6 +111,7 @@ function parseOptions(argv) {
       o.writers = list().map((v) => boundedInt(v, a, 1, 64));
     } else if (a === '--window-ms') o.windowMs = boundedInt(value(), a, 50, 30_000);
     else if (a === '--inflight') o.inflight = boundedInt(value(), a, 1, 1024);
+    else if (a === '--repeats') o.repeats = boundedInt(value(), a, 1, 5);
     else if (a === '--help' || a === '-h') {
       const lines = readFileSync(new URL(import.meta.url), 'utf8')
         .split('\n')
@@ -122,7 +125,8 @@ function parseOptions(argv) {
     } else throw new Error(`unknown option ${a} (try --help)`);
   }
   o.writers ??= o.quick ? [1, 4, 16] : [1, 2, 4, 8, 16];
-  o.windowMs ??= o.quick ? 400 : 2000;
+  o.windowMs ??= o.quick ? 400 : 1500;
+  o.repeats ??= o.quick ? 1 : 2;
   o.cellCap = o.quick ? 400_000 : 2_000_000; // records per cell, split across its writers
   return o;
 }
@@ -222,7 +226,7 @@ async function main() {
     nextQueue: 0,
     nextLog: 0,
   };
-  let quietBudgetMs = opts.quick ? 0 : 60_000;
+  let quietBudgetMs = opts.quick ? 0 : 30_000;
   let quietWaitedMs = 0;
   const quiet = async () => {
     if (!opts.quietWait || quietBudgetMs <= 0) return;
@@ -238,13 +242,18 @@ async function main() {
   const runSpecCell = async (spec, writers, group) => {
     await quiet();
     try {
-      const r = await runCell(ctx, {
-        mech: spec.mech,
-        sync: spec.mech.kind === 'segmem' ? spec.sync : spec.sync,
-        writers,
-        inflight: spec.inflight,
-        group,
-      });
+      // Native cells run `repeats` times and keep the fastest run (the one least disturbed by other
+      // processes on this shared 2-CPU machine) — unless a run's log check failed: that one is kept.
+      const runs = [];
+      const repeats = spec.mech.kind === 'segmem' ? 1 : opts.repeats;
+      for (let i = 0; i < repeats; i++) {
+        if (i > 0) await quiet();
+        runs.push(
+          await runCell(ctx, { mech: spec.mech, sync: spec.sync, writers, inflight: spec.inflight, group }),
+        );
+      }
+      const r = runs.find((x) => !x.check.ok) ?? runs.reduce((a, b) => (b.recPerSec > a.recPerSec ? b : a));
+      r.runs = runs.map((x) => x.recPerSec);
       cells.push({ spec, writers, result: r });
       const bad = r.check.ok ? 'log OK' : `LOG CHECK FAILED ${checkText(r.check)}`;
       log(
@@ -592,6 +601,7 @@ const DETAIL_COLUMNS = [
   { key: 'writers', title: 'writers' },
   { key: 'records', title: 'records' },
   { key: 'rate', title: 'records/s' },
+  { key: 'runs', title: 'each run, records/s' },
   { key: 'p50', title: 'p50 µs' },
   { key: 'p99', title: 'p99 µs' },
   { key: 'max', title: 'max µs' },
@@ -622,6 +632,7 @@ function detailRows(specs, cells, table) {
         writers: String(w),
         records: fmtInt(r.records) + (r.capped ? ' (cap)' : ''),
         rate: fmtInt(r.recPerSec),
+        runs: (r.runs ?? []).map(fmtInt).join(' / '),
         p50: fmtUs(r.p50),
         p99: fmtUs(r.p99),
         max: fmtUs(r.max),
@@ -842,6 +853,7 @@ function render({ meta, opts, specs, cells, crashes, tools }) {
     ? `segmem rows are placeholders: shared logs are not available in this build of segmem yet (\`seg.log()\` said: ${meta.segmemUnavailable}). The writer (bench/logs/segmem-writer.mjs) and the read-back check are written against the SharedLog contract and will fill these rows once logs land.`
     : null;
   const method = [
+    `Native cells run ${opts.repeats} time(s) and the fastest run is shown (its latencies and counts too; "each run" lists all), so that a burst of other work on this shared machine does not stand for the mechanism; a run whose log check failed would be shown instead. segmem cells run once.`,
     `Each cell: N writer processes start together (each prints READY, then one byte on stdin starts all of them), append 100-byte records (writer id, per-writer sequence, monotonic timestamp, padding, FNV-1a checksum) for ${opts.windowMs} ms or until the cell's cap of ${fmtInt(opts.cellCap)} records split across the writers, and record every append's latency. records/s = all records ÷ (last writer's end − first writer's start). "(cap)" marks a cell that hit the cap first.`,
     "Latency: one append as the writer sees it — lock, write, unlock (and fdatasync); mmap: fetch-add, copy, publish (and msync); queue: send (and wait for the sink's acknowledgement when durable); segmem: append() call to its resolution.",
     "After each cell the log is read back whole: every record's checksum, each writer's sequence contiguous and in order, every acknowledged record present exactly once (segmem: also at the sequence number its append() returned, and sequence numbers contiguous).",
@@ -882,7 +894,7 @@ function render({ meta, opts, specs, cells, crashes, tools }) {
   );
   md.push(`- Logs in \`${meta.tmp}\` (os.tmpdir()): ${meta.fs}`);
   md.push(
-    `- Cells: ${opts.windowMs} ms or ${fmtInt(opts.cellCap)} records each; writer processes: ${opts.writers.join(', ')}; segmem writers keep ${opts.inflight} appends in flight`,
+    `- Cells: ${opts.windowMs} ms or ${fmtInt(opts.cellCap)} records each (segmem: at most 500,000), native cells best of ${opts.repeats}; writer processes: ${opts.writers.join(', ')}; segmem writers keep ${opts.inflight} appends in flight`,
   );
   md.push(
     `- Load: ${busyText(meta)}. Other work shared this 2-CPU machine during the run; the "others CPU" column says how much, per cell.`,
