@@ -294,6 +294,7 @@ async function main() {
       }
     } catch (err) {
       if (!(err instanceof Unavailable)) throw err;
+      segmemUnavailable ??= err.message;
       log(`segmem: not available yet (${err.message}); its rows are left as placeholders`);
     } finally {
       if (group) {
