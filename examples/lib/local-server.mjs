@@ -125,6 +125,19 @@ export async function localCluster(size, { fsync = 'batch' } = {}) {
       return new Promise((r) => proc.once('exit', r));
     },
     restart: start,
+    /** Synchronous SIGKILL of every live member and removal of the data: for exit and signal handlers. */
+    killSync() {
+      for (const m of members.values()) {
+        if (m.proc.exitCode === null && m.proc.signalCode === null) m.proc.kill('SIGKILL');
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+    /** Pids of the live members (for CPU accounting). */
+    pids() {
+      return [...members.values()]
+        .filter((m) => m.proc.exitCode === null && m.proc.signalCode === null)
+        .map((m) => m.proc.pid);
+    },
     async stop() {
       for (const m of members.values()) {
         if (m.proc.exitCode === null && m.proc.signalCode === null) {
