@@ -10,7 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { drive } from '../lib/load.mjs';
 import { processCpuSeconds } from '../lib/procs.mjs';
 import { Unavailable, xorshift } from './adapters/common.mjs';
-import { sumBytes, tcpBytesByPid } from './lib/tcp-bytes.mjs';
+import { bytesBetween, tcpSockets } from './lib/tcp-bytes.mjs';
 
 const ADAPTERS = {
   redis: './adapters/redis.mjs',
@@ -44,13 +44,11 @@ function machineProcessSeconds() {
 }
 function snapshot(serverPids) {
   const u = process.cpuUsage();
-  const bytes = tcpBytesByPid([process.pid, ...serverPids]);
   return {
     self: (u.user + u.system) / 1e6,
     servers: serverPids.reduce((s, pid) => s + processCpuSeconds(pid), 0),
     busy: machineProcessSeconds(),
-    driverNet: bytes ? sumBytes(bytes, [process.pid]) : null,
-    serverNet: bytes ? sumBytes(bytes, serverPids) : null,
+    sockets: tcpSockets([process.pid, ...serverPids]),
   };
 }
 
@@ -112,13 +110,15 @@ async function main() {
         ? null
         : Math.max(0, b.busy - a.busy - (b.self - a.self) - (b.servers - a.servers)) / s,
   };
-  if (a.driverNet && b.driverNet) {
-    out.clientSentPerOp = (b.driverNet.sent - a.driverNet.sent) / n;
-    out.clientRecvPerOp = (b.driverNet.received - a.driverNet.received) / n;
-    out.clientSockets = b.driverNet.sockets;
+  if (a.sockets && b.sockets) {
+    const driver = bytesBetween(a.sockets, b.sockets, [process.pid]);
+    const servers = bytesBetween(a.sockets, b.sockets, spec.serverPids);
+    out.clientSentPerOp = driver.sent / n;
+    out.clientRecvPerOp = driver.received / n;
+    out.clientSockets = driver.sockets;
     // Everything the servers sent went either to this driver or to each other (replication, Raft).
-    out.peerSentPerOp =
-      (b.serverNet.sent - a.serverNet.sent - (b.driverNet.received - a.driverNet.received)) / n;
+    out.peerSentPerOp = (servers.sent - driver.received) / n;
+    out.socketsClosed = driver.closed + servers.closed;
   }
   if (statsA && statsB) {
     out.statsSentPerOp = (statsB.bytesSent - statsA.bytesSent) / n;

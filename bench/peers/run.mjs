@@ -363,6 +363,7 @@ function aggregate(e) {
   out.peerBytes = mean('peerSentPerOp');
   out.statsBytes = mean('statsSentPerOp') === null ? null : mean('statsSentPerOp') + mean('statsRecvPerOp');
   out.verifyFailures = sum('verifyFailures');
+  out.socketsClosed = sum('socketsClosed');
   out.capped = e.rounds.some((r) => r.capped);
   const counters = {};
   for (const r of e.rounds)
@@ -618,10 +619,18 @@ function render({ opts, meta, agg, profile, elapsed }) {
         issues.push(
           `${where}: ${k} = ${n}${k === 'waitShort' ? ' (WAIT 1 timed out: no replica acknowledged in 1 s)' : ''}.`,
         );
-    if (typeof a.othersCpu === 'number' && a.othersCpu > 0.2)
+    if (a.socketsClosed > 0)
       issues.push(
-        `${where}: other processes used ${fmtNum(a.othersCpu, 2)} CPU during the window; this row is lower than on a quiet machine.`,
+        `${where}: ${a.socketsClosed} connection(s) closed during the window (a reconnect?); the kernel's byte counts miss what those carried.`,
       );
+  }
+  const others = agg.filter((a) => ok(a) && typeof a.othersCpu === 'number').map((a) => a.othersCpu);
+  if (others.length > 0) {
+    const busy = others.filter((o) => o > 0.2).length;
+    const mean = others.reduce((x, y) => x + y, 0) / others.length;
+    issues.push(
+      `Other processes on the machine (other work, not this benchmark) used ${fmtNum(mean, 2)} CPU on average during the measured windows (${fmtNum(Math.min(...others), 2)} to ${fmtNum(Math.max(...others), 2)}); ${busy} of ${others.length} rows were above 0.2 CPU ("others CPU" column)${meta.quietWaitedS > 0.5 ? `, although the run waited ${fmtNum(meta.quietWaitedS, 0)} s in all for quiet before rows` : ''}. Such rows are lower than on a quiet machine; as the three systems alternate within each row, the ratios suffer less than the absolute numbers.`,
+    );
   }
   if (issues.length > 0) {
     text.push('notes:', ...issues.map((i) => `- ${i}`), '');
@@ -630,7 +639,7 @@ function render({ opts, meta, agg, profile, elapsed }) {
 
   if (profile) {
     const pr = profileRows(profile, 10);
-    const head = `segmem servers under \`node --cpu-prof\`, write cycle 4 B at 32 clients in a separate run (${fmtInt(profile.run.opsPerSec)} cycles/s, p50 ${fmtUs(profile.run.p50)} µs under the profiler): ${fmtInt(profile.busyMs)} ms busy of ${fmtInt(profile.totalMs)} ms sampled over the ${profile.files} servers; top functions by self time, idle excluded`;
+    const head = `segmem servers under \`node --cpu-prof\`, write cycle 4 B at 32 clients in a separate run (${fmtInt(profile.run.opsPerSec)} cycles/s, p50 ${fmtUs(profile.run.p50)} µs under the profiler): ${fmtInt(profile.busyMs)} ms busy of ${fmtInt(profile.totalMs)} ms sampled over the ${profile.files} servers' whole lives (start-up included); top functions by self time, idle excluded. A sample lands where a thread stood when it got the CPU back, so on a loaded 2-CPU machine time spent waiting for a CPU inside a system call (a socket or file write) counts there too`;
     text.push(`profile: ${head}`, textTable(PROFILE_COLUMNS, pr), '');
     const top3 = profile.rows
       .slice(0, 3)

@@ -4,11 +4,10 @@
 import { execFileSync } from 'node:child_process';
 
 /**
- * Sums bytes_sent / bytes_received of the established TCP sockets owned by each pid in `pids`.
- * Returns Map(pid -> { sent, received, sockets }), or null when `ss` is missing or shows no process owners
- * (it needs the right to see other processes' sockets).
+ * The established TCP sockets owned by the pids in `pids`: Map("local peer" -> { pid, sent, received }),
+ * or null when `ss` is missing or fails.
  */
-export function tcpBytesByPid(pids) {
+export function tcpSockets(pids) {
   let out;
   try {
     out = execFileSync('ss', ['-tinpH', 'state', 'established'], {
@@ -19,42 +18,50 @@ export function tcpBytesByPid(pids) {
     return null;
   }
   const wanted = new Set(pids);
-  const totals = new Map(pids.map((p) => [p, { sent: 0, received: 0, sockets: 0 }]));
+  const sockets = new Map();
   // Each socket is a line with the addresses and owners, followed by an indented line with tcp_info.
-  let owner = null;
+  let current = null;
   for (const line of out.split('\n')) {
     if (line.length === 0) continue;
     if (line[0] !== ' ' && line[0] !== '\t') {
-      owner = null;
-      // A socket inherited by a fork lists several owners: count it once, for the first one we watch.
+      current = null;
+      // Recv-Q Send-Q Local Peer users:(...). A socket inherited by a fork lists several owners: count it
+      // once, for the first one we watch.
+      const cols = line.trim().split(/\s+/);
       for (const m of line.matchAll(/pid=(\d+)/g)) {
         const pid = Number(m[1]);
         if (wanted.has(pid)) {
-          owner = pid;
+          current = { key: `${cols[2]} ${cols[3]}`, pid };
           break;
         }
       }
       continue;
     }
-    if (owner === null) continue;
-    const t = totals.get(owner);
-    t.sockets++;
-    t.sent += Number(/\bbytes_sent:(\d+)/.exec(line)?.[1] ?? 0);
-    t.received += Number(/\bbytes_received:(\d+)/.exec(line)?.[1] ?? 0);
-    owner = null;
+    if (current === null) continue;
+    sockets.set(current.key, {
+      pid: current.pid,
+      sent: Number(/\bbytes_sent:(\d+)/.exec(line)?.[1] ?? 0),
+      received: Number(/\bbytes_received:(\d+)/.exec(line)?.[1] ?? 0),
+    });
+    current = null;
   }
-  return totals;
+  return sockets;
 }
 
-/** Sums a Map from tcpBytesByPid over some pids. */
-export function sumBytes(map, pids) {
-  const s = { sent: 0, received: 0, sockets: 0 };
-  for (const p of pids) {
-    const t = map.get(p);
-    if (!t) continue;
-    s.sent += t.sent;
-    s.received += t.received;
-    s.sockets += t.sockets;
+/**
+ * Bytes each group of pids moved between two tcpSockets() snapshots. A socket opened in between counts
+ * whole; one closed in between is counted in `closed` (what it carried after `before` is lost).
+ */
+export function bytesBetween(before, after, pids) {
+  const set = new Set(pids);
+  const d = { sent: 0, received: 0, sockets: 0, closed: 0 };
+  for (const [key, s] of after) {
+    if (!set.has(s.pid)) continue;
+    const b = before.get(key);
+    d.sent += s.sent - (b?.sent ?? 0);
+    d.received += s.received - (b?.received ?? 0);
+    d.sockets++;
   }
-  return s;
+  for (const [key, s] of before) if (set.has(s.pid) && !after.has(key)) d.closed++;
+  return d;
 }
