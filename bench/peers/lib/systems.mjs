@@ -2,6 +2,7 @@
 // Every process is remembered by pid in bench/lib/procs.mjs, which kills it on any exit path.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { get as httpGet } from 'node:http';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort, localCluster } from '../../../examples/lib/local-server.mjs';
@@ -180,6 +181,26 @@ async function waitForReplicas(port, n) {
   }
 }
 
+/**
+ * GET without keep-alive: a pooled connection left open would close on its own in the middle of the next
+ * row and disturb the per-socket byte counts.
+ */
+function httpText(url, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const req = httpGet(url, { agent: false, timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => {
+        body += c;
+      });
+      res.on('end', () => resolve(body));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`${url}: no answer in ${timeoutMs} ms`)));
+    req.on('error', reject);
+  });
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // etcd: three members, one Raft group (etcd fsyncs its WAL before a write is acknowledged by a majority).
 
@@ -235,8 +256,7 @@ export async function startEtcd() {
       for (;;) {
         for (const e of endpoints) {
           try {
-            const res = await fetch(`http://${e}/metrics`, { signal: AbortSignal.timeout(2000) });
-            if (/^etcd_server_is_leader 1$/m.test(await res.text())) return e;
+            if (/^etcd_server_is_leader 1$/m.test(await httpText(`http://${e}/metrics`, 2000))) return e;
           } catch {
             // not answering yet
           }
