@@ -8,6 +8,7 @@ import { mergeSorted, Samples, summarize } from './stats.mjs';
 /**
  * ops: one async function per client (each call = one operation).
  * hooks.beforeWindow / afterWindow: called around the measured window (e.g. to snapshot traffic counters).
+ * hooks.onSamples(sorted): gets the window's sorted latencies (µs), e.g. to merge rounds run in other processes.
  * Returns { ops, seconds, opsPerSec, p50, p99, warmupOps, perClientCap }.
  */
 export async function drive(ops, { warmupMs, windowMs, cap }, hooks = {}) {
@@ -39,6 +40,7 @@ export async function drive(ops, { warmupMs, windowMs, cap }, hooks = {}) {
   const seconds = (performance.now() - start) / 1000;
   hooks.afterWindow?.();
   const sorted = mergeSorted(samples);
+  hooks.onSamples?.(sorted);
   const capped = samples.some((s) => s.full);
   return { ...summarize(sorted, seconds), warmupOps, perClientCap, capped };
 }

@@ -91,18 +91,28 @@ export function stopChild(child, graceMs = 5000) {
  * rejecting if the process exits first or `timeoutMs` passes.
  */
 export function spawnUntilReady(script, args, { ready, nodeArgs = [], timeoutMs = 15000, name = script }) {
-  const child = spawn(process.execPath, [...nodeArgs, script, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    cwd: ROOT_DIR,
-  });
+  return spawnCommandUntilReady(process.execPath, [...nodeArgs, script, ...args], { ready, timeoutMs, name });
+}
+
+/**
+ * Starts any program and resolves once a line on one of `streams` matches `ready`; same contract as
+ * spawnUntilReady (the child is remembered by pid and killed by cleanupSync).
+ */
+export function spawnCommandUntilReady(
+  command,
+  args,
+  { ready, timeoutMs = 15000, name = command, streams = ['stdout'], cwd = ROOT_DIR },
+) {
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd });
   children.add(child);
   let stderr = '';
   child.stderr.setEncoding('utf8');
   child.stderr.on('data', (s) => {
     if (stderr.length < 20000) stderr += s;
   });
+  if (!streams.includes('stdout')) child.stdout.resume(); // an unread pipe would block the child once full
   return new Promise((resolve, reject) => {
-    const lines = createInterface({ input: child.stdout });
+    const readers = streams.map((s) => createInterface({ input: child[s] }));
     const timer = setTimeout(() => {
       fail(new Error(`${name} did not report ready within ${timeoutMs} ms`));
     }, timeoutMs);
@@ -118,17 +128,24 @@ export function spawnUntilReady(script, args, { ready, nodeArgs = [], timeoutMs 
       reject(err);
     }
     child.once('exit', onExit);
-    lines.on('line', (line) => {
-      const m = ready.exec(line);
-      if (m) {
-        clearTimeout(timer);
-        child.off('exit', onExit);
-        lines.removeAllListeners('line');
-        child.stdout.resume(); // keep draining
-        resolve({ child, match: m, stderr: () => stderr });
-      }
-    });
+    for (const lines of readers) {
+      lines.on('line', (line) => {
+        const m = ready.exec(line);
+        if (m) {
+          clearTimeout(timer);
+          child.off('exit', onExit);
+          for (const r of readers) r.removeAllListeners('line');
+          child.stdout.resume(); // keep draining
+          resolve({ child, match: m, stderr: () => stderr });
+        }
+      });
+    }
   });
+}
+
+/** Remembers a child started elsewhere (e.g. by localCluster) so that cleanupSync kills it too. */
+export function adoptChild(child) {
+  children.add(child);
 }
 
 /**
@@ -196,7 +213,7 @@ function ticksPerSecond() {
 }
 
 /** Busy CPU seconds of the whole machine so far (steal included: another VM's use is contention too). */
-function machineBusySeconds() {
+export function machineBusySeconds() {
   try {
     const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
     // user nice system idle iowait irq softirq steal (guest time is already inside user)
@@ -207,7 +224,7 @@ function machineBusySeconds() {
 }
 
 /** CPU seconds (user + system) a live process used so far, or 0 if it cannot be read. */
-function processCpuSeconds(pid) {
+export function processCpuSeconds(pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -247,15 +264,16 @@ function selfCpuSeconds() {
 }
 
 /**
- * Runs one load worker with `spec` and resolves with the JSON it reports. The worker is killed (by pid) if it
+ * Runs one load worker (bench/worker.mjs, or `script` speaking the same BENCH_RESULT protocol) with `spec` and
+ * resolves with the JSON it reports. The worker is killed (by pid) if it
  * runs past `timeoutMs`; a non-zero exit or missing result rejects.
  */
-export function runWorker(spec, { timeoutMs, pids = [] }) {
+export function runWorker(spec, { timeoutMs, pids = [], script = WORKER }) {
   const t0 = performance.now();
   const busy0 = machineBusySeconds();
   const self0 = selfCpuSeconds();
   const pids0 = pids.map(processCpuSeconds);
-  const child = spawn(process.execPath, [WORKER, JSON.stringify(spec)], {
+  const child = spawn(process.execPath, [script, JSON.stringify(spec)], {
     stdio: ['ignore', 'pipe', 'pipe'],
     cwd: ROOT_DIR,
   });

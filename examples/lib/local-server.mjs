@@ -39,7 +39,7 @@ export async function localServer() {
   };
 }
 
-function freePort() {
+export function freePort() {
   return new Promise((resolve) => {
     const s = createServer();
     s.listen(0, '127.0.0.1', () => {
@@ -67,10 +67,11 @@ export function run(script, args, servers) {
 
 /**
  * Starts `size` segmem-server processes on 127.0.0.1 as one Raft group (one server: a single-member group),
- * data in a temporary directory. Also used by bench/cluster.mjs.
+ * data in a temporary directory (or under `dir`). `nodeArgs` go to each server's node (e.g. --cpu-prof);
+ * `onSpawn(proc)` sees each process as it starts (a caller's by-pid cleanup). Also used by bench/.
  */
-export async function localCluster(size, { fsync = 'batch' } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'segmem-example-cluster-'));
+export async function localCluster(size, { fsync = 'batch', dir: baseDir, nodeArgs = [], onSpawn } = {}) {
+  const dir = baseDir ?? mkdtempSync(join(tmpdir(), 'segmem-example-cluster-'));
   const ids = Array.from({ length: size }, (_, i) => `s${i + 1}`);
   const addresses = [];
   for (let i = 0; i < size; i++) addresses.push(`127.0.0.1:${await freePort()}`);
@@ -81,12 +82,14 @@ export async function localCluster(size, { fsync = 'batch' } = {}) {
     const proc = spawn(
       process.execPath,
       [
+        ...nodeArgs,
         serverBin,
         ...['--id', id, '--listen', addresses[i], '--data', join(dir, id), '--fsync', fsync],
         ...(size > 1 ? ['--peers', peers] : []),
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
+    onSpawn?.(proc);
     const member = { id, proc, role: 'follower', term: 0 };
     createInterface({ input: proc.stderr }).on('line', (line) => {
       const m = / raft: (\w+) in term (\d+)/.exec(line);
@@ -132,11 +135,15 @@ export async function localCluster(size, { fsync = 'batch' } = {}) {
       }
       rmSync(dir, { recursive: true, force: true });
     },
+    /** The server processes still running (for CPU accounting and by-pid cleanup). */
+    processes() {
+      return [...members.values()]
+        .map((m) => m.proc)
+        .filter((p) => p.exitCode === null && p.signalCode === null);
+    },
     /** Pids of the live members (for CPU accounting). */
     pids() {
-      return [...members.values()]
-        .filter((m) => m.proc.exitCode === null && m.proc.signalCode === null)
-        .map((m) => m.proc.pid);
+      return this.processes().map((p) => p.pid);
     },
     async stop() {
       for (const m of members.values()) {
