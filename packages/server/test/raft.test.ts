@@ -8,7 +8,7 @@ import test from 'ava';
 import fc from 'fast-check';
 import { decodeConfChange, encodeConfChange } from '../src/raft/confchange.js';
 import { MemoryStorage } from '../src/raft/memory-storage.js';
-import { type RaftConfig, RaftNode } from '../src/raft/node.js';
+import { coalesceAppendAcks, type RaftConfig, RaftNode } from '../src/raft/node.js';
 import { committedIndex, naiveCommittedIndex } from '../src/raft/quorum.js';
 import {
   CompactedError,
@@ -822,4 +822,20 @@ test('early(): while a Ready is being persisted, new commits and a leader append
     c.nodes.get('a')!.applied.some((e) => e.index === first.index || e.index === second.index),
     'entries handed out by early() are not handed out again by ready()',
   );
+});
+
+test('coalesceAppendAcks: of several successful append answers to one leader in one term, the highest goes', (t) => {
+  const ack = (to: string, term: number, hintIndex: number, reject = false): Message => ({
+    type: 'appendResp',
+    from: 'f',
+    to,
+    term,
+    hintIndex,
+    ...(reject ? { reject: true, logIndex: hintIndex } : {}),
+  });
+  const vote: Message = { type: 'voteResp', from: 'f', to: 'a', term: 3 };
+  const msgs = [ack('a', 3, 5), vote, ack('a', 3, 9), ack('a', 3, 7, true), ack('b', 4, 2), ack('a', 3, 8)];
+  t.deepEqual(coalesceAppendAcks(msgs), [vote, ack('a', 3, 9), ack('a', 3, 7, true), ack('b', 4, 2)]);
+  const one = [ack('a', 3, 5), vote];
+  t.is(coalesceAppendAcks(one), one, 'nothing to merge: the same array');
 });

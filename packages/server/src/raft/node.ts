@@ -59,6 +59,24 @@ export function mayLeaveBeforePersist(m: Message): boolean {
   return m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot' || m.type === 'timeoutNow';
 }
 
+/**
+ * Successful append answers are cumulative (the leader frees every in-flight append up to the index): of
+ * several to one leader in one term within one Ready, only the highest need go. Rejections all go.
+ */
+export function coalesceAppendAcks(msgs: Message[]): Message[] {
+  let acks = 0;
+  for (const m of msgs) if (m.type === 'appendResp' && !m.reject) acks++;
+  if (acks < 2) return msgs;
+  const best = new Map<string, Message>();
+  for (const m of msgs) {
+    if (m.type !== 'appendResp' || m.reject) continue;
+    const key = `${m.to}\u0000${m.term}`;
+    const b = best.get(key);
+    if (!b || (m.hintIndex ?? 0) >= (b.hintIndex ?? 0)) best.set(key, m);
+  }
+  return msgs.filter((m) => m.type !== 'appendResp' || m.reject || best.get(`${m.to}\u0000${m.term}`) === m);
+}
+
 export interface RaftConfig {
   id: NodeId;
   /** Initial state and stable log; read-only to the core. */
@@ -399,7 +417,7 @@ export class RaftNode {
     const entries = this.log.unstableEntries();
     const rd: Ready = {
       entries,
-      messages: this.msgs,
+      messages: coalesceAppendAcks(this.msgs),
       committed: this.log.takeCommitted(this.maxCommittedPerReady),
       readStates: this.readStates,
       mustSync: entries.length > 0 || snap !== null || hs.term !== prev.term || hs.vote !== prev.vote,
