@@ -13,7 +13,7 @@
 //   --writers LIST    writer counts (default 1,2,4,8,16)
 //   --window-ms N     per-cell time bound (default 1500; --quick 400)
 //   --repeats N       runs per native cell, the fastest kept (default 2; --quick 1)
-//   --inflight K      appends in flight per segmem writer process (default 32)
+//   --inflight K      appends in flight per segmem writer process (default 256: enough to keep the group commit fed)
 //   --no-crash, --no-tools, --no-quiet-wait
 //
 // The C programs (lw_*.c) are compiled here with `cc -O2` into a temporary directory, removed at the end
@@ -80,7 +80,7 @@ function parseOptions(argv) {
     only: null,
     writers: null,
     windowMs: null,
-    inflight: 32,
+    inflight: 256,
     repeats: null,
     crash: true,
     tools: true,
