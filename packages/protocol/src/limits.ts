@@ -44,3 +44,5 @@ export const MAX_LOG_READ_BYTES = 4 * 1024 * 1024;
 export const DEFAULT_LOG_MAX_BYTES = 64 * 1024 * 1024;
 /** Largest `maxBytes` a log may keep (logs live in the replicated state, in memory and in snapshots). */
 export const MAX_LOG_MAX_BYTES = 1024 * 1024 * 1024;
+/** Most bytes of a consolidated snapshot one SNAPSHOT_READ answer carries. */
+export const MAX_SNAPSHOT_CHUNK_BYTES = 16 * 1024 * 1024;

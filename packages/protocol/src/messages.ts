@@ -27,6 +27,7 @@ import {
   MAX_NAME_BYTES,
   MAX_OBJECT_BYTES,
   MAX_SEGMENT_BYTES,
+  MAX_SNAPSHOT_CHUNK_BYTES,
   MAX_TIMEOUT_MS,
   MAX_TOKEN_BYTES,
   PAGE_BYTES,
@@ -79,6 +80,8 @@ export const MessageType = {
   LOG_READ: 0x0e,
   LOG_TRUNCATE: 0x0f,
   READ_PAGES: 0x10,
+  SNAPSHOT: 0x11,
+  SNAPSHOT_READ: 0x12,
   OK: 0x40,
   ERROR: 0x41,
   INVALIDATE: 0x60,
@@ -104,6 +107,8 @@ export const REQUEST_TYPES = [
   'LOG_READ',
   'LOG_TRUNCATE',
   'READ_PAGES',
+  'SNAPSHOT',
+  'SNAPSHOT_READ',
 ] as const;
 
 export type RequestType = (typeof REQUEST_TYPES)[number];
@@ -122,7 +127,7 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
-  return code >= MessageType.HELLO && code <= MessageType.READ_PAGES;
+  return code >= MessageType.HELLO && code <= MessageType.SNAPSHOT_READ;
 }
 
 function hex(code: number): string {
@@ -315,6 +320,21 @@ export interface ReadPagesRequest {
   waitMs: number;
 }
 
+/** 0x11: the leader writes a consolidated snapshot of the whole segment into memory and names it. */
+export interface SnapshotRequest {
+  type: 'SNAPSHOT';
+}
+
+/** 0x12: reads part of a consolidated snapshot made by SNAPSHOT on this connection's server. */
+export interface SnapshotReadRequest {
+  type: 'SNAPSHOT_READ';
+  /** The id SNAPSHOT answered (>= 1). */
+  id: number;
+  offset: number;
+  /** 1..MAX_SNAPSHOT_CHUNK_BYTES. */
+  length: number;
+}
+
 /** 0x0D: appends records to a shared log, atomically and contiguously; creates the log on first use. */
 export interface LogAppendRequest {
   type: 'LOG_APPEND';
@@ -365,7 +385,9 @@ export type Request =
   | LogAppendRequest
   | LogReadRequest
   | LogTruncateRequest
-  | ReadPagesRequest;
+  | ReadPagesRequest
+  | SnapshotRequest
+  | SnapshotReadRequest;
 
 export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
 
@@ -475,6 +497,22 @@ export interface LogTruncateOk {
   first: number;
 }
 
+export interface SnapshotOk {
+  /** Names the snapshot for SNAPSHOT_READ (kept by the server until read to the end or idle for a minute). */
+  id: number;
+  /** Bytes of the file. */
+  bytes: number;
+  /** The Raft index and term the snapshot was taken at (term 0 for a single server). */
+  index: number;
+  term: number;
+}
+
+export interface SnapshotReadOk {
+  offset: number;
+  /** The file's bytes from `offset` (fewer than asked at the end). */
+  payload: Uint8Array;
+}
+
 export interface OkBodies {
   HELLO: HelloOk;
   KEEPALIVE: EmptyBody;
@@ -492,6 +530,8 @@ export interface OkBodies {
   LOG_READ: LogReadOk;
   LOG_TRUNCATE: LogTruncateOk;
   READ_PAGES: ReadPagesOk;
+  SNAPSHOT: SnapshotOk;
+  SNAPSHOT_READ: SnapshotReadOk;
 }
 
 /** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
@@ -613,6 +653,14 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         pages: req.pages,
         waitMs: req.waitMs,
       });
+    case 'SNAPSHOT':
+      return encodeFrame(MessageType.SNAPSHOT, requestId, groupId, {});
+    case 'SNAPSHOT_READ':
+      return encodeFrame(MessageType.SNAPSHOT_READ, requestId, groupId, {
+        id: req.id,
+        offset: req.offset,
+        length: req.length,
+      });
     default:
       throw invalidArgument(`unknown request type ${describeValue((req as { type: unknown }).type)}`);
   }
@@ -726,6 +774,15 @@ export function encodeOk<T extends RequestType>(
     case 'LOG_TRUNCATE':
       header = { first: (b as LogTruncateOk).first };
       break;
+    case 'SNAPSHOT': {
+      const r = b as SnapshotOk;
+      header = { id: r.id, bytes: r.bytes, index: r.index, term: r.term };
+      break;
+    }
+    case 'SNAPSHOT_READ': {
+      const r = b as SnapshotReadOk;
+      return encodeFrame(MessageType.OK, requestId, groupId, { offset: r.offset }, payload ?? r.payload);
+    }
     case 'READ_PAGES': {
       const r = b as OkBodyInput<'READ_PAGES'>;
       const bytes = (payload as Uint8Array | undefined) ?? r.payload ?? EMPTY_PAYLOAD;
@@ -981,6 +1038,21 @@ REQUEST_DECODERS[MessageType.READ_PAGES] = (h, payload) => {
   };
 };
 
+REQUEST_DECODERS[MessageType.SNAPSHOT] = (_h, payload) => {
+  noPayload(payload);
+  return { type: 'SNAPSHOT' };
+};
+
+REQUEST_DECODERS[MessageType.SNAPSHOT_READ] = (h, payload) => {
+  noPayload(payload);
+  return {
+    type: 'SNAPSHOT_READ',
+    id: uintField(h.id, 'id', 1),
+    offset: uintField(h.offset, 'offset'),
+    length: uintField(h.length, 'length', 1, MAX_SNAPSHOT_CHUNK_BYTES),
+  };
+};
+
 REQUEST_DECODERS[MessageType.LOG_TRUNCATE] = (h, payload) => {
   noPayload(payload);
   return {
@@ -1109,6 +1181,23 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
   LOG_TRUNCATE: (h, payload) => {
     noPayload(payload);
     return { first: uintField(h.first, 'first') };
+  },
+  SNAPSHOT: (h, payload) => {
+    noPayload(payload);
+    return {
+      id: uintField(h.id, 'id', 1),
+      bytes: uintField(h.bytes, 'bytes'),
+      index: uintField(h.index, 'index'),
+      term: uintField(h.term, 'term'),
+    };
+  },
+  SNAPSHOT_READ: (h, payload) => {
+    if (payload.length > MAX_SNAPSHOT_CHUNK_BYTES) {
+      throw invalidArgument(`a snapshot chunk is at most ${MAX_SNAPSHOT_CHUNK_BYTES} bytes`, {
+        field: 'payload',
+      });
+    }
+    return { offset: uintField(h.offset, 'offset'), payload };
   },
   READ_PAGES: (h, payload) => {
     const object = validateObjectRecord(h.object);

@@ -124,6 +124,8 @@ const sampleRequests: Request[] = [
   { type: 'LOG_READ', name: 'events', from: 12, maxBytes: 0, waitMs: 30_000 },
   { type: 'LOG_TRUNCATE', seq: 11, name: 'events', before: 100 },
   { type: 'READ_PAGES', objectId: 7, version: 4, pages: [0, 2, 9], waitMs: 1000 },
+  { type: 'SNAPSHOT' },
+  { type: 'SNAPSHOT_READ', id: 3, offset: 1 << 20, length: 16 * 1024 * 1024 },
 ];
 
 /** A request as decoding returns it: payloads as Buffers, absent optional fields at their defaults. */
@@ -523,6 +525,8 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
   LOG_READ: { first: 2, next: 10, bytes: 800, from: 4, sizes: [1, 0, 2], payload: Buffer.from('xyz') },
   LOG_TRUNCATE: { first: 7 },
   READ_PAGES: { object: record, pages: [1], payload: Buffer.alloc(4096, 3) },
+  SNAPSHOT: { id: 1, bytes: 123_456, index: 77, term: 3 },
+  SNAPSHOT_READ: { offset: 4096, payload: Buffer.from('chunk') },
 };
 
 test('every OK body round trips', (t) => {
@@ -532,7 +536,7 @@ test('every OK body round trips', (t) => {
     t.is(frame.type, MessageType.OK);
     t.is(frame.requestId, 5);
     const decoded = decodeOk(type, frame) as unknown as Record<string, unknown>;
-    if (type === 'ACQUIRE' || type === 'LOG_READ') {
+    if (type === 'ACQUIRE' || type === 'LOG_READ' || type === 'SNAPSHOT_READ') {
       t.true(Buffer.isBuffer(decoded.payload));
       t.deepEqual(
         { ...decoded, payload: [...(decoded.payload as Buffer)] },

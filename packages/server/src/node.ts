@@ -31,9 +31,13 @@ import type { SegmentObject, StateMachine } from './core/state-machine.js';
 import { type ApplyListener, openLocalLog, type ReplicatedLog } from './log/local-log.js';
 import type { Message } from './raft/types.js';
 import { type Clock, SessionLiveness, systemClock } from './shell/liveness.js';
+import { encodeConsolidated } from './storage/consolidated.js';
 import { DataDir } from './storage/datadir.js';
 import { describeLocalRecovery } from './storage/local-storage.js';
 import type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
+
+/** An unread consolidated snapshot is dropped after this long without a SNAPSHOT_READ. */
+const SNAPSHOT_EXPORT_IDLE_MS = 60_000;
 
 export interface NodeOptions {
   id: string;
@@ -116,6 +120,8 @@ export interface NodeLog extends ReplicatedLog {
   readBarrier(): Promise<void>;
   /** Before a clean shutdown: let another member lead (Raft groups; a single member has nobody to hand to). */
   handOff?(): Promise<void>;
+  /** The log index (and Raft term; 0 for a single member) the applied state stands at. */
+  appliedPosition(): { index: number; term: number };
   /** Raft groups: members with their addresses, and single-server membership changes. */
   membersWithAddresses?(): [string, string | null][];
   proposeConfChange?(cc: { op: 'add' | 'remove'; id: string; address?: string }): Promise<void>;
@@ -587,6 +593,54 @@ export class SegmemNode {
     }
   }
 
+  private readonly exports = new Map<number, { bytes: Buffer; timer: NodeJS.Timeout }>();
+  private nextExportId = 1;
+
+  /**
+   * SNAPSHOT: a consolidated snapshot of the applied state after a read barrier (so it holds everything
+   * acknowledged before the request), kept in memory under an id for SNAPSHOT_READ. The content is copied
+   * at once, on the event loop, like a member's own snapshot.
+   */
+  async snapshotExport(): Promise<{ id: number; bytes: number; index: number; term: number }> {
+    this.requireLeader();
+    await this.log.readBarrier();
+    const { index, term } = this.log.appliedPosition();
+    const parts = encodeConsolidated(this.sm.exportContent(), {
+      clusterId: this.clusterId,
+      createdAt: new Date().toISOString(),
+      groups: [[0, index, term]],
+    });
+    const bytes = Buffer.concat(parts);
+    const id = this.nextExportId++;
+    const timer = setTimeout(() => this.exports.delete(id), SNAPSHOT_EXPORT_IDLE_MS);
+    timer.unref?.();
+    this.exports.set(id, { bytes, timer });
+    return { id, bytes: bytes.length, index, term };
+  }
+
+  /** SNAPSHOT_READ: a chunk of an export; the export is dropped once read to its end. */
+  snapshotRead(req: { id: number; offset: number; length: number }): Buffer {
+    const ex = this.exports.get(req.id);
+    if (!ex)
+      throw new SegmemError(
+        'NOT_FOUND',
+        `no snapshot ${req.id} here (read to its end, expired, or another server's)`,
+      );
+    if (req.offset > ex.bytes.length) {
+      throw new SegmemError(
+        'INVALID_ARGUMENT',
+        `offset ${req.offset} is past the end (${ex.bytes.length} bytes)`,
+      );
+    }
+    const chunk = ex.bytes.subarray(req.offset, Math.min(ex.bytes.length, req.offset + req.length));
+    ex.timer.refresh();
+    if (req.offset + chunk.length >= ex.bytes.length) {
+      clearTimeout(ex.timer);
+      this.exports.delete(req.id);
+    }
+    return chunk;
+  }
+
   /** HELLO of a page-reader connection: any member answers, after the cluster and credential checks. */
   helloPageReader(port: Port, requestId: number, req: HelloRequest): void {
     this.checkCredentials(req);
@@ -838,6 +892,8 @@ export class SegmemNode {
       for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
     this.dropLogWaiters();
     this.dropPageWaiters();
+    for (const ex of this.exports.values()) clearTimeout(ex.timer);
+    this.exports.clear();
     await this.log.close();
     await this.dataDir.close();
   }

@@ -3,10 +3,13 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
+import { open, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { MAX_LOG_READ_BYTES, SegmemError, validateName } from '@segmem/protocol';
+import { decodeConsolidated } from '../storage/consolidated.js';
+import { restoreConsolidated } from '../storage/restore.js';
 import { AdminSession, adminCall } from './admin-client.js';
 import { parseArgs } from './args.js';
 
@@ -22,7 +25,15 @@ const USAGE = `usage: segmem up [--servers N] [--dir DIR] [--port PORT] [--fsync
          "SEQ TEXT" (TEXT is the record as UTF-8 with \\, \\n and \\r escaped) or, with --json, as
          {"seq":N,"data":"<base64>"}; --follow keeps waiting for new records until Ctrl-C.
        segmem log info NAME --servers HOST:PORT,...
-         Prints the log's first and next sequence numbers and its retained bytes.`;
+         Prints the log's first and next sequence numbers and its retained bytes.
+       segmem snapshot --out FILE --servers HOST:PORT,...
+         Writes a consolidated snapshot of the whole segment (every object's bytes and every shared log, at
+         one consistent point) into FILE.
+       segmem snapshot --inspect FILE
+         Verifies FILE's checksum and prints what it holds: objects, sizes, versions, logs.
+       segmem restore FILE --data DIR[,DIR...] [--ids s1,s2,...] [--cluster-id ID]
+         Builds fresh data directories from FILE: one directory restores a single server, several a
+         cluster (one member each). Start the servers on them as usual.`;
 
 const SERVER_BIN = join(dirname(fileURLToPath(import.meta.url)), '../../../bin/segmem-server.mjs');
 
@@ -32,6 +43,8 @@ export async function segmemMain(argv: string[]): Promise<void> {
     if (command === 'up') await up(rest);
     else if (command === 'cluster') await cluster(rest);
     else if (command === 'log') await logCommand(rest);
+    else if (command === 'snapshot') await snapshotCommand(rest);
+    else if (command === 'restore') await restoreCommand(rest);
     else if (command === undefined || command === 'help' || command === '--help')
       process.stdout.write(`${USAGE}\n`);
     else throw new SegmemError('INVALID_ARGUMENT', `unknown command ${JSON.stringify(command)}`);
@@ -102,6 +115,96 @@ async function logCommand(argv: string[]): Promise<void> {
     }
   } finally {
     await session.close();
+  }
+}
+
+/** A chunk size well under the frame limit. */
+const SNAPSHOT_CHUNK = 8 * 1024 * 1024;
+
+async function snapshotCommand(argv: string[]): Promise<void> {
+  const args = parseArgs(argv, { values: ['servers', 'out', 'inspect'], flags: [] });
+  const inspect = args.values.get('inspect');
+  if (inspect !== undefined) {
+    const snap = decodeConsolidated(await readFile(inspect), inspect);
+    const h = snap.header;
+    const out = [
+      `consolidated snapshot ${inspect}: checksum OK, format ${h.format}`,
+      `cluster ${h.clusterId}, taken ${h.createdAt}; page ${h.pageBytes} B, segment ${h.segmentBytes} B`,
+      ...h.groups.map(([g, index, term]) => `group ${g}: index ${index}, term ${term}`),
+      `content digest ${snap.contentDigest}`,
+      `${snap.content.objects.length} objects:`,
+      ...snap.content.objects.map(
+        (o) =>
+          `  ${o.name}  size ${o.size}  version ${o.version}  address ${o.firstPage * h.pageBytes}${o.data ? '' : '  (never written)'}`,
+      ),
+      `${snap.content.logs.length} shared logs:`,
+      ...(snap.content.logs as [string, number, number, number][]).map(
+        ([name, maxBytes, first, next]) =>
+          `  ${name}  records ${first}..${next - 1}  retention ${maxBytes} B`,
+      ),
+    ];
+    process.stdout.write(`${out.join('\n')}\n`);
+    return;
+  }
+  const file = args.values.get('out');
+  if (!file) throw new SegmemError('INVALID_ARGUMENT', 'snapshot needs --out FILE or --inspect FILE');
+  const session = new AdminSession(serversOf(args));
+  const tmp = `${file}.tmp-${process.pid}`;
+  try {
+    const made = await session.call({ type: 'SNAPSHOT' }, 120_000);
+    const handle = await open(tmp, 'wx', 0o644);
+    try {
+      const tty = process.stderr.isTTY;
+      for (let offset = 0; offset < made.bytes; ) {
+        const r = await session.call({ type: 'SNAPSHOT_READ', id: made.id, offset, length: SNAPSHOT_CHUNK });
+        if (r.payload.byteLength === 0)
+          throw new SegmemError('PROTOCOL', `empty chunk at ${offset} of ${made.bytes}`);
+        await handle.write(r.payload);
+        offset += r.payload.byteLength;
+        if (tty) {
+          const pct = Math.floor((offset / made.bytes) * 100);
+          process.stderr.write(`\rsnapshot: ${pct}% (${offset} of ${made.bytes} bytes)`);
+        }
+      }
+      if (tty) process.stderr.write('\n');
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    // The whole file is checked before it takes its name.
+    decodeConsolidated(await readFile(tmp), tmp);
+    await rename(tmp, file);
+    process.stdout.write(
+      `snapshot of cluster ${made.clusterId} at index ${made.index} (term ${made.term}): ${made.bytes} bytes in ${file}\n`,
+    );
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  } finally {
+    await session.close();
+  }
+}
+
+async function restoreCommand(argv: string[]): Promise<void> {
+  const args = parseArgs(argv, { values: ['data', 'ids', 'cluster-id'], flags: [], positional: true });
+  const [file] = args.positional;
+  if (!file) throw new SegmemError('INVALID_ARGUMENT', 'restore needs a snapshot FILE');
+  const dirs = (args.values.get('data') ?? '').split(',').filter(Boolean);
+  const ids = args.values.get('ids')?.split(',').filter(Boolean);
+  const clusterId = args.values.get('cluster-id');
+  const r = await restoreConsolidated(file, {
+    dirs,
+    ...(ids ? { ids } : {}),
+    ...(clusterId ? { clusterId } : {}),
+  });
+  const c = r.snapshot.content;
+  process.stdout.write(
+    `restored ${c.objects.length} objects and ${c.logs.length} shared logs into ${dirs.length} data director${dirs.length === 1 ? 'y' : 'ies'} (cluster ${r.clusterId}, servers ${r.ids.join(', ')})\n`,
+  );
+  if (dirs.length > 1) {
+    process.stdout.write(
+      `start each member with --id ID --data DIR --peers ${r.ids.map((id) => `${id}=HOST:PORT`).join(',')} --cluster-id ${r.clusterId}\n`,
+    );
   }
 }
 

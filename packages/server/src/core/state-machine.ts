@@ -61,6 +61,28 @@ interface Session {
   readonly cached: Set<number>; // object ids this session may cache
 }
 
+/** The durable content of a state machine: see {@link StateMachine.exportContent}. */
+export interface StateContent {
+  pageBytes: number;
+  segmentBytes: number;
+  nextObjectId: number;
+  nextSessionId: number;
+  objects: {
+    id: number;
+    name: string;
+    size: number;
+    firstPage: number;
+    version: number;
+    /** Version at which each page last changed. */
+    pageVersions: Float64Array;
+    lastToken: number;
+    /** The bytes; null when never written (all zero). */
+    data: Buffer | null;
+  }[];
+  /** Shared logs in {@link SharedLogs.snapshot}'s form. */
+  logs: unknown[];
+}
+
 export interface StateMachineOptions {
   pageBytes: number;
   segmentBytes: number;
@@ -643,6 +665,65 @@ export class StateMachine {
         cached: new Set(cached),
       });
     }
+    return sm;
+  }
+
+  /**
+   * The durable content only (objects with their bytes and versions, shared logs, id counters), without
+   * sessions, locks or caches: what a consolidated snapshot keeps and a restored cluster starts from.
+   */
+  exportContent(): StateContent {
+    const objects = [...this.byId.values()]
+      .sort((a, b) => a.id - b.id)
+      .map((o) => ({
+        id: o.id,
+        name: o.name,
+        size: o.size,
+        firstPage: o.firstPage,
+        version: o.version,
+        pageVersions: o.pageVersions,
+        lastToken: o.lastToken,
+        data: o.data,
+      }));
+    return {
+      pageBytes: this.pageBytes,
+      segmentBytes: this.segmentBytes,
+      nextObjectId: this.nextObjectId,
+      nextSessionId: this.nextSessionId,
+      objects,
+      logs: this.logs.snapshot(),
+    };
+  }
+
+  /** A state machine holding `content` and nothing else (no sessions, no locks), applied up to `appliedIndex`. */
+  static fromContent(content: StateContent, appliedIndex = 0): StateMachine {
+    const sm = new StateMachine({ pageBytes: content.pageBytes, segmentBytes: content.segmentBytes });
+    sm.appliedIndex = appliedIndex;
+    sm.nextObjectId = content.nextObjectId;
+    sm.nextSessionId = content.nextSessionId;
+    for (const o of content.objects) {
+      const pageCount = Math.ceil(o.size / sm.pageBytes);
+      sm.allocator.reserve(o.firstPage, pageCount); // throws if it overlaps another object or the end
+      const obj: SegmentObject = {
+        id: o.id,
+        name: o.name,
+        size: o.size,
+        firstPage: o.firstPage,
+        pageCount,
+        address: o.firstPage * sm.pageBytes,
+        version: o.version,
+        pageVersions: Float64Array.from(o.pageVersions),
+        data: o.data ? Buffer.from(o.data) : null,
+        lastToken: o.lastToken,
+        writer: 0,
+        readers: 0,
+        queue: [],
+        cachedBy: new Set(),
+      };
+      sm.byName.set(o.name, obj);
+      sm.byId.set(o.id, obj);
+    }
+    sm.logs = SharedLogs.restore(content.logs);
     return sm;
   }
 

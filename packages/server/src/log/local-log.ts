@@ -269,6 +269,11 @@ export class LocalLog implements ReplicatedLog {
     return Promise.resolve();
   }
 
+  /** Where the applied state stands: a single member's log has indexes but no terms. */
+  appliedPosition(): { index: number; term: number } {
+    return { index: this.sm.appliedIndex, term: 0 };
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);

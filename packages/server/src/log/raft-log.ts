@@ -302,6 +302,12 @@ export class RaftLog implements NodeLog {
   }
 
   private earlyScheduled = false;
+  private appliedTerm = 0;
+
+  /** The Raft index and term of the last entry applied. */
+  appliedPosition(): { index: number; term: number } {
+    return { index: this.appliedIndex, term: this.appliedTerm || this.storage.snapshot().meta.term };
+  }
 
   private runEarly(): void {
     const { committed, messages } = this.core.early();
@@ -342,6 +348,7 @@ export class RaftLog implements NodeLog {
   private applyEntry(e: Entry): void {
     if (e.index <= this.appliedIndex) return;
     this.appliedIndex = e.index;
+    this.appliedTerm = e.term;
     const waiting = this.pending.get(e.index);
     if (waiting) this.pending.delete(e.index);
     if (waiting && waiting.term !== e.term) {

@@ -231,6 +231,14 @@ export class ServerConnection implements Port {
       case 'READ_PAGES':
         await node.readPages(this, requestId, req);
         return;
+      case 'SNAPSHOT':
+        this.answer(encodeOk('SNAPSHOT', requestId, await node.snapshotExport()));
+        return;
+      case 'SNAPSHOT_READ': {
+        const chunk = node.snapshotRead(req);
+        this.answer(encodeOk('SNAPSHOT_READ', requestId, { offset: req.offset, payload: chunk }));
+        return;
+      }
     }
   }
 

@@ -1,0 +1,189 @@
+/**
+ * The consolidated snapshot file (seed 003): one file holding a whole segment's durable content at a
+ * consistent point, that `segmem restore` rebuilds a fresh cluster from.
+ *
+ *   "SGMCONS1"                         8 bytes
+ *   u32 LE length | msgpack header     format, cluster id, time, page and segment size, the groups with
+ *                                      their Raft index and term, id counters, counts
+ *   u32 LE length | msgpack directory  per object: [id, name, size, firstPage, version, pageVersions
+ *                                      (f64 LE bytes), lastToken, pages present]
+ *   pages                              the present pages' bytes, object by object, page by page (a page is
+ *                                      pageBytes, an object's last page only up to its size); all-zero and
+ *                                      never-written pages are left out
+ *   u32 LE length | msgpack logs       the shared logs (name, retention, bounds, record sizes, records)
+ *   u32 LE crc32c                      of everything before
+ *   "SGMCONSE"                         8 bytes
+ *
+ * The directory, pages and logs sections are the *content*: two snapshots of the same content have the
+ * same content digest (SHA-256 over those sections), whatever cluster or time they came from.
+ */
+import { createHash } from 'node:crypto';
+import { SegmemError } from '@segmem/protocol';
+import { Packr } from 'msgpackr';
+import type { StateContent } from '../core/state-machine.js';
+import { crc32c } from './crc32c.js';
+
+const MAGIC = 'SGMCONS1';
+const END_MAGIC = 'SGMCONSE';
+const FORMAT = 1;
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
+
+export interface ConsolidatedHeader {
+  format: number;
+  clusterId: string;
+  /** ISO 8601 time the snapshot was taken. */
+  createdAt: string;
+  pageBytes: number;
+  segmentBytes: number;
+  /** [group id, Raft index, Raft term] of each group at the snapshot's point (term 0: a single server). */
+  groups: [number, number, number][];
+  objectCount: number;
+  logCount: number;
+}
+
+export interface Consolidated {
+  header: ConsolidatedHeader;
+  content: StateContent;
+  /** SHA-256 (hex) of the directory, pages and logs sections. */
+  contentDigest: string;
+}
+
+function lengthPrefixed(body: Buffer): Buffer[] {
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(body.length, 0);
+  return [len, body];
+}
+
+function isZero(buf: Buffer): boolean {
+  for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+/** The file's bytes as parts (object pages are views, not copies). */
+export function encodeConsolidated(
+  content: StateContent,
+  meta: { clusterId: string; createdAt: string; groups: [number, number, number][] },
+): Buffer[] {
+  const pb = content.pageBytes;
+  const directory: unknown[] = [];
+  const pages: Buffer[] = [];
+  for (const o of content.objects) {
+    const present: number[] = [];
+    if (o.data) {
+      for (let p = 0; p * pb < o.size; p++) {
+        const page = o.data.subarray(p * pb, Math.min(o.size, (p + 1) * pb));
+        if (isZero(page)) continue;
+        present.push(p);
+        pages.push(page);
+      }
+    }
+    const pv = Buffer.from(o.pageVersions.buffer, o.pageVersions.byteOffset, o.pageVersions.byteLength);
+    directory.push([o.id, o.name, o.size, o.firstPage, o.version, pv, o.lastToken, present]);
+  }
+  const header: ConsolidatedHeader & { nextObjectId: number; nextSessionId: number } = {
+    format: FORMAT,
+    clusterId: meta.clusterId,
+    createdAt: meta.createdAt,
+    pageBytes: pb,
+    segmentBytes: content.segmentBytes,
+    groups: meta.groups,
+    objectCount: content.objects.length,
+    logCount: content.logs.length,
+    nextObjectId: content.nextObjectId,
+    nextSessionId: content.nextSessionId,
+  };
+  const parts = [
+    Buffer.from(MAGIC, 'latin1'),
+    ...lengthPrefixed(packr.pack(header)),
+    ...lengthPrefixed(packr.pack(directory)),
+    ...pages,
+    ...lengthPrefixed(packr.pack(content.logs)),
+  ];
+  let crc = 0;
+  for (const p of parts) crc = crc32c(p, crc);
+  const tail = Buffer.alloc(12);
+  tail.writeUInt32LE(crc, 0);
+  tail.write(END_MAGIC, 4, 'latin1');
+  parts.push(tail);
+  return parts;
+}
+
+function bad(file: string, why: string): SegmemError {
+  return new SegmemError('INVALID_ARGUMENT', `${file} is not a usable consolidated snapshot: ${why}`, {
+    reason: 'SNAPSHOT_CORRUPT',
+    file,
+  });
+}
+
+/** Verifies the checksum and decodes; INVALID_ARGUMENT naming `file` and the problem otherwise. */
+export function decodeConsolidated(bytes: Buffer, file: string): Consolidated {
+  if (bytes.length < 32 || bytes.toString('latin1', 0, 8) !== MAGIC) throw bad(file, 'bad magic');
+  if (bytes.toString('latin1', bytes.length - 8) !== END_MAGIC) throw bad(file, 'cut short (no end marker)');
+  const bodyEnd = bytes.length - 12;
+  if (crc32c(bytes, 0, 0, bodyEnd) !== bytes.readUInt32LE(bodyEnd)) throw bad(file, 'checksum mismatch');
+  let at = 8;
+  const section = (what: string): Buffer => {
+    if (at + 4 > bodyEnd) throw bad(file, `${what} runs past the end`);
+    const len = bytes.readUInt32LE(at);
+    if (at + 4 + len > bodyEnd) throw bad(file, `${what} runs past the end`);
+    const out = bytes.subarray(at + 4, at + 4 + len);
+    at += 4 + len;
+    return out;
+  };
+  try {
+    const header = packr.unpack(section('header')) as ConsolidatedHeader & {
+      nextObjectId: number;
+      nextSessionId: number;
+    };
+    if (header.format !== FORMAT)
+      throw bad(file, `format ${header.format} is not supported (this is ${FORMAT})`);
+    const contentStart = at;
+    const directory = packr.unpack(section('directory')) as [
+      number,
+      string,
+      number,
+      number,
+      number,
+      Buffer,
+      number,
+      number[],
+    ][];
+    const pb = header.pageBytes;
+    const objects: StateContent['objects'] = [];
+    for (const [id, name, size, firstPage, version, pv, lastToken, present] of directory) {
+      const pageCount = Math.ceil(size / pb);
+      if (pv.length !== pageCount * 8) throw bad(file, `object "${name}" has a bad page version table`);
+      const pageVersions = new Float64Array(pageCount);
+      Buffer.from(pageVersions.buffer).set(pv);
+      let data: Buffer | null = null;
+      for (const p of present) {
+        if (!Number.isInteger(p) || p < 0 || p >= pageCount)
+          throw bad(file, `object "${name}" lists page ${p}`);
+        const n = Math.min(pb, size - p * pb);
+        if (at + n > bodyEnd) throw bad(file, `pages of "${name}" run past the end`);
+        data ??= Buffer.alloc(size);
+        bytes.copy(data, p * pb, at, at + n);
+        at += n;
+      }
+      objects.push({ id, name, size, firstPage, version, pageVersions, lastToken, data });
+    }
+    const logs = packr.unpack(section('logs')) as unknown[];
+    if (at !== bodyEnd) throw bad(file, `${bodyEnd - at} unexpected bytes before the checksum`);
+    const contentDigest = createHash('sha256').update(bytes.subarray(contentStart, bodyEnd)).digest('hex');
+    return {
+      header,
+      content: {
+        pageBytes: pb,
+        segmentBytes: header.segmentBytes,
+        nextObjectId: header.nextObjectId,
+        nextSessionId: header.nextSessionId,
+        objects,
+        logs,
+      },
+      contentDigest,
+    };
+  } catch (err) {
+    if (SegmemError.is(err)) throw err;
+    throw bad(file, (err as Error).message);
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * `segmem restore`: builds the data directories of a fresh cluster (or of one server) from a consolidated
+ * snapshot. Each directory gets its identity (meta.json: server id, cluster id, page and segment size) and
+ * one state-machine snapshot holding the file's content and nothing else (no sessions, no locks); a server
+ * started on it rolls forward from there like after any snapshot.
+ */
+import { randomUUID } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { SegmemError } from '@segmem/protocol';
+import { StateMachine } from '../core/state-machine.js';
+import { type Consolidated, decodeConsolidated } from './consolidated.js';
+import { DataDir } from './datadir.js';
+import { mkdirDurable } from './files.js';
+import { SNAPSHOT_DIR, writeSnapshotFile } from './snapshot-file.js';
+
+const SERVER_ID = /^[A-Za-z0-9._-]{1,64}$/;
+
+export interface RestoreOptions {
+  /** One directory per server; one directory restores a single server. */
+  dirs: string[];
+  /** The servers' ids, one per directory (default s1, s2, ...). */
+  ids?: string[];
+  /** The restored cluster's id (default: a new one, so it cannot be mistaken for the original). */
+  clusterId?: string;
+}
+
+async function isEmptyOrMissing(dir: string): Promise<boolean> {
+  try {
+    return (await fsp.readdir(dir)).length === 0;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw err;
+  }
+}
+
+/** Restores `file` into `opts.dirs`; resolves with what it restored. */
+export async function restoreConsolidated(
+  file: string,
+  opts: RestoreOptions,
+): Promise<{ snapshot: Consolidated; clusterId: string; ids: string[] }> {
+  const dirs = opts.dirs;
+  if (dirs.length === 0)
+    throw new SegmemError('INVALID_ARGUMENT', 'restore needs at least one --data directory');
+  const ids = opts.ids ?? dirs.map((_, i) => `s${i + 1}`);
+  if (ids.length !== dirs.length) {
+    throw new SegmemError('INVALID_ARGUMENT', `${dirs.length} directories but ${ids.length} server ids`);
+  }
+  for (const id of ids) {
+    if (!SERVER_ID.test(id))
+      throw new SegmemError('INVALID_ARGUMENT', `bad server id "${id}": 1..64 characters of [A-Za-z0-9._-]`);
+  }
+  if (new Set(ids).size !== ids.length) throw new SegmemError('INVALID_ARGUMENT', 'server ids must differ');
+  for (const dir of dirs) {
+    if (!(await isEmptyOrMissing(dir))) {
+      throw new SegmemError(
+        'INVALID_ARGUMENT',
+        `${dir} is not empty: restore only builds fresh data directories`,
+      );
+    }
+  }
+  let bytes: Buffer;
+  try {
+    bytes = await fsp.readFile(file);
+  } catch (err) {
+    throw new SegmemError('NOT_FOUND', `cannot read ${file}: ${(err as Error).message}`);
+  }
+  const snapshot = decodeConsolidated(bytes, file);
+  const { content } = snapshot;
+  // A fresh log starts after the snapshot at index 1 (term 1 for a group: its first leader's term is higher).
+  const sm = StateMachine.fromContent(content, 1);
+  const data = sm.snapshot();
+  const clusterId = opts.clusterId ?? randomUUID();
+  const members = dirs.length > 1 ? [...ids].sort() : [];
+  for (let i = 0; i < dirs.length; i++) {
+    const dataDir = await DataDir.open({
+      dir: dirs[i]!,
+      serverId: ids[i]!,
+      clusterId,
+      pageBytes: content.pageBytes,
+      segmentBytes: content.segmentBytes,
+    });
+    try {
+      const snapDir = join(dataDir.dir, SNAPSHOT_DIR);
+      await mkdirDurable(snapDir);
+      await writeSnapshotFile(snapDir, {
+        meta: { index: 1, term: members.length > 0 ? 1 : 0, members },
+        data,
+      });
+    } finally {
+      await dataDir.close();
+    }
+  }
+  return { snapshot, clusterId, ids };
+}
