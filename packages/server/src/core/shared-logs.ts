@@ -175,6 +175,30 @@ export class SharedLogs {
     return out;
   }
 
+  /**
+   * {@link snapshot}'s form without copying the records: each log's head `[name, maxBytes, first, next,
+   * sizes]`, then its retained bytes as views into its chunks. A chunk never changes once appended
+   * (retention and truncation only drop chunks), so the views keep what was retained now.
+   */
+  freeze(): { head: unknown[]; bytes: number; parts: Buffer[] }[] {
+    const out: { head: unknown[]; bytes: number; parts: Buffer[] }[] = [];
+    const names = [...this.logs.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    for (const name of names) {
+      const log = this.logs.get(name)!;
+      const sizes = Buffer.alloc((log.next - log.first) * 4);
+      const parts: Buffer[] = [];
+      let n = 0;
+      for (const chunk of log.chunks) {
+        // The head chunk may hold records before `first` that retention dropped already.
+        const from = Math.max(0, log.first - chunk.first);
+        for (let i = from; i < chunk.ends.length; i++) sizes.writeUInt32LE(recordBytes(chunk, i), 4 * n++);
+        parts.push(chunk.data.subarray(from === 0 ? 0 : chunk.ends[from - 1]!, chunk.ends.at(-1) ?? 0));
+      }
+      out.push({ head: [name, log.maxBytes, log.first, log.next, sizes], bytes: log.bytes, parts });
+    }
+    return out;
+  }
+
   /** Rebuilds the logs from {@link snapshot}'s form. */
   static restore(entries: unknown[]): SharedLogs {
     const logs = new SharedLogs();

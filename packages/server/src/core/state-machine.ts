@@ -83,6 +83,22 @@ export interface StateContent {
   logs: unknown[];
 }
 
+/**
+ * A frozen view of the state at one applied index (see {@link StateMachine.freeze}): the bytes
+ * {@link StateMachine.snapshot} returned at that index, as parts to be read in order. The small parts
+ * (directory, sessions, counters) were encoded at once; the large ones are the objects' and logs' bytes
+ * themselves, not copied, kept unchanged by copy-on-write until {@link release}.
+ */
+export interface FrozenSnapshot {
+  /** The applied index the view holds. */
+  readonly index: number;
+  /** Total length of the parts. */
+  readonly bytes: number;
+  readonly parts: readonly Buffer[];
+  /** Ends copy-on-write for this view (idempotent); its parts must not be read after. */
+  release(): void;
+}
+
 export interface StateMachineOptions {
   pageBytes: number;
   segmentBytes: number;
@@ -116,6 +132,8 @@ export class StateMachine {
   private nextObjectId = 1;
   private nextSessionId = 1;
   private readonly unsafeSkipFencing: boolean;
+  /** Object bytes held by unreleased frozen views (how many each): written copy-on-write. */
+  private readonly frozenData = new Map<Buffer, number>();
   /** Index of the last applied log entry. */
   appliedIndex = 0;
 
@@ -440,6 +458,8 @@ export class StateMachine {
     effects: Effect[],
   ): void {
     if (!obj.data) obj.data = Buffer.alloc(obj.size);
+    // Copy-on-write: a frozen snapshot still reads these bytes. Copied once; the copy is not frozen.
+    else if (this.frozenData.has(obj.data)) obj.data = Buffer.from(obj.data);
     const version = ++obj.version;
     let at = 0;
     for (const [offset, length] of ranges) {
@@ -536,23 +556,91 @@ export class StateMachine {
    * two machines that applied the same log produce the same bytes (the simulator compares digests).
    */
   snapshot(): Buffer {
-    const objects = [...this.byId.values()]
-      .sort((a, b) => a.id - b.id)
-      .map((o) => [
-        o.id,
-        o.name,
-        o.size,
-        o.firstPage,
-        o.version,
-        Buffer.from(o.pageVersions.buffer, o.pageVersions.byteOffset, o.pageVersions.byteLength),
-        o.data,
-        o.lastToken,
-        o.writer,
-        o.readers,
-        o.queue.map((w) => [w.sessionId, w.seq, w.mode]),
-        [...o.cachedBy],
-      ]);
-    const sessions = [...this.sessions.values()]
+    return snapshotCodec.pack([
+      ...this.snapshotCounters(),
+      this.sortedObjects().map(objectEntry),
+      this.sessionEntries(),
+      this.logs.snapshot(),
+    ]);
+  }
+
+  /**
+   * Freezes the state at the applied index without copying the object or log bytes: returns
+   * {@link snapshot}'s bytes as parts (the metadata encoded now, it is small; the bytes by reference).
+   * Until the view is released, the first write to a frozen object's bytes copies them first, so the
+   * view keeps reading what was there at freezing while later commands apply. Deletions and creations
+   * do not touch it, and shared log chunks never change once appended.
+   */
+  freeze(): FrozenSnapshot {
+    const out = new PartList();
+    out.add(arrayHeader(9));
+    out.add(packElements(this.snapshotCounters()));
+    const objects = this.sortedObjects();
+    out.add(arrayHeader(objects.length));
+    const frozen: Buffer[] = [];
+    for (const o of objects) {
+      const entry = objectEntry(o);
+      out.add(arrayHeader(entry.length));
+      out.add(packElements(entry.slice(0, OBJECT_DATA_AT)));
+      if (o.data) {
+        out.add(binHeader(o.data.length));
+        out.addShared(o.data);
+        frozen.push(o.data);
+        this.frozenData.set(o.data, (this.frozenData.get(o.data) ?? 0) + 1);
+      } else {
+        out.add(MSGPACK_NIL);
+      }
+      out.add(packElements(entry.slice(OBJECT_DATA_AT + 1)));
+    }
+    out.add(snapshotCodec.pack(this.sessionEntries()));
+    const logs = this.logs.freeze();
+    out.add(arrayHeader(logs.length));
+    for (const log of logs) {
+      out.add(arrayHeader(log.head.length + 1));
+      out.add(packElements(log.head));
+      out.add(binHeader(log.bytes));
+      for (const part of log.parts) out.addShared(part);
+    }
+    const parts = out.finish();
+    let released = false;
+    return {
+      index: this.appliedIndex,
+      bytes: out.bytes,
+      parts,
+      release: () => {
+        if (released) return;
+        released = true;
+        for (const data of frozen) {
+          const n = this.frozenData.get(data)!;
+          if (n > 1) this.frozenData.set(data, n - 1);
+          else this.frozenData.delete(data);
+        }
+      },
+    };
+  }
+
+  /** How many object buffers unreleased frozen views hold (for tests). */
+  frozenObjectCount(): number {
+    return this.frozenData.size;
+  }
+
+  private snapshotCounters(): number[] {
+    return [
+      SNAPSHOT_FORMAT,
+      this.pageBytes,
+      this.segmentBytes,
+      this.appliedIndex,
+      this.nextObjectId,
+      this.nextSessionId,
+    ];
+  }
+
+  private sortedObjects(): SegmentObject[] {
+    return [...this.byId.values()].sort((a, b) => a.id - b.id);
+  }
+
+  private sessionEntries(): unknown[] {
+    return [...this.sessions.values()]
       .sort((a, b) => a.id - b.id)
       .map((s) => [
         s.id,
@@ -563,17 +651,6 @@ export class StateMachine {
         [...s.done].map(([seq, r]) => [seq, r]),
         [...s.cached],
       ]);
-    return snapshotCodec.pack([
-      SNAPSHOT_FORMAT,
-      this.pageBytes,
-      this.segmentBytes,
-      this.appliedIndex,
-      this.nextObjectId,
-      this.nextSessionId,
-      objects,
-      sessions,
-      this.logs.snapshot(),
-    ]);
   }
 
   /** Rebuilds a state machine from {@link snapshot} bytes. */
@@ -673,18 +750,16 @@ export class StateMachine {
    * sessions, locks or caches: what a consolidated snapshot keeps and a restored cluster starts from.
    */
   exportContent(): StateContent {
-    const objects = [...this.byId.values()]
-      .sort((a, b) => a.id - b.id)
-      .map((o) => ({
-        id: o.id,
-        name: o.name,
-        size: o.size,
-        firstPage: o.firstPage,
-        version: o.version,
-        pageVersions: o.pageVersions,
-        lastToken: o.lastToken,
-        data: o.data,
-      }));
+    const objects = this.sortedObjects().map((o) => ({
+      id: o.id,
+      name: o.name,
+      size: o.size,
+      firstPage: o.firstPage,
+      version: o.version,
+      pageVersions: o.pageVersions,
+      lastToken: o.lastToken,
+      data: o.data,
+    }));
     return {
       pageBytes: this.pageBytes,
       segmentBytes: this.segmentBytes,
@@ -782,6 +857,80 @@ export class StateMachine {
 
   objectCount(): number {
     return this.byName.size;
+  }
+}
+
+/** Where an object's bytes sit in its snapshot entry. */
+const OBJECT_DATA_AT = 6;
+
+/** An object as its snapshot entry; the bytes at {@link OBJECT_DATA_AT}. */
+function objectEntry(o: SegmentObject): unknown[] {
+  return [
+    o.id,
+    o.name,
+    o.size,
+    o.firstPage,
+    o.version,
+    Buffer.from(o.pageVersions.buffer, o.pageVersions.byteOffset, o.pageVersions.byteLength),
+    o.data,
+    o.lastToken,
+    o.writer,
+    o.readers,
+    o.queue.map((w) => [w.sessionId, w.seq, w.mode]),
+    [...o.cachedBy],
+  ];
+}
+
+// msgpack framing, so a frozen view can frame the bytes it does not copy exactly as the codec would.
+const MSGPACK_NIL = Buffer.of(0xc0);
+
+function lengthHeader(n: number, tag16: number, tag32: number): Buffer {
+  const wide = n >= 0x10000;
+  const b = Buffer.alloc(wide ? 5 : 3);
+  b[0] = wide ? tag32 : tag16;
+  if (wide) b.writeUInt32BE(n, 1);
+  else b.writeUInt16BE(n, 1);
+  return b;
+}
+
+function arrayHeader(n: number): Buffer {
+  return n < 16 ? Buffer.of(0x90 | n) : lengthHeader(n, 0xdc, 0xdd);
+}
+
+function binHeader(n: number): Buffer {
+  return n < 0x100 ? Buffer.of(0xc4, n) : lengthHeader(n, 0xc5, 0xc6);
+}
+
+/** The codec's encoding of `values` one after the other (an array's encoding without its header). */
+function packElements(values: unknown[]): Buffer {
+  return snapshotCodec.pack(values).subarray(arrayHeader(values.length).length);
+}
+
+/** Gathers small encoded pieces into one part between the large parts that are kept by reference. */
+class PartList {
+  private readonly parts: Buffer[] = [];
+  private small: Buffer[] = [];
+  bytes = 0;
+
+  add(piece: Buffer): void {
+    this.small.push(piece);
+    this.bytes += piece.length;
+  }
+
+  addShared(part: Buffer): void {
+    this.flush();
+    if (part.length > 0) this.parts.push(part);
+    this.bytes += part.length;
+  }
+
+  finish(): Buffer[] {
+    this.flush();
+    return this.parts;
+  }
+
+  private flush(): void {
+    if (this.small.length > 0) this.parts.push(Buffer.concat(this.small));
+    this.small = [];
   }
 }
 

@@ -9,10 +9,10 @@
  * they are safe to lose in a crash because recovery ends every session (the `restart` command).
  *
  * Snapshots: every `snapshotEveryEntries` applied entries, and every `snapshotIntervalMs` if anything was
- * applied since the last one, the state machine is serialised at its applied index (synchronously, on
- * the event loop: see docs/operations.md for what that costs on a large state), and handed to the
- * storage, which writes it with asynchronous file I/O once the WAL holds that index durably, then cuts
- * the WAL behind the previous snapshot.
+ * applied since the last one, the state machine is frozen at its applied index (copy-on-write) and
+ * serialised in slices between turns of the event loop while commands keep applying (see
+ * docs/operations.md), then handed to the storage, which writes it with asynchronous file I/O once the
+ * WAL holds that index durably, then cuts the WAL behind the previous snapshot.
  */
 import { SegmemError } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommand, mustSync, type Outcome } from '../core/commands.js';
@@ -23,6 +23,7 @@ import {
   LocalStorage,
   type LocalStorageOptions,
 } from '../storage/local-storage.js';
+import { serialiseSnapshot } from '../storage/snapshot-serialise.js';
 import type { Wal } from '../storage/wal.js';
 
 interface Pending {
@@ -155,17 +156,20 @@ export class LocalLog implements ReplicatedLog {
     const index = this.sm.appliedIndex;
     if (index <= this.storage.snapshotIndex) return Promise.resolve();
     const started = performance.now();
-    const data = this.sm.snapshot();
-    const serializeMs = performance.now() - started;
+    // Frozen at once (metadata only); the bytes are copied in slices while commands keep applying.
+    const view = this.sm.freeze();
+    const freezeMs = performance.now() - started;
     this.sinceSnapshot = 0;
     const run = async () => {
       // A snapshot never runs ahead of the log it continues: what it holds is durable in the WAL first.
-      await this.wal.waitDurable(index);
+      const [data] = await Promise.all([serialiseSnapshot(view), this.wal.waitDurable(index)]);
+      const serializeMs = performance.now() - started;
       const writeStarted = performance.now();
       await this.storage.saveSnapshot(index, data);
       this.log?.(
-        `snapshot at index ${index}: ${data.length} bytes, serialised in ${serializeMs.toFixed(0)} ms, ` +
-          `written in ${(performance.now() - writeStarted).toFixed(0)} ms; WAL now starts at index ${this.wal.firstIndex}`,
+        `snapshot at index ${index}: ${data.length} bytes, frozen in ${freezeMs.toFixed(0)} ms, ` +
+          `serialised in ${serializeMs.toFixed(0)} ms, written in ${(performance.now() - writeStarted).toFixed(0)} ms; ` +
+          `WAL now starts at index ${this.wal.firstIndex}`,
       );
     };
     const done = run()

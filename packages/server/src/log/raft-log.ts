@@ -20,6 +20,7 @@ import { mayLeaveBeforePersist } from '../raft/node.js';
 import type { ConfChange, Entry, Message, NodeId, Ready, Role } from '../raft/types.js';
 import { NotLeaderError } from '../raft/types.js';
 import type { DiskRaftStorage } from '../storage/raft-storage.js';
+import { serialiseSnapshot } from '../storage/snapshot-serialise.js';
 import type { ApplyListener } from './local-log.js';
 
 /** What the driver needs from the core (raft/node.ts). */
@@ -390,9 +391,9 @@ export class RaftLog implements NodeLog {
     this.compacting = true;
     this.entriesSinceSnapshot = 0;
     const index = this.appliedIndex;
-    const data = this.sm.snapshot();
-    this.storage
-      .compact(index, data)
+    // Frozen now, serialised in slices: the heartbeats and appends keep flowing meanwhile.
+    serialiseSnapshot(this.sm.freeze())
+      .then((data) => this.storage.compact(index, data))
       .catch((err: unknown) => this.opts.log?.(`snapshot at ${index} failed: ${(err as Error).message}`))
       .finally(() => {
         this.compacting = false;

@@ -23,6 +23,7 @@ import { SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import { crc32c } from './crc32c.js';
 import { errorMessage, unlinkFile, writeFileAtomic } from './files.js';
+import { nextTurn } from './snapshot-serialise.js';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
 
@@ -66,7 +67,7 @@ async function encodeSnapshotParts(snap: SnapshotFile): Promise<Buffer[]> {
   const data = snap.data;
   for (let at = 0; at < data.length; at += CRC_SLICE_BYTES) {
     crc = crc32c(data, crc, at, Math.min(data.length, at + CRC_SLICE_BYTES));
-    if (at + CRC_SLICE_BYTES < data.length) await new Promise((r) => setImmediate(r));
+    if (at + CRC_SLICE_BYTES < data.length) await nextTurn();
   }
   const tail = Buffer.alloc(4);
   tail.writeUInt32LE(crc, 0);
