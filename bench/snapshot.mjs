@@ -8,11 +8,12 @@
 //
 // Servers bind 127.0.0.1 with data in a temporary directory, fsync "batch"; every process is stopped and
 // every file removed at the end.
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { promisify } from 'node:util';
 import { connect } from '@segmem/client';
 import { localCluster } from '../examples/lib/local-server.mjs';
 import { installCleanupHandlers, makeTempDir, ROOT_DIR, spawnUntilReady, stopChild } from './lib/procs.mjs';
@@ -26,6 +27,7 @@ const OBJECT_MIB = 32;
 const SEGMEM_BIN = join(ROOT_DIR, 'packages/server/bin/segmem.mjs');
 const SERVER_BIN = join(ROOT_DIR, 'packages/server/bin/segmem-server.mjs');
 const WAL_RECORDS = 100_000;
+const execFileAsync = promisify(execFile);
 
 installCleanupHandlers();
 const work = makeTempDir('snapshot');
@@ -74,12 +76,20 @@ async function writers(servers, until) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Runs `segmem snapshot --out` and resolves with its wall time in ms. */
-function consolidated(servers, file) {
+/**
+ * Runs `segmem snapshot --out` and resolves with its wall time in ms. Asynchronously: the writers measured
+ * meanwhile run in this process, and a synchronous child would stop them.
+ */
+async function consolidated(servers, file) {
   const t0 = performance.now();
-  execFileSync(process.execPath, [SEGMEM_BIN, 'snapshot', '--out', file, '--servers', servers.join(',')], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
+  await execFileAsync(process.execPath, [
+    SEGMEM_BIN,
+    'snapshot',
+    '--out',
+    file,
+    '--servers',
+    servers.join(','),
+  ]);
   return performance.now() - t0;
 }
 
@@ -110,7 +120,7 @@ try {
     servers,
     (async () => {
       await sleep(200);
-      snapMs = consolidated(servers, clusterFile);
+      snapMs = await consolidated(servers, clusterFile);
     })(),
   );
   const cpMs = copyTime(clusterFile);

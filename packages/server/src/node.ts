@@ -593,7 +593,10 @@ export class SegmemNode {
     }
   }
 
-  private readonly exports = new Map<number, { bytes: Buffer; timer: NodeJS.Timeout }>();
+  private readonly exports = new Map<
+    number,
+    { parts: Buffer[]; bytes: number; release: () => void; timer: NodeJS.Timeout }
+  >();
   private nextExportId = 1;
 
   /**
@@ -605,17 +608,35 @@ export class SegmemNode {
     this.requireLeader();
     await this.log.readBarrier();
     const { index, term } = this.log.appliedPosition();
-    const parts = encodeConsolidated(this.sm.exportContent(), {
-      clusterId: this.clusterId,
-      createdAt: new Date().toISOString(),
-      groups: [[0, index, term]],
-    });
-    const bytes = Buffer.concat(parts);
+    // Frozen copy-on-write, so the content stays as of `index` while it is encoded and read in pieces, and
+    // commands keep applying meanwhile (their writes copy the objects they change).
+    const view = this.sm.freeze();
+    let parts: Buffer[];
+    try {
+      parts = await encodeConsolidated(this.sm.exportContent(), {
+        clusterId: this.clusterId,
+        createdAt: new Date().toISOString(),
+        groups: [[0, index, term]],
+      });
+    } catch (err) {
+      view.release();
+      throw err;
+    }
+    let bytes = 0;
+    for (const p of parts) bytes += p.length;
     const id = this.nextExportId++;
-    const timer = setTimeout(() => this.exports.delete(id), SNAPSHOT_EXPORT_IDLE_MS);
+    const timer = setTimeout(() => this.dropExport(id), SNAPSHOT_EXPORT_IDLE_MS);
     timer.unref?.();
-    this.exports.set(id, { bytes, timer });
-    return { id, bytes: bytes.length, index, term };
+    this.exports.set(id, { parts, bytes, release: () => view.release(), timer });
+    return { id, bytes, index, term };
+  }
+
+  private dropExport(id: number): void {
+    const ex = this.exports.get(id);
+    if (!ex) return;
+    clearTimeout(ex.timer);
+    ex.release();
+    this.exports.delete(id);
   }
 
   /** SNAPSHOT_READ: a chunk of an export; the export is dropped once read to its end. */
@@ -626,18 +647,24 @@ export class SegmemNode {
         'NOT_FOUND',
         `no snapshot ${req.id} here (read to its end, expired, or another server's)`,
       );
-    if (req.offset > ex.bytes.length) {
-      throw new SegmemError(
-        'INVALID_ARGUMENT',
-        `offset ${req.offset} is past the end (${ex.bytes.length} bytes)`,
-      );
+    if (req.offset > ex.bytes) {
+      throw new SegmemError('INVALID_ARGUMENT', `offset ${req.offset} is past the end (${ex.bytes} bytes)`);
     }
-    const chunk = ex.bytes.subarray(req.offset, Math.min(ex.bytes.length, req.offset + req.length));
+    // Gather the piece from the parts (views into frozen object bytes): one copy, of this piece only.
+    const end = Math.min(ex.bytes, req.offset + req.length);
+    const chunk = Buffer.allocUnsafe(end - req.offset);
+    let partStart = 0;
+    for (const p of ex.parts) {
+      const partEnd = partStart + p.length;
+      if (partEnd > req.offset && partStart < end) {
+        const from = Math.max(req.offset, partStart);
+        p.copy(chunk, from - req.offset, from - partStart, Math.min(end, partEnd) - partStart);
+      }
+      if (partEnd >= end) break;
+      partStart = partEnd;
+    }
     ex.timer.refresh();
-    if (req.offset + chunk.length >= ex.bytes.length) {
-      clearTimeout(ex.timer);
-      this.exports.delete(req.id);
-    }
+    if (end >= ex.bytes) this.dropExport(req.id);
     return chunk;
   }
 
@@ -892,8 +919,7 @@ export class SegmemNode {
       for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
     this.dropLogWaiters();
     this.dropPageWaiters();
-    for (const ex of this.exports.values()) clearTimeout(ex.timer);
-    this.exports.clear();
+    for (const id of [...this.exports.keys()]) this.dropExport(id);
     await this.log.close();
     await this.dataDir.close();
   }

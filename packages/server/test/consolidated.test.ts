@@ -15,7 +15,7 @@ function machine() {
   return { sm, run, s };
 }
 
-test('a consolidated snapshot keeps content only, leaves zero pages out, and restores it exactly', (t) => {
+test('a consolidated snapshot keeps content only, leaves zero pages out, and restores it exactly', async (t) => {
   const { sm, run, s } = machine();
   run({ op: 'create', sessionId: s, seq: 1, name: 'a', size: 4 * PAGE, ifNotExists: false });
   const grant = run({ op: 'acquire', sessionId: s, seq: 2, name: 'a', mode: 'write' });
@@ -42,7 +42,7 @@ test('a consolidated snapshot keeps content only, leaves zero pages out, and res
     data: Buffer.from('hi'),
   });
 
-  const parts = encodeConsolidated(sm.exportContent(), {
+  const parts = await encodeConsolidated(sm.exportContent(), {
     clusterId: 'c1',
     createdAt: '2026-11-23T00:00:00.000Z',
     groups: [[0, 9, 2]],
@@ -60,7 +60,7 @@ test('a consolidated snapshot keeps content only, leaves zero pages out, and res
   // The same content gives the same bytes and digest, whatever the header says.
   const again = decodeConsolidated(
     Buffer.concat(
-      encodeConsolidated(restored.exportContent(), { clusterId: 'c2', createdAt: 'x', groups: [] }),
+      await encodeConsolidated(restored.exportContent(), { clusterId: 'c2', createdAt: 'x', groups: [] }),
     ),
     'again',
   );

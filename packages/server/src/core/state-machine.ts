@@ -756,7 +756,8 @@ export class StateMachine {
       size: o.size,
       firstPage: o.firstPage,
       version: o.version,
-      pageVersions: o.pageVersions,
+      // A copy: writes change page versions in place (the bytes are protected by freeze() instead).
+      pageVersions: Float64Array.from(o.pageVersions),
       lastToken: o.lastToken,
       data: o.data,
     }));

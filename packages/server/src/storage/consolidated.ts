@@ -22,6 +22,7 @@ import { SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import type { StateContent } from '../core/state-machine.js';
 import { crc32c } from './crc32c.js';
+import { nextTurn } from './snapshot-serialise.js';
 
 const MAGIC = 'SGMCONS1';
 const END_MAGIC = 'SGMCONSE';
@@ -59,11 +60,26 @@ function isZero(buf: Buffer): boolean {
   return true;
 }
 
-/** The file's bytes as parts (object pages are views, not copies). */
-export function encodeConsolidated(
+/** Bytes scanned or checksummed between two turns of the event loop. */
+const SLICE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The file's bytes as parts (object pages are views, not copies: the caller keeps the objects' buffers
+ * unchanged until the parts are written, e.g. with a frozen view). Scanning for zero pages and the checksum
+ * go in slices with a turn of the event loop between them, so a large segment does not hold up the server.
+ */
+export async function encodeConsolidated(
   content: StateContent,
   meta: { clusterId: string; createdAt: string; groups: [number, number, number][] },
-): Buffer[] {
+): Promise<Buffer[]> {
+  let sinceYield = 0;
+  const progress = async (n: number) => {
+    sinceYield += n;
+    if (sinceYield >= SLICE_BYTES) {
+      sinceYield = 0;
+      await nextTurn();
+    }
+  };
   const pb = content.pageBytes;
   const directory: unknown[] = [];
   const pages: Buffer[] = [];
@@ -72,6 +88,7 @@ export function encodeConsolidated(
     if (o.data) {
       for (let p = 0; p * pb < o.size; p++) {
         const page = o.data.subarray(p * pb, Math.min(o.size, (p + 1) * pb));
+        await progress(page.length);
         if (isZero(page)) continue;
         present.push(p);
         pages.push(page);
@@ -100,7 +117,13 @@ export function encodeConsolidated(
     ...lengthPrefixed(packr.pack(content.logs)),
   ];
   let crc = 0;
-  for (const p of parts) crc = crc32c(p, crc);
+  for (const p of parts) {
+    for (let at = 0; at < p.length; at += SLICE_BYTES) {
+      const end = Math.min(p.length, at + SLICE_BYTES);
+      crc = crc32c(p, crc, at, end);
+      await progress(end - at);
+    }
+  }
   const tail = Buffer.alloc(12);
   tail.writeUInt32LE(crc, 0);
   tail.write(END_MAGIC, 4, 'latin1');
