@@ -8,7 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { MAX_LOG_READ_BYTES, SegmemError, validateName } from '@segmem/protocol';
-import { decodeConsolidated } from '../storage/consolidated.js';
+import { decodeConsolidated, verifyConsolidated } from '../storage/consolidated.js';
 import { restoreConsolidated } from '../storage/restore.js';
 import { AdminSession, adminCall } from './admin-client.js';
 import { parseArgs } from './args.js';
@@ -171,8 +171,8 @@ async function snapshotCommand(argv: string[]): Promise<void> {
     } finally {
       await handle.close();
     }
-    // The whole file is checked before it takes its name.
-    decodeConsolidated(await readFile(tmp), tmp);
+    // The whole file's checksum is checked before it takes its name.
+    verifyConsolidated(await readFile(tmp), tmp);
     await rename(tmp, file);
     process.stdout.write(
       `snapshot of cluster ${made.clusterId} at index ${made.index} (term ${made.term}): ${made.bytes} bytes in ${file}\n`,

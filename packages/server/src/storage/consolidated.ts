@@ -55,9 +55,11 @@ function lengthPrefixed(body: Buffer): Buffer[] {
   return [len, body];
 }
 
+const ZERO_PAGE = Buffer.alloc(64 * 1024);
+
+/** Whether `buf` (at most a page) is all zero: one native comparison. */
 function isZero(buf: Buffer): boolean {
-  for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
-  return true;
+  return buf.equals(ZERO_PAGE.subarray(0, buf.length));
 }
 
 /** Bytes scanned or checksummed between two turns of the event loop. */
@@ -138,12 +140,18 @@ function bad(file: string, why: string): SegmemError {
   });
 }
 
-/** Verifies the checksum and decodes; INVALID_ARGUMENT naming `file` and the problem otherwise. */
-export function decodeConsolidated(bytes: Buffer, file: string): Consolidated {
+/** Checks the markers and the checksum only (no decoding); INVALID_ARGUMENT naming `file` otherwise. */
+export function verifyConsolidated(bytes: Buffer, file: string): void {
   if (bytes.length < 32 || bytes.toString('latin1', 0, 8) !== MAGIC) throw bad(file, 'bad magic');
   if (bytes.toString('latin1', bytes.length - 8) !== END_MAGIC) throw bad(file, 'cut short (no end marker)');
   const bodyEnd = bytes.length - 12;
   if (crc32c(bytes, 0, 0, bodyEnd) !== bytes.readUInt32LE(bodyEnd)) throw bad(file, 'checksum mismatch');
+}
+
+/** Verifies the checksum and decodes; INVALID_ARGUMENT naming `file` and the problem otherwise. */
+export function decodeConsolidated(bytes: Buffer, file: string): Consolidated {
+  verifyConsolidated(bytes, file);
+  const bodyEnd = bytes.length - 12;
   let at = 8;
   const section = (what: string): Buffer => {
     if (at + 4 > bodyEnd) throw bad(file, `${what} runs past the end`);
