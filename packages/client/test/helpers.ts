@@ -69,7 +69,8 @@ export async function startServerProcess(opts: {
   let err = '';
   proc.stderr!.setEncoding('utf8');
   proc.stderr!.on('data', (d: string) => (err += d));
-  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+  // 'close', not 'exit': only then has everything the server wrote to stderr been read.
+  const exited = new Promise<number | null>((r) => proc.once('close', (code) => r(code)));
   const address = await new Promise<string>((resolveReady, reject) => {
     const lines = createInterface({ input: proc.stdout! });
     lines.on('line', (line) => {
