@@ -2,6 +2,9 @@
  * Three real segmem-server processes replicating with Raft, under real faults: SIGKILL of the leader,
  * SIGSTOP beyond the election timeout, restarts. Every acknowledged increment must be there exactly once,
  * and every server must end with the same state.
+ *
+ * The tests run one after the other: each starts three servers on ports found free a moment before, and
+ * run together they loaded the machine with twenty processes and raced for ports.
  */
 import { join } from 'node:path';
 import test from 'ava';
@@ -19,7 +22,7 @@ import {
   waitFor,
 } from './helpers.js';
 
-test('a 3-server cluster commits writes, fails over when the leader is killed, and the counter keeps counting', async (t) => {
+test.serial('a 3-server cluster commits writes, fails over when the leader is killed, and the counter keeps counting', async (t) => {
   const dir = tempDir();
   const cluster = await TestCluster.start(3, dir.path);
   const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
@@ -44,7 +47,7 @@ test('a 3-server cluster commits writes, fails over when the leader is killed, a
   }
 });
 
-test('under repeated leader kills, pauses and restarts, every acknowledged increment is there exactly once', async (t) => {
+test.serial('under repeated leader kills, pauses and restarts, every acknowledged increment is there exactly once', async (t) => {
   const dir = tempDir();
   const cluster = await TestCluster.start(3, dir.path);
   const admin = await connect({ servers: cluster.addresses });
@@ -96,7 +99,7 @@ test('under repeated leader kills, pauses and restarts, every acknowledged incre
   }
 });
 
-test('with 2 of 3 servers down writes fail with UNAVAILABLE within the timeout, and work again when one returns', async (t) => {
+test.serial('with 2 of 3 servers down writes fail with UNAVAILABLE within the timeout, and work again when one returns', async (t) => {
   const dir = tempDir();
   const cluster = await TestCluster.start(3, dir.path);
   const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 3000 });
@@ -139,7 +142,7 @@ test('with 2 of 3 servers down writes fail with UNAVAILABLE within the timeout, 
   }
 });
 
-test('a clean shutdown of the leader hands leadership to a follower first', async (t) => {
+test.serial('a clean shutdown of the leader hands leadership to a follower first', async (t) => {
   const dir = tempDir();
   const cluster = await TestCluster.start(3, dir.path);
   const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
@@ -162,7 +165,7 @@ test('a clean shutdown of the leader hands leadership to a follower first', asyn
   }
 });
 
-test('membership: a new server joins with segmem cluster add, catches up, and a member is removed', async (t) => {
+test.serial('membership: a new server joins with segmem cluster add, catches up, and a member is removed', async (t) => {
   const dir = tempDir();
   const cluster = await TestCluster.start(3, dir.path);
   const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
@@ -215,7 +218,7 @@ test('membership: a new server joins with segmem cluster add, catches up, and a 
   }
 });
 
-test('followers serve the bytes of large grants; reads stay correct when a follower dies', async (t) => {
+test.serial('followers serve the bytes of large grants; reads stay correct when a follower dies', async (t) => {
   const dir = tempDir();
   const cluster = await TestCluster.start(3, dir.path);
   const writer = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
@@ -268,7 +271,7 @@ test('followers serve the bytes of large grants; reads stay correct when a follo
   }
 });
 
-test('kill -9 of all 3 servers at once under load: after a restart every acknowledged increment is there', async (t) => {
+test.serial('kill -9 of all 3 servers at once under load: after a restart every acknowledged increment is there', async (t) => {
   const dir = tempDir();
   const cluster = await TestCluster.start(3, dir.path);
   const admin = await connect({ servers: cluster.addresses, sessionTimeoutMs: 20_000 });
