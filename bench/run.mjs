@@ -28,7 +28,7 @@ import {
   startSegmemServer,
   waitForQuiet,
 } from './lib/procs.mjs';
-import { topSelfTime } from './lib/profile.mjs';
+import { profileColumns, profileTableRows, topSelfTime } from './lib/profile.mjs';
 import { fmtInt, fmtNum, fmtUs, markdownTable, textTable } from './lib/stats.mjs';
 
 const SECTIONS = ['floor', 'write', 'read', 'big', 'codec', 'memory'];
@@ -525,14 +525,7 @@ const TARGET_COLUMNS = [
   { key: 'met', title: 'result', align: 'left' },
 ];
 
-const PROFILE_COLUMNS = [
-  { key: 'rank', title: '#' },
-  { key: 'fn', title: 'function', align: 'left' },
-  { key: 'where', title: 'where', align: 'left' },
-  { key: 'caller', title: 'main caller', align: 'left' },
-  { key: 'self', title: 'self ms' },
-  { key: 'share', title: 'share' },
-];
+const PROFILE_COLUMNS = profileColumns();
 
 function formatRows(rows) {
   return rows.map((r) => {
@@ -591,14 +584,7 @@ function formatTargets(targets) {
 }
 
 function formatProfile(p) {
-  return p.rows.map((r, i) => ({
-    rank: String(i + 1),
-    fn: r.fn,
-    where: r.where || '(native / VM)',
-    caller: r.caller || '–',
-    self: fmtInt(r.selfMs),
-    share: `${fmtNum(r.share * 100)} %`,
-  }));
+  return profileTableRows(p.rows);
 }
 
 function render({ meta, opts, rows, codecRows, memoryRows, targets, profiles, notes, elapsed }) {

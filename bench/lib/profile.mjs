@@ -2,6 +2,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fmtInt, fmtNum } from './stats.mjs';
 
 function shortUrl(url, root) {
   if (!url) return '';
@@ -70,4 +71,28 @@ export function topSelfTime(dir, root, limit = 15) {
       };
     });
   return { totalMs: totalUs / 1000, rows, files: files.length };
+}
+
+/** Table columns for {@link profileTableRows} (textTable / markdownTable of stats.mjs). */
+export function profileColumns(shareTitle = 'share') {
+  return [
+    { key: 'rank', title: '#' },
+    { key: 'fn', title: 'function', align: 'left' },
+    { key: 'where', title: 'where', align: 'left' },
+    { key: 'caller', title: 'main caller', align: 'left' },
+    { key: 'self', title: 'self ms' },
+    { key: 'share', title: shareTitle },
+  ];
+}
+
+/** Rows of {@link topSelfTime} formatted for a table; `shareOf` picks the fraction shown. */
+export function profileTableRows(rows, shareOf = (r) => r.share) {
+  return rows.map((r, i) => ({
+    rank: String(i + 1),
+    fn: r.fn,
+    where: r.where || '(native / VM)',
+    caller: r.caller || '–',
+    self: fmtInt(r.selfMs),
+    share: `${fmtNum(shareOf(r) * 100)} %`,
+  }));
 }

@@ -26,7 +26,7 @@ import {
   runWorker,
   waitForQuiet,
 } from '../lib/procs.mjs';
-import { topSelfTime } from '../lib/profile.mjs';
+import { profileColumns, profileTableRows, topSelfTime } from '../lib/profile.mjs';
 import { fmtInt, fmtNum, fmtUs, markdownTable, percentile, textTable } from '../lib/stats.mjs';
 import { throughputSvg } from './lib/svg.mjs';
 import {
@@ -498,24 +498,10 @@ const GOAL_COLUMNS = [
   { key: 'result', title: 'result', align: 'left' },
 ];
 
-const PROFILE_COLUMNS = [
-  { key: 'rank', title: '#' },
-  { key: 'fn', title: 'function', align: 'left' },
-  { key: 'where', title: 'where', align: 'left' },
-  { key: 'caller', title: 'main caller', align: 'left' },
-  { key: 'self', title: 'self ms' },
-  { key: 'share', title: 'share of busy time' },
-];
+const PROFILE_COLUMNS = profileColumns('share of busy time');
 
 function profileRows(profile, n) {
-  return profile.rows.slice(0, n).map((r, i) => ({
-    rank: String(i + 1),
-    fn: r.fn,
-    where: r.where || '(native / VM)',
-    caller: r.caller || '–',
-    self: fmtInt(r.selfMs),
-    share: `${fmtNum(r.busyShare * 100)} %`,
-  }));
+  return profileTableRows(profile.rows.slice(0, n), (r) => r.busyShare);
 }
 
 function svgFor(agg) {

@@ -8,6 +8,7 @@
  * records keep their order in the log and none is applied twice.
  */
 import {
+  logRecords,
   MAX_LOG_BATCH_BYTES,
   MAX_LOG_BATCH_RECORDS,
   MAX_LOG_MAX_BYTES,
@@ -222,12 +223,8 @@ export class SharedLogImpl implements SharedLog {
     for (;;) {
       this.check();
       const r = await this.readOnce(from, follow ? FOLLOW_WAIT_MS : 0, signal);
-      let at = 0;
-      for (let i = 0; i < r.sizes.length; i++) {
-        const n = r.sizes[i]!;
-        yield { seq: r.from + i, data: Buffer.from(r.payload.buffer, r.payload.byteOffset + at, n) };
-        at += n;
-      }
+      const records = logRecords(r);
+      for (let i = 0; i < records.length; i++) yield { seq: r.from + i, data: records[i]! };
       from = r.from + r.sizes.length;
       if (!follow && from >= r.next) return;
     }

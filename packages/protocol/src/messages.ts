@@ -492,6 +492,19 @@ export interface LogReadOk {
   payload: Uint8Array;
 }
 
+/** The records of a LOG_READ answer, in order: views into its payload (no copy). */
+export function logRecords(answer: Pick<LogReadOk, 'sizes' | 'payload'>): Buffer[] {
+  const p = answer.payload;
+  const out: Buffer[] = new Array(answer.sizes.length);
+  let at = 0;
+  for (let i = 0; i < out.length; i++) {
+    const n = answer.sizes[i]!;
+    out[i] = Buffer.from(p.buffer, p.byteOffset + at, n);
+    at += n;
+  }
+  return out;
+}
+
 export interface LogTruncateOk {
   /** Oldest retained sequence number after the truncation. */
   first: number;
@@ -557,6 +570,17 @@ export interface Invalidate {
   /** Per-session push sequence number, >= 1, increasing by one per push: a gap means a missed push. */
   seq: number;
   objects: VersionPair[];
+}
+
+/** The bytes carried for `pages` of a `size`-byte object (a grant, a READ_PAGES answer) must be exactly theirs. */
+function checkPagesPayload(size: number, pages: readonly number[], carried: number, what = ''): void {
+  const expected = grantPayloadBytes(size, pages);
+  if (carried !== expected) {
+    throw invalidArgument(
+      `${what}payload is ${carried} bytes; ${pages.length} pages of a ${size}-byte object need ${expected}`,
+      { field: 'payload' },
+    );
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -724,12 +748,7 @@ export function encodeOk<T extends RequestType>(
           EMPTY_PAYLOAD,
         );
       }
-      const expected = grantPayloadBytes(g.object.size, g.pages);
-      if (bytes.byteLength !== expected) {
-        throw invalidArgument(
-          `ACQUIRE grant payload is ${bytes.byteLength} bytes; ${g.pages.length} pages of a ${g.object.size}-byte object need ${expected}`,
-        );
-      }
+      checkPagesPayload(g.object.size, g.pages, bytes.byteLength, 'ACQUIRE grant ');
       return encodeFrame(
         MessageType.OK,
         requestId,
@@ -786,10 +805,7 @@ export function encodeOk<T extends RequestType>(
     case 'READ_PAGES': {
       const r = b as OkBodyInput<'READ_PAGES'>;
       const bytes = (payload as Uint8Array | undefined) ?? r.payload ?? EMPTY_PAYLOAD;
-      const expected = grantPayloadBytes(r.object.size, r.pages);
-      if (bytes.byteLength !== expected) {
-        throw invalidArgument(`READ_PAGES payload is ${bytes.byteLength} bytes; the pages need ${expected}`);
-      }
+      checkPagesPayload(r.object.size, r.pages, bytes.byteLength, 'READ_PAGES ');
       return encodeFrame(
         MessageType.OK,
         requestId,
@@ -1130,13 +1146,7 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
       noPayload(payload);
       return { object, token, pages, payload, deferred: true };
     }
-    const expected = grantPayloadBytes(object.size, pages);
-    if (payload.length !== expected) {
-      throw invalidArgument(
-        `payload is ${payload.length} bytes; ${pages.length} pages of a ${object.size}-byte object need ${expected}`,
-        { field: 'payload' },
-      );
-    }
+    checkPagesPayload(object.size, pages, payload.length);
     return { object, token, pages, payload };
   },
   RELEASE: (h, payload) => {
@@ -1202,12 +1212,7 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
   READ_PAGES: (h, payload) => {
     const object = validateObjectRecord(h.object);
     const pages = validatePages(h.pages, object.size);
-    const expected = grantPayloadBytes(object.size, pages);
-    if (payload.length !== expected) {
-      throw invalidArgument(`payload is ${payload.length} bytes; the pages need ${expected}`, {
-        field: 'payload',
-      });
-    }
+    checkPagesPayload(object.size, pages, payload.length);
     return { object, pages, payload };
   },
 };

@@ -357,16 +357,7 @@ export class SegmemNode {
     this.liveness.track(sessionId, timeoutMs);
     this.rescheduleExpiry();
     port.wire.write(
-      encodeOk('HELLO', requestId, {
-        sessionId,
-        resumed,
-        clusterId: this.clusterId,
-        serverId: this.id,
-        pageBytes: PAGE_BYTES,
-        segmentBytes: this.sm.segmentBytes,
-        maxFrameBytes: MAX_FRAME_BYTES,
-        maxObjectBytes: MAX_OBJECT_BYTES,
-        sessionTimeoutMs: timeoutMs,
+      this.helloOk(requestId, sessionId, resumed, timeoutMs, {
         keepaliveMs: Math.max(50, Math.floor(timeoutMs / 4)),
         udpPort: this.udp ? this.udp.address().port : null,
       }),
@@ -650,7 +641,9 @@ export class SegmemNode {
     if (req.offset > ex.bytes) {
       throw new SegmemError('INVALID_ARGUMENT', `offset ${req.offset} is past the end (${ex.bytes} bytes)`);
     }
-    // Gather the piece from the parts (views into frozen object bytes): one copy, of this piece only.
+    // Gather the piece from the parts (views into frozen object bytes): one copy, of this piece only. The
+    // views cannot go to the socket as they are: the view is released at the last piece, and a write to
+    // an object could then change bytes still waiting in the socket's queue.
     const end = Math.min(ex.bytes, req.offset + req.length);
     const chunk = Buffer.allocUnsafe(end - req.offset);
     let partStart = 0;
@@ -671,21 +664,34 @@ export class SegmemNode {
   /** HELLO of a page-reader connection: any member answers, after the cluster and credential checks. */
   helloPageReader(port: Port, requestId: number, req: HelloRequest): void {
     this.checkCredentials(req);
+    // No session, so nothing to keep alive and no invalidations to hint.
     port.wire.write(
-      encodeOk('HELLO', requestId, {
-        sessionId: 0,
-        resumed: false,
-        clusterId: this.clusterId,
-        serverId: this.id,
-        pageBytes: PAGE_BYTES,
-        segmentBytes: this.sm.segmentBytes,
-        maxFrameBytes: MAX_FRAME_BYTES,
-        maxObjectBytes: MAX_OBJECT_BYTES,
-        sessionTimeoutMs: req.sessionTimeoutMs,
+      this.helloOk(requestId, 0, false, req.sessionTimeoutMs, {
         keepaliveMs: req.sessionTimeoutMs,
         udpPort: null,
       }),
     );
+  }
+
+  private helloOk(
+    requestId: number,
+    sessionId: number,
+    resumed: boolean,
+    sessionTimeoutMs: number,
+    extra: { keepaliveMs: number; udpPort: number | null },
+  ): Buffer[] {
+    return encodeOk('HELLO', requestId, {
+      sessionId,
+      resumed,
+      clusterId: this.clusterId,
+      serverId: this.id,
+      pageBytes: PAGE_BYTES,
+      segmentBytes: this.sm.segmentBytes,
+      maxFrameBytes: MAX_FRAME_BYTES,
+      maxObjectBytes: MAX_OBJECT_BYTES,
+      sessionTimeoutMs,
+      ...extra,
+    });
   }
 
   /**

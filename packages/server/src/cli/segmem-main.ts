@@ -7,7 +7,7 @@ import { open, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { MAX_LOG_READ_BYTES, SegmemError, validateName } from '@segmem/protocol';
+import { logRecords, MAX_LOG_READ_BYTES, SegmemError, validateName } from '@segmem/protocol';
 import { decodeConsolidated, verifyConsolidated } from '../storage/consolidated.js';
 import { restoreConsolidated } from '../storage/restore.js';
 import { AdminSession, adminCall } from './admin-client.js';
@@ -99,12 +99,8 @@ async function logCommand(argv: string[]): Promise<void> {
         { type: 'LOG_READ', name, from, maxBytes: MAX_LOG_READ_BYTES, waitMs: follow ? TAIL_WAIT_MS : 0 },
         TAIL_WAIT_MS + 15_000,
       );
-      const payload = Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength);
-      let at = 0;
       let out = '';
-      for (let i = 0; i < r.sizes.length; i++) {
-        const data = payload.subarray(at, at + r.sizes[i]!);
-        at += r.sizes[i]!;
+      for (const [i, data] of logRecords(r).entries()) {
         out += json
           ? `${JSON.stringify({ seq: r.from + i, data: data.toString('base64') })}\n`
           : `${r.from + i} ${escapeText(data.toString('utf8'))}\n`;

@@ -699,28 +699,13 @@ export class StateMachine {
           [number, number, LockMode][],
           number[],
         ];
-      const pageCount = Math.ceil(size / pageBytes);
-      const pageVersions = new Float64Array(pageCount);
+      const pageVersions = new Float64Array(Math.ceil(size / pageBytes));
       Buffer.from(pageVersions.buffer).set(pv);
-      sm.allocator.reserve(firstPage, pageCount);
-      const obj: SegmentObject = {
-        id,
-        name,
-        size,
-        firstPage,
-        pageCount,
-        address: firstPage * pageBytes,
-        version,
-        pageVersions,
-        data: data ? Buffer.from(data) : null,
-        lastToken,
-        writer,
-        readers,
-        queue: queue.map(([sessionId, seq, mode]) => ({ sessionId, seq, mode })),
-        cachedBy: new Set(cachedBy),
-      };
-      sm.byName.set(name, obj);
-      sm.byId.set(id, obj);
+      const obj = sm.placeObject({ id, name, size, firstPage, version, pageVersions, lastToken, data });
+      obj.writer = writer;
+      obj.readers = readers;
+      for (const [sessionId, seq, mode] of queue) obj.queue.push({ sessionId, seq, mode });
+      for (const sid of cachedBy) obj.cachedBy.add(sid);
     }
     for (const s of sessions) {
       const [id, timeoutMs, clientName, holds, waiting, done, cached] = s as [
@@ -777,30 +762,38 @@ export class StateMachine {
     sm.appliedIndex = appliedIndex;
     sm.nextObjectId = content.nextObjectId;
     sm.nextSessionId = content.nextSessionId;
-    for (const o of content.objects) {
-      const pageCount = Math.ceil(o.size / sm.pageBytes);
-      sm.allocator.reserve(o.firstPage, pageCount); // throws if it overlaps another object or the end
-      const obj: SegmentObject = {
-        id: o.id,
-        name: o.name,
-        size: o.size,
-        firstPage: o.firstPage,
-        pageCount,
-        address: o.firstPage * sm.pageBytes,
-        version: o.version,
-        pageVersions: Float64Array.from(o.pageVersions),
-        data: o.data ? Buffer.from(o.data) : null,
-        lastToken: o.lastToken,
-        writer: 0,
-        readers: 0,
-        queue: [],
-        cachedBy: new Set(),
-      };
-      sm.byName.set(o.name, obj);
-      sm.byId.set(o.id, obj);
-    }
+    for (const o of content.objects)
+      sm.placeObject({ ...o, pageVersions: Float64Array.from(o.pageVersions) });
     sm.logs = SharedLogs.restore(content.logs);
     return sm;
+  }
+
+  /**
+   * Puts an object back at its pages (restore paths), unlocked and cached by nobody; its bytes are copied
+   * so the state never shares memory with a decoded buffer. Throws if it overlaps another object or the end.
+   */
+  private placeObject(o: StateContent['objects'][number]): SegmentObject {
+    const pageCount = Math.ceil(o.size / this.pageBytes);
+    this.allocator.reserve(o.firstPage, pageCount);
+    const obj: SegmentObject = {
+      id: o.id,
+      name: o.name,
+      size: o.size,
+      firstPage: o.firstPage,
+      pageCount,
+      address: o.firstPage * this.pageBytes,
+      version: o.version,
+      pageVersions: o.pageVersions,
+      data: o.data ? Buffer.from(o.data) : null,
+      lastToken: o.lastToken,
+      writer: 0,
+      readers: 0,
+      queue: [],
+      cachedBy: new Set(),
+    };
+    this.byName.set(o.name, obj);
+    this.byId.set(o.id, obj);
+    return obj;
   }
 
   /** A short digest of the whole state, for comparing replicas. */
