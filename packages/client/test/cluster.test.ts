@@ -96,6 +96,11 @@ test.serial(
         const value = await admin.read(name, (h) => h.bytes.readUInt32LE(0));
         t.is(value, 400, `${name}: 400 increments acknowledged, ${value} applied`);
         t.is(acked.get(name), 400);
+        if (value !== 400) {
+          // What the members said (recoveries, roles) and the writer's output are what a look at this needs.
+          for (const m of cluster.members) t.log(`${m.id}:\n${m.server?.stderr() ?? '(down)'}`);
+          t.log(`writer of ${name}: ${(await children[counters.indexOf(name)]!.done).stderr}`);
+        }
       }
       await converged(cluster);
     } finally {
