@@ -99,7 +99,11 @@ test.serial(
         if (value !== 400) {
           // What the members said (recoveries, roles) and the writer's output are what a look at this needs.
           for (const m of cluster.members) t.log(`${m.id}:\n${m.server?.stderr() ?? '(down)'}`);
-          t.log(`writer of ${name}: ${(await children[counters.indexOf(name)]!.done).stderr}`);
+          // The last value the writer saw acknowledged: 400 means a write was lost; less means the writer
+          // computed from a stale copy.
+          t.log(
+            `writer of ${name}: last ack ${acked.get(name)}; ${(await children[counters.indexOf(name)]!.done).stderr}`,
+          );
         }
       }
       await converged(cluster);
