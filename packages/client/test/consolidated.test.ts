@@ -4,11 +4,20 @@
  * servers serve exactly the snapshot's content (every object's bytes and version, every log record), and
  * a snapshot of the restored cluster has the same content digest.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { connect, type Segment } from '../src/index.js';
-import { fixturesDir, freePort, runNode, startServerProcess, TestCluster, tempDir } from './helpers.js';
+import {
+  fixturesDir,
+  freePort,
+  runNode,
+  startServerProcess,
+  statuses,
+  TestCluster,
+  tempDir,
+  waitFor,
+} from './helpers.js';
 
 const segmemBin = join(fixturesDir, '../../../server/bin/segmem.mjs');
 
@@ -136,6 +145,109 @@ test('segmem snapshot --out, --inspect and restore round-trip a cluster and a si
     }
   } finally {
     await cluster.stopAll();
+    dir.cleanup();
+  }
+});
+
+test('the leader writes consolidated snapshots on a schedule and keeps the newest', async (t) => {
+  const dir = tempDir();
+  const backups = join(dir.path, 'backups'); // one directory for all three members
+  const cluster = await TestCluster.start(3, dir.path, 'batch', () => [
+    '--consolidated-dir',
+    backups,
+    '--consolidated-interval-ms',
+    '1000',
+    '--consolidated-keep',
+    '2',
+  ]);
+  const files = () =>
+    existsSync(backups)
+      ? readdirSync(backups)
+          .filter((n) => n.endsWith('.segsnap'))
+          .sort()
+      : [];
+  const indexOf = (name: string) => Number(/^consolidated-(\d{20})-\d{8}T\d{6}Z\.segsnap$/.exec(name)![1]);
+  try {
+    const seg = await connect({ servers: cluster.addresses });
+    await seg.create('counter', 4);
+    const seen = new Set<string>();
+    for (let round = 1; round <= 3; round++) {
+      await seg.update('counter', (h) => h.bytes.writeUInt32LE(round));
+      await waitFor(
+        () => {
+          for (const f of files()) seen.add(f);
+          return seen.size >= round;
+        },
+        `consolidated snapshot ${round}`,
+        15_000,
+      );
+      t.true(files().length <= 2, `at most 2 kept: ${files().join(', ')}`);
+    }
+    await seg.log('events').append('one');
+    await seg.close();
+    // Once nothing changes, the newest file holds everything: what a snapshot taken now holds.
+    const leader = await waitFor(() => cluster.leader(), 'a leader');
+    const applied = (await statuses(cluster)).get(leader.id)!.applied;
+    const newest = await waitFor(
+      () => {
+        const f = files().at(-1);
+        return f && indexOf(f) >= applied ? f : undefined;
+      },
+      `a consolidated snapshot at index ${applied} or later`,
+      15_000,
+    );
+    t.regex(leader.server!.stderr(), /consolidated snapshot at index \d+ \(term \d+\): \d+ bytes to /);
+    t.true(files().length <= 2);
+    t.deepEqual(
+      readdirSync(backups).filter((n) => !n.endsWith('.segsnap')),
+      [],
+      'no temporary files left',
+    );
+    const scheduled = await segmem(['snapshot', '--inspect', join(backups, newest)]);
+    t.is(scheduled.code, 0, scheduled.stderr);
+    t.regex(scheduled.stdout, /checksum OK/);
+    t.regex(scheduled.stdout, / counter {2}size 4 {2}version 4/);
+    const now = join(dir.path, 'now.segsnap');
+    t.is((await segmem(['snapshot', '--out', now, '--servers', cluster.addresses.join(',')])).code, 0);
+    const taken = await segmem(['snapshot', '--inspect', now]);
+    t.is(
+      /content digest (\w+)/.exec(scheduled.stdout)![1],
+      /content digest (\w+)/.exec(taken.stdout)![1],
+      'the scheduled snapshot holds the same content as one taken now',
+    );
+  } finally {
+    await cluster.stopAll();
+    dir.cleanup();
+  }
+});
+
+test('bad consolidated snapshot settings are refused at start', async (t) => {
+  const dir = tempDir();
+  try {
+    for (const [flag, value, message] of [
+      ['--consolidated-interval-ms', '10', /consolidatedIntervalMs must be at least 1000/],
+      ['--consolidated-keep', '0', /consolidatedKeep must be at least 1/],
+    ] as const) {
+      const r = await runNode(
+        join(fixturesDir, '../../../server/bin/segmem-server.mjs'),
+        [
+          '--id',
+          's1',
+          '--listen',
+          '127.0.0.1:0',
+          '--data',
+          join(dir.path, 'd'),
+          '--consolidated-dir',
+          join(dir.path, 'b'),
+          flag,
+          value,
+        ],
+        { timeoutMs: 20_000 },
+      ).done;
+      t.is(r.code, 1, r.stderr);
+      t.regex(r.stderr, message);
+    }
+  } finally {
     dir.cleanup();
   }
 });

@@ -168,12 +168,19 @@ export class TestCluster {
   private constructor(
     members: ClusterMember[],
     private readonly fsync: string,
+    private readonly extra: (id: string) => string[],
   ) {
     this.members = members;
     this.peers = members.map((m) => `${m.id}=${m.address}`).join(',');
   }
 
-  static async start(size: number, root: string, fsync = 'batch'): Promise<TestCluster> {
+  /** `extra`: more command-line arguments for a member's server. */
+  static async start(
+    size: number,
+    root: string,
+    fsync = 'batch',
+    extra: (id: string) => string[] = () => [],
+  ): Promise<TestCluster> {
     const members: ClusterMember[] = [];
     for (let i = 0; i < size; i++) {
       members.push({
@@ -183,7 +190,7 @@ export class TestCluster {
         server: null,
       });
     }
-    const cluster = new TestCluster(members, fsync);
+    const cluster = new TestCluster(members, fsync, extra);
     await Promise.all(members.map((m) => cluster.startMember(m.id)));
     return cluster;
   }
@@ -205,7 +212,7 @@ export class TestCluster {
       dataDir: m.dataDir,
       listen: m.address,
       fsync: this.fsync,
-      extra: ['--peers', this.peers],
+      extra: ['--peers', this.peers, ...this.extra(id)],
     });
   }
 

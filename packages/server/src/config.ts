@@ -25,6 +25,12 @@ export interface ServerConfig {
   snapshotEveryEntries: number;
   /** One server: also snapshot this often if anything changed (0: never by time). */
   snapshotIntervalMs: number;
+  /** Where the leader writes scheduled consolidated snapshots (`{id}` is replaced); none when unset. */
+  consolidatedDir?: string;
+  /** How often the leader writes a consolidated snapshot into `consolidatedDir` (at least 1000). */
+  consolidatedIntervalMs: number;
+  /** How many consolidated snapshots to keep there, the newest (at least 1). */
+  consolidatedKeep: number;
 }
 
 export const DEFAULT_CONFIG: ServerConfig = {
@@ -35,6 +41,8 @@ export const DEFAULT_CONFIG: ServerConfig = {
   dataDir: './data/{id}',
   snapshotEveryEntries: 10_000,
   snapshotIntervalMs: 600_000,
+  consolidatedIntervalMs: 3_600_000,
+  consolidatedKeep: 3,
 };
 
 function bad(message: string): SegmemError {
@@ -71,6 +79,18 @@ export function parseNonNegativeInteger(name: string, value: unknown): number {
   return n;
 }
 
+export function parseConsolidatedIntervalMs(value: unknown): number {
+  const n = parseNonNegativeInteger('consolidatedIntervalMs', value);
+  if (n < 1000) throw bad(`consolidatedIntervalMs must be at least 1000; got ${n}`);
+  return n;
+}
+
+export function parseConsolidatedKeep(value: unknown): number {
+  const n = parseNonNegativeInteger('consolidatedKeep', value);
+  if (n < 1) throw bad(`consolidatedKeep must be at least 1; got ${n}`);
+  return n;
+}
+
 export function loadConfigFile(path: string): ServerConfig {
   let raw: unknown;
   try {
@@ -91,6 +111,9 @@ export function loadConfigFile(path: string): ServerConfig {
     'dataDir',
     'snapshotEveryEntries',
     'snapshotIntervalMs',
+    'consolidatedDir',
+    'consolidatedIntervalMs',
+    'consolidatedKeep',
   ]);
   for (const key of Object.keys(c))
     if (!known.has(key)) throw bad(`config file ${path}: unknown setting "${key}"`);
@@ -106,6 +129,14 @@ export function loadConfigFile(path: string): ServerConfig {
   for (const key of ['snapshotEveryEntries', 'snapshotIntervalMs'] as const) {
     if (c[key] !== undefined) config[key] = parseNonNegativeInteger(key, c[key]);
   }
+  if (c.consolidatedDir !== undefined) {
+    if (typeof c.consolidatedDir !== 'string' || c.consolidatedDir.length === 0)
+      throw bad('consolidatedDir must be a non-empty string');
+    config.consolidatedDir = c.consolidatedDir;
+  }
+  if (c.consolidatedIntervalMs !== undefined)
+    config.consolidatedIntervalMs = parseConsolidatedIntervalMs(c.consolidatedIntervalMs);
+  if (c.consolidatedKeep !== undefined) config.consolidatedKeep = parseConsolidatedKeep(c.consolidatedKeep);
   if (c.token !== undefined) {
     if (typeof c.token !== 'string') throw bad('token must be a string');
     config.token = c.token;

@@ -6,9 +6,12 @@ import { openClusterNode } from './cluster.js';
 import {
   DEFAULT_CONFIG,
   loadConfigFile,
+  parseConsolidatedIntervalMs,
+  parseConsolidatedKeep,
   parseFsync,
   parseNonNegativeInteger,
   parseSegmentBytes,
+  type ServerConfig,
 } from './config.js';
 import { SegmemNode } from './node.js';
 import { RaftNode } from './raft/node.js';
@@ -47,6 +50,12 @@ export interface StartServerOptions {
   snapshotEveryEntries?: number;
   /** Overrides the config file's snapshotIntervalMs (default 600000; 0: never by time; one server only). */
   snapshotIntervalMs?: number;
+  /** Overrides the config file's consolidatedDir: the leader writes scheduled consolidated snapshots there. */
+  consolidatedDir?: string;
+  /** Overrides the config file's consolidatedIntervalMs (default 3600000, at least 1000). */
+  consolidatedIntervalMs?: number;
+  /** Overrides the config file's consolidatedKeep (default 3). */
+  consolidatedKeep?: number;
   /** Join an existing group: wait to be added (segmem cluster add) instead of campaigning. */
   join?: boolean;
   /** The cluster id (overrides the config file's; a joining server needs the group's, see segmem cluster list). */
@@ -97,6 +106,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
       'snapshotIntervalMs',
       opts.snapshotIntervalMs ?? config.snapshotIntervalMs,
     ),
+    ...consolidatedOptions(opts, config),
     ...(config.token ? { token: config.token } : {}),
     ...(opts.repair ? { repair: true } : {}),
     ...(opts.log ? { log: opts.log } : {}),
@@ -131,5 +141,23 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
       })();
       return closing;
     },
+  };
+}
+
+/** The scheduled consolidated snapshot settings: the options over the config file's; none without a dir. */
+function consolidatedOptions(
+  opts: StartServerOptions,
+  config: ServerConfig,
+): { consolidatedDir?: string; consolidatedIntervalMs?: number; consolidatedKeep?: number } {
+  const dir = opts.consolidatedDir ?? config.consolidatedDir?.replaceAll('{id}', opts.id);
+  if (dir === undefined) return {};
+  if (typeof dir !== 'string' || dir.length === 0)
+    throw new SegmemError('INVALID_ARGUMENT', 'consolidatedDir must be a non-empty path');
+  return {
+    consolidatedDir: dir,
+    consolidatedIntervalMs: parseConsolidatedIntervalMs(
+      opts.consolidatedIntervalMs ?? config.consolidatedIntervalMs,
+    ),
+    consolidatedKeep: parseConsolidatedKeep(opts.consolidatedKeep ?? config.consolidatedKeep),
   };
 }

@@ -25,13 +25,14 @@ import {
   type ReleaseRequest,
   SegmemError,
 } from '@segmem/protocol';
-import { parseSegmentBytes } from './config.js';
+import { DEFAULT_CONFIG, parseSegmentBytes } from './config.js';
 import type { Command, Grant, Outcome, Result } from './core/commands.js';
 import type { SegmentObject, StateMachine } from './core/state-machine.js';
 import { type ApplyListener, openLocalLog, type ReplicatedLog } from './log/local-log.js';
 import type { Message } from './raft/types.js';
+import { ConsolidatedSchedule } from './shell/consolidated-schedule.js';
 import { type Clock, SessionLiveness, systemClock } from './shell/liveness.js';
-import { encodeConsolidated } from './storage/consolidated.js';
+import { type ConsolidatedExport, encodeConsolidated } from './storage/consolidated.js';
 import { DataDir } from './storage/datadir.js';
 import { describeLocalRecovery } from './storage/local-storage.js';
 import type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
@@ -58,6 +59,12 @@ export interface NodeOptions {
   snapshotIntervalMs?: number;
   /** @internal WAL segment file size (default 64 MiB); small values let tests exercise file rolls. */
   walFileBytes?: number;
+  /** Scheduled consolidated snapshots: where the leader writes them (none when unset). */
+  consolidatedDir?: string;
+  /** How often the leader writes one (default 3600000). */
+  consolidatedIntervalMs?: number;
+  /** How many of them to keep, the newest (default 3). */
+  consolidatedKeep?: number;
 }
 
 /** The transport under one connection: TCP socket or an in-process pipe. */
@@ -146,6 +153,7 @@ export class SegmemNode {
   private expiryTimer: NodeJS.Timeout | null = null;
   private udp: UdpSocket | null = null;
   private closing = false;
+  private readonly schedule: ConsolidatedSchedule | null;
 
   private constructor(
     private readonly opts: NodeOptions,
@@ -158,6 +166,17 @@ export class SegmemNode {
     this.clusterId = dataDir.meta.clusterId;
     this.liveness = new SessionLiveness(opts.clock ?? systemClock);
     this.log = makeLog((_index, _cmd, outcome) => this.afterApply(outcome));
+    this.schedule = opts.consolidatedDir
+      ? new ConsolidatedSchedule(
+          { isLeader: () => this.log.isLeader(), consolidate: () => this.consolidate() },
+          {
+            dir: opts.consolidatedDir,
+            intervalMs: opts.consolidatedIntervalMs ?? DEFAULT_CONFIG.consolidatedIntervalMs,
+            keep: opts.consolidatedKeep ?? DEFAULT_CONFIG.consolidatedKeep,
+            ...(opts.log ? { log: opts.log } : {}),
+          },
+        )
+      : null;
   }
 
   get sm(): StateMachine {
@@ -173,6 +192,7 @@ export class SegmemNode {
   ): SegmemNode {
     const node = new SegmemNode(opts, dataDir, makeLog, recovery);
     node.scheduleExpiry();
+    node.schedule?.start();
     return node;
   }
 
@@ -286,6 +306,7 @@ export class SegmemNode {
       // Sessions end with a restart: their lock state may not all have reached the disk.
       await node.log.propose({ op: 'restart', sessionIdFloor: Date.now() * 1000 });
       node.scheduleExpiry();
+      node.schedule?.start();
       return node;
     } catch (err) {
       await dataDir.close();
@@ -591,22 +612,22 @@ export class SegmemNode {
   private nextExportId = 1;
 
   /**
-   * SNAPSHOT: a consolidated snapshot of the applied state after a read barrier (so it holds everything
-   * acknowledged before the request), kept in memory under an id for SNAPSHOT_READ. The content is copied
-   * at once, on the event loop, like a member's own snapshot.
+   * A consolidated snapshot of the applied state after a read barrier (so it holds everything acknowledged
+   * before the call): the file's bytes as parts over a frozen copy-on-write view, so the content stays as of
+   * `index` while it is encoded, read or written in pieces, and commands keep applying meanwhile (their
+   * writes copy the objects they change). Call `release()` once the parts are no longer needed.
    */
-  async snapshotExport(): Promise<{ id: number; bytes: number; index: number; term: number }> {
+  async consolidate(): Promise<ConsolidatedExport> {
     this.requireLeader();
     await this.log.readBarrier();
     const { index, term } = this.log.appliedPosition();
-    // Frozen copy-on-write, so the content stays as of `index` while it is encoded and read in pieces, and
-    // commands keep applying meanwhile (their writes copy the objects they change).
     const view = this.sm.freeze();
+    const createdAt = new Date().toISOString();
     let parts: Buffer[];
     try {
       parts = await encodeConsolidated(this.sm.exportContent(), {
         clusterId: this.clusterId,
-        createdAt: new Date().toISOString(),
+        createdAt,
         groups: [[0, index, term]],
       });
     } catch (err) {
@@ -615,11 +636,17 @@ export class SegmemNode {
     }
     let bytes = 0;
     for (const p of parts) bytes += p.length;
+    return { parts, bytes, index, term, createdAt, release: () => view.release() };
+  }
+
+  /** SNAPSHOT: {@link consolidate}, kept in memory under an id for SNAPSHOT_READ. */
+  async snapshotExport(): Promise<{ id: number; bytes: number; index: number; term: number }> {
+    const ex = await this.consolidate();
     const id = this.nextExportId++;
     const timer = setTimeout(() => this.dropExport(id), SNAPSHOT_EXPORT_IDLE_MS);
     timer.unref?.();
-    this.exports.set(id, { parts, bytes, release: () => view.release(), timer });
-    return { id, bytes, index, term };
+    this.exports.set(id, { parts: ex.parts, bytes: ex.bytes, release: ex.release, timer });
+    return { id, bytes: ex.bytes, index: ex.index, term: ex.term };
   }
 
   private dropExport(id: number): void {
@@ -926,6 +953,7 @@ export class SegmemNode {
     this.dropLogWaiters();
     this.dropPageWaiters();
     for (const id of [...this.exports.keys()]) this.dropExport(id);
+    await this.schedule?.stop();
     await this.log.close();
     await this.dataDir.close();
   }

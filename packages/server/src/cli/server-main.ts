@@ -4,12 +4,19 @@
  */
 import { resolve } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
-import { loadConfigFile, parseNonNegativeInteger, parsePeers } from '../config.js';
+import {
+  loadConfigFile,
+  parseConsolidatedIntervalMs,
+  parseConsolidatedKeep,
+  parseNonNegativeInteger,
+  parsePeers,
+} from '../config.js';
 import { startServer } from '../index.js';
 import { parseArgs } from './args.js';
 
 const USAGE = `usage: segmem-server --id ID --listen HOST:PORT --data DIR [--peers ID=HOST:PORT,...] [--fsync always|batch|none]
                      [--segment-bytes N] [--snapshot-every-entries N] [--snapshot-interval-ms MS]
+                     [--consolidated-dir DIR [--consolidated-interval-ms MS] [--consolidated-keep N]]
                      [--repair] [--join --cluster-id ID]
        segmem-server --config segmem.json --id ID [--data DIR] [--fsync ...]`;
 
@@ -28,6 +35,9 @@ export async function serverMain(argv: string[]): Promise<void> {
         'cluster-id',
         'snapshot-every-entries',
         'snapshot-interval-ms',
+        'consolidated-dir',
+        'consolidated-interval-ms',
+        'consolidated-keep',
       ],
       flags: ['repair', 'help', 'join'],
     });
@@ -70,6 +80,17 @@ export async function serverMain(argv: string[]): Promise<void> {
         : {}),
       ...(snapshotInterval !== undefined
         ? { snapshotIntervalMs: parseNonNegativeInteger('--snapshot-interval-ms', snapshotInterval) }
+        : {}),
+      ...(args.values.get('consolidated-dir')
+        ? { consolidatedDir: resolve(args.values.get('consolidated-dir')!) }
+        : {}),
+      ...(args.values.has('consolidated-interval-ms')
+        ? {
+            consolidatedIntervalMs: parseConsolidatedIntervalMs(args.values.get('consolidated-interval-ms')),
+          }
+        : {}),
+      ...(args.values.has('consolidated-keep')
+        ? { consolidatedKeep: parseConsolidatedKeep(args.values.get('consolidated-keep')) }
         : {}),
       ...(args.flags.has('repair') ? { repair: true } : {}),
       ...(args.flags.has('join') ? { join: true } : {}),

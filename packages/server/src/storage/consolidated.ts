@@ -49,6 +49,18 @@ export interface Consolidated {
   contentDigest: string;
 }
 
+/** A consolidated snapshot ready to be read or written: the file's bytes as parts over a frozen view. */
+export interface ConsolidatedExport {
+  parts: Buffer[];
+  bytes: number;
+  /** The group's Raft index and term at the snapshot's point (term 0: a single server). */
+  index: number;
+  term: number;
+  createdAt: string;
+  /** Lets the frozen view go; the parts must not be used after it. */
+  release(): void;
+}
+
 function lengthPrefixed(body: Buffer): Buffer[] {
   const len = Buffer.alloc(4);
   len.writeUInt32LE(body.length, 0);

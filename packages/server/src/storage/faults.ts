@@ -49,12 +49,19 @@ export const FAULT_STEPS = [
   'meta.sync',
   'meta.rename',
   'meta.dirsync',
+  // scheduled consolidated snapshots (backups, outside the data directory), written atomically
+  'consolidated.create',
+  'consolidated.write',
+  'consolidated.sync',
+  'consolidated.rename',
+  'consolidated.dirsync',
+  'consolidated.unlink', // delete a backup beyond the number kept
 ] as const;
 
 export type FaultStep = (typeof FAULT_STEPS)[number];
 
 /** The steps of an atomically written file (see `writeFileAtomic`), by file kind. */
-export type AtomicFileKind = 'snapshot' | 'meta';
+export type AtomicFileKind = 'snapshot' | 'meta' | 'consolidated';
 
 type CrashMode = 'kill' | 'after' | 'torn' | 'reorder';
 const CRASH_MODES: readonly string[] = ['kill', 'after', 'torn', 'reorder'] satisfies CrashMode[];
