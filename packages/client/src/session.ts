@@ -42,6 +42,12 @@ export type Dial = (prefer?: string, avoid?: string) => Promise<Transport>;
 
 /** How often to ask again while the group elects a leader (members answer NOT_LEADER without a hint). */
 const ELECTION_POLL_MS = 50;
+/**
+ * Longest wait for a HELLO answer. A server that accepts the connection but never answers (paused with
+ * SIGSTOP, or wedged: the kernel still completes the TCP handshake) must not hold the client: after this
+ * the connection is dropped and the other servers are tried. A healthy leader answers within an election.
+ */
+const HANDSHAKE_TIMEOUT_MS = 3000;
 
 /** A follower's answer: not the leader (the client goes to `address` if it is known). */
 function redirectOf(err: unknown): { address: string | null } | null {
@@ -204,7 +210,30 @@ export class Session {
       p.reject(new SegmemError('UNAVAILABLE', 'the connection closed during the handshake'));
     };
     this.send(encodeRequest(hello, requestId));
-    const ok = (await answer) as HelloOk;
+    // Over a network only: an in-process store has no server that could stop answering.
+    const waitMs = Math.min(HANDSHAKE_TIMEOUT_MS, Math.max(500, Math.floor(this.opts.sessionTimeoutMs / 3)));
+    const timer = setTimeout(() => {
+      if (transport.address === undefined) return;
+      const p = this.pending.get(requestId);
+      if (!p) return;
+      this.pending.delete(requestId);
+      p.reject(
+        new SegmemError(
+          'UNAVAILABLE',
+          `${transport.address} did not answer the handshake within ${waitMs} ms`,
+          {
+            reason: 'HANDSHAKE_TIMEOUT',
+          },
+        ),
+      );
+      transport.close();
+    }, waitMs);
+    let ok: HelloOk;
+    try {
+      ok = (await answer) as HelloOk;
+    } finally {
+      clearTimeout(timer);
+    }
     if (ok.sessionId === 0 && !this.opts.pageReader) {
       throw new SegmemError('PROTOCOL', 'the server opened no session (sessionId 0) for a session HELLO');
     }

@@ -85,7 +85,10 @@ export async function startServerProcess(opts: {
     proc,
     stderr: () => err,
     async stop() {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill('SIGTERM');
+        proc.kill('SIGCONT'); // a paused server (SIGSTOP) acts on the SIGTERM only once it runs
+      }
       return exited;
     },
     async kill() {
@@ -107,6 +110,8 @@ export function runNode(
 ): {
   proc: ChildProcess;
   done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>;
+  /** What the child wrote to stderr so far. */
+  stderr: () => string;
 } {
   const proc = spawn(process.execPath, [script, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -138,7 +143,7 @@ export function runNode(
       resolveDone({ code, signal, stdout, stderr });
     });
   });
-  return { proc, done };
+  return { proc, done, stderr: () => stderr };
 }
 
 /** A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one machine). */
@@ -164,6 +169,8 @@ export interface ClusterMember {
 export class TestCluster {
   readonly members: ClusterMember[];
   readonly peers: string;
+  /** Every server process started, in order (a restarted member's earlier runs included). */
+  private readonly started: { id: string; server: ServerProcess }[] = [];
 
   private constructor(
     members: ClusterMember[],
@@ -214,6 +221,19 @@ export class TestCluster {
       fsync: this.fsync,
       extra: ['--peers', this.peers, ...this.extra(id)],
     });
+    this.started.push({ id, server: m.server });
+  }
+
+  /** What every server process started so far wrote to stderr, and how it ended: for a failing test's log. */
+  history(): string {
+    return this.started
+      .map(({ id, server }) => {
+        const p = server.proc;
+        const state =
+          p.exitCode !== null || p.signalCode !== null ? `exited (${p.exitCode ?? p.signalCode})` : 'running';
+        return `--- ${id} pid ${p.pid} ${state}:\n${server.stderr()}`;
+      })
+      .join('\n');
   }
 
   /** The member whose log says it leads the highest term, among those running. */
