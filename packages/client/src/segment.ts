@@ -244,18 +244,22 @@ export class SegmentImpl implements Segment {
       inlineMaxBytes: this.followerReads?.active ? FOLLOWER_READ_MIN_BYTES : null,
     });
     const cachedIdSent = fresh ? cached.id : 0;
-    if (fresh) {
-      promise.then(
-        () => cached.inflight--,
-        () => cached.inflight--,
-      );
+    // Held until the grant is installed (or the acquire failed), not merely answered: an invalidation
+    // processed in between would zero the bytes the grant's delta leaves out.
+    const settled = () => {
+      if (fresh) cached.inflight--;
+    };
+    if (!signal && timeoutMs === undefined) {
+      try {
+        return this.install(
+          await this.complete((await promise) as AcquireOk, mode, cached),
+          mode,
+          cachedIdSent,
+        );
+      } finally {
+        settled();
+      }
     }
-    if (!signal && timeoutMs === undefined)
-      return this.install(
-        await this.complete((await promise) as AcquireOk, mode, cached),
-        mode,
-        cachedIdSent,
-      );
     return new Promise<Handle>((resolve, reject) => {
       let gaveUp = false;
       let guard: NodeJS.Timeout | undefined;
@@ -292,12 +296,15 @@ export class SegmentImpl implements Segment {
           } catch (err) {
             if (!gaveUp) reject(err);
             return;
+          } finally {
+            settled();
           }
           // The grant raced the abort or the guard: give it straight back.
           if (gaveUp) handle.release().catch(() => {});
           else resolve(handle);
         },
         (err) => {
+          settled();
           if (guard) clearTimeout(guard);
           signal?.removeEventListener('abort', onAbort);
           if (!gaveUp) reject(err);
@@ -488,9 +495,9 @@ export class SegmentImpl implements Segment {
     if (objects.length === 0) return;
     this.session
       .call({ type: 'VALIDATE', objects })
-      .then((r) =>
-        this.invalidateObjects(r.stale.map(([id, v]) => [id, v === 0 ? 0 : Number.MAX_SAFE_INTEGER])),
-      )
+      // The answer names each stale object's version at the server. A copy refreshed since the request
+      // left (by this client's own grant or release) may already be that new: only older copies are dropped.
+      .then((r) => this.invalidateObjects(r.stale))
       .catch(() => {});
   }
 

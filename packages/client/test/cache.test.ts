@@ -9,6 +9,8 @@ import { startServerProcess, tempDir, waitFor } from './helpers.js';
 
 type Diag = Segment & {
   cacheInfo(name: string): { id: number; version: number } | undefined;
+  /** What the client does after a gap in the invalidation pushes: ask the server which copies are stale. */
+  revalidate(): void;
   stats(): { bytesSent: number; bytesReceived: number; requests: number };
 };
 
@@ -48,6 +50,18 @@ class TcpProxy {
 
   hold(): void {
     this.held = true;
+  }
+
+  /** Whole frames (length-prefixed) held back so far. */
+  heldFrames(): number {
+    const bytes = Buffer.concat(this.backlog.map(([, d]) => d));
+    let n = 0;
+    for (let at = 0; at + 4 <= bytes.length; n++) {
+      const next = at + 4 + bytes.readUInt32LE(at);
+      if (next > bytes.length) break;
+      at = next;
+    }
+    return n;
   }
 
   release(): void {
@@ -160,6 +174,35 @@ test('regression: an invalidation that arrives while an acquire is pending does 
   } finally {
     await a.close();
     await b.close();
+    await server.stop();
+    dir.cleanup();
+  }
+});
+
+test('regression: a revalidation answer about an older version does not drop a copy refreshed since', async (t) => {
+  // Found by the repeated-faults cluster test: a VALIDATE sent before this client's own release was
+  // answered after it ("stale: the object is at version N"), and the client dropped its copy, already at
+  // N, while an acquire's grant (a delta against that copy, omitting every page) was being installed.
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path, fsync: 'none' });
+  const proxy = await TcpProxy.start(server.address);
+  const a = (await connect({ servers: [proxy.address] })) as Diag;
+  try {
+    await a.create('x', 4);
+    await a.update('x', (h) => h.bytes.writeUInt32LE(1));
+    const h = await a.acquireWrite('x');
+    h.bytes.writeUInt32LE(2);
+    proxy.hold();
+    const released = h.release(); // the object goes to version 3
+    a.revalidate(); // asks about version 2, the copy's version until the release is answered
+    await waitFor(() => proxy.heldFrames() >= 2, 'the release and validate answers, held back together');
+    proxy.release();
+    await released;
+    t.is(a.cacheInfo('x')?.version, 3, 'the copy at version 3 is kept');
+    t.is(await a.read('x', (r) => r.bytes.readUInt32LE(0)), 2);
+  } finally {
+    await a.close();
+    await proxy.close();
     await server.stop();
     dir.cleanup();
   }
