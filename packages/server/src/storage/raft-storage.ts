@@ -6,10 +6,16 @@
  * WAL record kinds (first byte):
  *   1 entry:      u8 1 | u32 header length | msgpack [term, index, type] | data
  *   2 hard state: u8 2 | msgpack [term, vote, commit]
- *   3 installed:  u8 3 | msgpack [index, term]   (a leader's snapshot was installed: it replaced the whole log)
- *   4 compacted:  u8 4 | msgpack [index, term]   (a local snapshot: entries up to index were dropped)
+ *   3 installed:  u8 3 | msgpack [index, term, floor]   (a leader's snapshot was installed: it replaced the whole log)
+ *   4 compacted:  u8 4 | msgpack [index, term, floor]   (a local snapshot: entries up to index were dropped)
+ * (`floor`: the WAL index before which every record is superseded; older markers have none.)
  * Later records win: an entry at an index already logged replaces it and everything after it, which is
  * how a follower's conflicting suffix is overwritten in an append-only file.
+ *
+ * After a snapshot (compaction or install) the WAL files holding only records the snapshot made useless
+ * are deleted: the hard state is logged again after the snapshot's marker, so every record still needed
+ * (that hard state, the marker, the entries after the snapshot) sits at or after the WAL record of the
+ * first entry the log keeps, or the marker when it keeps none.
  */
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
@@ -47,6 +53,17 @@ function encodeSmall(kind: number, value: unknown): Buffer[] {
   return [Buffer.from([kind]), packr.pack(value)];
 }
 
+/** The floor of the newest snapshot marker (see `logSnapshot`); markers logged before floors existed: 0. */
+function walFloor(records: readonly { index: number; payload: Buffer }[]): number {
+  for (let i = records.length - 1; i >= 0; i--) {
+    const payload = records[i]!.payload;
+    if (payload[0] !== KIND_SNAPSHOT_INSTALLED && payload[0] !== KIND_SNAPSHOT_COMPACTED) continue;
+    const floor = (packr.unpack(payload.subarray(1)) as number[])[2];
+    return typeof floor === 'number' && Number.isSafeInteger(floor) ? floor : 0;
+  }
+  return 0;
+}
+
 export interface DiskRaftStorageOptions {
   dir: string; // the data directory (wal/ and snap/ live under it)
   walDir: string;
@@ -54,12 +71,16 @@ export interface DiskRaftStorageOptions {
   /** Members to start with when the directory is fresh (no snapshot, no conf entries yet). */
   initialMembers: NodeId[];
   repair?: boolean;
+  /** @internal WAL segment file size (default 64 MiB); small values let tests see files deleted. */
+  walFileBytes?: number;
 }
 
 export class DiskRaftStorage implements RaftStorage {
   /** What the core reads: the same in-memory view tests use, kept equal to what the WAL and snap/ hold. */
   private mem: MemoryStorage;
   private readonly snapDir: string;
+  /** Raft index -> WAL index of the record holding that entry, for every entry of the in-memory log. */
+  private readonly walAt = new Map<number, number>();
 
   private constructor(
     readonly wal: Wal,
@@ -76,11 +97,13 @@ export class DiskRaftStorage implements RaftStorage {
       dir: opts.walDir,
       fsync: opts.fsync,
       ...(opts.repair ? { repair: true } : {}),
+      ...(opts.walFileBytes !== undefined ? { segmentBytes: opts.walFileBytes } : {}),
     });
     const storage = new DiskRaftStorage(wal, opts, report);
     try {
       await storage.loadLatestSnapshot();
-      for (const rec of records) storage.replay(rec.payload, rec.index);
+      const floor = walFloor(records);
+      for (const rec of records) if (rec.index >= floor) storage.replay(rec.payload, rec.index);
     } catch (err) {
       await wal.close().catch(() => {});
       throw err;
@@ -113,12 +136,12 @@ export class DiskRaftStorage implements RaftStorage {
         type: type === 1 ? 'conf' : 'normal',
         data: payload.subarray(5 + headerBytes),
       };
-      this.appendInMemory([entry], `WAL index ${walIndex}`);
+      this.appendInMemory([entry], `WAL index ${walIndex}`, [walIndex]);
     } else if (kind === KIND_HARD_STATE) {
       const [term, vote, commit] = packr.unpack(payload.subarray(1)) as [number, NodeId | null, number];
       this.mem.setHardState({ term, vote, commit });
     } else if (kind === KIND_SNAPSHOT_INSTALLED || kind === KIND_SNAPSHOT_COMPACTED) {
-      const [index, term] = packr.unpack(payload.subarray(1)) as [number, number];
+      const [index, term] = packr.unpack(payload.subarray(1)) as [number, number, number?];
       if (index > snapIndex) {
         throw new SegmemError(
           'UNAVAILABLE',
@@ -136,7 +159,7 @@ export class DiskRaftStorage implements RaftStorage {
     }
   }
 
-  private appendInMemory(entries: Entry[], where: string): void {
+  private appendInMemory(entries: Entry[], where: string, walIndexes: number[]): void {
     try {
       this.mem.append(entries);
     } catch (err) {
@@ -144,10 +167,16 @@ export class DiskRaftStorage implements RaftStorage {
         reason: 'RAFT_LOG_GAP',
       });
     }
+    entries.forEach((e, i) => {
+      this.walAt.set(e.index, walIndexes[i]!);
+    });
+    // A rewritten suffix may be shorter than the one it replaced.
+    for (let i = entries[entries.length - 1]!.index + 1; this.walAt.delete(i); i++);
   }
 
   /** Empties the log after `snap`, keeping the hard state. */
   private resetLogTo(snap: Snapshot): void {
+    this.walAt.clear();
     const hard = this.mem.hardState();
     this.mem = new MemoryStorage();
     this.mem.applySnapshot(snap);
@@ -194,8 +223,9 @@ export class DiskRaftStorage implements RaftStorage {
   save(hardState: HardState | undefined, entries: Entry[]): number {
     let walIndex = this.wal.lastIndex;
     if (entries.length > 0) {
-      for (const e of entries) walIndex = this.wal.append(encodeEntry(e));
-      this.appendInMemory(entries, 'ready');
+      const at = entries.map((e) => this.wal.append(encodeEntry(e)));
+      walIndex = at[at.length - 1]!;
+      this.appendInMemory(entries, 'ready', at);
     }
     if (hardState) {
       this.mem.setHardState(hardState);
@@ -217,9 +247,10 @@ export class DiskRaftStorage implements RaftStorage {
     await writeSnapshotFile(this.snapDir, snap);
     // The leader's snapshot replaces the whole log; it re-sends whatever follows the snapshot.
     this.mem.applySnapshot(snap);
-    const walIndex = this.wal.append(encodeSmall(KIND_SNAPSHOT_INSTALLED, [snap.meta.index, snap.meta.term]));
-    await this.wal.waitDurable(walIndex);
+    this.walAt.clear();
+    const floor = await this.logSnapshot(KIND_SNAPSHOT_INSTALLED, snap.meta.index, snap.meta.term);
     await this.removeOldSnapshots();
+    await this.wal.truncatePrefix(floor);
   }
 
   /** Takes a snapshot of the applied state at `index` and drops the log entries it covers. */
@@ -231,8 +262,27 @@ export class DiskRaftStorage implements RaftStorage {
     const meta = { index, term: this.mem.term(index), members: this.mem.membersAt(index) };
     await writeSnapshotFile(this.snapDir, { meta, data });
     this.mem.compact(index, data);
-    this.wal.append(encodeSmall(KIND_SNAPSHOT_COMPACTED, [index, meta.term]));
+    for (const i of [...this.walAt.keys()]) if (i <= index) this.walAt.delete(i);
+    const floor = await this.logSnapshot(KIND_SNAPSHOT_COMPACTED, index, meta.term);
     await this.removeOldSnapshots();
+    await this.wal.truncatePrefix(floor);
+  }
+
+  /**
+   * Logs a snapshot's marker and the hard state again after it, durably, and returns the WAL floor: the
+   * WAL index of the first entry the log keeps, or the marker's when it keeps none. Every record before
+   * the floor is superseded (an entry the snapshot covers, an older hard state or marker, an old version
+   * of a rewritten entry), so the files holding only such records may go. The marker carries the floor,
+   * and recovery skips the records before it: the first file kept may still begin with some of them.
+   */
+  private async logSnapshot(kind: number, index: number, term: number): Promise<number> {
+    const next = this.wal.lastIndex + 1;
+    const first = this.walAt.get(this.mem.firstIndex());
+    const floor = first === undefined ? next : Math.min(first, next);
+    this.wal.append(encodeSmall(kind, [index, term, floor]));
+    const h = this.mem.hardState();
+    await this.wal.waitDurable(this.wal.append(encodeSmall(KIND_HARD_STATE, [h.term, h.vote, h.commit])));
+    return floor;
   }
 
   private async removeOldSnapshots(): Promise<void> {

@@ -789,10 +789,12 @@ export class Wal {
         await unlinkFile(seg.path, 'wal.unlink');
         this.segments.shift();
         deleted++;
-      }
-      if (deleted > 0 && this.policy !== 'none') {
-        await this.io.fsyncDir(this.dir);
-        this.stats.dirSyncs++;
+        // Oldest first, each deletion durable before the next: a crash can only leave a shorter prefix
+        // deleted, never a missing file in the middle (which recovery refuses).
+        if (this.policy !== 'none') {
+          await this.io.fsyncDir(this.dir);
+          this.stats.dirSyncs++;
+        }
       }
       return deleted;
     };
