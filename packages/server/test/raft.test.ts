@@ -786,6 +786,44 @@ test('a leader counts its own entry toward the majority only once it is durable 
   t.is(a.commitIndex, index, 'once the leader copy is durable too, two of three: committed');
 });
 
+test('early(): while a Ready is being persisted, new commits and a leader appends go ahead of it', (t) => {
+  const c = new Cluster(['a', 'b', 'c']);
+  c.campaign('a');
+  const a = c.get('a');
+  const first = a.propose(Buffer.from('x'));
+  const rd = a.ready(); // the leader's fsync of x is "in flight" from here on
+  t.deepEqual(a.early(), { committed: [], messages: [] }, 'nothing new yet');
+  // A proposal made meanwhile: its appends may leave at once, without waiting for the outstanding Ready.
+  const second = a.propose(Buffer.from('y'));
+  const early = a.early();
+  t.true(early.messages.length > 0);
+  t.true(early.messages.every((m) => m.type === 'append'));
+  t.true(early.messages.every((m) => m.entries!.some((e) => e.index === second.index)));
+  // Both followers store x and y durably and answer: a majority without the leader's own copy.
+  for (const id of ['b', 'c']) {
+    const f = c.get(id);
+    for (const m of [...rd.messages, ...early.messages].filter((m) => m.to === id)) f.step(m);
+    const frd = f.ready();
+    c.nodes.get(id)!.storage.append(frd.entries);
+    f.advance();
+    for (const m of frd.messages) if (m.to === 'a') a.step(m);
+  }
+  const committed = a.early().committed.map((e) => e.index);
+  t.deepEqual(
+    committed,
+    [first.index, second.index],
+    'committed on b and c: applied before the leader fsync ends',
+  );
+  c.nodes.get('a')!.storage.append(rd.entries);
+  a.advance();
+  t.true(a.appliedIndex >= second.index, 'advance() never moves applied back');
+  c.stabilize();
+  t.false(
+    c.nodes.get('a')!.applied.some((e) => e.index === first.index || e.index === second.index),
+    'entries handed out by early() are not handed out again by ready()',
+  );
+});
+
 test('coalesceAppendAcks: of several successful append answers to one leader in one term, the highest goes', (t) => {
   const ack = (to: string, term: number, hintIndex: number, reject = false): Message => ({
     type: 'appendResp',

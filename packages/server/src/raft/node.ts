@@ -433,13 +433,40 @@ export class RaftNode {
     return rd;
   }
 
+  /**
+   * While the outstanding Ready is being persisted: entries committed since (durable on a majority, so
+   * they may be applied now; the caller applies them at once, in order) and the messages that may leave
+   * before persistence (a leader's appends for entries proposed meanwhile). Without this, a commit or a
+   * new proposal would wait for the outstanding Ready's fsync. Nothing while a snapshot is outstanding.
+   */
+  early(): { committed: Entry[]; messages: Message[] } {
+    const rd = this.outstanding;
+    // A snapshot on its way to the state machine (outstanding, or received since) goes first, by ready().
+    if (rd === null || rd.snapshot || this.log.pendingSnapshot !== null)
+      return { committed: [], messages: [] };
+    if (this.bcastPending && this.currentRole === 'leader') {
+      this.bcastPending = false;
+      this.bcastAppend();
+    }
+    let messages: Message[] = [];
+    if (this.msgs.some(mayLeaveBeforePersist)) {
+      messages = this.msgs.filter(mayLeaveBeforePersist);
+      this.msgs = this.msgs.filter((m) => !mayLeaveBeforePersist(m));
+    }
+    const committed = this.log.takeCommitted(this.maxCommittedPerReady);
+    if (committed.length > 0) this.log.applied = committed[committed.length - 1]!.index;
+    return { committed, messages };
+  }
+
   /** The last Ready was handled: persisted, sent and applied. */
   advance(): void {
     const rd = this.outstanding;
     invariant(rd !== null, 'advance() follows ready()');
     if (rd.snapshot) this.log.stableSnapTo(rd.snapshot.meta.index);
     if (rd.entries.length > 0) this.log.stableTo(rd.entries);
-    if (rd.committed.length > 0) this.log.applied = rd.committed[rd.committed.length - 1]!.index;
+    // (early() may have handed out and applied later entries meanwhile: applied never moves back.)
+    if (rd.committed.length > 0)
+      this.log.applied = Math.max(this.log.applied, rd.committed[rd.committed.length - 1]!.index);
     else if (rd.snapshot) this.log.applied = Math.max(this.log.applied, rd.snapshot.meta.index);
     this.outstanding = null;
     // The leader's own entries just became durable: they may complete a majority.

@@ -106,7 +106,10 @@ export interface Ready {
   snapshot?: Snapshot;
   /** Send only after hardState, entries and snapshot above are durable. */
   messages: Message[];
-  /** Committed entries to apply, in order (after the snapshot, if any). */
+  /**
+   * Committed entries to apply, in order (after the snapshot, if any). They are durable on a majority, so
+   * they may be applied before this Ready's own entries are persisted (the drivers do, to save an fsync).
+   */
   committed: Entry[];
   readStates: ReadState[];
   /** True when hardState (term or vote), entries or snapshot must be fsynced before messages are sent. */

@@ -465,7 +465,15 @@ class Simulation {
   private pumpReady(node: SimNode): void {
     for (let i = 0; i < READY_LOOPS_PER_TICK; i++) {
       if (node.inflight) {
-        if (this.now < node.inflight.doneAt) return;
+        if (this.now < node.inflight.doneAt) {
+          // Like the real driver while it waits for an fsync: commits and a leader's appends go ahead.
+          if (this.broken !== 'ackBeforeFsync') {
+            const early = node.raft.early();
+            this.sendMessages(node, early.messages);
+            for (const e of early.committed) this.apply(node, e);
+          }
+          return;
+        }
         const rd = node.inflight.rd;
         node.inflight = null;
         if (rd.mustSync) node.disk.sync();
@@ -483,8 +491,10 @@ class Simulation {
         this.finishReady(node, rd, false);
         continue;
       }
-      // Like the real driver: a leader's appends leave now, in parallel with its fsync.
+      // Like the real driver: a leader's appends leave now, in parallel with its fsync, and entries already
+      // committed (durable on a majority) are applied without waiting for this Ready's fsync.
       this.sendMessages(node, rd.messages.filter(mayLeaveBeforePersist));
+      if (!rd.snapshot) for (const e of rd.committed) this.apply(node, e);
       const fsyncTicks = rd.mustSync ? this.prng.int(0, this.params.fsyncMaxTicks) : 0;
       node.inflight = { rd, doneAt: this.now + fsyncTicks };
     }
@@ -521,7 +531,7 @@ class Simulation {
       this.stats.snapshotsInstalled++;
       this.trace(`${node.id} installs snapshot at ${rd.snapshot.meta.index} (term ${rd.snapshot.meta.term})`);
     }
-    for (const e of rd.committed) this.apply(node, e);
+    if (rd.snapshot || !earlySent) for (const e of rd.committed) this.apply(node, e);
     node.raft.advance();
     this.maybeCompact(node);
   }
