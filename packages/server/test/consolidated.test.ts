@@ -1,7 +1,12 @@
 import test from 'ava';
 import type { Command, Outcome } from '../src/core/commands.js';
 import { StateMachine } from '../src/core/state-machine.js';
-import { decodeConsolidated, encodeConsolidated } from '../src/storage/consolidated.js';
+import {
+  ConsolidatedVerifier,
+  decodeConsolidated,
+  encodeConsolidated,
+  verifyConsolidated,
+} from '../src/storage/consolidated.js';
 
 const PAGE = 4096;
 
@@ -73,4 +78,72 @@ test('a consolidated snapshot keeps content only, leaves zero pages out, and res
     t.throws(() => decodeConsolidated(bad, 'bad'), { code: 'INVALID_ARGUMENT' } as never);
   }
   t.throws(() => decodeConsolidated(file.subarray(0, file.length - 1), 'short'), { message: /cut short/ });
+});
+
+test('checked piece by piece as it arrives, a file gets the same verdict as checked whole', async (t) => {
+  const { sm, run, s } = machine();
+  run({ op: 'create', sessionId: s, seq: 1, name: 'a', size: 3 * PAGE, ifNotExists: false });
+  const grant = run({ op: 'acquire', sessionId: s, seq: 2, name: 'a', mode: 'write' });
+  const token = (grant.result as { value: { granted: { token: number } } }).value.granted.token;
+  const data = Buffer.alloc(2 * PAGE, 7);
+  run({
+    op: 'release',
+    sessionId: s,
+    seq: 3,
+    name: 'a',
+    mode: 'write',
+    token,
+    ranges: [[10, data.length]],
+    data,
+  });
+  const good = Buffer.concat(
+    await encodeConsolidated(sm.exportContent(), { clusterId: 'c', createdAt: 'now', groups: [[0, 3, 0]] }),
+  );
+  const verdict = (bytes: Buffer, pieces: number[]): string => {
+    const v = new ConsolidatedVerifier(good.length, 'f');
+    let at = 0;
+    for (const n of pieces) {
+      v.push(bytes.subarray(at, at + n));
+      at += n;
+    }
+    try {
+      v.finish();
+      return 'ok';
+    } catch (err) {
+      return (err as Error).message;
+    }
+  };
+  const whole = (bytes: Buffer): string => {
+    try {
+      verifyConsolidated(bytes, 'f');
+      return 'ok';
+    } catch (err) {
+      return (err as Error).message;
+    }
+  };
+  // Piece sizes that split the magic, the checksum and the end marker in every way.
+  const splits = [[good.length], [3, good.length - 3], [good.length - 10, 10], [good.length - 13, 2, 11]];
+  for (let n = 1; n < 40; n += 7)
+    splits.push([...Array(Math.floor(good.length / n)).fill(n), good.length % n]);
+  const damaged = [0, 5, 100, good.length - 14, good.length - 12, good.length - 9, good.length - 1].map(
+    (i) => {
+      const b = Buffer.from(good);
+      b[i]! ^= 0x40;
+      return b;
+    },
+  );
+  for (const bytes of [good, ...damaged]) {
+    for (const pieces of splits)
+      t.is(
+        verdict(
+          bytes,
+          pieces.filter((n) => n > 0),
+        ),
+        whole(bytes),
+      );
+  }
+  t.is(
+    verdict(good, [good.length - 1]),
+    'f is not a usable consolidated snapshot: cut short (' + `${good.length - 1} of ${good.length} bytes)`,
+  );
 });

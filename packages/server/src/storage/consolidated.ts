@@ -160,6 +160,41 @@ export function verifyConsolidated(bytes: Buffer, file: string): void {
   if (crc32c(bytes, 0, 0, bodyEnd) !== bytes.readUInt32LE(bodyEnd)) throw bad(file, 'checksum mismatch');
 }
 
+/**
+ * {@link verifyConsolidated} for a file that arrives in pieces, in order: the checksum is computed as
+ * they come, so a large file need not be held or read back to be checked.
+ */
+export class ConsolidatedVerifier {
+  private crc = 0;
+  private seen = 0;
+  private readonly head = Buffer.alloc(8);
+  private readonly tail = Buffer.alloc(12);
+
+  constructor(
+    private readonly total: number,
+    private readonly file: string,
+  ) {}
+
+  push(chunk: Buffer): void {
+    const at = this.seen;
+    const bodyEnd = this.total - 12;
+    if (at < 8) chunk.copy(this.head, at, 0, Math.min(chunk.length, 8 - at));
+    if (at < bodyEnd) this.crc = crc32c(chunk, this.crc, 0, Math.min(chunk.length, bodyEnd - at));
+    const tailFrom = Math.max(0, bodyEnd - at);
+    if (tailFrom < chunk.length) chunk.copy(this.tail, at + tailFrom - bodyEnd, tailFrom);
+    this.seen += chunk.length;
+  }
+
+  /** Throws what {@link verifyConsolidated} would for the whole file. */
+  finish(): void {
+    const file = this.file;
+    if (this.seen !== this.total) throw bad(file, `cut short (${this.seen} of ${this.total} bytes)`);
+    if (this.total < 32 || this.head.toString('latin1') !== MAGIC) throw bad(file, 'bad magic');
+    if (this.tail.toString('latin1', 4) !== END_MAGIC) throw bad(file, 'cut short (no end marker)');
+    if (this.crc !== this.tail.readUInt32LE(0)) throw bad(file, 'checksum mismatch');
+  }
+}
+
 /** Verifies the checksum and decodes; INVALID_ARGUMENT naming `file` and the problem otherwise. */
 export function decodeConsolidated(bytes: Buffer, file: string): Consolidated {
   verifyConsolidated(bytes, file);
