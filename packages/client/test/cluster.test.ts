@@ -225,6 +225,45 @@ test.serial(
   },
 );
 
+test.serial(
+  'a follower that fell behind a compaction catches up from a snapshot larger than a frame (64 MiB)',
+  async (t) => {
+    const dir = tempDir();
+    const cluster = await TestCluster.start(3, dir.path, 'batch', () => ['--snapshot-every-entries', '20']);
+    const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 10_000 });
+    try {
+      const leader = await waitFor(() => cluster.leader(), 'a leader');
+      const behind = cluster.members.find((m) => m !== leader)!;
+      await cluster.kill(behind.id);
+      // 96 MiB of object bytes, then enough commands for the others to compact past them.
+      const MiB = 1024 * 1024;
+      for (let i = 0; i < 3; i++) {
+        await seg.create(`big${i}`, 32 * MiB);
+        await seg.update(`big${i}`, (h) => {
+          for (let at = 0; at < h.bytes.length; at += 4096) h.bytes.writeUInt32LE(at ^ (i + 1), at);
+        });
+      }
+      await seg.create('n', 4);
+      for (let i = 0; i < 30; i++) await seg.update('n', (h) => h.bytes.writeUInt32LE(i + 1));
+      await cluster.startMember(behind.id);
+      await waitFor(
+        () => /installed snapshot at index \d+/.test(behind.server!.stderr()),
+        `${behind.id} to install the leader's snapshot`,
+        60_000,
+      ).catch((err) => {
+        t.log(cluster.history());
+        throw err;
+      });
+      await converged(cluster);
+      t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 30);
+    } finally {
+      await seg.close();
+      await cluster.stopAll();
+      dir.cleanup();
+    }
+  },
+);
+
 test.serial('a clean shutdown of the leader hands leadership to a follower first', async (t) => {
   const dir = tempDir();
   const cluster = await TestCluster.start(3, dir.path);

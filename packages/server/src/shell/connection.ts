@@ -21,7 +21,7 @@ import {
 } from '@segmem/protocol';
 import type { Port, SegmemNode, Wire } from '../node.js';
 import type { Message } from '../raft/types.js';
-import { decodePeerHello, decodeRaftMessage, PeerMessageType } from './peer-codec.js';
+import { decodePeerHello, decodeRaftMessage, PeerMessageType, SnapshotPieces } from './peer-codec.js';
 
 export interface ConnectionHooks {
   /** Stop reading from the transport (too many requests in flight). */
@@ -72,13 +72,16 @@ export class ServerConnection implements Port {
 
   /** Set once a PEER_HELLO turned this into a link from another member. */
   private peer: ((msg: Message) => void) | null = null;
+  /** A large snapshot arriving in pieces on this peer link. */
+  private readonly snapshotPieces = new SnapshotPieces();
 
   private handlePeer(frame: Frame): void {
     try {
       if (this.peer) {
-        if (frame.type !== PeerMessageType.RAFT)
-          throw new SegmemError('PROTOCOL', `unexpected frame type ${frame.type} on a peer link`);
-        this.peer(decodeRaftMessage(frame));
+        if (frame.type === PeerMessageType.RAFT_PIECE) this.snapshotPieces.add(frame);
+        else if (frame.type === PeerMessageType.RAFT)
+          this.peer(decodeRaftMessage(frame, this.snapshotPieces));
+        else throw new SegmemError('PROTOCOL', `unexpected frame type ${frame.type} on a peer link`);
       } else {
         this.peer = this.node.acceptPeer(decodePeerHello(frame));
       }

@@ -3,8 +3,12 @@
  *   0x80 PEER_HELLO  { clusterId, from, to }          first frame of a peer connection
  *   0x81 RAFT        one consensus message; entry data and snapshot bytes travel in the raw payload,
  *                    their lengths in the header, so page bytes are never msgpack-encoded.
+ *   0x82 RAFT_PIECE  { index, term, offset, total } and up to 16 MiB of a snapshot's bytes: a snapshot
+ *                    larger than that goes as pieces, in order, then its RAFT frame with `pieces: true`
+ *                    and no bytes of its own (a frame may not exceed 64 MiB; a snapshot may).
  * Peers validate every field like clients do: a peer is just another process on the network.
  */
+import { constants as bufferConstants } from 'node:buffer';
 import {
   arrayField,
   boolField,
@@ -18,7 +22,10 @@ import {
 } from '@segmem/protocol';
 import type { Entry, Message, MessageType, NodeId, Snapshot } from '../raft/types.js';
 
-export const PeerMessageType = { PEER_HELLO: 0x80, RAFT: 0x81 } as const;
+export const PeerMessageType = { PEER_HELLO: 0x80, RAFT: 0x81, RAFT_PIECE: 0x82 } as const;
+
+/** Snapshots larger than this travel in pieces of this size. */
+export const SNAPSHOT_PIECE_BYTES = 16 * 1024 * 1024;
 
 const MESSAGE_TYPES: ReadonlySet<string> = new Set<MessageType>([
   'preVote',
@@ -54,6 +61,7 @@ export function decodePeerHello(frame: Frame): { clusterId: string; from: NodeId
   };
 }
 
+/** The frames of one consensus message (several for a large snapshot), as parts to write in order. */
 export function encodeRaftMessage(m: Message, groupId = 0): Buffer[] {
   const parts: Buffer[] = [];
   let entries: [number, number, number, number][] | undefined;
@@ -64,9 +72,20 @@ export function encodeRaftMessage(m: Message, groupId = 0): Buffer[] {
     });
   }
   let snapshot: [number, number, NodeId[], number] | undefined;
+  const frames: Buffer[] = [];
+  let pieces = false;
   if (m.snapshot) {
-    parts.push(m.snapshot.data);
-    snapshot = [m.snapshot.meta.index, m.snapshot.meta.term, m.snapshot.meta.members, m.snapshot.data.length];
+    const { meta, data } = m.snapshot;
+    snapshot = [meta.index, meta.term, meta.members, data.length];
+    if (data.length > SNAPSHOT_PIECE_BYTES) {
+      // Views of the snapshot's bytes, not copies; the frames leave one after the other on one link.
+      pieces = true;
+      for (let offset = 0; offset < data.length; offset += SNAPSHOT_PIECE_BYTES) {
+        const piece = data.subarray(offset, Math.min(data.length, offset + SNAPSHOT_PIECE_BYTES));
+        const head = { index: meta.index, term: meta.term, offset, total: data.length };
+        frames.push(...encodeFrame(PeerMessageType.RAFT_PIECE, 1, groupId, head, piece));
+      }
+    } else parts.push(data);
   }
   const header: Record<string, unknown> = { type: m.type, from: m.from, to: m.to, term: m.term };
   if (m.logIndex !== undefined) header.logIndex = m.logIndex;
@@ -78,11 +97,62 @@ export function encodeRaftMessage(m: Message, groupId = 0): Buffer[] {
   if (m.context !== undefined) header.context = m.context;
   if (entries) header.entries = entries;
   if (snapshot) header.snapshot = snapshot;
+  if (pieces) header.pieces = true;
   // Entry data and snapshot bytes follow the header as they are: no copy, no re-encoding.
-  return encodeFrame(PeerMessageType.RAFT, 1, groupId, header, parts);
+  frames.push(...encodeFrame(PeerMessageType.RAFT, 1, groupId, header, parts));
+  return frames;
 }
 
-export function decodeRaftMessage(frame: Frame): Message {
+/**
+ * Collects the pieces of a large snapshot from one peer link, in order; {@link decodeRaftMessage} takes
+ * the bytes when the snapshot's RAFT frame follows. Anything out of order is a protocol error.
+ */
+export class SnapshotPieces {
+  private bytes: Buffer | null = null;
+  private index = 0;
+  private term = 0;
+  private received = 0;
+
+  add(frame: Frame): void {
+    const h = frame.header;
+    if (!isPlainMap(h)) throw invalidArgument('raft piece header must be a map');
+    const index = uintField(h.index, 'index');
+    const term = uintField(h.term, 'term');
+    const offset = uintField(h.offset, 'offset');
+    const total = uintField(h.total, 'total', 1, bufferConstants.MAX_LENGTH);
+    if (offset === 0) {
+      this.bytes = Buffer.allocUnsafe(total);
+      this.index = index;
+      this.term = term;
+      this.received = 0;
+    } else if (!this.bytes || index !== this.index || term !== this.term || total !== this.bytes.length) {
+      throw invalidArgument(`snapshot piece at ${offset} belongs to no snapshot being received`);
+    }
+    if (offset !== this.received) {
+      throw invalidArgument(`snapshot piece at ${offset}, expected ${this.received}`);
+    }
+    if (offset + frame.payload.length > total) throw invalidArgument('snapshot piece runs past its total');
+    this.received += frame.payload.copy(this.bytes!, offset);
+  }
+
+  /** The complete bytes of the snapshot at (index, term), once; throws if they are not all here. */
+  take(index: number, term: number, length: number): Buffer {
+    const bytes = this.bytes;
+    if (
+      !bytes ||
+      index !== this.index ||
+      term !== this.term ||
+      length !== bytes.length ||
+      this.received !== length
+    ) {
+      throw invalidArgument(`snapshot ${index} (term ${term}) announced in pieces that did not all arrive`);
+    }
+    this.bytes = null;
+    return bytes;
+  }
+}
+
+export function decodeRaftMessage(frame: Frame, pieces?: SnapshotPieces): Message {
   const h = frame.header;
   const type = stringField(h.type, 'type', 1, 32);
   if (!MESSAGE_TYPES.has(type)) throw invalidArgument(`unknown raft message type ${JSON.stringify(type)}`);
@@ -132,9 +202,14 @@ export function decodeRaftMessage(frame: Frame): Message {
     const a = arrayField(h.snapshot, 'snapshot');
     if (a.length !== 4) throw invalidArgument('snapshot must be [index, term, members, length]');
     const members = arrayField(a[2], 'snapshot.members').map((v, i) => nodeId(v, `snapshot.members[${i}]`));
+    const index = uintField(a[0], 'snapshot.index');
+    const term = uintField(a[1], 'snapshot.term');
+    const length = uintField(a[3], 'snapshot.length');
+    const inPieces = optionalField(h.pieces, 'pieces', boolField) === true;
+    if (inPieces && !pieces) throw invalidArgument('a snapshot in pieces where none are expected');
     const snap: Snapshot = {
-      meta: { index: uintField(a[0], 'snapshot.index'), term: uintField(a[1], 'snapshot.term'), members },
-      data: take(uintField(a[3], 'snapshot.length'), 'snapshot'),
+      meta: { index, term, members },
+      data: inPieces ? pieces!.take(index, term, length) : take(length, 'snapshot'),
     };
     m.snapshot = snap;
   }

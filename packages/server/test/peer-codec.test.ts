@@ -1,0 +1,78 @@
+/**
+ * Server-to-server frames: a consensus message survives encoding, and a snapshot larger than a frame
+ * travels in pieces that are put back together, in order, or refused.
+ */
+import { FrameDecoder } from '@segmem/protocol';
+import test from 'ava';
+import type { Message } from '../src/raft/types.js';
+import {
+  decodeRaftMessage,
+  encodeRaftMessage,
+  PeerMessageType,
+  SNAPSHOT_PIECE_BYTES,
+  SnapshotPieces,
+} from '../src/shell/peer-codec.js';
+
+function snapshotMessage(bytes: number): Message {
+  const data = Buffer.allocUnsafe(bytes);
+  for (let i = 0; i < bytes; i += 4096) data.writeUInt32LE(i, i);
+  return {
+    type: 'snapshot',
+    from: 's1',
+    to: 's2',
+    term: 3,
+    snapshot: { meta: { index: 77, term: 3, members: ['s1', 's2', 's3'] }, data },
+  };
+}
+
+/** What the receiving side of a peer link does with the frames of a byte stream. */
+function receive(parts: Buffer[], chunkBytes = 1 << 20): Message[] {
+  const stream = Buffer.concat(parts);
+  const decoder = new FrameDecoder();
+  const pieces = new SnapshotPieces();
+  const out: Message[] = [];
+  for (let at = 0; at < stream.length; at += chunkBytes) {
+    for (const frame of decoder.push(stream.subarray(at, at + chunkBytes))) {
+      if (frame.type === PeerMessageType.RAFT_PIECE) pieces.add(frame);
+      else out.push(decodeRaftMessage(frame, pieces));
+    }
+  }
+  return out;
+}
+
+test('a snapshot larger than a frame travels in pieces and arrives whole', (t) => {
+  const msg = snapshotMessage(2 * SNAPSHOT_PIECE_BYTES + 12_345 + 65 * 1024 * 1024); // over the 64 MiB frame limit
+  const parts = encodeRaftMessage(msg);
+  const [got] = receive(parts, 7 * 1024 * 1024 + 3);
+  t.deepEqual(got!.snapshot!.meta, msg.snapshot!.meta);
+  t.true(got!.snapshot!.data.equals(msg.snapshot!.data));
+  t.is(got!.term, 3);
+  // A small snapshot stays one frame; both kinds can follow each other on one link.
+  const small = snapshotMessage(1000);
+  const both = receive([...encodeRaftMessage(small), ...parts, ...encodeRaftMessage(small)]);
+  t.is(both.length, 3);
+  t.true(both[1]!.snapshot!.data.equals(msg.snapshot!.data));
+  t.true(both[2]!.snapshot!.data.equals(small.snapshot!.data));
+});
+
+test('snapshot pieces out of order, missing, or announced without pieces are refused', (t) => {
+  const msg = snapshotMessage(3 * SNAPSHOT_PIECE_BYTES + 10);
+  const decoder = new FrameDecoder();
+  const frames = decoder.push(Buffer.concat(encodeRaftMessage(msg)));
+  t.is(frames.length, 5); // 4 pieces and the message
+  const run = (order: number[]) => {
+    const pieces = new SnapshotPieces();
+    for (const i of order) {
+      const f = frames[i]!;
+      if (f.type === PeerMessageType.RAFT_PIECE) pieces.add(f);
+      else decodeRaftMessage(f, pieces);
+    }
+  };
+  t.notThrows(() => run([0, 1, 2, 3, 4]));
+  t.throws(() => run([0, 2]), { message: /expected/ });
+  t.throws(() => run([1]), { message: /belongs to no snapshot/ });
+  t.throws(() => run([0, 1, 2, 4]), { message: /did not all arrive/ });
+  t.throws(() => decodeRaftMessage(frames[4]!), { message: /in pieces where none are expected/ });
+  // A restart of the sequence (the leader sent the snapshot again) replaces what came before.
+  t.notThrows(() => run([0, 1, 0, 1, 2, 3, 4]));
+});
