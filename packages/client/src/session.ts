@@ -196,6 +196,8 @@ export class Session {
       clusterId: this.opts.clusterId ?? null,
       token: this.opts.token ?? null,
       resumeSessionId,
+      // The secret the server gave with the session: without it, it opens a new one.
+      resumeSecret: resumeSessionId ? this.hello.sessionSecret : null,
       udpPort: this.opts.udpPort ?? null,
       clientName: `pid ${process.pid}`,
       pageReader: this.opts.pageReader ?? false,

@@ -26,6 +26,8 @@ export const MAX_INFLIGHT_REQUESTS = 4096;
 
 /** Longest credential a HELLO may carry, in UTF-8 bytes. */
 export const MAX_TOKEN_BYTES = 4096;
+/** Longest session secret a HELLO (answer) may carry; servers hand out 32 hex digits. */
+export const MAX_SESSION_SECRET_BYTES = 64;
 /** Longest `timeoutMs` a request may carry: the largest delay a Node timer supports (about 24.8 days). */
 export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 /** Largest UDP invalidation hint, chosen to fit one unfragmented datagram on common paths (IPv6 minimum MTU 1280). */

@@ -27,6 +27,7 @@ import {
   MAX_NAME_BYTES,
   MAX_OBJECT_BYTES,
   MAX_SEGMENT_BYTES,
+  MAX_SESSION_SECRET_BYTES,
   MAX_SNAPSHOT_CHUNK_BYTES,
   MAX_TIMEOUT_MS,
   MAX_TOKEN_BYTES,
@@ -193,6 +194,8 @@ export interface HelloRequest {
   sessionTimeoutMs: number;
   /** A session to resume after a reconnect (>= 1), or null for a new session. */
   resumeSessionId?: number | null;
+  /** The `sessionSecret` the session was opened with: without the right one, a new session is opened. */
+  resumeSecret?: string | null;
   /** The client's UDP port for invalidation hints (1..65535), or null for none. */
   udpPort?: number | null;
   /** Free text for logs, 0..255 bytes. */
@@ -400,6 +403,11 @@ export interface HelloOk {
   sessionId: number;
   /** True when `resumeSessionId` was honoured. */
   resumed: boolean;
+  /**
+   * What the client must send as `resumeSecret` to resume this session (128 random bits, hex); '' for a
+   * page-reader connection, which has no session.
+   */
+  sessionSecret: string;
   clusterId: string;
   serverId: string;
   pageBytes: number;
@@ -597,6 +605,7 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         token: req.token ?? null,
         sessionTimeoutMs: req.sessionTimeoutMs,
         resumeSessionId: req.resumeSessionId ?? null,
+        resumeSecret: req.resumeSecret ?? null,
         udpPort: req.udpPort ?? null,
         clientName: req.clientName ?? null,
         pageReader: req.pageReader ?? false,
@@ -709,6 +718,7 @@ export function encodeOk<T extends RequestType>(
       header = {
         sessionId: h.sessionId,
         resumed: h.resumed,
+        sessionSecret: h.sessionSecret,
         clusterId: h.clusterId,
         serverId: h.serverId,
         pageBytes: h.pageBytes,
@@ -877,6 +887,9 @@ REQUEST_DECODERS[MessageType.HELLO] = (h, payload) => {
     token: optionalField(h.token, 'token', (v, f) => stringField(v, f, 0, MAX_TOKEN_BYTES)),
     sessionTimeoutMs: validateSessionTimeoutMs(h.sessionTimeoutMs),
     resumeSessionId: optionalField(h.resumeSessionId, 'resumeSessionId', (v, f) => uintField(v, f, 1)),
+    resumeSecret: optionalField(h.resumeSecret, 'resumeSecret', (v, f) =>
+      stringField(v, f, 0, MAX_SESSION_SECRET_BYTES),
+    ),
     udpPort: optionalField(h.udpPort, 'udpPort', (v, f) => uintField(v, f, 1, 65535)),
     clientName: optionalField(h.clientName, 'clientName', (v, f) => stringField(v, f, 0, MAX_NAME_BYTES)),
     pageReader: optionalField(h.pageReader, 'pageReader', boolField) ?? false,
@@ -1113,6 +1126,7 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
     return {
       sessionId: uintField(h.sessionId, 'sessionId', 0),
       resumed: boolField(h.resumed, 'resumed'),
+      sessionSecret: stringField(h.sessionSecret, 'sessionSecret', 0, MAX_SESSION_SECRET_BYTES),
       clusterId: stringField(h.clusterId, 'clusterId', 1, MAX_NAME_BYTES),
       serverId: stringField(h.serverId, 'serverId', 1, MAX_NAME_BYTES),
       pageBytes: uintField(h.pageBytes, 'pageBytes', 1),

@@ -4,6 +4,7 @@
  * errors and invalidations to whichever connection a session is attached to.
  * `startServer` puts it behind TCP/UDP; the client's embedded mode attaches in-process connections.
  */
+import { randomBytes } from 'node:crypto';
 import type { Socket as UdpSocket } from 'node:dgram';
 import {
   type AcquireRequest,
@@ -352,9 +353,11 @@ export class SegmemNode {
     this.checkCredentials(req);
     let sessionId = 0;
     let resumed = false;
+    // A session is resumed only with the secret it was opened with: its id alone (small, sequential) would
+    // let any client take over another's locks. A wrong secret is treated like an unknown session.
     if (
       req.resumeSessionId &&
-      this.sm.hasSession(req.resumeSessionId) &&
+      this.sm.sessionSecretMatches(req.resumeSessionId, req.resumeSecret) &&
       !this.expiring.has(req.resumeSessionId)
     ) {
       sessionId = req.resumeSessionId;
@@ -364,6 +367,7 @@ export class SegmemNode {
         op: 'open',
         timeoutMs: req.sessionTimeoutMs,
         clientName: req.clientName ?? null,
+        secret: randomBytes(16).toString('hex'),
       });
       sessionId = (unwrap(outcome.result) as { sessionId: number }).sessionId;
     }
@@ -710,6 +714,7 @@ export class SegmemNode {
     return encodeOk('HELLO', requestId, {
       sessionId,
       resumed,
+      sessionSecret: this.sm.sessionSecret(sessionId),
       clusterId: this.clusterId,
       serverId: this.id,
       pageBytes: PAGE_BYTES,

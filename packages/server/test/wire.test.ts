@@ -266,6 +266,61 @@ test("a release under another session's token is LOCK_LOST and leaves the holder
   );
 });
 
+test('a session is resumed only with its secret: another client knowing its id gets a session of its own', async (t) => {
+  const s = await server(t);
+  const owner = await RawClient.open(s.address);
+  const opened = await owner.hello();
+  t.regex(opened.sessionSecret, /^[0-9a-f]{32}$/);
+  await owner.call({ type: 'CREATE', seq: 1, name: 'x', size: 4, ifNotExists: false });
+  const g = await owner.call({
+    type: 'ACQUIRE',
+    seq: 2,
+    name: 'x',
+    mode: 'write',
+    cachedId: 0,
+    cachedVersion: 0,
+    timeoutMs: null,
+  });
+  // Without the secret, or with a wrong one, the id buys nothing: a new session, and the lock stays put.
+  for (const resumeSecret of [undefined, null, '', 'f'.repeat(32), `${opened.sessionSecret}0`]) {
+    const thief = await RawClient.open(s.address);
+    const got = await thief.hello({ resumeSessionId: opened.sessionId, resumeSecret });
+    t.false(got.resumed);
+    t.not(got.sessionId, opened.sessionId);
+    t.not(got.sessionSecret, opened.sessionSecret);
+    const err = await t.throwsAsync(
+      thief.call({
+        type: 'RELEASE',
+        seq: 1,
+        name: 'x',
+        mode: 'write',
+        token: g.token,
+        ranges: [[0, 1]],
+        payload: Buffer.from([9]),
+      }),
+    );
+    t.is((err as SegmemError).code, 'LOCK_LOST');
+    thief.close();
+  }
+  // With it (a reconnect of the owner), the session and its lock carry on.
+  owner.close();
+  const back = await RawClient.open(s.address);
+  const resumed = await back.hello({ resumeSessionId: opened.sessionId, resumeSecret: opened.sessionSecret });
+  t.true(resumed.resumed);
+  t.is(resumed.sessionId, opened.sessionId);
+  t.is(resumed.sessionSecret, opened.sessionSecret);
+  const released = await back.call({
+    type: 'RELEASE',
+    seq: 3,
+    name: 'x',
+    mode: 'write',
+    token: g.token,
+    ranges: [[0, 1]],
+    payload: Buffer.from([7]),
+  });
+  t.is(released.version, 2);
+});
+
 test('a retried request with the same seq is answered from the dedup table, not applied again', async (t) => {
   const s = await server(t);
   const c = await RawClient.open(s.address);

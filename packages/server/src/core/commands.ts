@@ -8,7 +8,8 @@ import { Packr } from 'msgpackr';
 export type LockMode = 'read' | 'write';
 
 export type Command =
-  | { op: 'open'; timeoutMs: number; clientName: string | null }
+  /** `secret`: what a client must show to resume the session (chosen by the leader; none: not resumable). */
+  | { op: 'open'; timeoutMs: number; clientName: string | null; secret?: string }
   | { op: 'close'; sessionId: number }
   | { op: 'expire'; sessionIds: number[] }
   /**

@@ -8,7 +8,7 @@
  * same log reaches the same state.
  */
 
-import { createHash } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import type { ErrorCode } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import { PageAllocator } from './allocator.js';
@@ -59,6 +59,7 @@ interface Session {
   readonly waiting: Map<number, { objectId: number }>; // acquire seq -> object waited on
   readonly done: Map<number, Result>; // seq -> result, the last DEDUP_WINDOW of them
   readonly cached: Set<number>; // object ids this session may cache
+  readonly secret: string; // what a client shows to resume it ('' : it cannot be resumed)
 }
 
 /** The durable content of a state machine: see {@link StateMachine.exportContent}. */
@@ -160,7 +161,7 @@ export class StateMachine {
   private applyCommand(cmd: Command, effects: Effect[]): Result {
     switch (cmd.op) {
       case 'open':
-        return this.openSession(cmd.timeoutMs, cmd.clientName);
+        return this.openSession(cmd.timeoutMs, cmd.clientName, cmd.secret ?? '');
       case 'close':
         this.closeSession(cmd.sessionId, 'goodbye', effects);
         return ok(null);
@@ -225,12 +226,13 @@ export class StateMachine {
 
   // --- sessions ---
 
-  private openSession(timeoutMs: number, clientName: string | null): Result {
+  private openSession(timeoutMs: number, clientName: string | null, secret: string): Result {
     const id = this.nextSessionId++;
     this.sessions.set(id, {
       id,
       timeoutMs,
       clientName,
+      secret,
       holds: new Map(),
       waiting: new Map(),
       done: new Map(),
@@ -650,6 +652,7 @@ export class StateMachine {
         [...s.waiting].map(([seq, w]) => [seq, w.objectId]),
         [...s.done].map(([seq, r]) => [seq, r]),
         [...s.cached],
+        s.secret,
       ]);
   }
 
@@ -708,7 +711,8 @@ export class StateMachine {
       for (const sid of cachedBy) obj.cachedBy.add(sid);
     }
     for (const s of sessions) {
-      const [id, timeoutMs, clientName, holds, waiting, done, cached] = s as [
+      // A session from a snapshot written before secrets existed has none: it cannot be resumed.
+      const [id, timeoutMs, clientName, holds, waiting, done, cached, secret = ''] = s as [
         number,
         number,
         string | null,
@@ -716,6 +720,7 @@ export class StateMachine {
         [number, number][],
         [number, Result][],
         number[],
+        string?,
       ];
       sm.sessions.set(id, {
         id,
@@ -725,6 +730,7 @@ export class StateMachine {
         waiting: new Map(waiting.map(([seq, objectId]) => [seq, { objectId }])),
         done: new Map(done),
         cached: new Set(cached),
+        secret,
       });
     }
     return sm;
@@ -828,6 +834,18 @@ export class StateMachine {
 
   sessionIds(): number[] {
     return [...this.sessions.keys()];
+  }
+
+  /** The secret session `id` was opened with ('' if none, or no such session). */
+  sessionSecret(id: number): string {
+    return this.sessions.get(id)?.secret ?? '';
+  }
+
+  /** Whether `secret` is the one session `id` was opened with (never for a session opened without one). */
+  sessionSecretMatches(id: number, secret: string | null | undefined): boolean {
+    const expected = this.sessions.get(id)?.secret;
+    if (!expected || typeof secret !== 'string' || secret.length !== expected.length) return false;
+    return timingSafeEqual(Buffer.from(secret), Buffer.from(expected));
   }
 
   sessionTimeoutMs(id: number): number | undefined {
