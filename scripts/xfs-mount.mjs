@@ -1,0 +1,63 @@
+// A loop-mounted XFS file system in a temporary directory, for the tests and the benchmark of snapshots'
+// clone path (XFS shares blocks between files with the FICLONE ioctl; ext4, where /tmp usually is, cannot).
+// Needs root and mkfs.xfs (Debian: xfsprogs). Used by packages/*/test and bench/snapshot.mjs.
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, open, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+// mkfs.xfs, mount and losetup live in sbin directories a non-login PATH may lack.
+const env = { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` };
+
+/** The first line of what a failed command said. */
+function reason(err) {
+  const text = String(err?.stderr || err?.message || err).trim();
+  return text.split('\n')[0];
+}
+
+/**
+ * Creates a sparse image of `sizeMiB` (default 512) in a temporary directory, makes an XFS file system on
+ * it and mounts it with `mount -o loop`. Resolves with `{ dir, unmount }` (`dir`: the mount point, empty;
+ * `unmount()`: unmounts, detaches the loop device and removes the image, whatever happened before), or
+ * with `{ skipped: reason }` when that cannot be done here (not root, no mkfs.xfs, mount refused).
+ */
+export async function mountXfs({ sizeMiB = 512 } = {}) {
+  if (typeof process.getuid === 'function' && process.getuid() !== 0)
+    return { skipped: 'not running as root (mounting a loop device needs root)' };
+  try {
+    await run('mkfs.xfs', ['-V'], { env });
+  } catch (err) {
+    return { skipped: `mkfs.xfs is missing (apt-get install xfsprogs): ${reason(err)}` };
+  }
+  const base = await mkdtemp(join(tmpdir(), 'segmem-xfs-'));
+  const image = join(base, 'xfs.img');
+  const dir = join(base, 'mnt');
+  let device = null;
+  let mounted = false;
+  const unmount = async () => {
+    if (mounted) {
+      await run('umount', [dir], { env });
+      mounted = false;
+    }
+    // mount -o loop sets autoclear, so the device is usually gone already; detach it if not.
+    if (device) await run('losetup', ['-d', device], { env }).catch(() => {});
+    await rm(base, { recursive: true, force: true });
+  };
+  try {
+    const img = await open(image, 'wx');
+    await img.truncate(sizeMiB * 1024 * 1024);
+    await img.close();
+    await run('mkfs.xfs', ['-q', '-f', image], { env });
+    await mkdir(dir);
+    await run('mount', ['-o', 'loop', image, dir], { env });
+    mounted = true;
+    device = (await run('findmnt', ['-n', '-o', 'SOURCE', dir], { env })).stdout.trim() || null;
+    return { dir, unmount };
+  } catch (err) {
+    const why = reason(err);
+    await unmount().catch(() => {});
+    return { skipped: `could not make and mount an XFS image: ${why}` };
+  }
+}
