@@ -61,3 +61,22 @@ export async function mountXfs({ sizeMiB = 512 } = {}) {
     return { skipped: `could not make and mount an XFS image: ${why}` };
   }
 }
+
+/**
+ * Runs `body(dir)` with an XFS file system mounted at `dir`, unmounted (and its loop device detached)
+ * afterwards whatever happens. Where none can be mounted, an ava test `t` passes with the reason in its
+ * log instead (the SKIPPED line says why).
+ */
+export async function withXfs(t, body) {
+  const xfs = await mountXfs();
+  if ('skipped' in xfs) {
+    t.log(`SKIPPED (no XFS mount here): ${xfs.skipped}`);
+    t.pass();
+    return;
+  }
+  try {
+    await body(xfs.dir);
+  } finally {
+    await xfs.unmount();
+  }
+}
