@@ -1,7 +1,8 @@
 // A loop-mounted XFS file system in a temporary directory, for the tests and the benchmark of snapshots'
 // clone path (XFS shares blocks between files with the FICLONE ioctl; ext4, where /tmp usually is, cannot).
 // Needs root and mkfs.xfs (Debian: xfsprogs). Used by packages/*/test and bench/snapshot.mjs.
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { mkdir, mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,9 +20,10 @@ function reason(err) {
 
 /**
  * Creates a sparse image of `sizeMiB` (default 512) in a temporary directory, makes an XFS file system on
- * it and mounts it with `mount -o loop`. Resolves with `{ dir, unmount }` (`dir`: the mount point, empty;
- * `unmount()`: unmounts, detaches the loop device and removes the image, whatever happened before), or
- * with `{ skipped: reason }` when that cannot be done here (not root, no mkfs.xfs, mount refused).
+ * it and mounts it with `mount -o loop`. Resolves with `{ dir, unmount, unmountSync }` (`dir`: the mount
+ * point, empty; `unmount()`: unmounts, detaches the loop device and removes the image, whatever happened
+ * before; `unmountSync()`: the same, synchronously, for exit handlers), or with `{ skipped: reason }`
+ * when that cannot be done here (not root, no mkfs.xfs, mount refused).
  */
 export async function mountXfs({ sizeMiB = 512 } = {}) {
   if (typeof process.getuid === 'function' && process.getuid() !== 0)
@@ -36,14 +38,34 @@ export async function mountXfs({ sizeMiB = 512 } = {}) {
   const dir = join(base, 'mnt');
   let device = null;
   let mounted = false;
+  // mount -o loop sets autoclear, so the device is usually gone once unmounted; detach it if not, but only
+  // while it still holds this image (a concurrent test may have been given the same device number since).
+  const ours = (out) => out.trim() === image;
   const unmount = async () => {
     if (mounted) {
       await run('umount', [dir], { env });
       mounted = false;
     }
-    // mount -o loop sets autoclear, so the device is usually gone already; detach it if not.
-    if (device) await run('losetup', ['-d', device], { env }).catch(() => {});
+    if (device) {
+      const back = await run('losetup', ['-n', '-O', 'BACK-FILE', device], { env }).catch(() => null);
+      if (back && ours(back.stdout)) await run('losetup', ['-d', device], { env }).catch(() => {});
+      device = null;
+    }
     await rm(base, { recursive: true, force: true });
+  };
+  const unmountSync = () => {
+    if (mounted) execFileSync('umount', [dir], { env, stdio: 'ignore' });
+    mounted = false;
+    if (device) {
+      try {
+        const back = execFileSync('losetup', ['-n', '-O', 'BACK-FILE', device], { env, encoding: 'utf8' });
+        if (ours(back)) execFileSync('losetup', ['-d', device], { env, stdio: 'ignore' });
+      } catch {
+        // detached already
+      }
+      device = null;
+    }
+    rmSync(base, { recursive: true, force: true });
   };
   try {
     const img = await open(image, 'wx');
@@ -54,7 +76,7 @@ export async function mountXfs({ sizeMiB = 512 } = {}) {
     await run('mount', ['-o', 'loop', image, dir], { env });
     mounted = true;
     device = (await run('findmnt', ['-n', '-o', 'SOURCE', dir], { env })).stdout.trim() || null;
-    return { dir, unmount };
+    return { dir, unmount, unmountSync };
   } catch (err) {
     const why = reason(err);
     await unmount().catch(() => {});
