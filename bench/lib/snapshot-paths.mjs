@@ -38,17 +38,10 @@ async function measure(dir, mib, changeMiB) {
   let seq = 0;
   const write = async (name, ranges, data) => {
     const { granted } = await run({ op: 'acquire', sessionId, seq: ++seq, name, mode: 'write' });
-    await run({
-      op: 'release',
-      sessionId,
-      seq: ++seq,
-      name,
-      mode: 'write',
-      token: granted.token,
-      ranges,
-      data,
-    });
+    const release = { op: 'release', sessionId, name, mode: 'write', token: granted.token };
+    await run({ ...release, seq: ++seq, ranges, data });
   };
+
   const objects = mib / OBJECT_MIB;
   const bytes = Buffer.allocUnsafe(OBJECT_MIB * MiB);
   randomFillSync(bytes);

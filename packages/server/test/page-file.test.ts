@@ -137,6 +137,17 @@ function handDriven(segmentPages: number) {
   };
 }
 
+/** In a new directory under `under`: object "a" of four pages holding `fill`, and a first snapshot of it. */
+async function firstSnapshot(t: ExecutionContext, under: string | undefined, fill: Buffer) {
+  const dir = await tempDir(t, under);
+  const h = handDriven(64);
+  h.create('a', 4);
+  h.write('a', 0, fill);
+  const snaps = new SnapshotDir(dir);
+  await write(snaps, 1, h.sm.freeze());
+  return { dir, h, snaps };
+}
+
 test.serial(
   'XFS: the clone path writes only the changed pages, shares the rest, and leaves the previous file as it was',
   async (t) => {
@@ -205,12 +216,7 @@ test.serial(
   "XFS: a clone keeps a deleted object's bytes where a new object's unwritten pages are, and loading never reads them",
   async (t) => {
     await withXfs(t, async (mount) => {
-      const dir = await tempDir(t, mount);
-      const h = handDriven(64);
-      h.create('a', 4);
-      h.write('a', 0, Buffer.alloc(4 * PAGE, 0xaa));
-      const snaps = new SnapshotDir(dir);
-      await write(snaps, 1, h.sm.freeze());
+      const { h, snaps } = await firstSnapshot(t, mount, Buffer.alloc(4 * PAGE, 0xaa));
       h.remove('a');
       h.create('b', 4); // first fit: a's pages
       t.is(h.sm.stat('b')!.address, 0);
@@ -234,12 +240,7 @@ test.serial(
   'XFS: a clone refused (EXDEV, injected) falls back to the copy path and reports why',
   async (t) => {
     await withXfs(t, async (mount) => {
-      const dir = await tempDir(t, mount);
-      const h = handDriven(64);
-      h.create('a', 4);
-      h.write('a', 0, randomBytes(4 * PAGE));
-      const snaps = new SnapshotDir(dir);
-      await write(snaps, 1, h.sm.freeze());
+      const { h, snaps } = await firstSnapshot(t, mount, randomBytes(4 * PAGE));
       h.write('a', PAGE, randomBytes(10));
       setFaults([{ step: 'snapshot.clone', at: 1, action: 'fail', count: 1, errno: 'EXDEV' }]);
       let w: SnapshotWrite;
