@@ -92,7 +92,7 @@ export function decodePageTable(raw: unknown, pageBytes: number, segmentBytes: n
       Number.isSafeInteger(id) &&
       Number.isSafeInteger(firstPage) &&
       Number.isSafeInteger(size) &&
-      size > 0 &&
+      size >= 0 &&
       firstPage >= 0 &&
       firstPage + count <= totalPages &&
       Buffer.isBuffer(crcBytes) &&
