@@ -210,8 +210,10 @@ const snapFiles = execFileSync('ls', [join(dataDir, 'snap')], { encoding: 'utf8'
   .trim()
   .split('\n');
 const newest = join(dataDir, 'snap', snapFiles[snapFiles.length - 1]);
+// A page file is sparse: its length is the segment's (4 GiB by default), its blocks what was written.
+const newestStat = statSync(newest);
 rows.push({
-  what: `single server's own snapshot (${fmtInt(statSync(newest).size / MiB)} MiB file)`,
+  what: `single server's own snapshot (${fmtInt(newestStat.size / MiB)} MiB sparse file, ${fmtInt((newestStat.blocks * 512) / MiB)} MiB on disk)`,
   ms: localMs,
   cpMs: copyTime(newest),
   note: snapLine.replace(/^.*snapshot at index/, 'snapshot at index').trim(),
