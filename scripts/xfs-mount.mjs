@@ -23,9 +23,10 @@ function reason(err) {
  * it and mounts it with `mount -o loop`. Resolves with `{ dir, unmount, unmountSync }` (`dir`: the mount
  * point, empty; `unmount()`: unmounts, detaches the loop device and removes the image, whatever happened
  * before; `unmountSync()`: the same, synchronously, for exit handlers), or with `{ skipped: reason }`
- * when that cannot be done here (not root, no mkfs.xfs, mount refused).
+ * when that cannot be done here (not root, no mkfs.xfs, mount refused) or SEGMEM_NO_XFS=1 asks not to.
  */
 export async function mountXfs({ sizeMiB = 512 } = {}) {
+  if (process.env.SEGMEM_NO_XFS === '1') return { skipped: 'SEGMEM_NO_XFS=1 is set' };
   if (typeof process.getuid === 'function' && process.getuid() !== 0)
     return { skipped: 'not running as root (mounting a loop device needs root)' };
   try {

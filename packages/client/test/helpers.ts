@@ -180,12 +180,19 @@ export class TestCluster {
   private constructor(
     members: ClusterMember[],
     private readonly fsync: string,
+    private readonly extra: string[],
   ) {
     this.members = members;
     this.peers = members.map((m) => `${m.id}=${m.address}`).join(',');
   }
 
-  static async start(size: number, root: string, fsync = 'batch'): Promise<TestCluster> {
+  /** Starts `size` members with data directories under `root`; `extra`: more arguments for each. */
+  static async start(
+    size: number,
+    root: string,
+    fsync = 'batch',
+    extra: string[] = [],
+  ): Promise<TestCluster> {
     const members: ClusterMember[] = [];
     for (let i = 0; i < size; i++) {
       members.push({
@@ -195,7 +202,7 @@ export class TestCluster {
         server: null,
       });
     }
-    const cluster = new TestCluster(members, fsync);
+    const cluster = new TestCluster(members, fsync, extra);
     await Promise.all(members.map((m) => cluster.startMember(m.id)));
     return cluster;
   }
@@ -217,7 +224,7 @@ export class TestCluster {
       dataDir: m.dataDir,
       listen: m.address,
       fsync: this.fsync,
-      extra: ['--peers', this.peers],
+      extra: ['--peers', this.peers, ...this.extra],
     });
   }
 
