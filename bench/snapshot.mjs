@@ -1,10 +1,15 @@
 // Snapshot benchmark (issue 4): with a segment fully written (1 GiB by default), how long a consolidated
 // snapshot of a 3-server cluster and a single server's own snapshot take next to `cp` of the same bytes on
 // the same disk; the write-cycle p99 of 8 writers while the consolidated snapshot runs, against without;
-// and how long a single server takes to restart from a 1 GiB snapshot plus 100,000 WAL records.
+// how long a single server takes to restart from a 1 GiB snapshot plus 100,000 WAL records; and a single
+// server's own snapshot by the clone path (data directory on a loop-mounted XFS) against the copy path
+// (the temp directory's file system), the first one and one after changing a few MiB
+// (bench/lib/snapshot-paths.mjs).
 //
-//   npm run bench:snapshot                 # ~3-4 min; rewrites the "Snapshots" section of docs/benchmarks.md
+//   npm run bench:snapshot                 # ~4-5 min; rewrites the "Snapshots" section of docs/benchmarks.md
+//   npm run bench:snapshot -- --paths      # ~1 min: only clone against copy; rewrites that subsection
 //   npm run bench:snapshot -- --mib 128    # a smaller segment; leaves the docs alone
+//   npm run bench:snapshot -- --paths --change-mib 16
 //
 // Servers bind 127.0.0.1 with data in a temporary directory, fsync "batch"; every process is stopped and
 // every file removed at the end.
@@ -17,11 +22,15 @@ import { promisify } from 'node:util';
 import { connect } from '@segmem/client';
 import { localCluster } from '../examples/lib/local-server.mjs';
 import { installCleanupHandlers, makeTempDir, ROOT_DIR, spawnUntilReady, stopChild } from './lib/procs.mjs';
+import { snapshotPaths } from './lib/snapshot-paths.mjs';
 import { fmtInt, percentile } from './lib/stats.mjs';
 
 const MiB = 1024 * 1024;
 const argAt = process.argv.indexOf('--mib');
 const totalMiB = argAt > 0 ? Number(process.argv[argAt + 1]) : 1024;
+const changeAt = process.argv.indexOf('--change-mib');
+const changeMiB = changeAt > 0 ? Number(process.argv[changeAt + 1]) : 4;
+const onlyPaths = process.argv.includes('--paths');
 const writeDocs = argAt < 0;
 const OBJECT_MIB = 32;
 const SEGMEM_BIN = join(ROOT_DIR, 'packages/server/bin/segmem.mjs');
@@ -30,6 +39,31 @@ const WAL_RECORDS = 100_000;
 const execFileAsync = promisify(execFile);
 
 installCleanupHandlers();
+
+/** Replaces the part of docs/benchmarks.md between the `<!-- bench:NAME:start/end -->` markers, or appends it. */
+function replaceDocSection(name, lines) {
+  const path = join(ROOT_DIR, 'docs/benchmarks.md');
+  const doc = readFileSync(path, 'utf8');
+  const start = `<!-- bench:${name}:start -->`;
+  const end = `<!-- bench:${name}:end -->`;
+  const a = doc.indexOf(start);
+  const b = doc.indexOf(end);
+  const section = lines.join('\n');
+  const next =
+    a >= 0 && b > a
+      ? doc.slice(0, a) + section + doc.slice(b + end.length)
+      : `${doc.trimEnd()}\n\n${section}\n`;
+  writeFileSync(path, next);
+  console.log(`wrote the ${name} section of docs/benchmarks.md`);
+}
+
+if (onlyPaths) {
+  const paths = await snapshotPaths({ mib: totalMiB, changeMiB });
+  console.log(paths.lines.join('\n'));
+  if (writeDocs) replaceDocSection('snapshot-paths', paths.lines);
+  process.exit(0);
+}
+
 const work = makeTempDir('snapshot');
 
 /** Fills `count` objects of OBJECT_MIB with random bytes, through one client. */
@@ -163,21 +197,23 @@ for (;;) {
   const found = serverLog
     .join('')
     .split('\n')
-    .filter((l) => / snapshot at index \d+: \d+ bytes/.test(l));
+    .filter((l) => / snapshot at index \d+: .*, \d+ pages written/.test(l));
   snapLine = found[found.length - 1];
-  if (snapLine && Number(/: (\d+) bytes/.exec(snapLine)[1]) >= mib * MiB) break;
+  if (snapLine && Number(/, (\d+) pages written/.exec(snapLine)[1]) * 4096 >= mib * MiB) break;
   if (Date.now() > deadline) throw new Error(`no snapshot of the whole fill: ${snapLine}`);
   await sleep(100);
 }
-const serialised = /serialised in (\d+) ms/.exec(snapLine);
+// A page file is written from the frozen view directly: the time is the line's `written in`.
 const written = /written in (\d+) ms/.exec(snapLine);
-const localMs = (serialised ? Number(serialised[1]) : 0) + (written ? Number(written[1]) : 0);
+const localMs = written ? Number(written[1]) : 0;
 const snapFiles = execFileSync('ls', [join(dataDir, 'snap')], { encoding: 'utf8' })
   .trim()
   .split('\n');
 const newest = join(dataDir, 'snap', snapFiles[snapFiles.length - 1]);
+// A page file is sparse: its length is the segment's (4 GiB by default), its blocks what was written.
+const newestStat = statSync(newest);
 rows.push({
-  what: `single server's own snapshot (${fmtInt(statSync(newest).size / MiB)} MiB file)`,
+  what: `single server's own snapshot (${fmtInt(newestStat.size / MiB)} MiB sparse file, ${fmtInt((newestStat.blocks * 512) / MiB)} MiB on disk)`,
   ms: localMs,
   cpMs: copyTime(newest),
   note: snapLine.replace(/^.*snapshot at index/, 'snapshot at index').trim(),
@@ -238,16 +274,7 @@ const lines = [
   '<!-- bench:snapshot:end -->',
 ];
 console.log(lines.join('\n'));
-if (writeDocs) {
-  const path = join(ROOT_DIR, 'docs/benchmarks.md');
-  const doc = readFileSync(path, 'utf8');
-  const a = doc.indexOf('<!-- bench:snapshot:start -->');
-  const b = doc.indexOf('<!-- bench:snapshot:end -->');
-  const section = lines.join('\n');
-  const next =
-    a >= 0 && b > a
-      ? doc.slice(0, a) + section + doc.slice(b + '<!-- bench:snapshot:end -->'.length)
-      : `${doc.trimEnd()}\n\n${section}\n`;
-  writeFileSync(path, next);
-  console.log('wrote the Snapshots section of docs/benchmarks.md');
-}
+if (writeDocs) replaceDocSection('snapshot', lines);
+const paths = await snapshotPaths({ mib, changeMiB });
+console.log(paths.lines.join('\n'));
+if (writeDocs) replaceDocSection('snapshot-paths', paths.lines);

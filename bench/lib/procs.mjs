@@ -18,6 +18,13 @@ export const ECHO_SERVER = join(BENCH_DIR, 'echo-server.mjs');
 
 const children = new Set();
 const tempDirs = new Set();
+const cleanups = new Set();
+
+/** Runs `fn` (synchronous) in {@link cleanupSync}, unless `remove()` was called first. */
+export function addCleanup(fn) {
+  cleanups.add(fn);
+  return { remove: () => cleanups.delete(fn) };
+}
 
 function alive(child) {
   return child.exitCode === null && child.signalCode === null;
@@ -35,6 +42,14 @@ export function cleanupSync() {
     }
   }
   children.clear();
+  for (const fn of cleanups) {
+    try {
+      fn();
+    } catch {
+      // best effort: the other cleanups still run
+    }
+  }
+  cleanups.clear();
   for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
   tempDirs.clear();
 }

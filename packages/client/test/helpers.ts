@@ -4,15 +4,27 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import type { ExecutionContext } from 'ava';
 
 const here = dirname(fileURLToPath(import.meta.url));
 /** packages/client/test (sources), whatever dist/ depth this file was compiled to. */
 export const fixturesDir = resolve(here, '../../test/fixtures');
 export const serverBin = resolve(here, '../../../server/bin/segmem-server.mjs');
 
-export function tempDir(prefix = 'segmem-test-'): { path: string; cleanup: () => void } {
-  const path = mkdtempSync(join(tmpdir(), prefix));
+const xfsScript = resolve(here, '../../../../scripts/xfs-mount.mjs');
+
+/**
+ * Runs `body` with a loop-mounted XFS file system at a temporary directory (`scripts/xfs-mount.mjs`),
+ * unmounted afterwards whatever happens; where none can be mounted, the test passes with the reason logged.
+ */
+export async function withXfs(t: ExecutionContext, body: (dir: string) => Promise<void>): Promise<void> {
+  const mod = (await import(pathToFileURL(xfsScript).href)) as { withXfs: typeof withXfs };
+  return mod.withXfs(t, body);
+}
+
+export function tempDir(prefix = 'segmem-test-', under = tmpdir()): { path: string; cleanup: () => void } {
+  const path = mkdtempSync(join(under, prefix));
   return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
 }
 

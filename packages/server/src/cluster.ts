@@ -74,11 +74,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     });
     const report = storage.report;
     for (const line of [...dataDir.warnings, ...describeRecovery(report)]) opts.log?.(line);
-    const snap = storage.snapshot();
-    const sm =
-      snap.meta.index > 0 && snap.data.length > 0
-        ? StateMachine.restore(snap.data)
-        : new StateMachine({ pageBytes: PAGE_BYTES, segmentBytes });
+    const sm = storage.takeRestoredState() ?? new StateMachine({ pageBytes: PAGE_BYTES, segmentBytes });
     const core = opts.makeCore({
       id: opts.id,
       storage,

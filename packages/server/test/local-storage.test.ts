@@ -12,6 +12,7 @@ import { DataDir } from '../src/storage/datadir.js';
 import { LocalStorage, type LocalStorageOptions } from '../src/storage/local-storage.js';
 import { snapshotFileName } from '../src/storage/snapshot-file.js';
 import { segmentFileName } from '../src/storage/wal.js';
+import { stateHolding } from './fixtures/workload.js';
 
 async function tempDir(t: ExecutionContext): Promise<string> {
   const dir = await fsp.mkdtemp(join(tmpdir(), 'segmem-local-storage-'));
@@ -25,7 +26,9 @@ function options(dir: string): LocalStorageOptions {
 }
 
 const payload = (i: number) => Buffer.from(`record ${String(i).padStart(37, '0')}`);
-const state = (i: number) => Buffer.from(`state after ${i}`);
+/** A frozen state standing for "the state after record i". */
+const state = (i: number) => stateHolding(i).freeze();
+const digestOf = (i: number) => stateHolding(i).digest();
 
 async function append(storage: LocalStorage, from: number, to: number): Promise<void> {
   for (let i = from; i <= to; i++) {
@@ -60,8 +63,8 @@ async function twoSnapshots(t: ExecutionContext): Promise<string> {
 
 test('snapshots keep the two newest and cut the WAL behind the older one; recovery replays only what follows', async (t) => {
   const dir = await tempDir(t);
-  let { storage, snapshot, records } = await LocalStorage.open(options(dir));
-  t.is(snapshot, null);
+  let { storage, state: restored, records } = await LocalStorage.open(options(dir));
+  t.is(restored, null);
   t.deepEqual(records, []);
   await append(storage, 1, 40);
   t.is((await walFiles(dir)).length, 10);
@@ -85,8 +88,8 @@ test('snapshots keep the two newest and cut the WAL behind the older one; recove
   await storage.close();
 
   const reopened = await LocalStorage.open(options(dir));
-  ({ storage, snapshot, records } = reopened);
-  t.deepEqual(snapshot, state(120));
+  ({ storage, state: restored, records } = reopened);
+  t.is(restored?.digest(), digestOf(120));
   t.deepEqual(
     records.map((r) => r.index),
     Array.from({ length: 10 }, (_, i) => 121 + i),
@@ -97,29 +100,39 @@ test('snapshots keep the two newest and cut the WAL behind the older one; recove
   await storage.close();
 });
 
-for (const [what, damage] of [
+/** Flips a bit of the byte at `at` (negative: from the end). */
+async function flip(file: string, at: number): Promise<void> {
+  const b = await fsp.readFile(file);
+  b[at < 0 ? b.length + at : at]! ^= 0x20;
+  await fsp.writeFile(file, b);
+}
+
+// A page file of stateHolding(): header at 0, page image at 4096 (object "o" at segment page 0, its
+// page 1 present), metadata at the end.
+for (const [what, damage, why] of [
+  ['damaged (a flipped byte in the header)', (file: string) => flip(file, 14), /header checksum mismatch/],
   [
-    'damaged (a flipped byte)',
-    async (file: string) => {
-      const b = await fsp.readFile(file);
-      b[14]! ^= 0x20;
-      await fsp.writeFile(file, b);
-    },
+    'damaged (a flipped byte in a page)',
+    (file: string) => flip(file, 4096 + 4096 + 3),
+    /checksum mismatch in page 1 of object 1 \(segment page 1\)/,
   ],
-  ['partial (cut short)', async (file: string) => fsp.truncate(file, 20)],
-  ['missing', async (file: string) => fsp.rm(file)],
+  ['damaged (a flipped byte in the metadata)', (file: string) => flip(file, -10), /metadata checksum/],
+  ['partial (cut short)', async (file: string) => fsp.truncate(file, 20), /cut short/],
+  ['partial (cut in the metadata)', async (file: string) => fsp.truncate(file, 64 * 4096), /bytes long/],
+  ['missing', async (file: string) => fsp.rm(file), null],
 ] as const) {
   test(`a ${what} newest snapshot: recovery falls back to the previous one and rolls the WAL forward from it`, async (t) => {
     const dir = await twoSnapshots(t);
     await damage(join(dir, 'snap', snapName(80)));
-    const { storage, snapshot, records, report } = await LocalStorage.open(options(dir));
-    t.deepEqual(snapshot, state(40));
+    const { storage, state: restored, records, report } = await LocalStorage.open(options(dir));
+    t.is(restored?.digest(), digestOf(40));
     t.is(records[0]!.index, 41);
     t.is(records[records.length - 1]!.index, 100);
     if (what === 'missing') t.deepEqual(report.damagedSnapshots, []);
     else {
       t.is(report.damagedSnapshots.length, 1);
       t.regex(report.damagedSnapshots[0]!.problem, /snapshot file .*80\.snap is damaged/);
+      t.regex(report.damagedSnapshots[0]!.problem, why!);
     }
     // The next snapshot replaces the damaged file; the good one it fell back to stays.
     await storage.saveSnapshot(100, state(100));
@@ -127,6 +140,16 @@ for (const [what, damage] of [
     await storage.close();
   });
 }
+
+test('bytes of the page image no present page covers are never read: damage there changes nothing', async (t) => {
+  const dir = await twoSnapshots(t);
+  // Page 0 of "o" was never written: a hole in the file, not read back.
+  await flip(join(dir, 'snap', snapName(80)), 4096 + 10);
+  const { storage, state: restored, report } = await LocalStorage.open(options(dir));
+  t.is(restored?.digest(), digestOf(80));
+  t.deepEqual(report.damagedSnapshots, []);
+  await storage.close();
+});
 
 test('both snapshots unusable and the WAL cut: recovery refuses, naming the damage and the gap', async (t) => {
   const dir = await twoSnapshots(t);
@@ -154,8 +177,8 @@ test('a WAL that ends before the snapshot (its tail lost) is replaced by a new o
   const files = await walFiles(dir);
   for (const f of files.filter((f) => Number(f.slice(0, 20)) > 77)) await fsp.rm(join(dir, 'wal', f));
   await fsp.truncate(join(dir, 'wal', segmentFileName(77)), 16 + 60); // only record 77 left
-  const { storage, snapshot, records, report } = await LocalStorage.open(options(dir));
-  t.deepEqual(snapshot, state(80));
+  const { storage, state: restored, records, report } = await LocalStorage.open(options(dir));
+  t.is(restored?.digest(), digestOf(80));
   t.deepEqual(records, []);
   t.like(report.wal.discarded, { lastIndex: 77, coveredIndex: 80 });
   t.is(storage.wal.lastIndex, 80);

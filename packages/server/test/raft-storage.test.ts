@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import type { Entry } from '../src/raft/types.js';
 import { DiskRaftStorage } from '../src/storage/raft-storage.js';
+import { stateHolding } from './fixtures/workload.js';
 
 function entry(index: number, term: number, text = `e${index}`): Entry {
   return { index, term, type: 'normal', data: Buffer.from(text) };
@@ -64,13 +65,15 @@ test('a local compaction keeps the entries after it; an installed snapshot repla
     let s = await open(dir);
     const entries = Array.from({ length: 10 }, (_, i) => entry(i + 1, 1));
     await s.waitDurable(s.save({ term: 1, vote: 's1', commit: 10 }, entries));
-    await s.compact(6, Buffer.from('state@6'));
+    await s.compact(6, stateHolding(6).freeze());
     await s.waitDurable(s.wal.lastIndex);
     t.is(s.firstIndex(), 7);
     await s.close();
     s = await open(dir);
     t.is(s.snapshot().meta.index, 6);
-    t.is(s.snapshot().data.toString(), 'state@6');
+    t.true(s.snapshot().data.equals(stateHolding(6).snapshot()));
+    t.is(s.takeRestoredState()?.digest(), stateHolding(6).digest(), 'the state is handed over restored');
+    t.is(s.takeRestoredState(), null, 'once');
     t.deepEqual(
       dump(s).entries.map((e) => e[0]),
       [7, 8, 9, 10],
@@ -82,10 +85,11 @@ test('a local compaction keeps the entries after it; an installed snapshot repla
         Array.from({ length: 15 }, (_, i) => entry(11 + i, 1)),
       ),
     );
-    await s.installSnapshot({
-      meta: { index: 20, term: 3, members: ['s1', 's2', 's3'] },
-      data: Buffer.from('state@20'),
-    });
+    const leader = stateHolding(20);
+    await s.installSnapshot(
+      { meta: { index: 20, term: 3, members: ['s1', 's2', 's3'] }, data: leader.snapshot() },
+      leader.freeze(),
+    );
     t.is(s.lastIndex(), 20);
     await s.close();
     s = await open(dir);
@@ -99,7 +103,7 @@ test('a local compaction keeps the entries after it; an installed snapshot repla
       before.entries.map((e) => e[0]),
       [21],
     );
-    t.is(s.snapshot().data.toString(), 'state@20');
+    t.true(s.snapshot().data.equals(stateHolding(20).snapshot()));
     t.throws(() => s.entries(5, 6), { name: 'CompactedError' });
     await s.close();
   } finally {
@@ -125,7 +129,7 @@ test('a snapshot deletes the WAL files it made useless; a reopen gets the same l
       const rewritten = Array.from({ length: 30 }, (_, k) => entry(41 + k, 2, `r${41 + k}`));
       await s.waitDurable(s.save({ term: 2, vote: 's2', commit: 45 }, rewritten));
       const before = files();
-      await s.compact(40, Buffer.from('state@40'));
+      await s.compact(40, stateHolding(40).freeze());
       t.true(files() < before, `files deleted (${before} -> ${files()}, ${walFileBytes} B files)`);
       const expected = dump(s);
       t.is(expected.first, 41);
@@ -134,17 +138,18 @@ test('a snapshot deletes the WAL files it made useless; a reopen gets the same l
       t.deepEqual(dump(s), expected, `reopened with ${walFileBytes} B files`);
       // Again, with entries after the snapshot in files of their own, then an installed snapshot.
       await s.waitDurable(s.save({ term: 3, vote: 's3', commit: 70 }, [entry(71, 3), entry(72, 3)]));
-      await s.compact(70, Buffer.from('state@70'));
-      await s.installSnapshot({
-        meta: { index: 90, term: 4, members: ['s1', 's2', 's3'] },
-        data: Buffer.from('s@90'),
-      });
+      await s.compact(70, stateHolding(70).freeze());
+      const leader = stateHolding(90);
+      await s.installSnapshot(
+        { meta: { index: 90, term: 4, members: ['s1', 's2', 's3'] }, data: leader.snapshot() },
+        leader.freeze(),
+      );
       await s.waitDurable(s.save({ term: 4, vote: null, commit: 91 }, [entry(91, 4)]));
       const later = dump(s);
       await s.close();
       s = await DiskRaftStorage.open(opts);
       t.deepEqual(dump(s), later);
-      t.is(s.snapshot().data.toString(), 's@90');
+      t.true(s.snapshot().data.equals(stateHolding(90).snapshot()));
       t.true(files() <= 2, `${files()} files left`);
       await s.close();
     } finally {

@@ -93,11 +93,32 @@ export interface StateContent {
 export interface FrozenSnapshot {
   /** The applied index the view holds. */
   readonly index: number;
+  readonly pageBytes: number;
+  readonly segmentBytes: number;
   /** Total length of the parts. */
   readonly bytes: number;
   readonly parts: readonly Buffer[];
-  /** Ends copy-on-write for this view (idempotent); its parts must not be read after. */
+  /**
+   * The same bytes with every object's data field nil: what a page-file snapshot stores beside the pages
+   * (see `storage/page-file.ts`); {@link StateMachine.restore} takes it with the objects' bytes beside.
+   */
+  readonly metaParts: readonly Buffer[];
+  /** The objects with their bytes and page versions at freezing, by id. */
+  readonly objects: readonly FrozenObject[];
+  /** Ends copy-on-write for this view (idempotent); its parts and objects' bytes must not be read after. */
   release(): void;
+}
+
+/** An object as a frozen view holds it. */
+export interface FrozenObject {
+  readonly id: number;
+  readonly firstPage: number;
+  readonly size: number;
+  readonly version: number;
+  /** A copy: writes change the live object's page versions in place. */
+  readonly pageVersions: Float64Array;
+  /** The bytes, unchanged until the view is released (copy-on-write); null when never written. */
+  readonly data: Buffer | null;
 }
 
 export interface StateMachineOptions {
@@ -574,41 +595,65 @@ export class StateMachine {
    * do not touch it, and shared log chunks never change once appended.
    */
   freeze(): FrozenSnapshot {
-    const out = new PartList();
-    out.add(arrayHeader(9));
-    out.add(packElements(this.snapshotCounters()));
+    // Two lists of the same pieces: with the objects' bytes (snapshot()'s) and with nil in their place.
+    const full = new PartList();
+    const meta = new PartList();
+    const both = (piece: Buffer) => {
+      full.add(piece);
+      meta.add(piece);
+    };
+    both(arrayHeader(9));
+    both(packElements(this.snapshotCounters()));
     const objects = this.sortedObjects();
-    out.add(arrayHeader(objects.length));
+    both(arrayHeader(objects.length));
     const frozen: Buffer[] = [];
+    const frozenObjects: FrozenObject[] = [];
     for (const o of objects) {
       const entry = objectEntry(o);
-      out.add(arrayHeader(entry.length));
-      out.add(packElements(entry.slice(0, OBJECT_DATA_AT)));
+      both(arrayHeader(entry.length));
+      both(packElements(entry.slice(0, OBJECT_DATA_AT)));
       if (o.data) {
-        out.add(binHeader(o.data.length));
-        out.addShared(o.data);
+        full.add(binHeader(o.data.length));
+        full.addShared(o.data);
         frozen.push(o.data);
         this.frozenData.set(o.data, (this.frozenData.get(o.data) ?? 0) + 1);
       } else {
-        out.add(MSGPACK_NIL);
+        full.add(MSGPACK_NIL);
       }
-      out.add(packElements(entry.slice(OBJECT_DATA_AT + 1)));
+      meta.add(MSGPACK_NIL);
+      both(packElements(entry.slice(OBJECT_DATA_AT + 1)));
+      frozenObjects.push({
+        id: o.id,
+        firstPage: o.firstPage,
+        size: o.size,
+        version: o.version,
+        pageVersions: Float64Array.from(o.pageVersions),
+        data: o.data,
+      });
     }
-    out.add(snapshotCodec.pack(this.sessionEntries()));
+    both(snapshotCodec.pack(this.sessionEntries()));
     const logs = this.logs.freeze();
-    out.add(arrayHeader(logs.length));
+    both(arrayHeader(logs.length));
     for (const log of logs) {
-      out.add(arrayHeader(log.head.length + 1));
-      out.add(packElements(log.head));
-      out.add(binHeader(log.bytes));
-      for (const part of log.parts) out.addShared(part);
+      both(arrayHeader(log.head.length + 1));
+      both(packElements(log.head));
+      both(binHeader(log.bytes));
+      for (const part of log.parts) {
+        full.addShared(part);
+        meta.addShared(part);
+      }
     }
-    const parts = out.finish();
+    const parts = full.finish();
+    const metaParts = meta.finish();
     let released = false;
     return {
       index: this.appliedIndex,
-      bytes: out.bytes,
+      pageBytes: this.pageBytes,
+      segmentBytes: this.segmentBytes,
+      bytes: full.bytes,
       parts,
+      metaParts,
+      objects: frozenObjects,
       release: () => {
         if (released) return;
         released = true;
@@ -656,8 +701,16 @@ export class StateMachine {
       ]);
   }
 
-  /** Rebuilds a state machine from {@link snapshot} bytes. */
-  static restore(bytes: Buffer, opts: Partial<StateMachineOptions> = {}): StateMachine {
+  /**
+   * Rebuilds a state machine from {@link snapshot} bytes, or from {@link FrozenSnapshot.metaParts}' bytes
+   * (objects' data nil) with the objects' bytes in `objectBytes` by id, which the machine takes over
+   * without copying. Throws if `objectBytes` does not fit the objects the bytes name.
+   */
+  static restore(
+    bytes: Buffer,
+    opts: Partial<StateMachineOptions> = {},
+    objectBytes?: ReadonlyMap<number, Buffer>,
+  ): StateMachine {
     const [
       format,
       pageBytes,
@@ -704,11 +757,21 @@ export class StateMachine {
         ];
       const pageVersions = new Float64Array(Math.ceil(size / pageBytes));
       Buffer.from(pageVersions.buffer).set(pv);
-      const obj = sm.placeObject({ id, name, size, firstPage, version, pageVersions, lastToken, data });
+      const given = objectBytes?.get(id);
+      if (given && (data || given.length !== size))
+        throw new Error(`object ${id}: ${given.length} bytes given beside the snapshot for ${size}`);
+      const obj = sm.placeObject(
+        { id, name, size, firstPage, version, pageVersions, lastToken, data: given ?? data },
+        given !== undefined,
+      );
       obj.writer = writer;
       obj.readers = readers;
       for (const [sessionId, seq, mode] of queue) obj.queue.push({ sessionId, seq, mode });
       for (const sid of cachedBy) obj.cachedBy.add(sid);
+    }
+    if (objectBytes) {
+      for (const id of objectBytes.keys())
+        if (!sm.byId.has(id)) throw new Error(`bytes given for object ${id}, which the snapshot lacks`);
     }
     for (const s of sessions) {
       // A session from a snapshot written before secrets existed has none: it cannot be resumed.
@@ -776,9 +839,10 @@ export class StateMachine {
 
   /**
    * Puts an object back at its pages (restore paths), unlocked and cached by nobody; its bytes are copied
-   * so the state never shares memory with a decoded buffer. Throws if it overlaps another object or the end.
+   * so the state never shares memory with a decoded buffer, unless `owned` (a buffer made for it alone).
+   * Throws if it overlaps another object or the end.
    */
-  private placeObject(o: StateContent['objects'][number]): SegmentObject {
+  private placeObject(o: StateContent['objects'][number], owned = false): SegmentObject {
     const pageCount = Math.ceil(o.size / this.pageBytes);
     this.allocator.reserve(o.firstPage, pageCount);
     const obj: SegmentObject = {
@@ -790,7 +854,7 @@ export class StateMachine {
       address: o.firstPage * this.pageBytes,
       version: o.version,
       pageVersions: o.pageVersions,
-      data: o.data ? Buffer.from(o.data) : null,
+      data: o.data && !owned ? Buffer.from(o.data) : o.data,
       lastToken: o.lastToken,
       writer: 0,
       readers: 0,

@@ -9,10 +9,11 @@
  * they are safe to lose in a crash because recovery ends every session (the `restart` command).
  *
  * Snapshots: every `snapshotEveryEntries` applied entries, and every `snapshotIntervalMs` if anything was
- * applied since the last one, the state machine is frozen at its applied index (copy-on-write) and
- * serialised in slices between turns of the event loop while commands keep applying (see
- * docs/operations.md), then handed to the storage, which writes it with asynchronous file I/O once the
- * WAL holds that index durably, then cuts the WAL behind the previous snapshot.
+ * applied since the last one, the state machine is frozen at its applied index (copy-on-write) and, once
+ * the WAL holds that index durably, handed to the storage, which writes the frozen view as a page file
+ * (the changed pages into a clone of the previous one, or every page: see storage/page-file.ts) with
+ * asynchronous file I/O and checksums in slices while commands keep applying, then cuts the WAL behind the
+ * previous snapshot. The whole state is never serialised into one buffer.
  */
 import { SegmemError } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommand, mustSync, type Outcome } from '../core/commands.js';
@@ -23,7 +24,7 @@ import {
   LocalStorage,
   type LocalStorageOptions,
 } from '../storage/local-storage.js';
-import { serialiseSnapshot } from '../storage/snapshot-serialise.js';
+import { describeSnapshotWrite, type SnapshotWrite } from '../storage/page-file.js';
 import type { Wal } from '../storage/wal.js';
 
 interface Pending {
@@ -76,12 +77,10 @@ export const DEFAULT_SNAPSHOT_POLICY: SnapshotPolicy = {
 export async function openLocalLog(
   opts: OpenLocalLogOptions,
 ): Promise<{ report: LocalRecoveryReport; create(onApply: ApplyListener): LocalLog }> {
-  const { storage, snapshot, records, report } = await LocalStorage.open(opts);
+  const { storage, state, records, report } = await LocalStorage.open(opts);
   let sm: StateMachine;
   try {
-    sm = snapshot
-      ? StateMachine.restore(snapshot)
-      : new StateMachine({ pageBytes: opts.pageBytes, segmentBytes: opts.segmentBytes });
+    sm = state ?? new StateMachine({ pageBytes: opts.pageBytes, segmentBytes: opts.segmentBytes });
     for (const rec of records) sm.apply(rec.index, decodeCommand(rec.payload));
   } catch (err) {
     await storage.close().catch(() => {});
@@ -114,7 +113,7 @@ export class LocalLog implements ReplicatedLog {
   private readonly log: ((line: string) => void) | undefined;
   /** Entries applied since the last snapshot was taken. */
   private sinceSnapshot: number;
-  private snapshotting: Promise<void> | null = null;
+  private snapshotting: Promise<SnapshotWrite | null> | null = null;
   private readonly timer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -146,31 +145,37 @@ export class LocalLog implements ReplicatedLog {
 
   /**
    * Takes a snapshot of the state machine now (unless one is being written: then resolves when that one
-   * is done) and resolves once it is on disk and the WAL was cut behind the previous one. Rejects if
-   * writing it failed; the log itself carries on either way.
+   * is done) and resolves once it is on disk and the WAL was cut behind the previous one, with what writing
+   * it did (null: nothing applied since the last one). Rejects if writing it failed; the log itself
+   * carries on either way.
    */
-  snapshot(): Promise<void> {
+  snapshot(): Promise<SnapshotWrite | null> {
     if (this.snapshotting) return this.snapshotting;
     if (this.closed) return Promise.reject(new SegmemError('CLOSED', 'the server is shutting down'));
     if (this.failure) return Promise.reject(this.failure);
     const index = this.sm.appliedIndex;
-    if (index <= this.storage.snapshotIndex) return Promise.resolve();
+    if (index <= this.storage.snapshotIndex) return Promise.resolve(null);
     const started = performance.now();
-    // Frozen at once (metadata only); the bytes are copied in slices while commands keep applying.
+    // Frozen at once (metadata only); the pages are read from the view while commands keep applying.
     const view = this.sm.freeze();
     const freezeMs = performance.now() - started;
     this.sinceSnapshot = 0;
     const run = async () => {
       // A snapshot never runs ahead of the log it continues: what it holds is durable in the WAL first.
-      const [data] = await Promise.all([serialiseSnapshot(view), this.wal.waitDurable(index)]);
-      const serializeMs = performance.now() - started;
-      const writeStarted = performance.now();
-      await this.storage.saveSnapshot(index, data);
-      this.log?.(
-        `snapshot at index ${index}: ${data.length} bytes, frozen in ${freezeMs.toFixed(0)} ms, ` +
-          `serialised in ${serializeMs.toFixed(0)} ms, written in ${(performance.now() - writeStarted).toFixed(0)} ms; ` +
-          `WAL now starts at index ${this.wal.firstIndex}`,
-      );
+      try {
+        await this.wal.waitDurable(index);
+      } catch (err) {
+        view.release();
+        throw err;
+      }
+      const written = await this.storage.saveSnapshot(index, view);
+      if (written) {
+        this.log?.(
+          `snapshot at index ${index}: ${describeSnapshotWrite(written)}, frozen in ${freezeMs.toFixed(0)} ms, ` +
+            `written in ${written.ms.toFixed(0)} ms; WAL now starts at index ${this.wal.firstIndex}`,
+        );
+      }
+      return written;
     };
     const done = run()
       .catch((err: unknown) => {

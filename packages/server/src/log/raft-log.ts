@@ -19,8 +19,8 @@ import { decodeConfChange } from '../raft/confchange.js';
 import { mayLeaveBeforePersist } from '../raft/node.js';
 import type { ConfChange, Entry, Message, NodeId, Ready, Role } from '../raft/types.js';
 import { NotLeaderError } from '../raft/types.js';
+import { describeSnapshotWrite } from '../storage/page-file.js';
 import type { DiskRaftStorage } from '../storage/raft-storage.js';
-import { serialiseSnapshot } from '../storage/snapshot-serialise.js';
 import type { ApplyListener } from './local-log.js';
 
 /** What the driver needs from the core (raft/node.ts). */
@@ -269,12 +269,15 @@ export class RaftLog implements NodeLog {
 
   private async handle(rd: Ready): Promise<void> {
     if (rd.snapshot) {
-      await this.storage.installSnapshot(rd.snapshot);
-      this.sm = StateMachine.restore(rd.snapshot.data);
+      // Restored first: the file is written from the restored state (its objects' pages).
+      const sm = StateMachine.restore(rd.snapshot.data);
+      const written = await this.storage.installSnapshot(rd.snapshot, sm.freeze());
+      this.sm = sm;
       this.appliedIndex = rd.snapshot.meta.index;
       this.peers.setMembers(rd.snapshot.meta.members);
       this.opts.log?.(
-        `installed snapshot at index ${rd.snapshot.meta.index} (term ${rd.snapshot.meta.term})`,
+        `installed snapshot at index ${rd.snapshot.meta.index} (term ${rd.snapshot.meta.term})` +
+          (written ? `: ${describeSnapshotWrite(written)} in ${written.ms.toFixed(0)} ms` : ''),
       );
     }
     // A membership change takes effect when appended: learn an added member's address and link to it now.
@@ -391,9 +394,15 @@ export class RaftLog implements NodeLog {
     this.compacting = true;
     this.entriesSinceSnapshot = 0;
     const index = this.appliedIndex;
-    // Frozen now, serialised in slices: the heartbeats and appends keep flowing meanwhile.
-    serialiseSnapshot(this.sm.freeze())
-      .then((data) => this.storage.compact(index, data))
+    // Frozen now, written and serialised in slices: the heartbeats and appends keep flowing meanwhile.
+    this.storage
+      .compact(index, this.sm.freeze())
+      .then((written) => {
+        if (written)
+          this.opts.log?.(
+            `snapshot at index ${index}: ${describeSnapshotWrite(written)} in ${written.ms.toFixed(0)} ms`,
+          );
+      })
       .catch((err: unknown) => this.opts.log?.(`snapshot at ${index} failed: ${(err as Error).message}`))
       .finally(() => {
         this.compacting = false;

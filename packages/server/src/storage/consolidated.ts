@@ -22,7 +22,8 @@ import { SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import type { StateContent } from '../core/state-machine.js';
 import { crc32c } from './crc32c.js';
-import { nextTurn } from './snapshot-serialise.js';
+import { isZeroPage } from './page-table.js';
+import { crc32cInSlices, nextTurn } from './snapshot-serialise.js';
 
 const MAGIC = 'SGMCONS1';
 const END_MAGIC = 'SGMCONSE';
@@ -67,13 +68,6 @@ function lengthPrefixed(body: Buffer): Buffer[] {
   return [len, body];
 }
 
-const ZERO_PAGE = Buffer.alloc(64 * 1024);
-
-/** Whether `buf` (at most a page) is all zero: one native comparison. */
-function isZero(buf: Buffer): boolean {
-  return buf.equals(ZERO_PAGE.subarray(0, buf.length));
-}
-
 /** Bytes scanned or checksummed between two turns of the event loop. */
 const SLICE_BYTES = 4 * 1024 * 1024;
 
@@ -103,7 +97,7 @@ export async function encodeConsolidated(
       for (let p = 0; p * pb < o.size; p++) {
         const page = o.data.subarray(p * pb, Math.min(o.size, (p + 1) * pb));
         await progress(page.length);
-        if (isZero(page)) continue;
+        if (isZeroPage(page)) continue;
         present.push(p);
         pages.push(page);
       }
@@ -130,14 +124,7 @@ export async function encodeConsolidated(
     ...pages,
     ...lengthPrefixed(packr.pack(content.logs)),
   ];
-  let crc = 0;
-  for (const p of parts) {
-    for (let at = 0; at < p.length; at += SLICE_BYTES) {
-      const end = Math.min(p.length, at + SLICE_BYTES);
-      crc = crc32c(p, crc, at, end);
-      await progress(end - at);
-    }
-  }
+  const crc = await crc32cInSlices(parts);
   const tail = Buffer.alloc(12);
   tail.writeUInt32LE(crc, 0);
   tail.write(END_MAGIC, 4, 'latin1');

@@ -37,7 +37,10 @@ export const FAULT_STEPS = [
   'recovery.unlink', // remove a torn segment file, or segment files a snapshot made useless
   'recovery.dirsync',
   // snapshot files, written atomically (temp file, fsync, rename, directory fsync)
-  'snapshot.create',
+  'snapshot.clone', // reflink the previous snapshot file to the temp file (FICLONE; fails on ext4)
+  'snapshot.open', // open the clone to write the changed pages into it
+  'snapshot.create', // create an empty temp file (no previous snapshot, or no reflinks here)
+  'snapshot.truncate', // set the file's length (the page image's holes, a shorter metadata)
   'snapshot.write',
   'snapshot.sync',
   'snapshot.rename',
@@ -59,6 +62,9 @@ export const FAULT_STEPS = [
 ] as const;
 
 export type FaultStep = (typeof FAULT_STEPS)[number];
+
+/** Steps only a file system with reflinks reaches (the crash-point harness expects them only there). */
+export const CLONE_ONLY_STEPS: readonly FaultStep[] = ['snapshot.open'];
 
 /** The steps of an atomically written file (see `writeFileAtomic`), by file kind. */
 export type AtomicFileKind = 'snapshot' | 'meta' | 'consolidated';

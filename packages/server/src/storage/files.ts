@@ -52,6 +52,33 @@ export function fdatasyncFd(fd: number, step: FaultStep): Promise<void> {
   });
 }
 
+/** fsync: the file's data and all its metadata (a clone's shared extents included). */
+export function fsyncFd(fd: number, step: FaultStep): Promise<void> {
+  return new Promise((res, rej) => {
+    faultPoint(step);
+    fs.fsync(fd, settle(step, res, rej));
+  });
+}
+
+/** Sets a file's length: a longer file reads zeros past the old end without any block written (a hole). */
+export function ftruncateFd(fd: number, length: number, step: FaultStep): Promise<void> {
+  return new Promise((res, rej) => {
+    faultPoint(step);
+    fs.ftruncate(fd, length, settle(step, res, rej));
+  });
+}
+
+/**
+ * Makes `to` (which must not exist) a reflink clone of `from`: libuv does this with the FICLONE ioctl,
+ * in O(1), sharing every block until one of the two files is written. Fails where the file system cannot
+ * (`ENOTSUP` on ext4 or tmpfs, `EXDEV` across file systems), leaving no `to` behind.
+ */
+export async function cloneFile(from: string, to: string, step: FaultStep): Promise<void> {
+  faultPoint(step);
+  await fsp.copyFile(from, to, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE_FORCE);
+  faultDone(step);
+}
+
 export function closeFd(fd: number, step: FaultStep): Promise<void> {
   return new Promise((res, rej) => {
     faultPoint(step);
@@ -149,25 +176,36 @@ export function isAtomicTempName(name: string): boolean {
   return /^\..+\.tmp-\d+-[0-9a-f]{8}$/.test(name);
 }
 
+/** The temporary name {@link replaceFileAtomic} writes `file` under. */
+function atomicTempName(file: string): string {
+  return join(dirname(file), `.${basename(file)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+}
+
 /**
- * Replaces `file` atomically: the data goes to a temporary file in the same directory, which is fsynced,
- * renamed over `file`, and the directory is fsynced. A crash leaves either the old or the new content
- * (and possibly a stray `.<name>.tmp-<pid>-<hex>` file: see {@link isAtomicTempName}). The file system
- * work runs off the event loop (libuv's thread pool). `kind` names the fault steps
- * (`<kind>.create`, `.write`, `.sync`, `.rename`, `.dirsync`).
+ * Replaces `file` atomically: `create` makes a temporary file in the same directory and opens it
+ * (resolving with its descriptor), `fill` writes it, then it is synced (`sync`), renamed over `file`, and
+ * the directory is fsynced. A crash leaves either the old or the new content (and possibly a stray
+ * `.<name>.tmp-<pid>-<hex>` file: see {@link isAtomicTempName}); a failure removes the temporary file.
+ * `kind` names the fault steps of the sync, rename and directory sync (`<kind>.sync`, ...).
  */
-export async function writeFileAtomic(
+export async function replaceFileAtomic(
   file: string,
-  data: string | Uint8Array | readonly Uint8Array[],
   kind: AtomicFileKind,
+  create: (tmp: string) => Promise<number>,
+  fill: (fd: number) => Promise<void>,
+  sync: (fd: number, step: FaultStep) => Promise<void> = fdatasyncFd,
 ): Promise<void> {
-  const dir = dirname(file);
-  const tmp = join(dir, `.${basename(file)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
-  const parts = typeof data === 'string' ? [Buffer.from(data)] : data instanceof Uint8Array ? [data] : data;
-  const fd = await openFd(tmp, 'wx', `${kind}.create`);
+  const tmp = atomicTempName(file);
+  let fd: number;
   try {
-    await writeAll((f, b, p) => writevFd(f, b, p, `${kind}.write`), fd, parts, 0);
-    await fdatasyncFd(fd, `${kind}.sync`);
+    fd = await create(tmp);
+  } catch (err) {
+    await fsp.rm(tmp, { force: true }).catch(() => {});
+    throw err;
+  }
+  try {
+    await fill(fd);
+    await sync(fd, `${kind}.sync`);
   } catch (err) {
     await closePlain(fd).catch(() => {});
     await fsp.rm(tmp, { force: true }).catch(() => {});
@@ -180,7 +218,28 @@ export async function writeFileAtomic(
     await fsp.rm(tmp, { force: true }).catch(() => {});
     throw err;
   }
-  await fsyncDir(dir, `${kind}.dirsync`);
+  await fsyncDir(dirname(file), `${kind}.dirsync`);
+}
+
+/**
+ * Replaces `file` with `data` atomically (see {@link replaceFileAtomic}). The file system work runs off
+ * the event loop (libuv's thread pool). Fault steps `<kind>.create`, `.write`, `.sync`, `.rename`,
+ * `.dirsync`.
+ */
+export async function writeFileAtomic(
+  file: string,
+  data: string | Uint8Array | readonly Uint8Array[],
+  kind: AtomicFileKind,
+): Promise<void> {
+  const parts = typeof data === 'string' ? [Buffer.from(data)] : data instanceof Uint8Array ? [data] : data;
+  await replaceFileAtomic(
+    file,
+    kind,
+    (tmp) => openFd(tmp, 'wx', `${kind}.create`),
+    async (fd) => {
+      await writeAll((f, b, p) => writevFd(f, b, p, `${kind}.write`), fd, parts, 0);
+    },
+  );
 }
 
 function closePlain(fd: number): Promise<void> {

@@ -16,15 +16,11 @@
  */
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
+import type { FrozenSnapshot, StateMachine } from '../core/state-machine.js';
 import { mkdirDurable } from './files.js';
-import {
-  listSnapshotFiles,
-  loadNewestSnapshot,
-  removeSnapshotFiles,
-  SNAPSHOT_DIR,
-  snapshotFileName,
-  writeSnapshotFile,
-} from './snapshot-file.js';
+import type { SnapshotWrite } from './page-file.js';
+import { SNAPSHOT_DIR, snapshotFileName } from './snapshot-file.js';
+import { SnapshotDir } from './snapshots.js';
 import {
   describeRecovery,
   type FsyncPolicy,
@@ -52,7 +48,7 @@ export interface LocalStorageOptions {
 /** What recovery found: the WAL's report, the snapshot it started from and what it had to skip. */
 export interface LocalRecoveryReport {
   wal: RecoveryReport;
-  /** The snapshot the state was restored from, if any. */
+  /** The snapshot the state was restored from, if any (`bytes`: read from the file). */
   snapshot: { file: string; index: number; bytes: number } | null;
   /** Newer snapshot files that did not verify (recovery fell back past them), with the reason. */
   damagedSnapshots: { file: string; problem: string }[];
@@ -80,15 +76,15 @@ export class LocalStorage {
 
   private constructor(
     readonly wal: Wal,
-    private readonly snapDir: string,
+    private readonly snaps: SnapshotDir,
     good: { name: string; index: number }[],
   ) {
     this.good = good;
   }
 
   /**
-   * Loads the newest snapshot that verifies and opens the WAL after it. Resolves with the snapshot's
-   * state machine bytes (null without a snapshot), the WAL records to apply after it, in order, and a report.
+   * Loads the newest snapshot that verifies and opens the WAL after it. Resolves with the state machine
+   * the snapshot holds (null without a snapshot), the WAL records to apply after it, in order, and a report.
    *
    * Refuses to start (`SegmemError('UNAVAILABLE')`) when the WAL does not reach back to the snapshot
    * recovery could use: `details.reason` is `'SNAPSHOT_CORRUPT'` if newer snapshots were damaged,
@@ -96,13 +92,14 @@ export class LocalStorage {
    */
   static async open(opts: LocalStorageOptions): Promise<{
     storage: LocalStorage;
-    snapshot: Buffer | null;
+    state: StateMachine | null;
     records: WalRecord[];
     report: LocalRecoveryReport;
   }> {
     const snapDir = join(opts.dir, SNAPSHOT_DIR);
     await mkdirDurable(snapDir, opts.fsync !== 'none');
-    const { newest, damaged } = await loadNewestSnapshot(snapDir);
+    const snaps = new SnapshotDir(snapDir);
+    const { newest, damaged } = await snaps.loadNewest();
     const covered = newest?.meta.index ?? 0;
     let opened: Awaited<ReturnType<typeof Wal.open>>;
     try {
@@ -119,14 +116,14 @@ export class LocalStorage {
       throw explainGap(err, snapDir, damaged, newest?.file);
     }
     const good = newest ? [{ name: snapshotFileName(newest.meta), index: newest.meta.index }] : [];
-    const storage = new LocalStorage(opened.wal, snapDir, good);
+    const storage = new LocalStorage(opened.wal, snaps, good);
     return {
       storage,
-      snapshot: newest?.data ?? null,
+      state: newest?.state ?? null,
       records: opened.records,
       report: {
         wal: opened.report,
-        snapshot: newest ? { file: newest.file, index: newest.meta.index, bytes: newest.data.length } : null,
+        snapshot: newest ? { file: newest.file, index: newest.meta.index, bytes: newest.bytes } : null,
         damagedSnapshots: damaged.map(({ file, problem }) => ({ file, problem })),
       },
     };
@@ -138,28 +135,32 @@ export class LocalStorage {
   }
 
   /**
-   * Stores `data`, the state machine's bytes after command `index`, as the newest snapshot; then deletes
-   * every snapshot file but it and the previous good one, and the WAL segment files that only hold
-   * records up to the previous one. The caller makes sure the WAL holds `index` durably first, so a
-   * snapshot is never ahead of the log it continues.
+   * Stores `view`, the state machine frozen after command `index`, as the newest snapshot (a clone of the
+   * previous one where the file system can clone: see `page-file.ts`); then deletes every snapshot file but
+   * it and the previous good one, and the WAL segment files that only hold records up to the previous
+   * one. Resolves with what writing it did (null: not newer than the newest snapshot). Releases the view.
+   * The caller makes sure the WAL holds `index` durably first, so a snapshot is never ahead of the log it
+   * continues.
    */
-  async saveSnapshot(index: number, data: Buffer): Promise<void> {
-    if (this.closed) throw new SegmemError('CLOSED', 'storage is closed');
-    if (index <= this.snapshotIndex) return;
-    if (index > this.wal.lastIndex) {
-      throw new RangeError(`snapshot index ${index} is past the last logged index ${this.wal.lastIndex}`);
+  async saveSnapshot(index: number, view: FrozenSnapshot): Promise<SnapshotWrite | null> {
+    let written: SnapshotWrite;
+    try {
+      if (this.closed) throw new SegmemError('CLOSED', 'storage is closed');
+      if (index <= this.snapshotIndex) return null;
+      if (index > this.wal.lastIndex) {
+        throw new RangeError(`snapshot index ${index} is past the last logged index ${this.wal.lastIndex}`);
+      }
+      written = await this.snaps.write({ index, term: 0, members: [] }, view);
+    } finally {
+      view.release();
     }
-    const meta = { index, term: 0, members: [] };
-    await writeSnapshotFile(this.snapDir, { meta, data });
-    this.good.push({ name: snapshotFileName(meta), index });
+    this.good.push({ name: snapshotFileName({ index, term: 0 }), index });
     if (this.good.length > 2) this.good.splice(0, this.good.length - 2);
     const keep = new Set(this.good.map((g) => g.name));
-    await removeSnapshotFiles(
-      this.snapDir,
-      (await listSnapshotFiles(this.snapDir)).filter((n) => !keep.has(n)),
-    );
+    await this.snaps.removeAllBut((n) => keep.has(n));
     // With two snapshots, the WAL only needs the records after the older one.
     if (this.good.length === 2) await this.wal.truncatePrefix(this.good[0]!.index + 1);
+    return written;
   }
 
   close(): Promise<void> {

@@ -20,17 +20,14 @@
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
+import type { FrozenSnapshot, StateMachine } from '../core/state-machine.js';
 import { MemoryStorage } from '../raft/memory-storage.js';
 import type { Entry, HardState, NodeId, RaftStorage, Snapshot } from '../raft/types.js';
 import { mkdirDurable } from './files.js';
-import {
-  listSnapshotFiles,
-  loadNewestSnapshot,
-  removeSnapshotFiles,
-  SNAPSHOT_DIR,
-  snapshotFileName,
-  writeSnapshotFile,
-} from './snapshot-file.js';
+import type { SnapshotWrite } from './page-file.js';
+import { SNAPSHOT_DIR, snapshotFileName } from './snapshot-file.js';
+import { serialiseSnapshot } from './snapshot-serialise.js';
+import { SnapshotDir } from './snapshots.js';
 import type { FsyncPolicy, RecoveryReport, Wal } from './wal.js';
 import { Wal as WalClass } from './wal.js';
 
@@ -78,7 +75,9 @@ export interface DiskRaftStorageOptions {
 export class DiskRaftStorage implements RaftStorage {
   /** What the core reads: the same in-memory view tests use, kept equal to what the WAL and snap/ hold. */
   private mem: MemoryStorage;
-  private readonly snapDir: string;
+  private readonly snaps: SnapshotDir;
+  /** The state the snapshot loaded at open holds, until {@link takeRestoredState} hands it over. */
+  private restored: StateMachine | null = null;
   /** Raft index -> WAL index of the record holding that entry, for every entry of the in-memory log. */
   private readonly walAt = new Map<number, number>();
 
@@ -87,7 +86,7 @@ export class DiskRaftStorage implements RaftStorage {
     opts: DiskRaftStorageOptions,
     readonly report: RecoveryReport,
   ) {
-    this.snapDir = join(opts.dir, SNAPSHOT_DIR);
+    this.snaps = new SnapshotDir(join(opts.dir, SNAPSHOT_DIR));
     this.mem = new MemoryStorage(opts.initialMembers);
   }
 
@@ -114,9 +113,19 @@ export class DiskRaftStorage implements RaftStorage {
   private async loadLatestSnapshot(): Promise<void> {
     // Newest first; a damaged newest snapshot falls back to the one before (files are renamed into place
     // complete, so damage means the disk, not a crash mid-write). With none left, the member refuses.
-    const { newest, damaged } = await loadNewestSnapshot(this.snapDir);
-    if (newest) this.mem.applySnapshot(newest);
-    else if (damaged.length > 0) throw damaged[damaged.length - 1]!.error;
+    const { newest, damaged } = await this.snaps.loadNewest();
+    if (newest) {
+      // The core sends snapshot()'s bytes to followers that need a snapshot (InstallSnapshot).
+      this.mem.applySnapshot({ meta: newest.meta, data: newest.state.snapshot() });
+      this.restored = newest.state;
+    } else if (damaged.length > 0) throw damaged[damaged.length - 1]!.error;
+  }
+
+  /** The state machine the snapshot loaded at open holds (null: none, or handed over already). */
+  takeRestoredState(): StateMachine | null {
+    const state = this.restored;
+    this.restored = null;
+    return state;
   }
 
   private replay(payload: Buffer, walIndex: number): void {
@@ -145,7 +154,7 @@ export class DiskRaftStorage implements RaftStorage {
       if (index > snapIndex) {
         throw new SegmemError(
           'UNAVAILABLE',
-          `WAL names a snapshot at index ${index} (term ${term}) missing from ${this.snapDir}`,
+          `WAL names a snapshot at index ${index} (term ${term}) missing from ${this.snaps.dir}`,
           { reason: 'SNAPSHOT_MISSING' },
         );
       }
@@ -240,32 +249,55 @@ export class DiskRaftStorage implements RaftStorage {
     return this.wal.waitDurable(walIndex);
   }
 
-  /** Installs a snapshot received from the leader: file first (durably), then the marker record. */
-  async installSnapshot(snap: Snapshot): Promise<void> {
-    // The core hands over only snapshots newer than its log; an older one changes nothing.
-    if (snap.meta.index <= this.mem.snapshot().meta.index) return;
-    await writeSnapshotFile(this.snapDir, snap);
+  /**
+   * Installs a snapshot received from the leader, `view` being the state it holds, frozen (released here):
+   * file first (durably), then the marker record. Resolves with what writing the file did (null: not newer
+   * than the log, nothing done).
+   */
+  async installSnapshot(snap: Snapshot, view: FrozenSnapshot): Promise<SnapshotWrite | null> {
+    let written: SnapshotWrite;
+    try {
+      // The core hands over only snapshots newer than its log; an older one changes nothing.
+      if (snap.meta.index <= this.mem.snapshot().meta.index) return null;
+      written = await this.snaps.write(snap.meta, view);
+    } finally {
+      view.release();
+    }
     // The leader's snapshot replaces the whole log; it re-sends whatever follows the snapshot.
     this.mem.applySnapshot(snap);
     this.walAt.clear();
     const floor = await this.logSnapshot(KIND_SNAPSHOT_INSTALLED, snap.meta.index, snap.meta.term);
     await this.removeOldSnapshots();
     await this.wal.truncatePrefix(floor);
+    return written;
   }
 
-  /** Takes a snapshot of the applied state at `index` and drops the log entries it covers. */
-  async compact(index: number, data: Buffer): Promise<void> {
-    if (index <= this.mem.snapshot().meta.index) return;
-    if (index > this.mem.lastIndex()) {
-      throw new RangeError(`cannot compact to ${index}: last index is ${this.mem.lastIndex()}`);
+  /**
+   * Takes a snapshot at `index` of the applied state frozen in `view` (released here) and drops the log
+   * entries it covers. Resolves with what writing the file did (null: not newer, nothing done).
+   */
+  async compact(index: number, view: FrozenSnapshot): Promise<SnapshotWrite | null> {
+    let written: SnapshotWrite;
+    let data: Buffer;
+    let meta: Snapshot['meta'];
+    try {
+      if (index <= this.mem.snapshot().meta.index) return null;
+      if (index > this.mem.lastIndex()) {
+        throw new RangeError(`cannot compact to ${index}: last index is ${this.mem.lastIndex()}`);
+      }
+      meta = { index, term: this.mem.term(index), members: this.mem.membersAt(index) };
+      written = await this.snaps.write(meta, view);
+      // The core keeps snapshot()'s bytes for followers that need a snapshot: serialised in slices.
+      data = await serialiseSnapshot(view);
+    } finally {
+      view.release();
     }
-    const meta = { index, term: this.mem.term(index), members: this.mem.membersAt(index) };
-    await writeSnapshotFile(this.snapDir, { meta, data });
     this.mem.compact(index, data);
     for (const i of [...this.walAt.keys()]) if (i <= index) this.walAt.delete(i);
     const floor = await this.logSnapshot(KIND_SNAPSHOT_COMPACTED, index, meta.term);
     await this.removeOldSnapshots();
     await this.wal.truncatePrefix(floor);
+    return written;
   }
 
   /**
@@ -287,10 +319,7 @@ export class DiskRaftStorage implements RaftStorage {
 
   private async removeOldSnapshots(): Promise<void> {
     const keep = snapshotFileName(this.mem.snapshot().meta);
-    await removeSnapshotFiles(
-      this.snapDir,
-      (await listSnapshotFiles(this.snapDir)).filter((f) => f < keep),
-    ).catch(() => {});
+    await this.snaps.removeAllBut((f) => f >= keep).catch(() => {});
   }
 
   close(): Promise<void> {

@@ -12,7 +12,8 @@ import { StateMachine } from '../core/state-machine.js';
 import { type Consolidated, decodeConsolidated } from './consolidated.js';
 import { DataDir } from './datadir.js';
 import { mkdirDurable } from './files.js';
-import { SNAPSHOT_DIR, writeSnapshotFile } from './snapshot-file.js';
+import { SNAPSHOT_DIR } from './snapshot-file.js';
+import { SnapshotDir } from './snapshots.js';
 
 const SERVER_ID = /^[A-Za-z0-9._-]{1,64}$/;
 
@@ -69,7 +70,6 @@ export async function restoreConsolidated(
   const { content } = snapshot;
   // A fresh log starts after the snapshot at index 1 (term 1 for a group: its first leader's term is higher).
   const sm = StateMachine.fromContent(content, 1);
-  const data = sm.snapshot();
   const clusterId = opts.clusterId ?? randomUUID();
   const members = dirs.length > 1 ? [...ids].sort() : [];
   for (let i = 0; i < dirs.length; i++) {
@@ -83,10 +83,13 @@ export async function restoreConsolidated(
     try {
       const snapDir = join(dataDir.dir, SNAPSHOT_DIR);
       await mkdirDurable(snapDir);
-      await writeSnapshotFile(snapDir, {
-        meta: { index: 1, term: members.length > 0 ? 1 : 0, members },
-        data,
-      });
+      // Nothing applies to `sm` meanwhile: the view only spares a copy of its bytes.
+      const view = sm.freeze();
+      try {
+        await new SnapshotDir(snapDir).write({ index: 1, term: members.length > 0 ? 1 : 0, members }, view);
+      } finally {
+        view.release();
+      }
     } finally {
       await dataDir.close();
     }
