@@ -94,6 +94,16 @@ export interface NativeBinding {
 
   /** Longest label name kept, in UTF-8 bytes (255). */
   readonly maxLabelNameBytes: number;
+
+  /**
+   * CRC-32C (Castagnoli) of `bytes[start, end)`, continuing from `initial` (0 to start), as an unsigned
+   * 32-bit number: the same function as the server's `storage/crc32c.ts`, which uses this for long inputs.
+   * TypeError for a non-Uint8Array, RangeError for a bad range or an `initial` over 32 bits.
+   */
+  crc32c(bytes: Uint8Array, initial: number, start: number, end: number): number;
+
+  /** Whether {@link crc32c} uses the CPU's CRC32 instruction (SSE4.2); otherwise a table in C. */
+  readonly crc32cHardware: boolean;
 }
 
 /** The loaded addon, or null when it is not built, cannot load, or `SEGMEM_DISABLE_NATIVE=1` is set. */

@@ -1,6 +1,6 @@
 import test from 'ava';
 import fc from 'fast-check';
-import { crc32c } from '../src/storage/crc32c.js';
+import { crc32c, crc32cImplementation, crc32cJs } from '../src/storage/crc32c.js';
 
 /** Bit-at-a-time reference implementation. */
 function reference(buf: Uint8Array, initial = 0): number {
@@ -81,4 +81,28 @@ test('throughput on a large buffer', (t) => {
   t.log(`crc32c: ${best.toFixed(0)} MB/s (best of 5 over 32 MiB)`);
   // A loose floor so a slow CI machine does not fail; the target on real hardware is > 500 MB/s.
   t.true(best > 100, `crc32c ran at only ${best.toFixed(0)} MB/s`);
+});
+
+test('the native addon and the TypeScript implementation agree on every length, offset and start value', (t) => {
+  // Lengths around the point where crc32c() switches to the addon, and long ones.
+  t.is(crc32cImplementation, process.env.SEGMEM_DISABLE_NATIVE === '1' ? 'javascript' : 'native');
+  fc.assert(
+    fc.property(
+      fc.uint8Array({ minLength: 0, maxLength: 5000 }),
+      fc.nat(31),
+      fc.nat(0xffffffff),
+      (bytes, cut, initial) => {
+        const start = Math.min(cut, bytes.length);
+        const backing = Buffer.alloc(bytes.length + 3);
+        backing.set(bytes, 3);
+        const view = backing.subarray(3);
+        return crc32c(view, initial, start) === crc32cJs(bytes, initial, start);
+      },
+    ),
+    { numRuns: 300 },
+  );
+  const big = Buffer.alloc(3 * 1024 * 1024 + 7);
+  for (let i = 0; i < big.length; i += 997) big[i] = i & 0xff;
+  t.is(crc32c(big), crc32cJs(big));
+  t.is(crc32c(big, crc32c(big, 0, 0, 1000), 1000), crc32c(big), 'incremental across the switch');
 });

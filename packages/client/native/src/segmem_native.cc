@@ -28,6 +28,8 @@
 #include <utility>
 #include <vector>
 
+void InitCrc32c(Napi::Env env, Napi::Object exports);  // crc32c.cc
+
 namespace {
 
 // ---------------------------------------------------------------------------------------------------
@@ -681,6 +683,7 @@ Napi::Value JsInstallFaultHandler(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  ::InitCrc32c(env, exports);
   exports.Set("pageSize", Napi::Function::New(env, JsPageSize, "pageSize"));
   exports.Set("map", Napi::Function::New(env, JsMap, "map"));
   exports.Set("address", Napi::Function::New(env, JsAddress, "address"));

@@ -1,11 +1,35 @@
 /**
  * CRC-32C (Castagnoli; reflected polynomial 0x82F63B78), as used by iSCSI, ext4 and many storage formats.
  *
- * Pure TypeScript, slicing-by-8: eight 256-entry tables are built once at module load and the main loop
- * consumes eight bytes per iteration.
+ * Two implementations with the same results: the native addon's (`@segmem/native`, the CPU's CRC32
+ * instruction where it has one: about 10 GB/s here) for anything but short inputs, and this module's
+ * TypeScript slicing-by-8 (about 1 GB/s; eight 256-entry tables built once, eight bytes per iteration),
+ * used for short inputs, where a call into the addon costs more than it saves, and when the addon is not
+ * built or `SEGMEM_DISABLE_NATIVE=1`.
  *
  * @module
  */
+import { createRequire } from 'node:module';
+
+type NativeCrc = (buf: Uint8Array, initial: number, start: number, end: number) => number;
+
+/** The addon's crc32c, or null without it. */
+const nativeCrc: NativeCrc | null = (() => {
+  try {
+    const { native } = createRequire(import.meta.url)('@segmem/native') as {
+      native: { crc32c?: NativeCrc } | null;
+    };
+    return native?.crc32c ?? null;
+  } catch {
+    return null;
+  }
+})();
+
+/** Inputs at least this long go to the addon. */
+const NATIVE_MIN_BYTES = 256;
+
+/** Which implementation long inputs use (for benchmarks and logs). */
+export const crc32cImplementation: 'native' | 'javascript' = nativeCrc ? 'native' : 'javascript';
 
 const POLY = 0x82f63b78;
 
@@ -41,6 +65,12 @@ function buildTables(): Uint32Array {
  * @returns the CRC as an unsigned 32-bit number
  */
 export function crc32c(buf: Uint8Array, initial = 0, start = 0, end: number = buf.length): number {
+  if (nativeCrc !== null && end - start >= NATIVE_MIN_BYTES) return nativeCrc(buf, initial, start, end);
+  return crc32cJs(buf, initial, start, end);
+}
+
+/** {@link crc32c} in TypeScript only (the reference the addon is tested against). */
+export function crc32cJs(buf: Uint8Array, initial = 0, start = 0, end: number = buf.length): number {
   const t = TABLES;
   let crc = ~initial | 0;
   let i = start | 0;
