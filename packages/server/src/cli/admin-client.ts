@@ -18,18 +18,19 @@ import { parseHostPort } from '../shell/tcp.js';
 class Conn {
   private readonly decoder = new FrameDecoder();
   private readonly frames: Frame[] = [];
-  private wake: (() => void) | null = null;
+  /** Calls waiting for a frame (several may be in flight: answers are matched by request id). */
+  private readonly waiters = new Set<() => void>();
   private closed = false;
   private nextId = 1;
 
   private constructor(private readonly socket: Socket) {
     socket.on('data', (chunk: Buffer) => {
       for (const f of this.decoder.push(chunk)) this.frames.push(f);
-      this.wake?.();
+      this.wakeAll();
     });
     socket.on('close', () => {
       this.closed = true;
-      this.wake?.();
+      this.wakeAll();
     });
     socket.on('error', () => {});
   }
@@ -64,10 +65,16 @@ class Conn {
       if (Date.now() > deadline)
         throw new SegmemError('TIMEOUT', `no answer to ${req.type} within ${timeoutMs} ms`);
       await new Promise<void>((r) => {
-        this.wake = r;
+        this.waiters.add(r);
         setTimeout(r, 50);
       });
     }
+  }
+
+  private wakeAll(): void {
+    const waiting = [...this.waiters];
+    this.waiters.clear();
+    for (const w of waiting) w();
   }
 
   close(): void {

@@ -116,6 +116,8 @@ async function logCommand(argv: string[]): Promise<void> {
 
 /** A chunk size well under the frame limit. */
 const SNAPSHOT_CHUNK = 8 * 1024 * 1024;
+/** `snapshot --out` keeps this many SNAPSHOT_READs in flight. */
+const SNAPSHOT_READS_IN_FLIGHT = 4;
 /** `snapshot --out` fdatasyncs the file every this many bytes written. */
 const SNAPSHOT_SYNC_EVERY_BYTES = 32 * 1024 * 1024;
 
@@ -156,10 +158,27 @@ async function snapshotCommand(argv: string[]): Promise<void> {
     try {
       const tty = process.stderr.isTTY;
       let unsynced = 0;
+      // A few pieces in flight, so the leader serves the next while this one is checked and written.
+      const read = (offset: number) =>
+        session.call({ type: 'SNAPSHOT_READ', id: made.id, offset, length: SNAPSHOT_CHUNK });
+      const ahead: Promise<Awaited<ReturnType<typeof read>>>[] = [];
+      let asked = 0;
+      const askMore = () => {
+        while (ahead.length < SNAPSHOT_READS_IN_FLIGHT && asked < made.bytes) {
+          const p = read(asked);
+          p.catch(() => {}); // awaited in order below; an early failure must not go unhandled meanwhile
+          ahead.push(p);
+          asked = Math.min(made.bytes, asked + SNAPSHOT_CHUNK);
+        }
+      };
       for (let offset = 0; offset < made.bytes; ) {
-        const r = await session.call({ type: 'SNAPSHOT_READ', id: made.id, offset, length: SNAPSHOT_CHUNK });
-        if (r.payload.byteLength === 0)
-          throw new SegmemError('PROTOCOL', `empty chunk at ${offset} of ${made.bytes}`);
+        askMore();
+        const r = await ahead.shift()!;
+        if (r.payload.byteLength !== Math.min(SNAPSHOT_CHUNK, made.bytes - offset))
+          throw new SegmemError(
+            'PROTOCOL',
+            `a piece of ${r.payload.byteLength} bytes at ${offset} of ${made.bytes}`,
+          );
         const chunk = Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength);
         verifier.push(chunk);
         await handle.write(chunk);
