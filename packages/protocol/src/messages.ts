@@ -519,7 +519,7 @@ export interface LogTruncateOk {
 }
 
 export interface SnapshotOk {
-  /** Names the snapshot for SNAPSHOT_READ (kept by the server until read to the end or idle for a minute). */
+  /** Names the snapshot for SNAPSHOT_READ (kept by the server until the session ends or it is idle for a minute). */
   id: number;
   /** Bytes of the file. */
   bytes: number;
@@ -562,7 +562,9 @@ export type OkBodyInput<T extends RequestType> = T extends 'ACQUIRE'
     ? Omit<LogReadOk, 'payload'> & { payload?: Uint8Array }
     : T extends 'READ_PAGES'
       ? Omit<ReadPagesOk, 'payload'> & { payload?: Uint8Array }
-      : OkBodies[T];
+      : T extends 'SNAPSHOT_READ'
+        ? Omit<SnapshotReadOk, 'payload'> & { payload?: Uint8Array }
+        : OkBodies[T];
 
 // ---------------------------------------------------------------------------------------------------------------
 // ERROR (0x41) and the INVALIDATE push (0x60)

@@ -611,7 +611,7 @@ export class SegmemNode {
 
   private readonly exports = new Map<
     number,
-    { parts: Buffer[]; bytes: number; release: () => void; timer: NodeJS.Timeout }
+    { parts: Buffer[]; bytes: number; release: () => void; timer: NodeJS.Timeout; sessionId: number }
   >();
   private nextExportId = 1;
 
@@ -643,13 +643,18 @@ export class SegmemNode {
     return { parts, bytes, index, term, createdAt, release: () => view.release() };
   }
 
-  /** SNAPSHOT: {@link consolidate}, kept in memory under an id for SNAPSHOT_READ. */
-  async snapshotExport(): Promise<{ id: number; bytes: number; index: number; term: number }> {
+  /**
+   * SNAPSHOT: {@link consolidate}, kept under an id for SNAPSHOT_READ until the session that asked ends
+   * (its GOODBYE, expiry, or this member's loss of leadership) or nobody read it for a minute.
+   */
+  async snapshotExport(
+    sessionId: number,
+  ): Promise<{ id: number; bytes: number; index: number; term: number }> {
     const ex = await this.consolidate();
     const id = this.nextExportId++;
     const timer = setTimeout(() => this.dropExport(id), SNAPSHOT_EXPORT_IDLE_MS);
     timer.unref?.();
-    this.exports.set(id, { parts: ex.parts, bytes: ex.bytes, release: ex.release, timer });
+    this.exports.set(id, { parts: ex.parts, bytes: ex.bytes, release: ex.release, timer, sessionId });
     return { id, bytes: ex.bytes, index: ex.index, term: ex.term };
   }
 
@@ -661,35 +666,36 @@ export class SegmemNode {
     this.exports.delete(id);
   }
 
-  /** SNAPSHOT_READ: a chunk of an export; the export is dropped once read to its end. */
-  snapshotRead(req: { id: number; offset: number; length: number }): Buffer {
+  /**
+   * SNAPSHOT_READ: a piece of an export, as views of its frozen bytes (no copy). They may wait in the
+   * socket's queue after this returns: the export, and so the frozen view, lives until its session ends,
+   * by which time the reader has had every piece it asked for.
+   */
+  snapshotRead(req: { id: number; offset: number; length: number }): Buffer[] {
     const ex = this.exports.get(req.id);
     if (!ex)
       throw new SegmemError(
         'NOT_FOUND',
-        `no snapshot ${req.id} here (read to its end, expired, or another server's)`,
+        `no snapshot ${req.id} here (its session ended, idle for a minute, or another server's)`,
       );
     if (req.offset > ex.bytes) {
       throw new SegmemError('INVALID_ARGUMENT', `offset ${req.offset} is past the end (${ex.bytes} bytes)`);
     }
-    // Gather the piece from the parts (views into frozen object bytes): one copy, of this piece only. The
-    // views cannot go to the socket as they are: the view is released at the last piece, and a write to
-    // an object could then change bytes still waiting in the socket's queue.
     const end = Math.min(ex.bytes, req.offset + req.length);
-    const chunk = Buffer.allocUnsafe(end - req.offset);
+    const piece: Buffer[] = [];
     let partStart = 0;
     for (const p of ex.parts) {
       const partEnd = partStart + p.length;
       if (partEnd > req.offset && partStart < end) {
-        const from = Math.max(req.offset, partStart);
-        p.copy(chunk, from - req.offset, from - partStart, Math.min(end, partEnd) - partStart);
+        piece.push(
+          p.subarray(Math.max(req.offset, partStart) - partStart, Math.min(end, partEnd) - partStart),
+        );
       }
       if (partEnd >= end) break;
       partStart = partEnd;
     }
     ex.timer.refresh();
-    if (end >= ex.bytes) this.dropExport(req.id);
-    return chunk;
+    return piece;
   }
 
   /** HELLO of a page-reader connection: any member answers, after the cluster and credential checks. */
@@ -833,6 +839,8 @@ export class SegmemNode {
           this.liveness.forget(effect.sessionId);
           this.expiring.delete(effect.sessionId);
           if (state) for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
+          // Its consolidated snapshots: every piece it read has reached it (it ended after them).
+          for (const [id, ex] of this.exports) if (ex.sessionId === effect.sessionId) this.dropExport(id);
           // An expired session whose client is still connected (e.g. its event loop stalled past the timeout):
           // close the connection, so the client notices, finds its session gone and starts a new one.
           if (effect.reason === 'expired' && state?.port && !state.port.closed) {

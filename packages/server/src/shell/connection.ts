@@ -235,13 +235,11 @@ export class ServerConnection implements Port {
         await node.readPages(this, requestId, req);
         return;
       case 'SNAPSHOT':
-        this.answer(encodeOk('SNAPSHOT', requestId, await node.snapshotExport()));
+        this.answer(encodeOk('SNAPSHOT', requestId, await node.snapshotExport(sid)));
         return;
-      case 'SNAPSHOT_READ': {
-        const chunk = node.snapshotRead(req);
-        this.answer(encodeOk('SNAPSHOT_READ', requestId, { offset: req.offset, payload: chunk }));
+      case 'SNAPSHOT_READ':
+        this.answer(encodeOk('SNAPSHOT_READ', requestId, { offset: req.offset }, node.snapshotRead(req)));
         return;
-      }
     }
   }
 
