@@ -6,6 +6,7 @@
  * The tests run one after the other: each starts three servers on ports found free a moment before, and
  * run together they loaded the machine with twenty processes and raced for ports.
  */
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { connect, SegmemError } from '../src/index.js';
@@ -427,6 +428,74 @@ test.serial(
       await seg.update('n', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
       t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 32);
       await converged(cluster);
+    } finally {
+      await seg.close();
+      await cluster.stopAll();
+      dir.cleanup();
+    }
+  },
+);
+
+test.serial(
+  'a member restarted with its original --peers after a compaction still reaches a member added since',
+  async (t) => {
+    const dir = tempDir();
+    const cluster = await TestCluster.start(3, dir.path, 'batch', () => ['--snapshot-every-entries', '20']);
+    const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
+    const segmemBin = join(fixturesDir, '../../../server/bin/segmem.mjs');
+    const cli = async (...args: string[]) => {
+      const r = await runNode(segmemBin, ['cluster', ...args, '--servers', cluster.addresses.join(',')]).done;
+      t.is(r.code, 0, r.stderr);
+      return r.stdout;
+    };
+    const bump = async (times: number) => {
+      for (let i = 0; i < times; i++)
+        await seg.update('n', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+    };
+    try {
+      await seg.create('n', 4);
+      await bump(5);
+      const clusterId = /^cluster (\S+)$/m.exec(await cli('list'))![1]!;
+      const address = `127.0.0.1:${await freePort()}`;
+      const s4 = await startServerProcess({
+        id: 's4',
+        listen: address,
+        dataDir: join(dir.path, 's4'),
+        extra: ['--peers', `${cluster.peers},s4=${address}`, '--join', '--cluster-id', clusterId],
+      });
+      cluster.members.push({ id: 's4', address, dataDir: join(dir.path, 's4'), server: s4 });
+      await cli('add', 's4', address);
+      await cli('remove', 's3');
+      await cluster.member('s3').server?.stop();
+      cluster.member('s3').server = null;
+      // Members s1, s2, s4. Enough commands for every member to compact past the entry that added s4.
+      await bump(30);
+      await converged(cluster);
+      // s1 comes back with the --peers it started with, which do not name s4...
+      await cluster.member('s1').server?.stop();
+      await cluster.startMember('s1');
+      const saved = JSON.parse(readFileSync(join(cluster.member('s1').dataDir, 'peers.json'), 'utf8'));
+      t.is(saved.s4, address, 'peers.json kept the address of the added member');
+      await converged(cluster);
+      // ...and with s2 gone, s1 and s4 are the majority: they must reach each other to elect and commit.
+      await cluster.member('s2').server?.stop();
+      cluster.member('s2').server = null;
+      await waitFor(
+        async () => {
+          try {
+            await seg.update('n', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        'a write committed by s1 and s4',
+        30_000,
+      ).catch((err) => {
+        t.log(cluster.history());
+        throw err;
+      });
+      t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 36);
     } finally {
       await seg.close();
       await cluster.stopAll();

@@ -3,6 +3,7 @@
  * majority (each member fsyncs before acknowledging) before it is applied, so sessions, locks and
  * tokens survive the loss of any minority, and a restarted member simply catches up.
  */
+
 import { createHash } from 'node:crypto';
 import { DEFAULT_SEGMENT_BYTES, PAGE_BYTES, SegmemError } from '@segmem/protocol';
 import { parseSegmentBytes } from './config.js';
@@ -12,6 +13,7 @@ import { type NodeOptions, SegmemNode } from './node.js';
 import type { NodeId, RaftStorage } from './raft/types.js';
 import { PeerTransport } from './shell/peers.js';
 import { DataDir } from './storage/datadir.js';
+import { loadPeerAddresses, savePeerAddresses } from './storage/peer-addresses.js';
 import { DiskRaftStorage } from './storage/raft-storage.js';
 import { describeRecovery } from './storage/wal.js';
 
@@ -82,7 +84,19 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       heartbeatTicks: HEARTBEAT_TICKS,
       rand: Math.random,
     });
-    const peers = new PeerTransport(opts.id, clusterId, { ...opts.peers }, []);
+    // Addresses learned from `add` entries survive the compaction of those entries in peers.json; the
+    // command line's --peers wins for an id it names.
+    const learned = await loadPeerAddresses(dataDir.dir, (line) => opts.log?.(line));
+    const peers = new PeerTransport(opts.id, clusterId, { ...learned, ...opts.peers }, []);
+    let saving = Promise.resolve();
+    const remember = (id: string, address: string) => {
+      if (learned[id] === address) return;
+      learned[id] = address;
+      const snapshot = { ...learned };
+      saving = saving
+        .then(() => savePeerAddresses(dataDir.dir, snapshot))
+        .catch((err: unknown) => opts.log?.(`cannot save member addresses: ${(err as Error).message}`));
+    };
     let node: SegmemNode | undefined;
     let raftLog: RaftLog | undefined;
     const diskStorage = storage;
@@ -95,6 +109,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
           snapshotEveryEntries: opts.snapshotEveryEntries ?? SNAPSHOT_EVERY_ENTRIES,
           pageBytes: PAGE_BYTES,
           segmentBytes,
+          onAddress: (id, address) => remember(id, address),
           onRoleChange: (role, leader, term) => {
             opts.log?.(`raft: ${role} in term ${term}${leader ? `, leader ${leader}` : ''}`);
             node?.roleChanged(role === 'leader');

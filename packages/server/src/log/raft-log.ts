@@ -67,6 +67,8 @@ export interface RaftLogOptions {
   pageBytes: number;
   segmentBytes: number;
   onRoleChange?: (role: Role, leader: NodeId | null, term: number) => void;
+  /** A conf entry named a member's address (at start-up too, for those still in the log). */
+  onAddress?: (id: NodeId, address: string) => void;
   log?: (line: string) => void;
 }
 
@@ -338,7 +340,10 @@ export class RaftLog implements NodeLog {
   learnAddress(data: Buffer): void {
     try {
       const cc = decodeConfChange(data);
-      if (cc.op === 'add' && cc.address) this.peers.addAddress(cc.id, cc.address);
+      if (cc.op === 'add' && cc.address) {
+        this.peers.addAddress(cc.id, cc.address);
+        this.opts.onAddress?.(cc.id, cc.address);
+      }
     } catch {
       // a conf entry the core accepted is well formed; nothing to learn otherwise
     }

@@ -17,6 +17,7 @@ import {
   mkdirDurable,
   writeFileAtomic,
 } from './files.js';
+import { PEERS_FILE } from './peer-addresses.js';
 import { isSnapshotName, SNAPSHOT_DIR } from './snapshot-file.js';
 import { isSegmentFileName } from './wal.js';
 
@@ -247,7 +248,11 @@ export class DataDir {
 
 /** Which names each part of a data directory expects; anything else is reported and ignored. */
 const EXPECTED: { sub: string; expected: (name: string) => boolean }[] = [
-  { sub: '', expected: (n) => n === META_FILE || n === LOCK_FILE || n === WAL_DIR || n === SNAPSHOT_DIR },
+  {
+    sub: '',
+    expected: (n) =>
+      n === META_FILE || n === LOCK_FILE || n === WAL_DIR || n === SNAPSHOT_DIR || n === PEERS_FILE,
+  },
   { sub: WAL_DIR, expected: isSegmentFileName },
   { sub: SNAPSHOT_DIR, expected: isSnapshotName },
 ];

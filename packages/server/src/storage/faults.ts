@@ -59,6 +59,12 @@ export const FAULT_STEPS = [
   'consolidated.rename',
   'consolidated.dirsync',
   'consolidated.unlink', // delete a backup beyond the number kept
+  // a cluster member's learned member addresses (peers.json), written atomically
+  'peers.create',
+  'peers.write',
+  'peers.sync',
+  'peers.rename',
+  'peers.dirsync',
 ] as const;
 
 export type FaultStep = (typeof FAULT_STEPS)[number];
@@ -67,7 +73,7 @@ export type FaultStep = (typeof FAULT_STEPS)[number];
 export const CLONE_ONLY_STEPS: readonly FaultStep[] = ['snapshot.open'];
 
 /** The steps of an atomically written file (see `writeFileAtomic`), by file kind. */
-export type AtomicFileKind = 'snapshot' | 'meta' | 'consolidated';
+export type AtomicFileKind = 'snapshot' | 'meta' | 'consolidated' | 'peers';
 
 type CrashMode = 'kill' | 'after' | 'torn' | 'reorder';
 const CRASH_MODES: readonly string[] = ['kill', 'after', 'torn', 'reorder'] satisfies CrashMode[];
