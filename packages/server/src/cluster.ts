@@ -87,7 +87,13 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     // Addresses learned from `add` entries survive the compaction of those entries in peers.json; the
     // command line's --peers wins for an id it names.
     const learned = await loadPeerAddresses(dataDir.dir, (line) => opts.log?.(line));
-    const peers = new PeerTransport(opts.id, clusterId, { ...learned, ...opts.peers }, []);
+    const peers = new PeerTransport(
+      opts.id,
+      clusterId,
+      { ...learned, ...opts.peers },
+      [],
+      opts.token ?? null,
+    );
     let saving = Promise.resolve();
     const remember = (id: string, address: string) => {
       if (learned[id] === address) return;

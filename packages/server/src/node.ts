@@ -4,7 +4,7 @@
  * errors and invalidations to whichever connection a session is attached to.
  * `startServer` puts it behind TCP/UDP; the client's embedded mode attaches in-process connections.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Socket as UdpSocket } from 'node:dgram';
 import {
   type AcquireRequest,
@@ -319,7 +319,12 @@ export class SegmemNode {
   peerHandler: ((msg: Message) => void) | null = null;
 
   /** Checks a peer's PEER_HELLO; throws UNAUTHORIZED for another cluster or a misdirected peer. */
-  acceptPeer(hello: { clusterId: string; from: string; to: string }): (msg: Message) => void {
+  acceptPeer(hello: {
+    clusterId: string;
+    from: string;
+    to: string;
+    token: string | null;
+  }): (msg: Message) => void {
     if (!this.peerHandler)
       throw new SegmemError('PROTOCOL', 'this server runs a single-member group and takes no peers');
     if (hello.clusterId !== this.clusterId) {
@@ -330,6 +335,10 @@ export class SegmemNode {
     }
     if (hello.to !== this.id)
       throw new SegmemError('UNAUTHORIZED', `peer ${hello.from} dialled ${hello.to}, but this is ${this.id}`);
+    // With a token set, members present it to each other too: a process that can reach the port but does
+    // not know it cannot speak Raft here.
+    if (this.opts.token !== undefined && !sameSecret(hello.token, this.opts.token))
+      throw new SegmemError('UNAUTHORIZED', `peer ${hello.from}: bad or missing token`);
     const handler = this.peerHandler;
     return (msg) => {
       if (msg.from === hello.from && msg.to === this.id) handler(msg);
@@ -604,7 +613,7 @@ export class SegmemNode {
         { reason: 'CLUSTER_MISMATCH', clusterId: this.clusterId },
       );
     }
-    if (this.opts.token !== undefined && req.token !== this.opts.token) {
+    if (this.opts.token !== undefined && !sameSecret(req.token, this.opts.token)) {
       throw new SegmemError('UNAUTHORIZED', 'bad or missing token');
     }
   }
@@ -985,6 +994,14 @@ function pagesPayload(obj: SegmentObject, pages: number[], pageBytes: number): B
     at += obj.data.copy(out, at, start, Math.min(obj.size, start + pageBytes));
   }
   return out;
+}
+
+/** Compares a presented credential with the expected one in time independent of where they differ. */
+function sameSecret(given: string | null | undefined, expected: string): boolean {
+  if (typeof given !== 'string') return false;
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 function unwrap(result: Result): unknown {

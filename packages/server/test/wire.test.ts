@@ -2,8 +2,8 @@
  * The server's port under bad input: garbage, oversize frames, wrong handshakes, bad fields, other
  * sessions' tokens. Each gets a clear error; the server keeps serving everyone else.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { connect as netConnect, type Socket } from 'node:net';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -19,6 +19,7 @@ import {
 } from '@segmem/protocol';
 import test from 'ava';
 import { startServer } from '../src/index.js';
+import { encodePeerHello } from '../src/shell/peer-codec.js';
 
 /** A raw protocol client over a real socket, for sending exactly the bytes a test wants. */
 class RawClient {
@@ -377,4 +378,68 @@ test('random bytes never crash the server (bounded fuzz)', async (t) => {
     await c.untilClosed();
   }
   t.like(await keeper.call({ type: 'LIST', prefix: '' }), { objects: [] });
+});
+
+test('with a token set, cluster members present it to each other, and a peer without it is refused', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'segmem-wire-'));
+  const ports: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    ports.push(
+      await new Promise<number>((resolve) => {
+        const probe = createServer();
+        probe.listen(0, '127.0.0.1', () => {
+          const port = (probe.address() as { port: number }).port;
+          probe.close(() => resolve(port));
+        });
+      }),
+    );
+  }
+  const servers = Object.fromEntries(ports.map((p, i) => [`s${i + 1}`, `127.0.0.1:${p}`]));
+  const config = join(dir, 'segmem.json');
+  writeFileSync(config, JSON.stringify({ clusterId: 'guarded', token: 's3cret', servers }));
+  const members = await Promise.all(
+    Object.entries(servers).map(([id, listen]) =>
+      startServer({ id, listen, dataDir: join(dir, id), config, fsync: 'none' }),
+    ),
+  );
+  try {
+    // The members elect a leader and commit: they accepted each other's PEER_HELLO with the token.
+    let created = false;
+    for (let attempt = 0; attempt < 200 && !created; attempt++) {
+      for (const address of Object.values(servers)) {
+        const c = await RawClient.open(address);
+        try {
+          await c.hello({ token: 's3cret' });
+          await c.call({ type: 'CREATE', seq: 1, name: 'x', size: 4, ifNotExists: false });
+          created = true;
+          break;
+        } catch {
+          // not the leader (yet)
+        } finally {
+          c.close();
+        }
+      }
+      if (!created) await new Promise((r) => setTimeout(r, 50));
+    }
+    t.true(created, 'a write committed on the token-protected cluster');
+    // A peer link without the token, or with a wrong one, gets UNAUTHORIZED and a closed connection.
+    for (const token of [null, 'wrong']) {
+      const intruder = await RawClient.open(servers.s1!);
+      for (const p of encodePeerHello({
+        clusterId: 'guarded',
+        from: 's9',
+        to: 's1',
+        token,
+      }))
+        intruder.socket.write(p);
+      const f = await intruder.next();
+      t.is(f?.type, MessageType.ERROR);
+      t.is(decodeError(f!).code, 'UNAUTHORIZED');
+      t.regex(decodeError(f!).message, /peer s9: bad or missing token/);
+      await intruder.untilClosed();
+    }
+  } finally {
+    for (const m of members) await m.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

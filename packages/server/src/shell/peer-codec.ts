@@ -16,6 +16,7 @@ import {
   type Frame,
   invalidArgument,
   isPlainMap,
+  MAX_TOKEN_BYTES,
   optionalField,
   stringField,
   uintField,
@@ -48,16 +49,25 @@ function nodeId(value: unknown, field: string): NodeId {
   return s;
 }
 
-export function encodePeerHello(hello: { clusterId: string; from: NodeId; to: NodeId }): Buffer[] {
+export interface PeerHello {
+  clusterId: string;
+  from: NodeId;
+  to: NodeId;
+  /** The cluster's `token` setting, when it has one: members present it to each other like clients. */
+  token: string | null;
+}
+
+export function encodePeerHello(hello: PeerHello): Buffer[] {
   return encodeFrame(PeerMessageType.PEER_HELLO, 1, 0, hello);
 }
 
-export function decodePeerHello(frame: Frame): { clusterId: string; from: NodeId; to: NodeId } {
+export function decodePeerHello(frame: Frame): PeerHello {
   const h = frame.header;
   return {
     clusterId: stringField(h.clusterId, 'clusterId', 1, 255),
     from: nodeId(h.from, 'from'),
     to: nodeId(h.to, 'to'),
+    token: optionalField(h.token, 'token', (v, f) => stringField(v, f, 0, MAX_TOKEN_BYTES)),
   };
 }
 

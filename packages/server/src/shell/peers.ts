@@ -94,6 +94,7 @@ export class PeerTransport {
     private readonly clusterId: string,
     private readonly addresses: Record<NodeId, string>,
     members: NodeId[],
+    private readonly token: string | null = null,
   ) {
     this.setMembers(members);
   }
@@ -106,7 +107,11 @@ export class PeerTransport {
       if (!address) continue; // no known address: the operator adds it with the member
       this.links.set(
         id,
-        new PeerLink(id, address, encodePeerHello({ clusterId: this.clusterId, from: this.self, to: id })),
+        new PeerLink(
+          id,
+          address,
+          encodePeerHello({ clusterId: this.clusterId, from: this.self, to: id, token: this.token }),
+        ),
       );
     }
     for (const [id, link] of this.links) {
