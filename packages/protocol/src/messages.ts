@@ -1128,7 +1128,11 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
     return {
       sessionId: uintField(h.sessionId, 'sessionId', 0),
       resumed: boolField(h.resumed, 'resumed'),
-      sessionSecret: stringField(h.sessionSecret, 'sessionSecret', 0, MAX_SESSION_SECRET_BYTES),
+      // A server from before resume secrets sends none: its sessions resume by id, so '' is what to send.
+      sessionSecret:
+        optionalField(h.sessionSecret, 'sessionSecret', (v, f) =>
+          stringField(v, f, 0, MAX_SESSION_SECRET_BYTES),
+        ) ?? '',
       clusterId: stringField(h.clusterId, 'clusterId', 1, MAX_NAME_BYTES),
       serverId: stringField(h.serverId, 'serverId', 1, MAX_NAME_BYTES),
       pageBytes: uintField(h.pageBytes, 'pageBytes', 1),

@@ -3,7 +3,6 @@
  * majority (each member fsyncs before acknowledging) before it is applied, so sessions, locks and
  * tokens survive the loss of any minority, and a restarted member simply catches up.
  */
-
 import { createHash } from 'node:crypto';
 import { DEFAULT_SEGMENT_BYTES, PAGE_BYTES, SegmemError } from '@segmem/protocol';
 import { parseSegmentBytes } from './config.js';
