@@ -21,6 +21,7 @@ export type CheckerName =
   | 'deliverOnce'
   | 'durability'
   | 'linearizability'
+  | 'logAppends'
   | 'liveness'
   | 'coreInvariant'
   | 'crash';

@@ -57,7 +57,7 @@ for (const s of list) {
     if (verbose || seed !== undefined) {
       const st = r.stats;
       process.stdout.write(
-        `seed ${s} ok: ${st.ticks} ticks, ${st.leaderTerms} leader terms, commit ${st.committed}, ${st.opsCompleted} ops (+${st.opsUnknown} unknown), ${st.crashes} crashes, ${st.partitions} partitions, ${st.snapshotsInstalled} snapshots, ${st.expiries} expiries, ${st.replays} replays, ${st.replacements} replacements, ${st.transfers} transfers\n`,
+        `seed ${s} ok: ${st.ticks} ticks, ${st.leaderTerms} leader terms, commit ${st.committed}, ${st.opsCompleted} ops (+${st.opsUnknown} unknown), ${st.crashes} crashes, ${st.partitions} partitions, ${st.snapshotsInstalled} snapshots, ${st.expiries} expiries, ${st.replays} replays, ${st.logAppends} log appends, ${st.replacements} replacements, ${st.transfers} transfers\n`,
       );
     }
   } else {

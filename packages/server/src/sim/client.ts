@@ -6,6 +6,10 @@
  * pause, as a stopped process): its session may expire meanwhile. A client that learns that its session
  * is gone while holding a write opens a new session and replays its release (new session, old token): a
  * correct server refuses it (fencing); one without the token check applies a stale write.
+ *
+ * Some idle turns append a record to a shared log instead (a payload unique to this client and append),
+ * retried with the same seq like everything else; the simulator checks at the end that every
+ * acknowledged record is in the log exactly once, at the sequence number its answer gave.
  */
 import type { Command, LockMode, Result } from '../core/commands.js';
 import type { NodeId } from '../raft/types.js';
@@ -30,6 +34,10 @@ export interface ClientEnv {
   readonly nodes: readonly NodeId[];
   readonly prng: Prng;
   readonly history: History;
+  /** Decides the log appends, apart from `prng`, so runs without appends draw exactly as before. */
+  readonly logPrng: Prng;
+  /** Every acknowledged append: what the final log check holds the log to. */
+  readonly logAcks: LogAck[];
   trace(line: string): void;
   /** No new pauses (the liveness phase). */
   readonly calm: boolean;
@@ -48,9 +56,20 @@ export interface ClientParams {
   /** When a write is granted: chance to go silent while holding it. */
   pauseWhileHoldingP: number;
   pauseTicksMax: number;
+  /** From idle: chance to append a log record instead of a lock cycle (0: never). */
+  appendP: number;
+  /** The shared log appended to. */
+  logName: string;
 }
 
-type Phase = 'open' | 'create' | 'idle' | 'acquire' | 'hold' | 'release' | 'replay';
+export interface LogAck {
+  client: string;
+  payload: string;
+  /** The sequence number the append's answer gave its record. */
+  seq: number;
+}
+
+type Phase = 'open' | 'create' | 'idle' | 'acquire' | 'hold' | 'release' | 'replay' | 'append';
 
 interface Request {
   reqId: number;
@@ -95,6 +114,7 @@ export class SimClient {
   completed = 0;
   pauses = 0;
   replays = 0;
+  appends = 0;
 
   constructor(
     readonly id: string,
@@ -197,6 +217,20 @@ export class SimClient {
         });
         return;
       case 'idle': {
+        if (this.p.appendP > 0 && this.env.logPrng.chance(this.p.appendP)) {
+          const data = Buffer.from(`${this.id}#${++this.appends}`);
+          this.phase = 'append';
+          this.sendCmd({
+            op: 'append',
+            sessionId: sid!,
+            seq: ++this.seq,
+            name: this.p.logName,
+            sizes: [data.length],
+            maxBytes: 1 << 20,
+            data,
+          });
+          return;
+        }
         const name = this.env.prng.pick(this.p.objects);
         const mode: LockMode = this.env.prng.chance(this.p.writeP) ? 'write' : 'read';
         const op = this.env.history.begin(this.id, name, mode, this.env.clock());
@@ -367,6 +401,17 @@ export class SimClient {
         }
         this.endCycle('void');
         if (!sessionAlive) this.sessionLost();
+        return;
+      }
+      case 'append': {
+        if (result.ok) {
+          const payload = cmd.data!.toString();
+          const seq = (result.value as { first: number }).first;
+          this.env.logAcks.push({ client: this.id, payload, seq });
+          this.env.trace(`${this.id} appended ${payload} as record ${seq}`);
+        }
+        this.endCycle('unknown');
+        if (!result.ok && !sessionAlive) this.sessionLost();
         return;
       }
       case 'release': {

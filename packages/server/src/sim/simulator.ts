@@ -34,6 +34,7 @@ import {
   type ClientEnv,
   type ClientParams,
   type ClientToNode,
+  type LogAck,
   type NodeToClient,
   SimClient,
 } from './client.js';
@@ -67,6 +68,11 @@ export interface SimOptions {
   skipDurabilityCheck?: boolean;
   /** Called with every trace event as it happens (the CLI's --trace). */
   onTrace?: (line: string) => void;
+  /**
+   * Clients also append to a shared log (default true). Their choices come from a random stream of their
+   * own, so `false` gives exactly the runs from before logs were simulated (the regression seeds use it).
+   */
+  logs?: boolean;
 }
 
 /** This run's draw of fault probabilities and timings (swarm testing). */
@@ -113,6 +119,8 @@ export interface SimStats {
   opsUnknown: number;
   clientPauses: number;
   replays: number;
+  /** Log appends acknowledged (each checked in the final log). */
+  logAppends: number;
 }
 
 export class SimFailure extends Error {
@@ -233,6 +241,9 @@ function drawParams(prng: Prng, nodes: number): SimParams {
       pauseP: on(0.6) ? prng.float() * 0.002 : 0,
       pauseWhileHoldingP: on(0.6) ? prng.float() * 0.15 : 0,
       pauseTicksMax: prng.int(20, 3 * sessionTimeoutTicks),
+      // Drawn in the constructor from a stream of its own (see SimOptions.logs).
+      appendP: 0,
+      logName: 'events',
     },
   };
 }
@@ -259,6 +270,8 @@ class Simulation {
   private readonly clients = new Map<string, SimClient>();
   private readonly checker = new SafetyChecker();
   private readonly history = new History();
+  private readonly logPrng: Prng;
+  private readonly logAcks: LogAck[] = [];
   private readonly traceRing: string[] = [];
   private traceAt = 0;
   private now = 0;
@@ -288,6 +301,7 @@ class Simulation {
     opsCompleted: 0,
     opsUnknown: 0,
     clientPauses: 0,
+    logAppends: 0,
     replays: 0,
   };
 
@@ -295,6 +309,10 @@ class Simulation {
     this.prng = new Prng(opts.seed);
     const n = opts.nodes ?? 3;
     this.params = { ...drawParams(this.prng, n), ...opts.params };
+    this.logPrng = new Prng((opts.seed ^ 0x10c5eed) >>> 0);
+    if (opts.logs !== false && !opts.params?.client) {
+      this.params.client = { ...this.params.client, appendP: 0.05 + this.logPrng.float() * 0.25 };
+    }
     this.faultTicks = opts.ticks ?? 1500;
     this.livenessTicks = opts.livenessTicks ?? 1500;
     this.broken = opts.broken;
@@ -313,6 +331,8 @@ class Simulation {
       nodes: this.nodeIds,
       prng: this.prng,
       history: this.history,
+      logPrng: this.logPrng,
+      logAcks: this.logAcks,
       trace: (line) => this.trace(line),
       get calm() {
         return sim.calm;
@@ -871,6 +891,44 @@ class Simulation {
     this.observe(leader);
   }
 
+  /**
+   * Every acknowledged append is in the shared log exactly once, at the sequence number its answer gave,
+   * on the most advanced live node (the agreement checker holds the others to it); no payload appears
+   * twice (a retried append applied once).
+   */
+  private checkLog(): void {
+    const name = this.params.client.logName;
+    const node = [...this.nodes.values()].filter((n) => n.up && !n.gone).sort((a, b) => b.applied - a.applied)[0];
+    if (!node) return;
+    const read = node.sm.readLog(name, null, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+    if (!read.ok) {
+      if (this.logAcks.length === 0 && read.code === 'NOT_FOUND') return;
+      throw new Violation('logAppends', `${node.id} cannot read log ${name}: ${read.message}`);
+    }
+    const records = new Map<number, string>();
+    const seen = new Map<string, number>();
+    let seq = read.read.from;
+    for (const part of read.read.parts) {
+      const payload = part.toString();
+      if (seen.has(payload))
+        throw new Violation(
+          'logAppends',
+          `${payload} is in ${name} twice (records ${seen.get(payload)} and ${seq})`,
+        );
+      seen.set(payload, seq);
+      records.set(seq++, payload);
+    }
+    for (const ack of this.logAcks) {
+      const at = records.get(ack.seq);
+      if (at !== ack.payload) {
+        throw new Violation(
+          'logAppends',
+          `${ack.client}'s append of ${ack.payload} was acknowledged as record ${ack.seq}, but ${node.id} (applied ${node.applied}) has ${at === undefined ? 'no such record' : at} there`,
+        );
+      }
+    }
+  }
+
   private livenessMet(): boolean {
     if (![...this.nodes.values()].some((n) => n.raft.role === 'leader')) return false;
     for (const c of this.clients.values()) if (c.lastCompletedCall < this.healClock) return false;
@@ -888,6 +946,7 @@ class Simulation {
     let failure: SimFailure | null = null;
     try {
       this.loop();
+      this.checkLog();
       const bad = this.history.check();
       if (bad) {
         // Show the operations around the point where no linearization could be extended.
@@ -923,6 +982,7 @@ class Simulation {
     this.stats.leaderTerms = this.checker.leaderTerms;
     this.stats.messages = this.net.sent;
     this.stats.dropped = this.net.dropped;
+    this.stats.logAppends = this.logAcks.length;
     for (const c of this.clients.values()) {
       this.stats.clientPauses += c.pauses;
       this.stats.replays += c.replays;
