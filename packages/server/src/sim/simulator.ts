@@ -898,7 +898,9 @@ class Simulation {
    */
   private checkLog(): void {
     const name = this.params.client.logName;
-    const node = [...this.nodes.values()].filter((n) => n.up && !n.gone).sort((a, b) => b.applied - a.applied)[0];
+    const node = [...this.nodes.values()]
+      .filter((n) => n.up && !n.gone)
+      .sort((a, b) => b.applied - a.applied)[0];
     if (!node) return;
     const read = node.sm.readLog(name, null, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
     if (!read.ok) {
