@@ -363,13 +363,12 @@ export class SegmemNode {
     let sessionId = 0;
     let resumed = false;
     // A session is resumed only with the secret it was opened with: its id alone (small, sequential) would
-    // let any client take over another's locks. A wrong secret is treated like an unknown session.
-    if (
-      req.resumeSessionId &&
-      this.sm.sessionSecretMatches(req.resumeSessionId, req.resumeSecret) &&
-      !this.expiring.has(req.resumeSessionId)
-    ) {
-      sessionId = req.resumeSessionId;
+    // let any client take over another's locks. A wrong secret is treated like an unknown session, and so
+    // is a session without one (opened before secrets existed).
+    const resumeId = req.resumeSessionId ?? 0;
+    const expected = resumeId ? this.sm.sessionSecret(resumeId) : '';
+    if (expected !== '' && sameSecret(req.resumeSecret, expected) && !this.expiring.has(resumeId)) {
+      sessionId = resumeId;
       resumed = true;
     } else {
       const outcome = await this.log.propose({

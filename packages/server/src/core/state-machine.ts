@@ -8,7 +8,7 @@
  * same log reaches the same state.
  */
 
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { ErrorCode } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import { PageAllocator } from './allocator.js';
@@ -755,8 +755,7 @@ export class StateMachine {
           [number, number, LockMode][],
           number[],
         ];
-      const pageVersions = new Float64Array(Math.ceil(size / pageBytes));
-      Buffer.from(pageVersions.buffer).set(pv);
+      const pageVersions = pageVersionsFrom(pv, Math.ceil(size / pageBytes));
       const given = objectBytes?.get(id);
       if (given && (data || given.length !== size))
         throw new Error(`object ${id}: ${given.length} bytes given beside the snapshot for ${size}`);
@@ -905,13 +904,6 @@ export class StateMachine {
     return this.sessions.get(id)?.secret ?? '';
   }
 
-  /** Whether `secret` is the one session `id` was opened with (never for a session opened without one). */
-  sessionSecretMatches(id: number, secret: string | null | undefined): boolean {
-    const expected = this.sessions.get(id)?.secret;
-    if (!expected || typeof secret !== 'string' || secret.length !== expected.length) return false;
-    return timingSafeEqual(Buffer.from(secret), Buffer.from(expected));
-  }
-
   sessionTimeoutMs(id: number): number | undefined {
     return this.sessions.get(id)?.timeoutMs;
   }
@@ -947,7 +939,7 @@ function objectEntry(o: SegmentObject): unknown[] {
     o.size,
     o.firstPage,
     o.version,
-    Buffer.from(o.pageVersions.buffer, o.pageVersions.byteOffset, o.pageVersions.byteLength),
+    pageVersionBytes(o.pageVersions),
     o.data,
     o.lastToken,
     o.writer,
@@ -955,6 +947,18 @@ function objectEntry(o: SegmentObject): unknown[] {
     o.queue.map((w) => [w.sessionId, w.seq, w.mode]),
     [...o.cachedBy],
   ];
+}
+
+/** An object's page versions as the bytes snapshots store them (a view, not a copy). */
+export function pageVersionBytes(versions: Float64Array): Buffer {
+  return Buffer.from(versions.buffer, versions.byteOffset, versions.byteLength);
+}
+
+/** Page versions read back from {@link pageVersionBytes}' bytes, for an object of `pageCount` pages. */
+export function pageVersionsFrom(bytes: Uint8Array, pageCount: number): Float64Array {
+  const versions = new Float64Array(pageCount);
+  Buffer.from(versions.buffer).set(bytes);
+  return versions;
 }
 
 // msgpack framing, so a frozen view can frame the bytes it does not copy exactly as the codec would.

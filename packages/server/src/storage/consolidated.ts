@@ -20,7 +20,7 @@
 import { createHash } from 'node:crypto';
 import { SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
-import type { StateContent } from '../core/state-machine.js';
+import { pageVersionBytes, pageVersionsFrom, type StateContent } from '../core/state-machine.js';
 import { crc32c } from './crc32c.js';
 import { isZeroPage } from './page-table.js';
 import { crc32cInSlices, nextTurn } from './snapshot-serialise.js';
@@ -102,7 +102,7 @@ export async function encodeConsolidated(
         pages.push(page);
       }
     }
-    const pv = Buffer.from(o.pageVersions.buffer, o.pageVersions.byteOffset, o.pageVersions.byteLength);
+    const pv = pageVersionBytes(o.pageVersions);
     directory.push([o.id, o.name, o.size, o.firstPage, o.version, pv, o.lastToken, present]);
   }
   const header: ConsolidatedHeader & { nextObjectId: number; nextSessionId: number } = {
@@ -141,10 +141,9 @@ function bad(file: string, why: string): SegmemError {
 
 /** Checks the markers and the checksum only (no decoding); INVALID_ARGUMENT naming `file` otherwise. */
 export function verifyConsolidated(bytes: Buffer, file: string): void {
-  if (bytes.length < 32 || bytes.toString('latin1', 0, 8) !== MAGIC) throw bad(file, 'bad magic');
-  if (bytes.toString('latin1', bytes.length - 8) !== END_MAGIC) throw bad(file, 'cut short (no end marker)');
-  const bodyEnd = bytes.length - 12;
-  if (crc32c(bytes, 0, 0, bodyEnd) !== bytes.readUInt32LE(bodyEnd)) throw bad(file, 'checksum mismatch');
+  const verifier = new ConsolidatedVerifier(bytes.length, file);
+  verifier.push(bytes);
+  verifier.finish();
 }
 
 /**
@@ -218,8 +217,7 @@ export function decodeConsolidated(bytes: Buffer, file: string): Consolidated {
     for (const [id, name, size, firstPage, version, pv, lastToken, present] of directory) {
       const pageCount = Math.ceil(size / pb);
       if (pv.length !== pageCount * 8) throw bad(file, `object "${name}" has a bad page version table`);
-      const pageVersions = new Float64Array(pageCount);
-      Buffer.from(pageVersions.buffer).set(pv);
+      const pageVersions = pageVersionsFrom(pv, pageCount);
       let data: Buffer | null = null;
       for (const p of present) {
         if (!Number.isInteger(p) || p < 0 || p >= pageCount)
