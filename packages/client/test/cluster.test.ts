@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { connect, SegmemError } from '../src/index.js';
 import {
+  bump,
   converged,
   fixturesDir,
   freePort,
@@ -20,6 +21,7 @@ import {
   statuses,
   TestCluster,
   tempDir,
+  untilItWorks,
   waitFor,
   withXfs,
 } from './helpers.js';
@@ -123,12 +125,11 @@ test.serial(
     const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
     try {
       await seg.create('compteur', 4);
-      for (let i = 0; i < 20; i++)
-        await seg.update('compteur', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+      await bump(seg, 'compteur', 20);
       const leader = await waitFor(() => cluster.leader(), 'a leader');
       const killedAt = Date.now();
       await cluster.kill(leader.id);
-      await seg.update('compteur', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+      await bump(seg, 'compteur');
       const failoverMs = Date.now() - killedAt;
       t.log(`first write after killing the leader took ${failoverMs} ms`);
       t.true(failoverMs < 10_000);
@@ -239,22 +240,12 @@ test.serial(
       t.true(SegmemError.is(err) && (err.code === 'UNAVAILABLE' || err.code === 'TIMEOUT'), String(err));
       t.true(waited < 6000, `failed after ${waited} ms`);
       await cluster.startMember(a.id);
-      let lastError: unknown;
-      const h = await waitFor(
-        async () => {
-          try {
-            return await seg.acquireWrite('x', { timeoutMs: 2000 });
-          } catch (err) {
-            lastError = err;
-            return undefined;
-          }
-        },
+      const h = await untilItWorks(
+        () => seg.acquireWrite('x', { timeoutMs: 2000 }),
         'a write once a majority is back',
         30_000,
       ).catch((err) => {
-        t.log(`last client error: ${String(lastError)}`);
-        for (const m of cluster.members)
-          t.log(`${m.id}: ${m.server?.stderr().split('\n').slice(-15).join('\n')}`);
+        t.log(cluster.history());
         throw err;
       });
       h.bytes.writeUInt32LE(9);
@@ -296,17 +287,7 @@ test.serial(
       await waitFor(() => accepted.length > before, 'a reconnection attempt at the silent server', 15_000);
       real = await startServerProcess({ dataDir: dir.path, listen });
       started = Date.now();
-      await waitFor(
-        async () => {
-          try {
-            return await seg.stat('x');
-          } catch {
-            return undefined;
-          }
-        },
-        'the client back on the restarted server',
-        20_000,
-      );
+      await untilItWorks(() => seg.stat('x'), 'the client back on the restarted server', 20_000);
       t.log(`back on the restarted server after ${Date.now() - started} ms`);
       await seg.close();
     } finally {
@@ -386,46 +367,31 @@ test.serial(
     const dir = tempDir();
     const cluster = await TestCluster.start(3, dir.path);
     const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
-    const segmemBin = join(fixturesDir, '../../../server/bin/segmem.mjs');
     const cli = async (...args: string[]) => {
-      const r = await runNode(segmemBin, ['cluster', ...args, '--servers', cluster.addresses.join(',')], {
-        env: { SEGMEM_DEBUG: '1' },
-      }).done;
-      if (r.code !== 0) {
-        for (const m of cluster.members)
-          t.log(`${m.id}: ${m.server?.stderr().split('\n').slice(-12).join('\n')}`);
-      }
+      const r = await cluster.admin(...args);
+      if (r.code !== 0) t.log(cluster.history());
       t.is(r.code, 0, r.stderr);
       return r.stdout;
     };
-    let joiner: ServerProcess | undefined;
     try {
       await seg.create('n', 4);
-      for (let i = 0; i < 30; i++)
-        await seg.update('n', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+      await bump(seg, 'n', 30);
       const listed = await cli('list');
       const clusterId = /^cluster (\S+)$/m.exec(listed)![1]!;
       t.is(listed.trim().split('\n').length, 4, listed);
       // s4 starts as a joiner (it never campaigns), then the group adds it.
-      const address = `127.0.0.1:${await freePort()}`;
-      joiner = await startServerProcess({
-        id: 's4',
-        listen: address,
-        dataDir: join(dir.path, 's4'),
-        extra: ['--peers', `${cluster.peers},s4=${address}`, '--join', '--cluster-id', clusterId],
-      });
+      const { address } = await cluster.startJoiner('s4', dir.path, clusterId);
       const added = await cli('add', 's4', address);
       t.regex(added, new RegExp(`^s4 ${address}$`, 'm'));
-      await seg.update('n', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+      await bump(seg, 'n');
       // Every member, the new one included, ends with the same state.
-      cluster.members.push({ id: 's4', address, dataDir: join(dir.path, 's4'), server: joiner });
       await converged(cluster);
       // Remove s1 (leader or not) and stop it: the other three go on.
       const removed = await cli('remove', 's1');
       t.notRegex(removed, /^s1 /m);
       await cluster.member('s1').server?.stop();
       cluster.member('s1').server = null;
-      await seg.update('n', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
+      await bump(seg, 'n');
       t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 32);
       await converged(cluster);
     } finally {
@@ -442,34 +408,22 @@ test.serial(
     const dir = tempDir();
     const cluster = await TestCluster.start(3, dir.path, 'batch', () => ['--snapshot-every-entries', '20']);
     const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
-    const segmemBin = join(fixturesDir, '../../../server/bin/segmem.mjs');
     const cli = async (...args: string[]) => {
-      const r = await runNode(segmemBin, ['cluster', ...args, '--servers', cluster.addresses.join(',')]).done;
+      const r = await cluster.admin(...args);
       t.is(r.code, 0, r.stderr);
       return r.stdout;
     };
-    const bump = async (times: number) => {
-      for (let i = 0; i < times; i++)
-        await seg.update('n', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
-    };
     try {
       await seg.create('n', 4);
-      await bump(5);
+      await bump(seg, 'n', 5);
       const clusterId = /^cluster (\S+)$/m.exec(await cli('list'))![1]!;
-      const address = `127.0.0.1:${await freePort()}`;
-      const s4 = await startServerProcess({
-        id: 's4',
-        listen: address,
-        dataDir: join(dir.path, 's4'),
-        extra: ['--peers', `${cluster.peers},s4=${address}`, '--join', '--cluster-id', clusterId],
-      });
-      cluster.members.push({ id: 's4', address, dataDir: join(dir.path, 's4'), server: s4 });
+      const { address } = await cluster.startJoiner('s4', dir.path, clusterId);
       await cli('add', 's4', address);
       await cli('remove', 's3');
       await cluster.member('s3').server?.stop();
       cluster.member('s3').server = null;
       // Members s1, s2, s4. Enough commands for every member to compact past the entry that added s4.
-      await bump(30);
+      await bump(seg, 'n', 30);
       await converged(cluster);
       // s1 comes back with the --peers it started with, which do not name s4...
       await cluster.member('s1').server?.stop();
@@ -480,18 +434,7 @@ test.serial(
       // ...and with s2 gone, s1 and s4 are the majority: they must reach each other to elect and commit.
       await cluster.member('s2').server?.stop();
       cluster.member('s2').server = null;
-      await waitFor(
-        async () => {
-          try {
-            await seg.update('n', (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
-            return true;
-          } catch {
-            return false;
-          }
-        },
-        'a write committed by s1 and s4',
-        30_000,
-      ).catch((err) => {
+      await untilItWorks(() => bump(seg, 'n'), 'a write committed by s1 and s4', 30_000).catch((err) => {
         t.log(cluster.history());
         throw err;
       });

@@ -12,14 +12,13 @@ import {
   fixturesDir,
   freePort,
   runNode,
+  segmemBin,
   startServerProcess,
   statuses,
   TestCluster,
   tempDir,
   waitFor,
 } from './helpers.js';
-
-const segmemBin = join(fixturesDir, '../../../server/bin/segmem.mjs');
 
 async function segmem(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return runNode(segmemBin, args, { timeoutMs: 60_000 }).done;

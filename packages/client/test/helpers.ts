@@ -6,11 +6,14 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { ExecutionContext } from 'ava';
+import type { Segment } from '../src/index.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 /** packages/client/test (sources), whatever dist/ depth this file was compiled to. */
 export const fixturesDir = resolve(here, '../../test/fixtures');
 export const serverBin = resolve(here, '../../../server/bin/segmem-server.mjs');
+/** The operator CLI, `segmem`. */
+export const segmemBin = resolve(here, '../../../server/bin/segmem.mjs');
 
 const xfsScript = resolve(here, '../../../../scripts/xfs-mount.mjs');
 
@@ -51,6 +54,39 @@ export interface ServerProcess {
   stop(): Promise<number | null>;
   /** SIGKILL and wait. */
   kill(): Promise<void>;
+}
+
+/**
+ * Polls `attempt` until it resolves (with its value), through failures (an election, a member coming
+ * back); after `timeoutMs` throws `what` with the last failure.
+ */
+export async function untilItWorks<T>(
+  attempt: () => Promise<T>,
+  what: string,
+  timeoutMs = 10_000,
+): Promise<T> {
+  let last: unknown;
+  const got = await waitFor(
+    async () => {
+      try {
+        return { value: await attempt() };
+      } catch (err) {
+        last = err;
+        return undefined;
+      }
+    },
+    what,
+    timeoutMs,
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}; last failure: ${String(last)}`);
+  });
+  return got.value;
+}
+
+/** Adds 1 to the little-endian u32 at the start of object `name`, `times` times, each in its own update. */
+export async function bump(seg: Segment, name: string, times = 1): Promise<void> {
+  for (let i = 0; i < times; i++)
+    await seg.update(name, (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
 }
 
 /** Starts `segmem-server` as a real process and waits for its ready line. */
@@ -234,6 +270,29 @@ export class TestCluster {
       extra: ['--peers', this.peers, ...this.extra(id)],
     });
     this.started.push({ id, server: m.server });
+  }
+
+  /** Runs `segmem cluster ARGS --servers <this group>`; resolves with its exit status and output. */
+  admin(...args: string[]) {
+    return runNode(segmemBin, ['cluster', ...args, '--servers', this.addresses.join(',')]).done;
+  }
+
+  /**
+   * Starts server `id` as a joiner of this group (`--join`: it waits to be added, never campaigns) under
+   * `root`, with every current member in its `--peers`, and counts it as a member of this cluster.
+   */
+  async startJoiner(id: string, root: string, clusterId: string): Promise<ClusterMember> {
+    const address = `127.0.0.1:${await freePort()}`;
+    const member: ClusterMember = { id, address, dataDir: join(root, id), server: null };
+    member.server = await startServerProcess({
+      id,
+      listen: address,
+      dataDir: member.dataDir,
+      extra: ['--peers', `${this.peers},${id}=${address}`, '--join', '--cluster-id', clusterId],
+    });
+    this.members.push(member);
+    this.started.push({ id, server: member.server });
+    return member;
   }
 
   /** What every server process started so far wrote to stderr, and how it ended: for a failing test's log. */

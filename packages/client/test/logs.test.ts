@@ -10,6 +10,7 @@ import {
   converged,
   fixturesDir,
   runNode,
+  segmemBin,
   startServerProcess,
   TestCluster,
   tempDir,
@@ -310,7 +311,6 @@ test('segmem log tail prints the records, and --follow prints new ones as they c
   const dir = tempDir();
   const server = await startServerProcess({ dataDir: dir.path });
   const seg = await connect({ servers: [server.address] });
-  const segmemBin = join(fixturesDir, '../../../server/bin/segmem.mjs');
   try {
     await seg.log('cli').appendBatch(['first', 'two\nlines', '']);
     const all = await runNode(segmemBin, ['log', 'tail', 'cli', '--servers', server.address]).done;

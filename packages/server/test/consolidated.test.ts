@@ -17,24 +17,20 @@ function machine() {
   const s = (
     run({ op: 'open', timeoutMs: 1000, clientName: null }).result as { value: { sessionId: number } }
   ).value.sessionId;
-  return { sm, run, s };
+  /** Creates object `name` of `size` bytes and writes `data` at `offset` (commands seq .. seq+2). */
+  const createAndWrite = (seq: number, name: string, size: number, offset: number, data: Buffer) => {
+    run({ op: 'create', sessionId: s, seq, name, size, ifNotExists: false });
+    const grant = run({ op: 'acquire', sessionId: s, seq: seq + 1, name, mode: 'write' });
+    const token = (grant.result as { value: { granted: { token: number } } }).value.granted.token;
+    const ranges: [number, number][] = [[offset, data.length]];
+    run({ op: 'release', sessionId: s, seq: seq + 2, name, mode: 'write', token, ranges, data });
+  };
+  return { sm, run, s, createAndWrite };
 }
 
 test('a consolidated snapshot keeps content only, leaves zero pages out, and restores it exactly', async (t) => {
-  const { sm, run, s } = machine();
-  run({ op: 'create', sessionId: s, seq: 1, name: 'a', size: 4 * PAGE, ifNotExists: false });
-  const grant = run({ op: 'acquire', sessionId: s, seq: 2, name: 'a', mode: 'write' });
-  const token = (grant.result as { value: { granted: { token: number } } }).value.granted.token;
-  run({
-    op: 'release',
-    sessionId: s,
-    seq: 3,
-    name: 'a',
-    mode: 'write',
-    token,
-    ranges: [[PAGE + 5, 3]],
-    data: Buffer.from('xyz'),
-  });
+  const { sm, run, s, createAndWrite } = machine();
+  createAndWrite(1, 'a', 4 * PAGE, PAGE + 5, Buffer.from('xyz'));
   run({ op: 'create', sessionId: s, seq: 4, name: 'b', size: 10, ifNotExists: false });
   run({ op: 'acquire', sessionId: s, seq: 5, name: 'b', mode: 'read' }); // a lock: not content
   run({
@@ -81,21 +77,8 @@ test('a consolidated snapshot keeps content only, leaves zero pages out, and res
 });
 
 test('checked piece by piece as it arrives, a file gets the same verdict as checked whole', async (t) => {
-  const { sm, run, s } = machine();
-  run({ op: 'create', sessionId: s, seq: 1, name: 'a', size: 3 * PAGE, ifNotExists: false });
-  const grant = run({ op: 'acquire', sessionId: s, seq: 2, name: 'a', mode: 'write' });
-  const token = (grant.result as { value: { granted: { token: number } } }).value.granted.token;
-  const data = Buffer.alloc(2 * PAGE, 7);
-  run({
-    op: 'release',
-    sessionId: s,
-    seq: 3,
-    name: 'a',
-    mode: 'write',
-    token,
-    ranges: [[10, data.length]],
-    data,
-  });
+  const { sm, createAndWrite } = machine();
+  createAndWrite(1, 'a', 3 * PAGE, 10, Buffer.alloc(2 * PAGE, 7));
   const good = Buffer.concat(
     await encodeConsolidated(sm.exportContent(), { clusterId: 'c', createdAt: 'now', groups: [[0, 3, 0]] }),
   );

@@ -21,6 +21,17 @@ import test from 'ava';
 import { startServer } from '../src/index.js';
 import { encodePeerHello } from '../src/shell/peer-codec.js';
 
+function writeRelease(
+  seq: number,
+  name: string,
+  token: number,
+  bytes: Buffer,
+  offset: number,
+): Extract<Request, { type: 'RELEASE' }> {
+  const ranges: [number, number][] = bytes.length > 0 ? [[offset, bytes.length]] : [];
+  return { type: 'RELEASE', seq, name, mode: 'write', token, ranges, payload: bytes };
+}
+
 /** A raw protocol client over a real socket, for sending exactly the bytes a test wants. */
 class RawClient {
   private readonly decoder = new FrameDecoder();
@@ -86,6 +97,24 @@ class RawClient {
     if (!f) throw new Error('connection closed');
     if (f.requestId !== id) throw new Error(`answer to ${f.requestId}, expected ${id}`);
     return decodeResponse(req.type, f);
+  }
+
+  /** Write access to `name`, nothing cached, waiting for the grant. */
+  acquireWrite(seq: number, name: string) {
+    return this.call({
+      type: 'ACQUIRE',
+      seq,
+      name,
+      mode: 'write',
+      cachedId: 0,
+      cachedVersion: 0,
+      timeoutMs: null,
+    });
+  }
+
+  /** A write release that changed `bytes` at `offset` (none: changed nothing). */
+  releaseWrite(seq: number, name: string, token: number, bytes = Buffer.alloc(0), offset = 0) {
+    return this.call(writeRelease(seq, name, token, bytes, offset));
   }
 
   async hello(extra: Partial<Extract<Request, { type: 'HELLO' }>> = {}) {
@@ -186,41 +215,12 @@ test('a well-framed request with a bad field gets INVALID_ARGUMENT and the conne
     'nothing but the valid create changed anything',
   );
   // A write range outside the object: refused by the server, the lock stays held, nothing changes.
-  const g = await c.call({
-    type: 'ACQUIRE',
-    seq: 7,
-    name: 'x',
-    mode: 'write',
-    cachedId: 0,
-    cachedVersion: 0,
-    timeoutMs: null,
-  });
-  const err = await t.throwsAsync(
-    c.call({
-      type: 'RELEASE',
-      seq: 8,
-      name: 'x',
-      mode: 'write',
-      token: g.token,
-      ranges: [[2, 4]],
-      payload: Buffer.alloc(4),
-    }),
-  );
+  const g = await c.acquireWrite(7, 'x');
+  const err = await t.throwsAsync(c.releaseWrite(8, 'x', g.token, Buffer.alloc(4), 2));
   t.is((err as SegmemError).code, 'INVALID_ARGUMENT');
-  t.like(
-    await c.call({
-      type: 'RELEASE',
-      seq: 9,
-      name: 'x',
-      mode: 'write',
-      token: g.token,
-      ranges: [[0, 1]],
-      payload: Buffer.from([1]),
-    }),
-    {
-      version: 2,
-    },
-  );
+  t.like(await c.releaseWrite(9, 'x', g.token, Buffer.from([1])), {
+    version: 2,
+  });
 });
 
 test("a release under another session's token is LOCK_LOST and leaves the holder's lock alone", async (t) => {
@@ -230,41 +230,12 @@ test("a release under another session's token is LOCK_LOST and leaves the holder
   await a.hello();
   await b.hello();
   await a.call({ type: 'CREATE', seq: 1, name: 'x', size: 4, ifNotExists: false });
-  const g = await a.call({
-    type: 'ACQUIRE',
-    seq: 2,
-    name: 'x',
-    mode: 'write',
-    cachedId: 0,
-    cachedVersion: 0,
-    timeoutMs: null,
-  });
-  const err = await t.throwsAsync(
-    b.call({
-      type: 'RELEASE',
-      seq: 1,
-      name: 'x',
-      mode: 'write',
-      token: g.token,
-      ranges: [[0, 1]],
-      payload: Buffer.from([9]),
-    }),
-  );
+  const g = await a.acquireWrite(2, 'x');
+  const err = await t.throwsAsync(b.releaseWrite(1, 'x', g.token, Buffer.from([9])));
   t.is((err as SegmemError).code, 'LOCK_LOST');
-  t.like(
-    await a.call({
-      type: 'RELEASE',
-      seq: 3,
-      name: 'x',
-      mode: 'write',
-      token: g.token,
-      ranges: [],
-      payload: Buffer.alloc(0),
-    }),
-    {
-      version: 1,
-    },
-  );
+  t.like(await a.releaseWrite(3, 'x', g.token), {
+    version: 1,
+  });
 });
 
 test('a session is resumed only with its secret: another client knowing its id gets a session of its own', async (t) => {
@@ -273,15 +244,7 @@ test('a session is resumed only with its secret: another client knowing its id g
   const opened = await owner.hello();
   t.regex(opened.sessionSecret, /^[0-9a-f]{32}$/);
   await owner.call({ type: 'CREATE', seq: 1, name: 'x', size: 4, ifNotExists: false });
-  const g = await owner.call({
-    type: 'ACQUIRE',
-    seq: 2,
-    name: 'x',
-    mode: 'write',
-    cachedId: 0,
-    cachedVersion: 0,
-    timeoutMs: null,
-  });
+  const g = await owner.acquireWrite(2, 'x');
   // Without the secret, or with a wrong one, the id buys nothing: a new session, and the lock stays put.
   for (const resumeSecret of [undefined, null, '', 'f'.repeat(32), `${opened.sessionSecret}0`]) {
     const thief = await RawClient.open(s.address);
@@ -289,17 +252,7 @@ test('a session is resumed only with its secret: another client knowing its id g
     t.false(got.resumed);
     t.not(got.sessionId, opened.sessionId);
     t.not(got.sessionSecret, opened.sessionSecret);
-    const err = await t.throwsAsync(
-      thief.call({
-        type: 'RELEASE',
-        seq: 1,
-        name: 'x',
-        mode: 'write',
-        token: g.token,
-        ranges: [[0, 1]],
-        payload: Buffer.from([9]),
-      }),
-    );
+    const err = await t.throwsAsync(thief.releaseWrite(1, 'x', g.token, Buffer.from([9])));
     t.is((err as SegmemError).code, 'LOCK_LOST');
     thief.close();
   }
@@ -310,15 +263,7 @@ test('a session is resumed only with its secret: another client knowing its id g
   t.true(resumed.resumed);
   t.is(resumed.sessionId, opened.sessionId);
   t.is(resumed.sessionSecret, opened.sessionSecret);
-  const released = await back.call({
-    type: 'RELEASE',
-    seq: 3,
-    name: 'x',
-    mode: 'write',
-    token: g.token,
-    ranges: [[0, 1]],
-    payload: Buffer.from([7]),
-  });
+  const released = await back.releaseWrite(3, 'x', g.token, Buffer.from([7]));
   t.is(released.version, 2);
 });
 
@@ -327,24 +272,8 @@ test('a retried request with the same seq is answered from the dedup table, not 
   const c = await RawClient.open(s.address);
   await c.hello();
   await c.call({ type: 'CREATE', seq: 1, name: 'n', size: 4, ifNotExists: false });
-  const g = await c.call({
-    type: 'ACQUIRE',
-    seq: 2,
-    name: 'n',
-    mode: 'write',
-    cachedId: 0,
-    cachedVersion: 0,
-    timeoutMs: null,
-  });
-  const release: Extract<Request, { type: 'RELEASE' }> = {
-    type: 'RELEASE',
-    seq: 3,
-    name: 'n',
-    mode: 'write',
-    token: g.token,
-    ranges: [[0, 1]],
-    payload: Buffer.from([5]),
-  };
+  const g = await c.acquireWrite(2, 'n');
+  const release = writeRelease(3, 'n', g.token, Buffer.from([5]), 0);
   t.like(await c.call(release), { version: 2 });
   t.like(await c.call(release), { version: 2 });
   t.like(await c.call({ type: 'CREATE', seq: 1, name: 'n', size: 4, ifNotExists: false }), { created: true });
