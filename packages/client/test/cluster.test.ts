@@ -23,6 +23,7 @@ import {
   tempDir,
   untilItWorks,
   waitFor,
+  withCluster,
   withXfs,
 } from './helpers.js';
 
@@ -56,74 +57,67 @@ async function compactAndInstall(
   under: string | undefined,
   laterPath: 'clone' | 'copy',
 ): Promise<void> {
-  const dir = tempDir('segmem-compact-', under);
-  const cluster = await TestCluster.start(3, dir.path, 'batch', () => ['--snapshot-every-entries', '40']);
-  const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 10_000 });
-  let value = 0;
-  const bump = async (times: number) => {
-    for (let i = 0; i < times; i++) {
-      value++;
-      // One of four pages each time, so a clone writes at most four.
-      await seg.update('x', (h) => h.bytes.writeUInt32LE(value, (value % 4) * 4096));
-    }
-  };
-  try {
-    await seg.create('x', 4 * 4096);
-    await bump(1);
-    const leader = await waitFor(() => cluster.leader(), 'a leader');
-    const behind = cluster.members.find((m) => m.id !== leader.id)!;
-    await cluster.kill(behind.id);
-    await bump(100); // two entries each (acquire, release): the others compact several times meanwhile
-    const leaderLines = () => snapshotLines(cluster.member(leader.id).server!.stderr());
-    await waitFor(() => leaderLines().length >= 2, 'two compactions on the leader', 20_000);
-    t.like(leaderLines()[0], { installed: false, path: 'copy' });
-    for (const l of leaderLines().slice(1)) t.like(l, { path: laterPath });
-    if (laterPath === 'clone')
-      t.true(
-        leaderLines()
-          .slice(1)
-          .every((l) => l.pages <= 4),
+  await withCluster(
+    { extra: () => ['--snapshot-every-entries', '40'], sessionTimeoutMs: 10_000, under },
+    async ({ cluster, seg }) => {
+      let value = 0;
+      const writePages = async (times: number) => {
+        for (let i = 0; i < times; i++) {
+          value++;
+          // One of four pages each time, so a clone writes at most four.
+          await seg.update('x', (h) => h.bytes.writeUInt32LE(value, (value % 4) * 4096));
+        }
+      };
+      await seg.create('x', 4 * 4096);
+      await writePages(1);
+      const leader = await waitFor(() => cluster.leader(), 'a leader');
+      const behind = cluster.members.find((m) => m.id !== leader.id)!;
+      await cluster.kill(behind.id);
+      await writePages(100); // two entries each (acquire, release): the others compact several times meanwhile
+      const leaderLines = () => snapshotLines(cluster.member(leader.id).server!.stderr());
+      await waitFor(() => leaderLines().length >= 2, 'two compactions on the leader', 20_000);
+      t.like(leaderLines()[0], { installed: false, path: 'copy' });
+      for (const l of leaderLines().slice(1)) t.like(l, { path: laterPath });
+      if (laterPath === 'clone')
+        t.true(
+          leaderLines()
+            .slice(1)
+            .every((l) => l.pages <= 4),
+        );
+
+      await cluster.startMember(behind.id);
+      const behindLines = () => snapshotLines(cluster.member(behind.id).server!.stderr());
+      await waitFor(() => behindLines().some((l) => l.installed), 'the snapshot installed', 20_000);
+      await converged(cluster);
+      await writePages(60);
+      await waitFor(() => behindLines().some((l) => !l.installed), 'a compaction after the install', 20_000);
+      t.like(
+        behindLines().find((l) => !l.installed),
+        { path: laterPath },
+        'its first compaction clones the installed file where it can',
+      );
+      t.log(
+        cluster
+          .member(behind.id)
+          .server!.stderr()
+          .split('\n')
+          .filter((l) => l.includes('snapshot at'))
+          .join('\n'),
       );
 
-    await cluster.startMember(behind.id);
-    const behindLines = () => snapshotLines(cluster.member(behind.id).server!.stderr());
-    await waitFor(() => behindLines().some((l) => l.installed), 'the snapshot installed', 20_000);
-    await converged(cluster);
-    await bump(60);
-    await waitFor(() => behindLines().some((l) => !l.installed), 'a compaction after the install', 20_000);
-    t.like(
-      behindLines().find((l) => !l.installed),
-      { path: laterPath },
-      'its first compaction clones the installed file where it can',
-    );
-    t.log(
-      cluster
-        .member(behind.id)
-        .server!.stderr()
-        .split('\n')
-        .filter((l) => l.includes('snapshot at'))
-        .join('\n'),
-    );
-
-    // It restarts from its own page file and the WAL after it.
-    await cluster.kill(behind.id);
-    await cluster.startMember(behind.id);
-    await converged(cluster);
-    t.is(await seg.read('x', (h) => h.bytes.readUInt32LE((value % 4) * 4096)), value);
-  } finally {
-    await seg.close();
-    await cluster.stopAll();
-    dir.cleanup();
-  }
+      // It restarts from its own page file and the WAL after it.
+      await cluster.kill(behind.id);
+      await cluster.startMember(behind.id);
+      await converged(cluster);
+      t.is(await seg.read('x', (h) => h.bytes.readUInt32LE((value % 4) * 4096)), value);
+    },
+  );
 }
 
 test.serial(
   'a 3-server cluster commits writes, fails over when the leader is killed, and the counter keeps counting',
   async (t) => {
-    const dir = tempDir();
-    const cluster = await TestCluster.start(3, dir.path);
-    const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
-    try {
+    await withCluster({ sessionTimeoutMs: 5000 }, async ({ cluster, seg }) => {
       await seg.create('compteur', 4);
       await bump(seg, 'compteur', 20);
       const leader = await waitFor(() => cluster.leader(), 'a leader');
@@ -136,11 +130,7 @@ test.serial(
       t.is(await seg.read('compteur', (h) => h.bytes.readUInt32LE(0)), 21);
       await cluster.startMember(leader.id);
       await converged(cluster);
-    } finally {
-      await seg.close();
-      await cluster.stopAll();
-      dir.cleanup();
-    }
+    });
   },
 );
 
@@ -223,10 +213,7 @@ test.serial(
 test.serial(
   'with 2 of 3 servers down writes fail with UNAVAILABLE within the timeout, and work again when one returns',
   async (t) => {
-    const dir = tempDir();
-    const cluster = await TestCluster.start(3, dir.path);
-    const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 3000 });
-    try {
+    await withCluster({ sessionTimeoutMs: 3000 }, async ({ cluster, seg }) => {
       await seg.create('x', 4);
       const [a, b] = cluster.members.slice(0, 2) as [
         (typeof cluster.members)[0],
@@ -251,11 +238,7 @@ test.serial(
       h.bytes.writeUInt32LE(9);
       await h.release();
       t.is(await seg.read('x', (r) => r.bytes.readUInt32LE(0)), 9);
-    } finally {
-      await seg.close();
-      await cluster.stopAll();
-      dir.cleanup();
-    }
+    });
   },
 );
 
@@ -302,47 +285,40 @@ test.serial(
 test.serial(
   'a follower that fell behind a compaction catches up from a snapshot larger than a frame (64 MiB)',
   async (t) => {
-    const dir = tempDir();
-    const cluster = await TestCluster.start(3, dir.path, 'batch', () => ['--snapshot-every-entries', '20']);
-    const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 10_000 });
-    try {
-      const leader = await waitFor(() => cluster.leader(), 'a leader');
-      const behind = cluster.members.find((m) => m !== leader)!;
-      await cluster.kill(behind.id);
-      // 96 MiB of object bytes, then enough commands for the others to compact past them.
-      const MiB = 1024 * 1024;
-      for (let i = 0; i < 3; i++) {
-        await seg.create(`big${i}`, 32 * MiB);
-        await seg.update(`big${i}`, (h) => {
-          for (let at = 0; at < h.bytes.length; at += 4096) h.bytes.writeUInt32LE(at ^ (i + 1), at);
+    await withCluster(
+      { extra: () => ['--snapshot-every-entries', '20'], sessionTimeoutMs: 10_000 },
+      async ({ cluster, seg }) => {
+        const leader = await waitFor(() => cluster.leader(), 'a leader');
+        const behind = cluster.members.find((m) => m !== leader)!;
+        await cluster.kill(behind.id);
+        // 96 MiB of object bytes, then enough commands for the others to compact past them.
+        const MiB = 1024 * 1024;
+        for (let i = 0; i < 3; i++) {
+          await seg.create(`big${i}`, 32 * MiB);
+          await seg.update(`big${i}`, (h) => {
+            for (let at = 0; at < h.bytes.length; at += 4096) h.bytes.writeUInt32LE(at ^ (i + 1), at);
+          });
+        }
+        await seg.create('n', 4);
+        for (let i = 0; i < 30; i++) await seg.update('n', (h) => h.bytes.writeUInt32LE(i + 1));
+        await cluster.startMember(behind.id);
+        await waitFor(
+          () => /installed snapshot at index \d+/.test(behind.server!.stderr()),
+          `${behind.id} to install the leader's snapshot`,
+          60_000,
+        ).catch((err) => {
+          t.log(cluster.history());
+          throw err;
         });
-      }
-      await seg.create('n', 4);
-      for (let i = 0; i < 30; i++) await seg.update('n', (h) => h.bytes.writeUInt32LE(i + 1));
-      await cluster.startMember(behind.id);
-      await waitFor(
-        () => /installed snapshot at index \d+/.test(behind.server!.stderr()),
-        `${behind.id} to install the leader's snapshot`,
-        60_000,
-      ).catch((err) => {
-        t.log(cluster.history());
-        throw err;
-      });
-      await converged(cluster);
-      t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 30);
-    } finally {
-      await seg.close();
-      await cluster.stopAll();
-      dir.cleanup();
-    }
+        await converged(cluster);
+        t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 30);
+      },
+    );
   },
 );
 
 test.serial('a clean shutdown of the leader hands leadership to a follower first', async (t) => {
-  const dir = tempDir();
-  const cluster = await TestCluster.start(3, dir.path);
-  const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
-  try {
+  await withCluster({ sessionTimeoutMs: 5000 }, async ({ cluster, seg }) => {
     await seg.create('x', 4);
     const leader = await waitFor(() => cluster.leader(), 'a leader');
     const stderr = () => leader.server!.stderr();
@@ -354,33 +330,26 @@ test.serial('a clean shutdown of the leader hands leadership to a follower first
     await seg.update('x', (h) => h.bytes.writeUInt32LE(1));
     t.log(`first write after the leader's clean shutdown took ${Date.now() - started} ms`);
     t.is(await seg.read('x', (h) => h.bytes.readUInt32LE(0)), 1);
-  } finally {
-    await seg.close();
-    await cluster.stopAll();
-    dir.cleanup();
-  }
+  });
 });
 
 test.serial(
   'membership: a new server joins with segmem cluster add, catches up, and a member is removed',
   async (t) => {
-    const dir = tempDir();
-    const cluster = await TestCluster.start(3, dir.path);
-    const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
-    const cli = async (...args: string[]) => {
-      const r = await cluster.admin(...args);
-      if (r.code !== 0) t.log(cluster.history());
-      t.is(r.code, 0, r.stderr);
-      return r.stdout;
-    };
-    try {
+    await withCluster({ sessionTimeoutMs: 5000 }, async ({ cluster, seg, dir }) => {
+      const cli = async (...args: string[]) => {
+        const r = await cluster.admin(...args);
+        if (r.code !== 0) t.log(cluster.history());
+        t.is(r.code, 0, r.stderr);
+        return r.stdout;
+      };
       await seg.create('n', 4);
       await bump(seg, 'n', 30);
       const listed = await cli('list');
       const clusterId = /^cluster (\S+)$/m.exec(listed)![1]!;
       t.is(listed.trim().split('\n').length, 4, listed);
       // s4 starts as a joiner (it never campaigns), then the group adds it.
-      const { address } = await cluster.startJoiner('s4', dir.path, clusterId);
+      const { address } = await cluster.startJoiner('s4', dir, clusterId);
       const added = await cli('add', 's4', address);
       t.regex(added, new RegExp(`^s4 ${address}$`, 'm'));
       await bump(seg, 'n');
@@ -394,56 +363,48 @@ test.serial(
       await bump(seg, 'n');
       t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 32);
       await converged(cluster);
-    } finally {
-      await seg.close();
-      await cluster.stopAll();
-      dir.cleanup();
-    }
+    });
   },
 );
 
 test.serial(
   'a member restarted with its original --peers after a compaction still reaches a member added since',
   async (t) => {
-    const dir = tempDir();
-    const cluster = await TestCluster.start(3, dir.path, 'batch', () => ['--snapshot-every-entries', '20']);
-    const seg = await connect({ servers: cluster.addresses, sessionTimeoutMs: 5000 });
-    const cli = async (...args: string[]) => {
-      const r = await cluster.admin(...args);
-      t.is(r.code, 0, r.stderr);
-      return r.stdout;
-    };
-    try {
-      await seg.create('n', 4);
-      await bump(seg, 'n', 5);
-      const clusterId = /^cluster (\S+)$/m.exec(await cli('list'))![1]!;
-      const { address } = await cluster.startJoiner('s4', dir.path, clusterId);
-      await cli('add', 's4', address);
-      await cli('remove', 's3');
-      await cluster.member('s3').server?.stop();
-      cluster.member('s3').server = null;
-      // Members s1, s2, s4. Enough commands for every member to compact past the entry that added s4.
-      await bump(seg, 'n', 30);
-      await converged(cluster);
-      // s1 comes back with the --peers it started with, which do not name s4...
-      await cluster.member('s1').server?.stop();
-      await cluster.startMember('s1');
-      const saved = JSON.parse(readFileSync(join(cluster.member('s1').dataDir, 'peers.json'), 'utf8'));
-      t.is(saved.s4, address, 'peers.json kept the address of the added member');
-      await converged(cluster);
-      // ...and with s2 gone, s1 and s4 are the majority: they must reach each other to elect and commit.
-      await cluster.member('s2').server?.stop();
-      cluster.member('s2').server = null;
-      await untilItWorks(() => bump(seg, 'n'), 'a write committed by s1 and s4', 30_000).catch((err) => {
-        t.log(cluster.history());
-        throw err;
-      });
-      t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 36);
-    } finally {
-      await seg.close();
-      await cluster.stopAll();
-      dir.cleanup();
-    }
+    await withCluster(
+      { extra: () => ['--snapshot-every-entries', '20'], sessionTimeoutMs: 5000 },
+      async ({ cluster, seg, dir }) => {
+        const cli = async (...args: string[]) => {
+          const r = await cluster.admin(...args);
+          t.is(r.code, 0, r.stderr);
+          return r.stdout;
+        };
+        await seg.create('n', 4);
+        await bump(seg, 'n', 5);
+        const clusterId = /^cluster (\S+)$/m.exec(await cli('list'))![1]!;
+        const { address } = await cluster.startJoiner('s4', dir, clusterId);
+        await cli('add', 's4', address);
+        await cli('remove', 's3');
+        await cluster.member('s3').server?.stop();
+        cluster.member('s3').server = null;
+        // Members s1, s2, s4. Enough commands for every member to compact past the entry that added s4.
+        await bump(seg, 'n', 30);
+        await converged(cluster);
+        // s1 comes back with the --peers it started with, which do not name s4...
+        await cluster.member('s1').server?.stop();
+        await cluster.startMember('s1');
+        const saved = JSON.parse(readFileSync(join(cluster.member('s1').dataDir, 'peers.json'), 'utf8'));
+        t.is(saved.s4, address, 'peers.json kept the address of the added member');
+        await converged(cluster);
+        // ...and with s2 gone, s1 and s4 are the majority: they must reach each other to elect and commit.
+        await cluster.member('s2').server?.stop();
+        cluster.member('s2').server = null;
+        await untilItWorks(() => bump(seg, 'n'), 'a write committed by s1 and s4', 30_000).catch((err) => {
+          t.log(cluster.history());
+          throw err;
+        });
+        t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 36);
+      },
+    );
   },
 );
 

@@ -6,7 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { ExecutionContext } from 'ava';
-import type { Segment } from '../src/index.js';
+import { connect, type Segment } from '../src/index.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 /** packages/client/test (sources), whatever dist/ depth this file was compiled to. */
@@ -380,4 +380,34 @@ export async function converged(cluster: TestCluster): Promise<void> {
     'every running server to hold the same state',
     20_000,
   );
+}
+
+/**
+ * Runs `body` with a 3-member cluster of real servers (data under a new temp dir, in `under` if given)
+ * and one segment connected to it; then closes the segment, stops the servers and removes the data,
+ * whatever `body` did.
+ */
+export async function withCluster(
+  opts: { extra?: (id: string) => string[]; sessionTimeoutMs?: number; under?: string },
+  body: (c: { cluster: TestCluster; seg: Segment; dir: string }) => Promise<void>,
+): Promise<void> {
+  const dir = tempDir('segmem-test-', opts.under);
+  try {
+    const cluster = await TestCluster.start(3, dir.path, 'batch', opts.extra);
+    try {
+      const seg = await connect({
+        servers: cluster.addresses,
+        ...(opts.sessionTimeoutMs !== undefined ? { sessionTimeoutMs: opts.sessionTimeoutMs } : {}),
+      });
+      try {
+        await body({ cluster, seg, dir: dir.path });
+      } finally {
+        await seg.close();
+      }
+    } finally {
+      await cluster.stopAll();
+    }
+  } finally {
+    dir.cleanup();
+  }
 }
