@@ -17,6 +17,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, release, totalmem } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { log, parseArgs } from './lib/cli.mjs';
 import {
   cleanupSync,
   installCleanupHandlers,
@@ -54,40 +55,21 @@ function parseOptions(argv) {
     windowMs: null,
     quietWait: true,
   };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
+  parseArgs(argv, import.meta.url, (a, value, list) => {
     if (a === '--quick') o.quick = true;
     else if (a === '--out') o.out = value();
     else if (a === '--no-docs') o.docs = false;
     else if (a === '--profile') o.profile = true;
     else if (a === '--no-quiet-wait') o.quietWait = false;
     else if (a === '--only') {
-      o.only = value()
-        .split(',')
-        .map((s) => s.trim())
-        .filter(Boolean);
+      o.only = list();
       for (const s of o.only)
         if (!SECTIONS.includes(s))
           throw new Error(`--only: unknown section "${s}" (known: ${SECTIONS.join(', ')})`);
     } else if (a === '--warmup-ms') o.warmupMs = positiveInt(value(), a);
     else if (a === '--window-ms') o.windowMs = positiveInt(value(), a);
-    else if (a === '--help' || a === '-h') {
-      const lines = readFileSync(new URL(import.meta.url), 'utf8')
-        .split('\n')
-        .slice(1);
-      const head = lines.slice(
-        0,
-        lines.findIndex((l) => !l.startsWith('//')),
-      );
-      process.stdout.write(`${head.map((l) => l.replace(/^\/\/ ?/, '')).join('\n')}\n`);
-      process.exit(0);
-    } else throw new Error(`unknown option ${a} (try --help)`);
-  }
+    else return false;
+  });
   o.warmupMs ??= o.quick ? 300 : 1000;
   o.windowMs ??= o.quick ? 1000 : 3000;
   return o;
@@ -113,10 +95,6 @@ const SCENARIOS = {
   read: { title: 'read cycle (cached 4 KiB object)', op: 'read', objectSize: 4096, clients: [1, 32] },
   big: { title: 'big object write (1 B of 1 MiB)', op: 'big', objectSize: 1024 * 1024, clients: [1] },
 };
-
-function log(line) {
-  process.stderr.write(`${line}\n`);
-}
 
 const QUIET_WAIT_PER_ROW_MS = 15_000;
 const QUIET_WAIT_TOTAL_MS = 90_000;

@@ -25,6 +25,7 @@ import { availableParallelism, cpus, release, tmpdir, totalmem } from 'node:os';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { connect } from '@segmem/client';
 import { localCluster } from '../../examples/lib/local-server.mjs';
+import { log, parseArgs } from '../lib/cli.mjs';
 import {
   cleanupSync,
   installCleanupHandlers,
@@ -65,10 +66,6 @@ const MECHS = [
 ];
 const mechOf = (key) => MECHS.find((m) => m.key === key);
 
-function log(line) {
-  process.stderr.write(`${line}\n`);
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Options
 
@@ -86,18 +83,7 @@ function parseOptions(argv) {
     tools: true,
     quietWait: true,
   };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    const list = () =>
-      value()
-        .split(',')
-        .map((s) => s.trim())
-        .filter(Boolean);
+  parseArgs(argv, import.meta.url, (a, value, list) => {
     if (a === '--quick') o.quick = true;
     else if (a === '--out') o.out = value();
     else if (a === '--no-docs') o.docs = false;
@@ -112,18 +98,8 @@ function parseOptions(argv) {
     } else if (a === '--window-ms') o.windowMs = boundedInt(value(), a, 50, 30_000);
     else if (a === '--inflight') o.inflight = boundedInt(value(), a, 1, 1024);
     else if (a === '--repeats') o.repeats = boundedInt(value(), a, 1, 5);
-    else if (a === '--help' || a === '-h') {
-      const lines = readFileSync(new URL(import.meta.url), 'utf8')
-        .split('\n')
-        .slice(1);
-      const head = lines.slice(
-        0,
-        lines.findIndex((l) => !l.startsWith('//')),
-      );
-      process.stdout.write(`${head.map((l) => l.replace(/^\/\/ ?/, '')).join('\n')}\n`);
-      process.exit(0);
-    } else throw new Error(`unknown option ${a} (try --help)`);
-  }
+    else return false;
+  });
   o.writers ??= o.quick ? [1, 4, 16] : [1, 2, 4, 8, 16];
   o.windowMs ??= o.quick ? 400 : 1500;
   o.repeats ??= o.quick ? 1 : 2;

@@ -18,6 +18,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { log, parseArgs } from '../lib/cli.mjs';
 import {
   cleanupSync,
   installCleanupHandlers,
@@ -95,10 +96,6 @@ const WHAT = {
 };
 WHAT.big = WHAT.write;
 
-function log(line) {
-  process.stderr.write(`${line}\n`);
-}
-
 function parseOptions(argv) {
   const o = {
     quick: false,
@@ -108,35 +105,20 @@ function parseOptions(argv) {
     systems: SYSTEMS,
     workloads: Object.keys(WORKLOADS),
   };
-  const list = (v, known, name) => {
-    const l = (v ?? '')
-      .split(',')
-      .map((s) => s.trim())
-      .filter(Boolean);
+  const known = (l, names, option) => {
     for (const s of l)
-      if (!known.includes(s)) throw new Error(`${name}: unknown "${s}" (known: ${known.join(', ')})`);
+      if (!names.includes(s)) throw new Error(`${option}: unknown "${s}" (known: ${names.join(', ')})`);
     return l;
   };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
+  parseArgs(argv, import.meta.url, (a, value, list) => {
     if (a === '--quick') o.quick = true;
     else if (a === '--no-docs') o.docs = false;
     else if (a === '--no-profile') o.profile = false;
-    else if (a === '--out') o.out = argv[++i];
-    else if (a === '--systems') o.systems = list(argv[++i], SYSTEMS, a);
-    else if (a === '--workloads') o.workloads = list(argv[++i], Object.keys(WORKLOADS), a);
-    else if (a === '--help' || a === '-h') {
-      const lines = readFileSync(new URL(import.meta.url), 'utf8')
-        .split('\n')
-        .slice(1);
-      const head = lines.slice(
-        0,
-        lines.findIndex((l) => !l.startsWith('//')),
-      );
-      process.stdout.write(`${head.map((l) => l.replace(/^\/\/ ?/, '')).join('\n')}\n`);
-      process.exit(0);
-    } else throw new Error(`unknown option ${a} (try --help)`);
-  }
+    else if (a === '--out') o.out = value();
+    else if (a === '--systems') o.systems = known(list(), SYSTEMS, a);
+    else if (a === '--workloads') o.workloads = known(list(), Object.keys(WORKLOADS), a);
+    else return false;
+  });
   o.partial = o.systems.length < SYSTEMS.length || o.workloads.length < Object.keys(WORKLOADS).length;
   o.warmupMs = o.quick ? 250 : 1000;
   o.windowMs = o.quick ? 750 : 3000;
