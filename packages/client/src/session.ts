@@ -214,22 +214,21 @@ export class Session {
     this.send(encodeRequest(hello, requestId));
     // Over a network only: an in-process store has no server that could stop answering.
     const waitMs = Math.min(HANDSHAKE_TIMEOUT_MS, Math.max(500, Math.floor(this.opts.sessionTimeoutMs / 3)));
-    const timer = setTimeout(() => {
-      if (transport.address === undefined) return;
-      const p = this.pending.get(requestId);
-      if (!p) return;
-      this.pending.delete(requestId);
-      p.reject(
-        new SegmemError(
-          'UNAVAILABLE',
-          `${transport.address} did not answer the handshake within ${waitMs} ms`,
-          {
-            reason: 'HANDSHAKE_TIMEOUT',
-          },
-        ),
-      );
-      transport.close();
-    }, waitMs);
+    const address = transport.address;
+    const timer =
+      address === undefined
+        ? undefined
+        : setTimeout(() => {
+            const p = this.pending.get(requestId);
+            if (!p) return;
+            this.pending.delete(requestId);
+            p.reject(
+              new SegmemError('UNAVAILABLE', `${address} did not answer the handshake within ${waitMs} ms`, {
+                reason: 'HANDSHAKE_TIMEOUT',
+              }),
+            );
+            transport.close();
+          }, waitMs);
     let ok: HelloOk;
     try {
       ok = (await answer) as HelloOk;
