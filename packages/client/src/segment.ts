@@ -73,6 +73,11 @@ interface CachedObject {
   writeHeld: boolean;
   /** Acquires sent for this object and not answered yet: their grants are deltas against the local bytes. */
   inflight: number;
+  /**
+   * This process's write release of the object, until its answer is in. Until then the local bytes hold a
+   * write the group may still refuse, so a grant that arrives meanwhile waits for the outcome.
+   */
+  releasing: Promise<unknown> | null;
 }
 
 /** How long past its timeoutMs an acquire waits for the server's own TIMEOUT before giving up locally. */
@@ -243,7 +248,8 @@ export class SegmentImpl implements Segment {
       timeoutMs: timeoutMs ?? null,
       inlineMaxBytes: this.followerReads?.active ? FOLLOWER_READ_MIN_BYTES : null,
     });
-    const cachedIdSent = fresh ? cached.id : 0;
+    // The copy this grant will be a delta against (null: none, the grant carries every page that is not zero).
+    const base = fresh ? cached : null;
     // Held until the grant is installed (or the acquire failed), not merely answered: an invalidation
     // processed in between would zero the bytes the grant's delta leaves out.
     const settled = () => {
@@ -251,11 +257,7 @@ export class SegmentImpl implements Segment {
     };
     if (!signal && timeoutMs === undefined) {
       try {
-        return this.install(
-          await this.complete((await promise) as AcquireOk, mode, cached),
-          mode,
-          cachedIdSent,
-        );
+        return await this.installGrant((await promise) as AcquireOk, mode, base);
       } finally {
         settled();
       }
@@ -292,7 +294,7 @@ export class SegmentImpl implements Segment {
           signal?.removeEventListener('abort', onAbort);
           let handle: Handle;
           try {
-            handle = this.install(await this.complete(ok as AcquireOk, mode, cached), mode, cachedIdSent);
+            handle = await this.installGrant(ok as AcquireOk, mode, base);
           } catch (err) {
             if (!gaveUp) reject(err);
             return;
@@ -314,32 +316,60 @@ export class SegmentImpl implements Segment {
   }
 
   /**
-   * A deferred grant's page bytes, read from a follower (or the leader); the grant is given back if they
-   * cannot be read. The cached copy the grant is a delta against stays guarded meanwhile.
+   * Installs a grant and returns its handle. The page bytes of a deferred grant are read first (from a
+   * follower, or the leader). When the copy the grant is a delta against stopped being trustworthy while the
+   * acquire was out (a write to it was discarded), every page is read instead and the copy starts again from
+   * zeros. The grant is given back if its bytes cannot be had.
    */
-  private async complete(
+  private async installGrant(
     grant: AcquireOk,
     mode: 'read' | 'write',
-    cached?: CachedObject,
-  ): Promise<AcquireOk> {
-    if (!grant.deferred) return grant;
-    if (cached) cached.inflight++;
+    base: CachedObject | null,
+  ): Promise<Handle> {
+    let baseId = base?.id ?? 0;
+    if (base) base.inflight++;
     try {
-      if (!this.followerReads) throw new SegmemError('PROTOCOL', 'a deferred grant without follower reads');
-      const payload = await this.followerReads.fetch(grant);
-      return { ...grant, payload, deferred: false };
+      // A write release of this process still unanswered: its outcome decides whether the copy is valid.
+      const releasing = base?.releasing ?? this.byId.get(grant.object.id)?.releasing;
+      if (releasing) await releasing.catch(() => {});
+      if (grant.deferred) grant = { ...grant, payload: await this.fetchPages(grant), deferred: false };
+      if (base && base.id === grant.object.id && !this.intact(base)) {
+        const pages = Array.from({ length: Math.ceil(grant.object.size / this.pageBytes) }, (_, i) => i);
+        grant = { ...grant, pages, payload: await this.fetchPages({ ...grant, pages }) };
+        baseId = 0;
+      }
     } catch (err) {
       this.session.giveBack(grant.object.name, mode, grant.token);
       throw err;
     } finally {
-      if (cached) cached.inflight--;
+      if (base) base.inflight--;
     }
+    // No await from the check above to here: the copy cannot change in between.
+    return this.install(grant, mode, baseId);
+  }
+
+  /** The bytes of a grant's pages at its version: from a follower when there are any, else the leader. */
+  private async fetchPages(grant: AcquireOk): Promise<Buffer> {
+    if (this.followerReads) return this.followerReads.fetch(grant);
+    const answer = await this.session.call({
+      type: 'READ_PAGES',
+      objectId: grant.object.id,
+      version: grant.object.version,
+      pages: grant.pages,
+      waitMs: 0,
+    });
+    return Buffer.from(answer.payload.buffer, answer.payload.byteOffset, answer.payload.byteLength);
+  }
+
+  /** Whether the local copy `c` is still the one the cache knows (not dropped or replaced since). */
+  private intact(c: CachedObject): boolean {
+    return this.byId.get(c.id) === c;
   }
 
   /** {@link granted}, giving the grant back to the server if it cannot be installed locally. */
-  private install(grant: AcquireOk, mode: 'read' | 'write', cachedIdSent: number): Handle {
+  private install(grant: AcquireOk, mode: 'read' | 'write', baseId: number): Handle {
     try {
-      return this.granted(grant, mode, cachedIdSent);
+      return this.granted(grant, mode, baseId);
     } catch (err) {
       this.session
         .call({
@@ -361,7 +391,7 @@ export class SegmentImpl implements Segment {
   }
 
   /** Installs a grant in the local segment and returns its handle. */
-  private granted(grant: AcquireOk, mode: 'read' | 'write', cachedIdSent: number): Handle {
+  private granted(grant: AcquireOk, mode: 'read' | 'write', baseId: number): Handle {
     const rec = grant.object;
     let cached = this.byName.get(rec.name);
     if (cached && (cached.id !== rec.id || cached.address !== rec.address || cached.size !== rec.size)) {
@@ -380,16 +410,17 @@ export class SegmentImpl implements Segment {
         readHolds: 0,
         writeHeld: false,
         inflight: 0,
+        releasing: null,
       };
       this.byName.set(rec.name, cached);
       this.byId.set(rec.id, cached);
     }
     const bytes = this.mapped.bytes(rec.address, rec.size, rec.name);
-    const needsFill = grant.pages.length > 0 || cachedIdSent !== rec.id || cached.version === 0;
+    const needsFill = grant.pages.length > 0 || baseId !== rec.id || cached.version === 0;
     if (needsFill) {
       this.mapped.setAccess(rec.address, rec.size, 'write');
       // The server sent pages relative to what we said we held: with nothing valid held, start from zeros.
-      if (cachedIdSent !== rec.id) this.mapped.zero(rec.address, rec.size);
+      if (baseId !== rec.id) this.mapped.zero(rec.address, rec.size);
       const payload = grant.payload;
       let at = 0;
       for (const p of grant.pages) {
@@ -410,51 +441,85 @@ export class SegmentImpl implements Segment {
 
   /** Called by a handle's release(). */
   async releaseHandle(h: HandleImpl, cached: CachedObject): Promise<void> {
-    this.handles.delete(h);
-    // An object deleted (and its pages maybe reused) while held: its pages are not ours to protect any more.
-    const current = this.byId.get(cached.id) === cached;
     if (h.mode === 'read') {
-      cached.readHolds--;
-      if (current && cached.readHolds === 0 && !cached.writeHeld) {
-        this.mapped.setAccess(cached.address, cached.size, 'none');
+      this.endHold(h, cached);
+      if (!this.closed) {
+        // Pipelined: the server handles it before anything this session sends later; nothing to wait for.
+        this.session
+          .call({
+            type: 'RELEASE',
+            seq: this.session.seq(),
+            name: cached.name,
+            mode: 'read',
+            token: h.token,
+            ranges: [],
+            payload: Buffer.alloc(0),
+          })
+          .catch(() => {});
       }
-      if (this.closed) return;
-      // Pipelined: the server handles it before anything this session sends later; nothing to wait for.
-      this.session
-        .call({
-          type: 'RELEASE',
-          seq: this.session.seq(),
-          name: cached.name,
-          mode: 'read',
-          token: h.token,
-          ranges: [],
-          payload: Buffer.alloc(0),
-        })
-        .catch(() => {});
       return;
+    }
+    if (this.closed) {
+      this.abandon(h, cached);
+      throw new SegmemError('CLOSED', 'the segment was closed before the release: the write is discarded');
     }
     const ranges = h.twin ? changedRanges(h.bytes, h.twin, this.pageBytes) : [];
     const payload = ranges.length > 0 ? gatherRanges(h.bytes, ranges) : Buffer.alloc(0);
-    cached.writeHeld = false;
-    if (current) this.mapped.setAccess(cached.address, cached.size, cached.readHolds > 0 ? 'read' : 'none');
-    if (this.closed)
-      throw new SegmemError('CLOSED', 'the segment was closed before the release: the write is discarded');
+    this.endHold(h, cached);
+    const releasing = this.session.call({
+      type: 'RELEASE',
+      seq: this.session.seq(),
+      name: cached.name,
+      mode: 'write',
+      token: h.token,
+      ranges,
+      payload,
+    });
+    cached.releasing = releasing;
     try {
-      const r = await this.session.call({
-        type: 'RELEASE',
-        seq: this.session.seq(),
-        name: cached.name,
-        mode: 'write',
-        token: h.token,
-        ranges,
-        payload,
-      });
+      const r = await releasing;
       if (cached.version > 0) cached.version = r.version;
       h.bytesSent = payload.length;
     } catch (err) {
-      cached.version = 0; // the local bytes hold a write the server refused
+      // Refused, lost or of unknown outcome: the local bytes hold a write the group may not have.
+      this.dropUncommitted(cached);
       throw err;
+    } finally {
+      if (cached.releasing === releasing) cached.releasing = null;
     }
+  }
+
+  /** Gives up a hold in the local bookkeeping: the handle is gone, and so are the page rights it needed. */
+  private endHold(h: HandleImpl, cached: CachedObject): void {
+    if (!this.handles.delete(h)) return; // ended already
+    if (h.mode === 'read') cached.readHolds--;
+    else cached.writeHeld = false;
+    // An object deleted (and its pages maybe reused) while held: its pages are not ours to protect any more.
+    if (this.byId.get(cached.id) !== cached) return;
+    const access = cached.writeHeld ? 'write' : cached.readHolds > 0 ? 'read' : 'none';
+    this.mapped.setAccess(cached.address, cached.size, access);
+  }
+
+  /**
+   * Ends a handle whose access is gone without a commit (its session was lost, or the segment closed). A
+   * write handle's bytes may hold changes the group never got: they are dropped at once.
+   */
+  private abandon(h: HandleImpl, cached: CachedObject): void {
+    h.lost = true;
+    this.endHold(h, cached);
+    if (h.mode === 'write') this.dropUncommitted(cached);
+  }
+
+  /**
+   * The one way out for a copy that a handle could have written to without a commit (a lost lock, a lost
+   * session, a failed or abandoned write release): the copy is never trusted
+   * again. Its pages are dropped before anything else in the process can see them, page rights go with them,
+   * and the next grant of the object carries every page; a grant already on its way that is a delta against
+   * this copy sees it is gone and reads every page instead.
+   */
+  private dropUncommitted(cached: CachedObject): void {
+    cached.version = 0;
+    this.retire(cached);
   }
 
   onInvalidate(msg: Invalidate): void {
@@ -501,10 +566,13 @@ export class SegmentImpl implements Segment {
       .catch(() => {});
   }
 
-  /** The session was replaced: every handle lost its lock and nothing cached can be trusted. */
+  /**
+   * The session was replaced: every handle lost its lock (write handles lose their uncommitted bytes and
+   * every handle its page rights now), and no cached version can be trusted.
+   */
   sessionLost(): void {
     this.lastInvalidationSeq = 0;
-    for (const h of this.handles) h.lost = true;
+    for (const h of [...this.handles]) this.abandon(h, h.entry);
     for (const c of this.byId.values()) c.version = 0;
   }
 
@@ -529,8 +597,7 @@ export class SegmentImpl implements Segment {
     this.closing ??= (async () => {
       this.closed = true;
       await this.session.close();
-      for (const h of this.handles) h.lost = true;
-      this.handles.clear();
+      for (const h of [...this.handles]) this.abandon(h, h.entry);
       this.mapped.close();
       await this.onClose();
     })();
@@ -549,7 +616,8 @@ export class HandleImpl implements Handle {
 
   constructor(
     private readonly segment: SegmentImpl,
-    private readonly cached: CachedObject,
+    /** The cache entry of the object this handle holds. */
+    readonly entry: CachedObject,
     readonly mode: 'read' | 'write',
     readonly bytes: Buffer,
     readonly version: number,
@@ -560,12 +628,12 @@ export class HandleImpl implements Handle {
   }
 
   get name(): string {
-    return this.cached.name;
+    return this.entry.name;
   }
 
   /** Restores the bytes as they were at acquire. */
   rollback(): void {
-    if (this.twin && !this.released) this.twin.copy(this.bytes);
+    if (this.mode === 'write' && this.twin && !this.released) this.twin.copy(this.bytes);
   }
 
   release(): Promise<void> {
@@ -583,6 +651,6 @@ export class HandleImpl implements Handle {
         new SegmemError('LOCK_LOST', `the session lost its ${this.mode} access to "${this.name}"`),
       );
     }
-    return this.segment.releaseHandle(this, this.cached);
+    return this.segment.releaseHandle(this, this.entry);
   }
 }
