@@ -434,7 +434,15 @@ export class SegmentImpl implements Segment {
     if (mode === 'write') cached.writeHeld = true;
     else cached.readHolds++;
     this.mapped.setAccess(rec.address, rec.size, cached.writeHeld ? 'write' : 'read');
-    const handle = new HandleImpl(this, cached, mode, bytes, rec.version, grant.token);
+    const handle = new HandleImpl(
+      this,
+      cached,
+      mode,
+      bytes,
+      rec.version,
+      grant.token,
+      this.mapped.protectedPages,
+    );
     this.handles.add(handle);
     return handle;
   }
@@ -442,7 +450,10 @@ export class SegmentImpl implements Segment {
   /** Called by a handle's release(). */
   async releaseHandle(h: HandleImpl, cached: CachedObject): Promise<void> {
     if (h.mode === 'read') {
+      // Without page rights nothing stopped a write through a read handle: it must not pass unseen.
+      const misuse = h.twin !== null && !h.bytes.equals(h.twin);
       this.endHold(h, cached);
+      if (misuse) this.dropUncommitted(cached);
       if (!this.closed) {
         // Pipelined: the server handles it before anything this session sends later; nothing to wait for.
         this.session
@@ -456,6 +467,13 @@ export class SegmentImpl implements Segment {
             payload: Buffer.alloc(0),
           })
           .catch(() => {});
+      }
+      if (misuse) {
+        throw new SegmemError(
+          'INVALID_ARGUMENT',
+          `"${cached.name}" was written through a read handle; the change is discarded (page protection is off: the native addon is not loaded)`,
+          { reason: 'WRITE_THROUGH_READ_HANDLE', name: cached.name },
+        );
       }
       return;
     }
@@ -512,7 +530,7 @@ export class SegmentImpl implements Segment {
 
   /**
    * The one way out for a copy that a handle could have written to without a commit (a lost lock, a lost
-   * session, a failed or abandoned write release): the copy is never trusted
+   * session, a failed or abandoned write release, a write through a read handle): the copy is never trusted
    * again. Its pages are dropped before anything else in the process can see them, page rights go with them,
    * and the next grant of the object carries every page; a grant already on its way that is a delta against
    * this copy sees it is gone and reads every page instead.
@@ -607,7 +625,7 @@ export class SegmentImpl implements Segment {
 
 export class HandleImpl implements Handle {
   readonly view: DataView;
-  /** The bytes at acquire, to find what a write changed. */
+  /** The bytes at acquire: what a write changed, or (without page rights) whether a read handle was written. */
   twin: Buffer | null;
   released = false;
   lost = false;
@@ -622,9 +640,11 @@ export class HandleImpl implements Handle {
     readonly bytes: Buffer,
     readonly version: number,
     readonly token: number,
+    /** Whether page rights guard the bytes; without them a read handle keeps a twin to catch writes. */
+    protectedPages: boolean,
   ) {
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    this.twin = mode === 'write' ? Buffer.from(bytes) : null;
+    this.twin = mode === 'write' || !protectedPages ? Buffer.from(bytes) : null;
   }
 
   get name(): string {

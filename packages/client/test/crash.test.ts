@@ -58,6 +58,29 @@ for (const [how, expected] of [
   });
 }
 
+test('without page rights, a write through a read handle fails its release, naming the object, and is undone', async (t) => {
+  const dir = tempDir();
+  try {
+    const exit = await runNode(join(fixturesDir, 'read-misuse.mjs'), [dir.path], {
+      env: { SEGMEM_DISABLE_NATIVE: '1' },
+    }).done;
+    t.is(exit.code, 0, exit.stderr);
+    const report = JSON.parse(exit.stdout.trim()) as {
+      protectedPages: boolean;
+      error: { code: string; message: string; details: { reason: string; name: string } } | null;
+      after: { value: number; version: number };
+    };
+    t.false(report.protectedPages);
+    t.is(report.error?.code, 'INVALID_ARGUMENT');
+    t.is(report.error?.details.reason, 'WRITE_THROUGH_READ_HANDLE');
+    t.is(report.error?.details.name, 'compteur');
+    t.regex(report.error?.message ?? '', /"compteur" was written through a read handle/);
+    t.deepEqual(report.after, { value: 1035, version: 2 }, 'the process sees the stored bytes again');
+  } finally {
+    dir.cleanup();
+  }
+});
+
 test('a second process opening an embedded directory in use gets an error naming the holder', async (t) => {
   const dir = tempDir();
   const seg = await openEmbedded({ dir: dir.path, fsync: 'none' });
