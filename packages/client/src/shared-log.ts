@@ -222,7 +222,15 @@ export class SharedLogImpl implements SharedLog {
     let from = start;
     for (;;) {
       this.check();
-      const r = await this.readOnce(from, follow ? FOLLOW_WAIT_MS : 0, signal);
+      let r: Awaited<ReturnType<typeof this.readOnce>>;
+      try {
+        r = await this.readOnce(from, follow ? FOLLOW_WAIT_MS : 0, signal);
+      } catch (err) {
+        // Following a log that does not exist yet: the server held the read for its first record and
+        // none came within the wait; ask again.
+        if (follow && SegmemError.is(err, 'NOT_FOUND')) continue;
+        throw err;
+      }
       const records = logRecords(r);
       for (let i = 0; i < records.length; i++) yield { seq: r.from + i, data: records[i]! };
       from = r.from + r.sizes.length;

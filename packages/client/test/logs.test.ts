@@ -363,3 +363,52 @@ test('segmem log tail prints the records, and --follow prints new ones as they c
     dir.cleanup();
   }
 });
+
+test('follow on a log that does not exist yet waits for its first record, and ends cleanly when aborted', async (t) => {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path });
+  const reader = await connect({ servers: [server.address] });
+  const writer = await connect({ servers: [server.address] });
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown) => unhandled.push(reason);
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    const ac = new AbortController();
+    const got: string[] = [];
+    const following = (async () => {
+      for await (const r of reader.log('later').read({ follow: true, signal: ac.signal })) {
+        got.push(r.data.toString());
+        if (got.length === 2) return;
+      }
+    })();
+    // Still waiting, not failed, after a while with no log.
+    const early = await Promise.race([following.then(() => 'ended', (e: Error) => e), Promise.resolve('waiting')]);
+    t.is(early, 'waiting');
+    await reader.stat('later').catch(() => {}); // a round trip: the read is at the server by now
+    await writer.log('later').append('first');
+    await writer.log('later').append('second');
+    await following;
+    t.deepEqual(got, ['first', 'second']);
+
+    // Aborting a follow on a missing log ends it with ABORTED, handled by the caller.
+    const abortable = (async () => {
+      for await (const _ of reader.log('never').read({ follow: true, signal: ac.signal })) t.fail();
+    })();
+    ac.abort();
+    await t.throwsAsync(abortable, { instanceOf: SegmemError, code: 'ABORTED' });
+    // Without follow a missing log is still NOT_FOUND.
+    await t.throwsAsync(
+      (async () => {
+        for await (const _ of reader.log('never').read()) t.fail();
+      })(),
+      { code: 'NOT_FOUND' },
+    );
+    t.deepEqual(unhandled, []);
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+    await reader.close();
+    await writer.close();
+    await server.stop();
+    dir.cleanup();
+  }
+});

@@ -570,6 +570,8 @@ export class SegmemNode {
   private answerLogRead(port: Port, requestId: number, req: LogReadRequest, mustAnswer: boolean): boolean {
     const r = this.sm.readLog(req.name, req.from, req.maxBytes, MAX_LOG_BATCH_RECORDS);
     if (port.closed) return true;
+    // A follower of a log that does not exist yet waits for its first append, as for any new record.
+    if (!r.ok && r.code === 'NOT_FOUND' && !mustAnswer) return false;
     if (!r.ok) {
       const details = r.first === undefined ? undefined : { first: r.first };
       port.wire.write(encodeError(requestId, new SegmemError(r.code, r.message, details)));
