@@ -4,7 +4,7 @@
  * them here with READ_PAGES from the followers in turn, over page-reader connections (no session), and
  * from the leader through the session when no follower answers in time.
  */
-import { type AcquireOk, SegmemError } from '@segmem/protocol';
+import { type AcquireOk, type Env, SegmemError } from '@segmem/protocol';
 import { Session, tcpDial } from './session.js';
 
 /** Grants with at least this many page bytes are read from followers (smaller ones come with the grant). */
@@ -36,10 +36,14 @@ export class FollowerReads {
   private readonly retired = { bytesSent: 0, bytesReceived: 0, requests: 0 };
   private readonly live = new Set<Session>();
 
+  private readonly env: Env;
+
   constructor(
     private readonly session: Session,
     private readonly opts: { sessionTimeoutMs: number; token?: string },
-  ) {}
+  ) {
+    this.env = session.env;
+  }
 
   /** Whether grants should leave their bytes to followers: only when there are followers to ask. */
   get active(): boolean {
@@ -60,6 +64,7 @@ export class FollowerReads {
       try {
         const reader = await follower.session;
         const answer = await withDeadline(
+          this.env,
           reader.call({ ...req, waitMs: FOLLOWER_WAIT_MS }),
           FOLLOWER_DEADLINE_MS,
         );
@@ -68,7 +73,7 @@ export class FollowerReads {
       } catch (err) {
         // A lost grant is the caller's answer; anything else only means this follower could not help now.
         if (SegmemError.is(err, 'LOCK_LOST')) throw err;
-        follower.failedAt = Date.now();
+        follower.failedAt = this.env.now();
         this.dropReader(follower);
       }
     }
@@ -101,7 +106,7 @@ export class FollowerReads {
     for (let i = 0; i < candidates.length; i++) {
       const [, address] = candidates[(this.next + i) % candidates.length]!;
       let reader = this.readers.get(address!);
-      if (reader && Date.now() - reader.failedAt < FOLLOWER_BACKOFF_MS) continue;
+      if (reader && this.env.now() - reader.failedAt < FOLLOWER_BACKOFF_MS) continue;
       if (!reader || reader.failedAt > 0) reader = this.openReader(address!);
       this.next = (this.next + i + 1) % candidates.length;
       return reader;
@@ -111,7 +116,8 @@ export class FollowerReads {
 
   private openReader(address: string): Reader {
     const session = Session.open({
-      dial: tcpDial([address]),
+      dial: tcpDial([address], this.env),
+      env: this.env,
       sessionTimeoutMs: this.opts.sessionTimeoutMs,
       ...(this.opts.token !== undefined ? { token: this.opts.token } : {}),
       clusterId: this.session.hello.clusterId,
@@ -120,7 +126,7 @@ export class FollowerReads {
       onInvalidate: () => {},
       onSessionLost: () => {
         const r = this.readers.get(address);
-        if (r) r.failedAt = Date.now();
+        if (r) r.failedAt = this.env.now();
       },
       onResumed: () => {},
     });
@@ -145,8 +151,8 @@ export class FollowerReads {
 
   /** Learns the members and their addresses from the leader, now and then (in the background). */
   private refresh(): void {
-    if (this.closed || this.refreshing || Date.now() - this.membersAt < MEMBERS_REFRESH_MS) return;
-    this.membersAt = Date.now();
+    if (this.closed || this.refreshing || this.env.now() - this.membersAt < MEMBERS_REFRESH_MS) return;
+    this.membersAt = this.env.now();
     this.refreshing = this.session
       .call({ type: 'MEMBERSHIP', op: 'list', id: null, address: null })
       .then((r) => {
@@ -159,19 +165,19 @@ export class FollowerReads {
   }
 }
 
-function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
+function withDeadline<T>(env: Env, promise: Promise<T>, ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(
+    const timer = env.setTimeout(
       () => reject(new SegmemError('TIMEOUT', `no answer from the follower within ${ms} ms`)),
       ms,
     );
     promise.then(
       (v) => {
-        clearTimeout(timer);
+        env.clearTimeout(timer);
         resolve(v);
       },
       (err) => {
-        clearTimeout(timer);
+        env.clearTimeout(timer);
         reject(err);
       },
     );

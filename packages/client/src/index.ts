@@ -11,6 +11,7 @@ import {
   MAX_SESSION_TIMEOUT_MS,
   MIN_SESSION_TIMEOUT_MS,
   SegmemError,
+  systemEnv,
 } from '@segmem/protocol';
 import { connectLocal, type FsyncPolicy, SegmemNode } from '@segmem/server';
 import { FollowerReads } from './follower-reads.js';
@@ -77,6 +78,7 @@ async function openSegment(
   let segment: SegmentImpl | undefined;
   const session = await Session.open({
     dial,
+    env: systemEnv,
     sessionTimeoutMs: opts.sessionTimeoutMs,
     ...(opts.token !== undefined ? { token: opts.token } : {}),
     ...(opts.udp ? { udpPort: opts.udp.address().port } : {}),
@@ -146,7 +148,7 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
   const servers = [...opts.servers];
   try {
     const segment = await openSegment(
-      tcpDial(servers),
+      tcpDial(servers, systemEnv),
       {
         sessionTimeoutMs,
         reconnect: true,

@@ -5,6 +5,7 @@
  */
 import {
   type AcquireOk,
+  type EnvTimer,
   type Invalidate,
   MAX_TIMEOUT_MS,
   type ObjectRecord,
@@ -264,11 +265,12 @@ export class SegmentImpl implements Segment {
     }
     return new Promise<Handle>((resolve, reject) => {
       let gaveUp = false;
-      let guard: NodeJS.Timeout | undefined;
+      const env = this.session.env;
+      let guard: EnvTimer | undefined;
       const giveUp = (err: SegmemError, reason: 'TIMEOUT' | 'ABORTED') => {
         if (gaveUp) return;
         gaveUp = true;
-        if (guard) clearTimeout(guard);
+        env.clearTimeout(guard);
         signal?.removeEventListener('abort', onAbort);
         this.session.start({ type: 'CANCEL', requestId, reason }).promise.catch(() => {});
         reject(err);
@@ -277,7 +279,7 @@ export class SegmentImpl implements Segment {
       signal?.addEventListener('abort', onAbort, { once: true });
       if (timeoutMs !== undefined) {
         // The server times the wait out itself; this guard bounds it when no server answers at all.
-        guard = setTimeout(() => {
+        guard = env.setTimeout(() => {
           const err = this.session.isConnected
             ? new SegmemError('TIMEOUT', `acquire of "${name}" timed out after ${timeoutMs} ms`)
             : new SegmemError(
@@ -286,11 +288,11 @@ export class SegmentImpl implements Segment {
               );
           giveUp(err, 'TIMEOUT');
         }, timeoutMs + ACQUIRE_GUARD_GRACE_MS);
-        guard.unref?.();
+        guard.unref();
       }
       promise.then(
         async (ok) => {
-          if (guard) clearTimeout(guard);
+          env.clearTimeout(guard);
           signal?.removeEventListener('abort', onAbort);
           let handle: Handle;
           try {
@@ -307,7 +309,7 @@ export class SegmentImpl implements Segment {
         },
         (err) => {
           settled();
-          if (guard) clearTimeout(guard);
+          env.clearTimeout(guard);
           signal?.removeEventListener('abort', onAbort);
           if (!gaveUp) reject(err);
         },

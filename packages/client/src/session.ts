@@ -8,6 +8,8 @@ import {
   type AcquireOk,
   decodeInvalidate,
   decodeResponse,
+  type Env,
+  type EnvTimer,
   encodeRequest,
   type Frame,
   FrameDecoder,
@@ -66,6 +68,8 @@ interface Pending {
 
 export interface SessionOptions {
   dial: Dial;
+  /** Clock, timers and randomness (the process's own, or a simulator's). */
+  env: Env;
   sessionTimeoutMs: number;
   clusterId?: string;
   token?: string;
@@ -88,22 +92,28 @@ export class Session {
   private readonly pending = new Map<number, Pending>();
   private nextRequestId = 1;
   private nextSeq = 1;
-  private keepaliveTimer: NodeJS.Timeout | null = null;
+  private keepaliveTimer: EnvTimer | null = null;
   private closed = false;
   private reconnecting: Promise<void> | null = null;
   private readonly capacityWaiters: (() => void)[] = [];
   /** Set while no server has been reachable for longer than the session timeout. */
   private unavailable: SegmemError | null = null;
-  private unavailableTimer: NodeJS.Timeout | null = null;
+  private unavailableTimer: EnvTimer | null = null;
   /** Bytes written to and read from the transport, for benchmarks and diagnostics. */
   readonly traffic = { bytesSent: 0, bytesReceived: 0, requests: 0 };
 
-  private constructor(private readonly opts: SessionOptions) {}
+  /** Clock, timers and randomness of this session (and of the segment and logs over it). */
+  readonly env: Env;
+
+  private constructor(private readonly opts: SessionOptions) {
+    this.env = opts.env;
+  }
 
   static async open(opts: SessionOptions): Promise<Session> {
     const session = new Session(opts);
     // Follow redirects to the leader; while a group elects one, keep trying for up to the session timeout.
-    const deadline = Date.now() + Math.max(opts.sessionTimeoutMs, 5000);
+    const env = opts.env;
+    const deadline = env.now() + Math.max(opts.sessionTimeoutMs, 5000);
     let prefer: string | undefined;
     let avoid: string | undefined;
     let delayMs = 25;
@@ -118,11 +128,11 @@ export class Session {
         // A redirect, or a member that dropped the connection mid-handshake (e.g. it just lost leadership):
         // try again, until the deadline.
         const retry = redirect !== null || SegmemError.is(err, 'UNAVAILABLE');
-        if (!retry || Date.now() > deadline) throw err;
+        if (!retry || env.now() > deadline) throw err;
         prefer = redirect?.address ?? undefined;
         avoid = prefer ? undefined : transport.address;
         if (!prefer) {
-          await new Promise((r) => setTimeout(r, redirect ? ELECTION_POLL_MS : delayMs));
+          await sleep(env, redirect ? ELECTION_POLL_MS : delayMs);
           if (!redirect) delayMs = Math.min(delayMs * 2, 500);
         }
       }
@@ -218,7 +228,7 @@ export class Session {
     const timer =
       address === undefined
         ? undefined
-        : setTimeout(() => {
+        : this.env.setTimeout(() => {
             const p = this.pending.get(requestId);
             if (!p) return;
             this.pending.delete(requestId);
@@ -233,7 +243,7 @@ export class Session {
     try {
       ok = (await answer) as HelloOk;
     } finally {
-      clearTimeout(timer);
+      this.env.clearTimeout(timer);
     }
     if (ok.sessionId === 0 && !this.opts.pageReader) {
       throw new SegmemError('PROTOCOL', 'the server opened no session (sessionId 0) for a session HELLO');
@@ -303,8 +313,8 @@ export class Session {
   }
 
   private startKeepalive(everyMs: number): void {
-    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
-    this.keepaliveTimer = setInterval(() => {
+    this.env.clearInterval(this.keepaliveTimer);
+    this.keepaliveTimer = this.env.setInterval(() => {
       if (this.transport && !this.reconnecting) this.start({ type: 'KEEPALIVE' }).promise.catch(() => {});
     }, everyMs);
     this.keepaliveTimer.unref();
@@ -324,7 +334,7 @@ export class Session {
     // Callers wait for the reconnection up to sessionTimeoutMs; after that they fail fast with
     // UNAVAILABLE while the client keeps re-dialling in the background, so service resumes by itself.
     this.unavailable = null;
-    this.unavailableTimer = setTimeout(() => {
+    this.unavailableTimer = this.env.setTimeout(() => {
       this.unavailableTimer = null;
       this.unavailable = new SegmemError(
         'UNAVAILABLE',
@@ -335,7 +345,7 @@ export class Session {
     this.unavailableTimer.unref();
     this.reconnecting = this.reconnect().finally(() => {
       this.reconnecting = null;
-      if (this.unavailableTimer) clearTimeout(this.unavailableTimer);
+      this.env.clearTimeout(this.unavailableTimer);
       this.unavailableTimer = null;
       this.unavailable = null;
     });
@@ -425,10 +435,10 @@ export class Session {
         if (redirect) {
           // A member answered: an election is under way. Ask again soon; backing off here would only add
           // to the failover time what the election itself did not cost.
-          await new Promise((r) => setTimeout(r, ELECTION_POLL_MS));
+          await sleep(this.env, ELECTION_POLL_MS);
           continue;
         }
-        await new Promise((r) => setTimeout(r, delayMs * (0.5 + Math.random())));
+        await sleep(this.env, delayMs * (0.5 + this.env.random()));
         delayMs = Math.min(delayMs * 2, 1000);
       }
     }
@@ -471,8 +481,8 @@ export class Session {
 
   private shutdown(err: SegmemError): void {
     this.closed = true;
-    if (this.unavailableTimer) clearTimeout(this.unavailableTimer);
-    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    this.env.clearTimeout(this.unavailableTimer);
+    this.env.clearInterval(this.keepaliveTimer);
     this.failAll(err);
     for (const w of this.capacityWaiters.splice(0)) w();
     this.transport?.close();
@@ -486,12 +496,12 @@ export class Session {
     if (this.transport && !this.reconnecting) {
       await Promise.race([
         this.call({ type: 'GOODBYE' }).catch(() => {}),
-        new Promise((r) => setTimeout(r, 2000).unref()),
+        new Promise<void>((r) => this.env.setTimeout(r, 2000).unref()),
       ]);
     }
     this.closed = true;
-    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
-    if (this.unavailableTimer) clearTimeout(this.unavailableTimer);
+    this.env.clearInterval(this.keepaliveTimer);
+    this.env.clearTimeout(this.unavailableTimer);
     this.failAll(new SegmemError('CLOSED', 'the segment is closed'));
     this.transport?.close();
     this.transport = null;
@@ -508,7 +518,7 @@ export class Session {
 }
 
 /** Dials the first reachable server of the list (in order, then round again). */
-export function tcpDial(servers: string[]): Dial {
+export function tcpDial(servers: string[], env: Env): Dial {
   let next = 0;
   return async (prefer?: string, avoid?: string) => {
     let lastError: Error | undefined;
@@ -520,7 +530,7 @@ export function tcpDial(servers: string[]): Dial {
       order = [...order.filter((s) => s !== avoid), avoid];
     for (const addr of order) {
       try {
-        const t = await dialOne(addr);
+        const t = await dialOne(addr, env);
         next = Math.max(0, servers.indexOf(addr));
         return t;
       } catch (err) {
@@ -532,7 +542,7 @@ export function tcpDial(servers: string[]): Dial {
   };
 }
 
-function dialOne(addr: string): Promise<Transport> {
+function dialOne(addr: string, env: Env): Promise<Transport> {
   let host: string;
   let port: number;
   try {
@@ -542,13 +552,13 @@ function dialOne(addr: string): Promise<Transport> {
   }
   return new Promise((resolve, reject) => {
     const socket: Socket = netConnect({ host, port, noDelay: true });
-    const timer = setTimeout(() => socket.destroy(new Error(`connect to ${addr} timed out`)), 5000);
+    const timer = env.setTimeout(() => socket.destroy(new Error(`connect to ${addr} timed out`)), 5000);
     socket.once('error', (err) => {
-      clearTimeout(timer);
+      env.clearTimeout(timer);
       reject(err);
     });
     socket.once('connect', () => {
-      clearTimeout(timer);
+      env.clearTimeout(timer);
       socket.removeAllListeners('error');
       const transport: Transport = {
         address: addr,
@@ -573,4 +583,9 @@ function dialOne(addr: string): Promise<Transport> {
       resolve(transport);
     });
   });
+}
+
+/** Resolves after `ms` on the env's clock. */
+export function sleep(env: Env, ms: number): Promise<void> {
+  return new Promise((resolve) => env.setTimeout(resolve, ms));
 }

@@ -272,7 +272,7 @@ export class SharedLogImpl implements SharedLog {
   private schedule(): void {
     if (this.scheduled) return;
     this.scheduled = true;
-    setImmediate(() => {
+    this.session.env.setImmediate(() => {
       this.scheduled = false;
       this.pump();
     });

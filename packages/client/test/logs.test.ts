@@ -382,7 +382,13 @@ test('follow on a log that does not exist yet waits for its first record, and en
       }
     })();
     // Still waiting, not failed, after a while with no log.
-    const early = await Promise.race([following.then(() => 'ended', (e: Error) => e), Promise.resolve('waiting')]);
+    const early = await Promise.race([
+      following.then(
+        () => 'ended',
+        (e: Error) => e,
+      ),
+      Promise.resolve('waiting'),
+    ]);
     t.is(early, 'waiting');
     await reader.stat('later').catch(() => {}); // a round trip: the read is at the server by now
     await writer.log('later').append('first');
