@@ -170,10 +170,11 @@ test('the packed packages install without a compiler into a fresh app, which run
     }
     t.false(existsSync(join(modules, '@segmem/native/build')), 'nothing was compiled at install time');
 
-    // 3. The app, embedded.
+    // 3. The app, embedded. SEGMEM_DISABLE_NATIVE from the caller's shell would hide what is checked here.
+    const appEnv = { PATH: bin, SEGMEM_DISABLE_NATIVE: '' };
     copyFileSync(join(fixturesDir, 'packed-app.mjs'), join(app, 'app.mjs'));
     const embedded = await runNode(join(app, 'app.mjs'), ['embedded', join(work.path, 'embedded')], {
-      env: { PATH: bin },
+      env: appEnv,
     }).done;
     t.is(embedded.code, 0, embedded.stderr);
     const embeddedResult = JSON.parse(embedded.stdout) as {
@@ -197,11 +198,10 @@ test('the packed packages install without a compiler into a fresh app, which run
     const server = await startServerProcess({
       bin: join(modules, '.bin/segmem-server'),
       dataDir: join(work.path, 'server-data'),
-      env: { PATH: bin },
+      env: appEnv,
     });
     try {
-      const remote = await runNode(join(app, 'app.mjs'), ['connect', server.address], { env: { PATH: bin } })
-        .done;
+      const remote = await runNode(join(app, 'app.mjs'), ['connect', server.address], { env: appEnv }).done;
       t.is(remote.code, 0, remote.stderr);
       const remoteResult = JSON.parse(remote.stdout) as { counter: number; protectedPages: boolean };
       t.is(remoteResult.counter, 2);
