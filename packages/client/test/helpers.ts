@@ -98,9 +98,10 @@ export async function startServerProcess(opts: {
   extra?: string[];
   /** Extra environment variables (e.g. the storage fault plans SEGMEM_CRASH_AT / SEGMEM_FAIL_AT). */
   env?: Record<string, string>;
+  /** An executable to run instead of this repository's bin through node (e.g. an installed `.bin/segmem-server`). */
+  bin?: string;
 }): Promise<ServerProcess> {
   const args = [
-    serverBin,
     '--id',
     opts.id ?? 's1',
     '--listen',
@@ -110,7 +111,7 @@ export async function startServerProcess(opts: {
     ...(opts.fsync ? ['--fsync', opts.fsync] : []),
     ...(opts.extra ?? []),
   ];
-  const proc = spawn(process.execPath, args, {
+  const proc = spawn(opts.bin ?? process.execPath, opts.bin ? args : [serverBin, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}),
   });

@@ -80,9 +80,52 @@ size_t PageSize() {
 // ---------------------------------------------------------------------------------------------------
 // Argument helpers
 
+// The name of an errno value ("ENOENT"), or null. Not strerrorname_np: that needs glibc 2.32, and the
+// prebuilt binary must load on every glibc Node 20 runs on (2.28 and later).
+const char* ErrnoName(int err) {
+  switch (err) {
+#define SEGMEM_ERRNO_NAME(e) \
+  case e:                    \
+    return #e;
+    SEGMEM_ERRNO_NAME(EPERM)
+    SEGMEM_ERRNO_NAME(ENOENT)
+    SEGMEM_ERRNO_NAME(EINTR)
+    SEGMEM_ERRNO_NAME(EIO)
+    SEGMEM_ERRNO_NAME(ENXIO)
+    SEGMEM_ERRNO_NAME(EBADF)
+    SEGMEM_ERRNO_NAME(EAGAIN)
+    SEGMEM_ERRNO_NAME(ENOMEM)
+    SEGMEM_ERRNO_NAME(EACCES)
+    SEGMEM_ERRNO_NAME(EFAULT)
+    SEGMEM_ERRNO_NAME(EBUSY)
+    SEGMEM_ERRNO_NAME(EEXIST)
+    SEGMEM_ERRNO_NAME(ENODEV)
+    SEGMEM_ERRNO_NAME(ENOTDIR)
+    SEGMEM_ERRNO_NAME(EISDIR)
+    SEGMEM_ERRNO_NAME(EINVAL)
+    SEGMEM_ERRNO_NAME(ENFILE)
+    SEGMEM_ERRNO_NAME(EMFILE)
+    SEGMEM_ERRNO_NAME(ETXTBSY)
+    SEGMEM_ERRNO_NAME(EFBIG)
+    SEGMEM_ERRNO_NAME(ENOSPC)
+    SEGMEM_ERRNO_NAME(ESPIPE)
+    SEGMEM_ERRNO_NAME(EROFS)
+    SEGMEM_ERRNO_NAME(ERANGE)
+    SEGMEM_ERRNO_NAME(ENAMETOOLONG)
+    SEGMEM_ERRNO_NAME(ENOSYS)
+    SEGMEM_ERRNO_NAME(ELOOP)
+    SEGMEM_ERRNO_NAME(EOVERFLOW)
+    SEGMEM_ERRNO_NAME(EOPNOTSUPP)
+    SEGMEM_ERRNO_NAME(EDQUOT)
+#undef SEGMEM_ERRNO_NAME
+    default:
+      return nullptr;
+  }
+}
+
 std::string ErrnoText(int err) {
   std::string s = strerror(err);
-  const char* name = strerrorname_np(err);
+  const char* name = ErrnoName(err);
   if (name != nullptr) {
     s += " (";
     s += name;
@@ -94,7 +137,7 @@ std::string ErrnoText(int err) {
 [[noreturn]] void ThrowErrno(Napi::Env env, const char* what, int err) {
   std::string msg = std::string("segmem native: ") + what + " failed: " + ErrnoText(err);
   Napi::Error e = Napi::Error::New(env, msg);
-  const char* name = strerrorname_np(err);
+  const char* name = ErrnoName(err);
   if (name != nullptr) e.Set("code", Napi::String::New(env, name));
   e.Set("errno", Napi::Number::New(env, err));
   throw e;
@@ -274,13 +317,15 @@ Napi::Value JsMap(const Napi::CallbackInfo& info) {
 
   int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) ThrowErrno(env, ("map: open(" + path + ")").c_str(), errno);
-  struct stat st;
-  if (fstat(fd, &st) != 0) {
+  // The size by lseek, not fstat: glibc 2.33 made fstat a new versioned symbol, which a binary built
+  // on a newer glibc then needs at load time.
+  off_t fileBytes = lseek(fd, 0, SEEK_END);
+  if (fileBytes < 0) {
     int err = errno;
     close(fd);
-    ThrowErrno(env, "map: fstat", err);
+    ThrowErrno(env, "map: lseek", err);
   }
-  if (static_cast<uint64_t>(st.st_size) != bytes && ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+  if (static_cast<uint64_t>(fileBytes) != bytes && ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
     int err = errno;
     close(fd);
     ThrowErrno(env, ("map: ftruncate(" + path + ")").c_str(), err);
