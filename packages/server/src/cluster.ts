@@ -11,6 +11,7 @@ import { type RaftCore, RaftLog } from './log/raft-log.js';
 import { type NodeOptions, SegmemNode } from './node.js';
 import type { NodeId, RaftStorage } from './raft/types.js';
 import { PeerTransport } from './shell/peers.js';
+import { timedWalIo } from './stats.js';
 import { DataDir } from './storage/datadir.js';
 import { loadPeerAddresses, savePeerAddresses } from './storage/peer-addresses.js';
 import { DiskRaftStorage } from './storage/raft-storage.js';
@@ -72,6 +73,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
         .filter((id) => !opts.join || id !== opts.id)
         .sort(),
       ...(opts.repair ? { repair: true } : {}),
+      ...(opts.metrics ? { walIo: timedWalIo(opts.metrics) } : {}),
     });
     const report = storage.report;
     for (const line of [...dataDir.warnings, ...describeRecovery(report)]) opts.log?.(line);
@@ -120,6 +122,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
             node?.roleChanged(role === 'leader');
           },
           ...(opts.log ? { log: opts.log } : {}),
+          ...(opts.metrics ? { metrics: opts.metrics } : {}),
         });
         return raftLog;
       },

@@ -3,7 +3,13 @@
  * (seed 003): one JSON file naming the cluster's servers, page size, segment size and policies.
  */
 import { readFileSync } from 'node:fs';
-import { DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, PAGE_BYTES, SegmemError } from '@segmem/protocol';
+import {
+  DEFAULT_SEGMENT_BYTES,
+  MAX_SEGMENT_BYTES,
+  PAGE_BYTES,
+  parseHostPort,
+  SegmemError,
+} from '@segmem/protocol';
 import { FSYNC_POLICIES, type FsyncPolicy } from './storage/wal.js';
 
 export interface ServerConfig {
@@ -31,6 +37,11 @@ export interface ServerConfig {
   consolidatedIntervalMs: number;
   /** How many consolidated snapshots to keep there, the newest (at least 1). */
   consolidatedKeep: number;
+  /**
+   * host:port of the HTTP metrics and health endpoint, or one per server id (servers sharing a host need
+   * their own ports); none when unset.
+   */
+  metrics?: string | Record<string, string>;
 }
 
 export const DEFAULT_CONFIG: ServerConfig = {
@@ -114,6 +125,7 @@ export function loadConfigFile(path: string): ServerConfig {
     'consolidatedDir',
     'consolidatedIntervalMs',
     'consolidatedKeep',
+    'metrics',
   ]);
   for (const key of Object.keys(c))
     if (!known.has(key)) throw bad(`config file ${path}: unknown setting "${key}"`);
@@ -137,6 +149,7 @@ export function loadConfigFile(path: string): ServerConfig {
   if (c.consolidatedIntervalMs !== undefined)
     config.consolidatedIntervalMs = parseConsolidatedIntervalMs(c.consolidatedIntervalMs);
   if (c.consolidatedKeep !== undefined) config.consolidatedKeep = parseConsolidatedKeep(c.consolidatedKeep);
+  if (c.metrics !== undefined) config.metrics = parseMetricsAddress(c.metrics);
   if (c.token !== undefined) {
     if (typeof c.token !== 'string') throw bad('token must be a string');
     config.token = c.token;
@@ -155,6 +168,23 @@ export function loadConfigFile(path: string): ServerConfig {
     }
   }
   return config;
+}
+
+/** The metrics endpoint's host:port, or a map of them by server id. */
+export function parseMetricsAddress(value: unknown): string | Record<string, string> {
+  if (typeof value === 'string') {
+    parseHostPort(value, 'metrics address');
+    return value;
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw bad(`metrics must be host:port or a map of server id to host:port; got ${JSON.stringify(value)}`);
+  const byId: Record<string, string> = {};
+  for (const [id, address] of Object.entries(value)) {
+    if (typeof address !== 'string') throw bad(`metrics.${id} must be a host:port string`);
+    parseHostPort(address, `metrics address of ${id}`);
+    byId[id] = address;
+  }
+  return byId;
 }
 
 /** Parses `s1=127.0.0.1:7401,s2=...` into a map. */

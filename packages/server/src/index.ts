@@ -15,6 +15,7 @@ import {
 } from './config.js';
 import { SegmemNode } from './node.js';
 import { RaftNode } from './raft/node.js';
+import { ServerMetrics, serveMetrics } from './shell/metrics.js';
 import { listen, parseHostPort } from './shell/tcp.js';
 import type { FsyncPolicy } from './storage/wal.js';
 
@@ -60,6 +61,11 @@ export interface StartServerOptions {
   join?: boolean;
   /** The cluster id (overrides the config file's; a joining server needs the group's, see segmem cluster list). */
   clusterId?: string;
+  /**
+   * host:port to serve Prometheus metrics (GET /metrics) and health (GET /health) on, over HTTP; overrides
+   * the config file's `metrics`. Port 0 picks a free port. None when unset.
+   */
+  metrics?: string;
   /** Receives recovery reports and warnings, one line each. */
   log?: (line: string) => void;
 }
@@ -70,6 +76,8 @@ export interface RunningServer {
   close(): Promise<void>;
   /** Where this member stands (not part of the pinned API): leader or not, commands applied, state digest. */
   status(): ReturnType<SegmemNode['status']>;
+  /** host:port of the metrics and health endpoint; null without one. */
+  metricsAddress: string | null;
 }
 
 export async function startServer(opts: StartServerOptions): Promise<RunningServer> {
@@ -111,29 +119,43 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     ...(opts.repair ? { repair: true } : {}),
     ...(opts.log ? { log: opts.log } : {}),
   };
+  // Listening first: /health answers (STARTING) while the data directory is recovered.
+  const metricsAt = metricsAddressFor(opts, config);
+  const metrics = metricsAt === undefined ? null : new ServerMetrics();
+  const metricsServer = metrics && metricsAt ? await serveMetrics(metrics, metricsAt) : null;
+  if (metricsServer) opts.log?.(`metrics on http://${metricsServer.address}/metrics, health on /health`);
   // One member: the single-member log. Several: a Raft group, every command committed on a majority.
-  const node =
+  const opening =
     others.length === 0
-      ? await SegmemNode.open(nodeOpts)
-      : await openClusterNode({
+      ? SegmemNode.open({ ...nodeOpts, ...(metrics ? { metrics } : {}) })
+      : openClusterNode({
           ...nodeOpts,
+          ...(metrics ? { metrics } : {}),
           peers,
           makeCore: (cfg) => new RaftNode(cfg),
           ...(opts.join ? { join: true } : {}),
         });
+  const node = await opening.catch(async (err: unknown) => {
+    await metricsServer?.close();
+    throw err;
+  });
   let listener: Awaited<ReturnType<typeof listen>>;
   try {
     listener = await listen(node, opts.listen);
   } catch (err) {
     await node.close();
+    await metricsServer?.close();
     throw new SegmemError('UNAVAILABLE', `cannot listen on ${opts.listen}: ${(err as Error).message}`);
   }
+  metrics?.attach({ stats: () => node.stats(), network: listener });
   let closing: Promise<void> | null = null;
   return {
     address: listener.address,
+    metricsAddress: metricsServer?.address ?? null,
     status: () => node.status(),
     close() {
       closing ??= (async () => {
+        await metricsServer?.close();
         // Hand leadership over while the peer links still carry the acknowledgements the transfer needs.
         await node.handOff();
         await listener.close();
@@ -142,6 +164,21 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
       return closing;
     },
   };
+}
+
+/** This server's metrics address: the option, else the config file's (one for all, or this id's). */
+function metricsAddressFor(opts: StartServerOptions, config: ServerConfig): string | undefined {
+  if (opts.metrics !== undefined) {
+    if (typeof opts.metrics !== 'string')
+      throw new SegmemError(
+        'INVALID_ARGUMENT',
+        `metrics must be a host:port string; got ${JSON.stringify(opts.metrics)}`,
+      );
+    parseHostPort(opts.metrics, 'metrics address');
+    return opts.metrics;
+  }
+  const m = config.metrics;
+  return typeof m === 'string' ? m : m?.[opts.id];
 }
 
 /** The scheduled consolidated snapshot settings: the options over the config file's; none without a dir. */

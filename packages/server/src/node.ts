@@ -27,12 +27,13 @@ import {
   SegmemError,
 } from '@segmem/protocol';
 import { DEFAULT_CONFIG, parseSegmentBytes } from './config.js';
-import type { Command, Grant, Outcome, Result } from './core/commands.js';
+import type { Command, Grant, LockMode, Outcome, Result } from './core/commands.js';
 import type { SegmentObject, StateMachine } from './core/state-machine.js';
 import { type ApplyListener, openLocalLog, type ReplicatedLog } from './log/local-log.js';
 import type { Message } from './raft/types.js';
 import { ConsolidatedSchedule } from './shell/consolidated-schedule.js';
 import { type Clock, SessionLiveness, systemClock } from './shell/liveness.js';
+import { type LogStats, type MetricsSink, NO_METRICS, type NodeStats, timedWalIo } from './stats.js';
 import { type ConsolidatedExport, encodeConsolidated } from './storage/consolidated.js';
 import { DataDir } from './storage/datadir.js';
 import { describeLocalRecovery } from './storage/local-storage.js';
@@ -66,6 +67,8 @@ export interface NodeOptions {
   consolidatedIntervalMs?: number;
   /** How many of them to keep, the newest (default 3). */
   consolidatedKeep?: number;
+  /** Where to report events for the metrics endpoint; default: nowhere. */
+  metrics?: MetricsSink;
 }
 
 /** The transport under one connection: TCP socket or an in-process pipe. */
@@ -86,6 +89,9 @@ export interface Port {
 interface Waiting {
   port: Port;
   requestId: number;
+  mode: LockMode;
+  /** When the ACQUIRE arrived (the node's clock), for the acquire wait metric. */
+  sinceMs: number;
   cachedId: number;
   cachedVersion: number;
   /** Most page bytes the grant may carry before it defers them to READ_PAGES; null: no limit. */
@@ -130,6 +136,8 @@ export interface NodeLog extends ReplicatedLog {
   handOff?(): Promise<void>;
   /** The log index (and Raft term; 0 for a single member) the applied state stands at. */
   appliedPosition(): { index: number; term: number };
+  /** Where the log stands, for metrics and health. */
+  stats(): LogStats;
   /** Raft groups: members with their addresses, and single-server membership changes. */
   membersWithAddresses?(): [string, string | null][];
   proposeConfChange?(cc: { op: 'add' | 'remove'; id: string; address?: string }): Promise<void>;
@@ -139,6 +147,7 @@ export class SegmemNode {
   readonly id: string;
   readonly recovery: RecoveryReport;
   readonly clusterId: string;
+  readonly metrics: MetricsSink;
   private readonly log: NodeLog;
   /** Connections of clients with a session, so a deposed leader can close them (they then find the new one). */
   private readonly ports = new Set<Port>();
@@ -166,7 +175,11 @@ export class SegmemNode {
     this.recovery = recovery;
     this.clusterId = dataDir.meta.clusterId;
     this.liveness = new SessionLiveness(opts.clock ?? systemClock);
-    this.log = makeLog((_index, _cmd, outcome) => this.afterApply(outcome));
+    this.metrics = opts.metrics ?? NO_METRICS;
+    this.log = makeLog((_index, cmd, outcome) => {
+      this.metrics.applied(cmd.op);
+      this.afterApply(outcome);
+    });
     this.schedule = opts.consolidatedDir
       ? new ConsolidatedSchedule(
           { isLeader: () => this.log.isLeader(), consolidate: () => this.consolidate() },
@@ -267,6 +280,24 @@ export class SegmemNode {
     };
   }
 
+  /** For the metrics endpoint: where this member stands, read when scraped (a scan of the objects for the locks). */
+  stats(): NodeStats {
+    const sm = this.sm;
+    const log = this.log.stats();
+    // A single member leads itself.
+    if (log.role === 'leader' && log.leader === null) log.leader = this.id;
+    return {
+      id: this.id,
+      clusterId: this.clusterId,
+      log,
+      sessions: sm.sessionCount(),
+      objects: sm.objectCount(),
+      logs: sm.logCount(),
+      locks: sm.lockStats(),
+      pagesServed: this.pagesServed,
+    };
+  }
+
   /** Throws the redirect a client follows when this member is not the leader. */
   requireLeader(): void {
     if (this.log.isLeader()) return;
@@ -298,6 +329,7 @@ export class SegmemNode {
         segmentBytes,
         ...pick(opts, 'snapshotEveryEntries', 'snapshotIntervalMs', 'walFileBytes', 'log'),
         ...(opts.repair ? { repair: true } : {}),
+        ...(opts.metrics ? { metrics: opts.metrics, walIo: timedWalIo(opts.metrics) } : {}),
         onStall: (stall) =>
           opts.log?.(stall ? `WAL: ${stall.message}` : 'WAL: writes succeed again; changes are accepted'),
       });
@@ -448,6 +480,8 @@ export class SegmemNode {
     const waiting: Waiting = {
       port,
       requestId,
+      mode: req.mode,
+      sinceMs: (this.opts.clock ?? systemClock).nowMs(),
       cachedId: req.cachedId,
       cachedVersion: req.cachedVersion,
       inlineMaxBytes: req.inlineMaxBytes ?? null,
@@ -574,7 +608,7 @@ export class SegmemNode {
     if (!r.ok && r.code === 'NOT_FOUND' && !mustAnswer) return false;
     if (!r.ok) {
       const details = r.first === undefined ? undefined : { first: r.first };
-      port.wire.write(encodeError(requestId, new SegmemError(r.code, r.message, details)));
+      port.wire.write(this.errorFrame(requestId, new SegmemError(r.code, r.message, details)));
       return true;
     }
     const read = r.read;
@@ -782,7 +816,7 @@ export class SegmemNode {
       err = new SegmemError('INVALID_ARGUMENT', `"${obj.name}" has ${pageCount(obj.size)} pages`);
     }
     if (err) {
-      port.wire.write(encodeError(requestId, err));
+      port.wire.write(this.errorFrame(requestId, err));
       return true;
     }
     const record = {
@@ -833,7 +867,7 @@ export class SegmemNode {
         case 'fail': {
           const w = this.takeWaiting(effect.sessionId, effect.seq);
           if (w && !w.port.closed) {
-            w.port.wire.write(encodeError(w.requestId, new SegmemError(effect.code, effect.message)));
+            w.port.wire.write(this.errorFrame(w.requestId, new SegmemError(effect.code, effect.message)));
           }
           break;
         }
@@ -864,6 +898,12 @@ export class SegmemNode {
     }
   }
 
+  /** An ERROR answer, counted by code. */
+  private errorFrame(requestId: number, err: SegmemError): Buffer[] {
+    this.metrics.failed(err.code);
+    return encodeError(requestId, err);
+  }
+
   private takeWaiting(sessionId: number, seq: number): Waiting | undefined {
     const state = this.sessions.get(sessionId);
     const w = state?.waiting.get(seq);
@@ -878,10 +918,14 @@ export class SegmemNode {
     const obj = this.sm.object(grant.object.id);
     if (!obj) {
       w.port.wire.write(
-        encodeError(w.requestId, new SegmemError('NOT_FOUND', `object "${grant.object.name}" was deleted`)),
+        this.errorFrame(
+          w.requestId,
+          new SegmemError('NOT_FOUND', `object "${grant.object.name}" was deleted`),
+        ),
       );
       return;
     }
+    this.metrics.granted(w.mode, (this.opts.clock ?? systemClock).nowMs() - w.sinceMs);
     const pages = this.sm.pagesSince(obj, w.cachedId, w.cachedVersion);
     const record = { id: obj.id, name: obj.name, size: obj.size, address: obj.address, version: obj.version };
     if (w.inlineMaxBytes !== null && grantPayloadBytes(obj.size, pages) > w.inlineMaxBytes) {

@@ -17,7 +17,7 @@ import { parseArgs } from './args.js';
 const USAGE = `usage: segmem-server --id ID --listen HOST:PORT --data DIR [--peers ID=HOST:PORT,...] [--fsync always|batch|none]
                      [--segment-bytes N] [--snapshot-every-entries N] [--snapshot-interval-ms MS]
                      [--consolidated-dir DIR [--consolidated-interval-ms MS] [--consolidated-keep N]]
-                     [--repair] [--join --cluster-id ID]
+                     [--repair] [--join --cluster-id ID] [--metrics HOST:PORT]
        segmem-server --config segmem.json --id ID [--data DIR] [--fsync ...]`;
 
 export async function serverMain(argv: string[]): Promise<void> {
@@ -38,6 +38,7 @@ export async function serverMain(argv: string[]): Promise<void> {
         'consolidated-dir',
         'consolidated-interval-ms',
         'consolidated-keep',
+        'metrics',
       ],
       flags: ['repair', 'help', 'join'],
     });
@@ -95,6 +96,7 @@ export async function serverMain(argv: string[]): Promise<void> {
       ...(args.flags.has('repair') ? { repair: true } : {}),
       ...(args.flags.has('join') ? { join: true } : {}),
       ...(args.values.get('cluster-id') ? { clusterId: args.values.get('cluster-id')! } : {}),
+      ...(args.values.has('metrics') ? { metrics: args.values.get('metrics')! } : {}),
       log: (line) => process.stderr.write(`segmem-server ${id}: ${line}\n`),
     });
     // Signal handlers first: a signal that arrives right after the ready line must find them.

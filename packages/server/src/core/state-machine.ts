@@ -926,6 +926,23 @@ export class StateMachine {
   objectCount(): number {
     return this.byName.size;
   }
+
+  sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  /** Locks held and waited for, over all objects (a scan: for metrics, read when scraped). */
+  lockStats(): { readHolds: number; writeHolds: number; waiters: number } {
+    let readHolds = 0;
+    let writeHolds = 0;
+    let waiters = 0;
+    for (const obj of this.byId.values()) {
+      readHolds += obj.readers;
+      if (obj.writer !== 0) writeHolds++;
+      waiters += obj.queue.length;
+    }
+    return { readHolds, writeHolds, waiters };
+  }
 }
 
 /** Where an object's bytes sit in its snapshot entry. */

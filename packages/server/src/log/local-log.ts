@@ -18,6 +18,7 @@
 import { SegmemError } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommand, mustSync, type Outcome } from '../core/commands.js';
 import { StateMachine } from '../core/state-machine.js';
+import { type LogStats, type MetricsSink, walStats } from '../stats.js';
 import { errorMessage } from '../storage/files.js';
 import {
   type LocalRecoveryReport,
@@ -55,6 +56,7 @@ export interface OpenLocalLogOptions extends LocalStorageOptions, Partial<Snapsh
   segmentBytes: number;
   /** Where to report snapshots and their failures. */
   log?: (line: string) => void;
+  metrics?: MetricsSink;
   /**
    * A deliberately broken variant for the crash-point harness only: apply and acknowledge data changes
    * without waiting for the disk. Never set in a server; it exists so a test can prove the harness catches it.
@@ -97,6 +99,7 @@ export async function openLocalLog(
         policy,
         replayed: records.length,
         ...(opts.log ? { log: opts.log } : {}),
+        ...(opts.metrics ? { metrics: opts.metrics } : {}),
         ...(opts.unsafeAckBeforeDurable ? { unsafeAckBeforeDurable: true } : {}),
       }),
   };
@@ -111,6 +114,7 @@ export class LocalLog implements ReplicatedLog {
   private readonly wal: Wal;
   private readonly policy: SnapshotPolicy;
   private readonly log: ((line: string) => void) | undefined;
+  private readonly metrics: MetricsSink | undefined;
   /** Entries applied since the last snapshot was taken. */
   private sinceSnapshot: number;
   private snapshotting: Promise<SnapshotWrite | null> | null = null;
@@ -126,11 +130,13 @@ export class LocalLog implements ReplicatedLog {
       /** WAL records replayed at recovery, which count towards the next snapshot. */
       replayed?: number;
       unsafeAckBeforeDurable?: boolean;
+      metrics?: MetricsSink;
     } = {},
   ) {
     const policy = opts.policy ?? { snapshotEveryEntries: 0, snapshotIntervalMs: 0 };
     this.policy = policy;
     this.log = opts.log;
+    this.metrics = opts.metrics;
     this.wal = storage.wal;
     this.sinceSnapshot = opts.replayed ?? 0;
     this.waitForDisk = this.wal.policy !== 'none' && opts.unsafeAckBeforeDurable !== true;
@@ -170,6 +176,7 @@ export class LocalLog implements ReplicatedLog {
       }
       const written = await this.storage.saveSnapshot(index, view);
       if (written) {
+        this.metrics?.snapshotWritten('compact', written.bytes, written.ms);
         this.log?.(
           `snapshot at index ${index}: ${describeSnapshotWrite(written)}, frozen in ${freezeMs.toFixed(0)} ms, ` +
             `written in ${written.ms.toFixed(0)} ms; WAL now starts at index ${this.wal.firstIndex}`,
@@ -281,6 +288,23 @@ export class LocalLog implements ReplicatedLog {
   /** Where the applied state stands: a single member's log has indexes but no terms. */
   appliedPosition(): { index: number; term: number } {
     return { index: this.sm.appliedIndex, term: 0 };
+  }
+
+  /** Where this log stands, for metrics and health: a single member leads itself, with no terms. */
+  stats(): LogStats {
+    const applied = this.sm.appliedIndex;
+    return {
+      role: 'leader',
+      term: 0,
+      leader: null,
+      commitIndex: applied,
+      appliedIndex: applied,
+      lastIndex: this.wal.lastIndex,
+      leaderCommitIndex: applied,
+      peers: [],
+      peerLinks: { sentBytes: 0, droppedMessages: 0 },
+      ...walStats(this.wal, this.failure),
+    };
   }
 
   async close(): Promise<void> {

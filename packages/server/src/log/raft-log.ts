@@ -19,6 +19,7 @@ import { decodeConfChange } from '../raft/confchange.js';
 import { mayLeaveBeforePersist } from '../raft/node.js';
 import type { ConfChange, Entry, Message, NodeId, Ready, Role } from '../raft/types.js';
 import { NotLeaderError } from '../raft/types.js';
+import { type LogStats, type MetricsSink, walStats } from '../stats.js';
 import { describeSnapshotWrite } from '../storage/page-file.js';
 import type { DiskRaftStorage } from '../storage/raft-storage.js';
 import type { ApplyListener } from './local-log.js';
@@ -30,6 +31,8 @@ export interface RaftCore {
   readonly term: number;
   readonly leader: NodeId | null;
   readonly members: NodeId[];
+  readonly commitIndex: number;
+  readonly lastIndex: number;
   tick(): void;
   step(msg: Message): void;
   propose(data: Buffer): { index: number; term: number };
@@ -52,6 +55,9 @@ export interface PeerSender {
   setMembers(members: NodeId[]): void;
   addressOf(id: NodeId): string | undefined;
   addAddress(id: NodeId, address: string): void;
+  /** Bytes sent and messages dropped so far (for metrics). */
+  readonly sentBytes?: number;
+  readonly droppedMessages?: number;
 }
 
 interface PendingProposal {
@@ -70,6 +76,7 @@ export interface RaftLogOptions {
   /** A conf entry named a member's address (at start-up too, for those still in the log). */
   onAddress?: (id: NodeId, address: string) => void;
   log?: (line: string) => void;
+  metrics?: MetricsSink;
 }
 
 export class RaftLog implements NodeLog {
@@ -91,6 +98,9 @@ export class RaftLog implements NodeLog {
   private lastLeader: NodeId | null;
   private failure: SegmemError | null = null;
   private compacting = false;
+  /** The highest commit index a leader of `leaderCommitTerm` told this member (for its lag in stats()). */
+  private leaderCommit = 0;
+  private leaderCommitTerm = 0;
 
   constructor(
     private readonly core: RaftCore,
@@ -146,6 +156,7 @@ export class RaftLog implements NodeLog {
   /** A message from a peer. */
   receive(msg: Message): void {
     if (this.closed) return;
+    this.noteLeaderCommit(msg);
     this.core.step(msg);
     this.kick();
   }
@@ -277,6 +288,7 @@ export class RaftLog implements NodeLog {
       this.sm = sm;
       this.appliedIndex = rd.snapshot.meta.index;
       this.peers.setMembers(rd.snapshot.meta.members);
+      if (written) this.opts.metrics?.snapshotWritten('install', written.bytes, written.ms);
       this.opts.log?.(
         `installed snapshot at index ${rd.snapshot.meta.index} (term ${rd.snapshot.meta.term})` +
           (written ? `: ${describeSnapshotWrite(written)} in ${written.ms.toFixed(0)} ms` : ''),
@@ -403,6 +415,7 @@ export class RaftLog implements NodeLog {
     this.storage
       .compact(index, this.sm.freeze())
       .then((written) => {
+        if (written) this.opts.metrics?.snapshotWritten('compact', written.bytes, written.ms);
         if (written)
           this.opts.log?.(
             `snapshot at index ${index}: ${describeSnapshotWrite(written)} in ${written.ms.toFixed(0)} ms`,
@@ -452,6 +465,43 @@ export class RaftLog implements NodeLog {
       this.pending.delete(i);
       p.reject(this.failure);
     }
+  }
+
+  /** Remembers the commit index a leader announces (appends carry it whole; heartbeats capped at our match). */
+  private noteLeaderCommit(msg: Message): void {
+    if ((msg.type !== 'append' && msg.type !== 'heartbeat') || msg.commit === undefined) return;
+    if (msg.term > this.leaderCommitTerm) {
+      this.leaderCommitTerm = msg.term;
+      this.leaderCommit = 0;
+    }
+    if (msg.term === this.leaderCommitTerm) this.leaderCommit = Math.max(this.leaderCommit, msg.commit);
+  }
+
+  /** Where this member stands, for metrics and health (read at scrape time). */
+  stats(): LogStats {
+    const core = this.core;
+    const leading = core.role === 'leader';
+    const heard = this.leaderCommitTerm === core.term && core.leader !== null ? this.leaderCommit : null;
+    return {
+      role: core.role,
+      term: core.term,
+      leader: core.leader,
+      commitIndex: core.commitIndex,
+      appliedIndex: this.appliedIndex,
+      lastIndex: core.lastIndex,
+      leaderCommitIndex: leading
+        ? core.commitIndex
+        : heard === null
+          ? null
+          : Math.max(heard, core.commitIndex),
+      peers: leading
+        ? core.members
+            .filter((id) => id !== core.id)
+            .map((id) => ({ id, matchIndex: core.progress(id)?.match ?? 0 }))
+        : [],
+      peerLinks: { sentBytes: this.peers.sentBytes ?? 0, droppedMessages: this.peers.droppedMessages ?? 0 },
+      ...walStats(this.storage.wal, this.failure),
+    };
   }
 
   async close(): Promise<void> {

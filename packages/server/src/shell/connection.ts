@@ -266,13 +266,17 @@ export class ServerConnection implements Port {
   }
 
   private answerError(requestId: number, err: unknown): void {
-    this.answer(encodeError(requestId, asSegmemError(err)));
+    const e = asSegmemError(err);
+    this.node.metrics.failed(e.code);
+    this.answer(encodeError(requestId, e));
   }
 
   /** The byte stream cannot be trusted any more: say why, then close. */
   private fatal(requestId: number, err: unknown): void {
     if (this.closed) return;
-    this.wire.write(encodeError(requestId, asSegmemError(err)));
+    const e = asSegmemError(err);
+    this.node.metrics.failed(e.code);
+    this.wire.write(encodeError(requestId, e));
     this.disconnected();
     this.wire.close();
   }

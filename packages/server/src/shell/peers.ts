@@ -56,11 +56,12 @@ class PeerLink {
     });
   }
 
-  send(parts: Buffer[]): void {
+  /** Writes a message's parts; false if it was dropped. */
+  send(parts: Buffer[]): boolean {
     const s = this.socket;
     if (!s || !this.connected || s.writableLength > MAX_UNSENT_BYTES) {
       this.dropped++;
-      return;
+      return false;
     }
     if (parts.length === 1) s.write(parts[0]!);
     else {
@@ -68,6 +69,7 @@ class PeerLink {
       for (const p of parts) s.write(p);
       s.uncork();
     }
+    return true;
   }
 
   /** Holds writes until uncork(): the messages of one Ready leave in one system call. */
@@ -88,6 +90,9 @@ class PeerLink {
 
 export class PeerTransport {
   private readonly links = new Map<NodeId, PeerLink>();
+  /** Bytes of Raft messages handed to peer sockets, and messages dropped (link down or backed up). */
+  sentBytes = 0;
+  droppedMessages = 0;
 
   constructor(
     private readonly self: NodeId,
@@ -131,7 +136,11 @@ export class PeerTransport {
   }
 
   send(msg: Message): void {
-    this.links.get(msg.to)?.send(encodeRaftMessage(msg));
+    const link = this.links.get(msg.to);
+    if (!link) return;
+    const parts = encodeRaftMessage(msg);
+    if (!link.send(parts)) this.droppedMessages++;
+    else for (const p of parts) this.sentBytes += p.length;
   }
 
   /** Batches the sends that follow until {@link flush} (one write per peer instead of one per message). */

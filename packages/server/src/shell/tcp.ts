@@ -15,12 +15,17 @@ export { parseHostPort };
 
 export interface Listener {
   readonly address: string;
+  /** Bytes read from, and handed to, the connections accepted so far (clients and other members' links). */
+  readonly receivedBytes: number;
+  readonly sentBytes: number;
   close(): Promise<void>;
 }
 
 export async function listen(node: SegmemNode, listenAddress: string): Promise<Listener> {
   const { host, port } = parseHostPort(listenAddress, 'listen address');
   const sockets = new Set<Socket>();
+  let receivedBytes = 0;
+  let sentBytes = 0;
   const server: Server = createServer({ noDelay: true }, (socket) => {
     sockets.add(socket);
     socket.setNoDelay(true);
@@ -29,10 +34,15 @@ export async function listen(node: SegmemNode, listenAddress: string): Promise<L
       {
         write(parts) {
           if (socket.destroyed) return;
-          if (parts.length === 1) socket.write(parts[0]!);
-          else {
+          if (parts.length === 1) {
+            socket.write(parts[0]!);
+            sentBytes += parts[0]!.length;
+          } else {
             socket.cork();
-            for (const p of parts) socket.write(p);
+            for (const p of parts) {
+              socket.write(p);
+              sentBytes += p.length;
+            }
             socket.uncork();
           }
           if (socket.writableLength > MAX_UNSENT_BYTES && !socket.isPaused()) {
@@ -48,7 +58,10 @@ export async function listen(node: SegmemNode, listenAddress: string): Promise<L
       },
       { pause: () => socket.pause(), resume: () => socket.resume() },
     );
-    socket.on('data', (chunk: Buffer) => conn.receive(chunk));
+    socket.on('data', (chunk: Buffer) => {
+      receivedBytes += chunk.length;
+      conn.receive(chunk);
+    });
     socket.on('error', () => {});
     socket.on('close', () => {
       sockets.delete(socket);
@@ -82,6 +95,12 @@ export async function listen(node: SegmemNode, listenAddress: string): Promise<L
   const address = `${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
   return {
     address,
+    get receivedBytes() {
+      return receivedBytes;
+    },
+    get sentBytes() {
+      return sentBytes;
+    },
     async close() {
       await new Promise<void>((resolve) => {
         server.close(() => resolve());

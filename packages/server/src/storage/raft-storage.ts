@@ -28,7 +28,7 @@ import type { SnapshotWrite } from './page-file.js';
 import { SNAPSHOT_DIR, snapshotFileName } from './snapshot-file.js';
 import { serialiseSnapshot } from './snapshot-serialise.js';
 import { SnapshotDir } from './snapshots.js';
-import type { FsyncPolicy, RecoveryReport, Wal } from './wal.js';
+import type { FsyncPolicy, RecoveryReport, Wal, WalIo } from './wal.js';
 import { Wal as WalClass } from './wal.js';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
@@ -70,6 +70,8 @@ export interface DiskRaftStorageOptions {
   repair?: boolean;
   /** @internal WAL segment file size (default 64 MiB); small values let tests see files deleted. */
   walFileBytes?: number;
+  /** @internal Replaces the WAL's file operations (timed ones, for metrics). */
+  walIo?: Partial<WalIo>;
 }
 
 export class DiskRaftStorage implements RaftStorage {
@@ -97,6 +99,7 @@ export class DiskRaftStorage implements RaftStorage {
       fsync: opts.fsync,
       ...(opts.repair ? { repair: true } : {}),
       ...(opts.walFileBytes !== undefined ? { segmentBytes: opts.walFileBytes } : {}),
+      ...(opts.walIo ? { io: opts.walIo } : {}),
     });
     const storage = new DiskRaftStorage(wal, opts, report);
     try {

@@ -123,7 +123,7 @@ export interface WalIo {
   fsyncDir(dir: string): Promise<void>;
 }
 
-const nodeIo: WalIo = {
+export const nodeIo: WalIo = {
   open: (path, flags) => openFd(path, flags, flags === 'wx' ? 'wal.create' : 'wal.open'),
   writev: (fd, buffers, position) => writevFd(fd, buffers, position, 'wal.write'),
   fdatasync: (fd) => fdatasyncFd(fd, 'wal.sync'),
