@@ -413,6 +413,35 @@ test('a damaged snapshot the log depends on: the member drops it and the log aft
   }
 });
 
+test('a damaged snapshot with no log after it (a restored directory, say) is lost state too: the member heals', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'segmem-raftstore-'));
+  try {
+    let s = await open(dir);
+    await s.waitDurable(
+      s.save(
+        { term: 1, vote: 's1', commit: 4 },
+        Array.from({ length: 4 }, (_, i) => entry(i + 1, 1)),
+      ),
+    );
+    await s.compact(4, stateHolding(4).freeze());
+    await s.close();
+    // Only the snapshot and the vote file left, as `segmem restore` leaves a directory (plus the vote file).
+    for (const f of readdirSync(join(dir, 'wal'))) rmSync(join(dir, 'wal', f));
+    const snapDir = join(dir, 'snap');
+    const snapFile = join(snapDir, readdirSync(snapDir)[0]!);
+    const bytes = readFileSync(snapFile);
+    bytes[bytes.length - 10]! ^= 0x01;
+    writeFileSync(snapFile, bytes);
+    s = await open(dir);
+    t.truthy(s.repair, 'the log does not reach the snapshot: its state is lost here');
+    t.deepEqual(s.hardState(), { term: 2, vote: 's1', commit: 0 });
+    t.is(s.rejoinTerm, 2);
+    await s.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test.serial(
   'a crash after the vote file was written and before the WAL was cut: the next start heals again, a term later',
   async (t) => {

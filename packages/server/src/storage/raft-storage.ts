@@ -51,7 +51,7 @@ import { MemoryStorage } from '../raft/memory-storage.js';
 import type { Entry, HardState, NodeId, RaftStorage, Snapshot } from '../raft/types.js';
 import { mkdirDurable } from './files.js';
 import type { SnapshotWrite } from './page-file.js';
-import { removeSnapshotFiles, SNAPSHOT_DIR, snapshotFileName } from './snapshot-file.js';
+import { removeSnapshotFiles, SNAPSHOT_DIR, snapshotFileName, snapshotNameMeta } from './snapshot-file.js';
 import { serialiseSnapshot } from './snapshot-serialise.js';
 import { type LoadedSnapshot, SnapshotDir } from './snapshots.js';
 import {
@@ -266,8 +266,23 @@ export class DiskRaftStorage implements RaftStorage {
       if (damaged.length === 0 || !isLogLoss(err)) throw err;
       return { damaged: damaged.map(({ file, problem }) => ({ file, problem })), fallback: newest };
     }
-    for (const d of damaged)
+    // A damaged snapshot is not needed only where the log still holds its last entry (the state it held
+    // can be rebuilt from the entries); a log that merely replays without error may just end before it.
+    const needed = damaged.filter((d) => {
+      const at = snapshotNameMeta(basename(d.file));
+      if (!at || at.index > this.mem.lastIndex()) return true;
+      try {
+        return this.mem.term(at.index) !== at.term;
+      } catch {
+        return true;
+      }
+    });
+    if (needed.length > 0) {
+      return { damaged: needed.map(({ file, problem }) => ({ file, problem })), fallback: newest };
+    }
+    for (const d of damaged) {
       this.notes.push(`recovery: skipped a damaged snapshot the log does not need (${d.problem})`);
+    }
     return null;
   }
 
