@@ -15,7 +15,6 @@ import { timedWalIo } from './stats.js';
 import { DataDir } from './storage/datadir.js';
 import { loadPeerAddresses, savePeerAddresses } from './storage/peer-addresses.js';
 import { DiskRaftStorage } from './storage/raft-storage.js';
-import { describeRecovery } from './storage/wal.js';
 
 /** Ticks of the consensus clock. Election timeout: 10..20 ticks (0.5..1 s); heartbeats every tick. */
 export const RAFT_TICK_MS = 50;
@@ -29,6 +28,8 @@ export interface CoreConfig {
   electionTicks: number;
   heartbeatTicks: number;
   rand: () => number;
+  /** See RaftConfig.rejoinTerm: set after the storage healed damage. */
+  rejoinTerm: number;
 }
 
 export interface ClusterNodeOptions extends NodeOptions {
@@ -69,14 +70,16 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       dir: dataDir.dir,
       walDir: dataDir.walDir,
       fsync: opts.fsync ?? 'batch',
+      id: opts.id,
       initialMembers: Object.keys(opts.peers)
         .filter((id) => !opts.join || id !== opts.id)
         .sort(),
       ...(opts.repair ? { repair: true } : {}),
       ...(opts.metrics ? { walIo: timedWalIo(opts.metrics) } : {}),
+      ...(opts.log ? { log: opts.log } : {}),
     });
     const report = storage.report;
-    for (const line of [...dataDir.warnings, ...describeRecovery(report)]) opts.log?.(line);
+    for (const line of [...dataDir.warnings, ...storage.recoveryLines()]) opts.log?.(line);
     const sm = storage.takeRestoredState() ?? new StateMachine({ pageBytes: PAGE_BYTES, segmentBytes });
     const core = opts.makeCore({
       id: opts.id,
@@ -84,6 +87,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       electionTicks: ELECTION_TICKS,
       heartbeatTicks: HEARTBEAT_TICKS,
       rand: Math.random,
+      rejoinTerm: storage.rejoinTerm,
     });
     // Addresses learned from `add` entries survive the compaction of those entries in peers.json; the
     // command line's --peers wins for an id it names.

@@ -266,12 +266,14 @@ test('crash-point harness: a kill at any storage step loses nothing acknowledged
   // The workload goes through every step of the WAL, snapshot and compaction paths (recovery steps only
   // happen after a crash: the chained cases below reach them; the clone's own steps only where files can
   // be cloned, the XFS test below). Scheduled consolidated snapshots are backups written outside the data
-  // directory, and peers.json belongs to cluster members: the single server's recovery never reads them.
+  // directory, and peers.json and the vote file belong to cluster members: the single server's recovery never
+  // reads them.
   const expected = FAULT_STEPS.filter(
     (s) =>
       !s.startsWith('recovery.') &&
       !s.startsWith('consolidated.') &&
       !s.startsWith('peers.') &&
+      !s.startsWith('vote.') &&
       s !== 'wal.open' &&
       !CLONE_ONLY_STEPS.includes(s),
   );

@@ -59,7 +59,7 @@ class Cluster {
     return node;
   }
 
-  private makeRaft(id: NodeId, storage: MemoryStorage, applied?: number): RaftNode {
+  private makeRaft(id: NodeId, storage: MemoryStorage, applied?: number, extra: Options = {}): RaftNode {
     return new RaftNode({
       id,
       storage,
@@ -67,6 +67,7 @@ class Cluster {
       heartbeatTicks: 1,
       rand: () => this.prng.float(),
       ...this.opts,
+      ...extra,
       ...(applied !== undefined ? { applied } : {}),
     });
   }
@@ -79,16 +80,39 @@ class Cluster {
     this.down.add(id);
   }
 
-  /** Rebuilds the node from what its storage holds; its applied entries are kept (a durable state machine). */
-  restart(id: NodeId): void {
+  /**
+   * Rebuilds the node from what its storage holds; its applied entries are kept (a durable state machine).
+   * `extra`: configuration for this node only.
+   */
+  restart(id: NodeId, extra: Options = {}): void {
     const n = this.nodes.get(id)!;
     const applied = n.applied.length > 0 ? n.applied[n.applied.length - 1]!.index : undefined;
     n.raft = this.makeRaft(
       id,
       n.storage,
-      applied === undefined ? undefined : Math.max(applied, n.storage.firstIndex() - 1),
+      applied === undefined
+        ? undefined
+        : Math.min(Math.max(applied, n.storage.firstIndex() - 1), n.storage.lastIndex()),
+      extra,
     );
     this.down.delete(id);
+  }
+
+  /**
+   * What a member's storage healing does to it (storage/raft-storage.ts): its log is cut after `last`, its
+   * applied state goes back with it, and it restarts one term past `reachedTerm`, voting for itself, with
+   * `rejoinTerm` at that term unless `rejoin` is false (the unsafe variant a test shows losing data).
+   */
+  loseStorageAfter(id: NodeId, last: number, reachedTerm: number, rejoin = true): void {
+    const n = this.nodes.get(id)!;
+    const old = n.storage;
+    const cut = new MemoryStorage(old.snapshot().meta.members);
+    cut.append(old.entries(old.firstIndex(), last + 1));
+    const term = reachedTerm + 1;
+    cut.setHardState({ term, vote: id, commit: Math.min(old.hardState().commit, last) });
+    n.storage = cut;
+    n.applied = n.applied.filter((e) => e.index <= last);
+    this.restart(id, rejoin ? { rejoinTerm: term } : {});
   }
 
   isolate(id: NodeId): void {
@@ -683,6 +707,103 @@ test('restart: a node keeps its term, vote and log from storage, and does not vo
     rd.messages.map((m) => [m.type, m.reject]),
     [['voteResp', true]],
   );
+});
+
+test('lost storage: a rejoining member neither campaigns nor grants (pre-)votes until its log reaches its rejoin term', (t) => {
+  const c = new Cluster(ids(3));
+  c.campaign('n1');
+  c.propose('n1', 'a');
+  const term = c.get('n1').term;
+  c.crash('n2');
+  c.loseStorageAfter('n2', c.get('n1').lastIndex, term);
+  const n2 = c.get('n2');
+  t.true(n2.rejoining);
+  t.is(n2.term, term + 1, 'one term past the highest it may have reached');
+  t.is(n2.votedFor, 'n2');
+  // Alone with n2 for a long time: nobody can be elected (n3 needs n2's vote, n2 does not campaign).
+  c.crash('n1');
+  const since = c.delivered.length;
+  c.tick(300);
+  t.deepEqual(c.leaders(), []);
+  t.true(
+    c.delivered.slice(since).every((m) => !(m.from === 'n2' && (m.type === 'vote' || m.type === 'preVote'))),
+    'n2 never asked for a vote',
+  );
+  t.true(
+    c.delivered
+      .slice(since)
+      .filter((m) => m.from === 'n2' && (m.type === 'voteResp' || m.type === 'preVoteResp'))
+      .every((m) => m.reject === true),
+    'and granted none',
+  );
+  t.true(
+    c.delivered.slice(since).some((m) => m.from === 'n2' && m.type === 'preVoteResp'),
+    'although n3 asked',
+  );
+  t.true(c.get('n2').rejoining);
+  // n1 returns: a leader is elected without n2, whose no-op (a later term) ends the rejoin.
+  c.restart('n1');
+  c.tick(100);
+  const [leader] = c.leaders();
+  t.truthy(leader);
+  t.true(c.get(leader!).term >= term + 1, 'elected in a term past the one n2 restarted in');
+  t.false(c.get('n2').rejoining, 'caught up: it holds an entry of its rejoin term');
+});
+
+test('lost storage: a rejoining member ignores a leadership transfer to it', (t) => {
+  const c = new Cluster(ids(3));
+  c.campaign('n1');
+  const term = c.get('n1').term;
+  c.crash('n2');
+  c.loseStorageAfter('n2', c.get('n1').lastIndex, term);
+  const n2 = c.get('n2');
+  n2.step({ type: 'timeoutNow', from: 'n1', to: 'n2', term: n2.term });
+  t.is(n2.role, 'follower');
+  t.false(n2.hasReady() && n2.ready().messages.some((m) => m.type === 'vote'), 'no campaign');
+});
+
+test('lost storage: a member that lost an acknowledged entry cannot help elect a leader without it; the broken variant that votes at once loses it', (t) => {
+  for (const rejoin of [true, false]) {
+    const c = new Cluster(ids(3), {}, 7);
+    c.campaign('n1');
+    c.isolate('n3'); // n3 misses 'a': it is committed on n1 and n2 only
+    const before = c.get('n1').lastIndex;
+    const at = c.propose('n1', 'a');
+    t.is(c.get('n1').commitIndex, at.index);
+    const term = c.get('n2').term;
+    // n2's storage loses 'a' (and the acknowledgement it sent for it); n1, the only other holder, goes down.
+    c.crash('n2');
+    c.loseStorageAfter('n2', before, term, rejoin);
+    c.crash('n1');
+    c.heal();
+    c.tick(300);
+    if (!rejoin) {
+      // The broken variant: n2 and n3 elect a leader between them (their logs are alike), whose no-op
+      // takes a's index: the group commits another entry where a was committed.
+      t.is(c.leaders().length, 1, 'the unsafe variant elects a leader without the committed entry');
+      const leader = c.leaders()[0]!;
+      t.not(c.get(leader).termAt(at.index), at.term, "the new leader's log has another entry there");
+      c.propose(leader, 'b');
+      t.true(c.get('n3').commitIndex >= at.index);
+      t.deepEqual(c.appliedData('n3'), ['b'], 'the group went on without a: an acknowledged write lost');
+      continue;
+    }
+    t.deepEqual(c.leaders(), [], 'no leader can be elected without a member that holds the entry');
+    c.restart('n1');
+    c.tick(100);
+    t.is(c.leaders().length, 1);
+    c.propose(c.leaders()[0]!, 'b');
+    for (const id of ids(3)) t.deepEqual(c.appliedData(id), ['a', 'b'], `${id} applied a and b`);
+    t.false(c.get('n2').rejoining);
+    // Caught up, n2 counts again: without n1, n2 and n3 elect a leader, and it has everything.
+    c.crash('n1');
+    c.tick(300);
+    const [leader] = c.leaders();
+    t.truthy(leader, 'n2 votes again once caught up');
+    c.propose(leader!, 'c');
+    t.deepEqual(c.appliedData('n3'), ['a', 'b', 'c']);
+    t.deepEqual(c.appliedData('n2'), ['a', 'b', 'c']);
+  }
 });
 
 test('unsafe.commitWithoutMajority commits on the leader alone (the broken variant the simulator must catch)', (t) => {

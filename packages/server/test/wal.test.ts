@@ -8,7 +8,9 @@ import test, { type ExecutionContext } from 'ava';
 import fc from 'fast-check';
 import { crc32c } from '../src/storage/crc32c.js';
 import {
+  describeRecovery,
   type FsyncPolicy,
+  inspectWal,
   segmentFileName,
   WAL_FILE_HEADER_BYTES,
   WAL_RECORD_HEADER_BYTES,
@@ -541,6 +543,16 @@ for (const segmentBytes of [1 << 20, 300]) {
     t.is(report.repaired!.offset, c.offset);
     t.is(report.repaired!.droppedRecords, 18); // records 13..30
     t.true(report.repaired!.droppedBytes >= 19 * 56);
+    t.is(report.repaired!.firstDroppedIndex, 12);
+    t.is(report.repaired!.lastDroppedIndex, 30);
+    t.deepEqual(
+      report.repaired!.dropped.map((r) => r.index),
+      Array.from({ length: 18 }, (_, i) => 13 + i),
+    );
+    t.regex(
+      describeRecovery(report)[0]!,
+      /^recovery: repaired WAL: cut .* at offset \d+ \(bad checksum\), dropping WAL records 12\.\.30: the damaged one and 18 intact after it/,
+    );
     t.is(report.truncated, undefined);
     const after = await segmentFiles(c.dir);
     t.true(after.length <= before.length);
@@ -550,7 +562,45 @@ for (const segmentBytes of [1 << 20, 300]) {
     t.is(r.records.length, 12);
     t.is(r.report.repaired, undefined);
   });
+
+  test(`corruption ${where}: inspectWal finds the records before and after the damage, in order, and changes nothing`, async (t) => {
+    const c = await corruptMiddle(t, segmentBytes);
+    const files = await segmentFiles(c.dir);
+    const before = await Promise.all(files.map((f) => fsp.readFile(join(c.dir, f))));
+    const seen = await inspectWal(c.dir);
+    t.deepEqual(seen.damage, { file: c.file, offset: c.offset, reason: 'bad checksum', index: 12 });
+    t.deepEqual(
+      seen.records.map((r) => [r.index, r.payload]),
+      c.payloads.slice(0, 11).map((p, i) => [i + 1, p]),
+    );
+    t.deepEqual(
+      seen.after.map((r) => [r.index, r.payload]),
+      c.payloads.slice(12).map((p, i) => [13 + i, p]),
+      'every intact record after the damage, by index, with its payload',
+    );
+    t.deepEqual(await segmentFiles(c.dir), files);
+    for (const [i, f] of files.entries()) t.deepEqual(await fsp.readFile(join(c.dir, f)), before[i]!);
+  });
 }
+
+test('inspectWal: an intact log has no damage; a torn tail shows as damage with nothing after it', async (t) => {
+  const dir = await tempDir(t);
+  const opts: WalOptions = { dir, fsync: 'batch' };
+  const payloads = Array.from({ length: 5 }, (_, i) => payloadFor(i + 1, 20));
+  await writeLog(opts, payloads);
+  const intact = await inspectWal(dir);
+  t.is(intact.damage, null);
+  t.is(intact.records.length, 5);
+  t.deepEqual(intact.after, []);
+  const file = join(dir, segmentFileName(1));
+  const size = (await fsp.stat(file)).size;
+  await fsp.truncate(file, size - 3);
+  const torn = await inspectWal(dir);
+  t.like(torn.damage, { file, index: 5 });
+  t.is(torn.records.length, 4);
+  t.deepEqual(torn.after, []);
+  t.is((await fsp.stat(file)).size, size - 3, 'inspecting cuts nothing');
+});
 
 test('corruption: a bad header in a middle segment refuses to open', async (t) => {
   const dir = await tempDir(t);

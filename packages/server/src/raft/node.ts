@@ -17,6 +17,9 @@
  *     4. call `advance()`. `ready()` may not be called again before that; `step()` and `tick()` may.
  *
  * Design choices:
+ * - A member that lost part of its storage rejoins without a say in elections until it has caught up
+ *   (RaftConfig.rejoinTerm): a vote from a log missing entries it once acknowledged could elect a leader
+ *   that lacks committed entries.
  * - Pre-vote (Raft thesis §9.6) and check-quorum, with leader stickiness: a member that heard from a leader
  *   within the election timeout ignores (pre-)vote requests, unless they come from a leadership transfer.
  * - Single-server membership changes (thesis §4.1). A configuration takes effect as soon as its entry is
@@ -106,6 +109,16 @@ export interface RaftConfig {
    */
   snapshotRetryTicks?: number;
   /**
+   * The member lost records it may have acted on (its storage healed damage by cutting them) and restarts
+   * in this term: it follows a leader and acknowledges what it really stores, but neither campaigns, nor
+   * grants a vote or pre-vote, nor takes over by a leadership transfer, until its log holds an entry (or
+   * snapshot) of this term or later. Such an entry comes from a leader elected without this member, whose
+   * log holds every committed entry; once this log matches it there, it holds every committed entry it may
+   * once have acknowledged and lost. Default 0: not rejoining. (The storage side and the reasoning:
+   * storage/raft-storage.ts, docs/consistency.md.)
+   */
+  rejoinTerm?: number;
+  /**
    * The index the application has already applied (its state machine is durable up to there); committed
    * entries after it are delivered again. Default: the storage's snapshot index.
    */
@@ -142,6 +155,8 @@ export class RaftNode {
   private readonly maxCommittedPerReady: number;
   private readonly snapshotRetryTicks: number;
   private readonly commitWithoutMajority: boolean;
+  /** See RaftConfig.rejoinTerm; 0 once the log reached it. */
+  private rejoinTerm: number;
 
   private currentTerm: number;
   private vote: NodeId | null;
@@ -193,6 +208,7 @@ export class RaftNode {
     this.maxCommittedPerReady = cfg.maxCommittedPerReady ?? 1024;
     this.snapshotRetryTicks = cfg.snapshotRetryTicks ?? 20 * cfg.electionTicks;
     this.commitWithoutMajority = cfg.unsafe?.commitWithoutMajority === true;
+    this.rejoinTerm = cfg.rejoinTerm ?? 0;
 
     const storage = cfg.storage;
     const { hardState } = storage.initialState();
@@ -265,6 +281,16 @@ export class RaftNode {
   /** The voting members, as of the latest conf entry in this node's log; sorted. */
   get members(): NodeId[] {
     return this.memberList.slice();
+  }
+
+  /**
+   * Out of elections after lost storage, until the log holds an entry of RaftConfig.rejoinTerm or later.
+   * Once over, it stays over: entries of that term came with a log that holds every committed entry, and a
+   * later conflict only ever replaces entries above the commit index.
+   */
+  get rejoining(): boolean {
+    if (this.rejoinTerm > 0 && this.log.lastTerm() >= this.rejoinTerm) this.rejoinTerm = 0;
+    return this.rejoinTerm > 0;
   }
 
   /** The node a leadership transfer is handing over to, if one is in progress (leader only). */
@@ -533,7 +559,7 @@ export class RaftNode {
   }
 
   private promotable(): boolean {
-    return this.memberSet.has(this.id);
+    return this.memberSet.has(this.id) && !this.rejoining;
   }
 
   private tickElection(): void {
@@ -699,7 +725,7 @@ export class RaftNode {
       (this.vote === null && this.currentLeader === null) ||
       (isPre && m.term > this.currentTerm);
     const respType = isPre ? 'preVoteResp' : 'voteResp';
-    if (canVote && this.log.isUpToDate(m.logIndex ?? 0, m.logTerm ?? 0)) {
+    if (canVote && !this.rejoining && this.log.isUpToDate(m.logIndex ?? 0, m.logTerm ?? 0)) {
       // The answer carries the request's term: for a pre-vote that is the future term asked about.
       this.send({ type: respType, to: m.from, term: m.term, reject: false });
       if (!isPre) {

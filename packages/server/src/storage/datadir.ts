@@ -19,6 +19,7 @@ import {
 } from './files.js';
 import { PEERS_FILE } from './peer-addresses.js';
 import { isSnapshotName, SNAPSHOT_DIR } from './snapshot-file.js';
+import { VOTE_FILE } from './vote-file.js';
 import { isSegmentFileName } from './wal.js';
 
 /** The identity and geometry of a data directory, stored in `<dir>/meta.json`. */
@@ -251,7 +252,12 @@ const EXPECTED: { sub: string; expected: (name: string) => boolean }[] = [
   {
     sub: '',
     expected: (n) =>
-      n === META_FILE || n === LOCK_FILE || n === WAL_DIR || n === SNAPSHOT_DIR || n === PEERS_FILE,
+      n === META_FILE ||
+      n === LOCK_FILE ||
+      n === WAL_DIR ||
+      n === SNAPSHOT_DIR ||
+      n === PEERS_FILE ||
+      n === VOTE_FILE,
   },
   { sub: WAL_DIR, expected: isSegmentFileName },
   { sub: SNAPSHOT_DIR, expected: isSnapshotName },

@@ -65,6 +65,12 @@ export const FAULT_STEPS = [
   'peers.sync',
   'peers.rename',
   'peers.dirsync',
+  // a cluster member's term and vote (the vote file), written atomically at every change of either
+  'vote.create',
+  'vote.write',
+  'vote.sync',
+  'vote.rename',
+  'vote.dirsync',
 ] as const;
 
 export type FaultStep = (typeof FAULT_STEPS)[number];
@@ -73,7 +79,7 @@ export type FaultStep = (typeof FAULT_STEPS)[number];
 export const CLONE_ONLY_STEPS: readonly FaultStep[] = ['snapshot.open'];
 
 /** The steps of an atomically written file (see `writeFileAtomic`), by file kind. */
-export type AtomicFileKind = 'snapshot' | 'meta' | 'consolidated' | 'peers';
+export type AtomicFileKind = 'snapshot' | 'meta' | 'consolidated' | 'peers' | 'vote';
 
 type CrashMode = 'kill' | 'after' | 'torn' | 'reorder';
 const CRASH_MODES: readonly string[] = ['kill', 'after', 'torn', 'reorder'] satisfies CrashMode[];

@@ -16,6 +16,7 @@
  */
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
+import { type Command, decodeCommand } from '../core/commands.js';
 import type { FrozenSnapshot, StateMachine } from '../core/state-machine.js';
 import { mkdirDurable } from './files.js';
 import type { SnapshotWrite } from './page-file.js';
@@ -66,7 +67,48 @@ export function describeLocalRecovery(report: LocalRecoveryReport): string[] {
       `recovery: restored the snapshot at index ${s.index} (${s.bytes} bytes), then ${report.wal.records} WAL record(s)`,
     );
   }
-  return [...lines, ...describeRecovery(report.wal)];
+  const out = [...lines, ...describeRecovery(report.wal)];
+  const dropped = report.wal.repaired ? describeDropped(report.wal.repaired.dropped) : null;
+  if (dropped) out.push(dropped);
+  return out;
+}
+
+const MAX_NAMES = 20;
+
+function nameList(kind: string, names: Set<string>): string {
+  const all = [...names].sort();
+  const shown = all.slice(0, MAX_NAMES).map((n) => JSON.stringify(n));
+  return `${kind} ${shown.join(', ')}${all.length > MAX_NAMES ? ` and ${all.length - MAX_NAMES} more` : ''}`;
+}
+
+/**
+ * Which objects and logs the intact commands a repair dropped wrote to (the damaged record itself cannot be
+ * read), as a line for the server's log: what the operator should check. Null when they wrote nothing.
+ */
+export function describeDropped(dropped: readonly WalRecord[]): string | null {
+  const objects = new Set<string>();
+  const logs = new Set<string>();
+  let unreadable = 0;
+  for (const r of dropped) {
+    let cmd: Command;
+    try {
+      cmd = decodeCommand(r.payload);
+    } catch {
+      unreadable++;
+      continue;
+    }
+    if (cmd.op === 'create' || cmd.op === 'delete' || (cmd.op === 'release' && cmd.mode === 'write'))
+      objects.add(cmd.name);
+    else if (cmd.op === 'append' || cmd.op === 'truncate') logs.add(cmd.name);
+  }
+  const parts: string[] = [];
+  if (objects.size > 0) parts.push(nameList(objects.size === 1 ? 'object' : 'objects', objects));
+  if (logs.size > 0) parts.push(nameList(logs.size === 1 ? 'log' : 'logs', logs));
+  if (parts.length === 0 && unreadable === 0) return null;
+  return (
+    `recovery: the changes the repair dropped wrote to ${parts.length > 0 ? parts.join(' and ') : 'nothing readable'}` +
+    `${unreadable > 0 ? ` (${unreadable} record(s) did not decode)` : ''}, besides whatever the damaged record held`
+  );
 }
 
 export class LocalStorage {

@@ -1,7 +1,8 @@
 /**
  * Durable storage for one Raft member: log entries and hard state as records in the WAL, snapshots as
- * checksummed files. Implements the core's read-only {@link RaftStorage} view from memory, and the
- * write side the driver calls after each Ready.
+ * checksummed files, and the term and vote once more in the vote file (`vote-file.ts`). Implements the
+ * core's read-only {@link RaftStorage} view from memory, and the write side the driver calls after each
+ * Ready.
  *
  * WAL record kinds (first byte):
  *   1 entry:      u8 1 | u32 header length | msgpack [term, index, type] | data
@@ -16,8 +17,33 @@
  * are deleted: the hard state is logged again after the snapshot's marker, so every record still needed
  * (that hard state, the marker, the entries after the snapshot) sits at or after the WAL record of the
  * first entry the log keeps, or the marker when it keeps none.
+ *
+ * ## Healing damaged storage
+ *
+ * A damaged record in the middle of the WAL (valid records after it), or a damaged snapshot the log
+ * depends on, means this member lost records it may have acted on: entries it acknowledged (which may
+ * have counted toward a commit) and hard state (a vote). The other members still hold every committed
+ * entry, so the member repairs itself instead of refusing to start, under one rule that keeps Raft safe
+ * (reasoning in docs/consistency.md, "A member heals damaged storage"):
+ *
+ * 1. The term it reached before the damage is bounded from what survived: the vote file (a second copy of
+ *    term and vote, kept in its own file), or a hard-state record found intact after the damage. Without
+ *    such a bound (an older data directory without a vote file, damage with no hard state after it) it
+ *    refuses, as a single server does, unless started with `--repair`.
+ * 2. It records a term one past that bound, voting for itself, before cutting anything: it can then never
+ *    vote again in a term it may have voted in, and a leader of an older term steps down when it hears
+ *    the new term, so the next leader starts with no memory of what this member acknowledged before.
+ * 3. It cuts the WAL at the damage (or drops the damaged snapshot and the log built on it) and rejoins: it
+ *    follows the leader and acknowledges what it really stores, but neither campaigns nor grants a vote
+ *    until its log holds an entry of that new term or later (the raft core's `rejoinTerm`). Such an entry
+ *    comes from a leader elected without it, whose log holds every committed entry, so once this
+ *    member's log matches it there, it holds every committed entry it may have acknowledged.
+ *
+ * The order makes a crash at any point safe: the vote file with the new term and `rejoinTerm` is durable
+ * before the WAL is cut, and `rejoinTerm` is cleared only once an entry of that term is durable here.
+ * A member that is the only voter of its group has nobody to heal from and refuses like a single server.
  */
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import type { FrozenSnapshot, StateMachine } from '../core/state-machine.js';
@@ -25,11 +51,19 @@ import { MemoryStorage } from '../raft/memory-storage.js';
 import type { Entry, HardState, NodeId, RaftStorage, Snapshot } from '../raft/types.js';
 import { mkdirDurable } from './files.js';
 import type { SnapshotWrite } from './page-file.js';
-import { SNAPSHOT_DIR, snapshotFileName } from './snapshot-file.js';
+import { removeSnapshotFiles, SNAPSHOT_DIR, snapshotFileName, snapshotNameMeta } from './snapshot-file.js';
 import { serialiseSnapshot } from './snapshot-serialise.js';
-import { SnapshotDir } from './snapshots.js';
-import type { FsyncPolicy, RecoveryReport, Wal, WalIo } from './wal.js';
-import { Wal as WalClass } from './wal.js';
+import { type LoadedSnapshot, SnapshotDir } from './snapshots.js';
+import {
+  laterVote,
+  readVoteFile,
+  VOTE_FILE,
+  type VoteFileRead,
+  type VoteState,
+  writeVoteFile,
+} from './vote-file.js';
+import type { FsyncPolicy, RecoveryReport, Wal, WalInspection, WalIo, WalRecord } from './wal.js';
+import { describeRecovery, inspectWal, Wal as WalClass } from './wal.js';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
 
@@ -61,17 +95,102 @@ function walFloor(records: readonly { index: number; payload: Buffer }[]): numbe
   return 0;
 }
 
+/**
+ * The term a WAL record shows (an entry's, a hard state's, a snapshot marker's), and whether it is a hard
+ * state; undefined for a record that does not decode (never for one this code wrote).
+ */
+function recordTerm(payload: Buffer): { term: number; hardState: boolean } | undefined {
+  try {
+    const kind = payload[0];
+    if (kind === KIND_ENTRY) {
+      const headerBytes = payload.readUInt32LE(1);
+      const term = (packr.unpack(payload.subarray(5, 5 + headerBytes)) as unknown[])[0];
+      return typeof term === 'number' ? { term, hardState: false } : undefined;
+    }
+    if (kind === KIND_HARD_STATE || kind === KIND_SNAPSHOT_INSTALLED || kind === KIND_SNAPSHOT_COMPACTED) {
+      const v = packr.unpack(payload.subarray(1)) as unknown[];
+      const term = kind === KIND_HARD_STATE ? v[0] : v[1];
+      return typeof term === 'number' ? { term, hardState: kind === KIND_HARD_STATE } : undefined;
+    }
+  } catch {
+    // not a record of this format: it shows no term
+  }
+  return undefined;
+}
+
+/**
+ * An upper bound on every term this member reached before its storage was damaged, from what survived:
+ * `proof` says where it comes from, or is null when nothing proves it (the damage may hide a later term).
+ */
+export function termBound(
+  records: readonly WalRecord[],
+  after: readonly WalRecord[],
+  walIntact: boolean,
+  vote: VoteFileRead,
+): { term: number; proof: string | null } {
+  let term = 'state' in vote ? vote.state.term : 0;
+  for (const r of records) term = Math.max(term, recordTerm(r.payload)?.term ?? 0);
+  // A hard state logged after the damage is the last one, if every record after it is here too: terms
+  // never go back, so nothing the damage took can have been later.
+  let lastHardState = -1;
+  for (let i = 0; i < after.length; i++) {
+    const t = recordTerm(after[i]!.payload);
+    if (!t) continue;
+    term = Math.max(term, t.term);
+    if (t.hardState) lastHardState = i;
+  }
+  let unbroken = lastHardState >= 0;
+  for (let i = lastHardState + 1; unbroken && i < after.length; i++)
+    unbroken = after[i]!.index === after[i - 1]!.index + 1;
+  let proof: string | null = null;
+  if ('state' in vote) proof = `the ${VOTE_FILE} file`;
+  else if (walIntact) proof = 'the intact WAL';
+  else if (unbroken) proof = 'a hard-state record intact after the damage';
+  return { term, proof };
+}
+
 export interface DiskRaftStorageOptions {
   dir: string; // the data directory (wal/ and snap/ live under it)
   walDir: string;
   fsync: FsyncPolicy;
+  /** This member's id: healing records a vote for itself (see the module comment). */
+  id: NodeId;
   /** Members to start with when the directory is fresh (no snapshot, no conf entries yet). */
   initialMembers: NodeId[];
+  /**
+   * Heal damage even where it cannot be done safely (no bound on the term reached, or no other member to
+   * catch up from), and take part in elections at once instead of after catching up.
+   */
   repair?: boolean;
   /** @internal WAL segment file size (default 64 MiB); small values let tests see files deleted. */
   walFileBytes?: number;
   /** @internal Replaces the WAL's file operations (timed ones, for metrics). */
   walIo?: Partial<WalIo>;
+  /** Hears what happens later that an operator should know (a repaired member caught up). */
+  log?: (line: string) => void;
+}
+
+/** What healing found and did at open (see the module comment). */
+export interface StorageRepair {
+  /** What was damaged and what was dropped, in one sentence. */
+  damage: string;
+  /** The term this member restarted in. */
+  term: number;
+  /** The term its log must reach before it votes again (0: `--repair`, votes at once). */
+  rejoinTerm: number;
+}
+
+/** The log depends on snapshot files that did not verify: they, and the good one to start from instead. */
+interface LostSnapshot {
+  damaged: { file: string; problem: string }[];
+  fallback: LoadedSnapshot | undefined;
+}
+
+function isLogLoss(err: unknown): boolean {
+  return (
+    SegmemError.is(err) &&
+    (err.details?.reason === 'SNAPSHOT_MISSING' || err.details?.reason === 'RAFT_LOG_GAP')
+  );
 }
 
 export class DiskRaftStorage implements RaftStorage {
@@ -82,46 +201,304 @@ export class DiskRaftStorage implements RaftStorage {
   private restored: StateMachine | null = null;
   /** Raft index -> WAL index of the record holding that entry, for every entry of the in-memory log. */
   private readonly walAt = new Map<number, number>();
+  /** The log, set by open(). */
+  wal!: Wal;
+  /** What the WAL's recovery found, set by open(). */
+  report!: RecoveryReport;
+  /** Set when open() healed damaged storage. */
+  repair: StorageRepair | null = null;
+  /** Lines for the server's log about what open() found (see {@link recoveryLines}). */
+  private readonly notes: string[] = [];
+  /** What the vote file holds (or is being replaced with). */
+  private voteSaved: VoteState = { term: 0, vote: null, rejoinTerm: 0 };
+  /** The vote file writes in flight, in order; waitDurable waits for them. */
+  private voteWrites: Promise<void> | null = null;
+  /** Out of elections until the log holds an entry of this term (0: not rejoining). See the module comment. */
+  private rejoin = 0;
 
-  private constructor(
-    readonly wal: Wal,
-    opts: DiskRaftStorageOptions,
-    readonly report: RecoveryReport,
-  ) {
+  private constructor(private readonly opts: DiskRaftStorageOptions) {
     this.snaps = new SnapshotDir(join(opts.dir, SNAPSHOT_DIR));
     this.mem = new MemoryStorage(opts.initialMembers);
   }
 
   static async open(opts: DiskRaftStorageOptions): Promise<DiskRaftStorage> {
     await mkdirDurable(join(opts.dir, SNAPSHOT_DIR));
-    const { wal, records, report } = await WalClass.open({
-      dir: opts.walDir,
-      fsync: opts.fsync,
-      ...(opts.repair ? { repair: true } : {}),
-      ...(opts.walFileBytes !== undefined ? { segmentBytes: opts.walFileBytes } : {}),
-      ...(opts.walIo ? { io: opts.walIo } : {}),
-    });
-    const storage = new DiskRaftStorage(wal, opts, report);
+    const vote = await readVoteFile(opts.dir);
+    let opened: Awaited<ReturnType<typeof WalClass.open>> | undefined;
+    let inspection: WalInspection | undefined;
     try {
-      await storage.loadLatestSnapshot();
-      const floor = walFloor(records);
-      for (const rec of records) if (rec.index >= floor) storage.replay(rec.payload, rec.index);
+      opened = await WalClass.open(walOptions(opts));
     } catch (err) {
-      await wal.close().catch(() => {});
+      if (!SegmemError.is(err) || err.details?.reason !== 'WAL_CORRUPT') throw err;
+      // Nothing is cut yet: first learn what the damage may hide.
+      inspection = await inspectWal(opts.walDir);
+      if (!inspection.damage) throw err;
+    }
+    const storage = new DiskRaftStorage(opts);
+    try {
+      const records = opened ? opened.records : inspection!.records;
+      const lost = await storage.restore(records);
+      if (inspection || lost) {
+        await storage.heal(vote, records, inspection, lost, opened);
+      } else {
+        storage.wal = opened!.wal;
+        storage.report = opened!.report;
+        await storage.settleHardState(vote);
+      }
+    } catch (err) {
+      await (storage.wal ?? opened?.wal)?.close().catch(() => {});
       throw err;
     }
     return storage;
   }
 
-  private async loadLatestSnapshot(): Promise<void> {
+  /**
+   * Loads the newest snapshot that verifies and replays `records` after it. Resolves with the damaged
+   * snapshots when the log cannot be replayed without them (it was cut behind them), else null.
+   */
+  private async restore(records: readonly WalRecord[]): Promise<LostSnapshot | null> {
     // Newest first; a damaged newest snapshot falls back to the one before (files are renamed into place
-    // complete, so damage means the disk, not a crash mid-write). With none left, the member refuses.
+    // complete, so damage means the disk, not a crash mid-write).
     const { newest, damaged } = await this.snaps.loadNewest();
-    if (newest) {
+    this.startFrom(newest);
+    try {
+      const floor = walFloor(records);
+      for (const rec of records) if (rec.index >= floor) this.replay(rec.payload, rec.index);
+    } catch (err) {
+      if (damaged.length === 0 || !isLogLoss(err)) throw err;
+      return { damaged: damaged.map(({ file, problem }) => ({ file, problem })), fallback: newest };
+    }
+    // A damaged snapshot is not needed only where the log still holds its last entry (the state it held
+    // can be rebuilt from the entries); a log that merely replays without error may just end before it.
+    const needed = damaged.filter((d) => {
+      const at = snapshotNameMeta(basename(d.file));
+      if (!at || at.index > this.mem.lastIndex()) return true;
+      try {
+        return this.mem.term(at.index) !== at.term;
+      } catch {
+        return true;
+      }
+    });
+    if (needed.length > 0) {
+      return { damaged: needed.map(({ file, problem }) => ({ file, problem })), fallback: newest };
+    }
+    for (const d of damaged) {
+      this.notes.push(`recovery: skipped a damaged snapshot the log does not need (${d.problem})`);
+    }
+    return null;
+  }
+
+  /** Empties the in-memory log and restarts it from `snap` (none: the fresh member's membership). */
+  private startFrom(snap: LoadedSnapshot | undefined): void {
+    this.walAt.clear();
+    this.mem = new MemoryStorage(this.opts.initialMembers);
+    this.restored = null;
+    if (snap) {
       // The core sends snapshot()'s bytes to followers that need a snapshot (InstallSnapshot).
-      this.mem.applySnapshot({ meta: newest.meta, data: newest.state.snapshot() });
-      this.restored = newest.state;
-    } else if (damaged.length > 0) throw damaged[damaged.length - 1]!.error;
+      this.mem.applySnapshot({ meta: snap.meta, data: snap.state.snapshot() });
+      this.restored = snap.state;
+    }
+  }
+
+  /**
+   * Repairs damage found at open (see the module comment): bounds the term, records the next one with a
+   * vote for itself and `rejoinTerm` in the vote file, then cuts the WAL at the damage or restarts the log
+   * from the snapshot before a damaged one, and logs the new hard state.
+   */
+  private async heal(
+    vote: VoteFileRead,
+    records: readonly WalRecord[],
+    inspection: WalInspection | undefined,
+    lost: LostSnapshot | null,
+    opened: Awaited<ReturnType<typeof WalClass.open>> | undefined,
+  ): Promise<void> {
+    const opts = this.opts;
+    const damage = inspection?.damage;
+    let what: string;
+    if (damage) {
+      const last = inspection!.after[inspection!.after.length - 1]?.index ?? damage.index;
+      what =
+        `WAL damaged at ${damage.file} offset ${damage.offset} (${damage.reason}): cut there, dropping WAL ` +
+        `records ${damage.index}..${last}`;
+    } else {
+      what = `${lost!.damaged.map((d) => d.problem).join('; ')}: dropped it and the log that continues it`;
+    }
+    const bound = termBound(records, inspection?.after ?? [], !inspection, vote);
+    const members = new Set([...opts.initialMembers, ...this.mem.membersAt(this.mem.lastIndex())]);
+    members.delete(opts.id);
+    let unsafe: string | null = null;
+    if (bound.proof === null) {
+      unsafe =
+        `nothing that survived bounds the term this member reached (no ${VOTE_FILE} file, and no hard state ` +
+        'intact after the damage), so healing could let it vote twice in a term';
+    } else if (members.size === 0) {
+      unsafe = 'this member is the only voting member of its group: nobody holds the records it would drop';
+    }
+    if (unsafe && !opts.repair) {
+      const where = damage
+        ? { file: damage.file, offset: damage.offset }
+        : { files: lost!.damaged.map((d) => d.file) };
+      throw new SegmemError(
+        'UNAVAILABLE',
+        `cannot heal: ${what.replace(/: cut there.*|: dropped it.*/, '')}; ${unsafe}. Refusing to start so ` +
+          'acknowledged data is not dropped silently (start with --repair to cut there anyway)',
+        { reason: damage ? 'WAL_CORRUPT' : 'SNAPSHOT_CORRUPT', ...where },
+      );
+    }
+    const term = bound.term + 1;
+    const rejoinTerm = opts.repair ? 0 : term;
+    // Durable before anything is cut: a crash from here on finds the damage again, or the vote file saying
+    // this member is rejoining; never a shorter log with nothing saying so.
+    await this.persistVote({ term, vote: opts.id, rejoinTerm });
+    if (inspection) {
+      const reopened = await WalClass.open({ ...walOptions(opts), repair: true });
+      if (reopened.records.length !== inspection.records.length) {
+        await reopened.wal.close().catch(() => {});
+        throw new SegmemError(
+          'UNAVAILABLE',
+          `the WAL in ${opts.walDir} changed while it was being repaired`,
+          {
+            reason: 'WAL_CORRUPT',
+          },
+        );
+      }
+      this.wal = reopened.wal;
+      this.report = reopened.report;
+    } else {
+      this.wal = opened!.wal;
+      this.report = opened!.report;
+    }
+    if (lost) {
+      this.startFrom(lost.fallback);
+      const snap = this.mem.snapshot().meta;
+      this.mem.setHardState({ term, vote: opts.id, commit: snap.index });
+      // The marker makes every earlier record superseded: the log they hold continued the lost snapshot.
+      const floor = await this.logSnapshot(KIND_SNAPSHOT_INSTALLED, snap.index, snap.term);
+      await removeSnapshotFiles(
+        this.snaps.dir,
+        lost.damaged.map((d) => basename(d.file)),
+      );
+      await this.wal.truncatePrefix(floor);
+      what += lost.fallback
+        ? ` (restarting from the snapshot at index ${snap.index})`
+        : ' (restarting from an empty log)';
+    } else {
+      const commit = Math.max(
+        this.mem.snapshot().meta.index,
+        Math.min(this.mem.hardState().commit, this.mem.lastIndex()),
+      );
+      this.mem.setHardState({ term, vote: opts.id, commit });
+      await this.wal.waitDurable(this.wal.append(encodeSmall(KIND_HARD_STATE, [term, opts.id, commit])));
+    }
+    this.rejoin = rejoinTerm;
+    this.repair = { damage: what, term, rejoinTerm };
+    this.notes.push(
+      `recovery: healed: ${what}; the leader sends them again. ` +
+        (rejoinTerm > 0
+          ? `Rejoining in term ${term}: no vote until caught up from the leader`
+          : `Restarting in term ${term} and voting at once (--repair)`) +
+        (unsafe ? ` although ${unsafe}` : ''),
+    );
+  }
+
+  /**
+   * With intact storage: the term and vote are the later of the WAL's and the vote file's, and both copies
+   * are brought level (the vote file is created here for a data directory written before it existed).
+   */
+  private async settleHardState(vote: VoteFileRead): Promise<void> {
+    const hs = this.mem.hardState();
+    let state: VoteState = { term: hs.term, vote: hs.vote, rejoinTerm: 0 };
+    if ('state' in vote) {
+      const later = laterVote(hs, vote.state);
+      if (!later) {
+        throw new SegmemError(
+          'UNAVAILABLE',
+          `the WAL and the ${VOTE_FILE} file name different votes in term ${hs.term} (${hs.vote}, ` +
+            `${vote.state.vote}): refusing to start`,
+          { reason: 'VOTE_CONFLICT' },
+        );
+      }
+      state = {
+        term: later.term,
+        vote: later.vote,
+        rejoinTerm: this.opts.repair ? 0 : vote.state.rejoinTerm,
+      };
+      if (later === vote.state && (hs.term !== later.term || hs.vote !== later.vote)) {
+        // The vote file got there first (a crash between the two writes): the WAL follows.
+        this.mem.setHardState({ term: later.term, vote: later.vote, commit: hs.commit });
+        await this.wal.waitDurable(
+          this.wal.append(encodeSmall(KIND_HARD_STATE, [later.term, later.vote, hs.commit])),
+        );
+      }
+      if (state.rejoinTerm > 0 && this.lastTerm() >= state.rejoinTerm) state.rejoinTerm = 0;
+      this.voteSaved = vote.state;
+    } else if ('damaged' in vote) {
+      this.notes.push(`recovery: ${vote.damaged}; rewritten from the WAL`);
+    }
+    if (
+      !('state' in vote) ||
+      state.term !== vote.state.term ||
+      state.vote !== vote.state.vote ||
+      state.rejoinTerm !== vote.state.rejoinTerm
+    ) {
+      await this.persistVote(state);
+    }
+    this.voteSaved = state;
+    this.rejoin = state.rejoinTerm;
+  }
+
+  /** The term of the last entry, or of the snapshot when the log holds none. */
+  private lastTerm(): number {
+    return this.mem.term(this.mem.lastIndex());
+  }
+
+  /**
+   * The term this member's log must reach before it takes part in elections again (0: it takes part): the
+   * raft core's `rejoinTerm`. See the module comment.
+   */
+  get rejoinTerm(): number {
+    return this.rejoin;
+  }
+
+  /** What open() found and did, as lines for the server's log. */
+  recoveryLines(): string[] {
+    const wal = describeRecovery(this.report).filter((l) => !l.startsWith('recovery: repaired WAL'));
+    const lines = [...wal, ...this.notes];
+    if (this.repair === null && this.rejoin > 0) {
+      lines.push(
+        `recovery: still rejoining after a repair: no vote until the log reaches term ${this.rejoin}`,
+      );
+    }
+    return lines;
+  }
+
+  /** Replaces the vote file with `state`, after the writes before it. */
+  private persistVote(state: VoteState): Promise<void> {
+    this.voteSaved = state;
+    const write = (this.voteWrites ?? Promise.resolve()).then(() => writeVoteFile(this.opts.dir, state));
+    const tracked = write.then(() => {
+      if (this.voteWrites === tracked) this.voteWrites = null;
+    });
+    this.voteWrites = tracked;
+    return tracked;
+  }
+
+  /** The rejoin is over once an entry (or snapshot) of `term` is durable here: say so, and forget it. */
+  private rejoinedAt(term: number, walIndex: number): void {
+    if (this.rejoin === 0 || term < this.rejoin) return;
+    const rejoinTerm = this.rejoin;
+    this.rejoin = 0;
+    this.wal
+      .waitDurable(walIndex)
+      .then(() => this.persistVote({ ...this.voteSaved, rejoinTerm: 0 }))
+      .then(
+        () =>
+          this.opts.log?.(
+            `recovery: caught up from the leader after the repair (log at term ${term}, past ${rejoinTerm}): ` +
+              'taking part in elections again',
+          ),
+        (err: unknown) => this.opts.log?.(`cannot record the end of the rejoin: ${(err as Error).message}`),
+      );
   }
 
   /** The state machine the snapshot loaded at open holds (null: none, or handed over already). */
@@ -190,7 +567,8 @@ export class DiskRaftStorage implements RaftStorage {
   private resetLogTo(snap: Snapshot): void {
     this.walAt.clear();
     const hard = this.mem.hardState();
-    this.mem = new MemoryStorage();
+    // The members first: a snapshot at index 0 (the log restarted empty by healing) is not "applied".
+    this.mem = new MemoryStorage(snap.meta.members);
     this.mem.applySnapshot(snap);
     this.mem.setHardState(hard);
   }
@@ -238,18 +616,30 @@ export class DiskRaftStorage implements RaftStorage {
       const at = entries.map((e) => this.wal.append(encodeEntry(e)));
       walIndex = at[at.length - 1]!;
       this.appendInMemory(entries, 'ready', at);
+      if (this.rejoin > 0) this.rejoinedAt(this.lastTerm(), walIndex);
     }
     if (hardState) {
       this.mem.setHardState(hardState);
       walIndex = this.wal.append(
         encodeSmall(KIND_HARD_STATE, [hardState.term, hardState.vote, hardState.commit]),
       );
+      // The second copy, in its own file (see vote-file.ts): waitDurable waits for it too.
+      if (hardState.term !== this.voteSaved.term || hardState.vote !== this.voteSaved.vote) {
+        this.persistVote({
+          term: hardState.term,
+          vote: hardState.vote,
+          rejoinTerm: this.voteSaved.rejoinTerm,
+        });
+      }
     }
     return walIndex;
   }
 
+  /** Resolves once the WAL holds `walIndex` durably, and the vote file the last term and vote saved. */
   waitDurable(walIndex: number): Promise<void> {
-    return this.wal.waitDurable(walIndex);
+    const wal = this.wal.waitDurable(walIndex);
+    const votes = this.voteWrites;
+    return votes === null ? wal : Promise.all([wal, votes]).then(() => {});
   }
 
   /**
@@ -270,6 +660,7 @@ export class DiskRaftStorage implements RaftStorage {
     this.mem.applySnapshot(snap);
     this.walAt.clear();
     const floor = await this.logSnapshot(KIND_SNAPSHOT_INSTALLED, snap.meta.index, snap.meta.term);
+    if (this.rejoin > 0) this.rejoinedAt(snap.meta.term, this.wal.lastIndex);
     await this.removeOldSnapshots();
     await this.wal.truncatePrefix(floor);
     return written;
@@ -325,7 +716,17 @@ export class DiskRaftStorage implements RaftStorage {
     await this.snaps.removeAllBut((f) => f >= keep).catch(() => {});
   }
 
-  close(): Promise<void> {
-    return this.wal.close();
+  async close(): Promise<void> {
+    await this.voteWrites?.catch(() => {});
+    await this.wal.close();
   }
+}
+
+function walOptions(opts: DiskRaftStorageOptions) {
+  return {
+    dir: opts.walDir,
+    fsync: opts.fsync,
+    ...(opts.walFileBytes !== undefined ? { segmentBytes: opts.walFileBytes } : {}),
+    ...(opts.walIo ? { io: opts.walIo } : {}),
+  };
 }

@@ -51,6 +51,12 @@ export function isSnapshotName(name: string): boolean {
   return SNAPSHOT_NAME.test(name);
 }
 
+/** The term and index a snapshot file's name gives (its content may be damaged; its name is not read from it). */
+export function snapshotNameMeta(name: string): { term: number; index: number } | undefined {
+  const m = /^(\d{20})-(\d{20})\.snap$/.exec(name);
+  return m ? { term: Number(m[1]), index: Number(m[2]) } : undefined;
+}
+
 /** The error for a snapshot file that does not verify: `UNAVAILABLE`, reason `SNAPSHOT_CORRUPT`. */
 export function snapshotDamaged(file: string, why: string): SegmemError {
   return new SegmemError('UNAVAILABLE', `snapshot file ${file} is damaged: ${why}`, {

@@ -31,7 +31,10 @@
  * exists anywhere after it (a crash in the middle of the last write: a "torn tail"), the log is
  * truncated there and the fact is reported. If a valid record does exist after it, the damage is not
  * a torn write but corruption of data that may have been acknowledged, and `open` refuses to start
- * unless `repair` is set.
+ * unless `repair` is set. Records are self-delimiting and each carries its index, so the records after
+ * the damage can be found and put in order ({@link inspectWal}), but a repair still cuts the log at the
+ * damage: the log's users need an unbroken sequence (a command log applies changes relative to the
+ * state before them; a Raft log must not have holes).
  *
  * @module
  */
@@ -181,7 +184,20 @@ export interface RecoveryReport {
   /** Set when a torn tail (an interrupted last write) was cut off. */
   truncated?: { file: string; offset: number; droppedBytes: number; reason: string };
   /** Set when `repair` was given and the log was cut at a corrupt record with valid records after it. */
-  repaired?: { file: string; offset: number; droppedRecords: number; droppedBytes: number; reason: string };
+  repaired?: {
+    file: string;
+    offset: number;
+    /** Records after the damaged one that verified, dropped with it. */
+    droppedRecords: number;
+    droppedBytes: number;
+    reason: string;
+    /** The index the damaged record had: the log now ends just before it. */
+    firstDroppedIndex: number;
+    /** The highest index among the records dropped. */
+    lastDroppedIndex: number;
+    /** The records dropped that verified, in the order found (for a caller that wants to say what they held). */
+    dropped: WalRecord[];
+  };
   /**
    * Set when the log ended before `coveredIndex` (its tail was lost): its files were deleted and the log
    * continues at `coveredIndex + 1`. `lastIndex` is where the old log ended.
@@ -278,8 +294,8 @@ function checkRecord(b: Buffer, off: number, expected: number, maxRecordBytes: n
 
 /**
  * Scans `b` from byte `from` for records that verify (bounded length, checksum) and carry an index in
- * `(afterIndex, maxIndex]`, at any byte offset. Returns how many were found (stopping at `limit`) and
- * how many bytes they span; found records are skipped over as a whole.
+ * `(afterIndex, maxIndex]`, at any byte offset. Returns how many were found (stopping at `limit`); found
+ * records are skipped over as a whole, and pushed to `collect` if given.
  */
 function scanForRecords(
   b: Buffer,
@@ -288,6 +304,7 @@ function scanForRecords(
   maxIndex: number,
   maxRecordBytes: number,
   limit: number,
+  collect?: WalRecord[],
 ): number {
   let found = 0;
   const end = b.length - WAL_RECORD_HEADER_BYTES;
@@ -299,6 +316,10 @@ function scanForRecords(
     const len = readU32(b, p);
     if (len > maxRecordBytes || p + WAL_RECORD_HEADER_BYTES + len > b.length) continue;
     if (recordCrc(b, p, len) !== readU32(b, p + 4)) continue;
+    collect?.push({
+      index,
+      payload: b.subarray(p + WAL_RECORD_HEADER_BYTES, p + WAL_RECORD_HEADER_BYTES + len),
+    });
     if (++found >= limit) return found;
     p += WAL_RECORD_HEADER_BYTES + len - 1;
   }
@@ -339,12 +360,19 @@ function firstIndexOf(name: string): number {
   return Number(SEGMENT_NAME.exec(name)![1]);
 }
 
-async function recover(
-  dir: string,
-  maxRecordBytes: number,
-  repair: boolean,
-  covered: number | undefined,
-): Promise<Recovered> {
+/** What reading the segment files in order found, before anything on disk is changed. */
+interface Scan {
+  names: string[];
+  records: WalRecord[];
+  segments: Segment[];
+  sizes: number[];
+  /** Index of the last record that verified (0: none). */
+  lastIndex: number;
+  /** The first bad record (or file), if any. */
+  bad?: { file: number; offset: number; reason: string; buf: Buffer };
+}
+
+async function scanSegments(dir: string, maxRecordBytes: number, covered: number | undefined): Promise<Scan> {
   let names = (await fsp.readdir(dir)).filter((n) => SEGMENT_NAME.test(n)).sort();
   const records: WalRecord[] = [];
   const segments: Segment[] = [];
@@ -369,7 +397,7 @@ async function recover(
   }
   let expected = names.length > 0 ? firstIndexOf(names[0]!) : 1;
   if (!Number.isSafeInteger(expected) || expected < 1) expected = 1;
-  let bad: { file: number; offset: number; reason: string; buf: Buffer } | undefined;
+  let bad: Scan['bad'];
 
   for (let f = 0; f < names.length && !bad; f++) {
     const path = join(dir, names[f]!);
@@ -409,8 +437,65 @@ async function recover(
     }
     sizes[f] = bad ? bad.offset : buf.length;
   }
+  return { names, records, segments, sizes, lastIndex: expected - 1, ...(bad ? { bad } : {}) };
+}
 
-  const lastIndex = expected - 1;
+/** The bytes from the bad record on (the rest of its file, and every later file). */
+interface Beyond {
+  laterPaths: string[];
+  laterBufs: Buffer[];
+  laterBytes: number;
+  droppedBytes: number;
+  /** Records that verify in those bytes, found by {@link scanBeyond}: counted, and collected if asked. */
+  found: number;
+}
+
+/**
+ * Looks for records that verify after the bad one, at any offset: `limit` of them at most, pushed to
+ * `collect` if given. Only indexes a genuine later record could carry are believed (which keeps random
+ * bytes from passing for a record): every record takes at least 16 bytes, and a later segment starts at
+ * its name's index.
+ */
+async function scanBeyond(
+  dir: string,
+  scan: Scan,
+  bad: NonNullable<Scan['bad']>,
+  maxRecordBytes: number,
+  limit: number,
+  collect?: WalRecord[],
+): Promise<Beyond> {
+  const laterPaths = scan.names.slice(bad.file + 1).map((n) => join(dir, n));
+  const laterBufs: Buffer[] = [];
+  let laterBytes = 0;
+  for (const p of laterPaths) {
+    const b = await fsp.readFile(p);
+    laterBufs.push(b);
+    laterBytes += b.length;
+  }
+  const droppedBytes = bad.buf.length - bad.offset + laterBytes;
+  let base = scan.lastIndex + 1;
+  for (const n of scan.names.slice(bad.file)) base = Math.max(base, firstIndexOf(n));
+  const maxIndex = Math.min(
+    Number.MAX_SAFE_INTEGER,
+    base + Math.ceil(droppedBytes / WAL_RECORD_HEADER_BYTES),
+  );
+  const after = scan.lastIndex;
+  let found = scanForRecords(bad.buf, bad.offset + 1, after, maxIndex, maxRecordBytes, limit, collect);
+  for (const b of laterBufs) {
+    if (found >= limit) break;
+    found += scanForRecords(b, 0, after, maxIndex, maxRecordBytes, limit - found, collect);
+  }
+  return { laterPaths, laterBufs, laterBytes, droppedBytes, found };
+}
+
+async function recover(
+  dir: string,
+  maxRecordBytes: number,
+  repair: boolean,
+  covered: number | undefined,
+): Promise<Recovered> {
+  const scan = await scanSegments(dir, maxRecordBytes, covered);
+  const { records, segments, sizes, lastIndex, bad } = scan;
   const report: RecoveryReport = {
     records: records.length,
     firstIndex: records.length > 0 ? records[0]!.index : lastIndex + 1,
@@ -419,36 +504,30 @@ async function recover(
   };
 
   if (bad) {
-    const badPath = join(dir, names[bad.file]!);
-    const laterPaths = names.slice(bad.file + 1).map((n) => join(dir, n));
-    let laterBytes = 0;
-    const laterBufs: Buffer[] = [];
-    for (const p of laterPaths) {
-      const b = await fsp.readFile(p);
-      laterBufs.push(b);
-      laterBytes += b.length;
-    }
-    const droppedBytes = bad.buf.length - bad.offset + laterBytes;
-    // Only indexes a genuine later record could carry are believed (which keeps random bytes from passing
-    // for a record): every record takes at least 16 bytes, and a later segment starts at its name's index.
-    let base = lastIndex + 1;
-    for (const n of names.slice(bad.file)) base = Math.max(base, firstIndexOf(n));
-    const maxIndex = Math.min(
-      Number.MAX_SAFE_INTEGER,
-      base + Math.ceil(droppedBytes / WAL_RECORD_HEADER_BYTES),
+    const badPath = join(dir, scan.names[bad.file]!);
+    const dropped: WalRecord[] = [];
+    const beyond = await scanBeyond(
+      dir,
+      scan,
+      bad,
+      maxRecordBytes,
+      repair ? Number.POSITIVE_INFINITY : 1,
+      repair ? dropped : undefined,
     );
-    const limit = repair ? Number.POSITIVE_INFINITY : 1;
-    let validAfter = scanForRecords(bad.buf, bad.offset + 1, lastIndex, maxIndex, maxRecordBytes, limit);
-    for (const b of laterBufs) {
-      if (validAfter >= limit) break;
-      validAfter += scanForRecords(b, 0, lastIndex, maxIndex, maxRecordBytes, limit - validAfter);
-    }
+    const { laterPaths, laterBufs, laterBytes, droppedBytes } = beyond;
+    const validAfter = beyond.found;
     if (validAfter > 0 && !repair) {
       throw new SegmemError(
         'UNAVAILABLE',
         `write-ahead log is corrupt: bad record at ${badPath} offset ${bad.offset} is followed by valid records; ` +
           'refusing to start so acknowledged data is not dropped silently (start with repair to truncate there)',
-        { reason: 'WAL_CORRUPT', file: badPath, offset: bad.offset, problem: bad.reason },
+        {
+          reason: 'WAL_CORRUPT',
+          file: badPath,
+          offset: bad.offset,
+          problem: bad.reason,
+          firstBadIndex: lastIndex + 1,
+        },
       );
     }
     // Cut the log at the bad record: truncate its file (or remove it, if the damage is in its header)
@@ -464,12 +543,17 @@ async function recover(
     if (bad.offset < WAL_FILE_HEADER_BYTES || laterPaths.length > 0) await fsyncDir(dir, 'recovery.dirsync');
 
     if (validAfter > 0) {
+      let lastDropped = lastIndex + 1;
+      for (const r of dropped) lastDropped = Math.max(lastDropped, r.index);
       report.repaired = {
         file: badPath,
         offset: bad.offset,
         droppedRecords: validAfter,
         droppedBytes,
         reason: bad.reason,
+        firstDroppedIndex: lastIndex + 1,
+        lastDroppedIndex: lastDropped,
+        dropped,
       };
     } else {
       let reason: string;
@@ -500,6 +584,48 @@ async function recover(
   return { records, segments, lastSize, appendable, lastIndex, report };
 }
 
+/** What {@link inspectWal} found. */
+export interface WalInspection {
+  /** The records before the first bad one, in index order: what a repair keeps. */
+  records: WalRecord[];
+  /** The first bad record: in which file, at which offset, why, and the index it should have had. */
+  damage: { file: string; offset: number; reason: string; index: number } | null;
+  /**
+   * Records after the damage that verify (length, checksum, a plausible index), in index order: what a
+   * repair drops. Their order is proven by the index each carries, not by where they were found.
+   */
+  after: WalRecord[];
+}
+
+/**
+ * Reads the log in `dir` as {@link Wal.open} would, changing nothing on disk, and returns what it holds
+ * before and after its first bad record. For a caller that must decide what to do about damage before
+ * anything is cut (a cluster member learns from the records after the damage which term it reached).
+ */
+export async function inspectWal(
+  dir: string,
+  maxRecordBytes = DEFAULT_MAX_RECORD_BYTES,
+): Promise<WalInspection> {
+  const scan = await scanSegments(dir, maxRecordBytes, undefined);
+  if (!scan.bad) return { records: scan.records, damage: null, after: [] };
+  const bad = scan.bad;
+  const found: WalRecord[] = [];
+  await scanBeyond(dir, scan, bad, maxRecordBytes, Number.POSITIVE_INFINITY, found);
+  // Where a record was found twice (a replayed write), the first one counts.
+  found.sort((a, b) => a.index - b.index);
+  const after = found.filter((r, i) => i === 0 || found[i - 1]!.index !== r.index);
+  return {
+    records: scan.records,
+    damage: {
+      file: join(dir, scan.names[bad.file]!),
+      offset: bad.offset,
+      reason: bad.reason,
+      index: scan.lastIndex + 1,
+    },
+    after,
+  };
+}
+
 /** What a recovery report says, as lines for the server's log (none when the WAL was intact). */
 export function describeRecovery(report: RecoveryReport): string[] {
   const lines: string[] = [];
@@ -509,7 +635,14 @@ export function describeRecovery(report: RecoveryReport): string[] {
       `recovery: truncated torn WAL tail in ${t.file} at offset ${t.offset} (${t.droppedBytes} bytes: ${t.reason})`,
     );
   }
-  if (report.repaired) lines.push(`recovery: repaired WAL: ${JSON.stringify(report.repaired)}`);
+  const r = report.repaired;
+  if (r) {
+    lines.push(
+      `recovery: repaired WAL: cut ${r.file} at offset ${r.offset} (${r.reason}), dropping WAL records ` +
+        `${r.firstDroppedIndex}..${r.lastDroppedIndex}: the damaged one and ${r.droppedRecords} intact after it ` +
+        `(${r.droppedBytes} bytes)`,
+    );
+  }
   const d = report.discarded;
   if (d) {
     lines.push(
