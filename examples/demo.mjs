@@ -1,4 +1,4 @@
-// npm run demo: the seed's program on an embedded store, then the multi-process demos on a local
+// npm run demo: the counter program on an embedded store, then the multi-process demos on a local
 // server. Exits 0 when every check passed.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -9,7 +9,7 @@ import { openEmbedded } from '@segmem/client';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-console.log('== 1. embedded: the seed program, in this process, durable in a directory ==');
+console.log('== 1. embedded: the counter program, in this process, durable in a directory ==');
 const dir = mkdtempSync(join(tmpdir(), 'segmem-demo-'));
 try {
   let seg = await openEmbedded({ dir });

@@ -1,4 +1,4 @@
-// The counter demo: run the seed's program, then let several processes increment the counter at the
+// The counter demo: run the counter program, then let several processes increment the counter at the
 // same time, and check that no increment was lost.
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,8 +12,8 @@ const times = Number(process.argv[3] ?? 250);
 const server = await localServer();
 try {
   console.log(`counter: segmem server at ${server.servers}`);
-  const [seed] = await run(join(here, 'counter.mjs'), [], server.servers);
-  console.log(`counter: the seed program wrote 23*45; ${seed}`);
+  const [first] = await run(join(here, 'counter.mjs'), [], server.servers);
+  console.log(`counter: the counter program wrote 23*45; ${first}`);
   const started = performance.now();
   const outputs = await Promise.all(
     Array.from({ length: processes }, () =>

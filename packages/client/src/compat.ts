@@ -1,22 +1,39 @@
 /**
- * The seed's API (p_create, p_access_read, ...), with the same names, argument order and blocking
- * semantics, made async. One process-wide segment, opened by init_persistant().
+ * The C-style API of `@segmem/client/compat` (`p_create`, `p_access_read`, ...): the classic persistent
+ * shared-memory interface, with its names, argument order and blocking semantics, made async. One
+ * process-wide segment, opened by {@link init_persistant}.
  *
- *   await init_persistant();
- *   await p_create(4, 'compteur');
- *   const cpt = await p_access_readwrite('compteur');
- *   cpt.writeInt32LE(23 * 45);
- *   await p_release_readwrite(cpt);
+ * @example
+ * ```ts
+ * import { init_persistant, p_create, p_access_readwrite, p_release_readwrite } from '@segmem/client/compat';
+ *
+ * await init_persistant();
+ * await p_create(4, 'compteur');
+ * const cpt = await p_access_readwrite('compteur');
+ * cpt.writeInt32LE(23 * 45);
+ * await p_release_readwrite(cpt);
+ * ```
+ *
+ * @module
  */
 import { SegmemError } from '@segmem/protocol';
 import { connect, openEmbedded } from './index.js';
 import type { Handle, Segment } from './segment.js';
 
+/**
+ * Where {@link init_persistant} attaches: to servers, or to an embedded store.
+ *
+ * @example
+ * ```ts
+ * await init_persistant({ servers: ['127.0.0.1:7401'], sessionTimeoutMs: 5000 });
+ * ```
+ */
 export interface InitOptions {
   /** Cluster addresses; default: the SEGMEM_SERVERS environment variable (comma-separated host:port). */
   servers?: string[];
   /** Embedded store directory when no servers are given; default ./segmem-data. */
   dir?: string;
+  /** As in `connect()`: locks are released this long after the process goes silent; default 10000. */
   sessionTimeoutMs?: number;
 }
 
@@ -30,7 +47,16 @@ function current(): Segment {
   return segment;
 }
 
-/** Attaches this process to the persistent segment (idempotent). */
+/**
+ * Attaches this process to the persistent segment (idempotent): to the servers in `opts.servers` or in
+ * SEGMEM_SERVERS, else to an embedded store in `opts.dir` (default ./segmem-data). Every other function
+ * rejects with `CLOSED` until it has resolved.
+ *
+ * @example
+ * ```ts
+ * await init_persistant(); // SEGMEM_SERVERS=127.0.0.1:7401 node app.mjs, or embedded in ./segmem-data
+ * ```
+ */
 export async function init_persistant(opts: InitOptions = {}): Promise<void> {
   if (segment) return;
   opening ??= (async () => {
@@ -53,10 +79,25 @@ export async function init_persistant(opts: InitOptions = {}): Promise<void> {
   }
 }
 
-/** The correct English spelling, same function. */
+/**
+ * {@link init_persistant} under its English spelling: the same function.
+ *
+ * @example
+ * ```ts
+ * await init_persistent({ dir: './data' });
+ * ```
+ */
 export const init_persistent = init_persistant;
 
-/** Creates a zero-filled datum of `size` bytes named `name`. */
+/**
+ * Creates a zero-filled datum of `size` bytes named `name`; rejects with `ALREADY_EXISTS` if the name is
+ * taken.
+ *
+ * @example
+ * ```ts
+ * await p_create(4, 'compteur');
+ * ```
+ */
 export async function p_create(size: number, name: string): Promise<void> {
   await current().create(name, size);
 }
@@ -82,26 +123,71 @@ function take(data: Buffer, mode: 'read' | 'write'): Handle {
   return h!;
 }
 
-/** Read access: blocks while a writer holds the datum. The Buffer is read-only until released. */
+/**
+ * Read access: waits while a writer holds the datum, then resolves with its bytes (read-only with the
+ * native addon) until {@link p_release_read}.
+ *
+ * @example
+ * ```ts
+ * const cpt = await p_access_read('compteur');
+ * console.log(cpt.readInt32LE(0));
+ * await p_release_read(cpt);
+ * ```
+ */
 export async function p_access_read(name: string): Promise<Buffer> {
   return remember(await current().acquireRead(name));
 }
 
-/** Read-write access: blocks while anyone holds the datum. */
+/**
+ * Read-write access: waits while anyone holds the datum, then resolves with its bytes until
+ * {@link p_release_readwrite}.
+ *
+ * @example
+ * ```ts
+ * const cpt = await p_access_readwrite('compteur');
+ * cpt.writeInt32LE(cpt.readInt32LE(0) + 1);
+ * await p_release_readwrite(cpt);
+ * ```
+ */
 export async function p_access_readwrite(name: string): Promise<Buffer> {
   return remember(await current().acquireWrite(name));
 }
 
+/**
+ * Gives back read access taken by {@link p_access_read}; rejects with `INVALID_ARGUMENT` for a Buffer not
+ * held for reading.
+ *
+ * @example
+ * ```ts
+ * await p_release_read(cpt);
+ * ```
+ */
 export async function p_release_read(data: Buffer): Promise<void> {
   await take(data, 'read').release();
 }
 
-/** Releases and publishes the update (committed before this resolves). */
+/**
+ * Releases read-write access and publishes the update: it resolves once the change is committed (durable
+ * on a majority of the servers). Rejects with `INVALID_ARGUMENT` for a Buffer not held for writing.
+ *
+ * @example
+ * ```ts
+ * await p_release_readwrite(cpt);
+ * ```
+ */
 export async function p_release_readwrite(data: Buffer): Promise<void> {
   await take(data, 'write').release();
 }
 
-/** Detaches this process (releases everything it holds). Not in the seed; useful to exit cleanly. */
+/**
+ * Detaches this process: releases everything it holds and closes the segment, so the process can exit
+ * at once. An addition to the classic interface.
+ *
+ * @example
+ * ```ts
+ * await close_persistant();
+ * ```
+ */
 export async function close_persistant(): Promise<void> {
   const s = segment;
   segment = null;
@@ -109,4 +195,12 @@ export async function close_persistant(): Promise<void> {
   await s?.close();
 }
 
+/**
+ * {@link close_persistant} under its English spelling: the same function.
+ *
+ * @example
+ * ```ts
+ * await close_persistent();
+ * ```
+ */
 export const close_persistent = close_persistant;

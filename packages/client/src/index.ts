@@ -1,8 +1,21 @@
 /**
  * @segmem/client: persistent, replicated, shared memory for Node.js.
  *
- * `connect({ servers })` opens a session with a segmem server; `openEmbedded({ dir })` runs the store
- * inside this process. Both return a {@link Segment}.
+ * `connect({ servers })` opens a session with a segmem server or cluster; `openEmbedded({ dir })` runs the
+ * store inside this process. Both return a {@link Segment}: named objects you take read or write access
+ * to, work on in place, and release. `@segmem/client/compat` has the C-style `p_*` functions.
+ *
+ * @example
+ * ```ts
+ * import { openEmbedded } from '@segmem/client';
+ *
+ * const seg = await openEmbedded({ dir: './segmem-data' });
+ * await seg.create('counter', 4, { ifNotExists: true });
+ * await seg.update('counter', (h) => h.bytes.writeInt32LE(h.bytes.readInt32LE(0) + 1));
+ * await seg.close();
+ * ```
+ *
+ * @module
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import {
@@ -23,14 +36,32 @@ export { type ErrorCode, SegmemError } from '@segmem/protocol';
 export type { AcquireOptions, Handle, ObjectInfo, Segment } from './segment.js';
 export type { LogInfo, LogOptions, LogReadOptions, LogRecord, SharedLog } from './shared-log.js';
 
+/**
+ * How {@link connect} reaches the servers.
+ *
+ * @example
+ * ```ts
+ * const options: ConnectOptions = {
+ *   servers: ['10.0.0.1:7401', '10.0.0.2:7401', '10.0.0.3:7401'],
+ *   sessionTimeoutMs: 5000,
+ *   token: process.env.SEGMEM_TOKEN,
+ * };
+ * ```
+ */
 export interface ConnectOptions {
-  /** Server addresses, host:port. Any reachable one will do. */
+  /**
+   * Server addresses, host:port. Any reachable one will do: the client dials them in order and a member
+   * that does not lead redirects it to the leader. List several members of a cluster, ideally all.
+   */
   servers: string[];
-  /** Locks are released this long after the client stops heart-beating. Default 10000. */
+  /**
+   * Locks are released, and unreleased writes discarded, this long after the client stops heart-beating.
+   * An integer 200..600000; default 10000.
+   */
   sessionTimeoutMs?: number;
   /** Directory for the local mapped segment file (sparse; unlinked at once). Default: the OS temp dir. */
   cacheDir?: string;
-  /** Credential the server expects, if it has one. */
+  /** Credential the server expects, if it has one (the `token` setting); a wrong one is `UNAUTHORIZED`. */
   token?: string;
   /** Also receive invalidations as UDP datagrams (best effort, beside the TCP pushes). Default false. */
   udpHints?: boolean;
@@ -41,14 +72,27 @@ export interface ConnectOptions {
   followerReads?: boolean;
 }
 
+/**
+ * How {@link openEmbedded} runs the store in this process.
+ *
+ * @example
+ * ```ts
+ * const options: EmbeddedOptions = { dir: './segmem-data', fsync: 'always', segmentBytes: 1 << 30 };
+ * ```
+ */
 export interface EmbeddedOptions {
   /** Data directory of the store; created if missing. One process at a time may open it. */
   dir: string;
+  /** As in {@link ConnectOptions.sessionTimeoutMs}: an integer 200..600000; default 10000. */
   sessionTimeoutMs?: number;
-  /** WAL durability policy. Default "batch". */
+  /**
+   * WAL durability policy: "batch" (default: group commit, a write release resolves once it is on disk),
+   * "always" (one sync per record) or "none" (never synced; for tests).
+   */
   fsync?: FsyncPolicy;
   /** Size of the segment's address space, for a fresh directory. Default 4 GiB (sparse). */
   segmentBytes?: number;
+  /** Directory for the local mapped segment file (sparse; unlinked at once). Default: the OS temp dir. */
   cacheDir?: string;
 }
 
@@ -122,7 +166,23 @@ async function openSegment(
   return segment;
 }
 
-/** Opens a session with a segmem cluster. */
+/**
+ * Opens a session with a segmem server or cluster. The session keeps itself alive, follows the leader
+ * across failovers (re-sending what was unanswered, applied once) and ends with {@link Segment.close}.
+ *
+ * Rejects with `INVALID_ARGUMENT` for bad options, `UNAVAILABLE` when no listed server answers, and
+ * `UNAUTHORIZED` for a wrong token.
+ *
+ * @example
+ * ```ts
+ * import { connect } from '@segmem/client';
+ *
+ * const seg = await connect({ servers: ['127.0.0.1:7401', '127.0.0.1:7402', '127.0.0.1:7403'] });
+ * const info = await seg.stat('counter');
+ * console.log(info.version);
+ * await seg.close();
+ * ```
+ */
 export async function connect(opts: ConnectOptions): Promise<Segment> {
   if (
     !opts ||
@@ -175,7 +235,23 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
   }
 }
 
-/** Runs the store inside this process, durable in `dir`. */
+/**
+ * Runs the store inside this process, durable in `dir`, with no server to start. The returned segment
+ * behaves as one from {@link connect}; closing it also closes the store.
+ *
+ * Rejects with `INVALID_ARGUMENT` for bad options and `UNAVAILABLE` when another process (or this one)
+ * has the directory open.
+ *
+ * @example
+ * ```ts
+ * import { openEmbedded } from '@segmem/client';
+ *
+ * const seg = await openEmbedded({ dir: './segmem-data' });
+ * await seg.create('matrix', 8 * 100 * 100, { ifNotExists: true });
+ * const sum = await seg.read('matrix', (h) => h.view.getFloat64(0, true));
+ * await seg.close();
+ * ```
+ */
 export async function openEmbedded(opts: EmbeddedOptions): Promise<Segment> {
   if (!opts || typeof opts.dir !== 'string' || opts.dir.length === 0) {
     throw new SegmemError('INVALID_ARGUMENT', 'openEmbedded needs dir: the path of the data directory');

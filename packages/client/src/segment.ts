@@ -20,15 +20,44 @@ import type { MappedSegment } from './mapped-segment.js';
 import type { Session } from './session.js';
 import { type LogOptions, type SharedLog, SharedLogImpl } from './shared-log.js';
 
+/**
+ * What the servers know of one object: its name, size, place in the segment and version.
+ *
+ * @example
+ * ```ts
+ * const { size, version } = await seg.stat('counter');
+ * ```
+ */
 export interface ObjectInfo {
+  /** The object's name: 1..255 bytes of UTF-8 without NUL; `/` is an ordinary character. */
   name: string;
+  /** Its size in bytes, as created (1..32 MiB). */
   size: number;
+  /** Where it starts in the segment's address space, in bytes (a multiple of the 4096-byte page). */
   address: number;
+  /** Starts at 1 when the object is created and grows with every write release. */
   version: number;
 }
 
+/**
+ * Access to one object, from {@link Segment.acquireRead} or {@link Segment.acquireWrite} until
+ * {@link Handle.release}. Its `bytes` are the object's memory in this process: with the native addon,
+ * touching them without holding the object aborts the process with a message naming it.
+ *
+ * @example
+ * ```ts
+ * const h = await seg.acquireWrite('counter');
+ * try {
+ *   h.view.setUint32(0, h.view.getUint32(0, true) + 1, true);
+ * } finally {
+ *   await h.release(); // ships the changed bytes; durable when it resolves
+ * }
+ * ```
+ */
 export interface Handle {
+  /** The object's name. */
   readonly name: string;
+  /** `'read'` (shared with other readers) or `'write'` (exclusive). */
   readonly mode: 'read' | 'write';
   /** The object's bytes, in the local segment; usable until release. */
   readonly bytes: Buffer;
@@ -36,29 +65,161 @@ export interface Handle {
   readonly view: DataView;
   /** The object's version when access was granted. */
   readonly version: number;
-  /** Fencing token of this grant. */
+  /**
+   * Fencing token of this grant: strictly increasing per object, across leader changes too. The server
+   * refuses a release under a stale token; pass it on to other systems the object's holder writes to.
+   */
   readonly token: number;
+  /**
+   * Gives the access back. A write release sends the bytes that changed since the acquire and resolves
+   * once they are committed (on a majority of the servers, durable under their fsync policy); the version
+   * then grows by one. A read release resolves at once. Rejects with `LOCK_LOST` if the session lost the
+   * object meanwhile (the write is then discarded), and with `INVALID_ARGUMENT` if called twice.
+   *
+   * @example
+   * ```ts
+   * const h = await seg.acquireRead('config');
+   * const flags = h.bytes.readUInt8(0);
+   * await h.release();
+   * ```
+   */
   release(): Promise<void>;
 }
 
+/**
+ * Limits on how long an acquire waits.
+ *
+ * @example
+ * ```ts
+ * const h = await seg.acquireWrite('jobs', { timeoutMs: 2000, signal: AbortSignal.timeout(5000) });
+ * ```
+ */
 export interface AcquireOptions {
-  /** Give up after this many milliseconds with TIMEOUT; without it, wait as long as it takes. */
+  /**
+   * Give up after this many milliseconds with TIMEOUT; without it, wait as long as it takes. An integer
+   * 0..2147483647; 0 gives up at once when the object is held.
+   */
   timeoutMs?: number;
-  /** Abort the wait with ABORTED. */
+  /** Abort the wait with ABORTED; a grant that races the abort is released at once. */
   signal?: AbortSignal;
 }
 
+/**
+ * A session with a segmem store, from {@link connect} or {@link openEmbedded}: named objects that
+ * programs take read (shared) or write (exclusive) access to, and shared logs. Readers wait while a writer
+ * holds an object; a writer waits while anyone holds it; waiters are served in FIFO order.
+ *
+ * @example
+ * ```ts
+ * const seg = await connect({ servers: ['127.0.0.1:7401'] });
+ * await seg.create('compteur', 4, { ifNotExists: true });
+ * await seg.update('compteur', (h) => h.bytes.writeInt32LE(h.bytes.readInt32LE(0) + 1));
+ * console.log(await seg.read('compteur', (h) => h.bytes.readInt32LE(0)));
+ * await seg.close();
+ * ```
+ */
 export interface Segment {
+  /**
+   * Creates a zero-filled, page-aligned object of `size` bytes (1..32 MiB). Rejects with `ALREADY_EXISTS`
+   * if the name is taken, unless `ifNotExists` is true (then it resolves with the existing object), and
+   * with `NO_SPACE` when the segment has no room left. Durable when it resolves.
+   *
+   * @example
+   * ```ts
+   * const info = await seg.create('jobs/42', 4096, { ifNotExists: true });
+   * ```
+   */
   create(name: string, size: number, opts?: { ifNotExists?: boolean }): Promise<ObjectInfo>;
+  /**
+   * Takes shared access: waits while a writer holds the object (or a writer is queued before this call).
+   * The handle sees every write release that resolved before this call. Rejects with `NOT_FOUND`,
+   * `TIMEOUT`, `ABORTED`, or `UNAVAILABLE` once no server has been reachable for `sessionTimeoutMs`.
+   *
+   * @example
+   * ```ts
+   * const h = await seg.acquireRead('config', { timeoutMs: 1000 });
+   * ```
+   */
   acquireRead(name: string, opts?: AcquireOptions): Promise<Handle>;
+  /**
+   * Takes exclusive access: waits while anyone holds the object, this session included (a second acquire
+   * of an object the session holds waits for the first release). Rejects as {@link Segment.acquireRead}.
+   *
+   * @example
+   * ```ts
+   * const h = await seg.acquireWrite('counter');
+   * h.bytes.writeInt32LE(h.bytes.readInt32LE(0) + 1);
+   * await h.release();
+   * ```
+   */
   acquireWrite(name: string, opts?: AcquireOptions): Promise<Handle>;
+  /**
+   * Read access around `fn`: acquires, calls `fn` with the handle, releases (also when `fn` throws) and
+   * resolves with what `fn` returned.
+   *
+   * @example
+   * ```ts
+   * const value = await seg.read('counter', (h) => h.bytes.readInt32LE(0));
+   * ```
+   */
   read<T>(name: string, fn: (h: Handle) => T | Promise<T>): Promise<T>;
+  /**
+   * Write access around `fn`: acquires, calls `fn`, releases, and resolves with what `fn` returned once
+   * the change is durable. If `fn` throws, its changes are undone and nothing is written.
+   *
+   * @example
+   * ```ts
+   * await seg.update('counter', (h) => h.bytes.writeInt32LE(h.bytes.readInt32LE(0) + 1));
+   * ```
+   */
   update<T>(name: string, fn: (h: Handle) => T | Promise<T>): Promise<T>;
+  /**
+   * The object's size, address and current version, without taking access. Rejects with `NOT_FOUND`.
+   *
+   * @example
+   * ```ts
+   * const { version } = await seg.stat('counter');
+   * ```
+   */
   stat(name: string): Promise<ObjectInfo>;
+  /**
+   * The objects whose name starts with `prefix` (all of them by default).
+   *
+   * @example
+   * ```ts
+   * for (const o of await seg.list('jobs/')) console.log(o.name, o.size);
+   * ```
+   */
   list(prefix?: string): Promise<ObjectInfo[]>;
+  /**
+   * Deletes the object (or shared log) and frees its pages. Waiting acquires fail with `NOT_FOUND`;
+   * current holders get `LOCK_LOST` when they release. Rejects with `NOT_FOUND`.
+   *
+   * @example
+   * ```ts
+   * await seg.delete('jobs/42');
+   * ```
+   */
   delete(name: string): Promise<void>;
-  /** The shared log `name` (created by its first append; `opts.maxBytes` sets its retention then). */
+  /**
+   * The shared log `name` (created by its first append; `opts.maxBytes` sets its retention then). One
+   * handle per name per segment, so appends from anywhere in the process share its batches.
+   *
+   * @example
+   * ```ts
+   * const seq = await seg.log('events').append(JSON.stringify({ kind: 'started' }));
+   * ```
+   */
   log(name: string, opts?: LogOptions): SharedLog;
+  /**
+   * Ends the session at once: every lock it holds is released, unreleased writes are discarded, and later
+   * calls reject with `CLOSED`. An embedded segment also closes its store.
+   *
+   * @example
+   * ```ts
+   * process.once('SIGTERM', () => seg.close());
+   * ```
+   */
   close(): Promise<void>;
 }
 

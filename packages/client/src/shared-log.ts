@@ -19,6 +19,14 @@ import {
 } from '@segmem/protocol';
 import type { Session } from './session.js';
 
+/**
+ * One record of a shared log, as {@link SharedLog.read} yields it.
+ *
+ * @example
+ * ```ts
+ * for await (const { seq, data } of seg.log('events').read()) console.log(seq, data.toString());
+ * ```
+ */
 export interface LogRecord {
   /** The record's sequence number: its place in the one order every reader sees. */
   seq: number;
@@ -26,19 +34,49 @@ export interface LogRecord {
   data: Buffer;
 }
 
+/**
+ * Where {@link SharedLog.read} starts and whether it waits for new records.
+ *
+ * @example
+ * ```ts
+ * const stop = new AbortController();
+ * const options: LogReadOptions = { from: 1000, follow: true, signal: stop.signal };
+ * ```
+ */
 export interface LogReadOptions {
   /** First sequence number to read; default: the oldest record still retained. */
   from?: number;
   /** Keep waiting for new records once the end is reached (until `signal` aborts or the segment closes). */
   follow?: boolean;
+  /** Ends the read: the iteration rejects with `ABORTED`. */
   signal?: AbortSignal;
 }
 
+/**
+ * Settings of a log, taken when an append through this handle creates it.
+ *
+ * @example
+ * ```ts
+ * const log = seg.log('audit', { maxBytes: 256 * 1024 * 1024 });
+ * ```
+ */
 export interface LogOptions {
-  /** Retention if this handle's first append creates the log: oldest records are dropped beyond this. */
+  /**
+   * Retention if this handle's first append creates the log: oldest records are dropped beyond this many
+   * bytes (1..1 GiB; default 64 MiB). Ignored for a log that exists.
+   */
   maxBytes?: number;
 }
 
+/**
+ * A log's bounds and size, from {@link SharedLog.info}.
+ *
+ * @example
+ * ```ts
+ * const { first, next, bytes } = await seg.log('events').info();
+ * console.log(`${next - first} records, ${bytes} bytes`);
+ * ```
+ */
 export interface LogInfo {
   /** Oldest retained sequence number (equal to `next` when the log is empty). */
   first: number;
@@ -48,16 +86,67 @@ export interface LogInfo {
   bytes: number;
 }
 
+/**
+ * A shared append-only log, from {@link Segment.log}: many processes append records, each append is
+ * atomic and applied exactly once, and every reader sees the records in one order, by sequence number
+ * (0, 1, 2, ... with no gaps).
+ *
+ * @example
+ * ```ts
+ * const log = seg.log('events');
+ * await log.append('hello');
+ * for await (const r of log.read({ follow: true, signal })) handle(r.seq, r.data);
+ * ```
+ */
 export interface SharedLog {
-  /** Appends one record; resolves to its sequence number once it is committed on a majority. */
+  /**
+   * Appends one record (a string is encoded as UTF-8; at most 1 MiB); resolves to its sequence number
+   * once it is committed on a majority. Concurrent appends of a process share requests and keep their
+   * call order.
+   *
+   * @example
+   * ```ts
+   * const seq = await log.append(Buffer.from([1, 2, 3]));
+   * ```
+   */
   append(record: Uint8Array | string): Promise<number>;
-  /** Appends records atomically and contiguously (all or none); resolves to their sequence numbers. */
+  /**
+   * Appends records atomically and contiguously (all or none; at most 65536 records and 8 MiB); resolves
+   * to their sequence numbers, which are consecutive.
+   *
+   * @example
+   * ```ts
+   * const [first, second] = await log.appendBatch(['debit 10', 'credit 10']);
+   * ```
+   */
   appendBatch(records: (Uint8Array | string)[]): Promise<number[]>;
-  /** The records in sequence order from `from`; with `follow`, waits for new ones. */
+  /**
+   * The records in sequence order from `from`; with `follow`, waits for new ones. A record dropped by
+   * retention or truncation before it is read rejects the iteration with `NOT_FOUND`.
+   *
+   * @example
+   * ```ts
+   * for await (const { seq, data } of log.read({ from: 0 })) console.log(seq, data.toString());
+   * ```
+   */
   read(opts?: LogReadOptions): AsyncIterable<LogRecord>;
-  /** Drops the records before `seq`; resolves to the oldest retained sequence number after it. */
+  /**
+   * Drops the records before `seq`; resolves to the oldest retained sequence number after it.
+   *
+   * @example
+   * ```ts
+   * await log.truncateBefore(lastProcessed + 1);
+   * ```
+   */
   truncateBefore(seq: number): Promise<number>;
-  /** The log's bounds and size. */
+  /**
+   * The log's bounds and size.
+   *
+   * @example
+   * ```ts
+   * const { next } = await log.info();
+   * ```
+   */
   info(): Promise<LogInfo>;
 }
 

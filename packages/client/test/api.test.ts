@@ -56,7 +56,7 @@ async function rejectsCode(
 }
 
 for (const mode of ['embedded', 'tcp'] as const) {
-  test(`${mode}: the seed's counter example through Segment`, async (t) => {
+  test(`${mode}: the counter example through Segment`, async (t) => {
     const f = await fixture(mode);
     try {
       const seg = await f.open();
@@ -235,7 +235,7 @@ test("tcp: two sessions see each other's writes, and a write of one byte in 1 Mi
   }
 });
 
-test('compat: the seed program, then concurrent increments from the compat API are exact', async (t) => {
+test('compat: the counter program, then concurrent increments from the compat API are exact', async (t) => {
   const dir = tempDir();
   const server = await startServerProcess({ dataDir: dir.path });
   const compat = await import('../src/compat.js');

@@ -6,7 +6,7 @@ import { runNode } from './helpers.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
 
-test('npm run demo: the seed program, the multi-process counter, contention, failover and log-writers demos all pass', async (t) => {
+test('npm run demo: the counter program, the multi-process counter, contention, failover and log-writers demos all pass', async (t) => {
   const { done } = runNode(resolve(root, 'examples/demo.mjs'), [], {
     timeoutMs: 90_000,
     env: { SEGMEM_SERVERS: '' },

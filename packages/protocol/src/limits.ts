@@ -18,8 +18,11 @@ export const MAX_NAME_BYTES = 255;
 /** Nesting depth limit for msgpack headers. */
 export const MAX_HEADER_DEPTH = 8;
 
+/** `sessionTimeoutMs` when a client gives none: locks are released this long after it goes silent. */
 export const DEFAULT_SESSION_TIMEOUT_MS = 10_000;
+/** Smallest `sessionTimeoutMs` a client may ask for. */
 export const MIN_SESSION_TIMEOUT_MS = 200;
+/** Largest `sessionTimeoutMs` a client may ask for (10 minutes). */
 export const MAX_SESSION_TIMEOUT_MS = 600_000;
 /** Requests a client keeps in flight on one connection before callers wait (back-pressure). */
 export const MAX_INFLIGHT_REQUESTS = 4096;

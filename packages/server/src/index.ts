@@ -32,12 +32,36 @@ export { connectLocal, type LocalEnd } from './shell/local.js';
 export { DataDir } from './storage/datadir.js';
 export type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
 
+/**
+ * How {@link startServer} starts a server. Only `id`, `listen` and `dataDir` are required; every other
+ * setting comes from the config file named by `config`, else from the defaults (docs/operations.md).
+ *
+ * @example
+ * ```ts
+ * // One member of a three-server group; the others get the same peers and their own id, listen and dataDir.
+ * const options: StartServerOptions = {
+ *   id: 's1',
+ *   listen: '127.0.0.1:7401',
+ *   dataDir: './data/s1',
+ *   peers: { s1: '127.0.0.1:7401', s2: '127.0.0.1:7402', s3: '127.0.0.1:7403' },
+ *   fsync: 'batch',
+ * };
+ * ```
+ */
 export interface StartServerOptions {
+  /**
+   * The server id, 1..64 characters of `[A-Za-z0-9._-]`. It is recorded in the data directory, which then
+   * refuses to open under another id.
+   */
   id: string;
   /** host:port to listen on (TCP, and UDP for invalidation hints). Port 0 picks a free port. */
   listen: string;
-  /** All members of the group, id -> host:port, this server included. */
+  /**
+   * All members of the group, id -> host:port, this server included. Naming any other server makes this
+   * server a member of a replicated (Raft) group; without peers (or with only itself) it runs alone.
+   */
   peers?: Record<string, string>;
+  /** The data directory: created if missing, and opened by one process at a time. */
   dataDir: string;
   /** Path of a JSON config file (see docs/operations.md). */
   config?: string;
@@ -70,16 +94,65 @@ export interface StartServerOptions {
   log?: (line: string) => void;
 }
 
+/**
+ * A server started by {@link startServer}.
+ *
+ * @example
+ * ```ts
+ * const server = await startServer({ id: 's1', listen: '127.0.0.1:0', dataDir: './data/s1' });
+ * console.log(`clients connect to ${server.address}`);
+ * process.once('SIGTERM', () => server.close());
+ * ```
+ */
 export interface RunningServer {
-  /** The address the server listens on, host:port. */
+  /** The address the server listens on, host:port (with the port chosen when `listen` asked for 0). */
   address: string;
+  /**
+   * Stops the server cleanly: a cluster leader first hands leadership to the most caught-up follower, then
+   * the listener and every connection close, the WAL is flushed (and synced, unless fsync is "none") and
+   * the data directory's lock is removed. Calling it again returns the same promise.
+   *
+   * @example
+   * ```ts
+   * await server.close();
+   * ```
+   */
   close(): Promise<void>;
-  /** Where this member stands (not part of the pinned API): leader or not, commands applied, state digest. */
+  /**
+   * Where this member stands (not part of the pinned API): `leader` (whether it leads now), `applied`
+   * (commands its state machine applied), `digest` (of its whole state: members that applied the same
+   * commands show the same one), and counts of `sessions`, `objects`, `logs` and of the pages it served to
+   * page readers (`pagesServed`). The digest serialises the whole state, so it costs a pause on a large one.
+   *
+   * @example
+   * ```ts
+   * const { leader, applied, digest } = server.status();
+   * ```
+   */
   status(): ReturnType<SegmemNode['status']>;
   /** host:port of the metrics and health endpoint; null without one. */
   metricsAddress: string | null;
 }
 
+/**
+ * Starts a segmem server in this process: it recovers its data directory, listens for clients on
+ * `listen` and resolves once it can serve them. With `peers` naming other servers it is one member of a
+ * Raft group, and the group elects a leader once a majority of its members are up.
+ *
+ * Rejects with a {@link SegmemError}: `INVALID_ARGUMENT` for a bad id, data directory, peer list or config
+ * file, or a data directory made for another server, cluster or geometry; `UNAVAILABLE` when the data
+ * directory is in use by another process, its write-ahead log is corrupt (see `repair`), or the address
+ * cannot be listened on.
+ *
+ * @example
+ * ```ts
+ * import { startServer } from '@segmem/server';
+ *
+ * const server = await startServer({ id: 's1', listen: '127.0.0.1:7401', dataDir: './data/s1' });
+ * // clients: connect({ servers: [server.address] })
+ * process.once('SIGTERM', () => server.close());
+ * ```
+ */
 export async function startServer(opts: StartServerOptions): Promise<RunningServer> {
   if (typeof opts.id !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(opts.id)) {
     throw new SegmemError(
