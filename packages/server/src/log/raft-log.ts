@@ -30,6 +30,8 @@ export interface RaftCore {
   readonly term: number;
   readonly leader: NodeId | null;
   readonly members: NodeId[];
+  readonly commitIndex: number;
+  readonly lastIndex: number;
   tick(): void;
   step(msg: Message): void;
   propose(data: Buffer): { index: number; term: number };
