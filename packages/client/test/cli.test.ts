@@ -300,65 +300,69 @@ async function silentServer(): Promise<{ address: string; close(): Promise<void>
   };
 }
 
-test('against unreachable servers every command fails within its timeout, naming the addresses tried', async (t) => {
-  const silent = await silentServer();
-  const refused = `127.0.0.1:${await freePort()}`;
-  const servers = `${silent.address},${refused}`;
-  const dir = tempDir();
-  try {
-    const commands = [
-      ['cluster', 'list'],
-      ['log', 'tail', 'events'],
-      ['log', 'info', 'events'],
-      ['snapshot', '--out', join(dir.path, 'x.segsnap')],
-      ['status'],
-      ['ls'],
-      ['stat', 'x'],
-      ['get', 'x'],
-      ['put', 'x', '--value', 'y'],
-      ['rm', 'x'],
-      ['create', 'x', '10'],
-    ];
-    // Two at a time, so that process start-up on this 2-CPU machine does not blur the timings.
-    const results: { command: string[]; r: Run; ms: number }[] = [];
-    for (let i = 0; i < commands.length; i += 2) {
-      results.push(
-        ...(await Promise.all(
-          commands.slice(i, i + 2).map(async (command) => {
-            const started = Date.now();
-            const r = await segmem([...command, '--servers', servers], {}, 20_000);
-            return { command, r, ms: Date.now() - started };
-          }),
-        )),
+// Serial: the other tests of this file start clusters, which would blur the timings.
+test.serial(
+  'against unreachable servers every command fails within its timeout, naming the addresses tried',
+  async (t) => {
+    const silent = await silentServer();
+    const refused = `127.0.0.1:${await freePort()}`;
+    const servers = `${silent.address},${refused}`;
+    const dir = tempDir();
+    try {
+      const commands = [
+        ['cluster', 'list'],
+        ['log', 'tail', 'events'],
+        ['log', 'info', 'events'],
+        ['snapshot', '--out', join(dir.path, 'x.segsnap')],
+        ['status'],
+        ['ls'],
+        ['stat', 'x'],
+        ['get', 'x'],
+        ['put', 'x', '--value', 'y'],
+        ['rm', 'x'],
+        ['create', 'x', '10'],
+      ];
+      // Two at a time, so that process start-up on this 2-CPU machine does not blur the timings.
+      const results: { command: string[]; r: Run; ms: number }[] = [];
+      for (let i = 0; i < commands.length; i += 2) {
+        results.push(
+          ...(await Promise.all(
+            commands.slice(i, i + 2).map(async (command) => {
+              const started = Date.now();
+              const r = await segmem([...command, '--servers', servers], {}, 20_000);
+              return { command, r, ms: Date.now() - started };
+            }),
+          )),
+        );
+      }
+      for (const { command, r, ms } of results) {
+        oneLineError(t, r, 'UNAVAILABLE', /within 2000 ms/);
+        t.true(
+          r.stderr.includes(`${silent.address} (no answer to HELLO)`),
+          `${command.join(' ')}: ${r.stderr}`,
+        );
+        t.true(r.stderr.includes(`${refused} (connection refused)`), `${command.join(' ')}: ${r.stderr}`);
+        // 2 s of trying, plus the start of a node process on a loaded machine (about 0.5 to 1.5 s here).
+        t.true(ms < 2000 + 6000, `${command.join(' ')} took ${ms} ms`);
+        t.log(`${command.join(' ')}: ${ms} ms`);
+      }
+      t.false(existsSync(join(dir.path, 'x.segsnap')), 'snapshot --out left no file');
+      // --timeout MS is honoured.
+      const started = Date.now();
+      const quick = await segmem(['ls', '--servers', silent.address, '--timeout', '300']);
+      oneLineError(
+        t,
+        quick,
+        'UNAVAILABLE',
+        /no leader reachable within 300 ms: tried 127\.0\.0\.1:\d+ \(no answer to HELLO\)/,
       );
+      t.true(Date.now() - started < 300 + 6000);
+    } finally {
+      await silent.close();
+      dir.cleanup();
     }
-    for (const { command, r, ms } of results) {
-      oneLineError(t, r, 'UNAVAILABLE', /within 2000 ms/);
-      t.true(
-        r.stderr.includes(`${silent.address} (no answer to HELLO)`),
-        `${command.join(' ')}: ${r.stderr}`,
-      );
-      t.true(r.stderr.includes(`${refused} (connection refused)`), `${command.join(' ')}: ${r.stderr}`);
-      // 2 s of trying, plus the start of a node process on a loaded machine.
-      t.true(ms < 2000 + 4000, `${command.join(' ')} took ${ms} ms`);
-      t.log(`${command.join(' ')}: ${ms} ms`);
-    }
-    t.false(existsSync(join(dir.path, 'x.segsnap')), 'snapshot --out left no file');
-    // --timeout MS is honoured.
-    const started = Date.now();
-    const quick = await segmem(['ls', '--servers', silent.address, '--timeout', '300']);
-    oneLineError(
-      t,
-      quick,
-      'UNAVAILABLE',
-      /no leader reachable within 300 ms: tried 127\.0\.0\.1:\d+ \(no answer to HELLO\)/,
-    );
-    t.true(Date.now() - started < 300 + 4000);
-  } finally {
-    await silent.close();
-    dir.cleanup();
-  }
-});
+  },
+);
 
 test('data commands on one server: create, put, get, stat, ls, rm, each with --json', async (t) => {
   const dir = tempDir();
@@ -767,6 +771,26 @@ test("a member's data directory started without --peers is refused in one line; 
     solo.proc.kill('SIGTERM');
     t.is((await solo.done).code, 0);
   } finally {
+    dir.cleanup();
+  }
+});
+
+test('--token (or SEGMEM_TOKEN) reaches a server that requires one; without it, one UNAUTHORIZED line', async (t) => {
+  const dir = tempDir();
+  const config = join(dir.path, 'segmem.json');
+  writeFileSync(config, JSON.stringify({ token: 's3cret' }));
+  const server = await startServerProcess({ dataDir: join(dir.path, 'd'), extra: ['--config', config] });
+  try {
+    const servers = ['--servers', server.address];
+    oneLineError(t, await segmem(['ls', ...servers]), 'UNAUTHORIZED', /^segmem: bad or missing token/);
+    oneLineError(t, await segmem(['status', ...servers]), 'UNAVAILABLE', /bad or missing token/);
+    t.is((await segmem(['create', 'x', '4', ...servers, '--token', 's3cret'])).code, 0);
+    const listed = await segmem(['ls', ...servers], { SEGMEM_TOKEN: 's3cret' });
+    t.is(listed.code, 0, listed.stderr);
+    t.regex(listed.stdout, /\n4 +1 +0 +x\n$/);
+    t.is((await segmem(['status', ...servers, '--token', 's3cret'])).code, 0);
+  } finally {
+    await server.stop();
     dir.cleanup();
   }
 });

@@ -16,11 +16,11 @@ import {
   MessageType,
   type OkBodies,
   PROTOCOL_VERSION,
+  parseHostPort,
   type Request,
   SegmemError,
   type StatusOk,
 } from '@segmem/protocol';
-import { parseHostPort } from '../shell/tcp.js';
 
 export interface AdminOptions {
   /** host:port of some members; the leader is found from any of them. */

@@ -8,6 +8,7 @@ import {
   connectionOf,
   escapeText,
   formatBytes,
+  hostPort,
   JSON_OPTION,
   json,
   out,
@@ -268,10 +269,7 @@ export const clusterAdd: Command = {
     ${CLUSTER_DESCRIPTION}`,
   options: [JSON_OPTION, ...CONNECTION_OPTIONS],
   run: (p) => {
-    const address = p.args[1]!;
-    if (!/^(\[[^\]]+\]|[^:\s]+):\d{1,5}$/.test(address))
-      throw new UsageError(`HOST:PORT: ${JSON.stringify(address)} is not host:port`, null);
-    return membership(p, 'add', serverId(p.args[0]!), address);
+    return membership(p, 'add', serverId(p.args[0]!), hostPort(p.args[1]!, 'HOST:PORT'));
   },
 };
 

@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { PROTOCOL_VERSION, SegmemError } from '@segmem/protocol';
+import { PROTOCOL_VERSION, parseHostPort, SegmemError } from '@segmem/protocol';
 import type { AdminOptions } from './admin-client.js';
 import { type CommandSpec, type OptionSpec, type Parsed, parseCount, UsageError } from './args.js';
 
@@ -43,10 +43,7 @@ export function connectionOf(p: Parsed): AdminOptions {
   const servers = p.lists.get('servers') ?? (process.env.SEGMEM_SERVERS ?? '').split(',').filter(Boolean);
   if (servers.length === 0)
     throw new UsageError('--servers (or the SEGMEM_SERVERS environment variable) is required', null);
-  for (const s of servers) {
-    if (!/^(\[[^\]]+\]|[^:\s]+):\d{1,5}$/.test(s))
-      throw new UsageError(`--servers: ${JSON.stringify(s)} is not HOST:PORT`, null);
-  }
+  for (const s of servers) hostPort(s, '--servers');
   const timeout = p.values.get('timeout');
   const token = p.values.get('token') ?? process.env.SEGMEM_TOKEN ?? null;
   return {
@@ -54,6 +51,16 @@ export function connectionOf(p: Parsed): AdminOptions {
     timeoutMs: timeout === undefined ? DEFAULT_TIMEOUT_MS : parseCount('--timeout', timeout, 1, 2 ** 31 - 1),
     token: token === '' ? null : token,
   };
+}
+
+/** `value` if it is host:port, else a usage mistake naming `what`. */
+export function hostPort(value: string, what: string): string {
+  try {
+    parseHostPort(value, what);
+  } catch (err) {
+    throw new UsageError((err as Error).message, null);
+  }
+  return value;
 }
 
 /** Writes `text` to stdout, waiting for the pipe to drain (large outputs, slow readers). */
