@@ -127,7 +127,9 @@ test('every command prints complete help, and docs/operations.md lists the same 
     t.true(r.stdout.startsWith(`usage: segmem ${command}`), r.stdout);
     const listed = helpOptions(r.stdout);
     t.true(listed.has('-h, --help'), `${command} --help lists -h, --help`);
+    t.true(listed.has('--version'), `${command} --help lists --version`);
     listed.delete('-h, --help');
+    listed.delete('--version');
     const doc = docOptions(`segmem ${command}`);
     t.true(doc.options.size > 0 || doc.common, `docs/operations.md has a section for segmem ${command}`);
     const documented = new Map([...doc.options, ...(doc.common ? common : [])]);
@@ -155,6 +157,7 @@ test('every command prints complete help, and docs/operations.md lists the same 
   t.is(server.code, 0, server.stderr);
   const serverListed = helpOptions(server.stdout);
   serverListed.delete('-h, --help');
+  serverListed.delete('--version');
   const serverDoc = docOptions('segmem-server').options;
   t.deepEqual(
     [...serverListed.keys()].sort(),
@@ -165,11 +168,13 @@ test('every command prints complete help, and docs/operations.md lists the same 
     t.is(serverDoc.get(label), dflt, `segmem-server ${label} default`);
 });
 
-test('--version on both binaries names the package version', async (t) => {
+test('--version on both binaries and every command names the package version', async (t) => {
   const version = JSON.parse(readFileSync(resolve(serverBin, '../../package.json'), 'utf8'))
     .version as string;
   for (const [bin, args, name] of [
     [segmemBin, ['--version'], 'segmem'],
+    [segmemBin, ['up', '--version'], 'segmem'],
+    [segmemBin, ['cluster', 'add', '--version'], 'segmem'],
     [serverBin, ['--version'], 'segmem-server'],
   ] as const) {
     const r = await runNode(bin, [...args]).done;

@@ -64,9 +64,11 @@ export interface Parsed {
   /** After `--`, for commands that take them. */
   rest: string[];
   help: boolean;
+  version: boolean;
 }
 
 export const HELP_OPTION: OptionSpec = { name: 'help', short: 'h', help: 'print this help and exit' };
+export const VERSION_OPTION: OptionSpec = { name: 'version', help: 'print the version and exit' };
 
 /** Parses `argv` (the words after the command's name) against `spec`; a mistake is a {@link UsageError}. */
 export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
@@ -77,10 +79,11 @@ export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
     flags: new Set(),
     rest: [],
     help: false,
+    version: false,
   };
   const usage = (message: string) => new UsageError(message, spec);
   const byName = new Map<string, OptionSpec>();
-  for (const o of [...spec.options, HELP_OPTION]) {
+  for (const o of [...spec.options, HELP_OPTION, VERSION_OPTION]) {
     byName.set(`--${o.name}`, o);
     if (o.short) byName.set(`-${o.short}`, o);
   }
@@ -99,8 +102,10 @@ export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
     const key = eq > 0 ? arg.slice(0, eq) : arg;
     const opt = byName.get(key);
     if (!opt) throw usage(`unknown option ${key}`);
-    if (opt === HELP_OPTION) {
-      out.help = true;
+    if (opt === HELP_OPTION || opt === VERSION_OPTION) {
+      if (eq > 0) throw usage(`${key} takes no value`);
+      if (opt === HELP_OPTION) out.help = true;
+      else out.version = true;
       continue;
     }
     if (opt.value === undefined) {
@@ -133,7 +138,7 @@ export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
     if (out.values.has(opt.name)) throw usage(`--${opt.name} is given twice`);
     out.values.set(opt.name, value);
   }
-  if (out.help) return out;
+  if (out.help || out.version) return out;
   const required = spec.args.filter((a) => !a.optional).length;
   if (out.args.length > spec.args.length) {
     const extra = out.args.slice(spec.args.length);
@@ -177,7 +182,7 @@ export function optionLabel(o: OptionSpec): string {
 
 /** The full --help text of a command. */
 export function helpText(spec: CommandSpec): string {
-  const options = [...spec.options, HELP_OPTION];
+  const options = [...spec.options, HELP_OPTION, VERSION_OPTION];
   const width = Math.min(28, Math.max(...options.map((o) => optionLabel(o).length)) + 2);
   const lines = [`usage: ${synopsis(spec)}`, '', ...wrap(spec.description, 100, ''), '', 'options:'];
   for (const o of options) {

@@ -102,6 +102,7 @@ export async function segmemMain(argv: string[]): Promise<void> {
     current = found.command;
     const parsed = parseCommand(found.command, found.rest);
     if (parsed.help) return void process.stdout.write(helpText(found.command));
+    if (parsed.version) return void process.stdout.write(versionLine('segmem'));
     const code = await found.command.run(parsed);
     if (code) process.exitCode = code;
   } catch (err) {

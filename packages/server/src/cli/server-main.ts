@@ -98,7 +98,6 @@ export const SERVER_COMMAND: CommandSpec = {
       default: String(DEFAULT_CONFIG.consolidatedKeep),
     },
     { name: 'repair', help: 'start even if the WAL is corrupt, truncating it at the first bad record' },
-    { name: 'version', help: 'print the version and exit' },
   ],
 };
 
@@ -107,7 +106,7 @@ export async function serverMain(argv: string[]): Promise<void> {
   try {
     const p = parseCommand(SERVER_COMMAND, argv);
     if (p.help) return void process.stdout.write(helpText(SERVER_COMMAND));
-    if (p.flags.has('version')) return void process.stdout.write(versionLine('segmem-server'));
+    if (p.version) return void process.stdout.write(versionLine('segmem-server'));
     opts = serverOptions(p.values, p.flags);
   } catch (err) {
     fail(err);
