@@ -340,17 +340,11 @@ export class SegmemNode {
       lastIndex: applied,
       progress: [],
     };
-    const locks: LockedObject[] = [];
-    let lockedObjects = 0;
-    for (const rec of sm.list('')) {
-      const obj = sm.objectNamed(rec.name)!;
-      if (obj.writer === 0 && obj.readers === 0) continue;
-      lockedObjects++;
-      if (locks.length < MAX_STATUS_LOCKS) {
-        const writing = obj.writer !== 0;
-        locks.push([obj.name, writing ? 'write' : 'read', writing ? 1 : obj.readers, obj.queue.length]);
-      }
-    }
+    const locked = sm.lockedObjects().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const locks: LockedObject[] = locked.slice(0, MAX_STATUS_LOCKS).map((obj) => {
+      const writing = obj.writer !== 0;
+      return [obj.name, writing ? 'write' : 'read', writing ? 1 : obj.readers, obj.queue.length];
+    });
     const wal = await filesIn(this.dataDir.walDir, isSegmentFileName, false);
     const snaps = await filesIn(join(this.dataDir.dir, SNAPSHOT_DIR), isSnapshotName, true);
     return {
@@ -368,7 +362,7 @@ export class SegmemNode {
       objects: sm.objectCount(),
       logs: sm.logCount(),
       locks,
-      lockedObjects,
+      lockedObjects: locked.length,
       fsync: this.opts.fsync ?? 'batch',
     };
   }
