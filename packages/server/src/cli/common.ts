@@ -141,6 +141,7 @@ export function describe(err: unknown): string {
   return `${oneLine(e?.message ?? String(err))} (${e?.code ?? 'INTERNAL'})`;
 }
 
+/** The message on one line: its line breaks written as \n. */
 function oneLine(s: string): string {
-  return s.replace(/\s*\n\s*/g, ' ');
+  return s.replace(/\r?\n/g, '\\n');
 }
