@@ -83,6 +83,7 @@ export const MessageType = {
   READ_PAGES: 0x10,
   SNAPSHOT: 0x11,
   SNAPSHOT_READ: 0x12,
+  STATUS: 0x13,
   OK: 0x40,
   ERROR: 0x41,
   INVALIDATE: 0x60,
@@ -110,6 +111,7 @@ export const REQUEST_TYPES = [
   'READ_PAGES',
   'SNAPSHOT',
   'SNAPSHOT_READ',
+  'STATUS',
 ] as const;
 
 export type RequestType = (typeof REQUEST_TYPES)[number];
@@ -128,7 +130,7 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
-  return code >= MessageType.HELLO && code <= MessageType.SNAPSHOT_READ;
+  return code >= MessageType.HELLO && code <= MessageType.STATUS;
 }
 
 function hex(code: number): string {
@@ -338,6 +340,11 @@ export interface SnapshotReadRequest {
   length: number;
 }
 
+/** 0x13: where the member that answers stands (any member answers, on a page-reader connection too). */
+export interface StatusRequest {
+  type: 'STATUS';
+}
+
 /** 0x0D: appends records to a shared log, atomically and contiguously; creates the log on first use. */
 export interface LogAppendRequest {
   type: 'LOG_APPEND';
@@ -390,7 +397,8 @@ export type Request =
   | LogTruncateRequest
   | ReadPagesRequest
   | SnapshotRequest
-  | SnapshotReadRequest;
+  | SnapshotReadRequest
+  | StatusRequest;
 
 export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
 
@@ -534,6 +542,52 @@ export interface SnapshotReadOk {
   payload: Uint8Array;
 }
 
+/** Roles a member reports in STATUS; a single server (no consensus group) is the `leader` of its own. */
+export const MEMBER_ROLES = ['leader', 'follower', 'candidate', 'preCandidate'] as const;
+export type MemberRole = (typeof MEMBER_ROLES)[number];
+
+/** An object locked now, as STATUS lists it: `[name, mode, holders, waiting]`. */
+export type LockedObject = [name: string, mode: AccessMode, holders: number, waiting: number];
+
+/** Most locked objects one STATUS answer lists (`lockedObjects` counts them all). */
+export const MAX_STATUS_LOCKS = 1000;
+
+/** Where one member stands: its consensus position, its disk use, and what its applied state holds. */
+export interface StatusOk {
+  serverId: string;
+  clusterId: string;
+  role: MemberRole;
+  /** The leader as far as this member knows, or null. */
+  leader: string | null;
+  /** Raft term (0 for a single server). */
+  term: number;
+  /** Highest log index known committed. */
+  commitIndex: number;
+  /** Log index of the last command applied to the state machine. */
+  appliedIndex: number;
+  /** Log index of the last entry in this member's log. */
+  lastIndex: number;
+  /** `[id, address]` of every voting member as this member knows them (address null where unknown). */
+  members: [string, string | null][];
+  /** The leader only: `[id, matchIndex]` of every other member (the last entry known to be in its log). */
+  progress: [string, number][];
+  /** The write-ahead log's files and their bytes. */
+  walFiles: number;
+  walBytes: number;
+  /** Snapshot files, the disk space they take (allocated, not apparent: they are sparse), the newest one's index. */
+  snapshotFiles: number;
+  snapshotBytes: number;
+  snapshotIndex: number;
+  sessions: number;
+  objects: number;
+  logs: number;
+  /** Objects locked now (first MAX_STATUS_LOCKS by name), and how many are locked in all. */
+  locks: LockedObject[];
+  lockedObjects: number;
+  /** The WAL durability policy: 'always', 'batch' or 'none'. */
+  fsync: string;
+}
+
 export interface OkBodies {
   HELLO: HelloOk;
   KEEPALIVE: EmptyBody;
@@ -553,6 +607,7 @@ export interface OkBodies {
   READ_PAGES: ReadPagesOk;
   SNAPSHOT: SnapshotOk;
   SNAPSHOT_READ: SnapshotReadOk;
+  STATUS: StatusOk;
 }
 
 /** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
@@ -696,6 +751,8 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         offset: req.offset,
         length: req.length,
       });
+    case 'STATUS':
+      return encodeFrame(MessageType.STATUS, requestId, groupId, {});
     default:
       throw invalidArgument(`unknown request type ${describeValue((req as { type: unknown }).type)}`);
   }
@@ -813,6 +870,33 @@ export function encodeOk<T extends RequestType>(
     case 'SNAPSHOT_READ': {
       const r = b as SnapshotReadOk;
       return encodeFrame(MessageType.OK, requestId, groupId, { offset: r.offset }, payload ?? r.payload);
+    }
+    case 'STATUS': {
+      const r = b as StatusOk;
+      header = {
+        serverId: r.serverId,
+        clusterId: r.clusterId,
+        role: r.role,
+        leader: r.leader,
+        term: r.term,
+        commitIndex: r.commitIndex,
+        appliedIndex: r.appliedIndex,
+        lastIndex: r.lastIndex,
+        members: r.members,
+        progress: r.progress,
+        walFiles: r.walFiles,
+        walBytes: r.walBytes,
+        snapshotFiles: r.snapshotFiles,
+        snapshotBytes: r.snapshotBytes,
+        snapshotIndex: r.snapshotIndex,
+        sessions: r.sessions,
+        objects: r.objects,
+        logs: r.logs,
+        locks: r.locks.slice(0, MAX_STATUS_LOCKS),
+        lockedObjects: r.lockedObjects,
+        fsync: r.fsync,
+      };
+      break;
     }
     case 'READ_PAGES': {
       const r = b as OkBodyInput<'READ_PAGES'>;
@@ -1084,6 +1168,11 @@ REQUEST_DECODERS[MessageType.SNAPSHOT_READ] = (h, payload) => {
   };
 };
 
+REQUEST_DECODERS[MessageType.STATUS] = (_h, payload) => {
+  noPayload(payload);
+  return { type: 'STATUS' };
+};
+
 REQUEST_DECODERS[MessageType.LOG_TRUNCATE] = (h, payload) => {
   noPayload(payload);
   return {
@@ -1184,14 +1273,7 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
   GOODBYE: emptyOk,
   MEMBERSHIP: (h, payload) => {
     noPayload(payload);
-    const members = arrayField(h.members, 'members').map((m, i) => {
-      const pair = arrayField(m, `members[${i}]`);
-      if (pair.length !== 2) throw invalidArgument(`members[${i}] must be [id, address]`);
-      const id = stringField(pair[0], `members[${i}].id`, 1, 64);
-      const address = optionalField(pair[1], `members[${i}].address`, (v, f) => stringField(v, f, 3, 261));
-      return [id, address] as [string, string | null];
-    });
-    return { members, leader: stringField(h.leader, 'leader', 1, 64) };
+    return { members: membersField(h.members), leader: stringField(h.leader, 'leader', 1, 64) };
   },
   LOG_APPEND: (h, payload) => {
     noPayload(payload);
@@ -1235,7 +1317,67 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
     checkPagesPayload(object.size, pages, payload.length);
     return { object, pages, payload };
   },
+  STATUS: (h, payload) => {
+    noPayload(payload);
+    const role = h.role;
+    if (!(MEMBER_ROLES as readonly unknown[]).includes(role))
+      throw invalidArgument(`role must be one of ${MEMBER_ROLES.join(', ')}; got ${describeValue(role)}`);
+    const progress = arrayField(h.progress, 'progress').map((p, i) => {
+      const pair = arrayField(p, `progress[${i}]`);
+      if (pair.length !== 2) throw invalidArgument(`progress[${i}] must be [id, matchIndex]`);
+      return [
+        stringField(pair[0], `progress[${i}].id`, 1, 64),
+        uintField(pair[1], `progress[${i}].match`),
+      ] as [string, number];
+    });
+    const locks = arrayField(h.locks, 'locks').map((l, i) => {
+      const entry = arrayField(l, `locks[${i}]`);
+      if (entry.length !== 4) throw invalidArgument(`locks[${i}] must be [name, mode, holders, waiting]`);
+      return [
+        validateName(entry[0], `locks[${i}].name`),
+        validateMode(entry[1], `locks[${i}].mode`),
+        uintField(entry[2], `locks[${i}].holders`),
+        uintField(entry[3], `locks[${i}].waiting`),
+      ] as LockedObject;
+    });
+    if (locks.length > MAX_STATUS_LOCKS)
+      throw invalidArgument(`locks lists ${locks.length} objects; at most ${MAX_STATUS_LOCKS}`);
+    return {
+      serverId: stringField(h.serverId, 'serverId', 1, MAX_NAME_BYTES),
+      clusterId: stringField(h.clusterId, 'clusterId', 1, MAX_NAME_BYTES),
+      role: role as MemberRole,
+      leader: optionalField(h.leader, 'leader', (v, f) => stringField(v, f, 1, 64)),
+      term: uintField(h.term, 'term'),
+      commitIndex: uintField(h.commitIndex, 'commitIndex'),
+      appliedIndex: uintField(h.appliedIndex, 'appliedIndex'),
+      lastIndex: uintField(h.lastIndex, 'lastIndex'),
+      members: membersField(h.members),
+      progress,
+      walFiles: uintField(h.walFiles, 'walFiles'),
+      walBytes: uintField(h.walBytes, 'walBytes'),
+      snapshotFiles: uintField(h.snapshotFiles, 'snapshotFiles'),
+      snapshotBytes: uintField(h.snapshotBytes, 'snapshotBytes'),
+      snapshotIndex: uintField(h.snapshotIndex, 'snapshotIndex'),
+      sessions: uintField(h.sessions, 'sessions'),
+      objects: uintField(h.objects, 'objects'),
+      logs: uintField(h.logs, 'logs'),
+      locks,
+      lockedObjects: uintField(h.lockedObjects, 'lockedObjects', locks.length),
+      fsync: stringField(h.fsync, 'fsync', 1, 16),
+    };
+  },
 };
+
+/** `[id, address]` pairs of members (MEMBERSHIP, STATUS). */
+function membersField(value: unknown): [string, string | null][] {
+  return arrayField(value, 'members').map((m, i) => {
+    const pair = arrayField(m, `members[${i}]`);
+    if (pair.length !== 2) throw invalidArgument(`members[${i}] must be [id, address]`);
+    const id = stringField(pair[0], `members[${i}].id`, 1, 64);
+    const address = optionalField(pair[1], `members[${i}].address`, (v, f) => stringField(v, f, 3, 261));
+    return [id, address] as [string, string | null];
+  });
+}
 
 function emptyOk(_h: Header, payload: Buffer): EmptyBody {
   noPayload(payload);

@@ -128,6 +128,7 @@ const sampleRequests: Request[] = [
   { type: 'READ_PAGES', objectId: 7, version: 4, pages: [0, 2, 9], waitMs: 1000 },
   { type: 'SNAPSHOT' },
   { type: 'SNAPSHOT_READ', id: 3, offset: 1 << 20, length: 16 * 1024 * 1024 },
+  { type: 'STATUS' },
 ];
 
 /** A request as decoding returns it: payloads as Buffers, absent optional fields at their defaults. */
@@ -533,6 +534,32 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
   READ_PAGES: { object: record, pages: [1], payload: Buffer.alloc(4096, 3) },
   SNAPSHOT: { id: 1, bytes: 123_456, index: 77, term: 3 },
   SNAPSHOT_READ: { offset: 4096, payload: Buffer.from('chunk') },
+  STATUS: {
+    serverId: 's1',
+    clusterId: 'c1',
+    role: 'leader',
+    leader: 's1',
+    term: 3,
+    commitIndex: 120,
+    appliedIndex: 119,
+    lastIndex: 121,
+    members: [
+      ['s1', '127.0.0.1:7401'],
+      ['s2', null],
+    ],
+    progress: [['s2', 100]],
+    walFiles: 1,
+    walBytes: 65536,
+    snapshotFiles: 1,
+    snapshotBytes: 8192,
+    snapshotIndex: 100,
+    sessions: 2,
+    objects: 5,
+    logs: 1,
+    locks: [['counter', 'write', 1, 2]],
+    lockedObjects: 1,
+    fsync: 'batch',
+  },
 };
 
 test('every OK body round trips', (t) => {
@@ -653,6 +680,11 @@ test('bad answers are PROTOCOL errors naming the field', (t) => {
     ],
     ['ACQUIRE', okFrame({ object: record, token: 1, pages: [2] }, Buffer.alloc(4096)), 'need 1808'],
     ['ACQUIRE', okFrame({ object: record, token: 1, pages: [] }, Buffer.alloc(1)), 'need 0'],
+    ['STATUS', okFrame({ ...sampleOks.STATUS, role: 'boss' }), 'role must be one of'],
+    ['STATUS', okFrame({ ...sampleOks.STATUS, locks: [['x', 'write', 1]] }), 'locks[0]'],
+    ['STATUS', okFrame({ ...sampleOks.STATUS, locks: [['x', 'own', 1, 0]] }), 'locks[0].mode'],
+    ['STATUS', okFrame({ ...sampleOks.STATUS, lockedObjects: 0 }), 'lockedObjects'],
+    ['STATUS', okFrame({ ...sampleOks.STATUS, progress: [['s2']] }), 'progress[0]'],
   ];
   for (const [type, frame, includes] of cases) {
     throwsCode(t, () => decodeOk(type, frame), 'PROTOCOL', [`bad OK answer to ${type}`, includes]);

@@ -138,6 +138,17 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     }
     peers.setMembers(core.members);
     node.peerHandler = (msg) => raftLog!.receive(msg);
+    node.raftStatus = () => ({
+      role: core.role,
+      leader: core.leader,
+      term: core.term,
+      commitIndex: core.commitIndex,
+      lastIndex: core.lastIndex,
+      progress:
+        core.role === 'leader'
+          ? core.members.filter((id) => id !== opts.id).map((id) => [id, core.progress(id)?.match ?? 0])
+          : [],
+    });
     node.onClose(() => peers.close());
     raftLog!.start();
     return node;

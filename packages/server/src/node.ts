@@ -6,6 +6,8 @@
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Socket as UdpSocket } from 'node:dgram';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import {
   type AcquireRequest,
   DEFAULT_SEGMENT_BYTES,
@@ -15,16 +17,20 @@ import {
   encodeOk,
   grantPayloadBytes,
   type HelloRequest,
+  type LockedObject,
   type LogAppendRequest,
   type LogReadRequest,
   MAX_FRAME_BYTES,
   MAX_LOG_BATCH_RECORDS,
   MAX_OBJECT_BYTES,
+  MAX_STATUS_LOCKS,
+  type MemberRole,
   PAGE_BYTES,
   pageCount,
   type ReadPagesRequest,
   type ReleaseRequest,
   SegmemError,
+  type StatusOk,
 } from '@segmem/protocol';
 import { DEFAULT_CONFIG, parseSegmentBytes } from './config.js';
 import type { Command, Grant, LockMode, Outcome, Result } from './core/commands.js';
@@ -37,7 +43,8 @@ import { type LogStats, type MetricsSink, NO_METRICS, type NodeStats, timedWalIo
 import { type ConsolidatedExport, encodeConsolidated } from './storage/consolidated.js';
 import { DataDir } from './storage/datadir.js';
 import { describeLocalRecovery } from './storage/local-storage.js';
-import type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
+import { isSnapshotName, SNAPSHOT_DIR } from './storage/snapshot-file.js';
+import { type FsyncPolicy, isSegmentFileName, type RecoveryReport } from './storage/wal.js';
 
 /** An unread consolidated snapshot is dropped after this long without a SNAPSHOT_READ. */
 const SNAPSHOT_EXPORT_IDLE_MS = 60_000;
@@ -349,6 +356,48 @@ export class SegmemNode {
 
   /** Receives consensus messages from peers (cluster mode only). */
   peerHandler: ((msg: Message) => void) | null = null;
+
+  /** Cluster mode: the consensus core's position, for STATUS (set by cluster.ts). */
+  raftStatus: (() => RaftStatus) | null = null;
+
+  /** STATUS: where this member stands; any member answers, leader or not. */
+  async statusReport(): Promise<StatusOk> {
+    const sm = this.sm;
+    const applied = this.log.appliedPosition().index;
+    const raft: RaftStatus = this.raftStatus?.() ?? {
+      role: 'leader',
+      leader: this.id,
+      term: 0,
+      commitIndex: applied,
+      lastIndex: applied,
+      progress: [],
+    };
+    const locked = sm.lockedObjects().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const locks: LockedObject[] = locked.slice(0, MAX_STATUS_LOCKS).map((obj) => {
+      const writing = obj.writer !== 0;
+      return [obj.name, writing ? 'write' : 'read', writing ? 1 : obj.readers, obj.queue.length];
+    });
+    const wal = await filesIn(this.dataDir.walDir, isSegmentFileName, false);
+    const snaps = await filesIn(join(this.dataDir.dir, SNAPSHOT_DIR), isSnapshotName, true);
+    return {
+      serverId: this.id,
+      clusterId: this.clusterId,
+      ...raft,
+      appliedIndex: applied,
+      members: this.log.membersWithAddresses?.() ?? [[this.id, null]],
+      walFiles: wal.files,
+      walBytes: wal.bytes,
+      snapshotFiles: snaps.files,
+      snapshotBytes: snaps.bytes,
+      snapshotIndex: snaps.newest ? Number(snaps.newest.slice(21, 41)) : 0,
+      sessions: sm.sessionIds().length,
+      objects: sm.objectCount(),
+      logs: sm.logCount(),
+      locks,
+      lockedObjects: locked.length,
+      fsync: this.opts.fsync ?? 'batch',
+    };
+  }
 
   /** Checks a peer's PEER_HELLO; throws UNAUTHORIZED for another cluster or a misdirected peer. */
   acceptPeer(hello: {
@@ -1024,6 +1073,38 @@ export class SegmemNode {
     await this.log.close();
     await this.dataDir.close();
   }
+}
+
+/** The consensus position STATUS reports (a single server: the leader of its own group, term 0). */
+export interface RaftStatus {
+  role: MemberRole;
+  leader: string | null;
+  term: number;
+  commitIndex: number;
+  lastIndex: number;
+  /** The leader only: `[id, matchIndex]` of every other member. */
+  progress: [string, number][];
+}
+
+/** How many files in `dir` match `isName`, their bytes (allocated on disk when `allocated`), the last name. */
+async function filesIn(
+  dir: string,
+  isName: (name: string) => boolean,
+  allocated: boolean,
+): Promise<{ files: number; bytes: number; newest: string | null }> {
+  let names: string[];
+  try {
+    names = (await readdir(dir)).filter(isName).sort();
+  } catch {
+    return { files: 0, bytes: 0, newest: null };
+  }
+  let bytes = 0;
+  for (const name of names) {
+    // A file deleted meanwhile (a compaction) just does not count.
+    const st = await stat(join(dir, name)).catch(() => null);
+    if (st) bytes += allocated ? st.blocks * 512 : st.size;
+  }
+  return { files: names.length, bytes, newest: names[names.length - 1] ?? null };
 }
 
 /** The bytes of the listed pages, copied once into the outgoing payload (the object may change before the socket drains). */

@@ -1,171 +1,283 @@
 /**
  * A minimal protocol client for operator commands (the server package must not depend on the client
- * SDK): opens a session on the group's leader, following redirects, runs one request, says goodbye.
+ * SDK): a session on the group's leader, found by following redirects, that resumes itself on another
+ * connection so retried requests apply once; and one-shot STATUS questions to any member.
+ *
+ * Every wait is bounded: reaching a leader (dialling, the handshake, redirects, an election) by the
+ * caller's `timeoutMs`, an answer by the time the request may take on the server plus `timeoutMs`.
  */
 import { connect as netConnect, type Socket } from 'node:net';
 import {
+  decodeError,
   decodeResponse,
   encodeRequest,
   type Frame,
   FrameDecoder,
+  MessageType,
   type OkBodies,
   PROTOCOL_VERSION,
+  parseHostPort,
   type Request,
   SegmemError,
+  type StatusOk,
 } from '@segmem/protocol';
-import { parseHostPort } from '../shell/tcp.js';
 
+export interface AdminOptions {
+  /** host:port of some members; the leader is found from any of them. */
+  servers: string[];
+  /** How long to try to reach a leader, and how long an answer may be late. */
+  timeoutMs: number;
+  /** The credential the servers require (config `token`), or null. */
+  token: string | null;
+}
+
+/** How long the servers keep an operator's session (and its locks) after it vanished without GOODBYE. */
+const ADMIN_SESSION_TIMEOUT_MS = 5000;
+/** The least time one attempt to reach an address gets (dial and handshake). */
+const MIN_ATTEMPT_MS = 200;
+/** Pause after every listed address failed once, before dialling them again. */
+const RETRY_PAUSE_MS = 100;
+
+type Answer<T extends Request['type']> = OkBodies[T];
+
+/** One connection: requests matched to answers by request id, each with its own deadline. */
 class Conn {
   private readonly decoder = new FrameDecoder();
-  private readonly frames: Frame[] = [];
-  /** Calls waiting for a frame (several may be in flight: answers are matched by request id). */
-  private readonly waiters = new Set<() => void>();
-  private closed = false;
+  private readonly pending = new Map<number, (frame: Frame | SegmemError) => void>();
   private nextId = 1;
+  private closedWith: SegmemError | null = null;
 
-  private constructor(private readonly socket: Socket) {
+  private constructor(
+    private readonly socket: Socket,
+    readonly address: string,
+  ) {
     socket.on('data', (chunk: Buffer) => {
-      for (const f of this.decoder.push(chunk)) this.frames.push(f);
-      this.wakeAll();
+      let frames: Frame[];
+      try {
+        frames = this.decoder.push(chunk);
+      } catch (err) {
+        this.fail(asSegmemError(err, 'PROTOCOL'));
+        return;
+      }
+      for (const f of frames) {
+        if (f.requestId !== 0) {
+          const answer = this.pending.get(f.requestId);
+          this.pending.delete(f.requestId);
+          answer?.(f);
+        } else if (f.type === MessageType.ERROR) {
+          // A frame-level error: the server closes the connection after it.
+          this.fail(decodeError(f));
+        }
+        // Anything else with id 0 is an INVALIDATE push: an operator command caches nothing.
+      }
     });
-    socket.on('close', () => {
-      this.closed = true;
-      this.wakeAll();
-    });
+    socket.on('close', () =>
+      this.fail(new SegmemError('UNAVAILABLE', `${address} closed the connection`, { reason: 'CLOSED' })),
+    );
     socket.on('error', () => {});
   }
 
-  static open(address: string, timeoutMs: number): Promise<Conn> {
+  /** Dials `address`; fails with a one-line reason by `deadline` at the latest. */
+  static open(address: string, deadline: number): Promise<Conn> {
     const { host, port } = parseHostPort(address, 'server address');
     return new Promise((resolve, reject) => {
       const s = netConnect({ host, port });
-      const timer = setTimeout(() => s.destroy(new Error(`connect to ${address} timed out`)), timeoutMs);
+      const timer = setTimeout(
+        () => {
+          s.destroy();
+          reject(new SegmemError('UNAVAILABLE', 'connect timed out', { reason: 'TIMEOUT' }));
+        },
+        Math.max(0, deadline - Date.now()),
+      );
       s.once('connect', () => {
         clearTimeout(timer);
-        resolve(new Conn(s));
+        resolve(new Conn(s, address));
       });
-      s.once('error', (err) => {
+      s.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
-        reject(err);
+        reject(new SegmemError('UNAVAILABLE', describeSocketError(err), { reason: err.code ?? 'ERROR' }));
       });
     });
   }
 
-  async call<T extends Request['type']>(
-    req: Extract<Request, { type: T }>,
-    timeoutMs: number,
-  ): Promise<OkBodies[T]> {
+  call<T extends Request['type']>(req: Extract<Request, { type: T }>, timeoutMs: number): Promise<Answer<T>> {
+    if (this.closedWith) return Promise.reject(this.closedWith);
     const id = this.nextId++;
-    for (const p of encodeRequest(req, id)) this.socket.write(p);
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const i = this.frames.findIndex((f) => f.requestId === id || f.requestId === 0);
-      if (i >= 0) return decodeResponse(req.type, this.frames.splice(i, 1)[0]!);
-      if (this.closed) throw new SegmemError('UNAVAILABLE', 'the server closed the connection');
-      if (Date.now() > deadline)
-        throw new SegmemError('TIMEOUT', `no answer to ${req.type} within ${timeoutMs} ms`);
-      await new Promise<void>((r) => {
-        this.waiters.add(r);
-        setTimeout(r, 50);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(
+          new SegmemError('TIMEOUT', `no answer to ${req.type} from ${this.address} within ${timeoutMs} ms`, {
+            reason: 'NO_ANSWER',
+            request: req.type,
+          }),
+        );
+      }, timeoutMs);
+      this.pending.set(id, (f) => {
+        clearTimeout(timer);
+        if (f instanceof SegmemError) reject(f);
+        else {
+          try {
+            resolve(decodeResponse(req.type, f));
+          } catch (err) {
+            reject(err);
+          }
+        }
       });
-    }
+      for (const p of encodeRequest(req, id)) this.socket.write(p);
+    });
   }
 
-  private wakeAll(): void {
-    const waiting = [...this.waiters];
-    this.waiters.clear();
-    for (const w of waiting) w();
+  /** Sends `req` without waiting for its answer (keepalives). */
+  send(req: Request): void {
+    if (this.closedWith) return;
+    const id = this.nextId++;
+    this.pending.set(id, () => {});
+    for (const p of encodeRequest(req, id)) this.socket.write(p);
+  }
+
+  get closed(): boolean {
+    return this.closedWith !== null;
+  }
+
+  private fail(err: SegmemError): void {
+    if (this.closedWith) return;
+    this.closedWith = err;
+    const waiting = [...this.pending.values()];
+    this.pending.clear();
+    for (const w of waiting) w(err);
+    this.socket.destroy();
   }
 
   close(): void {
-    this.socket.destroy();
+    this.fail(new SegmemError('CLOSED', 'closed'));
   }
 }
 
 /**
- * A session on the leader of the group reachable at `servers`, for operator commands: each call goes to
- * the leader, following redirects and re-dialling (a new session) when the connection is lost.
+ * A session on the leader of the group reachable at `servers`, for operator commands. Each call goes to
+ * the leader; a lost connection is replaced and the session resumed on it, so a request re-sent with the
+ * same sequence number is applied once.
  */
 export class AdminSession {
   private conn: Conn | null = null;
-  private clusterId = '';
+  private clusterIdSeen = '';
   private readonly queue: string[];
+  private session: { id: number; secret: string } | null = null;
+  /** True once a session was lost (expired while away): an earlier request's fate is then unknown. */
+  private sessionLost = false;
+  private keepalive: NodeJS.Timeout | null = null;
+  private seq = 0;
 
-  constructor(private readonly servers: string[]) {
-    this.queue = [...servers];
+  constructor(private readonly opts: AdminOptions) {
+    if (opts.servers.length === 0) throw new SegmemError('INVALID_ARGUMENT', 'no server address given');
+    this.queue = [...opts.servers];
   }
 
-  /** Runs `req` on the leader; `timeoutMs` bounds the whole attempt, retries included. */
+  get clusterId(): string {
+    return this.clusterIdSeen;
+  }
+
+  /** The next sequence number of this session's mutations (exactly-once retries). */
+  nextSeq(): number {
+    return ++this.seq;
+  }
+
+  /**
+   * Runs `req` on the leader. `serverMs`: how long the request may take on the server (a held read, a lock
+   * wait, building a snapshot) on top of the timeout.
+   */
   async call<T extends Request['type']>(
     req: Extract<Request, { type: T }>,
-    timeoutMs = 15_000,
-  ): Promise<OkBodies[T] & { clusterId: string }> {
-    const deadline = Date.now() + timeoutMs;
-    let lastError: unknown;
-    const tried: string[] = [];
-    /** Whether an earlier attempt sent the request and lost the connection before the answer. */
+    serverMs = 0,
+  ): Promise<Answer<T>> {
+    const timeoutMs = this.opts.timeoutMs;
+    let reachBy = Date.now() + timeoutMs;
+    const tried = new Map<string, string>();
+    /** Whether an attempt sent the request and lost the connection before its answer. */
     let uncertain = false;
-    while (Date.now() < deadline) {
-      const address = this.queue[0] ?? this.servers[0]!;
-      try {
-        const conn = await this.connected(address);
-        let answer: OkBodies[T];
+    let failuresInARow = 0;
+    for (;;) {
+      const address = this.queue[0]!;
+      let conn = this.conn;
+      if (!conn) {
+        if (Date.now() >= reachBy) throw unreachable(tried, timeoutMs);
         try {
-          answer = await conn.call(req, Math.max(1000, deadline - Date.now()));
+          // A silent member (paused, wedged) must not use up the time the other addresses need.
+          const share = this.queue.length > 1 ? Math.max(MIN_ATTEMPT_MS, timeoutMs / 2) : timeoutMs;
+          conn = await this.connect(address, Math.min(reachBy, Date.now() + share));
+          failuresInARow = 0;
         } catch (err) {
-          // A lost connection, or a leader that lost leadership with the change in its log: it may be done.
-          if (SegmemError.is(err) && err.code === 'UNAVAILABLE') {
-            if (err.details?.reason !== 'NOT_LEADER' || err.details?.maybeApplied === true) uncertain = true;
-          }
-          throw err;
-        }
-        return { ...answer, clusterId: this.clusterId };
-      } catch (err) {
-        lastError = err;
-        this.drop();
-        if (process.env.SEGMEM_DEBUG) tried.push(`${address}: ${(err as Error).message}`);
-        const details = SegmemError.is(err) ? err.details : undefined;
-        if (details?.reason === 'NOT_LEADER' && typeof details.address === 'string') {
-          this.prefer(details.address);
+          tried.set(address, reasonOf(err));
+          if (!isRetriable(err)) throw err;
+          const redirect = redirectOf(err);
+          if (redirect) this.prefer(redirect);
+          else this.queue.push(this.queue.shift()!);
+          // Every address failed once (or no leader is elected yet): pause before the next round.
+          if (!redirect && ++failuresInARow % this.queue.length === 0)
+            await sleep(Math.min(RETRY_PAUSE_MS, Math.max(0, reachBy - Date.now())));
           continue;
         }
-        this.queue.push(this.queue.shift()!);
-        if (details?.reason === 'NOT_LEADER') {
-          await new Promise((r) => setTimeout(r, 200)); // an election is under way
-        } else if (SegmemError.is(err) && err.code !== 'UNAVAILABLE') {
-          // Tell the caller whether an earlier attempt may have done the work (its answer was lost).
-          throw uncertain ? new SegmemError(err.code, err.message, { ...err.details, retried: true }) : err;
+      }
+      try {
+        return await conn.call(req, serverMs + timeoutMs);
+      } catch (err) {
+        this.drop();
+        const redirect = redirectOf(err);
+        if (SegmemError.is(err) && err.code === 'UNAVAILABLE') {
+          tried.set(conn.address, reasonOf(err));
+          // Lost on the way, or a leader deposed with the request in its log: it may have been applied.
+          if (!redirect || err.details?.maybeApplied === true) uncertain = true;
+          if (redirect) this.prefer(redirect);
+          else this.queue.push(this.queue.shift()!);
+          reachBy = Date.now() + timeoutMs;
+          continue;
         }
+        throw uncertain || this.sessionLost ? markRetried(err) : err;
       }
     }
-    if (process.env.SEGMEM_DEBUG) process.stderr.write(`${tried.join('\n')}\n`);
-    throw lastError instanceof Error ? lastError : new SegmemError('UNAVAILABLE', 'no leader reachable');
   }
 
-  /** Says goodbye (the session ends at once) and closes. */
+  /** Says goodbye (the session, and any lock it holds, ends at once) and closes. */
   async close(): Promise<void> {
-    if (this.conn) await this.conn.call({ type: 'GOODBYE' }, 2000).catch(() => {});
+    const conn = this.conn;
+    if (conn && !conn.closed)
+      await conn.call({ type: 'GOODBYE' }, Math.min(this.opts.timeoutMs, 1000)).catch(() => {});
     this.drop();
   }
 
-  private async connected(address: string): Promise<Conn> {
-    if (this.conn) return this.conn;
-    const conn = await Conn.open(address, 2000);
+  private async connect(address: string, deadline: number): Promise<Conn> {
+    const conn = await Conn.open(address, deadline);
     try {
       const hello = await conn.call(
-        { type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000, clientName: 'segmem cli' },
-        5000,
+        {
+          type: 'HELLO',
+          protocol: PROTOCOL_VERSION,
+          token: this.opts.token,
+          sessionTimeoutMs: ADMIN_SESSION_TIMEOUT_MS,
+          clientName: 'segmem cli',
+          resumeSessionId: this.session?.id ?? null,
+          resumeSecret: this.session?.secret ?? null,
+        },
+        Math.max(1, deadline - Date.now()),
       );
-      this.clusterId = hello.clusterId;
+      if (this.session && !hello.resumed) this.sessionLost = true;
+      this.session = { id: hello.sessionId, secret: hello.sessionSecret };
+      this.clusterIdSeen = hello.clusterId;
+      this.conn = conn;
+      // Keepalives beside a long wait (a followed log), so the session outlives it.
+      this.keepalive = setInterval(() => conn.send({ type: 'KEEPALIVE' }), hello.keepaliveMs);
+      this.keepalive.unref();
+      return conn;
     } catch (err) {
       conn.close();
       throw err;
     }
-    this.conn = conn;
-    return conn;
   }
 
   private drop(): void {
+    if (this.keepalive) clearInterval(this.keepalive);
+    this.keepalive = null;
     this.conn?.close();
     this.conn = null;
   }
@@ -177,16 +289,101 @@ export class AdminSession {
   }
 }
 
-/** Runs `req` on the leader of the group reachable at `servers`, in a session of its own. */
+/** Runs `req` on the leader of the group reachable at `opts.servers`, in a session of its own. */
 export async function adminCall<T extends Request['type']>(
-  servers: string[],
+  opts: AdminOptions,
   req: Extract<Request, { type: T }>,
-  timeoutMs = 15_000,
-): Promise<OkBodies[T] & { clusterId: string }> {
-  const session = new AdminSession(servers);
+): Promise<Answer<T> & { clusterId: string }> {
+  const session = new AdminSession(opts);
   try {
-    return await session.call(req, timeoutMs);
+    const answer = await session.call(req);
+    return { ...answer, clusterId: session.clusterId };
   } finally {
     await session.close();
   }
+}
+
+/**
+ * Asks the member at `address` where it stands (STATUS on a page-reader connection: any member answers,
+ * leader or not, without a session). Fails within `timeoutMs` with a one-line reason.
+ */
+export async function memberStatus(
+  address: string,
+  opts: { timeoutMs: number; token: string | null },
+): Promise<StatusOk> {
+  const deadline = Date.now() + opts.timeoutMs;
+  const conn = await Conn.open(address, deadline);
+  try {
+    await conn.call(
+      {
+        type: 'HELLO',
+        protocol: PROTOCOL_VERSION,
+        token: opts.token,
+        sessionTimeoutMs: ADMIN_SESSION_TIMEOUT_MS,
+        clientName: 'segmem status',
+        pageReader: true,
+      },
+      Math.max(1, deadline - Date.now()),
+    );
+    return await conn.call({ type: 'STATUS' }, Math.max(1, deadline - Date.now()));
+  } finally {
+    conn.close();
+  }
+}
+
+/** What went wrong with one address, in a few words (`connection refused`, `not the leader; ...`). */
+export function reasonOf(err: unknown): string {
+  if (SegmemError.is(err)) {
+    if (err.details?.reason === 'NO_ANSWER') return `no answer to ${err.details.request}`;
+    return err.message;
+  }
+  return (err as Error)?.message ?? String(err);
+}
+
+function unreachable(tried: Map<string, string>, timeoutMs: number): SegmemError {
+  const list = [...tried].map(([address, why]) => `${address} (${why})`).join(', ');
+  return new SegmemError('UNAVAILABLE', `no leader reachable within ${timeoutMs} ms: tried ${list}`, {
+    tried: Object.fromEntries(tried),
+  });
+}
+
+/** A follower's answer naming the leader's address. */
+function redirectOf(err: unknown): string | null {
+  if (!SegmemError.is(err) || err.details?.reason !== 'NOT_LEADER') return null;
+  return typeof err.details.address === 'string' ? err.details.address : null;
+}
+
+/** Failures another address or a later attempt may cure: unreachable, not the leader, no answer yet. */
+function isRetriable(err: unknown): boolean {
+  return SegmemError.is(err) && (err.code === 'UNAVAILABLE' || err.code === 'TIMEOUT');
+}
+
+function markRetried(err: unknown): unknown {
+  if (!SegmemError.is(err)) return err;
+  return new SegmemError(err.code, err.message, { ...err.details, retried: true });
+}
+
+function describeSocketError(err: NodeJS.ErrnoException): string {
+  switch (err.code) {
+    case 'ECONNREFUSED':
+      return 'connection refused';
+    case 'ECONNRESET':
+      return 'connection reset';
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+      return 'host unreachable';
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return 'unknown host';
+    default:
+      return err.message;
+  }
+}
+
+function asSegmemError(err: unknown, code: 'PROTOCOL'): SegmemError {
+  return SegmemError.is(err) ? err : new SegmemError(code, (err as Error)?.message ?? String(err));
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
 }

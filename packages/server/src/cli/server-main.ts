@@ -1,102 +1,130 @@
 /**
  * segmem-server: runs one server in the foreground. Prints `segmem-server <id> ready on <host:port>`
- * once it serves; SIGTERM or SIGINT shut it down cleanly (exit 0).
+ * once it serves; SIGTERM or SIGINT shut it down cleanly (exit 0). A failure to start is one line on
+ * stderr, `segmem-server: <message> (<CODE>)`, and exit code 1; a usage mistake adds the usage line.
  */
 import { resolve } from 'node:path';
-import { SegmemError } from '@segmem/protocol';
 import {
+  DEFAULT_CONFIG,
   loadConfigFile,
   parseConsolidatedIntervalMs,
   parseConsolidatedKeep,
   parseNonNegativeInteger,
   parsePeers,
 } from '../config.js';
-import { startServer } from '../index.js';
-import { parseArgs } from './args.js';
+import { type StartServerOptions, startServer } from '../index.js';
+import { type CommandSpec, helpText, parseCommand, synopsis, UsageError } from './args.js';
+import { describe, versionLine } from './common.js';
 
-const USAGE = `usage: segmem-server --id ID --listen HOST:PORT --data DIR [--peers ID=HOST:PORT,...] [--fsync always|batch|none]
-                     [--segment-bytes N] [--snapshot-every-entries N] [--snapshot-interval-ms MS]
-                     [--consolidated-dir DIR [--consolidated-interval-ms MS] [--consolidated-keep N]]
-                     [--repair] [--join --cluster-id ID] [--metrics HOST:PORT]
-       segmem-server --config segmem.json --id ID [--data DIR] [--fsync ...]`;
+/** Every option of segmem-server; docs/operations.md has the same table (a test compares them). */
+export const SERVER_COMMAND: CommandSpec = {
+  name: 'segmem-server',
+  args: [],
+  summary: 'run one segmem server in the foreground',
+  description: `Runs one server in the foreground: segmem-server --id ID --listen HOST:PORT --data DIR
+    [--peers ...], or segmem-server --config FILE --id ID with the rest in the config file (options given
+    override it). Prints "segmem-server ID ready on HOST:PORT" on stdout once it serves, recovery reports and
+    warnings on stderr. SIGTERM or SIGINT stop it cleanly (exit 0); SIGUSR2 prints a status line on stderr.
+    A failure to start prints "segmem-server: <message> (<CODE>)" and exits 1.`,
+  options: [
+    { name: 'id', value: 'ID', help: 'server id, 1..64 characters of [A-Za-z0-9._-] (required)' },
+    {
+      name: 'listen',
+      value: 'HOST:PORT',
+      help: 'TCP (and UDP) address to listen on; port 0 picks a free one',
+      default: "the config file's servers[ID]",
+    },
+    {
+      name: 'data',
+      value: 'DIR',
+      help: 'data directory, created if missing',
+      default: "the config file's dataDir",
+    },
+    {
+      name: 'peers',
+      value: 'ID=HOST:PORT,...',
+      help: 'every member of the group, this server included: makes it a member of a replicated group',
+      default: "the config file's servers; none: one server",
+    },
+    {
+      name: 'fsync',
+      value: 'always|batch|none',
+      choices: ['always', 'batch', 'none'],
+      help: 'WAL durability policy',
+      default: 'batch',
+    },
+    { name: 'config', value: 'FILE', help: 'JSON config file (see docs/operations.md)' },
+    {
+      name: 'segment-bytes',
+      value: 'N',
+      help: 'segment size for a new data directory: a multiple of 4096, 4096..2^46',
+      default: String(DEFAULT_CONFIG.segmentBytes),
+    },
+    {
+      name: 'cluster-id',
+      value: 'ID',
+      help: 'the cluster id a new data directory gets, or an existing one must have',
+      default: 'derived from --peers, or random for one server',
+    },
+    { name: 'join', help: 'start as a server waiting to be added to an existing group (segmem cluster add)' },
+    {
+      name: 'snapshot-every-entries',
+      value: 'N',
+      help: 'snapshot the state every N log entries and cut the WAL; 0: never by count',
+      default: String(DEFAULT_CONFIG.snapshotEveryEntries),
+    },
+    {
+      name: 'snapshot-interval-ms',
+      value: 'MS',
+      help: 'one server: also snapshot every MS ms if anything changed; 0: never by time',
+      default: String(DEFAULT_CONFIG.snapshotIntervalMs),
+    },
+    {
+      name: 'consolidated-dir',
+      value: 'DIR',
+      help: 'the leader writes consolidated snapshots into DIR on a schedule',
+      default: 'off',
+    },
+    {
+      name: 'consolidated-interval-ms',
+      value: 'MS',
+      help: 'how often, at least 1000',
+      default: String(DEFAULT_CONFIG.consolidatedIntervalMs),
+    },
+    {
+      name: 'consolidated-keep',
+      value: 'N',
+      help: 'how many of those files to keep, the newest; at least 1',
+      default: String(DEFAULT_CONFIG.consolidatedKeep),
+    },
+    {
+      name: 'repair',
+      help: 'one server: start even if the WAL is corrupt, truncating it at the first bad record; a cluster member also where healing by itself is not safe',
+    },
+    {
+      name: 'metrics',
+      value: 'HOST:PORT',
+      help: 'serve Prometheus metrics at /metrics and a health check at /health on this address',
+      default: "off, or the config file's metrics",
+    },
+  ],
+};
 
 export async function serverMain(argv: string[]): Promise<void> {
-  let args: ReturnType<typeof parseArgs>;
+  let opts: StartServerOptions;
   try {
-    args = parseArgs(argv, {
-      values: [
-        'id',
-        'listen',
-        'peers',
-        'data',
-        'config',
-        'fsync',
-        'segment-bytes',
-        'cluster-id',
-        'snapshot-every-entries',
-        'snapshot-interval-ms',
-        'consolidated-dir',
-        'consolidated-interval-ms',
-        'consolidated-keep',
-        'metrics',
-      ],
-      flags: ['repair', 'help', 'join'],
-    });
+    const p = parseCommand(SERVER_COMMAND, argv);
+    if (p.help) return void process.stdout.write(helpText(SERVER_COMMAND));
+    if (p.version) return void process.stdout.write(versionLine('segmem-server'));
+    opts = serverOptions(p.values, p.flags);
   } catch (err) {
     fail(err);
     return;
   }
-  if (args.flags.has('help')) {
-    process.stdout.write(`${USAGE}\n`);
-    return;
-  }
+  const id = opts.id;
   try {
-    const id = args.values.get('id');
-    if (!id) throw new SegmemError('INVALID_ARGUMENT', '--id is required');
-    const configPath = args.values.get('config');
-    const config = configPath ? loadConfigFile(configPath) : undefined;
-    const listen = args.values.get('listen') ?? config?.servers[id];
-    if (!listen)
-      throw new SegmemError(
-        'INVALID_ARGUMENT',
-        configPath ? `server "${id}" is not listed in ${configPath}` : '--listen is required',
-      );
-    const data = args.values.get('data') ?? config?.dataDir.replaceAll('{id}', id);
-    if (!data) throw new SegmemError('INVALID_ARGUMENT', '--data is required');
-    const peersArg = args.values.get('peers');
-    const segmentBytes = args.values.get('segment-bytes');
-    const fsync = args.values.get('fsync');
-    const snapshotEvery = args.values.get('snapshot-every-entries');
-    const snapshotInterval = args.values.get('snapshot-interval-ms');
     const server = await startServer({
-      id,
-      listen,
-      dataDir: resolve(data),
-      ...(configPath ? { config: configPath } : {}),
-      ...(peersArg ? { peers: parsePeers(peersArg) } : {}),
-      ...(fsync ? { fsync: fsync as never } : {}),
-      ...(segmentBytes ? { segmentBytes: Number(segmentBytes) } : {}),
-      ...(snapshotEvery !== undefined
-        ? { snapshotEveryEntries: parseNonNegativeInteger('--snapshot-every-entries', snapshotEvery) }
-        : {}),
-      ...(snapshotInterval !== undefined
-        ? { snapshotIntervalMs: parseNonNegativeInteger('--snapshot-interval-ms', snapshotInterval) }
-        : {}),
-      ...(args.values.get('consolidated-dir')
-        ? { consolidatedDir: resolve(args.values.get('consolidated-dir')!) }
-        : {}),
-      ...(args.values.has('consolidated-interval-ms')
-        ? {
-            consolidatedIntervalMs: parseConsolidatedIntervalMs(args.values.get('consolidated-interval-ms')),
-          }
-        : {}),
-      ...(args.values.has('consolidated-keep')
-        ? { consolidatedKeep: parseConsolidatedKeep(args.values.get('consolidated-keep')) }
-        : {}),
-      ...(args.flags.has('repair') ? { repair: true } : {}),
-      ...(args.flags.has('join') ? { join: true } : {}),
-      ...(args.values.get('cluster-id') ? { clusterId: args.values.get('cluster-id')! } : {}),
-      ...(args.values.has('metrics') ? { metrics: args.values.get('metrics')! } : {}),
+      ...opts,
       log: (line) => process.stderr.write(`segmem-server ${id}: ${line}\n`),
     });
     // Signal handlers first: a signal that arrives right after the ready line must find them.
@@ -107,7 +135,7 @@ export async function serverMain(argv: string[]): Promise<void> {
       server.close().then(
         () => process.exit(0),
         (err) => {
-          process.stderr.write(`segmem-server ${id}: shutdown failed: ${(err as Error).message}\n`);
+          process.stderr.write(`segmem-server ${id}: shutdown failed: ${describe(err)}\n`);
           process.exit(1);
         },
       );
@@ -127,10 +155,55 @@ export async function serverMain(argv: string[]): Promise<void> {
   }
 }
 
-function fail(err: unknown): void {
-  const message = SegmemError.is(err) ? `${err.message} (${err.code})` : String((err as Error)?.stack ?? err);
-  process.stderr.write(
-    `segmem-server: ${message}\n${SegmemError.is(err, 'INVALID_ARGUMENT') ? `${USAGE}\n` : ''}`,
+/** The command line as startServer options: a missing required value is a usage mistake. */
+function serverOptions(values: Map<string, string>, flags: Set<string>): StartServerOptions {
+  const usage = (message: string) => new UsageError(message, SERVER_COMMAND);
+  const id = values.get('id');
+  if (!id) throw usage('--id is required');
+  const configPath = values.get('config');
+  const config = configPath ? loadConfigFile(configPath) : undefined;
+  const listen = values.get('listen') ?? config?.servers[id];
+  if (!listen)
+    throw usage(configPath ? `server "${id}" is not listed in ${configPath}` : '--listen is required');
+  const data = values.get('data') ?? config?.dataDir.replaceAll('{id}', id);
+  if (!data) throw usage('--data is required');
+  const number = (name: string, parse: (v: string) => number) =>
+    values.has(name) ? parse(values.get(name)!) : undefined;
+  const segmentBytes = number('segment-bytes', Number);
+  const snapshotEveryEntries = number('snapshot-every-entries', (v) =>
+    parseNonNegativeInteger('--snapshot-every-entries', v),
   );
+  const snapshotIntervalMs = number('snapshot-interval-ms', (v) =>
+    parseNonNegativeInteger('--snapshot-interval-ms', v),
+  );
+  const consolidatedIntervalMs = number('consolidated-interval-ms', parseConsolidatedIntervalMs);
+  const consolidatedKeep = number('consolidated-keep', parseConsolidatedKeep);
+  const peers = values.get('peers');
+  return {
+    id,
+    listen,
+    dataDir: resolve(data),
+    ...(configPath ? { config: configPath } : {}),
+    ...(peers ? { peers: parsePeers(peers) } : {}),
+    ...(values.has('fsync') ? { fsync: values.get('fsync') as 'always' | 'batch' | 'none' } : {}),
+    ...(segmentBytes !== undefined ? { segmentBytes } : {}),
+    ...(snapshotEveryEntries !== undefined ? { snapshotEveryEntries } : {}),
+    ...(snapshotIntervalMs !== undefined ? { snapshotIntervalMs } : {}),
+    ...(values.has('consolidated-dir') ? { consolidatedDir: resolve(values.get('consolidated-dir')!) } : {}),
+    ...(consolidatedIntervalMs !== undefined ? { consolidatedIntervalMs } : {}),
+    ...(consolidatedKeep !== undefined ? { consolidatedKeep } : {}),
+    ...(flags.has('repair') ? { repair: true } : {}),
+    ...(flags.has('join') ? { join: true } : {}),
+    ...(values.has('cluster-id') ? { clusterId: values.get('cluster-id')! } : {}),
+    ...(values.has('metrics') ? { metrics: values.get('metrics')! } : {}),
+  };
+}
+
+function fail(err: unknown): void {
+  const usage =
+    err instanceof UsageError ? `usage: ${synopsis(SERVER_COMMAND)}\n(segmem-server --help for more)\n` : '';
+  process.stderr.write(`segmem-server: ${describe(err)}\n${usage}`);
+  if (process.env.SEGMEM_DEBUG && !(err instanceof UsageError))
+    process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
   process.exitCode = 1;
 }

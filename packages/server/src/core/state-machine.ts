@@ -887,6 +887,13 @@ export class StateMachine {
     return this.byId.get(id);
   }
 
+  /** Objects someone holds now (read or write), in no particular order: one pass, no copy of the others. */
+  lockedObjects(): SegmentObject[] {
+    const out: SegmentObject[] = [];
+    for (const obj of this.byId.values()) if (obj.writer !== 0 || obj.readers > 0) out.push(obj);
+    return out;
+  }
+
   objectNamed(name: string): SegmentObject | undefined {
     return this.byName.get(name);
   }

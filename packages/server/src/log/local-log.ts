@@ -83,7 +83,7 @@ export async function openLocalLog(
   let sm: StateMachine;
   try {
     sm = state ?? new StateMachine({ pageBytes: opts.pageBytes, segmentBytes: opts.segmentBytes });
-    for (const rec of records) sm.apply(rec.index, decodeCommand(rec.payload));
+    for (const rec of records) sm.apply(rec.index, decodeLocalRecord(rec.payload, rec.index, opts.dir));
   } catch (err) {
     await storage.close().catch(() => {});
     throw err;
@@ -103,6 +103,32 @@ export async function openLocalLog(
         ...(opts.unsafeAckBeforeDurable ? { unsafeAckBeforeDurable: true } : {}),
       }),
   };
+}
+
+/**
+ * A single server's WAL record as its command. A cluster member's directory started without --peers holds
+ * Raft records instead: say so in one typed line rather than with a decoder's error.
+ */
+function decodeLocalRecord(payload: Buffer, index: number, dir: string): Command {
+  try {
+    return decodeCommand(payload);
+  } catch (err) {
+    const why = `WAL record ${index}: ${errorMessage(err)}`;
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      looksLikeRaftRecord(payload)
+        ? `data directory ${dir} belongs to a cluster member (its WAL holds Raft records; ${why}): start it with --peers (or --config) naming its group, as before`
+        : `data directory ${dir}: ${why}, which is not a command this server can read`,
+      { reason: 'NOT_A_SINGLE_SERVER', dir, index },
+    );
+  }
+}
+
+/** The shape of a member's WAL record (raft-storage.ts): a kind byte 1..4, then a msgpack array of 3. */
+function looksLikeRaftRecord(p: Buffer): boolean {
+  const MSGPACK_ARRAY_OF_3 = 0x93;
+  if (p[0] === 1) return p.length >= 6 && p[5] === MSGPACK_ARRAY_OF_3;
+  return p[0] !== undefined && p[0] >= 2 && p[0] <= 4 && p[1] === MSGPACK_ARRAY_OF_3;
 }
 
 export class LocalLog implements ReplicatedLog {

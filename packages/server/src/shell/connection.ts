@@ -36,7 +36,7 @@ export class ServerConnection implements Port {
   private readonly decoder = new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
   private sessionId = 0;
   private helloPending = false;
-  /** Set by a HELLO with pageReader: no session; only READ_PAGES (and KEEPALIVE) are served. */
+  /** Set by a HELLO with pageReader: no session; only READ_PAGES, STATUS and KEEPALIVE are served. */
   private pageReader = false;
   private inflight = 0;
   private paused = false;
@@ -160,10 +160,14 @@ export class ServerConnection implements Port {
     this.track(this.dispatch(frame.requestId, req), frame.requestId);
   }
 
-  /** A page-reader connection (any member, no session): reads pages, nothing else. */
+  /** A page-reader connection (any member, no session): reads pages or the member's status, nothing else. */
   private async dispatchPageReader(requestId: number, req: Request): Promise<void> {
     if (req.type === 'READ_PAGES') {
       await this.node.readPages(this, requestId, req);
+      return;
+    }
+    if (req.type === 'STATUS') {
+      this.answer(encodeOk('STATUS', requestId, await this.node.statusReport()));
       return;
     }
     if (req.type === 'KEEPALIVE') {
@@ -172,7 +176,7 @@ export class ServerConnection implements Port {
     }
     throw new SegmemError(
       'INVALID_ARGUMENT',
-      `a page-reader connection serves only READ_PAGES; got ${req.type}`,
+      `a page-reader connection serves only READ_PAGES and STATUS; got ${req.type}`,
     );
   }
 
@@ -239,6 +243,9 @@ export class ServerConnection implements Port {
         return;
       case 'SNAPSHOT_READ':
         this.answer(encodeOk('SNAPSHOT_READ', requestId, { offset: req.offset }, node.snapshotRead(req)));
+        return;
+      case 'STATUS':
+        this.answer(encodeOk('STATUS', requestId, await node.statusReport()));
         return;
     }
   }

@@ -24,6 +24,8 @@ export interface RestoreOptions {
   ids?: string[];
   /** The restored cluster's id (default: a new one, so it cannot be mistaken for the original). */
   clusterId?: string;
+  /** Told as each step starts (reading the file, writing each directory): for a progress line. */
+  onProgress?: (step: string) => void;
 }
 
 async function isEmptyOrMissing(dir: string): Promise<boolean> {
@@ -62,6 +64,7 @@ export async function restoreConsolidated(
   }
   let bytes: Buffer;
   try {
+    opts.onProgress?.(`reading ${file}`);
     bytes = await fsp.readFile(file);
   } catch (err) {
     throw new SegmemError('NOT_FOUND', `cannot read ${file}: ${(err as Error).message}`);
@@ -73,6 +76,7 @@ export async function restoreConsolidated(
   const clusterId = opts.clusterId ?? randomUUID();
   const members = dirs.length > 1 ? [...ids].sort() : [];
   for (let i = 0; i < dirs.length; i++) {
+    opts.onProgress?.(`writing ${dirs[i]} (${i + 1} of ${dirs.length})`);
     const dataDir = await DataDir.open({
       dir: dirs[i]!,
       serverId: ids[i]!,

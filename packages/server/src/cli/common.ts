@@ -1,0 +1,147 @@
+/** What the `segmem` subcommands share: the connection options, output helpers, and the command type. */
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { PROTOCOL_VERSION, parseHostPort, SegmemError } from '@segmem/protocol';
+import type { AdminOptions } from './admin-client.js';
+import { type CommandSpec, type OptionSpec, type Parsed, parseCount, UsageError } from './args.js';
+
+export interface Command extends CommandSpec {
+  /** Runs the command; resolves with its exit code (0 when nothing is returned). */
+  run(p: Parsed): Promise<number | undefined>;
+}
+
+/** The default of --timeout: how long a command tries to reach a leader, or waits for an answer. */
+export const DEFAULT_TIMEOUT_MS = 2000;
+
+export const SERVERS_OPTION: OptionSpec = {
+  name: 'servers',
+  value: 'HOST:PORT,...',
+  list: true,
+  help: 'addresses of members of the cluster; any will do, the leader is found from them',
+  default: '$SEGMEM_SERVERS',
+};
+export const TIMEOUT_OPTION: OptionSpec = {
+  name: 'timeout',
+  value: 'MS',
+  help: 'give up after MS milliseconds without reaching a leader (or a member), or without an answer',
+  default: String(DEFAULT_TIMEOUT_MS),
+};
+export const TOKEN_OPTION: OptionSpec = {
+  name: 'token',
+  value: 'TOKEN',
+  help: 'the credential the servers require: the token of their config file',
+  default: '$SEGMEM_TOKEN',
+};
+export const JSON_OPTION: OptionSpec = { name: 'json', help: 'print JSON for scripts instead of text' };
+
+/** The options of every command that talks to a running cluster. */
+export const CONNECTION_OPTIONS = [SERVERS_OPTION, TIMEOUT_OPTION, TOKEN_OPTION];
+
+/** --servers, --timeout and --token, or their environment variables. */
+export function connectionOf(p: Parsed): AdminOptions {
+  const servers = p.lists.get('servers') ?? (process.env.SEGMEM_SERVERS ?? '').split(',').filter(Boolean);
+  if (servers.length === 0)
+    throw new UsageError('--servers (or the SEGMEM_SERVERS environment variable) is required', null);
+  for (const s of servers) hostPort(s, '--servers');
+  const timeout = p.values.get('timeout');
+  const token = p.values.get('token') ?? process.env.SEGMEM_TOKEN ?? null;
+  return {
+    servers,
+    timeoutMs: timeout === undefined ? DEFAULT_TIMEOUT_MS : parseCount('--timeout', timeout, 1, 2 ** 31 - 1),
+    token: token === '' ? null : token,
+  };
+}
+
+/** `value` if it is host:port, else a usage mistake naming `what`. */
+export function hostPort(value: string, what: string): string {
+  try {
+    parseHostPort(value, what);
+  } catch (err) {
+    throw new UsageError((err as Error).message, null);
+  }
+  return value;
+}
+
+/** Writes `text` to stdout, waiting for the pipe to drain (large outputs, slow readers). */
+export async function out(text: string | Uint8Array): Promise<void> {
+  if (!process.stdout.write(text)) await new Promise((r) => process.stdout.once('drain', r));
+}
+
+export function json(value: unknown): Promise<void> {
+  return out(`${JSON.stringify(value)}\n`);
+}
+
+/** `1.5 MiB`, `512 B`. */
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[u]}`;
+}
+
+/** Rows as aligned columns (two spaces apart), the last column unpadded. */
+export function table(rows: string[][]): string {
+  const widths: number[] = [];
+  for (const row of rows) {
+    row.forEach((cell, i) => {
+      widths[i] = Math.max(widths[i] ?? 0, cell.length);
+    });
+  }
+  return rows
+    .map((row) =>
+      row
+        .map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!)))
+        .join('  ')
+        .trimEnd(),
+    )
+    .map((line) => `${line}\n`)
+    .join('');
+}
+
+/** A name or record for one line of text: `\`, newline and carriage return escaped. */
+export function escapeText(s: string): string {
+  return s.replace(/[\\\n\r]/g, (c) => (c === '\\' ? '\\\\' : c === '\n' ? '\\n' : '\\r'));
+}
+
+/** Progress lines go to stderr, and only on a terminal (never into a script's captured output). */
+export function progress(text: string, done = false): void {
+  if (!process.stderr.isTTY) return;
+  process.stderr.write(`\r${text}\x1b[K${done ? '\n' : ''}`);
+}
+
+/** An error from the servers, with what the CLI knows about a retried request added. */
+export function explain(err: unknown, what: string): unknown {
+  if (SegmemError.is(err) && err.details?.retried === true) {
+    return new SegmemError(
+      err.code,
+      `${err.message} (the connection was lost once while ${what}: an earlier attempt may have done it)`,
+      err.details,
+    );
+  }
+  return err;
+}
+
+/** The version of @segmem/server this command comes from, and the protocol it speaks. */
+export function versionLine(program: string): string {
+  const pkg = join(dirname(fileURLToPath(import.meta.url)), '../../../package.json');
+  const version = (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
+  return `${program} ${version} (protocol ${PROTOCOL_VERSION})\n`;
+}
+
+/** One line: the message and code of a SegmemError, the message (and errno code) of anything else. */
+export function describe(err: unknown): string {
+  if (SegmemError.is(err)) return `${oneLine(err.message)} (${err.code})`;
+  const e = err as NodeJS.ErrnoException;
+  return `${oneLine(e?.message ?? String(err))} (${e?.code ?? 'INTERNAL'})`;
+}
+
+/** The message on one line: its line breaks written as \n. */
+function oneLine(s: string): string {
+  return s.replace(/\r?\n/g, '\\n');
+}
