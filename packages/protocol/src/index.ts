@@ -1,4 +1,5 @@
 export * from './datagram.js';
+export * from './env.js';
 export * from './errors.js';
 export * from './frame.js';
 export * from './limits.js';
