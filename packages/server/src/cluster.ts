@@ -4,7 +4,7 @@
  * tokens survive the loss of any minority, and a restarted member simply catches up.
  */
 import { createHash } from 'node:crypto';
-import { DEFAULT_SEGMENT_BYTES, PAGE_BYTES, SegmemError } from '@segmem/protocol';
+import { DEFAULT_SEGMENT_BYTES, PAGE_BYTES, SegmemError, systemEnv } from '@segmem/protocol';
 import { parseSegmentBytes } from './config.js';
 import { StateMachine } from './core/state-machine.js';
 import { type RaftCore, RaftLog } from './log/raft-log.js';
@@ -54,6 +54,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
   if (!opts.peers[opts.id])
     throw new SegmemError('INVALID_ARGUMENT', `--peers must list this server (${opts.id})`);
   const segmentBytes = parseSegmentBytes(opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES);
+  const env = opts.env ?? systemEnv;
   const clusterId = opts.clusterId ?? defaultClusterId(opts.peers);
   const dataDir = await DataDir.open({
     dir: opts.dataDir,
@@ -68,6 +69,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       dir: dataDir.dir,
       walDir: dataDir.walDir,
       fsync: opts.fsync ?? 'batch',
+      env,
       initialMembers: Object.keys(opts.peers)
         .filter((id) => !opts.join || id !== opts.id)
         .sort(),
@@ -81,7 +83,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       storage,
       electionTicks: ELECTION_TICKS,
       heartbeatTicks: HEARTBEAT_TICKS,
-      rand: Math.random,
+      rand: () => env.random(),
     });
     // Addresses learned from `add` entries survive the compaction of those entries in peers.json; the
     // command line's --peers wins for an id it names.
@@ -92,6 +94,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       { ...learned, ...opts.peers },
       [],
       opts.token ?? null,
+      env,
     );
     let saving = Promise.resolve();
     const remember = (id: string, address: string) => {
@@ -106,7 +109,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     let raftLog: RaftLog | undefined;
     const diskStorage = storage;
     node = SegmemNode.withLog(
-      opts,
+      { ...opts, env },
       dataDir,
       (onApply) => {
         raftLog = new RaftLog(core, diskStorage, sm, peers, onApply, {
@@ -114,6 +117,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
           snapshotEveryEntries: opts.snapshotEveryEntries ?? SNAPSHOT_EVERY_ENTRIES,
           pageBytes: PAGE_BYTES,
           segmentBytes,
+          env,
           onAddress: (id, address) => remember(id, address),
           onRoleChange: (role, leader, term) => {
             opts.log?.(`raft: ${role} in term ${term}${leader ? `, leader ${leader}` : ''}`);

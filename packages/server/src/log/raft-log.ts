@@ -11,7 +11,7 @@
  * leader's entry took the index, the proposal fails with UNAVAILABLE and the client retries (same seq:
  * applied at most once, thanks to the state machine's dedup table).
  */
-import { SegmemError } from '@segmem/protocol';
+import { type Env, type EnvTimer, SegmemError } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommand, type Outcome } from '../core/commands.js';
 import { StateMachine } from '../core/state-machine.js';
 import type { NodeLog } from '../node.js';
@@ -66,6 +66,8 @@ export interface RaftLogOptions {
   snapshotEveryEntries: number;
   pageBytes: number;
   segmentBytes: number;
+  /** Clock, timers and randomness. */
+  env: Env;
   onRoleChange?: (role: Role, leader: NodeId | null, term: number) => void;
   /** A conf entry named a member's address (at start-up too, for those still in the log). */
   onAddress?: (id: NodeId, address: string) => void;
@@ -85,7 +87,7 @@ export class RaftLog implements NodeLog {
   private entriesSinceSnapshot = 0;
   private processing = false;
   private again = false;
-  private timer: NodeJS.Timeout | null = null;
+  private timer: EnvTimer | null = null;
   private closed = false;
   private lastRole: Role;
   private lastLeader: NodeId | null;
@@ -136,7 +138,7 @@ export class RaftLog implements NodeLog {
   }
 
   start(): void {
-    this.timer = setInterval(() => {
+    this.timer = this.opts.env.setInterval(() => {
       this.core.tick();
       this.kick();
     }, this.opts.tickMs);
@@ -218,8 +220,10 @@ export class RaftLog implements NodeLog {
     } catch {
       return;
     }
-    const deadline = Date.now() + timeoutMs;
-    while (this.core.role === 'leader' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    const env = this.opts.env;
+    const deadline = env.now() + timeoutMs;
+    while (this.core.role === 'leader' && env.now() < deadline)
+      await new Promise<void>((r) => env.setTimeout(r, 10));
     this.opts.log?.(
       this.core.role === 'leader'
         ? `leadership transfer to ${best.id} did not finish`
@@ -242,7 +246,7 @@ export class RaftLog implements NodeLog {
       // once per turn of the event loop so that proposals made together still share a message.
       if (!this.earlyScheduled) {
         this.earlyScheduled = true;
-        setImmediate(() => {
+        this.opts.env.setImmediate(() => {
           this.earlyScheduled = false;
           if (this.processing && !this.closed) this.runEarly();
         });
@@ -456,7 +460,7 @@ export class RaftLog implements NodeLog {
 
   async close(): Promise<void> {
     this.closed = true;
-    if (this.timer) clearInterval(this.timer);
+    this.opts.env.clearInterval(this.timer);
     const err = new SegmemError('CLOSED', 'the server is shutting down');
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();

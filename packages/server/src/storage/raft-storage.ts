@@ -18,7 +18,7 @@
  * first entry the log keeps, or the marker when it keeps none.
  */
 import { join } from 'node:path';
-import { SegmemError } from '@segmem/protocol';
+import { type Env, SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import type { FrozenSnapshot, StateMachine } from '../core/state-machine.js';
 import { MemoryStorage } from '../raft/memory-storage.js';
@@ -28,7 +28,7 @@ import type { SnapshotWrite } from './page-file.js';
 import { SNAPSHOT_DIR, snapshotFileName } from './snapshot-file.js';
 import { serialiseSnapshot } from './snapshot-serialise.js';
 import { SnapshotDir } from './snapshots.js';
-import type { FsyncPolicy, RecoveryReport, Wal } from './wal.js';
+import type { FsyncPolicy, RecoveryReport, Wal, WalOptions } from './wal.js';
 import { Wal as WalClass } from './wal.js';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
@@ -70,6 +70,8 @@ export interface DiskRaftStorageOptions {
   repair?: boolean;
   /** @internal WAL segment file size (default 64 MiB); small values let tests see files deleted. */
   walFileBytes?: number;
+  /** See {@link WalOptions.env}. */
+  env?: Env;
 }
 
 export class DiskRaftStorage implements RaftStorage {
@@ -97,6 +99,7 @@ export class DiskRaftStorage implements RaftStorage {
       fsync: opts.fsync,
       ...(opts.repair ? { repair: true } : {}),
       ...(opts.walFileBytes !== undefined ? { segmentBytes: opts.walFileBytes } : {}),
+      ...(opts.env ? { env: opts.env } : {}),
     });
     const storage = new DiskRaftStorage(wal, opts, report);
     try {
