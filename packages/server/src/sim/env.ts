@@ -88,9 +88,19 @@ export class SimClock {
    * one's time; then the clock reads `untilMs`. A timer that throws stops the run and the error propagates.
    */
   runUntil(untilMs: number): void {
+    while (this.runNext(untilMs)) {}
+    if (untilMs > this.current) this.current = untilMs;
+  }
+
+  /**
+   * Runs the next timer due at or before `untilMs`, moving the clock to its time; false if none is due.
+   * (Code that awaits promises needs its microtasks run between two timers, as Node does: a caller that
+   * simulates such code awaits them after each call.)
+   */
+  runNext(untilMs: number): boolean {
     for (;;) {
       const top = this.heap[0];
-      if (!top || top.atMs > untilMs) break;
+      if (!top || top.atMs > untilMs) return false;
       this.pop();
       const t = top.timer;
       if (t.generation !== top.generation || t.cancelled || !t.owner.alive) continue;
@@ -99,8 +109,8 @@ export class SimClock {
       else t.cancel();
       this.fired++;
       t.fn();
+      return true;
     }
-    if (untilMs > this.current) this.current = untilMs;
   }
 
   schedule(owner: Owner, fn: () => void, delayMs: number, repeat: boolean): SimTimer {

@@ -28,7 +28,7 @@ import type { SnapshotWrite } from './page-file.js';
 import { SNAPSHOT_DIR, snapshotFileName } from './snapshot-file.js';
 import { serialiseSnapshot } from './snapshot-serialise.js';
 import { SnapshotDir } from './snapshots.js';
-import type { FsyncPolicy, RecoveryReport, Wal, WalOptions } from './wal.js';
+import type { FsyncPolicy, RecoveryReport, Wal, WalIo, WalOptions } from './wal.js';
 import { Wal as WalClass } from './wal.js';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
@@ -72,6 +72,8 @@ export interface DiskRaftStorageOptions {
   walFileBytes?: number;
   /** See {@link WalOptions.env}. */
   env?: Env;
+  /** @internal Replaces the WAL's file operations (the simulator's in-memory disk). */
+  walIo?: Partial<WalIo>;
 }
 
 export class DiskRaftStorage implements RaftStorage {
@@ -100,6 +102,7 @@ export class DiskRaftStorage implements RaftStorage {
       ...(opts.repair ? { repair: true } : {}),
       ...(opts.walFileBytes !== undefined ? { segmentBytes: opts.walFileBytes } : {}),
       ...(opts.env ? { env: opts.env } : {}),
+      ...(opts.walIo ? { io: opts.walIo } : {}),
     });
     const storage = new DiskRaftStorage(wal, opts, report);
     try {
