@@ -148,11 +148,6 @@ export class RaftDriver {
     this.lastLeader = opts.core.leader;
   }
 
-  /** The failure that stopped the loop, if it stopped. */
-  get failed(): SegmemError | null {
-    return this.failure;
-  }
-
   /** The Raft index and term of the last entry applied. */
   get applied(): { index: number; term: number } {
     return { index: this.appliedIndex, term: this.appliedTerm };
