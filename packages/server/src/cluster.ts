@@ -4,10 +4,10 @@
  * tokens survive the loss of any minority, and a restarted member simply catches up.
  */
 import { createHash } from 'node:crypto';
-import { DEFAULT_SEGMENT_BYTES, PAGE_BYTES, SegmemError } from '@segmem/protocol';
+import { DEFAULT_SEGMENT_BYTES, type Env, PAGE_BYTES, SegmemError, systemEnv } from '@segmem/protocol';
 import { parseSegmentBytes } from './config.js';
 import { StateMachine } from './core/state-machine.js';
-import { type RaftCore, RaftLog } from './log/raft-log.js';
+import { type PeerSender, type RaftCore, RaftLog } from './log/raft-log.js';
 import { type NodeOptions, SegmemNode } from './node.js';
 import type { NodeId, RaftStorage } from './raft/types.js';
 import { PeerTransport } from './shell/peers.js';
@@ -15,6 +15,7 @@ import { timedWalIo } from './stats.js';
 import { DataDir } from './storage/datadir.js';
 import { loadPeerAddresses, savePeerAddresses } from './storage/peer-addresses.js';
 import { DiskRaftStorage } from './storage/raft-storage.js';
+import type { WalIo } from './storage/wal.js';
 
 /** Ticks of the consensus clock. Election timeout: 10..20 ticks (0.5..1 s); heartbeats every tick. */
 export const RAFT_TICK_MS = 50;
@@ -41,6 +42,23 @@ export interface ClusterNodeOptions extends NodeOptions {
    * never campaigns, and waits until a member adds it (`segmem cluster add`).
    */
   join?: boolean;
+  /** @internal The peer links (default: TCP, shell/peers.ts); the simulator passes its own network's. */
+  transport?: (opts: PeerTransportOptions) => PeerSender & { close(): void };
+  /** @internal Replaces the WAL's file operations (the simulator's in-memory disk). */
+  walIo?: Partial<WalIo>;
+}
+
+export interface PeerTransportOptions {
+  self: NodeId;
+  clusterId: string;
+  /** Known addresses, id -> host:port. */
+  addresses: Record<NodeId, string>;
+  token: string | null;
+  env: Env;
+}
+
+function tcpTransport(opts: PeerTransportOptions): PeerTransport {
+  return new PeerTransport(opts.self, opts.clusterId, opts.addresses, [], opts.token, opts.env);
 }
 
 /** A cluster id every member derives alike when the operator gives none: a digest of the member list. */
@@ -56,6 +74,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
   if (!opts.peers[opts.id])
     throw new SegmemError('INVALID_ARGUMENT', `--peers must list this server (${opts.id})`);
   const segmentBytes = parseSegmentBytes(opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES);
+  const env = opts.env ?? systemEnv;
   const clusterId = opts.clusterId ?? defaultClusterId(opts.peers);
   const dataDir = await DataDir.open({
     dir: opts.dataDir,
@@ -71,11 +90,12 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       walDir: dataDir.walDir,
       fsync: opts.fsync ?? 'batch',
       id: opts.id,
+      env,
       initialMembers: Object.keys(opts.peers)
         .filter((id) => !opts.join || id !== opts.id)
         .sort(),
       ...(opts.repair ? { repair: true } : {}),
-      ...(opts.metrics ? { walIo: timedWalIo(opts.metrics) } : {}),
+      ...(opts.walIo ? { walIo: opts.walIo } : opts.metrics ? { walIo: timedWalIo(opts.metrics) } : {}),
       ...(opts.log ? { log: opts.log } : {}),
     });
     const report = storage.report;
@@ -86,19 +106,19 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       storage,
       electionTicks: ELECTION_TICKS,
       heartbeatTicks: HEARTBEAT_TICKS,
-      rand: Math.random,
+      rand: () => env.random(),
       rejoinTerm: storage.rejoinTerm,
     });
     // Addresses learned from `add` entries survive the compaction of those entries in peers.json; the
     // command line's --peers wins for an id it names.
     const learned = await loadPeerAddresses(dataDir.dir, (line) => opts.log?.(line));
-    const peers = new PeerTransport(
-      opts.id,
+    const peers = (opts.transport ?? tcpTransport)({
+      self: opts.id,
       clusterId,
-      { ...learned, ...opts.peers },
-      [],
-      opts.token ?? null,
-    );
+      addresses: { ...learned, ...opts.peers },
+      token: opts.token ?? null,
+      env,
+    });
     let saving = Promise.resolve();
     const remember = (id: string, address: string) => {
       if (learned[id] === address) return;
@@ -112,7 +132,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     let raftLog: RaftLog | undefined;
     const diskStorage = storage;
     node = SegmemNode.withLog(
-      opts,
+      { ...opts, env },
       dataDir,
       (onApply) => {
         raftLog = new RaftLog(core, diskStorage, sm, peers, onApply, {
@@ -120,6 +140,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
           snapshotEveryEntries: opts.snapshotEveryEntries ?? SNAPSHOT_EVERY_ENTRIES,
           pageBytes: PAGE_BYTES,
           segmentBytes,
+          env,
           onAddress: (id, address) => remember(id, address),
           onRoleChange: (role, leader, term) => {
             opts.log?.(`raft: ${role} in term ${term}${leader ? `, leader ${leader}` : ''}`);

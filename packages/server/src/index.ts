@@ -19,7 +19,7 @@ import { ServerMetrics, serveMetrics } from './shell/metrics.js';
 import { listen, parseHostPort } from './shell/tcp.js';
 import type { FsyncPolicy } from './storage/wal.js';
 
-export { SegmemError } from '@segmem/protocol';
+export { type Env, SegmemError, systemEnv } from '@segmem/protocol';
 export { DEFAULT_CONFIG, loadConfigFile, parsePeers, type ServerConfig } from './config.js';
 export type { Command, ObjectRecord, Outcome } from './core/commands.js';
 export { StateMachine } from './core/state-machine.js';
@@ -27,7 +27,6 @@ export type { ApplyListener, ReplicatedLog } from './log/local-log.js';
 export type { NodeLog, Port, Wire } from './node.js';
 export { type NodeOptions, SegmemNode } from './node.js';
 export type { Message, NodeId } from './raft/types.js';
-export type { Clock } from './shell/liveness.js';
 export { connectLocal, type LocalEnd } from './shell/local.js';
 export { DataDir } from './storage/datadir.js';
 export type { FsyncPolicy, RecoveryReport } from './storage/wal.js';

@@ -4,13 +4,15 @@
  * errors and invalidations to whichever connection a session is attached to.
  * `startServer` puts it behind TCP/UDP; the client's embedded mode attaches in-process connections.
  */
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
 import type { Socket as UdpSocket } from 'node:dgram';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   type AcquireRequest,
   DEFAULT_SEGMENT_BYTES,
+  type Env,
+  type EnvTimer,
   encodeError,
   encodeInvalidate,
   encodeInvalidationDatagram,
@@ -31,6 +33,7 @@ import {
   type ReleaseRequest,
   SegmemError,
   type StatusOk,
+  systemEnv,
 } from '@segmem/protocol';
 import { DEFAULT_CONFIG, parseSegmentBytes } from './config.js';
 import type { Command, Grant, LockMode, Outcome, Result } from './core/commands.js';
@@ -38,7 +41,7 @@ import type { SegmentObject, StateMachine } from './core/state-machine.js';
 import { type ApplyListener, openLocalLog, type ReplicatedLog } from './log/local-log.js';
 import type { Message } from './raft/types.js';
 import { ConsolidatedSchedule } from './shell/consolidated-schedule.js';
-import { type Clock, SessionLiveness, systemClock } from './shell/liveness.js';
+import { SessionLiveness } from './shell/liveness.js';
 import { type LogStats, type MetricsSink, NO_METRICS, type NodeStats, timedWalIo } from './stats.js';
 import { type ConsolidatedExport, encodeConsolidated } from './storage/consolidated.js';
 import { DataDir } from './storage/datadir.js';
@@ -59,7 +62,8 @@ export interface NodeOptions {
   token?: string;
   /** Truncate the WAL at a corrupt record instead of refusing to start. */
   repair?: boolean;
-  clock?: Clock;
+  /** Clock, timers and randomness (default: the process's own, systemEnv). */
+  env?: Env;
   /** Where to report recovery and warnings; default: nowhere. */
   log?: (line: string) => void;
   /** Snapshot the state every this many log entries (default 10000; 0: never by count). */
@@ -103,7 +107,7 @@ interface Waiting {
   cachedVersion: number;
   /** Most page bytes the grant may carry before it defers them to READ_PAGES; null: no limit. */
   inlineMaxBytes: number | null;
-  timer: NodeJS.Timeout | null;
+  timer: EnvTimer | null;
 }
 
 /** A READ_PAGES for a version this member has not applied yet. */
@@ -111,7 +115,7 @@ interface PageReadWaiter {
   port: Port;
   requestId: number;
   req: ReadPagesRequest;
-  timer: NodeJS.Timeout | null;
+  timer: EnvTimer | null;
 }
 
 /** A LOG_READ held until its log gains a record (or its wait ends). */
@@ -119,7 +123,7 @@ interface LogWaiter {
   port: Port;
   requestId: number;
   req: LogReadRequest;
-  timer: NodeJS.Timeout | null;
+  timer: EnvTimer | null;
 }
 
 interface SessionState {
@@ -167,7 +171,8 @@ export class SegmemNode {
   private readonly pageWaiters = new Set<PageReadWaiter>();
   /** Pages this member served through READ_PAGES (for status lines and tests). */
   pagesServed = 0;
-  private expiryTimer: NodeJS.Timeout | null = null;
+  private expiryTimer: EnvTimer | null = null;
+  private readonly env: Env;
   private udp: UdpSocket | null = null;
   private closing = false;
   private readonly schedule: ConsolidatedSchedule | null;
@@ -181,7 +186,8 @@ export class SegmemNode {
     this.id = opts.id;
     this.recovery = recovery;
     this.clusterId = dataDir.meta.clusterId;
-    this.liveness = new SessionLiveness(opts.clock ?? systemClock);
+    this.env = opts.env ?? systemEnv;
+    this.liveness = new SessionLiveness(this.env);
     this.metrics = opts.metrics ?? NO_METRICS;
     this.log = makeLog((_index, cmd, outcome) => {
       this.metrics.applied(cmd.op);
@@ -194,6 +200,7 @@ export class SegmemNode {
             dir: opts.consolidatedDir,
             intervalMs: opts.consolidatedIntervalMs ?? DEFAULT_CONFIG.consolidatedIntervalMs,
             keep: opts.consolidatedKeep ?? DEFAULT_CONFIG.consolidatedKeep,
+            env: this.env,
             ...(opts.log ? { log: opts.log } : {}),
           },
         )
@@ -227,13 +234,13 @@ export class SegmemNode {
     for (const id of this.sm.sessionIds()) this.liveness.forget(id);
     this.expiring.clear();
     for (const state of this.sessions.values())
-      for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
+      for (const w of state.waiting.values()) this.env.clearTimeout(w.timer);
     this.sessions.clear();
     this.dropLogWaiters();
     // Close client connections once the answers already on their way are written (a turn of the loop).
     const ports = [...this.ports];
     this.ports.clear();
-    setImmediate(() => {
+    this.env.setImmediate(() => {
       for (const port of ports) {
         port.closed = true;
         port.wire.close();
@@ -334,7 +341,7 @@ export class SegmemNode {
         fsync: opts.fsync ?? 'batch',
         pageBytes: PAGE_BYTES,
         segmentBytes,
-        ...pick(opts, 'snapshotEveryEntries', 'snapshotIntervalMs', 'walFileBytes', 'log'),
+        ...pick(opts, 'snapshotEveryEntries', 'snapshotIntervalMs', 'walFileBytes', 'log', 'env'),
         ...(opts.repair ? { repair: true } : {}),
         ...(opts.metrics ? { metrics: opts.metrics, walIo: timedWalIo(opts.metrics) } : {}),
         onStall: (stall) =>
@@ -344,7 +351,7 @@ export class SegmemNode {
       for (const line of describeLocalRecovery(local.report)) opts.log?.(line);
       const node = new SegmemNode(opts, dataDir, local.create, local.report.wal);
       // Sessions end with a restart: their lock state may not all have reached the disk.
-      await node.log.propose({ op: 'restart', sessionIdFloor: Date.now() * 1000 });
+      await node.log.propose({ op: 'restart', sessionIdFloor: Math.floor(node.env.now()) * 1000 });
       node.scheduleExpiry();
       node.schedule?.start();
       return node;
@@ -456,7 +463,7 @@ export class SegmemNode {
         op: 'open',
         timeoutMs: req.sessionTimeoutMs,
         clientName: req.clientName ?? null,
-        secret: randomBytes(16).toString('hex'),
+        secret: this.env.randomBytes(16).toString('hex'),
       });
       sessionId = (unwrap(outcome.result) as { sessionId: number }).sessionId;
     }
@@ -530,7 +537,7 @@ export class SegmemNode {
       port,
       requestId,
       mode: req.mode,
-      sinceMs: (this.opts.clock ?? systemClock).nowMs(),
+      sinceMs: this.env.now(),
       cachedId: req.cachedId,
       cachedVersion: req.cachedVersion,
       inlineMaxBytes: req.inlineMaxBytes ?? null,
@@ -563,7 +570,7 @@ export class SegmemNode {
       return;
     }
     if (req.timeoutMs !== null) {
-      waiting.timer = setTimeout(() => {
+      waiting.timer = this.env.setTimeout(() => {
         waiting.timer = null;
         this.log.propose({ op: 'cancel', sessionId, seq: req.seq, reason: 'TIMEOUT' }).catch(() => {});
       }, req.timeoutMs);
@@ -642,7 +649,7 @@ export class SegmemNode {
       this.logWaiters.set(req.name, set);
     }
     set.add(waiter);
-    waiter.timer = setTimeout(() => {
+    waiter.timer = this.env.setTimeout(() => {
       waiter.timer = null;
       this.logWaiters.get(req.name)?.delete(waiter);
       this.answerLogRead(port, requestId, req, true);
@@ -673,19 +680,19 @@ export class SegmemNode {
     for (const w of set) {
       if (this.answerLogRead(w.port, w.requestId, w.req, false)) {
         set.delete(w);
-        if (w.timer) clearTimeout(w.timer);
+        this.env.clearTimeout(w.timer);
       }
     }
     if (set.size === 0) this.logWaiters.delete(name);
   }
 
   private dropLogWaiters(): void {
-    for (const set of this.logWaiters.values()) for (const w of set) if (w.timer) clearTimeout(w.timer);
+    for (const set of this.logWaiters.values()) for (const w of set) this.env.clearTimeout(w.timer);
     this.logWaiters.clear();
   }
 
   private dropPageWaiters(): void {
-    for (const w of this.pageWaiters) if (w.timer) clearTimeout(w.timer);
+    for (const w of this.pageWaiters) this.env.clearTimeout(w.timer);
     this.pageWaiters.clear();
   }
 
@@ -704,7 +711,7 @@ export class SegmemNode {
 
   private readonly exports = new Map<
     number,
-    { parts: Buffer[]; bytes: number; release: () => void; timer: NodeJS.Timeout; sessionId: number }
+    { parts: Buffer[]; bytes: number; release: () => void; timer: EnvTimer; sessionId: number }
   >();
   private nextExportId = 1;
 
@@ -719,7 +726,7 @@ export class SegmemNode {
     await this.log.readBarrier();
     const { index, term } = this.log.appliedPosition();
     const view = this.sm.freeze();
-    const createdAt = new Date().toISOString();
+    const createdAt = new Date(this.env.now()).toISOString();
     let parts: Buffer[];
     try {
       parts = await encodeConsolidated(this.sm.exportContent(), {
@@ -745,8 +752,8 @@ export class SegmemNode {
   ): Promise<{ id: number; bytes: number; index: number; term: number }> {
     const ex = await this.consolidate();
     const id = this.nextExportId++;
-    const timer = setTimeout(() => this.dropExport(id), SNAPSHOT_EXPORT_IDLE_MS);
-    timer.unref?.();
+    const timer = this.env.setTimeout(() => this.dropExport(id), SNAPSHOT_EXPORT_IDLE_MS);
+    timer.unref();
     this.exports.set(id, { parts: ex.parts, bytes: ex.bytes, release: ex.release, timer, sessionId });
     return { id, bytes: ex.bytes, index: ex.index, term: ex.term };
   }
@@ -754,7 +761,7 @@ export class SegmemNode {
   private dropExport(id: number): void {
     const ex = this.exports.get(id);
     if (!ex) return;
-    clearTimeout(ex.timer);
+    this.env.clearTimeout(ex.timer);
     ex.release();
     this.exports.delete(id);
   }
@@ -834,7 +841,7 @@ export class SegmemNode {
     if (this.answerPageRead(port, requestId, req, req.waitMs === 0)) return;
     const waiter: PageReadWaiter = { port, requestId, req, timer: null };
     this.pageWaiters.add(waiter);
-    waiter.timer = setTimeout(() => {
+    waiter.timer = this.env.setTimeout(() => {
       this.pageWaiters.delete(waiter);
       this.answerPageRead(port, requestId, req, true);
     }, req.waitMs);
@@ -885,7 +892,7 @@ export class SegmemNode {
     for (const w of this.pageWaiters) {
       if (this.answerPageRead(w.port, w.requestId, w.req, false)) {
         this.pageWaiters.delete(w);
-        if (w.timer) clearTimeout(w.timer);
+        this.env.clearTimeout(w.timer);
       }
     }
   }
@@ -931,7 +938,7 @@ export class SegmemNode {
           this.sessions.delete(effect.sessionId);
           this.liveness.forget(effect.sessionId);
           this.expiring.delete(effect.sessionId);
-          if (state) for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
+          if (state) for (const w of state.waiting.values()) this.env.clearTimeout(w.timer);
           // Its consolidated snapshots: every piece it read has reached it (it ended after them).
           for (const [id, ex] of this.exports) if (ex.sessionId === effect.sessionId) this.dropExport(id);
           // An expired session whose client is still connected (e.g. its event loop stalled past the timeout):
@@ -958,7 +965,7 @@ export class SegmemNode {
     const w = state?.waiting.get(seq);
     if (!w) return undefined;
     state!.waiting.delete(seq);
-    if (w.timer) clearTimeout(w.timer);
+    this.env.clearTimeout(w.timer);
     return w;
   }
 
@@ -974,7 +981,7 @@ export class SegmemNode {
       );
       return;
     }
-    this.metrics.granted(w.mode, (this.opts.clock ?? systemClock).nowMs() - w.sinceMs);
+    this.metrics.granted(w.mode, this.env.now() - w.sinceMs);
     const pages = this.sm.pagesSince(obj, w.cachedId, w.cachedVersion);
     const record = { id: obj.id, name: obj.name, size: obj.size, address: obj.address, version: obj.version };
     if (w.inlineMaxBytes !== null && grantPayloadBytes(obj.size, pages) > w.inlineMaxBytes) {
@@ -1015,16 +1022,16 @@ export class SegmemNode {
   private scheduleExpiry(): void {
     if (this.closing) return;
     const every = this.liveness.checkEveryMs(1000);
-    this.expiryTimer = setTimeout(() => {
+    this.expiryTimer = this.env.setTimeout(() => {
       this.expiryTimer = null;
       this.expireOverdue();
       this.scheduleExpiry();
     }, every);
-    this.expiryTimer.unref?.();
+    this.expiryTimer.unref();
   }
 
   private rescheduleExpiry(): void {
-    if (this.expiryTimer) clearTimeout(this.expiryTimer);
+    this.env.clearTimeout(this.expiryTimer);
     this.scheduleExpiry();
   }
 
@@ -1063,9 +1070,9 @@ export class SegmemNode {
     await this.handOff();
     this.closing = true;
     for (const fn of this.closeHooks) fn();
-    if (this.expiryTimer) clearTimeout(this.expiryTimer);
+    this.env.clearTimeout(this.expiryTimer);
     for (const state of this.sessions.values())
-      for (const w of state.waiting.values()) if (w.timer) clearTimeout(w.timer);
+      for (const w of state.waiting.values()) this.env.clearTimeout(w.timer);
     this.dropLogWaiters();
     this.dropPageWaiters();
     for (const id of [...this.exports.keys()]) this.dropExport(id);

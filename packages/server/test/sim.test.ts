@@ -7,6 +7,7 @@ import test from 'ava';
 import fc from 'fast-check';
 import type { Entry } from '../src/raft/types.js';
 import { SimDisk } from '../src/sim/disk.js';
+import { SimClock, SimEnv } from '../src/sim/env.js';
 import { checkLinearizable, type HistoryOp, type Model } from '../src/sim/linearizability.js';
 import { Prng } from '../src/sim/prng.js';
 import { type BrokenVariant, runSimulation, type SimOptions, type SimResult } from '../src/sim/simulator.js';
@@ -104,9 +105,11 @@ for (const r of regressions) {
 test('determinism: one seed replays the whole run identically', (t) => {
   const a = runSimulation({ seed: 42, ticks: 2000 });
   const b = runSimulation({ seed: 42, ticks: 2000 });
+  t.is(a.traceHash, b.traceHash, 'the same events at the same ticks, in the same order');
   t.deepEqual(a.stats, b.stats);
   t.deepEqual(a.params, b.params);
   const c = runSimulation({ seed: 43, ticks: 2000 });
+  t.not(a.traceHash, c.traceHash);
   t.notDeepEqual(a.stats, c.stats);
 });
 
@@ -197,6 +200,45 @@ test('prng: one seed gives one sequence; int() stays in range', (t) => {
   const counts = [0, 0, 0];
   for (let i = 0; i < 3000; i++) counts[p.int(0, 2)]!++;
   t.true(counts.every((c) => c > 900 && c < 1100));
+});
+
+test('sim env: timers run by due time, then in the order they were set; a killed process runs none', (t) => {
+  const clock = new SimClock(1000);
+  const root = new SimEnv(clock, new Prng(1));
+  const a = root.process();
+  const b = root.process();
+  const ran: string[] = [];
+  a.setTimeout(() => ran.push('a20'), 20);
+  b.setTimeout(() => ran.push('b10'), 10);
+  a.setTimeout(() => ran.push('a10'), 10);
+  b.setImmediate(() => ran.push('b0'));
+  a.setInterval(() => ran.push(`tick@${a.now()}`), 15);
+  const cancelled = b.setTimeout(() => ran.push('cancelled'), 5);
+  b.clearTimeout(cancelled);
+  a.setTimeout(() => {
+    ran.push('a12');
+    // Set while running, due at once: runs in this same run.
+    a.setTimeout(() => ran.push('a12+0'), 0);
+  }, 12);
+  clock.runUntil(1000);
+  t.deepEqual(ran, ['b0'], 'only what is due now');
+  clock.runUntil(1031);
+  t.deepEqual(ran, ['b0', 'b10', 'a10', 'a12', 'a12+0', 'tick@1015', 'a20', 'tick@1030']);
+  t.is(a.now(), 1031, 'the clock ends where it was run to');
+  a.kill();
+  b.setTimeout(() => ran.push('b-after'), 1);
+  a.setTimeout(() => ran.push('a-after-kill'), 1);
+  clock.runUntil(2000);
+  t.deepEqual(ran.slice(8), ['b-after'], 'the timers of a dead process (its interval too) never run');
+  const refreshed = b.setTimeout(() => ran.push(`refreshed@${b.now()}`), 100);
+  clock.runUntil(2050);
+  refreshed.refresh();
+  clock.runUntil(2200);
+  t.deepEqual(ran.slice(9), ['refreshed@2150']);
+  t.is(
+    new SimEnv(new SimClock(), new Prng(5)).randomBytes(7).toString('hex'),
+    new SimEnv(new SimClock(), new Prng(5)).randomBytes(7).toString('hex'),
+  );
 });
 
 test('disk: a crash keeps a prefix of the un-synced writes and may tear the first one it loses', (t) => {

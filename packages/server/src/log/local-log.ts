@@ -15,7 +15,7 @@
  * asynchronous file I/O and checksums in slices while commands keep applying, then cuts the WAL behind the
  * previous snapshot. The whole state is never serialised into one buffer.
  */
-import { SegmemError } from '@segmem/protocol';
+import { type Env, type EnvTimer, SegmemError, systemEnv } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommand, mustSync, type Outcome } from '../core/commands.js';
 import { StateMachine } from '../core/state-machine.js';
 import { type LogStats, type MetricsSink, walStats } from '../stats.js';
@@ -98,6 +98,7 @@ export async function openLocalLog(
       new LocalLog(storage, sm, onApply, {
         policy,
         replayed: records.length,
+        env: opts.env ?? systemEnv,
         ...(opts.log ? { log: opts.log } : {}),
         ...(opts.metrics ? { metrics: opts.metrics } : {}),
         ...(opts.unsafeAckBeforeDurable ? { unsafeAckBeforeDurable: true } : {}),
@@ -144,7 +145,8 @@ export class LocalLog implements ReplicatedLog {
   /** Entries applied since the last snapshot was taken. */
   private sinceSnapshot: number;
   private snapshotting: Promise<SnapshotWrite | null> | null = null;
-  private readonly timer: NodeJS.Timeout | null = null;
+  private readonly timer: EnvTimer | null = null;
+  private readonly env: Env;
 
   constructor(
     private readonly storage: LocalStorage,
@@ -157,18 +159,21 @@ export class LocalLog implements ReplicatedLog {
       replayed?: number;
       unsafeAckBeforeDurable?: boolean;
       metrics?: MetricsSink;
+      /** Clock and timers (default: the process's own). */
+      env?: Env;
     } = {},
   ) {
     const policy = opts.policy ?? { snapshotEveryEntries: 0, snapshotIntervalMs: 0 };
     this.policy = policy;
     this.log = opts.log;
     this.metrics = opts.metrics;
+    this.env = opts.env ?? systemEnv;
     this.wal = storage.wal;
     this.sinceSnapshot = opts.replayed ?? 0;
     this.waitForDisk = this.wal.policy !== 'none' && opts.unsafeAckBeforeDurable !== true;
     this.wal.onDurable(() => this.drain());
     if (policy.snapshotIntervalMs > 0) {
-      this.timer = setInterval(() => {
+      this.timer = this.env.setInterval(() => {
         if (this.sinceSnapshot > 0) this.snapshot().catch(() => {});
       }, policy.snapshotIntervalMs);
       this.timer.unref();
@@ -187,10 +192,10 @@ export class LocalLog implements ReplicatedLog {
     if (this.failure) return Promise.reject(this.failure);
     const index = this.sm.appliedIndex;
     if (index <= this.storage.snapshotIndex) return Promise.resolve(null);
-    const started = performance.now();
+    const started = this.env.now();
     // Frozen at once (metadata only); the pages are read from the view while commands keep applying.
     const view = this.sm.freeze();
-    const freezeMs = performance.now() - started;
+    const freezeMs = this.env.now() - started;
     this.sinceSnapshot = 0;
     const run = async () => {
       // A snapshot never runs ahead of the log it continues: what it holds is durable in the WAL first.
@@ -335,7 +340,7 @@ export class LocalLog implements ReplicatedLog {
 
   async close(): Promise<void> {
     this.closed = true;
-    if (this.timer) clearInterval(this.timer);
+    this.env.clearInterval(this.timer);
     await this.snapshotting?.catch(() => {});
     await this.storage.close();
   }

@@ -1,70 +1,22 @@
 /**
- * The log of a replicated group: drives the pure Raft core with real time, storage and network.
- *
- * The loop (one Ready at a time, in order):
- *   1. a snapshot from the leader is written to disk and the state machine restored from it;
- *   2. hard state and new entries are appended to the WAL, and fsynced when Ready.mustSync says so;
- *   3. only then are the Ready's messages sent (a vote or an acknowledgement must never outrun the disk);
- *   4. committed entries are applied to the state machine in order, and the proposals they answer resolve;
- *   5. advance().
- * A proposal resolves with the outcome of the entry at its index if that entry has its term; if another
- * leader's entry took the index, the proposal fails with UNAVAILABLE and the client retries (same seq:
- * applied at most once, thanks to the state machine's dedup table).
+ * The log of a replicated group: the {@link RaftDriver} (log/raft-driver.ts, where the order in which a
+ * Ready is carried out is written down) over the member's real storage (the WAL and snapshot files of
+ * {@link DiskRaftStorage}), its peer links and the state machine, ticked by the Env's clock.
+ * Proposals and reads become promises here; the driver itself calls back.
  */
-import { SegmemError } from '@segmem/protocol';
+import { type Env, SegmemError } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommand, type Outcome } from '../core/commands.js';
 import { StateMachine } from '../core/state-machine.js';
 import type { NodeLog } from '../node.js';
-import { decodeConfChange } from '../raft/confchange.js';
-import { mayLeaveBeforePersist } from '../raft/node.js';
-import type { ConfChange, Entry, Message, NodeId, Ready, Role } from '../raft/types.js';
+import type { ConfChange, Entry, Message, NodeId, Role, Snapshot } from '../raft/types.js';
 import { NotLeaderError } from '../raft/types.js';
 import { type LogStats, type MetricsSink, walStats } from '../stats.js';
 import { describeSnapshotWrite } from '../storage/page-file.js';
 import type { DiskRaftStorage } from '../storage/raft-storage.js';
 import type { ApplyListener } from './local-log.js';
+import { type PeerSender, type RaftCore, RaftDriver } from './raft-driver.js';
 
-/** What the driver needs from the core (raft/node.ts). */
-export interface RaftCore {
-  readonly id: NodeId;
-  readonly role: Role;
-  readonly term: number;
-  readonly leader: NodeId | null;
-  readonly members: NodeId[];
-  readonly commitIndex: number;
-  readonly lastIndex: number;
-  tick(): void;
-  step(msg: Message): void;
-  propose(data: Buffer): { index: number; term: number };
-  proposeConfChange(cc: ConfChange): { index: number; term: number };
-  readIndex(context: number): void;
-  transferLeadership(to: NodeId): void;
-  progress(id: NodeId): { match: number; next: number; state: string } | undefined;
-  hasReady(): boolean;
-  ready(): Ready;
-  /** While a Ready is being persisted: commits to apply and messages that may go ahead of it. */
-  early(): { committed: Entry[]; messages: Message[] };
-  advance(): void;
-}
-
-export interface PeerSender {
-  send(msg: Message): void;
-  /** Optional batching: sends between cork() and flush() may leave together. */
-  cork?(): void;
-  flush?(): void;
-  setMembers(members: NodeId[]): void;
-  addressOf(id: NodeId): string | undefined;
-  addAddress(id: NodeId, address: string): void;
-  /** Bytes sent and messages dropped so far (for metrics). */
-  readonly sentBytes?: number;
-  readonly droppedMessages?: number;
-}
-
-interface PendingProposal {
-  term: number;
-  resolve: (outcome: Outcome) => void;
-  reject: (err: Error) => void;
-}
+export type { PeerSender, RaftCore } from './raft-driver.js';
 
 export interface RaftLogOptions {
   tickMs: number;
@@ -72,6 +24,8 @@ export interface RaftLogOptions {
   snapshotEveryEntries: number;
   pageBytes: number;
   segmentBytes: number;
+  /** Clock, timers and randomness. */
+  env: Env;
   onRoleChange?: (role: Role, leader: NodeId | null, term: number) => void;
   /** A conf entry named a member's address (at start-up too, for those still in the log). */
   onAddress?: (id: NodeId, address: string) => void;
@@ -81,23 +35,14 @@ export interface RaftLogOptions {
 
 export class RaftLog implements NodeLog {
   private sm: StateMachine;
-  private readonly pending = new Map<number, PendingProposal>();
-  private readonly reads = new Map<
-    number,
-    { resolve: () => void; reject: (err: Error) => void; index: number }
-  >();
-  private readonly waitingApplied: { index: number; resolve: () => void }[] = [];
-  private nextReadContext = 1;
-  private appliedIndex: number;
+  private readonly driver: RaftDriver;
+  private readonly env: Env;
   private entriesSinceSnapshot = 0;
-  private processing = false;
-  private again = false;
-  private timer: NodeJS.Timeout | null = null;
+  private timer: ReturnType<Env['setInterval']> | null = null;
   private closed = false;
-  private lastRole: Role;
-  private lastLeader: NodeId | null;
-  private failure: SegmemError | null = null;
   private compacting = false;
+  /** Why the driver stopped, if it did (for health). */
+  private failure: SegmemError | null = null;
   /** The highest commit index a leader of `leaderCommitTerm` told this member (for its lag in stats()). */
   private leaderCommit = 0;
   private leaderCommitTerm = 0;
@@ -111,9 +56,33 @@ export class RaftLog implements NodeLog {
     private readonly opts: RaftLogOptions,
   ) {
     this.sm = sm;
-    this.appliedIndex = storage.snapshot().meta.index;
-    this.lastRole = core.role;
-    this.lastLeader = core.leader;
+    this.env = opts.env;
+    const snap = storage.snapshot().meta;
+    this.driver = new RaftDriver({
+      core,
+      storage: {
+        save: (hardState, entries) => storage.save(hardState, entries),
+        waitDurable: (position, done, failed) => {
+          storage.waitDurable(position).then(done, failed);
+        },
+      },
+      peers,
+      app: {
+        installSnapshot: (s, done, failed) => {
+          this.installSnapshot(s).then(done, failed);
+        },
+        apply: (e) => this.applyEntry(e),
+        afterReady: () => this.maybeCompact(),
+      },
+      env: opts.env,
+      applied: { index: snap.index, term: snap.term },
+      ...(opts.onRoleChange ? { onRoleChange: opts.onRoleChange } : {}),
+      ...(opts.onAddress ? { onAddress: opts.onAddress } : {}),
+      onFailure: (err) => {
+        this.failure = err;
+      },
+      ...(opts.log ? { log: opts.log } : {}),
+    });
   }
 
   get stateMachine(): StateMachine {
@@ -146,69 +115,52 @@ export class RaftLog implements NodeLog {
   }
 
   start(): void {
-    this.timer = setInterval(() => {
-      this.core.tick();
-      this.kick();
-    }, this.opts.tickMs);
-    this.kick();
+    this.timer = this.env.setInterval(() => this.driver.tick(), this.opts.tickMs);
+    this.driver.kick();
   }
 
   /** A message from a peer. */
   receive(msg: Message): void {
     if (this.closed) return;
     this.noteLeaderCommit(msg);
-    this.core.step(msg);
-    this.kick();
+    this.driver.receive(msg);
   }
 
   propose(cmd: Command): Promise<Outcome> {
-    if (this.closed) return Promise.reject(new SegmemError('CLOSED', 'the server is shutting down'));
-    if (this.failure) return Promise.reject(this.failure);
-    let at: { index: number; term: number };
-    try {
-      at = this.core.propose(Buffer.concat(encodeCommand(cmd)));
-    } catch (err) {
-      return Promise.reject(this.notLeader(err));
-    }
-    const promise = new Promise<Outcome>((resolve, reject) => {
-      this.pending.set(at.index, { term: at.term, resolve, reject });
+    return new Promise<Outcome>((resolve, reject) => {
+      try {
+        this.driver.propose(Buffer.concat(encodeCommand(cmd)), { resolve, reject });
+      } catch (err) {
+        reject(this.notLeader(err));
+      }
     });
-    this.kick();
-    return promise;
   }
 
   proposeConfChange(cc: ConfChange): Promise<void> {
-    let at: { index: number; term: number };
-    try {
-      at = this.core.proposeConfChange(cc);
-    } catch (err) {
-      // Not the leader: a redirect. Anything else (already a member, a change in progress) is the caller's.
-      if (err instanceof NotLeaderError) return Promise.reject(this.notLeader(err));
-      return Promise.reject(new SegmemError('INVALID_ARGUMENT', (err as Error).message));
-    }
-    const promise = new Promise<void>((resolve, reject) => {
-      this.pending.set(at.index, { term: at.term, resolve: () => resolve(), reject });
+    return new Promise<void>((resolve, reject) => {
+      try {
+        this.driver.proposeConfChange(cc, { resolve: () => resolve(), reject });
+      } catch (err) {
+        // Not the leader: a redirect. Anything else (already a member, a change in progress) is the caller's.
+        if (err instanceof NotLeaderError || SegmemError.is(err)) reject(this.notLeader(err));
+        else reject(new SegmemError('INVALID_ARGUMENT', (err as Error).message));
+      }
     });
-    this.kick();
-    return promise;
   }
 
   /** Resolves once this node's applied state includes everything committed before the call (ReadIndex). */
   readBarrier(): Promise<void> {
-    if (this.core.role !== 'leader')
-      return Promise.reject(this.notLeader(new NotLeaderError(this.core.leader)));
-    const context = this.nextReadContext++;
-    const promise = new Promise<void>((resolve, reject) => {
-      this.reads.set(context, { resolve, reject, index: 0 });
+    return new Promise<void>((resolve, reject) => {
+      try {
+        this.driver.readBarrier({ resolve, reject });
+      } catch (err) {
+        reject(this.notLeader(err));
+      }
     });
-    this.core.readIndex(context);
-    this.kick();
-    return promise;
   }
 
   transferLeadership(to: NodeId): void {
-    this.core.transferLeadership(to);
-    this.kick();
+    this.driver.transferLeadership(to);
   }
 
   /**
@@ -229,8 +181,9 @@ export class RaftLog implements NodeLog {
     } catch {
       return;
     }
-    const deadline = Date.now() + timeoutMs;
-    while (this.core.role === 'leader' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    const deadline = this.env.now() + timeoutMs;
+    while (this.core.role === 'leader' && this.env.now() < deadline)
+      await new Promise<void>((r) => this.env.setTimeout(r, 10));
     this.opts.log?.(
       this.core.role === 'leader'
         ? `leadership transfer to ${best.id} did not finish`
@@ -245,120 +198,14 @@ export class RaftLog implements NodeLog {
     return SegmemError.is(err) ? err : new SegmemError('UNAVAILABLE', String((err as Error)?.message ?? err));
   }
 
-  /** Runs the Ready loop; re-entrant calls are folded into one more pass. */
-  private kick(): void {
-    if (this.processing) {
-      this.again = true;
-      // The loop waits for an fsync: what may go ahead of it (commits, a leader's appends) goes now,
-      // once per turn of the event loop so that proposals made together still share a message.
-      if (!this.earlyScheduled) {
-        this.earlyScheduled = true;
-        setImmediate(() => {
-          this.earlyScheduled = false;
-          if (this.processing && !this.closed) this.runEarly();
-        });
-      }
-      return;
-    }
-    this.processing = true;
-    this.loop()
-      .catch((err: unknown) => this.fail(err))
-      .finally(() => {
-        this.processing = false;
-      });
-  }
-
-  private async loop(): Promise<void> {
-    do {
-      this.again = false;
-      while (!this.closed && this.core.hasReady()) {
-        const rd = this.core.ready();
-        await this.handle(rd);
-        this.core.advance();
-      }
-      this.noticeRole();
-    } while (this.again && !this.closed);
-  }
-
-  private async handle(rd: Ready): Promise<void> {
-    if (rd.snapshot) {
-      // Restored first: the file is written from the restored state (its objects' pages).
-      const sm = StateMachine.restore(rd.snapshot.data);
-      const written = await this.storage.installSnapshot(rd.snapshot, sm.freeze());
-      this.sm = sm;
-      this.appliedIndex = rd.snapshot.meta.index;
-      this.peers.setMembers(rd.snapshot.meta.members);
-      if (written) this.opts.metrics?.snapshotWritten('install', written.bytes, written.ms);
-      this.opts.log?.(
-        `installed snapshot at index ${rd.snapshot.meta.index} (term ${rd.snapshot.meta.term})` +
-          (written ? `: ${describeSnapshotWrite(written)} in ${written.ms.toFixed(0)} ms` : ''),
-      );
-    }
-    // A membership change takes effect when appended: learn an added member's address and link to it now.
-    if (rd.entries.some((e) => e.type === 'conf')) {
-      for (const e of rd.entries) if (e.type === 'conf') this.learnAddress(e.data);
-      this.peers.setMembers(this.core.members);
-    }
-    // A leader's appends leave at once, in parallel with its own fsync; votes and acknowledgements wait.
-    const early = rd.messages.filter(mayLeaveBeforePersist);
-    const late = early.length === 0 ? rd.messages : rd.messages.filter((m) => !mayLeaveBeforePersist(m));
-    this.sendAll(early);
-    const walIndex = this.storage.save(rd.hardState, rd.entries);
-    // Committed entries are durable on a majority already: apply (and answer) them now, not after this
-    // Ready's own fsync, which only the new entries need. Otherwise every commit waits for one more fsync.
-    if (!rd.snapshot) for (const e of rd.committed) this.applyEntry(e);
-    if (rd.mustSync) await this.storage.waitDurable(walIndex);
-    this.sendAll(late);
-    if (rd.snapshot) for (const e of rd.committed) this.applyEntry(e);
-    for (const rs of rd.readStates) {
-      const r = this.reads.get(rs.context);
-      if (!r) continue;
-      this.reads.delete(rs.context);
-      this.whenApplied(rs.index).then(r.resolve);
-    }
-    this.maybeCompact();
-  }
-
-  private earlyScheduled = false;
-  private appliedTerm = 0;
-
   /** The Raft index and term of the last entry applied. */
   appliedPosition(): { index: number; term: number } {
-    return { index: this.appliedIndex, term: this.appliedTerm || this.storage.snapshot().meta.term };
-  }
-
-  private runEarly(): void {
-    const { committed, messages } = this.core.early();
-    this.sendAll(messages);
-    for (const e of committed) this.applyEntry(e);
-  }
-
-  private sendAll(messages: Message[]): void {
-    if (messages.length === 0) return;
-    this.peers.cork?.();
-    for (const m of messages) {
-      // A message that cannot be encoded (e.g. a snapshot larger than a frame) is dropped like a lost one:
-      // the core retries, and this loop, which every member depends on, keeps running.
-      try {
-        this.peers.send(m);
-      } catch (err) {
-        this.opts.log?.(`dropped a ${m.type} message to ${m.to}: ${(err as Error).message}`);
-      }
-    }
-    this.peers.flush?.();
+    return this.driver.applied;
   }
 
   /** Records the address an 'add' conf entry carries. */
   learnAddress(data: Buffer): void {
-    try {
-      const cc = decodeConfChange(data);
-      if (cc.op === 'add' && cc.address) {
-        this.peers.addAddress(cc.id, cc.address);
-        this.opts.onAddress?.(cc.id, cc.address);
-      }
-    } catch {
-      // a conf entry the core accepted is well formed; nothing to learn otherwise
-    }
+    this.driver.learnAddress(data);
   }
 
   /** Current members with the addresses this member knows for them. */
@@ -366,43 +213,26 @@ export class RaftLog implements NodeLog {
     return this.core.members.map((id) => [id, this.peers.addressOf(id) ?? null]);
   }
 
-  private applyEntry(e: Entry): void {
-    if (e.index <= this.appliedIndex) return;
-    this.appliedIndex = e.index;
-    this.appliedTerm = e.term;
-    const waiting = this.pending.get(e.index);
-    if (waiting) this.pending.delete(e.index);
-    if (waiting && waiting.term !== e.term) {
-      waiting.reject(
-        new SegmemError('UNAVAILABLE', 'leadership changed before the request committed; retry', {
-          reason: 'NOT_LEADER',
-        }),
-      );
-    }
-    if (e.type === 'conf') {
-      this.peers.setMembers(this.core.members);
-      if (waiting && waiting.term === e.term)
-        waiting.resolve({ result: { ok: true, value: null }, effects: [] });
-    } else if (e.data.length > 0) {
-      const cmd = decodeCommand(e.data);
-      const outcome = this.sm.apply(this.sm.appliedIndex + 1, cmd);
-      this.entriesSinceSnapshot++;
-      this.onApply(e.index, cmd, outcome);
-      if (waiting && waiting.term === e.term) waiting.resolve(outcome);
-    } else if (waiting && waiting.term === e.term) {
-      waiting.resolve({ result: { ok: true, value: null }, effects: [] });
-    }
-    while (this.waitingApplied.length > 0 && this.waitingApplied[0]!.index <= this.appliedIndex) {
-      this.waitingApplied.shift()!.resolve();
-    }
+  /** Ready step 1: the state restored from the leader's snapshot, then written to disk from it. */
+  private async installSnapshot(snap: Snapshot): Promise<void> {
+    // Restored first: the file is written from the restored state (its objects' pages).
+    const sm = StateMachine.restore(snap.data);
+    const written = await this.storage.installSnapshot(snap, sm.freeze());
+    this.sm = sm;
+    if (written) this.opts.metrics?.snapshotWritten('install', written.bytes, written.ms);
+    this.opts.log?.(
+      `installed snapshot at index ${snap.meta.index} (term ${snap.meta.term})` +
+        (written ? `: ${describeSnapshotWrite(written)} in ${written.ms.toFixed(0)} ms` : ''),
+    );
   }
 
-  private whenApplied(index: number): Promise<void> {
-    if (index <= this.appliedIndex) return Promise.resolve();
-    return new Promise((resolve) => {
-      this.waitingApplied.push({ index, resolve });
-      this.waitingApplied.sort((a, b) => a.index - b.index);
-    });
+  private applyEntry(e: Entry): Outcome | null {
+    if (e.type !== 'normal' || e.data.length === 0) return null;
+    const cmd = decodeCommand(e.data);
+    const outcome = this.sm.apply(this.sm.appliedIndex + 1, cmd);
+    this.entriesSinceSnapshot++;
+    this.onApply(e.index, cmd, outcome);
+    return outcome;
   }
 
   private maybeCompact(): void {
@@ -410,7 +240,7 @@ export class RaftLog implements NodeLog {
     if (this.compacting || every <= 0 || this.entriesSinceSnapshot < every) return;
     this.compacting = true;
     this.entriesSinceSnapshot = 0;
-    const index = this.appliedIndex;
+    const index = this.driver.applied.index;
     // Frozen now, written and serialised in slices: the heartbeats and appends keep flowing meanwhile.
     this.storage
       .compact(index, this.sm.freeze())
@@ -425,46 +255,6 @@ export class RaftLog implements NodeLog {
       .finally(() => {
         this.compacting = false;
       });
-  }
-
-  private noticeRole(): void {
-    const role = this.core.role;
-    const leader = this.core.leader;
-    if (role === this.lastRole && leader === this.lastLeader) return;
-    const lostLeadership = this.lastRole === 'leader' && role !== 'leader';
-    this.lastRole = role;
-    this.lastLeader = leader;
-    if (lostLeadership) {
-      // The entries may still commit under the next leader: the outcome is unknown (retries with the same
-      // seq are answered from the dedup table; a membership change shows in the member list).
-      const err = new SegmemError('UNAVAILABLE', 'this server lost leadership; retry', {
-        reason: 'NOT_LEADER',
-        leader,
-        maybeApplied: true,
-      });
-      for (const [i, p] of this.pending) {
-        this.pending.delete(i);
-        p.reject(err);
-      }
-      for (const [c, r] of this.reads) {
-        this.reads.delete(c);
-        r.reject(err);
-      }
-    }
-    this.opts.onRoleChange?.(role, leader, this.core.term);
-  }
-
-  private fail(err: unknown): void {
-    this.failure = SegmemError.is(err)
-      ? err
-      : new SegmemError('UNAVAILABLE', `replication failed: ${(err as Error)?.message ?? err}`, undefined, {
-          cause: err,
-        });
-    this.opts.log?.(`raft loop failed: ${this.failure.message}`);
-    for (const [i, p] of this.pending) {
-      this.pending.delete(i);
-      p.reject(this.failure);
-    }
   }
 
   /** Remembers the commit index a leader announces (appends carry it whole; heartbeats capped at our match). */
@@ -487,7 +277,7 @@ export class RaftLog implements NodeLog {
       term: core.term,
       leader: core.leader,
       commitIndex: core.commitIndex,
-      appliedIndex: this.appliedIndex,
+      appliedIndex: this.driver.applied.index,
       lastIndex: core.lastIndex,
       leaderCommitIndex: leading
         ? core.commitIndex
@@ -506,10 +296,8 @@ export class RaftLog implements NodeLog {
 
   async close(): Promise<void> {
     this.closed = true;
-    if (this.timer) clearInterval(this.timer);
-    const err = new SegmemError('CLOSED', 'the server is shutting down');
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
+    this.env.clearInterval(this.timer);
+    this.driver.close();
     await this.storage.close();
   }
 }

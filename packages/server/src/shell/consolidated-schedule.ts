@@ -9,6 +9,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
+import type { Env, EnvTimer } from '@segmem/protocol';
 import type { ConsolidatedExport } from '../storage/consolidated.js';
 import { errorMessage, mkdirDurable, unlinkFile, writeFileAtomic } from '../storage/files.js';
 
@@ -25,6 +26,8 @@ export interface ConsolidatedScheduleOptions {
   intervalMs: number;
   /** How many files to keep (the newest); at least 1. */
   keep: number;
+  /** Clock and timers. */
+  env: Env;
   log?: (line: string) => void;
 }
 
@@ -35,7 +38,7 @@ export interface Coordinator {
 }
 
 export class ConsolidatedSchedule {
-  private timer: NodeJS.Timeout | null = null;
+  private timer: EnvTimer | null = null;
   private running: Promise<void> | null = null;
   private stopped = false;
   /** Index of the newest file in `dir` (read at the first tick), so a restart does not rewrite it. */
@@ -48,7 +51,7 @@ export class ConsolidatedSchedule {
 
   start(): void {
     if (this.stopped || this.timer) return;
-    this.timer = setTimeout(() => {
+    this.timer = this.opts.env.setTimeout(() => {
       this.timer = null;
       this.running = this.tick()
         .then(() => {})
@@ -57,13 +60,13 @@ export class ConsolidatedSchedule {
           this.start();
         });
     }, this.opts.intervalMs);
-    this.timer.unref?.();
+    this.timer.unref();
   }
 
   /** Stops the schedule; resolves once a file being written is done (or abandoned). */
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.opts.env.clearTimeout(this.timer);
     this.timer = null;
     await this.running;
   }
@@ -75,7 +78,7 @@ export class ConsolidatedSchedule {
       await mkdirDurable(this.opts.dir);
       const names = await this.files();
       this.lastIndex ??= names.length > 0 ? Number(FILE_NAME.exec(names[names.length - 1]!)![1]) : 0;
-      const started = Date.now();
+      const started = this.opts.env.now();
       const ex = await this.node.consolidate();
       let file: string;
       try {
@@ -87,7 +90,7 @@ export class ConsolidatedSchedule {
       }
       this.lastIndex = ex.index;
       this.opts.log?.(
-        `consolidated snapshot at index ${ex.index} (term ${ex.term}): ${ex.bytes} bytes to ${file} in ${Date.now() - started} ms`,
+        `consolidated snapshot at index ${ex.index} (term ${ex.term}): ${ex.bytes} bytes to ${file} in ${(this.opts.env.now() - started).toFixed(0)} ms`,
       );
       const all = await this.files();
       for (const name of all.slice(0, Math.max(0, all.length - this.opts.keep)))

@@ -2,25 +2,21 @@
  * Session liveness, kept by the I/O shell (not the state machine): when a session last showed a sign
  * of life, and which sessions are overdue. Expiry itself is a logged command, so every replica agrees.
  */
-export interface Clock {
-  nowMs(): number;
-}
-
-export const systemClock: Clock = { nowMs: () => performance.now() };
+import type { Env } from '@segmem/protocol';
 
 export class SessionLiveness {
   private readonly lastSeenMs = new Map<number, number>();
   private readonly timeoutMs = new Map<number, number>();
 
-  constructor(private readonly clock: Clock = systemClock) {}
+  constructor(private readonly env: Env) {}
 
   track(sessionId: number, timeoutMs: number): void {
     this.timeoutMs.set(sessionId, timeoutMs);
-    this.lastSeenMs.set(sessionId, this.clock.nowMs());
+    this.lastSeenMs.set(sessionId, this.env.now());
   }
 
   touch(sessionId: number): void {
-    if (this.lastSeenMs.has(sessionId)) this.lastSeenMs.set(sessionId, this.clock.nowMs());
+    if (this.lastSeenMs.has(sessionId)) this.lastSeenMs.set(sessionId, this.env.now());
   }
 
   forget(sessionId: number): void {
@@ -30,7 +26,7 @@ export class SessionLiveness {
 
   /** Sessions not heard from within their timeout. */
   overdue(): number[] {
-    const now = this.clock.nowMs();
+    const now = this.env.now();
     const out: number[] = [];
     for (const [id, seen] of this.lastSeenMs) if (now - seen > this.timeoutMs.get(id)!) out.push(id);
     return out;

@@ -9,6 +9,7 @@
  * jittered back-off, so a restarted peer is found again without any topology change.
  */
 import { connect as netConnect, type Socket } from 'node:net';
+import type { Env, EnvTimer } from '@segmem/protocol';
 import type { Message, NodeId } from '../raft/types.js';
 import { encodePeerHello, encodeRaftMessage } from './peer-codec.js';
 import { parseHostPort } from './tcp.js';
@@ -21,13 +22,14 @@ class PeerLink {
   private connected = false;
   private closed = false;
   private delayMs = 20;
-  private timer: NodeJS.Timeout | null = null;
+  private timer: EnvTimer | null = null;
   dropped = 0;
 
   constructor(
     readonly id: NodeId,
     private readonly address: string,
     private readonly hello: Buffer[],
+    private readonly env: Env,
   ) {
     this.dial();
   }
@@ -51,7 +53,7 @@ class PeerLink {
       this.connected = false;
       this.socket = null;
       if (this.closed) return;
-      this.timer = setTimeout(() => this.dial(), this.delayMs * (0.5 + Math.random()));
+      this.timer = this.env.setTimeout(() => this.dial(), this.delayMs * (0.5 + this.env.random()));
       this.delayMs = Math.min(this.delayMs * 2, 1000);
     });
   }
@@ -83,7 +85,7 @@ class PeerLink {
 
   close(): void {
     this.closed = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.env.clearTimeout(this.timer);
     this.socket?.destroy();
   }
 }
@@ -99,7 +101,9 @@ export class PeerTransport {
     private readonly clusterId: string,
     private readonly addresses: Record<NodeId, string>,
     members: NodeId[],
-    private readonly token: string | null = null,
+    private readonly token: string | null,
+    /** Timers and randomness of the re-dial back-off. */
+    private readonly env: Env,
   ) {
     this.setMembers(members);
   }
@@ -116,6 +120,7 @@ export class PeerTransport {
           id,
           address,
           encodePeerHello({ clusterId: this.clusterId, from: this.self, to: id, token: this.token }),
+          this.env,
         ),
       );
     }

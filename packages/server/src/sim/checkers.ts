@@ -6,9 +6,10 @@
  * - committedStable: an entry once seen committed (applied anywhere) never changes: no node applies, stores,
  *   or snapshots anything else at its index, and every new leader's log holds it (leader completeness);
  * - stateMachineAgreement: nodes that applied the same log prefix have the same state machine digest;
- * - deliverOnce: each node applies committed entries once, in order;
- * - durability (checked by the driver at each crash): what a node acknowledged (its last accepted append,
- *   its vote) is still on its disk after the crash.
+ * - durability (checked by the simulator at each crash): what a node acknowledged (its last accepted
+ *   append, its vote) is still on its disk after the crash.
+ * (That each node applies committed entries once and in order is asserted by the Raft driver itself, in
+ * the server too; the simulator reports it as `coreInvariant`.)
  * A violation throws {@link Violation}, naming the checker.
  */
 import type { Entry, NodeId, Snapshot } from '../raft/types.js';
@@ -18,7 +19,6 @@ export type CheckerName =
   | 'logMatching'
   | 'committedStable'
   | 'stateMachineAgreement'
-  | 'deliverOnce'
   | 'durability'
   | 'linearizability'
   | 'logAppends'

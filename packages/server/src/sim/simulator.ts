@@ -13,21 +13,25 @@
  * The safety checkers (checkers.ts) run on every observation; the client history is checked for
  * linearizability at the end (history.ts).
  *
- * The driver follows the Ready rules of raft/node.ts: persist, fsync (which takes simulated time), and only
- * then send and apply. The broken variant `ackBeforeFsync` sends and applies at once and syncs later.
+ * Each node runs the server's own Raft loop (log/raft-driver.ts, the one RaftLog runs) over a simulated
+ * disk whose fsync takes simulated time, under a simulated Env (sim/env.ts: the run's clock, timer queue and
+ * PRNG). The broken variant `ackBeforeFsync` is a disk that claims an fsync is done at once and syncs later.
  */
-import { decodeCommand, encodeCommand } from '../core/commands.js';
+import { createHash } from 'node:crypto';
+import { type Command, decodeCommand, encodeCommand, type Outcome } from '../core/commands.js';
 import { StateMachine } from '../core/state-machine.js';
+import { RaftDriver } from '../log/raft-driver.js';
 import { decodeConfChange } from '../raft/confchange.js';
 import { RaftInvariantError } from '../raft/invariant.js';
-import { mayLeaveBeforePersist, RaftNode } from '../raft/node.js';
+import { RaftNode } from '../raft/node.js';
 import {
   type Entry,
+  type HardState,
   type Message,
   type NodeId,
   NotLeaderError,
-  type Ready,
   type Role,
+  type Snapshot,
 } from '../raft/types.js';
 import { type CheckerName, SafetyChecker, Violation } from './checkers.js';
 import {
@@ -39,6 +43,7 @@ import {
   SimClient,
 } from './client.js';
 import { SimDisk } from './disk.js';
+import { SimClock, SimEnv } from './env.js';
 import { describeOp, History } from './history.js';
 import { type NetworkParams, SimNetwork } from './network.js';
 import { Prng } from './prng.js';
@@ -143,6 +148,8 @@ export class SimFailure extends Error {
 export interface SimResult {
   seed: number;
   ok: boolean;
+  /** SHA-256 of every trace event of the run, in order: equal for two runs of one seed. */
+  traceHash: string;
   failure: SimFailure | null;
   stats: SimStats;
   params: SimParams;
@@ -152,19 +159,21 @@ const PAGE_BYTES = 4096;
 const SEGMENT_BYTES = 64 * PAGE_BYTES;
 const TRACE_EVENTS = 40;
 const DIGEST_EVERY = 4;
-const READY_LOOPS_PER_TICK = 8;
+/** Simulated milliseconds per tick: a tick of the Raft clock, as the server's (cluster.ts RAFT_TICK_MS). */
+export const SIM_TICK_MS = 50;
 
 type Payload = { kind: 'raft'; msg: Message } | ClientToNode | NodeToClient;
 
-interface Proposal {
-  client: string | null;
-  reqId: number;
-  term: number;
-}
+/** Proposals whose outcome nobody waits for (session expiry, membership changes). */
+const IGNORE_OUTCOME = { resolve: () => {}, reject: () => {} };
 
 class SimNode {
   up = true;
   raft!: RaftNode;
+  /** The server's Raft loop, over this node's simulated disk and network. */
+  driver!: RaftDriver;
+  /** This incarnation's Env: its timers (an fsync in progress) die in a crash. */
+  env!: SimEnv;
   sm!: StateMachine;
   /** Raft index of the last applied entry. */
   applied = 0;
@@ -172,10 +181,8 @@ class SimNode {
   tickCarry = 0;
   localTicks = 0;
   downUntil = 0;
-  inflight: { rd: Ready; doneAt: number } | null = null;
-  /** ackBeforeFsync: when the background fsync runs. */
-  syncAt = Number.POSITIVE_INFINITY;
-  pending = new Map<number, Proposal>();
+  /** ackBeforeFsync: a background fsync is scheduled. */
+  syncScheduled = false;
   /** The connection each session last came from (grants are pushed there). */
   sessionClient = new Map<number, string>();
   lastHeard = new Map<number, number>();
@@ -250,6 +257,8 @@ function drawParams(prng: Prng, nodes: number): SimParams {
 
 class Simulation {
   private readonly prng: Prng;
+  /** The run's clock and timer queue (an Env over them per node incarnation). */
+  private readonly env: SimEnv;
   private readonly params: SimParams;
   private readonly net: SimNetwork<Payload>;
   private readonly nodes = new Map<NodeId, SimNode>();
@@ -273,6 +282,7 @@ class Simulation {
   private readonly logPrng: Prng;
   private readonly logAcks: LogAck[] = [];
   private readonly traceRing: string[] = [];
+  private readonly traceDigest = createHash('sha256');
   private traceAt = 0;
   private now = 0;
   private eventClock = 0;
@@ -307,6 +317,7 @@ class Simulation {
 
   constructor(private readonly opts: SimOptions) {
     this.prng = new Prng(opts.seed);
+    this.env = new SimEnv(new SimClock(), this.prng);
     const n = opts.nodes ?? 3;
     this.params = { ...drawParams(this.prng, n), ...opts.params };
     this.logPrng = new Prng((opts.seed ^ 0x10c5eed) >>> 0);
@@ -346,6 +357,7 @@ class Simulation {
 
   private trace(line: string): void {
     const event = `${this.now} ${line}`;
+    this.traceDigest.update(event).update('\n');
     this.traceRing[this.traceAt++ % TRACE_EVENTS] = event;
     this.opts.onTrace?.(event);
   }
@@ -378,12 +390,14 @@ class Simulation {
   private boot(node: SimNode): void {
     const p = this.params;
     const storage = node.disk.live;
+    const env = this.env.process();
+    node.env = env;
     node.raft = new RaftNode({
       id: node.id,
       storage,
       electionTicks: p.electionTicks,
       heartbeatTicks: p.heartbeatTicks,
-      rand: () => this.prng.float(),
+      rand: () => env.random(),
       maxEntriesPerMessage: p.maxEntriesPerMessage,
       maxInflightMessages: p.maxInflight,
       snapshotRetryTicks: p.electionTicks * 3,
@@ -392,6 +406,34 @@ class Simulation {
     const snap = storage.snapshot();
     node.sm = this.newStateMachine(snap.meta.index > 0 ? snap.data : null);
     node.applied = snap.meta.index;
+    node.driver = new RaftDriver({
+      core: node.raft,
+      storage: {
+        save: (hardState, entries) => this.persist(node, hardState, entries),
+        waitDurable: (_position, done) => this.fsync(node, done),
+      },
+      peers: {
+        send: (m) => this.sendMessage(node, m),
+        // Simulated nodes reach each other by id: no links or addresses to manage.
+        setMembers: () => {},
+        addressOf: () => undefined,
+        addAddress: () => {},
+      },
+      app: {
+        installSnapshot: (s, done) => {
+          this.installSnapshot(node, s);
+          done();
+        },
+        apply: (e) => this.apply(node, e),
+        afterReady: () => this.maybeCompact(node),
+      },
+      env,
+      applied: { index: snap.meta.index, term: snap.meta.term },
+      // What broke is the run's finding: the checker that threw, or a core invariant.
+      onFailure: (_err, cause) => {
+        throw cause;
+      },
+    });
     node.up = true;
     node.role = node.raft.role;
     node.leaderSince = -1;
@@ -400,9 +442,8 @@ class Simulation {
   private crash(node: SimNode): void {
     const r = node.disk.crash(this.prng);
     node.up = false;
-    node.inflight = null;
-    node.syncAt = Number.POSITIVE_INFINITY;
-    node.pending.clear();
+    node.env.kill();
+    node.syncScheduled = false;
     node.sessionClient.clear();
     node.lastHeard.clear();
     node.expireProposed.clear();
@@ -468,147 +509,101 @@ class Simulation {
   private tickNodes(): void {
     for (const node of this.nodes.values()) {
       if (!node.up) continue;
-      if (node.syncAt <= this.now) {
-        node.disk.sync();
-        node.syncAt = Number.POSITIVE_INFINITY;
-      }
       node.tickCarry += node.rate;
       while (node.tickCarry >= 1) {
         node.tickCarry -= 1;
         node.localTicks++;
-        node.raft.tick();
+        node.driver.tick();
         this.observe(node);
       }
     }
   }
 
-  private pumpReady(node: SimNode): void {
-    for (let i = 0; i < READY_LOOPS_PER_TICK; i++) {
-      if (node.inflight) {
-        if (this.now < node.inflight.doneAt) {
-          // Like the real driver while it waits for an fsync: commits and a leader's appends go ahead.
-          if (this.broken !== 'ackBeforeFsync') {
-            const early = node.raft.early();
-            this.sendMessages(node, early.messages);
-            for (const e of early.committed) this.apply(node, e);
-          }
-          return;
-        }
-        const rd = node.inflight.rd;
-        node.inflight = null;
-        if (rd.mustSync) node.disk.sync();
-        this.finishReady(node, rd);
-        continue;
-      }
-      if (!node.raft.hasReady()) return;
-      const rd = node.raft.ready();
-      this.persist(node, rd);
-      if (this.broken === 'ackBeforeFsync') {
-        // Broken on purpose: acknowledge (send) and apply before the writes are durable.
-        if (rd.mustSync && node.syncAt === Number.POSITIVE_INFINITY) {
-          node.syncAt = this.now + 1 + this.prng.int(0, this.params.fsyncMaxTicks * 2);
-        }
-        this.finishReady(node, rd, false);
-        continue;
-      }
-      // Like the real driver: a leader's appends leave now, in parallel with its fsync, and entries already
-      // committed (durable on a majority) are applied without waiting for this Ready's fsync.
-      this.sendMessages(node, rd.messages.filter(mayLeaveBeforePersist));
-      if (!rd.snapshot) for (const e of rd.committed) this.apply(node, e);
-      const fsyncTicks = rd.mustSync ? this.prng.int(0, this.params.fsyncMaxTicks) : 0;
-      node.inflight = { rd, doneAt: this.now + fsyncTicks };
-    }
-  }
-
-  /** Ready rule 1: snapshot, entries, hard state, in that order (the disk keeps a prefix on a crash). */
-  private persist(node: SimNode, rd: Ready): void {
-    if (rd.snapshot) {
-      this.checker.onSnapshot(node.id, rd.snapshot);
-      node.disk.write({ kind: 'snapshot', snapshot: rd.snapshot });
-    }
-    if (rd.entries.length > 0) {
+  /** The disk under the driver: entries, then hard state (the disk keeps a prefix of them in a crash). */
+  private persist(node: SimNode, hardState: HardState | undefined, entries: Entry[]): number {
+    if (entries.length > 0) {
       const disk = node.disk.live;
       this.checker.onPersist(
         node.id,
-        rd.entries,
+        entries,
         (i) => node.raft.termAt(i),
         (i) => (i >= disk.firstIndex() - 1 && i <= disk.lastIndex() ? disk.term(i) : undefined),
       );
-      node.disk.write({ kind: 'entries', entries: rd.entries });
+      node.disk.write({ kind: 'entries', entries });
     }
-    if (rd.hardState) node.disk.write({ kind: 'hardState', hardState: rd.hardState });
-    // A snapshot or a conflicting append legitimately replaces acknowledged (uncommitted) entries.
+    if (hardState) node.disk.write({ kind: 'hardState', hardState });
+    // A conflicting append legitimately replaces acknowledged (uncommitted) entries.
     const ack = node.ack;
-    if (ack && (rd.snapshot || node.raft.termAt(ack.index) !== ack.term)) node.ack = null;
+    if (ack && node.raft.termAt(ack.index) !== ack.term) node.ack = null;
+    return 0;
   }
 
-  /** Ready rules 2-4: send, restore and apply, advance. */
-  private finishReady(node: SimNode, rd: Ready, earlySent = true): void {
-    this.sendMessages(node, earlySent ? rd.messages.filter((m) => !mayLeaveBeforePersist(m)) : rd.messages);
-    if (rd.snapshot) {
-      node.sm = this.newStateMachine(rd.snapshot.data);
-      node.applied = rd.snapshot.meta.index;
-      this.stats.snapshotsInstalled++;
-      this.trace(`${node.id} installs snapshot at ${rd.snapshot.meta.index} (term ${rd.snapshot.meta.term})`);
-    }
-    if (rd.snapshot || !earlySent) for (const e of rd.committed) this.apply(node, e);
-    node.raft.advance();
-    this.maybeCompact(node);
-  }
-
-  private sendMessages(node: SimNode, messages: readonly Message[]): void {
-    for (const m of messages) {
-      if (m.type === 'appendResp' && !m.reject && m.hintIndex !== undefined) {
-        // The highest acknowledged index counts (a stale duplicate is answered with a lower one).
-        const term = node.raft.termAt(m.hintIndex);
-        if (term !== undefined && (!node.ack || m.hintIndex >= node.ack.index)) {
-          node.ack = { index: m.hintIndex, term };
-        }
-      } else if (m.type === 'voteResp' && !m.reject) {
-        node.vote = { term: m.term, for: m.to };
+  /** An fsync takes 0..fsyncMaxTicks of simulated time (done at once when 0). */
+  private fsync(node: SimNode, done: () => void): void {
+    if (this.broken === 'ackBeforeFsync') {
+      // Broken on purpose: the disk says it is durable at once, and syncs some time later.
+      if (!node.syncScheduled) {
+        node.syncScheduled = true;
+        const ticks = 1 + this.prng.int(0, this.params.fsyncMaxTicks * 2);
+        node.env.setTimeout(() => {
+          node.syncScheduled = false;
+          node.disk.sync();
+        }, ticks * SIM_TICK_MS);
       }
-      this.net.send(this.now, node.id, m.to, { kind: 'raft', msg: m });
+      done();
+      return;
     }
+    const ticks = this.prng.int(0, this.params.fsyncMaxTicks);
+    if (ticks === 0) {
+      node.disk.sync();
+      done();
+      return;
+    }
+    node.env.setTimeout(() => {
+      node.disk.sync();
+      done();
+    }, ticks * SIM_TICK_MS);
   }
 
-  private apply(node: SimNode, e: Entry): void {
-    if (e.index !== node.applied + 1) {
-      throw new Violation(
-        'deliverOnce',
-        `${node.id} is handed entry ${e.index} after applying ${node.applied}`,
-      );
+  /** Ready step 1 on a node: the leader's snapshot to disk, the state machine restored from it. */
+  private installSnapshot(node: SimNode, snapshot: Snapshot): void {
+    this.checker.onSnapshot(node.id, snapshot);
+    node.disk.write({ kind: 'snapshot', snapshot });
+    // A snapshot legitimately replaces acknowledged (uncommitted) entries.
+    node.ack = null;
+    node.sm = this.newStateMachine(snapshot.data);
+    node.applied = snapshot.meta.index;
+    this.stats.snapshotsInstalled++;
+    this.trace(`${node.id} installs snapshot at ${snapshot.meta.index} (term ${snapshot.meta.term})`);
+  }
+
+  private sendMessage(node: SimNode, m: Message): void {
+    if (m.type === 'appendResp' && !m.reject && m.hintIndex !== undefined) {
+      // The highest acknowledged index counts (a stale duplicate is answered with a lower one).
+      const term = node.raft.termAt(m.hintIndex);
+      if (term !== undefined && (!node.ack || m.hintIndex >= node.ack.index)) {
+        node.ack = { index: m.hintIndex, term };
+      }
+    } else if (m.type === 'voteResp' && !m.reject) {
+      node.vote = { term: m.term, for: m.to };
     }
+    this.net.send(this.now, node.id, m.to, { kind: 'raft', msg: m });
+  }
+
+  /** The state machine's side of the driver: one committed entry (the driver hands them out in order). */
+  private apply(node: SimNode, e: Entry): Outcome | null {
     this.checker.onApply(node.id, e);
     node.applied = e.index;
     if (e.index > this.stats.committed) this.stats.committed = e.index;
-    const p = node.pending.get(e.index);
-    if (p) node.pending.delete(e.index);
-    const mine = p !== undefined && p.term === e.term;
     if (e.type === 'conf') this.confApplied(e);
+    let out: Outcome | null = null;
     if (e.type === 'normal' && e.data.length > 0) {
       const cmd = decodeCommand(e.data);
-      const out = node.sm.apply(node.sm.appliedIndex + 1, cmd);
+      out = node.sm.apply(node.sm.appliedIndex + 1, cmd);
       if (cmd.op === 'expire') this.stats.expiries++;
       // A session is heard from when it opens (every node: any of them may lead later).
       if (cmd.op === 'open' && out.result.ok) {
         node.lastHeard.set((out.result.value as { sessionId: number }).sessionId, node.localTicks);
-      }
-      if (mine && p.client !== null) {
-        let value: number | null = null;
-        if (cmd.op === 'open' && out.result.ok) {
-          node.sessionClient.set((out.result.value as { sessionId: number }).sessionId, p.client);
-        }
-        if (cmd.op === 'acquire' && out.result.ok && (out.result.value as { granted?: unknown }).granted) {
-          value = this.counter(node, cmd.name);
-        }
-        const sessionAlive = 'sessionId' in cmd ? node.sm.hasSession(cmd.sessionId) : true;
-        this.toClient(node.id, p.client, {
-          kind: 'reply',
-          reqId: p.reqId,
-          result: out.result,
-          value,
-          sessionAlive,
-        });
       }
       for (const eff of out.effects) {
         if (eff.kind !== 'grant' && eff.kind !== 'fail') continue;
@@ -634,6 +629,20 @@ class Simulation {
       }
     }
     if (e.index % DIGEST_EVERY === 0) this.checker.onDigest(node.id, e.index, node.sm.digest());
+    return out;
+  }
+
+  /** A client's proposal was applied on the node it asked (with the term it was proposed in): the answer. */
+  private reply(node: SimNode, client: string, reqId: number, cmd: Command, out: Outcome): void {
+    let value: number | null = null;
+    if (cmd.op === 'open' && out.result.ok) {
+      node.sessionClient.set((out.result.value as { sessionId: number }).sessionId, client);
+    }
+    if (cmd.op === 'acquire' && out.result.ok && (out.result.value as { granted?: unknown }).granted) {
+      value = this.counter(node, cmd.name);
+    }
+    const sessionAlive = 'sessionId' in cmd ? node.sm.hasSession(cmd.sessionId) : true;
+    this.toClient(node.id, client, { kind: 'reply', reqId, result: out.result, value, sessionAlive });
   }
 
   private counter(node: SimNode, name: string): number {
@@ -667,16 +676,18 @@ class Simulation {
       node.lastHeard.set(cmd.sessionId, node.localTicks);
       node.sessionClient.set(cmd.sessionId, from);
     }
-    let at: { index: number; term: number };
     try {
-      at = node.raft.propose(Buffer.concat(encodeCommand(cmd)));
+      node.driver.propose(Buffer.concat(encodeCommand(cmd)), {
+        resolve: (out) => this.reply(node, from, msg.reqId, cmd, out),
+        // Lost leadership, or another leader's entry took the index: no answer, the client retries.
+        reject: () => {},
+      });
     } catch (err) {
       if (!(err instanceof NotLeaderError)) throw err;
       this.toClient(node.id, from, { kind: 'notLeader', reqId: msg.reqId, leader: err.leader });
       return;
     }
     this.observe(node);
-    node.pending.set(at.index, { client: from, reqId: msg.reqId, term: at.term });
   }
 
   private expireSessions(node: SimNode): void {
@@ -699,8 +710,7 @@ class Simulation {
     if (silent.length === 0) return;
     for (const s of silent) node.expireProposed.set(s, t);
     try {
-      const at = node.raft.propose(Buffer.concat(encodeCommand({ op: 'expire', sessionIds: silent })));
-      node.pending.set(at.index, { client: null, reqId: 0, term: at.term });
+      node.driver.propose(Buffer.concat(encodeCommand({ op: 'expire', sessionIds: silent })), IGNORE_OUTCOME);
       this.trace(`${node.id} proposes expiry of sessions ${silent.join(',')}`);
     } catch (err) {
       if (!(err instanceof NotLeaderError)) throw err;
@@ -750,7 +760,7 @@ class Simulation {
         const others = leader.raft.members.filter((m) => m !== leader.id);
         if (others.length > 0) {
           const to = this.prng.pick(others);
-          leader.raft.transferLeadership(to);
+          leader.driver.transferLeadership(to);
           this.observe(leader);
           this.stats.transfers++;
           this.trace(`${leader.id} transfers leadership to ${to}`);
@@ -821,7 +831,7 @@ class Simulation {
         case 'raft': {
           const node = this.nodes.get(pkt.to);
           if (!node?.up) break;
-          node.raft.step(payload.msg);
+          node.driver.receive(payload.msg);
           this.observe(node);
           break;
         }
@@ -860,6 +870,7 @@ class Simulation {
       const victim = this.nodes.get(r.victim)!;
       victim.up = false;
       victim.gone = true;
+      victim.env.kill();
       this.nodeIds.splice(this.nodeIds.indexOf(r.victim), 1);
       const joiner = `n${this.nextNodeNumber++}`;
       this.addNode(joiner);
@@ -883,7 +894,7 @@ class Simulation {
         : !leader.raft.members.includes(cur.joiner) && ({ op: 'add', id: cur.joiner } as const);
     if (!cc) return;
     try {
-      leader.raft.proposeConfChange(cc);
+      leader.driver.proposeConfChange(cc, IGNORE_OUTCOME);
       this.trace(`${leader.id} proposes ${cc.op} ${cc.id}`);
     } catch (err) {
       if (err instanceof RaftInvariantError) throw err;
@@ -989,22 +1000,30 @@ class Simulation {
       this.stats.clientPauses += c.pauses;
       this.stats.replays += c.replays;
     }
-    return { seed: this.opts.seed, ok: failure === null, failure, stats: this.stats, params: this.params };
+    return {
+      seed: this.opts.seed,
+      ok: failure === null,
+      traceHash: this.traceDigest.digest('hex'),
+      failure,
+      stats: this.stats,
+      params: this.params,
+    };
   }
 
   private loop(): void {
     const end = this.faultTicks + this.livenessTicks;
+    const clock = this.env.clock;
     for (this.now = 0; this.now < end; this.now++) {
+      // The clock moves to this tick: the fsyncs due by now complete.
+      clock.runUntil(this.now * SIM_TICK_MS);
       if (this.now === this.faultTicks) this.heal();
       if (this.now < this.faultTicks) this.faults();
       this.operator(this.now < this.faultTicks);
       this.deliver();
       this.tickNodes();
-      for (const node of this.nodes.values()) {
-        if (!node.up) continue;
-        this.pumpReady(node);
-        this.expireSessions(node);
-      }
+      // What the drivers deferred to the next turn of their event loop (what may go ahead of an fsync).
+      clock.runUntil(this.now * SIM_TICK_MS);
+      for (const node of this.nodes.values()) if (node.up) this.expireSessions(node);
       for (const c of this.clients.values()) c.step();
       if (this.now >= this.faultTicks && this.livenessMet()) {
         this.stats.ticks = this.now + 1;

@@ -15,7 +15,7 @@
  * @module
  */
 import { join } from 'node:path';
-import { SegmemError } from '@segmem/protocol';
+import { type Env, SegmemError } from '@segmem/protocol';
 import { type Command, decodeCommand } from '../core/commands.js';
 import type { FrozenSnapshot, StateMachine } from '../core/state-machine.js';
 import { mkdirDurable } from './files.js';
@@ -44,6 +44,8 @@ export interface LocalStorageOptions {
   walIo?: Partial<WalIo>;
   /** See {@link WalOptions.onStall}. */
   onStall?: WalOptions['onStall'];
+  /** Clock and timers of the WAL and the log (default: the process's own, systemEnv). */
+  env?: Env;
 }
 
 /** What recovery found: the WAL's report, the snapshot it started from and what it had to skip. */
@@ -153,6 +155,7 @@ export class LocalStorage {
         ...(opts.repair ? { repair: true } : {}),
         ...(opts.walIo ? { io: opts.walIo } : {}),
         ...(opts.onStall ? { onStall: opts.onStall } : {}),
+        ...(opts.env ? { env: opts.env } : {}),
       });
     } catch (err) {
       throw explainGap(err, snapDir, damaged, newest?.file);

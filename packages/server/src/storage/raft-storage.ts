@@ -44,7 +44,7 @@
  * A member that is the only voter of its group has nobody to heal from and refuses like a single server.
  */
 import { basename, join } from 'node:path';
-import { SegmemError } from '@segmem/protocol';
+import { type Env, SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import type { FrozenSnapshot, StateMachine } from '../core/state-machine.js';
 import { MemoryStorage } from '../raft/memory-storage.js';
@@ -62,7 +62,7 @@ import {
   type VoteState,
   writeVoteFile,
 } from './vote-file.js';
-import type { FsyncPolicy, RecoveryReport, Wal, WalInspection, WalIo, WalRecord } from './wal.js';
+import type { FsyncPolicy, RecoveryReport, Wal, WalInspection, WalIo, WalOptions, WalRecord } from './wal.js';
 import { describeRecovery, inspectWal, Wal as WalClass } from './wal.js';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
@@ -164,7 +164,9 @@ export interface DiskRaftStorageOptions {
   repair?: boolean;
   /** @internal WAL segment file size (default 64 MiB); small values let tests see files deleted. */
   walFileBytes?: number;
-  /** @internal Replaces the WAL's file operations (timed ones, for metrics). */
+  /** See {@link WalOptions.env}. */
+  env?: Env;
+  /** @internal Replaces the WAL's file operations (timed ones for metrics, the simulator's in-memory disk). */
   walIo?: Partial<WalIo>;
   /** Hears what happens later that an operator should know (a repaired member caught up). */
   log?: (line: string) => void;
@@ -727,6 +729,7 @@ function walOptions(opts: DiskRaftStorageOptions) {
     dir: opts.walDir,
     fsync: opts.fsync,
     ...(opts.walFileBytes !== undefined ? { segmentBytes: opts.walFileBytes } : {}),
+    ...(opts.env ? { env: opts.env } : {}),
     ...(opts.walIo ? { io: opts.walIo } : {}),
   };
 }

@@ -40,7 +40,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { SegmemError } from '@segmem/protocol';
+import { type Env, type EnvTimer, SegmemError, systemEnv } from '@segmem/protocol';
 import { crc32c } from './crc32c.js';
 import {
   closeFd,
@@ -164,6 +164,8 @@ export interface WalOptions {
    * queued, retries every 50 ms doubling to 2 s, and refuses new appends; nothing is lost or reordered.
    */
   onStall?: (stall: SegmemError | null) => void;
+  /** Timers of the stall retries (default: the process's own, systemEnv). */
+  env?: Env;
 }
 
 export interface WalRecord {
@@ -695,7 +697,8 @@ export class Wal {
   /** Set while writes fail for lack of space (or another retryable write error); cleared by a retry that succeeds. */
   private stall: SegmemError | null = null;
   private stallRetryMs = STALL_RETRY_MIN_MS;
-  private stallTimer: NodeJS.Timeout | null = null;
+  private stallTimer: EnvTimer | null = null;
+  private readonly env: Env;
   private readonly onStall: ((stall: SegmemError | null) => void) | undefined;
 
   private flushPromise: Promise<void> | null = null;
@@ -709,8 +712,8 @@ export class Wal {
   private prefixChain: Promise<unknown> = Promise.resolve();
 
   private constructor(
-    opts: Required<Omit<WalOptions, 'repair' | 'io' | 'coveredIndex' | 'onStall'>> &
-      Pick<WalOptions, 'onStall'>,
+    opts: Required<Omit<WalOptions, 'repair' | 'io' | 'coveredIndex' | 'onStall' | 'env'>> &
+      Pick<WalOptions, 'onStall' | 'env'>,
     io: WalIo,
     rec: Recovered,
   ) {
@@ -720,6 +723,7 @@ export class Wal {
     this.maxRecordBytes = opts.maxRecordBytes;
     this.io = io;
     this.onStall = opts.onStall;
+    this.env = opts.env ?? systemEnv;
     this.segments = rec.segments;
     this.last = rec.lastIndex;
     this.durable = rec.lastIndex;
@@ -767,6 +771,7 @@ export class Wal {
         segmentBytes,
         maxRecordBytes,
         ...(opts.onStall ? { onStall: opts.onStall } : {}),
+        ...(opts.env ? { env: opts.env } : {}),
       },
       io,
       rec,
@@ -951,7 +956,7 @@ export class Wal {
 
   private async doClose(): Promise<void> {
     if (this.stallTimer) {
-      clearTimeout(this.stallTimer);
+      this.env.clearTimeout(this.stallTimer);
       this.stallTimer = null;
       // One last try to write what is queued; if the disk is still full, the log fails.
       this.flushPromise ??= Promise.resolve().then(this.runFlushesBound);
@@ -1059,7 +1064,7 @@ export class Wal {
       { cause: err },
     );
     if (first) this.onStall?.(this.stall);
-    this.stallTimer = setTimeout(() => {
+    this.stallTimer = this.env.setTimeout(() => {
       this.stallTimer = null;
       if (this.flushPromise === null && !this.failure) {
         this.flushPromise = Promise.resolve().then(this.runFlushesBound);
@@ -1181,7 +1186,7 @@ export class Wal {
     if (this.failure) return;
     this.failure = walFailed(err);
     this.stall = null;
-    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.env.clearTimeout(this.stallTimer);
     this.iov = [];
     this.recEnds = [];
     this.rolls = [];
