@@ -15,6 +15,7 @@ import { timedWalIo } from './stats.js';
 import { DataDir } from './storage/datadir.js';
 import { loadPeerAddresses, savePeerAddresses } from './storage/peer-addresses.js';
 import { DiskRaftStorage } from './storage/raft-storage.js';
+import type { VoteFileIo } from './storage/vote-file.js';
 import type { WalIo } from './storage/wal.js';
 
 /** Ticks of the consensus clock. Election timeout: 10..20 ticks (0.5..1 s); heartbeats every tick. */
@@ -46,6 +47,8 @@ export interface ClusterNodeOptions extends NodeOptions {
   transport?: (opts: PeerTransportOptions) => PeerSender & { close(): void };
   /** @internal Replaces the WAL's file operations (the simulator's in-memory disk). */
   walIo?: Partial<WalIo>;
+  /** @internal Replaces the vote file's operations (the simulator's in-memory disk). */
+  voteIo?: VoteFileIo;
 }
 
 export interface PeerTransportOptions {
@@ -95,8 +98,9 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
         .filter((id) => !opts.join || id !== opts.id)
         .sort(),
       ...(opts.repair ? { repair: true } : {}),
-      ...(opts.walIo ? { walIo: opts.walIo } : opts.metrics ? { walIo: timedWalIo(opts.metrics) } : {}),
+      ...(opts.walIo ? { walIo: opts.walIo } : opts.metrics ? { walIo: timedWalIo(opts.metrics, env) } : {}),
       ...(opts.log ? { log: opts.log } : {}),
+      ...(opts.voteIo ? { voteIo: opts.voteIo } : {}),
     });
     const report = storage.report;
     for (const line of [...dataDir.warnings, ...storage.recoveryLines()]) opts.log?.(line);

@@ -343,7 +343,9 @@ export class SegmemNode {
         segmentBytes,
         ...pick(opts, 'snapshotEveryEntries', 'snapshotIntervalMs', 'walFileBytes', 'log', 'env'),
         ...(opts.repair ? { repair: true } : {}),
-        ...(opts.metrics ? { metrics: opts.metrics, walIo: timedWalIo(opts.metrics) } : {}),
+        ...(opts.metrics
+          ? { metrics: opts.metrics, walIo: timedWalIo(opts.metrics, opts.env ?? systemEnv) }
+          : {}),
         onStall: (stall) =>
           opts.log?.(stall ? `WAL: ${stall.message}` : 'WAL: writes succeed again; changes are accepted'),
       });

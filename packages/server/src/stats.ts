@@ -5,7 +5,7 @@
  * - {@link NodeStats}: the state read when a scrape asks (role, indexes, sessions, locks), so gauges cost
  *   nothing between scrapes.
  */
-import type { ErrorCode } from '@segmem/protocol';
+import type { Env, ErrorCode } from '@segmem/protocol';
 import type { Command, LockMode } from './core/commands.js';
 import type { NodeId, Role } from './raft/types.js';
 import { nodeIo, type Wal, type WalIo } from './storage/wal.js';
@@ -94,18 +94,18 @@ export interface LockStats {
 }
 
 /** The WAL's file operations, with its writes and fdatasyncs timed into `sink`. */
-export function timedWalIo(sink: MetricsSink): Partial<WalIo> {
+export function timedWalIo(sink: MetricsSink, env: Env): Partial<WalIo> {
   return {
     async writev(fd, buffers, position) {
-      const started = performance.now();
+      const started = env.now();
       const n = await nodeIo.writev(fd, buffers, position);
-      sink.walWritten(performance.now() - started);
+      sink.walWritten(env.now() - started);
       return n;
     },
     async fdatasync(fd) {
-      const started = performance.now();
+      const started = env.now();
       await nodeIo.fdatasync(fd);
-      sink.walSynced(performance.now() - started);
+      sink.walSynced(env.now() - started);
     },
   };
 }

@@ -28,7 +28,7 @@ import { connectLocal, type LocalEnd } from '../src/shell/local.js';
 import { SimClock, SimEnv } from '../src/sim/env.js';
 import { SimPeerNetwork } from '../src/sim/peer-network.js';
 import { Prng } from '../src/sim/prng.js';
-import { SimWalIo } from '../src/sim/wal-io.js';
+import { SimVoteIo, SimWalIo } from '../src/sim/wal-io.js';
 
 /** Lets the promise continuations of the simulated code run (all of them: a macrotask comes after). */
 function drainMicrotasks(): Promise<void> {
@@ -74,6 +74,7 @@ class RealSim {
         env,
         transport: this.net.transport,
         walIo,
+        voteIo: new SimVoteIo(),
         makeCore: (cfg) => new RaftNode(cfg),
         log: (line) => {
           if (line.startsWith('raft:')) this.trace.push(`${this.nowMs - Date.UTC(2030, 0, 1)} ${id} ${line}`);

@@ -5,6 +5,7 @@
  * would keep). Recovery still reads the real directory, so such a member starts empty.
  */
 import type { Env } from '@segmem/protocol';
+import type { VoteFileIo, VoteFileRead, VoteState } from '../storage/vote-file.js';
 import type { WalIo } from '../storage/wal.js';
 
 interface SimFile {
@@ -89,4 +90,21 @@ export class SimWalIo implements WalIo {
     if (!file) throw errno('EBADF', `bad file descriptor ${fd}`);
     return file;
   }
+}
+
+/**
+ * The vote file (storage/vote-file.ts) in memory. A write is durable at once: it resolves on the same
+ * turn, so opening a member (which writes it) needs no simulated time to pass.
+ */
+export class SimVoteIo implements VoteFileIo {
+  private readonly files = new Map<string, VoteState>();
+
+  readonly read = async (dir: string): Promise<VoteFileRead> => {
+    const state = this.files.get(dir);
+    return state ? { state: { ...state } } : { missing: true };
+  };
+
+  readonly write = async (dir: string, state: VoteState): Promise<void> => {
+    this.files.set(dir, { ...state });
+  };
 }

@@ -55,12 +55,12 @@ import { removeSnapshotFiles, SNAPSHOT_DIR, snapshotFileName, snapshotNameMeta }
 import { serialiseSnapshot } from './snapshot-serialise.js';
 import { type LoadedSnapshot, SnapshotDir } from './snapshots.js';
 import {
+  fileVoteIo,
   laterVote,
-  readVoteFile,
   VOTE_FILE,
+  type VoteFileIo,
   type VoteFileRead,
   type VoteState,
-  writeVoteFile,
 } from './vote-file.js';
 import type { FsyncPolicy, RecoveryReport, Wal, WalInspection, WalIo, WalOptions, WalRecord } from './wal.js';
 import { describeRecovery, inspectWal, Wal as WalClass } from './wal.js';
@@ -166,6 +166,8 @@ export interface DiskRaftStorageOptions {
   walFileBytes?: number;
   /** See {@link WalOptions.env}. */
   env?: Env;
+  /** @internal Replaces the vote file's operations (the simulator's in-memory disk). */
+  voteIo?: VoteFileIo;
   /** @internal Replaces the WAL's file operations (timed ones for metrics, the simulator's in-memory disk). */
   walIo?: Partial<WalIo>;
   /** Hears what happens later that an operator should know (a repaired member caught up). */
@@ -225,7 +227,7 @@ export class DiskRaftStorage implements RaftStorage {
 
   static async open(opts: DiskRaftStorageOptions): Promise<DiskRaftStorage> {
     await mkdirDurable(join(opts.dir, SNAPSHOT_DIR));
-    const vote = await readVoteFile(opts.dir);
+    const vote = await (opts.voteIo ?? fileVoteIo).read(opts.dir);
     let opened: Awaited<ReturnType<typeof WalClass.open>> | undefined;
     let inspection: WalInspection | undefined;
     try {
@@ -477,7 +479,8 @@ export class DiskRaftStorage implements RaftStorage {
   /** Replaces the vote file with `state`, after the writes before it. */
   private persistVote(state: VoteState): Promise<void> {
     this.voteSaved = state;
-    const write = (this.voteWrites ?? Promise.resolve()).then(() => writeVoteFile(this.opts.dir, state));
+    const io = this.opts.voteIo ?? fileVoteIo;
+    const write = (this.voteWrites ?? Promise.resolve()).then(() => io.write(this.opts.dir, state));
     const tracked = write.then(() => {
       if (this.voteWrites === tracked) this.voteWrites = null;
     });

@@ -99,6 +99,15 @@ export function writeVoteFile(dir: string, state: VoteState): Promise<void> {
   return writeFileAtomic(join(dir, VOTE_FILE), encodeVoteFile(state), 'vote');
 }
 
+/** Where the vote file lives: the data directory (the default), or a simulator's memory. */
+export interface VoteFileIo {
+  read(dir: string): Promise<VoteFileRead>;
+  /** Replaces the file with `state`, atomically and durably. */
+  write(dir: string, state: VoteState): Promise<void>;
+}
+
+export const fileVoteIo: VoteFileIo = { read: readVoteFile, write: writeVoteFile };
+
 interface TermAndVote {
   term: number;
   vote: string | null;
