@@ -5,7 +5,9 @@
  */
 import {
   type AcquireOk,
+  changedRanges,
   type EnvTimer,
+  gatherRanges,
   type Invalidate,
   MAX_TIMEOUT_MS,
   type ObjectRecord,
@@ -14,7 +16,6 @@ import {
   validatePrefix,
   validateSize,
 } from '@segmem/protocol';
-import { changedRanges, gatherRanges } from './diff.js';
 import { FOLLOWER_READ_MIN_BYTES, type FollowerReads } from './follower-reads.js';
 import type { MappedSegment } from './mapped-segment.js';
 import type { Session } from './session.js';

@@ -5,4 +5,5 @@ export * from './frame.js';
 export * from './limits.js';
 export * from './messages.js';
 export * from './msgpack.js';
+export * from './ranges.js';
 export * from './validate.js';

@@ -5,6 +5,8 @@
 import { readFile, rm as removeFile, rename, writeFile } from 'node:fs/promises';
 import {
   type AcquireOk,
+  changedRanges,
+  gatherRanges,
   MAX_OBJECT_BYTES,
   type ObjectRecord,
   PAGE_BYTES,
@@ -229,24 +231,6 @@ export function hexDump(bytes: Buffer): string {
   return `${lines.join('\n')}\n`;
 }
 
-/** Ranges where `next` differs from `before` (same length), merged across gaps of a few bytes. */
-export function changedRanges(next: Buffer, before: Buffer): [number, number][] {
-  const MERGE_GAP_BYTES = 16;
-  const ranges: [number, number][] = [];
-  for (let start = 0; start < next.length; start += PAGE_BYTES) {
-    const end = Math.min(next.length, start + PAGE_BYTES);
-    if (next.subarray(start, end).equals(before.subarray(start, end))) continue;
-    let first = start;
-    while (next[first] === before[first]) first++;
-    let last = end - 1;
-    while (next[last] === before[last]) last--;
-    const prev = ranges[ranges.length - 1];
-    if (prev && first - (prev[0] + prev[1]) <= MERGE_GAP_BYTES) prev[1] = last + 1 - prev[0];
-    else ranges.push([first, last + 1 - first]);
-  }
-  return ranges;
-}
-
 export const put: Command = {
   name: 'put',
   args: [{ name: 'NAME' }],
@@ -296,8 +280,8 @@ export const put: Command = {
         }
         const next = offset === null ? Buffer.alloc(size) : Buffer.from(before);
         value.copy(next, at);
-        const ranges = changedRanges(next, before);
-        const data = Buffer.concat(ranges.map(([o, n]) => next.subarray(o, o + n)));
+        const ranges = changedRanges(next, before, PAGE_BYTES);
+        const data = gatherRanges(next, ranges);
         return { result: { ranges, changed: data.length, size }, ranges, data };
       }).catch((err) => {
         throw explain(err, `writing "${name}"`);

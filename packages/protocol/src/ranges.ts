@@ -1,6 +1,6 @@
 /**
- * Finds the byte ranges a write handle changed, by comparing the object's bytes with the twin copy
- * taken at acquire. Whole pages are compared with memcmp (Buffer.equals); only pages that differ
+ * The byte ranges a write release ships (RELEASE's `ranges` and payload): found by comparing an object's
+ * bytes with the copy taken at acquire (the client's write handles, the `segmem put` command). Whole pages are compared with memcmp (Buffer.equals); only pages that differ
  * are scanned byte by byte, so a one-word change in a large object costs one page scan and ships
  * a few bytes.
  */
@@ -9,6 +9,7 @@ export type Range = [offset: number, length: number];
 /** Ranges closer than this are merged: a range costs ~10 header bytes, so tiny gaps are cheaper to send. */
 const MERGE_GAP_BYTES = 16;
 
+/** Where `current` differs from `twin` (same length), page by page, merged across gaps of a few bytes. */
 export function changedRanges(current: Buffer, twin: Buffer, pageBytes: number): Range[] {
   const size = current.length;
   const ranges: Range[] = [];
