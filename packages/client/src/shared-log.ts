@@ -46,7 +46,11 @@ export interface LogRecord {
 export interface LogReadOptions {
   /** First sequence number to read; default: the oldest record still retained. */
   from?: number;
-  /** Keep waiting for new records once the end is reached (until `signal` aborts or the segment closes). */
+  /**
+   * Keep waiting for new records once the end is reached (until `signal` aborts or the segment closes). A
+   * log that does not exist yet is waited for too: its first append creates it. Without `follow`, a
+   * missing log rejects with `NOT_FOUND`.
+   */
   follow?: boolean;
   /** Ends the read: the iteration rejects with `ABORTED`. */
   signal?: AbortSignal;
