@@ -8,7 +8,7 @@ import { DEFAULT_SEGMENT_BYTES, type Env, PAGE_BYTES, SegmemError, systemEnv } f
 import { parseSegmentBytes } from './config.js';
 import { StateMachine } from './core/state-machine.js';
 import { type PeerSender, type RaftCore, RaftLog } from './log/raft-log.js';
-import { type NodeOptions, SegmemNode } from './node.js';
+import { type NodeOptions, SegmemNode } from './node/index.js';
 import type { NodeId, RaftStorage } from './raft/types.js';
 import { PeerTransport } from './shell/peers.js';
 import { timedWalIo } from './stats.js';

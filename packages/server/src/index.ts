@@ -13,7 +13,7 @@ import {
   parseSegmentBytes,
   type ServerConfig,
 } from './config.js';
-import { SegmemNode } from './node.js';
+import { SegmemNode } from './node/index.js';
 import { RaftNode } from './raft/node.js';
 import { ServerMetrics, serveMetrics } from './shell/metrics.js';
 import { listen, parseHostPort } from './shell/tcp.js';
@@ -23,9 +23,9 @@ export { type Env, SegmemError, systemEnv } from '@segmem/protocol';
 export { DEFAULT_CONFIG, loadConfigFile, parsePeers, type ServerConfig } from './config.js';
 export type { Command, ObjectRecord, Outcome } from './core/commands.js';
 export { StateMachine } from './core/state-machine.js';
-export type { ApplyListener, ReplicatedLog } from './log/local-log.js';
-export type { NodeLog, Port, Wire } from './node.js';
-export { type NodeOptions, SegmemNode } from './node.js';
+export type { ApplyListener, NodeLog, ReplicatedLog } from './log/types.js';
+export type { Port, Wire } from './node/index.js';
+export { type NodeOptions, SegmemNode } from './node/index.js';
 export type { Message, NodeId } from './raft/types.js';
 export { connectLocal, type LocalEnd } from './shell/local.js';
 export { DataDir } from './storage/datadir.js';

@@ -23,7 +23,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SegmemError } from '@segmem/protocol';
 import test, { type ExecutionContext } from 'ava';
-import { SegmemNode } from '../src/node.js';
+import { SegmemNode } from '../src/node/index.js';
 import { CLONE_ONLY_STEPS, FAULT_STEPS, type FaultStep } from '../src/storage/faults.js';
 import type { FsyncPolicy } from '../src/storage/wal.js';
 import { CRASH_TEST_GEOMETRY as G } from './fixtures/crash-geometry.js';

@@ -22,7 +22,7 @@ import {
 } from '@segmem/protocol';
 import test from 'ava';
 import { openClusterNode } from '../src/cluster.js';
-import type { SegmemNode } from '../src/node.js';
+import type { SegmemNode } from '../src/node/index.js';
 import { RaftNode } from '../src/raft/node.js';
 import { connectLocal, type LocalEnd } from '../src/shell/local.js';
 import { SimClock, SimEnv } from '../src/sim/env.js';

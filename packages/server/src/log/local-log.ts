@@ -27,6 +27,7 @@ import {
 } from '../storage/local-storage.js';
 import { describeSnapshotWrite, type SnapshotWrite } from '../storage/page-file.js';
 import type { Wal } from '../storage/wal.js';
+import type { ApplyListener, ReplicatedLog } from './types.js';
 
 interface Pending {
   index: number;
@@ -34,14 +35,6 @@ interface Pending {
   sync: boolean;
   resolve: (outcome: Outcome) => void;
   reject: (err: Error) => void;
-}
-
-export type ApplyListener = (index: number, cmd: Command, outcome: Outcome) => void;
-
-export interface ReplicatedLog {
-  /** Appends `cmd`; resolves with its outcome once it is applied (and durable, for data changes). */
-  propose(cmd: Command): Promise<Outcome>;
-  close(): Promise<void>;
 }
 
 export interface SnapshotPolicy {

@@ -7,14 +7,13 @@
 import { type Env, SegmemError } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommand, type Outcome } from '../core/commands.js';
 import { StateMachine } from '../core/state-machine.js';
-import type { NodeLog } from '../node.js';
 import type { ConfChange, Entry, Message, NodeId, Role, Snapshot } from '../raft/types.js';
 import { NotLeaderError } from '../raft/types.js';
 import { type LogStats, type MetricsSink, walStats } from '../stats.js';
 import { describeSnapshotWrite } from '../storage/page-file.js';
 import type { DiskRaftStorage } from '../storage/raft-storage.js';
-import type { ApplyListener } from './local-log.js';
 import { type PeerSender, type RaftCore, RaftDriver } from './raft-driver.js';
+import type { ApplyListener, NodeLog } from './types.js';
 
 export type { PeerSender, RaftCore } from './raft-driver.js';
 

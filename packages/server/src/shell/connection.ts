@@ -10,16 +10,20 @@
 import {
   decodeRequest,
   encodeError,
+  encodeInvalidate,
   encodeOk,
   type Frame,
   FrameDecoder,
+  type Invalidate,
   MAX_FRAME_BYTES,
   MAX_INFLIGHT_REQUESTS,
+  type OkBodyInput,
   PROTOCOL_VERSION,
   type Request,
+  type RequestType,
   SegmemError,
 } from '@segmem/protocol';
-import type { Port, SegmemNode, Wire } from '../node.js';
+import type { Port, SegmemNode, Wire } from '../node/index.js';
 import type { Message } from '../raft/types.js';
 import { decodePeerHello, decodeRaftMessage, PeerMessageType, SnapshotPieces } from './peer-codec.js';
 
@@ -46,6 +50,33 @@ export class ServerConnection implements Port {
     readonly wire: Wire,
     private readonly hooks: ConnectionHooks = { pause() {}, resume() {} },
   ) {}
+
+  get remoteAddress(): string | undefined {
+    return this.wire.remoteAddress;
+  }
+
+  ok<T extends RequestType>(
+    type: T,
+    requestId: number,
+    body: OkBodyInput<T>,
+    payload?: Uint8Array | readonly Uint8Array[],
+  ): void {
+    this.answer(encodeOk(type, requestId, body, payload));
+  }
+
+  error(requestId: number, err: SegmemError): void {
+    this.answerError(requestId, err);
+  }
+
+  invalidate(msg: Invalidate): void {
+    this.answer(encodeInvalidate(msg));
+  }
+
+  /** Closes from the server's side (a deposed leader, an expired session): the client reconnects. */
+  close(): void {
+    this.closed = true;
+    this.wire.close();
+  }
 
   /** Bytes received from the transport. */
   receive(chunk: Buffer): void {

@@ -3,7 +3,7 @@
  * request handling as TCP, without the kernel. Each side's writes are delivered in order on a
  * microtask, concatenated, so both ends see exactly the byte stream a socket would carry.
  */
-import type { SegmemNode, Wire } from '../node.js';
+import type { SegmemNode, Wire } from '../node/index.js';
 import { ServerConnection } from './connection.js';
 
 export interface LocalEnd {

@@ -5,7 +5,7 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server, type Socket } from 'node:net';
 import { parseHostPort } from '@segmem/protocol';
-import type { SegmemNode } from '../node.js';
+import type { SegmemNode } from '../node/index.js';
 import { ServerConnection } from './connection.js';
 
 /** Pause reading from a socket whose unsent answers exceed this (a client that does not read). */

@@ -9,7 +9,7 @@
 import type { Env } from '@segmem/protocol';
 import type { PeerTransportOptions } from '../cluster.js';
 import type { PeerSender } from '../log/raft-driver.js';
-import type { SegmemNode, Wire } from '../node.js';
+import type { SegmemNode, Wire } from '../node/index.js';
 import type { Message, NodeId } from '../raft/types.js';
 import { ServerConnection } from '../shell/connection.js';
 import { encodePeerHello, encodeRaftMessage } from '../shell/peer-codec.js';

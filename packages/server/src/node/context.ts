@@ -1,0 +1,49 @@
+/** What the node's parts share: its identity, clock, log and options. */
+import type { Env } from '@segmem/protocol';
+import type { StateMachine } from '../core/state-machine.js';
+import type { NodeLog } from '../log/types.js';
+import type { MetricsSink } from '../stats.js';
+import type { FsyncPolicy } from '../storage/wal.js';
+
+export interface NodeOptions {
+  id: string;
+  dataDir: string;
+  fsync?: FsyncPolicy;
+  segmentBytes?: number;
+  clusterId?: string;
+  /** Credential clients must present in HELLO; none when unset. */
+  token?: string;
+  /** Truncate the WAL at a corrupt record instead of refusing to start. */
+  repair?: boolean;
+  /** Clock, timers and randomness (default: the process's own, systemEnv). */
+  env?: Env;
+  /** Where to report recovery and warnings; default: nowhere. */
+  log?: (line: string) => void;
+  /** Snapshot the state every this many log entries (default 10000; 0: never by count). */
+  snapshotEveryEntries?: number;
+  /** Snapshot the state this often if it changed (default 600000; 0: never by time). One server only. */
+  snapshotIntervalMs?: number;
+  /** @internal WAL segment file size (default 64 MiB); small values let tests exercise file rolls. */
+  walFileBytes?: number;
+  /** Scheduled consolidated snapshots: where the leader writes them (none when unset). */
+  consolidatedDir?: string;
+  /** How often the leader writes one (default 3600000). */
+  consolidatedIntervalMs?: number;
+  /** How many of them to keep, the newest (default 3). */
+  consolidatedKeep?: number;
+  /** Where to report events for the metrics endpoint; default: nowhere. */
+  metrics?: MetricsSink;
+}
+
+/** Handed by SegmemNode to each of its parts. `log` and `sm` are read when used: a Raft follower may swap `sm`. */
+export interface NodeContext {
+  readonly id: string;
+  readonly clusterId: string;
+  readonly env: Env;
+  readonly opts: NodeOptions;
+  readonly metrics: MetricsSink;
+  readonly log: NodeLog;
+  readonly sm: StateMachine;
+  /** Throws the redirect a client follows when this member is not the leader. */
+  requireLeader(): void;
+}

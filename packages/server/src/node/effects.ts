@@ -1,0 +1,42 @@
+/**
+ * What happens on this member after the state machine applied an entry: every effect of the outcome is
+ * delivered to the part that owns its connections (grants and failures to waiting acquires, pushes to
+ * sessions, woken reads, ended sessions' exports).
+ */
+import type { Outcome } from '../core/commands.js';
+import type { SnapshotExports } from './exports.js';
+import type { Grants } from './grants.js';
+import type { Reads } from './reads.js';
+import type { Sessions } from './sessions.js';
+
+export interface EffectTargets {
+  readonly sessions: Sessions;
+  readonly grants: Grants;
+  readonly reads: Reads;
+  readonly exports: SnapshotExports;
+}
+
+export function afterApply(outcome: Outcome, to: EffectTargets): void {
+  to.reads.applied();
+  for (const effect of outcome.effects) {
+    switch (effect.kind) {
+      case 'grant':
+        to.grants.granted(effect.sessionId, effect.seq, effect.grant);
+        break;
+      case 'fail':
+        to.grants.failed(effect.sessionId, effect.seq, effect.code, effect.message);
+        break;
+      case 'invalidate':
+        for (const sid of effect.sessionIds)
+          to.sessions.pushInvalidation(sid, effect.objectId, effect.version);
+        break;
+      case 'logChanged':
+        to.reads.logChanged(effect.name);
+        break;
+      case 'sessionClosed':
+        to.sessions.ended(effect.sessionId, effect.reason);
+        to.exports.sessionEnded(effect.sessionId);
+        break;
+    }
+  }
+}

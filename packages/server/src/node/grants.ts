@@ -1,0 +1,148 @@
+/**
+ * Locks as clients see them: ACQUIRE (answered at once or when the queue moves), CANCEL, RELEASE, and the
+ * delivery of grants and failures the apply path produces for waiting acquires.
+ */
+import {
+  type AcquireRequest,
+  type ErrorCode,
+  grantPayloadBytes,
+  type ReleaseRequest,
+  SegmemError,
+} from '@segmem/protocol';
+import type { Command, Grant, Outcome } from '../core/commands.js';
+import type { NodeContext } from './context.js';
+import type { Port } from './port.js';
+import type { Sessions, Waiting } from './sessions.js';
+import { objectRecord, pagesPayload, toBuffer, unwrap } from './util.js';
+
+export class Grants {
+  constructor(
+    private readonly ctx: NodeContext,
+    private readonly sessions: Sessions,
+  ) {}
+
+  /** Takes a lock; answers on `port` now (granted/failed) or later (when the queue moves). */
+  async acquire(port: Port, sessionId: number, requestId: number, req: AcquireRequest): Promise<void> {
+    const ctx = this.ctx;
+    const state = this.sessions.state(sessionId);
+    // Registered before proposing: a grant for this waiter may be applied in the same drain.
+    const waiting: Waiting = {
+      port,
+      requestId,
+      mode: req.mode,
+      sinceMs: ctx.env.now(),
+      cachedId: req.cachedId,
+      cachedVersion: req.cachedVersion,
+      inlineMaxBytes: req.inlineMaxBytes ?? null,
+      timer: null,
+    };
+    state.waiting.set(req.seq, waiting);
+    let outcome: Outcome;
+    try {
+      outcome = await ctx.log.propose({
+        op: 'acquire',
+        sessionId,
+        seq: req.seq,
+        name: req.name,
+        mode: req.mode,
+      });
+    } catch (err) {
+      state.waiting.delete(req.seq);
+      throw err;
+    }
+    if (state.waiting.get(req.seq) !== waiting) return; // already answered by a grant or failure effect
+    const result = outcome.result;
+    if (!result.ok) {
+      state.waiting.delete(req.seq);
+      throw new SegmemError(result.code, result.message);
+    }
+    const value = result.value as { granted?: Grant; queued?: boolean };
+    if (value.granted) {
+      state.waiting.delete(req.seq);
+      this.sendGrant(waiting, value.granted);
+      return;
+    }
+    if (req.timeoutMs !== null) {
+      waiting.timer = ctx.env.setTimeout(() => {
+        waiting.timer = null;
+        ctx.log.propose({ op: 'cancel', sessionId, seq: req.seq, reason: 'TIMEOUT' }).catch(() => {});
+      }, req.timeoutMs);
+    }
+  }
+
+  /** CANCEL: the waiter answers through the `fail` effect; this answers whether it was still waiting. */
+  async cancel(
+    sessionId: number,
+    acquireRequestId: number,
+    reason: 'TIMEOUT' | 'ABORTED',
+    port: Port,
+  ): Promise<boolean> {
+    const state = this.sessions.find(sessionId);
+    if (!state) return false;
+    for (const [seq, w] of state.waiting) {
+      if (w.requestId === acquireRequestId && w.port === port) {
+        const outcome = await this.ctx.log.propose({ op: 'cancel', sessionId, seq, reason });
+        return (unwrap(outcome.result) as { cancelled: boolean }).cancelled;
+      }
+    }
+    return false;
+  }
+
+  /** RELEASE: resolves with the object's version once the release is applied (a write: committed and durable). */
+  async release(sessionId: number, req: ReleaseRequest): Promise<number> {
+    const data = req.mode === 'write' && req.payload.byteLength > 0 ? toBuffer(req.payload) : null;
+    const cmd: Command = {
+      op: 'release',
+      sessionId,
+      seq: req.seq,
+      name: req.name,
+      mode: req.mode,
+      token: req.token,
+      ranges: req.ranges,
+      data,
+    };
+    const outcome = await this.ctx.log.propose(cmd);
+    return (unwrap(outcome.result) as { version: number }).version;
+  }
+
+  /** The apply path granted a queued acquire. */
+  granted(sessionId: number, seq: number, grant: Grant): void {
+    const w = this.take(sessionId, seq);
+    if (w) this.sendGrant(w, grant);
+  }
+
+  /** The apply path failed a queued acquire (cancelled, timed out, deadlock, object deleted). */
+  failed(sessionId: number, seq: number, code: ErrorCode, message: string): void {
+    const w = this.take(sessionId, seq);
+    if (w && !w.port.closed) w.port.error(w.requestId, new SegmemError(code, message));
+  }
+
+  private take(sessionId: number, seq: number): Waiting | undefined {
+    const state = this.sessions.find(sessionId);
+    const w = state?.waiting.get(seq);
+    if (!w) return undefined;
+    state!.waiting.delete(seq);
+    this.ctx.env.clearTimeout(w.timer);
+    return w;
+  }
+
+  private sendGrant(w: Waiting, grant: Grant): void {
+    if (w.port.closed) return; // the client resumes and retries the same seq: the grant is remembered
+    const { sm, env, metrics } = this.ctx;
+    const obj = sm.object(grant.object.id);
+    if (!obj) {
+      w.port.error(w.requestId, new SegmemError('NOT_FOUND', `object "${grant.object.name}" was deleted`));
+      return;
+    }
+    metrics.granted(w.mode, env.now() - w.sinceMs);
+    const pages = sm.pagesSince(obj, w.cachedId, w.cachedVersion);
+    const record = objectRecord(obj);
+    if (w.inlineMaxBytes !== null && grantPayloadBytes(obj.size, pages) > w.inlineMaxBytes) {
+      // Too many bytes for the leader to send: the client reads them from a follower (READ_PAGES).
+      w.port.ok('ACQUIRE', w.requestId, { object: record, token: grant.token, pages, deferred: true });
+      return;
+    }
+    const payload = pagesPayload(obj, pages, sm.pageBytes);
+    w.port.ok('ACQUIRE', w.requestId, { object: record, token: grant.token, pages }, payload);
+  }
+}

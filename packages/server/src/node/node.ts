@@ -1,0 +1,557 @@
+/**
+ * One segmem server's state and request handling, independent of how bytes arrive: the data directory,
+ * the log and its state machine, and the parts that serve clients: sessions (sessions.ts), locks
+ * (grants.ts), waiting reads (reads.ts), consolidated snapshots (exports.ts), and what follows each
+ * applied entry (effects.ts). Answers go out through each connection's Port (port.ts), which encodes them.
+ * `startServer` puts it behind TCP/UDP; the client's embedded mode attaches in-process connections.
+ */
+import type { Socket as UdpSocket } from 'node:dgram';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  type AcquireRequest,
+  DEFAULT_SEGMENT_BYTES,
+  type Env,
+  type HelloRequest,
+  type LockedObject,
+  type LogAppendRequest,
+  type LogReadRequest,
+  MAX_STATUS_LOCKS,
+  type MemberRole,
+  PAGE_BYTES,
+  type ReadPagesRequest,
+  type ReleaseRequest,
+  SegmemError,
+  type StatusOk,
+  systemEnv,
+} from '@segmem/protocol';
+import { DEFAULT_CONFIG, parseSegmentBytes } from '../config.js';
+import type { Command } from '../core/commands.js';
+import type { StateMachine } from '../core/state-machine.js';
+import { openLocalLog } from '../log/local-log.js';
+import type { ApplyListener, NodeLog } from '../log/types.js';
+import type { Message } from '../raft/types.js';
+import { ConsolidatedSchedule } from '../shell/consolidated-schedule.js';
+import { UdpHints } from '../shell/udp-hints.js';
+import { type MetricsSink, NO_METRICS, type NodeStats, timedWalIo } from '../stats.js';
+import type { ConsolidatedExport } from '../storage/consolidated.js';
+import { DataDir } from '../storage/datadir.js';
+import { describeLocalRecovery } from '../storage/local-storage.js';
+import { isSnapshotName, SNAPSHOT_DIR } from '../storage/snapshot-file.js';
+import { isSegmentFileName, type RecoveryReport } from '../storage/wal.js';
+import type { NodeContext, NodeOptions } from './context.js';
+import { afterApply } from './effects.js';
+import { SnapshotExports } from './exports.js';
+import { Grants } from './grants.js';
+import type { Port } from './port.js';
+import { Reads } from './reads.js';
+import { Sessions } from './sessions.js';
+import { pick, sameSecret, toBuffer, unwrap } from './util.js';
+
+export class SegmemNode {
+  readonly id: string;
+  readonly recovery: RecoveryReport;
+  readonly clusterId: string;
+  readonly metrics: MetricsSink;
+  private readonly log: NodeLog;
+  private readonly env: Env;
+  private readonly sessions: Sessions;
+  private readonly grants: Grants;
+  private readonly reads: Reads;
+  private readonly exports: SnapshotExports;
+  private closing = false;
+  private readonly schedule: ConsolidatedSchedule | null;
+
+  private constructor(
+    private readonly opts: NodeOptions,
+    private readonly dataDir: DataDir,
+    makeLog: (onApply: ApplyListener) => NodeLog,
+    recovery: RecoveryReport,
+  ) {
+    this.id = opts.id;
+    this.recovery = recovery;
+    this.clusterId = dataDir.meta.clusterId;
+    this.env = opts.env ?? systemEnv;
+    this.metrics = opts.metrics ?? NO_METRICS;
+    const node = this;
+    // Read through the node: the log is made below, and a Raft follower may replace its state machine.
+    const ctx: NodeContext = {
+      id: this.id,
+      clusterId: this.clusterId,
+      env: this.env,
+      opts,
+      metrics: this.metrics,
+      get log() {
+        return node.log;
+      },
+      get sm() {
+        return node.log.stateMachine;
+      },
+      requireLeader: () => this.requireLeader(),
+    };
+    this.sessions = new Sessions(ctx);
+    this.grants = new Grants(ctx, this.sessions);
+    this.reads = new Reads(ctx);
+    this.exports = new SnapshotExports(ctx);
+    const targets = {
+      sessions: this.sessions,
+      grants: this.grants,
+      reads: this.reads,
+      exports: this.exports,
+    };
+    this.log = makeLog((_index, cmd, outcome) => {
+      this.metrics.applied(cmd.op);
+      afterApply(outcome, targets);
+    });
+    this.schedule = opts.consolidatedDir
+      ? new ConsolidatedSchedule(
+          { isLeader: () => this.log.isLeader(), consolidate: () => this.consolidate() },
+          {
+            dir: opts.consolidatedDir,
+            intervalMs: opts.consolidatedIntervalMs ?? DEFAULT_CONFIG.consolidatedIntervalMs,
+            keep: opts.consolidatedKeep ?? DEFAULT_CONFIG.consolidatedKeep,
+            env: this.env,
+            ...(opts.log ? { log: opts.log } : {}),
+          },
+        )
+      : null;
+  }
+
+  get sm(): StateMachine {
+    return this.log.stateMachine;
+  }
+
+  get pageBytes(): number {
+    return this.sm.pageBytes;
+  }
+
+  /** Pages this member served through READ_PAGES (for status lines and tests). */
+  get pagesServed(): number {
+    return this.reads.pagesServed;
+  }
+
+  // --- lifecycle ---
+
+  static async open(opts: NodeOptions): Promise<SegmemNode> {
+    const segmentBytes = parseSegmentBytes(opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES);
+    const dataDir = await DataDir.open({
+      dir: opts.dataDir,
+      serverId: opts.id,
+      pageBytes: PAGE_BYTES,
+      segmentBytes,
+      ...(opts.clusterId ? { clusterId: opts.clusterId } : {}),
+    });
+    try {
+      const local = await openLocalLog({
+        dir: dataDir.dir,
+        walDir: dataDir.walDir,
+        fsync: opts.fsync ?? 'batch',
+        pageBytes: PAGE_BYTES,
+        segmentBytes,
+        ...pick(opts, 'snapshotEveryEntries', 'snapshotIntervalMs', 'walFileBytes', 'log', 'env'),
+        ...(opts.repair ? { repair: true } : {}),
+        ...(opts.metrics
+          ? { metrics: opts.metrics, walIo: timedWalIo(opts.metrics, opts.env ?? systemEnv) }
+          : {}),
+        onStall: (stall) =>
+          opts.log?.(stall ? `WAL: ${stall.message}` : 'WAL: writes succeed again; changes are accepted'),
+      });
+      for (const line of dataDir.warnings) opts.log?.(line);
+      for (const line of describeLocalRecovery(local.report)) opts.log?.(line);
+      const node = new SegmemNode(opts, dataDir, local.create, local.report.wal);
+      // Sessions end with a restart: their lock state may not all have reached the disk.
+      await node.log.propose({ op: 'restart', sessionIdFloor: Math.floor(node.env.now()) * 1000 });
+      node.start();
+      return node;
+    } catch (err) {
+      await dataDir.close();
+      throw err;
+    }
+  }
+
+  /** Builds a node over a log made by the caller (the cluster mode's Raft log). */
+  static withLog(
+    opts: NodeOptions,
+    dataDir: DataDir,
+    makeLog: (onApply: ApplyListener) => NodeLog,
+    recovery: RecoveryReport,
+  ): SegmemNode {
+    const node = new SegmemNode(opts, dataDir, makeLog, recovery);
+    node.start();
+    return node;
+  }
+
+  private start(): void {
+    this.sessions.start();
+    this.schedule?.start();
+  }
+
+  /** The log's leadership changed: a new leader restarts every session's clock; a deposed one lets go. */
+  roleChanged(isLeader: boolean): void {
+    this.sessions.roleChanged(isLeader);
+    if (!isLeader) this.reads.dropLogReads();
+  }
+
+  private readonly closeHooks: (() => void)[] = [];
+
+  /** Runs `fn` when the node closes (before the log and data directory close). */
+  onClose(fn: () => void): void {
+    this.closeHooks.push(fn);
+  }
+
+  private closed: Promise<void> | null = null;
+
+  close(): Promise<void> {
+    this.closed ??= this.shutdown();
+    return this.closed;
+  }
+
+  /** Before a clean shutdown of a Raft member: let another member lead (no-op for a single member). */
+  async handOff(): Promise<void> {
+    if (this.closing) return;
+    await this.log.handOff?.().catch(() => {});
+  }
+
+  private async shutdown(): Promise<void> {
+    await this.handOff();
+    this.closing = true;
+    for (const fn of this.closeHooks) fn();
+    this.sessions.stop();
+    this.reads.close();
+    this.exports.close();
+    await this.schedule?.stop();
+    await this.log.close();
+    await this.dataDir.close();
+  }
+
+  // --- status ---
+
+  /** For operators and tests: where this member stands. */
+  status(): {
+    leader: boolean;
+    applied: number;
+    digest: string;
+    sessions: number;
+    objects: number;
+    logs: number;
+    pagesServed: number;
+  } {
+    const sm = this.sm;
+    return {
+      leader: this.log.isLeader(),
+      applied: sm.appliedIndex,
+      digest: sm.digest(),
+      sessions: sm.sessionIds().length,
+      objects: sm.objectCount(),
+      logs: sm.logCount(),
+      pagesServed: this.pagesServed,
+    };
+  }
+
+  /** For the metrics endpoint: where this member stands, read when scraped (a scan of the objects for the locks). */
+  stats(): NodeStats {
+    const sm = this.sm;
+    const log = this.log.stats();
+    // A single member leads itself.
+    if (log.role === 'leader' && log.leader === null) log.leader = this.id;
+    return {
+      id: this.id,
+      clusterId: this.clusterId,
+      log,
+      sessions: sm.sessionCount(),
+      objects: sm.objectCount(),
+      logs: sm.logCount(),
+      locks: sm.lockStats(),
+      pagesServed: this.pagesServed,
+    };
+  }
+
+  /** Cluster mode: the consensus core's position, for STATUS (set by cluster.ts). */
+  raftStatus: (() => RaftStatus) | null = null;
+
+  /** STATUS: where this member stands; any member answers, leader or not. */
+  async statusReport(): Promise<StatusOk> {
+    const sm = this.sm;
+    const applied = this.log.appliedPosition().index;
+    const raft: RaftStatus = this.raftStatus?.() ?? {
+      role: 'leader',
+      leader: this.id,
+      term: 0,
+      commitIndex: applied,
+      lastIndex: applied,
+      progress: [],
+    };
+    const locked = sm.lockedObjects().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const locks: LockedObject[] = locked.slice(0, MAX_STATUS_LOCKS).map((obj) => {
+      const writing = obj.writer !== 0;
+      return [obj.name, writing ? 'write' : 'read', writing ? 1 : obj.readers, obj.queue.length];
+    });
+    const wal = await filesIn(this.dataDir.walDir, isSegmentFileName, false);
+    const snaps = await filesIn(join(this.dataDir.dir, SNAPSHOT_DIR), isSnapshotName, true);
+    return {
+      serverId: this.id,
+      clusterId: this.clusterId,
+      ...raft,
+      appliedIndex: applied,
+      members: this.log.membersWithAddresses?.() ?? [[this.id, null]],
+      walFiles: wal.files,
+      walBytes: wal.bytes,
+      snapshotFiles: snaps.files,
+      snapshotBytes: snaps.bytes,
+      snapshotIndex: snaps.newest ? Number(snaps.newest.slice(21, 41)) : 0,
+      sessions: sm.sessionIds().length,
+      objects: sm.objectCount(),
+      logs: sm.logCount(),
+      locks,
+      lockedObjects: locked.length,
+      fsync: this.opts.fsync ?? 'batch',
+    };
+  }
+
+  // --- membership and peers ---
+
+  /** Throws the redirect a client follows when this member is not the leader. */
+  requireLeader(): void {
+    if (this.log.isLeader()) return;
+    const hint = this.log.leaderHint();
+    throw new SegmemError(
+      'UNAVAILABLE',
+      hint
+        ? `not the leader; the leader is ${hint.id}${hint.address ? ` at ${hint.address}` : ''}`
+        : 'not the leader; no leader is known yet',
+      { reason: 'NOT_LEADER', leader: hint?.id ?? null, address: hint?.address ?? null },
+    );
+  }
+
+  /** MEMBERSHIP: lists the group, or adds or removes one server (committed before it answers). */
+  async membership(op: 'list' | 'add' | 'remove', id: string | null, address: string | null) {
+    this.requireLeader();
+    const log = this.log;
+    if (!log.membersWithAddresses || !log.proposeConfChange) {
+      if (op !== 'list') {
+        throw new SegmemError(
+          'INVALID_ARGUMENT',
+          'this server runs a single-member group; start it with --peers to replicate',
+        );
+      }
+      return { members: [[this.id, null]] as [string, string | null][], leader: this.id };
+    }
+    if (op !== 'list') {
+      try {
+        await log.proposeConfChange({ op, id: id!, ...(op === 'add' && address ? { address } : {}) });
+      } catch (err) {
+        if (SegmemError.is(err)) throw err;
+        throw new SegmemError('INVALID_ARGUMENT', (err as Error).message);
+      }
+    }
+    return { members: log.membersWithAddresses(), leader: this.id };
+  }
+
+  /** Receives consensus messages from peers (cluster mode only). */
+  peerHandler: ((msg: Message) => void) | null = null;
+
+  /** Checks a peer's PEER_HELLO; throws UNAUTHORIZED for another cluster or a misdirected peer. */
+  acceptPeer(hello: {
+    clusterId: string;
+    from: string;
+    to: string;
+    token: string | null;
+  }): (msg: Message) => void {
+    if (!this.peerHandler)
+      throw new SegmemError('PROTOCOL', 'this server runs a single-member group and takes no peers');
+    if (hello.clusterId !== this.clusterId) {
+      throw new SegmemError(
+        'UNAUTHORIZED',
+        `peer ${hello.from} belongs to cluster ${hello.clusterId}, not ${this.clusterId}`,
+      );
+    }
+    if (hello.to !== this.id)
+      throw new SegmemError('UNAUTHORIZED', `peer ${hello.from} dialled ${hello.to}, but this is ${this.id}`);
+    // With a token set, members present it to each other too: a process that can reach the port but does
+    // not know it cannot speak Raft here.
+    if (this.opts.token !== undefined && !sameSecret(hello.token, this.opts.token))
+      throw new SegmemError('UNAUTHORIZED', `peer ${hello.from}: bad or missing token`);
+    const handler = this.peerHandler;
+    return (msg) => {
+      if (msg.from === hello.from && msg.to === this.id) handler(msg);
+    };
+  }
+
+  /** Attaches the UDP socket used to send invalidation hints. */
+  setUdp(socket: UdpSocket | null): void {
+    this.sessions.setUdp(socket ? new UdpHints(socket) : null);
+  }
+
+  // --- sessions (sessions.ts) ---
+
+  /** HELLO on a client connection: opens or resumes a session, answers on `port`, returns the session id. */
+  hello(port: Port, requestId: number, req: HelloRequest): Promise<number> {
+    return this.sessions.hello(port, requestId, req);
+  }
+
+  /** HELLO of a page-reader connection: any member answers, after the cluster and credential checks. */
+  helloPageReader(port: Port, requestId: number, req: HelloRequest): void {
+    this.sessions.helloPageReader(port, requestId, req);
+  }
+
+  touch(sessionId: number): void {
+    this.sessions.touch(sessionId);
+  }
+
+  /** A connection went away; its session lives on until it resumes or times out. */
+  detach(port: Port, sessionId: number): void {
+    this.sessions.detach(port, sessionId);
+  }
+
+  goodbye(sessionId: number): Promise<void> {
+    return this.sessions.goodbye(sessionId);
+  }
+
+  // --- objects ---
+
+  async create(sessionId: number, req: { seq: number; name: string; size: number; ifNotExists: boolean }) {
+    const outcome = await this.log.propose({
+      op: 'create',
+      sessionId,
+      ...pick(req, 'seq', 'name', 'size', 'ifNotExists'),
+    });
+    return unwrap(outcome.result) as { object: ReturnType<StateMachine['stat']>; created: boolean };
+  }
+
+  async delete(sessionId: number, req: { seq: number; name: string }): Promise<void> {
+    unwrap((await this.log.propose({ op: 'delete', sessionId, seq: req.seq, name: req.name })).result);
+  }
+
+  async stat(name: string) {
+    this.requireLeader();
+    await this.log.readBarrier();
+    const rec = this.sm.stat(name);
+    if (!rec) throw new SegmemError('NOT_FOUND', `no object named "${name}"`);
+    return rec;
+  }
+
+  async list(prefix: string) {
+    this.requireLeader();
+    await this.log.readBarrier();
+    return this.sm.list(prefix);
+  }
+
+  async validate(objects: [number, number][]): Promise<[number, number][]> {
+    this.requireLeader();
+    await this.log.readBarrier();
+    const stale: [number, number][] = [];
+    for (const [id, version] of objects) {
+      const obj = this.sm.object(id);
+      if (!obj) stale.push([id, 0]);
+      else if (obj.version !== version) stale.push([id, obj.version]);
+    }
+    return stale;
+  }
+
+  // --- locks (grants.ts) ---
+
+  /** Takes a lock; answers on `port` now (granted/failed) or later (when the queue moves). */
+  acquire(port: Port, sessionId: number, requestId: number, req: AcquireRequest): Promise<void> {
+    return this.grants.acquire(port, sessionId, requestId, req);
+  }
+
+  /** CANCEL: the waiter answers through the `fail` effect; this answers whether it was still waiting. */
+  cancel(
+    sessionId: number,
+    acquireRequestId: number,
+    reason: 'TIMEOUT' | 'ABORTED',
+    port: Port,
+  ): Promise<boolean> {
+    return this.grants.cancel(sessionId, acquireRequestId, reason, port);
+  }
+
+  release(sessionId: number, req: ReleaseRequest): Promise<number> {
+    return this.grants.release(sessionId, req);
+  }
+
+  // --- shared logs ---
+
+  /** LOG_APPEND: one command, so the batch is atomic, contiguous and applied exactly once. */
+  async logAppend(sessionId: number, req: LogAppendRequest): Promise<{ first: number; count: number }> {
+    const cmd: Command = {
+      op: 'append',
+      sessionId,
+      seq: req.seq,
+      name: req.name,
+      sizes: req.sizes,
+      maxBytes: req.maxBytes,
+      data: req.payload.byteLength > 0 ? toBuffer(req.payload) : null,
+    };
+    return unwrap((await this.log.propose(cmd)).result) as { first: number; count: number };
+  }
+
+  async logTruncate(sessionId: number, req: { seq: number; name: string; before: number }): Promise<number> {
+    const outcome = await this.log.propose({
+      op: 'truncate',
+      sessionId,
+      ...pick(req, 'seq', 'name', 'before'),
+    });
+    return (unwrap(outcome.result) as { first: number }).first;
+  }
+
+  // --- waiting reads (reads.ts) ---
+
+  /** LOG_READ: answers on `port` now, or as soon as the log gains a record (pushed from the apply path). */
+  logRead(port: Port, requestId: number, req: LogReadRequest): Promise<void> {
+    return this.reads.logRead(port, requestId, req);
+  }
+
+  /** READ_PAGES: answers on `port` with the pages at exactly `req.version`, waiting up to `waitMs` to apply it. */
+  readPages(port: Port, requestId: number, req: ReadPagesRequest): Promise<void> {
+    return this.reads.readPages(port, requestId, req);
+  }
+
+  // --- consolidated snapshots (exports.ts) ---
+
+  /** A consolidated snapshot of the applied state; see {@link SnapshotExports.consolidate}. */
+  consolidate(): Promise<ConsolidatedExport> {
+    return this.exports.consolidate();
+  }
+
+  /** SNAPSHOT: a consolidated snapshot kept for SNAPSHOT_READ until the asking session ends. */
+  snapshotExport(sessionId: number): Promise<{ id: number; bytes: number; index: number; term: number }> {
+    return this.exports.export(sessionId);
+  }
+
+  /** SNAPSHOT_READ: a piece of an export, as views of its frozen bytes (no copy). */
+  snapshotRead(req: { id: number; offset: number; length: number }): Buffer[] {
+    return this.exports.read(req);
+  }
+}
+
+/** The consensus position STATUS reports (a single server: the leader of its own group, term 0). */
+export interface RaftStatus {
+  role: MemberRole;
+  leader: string | null;
+  term: number;
+  commitIndex: number;
+  lastIndex: number;
+  /** The leader only: `[id, matchIndex]` of every other member. */
+  progress: [string, number][];
+}
+
+/** How many files in `dir` match `isName`, their bytes (allocated on disk when `allocated`), the last name. */
+async function filesIn(
+  dir: string,
+  isName: (name: string) => boolean,
+  allocated: boolean,
+): Promise<{ files: number; bytes: number; newest: string | null }> {
+  let names: string[];
+  try {
+    names = (await readdir(dir)).filter(isName).sort();
+  } catch {
+    return { files: 0, bytes: 0, newest: null };
+  }
+  let bytes = 0;
+  for (const name of names) {
+    // A file deleted meanwhile (a compaction) just does not count.
+    const st = await stat(join(dir, name)).catch(() => null);
+    if (st) bytes += allocated ? st.blocks * 512 : st.size;
+  }
+  return { files: names.length, bytes, newest: names[names.length - 1] ?? null };
+}
