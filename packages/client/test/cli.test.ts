@@ -507,6 +507,29 @@ test('data commands on one server: create, put, get, stat, ls, rm, each with --j
   }
 });
 
+test('a command that fails on an error the server answered still ends its session at once', async (t) => {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: join(dir.path, 'd') });
+  const env = { SEGMEM_SERVERS: server.address };
+  try {
+    t.is((await segmem(['create', 'cfg/a', '16'], env)).code, 0);
+    oneLineError(t, await segmem(['create', 'cfg/a', '16'], env), 'ALREADY_EXISTS', /cfg\/a/);
+    oneLineError(t, await segmem(['get', 'nope'], env), 'NOT_FOUND', /nope/);
+    oneLineError(
+      t,
+      await segmem(['put', 'cfg/a', '--value', 'x'.repeat(17)], env),
+      'INVALID_ARGUMENT',
+      /16 bytes/,
+    );
+    // Each said GOODBYE before exiting: no session is left to expire 5 s later with a lock it might hold.
+    const status = JSON.parse((await segmem(['status', '--json'], env)).stdout);
+    t.is(status.members[0].sessions, 0);
+  } finally {
+    await server.stop();
+    dir.cleanup();
+  }
+});
+
 test('status of one server, and of a 3-member group with a member down and without a leader', async (t) => {
   const dir = tempDir();
   const single = await startServerProcess({ dataDir: join(dir.path, 'single'), fsync: 'always' });
