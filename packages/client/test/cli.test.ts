@@ -811,7 +811,12 @@ test('--token (or SEGMEM_TOKEN) reaches a server that requires one; without it, 
   try {
     const servers = ['--servers', server.address];
     oneLineError(t, await segmem(['ls', ...servers]), 'UNAUTHORIZED', /^segmem: bad or missing token/);
-    oneLineError(t, await segmem(['status', ...servers]), 'UNAVAILABLE', /bad or missing token/);
+    oneLineError(
+      t,
+      await segmem(['status', ...servers]),
+      'UNAUTHORIZED',
+      /^segmem: bad or missing token \(127\.0\.0\.1:\d+\)/,
+    );
     t.is((await segmem(['create', 'x', '4', ...servers, '--token', 's3cret'])).code, 0);
     const listed = await segmem(['ls', ...servers], { SEGMEM_TOKEN: 's3cret' });
     t.is(listed.code, 0, listed.stderr);
