@@ -23,6 +23,7 @@ import {
   decodeInvalidationDatagram,
   MAX_SESSION_TIMEOUT_MS,
   MIN_SESSION_TIMEOUT_MS,
+  parseHostPort,
   SegmemError,
   systemEnv,
 } from '@segmem/protocol';
@@ -195,6 +196,8 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
       'connect needs servers: a non-empty array of "host:port" strings',
     );
   }
+  // A mistyped address is the caller's mistake, not a server down: say so before dialling anything.
+  for (const s of opts.servers) parseHostPort(s, 'server address');
   const sessionTimeoutMs = sessionTimeout(opts.sessionTimeoutMs);
   let udp: UdpSocket | undefined;
   if (opts.udpHints) {

@@ -266,3 +266,14 @@ test('compat: the counter program, then concurrent increments from the compat AP
     dir.cleanup();
   }
 });
+
+test('connect refuses a malformed server list as INVALID_ARGUMENT, before dialling', async (t) => {
+  for (const servers of [[], ['localhost'], ['127.0.0.1:7401', '127.0.0.1'], ['host:99999'], [7401]]) {
+    await rejectsCode(
+      t,
+      connect({ servers: servers as string[] }),
+      'INVALID_ARGUMENT',
+      `servers ${JSON.stringify(servers)}`,
+    );
+  }
+});

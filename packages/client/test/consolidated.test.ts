@@ -82,7 +82,7 @@ test('segmem snapshot --out, --inspect and restore round-trip a cluster and a si
     const restoredDirs = ['r1', 'r2', 'r3'].map((d) => join(dir.path, d));
     const restored = await segmem(['restore', file, '--data', restoredDirs.join(',')]);
     t.is(restored.code, 0, restored.stderr);
-    t.regex(restored.stdout, /restored 3 objects and 1 shared logs into 3 data directories/);
+    t.regex(restored.stdout, /restored 3 objects and 1 shared log into 3 data directories/);
     const clusterId = /--cluster-id (\S+)/.exec(restored.stdout)![1]!;
     const again = await segmem(['restore', file, '--data', restoredDirs[0]!]);
     t.is(again.code, 1, 'restore refuses a directory that is not empty');

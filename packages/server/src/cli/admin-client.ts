@@ -222,7 +222,9 @@ export class AdminSession {
       try {
         return await conn.call(req, serverMs + timeoutMs);
       } catch (err) {
-        this.drop();
+        // An error the server answered (NOT_FOUND, ALREADY_EXISTS, ...) leaves the connection good, and
+        // close() needs it to say GOODBYE: without one the session would linger until it expires.
+        if (conn.closed || !answeredBy(err)) this.drop();
         const redirect = redirectOf(err);
         if (SegmemError.is(err) && err.code === 'UNAVAILABLE') {
           tried.set(conn.address, reasonOf(err));
@@ -287,6 +289,16 @@ export class AdminSession {
     if (i >= 0) this.queue.splice(i, 1);
     this.queue.unshift(address);
   }
+}
+
+/** Whether `err` is an answer from the server, rather than no answer (a timeout) or a lost connection. */
+function answeredBy(err: unknown): boolean {
+  return (
+    SegmemError.is(err) &&
+    err.code !== 'UNAVAILABLE' &&
+    err.code !== 'PROTOCOL' &&
+    err.details?.reason !== 'NO_ANSWER'
+  );
 }
 
 /** Runs `req` on the leader of the group reachable at `opts.servers`, in a session of its own. */

@@ -9,6 +9,7 @@ import {
   CONNECTION_OPTIONS,
   type Command,
   connectionOf,
+  counted,
   escapeText,
   formatBytes,
   out,
@@ -64,12 +65,12 @@ async function inspectFile(file: string): Promise<number> {
     `cluster ${h.clusterId}, taken ${h.createdAt}; page ${h.pageBytes} B, segment ${h.segmentBytes} B`,
     ...h.groups.map(([g, index, term]) => `group ${g}: index ${index}, term ${term}`),
     `content digest ${snap.contentDigest}`,
-    `${snap.content.objects.length} objects:`,
+    `${counted(snap.content.objects.length, 'object')}:`,
     ...snap.content.objects.map(
       (o) =>
         `  ${escapeText(o.name)}  size ${o.size}  version ${o.version}  address ${o.firstPage * h.pageBytes}${o.data ? '' : '  (never written)'}`,
     ),
-    `${snap.content.logs.length} shared logs:`,
+    `${counted(snap.content.logs.length, 'shared log')}:`,
     ...(snap.content.logs as [string, number, number, number][]).map(
       ([name, maxBytes, first, next]) =>
         `  ${escapeText(name)}  records ${first}..${next - 1}  retention ${maxBytes} B`,
@@ -200,7 +201,7 @@ export const restore: Command = {
     });
     progress('restore: done', true);
     const c = r.snapshot.content;
-    let text = `restored ${c.objects.length} objects and ${c.logs.length} shared logs into ${dirs.length} data director${dirs.length === 1 ? 'y' : 'ies'} (cluster ${r.clusterId}, servers ${r.ids.join(', ')})\n`;
+    let text = `restored ${counted(c.objects.length, 'object')} and ${counted(c.logs.length, 'shared log')} into ${dirs.length} data director${dirs.length === 1 ? 'y' : 'ies'} (cluster ${r.clusterId}, servers ${r.ids.join(', ')})\n`;
     if (dirs.length > 1) {
       text += `start each member with --id ID --data DIR --peers ${r.ids.map((id) => `${id}=HOST:PORT`).join(',')} --cluster-id ${r.clusterId}\n`;
     }

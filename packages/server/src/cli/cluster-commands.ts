@@ -44,7 +44,12 @@ export const status: Command = {
     const ask = (address: string) =>
       memberStatus(address, conn).then(
         (s) => ({ address, status: s, error: null }),
-        (err: unknown) => ({ address, status: null, error: reasonOf(err) }),
+        (err: unknown) => ({
+          address,
+          status: null,
+          error: reasonOf(err),
+          code: SegmemError.is(err) ? err.code : null,
+        }),
       );
     // The addresses given, then the members their answers name that were not asked yet.
     const answers = await Promise.all(conn.servers.map(ask));
@@ -55,6 +60,12 @@ export const status: Command = {
         if (address && !known.has(address)) more.add(address);
     answers.push(...(await Promise.all([...more].map(ask))));
     const up = answers.filter((a) => a.status !== null) as { address: string; status: StatusOk }[];
+    // Every member answered, refusing the credential: that is not a member down.
+    if (answers.every((a) => a.status === null && a.code === 'UNAUTHORIZED'))
+      throw new SegmemError(
+        'UNAUTHORIZED',
+        `${answers[0]!.error} (${answers.map((a) => a.address).join(', ')})`,
+      );
     if (up.length === 0) {
       throw new SegmemError(
         'UNAVAILABLE',

@@ -73,6 +73,11 @@ export function json(value: unknown): Promise<void> {
 }
 
 /** `1.5 MiB`, `512 B`. */
+/** `1 object`, `3 objects`. */
+export function counted(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`;
+}
+
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
   const units = ['KiB', 'MiB', 'GiB', 'TiB'];

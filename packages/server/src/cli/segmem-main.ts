@@ -97,7 +97,7 @@ export async function segmemMain(argv: string[]): Promise<void> {
           null,
         );
       }
-      throw new UsageError(`unknown command ${JSON.stringify(first)}; segmem --help lists them`, null);
+      throw new UsageError(`unknown command ${JSON.stringify(first)}`, null);
     }
     current = found.command;
     const parsed = parseCommand(found.command, found.rest);
