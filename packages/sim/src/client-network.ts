@@ -4,7 +4,8 @@
  * client (what its Session reads and writes), with bytes delivered in order after a simulated delay. A
  * partition between the two, seen when bytes cross it, breaks the connection on both sides, as a TCP reset
  * or keepalive failure would; dialling across one fails after a connect timeout. The client's side of
- * every delivery is a timer of the client's own Env, so a paused client receives nothing until it resumes.
+ * every delivery is a timer of the client's own Env, so a paused client reads nothing until it resumes
+ * (and then first what reached it before a break, as from a socket's buffer).
  */
 import type { Dial, Transport } from '@segmem/client/internal/session';
 import { type Env, SegmemError } from '@segmem/protocol';
@@ -97,6 +98,8 @@ class ClientLink implements Transport {
   onClose: () => void = () => {};
   private readonly conn: ServerConnection;
   private closed = false;
+  /** The client closed it: nothing more reaches it. */
+  private hungUp = false;
   /** Delivery times of the last bytes each way, to keep each direction in order. */
   private upAtMs = 0;
   private downAtMs = 0;
@@ -128,20 +131,27 @@ class ClientLink implements Transport {
     }, this.upAtMs - env.now());
   }
 
+  /**
+   * Member -> client: the bytes cross the network on the world's clock; once across they wait for the client
+   * (its own Env: a paused client reads them when it resumes), even if the connection breaks after that.
+   */
   private toClient(bytes: Buffer): void {
     if (this.closed) return;
-    const env = this.clientEnv;
+    const env = this.net.env;
     this.downAtMs = Math.max(env.now() + this.net.delayMs(), this.downAtMs);
     env.setTimeout(() => {
       if (this.closed) return;
       if (this.net.isCut(this.client, this.address)) this.fail();
-      else this.onData(bytes);
+      else
+        this.clientEnv.setTimeout(() => {
+          if (!this.hungUp) this.onData(bytes);
+        }, 0);
     }, this.downAtMs - env.now());
   }
 
   private toClientClose(): void {
     if (this.closed) return;
-    const env = this.clientEnv;
+    const env = this.net.env;
     this.downAtMs = Math.max(env.now() + this.net.delayMs(), this.downAtMs);
     env.setTimeout(() => this.fail(), this.downAtMs - env.now());
   }
@@ -158,6 +168,7 @@ class ClientLink implements Transport {
 
   /** The client hangs up: the member sees it after the delay; the client's close handler runs, as a socket's. */
   close(): void {
+    this.hungUp = true;
     if (this.closed) return;
     this.closed = true;
     this.net.forget(this);
