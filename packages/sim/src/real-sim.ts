@@ -470,7 +470,9 @@ class RealSimulation {
           this.log(`partition: ${isolated} ${oneWay ? 'cannot send to' : 'cut off from'} the others`);
         } else {
           const c = this.prng.pick(this.clients);
-          const member = this.prng.pick(ids);
+          // Mostly the leader: the cut that strands the client's requests and answers.
+          const leader = this.leaders()[0];
+          const member = leader && this.prng.chance(0.7) ? leader : this.prng.pick(ids);
           this.clientNet.cut(c.name, this.addresses[member]!);
           this.clientNet.breakCut();
           this.log(`partition: ${c.name} cut off from ${member}`);
