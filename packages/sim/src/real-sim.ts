@@ -9,7 +9,8 @@
  * timeout taken while the client holds a write handle, after which it writes into that handle. Then the
  * faults stop and every operation still out must complete (liveness). The history of what the clients saw
  * is checked: increments counted exactly once, reads of committed values only, linearizability per
- * counter, shared-log appends exactly once at the sequence number their answer gave.
+ * counter, stat versions that count every increment acknowledged before them, shared-log appends exactly
+ * once at the sequence number their answer gave.
  */
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -378,10 +379,22 @@ class RealSimulation {
     }
   }
 
+  /**
+   * A stat is linearizable against the increments: each acknowledged before it was called made a write
+   * release (one version each, from 1 at the create), so its version counts at least those.
+   */
   private async stat(c: SimClient, object: string): Promise<void> {
+    const callMs = this.nowMs;
     try {
       const info = await c.segment.stat(object);
-      if (info.version < 1) throw new Failure('stat', `${c.name}: ${object} at version ${info.version}`);
+      const before = this.history.ops.filter(
+        (o) => o.object === object && o.kind === 'write' && o.status === 'ok' && o.ret < callMs,
+      ).length;
+      if (info.version < 1 + before)
+        throw new Failure(
+          'statVersions',
+          `${c.name} stat ${object} at ${callMs}..${this.nowMs} gave version ${info.version}, below 1 + the ${before} increments acknowledged before it`,
+        );
       this.stats.stats++;
       this.log(`${c.name} stat ${object} v${info.version}`);
     } catch (err) {
