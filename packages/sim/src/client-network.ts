@@ -8,7 +8,7 @@
  * (and then first what reached it before a break, as from a socket's buffer).
  */
 import type { Dial, Transport } from '@segmem/client/internal/session';
-import { type Env, SegmemError } from '@segmem/protocol';
+import { type Env, FrameDecoder, MAX_FRAME_BYTES, MessageType, SegmemError } from '@segmem/protocol';
 import type { SegmemNode, Wire } from '@segmem/server';
 import { ServerConnection } from '@segmem/server/internal/shell/connection';
 
@@ -20,6 +20,11 @@ export class SimClientNetwork {
   /** Cut pairs, as `client|address`. */
   private readonly cuts = new Set<string>();
   private readonly links = new Set<ClientLink>();
+  /**
+   * Called as a write RELEASE reaches a member (before the member reads it): the simulation may cut the
+   * client off right then, so the release commits and its answer is lost.
+   */
+  onWriteRelease: ((client: string, address: string) => void) | null = null;
   /** Connections opened, and broken by a partition. */
   opened = 0;
   broken = 0;
@@ -98,6 +103,8 @@ class ClientLink implements Transport {
   onClose: () => void = () => {};
   private readonly conn: ServerConnection;
   private closed = false;
+  /** The client's frames, read as they reach the member (only for onWriteRelease). */
+  private upstream: FrameDecoder | null = null;
   /** The client closed it: nothing more reaches it. */
   private hungUp = false;
   /** Delivery times of the last bytes each way, to keep each direction in order. */
@@ -126,8 +133,17 @@ class ClientLink implements Transport {
     this.upAtMs = Math.max(env.now() + this.net.delayMs(), this.upAtMs);
     env.setTimeout(() => {
       if (this.closed) return;
-      if (this.net.isCut(this.client, this.address)) this.fail();
-      else this.conn.receive(bytes);
+      if (this.net.isCut(this.client, this.address)) {
+        this.fail();
+        return;
+      }
+      const hook = this.net.onWriteRelease;
+      if (hook) {
+        this.upstream ??= new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
+        for (const f of this.upstream.push(bytes))
+          if (f.type === MessageType.RELEASE && f.header.mode === 'write') hook(this.client, this.address);
+      }
+      this.conn.receive(bytes);
     }, this.upAtMs - env.now());
   }
 

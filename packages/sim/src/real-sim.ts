@@ -38,6 +38,11 @@ export type RealBrokenVariant = (typeof REAL_BROKEN_VARIANTS)[number];
 export interface RealSimOptions {
   seed: number;
   broken?: RealBrokenVariant;
+  /**
+   * Also strand clients: cut one off from the member its write release just reached, for longer than the
+   * session timeout (off by default: it leaves locks held for good today; see docs/architecture.md).
+   */
+  strand?: boolean;
   /** Simulated ms of workload under faults (default 8000), before the liveness phase. */
   workloadMs?: number;
   /** Every line of the trace as it is made. */
@@ -60,6 +65,11 @@ export interface RealSimParams {
    * as a process whose many tasks read at once; some of them then start while the client reconnects.
    */
   watchEveryMs: number;
+  /**
+   * Chance that a write release reaching a member strands its client: cut off from that member for longer
+   * than the session timeout as the release arrives, so it commits and its answer is lost.
+   */
+  strandRate: number;
   /** Mean simulated ms between two partitions. */
   partitionEveryMs: number;
 }
@@ -138,6 +148,7 @@ function drawParams(prng: Prng): RealSimParams {
     clientPartitions: partitions && prng.chance(0.6),
     partitionEveryMs: prng.int(1000, 4000),
     watchEveryMs: prng.chance(0.7) ? prng.int(1, 5) : 0,
+    strandRate: prng.chance(0.3) ? prng.pick([0.02, 0.1]) : 0,
   };
 }
 
@@ -192,6 +203,7 @@ class RealSimulation {
   constructor(readonly opts: RealSimOptions) {
     this.prng = new Prng(opts.seed);
     this.params = drawParams(this.prng);
+    if (!opts.strand) this.params.strandRate = 0;
     this.world = new SimEnv(this.clock, this.prng.fork());
     this.peerNet = new SimPeerNetwork(this.world, this.params.latencyMs);
     this.clientNet = new SimClientNetwork(this.world, this.params.latencyMs, this.params.jitterMs);
@@ -292,6 +304,22 @@ class RealSimulation {
     watched.catch(() => {});
     await this.until(() => done, maxMs, what);
     return watched;
+  }
+
+  /** Each client's session as its own code sees it (for a liveness failure). */
+  clientStates(): string {
+    return this.clients
+      .map((c) => {
+        const session = (c.segment as unknown as { session: Session }).session;
+        const inner = session as unknown as {
+          pending: Map<number, { req: { type: string; name?: string }; sent: boolean }>;
+        };
+        const pending = [...inner.pending.values()].map(
+          (p) => `${p.req.type}${p.req.name ? ` ${p.req.name}` : ''}${p.sent ? '' : ' (unsent)'}`,
+        );
+        return `${c.name}: ${session.isConnected ? 'connected' : 'not connected'}${c.env.isPaused ? ', paused' : ''}, session ${session.sessionId}, waiting for ${pending.join(', ') || 'nothing'}`;
+      })
+      .join('\n');
   }
 
   leaders(): string[] {
@@ -463,6 +491,19 @@ class RealSimulation {
   /** Faults other than pauses: partitions, drawn for the seed, started and healed on the world's clock. */
   startFaults(endMs: number): void {
     const p = this.params;
+    if (p.strandRate > 0) {
+      this.clientNet.onWriteRelease = (client, address) => {
+        if (!this.faultsOn || this.nowMs >= endMs || this.clientNet.isCut(client, address)) return;
+        if (!this.prng.chance(p.strandRate)) return;
+        this.stats.partitions++;
+        this.clientNet.cut(client, address);
+        const durationMs = Math.floor(p.sessionTimeoutMs * (1.5 + this.prng.float() * 1.5));
+        this.log(
+          `partition: ${client} cut off from ${address} as its write release arrives, for ${durationMs} ms`,
+        );
+        this.world.setTimeout(() => this.heal(), durationMs);
+      };
+    }
     if (!p.memberPartitions && !p.clientPartitions) return;
     const ids = [...this.nodes.keys()];
     const next = () => {
@@ -655,7 +696,12 @@ export async function runRealSimulation(opts: RealSimOptions): Promise<RealSimRe
     // Liveness: the faults stop; every operation still out must complete.
     sim.faultsOn = false;
     sim.heal();
-    await sim.until(() => running === 0 || failure !== undefined, LIVENESS_MS, 'the operations still out');
+    try {
+      await sim.until(() => running === 0 || failure !== undefined, LIVENESS_MS, 'the operations still out');
+    } catch (err) {
+      if (err instanceof Failure) throw new Failure(err.checker, `${err.detail}\n${sim.clientStates()}`);
+      throw err;
+    }
     if (!failure) {
       const reader = await sim.settle(sim.openClient('checker'), 10_000, 'the checking client connecting');
       sim.clients.push(reader);
