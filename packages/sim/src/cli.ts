@@ -1,10 +1,9 @@
 /**
- * npm run sim -- [--real | --core | --both] --seeds N [--from F] [--seed S] [--broken VARIANT] [--strand] [--trace]
+ * npm run sim -- [--real | --core | --both] --seeds N [--from F] [--seed S] [--broken VARIANT] [--trace]
  *
  * --real (the default): the simulation of the shipped code (real members and real clients, real-sim.ts).
  * --core: the core simulator of @segmem/server (its model clients; every option of its own CLI passes on).
  * --both: the core simulator, then the real one, with the same options.
- * --strand: also cut clients off from the member their write release just reached (see real-sim.ts).
  * Without --seed or --from the seeds start at a random one, printed, so a failure replays with --seed S.
  * Prints one line per failure, then the count, seeds per minute and simulated seconds per wall second;
  * exits 1 on any failure.
@@ -16,7 +15,7 @@ import { REAL_BROKEN_VARIANTS, type RealBrokenVariant, runRealSimulation } from 
 
 function usage(message: string): never {
   process.stderr.write(
-    `${message}\nusage: npm run sim -- [--real|--core|--both] --seeds N [--from F] [--seed S] [--broken ${REAL_BROKEN_VARIANTS.join('|')}] [--strand] [--trace] [--verbose]\n`,
+    `${message}\nusage: npm run sim -- [--real|--core|--both] --seeds N [--from F] [--seed S] [--broken ${REAL_BROKEN_VARIANTS.join('|')}] [--trace] [--verbose]\n`,
   );
   process.exit(2);
 }
@@ -66,7 +65,6 @@ async function runReal(): Promise<number> {
     const r = await runRealSimulation({
       seed: s,
       ...(broken ? { broken: broken as RealBrokenVariant } : {}),
-      ...(args.includes('--strand') ? { strand: true } : {}),
       ...(args.includes('--trace') ? { onTrace: (line: string) => process.stderr.write(`${line}\n`) } : {}),
     });
     simulatedMs += r.stats.simulatedMs;

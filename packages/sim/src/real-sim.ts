@@ -38,11 +38,6 @@ export type RealBrokenVariant = (typeof REAL_BROKEN_VARIANTS)[number];
 export interface RealSimOptions {
   seed: number;
   broken?: RealBrokenVariant;
-  /**
-   * Also strand clients: cut one off from the member its write release just reached, for longer than the
-   * session timeout (off by default: it leaves locks held for good today; see docs/architecture.md).
-   */
-  strand?: boolean;
   /** Simulated ms of workload under faults (default 8000), before the liveness phase. */
   workloadMs?: number;
   /** Every line of the trace as it is made. */
@@ -203,7 +198,6 @@ class RealSimulation {
   constructor(readonly opts: RealSimOptions) {
     this.prng = new Prng(opts.seed);
     this.params = drawParams(this.prng);
-    if (!opts.strand) this.params.strandRate = 0;
     this.world = new SimEnv(this.clock, this.prng.fork());
     this.peerNet = new SimPeerNetwork(this.world, this.params.latencyMs);
     this.clientNet = new SimClientNetwork(this.world, this.params.latencyMs, this.params.jitterMs);
