@@ -454,6 +454,9 @@ class RealSimulation {
       else if (r < 0.75) await this.read(c, object);
       else if (r < 0.85) await this.stat(c, object);
       else await this.append(c, taskNo * 100_000 + n++);
+      // A stall at any other moment: between operations, with the watcher's reads or a reconnection under way.
+      if (this.faultsOn && !c.env.isPaused && this.prng.chance(this.params.pauseRate / 10))
+        this.pause(c, Math.floor(this.params.sessionTimeoutMs * (0.5 + this.prng.float() * 2.5)));
       await sleep(c.env, this.prng.int(0, 40));
     }
   }
