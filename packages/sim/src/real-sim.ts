@@ -16,6 +16,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { FollowerReads } from '@segmem/client/internal/follower-reads';
 import { BufferSegment } from '@segmem/client/internal/mapped-segment';
 import { SegmentImpl } from '@segmem/client/internal/segment';
 import { Session } from '@segmem/client/internal/session';
@@ -83,6 +84,9 @@ export interface RealSimStats {
   connections: number;
   brokenConnections: number;
   leaderChanges: number;
+  /** Pages of deferred grants read from followers, and from the leader. */
+  pagesFromFollowers: number;
+  pagesFromLeader: number;
 }
 
 export interface RealSimResult {
@@ -107,6 +111,12 @@ const COUNTERS = ['c0', 'c1', 'c2', 'c3'];
 const COUNTER_BYTES = 4096;
 const MAX_SLOTS = (COUNTER_BYTES - 4) / 4;
 const LOG = 'events';
+/**
+ * An object large enough that a grant after someone else's write is deferred and its pages read from a
+ * follower: every write fills it with its tag, so a read must see one tag, of a write that may have committed.
+ */
+const BLOB = 'blob';
+const BLOB_BYTES = 32 * 4096;
 /** Errors an operation may end with under faults; anything else is a failure of the run. */
 const EXPECTED_CODES = new Set(['UNAVAILABLE', 'LOCK_LOST']);
 /** Simulated ms the liveness phase may take once faults stop. */
@@ -190,6 +200,8 @@ class RealSimulation {
     connections: 0,
     brokenConnections: 0,
     leaderChanges: 0,
+    pagesFromFollowers: 0,
+    pagesFromLeader: 0,
   };
   private readonly dirs: string[] = [];
   private unexpected: Failure | null = null;
@@ -261,7 +273,18 @@ class RealSimulation {
       },
       onResumed: () => segment?.revalidate(),
     });
-    segment = new SegmentImpl(session, new BufferSegment(), session.hello.pageBytes);
+    // Large grants leave their pages to the followers, read over page-reader connections of this network.
+    const followerReads = new FollowerReads(session, {
+      sessionTimeoutMs: this.params.sessionTimeoutMs,
+      dial: (address) => this.clientNet.dial(name, env, [address]),
+    });
+    segment = new SegmentImpl(
+      session,
+      new BufferSegment(),
+      session.hello.pageBytes,
+      async () => followerReads.close(),
+      followerReads,
+    );
     if (this.opts.broken === 'keepCopyAfterLockLost') segment.keepUncommittedCopies = true;
     const client = { name, env, segment, home: COUNTERS[this.clients.length % COUNTERS.length]! };
     this.log(`${name} session ${session.sessionId}`);
@@ -401,6 +424,56 @@ class RealSimulation {
     }
   }
 
+  private readonly blobWrites = new Map<number, { client: string; status: 'ok' | 'void' | 'unknown' }>();
+  private readonly blobReads: { client: string; tag: number; atMs: number }[] = [];
+  /** Tags of blob writes: unique, and never a counter tag (those are history ids). */
+  private nextBlobTag = 1_000_001;
+
+  private async writeBlob(c: SimClient): Promise<void> {
+    const tag = this.nextBlobTag++;
+    let wrote = false;
+    try {
+      await c.segment.update(BLOB, (h) => {
+        for (let at = 0; at < BLOB_BYTES; at += 4) h.bytes.writeInt32LE(tag, at);
+        wrote = true;
+      });
+      this.blobWrites.set(tag, { client: c.name, status: 'ok' });
+      this.log(`${c.name} blob #${tag} ok`);
+    } catch (err) {
+      const e = this.check(err, c.name, 'blob write');
+      this.stats.failedOps++;
+      this.blobWrites.set(tag, {
+        client: c.name,
+        status: !wrote || e?.code === 'LOCK_LOST' ? 'void' : 'unknown',
+      });
+      this.log(`${c.name} blob #${tag} failed: ${e?.code}`);
+    }
+  }
+
+  private async readBlob(c: SimClient): Promise<void> {
+    try {
+      const tag = await c.segment.read(BLOB, (h) => {
+        const first = h.bytes.readInt32LE(0);
+        for (let at = 4; at < BLOB_BYTES; at += 4) {
+          const t = h.bytes.readInt32LE(at);
+          if (t !== first)
+            throw new Failure(
+              'blobWhole',
+              `${c.name} read a blob mixing the writes #${first} and #${t} (at byte ${at})`,
+            );
+        }
+        return first;
+      });
+      this.blobReads.push({ client: c.name, tag, atMs: this.nowMs });
+      this.stats.reads++;
+      this.log(`${c.name} blob read #${tag}`);
+    } catch (err) {
+      if (err instanceof Failure) throw err;
+      this.stats.failedOps++;
+      this.log(`${c.name} blob read failed: ${this.check(err, c.name, 'blob read')?.code}`);
+    }
+  }
+
   /**
    * A stat is linearizable against the increments: each acknowledged before it was called made a write
    * release (one version each, from 1 at the create), so its version counts at least those.
@@ -452,7 +525,9 @@ class RealSimulation {
       const r = this.prng.float();
       if (r < 0.45) await this.increment(c, object);
       else if (r < 0.75) await this.read(c, object);
-      else if (r < 0.85) await this.stat(c, object);
+      else if (r < 0.8) await this.stat(c, object);
+      else if (r < 0.84) await this.writeBlob(c);
+      else if (r < 0.88) await this.readBlob(c);
       else await this.append(c, taskNo * 100_000 + n++);
       // A stall at any other moment: between operations, with the watcher's reads or a reconnection under way.
       if (this.faultsOn && !c.env.isPaused && this.prng.chance(this.params.pauseRate / 10))
@@ -599,6 +674,16 @@ class RealSimulation {
           );
       }
     }
+    // The blob: every read saw one write whole, and never one that was refused.
+    for (const r of this.blobReads) {
+      if (r.tag === 0) continue;
+      const w = this.blobWrites.get(r.tag);
+      if (!w || w.status === 'void')
+        throw new Failure(
+          'readsCommitted',
+          `${r.client} read the blob written by #${r.tag} at ${r.atMs}: ${w ? `refused (${w.client})` : 'no such write'}`,
+        );
+    }
     const lin = this.history.check();
     if (lin) {
       const ops = [...lin.ops].sort((a, b) => a.call - b.call).map(describeOp);
@@ -677,6 +762,7 @@ export async function runRealSimulation(opts: RealSimOptions): Promise<RealSimRe
     const setup = sim.clients[0]!.segment;
     for (const name of COUNTERS)
       await sim.settle(setup.create(name, COUNTER_BYTES, { ifNotExists: true }), 10_000, `creating ${name}`);
+    await sim.settle(setup.create(BLOB, BLOB_BYTES), 10_000, 'creating the blob');
     const endMs = sim.nowMs + workloadMs;
     const tasks = sim.clients.flatMap((c) => [
       sim.task(c, 0, endMs),
@@ -714,6 +800,11 @@ export async function runRealSimulation(opts: RealSimOptions): Promise<RealSimRe
   sim.stats.simulatedMs = sim.nowMs;
   sim.stats.connections = sim.clientNet.opened;
   sim.stats.brokenConnections = sim.clientNet.broken;
+  for (const c of sim.clients) {
+    const reads = c.segment.stats().pageReads;
+    sim.stats.pagesFromFollowers += reads.fromFollowers;
+    sim.stats.pagesFromLeader += reads.fromLeader;
+  }
   if (failure) sim.log(`FAIL ${failure.checker}: ${failure.detail.split('\n')[0]}`);
   const trace = [...sim.trace];
   const traceHash = createHash('sha256').update(trace.join('\n')).digest('hex');
