@@ -15,6 +15,7 @@ test(`real members and real clients: seeds 1..${SEEDS} pass every checker, fault
   let lockLost = 0;
   let partitions = 0;
   let increments = 0;
+  let pagesFromFollowers = 0;
   const started = performance.now();
   for (let seed = 1; seed <= SEEDS; seed++) {
     const r = await runRealSimulation({ seed });
@@ -23,6 +24,7 @@ test(`real members and real clients: seeds 1..${SEEDS} pass every checker, fault
     lockLost += r.stats.lockLost;
     partitions += r.stats.partitions;
     increments += r.stats.increments;
+    pagesFromFollowers += r.stats.pagesFromFollowers;
     if (!r.ok) failures.push(`seed ${seed}: ${r.failure!.checker}: ${r.failure!.detail}`);
   }
   const wallS = (performance.now() - started) / 1000;
@@ -33,6 +35,7 @@ test(`real members and real clients: seeds 1..${SEEDS} pass every checker, fault
     `${pauses} pauses, ${lockLost} LOCK_LOST, ${partitions} partitions`,
   );
   t.true(increments > 1000, `${increments} acknowledged increments`);
+  t.true(pagesFromFollowers > 0, 'deferred grants had their pages read from followers');
   t.log(
     `${SEEDS} seeds in ${wallS.toFixed(1)} s (${((60 * SEEDS) / wallS).toFixed(0)} seeds/minute, ${(simulatedMs / 1000 / wallS).toFixed(1)} simulated s per wall s); ` +
       `${increments} increments, ${pauses} pauses, ${lockLost} LOCK_LOST, ${partitions} partitions`,
