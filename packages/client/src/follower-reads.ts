@@ -5,7 +5,7 @@
  * from the leader through the session when no follower answers in time.
  */
 import { type AcquireOk, type Env, SegmemError } from '@segmem/protocol';
-import { Session, tcpDial } from './session.js';
+import { type Dial, Session, tcpDial } from './session.js';
 
 /** Grants with at least this many page bytes are read from followers (smaller ones come with the grant). */
 export const FOLLOWER_READ_MIN_BYTES = 64 * 1024;
@@ -40,7 +40,12 @@ export class FollowerReads {
 
   constructor(
     private readonly session: Session,
-    private readonly opts: { sessionTimeoutMs: number; token?: string },
+    private readonly opts: {
+      sessionTimeoutMs: number;
+      token?: string;
+      /** How to reach one follower (default: TCP; the simulator passes its network's). */
+      dial?: (address: string) => Dial;
+    },
   ) {
     this.env = session.env;
   }
@@ -116,7 +121,7 @@ export class FollowerReads {
 
   private openReader(address: string): Reader {
     const session = Session.open({
-      dial: tcpDial([address], this.env),
+      dial: this.opts.dial ? this.opts.dial(address) : tcpDial([address], this.env),
       env: this.env,
       sessionTimeoutMs: this.opts.sessionTimeoutMs,
       ...(this.opts.token !== undefined ? { token: this.opts.token } : {}),

@@ -129,7 +129,8 @@ class NativeSegment implements MappedSegment {
   }
 }
 
-class BufferSegment implements MappedSegment {
+/** The local copy without the addon (also the simulator's: no page rights, no file). */
+export class BufferSegment implements MappedSegment {
   readonly protectedPages = false;
   private readonly objects = new Map<number, Buffer>();
 

@@ -258,6 +258,11 @@ export class SegmentImpl implements Segment {
   private lastInvalidationSeq = 0;
   private closed = false;
   private closing: Promise<void> | null = null;
+  /**
+   * @internal The simulator's broken variant only (never set otherwise): a copy that a lost write handle
+   * could have written stays trusted, as before dropUncommitted existed, so the checkers can show they catch it.
+   */
+  keepUncommittedCopies = false;
 
   constructor(
     private readonly session: Session,
@@ -700,6 +705,7 @@ export class SegmentImpl implements Segment {
    * this copy sees it is gone and reads every page instead.
    */
   private dropUncommitted(cached: CachedObject): void {
+    if (this.keepUncommittedCopies) return;
     cached.version = 0;
     this.retire(cached);
   }

@@ -161,7 +161,12 @@ export class Session {
   start(req: Request): { requestId: number; promise: Promise<unknown> } {
     if (this.closed)
       return { requestId: 0, promise: Promise.reject(new SegmemError('CLOSED', 'the segment is closed')) };
-    if (this.unavailable) return { requestId: 0, promise: Promise.reject(this.unavailable) };
+    if (this.unavailable) {
+      // A release still goes out once a server answers: if the session resumes, the server would otherwise
+      // hold the lock for as long as the session lives. Its caller fails fast, as every other caller does.
+      if (req.type === 'RELEASE') this.orphan(this.allocateRequestId(), req, false);
+      return { requestId: 0, promise: Promise.reject(this.unavailable) };
+    }
     const requestId = this.allocateRequestId();
     let entry!: Pending;
     const promise = new Promise<unknown>((resolve, reject) => {
@@ -445,24 +450,35 @@ export class Session {
   }
 
   /**
-   * Rejects every pending request. With `keepAcquires` (the session may still live), an acquire stays
-   * registered as an orphan: its caller has its error, but if the server grants it later (it may already
-   * be in the group's log), the grant is given straight back instead of holding the lock forever.
+   * Rejects every pending request. With `keepAcquires` (the session may still live), an acquire or a release
+   * stays registered as an orphan: its caller has its error, but if the server grants it later (it may already
+   * be in the group's log), the grant is given straight back instead of holding the lock forever, and a
+   * release still reaches the server.
    */
   private failAll(err: SegmemError, keepAcquires = false): void {
     for (const [id, p] of this.pending) {
       p.reject(err);
-      if (keepAcquires && p.req.type === 'ACQUIRE') {
-        const req = p.req;
-        this.pending.set(id, {
-          req,
-          sent: p.sent,
-          resolve: (grant) => this.giveBack(req.name, req.mode, (grant as AcquireOk).token),
-          reject: () => {},
-        });
-      } else this.pending.delete(id);
+      if (keepAcquires && (p.req.type === 'ACQUIRE' || p.req.type === 'RELEASE'))
+        this.orphan(id, p.req, p.sent);
+      else this.pending.delete(id);
     }
     this.releaseCapacity();
+  }
+
+  /**
+   * Keeps a request nobody waits for any more, to be sent (again) once a server answers: an acquire, whose
+   * grant is given straight back, or a release, so a resumed session holds no lock its caller gave up.
+   */
+  private orphan(id: number, req: Request, sent: boolean): void {
+    this.pending.set(id, {
+      req,
+      sent,
+      resolve:
+        req.type === 'ACQUIRE'
+          ? (grant) => this.giveBack(req.name, req.mode, (grant as AcquireOk).token)
+          : () => {},
+      reject: () => {},
+    });
   }
 
   /** Releases a grant nobody waits for any more, changing nothing. */

@@ -164,7 +164,9 @@ test('the packed packages install without a compiler into a fresh app, which run
       };
       for (const [sub, target] of Object.entries(pkg.exports)) {
         for (const file of typeof target === 'string' ? [target] : [target.types, target.default]) {
-          t.true(existsSync(join(modules, name, file)), `${name} export ${sub}: ${file} is installed`);
+          // A subpath pattern (the internal/* of the simulator) names a folder of files: the folder is installed.
+          const path = file.includes('*') ? file.slice(0, file.indexOf('*')) : file;
+          t.true(existsSync(join(modules, name, path)), `${name} export ${sub}: ${file} is installed`);
         }
       }
     }

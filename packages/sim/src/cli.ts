@@ -1,0 +1,98 @@
+/**
+ * npm run sim -- [--real | --core | --both] --seeds N [--from F] [--seed S] [--broken VARIANT] [--trace]
+ *
+ * --real (the default): the simulation of the shipped code (real members and real clients, real-sim.ts).
+ * --core: the core simulator of @segmem/server (its model clients; every option of its own CLI passes on).
+ * --both: the core simulator, then the real one, with the same options.
+ * Without --seed or --from the seeds start at a random one, printed, so a failure replays with --seed S.
+ * Prints one line per failure, then the count, seeds per minute and simulated seconds per wall second;
+ * exits 1 on any failure.
+ */
+import { spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { systemEnv } from '@segmem/protocol';
+import { REAL_BROKEN_VARIANTS, type RealBrokenVariant, runRealSimulation } from './real-sim.js';
+
+function usage(message: string): never {
+  process.stderr.write(
+    `${message}\nusage: npm run sim -- [--real|--core|--both] --seeds N [--from F] [--seed S] [--broken ${REAL_BROKEN_VARIANTS.join('|')}] [--trace] [--verbose]\n`,
+  );
+  process.exit(2);
+}
+
+const args = process.argv.slice(2);
+const mode = args.includes('--core') ? 'core' : args.includes('--both') ? 'both' : 'real';
+const opt = (name: string): string | undefined => {
+  const i = args.indexOf(`--${name}`);
+  if (i < 0) return undefined;
+  const v = args[i + 1];
+  if (v === undefined || v.startsWith('--')) usage(`--${name} needs a value`);
+  return v;
+};
+const int = (name: string, value: string | undefined, min: number): number | undefined => {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < min) usage(`--${name} must be an integer >= ${min}`);
+  return n;
+};
+
+/** The core simulator's own CLI, in a process of its own, with the arguments it knows. */
+function runCore(): number {
+  const coreCli = createRequire(import.meta.url).resolve('@segmem/server/internal/sim/cli');
+  const passOn = args.filter((a) => a !== '--core' && a !== '--both');
+  process.stdout.write('core simulation (model clients):\n');
+  return spawnSync(process.execPath, [coreCli, ...passOn], { stdio: 'inherit' }).status ?? 1;
+}
+
+async function runReal(): Promise<number> {
+  const seed = int('seed', opt('seed'), 0);
+  const seeds = int('seeds', opt('seeds'), 1) ?? (seed === undefined ? 20 : 1);
+  // A random start by default (printed): every run explores new seeds, and any of them replays.
+  const from = int('from', opt('from'), 0) ?? Math.floor(systemEnv.random() * 1_000_000_000);
+  const broken = opt('broken');
+  if (broken !== undefined && !REAL_BROKEN_VARIANTS.includes(broken as RealBrokenVariant))
+    usage(`unknown --broken ${broken}`);
+  const list = seed !== undefined ? [seed] : Array.from({ length: seeds }, (_, i) => from + i);
+  process.stdout.write(
+    `real-code simulation (3 real members, real clients): seeds ${list[0]}..${list[list.length - 1]}${broken ? `, broken ${broken}` : ''}\n`,
+  );
+  let passed = 0;
+  let failed = 0;
+  let simulatedMs = 0;
+  // An entry point: the wall clock it reports on is the real one.
+  const started = systemEnv.now();
+  for (const s of list) {
+    const r = await runRealSimulation({
+      seed: s,
+      ...(broken ? { broken: broken as RealBrokenVariant } : {}),
+      ...(args.includes('--trace') ? { onTrace: (line: string) => process.stderr.write(`${line}\n`) } : {}),
+    });
+    simulatedMs += r.stats.simulatedMs;
+    if (r.ok) {
+      passed++;
+      if (args.includes('--verbose') || seed !== undefined) {
+        const st = r.stats;
+        process.stdout.write(
+          `seed ${s} ok: ${(st.simulatedMs / 1000).toFixed(1)} simulated s, ${st.increments} increments (+${st.incrementsUnknown} unknown), ${st.reads} reads, ${st.stats} stats, ${st.appends} appends, ${st.failedOps} failed ops (${st.lockLost} LOCK_LOST), ${st.pauses} pauses, ${st.partitions} partitions, ${st.brokenConnections}/${st.connections} connections broken, trace ${r.traceHash.slice(0, 16)}\n`,
+        );
+      }
+    } else {
+      failed++;
+      const f = r.failure!;
+      if (seed !== undefined) process.stdout.write(`FAIL seed ${s}: ${f.checker}: ${f.detail}\n`);
+      else process.stdout.write(`FAIL seed ${s}: ${f.checker}: ${f.detail.split('\n')[0]}\n`);
+    }
+  }
+  const wallSeconds = (systemEnv.now() - started) / 1000;
+  const simulatedSeconds = simulatedMs / 1000;
+  process.stdout.write(
+    `${passed} seeds passed, ${failed} failed (${wallSeconds.toFixed(1)} s: ${((60 * list.length) / wallSeconds).toFixed(0)} seeds/minute, ` +
+      `${simulatedSeconds.toFixed(0)} simulated s, ${(simulatedSeconds / wallSeconds).toFixed(1)} simulated s per wall-clock s)\n`,
+  );
+  return failed > 0 ? 1 : 0;
+}
+
+let code = 0;
+if (mode !== 'real') code = runCore();
+if (mode !== 'core') code = Math.max(code, await runReal());
+process.exit(code);

@@ -1,0 +1,825 @@
+/**
+ * The simulation of the code that ships: three real members (openClusterNode: SegmemNode, RaftLog and its
+ * driver, DiskRaftStorage's WAL over an in-memory WalIo, the real connection handling and peer codec) and
+ * 2..4 real clients (the client's own Session and SegmentImpl over a BufferSegment, reconnecting and
+ * following the leader by their own code), every one a process with its own Env on one simulated clock.
+ *
+ * Each seed draws its faults (swarm testing): network delay and jitter, partitions between members
+ * (symmetric or one-way) and between a client and a member, and client pauses longer than the session
+ * timeout taken while the client holds a write handle, after which it writes into that handle. Then the
+ * faults stop and every operation still out must complete (liveness). The history of what the clients saw
+ * is checked: increments counted exactly once, reads of committed values only, linearizability per
+ * counter, stat versions that count every increment acknowledged before them, shared-log appends exactly
+ * once at the sequence number their answer gave.
+ */
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FollowerReads } from '@segmem/client/internal/follower-reads';
+import { BufferSegment } from '@segmem/client/internal/mapped-segment';
+import { SegmentImpl } from '@segmem/client/internal/segment';
+import { Session } from '@segmem/client/internal/session';
+import { SegmemError } from '@segmem/protocol';
+import type { SegmemNode } from '@segmem/server';
+import { openClusterNode } from '@segmem/server/internal/cluster';
+import { RaftNode } from '@segmem/server/internal/raft/node';
+import { SimClock, SimEnv } from '@segmem/server/internal/sim/env';
+import { describeOp, History, type OpRecord } from '@segmem/server/internal/sim/history';
+import { SimPeerNetwork } from '@segmem/server/internal/sim/peer-network';
+import { Prng } from '@segmem/server/internal/sim/prng';
+import { SimVoteIo, SimWalIo } from '@segmem/server/internal/sim/wal-io';
+import { SimClientNetwork } from './client-network.js';
+import { PausableEnv } from './pausable-env.js';
+
+export const REAL_BROKEN_VARIANTS = ['keepCopyAfterLockLost'] as const;
+/** keepCopyAfterLockLost: the client keeps trusting a copy a lost write handle wrote (no dropUncommitted). */
+export type RealBrokenVariant = (typeof REAL_BROKEN_VARIANTS)[number];
+
+export interface RealSimOptions {
+  seed: number;
+  broken?: RealBrokenVariant;
+  /** Simulated ms of workload under faults (default 8000), before the liveness phase. */
+  workloadMs?: number;
+  /** Every line of the trace as it is made. */
+  onTrace?: (line: string) => void;
+}
+
+/** What a seed drew: which faults are on, and how often. */
+export interface RealSimParams {
+  clients: number;
+  latencyMs: number;
+  jitterMs: number;
+  sessionTimeoutMs: number;
+  /** Chance that an increment pauses its client while it holds the write handle. */
+  pauseRate: number;
+  memberPartitions: boolean;
+  oneWayPartitions: boolean;
+  clientPartitions: boolean;
+  /**
+   * How often each client's watcher starts a read without waiting for the ones still out (0: no watcher),
+   * as a process whose many tasks read at once; some of them then start while the client reconnects.
+   */
+  watchEveryMs: number;
+  /**
+   * Chance that a write release reaching a member strands its client: cut off from that member for longer
+   * than the session timeout as the release arrives, so it commits and its answer is lost.
+   */
+  strandRate: number;
+  /** Mean simulated ms between two partitions. */
+  partitionEveryMs: number;
+}
+
+export interface RealSimStats {
+  simulatedMs: number;
+  increments: number;
+  incrementsUnknown: number;
+  reads: number;
+  stats: number;
+  appends: number;
+  failedOps: number;
+  lockLost: number;
+  pauses: number;
+  partitions: number;
+  connections: number;
+  brokenConnections: number;
+  leaderChanges: number;
+  /** Pages of deferred grants read from followers, and from the leader. */
+  pagesFromFollowers: number;
+  pagesFromLeader: number;
+}
+
+export interface RealSimResult {
+  seed: number;
+  ok: boolean;
+  failure?: { checker: string; detail: string };
+  params: RealSimParams;
+  stats: RealSimStats;
+  /** sha256 of the trace: one seed, one hash. */
+  traceHash: string;
+  trace: string[];
+}
+
+const START_MS = Date.UTC(2030, 0, 1);
+/** Counters; client i works mostly on c(i mod 4), so some objects are left alone while their client stalls. */
+const COUNTERS = ['c0', 'c1', 'c2', 'c3'];
+/**
+ * A counter object: the count n (int32 at 0), then the tag of the increment that made each step (int32
+ * slot i at 4 + 4i: the one that took the count from i to i + 1). The final object is then the whole
+ * committed sequence of increments: what every read and every answer is checked against.
+ */
+const COUNTER_BYTES = 4096;
+const MAX_SLOTS = (COUNTER_BYTES - 4) / 4;
+const LOG = 'events';
+/**
+ * An object large enough that a grant after someone else's write is deferred and its pages read from a
+ * follower: every write fills it with its tag, so a read must see one tag, of a write that may have committed.
+ */
+const BLOB = 'blob';
+const BLOB_BYTES = 32 * 4096;
+/** Errors an operation may end with under faults; anything else is a failure of the run. */
+const EXPECTED_CODES = new Set(['UNAVAILABLE', 'LOCK_LOST']);
+/** Simulated ms the liveness phase may take once faults stop. */
+const LIVENESS_MS = 60_000;
+
+class Failure extends Error {
+  constructor(
+    readonly checker: string,
+    readonly detail: string,
+  ) {
+    super(`${checker}: ${detail}`);
+  }
+}
+
+/** Lets the promise continuations of the simulated code run (all of them: a macrotask comes after). */
+function drainMicrotasks(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+function sleep(env: PausableEnv, ms: number): Promise<void> {
+  return new Promise((resolve) => env.setTimeout(resolve, ms));
+}
+
+function drawParams(prng: Prng): RealSimParams {
+  const partitions = prng.chance(0.6);
+  return {
+    clients: prng.int(2, 4),
+    latencyMs: prng.int(1, 5),
+    jitterMs: prng.chance(0.5) ? prng.int(1, 30) : 0,
+    sessionTimeoutMs: prng.pick([600, 1000, 1500]),
+    pauseRate: prng.chance(0.7) ? prng.pick([0.05, 0.15, 0.3]) : 0,
+    memberPartitions: partitions && prng.chance(0.7),
+    oneWayPartitions: partitions && prng.chance(0.4),
+    clientPartitions: partitions && prng.chance(0.6),
+    partitionEveryMs: prng.int(1000, 4000),
+    watchEveryMs: prng.chance(0.7) ? prng.int(1, 5) : 0,
+    strandRate: prng.chance(0.3) ? prng.pick([0.02, 0.1]) : 0,
+  };
+}
+
+interface SimClient {
+  name: string;
+  /** The counter this client works on most. */
+  home: string;
+  env: PausableEnv;
+  segment: SegmentImpl;
+}
+
+interface AppendRecord {
+  payload: string;
+  status: 'ok' | 'unknown';
+  seq: number;
+}
+
+class RealSimulation {
+  readonly clock = new SimClock(START_MS);
+  readonly world: SimEnv;
+  readonly prng: Prng;
+  readonly params: RealSimParams;
+  readonly peerNet: SimPeerNetwork;
+  readonly clientNet: SimClientNetwork;
+  readonly nodes = new Map<string, SegmemNode>();
+  readonly addresses: Record<string, string> = {};
+  readonly clients: SimClient[] = [];
+  readonly history = new History();
+  readonly appends: AppendRecord[] = [];
+  /** What each counter operation (by history id) saw at its grant: the slots 0..n-1. */
+  readonly seen = new Map<number, Buffer>();
+  readonly trace: string[] = [];
+  readonly stats: RealSimStats = {
+    simulatedMs: 0,
+    increments: 0,
+    incrementsUnknown: 0,
+    reads: 0,
+    stats: 0,
+    appends: 0,
+    failedOps: 0,
+    lockLost: 0,
+    pauses: 0,
+    partitions: 0,
+    connections: 0,
+    brokenConnections: 0,
+    leaderChanges: 0,
+    pagesFromFollowers: 0,
+    pagesFromLeader: 0,
+  };
+  private readonly dirs: string[] = [];
+  private unexpected: Failure | null = null;
+  faultsOn = true;
+
+  constructor(readonly opts: RealSimOptions) {
+    this.prng = new Prng(opts.seed);
+    this.params = drawParams(this.prng);
+    this.world = new SimEnv(this.clock, this.prng.fork());
+    this.peerNet = new SimPeerNetwork(this.world, this.params.latencyMs);
+    this.clientNet = new SimClientNetwork(this.world, this.params.latencyMs, this.params.jitterMs);
+  }
+
+  get nowMs(): number {
+    return this.clock.nowMs - START_MS;
+  }
+
+  log(line: string): void {
+    const stamped = `${this.nowMs} ${line}`;
+    this.trace.push(stamped);
+    this.opts.onTrace?.(stamped);
+  }
+
+  async startMembers(ids: string[]): Promise<void> {
+    ids.forEach((id, i) => {
+      this.addresses[id] = `10.0.0.${i + 1}:7401`;
+    });
+    // One after the other: opening does real file I/O (the data directory), which must not interleave.
+    for (const id of ids) {
+      const dir = mkdtempSync(join(tmpdir(), `segmem-realsim-${id}-`));
+      this.dirs.push(dir);
+      const env = this.world.process();
+      const node = await openClusterNode({
+        id,
+        dataDir: dir,
+        peers: this.addresses,
+        fsync: 'batch',
+        env,
+        transport: this.peerNet.transport,
+        walIo: new SimWalIo(env, 8),
+        voteIo: new SimVoteIo(),
+        makeCore: (cfg) => new RaftNode(cfg),
+        log: (line) => {
+          if (line.startsWith('raft:')) {
+            if (/leader in term/.test(line)) this.stats.leaderChanges++;
+            this.log(`${id} ${line}`);
+          }
+        },
+      });
+      this.nodes.set(id, node);
+      this.peerNet.attach(this.addresses[id]!, node);
+      this.clientNet.attach(this.addresses[id]!, node);
+    }
+  }
+
+  /** A real client: its own process Env, Session and SegmentImpl over the simulated network. */
+  async openClient(name: string): Promise<SimClient> {
+    const env = new PausableEnv(this.world.process());
+    let segment: SegmentImpl | undefined;
+    const session = await Session.open({
+      dial: this.clientNet.dial(name, env, Object.values(this.addresses)),
+      env,
+      sessionTimeoutMs: this.params.sessionTimeoutMs,
+      reconnect: true,
+      onInvalidate: (msg) => segment?.onInvalidate(msg),
+      onSessionLost: () => {
+        this.log(`${name} session lost`);
+        segment?.sessionLost();
+      },
+      onResumed: () => segment?.revalidate(),
+    });
+    // Large grants leave their pages to the followers, read over page-reader connections of this network.
+    const followerReads = new FollowerReads(session, {
+      sessionTimeoutMs: this.params.sessionTimeoutMs,
+      dial: (address) => this.clientNet.dial(name, env, [address]),
+    });
+    segment = new SegmentImpl(
+      session,
+      new BufferSegment(),
+      session.hello.pageBytes,
+      async () => followerReads.close(),
+      followerReads,
+    );
+    if (this.opts.broken === 'keepCopyAfterLockLost') segment.keepUncommittedCopies = true;
+    const client = { name, env, segment, home: COUNTERS[this.clients.length % COUNTERS.length]! };
+    this.log(`${name} session ${session.sessionId}`);
+    return client;
+  }
+
+  /** Moves simulated time forward by `ms`, one timer at a time, letting each one's continuations run. */
+  async run(ms: number): Promise<void> {
+    const until = this.clock.nowMs + ms;
+    while (this.clock.runNext(until)) {
+      await drainMicrotasks();
+      if (this.unexpected) throw this.unexpected;
+    }
+    this.clock.runUntil(until);
+    await drainMicrotasks();
+  }
+
+  /** Runs simulated time until `done()` holds, at most `maxMs`. */
+  async until(done: () => boolean, maxMs: number, what: string, checker = 'liveness'): Promise<void> {
+    const started = this.nowMs;
+    while (!done()) {
+      if (this.nowMs - started > maxMs)
+        throw new Failure(checker, `${what}: not within ${maxMs} simulated ms`);
+      await this.run(10);
+    }
+  }
+
+  /** Waits for `p` while the simulation runs, at most `maxMs` of simulated time. */
+  async settle<T>(p: Promise<T>, maxMs: number, what: string): Promise<T> {
+    let done = false;
+    const watched = p.finally(() => {
+      done = true;
+    });
+    watched.catch(() => {});
+    await this.until(() => done, maxMs, what);
+    return watched;
+  }
+
+  /** Each client's session as its own code sees it (for a liveness failure). */
+  clientStates(): string {
+    return this.clients
+      .map((c) => {
+        const session = (c.segment as unknown as { session: Session }).session;
+        const inner = session as unknown as {
+          pending: Map<number, { req: { type: string; name?: string }; sent: boolean }>;
+        };
+        const pending = [...inner.pending.values()].map(
+          (p) => `${p.req.type}${p.req.name ? ` ${p.req.name}` : ''}${p.sent ? '' : ' (unsent)'}`,
+        );
+        return `${c.name}: ${session.isConnected ? 'connected' : 'not connected'}${c.env.isPaused ? ', paused' : ''}, session ${session.sessionId}, waiting for ${pending.join(', ') || 'nothing'}`;
+      })
+      .join('\n');
+  }
+
+  leaders(): string[] {
+    return [...this.nodes].filter(([, n]) => n.status().leader).map(([id]) => id);
+  }
+
+  /** An error no fault explains fails the run (after the current timer's continuations). */
+  private check(err: unknown, client: string, what: string): SegmemError | null {
+    if (SegmemError.is(err) && EXPECTED_CODES.has(err.code)) return err;
+    this.unexpected ??= new Failure(
+      'unexpectedError',
+      `${client} ${what}: ${SegmemError.is(err) ? `${err.code} ${err.message}` : String((err as Error)?.stack ?? err)}`,
+    );
+    return null;
+  }
+
+  /** Stalls a client's whole process for `ms` of simulated time (its timers and deliveries wait). */
+  private pause(c: SimClient, ms: number): void {
+    this.stats.pauses++;
+    this.log(`${c.name} paused for ${ms} ms`);
+    c.env.pause();
+    this.world.setTimeout(() => {
+      this.log(`${c.name} resumed`);
+      c.env.resume();
+    }, ms);
+  }
+
+  private async increment(c: SimClient, object: string): Promise<void> {
+    const op: OpRecord = this.history.begin(c.name, object, 'write', this.nowMs);
+    const tag = op.id + 1;
+    let wrote = false;
+    try {
+      await c.segment.update(object, async (h) => {
+        const n = h.bytes.readInt32LE(0);
+        op.value = n;
+        this.seen.set(op.id, Buffer.from(h.bytes.subarray(4, 4 + 4 * n)));
+        if (n >= MAX_SLOTS) throw new Failure('workload', `${object} is full`);
+        if (this.faultsOn && this.prng.chance(this.params.pauseRate)) {
+          // The stall that matters: holding the write handle past the session timeout, then writing into it.
+          this.pause(c, Math.floor(this.params.sessionTimeoutMs * (1.5 + this.prng.float() * 2)));
+        }
+        await sleep(c.env, this.prng.int(0, 20));
+        h.bytes.writeInt32LE(tag, 4 + 4 * n);
+        h.bytes.writeInt32LE(n + 1, 0);
+        wrote = true;
+      });
+      op.status = 'ok';
+      op.ret = this.nowMs;
+      this.stats.increments++;
+      this.log(`${c.name} inc ${object} ${op.value}->${op.value! + 1} #${tag} ok`);
+    } catch (err) {
+      if (err instanceof Failure) throw err;
+      const e = this.check(err, c.name, `increment of ${object}`);
+      this.stats.failedOps++;
+      if (!wrote || e?.code === 'LOCK_LOST') {
+        // Never released, or refused as documented: "LOCK_LOST ... the write is then discarded".
+        op.status = 'void';
+        if (e?.code === 'LOCK_LOST') this.stats.lockLost++;
+      } else {
+        op.releaseSent = true; // unknown outcome: may or may not have been applied
+        this.stats.incrementsUnknown++;
+      }
+      this.log(`${c.name} inc ${object} from ${op.value} #${tag} failed: ${e?.code ?? 'unexpected'}`);
+    }
+  }
+
+  private async read(c: SimClient, object: string): Promise<void> {
+    const op = this.history.begin(c.name, object, 'read', this.nowMs);
+    try {
+      await c.segment.read(object, (h) => {
+        const n = h.bytes.readInt32LE(0);
+        op.value = n;
+        this.seen.set(op.id, Buffer.from(h.bytes.subarray(4, 4 + 4 * Math.min(n, MAX_SLOTS))));
+      });
+      op.status = 'ok';
+      op.ret = this.nowMs;
+      this.stats.reads++;
+      this.log(`${c.name} read ${object} ${op.value}`);
+    } catch (err) {
+      op.status = 'void';
+      op.value = null;
+      this.seen.delete(op.id);
+      this.stats.failedOps++;
+      this.log(`${c.name} read ${object} failed: ${this.check(err, c.name, `read of ${object}`)?.code}`);
+    }
+  }
+
+  private readonly blobWrites = new Map<number, { client: string; status: 'ok' | 'void' | 'unknown' }>();
+  private readonly blobReads: { client: string; tag: number; atMs: number }[] = [];
+  /** Tags of blob writes: unique, and never a counter tag (those are history ids). */
+  private nextBlobTag = 1_000_001;
+
+  private async writeBlob(c: SimClient): Promise<void> {
+    const tag = this.nextBlobTag++;
+    let wrote = false;
+    try {
+      await c.segment.update(BLOB, (h) => {
+        for (let at = 0; at < BLOB_BYTES; at += 4) h.bytes.writeInt32LE(tag, at);
+        wrote = true;
+      });
+      this.blobWrites.set(tag, { client: c.name, status: 'ok' });
+      this.log(`${c.name} blob #${tag} ok`);
+    } catch (err) {
+      const e = this.check(err, c.name, 'blob write');
+      this.stats.failedOps++;
+      this.blobWrites.set(tag, {
+        client: c.name,
+        status: !wrote || e?.code === 'LOCK_LOST' ? 'void' : 'unknown',
+      });
+      this.log(`${c.name} blob #${tag} failed: ${e?.code}`);
+    }
+  }
+
+  private async readBlob(c: SimClient): Promise<void> {
+    try {
+      const tag = await c.segment.read(BLOB, (h) => {
+        const first = h.bytes.readInt32LE(0);
+        for (let at = 4; at < BLOB_BYTES; at += 4) {
+          const t = h.bytes.readInt32LE(at);
+          if (t !== first)
+            throw new Failure(
+              'blobWhole',
+              `${c.name} read a blob mixing the writes #${first} and #${t} (at byte ${at})`,
+            );
+        }
+        return first;
+      });
+      this.blobReads.push({ client: c.name, tag, atMs: this.nowMs });
+      this.stats.reads++;
+      this.log(`${c.name} blob read #${tag}`);
+    } catch (err) {
+      if (err instanceof Failure) throw err;
+      this.stats.failedOps++;
+      this.log(`${c.name} blob read failed: ${this.check(err, c.name, 'blob read')?.code}`);
+    }
+  }
+
+  /**
+   * A stat is linearizable against the increments: each acknowledged before it was called made a write
+   * release (one version each, from 1 at the create), so its version counts at least those.
+   */
+  private async stat(c: SimClient, object: string): Promise<void> {
+    const callMs = this.nowMs;
+    try {
+      const info = await c.segment.stat(object);
+      const before = this.history.ops.filter(
+        (o) => o.object === object && o.kind === 'write' && o.status === 'ok' && o.ret < callMs,
+      ).length;
+      if (info.version < 1 + before)
+        throw new Failure(
+          'statVersions',
+          `${c.name} stat ${object} at ${callMs}..${this.nowMs} gave version ${info.version}, below 1 + the ${before} increments acknowledged before it`,
+        );
+      this.stats.stats++;
+      this.log(`${c.name} stat ${object} v${info.version}`);
+    } catch (err) {
+      if (err instanceof Failure) throw err;
+      this.stats.failedOps++;
+      this.log(`${c.name} stat ${object} failed: ${this.check(err, c.name, `stat of ${object}`)?.code}`);
+    }
+  }
+
+  private async append(c: SimClient, n: number): Promise<void> {
+    const rec: AppendRecord = { payload: `${c.name}#${n}`, status: 'unknown', seq: -1 };
+    this.appends.push(rec);
+    try {
+      rec.seq = await c.segment.log(LOG).append(rec.payload);
+      rec.status = 'ok';
+      this.stats.appends++;
+      this.log(`${c.name} append ${rec.payload} at ${rec.seq}`);
+    } catch (err) {
+      this.stats.failedOps++;
+      this.log(`${c.name} append ${rec.payload} failed: ${this.check(err, c.name, 'log append')?.code}`);
+    }
+  }
+
+  private pickObject(c: SimClient): string {
+    return this.prng.chance(0.8) ? c.home : this.prng.pick(COUNTERS);
+  }
+
+  /** One task of a client: operations through the real client API until the workload ends. */
+  async task(c: SimClient, taskNo: number, endMs: number): Promise<void> {
+    let n = 0;
+    while (this.nowMs < endMs) {
+      const object = this.pickObject(c);
+      const r = this.prng.float();
+      if (r < 0.45) await this.increment(c, object);
+      else if (r < 0.75) await this.read(c, object);
+      else if (r < 0.8) await this.stat(c, object);
+      else if (r < 0.84) await this.writeBlob(c);
+      else if (r < 0.88) await this.readBlob(c);
+      else await this.append(c, taskNo * 100_000 + n++);
+      // A stall at any other moment: between operations, with the watcher's reads or a reconnection under way.
+      if (this.faultsOn && !c.env.isPaused && this.prng.chance(this.params.pauseRate / 10))
+        this.pause(c, Math.floor(this.params.sessionTimeoutMs * (0.5 + this.prng.float() * 2.5)));
+      await sleep(c.env, this.prng.int(0, 40));
+    }
+  }
+
+  /** A client's watcher: reads started every watchEveryMs, at most 4 out at a time, until the workload ends. */
+  watch(c: SimClient, endMs: number): Promise<void> {
+    const everyMs = this.params.watchEveryMs;
+    if (everyMs === 0) return Promise.resolve();
+    let out = 0;
+    return new Promise((resolve) => {
+      let ended = false;
+      const timer = c.env.setInterval(() => {
+        if (this.nowMs >= endMs) {
+          c.env.clearInterval(timer);
+          ended = true;
+          if (out === 0) resolve();
+          return;
+        }
+        if (out >= 4) return;
+        out++;
+        this.read(c, this.pickObject(c)).finally(() => {
+          out--;
+          if (ended && out === 0) resolve();
+        });
+      }, everyMs);
+    });
+  }
+
+  /** Faults other than pauses: partitions, drawn for the seed, started and healed on the world's clock. */
+  startFaults(endMs: number): void {
+    const p = this.params;
+    if (p.strandRate > 0) {
+      this.clientNet.onWriteRelease = (client, address) => {
+        if (!this.faultsOn || this.nowMs >= endMs || this.clientNet.isCut(client, address)) return;
+        if (!this.prng.chance(p.strandRate)) return;
+        this.stats.partitions++;
+        this.clientNet.cut(client, address);
+        const durationMs = Math.floor(p.sessionTimeoutMs * (1.5 + this.prng.float() * 1.5));
+        this.log(
+          `partition: ${client} cut off from ${address} as its write release arrives, for ${durationMs} ms`,
+        );
+        this.world.setTimeout(() => this.heal(), durationMs);
+      };
+    }
+    if (!p.memberPartitions && !p.clientPartitions) return;
+    const ids = [...this.nodes.keys()];
+    const next = () => {
+      const waitMs = Math.floor(p.partitionEveryMs * (0.5 + this.prng.float()));
+      this.world.setTimeout(() => {
+        if (this.nowMs >= endMs) return;
+        this.stats.partitions++;
+        const durationMs = this.prng.int(200, 3 * p.sessionTimeoutMs);
+        const kinds = [...(p.memberPartitions ? ['member'] : []), ...(p.clientPartitions ? ['client'] : [])];
+        if (this.prng.pick(kinds) === 'member') {
+          const isolated = this.prng.pick(ids);
+          const oneWay = p.oneWayPartitions && this.prng.chance(0.5);
+          for (const other of ids) {
+            if (other === isolated) continue;
+            this.peerNet.cut(isolated, other);
+            if (!oneWay) this.peerNet.cut(other, isolated);
+          }
+          this.log(`partition: ${isolated} ${oneWay ? 'cannot send to' : 'cut off from'} the others`);
+        } else {
+          const c = this.prng.pick(this.clients);
+          // Mostly the leader: the cut that strands the client's requests and answers.
+          const leader = this.leaders()[0];
+          const member = leader && this.prng.chance(0.7) ? leader : this.prng.pick(ids);
+          this.clientNet.cut(c.name, this.addresses[member]!);
+          this.clientNet.breakCut();
+          this.log(`partition: ${c.name} cut off from ${member}`);
+        }
+        this.world.setTimeout(() => {
+          this.heal();
+          next();
+        }, durationMs);
+      }, waitMs);
+    };
+    next();
+  }
+
+  heal(): void {
+    this.peerNet.heal();
+    this.clientNet.heal();
+    this.log('healed');
+  }
+
+  /** The checkers, over the history and the final state read by a client that saw no faults. */
+  async checkFinal(reader: SimClient): Promise<void> {
+    for (const object of COUNTERS) {
+      const final = await this.settle(
+        reader.segment.read(object, (h) => Buffer.from(h.bytes)),
+        20_000,
+        `the final read of ${object}`,
+      );
+      const count = final.readInt32LE(0);
+      const op = this.history.begin(reader.name, object, 'read', this.nowMs);
+      op.value = count;
+      op.status = 'ok';
+      op.ret = this.nowMs;
+      const committed = final.subarray(4, 4 + 4 * count);
+      const ops = this.history.ops.filter((o) => o.object === object && o.client !== reader.name);
+      const byTag = new Map(ops.map((o) => [o.id + 1, o]));
+      const describe = (o: OpRecord) =>
+        `${o.client} ${o.kind === 'read' ? 'read' : `inc #${o.id + 1} from`} ${o.value} [${o.call}, ${Number.isFinite(o.ret) ? o.ret : '?'}] ${o.status === 'pending' ? 'unknown' : o.status}`;
+      // The committed sequence: every step made by an increment that read the count it moved on from.
+      const placed = new Set<number>();
+      for (let i = 0; i < count; i++) {
+        const tag = committed.readInt32LE(4 * i);
+        const w = byTag.get(tag);
+        if (w?.kind !== 'write')
+          throw new Failure(
+            'countedOnce',
+            `${object} step ${i}->${i + 1} was made by no increment (tag ${tag})`,
+          );
+        if (w.value !== i)
+          throw new Failure('countedOnce', `${object} step ${i}->${i + 1} is ${describe(w)}`);
+        if (w.status === 'void')
+          throw new Failure(
+            'countedOnce',
+            `${object} step ${i}->${i + 1} is a refused increment: ${describe(w)}`,
+          );
+        if (placed.has(tag)) throw new Failure('countedOnce', `${object}: ${describe(w)} counted twice`);
+        placed.add(tag);
+      }
+      // Exactly once: every acknowledged increment is in it.
+      for (const w of ops)
+        if (w.kind === 'write' && w.status === 'ok' && !placed.has(w.id + 1))
+          throw new Failure(
+            'countedOnce',
+            `${object} ends at ${count} without the acknowledged ${describe(w)}`,
+          );
+      // Every grant, of a read or a write, showed a committed state: a prefix of the committed sequence.
+      for (const o of ops) {
+        const saw = this.seen.get(o.id);
+        if (!saw || o.value === null) continue;
+        if (o.value > count || !saw.equals(committed.subarray(0, 4 * o.value)))
+          throw new Failure(
+            'readsCommitted',
+            `${describe(o)} saw a state of ${object} that was never committed (count ${o.value}; ${count} committed)`,
+          );
+      }
+    }
+    // The blob: every read saw one write whole, and never one that was refused.
+    for (const r of this.blobReads) {
+      if (r.tag === 0) continue;
+      const w = this.blobWrites.get(r.tag);
+      if (!w || w.status === 'void')
+        throw new Failure(
+          'readsCommitted',
+          `${r.client} read the blob written by #${r.tag} at ${r.atMs}: ${w ? `refused (${w.client})` : 'no such write'}`,
+        );
+    }
+    const lin = this.history.check();
+    if (lin) {
+      const ops = [...lin.ops].sort((a, b) => a.call - b.call).map(describeOp);
+      throw new Failure(
+        'linearizability',
+        `${lin.object}: ${lin.result.ok === false ? lin.result.reason : 'undecided'}\n${ops.join('\n')}`,
+      );
+    }
+    // Log appends: each acknowledged one exactly once at its sequence number; none twice; none invented.
+    const records: { seq: number; data: string }[] = [];
+    if (this.appends.length > 0) {
+      const reading = (async () => {
+        for await (const r of reader.segment.log(LOG).read({ from: 0 }))
+          records.push({ seq: r.seq, data: r.data.toString() });
+      })();
+      try {
+        await this.settle(reading, 20_000, 'reading the log');
+      } catch (err) {
+        // No append went through: the log was never created.
+        if (!SegmemError.is(err, 'NOT_FOUND') || this.appends.some((a) => a.status === 'ok')) throw err;
+      }
+    }
+    const seen = new Map<string, number>();
+    for (const r of records) {
+      if (seen.has(r.data)) throw new Failure('logAppends', `"${r.data}" is in the log twice`);
+      seen.set(r.data, r.seq);
+    }
+    const attempted = new Map(this.appends.map((a) => [a.payload, a]));
+    for (const r of records)
+      if (!attempted.has(r.data)) throw new Failure('logAppends', `"${r.data}" was never appended`);
+    for (const a of this.appends) {
+      if (a.status !== 'ok') continue;
+      const at = seen.get(a.payload);
+      if (at !== a.seq)
+        throw new Failure(
+          'logAppends',
+          `"${a.payload}" acknowledged at ${a.seq}, found at ${at ?? 'nowhere'}`,
+        );
+    }
+  }
+
+  /**
+   * Closes the clients and members (a leader hands off first, on the simulated clock) and removes the
+   * data. Closing the data directories is real file I/O: this waits on the real clock (at most 30 s).
+   */
+  async stop(): Promise<void> {
+    for (const c of this.clients) c.env.resume();
+    let done = false;
+    const closing = (async () => {
+      await Promise.all(this.clients.map((c) => c.segment.close().catch(() => {})));
+      await Promise.all([...this.nodes.values()].map((n) => n.close()));
+    })().finally(() => {
+      done = true;
+    });
+    const deadline = performance.now() + 30_000;
+    while (!done && performance.now() < deadline) await this.run(10);
+    for (const dir of this.dirs) rmSync(dir, { recursive: true, force: true });
+    if (!done) throw new Error('the simulation did not close within 30 s');
+    await closing;
+  }
+}
+
+/** Runs one seed of the real-code simulation. */
+export async function runRealSimulation(opts: RealSimOptions): Promise<RealSimResult> {
+  const sim = new RealSimulation(opts);
+  const workloadMs = opts.workloadMs ?? 8000;
+  let failure: { checker: string; detail: string } | undefined;
+  sim.log(`seed ${opts.seed} ${JSON.stringify(sim.params)}${opts.broken ? ` broken ${opts.broken}` : ''}`);
+  try {
+    await sim.startMembers(['s1', 's2', 's3']);
+    await sim.until(() => sim.leaders().length === 1, 10_000, 'a first leader');
+    for (let i = 0; i < sim.params.clients; i++) {
+      const c = await sim.settle(sim.openClient(`k${i + 1}`), 10_000, `client k${i + 1} connecting`);
+      sim.clients.push(c);
+    }
+    const setup = sim.clients[0]!.segment;
+    for (const name of COUNTERS)
+      await sim.settle(setup.create(name, COUNTER_BYTES, { ifNotExists: true }), 10_000, `creating ${name}`);
+    await sim.settle(setup.create(BLOB, BLOB_BYTES), 10_000, 'creating the blob');
+    const endMs = sim.nowMs + workloadMs;
+    const tasks = sim.clients.flatMap((c) => [
+      sim.task(c, 0, endMs),
+      sim.task(c, 1, endMs),
+      sim.watch(c, endMs),
+    ]);
+    let running = tasks.length;
+    for (const t of tasks)
+      t.catch((err) => {
+        failure ??= err instanceof Failure ? err : { checker: 'crash', detail: String(err?.stack ?? err) };
+      }).finally(() => running--);
+    sim.startFaults(endMs);
+    await sim.run(workloadMs);
+    // Liveness: the faults stop; every operation still out must complete.
+    sim.faultsOn = false;
+    sim.heal();
+    try {
+      await sim.until(() => running === 0 || failure !== undefined, LIVENESS_MS, 'the operations still out');
+    } catch (err) {
+      if (err instanceof Failure) throw new Failure(err.checker, `${err.detail}\n${sim.clientStates()}`);
+      throw err;
+    }
+    if (!failure) {
+      const reader = await sim.settle(sim.openClient('checker'), 10_000, 'the checking client connecting');
+      sim.clients.push(reader);
+      await sim.checkFinal(reader);
+    }
+  } catch (err) {
+    failure ??=
+      err instanceof Failure
+        ? { checker: err.checker, detail: err.detail }
+        : { checker: 'crash', detail: String((err as Error)?.stack ?? err) };
+  }
+  if (failure instanceof Failure) failure = { checker: failure.checker, detail: failure.detail };
+  sim.stats.simulatedMs = sim.nowMs;
+  sim.stats.connections = sim.clientNet.opened;
+  sim.stats.brokenConnections = sim.clientNet.broken;
+  for (const c of sim.clients) {
+    const reads = c.segment.stats().pageReads;
+    sim.stats.pagesFromFollowers += reads.fromFollowers;
+    sim.stats.pagesFromLeader += reads.fromLeader;
+  }
+  if (failure) sim.log(`FAIL ${failure.checker}: ${failure.detail.split('\n')[0]}`);
+  const trace = [...sim.trace];
+  const traceHash = createHash('sha256').update(trace.join('\n')).digest('hex');
+  try {
+    await sim.stop();
+  } catch (err) {
+    failure ??= { checker: 'shutdown', detail: String(err) };
+  }
+  return {
+    seed: opts.seed,
+    ok: failure === undefined,
+    ...(failure ? { failure } : {}),
+    params: sim.params,
+    stats: sim.stats,
+    traceHash,
+    trace,
+  };
+}
