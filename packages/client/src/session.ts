@@ -470,6 +470,11 @@ export class Session {
    * grant is given straight back, or a release, so a resumed session holds no lock its caller gave up.
    */
   private orphan(id: number, req: Request, sent: boolean): void {
+    // A write release that never went out is sent without its bytes: its caller was told it failed, so the
+    // write must not become visible later; only the lock is given back. One already sent keeps its bytes
+    // (re-sent with its seq, it is applied at most once; its outcome was unknown to the caller anyway).
+    if (req.type === 'RELEASE' && !sent && req.ranges.length > 0)
+      req = { ...req, ranges: [], payload: Buffer.alloc(0) };
     this.pending.set(id, {
       req,
       sent,
