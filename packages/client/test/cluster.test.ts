@@ -16,7 +16,6 @@ import {
   fixturesDir,
   freePort,
   runNode,
-  type ServerProcess,
   startServerProcess,
   statuses,
   TestCluster,
