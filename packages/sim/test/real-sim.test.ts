@@ -1,10 +1,21 @@
 /**
- * The simulation of the shipped code in CI (the seeds without variants: real-sim-seeds-*.test.ts): one seed
- * must replay the same run, and the checkers must catch a client that keeps trusting a copy a lost write
- * handle wrote (the bug SegmentImpl's dropUncommitted fixes) within a few seeds.
+ * The simulation of the shipped code in CI: one seed must replay the same run, and the checkers must catch
+ * each broken variant within a few seeds (the seeds without variants: real-sim-seeds-*.test.ts).
  */
-import test from 'ava';
-import { runRealSimulation } from '../src/real-sim.js';
+import test, { type ExecutionContext } from 'ava';
+import { type RealBrokenVariant, runRealSimulation } from '../src/real-sim.js';
+
+/** Runs seeds 1..maxSeed of a broken variant until one fails; that failure must be a checker's. */
+async function catches(t: ExecutionContext, broken: RealBrokenVariant, maxSeed: number, checkers: RegExp) {
+  const caught: string[] = [];
+  for (let seed = 1; seed <= maxSeed && caught.length === 0; seed++) {
+    const r = await runRealSimulation({ seed, broken });
+    if (!r.ok) caught.push(`seed ${seed}: ${r.failure!.checker}: ${r.failure!.detail.split('\n')[0]}`);
+  }
+  t.is(caught.length, 1, `caught within seeds 1..${maxSeed}`);
+  t.regex(caught[0] ?? '', checkers);
+  t.log(caught[0]);
+}
 
 test('real-code simulation: one seed replays the same run (same trace hash)', async (t) => {
   const a = await runRealSimulation({ seed: 7 });
@@ -17,13 +28,16 @@ test('real-code simulation: one seed replays the same run (same trace hash)', as
   t.not(c.traceHash, a.traceHash, 'another seed, another run');
 });
 
-test('the checkers catch a client that keeps its copy after LOCK_LOST (broken variant keepCopyAfterLockLost)', async (t) => {
-  const caught: string[] = [];
-  for (let seed = 1; seed <= 12 && caught.length === 0; seed++) {
-    const r = await runRealSimulation({ seed, broken: 'keepCopyAfterLockLost' });
-    if (!r.ok) caught.push(`seed ${seed}: ${r.failure!.checker}: ${r.failure!.detail.split('\n')[0]}`);
-  }
-  t.is(caught.length, 1, 'caught within seeds 1..12');
-  t.regex(caught[0] ?? '', /countedOnce|readsCommitted|linearizability/);
-  t.log(caught[0]);
-});
+test('the checkers catch a client that keeps its copy after LOCK_LOST (broken variant keepCopyAfterLockLost)', (t) =>
+  catches(t, 'keepCopyAfterLockLost', 12, /^seed \d+: (countedOnce|readsCommitted|linearizability):/));
+
+test('the checkers catch members that answer before a majority has the command (broken variant replyBeforeCommit)', (t) =>
+  catches(
+    t,
+    'replyBeforeCommit',
+    12,
+    /^seed \d+: (countedOnce|readsCommitted|linearizability|statVersions|logAppends):/,
+  ));
+
+test('the checkers catch a follower that serves pages at a version it has not applied (broken variant followerReadsUnapplied)', (t) =>
+  catches(t, 'followerReadsUnapplied', 12, /^seed \d+: (readsLatest|readsCommitted):/));
