@@ -620,7 +620,9 @@ class RealSimulation {
         const durationMs = this.prng.int(200, 3 * p.sessionTimeoutMs);
         const kinds = [...(p.memberPartitions ? ['member'] : []), ...(p.clientPartitions ? ['client'] : [])];
         if (this.prng.pick(kinds) === 'member') {
-          const isolated = this.prng.pick(ids);
+          // Often the leader: with clients still attached, it must not answer what it cannot commit.
+          const leader = this.leaders()[0];
+          const isolated = leader && this.prng.chance(0.5) ? leader : this.prng.pick(ids);
           const oneWay = p.oneWayPartitions && this.prng.chance(0.5);
           for (const other of ids) {
             if (other === isolated) continue;
