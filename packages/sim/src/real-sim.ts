@@ -32,8 +32,19 @@ import { SimVoteIo, SimWalIo } from '@segmem/server/internal/sim/wal-io';
 import { SimClientNetwork } from './client-network.js';
 import { PausableEnv } from './pausable-env.js';
 
-export const REAL_BROKEN_VARIANTS = ['keepCopyAfterLockLost'] as const;
-/** keepCopyAfterLockLost: the client keeps trusting a copy a lost write handle wrote (no dropUncommitted). */
+export const REAL_BROKEN_VARIANTS = [
+  'keepCopyAfterLockLost',
+  'replyBeforeCommit',
+  'followerReadsUnapplied',
+] as const;
+/**
+ * Deliberately broken variants of the shipped code, each of which the checkers must catch:
+ * keepCopyAfterLockLost: the client keeps trusting a copy a lost write handle wrote (no dropUncommitted).
+ * replyBeforeCommit: the members' Raft counts an entry committed as soon as the leader has it (RaftNode's
+ * unsafe commitWithoutMajority), so a leader applies and answers before a majority has the command.
+ * followerReadsUnapplied: a follower answers READ_PAGES with the bytes it has even when it has not applied
+ * the version asked for yet (NodeOptions' unsafe servePagesUnapplied), so a large read may be stale.
+ */
 export type RealBrokenVariant = (typeof REAL_BROKEN_VARIANTS)[number];
 
 export interface RealSimOptions {
@@ -243,7 +254,12 @@ class RealSimulation {
         transport: this.peerNet.transport,
         walIo: new SimWalIo(env, 8),
         voteIo: new SimVoteIo(),
-        makeCore: (cfg) => new RaftNode(cfg),
+        makeCore: (cfg) =>
+          new RaftNode({
+            ...cfg,
+            ...(this.opts.broken === 'replyBeforeCommit' ? { unsafe: { commitWithoutMajority: true } } : {}),
+          }),
+        ...(this.opts.broken === 'followerReadsUnapplied' ? { unsafe: { servePagesUnapplied: true } } : {}),
         log: (line) => {
           if (line.startsWith('raft:')) {
             if (/leader in term/.test(line)) this.stats.leaderChanges++;
@@ -424,20 +440,33 @@ class RealSimulation {
     }
   }
 
-  private readonly blobWrites = new Map<number, { client: string; status: 'ok' | 'void' | 'unknown' }>();
-  private readonly blobReads: { client: string; tag: number; atMs: number }[] = [];
+  /** Blob writes by tag: the version their grant had (the one they made is the next), and when acknowledged. */
+  private readonly blobWrites = new Map<
+    number,
+    { client: string; status: 'ok' | 'void' | 'unknown'; grantVersion: number; ackMs: number }
+  >();
+  /** Blob reads: the tag they saw, the version they were granted, when they were called and returned. */
+  private readonly blobReads: {
+    client: string;
+    tag: number;
+    version: number;
+    callMs: number;
+    atMs: number;
+  }[] = [];
   /** Tags of blob writes: unique, and never a counter tag (those are history ids). */
   private nextBlobTag = 1_000_001;
 
   private async writeBlob(c: SimClient): Promise<void> {
     const tag = this.nextBlobTag++;
     let wrote = false;
+    let grantVersion = -1;
     try {
       await c.segment.update(BLOB, (h) => {
+        grantVersion = h.version;
         for (let at = 0; at < BLOB_BYTES; at += 4) h.bytes.writeInt32LE(tag, at);
         wrote = true;
       });
-      this.blobWrites.set(tag, { client: c.name, status: 'ok' });
+      this.blobWrites.set(tag, { client: c.name, status: 'ok', grantVersion, ackMs: this.nowMs });
       this.log(`${c.name} blob #${tag} ok`);
     } catch (err) {
       const e = this.check(err, c.name, 'blob write');
@@ -445,14 +474,19 @@ class RealSimulation {
       this.blobWrites.set(tag, {
         client: c.name,
         status: !wrote || e?.code === 'LOCK_LOST' ? 'void' : 'unknown',
+        grantVersion,
+        ackMs: Number.POSITIVE_INFINITY,
       });
       this.log(`${c.name} blob #${tag} failed: ${e?.code}`);
     }
   }
 
   private async readBlob(c: SimClient): Promise<void> {
+    const callMs = this.nowMs;
+    let version = -1;
     try {
       const tag = await c.segment.read(BLOB, (h) => {
+        version = h.version;
         const first = h.bytes.readInt32LE(0);
         for (let at = 4; at < BLOB_BYTES; at += 4) {
           const t = h.bytes.readInt32LE(at);
@@ -464,7 +498,7 @@ class RealSimulation {
         }
         return first;
       });
-      this.blobReads.push({ client: c.name, tag, atMs: this.nowMs });
+      this.blobReads.push({ client: c.name, tag, version, callMs, atMs: this.nowMs });
       this.stats.reads++;
       this.log(`${c.name} blob read #${tag}`);
     } catch (err) {
@@ -586,7 +620,9 @@ class RealSimulation {
         const durationMs = this.prng.int(200, 3 * p.sessionTimeoutMs);
         const kinds = [...(p.memberPartitions ? ['member'] : []), ...(p.clientPartitions ? ['client'] : [])];
         if (this.prng.pick(kinds) === 'member') {
-          const isolated = this.prng.pick(ids);
+          // Often the leader: with clients still attached, it must not answer what it cannot commit.
+          const leader = this.leaders()[0];
+          const isolated = leader && this.prng.chance(0.5) ? leader : this.prng.pick(ids);
           const oneWay = p.oneWayPartitions && this.prng.chance(0.5);
           for (const other of ids) {
             if (other === isolated) continue;
@@ -683,6 +719,29 @@ class RealSimulation {
           'readsCommitted',
           `${r.client} read the blob written by #${r.tag} at ${r.atMs}: ${w ? `refused (${w.client})` : 'no such write'}`,
         );
+    }
+    // Every write release makes one version: a read granted version v sees the write that made v (the
+    // create's zeros before any), and v is at least the version of every write acknowledged before the read
+    // was called. Together: the blob's reads and writes are linearizable.
+    const writes = [...this.blobWrites.entries()];
+    for (const r of this.blobReads) {
+      const w = this.blobWrites.get(r.tag);
+      const madeBy = r.tag === 0 ? 'the create' : `#${r.tag} (granted at v${w?.grantVersion})`;
+      if (
+        r.tag === 0
+          ? writes.some(([, x]) => x.status === 'ok' && x.grantVersion < r.version)
+          : w!.grantVersion + 1 !== r.version
+      )
+        throw new Failure(
+          'readsLatest',
+          `${r.client} read the blob at v${r.version} [${r.callMs}, ${r.atMs}] and saw the bytes of ${madeBy}`,
+        );
+      for (const [tag, x] of writes)
+        if (x.status === 'ok' && x.ackMs < r.callMs && x.grantVersion + 1 > r.version)
+          throw new Failure(
+            'readsLatest',
+            `${r.client} read the blob at v${r.version} [${r.callMs}, ${r.atMs}], older than #${tag} (v${x.grantVersion + 1}) acknowledged at ${x.ackMs}`,
+          );
     }
     const lin = this.history.check();
     if (lin) {

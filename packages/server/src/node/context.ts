@@ -33,6 +33,14 @@ export interface NodeOptions {
   consolidatedKeep?: number;
   /** Where to report events for the metrics endpoint; default: nowhere. */
   metrics?: MetricsSink;
+  /**
+   * @internal Deliberately broken variants, only for proving the real-code simulator's checkers. Never set
+   * in a server.
+   */
+  unsafe?: {
+    /** READ_PAGES answers at once with this member's current bytes, even before it applied the version asked for. */
+    servePagesUnapplied?: boolean;
+  };
 }
 
 /** Handed by SegmemNode to each of its parts. `log` and `sm` are read when used: a Raft follower may swap `sm`. */

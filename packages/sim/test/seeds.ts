@@ -1,0 +1,44 @@
+/** Runs a range of seeds of the real-code simulation for CI, with what the faults did, for the test's log. */
+import type { ExecutionContext } from 'ava';
+import { runRealSimulation } from '../src/real-sim.js';
+
+/** Seeds per test: a test of 25 takes about 20 s alone, far inside ava's timeout on a loaded machine. */
+export const SEEDS_PER_TEST = 25;
+
+/**
+ * Seeds `from`..`to` must pass every checker, and the faults that matter must have happened among them:
+ * stalls past the session timeout that lost write locks, partitions, and pages read from followers.
+ */
+export async function checkSeeds(t: ExecutionContext, from: number, to: number): Promise<void> {
+  const failures: string[] = [];
+  let simulatedMs = 0;
+  let pauses = 0;
+  let lockLost = 0;
+  let partitions = 0;
+  let increments = 0;
+  let pagesFromFollowers = 0;
+  const started = performance.now();
+  for (let seed = from; seed <= to; seed++) {
+    const r = await runRealSimulation({ seed });
+    simulatedMs += r.stats.simulatedMs;
+    pauses += r.stats.pauses;
+    lockLost += r.stats.lockLost;
+    partitions += r.stats.partitions;
+    increments += r.stats.increments;
+    pagesFromFollowers += r.stats.pagesFromFollowers;
+    if (!r.ok) failures.push(`seed ${seed}: ${r.failure!.checker}: ${r.failure!.detail}`);
+  }
+  const wallS = (performance.now() - started) / 1000;
+  const seeds = to - from + 1;
+  t.deepEqual(failures, []);
+  t.true(
+    pauses > 0 && lockLost > 0 && partitions > 0,
+    `${pauses} pauses, ${lockLost} LOCK_LOST, ${partitions} partitions`,
+  );
+  t.true(increments > 30 * seeds, `${increments} acknowledged increments`);
+  t.true(pagesFromFollowers > 0, 'deferred grants had their pages read from followers');
+  t.log(
+    `${seeds} seeds in ${wallS.toFixed(1)} s (${((60 * seeds) / wallS).toFixed(0)} seeds/minute, ${(simulatedMs / 1000 / wallS).toFixed(1)} simulated s per wall s); ` +
+      `${increments} increments, ${pauses} pauses, ${lockLost} LOCK_LOST, ${partitions} partitions, ${pagesFromFollowers} pages from followers`,
+  );
+}
