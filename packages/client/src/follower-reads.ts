@@ -73,6 +73,7 @@ export class FollowerReads {
           reader.call({ ...req, waitMs: FOLLOWER_WAIT_MS }),
           FOLLOWER_DEADLINE_MS,
         );
+        checkPagesAnswer(grant, answer.object.version);
         this.stats.fromFollowers += grant.pages.length;
         return Buffer.from(answer.payload.buffer, answer.payload.byteOffset, answer.payload.byteLength);
       } catch (err) {
@@ -83,6 +84,7 @@ export class FollowerReads {
       }
     }
     const answer = await this.session.call({ ...req, waitMs: 0 });
+    checkPagesAnswer(grant, answer.object.version);
     this.stats.fromLeader += grant.pages.length;
     return Buffer.from(answer.payload.buffer, answer.payload.byteOffset, answer.payload.byteLength);
   }
@@ -167,6 +169,19 @@ export class FollowerReads {
       .finally(() => {
         this.refreshing = null;
       });
+  }
+}
+
+/**
+ * The pages must be those of the granted version: a member answering with another would hand the client
+ * bytes it was not granted (a member serves only the version asked for; this checks it did).
+ */
+export function checkPagesAnswer(grant: AcquireOk, version: number): void {
+  if (version !== grant.object.version) {
+    throw new SegmemError(
+      'PROTOCOL',
+      `pages of "${grant.object.name}" came at version ${version}; version ${grant.object.version} was granted`,
+    );
   }
 }
 

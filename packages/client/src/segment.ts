@@ -16,7 +16,7 @@ import {
   validatePrefix,
   validateSize,
 } from '@segmem/protocol';
-import { FOLLOWER_READ_MIN_BYTES, type FollowerReads } from './follower-reads.js';
+import { checkPagesAnswer, FOLLOWER_READ_MIN_BYTES, type FollowerReads } from './follower-reads.js';
 import type { MappedSegment } from './mapped-segment.js';
 import type { Session } from './session.js';
 import { type LogOptions, type SharedLog, SharedLogImpl } from './shared-log.js';
@@ -527,6 +527,7 @@ export class SegmentImpl implements Segment {
       pages: grant.pages,
       waitMs: 0,
     });
+    checkPagesAnswer(grant, answer.object.version);
     return Buffer.from(answer.payload.buffer, answer.payload.byteOffset, answer.payload.byteLength);
   }
 

@@ -92,7 +92,8 @@ export class Reads {
     const { sm, id } = this.ctx;
     const obj = sm.object(req.objectId);
     let err: SegmemError | null = null;
-    // The broken variant serves the stale bytes it has, labelled as they are: the client does not look.
+    // The broken variant serves the stale bytes it has, labelled with the version asked for (the client
+    // checks the label, so only a lie gets stale bytes past it).
     const stale = obj !== undefined && obj.version < req.version && this.ctx.opts.unsafe?.servePagesUnapplied;
     if (obj && obj.version < req.version && !stale) {
       if (!mustAnswer) return false;
@@ -118,7 +119,8 @@ export class Reads {
       return true;
     }
     const payload = pagesPayload(obj!, req.pages, sm.pageBytes);
-    port.ok('READ_PAGES', requestId, { object: objectRecord(obj!), pages: req.pages }, payload);
+    const record = stale ? { ...objectRecord(obj!), version: req.version } : objectRecord(obj!);
+    port.ok('READ_PAGES', requestId, { object: record, pages: req.pages }, payload);
     this.pagesServed += req.pages.length;
     return true;
   }
