@@ -110,6 +110,10 @@ test('the packed packages install without a compiler into a fresh app, which run
       );
     }
     const paths = (name: string) => byName.get(name)!.files.map((f) => f.path);
+    for (const name of packages) {
+      t.true(paths(name).includes('LICENSE'), `${name} ships the license`);
+      t.true(paths(name).includes('README.md'), `${name} ships a README`);
+    }
     t.true(paths('@segmem/client').includes('dist/src/index.js'));
     t.true(paths('@segmem/client').includes('dist/src/compat.d.ts'));
     t.false(
