@@ -11,6 +11,7 @@
 import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { systemEnv } from '@segmem/protocol';
+import { simArgs } from '@segmem/server/internal/sim/cli-args';
 import { REAL_BROKEN_VARIANTS, type RealBrokenVariant, runRealSimulation } from './real-sim.js';
 
 function usage(message: string): never {
@@ -22,19 +23,7 @@ function usage(message: string): never {
 
 const args = process.argv.slice(2);
 const mode = args.includes('--core') ? 'core' : args.includes('--both') ? 'both' : 'real';
-const opt = (name: string): string | undefined => {
-  const i = args.indexOf(`--${name}`);
-  if (i < 0) return undefined;
-  const v = args[i + 1];
-  if (v === undefined || v.startsWith('--')) usage(`--${name} needs a value`);
-  return v;
-};
-const int = (name: string, value: string | undefined, min: number): number | undefined => {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < min) usage(`--${name} must be an integer >= ${min}`);
-  return n;
-};
+const { opt, int } = simArgs(args, usage);
 
 /** The core simulator's own CLI, in a process of its own, with the arguments it knows. */
 function runCore(): number {

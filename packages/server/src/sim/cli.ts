@@ -7,6 +7,7 @@
  * seconds per wall-clock second; exits 1 on any failure.
  */
 import { systemEnv } from '@segmem/protocol';
+import { simArgs } from './cli-args.js';
 import {
   BROKEN_VARIANTS,
   type BrokenVariant,
@@ -23,19 +24,7 @@ function usage(message: string): never {
 }
 
 const args = process.argv.slice(2);
-const opt = (name: string): string | undefined => {
-  const i = args.indexOf(`--${name}`);
-  if (i < 0) return undefined;
-  const v = args[i + 1];
-  if (v === undefined || v.startsWith('--')) usage(`--${name} needs a value`);
-  return v;
-};
-const int = (name: string, value: string | undefined, min: number): number | undefined => {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < min) usage(`--${name} must be an integer >= ${min}`);
-  return n;
-};
+const { opt, int } = simArgs(args, usage);
 
 const seed = int('seed', opt('seed'), 0);
 const seeds = int('seeds', opt('seeds'), 1) ?? (seed === undefined ? 100 : 1);
