@@ -112,13 +112,37 @@ export function encodeCommand(cmd: Command): Buffer[] {
   return data && data.length > 0 ? [prefix, body, data] : [prefix, body];
 }
 
-export function decodeCommand(record: Buffer): Command {
+/**
+ * A command as the head of its encoding (length prefix and header, one small buffer) and its data (page
+ * bytes or log records, the very buffer the command holds): a replicated log keeps the two apart so that
+ * the data is never copied into one record.
+ */
+export function encodeCommandHead(cmd: Command): { head: Buffer; data: Buffer | undefined } {
+  const [prefix, body, data] = encodeCommand(cmd);
+  return { head: Buffer.concat([prefix!, body!]), data: data && retainable(data) };
+}
+
+/**
+ * `data` itself, or a copy when it is a small view of a much larger buffer (a few bytes of one socket read):
+ * the log keeps entries in memory until compaction, and a view would keep the whole read alive with it.
+ */
+function retainable(data: Buffer): Buffer {
+  return data.byteLength * 2 >= data.buffer.byteLength ? data : Buffer.from(data);
+}
+
+/**
+ * Decodes a command from its record; `data`, when given, is the rest of the record held apart (see
+ * {@link encodeCommandHead}), and `record` then holds the head alone.
+ */
+export function decodeCommand(record: Buffer, data?: Buffer): Command {
   if (record.length < 4) throw new Error('log record too short for a command');
   const headerBytes = record.readUInt32LE(0);
   if (4 + headerBytes > record.length) throw new Error('log record header runs past its end');
+  if (data && 4 + headerBytes !== record.length)
+    throw new Error('log record head has bytes after its header');
   const cmd = packr.unpack(record.subarray(4, 4 + headerBytes)) as Command;
   if ((cmd.op === 'release' && cmd.mode === 'write') || cmd.op === 'append') {
-    cmd.data = record.subarray(4 + headerBytes);
+    cmd.data = data ?? record.subarray(4 + headerBytes);
   }
   return cmd;
 }

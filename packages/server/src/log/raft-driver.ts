@@ -47,7 +47,7 @@ export interface RaftCore {
   readonly lastIndex: number;
   tick(): void;
   step(msg: Message): void;
-  propose(data: Buffer): { index: number; term: number };
+  propose(data: Buffer, payload?: Buffer): { index: number; term: number };
   proposeConfChange(cc: ConfChange): { index: number; term: number };
   readIndex(context: number): void;
   transferLeadership(to: NodeId): void;
@@ -176,9 +176,9 @@ export class RaftDriver {
    * Proposes a command (encoded); `cb` hears its outcome once it is applied. Throws NotLeaderError (as the
    * core does) when this member does not lead, and the driver's failure or CLOSED when it stopped.
    */
-  propose(data: Buffer, cb: ProposalCallbacks<Outcome>): { index: number; term: number } {
+  propose(data: Buffer, cb: ProposalCallbacks<Outcome>, payload?: Buffer): { index: number; term: number } {
     this.refuseIfStopped();
-    const at = this.core.propose(data);
+    const at = this.core.propose(data, payload);
     this.pending.set(at.index, { term: at.term, ...cb });
     this.kick();
     return at;

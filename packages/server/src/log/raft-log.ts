@@ -5,7 +5,7 @@
  * Proposals and reads become promises here; the driver itself calls back.
  */
 import { type Env, SegmemError } from '@segmem/protocol';
-import { type Command, decodeCommand, encodeCommand, type Outcome } from '../core/commands.js';
+import { type Command, decodeCommand, encodeCommandHead, type Outcome } from '../core/commands.js';
 import { StateMachine } from '../core/state-machine.js';
 import type { ConfChange, Entry, Message, NodeId, Role, Snapshot } from '../raft/types.js';
 import { NotLeaderError } from '../raft/types.js';
@@ -128,7 +128,8 @@ export class RaftLog implements NodeLog {
   propose(cmd: Command): Promise<Outcome> {
     return new Promise<Outcome>((resolve, reject) => {
       try {
-        this.driver.propose(Buffer.concat(encodeCommand(cmd)), { resolve, reject });
+        const { head, data } = encodeCommandHead(cmd);
+        this.driver.propose(head, { resolve, reject }, data);
       } catch (err) {
         reject(this.notLeader(err));
       }
@@ -227,7 +228,7 @@ export class RaftLog implements NodeLog {
 
   private applyEntry(e: Entry): Outcome | null {
     if (e.type !== 'normal' || e.data.length === 0) return null;
-    const cmd = decodeCommand(e.data);
+    const cmd = decodeCommand(e.data, e.payload);
     const outcome = this.sm.apply(this.sm.appliedIndex + 1, cmd);
     this.entriesSinceSnapshot++;
     this.onApply(e.index, cmd, outcome);

@@ -40,6 +40,7 @@ import {
   CompactedError,
   type ConfChange,
   type Entry,
+  entryBytes,
   type HardState,
   type Message,
   type NodeId,
@@ -329,9 +330,9 @@ export class RaftNode {
    * and term is delivered in Ready.committed (another leader's entry may take the index instead).
    * Throws {@link NotLeaderError} unless this node is the leader and no leadership transfer is in progress.
    */
-  propose(data: Buffer): { index: number; term: number } {
+  propose(data: Buffer, payload?: Buffer): { index: number; term: number } {
     this.checkCanPropose();
-    const e = this.appendEntry('normal', data);
+    const e = this.appendEntry('normal', data, payload);
     // Sent with the next ready(): the proposals made until then travel in one append per follower.
     this.bcastPending = true;
     this.afterEvent();
@@ -945,8 +946,13 @@ export class RaftNode {
     if (!this.memberSet.has(this.id)) throw new NotLeaderError(null);
   }
 
-  private appendEntry(type: Entry['type'], data: Buffer): Entry {
-    const e: Entry = Object.freeze({ term: this.currentTerm, index: this.log.lastIndex() + 1, type, data });
+  private appendEntry(type: Entry['type'], data: Buffer, payload?: Buffer): Entry {
+    const index = this.log.lastIndex() + 1;
+    const e: Entry = Object.freeze(
+      payload
+        ? { term: this.currentTerm, index, type, data, payload }
+        : { term: this.currentTerm, index, type, data },
+    );
     this.appendToLog([e]);
     this.maybeCommit();
     return e;
@@ -1074,7 +1080,7 @@ export class RaftNode {
     if (ents.length === 0 && !sendIfEmpty) return false;
     let bytes = 0;
     for (let i = 0; i < ents.length; i++) {
-      bytes += ents[i]!.data.length;
+      bytes += entryBytes(ents[i]!);
       if (i > 0 && bytes > this.maxBytesPerMessage) {
         ents = ents.slice(0, i);
         break;

@@ -18,6 +18,23 @@ export interface Entry {
    * appends). 'conf': an encoded {@link ConfChange}.
    */
   data: Buffer;
+  /**
+   * Bytes that follow `data` in the entry's encoding, held apart so that a command's page bytes reach the
+   * WAL and the peers as they came from the client, without being copied into one buffer: the entry's
+   * bytes are `data` then `payload`. Only entries made by a proposal on this member have one; an entry read
+   * back from the WAL or received from a peer holds all its bytes in `data`.
+   */
+  payload?: Buffer;
+}
+
+/** An entry's encoded size in bytes: `data` and `payload`. */
+export function entryBytes(e: Entry): number {
+  return e.data.length + (e.payload?.length ?? 0);
+}
+
+/** An entry's bytes as the parts to write in order (no copy). */
+export function entryParts(e: Entry): Buffer[] {
+  return e.payload && e.payload.length > 0 ? [e.data, e.payload] : [e.data];
 }
 
 /** One membership change at a time (single-server changes). */

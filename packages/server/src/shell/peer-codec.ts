@@ -21,7 +21,15 @@ import {
   stringField,
   uintField,
 } from '@segmem/protocol';
-import type { Entry, Message, MessageType, NodeId, Snapshot } from '../raft/types.js';
+import {
+  type Entry,
+  entryBytes,
+  entryParts,
+  type Message,
+  type MessageType,
+  type NodeId,
+  type Snapshot,
+} from '../raft/types.js';
 
 export const PeerMessageType = { PEER_HELLO: 0x80, RAFT: 0x81, RAFT_PIECE: 0x82 } as const;
 
@@ -77,8 +85,8 @@ export function encodeRaftMessage(m: Message, groupId = 0): Buffer[] {
   let entries: [number, number, number, number][] | undefined;
   if (m.entries && m.entries.length > 0) {
     entries = m.entries.map((e) => {
-      parts.push(e.data);
-      return [e.term, e.index, e.type === 'conf' ? 1 : 0, e.data.length];
+      parts.push(...entryParts(e));
+      return [e.term, e.index, e.type === 'conf' ? 1 : 0, entryBytes(e)];
     });
   }
   let snapshot: [number, number, NodeId[], number] | undefined;

@@ -12,7 +12,7 @@
  * the server too; the simulator reports it as `coreInvariant`.)
  * A violation throws {@link Violation}, naming the checker.
  */
-import type { Entry, NodeId, Snapshot } from '../raft/types.js';
+import { type Entry, entryParts, type NodeId, type Snapshot } from '../raft/types.js';
 
 export type CheckerName =
   | 'electionSafety'
@@ -41,6 +41,11 @@ interface SeenEntry {
   data: Buffer;
   type: Entry['type'];
   node: NodeId;
+}
+
+/** An entry's bytes in one buffer (a proposal's entry holds its payload apart). */
+function wholeData(e: Entry): Buffer {
+  return e.payload ? Buffer.concat(entryParts(e)) : e.data;
 }
 
 function sameData(a: Buffer, b: Buffer): boolean {
@@ -109,8 +114,8 @@ export class SafetyChecker {
       let byTerm = this.seen.get(e.index);
       if (!byTerm) this.seen.set(e.index, (byTerm = new Map()));
       const s = byTerm.get(e.term);
-      if (!s) byTerm.set(e.term, { prevTerm, data: e.data, type: e.type, node });
-      else if (s.prevTerm !== prevTerm || s.type !== e.type || !sameData(s.data, e.data)) {
+      if (!s) byTerm.set(e.term, { prevTerm, data: wholeData(e), type: e.type, node });
+      else if (s.prevTerm !== prevTerm || s.type !== e.type || !sameData(s.data, wholeData(e))) {
         throw new Violation(
           'logMatching',
           `entry ${e.index} term ${e.term} differs between ${s.node} and ${node} (previous term ${s.prevTerm} vs ${prevTerm})`,
@@ -141,9 +146,9 @@ export class SafetyChecker {
   onApply(node: NodeId, e: Entry): void {
     const c = this.committed.get(e.index);
     if (!c) {
-      this.committed.set(e.index, { term: e.term, data: e.data, node });
+      this.committed.set(e.index, { term: e.term, data: wholeData(e), node });
       if (e.index > this.maxCommitted) this.maxCommitted = e.index;
-    } else if (c.term !== e.term || !sameData(c.data, e.data)) {
+    } else if (c.term !== e.term || !sameData(c.data, wholeData(e))) {
       throw new Violation(
         'committedStable',
         `${node} applies entry ${e.index} of term ${e.term}, but ${c.node} applied one of term ${c.term} there`,

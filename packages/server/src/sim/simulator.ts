@@ -598,7 +598,7 @@ class Simulation {
     if (e.type === 'conf') this.confApplied(e);
     let out: Outcome | null = null;
     if (e.type === 'normal' && e.data.length > 0) {
-      const cmd = decodeCommand(e.data);
+      const cmd = decodeCommand(e.data, e.payload);
       out = node.sm.apply(node.sm.appliedIndex + 1, cmd);
       if (cmd.op === 'expire') this.stats.expiries++;
       // A session is heard from when it opens (every node: any of them may lead later).

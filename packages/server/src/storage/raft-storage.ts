@@ -48,7 +48,14 @@ import { type Env, SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import type { FrozenSnapshot, StateMachine } from '../core/state-machine.js';
 import { MemoryStorage } from '../raft/memory-storage.js';
-import type { Entry, HardState, NodeId, RaftStorage, Snapshot } from '../raft/types.js';
+import {
+  type Entry,
+  entryParts,
+  type HardState,
+  type NodeId,
+  type RaftStorage,
+  type Snapshot,
+} from '../raft/types.js';
 import { mkdirDurable } from './files.js';
 import type { SnapshotWrite } from './page-file.js';
 import { removeSnapshotFiles, SNAPSHOT_DIR, snapshotFileName, snapshotNameMeta } from './snapshot-file.js';
@@ -77,7 +84,7 @@ function encodeEntry(e: Entry): Buffer[] {
   const prefix = Buffer.allocUnsafe(5);
   prefix[0] = KIND_ENTRY;
   prefix.writeUInt32LE(header.length, 1);
-  return e.data.length > 0 ? [prefix, header, e.data] : [prefix, header];
+  return [prefix, header, ...entryParts(e).filter((part) => part.length > 0)];
 }
 
 function encodeSmall(kind: number, value: unknown): Buffer[] {
