@@ -11,19 +11,21 @@
 import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { systemEnv } from '@segmem/protocol';
-import { simArgs } from '@segmem/server/internal/sim/cli-args';
+import { CORE_SIM_CLI, simArgs } from '@segmem/server/internal/sim/cli-args';
 import { REAL_BROKEN_VARIANTS, type RealBrokenVariant, runRealSimulation } from './real-sim.js';
-
-function usage(message: string): never {
-  process.stderr.write(
-    `${message}\nusage: npm run sim -- [--real|--core|--both] --seeds N [--from F] [--seed S] [--broken ${REAL_BROKEN_VARIANTS.join('|')}] [--trace] [--verbose]\n`,
-  );
-  process.exit(2);
-}
 
 const args = process.argv.slice(2);
 const mode = args.includes('--core') ? 'core' : args.includes('--both') ? 'both' : 'real';
-const { opt, int } = simArgs(args, usage);
+const { opt, int, fail } = simArgs(
+  args,
+  mode === 'real'
+    ? {
+        usage: `usage: npm run sim -- [--real] --seeds N [--from F] [--seed S] [--broken ${REAL_BROKEN_VARIANTS.join('|')}] [--trace] [--verbose]\n       npm run sim -- --both ... (the core simulator, then this one)\n${CORE_SIM_CLI.usage}`,
+        values: ['seeds', 'seed', 'from', 'broken'],
+        flags: ['real', 'trace', 'verbose'],
+      }
+    : { ...CORE_SIM_CLI, flags: [...CORE_SIM_CLI.flags, 'core', 'both'] },
+);
 
 /** The core simulator's own CLI, in a process of its own, with the arguments it knows. */
 function runCore(): number {
@@ -40,7 +42,7 @@ async function runReal(): Promise<number> {
   const from = int('from', opt('from'), 0) ?? Math.floor(systemEnv.random() * 1_000_000_000);
   const broken = opt('broken');
   if (broken !== undefined && !REAL_BROKEN_VARIANTS.includes(broken as RealBrokenVariant))
-    usage(`unknown --broken ${broken}`);
+    fail(`unknown --broken ${broken}`);
   const list = seed !== undefined ? [seed] : Array.from({ length: seeds }, (_, i) => from + i);
   process.stdout.write(
     `real-code simulation (3 real members, real clients): seeds ${list[0]}..${list[list.length - 1]}${broken ? `, broken ${broken}` : ''}\n`,

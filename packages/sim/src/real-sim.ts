@@ -20,7 +20,7 @@ import { FollowerReads } from '@segmem/client/internal/follower-reads';
 import { BufferSegment } from '@segmem/client/internal/mapped-segment';
 import { SegmentImpl } from '@segmem/client/internal/segment';
 import { Session } from '@segmem/client/internal/session';
-import { SegmemError } from '@segmem/protocol';
+import { type Env, SegmemError } from '@segmem/protocol';
 import type { SegmemNode } from '@segmem/server';
 import { openClusterNode } from '@segmem/server/internal/cluster';
 import { RaftNode } from '@segmem/server/internal/raft/node';
@@ -28,6 +28,7 @@ import { SimClock, SimEnv } from '@segmem/server/internal/sim/env';
 import { describeOp, History, type OpRecord } from '@segmem/server/internal/sim/history';
 import { SimPeerNetwork } from '@segmem/server/internal/sim/peer-network';
 import { Prng } from '@segmem/server/internal/sim/prng';
+import { SkewedEnv } from '@segmem/server/internal/sim/skewed-env';
 import { SimVoteIo, SimWalIo } from '@segmem/server/internal/sim/wal-io';
 import { SimClientNetwork } from './client-network.js';
 import { PausableEnv } from './pausable-env.js';
@@ -79,6 +80,14 @@ export interface RealSimParams {
   strandRate: number;
   /** Mean simulated ms between two partitions. */
   partitionEveryMs: number;
+  /**
+   * Each process's clock runs at 1 ± up to this rate off true time (0.01: up to 1% fast or slow) and reads
+   * up to clockOffsetMs off the others'.
+   */
+  clockDrift: number;
+  clockOffsetMs: number;
+  /** Mean simulated ms between two forward jumps of some process's clock (0: none). */
+  clockJumpEveryMs: number;
 }
 
 export interface RealSimStats {
@@ -92,6 +101,7 @@ export interface RealSimStats {
   lockLost: number;
   pauses: number;
   partitions: number;
+  clockJumps: number;
   connections: number;
   brokenConnections: number;
   leaderChanges: number;
@@ -147,7 +157,7 @@ function drainMicrotasks(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
-function sleep(env: PausableEnv, ms: number): Promise<void> {
+function sleep(env: Env, ms: number): Promise<void> {
   return new Promise((resolve) => env.setTimeout(resolve, ms));
 }
 
@@ -165,6 +175,9 @@ function drawParams(prng: Prng): RealSimParams {
     partitionEveryMs: prng.int(1000, 4000),
     watchEveryMs: prng.chance(0.7) ? prng.int(1, 5) : 0,
     strandRate: prng.chance(0.3) ? prng.pick([0.02, 0.1]) : 0,
+    clockDrift: prng.chance(0.6) ? prng.pick([0.001, 0.01, 0.05]) : 0,
+    clockOffsetMs: prng.chance(0.5) ? prng.pick([1000, 3_600_000]) : 0,
+    clockJumpEveryMs: prng.chance(0.3) ? prng.int(1000, 4000) : 0,
   };
 }
 
@@ -172,7 +185,9 @@ interface SimClient {
   name: string;
   /** The counter this client works on most. */
   home: string;
+  /** The process: pausable, and its clock (`clock`, which the client's code runs on) skewed. */
   env: PausableEnv;
+  clock: SkewedEnv;
   segment: SegmentImpl;
 }
 
@@ -190,6 +205,8 @@ class RealSimulation {
   readonly peerNet: SimPeerNetwork;
   readonly clientNet: SimClientNetwork;
   readonly nodes = new Map<string, SegmemNode>();
+  /** Each member's clock. */
+  readonly memberClocks = new Map<string, SkewedEnv>();
   readonly addresses: Record<string, string> = {};
   readonly clients: SimClient[] = [];
   readonly history = new History();
@@ -208,6 +225,7 @@ class RealSimulation {
     lockLost: 0,
     pauses: 0,
     partitions: 0,
+    clockJumps: 0,
     connections: 0,
     brokenConnections: 0,
     leaderChanges: 0,
@@ -244,7 +262,8 @@ class RealSimulation {
     for (const id of ids) {
       const dir = mkdtempSync(join(tmpdir(), `segmem-realsim-${id}-`));
       this.dirs.push(dir);
-      const env = this.world.process();
+      const env = this.skewed(this.world.process());
+      this.memberClocks.set(id, env);
       const node = await openClusterNode({
         id,
         dataDir: dir,
@@ -275,7 +294,8 @@ class RealSimulation {
 
   /** A real client: its own process Env, Session and SegmentImpl over the simulated network. */
   async openClient(name: string): Promise<SimClient> {
-    const env = new PausableEnv(this.world.process());
+    const process = new PausableEnv(this.world.process());
+    const env = this.skewed(process);
     let segment: SegmentImpl | undefined;
     const session = await Session.open({
       dial: this.clientNet.dial(name, env, Object.values(this.addresses)),
@@ -302,9 +322,23 @@ class RealSimulation {
       followerReads,
     );
     if (this.opts.broken === 'keepCopyAfterLockLost') segment.keepUncommittedCopies = true;
-    const client = { name, env, segment, home: COUNTERS[this.clients.length % COUNTERS.length]! };
+    const client = {
+      name,
+      env: process,
+      clock: env,
+      segment,
+      home: COUNTERS[this.clients.length % COUNTERS.length]!,
+    };
     this.log(`${name} session ${session.sessionId}`);
     return client;
+  }
+
+  /** A process's own clock: off true time by an offset and a drift rate drawn for it. */
+  skewed(env: Env): SkewedEnv {
+    const p = this.params;
+    const offsetMs = p.clockOffsetMs > 0 ? Math.floor((this.prng.float() * 2 - 1) * p.clockOffsetMs) : 0;
+    const rate = 1 + (this.prng.float() * 2 - 1) * p.clockDrift;
+    return new SkewedEnv(env, offsetMs, rate);
   }
 
   /** Moves simulated time forward by `ms`, one timer at a time, letting each one's continuations run. */
@@ -394,7 +428,7 @@ class RealSimulation {
           // The stall that matters: holding the write handle past the session timeout, then writing into it.
           this.pause(c, Math.floor(this.params.sessionTimeoutMs * (1.5 + this.prng.float() * 2)));
         }
-        await sleep(c.env, this.prng.int(0, 20));
+        await sleep(c.clock, this.prng.int(0, 20));
         h.bytes.writeInt32LE(tag, 4 + 4 * n);
         h.bytes.writeInt32LE(n + 1, 0);
         wrote = true;
@@ -566,7 +600,7 @@ class RealSimulation {
       // A stall at any other moment: between operations, with the watcher's reads or a reconnection under way.
       if (this.faultsOn && !c.env.isPaused && this.prng.chance(this.params.pauseRate / 10))
         this.pause(c, Math.floor(this.params.sessionTimeoutMs * (0.5 + this.prng.float() * 2.5)));
-      await sleep(c.env, this.prng.int(0, 40));
+      await sleep(c.clock, this.prng.int(0, 40));
     }
   }
 
@@ -577,9 +611,9 @@ class RealSimulation {
     let out = 0;
     return new Promise((resolve) => {
       let ended = false;
-      const timer = c.env.setInterval(() => {
+      const timer = c.clock.setInterval(() => {
         if (this.nowMs >= endMs) {
-          c.env.clearInterval(timer);
+          c.clock.clearInterval(timer);
           ended = true;
           if (out === 0) resolve();
           return;
@@ -609,6 +643,27 @@ class RealSimulation {
         );
         this.world.setTimeout(() => this.heal(), durationMs);
       };
+    }
+    if (p.clockJumpEveryMs > 0) {
+      const jumpNext = () => {
+        this.world.setTimeout(
+          () => {
+            if (!this.faultsOn || this.nowMs >= endMs) return;
+            const processes: [string, SkewedEnv][] = [
+              ...this.memberClocks,
+              ...this.clients.map((c): [string, SkewedEnv] => [c.name, c.clock]),
+            ];
+            const [who, clock] = this.prng.pick(processes);
+            const ms = this.prng.int(50, 2 * p.sessionTimeoutMs);
+            this.stats.clockJumps++;
+            this.log(`clock: ${who}'s clock jumps ${ms} ms forward`);
+            clock.jump(ms);
+            jumpNext();
+          },
+          Math.floor(p.clockJumpEveryMs * (0.5 + this.prng.float())),
+        );
+      };
+      jumpNext();
     }
     if (!p.memberPartitions && !p.clientPartitions) return;
     const ids = [...this.nodes.keys()];

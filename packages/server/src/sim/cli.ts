@@ -7,7 +7,7 @@
  * seconds per wall-clock second; exits 1 on any failure.
  */
 import { systemEnv } from '@segmem/protocol';
-import { simArgs } from './cli-args.js';
+import { CORE_SIM_CLI, simArgs } from './cli-args.js';
 import {
   BROKEN_VARIANTS,
   type BrokenVariant,
@@ -16,15 +16,8 @@ import {
   type SimOptions,
 } from './simulator.js';
 
-function usage(message: string): never {
-  process.stderr.write(
-    `${message}\nusage: npm run sim -- --seeds N [--seed S] [--from F] [--nodes 3|5] [--ticks T] [--broken ${BROKEN_VARIANTS.join('|')}] [--verbose]\n`,
-  );
-  process.exit(2);
-}
-
 const args = process.argv.slice(2);
-const { opt, int } = simArgs(args, usage);
+const { opt, int, fail } = simArgs(args, CORE_SIM_CLI);
 
 const seed = int('seed', opt('seed'), 0);
 const seeds = int('seeds', opt('seeds'), 1) ?? (seed === undefined ? 100 : 1);
@@ -33,7 +26,7 @@ const nodes = int('nodes', opt('nodes'), 1) ?? 3;
 const ticks = int('ticks', opt('ticks'), 1);
 const broken = opt('broken');
 if (broken !== undefined && !BROKEN_VARIANTS.includes(broken as BrokenVariant))
-  usage(`unknown --broken ${broken}`);
+  fail(`unknown --broken ${broken}`);
 const verbose = args.includes('--verbose');
 
 const list = seed !== undefined ? [seed] : Array.from({ length: seeds }, (_, i) => from + i);
