@@ -40,6 +40,15 @@ export class SimClientNetwork {
     this.members.set(address, node);
   }
 
+  /**
+   * The member at `address` crashed: its connections break (the client hears it, as from the reset of a
+   * socket whose process died; the dead member hears nothing), and dials to it fail until one is attached.
+   */
+  detach(address: string): void {
+    this.members.delete(address);
+    for (const link of [...this.links]) if (link.address === address) link.fail(false);
+  }
+
   cut(client: string, address: string): void {
     this.cuts.add(`${client}|${address}`);
   }
@@ -172,13 +181,16 @@ class ClientLink implements Transport {
     env.setTimeout(() => this.fail(), this.downAtMs - env.now());
   }
 
-  /** The connection breaks: both ends learn it (the client on its own Env, so a paused one later). */
-  fail(): void {
+  /**
+   * The connection breaks: the client learns it on its own Env (so a paused one later), and the member too
+   * unless it is gone (`toMember` false: a crashed member runs no more code).
+   */
+  fail(toMember = true): void {
     if (this.closed) return;
     this.closed = true;
     this.net.broken++;
     this.net.forget(this);
-    this.conn.disconnected();
+    if (toMember) this.conn.disconnected();
     this.clientEnv.setTimeout(() => this.onClose(), 0);
   }
 

@@ -62,6 +62,9 @@ export interface RealSimParams {
   clients: number;
   latencyMs: number;
   jitterMs: number;
+  /** Between members: up to this much more latency per message (they may overtake each other), and a rate of duplicates. */
+  peerJitterMs: number;
+  peerDuplicateRate: number;
   sessionTimeoutMs: number;
   /** Chance that an increment pauses its client while it holds the write handle. */
   pauseRate: number;
@@ -167,6 +170,8 @@ function drawParams(prng: Prng): RealSimParams {
     clients: prng.int(2, 4),
     latencyMs: prng.int(1, 5),
     jitterMs: prng.chance(0.5) ? prng.int(1, 30) : 0,
+    peerJitterMs: prng.chance(0.5) ? prng.int(1, 20) : 0,
+    peerDuplicateRate: prng.chance(0.3) ? prng.pick([0.01, 0.1]) : 0,
     sessionTimeoutMs: prng.pick([600, 1000, 1500]),
     pauseRate: prng.chance(0.7) ? prng.pick([0.05, 0.15, 0.3]) : 0,
     memberPartitions: partitions && prng.chance(0.7),
@@ -233,6 +238,8 @@ class RealSimulation {
     pagesFromLeader: 0,
   };
   private readonly dirs: string[] = [];
+  /** Who led each term. */
+  private readonly termLeaders = new Map<number, string>();
   private unexpected: Failure | null = null;
   faultsOn = true;
 
@@ -240,7 +247,12 @@ class RealSimulation {
     this.prng = new Prng(opts.seed);
     this.params = drawParams(this.prng);
     this.world = new SimEnv(this.clock, this.prng.fork());
-    this.peerNet = new SimPeerNetwork(this.world, this.params.latencyMs);
+    this.peerNet = new SimPeerNetwork(
+      this.world,
+      this.params.latencyMs,
+      this.params.peerJitterMs,
+      this.params.peerDuplicateRate,
+    );
     this.clientNet = new SimClientNetwork(this.world, this.params.latencyMs, this.params.jitterMs);
   }
 
@@ -281,7 +293,8 @@ class RealSimulation {
         ...(this.opts.broken === 'followerReadsUnapplied' ? { unsafe: { servePagesUnapplied: true } } : {}),
         log: (line) => {
           if (line.startsWith('raft:')) {
-            if (/leader in term/.test(line)) this.stats.leaderChanges++;
+            const won = /^raft: leader in term (\d+)/.exec(line);
+            if (won) this.leaderElected(id, Number(won[1]));
             this.log(`${id} ${line}`);
           }
         },
@@ -331,6 +344,15 @@ class RealSimulation {
     };
     this.log(`${name} session ${session.sessionId}`);
     return client;
+  }
+
+  /** Election safety: at most one leader per term, whatever crashes and disks did. */
+  private leaderElected(id: string, term: number): void {
+    this.stats.leaderChanges++;
+    const other = this.termLeaders.get(term);
+    if (other !== undefined && other !== id)
+      this.unexpected ??= new Failure('electionSafety', `${other} and ${id} both led term ${term}`);
+    this.termLeaders.set(term, id);
   }
 
   /** A process's own clock: off true time by an offset and a drift rate drawn for it. */

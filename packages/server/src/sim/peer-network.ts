@@ -2,9 +2,11 @@
  * The network between real members (a SegmemNode over a RaftLog) run under simulation. A member's link to
  * a peer is an in-process connection into that peer's own connection handling (shell/connection.ts), so
  * the real frames travel: PEER_HELLO first (checked by the peer: cluster id, token), then one RAFT frame
- * per message (shell/peer-codec.ts). Bytes arrive after a simulated latency, in order, as on a TCP
- * connection; a link to a member that is not attached, or that is cut off, loses what is sent, and the
- * Raft core's retries carry the state across once it is back (as with the TCP links of shell/peers.ts).
+ * per message (shell/peer-codec.ts). A message arrives after a simulated latency; with jitter the messages
+ * of one link may overtake each other, and some may arrive twice: harsher than a TCP connection, which the
+ * consensus must tolerate anyway (its messages are retried and may cross a reconnection). A link to a
+ * member that is not attached, or that is cut off, loses what is sent, and the Raft core's retries carry
+ * the state across once it is back (as with the TCP links of shell/peers.ts).
  */
 import type { Env } from '@segmem/protocol';
 import type { PeerTransportOptions } from '../cluster.js';
@@ -21,12 +23,25 @@ export class SimPeerNetwork {
   /** Frames handed to a link, and those lost (no peer there, or cut off). */
   sent = 0;
   lost = 0;
+  duplicated = 0;
+  /** Sees every message a member sends, as it sends it (a checker's view of what members claim). */
+  onSend: ((from: NodeId, msg: Message) => void) | null = null;
 
-  /** `latencyMs`: how long bytes take from one member to another. */
+  /**
+   * `latencyMs`: how long a message takes from one member to another, plus up to `jitterMs`; a message
+   * arrives a second time with probability `duplicateRate`.
+   */
   constructor(
     readonly env: Env,
     readonly latencyMs: number,
+    readonly jitterMs = 0,
+    readonly duplicateRate = 0,
   ) {}
+
+  /** How long one message takes (the handshake takes the bare latency, so it arrives first). */
+  delayMs(): number {
+    return this.latencyMs + (this.jitterMs > 0 ? 1 + Math.floor(this.env.random() * this.jitterMs) : 0);
+  }
 
   /** The member listening at `address` (host:port) takes connections from now on. */
   attach(address: string, node: SegmemNode): void {
@@ -96,6 +111,7 @@ export class SimPeerTransport implements PeerSender {
   }
 
   send(msg: Message): void {
+    this.network.onSend?.(this.opts.self, msg);
     this.links.get(msg.to)?.send(Buffer.concat(encodeRaftMessage(msg)));
   }
 
@@ -133,12 +149,16 @@ class SimLink {
       const conn = new ServerConnection(node, wire);
       this.conn = conn;
       this.target = node;
-      this.deliver(conn, node, this.hello);
+      this.deliver(conn, node, this.hello, net.latencyMs);
     }
-    this.deliver(this.conn, node, bytes);
+    this.deliver(this.conn, node, bytes, net.delayMs());
+    if (net.duplicateRate > 0 && net.env.random() < net.duplicateRate) {
+      net.duplicated++;
+      this.deliver(this.conn, node, bytes, net.delayMs());
+    }
   }
 
-  private deliver(conn: ServerConnection, node: SegmemNode, bytes: Buffer): void {
+  private deliver(conn: ServerConnection, node: SegmemNode, bytes: Buffer, delayMs: number): void {
     const net = this.network;
     net.env.setTimeout(() => {
       // Lost on the way if the peer went away or the link was cut meanwhile.
@@ -147,7 +167,7 @@ class SimLink {
         return;
       }
       conn.receive(bytes);
-    }, net.latencyMs);
+    }, delayMs);
   }
 
   close(): void {
