@@ -1,14 +1,11 @@
 /**
  * Real members under the simulated Env: three openClusterNode members (SegmemNode, RaftLog and its Raft
- * driver, DiskRaftStorage with its WAL over an in-memory WalIo, the real connection handling and peer
+ * driver, DiskRaftStorage, the whole data directory on the simulated disk (SimFs), the real connection handling and peer
  * codec) on one simulated clock and seed, and a client speaking the real protocol through an in-process
  * connection. Nothing here waits for real time: election timeouts, fsyncs, network latency, session expiry
  * all happen on the simulated clock, which the test moves. This is the step towards running the shipped
  * server (and later the client) in the simulator.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import {
   decodeResponse,
   encodeRequest,
@@ -26,9 +23,9 @@ import type { SegmemNode } from '../src/node/index.js';
 import { RaftNode } from '../src/raft/node.js';
 import { connectLocal, type LocalEnd } from '../src/shell/local.js';
 import { SimClock, SimEnv } from '../src/sim/env.js';
+import { SimFs } from '../src/sim/fs.js';
 import { SimPeerNetwork } from '../src/sim/peer-network.js';
 import { Prng } from '../src/sim/prng.js';
-import { SimVoteIo, SimWalIo } from '../src/sim/wal-io.js';
 
 /** Lets the promise continuations of the simulated code run (all of them: a macrotask comes after). */
 function drainMicrotasks(): Promise<void> {
@@ -40,14 +37,15 @@ class RealSim {
   readonly env: SimEnv;
   readonly net: SimPeerNetwork;
   readonly nodes = new Map<string, SegmemNode>();
-  readonly walIo = new Map<string, SimWalIo>();
+  readonly fs: SimFs;
   readonly addresses: Record<string, string> = {};
   /** Log lines of the members, stamped with simulated time. */
   readonly trace: string[] = [];
-  private readonly dirs: string[] = [];
 
   constructor(seed: number) {
-    this.env = new SimEnv(this.clock, new Prng(seed));
+    const prng = new Prng(seed);
+    this.env = new SimEnv(this.clock, prng);
+    this.fs = new SimFs(this.env.process(), prng.fork(), { fsyncMaxMs: 8 });
     this.net = new SimPeerNetwork(this.env, 2);
   }
 
@@ -59,27 +57,23 @@ class RealSim {
     ids.forEach((id, i) => {
       this.addresses[id] = `10.0.0.${i + 1}:7401`;
     });
-    // One after the other: opening does real file I/O (the data directory), which must not interleave.
+    // One after the other, the simulated clock running: the simulated disk's fsyncs take simulated time.
     for (const id of ids) {
-      const dir = mkdtempSync(join(tmpdir(), `segmem-simnode-${id}-`));
-      this.dirs.push(dir);
       const env = this.env.process();
-      const walIo = new SimWalIo(env, 8);
-      this.walIo.set(id, walIo);
-      const node = await openClusterNode({
+      const opening = openClusterNode({
         id,
-        dataDir: dir,
+        dataDir: `/sim/${id}`,
         peers: this.addresses,
         fsync: 'batch',
         env,
         transport: this.net.transport,
-        walIo,
-        voteIo: new SimVoteIo(),
+        fs: this.fs,
         makeCore: (cfg) => new RaftNode(cfg),
         log: (line) => {
           if (line.startsWith('raft:')) this.trace.push(`${this.nowMs - Date.UTC(2030, 0, 1)} ${id} ${line}`);
         },
       });
+      const node = await this.settle(opening, 5000, `opening ${id}`);
       this.nodes.set(id, node);
       this.net.attach(this.addresses[id]!, node);
     }
@@ -91,6 +85,17 @@ class RealSim {
     while (this.clock.runNext(until)) await drainMicrotasks();
     this.clock.runUntil(until);
     await drainMicrotasks();
+  }
+
+  /** Runs simulated time until `promise` settles, at most `maxMs`; resolves or rejects as it does. */
+  async settle<T>(promise: Promise<T>, maxMs: number, what: string): Promise<T> {
+    let settled = false;
+    const tracked = promise.finally(() => {
+      settled = true;
+    });
+    tracked.catch(() => {});
+    await this.until(() => settled, maxMs, what);
+    return tracked;
   }
 
   /** Runs simulated time until `done()` holds, at most `maxMs`; returns the simulated ms it took. */
@@ -108,20 +113,11 @@ class RealSim {
   }
 
   /**
-   * Closes every member (a leader hands off first, on the simulated clock) and removes the data. Closing
-   * the data directories is real file I/O, so this waits on the real clock (at most 30 s) while it moves
-   * the simulated one.
+   * Closes every member (a leader hands off first, on the simulated clock; the last fsyncs take simulated
+   * time too).
    */
   async stop(): Promise<void> {
-    let done = false;
-    const closing = Promise.all([...this.nodes.values()].map((n) => n.close())).finally(() => {
-      done = true;
-    });
-    const deadline = performance.now() + 30_000;
-    while (!done && performance.now() < deadline) await this.run(10);
-    if (!done) throw new Error('the members did not close within 30 s');
-    await closing;
-    for (const dir of this.dirs) rmSync(dir, { recursive: true, force: true });
+    await this.settle(Promise.all([...this.nodes.values()].map((n) => n.close())), 30_000, 'closing');
   }
 }
 
@@ -214,7 +210,7 @@ async function scenario(seed: number): Promise<Outcome> {
     const expiredAfterMs = sim.nowMs - silentAt;
     if (hello.sessionId < 1) throw new Error('no session id');
     const digests = nodes.map((n) => n.status().digest);
-    const syncs = [...sim.walIo.values()].reduce((a, io) => a + io.syncs, 0);
+    const syncs = sim.fs.syncs;
     return { electedAfterMs, expiredAfterMs, trace: [...sim.trace], digests, syncs };
   } finally {
     await sim.stop();

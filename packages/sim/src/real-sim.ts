@@ -13,9 +13,6 @@
  * once at the sequence number their answer gave.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { FollowerReads } from '@segmem/client/internal/follower-reads';
 import { BufferSegment } from '@segmem/client/internal/mapped-segment';
 import { SegmentImpl } from '@segmem/client/internal/segment';
@@ -25,10 +22,10 @@ import type { SegmemNode } from '@segmem/server';
 import { openClusterNode } from '@segmem/server/internal/cluster';
 import { RaftNode } from '@segmem/server/internal/raft/node';
 import { SimClock, SimEnv } from '@segmem/server/internal/sim/env';
+import { SimFs } from '@segmem/server/internal/sim/fs';
 import { describeOp, History, type OpRecord } from '@segmem/server/internal/sim/history';
 import { SimPeerNetwork } from '@segmem/server/internal/sim/peer-network';
 import { Prng } from '@segmem/server/internal/sim/prng';
-import { SimVoteIo, SimWalIo } from '@segmem/server/internal/sim/wal-io';
 import { SimClientNetwork } from './client-network.js';
 import { PausableEnv } from './pausable-env.js';
 
@@ -214,7 +211,8 @@ class RealSimulation {
     pagesFromFollowers: 0,
     pagesFromLeader: 0,
   };
-  private readonly dirs: string[] = [];
+  /** The members' disk: one data directory each, `/sim/<id>`. */
+  readonly fs: SimFs;
   private unexpected: Failure | null = null;
   faultsOn = true;
 
@@ -224,6 +222,7 @@ class RealSimulation {
     this.world = new SimEnv(this.clock, this.prng.fork());
     this.peerNet = new SimPeerNetwork(this.world, this.params.latencyMs);
     this.clientNet = new SimClientNetwork(this.world, this.params.latencyMs, this.params.jitterMs);
+    this.fs = new SimFs(this.world.process(), this.prng.fork(), { fsyncMaxMs: 8 });
   }
 
   get nowMs(): number {
@@ -240,20 +239,19 @@ class RealSimulation {
     ids.forEach((id, i) => {
       this.addresses[id] = `10.0.0.${i + 1}:7401`;
     });
-    // One after the other: opening does real file I/O (the data directory), which must not interleave.
+    // One after the other, the clock running: the simulated disk's fsyncs take simulated time.
     for (const id of ids) {
-      const dir = mkdtempSync(join(tmpdir(), `segmem-realsim-${id}-`));
-      this.dirs.push(dir);
       const env = this.world.process();
-      const node = await openClusterNode({
+      let node: SegmemNode | undefined;
+      let failed: unknown;
+      openClusterNode({
         id,
-        dataDir: dir,
+        dataDir: `/sim/${id}`,
         peers: this.addresses,
         fsync: 'batch',
         env,
         transport: this.peerNet.transport,
-        walIo: new SimWalIo(env, 8),
-        voteIo: new SimVoteIo(),
+        fs: this.fs,
         makeCore: (cfg) =>
           new RaftNode({
             ...cfg,
@@ -266,7 +264,16 @@ class RealSimulation {
             this.log(`${id} ${line}`);
           }
         },
-      });
+      }).then(
+        (opened) => {
+          node = opened;
+        },
+        (err: unknown) => {
+          failed = err;
+        },
+      );
+      await this.until(() => node !== undefined || failed !== undefined, 10_000, `opening ${id}`);
+      if (!node) throw failed;
       this.nodes.set(id, node);
       this.peerNet.attach(this.addresses[id]!, node);
       this.clientNet.attach(this.addresses[id]!, node);
@@ -799,7 +806,6 @@ class RealSimulation {
     });
     const deadline = performance.now() + 30_000;
     while (!done && performance.now() < deadline) await this.run(10);
-    for (const dir of this.dirs) rmSync(dir, { recursive: true, force: true });
     if (!done) throw new Error('the simulation did not close within 30 s');
     await closing;
   }

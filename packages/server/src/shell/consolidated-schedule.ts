@@ -11,7 +11,8 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import type { Env, EnvTimer } from '@segmem/protocol';
 import type { ConsolidatedExport } from '../storage/consolidated.js';
-import { errorMessage, mkdirDurable, unlinkFile, writeFileAtomic } from '../storage/files.js';
+import { errorMessage, unlinkFile } from '../storage/files.js';
+import { mkdirDurable, nodeFs, writeFileAtomic } from '../storage/fs.js';
 
 /** `consolidated-<20-digit index>-<UTC time>.segsnap`: names sort in snapshot order. */
 const FILE_NAME = /^consolidated-(\d{20})-\d{8}T\d{6}Z\.segsnap$/;
@@ -75,7 +76,7 @@ export class ConsolidatedSchedule {
   async tick(): Promise<string | null> {
     if (this.stopped || !this.node.isLeader()) return null;
     try {
-      await mkdirDurable(this.opts.dir);
+      await mkdirDurable(nodeFs, this.opts.dir);
       const names = await this.files();
       this.lastIndex ??= names.length > 0 ? Number(FILE_NAME.exec(names[names.length - 1]!)![1]) : 0;
       const started = this.opts.env.now();
@@ -84,7 +85,7 @@ export class ConsolidatedSchedule {
       try {
         if (ex.index <= this.lastIndex) return null; // nothing new since the last file
         file = join(this.opts.dir, consolidatedFileName(ex.index, ex.createdAt));
-        await writeFileAtomic(file, ex.parts, 'consolidated');
+        await writeFileAtomic(nodeFs, file, ex.parts, 'consolidated');
       } finally {
         ex.release();
       }

@@ -49,18 +49,18 @@ import { Packr } from 'msgpackr';
 import type { FrozenSnapshot, StateMachine } from '../core/state-machine.js';
 import { MemoryStorage } from '../raft/memory-storage.js';
 import type { Entry, HardState, NodeId, RaftStorage, Snapshot } from '../raft/types.js';
-import { mkdirDurable } from './files.js';
+import { mkdirDurable, nodeFs, type StorageFs } from './fs.js';
 import type { SnapshotWrite } from './page-file.js';
 import { removeSnapshotFiles, SNAPSHOT_DIR, snapshotFileName, snapshotNameMeta } from './snapshot-file.js';
 import { serialiseSnapshot } from './snapshot-serialise.js';
 import { type LoadedSnapshot, SnapshotDir } from './snapshots.js';
 import {
-  fileVoteIo,
   laterVote,
+  readVoteFile,
   VOTE_FILE,
-  type VoteFileIo,
   type VoteFileRead,
   type VoteState,
+  writeVoteFile,
 } from './vote-file.js';
 import type { FsyncPolicy, RecoveryReport, Wal, WalInspection, WalIo, WalOptions, WalRecord } from './wal.js';
 import { describeRecovery, inspectWal, Wal as WalClass } from './wal.js';
@@ -166,9 +166,9 @@ export interface DiskRaftStorageOptions {
   walFileBytes?: number;
   /** See {@link WalOptions.env}. */
   env?: Env;
-  /** @internal Replaces the vote file's operations (the simulator's in-memory disk). */
-  voteIo?: VoteFileIo;
-  /** @internal Replaces the WAL's file operations (timed ones for metrics, the simulator's in-memory disk). */
+  /** @internal The file system the data directory lives on (default: the real one; the simulator's disk). */
+  fs?: StorageFs;
+  /** @internal Replaces some of the WAL's file operations on top of `fs` (timed ones, for metrics). */
   walIo?: Partial<WalIo>;
   /** Hears what happens later that an operator should know (a repaired member caught up). */
   log?: (line: string) => void;
@@ -221,13 +221,14 @@ export class DiskRaftStorage implements RaftStorage {
   private rejoin = 0;
 
   private constructor(private readonly opts: DiskRaftStorageOptions) {
-    this.snaps = new SnapshotDir(join(opts.dir, SNAPSHOT_DIR));
+    this.snaps = new SnapshotDir(join(opts.dir, SNAPSHOT_DIR), opts.fs ?? nodeFs);
     this.mem = new MemoryStorage(opts.initialMembers);
   }
 
   static async open(opts: DiskRaftStorageOptions): Promise<DiskRaftStorage> {
-    await mkdirDurable(join(opts.dir, SNAPSHOT_DIR));
-    const vote = await (opts.voteIo ?? fileVoteIo).read(opts.dir);
+    const fs = opts.fs ?? nodeFs;
+    await mkdirDurable(fs, join(opts.dir, SNAPSHOT_DIR));
+    const vote = await readVoteFile(opts.dir, fs);
     let opened: Awaited<ReturnType<typeof WalClass.open>> | undefined;
     let inspection: WalInspection | undefined;
     try {
@@ -235,7 +236,7 @@ export class DiskRaftStorage implements RaftStorage {
     } catch (err) {
       if (!SegmemError.is(err) || err.details?.reason !== 'WAL_CORRUPT') throw err;
       // Nothing is cut yet: first learn what the damage may hide.
-      inspection = await inspectWal(opts.walDir);
+      inspection = await inspectWal(opts.walDir, undefined, fs);
       if (!inspection.damage) throw err;
     }
     const storage = new DiskRaftStorage(opts);
@@ -381,6 +382,7 @@ export class DiskRaftStorage implements RaftStorage {
       await removeSnapshotFiles(
         this.snaps.dir,
         lost.damaged.map((d) => basename(d.file)),
+        this.opts.fs ?? nodeFs,
       );
       await this.wal.truncatePrefix(floor);
       what += lost.fallback
@@ -479,8 +481,8 @@ export class DiskRaftStorage implements RaftStorage {
   /** Replaces the vote file with `state`, after the writes before it. */
   private persistVote(state: VoteState): Promise<void> {
     this.voteSaved = state;
-    const io = this.opts.voteIo ?? fileVoteIo;
-    const write = (this.voteWrites ?? Promise.resolve()).then(() => io.write(this.opts.dir, state));
+    const fs = this.opts.fs ?? nodeFs;
+    const write = (this.voteWrites ?? Promise.resolve()).then(() => writeVoteFile(this.opts.dir, state, fs));
     const tracked = write.then(() => {
       if (this.voteWrites === tracked) this.voteWrites = null;
     });
@@ -733,6 +735,7 @@ function walOptions(opts: DiskRaftStorageOptions) {
     fsync: opts.fsync,
     ...(opts.walFileBytes !== undefined ? { segmentBytes: opts.walFileBytes } : {}),
     ...(opts.env ? { env: opts.env } : {}),
+    ...(opts.fs ? { fs: opts.fs } : {}),
     ...(opts.walIo ? { io: opts.walIo } : {}),
   };
 }
