@@ -111,6 +111,7 @@ export class SegmemNode {
             intervalMs: opts.consolidatedIntervalMs ?? DEFAULT_CONFIG.consolidatedIntervalMs,
             keep: opts.consolidatedKeep ?? DEFAULT_CONFIG.consolidatedKeep,
             env: this.env,
+            fs: dataDir.fs,
             ...(opts.log ? { log: opts.log } : {}),
           },
         )
