@@ -89,6 +89,171 @@ class Writer {
   }
 }
 
+/** A simulated disk on a clock of its own, and a way to run that clock until a promise settles. */
+function disk(seed: number) {
+  const clock = new SimClock(0);
+  const env = new SimEnv(clock, new Prng(seed));
+  const fs = new SimFs(env.process(), new Prng(seed + 1000), { fsyncMaxMs: 8 });
+  /** Runs the clock (at most 1 simulated s) until `p` settles; resolves or rejects as it does. */
+  const settle = async <T>(p: Promise<T>): Promise<T> => {
+    let settled = false;
+    const tracked = p.finally(() => {
+      settled = true;
+    });
+    tracked.catch(() => {});
+    for (let ms = 0; ms < 1000 && !settled; ms++) {
+      clock.runUntil(clock.nowMs + 1);
+      await new Promise((r) => setImmediate(r));
+    }
+    return tracked;
+  };
+  /** Whether `p` settles within `ms` simulated ms. */
+  const settlesWithin = async (p: Promise<unknown>, ms: number): Promise<boolean> => {
+    let settled = false;
+    p.then(
+      () => {
+        settled = true;
+      },
+      () => {
+        settled = true;
+      },
+    );
+    for (let i = 0; i < ms && !settled; i++) {
+      clock.runUntil(clock.nowMs + 1);
+      await new Promise((r) => setImmediate(r));
+    }
+    return settled;
+  };
+  return { clock, fs, settle, settlesWithin };
+}
+
+/** `/d` made durable, and in it `name` created with its entry durable: what a crash cannot take. */
+async function durableFile(d: ReturnType<typeof disk>, name: string): Promise<number> {
+  await d.fs.mkdir('/d');
+  await d.settle(d.fs.fsyncDir('/'));
+  const fd = await d.fs.open(`/d/${name}`, 'wx');
+  await d.settle(d.fs.fsyncDir('/d'));
+  return fd;
+}
+
+async function errCode(p: Promise<unknown>): Promise<string | undefined> {
+  try {
+    await p;
+    return undefined;
+  } catch (err) {
+    return (err as { code?: string }).code;
+  }
+}
+
+test('SimFs: a write is read at once, and survives a crash only once its fdatasync has completed', async (t) => {
+  const d = disk(1);
+  const fd = await durableFile(d, 'f');
+  await d.fs.writev(fd, [Buffer.from('hello ')], 0);
+  t.is((await d.fs.readFile('/d/f')).toString(), 'hello ');
+  await d.settle(d.fs.fdatasync(fd));
+  await d.fs.writev(fd, [Buffer.from('world')], 6);
+  const pending = d.fs.fdatasync(fd);
+  d.fs.crash('/d', 'lost');
+  t.false(await d.settlesWithin(pending, 100), 'a sync pending at the crash never completes');
+  t.is((await d.fs.readFile('/d/f')).toString(), 'hello ', 'the unsynced write is lost');
+  t.is(
+    await errCode(d.fs.writev(fd, [Buffer.from('x')], 0)),
+    'EBADF',
+    "the dead process's descriptor is closed",
+  );
+  const again = await d.fs.open('/d/f', 'r+');
+  await d.fs.writev(again, [Buffer.from('world')], 6);
+  d.fs.crash('/d', 'kept');
+  t.is((await d.fs.readFile('/d/f')).toString(), 'hello world', "'kept': the cache reached the medium");
+});
+
+test('SimFs: creating, renaming and removing an entry is durable only after its directory is fsynced', async (t) => {
+  const d = disk(2);
+  const fd = await durableFile(d, 'a');
+  await d.fs.writev(fd, [Buffer.from('A')], 0);
+  await d.settle(d.fs.fsync(fd));
+  await d.fs.close(fd);
+  const created = await d.fs.open('/d/new', 'wx');
+  await d.settle(d.fs.fsync(created));
+  await d.fs.rename('/d/a', '/d/b');
+  t.deepEqual((await d.fs.readdir('/d')).sort(), ['b', 'new']);
+  d.fs.crash('/d', 'kept');
+  t.deepEqual(await d.fs.readdir('/d'), ['a'], 'no directory fsync: the old entries');
+  t.is((await d.fs.readFile('/d/a')).toString(), 'A');
+  await d.fs.rename('/d/a', '/d/b');
+  await d.fs.rm('/d/nothing');
+  await d.settle(d.fs.fsyncDir('/d'));
+  d.fs.crash('/d');
+  t.deepEqual(await d.fs.readdir('/d'), ['b']);
+  await d.fs.rm('/d/b');
+  d.fs.crash('/d');
+  t.deepEqual(await d.fs.readdir('/d'), ['b'], 'a removal not fsynced comes back');
+});
+
+test('SimFs: a torn file keeps the new bytes up to a sector boundary and the old ones after it', async (t) => {
+  const cuts = new Set<number>();
+  for (let seed = 1; seed <= 10; seed++) {
+    const d = disk(seed);
+    const fd = await durableFile(d, 'f');
+    await d.fs.writev(fd, [Buffer.alloc(4096, 1)], 0);
+    await d.settle(d.fs.fdatasync(fd));
+    await d.fs.writev(fd, [Buffer.alloc(2048, 2)], 1024);
+    d.fs.crash('/d', 'torn');
+    const b = await d.fs.readFile('/d/f');
+    t.is(b.length, 4096);
+    let cut = 1024;
+    while (cut < 3072 && b[cut] === 2) cut++;
+    t.is(cut % 512, 0, `seed ${seed}: cut at a sector boundary`);
+    t.true(b.subarray(0, 1024).every((x) => x === 1) && b.subarray(cut).every((x) => x === 1));
+    cuts.add(cut);
+  }
+  t.true(
+    [...cuts].some((c) => c > 1024 && c < 3072),
+    `cuts ${[...cuts]}: some inside the write`,
+  );
+});
+
+test('SimFs: locks are held until released or their process crashes', async (t) => {
+  const d = disk(3);
+  await d.fs.mkdir('/m/s1');
+  const lock = await d.fs.lock('/m/s1');
+  const err = await t.throwsAsync(d.fs.lock('/m/s1'));
+  t.true(SegmemError.is(err) && err.code === 'UNAVAILABLE');
+  await lock.release();
+  await d.fs.lock('/m/s1');
+  d.fs.crash('/m/s1');
+  await t.notThrowsAsync(d.fs.lock('/m/s1'));
+});
+
+test('SimFs faults: a bit flipped on the medium, a failed read, a full disk, no clones', async (t) => {
+  const d = disk(4);
+  const fd = await durableFile(d, 'f');
+  await d.fs.writev(fd, [Buffer.from([0, 0, 0, 0])], 0);
+  await d.settle(d.fs.fdatasync(fd));
+  d.fs.flipBit('/d/f', 2, 1);
+  t.deepEqual([...(await d.fs.readFile('/d/f'))], [0, 0, 2, 0]);
+  d.fs.crash('/d');
+  t.deepEqual([...(await d.fs.readFile('/d/f'))], [0, 0, 2, 0], 'on the medium');
+  t.throws(() => d.fs.flipBit('/d/f', 4), { message: /not among the 4 durable bytes/ });
+
+  d.fs.failNextRead('/d');
+  t.is(await errCode(d.fs.readFile('/d/f')), 'EIO');
+  t.is((await d.fs.readFile('/d/f')).length, 4, 'once');
+
+  d.fs.full = true;
+  t.is(await errCode(d.fs.open('/d/g', 'wx')), 'ENOSPC');
+  const f = await d.fs.open('/d/f', 'r+');
+  t.is(await errCode(d.fs.writev(f, [Buffer.from('x')], 0)), 'ENOSPC');
+  t.is(await errCode(d.fs.mkdir('/d/sub')), 'ENOSPC');
+  d.fs.full = false;
+  t.is(await d.fs.writev(f, [Buffer.from('x')], 0), 1);
+  t.is(await errCode(d.fs.cloneFile('/d/f', '/d/h')), 'ENOTSUP');
+  t.is(await errCode(d.fs.open('/d/f', 'wx')), 'EEXIST');
+  t.is(await errCode(d.fs.open('/d/none', 'r')), 'ENOENT');
+  t.is(await errCode(d.fs.mkdir('/d/f')), 'EEXIST');
+  t.is(await errCode(d.fs.mkdir('/d/f/x')), 'ENOTDIR');
+});
+
 function payloadOf(i: number, bytes = 16): Buffer {
   return Buffer.alloc(bytes, i + 1);
 }
@@ -256,6 +421,22 @@ test('a WAL that skips one fdatasync loses an acknowledged write in a crash (the
   const node = await sim.open('s1');
   const after = await counterAfterRecovery(sim, node);
   t.is(after.version, version, 'the write acknowledged after the skipped fdatasync is gone');
+  t.deepEqual(after.data?.subarray(0, payload.length), payload);
+  await sim.stop();
+});
+
+test('a failed read of the vote file at restart: the member rebuilds it from the WAL and goes on', async (t) => {
+  const { sim, version, payload } = await oneMemberWith(7, 5);
+  sim.crash('s1', 'lost');
+  sim.fs.failNextRead('/sim/s1/vote');
+  const node = await sim.open('s1');
+  const lines = sim.logs.get('s1')!;
+  t.true(
+    lines.some((l) => /^recovery: cannot read \/sim\/s1\/vote: EIO: .*; rewritten from the WAL$/.test(l)),
+    lines.join('\n'),
+  );
+  const after = await counterAfterRecovery(sim, node);
+  t.is(after.version, version);
   t.deepEqual(after.data?.subarray(0, payload.length), payload);
   await sim.stop();
 });

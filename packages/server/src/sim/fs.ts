@@ -219,11 +219,14 @@ export class SimFs implements StorageFs {
     let at = this.root;
     let first: string | undefined;
     let path = '';
-    for (const name of p.split('/').filter(Boolean)) {
+    const names = p.split('/').filter(Boolean);
+    for (const [i, name] of names.entries()) {
       path += `/${name}`;
       const next = at.children.get(name);
-      if (next?.kind === 'file')
-        throw errno(first ? 'ENOTDIR' : 'EEXIST', `file already exists, mkdir '${p}'`);
+      if (next?.kind === 'file') {
+        if (i === names.length - 1) throw errno('EEXIST', `file already exists, mkdir '${p}'`);
+        throw errno('ENOTDIR', `not a directory, mkdir '${p}'`);
+      }
       if (next) {
         at = next;
         continue;
@@ -304,7 +307,8 @@ export class SimFs implements StorageFs {
    * The process using the files under `root` dies. Each file's bytes that were not durable are lost, kept
    * or torn (kept up to a random sector boundary), drawn per file unless `unsynced` says which; directory
    * entries not made durable revert; its descriptors close, its locks are released, and its pending syncs
-   * never complete. (The caller kills the process's Env.)
+   * never complete. (The caller kills the process's Env, so none of its code runs on; a continuation already
+   * queued that uses a descriptor meets EBADF.)
    */
   crash(root: string, unsynced?: UnsyncedFate): void {
     const r = posix.resolve(root);
@@ -360,16 +364,13 @@ export class SimFs implements StorageFs {
     }
     const file = d.file;
     const skip = data ? this.takePrefix(this.skipSyncs, d.path) : false;
+    // A skipped sync takes nothing to the medium: its bytes stay for the next one to sync.
+    if (skip) return this.queueSync(file, () => {});
     const from = file.dirtyFrom;
     const length = file.data.length;
     const bytes = from < length ? Buffer.from(file.data.buf.subarray(from, length)) : null;
     file.dirtyFrom = Infinity;
     return this.queueSync(file, () => {
-      if (skip) {
-        // Nothing reached the medium: those bytes are still to be synced.
-        file.dirtyFrom = Math.min(file.dirtyFrom, from);
-        return;
-      }
       file.durable.setLength(length);
       if (bytes) file.durable.write(from, bytes);
     });
