@@ -6,6 +6,7 @@
  */
 import { PROTOCOL_VERSION, SegmemError } from '@segmem/protocol';
 import test from 'ava';
+import type { ClusterNodeOptions } from '../src/cluster.js';
 import type { SegmemNode } from '../src/node/index.js';
 import { connectLocal } from '../src/shell/local.js';
 import { SimClock, SimEnv } from '../src/sim/env.js';
@@ -275,10 +276,10 @@ async function counterAfterRecovery(sim: RealSim, node: SegmemNode) {
 }
 
 /** A one-member group that acknowledged `writes` writes; returns what the last acknowledgement said. */
-async function oneMemberWith(seed: number, writes: number) {
+async function oneMemberWith(seed: number, writes: number, options: Partial<ClusterNodeOptions> = {}) {
   const sim = new RealSim(seed);
   sim.addresses.s1 = '10.0.0.1:7401';
-  const node = await sim.open('s1');
+  const node = await sim.open('s1', sim.addresses, options);
   await sim.until(() => node.status().leader, 5000, 'a leader');
   const writer = await Writer.open(sim, node);
   let version = 0;
@@ -298,6 +299,22 @@ test('a member crashes right after acknowledging writes: every acknowledged writ
     const after = await counterAfterRecovery(sim, node);
     t.is(after.version, version, `seed ${seed}: the version of the last acknowledged write`);
     t.deepEqual(after.data?.subarray(0, payload.length), payload, `seed ${seed}: its bytes`);
+    await sim.stop();
+  }
+});
+
+test('snapshots on the simulated disk: written as page files (the copy path), loaded after a crash', async (t) => {
+  for (const seed of [1, 2]) {
+    const { sim, version, payload } = await oneMemberWith(seed, 40, { snapshotEveryEntries: 20 });
+    const lines = sim.logs.get('s1')!;
+    await sim.until(() => lines.some((l) => /^snapshot at index \d+: copy/.test(l)), 5000, 'a snapshot');
+    const snaps = (await sim.fs.readdir('/sim/s1/snap')).filter((n) => n.endsWith('.snap'));
+    t.true(snaps.length > 0, `seed ${seed}: snapshot files ${snaps}`);
+    sim.crash('s1');
+    const node = await sim.open('s1', sim.addresses, { snapshotEveryEntries: 20 });
+    const after = await counterAfterRecovery(sim, node);
+    t.is(after.version, version, `seed ${seed}`);
+    t.deepEqual(after.data?.subarray(0, payload.length), payload);
     await sim.stop();
   }
 });

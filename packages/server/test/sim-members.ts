@@ -14,7 +14,7 @@ import {
   type Request,
   type RequestType,
 } from '@segmem/protocol';
-import { openClusterNode } from '../src/cluster.js';
+import { type ClusterNodeOptions, openClusterNode } from '../src/cluster.js';
 import type { SegmemNode } from '../src/node/index.js';
 import { RaftNode } from '../src/raft/node.js';
 import type { LocalEnd } from '../src/shell/local.js';
@@ -62,13 +62,19 @@ export class RealSim {
 
   /**
    * Opens member `id` over `/sim/<id>` (again, after a crash), the simulated clock running: the simulated
-   * disk's fsyncs take simulated time. `peers`: the group it is told of (default: every address known).
+   * disk's fsyncs take simulated time. `peers`: the group it is told of (default: every address known);
+   * `options`: more of openClusterNode's.
    */
-  async open(id: string, peers: Record<string, string> = this.addresses): Promise<SegmemNode> {
+  async open(
+    id: string,
+    peers: Record<string, string> = this.addresses,
+    options: Partial<ClusterNodeOptions> = {},
+  ): Promise<SegmemNode> {
     const env = this.env.process();
     const lines = this.logs.get(id) ?? [];
     this.logs.set(id, lines);
     const opening = openClusterNode({
+      ...options,
       id,
       dataDir: `/sim/${id}`,
       peers,

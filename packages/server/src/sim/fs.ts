@@ -21,34 +21,94 @@ const SECTOR_BYTES = 512;
 /** What happens to a file's bytes that were not durable when its process crashed. */
 export type UnsyncedFate = 'lost' | 'kept' | 'torn';
 
-/** A growable byte array. */
+/** Files are stored in chunks of this many bytes (a multiple of the sector); a missing chunk is a hole. */
+const CHUNK_BYTES = 64 * 1024;
+
+/** A sparse byte array: a snapshot's page image is gigabytes long and mostly holes. */
 class Bytes {
-  buf: Buffer;
-  length: number;
+  /** Chunk index -> its bytes. Bytes past `length` in a chunk are zero. */
+  readonly chunks = new Map<number, Buffer>();
+  length = 0;
 
-  constructor(from?: Buffer) {
-    this.buf = from ? Buffer.from(from) : Buffer.alloc(0);
-    this.length = this.buf.length;
+  clone(): Bytes {
+    const c = new Bytes();
+    for (const [i, chunk] of this.chunks) c.chunks.set(i, Buffer.from(chunk));
+    c.length = this.length;
+    return c;
   }
 
-  view(): Buffer {
-    return this.buf.subarray(0, this.length);
+  /** Copies up to `n` bytes at `position` into `into` at `offset`; returns how many (0 past the end). */
+  read(position: number, into: Uint8Array, offset: number, n: number): number {
+    const count = Math.max(0, Math.min(n, this.length - position));
+    for (let done = 0; done < count; ) {
+      const at = position + done;
+      const off = at % CHUNK_BYTES;
+      const step = Math.min(CHUNK_BYTES - off, count - done);
+      const chunk = this.chunks.get(Math.floor(at / CHUNK_BYTES));
+      if (chunk) into.set(chunk.subarray(off, off + step), offset + done);
+      else into.fill(0, offset + done, offset + done + step);
+      done += step;
+    }
+    return count;
   }
 
-  setLength(n: number): void {
-    if (n > this.buf.length) {
-      const grown = Buffer.alloc(Math.max(n, this.buf.length * 2));
-      this.buf.copy(grown, 0, 0, this.length);
-      this.buf = grown;
-    } else if (n > this.length) {
-      this.buf.fill(0, this.length, n);
+  toBuffer(): Buffer {
+    const b = Buffer.alloc(this.length);
+    this.read(0, b, 0, this.length);
+    return b;
+  }
+
+  /** Writes `src` at `position`; calls `touched` with each chunk changed. */
+  write(position: number, src: Uint8Array, touched?: (chunk: number) => void): void {
+    for (let done = 0; done < src.byteLength; ) {
+      const at = position + done;
+      const index = Math.floor(at / CHUNK_BYTES);
+      const off = at % CHUNK_BYTES;
+      const step = Math.min(CHUNK_BYTES - off, src.byteLength - done);
+      let chunk = this.chunks.get(index);
+      if (!chunk) {
+        chunk = Buffer.alloc(CHUNK_BYTES);
+        this.chunks.set(index, chunk);
+      }
+      chunk.set(src.subarray(done, done + step), off);
+      touched?.(index);
+      done += step;
+    }
+    this.length = Math.max(this.length, position + src.byteLength);
+  }
+
+  /** Sets the length: a longer file reads zeros past the old end (a hole). Calls `touched` as `write`. */
+  setLength(n: number, touched?: (chunk: number) => void): void {
+    if (n < this.length) {
+      for (const [index, chunk] of this.chunks) {
+        const start = index * CHUNK_BYTES;
+        if (start >= n) this.chunks.delete(index);
+        else if (start + CHUNK_BYTES > n) chunk.fill(0, n - start);
+        else continue;
+        touched?.(index);
+      }
     }
     this.length = n;
   }
 
-  write(position: number, src: Uint8Array): void {
-    if (position + src.byteLength > this.length) this.setLength(position + src.byteLength);
-    this.buf.set(src, position);
+  byteAt(i: number): number {
+    return this.chunks.get(Math.floor(i / CHUNK_BYTES))?.[i % CHUNK_BYTES] ?? 0;
+  }
+
+  setByteAt(i: number, value: number): void {
+    this.write(i, Uint8Array.of(value));
+  }
+
+  /** The chunks whose bytes differ between `a` and `b` (a hole equals zeros), in order. */
+  static differing(a: Bytes, b: Bytes): number[] {
+    const out: number[] = [];
+    for (const index of new Set([...a.chunks.keys(), ...b.chunks.keys()])) {
+      const x = a.chunks.get(index);
+      const y = b.chunks.get(index);
+      const same = x && y ? x.equals(y) : (x ?? y)!.every((v) => v === 0);
+      if (!same) out.push(index);
+    }
+    return out.sort((p, q) => p - q);
   }
 }
 
@@ -66,8 +126,8 @@ interface SimFile {
   data: Bytes;
   /** The bytes on the medium: what survives a crash. */
   durable: Bytes;
-  /** The lowest offset changed since the last sync was called (Infinity: none). */
-  dirtyFrom: number;
+  /** The chunks changed since the last sync was called. */
+  dirty: Set<number>;
   pending: PendingSync[];
 }
 
@@ -135,7 +195,7 @@ export class SimFs implements StorageFs {
       if (node) throw errno('EEXIST', `file already exists, open '${p}'`);
       const parent = this.parentDir(p);
       if (this.full) throw errno('ENOSPC', `no space left on device, open '${p}'`);
-      node = { kind: 'file', data: new Bytes(), durable: new Bytes(), dirtyFrom: Infinity, pending: [] };
+      node = { kind: 'file', data: new Bytes(), durable: new Bytes(), dirty: new Set(), pending: [] };
       parent.children.set(posix.basename(p), node);
     } else if (!node) throw errno('ENOENT', `no such file or directory, open '${p}'`);
     if (node.kind !== 'file') throw errno('EISDIR', `illegal operation on a directory, open '${p}'`);
@@ -148,12 +208,12 @@ export class SimFs implements StorageFs {
     const d = this.descriptor(fd);
     if (!d.writable) throw errno('EBADF', `bad file descriptor ${fd} (read only)`);
     if (this.full) throw errno('ENOSPC', `no space left on device, write '${d.path}'`);
+    const file = d.file;
     let at = position;
     for (const b of buffers) {
-      d.file.data.write(at, b);
+      file.data.write(at, b, (chunk) => file.dirty.add(chunk));
       at += b.byteLength;
     }
-    if (at > position) d.file.dirtyFrom = Math.min(d.file.dirtyFrom, position);
     return at - position;
   }
 
@@ -166,10 +226,7 @@ export class SimFs implements StorageFs {
   ): Promise<number> {
     const d = this.descriptor(fd);
     this.maybeFailRead(d.path);
-    const data = d.file.data;
-    const n = Math.max(0, Math.min(length, data.length - position));
-    if (n > 0) into.set(data.buf.subarray(position, position + n), offset);
-    return n;
+    return d.file.data.read(position, into, offset, length);
   }
 
   fdatasync(fd: number): Promise<void> {
@@ -184,8 +241,7 @@ export class SimFs implements StorageFs {
     const d = this.descriptor(fd);
     if (!d.writable) throw errno('EBADF', `bad file descriptor ${fd} (read only)`);
     const file = d.file;
-    file.dirtyFrom = Math.min(file.dirtyFrom, file.data.length, length);
-    file.data.setLength(length);
+    file.data.setLength(length, (chunk) => file.dirty.add(chunk));
   }
 
   async close(fd: number): Promise<void> {
@@ -199,7 +255,7 @@ export class SimFs implements StorageFs {
     if (!node) throw errno('ENOENT', `no such file or directory, open '${p}'`);
     if (node.kind !== 'file') throw errno('EISDIR', `illegal operation on a directory, read '${p}'`);
     this.maybeFailRead(p);
-    return Buffer.from(node.data.view());
+    return node.data.toBuffer();
   }
 
   async readdir(dir: string): Promise<string[]> {
@@ -210,8 +266,9 @@ export class SimFs implements StorageFs {
     const p = posix.resolve(path);
     const node = this.lookup(p);
     if (!node) throw errno('ENOENT', `no such file or directory, stat '${p}'`);
-    const size = node.kind === 'file' ? node.data.length : 4096;
-    return { size, isDirectory: node.kind === 'dir', isFile: node.kind === 'file', allocatedBytes: size };
+    if (node.kind === 'dir') return { size: 4096, isDirectory: true, isFile: false, allocatedBytes: 4096 };
+    const size = node.data.length;
+    return { size, isDirectory: false, isFile: true, allocatedBytes: node.data.chunks.size * CHUNK_BYTES };
   }
 
   async mkdir(dir: string): Promise<string | undefined> {
@@ -332,9 +389,10 @@ export class SimFs implements StorageFs {
       );
     const mask = 1 << (bit & 7);
     // The cache holds the same byte unless it was rewritten since: it reads the medium again.
-    if (byteOffset < node.data.length && node.data.buf[byteOffset] === node.durable.buf[byteOffset])
-      node.data.buf[byteOffset]! ^= mask;
-    node.durable.buf[byteOffset]! ^= mask;
+    const was = node.durable.byteAt(byteOffset);
+    if (byteOffset < node.data.length && node.data.byteAt(byteOffset) === was)
+      node.data.setByteAt(byteOffset, was ^ mask);
+    node.durable.setByteAt(byteOffset, was ^ mask);
   }
 
   /** The next read of a file under `pathPrefix` fails with EIO. */
@@ -366,13 +424,19 @@ export class SimFs implements StorageFs {
     const skip = data ? this.takePrefix(this.skipSyncs, d.path) : false;
     // A skipped sync takes nothing to the medium: its bytes stay for the next one to sync.
     if (skip) return this.queueSync(file, () => {});
-    const from = file.dirtyFrom;
     const length = file.data.length;
-    const bytes = from < length ? Buffer.from(file.data.buf.subarray(from, length)) : null;
-    file.dirtyFrom = Infinity;
+    const chunks = [...file.dirty].map((i) => {
+      const chunk = file.data.chunks.get(i);
+      return [i, chunk ? Buffer.from(chunk) : null] as const;
+    });
+    file.dirty.clear();
     return this.queueSync(file, () => {
-      file.durable.setLength(length);
-      if (bytes) file.durable.write(from, bytes);
+      const durable = file.durable;
+      durable.setLength(length);
+      for (const [i, chunk] of chunks) {
+        if (chunk) durable.chunks.set(i, chunk);
+        else durable.chunks.delete(i);
+      }
     });
   }
 
@@ -407,28 +471,39 @@ export class SimFs implements StorageFs {
 
   private crashFile(file: SimFile, unsynced: UnsyncedFate | undefined): void {
     this.cancelPending(file);
-    file.dirtyFrom = Infinity;
-    const data = file.data.view();
-    const durable = file.durable.view();
-    if (data.equals(durable)) return;
+    file.dirty.clear();
+    const { data, durable } = file;
+    const differing = Bytes.differing(data, durable);
+    if (differing.length === 0 && data.length === durable.length) return;
     const fate = unsynced ?? this.prng.pick<UnsyncedFate>(['lost', 'kept', 'torn']);
-    let result: Buffer;
-    if (fate === 'lost') result = Buffer.from(durable);
-    else if (fate === 'kept') result = Buffer.from(data);
+    let result: Bytes;
+    if (fate === 'lost') result = durable.clone();
+    else if (fate === 'kept') result = data.clone();
     else {
-      let firstDiff = 0;
-      const common = Math.min(data.length, durable.length);
-      while (firstDiff < common && data[firstDiff] === durable[firstDiff]) firstDiff++;
+      // The new bytes reach the medium up to a sector boundary at or after the first one that differs.
+      let firstDiff = Math.min(data.length, durable.length);
+      const first = differing[0];
+      if (first !== undefined) {
+        let at = first * CHUNK_BYTES;
+        while (data.byteAt(at) === durable.byteAt(at)) at++;
+        firstDiff = Math.min(firstDiff, at);
+      }
       const lo = Math.floor(firstDiff / SECTOR_BYTES);
       const hi = Math.ceil(Math.max(data.length, durable.length) / SECTOR_BYTES);
       const cut = this.prng.int(lo, hi) * SECTOR_BYTES;
-      const length = cut >= data.length ? data.length : Math.max(durable.length, cut);
-      result = Buffer.alloc(length);
-      durable.copy(result, 0, 0, Math.min(durable.length, length));
-      data.copy(result, 0, 0, Math.min(cut, data.length, length));
+      result = durable.clone();
+      for (const i of differing) {
+        const start = i * CHUNK_BYTES;
+        if (start >= cut) break;
+        const end = Math.min(cut, start + CHUNK_BYTES);
+        const part = Buffer.alloc(end - start);
+        data.read(start, part, 0, end - start);
+        result.write(start, part);
+      }
+      result.setLength(cut >= data.length ? data.length : Math.max(durable.length, cut));
     }
-    file.data = new Bytes(result);
-    file.durable = new Bytes(result);
+    file.data = result;
+    file.durable = result.clone();
   }
 
   private cancelPending(node: SimNode): void {

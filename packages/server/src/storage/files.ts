@@ -1,14 +1,12 @@
 /**
- * The storage layer's file operations. The WAL, the snapshots and the data directory's metadata do their
- * open, write, sync, rename, unlink and truncate through these functions, each naming its
- * {@link FaultStep}, so crash and I/O-error tests can stop or fail any one of them (see `faults.ts`).
+ * The real file system's primitives under the storage layer's seam (`fs.ts`, `nodeFs`): open, write, sync,
+ * rename, unlink and truncate, each naming its {@link FaultStep} when given one, so crash and I/O-error
+ * tests can stop or fail any one of them (see `faults.ts`).
  *
  * @module
  */
-
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
-
 import { type FaultStep, faultDone, faultPoint } from './faults.js';
 
 /** A Node.js callback that settles a promise, marking the end of `step` on success. */
