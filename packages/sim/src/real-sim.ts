@@ -1,6 +1,7 @@
 /**
  * The simulation of the code that ships: three real members (openClusterNode: SegmemNode, RaftLog and its
- * driver, DiskRaftStorage's WAL over an in-memory WalIo, the real connection handling and peer codec) and
+ * driver, DiskRaftStorage with its data directory on the simulated disk SimFs, the real connection handling
+ * and peer codec) and
  * 2..4 real clients (the client's own Session and SegmentImpl over a BufferSegment, reconnecting and
  * following the leader by their own code), every one a process with its own Env on one simulated clock.
  *
@@ -792,8 +793,8 @@ class RealSimulation {
   }
 
   /**
-   * Closes the clients and members (a leader hands off first, on the simulated clock) and removes the
-   * data. Closing the data directories is real file I/O: this waits on the real clock (at most 30 s).
+   * Closes the clients and members (a leader hands off first, on the simulated clock; their last fsyncs
+   * take simulated time), waiting at most 30 s of real time.
    */
   async stop(): Promise<void> {
     for (const c of this.clients) c.env.resume();
