@@ -98,6 +98,8 @@ export class Session {
   private readonly capacityWaiters: (() => void)[] = [];
   /** Set while no server has been reachable for longer than the session timeout. */
   private unavailable: SegmemError | null = null;
+  /** When a frame last came from the server (this process's clock). */
+  private lastHeardMs = 0;
   private unavailableTimer: EnvTimer | null = null;
   /** Bytes written to and read from the transport, for benchmarks and diagnostics. */
   readonly traffic = { bytesSent: 0, bytesReceived: 0, requests: 0 };
@@ -141,6 +143,21 @@ export class Session {
 
   get sessionId(): number {
     return this.hello.sessionId;
+  }
+
+  /**
+   * Before a write release after a silence (the process stalled, or the server went quiet): if nothing came
+   * from the server for more than half the session timeout, a keepalive goes first and its answer is
+   * awaited. Resolves if the session is the same afterwards; rejects with LOCK_LOST if it was replaced
+   * meanwhile (the group had ended it, so the release, never sent, is surely discarded). Without this check
+   * such a release would go out on a session already gone and its outcome would be unknown.
+   */
+  async confirmAlive(): Promise<void> {
+    if (this.env.now() - this.lastHeardMs <= this.opts.sessionTimeoutMs / 2) return;
+    const sessionId = this.sessionId;
+    await this.call({ type: 'KEEPALIVE' });
+    if (this.sessionId !== sessionId)
+      throw new SegmemError('LOCK_LOST', `session ${sessionId} ended while the process was silent`);
   }
 
   /** The next sequence number for a mutating request. */
@@ -263,6 +280,7 @@ export class Session {
 
   private receive(chunk: Buffer): void {
     this.traffic.bytesReceived += chunk.length;
+    this.lastHeardMs = this.env.now();
     let frames: Frame[];
     try {
       frames = this.decoder.push(chunk);
@@ -386,7 +404,9 @@ export class Session {
           continue; // lost again already: dial again
         }
         // A new session: locks and waits of the old one are gone. Requests that never went out, and
-        // read-only ones, are sent now; the outcome of a mutation that was in flight is unknown.
+        // read-only ones, are sent now; the outcome of a mutation that was in flight is unknown: a write
+        // release may have been applied before the group ended the session, so it is not LOCK_LOST
+        // ("discarded") but UNAVAILABLE with an unknown outcome.
         const lost = new SegmemError(
           'LOCK_LOST',
           `session ${oldSession} ended while disconnected; a new session started`,
@@ -406,11 +426,15 @@ export class Session {
             continue;
           }
           this.pending.delete(id);
+          const writeRelease = t === 'RELEASE' && p.req.mode === 'write';
           p.reject(
-            t === 'CREATE' || t === 'DELETE' || t === 'LOG_APPEND' || t === 'LOG_TRUNCATE'
+            t === 'CREATE' || t === 'DELETE' || t === 'LOG_APPEND' || t === 'LOG_TRUNCATE' || writeRelease
               ? new SegmemError(
                   'UNAVAILABLE',
-                  `the server restarted before answering ${t}; it may or may not have been applied`,
+                  writeRelease
+                    ? `session ${oldSession} ended before the write release of "${p.req.name}" was answered; it may or may not have been applied`
+                    : `the server restarted before answering ${t}; it may or may not have been applied`,
+                  { reason: 'OUTCOME_UNKNOWN' },
                 )
               : lost,
           );

@@ -13,10 +13,9 @@ import type { NodeId, RaftStorage } from './raft/types.js';
 import { PeerTransport } from './shell/peers.js';
 import { timedWalIo } from './stats.js';
 import { DataDir } from './storage/datadir.js';
+import { nodeFs, type StorageFs } from './storage/fs.js';
 import { loadPeerAddresses, savePeerAddresses } from './storage/peer-addresses.js';
 import { DiskRaftStorage } from './storage/raft-storage.js';
-import type { VoteFileIo } from './storage/vote-file.js';
-import type { WalIo } from './storage/wal.js';
 
 /** Ticks of the consensus clock. Election timeout: 10..20 ticks (0.5..1 s); heartbeats every tick. */
 export const RAFT_TICK_MS = 50;
@@ -45,10 +44,11 @@ export interface ClusterNodeOptions extends NodeOptions {
   join?: boolean;
   /** @internal The peer links (default: TCP, shell/peers.ts); the simulator passes its own network's. */
   transport?: (opts: PeerTransportOptions) => PeerSender & { close(): void };
-  /** @internal Replaces the WAL's file operations (the simulator's in-memory disk). */
-  walIo?: Partial<WalIo>;
-  /** @internal Replaces the vote file's operations (the simulator's in-memory disk). */
-  voteIo?: VoteFileIo;
+  /**
+   * @internal The file system the data directory lives on: every file of it (WAL, snapshots, vote file,
+   * peers.json, meta.json) and its lock (default: the real one; the simulator passes its disk).
+   */
+  fs?: StorageFs;
 }
 
 export interface PeerTransportOptions {
@@ -79,7 +79,9 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
   const segmentBytes = parseSegmentBytes(opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES);
   const env = opts.env ?? systemEnv;
   const clusterId = opts.clusterId ?? defaultClusterId(opts.peers);
+  const fs = opts.fs ?? nodeFs;
   const dataDir = await DataDir.open({
+    fs,
     dir: opts.dataDir,
     serverId: opts.id,
     pageBytes: PAGE_BYTES,
@@ -98,9 +100,9 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
         .filter((id) => !opts.join || id !== opts.id)
         .sort(),
       ...(opts.repair ? { repair: true } : {}),
-      ...(opts.walIo ? { walIo: opts.walIo } : opts.metrics ? { walIo: timedWalIo(opts.metrics, env) } : {}),
+      fs,
+      ...(opts.metrics ? { walIo: timedWalIo(opts.metrics, env, fs) } : {}),
       ...(opts.log ? { log: opts.log } : {}),
-      ...(opts.voteIo ? { voteIo: opts.voteIo } : {}),
     });
     const report = storage.report;
     for (const line of [...dataDir.warnings, ...storage.recoveryLines()]) opts.log?.(line);
@@ -115,7 +117,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     });
     // Addresses learned from `add` entries survive the compaction of those entries in peers.json; the
     // command line's --peers wins for an id it names.
-    const learned = await loadPeerAddresses(dataDir.dir, (line) => opts.log?.(line));
+    const learned = await loadPeerAddresses(dataDir.dir, (line) => opts.log?.(line), fs);
     const peers = (opts.transport ?? tcpTransport)({
       self: opts.id,
       clusterId,
@@ -129,7 +131,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       learned[id] = address;
       const snapshot = { ...learned };
       saving = saving
-        .then(() => savePeerAddresses(dataDir.dir, snapshot))
+        .then(() => savePeerAddresses(dataDir.dir, snapshot, fs))
         .catch((err: unknown) => opts.log?.(`cannot save member addresses: ${(err as Error).message}`));
     };
     let node: SegmemNode | undefined;

@@ -8,7 +8,8 @@
 import type { Env, ErrorCode } from '@segmem/protocol';
 import type { Command, LockMode } from './core/commands.js';
 import type { NodeId, Role } from './raft/types.js';
-import { nodeIo, type Wal, type WalIo } from './storage/wal.js';
+import { nodeFs, type StorageFs } from './storage/fs.js';
+import { type Wal, type WalIo, walIoOf } from './storage/wal.js';
 
 /** Where a snapshot write came from. */
 export type SnapshotKind =
@@ -93,8 +94,9 @@ export interface LockStats {
   waiters: number;
 }
 
-/** The WAL's file operations, with its writes and fdatasyncs timed into `sink`. */
-export function timedWalIo(sink: MetricsSink, env: Env): Partial<WalIo> {
+/** The WAL's file operations on `fs`, with its writes and fdatasyncs timed into `sink`. */
+export function timedWalIo(sink: MetricsSink, env: Env, fs: StorageFs = nodeFs): Partial<WalIo> {
+  const nodeIo = walIoOf(fs);
   return {
     async writev(fd, buffers, position) {
       const started = env.now();

@@ -1,159 +1,15 @@
 /**
  * Real members under the simulated Env: three openClusterNode members (SegmemNode, RaftLog and its Raft
- * driver, DiskRaftStorage with its WAL over an in-memory WalIo, the real connection handling and peer
+ * driver, DiskRaftStorage, the whole data directory on the simulated disk (SimFs), the real connection handling and peer
  * codec) on one simulated clock and seed, and a client speaking the real protocol through an in-process
  * connection. Nothing here waits for real time: election timeouts, fsyncs, network latency, session expiry
  * all happen on the simulated clock, which the test moves. This is the step towards running the shipped
  * server (and later the client) in the simulator.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import {
-  decodeResponse,
-  encodeRequest,
-  type Frame,
-  FrameDecoder,
-  MAX_FRAME_BYTES,
-  PROTOCOL_VERSION,
-  type Request,
-  type RequestType,
-  SegmemError,
-} from '@segmem/protocol';
+import { PROTOCOL_VERSION, SegmemError } from '@segmem/protocol';
 import test from 'ava';
-import { openClusterNode } from '../src/cluster.js';
-import type { SegmemNode } from '../src/node/index.js';
-import { RaftNode } from '../src/raft/node.js';
-import { connectLocal, type LocalEnd } from '../src/shell/local.js';
-import { SimClock, SimEnv } from '../src/sim/env.js';
-import { SimPeerNetwork } from '../src/sim/peer-network.js';
-import { Prng } from '../src/sim/prng.js';
-import { SimVoteIo, SimWalIo } from '../src/sim/wal-io.js';
-
-/** Lets the promise continuations of the simulated code run (all of them: a macrotask comes after). */
-function drainMicrotasks(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
-class RealSim {
-  readonly clock = new SimClock(Date.UTC(2030, 0, 1));
-  readonly env: SimEnv;
-  readonly net: SimPeerNetwork;
-  readonly nodes = new Map<string, SegmemNode>();
-  readonly walIo = new Map<string, SimWalIo>();
-  readonly addresses: Record<string, string> = {};
-  /** Log lines of the members, stamped with simulated time. */
-  readonly trace: string[] = [];
-  private readonly dirs: string[] = [];
-
-  constructor(seed: number) {
-    this.env = new SimEnv(this.clock, new Prng(seed));
-    this.net = new SimPeerNetwork(this.env, 2);
-  }
-
-  get nowMs(): number {
-    return this.clock.nowMs;
-  }
-
-  async start(ids: string[]): Promise<void> {
-    ids.forEach((id, i) => {
-      this.addresses[id] = `10.0.0.${i + 1}:7401`;
-    });
-    // One after the other: opening does real file I/O (the data directory), which must not interleave.
-    for (const id of ids) {
-      const dir = mkdtempSync(join(tmpdir(), `segmem-simnode-${id}-`));
-      this.dirs.push(dir);
-      const env = this.env.process();
-      const walIo = new SimWalIo(env, 8);
-      this.walIo.set(id, walIo);
-      const node = await openClusterNode({
-        id,
-        dataDir: dir,
-        peers: this.addresses,
-        fsync: 'batch',
-        env,
-        transport: this.net.transport,
-        walIo,
-        voteIo: new SimVoteIo(),
-        makeCore: (cfg) => new RaftNode(cfg),
-        log: (line) => {
-          if (line.startsWith('raft:')) this.trace.push(`${this.nowMs - Date.UTC(2030, 0, 1)} ${id} ${line}`);
-        },
-      });
-      this.nodes.set(id, node);
-      this.net.attach(this.addresses[id]!, node);
-    }
-  }
-
-  /** Moves simulated time forward by `ms`, one timer at a time, letting each one's continuations run. */
-  async run(ms: number): Promise<void> {
-    const until = this.clock.nowMs + ms;
-    while (this.clock.runNext(until)) await drainMicrotasks();
-    this.clock.runUntil(until);
-    await drainMicrotasks();
-  }
-
-  /** Runs simulated time until `done()` holds, at most `maxMs`; returns the simulated ms it took. */
-  async until(done: () => boolean, maxMs: number, what: string): Promise<number> {
-    const started = this.nowMs;
-    while (!done()) {
-      if (this.nowMs - started > maxMs) throw new Error(`${what}: not within ${maxMs} simulated ms`);
-      await this.run(10);
-    }
-    return this.nowMs - started;
-  }
-
-  leaders(): string[] {
-    return [...this.nodes].filter(([, n]) => n.status().leader).map(([id]) => id);
-  }
-
-  /**
-   * Closes every member (a leader hands off first, on the simulated clock) and removes the data. Closing
-   * the data directories is real file I/O, so this waits on the real clock (at most 30 s) while it moves
-   * the simulated one.
-   */
-  async stop(): Promise<void> {
-    let done = false;
-    const closing = Promise.all([...this.nodes.values()].map((n) => n.close())).finally(() => {
-      done = true;
-    });
-    const deadline = performance.now() + 30_000;
-    while (!done && performance.now() < deadline) await this.run(10);
-    if (!done) throw new Error('the members did not close within 30 s');
-    await closing;
-    for (const dir of this.dirs) rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/** A protocol client over an in-process connection; answers arrive as the simulation runs. */
-class FrameClient {
-  private readonly decoder = new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
-  private readonly answers = new Map<number, Frame>();
-  private nextId = 1;
-  closed = false;
-
-  constructor(
-    private readonly sim: RealSim,
-    private readonly end: LocalEnd,
-  ) {
-    end.onData = (chunk) => {
-      for (const f of this.decoder.push(chunk)) this.answers.set(f.requestId, f);
-    };
-    end.onClose = () => {
-      this.closed = true;
-    };
-  }
-
-  async call<T extends RequestType>(req: Extract<Request, { type: T }>, maxMs = 5000) {
-    const id = this.nextId++;
-    this.end.write(encodeRequest(req, id));
-    await this.sim.until(() => this.answers.has(id) || this.closed, maxMs, `answer to ${req.type}`);
-    const frame = this.answers.get(id);
-    if (!frame) throw new Error(`connection closed before the answer to ${req.type}`);
-    this.answers.delete(id);
-    return decodeResponse(req.type, frame);
-  }
-}
+import { connectLocal } from '../src/shell/local.js';
+import { FrameClient, RealSim } from './sim-members.js';
 
 interface Outcome {
   electedAfterMs: number;
@@ -214,7 +70,7 @@ async function scenario(seed: number): Promise<Outcome> {
     const expiredAfterMs = sim.nowMs - silentAt;
     if (hello.sessionId < 1) throw new Error('no session id');
     const digests = nodes.map((n) => n.status().digest);
-    const syncs = [...sim.walIo.values()].reduce((a, io) => a + io.syncs, 0);
+    const syncs = sim.fs.syncs;
     return { electedAfterMs, expiredAfterMs, trace: [...sim.trace], digests, syncs };
   } finally {
     await sim.stop();

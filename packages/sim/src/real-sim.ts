@@ -1,6 +1,7 @@
 /**
  * The simulation of the code that ships: three real members (openClusterNode: SegmemNode, RaftLog and its
- * driver, DiskRaftStorage's WAL over an in-memory WalIo, the real connection handling and peer codec) and
+ * driver, DiskRaftStorage with its data directory on the simulated disk SimFs, the real connection handling
+ * and peer codec) and
  * 2..4 real clients (the client's own Session and SegmentImpl over a BufferSegment, reconnecting and
  * following the leader by their own code), every one a process with its own Env on one simulated clock.
  *
@@ -13,9 +14,6 @@
  * once at the sequence number their answer gave.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { FollowerReads } from '@segmem/client/internal/follower-reads';
 import { BufferSegment } from '@segmem/client/internal/mapped-segment';
 import { SegmentImpl } from '@segmem/client/internal/segment';
@@ -24,12 +22,16 @@ import { type Env, SegmemError } from '@segmem/protocol';
 import type { SegmemNode } from '@segmem/server';
 import { openClusterNode } from '@segmem/server/internal/cluster';
 import { RaftNode } from '@segmem/server/internal/raft/node';
+import type { RaftStorage } from '@segmem/server/internal/raft/types';
 import { SimClock, SimEnv } from '@segmem/server/internal/sim/env';
+import { SimFs } from '@segmem/server/internal/sim/fs';
 import { describeOp, History, type OpRecord } from '@segmem/server/internal/sim/history';
 import { SimPeerNetwork } from '@segmem/server/internal/sim/peer-network';
 import { Prng } from '@segmem/server/internal/sim/prng';
 import { SkewedEnv } from '@segmem/server/internal/sim/skewed-env';
-import { SimVoteIo, SimWalIo } from '@segmem/server/internal/sim/wal-io';
+import { WAL_DIR } from '@segmem/server/internal/storage/datadir';
+import { isSnapshotName, SNAPSHOT_DIR } from '@segmem/server/internal/storage/snapshot-file';
+import { isSegmentFileName, verifiedRecordSpans } from '@segmem/server/internal/storage/wal';
 import { SimClientNetwork } from './client-network.js';
 import { PausableEnv } from './pausable-env.js';
 
@@ -37,6 +39,7 @@ export const REAL_BROKEN_VARIANTS = [
   'keepCopyAfterLockLost',
   'replyBeforeCommit',
   'followerReadsUnapplied',
+  'walSkipsFsync',
 ] as const;
 /**
  * Deliberately broken variants of the shipped code, each of which the checkers must catch:
@@ -45,6 +48,8 @@ export const REAL_BROKEN_VARIANTS = [
  * unsafe commitWithoutMajority), so a leader applies and answers before a majority has the command.
  * followerReadsUnapplied: a follower answers READ_PAGES with the bytes it has even when it has not applied
  * the version asked for yet (NodeOptions' unsafe servePagesUnapplied), so a large read may be stale.
+ * walSkipsFsync: now and then one fdatasync of a follower's WAL does nothing (SimFs.skipFsync), and the
+ * follower crashes soon after: it may have acknowledged entries its disk never had.
  */
 export type RealBrokenVariant = (typeof REAL_BROKEN_VARIANTS)[number];
 
@@ -91,6 +96,17 @@ export interface RealSimParams {
   clockOffsetMs: number;
   /** Mean simulated ms between two forward jumps of some process's clock (0: none). */
   clockJumpEveryMs: number;
+  /** Mean simulated ms between two member crashes (0: none); a crashed member restarts after up to crashDownMs. */
+  crashEveryMs: number;
+  crashDownMs: number;
+  /** Chance that a member's disk is damaged while it is down: a bit flipped in a synced WAL record or snapshot. */
+  bitFlipRate: number;
+  /** Chance that a restart meets a read error (the member refuses to start; it is started again later). */
+  readErrorRate: number;
+  /** Mean simulated ms between two spells of a full disk on some member (0: none). */
+  fullDiskEveryMs: number;
+  /** The members compact their logs into a snapshot every this many applied entries. */
+  snapshotEveryEntries: number;
 }
 
 export interface RealSimStats {
@@ -105,6 +121,11 @@ export interface RealSimStats {
   pauses: number;
   partitions: number;
   clockJumps: number;
+  crashes: number;
+  restarts: number;
+  bitFlips: number;
+  readErrors: number;
+  fullDisks: number;
   connections: number;
   brokenConnections: number;
   leaderChanges: number;
@@ -183,6 +204,12 @@ function drawParams(prng: Prng): RealSimParams {
     clockDrift: prng.chance(0.6) ? prng.pick([0.001, 0.01, 0.05]) : 0,
     clockOffsetMs: prng.chance(0.5) ? prng.pick([1000, 3_600_000]) : 0,
     clockJumpEveryMs: prng.chance(0.3) ? prng.int(1000, 4000) : 0,
+    crashEveryMs: prng.chance(0.6) ? prng.int(800, 4000) : 0,
+    crashDownMs: prng.pick([200, 1000, 4000]),
+    bitFlipRate: prng.chance(0.4) ? prng.pick([0.3, 1]) : 0,
+    readErrorRate: prng.chance(0.3) ? prng.pick([0.2, 0.5]) : 0,
+    fullDiskEveryMs: prng.chance(0.25) ? prng.int(1000, 4000) : 0,
+    snapshotEveryEntries: prng.pick([20, 100, 500, 10_000]),
   };
 }
 
@@ -231,15 +258,37 @@ class RealSimulation {
     pauses: 0,
     partitions: 0,
     clockJumps: 0,
+    crashes: 0,
+    restarts: 0,
+    bitFlips: 0,
+    readErrors: 0,
+    fullDisks: 0,
     connections: 0,
     brokenConnections: 0,
     leaderChanges: 0,
     pagesFromFollowers: 0,
     pagesFromLeader: 0,
   };
-  private readonly dirs: string[] = [];
   /** Who led each term. */
   private readonly termLeaders = new Map<number, string>();
+  /** Each member's disk (a machine each), its data directory at `/sim/<id>`. */
+  readonly disks = new Map<string, SimFs>();
+  /** The process each member runs in now (a crash kills it; a restart is a new one). */
+  private readonly memberProcesses = new Map<string, SimEnv>();
+  /** Members crashed and not running again yet, and those being opened. */
+  readonly down = new Set<string>();
+  private readonly opening = new Set<string>();
+  /**
+   * What each member last acknowledged to a leader (an accepted append's answer): that its log matches
+   * that term's leader's up to `index`, durably. Its log after a crash must still hold that much.
+   */
+  private readonly acked = new Map<string, { term: number; index: number }>();
+  /** A member whose disk was damaged, until it has caught up from the leader (and votes again). */
+  private damaged: { id: string } | null = null;
+  /** Members whose next open meets an injected read error (so a failed open is expected). */
+  private readonly readFaults = new Set<string>();
+  /** Members left down for the liveness phase (not in its majority core). */
+  readonly keptDown = new Set<string>();
   private unexpected: Failure | null = null;
   faultsOn = true;
 
@@ -269,40 +318,145 @@ class RealSimulation {
   async startMembers(ids: string[]): Promise<void> {
     ids.forEach((id, i) => {
       this.addresses[id] = `10.0.0.${i + 1}:7401`;
+      this.disks.set(id, new SimFs(this.world.process(), this.prng.fork(), { fsyncMaxMs: 8 }));
     });
-    // One after the other: opening does real file I/O (the data directory), which must not interleave.
-    for (const id of ids) {
-      const dir = mkdtempSync(join(tmpdir(), `segmem-realsim-${id}-`));
-      this.dirs.push(dir);
-      const env = this.skewed(this.world.process());
-      this.memberClocks.set(id, env);
+    this.peerNet.onSend = (from, msg) => {
+      if (msg.type === 'appendResp' && !msg.reject && msg.hintIndex !== undefined)
+        this.acked.set(from, { term: msg.term, index: msg.hintIndex });
+    };
+    // One after the other, the clock running: the simulated disk's fsyncs take simulated time.
+    for (const id of ids) await this.settle(this.openMember(id), 10_000, `opening ${id}`);
+  }
+
+  /** Starts member `id` in a new process over its disk; resolves once it serves (and is attached). */
+  async openMember(id: string): Promise<void> {
+    this.opening.add(id);
+    const process = this.world.process();
+    const env = this.skewed(process);
+    try {
       const node = await openClusterNode({
         id,
-        dataDir: dir,
+        dataDir: `/sim/${id}`,
         peers: this.addresses,
         fsync: 'batch',
         env,
         transport: this.peerNet.transport,
-        walIo: new SimWalIo(env, 8),
-        voteIo: new SimVoteIo(),
-        makeCore: (cfg) =>
-          new RaftNode({
+        fs: this.disks.get(id)!,
+        snapshotEveryEntries: this.params.snapshotEveryEntries,
+        makeCore: (cfg) => {
+          this.checkRecovered(id, cfg.storage, cfg.rejoinTerm);
+          return new RaftNode({
             ...cfg,
             ...(this.opts.broken === 'replyBeforeCommit' ? { unsafe: { commitWithoutMajority: true } } : {}),
-          }),
+          });
+        },
         ...(this.opts.broken === 'followerReadsUnapplied' ? { unsafe: { servePagesUnapplied: true } } : {}),
         log: (line) => {
+          if (!process.alive) return;
           if (line.startsWith('raft:')) {
             const won = /^raft: leader in term (\d+)/.exec(line);
             if (won) this.leaderElected(id, Number(won[1]));
             this.log(`${id} ${line}`);
+          } else if (
+            /recovery|heal|damage|truncat|snapshot .*failed|cannot|waiting for the disk|takes writes/i.test(
+              line,
+            )
+          ) {
+            this.log(`${id} ${line}`);
+            if (this.damaged?.id === id && /taking part in elections again/.test(line)) {
+              this.log(`disk: ${id} caught up since its damage`);
+              this.damaged = null;
+            }
           }
         },
       });
+      if (!process.alive) return; // crashed while opening
+      if (this.keptDown.has(id)) {
+        process.kill();
+        this.disks.get(id)!.crash(`/sim/${id}`);
+        return;
+      }
+      this.memberProcesses.set(id, process);
+      this.memberClocks.set(id, env);
       this.nodes.set(id, node);
+      this.down.delete(id);
       this.peerNet.attach(this.addresses[id]!, node);
       this.clientNet.attach(this.addresses[id]!, node);
+    } catch (err) {
+      process.kill();
+      this.disks.get(id)!.crash(`/sim/${id}`);
+      throw err;
+    } finally {
+      this.opening.delete(id);
     }
+  }
+
+  /**
+   * Durability across a crash: the log a member recovered holds what it acknowledged before, unless a
+   * later leader replaced that part (then its last entry is of a later term), or the member found its
+   * storage damaged and healed it (`rejoinTerm`: it stays out of elections until it caught up).
+   */
+  private checkRecovered(id: string, storage: RaftStorage, rejoinTerm: number): void {
+    const claim = this.acked.get(id);
+    this.acked.delete(id);
+    if (rejoinTerm > 0) {
+      this.log(
+        `${id} healed damaged storage; out of elections until it holds an entry of term ${rejoinTerm}`,
+      );
+      return;
+    }
+    if (!claim) return;
+    const last = storage.lastIndex();
+    const lastTerm = storage.term(last) ?? 0;
+    if (last < claim.index && lastTerm <= claim.term)
+      this.unexpected ??= new Failure(
+        'durability',
+        `${id} acknowledged its log up to index ${claim.index} in term ${claim.term}, and recovered only up to ${last} (term ${lastTerm})`,
+      );
+  }
+
+  /** The process of member `id` dies: its timers stop, its connections break, what its disk had not synced is lost or torn. */
+  crashMember(id: string): void {
+    const process = this.memberProcesses.get(id);
+    if (!process || this.down.has(id)) return;
+    this.stats.crashes++;
+    this.log(`crash: ${id}`);
+    process.kill();
+    this.down.add(id);
+    this.nodes.delete(id);
+    this.memberProcesses.delete(id);
+    this.memberClocks.delete(id);
+    this.peerNet.detach(this.addresses[id]!);
+    this.clientNet.detach(this.addresses[id]!);
+    this.disks.get(id)!.crash(`/sim/${id}`);
+  }
+
+  /**
+   * Starts a crashed member again (as a supervisor would); an open that fails on an injected read error
+   * is tried again later, any other failure fails the run.
+   */
+  restartMember(id: string): void {
+    if (!this.down.has(id) || this.opening.has(id) || this.keptDown.has(id)) return;
+    this.log(`restart: ${id}`);
+    this.openMember(id).then(
+      () => {
+        this.stats.restarts++;
+        this.log(`restart: ${id} serves`);
+      },
+      (err: unknown) => {
+        if (this.readFaults.delete(id) || this.disks.get(id)!.full) {
+          this.log(
+            `restart: ${id} refused to start (${(err as Error).message.split('\n')[0]}); trying again`,
+          );
+          this.world.setTimeout(() => this.restartMember(id), this.prng.int(100, 1000));
+          return;
+        }
+        this.unexpected ??= new Failure(
+          'restart',
+          `${id} did not start again: ${SegmemError.is(err) ? `${err.code} ${err.message}` : String((err as Error)?.stack ?? err)}`,
+        );
+      },
+    );
   }
 
   /** A real client: its own process Env, Session and SegmentImpl over the simulated network. */
@@ -392,7 +546,13 @@ class RealSimulation {
     });
     watched.catch(() => {});
     await this.until(() => done, maxMs, what);
-    return watched;
+    try {
+      return await watched;
+    } catch (err) {
+      // With the faults over, what the run waits for must succeed.
+      if (err instanceof Failure || !SegmemError.is(err)) throw err;
+      throw new Failure('liveness', `${what} failed: ${err.code} ${err.message}`);
+    }
   }
 
   /** Each client's session as its own code sees it (for a liveness failure). */
@@ -651,8 +811,144 @@ class RealSimulation {
   }
 
   /** Faults other than pauses: partitions, drawn for the seed, started and healed on the world's clock. */
+  /** Draws when something happens next: `meanMs` on average, from half to one and a half of it. */
+  private every(meanMs: number, fn: () => void): void {
+    this.world.setTimeout(fn, Math.floor(meanMs * (0.5 + this.prng.float())));
+  }
+
+  /** Members and their disks fail: crashes and restarts, damage and read errors while down, full disks. */
+  private startDiskFaults(endMs: number): void {
+    const p = this.params;
+    const ids = Object.keys(this.addresses);
+    const active = () => this.faultsOn && this.nowMs < endMs;
+    if (p.crashEveryMs > 0) {
+      const next = () =>
+        this.every(p.crashEveryMs, () => {
+          if (!active()) return;
+          const up = ids.filter((id) => !this.down.has(id) && !this.opening.has(id));
+          // Mostly one member down at a time, sometimes two: then nothing commits until one is back.
+          if (up.length === 3 || (up.length === 2 && this.prng.chance(0.3))) {
+            const leader = this.leaders()[0];
+            const victim = leader && this.prng.chance(0.4) ? leader : this.prng.pick(up);
+            this.crashMember(victim);
+            this.world.setTimeout(() => void this.whileDown(victim), this.prng.int(20, p.crashDownMs));
+          }
+          next();
+        });
+      next();
+    }
+    if (p.fullDiskEveryMs > 0) {
+      const next = () =>
+        this.every(p.fullDiskEveryMs, () => {
+          if (!active()) return;
+          const id = this.prng.pick(ids);
+          const disk = this.disks.get(id)!;
+          if (!disk.full) {
+            this.stats.fullDisks++;
+            const ms = this.prng.int(100, 3000);
+            this.log(`disk: ${id}'s disk is full for ${ms} ms`);
+            disk.full = true;
+            this.world.setTimeout(() => {
+              disk.full = false;
+              this.log(`disk: ${id}'s disk has space again`);
+            }, ms);
+          }
+          next();
+        });
+      next();
+    }
+    if (this.opts.broken === 'walSkipsFsync') {
+      const next = () =>
+        this.every(700, () => {
+          if (!active()) return;
+          const leader = this.leaders()[0];
+          const followers = ids.filter((id) => id !== leader && !this.down.has(id) && !this.opening.has(id));
+          if (leader && followers.length > 0) {
+            const victim = this.prng.pick(followers);
+            this.log(`broken: ${victim}'s next WAL fdatasync does nothing`);
+            this.disks.get(victim)!.skipFsync(`/sim/${victim}`);
+            this.world.setTimeout(
+              () => {
+                if (this.down.has(victim)) return;
+                this.crashMember(victim);
+                this.world.setTimeout(() => this.restartMember(victim), this.prng.int(50, 500));
+              },
+              this.prng.int(1, 12),
+            );
+          }
+          next();
+        });
+      next();
+    }
+  }
+
+  /** A member is down: its disk may be damaged or fail a read before it is started again. */
+  private async whileDown(id: string): Promise<void> {
+    if (this.keptDown.has(id)) return;
+    const p = this.params;
+    const others = Object.keys(this.addresses).filter((o) => o !== id);
+    // Damage only while the other two are whole and running: with a majority intact, nothing may be lost.
+    if (
+      this.faultsOn &&
+      this.damaged === null &&
+      others.every((o) => !this.down.has(o) && !this.opening.has(o)) &&
+      this.prng.chance(p.bitFlipRate)
+    ) {
+      const where = await this.flipSomewhere(id);
+      if (where) {
+        this.stats.bitFlips++;
+        this.log(`disk: ${id} ${where}`);
+        this.damaged = { id };
+      }
+    }
+    if (this.faultsOn && this.prng.chance(p.readErrorRate)) {
+      this.stats.readErrors++;
+      this.readFaults.add(id);
+      this.disks.get(id)!.failNextRead(`/sim/${id}`);
+      this.log(`disk: ${id}'s next read fails (EIO)`);
+    }
+    this.restartMember(id);
+  }
+
+  /**
+   * Flips one bit in a synced WAL record that has a valid record after it, or anywhere in a snapshot file;
+   * returns where, or null if the member has no such bytes. (A flip in the last record of the log reads as a
+   * torn write, which recovery cuts off: that is not simulated; see docs/consistency.md.)
+   */
+  private async flipSomewhere(id: string): Promise<string | null> {
+    const disk = this.disks.get(id)!;
+    const snapDir = `/sim/${id}/${SNAPSHOT_DIR}`;
+    const snapshots = (await disk.readdir(snapDir).catch(() => [] as string[])).filter(isSnapshotName);
+    if (snapshots.length > 0 && this.prng.chance(0.3)) {
+      const file = `${snapDir}/${this.prng.pick(snapshots.sort())}`;
+      const bytes = disk.durableBytes(file) ?? 0;
+      if (bytes > 0) {
+        const at = this.prng.int(0, bytes - 1);
+        disk.flipBit(file, at, this.prng.int(0, 7));
+        return `snapshot ${file} damaged: a bit flipped at byte ${at}`;
+      }
+    }
+    const walDir = `/sim/${id}/${WAL_DIR}`;
+    const segments = (await disk.readdir(walDir).catch(() => [] as string[]))
+      .filter(isSegmentFileName)
+      .sort();
+    // Every record of every segment but the very last one of the log.
+    const records: { file: string; start: number; end: number }[] = [];
+    for (const name of segments) {
+      const file = `${walDir}/${name}`;
+      for (const span of verifiedRecordSpans(await disk.readFile(file))) records.push({ file, ...span });
+    }
+    records.pop();
+    if (records.length === 0) return null;
+    const r = this.prng.pick(records);
+    const at = this.prng.int(r.start, r.end - 1);
+    disk.flipBit(r.file, at, this.prng.int(0, 7));
+    return `WAL ${r.file} damaged: a bit flipped at byte ${at} (a record of ${r.end - r.start} bytes at ${r.start})`;
+  }
+
   startFaults(endMs: number): void {
     const p = this.params;
+    this.startDiskFaults(endMs);
     if (p.strandRate > 0) {
       this.clientNet.onWriteRelease = (client, address) => {
         if (!this.faultsOn || this.nowMs >= endMs || this.clientNet.isCut(client, address)) return;
@@ -723,6 +1019,23 @@ class RealSimulation {
       }, waitMs);
     };
     next();
+  }
+
+  /**
+   * The liveness phase runs on a majority core: half the time one member stays down (the damaged one if it
+   * has not caught up yet, so that what it lost is still on both of the others), every other member runs,
+   * and the disks have space.
+   */
+  liveCore(): void {
+    const ids = Object.keys(this.addresses);
+    const out = this.damaged ? this.damaged.id : this.prng.chance(0.5) ? this.prng.pick(ids) : null;
+    for (const disk of this.disks.values()) disk.full = false;
+    if (out) {
+      this.log(`liveness: ${out} stays down`);
+      this.keptDown.add(out);
+      this.crashMember(out);
+    }
+    for (const id of ids) if (id !== out) this.restartMember(id);
   }
 
   heal(): void {
@@ -832,15 +1145,15 @@ class RealSimulation {
     const records: { seq: number; data: string }[] = [];
     if (this.appends.length > 0) {
       const reading = (async () => {
-        for await (const r of reader.segment.log(LOG).read({ from: 0 }))
-          records.push({ seq: r.seq, data: r.data.toString() });
+        try {
+          for await (const r of reader.segment.log(LOG).read({ from: 0 }))
+            records.push({ seq: r.seq, data: r.data.toString() });
+        } catch (err) {
+          // No append went through: the log was never created.
+          if (!SegmemError.is(err, 'NOT_FOUND') || this.appends.some((a) => a.status === 'ok')) throw err;
+        }
       })();
-      try {
-        await this.settle(reading, 20_000, 'reading the log');
-      } catch (err) {
-        // No append went through: the log was never created.
-        if (!SegmemError.is(err, 'NOT_FOUND') || this.appends.some((a) => a.status === 'ok')) throw err;
-      }
+      await this.settle(reading, 20_000, 'reading the log');
     }
     const seen = new Map<string, number>();
     for (const r of records) {
@@ -862,8 +1175,8 @@ class RealSimulation {
   }
 
   /**
-   * Closes the clients and members (a leader hands off first, on the simulated clock) and removes the
-   * data. Closing the data directories is real file I/O: this waits on the real clock (at most 30 s).
+   * Closes the clients and members (a leader hands off first, on the simulated clock; their last fsyncs
+   * take simulated time), waiting at most 30 s of real time.
    */
   async stop(): Promise<void> {
     for (const c of this.clients) c.env.resume();
@@ -876,7 +1189,6 @@ class RealSimulation {
     });
     const deadline = performance.now() + 30_000;
     while (!done && performance.now() < deadline) await this.run(10);
-    for (const dir of this.dirs) rmSync(dir, { recursive: true, force: true });
     if (!done) throw new Error('the simulation did not close within 30 s');
     await closing;
   }
@@ -915,6 +1227,7 @@ export async function runRealSimulation(opts: RealSimOptions): Promise<RealSimRe
     // Liveness: the faults stop; every operation still out must complete.
     sim.faultsOn = false;
     sim.heal();
+    sim.liveCore();
     try {
       await sim.until(() => running === 0 || failure !== undefined, LIVENESS_MS, 'the operations still out');
     } catch (err) {

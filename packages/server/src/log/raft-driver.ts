@@ -81,6 +81,11 @@ export interface DurableLog {
   save(hardState: HardState | undefined, entries: Entry[]): number;
   /** Calls `done` once everything up to `position` is durable (at once if it is), or `failed`. */
   waitDurable(position: number, done: () => void, failed: (err: unknown) => void): void;
+  /**
+   * After `save` threw: if the log refuses writes only for now (a full disk, retried), calls `retry` once
+   * they may be tried again and returns true; false if the error is not such a stall.
+   */
+  onceWritable?(retry: () => void): boolean;
 }
 
 /** The state machine's side of the loop. */
@@ -286,7 +291,7 @@ export class RaftDriver {
 
   /** Steps 2-5: false when it waits for the fsync. */
   private persist(rd: Ready): boolean {
-    const { storage, peers } = this.opts;
+    const { peers } = this.opts;
     if (rd.snapshot) {
       this.appliedIndex = rd.snapshot.meta.index;
       this.appliedTerm = rd.snapshot.meta.term;
@@ -299,19 +304,46 @@ export class RaftDriver {
     }
     const early = rd.messages.filter(mayLeaveBeforePersist);
     this.sendAll(early);
-    const position = storage.save(rd.hardState, rd.entries);
+    return this.save(rd, early.length);
+  }
+
+  /**
+   * Steps 2 (the save itself) to 5: false when it waits for the fsync, or for a disk that refuses writes
+   * for now (full): then the same Ready is saved again once it takes them, and nothing else moves meanwhile
+   * (a stalled member neither acknowledges nor applies; the others go on without it).
+   */
+  private save(rd: Ready, sentEarly: number): boolean {
+    const { storage } = this.opts;
+    let position: number;
+    try {
+      position = storage.save(rd.hardState, rd.entries);
+    } catch (err) {
+      const waiting = storage.onceWritable?.(() => {
+        this.stalled = false;
+        if (this.closed || this.failure) return;
+        this.opts.log?.('raft: the log takes writes again');
+        this.guard(() => {
+          if (this.save(rd, sentEarly)) this.run();
+        });
+      });
+      if (!waiting) throw err;
+      // The core counts this Ready's committed entries as applied: none after them may be applied early.
+      this.stalled = true;
+      this.opts.log?.(`raft: waiting for the disk: ${(err as Error).message}`);
+      return false;
+    }
     if (!rd.snapshot) for (const e of rd.committed) this.applyEntry(e);
     if (rd.mustSync) {
       const waited = this.wait(
         (done, failed) => storage.waitDurable(position, done, failed),
         () => {
-          this.finish(rd, early.length);
+          this.finish(rd, sentEarly);
           this.run();
         },
       );
       if (!waited) return false;
     }
-    this.finish(rd, early.length);
+    this.finish(rd, sentEarly);
     return true;
   }
 
@@ -357,6 +389,9 @@ export class RaftDriver {
     }
   }
 
+  /** A Ready waits for a disk that refuses writes for now (see `save`): nothing runs early meanwhile. */
+  private stalled = false;
+
   private scheduleEarly(): void {
     if (this.earlyScheduled) return;
     this.earlyScheduled = true;
@@ -367,6 +402,7 @@ export class RaftDriver {
   }
 
   private runEarly(): void {
+    if (this.stalled) return;
     const { committed, messages } = this.core.early();
     this.sendAll(messages);
     for (const e of committed) this.applyEntry(e);

@@ -64,6 +64,7 @@ export class RaftLog implements NodeLog {
         waitDurable: (position, done, failed) => {
           storage.waitDurable(position).then(done, failed);
         },
+        onceWritable: (retry) => storage.onceWritable(retry),
       },
       peers,
       app: {

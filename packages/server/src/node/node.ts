@@ -6,7 +6,6 @@
  * `startServer` puts it behind TCP/UDP; the client's embedded mode attaches in-process connections.
  */
 import type { Socket as UdpSocket } from 'node:dgram';
-import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   type AcquireRequest,
@@ -36,6 +35,7 @@ import { UdpHints } from '../shell/udp-hints.js';
 import { type MetricsSink, NO_METRICS, type NodeStats, timedWalIo } from '../stats.js';
 import type { ConsolidatedExport } from '../storage/consolidated.js';
 import { DataDir } from '../storage/datadir.js';
+import type { StorageFs } from '../storage/fs.js';
 import { describeLocalRecovery } from '../storage/local-storage.js';
 import { isSnapshotName, SNAPSHOT_DIR } from '../storage/snapshot-file.js';
 import { isSegmentFileName, type RecoveryReport } from '../storage/wal.js';
@@ -111,6 +111,7 @@ export class SegmemNode {
             intervalMs: opts.consolidatedIntervalMs ?? DEFAULT_CONFIG.consolidatedIntervalMs,
             keep: opts.consolidatedKeep ?? DEFAULT_CONFIG.consolidatedKeep,
             env: this.env,
+            fs: dataDir.fs,
             ...(opts.log ? { log: opts.log } : {}),
           },
         )
@@ -286,8 +287,9 @@ export class SegmemNode {
       const writing = obj.writer !== 0;
       return [obj.name, writing ? 'write' : 'read', writing ? 1 : obj.readers, obj.queue.length];
     });
-    const wal = await filesIn(this.dataDir.walDir, isSegmentFileName, false);
-    const snaps = await filesIn(join(this.dataDir.dir, SNAPSHOT_DIR), isSnapshotName, true);
+    const fs = this.dataDir.fs;
+    const wal = await filesIn(fs, this.dataDir.walDir, isSegmentFileName, false);
+    const snaps = await filesIn(fs, join(this.dataDir.dir, SNAPSHOT_DIR), isSnapshotName, true);
     return {
       serverId: this.id,
       clusterId: this.clusterId,
@@ -537,21 +539,22 @@ export interface RaftStatus {
 
 /** How many files in `dir` match `isName`, their bytes (allocated on disk when `allocated`), the last name. */
 async function filesIn(
+  fs: StorageFs,
   dir: string,
   isName: (name: string) => boolean,
   allocated: boolean,
 ): Promise<{ files: number; bytes: number; newest: string | null }> {
   let names: string[];
   try {
-    names = (await readdir(dir)).filter(isName).sort();
+    names = (await fs.readdir(dir)).filter(isName).sort();
   } catch {
     return { files: 0, bytes: 0, newest: null };
   }
   let bytes = 0;
   for (const name of names) {
     // A file deleted meanwhile (a compaction) just does not count.
-    const st = await stat(join(dir, name)).catch(() => null);
-    if (st) bytes += allocated ? st.blocks * 512 : st.size;
+    const st = await fs.stat(join(dir, name)).catch(() => null);
+    if (st) bytes += allocated ? st.allocatedBytes : st.size;
   }
   return { files: names.length, bytes, newest: names[names.length - 1] ?? null };
 }

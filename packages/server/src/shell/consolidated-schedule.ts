@@ -7,11 +7,11 @@
  *
  * @module
  */
-import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import type { Env, EnvTimer } from '@segmem/protocol';
 import type { ConsolidatedExport } from '../storage/consolidated.js';
-import { errorMessage, mkdirDurable, unlinkFile, writeFileAtomic } from '../storage/files.js';
+import { errorMessage } from '../storage/files.js';
+import { mkdirDurable, nodeFs, type StorageFs, writeFileAtomic } from '../storage/fs.js';
 
 /** `consolidated-<20-digit index>-<UTC time>.segsnap`: names sort in snapshot order. */
 const FILE_NAME = /^consolidated-(\d{20})-\d{8}T\d{6}Z\.segsnap$/;
@@ -29,6 +29,8 @@ export interface ConsolidatedScheduleOptions {
   /** Clock and timers. */
   env: Env;
   log?: (line: string) => void;
+  /** @internal The file system `dir` is on (default: the real one). */
+  fs?: StorageFs;
 }
 
 /** What the schedule needs of the node. */
@@ -43,11 +45,14 @@ export class ConsolidatedSchedule {
   private stopped = false;
   /** Index of the newest file in `dir` (read at the first tick), so a restart does not rewrite it. */
   private lastIndex: number | null = null;
+  private readonly fs: StorageFs;
 
   constructor(
     private readonly node: Coordinator,
     private readonly opts: ConsolidatedScheduleOptions,
-  ) {}
+  ) {
+    this.fs = opts.fs ?? nodeFs;
+  }
 
   start(): void {
     if (this.stopped || this.timer) return;
@@ -75,7 +80,7 @@ export class ConsolidatedSchedule {
   async tick(): Promise<string | null> {
     if (this.stopped || !this.node.isLeader()) return null;
     try {
-      await mkdirDurable(this.opts.dir);
+      await mkdirDurable(this.fs, this.opts.dir);
       const names = await this.files();
       this.lastIndex ??= names.length > 0 ? Number(FILE_NAME.exec(names[names.length - 1]!)![1]) : 0;
       const started = this.opts.env.now();
@@ -84,7 +89,7 @@ export class ConsolidatedSchedule {
       try {
         if (ex.index <= this.lastIndex) return null; // nothing new since the last file
         file = join(this.opts.dir, consolidatedFileName(ex.index, ex.createdAt));
-        await writeFileAtomic(file, ex.parts, 'consolidated');
+        await writeFileAtomic(this.fs, file, ex.parts, 'consolidated');
       } finally {
         ex.release();
       }
@@ -94,7 +99,7 @@ export class ConsolidatedSchedule {
       );
       const all = await this.files();
       for (const name of all.slice(0, Math.max(0, all.length - this.opts.keep)))
-        await unlinkFile(join(this.opts.dir, name), 'consolidated.unlink');
+        await this.fs.rm(join(this.opts.dir, name), 'consolidated.unlink');
       return file;
     } catch (err) {
       // The next tick tries again; the files already written stay as they are.
@@ -108,6 +113,6 @@ export class ConsolidatedSchedule {
    * are left alone: the directory may be shared by members, and one may be writing.
    */
   private async files(): Promise<string[]> {
-    return (await fsp.readdir(this.opts.dir)).filter((n) => FILE_NAME.test(n)).sort();
+    return (await this.fs.readdir(this.opts.dir)).filter((n) => FILE_NAME.test(n)).sort();
   }
 }

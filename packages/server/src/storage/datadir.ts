@@ -4,19 +4,21 @@
  *
  * @module
  */
-import { randomBytes, randomUUID } from 'node:crypto';
-import { promises as fsp, readFileSync } from 'node:fs';
-import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
+import { errnoCode, errorMessage, isAtomicTempName, writeAll } from './files.js';
 import {
-  errnoCode,
-  errorMessage,
-  fsyncDir,
-  isAtomicTempName,
+  type DirLock,
+  type FileStat,
+  LOCK_FILE,
+  type LockHolder,
   mkdirDurable,
+  nodeFs,
+  notWritable,
+  type StorageFs,
   writeFileAtomic,
-} from './files.js';
+} from './fs.js';
 import { PEERS_FILE } from './peer-addresses.js';
 import { isSnapshotName, SNAPSHOT_DIR } from './snapshot-file.js';
 import { VOTE_FILE } from './vote-file.js';
@@ -42,89 +44,14 @@ export interface DataDirOptions {
   segmentBytes: number;
   /** Create and initialise the directory if it is missing or uninitialised (default true). */
   create?: boolean;
+  /** @internal The file system it lives on (default: the real one). */
+  fs?: StorageFs;
 }
 
-/** What a `LOCK` file says about its holder. */
-export interface LockHolder {
-  pid: number;
-  hostname: string;
-  createdAt?: string;
-}
-
-interface LockContent extends LockHolder {
-  nonce: string;
-}
+export { LOCK_FILE, type LockHolder };
 
 export const META_FILE = 'meta.json';
-export const LOCK_FILE = 'LOCK';
 export const WAL_DIR = 'wal';
-
-/** A LOCK file that cannot be parsed is taken to be mid-write by its creator for this long. */
-const UNREADABLE_LOCK_GRACE_MS = 5000;
-
-/** Directories locked by this process (resolved paths), so a second open in the same process fails. */
-const heldLocks = new Map<string, string>();
-
-function notWritable(dir: string, err: unknown): SegmemError {
-  return new SegmemError('INVALID_ARGUMENT', `data directory ${dir} is not writable: ${errorMessage(err)}`, {
-    dir,
-    errno: errnoCode(err),
-  });
-}
-
-function inUse(dir: string, holder: LockHolder): SegmemError {
-  return new SegmemError(
-    'UNAVAILABLE',
-    `data directory ${dir} is in use by process ${holder.pid} (${holder.hostname})`,
-    { dir, pid: holder.pid, hostname: holder.hostname },
-  );
-}
-
-function parseLock(text: string): LockContent | undefined {
-  try {
-    const v = JSON.parse(text) as Partial<LockContent> | null;
-    if (
-      v &&
-      typeof v === 'object' &&
-      Number.isSafeInteger(v.pid) &&
-      (v.pid as number) > 0 &&
-      typeof v.hostname === 'string' &&
-      typeof v.nonce === 'string'
-    ) {
-      return v as LockContent;
-    }
-  } catch {
-    // fall through
-  }
-  return undefined;
-}
-
-/** Whether `pid` names a live (non-zombie) process on this host. */
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    if (errnoCode(err) !== 'EPERM') return false;
-  }
-  // A killed child that has not been reaped yet still answers signal 0; it holds nothing.
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    if (state === 'Z' || state === 'X') return false;
-  } catch {
-    // no procfs: trust kill()
-  }
-  return true;
-}
-
-async function readText(path: string): Promise<string | undefined> {
-  try {
-    return await fsp.readFile(path, 'utf8');
-  } catch (err) {
-    if (errnoCode(err) === 'ENOENT') return undefined;
-    throw err;
-  }
-}
 
 /**
  * An open data directory. Holding one means holding the directory's exclusive lock until `close`.
@@ -145,22 +72,19 @@ export class DataDir {
    */
   readonly warnings: string[] = [];
 
-  private readonly nonce: string;
+  /** @internal The file system the directory lives on. */
+  readonly fs: StorageFs;
+  private readonly lock: DirLock;
   private closed = false;
 
-  private constructor(
-    dir: string,
-    meta: DataDirMeta,
-    created: boolean,
-    nonce: string,
-    staleLock: LockHolder | undefined,
-  ) {
+  private constructor(dir: string, meta: DataDirMeta, created: boolean, lock: DirLock, fs: StorageFs) {
     this.dir = dir;
     this.meta = meta;
     this.walDir = join(dir, WAL_DIR);
     this.created = created;
-    this.nonce = nonce;
-    this.staleLock = staleLock;
+    this.lock = lock;
+    this.staleLock = lock.stale;
+    this.fs = fs;
   }
 
   /**
@@ -189,10 +113,11 @@ export class DataDir {
     }
     const dir = resolve(opts.dir);
     const create = opts.create !== false;
+    const fs = opts.fs ?? nodeFs;
 
     if (create) {
       try {
-        await mkdirDurable(dir);
+        await mkdirDurable(fs, dir);
       } catch (err) {
         if (errnoCode(err) === 'EEXIST') {
           throw new SegmemError('INVALID_ARGUMENT', `data directory ${dir} is not a directory`, { dir });
@@ -200,40 +125,27 @@ export class DataDir {
         throw notWritable(dir, err);
       }
     }
-    let st: import('node:fs').Stats;
+    let st: FileStat;
     try {
-      st = await fsp.stat(dir);
+      st = await fs.stat(dir);
     } catch (err) {
       if (errnoCode(err) === 'ENOENT')
         throw new SegmemError('NOT_FOUND', `data directory ${dir} does not exist`, { dir });
       throw notWritable(dir, err);
     }
-    if (!st.isDirectory())
+    if (!st.isDirectory)
       throw new SegmemError('INVALID_ARGUMENT', `data directory ${dir} is not a directory`, { dir });
-    await checkWritable(dir);
+    await checkWritable(fs, dir);
 
-    const key = await fsp.realpath(dir);
-    // Reserve the directory within this process first (synchronously), so that concurrent opens in
-    // one process cannot both get past this point.
-    if (heldLocks.has(key)) throw inUse(dir, { pid: process.pid, hostname: hostname() });
-    heldLocks.set(key, '');
-    let nonce: string;
-    let stale: LockHolder | undefined;
+    const lock = await fs.lock(dir);
     try {
-      ({ nonce, stale } = await acquireLock(dir));
-    } catch (err) {
-      heldLocks.delete(key);
-      throw err;
-    }
-    heldLocks.set(key, nonce);
-    try {
-      const { meta, created } = await loadOrCreateMeta(dir, opts, create);
-      await mkdirDurable(join(dir, WAL_DIR));
-      const dataDir = new DataDir(dir, meta, created, nonce, stale);
-      dataDir.warnings.push(...(await tidy(dir)));
+      const { meta, created } = await loadOrCreateMeta(fs, dir, opts, create);
+      await mkdirDurable(fs, join(dir, WAL_DIR));
+      const dataDir = new DataDir(dir, meta, created, lock, fs);
+      dataDir.warnings.push(...(await tidy(fs, dir)));
       return dataDir;
     } catch (err) {
-      await releaseLock(dir, key, nonce).catch(() => {});
+      await lock.release().catch(() => {});
       throw err;
     }
   }
@@ -242,8 +154,7 @@ export class DataDir {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    const key = await fsp.realpath(this.dir).catch(() => this.dir);
-    await releaseLock(this.dir, key, this.nonce);
+    await this.lock.release();
   }
 }
 
@@ -268,16 +179,16 @@ const EXPECTED: { sub: string; expected: (name: string) => boolean }[] = [
  * probe) and lists files the server does not know: they are ignored, not deleted, since they may be the
  * operator's. Resolves with one line for each.
  */
-async function tidy(dir: string): Promise<string[]> {
+async function tidy(fs: StorageFs, dir: string): Promise<string[]> {
   const lines: string[] = [];
   for (const { sub, expected } of EXPECTED) {
     const where = join(dir, sub);
-    const names = await fsp.readdir(where).catch(() => [] as string[]);
+    const names = await fs.readdir(where).catch(() => [] as string[]);
     for (const name of names.sort()) {
       if (expected(name)) continue;
       const path = join(where, name);
       if (isAtomicTempName(name) || name.startsWith('.write-test-')) {
-        await fsp.rm(path, { force: true });
+        await fs.rm(path);
         lines.push(`data directory: removed ${path}, left by a write that a crash interrupted`);
       } else {
         lines.push(`data directory: ignoring unexpected file ${path}`);
@@ -287,94 +198,21 @@ async function tidy(dir: string): Promise<string[]> {
   return lines;
 }
 
-async function checkWritable(dir: string): Promise<void> {
-  const probe = join(dir, `.write-test-${process.pid}-${randomBytes(4).toString('hex')}`);
+async function checkWritable(fs: StorageFs, dir: string): Promise<void> {
+  const probe = join(dir, `.write-test-${fs.tempSuffix()}`);
   try {
-    const handle = await fsp.open(probe, 'wx', 0o600);
+    const fd = await fs.open(probe, 'wx');
     try {
-      await handle.writeFile('segmem');
-      await handle.sync();
+      await writeAll((f, b, p) => fs.writev(f, b, p), fd, [Buffer.from('segmem')], 0);
+      await fs.fsync(fd);
     } finally {
-      await handle.close();
+      await fs.close(fd);
     }
   } catch (err) {
-    await fsp.rm(probe, { force: true }).catch(() => {});
+    await fs.rm(probe).catch(() => {});
     throw notWritable(dir, err);
   }
-  await fsp.rm(probe, { force: true });
-}
-
-/** Takes `<dir>/LOCK`; the caller has reserved `dir` in `heldLocks`, so no other open in this process races. */
-async function acquireLock(dir: string): Promise<{ nonce: string; stale: LockHolder | undefined }> {
-  const lockPath = join(dir, LOCK_FILE);
-  const host = hostname();
-  const mine: LockContent = {
-    pid: process.pid,
-    hostname: host,
-    nonce: randomUUID(),
-    createdAt: new Date().toISOString(),
-  };
-  let stale: LockHolder | undefined;
-  for (let attempt = 0; attempt < 5; attempt++) {
-    try {
-      const handle = await fsp.open(lockPath, 'wx', 0o644);
-      try {
-        await handle.writeFile(`${JSON.stringify(mine)}\n`);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-      await fsyncDir(dir);
-      return { nonce: mine.nonce, stale };
-    } catch (err) {
-      if (errnoCode(err) !== 'EEXIST') throw notWritable(dir, err);
-    }
-    // Someone holds (or held) the lock.
-    const text = await readText(lockPath);
-    if (text === undefined) continue; // released meanwhile
-    const holder = parseLock(text);
-    if (holder) {
-      if (holder.hostname !== host) throw inUse(dir, holder); // cannot check a process on another host
-      // A LOCK naming our own pid is not held by this process (we reserved the directory, and every open
-      // in this process does that first), so it is a leftover of a dead predecessor that had the same pid,
-      // as happens with pid 1 in containers.
-      if (holder.pid !== process.pid && isAlive(holder.pid)) throw inUse(dir, holder);
-    } else {
-      const age = await fsp
-        .stat(lockPath)
-        .then((s) => Date.now() - s.mtimeMs)
-        .catch(() => Number.POSITIVE_INFINITY);
-      if (age < UNREADABLE_LOCK_GRACE_MS) {
-        throw new SegmemError(
-          'UNAVAILABLE',
-          `data directory ${dir} is in use (its ${LOCK_FILE} file is being written by another process)`,
-          { dir },
-        );
-      }
-    }
-    // Stale: the holder is gone. Remove the file only if it is still the one we examined.
-    if ((await readText(lockPath)) === text) {
-      await fsp.rm(lockPath, { force: true });
-      stale = holder
-        ? { pid: holder.pid, hostname: holder.hostname, createdAt: holder.createdAt }
-        : { pid: 0, hostname: '' };
-    }
-  }
-  throw new SegmemError(
-    'UNAVAILABLE',
-    `data directory ${dir} is in use: could not take its ${LOCK_FILE} file`,
-    { dir },
-  );
-}
-
-async function releaseLock(dir: string, key: string, nonce: string): Promise<void> {
-  if (heldLocks.get(key) === nonce) heldLocks.delete(key);
-  const lockPath = join(dir, LOCK_FILE);
-  const text = await readText(lockPath);
-  if (text !== undefined && parseLock(text)?.nonce === nonce) {
-    await fsp.rm(lockPath, { force: true });
-    await fsyncDir(dir).catch(() => {});
-  }
+  await fs.rm(probe);
 }
 
 function invalidMeta(path: string, problem: string): SegmemError {
@@ -411,6 +249,7 @@ function validateMeta(path: string, v: unknown): DataDirMeta {
 }
 
 async function loadOrCreateMeta(
+  fs: StorageFs,
   dir: string,
   opts: DataDirOptions,
   create: boolean,
@@ -418,10 +257,10 @@ async function loadOrCreateMeta(
   const path = join(dir, META_FILE);
   let text: string | undefined;
   try {
-    const st = await fsp.stat(path);
-    if (!st.isFile())
+    const st = await fs.stat(path);
+    if (!st.isFile)
       throw new SegmemError('INVALID_ARGUMENT', `${path} is not a regular file`, { file: path });
-    text = await fsp.readFile(path, 'utf8');
+    text = (await fs.readFile(path)).toString('utf8');
   } catch (err) {
     if (errnoCode(err) !== 'ENOENT') {
       if (SegmemError.is(err)) throw err;
@@ -436,7 +275,7 @@ async function loadOrCreateMeta(
       });
     }
     // Refuse to adopt a log of unknown origin.
-    const walFiles = await fsp.readdir(join(dir, WAL_DIR)).catch(() => [] as string[]);
+    const walFiles = await fs.readdir(join(dir, WAL_DIR)).catch(() => [] as string[]);
     if (walFiles.some((n) => n.endsWith('.wal'))) {
       throw new SegmemError(
         'INVALID_ARGUMENT',
@@ -452,7 +291,7 @@ async function loadOrCreateMeta(
       pageBytes: opts.pageBytes,
       segmentBytes: opts.segmentBytes,
     };
-    await writeFileAtomic(path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
+    await writeFileAtomic(fs, path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
     return { meta, created: true };
   }
 

@@ -1,33 +1,31 @@
 /**
- * The storage layer's file operations. The WAL, the snapshots and the data directory's metadata do their
- * open, write, sync, rename, unlink and truncate through these functions, each naming its
- * {@link FaultStep}, so crash and I/O-error tests can stop or fail any one of them (see `faults.ts`).
+ * The real file system's primitives under the storage layer's seam (`fs.ts`, `nodeFs`): open, write, sync,
+ * rename, unlink and truncate, each naming its {@link FaultStep} when given one, so crash and I/O-error
+ * tests can stop or fail any one of them (see `faults.ts`).
  *
  * @module
  */
-import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
-import { basename, dirname, join, resolve } from 'node:path';
-import { type AtomicFileKind, type FaultStep, faultDone, faultPoint } from './faults.js';
+import { type FaultStep, faultDone, faultPoint } from './faults.js';
 
 /** A Node.js callback that settles a promise, marking the end of `step` on success. */
 function settle<T>(
-  step: FaultStep,
+  step: FaultStep | undefined,
   res: (value: T) => void,
   rej: (err: Error) => void,
 ): (err: NodeJS.ErrnoException | null, value?: T) => void {
   return (err, value) => {
     if (err) return rej(err);
-    faultDone(step);
+    if (step) faultDone(step);
     res(value as T);
   };
 }
 
 /** Opens a file and resolves with its descriptor. */
-export function openFd(path: string, flags: string, step: FaultStep): Promise<number> {
+export function openFd(path: string, flags: string, step?: FaultStep): Promise<number> {
   return new Promise((res, rej) => {
-    faultPoint(step);
+    if (step) faultPoint(step);
     fs.open(path, flags, 0o644, settle(step, res, rej));
   });
 }
@@ -37,33 +35,33 @@ export function writevFd(
   fd: number,
   buffers: Uint8Array[],
   position: number,
-  step: FaultStep,
+  step?: FaultStep,
 ): Promise<number> {
   return new Promise((res, rej) => {
-    faultPoint(step, { fd, buffers, position });
+    if (step) faultPoint(step, { fd, buffers, position });
     fs.writev(fd, buffers, position, settle(step, res, rej));
   });
 }
 
-export function fdatasyncFd(fd: number, step: FaultStep): Promise<void> {
+export function fdatasyncFd(fd: number, step?: FaultStep): Promise<void> {
   return new Promise((res, rej) => {
-    faultPoint(step);
+    if (step) faultPoint(step);
     fs.fdatasync(fd, settle(step, res, rej));
   });
 }
 
 /** fsync: the file's data and all its metadata (a clone's shared extents included). */
-export function fsyncFd(fd: number, step: FaultStep): Promise<void> {
+export function fsyncFd(fd: number, step?: FaultStep): Promise<void> {
   return new Promise((res, rej) => {
-    faultPoint(step);
+    if (step) faultPoint(step);
     fs.fsync(fd, settle(step, res, rej));
   });
 }
 
 /** Sets a file's length: a longer file reads zeros past the old end without any block written (a hole). */
-export function ftruncateFd(fd: number, length: number, step: FaultStep): Promise<void> {
+export function ftruncateFd(fd: number, length: number, step?: FaultStep): Promise<void> {
   return new Promise((res, rej) => {
-    faultPoint(step);
+    if (step) faultPoint(step);
     fs.ftruncate(fd, length, settle(step, res, rej));
   });
 }
@@ -73,15 +71,15 @@ export function ftruncateFd(fd: number, length: number, step: FaultStep): Promis
  * in O(1), sharing every block until one of the two files is written. Fails where the file system cannot
  * (`ENOTSUP` on ext4 or tmpfs, `EXDEV` across file systems), leaving no `to` behind.
  */
-export async function cloneFile(from: string, to: string, step: FaultStep): Promise<void> {
-  faultPoint(step);
+export async function cloneFile(from: string, to: string, step?: FaultStep): Promise<void> {
+  if (step) faultPoint(step);
   await fsp.copyFile(from, to, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE_FORCE);
-  faultDone(step);
+  if (step) faultDone(step);
 }
 
-export function closeFd(fd: number, step: FaultStep): Promise<void> {
+export function closeFd(fd: number, step?: FaultStep): Promise<void> {
   return new Promise((res, rej) => {
-    faultPoint(step);
+    if (step) faultPoint(step);
     fs.close(fd, settle(step, res, rej));
   });
 }
@@ -128,122 +126,22 @@ export async function fsyncDir(dir: string, step?: FaultStep): Promise<void> {
 }
 
 /** Renames `from` to `to` (replacing `to`). */
-export async function renameFile(from: string, to: string, step: FaultStep): Promise<void> {
-  faultPoint(step);
+export async function renameFile(from: string, to: string, step?: FaultStep): Promise<void> {
+  if (step) faultPoint(step);
   await fsp.rename(from, to);
-  faultDone(step);
+  if (step) faultDone(step);
 }
 
 /** Removes a file; a file already gone is not an error. */
-export async function unlinkFile(path: string, step: FaultStep): Promise<void> {
-  faultPoint(step);
+export async function unlinkFile(path: string, step?: FaultStep): Promise<void> {
+  if (step) faultPoint(step);
   await fsp.rm(path, { force: true });
-  faultDone(step);
+  if (step) faultDone(step);
 }
 
-/** Cuts a file to `length` bytes and fsyncs it. */
-export async function truncateFile(path: string, length: number, step: FaultStep): Promise<void> {
-  faultPoint(step);
-  const handle = await fsp.open(path, 'r+');
-  try {
-    await handle.truncate(length);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  faultDone(step);
-}
-
-/**
- * Creates `dir` and any missing parents. With `sync`, each new directory's entry is made durable by
- * fsyncing its parent. Resolves with whether anything was created.
- */
-export async function mkdirDurable(dir: string, sync = true): Promise<boolean> {
-  const target = resolve(dir);
-  const first = await fsp.mkdir(target, { recursive: true });
-  if (first === undefined) return false;
-  if (sync) {
-    for (let d = target; ; d = dirname(d)) {
-      await fsyncDir(dirname(d));
-      if (d === resolve(first) || dirname(d) === d) break;
-    }
-  }
-  return true;
-}
-
-/** Whether `name` is a temporary file {@link writeFileAtomic} left behind (a crash before its rename). */
+/** Whether `name` is a temporary file `writeFileAtomic` (fs.ts) left behind (a crash before its rename). */
 export function isAtomicTempName(name: string): boolean {
   return /^\..+\.tmp-\d+-[0-9a-f]{8}$/.test(name);
-}
-
-/** The temporary name {@link replaceFileAtomic} writes `file` under. */
-function atomicTempName(file: string): string {
-  return join(dirname(file), `.${basename(file)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
-}
-
-/**
- * Replaces `file` atomically: `create` makes a temporary file in the same directory and opens it
- * (resolving with its descriptor), `fill` writes it, then it is synced (`sync`), renamed over `file`, and
- * the directory is fsynced. A crash leaves either the old or the new content (and possibly a stray
- * `.<name>.tmp-<pid>-<hex>` file: see {@link isAtomicTempName}); a failure removes the temporary file.
- * `kind` names the fault steps of the sync, rename and directory sync (`<kind>.sync`, ...).
- */
-export async function replaceFileAtomic(
-  file: string,
-  kind: AtomicFileKind,
-  create: (tmp: string) => Promise<number>,
-  fill: (fd: number) => Promise<void>,
-  sync: (fd: number, step: FaultStep) => Promise<void> = fdatasyncFd,
-): Promise<void> {
-  const tmp = atomicTempName(file);
-  let fd: number;
-  try {
-    fd = await create(tmp);
-  } catch (err) {
-    await fsp.rm(tmp, { force: true }).catch(() => {});
-    throw err;
-  }
-  try {
-    await fill(fd);
-    await sync(fd, `${kind}.sync`);
-  } catch (err) {
-    await closePlain(fd).catch(() => {});
-    await fsp.rm(tmp, { force: true }).catch(() => {});
-    throw err;
-  }
-  await closePlain(fd);
-  try {
-    await renameFile(tmp, file, `${kind}.rename`);
-  } catch (err) {
-    await fsp.rm(tmp, { force: true }).catch(() => {});
-    throw err;
-  }
-  await fsyncDir(dirname(file), `${kind}.dirsync`);
-}
-
-/**
- * Replaces `file` with `data` atomically (see {@link replaceFileAtomic}). The file system work runs off
- * the event loop (libuv's thread pool). Fault steps `<kind>.create`, `.write`, `.sync`, `.rename`,
- * `.dirsync`.
- */
-export async function writeFileAtomic(
-  file: string,
-  data: string | Uint8Array | readonly Uint8Array[],
-  kind: AtomicFileKind,
-): Promise<void> {
-  const parts = typeof data === 'string' ? [Buffer.from(data)] : data instanceof Uint8Array ? [data] : data;
-  await replaceFileAtomic(
-    file,
-    kind,
-    (tmp) => openFd(tmp, 'wx', `${kind}.create`),
-    async (fd) => {
-      await writeAll((f, b, p) => writevFd(f, b, p, `${kind}.write`), fd, parts, 0);
-    },
-  );
-}
-
-function closePlain(fd: number): Promise<void> {
-  return new Promise((res, rej) => fs.close(fd, (err) => (err ? rej(err) : res())));
 }
 
 /** The `code` of a Node.js system error (`'ENOENT'`, ...), or undefined. */

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { type Env, SegmemError } from '@segmem/protocol';
 import { type Command, decodeCommand } from '../core/commands.js';
 import type { FrozenSnapshot, StateMachine } from '../core/state-machine.js';
-import { mkdirDurable } from './files.js';
+import { mkdirDurable, nodeFs } from './fs.js';
 import type { SnapshotWrite } from './page-file.js';
 import { SNAPSHOT_DIR, snapshotFileName } from './snapshot-file.js';
 import { SnapshotDir } from './snapshots.js';
@@ -141,7 +141,7 @@ export class LocalStorage {
     report: LocalRecoveryReport;
   }> {
     const snapDir = join(opts.dir, SNAPSHOT_DIR);
-    await mkdirDurable(snapDir, opts.fsync !== 'none');
+    await mkdirDurable(nodeFs, snapDir, opts.fsync !== 'none');
     const snaps = new SnapshotDir(snapDir);
     const { newest, damaged } = await snaps.loadNewest();
     const covered = newest?.meta.index ?? 0;

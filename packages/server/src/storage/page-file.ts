@@ -30,22 +30,12 @@
  *
  * @module
  */
-import { promises as fsp } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { Packr } from 'msgpackr';
 import { type FrozenSnapshot, StateMachine } from '../core/state-machine.js';
 import { crc32c } from './crc32c.js';
-import {
-  cloneFile,
-  errnoCode,
-  errorMessage,
-  fsyncFd,
-  ftruncateFd,
-  openFd,
-  replaceFileAtomic,
-  writeAll,
-  writevFd,
-} from './files.js';
+import { errnoCode, errorMessage, writeAll } from './files.js';
+import { nodeFs, replaceFileAtomic, type StorageFs } from './fs.js';
 import {
   decodePageTable,
   encodePageTable,
@@ -146,9 +136,9 @@ function encodeHeader(pageBytes: number, segmentBytes: number, metaLength: numbe
 }
 
 /** Writes the planned pages at their places in the page image. */
-async function writePages(fd: number, plan: PagePlan, pageBytes: number): Promise<void> {
+async function writePages(fs: StorageFs, fd: number, plan: PagePlan, pageBytes: number): Promise<void> {
   const imageOffset = imageOffsetFor(pageBytes);
-  const write = (f: number, b: Uint8Array[], p: number) => writevFd(f, b, p, 'snapshot.write');
+  const write = (f: number, b: Uint8Array[], p: number) => fs.writev(f, b, p, 'snapshot.write');
   for (const w of plan.writes) {
     for (const [first, end] of pageRuns(w.bits, w.count, RUN_BYTES / pageBytes)) {
       const bytes = w.data.subarray(first * pageBytes, Math.min(w.size, end * pageBytes));
@@ -166,6 +156,7 @@ export async function writePageFile(
   meta: SnapshotMeta,
   view: FrozenSnapshot,
   base: PageFileState | null,
+  fs: StorageFs = nodeFs,
 ): Promise<SnapshotWrite> {
   const started = performance.now();
   const { pageBytes, segmentBytes } = view;
@@ -176,7 +167,7 @@ export async function writePageFile(
   const create = async (tmp: string): Promise<number> => {
     if (from) {
       try {
-        await cloneFile(from.file, tmp, 'snapshot.clone');
+        await fs.cloneFile(from.file, tmp, 'snapshot.clone');
         path = 'clone';
       } catch (err) {
         const code = errnoCode(err);
@@ -184,17 +175,17 @@ export async function writePageFile(
         cloneError = code;
       }
     }
-    return path === 'clone' ? openFd(tmp, 'r+', 'snapshot.open') : openFd(tmp, 'wx', 'snapshot.create');
+    return path === 'clone' ? fs.open(tmp, 'r+', 'snapshot.open') : fs.open(tmp, 'wx', 'snapshot.create');
   };
   const fill = async (fd: number): Promise<void> => {
     const plan = await planPages(view.objects, path === 'clone' ? from!.table : null, pageBytes);
     const metadata = await encodeMetadata(meta, plan.table, view.metaParts);
     const metaOffset = imageOffsetFor(pageBytes) + segmentBytes;
     // The final length: a fresh file's page image becomes one hole; a clone loses the old metadata's tail.
-    await ftruncateFd(fd, metaOffset + metadata.length, 'snapshot.truncate');
-    await writePages(fd, plan, pageBytes);
+    await fs.ftruncate(fd, metaOffset + metadata.length, 'snapshot.truncate');
+    await writePages(fs, fd, plan, pageBytes);
     const header = encodeHeader(pageBytes, segmentBytes, metadata.length, metadata.crc);
-    const write = (f: number, b: Uint8Array[], p: number) => writevFd(f, b, p, 'snapshot.write');
+    const write = (f: number, b: Uint8Array[], p: number) => fs.writev(f, b, p, 'snapshot.write');
     await writeAll(write, fd, metadata.parts, metaOffset);
     await writeAll(write, fd, [header], 0);
     done = {
@@ -208,7 +199,7 @@ export async function writePageFile(
     };
   };
   // fsync, not fdatasync: a clone's shared extents are metadata of the file.
-  await replaceFileAtomic(file, 'snapshot', create, fill, fsyncFd);
+  await replaceFileAtomic(fs, file, 'snapshot', create, fill, 'fsync');
   return { ...done!, ms: performance.now() - started };
 }
 
@@ -223,7 +214,8 @@ export interface LoadedPageFile {
 
 /** Reads `length` bytes at `position`; a file that ends first is damaged. */
 async function readExactly(
-  handle: fsp.FileHandle,
+  fs: StorageFs,
+  fd: number,
   into: Buffer,
   offset: number,
   length: number,
@@ -232,7 +224,7 @@ async function readExactly(
 ): Promise<void> {
   let done = 0;
   while (done < length) {
-    const { bytesRead } = await handle.read(into, offset + done, length - done, position + done);
+    const bytesRead = await fs.read(fd, into, offset + done, length - done, position + done);
     if (bytesRead === 0) throw snapshotDamaged(file, 'cut short');
     done += bytesRead;
   }
@@ -243,12 +235,12 @@ async function readExactly(
  * rebuilds the state machine it holds; throws `UNAVAILABLE` (`SNAPSHOT_CORRUPT`) naming `file` and what
  * is wrong.
  */
-export async function readPageFile(file: string): Promise<LoadedPageFile> {
-  const handle = await fsp.open(file, 'r');
+export async function readPageFile(file: string, fs: StorageFs = nodeFs): Promise<LoadedPageFile> {
+  const fd = await fs.open(file, 'r');
   try {
-    const size = (await handle.stat()).size;
+    const size = (await fs.stat(file)).size;
     const h = Buffer.alloc(HEADER_BYTES);
-    await readExactly(handle, h, 0, HEADER_BYTES, 0, file);
+    await readExactly(fs, fd, h, 0, HEADER_BYTES, 0, file);
     if (h.toString('latin1', 0, 8) !== PAGE_FILE_MAGIC) throw snapshotDamaged(file, 'bad magic');
     if (crc32c(h, 0, 0, 40) !== h.readUInt32LE(40)) throw snapshotDamaged(file, 'header checksum mismatch');
     const pageBytes = h.readUInt32LE(8);
@@ -266,7 +258,7 @@ export async function readPageFile(file: string): Promise<LoadedPageFile> {
     if (size !== metaOffset + metaLength)
       throw snapshotDamaged(file, `${size} bytes long, the header says ${metaOffset + metaLength}`);
     const metadata = Buffer.allocUnsafe(metaLength);
-    await readExactly(handle, metadata, 0, metaLength, metaOffset, file);
+    await readExactly(fs, fd, metadata, 0, metaLength, metaOffset, file);
     if ((await crc32cInSlices([metadata])) !== h.readUInt32LE(36))
       throw snapshotDamaged(file, 'metadata checksum mismatch');
     let meta: SnapshotMeta;
@@ -289,7 +281,7 @@ export async function readPageFile(file: string): Promise<LoadedPageFile> {
     let bytes = HEADER_BYTES + metaLength;
     const objectBytes = new Map<number, Buffer>();
     for (const e of table.values()) {
-      const read = await readObject(handle, e, pageBytes, file);
+      const read = await readObject(fs, fd, e, pageBytes, file);
       objectBytes.set(e.id, read.data);
       bytes += read.bytes;
     }
@@ -301,13 +293,14 @@ export async function readPageFile(file: string): Promise<LoadedPageFile> {
     }
     return { meta, state, bytes, pages: { file, pageBytes, segmentBytes, table } };
   } finally {
-    await handle.close();
+    await fs.close(fd);
   }
 }
 
 /** An object's bytes from the page image: its present pages read and checked, the rest zero. */
 async function readObject(
-  handle: fsp.FileHandle,
+  fs: StorageFs,
+  fd: number,
   e: PageEntry,
   pageBytes: number,
   file: string,
@@ -318,7 +311,7 @@ async function readObject(
   for (const [first, end] of pageRuns(e.present, pageCountOf(e.size, pageBytes), RUN_BYTES / pageBytes)) {
     const from = first * pageBytes;
     const to = Math.min(e.size, end * pageBytes);
-    await readExactly(handle, data, from, to - from, image + from, file);
+    await readExactly(fs, fd, data, from, to - from, image + from, file);
     bytes += to - from;
     for (let p = first; p < end; p++) {
       if (crc32c(data, 0, p * pageBytes, Math.min(e.size, (p + 1) * pageBytes)) !== e.crcs[p]) {

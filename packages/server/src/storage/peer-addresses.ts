@@ -7,9 +7,9 @@
  *
  * @module
  */
-import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { errnoCode, errorMessage, writeFileAtomic } from './files.js';
+import { errnoCode, errorMessage } from './files.js';
+import { nodeFs, type StorageFs, writeFileAtomic } from './fs.js';
 
 export const PEERS_FILE = 'peers.json';
 
@@ -19,11 +19,12 @@ const SERVER_ID = /^[A-Za-z0-9._-]{1,64}$/;
 export async function loadPeerAddresses(
   dir: string,
   warn?: (line: string) => void,
+  fs: StorageFs = nodeFs,
 ): Promise<Record<string, string>> {
   const path = join(dir, PEERS_FILE);
   let text: string;
   try {
-    text = await fsp.readFile(path, 'utf8');
+    text = (await fs.readFile(path)).toString('utf8');
   } catch (err) {
     if (errnoCode(err) !== 'ENOENT') warn?.(`cannot read ${path}, ignored: ${errorMessage(err)}`);
     return {};
@@ -46,7 +47,11 @@ export async function loadPeerAddresses(
 }
 
 /** Replaces the file with `addresses`, atomically and durably. */
-export function savePeerAddresses(dir: string, addresses: Record<string, string>): Promise<void> {
+export function savePeerAddresses(
+  dir: string,
+  addresses: Record<string, string>,
+  fs: StorageFs = nodeFs,
+): Promise<void> {
   const sorted = Object.fromEntries(Object.entries(addresses).sort(([a], [b]) => (a < b ? -1 : 1)));
-  return writeFileAtomic(join(dir, PEERS_FILE), `${JSON.stringify(sorted, null, 2)}\n`, 'peers');
+  return writeFileAtomic(fs, join(dir, PEERS_FILE), `${JSON.stringify(sorted, null, 2)}\n`, 'peers');
 }

@@ -44,7 +44,7 @@
  * A member that is the only voter of its group has nobody to heal from and refuses like a single server.
  */
 import { basename, join } from 'node:path';
-import { type Env, SegmemError } from '@segmem/protocol';
+import { type Env, SegmemError, systemEnv } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import type { FrozenSnapshot, StateMachine } from '../core/state-machine.js';
 import { MemoryStorage } from '../raft/memory-storage.js';
@@ -56,18 +56,19 @@ import {
   type RaftStorage,
   type Snapshot,
 } from '../raft/types.js';
-import { mkdirDurable } from './files.js';
+import { errnoCode } from './files.js';
+import { mkdirDurable, nodeFs, type StorageFs } from './fs.js';
 import type { SnapshotWrite } from './page-file.js';
 import { removeSnapshotFiles, SNAPSHOT_DIR, snapshotFileName, snapshotNameMeta } from './snapshot-file.js';
 import { serialiseSnapshot } from './snapshot-serialise.js';
 import { type LoadedSnapshot, SnapshotDir } from './snapshots.js';
 import {
-  fileVoteIo,
   laterVote,
+  readVoteFile,
   VOTE_FILE,
-  type VoteFileIo,
   type VoteFileRead,
   type VoteState,
+  writeVoteFile,
 } from './vote-file.js';
 import type { FsyncPolicy, RecoveryReport, Wal, WalInspection, WalIo, WalOptions, WalRecord } from './wal.js';
 import { describeRecovery, inspectWal, Wal as WalClass } from './wal.js';
@@ -173,9 +174,9 @@ export interface DiskRaftStorageOptions {
   walFileBytes?: number;
   /** See {@link WalOptions.env}. */
   env?: Env;
-  /** @internal Replaces the vote file's operations (the simulator's in-memory disk). */
-  voteIo?: VoteFileIo;
-  /** @internal Replaces the WAL's file operations (timed ones for metrics, the simulator's in-memory disk). */
+  /** @internal The file system the data directory lives on (default: the real one; the simulator's disk). */
+  fs?: StorageFs;
+  /** @internal Replaces some of the WAL's file operations on top of `fs` (timed ones, for metrics). */
   walIo?: Partial<WalIo>;
   /** Hears what happens later that an operator should know (a repaired member caught up). */
   log?: (line: string) => void;
@@ -228,13 +229,14 @@ export class DiskRaftStorage implements RaftStorage {
   private rejoin = 0;
 
   private constructor(private readonly opts: DiskRaftStorageOptions) {
-    this.snaps = new SnapshotDir(join(opts.dir, SNAPSHOT_DIR));
+    this.snaps = new SnapshotDir(join(opts.dir, SNAPSHOT_DIR), opts.fs ?? nodeFs);
     this.mem = new MemoryStorage(opts.initialMembers);
   }
 
   static async open(opts: DiskRaftStorageOptions): Promise<DiskRaftStorage> {
-    await mkdirDurable(join(opts.dir, SNAPSHOT_DIR));
-    const vote = await (opts.voteIo ?? fileVoteIo).read(opts.dir);
+    const fs = opts.fs ?? nodeFs;
+    await mkdirDurable(fs, join(opts.dir, SNAPSHOT_DIR));
+    const vote = await readVoteFile(opts.dir, fs);
     let opened: Awaited<ReturnType<typeof WalClass.open>> | undefined;
     let inspection: WalInspection | undefined;
     try {
@@ -242,7 +244,7 @@ export class DiskRaftStorage implements RaftStorage {
     } catch (err) {
       if (!SegmemError.is(err) || err.details?.reason !== 'WAL_CORRUPT') throw err;
       // Nothing is cut yet: first learn what the damage may hide.
-      inspection = await inspectWal(opts.walDir);
+      inspection = await inspectWal(opts.walDir, undefined, fs);
       if (!inspection.damage) throw err;
     }
     const storage = new DiskRaftStorage(opts);
@@ -388,6 +390,7 @@ export class DiskRaftStorage implements RaftStorage {
       await removeSnapshotFiles(
         this.snaps.dir,
         lost.damaged.map((d) => basename(d.file)),
+        this.opts.fs ?? nodeFs,
       );
       await this.wal.truncatePrefix(floor);
       what += lost.fallback
@@ -486,8 +489,10 @@ export class DiskRaftStorage implements RaftStorage {
   /** Replaces the vote file with `state`, after the writes before it. */
   private persistVote(state: VoteState): Promise<void> {
     this.voteSaved = state;
-    const io = this.opts.voteIo ?? fileVoteIo;
-    const write = (this.voteWrites ?? Promise.resolve()).then(() => io.write(this.opts.dir, state));
+    const fs = this.opts.fs ?? nodeFs;
+    const write = (this.voteWrites ?? Promise.resolve()).then(() =>
+      this.retryWhileNoSpace('writing the vote file', () => writeVoteFile(this.opts.dir, state, fs)),
+    );
     const tracked = write.then(() => {
       if (this.voteWrites === tracked) this.voteWrites = null;
     });
@@ -647,6 +652,11 @@ export class DiskRaftStorage implements RaftStorage {
     return walIndex;
   }
 
+  /** See Wal.onceWritable: `save` threw because the disk refuses writes for now (full); `retry` says when to try again. */
+  onceWritable(retry: () => void): boolean {
+    return this.wal.onceWritable(retry);
+  }
+
   /** Resolves once the WAL holds `walIndex` durably, and the vote file the last term and vote saved. */
   waitDurable(walIndex: number): Promise<void> {
     const wal = this.wal.waitDurable(walIndex);
@@ -664,7 +674,9 @@ export class DiskRaftStorage implements RaftStorage {
     try {
       // The core hands over only snapshots newer than its log; an older one changes nothing.
       if (snap.meta.index <= this.mem.snapshot().meta.index) return null;
-      written = await this.snaps.write(snap.meta, view);
+      written = await this.retryWhileNoSpace('writing the snapshot from the leader', () =>
+        this.snaps.write(snap.meta, view),
+      );
     } finally {
       view.release();
     }
@@ -714,6 +726,8 @@ export class DiskRaftStorage implements RaftStorage {
    * and recovery skips the records before it: the first file kept may still begin with some of them.
    */
   private async logSnapshot(kind: number, index: number, term: number): Promise<number> {
+    // Both records or neither: the stall is checked before the first, and cannot start between the two.
+    await this.walWritable();
     const next = this.wal.lastIndex + 1;
     const first = this.walAt.get(this.mem.firstIndex());
     const floor = first === undefined ? next : Math.min(first, next);
@@ -723,12 +737,44 @@ export class DiskRaftStorage implements RaftStorage {
     return floor;
   }
 
+  /** Resolves once the WAL takes appends (at once unless a full disk stalls it). */
+  private walWritable(): Promise<void> {
+    return new Promise((resolve) => {
+      if (!this.wal.onceWritable(resolve)) resolve();
+    });
+  }
+
+  /**
+   * Runs `write` until it does not fail for lack of space: a full disk that gets space back (as the WAL
+   * does) must not stop the member for good. Waits 50 ms, doubling to 2 s, between tries; says so once.
+   */
+  private async retryWhileNoSpace<T>(what: string, write: () => Promise<T>): Promise<T> {
+    for (let delayMs = 50, said = false; ; delayMs = Math.min(2000, delayMs * 2)) {
+      try {
+        return await write();
+      } catch (err) {
+        const code = errnoCode(err) ?? errnoCode((err as { cause?: unknown })?.cause);
+        if (this.closing || (code !== 'ENOSPC' && code !== 'EDQUOT')) throw err;
+        if (!said)
+          this.opts.log?.(
+            `cannot finish ${what}: ${(err as Error).message}; trying again until there is space`,
+          );
+        said = true;
+        const env = this.opts.env ?? systemEnv;
+        await new Promise<void>((resolve) => env.setTimeout(resolve, delayMs));
+      }
+    }
+  }
+
   private async removeOldSnapshots(): Promise<void> {
     const keep = snapshotFileName(this.mem.snapshot().meta);
     await this.snaps.removeAllBut((f) => f >= keep).catch(() => {});
   }
 
+  private closing = false;
+
   async close(): Promise<void> {
+    this.closing = true;
     await this.voteWrites?.catch(() => {});
     await this.wal.close();
   }
@@ -740,6 +786,7 @@ function walOptions(opts: DiskRaftStorageOptions) {
     fsync: opts.fsync,
     ...(opts.walFileBytes !== undefined ? { segmentBytes: opts.walFileBytes } : {}),
     ...(opts.env ? { env: opts.env } : {}),
+    ...(opts.fs ? { fs: opts.fs } : {}),
     ...(opts.walIo ? { io: opts.walIo } : {}),
   };
 }

@@ -11,7 +11,7 @@ import { SegmemError } from '@segmem/protocol';
 import { StateMachine } from '../core/state-machine.js';
 import { type Consolidated, decodeConsolidated } from './consolidated.js';
 import { DataDir } from './datadir.js';
-import { mkdirDurable } from './files.js';
+import { mkdirDurable, nodeFs } from './fs.js';
 import { SNAPSHOT_DIR } from './snapshot-file.js';
 import { SnapshotDir } from './snapshots.js';
 
@@ -86,7 +86,7 @@ export async function restoreConsolidated(
     });
     try {
       const snapDir = join(dataDir.dir, SNAPSHOT_DIR);
-      await mkdirDurable(snapDir);
+      await mkdirDurable(nodeFs, snapDir);
       // Nothing applies to `sm` meanwhile: the view only spares a copy of its bytes.
       const view = sm.freeze();
       try {

@@ -18,12 +18,11 @@
  *
  * @module
  */
-import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import { crc32c } from './crc32c.js';
-import { unlinkFile } from './files.js';
+import { nodeFs, type StorageFs } from './fs.js';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
 
@@ -85,11 +84,15 @@ export function decodeLegacySnapshot(bytes: Buffer, file: string): SnapshotFile 
 }
 
 /** Names of the snapshot files in `dir`, oldest first. */
-export async function listSnapshotFiles(dir: string): Promise<string[]> {
-  return (await fsp.readdir(dir)).filter(isSnapshotName).sort();
+export async function listSnapshotFiles(dir: string, fs: StorageFs = nodeFs): Promise<string[]> {
+  return (await fs.readdir(dir)).filter(isSnapshotName).sort();
 }
 
 /** Deletes the named snapshot files of `dir`. */
-export async function removeSnapshotFiles(dir: string, names: readonly string[]): Promise<void> {
-  for (const name of names) await unlinkFile(join(dir, name), 'snapshot.unlink');
+export async function removeSnapshotFiles(
+  dir: string,
+  names: readonly string[],
+  fs: StorageFs = nodeFs,
+): Promise<void> {
+  for (const name of names) await fs.rm(join(dir, name), 'snapshot.unlink');
 }

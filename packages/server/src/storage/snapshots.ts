@@ -6,12 +6,12 @@
  *
  * @module
  */
-import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import type { FrozenSnapshot } from '../core/state-machine.js';
 import { StateMachine } from '../core/state-machine.js';
 import { errorMessage } from './files.js';
+import { nodeFs, type StorageFs } from './fs.js';
 import {
   PAGE_FILE_MAGIC,
   type PageFileState,
@@ -48,21 +48,21 @@ export interface LoadedSnapshots {
 }
 
 /** Reads, verifies and restores one snapshot file of either format. */
-export async function loadSnapshotFile(file: string): Promise<LoadedSnapshot> {
-  const handle = await fsp.open(file, 'r');
+export async function loadSnapshotFile(file: string, fs: StorageFs = nodeFs): Promise<LoadedSnapshot> {
+  const fd = await fs.open(file, 'r');
   let magic: string;
   try {
     const b = Buffer.alloc(8);
-    const { bytesRead } = await handle.read(b, 0, 8, 0);
+    const bytesRead = await fs.read(fd, b, 0, 8, 0);
     magic = b.toString('latin1', 0, bytesRead);
   } finally {
-    await handle.close();
+    await fs.close(fd);
   }
   if (magic === PAGE_FILE_MAGIC) {
-    const loaded = await readPageFile(file);
+    const loaded = await readPageFile(file, fs);
     return { file, meta: loaded.meta, state: loaded.state, bytes: loaded.bytes, pages: loaded.pages };
   }
-  const bytes = await fsp.readFile(file);
+  const bytes = await fs.readFile(file);
   const { meta, data } = decodeLegacySnapshot(bytes, file);
   try {
     return { file, meta, state: StateMachine.restore(data), bytes: bytes.length, pages: null };
@@ -75,16 +75,19 @@ export class SnapshotDir {
   /** The newest page file loaded or written here: the next snapshot is a clone of it where possible. */
   private base: PageFileState | null = null;
 
-  constructor(readonly dir: string) {}
+  constructor(
+    readonly dir: string,
+    private readonly fs: StorageFs = nodeFs,
+  ) {}
 
   /** Reads the snapshots newest first and returns the first that verifies, and the damaged ones before it. */
   async loadNewest(): Promise<LoadedSnapshots> {
-    const names = await listSnapshotFiles(this.dir);
+    const names = await listSnapshotFiles(this.dir, this.fs);
     const out: LoadedSnapshots = { damaged: [] };
     for (let i = names.length - 1; i >= 0; i--) {
       const file = join(this.dir, names[i]!);
       try {
-        out.newest = await loadSnapshotFile(file);
+        out.newest = await loadSnapshotFile(file, this.fs);
         this.base = out.newest.pages;
         return out;
       } catch (err) {
@@ -100,14 +103,20 @@ export class SnapshotDir {
    * clone, a full copy otherwise); resolves with what it did. Does not release the view.
    */
   async write(meta: SnapshotMeta, view: FrozenSnapshot): Promise<SnapshotWrite> {
-    const written = await writePageFile(join(this.dir, snapshotFileName(meta)), meta, view, this.base);
+    const written = await writePageFile(
+      join(this.dir, snapshotFileName(meta)),
+      meta,
+      view,
+      this.base,
+      this.fs,
+    );
     this.base = written.state;
     return written;
   }
 
   /** Names of the snapshot files, oldest first. */
   list(): Promise<string[]> {
-    return listSnapshotFiles(this.dir);
+    return listSnapshotFiles(this.dir, this.fs);
   }
 
   /** Deletes every snapshot file whose name `keep` rejects. */
@@ -115,6 +124,7 @@ export class SnapshotDir {
     await removeSnapshotFiles(
       this.dir,
       (await this.list()).filter((n) => !keep(n)),
+      this.fs,
     );
   }
 }

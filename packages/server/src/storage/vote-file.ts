@@ -24,10 +24,10 @@
  *
  * @module
  */
-import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { crc32c } from './crc32c.js';
-import { errnoCode, errorMessage, writeFileAtomic } from './files.js';
+import { errnoCode, errorMessage } from './files.js';
+import { nodeFs, type StorageFs, writeFileAtomic } from './fs.js';
 
 export const VOTE_FILE = 'vote';
 const MAGIC = 'SGMVOTE1';
@@ -81,11 +81,11 @@ export function decodeVoteFile(b: Buffer): VoteState | string {
   return { term, vote, rejoinTerm };
 }
 
-export async function readVoteFile(dir: string): Promise<VoteFileRead> {
+export async function readVoteFile(dir: string, fs: StorageFs = nodeFs): Promise<VoteFileRead> {
   const path = join(dir, VOTE_FILE);
   let bytes: Buffer;
   try {
-    bytes = await fsp.readFile(path);
+    bytes = await fs.readFile(path);
   } catch (err) {
     if (errnoCode(err) === 'ENOENT') return { missing: true };
     return { damaged: `cannot read ${path}: ${errorMessage(err)}` };
@@ -95,18 +95,9 @@ export async function readVoteFile(dir: string): Promise<VoteFileRead> {
 }
 
 /** Replaces the file with `state`, atomically and durably. */
-export function writeVoteFile(dir: string, state: VoteState): Promise<void> {
-  return writeFileAtomic(join(dir, VOTE_FILE), encodeVoteFile(state), 'vote');
+export function writeVoteFile(dir: string, state: VoteState, fs: StorageFs = nodeFs): Promise<void> {
+  return writeFileAtomic(fs, join(dir, VOTE_FILE), encodeVoteFile(state), 'vote');
 }
-
-/** Where the vote file lives: the data directory (the default), or a simulator's memory. */
-export interface VoteFileIo {
-  read(dir: string): Promise<VoteFileRead>;
-  /** Replaces the file with `state`, atomically and durably. */
-  write(dir: string, state: VoteState): Promise<void>;
-}
-
-export const fileVoteIo: VoteFileIo = { read: readVoteFile, write: writeVoteFile };
 
 interface TermAndVote {
   term: number;

@@ -38,23 +38,11 @@
  *
  * @module
  */
-import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { type Env, type EnvTimer, SegmemError, systemEnv } from '@segmem/protocol';
 import { crc32c } from './crc32c.js';
-import {
-  closeFd,
-  errnoCode,
-  errorMessage,
-  fdatasyncFd,
-  fsyncDir,
-  mkdirDurable,
-  openFd,
-  truncateFile,
-  unlinkFile,
-  writeAll,
-  writevFd,
-} from './files.js';
+import { errnoCode, errorMessage, writeAll } from './files.js';
+import { mkdirDurable, nodeFs, type StorageFs, truncateFile } from './fs.js';
 
 /**
  * When the write-ahead log forces records to stable storage.
@@ -126,13 +114,18 @@ export interface WalIo {
   fsyncDir(dir: string): Promise<void>;
 }
 
-export const nodeIo: WalIo = {
-  open: (path, flags) => openFd(path, flags, flags === 'wx' ? 'wal.create' : 'wal.open'),
-  writev: (fd, buffers, position) => writevFd(fd, buffers, position, 'wal.write'),
-  fdatasync: (fd) => fdatasyncFd(fd, 'wal.sync'),
-  close: (fd) => closeFd(fd, 'wal.close'),
-  fsyncDir: (dir) => fsyncDir(dir, 'wal.dirsync'),
-};
+/** The log's file operations on `fs`, each naming its fault step. */
+export function walIoOf(fs: StorageFs): WalIo {
+  return {
+    open: (path, flags) => fs.open(path, flags, flags === 'wx' ? 'wal.create' : 'wal.open'),
+    writev: (fd, buffers, position) => fs.writev(fd, buffers, position, 'wal.write'),
+    fdatasync: (fd) => fs.fdatasync(fd, 'wal.sync'),
+    close: (fd) => fs.close(fd, 'wal.close'),
+    fsyncDir: (dir) => fs.fsyncDir(dir, 'wal.dirsync'),
+  };
+}
+
+export const nodeIo: WalIo = walIoOf(nodeFs);
 
 export interface WalOptions {
   /** The directory holding the segment files (created if missing). */
@@ -148,7 +141,9 @@ export interface WalOptions {
    * record, dropping everything after it, and report what was dropped in `report.repaired`.
    */
   repair?: boolean;
-  /** @internal Replaces file operations (for fault-injection tests). */
+  /** @internal The file system the log lives on (default: the real one). */
+  fs?: StorageFs;
+  /** @internal Replaces file operations on top of `fs` (for fault-injection tests, timing). */
   io?: Partial<WalIo>;
   /**
    * The caller's state already holds every record up to this index (it was restored from a snapshot
@@ -271,6 +266,23 @@ function recordCrc(b: Uint8Array, off: number, len: number): number {
   return crc32c(b, crc, off + 16, off + 16 + len);
 }
 
+/**
+ * Where the records of segment file `b` are, from the first up to the first that does not verify
+ * (length and checksum; indexes are not checked). @internal For the simulator, which damages records.
+ */
+export function verifiedRecordSpans(b: Buffer): { start: number; end: number }[] {
+  const spans: { start: number; end: number }[] = [];
+  if (checkFileHeader(b) !== undefined) return spans;
+  for (let off = WAL_FILE_HEADER_BYTES; b.length - off >= WAL_RECORD_HEADER_BYTES; ) {
+    const len = readU32(b, off);
+    const end = off + WAL_RECORD_HEADER_BYTES + len;
+    if (end > b.length || recordCrc(b, off, len) !== readU32(b, off + 4)) break;
+    spans.push({ start: off, end });
+    off = end;
+  }
+  return spans;
+}
+
 /** Why the file header at the start of `b` is invalid, or undefined if it is valid. */
 function checkFileHeader(b: Buffer): string | undefined {
   if (b.length < WAL_FILE_HEADER_BYTES) return 'incomplete segment header';
@@ -374,8 +386,13 @@ interface Scan {
   bad?: { file: number; offset: number; reason: string; buf: Buffer };
 }
 
-async function scanSegments(dir: string, maxRecordBytes: number, covered: number | undefined): Promise<Scan> {
-  let names = (await fsp.readdir(dir)).filter((n) => SEGMENT_NAME.test(n)).sort();
+async function scanSegments(
+  fs: StorageFs,
+  dir: string,
+  maxRecordBytes: number,
+  covered: number | undefined,
+): Promise<Scan> {
+  let names = (await fs.readdir(dir)).filter((n) => SEGMENT_NAME.test(n)).sort();
   const records: WalRecord[] = [];
   const segments: Segment[] = [];
   const sizes: number[] = [];
@@ -403,7 +420,7 @@ async function scanSegments(dir: string, maxRecordBytes: number, covered: number
 
   for (let f = 0; f < names.length && !bad; f++) {
     const path = join(dir, names[f]!);
-    const buf = await fsp.readFile(path);
+    const buf = await fs.readFile(path);
     const first = firstIndexOf(names[f]!);
     segments.push({ firstIndex: first, path });
     sizes.push(0);
@@ -459,6 +476,7 @@ interface Beyond {
  * its name's index.
  */
 async function scanBeyond(
+  fs: StorageFs,
   dir: string,
   scan: Scan,
   bad: NonNullable<Scan['bad']>,
@@ -470,7 +488,7 @@ async function scanBeyond(
   const laterBufs: Buffer[] = [];
   let laterBytes = 0;
   for (const p of laterPaths) {
-    const b = await fsp.readFile(p);
+    const b = await fs.readFile(p);
     laterBufs.push(b);
     laterBytes += b.length;
   }
@@ -491,12 +509,13 @@ async function scanBeyond(
 }
 
 async function recover(
+  fs: StorageFs,
   dir: string,
   maxRecordBytes: number,
   repair: boolean,
   covered: number | undefined,
 ): Promise<Recovered> {
-  const scan = await scanSegments(dir, maxRecordBytes, covered);
+  const scan = await scanSegments(fs, dir, maxRecordBytes, covered);
   const { records, segments, sizes, lastIndex, bad } = scan;
   const report: RecoveryReport = {
     records: records.length,
@@ -509,6 +528,7 @@ async function recover(
     const badPath = join(dir, scan.names[bad.file]!);
     const dropped: WalRecord[] = [];
     const beyond = await scanBeyond(
+      fs,
       dir,
       scan,
       bad,
@@ -535,14 +555,15 @@ async function recover(
     // Cut the log at the bad record: truncate its file (or remove it, if the damage is in its header)
     // and remove every later file.
     if (bad.offset < WAL_FILE_HEADER_BYTES) {
-      await unlinkFile(badPath, 'recovery.unlink');
+      await fs.rm(badPath, 'recovery.unlink');
       segments.pop();
       sizes.pop();
     } else {
-      await truncateFile(badPath, bad.offset, 'recovery.truncate');
+      await truncateFile(fs, badPath, bad.offset, 'recovery.truncate');
     }
-    for (const p of laterPaths) await unlinkFile(p, 'recovery.unlink');
-    if (bad.offset < WAL_FILE_HEADER_BYTES || laterPaths.length > 0) await fsyncDir(dir, 'recovery.dirsync');
+    for (const p of laterPaths) await fs.rm(p, 'recovery.unlink');
+    if (bad.offset < WAL_FILE_HEADER_BYTES || laterPaths.length > 0)
+      await fs.fsyncDir(dir, 'recovery.dirsync');
 
     if (validAfter > 0) {
       let lastDropped = lastIndex + 1;
@@ -570,8 +591,8 @@ async function recover(
   if (covered !== undefined && lastIndex < covered) {
     // The log ends before the snapshot it continues (its tail was lost: fsync "none" and an OS crash, or
     // files removed by hand). Every record it holds is in the snapshot: start a new log after it.
-    for (const seg of segments) await unlinkFile(seg.path, 'recovery.unlink');
-    if (segments.length > 0) await fsyncDir(dir, 'recovery.dirsync');
+    for (const seg of segments) await fs.rm(seg.path, 'recovery.unlink');
+    if (segments.length > 0) await fs.fsyncDir(dir, 'recovery.dirsync');
     report.discarded = { segments: segments.length, lastIndex, coveredIndex: covered };
     report.lastIndex = covered;
     report.firstIndex = covered + 1;
@@ -607,12 +628,13 @@ export interface WalInspection {
 export async function inspectWal(
   dir: string,
   maxRecordBytes = DEFAULT_MAX_RECORD_BYTES,
+  fs: StorageFs = nodeFs,
 ): Promise<WalInspection> {
-  const scan = await scanSegments(dir, maxRecordBytes, undefined);
+  const scan = await scanSegments(fs, dir, maxRecordBytes, undefined);
   if (!scan.bad) return { records: scan.records, damage: null, after: [] };
   const bad = scan.bad;
   const found: WalRecord[] = [];
-  await scanBeyond(dir, scan, bad, maxRecordBytes, Number.POSITIVE_INFINITY, found);
+  await scanBeyond(fs, dir, scan, bad, maxRecordBytes, Number.POSITIVE_INFINITY, found);
   // Where a record was found twice (a replayed write), the first one counts.
   found.sort((a, b) => a.index - b.index);
   const after = found.filter((r, i) => i === 0 || found[i - 1]!.index !== r.index);
@@ -669,6 +691,7 @@ export class Wal {
   private readonly segmentBytes: number;
   private readonly maxRecordBytes: number;
   private readonly io: WalIo;
+  private readonly fs: StorageFs;
   /** Segment files on disk, oldest first; the last one is the one being written. */
   private readonly segments: Segment[];
 
@@ -722,6 +745,7 @@ export class Wal {
     this.segmentBytes = opts.segmentBytes;
     this.maxRecordBytes = opts.maxRecordBytes;
     this.io = io;
+    this.fs = opts.fs;
     this.onStall = opts.onStall;
     this.env = opts.env ?? systemEnv;
     this.segments = rec.segments;
@@ -761,12 +785,14 @@ export class Wal {
       );
     }
     const dir = opts.dir;
-    await mkdirDurable(dir, opts.fsync !== 'none');
-    const rec = await recover(dir, maxRecordBytes, opts.repair === true, opts.coveredIndex);
-    const io: WalIo = { ...nodeIo, ...opts.io };
+    const fs = opts.fs ?? nodeFs;
+    await mkdirDurable(fs, dir, opts.fsync !== 'none');
+    const rec = await recover(fs, dir, maxRecordBytes, opts.repair === true, opts.coveredIndex);
+    const io: WalIo = { ...walIoOf(fs), ...opts.io };
     const wal = new Wal(
       {
         dir,
+        fs,
         fsync: opts.fsync,
         segmentBytes,
         maxRecordBytes,
@@ -924,7 +950,7 @@ export class Wal {
       // Segment i holds indexes [segments[i].firstIndex, segments[i + 1].firstIndex - 1].
       while (this.segments.length > 1 && this.segments[1]!.firstIndex <= beforeIndex) {
         const seg = this.segments[0]!;
-        await unlinkFile(seg.path, 'wal.unlink');
+        await this.fs.rm(seg.path, 'wal.unlink');
         this.segments.shift();
         deleted++;
         // Oldest first, each deletion durable before the next: a crash can only leave a shorter prefix
@@ -1077,6 +1103,24 @@ export class Wal {
     this.stall = null;
     this.stallRetryMs = STALL_RETRY_MIN_MS;
     this.onStall?.(null);
+    this.wakeUnstallWaiters();
+  }
+
+  private unstallWaiters: (() => void)[] = [];
+
+  /**
+   * While appends are refused for a stall (see {@link stalled}): calls `retry` once they may be tried again
+   * (the stall ended, or the log failed for good: the retry then meets that failure) and returns true.
+   * Returns false, and never calls `retry`, when appends are not stalled.
+   */
+  onceWritable(retry: () => void): boolean {
+    if (this.stall === null) return false;
+    this.unstallWaiters.push(retry);
+    return true;
+  }
+
+  private wakeUnstallWaiters(): void {
+    for (const retry of this.unstallWaiters.splice(0)) retry();
   }
 
   /**
@@ -1195,5 +1239,6 @@ export class Wal {
     const waiters = this.waiters;
     this.waiters = [];
     for (const w of waiters) w.reject(this.failure);
+    this.wakeUnstallWaiters();
   }
 }
