@@ -203,8 +203,17 @@ export interface FrameDecoderOptions {
   maxFrameBytes?: number;
 }
 
+function checkMaxFrameBytes(max: number): number {
+  if (!(Number.isInteger(max) && max >= FRAME_FIXED_BYTES && max <= MAX_U32)) {
+    throw invalidArgument(`maxFrameBytes must be an integer ${FRAME_FIXED_BYTES}..${MAX_U32}; got ${max}`);
+  }
+  return max;
+}
+
 /**
- * Streaming frame decoder: `push()` each received chunk, get back the frames it completed.
+ * Streaming frame decoder: `push()` each received chunk, get back the frames it completed; or `feed()` a
+ * chunk and take the frames one by one with `next()`, which lets the caller change `maxFrameBytes` between
+ * frames (a server raises it once a connection has logged in, so the frame after the login already gets it).
  *
  * - Frames may be split or coalesced arbitrarily across chunks.
  * - The length field is checked against `maxFrameBytes` as soon as its 4 bytes arrive, before any of the body
@@ -212,10 +221,11 @@ export interface FrameDecoderOptions {
  * - Chunks are kept in a list and only a frame that spans chunks is copied (once, into a buffer of its exact
  *   size); a frame within one chunk is decoded in place, its `payload` a view of that chunk.
  * - Any bad frame throws `SegmemError('PROTOCOL')`; from then on the decoder drops what it buffered and every
- *   `push()` throws again (the connection must be closed: its byte stream has lost its framing).
+ *   `push()`, `feed()` and `next()` throws again (the connection must be closed: its byte stream has lost its
+ *   framing).
  */
 export class FrameDecoder {
-  readonly maxFrameBytes: number;
+  #maxFrameBytes: number;
   #chunks: Buffer[] = [];
   /** Read position in #chunks[0]. */
   #offset = 0;
@@ -227,11 +237,20 @@ export class FrameDecoder {
   #scratch = Buffer.alloc(FRAME_PREFIX_BYTES);
 
   constructor(opts: FrameDecoderOptions = {}) {
-    const max = opts.maxFrameBytes ?? MAX_FRAME_BYTES;
-    if (!(Number.isInteger(max) && max >= FRAME_FIXED_BYTES && max <= MAX_U32)) {
-      throw invalidArgument(`maxFrameBytes must be an integer ${FRAME_FIXED_BYTES}..${MAX_U32}; got ${max}`);
-    }
-    this.maxFrameBytes = max;
+    this.#maxFrameBytes = checkMaxFrameBytes(opts.maxFrameBytes ?? MAX_FRAME_BYTES);
+  }
+
+  /** Largest frame accepted from now on. */
+  get maxFrameBytes(): number {
+    return this.#maxFrameBytes;
+  }
+
+  /**
+   * Changes the limit for the frames not yet started; a frame whose length field was already read keeps
+   * the limit it was checked against.
+   */
+  set maxFrameBytes(max: number) {
+    this.#maxFrameBytes = checkMaxFrameBytes(max);
   }
 
   /** Bytes received and not yet returned as frames. */
@@ -245,32 +264,28 @@ export class FrameDecoder {
   }
 
   push(chunk: Buffer): Frame[] {
-    if (this.#failure !== undefined) {
-      throw protocolError(`frame decoder stopped after an earlier error: ${this.#failure.message}`);
-    }
+    this.feed(chunk);
     const frames: Frame[] = [];
-    if (chunk.length === 0) return frames;
+    for (let frame = this.next(); frame !== null; frame = this.next()) frames.push(frame);
+    return frames;
+  }
+
+  /** Adds a received chunk; {@link next} decodes the frames in it. */
+  feed(chunk: Buffer): void {
+    this.#checkNotFailed();
+    if (chunk.length === 0) return;
     this.#chunks.push(chunk);
     this.#buffered += chunk.length;
+  }
+
+  /**
+   * The next complete frame, or null until more bytes arrive. A length prefix over the limit throws as soon
+   * as its 4 bytes are buffered, so a caller that calls this until null never buffers more of such a frame.
+   */
+  next(): Frame | null {
+    this.#checkNotFailed();
     try {
-      while (this.#buffered >= FRAME_LENGTH_BYTES) {
-        let frameBytes = this.#frameBytes;
-        if (frameBytes < 0) {
-          frameBytes = this.#peekPrefix(FRAME_LENGTH_BYTES).readUInt32LE(this.#peekBase);
-          checkFrameBytes(frameBytes, this.maxFrameBytes);
-          this.#frameBytes = frameBytes;
-        }
-        if (!this.#prefixChecked) {
-          if (this.#buffered < FRAME_PREFIX_BYTES) break;
-          checkPrefix(this.#peekPrefix(FRAME_PREFIX_BYTES), this.#peekBase, frameBytes);
-          this.#prefixChecked = true;
-        }
-        const total = FRAME_LENGTH_BYTES + frameBytes;
-        if (this.#buffered < total) break;
-        frames.push(this.#take(total, frameBytes));
-        this.#frameBytes = -1;
-        this.#prefixChecked = false;
-      }
+      return this.#nextFrame();
     } catch (err) {
       this.#failure = SegmemError.is(err) ? err : protocolError(`frame decoder failed: ${String(err)}`);
       this.#chunks = [];
@@ -278,7 +293,32 @@ export class FrameDecoder {
       this.#buffered = 0;
       throw this.#failure;
     }
-    return frames;
+  }
+
+  #checkNotFailed(): void {
+    if (this.#failure !== undefined) {
+      throw protocolError(`frame decoder stopped after an earlier error: ${this.#failure.message}`);
+    }
+  }
+
+  #nextFrame(): Frame | null {
+    if (this.#buffered < FRAME_LENGTH_BYTES) return null;
+    let frameBytes = this.#frameBytes;
+    if (frameBytes < 0) {
+      frameBytes = this.#peekPrefix(FRAME_LENGTH_BYTES).readUInt32LE(this.#peekBase);
+      checkFrameBytes(frameBytes, this.#maxFrameBytes);
+      this.#frameBytes = frameBytes;
+    }
+    if (!this.#prefixChecked) {
+      if (this.#buffered < FRAME_PREFIX_BYTES) return null;
+      checkPrefix(this.#peekPrefix(FRAME_PREFIX_BYTES), this.#peekBase, frameBytes);
+      this.#prefixChecked = true;
+    }
+    const total = FRAME_LENGTH_BYTES + frameBytes;
+    if (this.#buffered < total) return null;
+    this.#frameBytes = -1;
+    this.#prefixChecked = false;
+    return this.#take(total, frameBytes);
   }
 
   #peekBase = 0;

@@ -17,6 +17,20 @@ export const MAX_FRAME_BYTES = 64 * 1024 * 1024;
 export const MAX_NAME_BYTES = 255;
 /** Nesting depth limit for msgpack headers. */
 export const MAX_HEADER_DEPTH = 8;
+/**
+ * Maps and arrays a header may hold beyond {@link HEADER_FREE_CONTAINERS}: one per this many header bytes.
+ * Real headers spend more per container (a `[id, version]` pair past the first 127 ids takes 5 bytes); the
+ * bound keeps what decoding allocates a small multiple of the header's size (an empty map is 1 byte on the
+ * wire and tens of bytes in memory).
+ */
+export const HEADER_BYTES_PER_CONTAINER = 4;
+/** Maps and arrays any header may hold, whatever its size (on top of one per HEADER_BYTES_PER_CONTAINER bytes). */
+export const HEADER_FREE_CONTAINERS = 4096;
+/**
+ * Largest frame a server accepts on a connection that has not logged in yet (no HELLO accepted, no
+ * PEER_HELLO accepted); a longer length prefix closes the connection before any of the frame is buffered.
+ */
+export const MAX_HANDSHAKE_FRAME_BYTES = 64 * 1024;
 
 /** `sessionTimeoutMs` when a client gives none: locks are released this long after it goes silent. */
 export const DEFAULT_SESSION_TIMEOUT_MS = 10_000;

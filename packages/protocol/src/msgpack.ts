@@ -7,6 +7,9 @@
  * `SegmemError('PROTOCOL')` naming the problem and its byte offset:
  * - a top-level value that is not a map, trailing or missing bytes;
  * - nesting deeper than MAX_HEADER_DEPTH (the top-level map is depth 1);
+ * - a count of elements or entries the bytes left cannot hold, and more maps and arrays in all than
+ *   HEADER_FREE_CONTAINERS + one per HEADER_BYTES_PER_CONTAINER bytes of the header (so what msgpackr
+ *   allocates stays a small multiple of the header's size: millions of 1-byte empty maps are refused);
  * - map keys that are not strings, and the keys `__proto__`, `constructor`, `prototype` at any depth;
  * - integers outside -(2^53-1)..2^53-1 (so every integer decodes exactly as a number, never a bigint);
  * - every extension type (timestamps, msgpackr's records, structured clone, bundled strings, ...) and the
@@ -18,7 +21,7 @@
 import { isUtf8 } from 'node:buffer';
 import { Packr, RESERVE_START_SPACE, Unpackr } from 'msgpackr';
 import { protocolError } from './errors.js';
-import { MAX_HEADER_DEPTH } from './limits.js';
+import { HEADER_BYTES_PER_CONTAINER, HEADER_FREE_CONTAINERS, MAX_HEADER_DEPTH } from './limits.js';
 import { toWellFormedString } from './validate.js';
 
 const packr = new Packr({ useRecords: false, encodeUndefinedAsNil: true, moreTypes: false });
@@ -58,6 +61,8 @@ export function decodeHeader(buf: Buffer, start = 0, end = buf.length): Record<s
  */
 export function checkHeaderBytes(buf: Buffer, start: number, end: number): void {
   if (start >= end) bad('empty header; a header is one msgpack map', start);
+  scannedHeaderBytes = end - start;
+  containersLeft = HEADER_FREE_CONTAINERS + Math.floor(scannedHeaderBytes / HEADER_BYTES_PER_CONTAINER);
   const first = buf[start];
   if (!((first >= 0x80 && first <= 0x8f) || first === 0xde || first === 0xdf)) {
     bad(`header must be a msgpack map; found type byte 0x${first.toString(16).padStart(2, '0')}`, start);
@@ -72,6 +77,21 @@ function bad(problem: string, offset: number): never {
 
 function need(pos: number, bytes: number, end: number): void {
   if (pos + bytes > end) bad('truncated', pos);
+}
+
+/** Maps and arrays the header being scanned may still open (the scan is synchronous: one at a time). */
+let containersLeft = 0;
+let scannedHeaderBytes = 0;
+
+/** Counts one more map or array against the header's budget. */
+function openContainer(pos: number): void {
+  if (--containersLeft < 0) {
+    bad(
+      `more maps and arrays than a header of ${scannedHeaderBytes} bytes may hold ` +
+        `(${HEADER_FREE_CONTAINERS} plus one per ${HEADER_BYTES_PER_CONTAINER} bytes) refused`,
+      pos,
+    );
+  }
 }
 
 const MAX_SAFE_HIGH_WORD = 0x1fffff; // 2^53 - 1 = 0x001fffff_ffffffff
@@ -182,6 +202,7 @@ function scanString(buf: Buffer, pos: number, end: number, length: number): numb
 function scanArray(buf: Buffer, pos: number, end: number, count: number, depth: number): number {
   if (depth > MAX_HEADER_DEPTH) bad(`nesting deeper than ${MAX_HEADER_DEPTH} levels refused`, pos);
   if (count > end - pos) bad(`array of ${count} elements cannot fit in the header`, pos);
+  openContainer(pos);
   for (let i = 0; i < count; i++) pos = scanValue(buf, pos, end, depth);
   return pos;
 }
@@ -189,6 +210,7 @@ function scanArray(buf: Buffer, pos: number, end: number, count: number, depth: 
 function scanMap(buf: Buffer, pos: number, end: number, count: number, depth: number): number {
   if (depth > MAX_HEADER_DEPTH) bad(`nesting deeper than ${MAX_HEADER_DEPTH} levels refused`, pos);
   if (count > (end - pos) / 2) bad(`map of ${count} entries cannot fit in the header`, pos);
+  openContainer(pos);
   for (let i = 0; i < count; i++) {
     if (pos >= end) bad('truncated', pos);
     const t = buf[pos];
