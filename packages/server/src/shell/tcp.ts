@@ -16,6 +16,12 @@ import { ServerConnection } from './connection.js';
 const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
 /** A connection that has not logged in (HELLO or PEER_HELLO accepted) this long after it was accepted is closed. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/**
+ * A connection the server closes (after an error answer) keeps reading, and dropping, what the peer still
+ * sends for at most this long: closing a socket with unread bytes resets it, and a reset can destroy the
+ * error answer before the peer reads it. Still counted against the connection limits meanwhile.
+ */
+const CLOSE_LINGER_MS = 1000;
 /** Connections open at once (clients and other members' links); one more is refused. */
 export const DEFAULT_MAX_CONNECTIONS = 1024;
 /** Connections open at once from one remote address; one more is refused. */
@@ -76,6 +82,7 @@ export async function listen(
       if (serverFull) refused.serverLimit++;
       else refused.addressLimit++;
       refuse(
+        node,
         socket,
         serverFull
           ? `this server has ${sockets.size} connections open, its limit (--max-connections ${maxConnections})`
@@ -108,8 +115,7 @@ export async function listen(
           }
         },
         close() {
-          socket.end();
-          socket.destroySoon?.();
+          closeGently(node, socket);
         },
         remoteAddress: socket.remoteAddress,
       },
@@ -177,13 +183,27 @@ export async function listen(
   };
 }
 
-/** Answers a connection over a limit with one UNAVAILABLE error frame and closes it, reading nothing. */
-function refuse(socket: Socket, why: string): void {
+/** Answers a connection over a limit with one UNAVAILABLE error frame and closes it. */
+function refuse(node: SegmemNode, socket: Socket, why: string): void {
   socket.on('error', () => {});
   const parts = encodeError(0, new SegmemError('UNAVAILABLE', `connection refused: ${why}`));
   socket.cork();
   for (const p of parts) socket.write(p);
   socket.uncork();
-  // destroySoon: end and release the descriptor once the answer is written, even if the peer never reads.
-  socket.destroySoon();
+  closeGently(node, socket);
+}
+
+const lingering = new WeakSet<Socket>();
+
+/**
+ * Ends the socket (FIN after what was written) and drops whatever still arrives until the peer closes too,
+ * or CLOSE_LINGER_MS pass: then the descriptor goes, with the answer delivered rather than lost to a reset.
+ */
+function closeGently(node: SegmemNode, socket: Socket): void {
+  if (socket.destroyed || lingering.has(socket)) return;
+  lingering.add(socket);
+  socket.end();
+  socket.resume();
+  const timer = node.env.setTimeout(() => socket.destroy(), CLOSE_LINGER_MS);
+  socket.once('close', () => node.env.clearTimeout(timer));
 }
