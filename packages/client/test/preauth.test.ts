@@ -14,6 +14,7 @@ import {
   type Frame,
   FrameDecoder,
   MAX_HANDSHAKE_FRAME_BYTES,
+  MAX_REQUEST_HEADER_ELEMENTS,
   MessageType,
   PROTOCOL_VERSION,
   type Request,
@@ -94,7 +95,7 @@ class Raw {
   }
 }
 
-/** A frame of `type` whose header is `{ k: [ {} x count ] }`: tiny maps, one byte each. */
+/** A frame of `type` whose header is `{ k: [ {} x count ] }`: tiny maps, one byte each (header from byte 16). */
 function emptyMapsFrame(type: number, count: number): Buffer {
   const header = Buffer.alloc(8 + count, 0x80);
   header.write('81a16bdd', 'hex');
@@ -173,7 +174,7 @@ test('a hostile header before login is refused from its length prefix or by the 
   });
 });
 
-test('after login a 64 MiB header of tiny maps is refused by the scan, and the server keeps serving', async (t) => {
+test('after login a 64 MiB header of tiny maps, or 12 million integers, is refused by the scan; the server keeps serving', async (t) => {
   await withServer(t, [], async (address) => {
     const good = await Raw.open(address);
     await good.hello();
@@ -189,10 +190,33 @@ test('after login a 64 MiB header of tiny maps is refused by the scan, and the s
     const err = await attacker.error('the answer to a 64 MiB header', 30_000);
     const ms = performance.now() - started;
     t.is(err.code, 'PROTOCOL');
-    t.regex(err.message, /more maps and arrays than a header of \d+ bytes may hold/);
+    // Its one array declares 64 million elements: refused from that count, before the maps are looked at.
+    t.regex(
+      err.message,
+      new RegExp(`more than ${MAX_REQUEST_HEADER_ELEMENTS} array elements and map entries`),
+    );
     await attacker.untilClosed('the close after the refusal');
     t.log(`64 MiB hostile header sent and refused in ${ms.toFixed(0)} ms`);
     t.true(ms < 10_000, `refused in ${ms.toFixed(0)} ms`);
+    t.true((await statMs(good)) < 1000, 'other clients are served');
+
+    // 12 million one-byte integers: few containers, but more elements than a request may hold.
+    const second = await Raw.open(address);
+    await second.hello();
+    const count = MAX_REQUEST_HEADER_ELEMENTS + 4_000_000;
+    const ints = emptyMapsFrame(MessageType.STAT, count);
+    ints.fill(0x01, 16 + 8);
+    const intsStarted = performance.now();
+    second.socket.write(ints);
+    const ierr = await second.error('the answer to 12 million elements', 30_000);
+    const intsMs = performance.now() - intsStarted;
+    t.is(ierr.code, 'PROTOCOL');
+    t.regex(
+      ierr.message,
+      new RegExp(`more than ${MAX_REQUEST_HEADER_ELEMENTS} array elements and map entries`),
+    );
+    await second.untilClosed('the close after the refusal');
+    t.log(`12 MiB header of 12 million integers sent and refused in ${intsMs.toFixed(0)} ms`);
     t.true((await statMs(good)) < 1000, 'other clients are served');
   });
 });

@@ -153,13 +153,18 @@ function checkPrefix(buf: Buffer, base: number, frameBytes: number): number {
 }
 
 /** Decodes the complete frame at `buf[base .. base + 4 + frameBytes)`. */
-function decodeFrameAt(buf: Buffer, base: number, frameBytes: number): Frame {
+function decodeFrameAt(
+  buf: Buffer,
+  base: number,
+  frameBytes: number,
+  maxHeaderElements = Number.POSITIVE_INFINITY,
+): Frame {
   const headerBytes = checkPrefix(buf, base, frameBytes);
   const headerStart = base + FRAME_PREFIX_BYTES;
   const headerEnd = headerStart + headerBytes;
   let header: Record<string, unknown>;
   try {
-    header = decodeHeader(buf, headerStart, headerEnd);
+    header = decodeHeader(buf, headerStart, headerEnd, maxHeaderElements);
   } catch (err) {
     if (SegmemError.is(err)) {
       const requestId = buf.readUInt32LE(base + 6);
@@ -201,6 +206,11 @@ export function decodeFrame(buf: Buffer, maxFrameBytes: number = MAX_FRAME_BYTES
 export interface FrameDecoderOptions {
   /** Largest frame accepted (the length field's value); default MAX_FRAME_BYTES. */
   maxFrameBytes?: number;
+  /**
+   * Most array elements and map entries in one frame's header (all containers together); default no limit
+   * beyond the header rules. A server passes MAX_REQUEST_HEADER_ELEMENTS.
+   */
+  maxHeaderElements?: number;
 }
 
 function checkMaxFrameBytes(max: number): number {
@@ -226,6 +236,7 @@ function checkMaxFrameBytes(max: number): number {
  */
 export class FrameDecoder {
   #maxFrameBytes: number;
+  readonly #maxHeaderElements: number;
   #chunks: Buffer[] = [];
   /** Read position in #chunks[0]. */
   #offset = 0;
@@ -238,6 +249,7 @@ export class FrameDecoder {
 
   constructor(opts: FrameDecoderOptions = {}) {
     this.#maxFrameBytes = checkMaxFrameBytes(opts.maxFrameBytes ?? MAX_FRAME_BYTES);
+    this.#maxHeaderElements = opts.maxHeaderElements ?? Number.POSITIVE_INFINITY;
   }
 
   /** Largest frame accepted from now on. */
@@ -355,7 +367,7 @@ export class FrameDecoder {
       } else {
         this.#offset = offset + total;
       }
-      return decodeFrameAt(head, offset, frameBytes);
+      return decodeFrameAt(head, offset, frameBytes, this.#maxHeaderElements);
     }
     const buf = Buffer.allocUnsafe(total);
     let copied = 0;
@@ -374,6 +386,6 @@ export class FrameDecoder {
     }
     this.#chunks.splice(0, consumed);
     this.#offset = at;
-    return decodeFrameAt(buf, 0, frameBytes);
+    return decodeFrameAt(buf, 0, frameBytes, this.#maxHeaderElements);
   }
 }

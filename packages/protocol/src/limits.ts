@@ -27,6 +27,13 @@ export const HEADER_BYTES_PER_CONTAINER = 4;
 /** Maps and arrays any header may hold, whatever its size (on top of one per HEADER_BYTES_PER_CONTAINER bytes). */
 export const HEADER_FREE_CONTAINERS = 4096;
 /**
+ * Array elements and map entries, all containers together, a server accepts in one request header (2^23).
+ * The largest real request, a write release of a 32 MiB object changed every 17th byte, has about 2 million
+ * ranges (4 million numbers); the bound caps what one frame can make a server allocate and spend decoding
+ * (about 1 s and 200 MB), where the container bound alone allows 64 MiB of one-byte values.
+ */
+export const MAX_REQUEST_HEADER_ELEMENTS = 8 * 1024 * 1024;
+/**
  * Largest frame a server accepts on a connection that has not logged in yet (no HELLO accepted, no
  * PEER_HELLO accepted); a longer length prefix closes the connection before any of the frame is buffered.
  */

@@ -9,7 +9,10 @@
  * - nesting deeper than MAX_HEADER_DEPTH (the top-level map is depth 1);
  * - a count of elements or entries the bytes left cannot hold, and more maps and arrays in all than
  *   HEADER_FREE_CONTAINERS + one per HEADER_BYTES_PER_CONTAINER bytes of the header (so what msgpackr
- *   allocates stays a small multiple of the header's size: millions of 1-byte empty maps are refused);
+ *   allocates stays a small multiple of the header's size: millions of 1-byte empty maps are refused); a
+ *   bin value counts as BIN_CONTAINER_WEIGHT containers, a Buffer view being that much larger than a map;
+ * - more array elements and map entries in all than the caller's `maxElements` (a server passes
+ *   MAX_REQUEST_HEADER_ELEMENTS for requests);
  * - map keys that are not strings, and the keys `__proto__`, `constructor`, `prototype` at any depth;
  * - integers outside -(2^53-1)..2^53-1 (so every integer decodes exactly as a number, never a bigint);
  * - every extension type (timestamps, msgpackr's records, structured clone, bundled strings, ...) and the
@@ -43,8 +46,13 @@ export function encodeHeader(value: object, reserveBytes = 0): Buffer {
  * Decodes one msgpack map from `buf[start..end)`, which must hold exactly that map and nothing else.
  * Throws `SegmemError('PROTOCOL')` for anything the rules above refuse.
  */
-export function decodeHeader(buf: Buffer, start = 0, end = buf.length): Record<string, unknown> {
-  checkHeaderBytes(buf, start, end);
+export function decodeHeader(
+  buf: Buffer,
+  start = 0,
+  end = buf.length,
+  maxElements = Number.POSITIVE_INFINITY,
+): Record<string, unknown> {
+  checkHeaderBytes(buf, start, end, maxElements);
   let value: unknown;
   try {
     value = unpackr.unpack(buf, { start, end });
@@ -59,9 +67,16 @@ export function decodeHeader(buf: Buffer, start = 0, end = buf.length): Record<s
  * The strict scan behind {@link decodeHeader}: throws `SegmemError('PROTOCOL')` unless `buf[start..end)` is
  * exactly one msgpack map obeying the header rules. Allocates nothing on the good path.
  */
-export function checkHeaderBytes(buf: Buffer, start: number, end: number): void {
+export function checkHeaderBytes(
+  buf: Buffer,
+  start: number,
+  end: number,
+  maxElements = Number.POSITIVE_INFINITY,
+): void {
   if (start >= end) bad('empty header; a header is one msgpack map', start);
   scannedHeaderBytes = end - start;
+  elementsLeft = maxElements;
+  maxHeaderElements = maxElements;
   containersLeft = HEADER_FREE_CONTAINERS + Math.floor(scannedHeaderBytes / HEADER_BYTES_PER_CONTAINER);
   const first = buf[start];
   if (!((first >= 0x80 && first <= 0x8f) || first === 0xde || first === 0xdf)) {
@@ -82,13 +97,32 @@ function need(pos: number, bytes: number, end: number): void {
 /** Maps and arrays the header being scanned may still open (the scan is synchronous: one at a time). */
 let containersLeft = 0;
 let scannedHeaderBytes = 0;
+/** Elements and entries the header being scanned may still declare. */
+let elementsLeft = 0;
+let maxHeaderElements = 0;
 
-/** Counts one more map or array against the header's budget. */
-function openContainer(pos: number): void {
+/**
+ * Containers one bin value counts as: it decodes to a Buffer view (a hundred bytes or so of memory, and
+ * slow to make) from as little as 2 header bytes. Headers of real messages carry no bytes at all.
+ */
+export const BIN_CONTAINER_WEIGHT = 8;
+
+/** Counts one bin value against the container budget. */
+function openBin(pos: number): void {
+  containersLeft -= BIN_CONTAINER_WEIGHT - 1;
+  openContainer(pos, 0);
+}
+
+/** Counts one more map or array, of `count` elements or entries, against the header's budgets. */
+function openContainer(pos: number, count: number): void {
+  elementsLeft -= count;
+  if (elementsLeft < 0) {
+    bad(`more than ${maxHeaderElements} array elements and map entries in one header refused`, pos);
+  }
   if (--containersLeft < 0) {
     bad(
       `more maps and arrays than a header of ${scannedHeaderBytes} bytes may hold ` +
-        `(${HEADER_FREE_CONTAINERS} plus one per ${HEADER_BYTES_PER_CONTAINER} bytes) refused`,
+        `(${HEADER_FREE_CONTAINERS} plus one per ${HEADER_BYTES_PER_CONTAINER} bytes, a bin value counting as ${BIN_CONTAINER_WEIGHT}) refused`,
       pos,
     );
   }
@@ -112,12 +146,15 @@ function scanValue(buf: Buffer, pos: number, end: number, depth: number): number
       return pos;
     case 0xc4: // bin 8
       need(pos, 1, end);
+      openBin(pos - 1);
       return skip(pos + 1, buf[pos], end);
     case 0xc5: // bin 16
       need(pos, 2, end);
+      openBin(pos - 1);
       return skip(pos + 2, buf.readUInt16BE(pos), end);
     case 0xc6: // bin 32
       need(pos, 4, end);
+      openBin(pos - 1);
       return skip(pos + 4, buf.readUInt32BE(pos), end);
     case 0xca: // float 32
     case 0xce: // uint 32
@@ -202,7 +239,7 @@ function scanString(buf: Buffer, pos: number, end: number, length: number): numb
 function scanArray(buf: Buffer, pos: number, end: number, count: number, depth: number): number {
   if (depth > MAX_HEADER_DEPTH) bad(`nesting deeper than ${MAX_HEADER_DEPTH} levels refused`, pos);
   if (count > end - pos) bad(`array of ${count} elements cannot fit in the header`, pos);
-  openContainer(pos);
+  openContainer(pos, count);
   for (let i = 0; i < count; i++) pos = scanValue(buf, pos, end, depth);
   return pos;
 }
@@ -210,7 +247,7 @@ function scanArray(buf: Buffer, pos: number, end: number, count: number, depth: 
 function scanMap(buf: Buffer, pos: number, end: number, count: number, depth: number): number {
   if (depth > MAX_HEADER_DEPTH) bad(`nesting deeper than ${MAX_HEADER_DEPTH} levels refused`, pos);
   if (count > (end - pos) / 2) bad(`map of ${count} entries cannot fit in the header`, pos);
-  openContainer(pos);
+  openContainer(pos, count);
   for (let i = 0; i < count; i++) {
     if (pos >= end) bad('truncated', pos);
     const t = buf[pos];

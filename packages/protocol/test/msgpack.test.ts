@@ -8,6 +8,7 @@ import {
   HEADER_BYTES_PER_CONTAINER,
   HEADER_FREE_CONTAINERS,
   MAX_HEADER_DEPTH,
+  MAX_REQUEST_HEADER_ELEMENTS,
   SegmemError,
   sanitizeHeaderValue,
 } from '../src/index.js';
@@ -138,6 +139,30 @@ test('a header holding more maps and arrays than its bytes pay for is refused be
   const validate = encodeHeader({ objects: pairs });
   t.true(validate.length / (pairs.length + 2) >= HEADER_BYTES_PER_CONTAINER - 0.5);
   t.deepEqual((decodeHeader(validate) as { objects: number[][] }).objects.length, 100_000);
+});
+
+test('bin values count as several containers; elements in all are capped for requests', (t) => {
+  // 64 KiB of empty bins (2 bytes each, a Buffer each once decoded) is refused like empty maps.
+  refused(t, arrayHeader(Buffer.from([0xc4, 0x00]), 32_000), 'a bin value counting as 8');
+  // Bins that carry bytes pass: 1000 of 32 bytes.
+  const bins = arrayHeader(Buffer.from([0xc4, 30, ...Buffer.alloc(30, 1)]), 1000);
+  t.is((decodeHeader(bins) as { k: Buffer[] }).k.length, 1000);
+  // One array announcing more elements than a request may hold is refused at its count, before the rest.
+  const count = MAX_REQUEST_HEADER_ELEMENTS + 1;
+  const head = Buffer.alloc(count + 8, 0x01);
+  head.write('81a16bdd', 'hex');
+  head.writeUInt32BE(count, 4);
+  const started = performance.now();
+  const err = t.throws(() => decodeHeader(head, 0, head.length, MAX_REQUEST_HEADER_ELEMENTS)) as SegmemError;
+  t.true(performance.now() - started < 100);
+  t.is(err.code, 'PROTOCOL');
+  t.true(err.message.includes(`more than ${MAX_REQUEST_HEADER_ELEMENTS} array elements and map entries`));
+  // Elements of all containers add up: the top map's 2 entries and the arrays' 6 and 5 make 13.
+  const two = encodeHeader({ a: [1, 2, 3, 4, 5, 6], b: [1, 2, 3, 4, 5] });
+  t.notThrows(() => decodeHeader(two, 0, two.length, 13));
+  t.throws(() => decodeHeader(two, 0, two.length, 12), { code: 'PROTOCOL' } as never);
+  // Without a cap (a client reading answers) the same header decodes.
+  t.is((decodeHeader(head) as { k: number[] }).k.length, count);
 });
 
 test('integers beyond 2^53 - 1 are refused, safe ones decode as numbers', (t) => {

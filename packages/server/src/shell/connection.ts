@@ -24,6 +24,7 @@ import {
   MAX_FRAME_BYTES,
   MAX_HANDSHAKE_FRAME_BYTES,
   MAX_INFLIGHT_REQUESTS,
+  MAX_REQUEST_HEADER_ELEMENTS,
   type OkBodyInput,
   PROTOCOL_VERSION,
   type Request,
@@ -55,7 +56,10 @@ export class ServerConnection implements Port {
   /** The client's UDP port for invalidation hints, from its HELLO (null: none asked for). */
   udpPort: number | null = null;
   closed = false;
-  private readonly decoder = new FrameDecoder({ maxFrameBytes: MAX_HANDSHAKE_FRAME_BYTES });
+  private readonly decoder = new FrameDecoder({
+    maxFrameBytes: MAX_HANDSHAKE_FRAME_BYTES,
+    maxHeaderElements: MAX_REQUEST_HEADER_ELEMENTS,
+  });
   /** Set once a HELLO or PEER_HELLO was accepted; until then the handshake bounds apply. */
   private loggedIn = false;
   private handshakeTimer: EnvTimer | null = null;
