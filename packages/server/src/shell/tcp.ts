@@ -72,6 +72,8 @@ export async function listen(
   /** Open connections by remote address. */
   const perAddress = new Map<string, number>();
   const refused: RefusedConnections = { serverLimit: 0, addressLimit: 0, handshakeTimeout: 0 };
+  /** Refused connections still lingering; beyond maxConnections more are dropped without an answer. */
+  let refusedOpen = 0;
   let receivedBytes = 0;
   let sentBytes = 0;
   const server: Server = createServer({ noDelay: true }, (socket) => {
@@ -81,6 +83,13 @@ export async function listen(
       const serverFull = sockets.size >= maxConnections;
       if (serverFull) refused.serverLimit++;
       else refused.addressLimit++;
+      socket.on('error', () => {});
+      if (refusedOpen >= maxConnections) {
+        socket.destroy(); // a flood of connections: no answer, no descriptor kept
+        return;
+      }
+      refusedOpen++;
+      socket.once('close', () => refusedOpen--);
       refuse(
         node,
         socket,
@@ -185,7 +194,6 @@ export async function listen(
 
 /** Answers a connection over a limit with one UNAVAILABLE error frame and closes it. */
 function refuse(node: SegmemNode, socket: Socket, why: string): void {
-  socket.on('error', () => {});
   const parts = encodeError(0, new SegmemError('UNAVAILABLE', `connection refused: ${why}`));
   socket.cork();
   for (const p of parts) socket.write(p);
