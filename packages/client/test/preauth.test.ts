@@ -312,6 +312,19 @@ test('a bad HELLO is answered and the connection closed; names with control char
       t.is(e.code, 'INVALID_ARGUMENT');
       t.regex(e.message, /must not contain control characters \(U\+0000\.\.U\+001F, U\+007F\.\.U\+009F\)/);
     }
+    // Log names share the rule.
+    const logId = raw.send({
+      type: 'LOG_APPEND',
+      seq: 2,
+      name: 'log\x1b]0;title\x07',
+      sizes: [1],
+      maxBytes: null,
+      payload: Buffer.from('x'),
+    });
+    const logAnswer = await raw.next('LOG_APPEND answer');
+    t.is(logAnswer?.requestId, logId);
+    t.is(decodeError(logAnswer!).code, 'INVALID_ARGUMENT');
+    t.regex(decodeError(logAnswer!).message, /must not contain control characters/);
     t.false(raw.closed, 'after login a bad field is answered and the connection stays open');
 
     // The client refuses them too; bidi controls are accepted, and segmem ls escapes them when printing.
@@ -319,6 +332,8 @@ test('a bad HELLO is answered and the connection closed; names with control char
     try {
       const refusal = await t.throwsAsync(seg.create('tab\there', 8));
       t.is((refusal as SegmemError).code, 'INVALID_ARGUMENT');
+      const logRefusal = await t.throwsAsync(async () => seg.log('nul\u0000log').append('x'));
+      t.is((logRefusal as SegmemError).code, 'INVALID_ARGUMENT');
       const spoof = 'invoice\u202Efdp.exe';
       await seg.create(spoof, 8);
       t.deepEqual(
