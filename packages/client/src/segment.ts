@@ -30,7 +30,10 @@ import { type LogOptions, type SharedLog, SharedLogImpl } from './shared-log.js'
  * ```
  */
 export interface ObjectInfo {
-  /** The object's name: 1..255 bytes of UTF-8 without NUL; `/` is an ordinary character. */
+  /**
+   * The object's name: 1..255 bytes of UTF-8 without control characters (U+0000..U+001F, U+007F..U+009F);
+   * `/` is an ordinary character.
+   */
   name: string;
   /** Its size in bytes, as created (1..32 MiB). */
   size: number;
@@ -123,7 +126,8 @@ export interface Segment {
   /**
    * Creates a zero-filled, page-aligned object of `size` bytes (1..32 MiB). Rejects with `ALREADY_EXISTS`
    * if the name is taken, unless `ifNotExists` is true (then it resolves with the existing object), and
-   * with `NO_SPACE` when the segment has no room left. Durable when it resolves.
+   * with `NO_SPACE` when the segment has no room left. Durable when it resolves. A name is 1..255 bytes of
+   * UTF-8 without control characters (U+0000..U+001F, U+007F..U+009F); another is `INVALID_ARGUMENT`.
    *
    * @example
    * ```ts

@@ -153,13 +153,18 @@ function checkPrefix(buf: Buffer, base: number, frameBytes: number): number {
 }
 
 /** Decodes the complete frame at `buf[base .. base + 4 + frameBytes)`. */
-function decodeFrameAt(buf: Buffer, base: number, frameBytes: number): Frame {
+function decodeFrameAt(
+  buf: Buffer,
+  base: number,
+  frameBytes: number,
+  maxHeaderElements = Number.POSITIVE_INFINITY,
+): Frame {
   const headerBytes = checkPrefix(buf, base, frameBytes);
   const headerStart = base + FRAME_PREFIX_BYTES;
   const headerEnd = headerStart + headerBytes;
   let header: Record<string, unknown>;
   try {
-    header = decodeHeader(buf, headerStart, headerEnd);
+    header = decodeHeader(buf, headerStart, headerEnd, maxHeaderElements);
   } catch (err) {
     if (SegmemError.is(err)) {
       const requestId = buf.readUInt32LE(base + 6);
@@ -201,10 +206,24 @@ export function decodeFrame(buf: Buffer, maxFrameBytes: number = MAX_FRAME_BYTES
 export interface FrameDecoderOptions {
   /** Largest frame accepted (the length field's value); default MAX_FRAME_BYTES. */
   maxFrameBytes?: number;
+  /**
+   * Most array elements and map entries in one frame's header (all containers together); default no limit
+   * beyond the header rules. A server passes MAX_REQUEST_HEADER_ELEMENTS.
+   */
+  maxHeaderElements?: number;
+}
+
+function checkMaxFrameBytes(max: number): number {
+  if (!(Number.isInteger(max) && max >= FRAME_FIXED_BYTES && max <= MAX_U32)) {
+    throw invalidArgument(`maxFrameBytes must be an integer ${FRAME_FIXED_BYTES}..${MAX_U32}; got ${max}`);
+  }
+  return max;
 }
 
 /**
- * Streaming frame decoder: `push()` each received chunk, get back the frames it completed.
+ * Streaming frame decoder: `push()` each received chunk, get back the frames it completed; or `feed()` a
+ * chunk and take the frames one by one with `next()`, which lets the caller change `maxFrameBytes` between
+ * frames (a server raises it once a connection has logged in, so the frame after the login already gets it).
  *
  * - Frames may be split or coalesced arbitrarily across chunks.
  * - The length field is checked against `maxFrameBytes` as soon as its 4 bytes arrive, before any of the body
@@ -212,10 +231,12 @@ export interface FrameDecoderOptions {
  * - Chunks are kept in a list and only a frame that spans chunks is copied (once, into a buffer of its exact
  *   size); a frame within one chunk is decoded in place, its `payload` a view of that chunk.
  * - Any bad frame throws `SegmemError('PROTOCOL')`; from then on the decoder drops what it buffered and every
- *   `push()` throws again (the connection must be closed: its byte stream has lost its framing).
+ *   `push()`, `feed()` and `next()` throws again (the connection must be closed: its byte stream has lost its
+ *   framing).
  */
 export class FrameDecoder {
-  readonly maxFrameBytes: number;
+  #maxFrameBytes: number;
+  readonly #maxHeaderElements: number;
   #chunks: Buffer[] = [];
   /** Read position in #chunks[0]. */
   #offset = 0;
@@ -227,11 +248,21 @@ export class FrameDecoder {
   #scratch = Buffer.alloc(FRAME_PREFIX_BYTES);
 
   constructor(opts: FrameDecoderOptions = {}) {
-    const max = opts.maxFrameBytes ?? MAX_FRAME_BYTES;
-    if (!(Number.isInteger(max) && max >= FRAME_FIXED_BYTES && max <= MAX_U32)) {
-      throw invalidArgument(`maxFrameBytes must be an integer ${FRAME_FIXED_BYTES}..${MAX_U32}; got ${max}`);
-    }
-    this.maxFrameBytes = max;
+    this.#maxFrameBytes = checkMaxFrameBytes(opts.maxFrameBytes ?? MAX_FRAME_BYTES);
+    this.#maxHeaderElements = opts.maxHeaderElements ?? Number.POSITIVE_INFINITY;
+  }
+
+  /** Largest frame accepted from now on. */
+  get maxFrameBytes(): number {
+    return this.#maxFrameBytes;
+  }
+
+  /**
+   * Changes the limit for the frames not yet started; a frame whose length field was already read keeps
+   * the limit it was checked against.
+   */
+  set maxFrameBytes(max: number) {
+    this.#maxFrameBytes = checkMaxFrameBytes(max);
   }
 
   /** Bytes received and not yet returned as frames. */
@@ -245,32 +276,28 @@ export class FrameDecoder {
   }
 
   push(chunk: Buffer): Frame[] {
-    if (this.#failure !== undefined) {
-      throw protocolError(`frame decoder stopped after an earlier error: ${this.#failure.message}`);
-    }
+    this.feed(chunk);
     const frames: Frame[] = [];
-    if (chunk.length === 0) return frames;
+    for (let frame = this.next(); frame !== null; frame = this.next()) frames.push(frame);
+    return frames;
+  }
+
+  /** Adds a received chunk; {@link next} decodes the frames in it. */
+  feed(chunk: Buffer): void {
+    this.#checkNotFailed();
+    if (chunk.length === 0) return;
     this.#chunks.push(chunk);
     this.#buffered += chunk.length;
+  }
+
+  /**
+   * The next complete frame, or null until more bytes arrive. A length prefix over the limit throws as soon
+   * as its 4 bytes are buffered, so a caller that calls this until null never buffers more of such a frame.
+   */
+  next(): Frame | null {
+    this.#checkNotFailed();
     try {
-      while (this.#buffered >= FRAME_LENGTH_BYTES) {
-        let frameBytes = this.#frameBytes;
-        if (frameBytes < 0) {
-          frameBytes = this.#peekPrefix(FRAME_LENGTH_BYTES).readUInt32LE(this.#peekBase);
-          checkFrameBytes(frameBytes, this.maxFrameBytes);
-          this.#frameBytes = frameBytes;
-        }
-        if (!this.#prefixChecked) {
-          if (this.#buffered < FRAME_PREFIX_BYTES) break;
-          checkPrefix(this.#peekPrefix(FRAME_PREFIX_BYTES), this.#peekBase, frameBytes);
-          this.#prefixChecked = true;
-        }
-        const total = FRAME_LENGTH_BYTES + frameBytes;
-        if (this.#buffered < total) break;
-        frames.push(this.#take(total, frameBytes));
-        this.#frameBytes = -1;
-        this.#prefixChecked = false;
-      }
+      return this.#nextFrame();
     } catch (err) {
       this.#failure = SegmemError.is(err) ? err : protocolError(`frame decoder failed: ${String(err)}`);
       this.#chunks = [];
@@ -278,7 +305,32 @@ export class FrameDecoder {
       this.#buffered = 0;
       throw this.#failure;
     }
-    return frames;
+  }
+
+  #checkNotFailed(): void {
+    if (this.#failure !== undefined) {
+      throw protocolError(`frame decoder stopped after an earlier error: ${this.#failure.message}`);
+    }
+  }
+
+  #nextFrame(): Frame | null {
+    if (this.#buffered < FRAME_LENGTH_BYTES) return null;
+    let frameBytes = this.#frameBytes;
+    if (frameBytes < 0) {
+      frameBytes = this.#peekPrefix(FRAME_LENGTH_BYTES).readUInt32LE(this.#peekBase);
+      checkFrameBytes(frameBytes, this.#maxFrameBytes);
+      this.#frameBytes = frameBytes;
+    }
+    if (!this.#prefixChecked) {
+      if (this.#buffered < FRAME_PREFIX_BYTES) return null;
+      checkPrefix(this.#peekPrefix(FRAME_PREFIX_BYTES), this.#peekBase, frameBytes);
+      this.#prefixChecked = true;
+    }
+    const total = FRAME_LENGTH_BYTES + frameBytes;
+    if (this.#buffered < total) return null;
+    this.#frameBytes = -1;
+    this.#prefixChecked = false;
+    return this.#take(total, frameBytes);
   }
 
   #peekBase = 0;
@@ -315,7 +367,7 @@ export class FrameDecoder {
       } else {
         this.#offset = offset + total;
       }
-      return decodeFrameAt(head, offset, frameBytes);
+      return decodeFrameAt(head, offset, frameBytes, this.#maxHeaderElements);
     }
     const buf = Buffer.allocUnsafe(total);
     let copied = 0;
@@ -334,6 +386,6 @@ export class FrameDecoder {
     }
     this.#chunks.splice(0, consumed);
     this.#offset = at;
-    return decodeFrameAt(buf, 0, frameBytes);
+    return decodeFrameAt(buf, 0, frameBytes, this.#maxHeaderElements);
   }
 }

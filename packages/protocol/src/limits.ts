@@ -17,6 +17,27 @@ export const MAX_FRAME_BYTES = 64 * 1024 * 1024;
 export const MAX_NAME_BYTES = 255;
 /** Nesting depth limit for msgpack headers. */
 export const MAX_HEADER_DEPTH = 8;
+/**
+ * Maps and arrays a header may hold beyond {@link HEADER_FREE_CONTAINERS}: one per this many header bytes.
+ * Real headers spend more per container (a `[id, version]` pair past the first 127 ids takes 5 bytes); the
+ * bound keeps what decoding allocates a small multiple of the header's size (an empty map is 1 byte on the
+ * wire and tens of bytes in memory).
+ */
+export const HEADER_BYTES_PER_CONTAINER = 4;
+/** Maps and arrays any header may hold, whatever its size (on top of one per HEADER_BYTES_PER_CONTAINER bytes). */
+export const HEADER_FREE_CONTAINERS = 4096;
+/**
+ * Array elements and map entries, all containers together, a server accepts in one request header (2^23).
+ * The largest real request, a write release of a 32 MiB object changed every 17th byte, has about 2 million
+ * ranges (4 million numbers); the bound caps what one frame can make a server allocate and spend decoding
+ * (about 1 s and 200 MB), where the container bound alone allows 64 MiB of one-byte values.
+ */
+export const MAX_REQUEST_HEADER_ELEMENTS = 8 * 1024 * 1024;
+/**
+ * Largest frame a server accepts on a connection that has not logged in yet (no HELLO accepted, no
+ * PEER_HELLO accepted); a longer length prefix closes the connection before any of the frame is buffered.
+ */
+export const MAX_HANDSHAKE_FRAME_BYTES = 64 * 1024;
 
 /** `sessionTimeoutMs` when a client gives none: locks are released this long after it goes silent. */
 export const DEFAULT_SESSION_TIMEOUT_MS = 10_000;

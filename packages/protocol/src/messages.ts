@@ -56,6 +56,7 @@ import {
   validateRanges,
   validateSessionTimeoutMs,
   validateSize,
+  validateStoredName,
   validateTimeoutMs,
   versionPairsField,
 } from './validate.js';
@@ -157,7 +158,7 @@ export interface ObjectRecord {
 export function validateObjectRecord(value: unknown, field = 'object'): ObjectRecord {
   const o = mapField(value, field);
   const id = uintField(o.id, `${field}.id`, 1);
-  const name = validateName(o.name, `${field}.name`);
+  const name = validateStoredName(o.name, `${field}.name`);
   const size = validateSize(o.size, `${field}.size`);
   const address = uintField(o.address, `${field}.address`, 0, MAX_SEGMENT_BYTES - size);
   if (address % PAGE_BYTES !== 0) {
@@ -1334,7 +1335,7 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
       const entry = arrayField(l, `locks[${i}]`);
       if (entry.length !== 4) throw invalidArgument(`locks[${i}] must be [name, mode, holders, waiting]`);
       return [
-        validateName(entry[0], `locks[${i}].name`),
+        validateStoredName(entry[0], `locks[${i}].name`),
         validateMode(entry[1], `locks[${i}].mode`),
         uintField(entry[2], `locks[${i}].holders`),
         uintField(entry[3], `locks[${i}].waiting`),

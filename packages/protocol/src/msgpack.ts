@@ -7,6 +7,12 @@
  * `SegmemError('PROTOCOL')` naming the problem and its byte offset:
  * - a top-level value that is not a map, trailing or missing bytes;
  * - nesting deeper than MAX_HEADER_DEPTH (the top-level map is depth 1);
+ * - a count of elements or entries the bytes left cannot hold, and more maps and arrays in all than
+ *   HEADER_FREE_CONTAINERS + one per HEADER_BYTES_PER_CONTAINER bytes of the header (so what msgpackr
+ *   allocates stays a small multiple of the header's size: millions of 1-byte empty maps are refused); a
+ *   bin value counts as BIN_CONTAINER_WEIGHT containers, a Buffer view being that much larger than a map;
+ * - more array elements and map entries in all than the caller's `maxElements` (a server passes
+ *   MAX_REQUEST_HEADER_ELEMENTS for requests);
  * - map keys that are not strings, and the keys `__proto__`, `constructor`, `prototype` at any depth;
  * - integers outside -(2^53-1)..2^53-1 (so every integer decodes exactly as a number, never a bigint);
  * - every extension type (timestamps, msgpackr's records, structured clone, bundled strings, ...) and the
@@ -18,7 +24,7 @@
 import { isUtf8 } from 'node:buffer';
 import { Packr, RESERVE_START_SPACE, Unpackr } from 'msgpackr';
 import { protocolError } from './errors.js';
-import { MAX_HEADER_DEPTH } from './limits.js';
+import { HEADER_BYTES_PER_CONTAINER, HEADER_FREE_CONTAINERS, MAX_HEADER_DEPTH } from './limits.js';
 import { toWellFormedString } from './validate.js';
 
 const packr = new Packr({ useRecords: false, encodeUndefinedAsNil: true, moreTypes: false });
@@ -40,8 +46,13 @@ export function encodeHeader(value: object, reserveBytes = 0): Buffer {
  * Decodes one msgpack map from `buf[start..end)`, which must hold exactly that map and nothing else.
  * Throws `SegmemError('PROTOCOL')` for anything the rules above refuse.
  */
-export function decodeHeader(buf: Buffer, start = 0, end = buf.length): Record<string, unknown> {
-  checkHeaderBytes(buf, start, end);
+export function decodeHeader(
+  buf: Buffer,
+  start = 0,
+  end = buf.length,
+  maxElements = Number.POSITIVE_INFINITY,
+): Record<string, unknown> {
+  checkHeaderBytes(buf, start, end, maxElements);
   let value: unknown;
   try {
     value = unpackr.unpack(buf, { start, end });
@@ -56,8 +67,17 @@ export function decodeHeader(buf: Buffer, start = 0, end = buf.length): Record<s
  * The strict scan behind {@link decodeHeader}: throws `SegmemError('PROTOCOL')` unless `buf[start..end)` is
  * exactly one msgpack map obeying the header rules. Allocates nothing on the good path.
  */
-export function checkHeaderBytes(buf: Buffer, start: number, end: number): void {
+export function checkHeaderBytes(
+  buf: Buffer,
+  start: number,
+  end: number,
+  maxElements = Number.POSITIVE_INFINITY,
+): void {
   if (start >= end) bad('empty header; a header is one msgpack map', start);
+  scannedHeaderBytes = end - start;
+  elementsLeft = maxElements;
+  maxHeaderElements = maxElements;
+  containersLeft = HEADER_FREE_CONTAINERS + Math.floor(scannedHeaderBytes / HEADER_BYTES_PER_CONTAINER);
   const first = buf[start];
   if (!((first >= 0x80 && first <= 0x8f) || first === 0xde || first === 0xdf)) {
     bad(`header must be a msgpack map; found type byte 0x${first.toString(16).padStart(2, '0')}`, start);
@@ -72,6 +92,40 @@ function bad(problem: string, offset: number): never {
 
 function need(pos: number, bytes: number, end: number): void {
   if (pos + bytes > end) bad('truncated', pos);
+}
+
+/** Maps and arrays the header being scanned may still open (the scan is synchronous: one at a time). */
+let containersLeft = 0;
+let scannedHeaderBytes = 0;
+/** Elements and entries the header being scanned may still declare. */
+let elementsLeft = 0;
+let maxHeaderElements = 0;
+
+/**
+ * Containers one bin value counts as: it decodes to a Buffer view (a hundred bytes or so of memory, and
+ * slow to make) from as little as 2 header bytes. Headers of real messages carry no bytes at all.
+ */
+export const BIN_CONTAINER_WEIGHT = 8;
+
+/** Counts one bin value against the container budget. */
+function openBin(pos: number): void {
+  containersLeft -= BIN_CONTAINER_WEIGHT - 1;
+  openContainer(pos, 0);
+}
+
+/** Counts one more map or array, of `count` elements or entries, against the header's budgets. */
+function openContainer(pos: number, count: number): void {
+  elementsLeft -= count;
+  if (elementsLeft < 0) {
+    bad(`more than ${maxHeaderElements} array elements and map entries in one header refused`, pos);
+  }
+  if (--containersLeft < 0) {
+    bad(
+      `more maps and arrays than a header of ${scannedHeaderBytes} bytes may hold ` +
+        `(${HEADER_FREE_CONTAINERS} plus one per ${HEADER_BYTES_PER_CONTAINER} bytes, a bin value counting as ${BIN_CONTAINER_WEIGHT}) refused`,
+      pos,
+    );
+  }
 }
 
 const MAX_SAFE_HIGH_WORD = 0x1fffff; // 2^53 - 1 = 0x001fffff_ffffffff
@@ -92,12 +146,15 @@ function scanValue(buf: Buffer, pos: number, end: number, depth: number): number
       return pos;
     case 0xc4: // bin 8
       need(pos, 1, end);
+      openBin(pos - 1);
       return skip(pos + 1, buf[pos], end);
     case 0xc5: // bin 16
       need(pos, 2, end);
+      openBin(pos - 1);
       return skip(pos + 2, buf.readUInt16BE(pos), end);
     case 0xc6: // bin 32
       need(pos, 4, end);
+      openBin(pos - 1);
       return skip(pos + 4, buf.readUInt32BE(pos), end);
     case 0xca: // float 32
     case 0xce: // uint 32
@@ -182,6 +239,7 @@ function scanString(buf: Buffer, pos: number, end: number, length: number): numb
 function scanArray(buf: Buffer, pos: number, end: number, count: number, depth: number): number {
   if (depth > MAX_HEADER_DEPTH) bad(`nesting deeper than ${MAX_HEADER_DEPTH} levels refused`, pos);
   if (count > end - pos) bad(`array of ${count} elements cannot fit in the header`, pos);
+  openContainer(pos, count);
   for (let i = 0; i < count; i++) pos = scanValue(buf, pos, end, depth);
   return pos;
 }
@@ -189,6 +247,7 @@ function scanArray(buf: Buffer, pos: number, end: number, count: number, depth: 
 function scanMap(buf: Buffer, pos: number, end: number, count: number, depth: number): number {
   if (depth > MAX_HEADER_DEPTH) bad(`nesting deeper than ${MAX_HEADER_DEPTH} levels refused`, pos);
   if (count > (end - pos) / 2) bad(`map of ${count} entries cannot fit in the header`, pos);
+  openContainer(pos, count);
   for (let i = 0; i < count; i++) {
     if (pos >= end) bad('truncated', pos);
     const t = buf[pos];

@@ -114,20 +114,38 @@ export function optionalField<T>(
   return value === undefined || value === null ? null : check(value, field);
 }
 
-function checkNameChars(value: string, field: string): void {
+/**
+ * The first C0 or C1 control character (U+0000..U+001F, U+007F..U+009F) in `value`, as its index, or -1.
+ * Such characters in a name would let it rewrite a terminal or a log line when printed.
+ */
+export function controlCharIndex(value: string): number {
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c <= 0x1f || (c >= 0x7f && c <= 0x9f)) return i;
+  }
+  return -1;
+}
+
+function checkNameChars(value: string, field: string, allowControl = false): void {
   if (value.includes('\0')) {
-    throw invalidArgument(`${field} must not contain NUL (U+0000)`, { field });
+    throw invalidArgument(`${field} must not contain NUL (U+0000) or other control characters`, { field });
+  }
+  if (!allowControl) {
+    const at = controlCharIndex(value);
+    if (at >= 0) {
+      const code = value.charCodeAt(at).toString(16).toUpperCase().padStart(4, '0');
+      throw invalidArgument(
+        `${field} must not contain control characters (U+0000..U+001F, U+007F..U+009F); found U+${code} at character ${at}`,
+        { field },
+      );
+    }
   }
   if (!isWellFormedString(value)) {
     throw invalidArgument(`${field} must be well-formed Unicode; it contains a lone surrogate`, { field });
   }
 }
 
-/**
- * An object or log name: a string of 1..255 bytes of UTF-8 without NUL and without lone surrogates.
- * `/` is an ordinary character (used for prefixes).
- */
-export function validateName(value: unknown, field = 'name'): string {
+function checkNameBytes(value: unknown, field: string): string {
   if (typeof value !== 'string') return fail(field, 'a string', value);
   const bytes = value.length === 0 || value.length > MAX_NAME_BYTES ? -1 : Buffer.byteLength(value, 'utf8');
   if (bytes < 1 || bytes > MAX_NAME_BYTES) {
@@ -136,8 +154,28 @@ export function validateName(value: unknown, field = 'name'): string {
       field,
     });
   }
-  checkNameChars(value, field);
   return value;
+}
+
+/**
+ * An object or log name: a string of 1..255 bytes of UTF-8 without control characters (C0 U+0000..U+001F,
+ * DEL and C1 U+007F..U+009F) and without lone surrogates. `/` is an ordinary character (used for prefixes);
+ * other Unicode (bidi controls, confusables) is accepted.
+ */
+export function validateName(value: unknown, field = 'name'): string {
+  const name = checkNameBytes(value, field);
+  checkNameChars(name, field);
+  return name;
+}
+
+/**
+ * A name a server reports (in an answer): the rule of {@link validateName} except that control characters
+ * other than NUL pass, so an answer that lists an object named before that rule existed is not refused whole.
+ */
+export function validateStoredName(value: unknown, field = 'name'): string {
+  const name = checkNameBytes(value, field);
+  checkNameChars(name, field, true);
+  return name;
 }
 
 /** A name prefix for LIST: like a name, but may be empty. */

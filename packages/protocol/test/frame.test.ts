@@ -229,6 +229,33 @@ test('an oversize length prefix is refused as soon as its 4 bytes arrive', (t) =
   t.is(d3.bufferedBytes, 16);
 });
 
+test('next() hands frames one at a time, so the limit can rise between them (a login)', (t) => {
+  const small = encodeFrameToBuffer(1, 1, 0, { a: 1 });
+  const big = encodeFrameToBuffer(2, 2, 0, { b: 2 }, Buffer.alloc(5000, 7));
+  const decoder = new FrameDecoder({ maxFrameBytes: 1000 });
+  decoder.feed(Buffer.concat([small, big]));
+  const first = decoder.next();
+  t.is(first?.type, 1);
+  // Under the old limit the next frame would be refused; raised now, it decodes from the same buffer.
+  decoder.maxFrameBytes = 10_000;
+  const second = decoder.next();
+  t.is(second?.type, 2);
+  t.is(second?.payload.length, 5000);
+  t.is(decoder.next(), null);
+  // Without the raise, the same stream fails on the second frame's length, before its body is wanted.
+  const strict = new FrameDecoder({ maxFrameBytes: 1000 });
+  strict.feed(Buffer.concat([small, big.subarray(0, 4)]));
+  t.is(strict.next()?.type, 1);
+  protocolThrow(t, () => strict.next(), 'exceeds the limit of 1000');
+  protocolThrow(t, () => strict.feed(Buffer.alloc(1)), 'stopped after an earlier error');
+  t.throws(
+    () => {
+      decoder.maxFrameBytes = 3;
+    },
+    { code: 'INVALID_ARGUMENT' } as never,
+  );
+});
+
 test('frames below the minimum length are refused', (t) => {
   const buf = Buffer.alloc(4);
   buf.writeUInt32LE(11, 0);

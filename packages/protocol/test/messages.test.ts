@@ -1,6 +1,7 @@
 import test, { type ExecutionContext } from 'ava';
 import fc from 'fast-check';
 import {
+  controlCharIndex,
   decodeError,
   decodeFrame,
   decodeInvalidate,
@@ -31,7 +32,9 @@ import {
   type RequestType,
   SegmemError,
   validateName,
+  validatePrefix,
   validateSize,
+  validateStoredName,
   validateTimeoutMs,
 } from '../src/index.js';
 
@@ -184,7 +187,7 @@ test('unknown extra header fields are ignored', (t) => {
 
 const nameArb = fc
   .string({ unit: 'binary', minLength: 1, maxLength: 80 })
-  .filter((s) => !s.includes('\0') && Buffer.byteLength(s) <= 255);
+  .filter((s) => controlCharIndex(s) < 0 && Buffer.byteLength(s) <= 255);
 const seqArb = fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER });
 const uintArb = fc.maxSafeNat();
 const modeArb = fc.constantFrom<'read' | 'write'>('read', 'write');
@@ -464,6 +467,46 @@ test('validateName', (t) => {
   ]);
   throwsCode(t, () => validateName('ab\ud800'), 'INVALID_ARGUMENT', ['lone surrogate']);
   throwsCode(t, () => validateName('\udc00ab'), 'INVALID_ARGUMENT', ['lone surrogate']);
+});
+
+test('names refuse C0 and C1 control characters, naming the rule; other Unicode passes', (t) => {
+  for (const [name, code, at] of [
+    ['a\x1b[31mred', '001B', 1],
+    ['line\nbreak', '000A', 4],
+    ['\ttab', '0009', 0],
+    ['del\x7f', '007F', 3],
+    ['c1\u0085x', '0085', 2],
+    ['c1\u009f', '009F', 2],
+  ] as const) {
+    throwsCode(t, () => validateName(name), 'INVALID_ARGUMENT', [
+      'name must not contain control characters (U+0000..U+001F, U+007F..U+009F)',
+      `found U+${code} at character ${at}`,
+    ]);
+    throwsCode(t, () => validatePrefix(name), 'INVALID_ARGUMENT', [
+      'prefix must not contain control characters',
+    ]);
+    // A request carrying it is refused by the decoder, so a server refuses it at its boundary too.
+    throwsCode(
+      t,
+      () => decodeRequest(rawFrame(MessageType.CREATE, { seq: 1, name, size: 8 })),
+      'INVALID_ARGUMENT',
+      ['CREATE', 'control characters'],
+    );
+  }
+  // Bidi controls, zero-width and confusable letters are ordinary Unicode here (the CLI escapes bidi controls).
+  for (const name of [
+    'abc\u202Eexe.txt',
+    'x\u2066y\u2069',
+    'zero\u200Bwidth',
+    'p\u0430ypal',
+    '\u00a0nbsp',
+    'ÿ',
+  ]) {
+    t.is(validateName(name), name);
+  }
+  // Answers keep the older rule, so a listing that holds an object named before this rule still decodes.
+  t.is(validateStoredName('old\nname'), 'old\nname');
+  throwsCode(t, () => validateStoredName('a\0b'), 'INVALID_ARGUMENT', ['NUL']);
 });
 
 test('validateSize and validateTimeoutMs', (t) => {

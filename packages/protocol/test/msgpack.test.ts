@@ -5,7 +5,10 @@ import {
   decodeHeader,
   encodeHeader,
   FORBIDDEN_KEYS,
+  HEADER_BYTES_PER_CONTAINER,
+  HEADER_FREE_CONTAINERS,
   MAX_HEADER_DEPTH,
+  MAX_REQUEST_HEADER_ELEMENTS,
   SegmemError,
   sanitizeHeaderValue,
 } from '../src/index.js';
@@ -105,6 +108,61 @@ test('nesting up to MAX_HEADER_DEPTH is accepted, deeper is refused', (t) => {
   deep[1] = 0xa1;
   deep[2] = 0x61;
   refused(t, deep, 'nesting deeper');
+});
+
+/** A header `{ k: [unit x count] }` as bytes (array 32), without going through the encoder. */
+function arrayHeader(unit: Buffer, count: number): Buffer {
+  const b = Buffer.alloc(8 + unit.length * count);
+  b.write('81a16bdd', 'hex');
+  b.writeUInt32BE(count, 4);
+  for (let i = 0; i < count; i++) unit.copy(b, 8 + i * unit.length);
+  return b;
+}
+
+test('a header holding more maps and arrays than its bytes pay for is refused before decoding', (t) => {
+  // 64 KiB of empty maps (1 byte each): tens of thousands of objects from a frame a stranger may send.
+  const hostile = arrayHeader(Buffer.from([0x80]), 65536 - 8);
+  const started = performance.now();
+  const err = refused(t, hostile, 'more maps and arrays than a header of 65536 bytes may hold');
+  t.true(performance.now() - started < 100, 'refused by the scan, without decoding');
+  t.is(err.details?.offset !== undefined, true);
+  // The budget: HEADER_FREE_CONTAINERS plus one per HEADER_BYTES_PER_CONTAINER bytes, the top-level map and
+  // the array included. Arrays of three nils (4 bytes each) stay within it at any size.
+  t.notThrows(() => checkHeaderBytes(arrayHeader(Buffer.from([0x93, 0xc0, 0xc0, 0xc0]), 50_000), 0, 200_008));
+  // The most empty maps a `{ k: [...] }` header of 8 + n bytes may hold: n + 2 containers within the budget.
+  let exact = 0;
+  while (exact + 3 <= HEADER_FREE_CONTAINERS + Math.floor((9 + exact) / HEADER_BYTES_PER_CONTAINER)) exact++;
+  t.notThrows(() => decodeHeader(arrayHeader(Buffer.from([0x80]), exact)));
+  refused(t, arrayHeader(Buffer.from([0x80]), exact + 1), 'more maps and arrays');
+  // Real headers pass: 100000 [id, version] pairs, as a VALIDATE of a large cache carries them.
+  const pairs = Array.from({ length: 100_000 }, (_, i) => [i + 1, (i % 7) + 1]);
+  const validate = encodeHeader({ objects: pairs });
+  t.true(validate.length / (pairs.length + 2) >= HEADER_BYTES_PER_CONTAINER - 0.5);
+  t.deepEqual((decodeHeader(validate) as { objects: number[][] }).objects.length, 100_000);
+});
+
+test('bin values count as several containers; elements in all are capped for requests', (t) => {
+  // 64 KiB of empty bins (2 bytes each, a Buffer each once decoded) is refused like empty maps.
+  refused(t, arrayHeader(Buffer.from([0xc4, 0x00]), 32_000), 'a bin value counting as 8');
+  // Bins that carry bytes pass: 1000 of 32 bytes.
+  const bins = arrayHeader(Buffer.from([0xc4, 30, ...Buffer.alloc(30, 1)]), 1000);
+  t.is((decodeHeader(bins) as { k: Buffer[] }).k.length, 1000);
+  // One array announcing more elements than a request may hold is refused at its count, before the rest.
+  const count = MAX_REQUEST_HEADER_ELEMENTS + 1;
+  const head = Buffer.alloc(count + 8, 0x01);
+  head.write('81a16bdd', 'hex');
+  head.writeUInt32BE(count, 4);
+  const started = performance.now();
+  const err = t.throws(() => decodeHeader(head, 0, head.length, MAX_REQUEST_HEADER_ELEMENTS)) as SegmemError;
+  t.true(performance.now() - started < 100);
+  t.is(err.code, 'PROTOCOL');
+  t.true(err.message.includes(`more than ${MAX_REQUEST_HEADER_ELEMENTS} array elements and map entries`));
+  // Elements of all containers add up: the top map's 2 entries and the arrays' 6 and 5 make 13.
+  const two = encodeHeader({ a: [1, 2, 3, 4, 5, 6], b: [1, 2, 3, 4, 5] });
+  t.notThrows(() => decodeHeader(two, 0, two.length, 13));
+  t.throws(() => decodeHeader(two, 0, two.length, 12), { code: 'PROTOCOL' } as never);
+  // Without a cap (a client reading answers) the same header decodes.
+  t.is((decodeHeader(head) as { k: number[] }).k.length, count);
 });
 
 test('integers beyond 2^53 - 1 are refused, safe ones decode as numbers', (t) => {

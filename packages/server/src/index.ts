@@ -16,7 +16,14 @@ import {
 import { SegmemNode } from './node/index.js';
 import { RaftNode } from './raft/node.js';
 import { ServerMetrics, serveMetrics } from './shell/metrics.js';
-import { listen, parseHostPort } from './shell/tcp.js';
+import {
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+  type ListenOptions,
+  listen,
+  parseHostPort,
+} from './shell/tcp.js';
 import type { FsyncPolicy } from './storage/wal.js';
 
 export { type Env, SegmemError, systemEnv } from '@segmem/protocol';
@@ -28,6 +35,11 @@ export type { Port, Wire } from './node/index.js';
 export { type NodeOptions, SegmemNode } from './node/index.js';
 export type { Message, NodeId } from './raft/types.js';
 export { connectLocal, type LocalEnd } from './shell/local.js';
+export {
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+} from './shell/tcp.js';
 export { DataDir } from './storage/datadir.js';
 export type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
 
@@ -89,6 +101,15 @@ export interface StartServerOptions {
    * the config file's `metrics`. Port 0 picks a free port. None when unset.
    */
   metrics?: string;
+  /**
+   * Close a connection that has not logged in (HELLO or PEER_HELLO accepted) this many ms after it was
+   * accepted; default 10000, 0: never.
+   */
+  handshakeTimeoutMs?: number;
+  /** Connections open at once; one more is refused. Default 1024. */
+  maxConnections?: number;
+  /** Connections open at once from one remote address; one more is refused. Default 64. */
+  maxConnectionsPerAddress?: number;
   /** Receives recovery reports and warnings, one line each. */
   log?: (line: string) => void;
 }
@@ -163,6 +184,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     throw new SegmemError('INVALID_ARGUMENT', 'dataDir must be a non-empty path');
   }
   const config = opts.config ? loadConfigFile(opts.config) : { ...DEFAULT_CONFIG };
+  const listenOpts = listenOptions(opts);
   const peers = opts.peers ?? config.servers;
   const others = Object.keys(peers).filter((id) => id !== opts.id);
   for (const [id, address] of Object.entries(peers)) {
@@ -213,7 +235,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   });
   let listener: Awaited<ReturnType<typeof listen>>;
   try {
-    listener = await listen(node, opts.listen);
+    listener = await listen(node, opts.listen, listenOpts);
   } catch (err) {
     await node.close();
     await metricsServer?.close();
@@ -235,6 +257,26 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
       })();
       return closing;
     },
+  };
+}
+
+/** The connection bounds, checked before anything starts. */
+function listenOptions(opts: StartServerOptions): Required<ListenOptions> {
+  const atLeastOne = (name: string, value: number) => {
+    const n = parseNonNegativeInteger(name, value);
+    if (n < 1) throw new SegmemError('INVALID_ARGUMENT', `${name} must be at least 1; got ${n}`);
+    return n;
+  };
+  return {
+    handshakeTimeoutMs: parseNonNegativeInteger(
+      'handshakeTimeoutMs',
+      opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
+    ),
+    maxConnections: atLeastOne('maxConnections', opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS),
+    maxConnectionsPerAddress: atLeastOne(
+      'maxConnectionsPerAddress',
+      opts.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    ),
   };
 }
 

@@ -109,9 +109,40 @@ export function table(rows: string[][]): string {
     .join('');
 }
 
-/** A name or record for one line of text: `\`, newline and carriage return escaped. */
+/** Whether a line of text must not carry this UTF-16 unit raw: C0 and C1 controls, DEL, bidi controls. */
+function unprintable(code: number): boolean {
+  return (
+    code <= 0x1f ||
+    (code >= 0x7f && code <= 0x9f) ||
+    code === 0x061c ||
+    code === 0x200e ||
+    code === 0x200f ||
+    (code >= 0x202a && code <= 0x202e) ||
+    (code >= 0x2066 && code <= 0x2069)
+  );
+}
+
+/**
+ * A name or record for one line of text: `\` as `\\`, newline, carriage return and tab as `\n`, `\r`, `\t`,
+ * other control characters as `\xNN`, and bidi controls (which could reorder what a terminal shows) as
+ * `\u{NNNN}`; everything else as it is.
+ */
 export function escapeText(s: string): string {
-  return s.replace(/[\\\n\r]/g, (c) => (c === '\\' ? '\\\\' : c === '\n' ? '\\n' : '\\r'));
+  let out = '';
+  let from = 0;
+  for (let i = 0; i < s.length; i++) {
+    const code = s.charCodeAt(i);
+    if (code !== 0x5c && !unprintable(code)) continue;
+    out += s.slice(from, i);
+    from = i + 1;
+    if (code === 0x5c) out += '\\\\';
+    else if (code === 0x0a) out += '\\n';
+    else if (code === 0x0d) out += '\\r';
+    else if (code === 0x09) out += '\\t';
+    else if (code <= 0xff) out += `\\x${code.toString(16).padStart(2, '0')}`;
+    else out += `\\u{${code.toString(16).toUpperCase()}}`;
+  }
+  return from === 0 ? s : out + s.slice(from);
 }
 
 /** Progress lines go to stderr, and only on a terminal (never into a script's captured output). */

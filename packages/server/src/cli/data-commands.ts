@@ -64,8 +64,8 @@ export const ls: Command = {
   summary: 'list the objects (whose names start with PREFIX)',
   description: `Lists the objects whose names start with PREFIX (all without it), sorted by name: one line
     each with its size in bytes, version, address in the segment and name (newlines in names escaped as
-    \\n), under a header line; nothing at all when none matches. Shared logs are not objects: see segmem
-    log.`,
+    \\n, other control characters as \\xNN, bidi controls as \\u{NNNN}), under a header line; nothing at
+    all when none matches. Shared logs are not objects: see segmem log.`,
   options: [JSON_OPTION, ...CONNECTION_OPTIONS],
   async run(p) {
     const prefix = p.args[0] ?? '';

@@ -28,10 +28,10 @@ export const logTail: Command = {
   args: [{ name: 'NAME' }],
   summary: 'print the records of shared log NAME',
   description: `Prints the records of shared log NAME from sequence number SEQ (default: the oldest kept), one
-    per line as "SEQ TEXT", TEXT being the record as UTF-8 with \\, newline and carriage return escaped as
-    \\\\, \\n and \\r; or, with --json, as {"seq":N,"data":"<base64>"}. Without --follow it exits after the
-    last record; with --follow it keeps waiting for new ones (the leader pushes them) until Ctrl-C, and
-    carries on across a failover from the next sequence number. NOT_FOUND for a log that does not exist or
+    per line as "SEQ TEXT", TEXT being the record as UTF-8 with \\, newline, carriage return and tab escaped
+    as \\\\, \\n, \\r and \\t, other control characters as \\xNN and bidi controls as \\u{NNNN}; or,
+    with --json, as {"seq":N,"data":"<base64>"}. Without --follow it exits after the last record; with
+    --follow it keeps waiting for new ones (the leader pushes them) until Ctrl-C, and carries on across a failover from the next sequence number. NOT_FOUND for a log that does not exist or
     records already truncated.`,
   options: [
     { name: 'from', value: 'SEQ', help: 'the first sequence number to print', default: 'the oldest kept' },

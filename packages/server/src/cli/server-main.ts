@@ -12,7 +12,13 @@ import {
   parseNonNegativeInteger,
   parsePeers,
 } from '../config.js';
-import { type StartServerOptions, startServer } from '../index.js';
+import {
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+  type StartServerOptions,
+  startServer,
+} from '../index.js';
 import { type CommandSpec, helpText, parseCommand, synopsis, UsageError } from './args.js';
 import { describe, versionLine } from './common.js';
 
@@ -107,6 +113,24 @@ export const SERVER_COMMAND: CommandSpec = {
       help: 'serve Prometheus metrics at /metrics and a health check at /health on this address',
       default: "off, or the config file's metrics",
     },
+    {
+      name: 'handshake-timeout-ms',
+      value: 'MS',
+      help: 'close a connection that has not logged in (HELLO) within MS ms; 0: never',
+      default: String(DEFAULT_HANDSHAKE_TIMEOUT_MS),
+    },
+    {
+      name: 'max-connections',
+      value: 'N',
+      help: 'connections open at once (clients and other members); one more is refused',
+      default: String(DEFAULT_MAX_CONNECTIONS),
+    },
+    {
+      name: 'max-connections-per-address',
+      value: 'N',
+      help: 'connections open at once from one remote address; one more is refused',
+      default: String(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
+    },
   ],
 };
 
@@ -178,6 +202,13 @@ function serverOptions(values: Map<string, string>, flags: Set<string>): StartSe
   );
   const consolidatedIntervalMs = number('consolidated-interval-ms', parseConsolidatedIntervalMs);
   const consolidatedKeep = number('consolidated-keep', parseConsolidatedKeep);
+  const handshakeTimeoutMs = number('handshake-timeout-ms', (v) =>
+    parseNonNegativeInteger('--handshake-timeout-ms', v),
+  );
+  const maxConnections = number('max-connections', (v) => parseNonNegativeInteger('--max-connections', v));
+  const maxConnectionsPerAddress = number('max-connections-per-address', (v) =>
+    parseNonNegativeInteger('--max-connections-per-address', v),
+  );
   const peers = values.get('peers');
   return {
     id,
@@ -196,6 +227,9 @@ function serverOptions(values: Map<string, string>, flags: Set<string>): StartSe
     ...(flags.has('join') ? { join: true } : {}),
     ...(values.has('cluster-id') ? { clusterId: values.get('cluster-id')! } : {}),
     ...(values.has('metrics') ? { metrics: values.get('metrics')! } : {}),
+    ...(handshakeTimeoutMs !== undefined ? { handshakeTimeoutMs } : {}),
+    ...(maxConnections !== undefined ? { maxConnections } : {}),
+    ...(maxConnectionsPerAddress !== undefined ? { maxConnectionsPerAddress } : {}),
   };
 }
 

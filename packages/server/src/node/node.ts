@@ -54,7 +54,8 @@ export class SegmemNode {
   readonly clusterId: string;
   readonly metrics: MetricsSink;
   private readonly log: NodeLog;
-  private readonly env: Env;
+  /** Clock, timers and randomness of this node (the shell uses its timers too). */
+  readonly env: Env;
   private readonly sessions: Sessions;
   private readonly grants: Grants;
   private readonly reads: Reads;
@@ -359,6 +360,10 @@ export class SegmemNode {
     to: string;
     token: string | null;
   }): (msg: Message) => void {
+    // With a token set, members present it to each other too: a process that can reach the port but does
+    // not know it cannot speak Raft here, nor learn the cluster's id or shape. Checked before anything else.
+    if (this.opts.token !== undefined && !sameSecret(hello.token, this.opts.token))
+      throw new SegmemError('UNAUTHORIZED', `peer ${hello.from}: bad or missing token`);
     if (!this.peerHandler)
       throw new SegmemError('PROTOCOL', 'this server runs a single-member group and takes no peers');
     if (hello.clusterId !== this.clusterId) {
@@ -369,10 +374,6 @@ export class SegmemNode {
     }
     if (hello.to !== this.id)
       throw new SegmemError('UNAUTHORIZED', `peer ${hello.from} dialled ${hello.to}, but this is ${this.id}`);
-    // With a token set, members present it to each other too: a process that can reach the port but does
-    // not know it cannot speak Raft here.
-    if (this.opts.token !== undefined && !sameSecret(hello.token, this.opts.token))
-      throw new SegmemError('UNAUTHORIZED', `peer ${hello.from}: bad or missing token`);
     const handler = this.peerHandler;
     return (msg) => {
       if (msg.from === hello.from && msg.to === this.id) handler(msg);

@@ -61,8 +61,9 @@ export class Sessions {
   /** HELLO on a client connection: opens a session or resumes one; returns its id. */
   async hello(port: Port, requestId: number, req: HelloRequest): Promise<number> {
     const ctx = this.ctx;
-    ctx.requireLeader();
+    // Credentials first: a follower names its leader only to a client that holds the token.
     this.checkCredentials(req);
+    ctx.requireLeader();
     let sessionId = 0;
     let resumed = false;
     // A session is resumed only with the secret it was opened with: its id alone (small, sequential) would
@@ -135,6 +136,10 @@ export class Sessions {
 
   private checkCredentials(req: HelloRequest): void {
     const { clusterId, opts } = this.ctx;
+    // The token before the cluster id: without it a caller learns nothing, not even the cluster's name.
+    if (opts.token !== undefined && !sameSecret(req.token, opts.token)) {
+      throw new SegmemError('UNAUTHORIZED', 'bad or missing token');
+    }
     if (req.clusterId && req.clusterId !== clusterId) {
       throw new SegmemError(
         'UNAUTHORIZED',
@@ -144,9 +149,6 @@ export class Sessions {
           clusterId,
         },
       );
-    }
-    if (opts.token !== undefined && !sameSecret(req.token, opts.token)) {
-      throw new SegmemError('UNAUTHORIZED', 'bad or missing token');
     }
   }
 

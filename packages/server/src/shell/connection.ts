@@ -6,9 +6,15 @@
  * A frame that breaks the framing (bad length, version, header) gets an ERROR with requestId 0 and
  * the connection is closed; a well-framed request with a bad field gets an ERROR for that request
  * only. Neither changes any state.
+ *
+ * Bounds before trust: until the connection has logged in (a HELLO accepted, its token checked; or a
+ * PEER_HELLO accepted) a frame may be at most MAX_HANDSHAKE_FRAME_BYTES, any error answers and closes,
+ * and, with a handshake deadline, the connection is closed when it has not logged in by then. After the
+ * login MAX_FRAME_BYTES applies.
  */
 import {
   decodeRequest,
+  type EnvTimer,
   encodeError,
   encodeInvalidate,
   encodeOk,
@@ -16,7 +22,9 @@ import {
   FrameDecoder,
   type Invalidate,
   MAX_FRAME_BYTES,
+  MAX_HANDSHAKE_FRAME_BYTES,
   MAX_INFLIGHT_REQUESTS,
+  MAX_REQUEST_HEADER_ELEMENTS,
   type OkBodyInput,
   PROTOCOL_VERSION,
   type Request,
@@ -33,11 +41,28 @@ export interface ConnectionHooks {
   resume(): void;
 }
 
+export interface ConnectionOptions {
+  /**
+   * Close the connection when it has not logged in this long after it was made (the node's Env timers).
+   * Default 0: no deadline (an in-process connection); the TCP listener passes its own (by default
+   * DEFAULT_HANDSHAKE_TIMEOUT_MS).
+   */
+  handshakeTimeoutMs?: number;
+  /** Told when the handshake deadline closes the connection (for a counter). */
+  onHandshakeTimeout?: () => void;
+}
+
 export class ServerConnection implements Port {
   /** The client's UDP port for invalidation hints, from its HELLO (null: none asked for). */
   udpPort: number | null = null;
   closed = false;
-  private readonly decoder = new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
+  private readonly decoder = new FrameDecoder({
+    maxFrameBytes: MAX_HANDSHAKE_FRAME_BYTES,
+    maxHeaderElements: MAX_REQUEST_HEADER_ELEMENTS,
+  });
+  /** Set once a HELLO or PEER_HELLO was accepted; until then the handshake bounds apply. */
+  private loggedIn = false;
+  private handshakeTimer: EnvTimer | null = null;
   private sessionId = 0;
   private helloPending = false;
   /** Set by a HELLO with pageReader: no session; only READ_PAGES, STATUS and KEEPALIVE are served. */
@@ -49,7 +74,35 @@ export class ServerConnection implements Port {
     private readonly node: SegmemNode,
     readonly wire: Wire,
     private readonly hooks: ConnectionHooks = { pause() {}, resume() {} },
-  ) {}
+    opts: ConnectionOptions = {},
+  ) {
+    const timeoutMs = opts.handshakeTimeoutMs ?? 0;
+    if (timeoutMs > 0) {
+      this.handshakeTimer = node.env.setTimeout(() => {
+        this.handshakeTimer = null;
+        if (this.loggedIn || this.closed) return;
+        opts.onHandshakeTimeout?.();
+        this.fatal(
+          0,
+          new SegmemError('TIMEOUT', `no login (HELLO) within ${timeoutMs} ms of connecting; closing`),
+        );
+      }, timeoutMs);
+    }
+  }
+
+  /** The HELLO or PEER_HELLO was accepted: the normal frame limit applies from the next frame on. */
+  private logIn(): void {
+    this.loggedIn = true;
+    this.decoder.maxFrameBytes = MAX_FRAME_BYTES;
+    this.clearHandshakeTimer();
+  }
+
+  private clearHandshakeTimer(): void {
+    if (this.handshakeTimer) {
+      this.node.env.clearTimeout(this.handshakeTimer);
+      this.handshakeTimer = null;
+    }
+  }
 
   get remoteAddress(): string | undefined {
     return this.wire.remoteAddress;
@@ -81,15 +134,22 @@ export class ServerConnection implements Port {
   /** Bytes received from the transport. */
   receive(chunk: Buffer): void {
     if (this.closed) return;
-    let frames: Frame[];
+    // One frame at a time: a login handled here raises the frame limit before the next length is checked.
     try {
-      frames = this.decoder.push(chunk);
+      this.decoder.feed(chunk);
     } catch (err) {
       this.fatal(0, err);
       return;
     }
-    for (const frame of frames) {
-      if (this.closed) return;
+    while (!this.closed) {
+      let frame: Frame | null;
+      try {
+        frame = this.decoder.next();
+      } catch (err) {
+        this.fatal(0, err);
+        return;
+      }
+      if (frame === null) return;
       this.handle(frame);
     }
   }
@@ -98,6 +158,7 @@ export class ServerConnection implements Port {
   disconnected(): void {
     if (this.closed) return;
     this.closed = true;
+    this.clearHandshakeTimer();
     if (this.sessionId) this.node.detach(this, this.sessionId);
   }
 
@@ -115,6 +176,7 @@ export class ServerConnection implements Port {
         else throw new SegmemError('PROTOCOL', `unexpected frame type ${frame.type} on a peer link`);
       } else {
         this.peer = this.node.acceptPeer(decodePeerHello(frame));
+        this.logIn();
       }
     } catch (err) {
       this.fatal(frame.requestId, err);
@@ -133,7 +195,8 @@ export class ServerConnection implements Port {
     try {
       req = decodeRequest(frame);
     } catch (err) {
-      if (SegmemError.is(err, 'PROTOCOL')) this.fatal(frame.requestId, err);
+      // Before the login every error ends the connection: a stranger gets one answer, not a conversation.
+      if (SegmemError.is(err, 'PROTOCOL') || !this.loggedIn) this.fatal(frame.requestId, err);
       else this.answerError(frame.requestId, err);
       return;
     }
@@ -163,6 +226,7 @@ export class ServerConnection implements Port {
         try {
           this.node.helloPageReader(this, frame.requestId, req);
           this.pageReader = true;
+          this.logIn();
         } catch (err) {
           this.fatal(frame.requestId, err);
         }
@@ -174,7 +238,10 @@ export class ServerConnection implements Port {
         (sessionId) => {
           this.helloPending = false;
           if (this.closed) this.node.detach(this, sessionId);
-          else this.sessionId = sessionId;
+          else {
+            this.sessionId = sessionId;
+            this.logIn();
+          }
         },
         (err) => this.fatal(frame.requestId, err),
       );
@@ -312,6 +379,7 @@ export class ServerConnection implements Port {
   /** The byte stream cannot be trusted any more: say why, then close. */
   private fatal(requestId: number, err: unknown): void {
     if (this.closed) return;
+    this.clearHandshakeTimer();
     const e = asSegmemError(err);
     this.node.metrics.failed(e.code);
     this.wire.write(encodeError(requestId, e));

@@ -54,7 +54,18 @@ const SNAPSHOT_BUCKETS_S = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 1
 /** What a scrape reads: the node's state and the listener's byte counts. */
 export interface ScrapeSource {
   stats(): NodeStats;
-  readonly network: { readonly receivedBytes: number; readonly sentBytes: number };
+  readonly network: {
+    readonly receivedBytes: number;
+    readonly sentBytes: number;
+    /** Connections open on the listen address. */
+    readonly openConnections?: number;
+    /** Connections closed before they logged in, by why (shell/tcp.ts). */
+    readonly refused?: {
+      readonly serverLimit: number;
+      readonly addressLimit: number;
+      readonly handshakeTimeout: number;
+    };
+  };
 }
 
 export type HealthReason = 'STARTING' | 'NO_LEADER' | 'BEHIND' | 'LOG_FAILED' | 'WAL_STALLED';
@@ -204,6 +215,21 @@ export class ServerMetrics implements MetricsSink {
       },
     );
     this.counter(
+      'segmem_connections_refused_total',
+      'Connections closed before they logged in: over --max-connections (reason server_limit), over --max-connections-per-address (address_limit), not logged in within --handshake-timeout-ms (handshake_timeout)',
+      {
+        label: 'reason',
+        read: () => {
+          const r = this.source?.network.refused;
+          return [
+            ['server_limit', r?.serverLimit ?? 0],
+            ['address_limit', r?.addressLimit ?? 0],
+            ['handshake_timeout', r?.handshakeTimeout ?? 0],
+          ];
+        },
+      },
+    );
+    this.counter(
       'segmem_raft_messages_dropped_total',
       'Raft messages to other members dropped because the link was down or backed up (the core sends again)',
       { read: () => this.view()?.log.peerLinks.droppedMessages ?? 0 },
@@ -224,6 +250,13 @@ export class ServerMetrics implements MetricsSink {
       read: () => [[{}, healthOf(this.view()).status === 'ok' ? 1 : 0]],
     });
     this.gauge('segmem_sessions', 'Client sessions open', { read: one(() => this.view()?.sessions) });
+    this.gauge(
+      'segmem_connections_open',
+      'Connections open on the listen address (clients and other members)',
+      {
+        read: one(() => this.source?.network.openConnections),
+      },
+    );
     this.gauge('segmem_objects', 'Named objects in the segment', { read: one(() => this.view()?.objects) });
     this.gauge('segmem_shared_logs', 'Shared logs', { read: one(() => this.view()?.logs) });
     this.gauge('segmem_locks_held', 'Locks held: read grants outstanding, and objects held for writing', {

@@ -1,15 +1,50 @@
 /**
  * The network shell: a TCP listener whose connections feed ServerConnection, and a UDP socket on the
  * same port for invalidation hints.
+ *
+ * Connections are bounded before anyone logs in: at most `maxConnections` open at once and at most
+ * `maxConnectionsPerAddress` from one remote address (one more gets an UNAVAILABLE error frame and is
+ * closed at once), and each must log in within `handshakeTimeoutMs` (see ServerConnection).
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server, type Socket } from 'node:net';
-import { parseHostPort } from '@segmem/protocol';
+import { encodeError, parseHostPort, SegmemError } from '@segmem/protocol';
 import type { SegmemNode } from '../node/index.js';
 import { ServerConnection } from './connection.js';
 
 /** Pause reading from a socket whose unsent answers exceed this (a client that does not read). */
 const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
+/** A connection that has not logged in (HELLO or PEER_HELLO accepted) this long after it was accepted is closed. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/**
+ * A connection the server closes (after an error answer) keeps reading, and dropping, what the peer still
+ * sends for at most this long: closing a socket with unread bytes resets it, and a reset can destroy the
+ * error answer before the peer reads it. Still counted against the connection limits meanwhile.
+ */
+const CLOSE_LINGER_MS = 1000;
+/** Connections open at once (clients and other members' links); one more is refused. */
+export const DEFAULT_MAX_CONNECTIONS = 1024;
+/** Connections open at once from one remote address; one more is refused. */
+export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64;
+
+export interface ListenOptions {
+  /** Default DEFAULT_HANDSHAKE_TIMEOUT_MS; 0: no deadline. */
+  handshakeTimeoutMs?: number;
+  /** Default DEFAULT_MAX_CONNECTIONS. */
+  maxConnections?: number;
+  /** Default DEFAULT_MAX_CONNECTIONS_PER_ADDRESS. */
+  maxConnectionsPerAddress?: number;
+}
+
+/** Connections the listener closed before they logged in, by why. */
+export interface RefusedConnections {
+  /** `maxConnections` were open already. */
+  serverLimit: number;
+  /** `maxConnectionsPerAddress` from the same address were open already. */
+  addressLimit: number;
+  /** Not logged in within `handshakeTimeoutMs`. */
+  handshakeTimeout: number;
+}
 
 export { parseHostPort };
 
@@ -18,16 +53,54 @@ export interface Listener {
   /** Bytes read from, and handed to, the connections accepted so far (clients and other members' links). */
   readonly receivedBytes: number;
   readonly sentBytes: number;
+  /** Connections open now. */
+  readonly openConnections: number;
+  readonly refused: Readonly<RefusedConnections>;
   close(): Promise<void>;
 }
 
-export async function listen(node: SegmemNode, listenAddress: string): Promise<Listener> {
+export async function listen(
+  node: SegmemNode,
+  listenAddress: string,
+  opts: ListenOptions = {},
+): Promise<Listener> {
   const { host, port } = parseHostPort(listenAddress, 'listen address');
+  const handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+  const maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  const maxPerAddress = opts.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
   const sockets = new Set<Socket>();
+  /** Open connections by remote address. */
+  const perAddress = new Map<string, number>();
+  const refused: RefusedConnections = { serverLimit: 0, addressLimit: 0, handshakeTimeout: 0 };
+  /** Refused connections still lingering; beyond maxConnections more are dropped without an answer. */
+  let refusedOpen = 0;
   let receivedBytes = 0;
   let sentBytes = 0;
   const server: Server = createServer({ noDelay: true }, (socket) => {
+    const remote = socket.remoteAddress ?? '';
+    const fromRemote = perAddress.get(remote) ?? 0;
+    if (sockets.size >= maxConnections || fromRemote >= maxPerAddress) {
+      const serverFull = sockets.size >= maxConnections;
+      if (serverFull) refused.serverLimit++;
+      else refused.addressLimit++;
+      socket.on('error', () => {});
+      if (refusedOpen >= maxConnections) {
+        socket.destroy(); // a flood of connections: no answer, no descriptor kept
+        return;
+      }
+      refusedOpen++;
+      socket.once('close', () => refusedOpen--);
+      refuse(
+        node,
+        socket,
+        serverFull
+          ? `this server has ${sockets.size} connections open, its limit (--max-connections ${maxConnections})`
+          : `${fromRemote} connections from ${remote} are open, the limit per address (--max-connections-per-address ${maxPerAddress})`,
+      );
+      return;
+    }
     sockets.add(socket);
+    perAddress.set(remote, fromRemote + 1);
     socket.setNoDelay(true);
     const conn = new ServerConnection(
       node,
@@ -51,12 +124,12 @@ export async function listen(node: SegmemNode, listenAddress: string): Promise<L
           }
         },
         close() {
-          socket.end();
-          socket.destroySoon?.();
+          closeGently(node, socket);
         },
         remoteAddress: socket.remoteAddress,
       },
       { pause: () => socket.pause(), resume: () => socket.resume() },
+      { handshakeTimeoutMs, onHandshakeTimeout: () => refused.handshakeTimeout++ },
     );
     socket.on('data', (chunk: Buffer) => {
       receivedBytes += chunk.length;
@@ -65,6 +138,9 @@ export async function listen(node: SegmemNode, listenAddress: string): Promise<L
     socket.on('error', () => {});
     socket.on('close', () => {
       sockets.delete(socket);
+      const left = (perAddress.get(remote) ?? 1) - 1;
+      if (left > 0) perAddress.set(remote, left);
+      else perAddress.delete(remote);
       conn.disconnected();
     });
   });
@@ -101,6 +177,10 @@ export async function listen(node: SegmemNode, listenAddress: string): Promise<L
     get sentBytes() {
       return sentBytes;
     },
+    get openConnections() {
+      return sockets.size;
+    },
+    refused,
     async close() {
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
@@ -110,4 +190,28 @@ export async function listen(node: SegmemNode, listenAddress: string): Promise<L
       udp?.close();
     },
   };
+}
+
+/** Answers a connection over a limit with one UNAVAILABLE error frame and closes it. */
+function refuse(node: SegmemNode, socket: Socket, why: string): void {
+  const parts = encodeError(0, new SegmemError('UNAVAILABLE', `connection refused: ${why}`));
+  socket.cork();
+  for (const p of parts) socket.write(p);
+  socket.uncork();
+  closeGently(node, socket);
+}
+
+const lingering = new WeakSet<Socket>();
+
+/**
+ * Ends the socket (FIN after what was written) and drops whatever still arrives until the peer closes too,
+ * or CLOSE_LINGER_MS pass: then the descriptor goes, with the answer delivered rather than lost to a reset.
+ */
+function closeGently(node: SegmemNode, socket: Socket): void {
+  if (socket.destroyed || lingering.has(socket)) return;
+  lingering.add(socket);
+  socket.end();
+  socket.resume();
+  const timer = node.env.setTimeout(() => socket.destroy(), CLOSE_LINGER_MS);
+  socket.once('close', () => node.env.clearTimeout(timer));
 }

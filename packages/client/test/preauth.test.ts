@@ -1,0 +1,413 @@
+/**
+ * Bounds before trust, against a real `segmem-server` process over real sockets: what a stranger on the
+ * network can make a server do before it has logged in (and a logged-in client with a hostile header).
+ * Each test is an attack that used to stall, crash or inform; now it gets one clear answer and a close.
+ */
+import { writeFileSync } from 'node:fs';
+import { connect as netConnect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import {
+  decodeError,
+  decodeResponse,
+  encodeFrameToBuffer,
+  encodeRequest,
+  type Frame,
+  FrameDecoder,
+  MAX_HANDSHAKE_FRAME_BYTES,
+  MAX_REQUEST_HEADER_ELEMENTS,
+  MessageType,
+  PROTOCOL_VERSION,
+  type Request,
+  SegmemError,
+} from '@segmem/protocol';
+import test from 'ava';
+import { connect } from '../src/index.js';
+import {
+  freePort,
+  runNode,
+  segmemBin,
+  startServerProcess,
+  tempDir,
+  untilItWorks,
+  waitFor,
+} from './helpers.js';
+
+/** A raw protocol connection: sends exactly the bytes a test wants, reads frames and the close. */
+class Raw {
+  private readonly decoder = new FrameDecoder();
+  private readonly frames: Frame[] = [];
+  closed = false;
+  private nextId = 1;
+
+  private constructor(readonly socket: Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      for (const f of this.decoder.push(chunk)) this.frames.push(f);
+    });
+    socket.on('close', () => {
+      this.closed = true;
+    });
+    socket.on('error', () => {}); // a server closing mid-write resets the socket: expected here
+  }
+
+  static open(address: string): Promise<Raw> {
+    const at = address.lastIndexOf(':');
+    return new Promise((resolve, reject) => {
+      const s = netConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)) }, () =>
+        resolve(new Raw(s)),
+      );
+      s.once('error', reject);
+    });
+  }
+
+  /** The next frame; null once the server closed without sending one more. */
+  async next(what: string, timeoutMs = 5000): Promise<Frame | null> {
+    await waitFor(() => this.frames.length > 0 || this.closed, what, timeoutMs);
+    return this.frames.shift() ?? null;
+  }
+
+  /** The next frame, which must be an ERROR; returns it decoded. */
+  async error(what: string, timeoutMs = 5000): Promise<SegmemError> {
+    const f = await this.next(what, timeoutMs);
+    if (!f) throw new Error(`${what}: the server closed without an answer`);
+    if (f.type !== MessageType.ERROR) throw new Error(`${what}: got frame type ${f.type}, not ERROR`);
+    return decodeError(f);
+  }
+
+  untilClosed(what: string, timeoutMs = 5000): Promise<unknown> {
+    return waitFor(() => this.closed, what, timeoutMs);
+  }
+
+  send(req: Request): number {
+    const id = this.nextId++;
+    for (const p of encodeRequest(req, id)) this.socket.write(p);
+    return id;
+  }
+
+  async hello(extra: Partial<Extract<Request, { type: 'HELLO' }>> = {}) {
+    this.send({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000, ...extra });
+    const f = await this.next('the HELLO answer');
+    if (!f) throw new Error('closed instead of answering HELLO');
+    return decodeResponse('HELLO', f);
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+/** A frame of `type` whose header is `{ k: [ {} x count ] }`: tiny maps, one byte each (header from byte 16). */
+function emptyMapsFrame(type: number, count: number): Buffer {
+  const header = Buffer.alloc(8 + count, 0x80);
+  header.write('81a16bdd', 'hex');
+  header.writeUInt32BE(count, 4);
+  // Built by hand: the encoder refuses nothing, but this keeps the test independent of it.
+  const prefix = encodeFrameToBuffer(type, 1, 0, {});
+  const frameBytes = 12 + header.length;
+  const out = Buffer.alloc(4 + frameBytes);
+  prefix.copy(out, 0, 0, 16);
+  out.writeUInt32LE(frameBytes, 0);
+  out.writeUInt32LE(header.length, 12);
+  header.copy(out, 16);
+  return out;
+}
+
+async function withServer(
+  t: import('ava').ExecutionContext,
+  extra: string[],
+  body: (address: string, stderr: () => string) => Promise<void>,
+): Promise<void> {
+  const dir = tempDir('segmem-preauth-');
+  const server = await startServerProcess({ dataDir: join(dir.path, 'data'), fsync: 'none', extra });
+  try {
+    await body(server.address, server.stderr);
+    t.is(server.proc.exitCode, null, `the server is still running: ${server.stderr()}`);
+  } finally {
+    const code = await server.stop();
+    dir.cleanup();
+    t.is(code, 0, `clean exit: ${server.stderr()}`);
+  }
+}
+
+/** A STAT on a logged-in connection, timed: the server answers others while it deals with an attacker. */
+async function statMs(c: Raw): Promise<number> {
+  const started = performance.now();
+  const id = c.send({ type: 'STAT', name: 'probe' });
+  const f = await c.next('a STAT answer', 10_000);
+  if (!f || f.requestId !== id) throw new Error('no STAT answer');
+  decodeResponse('STAT', f);
+  return performance.now() - started;
+}
+
+test('a hostile header before login is refused from its length prefix or by the scan, in milliseconds', async (t) => {
+  await withServer(t, [], async (address) => {
+    const good = await Raw.open(address);
+    await good.hello();
+    good.send({ type: 'CREATE', seq: 1, name: 'probe', size: 8, ifNotExists: false });
+    t.truthy(await good.next('CREATE answer'));
+
+    // Under the limit, 64 KiB of empty maps: refused by the header scan before anything is decoded.
+    const small = await Raw.open(address);
+    const smallStarted = performance.now();
+    small.socket.write(emptyMapsFrame(MessageType.HELLO, MAX_HANDSHAKE_FRAME_BYTES - 12 - 8));
+    const serr = await small.error('the answer to a 64 KiB header of empty maps');
+    const smallMs = performance.now() - smallStarted;
+    t.is(serr.code, 'PROTOCOL');
+    t.regex(serr.message, /more maps and arrays than a header of \d+ bytes may hold/);
+    await small.untilClosed('the close after the refusal');
+    // 16 MiB of empty maps as a "HELLO": before this change it was buffered, then decoded into 16 million
+    // objects (seconds of a stalled server and about 1 GB of heap; 64 MiB exhausted the heap).
+    const big = await Raw.open(address);
+    const started = performance.now();
+    big.socket.write(emptyMapsFrame(MessageType.HELLO, 16 * 1024 * 1024));
+    const err = await big.error('the answer to a 16 MiB frame before login');
+    const answeredMs = performance.now() - started;
+    t.is(err.code, 'PROTOCOL');
+    t.regex(err.message, new RegExp(`exceeds the limit of ${MAX_HANDSHAKE_FRAME_BYTES} bytes`));
+    await big.untilClosed('the close after the refusal');
+    t.true(answeredMs < 2000, `answered in ${answeredMs.toFixed(0)} ms`);
+    t.true((await statMs(good)) < 1000, 'other clients are served');
+
+    t.log(
+      `16 MiB frame refused in ${answeredMs.toFixed(1)} ms; 64 KiB hostile header in ${smallMs.toFixed(1)} ms`,
+    );
+    t.true(smallMs < 1000, `answered in ${smallMs.toFixed(0)} ms`);
+  });
+});
+
+test('after login a 64 MiB header of tiny maps, or 12 million integers, is refused by the scan; the server keeps serving', async (t) => {
+  await withServer(t, [], async (address) => {
+    const good = await Raw.open(address);
+    await good.hello();
+    good.send({ type: 'CREATE', seq: 1, name: 'probe', size: 8, ifNotExists: false });
+    t.truthy(await good.next('CREATE answer'));
+    const attacker = await Raw.open(address);
+    await attacker.hello();
+    // The whole frame fits MAX_FRAME_BYTES; before this change it stalled the server for about a minute and
+    // then exhausted its heap.
+    const frame = emptyMapsFrame(MessageType.STAT, 64 * 1024 * 1024 - 64);
+    const started = performance.now();
+    attacker.socket.write(frame);
+    const err = await attacker.error('the answer to a 64 MiB header', 30_000);
+    const ms = performance.now() - started;
+    t.is(err.code, 'PROTOCOL');
+    // Its one array declares 64 million elements: refused from that count, before the maps are looked at.
+    t.regex(
+      err.message,
+      new RegExp(`more than ${MAX_REQUEST_HEADER_ELEMENTS} array elements and map entries`),
+    );
+    await attacker.untilClosed('the close after the refusal');
+    t.log(`64 MiB hostile header sent and refused in ${ms.toFixed(0)} ms`);
+    t.true(ms < 10_000, `refused in ${ms.toFixed(0)} ms`);
+    t.true((await statMs(good)) < 1000, 'other clients are served');
+
+    // 12 million one-byte integers: few containers, but more elements than a request may hold.
+    const second = await Raw.open(address);
+    await second.hello();
+    const count = MAX_REQUEST_HEADER_ELEMENTS + 4_000_000;
+    const ints = emptyMapsFrame(MessageType.STAT, count);
+    ints.fill(0x01, 16 + 8);
+    const intsStarted = performance.now();
+    second.socket.write(ints);
+    const ierr = await second.error('the answer to 12 million elements', 30_000);
+    const intsMs = performance.now() - intsStarted;
+    t.is(ierr.code, 'PROTOCOL');
+    t.regex(
+      ierr.message,
+      new RegExp(`more than ${MAX_REQUEST_HEADER_ELEMENTS} array elements and map entries`),
+    );
+    await second.untilClosed('the close after the refusal');
+    t.log(`12 MiB header of 12 million integers sent and refused in ${intsMs.toFixed(0)} ms`);
+    t.true((await statMs(good)) < 1000, 'other clients are served');
+  });
+});
+
+test('idle and unfinished connections are closed at the handshake deadline; limits refuse the excess at once', async (t) => {
+  await withServer(
+    t,
+    ['--handshake-timeout-ms', '600', '--max-connections-per-address', '6', '--max-connections', '40'],
+    async (address) => {
+      // Five idle strangers and one with an unfinished frame (a length prefix and a few bytes).
+      const idle = await Promise.all(Array.from({ length: 5 }, () => Raw.open(address)));
+      const unfinished = await Raw.open(address);
+      const partial = Buffer.alloc(20);
+      partial.writeUInt32LE(60_000, 0);
+      partial[4] = PROTOCOL_VERSION;
+      unfinished.socket.write(partial);
+      // The seventh from this address is over the limit: an UNAVAILABLE answer and a close, at once.
+      const excess = await Raw.open(address);
+      const refused = await excess.error('the answer to the connection over the per-address limit', 2000);
+      t.is(refused.code, 'UNAVAILABLE');
+      t.regex(refused.message, /limit per address \(--max-connections-per-address 6\)/);
+      await excess.untilClosed('the refused connection closes', 2000);
+      // The strangers hold every slot of this address until the deadline closes them.
+      for (const c of [...idle, unfinished]) {
+        const err = await c.error('the handshake deadline', 5000);
+        t.is(err.code, 'TIMEOUT');
+        t.regex(err.message, /no login \(HELLO\) within 600 ms/);
+        await c.untilClosed('the close at the deadline', 2000);
+      }
+      // The slots are free again: a real client connects, and a logged-in connection outlives the deadline.
+      const seg = await untilItWorks(() => connect({ servers: [address] }), 'a client connects');
+      try {
+        await seg.create('probe', 8);
+        const survivor = await Raw.open(address);
+        await survivor.hello();
+        const waitedFrom = Date.now();
+        await waitFor(() => Date.now() - waitedFrom > 1200, 'twice the deadline', 5000);
+        t.false(survivor.closed, 'a logged-in connection is not closed by the handshake deadline');
+        t.true((await statMs(survivor)) < 1000);
+        survivor.close();
+        t.is((await seg.stat('probe')).size, 8);
+      } finally {
+        await seg.close();
+      }
+    },
+  );
+});
+
+test('the server-wide connection limit refuses the excess and the metrics count every refusal', async (t) => {
+  const metricsPort = await freePort();
+  await withServer(
+    t,
+    ['--max-connections', '3', '--handshake-timeout-ms', '300', '--metrics', `127.0.0.1:${metricsPort}`],
+    async (address) => {
+      const held = await Promise.all(Array.from({ length: 3 }, () => Raw.open(address)));
+      const excess = await Raw.open(address);
+      const err = await excess.error('the answer over --max-connections', 2000);
+      t.is(err.code, 'UNAVAILABLE');
+      t.regex(err.message, /its limit \(--max-connections 3\)/);
+      await excess.untilClosed('the refused connection closes', 2000);
+      for (const c of held) await c.untilClosed('the handshake deadline closes the idle ones', 5000);
+      const text = await untilItWorks(async () => {
+        const r = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
+        const body = await r.text();
+        if (!/segmem_connections_refused_total\{reason="handshake_timeout"\} 3\b/.test(body))
+          throw new Error('not counted yet');
+        return body;
+      }, 'the refusals counted');
+      t.regex(text, /segmem_connections_refused_total\{reason="server_limit"\} 1\b/);
+      t.regex(text, /segmem_connections_refused_total\{reason="address_limit"\} 0\b/);
+      t.regex(text, /segmem_connections_open \d+/);
+    },
+  );
+});
+
+test('a bad HELLO is answered and the connection closed; names with control characters are refused by the server', async (t) => {
+  await withServer(t, [], async (address) => {
+    const bad = await Raw.open(address);
+    bad.send({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 1 });
+    const err = await bad.error('the answer to a HELLO with a bad field');
+    t.is(err.code, 'INVALID_ARGUMENT');
+    t.regex(err.message, /sessionTimeoutMs/);
+    await bad.untilClosed('the close after a bad HELLO', 2000);
+
+    // The server's own boundary refuses control characters, whatever a client checked.
+    const raw = await Raw.open(address);
+    await raw.hello();
+    for (const name of ['esc\x1b[2Jname', 'bell\x07', 'c1\u0085', 'nl\nname']) {
+      const id = raw.send({ type: 'CREATE', seq: 1, name, size: 8, ifNotExists: false });
+      const f = await raw.next('CREATE answer');
+      t.is(f?.requestId, id);
+      const e = decodeError(f!);
+      t.is(e.code, 'INVALID_ARGUMENT');
+      t.regex(e.message, /must not contain control characters \(U\+0000\.\.U\+001F, U\+007F\.\.U\+009F\)/);
+    }
+    // Log names share the rule.
+    const logId = raw.send({
+      type: 'LOG_APPEND',
+      seq: 2,
+      name: 'log\x1b]0;title\x07',
+      sizes: [1],
+      maxBytes: null,
+      payload: Buffer.from('x'),
+    });
+    const logAnswer = await raw.next('LOG_APPEND answer');
+    t.is(logAnswer?.requestId, logId);
+    t.is(decodeError(logAnswer!).code, 'INVALID_ARGUMENT');
+    t.regex(decodeError(logAnswer!).message, /must not contain control characters/);
+    t.false(raw.closed, 'after login a bad field is answered and the connection stays open');
+
+    // The client refuses them too; bidi controls are accepted, and segmem ls escapes them when printing.
+    const seg = await connect({ servers: [address] });
+    try {
+      const refusal = await t.throwsAsync(seg.create('tab\there', 8));
+      t.is((refusal as SegmemError).code, 'INVALID_ARGUMENT');
+      const logRefusal = await t.throwsAsync(async () => seg.log('nul\u0000log').append('x'));
+      t.is((logRefusal as SegmemError).code, 'INVALID_ARGUMENT');
+      const spoof = 'invoice\u202Efdp.exe';
+      await seg.create(spoof, 8);
+      t.deepEqual(
+        (await seg.list('')).map((o) => o.name),
+        [spoof],
+        'nothing with a control character was created',
+      );
+    } finally {
+      await seg.close();
+    }
+    const ls = await runNode(segmemBin, ['ls', '--servers', address]).done;
+    t.is(ls.code, 0, ls.stderr);
+    t.true(ls.stdout.includes('invoice\\u{202E}fdp.exe'), ls.stdout);
+    t.false(ls.stdout.includes('\u202E'), 'the bidi override is not printed raw');
+  });
+});
+
+test('a follower checks the token before it names the leader', async (t) => {
+  const dir = tempDir('segmem-preauth-');
+  const ids = ['s1', 's2', 's3'];
+  const servers: Record<string, string> = {};
+  for (const id of ids) servers[id] = `127.0.0.1:${await freePort()}`;
+  const config = join(dir.path, 'segmem.json');
+  writeFileSync(config, JSON.stringify({ token: 's3cret', servers, dataDir: join(dir.path, '{id}') }));
+  const procs = await Promise.all(
+    ids.map((id) =>
+      startServerProcess({
+        id,
+        dataDir: join(dir.path, id),
+        listen: servers[id]!,
+        fsync: 'none',
+        extra: ['--config', config],
+      }),
+    ),
+  );
+  try {
+    // With the token a follower redirects to the leader: find a follower that way.
+    const follower = await untilItWorks(
+      async () => {
+        for (const id of ids) {
+          const c = await Raw.open(servers[id]!);
+          try {
+            await c.hello({ token: 's3cret' });
+          } catch (err) {
+            if (SegmemError.is(err, 'UNAVAILABLE') && (err.details as { leader?: string })?.leader) return id;
+          } finally {
+            c.close();
+          }
+        }
+        throw new Error('no follower that knows its leader yet');
+      },
+      'a follower that knows the leader',
+      20_000,
+    );
+    // Without the token, or with a wrong one, the same follower says only UNAUTHORIZED, and closes.
+    for (const token of [undefined, 'wrong']) {
+      const c = await Raw.open(servers[follower]!);
+      c.send({
+        type: 'HELLO',
+        protocol: PROTOCOL_VERSION,
+        sessionTimeoutMs: 5000,
+        ...(token ? { token } : {}),
+      });
+      const err = await c.error('the answer to a HELLO without the token');
+      t.is(err.code, 'UNAUTHORIZED');
+      t.is(err.message, 'bad or missing token');
+      for (const [id, at] of Object.entries(servers)) {
+        t.false(JSON.stringify(err.details ?? {}).includes(at), `no address of ${id} in the refusal`);
+        t.false(err.message.includes(at));
+      }
+      await c.untilClosed('the close after the refusal', 2000);
+    }
+  } finally {
+    for (const p of procs) await p.stop();
+    dir.cleanup();
+  }
+});
