@@ -129,6 +129,8 @@ export interface RealSimStats {
   connections: number;
   brokenConnections: number;
   leaderChanges: number;
+  /** Timers run (every delivery, tick and timeout): the run's work, whatever the machine's speed. */
+  timersRun: number;
   /** Pages of deferred grants read from followers, and from the leader. */
   pagesFromFollowers: number;
   pagesFromLeader: number;
@@ -164,6 +166,8 @@ const BLOB = 'blob';
 const BLOB_BYTES = 32 * 4096;
 /** Errors an operation may end with under faults; anything else is a failure of the run. */
 const EXPECTED_CODES = new Set(['UNAVAILABLE', 'LOCK_LOST']);
+/** A run stops after this many timers (a seed runs 10,000..200,000): members spinning must not hang the run. */
+const MAX_TIMERS_RUN = 1_000_000;
 /** Simulated ms the liveness phase may take once faults stop. */
 const LIVENESS_MS = 60_000;
 
@@ -268,6 +272,7 @@ class RealSimulation {
     leaderChanges: 0,
     pagesFromFollowers: 0,
     pagesFromLeader: 0,
+    timersRun: 0,
   };
   /** Who led each term. */
   private readonly termLeaders = new Map<number, string>();
@@ -444,7 +449,9 @@ class RealSimulation {
         this.log(`restart: ${id} serves`);
       },
       (err: unknown) => {
-        if (this.readFaults.delete(id) || this.disks.get(id)!.full) {
+        // A full disk refuses the start before any read: the injected read error is still to come then.
+        const fullDisk = this.disks.get(id)!.full;
+        if (fullDisk || this.readFaults.delete(id)) {
           this.log(
             `restart: ${id} refused to start (${(err as Error).message.split('\n')[0]}); trying again`,
           );
@@ -523,6 +530,11 @@ class RealSimulation {
     while (this.clock.runNext(until)) {
       await drainMicrotasks();
       if (this.unexpected) throw this.unexpected;
+      if (this.clock.fired > MAX_TIMERS_RUN)
+        throw new Failure(
+          'budget',
+          `${this.clock.fired} timers run by ${this.nowMs} simulated ms: the members or clients are spinning (a seed runs 10,000..200,000)`,
+        );
     }
     this.clock.runUntil(until);
     await drainMicrotasks();
@@ -1247,6 +1259,7 @@ export async function runRealSimulation(opts: RealSimOptions): Promise<RealSimRe
   }
   if (failure instanceof Failure) failure = { checker: failure.checker, detail: failure.detail };
   sim.stats.simulatedMs = sim.nowMs;
+  sim.stats.timersRun = sim.clock.fired;
   sim.stats.connections = sim.clientNet.opened;
   sim.stats.brokenConnections = sim.clientNet.broken;
   for (const c of sim.clients) {

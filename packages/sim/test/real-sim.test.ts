@@ -54,3 +54,11 @@ test('the checkers catch a follower that serves pages at a version it has not ap
     48,
     /^seed \d+: (readsLatest|readsCommitted|countedOnce|linearizability):/,
   ));
+
+test('the checkers catch a WAL that skips an fsync before its member crashes (broken variant walSkipsFsync)', (t) =>
+  catches(
+    t,
+    'walSkipsFsync',
+    12,
+    /^seed \d+: (durability|countedOnce|readsCommitted|linearizability|statVersions|logAppends):/,
+  ));
