@@ -78,7 +78,9 @@ export interface Handle {
    * Gives the access back. A write release sends the bytes that changed since the acquire and resolves
    * once they are committed (on a majority of the servers, durable under their fsync policy); the version
    * then grows by one. A read release resolves at once. Rejects with `LOCK_LOST` if the session lost the
-   * object meanwhile (the write is then discarded), and with `INVALID_ARGUMENT` if called twice.
+   * object meanwhile (the write is then discarded), with `UNAVAILABLE` and `details.reason`
+   * `'OUTCOME_UNKNOWN'` if the session ended while a write release was unanswered (it may or may not have
+   * been applied: read the object to find out), and with `INVALID_ARGUMENT` if called twice.
    *
    * @example
    * ```ts
