@@ -659,7 +659,8 @@ export class SegmentImpl implements Segment {
     }
     // After a silence, the session first: if the group ended it, the release is never sent (LOCK_LOST is
     // then exact). Any other failure is the release's own to meet: it may still free a lock the session holds.
-    await this.session.confirmAlive().catch(() => {});
+    const confirming = this.session.confirmAliveAfterSilence();
+    if (confirming) await confirming.catch(() => {});
     // Lost while the session was being confirmed: sessionLost() ended the handle already.
     if (h.lost) throw new SegmemError('LOCK_LOST', `the session lost its write access to "${cached.name}"`);
     const ranges = h.twin ? changedRanges(h.bytes, h.twin, this.pageBytes) : [];

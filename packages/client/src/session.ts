@@ -150,14 +150,17 @@ export class Session {
    * from the server for more than half the session timeout, a keepalive goes first and its answer is
    * awaited. Resolves if the session is the same afterwards; rejects with LOCK_LOST if it was replaced
    * meanwhile (the group had ended it, so the release, never sent, is surely discarded). Without this check
-   * such a release would go out on a session already gone and its outcome would be unknown.
+   * such a release would go out on a session already gone and its outcome would be unknown. Returns null,
+   * at once, when the server was heard from lately: the caller then sends on the same turn, keeping the
+   * order of this session's requests.
    */
-  async confirmAlive(): Promise<void> {
-    if (this.env.now() - this.lastHeardMs <= this.opts.sessionTimeoutMs / 2) return;
+  confirmAliveAfterSilence(): Promise<void> | null {
+    if (this.env.now() - this.lastHeardMs <= this.opts.sessionTimeoutMs / 2) return null;
     const sessionId = this.sessionId;
-    await this.call({ type: 'KEEPALIVE' });
-    if (this.sessionId !== sessionId)
-      throw new SegmemError('LOCK_LOST', `session ${sessionId} ended while the process was silent`);
+    return this.call({ type: 'KEEPALIVE' }).then(() => {
+      if (this.sessionId !== sessionId)
+        throw new SegmemError('LOCK_LOST', `session ${sessionId} ended while the process was silent`);
+    });
   }
 
   /** The next sequence number for a mutating request. */

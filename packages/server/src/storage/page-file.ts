@@ -157,8 +157,9 @@ export async function writePageFile(
   view: FrozenSnapshot,
   base: PageFileState | null,
   fs: StorageFs = nodeFs,
+  nowMs: () => number = () => performance.now(),
 ): Promise<SnapshotWrite> {
-  const started = performance.now();
+  const started = nowMs();
   const { pageBytes, segmentBytes } = view;
   const from = base && base.pageBytes === pageBytes && base.segmentBytes === segmentBytes ? base : null;
   let path: SnapshotPath = 'copy';
@@ -200,7 +201,7 @@ export async function writePageFile(
   };
   // fsync, not fdatasync: a clone's shared extents are metadata of the file.
   await replaceFileAtomic(fs, file, 'snapshot', create, fill, 'fsync');
-  return { ...done!, ms: performance.now() - started };
+  return { ...done!, ms: nowMs() - started };
 }
 
 /** A page file loaded and verified. */

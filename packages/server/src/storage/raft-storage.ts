@@ -229,7 +229,8 @@ export class DiskRaftStorage implements RaftStorage {
   private rejoin = 0;
 
   private constructor(private readonly opts: DiskRaftStorageOptions) {
-    this.snaps = new SnapshotDir(join(opts.dir, SNAPSHOT_DIR), opts.fs ?? nodeFs);
+    const env = opts.env;
+    this.snaps = new SnapshotDir(join(opts.dir, SNAPSHOT_DIR), opts.fs ?? nodeFs, env && (() => env.now()));
     this.mem = new MemoryStorage(opts.initialMembers);
   }
 

@@ -75,9 +75,11 @@ export class SnapshotDir {
   /** The newest page file loaded or written here: the next snapshot is a clone of it where possible. */
   private base: PageFileState | null = null;
 
+  /** `nowMs` times the writes for their log line (a member passes its Env's clock: simulated under simulation). */
   constructor(
     readonly dir: string,
     private readonly fs: StorageFs = nodeFs,
+    private readonly nowMs?: () => number,
   ) {}
 
   /** Reads the snapshots newest first and returns the first that verifies, and the damaged ones before it. */
@@ -109,6 +111,7 @@ export class SnapshotDir {
       view,
       this.base,
       this.fs,
+      this.nowMs,
     );
     this.base = written.state;
     return written;
