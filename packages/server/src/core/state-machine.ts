@@ -13,6 +13,7 @@ import type { ErrorCode } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import { PageAllocator } from './allocator.js';
 import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';
+import { checkContent } from './content-check.js';
 import { type LogRead, SharedLogs } from './shared-logs.js';
 
 /** How many recent results each session keeps for answering retried commands. */
@@ -824,8 +825,14 @@ export class StateMachine {
     };
   }
 
-  /** A state machine holding `content` and nothing else (no sessions, no locks), applied up to `appliedIndex`. */
-  static fromContent(content: StateContent, appliedIndex = 0): StateMachine {
+  /**
+   * A state machine holding `content` and nothing else (no sessions, no locks), applied up to `appliedIndex`.
+   * The content comes from a file (a consolidated snapshot), so it is checked first: INVALID_ARGUMENT with
+   * details { reason: 'BAD_SNAPSHOT', field } and nothing built when it breaks an invariant (see
+   * core/content-check.ts); `what` starts that error's message.
+   */
+  static fromContent(content: StateContent, appliedIndex = 0, what = 'restore'): StateMachine {
+    checkContent(content, { what });
     const sm = new StateMachine({ pageBytes: content.pageBytes, segmentBytes: content.segmentBytes });
     sm.appliedIndex = appliedIndex;
     sm.nextObjectId = content.nextObjectId;

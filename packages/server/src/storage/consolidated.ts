@@ -20,6 +20,7 @@
 import { createHash } from 'node:crypto';
 import { SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
+import { checkGeometry, checkObjectSize } from '../core/content-check.js';
 import { pageVersionBytes, pageVersionsFrom, type StateContent } from '../core/state-machine.js';
 import { crc32c } from './crc32c.js';
 import { isZeroPage } from './page-table.js';
@@ -181,8 +182,13 @@ export class ConsolidatedVerifier {
   }
 }
 
-/** Verifies the checksum and decodes; INVALID_ARGUMENT naming `file` and the problem otherwise. */
-export function decodeConsolidated(bytes: Buffer, file: string): Consolidated {
+/**
+ * Verifies the checksum and decodes; INVALID_ARGUMENT naming `file` and the problem otherwise. The content
+ * is checked only as far as decoding needs (geometry, object sizes before their bytes are allocated):
+ * {@link StateMachine.fromContent} checks the rest before it becomes a state. `what` starts the messages of
+ * those checks (see core/content-check.ts).
+ */
+export function decodeConsolidated(bytes: Buffer, file: string, what = 'restore'): Consolidated {
   verifyConsolidated(bytes, file);
   const bodyEnd = bytes.length - 12;
   let at = 8;
@@ -212,11 +218,14 @@ export function decodeConsolidated(bytes: Buffer, file: string): Consolidated {
       number,
       number[],
     ][];
+    checkGeometry(what, header.pageBytes, header.segmentBytes);
     const pb = header.pageBytes;
     const objects: StateContent['objects'] = [];
     for (const [id, name, size, firstPage, version, pv, lastToken, present] of directory) {
+      checkObjectSize(what, id, name, size);
       const pageCount = Math.ceil(size / pb);
-      if (pv.length !== pageCount * 8) throw bad(file, `object "${name}" has a bad page version table`);
+      if (!Buffer.isBuffer(pv) || pv.length !== pageCount * 8)
+        throw bad(file, `object "${name}" has a bad page version table`);
       const pageVersions = pageVersionsFrom(pv, pageCount);
       let data: Buffer | null = null;
       for (const p of present) {

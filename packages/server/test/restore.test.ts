@@ -1,0 +1,290 @@
+/**
+ * `segmem restore` trusts nothing in the file: a consolidated snapshot whose checksum matches but whose
+ * content breaks one of the state's invariants (crafted here with the project's encoder, so the checksum
+ * is right) is refused with one INVALID_ARGUMENT line naming the field and the object or log, and no data
+ * directory is created or written.
+ */
+import { existsSync, promises as fsp, mkdirSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MAX_OBJECT_BYTES, SegmemError } from '@segmem/protocol';
+import test from 'ava';
+import type { Command } from '../src/core/commands.js';
+import { type StateContent, StateMachine } from '../src/core/state-machine.js';
+import { encodeConsolidated } from '../src/storage/consolidated.js';
+import { restoreConsolidated } from '../src/storage/restore.js';
+
+const PAGE = 4096;
+const SEGMENT_PAGES = 64;
+
+/** A small real state: "cfg" (2 pages, written: version 2, token 1), "b" (1 page), log "events" (3 records). */
+function sourceMachine(): StateMachine {
+  const sm = new StateMachine({ pageBytes: PAGE, segmentBytes: SEGMENT_PAGES * PAGE });
+  let index = 0;
+  const run = (cmd: Command) => sm.apply(++index, cmd);
+  const open = run({ op: 'open', timeoutMs: 1000, clientName: null }).result;
+  const s = (open as { value: { sessionId: number } }).value.sessionId;
+  run({ op: 'create', sessionId: s, seq: 1, name: 'cfg', size: 2 * PAGE, ifNotExists: false });
+  const grant = run({ op: 'acquire', sessionId: s, seq: 2, name: 'cfg', mode: 'write' }).result;
+  const token = (grant as { value: { granted: { token: number } } }).value.granted.token;
+  const data = Buffer.from('settings');
+  run({ op: 'release', sessionId: s, seq: 3, name: 'cfg', mode: 'write', token, ranges: [[10, 8]], data });
+  run({ op: 'create', sessionId: s, seq: 4, name: 'b', size: 100, ifNotExists: false });
+  const records = Buffer.from('onetwothree');
+  run({
+    op: 'append',
+    sessionId: s,
+    seq: 5,
+    name: 'events',
+    sizes: [3, 3, 5],
+    maxBytes: null,
+    data: records,
+  });
+  return sm;
+}
+
+const source = sourceMachine();
+
+type Tamper = (c: StateContent) => void;
+const object = (c: StateContent, name: string) => c.objects.find((o) => o.name === name)!;
+/** The log entry `[name, maxBytes, first, next, sizes, data]` of "events". */
+const events = (c: StateContent) => c.logs[0] as unknown[];
+
+interface Case {
+  title: string;
+  tamper: Tamper;
+  field: string;
+  message: RegExp;
+}
+
+const cases: Case[] = [
+  {
+    title: 'nextSessionId NaN (every HELLO would get session NaN)',
+    tamper: (c) => (c.nextSessionId = Number.NaN),
+    field: 'nextSessionId',
+    message: /^restore: nextSessionId NaN must be an integer >= 1$/,
+  },
+  {
+    title: 'nextSessionId negative',
+    tamper: (c) => (c.nextSessionId = -3),
+    field: 'nextSessionId',
+    message: /nextSessionId -3 must be/,
+  },
+  {
+    title: 'nextObjectId not an integer',
+    tamper: (c) => (c.nextObjectId = 7.5),
+    field: 'nextObjectId',
+    message: /nextObjectId 7\.5 must be an integer >= 1/,
+  },
+  {
+    title: 'nextObjectId not above every id',
+    tamper: (c) => (c.nextObjectId = 2),
+    field: 'nextObjectId',
+    message:
+      /^restore: nextObjectId 2 must be above every object id \(the highest is 2 of object "b" \(id 2\)\)$/,
+  },
+  {
+    title: 'a numeric name',
+    tamper: (c) => ((object(c, 'b') as { name: unknown }).name = 42),
+    field: 'name',
+    message: /^restore: object number 42 \(id 2\): name must be a string; got number 42$/,
+  },
+  {
+    title: 'a name with NUL',
+    tamper: (c) => ((object(c, 'b') as { name: string }).name = 'a\0b'),
+    field: 'name',
+    message: /^restore: object "a\\u0000b" \(id 2\): name must not contain NUL/,
+  },
+  {
+    title: 'a name with a control character',
+    tamper: (c) => ((object(c, 'b') as { name: string }).name = 'a\x1b[2Jb'),
+    field: 'name',
+    message: /object "a\\u001b\[2Jb" \(id 2\): name must not contain control characters/,
+  },
+  {
+    title: 'an empty name',
+    tamper: (c) => ((object(c, 'b') as { name: string }).name = ''),
+    field: 'name',
+    message: /object "" \(id 2\): name must be 1\.\.255 bytes/,
+  },
+  {
+    title: 'two objects of one name',
+    tamper: (c) => ((object(c, 'b') as { name: string }).name = 'cfg'),
+    field: 'name',
+    message: /^restore: object "cfg" \(id 2\): the name is also the name of object "cfg" \(id 1\)$/,
+  },
+  {
+    title: 'a log named like an object',
+    tamper: (c) => (events(c)[0] = 'cfg'),
+    field: 'name',
+    message: /^restore: log "cfg": the name is also the name of object "cfg" \(id 1\)$/,
+  },
+  {
+    title: 'two objects of one id',
+    tamper: (c) => ((object(c, 'b') as { id: number }).id = 1),
+    field: 'id',
+    message: /^restore: object "b" \(id 1\): id 1 is also the id of object "cfg" \(id 1\)$/,
+  },
+  {
+    title: 'id 0',
+    tamper: (c) => ((object(c, 'b') as { id: number }).id = 0),
+    field: 'id',
+    message: /object "b" \(id 0\): id 0 must be an integer >= 1/,
+  },
+  {
+    title: 'an id beyond 2^53',
+    tamper: (c) => ((object(c, 'b') as { id: number }).id = 2 ** 53 + 2),
+    field: 'id',
+    message: /id 9007199254740994 must be an integer >= 1/,
+  },
+  {
+    title: 'a negative version',
+    tamper: (c) => (object(c, 'cfg').version = -1),
+    field: 'version',
+    message: /^restore: object "cfg" \(id 1\): version -1 must be an integer >= 1$/,
+  },
+  {
+    title: 'a page version above the object version',
+    tamper: (c) => (object(c, 'cfg').pageVersions[1] = 9),
+    field: 'pageVersions',
+    message: /object "cfg" \(id 1\): page 1's version 9 must be an integer 1\.\.2/,
+  },
+  {
+    title: 'size 0',
+    tamper: (c) => ((object(c, 'b') as { size: number }).size = 0),
+    field: 'size',
+    message: /^restore: object "b" \(id 2\): size 0 must be an integer 1\.\.\d+$/,
+  },
+  {
+    title: 'a size above the largest object',
+    tamper: (c) => {
+      const o = object(c, 'b') as { size: number; pageVersions: Float64Array };
+      o.size = MAX_OBJECT_BYTES + 1;
+      o.pageVersions = new Float64Array(Math.ceil(o.size / PAGE)).fill(1);
+    },
+    field: 'size',
+    message: /object "b" \(id 2\): size 33554433 must be an integer 1\.\.33554432/,
+  },
+  {
+    title: 'an object past the end of the segment',
+    tamper: (c) => ((object(c, 'cfg') as { firstPage: number }).firstPage = SEGMENT_PAGES - 1),
+    field: 'firstPage',
+    message: /object "cfg" \(id 1\): firstPage 63 must be an integer 0\.\.62, so that its 2 pages end inside/,
+  },
+  {
+    title: 'a negative first page',
+    tamper: (c) => ((object(c, 'b') as { firstPage: number }).firstPage = -1),
+    field: 'firstPage',
+    message: /object "b" \(id 2\): firstPage -1 must be/,
+  },
+  {
+    title: 'overlapping objects',
+    tamper: (c) => ((object(c, 'b') as { firstPage: number }).firstPage = 1),
+    field: 'firstPage',
+    message: /^restore: object "b" \(id 2\): pages 1\.\.1 overlap pages 0\.\.1 of object "cfg" \(id 1\)$/,
+  },
+  {
+    title: 'a negative fencing token',
+    tamper: (c) => (object(c, 'cfg').lastToken = -5),
+    field: 'lastToken',
+    message: /object "cfg" \(id 1\): lastToken -5 must be an integer >= 0/,
+  },
+  {
+    title: 'a page size the server does not use',
+    tamper: (c) => (c.pageBytes = 1024),
+    field: 'pageBytes',
+    message: /^restore: pageBytes 1024 must be 4096$/,
+  },
+  {
+    title: 'a segment that is not whole pages',
+    tamper: (c) => (c.segmentBytes = SEGMENT_PAGES * PAGE + 1),
+    field: 'segmentBytes',
+    message: /segmentBytes 262145 must be a multiple of 4096/,
+  },
+  {
+    title: 'a log with retention 0',
+    tamper: (c) => (events(c)[1] = 0),
+    field: 'maxBytes',
+    message: /^restore: log "events": maxBytes 0 must be an integer 1\.\.\d+$/,
+  },
+  {
+    title: 'a log whose first sequence number is negative',
+    tamper: (c) => (events(c)[2] = -1),
+    field: 'first',
+    message: /log "events": first -1 must be an integer >= 0/,
+  },
+  {
+    title: 'a log whose next sequence number is below its first',
+    tamper: (c) => (events(c)[2] = 5),
+    field: 'next',
+    message: /log "events": next 3 must be an integer >= first \(5\)/,
+  },
+  {
+    title: 'a log whose record sizes do not match its bounds',
+    tamper: (c) => (events(c)[3] = 4),
+    field: 'sizes',
+    message:
+      /log "events": sizes must hold one u32 per retained record \(4 records, 16 bytes\); got 12 bytes/,
+  },
+  {
+    title: 'a log whose records do not add up to its bytes',
+    tamper: (c) => (events(c)[5] = Buffer.from('onetwo')),
+    field: 'data',
+    message: /log "events": data must be the records' 11 bytes; got 6 bytes/,
+  },
+  {
+    title: 'a log name with NUL',
+    tamper: (c) => (events(c)[0] = 'ev\0'),
+    field: 'name',
+    message: /log "ev\\u0000": name must not contain NUL/,
+  },
+];
+
+async function craftedFile(dir: string, tamper: Tamper | null): Promise<string> {
+  const content = source.exportContent();
+  tamper?.(content);
+  // The encoder writes a correct checksum over whatever it is given: only the content is wrong.
+  const parts = await encodeConsolidated(content, {
+    clusterId: 'c1',
+    createdAt: '2026-12-07T00:00:00.000Z',
+    groups: [[0, 9, 2]],
+  });
+  const file = join(dir, 'crafted.segsnap');
+  await fsp.writeFile(file, Buffer.concat(parts));
+  return file;
+}
+
+test.serial('an untampered file restores (the table below differs from it by one field each)', async (t) => {
+  const dir = await fsp.mkdtemp(join(tmpdir(), 'segmem-restore-test-'));
+  try {
+    const file = await craftedFile(dir, null);
+    const r = await restoreConsolidated(file, { dirs: [join(dir, 'd1')] });
+    t.deepEqual(r.snapshot.content.objects.map((o) => o.name).sort(), ['b', 'cfg']);
+    t.true(readdirSync(join(dir, 'd1')).length > 0);
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+for (const c of cases) {
+  test(`restore refuses ${c.title}`, async (t) => {
+    const dir = await fsp.mkdtemp(join(tmpdir(), 'segmem-restore-test-'));
+    try {
+      const file = await craftedFile(dir, c.tamper);
+      const missing = join(dir, 'missing');
+      const empty = join(dir, 'empty');
+      mkdirSync(empty);
+      const err = await t.throwsAsync(restoreConsolidated(file, { dirs: [missing, empty] }));
+      t.true(SegmemError.is(err), `a SegmemError, not ${err?.stack}`);
+      const e = err as SegmemError;
+      t.is(e.code, 'INVALID_ARGUMENT');
+      t.deepEqual(e.details, { reason: 'BAD_SNAPSHOT', field: c.field });
+      t.regex(e.message, c.message);
+      t.false(e.message.includes('\n'), 'one line');
+      t.false(existsSync(missing), 'a missing directory stays missing');
+      t.deepEqual(readdirSync(empty), [], 'an empty directory stays empty');
+    } finally {
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+}
