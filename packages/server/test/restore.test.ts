@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAX_OBJECT_BYTES, SegmemError } from '@segmem/protocol';
 import test from 'ava';
+import { Packr } from 'msgpackr';
 import type { Command } from '../src/core/commands.js';
 import { type StateContent, StateMachine } from '../src/core/state-machine.js';
 import { encodeConsolidated } from '../src/storage/consolidated.js';
@@ -288,3 +289,30 @@ for (const c of cases) {
     }
   });
 }
+
+test('a server snapshot that breaks an invariant does not restore either; stored names keep the older rule', (t) => {
+  const codec = new Packr({
+    useRecords: false,
+    mapsAsObjects: true,
+    int64AsType: 'number',
+    moreTypes: false,
+  });
+  const good = source.snapshot();
+  t.is(StateMachine.restore(good).digest(), source.digest());
+  // [format, pageBytes, segmentBytes, appliedIndex, nextObjectId, nextSessionId, objects, sessions, logs]
+  const fields = codec.unpack(good) as unknown[];
+  fields[5] = Number.NaN;
+  const err = t.throws(() => StateMachine.restore(codec.pack(fields)));
+  t.like(err as SegmemError, {
+    code: 'INVALID_ARGUMENT',
+    message: 'snapshot: nextSessionId NaN must be an integer >= 1',
+    details: { reason: 'BAD_SNAPSHOT', field: 'nextSessionId' },
+  });
+
+  // A name with a control character other than NUL, stored before names were held to that rule, still
+  // loads at server start; a restore from a file refuses it (the table above).
+  const legacy = new StateMachine({ pageBytes: PAGE, segmentBytes: SEGMENT_PAGES * PAGE });
+  legacy.apply(1, { op: 'open', timeoutMs: 1000, clientName: null });
+  legacy.apply(2, { op: 'create', sessionId: 1, seq: 1, name: 'old\x1bname', size: 10, ifNotExists: false });
+  t.truthy(StateMachine.restore(legacy.snapshot()).objectNamed('old\x1bname'));
+});

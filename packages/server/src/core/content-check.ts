@@ -90,12 +90,18 @@ export function checkObjectSize(what: string, id: unknown, name: unknown, size: 
   }
 }
 
-function checkName(what: string, where: string, name: unknown, storedNames: boolean): void {
+function checkName(
+  what: string,
+  whereOf: (i: number) => string,
+  i: number,
+  name: unknown,
+  storedNames: boolean,
+): void {
   try {
     if (storedNames) validateStoredName(name);
     else validateName(name);
   } catch (err) {
-    throw badSnapshot(what, where, 'name', (err as Error).message);
+    throw badSnapshot(what, whereOf(i), 'name', (err as Error).message);
   }
 }
 
@@ -115,22 +121,27 @@ export function checkContent(content: StateContent, opts: ContentCheckOptions): 
   if (!Array.isArray(content.logs))
     throw badSnapshot(what, '', 'logs', `logs must be a list; got ${show(content.logs)}`);
 
-  const names = new Map<string, string>(); // name -> what holds it, for the duplicate message
-  const ids = new Map<number, string>();
-  let maxId = 0;
-  const extents: { first: number; end: number; where: string }[] = [];
-  for (const o of content.objects) {
-    const where = `object ${label(o?.name)} (id ${show(o?.id)})`;
-    const bad = (field: string, rule: string) => badSnapshot(what, where, field, rule);
+  const objects = content.objects;
+  // Messages are built only on failure: a server checks every snapshot it loads, some with 100k objects.
+  const objectWhere = (i: number) => `object ${label(objects[i]?.name)} (id ${show(objects[i]?.id)})`;
+  const logWhere = (i: number) => `log ${label((content.logs[i] as unknown[] | undefined)?.[0])}`;
+  /** Name -> index of the object holding it, or -1 - index of the log. */
+  const names = new Map<string, number>();
+  const holderOf = (at: number) => (at >= 0 ? objectWhere(at) : logWhere(-1 - at));
+  const ids = new Map<number, number>();
+  let maxIdAt = -1;
+  for (let i = 0; i < objects.length; i++) {
+    const o = objects[i]!;
+    const bad = (field: string, rule: string) => badSnapshot(what, objectWhere(i), field, rule);
     if (!isSafeInt(o.id, 1)) throw bad('id', `id ${show(o.id)} must be an integer >= 1`);
     const sameId = ids.get(o.id);
-    if (sameId !== undefined) throw bad('id', `id ${o.id} is also the id of ${sameId}`);
-    ids.set(o.id, where);
-    if (o.id > maxId) maxId = o.id;
-    checkName(what, where, o.name, storedNames);
+    if (sameId !== undefined) throw bad('id', `id ${o.id} is also the id of ${objectWhere(sameId)}`);
+    ids.set(o.id, i);
+    if (maxIdAt < 0 || o.id > objects[maxIdAt]!.id) maxIdAt = i;
+    checkName(what, objectWhere, i, o.name, storedNames);
     const sameName = names.get(o.name);
-    if (sameName !== undefined) throw bad('name', `the name is also the name of ${sameName}`);
-    names.set(o.name, where);
+    if (sameName !== undefined) throw bad('name', `the name is also the name of ${holderOf(sameName)}`);
+    names.set(o.name, i);
     checkObjectSize(what, o.id, o.name, o.size);
     const pageCount = Math.ceil(o.size / pageBytes);
     if (!isSafeInt(o.firstPage, 0) || o.firstPage + pageCount > totalPages) {
@@ -139,7 +150,6 @@ export function checkContent(content: StateContent, opts: ContentCheckOptions): 
         `firstPage ${show(o.firstPage)} must be an integer 0..${totalPages - pageCount}, so that its ${pageCount} pages end inside the segment (${totalPages} pages)`,
       );
     }
-    extents.push({ first: o.firstPage, end: o.firstPage + pageCount, where });
     if (!isSafeInt(o.version, 1)) throw bad('version', `version ${show(o.version)} must be an integer >= 1`);
     const pv = o.pageVersions;
     if (!(pv instanceof Float64Array) || pv.length !== pageCount)
@@ -158,24 +168,25 @@ export function checkContent(content: StateContent, opts: ContentCheckOptions): 
     if (o.data !== null && (!Buffer.isBuffer(o.data) || o.data.length !== o.size))
       throw bad('data', `data must be null or ${o.size} bytes; got ${show(o.data)}`);
   }
-  if (content.nextObjectId <= maxId) {
+  if (maxIdAt >= 0 && content.nextObjectId <= objects[maxIdAt]!.id) {
     throw badSnapshot(
       what,
       '',
       'nextObjectId',
-      `nextObjectId ${content.nextObjectId} must be above every object id (the highest is ${maxId} of ${ids.get(maxId)})`,
+      `nextObjectId ${content.nextObjectId} must be above every object id (the highest is ${objects[maxIdAt]!.id} of ${objectWhere(maxIdAt)})`,
     );
   }
-  extents.sort((a, b) => a.first - b.first);
-  for (let i = 1; i < extents.length; i++) {
-    const prev = extents[i - 1]!;
-    const cur = extents[i]!;
-    if (cur.first < prev.end) {
+  const pagesEnd = (o: StateContent['objects'][number]) => o.firstPage + Math.ceil(o.size / pageBytes);
+  const byFirstPage = objects.map((_, i) => i).sort((x, y) => objects[x]!.firstPage - objects[y]!.firstPage);
+  for (let k = 1; k < byFirstPage.length; k++) {
+    const prev = objects[byFirstPage[k - 1]!]!;
+    const cur = objects[byFirstPage[k]!]!;
+    if (cur.firstPage < pagesEnd(prev)) {
       throw badSnapshot(
         what,
-        cur.where,
+        objectWhere(byFirstPage[k]!),
         'firstPage',
-        `pages ${cur.first}..${cur.end - 1} overlap pages ${prev.first}..${prev.end - 1} of ${prev.where}`,
+        `pages ${cur.firstPage}..${pagesEnd(cur) - 1} overlap pages ${prev.firstPage}..${pagesEnd(prev) - 1} of ${objectWhere(byFirstPage[k - 1]!)}`,
       );
     }
   }
@@ -186,12 +197,11 @@ export function checkContent(content: StateContent, opts: ContentCheckOptions): 
       throw badSnapshot(what, `log entry ${i}`, 'logs', `must be [name, maxBytes, first, next, sizes, data]`);
     }
     const [name, maxBytes, first, next, sizes, data] = e as unknown[];
-    const where = `log ${label(name)}`;
-    const bad = (field: string, rule: string) => badSnapshot(what, where, field, rule);
-    checkName(what, where, name, storedNames);
+    const bad = (field: string, rule: string) => badSnapshot(what, logWhere(i), field, rule);
+    checkName(what, logWhere, i, name, storedNames);
     const same = names.get(name as string);
-    if (same !== undefined) throw bad('name', `the name is also the name of ${same}`);
-    names.set(name as string, where);
+    if (same !== undefined) throw bad('name', `the name is also the name of ${holderOf(same)}`);
+    names.set(name as string, -1 - i);
     if (!isSafeInt(maxBytes, 1) || maxBytes > MAX_LOG_MAX_BYTES)
       throw bad('maxBytes', `maxBytes ${show(maxBytes)} must be an integer 1..${MAX_LOG_MAX_BYTES}`);
     if (!isSafeInt(first, 0)) throw bad('first', `first ${show(first)} must be an integer >= 0`);

@@ -13,7 +13,7 @@ import type { ErrorCode } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import { PageAllocator } from './allocator.js';
 import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';
-import { checkContent } from './content-check.js';
+import { badSnapshot, checkContent, checkGeometry, checkObjectSize } from './content-check.js';
 import { type LogRead, SharedLogs } from './shared-logs.js';
 
 /** How many recent results each session keeps for answering retried commands. */
@@ -735,35 +735,55 @@ export class StateMachine {
     ];
     if (format !== SNAPSHOT_FORMAT && format !== 1)
       throw new Error(`unknown state machine snapshot format ${format}`);
+    // The same invariants a restore from a file is held to (names by the rule a server stored them under),
+    // so a snapshot that is well-formed but wrong is refused here, not discovered far from its cause.
+    checkGeometry('snapshot', pageBytes, segmentBytes);
+    const placed: StateContent['objects'] = [];
+    for (const o of objects) {
+      const [id, name, size, firstPage, version, pv, data, lastToken] = o as [
+        number,
+        string,
+        number,
+        number,
+        number,
+        Buffer,
+        Buffer | null,
+        number,
+      ];
+      checkObjectSize('snapshot', id, name, size);
+      const pageCount = Math.ceil(size / pageBytes);
+      if (!(pv instanceof Uint8Array) || pv.length !== pageCount * 8) {
+        throw badSnapshot(
+          'snapshot',
+          `object ${id}`,
+          'pageVersions',
+          `pageVersions must hold one version per page (${pageCount})`,
+        );
+      }
+      const given = objectBytes?.get(id);
+      if (given && (data || given.length !== size))
+        throw new Error(`object ${id}: ${given.length} bytes given beside the snapshot for ${size}`);
+      const pageVersions = pageVersionsFrom(pv, pageCount);
+      placed.push({ id, name, size, firstPage, version, pageVersions, lastToken, data: given ?? data });
+    }
+    const restoredLogs = format >= 2 && logs ? logs : [];
+    checkContent(
+      { pageBytes, segmentBytes, nextObjectId, nextSessionId, objects: placed, logs: restoredLogs },
+      { what: 'snapshot', storedNames: true },
+    );
     const sm = new StateMachine({ ...opts, pageBytes, segmentBytes });
     sm.appliedIndex = appliedIndex;
     sm.nextObjectId = nextObjectId;
     sm.nextSessionId = nextSessionId;
-    if (format >= 2 && logs) sm.logs = SharedLogs.restore(logs);
-    for (const o of objects) {
-      const [id, name, size, firstPage, version, pv, data, lastToken, writer, readers, queue, cachedBy] =
-        o as [
-          number,
-          string,
-          number,
-          number,
-          number,
-          Buffer,
-          Buffer | null,
-          number,
-          number,
-          number,
-          [number, number, LockMode][],
-          number[],
-        ];
-      const pageVersions = pageVersionsFrom(pv, Math.ceil(size / pageBytes));
-      const given = objectBytes?.get(id);
-      if (given && (data || given.length !== size))
-        throw new Error(`object ${id}: ${given.length} bytes given beside the snapshot for ${size}`);
-      const obj = sm.placeObject(
-        { id, name, size, firstPage, version, pageVersions, lastToken, data: given ?? data },
-        given !== undefined,
-      );
+    sm.logs = SharedLogs.restore(restoredLogs);
+    for (let i = 0; i < objects.length; i++) {
+      const o = objects[i]!;
+      const writer = o[8] as number;
+      const readers = o[9] as number;
+      const queue = o[10] as [number, number, LockMode][];
+      const cachedBy = o[11] as number[];
+      const c = placed[i]!;
+      const obj = sm.placeObject(c, objectBytes?.get(c.id) !== undefined);
       obj.writer = writer;
       obj.readers = readers;
       for (const [sessionId, seq, mode] of queue) obj.queue.push({ sessionId, seq, mode });
