@@ -309,6 +309,13 @@ test('a server snapshot that breaks an invariant does not restore either; stored
     details: { reason: 'BAD_SNAPSHOT', field: 'nextSessionId' },
   });
 
+  const withSession = codec.unpack(good) as unknown[];
+  withSession[5] = 1; // the source's one session has id 1: it would be handed out again
+  t.like(t.throws(() => StateMachine.restore(codec.pack(withSession))) as SegmemError, {
+    message: 'snapshot: session 1: session id 1 must be a unique integer >= 1 below nextSessionId (1)',
+    details: { reason: 'BAD_SNAPSHOT', field: 'sessionId' },
+  });
+
   // A name with a control character other than NUL, stored before names were held to that rule, still
   // loads at server start; a restore from a file refuses it (the table above).
   const legacy = new StateMachine({ pageBytes: PAGE, segmentBytes: SEGMENT_PAGES * PAGE });

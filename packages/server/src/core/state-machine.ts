@@ -805,6 +805,15 @@ export class StateMachine {
         number[],
         string?,
       ];
+      // Ids are handed out from nextSessionId: one at or above it would be handed out again.
+      if (!Number.isSafeInteger(id) || id < 1 || id >= nextSessionId || sm.sessions.has(id)) {
+        throw badSnapshot(
+          'snapshot',
+          `session ${id}`,
+          'sessionId',
+          `session id ${id} must be a unique integer >= 1 below nextSessionId (${nextSessionId})`,
+        );
+      }
       sm.sessions.set(id, {
         id,
         timeoutMs,
