@@ -13,6 +13,7 @@ import { Packr } from 'msgpackr';
 import type { Command } from '../src/core/commands.js';
 import { type StateContent, StateMachine } from '../src/core/state-machine.js';
 import { encodeConsolidated } from '../src/storage/consolidated.js';
+import { crc32c } from '../src/storage/crc32c.js';
 import { restoreConsolidated } from '../src/storage/restore.js';
 
 const PAGE = 4096;
@@ -53,9 +54,51 @@ const events = (c: StateContent) => c.logs[0] as unknown[];
 
 interface Case {
   title: string;
-  tamper: Tamper;
+  /** Changes the content before it is encoded. */
+  tamper?: Tamper;
+  /** Changes the encoded header or directory (the checksum is computed again after). */
+  header?: (h: Record<string, unknown>) => void;
+  directory?: (d: unknown[][]) => void;
   field: string;
   message: RegExp;
+}
+
+const fileCodec = new Packr({
+  useRecords: false,
+  mapsAsObjects: true,
+  int64AsType: 'number',
+  moreTypes: false,
+});
+
+/** `file` with its header and directory sections re-encoded after `c` changed them, and a new checksum. */
+function tamperSections(file: Buffer, c: Case): Buffer {
+  let at = 8;
+  const section = () => {
+    const len = file.readUInt32LE(at);
+    const body = file.subarray(at + 4, at + 4 + len);
+    at += 4 + len;
+    return body;
+  };
+  const header = fileCodec.unpack(section()) as Record<string, unknown>;
+  const directory = fileCodec.unpack(section()) as unknown[][];
+  const rest = file.subarray(at, file.length - 12); // pages and logs, unchanged
+  c.header?.(header);
+  c.directory?.(directory);
+  const prefixed = (b: Buffer) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(b.length);
+    return [len, b];
+  };
+  const body = Buffer.concat([
+    file.subarray(0, 8),
+    ...prefixed(fileCodec.pack(header)),
+    ...prefixed(fileCodec.pack(directory)),
+    rest,
+  ]);
+  const tail = Buffer.alloc(12);
+  tail.writeUInt32LE(crc32c(body), 0);
+  tail.write('SGMCONSE', 4, 'latin1');
+  return Buffer.concat([body, tail]);
 }
 
 const cases: Case[] = [
@@ -239,11 +282,36 @@ const cases: Case[] = [
     field: 'name',
     message: /log "ev\\u0000": name must not contain NUL/,
   },
+  {
+    title: 'a header whose cluster id is not a string',
+    header: (h) => (h.clusterId = 42),
+    field: 'clusterId',
+    message: /^restore: clusterId must be a non-empty string; got number 42$/,
+  },
+  {
+    title: 'a header whose group table holds a negative index',
+    header: (h) => (h.groups = [[0, -1, 2]]),
+    field: 'groups',
+    message: /groups must be a list of \[group id, Raft index, Raft term\] integers >= 0/,
+  },
+  {
+    title: "a header whose object count is not the directory's",
+    header: (h) => (h.objectCount = 5),
+    field: 'objectCount',
+    message: /^restore: objectCount 5 must be the 2 the file lists$/,
+  },
+  {
+    title: 'an object that lists one stored page twice',
+    // Directory entries: [id, name, size, firstPage, version, pageVersions, lastToken, stored pages].
+    directory: (d) => (d.find((o) => o[1] === 'cfg')![7] = [0, 0]),
+    field: 'pages',
+    message: /^restore: object "cfg" \(id 1\): stored page 0 must be in 0\.\.1 and after 0$/,
+  },
 ];
 
-async function craftedFile(dir: string, tamper: Tamper | null): Promise<string> {
+async function craftedFile(dir: string, c: Case | null): Promise<string> {
   const content = source.exportContent();
-  tamper?.(content);
+  c?.tamper?.(content);
   // The encoder writes a correct checksum over whatever it is given: only the content is wrong.
   const parts = await encodeConsolidated(content, {
     clusterId: 'c1',
@@ -251,7 +319,8 @@ async function craftedFile(dir: string, tamper: Tamper | null): Promise<string> 
     groups: [[0, 9, 2]],
   });
   const file = join(dir, 'crafted.segsnap');
-  await fsp.writeFile(file, Buffer.concat(parts));
+  const bytes = Buffer.concat(parts);
+  await fsp.writeFile(file, c?.header || c?.directory ? tamperSections(bytes, c) : bytes);
   return file;
 }
 
@@ -271,7 +340,7 @@ for (const c of cases) {
   test(`restore refuses ${c.title}`, async (t) => {
     const dir = await fsp.mkdtemp(join(tmpdir(), 'segmem-restore-test-'));
     try {
-      const file = await craftedFile(dir, c.tamper);
+      const file = await craftedFile(dir, c);
       const missing = join(dir, 'missing');
       const empty = join(dir, 'empty');
       mkdirSync(empty);

@@ -49,7 +49,7 @@ export function badSnapshot(what: string, where: string, field: string, rule: st
 }
 
 /** A name for a message: quoted and escaped, at most a few dozen characters, whatever it holds. */
-function label(name: unknown): string {
+export function nameLabel(name: unknown): string {
   if (typeof name !== 'string') return describeValue(name);
   return JSON.stringify(name.length > 60 ? `${name.slice(0, 60)}...` : name);
 }
@@ -83,7 +83,7 @@ export function checkObjectSize(what: string, id: unknown, name: unknown, size: 
   if (!isSafeInt(size, 1) || size > MAX_OBJECT_BYTES) {
     throw badSnapshot(
       what,
-      `object ${label(name)} (id ${show(id)})`,
+      `object ${nameLabel(name)} (id ${show(id)})`,
       'size',
       `size ${show(size)} must be an integer 1..${MAX_OBJECT_BYTES}`,
     );
@@ -123,8 +123,8 @@ export function checkContent(content: StateContent, opts: ContentCheckOptions): 
 
   const objects = content.objects;
   // Messages are built only on failure: a server checks every snapshot it loads, some with 100k objects.
-  const objectWhere = (i: number) => `object ${label(objects[i]?.name)} (id ${show(objects[i]?.id)})`;
-  const logWhere = (i: number) => `log ${label((content.logs[i] as unknown[] | undefined)?.[0])}`;
+  const objectWhere = (i: number) => `object ${nameLabel(objects[i]?.name)} (id ${show(objects[i]?.id)})`;
+  const logWhere = (i: number) => `log ${nameLabel((content.logs[i] as unknown[] | undefined)?.[0])}`;
   /** Name -> index of the object holding it, or -1 - index of the log. */
   const names = new Map<string, number>();
   const holderOf = (at: number) => (at >= 0 ? objectWhere(at) : logWhere(-1 - at));
