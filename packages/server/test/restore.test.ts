@@ -14,7 +14,9 @@ import type { Command } from '../src/core/commands.js';
 import { type StateContent, StateMachine } from '../src/core/state-machine.js';
 import { encodeConsolidated } from '../src/storage/consolidated.js';
 import { crc32c } from '../src/storage/crc32c.js';
+import { LocalStorage } from '../src/storage/local-storage.js';
 import { restoreConsolidated } from '../src/storage/restore.js';
+import { stateHolding } from './fixtures/workload.js';
 
 const PAGE = 4096;
 const SEGMENT_PAGES = 64;
@@ -391,4 +393,29 @@ test('a server snapshot that breaks an invariant does not restore either; stored
   legacy.apply(1, { op: 'open', timeoutMs: 1000, clientName: null });
   legacy.apply(2, { op: 'create', sessionId: 1, seq: 1, name: 'old\x1bname', size: 10, ifNotExists: false });
   t.truthy(StateMachine.restore(legacy.snapshot()).objectNamed('old\x1bname'));
+});
+
+test('at start, a newest snapshot whose content breaks an invariant is skipped like a damaged one', async (t) => {
+  const dir = await fsp.mkdtemp(join(tmpdir(), 'segmem-restore-test-'));
+  t.teardown(() => fsp.rm(dir, { recursive: true, force: true }));
+  const options = { dir, walDir: join(dir, 'wal'), fsync: 'batch' as const };
+  const { storage } = await LocalStorage.open(options);
+  for (let i = 1; i <= 80; i++) storage.wal.append(Buffer.from(`record ${i}`));
+  await storage.wal.waitDurable(80);
+  await storage.saveSnapshot(40, stateHolding(40).freeze());
+  // Its checksums are right: only the state is wrong (a name no API accepts, which a bug let through).
+  const bad = stateHolding(80);
+  bad.apply(5, { op: 'create', sessionId: 1, seq: 4, name: 'a\0b', size: 10, ifNotExists: false });
+  await storage.saveSnapshot(80, bad.freeze());
+  await storage.close();
+
+  const reopened = await LocalStorage.open(options);
+  t.is(reopened.state?.digest(), stateHolding(40).digest());
+  t.is(reopened.records[0]!.index, 41);
+  t.is(reopened.report.damagedSnapshots.length, 1);
+  t.regex(
+    reopened.report.damagedSnapshots[0]!.problem,
+    /80\.snap is damaged.*snapshot: object "a\\u0000b" \(id 2\): name must not contain NUL/,
+  );
+  await reopened.storage.close();
 });
