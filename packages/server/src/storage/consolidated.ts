@@ -249,7 +249,7 @@ export function decodeConsolidated(bytes: Buffer, file: string, what = 'restore'
       checkObjectSize(what, id, name, size);
       const pageCount = Math.ceil(size / pb);
       if (!Buffer.isBuffer(pv) || pv.length !== pageCount * 8)
-        throw bad(file, `object "${name}" has a bad page version table`);
+        throw bad(file, `object ${nameLabel(name)} has a bad page version table`);
       const pageVersions = pageVersionsFrom(pv, pageCount);
       let data: Buffer | null = null;
       let previous = -1;
@@ -265,7 +265,7 @@ export function decodeConsolidated(bytes: Buffer, file: string, what = 'restore'
         }
         previous = p;
         const n = Math.min(pb, size - p * pb);
-        if (at + n > bodyEnd) throw bad(file, `pages of "${name}" run past the end`);
+        if (at + n > bodyEnd) throw bad(file, `pages of ${nameLabel(name)} run past the end`);
         data ??= Buffer.alloc(size);
         bytes.copy(data, p * pb, at, at + n);
         at += n;
@@ -273,9 +273,10 @@ export function decodeConsolidated(bytes: Buffer, file: string, what = 'restore'
       objects.push({ id, name, size, firstPage, version, pageVersions, lastToken, data });
     }
     const logs = packr.unpack(section('logs')) as unknown[];
+    if (!Array.isArray(logs)) throw bad(file, 'the logs section is not a list');
     for (const [field, count, listed] of [
       ['objectCount', header.objectCount, directory.length],
-      ['logCount', header.logCount, Array.isArray(logs) ? logs.length : -1],
+      ['logCount', header.logCount, logs.length],
     ] as const) {
       if (count !== listed)
         throw badSnapshot(what, '', field, `${field} ${String(count)} must be the ${listed} the file lists`);
