@@ -6,6 +6,8 @@
  */
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { type StateContent, StateMachine } from '@segmem/server/internal/core/state-machine';
+import { encodeConsolidated } from '@segmem/server/internal/storage/consolidated';
 import test from 'ava';
 import { connect, type Segment } from '../src/index.js';
 import {
@@ -246,6 +248,44 @@ test('bad consolidated snapshot settings are refused at start', async (t) => {
       ).done;
       t.is(r.code, 1, r.stderr);
       t.regex(r.stderr, message);
+    }
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('segmem restore refuses a crafted file whose checksum matches: one line, exit 1, nothing written', async (t) => {
+  const dir = tempDir();
+  try {
+    const sm = new StateMachine({ pageBytes: 4096, segmentBytes: 64 * 4096 });
+    sm.apply(1, { op: 'open', timeoutMs: 1000, clientName: null });
+    sm.apply(2, { op: 'create', sessionId: 1, seq: 1, name: 'cfg', size: 8192, ifNotExists: false });
+    sm.apply(3, { op: 'create', sessionId: 1, seq: 2, name: 'b', size: 100, ifNotExists: false });
+    const crafted: [string, (c: StateContent) => void, string][] = [
+      // Restored as is, every HELLO would have answered session NaN.
+      [
+        'nan.segsnap',
+        (c) => (c.nextSessionId = Number.NaN),
+        'segmem: restore: nextSessionId NaN must be an integer >= 1 (INVALID_ARGUMENT)\n',
+      ],
+      [
+        'overlap.segsnap',
+        (c) => ((c.objects[1] as { firstPage: number }).firstPage = 1),
+        'segmem: restore: object "b" (id 2): pages 1..1 overlap pages 0..1 of object "cfg" (id 1) (INVALID_ARGUMENT)\n',
+      ],
+    ];
+    for (const [name, tamper, line] of crafted) {
+      const content = sm.exportContent();
+      tamper(content);
+      const file = join(dir.path, name);
+      const parts = await encodeConsolidated(content, { clusterId: 'c', createdAt: 'now', groups: [] });
+      writeFileSync(file, Buffer.concat(parts));
+      const dirs = ['r1', 'r2', 'r3'].map((d) => join(dir.path, `${name}-${d}`));
+      const r = await segmem(['restore', file, '--data', dirs.join(',')]);
+      t.is(r.code, 1, r.stderr);
+      t.is(r.stderr, line, 'the one line, no stack');
+      t.is(r.stdout, '');
+      for (const d of dirs) t.false(existsSync(d), `${d} was not created`);
     }
   } finally {
     dir.cleanup();

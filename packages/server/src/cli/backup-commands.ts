@@ -58,7 +58,7 @@ async function inspectFile(file: string): Promise<number> {
   } catch (err) {
     throw new SegmemError('NOT_FOUND', `cannot read ${file}: ${(err as Error).message}`);
   }
-  const snap = decodeConsolidated(bytes, file);
+  const snap = decodeConsolidated(bytes, file, `inspect ${file}`);
   const h = snap.header;
   const lines = [
     `consolidated snapshot ${file}: checksum OK, format ${h.format}`,

@@ -13,6 +13,7 @@ import type { ErrorCode } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import { PageAllocator } from './allocator.js';
 import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';
+import { badSnapshot, checkContent, checkGeometry, checkObjectSize } from './content-check.js';
 import { type LogRead, SharedLogs } from './shared-logs.js';
 
 /** How many recent results each session keeps for answering retried commands. */
@@ -734,35 +735,55 @@ export class StateMachine {
     ];
     if (format !== SNAPSHOT_FORMAT && format !== 1)
       throw new Error(`unknown state machine snapshot format ${format}`);
+    // The same invariants a restore from a file is held to (names by the rule a server stored them under),
+    // so a snapshot that is well-formed but wrong is refused here, not discovered far from its cause.
+    checkGeometry('snapshot', pageBytes, segmentBytes);
+    const placed: StateContent['objects'] = [];
+    for (const o of objects) {
+      const [id, name, size, firstPage, version, pv, data, lastToken] = o as [
+        number,
+        string,
+        number,
+        number,
+        number,
+        Buffer,
+        Buffer | null,
+        number,
+      ];
+      checkObjectSize('snapshot', id, name, size);
+      const pageCount = Math.ceil(size / pageBytes);
+      if (!(pv instanceof Uint8Array) || pv.length !== pageCount * 8) {
+        throw badSnapshot(
+          'snapshot',
+          `object ${id}`,
+          'pageVersions',
+          `pageVersions must hold one version per page (${pageCount})`,
+        );
+      }
+      const given = objectBytes?.get(id);
+      if (given && (data || given.length !== size))
+        throw new Error(`object ${id}: ${given.length} bytes given beside the snapshot for ${size}`);
+      const pageVersions = pageVersionsFrom(pv, pageCount);
+      placed.push({ id, name, size, firstPage, version, pageVersions, lastToken, data: given ?? data });
+    }
+    const restoredLogs = format >= 2 && logs ? logs : [];
+    checkContent(
+      { pageBytes, segmentBytes, nextObjectId, nextSessionId, objects: placed, logs: restoredLogs },
+      { what: 'snapshot', storedNames: true },
+    );
     const sm = new StateMachine({ ...opts, pageBytes, segmentBytes });
     sm.appliedIndex = appliedIndex;
     sm.nextObjectId = nextObjectId;
     sm.nextSessionId = nextSessionId;
-    if (format >= 2 && logs) sm.logs = SharedLogs.restore(logs);
-    for (const o of objects) {
-      const [id, name, size, firstPage, version, pv, data, lastToken, writer, readers, queue, cachedBy] =
-        o as [
-          number,
-          string,
-          number,
-          number,
-          number,
-          Buffer,
-          Buffer | null,
-          number,
-          number,
-          number,
-          [number, number, LockMode][],
-          number[],
-        ];
-      const pageVersions = pageVersionsFrom(pv, Math.ceil(size / pageBytes));
-      const given = objectBytes?.get(id);
-      if (given && (data || given.length !== size))
-        throw new Error(`object ${id}: ${given.length} bytes given beside the snapshot for ${size}`);
-      const obj = sm.placeObject(
-        { id, name, size, firstPage, version, pageVersions, lastToken, data: given ?? data },
-        given !== undefined,
-      );
+    sm.logs = SharedLogs.restore(restoredLogs);
+    for (let i = 0; i < objects.length; i++) {
+      const o = objects[i]!;
+      const writer = o[8] as number;
+      const readers = o[9] as number;
+      const queue = o[10] as [number, number, LockMode][];
+      const cachedBy = o[11] as number[];
+      const c = placed[i]!;
+      const obj = sm.placeObject(c, objectBytes?.get(c.id) !== undefined);
       obj.writer = writer;
       obj.readers = readers;
       for (const [sessionId, seq, mode] of queue) obj.queue.push({ sessionId, seq, mode });
@@ -784,6 +805,15 @@ export class StateMachine {
         number[],
         string?,
       ];
+      // Ids are handed out from nextSessionId: one at or above it would be handed out again.
+      if (!Number.isSafeInteger(id) || id < 1 || id >= nextSessionId || sm.sessions.has(id)) {
+        throw badSnapshot(
+          'snapshot',
+          `session ${id}`,
+          'sessionId',
+          `session id ${id} must be a unique integer >= 1 below nextSessionId (${nextSessionId})`,
+        );
+      }
       sm.sessions.set(id, {
         id,
         timeoutMs,
@@ -824,8 +854,14 @@ export class StateMachine {
     };
   }
 
-  /** A state machine holding `content` and nothing else (no sessions, no locks), applied up to `appliedIndex`. */
-  static fromContent(content: StateContent, appliedIndex = 0): StateMachine {
+  /**
+   * A state machine holding `content` and nothing else (no sessions, no locks), applied up to `appliedIndex`.
+   * The content comes from a file (a consolidated snapshot), so it is checked first: INVALID_ARGUMENT with
+   * details { reason: 'BAD_SNAPSHOT', field } and nothing built when it breaks an invariant (see
+   * core/content-check.ts); `what` starts that error's message.
+   */
+  static fromContent(content: StateContent, appliedIndex = 0, what = 'restore'): StateMachine {
+    checkContent(content, { what });
     const sm = new StateMachine({ pageBytes: content.pageBytes, segmentBytes: content.segmentBytes });
     sm.appliedIndex = appliedIndex;
     sm.nextObjectId = content.nextObjectId;

@@ -18,8 +18,9 @@
  * same content digest (SHA-256 over those sections), whatever cluster or time they came from.
  */
 import { createHash } from 'node:crypto';
-import { SegmemError } from '@segmem/protocol';
+import { describeValue, SegmemError } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
+import { badSnapshot, checkGeometry, checkObjectSize, nameLabel } from '../core/content-check.js';
 import { pageVersionBytes, pageVersionsFrom, type StateContent } from '../core/state-machine.js';
 import { crc32c } from './crc32c.js';
 import { isZeroPage } from './page-table.js';
@@ -132,6 +133,29 @@ export async function encodeConsolidated(
   return parts;
 }
 
+/** The header's own fields (the content's are checked by core/content-check.ts). */
+function checkHeader(what: string, h: ConsolidatedHeader): void {
+  // Any non-empty string: a server accepts any cluster id, and a backup of it must stay restorable.
+  for (const field of ['clusterId', 'createdAt'] as const) {
+    const v: unknown = h[field];
+    if (typeof v !== 'string' || v.length === 0)
+      throw badSnapshot(what, '', field, `${field} must be a non-empty string; got ${describeValue(v)}`);
+  }
+  const groups: unknown = h.groups;
+  const isCount = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+  if (
+    !Array.isArray(groups) ||
+    !groups.every((g) => Array.isArray(g) && g.length === 3 && g.every(isCount))
+  ) {
+    throw badSnapshot(
+      what,
+      '',
+      'groups',
+      'groups must be a list of [group id, Raft index, Raft term] integers >= 0',
+    );
+  }
+}
+
 function bad(file: string, why: string): SegmemError {
   return new SegmemError('INVALID_ARGUMENT', `${file} is not a usable consolidated snapshot: ${why}`, {
     reason: 'SNAPSHOT_CORRUPT',
@@ -181,8 +205,13 @@ export class ConsolidatedVerifier {
   }
 }
 
-/** Verifies the checksum and decodes; INVALID_ARGUMENT naming `file` and the problem otherwise. */
-export function decodeConsolidated(bytes: Buffer, file: string): Consolidated {
+/**
+ * Verifies the checksum and decodes; INVALID_ARGUMENT naming `file` and the problem otherwise. The content
+ * is checked only as far as decoding needs (geometry, object sizes before their bytes are allocated):
+ * {@link StateMachine.fromContent} checks the rest before it becomes a state. `what` starts the messages of
+ * those checks (see core/content-check.ts).
+ */
+export function decodeConsolidated(bytes: Buffer, file: string, what = 'restore'): Consolidated {
   verifyConsolidated(bytes, file);
   const bodyEnd = bytes.length - 12;
   let at = 8;
@@ -201,6 +230,7 @@ export function decodeConsolidated(bytes: Buffer, file: string): Consolidated {
     };
     if (header.format !== FORMAT)
       throw bad(file, `format ${header.format} is not supported (this is ${FORMAT})`);
+    checkHeader(what, header);
     const contentStart = at;
     const directory = packr.unpack(section('directory')) as [
       number,
@@ -212,18 +242,30 @@ export function decodeConsolidated(bytes: Buffer, file: string): Consolidated {
       number,
       number[],
     ][];
+    checkGeometry(what, header.pageBytes, header.segmentBytes);
     const pb = header.pageBytes;
     const objects: StateContent['objects'] = [];
     for (const [id, name, size, firstPage, version, pv, lastToken, present] of directory) {
+      checkObjectSize(what, id, name, size);
       const pageCount = Math.ceil(size / pb);
-      if (pv.length !== pageCount * 8) throw bad(file, `object "${name}" has a bad page version table`);
+      if (!Buffer.isBuffer(pv) || pv.length !== pageCount * 8)
+        throw bad(file, `object ${nameLabel(name)} has a bad page version table`);
       const pageVersions = pageVersionsFrom(pv, pageCount);
       let data: Buffer | null = null;
+      let previous = -1;
       for (const p of present) {
-        if (!Number.isInteger(p) || p < 0 || p >= pageCount)
-          throw bad(file, `object "${name}" lists page ${p}`);
+        // Ascending and once each: otherwise two stored pages could claim one page of the object.
+        if (!Number.isInteger(p) || p <= previous || p >= pageCount) {
+          throw badSnapshot(
+            what,
+            `object ${nameLabel(name)} (id ${id})`,
+            'pages',
+            `stored page ${p} must be in 0..${pageCount - 1} and after ${previous}`,
+          );
+        }
+        previous = p;
         const n = Math.min(pb, size - p * pb);
-        if (at + n > bodyEnd) throw bad(file, `pages of "${name}" run past the end`);
+        if (at + n > bodyEnd) throw bad(file, `pages of ${nameLabel(name)} run past the end`);
         data ??= Buffer.alloc(size);
         bytes.copy(data, p * pb, at, at + n);
         at += n;
@@ -231,6 +273,14 @@ export function decodeConsolidated(bytes: Buffer, file: string): Consolidated {
       objects.push({ id, name, size, firstPage, version, pageVersions, lastToken, data });
     }
     const logs = packr.unpack(section('logs')) as unknown[];
+    if (!Array.isArray(logs)) throw bad(file, 'the logs section is not a list');
+    for (const [field, count, listed] of [
+      ['objectCount', header.objectCount, directory.length],
+      ['logCount', header.logCount, logs.length],
+    ] as const) {
+      if (count !== listed)
+        throw badSnapshot(what, '', field, `${field} ${String(count)} must be the ${listed} the file lists`);
+    }
     if (at !== bodyEnd) throw bad(file, `${bodyEnd - at} unexpected bytes before the checksum`);
     const contentDigest = createHash('sha256').update(bytes.subarray(contentStart, bodyEnd)).digest('hex');
     return {
