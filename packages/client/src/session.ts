@@ -62,6 +62,11 @@ interface Pending {
   readonly req: Request;
   /** Whether the request went out on the transport (requests made while disconnected wait). */
   sent: boolean;
+  /**
+   * Whether it ever went out: a redirect makes it unsent again (to re-send it to the leader), but the old
+   * leader may have put it in the group's log all the same.
+   */
+  everSent?: boolean;
   readonly resolve: (value: unknown) => void;
   readonly reject: (err: SegmemError) => void;
 }
@@ -196,6 +201,7 @@ export class Session {
     if (this.transport && !this.reconnecting) {
       this.send(encodeRequest(req, requestId));
       entry.sent = true;
+      entry.everSent = true;
     }
     return { requestId, promise };
   }
@@ -401,13 +407,15 @@ export class Session {
           for (const [id, p] of this.pending) {
             this.send(encodeRequest(p.req, id));
             p.sent = true;
+            p.everSent = true;
           }
           this.opts.onResumed();
           if (this.transport === transport) return;
           continue; // lost again already: dial again
         }
         // A new session: locks and waits of the old one are gone. Requests that never went out, and
-        // read-only ones, are sent now; the outcome of a mutation that was in flight is unknown: a write
+        // read-only ones, are sent now; the outcome of a mutation that went out under the old session (even
+        // one redirected since: the old leader may have logged it) is unknown: a write
         // release may have been applied before the group ended the session, so it is not LOCK_LOST
         // ("discarded") but UNAVAILABLE with an unknown outcome.
         const lost = new SegmemError(
@@ -417,7 +425,7 @@ export class Session {
         for (const [id, p] of this.pending) {
           const t = p.req.type;
           if (
-            !p.sent ||
+            !p.everSent ||
             t === 'STAT' ||
             t === 'LIST' ||
             t === 'VALIDATE' ||
@@ -426,6 +434,7 @@ export class Session {
           ) {
             this.send(encodeRequest(p.req, id));
             p.sent = true;
+            p.everSent = true;
             continue;
           }
           this.pending.delete(id);
