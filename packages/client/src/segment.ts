@@ -502,6 +502,10 @@ export class SegmentImpl implements Segment {
     base: CachedObject | null,
   ): Promise<Handle> {
     let baseId = base?.id ?? 0;
+    // The session the grant was made to: if it is replaced while the grant's bytes are being fetched, the
+    // grant went with it (and a newer grant may hold the copy already: installing this one would overwrite
+    // the pages a write handle is working on).
+    const sessionId = this.session.sessionId;
     if (base) base.inflight++;
     try {
       // A write release of this process still unanswered: its outcome decides whether the copy is valid.
@@ -519,7 +523,12 @@ export class SegmentImpl implements Segment {
     } finally {
       if (base) base.inflight--;
     }
-    // No await from the check above to here: the copy cannot change in between.
+    if (this.session.sessionId !== sessionId || this.byId.get(grant.object.id)?.writeHeld)
+      throw new SegmemError(
+        'LOCK_LOST',
+        `the session lost its ${mode} access to "${grant.object.name}" while its pages were being read`,
+      );
+    // No await from the checks above to here: the copy cannot change in between.
     return this.install(grant, mode, baseId);
   }
 
