@@ -7,6 +7,7 @@ import { SegmemError } from '@segmem/protocol';
 import test, { type ExecutionContext } from 'ava';
 import fc from 'fast-check';
 import { crc32c } from '../src/storage/crc32c.js';
+import { nodeFs, type StorageFs } from '../src/storage/fs.js';
 import {
   describeRecovery,
   type FsyncPolicy,
@@ -1082,4 +1083,148 @@ test('appends survive random payloads (sanity for gathered writes and rolls)', a
   const r = await reopen(opts);
   t.is(r.records.length, 500);
   for (const [i, rec] of r.records.entries()) t.true(rec.payload.equals(payloads[i]!));
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// A lost or unreadable log
+
+/** Options for a log in `<root>/wal` with its started marker beside it, as a data directory has them. */
+function markedLog(root: string): WalOptions {
+  return { dir: join(root, 'wal'), fsync: 'batch', startedMarker: join(root, 'wal-started') };
+}
+
+test('a log that held records and was deleted or cut to nothing is refused as missing, changing nothing; repair starts it empty', async (t) => {
+  for (const loss of [
+    'deleted directory',
+    'deleted file',
+    'file cut to 0 bytes',
+    'file cut inside its header',
+  ]) {
+    const root = await tempDir(t);
+    const opts = markedLog(root);
+    await writeLog(opts, [Buffer.from('one'), Buffer.from('two')]);
+    t.true(fs.existsSync(opts.startedMarker!), 'the marker exists once a record is durable');
+    const file = join(opts.dir, segmentFileName(1));
+    if (loss === 'deleted directory') await fsp.rm(opts.dir, { recursive: true });
+    else if (loss === 'deleted file') await fsp.rm(file);
+    else await fsp.truncate(file, loss === 'file cut to 0 bytes' ? 0 : 9);
+    const before = fs.existsSync(file) ? await fsp.readFile(file) : null;
+
+    const err = await t.throwsAsync(Wal.open(opts), { instanceOf: SegmemError }, loss);
+    t.is(err.code, 'UNAVAILABLE');
+    t.is(err.details?.reason, 'WAL_MISSING');
+    t.regex(err.message, /write-ahead log is missing: .*wal-started says it held acknowledged records/);
+    t.false(err.message.includes('\n'));
+    t.deepEqual(fs.existsSync(file) ? await fsp.readFile(file) : null, before, `${loss}: nothing changed`);
+
+    const { wal, records } = await Wal.open({ ...opts, repair: true });
+    t.is(records.length, 0);
+    await wal.close();
+  }
+});
+
+test('a new log, or one opened and closed without a record, starts empty; a marker is added to a log that predates it', async (t) => {
+  const root = await tempDir(t);
+  const opts = markedLog(root);
+  await (await Wal.open(opts)).wal.close();
+  t.false(fs.existsSync(opts.startedMarker!), 'no marker without a durable record');
+  const { wal, records } = await Wal.open(opts);
+  t.is(records.length, 0);
+  await wal.close();
+
+  // A log written without the marker (an older data directory) gets one when opened with it.
+  const old = await tempDir(t);
+  await writeLog({ dir: join(old, 'wal'), fsync: 'batch' }, [Buffer.from('one')]);
+  const withMarker = markedLog(old);
+  t.false(fs.existsSync(withMarker.startedMarker!));
+  await reopen(withMarker);
+  t.true(fs.existsSync(withMarker.startedMarker!));
+  await fsp.rm(withMarker.dir, { recursive: true });
+  await t.throwsAsync(Wal.open(withMarker), { message: /write-ahead log is missing/ });
+
+  // A snapshot that covers the records makes an empty log fine (the caller restores from it).
+  const covered = await reopen({ ...withMarker, coveredIndex: 5 });
+  t.is(covered.wal.lastIndex, 5);
+});
+
+test('an unreadable WAL file gives a typed one-line error naming the file and errno', async (t) => {
+  const dir = await tempDir(t);
+  await writeLog({ dir, fsync: 'batch' }, [Buffer.from('one')]);
+  const file = join(dir, segmentFileName(1));
+  const denied = (path: string) =>
+    Object.assign(new Error(`EACCES: permission denied, open '${path}'`), { code: 'EACCES', errno: -13 });
+  // Tests may run as root, which chmod cannot deny: the file system seam refuses instead.
+  const deniedFs: StorageFs = {
+    ...nodeFs,
+    readFile: async (path) => {
+      if (path === file) throw denied(path);
+      return nodeFs.readFile(path);
+    },
+  };
+  const err = await t.throwsAsync(Wal.open({ dir, fsync: 'batch', fs: deniedFs }), {
+    instanceOf: SegmemError,
+  });
+  t.is(err.code, 'UNAVAILABLE');
+  t.like(err.details, { reason: 'WAL_UNREADABLE', file, errno: 'EACCES' });
+  t.is(
+    err.message,
+    `cannot read write-ahead log file ${file}: EACCES (permission denied: check its owner and mode)`,
+  );
+
+  // A real one: a directory where a segment file should be.
+  const other = await tempDir(t);
+  await fsp.mkdir(join(other, segmentFileName(1)));
+  const eisdir = await t.throwsAsync(Wal.open({ dir: other, fsync: 'batch' }), { instanceOf: SegmemError });
+  t.like(eisdir.details, { reason: 'WAL_UNREADABLE', errno: 'EISDIR' });
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Format version 1
+
+/** A version 1 segment file, as the version 1 writer laid it out: 16-byte record headers, one CRC. */
+function v1Segment(records: { index: number; payload: Buffer }[]): Buffer {
+  const header = Buffer.alloc(16);
+  header.write('SGMWAL01', 0, 'latin1');
+  header.writeUInt32LE(1, 8);
+  header.writeUInt32LE(crc32c(header.subarray(0, 12)), 12);
+  const parts: Buffer[] = [header];
+  for (const r of records) {
+    const h = Buffer.alloc(16);
+    h.writeUInt32LE(r.payload.length, 0);
+    h.writeBigUInt64LE(BigInt(r.index), 8);
+    h.writeUInt32LE(crc32c(Buffer.concat([h.subarray(0, 4), h.subarray(8, 16), r.payload])), 4);
+    parts.push(h, r.payload);
+  }
+  return Buffer.concat(parts);
+}
+
+test('format version 1 segments are still read; appends go to a new version 2 segment', async (t) => {
+  const dir = await tempDir(t);
+  const old = [1, 2, 3].map((index) => ({ index, payload: payloadFor(index, 30 + index) }));
+  await fsp.writeFile(join(dir, segmentFileName(1)), v1Segment(old));
+  const { wal, records, report } = await Wal.open({ dir, fsync: 'batch' });
+  t.deepEqual(
+    records.map((r) => [r.index, r.payload]),
+    old.map((r) => [r.index, r.payload]),
+  );
+  t.is(report.truncated, undefined);
+  await wal.waitDurable(wal.append(Buffer.from('four')));
+  await wal.close();
+  t.deepEqual(await segmentFiles(dir), [segmentFileName(1), segmentFileName(4)]);
+  t.is((await fsp.readFile(join(dir, segmentFileName(4)))).readUInt32LE(8), 2);
+  const again = await reopen({ dir, fsync: 'batch' });
+  t.deepEqual(
+    again.records.map((r) => r.index),
+    [1, 2, 3, 4],
+  );
+  t.is(again.records[3]!.payload.toString(), 'four');
+
+  // A bad last record in a version 1 segment has no header checksum to judge by: still a torn tail.
+  const torn = await tempDir(t);
+  const bytes = v1Segment(old);
+  bytes[bytes.length - 1]! ^= 0x40;
+  await fsp.writeFile(join(torn, segmentFileName(1)), bytes);
+  const r = await reopen({ dir: torn, fsync: 'batch' });
+  t.is(r.records.length, 2);
+  t.regex(r.report.truncated!.reason, /torn record \(bad checksum\)/);
 });
