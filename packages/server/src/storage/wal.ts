@@ -463,12 +463,12 @@ async function fileExists(fs: StorageFs, path: string): Promise<boolean> {
 /** Creates the (empty) started marker file, durably unless `sync` is false. */
 async function writeStartedMarker(fs: StorageFs, path: string, sync: boolean): Promise<void> {
   try {
-    await fs.close(await fs.open(path, 'wx', 'wal.create'), 'wal.close');
+    await fs.close(await fs.open(path, 'wx', 'wal.mark'));
   } catch (err) {
     // Created before a crash, perhaps not durably: the directory sync below settles it.
     if (errnoCode(err) !== 'EEXIST') throw err;
   }
-  if (sync) await fs.fsyncDir(dirname(path), 'wal.dirsync');
+  if (sync) await fs.fsyncDir(dirname(path), 'wal.mark');
 }
 
 function walFailed(err: unknown): SegmemError {
