@@ -1120,6 +1120,10 @@ test('a log that held records and was deleted or cut to nothing is refused as mi
     const { wal, records } = await Wal.open({ ...opts, repair: true });
     t.is(records.length, 0);
     await wal.close();
+    // The log started empty is a new one: it opens without repair until it holds a record again.
+    t.is((await reopen(opts)).records.length, 0, `${loss}: a start after the repair`);
+    await writeLog(opts, [Buffer.from('three')]);
+    t.true(fs.existsSync(opts.startedMarker!));
   }
 });
 

@@ -994,7 +994,14 @@ export class Wal {
       io,
       rec,
     );
-    if (marker !== undefined && !markerExists) {
+    let markerKept = markerExists;
+    if (markerExists && opts.repair && rec.records.length === 0 && (opts.coveredIndex ?? 0) === 0) {
+      // Started empty on request: the log is a new one, which the marker would refuse until it holds a record.
+      await fs.rm(marker!, 'wal.mark');
+      if (opts.fsync !== 'none') await fs.fsyncDir(dirname(marker!), 'wal.mark');
+      markerKept = false;
+    }
+    if (marker !== undefined && !markerKept) {
       // A log written before the marker existed gets it now; a new one when its first record is durable.
       if (rec.lastIndex > 0) await writeStartedMarker(fs, marker, opts.fsync !== 'none');
       else wal.markerPath = marker;
