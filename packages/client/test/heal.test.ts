@@ -9,7 +9,7 @@ import type { Segment } from '../src/index.js';
 import { bump, converged, untilItWorks, waitFor, withCluster } from './helpers.js';
 
 const FILE_HEADER_BYTES = 16;
-const RECORD_HEADER_BYTES = 16;
+const RECORD_HEADER_BYTES = 20; // WAL format 2
 /** The first payload byte of a cluster member's WAL record that holds a log entry (raft-storage.ts). */
 const KIND_ENTRY = 1;
 

@@ -2,7 +2,7 @@
  * Durability across server crashes, and the WAL recovery rule: a torn tail is a crash (truncate and
  * say so), a bad record followed by good ones is corruption (refuse to start, unless told to repair).
  */
-import { appendFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { connect, SegmemError, type Segment } from '../src/index.js';
@@ -157,8 +157,8 @@ test('a corrupt WAL record followed by valid ones stops the server with the file
   let seg: Segment;
   const [first] = walFiles(dir.path);
   const bytes = readFileSync(first!);
-  // Flip one payload byte of the first record (file header 16 bytes, record header 16 bytes).
-  bytes[16 + 16 + 2]! ^= 0xff;
+  // Flip one payload byte of the first record (file header 16 bytes, record header 20 bytes).
+  bytes[16 + 20 + 2]! ^= 0xff;
   writeFileSync(first!, bytes);
   const refused = runNode(serverBin, ['--id', 's1', '--listen', '127.0.0.1:0', '--data', dir.path]);
   const exit = await refused.done;
@@ -184,6 +184,47 @@ test('a corrupt WAL record followed by valid ones stops the server with the file
     await seg.close();
   } finally {
     await server.stop();
+    dir.cleanup();
+  }
+});
+
+test('a deleted WAL stops the server with one line naming what is missing, not an empty start', async (t) => {
+  const dir = tempDir();
+  try {
+    await writeFiveVersions(dir.path);
+    rmSync(join(dir.path, 'wal'), { recursive: true });
+    const exit = await runNode(serverBin, ['--id', 's1', '--listen', '127.0.0.1:0', '--data', dir.path]).done;
+    t.is(exit.code, 1, 'the server refuses to start');
+    t.false(exit.stdout.includes('ready'));
+    const lines = exit.stderr.trim().split('\n');
+    t.is(lines.length, 1, exit.stderr);
+    t.regex(
+      lines[0]!,
+      /^segmem-server: write-ahead log is missing: .*wal holds no segment file, but .*wal-started says/,
+    );
+    t.false(existsSync(join(dir.path, 'wal', '00000000000000000001.wal')), 'nothing was created');
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('a bit flipped in the last WAL record (an acknowledged write) stops the server; it is not cut as a torn tail', async (t) => {
+  const dir = tempDir();
+  try {
+    await writeFiveVersions(dir.path);
+    const files = walFiles(dir.path);
+    const last = files[files.length - 1]!;
+    const bytes = readFileSync(last);
+    bytes[bytes.length - 1]! ^= 0x01;
+    writeFileSync(last, bytes);
+    const exit = await runNode(serverBin, ['--id', 's1', '--listen', '127.0.0.1:0', '--data', dir.path]).done;
+    t.is(exit.code, 1, 'the server refuses to start');
+    t.regex(
+      exit.stderr,
+      /write-ahead log is corrupt: the last record, at .* offset \d+, is damaged \(bad checksum\)/,
+    );
+    t.deepEqual(readFileSync(last), bytes, 'refusing to start changes nothing on disk');
+  } finally {
     dir.cleanup();
   }
 });

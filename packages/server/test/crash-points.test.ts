@@ -207,7 +207,11 @@ async function pool<T, R>(items: T[], width: number, fn: (item: T) => Promise<R>
 }
 
 /** Every step the workload goes through, and how often, from a traced run. */
-async function traceSteps(fsync: FsyncPolicy, under = tmpdir()): Promise<Map<FaultStep, number>> {
+async function traceSteps(
+  fsync: FsyncPolicy,
+  under = tmpdir(),
+  sequence: FaultStep[] = [],
+): Promise<Map<FaultStep, number>> {
   const dir = await mkdtemp(join(under, 'segmem-crash-trace-'));
   try {
     const run = await runChild(dir, fsync, { SEGMEM_FAULT_TRACE: '1' });
@@ -215,6 +219,7 @@ async function traceSteps(fsync: FsyncPolicy, under = tmpdir()): Promise<Map<Fau
     const counts = new Map<FaultStep, number>();
     for (const m of run.stderr.matchAll(/^segmem-fault-step (\S+)$/gm)) {
       counts.set(m[1] as FaultStep, (counts.get(m[1] as FaultStep) ?? 0) + 1);
+      sequence.push(m[1] as FaultStep);
     }
     return counts;
   } finally {
@@ -262,7 +267,8 @@ function casesFor(
 test('crash-point harness: a kill at any storage step loses nothing acknowledged and applies nothing in part', async (t) => {
   t.timeout(120_000);
   const started = Date.now();
-  const batchSteps = await traceSteps('batch');
+  const batchSequence: FaultStep[] = [];
+  const batchSteps = await traceSteps('batch', tmpdir(), batchSequence);
   // The workload goes through every step of the WAL, snapshot and compaction paths (recovery steps only
   // happen after a crash: the chained cases below reach them; the clone's own steps only where files can
   // be cloned, the XFS test below). Scheduled consolidated snapshots are backups written outside the data
@@ -284,6 +290,16 @@ test('crash-point harness: a kill at any storage step loses nothing acknowledged
   );
   const alwaysSteps = await traceSteps('always');
   const middle = (step: FaultStep) => Math.max(1, Math.floor((batchSteps.get(step) ?? 2) / 2));
+  // The first WAL write from the middle on that writes records, not a new segment file's header.
+  const middleRecordWrite = (() => {
+    let n = 0;
+    let previous: FaultStep | undefined;
+    for (const step of batchSequence.filter((s) => s.startsWith('wal.'))) {
+      if (step === 'wal.write' && ++n >= middle('wal.write') && previous !== 'wal.create') return n;
+      previous = step;
+    }
+    return middle('wal.write');
+  })();
   const cases: Case[] = [
     ...casesFor('batch', batchSteps, true),
     ...casesFor('always', alwaysSteps, false),
@@ -291,7 +307,7 @@ test('crash-point harness: a kill at any storage step loses nothing acknowledged
     {
       name: 'batch torn record, then a kill while recovery truncates it',
       fsync: 'batch',
-      crashes: [`wal.write:${middle('wal.write')}:torn`, 'recovery.truncate:1'],
+      crashes: [`wal.write:${middleRecordWrite}:torn`, 'recovery.truncate:1'],
     },
     {
       name: 'batch new segment file left empty, then a kill while recovery removes it',

@@ -21,8 +21,8 @@ async function tempDir(t: ExecutionContext): Promise<string> {
 }
 
 function options(dir: string): LocalStorageOptions {
-  // 60-byte records (16 header + 44 payload), 4 to a 256-byte WAL file.
-  return { dir, walDir: join(dir, 'wal'), fsync: 'batch', walFileBytes: 256 };
+  // 64-byte records (20 header + 44 payload), 4 to a 272-byte WAL file (16-byte file header).
+  return { dir, walDir: join(dir, 'wal'), fsync: 'batch', walFileBytes: 272 };
 }
 
 const payload = (i: number) => Buffer.from(`record ${String(i).padStart(37, '0')}`);
@@ -176,7 +176,7 @@ test('a WAL that ends before the snapshot (its tail lost) is replaced by a new o
   // Lose every WAL file after the one holding record 80, as an OS crash under fsync "none" could.
   const files = await walFiles(dir);
   for (const f of files.filter((f) => Number(f.slice(0, 20)) > 77)) await fsp.rm(join(dir, 'wal', f));
-  await fsp.truncate(join(dir, 'wal', segmentFileName(77)), 16 + 60); // only record 77 left
+  await fsp.truncate(join(dir, 'wal', segmentFileName(77)), 16 + 64); // only record 77 left
   const { storage, state: restored, records, report } = await LocalStorage.open(options(dir));
   t.is(restored?.digest(), digestOf(80));
   t.deepEqual(records, []);

@@ -300,6 +300,53 @@ test('a damaged WAL record with intact ones after it: the member cuts there and 
   }
 });
 
+test('a damaged last WAL record (all its bytes there) is not taken for a torn write: the member cuts it and rejoins', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'segmem-raftstore-'));
+  try {
+    await followerLog(dir);
+    // WAL record 12, the last, is the hard state (3, commit 6): acknowledged, and the majority has it.
+    const at = damageWalRecord(join(dir, 'wal'), 12);
+    const s = await open(dir);
+    t.is(dump(s).entries.length, 6, 'the entries before it stay');
+    t.deepEqual(s.hardState(), { term: 4, vote: 's1', commit: 4 });
+    t.is(s.rejoinTerm, 4, 'no vote until caught up');
+    const lines = s.recoveryLines().join('\n');
+    t.true(lines.includes(`WAL damaged at ${at.file} offset ${at.offset} (bad checksum)`), lines);
+    t.regex(lines, /dropping WAL records 12\.\.12.*Rejoining in term 4/);
+    await s.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a lost WAL directory: the member starts its log again and rejoins; without a vote file to bound its term it refuses', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'segmem-raftstore-'));
+  try {
+    await followerLog(dir);
+    rmSync(join(dir, 'wal'), { recursive: true });
+    let s = await open(dir);
+    t.deepEqual(dump(s).entries, []);
+    t.deepEqual(s.hardState(), { term: 4, vote: 's1', commit: 0 }, 'the term after 3, from the vote file');
+    t.is(s.rejoinTerm, 4);
+    t.regex(
+      s.recoveryLines().join('\n'),
+      /WAL missing in .*wal \(no record left\): started it again.*Rejoining in term 4/,
+    );
+    await s.close();
+    s = await open(dir);
+    t.is(s.rejoinTerm, 4, 'still rejoining after a restart');
+    await s.close();
+
+    rmSync(join(dir, 'wal'), { recursive: true });
+    rmSync(join(dir, VOTE_FILE));
+    const err = await t.throwsAsync(open(dir));
+    t.like((err as SegmemError).details, { reason: 'WAL_MISSING' });
+    t.regex((err as Error).message, /cannot heal: WAL missing .*nothing that survived bounds the term/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('without a vote file, a hard state intact after the damage bounds the term; with none, the member refuses unless --repair', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'segmem-raftstore-'));
   try {

@@ -457,3 +457,28 @@ test('a failed read of the vote file at restart: the member rebuilds it from the
   t.deepEqual(after.data?.subarray(0, payload.length), payload);
   await sim.stop();
 });
+
+test('the WAL-started marker is durable once the first record is reported durable: after a crash, losing the log is refused', async (t) => {
+  for (const fate of ['lost', 'kept', 'torn'] as const) {
+    const d = disk(40);
+    const marker = '/sim/w/wal-started';
+    const opts = { dir: '/sim/w/wal', fsync: 'batch' as const, fs: d.fs, startedMarker: marker };
+    const { wal } = await d.settle(Wal.open(opts));
+    t.is(d.fs.durableBytes(marker), undefined, 'no marker before a record is durable');
+    await d.settle(wal.waitDurable(wal.append(Buffer.from('one'))));
+    // The crash comes right after the acknowledgement: the marker must survive it, whatever else is lost.
+    d.fs.crash('/sim/w', fate);
+    t.not(d.fs.durableBytes(marker), undefined, `${fate}: the marker survived`);
+    const reopened = await d.settle(Wal.open(opts));
+    t.deepEqual(
+      reopened.records.map((r) => r.payload.toString()),
+      ['one'],
+    );
+    await d.settle(reopened.wal.close());
+    for (const name of await d.fs.readdir('/sim/w/wal')) await d.fs.rm(`/sim/w/wal/${name}`);
+    await d.settle(d.fs.fsyncDir('/sim/w/wal'));
+    d.fs.crash('/sim/w', fate);
+    const err = await t.throwsAsync(d.settle(Wal.open(opts)));
+    t.is((err as SegmemError).details?.reason, 'WAL_MISSING', fate);
+  }
+});

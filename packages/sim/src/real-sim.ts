@@ -923,9 +923,8 @@ class RealSimulation {
   }
 
   /**
-   * Flips one bit in a synced WAL record that has a valid record after it, or anywhere in a snapshot file;
-   * returns where, or null if the member has no such bytes. (A flip in the last record of the log reads as a
-   * torn write, which recovery cuts off: that is not simulated; see docs/consistency.md.)
+   * Flips one bit in a synced WAL record (the last one included), or anywhere in a snapshot file; returns
+   * where, or null if the member has no such bytes.
    */
   private async flipSomewhere(id: string): Promise<string | null> {
     const disk = this.disks.get(id)!;
@@ -944,13 +943,12 @@ class RealSimulation {
     const segments = (await disk.readdir(walDir).catch(() => [] as string[]))
       .filter(isSegmentFileName)
       .sort();
-    // Every record of every segment but the very last one of the log.
+    // Every record of every segment.
     const records: { file: string; start: number; end: number }[] = [];
     for (const name of segments) {
       const file = `${walDir}/${name}`;
       for (const span of verifiedRecordSpans(await disk.readFile(file))) records.push({ file, ...span });
     }
-    records.pop();
     if (records.length === 0) return null;
     const r = this.prng.pick(records);
     const at = this.prng.int(r.start, r.end - 1);

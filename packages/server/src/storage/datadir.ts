@@ -22,7 +22,7 @@ import {
 import { PEERS_FILE } from './peer-addresses.js';
 import { isSnapshotName, SNAPSHOT_DIR } from './snapshot-file.js';
 import { VOTE_FILE } from './vote-file.js';
-import { isSegmentFileName } from './wal.js';
+import { isSegmentFileName, WAL_STARTED_FILE } from './wal.js';
 
 /** The identity and geometry of a data directory, stored in `<dir>/meta.json`. */
 export interface DataDirMeta {
@@ -168,7 +168,8 @@ const EXPECTED: { sub: string; expected: (name: string) => boolean }[] = [
       n === WAL_DIR ||
       n === SNAPSHOT_DIR ||
       n === PEERS_FILE ||
-      n === VOTE_FILE,
+      n === VOTE_FILE ||
+      n === WAL_STARTED_FILE,
   },
   { sub: WAL_DIR, expected: isSegmentFileName },
   { sub: SNAPSHOT_DIR, expected: isSnapshotName },

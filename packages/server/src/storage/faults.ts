@@ -32,6 +32,7 @@ export const FAULT_STEPS = [
   'wal.close', // close a segment file (after a roll, or at close)
   'wal.dirsync', // fsync the log directory after creating or deleting segment files
   'wal.unlink', // delete a segment file a snapshot covers
+  'wal.mark', // create the WAL-started marker beside the log (once), then sync its directory
   // recovery at start
   'recovery.truncate', // cut a torn tail off the last segment
   'recovery.unlink', // remove a torn segment file, or segment files a snapshot made useless

@@ -71,7 +71,7 @@ import {
   writeVoteFile,
 } from './vote-file.js';
 import type { FsyncPolicy, RecoveryReport, Wal, WalInspection, WalIo, WalOptions, WalRecord } from './wal.js';
-import { describeRecovery, inspectWal, Wal as WalClass } from './wal.js';
+import { describeRecovery, inspectWal, WAL_STARTED_FILE, Wal as WalClass } from './wal.js';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
 
@@ -243,10 +243,17 @@ export class DiskRaftStorage implements RaftStorage {
     try {
       opened = await WalClass.open(walOptions(opts));
     } catch (err) {
-      if (!SegmemError.is(err) || err.details?.reason !== 'WAL_CORRUPT') throw err;
-      // Nothing is cut yet: first learn what the damage may hide.
-      inspection = await inspectWal(opts.walDir, undefined, fs);
-      if (!inspection.damage) throw err;
+      const reason = SegmemError.is(err) ? err.details?.reason : undefined;
+      if (reason === 'WAL_MISSING') {
+        // A lost log heals like damage at its very start: the majority holds its records.
+        const damage = { file: opts.walDir, offset: 0, reason: 'no record left', index: 1, missing: true };
+        inspection = { records: [], damage, after: [] };
+      } else {
+        if (reason !== 'WAL_CORRUPT') throw err;
+        // Nothing is cut yet: first learn what the damage may hide.
+        inspection = await inspectWal(opts.walDir, undefined, fs);
+        if (!inspection.damage) throw err;
+      }
     }
     const storage = new DiskRaftStorage(opts);
     try {
@@ -329,7 +336,9 @@ export class DiskRaftStorage implements RaftStorage {
     const opts = this.opts;
     const damage = inspection?.damage;
     let what: string;
-    if (damage) {
+    if (damage?.missing) {
+      what = `WAL missing in ${damage.file} (${damage.reason}): started it again`;
+    } else if (damage) {
       const last = inspection!.after[inspection!.after.length - 1]?.index ?? damage.index;
       what =
         `WAL damaged at ${damage.file} offset ${damage.offset} (${damage.reason}): cut there, dropping WAL ` +
@@ -354,9 +363,9 @@ export class DiskRaftStorage implements RaftStorage {
         : { files: lost!.damaged.map((d) => d.file) };
       throw new SegmemError(
         'UNAVAILABLE',
-        `cannot heal: ${what.replace(/: cut there.*|: dropped it.*/, '')}; ${unsafe}. Refusing to start so ` +
+        `cannot heal: ${what.replace(/: cut there.*|: dropped it.*|: started it again/, '')}; ${unsafe}. Refusing to start so ` +
           'acknowledged data is not dropped silently (start with --repair to cut there anyway)',
-        { reason: damage ? 'WAL_CORRUPT' : 'SNAPSHOT_CORRUPT', ...where },
+        { reason: damage ? (damage.missing ? 'WAL_MISSING' : 'WAL_CORRUPT') : 'SNAPSHOT_CORRUPT', ...where },
       );
     }
     const term = bound.term + 1;
@@ -785,6 +794,7 @@ function walOptions(opts: DiskRaftStorageOptions) {
   return {
     dir: opts.walDir,
     fsync: opts.fsync,
+    startedMarker: join(opts.dir, WAL_STARTED_FILE),
     ...(opts.walFileBytes !== undefined ? { segmentBytes: opts.walFileBytes } : {}),
     ...(opts.env ? { env: opts.env } : {}),
     ...(opts.fs ? { fs: opts.fs } : {}),

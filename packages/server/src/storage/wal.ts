@@ -9,17 +9,22 @@
  * | bytes | field                                                    |
  * |-------|----------------------------------------------------------|
  * | 0-7   | magic `SGMWAL01`                                         |
- * | 8-11  | u32 format version (1)                                   |
+ * | 8-11  | u32 format version (2; version 1 is still read)          |
  * | 12-15 | u32 CRC-32C of bytes 0-11                                |
  *
- * followed by records, each a 16-byte record header and the payload (all integers little-endian):
+ * followed by records, each a 20-byte record header and the payload (all integers little-endian):
  *
  * | bytes | field                                                    |
  * |-------|----------------------------------------------------------|
  * | 0-3   | u32 payload length                                       |
- * | 4-7   | u32 CRC-32C of bytes 0-3, bytes 8-15 and the payload     |
+ * | 4-7   | u32 CRC-32C of the payload                               |
  * | 8-15  | u64 index                                                |
- * | 16-   | payload                                                  |
+ * | 16-19 | u32 CRC-32C of bytes 0-15 (the header's own checksum)    |
+ * | 20-   | payload                                                  |
+ *
+ * Version 1 records have a 16-byte header without the header checksum (bytes 4-7: CRC-32C of bytes 0-3,
+ * bytes 8-15 and the payload). Segments of version 1 are read and never appended to: the first append
+ * after opening such a log starts a version 2 segment.
  *
  * A new segment is started before a record that would make the current one larger than `segmentBytes`
  * (a segment holds at least one record, so a single record larger than `segmentBytes` gets a segment of
@@ -27,18 +32,23 @@
  *
  * ## Recovery
  *
- * {@link Wal.open} reads and verifies every record and stops at the first bad one. If no valid record
- * exists anywhere after it (a crash in the middle of the last write: a "torn tail"), the log is
- * truncated there and the fact is reported. If a valid record does exist after it, the damage is not
- * a torn write but corruption of data that may have been acknowledged, and `open` refuses to start
- * unless `repair` is set. Records are self-delimiting and each carries its index, so the records after
+ * {@link Wal.open} reads and verifies every record and stops at the first bad one. If a valid record
+ * exists after it, the damage is not a torn write but corruption of data that may have been
+ * acknowledged, and `open` refuses to start unless `repair` is set. If none does, the bad record is the
+ * last one, and its header checksum tells a torn write from damage: a crash in the middle of a write
+ * leaves its end missing (the file ends early) or zeroed from a sector boundary on, so a record that
+ * runs past the end of the file or into such a zero tail (or has no complete header) is a "torn tail",
+ * truncated and reported; a record whose header verifies and whose bytes are all present, but whose
+ * payload checksum fails (or whose header checksum fails with all its bytes present), is damage to a
+ * record that may have been acknowledged, refused like damage in the middle (version 1 segments, with no
+ * header checksum, keep treating every bad last record as torn). Records are self-delimiting and each carries its index, so the records after
  * the damage can be found and put in order ({@link inspectWal}), but a repair still cuts the log at the
  * damage: the log's users need an unbroken sequence (a command log applies changes relative to the
  * state before them; a Raft log must not have holes).
  *
  * @module
  */
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { type Env, type EnvTimer, SegmemError, systemEnv } from '@segmem/protocol';
 import { crc32c } from './crc32c.js';
 import { errnoCode, errorMessage, writeAll } from './files.js';
@@ -69,14 +79,24 @@ export type FsyncPolicy = 'always' | 'batch' | 'none';
 
 export const FSYNC_POLICIES: readonly FsyncPolicy[] = ['always', 'batch', 'none'];
 
+/**
+ * The file, in the data directory beside the log's directory, whose existence says the log has held a
+ * durable record (see {@link WalOptions.startedMarker}).
+ */
+export const WAL_STARTED_FILE = 'wal-started';
+
 /** Magic bytes at the start of every segment file. */
 export const WAL_MAGIC = 'SGMWAL01';
 /** The segment format version written by this code. */
-export const WAL_FORMAT_VERSION = 1;
+export const WAL_FORMAT_VERSION = 2;
 /** Size of the segment file header. */
 export const WAL_FILE_HEADER_BYTES = 16;
-/** Size of the header in front of every record's payload. */
-export const WAL_RECORD_HEADER_BYTES = 16;
+/** Size of the header in front of every record's payload (in the current format version). */
+export const WAL_RECORD_HEADER_BYTES = 20;
+/** Size of a record header in format version 1. */
+const V1_RECORD_HEADER_BYTES = 16;
+/** Torn writes lose whole sectors: a zero tail of a torn file starts at a multiple of this. */
+const SECTOR_BYTES = 512;
 export const DEFAULT_WAL_FILE_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_MAX_RECORD_BYTES = 128 * 1024 * 1024;
 /** Record lengths are stored in 32 bits. */
@@ -153,6 +173,14 @@ export interface WalOptions {
    * (`report.discarded`).
    */
   coveredIndex?: number;
+  /**
+   * A file outside `dir` (it must survive the loss of `dir`) that says this log has held a durable record.
+   * The log creates it, durably, before it first reports a record durable (or at open, for a log that
+   * already holds records). While it exists, a log found with no record at all (its files deleted or cut
+   * to nothing) and no snapshot covering it (`coveredIndex` 0 or unset) is refused as lost, not started
+   * empty: `UNAVAILABLE`, `details.reason === 'WAL_MISSING'` (unless `repair` is set).
+   */
+  startedMarker?: string;
   /**
    * Called when writes start failing for a reason a retry may get past (a full disk: `ENOSPC`), with the
    * error appends now throw, and with null once a retry succeeded. Meanwhile the log keeps what was
@@ -259,11 +287,25 @@ function readIndex(b: Uint8Array, off: number): number {
   return readU32(b, off + 12) * TWO_32 + readU32(b, off + 8);
 }
 
-/** CRC of a record whose header starts at `off` in `b` and whose payload follows it. */
-function recordCrc(b: Uint8Array, off: number, len: number): number {
-  let crc = crc32c(b, 0, off, off + 4);
-  crc = crc32c(b, crc, off + 8, off + 16);
-  return crc32c(b, crc, off + 16, off + 16 + len);
+/** Size of the record headers in a segment of format `version`. */
+function headerBytesOf(version: number): number {
+  return version === 1 ? V1_RECORD_HEADER_BYTES : WAL_RECORD_HEADER_BYTES;
+}
+
+/** Whether the header of the record at `off` (all of it in `b`) verifies; version 1 headers have no checksum. */
+function headerOk(b: Uint8Array, off: number, version: number): boolean {
+  return version === 1 || crc32c(b, 0, off, off + 16) === readU32(b, off + 16);
+}
+
+/** Whether the payload of `len` bytes of the record at `off` (all of it in `b`) verifies. */
+function payloadOk(b: Uint8Array, off: number, len: number, version: number): boolean {
+  if (version === 1) {
+    let crc = crc32c(b, 0, off, off + 4);
+    crc = crc32c(b, crc, off + 8, off + 16);
+    return crc32c(b, crc, off + 16, off + 16 + len) === readU32(b, off + 4);
+  }
+  const start = off + WAL_RECORD_HEADER_BYTES;
+  return crc32c(b, 0, start, start + len) === readU32(b, off + 4);
 }
 
 /**
@@ -272,44 +314,87 @@ function recordCrc(b: Uint8Array, off: number, len: number): number {
  */
 export function verifiedRecordSpans(b: Buffer): { start: number; end: number }[] {
   const spans: { start: number; end: number }[] = [];
-  if (checkFileHeader(b) !== undefined) return spans;
-  for (let off = WAL_FILE_HEADER_BYTES; b.length - off >= WAL_RECORD_HEADER_BYTES; ) {
+  const version = checkFileHeader(b);
+  if (typeof version === 'string') return spans;
+  const headerBytes = headerBytesOf(version);
+  for (let off = WAL_FILE_HEADER_BYTES; b.length - off >= headerBytes; ) {
+    if (!headerOk(b, off, version)) break;
     const len = readU32(b, off);
-    const end = off + WAL_RECORD_HEADER_BYTES + len;
-    if (end > b.length || recordCrc(b, off, len) !== readU32(b, off + 4)) break;
+    const end = off + headerBytes + len;
+    if (end > b.length || !payloadOk(b, off, len, version)) break;
     spans.push({ start: off, end });
     off = end;
   }
   return spans;
 }
 
-/** Why the file header at the start of `b` is invalid, or undefined if it is valid. */
-function checkFileHeader(b: Buffer): string | undefined {
+/** The format version of the segment whose file header starts `b`, or why that header is invalid. */
+function checkFileHeader(b: Buffer): number | string {
   if (b.length < WAL_FILE_HEADER_BYTES) return 'incomplete segment header';
   if (b.toString('latin1', 0, 8) !== WAL_MAGIC) return 'bad segment header (wrong magic)';
   if (readU32(b, 12) !== crc32c(b, 0, 0, 12)) return 'bad segment header (bad checksum)';
   const version = readU32(b, 8);
-  if (version !== WAL_FORMAT_VERSION) return `unsupported segment format version ${version}`;
-  return undefined;
+  if (version !== 1 && version !== WAL_FORMAT_VERSION) return `unsupported segment format version ${version}`;
+  return version;
 }
 
 /** Verifies the record at `off`: returns its payload length, or why it is invalid. */
-function checkRecord(b: Buffer, off: number, expected: number, maxRecordBytes: number): number | string {
-  if (b.length - off < WAL_RECORD_HEADER_BYTES) return 'incomplete record header';
+function checkRecord(
+  b: Buffer,
+  off: number,
+  expected: number,
+  maxRecordBytes: number,
+  version: number,
+): number | string {
+  const headerBytes = headerBytesOf(version);
+  if (b.length - off < headerBytes) return 'incomplete record header';
+  if (!headerOk(b, off, version)) return 'bad record header checksum';
   const len = readU32(b, off);
   if (len > maxRecordBytes) return `record length ${len} exceeds the maximum ${maxRecordBytes}`;
-  if (off + WAL_RECORD_HEADER_BYTES + len > b.length)
-    return 'incomplete record (runs past the end of the file)';
-  if (recordCrc(b, off, len) !== readU32(b, off + 4)) return 'bad checksum';
+  if (off + headerBytes + len > b.length) return 'incomplete record (runs past the end of the file)';
+  if (!payloadOk(b, off, len, version)) return 'bad checksum';
   const index = readIndex(b, off);
   if (index !== expected) return `unexpected index ${index}, expected ${expected}`;
   return len;
 }
 
+/** Whether two indexes differ in at most one bit (a bit flip in a stored index). */
+function withinOneBit(a: number, b: number): boolean {
+  const bits = (x: number): number => {
+    let n = 0;
+    for (let v = x >>> 0; v !== 0; v &= v - 1) n++;
+    return n;
+  };
+  return bits((a >>> 0) ^ (b >>> 0)) + bits(Math.floor(a / TWO_32) ^ Math.floor(b / TWO_32)) <= 1;
+}
+
 /**
- * Scans `b` from byte `from` for records that verify (bounded length, checksum) and carry an index in
- * `(afterIndex, maxIndex]`, at any byte offset. Returns how many were found (stopping at `limit`); found
- * records are skipped over as a whole, and pushed to `collect` if given.
+ * Whether the bad record at `off` in segment `b`, with no valid record after it and `expected` its index,
+ * can be a write cut short by a crash: one that loses the write's end, so the file ends early or is zero
+ * from a sector boundary on (or holds whatever the file system left there: bytes that do not even look
+ * like this record's header). A record whose bytes are all there and whose header verifies but whose
+ * payload does not, or whose header fails but still names its index (give or take one flipped bit), is
+ * damage instead. Version 1 records have no header checksum, so their length cannot be trusted: every
+ * bad last record counts as torn there.
+ */
+function tornWrite(b: Buffer, off: number, version: number, expected: number): boolean {
+  if (version === 1) return true;
+  let lastNonZero = b.length - 1;
+  while (lastNonZero >= off && b[lastNonZero] === 0) lastNonZero--;
+  if (lastNonZero < off) return true;
+  const zeroFrom = Math.min(b.length, Math.ceil((lastNonZero + 1) / SECTOR_BYTES) * SECTOR_BYTES);
+  if (off + WAL_RECORD_HEADER_BYTES > zeroFrom) return true;
+  if (!headerOk(b, off, version)) {
+    if (isAllZero(b.subarray(off, off + WAL_RECORD_HEADER_BYTES), 0)) return true;
+    return !withinOneBit(readIndex(b, off), expected);
+  }
+  return off + WAL_RECORD_HEADER_BYTES + readU32(b, off) > zeroFrom;
+}
+
+/**
+ * Scans `b` (a segment of format `version`) from byte `from` for records that verify (bounded length,
+ * checksums) and carry an index in `(afterIndex, maxIndex]`, at any byte offset. Returns how many were
+ * found (stopping at `limit`); found records are skipped over as a whole, and pushed to `collect` if given.
  */
 function scanForRecords(
   b: Buffer,
@@ -318,24 +403,23 @@ function scanForRecords(
   maxIndex: number,
   maxRecordBytes: number,
   limit: number,
+  version: number,
   collect?: WalRecord[],
 ): number {
   let found = 0;
-  const end = b.length - WAL_RECORD_HEADER_BYTES;
+  const headerBytes = headerBytesOf(version);
+  const end = b.length - headerBytes;
   for (let p = from; p <= end; p++) {
     const hi = readU32(b, p + 12);
     if (hi > maxIndex / TWO_32) continue;
     const index = hi * TWO_32 + readU32(b, p + 8);
     if (index <= afterIndex || index > maxIndex) continue;
     const len = readU32(b, p);
-    if (len > maxRecordBytes || p + WAL_RECORD_HEADER_BYTES + len > b.length) continue;
-    if (recordCrc(b, p, len) !== readU32(b, p + 4)) continue;
-    collect?.push({
-      index,
-      payload: b.subarray(p + WAL_RECORD_HEADER_BYTES, p + WAL_RECORD_HEADER_BYTES + len),
-    });
+    if (len > maxRecordBytes || p + headerBytes + len > b.length) continue;
+    if (!headerOk(b, p, version) || !payloadOk(b, p, len, version)) continue;
+    collect?.push({ index, payload: b.subarray(p + headerBytes, p + headerBytes + len) });
     if (++found >= limit) return found;
-    p += WAL_RECORD_HEADER_BYTES + len - 1;
+    p += headerBytes + len - 1;
   }
   return found;
 }
@@ -343,6 +427,48 @@ function scanForRecords(
 function isAllZero(b: Uint8Array, from: number): boolean {
   for (let i = from; i < b.length; i++) if (b[i] !== 0) return false;
   return true;
+}
+
+/** A file of the log could not be read or opened (permissions, I/O error): one line naming it and the errno. */
+function unreadable(path: string, err: unknown, what: string): SegmemError {
+  if (SegmemError.is(err)) return err;
+  const errno = errnoCode(err) ?? 'EIO';
+  return new SegmemError(
+    'UNAVAILABLE',
+    `cannot ${what} write-ahead log file ${path}: ${errno}` +
+      (errno === 'EACCES' || errno === 'EPERM' ? ' (permission denied: check its owner and mode)' : ''),
+    { reason: 'WAL_UNREADABLE', file: path, errno },
+    { cause: err },
+  );
+}
+
+async function readWalFile(fs: StorageFs, path: string): Promise<Buffer> {
+  try {
+    return await fs.readFile(path);
+  } catch (err) {
+    throw unreadable(path, err, 'read');
+  }
+}
+
+async function fileExists(fs: StorageFs, path: string): Promise<boolean> {
+  try {
+    await fs.stat(path);
+    return true;
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return false;
+    throw unreadable(path, err, 'check the marker of the');
+  }
+}
+
+/** Creates the (empty) started marker file, durably unless `sync` is false. */
+async function writeStartedMarker(fs: StorageFs, path: string, sync: boolean): Promise<void> {
+  try {
+    await fs.close(await fs.open(path, 'wx', 'wal.mark'));
+  } catch (err) {
+    // Created before a crash, perhaps not durably: the directory sync below settles it.
+    if (errnoCode(err) !== 'EEXIST') throw err;
+  }
+  if (sync) await fs.fsyncDir(dirname(path), 'wal.mark');
 }
 
 function walFailed(err: unknown): SegmemError {
@@ -380,10 +506,12 @@ interface Scan {
   records: WalRecord[];
   segments: Segment[];
   sizes: number[];
+  /** The format version of each segment read (parallel to `sizes`). */
+  versions: number[];
   /** Index of the last record that verified (0: none). */
   lastIndex: number;
-  /** The first bad record (or file), if any. */
-  bad?: { file: number; offset: number; reason: string; buf: Buffer };
+  /** The first bad record (or file), if any, and the format version of its file. */
+  bad?: { file: number; offset: number; reason: string; buf: Buffer; version: number };
 }
 
 async function scanSegments(
@@ -392,10 +520,17 @@ async function scanSegments(
   maxRecordBytes: number,
   covered: number | undefined,
 ): Promise<Scan> {
-  let names = (await fs.readdir(dir)).filter((n) => SEGMENT_NAME.test(n)).sort();
+  let listed: string[];
+  try {
+    listed = await fs.readdir(dir);
+  } catch (err) {
+    throw unreadable(dir, err, 'list the directory of the');
+  }
+  let names = listed.filter((n) => SEGMENT_NAME.test(n)).sort();
   const records: WalRecord[] = [];
   const segments: Segment[] = [];
   const sizes: number[] = [];
+  const versions: number[] = [];
   if (covered !== undefined) {
     // Segments all of whose records the caller's snapshot holds are not read; they stay listed, and the
     // next truncation behind a snapshot deletes them. Whatever happened to them (a deletion interrupted by
@@ -420,43 +555,47 @@ async function scanSegments(
 
   for (let f = 0; f < names.length && !bad; f++) {
     const path = join(dir, names[f]!);
-    const buf = await fs.readFile(path);
+    const buf = await readWalFile(fs, path);
     const first = firstIndexOf(names[f]!);
     segments.push({ firstIndex: first, path });
     sizes.push(0);
+    versions.push(WAL_FORMAT_VERSION);
     if (first !== expected) {
       bad = {
         file: f,
         offset: 0,
         reason: `segment file name says first index ${first}, expected ${expected}`,
         buf,
+        version: WAL_FORMAT_VERSION,
       };
       break;
     }
-    const headerProblem = checkFileHeader(buf);
-    if (headerProblem) {
-      bad = { file: f, offset: 0, reason: headerProblem, buf };
+    const version = checkFileHeader(buf);
+    if (typeof version === 'string') {
+      bad = { file: f, offset: 0, reason: version, buf, version: WAL_FORMAT_VERSION };
       break;
     }
+    versions[f] = version;
+    const headerBytes = headerBytesOf(version);
     let off = WAL_FILE_HEADER_BYTES;
     while (off < buf.length) {
-      const r = checkRecord(buf, off, expected, maxRecordBytes);
+      const r = checkRecord(buf, off, expected, maxRecordBytes, version);
       if (typeof r === 'string') {
-        bad = { file: f, offset: off, reason: r, buf };
+        bad = { file: f, offset: off, reason: r, buf, version };
         break;
       }
       if (covered === undefined || expected > covered) {
         records.push({
           index: expected,
-          payload: buf.subarray(off + WAL_RECORD_HEADER_BYTES, off + WAL_RECORD_HEADER_BYTES + r),
+          payload: buf.subarray(off + headerBytes, off + headerBytes + r),
         });
       }
       expected++;
-      off += WAL_RECORD_HEADER_BYTES + r;
+      off += headerBytes + r;
     }
     sizes[f] = bad ? bad.offset : buf.length;
   }
-  return { names, records, segments, sizes, lastIndex: expected - 1, ...(bad ? { bad } : {}) };
+  return { names, records, segments, sizes, versions, lastIndex: expected - 1, ...(bad ? { bad } : {}) };
 }
 
 /** The bytes from the bad record on (the rest of its file, and every later file). */
@@ -488,22 +627,30 @@ async function scanBeyond(
   const laterBufs: Buffer[] = [];
   let laterBytes = 0;
   for (const p of laterPaths) {
-    const b = await fs.readFile(p);
+    const b = await readWalFile(fs, p);
     laterBufs.push(b);
     laterBytes += b.length;
   }
   const droppedBytes = bad.buf.length - bad.offset + laterBytes;
   let base = scan.lastIndex + 1;
   for (const n of scan.names.slice(bad.file)) base = Math.max(base, firstIndexOf(n));
-  const maxIndex = Math.min(
-    Number.MAX_SAFE_INTEGER,
-    base + Math.ceil(droppedBytes / WAL_RECORD_HEADER_BYTES),
-  );
+  const maxIndex = Math.min(Number.MAX_SAFE_INTEGER, base + Math.ceil(droppedBytes / V1_RECORD_HEADER_BYTES));
   const after = scan.lastIndex;
-  let found = scanForRecords(bad.buf, bad.offset + 1, after, maxIndex, maxRecordBytes, limit, collect);
+  let found = scanForRecords(
+    bad.buf,
+    bad.offset + 1,
+    after,
+    maxIndex,
+    maxRecordBytes,
+    limit,
+    bad.version,
+    collect,
+  );
   for (const b of laterBufs) {
     if (found >= limit) break;
-    found += scanForRecords(b, 0, after, maxIndex, maxRecordBytes, limit - found, collect);
+    const version = checkFileHeader(b);
+    const v = typeof version === 'number' ? version : WAL_FORMAT_VERSION;
+    found += scanForRecords(b, 0, after, maxIndex, maxRecordBytes, limit - found, v, collect);
   }
   return { laterPaths, laterBufs, laterBytes, droppedBytes, found };
 }
@@ -514,9 +661,24 @@ async function recover(
   maxRecordBytes: number,
   repair: boolean,
   covered: number | undefined,
+  started: string | undefined,
 ): Promise<Recovered> {
   const scan = await scanSegments(fs, dir, maxRecordBytes, covered);
-  const { records, segments, sizes, lastIndex, bad } = scan;
+  const { records, segments, sizes, versions, lastIndex, bad } = scan;
+  // Checked before anything is cut (after damage, which is the better explanation), so a refused start
+  // changes nothing on disk.
+  const refuseIfMissing = (): void => {
+    if (started === undefined || repair || (covered ?? 0) > 0 || records.length > 0) return;
+    const what =
+      scan.names.length === 0 ? 'holds no segment file' : `holds no valid record (${scan.names.join(', ')})`;
+    throw new SegmemError(
+      'UNAVAILABLE',
+      `write-ahead log is missing: ${dir} ${what}, but ${started} says it held acknowledged records and no ` +
+        'snapshot covers them; refusing to start empty (restore the WAL files, or start with repair to start empty)',
+      { reason: 'WAL_MISSING', dir, marker: started, segments: scan.names.length },
+    );
+  };
+  if (!bad) refuseIfMissing();
   const report: RecoveryReport = {
     records: records.length,
     firstIndex: records.length > 0 ? records[0]!.index : lastIndex + 1,
@@ -538,10 +700,19 @@ async function recover(
     );
     const { laterPaths, laterBufs, laterBytes, droppedBytes } = beyond;
     const validAfter = beyond.found;
-    if (validAfter > 0 && !repair) {
+    const damagedLast =
+      validAfter === 0 &&
+      bad.offset >= WAL_FILE_HEADER_BYTES &&
+      !tornWrite(bad.buf, bad.offset, bad.version, lastIndex + 1);
+    if ((validAfter > 0 || damagedLast) && !repair) {
+      const why =
+        validAfter > 0
+          ? `bad record at ${badPath} offset ${bad.offset} is followed by valid records`
+          : `the last record, at ${badPath} offset ${bad.offset}, is damaged (${bad.reason}) with all its bytes ` +
+            'present: not a write cut short by a crash, and it may have been acknowledged';
       throw new SegmemError(
         'UNAVAILABLE',
-        `write-ahead log is corrupt: bad record at ${badPath} offset ${bad.offset} is followed by valid records; ` +
+        `write-ahead log is corrupt: ${why}; ` +
           'refusing to start so acknowledged data is not dropped silently (start with repair to truncate there)',
         {
           reason: 'WAL_CORRUPT',
@@ -549,15 +720,18 @@ async function recover(
           offset: bad.offset,
           problem: bad.reason,
           firstBadIndex: lastIndex + 1,
+          lastRecord: damagedLast,
         },
       );
     }
+    refuseIfMissing();
     // Cut the log at the bad record: truncate its file (or remove it, if the damage is in its header)
     // and remove every later file.
     if (bad.offset < WAL_FILE_HEADER_BYTES) {
       await fs.rm(badPath, 'recovery.unlink');
       segments.pop();
       sizes.pop();
+      versions.pop();
     } else {
       await truncateFile(fs, badPath, bad.offset, 'recovery.truncate');
     }
@@ -565,7 +739,7 @@ async function recover(
     if (bad.offset < WAL_FILE_HEADER_BYTES || laterPaths.length > 0)
       await fs.fsyncDir(dir, 'recovery.dirsync');
 
-    if (validAfter > 0) {
+    if (validAfter > 0 || damagedLast) {
       let lastDropped = lastIndex + 1;
       for (const r of dropped) lastDropped = Math.max(lastDropped, r.index);
       report.repaired = {
@@ -601,8 +775,8 @@ async function recover(
   }
   report.segments = segments.length;
   // Only a segment that was read may be appended to (the last one may be a skipped one, when every
-  // segment read was torn and removed).
-  const appendable = sizes.length > 0;
+  // segment read was torn and removed), and only one in the current format.
+  const appendable = sizes.length > 0 && versions[versions.length - 1] === WAL_FORMAT_VERSION;
   const lastSize = appendable ? sizes[sizes.length - 1]! : 0;
   return { records, segments, lastSize, appendable, lastIndex, report };
 }
@@ -612,7 +786,14 @@ export interface WalInspection {
   /** The records before the first bad one, in index order: what a repair keeps. */
   records: WalRecord[];
   /** The first bad record: in which file, at which offset, why, and the index it should have had. */
-  damage: { file: string; offset: number; reason: string; index: number } | null;
+  damage: {
+    file: string;
+    offset: number;
+    reason: string;
+    index: number;
+    /** Set when the log was lost as a whole (`file` is then its directory): see {@link WalOptions.startedMarker}. */
+    missing?: boolean;
+  } | null;
   /**
    * Records after the damage that verify (length, checksum, a plausible index), in index order: what a
    * repair drops. Their order is proven by the index each carries, not by where they were found.
@@ -733,9 +914,11 @@ export class Wal {
   private waiters: Waiter[] = [];
   private listeners: ((durableIndex: number) => void)[] = [];
   private prefixChain: Promise<unknown> = Promise.resolve();
+  /** The started marker still to be created before a record is first reported durable (null: none). */
+  private markerPath: string | null = null;
 
   private constructor(
-    opts: Required<Omit<WalOptions, 'repair' | 'io' | 'coveredIndex' | 'onStall' | 'env'>> &
+    opts: Required<Omit<WalOptions, 'repair' | 'io' | 'coveredIndex' | 'onStall' | 'env' | 'startedMarker'>> &
       Pick<WalOptions, 'onStall' | 'env'>,
     io: WalIo,
     rec: Recovered,
@@ -787,7 +970,16 @@ export class Wal {
     const dir = opts.dir;
     const fs = opts.fs ?? nodeFs;
     await mkdirDurable(fs, dir, opts.fsync !== 'none');
-    const rec = await recover(fs, dir, maxRecordBytes, opts.repair === true, opts.coveredIndex);
+    const marker = opts.startedMarker;
+    const markerExists = marker !== undefined && (await fileExists(fs, marker));
+    const rec = await recover(
+      fs,
+      dir,
+      maxRecordBytes,
+      opts.repair === true,
+      opts.coveredIndex,
+      markerExists ? marker : undefined,
+    );
     const io: WalIo = { ...walIoOf(fs), ...opts.io };
     const wal = new Wal(
       {
@@ -802,8 +994,26 @@ export class Wal {
       io,
       rec,
     );
+    let markerKept = markerExists;
+    if (markerExists && opts.repair && rec.records.length === 0 && (opts.coveredIndex ?? 0) === 0) {
+      // Started empty on request: the log is a new one, which the marker would refuse until it holds a record.
+      await fs.rm(marker!, 'wal.mark');
+      if (opts.fsync !== 'none') await fs.fsyncDir(dirname(marker!), 'wal.mark');
+      markerKept = false;
+    }
+    if (marker !== undefined && !markerKept) {
+      // A log written before the marker existed gets it now; a new one when its first record is durable.
+      if (rec.lastIndex > 0) await writeStartedMarker(fs, marker, opts.fsync !== 'none');
+      else wal.markerPath = marker;
+    }
     const last = rec.segments[rec.segments.length - 1];
-    if (rec.appendable && last) wal.fd = await io.open(last.path, 'r+');
+    if (rec.appendable && last) {
+      try {
+        wal.fd = await io.open(last.path, 'r+');
+      } catch (err) {
+        throw unreadable(last.path, err, 'open for writing the');
+      }
+    }
     return { wal, records: rec.records, report: rec.report };
   }
 
@@ -872,7 +1082,7 @@ export class Wal {
     putU32(h, 0, len);
     putU32(h, 8, index >>> 0);
     putU32(h, 12, Math.floor(index / TWO_32));
-    let crc = crc32c(h, crc32c(h, 0, 0, 4), 8, 16);
+    let crc = 0;
     const iov = this.iov;
     const recordBytes = WAL_RECORD_HEADER_BYTES + len;
     if (this.vFirst === 0 || (this.vRecords > 0 && this.vBytes + recordBytes > this.segmentBytes)) {
@@ -894,6 +1104,7 @@ export class Wal {
       iov.push(payload as Uint8Array);
     }
     putU32(h, 4, crc);
+    putU32(h, 16, crc32c(h, 0, 0, 16));
     this.recEnds.push(iov.length);
     this.vBytes += recordBytes;
     this.vRecords++;
@@ -1054,6 +1265,7 @@ export class Wal {
     this.dirDirty = false;
     this.stats.flushes++;
     if (this.policy === 'none') {
+      if (this.markerPath !== null) await this.markStarted();
       this.durable = lastIndex;
       this.notify();
     } else if (this.syncWanted(lastIndex)) {
@@ -1140,8 +1352,19 @@ export class Wal {
     await this.io.fdatasync(this.fd!);
     this.stats.syncs++;
     this.fdDirty = false;
+    if (this.markerPath !== null) await this.markStarted();
     this.durable = upTo;
     this.notify();
+  }
+
+  /** Creates the started marker (once, before the first record is reported durable). */
+  private async markStarted(): Promise<void> {
+    try {
+      await writeStartedMarker(this.fs, this.markerPath!, this.policy !== 'none');
+    } catch (err) {
+      throw retryable(err);
+    }
+    this.markerPath = null;
   }
 
   private compactQueue(): void {
