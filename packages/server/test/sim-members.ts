@@ -18,15 +18,12 @@ import { type ClusterNodeOptions, openClusterNode } from '../src/cluster.js';
 import type { SegmemNode } from '../src/node/index.js';
 import { RaftNode } from '../src/raft/node.js';
 import type { LocalEnd } from '../src/shell/local.js';
+import { runFor } from '../src/sim/drive.js';
 import { SimClock, SimEnv } from '../src/sim/env.js';
 import { SimFs, type UnsyncedFate } from '../src/sim/fs.js';
 import { SimPeerNetwork } from '../src/sim/peer-network.js';
 import { Prng } from '../src/sim/prng.js';
 
-/** Lets the promise continuations of the simulated code run (all of them: a macrotask comes after). */
-export function drainMicrotasks(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
 
 export class RealSim {
   readonly clock = new SimClock(Date.UTC(2030, 0, 1));
@@ -106,11 +103,8 @@ export class RealSim {
   }
 
   /** Moves simulated time forward by `ms`, one timer at a time, letting each one's continuations run. */
-  async run(ms: number): Promise<void> {
-    const until = this.clock.nowMs + ms;
-    while (this.clock.runNext(until)) await drainMicrotasks();
-    this.clock.runUntil(until);
-    await drainMicrotasks();
+  run(ms: number): Promise<void> {
+    return runFor(this.clock, ms);
   }
 
   /** Runs simulated time until `promise` settles, at most `maxMs`; resolves or rejects as it does. */

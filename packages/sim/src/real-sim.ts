@@ -23,6 +23,7 @@ import type { SegmemNode } from '@segmem/server';
 import { openClusterNode } from '@segmem/server/internal/cluster';
 import { RaftNode } from '@segmem/server/internal/raft/node';
 import type { RaftStorage } from '@segmem/server/internal/raft/types';
+import { runFor } from '@segmem/server/internal/sim/drive';
 import { SimClock, SimEnv } from '@segmem/server/internal/sim/env';
 import { SimFs } from '@segmem/server/internal/sim/fs';
 import { describeOp, History, type OpRecord } from '@segmem/server/internal/sim/history';
@@ -178,11 +179,6 @@ class Failure extends Error {
   ) {
     super(`${checker}: ${detail}`);
   }
-}
-
-/** Lets the promise continuations of the simulated code run (all of them: a macrotask comes after). */
-function drainMicrotasks(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
 }
 
 function sleep(env: Env, ms: number): Promise<void> {
@@ -525,19 +521,15 @@ class RealSimulation {
   }
 
   /** Moves simulated time forward by `ms`, one timer at a time, letting each one's continuations run. */
-  async run(ms: number): Promise<void> {
-    const until = this.clock.nowMs + ms;
-    while (this.clock.runNext(until)) {
-      await drainMicrotasks();
+  run(ms: number): Promise<void> {
+    return runFor(this.clock, ms, () => {
       if (this.unexpected) throw this.unexpected;
       if (this.clock.fired > MAX_TIMERS_RUN)
         throw new Failure(
           'budget',
           `${this.clock.fired} timers run by ${this.nowMs} simulated ms: the members or clients are spinning (a seed runs 10,000..200,000)`,
         );
-    }
-    this.clock.runUntil(until);
-    await drainMicrotasks();
+    });
   }
 
   /** Runs simulated time until `done()` holds, at most `maxMs`. */

@@ -62,7 +62,7 @@ function before(a: QueueEntry, b: QueueEntry): boolean {
 }
 
 /** Delays as Node reads them: not a finite non-negative number means 0. */
-function delayOf(ms: number): number {
+export function delayOf(ms: number): number {
   return Number.isFinite(ms) && ms > 0 ? ms : 0;
 }
 

@@ -6,6 +6,7 @@
  * that falls due within it run at once, as on a real machine whose monotonic clock leapt.
  */
 import type { Env, EnvTimer } from '@segmem/protocol';
+import { delayOf } from './env.js';
 
 class SkewedTimer implements EnvTimer {
   inner: EnvTimer | null = null;
@@ -123,9 +124,4 @@ export class SkewedEnv implements Env {
   randomBytes(n: number): Buffer {
     return this.inner.randomBytes(n);
   }
-}
-
-/** Delays as Node reads them: not a finite non-negative number means 0. */
-function delayOf(ms: number): number {
-  return Number.isFinite(ms) && ms > 0 ? ms : 0;
 }
