@@ -24,7 +24,6 @@ import { SimFs, type UnsyncedFate } from '../src/sim/fs.js';
 import { SimPeerNetwork } from '../src/sim/peer-network.js';
 import { Prng } from '../src/sim/prng.js';
 
-
 export class RealSim {
   readonly clock = new SimClock(Date.UTC(2030, 0, 1));
   readonly env: SimEnv;
