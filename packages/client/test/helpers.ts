@@ -89,6 +89,20 @@ export async function bump(seg: Segment, name: string, times = 1): Promise<void>
     await seg.update(name, (h) => h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1));
 }
 
+/**
+ * Runs `attempt` again (at most 3 times in all) when it fails because a port it chose with freePort was
+ * taken in between by another process (EADDRINUSE): `attempt` picks its ports afresh each time.
+ */
+export async function retryOnAddressInUse<T>(attempt: () => Promise<T>): Promise<T> {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await attempt();
+    } catch (err) {
+      if (tries >= 3 || !/EADDRINUSE/.test(String((err as Error)?.message))) throw err;
+    }
+  }
+}
+
 /** Starts `segmem-server` as a real process and waits for its ready line. */
 export async function startServerProcess(opts: {
   dataDir: string;

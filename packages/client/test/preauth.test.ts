@@ -24,6 +24,7 @@ import test from 'ava';
 import { connect } from '../src/index.js';
 import {
   freePort,
+  retryOnAddressInUse,
   runNode,
   segmemBin,
   startServerProcess,
@@ -113,11 +114,14 @@ function emptyMapsFrame(type: number, count: number): Buffer {
 
 async function withServer(
   t: import('ava').ExecutionContext,
-  extra: string[],
+  /** The server's options; called again, for fresh ports, if one it names was taken meanwhile. */
+  extra: () => string[] | Promise<string[]>,
   body: (address: string, stderr: () => string) => Promise<void>,
 ): Promise<void> {
   const dir = tempDir('segmem-preauth-');
-  const server = await startServerProcess({ dataDir: join(dir.path, 'data'), fsync: 'none', extra });
+  const server = await retryOnAddressInUse(async () =>
+    startServerProcess({ dataDir: join(dir.path, 'data'), fsync: 'none', extra: await extra() }),
+  );
   try {
     await body(server.address, server.stderr);
     t.is(server.proc.exitCode, null, `the server is still running: ${server.stderr()}`);
@@ -139,92 +143,100 @@ async function statMs(c: Raw): Promise<number> {
 }
 
 test('a hostile header before login is refused from its length prefix or by the scan, in milliseconds', async (t) => {
-  await withServer(t, [], async (address) => {
-    const good = await Raw.open(address);
-    await good.hello();
-    good.send({ type: 'CREATE', seq: 1, name: 'probe', size: 8, ifNotExists: false });
-    t.truthy(await good.next('CREATE answer'));
+  await withServer(
+    t,
+    () => [],
+    async (address) => {
+      const good = await Raw.open(address);
+      await good.hello();
+      good.send({ type: 'CREATE', seq: 1, name: 'probe', size: 8, ifNotExists: false });
+      t.truthy(await good.next('CREATE answer'));
 
-    // Under the limit, 64 KiB of empty maps: refused by the header scan before anything is decoded.
-    const small = await Raw.open(address);
-    const smallStarted = performance.now();
-    small.socket.write(emptyMapsFrame(MessageType.HELLO, MAX_HANDSHAKE_FRAME_BYTES - 12 - 8));
-    const serr = await small.error('the answer to a 64 KiB header of empty maps');
-    const smallMs = performance.now() - smallStarted;
-    t.is(serr.code, 'PROTOCOL');
-    t.regex(serr.message, /more maps and arrays than a header of \d+ bytes may hold/);
-    await small.untilClosed('the close after the refusal');
-    // 16 MiB of empty maps as a "HELLO": before this change it was buffered, then decoded into 16 million
-    // objects (seconds of a stalled server and about 1 GB of heap; 64 MiB exhausted the heap).
-    const big = await Raw.open(address);
-    const started = performance.now();
-    big.socket.write(emptyMapsFrame(MessageType.HELLO, 16 * 1024 * 1024));
-    const err = await big.error('the answer to a 16 MiB frame before login');
-    const answeredMs = performance.now() - started;
-    t.is(err.code, 'PROTOCOL');
-    t.regex(err.message, new RegExp(`exceeds the limit of ${MAX_HANDSHAKE_FRAME_BYTES} bytes`));
-    await big.untilClosed('the close after the refusal');
-    t.true(answeredMs < 2000, `answered in ${answeredMs.toFixed(0)} ms`);
-    t.true((await statMs(good)) < 1000, 'other clients are served');
+      // Under the limit, 64 KiB of empty maps: refused by the header scan before anything is decoded.
+      const small = await Raw.open(address);
+      const smallStarted = performance.now();
+      small.socket.write(emptyMapsFrame(MessageType.HELLO, MAX_HANDSHAKE_FRAME_BYTES - 12 - 8));
+      const serr = await small.error('the answer to a 64 KiB header of empty maps');
+      const smallMs = performance.now() - smallStarted;
+      t.is(serr.code, 'PROTOCOL');
+      t.regex(serr.message, /more maps and arrays than a header of \d+ bytes may hold/);
+      await small.untilClosed('the close after the refusal');
+      // 16 MiB of empty maps as a "HELLO": before this change it was buffered, then decoded into 16 million
+      // objects (seconds of a stalled server and about 1 GB of heap; 64 MiB exhausted the heap).
+      const big = await Raw.open(address);
+      const started = performance.now();
+      big.socket.write(emptyMapsFrame(MessageType.HELLO, 16 * 1024 * 1024));
+      const err = await big.error('the answer to a 16 MiB frame before login');
+      const answeredMs = performance.now() - started;
+      t.is(err.code, 'PROTOCOL');
+      t.regex(err.message, new RegExp(`exceeds the limit of ${MAX_HANDSHAKE_FRAME_BYTES} bytes`));
+      await big.untilClosed('the close after the refusal');
+      t.true(answeredMs < 2000, `answered in ${answeredMs.toFixed(0)} ms`);
+      t.true((await statMs(good)) < 1000, 'other clients are served');
 
-    t.log(
-      `16 MiB frame refused in ${answeredMs.toFixed(1)} ms; 64 KiB hostile header in ${smallMs.toFixed(1)} ms`,
-    );
-    t.true(smallMs < 1000, `answered in ${smallMs.toFixed(0)} ms`);
-  });
+      t.log(
+        `16 MiB frame refused in ${answeredMs.toFixed(1)} ms; 64 KiB hostile header in ${smallMs.toFixed(1)} ms`,
+      );
+      t.true(smallMs < 1000, `answered in ${smallMs.toFixed(0)} ms`);
+    },
+  );
 });
 
 test('after login a 64 MiB header of tiny maps, or 12 million integers, is refused by the scan; the server keeps serving', async (t) => {
-  await withServer(t, [], async (address) => {
-    const good = await Raw.open(address);
-    await good.hello();
-    good.send({ type: 'CREATE', seq: 1, name: 'probe', size: 8, ifNotExists: false });
-    t.truthy(await good.next('CREATE answer'));
-    const attacker = await Raw.open(address);
-    await attacker.hello();
-    // The whole frame fits MAX_FRAME_BYTES; before this change it stalled the server for about a minute and
-    // then exhausted its heap.
-    const frame = emptyMapsFrame(MessageType.STAT, 64 * 1024 * 1024 - 64);
-    const started = performance.now();
-    attacker.socket.write(frame);
-    const err = await attacker.error('the answer to a 64 MiB header', 30_000);
-    const ms = performance.now() - started;
-    t.is(err.code, 'PROTOCOL');
-    // Its one array declares 64 million elements: refused from that count, before the maps are looked at.
-    t.regex(
-      err.message,
-      new RegExp(`more than ${MAX_REQUEST_HEADER_ELEMENTS} array elements and map entries`),
-    );
-    await attacker.untilClosed('the close after the refusal');
-    t.log(`64 MiB hostile header sent and refused in ${ms.toFixed(0)} ms`);
-    t.true(ms < 10_000, `refused in ${ms.toFixed(0)} ms`);
-    t.true((await statMs(good)) < 1000, 'other clients are served');
+  await withServer(
+    t,
+    () => [],
+    async (address) => {
+      const good = await Raw.open(address);
+      await good.hello();
+      good.send({ type: 'CREATE', seq: 1, name: 'probe', size: 8, ifNotExists: false });
+      t.truthy(await good.next('CREATE answer'));
+      const attacker = await Raw.open(address);
+      await attacker.hello();
+      // The whole frame fits MAX_FRAME_BYTES; before this change it stalled the server for about a minute and
+      // then exhausted its heap.
+      const frame = emptyMapsFrame(MessageType.STAT, 64 * 1024 * 1024 - 64);
+      const started = performance.now();
+      attacker.socket.write(frame);
+      const err = await attacker.error('the answer to a 64 MiB header', 30_000);
+      const ms = performance.now() - started;
+      t.is(err.code, 'PROTOCOL');
+      // Its one array declares 64 million elements: refused from that count, before the maps are looked at.
+      t.regex(
+        err.message,
+        new RegExp(`more than ${MAX_REQUEST_HEADER_ELEMENTS} array elements and map entries`),
+      );
+      await attacker.untilClosed('the close after the refusal');
+      t.log(`64 MiB hostile header sent and refused in ${ms.toFixed(0)} ms`);
+      t.true(ms < 10_000, `refused in ${ms.toFixed(0)} ms`);
+      t.true((await statMs(good)) < 1000, 'other clients are served');
 
-    // 12 million one-byte integers: few containers, but more elements than a request may hold.
-    const second = await Raw.open(address);
-    await second.hello();
-    const count = MAX_REQUEST_HEADER_ELEMENTS + 4_000_000;
-    const ints = emptyMapsFrame(MessageType.STAT, count);
-    ints.fill(0x01, 16 + 8);
-    const intsStarted = performance.now();
-    second.socket.write(ints);
-    const ierr = await second.error('the answer to 12 million elements', 30_000);
-    const intsMs = performance.now() - intsStarted;
-    t.is(ierr.code, 'PROTOCOL');
-    t.regex(
-      ierr.message,
-      new RegExp(`more than ${MAX_REQUEST_HEADER_ELEMENTS} array elements and map entries`),
-    );
-    await second.untilClosed('the close after the refusal');
-    t.log(`12 MiB header of 12 million integers sent and refused in ${intsMs.toFixed(0)} ms`);
-    t.true((await statMs(good)) < 1000, 'other clients are served');
-  });
+      // 12 million one-byte integers: few containers, but more elements than a request may hold.
+      const second = await Raw.open(address);
+      await second.hello();
+      const count = MAX_REQUEST_HEADER_ELEMENTS + 4_000_000;
+      const ints = emptyMapsFrame(MessageType.STAT, count);
+      ints.fill(0x01, 16 + 8);
+      const intsStarted = performance.now();
+      second.socket.write(ints);
+      const ierr = await second.error('the answer to 12 million elements', 30_000);
+      const intsMs = performance.now() - intsStarted;
+      t.is(ierr.code, 'PROTOCOL');
+      t.regex(
+        ierr.message,
+        new RegExp(`more than ${MAX_REQUEST_HEADER_ELEMENTS} array elements and map entries`),
+      );
+      await second.untilClosed('the close after the refusal');
+      t.log(`12 MiB header of 12 million integers sent and refused in ${intsMs.toFixed(0)} ms`);
+      t.true((await statMs(good)) < 1000, 'other clients are served');
+    },
+  );
 });
 
 test('idle and unfinished connections are closed at the handshake deadline; limits refuse the excess at once', async (t) => {
   await withServer(
     t,
-    ['--handshake-timeout-ms', '600', '--max-connections-per-address', '6', '--max-connections', '40'],
+    () => ['--handshake-timeout-ms', '600', '--max-connections-per-address', '6', '--max-connections', '40'],
     async (address) => {
       // Five idle strangers and one with an unfinished frame (a length prefix and a few bytes).
       const idle = await Promise.all(Array.from({ length: 5 }, () => Raw.open(address)));
@@ -266,10 +278,20 @@ test('idle and unfinished connections are closed at the handshake deadline; limi
 });
 
 test('the server-wide connection limit refuses the excess and the metrics count every refusal', async (t) => {
-  const metricsPort = await freePort();
+  let metricsPort = 0;
   await withServer(
     t,
-    ['--max-connections', '3', '--handshake-timeout-ms', '300', '--metrics', `127.0.0.1:${metricsPort}`],
+    async () => {
+      metricsPort = await freePort();
+      return [
+        '--max-connections',
+        '3',
+        '--handshake-timeout-ms',
+        '300',
+        '--metrics',
+        `127.0.0.1:${metricsPort}`,
+      ];
+    },
     async (address) => {
       const held = await Promise.all(Array.from({ length: 3 }, () => Raw.open(address)));
       const excess = await Raw.open(address);
@@ -293,62 +315,66 @@ test('the server-wide connection limit refuses the excess and the metrics count 
 });
 
 test('a bad HELLO is answered and the connection closed; names with control characters are refused by the server', async (t) => {
-  await withServer(t, [], async (address) => {
-    const bad = await Raw.open(address);
-    bad.send({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 1 });
-    const err = await bad.error('the answer to a HELLO with a bad field');
-    t.is(err.code, 'INVALID_ARGUMENT');
-    t.regex(err.message, /sessionTimeoutMs/);
-    await bad.untilClosed('the close after a bad HELLO', 2000);
+  await withServer(
+    t,
+    () => [],
+    async (address) => {
+      const bad = await Raw.open(address);
+      bad.send({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 1 });
+      const err = await bad.error('the answer to a HELLO with a bad field');
+      t.is(err.code, 'INVALID_ARGUMENT');
+      t.regex(err.message, /sessionTimeoutMs/);
+      await bad.untilClosed('the close after a bad HELLO', 2000);
 
-    // The server's own boundary refuses control characters, whatever a client checked.
-    const raw = await Raw.open(address);
-    await raw.hello();
-    for (const name of ['esc\x1b[2Jname', 'bell\x07', 'c1\u0085', 'nl\nname']) {
-      const id = raw.send({ type: 'CREATE', seq: 1, name, size: 8, ifNotExists: false });
-      const f = await raw.next('CREATE answer');
-      t.is(f?.requestId, id);
-      const e = decodeError(f!);
-      t.is(e.code, 'INVALID_ARGUMENT');
-      t.regex(e.message, /must not contain control characters \(U\+0000\.\.U\+001F, U\+007F\.\.U\+009F\)/);
-    }
-    // Log names share the rule.
-    const logId = raw.send({
-      type: 'LOG_APPEND',
-      seq: 2,
-      name: 'log\x1b]0;title\x07',
-      sizes: [1],
-      maxBytes: null,
-      payload: Buffer.from('x'),
-    });
-    const logAnswer = await raw.next('LOG_APPEND answer');
-    t.is(logAnswer?.requestId, logId);
-    t.is(decodeError(logAnswer!).code, 'INVALID_ARGUMENT');
-    t.regex(decodeError(logAnswer!).message, /must not contain control characters/);
-    t.false(raw.closed, 'after login a bad field is answered and the connection stays open');
+      // The server's own boundary refuses control characters, whatever a client checked.
+      const raw = await Raw.open(address);
+      await raw.hello();
+      for (const name of ['esc\x1b[2Jname', 'bell\x07', 'c1\u0085', 'nl\nname']) {
+        const id = raw.send({ type: 'CREATE', seq: 1, name, size: 8, ifNotExists: false });
+        const f = await raw.next('CREATE answer');
+        t.is(f?.requestId, id);
+        const e = decodeError(f!);
+        t.is(e.code, 'INVALID_ARGUMENT');
+        t.regex(e.message, /must not contain control characters \(U\+0000\.\.U\+001F, U\+007F\.\.U\+009F\)/);
+      }
+      // Log names share the rule.
+      const logId = raw.send({
+        type: 'LOG_APPEND',
+        seq: 2,
+        name: 'log\x1b]0;title\x07',
+        sizes: [1],
+        maxBytes: null,
+        payload: Buffer.from('x'),
+      });
+      const logAnswer = await raw.next('LOG_APPEND answer');
+      t.is(logAnswer?.requestId, logId);
+      t.is(decodeError(logAnswer!).code, 'INVALID_ARGUMENT');
+      t.regex(decodeError(logAnswer!).message, /must not contain control characters/);
+      t.false(raw.closed, 'after login a bad field is answered and the connection stays open');
 
-    // The client refuses them too; bidi controls are accepted, and segmem ls escapes them when printing.
-    const seg = await connect({ servers: [address] });
-    try {
-      const refusal = await t.throwsAsync(seg.create('tab\there', 8));
-      t.is((refusal as SegmemError).code, 'INVALID_ARGUMENT');
-      const logRefusal = await t.throwsAsync(async () => seg.log('nul\u0000log').append('x'));
-      t.is((logRefusal as SegmemError).code, 'INVALID_ARGUMENT');
-      const spoof = 'invoice\u202Efdp.exe';
-      await seg.create(spoof, 8);
-      t.deepEqual(
-        (await seg.list('')).map((o) => o.name),
-        [spoof],
-        'nothing with a control character was created',
-      );
-    } finally {
-      await seg.close();
-    }
-    const ls = await runNode(segmemBin, ['ls', '--servers', address]).done;
-    t.is(ls.code, 0, ls.stderr);
-    t.true(ls.stdout.includes('invoice\\u{202E}fdp.exe'), ls.stdout);
-    t.false(ls.stdout.includes('\u202E'), 'the bidi override is not printed raw');
-  });
+      // The client refuses them too; bidi controls are accepted, and segmem ls escapes them when printing.
+      const seg = await connect({ servers: [address] });
+      try {
+        const refusal = await t.throwsAsync(seg.create('tab\there', 8));
+        t.is((refusal as SegmemError).code, 'INVALID_ARGUMENT');
+        const logRefusal = await t.throwsAsync(async () => seg.log('nul\u0000log').append('x'));
+        t.is((logRefusal as SegmemError).code, 'INVALID_ARGUMENT');
+        const spoof = 'invoice\u202Efdp.exe';
+        await seg.create(spoof, 8);
+        t.deepEqual(
+          (await seg.list('')).map((o) => o.name),
+          [spoof],
+          'nothing with a control character was created',
+        );
+      } finally {
+        await seg.close();
+      }
+      const ls = await runNode(segmemBin, ['ls', '--servers', address]).done;
+      t.is(ls.code, 0, ls.stderr);
+      t.true(ls.stdout.includes('invoice\\u{202E}fdp.exe'), ls.stdout);
+      t.false(ls.stdout.includes('\u202E'), 'the bidi override is not printed raw');
+    },
+  );
 });
 
 test('a follower checks the token before it names the leader', async (t) => {
