@@ -71,6 +71,12 @@ export interface ConnectOptions {
    * leader, to spread the load. Default true; no effect with one server.
    */
   followerReads?: boolean;
+  /**
+   * Keep grants after release while no other session wants the object (delegations), so that acquiring it
+   * again costs no round trip (a read) or one commit instead of two (a write). Default true. Another session's
+   * acquire takes the grant back (the servers ask for it); see docs/consistency.md for the lease it rests on.
+   */
+  delegations?: boolean;
 }
 
 /**
@@ -95,6 +101,14 @@ export interface EmbeddedOptions {
   segmentBytes?: number;
   /** Directory for the local mapped segment file (sparse; unlinked at once). Default: the OS temp dir. */
   cacheDir?: string;
+  /** As in {@link ConnectOptions.delegations}. Default true. */
+  delegations?: boolean;
+}
+
+function booleanOption(value: unknown, name: string, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'boolean') throw new SegmemError('INVALID_ARGUMENT', `${name} must be a boolean`);
+  return value;
 }
 
 function sessionTimeout(value: number | undefined): number {
@@ -117,6 +131,7 @@ async function openSegment(
     reconnect: boolean;
     udp?: UdpSocket;
     followerReads?: boolean;
+    delegations: boolean;
   },
   onClose: () => Promise<void>,
 ): Promise<SegmentImpl> {
@@ -129,6 +144,7 @@ async function openSegment(
     ...(opts.udp ? { udpPort: opts.udp.address().port } : {}),
     reconnect: opts.reconnect,
     onInvalidate: (msg) => segment?.onInvalidate(msg),
+    onRevoke: (msg) => segment?.onRevoke(msg),
     onSessionLost: () => segment?.sessionLost(),
     onResumed: () => segment?.revalidate(),
   });
@@ -152,6 +168,7 @@ async function openSegment(
       await onClose();
     },
     followerReads,
+    opts.delegations,
   );
   const udp = opts.udp;
   if (udp) {
@@ -199,6 +216,7 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
   // A mistyped address is the caller's mistake, not a server down: say so before dialling anything.
   for (const s of opts.servers) parseHostPort(s, 'server address');
   const sessionTimeoutMs = sessionTimeout(opts.sessionTimeoutMs);
+  const delegations = booleanOption(opts.delegations, 'delegations', true);
   let udp: UdpSocket | undefined;
   if (opts.udpHints) {
     udp = createSocket('udp4');
@@ -215,6 +233,7 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
       {
         sessionTimeoutMs,
         reconnect: true,
+        delegations,
         followerReads: opts.followerReads ?? true,
         ...(opts.token !== undefined ? { token: opts.token } : {}),
         ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
@@ -260,6 +279,7 @@ export async function openEmbedded(opts: EmbeddedOptions): Promise<Segment> {
     throw new SegmemError('INVALID_ARGUMENT', 'openEmbedded needs dir: the path of the data directory');
   }
   const sessionTimeoutMs = sessionTimeout(opts.sessionTimeoutMs);
+  const delegations = booleanOption(opts.delegations, 'delegations', true);
   const node = await SegmemNode.open({
     id: 'embedded',
     dataDir: opts.dir,
@@ -281,7 +301,12 @@ export async function openEmbedded(opts: EmbeddedOptions): Promise<Segment> {
   try {
     return await openSegment(
       dial,
-      { sessionTimeoutMs, reconnect: false, ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}) },
+      {
+        sessionTimeoutMs,
+        reconnect: false,
+        delegations,
+        ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
+      },
       () => node.close(),
     );
   } catch (err) {

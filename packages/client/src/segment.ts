@@ -11,6 +11,7 @@ import {
   type Invalidate,
   MAX_TIMEOUT_MS,
   type ObjectRecord,
+  type Revoke,
   SegmemError,
   validateName,
   validatePrefix,
@@ -247,7 +248,29 @@ interface CachedObject {
    * write the group may still refuse, so a grant that arrives meanwhile waits for the outcome.
    */
   releasing: Promise<unknown> | null;
+  /**
+   * The grant this session keeps at the servers to share among its handles and to serve later acquires
+   * locally (a delegation): a read grant serves reads, a write grant serves both. Null: none held.
+   */
+  grant: CachedGrant | null;
+  /** Handles using `grant` now. */
+  grantUsers: number;
+  /** Another session waits for the object: `grant` goes back as soon as no handle uses it. */
+  revoked: boolean;
+  /** After a revocation, grants of this object are not kept until then (this process's clock): no thrashing. */
+  noKeepUntilMs: number;
 }
+
+/** A grant a session keeps (see CachedObject.grant). */
+interface CachedGrant {
+  mode: 'read' | 'write';
+  token: number;
+  /** The session's lease stamp when the grant came (see Session.leaseStamp). */
+  stamp: number;
+}
+
+/** How long an object's grants are not kept after it was revoked (another session wanted it). */
+const REVOKED_NO_KEEP_MS = 1000;
 
 /** How long past its timeoutMs an acquire waits for the server's own TIMEOUT before giving up locally. */
 const ACQUIRE_GUARD_GRACE_MS = 1000;
@@ -269,6 +292,14 @@ export class SegmentImpl implements Segment {
    * could have written stays trusted, as before dropUncommitted existed, so the checkers can show they catch it.
    */
   keepUncommittedCopies = false;
+  /**
+   * @internal The simulator's broken variant only: a kept grant is used whatever the lease says, so the
+   * checkers can show they catch a client that reads its cached copy after its session may have ended.
+   */
+  ignoreLease = false;
+  /** Revocations of objects not cached yet (their grant is on its way): the grant is then not kept. */
+  private readonly earlyRevokes = new Set<number>();
+  private leaseTimer: EnvTimer | null = null;
 
   constructor(
     private readonly session: Session,
@@ -277,7 +308,25 @@ export class SegmentImpl implements Segment {
     private readonly onClose: () => Promise<void> = async () => {},
     /** Where deferred grants get their pages (a cluster's followers); none for one server or embedded. */
     private readonly followerReads: FollowerReads | null = null,
-  ) {}
+    /** Keep grants after release to serve later acquires locally (delegations). */
+    private readonly delegations = true,
+  ) {
+    if (delegations) {
+      // While grants are kept, the lease is renewed well before it runs out.
+      const everyMs = Math.max(20, Math.floor(session.leaseMs / 3));
+      this.leaseTimer = session.env.setInterval(() => {
+        if (!this.closed && this.keptGrants() > 0) this.session.renewLease(this.session.leaseStamp());
+      }, everyMs);
+      this.leaseTimer.unref();
+    }
+  }
+
+  /** How many objects this session keeps a grant of. */
+  keptGrants(): number {
+    let n = 0;
+    for (const c of this.byId.values()) if (c.grant) n++;
+    return n;
+  }
 
   /** Bytes and requests this segment's session moved so far (not part of the pinned API). */
   stats(): {
@@ -407,6 +456,10 @@ export class SegmentImpl implements Segment {
       );
     }
     if (signal?.aborted) throw new SegmemError('ABORTED', `acquire of "${name}" was aborted`);
+    if (this.delegations) {
+      const local = await this.acquireLocally(name, mode, timeoutMs, signal);
+      if (local) return local;
+    }
     const cached = this.byName.get(name);
     const fresh = cached && cached.version > 0;
     // While this acquire is out, an invalidation must not wipe the bytes its grant will be a delta against.
@@ -488,6 +541,126 @@ export class SegmentImpl implements Segment {
         },
       );
     });
+  }
+
+  /**
+   * An acquire served by the grant this session keeps, with no message to the servers, while its lease
+   * covers the grant (the session is surely alive at the servers, so no other session can have been granted
+   * the object). Null when it must go to the servers: no grant kept, revoked, one this acquire's mode
+   * exceeds (a kept read grant then goes back first), or held in a conflicting mode by another handle here.
+   */
+  private async acquireLocally(
+    name: string,
+    mode: 'read' | 'write',
+    timeoutMs: number | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<Handle | null> {
+    const c = this.byName.get(name);
+    if (!c) return null;
+    for (let renewed = false; ; renewed = true) {
+      // A write release under the kept grant is still out: whether the grant is kept is in its answer.
+      if (c.releasing) await c.releasing.catch(() => {});
+      const g = c.grant;
+      if (!g || c.revoked || !this.intact(c) || c.version === 0 || c.inflight > 0) return null;
+      if (mode === 'write' && g.mode === 'read') {
+        // Given back on the same connection, so the servers apply it before this acquire.
+        if (c.grantUsers === 0) this.returnGrant(c);
+        return null;
+      }
+      if (mode === 'write' ? c.writeHeld || c.readHolds > 0 : c.writeHeld) return null;
+      if (this.ignoreLease || this.session.leaseCovers(g.stamp)) return this.grantLocally(c, g, mode);
+      if (renewed) {
+        // The lease could not be confirmed: the grant goes back and the servers decide.
+        if (c.grantUsers === 0) this.returnGrant(c);
+        return null;
+      }
+      if (!(await this.bounded(this.session.renewLease(g.stamp), name, timeoutMs, signal))) return null;
+    }
+  }
+
+  /** `promise`, or TIMEOUT/ABORTED for an acquire of `name` whose own limits run out first. */
+  private bounded<T>(
+    promise: Promise<T>,
+    name: string,
+    timeoutMs: number | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<T> {
+    if (timeoutMs === undefined && !signal) return promise;
+    return new Promise<T>((resolve, reject) => {
+      const env = this.session.env;
+      const done = () => {
+        env.clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const onAbort = () => {
+        done();
+        reject(new SegmemError('ABORTED', `acquire of "${name}" was aborted`));
+      };
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : env.setTimeout(() => {
+              done();
+              reject(new SegmemError('TIMEOUT', `acquire of "${name}" timed out after ${timeoutMs} ms`));
+            }, timeoutMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      promise.then(
+        (v) => {
+          done();
+          resolve(v);
+        },
+        (err) => {
+          done();
+          reject(err);
+        },
+      );
+    });
+  }
+
+  /** A handle on the kept grant `g` of `c`: the local bytes are the object's current ones. */
+  private grantLocally(c: CachedObject, g: CachedGrant, mode: 'read' | 'write'): Handle {
+    const bytes = this.mapped.bytes(c.address, c.size, c.name);
+    if (mode === 'write') c.writeHeld = true;
+    else c.readHolds++;
+    c.grantUsers++;
+    this.mapped.setAccess(c.address, c.size, c.writeHeld ? 'write' : 'read');
+    const handle = new HandleImpl(this, c, mode, bytes, c.version, g.token, this.mapped.protectedPages);
+    handle.shared = true;
+    this.handles.add(handle);
+    return handle;
+  }
+
+  /** Whether `c`'s grant may stay with this session once no handle uses it. */
+  private keepable(c: CachedObject): boolean {
+    return !this.closed && !c.revoked && this.session.env.now() >= c.noKeepUntilMs && this.intact(c);
+  }
+
+  /** Gives `c`'s kept grant back if no handle uses it and it may not stay. */
+  private maybeReturn(c: CachedObject): void {
+    if (c.grant && c.grantUsers === 0 && !this.keepable(c)) this.returnGrant(c);
+  }
+
+  /** Gives `c`'s kept grant back to the servers (pipelined; nothing to wait for). */
+  private returnGrant(c: CachedObject): void {
+    const g = c.grant;
+    if (!g) return;
+    c.grant = null;
+    c.revoked = false;
+    if (!this.closed) this.session.giveBack(c.name, g.mode, g.token);
+  }
+
+  /** REVOKE: another session waits for the object; its kept grant goes back once no handle uses it. */
+  onRevoke(msg: Revoke): void {
+    const c = this.byId.get(msg.objectId);
+    if (!c?.grant) {
+      // Its grant may be on its way: it will not be kept. Bounded: a stale entry costs one uncached grant.
+      if (this.earlyRevokes.size >= 1024) this.earlyRevokes.clear();
+      this.earlyRevokes.add(msg.objectId);
+      return;
+    }
+    c.revoked = true;
+    c.noKeepUntilMs = this.session.env.now() + REVOKED_NO_KEEP_MS;
+    this.maybeReturn(c);
   }
 
   /**
@@ -596,6 +769,10 @@ export class SegmentImpl implements Segment {
         writeHeld: false,
         inflight: 0,
         releasing: null,
+        grant: null,
+        grantUsers: 0,
+        revoked: false,
+        noKeepUntilMs: 0,
       };
       this.byName.set(rec.name, cached);
       this.byId.set(rec.id, cached);
@@ -629,7 +806,22 @@ export class SegmentImpl implements Segment {
       this.mapped.protectedPages,
     );
     this.handles.add(handle);
+    if (this.delegations) this.keepGrant(cached, grant, mode, handle);
     return handle;
+  }
+
+  /** Makes a fresh grant the one the session keeps, unless others want the object or one is kept already. */
+  private keepGrant(c: CachedObject, grant: AcquireOk, mode: 'read' | 'write', handle: HandleImpl): void {
+    const revokedEarly = this.earlyRevokes.delete(c.id);
+    if (grant.contended || revokedEarly) {
+      c.noKeepUntilMs = this.session.env.now() + REVOKED_NO_KEEP_MS;
+      return;
+    }
+    if (c.grant || this.session.env.now() < c.noKeepUntilMs) return;
+    c.grant = { mode, token: grant.token, stamp: this.session.leaseStamp() };
+    c.grantUsers = 1;
+    c.revoked = false;
+    handle.shared = true;
   }
 
   /** Called by a handle's release(). */
@@ -639,7 +831,11 @@ export class SegmentImpl implements Segment {
       const misuse = h.twin !== null && !h.bytes.equals(h.twin);
       this.endHold(h, cached);
       if (misuse) this.dropUncommitted(cached);
-      if (!this.closed) {
+      if (h.shared) {
+        // The kept grant serves on; it goes back only if it may not stay.
+        cached.grantUsers--;
+        this.maybeReturn(cached);
+      } else if (!this.closed) {
         // Pipelined: the server handles it before anything this session sends later; nothing to wait for.
         this.session
           .call({
@@ -675,6 +871,8 @@ export class SegmentImpl implements Segment {
     const ranges = h.twin ? changedRanges(h.bytes, h.twin, this.pageBytes) : [];
     const payload = ranges.length > 0 ? gatherRanges(h.bytes, ranges) : Buffer.alloc(0);
     this.endHold(h, cached);
+    // Under the kept grant, the lock stays with the session unless someone waits (the answer says).
+    const keep = h.shared && this.keepable(cached);
     const releasing = this.session.call({
       type: 'RELEASE',
       seq: this.session.seq(),
@@ -683,13 +881,23 @@ export class SegmentImpl implements Segment {
       token: h.token,
       ranges,
       payload,
+      ...(keep ? { keep: true } : {}),
     });
     cached.releasing = releasing;
     try {
       const r = await releasing;
       if (cached.version > 0) cached.version = r.version;
       h.bytesSent = payload.length;
+      if (h.shared) {
+        cached.grantUsers--;
+        if (r.kept === true) this.maybeReturn(cached);
+        else cached.grant = null;
+      }
     } catch (err) {
+      if (h.shared) {
+        cached.grantUsers--;
+        cached.grant = null; // lost, or of unknown fate: never used again
+      }
       // Refused, lost or of unknown outcome: the local bytes hold a write the group may not have.
       this.dropUncommitted(cached);
       throw err;
@@ -715,6 +923,7 @@ export class SegmentImpl implements Segment {
    */
   private abandon(h: HandleImpl, cached: CachedObject): void {
     h.lost = true;
+    if (h.shared && this.handles.has(h)) cached.grantUsers--;
     this.endHold(h, cached);
     if (h.mode === 'write') this.dropUncommitted(cached);
   }
@@ -765,6 +974,12 @@ export class SegmentImpl implements Segment {
   /** After a missed push or a reconnect: ask the server which cached copies are stale. */
   revalidate(): void {
     this.lastInvalidationSeq = 0;
+    // A REVOKE may have been missed too: kept grants go back (each as soon as no handle uses it).
+    for (const c of this.byId.values()) {
+      if (!c.grant) continue;
+      c.revoked = true;
+      this.maybeReturn(c);
+    }
     const objects: [number, number][] = [];
     for (const c of this.byId.values()) if (c.version > 0) objects.push([c.id, c.version]);
     if (objects.length === 0) return;
@@ -782,8 +997,15 @@ export class SegmentImpl implements Segment {
    */
   sessionLost(): void {
     this.lastInvalidationSeq = 0;
+    // The servers released every grant of the old session: none is kept any more.
+    for (const h of this.handles) h.entry.grant = null;
+    for (const c of this.byId.values()) c.grant = null;
     for (const h of [...this.handles]) this.abandon(h, h.entry);
-    for (const c of this.byId.values()) c.version = 0;
+    for (const c of this.byId.values()) {
+      c.version = 0;
+      c.grantUsers = 0;
+      c.revoked = false;
+    }
   }
 
   /** An entry replaced by a newer object: forgotten, and its pages freed unless a handle still holds them. */
@@ -798,6 +1020,7 @@ export class SegmentImpl implements Segment {
   }
 
   private drop(cached: CachedObject): void {
+    this.returnGrant(cached);
     this.byName.delete(cached.name);
     this.byId.delete(cached.id);
     this.mapped.forget(cached.address, cached.size);
@@ -806,6 +1029,7 @@ export class SegmentImpl implements Segment {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.closed = true;
+      this.session.env.clearInterval(this.leaseTimer);
       await this.session.close();
       for (const h of [...this.handles]) this.abandon(h, h.entry);
       this.mapped.close();
@@ -821,6 +1045,8 @@ export class HandleImpl implements Handle {
   twin: Buffer | null;
   released = false;
   lost = false;
+  /** Uses its segment's kept grant of the object (see CachedObject.grant) instead of a grant of its own. */
+  shared = false;
   /** Bytes the write release shipped (for benchmarks and tests). */
   bytesSent = 0;
 

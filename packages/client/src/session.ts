@@ -8,6 +8,7 @@ import {
   type AcquireOk,
   decodeInvalidate,
   decodeResponse,
+  decodeRevoke,
   type Env,
   type EnvTimer,
   encodeRequest,
@@ -15,6 +16,7 @@ import {
   FrameDecoder,
   type HelloOk,
   type Invalidate,
+  leaseMsFor,
   MAX_FRAME_BYTES,
   MAX_INFLIGHT_REQUESTS,
   MessageType,
@@ -23,6 +25,7 @@ import {
   parseHostPort,
   type Request,
   type RequestType,
+  type Revoke,
   SegmemError,
 } from '@segmem/protocol';
 
@@ -67,6 +70,8 @@ interface Pending {
    * leader may have put it in the group's log all the same.
    */
   everSent?: boolean;
+  /** When it last went out (this process's clock). */
+  sentAtMs?: number;
   readonly resolve: (value: unknown) => void;
   readonly reject: (err: SegmemError) => void;
 }
@@ -82,6 +87,8 @@ export interface SessionOptions {
   /** Whether a lost transport may be re-dialled (TCP); an embedded pipe cannot come back. */
   reconnect: boolean;
   onInvalidate: (msg: Invalidate) => void;
+  /** Another session waits for an object this session holds a grant of. */
+  onRevoke?: (msg: Revoke) => void;
   /** The session was replaced by a new one (the old one expired while disconnected). */
   onSessionLost: (err: SegmemError) => void;
   /** Dropping the transport made the client's cache unreliable: revalidate it. */
@@ -103,9 +110,18 @@ export class Session {
   private readonly capacityWaiters: (() => void)[] = [];
   /** Set while no server has been reachable for longer than the session timeout. */
   private unavailable: SegmemError | null = null;
-  /** When a frame last came from the server (this process's clock). */
-  private lastHeardMs = 0;
+  /**
+   * When the latest request the server answered was sent (this process's clock): the session was alive at the
+   * servers then. Pushes do not count: they may have waited in the socket while the process was stopped.
+   */
+  private provenAliveMs = 0;
   private unavailableTimer: EnvTimer | null = null;
+  /** Lease KEEPALIVEs sent so far: each one's number orders it against the grants received (see leaseCovers). */
+  private leaseSends = 0;
+  /** The latest lease KEEPALIVE answered on this session, and until when (this process's clock) it covers. */
+  private leaseConfirmed = 0;
+  private leaseUntilMs = 0;
+  private readonly leaseRenewals = new Map<number, Promise<boolean>>();
   /** Bytes written to and read from the transport, for benchmarks and diagnostics. */
   readonly traffic = { bytesSent: 0, bytesReceived: 0, requests: 0 };
 
@@ -160,12 +176,55 @@ export class Session {
    * order of this session's requests.
    */
   confirmAliveAfterSilence(): Promise<void> | null {
-    if (this.env.now() - this.lastHeardMs <= this.opts.sessionTimeoutMs / 2) return null;
+    if (this.env.now() - this.provenAliveMs <= this.opts.sessionTimeoutMs / 2) return null;
     const sessionId = this.sessionId;
     return this.call({ type: 'KEEPALIVE' }).then(() => {
       if (this.sessionId !== sessionId)
         throw new SegmemError('LOCK_LOST', `session ${sessionId} ended while the process was silent`);
     });
+  }
+
+  /**
+   * A stamp for a grant received now: the session's lease covers it once a lease KEEPALIVE sent after this
+   * moment was answered (the servers then hold the grant on disk and leadership was confirmed after it).
+   */
+  leaseStamp(): number {
+    return this.leaseSends;
+  }
+
+  /** Whether the session may use a cached grant received at `stamp` now: it is surely alive at the servers. */
+  leaseCovers(stamp: number): boolean {
+    return this.leaseConfirmed > stamp && this.env.now() < this.leaseUntilMs;
+  }
+
+  /**
+   * Renews the lease with a KEEPALIVE sent after `stamp` (one already on its way is shared). Resolves true
+   * once answered on the same session; false if it failed or the session was replaced meanwhile.
+   */
+  renewLease(stamp: number): Promise<boolean> {
+    for (const [n, p] of this.leaseRenewals) if (n > stamp) return p;
+    const n = ++this.leaseSends;
+    const sentAtMs = this.env.now();
+    const sessionId = this.hello.sessionId;
+    const renewal = this.call({ type: 'KEEPALIVE', lease: true }).then(
+      () => {
+        if (this.hello.sessionId !== sessionId || this.closed) return false;
+        if (n > this.leaseConfirmed) {
+          this.leaseConfirmed = n;
+          this.leaseUntilMs = sentAtMs + leaseMsFor(this.hello.sessionTimeoutMs);
+        }
+        return true;
+      },
+      () => false,
+    );
+    this.leaseRenewals.set(n, renewal);
+    renewal.finally(() => this.leaseRenewals.delete(n)).catch(() => {});
+    return renewal;
+  }
+
+  /** How long a lease lasts on this session (see leaseMsFor). */
+  get leaseMs(): number {
+    return leaseMsFor(this.hello.sessionTimeoutMs);
   }
 
   /** The next sequence number for a mutating request. */
@@ -202,6 +261,7 @@ export class Session {
       this.send(encodeRequest(req, requestId));
       entry.sent = true;
       entry.everSent = true;
+      entry.sentAtMs = this.env.now();
     }
     return { requestId, promise };
   }
@@ -244,7 +304,7 @@ export class Session {
       pageReader: this.opts.pageReader ?? false,
     };
     const answer = new Promise<unknown>((resolve, reject) => {
-      this.pending.set(requestId, { req: hello, sent: true, resolve, reject });
+      this.pending.set(requestId, { req: hello, sent: true, sentAtMs: this.env.now(), resolve, reject });
     });
     transport.onClose = () => {
       const p = this.pending.get(requestId);
@@ -289,7 +349,6 @@ export class Session {
 
   private receive(chunk: Buffer): void {
     this.traffic.bytesReceived += chunk.length;
-    this.lastHeardMs = this.env.now();
     let frames: Frame[];
     try {
       frames = this.decoder.push(chunk);
@@ -306,6 +365,14 @@ export class Session {
           } catch {
             this.opts.onResumed(); // an unreadable push: treat as a gap
           }
+        } else if (frame.type === MessageType.REVOKE) {
+          let revoke: Revoke | null = null;
+          try {
+            revoke = decodeRevoke(frame);
+          } catch {
+            this.opts.onResumed(); // unreadable: the client gives back every cached grant it can
+          }
+          if (revoke) this.opts.onRevoke?.(revoke);
         } else if (frame.type === MessageType.ERROR) {
           // The server is closing the connection over a framing error; the close handler follows.
         }
@@ -330,6 +397,7 @@ export class Session {
       }
       this.pending.delete(frame.requestId);
       this.releaseCapacity();
+      if (p.sentAtMs !== undefined && p.sentAtMs > this.provenAliveMs) this.provenAliveMs = p.sentAtMs;
       p.resolve(value);
     }
   }
@@ -408,6 +476,7 @@ export class Session {
             this.send(encodeRequest(p.req, id));
             p.sent = true;
             p.everSent = true;
+            p.sentAtMs = this.env.now();
           }
           this.opts.onResumed();
           if (this.transport === transport) return;
@@ -435,6 +504,7 @@ export class Session {
             this.send(encodeRequest(p.req, id));
             p.sent = true;
             p.everSent = true;
+            p.sentAtMs = this.env.now();
             continue;
           }
           this.pending.delete(id);

@@ -403,7 +403,12 @@ export async function converged(cluster: TestCluster): Promise<void> {
  * whatever `body` did.
  */
 export async function withCluster(
-  opts: { extra?: (id: string) => string[]; sessionTimeoutMs?: number; under?: string },
+  opts: {
+    extra?: (id: string) => string[];
+    sessionTimeoutMs?: number;
+    under?: string;
+    delegations?: boolean;
+  },
   body: (c: { cluster: TestCluster; seg: Segment; dir: string }) => Promise<void>,
 ): Promise<void> {
   const dir = tempDir('segmem-test-', opts.under);
@@ -413,6 +418,7 @@ export async function withCluster(
       const seg = await connect({
         servers: cluster.addresses,
         ...(opts.sessionTimeoutMs !== undefined ? { sessionTimeoutMs: opts.sessionTimeoutMs } : {}),
+        ...(opts.delegations !== undefined ? { delegations: opts.delegations } : {}),
       });
       try {
         await body({ cluster, seg, dir: dir.path });

@@ -62,89 +62,97 @@ test.serial(
     const ids = ['s1', 's2', 's3'];
     const metricsAt: Record<string, string> = {};
     for (const id of ids) metricsAt[id] = `127.0.0.1:${await freePort()}`;
-    await withCluster({ extra: (id) => ['--metrics', metricsAt[id]!] }, async ({ cluster, seg }) => {
-      // Every member can serve once a leader is elected and the followers have caught up.
-      await waitFor(
-        async () => (await Promise.all(ids.map((id) => health(metricsAt[id]!)))).every((h) => h.code === 200),
-        'every member to report healthy',
-        15_000,
-      );
-      const scrapes = new Map(
-        await Promise.all(ids.map(async (id) => [id, await scrape(metricsAt[id]!)] as const)),
-      );
-      const leaders = ids.filter((id) => value(scrapes.get(id)!, 'segmem_raft_role{role="leader"}') === 1);
-      t.is(leaders.length, 1, 'exactly one member says it leads');
-      const leader = leaders[0]!;
-      const followers = ids.filter((id) => id !== leader);
-      for (const id of followers) {
-        t.is(value(scrapes.get(id)!, 'segmem_raft_role{role="follower"}'), 1, `${id} follows`);
-        t.is(value(scrapes.get(id)!, 'segmem_raft_role{role="leader"}'), 0);
-        const h = await health(metricsAt[id]!);
-        t.like(h.body, { status: 'ok', role: 'follower', leader });
-        // Followers have no view of the others' logs.
-        t.false([...scrapes.get(id)!.keys()].some((k) => k.startsWith('segmem_raft_peer_lag_entries')));
-      }
-      const terms = ids.map((id) => value(scrapes.get(id)!, 'segmem_raft_term'));
-      t.true(
-        terms.every((term) => term === terms[0] && term > 0),
-        `one term everywhere: ${terms}`,
-      );
-
-      const before = scrapes.get(leader)!;
-      const writes = 20;
-      await seg.create('metrics/counter', 8);
-      await bump(seg, 'metrics/counter', writes);
-
-      const after = await scrape(metricsAt[leader]!);
-      const grew = (key: string) => value(after, key) - value(before, key);
-      t.true(grew('segmem_commits_total{op="release"}') >= writes, 'write releases were committed');
-      t.true(grew('segmem_commits_total{op="acquire"}') >= writes, 'acquires were committed');
-      t.true(grew('segmem_lock_grants_total{mode="write"}') >= writes, 'write locks were granted');
-      t.true(grew('segmem_acquire_wait_seconds_count{mode="write"}') >= writes, 'each grant timed its wait');
-      t.true(grew('segmem_wal_fsync_seconds_count') > 0, 'the WAL was fsynced');
-      t.true(grew('segmem_wal_written_bytes_total') > 0);
-      t.true(grew('segmem_raft_commit_index') >= 2 * writes);
-      t.true(grew('segmem_network_received_bytes_total') > 0);
-      t.true(grew('segmem_network_sent_bytes_total{link="client"}') > 0);
-      t.true(grew('segmem_network_sent_bytes_total{link="peer"}') > 0);
-      t.true(value(after, 'segmem_sessions') >= 1);
-      t.true(value(after, 'segmem_objects') >= 1);
-      t.is(value(after, 'segmem_locks_held{mode="write"}'), 0, 'every update released its lock');
-      t.is(value(after, 'segmem_lock_waiters'), 0);
-      t.is(value(after, 'segmem_errors_total{code="PROTOCOL"}'), 0);
-      // The leader's view of each follower: match index and lag, which settle at 0 once they have it all.
-      for (const id of followers) {
-        t.true(value(after, `segmem_raft_peer_match_index{peer="${id}"}`) >= 0);
-        t.true(value(after, `segmem_raft_peer_lag_entries{peer="${id}"}`) >= 0);
-      }
-      await waitFor(async () => {
-        const m = await scrape(metricsAt[leader]!);
-        return followers.every((id) => value(m, `segmem_raft_peer_lag_entries{peer="${id}"}`) === 0);
-      }, 'the leader to see both followers caught up');
-      // Followers apply the same commands.
-      for (const id of followers) {
+    // Every acquire goes to the servers (no kept grants): the test counts them there.
+    await withCluster(
+      { extra: (id) => ['--metrics', metricsAt[id]!], delegations: false },
+      async ({ cluster, seg }) => {
+        // Every member can serve once a leader is elected and the followers have caught up.
         await waitFor(
-          async () => value(await scrape(metricsAt[id]!), 'segmem_commits_total{op="release"}') >= writes,
-          `${id} to apply the releases`,
+          async () =>
+            (await Promise.all(ids.map((id) => health(metricsAt[id]!)))).every((h) => h.code === 200),
+          'every member to report healthy',
+          15_000,
         );
-      }
+        const scrapes = new Map(
+          await Promise.all(ids.map(async (id) => [id, await scrape(metricsAt[id]!)] as const)),
+        );
+        const leaders = ids.filter((id) => value(scrapes.get(id)!, 'segmem_raft_role{role="leader"}') === 1);
+        t.is(leaders.length, 1, 'exactly one member says it leads');
+        const leader = leaders[0]!;
+        const followers = ids.filter((id) => id !== leader);
+        for (const id of followers) {
+          t.is(value(scrapes.get(id)!, 'segmem_raft_role{role="follower"}'), 1, `${id} follows`);
+          t.is(value(scrapes.get(id)!, 'segmem_raft_role{role="leader"}'), 0);
+          const h = await health(metricsAt[id]!);
+          t.like(h.body, { status: 'ok', role: 'follower', leader });
+          // Followers have no view of the others' logs.
+          t.false([...scrapes.get(id)!.keys()].some((k) => k.startsWith('segmem_raft_peer_lag_entries')));
+        }
+        const terms = ids.map((id) => value(scrapes.get(id)!, 'segmem_raft_term'));
+        t.true(
+          terms.every((term) => term === terms[0] && term > 0),
+          `one term everywhere: ${terms}`,
+        );
 
-      // The endpoint serves two paths and GET only.
-      t.is((await fetch(`http://${metricsAt[leader]}/nowhere`)).status, 404);
-      t.is((await fetch(`http://${metricsAt[leader]}/metrics`, { method: 'POST', body: 'x' })).status, 405);
+        const before = scrapes.get(leader)!;
+        const writes = 20;
+        await seg.create('metrics/counter', 8);
+        await bump(seg, 'metrics/counter', writes);
 
-      // The others stop: the last member cannot reach a majority, so it has no leader and cannot serve.
-      for (const id of followers) await cluster.kill(id);
-      const last = await waitFor(async () => {
-        const h = await health(metricsAt[leader]!);
-        return h.code === 503 ? h : undefined;
-      }, 'the last member standing to report 503');
-      t.is(last.body.status, 'unavailable');
-      t.is(last.body.reason, 'NO_LEADER', last.body.message);
-      const alone = await scrape(metricsAt[leader]!);
-      t.is(value(alone, 'segmem_health'), 0);
-      t.is(value(alone, 'segmem_raft_role{role="leader"}'), 0);
-    });
+        const after = await scrape(metricsAt[leader]!);
+        const grew = (key: string) => value(after, key) - value(before, key);
+        t.true(grew('segmem_commits_total{op="release"}') >= writes, 'write releases were committed');
+        t.true(grew('segmem_commits_total{op="acquire"}') >= writes, 'acquires were committed');
+        t.true(grew('segmem_lock_grants_total{mode="write"}') >= writes, 'write locks were granted');
+        t.true(
+          grew('segmem_acquire_wait_seconds_count{mode="write"}') >= writes,
+          'each grant timed its wait',
+        );
+        t.true(grew('segmem_wal_fsync_seconds_count') > 0, 'the WAL was fsynced');
+        t.true(grew('segmem_wal_written_bytes_total') > 0);
+        t.true(grew('segmem_raft_commit_index') >= 2 * writes);
+        t.true(grew('segmem_network_received_bytes_total') > 0);
+        t.true(grew('segmem_network_sent_bytes_total{link="client"}') > 0);
+        t.true(grew('segmem_network_sent_bytes_total{link="peer"}') > 0);
+        t.true(value(after, 'segmem_sessions') >= 1);
+        t.true(value(after, 'segmem_objects') >= 1);
+        t.is(value(after, 'segmem_locks_held{mode="write"}'), 0, 'every update released its lock');
+        t.is(value(after, 'segmem_lock_waiters'), 0);
+        t.is(value(after, 'segmem_errors_total{code="PROTOCOL"}'), 0);
+        // The leader's view of each follower: match index and lag, which settle at 0 once they have it all.
+        for (const id of followers) {
+          t.true(value(after, `segmem_raft_peer_match_index{peer="${id}"}`) >= 0);
+          t.true(value(after, `segmem_raft_peer_lag_entries{peer="${id}"}`) >= 0);
+        }
+        await waitFor(async () => {
+          const m = await scrape(metricsAt[leader]!);
+          return followers.every((id) => value(m, `segmem_raft_peer_lag_entries{peer="${id}"}`) === 0);
+        }, 'the leader to see both followers caught up');
+        // Followers apply the same commands.
+        for (const id of followers) {
+          await waitFor(
+            async () => value(await scrape(metricsAt[id]!), 'segmem_commits_total{op="release"}') >= writes,
+            `${id} to apply the releases`,
+          );
+        }
+
+        // The endpoint serves two paths and GET only.
+        t.is((await fetch(`http://${metricsAt[leader]}/nowhere`)).status, 404);
+        t.is((await fetch(`http://${metricsAt[leader]}/metrics`, { method: 'POST', body: 'x' })).status, 405);
+
+        // The others stop: the last member cannot reach a majority, so it has no leader and cannot serve.
+        for (const id of followers) await cluster.kill(id);
+        const last = await waitFor(async () => {
+          const h = await health(metricsAt[leader]!);
+          return h.code === 503 ? h : undefined;
+        }, 'the last member standing to report 503');
+        t.is(last.body.status, 'unavailable');
+        t.is(last.body.reason, 'NO_LEADER', last.body.message);
+        const alone = await scrape(metricsAt[leader]!);
+        t.is(value(alone, 'segmem_health'), 0);
+        t.is(value(alone, 'segmem_raft_role{role="leader"}'), 0);
+      },
+    );
   },
 );
 
@@ -165,7 +173,7 @@ test.serial('one server: the config file names its metrics address; a bad addres
       const h = await health(metrics);
       t.is(h.code, 200);
       t.like(h.body, { status: 'ok', role: 'leader', leader: 's1' });
-      const seg = await connect({ servers: [server.address] });
+      const seg = await connect({ servers: [server.address], delegations: false });
       try {
         await seg.create('c', 8);
         await bump(seg, 'c', 5);
@@ -250,7 +258,7 @@ test.serial(
     );
     try {
       const [a, b] = servers as [(typeof servers)[0], (typeof servers)[0]];
-      const seg = await connect({ servers: [a.address] });
+      const seg = await connect({ servers: [a.address], delegations: false });
       try {
         await seg.create('x', 8);
         await bump(seg, 'x', 3);

@@ -3,6 +3,7 @@
  * it restores the newest snapshot and replays only the WAL records after it. On the default file system
  * (ext4 here) every snapshot is written whole (the copy path); with the data directory on XFS, each one
  * after the first is a reflink clone of the one before into which only the changed pages are written.
+ * Sessions keep no grants here (delegations: false), so that every cycle reaches the log.
  */
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
@@ -15,7 +16,7 @@ test('a single server snapshots every N entries and restarts from its newest sna
   const dir = tempDir();
   const extra = ['--snapshot-every-entries', '40'];
   let server = await startServerProcess({ dataDir: dir.path, fsync: 'always', extra });
-  let seg = await connect({ servers: [server.address] });
+  let seg = await connect({ servers: [server.address], delegations: false });
   try {
     await seg.create('n', 4);
     for (let i = 1; i <= 60; i++) await seg.update('n', (h) => h.bytes.writeUInt32LE(i, 0));
@@ -33,7 +34,7 @@ test('a single server snapshots every N entries and restarts from its newest sna
       server.stderr(),
       /recovery: restored the snapshot at index \d+ \(\d+ bytes\), then \d+ WAL record/,
     );
-    seg = await connect({ servers: [server.address] });
+    seg = await connect({ servers: [server.address], delegations: false });
     t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 60, 'every acknowledged write is there');
     await seg.update('n', (h) => h.bytes.writeUInt32LE(61, 0));
     t.is(await seg.read('n', (h) => h.bytes.readUInt32LE(0)), 61);
@@ -71,7 +72,7 @@ test('a single server on XFS: snapshots after the first are clones writing only 
     const PAGES = 16;
     const extra = ['--snapshot-every-entries', '100'];
     let server = await startServerProcess({ dataDir: dir.path, fsync: 'batch', extra });
-    let seg = await connect({ servers: [server.address] });
+    let seg = await connect({ servers: [server.address], delegations: false });
     try {
       const expected = new Map<string, Buffer>();
       for (let i = 0; i < 4; i++) {
@@ -121,7 +122,7 @@ test('a single server on XFS: snapshots after the first are clones writing only 
 
       server = await startServerProcess({ dataDir: dir.path, fsync: 'batch', extra });
       t.regex(server.stderr(), /recovery: restored the snapshot at index \d+ \(\d+ bytes\)/);
-      seg = await connect({ servers: [server.address] });
+      seg = await connect({ servers: [server.address], delegations: false });
       for (const [name, bytes] of expected) {
         t.true(await seg.read(name, (h) => h.bytes.equals(bytes)), `${name} after kill -9 and restart`);
       }
@@ -139,7 +140,7 @@ test('a full disk (injected ENOSPC): the server refuses changes naming the data 
   // gets through about 3 s later.
   const env = { SEGMEM_FAIL_AT: 'wal.write:12:7:ENOSPC' };
   let server = await startServerProcess({ dataDir: dir.path, fsync: 'always', env });
-  let seg = await connect({ servers: [server.address] });
+  let seg = await connect({ servers: [server.address], delegations: false });
   try {
     await seg.create('x', 4);
     let acked = 0;
@@ -165,7 +166,7 @@ test('a full disk (injected ENOSPC): the server refuses changes naming the data 
     await seg.close();
     await server.stop();
     server = await startServerProcess({ dataDir: dir.path, fsync: 'always' });
-    seg = await connect({ servers: [server.address] });
+    seg = await connect({ servers: [server.address], delegations: false });
     t.is(await seg.read('x', (h) => h.bytes.readUInt32LE(0)), 10, 'nothing acknowledged was lost');
     t.is((await seg.stat('y')).size, 4);
   } finally {

@@ -72,3 +72,26 @@ export const DEFAULT_LOG_MAX_BYTES = 64 * 1024 * 1024;
 export const MAX_LOG_MAX_BYTES = 1024 * 1024 * 1024;
 /** Most bytes of a consolidated snapshot one SNAPSHOT_READ answer carries. */
 export const MAX_SNAPSHOT_CHUNK_BYTES = 16 * 1024 * 1024;
+
+/**
+ * The clock-drift bound cached grants rest on: every process's clock measures any interval within this
+ * fraction of its real length (5%: far beyond a quartz clock's drift, which is well under 0.01%).
+ */
+export const MAX_CLOCK_DRIFT = 0.05;
+/** Longest lease a client takes on its cached grants: it renews it well before, while it holds any. */
+export const MAX_LEASE_MS = 3000;
+/** Subtracted from every lease, for timer lateness on the client's side. */
+export const LEASE_MARGIN_MS = 10;
+/** Added by a restarted single server to the longest lease before it grants a lock again. */
+export const LEASE_GRACE_MS = 100;
+
+/**
+ * How long after sending a lease KEEPALIVE (on its own clock) a client may use its cached grants once it is
+ * answered. The servers end a session no sooner than `sessionTimeoutMs` after its last keepalive reached them
+ * (a new leader: after a full timeout of its own), so with both clocks within {@link MAX_CLOCK_DRIFT} the
+ * session is alive for at least `sessionTimeoutMs * (1 - drift) / (1 + drift)` after the send.
+ */
+export function leaseMsFor(sessionTimeoutMs: number): number {
+  const safe = Math.floor((sessionTimeoutMs * (1 - MAX_CLOCK_DRIFT)) / (1 + MAX_CLOCK_DRIFT));
+  return Math.max(0, Math.min(safe, MAX_LEASE_MS) - LEASE_MARGIN_MS);
+}

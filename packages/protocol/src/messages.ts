@@ -88,6 +88,7 @@ export const MessageType = {
   OK: 0x40,
   ERROR: 0x41,
   INVALIDATE: 0x60,
+  REVOKE: 0x61,
 } as const;
 
 export type MessageTypeName = keyof typeof MessageType;
@@ -213,6 +214,12 @@ export interface HelloRequest {
 /** 0x02: keeps the session alive. */
 export interface KeepaliveRequest {
   type: 'KEEPALIVE';
+  /**
+   * Renews the session's lease on its cached grants: answered only once the server confirmed it still leads
+   * its group (a Raft group: a heartbeat round with a majority) and everything it logged before is durable
+   * (a single server). Absent or false: answered at once.
+   */
+  lease?: boolean | null;
 }
 
 /** 0x03: creates a zero-filled object. */
@@ -276,6 +283,11 @@ export interface ReleaseRequest {
   ranges: ByteRange[];
   /** The bytes of `ranges`, concatenated (length = sum of range lengths); empty for a read release. */
   payload: Uint8Array;
+  /**
+   * A write release only: keep the write lock as a cached grant (a write delegation) if no other session
+   * waits for the object; the answer's `kept` says whether it was kept. Absent or false: the lock goes back.
+   */
+  keep?: boolean | null;
 }
 
 /** 0x09: cancels a waiting ACQUIRE sent earlier on this connection. */
@@ -456,6 +468,8 @@ export interface AcquireOk {
   payload: Uint8Array;
   /** True when the pages' bytes were left out (over the request's `inlineMaxBytes`): the payload is empty. */
   deferred?: boolean;
+  /** True when other sessions wait for the object behind this grant: the client should not cache it. */
+  contended?: boolean;
 }
 
 /** The pages READ_PAGES asked for, at the version asked for. */
@@ -469,6 +483,8 @@ export interface ReadPagesOk {
 export interface ReleaseOk {
   /** The object's version after the release. */
   version: number;
+  /** A write release with `keep`: whether the session still holds the write lock (no one waited). */
+  kept?: boolean;
 }
 
 export interface CancelOk {
@@ -631,6 +647,14 @@ export interface ErrorBody {
   details: Record<string, unknown> | null;
 }
 
+/**
+ * Server push: another session waits for this object, so the session should give back the grant it holds
+ * (its cached grant at once, a grant in use when its handles are released).
+ */
+export interface Revoke {
+  objectId: number;
+}
+
 /** Server push: these objects changed (version) or were deleted (version 0). */
 export interface Invalidate {
   /** Per-session push sequence number, >= 1, increasing by one per push: a gap means a missed push. */
@@ -669,7 +693,7 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         pageReader: req.pageReader ?? false,
       });
     case 'KEEPALIVE':
-      return encodeFrame(MessageType.KEEPALIVE, requestId, groupId, {});
+      return encodeFrame(MessageType.KEEPALIVE, requestId, groupId, req.lease ? { lease: true } : {});
     case 'CREATE':
       return encodeFrame(MessageType.CREATE, requestId, groupId, {
         seq: req.seq,
@@ -698,7 +722,9 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         MessageType.RELEASE,
         requestId,
         groupId,
-        { seq: req.seq, name: req.name, mode: req.mode, token: req.token, ranges: req.ranges },
+        req.keep
+          ? { seq: req.seq, name: req.name, mode: req.mode, token: req.token, ranges: req.ranges, keep: true }
+          : { seq: req.seq, name: req.name, mode: req.mode, token: req.token, ranges: req.ranges },
         req.payload,
       );
     case 'CANCEL':
@@ -814,7 +840,15 @@ export function encodeOk<T extends RequestType>(
           MessageType.OK,
           requestId,
           groupId,
-          { object: copyRecord(g.object), token: g.token, pages: g.pages, deferred: true },
+          g.contended
+            ? {
+                object: copyRecord(g.object),
+                token: g.token,
+                pages: g.pages,
+                deferred: true,
+                contended: true,
+              }
+            : { object: copyRecord(g.object), token: g.token, pages: g.pages, deferred: true },
           EMPTY_PAYLOAD,
         );
       }
@@ -823,13 +857,17 @@ export function encodeOk<T extends RequestType>(
         MessageType.OK,
         requestId,
         groupId,
-        { object: copyRecord(g.object), token: g.token, pages: g.pages },
+        g.contended
+          ? { object: copyRecord(g.object), token: g.token, pages: g.pages, contended: true }
+          : { object: copyRecord(g.object), token: g.token, pages: g.pages },
         bytes,
       );
     }
-    case 'RELEASE':
-      header = { version: (b as ReleaseOk).version };
+    case 'RELEASE': {
+      const r = b as ReleaseOk;
+      header = r.kept === undefined ? { version: r.version } : { version: r.version, kept: r.kept };
       break;
+    }
     case 'CANCEL':
       header = { cancelled: (b as CancelOk).cancelled };
       break;
@@ -941,6 +979,11 @@ export function encodeInvalidate(msg: Invalidate, groupId = 0): Buffer[] {
   return encodeFrame(MessageType.INVALIDATE, 0, groupId, { seq: msg.seq, objects: msg.objects });
 }
 
+/** Encodes a REVOKE push (requestId 0). */
+export function encodeRevoke(msg: Revoke, groupId = 0): Buffer[] {
+  return encodeFrame(MessageType.REVOKE, 0, groupId, { objectId: msg.objectId });
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Decoding requests
 
@@ -983,9 +1026,12 @@ REQUEST_DECODERS[MessageType.HELLO] = (h, payload) => {
   };
 };
 
-REQUEST_DECODERS[MessageType.KEEPALIVE] = (_h, payload) => {
+REQUEST_DECODERS[MessageType.KEEPALIVE] = (h, payload) => {
   noPayload(payload);
-  return { type: 'KEEPALIVE' };
+  // Present only when set, so a plain KEEPALIVE decodes as it was encoded.
+  return optionalField(h.lease, 'lease', boolField)
+    ? { type: 'KEEPALIVE', lease: true }
+    : { type: 'KEEPALIVE' };
 };
 
 REQUEST_DECODERS[MessageType.CREATE] = (h, payload) => {
@@ -1042,7 +1088,18 @@ REQUEST_DECODERS[MessageType.RELEASE] = (h, payload) => {
       field: 'payload',
     });
   }
-  return { type: 'RELEASE', seq, name, mode, token, ranges, payload };
+  const keep = optionalField(h.keep, 'keep', boolField) ?? false;
+  if (keep && mode === 'read') {
+    throw invalidArgument(
+      'only a write RELEASE may keep its lock (a read grant is kept by not releasing it)',
+      {
+        field: 'keep',
+      },
+    );
+  }
+  return keep
+    ? { type: 'RELEASE', seq, name, mode, token, ranges, payload, keep }
+    : { type: 'RELEASE', seq, name, mode, token, ranges, payload };
 };
 
 REQUEST_DECODERS[MessageType.CANCEL] = (h, payload) => {
@@ -1252,16 +1309,20 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
     const object = validateObjectRecord(h.object);
     const token = uintField(h.token, 'token');
     const pages = validatePages(h.pages, object.size);
+    const contended = optionalField(h.contended, 'contended', boolField) ? { contended: true } : {};
     if (h.deferred !== undefined && h.deferred !== null && boolField(h.deferred, 'deferred')) {
       noPayload(payload);
-      return { object, token, pages, payload, deferred: true };
+      return { object, token, pages, payload, deferred: true, ...contended };
     }
     checkPagesPayload(object.size, pages, payload.length);
-    return { object, token, pages, payload };
+    return { object, token, pages, payload, ...contended };
   },
   RELEASE: (h, payload) => {
     noPayload(payload);
-    return { version: uintField(h.version, 'version', 1) };
+    const kept = optionalField(h.kept, 'kept', boolField);
+    return kept === null
+      ? { version: uintField(h.version, 'version', 1) }
+      : { version: uintField(h.version, 'version', 1), kept };
   },
   CANCEL: (h, payload) => {
     noPayload(payload);
@@ -1457,5 +1518,18 @@ export function decodeInvalidate(frame: Frame): Invalidate {
     };
   } catch (err) {
     throw asProtocol(err, 'bad INVALIDATE push');
+  }
+}
+
+/** Decodes a REVOKE push; PROTOCOL for anything wrong. */
+export function decodeRevoke(frame: Frame): Revoke {
+  if (frame.type !== MessageType.REVOKE || frame.requestId !== 0) {
+    throw protocolError(`expected a REVOKE push (0x61, requestId 0); got ${hex(frame.type)}`);
+  }
+  try {
+    noPayload(frame.payload);
+    return { objectId: uintField(frame.header.objectId, 'objectId', 1) };
+  } catch (err) {
+    throw asProtocol(err, 'bad REVOKE push');
   }
 }

@@ -41,6 +41,7 @@ export const REAL_BROKEN_VARIANTS = [
   'replyBeforeCommit',
   'followerReadsUnapplied',
   'walSkipsFsync',
+  'grantPastLease',
 ] as const;
 /**
  * Deliberately broken variants of the shipped code, each of which the checkers must catch:
@@ -51,6 +52,8 @@ export const REAL_BROKEN_VARIANTS = [
  * the version asked for yet (NodeOptions' unsafe servePagesUnapplied), so a large read may be stale.
  * walSkipsFsync: now and then one fdatasync of a follower's WAL does nothing (SimFs.skipFsync), and the
  * follower crashes soon after: it may have acknowledged entries its disk never had.
+ * grantPastLease: a client serves acquires from the grants it keeps whatever its lease says (SegmentImpl's
+ * ignoreLease), so a paused or cut-off client may read its copy after its session ended and others wrote.
  */
 export type RealBrokenVariant = (typeof REAL_BROKEN_VARIANTS)[number];
 
@@ -473,6 +476,7 @@ class RealSimulation {
       sessionTimeoutMs: this.params.sessionTimeoutMs,
       reconnect: true,
       onInvalidate: (msg) => segment?.onInvalidate(msg),
+      onRevoke: (msg) => segment?.onRevoke(msg),
       onSessionLost: () => {
         this.log(`${name} session lost`);
         segment?.sessionLost();
@@ -492,6 +496,7 @@ class RealSimulation {
       followerReads,
     );
     if (this.opts.broken === 'keepCopyAfterLockLost') segment.keepUncommittedCopies = true;
+    if (this.opts.broken === 'grantPastLease') segment.ignoreLease = true;
     const client = {
       name,
       env: process,

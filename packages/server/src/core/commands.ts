@@ -32,6 +32,8 @@ export type Command =
       /** [offset, length] pairs, sorted and disjoint; their bytes are `data`, concatenated. */
       ranges: [number, number][];
       data: Buffer | null;
+      /** A write release: keep the write lock (a write delegation) unless another session waits. */
+      keep?: boolean;
     }
   /** Appends records to a shared log (created on first use with retention `maxBytes`, null: the default). */
   | {
@@ -74,6 +76,11 @@ export interface Grant {
   object: ObjectRecord;
   token: number;
   mode: LockMode;
+  /**
+   * Other sessions wait behind this grant for a mode it excludes: it should not be cached. Present only when
+   * true, so grants (kept in the replicated dedup results) read as before when nobody waits.
+   */
+  contended?: true;
 }
 
 export type Result = { ok: true; value: unknown } | { ok: false; code: ErrorCode; message: string };
@@ -83,6 +90,8 @@ export type Effect =
   | { kind: 'grant'; sessionId: number; seq: number; grant: Grant }
   /** A queued acquire ended without a grant (cancelled, object deleted, session closed). */
   | { kind: 'fail'; sessionId: number; seq: number; code: ErrorCode; message: string }
+  /** Another session waits for the object: these sessions should give back the grants they hold of it. */
+  | { kind: 'revoke'; sessionIds: number[]; objectId: number }
   /** These sessions cache a stale copy of the object (version 0: deleted). */
   | { kind: 'invalidate'; sessionIds: number[]; objectId: number; version: number }
   /** A shared log gained records, was truncated or was deleted: readers waiting on it should look again. */

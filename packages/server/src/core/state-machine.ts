@@ -219,7 +219,7 @@ export class StateMachine {
         result = this.delete(cmd.name, effects);
         break;
       case 'acquire':
-        result = this.acquire(session, cmd.seq, cmd.name, cmd.mode);
+        result = this.acquire(session, cmd.seq, cmd.name, cmd.mode, effects);
         break;
       case 'release':
         result = this.release(session, cmd, effects);
@@ -295,6 +295,13 @@ export class StateMachine {
     for (const obj of touched) this.pump(obj, effects);
   }
 
+  /** The longest session timeout among sessions that hold a lock (0: none holds any). */
+  lockHolderTimeoutMs(): number {
+    let max = 0;
+    for (const s of this.sessions.values()) if (s.holds.size > 0 && s.timeoutMs > max) max = s.timeoutMs;
+    return max;
+  }
+
   // --- directory ---
 
   private create(name: string, size: number, ifNotExists: boolean): Result {
@@ -367,7 +374,7 @@ export class StateMachine {
 
   // --- locks ---
 
-  private acquire(session: Session, seq: number, name: string, mode: LockMode): Result {
+  private acquire(session: Session, seq: number, name: string, mode: LockMode, effects: Effect[]): Result {
     const obj = this.byName.get(name);
     if (!obj) return fail('NOT_FOUND', `no object named "${name}"`);
     // A session's acquires queue like anyone's: a process's concurrent tasks share one session, and a
@@ -377,7 +384,21 @@ export class StateMachine {
     }
     obj.queue.push({ sessionId: session.id, seq, mode });
     session.waiting.set(seq, { objectId: obj.id });
+    this.revokeHolders(obj, session.id, effects);
     return ok({ queued: true });
+  }
+
+  /**
+   * A session now waits for `obj`: every other session holding it is asked to give its grant back (a cached
+   * grant is kept by a client only while nobody waits). Current holders were all granted since the object's
+   * last write, so they are among `cachedBy`.
+   */
+  private revokeHolders(obj: SegmentObject, waiterId: number, effects: Effect[]): void {
+    const holders: number[] = [];
+    for (const id of obj.cachedBy) {
+      if (id !== waiterId && this.sessions.get(id)?.holds.has(obj.id)) holders.push(id);
+    }
+    if (holders.length > 0) effects.push({ kind: 'revoke', sessionIds: holders, objectId: obj.id });
   }
 
   private grant(session: Session, obj: SegmentObject, mode: LockMode): Grant {
@@ -393,7 +414,9 @@ export class StateMachine {
     }
     obj.cachedBy.add(session.id);
     session.cached.add(obj.id);
-    return { object: record(obj), token, mode };
+    // Called with the waiters still queued behind this grant (the pump shifts its head first).
+    const contended = obj.queue.some((w) => mode === 'write' || w.mode === 'write');
+    return contended ? { object: record(obj), token, mode, contended } : { object: record(obj), token, mode };
   }
 
   /** Grants queued waiters in FIFO order while the head is compatible with the holders. */
@@ -463,6 +486,8 @@ export class StateMachine {
         return fail('INVALID_ARGUMENT', 'release ranges do not match the bytes sent');
       }
       if (cmd.ranges.length > 0) this.writeRanges(obj, cmd.ranges, cmd.data!, session.id, effects);
+      // A write delegation: the lock stays with the session (same token) while nobody waits for it.
+      if (cmd.keep === true && obj.queue.length === 0) return ok({ version: obj.version, kept: true });
       obj.writer = 0;
       session.holds.delete(obj.id);
     } else {

@@ -309,6 +309,13 @@ export class LocalLog implements ReplicatedLog {
     return Promise.resolve();
   }
 
+  /** Everything logged so far on disk (lock entries do not wait for it by themselves). */
+  leaseBarrier(): Promise<void> {
+    if (this.closed) return Promise.reject(new SegmemError('CLOSED', 'the server is shutting down'));
+    if (this.failure) return Promise.reject(this.failure);
+    return this.wal.waitDurable(this.wal.lastIndex);
+  }
+
   /** Where the applied state stands: a single member's log has indexes but no terms. */
   appliedPosition(): { index: number; term: number } {
     return { index: this.sm.appliedIndex, term: 0 };

@@ -160,6 +160,11 @@ export class RaftLog implements NodeLog {
     });
   }
 
+  /** A lease rests on leadership confirmed after the call: the read barrier's heartbeat round gives that. */
+  leaseBarrier(): Promise<void> {
+    return this.readBarrier();
+  }
+
   transferLeadership(to: NodeId): void {
     this.driver.transferLeadership(to);
   }

@@ -25,6 +25,12 @@ export interface NodeLog extends ReplicatedLog {
   leaderHint(): { id: string; address: string | null } | null;
   /** Resolves once the applied state includes everything committed before the call. */
   readBarrier(): Promise<void>;
+  /**
+   * Resolves once grants answered before the call can be relied on for a lease (see KEEPALIVE `lease`): a Raft
+   * leader confirmed it still leads (a heartbeat round with a majority, so no other leader was elected before
+   * the call), a single member has everything it logged on disk (so a restart knows every lock it granted).
+   */
+  leaseBarrier(): Promise<void>;
   /** Before a clean shutdown: let another member lead (Raft groups; a single member has nobody to hand to). */
   handOff?(): Promise<void>;
   /** The log index (and Raft term; 0 for a single member) the applied state stands at. */

@@ -26,6 +26,9 @@ export function afterApply(outcome: Outcome, to: EffectTargets): void {
       case 'fail':
         to.grants.failed(effect.sessionId, effect.seq, effect.code, effect.message);
         break;
+      case 'revoke':
+        for (const sid of effect.sessionIds) to.sessions.pushRevoke(sid, effect.objectId);
+        break;
       case 'invalidate':
         for (const sid of effect.sessionIds)
           to.sessions.pushInvalidation(sid, effect.objectId, effect.version);

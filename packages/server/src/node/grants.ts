@@ -6,6 +6,7 @@ import {
   type AcquireRequest,
   type ErrorCode,
   grantPayloadBytes,
+  type ReleaseOk,
   type ReleaseRequest,
   SegmemError,
 } from '@segmem/protocol';
@@ -16,14 +17,24 @@ import type { Sessions, Waiting } from './sessions.js';
 import { objectRecord, pagesPayload, toBuffer, unwrap } from './util.js';
 
 export class Grants {
+  /** No lock is granted before this time (the node's clock): leases of a previous run may still be in use. */
+  private grantsFromMs = 0;
+
   constructor(
     private readonly ctx: NodeContext,
     private readonly sessions: Sessions,
   ) {}
 
+  /** Holds every grant back for `ms` from now (after a restart, see SegmemNode.open). */
+  holdGrantsFor(ms: number): void {
+    this.grantsFromMs = this.ctx.env.now() + ms;
+  }
+
   /** Takes a lock; answers on `port` now (granted/failed) or later (when the queue moves). */
   async acquire(port: Port, sessionId: number, requestId: number, req: AcquireRequest): Promise<void> {
     const ctx = this.ctx;
+    const holdMs = this.grantsFromMs - ctx.env.now();
+    if (holdMs > 0) await new Promise<void>((resolve) => ctx.env.setTimeout(resolve, holdMs));
     const state = this.sessions.state(sessionId);
     // Registered before proposing: a grant for this waiter may be applied in the same drain.
     const waiting: Waiting = {
@@ -88,8 +99,11 @@ export class Grants {
     return false;
   }
 
-  /** RELEASE: resolves with the object's version once the release is applied (a write: committed and durable). */
-  async release(sessionId: number, req: ReleaseRequest): Promise<number> {
+  /**
+   * RELEASE: resolves with the object's version once the release is applied (a write: committed and durable),
+   * and for a write release that asked to keep its lock, whether it was kept.
+   */
+  async release(sessionId: number, req: ReleaseRequest): Promise<ReleaseOk> {
     const data = req.mode === 'write' && req.payload.byteLength > 0 ? toBuffer(req.payload) : null;
     const cmd: Command = {
       op: 'release',
@@ -100,9 +114,11 @@ export class Grants {
       token: req.token,
       ranges: req.ranges,
       data,
+      ...(req.keep ? { keep: true } : {}),
     };
     const outcome = await this.ctx.log.propose(cmd);
-    return (unwrap(outcome.result) as { version: number }).version;
+    const r = unwrap(outcome.result) as { version: number; kept?: boolean };
+    return req.keep ? { version: r.version, kept: r.kept === true } : { version: r.version };
   }
 
   /** The apply path granted a queued acquire. */
@@ -139,10 +155,21 @@ export class Grants {
     const record = objectRecord(obj);
     if (w.inlineMaxBytes !== null && grantPayloadBytes(obj.size, pages) > w.inlineMaxBytes) {
       // Too many bytes for the leader to send: the client reads them from a follower (READ_PAGES).
-      w.port.ok('ACQUIRE', w.requestId, { object: record, token: grant.token, pages, deferred: true });
+      w.port.ok('ACQUIRE', w.requestId, {
+        object: record,
+        token: grant.token,
+        pages,
+        deferred: true,
+        ...(grant.contended ? { contended: true } : {}),
+      });
       return;
     }
     const payload = pagesPayload(obj, pages, sm.pageBytes);
-    w.port.ok('ACQUIRE', w.requestId, { object: record, token: grant.token, pages }, payload);
+    w.port.ok(
+      'ACQUIRE',
+      w.requestId,
+      { object: record, token: grant.token, pages, ...(grant.contended ? { contended: true } : {}) },
+      payload,
+    );
   }
 }

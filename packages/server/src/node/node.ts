@@ -12,13 +12,16 @@ import {
   DEFAULT_SEGMENT_BYTES,
   type Env,
   type HelloRequest,
+  LEASE_GRACE_MS,
   type LockedObject,
   type LogAppendRequest,
   type LogReadRequest,
+  MAX_LEASE_MS,
   MAX_STATUS_LOCKS,
   type MemberRole,
   PAGE_BYTES,
   type ReadPagesRequest,
+  type ReleaseOk,
   type ReleaseRequest,
   SegmemError,
   type StatusOk,
@@ -57,7 +60,7 @@ export class SegmemNode {
   /** Clock, timers and randomness of this node (the shell uses its timers too). */
   readonly env: Env;
   private readonly sessions: Sessions;
-  private readonly grants: Grants;
+  readonly grants: Grants;
   private readonly reads: Reads;
   private readonly exports: SnapshotExports;
   private closing = false;
@@ -161,6 +164,10 @@ export class SegmemNode {
       for (const line of dataDir.warnings) opts.log?.(line);
       for (const line of describeLocalRecovery(local.report)) opts.log?.(line);
       const node = new SegmemNode(opts, dataDir, local.create, local.report.wal);
+      // A client may still use a cached grant of a session the restart ends, until its lease runs out on its
+      // own clock: no conflicting lock is granted before then.
+      const leaseHolders = node.sm.lockHolderTimeoutMs();
+      if (leaseHolders > 0) node.grants.holdGrantsFor(Math.min(leaseHolders, MAX_LEASE_MS) + LEASE_GRACE_MS);
       // Sessions end with a restart: their lock state may not all have reached the disk.
       await node.log.propose({ op: 'restart', sessionIdFloor: Math.floor(node.env.now()) * 1000 });
       node.start();
@@ -468,8 +475,14 @@ export class SegmemNode {
     return this.grants.cancel(sessionId, acquireRequestId, reason, port);
   }
 
-  release(sessionId: number, req: ReleaseRequest): Promise<number> {
+  release(sessionId: number, req: ReleaseRequest): Promise<ReleaseOk> {
     return this.grants.release(sessionId, req);
+  }
+
+  /** See {@link NodeLog.leaseBarrier}: what a KEEPALIVE renewing a lease waits for. */
+  leaseBarrier(): Promise<void> {
+    this.requireLeader();
+    return this.log.leaseBarrier();
   }
 
   // --- shared logs ---

@@ -193,6 +193,13 @@ export class Sessions {
     }
   }
 
+  /** Asks a session to give back its grant of an object (another session waits for it). */
+  pushRevoke(sessionId: number, objectId: number): void {
+    const port = this.states.get(sessionId)?.port;
+    // A session not connected now gives back its cached grants when it resumes (see the client's onResumed).
+    if (port && !port.closed) port.revoke({ objectId });
+  }
+
   /** The replicated state ended a session (GOODBYE or expiry). */
   ended(sessionId: number, reason: string): void {
     const state = this.states.get(sessionId);

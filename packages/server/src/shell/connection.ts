@@ -18,6 +18,7 @@ import {
   encodeError,
   encodeInvalidate,
   encodeOk,
+  encodeRevoke,
   type Frame,
   FrameDecoder,
   type Invalidate,
@@ -29,6 +30,7 @@ import {
   PROTOCOL_VERSION,
   type Request,
   type RequestType,
+  type Revoke,
   SegmemError,
 } from '@segmem/protocol';
 import type { Port, SegmemNode, Wire } from '../node/index.js';
@@ -123,6 +125,10 @@ export class ServerConnection implements Port {
 
   invalidate(msg: Invalidate): void {
     this.answer(encodeInvalidate(msg));
+  }
+
+  revoke(msg: Revoke): void {
+    this.answer(encodeRevoke(msg));
   }
 
   /** Closes from the server's side (a deposed leader, an expired session): the client reconnects. */
@@ -284,6 +290,7 @@ export class ServerConnection implements Port {
     node.requireLeader();
     switch (req.type) {
       case 'KEEPALIVE':
+        if (req.lease) await node.leaseBarrier();
         this.answer(encodeOk('KEEPALIVE', requestId, {}));
         return;
       case 'CREATE': {
@@ -304,11 +311,9 @@ export class ServerConnection implements Port {
       case 'ACQUIRE':
         await node.acquire(this, sid, requestId, req);
         return;
-      case 'RELEASE': {
-        const version = await node.release(sid, req);
-        this.answer(encodeOk('RELEASE', requestId, { version }));
+      case 'RELEASE':
+        this.answer(encodeOk('RELEASE', requestId, await node.release(sid, req)));
         return;
-      }
       case 'CANCEL': {
         const cancelled = await node.cancel(sid, req.requestId, req.reason, this);
         this.answer(encodeOk('CANCEL', requestId, { cancelled }));
