@@ -437,7 +437,9 @@ export class SegmentImpl implements Segment {
     const env = this.session.env;
     const startMs = env.now();
     const turn = await this.localLocks.enter(name, mode, opts, env);
-    const leftMs = timeoutMs === undefined ? undefined : Math.max(0, timeoutMs - (env.now() - startMs));
+    // Whole milliseconds: the wire takes integers.
+    const waitedMs = Math.floor(env.now() - startMs);
+    const leftMs = timeoutMs === undefined ? undefined : Math.max(0, timeoutMs - waitedMs);
     try {
       const handle = await this.acquireAtServer(name, mode, leftMs, signal);
       this.localTurns.set(handle as HandleImpl, turn);
