@@ -2,10 +2,11 @@
  * Blocking semantics of the seed: readers share and block writers, writers exclude everyone,
  * waiters are served in FIFO order, and waits honour timeouts and abort signals.
  */
-import test from 'ava';
-import { connect, type Handle, type SegmemError, type Segment } from '../src/index.js';
+
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import test from 'ava';
+import { connect, type Handle, type SegmemError, type Segment } from '../src/index.js';
 import { fixturesDir, runNode, startServerProcess, tempDir, waitFor } from './helpers.js';
 
 async function cluster(t: { teardown(fn: () => unknown): void }, sessions: number): Promise<Segment[]> {
