@@ -18,6 +18,7 @@ import {
   validateSize,
 } from '@segmem/protocol';
 import { checkPagesAnswer, FOLLOWER_READ_MIN_BYTES, type FollowerReads } from './follower-reads.js';
+import { LocalLocks, type LocalTurn } from './local-locks.js';
 import type { MappedSegment } from './mapped-segment.js';
 import type { Session } from './session.js';
 import { type LogOptions, type SharedLog, SharedLogImpl } from './shared-log.js';
@@ -200,15 +201,18 @@ export interface Segment {
    */
   list(prefix?: string): Promise<ObjectInfo[]>;
   /**
-   * Deletes the object (or shared log) and frees its pages. Waiting acquires fail with `NOT_FOUND`;
-   * current holders get `LOCK_LOST` when they release. Rejects with `NOT_FOUND`.
+   * Deletes the object (or shared log) and frees its pages. An object is deleted once its holders have
+   * released it: the delete waits in the object's queue like a writer (first in, first out), and the
+   * acquires queued behind it then fail with `NOT_FOUND`. A shared log is deleted at once. `opts` bound
+   * the wait as for an acquire (`TIMEOUT`, `ABORTED`; the object then stays). Rejects with `NOT_FOUND`,
+   * and with `DEADLOCK` when this session holds the object itself or the wait would close a cycle of waits.
    *
    * @example
    * ```ts
-   * await seg.delete('jobs/42');
+   * await seg.delete('jobs/42', { timeoutMs: 1000 });
    * ```
    */
-  delete(name: string): Promise<void>;
+  delete(name: string, opts?: AcquireOptions): Promise<void>;
   /**
    * The shared log `name` (created by its first append; `opts.maxBytes` sets its retention then). One
    * handle per name per segment, so appends from anywhere in the process share its batches.
@@ -275,6 +279,18 @@ const REVOKED_NO_KEEP_MS = 1000;
 /** How long past its timeoutMs an acquire waits for the server's own TIMEOUT before giving up locally. */
 const ACQUIRE_GUARD_GRACE_MS = 1000;
 
+function checkTimeoutMs(timeoutMs: number | undefined): void {
+  if (
+    timeoutMs !== undefined &&
+    !(Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= MAX_TIMEOUT_MS)
+  ) {
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `timeoutMs must be an integer 0..${MAX_TIMEOUT_MS}; got ${String(timeoutMs)}`,
+    );
+  }
+}
+
 function info(r: ObjectRecord): ObjectInfo {
   return { name: r.name, size: r.size, address: r.address, version: r.version };
 }
@@ -284,6 +300,9 @@ export class SegmentImpl implements Segment {
   private readonly byId = new Map<number, CachedObject>();
   private readonly handles = new Set<HandleImpl>();
   private readonly logs = new Map<string, SharedLogImpl>();
+  /** This process's tasks queue here before the server (see local-locks.ts); a held handle's turn. */
+  private readonly localLocks = new LocalLocks();
+  private readonly localTurns = new Map<HandleImpl, LocalTurn>();
   private lastInvalidationSeq = 0;
   private closed = false;
   private closing: Promise<void> | null = null;
@@ -391,12 +410,41 @@ export class SegmentImpl implements Segment {
     return (await this.session.call({ type: 'LIST', prefix })).objects.map(info);
   }
 
-  async delete(name: string): Promise<void> {
+  async delete(name: string, opts: AcquireOptions = {}): Promise<void> {
     this.check();
     validateName(name);
-    await this.session.call({ type: 'DELETE', seq: this.session.seq(), name });
-    const cached = this.byName.get(name);
-    if (cached) this.retire(cached);
+    const { timeoutMs, signal } = opts;
+    checkTimeoutMs(timeoutMs);
+    const aborted = () => new SegmemError('ABORTED', `delete of "${name}" was aborted`);
+    if (signal?.aborted) throw aborted();
+    // Like a writer: after this process's holders of the object (tasks share the session, and the servers
+    // refuse a delete from a session holding the object), and without the grant the session keeps of it.
+    const env = this.session.env;
+    const startMs = env.now();
+    const turn = await this.localLocks.enter(name, 'write', { timeoutMs, signal }, env);
+    try {
+      const kept = this.byName.get(name);
+      if (kept) this.returnGrant(kept);
+      const leftMs =
+        timeoutMs === undefined ? null : Math.max(0, timeoutMs - Math.floor(env.now() - startMs));
+      const { requestId, promise } = this.session.start({
+        type: 'DELETE',
+        seq: this.session.seq(),
+        name,
+        timeoutMs: leftMs,
+      });
+      if (signal) {
+        // The server answers the cancelled wait with ABORTED; a delete applied meanwhile stays applied.
+        const onAbort = () =>
+          this.session.start({ type: 'CANCEL', requestId, reason: 'ABORTED' }).promise.catch(() => {});
+        signal.addEventListener('abort', onAbort, { once: true });
+        await promise.finally(() => signal.removeEventListener('abort', onAbort));
+      } else await promise;
+      const cached = this.byName.get(name);
+      if (cached) this.retire(cached);
+    } finally {
+      turn.leave();
+    }
   }
 
   log(name: string, opts: LogOptions = {}): SharedLog {
@@ -446,15 +494,30 @@ export class SegmentImpl implements Segment {
     this.check();
     validateName(name);
     const { timeoutMs, signal } = opts;
-    if (
-      timeoutMs !== undefined &&
-      !(Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= MAX_TIMEOUT_MS)
-    ) {
-      throw new SegmemError(
-        'INVALID_ARGUMENT',
-        `timeoutMs must be an integer 0..${MAX_TIMEOUT_MS}; got ${String(timeoutMs)}`,
-      );
+    checkTimeoutMs(timeoutMs);
+    if (signal?.aborted) throw new SegmemError('ABORTED', `acquire of "${name}" was aborted`);
+    const env = this.session.env;
+    const startMs = env.now();
+    const turn = await this.localLocks.enter(name, mode, opts, env);
+    // Whole milliseconds: the wire takes integers.
+    const waitedMs = Math.floor(env.now() - startMs);
+    const leftMs = timeoutMs === undefined ? undefined : Math.max(0, timeoutMs - waitedMs);
+    try {
+      const handle = await this.acquireAtServer(name, mode, leftMs, signal);
+      this.localTurns.set(handle as HandleImpl, turn);
+      return handle;
+    } catch (err) {
+      turn.leave();
+      throw err;
     }
+  }
+
+  private async acquireAtServer(
+    name: string,
+    mode: 'read' | 'write',
+    timeoutMs: number | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<Handle> {
     if (signal?.aborted) throw new SegmemError('ABORTED', `acquire of "${name}" was aborted`);
     if (this.delegations) {
       const local = await this.acquireLocally(name, mode, timeoutMs, signal);
@@ -826,6 +889,10 @@ export class SegmentImpl implements Segment {
 
   /** Called by a handle's release(). */
   async releaseHandle(h: HandleImpl, cached: CachedObject): Promise<void> {
+    // The next local acquire goes out once the server has this release: it would otherwise meet our own grant.
+    const turn = this.localTurns.get(h);
+    this.localTurns.delete(h);
+    const leave = () => turn?.leave();
     if (h.mode === 'read') {
       // Without page rights nothing stopped a write through a read handle: it must not pass unseen.
       const misuse = h.twin !== null && !h.bytes.equals(h.twin);
@@ -847,8 +914,9 @@ export class SegmentImpl implements Segment {
             ranges: [],
             payload: Buffer.alloc(0),
           })
-          .catch(() => {});
-      }
+          .catch(() => {})
+          .finally(leave);
+      } else leave();
       if (misuse) {
         throw new SegmemError(
           'INVALID_ARGUMENT',
@@ -858,6 +926,10 @@ export class SegmentImpl implements Segment {
       }
       return;
     }
+    return this.releaseWrite(h, cached).finally(leave);
+  }
+
+  private async releaseWrite(h: HandleImpl, cached: CachedObject): Promise<void> {
     if (this.closed) {
       this.abandon(h, cached);
       throw new SegmemError('CLOSED', 'the segment was closed before the release: the write is discarded');
@@ -922,6 +994,8 @@ export class SegmentImpl implements Segment {
    * write handle's bytes may hold changes the group never got: they are dropped at once.
    */
   private abandon(h: HandleImpl, cached: CachedObject): void {
+    this.localTurns.get(h)?.leave();
+    this.localTurns.delete(h);
     h.lost = true;
     if (h.shared && this.handles.has(h)) cached.grantUsers--;
     this.endHold(h, cached);

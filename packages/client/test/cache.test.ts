@@ -211,16 +211,21 @@ test('regression: a revalidation answer about an older version does not drop a c
 test('regression: releasing a handle of a deleted object leaves the pages of the object now living there alone', async (t) => {
   const dir = tempDir();
   const server = await startServerProcess({ dataDir: dir.path, fsync: 'none' });
-  const a = (await connect({ servers: [server.address] })) as Diag;
+  const a = (await connect({ servers: [server.address], sessionTimeoutMs: 1000 })) as Diag;
   const b = (await connect({ servers: [server.address] })) as Diag;
   try {
     await a.create('old', 4096);
     const oldHandle = await a.acquireRead('old');
-    await b.delete('old');
+    // The delete waits for a's read; a's whole process (this one) stalls past a's session timeout, so the
+    // servers end a's session, and the delete goes through while a still has its handle.
+    const deleting = b.delete('old');
+    await b.stat('old'); // the DELETE is at the server
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2500);
+    await deleting;
     const info = await b.create('new', 4096);
-    t.is(info.address, (await a.list(''))[0]!.address, 'the new object reuses the pages');
+    t.is(info.address, (await b.list(''))[0]!.address, 'the new object reuses the pages');
     const fresh = await a.acquireWrite('new');
-    await oldHandle.release(); // a read release is pipelined: the server's LOCK_LOST is not waited for
+    await t.throwsAsync(oldHandle.release(), { code: 'LOCK_LOST' });
     fresh.bytes[10] = 42; // must not fault: the stale release did not take the new object's rights
     await fresh.release();
     t.is(await b.read('new', (h) => h.bytes[10]), 42);

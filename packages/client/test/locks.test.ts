@@ -2,9 +2,12 @@
  * Blocking semantics of the seed: readers share and block writers, writers exclude everyone,
  * waiters are served in FIFO order, and waits honour timeouts and abort signals.
  */
+
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import test from 'ava';
 import { connect, type Handle, type SegmemError, type Segment } from '../src/index.js';
-import { startServerProcess, tempDir, waitFor } from './helpers.js';
+import { fixturesDir, runNode, startServerProcess, tempDir, waitFor } from './helpers.js';
 
 async function cluster(t: { teardown(fn: () => unknown): void }, sessions: number): Promise<Segment[]> {
   const dir = tempDir();
@@ -149,15 +152,72 @@ test('concurrent tasks of one session queue on the same object and increments ar
   t.is((await b!.stat('n')).version, 51);
 });
 
-test('deleting an object fails its waiters with NOT_FOUND and its holder gets LOCK_LOST', async (t) => {
+test('a delete waits for the holder, then acquires queued behind it fail with NOT_FOUND', async (t) => {
+  const [a, b, c] = await cluster(t, 3);
+  await a!.create('x', 4);
+  const held = await a!.acquireWrite('x');
+  const deleting = settled(b!.delete('x'));
+  await roundTrip(b!);
+  const behind = c!.acquireRead('x');
+  await roundTrip(c!);
+  t.false(deleting.done(), 'the delete waits for the holder');
+  t.is((await c!.stat('x')).size, 4);
+  held.bytes[0] = 1;
+  await held.release();
+  await deleting.value;
+  await t.throwsAsync(behind, { code: 'NOT_FOUND' } as never);
+  t.deepEqual(await a!.list(), []);
+});
+
+test('a delete with timeoutMs times out while the object is held and leaves it there', async (t) => {
   const [a, b] = await cluster(t, 2);
   await a!.create('x', 4);
   const held = await a!.acquireWrite('x');
-  const waiter = b!.acquireRead('x');
+  await t.throwsAsync(b!.delete('x', { timeoutMs: 50 }), { code: 'TIMEOUT' } as never);
+  const ac = new AbortController();
+  const aborted = b!.delete('x', { signal: ac.signal });
   await roundTrip(b!);
-  await b!.delete('x');
-  await t.throwsAsync(waiter, { code: 'NOT_FOUND' } as never);
-  held.bytes[0] = 1;
-  await t.throwsAsync(held.release(), { code: 'LOCK_LOST' } as never);
-  await waitFor(async () => (await a!.list()).length === 0, 'object gone');
+  ac.abort();
+  await t.throwsAsync(aborted, { code: 'ABORTED' } as never);
+  await held.release();
+  t.is((await b!.stat('x')).size, 4, 'still there');
+  await t.throwsAsync(a!.delete('x', { timeoutMs: -1 }), { code: 'INVALID_ARGUMENT' } as never);
+  // A delete waits for this process's own holders too (its tasks share the session), like a writer.
+  const own = await a!.acquireRead('x');
+  await t.throwsAsync(a!.delete('x', { timeoutMs: 50 }), { code: 'TIMEOUT' } as never);
+  await own.release();
+  await a!.delete('x');
+  t.deepEqual(await a!.list(), []);
+});
+
+test('two processes taking A then B and B then A: one gets DEADLOCK at once, the other completes', async (t) => {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path, fsync: 'none' });
+  const seg = await connect({ servers: [server.address], sessionTimeoutMs: 5000 });
+  t.teardown(async () => {
+    await seg.close();
+    await server.stop();
+    dir.cleanup();
+  });
+  await seg.create('A', 4);
+  await seg.create('B', 4);
+  const go = join(dir.path, 'go');
+  let holding = 0;
+  const script = join(fixturesDir, 'lock-pair.mjs');
+  const onLine = (line: string) => {
+    if (line === 'holding') holding++;
+  };
+  const p1 = runNode(script, [server.address, 'A', 'B', go], { onLine, timeoutMs: 30_000 });
+  const p2 = runNode(script, [server.address, 'B', 'A', go], { onLine, timeoutMs: 30_000 });
+  await waitFor(() => holding === 2, 'both processes hold their first object');
+  writeFileSync(go, '');
+  const results = await Promise.all([p1.done, p2.done]);
+  const outcomes = results.map((r) => {
+    t.is(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { outcome: string; ms: number };
+  });
+  const refused = outcomes.filter((o) => o.outcome === 'DEADLOCK');
+  t.is(refused.length, 1, JSON.stringify(outcomes));
+  t.is(outcomes.filter((o) => o.outcome === 'ok').length, 1, JSON.stringify(outcomes));
+  t.true(refused[0]!.ms < 1000, `refused after ${refused[0]!.ms} ms`);
 });

@@ -233,11 +233,16 @@ export interface CreateRequest {
   ifNotExists: boolean;
 }
 
-/** 0x04: deletes an object. */
+/**
+ * 0x04: deletes an object, once its holders have released it (it waits in the object's queue like a write
+ * ACQUIRE, and CANCEL names it the same way), or a shared log at once.
+ */
 export interface DeleteRequest {
   type: 'DELETE';
   seq: number;
   name: string;
+  /** How long the server may keep the request waiting (0..MAX_TIMEOUT_MS); null or absent for no limit. */
+  timeoutMs?: number | null;
 }
 
 /** 0x05: describes an object. */
@@ -702,7 +707,11 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         ifNotExists: req.ifNotExists,
       });
     case 'DELETE':
-      return encodeFrame(MessageType.DELETE, requestId, groupId, { seq: req.seq, name: req.name });
+      return encodeFrame(MessageType.DELETE, requestId, groupId, {
+        seq: req.seq,
+        name: req.name,
+        ...(req.timeoutMs != null ? { timeoutMs: req.timeoutMs } : {}),
+      });
     case 'STAT':
       return encodeFrame(MessageType.STAT, requestId, groupId, { name: req.name });
     case 'LIST':
@@ -1047,7 +1056,12 @@ REQUEST_DECODERS[MessageType.CREATE] = (h, payload) => {
 
 REQUEST_DECODERS[MessageType.DELETE] = (h, payload) => {
   noPayload(payload);
-  return { type: 'DELETE', seq: seqField(h.seq), name: validateName(h.name) };
+  return {
+    type: 'DELETE',
+    seq: seqField(h.seq),
+    name: validateName(h.name),
+    timeoutMs: validateTimeoutMs(h.timeoutMs),
+  };
 };
 
 REQUEST_DECODERS[MessageType.STAT] = (h, payload) => {

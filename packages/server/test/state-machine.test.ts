@@ -212,11 +212,11 @@ test('cancel removes a waiter, and a cancelled writer at the head lets readers t
   t.deepEqual(value(run({ op: 'cancel', sessionId: b, seq: 1, reason: 'TIMEOUT' })), { cancelled: false });
 });
 
-test('a session queues behind its own grants like any other session', (t) => {
+test('a session queues a write behind its own read grant (another task of its process)', (t) => {
   const { run, open } = machine();
   const a = open();
   value(run({ op: 'create', sessionId: a, seq: 1, name: 'x', size: 4, ifNotExists: false }));
-  const w = value(run({ op: 'acquire', sessionId: a, seq: 2, name: 'x', mode: 'write' })).granted;
+  const w = value(run({ op: 'acquire', sessionId: a, seq: 2, name: 'x', mode: 'read' })).granted;
   t.deepEqual(value(run({ op: 'acquire', sessionId: a, seq: 3, name: 'x', mode: 'write' })), {
     queued: true,
   });
@@ -225,7 +225,7 @@ test('a session queues behind its own grants like any other session', (t) => {
     sessionId: a,
     seq: 4,
     name: 'x',
-    mode: 'write',
+    mode: 'read',
     token: w.token,
     ranges: [],
     data: null,

@@ -168,8 +168,12 @@ const LOG = 'events';
  */
 const BLOB = 'blob';
 const BLOB_BYTES = 32 * 4096;
-/** Errors an operation may end with under faults; anything else is a failure of the run. */
-const EXPECTED_CODES = new Set(['UNAVAILABLE', 'LOCK_LOST']);
+/**
+ * Errors an operation may end with under faults; anything else is a failure of the run. DEADLOCK: a
+ * client's concurrent tasks share its session, so one task holding an object while another waits counts as
+ * the session holding while waiting, and a wait-for cycle between sessions is refused.
+ */
+const EXPECTED_CODES = new Set(['UNAVAILABLE', 'LOCK_LOST', 'DEADLOCK']);
 /** A run stops after this many timers (a seed runs 10,000..200,000): members spinning must not hang the run. */
 const MAX_TIMERS_RUN = 1_000_000;
 /** Simulated ms the liveness phase may take once faults stop. */

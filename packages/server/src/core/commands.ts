@@ -19,6 +19,7 @@ export type Command =
    */
   | { op: 'restart'; sessionIdFloor: number }
   | { op: 'create'; sessionId: number; seq: number; name: string; size: number; ifNotExists: boolean }
+  /** Deletes at once, or queues like a writer until the object's holders release it. */
   | { op: 'delete'; sessionId: number; seq: number; name: string }
   | { op: 'acquire'; sessionId: number; seq: number; name: string; mode: LockMode }
   | { op: 'cancel'; sessionId: number; seq: number; reason: 'TIMEOUT' | 'ABORTED' }
@@ -88,7 +89,9 @@ export type Result = { ok: true; value: unknown } | { ok: false; code: ErrorCode
 export type Effect =
   /** A queued acquire was granted. */
   | { kind: 'grant'; sessionId: number; seq: number; grant: Grant }
-  /** A queued acquire ended without a grant (cancelled, object deleted, session closed). */
+  /** A queued delete was applied (the object's holders had released it). */
+  | { kind: 'deleted'; sessionId: number; seq: number }
+  /** A queued acquire or delete ended without its effect (cancelled, deadlock, object deleted, session closed). */
   | { kind: 'fail'; sessionId: number; seq: number; code: ErrorCode; message: string }
   /** Another session waits for the object: these sessions should give back the grants they hold of it. */
   | { kind: 'revoke'; sessionIds: number[]; objectId: number }

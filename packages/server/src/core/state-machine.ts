@@ -15,14 +15,18 @@ import { PageAllocator } from './allocator.js';
 import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';
 import { badSnapshot, checkContent, checkGeometry, checkObjectSize } from './content-check.js';
 import { type LogRead, SharedLogs } from './shared-logs.js';
+import { findCycle, type WaitEdge } from './wait-for.js';
 
 /** How many recent results each session keeps for answering retried commands. */
 export const DEDUP_WINDOW = 1024;
 
+/** What a queued request waits to do: take a lock, or delete the object (which waits like a writer). */
+type WaitMode = LockMode | 'delete';
+
 interface Waiter {
   sessionId: number;
   seq: number;
-  mode: LockMode;
+  mode: WaitMode;
 }
 
 interface Hold {
@@ -138,8 +142,11 @@ const snapshotCodec = new Packr({
   int64AsType: 'number',
   moreTypes: false,
 });
-/** 2 added shared logs; format 1 snapshots (no logs) still restore. */
-const SNAPSHOT_FORMAT = 2;
+/**
+ * 2 added shared logs, 3 queued deletes (a queue entry's mode may be 'delete'); formats 1 and 2 still
+ * restore. The number moved so that a server too old to know queued deletes refuses such a snapshot.
+ */
+const SNAPSHOT_FORMAT = 3;
 
 const ok = (value: unknown): Result => ({ ok: true, value });
 const fail = (code: ErrorCode, message: string): Result => ({ ok: false, code, message });
@@ -151,6 +158,8 @@ export class StateMachine {
   private readonly byName = new Map<string, SegmentObject>();
   private readonly byId = new Map<number, SegmentObject>();
   private readonly sessions = new Map<number, Session>();
+  /** Sessions with at least one queued acquire or delete: the vertices deadlock detection walks. */
+  private readonly waitingSessions = new Set<Session>();
   private logs = new SharedLogs();
   private nextObjectId = 1;
   private nextSessionId = 1;
@@ -209,14 +218,15 @@ export class StateMachine {
     if (!session) return fail('LOCK_LOST', `session ${cmd.sessionId} has expired or was closed`);
     const previous = session.done.get(cmd.seq);
     if (previous) return previous;
-    if (cmd.op === 'acquire' && session.waiting.has(cmd.seq)) return ok({ queued: true });
+    if ((cmd.op === 'acquire' || cmd.op === 'delete') && session.waiting.has(cmd.seq))
+      return ok({ queued: true });
     let result: Result;
     switch (cmd.op) {
       case 'create':
         result = this.create(cmd.name, cmd.size, cmd.ifNotExists);
         break;
       case 'delete':
-        result = this.delete(cmd.name, effects);
+        result = this.delete(session, cmd.seq, cmd.name, effects);
         break;
       case 'acquire':
         result = this.acquire(session, cmd.seq, cmd.name, cmd.mode, effects);
@@ -267,6 +277,7 @@ export class StateMachine {
     const session = this.sessions.get(id);
     if (!session) return;
     this.sessions.delete(id);
+    this.waitingSessions.delete(session);
     const touched = new Set<SegmentObject>();
     for (const [seq, w] of session.waiting) {
       const obj = this.byId.get(w.objectId);
@@ -341,18 +352,39 @@ export class StateMachine {
     return ok({ object: record(obj), created: true });
   }
 
-  private delete(name: string, effects: Effect[]): Result {
+  /**
+   * Deletes a shared log at once; an object waits for its holders like a writer (queued first in, first
+   * out with the acquires), then goes, failing the acquires queued behind it with NOT_FOUND.
+   */
+  private delete(session: Session, seq: number, name: string, effects: Effect[]): Result {
     if (this.logs.delete(name)) {
       effects.push({ kind: 'logChanged', name });
       return ok(null);
     }
     const obj = this.byName.get(name);
     if (!obj) return fail('NOT_FOUND', `no object named "${name}"`);
+    const hold = session.holds.get(obj.id);
+    if (hold) {
+      return fail(
+        'DEADLOCK',
+        `this session holds ${hold.mode} access to "${name}": a delete would wait for its own release forever`,
+      );
+    }
+    if (obj.queue.length === 0 && compatible(obj, 'delete')) {
+      this.removeObject(obj, effects);
+      return ok(null);
+    }
+    return this.enqueue(session, seq, obj, 'delete', effects);
+  }
+
+  private removeObject(obj: SegmentObject, effects: Effect[]): void {
+    const name = obj.name;
     this.byName.delete(name);
     this.byId.delete(obj.id);
     this.allocator.release(obj.firstPage, obj.pageCount);
     for (const w of obj.queue) {
-      this.sessions.get(w.sessionId)?.waiting.delete(w.seq);
+      const waiter = this.sessions.get(w.sessionId);
+      if (waiter) this.unwait(waiter, w.seq);
       effects.push({
         kind: 'fail',
         sessionId: w.sessionId,
@@ -361,7 +393,9 @@ export class StateMachine {
         message: `object "${name}" was deleted`,
       });
     }
-    // Holders keep nothing: their releases will answer LOCK_LOST.
+    obj.queue.length = 0;
+    // Nobody holds it (a delete waits for the holders), but a restored or old state may say otherwise:
+    // their releases then answer LOCK_LOST.
     for (const session of this.sessions.values()) {
       session.holds.delete(obj.id);
       session.cached.delete(obj.id);
@@ -369,7 +403,6 @@ export class StateMachine {
     if (obj.cachedBy.size > 0) {
       effects.push({ kind: 'invalidate', sessionIds: [...obj.cachedBy], objectId: obj.id, version: 0 });
     }
-    return ok(null);
   }
 
   // --- locks ---
@@ -378,12 +411,66 @@ export class StateMachine {
     const obj = this.byName.get(name);
     if (!obj) return fail('NOT_FOUND', `no object named "${name}"`);
     // A session's acquires queue like anyone's: a process's concurrent tasks share one session, and a
-    // second acquire of an object the session holds waits for the first release (as with a mutex).
-    if (obj.queue.length === 0 && compatible(obj, mode)) {
-      return ok({ granted: this.grant(session, obj, mode) });
+    // second acquire of an object the session holds waits for the first release (as with a mutex). The
+    // client queues its tasks' conflicting acquires itself, so a conflicting one that reaches us is a
+    // protocol client waiting for itself: refused at once.
+    const hold = session.holds.get(obj.id);
+    if (hold?.mode === 'write') {
+      return fail(
+        'DEADLOCK',
+        `this session already holds write access to "${name}": a ${mode} acquire would wait for its own release forever`,
+      );
+    }
+    if (hold && mode === 'write' && (obj.readers > hold.tokens.length || this.othersWait(obj, session.id))) {
+      return fail(
+        'DEADLOCK',
+        `this session holds read access to "${name}" and asks for write while another session holds or waits for it`,
+      );
+    }
+    // A session already reading shares its reads past queued writers: the writer waits for its reads
+    // anyway, and queuing the new read behind the writer would be a cycle (reader -> writer -> reader).
+    if (obj.queue.length === 0 || (hold && mode === 'read')) {
+      if (compatible(obj, mode)) return ok({ granted: this.grant(session, obj, mode) });
+    }
+    return this.enqueue(session, seq, obj, mode, effects);
+  }
+
+  private othersWait(obj: SegmentObject, sessionId: number): boolean {
+    for (const w of obj.queue) if (w.sessionId !== sessionId) return true;
+    return false;
+  }
+
+  /**
+   * Queues an acquire or delete, unless waiting would close a cycle of waits between sessions (see
+   * core/wait-for.ts): then it fails with DEADLOCK and the waits already queued go on. The refused request
+   * is the youngest of its cycle, by log order: every other wait of the cycle was queued by an earlier
+   * entry, since the graph has no cycle before this one.
+   */
+  private enqueue(
+    session: Session,
+    seq: number,
+    obj: SegmentObject,
+    mode: WaitMode,
+    effects: Effect[],
+  ): Result {
+    const blockers = this.blockers(obj, obj.queue.length, session.id, mode, session.id);
+    const cycle = findCycle(
+      { edges: (sid, target) => this.waitEdges(sid, target) },
+      session.id,
+      obj.id,
+      blockers,
+    );
+    if (cycle) {
+      const names = cycle.map((id) => `"${this.byId.get(id)?.name}"`).join(' -> ');
+      const what = mode === 'delete' ? 'delete' : `${mode} acquire`;
+      return fail(
+        'DEADLOCK',
+        `this ${what} of "${obj.name}" would close a cycle of waits between sessions over ${names}: it was refused, the others wait on`,
+      );
     }
     obj.queue.push({ sessionId: session.id, seq, mode });
     session.waiting.set(seq, { objectId: obj.id });
+    this.waitingSessions.add(session);
     this.revokeHolders(obj, session.id, effects);
     return ok({ queued: true });
   }
@@ -399,6 +486,45 @@ export class StateMachine {
       if (id !== waiterId && this.sessions.get(id)?.holds.has(obj.id)) holders.push(id);
     }
     if (holders.length > 0) effects.push({ kind: 'revoke', sessionIds: holders, objectId: obj.id });
+  }
+
+  private unwait(session: Session, seq: number): void {
+    session.waiting.delete(seq);
+    if (session.waiting.size === 0) this.waitingSessions.delete(session);
+  }
+
+  /**
+   * The sessions other than `self` that a wait in `mode` at position `at` of `obj`'s queue waits for and
+   * that could lead a search back to `target`: conflicting holders that wait themselves (or are `target`),
+   * and the sessions of conflicting waits queued before it.
+   */
+  private blockers(obj: SegmentObject, at: number, self: number, mode: WaitMode, target: number): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < at; i++) {
+      const w = obj.queue[i]!;
+      if (w.sessionId !== self && conflicts(mode, w.mode)) out.push(w.sessionId);
+    }
+    const holds = (s: Session) => {
+      const hold = s.id === self ? undefined : s.holds.get(obj.id);
+      if (hold && conflicts(mode, hold.mode)) out.push(s.id);
+    };
+    for (const s of this.waitingSessions) holds(s);
+    const t = this.sessions.get(target);
+    if (t && !this.waitingSessions.has(t)) holds(t);
+    return out;
+  }
+
+  private *waitEdges(sessionId: number, target: number): Iterable<WaitEdge> {
+    const session = this.sessions.get(sessionId);
+    if (!session) return;
+    for (const [seq, w] of session.waiting) {
+      const obj = this.byId.get(w.objectId);
+      if (!obj) continue;
+      const at = obj.queue.findIndex((q) => q.sessionId === sessionId && q.seq === seq);
+      if (at < 0) continue;
+      for (const to of this.blockers(obj, at, sessionId, obj.queue[at]!.mode, target))
+        yield { to, objectId: obj.id };
+    }
   }
 
   private grant(session: Session, obj: SegmentObject, mode: LockMode): Grant {
@@ -419,7 +545,10 @@ export class StateMachine {
     return contended ? { object: record(obj), token, mode, contended } : { object: record(obj), token, mode };
   }
 
-  /** Grants queued waiters in FIFO order while the head is compatible with the holders. */
+  /**
+   * Grants queued waiters in FIFO order while the head is compatible with the holders; a delete at the
+   * head, once nobody holds the object, deletes it and fails the waiters behind it.
+   */
   private pump(obj: SegmentObject, effects: Effect[]): void {
     while (obj.queue.length > 0) {
       const head = obj.queue[0]!;
@@ -427,7 +556,13 @@ export class StateMachine {
       obj.queue.shift();
       const session = this.sessions.get(head.sessionId);
       if (!session) continue;
-      session.waiting.delete(head.seq);
+      this.unwait(session, head.seq);
+      if (head.mode === 'delete') {
+        this.remember(session, head.seq, ok(null));
+        effects.push({ kind: 'deleted', sessionId: session.id, seq: head.seq });
+        this.removeObject(obj, effects);
+        return;
+      }
       const grant = this.grant(session, obj, head.mode);
       this.remember(session, head.seq, ok({ granted: grant }));
       effects.push({ kind: 'grant', sessionId: session.id, seq: head.seq, grant });
@@ -438,10 +573,14 @@ export class StateMachine {
     const session = this.sessions.get(sessionId);
     const waiting = session?.waiting.get(seq);
     if (!session || !waiting) return ok({ cancelled: false });
-    session.waiting.delete(seq);
+    this.unwait(session, seq);
     const obj = this.byId.get(waiting.objectId);
+    const what =
+      obj?.queue.find((w) => w.sessionId === sessionId && w.seq === seq)?.mode === 'delete'
+        ? 'delete'
+        : 'acquire';
     const message =
-      reason === 'TIMEOUT' ? `acquire of "${obj?.name}" timed out` : `acquire of "${obj?.name}" was aborted`;
+      reason === 'TIMEOUT' ? `${what} of "${obj?.name}" timed out` : `${what} of "${obj?.name}" was aborted`;
     const result = fail(reason, message);
     this.remember(session, seq, result);
     effects.push({ kind: 'fail', sessionId, seq, code: reason, message });
@@ -805,13 +944,23 @@ export class StateMachine {
       const o = objects[i]!;
       const writer = o[8] as number;
       const readers = o[9] as number;
-      const queue = o[10] as [number, number, LockMode][];
+      const queue = o[10] as [number, number, WaitMode][];
       const cachedBy = o[11] as number[];
       const c = placed[i]!;
       const obj = sm.placeObject(c, objectBytes?.get(c.id) !== undefined);
       obj.writer = writer;
       obj.readers = readers;
-      for (const [sessionId, seq, mode] of queue) obj.queue.push({ sessionId, seq, mode });
+      for (const [sessionId, seq, mode] of queue) {
+        if (mode !== 'read' && mode !== 'write' && (mode !== 'delete' || format < 3)) {
+          throw badSnapshot(
+            'snapshot',
+            `object ${c.id}`,
+            'queue',
+            `a queued wait's mode must be read, write or (format 3) delete; got ${describeMode(mode)}`,
+          );
+        }
+        obj.queue.push({ sessionId, seq, mode });
+      }
       for (const sid of cachedBy) obj.cachedBy.add(sid);
     }
     if (objectBytes) {
@@ -849,6 +998,7 @@ export class StateMachine {
         cached: new Set(cached),
         secret,
       });
+      if (waiting.length > 0) sm.waitingSessions.add(sm.sessions.get(id)!);
     }
     return sm;
   }
@@ -1103,8 +1253,17 @@ function record(obj: SegmentObject): ObjectRecord {
   return { id: obj.id, name: obj.name, size: obj.size, address: obj.address, version: obj.version };
 }
 
-function compatible(obj: SegmentObject, mode: LockMode): boolean {
-  return mode === 'write' ? obj.writer === 0 && obj.readers === 0 : obj.writer === 0;
+function compatible(obj: SegmentObject, mode: WaitMode): boolean {
+  return mode === 'read' ? obj.writer === 0 : obj.writer === 0 && obj.readers === 0;
+}
+
+/** Whether a wait in `mode` must wait for a grant (held or queued before it) in `other`. */
+function conflicts(mode: WaitMode, other: WaitMode): boolean {
+  return mode !== 'read' || other !== 'read';
+}
+
+function describeMode(mode: unknown): string {
+  return typeof mode === 'string' ? JSON.stringify(mode.slice(0, 20)) : typeof mode;
 }
 
 function removeWaiter(obj: SegmentObject, sessionId: number, seq: number): void {

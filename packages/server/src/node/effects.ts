@@ -23,6 +23,9 @@ export function afterApply(outcome: Outcome, to: EffectTargets): void {
       case 'grant':
         to.grants.granted(effect.sessionId, effect.seq, effect.grant);
         break;
+      case 'deleted':
+        to.grants.deleted(effect.sessionId, effect.seq);
+        break;
       case 'fail':
         to.grants.failed(effect.sessionId, effect.seq, effect.code, effect.message);
         break;

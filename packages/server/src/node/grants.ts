@@ -4,6 +4,7 @@
  */
 import {
   type AcquireRequest,
+  type DeleteRequest,
   type ErrorCode,
   grantPayloadBytes,
   type ReleaseOk,
@@ -81,6 +82,55 @@ export class Grants {
     }
   }
 
+  /**
+   * DELETE: resolves once the object is deleted, at once or when its holders have released it (a delete
+   * waits in the object's queue like a writer; CANCEL and `timeoutMs` end the wait as for an ACQUIRE).
+   */
+  async delete(port: Port, sessionId: number, requestId: number, req: DeleteRequest): Promise<void> {
+    const ctx = this.ctx;
+    const state = this.sessions.state(sessionId);
+    let settle!: (err: SegmemError | null) => void;
+    const done = new Promise<void>((resolve, reject) => {
+      settle = (err) => (err ? reject(err) : resolve());
+    });
+    // Settled by an effect maybe before anyone awaits it: not an unhandled rejection.
+    done.catch(() => {});
+    const waiting: Waiting = {
+      port,
+      requestId,
+      mode: 'write', // a delete waits like a writer
+      sinceMs: ctx.env.now(),
+      cachedId: 0,
+      cachedVersion: 0,
+      inlineMaxBytes: null,
+      timer: null,
+      settle,
+    };
+    state.waiting.set(req.seq, waiting);
+    let outcome: Outcome;
+    try {
+      outcome = await ctx.log.propose({ op: 'delete', sessionId, seq: req.seq, name: req.name });
+    } catch (err) {
+      state.waiting.delete(req.seq);
+      throw err;
+    }
+    if (state.waiting.get(req.seq) !== waiting) return done; // already settled by a deleted or fail effect
+    const result = outcome.result;
+    if (!result.ok || (result.value as { queued?: boolean } | null)?.queued !== true) {
+      state.waiting.delete(req.seq);
+      unwrap(result);
+      return;
+    }
+    const timeoutMs = req.timeoutMs ?? null;
+    if (timeoutMs !== null) {
+      waiting.timer = ctx.env.setTimeout(() => {
+        waiting.timer = null;
+        ctx.log.propose({ op: 'cancel', sessionId, seq: req.seq, reason: 'TIMEOUT' }).catch(() => {});
+      }, timeoutMs);
+    }
+    return done;
+  }
+
   /** CANCEL: the waiter answers through the `fail` effect; this answers whether it was still waiting. */
   async cancel(
     sessionId: number,
@@ -127,10 +177,16 @@ export class Grants {
     if (w) this.sendGrant(w, grant);
   }
 
+  /** The apply path applied a queued delete. */
+  deleted(sessionId: number, seq: number): void {
+    this.take(sessionId, seq)?.settle?.(null);
+  }
+
   /** The apply path failed a queued acquire (cancelled, timed out, deadlock, object deleted). */
   failed(sessionId: number, seq: number, code: ErrorCode, message: string): void {
     const w = this.take(sessionId, seq);
-    if (w && !w.port.closed) w.port.error(w.requestId, new SegmemError(code, message));
+    if (w?.settle) w.settle(new SegmemError(code, message));
+    else if (w && !w.port.closed) w.port.error(w.requestId, new SegmemError(code, message));
   }
 
   private take(sessionId: number, seq: number): Waiting | undefined {

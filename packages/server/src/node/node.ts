@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import {
   type AcquireRequest,
   DEFAULT_SEGMENT_BYTES,
+  type DeleteRequest,
   type Env,
   type HelloRequest,
   LEASE_GRACE_MS,
@@ -428,8 +429,9 @@ export class SegmemNode {
     return unwrap(outcome.result) as { object: ReturnType<StateMachine['stat']>; created: boolean };
   }
 
-  async delete(sessionId: number, req: { seq: number; name: string }): Promise<void> {
-    unwrap((await this.log.propose({ op: 'delete', sessionId, seq: req.seq, name: req.name })).result);
+  /** DELETE: resolves once the object is deleted (it waits for the object's holders like a writer). */
+  delete(port: Port, sessionId: number, requestId: number, req: DeleteRequest): Promise<void> {
+    return this.grants.delete(port, sessionId, requestId, req);
   }
 
   async stat(name: string) {

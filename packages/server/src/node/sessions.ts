@@ -18,7 +18,7 @@ import type { NodeContext } from './context.js';
 import type { Port } from './port.js';
 import { sameSecret, unwrap } from './util.js';
 
-/** An ACQUIRE waiting for its grant. */
+/** An ACQUIRE waiting for its grant, or a DELETE waiting for the object's holders. */
 export interface Waiting {
   port: Port;
   requestId: number;
@@ -30,6 +30,8 @@ export interface Waiting {
   /** Most page bytes the grant may carry before it defers them to READ_PAGES; null: no limit. */
   inlineMaxBytes: number | null;
   timer: EnvTimer | null;
+  /** Set for a DELETE: called once it is applied (null) or failed; the connection answers it. */
+  settle?: (err: SegmemError | null) => void;
 }
 
 export interface SessionState {

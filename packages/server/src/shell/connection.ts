@@ -299,7 +299,7 @@ export class ServerConnection implements Port {
         return;
       }
       case 'DELETE':
-        await node.delete(sid, req);
+        await node.delete(this, sid, requestId, req);
         this.answer(encodeOk('DELETE', requestId, {}));
         return;
       case 'STAT':
