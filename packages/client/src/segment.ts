@@ -259,8 +259,14 @@ interface CachedObject {
   grant: CachedGrant | null;
   /** Handles using `grant` now. */
   grantUsers: number;
-  /** Another session waits for the object: `grant` goes back as soon as no handle uses it. */
+  /**
+   * Another session waits for the object: `grant` goes back as soon as no handle uses it, and until this
+   * session holds nothing of the object, its new acquires wait (a waiting writer is not starved by this
+   * session's overlapping reads, which the servers would grant past it).
+   */
   revoked: boolean;
+  /** Acquires waiting for this session to hold nothing of the object (see `revoked`). */
+  drainWaiters: (() => void)[];
   /** After a revocation, grants of this object are not kept until then (this process's clock): no thrashing. */
   noKeepUntilMs: number;
 }
@@ -376,6 +382,19 @@ export class SegmentImpl implements Segment {
   cacheInfo(name: string): { id: number; version: number } | undefined {
     const c = this.byName.get(name);
     return c ? { id: c.id, version: c.version } : undefined;
+  }
+
+  /** @internal What this process holds, keeps and waits for, per object (for a simulation's liveness report). */
+  localState(): string[] {
+    const out: string[] = [];
+    for (const c of this.byId.values()) {
+      const l = this.localLocks.count(c.name);
+      if (!holdsAny(c) && c.drainWaiters.length === 0 && l.holders + l.waiting === 0) continue;
+      out.push(
+        `${c.name}: ${c.readHolds} read ${c.writeHeld ? '1' : '0'} write handles, kept ${c.grant ? `${c.grant.mode} used by ${c.grantUsers}` : 'none'}${c.revoked ? ' revoked' : ''}, ${c.drainWaiters.length} waiting to drain, turns ${l.holders} held ${l.waiting} waiting${c.releasing ? ', releasing' : ''}`,
+      );
+    }
+    return out;
   }
 
   /** True when page rights guard the objects (the native addon is loaded). */
@@ -522,6 +541,10 @@ export class SegmentImpl implements Segment {
     if (this.delegations) {
       const local = await this.acquireLocally(name, mode, timeoutMs, signal);
       if (local) return local;
+    }
+    const revoked = this.byName.get(name);
+    if (revoked?.revoked && holdsAny(revoked)) {
+      await this.bounded(new Promise<void>((r) => revoked.drainWaiters.push(r)), name, timeoutMs, signal);
     }
     const cached = this.byName.get(name);
     const fresh = cached && cached.version > 0;
@@ -708,14 +731,21 @@ export class SegmentImpl implements Segment {
     const g = c.grant;
     if (!g) return;
     c.grant = null;
-    c.revoked = false;
     if (!this.closed) this.session.giveBack(c.name, g.mode, g.token);
+    this.checkDrained(c);
+  }
+
+  /** Once this session holds nothing of `c`, the acquires waiting for that go on (to the servers' queue). */
+  private checkDrained(c: CachedObject): void {
+    if (holdsAny(c)) return;
+    c.revoked = false;
+    for (const wake of c.drainWaiters.splice(0)) wake();
   }
 
   /** REVOKE: another session waits for the object; its kept grant goes back once no handle uses it. */
   onRevoke(msg: Revoke): void {
     const c = this.byId.get(msg.objectId);
-    if (!c?.grant) {
+    if (!c || !holdsAny(c)) {
       // Its grant may be on its way: it will not be kept. Bounded: a stale entry costs one uncached grant.
       if (this.earlyRevokes.size >= 1024) this.earlyRevokes.clear();
       this.earlyRevokes.add(msg.objectId);
@@ -835,6 +865,7 @@ export class SegmentImpl implements Segment {
         grant: null,
         grantUsers: 0,
         revoked: false,
+        drainWaiters: [],
         noKeepUntilMs: 0,
       };
       this.byName.set(rec.name, cached);
@@ -902,6 +933,7 @@ export class SegmentImpl implements Segment {
         // The kept grant serves on; it goes back only if it may not stay.
         cached.grantUsers--;
         this.maybeReturn(cached);
+        leave();
       } else if (!this.closed) {
         // Pipelined: the server handles it before anything this session sends later; nothing to wait for.
         this.session
@@ -983,6 +1015,7 @@ export class SegmentImpl implements Segment {
     if (!this.handles.delete(h)) return; // ended already
     if (h.mode === 'read') cached.readHolds--;
     else cached.writeHeld = false;
+    this.checkDrained(cached);
     // An object deleted (and its pages maybe reused) while held: its pages are not ours to protect any more.
     if (this.byId.get(cached.id) !== cached) return;
     const access = cached.writeHeld ? 'write' : cached.readHolds > 0 ? 'read' : 'none';
@@ -1078,7 +1111,7 @@ export class SegmentImpl implements Segment {
     for (const c of this.byId.values()) {
       c.version = 0;
       c.grantUsers = 0;
-      c.revoked = false;
+      this.checkDrained(c);
     }
   }
 
@@ -1111,6 +1144,11 @@ export class SegmentImpl implements Segment {
     })();
     return this.closing;
   }
+}
+
+/** Whether this session holds anything of `c`: a handle, or a kept grant. */
+function holdsAny(c: CachedObject): boolean {
+  return c.readHolds > 0 || c.writeHeld || c.grant !== null;
 }
 
 export class HandleImpl implements Handle {

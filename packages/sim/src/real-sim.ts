@@ -498,6 +498,7 @@ class RealSimulation {
       session.hello.pageBytes,
       async () => followerReads.close(),
       followerReads,
+      !globalThis.process.env.SIM_NO_DELEG,
     );
     if (this.opts.broken === 'keepCopyAfterLockLost') segment.keepUncommittedCopies = true;
     if (this.opts.broken === 'grantPastLease') segment.ignoreLease = true;
@@ -579,7 +580,8 @@ class RealSimulation {
         const pending = [...inner.pending.values()].map(
           (p) => `${p.req.type}${p.req.name ? ` ${p.req.name}` : ''}${p.sent ? '' : ' (unsent)'}`,
         );
-        return `${c.name}: ${session.isConnected ? 'connected' : 'not connected'}${c.env.isPaused ? ', paused' : ''}, session ${session.sessionId}, waiting for ${pending.join(', ') || 'nothing'}`;
+        const local = (c.segment as SegmentImpl).localState();
+        return `${c.name}: ${session.isConnected ? 'connected' : 'not connected'}${c.env.isPaused ? ', paused' : ''}, session ${session.sessionId}, waiting for ${pending.join(', ') || 'nothing'}${local.map((l) => `\n  ${l}`).join('')}`;
       })
       .join('\n');
   }
