@@ -72,3 +72,5 @@ export const DEFAULT_LOG_MAX_BYTES = 64 * 1024 * 1024;
 export const MAX_LOG_MAX_BYTES = 1024 * 1024 * 1024;
 /** Most bytes of a consolidated snapshot one SNAPSHOT_READ answer carries. */
 export const MAX_SNAPSHOT_CHUNK_BYTES = 16 * 1024 * 1024;
+/** Most objects one session may watch at once (WATCH); one more is refused with INVALID_ARGUMENT. */
+export const MAX_WATCHES_PER_SESSION = 1024;
