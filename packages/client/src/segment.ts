@@ -5,6 +5,7 @@
  */
 import {
   type AcquireOk,
+  type Changed,
   changedRanges,
   type EnvTimer,
   gatherRanges,
@@ -20,6 +21,7 @@ import { checkPagesAnswer, FOLLOWER_READ_MIN_BYTES, type FollowerReads } from '.
 import type { MappedSegment } from './mapped-segment.js';
 import type { Session } from './session.js';
 import { type LogOptions, type SharedLog, SharedLogImpl } from './shared-log.js';
+import { type WatchEvent, Watches, type WatchOptions } from './watch.js';
 
 /**
  * What the servers know of one object: its name, size, place in the segment and version.
@@ -219,6 +221,27 @@ export interface Segment {
    */
   log(name: string, opts?: LogOptions): SharedLog;
   /**
+   * The committed changes of object `name`, as they happen: one item per write release, carrying the
+   * object's version after it, in increasing version order. A consumer slower than the writers is not
+   * queued for: it gets the newest version when it asks again (versions increase by one per write release,
+   * so a jump counts the changes folded into one item). Across a reconnect, a leader change or a new
+   * session the watch goes on from the last version seen, without repeats. When the object is deleted the
+   * iteration rejects with `NOT_FOUND` (after the last version before it). `break`, `signal` (then
+   * `ABORTED`) and {@link Segment.close} (then `CLOSED`) end it, on the server too. The first `next()`
+   * rejects with `NOT_FOUND` when there is no such object, and with `INVALID_ARGUMENT` when this session
+   * already watches MAX_WATCHES_PER_SESSION (1024) objects.
+   *
+   * @example
+   * ```ts
+   * const stop = new AbortController();
+   * for await (const { version } of seg.watch('config', { signal: stop.signal })) {
+   *   const text = await seg.read('config', (h) => h.bytes.toString('utf8'));
+   *   console.log(`config is now version ${version}: ${text}`);
+   * }
+   * ```
+   */
+  watch(name: string, opts?: WatchOptions): AsyncIterable<WatchEvent>;
+  /**
    * Ends the session at once: every lock it holds is released, unreleased writes are discarded, and later
    * calls reject with `CLOSED`. An embedded segment also closes its store.
    *
@@ -262,6 +285,7 @@ export class SegmentImpl implements Segment {
   private readonly handles = new Set<HandleImpl>();
   private readonly logs = new Map<string, SharedLogImpl>();
   private lastInvalidationSeq = 0;
+  private readonly watches: Watches;
   private closed = false;
   private closing: Promise<void> | null = null;
   /**
@@ -277,7 +301,9 @@ export class SegmentImpl implements Segment {
     private readonly onClose: () => Promise<void> = async () => {},
     /** Where deferred grants get their pages (a cluster's followers); none for one server or embedded. */
     private readonly followerReads: FollowerReads | null = null,
-  ) {}
+  ) {
+    this.watches = new Watches(session, () => this.check());
+  }
 
   /** Bytes and requests this segment's session moved so far (not part of the pinned API). */
   stats(): {
@@ -359,6 +385,15 @@ export class SegmentImpl implements Segment {
       this.logs.set(name, log);
     }
     return log;
+  }
+
+  watch(name: string, opts?: WatchOptions): AsyncIterable<WatchEvent> {
+    return this.watches.watch(name, opts);
+  }
+
+  /** A CHANGED push: objects this session watches changed. */
+  onChanged(msg: Changed): void {
+    this.watches.onChanged(msg);
   }
 
   acquireRead(name: string, opts?: AcquireOptions): Promise<Handle> {
@@ -765,6 +800,7 @@ export class SegmentImpl implements Segment {
   /** After a missed push or a reconnect: ask the server which cached copies are stale. */
   revalidate(): void {
     this.lastInvalidationSeq = 0;
+    this.watches.resync();
     const objects: [number, number][] = [];
     for (const c of this.byId.values()) if (c.version > 0) objects.push([c.id, c.version]);
     if (objects.length === 0) return;
@@ -782,6 +818,7 @@ export class SegmentImpl implements Segment {
    */
   sessionLost(): void {
     this.lastInvalidationSeq = 0;
+    this.watches.resync();
     for (const h of [...this.handles]) this.abandon(h, h.entry);
     for (const c of this.byId.values()) c.version = 0;
   }
@@ -806,6 +843,7 @@ export class SegmentImpl implements Segment {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.closed = true;
+      this.watches.close();
       await this.session.close();
       for (const h of [...this.handles]) this.abandon(h, h.entry);
       this.mapped.close();

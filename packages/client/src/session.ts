@@ -6,6 +6,8 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import {
   type AcquireOk,
+  type Changed,
+  decodeChanged,
   decodeInvalidate,
   decodeResponse,
   type Env,
@@ -82,6 +84,8 @@ export interface SessionOptions {
   /** Whether a lost transport may be re-dialled (TCP); an embedded pipe cannot come back. */
   reconnect: boolean;
   onInvalidate: (msg: Invalidate) => void;
+  /** A CHANGED push (objects this session watches changed); none: such pushes are ignored. */
+  onChanged?: (msg: Changed) => void;
   /** The session was replaced by a new one (the old one expired while disconnected). */
   onSessionLost: (err: SegmemError) => void;
   /** Dropping the transport made the client's cache unreliable: revalidate it. */
@@ -306,6 +310,12 @@ export class Session {
           } catch {
             this.opts.onResumed(); // an unreadable push: treat as a gap
           }
+        } else if (frame.type === MessageType.CHANGED) {
+          try {
+            this.opts.onChanged?.(decodeChanged(frame));
+          } catch {
+            this.opts.onResumed(); // an unreadable push: watches are sent again, their answers fill the gap
+          }
         } else if (frame.type === MessageType.ERROR) {
           // The server is closing the connection over a framing error; the close handler follows.
         }
@@ -430,7 +440,9 @@ export class Session {
             t === 'LIST' ||
             t === 'VALIDATE' ||
             t === 'KEEPALIVE' ||
-            t === 'LOG_READ'
+            t === 'LOG_READ' ||
+            t === 'WATCH' ||
+            t === 'UNWATCH'
           ) {
             this.send(encodeRequest(p.req, id));
             p.sent = true;
