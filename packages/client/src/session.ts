@@ -390,6 +390,14 @@ export class Session {
       this.env.clearTimeout(this.unavailableTimer);
       this.unavailableTimer = null;
       this.unavailable = null;
+      // Requests made by onResumed / onSessionLost (VALIDATE, WATCH) were held while the loop ran: send them.
+      if (!this.transport || this.closed) return;
+      for (const [id, p] of this.pending) {
+        if (p.sent) continue;
+        this.send(encodeRequest(p.req, id));
+        p.sent = true;
+        p.everSent = true;
+      }
     });
   }
 
