@@ -36,6 +36,7 @@ import { type Dial, Session, type Transport, tcpDial } from './session.js';
 export { type ErrorCode, SegmemError } from '@segmem/protocol';
 export type { AcquireOptions, Handle, ObjectInfo, Segment } from './segment.js';
 export type { LogInfo, LogOptions, LogReadOptions, LogRecord, SharedLog } from './shared-log.js';
+export type { WatchEvent, WatchOptions } from './watch.js';
 
 /**
  * How {@link connect} reaches the servers.
@@ -145,6 +146,7 @@ async function openSegment(
     reconnect: opts.reconnect,
     onInvalidate: (msg) => segment?.onInvalidate(msg),
     onRevoke: (msg) => segment?.onRevoke(msg),
+    onChanged: (msg) => segment?.onChanged(msg),
     onSessionLost: () => segment?.sessionLost(),
     onResumed: () => segment?.revalidate(),
   });

@@ -5,6 +5,7 @@
  */
 import {
   type AcquireOk,
+  type Changed,
   changedRanges,
   type EnvTimer,
   gatherRanges,
@@ -22,6 +23,7 @@ import { LocalLocks, type LocalTurn } from './local-locks.js';
 import type { MappedSegment } from './mapped-segment.js';
 import type { Session } from './session.js';
 import { type LogOptions, type SharedLog, SharedLogImpl } from './shared-log.js';
+import { type WatchEvent, Watches, type WatchOptions } from './watch.js';
 
 /**
  * What the servers know of one object: its name, size, place in the segment and version.
@@ -224,6 +226,27 @@ export interface Segment {
    */
   log(name: string, opts?: LogOptions): SharedLog;
   /**
+   * The committed changes of object `name`, as they happen: one item per write release, carrying the
+   * object's version after it, in increasing version order. A consumer slower than the writers is not
+   * queued for: it gets the newest version when it asks again (versions increase by one per write release,
+   * so a jump counts the changes folded into one item). Across a reconnect, a leader change or a new
+   * session the watch goes on from the last version seen, without repeats. When the object is deleted the
+   * iteration rejects with `NOT_FOUND` (after the last version before it). `break`, `signal` (then
+   * `ABORTED`) and {@link Segment.close} (then `CLOSED`) end it, on the server too. The first `next()`
+   * rejects with `NOT_FOUND` when there is no such object, and with `INVALID_ARGUMENT` when this session
+   * already watches MAX_WATCHES_PER_SESSION (1024) objects.
+   *
+   * @example
+   * ```ts
+   * const stop = new AbortController();
+   * for await (const { version } of seg.watch('config', { signal: stop.signal })) {
+   *   const text = await seg.read('config', (h) => h.bytes.toString('utf8'));
+   *   console.log(`config is now version ${version}: ${text}`);
+   * }
+   * ```
+   */
+  watch(name: string, opts?: WatchOptions): AsyncIterable<WatchEvent>;
+  /**
    * Ends the session at once: every lock it holds is released, unreleased writes are discarded, and later
    * calls reject with `CLOSED`. An embedded segment also closes its store.
    *
@@ -310,6 +333,7 @@ export class SegmentImpl implements Segment {
   private readonly localLocks = new LocalLocks();
   private readonly localTurns = new Map<HandleImpl, LocalTurn>();
   private lastInvalidationSeq = 0;
+  private readonly watches: Watches;
   private closed = false;
   private closing: Promise<void> | null = null;
   /**
@@ -336,6 +360,7 @@ export class SegmentImpl implements Segment {
     /** Keep grants after release to serve later acquires locally (delegations). */
     private readonly delegations = true,
   ) {
+    this.watches = new Watches(session, () => this.check());
     if (delegations) {
       // While grants are kept, the lease is renewed well before it runs out.
       const everyMs = Math.max(20, Math.floor(session.leaseMs / 3));
@@ -475,6 +500,15 @@ export class SegmentImpl implements Segment {
       this.logs.set(name, log);
     }
     return log;
+  }
+
+  watch(name: string, opts?: WatchOptions): AsyncIterable<WatchEvent> {
+    return this.watches.watch(name, opts);
+  }
+
+  /** A CHANGED push: objects this session watches changed. */
+  onChanged(msg: Changed): void {
+    this.watches.onChanged(msg);
   }
 
   acquireRead(name: string, opts?: AcquireOptions): Promise<Handle> {
@@ -1087,6 +1121,7 @@ export class SegmentImpl implements Segment {
       c.revoked = true;
       this.maybeReturn(c);
     }
+    this.watches.resync();
     const objects: [number, number][] = [];
     for (const c of this.byId.values()) if (c.version > 0) objects.push([c.id, c.version]);
     if (objects.length === 0) return;
@@ -1107,6 +1142,7 @@ export class SegmentImpl implements Segment {
     // The servers released every grant of the old session: none is kept any more.
     for (const h of this.handles) h.entry.grant = null;
     for (const c of this.byId.values()) c.grant = null;
+    this.watches.resync();
     for (const h of [...this.handles]) this.abandon(h, h.entry);
     for (const c of this.byId.values()) {
       c.version = 0;
@@ -1137,6 +1173,7 @@ export class SegmentImpl implements Segment {
     this.closing ??= (async () => {
       this.closed = true;
       this.session.env.clearInterval(this.leaseTimer);
+      this.watches.close();
       await this.session.close();
       for (const h of [...this.handles]) this.abandon(h, h.entry);
       this.mapped.close();

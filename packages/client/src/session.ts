@@ -6,6 +6,8 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import {
   type AcquireOk,
+  type Changed,
+  decodeChanged,
   decodeInvalidate,
   decodeResponse,
   decodeRevoke,
@@ -89,6 +91,8 @@ export interface SessionOptions {
   onInvalidate: (msg: Invalidate) => void;
   /** Another session waits for an object this session holds a grant of. */
   onRevoke?: (msg: Revoke) => void;
+  /** A CHANGED push (objects this session watches changed); none: such pushes are ignored. */
+  onChanged?: (msg: Changed) => void;
   /** The session was replaced by a new one (the old one expired while disconnected). */
   onSessionLost: (err: SegmemError) => void;
   /** Dropping the transport made the client's cache unreliable: revalidate it. */
@@ -373,6 +377,12 @@ export class Session {
             this.opts.onResumed(); // unreadable: the client gives back every cached grant it can
           }
           if (revoke) this.opts.onRevoke?.(revoke);
+        } else if (frame.type === MessageType.CHANGED) {
+          try {
+            this.opts.onChanged?.(decodeChanged(frame));
+          } catch {
+            this.opts.onResumed(); // an unreadable push: watches are sent again, their answers fill the gap
+          }
         } else if (frame.type === MessageType.ERROR) {
           // The server is closing the connection over a framing error; the close handler follows.
         }
@@ -448,6 +458,15 @@ export class Session {
       this.env.clearTimeout(this.unavailableTimer);
       this.unavailableTimer = null;
       this.unavailable = null;
+      // Requests made by onResumed / onSessionLost (VALIDATE, WATCH) were held while the loop ran: send them.
+      if (!this.transport || this.closed) return;
+      for (const [id, p] of this.pending) {
+        if (p.sent) continue;
+        this.send(encodeRequest(p.req, id));
+        p.sent = true;
+        p.everSent = true;
+        p.sentAtMs = this.env.now();
+      }
     });
   }
 
@@ -499,7 +518,9 @@ export class Session {
             t === 'LIST' ||
             t === 'VALIDATE' ||
             t === 'KEEPALIVE' ||
-            t === 'LOG_READ'
+            t === 'LOG_READ' ||
+            t === 'WATCH' ||
+            t === 'UNWATCH'
           ) {
             this.send(encodeRequest(p.req, id));
             p.sent = true;

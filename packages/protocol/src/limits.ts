@@ -95,3 +95,5 @@ export function leaseMsFor(sessionTimeoutMs: number): number {
   const safe = Math.floor((sessionTimeoutMs * (1 - MAX_CLOCK_DRIFT)) / (1 + MAX_CLOCK_DRIFT));
   return Math.max(0, Math.min(safe, MAX_LEASE_MS) - LEASE_MARGIN_MS);
 }
+/** Most objects one session may watch at once (WATCH); one more is refused with INVALID_ARGUMENT. */
+export const MAX_WATCHES_PER_SESSION = 1024;

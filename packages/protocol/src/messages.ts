@@ -31,6 +31,7 @@ import {
   MAX_SNAPSHOT_CHUNK_BYTES,
   MAX_TIMEOUT_MS,
   MAX_TOKEN_BYTES,
+  MAX_WATCHES_PER_SESSION,
   PAGE_BYTES,
   PROTOCOL_VERSION,
 } from './limits.js';
@@ -89,6 +90,9 @@ export const MessageType = {
   ERROR: 0x41,
   INVALIDATE: 0x60,
   REVOKE: 0x61,
+  WATCH: 0x14,
+  UNWATCH: 0x15,
+  CHANGED: 0x62,
 } as const;
 
 export type MessageTypeName = keyof typeof MessageType;
@@ -114,6 +118,8 @@ export const REQUEST_TYPES = [
   'SNAPSHOT',
   'SNAPSHOT_READ',
   'STATUS',
+  'WATCH',
+  'UNWATCH',
 ] as const;
 
 export type RequestType = (typeof REQUEST_TYPES)[number];
@@ -132,7 +138,7 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
-  return code >= MessageType.HELLO && code <= MessageType.STATUS;
+  return code >= MessageType.HELLO && code <= MessageType.UNWATCH;
 }
 
 function hex(code: number): string {
@@ -397,6 +403,23 @@ export interface LogTruncateRequest {
   before: number;
 }
 
+/**
+ * 0x14: this session watches an object: every committed change of it (write release, delete) is pushed as
+ * CHANGED while the session lives on this member. Idempotent. Not replicated: a client re-sends it after a
+ * reconnect or to a new leader. At most MAX_WATCHES_PER_SESSION objects per session.
+ */
+export interface WatchRequest {
+  type: 'WATCH';
+  name: string;
+}
+
+/** 0x15: ends this session's watch of an object (CHANGED pushes for it stop). */
+export interface UnwatchRequest {
+  type: 'UNWATCH';
+  /** The object (>= 1), as WATCH answered it. */
+  objectId: number;
+}
+
 export type Request =
   | HelloRequest
   | KeepaliveRequest
@@ -416,7 +439,9 @@ export type Request =
   | ReadPagesRequest
   | SnapshotRequest
   | SnapshotReadRequest
-  | StatusRequest;
+  | StatusRequest
+  | WatchRequest
+  | UnwatchRequest;
 
 export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
 
@@ -610,6 +635,17 @@ export interface StatusOk {
   fsync: string;
 }
 
+/** The object now watched, and its version when the watch began (later changes are pushed). */
+export interface WatchOk {
+  objectId: number;
+  version: number;
+}
+
+export interface UnwatchOk {
+  /** False when the session did not watch that object. */
+  removed: boolean;
+}
+
 export interface OkBodies {
   HELLO: HelloOk;
   KEEPALIVE: EmptyBody;
@@ -630,6 +666,8 @@ export interface OkBodies {
   SNAPSHOT: SnapshotOk;
   SNAPSHOT_READ: SnapshotReadOk;
   STATUS: StatusOk;
+  WATCH: WatchOk;
+  UNWATCH: UnwatchOk;
 }
 
 /** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
@@ -664,6 +702,15 @@ export interface Revoke {
 export interface Invalidate {
   /** Per-session push sequence number, >= 1, increasing by one per push: a gap means a missed push. */
   seq: number;
+  objects: VersionPair[];
+}
+
+/**
+ * Server push to a session that watches objects (WATCH): each listed object changed to `version` (a write
+ * release committed) or was deleted (version 0). Pushes of one connection arrive in apply order; a client that
+ * lost its connection re-sends WATCH, whose answer carries the version it may have missed.
+ */
+export interface Changed {
   objects: VersionPair[];
 }
 
@@ -789,6 +836,10 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
       });
     case 'STATUS':
       return encodeFrame(MessageType.STATUS, requestId, groupId, {});
+    case 'WATCH':
+      return encodeFrame(MessageType.WATCH, requestId, groupId, { name: req.name });
+    case 'UNWATCH':
+      return encodeFrame(MessageType.UNWATCH, requestId, groupId, { objectId: req.objectId });
     default:
       throw invalidArgument(`unknown request type ${describeValue((req as { type: unknown }).type)}`);
   }
@@ -958,6 +1009,12 @@ export function encodeOk<T extends RequestType>(
         bytes,
       );
     }
+    case 'WATCH':
+      header = { objectId: (b as WatchOk).objectId, version: (b as WatchOk).version };
+      break;
+    case 'UNWATCH':
+      header = { removed: (b as UnwatchOk).removed };
+      break;
     default:
       throw invalidArgument(`unknown request type ${describeValue(requestType)}`);
   }
@@ -991,6 +1048,11 @@ export function encodeInvalidate(msg: Invalidate, groupId = 0): Buffer[] {
 /** Encodes a REVOKE push (requestId 0). */
 export function encodeRevoke(msg: Revoke, groupId = 0): Buffer[] {
   return encodeFrame(MessageType.REVOKE, 0, groupId, { objectId: msg.objectId });
+}
+
+/** Encodes a CHANGED push (requestId 0). */
+export function encodeChanged(msg: Changed, groupId = 0): Buffer[] {
+  return encodeFrame(MessageType.CHANGED, 0, groupId, { objects: msg.objects });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1255,6 +1317,16 @@ REQUEST_DECODERS[MessageType.LOG_TRUNCATE] = (h, payload) => {
   };
 };
 
+REQUEST_DECODERS[MessageType.WATCH] = (h, payload) => {
+  noPayload(payload);
+  return { type: 'WATCH', name: validateName(h.name) };
+};
+
+REQUEST_DECODERS[MessageType.UNWATCH] = (h, payload) => {
+  noPayload(payload);
+  return { type: 'UNWATCH', objectId: uintField(h.objectId, 'objectId', 1) };
+};
+
 /**
  * Decodes and validates a request frame. PROTOCOL: not a request (unknown or non-request type, requestId 0) or
  * a HELLO of another protocol version. INVALID_ARGUMENT: a bad field, the message naming type and field.
@@ -1442,6 +1514,14 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
       fsync: stringField(h.fsync, 'fsync', 1, 16),
     };
   },
+  WATCH: (h, payload) => {
+    noPayload(payload);
+    return { objectId: uintField(h.objectId, 'objectId', 1), version: uintField(h.version, 'version', 1) };
+  },
+  UNWATCH: (h, payload) => {
+    noPayload(payload);
+    return { removed: boolField(h.removed, 'removed') };
+  },
 };
 
 /** `[id, address]` pairs of members (MEMBERSHIP, STATUS). */
@@ -1545,5 +1625,31 @@ export function decodeRevoke(frame: Frame): Revoke {
     return { objectId: uintField(frame.header.objectId, 'objectId', 1) };
   } catch (err) {
     throw asProtocol(err, 'bad REVOKE push');
+  }
+}
+
+/** Most objects one CHANGED push may list (a server sends one per push; the bound keeps a decoder honest). */
+const MAX_CHANGED_OBJECTS = MAX_WATCHES_PER_SESSION;
+
+/** Decodes a CHANGED push; PROTOCOL for anything wrong. */
+export function decodeChanged(frame: Frame): Changed {
+  if (frame.type !== MessageType.CHANGED) {
+    throw protocolError(
+      `expected CHANGED (0x62); got ${NAME_BY_CODE[frame.type] ?? 'unknown type'} (${hex(frame.type)})`,
+    );
+  }
+  if (frame.requestId !== 0)
+    throw protocolError(`CHANGED push with requestId ${frame.requestId}; pushes use 0`);
+  try {
+    noPayload(frame.payload);
+    const objects = versionPairsField(frame.header.objects, 'objects', 0);
+    if (objects.length === 0 || objects.length > MAX_CHANGED_OBJECTS) {
+      throw invalidArgument(`objects must list 1..${MAX_CHANGED_OBJECTS} objects; got ${objects.length}`, {
+        field: 'objects',
+      });
+    }
+    return { objects };
+  } catch (err) {
+    throw asProtocol(err, 'bad CHANGED push');
   }
 }

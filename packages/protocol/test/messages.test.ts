@@ -2,6 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import fc from 'fast-check';
 import {
   controlCharIndex,
+  decodeChanged,
   decodeError,
   decodeFrame,
   decodeInvalidate,
@@ -9,6 +10,7 @@ import {
   decodeRequest,
   decodeResponse,
   ERROR_CODES,
+  encodeChanged,
   encodeError,
   encodeFrameToBuffer,
   encodeInvalidate,
@@ -21,6 +23,7 @@ import {
   MAX_LOG_BATCH_RECORDS,
   MAX_LOG_RECORD_BYTES,
   MAX_OBJECT_BYTES,
+  MAX_WATCHES_PER_SESSION,
   MessageType,
   messageTypeName,
   type ObjectRecord,
@@ -132,6 +135,8 @@ const sampleRequests: Request[] = [
   { type: 'SNAPSHOT' },
   { type: 'SNAPSHOT_READ', id: 3, offset: 1 << 20, length: 16 * 1024 * 1024 },
   { type: 'STATUS' },
+  { type: 'WATCH', name: 'jobs/ü' },
+  { type: 'UNWATCH', objectId: Number.MAX_SAFE_INTEGER },
 ];
 
 /** A request as decoding returns it: payloads as Buffers, absent optional fields at their defaults. */
@@ -603,6 +608,8 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
     lockedObjects: 1,
     fsync: 'batch',
   },
+  WATCH: { objectId: 7, version: 3 },
+  UNWATCH: { removed: true },
 };
 
 test('every OK body round trips', (t) => {
@@ -816,4 +823,63 @@ test('INVALIDATE round trips and is validated', (t) => {
 test('messageTypeName covers every code', (t) => {
   for (const [name, code] of Object.entries(MessageType)) t.is(messageTypeName(code), name as never);
   t.is(messageTypeName(0x42), undefined);
+});
+
+test('WATCH and UNWATCH refuse bad fields, naming them', (t) => {
+  throwsCode(t, () => decodeRequest(rawFrame(MessageType.WATCH, {})), 'INVALID_ARGUMENT', ['WATCH', 'name']);
+  throwsCode(t, () => decodeRequest(rawFrame(MessageType.WATCH, { name: '' })), 'INVALID_ARGUMENT', ['name']);
+  throwsCode(
+    t,
+    () => decodeRequest(rawFrame(MessageType.WATCH, { name: 'a' }, Buffer.alloc(1))),
+    'INVALID_ARGUMENT',
+    ['payload'],
+  );
+  for (const objectId of [0, -1, 1.5, '3', null, 2 ** 53]) {
+    throwsCode(t, () => decodeRequest(rawFrame(MessageType.UNWATCH, { objectId })), 'INVALID_ARGUMENT', [
+      'UNWATCH',
+      'objectId',
+    ]);
+  }
+  throwsCode(t, () => decodeOk('WATCH', rawFrame(MessageType.OK, { objectId: 1, version: 0 })), 'PROTOCOL', [
+    'version',
+  ]);
+  throwsCode(t, () => decodeOk('UNWATCH', rawFrame(MessageType.OK, { removed: 1 })), 'PROTOCOL', ['removed']);
+});
+
+test('a CHANGED push round trips; a bad one is PROTOCOL', (t) => {
+  const msg = {
+    objects: [
+      [5, 9],
+      [6, 0],
+    ] as [number, number][],
+  };
+  const frame = frameOf(encodeChanged(msg, 1));
+  t.is(frame.type, MessageType.CHANGED);
+  t.is(frame.requestId, 0);
+  t.deepEqual(decodeChanged(frame), msg);
+  throwsCode(t, () => decodeChanged(rawFrame(MessageType.CHANGED, msg, undefined, 3)), 'PROTOCOL', [
+    'requestId 3',
+  ]);
+  throwsCode(
+    t,
+    () => decodeChanged(rawFrame(MessageType.CHANGED, { objects: [] }, undefined, 0)),
+    'PROTOCOL',
+    ['objects'],
+  );
+  const tooMany = Array.from({ length: MAX_WATCHES_PER_SESSION + 1 }, (_, i) => [i + 1, 1]);
+  throwsCode(
+    t,
+    () => decodeChanged(rawFrame(MessageType.CHANGED, { objects: tooMany }, undefined, 0)),
+    'PROTOCOL',
+    ['objects'],
+  );
+  throwsCode(
+    t,
+    () => decodeChanged(rawFrame(MessageType.CHANGED, { objects: [[0, 1]] }, undefined, 0)),
+    'PROTOCOL',
+    ['id'],
+  );
+  throwsCode(t, () => decodeChanged(rawFrame(MessageType.OK, msg)), 'PROTOCOL', ['expected CHANGED']);
+  // A push is not a request: a client cannot send one to a server.
+  throwsCode(t, () => decodeRequest(rawFrame(MessageType.CHANGED, msg)), 'PROTOCOL', ['not a request']);
 });

@@ -29,6 +29,10 @@ export interface AdminOptions {
   timeoutMs: number;
   /** The credential the servers require (config `token`), or null. */
   token: string | null;
+  /** Told of every push the leader sends (requestId 0: INVALIDATE, CHANGED); none: pushes are ignored. */
+  onPush?: (frame: Frame) => void;
+  /** Told when the connection to the leader is lost (the next call finds the leader again). */
+  onDisconnect?: () => void;
 }
 
 /** How long the servers keep an operator's session (and its locks) after it vanished without GOODBYE. */
@@ -46,6 +50,10 @@ class Conn {
   private readonly pending = new Map<number, (frame: Frame | SegmemError) => void>();
   private nextId = 1;
   private closedWith: SegmemError | null = null;
+
+  /** Pushes (requestId 0) other than a frame-level ERROR. */
+  onPush: (frame: Frame) => void = () => {};
+  onClosed: () => void = () => {};
 
   private constructor(
     private readonly socket: Socket,
@@ -68,7 +76,8 @@ class Conn {
           // A frame-level error: the server closes the connection after it.
           this.fail(decodeError(f));
         }
-        // Anything else with id 0 is an INVALIDATE push: an operator command caches nothing.
+        // Anything else with id 0 is a push (INVALIDATE, CHANGED): only a command that asked hears it.
+        else this.onPush(f);
       }
     });
     socket.on('close', () =>
@@ -147,6 +156,7 @@ class Conn {
     this.pending.clear();
     for (const w of waiting) w(err);
     this.socket.destroy();
+    this.onClosed();
   }
 
   close(): void {
@@ -250,6 +260,7 @@ export class AdminSession {
 
   private async connect(address: string, deadline: number): Promise<Conn> {
     const conn = await Conn.open(address, deadline);
+    if (this.opts.onPush) conn.onPush = this.opts.onPush;
     try {
       const hello = await conn.call(
         {
@@ -267,6 +278,8 @@ export class AdminSession {
       this.session = { id: hello.sessionId, secret: hello.sessionSecret };
       this.clusterIdSeen = hello.clusterId;
       this.conn = conn;
+      const onDisconnect = this.opts.onDisconnect;
+      if (onDisconnect) conn.onClosed = () => onDisconnect();
       // Keepalives beside a long wait (a followed log), so the session outlives it.
       this.keepalive = setInterval(() => conn.send({ type: 'KEEPALIVE' }), hello.keepaliveMs);
       this.keepalive.unref();

@@ -12,6 +12,7 @@ import { type Command, describe, versionLine } from './common.js';
 import { create, get, ls, put, rm, stat } from './data-commands.js';
 import { logInfo, logTail } from './log-commands.js';
 import { up } from './up.js';
+import { watch } from './watch-command.js';
 
 /** Every subcommand, in the order the overview lists them. */
 export const COMMANDS: Command[] = [
@@ -23,6 +24,7 @@ export const COMMANDS: Command[] = [
   put,
   create,
   rm,
+  watch,
   logTail,
   logInfo,
   clusterList,

@@ -8,12 +8,14 @@ import type { SnapshotExports } from './exports.js';
 import type { Grants } from './grants.js';
 import type { Reads } from './reads.js';
 import type { Sessions } from './sessions.js';
+import type { Watches } from './watches.js';
 
 export interface EffectTargets {
   readonly sessions: Sessions;
   readonly grants: Grants;
   readonly reads: Reads;
   readonly exports: SnapshotExports;
+  readonly watches: Watches;
 }
 
 export function afterApply(outcome: Outcome, to: EffectTargets): void {
@@ -42,6 +44,7 @@ export function afterApply(outcome: Outcome, to: EffectTargets): void {
       case 'sessionClosed':
         to.sessions.ended(effect.sessionId, effect.reason);
         to.exports.sessionEnded(effect.sessionId);
+        to.watches.sessionEnded(effect.sessionId);
         break;
     }
   }

@@ -51,6 +51,7 @@ import type { Port } from './port.js';
 import { Reads } from './reads.js';
 import { Sessions } from './sessions.js';
 import { pick, sameSecret, toBuffer, unwrap } from './util.js';
+import { Watches } from './watches.js';
 
 export class SegmemNode {
   readonly id: string;
@@ -64,6 +65,7 @@ export class SegmemNode {
   readonly grants: Grants;
   private readonly reads: Reads;
   private readonly exports: SnapshotExports;
+  private readonly watches: Watches;
   private closing = false;
   private readonly schedule: ConsolidatedSchedule | null;
 
@@ -98,15 +100,18 @@ export class SegmemNode {
     this.grants = new Grants(ctx, this.sessions);
     this.reads = new Reads(ctx);
     this.exports = new SnapshotExports(ctx);
+    this.watches = new Watches(ctx, this.sessions);
     const targets = {
       sessions: this.sessions,
       grants: this.grants,
       reads: this.reads,
       exports: this.exports,
+      watches: this.watches,
     };
     this.log = makeLog((_index, cmd, outcome) => {
       this.metrics.applied(cmd.op);
       afterApply(outcome, targets);
+      this.watches.applied(cmd, outcome);
     });
     this.schedule = opts.consolidatedDir
       ? new ConsolidatedSchedule(
@@ -199,6 +204,7 @@ export class SegmemNode {
   /** The log's leadership changed: a new leader restarts every session's clock; a deposed one lets go. */
   roleChanged(isLeader: boolean): void {
     this.sessions.roleChanged(isLeader);
+    if (!isLeader) this.watches.clear();
     if (!isLeader) this.reads.dropLogReads();
   }
 
@@ -458,6 +464,18 @@ export class SegmemNode {
       else if (obj.version !== version) stale.push([id, obj.version]);
     }
     return stale;
+  }
+
+  // --- watches (watches.ts) ---
+
+  /** WATCH: the object's id and version now; later committed changes are pushed as CHANGED. */
+  watch(sessionId: number, name: string): Promise<{ objectId: number; version: number }> {
+    return this.watches.watch(sessionId, name);
+  }
+
+  /** UNWATCH: true when the session watched the object. */
+  unwatch(sessionId: number, objectId: number): boolean {
+    return this.watches.unwatch(sessionId, objectId);
   }
 
   // --- locks (grants.ts) ---

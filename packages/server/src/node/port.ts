@@ -2,7 +2,7 @@
  * How the node answers a client connection without knowing frames: it hands over what to say, and the
  * connection (shell/connection.ts) encodes it.
  */
-import type { Invalidate, OkBodyInput, RequestType, Revoke, SegmemError } from '@segmem/protocol';
+import type { Changed, Invalidate, OkBodyInput, RequestType, Revoke, SegmemError } from '@segmem/protocol';
 
 /** The transport under one connection: TCP socket or an in-process pipe. */
 export interface Wire {
@@ -33,6 +33,8 @@ export interface Port {
   invalidate(msg: Invalidate): void;
   /** Pushes a REVOKE to the session on this connection. */
   revoke(msg: Revoke): void;
+  /** Pushes a CHANGED (objects this session watches changed) to the session on this connection. */
+  changed(msg: Changed): void;
   /** Closes the connection from the server's side; the client then reconnects (and finds the leader). */
   close(): void;
 }

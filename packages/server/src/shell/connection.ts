@@ -13,8 +13,10 @@
  * login MAX_FRAME_BYTES applies.
  */
 import {
+  type Changed,
   decodeRequest,
   type EnvTimer,
+  encodeChanged,
   encodeError,
   encodeInvalidate,
   encodeOk,
@@ -129,6 +131,10 @@ export class ServerConnection implements Port {
 
   revoke(msg: Revoke): void {
     this.answer(encodeRevoke(msg));
+  }
+
+  changed(msg: Changed): void {
+    this.answer(encodeChanged(msg));
   }
 
   /** Closes from the server's side (a deposed leader, an expired session): the client reconnects. */
@@ -349,6 +355,12 @@ export class ServerConnection implements Port {
         return;
       case 'STATUS':
         this.answer(encodeOk('STATUS', requestId, await node.statusReport()));
+        return;
+      case 'WATCH':
+        this.answer(encodeOk('WATCH', requestId, await node.watch(sid, req.name)));
+        return;
+      case 'UNWATCH':
+        this.answer(encodeOk('UNWATCH', requestId, { removed: node.unwatch(sid, req.objectId) }));
         return;
     }
   }
