@@ -694,7 +694,11 @@ export class SegmentImpl implements Segment {
         if (c.grantUsers === 0) this.returnGrant(c);
         return null;
       }
-      if (!(await this.bounded(this.session.renewLease(g.stamp), name, timeoutMs, signal))) return null;
+      if (!(await this.bounded(this.session.renewLease(g.stamp), name, timeoutMs, signal))) {
+        // No lease (no server reachable, or the session was replaced): the servers decide, without it.
+        if (c.grant === g && c.grantUsers === 0) this.returnGrant(c);
+        return null;
+      }
     }
   }
 

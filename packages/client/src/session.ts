@@ -25,6 +25,7 @@ import {
   type OkBodies,
   PROTOCOL_VERSION,
   parseHostPort,
+  type ReleaseOk,
   type Request,
   type RequestType,
   type Revoke,
@@ -602,13 +603,21 @@ export class Session {
     // (re-sent with its seq, it is applied at most once; its outcome was unknown to the caller anyway).
     if (req.type === 'RELEASE' && !sent && req.ranges.length > 0)
       req = { ...req, ranges: [], payload: Buffer.alloc(0) };
+    // Its caller dropped the grant it may have kept: the lock must go back, not stay with nobody to use it. A
+    // release already sent may have been applied with `keep` (a retry is answered from the first result).
+    const kept = req.type === 'RELEASE' && req.keep === true;
+    if (req.type === 'RELEASE' && kept && !sent) req = { ...req, keep: false };
+    const orphaned = req;
     this.pending.set(id, {
       req,
       sent,
-      resolve:
-        req.type === 'ACQUIRE'
-          ? (grant) => this.giveBack(req.name, req.mode, (grant as AcquireOk).token)
-          : () => {},
+      resolve: (answer) => {
+        if (orphaned.type === 'ACQUIRE')
+          this.giveBack(orphaned.name, orphaned.mode, (answer as AcquireOk).token);
+        // Whatever this copy asks, the group may have applied an earlier one with `keep` (a redirected request).
+        else if (orphaned.type === 'RELEASE' && (answer as ReleaseOk).kept)
+          this.giveBack(orphaned.name, 'write', orphaned.token);
+      },
       reject: () => {},
     });
   }

@@ -583,7 +583,15 @@ class RealSimulation {
         const local = (c.segment as SegmentImpl).localState();
         return `${c.name}: ${session.isConnected ? 'connected' : 'not connected'}${c.env.isPaused ? ', paused' : ''}, session ${session.sessionId}, waiting for ${pending.join(', ') || 'nothing'}${local.map((l) => `\n  ${l}`).join('')}`;
       })
-      .join('\n');
+      .join('\n')
+      .concat(
+        [...this.nodes]
+          .filter(([, n]) => n.status().leader)
+          .map(
+            ([id, n]) => `\n${id} (leader): held and waited for ${JSON.stringify(n.sm.contendedHolders())}`,
+          )
+          .join(''),
+      );
   }
 
   leaders(): string[] {
@@ -1248,7 +1256,13 @@ export async function runRealSimulation(opts: RealSimOptions): Promise<RealSimRe
     if (!failure) {
       const reader = await sim.settle(sim.openClient('checker'), 10_000, 'the checking client connecting');
       sim.clients.push(reader);
-      await sim.checkFinal(reader);
+      try {
+        await sim.checkFinal(reader);
+      } catch (err) {
+        if (err instanceof Failure && err.checker === 'liveness')
+          throw new Failure(err.checker, `${err.detail}\n${sim.clientStates()}`);
+        throw err;
+      }
     }
   } catch (err) {
     failure ??=

@@ -306,6 +306,27 @@ export class StateMachine {
     for (const obj of touched) this.pump(obj, effects);
   }
 
+  /**
+   * Objects other sessions wait for, with the sessions holding them: their grants are asked back again now
+   * and then, in case a REVOKE was lost with a connection.
+   */
+  contendedHolders(): { objectId: number; sessionIds: number[] }[] {
+    const out: { objectId: number; sessionIds: number[] }[] = [];
+    // From the waiting sessions, not every object: this runs several times a second on the leader.
+    const waited = new Set<SegmentObject>();
+    for (const s of this.waitingSessions)
+      for (const w of s.waiting.values()) {
+        const obj = this.byId.get(w.objectId);
+        if (obj) waited.add(obj);
+      }
+    for (const obj of waited) {
+      const sessionIds: number[] = [];
+      for (const id of obj.cachedBy) if (this.sessions.get(id)?.holds.has(obj.id)) sessionIds.push(id);
+      if (sessionIds.length > 0) out.push({ objectId: obj.id, sessionIds });
+    }
+    return out;
+  }
+
   /** The longest session timeout among sessions that hold a lock (0: none holds any). */
   lockHolderTimeoutMs(): number {
     let max = 0;

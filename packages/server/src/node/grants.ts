@@ -168,7 +168,9 @@ export class Grants {
     };
     const outcome = await this.ctx.log.propose(cmd);
     const r = unwrap(outcome.result) as { version: number; kept?: boolean };
-    return req.keep ? { version: r.version, kept: r.kept === true } : { version: r.version };
+    // A retry is answered from the first result: a release applied with `keep` says so even to a copy without it.
+    if (r.kept === true) return { version: r.version, kept: true };
+    return req.keep ? { version: r.version, kept: false } : { version: r.version };
   }
 
   /** The apply path granted a queued acquire. */

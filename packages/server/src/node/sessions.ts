@@ -271,6 +271,9 @@ export class Sessions {
   private expireOverdue(): void {
     const ctx = this.ctx;
     if (!ctx.log.isLeader()) return;
+    // A REVOKE is not numbered and goes with a dropped connection: holders of contended objects are asked again.
+    for (const { objectId, sessionIds } of ctx.sm.contendedHolders())
+      for (const sid of sessionIds) this.pushRevoke(sid, objectId);
     const overdue = this.liveness.overdue().filter((id) => !this.expiring.has(id));
     if (overdue.length === 0) return;
     for (const id of overdue) this.expiring.add(id);
