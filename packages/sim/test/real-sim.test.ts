@@ -64,12 +64,23 @@ test('the checkers catch a WAL that skips an fsync before its member crashes (br
     /^seed \d+: (durability|countedOnce|readsCommitted|linearizability|statVersions|logAppends):/,
   ));
 
+test('the checkers catch a client that uses its kept grants past their lease (broken variant grantPastLease)', (t) =>
+  catches(t, 'grantPastLease', 24, /^seed \d+: (linearizability|readsLatest|readsCommitted|countedOnce):/));
+
 // Seeds that found bugs, kept as regression tests (their runs change when the fault mix does; the seed
 // files 1..200 keep covering the same ground).
 for (const [seed, bug] of [
   [
     34,
     'a write release answered by no one when its session was replaced was reported LOCK_LOST though applied',
+  ],
+  [
+    914734917,
+    'a write release kept its lock at the servers after its caller had given up on it: nobody could take the object again',
+  ],
+  [
+    118438628,
+    'a kept write lock was left at the servers when its release failed over a partition: the session met DEADLOCK for ever',
   ],
   [
     940184755,
