@@ -30,8 +30,8 @@ import {
   cleanupSync,
   installCleanupHandlers,
   makeTempDir,
-  ROOT_DIR,
   processCpuSeconds,
+  ROOT_DIR,
   startEchoServer,
   waitForQuiet,
 } from './lib/procs.mjs';
