@@ -303,7 +303,7 @@ export class RaftDriver {
       peers.setMembers(this.core.members);
     }
     const early = rd.messages.filter(mayLeaveBeforePersist);
-    this.sendAll(early);
+    this.sendAll(early, !rd.snapshot && rd.committed.length > 0);
     return this.save(rd, early.length);
   }
 
@@ -404,24 +404,62 @@ export class RaftDriver {
   private runEarly(): void {
     if (this.stalled) return;
     const { committed, messages } = this.core.early();
-    this.sendAll(messages);
+    this.sendAll(messages, committed.length > 0);
     for (const e of committed) this.applyEntry(e);
   }
 
-  private sendAll(messages: readonly Message[]): void {
+  /**
+   * Sends `messages`. With `answersFirst` (the caller is about to apply committed entries), a leader's
+   * commit notices (appends without entries) wait for the check phase of this turn of the event loop, so
+   * that the answers to the entries just committed leave first: on a few shared CPUs, followers woken to
+   * apply the commit otherwise compete with the leader's answer. Raft tolerates the delay; a notice
+   * whose peer got a later append meanwhile (which carries the commit index too) is dropped.
+   */
+  private sendAll(messages: readonly Message[], answersFirst = false): void {
     if (messages.length === 0) return;
     const peers = this.opts.peers;
     peers.cork?.();
     for (const m of messages) {
-      // A message that cannot be encoded (e.g. a snapshot larger than a frame) is dropped like a lost one:
-      // the core retries, and this loop, which every member depends on, keeps running.
-      try {
-        peers.send(m);
-      } catch (err) {
-        this.opts.log?.(`dropped a ${m.type} message to ${m.to}: ${(err as Error).message}`);
+      if (m.type === 'append') {
+        if (answersFirst && (m.entries?.length ?? 0) === 0) {
+          this.deferNotice(m);
+          continue;
+        }
+        this.notices.delete(m.to);
       }
+      this.sendOne(m);
     }
     peers.flush?.();
+  }
+
+  private sendOne(m: Message): void {
+    // A message that cannot be encoded (e.g. a snapshot larger than a frame) is dropped like a lost one:
+    // the core retries, and this loop, which every member depends on, keeps running.
+    try {
+      this.opts.peers.send(m);
+    } catch (err) {
+      this.opts.log?.(`dropped a ${m.type} message to ${m.to}: ${(err as Error).message}`);
+    }
+  }
+
+  /** Commit notices held back by {@link sendAll}, the latest per peer. */
+  private readonly notices = new Map<NodeId, Message>();
+
+  private noticesScheduled = false;
+
+  private deferNotice(m: Message): void {
+    this.notices.set(m.to, m);
+    if (this.noticesScheduled) return;
+    this.noticesScheduled = true;
+    this.opts.env.setImmediate(() => {
+      this.noticesScheduled = false;
+      if (this.closed || this.notices.size === 0) return;
+      const peers = this.opts.peers;
+      peers.cork?.();
+      for (const n of this.notices.values()) this.sendOne(n);
+      this.notices.clear();
+      peers.flush?.();
+    });
   }
 
   private applyEntry(e: Entry): void {
