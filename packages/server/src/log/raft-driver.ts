@@ -28,7 +28,7 @@
  * A failure inside the loop (the disk, an invariant) stops it for good: proposals are refused from then on,
  * and `onFailure` hears of it (the server logs it, the simulator reports it).
  */
-import { type Env, SegmemError } from '@segmem/protocol';
+import { type Env, type EnvTimer, SegmemError } from '@segmem/protocol';
 import type { Outcome } from '../core/commands.js';
 import { decodeConfChange } from '../raft/confchange.js';
 import { invariant } from '../raft/invariant.js';
@@ -129,6 +129,12 @@ export interface RaftDriverOptions {
   log?: (line: string) => void;
 }
 
+/**
+ * How long a leader holds a commit notice back (see `sendAll`): about the time a client takes to send its
+ * next request after an answer, so that the append of that request carries the commit instead.
+ */
+export const NOTICE_DELAY_MS = 1;
+
 const OK_OUTCOME: Outcome = { result: { ok: true, value: null }, effects: [] };
 
 export class RaftDriver {
@@ -219,6 +225,8 @@ export class RaftDriver {
   /** Stops the loop; every proposal and read still waiting fails with CLOSED. */
   close(): void {
     this.closed = true;
+    this.opts.env.clearTimeout(this.noticeTimer);
+    this.notices.clear();
     const err = new SegmemError('CLOSED', 'the server is shutting down');
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
@@ -303,7 +311,7 @@ export class RaftDriver {
       peers.setMembers(this.core.members);
     }
     const early = rd.messages.filter(mayLeaveBeforePersist);
-    this.sendAll(early);
+    this.sendAll(early, !rd.snapshot && rd.committed.length > 0);
     return this.save(rd, early.length);
   }
 
@@ -404,24 +412,62 @@ export class RaftDriver {
   private runEarly(): void {
     if (this.stalled) return;
     const { committed, messages } = this.core.early();
-    this.sendAll(messages);
+    this.sendAll(messages, committed.length > 0);
     for (const e of committed) this.applyEntry(e);
   }
 
-  private sendAll(messages: readonly Message[]): void {
+  /**
+   * Sends `messages`. With `answersFirst` (the caller is about to apply committed entries), a leader's
+   * commit notices (appends without entries) wait {@link NOTICE_DELAY_MS}, so that the answers to the
+   * entries just committed leave first (on a few shared CPUs, followers woken to apply the commit would
+   * compete with the leader's answer), and a notice whose peer gets a later append meanwhile (which
+   * carries the commit index too) is dropped: under steady traffic a commit then costs no message of its
+   * own, nor the follower's answer to it. Raft tolerates the delay.
+   */
+  private sendAll(messages: readonly Message[], answersFirst = false): void {
     if (messages.length === 0) return;
     const peers = this.opts.peers;
     peers.cork?.();
     for (const m of messages) {
-      // A message that cannot be encoded (e.g. a snapshot larger than a frame) is dropped like a lost one:
-      // the core retries, and this loop, which every member depends on, keeps running.
-      try {
-        peers.send(m);
-      } catch (err) {
-        this.opts.log?.(`dropped a ${m.type} message to ${m.to}: ${(err as Error).message}`);
+      if (m.type === 'append') {
+        if (answersFirst && (m.entries?.length ?? 0) === 0) {
+          this.deferNotice(m);
+          continue;
+        }
+        this.notices.delete(m.to);
       }
+      this.sendOne(m);
     }
     peers.flush?.();
+  }
+
+  private sendOne(m: Message): void {
+    // A message that cannot be encoded (e.g. a snapshot larger than a frame) is dropped like a lost one:
+    // the core retries, and this loop, which every member depends on, keeps running.
+    try {
+      this.opts.peers.send(m);
+    } catch (err) {
+      this.opts.log?.(`dropped a ${m.type} message to ${m.to}: ${(err as Error).message}`);
+    }
+  }
+
+  /** Commit notices held back by {@link sendAll}, the latest per peer. */
+  private readonly notices = new Map<NodeId, Message>();
+
+  private noticeTimer: EnvTimer | null = null;
+
+  private deferNotice(m: Message): void {
+    this.notices.set(m.to, m);
+    if (this.noticeTimer !== null) return;
+    this.noticeTimer = this.opts.env.setTimeout(() => {
+      this.noticeTimer = null;
+      if (this.closed || this.failure || this.notices.size === 0) return;
+      const peers = this.opts.peers;
+      peers.cork?.();
+      for (const n of this.notices.values()) this.sendOne(n);
+      this.notices.clear();
+      peers.flush?.();
+    }, NOTICE_DELAY_MS);
   }
 
   private applyEntry(e: Entry): void {

@@ -29,6 +29,7 @@ import {
   renameFile,
   unlinkFile,
   writeAll,
+  writeAllSync,
   writevFd,
 } from './files.js';
 
@@ -68,6 +69,8 @@ export interface StorageFs {
   open(path: string, flags: OpenFlags, step?: FaultStep): Promise<number>;
   /** One positional gather write; resolves with the number of bytes written (possibly fewer). */
   writev(fd: number, buffers: Uint8Array[], position: number, step?: FaultStep): Promise<number>;
+  /** All of `buffers` at `position`, on the calling thread (optional: small writes use it when present). */
+  writeAllSync?(fd: number, buffers: readonly Uint8Array[], position: number, step?: FaultStep): number;
   /** Reads up to `length` bytes at `position` into `into` at `offset`; resolves with the bytes read. */
   read(fd: number, into: Uint8Array, offset: number, length: number, position: number): Promise<number>;
   fdatasync(fd: number, step?: FaultStep): Promise<void>;
@@ -279,6 +282,7 @@ async function releaseLock(dir: string, key: string, nonce: string): Promise<voi
 export const nodeFs: StorageFs = {
   open: (path, flags, step) => openFd(path, flags, step),
   writev: (fd, buffers, position, step) => writevFd(fd, buffers, position, step),
+  writeAllSync: (fd, buffers, position, step) => writeAllSync(fd, buffers, position, step),
   read: (fd, into, offset, length, position) =>
     new Promise((res, rej) =>
       readFd(fd, into, offset, length, position, (err, n) => (err ? rej(err) : res(n))),

@@ -647,9 +647,13 @@ export class DiskRaftStorage implements RaftStorage {
     }
     if (hardState) {
       this.mem.setHardState(hardState);
-      walIndex = this.wal.append(
-        encodeSmall(KIND_HARD_STATE, [hardState.term, hardState.vote, hardState.commit]),
-      );
+      const w = this.walHard;
+      // A new commit index alone waits for the next entries (or close): nothing waits for it to be
+      // durable, and a record of its own would cost every member a write per commit, in the way of the
+      // next entry's. Recovery then starts from an older commit index, which the leader brings forward.
+      if (entries.length > 0 || w === null || w.term !== hardState.term || w.vote !== hardState.vote)
+        walIndex = this.appendHardState(hardState);
+      else this.hardStatePending = true;
       // The second copy, in its own file (see vote-file.ts): waitDurable waits for it too.
       if (hardState.term !== this.voteSaved.term || hardState.vote !== this.voteSaved.vote) {
         this.persistVote({
@@ -658,8 +662,21 @@ export class DiskRaftStorage implements RaftStorage {
           rejoinTerm: this.voteSaved.rejoinTerm,
         });
       }
-    }
+    } else if (entries.length > 0 && this.hardStatePending)
+      walIndex = this.appendHardState(this.mem.hardState());
     return walIndex;
+  }
+
+  /** The hard state last appended to the WAL by `save` (null: not known, write the next one). */
+  private walHard: HardState | null = null;
+  /** The hard state's commit index moved past the one in the WAL; written with the next entries. */
+  private hardStatePending = false;
+
+  private appendHardState(h: HardState): number {
+    const at = this.wal.append(encodeSmall(KIND_HARD_STATE, [h.term, h.vote, h.commit]));
+    this.walHard = h;
+    this.hardStatePending = false;
+    return at;
   }
 
   /** See Wal.onceWritable: `save` threw because the disk refuses writes for now (full); `retry` says when to try again. */
@@ -742,8 +759,7 @@ export class DiskRaftStorage implements RaftStorage {
     const first = this.walAt.get(this.mem.firstIndex());
     const floor = first === undefined ? next : Math.min(first, next);
     this.wal.append(encodeSmall(kind, [index, term, floor]));
-    const h = this.mem.hardState();
-    await this.wal.waitDurable(this.wal.append(encodeSmall(KIND_HARD_STATE, [h.term, h.vote, h.commit])));
+    await this.wal.waitDurable(this.appendHardState(this.mem.hardState()));
     return floor;
   }
 
@@ -785,6 +801,13 @@ export class DiskRaftStorage implements RaftStorage {
 
   async close(): Promise<void> {
     this.closing = true;
+    if (this.hardStatePending && !this.wal.failed && !this.wal.stalled) {
+      try {
+        this.appendHardState(this.mem.hardState());
+      } catch {
+        // closing anyway: recovery starts from the commit index written before
+      }
+    }
     await this.voteWrites?.catch(() => {});
     await this.wal.close();
   }
