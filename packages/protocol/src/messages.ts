@@ -1155,15 +1155,6 @@ REQUEST_DECODERS[MessageType.RELEASE] = (h, payload) => {
   const name = validateName(h.name);
   const mode = validateMode(h.mode);
   const token = uintField(h.token, 'token');
-  const { ranges, totalBytes } = validateRanges(h.ranges);
-  if (mode === 'read' && ranges.length > 0) {
-    throw invalidArgument(`a read RELEASE carries no ranges; got ${ranges.length}`, { field: 'ranges' });
-  }
-  if (totalBytes !== payload.length) {
-    throw invalidArgument(`payload is ${payload.length} bytes but the ranges add up to ${totalBytes}`, {
-      field: 'payload',
-    });
-  }
   const keep = optionalField(h.keep, 'keep', boolField) ?? false;
   if (keep && mode === 'read') {
     throw invalidArgument(
@@ -1172,6 +1163,15 @@ REQUEST_DECODERS[MessageType.RELEASE] = (h, payload) => {
         field: 'keep',
       },
     );
+  }
+  const { ranges, totalBytes } = validateRanges(h.ranges);
+  if (mode === 'read' && ranges.length > 0) {
+    throw invalidArgument(`a read RELEASE carries no ranges; got ${ranges.length}`, { field: 'ranges' });
+  }
+  if (totalBytes !== payload.length) {
+    throw invalidArgument(`payload is ${payload.length} bytes but the ranges add up to ${totalBytes}`, {
+      field: 'payload',
+    });
   }
   return keep
     ? { type: 'RELEASE', seq, name, mode, token, ranges, payload, keep }

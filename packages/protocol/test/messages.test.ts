@@ -9,6 +9,7 @@ import {
   decodeOk,
   decodeRequest,
   decodeResponse,
+  decodeRevoke,
   ERROR_CODES,
   encodeChanged,
   encodeError,
@@ -16,6 +17,7 @@ import {
   encodeInvalidate,
   encodeOk,
   encodeRequest,
+  encodeRevoke,
   type Frame,
   FrameDecoder,
   grantPayloadBytes,
@@ -85,8 +87,10 @@ const sampleRequests: Request[] = [
     clientName: null,
   },
   { type: 'KEEPALIVE' },
+  { type: 'KEEPALIVE', lease: true },
   { type: 'CREATE', seq: 1, name: 'counter', size: 8, ifNotExists: true },
-  { type: 'DELETE', seq: 2, name: 'counter' },
+  { type: 'DELETE', seq: 2, name: 'counter', timeoutMs: null },
+  { type: 'DELETE', seq: 3, name: 'counter', timeoutMs: 250 },
   { type: 'STAT', name: 'ü/ñ' },
   { type: 'LIST', prefix: '' },
   { type: 'LIST', prefix: 'matrix/' },
@@ -105,6 +109,16 @@ const sampleRequests: Request[] = [
     payload: Buffer.from([1, 2, 3, 4, 5, 6]),
   },
   { type: 'RELEASE', seq: 6, name: 'counter', mode: 'read', token: 10, ranges: [], payload: Buffer.alloc(0) },
+  {
+    type: 'RELEASE',
+    seq: 7,
+    name: 'counter',
+    mode: 'write',
+    token: 11,
+    ranges: [[0, 1]],
+    payload: Buffer.from([1]),
+    keep: true,
+  },
   { type: 'CANCEL', requestId: 17, reason: 'TIMEOUT' },
   { type: 'CANCEL', requestId: 2 ** 32 - 1, reason: 'ABORTED' },
   {
@@ -233,7 +247,12 @@ const requestArb: fc.Arbitrary<Request> = fc.oneof(
     size: fc.integer({ min: 1, max: MAX_OBJECT_BYTES }),
     ifNotExists: fc.boolean(),
   }),
-  fc.record({ type: fc.constant('DELETE' as const), seq: seqArb, name: nameArb }),
+  fc.record({
+    type: fc.constant('DELETE' as const),
+    seq: seqArb,
+    name: nameArb,
+    timeoutMs: fc.option(fc.integer({ min: 0, max: 2 ** 31 - 1 }), { nil: null }),
+  }),
   fc.record({ type: fc.constant('STAT' as const), name: nameArb }),
   fc.record({ type: fc.constant('LIST' as const), prefix: fc.oneof(fc.constant(''), nameArb) }),
   fc.record({
@@ -403,6 +422,13 @@ const badFields: [type: RequestType, header: Record<string, unknown>, field: str
     'read RELEASE carries no ranges',
   ],
   ['RELEASE', { seq: 1, name: 'a', mode: 'write', token: 1, ranges: [[0, 2]] }, 'ranges add up to 2'],
+  [
+    'RELEASE',
+    { seq: 1, name: 'a', mode: 'read', token: 1, ranges: [], keep: true },
+    'only a write RELEASE may keep',
+  ],
+  ['RELEASE', { seq: 1, name: 'a', mode: 'write', token: 1, ranges: [], keep: 'yes' }, 'keep'],
+  ['KEEPALIVE', { lease: 1 }, 'lease'],
   ['CANCEL', { requestId: 0, reason: 'TIMEOUT' }, 'requestId'],
   ['CANCEL', { requestId: 1, reason: 'BORED' }, 'reason'],
   ['VALIDATE', { objects: [[0, 1]] }, 'objects[0][0] (id)'],
@@ -844,6 +870,36 @@ test('WATCH and UNWATCH refuse bad fields, naming them', (t) => {
     'version',
   ]);
   throwsCode(t, () => decodeOk('UNWATCH', rawFrame(MessageType.OK, { removed: 1 })), 'PROTOCOL', ['removed']);
+});
+
+test('a REVOKE push round trips; a bad one is PROTOCOL', (t) => {
+  const frame = frameOf(encodeRevoke({ objectId: 42 }, 1));
+  t.is(frame.type, MessageType.REVOKE);
+  t.is(frame.requestId, 0);
+  t.deepEqual(decodeRevoke(frame), { objectId: 42 });
+  throwsCode(t, () => decodeRevoke(rawFrame(MessageType.REVOKE, { objectId: 0 }, undefined, 0)), 'PROTOCOL', [
+    'objectId',
+  ]);
+  throwsCode(t, () => decodeRevoke(rawFrame(MessageType.REVOKE, { objectId: 1 }, undefined, 3)), 'PROTOCOL', [
+    'REVOKE',
+  ]);
+});
+
+test('a grant says when others wait behind it, and a kept write release says whether the lock stayed', (t) => {
+  const record = { id: 1, name: 'c', size: 10, address: 0, version: 2 };
+  const grant = { object: record, token: 3, pages: [], payload: Buffer.alloc(0), contended: true as const };
+  t.deepEqual(decodeOk('ACQUIRE', frameOf(encodeOk('ACQUIRE', 1, grant))), grant);
+  const plain = { object: record, token: 3, pages: [], payload: Buffer.alloc(0) };
+  t.deepEqual(decodeOk('ACQUIRE', frameOf(encodeOk('ACQUIRE', 1, plain))), plain);
+  t.deepEqual(decodeOk('RELEASE', frameOf(encodeOk('RELEASE', 1, { version: 4, kept: true }))), {
+    version: 4,
+    kept: true,
+  });
+  t.deepEqual(decodeOk('RELEASE', frameOf(encodeOk('RELEASE', 1, { version: 4, kept: false }))), {
+    version: 4,
+    kept: false,
+  });
+  t.deepEqual(decodeOk('RELEASE', frameOf(encodeOk('RELEASE', 1, { version: 4 }))), { version: 4 });
 });
 
 test('a CHANGED push round trips; a bad one is PROTOCOL', (t) => {

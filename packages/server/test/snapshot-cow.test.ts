@@ -26,8 +26,9 @@ test('a frozen view serialised in slices equals snapshot() at its index, while c
     const bytes = await serialiseSnapshot(view, {
       sliceBytes: 1 + (seed % 7) * 200,
       between: () => {
-        between++;
-        for (let i = 0; i < 5; i++) step();
+        // Commands between slices, but not after every one of the thousands of 1-byte slices: the workload's
+        // sessions never let go, and a state of thousands of stuck waits is not what this test is about.
+        if (between++ % 50 === 0) for (let i = 0; i < 5; i++) step();
       },
     });
     t.true(between > 0, `seed ${seed}: commands applied between slices`);

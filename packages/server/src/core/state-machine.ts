@@ -23,6 +23,18 @@ export const DEDUP_WINDOW = 1024;
 /** What a queued request waits to do: take a lock, or delete the object (which waits like a writer). */
 type WaitMode = LockMode | 'delete';
 
+/** How far one deadlock search has read an object's queue (see StateMachine.waitEdges). */
+interface QueueScan {
+  /** Each waiter's position, by `${sessionId}:${seq}`. */
+  readonly positions: Map<string, number>;
+  /** Every wait before this position was followed (for a write or delete waiter). */
+  all: number;
+  /** Every conflicting wait of a read waiter (writes and deletes) before this position was followed. */
+  writes: number;
+  /** The holders were followed for these waiter kinds ('write' covers 'read'). */
+  readonly holders: Set<'read' | 'write'>;
+}
+
 interface Waiter {
   sessionId: number;
   seq: number;
@@ -475,8 +487,9 @@ export class StateMachine {
     effects: Effect[],
   ): Result {
     const blockers = this.blockers(obj, obj.queue.length, session.id, mode, session.id);
+    const memo = new Map<number, QueueScan>();
     const cycle = findCycle(
-      { edges: (sid, target) => this.waitEdges(sid, target) },
+      { edges: (sid, target) => this.waitEdges(sid, target, memo) },
       session.id,
       obj.id,
       blockers,
@@ -525,26 +538,51 @@ export class StateMachine {
       const w = obj.queue[i]!;
       if (w.sessionId !== self && conflicts(mode, w.mode)) out.push(w.sessionId);
     }
-    const holds = (s: Session) => {
-      const hold = s.id === self ? undefined : s.holds.get(obj.id);
-      if (hold && conflicts(mode, hold.mode)) out.push(s.id);
-    };
-    for (const s of this.waitingSessions) holds(s);
-    const t = this.sessions.get(target);
-    if (t && !this.waitingSessions.has(t)) holds(t);
+    // The object's holders were all granted since its last write: they are among `cachedBy` (a few sessions,
+    // where the waiting sessions may be thousands; this runs for every session the search visits).
+    for (const id of obj.cachedBy) {
+      if (id === self) continue;
+      const s = this.sessions.get(id);
+      const hold = s?.holds.get(obj.id);
+      if (hold && conflicts(mode, hold.mode) && (id === target || this.waitingSessions.has(s!))) out.push(id);
+    }
     return out;
   }
 
-  private *waitEdges(sessionId: number, target: number): Iterable<WaitEdge> {
+  /**
+   * The edges of a waiting session for one search ({@link findCycle}). `memo` is the search's own: a waiter
+   * reaches every conflicting wait queued before it, so once the queue of an object was scanned up to a
+   * position for a mode, the waiters before that position need not scan it again (they reach a subset, all
+   * of it already on the search's path); likewise its holders. Each queue is then read once per search, not
+   * once per waiter (thousands of waiters on one object made every queued acquire quadratic).
+   */
+  private *waitEdges(sessionId: number, target: number, memo: Map<number, QueueScan>): Iterable<WaitEdge> {
     const session = this.sessions.get(sessionId);
     if (!session) return;
     for (const [seq, w] of session.waiting) {
       const obj = this.byId.get(w.objectId);
       if (!obj) continue;
-      const at = obj.queue.findIndex((q) => q.sessionId === sessionId && q.seq === seq);
-      if (at < 0) continue;
-      for (const to of this.blockers(obj, at, sessionId, obj.queue[at]!.mode, target))
-        yield { to, objectId: obj.id };
+      let scan = memo.get(obj.id);
+      if (!scan) {
+        const positions = new Map<string, number>();
+        obj.queue.forEach((q, i) => positions.set(`${q.sessionId}:${q.seq}`, i));
+        scan = { positions, all: 0, writes: 0, holders: new Set() };
+        memo.set(obj.id, scan);
+      }
+      const at = scan.positions.get(`${sessionId}:${seq}`);
+      if (at === undefined) continue;
+      const mode = obj.queue[at]!.mode;
+      const from = mode === 'read' ? Math.max(scan.all, scan.writes) : scan.all;
+      for (let i = from; i < at; i++) {
+        const q = obj.queue[i]!;
+        if (q.sessionId !== sessionId && conflicts(mode, q.mode)) yield { to: q.sessionId, objectId: obj.id };
+      }
+      if (mode === 'read') scan.writes = Math.max(scan.writes, at);
+      else scan.all = Math.max(scan.all, at);
+      const holderKind = mode === 'read' ? 'read' : 'write';
+      if (scan.holders.has('write') || scan.holders.has(holderKind)) continue;
+      scan.holders.add(holderKind);
+      for (const to of this.blockers(obj, 0, sessionId, mode, target)) yield { to, objectId: obj.id };
     }
   }
 
@@ -918,7 +956,7 @@ export class StateMachine {
       unknown[][],
       unknown[] | undefined,
     ];
-    if (format !== SNAPSHOT_FORMAT && format !== 1)
+    if (format !== 1 && format !== 2 && format !== SNAPSHOT_FORMAT)
       throw new Error(`unknown state machine snapshot format ${format}`);
     // The same invariants a restore from a file is held to (names by the rule a server stored them under),
     // so a snapshot that is well-formed but wrong is refused here, not discovered far from its cause.
