@@ -41,6 +41,7 @@ import {
   ROOT_DIR,
   waitForQuiet,
 } from './lib/procs.mjs';
+import { profileColumns, profileTableRows, topSelfTime } from './lib/profile.mjs';
 import { fmtInt, fmtNum, fmtUs, markdownTable, percentile, textTable } from './lib/stats.mjs';
 
 const MAX_RUN_MS = 120_000;
@@ -51,6 +52,7 @@ const CYCLE_WINDOW_MS = 1500;
 const MAX_CYCLES = 3_000_000; // per child, warm-up included
 const PROTECT_PAIRS = 400_000;
 const HOLDER_COUNTS = [1, 8, 32];
+const MANY_SESSIONS = 32;
 const KEPT_DEADLINE_MS = 5000;
 const SECTION_START = '<!-- bench:delegations:start -->';
 const SECTION_END = '<!-- bench:delegations:end -->';
@@ -83,44 +85,53 @@ async function readCycle(seg, name) {
 // ---------------------------------------------------------------------------------------------------------
 // Child: read cycles under a kept grant, with or without page rights (chosen by SEGMEM_DISABLE_NATIVE).
 
-async function child({ servers, name }) {
-  const seg = await connect({ servers: servers.split(',') });
+async function child({ servers, name, sessions = 1 }) {
+  const segs = [];
   let sink = 0;
   try {
-    await seg.create(name, OBJECT_BYTES, { ifNotExists: true });
-    sink += await readCycle(seg, name); // the grant is kept from here on
-    let cycles = 0;
-    const warmEnd = performance.now() + CYCLE_WARMUP_MS;
-    while (performance.now() < warmEnd && cycles < MAX_CYCLES / 2) {
-      for (let i = 0; i < BATCH; i++) sink += await readCycle(seg, name);
-      cycles += BATCH;
+    for (let i = 0; i < sessions; i++) segs.push(await connect({ servers: servers.split(',') }));
+    // One session: one object; several: each its own, so they share nothing but the process.
+    const names = segs.map((_, i) => (sessions === 1 ? name : `${name}/${i}`));
+    for (let i = 0; i < sessions; i++) {
+      await segs[i].create(names[i], OBJECT_BYTES, { ifNotExists: true });
+      sink += await readCycle(segs[i], names[i]); // the grant is kept from here on
     }
-    const requests0 = seg.stats().requests;
+    const perSessionCap = Math.floor(MAX_CYCLES / sessions);
+    const loops = async (endMs, batches) => {
+      let cycles = 0;
+      await Promise.all(
+        segs.map(async (seg, s) => {
+          for (let n = 0; performance.now() < endMs && n < perSessionCap / 2; n += BATCH) {
+            const t0 = performance.now();
+            for (let i = 0; i < BATCH; i++) sink += await readCycle(seg, names[s]);
+            batches?.push(((performance.now() - t0) * 1e6) / BATCH);
+            cycles += BATCH;
+          }
+        }),
+      );
+      return cycles;
+    };
+    await loops(performance.now() + CYCLE_WARMUP_MS, null);
+    const requests = () => segs.reduce((sum, seg) => sum + seg.stats().requests, 0);
+    const requests0 = requests();
     const batches = [];
     const start = performance.now();
-    const end = start + CYCLE_WINDOW_MS;
-    while (performance.now() < end && cycles < MAX_CYCLES) {
-      const t0 = performance.now();
-      for (let i = 0; i < BATCH; i++) sink += await readCycle(seg, name);
-      batches.push(((performance.now() - t0) * 1e6) / BATCH);
-      cycles += BATCH;
-    }
+    const cycles = await loops(start + CYCLE_WINDOW_MS, batches);
     const seconds = (performance.now() - start) / 1000;
-    const requests = seg.stats().requests - requests0;
-    const measured = batches.length * BATCH;
     const result = {
-      protectedPages: seg.protectedPages,
-      cycles: measured,
+      protectedPages: segs[0].protectedPages,
+      cycles,
       seconds,
+      cyclesPerSec: cycles / seconds,
+      // With one session a batch's mean is the cycle's cost; with several, batches interleave.
       nsPerCycle: p50(sorted(batches)),
-      nsPerCycleP99: p99(sorted(batches)),
-      requestsPerCycle: requests / measured,
+      requestsPerCycle: (requests() - requests0) / cycles,
       sink: sink & 1,
     };
-    if (seg.protectedPages) result.protect = protectPairs();
+    if (segs[0].protectedPages && sessions === 1) result.protect = protectPairs();
     process.stdout.write(`BENCH_RESULT ${JSON.stringify(result)}\n`);
   } finally {
-    await seg.close();
+    for (const seg of segs) await seg.close();
   }
 }
 
@@ -148,7 +159,7 @@ function protectPairs() {
   return { nsPerPair: p50(s), nsPerPairP99: p99(s), pairs: batches.length * 1000 };
 }
 
-function runChild(servers, name, nativeOn) {
+function runChild(servers, name, nativeOn, { sessions = 1, nodeArgs = [] } = {}) {
   const env = { ...process.env };
   if (nativeOn) delete env.SEGMEM_DISABLE_NATIVE;
   else env.SEGMEM_DISABLE_NATIVE = '1';
@@ -156,9 +167,10 @@ function runChild(servers, name, nativeOn) {
     process.execPath,
     [
       '--disable-warning=SEGMEM_NO_PAGE_PROTECTION',
+      ...nodeArgs,
       fileURLToPath(import.meta.url),
       '--child',
-      JSON.stringify({ servers, name }),
+      JSON.stringify({ servers, name, sessions }),
     ],
     { env, encoding: 'utf8', timeout: 30_000, cwd: ROOT_DIR, stdio: ['ignore', 'pipe', 'pipe'] },
   );
@@ -257,6 +269,16 @@ async function main() {
     }
     const mean = (rs, k) => rs.reduce((s, r) => s + r[k], 0) / rs.length;
     const protect = on.map((r) => r.protect);
+    log(`${MANY_SESSIONS} sessions in one process, each re-reading its own object: page rights on / off`);
+    const manyOn = runChild(servers, 'deleg/many-on', true, { sessions: MANY_SESSIONS });
+    const manyOff = runChild(servers, 'deleg/many-off', false, { sessions: MANY_SESSIONS });
+    log(`the same, page rights on, under node --cpu-prof`);
+    const profDir = makeTempDir('delegations-prof');
+    const profiled = runChild(servers, 'deleg/many-prof', true, {
+      sessions: MANY_SESSIONS,
+      nodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir],
+    });
+    const profile = topSelfTime(profDir, ROOT_DIR, 10);
 
     const revoke = [];
     for (const n of HOLDER_COUNTS) {
@@ -296,6 +318,18 @@ async function main() {
         msgs: '',
       },
       {
+        what: `${MANY_SESSIONS} sessions in one process, own objects, page rights on: cycles/s`,
+        ns: '',
+        rounds: fmtInt(manyOn.cyclesPerSec),
+        msgs: fmtNum(manyOn.requestsPerCycle, 4),
+      },
+      {
+        what: `${MANY_SESSIONS} sessions in one process, own objects, page rights off: cycles/s`,
+        ns: '',
+        rounds: fmtInt(manyOff.cyclesPerSec),
+        msgs: fmtNum(manyOff.requestsPerCycle, 4),
+      },
+      {
         what: 'mprotect cost per cycle: protect(read) + protect(none) on one page, alone',
         ns: fmtNs(protect.reduce((s, p) => s + p.nsPerPair, 0) / protect.length),
         rounds: protect.map((p) => fmtNs(p.nsPerPair)).join(' / '),
@@ -325,6 +359,12 @@ async function main() {
     console.log(`fsync "batch" on every server; ${load}\n`);
     console.log(textTable(cycleColumns, cycleRows));
     console.log(`\n${cycleNote}\n`);
+    const profColumns = profileColumns('share of samples');
+    const profRows = profileTableRows(profile.rows.slice(0, 8));
+    const profNote = `The ${MANY_SESSIONS}-session child, page rights on, under \`node --cpu-prof\` (${fmtInt(profiled.cyclesPerSec)} cycles/s under the profiler): top functions by self time over the process's whole life (start-up included).`;
+    console.log(`\n${profNote}`);
+    console.log(textTable(profColumns, profRows));
+    console.log('');
     console.log(textTable(revokeColumns, revokeRows));
     console.log(`\n${revokeNote}`);
 
@@ -345,6 +385,14 @@ h.bytes[0]; await h.release()\`), in a child process of its own, twice with the 
 and twice without (\`SEGMEM_DISABLE_NATIVE=1\`), alternating. ${cycleNote}
 
 ${markdownTable(cycleColumns, cycleRows)}
+
+${profNote}
+
+<details><summary>Top 8</summary>
+
+${markdownTable(profColumns, profRows)}
+
+</details>
 
 ### Revocation: a writer waiting for N sessions' kept read grants
 
