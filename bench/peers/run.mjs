@@ -7,7 +7,10 @@
 //   --out DIR      write the section (peers.md) and the plot (peers-throughput.svg) into DIR instead, any run
 //   --no-profile   skip the profiled segmem write-cycle run
 //   --systems L    comma-separated subset of redis,etcd,segmem (a partial run leaves the docs alone)
-//   --workloads L  comma-separated subset of write,read,append,big (a partial run leaves the docs alone)
+//   --workloads L  comma-separated subset of write,read,append,big,hot (a partial run leaves the docs alone)
+//
+// segmem runs twice where kept grants matter (write, read, hot): as connect() makes it (delegations on) and
+// with `connect({ delegations: false })`, against the same servers, as rows of the same tables.
 //
 // Installs what is missing (redis-server and etcd with apt-get when root, the client libraries with
 // `npm install --prefix bench/peers`), starts a Redis primary + 2 replicas, a 3-member etcd cluster and a
@@ -42,14 +45,16 @@ import {
 } from './lib/systems.mjs';
 
 const DRIVER = join(PEERS_DIR, 'driver.mjs');
-const MAX_RUN_MS = 10 * 60 * 1000; // the whole run, hard limit
+const MAX_RUN_MS = 15 * 60 * 1000; // the whole run, hard limit
 const OPS_CAP = 2_000_000; // per row and round, split across its clients
 const KiB = 1024;
 const MiB = 1024 * 1024;
 const SECTION_START = '<!-- bench:peers:start -->';
 const SECTION_END = '<!-- bench:peers:end -->';
 const SYSTEMS = ['redis', 'etcd', 'segmem'];
-const LABEL = { redis: 'Redis', etcd: 'etcd', segmem: 'segmem' };
+// Rows that run a started system with other client options: the system it runs against, and the options.
+const VARIANTS = { segmemOff: { system: 'segmem', spec: { delegations: false } } };
+const LABEL = { redis: 'Redis', etcd: 'etcd', segmem: 'segmem', segmemOff: 'segmem, delegations off' };
 // Before each row, wait (bounded) for other processes to go idle: on 2 CPUs a busy neighbour lowers every
 // figure. Our own idle servers (9 processes) use a few hundredths of a CPU.
 const QUIET = { perRowMs: 5000, totalMs: 40000, thresholdCpus: 0.3 };
@@ -57,6 +62,7 @@ const QUIET = { perRowMs: 5000, totalMs: 40000, thresholdCpus: 0.3 };
 const WORKLOADS = {
   write: {
     title: 'Write cycle: lock, read, modify, write, unlock',
+    systems: ['redis', 'etcd', 'segmem', 'segmemOff'],
     rows: [
       { valueBytes: 4, clients: [1, 8, 32], quick: [1, 32] },
       { valueBytes: 4 * KiB, clients: [1, 32], quick: [32] },
@@ -64,6 +70,7 @@ const WORKLOADS = {
   },
   read: {
     title: 'Read cycle: consistent read of an unchanged 4 KiB object',
+    systems: ['redis', 'etcd', 'segmem', 'segmemOff'],
     rows: [{ valueBytes: 4 * KiB, clients: [1, 8, 32], quick: [1, 32] }],
   },
   append: {
@@ -74,7 +81,14 @@ const WORKLOADS = {
     title: 'Big object, small change: write cycle on a 1 MiB object, 1 byte changed',
     rows: [{ valueBytes: MiB, clients: [1], quick: [1] }],
   },
+  hot: {
+    title: 'Hot object: all clients take turns on one 4 B object (write cycle)',
+    // What this row asks is whether kept grants cost anything under contention: segmem against itself.
+    systems: ['segmem', 'segmemOff'],
+    rows: [{ valueBytes: 4, clients: [32], quick: [32] }],
+  },
 };
+const baseSystem = (s) => VARIANTS[s]?.system ?? s;
 
 const WHAT = {
   write: {
@@ -86,7 +100,8 @@ const WHAT = {
   read: {
     redis: 'GET on the primary',
     etcd: 'linearizable range get (not serializable) on the leader',
-    segmem: '`h = await seg.acquireRead(name); await h.release()`, cache warm',
+    segmem:
+      '`h = await seg.acquireRead(name); await h.release()`, cache warm; with delegations on, each session keeps its read grant, so a re-read sends no message. All N sessions live in the one driver process',
   },
   append: {
     redis: 'XADD log * d <100 B> (the stream ID is the sequence number), then WAIT 1 1000',
@@ -95,6 +110,11 @@ const WHAT = {
   },
 };
 WHAT.big = WHAT.write;
+WHAT.hot = {
+  segmem: 'the write cycle above, every client on the same object (the servers queue the lock)',
+};
+const WHAT_OFF =
+  'the same with `connect({ servers, delegations: false })`: every acquire and release goes to the servers';
 
 function parseOptions(argv) {
   const o = {
@@ -175,7 +195,10 @@ async function main() {
       log(`\n${WORKLOADS[workload].title}`);
       for (const row of WORKLOADS[workload].rows) {
         for (const clients of opts.quick ? row.quick : row.clients) {
-          const entries = opts.systems.map((system) => {
+          const rowSystems = (WORKLOADS[workload].systems ?? SYSTEMS).filter((s) =>
+            opts.systems.includes(baseSystem(s)),
+          );
+          const entries = rowSystems.map((system) => {
             const e = { workload, valueBytes: row.valueBytes, clients, system, rounds: [], samples: [] };
             results.push(e);
             return e;
@@ -194,10 +217,11 @@ async function main() {
           for (let round = 1; round <= 2; round++) {
             for (const e of entries) {
               if (e.unavailable) continue; // said once is enough
-              const sys = systems[e.system];
+              const sys = systems[baseSystem(e.system)];
               const samplesFile = join(tmp, `${++seq}.f64`);
               const spec = {
-                system: e.system,
+                ...VARIANTS[e.system]?.spec,
+                system: baseSystem(e.system),
                 workload,
                 clients,
                 valueBytes: row.valueBytes,
@@ -206,12 +230,12 @@ async function main() {
                 warmupMs: opts.warmupMs,
                 windowMs: opts.windowMs,
                 cap: OPS_CAP,
-                prefix: `peers/${workload}-${row.valueBytes}-c${clients}`,
+                prefix: `peers/${workload}-${row.valueBytes}-c${clients}${e.system === 'segmem' ? '' : `-${e.system}`}`,
                 runId: `${process.pid}-${seq}`,
                 seed: 12345 + round,
                 samplesFile,
               };
-              const tag = `  ${sizeLabel(row.valueBytes).padStart(6)} ${String(clients).padStart(2)} clients, round ${round}, ${LABEL[e.system].padEnd(6)}`;
+              const tag = `  ${sizeLabel(row.valueBytes).padStart(6)} ${String(clients).padStart(2)} clients, round ${round}, ${LABEL[e.system].padEnd(23)}`;
               try {
                 const r = await runWorker(spec, {
                   script: DRIVER,
@@ -454,12 +478,42 @@ function goals(agg) {
     );
   }
   ratioGoal(
-    'read cycle 4 KiB, 32 clients, vs Redis GET',
+    'read cycle 4 KiB, 32 sessions in one process (delegations on), vs Redis GET',
     find(agg, 'read', 4 * KiB, 32, 'segmem'),
     find(agg, 'read', 4 * KiB, 32, 'redis'),
-    1,
+    5,
     'Redis',
   );
+  const p50Goal = (what, seg, limitUs, limitText) => {
+    if (!ok(seg) || !(limitUs > 0)) {
+      out.push({ what, measured: 'not measured', goal: '', result: '–' });
+      return;
+    }
+    out.push({
+      what,
+      measured: `p50 ${fmtUs(seg.p50)} µs (p99 ${fmtUs(seg.p99)} µs)`,
+      goal: `p50 ≤ ${limitText}`,
+      result: seg.p50 <= limitUs ? 'met' : `NOT MET: ${fmtNum(seg.p50 / limitUs, 2)}× the limit`,
+    });
+  };
+  const redisRead1 = find(agg, 'read', 4 * KiB, 1, 'redis');
+  p50Goal(
+    'read cycle 4 KiB, 1 client, under a kept read grant',
+    find(agg, 'read', 4 * KiB, 1, 'segmem'),
+    5,
+    `5 µs${ok(redisRead1) ? ` (Redis GET p50 ${fmtUs(redisRead1.p50)} µs)` : ''}`,
+  );
+  const redisWrite1 = find(agg, 'write', 4, 1, 'redis');
+  p50Goal(
+    'write cycle 4 B, 1 client (delegations on)',
+    find(agg, 'write', 4, 1, 'segmem'),
+    ok(redisWrite1) ? redisWrite1.p50 : Number.NaN,
+    `Redis replicated p50 (${ok(redisWrite1) ? fmtUs(redisWrite1.p50) : '–'} µs)`,
+  );
+  const hotOn = find(agg, 'hot', 4, 32, 'segmem');
+  const hotOff = find(agg, 'hot', 4, 32, 'segmemOff');
+  if (ok(hotOn) && ok(hotOff))
+    ratioGoal('hot object, 32 clients on one object', hotOn, hotOff, 1, 'delegations off');
   const big = find(agg, 'big', MiB, 1, 'segmem');
   if (ok(big) && big.clientBytes !== null) {
     const met = big.clientBytes < 8 * KiB;
@@ -525,7 +579,7 @@ function render({ opts, meta, agg, profile, elapsed }) {
     `etcd: 3 members, one Raft group, ${ETCD_SETTINGS.join('; ')}; clients connect to the leader (listing all three endpoints would add follower-to-leader forwarding).`,
     'segmem: 3 servers, one Raft group, fsync "batch" (a write release resolves once durable on a majority), started by `examples/lib/local-server.mjs` `localCluster`; each client connects with all three addresses.',
     'Durability is not the same: a Redis write counts as done once one replica has received it (WAIT 1; every server fsyncs its AOF once a second), an etcd or segmem write once it is fsynced on a majority of the three.',
-    `Load: one driver process per row (\`bench/peers/driver.mjs\`, the closed loop of \`bench/lib/load.mjs\`); N clients = N connections or sessions (N \`connect()\` calls for segmem, N ioredis connections, N etcd3 clients each with its own gRPC connection), each waiting for its answer before the next operation; write cycles use one object per client (no lock contention). ${opts.warmupMs} ms warm-up, then a ${opts.windowMs} ms window, at most ${fmtInt(OPS_CAP)} operations; two rounds per row in the order ${[...opts.systems, ...opts.systems].map((x) => LABEL[x]).join(', ')}, so drift hits all alike; ops/s over both windows, p50/p99 over all samples of both. The whole run took ${fmtNum(elapsed, 0)} s.`,
+    `Load: one driver process per row (\`bench/peers/driver.mjs\`, the closed loop of \`bench/lib/load.mjs\`); N clients = N connections or sessions, all in that one process (N \`connect()\` calls for segmem, N ioredis connections, N etcd3 clients each with its own gRPC connection), each waiting for its answer before the next operation; write cycles use one object per client (no lock contention), except the hot-object rows, where all clients take turns on one. segmem runs with delegations on (connect()'s default) and, in the rows marked so, with \`delegations: false\`, against the same 3 servers. ${opts.warmupMs} ms warm-up, then a ${opts.windowMs} ms window, at most ${fmtInt(OPS_CAP)} operations; two rounds per row, the systems in the order ${[...opts.systems, ...(opts.systems.includes('segmem') ? Object.keys(VARIANTS) : [])].map((x) => LABEL[x]).join('; ')} in each, so drift hits all alike; ops/s over both windows, p50/p99 over all samples of both. The whole run took ${fmtNum(elapsed, 0)} s.`,
     'Bytes: the kernel\'s own TCP counters (tcp_info bytes_sent / bytes_received via `ss -tinp`) of the driver\'s sockets ("client B/op": sent + received per operation, protocol framing included) and of the servers\' sockets ("server↔server B/op": what the servers sent minus what the driver received, i.e. replication / Raft traffic); the same method for all three. For segmem, `segment.stats()` (the client\'s own count) is shown beside it as a cross-check.',
     "CPU: from /proc over the measured window, in CPUs' worth (2 = both cores): the driver process, the system's servers, and everything else on the machine (other work; hypervisor steal counts too).",
   ];
@@ -546,7 +600,10 @@ function render({ opts, meta, agg, profile, elapsed }) {
     const what = WHAT[workload];
     text.push(w.title, textTable(COLUMNS, rows), '');
     md.push(`### ${w.title}`, '');
-    md.push(`- Redis: ${what.redis}`, `- etcd: ${what.etcd}`, `- segmem: ${what.segmem}`, '');
+    const present = new Set(agg.filter((a) => a.workload === workload).map((a) => a.system));
+    for (const s of [...SYSTEMS, ...Object.keys(VARIANTS)])
+      if (present.has(s)) md.push(`- ${LABEL[s]}: ${VARIANTS[s] ? WHAT_OFF : what[s]}`);
+    md.push('');
     md.push(markdownTable(COLUMNS, rows), '');
     if (workload === 'big') {
       const seg = find(agg, 'big', MiB, 1, 'segmem');

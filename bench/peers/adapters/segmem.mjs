@@ -1,12 +1,14 @@
 // segmem side of the workloads: one connect() session per client against the 3-server group.
+// `spec.delegations: false` turns kept grants off for a comparison row; by default they are on, as in connect().
 import { connect, SegmemError } from '@segmem/client';
 import { Unavailable } from './common.mjs';
 
 export async function prepare(spec) {
   const { clients, workload, valueBytes, prefix } = spec;
   const servers = spec.endpoints.servers.split(',');
+  const delegations = spec.delegations ?? true;
   const segs = [];
-  for (let i = 0; i < clients; i++) segs.push(await connect({ servers }));
+  for (let i = 0; i < clients; i++) segs.push(await connect({ servers, delegations }));
   const counters = {};
   const close = async () => {
     for (const s of segs) await s.close();
@@ -54,6 +56,30 @@ export async function prepare(spec) {
         await fresh.close();
       }
       return bad;
+    };
+    return { ops, counters, verify, close, stats };
+  }
+
+  if (workload === 'hot') {
+    // Every client on the same object: each cycle waits for the lock the others hold.
+    const name = `${prefix}/hot`;
+    await segs[0].create(name, valueBytes, { ifNotExists: true });
+    const initial = await segs[0].read(name, (h) => h.bytes[0]);
+    let done = 0;
+    const ops = segs.map((seg) => async () => {
+      const h = await seg.acquireWrite(name);
+      h.bytes[0]++;
+      await h.release();
+      done++;
+    });
+    const verify = async () => {
+      const fresh = await connect({ servers });
+      try {
+        const b = await fresh.read(name, (h) => h.bytes[0]);
+        return b === ((initial + done) & 0xff) ? 0 : 1;
+      } finally {
+        await fresh.close();
+      }
     };
     return { ops, counters, verify, close, stats };
   }
