@@ -206,8 +206,10 @@ export interface Segment {
    * Deletes the object (or shared log) and frees its pages. An object is deleted once its holders have
    * released it: the delete waits in the object's queue like a writer (first in, first out), and the
    * acquires queued behind it then fail with `NOT_FOUND`. A shared log is deleted at once. `opts` bound
-   * the wait as for an acquire (`TIMEOUT`, `ABORTED`; the object then stays). Rejects with `NOT_FOUND`,
-   * and with `DEADLOCK` when this session holds the object itself or the wait would close a cycle of waits.
+   * the wait as for an acquire (`TIMEOUT`, `ABORTED`; the object then stays). Handles of this process
+   * count as holders too (its tasks share the session): the delete waits for them like a writer, so a task
+   * that deletes an object it holds waits for itself. Rejects with `NOT_FOUND`, and with `DEADLOCK` when the
+   * wait would close a cycle of waits between sessions.
    *
    * @example
    * ```ts

@@ -62,7 +62,7 @@ export class SegmemNode {
   /** Clock, timers and randomness of this node (the shell uses its timers too). */
   readonly env: Env;
   private readonly sessions: Sessions;
-  readonly grants: Grants;
+  private readonly grants: Grants;
   private readonly reads: Reads;
   private readonly exports: SnapshotExports;
   private readonly watches: Watches;
