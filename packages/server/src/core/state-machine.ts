@@ -565,7 +565,10 @@ export class StateMachine {
       let scan = memo.get(obj.id);
       if (!scan) {
         const positions = new Map<string, number>();
-        obj.queue.forEach((q, i) => positions.set(`${q.sessionId}:${q.seq}`, i));
+        for (let i = 0; i < obj.queue.length; i++) {
+          const q = obj.queue[i]!;
+          positions.set(`${q.sessionId}:${q.seq}`, i);
+        }
         scan = { positions, all: 0, writes: 0, holders: new Set() };
         memo.set(obj.id, scan);
       }
