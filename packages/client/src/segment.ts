@@ -373,6 +373,14 @@ export class SegmentImpl implements Segment {
     }
   }
 
+  /** @internal The objects this session keeps a read grant of and no handle uses (for a simulation's faults). */
+  idleReadGrants(): string[] {
+    const out: string[] = [];
+    for (const c of this.byId.values())
+      if (c.grant?.mode === 'read' && c.grantUsers === 0 && !c.revoked) out.push(c.name);
+    return out;
+  }
+
   /** How many objects this session keeps a grant of. */
   keptGrants(): number {
     let n = 0;

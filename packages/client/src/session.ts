@@ -127,6 +127,11 @@ export class Session {
   private leaseConfirmed = 0;
   private leaseUntilMs = 0;
   private readonly leaseRenewals = new Map<number, Promise<boolean>>();
+  /**
+   * @internal The simulator's broken variant only: the lease length for a session timeout, in place of
+   * leaseMsFor (e.g. the whole timeout, trusting this process's clock with no drift margin).
+   */
+  unsafeLeaseMs: ((sessionTimeoutMs: number) => number) | null = null;
   /** Bytes written to and read from the transport, for benchmarks and diagnostics. */
   readonly traffic = { bytesSent: 0, bytesReceived: 0, requests: 0 };
 
@@ -216,7 +221,7 @@ export class Session {
         if (this.hello.sessionId !== sessionId || this.closed) return false;
         if (n > this.leaseConfirmed) {
           this.leaseConfirmed = n;
-          this.leaseUntilMs = sentAtMs + leaseMsFor(this.hello.sessionTimeoutMs);
+          this.leaseUntilMs = sentAtMs + (this.unsafeLeaseMs ?? leaseMsFor)(this.hello.sessionTimeoutMs);
         }
         return true;
       },

@@ -20,9 +20,9 @@ const { opt, int, fail } = simArgs(
   args,
   mode === 'real'
     ? {
-        usage: `usage: npm run sim -- [--real] --seeds N [--from F] [--seed S] [--broken ${REAL_BROKEN_VARIANTS.join('|')}] [--trace] [--verbose]\n       npm run sim -- --both ... (the core simulator, then this one)\n${CORE_SIM_CLI.usage}`,
+        usage: `usage: npm run sim -- [--real] --seeds N [--from F] [--seed S] [--broken ${REAL_BROKEN_VARIANTS.join('|')}] [--lease-edge] [--trace] [--verbose]\n       npm run sim -- --both ... (the core simulator, then this one)\n${CORE_SIM_CLI.usage}`,
         values: ['seeds', 'seed', 'from', 'broken'],
-        flags: ['real', 'trace', 'verbose'],
+        flags: ['real', 'trace', 'verbose', 'lease-edge'],
       }
     : { ...CORE_SIM_CLI, flags: [...CORE_SIM_CLI.flags, 'core', 'both'] },
 );
@@ -45,7 +45,7 @@ async function runReal(): Promise<number> {
     fail(`unknown --broken ${broken}`);
   const list = seed !== undefined ? [seed] : Array.from({ length: seeds }, (_, i) => from + i);
   process.stdout.write(
-    `real-code simulation (3 real members, real clients): seeds ${list[0]}..${list[list.length - 1]}${broken ? `, broken ${broken}` : ''}\n`,
+    `real-code simulation (3 real members, real clients): seeds ${list[0]}..${list[list.length - 1]}${broken ? `, broken ${broken}` : ''}${args.includes('--lease-edge') ? ', lease edge' : ''}\n`,
   );
   let passed = 0;
   let failed = 0;
@@ -56,6 +56,7 @@ async function runReal(): Promise<number> {
     const r = await runRealSimulation({
       seed: s,
       ...(broken ? { broken: broken as RealBrokenVariant } : {}),
+      ...(args.includes('--lease-edge') ? { leaseEdge: true } : {}),
       ...(args.includes('--trace') ? { onTrace: (line: string) => process.stderr.write(`${line}\n`) } : {}),
     });
     simulatedMs += r.stats.simulatedMs;

@@ -42,6 +42,7 @@ export const REAL_BROKEN_VARIANTS = [
   'followerReadsUnapplied',
   'walSkipsFsync',
   'grantPastLease',
+  'leaseWithoutDriftMargin',
 ] as const;
 /**
  * Deliberately broken variants of the shipped code, each of which the checkers must catch:
@@ -54,12 +55,20 @@ export const REAL_BROKEN_VARIANTS = [
  * follower crashes soon after: it may have acknowledged entries its disk never had.
  * grantPastLease: a client serves acquires from the grants it keeps whatever its lease says (SegmentImpl's
  * ignoreLease), so a paused or cut-off client may read its copy after its session ended and others wrote.
+ * leaseWithoutDriftMargin: a client's lease is the whole session timeout on its own clock (Session's
+ * unsafeLeaseMs), with no margin for the drift bound; runs with the lease edge (RealSimOptions.leaseEdge).
  */
 export type RealBrokenVariant = (typeof REAL_BROKEN_VARIANTS)[number];
 
 export interface RealSimOptions {
   seed: number;
   broken?: RealBrokenVariant;
+  /**
+   * The edge a lease must hold at (implied by leaseWithoutDriftMargin): clients' clocks run 5% slow and
+   * members' 5% fast, now and then a client is cut off from every member the moment a lease renewal is
+   * answered, keeps re-reading an object it keeps a read grant of, and the others write that object.
+   */
+  leaseEdge?: boolean;
   /** Simulated ms of workload under faults (default 8000), before the liveness phase. */
   workloadMs?: number;
   /** Every line of the trace as it is made. */
@@ -246,6 +255,12 @@ class RealSimulation {
   readonly nodes = new Map<string, SegmemNode>();
   /** Each member's clock. */
   readonly memberClocks = new Map<string, SkewedEnv>();
+  /** The lease edge: the object a cut-off client keeps a read grant of, re-read by it and written by others. */
+  private readonly leaseTargets = new Map<string, string>();
+  /** Whether this run plays the lease edge (see RealSimOptions.leaseEdge). */
+  private readonly leaseEdge: boolean;
+  /** When the workload under faults ends (set by startFaults). */
+  private workloadEndMs = 0;
   readonly addresses: Record<string, string> = {};
   readonly clients: SimClient[] = [];
   readonly history = new History();
@@ -303,6 +318,9 @@ class RealSimulation {
   constructor(readonly opts: RealSimOptions) {
     this.prng = new Prng(opts.seed);
     this.params = drawParams(this.prng);
+    // The lease variant's targeted fault needs a client that goes on reading while it is cut off.
+    this.leaseEdge = opts.leaseEdge === true || opts.broken === 'leaseWithoutDriftMargin';
+    if (this.leaseEdge && this.params.watchEveryMs === 0) this.params.watchEveryMs = 2;
     this.world = new SimEnv(this.clock, this.prng.fork());
     this.peerNet = new SimPeerNetwork(
       this.world,
@@ -340,7 +358,7 @@ class RealSimulation {
   async openMember(id: string): Promise<void> {
     this.opening.add(id);
     const process = this.world.process();
-    const env = this.skewed(process);
+    const env = this.skewed(process, 'member');
     try {
       const node = await openClusterNode({
         id,
@@ -472,7 +490,7 @@ class RealSimulation {
   /** A real client: its own process Env, Session and SegmentImpl over the simulated network. */
   async openClient(name: string): Promise<SimClient> {
     const process = new PausableEnv(this.world.process());
-    const env = this.skewed(process);
+    const env = this.skewed(process, 'client');
     let segment: SegmentImpl | undefined;
     const session = await Session.open({
       dial: this.clientNet.dial(name, env, Object.values(this.addresses)),
@@ -502,6 +520,31 @@ class RealSimulation {
     );
     if (this.opts.broken === 'keepCopyAfterLockLost') segment.keepUncommittedCopies = true;
     if (this.opts.broken === 'grantPastLease') segment.ignoreLease = true;
+    if (this.opts.broken === 'leaseWithoutDriftMargin') session.unsafeLeaseMs = (timeoutMs) => timeoutMs;
+    if (this.leaseEdge) {
+      // The edge a lease must hold at: now and then a client is cut off from every member the moment a lease
+      // renewal is answered, while the others go on writing (its home object among others).
+      const renew = session.renewLease.bind(session);
+      session.renewLease = (stamp) => {
+        const renewal = renew(stamp);
+        renewal.then((ok) => {
+          if (!ok || !this.faultsOn || this.nowMs >= this.workloadEndMs || !this.prng.chance(0.2)) return;
+          const addresses = Object.values(this.addresses);
+          if (addresses.some((a) => this.clientNet.isCut(name, a))) return;
+          const kept = (segment?.idleReadGrants() ?? []).filter((o) => COUNTERS.includes(o));
+          if (kept.length === 0) return;
+          this.leaseTargets.set(name, this.prng.pick(kept));
+          this.stats.partitions++;
+          for (const address of addresses) this.clientNet.cut(name, address);
+          const durationMs = Math.floor(this.params.sessionTimeoutMs * (1.5 + this.prng.float()));
+          this.log(
+            `partition: ${name} cut off from every member as a lease renewal is answered, for ${durationMs} ms`,
+          );
+          this.world.setTimeout(() => this.heal(), durationMs);
+        });
+        return renewal;
+      };
+    }
     const client = {
       name,
       env: process,
@@ -523,10 +566,13 @@ class RealSimulation {
   }
 
   /** A process's own clock: off true time by an offset and a drift rate drawn for it. */
-  skewed(env: Env): SkewedEnv {
+  skewed(env: Env, role: 'member' | 'client'): SkewedEnv {
     const p = this.params;
     const offsetMs = p.clockOffsetMs > 0 ? Math.floor((this.prng.float() * 2 - 1) * p.clockOffsetMs) : 0;
-    const rate = 1 + (this.prng.float() * 2 - 1) * p.clockDrift;
+    let rate = 1 + (this.prng.float() * 2 - 1) * p.clockDrift;
+    // The lease edge meets the worst clocks the bound allows: clients slow, members fast (the draws above
+    // are made all the same, so the rest of the seed stays as it is).
+    if (this.leaseEdge) rate = role === 'client' ? 0.95 : 1.05;
     return new SkewedEnv(env, offsetMs, rate);
   }
 
@@ -787,6 +833,14 @@ class RealSimulation {
   }
 
   private pickObject(c: SimClient): string {
+    if (this.leaseEdge) {
+      // The lease edge: the others write the object a cut-off client keeps a read grant of.
+      const cut = this.clients.find(
+        (o) => o !== c && Object.values(this.addresses).every((a) => this.clientNet.isCut(o.name, a)),
+      );
+      const target = cut && this.leaseTargets.get(cut.name);
+      if (target && this.prng.chance(0.5)) return target;
+    }
     return this.prng.chance(0.8) ? c.home : this.prng.pick(COUNTERS);
   }
 
@@ -825,7 +879,11 @@ class RealSimulation {
         }
         if (out >= 4) return;
         out++;
-        this.read(c, this.pickObject(c)).finally(() => {
+        // The lease edge: a client cut off from every member re-reads an object it keeps a read grant of,
+        // so its reads go on where the lease alone decides.
+        const cutOff =
+          this.leaseEdge && Object.values(this.addresses).every((a) => this.clientNet.isCut(c.name, a));
+        this.read(c, (cutOff && this.leaseTargets.get(c.name)) || this.pickObject(c)).finally(() => {
           out--;
           if (ended && out === 0) resolve();
         });
@@ -969,6 +1027,7 @@ class RealSimulation {
 
   startFaults(endMs: number): void {
     const p = this.params;
+    this.workloadEndMs = endMs;
     this.startDiskFaults(endMs);
     if (p.strandRate > 0) {
       this.clientNet.onWriteRelease = (client, address) => {
