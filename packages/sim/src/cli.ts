@@ -20,8 +20,8 @@ const { opt, int, fail } = simArgs(
   args,
   mode === 'real'
     ? {
-        usage: `usage: npm run sim -- [--real] --seeds N [--from F] [--seed S] [--broken ${REAL_BROKEN_VARIANTS.join('|')}] [--lease-edge] [--trace] [--verbose]\n       npm run sim -- --both ... (the core simulator, then this one)\n${CORE_SIM_CLI.usage}`,
-        values: ['seeds', 'seed', 'from', 'broken'],
+        usage: `usage: npm run sim -- [--real] --seeds N [--from F] [--seed S] [--broken ${REAL_BROKEN_VARIANTS.join('|')}] [--lease-edge [--edge-drift PERCENT]] [--trace] [--verbose]\n       npm run sim -- --both ... (the core simulator, then this one)\n${CORE_SIM_CLI.usage}`,
+        values: ['seeds', 'seed', 'from', 'broken', 'edge-drift'],
         flags: ['real', 'trace', 'verbose', 'lease-edge'],
       }
     : { ...CORE_SIM_CLI, flags: [...CORE_SIM_CLI.flags, 'core', 'both'] },
@@ -41,6 +41,9 @@ async function runReal(): Promise<number> {
   // A random start by default (printed): every run explores new seeds, and any of them replays.
   const from = int('from', opt('from'), 0) ?? Math.floor(systemEnv.random() * 1_000_000_000);
   const broken = opt('broken');
+  const edgeDrift = int('edge-drift', opt('edge-drift'), 0);
+  if (edgeDrift !== undefined && (edgeDrift > 50 || !args.includes('--lease-edge')))
+    fail('--edge-drift takes a percentage 0..50, with --lease-edge');
   if (broken !== undefined && !REAL_BROKEN_VARIANTS.includes(broken as RealBrokenVariant))
     fail(`unknown --broken ${broken}`);
   const list = seed !== undefined ? [seed] : Array.from({ length: seeds }, (_, i) => from + i);
@@ -57,6 +60,7 @@ async function runReal(): Promise<number> {
       seed: s,
       ...(broken ? { broken: broken as RealBrokenVariant } : {}),
       ...(args.includes('--lease-edge') ? { leaseEdge: true } : {}),
+      ...(edgeDrift !== undefined ? { edgeDrift: edgeDrift / 100 } : {}),
       ...(args.includes('--trace') ? { onTrace: (line: string) => process.stderr.write(`${line}\n`) } : {}),
     });
     simulatedMs += r.stats.simulatedMs;

@@ -69,6 +69,11 @@ export interface RealSimOptions {
    * answered, keeps re-reading an object it keeps a read grant of, and the others write that object.
    */
   leaseEdge?: boolean;
+  /**
+   * At the lease edge, how far clocks run off true time (default 0.05, the bound the lease assumes): above
+   * it the run shows what breaks beyond the bound.
+   */
+  edgeDrift?: number;
   /** Simulated ms of workload under faults (default 8000), before the liveness phase. */
   workloadMs?: number;
   /** Every line of the trace as it is made. */
@@ -572,7 +577,10 @@ class RealSimulation {
     let rate = 1 + (this.prng.float() * 2 - 1) * p.clockDrift;
     // The lease edge meets the worst clocks the bound allows: clients slow, members fast (the draws above
     // are made all the same, so the rest of the seed stays as it is).
-    if (this.leaseEdge) rate = role === 'client' ? 0.95 : 1.05;
+    if (this.leaseEdge) {
+      const drift = this.opts.edgeDrift ?? 0.05;
+      rate = role === 'client' ? 1 - drift : 1 + drift;
+    }
     return new SkewedEnv(env, offsetMs, rate);
   }
 
