@@ -23,7 +23,7 @@
 // Bounded: at most 2 min in all, the loops by count and time; every process started is stopped (by pid)
 // and the temp dir removed at the end, also on an error or Ctrl-C.
 import { execFileSync } from 'node:child_process';
-import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { unlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,6 +32,7 @@ import { fileURLToPath } from 'node:url';
 import { connect } from '@segmem/client';
 import { localCluster } from '../examples/lib/local-server.mjs';
 import { log, parseArgs } from './lib/cli.mjs';
+import { writeDocsSection } from './lib/docs.mjs';
 import {
   addCleanup,
   adoptChild,
@@ -400,16 +401,7 @@ ${revokeNote}
 
 ${markdownTable(revokeColumns, revokeRows)}
 ${SECTION_END}`;
-      const docs = join(ROOT_DIR, 'docs/benchmarks.md');
-      const text = readFileSync(docs, 'utf8');
-      const at = text.indexOf(SECTION_START);
-      const end = text.indexOf(SECTION_END);
-      writeFileSync(
-        docs,
-        at >= 0 && end > at
-          ? text.slice(0, at) + section + text.slice(end + SECTION_END.length)
-          : `${text.trimEnd()}\n\n${section}\n`,
-      );
+      writeDocsSection(SECTION_START, SECTION_END, section);
       log('wrote the "Kept grants (delegations)" section of docs/benchmarks.md');
     }
   } finally {

@@ -22,6 +22,7 @@ import { availableParallelism, cpus, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { log, parseArgs } from '../lib/cli.mjs';
+import { writeDocsSection } from '../lib/docs.mjs';
 import {
   cleanupSync,
   installCleanupHandlers,
@@ -694,15 +695,7 @@ function render({ opts, meta, agg, profile, elapsed }) {
 }
 
 function writeDocs(section, svg) {
-  const docs = join(ROOT_DIR, 'docs/benchmarks.md');
-  const text = readFileSync(docs, 'utf8');
-  const a = text.indexOf(SECTION_START);
-  const b = text.indexOf(SECTION_END);
-  const next =
-    a >= 0 && b > a
-      ? text.slice(0, a) + section + text.slice(b + SECTION_END.length)
-      : `${text.trimEnd()}\n\n${section}\n`;
-  writeFileSync(docs, next);
+  writeDocsSection(SECTION_START, SECTION_END, section);
   mkdirSync(join(ROOT_DIR, 'docs/img'), { recursive: true });
   writeFileSync(join(ROOT_DIR, 'docs/img/peers-throughput.svg'), svg);
 }
