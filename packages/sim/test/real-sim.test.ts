@@ -9,9 +9,15 @@ import { type RealBrokenVariant, runRealSimulation } from '../src/real-sim.js';
  * Runs seeds 1..maxSeed of a broken variant until a checker fails one; a run that stops on an error no
  * checker names (a crash), or that stops making progress (liveness, budget), does not count as caught, and the search goes on.
  */
-async function catches(t: ExecutionContext, broken: RealBrokenVariant, maxSeed: number, checkers: RegExp) {
+async function catches(
+  t: ExecutionContext,
+  broken: RealBrokenVariant,
+  maxSeed: number,
+  checkers: RegExp,
+  fromSeed = 1,
+) {
   let caught: string | undefined;
-  for (let seed = 1; seed <= maxSeed && caught === undefined; seed++) {
+  for (let seed = fromSeed; seed <= maxSeed && caught === undefined; seed++) {
     const r = await runRealSimulation({ seed, broken });
     const line = r.ok ? '' : `seed ${seed}: ${r.failure!.checker}: ${r.failure!.detail.split('\n')[0]}`;
     if (r.ok) continue;
@@ -21,7 +27,7 @@ async function catches(t: ExecutionContext, broken: RealBrokenVariant, maxSeed: 
       t.log(`not counted: ${line}`);
     else caught = line;
   }
-  t.truthy(caught, `caught within seeds 1..${maxSeed}`);
+  t.truthy(caught, `caught within seeds ${fromSeed}..${maxSeed}`);
   t.regex(caught ?? '', checkers);
   t.log(caught);
 }
@@ -46,6 +52,9 @@ test('the checkers catch members that answer before a majority has the command (
     'replyBeforeCommit',
     12,
     /^seed \d+: (countedOnce|readsCommitted|linearizability|statVersions|logAppends):/,
+    // Seeds 1 and 2 end in budget and liveness (its members spin once their logs diverge) after a minute of
+    // CPU between them, which counts for nothing: the search starts at 3.
+    3,
   ));
 
 test('the checkers catch a follower that serves pages at a version it has not applied (broken variant followerReadsUnapplied)', (t) =>
