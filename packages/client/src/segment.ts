@@ -691,7 +691,13 @@ export class SegmentImpl implements Segment {
       // A write release under the kept grant is still out: whether the grant is kept is in its answer.
       if (c.releasing) await c.releasing.catch(() => {});
       const g = c.grant;
-      if (!g || c.revoked || !this.intact(c) || c.version === 0 || c.inflight > 0) return null;
+      if (!g || c.revoked || c.inflight > 0) return null;
+      if (!this.intact(c) || c.version === 0) {
+        // No usable copy under the kept grant: give it back first (same connection, applied before this
+        // acquire), or the servers would take the acquire for a second hold by this session.
+        if (c.grantUsers === 0) this.returnGrant(c);
+        return null;
+      }
       if (mode === 'write' && g.mode === 'read') {
         // Given back on the same connection, so the servers apply it before this acquire.
         if (c.grantUsers === 0) this.returnGrant(c);
