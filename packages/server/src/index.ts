@@ -16,6 +16,7 @@ import {
 import { SegmemNode } from './node/index.js';
 import { RaftNode } from './raft/node.js';
 import { ServerMetrics, serveMetrics } from './shell/metrics.js';
+import { readClusterSecretFile } from './shell/peer-auth.js';
 import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_MAX_CONNECTIONS,
@@ -96,6 +97,12 @@ export interface StartServerOptions {
   join?: boolean;
   /** The cluster id (overrides the config file's; a joining server needs the group's, see segmem cluster list). */
   clusterId?: string;
+  /**
+   * Path of the cluster secret file (`segmem secret new FILE`; mode 0600, at least 16 bytes), overriding the
+   * config file's `clusterSecretFile`. Every member of a replicated group needs the same one: members prove
+   * it to each other before any consensus message. A single server needs none.
+   */
+  clusterSecretFile?: string;
   /**
    * host:port to serve Prometheus metrics (GET /metrics) and health (GET /health) on, over HTTP; overrides
    * the config file's `metrics`. Port 0 picks a free port. None when unset.
@@ -193,8 +200,17 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     }
     parseHostPort(address, `address of peer ${id}`);
   }
+  const secretFile = opts.clusterSecretFile ?? config.clusterSecretFile;
+  if (others.length > 0 && secretFile === undefined) {
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      'a member of a replicated group needs the cluster secret: --cluster-secret-file FILE (create it once with segmem secret new FILE and give every member a copy)',
+    );
+  }
+  const clusterSecret = secretFile === undefined ? undefined : readClusterSecretFile(secretFile);
   const nodeOpts = {
     id: opts.id,
+    ...(clusterSecret ? { clusterSecret } : {}),
     dataDir: opts.dataDir,
     fsync: opts.fsync ? parseFsync(opts.fsync) : config.fsync,
     segmentBytes:

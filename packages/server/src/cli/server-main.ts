@@ -70,7 +70,13 @@ export const SERVER_COMMAND: CommandSpec = {
       name: 'cluster-id',
       value: 'ID',
       help: 'the cluster id a new data directory gets, or an existing one must have',
-      default: 'derived from --peers, or random for one server',
+      default: 'derived from the cluster secret, or random for one server',
+    },
+    {
+      name: 'cluster-secret-file',
+      value: 'FILE',
+      help: 'the secret members prove to each other (segmem secret new FILE); required with --peers',
+      default: "the config file's clusterSecretFile",
     },
     { name: 'join', help: 'start as a server waiting to be added to an existing group (segmem cluster add)' },
     {
@@ -226,6 +232,9 @@ function serverOptions(values: Map<string, string>, flags: Set<string>): StartSe
     ...(flags.has('repair') ? { repair: true } : {}),
     ...(flags.has('join') ? { join: true } : {}),
     ...(values.has('cluster-id') ? { clusterId: values.get('cluster-id')! } : {}),
+    ...(values.has('cluster-secret-file')
+      ? { clusterSecretFile: resolve(values.get('cluster-secret-file')!) }
+      : {}),
     ...(values.has('metrics') ? { metrics: values.get('metrics')! } : {}),
     ...(handshakeTimeoutMs !== undefined ? { handshakeTimeoutMs } : {}),
     ...(maxConnections !== undefined ? { maxConnections } : {}),
