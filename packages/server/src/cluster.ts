@@ -43,6 +43,8 @@ export interface ClusterNodeOptions extends NodeOptions {
    * never campaigns, and waits until a member adds it (`segmem cluster add`).
    */
   join?: boolean;
+  /** The cluster secret was replaced on every member: record its fingerprint in place of the old one. */
+  rotateClusterSecret?: boolean;
   /** @internal The peer links (default: TCP, shell/peers.ts); the simulator passes its own network's. */
   transport?: (opts: PeerTransportOptions) => PeerSender & { close(): void };
   /**
@@ -110,6 +112,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       ? { clusterId: opts.clusterId }
       : { newClusterId: secret ? clusterIdFromSecret(secret) : defaultClusterId(opts.peers) }),
     ...(secret ? { secretFingerprint: secretFingerprint(secret) } : {}),
+    ...(opts.rotateClusterSecret ? { replaceSecretFingerprint: true } : {}),
   });
   const clusterId = dataDir.meta.clusterId;
   let storage: DiskRaftStorage | undefined;

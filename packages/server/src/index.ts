@@ -104,6 +104,11 @@ export interface StartServerOptions {
    */
   clusterSecretFile?: string;
   /**
+   * The cluster secret was replaced (every member stopped, the file replaced on each): record the new
+   * secret's fingerprint in place of the one the data directory holds, instead of refusing it.
+   */
+  rotateClusterSecret?: boolean;
+  /**
    * host:port to serve Prometheus metrics (GET /metrics) and health (GET /health) on, over HTTP; overrides
    * the config file's `metrics`. Port 0 picks a free port. None when unset.
    */
@@ -244,6 +249,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
           peers,
           makeCore: (cfg) => new RaftNode(cfg),
           ...(opts.join ? { join: true } : {}),
+          ...(opts.rotateClusterSecret ? { rotateClusterSecret: true } : {}),
         });
   const node = await opening.catch(async (err: unknown) => {
     await metricsServer?.close();

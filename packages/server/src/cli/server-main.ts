@@ -78,6 +78,10 @@ export const SERVER_COMMAND: CommandSpec = {
       help: 'the secret members prove to each other (segmem secret new FILE); required with --peers',
       default: "the config file's clusterSecretFile",
     },
+    {
+      name: 'rotate-cluster-secret',
+      help: 'accept a cluster secret other than the one this data directory was started with (after replacing it on every member)',
+    },
     { name: 'join', help: 'start as a server waiting to be added to an existing group (segmem cluster add)' },
     {
       name: 'snapshot-every-entries',
@@ -231,6 +235,7 @@ function serverOptions(values: Map<string, string>, flags: Set<string>): StartSe
     ...(consolidatedKeep !== undefined ? { consolidatedKeep } : {}),
     ...(flags.has('repair') ? { repair: true } : {}),
     ...(flags.has('join') ? { join: true } : {}),
+    ...(flags.has('rotate-cluster-secret') ? { rotateClusterSecret: true } : {}),
     ...(values.has('cluster-id') ? { clusterId: values.get('cluster-id')! } : {}),
     ...(values.has('cluster-secret-file')
       ? { clusterSecretFile: resolve(values.get('cluster-secret-file')!) }

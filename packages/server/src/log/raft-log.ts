@@ -323,7 +323,11 @@ export class RaftLog implements NodeLog {
             .filter((id) => id !== core.id)
             .map((id) => ({ id, matchIndex: core.progress(id)?.match ?? 0 }))
         : [],
-      peerLinks: { sentBytes: this.peers.sentBytes ?? 0, droppedMessages: this.peers.droppedMessages ?? 0 },
+      peerLinks: {
+        sentBytes: this.peers.sentBytes ?? 0,
+        droppedMessages: this.peers.droppedMessages ?? 0,
+        authFailures: this.peers.authFailures ?? 0,
+      },
       ...walStats(this.storage.wal, this.failure),
     };
   }

@@ -226,7 +226,8 @@ export class ServerMetrics implements MetricsSink {
             ['server_limit', r?.serverLimit ?? 0],
             ['address_limit', r?.addressLimit ?? 0],
             ['handshake_timeout', r?.handshakeTimeout ?? 0],
-            ['peer_auth', r?.peerAuth ?? 0],
+            // Both ends: peers whose proof this member refused, and peers it dialled that had no proof.
+            ['peer_auth', (r?.peerAuth ?? 0) + (this.view()?.log.peerLinks.authFailures ?? 0)],
           ];
         },
       },

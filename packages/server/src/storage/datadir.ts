@@ -52,6 +52,8 @@ export interface DataDirOptions {
    * member started with another secret is refused).
    */
   secretFingerprint?: string;
+  /** Record `secretFingerprint` in place of another one the meta holds (the secret was rotated). */
+  replaceSecretFingerprint?: boolean;
   pageBytes: number;
   segmentBytes: number;
   /** Create and initialise the directory if it is missing or uninitialised (default true). */
@@ -352,14 +354,14 @@ async function loadOrCreateMeta(
     }
   }
   if (opts.secretFingerprint !== undefined && meta.secretFingerprint !== opts.secretFingerprint) {
-    if (meta.secretFingerprint !== undefined) {
+    if (meta.secretFingerprint !== undefined && !opts.replaceSecretFingerprint) {
       throw new SegmemError(
         'INVALID_ARGUMENT',
-        `data directory ${dir} was started with another cluster secret (its fingerprint differs); give this member the group's secret file`,
+        `data directory ${dir} was started with another cluster secret (its fingerprint differs); give this member the group's secret file, or --rotate-cluster-secret after replacing it on every member`,
         { dir },
       );
     }
-    // The first start with a secret: remember which one.
+    // The first start with a secret, or a rotated one: remember which.
     meta.secretFingerprint = opts.secretFingerprint;
     await writeFileAtomic(fs, path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
   }
