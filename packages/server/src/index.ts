@@ -56,6 +56,7 @@ export type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
  *   listen: '127.0.0.1:7401',
  *   dataDir: './data/s1',
  *   peers: { s1: '127.0.0.1:7401', s2: '127.0.0.1:7402', s3: '127.0.0.1:7403' },
+ *   clusterSecretFile: './cluster-secret', // the same file on every member (segmem secret new)
  *   fsync: 'batch',
  * };
  * ```

@@ -90,9 +90,9 @@ const HEX_32 = /^[0-9a-f]{64}$/;
 
 /** A 32-byte nonce or proof, carried as lowercase hex. */
 function hex32(value: unknown, field: string): Buffer {
-  const s = stringField(value, field, 64, 64);
-  if (!HEX_32.test(s)) throw invalidArgument(`${field} must be 32 bytes as lowercase hex`);
-  return Buffer.from(s, 'hex');
+  if (typeof value !== 'string' || !HEX_32.test(value))
+    throw invalidArgument(`${field} must be 32 bytes as 64 lowercase hex digits`, { field });
+  return Buffer.from(value, 'hex');
 }
 
 export function encodePeerHello(hello: PeerHello): Buffer[] {
