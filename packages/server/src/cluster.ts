@@ -194,7 +194,9 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     }
     peers.setMembers(core.members);
     node.peerHandler = (msg) => raftLog!.receive(msg);
-    node.peerIsMember = (id) => core.members.includes(id);
+    // Known: a member in this member's view, or named by its member list (--peers, learned addresses). A
+    // member that missed an `add` while down must still hear from the added one, which may lead by then.
+    node.peerIsMember = (id) => core.members.includes(id) || peers.addressOf(id) !== undefined;
     node.raftStatus = () => ({
       role: core.role,
       leader: core.leader,

@@ -366,7 +366,7 @@ export class SegmemNode {
 
   /** Receives consensus messages from peers (cluster mode only). */
   peerHandler: ((msg: Message) => void) | null = null;
-  /** Whether `id` is a member of the group now (cluster mode only): a peer that is not gets refused. */
+  /** Whether `id` is a member this one knows of (cluster mode only): a peer that is not gets refused. */
   peerIsMember: ((id: string) => boolean) | null = null;
 
   /** The cluster secret members prove to each other (shell/peer-auth.ts); null only in the simulator. */
@@ -404,7 +404,10 @@ export class SegmemNode {
       throw new SegmemError('UNAUTHORIZED', `peer ${hello.from} dialled ${hello.to}, but this is ${this.id}`);
     const isMember = this.peerIsMember;
     if (isMember && !isMember(hello.from))
-      throw new SegmemError('UNAUTHORIZED', `peer ${hello.from} is not a member of this group`);
+      throw new SegmemError(
+        'UNAUTHORIZED',
+        `peer ${hello.from} is not a member of this group that ${this.id} knows`,
+      );
     const handler = this.peerHandler;
     return (msg) => {
       // The link speaks for the one member that authenticated on it, to this member only.
@@ -413,7 +416,7 @@ export class SegmemNode {
           'PROTOCOL',
           `a message from ${msg.from} to ${msg.to} on the link of peer ${hello.from} to ${this.id}`,
         );
-      // Removed since the link opened: its messages are dropped (the membership may also lag a moment).
+      // Forgotten since the link opened: its messages are dropped.
       if (isMember && !isMember(msg.from)) return;
       handler(msg);
     };
