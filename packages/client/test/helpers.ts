@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { createClusterSecretFile } from '@segmem/server/internal/shell/peer-auth';
+import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
 import type { ExecutionContext } from 'ava';
 import { connect, type Segment } from '../src/index.js';
 

@@ -8,13 +8,8 @@ import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { decodeError, type Frame, FrameDecoder, MessageType } from '@segmem/protocol';
 import { defaultClusterId } from '@segmem/server/internal/cluster';
-import {
-  createClusterSecretFile,
-  newNonce,
-  type PeerHandshake,
-  peerProof,
-  readClusterSecretFile,
-} from '@segmem/server/internal/shell/peer-auth';
+import { createClusterSecretFile, readClusterSecretFile } from '@segmem/server/internal/secret-file';
+import { newNonce, type PeerHandshake, peerProof } from '@segmem/server/internal/shell/peer-auth';
 import {
   decodePeerChallenge,
   encodePeerHello,

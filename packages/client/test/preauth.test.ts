@@ -20,7 +20,7 @@ import {
   type Request,
   SegmemError,
 } from '@segmem/protocol';
-import { createClusterSecretFile } from '@segmem/server/internal/shell/peer-auth';
+import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
 import test from 'ava';
 import { connect } from '../src/index.js';
 import {

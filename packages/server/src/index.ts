@@ -15,8 +15,8 @@ import {
 } from './config.js';
 import { SegmemNode } from './node/index.js';
 import { RaftNode } from './raft/node.js';
+import { readClusterSecretFile } from './secret-file.js';
 import { ServerMetrics, serveMetrics } from './shell/metrics.js';
-import { readClusterSecretFile } from './shell/peer-auth.js';
 import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_MAX_CONNECTIONS,

@@ -19,7 +19,8 @@ import {
 } from '@segmem/protocol';
 import test from 'ava';
 import { startServer } from '../src/index.js';
-import { createClusterSecretFile, newNonce } from '../src/shell/peer-auth.js';
+import { createClusterSecretFile } from '../src/secret-file.js';
+import { newNonce } from '../src/shell/peer-auth.js';
 import { encodePeerHello, encodePeerProof, PeerMessageType } from '../src/shell/peer-codec.js';
 
 function writeRelease(

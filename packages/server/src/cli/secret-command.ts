@@ -1,5 +1,6 @@
 /** `segmem secret new FILE`: the cluster secret members of a replicated group prove to each other. */
-import { createClusterSecretFile, readClusterSecretFile, secretFingerprint } from '../shell/peer-auth.js';
+import { createClusterSecretFile, readClusterSecretFile } from '../secret-file.js';
+import { secretFingerprint } from '../shell/peer-auth.js';
 import { parseCount } from './args.js';
 import { type Command, out } from './common.js';
 

@@ -5,7 +5,7 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { SegmemError } from '@segmem/protocol';
-import { createClusterSecretFile } from '../shell/peer-auth.js';
+import { createClusterSecretFile } from '../secret-file.js';
 import { parseCount } from './args.js';
 import { type Command, out } from './common.js';
 
