@@ -3,7 +3,7 @@
  * secret cannot move a member's term, install a snapshot or force an election. Real server processes,
  * raw sockets speaking the peer protocol as an attacker would.
  */
-import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { decodeError, type Frame, FrameDecoder, MessageType } from '@segmem/protocol';
@@ -24,6 +24,7 @@ import {
   converged,
   freePort,
   runNode,
+  segmemBin,
   serverBin,
   startServerProcess,
   TestCluster,
@@ -374,6 +375,28 @@ test('a member refuses to start without a secret, with one others may read, or w
     });
     t.is(await rotated.stop(), 0);
     await refuses(['--cluster-secret-file', first], /was started with another cluster secret/);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('segmem secret new writes 32 random bytes as hex with mode 0600, and never overwrites a file', async (t) => {
+  const dir = tempDir();
+  try {
+    const file = join(dir.path, 'cluster-secret');
+    const made = await runNode(segmemBin, ['secret', 'new', file]).done;
+    t.is(made.code, 0, made.stderr);
+    t.regex(made.stdout, /^created .*cluster-secret \(fingerprint [0-9a-f]{16}\)\n$/);
+    t.is(statSync(file).mode & 0o777, 0o600);
+    const text = readFileSync(file, 'utf8');
+    t.regex(text, /^[0-9a-f]{64}\n$/);
+    const again = await runNode(segmemBin, ['secret', 'new', file]).done;
+    t.is(again.code, 1);
+    t.regex(again.stderr, /^segmem: .*already exists; a secret is never overwritten.*\(ALREADY_EXISTS\)\n$/);
+    t.is(readFileSync(file, 'utf8'), text, 'the secret is unchanged');
+    const short = await runNode(segmemBin, ['secret', 'new', join(dir.path, 'short'), '--bytes', '8']).done;
+    t.is(short.code, 1);
+    t.regex(short.stderr, /--bytes must be an integer 16\.\.1024/);
   } finally {
     dir.cleanup();
   }
