@@ -1,7 +1,7 @@
 // Starts one segmem-server process on 127.0.0.1 with its data in a temporary directory, for the
 // examples. Uses SEGMEM_SERVERS instead when it is set (an existing cluster).
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -12,6 +12,7 @@ const serverBin = join(
   dirname(fileURLToPath(import.meta.url)),
   '../../packages/server/bin/segmem-server.mjs',
 );
+const segmemBin = join(dirname(serverBin), 'segmem.mjs');
 
 export async function localServer() {
   if (process.env.SEGMEM_SERVERS) return { servers: process.env.SEGMEM_SERVERS, stop: async () => {} };
@@ -76,6 +77,12 @@ export async function localCluster(size, { fsync = 'batch', dir: baseDir, nodeAr
   const addresses = [];
   for (let i = 0; i < size; i++) addresses.push(`127.0.0.1:${await freePort()}`);
   const peers = ids.map((id, i) => `${id}=${addresses[i]}`).join(',');
+  // The members of a group prove one secret to each other: created once, beside their data.
+  const secretFile = join(dir, 'cluster-secret');
+  if (size > 1 && !existsSync(secretFile)) {
+    mkdirSync(dir, { recursive: true });
+    execFileSync(process.execPath, [segmemBin, 'secret', 'new', secretFile], { stdio: 'ignore' });
+  }
   const members = new Map();
   const start = (id) => {
     const i = ids.indexOf(id);
@@ -85,7 +92,7 @@ export async function localCluster(size, { fsync = 'batch', dir: baseDir, nodeAr
         ...nodeArgs,
         serverBin,
         ...['--id', id, '--listen', addresses[i], '--data', join(dir, id), '--fsync', fsync],
-        ...(size > 1 ? ['--peers', peers] : []),
+        ...(size > 1 ? ['--peers', peers, '--cluster-secret-file', secretFile] : []),
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );

@@ -97,7 +97,7 @@ test('segmem snapshot --out, --inspect and restore round-trip a cluster and a si
           id: `s${i + 1}`,
           dataDir: d,
           listen: `127.0.0.1:${ports[i]}`,
-          extra: ['--peers', peers, '--cluster-id', clusterId],
+          extra: ['--peers', peers, '--cluster-id', clusterId, '--cluster-secret-file', cluster.secretFile],
         }),
       ),
     );

@@ -1,10 +1,11 @@
 /** Test helpers: temp dirs, real server processes, child clients, and bounded waits. */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
 import type { ExecutionContext } from 'ava';
 import { connect, type Segment } from '../src/index.js';
 
@@ -239,6 +240,8 @@ export class TestCluster {
     members: ClusterMember[],
     private readonly fsync: string,
     private readonly extra: (id: string) => string[],
+    /** The cluster secret every member is started with (mode 0600, in the cluster's root). */
+    readonly secretFile: string,
   ) {
     this.members = members;
     this.peers = members.map((m) => `${m.id}=${m.address}`).join(',');
@@ -260,7 +263,11 @@ export class TestCluster {
         server: null,
       });
     }
-    const cluster = new TestCluster(members, fsync, extra);
+    // A cluster started again in the same root (a restart test) keeps the secret its members recorded.
+    const secretFile = join(root, 'cluster-secret');
+    mkdirSync(root, { recursive: true });
+    if (!existsSync(secretFile)) createClusterSecretFile(secretFile);
+    const cluster = new TestCluster(members, fsync, extra, secretFile);
     await Promise.all(members.map((m) => cluster.startMember(m.id)));
     return cluster;
   }
@@ -282,7 +289,7 @@ export class TestCluster {
       dataDir: m.dataDir,
       listen: m.address,
       fsync: this.fsync,
-      extra: ['--peers', this.peers, ...this.extra(id)],
+      extra: ['--peers', this.peers, '--cluster-secret-file', this.secretFile, ...this.extra(id)],
     });
     this.started.push({ id, server: m.server });
   }
@@ -303,7 +310,15 @@ export class TestCluster {
       id,
       listen: address,
       dataDir: member.dataDir,
-      extra: ['--peers', `${this.peers},${id}=${address}`, '--join', '--cluster-id', clusterId],
+      extra: [
+        '--peers',
+        `${this.peers},${id}=${address}`,
+        '--join',
+        '--cluster-id',
+        clusterId,
+        '--cluster-secret-file',
+        this.secretFile,
+      ],
     });
     this.members.push(member);
     this.started.push({ id, server: member.server });

@@ -20,6 +20,7 @@ import {
   type Request,
   SegmemError,
 } from '@segmem/protocol';
+import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
 import test from 'ava';
 import { connect } from '../src/index.js';
 import {
@@ -383,7 +384,16 @@ test('a follower checks the token before it names the leader', async (t) => {
   const servers: Record<string, string> = {};
   for (const id of ids) servers[id] = `127.0.0.1:${await freePort()}`;
   const config = join(dir.path, 'segmem.json');
-  writeFileSync(config, JSON.stringify({ token: 's3cret', servers, dataDir: join(dir.path, '{id}') }));
+  createClusterSecretFile(join(dir.path, 'cluster-secret'));
+  writeFileSync(
+    config,
+    JSON.stringify({
+      token: 's3cret',
+      clusterSecretFile: 'cluster-secret',
+      servers,
+      dataDir: join(dir.path, '{id}'),
+    }),
+  );
   const procs = await Promise.all(
     ids.map((id) =>
       startServerProcess({

@@ -10,6 +10,7 @@ import { StateMachine } from './core/state-machine.js';
 import { type PeerSender, type RaftCore, RaftLog } from './log/raft-log.js';
 import { type NodeOptions, SegmemNode } from './node/index.js';
 import type { NodeId, RaftStorage } from './raft/types.js';
+import { clusterIdFromSecret, secretFingerprint } from './shell/peer-auth.js';
 import { PeerTransport } from './shell/peers.js';
 import { timedWalIo } from './stats.js';
 import { DataDir } from './storage/datadir.js';
@@ -42,6 +43,8 @@ export interface ClusterNodeOptions extends NodeOptions {
    * never campaigns, and waits until a member adds it (`segmem cluster add`).
    */
   join?: boolean;
+  /** The cluster secret was replaced on every member: record its fingerprint in place of the old one. */
+  rotateClusterSecret?: boolean;
   /** @internal The peer links (default: TCP, shell/peers.ts); the simulator passes its own network's. */
   transport?: (opts: PeerTransportOptions) => PeerSender & { close(): void };
   /**
@@ -58,13 +61,30 @@ export interface PeerTransportOptions {
   addresses: Record<NodeId, string>;
   token: string | null;
   env: Env;
+  /** The cluster secret both ends of a peer link prove (shell/peer-auth.ts); null only in the simulator. */
+  secret?: Buffer | null;
+  /** Where a link reports why a peer refused it or failed its proof. */
+  log?: (line: string) => void;
 }
 
 function tcpTransport(opts: PeerTransportOptions): PeerTransport {
-  return new PeerTransport(opts.self, opts.clusterId, opts.addresses, [], opts.token, opts.env);
+  return new PeerTransport(
+    opts.self,
+    opts.clusterId,
+    opts.addresses,
+    [],
+    opts.token,
+    opts.env,
+    opts.secret ?? null,
+    opts.log,
+  );
 }
 
-/** A cluster id every member derives alike when the operator gives none: a digest of the member list. */
+/**
+ * The cluster id members derived alike from the member list before cluster secrets existed; data
+ * directories made then keep it (their meta records it). Anyone who knows the addresses can compute it,
+ * so it is no credential; with a secret a new group's id comes from the secret (clusterIdFromSecret).
+ */
 export function defaultClusterId(peers: Record<NodeId, string>): string {
   const members = Object.keys(peers)
     .sort()
@@ -78,16 +98,23 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     throw new SegmemError('INVALID_ARGUMENT', `--peers must list this server (${opts.id})`);
   const segmentBytes = parseSegmentBytes(opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES);
   const env = opts.env ?? systemEnv;
-  const clusterId = opts.clusterId ?? defaultClusterId(opts.peers);
+  const secret = opts.clusterSecret ?? null;
   const fs = opts.fs ?? nodeFs;
+  // An id given is insisted on; else a new directory takes one derived from the secret and an existing
+  // one keeps what its meta records (a group made before secrets keeps its address-derived id).
   const dataDir = await DataDir.open({
     fs,
     dir: opts.dataDir,
     serverId: opts.id,
     pageBytes: PAGE_BYTES,
     segmentBytes,
-    clusterId,
+    ...(opts.clusterId !== undefined
+      ? { clusterId: opts.clusterId }
+      : { newClusterId: secret ? clusterIdFromSecret(secret) : defaultClusterId(opts.peers) }),
+    ...(secret ? { secretFingerprint: secretFingerprint(secret) } : {}),
+    ...(opts.rotateClusterSecret ? { replaceSecretFingerprint: true } : {}),
   });
+  const clusterId = dataDir.meta.clusterId;
   let storage: DiskRaftStorage | undefined;
   try {
     storage = await DiskRaftStorage.open({
@@ -124,6 +151,8 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       addresses: { ...learned, ...opts.peers },
       token: opts.token ?? null,
       env,
+      secret,
+      ...(opts.log ? { log: opts.log } : {}),
     });
     let saving = Promise.resolve();
     const remember = (id: string, address: string) => {
@@ -165,6 +194,9 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     }
     peers.setMembers(core.members);
     node.peerHandler = (msg) => raftLog!.receive(msg);
+    // Known: a member in this member's view, or named by its member list (--peers, learned addresses). A
+    // member that missed an `add` while down must still hear from the added one, which may lead by then.
+    node.peerIsMember = (id) => core.members.includes(id) || peers.addressOf(id) !== undefined;
     node.raftStatus = () => ({
       role: core.role,
       leader: core.leader,

@@ -3,6 +3,7 @@
  * (seed 003): one JSON file naming the cluster's servers, page size, segment size and policies.
  */
 import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import {
   DEFAULT_SEGMENT_BYTES,
   MAX_SEGMENT_BYTES,
@@ -23,6 +24,8 @@ export interface ServerConfig {
   fsync: FsyncPolicy;
   /** Credential clients present in HELLO. */
   token?: string;
+  /** Path of the cluster secret members prove to each other (every member of a group needs it). */
+  clusterSecretFile?: string;
   /** Server id -> host:port. */
   servers: Record<string, string>;
   /** Data directory per server; `{id}` is replaced by the server id. */
@@ -118,6 +121,7 @@ export function loadConfigFile(path: string): ServerConfig {
     'segmentBytes',
     'fsync',
     'token',
+    'clusterSecretFile',
     'servers',
     'dataDir',
     'snapshotEveryEntries',
@@ -153,6 +157,12 @@ export function loadConfigFile(path: string): ServerConfig {
   if (c.token !== undefined) {
     if (typeof c.token !== 'string') throw bad('token must be a string');
     config.token = c.token;
+  }
+  if (c.clusterSecretFile !== undefined) {
+    if (typeof c.clusterSecretFile !== 'string' || c.clusterSecretFile.length === 0)
+      throw bad('clusterSecretFile must be a non-empty path');
+    // A relative path starts at the config file's directory: the two are distributed together.
+    config.clusterSecretFile = resolve(dirname(path), c.clusterSecretFile);
   }
   if (c.dataDir !== undefined) {
     if (typeof c.dataDir !== 'string' || c.dataDir.length === 0)

@@ -15,6 +15,7 @@ import {
 } from './config.js';
 import { SegmemNode } from './node/index.js';
 import { RaftNode } from './raft/node.js';
+import { readClusterSecretFile } from './secret-file.js';
 import { ServerMetrics, serveMetrics } from './shell/metrics.js';
 import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
@@ -55,6 +56,7 @@ export type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
  *   listen: '127.0.0.1:7401',
  *   dataDir: './data/s1',
  *   peers: { s1: '127.0.0.1:7401', s2: '127.0.0.1:7402', s3: '127.0.0.1:7403' },
+ *   clusterSecretFile: './cluster-secret', // the same file on every member (segmem secret new)
  *   fsync: 'batch',
  * };
  * ```
@@ -96,6 +98,17 @@ export interface StartServerOptions {
   join?: boolean;
   /** The cluster id (overrides the config file's; a joining server needs the group's, see segmem cluster list). */
   clusterId?: string;
+  /**
+   * Path of the cluster secret file (`segmem secret new FILE`; mode 0600, at least 16 bytes), overriding the
+   * config file's `clusterSecretFile`. Every member of a replicated group needs the same one: members prove
+   * it to each other before any consensus message. A single server needs none.
+   */
+  clusterSecretFile?: string;
+  /**
+   * The cluster secret was replaced (every member stopped, the file replaced on each): record the new
+   * secret's fingerprint in place of the one the data directory holds, instead of refusing it.
+   */
+  rotateClusterSecret?: boolean;
   /**
    * host:port to serve Prometheus metrics (GET /metrics) and health (GET /health) on, over HTTP; overrides
    * the config file's `metrics`. Port 0 picks a free port. None when unset.
@@ -193,8 +206,17 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     }
     parseHostPort(address, `address of peer ${id}`);
   }
+  const secretFile = opts.clusterSecretFile ?? config.clusterSecretFile;
+  if (others.length > 0 && secretFile === undefined) {
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      'a member of a replicated group needs the cluster secret: --cluster-secret-file FILE (create it once with segmem secret new FILE and give every member a copy)',
+    );
+  }
+  const clusterSecret = secretFile === undefined ? undefined : readClusterSecretFile(secretFile);
   const nodeOpts = {
     id: opts.id,
+    ...(clusterSecret ? { clusterSecret } : {}),
     dataDir: opts.dataDir,
     fsync: opts.fsync ? parseFsync(opts.fsync) : config.fsync,
     segmentBytes:
@@ -228,6 +250,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
           peers,
           makeCore: (cfg) => new RaftNode(cfg),
           ...(opts.join ? { join: true } : {}),
+          ...(opts.rotateClusterSecret ? { rotateClusterSecret: true } : {}),
         });
   const node = await opening.catch(async (err: unknown) => {
     await metricsServer?.close();

@@ -68,7 +68,7 @@ export interface LogStats {
   /** A leader's view of each other member: the highest log index known to be replicated on it. */
   peers: { id: NodeId; matchIndex: number }[];
   /** Bytes this member sent to the others on its peer links, and Raft messages dropped there (link down or backed up). */
-  peerLinks: { sentBytes: number; droppedMessages: number };
+  peerLinks: { sentBytes: number; droppedMessages: number; authFailures?: number };
   wal: { appends: number; bytes: number; syncs: number; firstIndex: number; lastIndex: number };
   problem: LogProblem | null;
 }

@@ -5,9 +5,15 @@
 import { FrameDecoder } from '@segmem/protocol';
 import test from 'ava';
 import type { Message } from '../src/raft/types.js';
+import { checkPeerProof, newNonce, type PeerHandshake, peerProof } from '../src/shell/peer-auth.js';
 import {
+  decodePeerChallenge,
+  decodePeerHello,
   decodeRaftMessage,
+  encodePeerChallenge,
+  encodePeerHello,
   encodeRaftMessage,
+  MAX_PEER_TERM,
   PeerMessageType,
   SNAPSHOT_PIECE_BYTES,
   SnapshotPieces,
@@ -75,4 +81,63 @@ test('snapshot pieces out of order, missing, or announced without pieces are ref
   t.throws(() => decodeRaftMessage(frames[4]!), { message: /in pieces where none are expected/ });
   // A restart of the sequence (the leader sent the snapshot again) replaces what came before.
   t.notThrows(() => run([0, 1, 0, 1, 2, 3, 4]));
+});
+
+test('terms and indexes above 2^48 are refused at the boundary, not handed to the core', (t) => {
+  const ok = receive(
+    encodeRaftMessage({ type: 'heartbeat', from: 's1', to: 's2', term: MAX_PEER_TERM, commit: 5 }),
+  );
+  t.is(ok[0]!.term, MAX_PEER_TERM);
+  for (const m of [
+    { type: 'heartbeat', from: 's1', to: 's2', term: MAX_PEER_TERM + 1 },
+    { type: 'heartbeat', from: 's1', to: 's2', term: Number.MAX_SAFE_INTEGER },
+    { type: 'append', from: 's1', to: 's2', term: 1, logIndex: 2 ** 50 },
+    { type: 'appendResp', from: 's1', to: 's2', term: 1, hintTerm: 2 ** 49 },
+    {
+      type: 'snapshot',
+      from: 's1',
+      to: 's2',
+      term: 1,
+      snapshot: { meta: { index: 2 ** 52, term: 1, members: ['s1'] }, data: Buffer.alloc(1) },
+    },
+  ] as Message[]) {
+    t.throws(() => receive(encodeRaftMessage(m)), { code: 'INVALID_ARGUMENT' }, JSON.stringify(m));
+  }
+});
+
+test('the handshake frames round-trip; a proof holds only for its role, nonces, ids, cluster and secret', (t) => {
+  const nonce = newNonce();
+  const frames = new FrameDecoder().push(
+    Buffer.concat(encodePeerHello({ clusterId: 'c', from: 's1', to: 's2', token: null, nonce })),
+  );
+  t.deepEqual(decodePeerHello(frames[0]!).nonce, nonce);
+  const secret = Buffer.alloc(32, 7);
+  const h: PeerHandshake = {
+    clusterId: 'c',
+    dialer: 's1',
+    acceptor: 's2',
+    dialerNonce: nonce,
+    acceptorNonce: newNonce(),
+  };
+  const proof = peerProof(secret, 'acceptor', h);
+  const [challenge] = new FrameDecoder().push(
+    Buffer.concat(encodePeerChallenge({ nonce: h.acceptorNonce, proof })),
+  );
+  t.deepEqual(decodePeerChallenge(challenge!), { nonce: h.acceptorNonce, proof });
+  t.true(checkPeerProof(secret, 'acceptor', h, proof));
+  t.false(checkPeerProof(secret, 'dialer', h, proof), 'not as the other role');
+  t.false(checkPeerProof(Buffer.alloc(32, 8), 'acceptor', h, proof), 'not under another secret');
+  t.false(
+    checkPeerProof(secret, 'acceptor', { ...h, acceptorNonce: newNonce() }, proof),
+    'not with another nonce',
+  );
+  t.false(checkPeerProof(secret, 'acceptor', { ...h, dialer: 's3' }, proof), 'not for another peer');
+  t.false(checkPeerProof(secret, 'acceptor', { ...h, clusterId: 'd' }, proof), 'not in another cluster');
+  t.false(checkPeerProof(secret, 'acceptor', h, proof.subarray(1)), 'a short proof');
+  const [bad] = new FrameDecoder().push(
+    Buffer.concat(
+      encodePeerHello({ clusterId: 'c', from: 's1', to: 's2', token: null, nonce: Buffer.alloc(31) }),
+    ),
+  );
+  t.throws(() => decodePeerHello(bad!), { code: 'INVALID_ARGUMENT', message: /nonce must be 32 bytes/ });
 });

@@ -637,6 +637,26 @@ test('leadership transfer: the target is caught up, then campaigns at once, skip
   t.deepEqual(c.appliedData('n1'), ['e0', 'e1', 'e2', 'after']);
 });
 
+test('timeoutNow is honoured only from the leader this member follows, in its term', (t) => {
+  const c = new Cluster(ids(3));
+  c.campaign('n1');
+  c.stabilize();
+  const n2 = c.get('n2');
+  const term = n2.term;
+  // From a member that does not lead, from the leader in a later term, and from a stranger.
+  for (const m of [
+    { from: 'n3', term },
+    { from: 'n1', term: term + 5 },
+    { from: 'n9', term },
+  ]) {
+    n2.step({ type: 'timeoutNow', to: 'n2', ...m });
+    t.is(n2.role, 'follower');
+    t.is(n2.term, term, `no new term after a timeoutNow from ${m.from} in term ${m.term}`);
+    t.false(n2.hasReady() && n2.ready().messages.some((x) => x.type === 'vote'), 'no campaign');
+  }
+  t.is(c.get('n1').role, 'leader');
+});
+
 test('leadership transfer: abandoned after an election timeout when the target is unreachable', (t) => {
   const c = new Cluster(ids(3));
   c.campaign('n1');

@@ -19,7 +19,9 @@ import {
 } from '@segmem/protocol';
 import test from 'ava';
 import { startServer } from '../src/index.js';
-import { encodePeerHello } from '../src/shell/peer-codec.js';
+import { createClusterSecretFile } from '../src/secret-file.js';
+import { newNonce } from '../src/shell/peer-auth.js';
+import { encodePeerHello, encodePeerProof, PeerMessageType } from '../src/shell/peer-codec.js';
 
 function writeRelease(
   seq: number,
@@ -309,7 +311,7 @@ test('random bytes never crash the server (bounded fuzz)', async (t) => {
   t.like(await keeper.call({ type: 'LIST', prefix: '' }), { objects: [] });
 });
 
-test('with a token set, cluster members present it to each other, and a peer without it is refused', async (t) => {
+test('members of a token-protected cluster prove the cluster secret to each other; a peer without it is refused, token or not', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'segmem-wire-'));
   const ports: number[] = [];
   for (let i = 0; i < 3; i++) {
@@ -325,7 +327,11 @@ test('with a token set, cluster members present it to each other, and a peer wit
   }
   const servers = Object.fromEntries(ports.map((p, i) => [`s${i + 1}`, `127.0.0.1:${p}`]));
   const config = join(dir, 'segmem.json');
-  writeFileSync(config, JSON.stringify({ clusterId: 'guarded', token: 's3cret', servers }));
+  createClusterSecretFile(join(dir, 'cluster-secret'));
+  writeFileSync(
+    config,
+    JSON.stringify({ clusterId: 'guarded', token: 's3cret', clusterSecretFile: 'cluster-secret', servers }),
+  );
   const members = await Promise.all(
     Object.entries(servers).map(([id, listen]) =>
       startServer({ id, listen, dataDir: join(dir, id), config, fsync: 'none' }),
@@ -351,22 +357,32 @@ test('with a token set, cluster members present it to each other, and a peer wit
       if (!created) await new Promise((r) => setTimeout(r, 50));
     }
     t.true(created, 'a write committed on the token-protected cluster');
-    // A peer link without the token, or with a wrong one, gets UNAUTHORIZED and a closed connection.
-    for (const token of [null, 'wrong']) {
-      const intruder = await RawClient.open(servers.s1!);
-      for (const p of encodePeerHello({
-        clusterId: 'guarded',
-        from: 's9',
-        to: 's1',
-        token,
-      }))
-        intruder.socket.write(p);
-      const f = await intruder.next();
-      t.is(f?.type, MessageType.ERROR);
-      t.is(decodeError(f!).code, 'UNAUTHORIZED');
-      t.regex(decodeError(f!).message, /peer s9: bad or missing token/);
-      await intruder.untilClosed();
-    }
+    // Posing as member s2: without a nonce (the token does not stand in for the secret), and with one but
+    // a made-up proof. Each gets UNAUTHORIZED and a closed connection.
+    const noNonce = await RawClient.open(servers.s1!);
+    for (const p of encodePeerHello({ clusterId: 'guarded', from: 's2', to: 's1', token: 's3cret' }))
+      noNonce.socket.write(p);
+    const f = await noNonce.next();
+    t.is(f?.type, MessageType.ERROR);
+    t.is(decodeError(f!).code, 'UNAUTHORIZED');
+    t.regex(decodeError(f!).message, /peer s2: no nonce/);
+    await noNonce.untilClosed();
+    const guesser = await RawClient.open(servers.s1!);
+    for (const p of encodePeerHello({
+      clusterId: 'guarded',
+      from: 's2',
+      to: 's1',
+      token: null,
+      nonce: newNonce(),
+    }))
+      guesser.socket.write(p);
+    t.is((await guesser.next())?.type, PeerMessageType.PEER_CHALLENGE);
+    for (const p of encodePeerProof(newNonce())) guesser.socket.write(p);
+    const refused = await guesser.next();
+    t.is(refused?.type, MessageType.ERROR);
+    t.is(decodeError(refused!).code, 'UNAUTHORIZED');
+    t.regex(decodeError(refused!).message, /peer s2: its proof of the cluster secret does not match/);
+    await guesser.untilClosed();
   } finally {
     for (const m of members) await m.close();
     rmSync(dir, { recursive: true, force: true });

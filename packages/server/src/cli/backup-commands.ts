@@ -203,7 +203,7 @@ export const restore: Command = {
     const c = r.snapshot.content;
     let text = `restored ${counted(c.objects.length, 'object')} and ${counted(c.logs.length, 'shared log')} into ${dirs.length} data director${dirs.length === 1 ? 'y' : 'ies'} (cluster ${r.clusterId}, servers ${r.ids.join(', ')})\n`;
     if (dirs.length > 1) {
-      text += `start each member with --id ID --data DIR --peers ${r.ids.map((id) => `${id}=HOST:PORT`).join(',')} --cluster-id ${r.clusterId}\n`;
+      text += `start each member with --id ID --data DIR --peers ${r.ids.map((id) => `${id}=HOST:PORT`).join(',')} --cluster-id ${r.clusterId} --cluster-secret-file FILE (segmem secret new FILE; one for all)\n`;
     }
     await out(text);
     return 0;

@@ -11,6 +11,7 @@ import { clusterAdd, clusterList, clusterRemove, status } from './cluster-comman
 import { type Command, describe, versionLine } from './common.js';
 import { create, get, ls, put, rm, stat } from './data-commands.js';
 import { logInfo, logTail } from './log-commands.js';
+import { secretNew } from './secret-command.js';
 import { up } from './up.js';
 import { watch } from './watch-command.js';
 
@@ -30,12 +31,13 @@ export const COMMANDS: Command[] = [
   clusterList,
   clusterAdd,
   clusterRemove,
+  secretNew,
   snapshot,
   restore,
 ];
 
 /** Words that only group subcommands (`segmem cluster` alone lists its subcommands). */
-const GROUPS = ['cluster', 'log'];
+const GROUPS = ['cluster', 'log', 'secret'];
 
 function overview(commands: Command[] = COMMANDS, title = 'segmem COMMAND [ARGS] [options]'): string {
   const width = Math.max(...commands.map((c) => c.name.length)) + 2;
@@ -128,6 +130,6 @@ export async function segmemMain(argv: string[]): Promise<void> {
 function groupOverview(group: string): string {
   return overview(
     COMMANDS.filter((c) => c.name.startsWith(`${group} `)),
-    `segmem ${group} ${group === 'cluster' ? 'list|add|remove' : 'tail|info'} [ARGS] [options]`,
+    `segmem ${group} ${{ cluster: 'list|add|remove', log: 'tail|info', secret: 'new' }[group] ?? ''} [ARGS] [options]`,
   );
 }

@@ -70,7 +70,17 @@ export const SERVER_COMMAND: CommandSpec = {
       name: 'cluster-id',
       value: 'ID',
       help: 'the cluster id a new data directory gets, or an existing one must have',
-      default: 'derived from --peers, or random for one server',
+      default: 'derived from the cluster secret, or random for one server',
+    },
+    {
+      name: 'cluster-secret-file',
+      value: 'FILE',
+      help: 'the secret members prove to each other (segmem secret new FILE); required with --peers',
+      default: "the config file's clusterSecretFile",
+    },
+    {
+      name: 'rotate-cluster-secret',
+      help: 'accept a cluster secret other than the one this data directory was started with (after replacing it on every member)',
     },
     { name: 'join', help: 'start as a server waiting to be added to an existing group (segmem cluster add)' },
     {
@@ -225,7 +235,11 @@ function serverOptions(values: Map<string, string>, flags: Set<string>): StartSe
     ...(consolidatedKeep !== undefined ? { consolidatedKeep } : {}),
     ...(flags.has('repair') ? { repair: true } : {}),
     ...(flags.has('join') ? { join: true } : {}),
+    ...(flags.has('rotate-cluster-secret') ? { rotateClusterSecret: true } : {}),
     ...(values.has('cluster-id') ? { clusterId: values.get('cluster-id')! } : {}),
+    ...(values.has('cluster-secret-file')
+      ? { clusterSecretFile: resolve(values.get('cluster-secret-file')!) }
+      : {}),
     ...(values.has('metrics') ? { metrics: values.get('metrics')! } : {}),
     ...(handshakeTimeoutMs !== undefined ? { handshakeTimeoutMs } : {}),
     ...(maxConnections !== undefined ? { maxConnections } : {}),

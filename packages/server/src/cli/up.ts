@@ -1,10 +1,11 @@
 /** `segmem up`: a local cluster in the foreground, for development. */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { SegmemError } from '@segmem/protocol';
+import { createClusterSecretFile } from '../secret-file.js';
 import { parseCount } from './args.js';
 import { type Command, out } from './common.js';
 
@@ -26,7 +27,8 @@ export const up: Command = {
   args: [],
   summary: 'start a local cluster of N servers in the foreground',
   description: `Starts N segmem-server processes on 127.0.0.1, s1 listening on PORT, s2 on PORT+1 and so on,
-    each with its data in DIR/<id>; with N > 1 they form one replicated group. Their output passes through;
+    each with its data in DIR/<id>; with N > 1 they form one replicated group, whose members prove to each
+    other the secret in DIR/cluster-secret (created with mode 0600 on the first run, kept after). Their output passes through;
     once they are ready it prints the SEGMEM_SERVERS value clients use. A server that fails to start (a damaged
     data directory, a port in use) is reported on stderr with its reason, and the others keep running; a
     group with fewer than a majority running has no leader until more start. Ctrl-C or SIGTERM stops every
@@ -66,6 +68,12 @@ export const up: Command = {
       ...p.rest,
     ];
     const members = Array.from({ length: count }, (_, i) => `s${i + 1}=127.0.0.1:${port + i}`).join(',');
+    // One secret for the group, kept beside the data: the next `up` on the same DIR finds it again.
+    const secretFile = join(dir, 'cluster-secret');
+    if (count > 1) {
+      mkdirSync(dir, { recursive: true });
+      if (!existsSync(secretFile)) createClusterSecretFile(secretFile);
+    }
     const started: Started[] = [];
     let stopping = false;
     const stopAll = () => {
@@ -87,7 +95,7 @@ export const up: Command = {
           `127.0.0.1:${port + i}`,
           '--data',
           data,
-          ...(count > 1 ? ['--peers', members] : []),
+          ...(count > 1 ? ['--peers', members, '--cluster-secret-file', secretFile] : []),
           ...passed,
         ]),
       );

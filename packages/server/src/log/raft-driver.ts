@@ -70,6 +70,8 @@ export interface PeerSender {
   /** Bytes sent and messages dropped so far (for metrics). */
   readonly sentBytes?: number;
   readonly droppedMessages?: number;
+  /** Peers this member dialled that failed to prove the cluster secret. */
+  readonly authFailures?: number;
 }
 
 /** The Raft log's stable storage, as the driver writes it. */

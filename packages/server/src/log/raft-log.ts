@@ -122,8 +122,36 @@ export class RaftLog implements NodeLog {
   /** A message from a peer. */
   receive(msg: Message): void {
     if (this.closed) return;
+    if (msg.snapshot && !this.verifySnapshot(msg)) return;
     this.noteLeaderCommit(msg);
     this.driver.receive(msg);
+  }
+
+  /** Snapshots from peers refused because their content did not check out. */
+  refusedSnapshots = 0;
+  /**
+   * A snapshot is restored (checksums, geometry, the content check of StateMachine.restore) before the
+   * consensus core sees it, so a bad one is refused while this member keeps its state and keeps serving.
+   * The trial state is dropped at once (installing restores again): holding it until the core asks for
+   * it would keep a second copy of the whole state in memory.
+   */
+  private verifySnapshot(msg: Message): boolean {
+    const snap = msg.snapshot!;
+    try {
+      const sm = StateMachine.restore(snap.data);
+      if (sm.pageBytes !== this.opts.pageBytes || sm.segmentBytes !== this.opts.segmentBytes) {
+        throw new Error(
+          `its geometry (${sm.pageBytes}-byte pages, ${sm.segmentBytes}-byte segment) is not this member's`,
+        );
+      }
+      return true;
+    } catch (err) {
+      this.refusedSnapshots++;
+      this.opts.log?.(
+        `refused the snapshot at index ${snap.meta.index} (term ${snap.meta.term}) from ${msg.from}: ${(err as Error).message}`,
+      );
+      return false;
+    }
   }
 
   propose(cmd: Command): Promise<Outcome> {
@@ -295,7 +323,11 @@ export class RaftLog implements NodeLog {
             .filter((id) => id !== core.id)
             .map((id) => ({ id, matchIndex: core.progress(id)?.match ?? 0 }))
         : [],
-      peerLinks: { sentBytes: this.peers.sentBytes ?? 0, droppedMessages: this.peers.droppedMessages ?? 0 },
+      peerLinks: {
+        sentBytes: this.peers.sentBytes ?? 0,
+        droppedMessages: this.peers.droppedMessages ?? 0,
+        authFailures: this.peers.authFailures ?? 0,
+      },
       ...walStats(this.storage.wal, this.failure),
     };
   }

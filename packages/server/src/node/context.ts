@@ -13,6 +13,11 @@ export interface NodeOptions {
   clusterId?: string;
   /** Credential clients must present in HELLO; none when unset. */
   token?: string;
+  /**
+   * The cluster secret members of a replicated group prove to each other before any consensus message
+   * (shell/peer-auth.ts). startServer refuses a group without one; only the simulator runs without.
+   */
+  clusterSecret?: Buffer;
   /** Truncate the WAL at a corrupt record instead of refusing to start. */
   repair?: boolean;
   /** Clock, timers and randomness (default: the process's own, systemEnv). */

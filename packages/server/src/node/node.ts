@@ -366,17 +366,31 @@ export class SegmemNode {
 
   /** Receives consensus messages from peers (cluster mode only). */
   peerHandler: ((msg: Message) => void) | null = null;
+  /** Whether `id` is a member this one knows of (cluster mode only): a peer that is not gets refused. */
+  peerIsMember: ((id: string) => boolean) | null = null;
 
-  /** Checks a peer's PEER_HELLO; throws UNAUTHORIZED for another cluster or a misdirected peer. */
+  /** The cluster secret members prove to each other (shell/peer-auth.ts); null only in the simulator. */
+  get peerSecret(): Buffer | null {
+    return this.opts.clusterSecret ?? null;
+  }
+
+  /**
+   * Checks a peer's PEER_HELLO; throws UNAUTHORIZED for another cluster, a misdirected peer or one that is
+   * not a member. With a cluster secret the connection still has to pass the proof (shell/connection.ts)
+   * before the returned handler sees a message. The handler refuses a message that names another sender.
+   */
   acceptPeer(hello: {
     clusterId: string;
     from: string;
     to: string;
     token: string | null;
   }): (msg: Message) => void {
-    // With a token set, members present it to each other too: a process that can reach the port but does
-    // not know it cannot speak Raft here, nor learn the cluster's id or shape. Checked before anything else.
-    if (this.opts.token !== undefined && !sameSecret(hello.token, this.opts.token))
+    // Without a secret (the in-process simulator only) the token stands in for it, checked before anything else.
+    if (
+      !this.opts.clusterSecret &&
+      this.opts.token !== undefined &&
+      !sameSecret(hello.token, this.opts.token)
+    )
       throw new SegmemError('UNAUTHORIZED', `peer ${hello.from}: bad or missing token`);
     if (!this.peerHandler)
       throw new SegmemError('PROTOCOL', 'this server runs a single-member group and takes no peers');
@@ -388,9 +402,23 @@ export class SegmemNode {
     }
     if (hello.to !== this.id)
       throw new SegmemError('UNAUTHORIZED', `peer ${hello.from} dialled ${hello.to}, but this is ${this.id}`);
+    const isMember = this.peerIsMember;
+    if (isMember && !isMember(hello.from))
+      throw new SegmemError(
+        'UNAUTHORIZED',
+        `peer ${hello.from} is not a member of this group that ${this.id} knows`,
+      );
     const handler = this.peerHandler;
     return (msg) => {
-      if (msg.from === hello.from && msg.to === this.id) handler(msg);
+      // The link speaks for the one member that authenticated on it, to this member only.
+      if (msg.from !== hello.from || msg.to !== this.id)
+        throw new SegmemError(
+          'PROTOCOL',
+          `a message from ${msg.from} to ${msg.to} on the link of peer ${hello.from} to ${this.id}`,
+        );
+      // Forgotten since the link opened: its messages are dropped.
+      if (isMember && !isMember(msg.from)) return;
+      handler(msg);
     };
   }
 

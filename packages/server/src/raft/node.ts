@@ -668,6 +668,9 @@ export class RaftNode {
   }
 
   private stepMessage(m: Message): void {
+    // Only the leader this node follows, in its own term, may hand leadership over: anything else asking
+    // for an election at once (a forged or stale message) is ignored, and its term is not adopted.
+    if (m.type === 'timeoutNow' && (m.term !== this.currentTerm || m.from !== this.currentLeader)) return;
     if (m.term > this.currentTerm) {
       if (m.type === 'vote' || m.type === 'preVote') {
         // Leader stickiness: while this node hears from a leader, a (pre-)candidate cannot disrupt it,

@@ -37,7 +37,15 @@ import {
 } from '@segmem/protocol';
 import type { Port, SegmemNode, Wire } from '../node/index.js';
 import type { Message } from '../raft/types.js';
-import { decodePeerHello, decodeRaftMessage, PeerMessageType, SnapshotPieces } from './peer-codec.js';
+import { checkPeerProof, newNonce, type PeerHandshake, peerProof } from './peer-auth.js';
+import {
+  decodePeerHello,
+  decodePeerProof,
+  decodeRaftMessage,
+  encodePeerChallenge,
+  PeerMessageType,
+  SnapshotPieces,
+} from './peer-codec.js';
 
 export interface ConnectionHooks {
   /** Stop reading from the transport (too many requests in flight). */
@@ -54,6 +62,8 @@ export interface ConnectionOptions {
   handshakeTimeoutMs?: number;
   /** Told when the handshake deadline closes the connection (for a counter). */
   onHandshakeTimeout?: () => void;
+  /** Told when a peer fails to prove the cluster secret and is refused (for a counter). */
+  onPeerAuthFailure?: () => void;
 }
 
 export class ServerConnection implements Port {
@@ -78,7 +88,7 @@ export class ServerConnection implements Port {
     private readonly node: SegmemNode,
     readonly wire: Wire,
     private readonly hooks: ConnectionHooks = { pause() {}, resume() {} },
-    opts: ConnectionOptions = {},
+    private readonly opts: ConnectionOptions = {},
   ) {
     const timeoutMs = opts.handshakeTimeoutMs ?? 0;
     if (timeoutMs > 0) {
@@ -174,11 +184,18 @@ export class ServerConnection implements Port {
     if (this.sessionId) this.node.detach(this, this.sessionId);
   }
 
-  /** Set once a PEER_HELLO turned this into a link from another member. */
+  /** Set once a PEER_HELLO (and, with a cluster secret, the peer's proof) turned this into a member's link. */
   private peer: ((msg: Message) => void) | null = null;
+  /** Between our PEER_CHALLENGE and the dialer's PEER_PROOF: what the proof must cover. */
+  private peerPending: { handshake: PeerHandshake; secret: Buffer; handler: (msg: Message) => void } | null =
+    null;
   /** A large snapshot arriving in pieces on this peer link. */
   private readonly snapshotPieces = new SnapshotPieces();
 
+  /**
+   * A peer link: PEER_HELLO (the dialer's nonce), our PEER_CHALLENGE (our nonce and proof), its PEER_PROOF,
+   * then RAFT frames. Nothing but the next handshake frame is accepted before the proof checked out.
+   */
   private handlePeer(frame: Frame): void {
     try {
       if (this.peer) {
@@ -186,18 +203,58 @@ export class ServerConnection implements Port {
         else if (frame.type === PeerMessageType.RAFT)
           this.peer(decodeRaftMessage(frame, this.snapshotPieces));
         else throw new SegmemError('PROTOCOL', `unexpected frame type ${frame.type} on a peer link`);
-      } else {
-        this.peer = this.node.acceptPeer(decodePeerHello(frame));
+      } else if (this.peerPending) {
+        const { handshake, secret, handler } = this.peerPending;
+        if (frame.type !== PeerMessageType.PEER_PROOF)
+          this.refusePeer(`peer ${handshake.dialer}: sent frame type ${frame.type} before its proof`);
+        if (!checkPeerProof(secret, 'dialer', handshake, decodePeerProof(frame)))
+          this.refusePeer(`peer ${handshake.dialer}: its proof of the cluster secret does not match`);
+        this.peerPending = null;
+        this.peer = handler;
         this.logIn();
+      } else {
+        const hello = decodePeerHello(frame);
+        const handler = this.node.acceptPeer(hello);
+        const secret = this.node.peerSecret;
+        if (!secret) {
+          this.peer = handler;
+          this.logIn();
+          return;
+        }
+        if (!hello.nonce)
+          this.refusePeer(
+            `peer ${hello.from}: no nonce; members prove the cluster secret (--cluster-secret-file)`,
+          );
+        const handshake: PeerHandshake = {
+          clusterId: hello.clusterId,
+          dialer: hello.from,
+          acceptor: this.node.id,
+          dialerNonce: hello.nonce,
+          acceptorNonce: newNonce(),
+        };
+        this.peerPending = { handshake, secret, handler };
+        this.answer(
+          encodePeerChallenge({
+            nonce: handshake.acceptorNonce,
+            proof: peerProof(secret, 'acceptor', handshake),
+          }),
+        );
       }
     } catch (err) {
       this.fatal(frame.requestId, err);
     }
   }
 
+  /** A peer that did not prove the secret: counted, then refused (the caller's catch closes the link). */
+  private refusePeer(why: string): never {
+    this.opts.onPeerAuthFailure?.();
+    throw new SegmemError('UNAUTHORIZED', why);
+  }
+
   private handle(frame: Frame): void {
     if (
       this.peer ||
+      this.peerPending ||
       (this.sessionId === 0 && !this.helloPending && frame.type === PeerMessageType.PEER_HELLO)
     ) {
       this.handlePeer(frame);

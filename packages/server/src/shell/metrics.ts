@@ -64,6 +64,7 @@ export interface ScrapeSource {
       readonly serverLimit: number;
       readonly addressLimit: number;
       readonly handshakeTimeout: number;
+      readonly peerAuth?: number;
     };
   };
 }
@@ -216,7 +217,7 @@ export class ServerMetrics implements MetricsSink {
     );
     this.counter(
       'segmem_connections_refused_total',
-      'Connections closed before they logged in: over --max-connections (reason server_limit), over --max-connections-per-address (address_limit), not logged in within --handshake-timeout-ms (handshake_timeout)',
+      'Connections closed before they logged in: over --max-connections (reason server_limit), over --max-connections-per-address (address_limit), not logged in within --handshake-timeout-ms (handshake_timeout), a peer link that did not prove the cluster secret (peer_auth)',
       {
         label: 'reason',
         read: () => {
@@ -225,6 +226,8 @@ export class ServerMetrics implements MetricsSink {
             ['server_limit', r?.serverLimit ?? 0],
             ['address_limit', r?.addressLimit ?? 0],
             ['handshake_timeout', r?.handshakeTimeout ?? 0],
+            // Both ends: peers whose proof this member refused, and peers it dialled that had no proof.
+            ['peer_auth', (r?.peerAuth ?? 0) + (this.view()?.log.peerLinks.authFailures ?? 0)],
           ];
         },
       },

@@ -1,6 +1,8 @@
 /**
  * Server-to-server frames, on the same port and framing as clients (docs/protocol.md, "Peer messages"):
- *   0x80 PEER_HELLO  { clusterId, from, to }          first frame of a peer connection
+ *   0x80 PEER_HELLO  { clusterId, from, to, nonce }   first frame of a peer connection (the dialer's)
+ *   0x83 PEER_CHALLENGE { nonce, proof }            the acceptor's answer: its nonce and its proof
+ *   0x84 PEER_PROOF  { proof }                       the dialer's proof; only then may RAFT frames follow
  *   0x81 RAFT        one consensus message; entry data and snapshot bytes travel in the raw payload,
  *                    their lengths in the header, so page bytes are never msgpack-encoded.
  *   0x82 RAFT_PIECE  { index, term, offset, total } and up to 16 MiB of a snapshot's bytes: a snapshot
@@ -31,7 +33,21 @@ import {
   type Snapshot,
 } from '../raft/types.js';
 
-export const PeerMessageType = { PEER_HELLO: 0x80, RAFT: 0x81, RAFT_PIECE: 0x82 } as const;
+export const PeerMessageType = {
+  PEER_HELLO: 0x80,
+  RAFT: 0x81,
+  RAFT_PIECE: 0x82,
+  PEER_CHALLENGE: 0x83,
+  PEER_PROOF: 0x84,
+} as const;
+
+/**
+ * Terms and indexes above this are refused as hostile instead of adopted: a group electing a leader every
+ * millisecond would need thousands of years to reach it, while one adopted 2^53-1 leaves no term to
+ * campaign in.
+ */
+export const MAX_PEER_TERM = 2 ** 48;
+export const MAX_PEER_INDEX = 2 ** 48;
 
 /** Snapshots larger than this travel in pieces of this size. */
 export const SNAPSHOT_PIECE_BYTES = 16 * 1024 * 1024;
@@ -61,22 +77,75 @@ export interface PeerHello {
   clusterId: string;
   from: NodeId;
   to: NodeId;
-  /** The cluster's `token` setting, when it has one: members present it to each other like clients. */
+  /**
+   * Only between members that run without a cluster secret (the in-process simulator): the cluster's
+   * `token` setting, presented like a client's. With a secret, members send none.
+   */
   token: string | null;
+  /** The dialer's fresh random nonce (PEER_NONCE_BYTES); absent only without a cluster secret. */
+  nonce?: Buffer;
+}
+
+const HEX_32 = /^[0-9a-f]{64}$/;
+
+/** A 32-byte nonce or proof, carried as lowercase hex. */
+function hex32(value: unknown, field: string): Buffer {
+  if (typeof value !== 'string' || !HEX_32.test(value))
+    throw invalidArgument(`${field} must be 32 bytes as 64 lowercase hex digits`, { field });
+  return Buffer.from(value, 'hex');
 }
 
 export function encodePeerHello(hello: PeerHello): Buffer[] {
-  return encodeFrame(PeerMessageType.PEER_HELLO, 1, 0, hello);
+  const { nonce, ...rest } = hello;
+  return encodeFrame(
+    PeerMessageType.PEER_HELLO,
+    1,
+    0,
+    nonce ? { ...rest, nonce: nonce.toString('hex') } : rest,
+  );
 }
 
 export function decodePeerHello(frame: Frame): PeerHello {
   const h = frame.header;
-  return {
+  if (!isPlainMap(h)) throw invalidArgument('peer hello header must be a map');
+  const hello: PeerHello = {
     clusterId: stringField(h.clusterId, 'clusterId', 1, 255),
     from: nodeId(h.from, 'from'),
     to: nodeId(h.to, 'to'),
     token: optionalField(h.token, 'token', (v, f) => stringField(v, f, 0, MAX_TOKEN_BYTES)),
   };
+  const nonce = optionalField(h.nonce, 'nonce', hex32);
+  if (nonce) hello.nonce = nonce;
+  return hello;
+}
+
+/** The acceptor's answer to a PEER_HELLO: its nonce and its proof of the secret. */
+export interface PeerChallenge {
+  nonce: Buffer;
+  proof: Buffer;
+}
+
+export function encodePeerChallenge(c: PeerChallenge): Buffer[] {
+  return encodeFrame(PeerMessageType.PEER_CHALLENGE, 1, 0, {
+    nonce: c.nonce.toString('hex'),
+    proof: c.proof.toString('hex'),
+  });
+}
+
+export function decodePeerChallenge(frame: Frame): PeerChallenge {
+  const h = frame.header;
+  if (!isPlainMap(h)) throw invalidArgument('peer challenge header must be a map');
+  return { nonce: hex32(h.nonce, 'nonce'), proof: hex32(h.proof, 'proof') };
+}
+
+export function encodePeerProof(proof: Buffer): Buffer[] {
+  return encodeFrame(PeerMessageType.PEER_PROOF, 1, 0, { proof: proof.toString('hex') });
+}
+
+export function decodePeerProof(frame: Frame): Buffer {
+  const h = frame.header;
+  if (!isPlainMap(h)) throw invalidArgument('peer proof header must be a map');
+  return hex32(h.proof, 'proof');
 }
 
 /** The frames of one consensus message (several for a large snapshot), as parts to write in order. */
@@ -178,9 +247,13 @@ export function decodeRaftMessage(frame: Frame, pieces?: SnapshotPieces): Messag
     type: type as MessageType,
     from: nodeId(h.from, 'from'),
     to: nodeId(h.to, 'to'),
-    term: uintField(h.term, 'term'),
+    term: uintField(h.term, 'term', 0, MAX_PEER_TERM),
   };
-  const opt = (name: keyof Message) => optionalField(h[name], name, (v, f) => uintField(v, f));
+  // Every index and term a message names is held to the same bound (context is an opaque counter).
+  const opt = (name: keyof Message) =>
+    optionalField(h[name], name, (v, f) =>
+      uintField(v, f, 0, name === 'context' ? undefined : MAX_PEER_INDEX),
+    );
   const logIndex = opt('logIndex');
   if (logIndex !== null) m.logIndex = logIndex;
   const logTerm = opt('logTerm');
@@ -209,8 +282,8 @@ export function decodeRaftMessage(frame: Frame, pieces?: SnapshotPieces): Messag
       if (a.length !== 4) throw invalidArgument(`${f} must be [term, index, type, length]`);
       const kind = uintField(a[2], `${f}.type`, 0, 1);
       return {
-        term: uintField(a[0], `${f}.term`),
-        index: uintField(a[1], `${f}.index`, 1),
+        term: uintField(a[0], `${f}.term`, 0, MAX_PEER_TERM),
+        index: uintField(a[1], `${f}.index`, 1, MAX_PEER_INDEX),
         type: kind === 1 ? 'conf' : 'normal',
         data: take(uintField(a[3], `${f}.length`), f),
       };
@@ -220,8 +293,8 @@ export function decodeRaftMessage(frame: Frame, pieces?: SnapshotPieces): Messag
     const a = arrayField(h.snapshot, 'snapshot');
     if (a.length !== 4) throw invalidArgument('snapshot must be [index, term, members, length]');
     const members = arrayField(a[2], 'snapshot.members').map((v, i) => nodeId(v, `snapshot.members[${i}]`));
-    const index = uintField(a[0], 'snapshot.index');
-    const term = uintField(a[1], 'snapshot.term');
+    const index = uintField(a[0], 'snapshot.index', 0, MAX_PEER_INDEX);
+    const term = uintField(a[1], 'snapshot.term', 0, MAX_PEER_TERM);
     const length = uintField(a[3], 'snapshot.length');
     const inPieces = optionalField(h.pieces, 'pieces', boolField) === true;
     if (inPieces && !pieces) throw invalidArgument('a snapshot in pieces where none are expected');

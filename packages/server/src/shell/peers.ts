@@ -7,28 +7,62 @@
  * socket is backed up, messages to that peer are dropped and the core's retries (heartbeats, append
  * retries) carry the state across once the link is back. Each link re-dials on its own, with capped,
  * jittered back-off, so a restarted peer is found again without any topology change.
+ *
+ * With a cluster secret a link carries nothing until both ends proved they hold it (shell/peer-auth.ts):
+ * PEER_HELLO with our nonce, the peer's PEER_CHALLENGE with its nonce and proof, which we check, then our
+ * PEER_PROOF. A peer whose proof fails is dropped and counted; its link re-dials like any other.
  */
 import { connect as netConnect, type Socket } from 'node:net';
-import type { Env, EnvTimer } from '@segmem/protocol';
+import {
+  type Env,
+  type EnvTimer,
+  type Frame,
+  FrameDecoder,
+  isPlainMap,
+  MAX_HANDSHAKE_FRAME_BYTES,
+  MessageType,
+} from '@segmem/protocol';
 import type { Message, NodeId } from '../raft/types.js';
-import { encodePeerHello, encodeRaftMessage } from './peer-codec.js';
+import { checkPeerProof, newNonce, type PeerHandshake, peerProof } from './peer-auth.js';
+import {
+  decodePeerChallenge,
+  encodePeerHello,
+  encodePeerProof,
+  encodeRaftMessage,
+  PeerMessageType,
+} from './peer-codec.js';
 import { parseHostPort } from './tcp.js';
+
+/** What a link needs to open: who we are, who the peer is, and the secret to prove (none: no proof). */
+interface LinkIdentity {
+  clusterId: string;
+  self: NodeId;
+  token: string | null;
+  secret: Buffer | null;
+  /** Told once per failure streak why the link is refused, and when it works again. */
+  log: ((line: string) => void) | undefined;
+  /** Counts a peer that failed to prove the secret. */
+  onAuthFailure: () => void;
+}
 
 /** Drop messages to a peer whose socket already holds this many unsent bytes. */
 const MAX_UNSENT_BYTES = 32 * 1024 * 1024;
 
 class PeerLink {
   private socket: Socket | null = null;
+  /** True once the handshake is through: only then are messages written. */
   private connected = false;
   private closed = false;
   private delayMs = 20;
   private timer: EnvTimer | null = null;
+  /** The last reason this link failed, logged once until it works again. */
+  private lastFailure: string | null = null;
   dropped = 0;
 
   constructor(
     readonly id: NodeId,
     private readonly address: string,
-    private readonly hello: Buffer[],
+    private readonly who: LinkIdentity,
     private readonly env: Env,
   ) {
     this.dial();
@@ -39,15 +73,32 @@ class PeerLink {
     const { host, port } = parseHostPort(this.address, `address of peer ${this.id}`);
     const socket = netConnect({ host, port, noDelay: true });
     this.socket = socket;
+    const { clusterId, self, token, secret } = this.who;
+    const nonce = secret ? newNonce() : undefined;
+    const decoder = new FrameDecoder({ maxFrameBytes: MAX_HANDSHAKE_FRAME_BYTES, maxHeaderElements: 16 });
     socket.on('connect', () => {
-      this.connected = true;
-      this.delayMs = 20;
+      const hello = encodePeerHello({
+        clusterId,
+        from: self,
+        to: this.id,
+        token: secret ? null : token,
+        ...(nonce ? { nonce } : {}),
+      });
       socket.cork();
-      for (const p of this.hello) socket.write(p);
+      for (const p of hello) socket.write(p);
       socket.uncork();
+      if (!secret) this.established();
     });
-    // Peers answer nothing on this connection; drain whatever comes (e.g. an ERROR before a close).
-    socket.on('data', () => {});
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        decoder.feed(chunk);
+        for (let frame = decoder.next(); frame !== null; frame = decoder.next()) {
+          if (!this.onFrame(frame, socket, nonce)) return;
+        }
+      } catch (err) {
+        this.fail(socket, `peer link to ${this.id} at ${this.address}: ${(err as Error).message}`);
+      }
+    });
     socket.on('error', () => {});
     socket.on('close', () => {
       this.connected = false;
@@ -56,6 +107,54 @@ class PeerLink {
       this.timer = this.env.setTimeout(() => this.dial(), this.delayMs * (0.5 + this.env.random()));
       this.delayMs = Math.min(this.delayMs * 2, 1000);
     });
+  }
+
+  /** One frame from the peer; false once the socket was given up. */
+  private onFrame(frame: Frame, socket: Socket, nonce: Buffer | undefined): boolean {
+    if (frame.type === MessageType.ERROR) {
+      const h = frame.header;
+      const why = isPlainMap(h) && typeof h.message === 'string' ? h.message : 'no reason given';
+      this.fail(socket, `peer ${this.id} at ${this.address} refused this member: ${why}`);
+      return false;
+    }
+    const secret = this.who.secret;
+    if (frame.type !== PeerMessageType.PEER_CHALLENGE || !secret || !nonce || this.connected) {
+      // Peers answer nothing else on this connection.
+      this.fail(socket, `peer ${this.id} at ${this.address} sent an unexpected frame (type ${frame.type})`);
+      return false;
+    }
+    const challenge = decodePeerChallenge(frame);
+    const handshake: PeerHandshake = {
+      clusterId: this.who.clusterId,
+      dialer: this.who.self,
+      acceptor: this.id,
+      dialerNonce: nonce,
+      acceptorNonce: challenge.nonce,
+    };
+    if (!checkPeerProof(secret, 'acceptor', handshake, challenge.proof)) {
+      this.who.onAuthFailure();
+      this.fail(
+        socket,
+        `peer ${this.id} at ${this.address} did not prove the cluster secret: a different secret, or not a member`,
+      );
+      return false;
+    }
+    for (const p of encodePeerProof(peerProof(secret, 'dialer', handshake))) socket.write(p);
+    this.established();
+    return true;
+  }
+
+  private established(): void {
+    this.connected = true;
+    this.delayMs = 20;
+    if (this.lastFailure !== null) this.who.log?.(`peer link to ${this.id} at ${this.address} works again`);
+    this.lastFailure = null;
+  }
+
+  private fail(socket: Socket, why: string): void {
+    if (why !== this.lastFailure) this.who.log?.(why);
+    this.lastFailure = why;
+    socket.destroy();
   }
 
   /** Writes a message's parts; false if it was dropped. */
@@ -95,34 +194,40 @@ export class PeerTransport {
   /** Bytes of Raft messages handed to peer sockets, and messages dropped (link down or backed up). */
   sentBytes = 0;
   droppedMessages = 0;
+  /** Peers we dialled that failed to prove the cluster secret. */
+  authFailures = 0;
+  private readonly who: LinkIdentity;
 
   constructor(
-    private readonly self: NodeId,
-    private readonly clusterId: string,
+    self: NodeId,
+    clusterId: string,
     private readonly addresses: Record<NodeId, string>,
     members: NodeId[],
-    private readonly token: string | null,
+    token: string | null,
     /** Timers and randomness of the re-dial back-off. */
     private readonly env: Env,
+    /** The cluster secret both ends of a link prove; null: links without proof (tests of old peers only). */
+    secret: Buffer | null = null,
+    log?: (line: string) => void,
   ) {
+    this.who = {
+      clusterId,
+      self,
+      token,
+      secret,
+      log,
+      onAuthFailure: () => this.authFailures++,
+    };
     this.setMembers(members);
   }
 
   /** Opens links to new members and closes links to removed ones. */
   setMembers(members: NodeId[]): void {
     for (const id of members) {
-      if (id === this.self || this.links.has(id)) continue;
+      if (id === this.who.self || this.links.has(id)) continue;
       const address = this.addresses[id];
       if (!address) continue; // no known address: the operator adds it with the member
-      this.links.set(
-        id,
-        new PeerLink(
-          id,
-          address,
-          encodePeerHello({ clusterId: this.clusterId, from: this.self, to: id, token: this.token }),
-          this.env,
-        ),
-      );
+      this.links.set(id, new PeerLink(id, address, this.who, this.env));
     }
     for (const [id, link] of this.links) {
       if (!members.includes(id)) {

@@ -44,6 +44,8 @@ export interface RefusedConnections {
   addressLimit: number;
   /** Not logged in within `handshakeTimeoutMs`. */
   handshakeTimeout: number;
+  /** A peer link that did not prove the cluster secret (shell/peer-auth.ts). */
+  peerAuth: number;
 }
 
 export { parseHostPort };
@@ -71,7 +73,7 @@ export async function listen(
   const sockets = new Set<Socket>();
   /** Open connections by remote address. */
   const perAddress = new Map<string, number>();
-  const refused: RefusedConnections = { serverLimit: 0, addressLimit: 0, handshakeTimeout: 0 };
+  const refused: RefusedConnections = { serverLimit: 0, addressLimit: 0, handshakeTimeout: 0, peerAuth: 0 };
   /** Refused connections still lingering; beyond maxConnections more are dropped without an answer. */
   let refusedOpen = 0;
   let receivedBytes = 0;
@@ -129,7 +131,11 @@ export async function listen(
         remoteAddress: socket.remoteAddress,
       },
       { pause: () => socket.pause(), resume: () => socket.resume() },
-      { handshakeTimeoutMs, onHandshakeTimeout: () => refused.handshakeTimeout++ },
+      {
+        handshakeTimeoutMs,
+        onHandshakeTimeout: () => refused.handshakeTimeout++,
+        onPeerAuthFailure: () => refused.peerAuth++,
+      },
     );
     socket.on('data', (chunk: Buffer) => {
       receivedBytes += chunk.length;

@@ -33,6 +33,8 @@ export interface DataDirMeta {
   createdAt: string;
   pageBytes: number;
   segmentBytes: number;
+  /** HMAC of the cluster secret (shell/peer-auth.ts), recorded at the first start with one. */
+  secretFingerprint?: string;
 }
 
 export interface DataDirOptions {
@@ -40,6 +42,18 @@ export interface DataDirOptions {
   serverId: string;
   /** The cluster this server belongs to. A fresh directory gets a random UUID when omitted. */
   clusterId?: string;
+  /**
+   * Without `clusterId`: the id a fresh directory gets (instead of a random one); an existing directory
+   * keeps the one its meta records.
+   */
+  newClusterId?: string;
+  /**
+   * The cluster secret's fingerprint: recorded in the meta if it has none yet, else it must match (a
+   * member started with another secret is refused).
+   */
+  secretFingerprint?: string;
+  /** Record `secretFingerprint` in place of another one the meta holds (the secret was rotated). */
+  replaceSecretFingerprint?: boolean;
   pageBytes: number;
   segmentBytes: number;
   /** Create and initialise the directory if it is missing or uninitialised (default true). */
@@ -239,6 +253,11 @@ function validateMeta(path: string, v: unknown): DataDirMeta {
     if (!Number.isSafeInteger(m[k]) || (m[k] as number) <= 0)
       throw invalidMeta(path, `${k} must be a positive integer`);
   }
+  if (
+    m.secretFingerprint !== undefined &&
+    (typeof m.secretFingerprint !== 'string' || m.secretFingerprint === '')
+  )
+    throw invalidMeta(path, 'secretFingerprint must be a non-empty string');
   return {
     formatVersion: 1,
     clusterId: m.clusterId as string,
@@ -246,6 +265,7 @@ function validateMeta(path: string, v: unknown): DataDirMeta {
     createdAt: m.createdAt as string,
     pageBytes: m.pageBytes as number,
     segmentBytes: m.segmentBytes as number,
+    ...(m.secretFingerprint !== undefined ? { secretFingerprint: m.secretFingerprint as string } : {}),
   };
 }
 
@@ -286,11 +306,12 @@ async function loadOrCreateMeta(
     }
     const meta: DataDirMeta = {
       formatVersion: 1,
-      clusterId: opts.clusterId ?? randomUUID(),
+      clusterId: opts.clusterId ?? opts.newClusterId ?? randomUUID(),
       serverId: opts.serverId,
       createdAt: new Date().toISOString(),
       pageBytes: opts.pageBytes,
       segmentBytes: opts.segmentBytes,
+      ...(opts.secretFingerprint !== undefined ? { secretFingerprint: opts.secretFingerprint } : {}),
     };
     await writeFileAtomic(fs, path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
     return { meta, created: true };
@@ -331,6 +352,18 @@ async function loadOrCreateMeta(
         },
       );
     }
+  }
+  if (opts.secretFingerprint !== undefined && meta.secretFingerprint !== opts.secretFingerprint) {
+    if (meta.secretFingerprint !== undefined && !opts.replaceSecretFingerprint) {
+      throw new SegmemError(
+        'INVALID_ARGUMENT',
+        `data directory ${dir} was started with another cluster secret (its fingerprint differs); give this member the group's secret file, or --rotate-cluster-secret after replacing it on every member`,
+        { dir },
+      );
+    }
+    // The first start with a secret, or a rotated one: remember which.
+    meta.secretFingerprint = opts.secretFingerprint;
+    await writeFileAtomic(fs, path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
   }
   return { meta, created: false };
 }
