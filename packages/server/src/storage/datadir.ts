@@ -33,6 +33,11 @@ export interface DataDirMeta {
   createdAt: string;
   pageBytes: number;
   segmentBytes: number;
+  /**
+   * When a start (or a clean stop) first found the WAL-started marker (`wal-started`): from then on this
+   * directory is known to have held acknowledged records, even if `wal/` and the marker are both lost.
+   */
+  walStartedAt?: string;
 }
 
 export interface DataDirOptions {
@@ -92,7 +97,9 @@ export class DataDir {
    *
    * Errors (all `SegmemError`):
    * - `INVALID_ARGUMENT`: the directory cannot be created or written; it belongs to another cluster or
-   *   server or was created with different `pageBytes`/`segmentBytes`; `meta.json` is unreadable.
+   *   server or was created with different `pageBytes`/`segmentBytes`; `meta.json` is not valid.
+   * - `UNAVAILABLE`: `meta.json`, `LOCK` or `wal-started` cannot be read (an I/O error: `details.errno`), or
+   *   a file stands where `wal/` belongs.
    * - `UNAVAILABLE`: another live process (or this one) holds the lock; `details.pid` names it.
    * - `NOT_FOUND`: `create: false` and the directory is missing or uninitialised.
    */
@@ -119,7 +126,8 @@ export class DataDir {
       try {
         await mkdirDurable(fs, dir);
       } catch (err) {
-        if (errnoCode(err) === 'EEXIST') {
+        const errno = SegmemError.is(err) ? err.details?.errno : errnoCode(err);
+        if (errno === 'EEXIST') {
           throw new SegmemError('INVALID_ARGUMENT', `data directory ${dir} is not a directory`, { dir });
         }
         throw notWritable(dir, err);
@@ -141,7 +149,9 @@ export class DataDir {
     try {
       const { meta, created } = await loadOrCreateMeta(fs, dir, opts, create);
       await mkdirDurable(fs, join(dir, WAL_DIR));
+      const walStarted = await recordWalStarted(fs, dir, meta);
       const dataDir = new DataDir(dir, meta, created, lock, fs);
+      if (walStarted) dataDir.warnings.push(walStarted);
       dataDir.warnings.push(...(await tidy(fs, dir)));
       return dataDir;
     } catch (err) {
@@ -154,6 +164,9 @@ export class DataDir {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // A first run's WAL created its marker meanwhile: meta.json remembers it from now on. Best effort (a
+    // failing disk must not fail the stop): the next open tries again.
+    await recordWalStarted(this.fs, this.dir, this.meta).catch(() => {});
     await this.lock.release();
   }
 }
@@ -246,6 +259,7 @@ function validateMeta(path: string, v: unknown): DataDirMeta {
     createdAt: m.createdAt as string,
     pageBytes: m.pageBytes as number,
     segmentBytes: m.segmentBytes as number,
+    ...(typeof m.walStartedAt === 'string' ? { walStartedAt: m.walStartedAt } : {}),
   };
 }
 
@@ -261,11 +275,13 @@ async function loadOrCreateMeta(
     const st = await fs.stat(path);
     if (!st.isFile)
       throw new SegmemError('INVALID_ARGUMENT', `${path} is not a regular file`, { file: path });
-    text = (await fs.readFile(path)).toString('utf8');
+    text = (await fs.readFile(path, 'recovery.read-meta')).toString('utf8');
   } catch (err) {
     if (errnoCode(err) !== 'ENOENT') {
       if (SegmemError.is(err)) throw err;
-      throw new SegmemError('INVALID_ARGUMENT', `cannot read ${path}: ${errorMessage(err)}`, { file: path });
+      // An I/O error (EIO, EACCES, ...), not a bad argument: the file may be fine once the disk is.
+      const errno = errnoCode(err) ?? 'EIO';
+      throw new SegmemError('UNAVAILABLE', `cannot read ${path}: ${errno}`, { file: path, errno });
     }
   }
 
@@ -333,4 +349,39 @@ async function loadOrCreateMeta(
     }
   }
   return { meta, created: false };
+}
+
+/**
+ * Keeps meta.json and the WAL-started marker (`wal-started`, see WalOptions.startedMarker) in step, so that
+ * losing `wal/` together with the marker (`rm -rf wal*`) is still refused as a lost log rather than taken for
+ * a new one: a marker meta.json does not know yet is recorded in it (`walStartedAt`); a marker lost while
+ * meta.json knows it is created again (the WAL's recovery then refuses a log with no record in it).
+ * Resolves with a warning line when it recreated the marker.
+ */
+async function recordWalStarted(fs: StorageFs, dir: string, meta: DataDirMeta): Promise<string | undefined> {
+  const marker = join(dir, WAL_STARTED_FILE);
+  let exists: boolean;
+  try {
+    await fs.stat(marker);
+    exists = true;
+  } catch (err) {
+    const errno = errnoCode(err) ?? 'EIO';
+    if (errno !== 'ENOENT')
+      throw new SegmemError('UNAVAILABLE', `cannot read ${marker}: ${errno}`, { file: marker, errno });
+    exists = false;
+  }
+  if (exists && meta.walStartedAt === undefined) {
+    meta.walStartedAt = new Date().toISOString();
+    await writeFileAtomic(fs, join(dir, META_FILE), `${JSON.stringify(meta, null, 2)}\n`, 'meta');
+    return undefined;
+  }
+  if (!exists && meta.walStartedAt !== undefined) {
+    await fs.close(await fs.open(marker, 'wx'));
+    await fs.fsyncDir(dir);
+    return (
+      `data directory: ${marker} was missing, but ${join(dir, META_FILE)} says the write-ahead log has held ` +
+      `acknowledged records since ${meta.walStartedAt}: created it again`
+    );
+  }
+  return undefined;
 }
