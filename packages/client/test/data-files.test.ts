@@ -99,6 +99,23 @@ test('an I/O error reading meta.json at start is UNAVAILABLE naming the file and
   }
 });
 
+test('an I/O error writing meta.json of a fresh directory names the file and the errno', async (t) => {
+  const dir = tempDir('segmem-files-');
+  const data = join(dir.path, 'data');
+  try {
+    for (const [step, errno] of [
+      ['meta.create', 'EIO'],
+      ['meta.sync', 'ENOSPC'],
+    ] as const) {
+      const line = await refusedStart(t, data, { SEGMEM_FAIL_AT: `${step}:1:1:${errno}` });
+      t.is(line, `segmem-server: cannot write ${join(data, 'meta.json')}: ${errno} (UNAVAILABLE)`);
+      t.false(existsSync(join(data, 'meta.json')), 'nothing half-written is left as meta.json');
+    }
+  } finally {
+    dir.cleanup();
+  }
+});
+
 test('an I/O error reading a WAL segment at start names the file and the errno', async (t) => {
   const dir = tempDir('segmem-files-');
   const data = join(dir.path, 'data');

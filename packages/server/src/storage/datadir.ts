@@ -308,7 +308,7 @@ async function loadOrCreateMeta(
       pageBytes: opts.pageBytes,
       segmentBytes: opts.segmentBytes,
     };
-    await writeFileAtomic(fs, path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
+    await writeMeta(fs, path, meta);
     return { meta, created: true };
   }
 
@@ -372,7 +372,7 @@ async function recordWalStarted(fs: StorageFs, dir: string, meta: DataDirMeta): 
   }
   if (exists && meta.walStartedAt === undefined) {
     meta.walStartedAt = new Date().toISOString();
-    await writeFileAtomic(fs, join(dir, META_FILE), `${JSON.stringify(meta, null, 2)}\n`, 'meta');
+    await writeMeta(fs, join(dir, META_FILE), meta);
     return undefined;
   }
   if (!exists && meta.walStartedAt !== undefined) {
@@ -384,4 +384,15 @@ async function recordWalStarted(fs: StorageFs, dir: string, meta: DataDirMeta): 
     );
   }
   return undefined;
+}
+
+/** Writes meta.json atomically; an I/O error is one typed line naming the file and the errno. */
+async function writeMeta(fs: StorageFs, path: string, meta: DataDirMeta): Promise<void> {
+  try {
+    await writeFileAtomic(fs, path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
+  } catch (err) {
+    if (SegmemError.is(err)) throw err;
+    const errno = errnoCode(err) ?? 'EIO';
+    throw new SegmemError('UNAVAILABLE', `cannot write ${path}: ${errno}`, { file: path, errno });
+  }
 }
