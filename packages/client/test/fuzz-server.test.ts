@@ -14,6 +14,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import {
+  decodeError,
   decodeResponse,
   encodeFrame,
   encodeRequest,
@@ -58,6 +59,10 @@ const FUZZ_PREFIX = 'fz/';
 const CONTROL = 'ctl/object';
 const CONTROL_BYTES = Buffer.from(Array.from({ length: 64 }, (_, i) => (i * 7 + 3) & 0xff));
 
+/** ERROR codes the server answered the current batch with, and its answers that reveal an internal error. */
+const errorCodes = new Map<string, number>();
+const internalErrors: string[] = [];
+
 /** A raw protocol connection: writes exactly the bytes given, collects frames and the close. */
 class Raw {
   private readonly decoder = new FrameDecoder();
@@ -83,6 +88,16 @@ class Raw {
   lastRequestId = -1;
   private onFrame(f: Frame): void {
     this.lastRequestId = f.requestId;
+    if (f.type === MessageType.ERROR) {
+      try {
+        const err = decodeError(f);
+        errorCodes.set(err.code, (errorCodes.get(err.code) ?? 0) + 1);
+        // What a handler's unexpected exception becomes (shell/connection.ts asSegmemError).
+        if (err.message.startsWith('internal error')) internalErrors.push(err.message);
+      } catch (err) {
+        internalErrors.push(`an ERROR frame that does not decode: ${String(err)}`);
+      }
+    }
     if (f.requestId !== 0) this.answered.add(f.requestId);
     this.frames.push(f);
   }
@@ -215,10 +230,12 @@ test('hostile requests of every type on logged-in connections: the server stays 
         Buffer.concat(encodeFrame(MessageType[f.type], i + 2, 0, f.header, f.payload)),
       );
       const started = Date.now();
+      errorCodes.clear();
       const connections = await sendBatch(server.address, frames);
       sent += frames.length;
       t.is(server.proc.exitCode, null, `the server exited during the ${type} batch: ${server.stderr()}`);
       t.is(server.proc.pid, pid);
+      t.deepEqual(internalErrors, [], `internal errors in the ${type} batch (seed ${SEED})`);
       await checkControl(seg, version, `the ${type} batch`).catch((err: Error) => {
         throw new Error(
           `${err.message}\nseed ${SEED} (SEGMEM_FUZZ_SEED replays it); the batch's first frames:\n` +
@@ -228,7 +245,10 @@ test('hostile requests of every type on logged-in connections: the server stays 
       const rss = vmRssBytes(pid);
       peakRss = Math.max(peakRss, rss);
       t.true(rss < MAX_RSS_BYTES, `VmRSS ${rss} bytes after the ${type} batch`);
-      t.log(`${type}: ${frames.length} frames on ${connections} connection(s) in ${Date.now() - started} ms`);
+      const codes = [...errorCodes].map(([code, n]) => `${code} ${n}`).join(', ');
+      t.log(
+        `${type}: ${frames.length} frames on ${connections} connection(s) in ${Date.now() - started} ms; errors: ${codes}`,
+      );
     }
     t.log(`${sent} hostile frames; peak VmRSS ${Math.round(peakRss / 1024 / 1024)} MiB; seed ${SEED}`);
   } catch (err) {
