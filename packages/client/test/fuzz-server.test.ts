@@ -59,9 +59,14 @@ const FUZZ_PREFIX = 'fz/';
 const CONTROL = 'ctl/object';
 const CONTROL_BYTES = Buffer.from(Array.from({ length: 64 }, (_, i) => (i * 7 + 3) & 0xff));
 
-/** ERROR codes the server answered the current batch with, and its answers that reveal an internal error. */
-const errorCodes = new Map<string, number>();
-const internalErrors: string[] = [];
+/** The ERROR codes a batch was answered with, and the answers that reveal an internal error. */
+class Answers {
+  readonly codes = new Map<string, number>();
+  readonly internal: string[] = [];
+  summary(): string {
+    return [...this.codes].map(([code, n]) => `${code} ${n}`).join(', ');
+  }
+}
 
 /** A raw protocol connection: writes exactly the bytes given, collects frames and the close. */
 class Raw {
@@ -69,7 +74,10 @@ class Raw {
   readonly answered = new Set<number>();
   closed = false;
 
-  private constructor(readonly socket: Socket) {
+  private constructor(
+    readonly socket: Socket,
+    private readonly answers: Answers,
+  ) {
     socket.on('data', (chunk: Buffer) => {
       try {
         for (const f of this.decoder.push(chunk)) this.onFrame(f);
@@ -91,22 +99,22 @@ class Raw {
     if (f.type === MessageType.ERROR) {
       try {
         const err = decodeError(f);
-        errorCodes.set(err.code, (errorCodes.get(err.code) ?? 0) + 1);
+        this.answers.codes.set(err.code, (this.answers.codes.get(err.code) ?? 0) + 1);
         // What a handler's unexpected exception becomes (shell/connection.ts asSegmemError).
-        if (err.message.startsWith('internal error')) internalErrors.push(err.message);
+        if (err.message.startsWith('internal error')) this.answers.internal.push(err.message);
       } catch (err) {
-        internalErrors.push(`an ERROR frame that does not decode: ${String(err)}`);
+        this.answers.internal.push(`an ERROR frame that does not decode: ${String(err)}`);
       }
     }
     if (f.requestId !== 0) this.answered.add(f.requestId);
     this.frames.push(f);
   }
 
-  static open(address: string): Promise<Raw> {
+  static open(address: string, answers = new Answers()): Promise<Raw> {
     const at = address.lastIndexOf(':');
     return new Promise((res, rej) => {
       const s = netConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)) }, () =>
-        res(new Raw(s)),
+        res(new Raw(s, answers)),
       );
       s.once('error', rej);
     });
@@ -163,8 +171,8 @@ async function checkControl(seg: Segment, version: number, what: string): Promis
     throw new Error(`after ${what}: the control client took ${Date.now() - started} ms`);
 }
 
-async function loggedIn(address: string): Promise<Raw> {
-  const raw = await Raw.open(address);
+async function loggedIn(address: string, answers: Answers): Promise<Raw> {
+  const raw = await Raw.open(address, answers);
   await raw.request({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 2000 }, 1);
   return raw;
 }
@@ -174,9 +182,9 @@ async function loggedIn(address: string): Promise<Raw> {
  * the server closes a connection (a frame-level error is answered and closes it), the frames it had not
  * answered yet go again on a new one. Resolves with how many connections that took.
  */
-async function sendBatch(address: string, frames: Buffer[]): Promise<number> {
+async function sendBatch(address: string, frames: Buffer[], answers: Answers): Promise<number> {
   let connections = 1;
-  let raw = await loggedIn(address);
+  let raw = await loggedIn(address, answers);
   try {
     let next = 0;
     while (next < frames.length) {
@@ -196,7 +204,7 @@ async function sendBatch(address: string, frames: Buffer[]): Promise<number> {
         let last = -1;
         for (let i = 0; i < ids.length; i++) if (raw.answered.has(ids[i]!)) last = i;
         next += raw.lastRequestId === 0 ? last + 2 : Math.max(last + 1, 1);
-        raw = await loggedIn(address);
+        raw = await loggedIn(address, answers);
         connections++;
       } else next += group.length;
     }
@@ -230,12 +238,12 @@ test('hostile requests of every type on logged-in connections: the server stays 
         Buffer.concat(encodeFrame(MessageType[f.type], i + 2, 0, f.header, f.payload)),
       );
       const started = Date.now();
-      errorCodes.clear();
-      const connections = await sendBatch(server.address, frames);
+      const answers = new Answers();
+      const connections = await sendBatch(server.address, frames, answers);
       sent += frames.length;
       t.is(server.proc.exitCode, null, `the server exited during the ${type} batch: ${server.stderr()}`);
       t.is(server.proc.pid, pid);
-      t.deepEqual(internalErrors, [], `internal errors in the ${type} batch (seed ${SEED})`);
+      t.deepEqual(answers.internal, [], `internal errors in the ${type} batch (seed ${SEED})`);
       await checkControl(seg, version, `the ${type} batch`).catch((err: Error) => {
         throw new Error(
           `${err.message}\nseed ${SEED} (SEGMEM_FUZZ_SEED replays it); the batch's first frames:\n` +
@@ -245,9 +253,8 @@ test('hostile requests of every type on logged-in connections: the server stays 
       const rss = vmRssBytes(pid);
       peakRss = Math.max(peakRss, rss);
       t.true(rss < MAX_RSS_BYTES, `VmRSS ${rss} bytes after the ${type} batch`);
-      const codes = [...errorCodes].map(([code, n]) => `${code} ${n}`).join(', ');
       t.log(
-        `${type}: ${frames.length} frames on ${connections} connection(s) in ${Date.now() - started} ms; errors: ${codes}`,
+        `${type}: ${frames.length} frames on ${connections} connection(s) in ${Date.now() - started} ms; errors: ${answers.summary()}`,
       );
     }
     t.log(`${sent} hostile frames; peak VmRSS ${Math.round(peakRss / 1024 / 1024)} MiB; seed ${SEED}`);
@@ -399,14 +406,19 @@ async function clusterIdOf(address: string): Promise<string> {
  * (then a new one carries on with the next frame); one it takes is followed by the next after a short pause.
  * Resolves with how many links that took.
  */
-async function sendPeerBatch(address: string, hello: Buffer, frames: Buffer[]): Promise<number> {
+async function sendPeerBatch(
+  address: string,
+  hello: Buffer,
+  frames: Buffer[],
+  answers: Answers,
+): Promise<number> {
   let connections = 0;
   let raw: Raw | null = null;
   try {
     for (const f of frames) {
       if (!raw || raw.closed) {
         raw?.close();
-        raw = await Raw.open(address);
+        raw = await Raw.open(address, answers);
         connections++;
         raw.write(hello);
       }
@@ -473,9 +485,11 @@ test('hostile peer frames from a stranger after a PEER_HELLO: every member stays
         .sample(peerFrameArb(hostileValue, m.id), { seed: SEED + i, numRuns: FRAMES_PER_TYPE })
         .map((f) => Buffer.concat(encodeFrame(f.type, 1, 0, f.header, f.payload)));
       const started = Date.now();
-      const connections = await sendPeerBatch(m.address, hello, frames);
+      const answers = new Answers();
+      const connections = await sendPeerBatch(m.address, hello, frames, answers);
+      t.deepEqual(answers.internal, [], `internal errors answering peer frames to ${m.id} (seed ${SEED})`);
       t.log(
-        `${m.id}: ${frames.length} peer frames on ${connections} connection(s) in ${Date.now() - started} ms`,
+        `${m.id}: ${frames.length} peer frames on ${connections} connection(s) in ${Date.now() - started} ms; errors: ${answers.summary()}`,
       );
       await checkControl(seg, version, `the peer frames to ${m.id}`);
       t.true(vmRssBytes(m.server!.proc.pid!) < MAX_RSS_BYTES, `${m.id} VmRSS`);
