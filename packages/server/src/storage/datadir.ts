@@ -356,7 +356,8 @@ async function loadOrCreateMeta(
  * losing `wal/` together with the marker (`rm -rf wal*`) is still refused as a lost log rather than taken for
  * a new one: a marker meta.json does not know yet is recorded in it (`walStartedAt`); a marker lost while
  * meta.json knows it is created again (the WAL's recovery then refuses a log with no record in it).
- * Resolves with a warning line when it recreated the marker.
+ * Resolves with a warning line when it recreated the marker, or could not record it (meta.json is then left
+ * as it was).
  */
 async function recordWalStarted(fs: StorageFs, dir: string, meta: DataDirMeta): Promise<string | undefined> {
   const marker = join(dir, WAL_STARTED_FILE);
@@ -371,8 +372,15 @@ async function recordWalStarted(fs: StorageFs, dir: string, meta: DataDirMeta): 
     exists = false;
   }
   if (exists && meta.walStartedAt === undefined) {
-    meta.walStartedAt = new Date().toISOString();
-    await writeMeta(fs, join(dir, META_FILE), meta);
+    const stamp = new Date().toISOString();
+    try {
+      await writeMeta(fs, join(dir, META_FILE), { ...meta, walStartedAt: stamp });
+    } catch (err) {
+      // The marker still guards the log; meta.json learns it at a later start or stop. A full disk must
+      // not keep a server from starting.
+      return `data directory: cannot record the WAL-started marker in ${META_FILE} yet: ${(err as Error).message}`;
+    }
+    meta.walStartedAt = stamp;
     return undefined;
   }
   if (!exists && meta.walStartedAt !== undefined) {
