@@ -34,8 +34,8 @@ export interface DataDirMeta {
   pageBytes: number;
   segmentBytes: number;
   /**
-   * When a start (or a clean stop) first found the WAL-started marker (`wal-started`): from then on this
-   * directory is known to have held acknowledged records, even if `wal/` and the marker are both lost.
+   * When a clean stop first found the WAL-started marker (`wal-started`): from then on this directory is
+   * known to have held acknowledged records, even if `wal/` and the marker are both lost.
    */
   walStartedAt?: string;
 }
@@ -149,7 +149,7 @@ export class DataDir {
     try {
       const { meta, created } = await loadOrCreateMeta(fs, dir, opts, create);
       await mkdirDurable(fs, join(dir, WAL_DIR));
-      const walStarted = await recordWalStarted(fs, dir, meta);
+      const walStarted = await restoreWalStartedMarker(fs, dir, meta);
       const dataDir = new DataDir(dir, meta, created, lock, fs);
       if (walStarted) dataDir.warnings.push(walStarted);
       dataDir.warnings.push(...(await tidy(fs, dir)));
@@ -164,8 +164,8 @@ export class DataDir {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    // A first run's WAL created its marker meanwhile: meta.json remembers it from now on. Best effort (a
-    // failing disk must not fail the stop): the next open tries again.
+    // The WAL created its marker (at its first durable record): meta.json remembers it from now on. Best
+    // effort (a failing disk must not fail the stop): the next stop tries again.
     await recordWalStarted(this.fs, this.dir, this.meta).catch(() => {});
     await this.lock.release();
   }
@@ -351,47 +351,49 @@ async function loadOrCreateMeta(
   return { meta, created: false };
 }
 
-/**
- * Keeps meta.json and the WAL-started marker (`wal-started`, see WalOptions.startedMarker) in step, so that
- * losing `wal/` together with the marker (`rm -rf wal*`) is still refused as a lost log rather than taken for
- * a new one: a marker meta.json does not know yet is recorded in it (`walStartedAt`); a marker lost while
- * meta.json knows it is created again (the WAL's recovery then refuses a log with no record in it).
- * Resolves with a warning line when it recreated the marker, or could not record it (meta.json is then left
- * as it was).
- */
-async function recordWalStarted(fs: StorageFs, dir: string, meta: DataDirMeta): Promise<string | undefined> {
-  const marker = join(dir, WAL_STARTED_FILE);
-  let exists: boolean;
+/** Whether the WAL-started marker exists (an I/O error other than ENOENT is one typed line). */
+async function walStartedMarkerExists(fs: StorageFs, marker: string): Promise<boolean> {
   try {
     await fs.stat(marker);
-    exists = true;
+    return true;
   } catch (err) {
     const errno = errnoCode(err) ?? 'EIO';
-    if (errno !== 'ENOENT')
-      throw new SegmemError('UNAVAILABLE', `cannot read ${marker}: ${errno}`, { file: marker, errno });
-    exists = false;
+    if (errno === 'ENOENT') return false;
+    throw new SegmemError('UNAVAILABLE', `cannot read ${marker}: ${errno}`, { file: marker, errno });
   }
-  if (exists && meta.walStartedAt === undefined) {
-    const stamp = new Date().toISOString();
-    try {
-      await writeMeta(fs, join(dir, META_FILE), { ...meta, walStartedAt: stamp });
-    } catch (err) {
-      // The marker still guards the log; meta.json learns it at a later start or stop. A full disk must
-      // not keep a server from starting.
-      return `data directory: cannot record the WAL-started marker in ${META_FILE} yet: ${(err as Error).message}`;
-    }
-    meta.walStartedAt = stamp;
-    return undefined;
-  }
-  if (!exists && meta.walStartedAt !== undefined) {
-    await fs.close(await fs.open(marker, 'wx'));
-    await fs.fsyncDir(dir);
-    return (
-      `data directory: ${marker} was missing, but ${join(dir, META_FILE)} says the write-ahead log has held ` +
-      `acknowledged records since ${meta.walStartedAt}: created it again`
-    );
-  }
-  return undefined;
+}
+
+/**
+ * At a start: a WAL-started marker (`wal-started`, see WalOptions.startedMarker) lost while meta.json says
+ * the log held records (`walStartedAt`) is created again, so that losing `wal/` together with the marker
+ * (`rm -rf wal*`) is still refused as a lost log (by the WAL's recovery) rather than taken for a new one.
+ * Resolves with a warning line when it did.
+ */
+async function restoreWalStartedMarker(
+  fs: StorageFs,
+  dir: string,
+  meta: DataDirMeta,
+): Promise<string | undefined> {
+  const marker = join(dir, WAL_STARTED_FILE);
+  if (meta.walStartedAt === undefined || (await walStartedMarkerExists(fs, marker))) return undefined;
+  await fs.close(await fs.open(marker, 'wx'));
+  await fs.fsyncDir(dir);
+  return (
+    `data directory: ${marker} was missing, but ${join(dir, META_FILE)} says the write-ahead log has held ` +
+    `acknowledged records since ${meta.walStartedAt}: created it again`
+  );
+}
+
+/**
+ * At a clean stop: a marker meta.json does not know yet is recorded in it (`walStartedAt`, rewritten
+ * atomically). Only then, not at a start: a crash loop never rewrites the directory's identity file.
+ */
+async function recordWalStarted(fs: StorageFs, dir: string, meta: DataDirMeta): Promise<void> {
+  if (meta.walStartedAt !== undefined || !(await walStartedMarkerExists(fs, join(dir, WAL_STARTED_FILE))))
+    return;
+  const stamp = new Date().toISOString();
+  await writeMeta(fs, join(dir, META_FILE), { ...meta, walStartedAt: stamp });
+  meta.walStartedAt = stamp;
 }
 
 /** Writes meta.json atomically; an I/O error is one typed line naming the file and the errno. */
