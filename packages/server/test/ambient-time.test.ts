@@ -21,7 +21,7 @@ const ALLOW: { path: string; rules?: string[]; why: string }[] = [
   {
     path: 'packages/server/src/storage/datadir.ts',
     rules: ['new Date()', 'crypto random'],
-    why: "meta.json's creation stamp, and the cluster id of a directory created without one (a single server)",
+    why: "meta.json's creation and walStartedAt stamps, and the cluster id of a directory created without one (a single server)",
   },
   {
     path: 'packages/server/src/storage/fs.ts',

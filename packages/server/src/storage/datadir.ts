@@ -35,6 +35,11 @@ export interface DataDirMeta {
   segmentBytes: number;
   /** HMAC of the cluster secret (shell/peer-auth.ts), recorded at the first start with one. */
   secretFingerprint?: string;
+  /**
+   * When a clean stop first found the WAL-started marker (`wal-started`): from then on this directory is
+   * known to have held acknowledged records, even if `wal/` and the marker are both lost.
+   */
+  walStartedAt?: string;
 }
 
 export interface DataDirOptions {
@@ -106,7 +111,9 @@ export class DataDir {
    *
    * Errors (all `SegmemError`):
    * - `INVALID_ARGUMENT`: the directory cannot be created or written; it belongs to another cluster or
-   *   server or was created with different `pageBytes`/`segmentBytes`; `meta.json` is unreadable.
+   *   server or was created with different `pageBytes`/`segmentBytes`; `meta.json` is not valid.
+   * - `UNAVAILABLE`: `meta.json`, `LOCK` or `wal-started` cannot be read (an I/O error: `details.errno`), or
+   *   a file stands where `wal/` belongs.
    * - `UNAVAILABLE`: another live process (or this one) holds the lock; `details.pid` names it.
    * - `NOT_FOUND`: `create: false` and the directory is missing or uninitialised.
    */
@@ -133,7 +140,8 @@ export class DataDir {
       try {
         await mkdirDurable(fs, dir);
       } catch (err) {
-        if (errnoCode(err) === 'EEXIST') {
+        const errno = SegmemError.is(err) ? err.details?.errno : errnoCode(err);
+        if (errno === 'EEXIST') {
           throw new SegmemError('INVALID_ARGUMENT', `data directory ${dir} is not a directory`, { dir });
         }
         throw notWritable(dir, err);
@@ -155,7 +163,9 @@ export class DataDir {
     try {
       const { meta, created } = await loadOrCreateMeta(fs, dir, opts, create);
       await mkdirDurable(fs, join(dir, WAL_DIR));
+      const walStarted = await restoreWalStartedMarker(fs, dir, meta);
       const dataDir = new DataDir(dir, meta, created, lock, fs);
+      if (walStarted) dataDir.warnings.push(walStarted);
       dataDir.warnings.push(...(await tidy(fs, dir)));
       return dataDir;
     } catch (err) {
@@ -168,6 +178,9 @@ export class DataDir {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // The WAL created its marker (at its first durable record): meta.json remembers it from now on. Best
+    // effort (a failing disk must not fail the stop): the next stop tries again.
+    await recordWalStarted(this.fs, this.dir, this.meta).catch(() => {});
     await this.lock.release();
   }
 }
@@ -266,6 +279,7 @@ function validateMeta(path: string, v: unknown): DataDirMeta {
     pageBytes: m.pageBytes as number,
     segmentBytes: m.segmentBytes as number,
     ...(m.secretFingerprint !== undefined ? { secretFingerprint: m.secretFingerprint as string } : {}),
+    ...(typeof m.walStartedAt === 'string' ? { walStartedAt: m.walStartedAt } : {}),
   };
 }
 
@@ -281,11 +295,13 @@ async function loadOrCreateMeta(
     const st = await fs.stat(path);
     if (!st.isFile)
       throw new SegmemError('INVALID_ARGUMENT', `${path} is not a regular file`, { file: path });
-    text = (await fs.readFile(path)).toString('utf8');
+    text = (await fs.readFile(path, 'recovery.read-meta')).toString('utf8');
   } catch (err) {
     if (errnoCode(err) !== 'ENOENT') {
       if (SegmemError.is(err)) throw err;
-      throw new SegmemError('INVALID_ARGUMENT', `cannot read ${path}: ${errorMessage(err)}`, { file: path });
+      // An I/O error (EIO, EACCES, ...), not a bad argument: the file may be fine once the disk is.
+      const errno = errnoCode(err) ?? 'EIO';
+      throw new SegmemError('UNAVAILABLE', `cannot read ${path}: ${errno}`, { file: path, errno });
     }
   }
 
@@ -313,7 +329,7 @@ async function loadOrCreateMeta(
       segmentBytes: opts.segmentBytes,
       ...(opts.secretFingerprint !== undefined ? { secretFingerprint: opts.secretFingerprint } : {}),
     };
-    await writeFileAtomic(fs, path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
+    await writeMeta(fs, path, meta);
     return { meta, created: true };
   }
 
@@ -363,7 +379,63 @@ async function loadOrCreateMeta(
     }
     // The first start with a secret, or a rotated one: remember which.
     meta.secretFingerprint = opts.secretFingerprint;
-    await writeFileAtomic(fs, path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
+    await writeMeta(fs, path, meta);
   }
   return { meta, created: false };
+}
+
+/** Whether the WAL-started marker exists (an I/O error other than ENOENT is one typed line). */
+async function walStartedMarkerExists(fs: StorageFs, marker: string): Promise<boolean> {
+  try {
+    await fs.stat(marker);
+    return true;
+  } catch (err) {
+    const errno = errnoCode(err) ?? 'EIO';
+    if (errno === 'ENOENT') return false;
+    throw new SegmemError('UNAVAILABLE', `cannot read ${marker}: ${errno}`, { file: marker, errno });
+  }
+}
+
+/**
+ * At a start: a WAL-started marker (`wal-started`, see WalOptions.startedMarker) lost while meta.json says
+ * the log held records (`walStartedAt`) is created again, so that losing `wal/` together with the marker
+ * (`rm -rf wal*`) is still refused as a lost log (by the WAL's recovery) rather than taken for a new one.
+ * Resolves with a warning line when it did.
+ */
+async function restoreWalStartedMarker(
+  fs: StorageFs,
+  dir: string,
+  meta: DataDirMeta,
+): Promise<string | undefined> {
+  const marker = join(dir, WAL_STARTED_FILE);
+  if (meta.walStartedAt === undefined || (await walStartedMarkerExists(fs, marker))) return undefined;
+  await fs.close(await fs.open(marker, 'wx'));
+  await fs.fsyncDir(dir);
+  return (
+    `data directory: ${marker} was missing, but ${join(dir, META_FILE)} says the write-ahead log has held ` +
+    `acknowledged records since ${meta.walStartedAt}: created it again`
+  );
+}
+
+/**
+ * At a clean stop: a marker meta.json does not know yet is recorded in it (`walStartedAt`, rewritten
+ * atomically). Only then, not at a start: a crash loop never rewrites the directory's identity file.
+ */
+async function recordWalStarted(fs: StorageFs, dir: string, meta: DataDirMeta): Promise<void> {
+  if (meta.walStartedAt !== undefined || !(await walStartedMarkerExists(fs, join(dir, WAL_STARTED_FILE))))
+    return;
+  const stamp = new Date().toISOString();
+  await writeMeta(fs, join(dir, META_FILE), { ...meta, walStartedAt: stamp });
+  meta.walStartedAt = stamp;
+}
+
+/** Writes meta.json atomically; an I/O error is one typed line naming the file and the errno. */
+async function writeMeta(fs: StorageFs, path: string, meta: DataDirMeta): Promise<void> {
+  try {
+    await writeFileAtomic(fs, path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
+  } catch (err) {
+    if (SegmemError.is(err)) throw err;
+    const errno = errnoCode(err) ?? 'EIO';
+    throw new SegmemError('UNAVAILABLE', `cannot write ${path}: ${errno}`, { file: path, errno });
+  }
 }

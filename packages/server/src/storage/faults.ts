@@ -37,6 +37,8 @@ export const FAULT_STEPS = [
   'recovery.truncate', // cut a torn tail off the last segment
   'recovery.unlink', // remove a torn segment file, or segment files a snapshot made useless
   'recovery.dirsync',
+  'recovery.read-meta', // read meta.json at start
+  'recovery.read-wal', // read a WAL segment file at start
   // snapshot files, written atomically (temp file, fsync, rename, directory fsync)
   'snapshot.clone', // reflink the previous snapshot file to the temp file (FICLONE; fails on ext4)
   'snapshot.open', // open the clone to write the changed pages into it

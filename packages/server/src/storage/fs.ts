@@ -79,7 +79,7 @@ export interface StorageFs {
   /** Sets the file's length (a longer file reads zeros past the old end). */
   ftruncate(fd: number, length: number, step?: FaultStep): Promise<void>;
   close(fd: number, step?: FaultStep): Promise<void>;
-  readFile(path: string): Promise<Buffer>;
+  readFile(path: string, step?: FaultStep): Promise<Buffer>;
   /** Names in `dir`, in no particular order. */
   readdir(dir: string): Promise<string[]>;
   stat(path: string): Promise<FileStat>;
@@ -231,7 +231,16 @@ async function acquireLock(dir: string): Promise<{ nonce: string; stale: LockHol
       if (errnoCode(err) !== 'EEXIST') throw notWritable(dir, err);
     }
     // Someone holds (or held) the lock.
-    const text = await readText(lockPath);
+    let text: string | undefined;
+    try {
+      text = await readText(lockPath);
+    } catch (err) {
+      const errno = errnoCode(err) ?? 'EIO';
+      throw new SegmemError('UNAVAILABLE', `cannot read the lock file ${lockPath}: ${errno}`, {
+        file: lockPath,
+        errno,
+      });
+    }
     if (text === undefined) continue; // released meanwhile
     const holder = parseLock(text);
     if (holder) {
@@ -291,7 +300,10 @@ export const nodeFs: StorageFs = {
   fsync: (fd, step) => fsyncFd(fd, step),
   ftruncate: (fd, length, step) => ftruncateFd(fd, length, step),
   close: (fd, step) => closeFd(fd, step),
-  readFile: (path) => fsp.readFile(path),
+  readFile: async (path, step) => {
+    if (step) faultPoint(step);
+    return fsp.readFile(path);
+  },
   readdir: (dir) => fsp.readdir(dir),
   stat: async (path) => {
     const st = await fsp.stat(path);
@@ -338,7 +350,17 @@ export async function truncateFile(
  */
 export async function mkdirDurable(fs: StorageFs, dir: string, sync = true): Promise<boolean> {
   const target = resolve(dir);
-  const first = await fs.mkdir(target);
+  let first: string | undefined;
+  try {
+    first = await fs.mkdir(target);
+  } catch (err) {
+    // A file where the directory belongs: say which, in one line, instead of mkdir's EEXIST.
+    if (errnoCode(err) !== 'EEXIST') throw err;
+    throw new SegmemError('UNAVAILABLE', `${target} is not a directory (EEXIST): a file is in its place`, {
+      file: target,
+      errno: 'EEXIST',
+    });
+  }
   if (first === undefined) return false;
   if (sync) {
     for (let d = target; ; d = dirname(d)) {

@@ -458,7 +458,7 @@ function unreadable(path: string, err: unknown, what: string): SegmemError {
 
 async function readWalFile(fs: StorageFs, path: string): Promise<Buffer> {
   try {
-    return await fs.readFile(path);
+    return await fs.readFile(path, 'recovery.read-wal');
   } catch (err) {
     throw unreadable(path, err, 'read');
   }
