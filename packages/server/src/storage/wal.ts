@@ -203,6 +203,13 @@ export interface WalOptions {
   onStall?: (stall: SegmemError | null) => void;
   /** Timers of the stall retries (default: the process's own, systemEnv). */
   env?: Env;
+  /**
+   * Recovery hands each record to this as soon as it is read and verified, in index order, instead of
+   * returning them all (`open` then returns no records): a caller that applies records as they come holds
+   * one segment file's bytes at a time, not the whole log. Records before a bad one may have been handed
+   * over by the time `open` refuses to start; the caller then discards what it built from them.
+   */
+  onRecord?: (record: WalRecord) => void;
 }
 
 export interface WalRecord {
@@ -500,7 +507,10 @@ function closedError(): SegmemError {
 }
 
 interface Recovered {
+  /** The records to replay (none when they went to `onRecord`). */
   records: WalRecord[];
+  /** How many records were recovered. */
+  count: number;
   segments: Segment[];
   /** Size of the last segment after recovery (0 if there is none). */
   lastSize: number;
@@ -517,7 +527,11 @@ function firstIndexOf(name: string): number {
 /** What reading the segment files in order found, before anything on disk is changed. */
 interface Scan {
   names: string[];
+  /** The records read (none when they went to `onRecord` instead). */
   records: WalRecord[];
+  /** How many records were recovered, and the index of the first (0: none). */
+  count: number;
+  firstRecordIndex: number;
   segments: Segment[];
   sizes: number[];
   /** The format version of each segment read (parallel to `sizes`). */
@@ -533,6 +547,7 @@ async function scanSegments(
   dir: string,
   maxRecordBytes: number,
   covered: number | undefined,
+  onRecord?: (record: WalRecord) => void,
 ): Promise<Scan> {
   let listed: string[];
   try {
@@ -545,6 +560,8 @@ async function scanSegments(
   const segments: Segment[] = [];
   const sizes: number[] = [];
   const versions: number[] = [];
+  let count = 0;
+  let firstRecordIndex = 0;
   if (covered !== undefined) {
     // Segments all of whose records the caller's snapshot holds are not read; they stay listed, and the
     // next truncation behind a snapshot deletes them. Whatever happened to them (a deletion interrupted by
@@ -599,17 +616,27 @@ async function scanSegments(
         break;
       }
       if (covered === undefined || expected > covered) {
-        records.push({
-          index: expected,
-          payload: buf.subarray(off + headerBytes, off + headerBytes + r),
-        });
+        const record = { index: expected, payload: buf.subarray(off + headerBytes, off + headerBytes + r) };
+        if (onRecord) onRecord(record);
+        else records.push(record);
+        if (count++ === 0) firstRecordIndex = expected;
       }
       expected++;
       off += headerBytes + r;
     }
     sizes[f] = bad ? bad.offset : buf.length;
   }
-  return { names, records, segments, sizes, versions, lastIndex: expected - 1, ...(bad ? { bad } : {}) };
+  return {
+    names,
+    records,
+    count,
+    firstRecordIndex,
+    segments,
+    sizes,
+    versions,
+    lastIndex: expected - 1,
+    ...(bad ? { bad } : {}),
+  };
 }
 
 /** The bytes from the bad record on (the rest of its file, and every later file). */
@@ -676,13 +703,14 @@ async function recover(
   repair: boolean,
   covered: number | undefined,
   started: string | undefined,
+  onRecord?: (record: WalRecord) => void,
 ): Promise<Recovered> {
-  const scan = await scanSegments(fs, dir, maxRecordBytes, covered);
-  const { records, segments, sizes, versions, lastIndex, bad } = scan;
+  const scan = await scanSegments(fs, dir, maxRecordBytes, covered, onRecord);
+  const { records, count, segments, sizes, versions, lastIndex, bad } = scan;
   // Checked before anything is cut (after damage, which is the better explanation), so a refused start
   // changes nothing on disk.
   const refuseIfMissing = (): void => {
-    if (started === undefined || repair || (covered ?? 0) > 0 || records.length > 0) return;
+    if (started === undefined || repair || (covered ?? 0) > 0 || count > 0) return;
     const what =
       scan.names.length === 0 ? 'holds no segment file' : `holds no valid record (${scan.names.join(', ')})`;
     throw new SegmemError(
@@ -694,8 +722,8 @@ async function recover(
   };
   if (!bad) refuseIfMissing();
   const report: RecoveryReport = {
-    records: records.length,
-    firstIndex: records.length > 0 ? records[0]!.index : lastIndex + 1,
+    records: count,
+    firstIndex: count > 0 ? scan.firstRecordIndex : lastIndex + 1,
     lastIndex,
     segments: 0,
   };
@@ -785,14 +813,22 @@ async function recover(
     report.lastIndex = covered;
     report.firstIndex = covered + 1;
     report.segments = 0;
-    return { records: [], segments: [], lastSize: 0, appendable: false, lastIndex: covered, report };
+    return {
+      records: [],
+      count: 0,
+      segments: [],
+      lastSize: 0,
+      appendable: false,
+      lastIndex: covered,
+      report,
+    };
   }
   report.segments = segments.length;
   // Only a segment that was read may be appended to (the last one may be a skipped one, when every
   // segment read was torn and removed), and only one in the current format.
   const appendable = sizes.length > 0 && versions[versions.length - 1] === WAL_FORMAT_VERSION;
   const lastSize = appendable ? sizes[sizes.length - 1]! : 0;
-  return { records, segments, lastSize, appendable, lastIndex, report };
+  return { records, count, segments, lastSize, appendable, lastIndex, report };
 }
 
 /** What {@link inspectWal} found. */
@@ -932,7 +968,9 @@ export class Wal {
   private markerPath: string | null = null;
 
   private constructor(
-    opts: Required<Omit<WalOptions, 'repair' | 'io' | 'coveredIndex' | 'onStall' | 'env' | 'startedMarker'>> &
+    opts: Required<
+      Omit<WalOptions, 'repair' | 'io' | 'coveredIndex' | 'onStall' | 'env' | 'startedMarker' | 'onRecord'>
+    > &
       Pick<WalOptions, 'onStall' | 'env'>,
     io: WalIo,
     rec: Recovered,
@@ -993,6 +1031,7 @@ export class Wal {
       opts.repair === true,
       opts.coveredIndex,
       markerExists ? marker : undefined,
+      opts.onRecord,
     );
     const io: WalIo = { ...walIoOf(fs), ...opts.io };
     // A replaced writev (a test's injected fault) replaces the write on the calling thread too.
@@ -1011,7 +1050,7 @@ export class Wal {
       rec,
     );
     let markerKept = markerExists;
-    if (markerExists && opts.repair && rec.records.length === 0 && (opts.coveredIndex ?? 0) === 0) {
+    if (markerExists && opts.repair && rec.count === 0 && (opts.coveredIndex ?? 0) === 0) {
       // Started empty on request: the log is a new one, which the marker would refuse until it holds a record.
       await fs.rm(marker!, 'wal.mark');
       if (opts.fsync !== 'none') await fs.fsyncDir(dirname(marker!), 'wal.mark');
