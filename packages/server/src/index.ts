@@ -9,10 +9,12 @@ import {
   parseConsolidatedIntervalMs,
   parseConsolidatedKeep,
   parseFsync,
+  parseMaxMemory,
   parseNonNegativeInteger,
   parseSegmentBytes,
   type ServerConfig,
 } from './config.js';
+import { defaultMaxMemory, formatBytes, MIN_MAX_MEMORY_BYTES } from './node/budget.js';
 import { SegmemNode } from './node/index.js';
 import { RaftNode } from './raft/node.js';
 import { ServerMetrics, serveMetrics } from './shell/metrics.js';
@@ -106,6 +108,11 @@ export interface StartServerOptions {
    * accepted; default 10000, 0: never.
    */
   handshakeTimeoutMs?: number;
+  /**
+   * The memory budget (docs/operations.md "Memory"): bytes, a size such as "512MiB", or "off"; overrides
+   * the config file's `maxMemory`. Default: 3/4 of the cgroup's memory limit, or of the machine's memory.
+   */
+  maxMemory?: number | string;
   /** Connections open at once; one more is refused. Default 1024. */
   maxConnections?: number;
   /** Connections open at once from one remote address; one more is refused. Default 64. */
@@ -212,6 +219,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     ...(config.token ? { token: config.token } : {}),
     ...(opts.repair ? { repair: true } : {}),
     ...(opts.log ? { log: opts.log } : {}),
+    maxMemoryBytes: maxMemoryBytes(opts, config),
   };
   // Listening first: /health answers (STARTING) while the data directory is recovered.
   const metricsAt = metricsAddressFor(opts, config);
@@ -293,6 +301,21 @@ function metricsAddressFor(opts: StartServerOptions, config: ServerConfig): stri
   }
   const m = config.metrics;
   return typeof m === 'string' ? m : m?.[opts.id];
+}
+
+/** The memory budget in bytes (null: off): the option over the config file's, else derived (node/budget.ts). */
+function maxMemoryBytes(opts: StartServerOptions, config: ServerConfig): number | null {
+  const given =
+    opts.maxMemory !== undefined
+      ? parseMaxMemory('maxMemory', opts.maxMemory, MIN_MAX_MEMORY_BYTES)
+      : config.maxMemory;
+  if (given === 'off') return null;
+  if (given !== undefined) return given;
+  const derived = defaultMaxMemory();
+  opts.log?.(
+    `memory budget ${formatBytes(derived.limitBytes)}, 3/4 of ${derived.source} (set it with --max-memory)`,
+  );
+  return derived.limitBytes;
 }
 
 /** The scheduled consolidated snapshot settings: the options over the config file's; none without a dir. */
