@@ -200,6 +200,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     }
     parseHostPort(address, `address of peer ${id}`);
   }
+  const budget = maxMemoryBytes(opts, config);
   const nodeOpts = {
     id: opts.id,
     dataDir: opts.dataDir,
@@ -219,7 +220,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     ...(config.token ? { token: config.token } : {}),
     ...(opts.repair ? { repair: true } : {}),
     ...(opts.log ? { log: opts.log } : {}),
-    maxMemoryBytes: maxMemoryBytes(opts, config),
+    maxMemoryBytes: budget.limitBytes,
   };
   // Listening first: /health answers (STARTING) while the data directory is recovered.
   const metricsAt = metricsAddressFor(opts, config);
@@ -250,6 +251,11 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     throw new SegmemError('UNAVAILABLE', `cannot listen on ${opts.listen}: ${(err as Error).message}`);
   }
   metrics?.attach({ stats: () => node.stats(), network: listener });
+  // Said once the server runs: a failure to start stays the one line it is.
+  if (budget.derivedFrom)
+    opts.log?.(
+      `memory budget ${formatBytes(budget.limitBytes!)}, 3/4 of ${budget.derivedFrom} (set it with --max-memory)`,
+    );
   let closing: Promise<void> | null = null;
   return {
     address: listener.address,
@@ -303,19 +309,22 @@ function metricsAddressFor(opts: StartServerOptions, config: ServerConfig): stri
   return typeof m === 'string' ? m : m?.[opts.id];
 }
 
-/** The memory budget in bytes (null: off): the option over the config file's, else derived (node/budget.ts). */
-function maxMemoryBytes(opts: StartServerOptions, config: ServerConfig): number | null {
+/**
+ * The memory budget in bytes (null: off): the option over the config file's, else derived from the cgroup
+ * or machine memory (node/budget.ts; `derivedFrom` says which).
+ */
+function maxMemoryBytes(
+  opts: StartServerOptions,
+  config: ServerConfig,
+): { limitBytes: number | null; derivedFrom?: string } {
   const given =
     opts.maxMemory !== undefined
       ? parseMaxMemory('maxMemory', opts.maxMemory, MIN_MAX_MEMORY_BYTES)
       : config.maxMemory;
-  if (given === 'off') return null;
-  if (given !== undefined) return given;
+  if (given === 'off') return { limitBytes: null };
+  if (given !== undefined) return { limitBytes: given };
   const derived = defaultMaxMemory();
-  opts.log?.(
-    `memory budget ${formatBytes(derived.limitBytes)}, 3/4 of ${derived.source} (set it with --max-memory)`,
-  );
-  return derived.limitBytes;
+  return { limitBytes: derived.limitBytes, derivedFrom: derived.source };
 }
 
 /** The scheduled consolidated snapshot settings: the options over the config file's; none without a dir. */
