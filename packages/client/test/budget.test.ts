@@ -7,7 +7,7 @@ import { AdminSession } from '@segmem/server/internal/cli/admin-client';
 import { cgroupMemoryLimit } from '@segmem/server/internal/node/budget';
 import test from 'ava';
 import { connect, SegmemError } from '../src/index.js';
-import { startServerProcess, tempDir } from './helpers.js';
+import { converged, startServerProcess, tempDir, withCluster } from './helpers.js';
 
 const MiB = 1024 * 1024;
 /** The smallest budget a server takes: 128 MiB of runtime allowance, 128 MiB for data. */
@@ -145,6 +145,36 @@ test('snapshot exports past --max-memory are refused with UNAVAILABLE until held
     await server.stop();
     dir.cleanup();
   }
+});
+
+test('in a 3-member group the leader refuses creates past --max-memory, counting its Raft log and snapshot too', async (t) => {
+  await withCluster(
+    { extra: () => ['--max-memory', '256MiB', '--snapshot-every-entries', '20'] },
+    async ({ cluster, seg }) => {
+      // Written objects: the snapshot kept for followers holds their bytes, counted beside the state.
+      for (let i = 0; i < 16; i++) {
+        await seg.create(`w${i}`, MiB);
+        await seg.update(`w${i}`, (h) => h.bytes.fill(i + 1));
+      }
+      let created = 0;
+      let refused: SegmemError | null = null;
+      while (created < 200 && !refused) {
+        try {
+          await seg.create(`o${created}`, MiB);
+          created++;
+        } catch (err) {
+          refused = budgetError(err, 'NO_SPACE');
+        }
+      }
+      t.like(refused?.details, { budget: 'max-memory', limitBytes: BUDGET });
+      // 128 MiB of room: 16 written objects count twice (state and the snapshot kept for followers), so
+      // about 95 more fit (111 if the Raft side were not counted).
+      t.true(created > 80 && created < 104, `${created} more objects of 1 MiB fit`);
+      t.log(`${created} more objects of 1 MiB fit`);
+      await t.throwsAsync(seg.stat(`o${created}`), { code: 'NOT_FOUND' });
+      await converged(cluster);
+    },
+  );
 });
 
 test('the default budget is read from the cgroup v1 or v2 limit of the process', (t) => {

@@ -5,6 +5,8 @@
  * What counts (docs/limits.md, docs/operations.md "Memory"):
  * - the state: every object at its full size from its creation (as if written), with its page versions
  *   and a fixed record overhead, and every shared log's retained record bytes (`StateMachine.heldBytes`);
+ * - a cluster member's Raft log since its snapshot and the serialised snapshot it keeps for followers
+ *   (`NodeLog.heldBytes`);
  * - the consolidated snapshot exports held for SNAPSHOT_READ and those being built (each counted at the
  *   size of the state it freezes: copy-on-write may copy every object written while it is held);
  * - the payloads of writes and appends admitted but not applied yet;

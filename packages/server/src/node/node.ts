@@ -85,7 +85,10 @@ export class SegmemNode {
     this.env = opts.env ?? systemEnv;
     this.metrics = opts.metrics ?? NO_METRICS;
     const node = this;
-    this.budget = new MemoryBudget(opts.maxMemoryBytes ?? null, () => node.sm.heldBytes());
+    this.budget = new MemoryBudget(
+      opts.maxMemoryBytes ?? null,
+      () => node.sm.heldBytes() + (node.log.heldBytes?.() ?? 0),
+    );
     // Read through the node: the log is made below, and a Raft follower may replace its state machine.
     const ctx: NodeContext = {
       id: this.id,
