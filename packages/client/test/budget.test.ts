@@ -23,7 +23,7 @@ test('creating objects past --max-memory is refused with NO_SPACE naming the bud
   const server = await startServerProcess({
     dataDir: dir.path,
     fsync: 'none',
-    extra: ['--max-memory', '256MiB'],
+    extra: ['--max-memory', '256MiB', '--metrics', '127.0.0.1:0'],
   });
   const seg = await connect({ servers: [server.address] });
   try {
@@ -44,6 +44,13 @@ test('creating objects past --max-memory is refused with NO_SPACE naming the bud
     t.like(refused!.details, { budget: 'max-memory', limitBytes: BUDGET });
     t.true((refused!.details!.usedBytes as number) <= BUDGET);
     t.regex(refused!.message, /memory budget full: creating object "o\d+"/);
+    // The metrics show the budget and what it counts.
+    const metricsAt = /metrics on http:\/\/(\S+)\/metrics/.exec(server.stderr())![1]!;
+    const text = await (await fetch(`http://${metricsAt}/metrics`)).text();
+    const gauge = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(text)?.[1]);
+    t.is(gauge('segmem_memory_limit_bytes'), BUDGET);
+    const used = gauge('segmem_memory_used_bytes');
+    t.true(used > BUDGET - 2 * MiB && used <= BUDGET, `${used} bytes counted`);
     // Nothing changed: the refused object does not exist, the others are all there.
     await t.throwsAsync(seg.stat(`o${created}`), { code: 'NOT_FOUND' });
     t.is((await seg.list('o')).length, created);

@@ -288,6 +288,7 @@ export class SegmemNode {
       logs: sm.logCount(),
       locks: sm.lockStats(),
       pagesServed: this.pagesServed,
+      memory: { usedBytes: this.budget.usedBytes(), limitBytes: this.budget.limitBytes },
     };
   }
 
