@@ -4,7 +4,7 @@
  * nothing changes when refused, and the server keeps serving. Real server processes.
  */
 import { AdminSession } from '@segmem/server/internal/cli/admin-client';
-import { cgroupMemoryLimit } from '@segmem/server/internal/node/budget';
+import { cgroupMemoryLimit } from '@segmem/server/internal/memory-limit';
 import test from 'ava';
 import { connect, SegmemError } from '../src/index.js';
 import { converged, startServerProcess, tempDir, withCluster } from './helpers.js';

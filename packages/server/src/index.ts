@@ -14,7 +14,8 @@ import {
   parseSegmentBytes,
   type ServerConfig,
 } from './config.js';
-import { defaultMaxMemory, formatBytes, MIN_MAX_MEMORY_BYTES } from './node/budget.js';
+import { defaultMaxMemory } from './memory-limit.js';
+import { formatBytes, MIN_MAX_MEMORY_BYTES } from './node/budget.js';
 import { SegmemNode } from './node/index.js';
 import { RaftNode } from './raft/node.js';
 import { ServerMetrics, serveMetrics } from './shell/metrics.js';

@@ -519,15 +519,16 @@ export class SegmemNode {
     return this.grants.cancel(sessionId, acquireRequestId, reason, port);
   }
 
-  async release(sessionId: number, req: ReleaseRequest): Promise<ReleaseOk> {
+  release(sessionId: number, req: ReleaseRequest): Promise<ReleaseOk> {
     // A write's bytes replace bytes the object's creation was admitted for: counted while in flight,
-    // never refused (a refused release would keep the writer's lock and lose its change).
-    const counted = this.budget.count(req.payload.byteLength);
-    try {
-      return await this.grants.release(sessionId, req);
-    } finally {
-      counted();
+    // never refused (a refused release would keep the writer's lock and lose its change). The promise is
+    // handed back as it is: an extra await would let answers sent after it overtake it.
+    const released = this.grants.release(sessionId, req);
+    if (req.payload.byteLength > 0) {
+      const counted = this.budget.count(req.payload.byteLength);
+      released.then(counted, counted);
     }
+    return released;
   }
 
   /** See {@link NodeLog.leaseBarrier}: what a KEEPALIVE renewing a lease waits for. */
