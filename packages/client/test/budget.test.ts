@@ -3,7 +3,10 @@
  * is refused with NO_SPACE, holding another snapshot export with UNAVAILABLE, each naming the budget;
  * nothing changes when refused, and the server keeps serving. Real server processes.
  */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { AdminSession } from '@segmem/server/internal/cli/admin-client';
+import { loadConfigFile, parseMaxMemory } from '@segmem/server/internal/config';
 import { cgroupMemoryLimit } from '@segmem/server/internal/memory-limit';
 import test from 'ava';
 import { connect, SegmemError } from '../src/index.js';
@@ -205,4 +208,28 @@ test('the default budget is read from the cgroup v1 or v2 limit of the process',
   t.deepEqual(cgroupMemoryLimit(read), { bytes: 1024 * MiB, file: '/sys/fs/cgroup/svc/memory.max' });
   files['/sys/fs/cgroup/svc/memory.max'] = 'max\n';
   t.is(cgroupMemoryLimit(read), null, "v2's max");
+});
+
+test('--max-memory and the config file take sizes with binary units or "off", and refuse the rest clearly', (t) => {
+  const min = 256 * MiB;
+  t.is(parseMaxMemory('--max-memory', '512MiB', min), 512 * MiB);
+  t.is(parseMaxMemory('--max-memory', '2G', min), 2048 * MiB);
+  t.is(parseMaxMemory('--max-memory', '1.5GiB', min), 1536 * MiB);
+  t.is(parseMaxMemory('--max-memory', '268435456', min), min);
+  t.is(parseMaxMemory('maxMemory', min, min), min);
+  t.is(parseMaxMemory('--max-memory', 'off', min), 'off');
+  for (const bad of ['100MiB', '12XB', '-1', '', 'lots', 1.5, null]) {
+    const err = t.throws(() => parseMaxMemory('--max-memory', bad, min), { code: 'INVALID_ARGUMENT' });
+    t.regex(err!.message, /--max-memory must be a size of at least 256 MiB/);
+  }
+  const dir = tempDir();
+  try {
+    const file = join(dir.path, 'segmem.json');
+    writeFileSync(file, JSON.stringify({ maxMemory: '1GiB' }));
+    t.is(loadConfigFile(file).maxMemory, 1024 * MiB);
+    writeFileSync(file, JSON.stringify({ maxMemory: '1 MB' }));
+    t.throws(() => loadConfigFile(file), { code: 'INVALID_ARGUMENT', message: /maxMemory must be a size/ });
+  } finally {
+    dir.cleanup();
+  }
 });
