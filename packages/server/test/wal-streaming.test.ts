@@ -30,22 +30,27 @@ async function writeTen(dir: string): Promise<WalOptions> {
   return opts;
 }
 
-/** The real file system, counting the segment files read so far. */
-function countingReads(): { fs: StorageFs; filesRead: () => number } {
+/** The real file system, counting the segment files opened for reading so far and whole-file reads. */
+function countingReads(): { fs: StorageFs; filesRead: () => number; wholeFiles: () => number } {
   let n = 0;
+  let whole = 0;
   const fs: StorageFs = {
     ...nodeFs,
+    open: (path, flags, step) => {
+      if (path.endsWith('.wal') && flags === 'r') n++;
+      return nodeFs.open(path, flags, step);
+    },
     readFile: (path) => {
-      if (path.endsWith('.wal')) n++;
+      if (path.endsWith('.wal')) whole++;
       return nodeFs.readFile(path);
     },
   };
-  return { fs, filesRead: () => n };
+  return { fs, filesRead: () => n, wholeFiles: () => whole };
 }
 
 test('onRecord gets every record in order, each before the next segment file is read, and open returns none', async (t) => {
   const opts = await writeTen(await tempDir(t));
-  const { fs, filesRead } = countingReads();
+  const { fs, filesRead, wholeFiles } = countingReads();
   const seen: { index: number; ok: boolean; filesRead: number }[] = [];
   const opened = await Wal.open({
     ...opts,
@@ -60,6 +65,7 @@ test('onRecord gets every record in order, each before the next segment file is 
   );
   t.true(seen.every((s) => s.ok));
   t.is(filesRead(), 10);
+  t.is(wholeFiles(), 0, 'read in windows, never a whole file at once');
   // Records of file k (3 a file) arrive while only files 1..k were read.
   t.deepEqual(
     seen.map((s) => s.filesRead),
@@ -98,4 +104,25 @@ test('onRecord and a torn tail: the records before it are handed over, the tail 
   t.is(seen.at(-1), 29);
   t.like(opened.report, { records: 29, lastIndex: 29 });
   t.truthy(opened.report.truncated);
+});
+
+test('onRecord and records larger than a read window: each is read whole, in order', async (t) => {
+  const dir = await tempDir(t);
+  const opts: WalOptions = { dir, fsync: 'none' };
+  const sizes = [10, 5 * 1024 * 1024, 20, 9 * 1024 * 1024 + 3, 30];
+  const { wal } = await Wal.open(opts);
+  let last = 0;
+  for (const [i, n] of sizes.entries()) last = wal.append(Buffer.alloc(n, i + 1));
+  await wal.waitDurable(last);
+  await wal.close();
+  const seen: number[] = [];
+  const opened = await Wal.open({
+    ...opts,
+    onRecord: (r) => {
+      t.true(r.payload.equals(Buffer.alloc(sizes[r.index - 1]!, r.index)), `record ${r.index}`);
+      seen.push(r.index);
+    },
+  });
+  await opened.wal.close();
+  t.deepEqual(seen, [1, 2, 3, 4, 5]);
 });

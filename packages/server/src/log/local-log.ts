@@ -73,7 +73,7 @@ export async function openLocalLog(
   opts: OpenLocalLogOptions,
 ): Promise<{ report: LocalRecoveryReport; create(onApply: ApplyListener): LocalLog }> {
   // Each WAL record is applied as recovery reads it (the state copies what it keeps), so a restart holds
-  // the state plus one WAL segment file, not the state plus the whole log.
+  // the state plus a window of the WAL, not the state plus the whole log.
   let sm: StateMachine | undefined;
   const { storage, report } = await LocalStorage.open(opts, (state) => {
     const replayTo =

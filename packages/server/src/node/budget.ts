@@ -22,8 +22,8 @@
 import { SegmemError } from '@segmem/protocol';
 
 /**
- * Counted on top of what the server holds: the Node runtime and code (about 50 MiB), one WAL segment
- * file read at recovery (64 MiB) and request frames being decoded.
+ * Counted on top of what the server holds: the Node runtime and code (about 50 MiB), the WAL being read
+ * at recovery and request frames being decoded.
  */
 export const RUNTIME_ALLOWANCE_BYTES = 128 * 1024 * 1024;
 /** The smallest `--max-memory`: the runtime allowance and as much again for data. */

@@ -139,8 +139,8 @@ export class LocalStorage {
     opts: LocalStorageOptions,
     /**
      * Given the state the snapshot holds (null without one) before the WAL is read, returns what applies
-     * each WAL record as recovery reads it; `records` is then empty. Recovery so holds one WAL segment
-     * file at a time beside the state, never the whole log (see {@link WalOptions.onRecord}).
+     * each WAL record as recovery reads it; `records` is then empty. Recovery so holds a window of the
+     * WAL at a time beside the state, never the whole log (see {@link WalOptions.onRecord}).
      */
     replay?: (state: StateMachine | null) => (record: WalRecord) => void,
   ): Promise<{

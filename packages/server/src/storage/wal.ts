@@ -205,8 +205,9 @@ export interface WalOptions {
   env?: Env;
   /**
    * Recovery hands each record to this as soon as it is read and verified, in index order, instead of
-   * returning them all (`open` then returns no records): a caller that applies records as they come holds
-   * one segment file's bytes at a time, not the whole log. Records before a bad one may have been handed
+   * returning them all (`open` then returns no records): the files are then read in windows of 4 MiB (a
+   * longer record whole, a file with a bad record whole), so a caller that applies records as they come
+   * holds a window at a time, not the whole log. Records before a bad one may have been handed
    * over by the time `open` refuses to start; the caller then discards what it built from them.
    */
   onRecord?: (record: WalRecord) => void;
@@ -586,16 +587,35 @@ async function scanSegments(
 
   for (let f = 0; f < names.length && !bad; f++) {
     const path = join(dir, names[f]!);
-    const buf = await readWalFile(fs, path);
     const first = firstIndexOf(names[f]!);
+    const fileExpected = expected;
+    let off = WAL_FILE_HEADER_BYTES;
+    if (onRecord && first === expected) {
+      // Records that verify are handed over as windows of the file are read; the whole file is read only
+      // from a record that does not (what the damage and torn-write checks below examine).
+      const streamed = await streamRecords(fs, path, expected, maxRecordBytes, (index, payload) => {
+        if (covered !== undefined && index <= covered) return;
+        onRecord({ index, payload });
+        if (count++ === 0) firstRecordIndex = index;
+      });
+      expected = streamed.expected;
+      if (streamed.complete) {
+        segments.push({ firstIndex: first, path });
+        sizes.push(streamed.size);
+        versions.push(streamed.version);
+        continue;
+      }
+      off = streamed.offset;
+    }
+    const buf = await readWalFile(fs, path);
     segments.push({ firstIndex: first, path });
     sizes.push(0);
     versions.push(WAL_FORMAT_VERSION);
-    if (first !== expected) {
+    if (first !== fileExpected) {
       bad = {
         file: f,
         offset: 0,
-        reason: `segment file name says first index ${first}, expected ${expected}`,
+        reason: `segment file name says first index ${first}, expected ${fileExpected}`,
         buf,
         version: WAL_FORMAT_VERSION,
       };
@@ -608,7 +628,6 @@ async function scanSegments(
     }
     versions[f] = version;
     const headerBytes = headerBytesOf(version);
-    let off = WAL_FILE_HEADER_BYTES;
     while (off < buf.length) {
       const r = checkRecord(buf, off, expected, maxRecordBytes, version);
       if (typeof r === 'string') {
@@ -637,6 +656,83 @@ async function scanSegments(
     lastIndex: expected - 1,
     ...(bad ? { bad } : {}),
   };
+}
+
+/** How much of a segment file {@link streamRecords} reads at once (a longer record is read whole). */
+const STREAM_WINDOW_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Verifies the records of segment file `path` (whose first record must be `expected`) in windows of
+ * {@link STREAM_WINDOW_BYTES}, handing each to `deliver` (its payload a view of its window, never reused).
+ * Stops at the first record that does not verify, or that the file cuts short, and says where:
+ * `complete: false` and its `offset` (the file's header: offset 16), for the caller to examine with the
+ * whole file; `expected` is the index the next record should carry.
+ */
+async function streamRecords(
+  fs: StorageFs,
+  path: string,
+  expected: number,
+  maxRecordBytes: number,
+  deliver: (index: number, payload: Buffer) => void,
+): Promise<{ complete: boolean; offset: number; expected: number; size: number; version: number }> {
+  let fd: number;
+  let size: number;
+  try {
+    fd = await fs.open(path, 'r');
+  } catch (err) {
+    throw unreadable(path, err, 'read');
+  }
+  try {
+    try {
+      size = (await fs.stat(path)).size;
+    } catch (err) {
+      throw unreadable(path, err, 'read');
+    }
+    let win: Buffer = Buffer.alloc(0);
+    let winStart = 0;
+    /** Makes the window cover [from, to) as far as the file does. */
+    const cover = async (from: number, to: number): Promise<boolean> => {
+      if (from >= winStart && to <= winStart + win.length) return true;
+      const length = Math.min(size - from, Math.max(to - from, STREAM_WINDOW_BYTES));
+      const next = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        let n: number;
+        try {
+          n = await fs.read(fd, next, got, length - got, from + got);
+        } catch (err) {
+          throw unreadable(path, err, 'read');
+        }
+        if (n === 0) break;
+        got += n;
+      }
+      win = next.subarray(0, got);
+      winStart = from;
+      return to <= winStart + win.length;
+    };
+    let version = WAL_FORMAT_VERSION;
+    const stop = (offset: number) => ({ complete: false, offset, expected, size, version });
+    if (!(await cover(0, WAL_FILE_HEADER_BYTES))) return stop(WAL_FILE_HEADER_BYTES);
+    const header = checkFileHeader(win);
+    if (typeof header === 'string') return stop(WAL_FILE_HEADER_BYTES);
+    version = header;
+    const headerBytes = headerBytesOf(version);
+    let off = WAL_FILE_HEADER_BYTES;
+    while (off < size) {
+      if (!(await cover(off, off + headerBytes))) return stop(off);
+      const len = readU32(win, off - winStart);
+      if (len > maxRecordBytes || !(await cover(off, off + headerBytes + len))) return stop(off);
+      const at = off - winStart;
+      const r = checkRecord(win, at, expected, maxRecordBytes, version);
+      if (typeof r === 'string') return stop(off);
+      deliver(expected, win.subarray(at + headerBytes, at + headerBytes + r));
+      expected++;
+      off += headerBytes + r;
+    }
+    return { complete: true, offset: off, expected, size, version };
+  } finally {
+    await fs.close(fd).catch(() => {});
+  }
 }
 
 /** The bytes from the bad record on (the rest of its file, and every later file). */
