@@ -11,6 +11,7 @@ import {
   parseHostPort,
   SegmemError,
 } from '@segmem/protocol';
+import { MIN_MAX_MEMORY_BYTES } from './node/budget.js';
 import { FSYNC_POLICIES, type FsyncPolicy } from './storage/wal.js';
 
 export interface ServerConfig {
@@ -45,6 +46,11 @@ export interface ServerConfig {
    * their own ports); none when unset.
    */
   metrics?: string | Record<string, string>;
+  /**
+   * The memory budget in bytes (node/budget.ts), or 'off'; unset: derived from the cgroup or machine
+   * memory. In the file a number of bytes or a size string such as "512MiB".
+   */
+  maxMemory?: number | 'off';
 }
 
 export const DEFAULT_CONFIG: ServerConfig = {
@@ -130,6 +136,7 @@ export function loadConfigFile(path: string): ServerConfig {
     'consolidatedIntervalMs',
     'consolidatedKeep',
     'metrics',
+    'maxMemory',
   ]);
   for (const key of Object.keys(c))
     if (!known.has(key)) throw bad(`config file ${path}: unknown setting "${key}"`);
@@ -154,6 +161,8 @@ export function loadConfigFile(path: string): ServerConfig {
     config.consolidatedIntervalMs = parseConsolidatedIntervalMs(c.consolidatedIntervalMs);
   if (c.consolidatedKeep !== undefined) config.consolidatedKeep = parseConsolidatedKeep(c.consolidatedKeep);
   if (c.metrics !== undefined) config.metrics = parseMetricsAddress(c.metrics);
+  if (c.maxMemory !== undefined)
+    config.maxMemory = parseMaxMemory('maxMemory', c.maxMemory, MIN_MAX_MEMORY_BYTES);
   if (c.token !== undefined) {
     if (typeof c.token !== 'string') throw bad('token must be a string');
     config.token = c.token;
@@ -178,6 +187,44 @@ export function loadConfigFile(path: string): ServerConfig {
     }
   }
   return config;
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 1024,
+  kb: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1024 ** 3,
+  gib: 1024 ** 3,
+  t: 1024 ** 4,
+  tb: 1024 ** 4,
+  tib: 1024 ** 4,
+};
+
+/**
+ * A memory budget: bytes as a number or digits, or a size with a binary unit ("512MiB", "2G", "1.5GiB":
+ * K, M, G and T are all powers of 1024), or "off". At least `minBytes`.
+ */
+export function parseMaxMemory(name: string, value: unknown, minBytes: number): number | 'off' {
+  if (value === 'off') return 'off';
+  let bytes: number | undefined;
+  if (typeof value === 'number') bytes = value;
+  else if (typeof value === 'string') {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+    const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
+    if (m && unit !== undefined) bytes = Math.floor(Number(m[1]) * unit);
+  }
+  if (bytes === undefined || !Number.isSafeInteger(bytes) || bytes < minBytes) {
+    throw bad(
+      `${name} must be a size of at least ${minBytes / 1024 / 1024} MiB (bytes, or with a unit: 512MiB, 2GiB) or "off"; got ${JSON.stringify(value)}`,
+    );
+  }
+  return bytes;
 }
 
 /** The metrics endpoint's host:port, or a map of them by server id. */

@@ -9,10 +9,13 @@ import {
   parseConsolidatedIntervalMs,
   parseConsolidatedKeep,
   parseFsync,
+  parseMaxMemory,
   parseNonNegativeInteger,
   parseSegmentBytes,
   type ServerConfig,
 } from './config.js';
+import { defaultMaxMemory } from './memory-limit.js';
+import { formatBytes, MIN_MAX_MEMORY_BYTES } from './node/budget.js';
 import { SegmemNode } from './node/index.js';
 import { RaftNode } from './raft/node.js';
 import { readClusterSecretFile } from './secret-file.js';
@@ -119,6 +122,11 @@ export interface StartServerOptions {
    * accepted; default 10000, 0: never.
    */
   handshakeTimeoutMs?: number;
+  /**
+   * The memory budget (docs/operations.md "Memory"): bytes, a size such as "512MiB", or "off"; overrides
+   * the config file's `maxMemory`. Default: 3/4 of the cgroup's memory limit, or of the machine's memory.
+   */
+  maxMemory?: number | string;
   /** Connections open at once; one more is refused. Default 1024. */
   maxConnections?: number;
   /** Connections open at once from one remote address; one more is refused. Default 64. */
@@ -214,6 +222,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     );
   }
   const clusterSecret = secretFile === undefined ? undefined : readClusterSecretFile(secretFile);
+  const budget = maxMemoryBytes(opts, config);
   const nodeOpts = {
     id: opts.id,
     ...(clusterSecret ? { clusterSecret } : {}),
@@ -234,6 +243,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     ...(config.token ? { token: config.token } : {}),
     ...(opts.repair ? { repair: true } : {}),
     ...(opts.log ? { log: opts.log } : {}),
+    maxMemoryBytes: budget.limitBytes,
   };
   // Listening first: /health answers (STARTING) while the data directory is recovered.
   const metricsAt = metricsAddressFor(opts, config);
@@ -265,6 +275,11 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     throw new SegmemError('UNAVAILABLE', `cannot listen on ${opts.listen}: ${(err as Error).message}`);
   }
   metrics?.attach({ stats: () => node.stats(), network: listener });
+  // Said once the server runs: a failure to start stays the one line it is.
+  if (budget.derivedFrom)
+    opts.log?.(
+      `memory budget ${formatBytes(budget.limitBytes!)}, 3/4 of ${budget.derivedFrom} (set it with --max-memory)`,
+    );
   let closing: Promise<void> | null = null;
   return {
     address: listener.address,
@@ -316,6 +331,24 @@ function metricsAddressFor(opts: StartServerOptions, config: ServerConfig): stri
   }
   const m = config.metrics;
   return typeof m === 'string' ? m : m?.[opts.id];
+}
+
+/**
+ * The memory budget in bytes (null: off): the option over the config file's, else derived from the cgroup
+ * or machine memory (node/budget.ts; `derivedFrom` says which).
+ */
+function maxMemoryBytes(
+  opts: StartServerOptions,
+  config: ServerConfig,
+): { limitBytes: number | null; derivedFrom?: string } {
+  const given =
+    opts.maxMemory !== undefined
+      ? parseMaxMemory('maxMemory', opts.maxMemory, MIN_MAX_MEMORY_BYTES)
+      : config.maxMemory;
+  if (given === 'off') return { limitBytes: null };
+  if (given !== undefined) return { limitBytes: given };
+  const derived = defaultMaxMemory();
+  return { limitBytes: derived.limitBytes, derivedFrom: derived.source };
 }
 
 /** The scheduled consolidated snapshot settings: the options over the config file's; none without a dir. */

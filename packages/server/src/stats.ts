@@ -83,6 +83,8 @@ export interface NodeStats {
   logs: number;
   locks: LockStats;
   pagesServed: number;
+  /** The memory budget (node/budget.ts): what it counts now, and its limit (null: none). */
+  memory?: { usedBytes: number; limitBytes: number | null };
 }
 
 export interface LockStats {

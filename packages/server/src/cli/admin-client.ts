@@ -236,7 +236,8 @@ export class AdminSession {
         // close() needs it to say GOODBYE: without one the session would linger until it expires.
         if (conn.closed || !answeredBy(err)) this.drop();
         const redirect = redirectOf(err);
-        if (SegmemError.is(err) && err.code === 'UNAVAILABLE') {
+        // A full memory budget (details.budget) is the leader's answer, not a lost connection: no retry.
+        if (SegmemError.is(err) && err.code === 'UNAVAILABLE' && err.details?.budget === undefined) {
           tried.set(conn.address, reasonOf(err));
           // Lost on the way, or a leader deposed with the request in its log: it may have been applied.
           if (!redirect || err.details?.maybeApplied === true) uncertain = true;
@@ -308,7 +309,7 @@ export class AdminSession {
 function answeredBy(err: unknown): boolean {
   return (
     SegmemError.is(err) &&
-    err.code !== 'UNAVAILABLE' &&
+    (err.code !== 'UNAVAILABLE' || err.details?.budget !== undefined) &&
     err.code !== 'PROTOCOL' &&
     err.details?.reason !== 'NO_ANSWER'
   );

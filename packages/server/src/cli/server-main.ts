@@ -9,6 +9,7 @@ import {
   loadConfigFile,
   parseConsolidatedIntervalMs,
   parseConsolidatedKeep,
+  parseMaxMemory,
   parseNonNegativeInteger,
   parsePeers,
 } from '../config.js';
@@ -19,6 +20,7 @@ import {
   type StartServerOptions,
   startServer,
 } from '../index.js';
+import { MIN_MAX_MEMORY_BYTES } from '../node/budget.js';
 import { type CommandSpec, helpText, parseCommand, synopsis, UsageError } from './args.js';
 import { describe, versionLine } from './common.js';
 
@@ -130,6 +132,12 @@ export const SERVER_COMMAND: CommandSpec = {
       default: String(DEFAULT_HANDSHAKE_TIMEOUT_MS),
     },
     {
+      name: 'max-memory',
+      value: 'SIZE',
+      help: 'memory budget (512MiB, 2GiB, or bytes; off: none): creating objects and appending past it is refused (NO_SPACE), snapshot exports (UNAVAILABLE)',
+      default: "the config file's maxMemory, or 3/4 of the cgroup or machine memory",
+    },
+    {
       name: 'max-connections',
       value: 'N',
       help: 'connections open at once (clients and other members); one more is refused',
@@ -220,6 +228,9 @@ function serverOptions(values: Map<string, string>, flags: Set<string>): StartSe
     parseNonNegativeInteger('--max-connections-per-address', v),
   );
   const peers = values.get('peers');
+  const maxMemory = values.has('max-memory')
+    ? parseMaxMemory('--max-memory', values.get('max-memory')!, MIN_MAX_MEMORY_BYTES)
+    : undefined;
   return {
     id,
     listen,
@@ -244,6 +255,7 @@ function serverOptions(values: Map<string, string>, flags: Set<string>): StartSe
     ...(handshakeTimeoutMs !== undefined ? { handshakeTimeoutMs } : {}),
     ...(maxConnections !== undefined ? { maxConnections } : {}),
     ...(maxConnectionsPerAddress !== undefined ? { maxConnectionsPerAddress } : {}),
+    ...(maxMemory !== undefined ? { maxMemory } : {}),
   };
 }
 

@@ -51,6 +51,13 @@ function recordAt(chunk: Chunk, i: number): Buffer {
 
 export class SharedLogs {
   private readonly logs = new Map<string, LogState>();
+  /** Bytes of every log's retained records together (the memory budget counts them). */
+  private retained = 0;
+
+  /** Bytes of the records all logs retain: a running sum, the same on every replica. */
+  get retainedBytes(): number {
+    return this.retained;
+  }
 
   get(name: string): LogState | undefined {
     return this.logs.get(name);
@@ -86,6 +93,7 @@ export class SharedLogs {
     log.chunks.push({ first, ends, data: own });
     log.next += sizes.length;
     log.bytes += end;
+    this.retained += end;
     // Retention drops the oldest records, never the batch just appended (it stays readable at least once).
     this.dropWhile(log, (seq) => log.bytes > log.maxBytes && seq < first);
     return first;
@@ -98,6 +106,8 @@ export class SharedLogs {
   }
 
   delete(name: string): boolean {
+    const log = this.logs.get(name);
+    if (log) this.retained -= log.bytes;
     return this.logs.delete(name);
   }
 
@@ -105,7 +115,9 @@ export class SharedLogs {
     while (log.first < log.next && drop(log.first)) {
       const chunk = log.chunks[0]!;
       const i = log.first - chunk.first;
-      log.bytes -= recordBytes(chunk, i);
+      const n = recordBytes(chunk, i);
+      log.bytes -= n;
+      this.retained -= n;
       log.first++;
       if (i === chunk.ends.length - 1) log.chunks.shift();
     }
@@ -220,6 +232,7 @@ export class SharedLogs {
       }
       const chunks: Chunk[] = count > 0 ? [{ first, ends, data: Buffer.from(data) }] : [];
       logs.logs.set(name, { name, maxBytes, first, next, bytes: end, chunks });
+      logs.retained += end;
     }
     return logs;
   }

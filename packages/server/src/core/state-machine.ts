@@ -176,6 +176,8 @@ export class StateMachine {
   private nextObjectId = 1;
   private nextSessionId = 1;
   private readonly unsafeSkipFencing: boolean;
+  /** What the objects take in memory once written (see {@link objectHeldBytes}): a running sum. */
+  private objectBytes = 0;
   /** Object bytes held by unreleased frozen views (how many each): written copy-on-write. */
   private readonly frozenData = new Map<Buffer, number>();
   /** Index of the last applied log entry. */
@@ -382,6 +384,7 @@ export class StateMachine {
     };
     this.byName.set(name, obj);
     this.byId.set(obj.id, obj);
+    this.objectBytes += objectHeldBytes(size, pageCount);
     return ok({ object: record(obj), created: true });
   }
 
@@ -414,6 +417,7 @@ export class StateMachine {
     const name = obj.name;
     this.byName.delete(name);
     this.byId.delete(obj.id);
+    this.objectBytes -= objectHeldBytes(obj.size, obj.pageCount);
     this.allocator.release(obj.firstPage, obj.pageCount);
     for (const w of obj.queue) {
       const waiter = this.sessions.get(w.sessionId);
@@ -1135,6 +1139,7 @@ export class StateMachine {
     };
     this.byName.set(o.name, obj);
     this.byId.set(o.id, obj);
+    this.objectBytes += objectHeldBytes(o.size, pageCount);
     return obj;
   }
 
@@ -1203,6 +1208,21 @@ export class StateMachine {
     return this.allocator.freePages;
   }
 
+  /**
+   * Bytes the state holds for its objects (each counted at its full size from its creation, as if written)
+   * and its shared logs' retained records: what the memory budget counts as the state. Derived from the
+   * applied commands only, so every replica at the same index says the same.
+   */
+  heldBytes(): number {
+    return this.objectBytes + this.logs.retainedBytes;
+  }
+
+  /** The retained bytes of shared log `name` and its retention, or null when there is no such log. */
+  logSize(name: string): { bytes: number; maxBytes: number } | null {
+    const log = this.logs.get(name);
+    return log ? { bytes: log.bytes, maxBytes: log.maxBytes } : null;
+  }
+
   objectCount(): number {
     return this.byName.size;
   }
@@ -1244,6 +1264,14 @@ function objectEntry(o: SegmentObject): unknown[] {
     o.queue.map((w) => [w.sessionId, w.seq, w.mode]),
     [...o.cachedBy],
   ];
+}
+
+/** Per object, beside its bytes and page versions: its record, maps and sets (an estimate, the same everywhere). */
+export const OBJECT_OVERHEAD_BYTES = 512;
+
+/** What an object of `size` bytes takes in memory once written: its bytes, its page versions, its record. */
+export function objectHeldBytes(size: number, pageCount: number): number {
+  return size + pageCount * 8 + OBJECT_OVERHEAD_BYTES;
 }
 
 /** An object's page versions as the bytes snapshots store them (a view, not a copy). */

@@ -72,15 +72,17 @@ export const DEFAULT_SNAPSHOT_POLICY: SnapshotPolicy = {
 export async function openLocalLog(
   opts: OpenLocalLogOptions,
 ): Promise<{ report: LocalRecoveryReport; create(onApply: ApplyListener): LocalLog }> {
-  const { storage, state, records, report } = await LocalStorage.open(opts);
-  let sm: StateMachine;
-  try {
-    sm = state ?? new StateMachine({ pageBytes: opts.pageBytes, segmentBytes: opts.segmentBytes });
-    for (const rec of records) sm.apply(rec.index, decodeLocalRecord(rec.payload, rec.index, opts.dir));
-  } catch (err) {
-    await storage.close().catch(() => {});
-    throw err;
-  }
+  // Each WAL record is applied as recovery reads it (the state copies what it keeps), so a restart holds
+  // the state plus a window of the WAL, not the state plus the whole log.
+  let sm: StateMachine | undefined;
+  const { storage, report } = await LocalStorage.open(opts, (state) => {
+    const replayTo =
+      state ?? new StateMachine({ pageBytes: opts.pageBytes, segmentBytes: opts.segmentBytes });
+    sm = replayTo;
+    return (rec) => replayTo.apply(rec.index, decodeLocalRecord(rec.payload, rec.index, opts.dir));
+  });
+  if (!sm) throw new Error('local log invariant: recovery opened the WAL without a state to replay into');
+  const state = sm;
   const policy: SnapshotPolicy = {
     snapshotEveryEntries: opts.snapshotEveryEntries ?? DEFAULT_SNAPSHOT_POLICY.snapshotEveryEntries,
     snapshotIntervalMs: opts.snapshotIntervalMs ?? DEFAULT_SNAPSHOT_POLICY.snapshotIntervalMs,
@@ -88,9 +90,9 @@ export async function openLocalLog(
   return {
     report,
     create: (onApply) =>
-      new LocalLog(storage, sm, onApply, {
+      new LocalLog(storage, state, onApply, {
         policy,
-        replayed: records.length,
+        replayed: report.wal.records,
         env: opts.env ?? systemEnv,
         ...(opts.log ? { log: opts.log } : {}),
         ...(opts.metrics ? { metrics: opts.metrics } : {}),

@@ -301,6 +301,11 @@ export class RaftLog implements NodeLog {
     if (msg.term === this.leaderCommitTerm) this.leaderCommit = Math.max(this.leaderCommit, msg.commit);
   }
 
+  /** See {@link NodeLog.heldBytes}: the Raft log since the snapshot, and the snapshot's bytes. */
+  heldBytes(): number {
+    return this.storage.heldBytes();
+  }
+
   /** Where this member stands, for metrics and health (read at scrape time). */
   stats(): LogStats {
     const core = this.core;

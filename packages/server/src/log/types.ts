@@ -37,6 +37,8 @@ export interface NodeLog extends ReplicatedLog {
   appliedPosition(): { index: number; term: number };
   /** Where the log stands, for metrics and health. */
   stats(): LogStats;
+  /** Bytes the log itself holds in memory beside the state (a Raft member's entries and snapshot), if any. */
+  heldBytes?(): number;
   /** Raft groups: members with their addresses, and single-server membership changes. */
   membersWithAddresses?(): [string, string | null][];
   proposeConfChange?(cc: { op: 'add' | 'remove'; id: string; address?: string }): Promise<void>;

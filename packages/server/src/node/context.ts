@@ -4,6 +4,7 @@ import type { StateMachine } from '../core/state-machine.js';
 import type { NodeLog } from '../log/types.js';
 import type { MetricsSink } from '../stats.js';
 import type { FsyncPolicy } from '../storage/wal.js';
+import type { MemoryBudget } from './budget.js';
 
 export interface NodeOptions {
   id: string;
@@ -38,6 +39,8 @@ export interface NodeOptions {
   consolidatedKeep?: number;
   /** Where to report events for the metrics endpoint; default: nowhere. */
   metrics?: MetricsSink;
+  /** The memory budget (node/budget.ts) in bytes; none when unset or null (counted, never refused). */
+  maxMemoryBytes?: number | null;
   /**
    * @internal Deliberately broken variants, only for proving the real-code simulator's checkers. Never set
    * in a server.
@@ -57,6 +60,8 @@ export interface NodeContext {
   readonly metrics: MetricsSink;
   readonly log: NodeLog;
   readonly sm: StateMachine;
+  /** What admission control checks before growing the state or holding an export (node/budget.ts). */
+  readonly budget: MemoryBudget;
   /** Throws the redirect a client follows when this member is not the leader. */
   requireLeader(): void;
 }

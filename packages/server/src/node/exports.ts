@@ -28,10 +28,34 @@ export class SnapshotExports {
    * before the call): the file's bytes as parts over a frozen copy-on-write view, so the content stays as of
    * `index` while it is encoded, read or written in pieces, and commands keep applying meanwhile (their
    * writes copy the objects they change). Call `release()` once the parts are no longer needed.
+   *
+   * Admitted by the memory budget first (`UNAVAILABLE` when it does not fit), for as much as the state
+   * holds: every object written while the export is held is copied once. Counted until `release()`.
    */
   async consolidate(): Promise<ConsolidatedExport> {
     const ctx = this.ctx;
     ctx.requireLeader();
+    const admitted = ctx.budget.admitExport(
+      ctx.sm.heldBytes(),
+      `a consolidated snapshot of the state (${ctx.budget.heldByExports} bytes held by other exports)`,
+    );
+    try {
+      const ex = await this.build();
+      return {
+        ...ex,
+        release: () => {
+          ex.release();
+          admitted();
+        },
+      };
+    } catch (err) {
+      admitted();
+      throw err;
+    }
+  }
+
+  private async build(): Promise<ConsolidatedExport> {
+    const ctx = this.ctx;
     await ctx.log.readBarrier();
     const { index, term } = ctx.log.appliedPosition();
     const sm = ctx.sm;

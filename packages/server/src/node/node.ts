@@ -9,6 +9,7 @@ import type { Socket as UdpSocket } from 'node:dgram';
 import { join } from 'node:path';
 import {
   type AcquireRequest,
+  DEFAULT_LOG_MAX_BYTES,
   DEFAULT_SEGMENT_BYTES,
   type DeleteRequest,
   type Env,
@@ -30,7 +31,7 @@ import {
 } from '@segmem/protocol';
 import { DEFAULT_CONFIG, parseSegmentBytes } from '../config.js';
 import type { Command } from '../core/commands.js';
-import type { StateMachine } from '../core/state-machine.js';
+import { objectHeldBytes, type StateMachine } from '../core/state-machine.js';
 import { openLocalLog } from '../log/local-log.js';
 import type { ApplyListener, NodeLog } from '../log/types.js';
 import type { Message } from '../raft/types.js';
@@ -43,6 +44,7 @@ import type { StorageFs } from '../storage/fs.js';
 import { describeLocalRecovery } from '../storage/local-storage.js';
 import { isSnapshotName, SNAPSHOT_DIR } from '../storage/snapshot-file.js';
 import { isSegmentFileName, type RecoveryReport } from '../storage/wal.js';
+import { MemoryBudget } from './budget.js';
 import type { NodeContext, NodeOptions } from './context.js';
 import { afterApply } from './effects.js';
 import { SnapshotExports } from './exports.js';
@@ -66,6 +68,8 @@ export class SegmemNode {
   private readonly reads: Reads;
   private readonly exports: SnapshotExports;
   private readonly watches: Watches;
+  /** The memory budget: admission for creates, appends and exports (node/budget.ts). */
+  readonly budget: MemoryBudget;
   private closing = false;
   private readonly schedule: ConsolidatedSchedule | null;
 
@@ -81,6 +85,10 @@ export class SegmemNode {
     this.env = opts.env ?? systemEnv;
     this.metrics = opts.metrics ?? NO_METRICS;
     const node = this;
+    this.budget = new MemoryBudget(
+      opts.maxMemoryBytes ?? null,
+      () => node.sm.heldBytes() + (node.log.heldBytes?.() ?? 0),
+    );
     // Read through the node: the log is made below, and a Raft follower may replace its state machine.
     const ctx: NodeContext = {
       id: this.id,
@@ -95,6 +103,7 @@ export class SegmemNode {
         return node.log.stateMachine;
       },
       requireLeader: () => this.requireLeader(),
+      budget: this.budget,
     };
     this.sessions = new Sessions(ctx);
     this.grants = new Grants(ctx, this.sessions);
@@ -279,6 +288,7 @@ export class SegmemNode {
       logs: sm.logCount(),
       locks: sm.lockStats(),
       pagesServed: this.pagesServed,
+      memory: { usedBytes: this.budget.usedBytes(), limitBytes: this.budget.limitBytes },
     };
   }
 
@@ -455,12 +465,26 @@ export class SegmemNode {
   // --- objects ---
 
   async create(sessionId: number, req: { seq: number; name: string; size: number; ifNotExists: boolean }) {
-    const outcome = await this.log.propose({
-      op: 'create',
-      sessionId,
-      ...pick(req, 'seq', 'name', 'size', 'ifNotExists'),
-    });
-    return unwrap(outcome.result) as { object: ReturnType<StateMachine['stat']>; created: boolean };
+    // Admitted on the leader before proposing (node/budget.ts); an existing name grows nothing.
+    this.requireLeader();
+    const grows =
+      this.sm.objectNamed(req.name) === undefined && Number.isSafeInteger(req.size) && req.size > 0;
+    const admitted = grows
+      ? this.budget.admitGrowth(
+          objectHeldBytes(req.size, Math.ceil(req.size / this.sm.pageBytes)),
+          `creating object "${req.name}" (${req.size} bytes)`,
+        )
+      : null;
+    try {
+      const outcome = await this.log.propose({
+        op: 'create',
+        sessionId,
+        ...pick(req, 'seq', 'name', 'size', 'ifNotExists'),
+      });
+      return unwrap(outcome.result) as { object: ReturnType<StateMachine['stat']>; created: boolean };
+    } finally {
+      admitted?.();
+    }
   }
 
   /** DELETE: resolves once the object is deleted (it waits for the object's holders like a writer). */
@@ -524,7 +548,15 @@ export class SegmemNode {
   }
 
   release(sessionId: number, req: ReleaseRequest): Promise<ReleaseOk> {
-    return this.grants.release(sessionId, req);
+    // A write's bytes replace bytes the object's creation was admitted for: counted while in flight,
+    // never refused (a refused release would keep the writer's lock and lose its change). The promise is
+    // handed back as it is: an extra await would let answers sent after it overtake it.
+    const released = this.grants.release(sessionId, req);
+    if (req.payload.byteLength > 0) {
+      const counted = this.budget.count(req.payload.byteLength);
+      released.then(counted, counted);
+    }
+    return released;
   }
 
   /** See {@link NodeLog.leaseBarrier}: what a KEEPALIVE renewing a lease waits for. */
@@ -537,6 +569,18 @@ export class SegmemNode {
 
   /** LOG_APPEND: one command, so the batch is atomic, contiguous and applied exactly once. */
   async logAppend(sessionId: number, req: LogAppendRequest): Promise<{ first: number; count: number }> {
+    // Admitted on the leader before proposing (node/budget.ts): what the log grows by, past its retention's drops.
+    this.requireLeader();
+    const bytes = req.payload.byteLength;
+    const log = this.sm.logSize(req.name);
+    const retention = log?.maxBytes ?? req.maxBytes ?? DEFAULT_LOG_MAX_BYTES;
+    const before = log?.bytes ?? 0;
+    const growth = Math.max(0, Math.min(before + bytes, Math.max(retention, bytes)) - before);
+    const admitted = this.budget.admitGrowth(
+      growth,
+      `appending ${req.sizes.length} record(s) (${bytes} bytes) to shared log "${req.name}"`,
+    );
+    const counted = this.budget.count(bytes - growth);
     const cmd: Command = {
       op: 'append',
       sessionId,
@@ -546,7 +590,12 @@ export class SegmemNode {
       maxBytes: req.maxBytes,
       data: req.payload.byteLength > 0 ? toBuffer(req.payload) : null,
     };
-    return unwrap((await this.log.propose(cmd)).result) as { first: number; count: number };
+    try {
+      return unwrap((await this.log.propose(cmd)).result) as { first: number; count: number };
+    } finally {
+      admitted();
+      counted();
+    }
   }
 
   async logTruncate(sessionId: number, req: { seq: number; name: string; before: number }): Promise<number> {

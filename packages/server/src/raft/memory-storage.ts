@@ -6,6 +6,7 @@ import { applyConfChange } from './confchange.js';
 import {
   CompactedError,
   type Entry,
+  entryBytes,
   type HardState,
   type NodeId,
   type RaftStorage,
@@ -17,6 +18,8 @@ export class MemoryStorage implements RaftStorage {
   private snap: Snapshot;
   /** Entries after the snapshot: log[0].index === snap.meta.index + 1. */
   private log: Entry[] = [];
+  /** The encoded bytes of the entries in `log` (a running sum). */
+  private logBytes = 0;
 
   /** A fresh member: no entries, and `members` as the configuration at index 0. */
   constructor(members: readonly NodeId[] = []) {
@@ -29,6 +32,7 @@ export class MemoryStorage implements RaftStorage {
     c.hard = { ...this.hard };
     c.snap = this.snap;
     c.log = this.log.slice();
+    c.logBytes = this.logBytes;
     return c;
   }
 
@@ -67,6 +71,11 @@ export class MemoryStorage implements RaftStorage {
     return this.snap;
   }
 
+  /** Bytes held in memory: the snapshot's data and every entry after it (the server's memory budget counts them). */
+  heldBytes(): number {
+    return this.snap.data.length + this.logBytes;
+  }
+
   // --- write side ---
 
   hardState(): HardState {
@@ -87,8 +96,13 @@ export class MemoryStorage implements RaftStorage {
     const base = this.snap.meta.index + 1;
     // Entries at or below the snapshot are covered by it already.
     const skip = Math.max(0, base - first);
-    this.log.length = Math.max(0, first + skip - base);
-    for (let i = skip; i < entries.length; i++) this.log.push(entries[i]!);
+    const keep = Math.max(0, first + skip - base);
+    for (let i = keep; i < this.log.length; i++) this.logBytes -= entryBytes(this.log[i]!);
+    this.log.length = keep;
+    for (let i = skip; i < entries.length; i++) {
+      this.log.push(entries[i]!);
+      this.logBytes += entryBytes(entries[i]!);
+    }
   }
 
   /** Installs a snapshot received from the leader: it replaces the whole log. Older ones are ignored. */
@@ -96,6 +110,7 @@ export class MemoryStorage implements RaftStorage {
     if (snap.meta.index <= this.snap.meta.index) return false;
     this.snap = snap;
     this.log = [];
+    this.logBytes = 0;
     return true;
   }
 
@@ -105,7 +120,9 @@ export class MemoryStorage implements RaftStorage {
     if (index > this.lastIndex())
       throw new RangeError(`cannot compact to ${index}: last index is ${this.lastIndex()}`);
     const meta = { index, term: this.term(index), members: this.membersAt(index) };
-    this.log = this.log.slice(index - this.snap.meta.index);
+    const dropped = index - this.snap.meta.index;
+    for (let i = 0; i < dropped; i++) this.logBytes -= entryBytes(this.log[i]!);
+    this.log = this.log.slice(dropped);
     this.snap = { meta, data };
   }
 

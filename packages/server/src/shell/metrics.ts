@@ -262,6 +262,12 @@ export class ServerMetrics implements MetricsSink {
     );
     this.gauge('segmem_objects', 'Named objects in the segment', { read: one(() => this.view()?.objects) });
     this.gauge('segmem_shared_logs', 'Shared logs', { read: one(() => this.view()?.logs) });
+    this.gauge('segmem_memory_used_bytes', 'What the memory budget counts now (--max-memory)', {
+      read: one(() => this.view()?.memory?.usedBytes),
+    });
+    this.gauge('segmem_memory_limit_bytes', 'The memory budget (--max-memory); absent when off', {
+      read: one(() => this.view()?.memory?.limitBytes ?? undefined),
+    });
     this.gauge('segmem_locks_held', 'Locks held: read grants outstanding, and objects held for writing', {
       labels: ['mode'],
       read: () => {

@@ -135,7 +135,15 @@ export class LocalStorage {
    * recovery could use: `details.reason` is `'SNAPSHOT_CORRUPT'` if newer snapshots were damaged,
    * `'SNAPSHOT_MISSING'` if there is none, and the WAL's own reasons (`'WAL_CORRUPT'`) otherwise.
    */
-  static async open(opts: LocalStorageOptions): Promise<{
+  static async open(
+    opts: LocalStorageOptions,
+    /**
+     * Given the state the snapshot holds (null without one) before the WAL is read, returns what applies
+     * each WAL record as recovery reads it; `records` is then empty. Recovery so holds a window of the
+     * WAL at a time beside the state, never the whole log (see {@link WalOptions.onRecord}).
+     */
+    replay?: (state: StateMachine | null) => (record: WalRecord) => void,
+  ): Promise<{
     storage: LocalStorage;
     state: StateMachine | null;
     records: WalRecord[];
@@ -158,6 +166,7 @@ export class LocalStorage {
         ...(opts.walIo ? { io: opts.walIo } : {}),
         ...(opts.onStall ? { onStall: opts.onStall } : {}),
         ...(opts.env ? { env: opts.env } : {}),
+        ...(replay ? { onRecord: replay(newest?.state ?? null) } : {}),
       });
     } catch (err) {
       throw explainGap(err, snapDir, damaged, newest?.file);

@@ -626,6 +626,11 @@ export class DiskRaftStorage implements RaftStorage {
     return this.mem.snapshot();
   }
 
+  /** Bytes the log holds in memory: the serialised snapshot kept for followers and the entries after it. */
+  heldBytes(): number {
+    return this.mem.heldBytes();
+  }
+
   hardState(): HardState {
     return this.mem.hardState();
   }

@@ -203,6 +203,14 @@ export interface WalOptions {
   onStall?: (stall: SegmemError | null) => void;
   /** Timers of the stall retries (default: the process's own, systemEnv). */
   env?: Env;
+  /**
+   * Recovery hands each record to this as soon as it is read and verified, in index order, instead of
+   * returning them all (`open` then returns no records): the files are then read in windows of 4 MiB (a
+   * longer record whole, a file with a bad record whole), so a caller that applies records as they come
+   * holds a window at a time, not the whole log. Records before a bad one may have been handed
+   * over by the time `open` refuses to start; the caller then discards what it built from them.
+   */
+  onRecord?: (record: WalRecord) => void;
 }
 
 export interface WalRecord {
@@ -500,7 +508,10 @@ function closedError(): SegmemError {
 }
 
 interface Recovered {
+  /** The records to replay (none when they went to `onRecord`). */
   records: WalRecord[];
+  /** How many records were recovered. */
+  count: number;
   segments: Segment[];
   /** Size of the last segment after recovery (0 if there is none). */
   lastSize: number;
@@ -517,7 +528,11 @@ function firstIndexOf(name: string): number {
 /** What reading the segment files in order found, before anything on disk is changed. */
 interface Scan {
   names: string[];
+  /** The records read (none when they went to `onRecord` instead). */
   records: WalRecord[];
+  /** How many records were recovered, and the index of the first (0: none). */
+  count: number;
+  firstRecordIndex: number;
   segments: Segment[];
   sizes: number[];
   /** The format version of each segment read (parallel to `sizes`). */
@@ -533,6 +548,7 @@ async function scanSegments(
   dir: string,
   maxRecordBytes: number,
   covered: number | undefined,
+  onRecord?: (record: WalRecord) => void,
 ): Promise<Scan> {
   let listed: string[];
   try {
@@ -545,6 +561,8 @@ async function scanSegments(
   const segments: Segment[] = [];
   const sizes: number[] = [];
   const versions: number[] = [];
+  let count = 0;
+  let firstRecordIndex = 0;
   if (covered !== undefined) {
     // Segments all of whose records the caller's snapshot holds are not read; they stay listed, and the
     // next truncation behind a snapshot deletes them. Whatever happened to them (a deletion interrupted by
@@ -569,16 +587,35 @@ async function scanSegments(
 
   for (let f = 0; f < names.length && !bad; f++) {
     const path = join(dir, names[f]!);
-    const buf = await readWalFile(fs, path);
     const first = firstIndexOf(names[f]!);
+    const fileExpected = expected;
+    let off = WAL_FILE_HEADER_BYTES;
+    if (onRecord && first === expected) {
+      // Records that verify are handed over as windows of the file are read; the whole file is read only
+      // from a record that does not (what the damage and torn-write checks below examine).
+      const streamed = await streamRecords(fs, path, expected, maxRecordBytes, (index, payload) => {
+        if (covered !== undefined && index <= covered) return;
+        onRecord({ index, payload });
+        if (count++ === 0) firstRecordIndex = index;
+      });
+      expected = streamed.expected;
+      if (streamed.complete) {
+        segments.push({ firstIndex: first, path });
+        sizes.push(streamed.size);
+        versions.push(streamed.version);
+        continue;
+      }
+      off = streamed.offset;
+    }
+    const buf = await readWalFile(fs, path);
     segments.push({ firstIndex: first, path });
     sizes.push(0);
     versions.push(WAL_FORMAT_VERSION);
-    if (first !== expected) {
+    if (first !== fileExpected) {
       bad = {
         file: f,
         offset: 0,
-        reason: `segment file name says first index ${first}, expected ${expected}`,
+        reason: `segment file name says first index ${first}, expected ${fileExpected}`,
         buf,
         version: WAL_FORMAT_VERSION,
       };
@@ -591,7 +628,6 @@ async function scanSegments(
     }
     versions[f] = version;
     const headerBytes = headerBytesOf(version);
-    let off = WAL_FILE_HEADER_BYTES;
     while (off < buf.length) {
       const r = checkRecord(buf, off, expected, maxRecordBytes, version);
       if (typeof r === 'string') {
@@ -599,17 +635,104 @@ async function scanSegments(
         break;
       }
       if (covered === undefined || expected > covered) {
-        records.push({
-          index: expected,
-          payload: buf.subarray(off + headerBytes, off + headerBytes + r),
-        });
+        const record = { index: expected, payload: buf.subarray(off + headerBytes, off + headerBytes + r) };
+        if (onRecord) onRecord(record);
+        else records.push(record);
+        if (count++ === 0) firstRecordIndex = expected;
       }
       expected++;
       off += headerBytes + r;
     }
     sizes[f] = bad ? bad.offset : buf.length;
   }
-  return { names, records, segments, sizes, versions, lastIndex: expected - 1, ...(bad ? { bad } : {}) };
+  return {
+    names,
+    records,
+    count,
+    firstRecordIndex,
+    segments,
+    sizes,
+    versions,
+    lastIndex: expected - 1,
+    ...(bad ? { bad } : {}),
+  };
+}
+
+/** How much of a segment file {@link streamRecords} reads at once (a longer record is read whole). */
+const STREAM_WINDOW_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Verifies the records of segment file `path` (whose first record must be `expected`) in windows of
+ * {@link STREAM_WINDOW_BYTES}, handing each to `deliver` (its payload a view of its window, never reused).
+ * Stops at the first record that does not verify, or that the file cuts short, and says where:
+ * `complete: false` and its `offset` (the file's header: offset 16), for the caller to examine with the
+ * whole file; `expected` is the index the next record should carry.
+ */
+async function streamRecords(
+  fs: StorageFs,
+  path: string,
+  expected: number,
+  maxRecordBytes: number,
+  deliver: (index: number, payload: Buffer) => void,
+): Promise<{ complete: boolean; offset: number; expected: number; size: number; version: number }> {
+  let fd: number;
+  let size: number;
+  try {
+    fd = await fs.open(path, 'r');
+  } catch (err) {
+    throw unreadable(path, err, 'read');
+  }
+  try {
+    try {
+      size = (await fs.stat(path)).size;
+    } catch (err) {
+      throw unreadable(path, err, 'read');
+    }
+    let win: Buffer = Buffer.alloc(0);
+    let winStart = 0;
+    /** Makes the window cover [from, to) as far as the file does. */
+    const cover = async (from: number, to: number): Promise<boolean> => {
+      if (from >= winStart && to <= winStart + win.length) return true;
+      const length = Math.min(size - from, Math.max(to - from, STREAM_WINDOW_BYTES));
+      const next = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        let n: number;
+        try {
+          n = await fs.read(fd, next, got, length - got, from + got);
+        } catch (err) {
+          throw unreadable(path, err, 'read');
+        }
+        if (n === 0) break;
+        got += n;
+      }
+      win = next.subarray(0, got);
+      winStart = from;
+      return to <= winStart + win.length;
+    };
+    let version = WAL_FORMAT_VERSION;
+    const stop = (offset: number) => ({ complete: false, offset, expected, size, version });
+    if (!(await cover(0, WAL_FILE_HEADER_BYTES))) return stop(WAL_FILE_HEADER_BYTES);
+    const header = checkFileHeader(win);
+    if (typeof header === 'string') return stop(WAL_FILE_HEADER_BYTES);
+    version = header;
+    const headerBytes = headerBytesOf(version);
+    let off = WAL_FILE_HEADER_BYTES;
+    while (off < size) {
+      if (!(await cover(off, off + headerBytes))) return stop(off);
+      const len = readU32(win, off - winStart);
+      if (len > maxRecordBytes || !(await cover(off, off + headerBytes + len))) return stop(off);
+      const at = off - winStart;
+      const r = checkRecord(win, at, expected, maxRecordBytes, version);
+      if (typeof r === 'string') return stop(off);
+      deliver(expected, win.subarray(at + headerBytes, at + headerBytes + r));
+      expected++;
+      off += headerBytes + r;
+    }
+    return { complete: true, offset: off, expected, size, version };
+  } finally {
+    await fs.close(fd).catch(() => {});
+  }
 }
 
 /** The bytes from the bad record on (the rest of its file, and every later file). */
@@ -676,13 +799,14 @@ async function recover(
   repair: boolean,
   covered: number | undefined,
   started: string | undefined,
+  onRecord?: (record: WalRecord) => void,
 ): Promise<Recovered> {
-  const scan = await scanSegments(fs, dir, maxRecordBytes, covered);
-  const { records, segments, sizes, versions, lastIndex, bad } = scan;
+  const scan = await scanSegments(fs, dir, maxRecordBytes, covered, onRecord);
+  const { records, count, segments, sizes, versions, lastIndex, bad } = scan;
   // Checked before anything is cut (after damage, which is the better explanation), so a refused start
   // changes nothing on disk.
   const refuseIfMissing = (): void => {
-    if (started === undefined || repair || (covered ?? 0) > 0 || records.length > 0) return;
+    if (started === undefined || repair || (covered ?? 0) > 0 || count > 0) return;
     const what =
       scan.names.length === 0 ? 'holds no segment file' : `holds no valid record (${scan.names.join(', ')})`;
     throw new SegmemError(
@@ -694,8 +818,8 @@ async function recover(
   };
   if (!bad) refuseIfMissing();
   const report: RecoveryReport = {
-    records: records.length,
-    firstIndex: records.length > 0 ? records[0]!.index : lastIndex + 1,
+    records: count,
+    firstIndex: count > 0 ? scan.firstRecordIndex : lastIndex + 1,
     lastIndex,
     segments: 0,
   };
@@ -785,14 +909,22 @@ async function recover(
     report.lastIndex = covered;
     report.firstIndex = covered + 1;
     report.segments = 0;
-    return { records: [], segments: [], lastSize: 0, appendable: false, lastIndex: covered, report };
+    return {
+      records: [],
+      count: 0,
+      segments: [],
+      lastSize: 0,
+      appendable: false,
+      lastIndex: covered,
+      report,
+    };
   }
   report.segments = segments.length;
   // Only a segment that was read may be appended to (the last one may be a skipped one, when every
   // segment read was torn and removed), and only one in the current format.
   const appendable = sizes.length > 0 && versions[versions.length - 1] === WAL_FORMAT_VERSION;
   const lastSize = appendable ? sizes[sizes.length - 1]! : 0;
-  return { records, segments, lastSize, appendable, lastIndex, report };
+  return { records, count, segments, lastSize, appendable, lastIndex, report };
 }
 
 /** What {@link inspectWal} found. */
@@ -932,7 +1064,9 @@ export class Wal {
   private markerPath: string | null = null;
 
   private constructor(
-    opts: Required<Omit<WalOptions, 'repair' | 'io' | 'coveredIndex' | 'onStall' | 'env' | 'startedMarker'>> &
+    opts: Required<
+      Omit<WalOptions, 'repair' | 'io' | 'coveredIndex' | 'onStall' | 'env' | 'startedMarker' | 'onRecord'>
+    > &
       Pick<WalOptions, 'onStall' | 'env'>,
     io: WalIo,
     rec: Recovered,
@@ -993,6 +1127,7 @@ export class Wal {
       opts.repair === true,
       opts.coveredIndex,
       markerExists ? marker : undefined,
+      opts.onRecord,
     );
     const io: WalIo = { ...walIoOf(fs), ...opts.io };
     // A replaced writev (a test's injected fault) replaces the write on the calling thread too.
@@ -1011,7 +1146,7 @@ export class Wal {
       rec,
     );
     let markerKept = markerExists;
-    if (markerExists && opts.repair && rec.records.length === 0 && (opts.coveredIndex ?? 0) === 0) {
+    if (markerExists && opts.repair && rec.count === 0 && (opts.coveredIndex ?? 0) === 0) {
       // Started empty on request: the log is a new one, which the marker would refuse until it holds a record.
       await fs.rm(marker!, 'wal.mark');
       if (opts.fsync !== 'none') await fs.fsyncDir(dirname(marker!), 'wal.mark');
