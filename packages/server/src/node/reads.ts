@@ -12,7 +12,7 @@ import {
 } from '@segmem/protocol';
 import type { NodeContext } from './context.js';
 import type { Port } from './port.js';
-import { objectRecord, pagesPayload } from './util.js';
+import { answerWithPages, objectRecord } from './util.js';
 import { type Waiter, Waiters } from './waiters.js';
 
 export class Reads {
@@ -118,10 +118,36 @@ export class Reads {
       port.error(requestId, err);
       return true;
     }
-    const payload = pagesPayload(obj!, req.pages, sm.pageBytes);
-    const record = stale ? { ...objectRecord(obj!), version: req.version } : objectRecord(obj!);
-    port.ok('READ_PAGES', requestId, { object: record, pages: req.pages }, payload);
-    this.pagesServed += req.pages.length;
+    if (port.hasRoom()) this.sendPages(w, stale);
+    else port.whenRoom(() => this.sendPages(w, stale));
     return true;
+  }
+
+  /** Answers a READ_PAGES found servable, once its connection has room (the object may have moved on since). */
+  private sendPages(w: Waiter<ReadPagesRequest>, stale: boolean | undefined): void {
+    const { port, requestId, req } = w;
+    if (port.closed) return;
+    const { sm, id } = this.ctx;
+    const obj = sm.object(req.objectId);
+    if (!obj) {
+      port.error(
+        requestId,
+        new SegmemError('NOT_FOUND', `no object with id ${req.objectId} on member ${id}`),
+      );
+      return;
+    }
+    if (obj.version !== req.version && !stale) {
+      port.error(
+        requestId,
+        new SegmemError(
+          'LOCK_LOST',
+          `"${obj.name}" changed since version ${req.version} (it is at ${obj.version}): the grant was lost`,
+        ),
+      );
+      return;
+    }
+    const record = stale ? { ...objectRecord(obj), version: req.version } : objectRecord(obj);
+    answerWithPages(port, 'READ_PAGES', requestId, { object: record, pages: req.pages }, sm, obj, req.pages);
+    this.pagesServed += req.pages.length;
   }
 }
