@@ -35,7 +35,10 @@ export class Reads {
   async logRead(port: Port, requestId: number, req: LogReadRequest): Promise<void> {
     this.ctx.requireLeader();
     await this.ctx.log.readBarrier();
-    this.logWaiters.wait(req.name, port, requestId, req, req.waitMs);
+    // Resolves once answered: a held read counts as a request in flight on its connection.
+    return new Promise((resolve) =>
+      this.logWaiters.wait(req.name, port, requestId, req, req.waitMs, resolve),
+    );
   }
 
   /**
@@ -43,8 +46,11 @@ export class Reads {
    * member that has not applied that version yet waits for it (up to `waitMs`); one that has moved past
    * it cannot serve it (the reader's grant must have been lost).
    */
-  async readPages(port: Port, requestId: number, req: ReadPagesRequest): Promise<void> {
-    this.pageWaiters.wait(req.objectId, port, requestId, req, req.waitMs);
+  readPages(port: Port, requestId: number, req: ReadPagesRequest): Promise<void> {
+    // Resolves once answered: a held read counts as a request in flight on its connection.
+    return new Promise((resolve) =>
+      this.pageWaiters.wait(req.objectId, port, requestId, req, req.waitMs, resolve),
+    );
   }
 
   /** An entry was applied: any object may have reached the version a page reader waits for (or been created). */
