@@ -240,66 +240,103 @@ test('64 pipelined read acquires of a 32 MiB object on a socket that never reads
   });
 });
 
-test('pipelined READ_PAGES of 32 MiB on a page-reader socket that never reads, and 40 such sockets: the server stays up and bounded', async (t) => {
+test('pipelined READ_PAGES of 32 MiB on page-reader sockets that never read, a write meanwhile, and 40 greedy sockets: the server stays up and bounded', async (t) => {
   await withServer(t, async (address, pid) => {
     const seg = await connect({ servers: [address] });
     try {
       await fillObject(seg, 'big', 1);
       const info = await seg.stat('big');
-      // The object id as a grant names it.
+      // The object id as a grant names it; the grant is given back so that writes can go on.
       const probe = await Greedy.open(address);
       await probe.hello(false);
       probe.send(readAcquire(1));
       const [granted] = await probe.drain(1, 30_000);
-      const objectId = decodeResponse('ACQUIRE', granted!).object.id;
+      const grant = decodeResponse('ACQUIRE', granted!);
+      probe.send({
+        type: 'RELEASE',
+        seq: 2,
+        name: 'big',
+        mode: 'read',
+        token: grant.token,
+        ranges: [],
+        payload: new Uint8Array(0),
+      });
+      decodeResponse('RELEASE', (await probe.drain(1, 30_000))[0]!);
       probe.socket.destroy();
-      const base = rssBytes(pid);
-      const readPages: Request = {
+      const objectId = grant.object.id;
+      const readPages = (version: number): Request => ({
         type: 'READ_PAGES',
         objectId,
-        version: info.version,
+        version,
         pages: PAGES,
         waitMs: 0,
-      };
+      });
+      const base = rssBytes(pid);
 
       const one = await Greedy.open(address);
       await one.hello(true);
-      one.sendAll(Array.from({ length: PIPELINED }, () => readPages));
+      one.sendAll(Array.from({ length: PIPELINED }, () => readPages(info.version)));
       const growth = await watchRss(pid, base, 'one page reader', async () => {
         await servedWithin(seg, 'big', 10_000);
         return one.socket.writableLength === 0;
       });
       t.log(`one greedy page reader: RSS growth ${(growth / 2 ** 20).toFixed(0)} MiB`);
-
-      const many: Greedy[] = [];
-      for (let c = 0; c < 40; c++) {
-        const g = await Greedy.open(address);
-        await g.hello(c % 2 === 0);
-        g.sendAll(
-          Array.from({ length: PIPELINED }, (_, i) => (c % 2 === 0 ? readPages : readAcquire(i + 1))),
-        );
-        many.push(g);
-      }
-      const observer = await Greedy.open(address);
-      await observer.hello(false, true);
-      // Settled once every acquire is granted (the probe's grant is still held: its session lives on; the
-      // well-behaved client may hold a cached grant too).
-      const manyGrowth = await watchRss(pid, base, '40 greedy sockets', async () => {
-        await servedWithin(seg, 'big', 20_000);
-        return (await observer.holders('big')) >= 1 + (many.length / 2) * PIPELINED;
-      });
-      t.log(`40 greedy sockets: RSS growth ${(manyGrowth / 2 ** 20).toFixed(0)} MiB`);
-      await untilItWorks(() => servedWithin(seg, 'big', 20_000), 'a well-behaved client', 30_000);
-      for (const g of many) g.socket.destroy();
-      observer.socket.destroy();
-
-      // The first greedy page reader, reading at last, gets every page right.
+      // Reading at last, it gets every page right.
       for (const f of await one.drain(PIPELINED, 60_000)) {
         if (f.type === MessageType.ERROR) t.fail(`READ_PAGES failed: ${decodeError(f).message}`);
         const r = decodeResponse('READ_PAGES', f);
         t.true(matches(r.payload, 1), `READ_PAGES ${f.requestId} carries the object's bytes`);
       }
       one.socket.destroy();
+
+      // A write while answers wait unsent: the answers already built keep the bytes of the version they name
+      // (the write copies the object instead of changing it under them); those built after it are LOCK_LOST.
+      const cow = await Greedy.open(address);
+      await cow.hello(true);
+      cow.sendAll(Array.from({ length: PIPELINED }, () => readPages(info.version)));
+      await waitFor(() => cow.socket.writableLength === 0, 'the READ_PAGES sent', 10_000);
+      await fillObject(seg, 'big', 2);
+      const version2 = (await seg.stat('big')).version;
+      await seg.read('big', (h) => t.true(matches(h.bytes, 2), 'the write is read back'));
+      let served = 0;
+      for (const f of await cow.drain(PIPELINED, 60_000)) {
+        if (f.type === MessageType.ERROR) {
+          t.is(decodeError(f).code, 'LOCK_LOST');
+          continue;
+        }
+        const r = decodeResponse('READ_PAGES', f);
+        t.is(r.object.version, info.version);
+        t.true(matches(r.payload, 1), `READ_PAGES ${f.requestId} carries the version it names`);
+        served++;
+      }
+      t.true(served >= 1, 'answers built before the write were sent');
+      t.log(
+        `a write while 64 READ_PAGES waited: ${served} answered with the old version, the rest LOCK_LOST`,
+      );
+      cow.socket.destroy();
+
+      const many: Greedy[] = [];
+      for (let c = 0; c < 40; c++) {
+        const g = await Greedy.open(address);
+        await g.hello(c % 2 === 0);
+        g.sendAll(
+          Array.from({ length: PIPELINED }, (_, i) =>
+            c % 2 === 0 ? readPages(version2) : readAcquire(i + 1),
+          ),
+        );
+        many.push(g);
+      }
+      const observer = await Greedy.open(address);
+      await observer.hello(false, true);
+      // Settled once every acquire is granted (the well-behaved client may hold a cached grant too).
+      const manyGrowth = await watchRss(pid, base, '40 greedy sockets', async () => {
+        await servedWithin(seg, 'big', 20_000);
+        return (await observer.holders('big')) >= (many.length / 2) * PIPELINED;
+      });
+      t.log(`40 greedy sockets: RSS growth ${(manyGrowth / 2 ** 20).toFixed(0)} MiB`);
+      await untilItWorks(() => servedWithin(seg, 'big', 20_000), 'a well-behaved client', 30_000);
+      for (const g of many) g.socket.destroy();
+      observer.socket.destroy();
     } finally {
       await seg.close();
     }
