@@ -107,7 +107,7 @@ test('a write while a large answer is unsent leaves the answer as it was; once s
   t.is(sm.objectNamed('o')!.data, after, 'with nothing unsent, a write changes the buffer in place');
 });
 
-test('small answers are copies and pin nothing; a never-written object is sent as zeros', (t) => {
+test('small answers, and answers of less than half the object, are copies and pin nothing; a never-written object is sent as zeros', (t) => {
   const { sm, write } = machineWithObject();
   const port = new RecordingPort();
   answer(sm, port, [0, 1, 2]);
@@ -120,4 +120,13 @@ test('small answers are copies and pin nothing; a never-written object is sent a
   t.is(port.sent[1]!.onSent, undefined);
   t.is(sm.pinnedObjectCount(), 0);
   t.true(part!.every((b) => b === 7));
+  // 31 of 64 pages, 124 KiB: over the copy size, but a view would keep twice its bytes alive.
+  answer(
+    sm,
+    port,
+    Array.from({ length: 31 }, (_, p) => p),
+  );
+  t.is(port.sent[2]!.onSent, undefined);
+  t.not(port.sent[2]!.payload[0]!.buffer, sm.objectNamed('o')!.data!.buffer, 'a copy');
+  t.is(sm.pinnedObjectCount(), 0);
 });

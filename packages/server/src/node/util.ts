@@ -7,7 +7,8 @@ import type { Port } from './port.js';
 
 /**
  * Page bytes of an answer up to this size are copied into it (as cheap as keeping a reference, and a later
- * write to the object needs no copy); larger answers carry views of the object's buffer.
+ * write to the object needs no copy); larger answers carry views of the object's buffer if they cover at
+ * least half of it.
  */
 const COPIED_PAGES_MAX_BYTES = 64 * 1024;
 
@@ -22,7 +23,10 @@ function zeros(bytes: number): Buffer {
 /**
  * Answers `requestId` with `body` and the bytes of the listed pages (ascending) beside it. Large answers carry
  * the bytes by reference: views of the object's buffer, which the state keeps unchanged (a write copies it
- * first) until the answer has been sent, so a client that does not read costs no copy per answer.
+ * first) until the answer has been sent, so a client that does not read costs no copy per answer. Only an
+ * answer covering half the object or more keeps the whole buffer alive that way: the connection's budget
+ * counts the answer's bytes, so what a client that does not read holds stays within twice that budget even
+ * when every answer pins a different version of the object.
  */
 export function answerWithPages<T extends 'ACQUIRE' | 'READ_PAGES'>(
   port: Port,
@@ -45,7 +49,7 @@ export function answerWithPages<T extends 'ACQUIRE' | 'READ_PAGES'>(
     port.ok(type, requestId, body, zeros(total));
     return;
   }
-  if (total <= COPIED_PAGES_MAX_BYTES) {
+  if (total <= COPIED_PAGES_MAX_BYTES || total * 2 < data.length) {
     const out = Buffer.allocUnsafe(total);
     let at = 0;
     for (const p of pages) {
