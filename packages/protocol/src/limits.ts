@@ -97,3 +97,11 @@ export function leaseMsFor(sessionTimeoutMs: number): number {
 }
 /** Most objects one session may watch at once (WATCH); one more is refused with INVALID_ARGUMENT. */
 export const MAX_WATCHES_PER_SESSION = 1024;
+/**
+ * Answer bytes a server queues for sending on one connection: past this it produces no more answers and
+ * decodes no more requests on that connection until its socket drains, so a client that does not read holds
+ * at most this much (plus one answer) of the server's memory, whatever it pipelines.
+ */
+export const MAX_QUEUED_ANSWER_BYTES = 16 * 1024 * 1024;
+/** Requests in flight (or answers waiting for room) on one page-reader connection, which has no session. */
+export const MAX_PAGE_READER_INFLIGHT_REQUESTS = 256;

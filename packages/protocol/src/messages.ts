@@ -715,6 +715,14 @@ export interface Changed {
 }
 
 /** The bytes carried for `pages` of a `size`-byte object (a grant, a READ_PAGES answer) must be exactly theirs. */
+/** Bytes of a payload given whole or in parts (page bytes by reference: views of several runs of pages). */
+function partsBytes(payload: Uint8Array | readonly Uint8Array[]): number {
+  if (!Array.isArray(payload)) return (payload as Uint8Array).byteLength;
+  let n = 0;
+  for (const p of payload as readonly Uint8Array[]) n += p.byteLength;
+  return n;
+}
+
 function checkPagesPayload(size: number, pages: readonly number[], carried: number, what = ''): void {
   const expected = grantPayloadBytes(size, pages);
   if (carried !== expected) {
@@ -893,9 +901,9 @@ export function encodeOk<T extends RequestType>(
       break;
     case 'ACQUIRE': {
       const g = b as OkBodyInput<'ACQUIRE'>;
-      const bytes = (payload as Uint8Array | undefined) ?? g.payload ?? EMPTY_PAYLOAD;
+      const bytes = payload ?? g.payload ?? EMPTY_PAYLOAD;
       if (g.deferred) {
-        if (bytes.byteLength !== 0) throw invalidArgument('a deferred grant carries no page bytes');
+        if (partsBytes(bytes) !== 0) throw invalidArgument('a deferred grant carries no page bytes');
         return encodeFrame(
           MessageType.OK,
           requestId,
@@ -912,7 +920,7 @@ export function encodeOk<T extends RequestType>(
           EMPTY_PAYLOAD,
         );
       }
-      checkPagesPayload(g.object.size, g.pages, bytes.byteLength, 'ACQUIRE grant ');
+      checkPagesPayload(g.object.size, g.pages, partsBytes(bytes), 'ACQUIRE grant ');
       return encodeFrame(
         MessageType.OK,
         requestId,
@@ -999,8 +1007,8 @@ export function encodeOk<T extends RequestType>(
     }
     case 'READ_PAGES': {
       const r = b as OkBodyInput<'READ_PAGES'>;
-      const bytes = (payload as Uint8Array | undefined) ?? r.payload ?? EMPTY_PAYLOAD;
-      checkPagesPayload(r.object.size, r.pages, bytes.byteLength, 'READ_PAGES ');
+      const bytes = payload ?? r.payload ?? EMPTY_PAYLOAD;
+      checkPagesPayload(r.object.size, r.pages, partsBytes(bytes), 'READ_PAGES ');
       return encodeFrame(
         MessageType.OK,
         requestId,

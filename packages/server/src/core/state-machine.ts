@@ -180,6 +180,8 @@ export class StateMachine {
   private objectBytes = 0;
   /** Object bytes held by unreleased frozen views (how many each): written copy-on-write. */
   private readonly frozenData = new Map<Buffer, number>();
+  /** Object bytes that answers still being sent read by reference (how many each): written copy-on-write. */
+  private readonly pinnedData = new Map<Buffer, number>();
   /** Index of the last applied log entry. */
   appliedIndex = 0;
 
@@ -712,8 +714,9 @@ export class StateMachine {
     effects: Effect[],
   ): void {
     if (!obj.data) obj.data = Buffer.alloc(obj.size);
-    // Copy-on-write: a frozen snapshot still reads these bytes. Copied once; the copy is not frozen.
-    else if (this.frozenData.has(obj.data)) obj.data = Buffer.from(obj.data);
+    // Copy-on-write: a frozen snapshot or an unsent answer still reads these bytes. Copied once; the copy is
+    // neither frozen nor pinned.
+    else if (this.frozenData.has(obj.data) || this.pinnedData.has(obj.data)) obj.data = Buffer.from(obj.data);
     const version = ++obj.version;
     let at = 0;
     for (const [offset, length] of ranges) {
@@ -895,6 +898,27 @@ export class StateMachine {
         }
       },
     };
+  }
+
+  /**
+   * Keeps an object's bytes as they are while an answer reads them by reference: until the returned function
+   * is called (once), a write to the object replaces its buffer with a changed copy instead of changing it.
+   */
+  pinData(data: Buffer): () => void {
+    this.pinnedData.set(data, (this.pinnedData.get(data) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = this.pinnedData.get(data)!;
+      if (n > 1) this.pinnedData.set(data, n - 1);
+      else this.pinnedData.delete(data);
+    };
+  }
+
+  /** How many object buffers answers being sent hold by reference (for tests). */
+  pinnedObjectCount(): number {
+    return this.pinnedData.size;
   }
 
   /** How many object buffers unreleased frozen views hold (for tests). */

@@ -15,7 +15,7 @@ import type { Command, Grant, Outcome } from '../core/commands.js';
 import type { NodeContext } from './context.js';
 import type { Port } from './port.js';
 import type { Sessions, Waiting } from './sessions.js';
-import { objectRecord, pagesPayload, toBuffer, unwrap } from './util.js';
+import { answerWithPages, objectRecord, toBuffer, unwrap } from './util.js';
 
 export class Grants {
   /** No lock is granted before this time (the node's clock): leases of a previous run may still be in use. */
@@ -200,8 +200,18 @@ export class Grants {
     return w;
   }
 
+  /**
+   * Answers a grant once the connection has room for it (a client that does not read its socket holds the
+   * lock, not the bytes). The lock is held meanwhile, so the object cannot change unless the session ends.
+   */
   private sendGrant(w: Waiting, grant: Grant): void {
     if (w.port.closed) return; // the client resumes and retries the same seq: the grant is remembered
+    if (w.port.hasRoom()) this.answerGrant(w, grant);
+    else w.port.whenRoom(() => this.answerGrant(w, grant));
+  }
+
+  private answerGrant(w: Waiting, grant: Grant): void {
+    if (w.port.closed) return;
     const { sm, env, metrics } = this.ctx;
     const obj = sm.object(grant.object.id);
     if (!obj) {
@@ -222,12 +232,14 @@ export class Grants {
       });
       return;
     }
-    const payload = pagesPayload(obj, pages, sm.pageBytes);
-    w.port.ok(
+    answerWithPages(
+      w.port,
       'ACQUIRE',
       w.requestId,
       { object: record, token: grant.token, pages, ...(grant.contended ? { contended: true } : {}) },
-      payload,
+      sm,
+      obj,
+      pages,
     );
   }
 }

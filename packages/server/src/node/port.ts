@@ -6,10 +6,18 @@ import type { Changed, Invalidate, OkBodyInput, RequestType, Revoke, SegmemError
 
 /** The transport under one connection: TCP socket or an in-process pipe. */
 export interface Wire {
-  write(parts: Buffer[]): void;
+  /**
+   * Queues `parts` for sending; `onSent` is called once they left the process (or will never be sent: the wire
+   * closed), after which the parts' buffers are no longer read.
+   */
+  write(parts: Buffer[], onSent?: () => void): void;
   close(): void;
   /** Remote address for UDP hints (TCP only). */
   readonly remoteAddress?: string | undefined;
+  /** Bytes written and not yet handed to the operating system (absent: the wire never holds any back). */
+  readonly unsentBytes?: number;
+  /** Calls `cb` once, when the bytes held back have gone out (soon, if none are). */
+  onDrained?(cb: () => void): void;
 }
 
 /** What the node needs of a client connection to answer it. */
@@ -20,13 +28,25 @@ export interface Port {
   readonly remoteAddress: string | undefined;
   /** Once set, the connection is gone (or being dropped): answers to it are not written. */
   closed: boolean;
-  /** Answers request `requestId` with OK; `payload` travels beside the header, never copied into it. */
+  /**
+   * Answers request `requestId` with OK; `payload` travels beside the header, never copied into it. `onSent`
+   * is called once the payload's buffers are no longer read (sent, or dropped with the connection).
+   */
   ok<T extends RequestType>(
     type: T,
     requestId: number,
     body: OkBodyInput<T>,
     payload?: Uint8Array | readonly Uint8Array[],
+    onSent?: () => void,
   ): void;
+  /**
+   * Runs `produce` (which answers) once the connection has room for another answer: at once, or when enough
+   * of what it queued has been sent (answers in the order asked). Never, if the connection closes first.
+   * Large answers are produced through this, so a client that does not read cannot make the server build them.
+   */
+  whenRoom(produce: () => void): void;
+  /** Whether an answer produced now goes out at once (nothing waits for room): whenRoom would run it now. */
+  hasRoom(): boolean;
   /** Answers request `requestId` with an ERROR (counted by code). */
   error(requestId: number, err: SegmemError): void;
   /** Pushes an INVALIDATE to the session on this connection. */

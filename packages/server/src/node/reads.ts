@@ -12,7 +12,7 @@ import {
 } from '@segmem/protocol';
 import type { NodeContext } from './context.js';
 import type { Port } from './port.js';
-import { objectRecord, pagesPayload } from './util.js';
+import { answerWithPages, objectRecord } from './util.js';
 import { type Waiter, Waiters } from './waiters.js';
 
 export class Reads {
@@ -35,7 +35,10 @@ export class Reads {
   async logRead(port: Port, requestId: number, req: LogReadRequest): Promise<void> {
     this.ctx.requireLeader();
     await this.ctx.log.readBarrier();
-    this.logWaiters.wait(req.name, port, requestId, req, req.waitMs);
+    // Resolves once answered: a held read counts as a request in flight on its connection.
+    return new Promise((resolve) =>
+      this.logWaiters.wait(req.name, port, requestId, req, req.waitMs, resolve),
+    );
   }
 
   /**
@@ -43,8 +46,11 @@ export class Reads {
    * member that has not applied that version yet waits for it (up to `waitMs`); one that has moved past
    * it cannot serve it (the reader's grant must have been lost).
    */
-  async readPages(port: Port, requestId: number, req: ReadPagesRequest): Promise<void> {
-    this.pageWaiters.wait(req.objectId, port, requestId, req, req.waitMs);
+  readPages(port: Port, requestId: number, req: ReadPagesRequest): Promise<void> {
+    // Resolves once answered: a held read counts as a request in flight on its connection.
+    return new Promise((resolve) =>
+      this.pageWaiters.wait(req.objectId, port, requestId, req, req.waitMs, resolve),
+    );
   }
 
   /** An entry was applied: any object may have reached the version a page reader waits for (or been created). */
@@ -118,10 +124,36 @@ export class Reads {
       port.error(requestId, err);
       return true;
     }
-    const payload = pagesPayload(obj!, req.pages, sm.pageBytes);
-    const record = stale ? { ...objectRecord(obj!), version: req.version } : objectRecord(obj!);
-    port.ok('READ_PAGES', requestId, { object: record, pages: req.pages }, payload);
-    this.pagesServed += req.pages.length;
+    if (port.hasRoom()) this.sendPages(w, stale);
+    else port.whenRoom(() => this.sendPages(w, stale));
     return true;
+  }
+
+  /** Answers a READ_PAGES found servable, once its connection has room (the object may have moved on since). */
+  private sendPages(w: Waiter<ReadPagesRequest>, stale: boolean | undefined): void {
+    const { port, requestId, req } = w;
+    if (port.closed) return;
+    const { sm, id } = this.ctx;
+    const obj = sm.object(req.objectId);
+    if (!obj) {
+      port.error(
+        requestId,
+        new SegmemError('NOT_FOUND', `no object with id ${req.objectId} on member ${id}`),
+      );
+      return;
+    }
+    if (obj.version !== req.version && !stale) {
+      port.error(
+        requestId,
+        new SegmemError(
+          'LOCK_LOST',
+          `"${obj.name}" changed since version ${req.version} (it is at ${obj.version}): the grant was lost`,
+        ),
+      );
+      return;
+    }
+    const record = stale ? { ...objectRecord(obj), version: req.version } : objectRecord(obj);
+    answerWithPages(port, 'READ_PAGES', requestId, { object: record, pages: req.pages }, sm, obj, req.pages);
+    this.pagesServed += req.pages.length;
   }
 }

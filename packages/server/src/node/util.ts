@@ -1,22 +1,73 @@
 /** Small helpers the node's parts share. */
 import { timingSafeEqual } from 'node:crypto';
-import { SegmemError } from '@segmem/protocol';
+import { type OkBodyInput, SegmemError } from '@segmem/protocol';
 import type { Result } from '../core/commands.js';
-import type { SegmentObject } from '../core/state-machine.js';
+import type { SegmentObject, StateMachine } from '../core/state-machine.js';
+import type { Port } from './port.js';
 
-/** The bytes of the listed pages, copied once into the outgoing payload (the object may change before the socket drains). */
-export function pagesPayload(obj: SegmentObject, pages: number[], pageBytes: number): Buffer | undefined {
-  if (pages.length === 0) return undefined;
+/**
+ * Page bytes of an answer up to this size are copied into it (as cheap as keeping a reference, and a later
+ * write to the object needs no copy); larger answers carry views of the object's buffer if they cover at
+ * least half of it.
+ */
+const COPIED_PAGES_MAX_BYTES = 64 * 1024;
+
+/** All zero, never written: what a never-written object's pages are sent from (grown to the largest asked). */
+let zeroPages = Buffer.alloc(0);
+
+function zeros(bytes: number): Buffer {
+  if (zeroPages.length < bytes) zeroPages = Buffer.alloc(bytes);
+  return zeroPages.subarray(0, bytes);
+}
+
+/**
+ * Answers `requestId` with `body` and the bytes of the listed pages (ascending) beside it. Large answers carry
+ * the bytes by reference: views of the object's buffer, which the state keeps unchanged (a write copies it
+ * first) until the answer has been sent, so a client that does not read costs no copy per answer. Only an
+ * answer covering half the object or more keeps the whole buffer alive that way: the connection's budget
+ * counts the answer's bytes, so what a client that does not read holds stays within twice that budget even
+ * when every answer pins a different version of the object.
+ */
+export function answerWithPages<T extends 'ACQUIRE' | 'READ_PAGES'>(
+  port: Port,
+  type: T,
+  requestId: number,
+  body: OkBodyInput<T>,
+  sm: StateMachine,
+  obj: SegmentObject,
+  pages: number[],
+): void {
+  if (pages.length === 0) {
+    port.ok(type, requestId, body);
+    return;
+  }
+  const pageBytes = sm.pageBytes;
+  const data = obj.data;
   let total = 0;
   for (const p of pages) total += Math.min(pageBytes, obj.size - p * pageBytes);
-  if (!obj.data) return Buffer.alloc(total); // never written: zeros
-  const out = Buffer.allocUnsafe(total);
-  let at = 0;
-  for (const p of pages) {
-    const start = p * pageBytes;
-    at += obj.data.copy(out, at, start, Math.min(obj.size, start + pageBytes));
+  if (!data) {
+    port.ok(type, requestId, body, zeros(total));
+    return;
   }
-  return out;
+  if (total <= COPIED_PAGES_MAX_BYTES || total * 2 < data.length) {
+    const out = Buffer.allocUnsafe(total);
+    let at = 0;
+    for (const p of pages) {
+      const start = p * pageBytes;
+      at += data.copy(out, at, start, Math.min(obj.size, start + pageBytes));
+    }
+    port.ok(type, requestId, body, out);
+    return;
+  }
+  // One view per run of consecutive pages (a whole object: one view).
+  const views: Buffer[] = [];
+  for (let i = 0; i < pages.length; ) {
+    const first = pages[i]!;
+    let end = first + 1;
+    while (++i < pages.length && pages[i] === end) end++;
+    views.push(data.subarray(first * pageBytes, Math.min(obj.size, end * pageBytes)));
+  }
+  port.ok(type, requestId, body, views, sm.pinData(data));
 }
 
 /** The object fields a grant or a READ_PAGES answer carries. */

@@ -11,6 +11,8 @@ export interface Waiter<R> {
   readonly requestId: number;
   readonly req: R;
   timer: EnvTimer | null;
+  /** Called once the request is answered, or forgotten (so its connection counts it in flight until then). */
+  readonly done: (() => void) | undefined;
 }
 
 /**
@@ -28,9 +30,12 @@ export class Waiters<K, R> {
   ) {}
 
   /** Answers now if it can (or if `waitMs` is 0); otherwise holds the request under `key` for up to `waitMs`. */
-  wait(key: K, port: Port, requestId: number, req: R, waitMs: number): void {
-    const waiter: Waiter<R> = { port, requestId, req, timer: null };
-    if (this.answer(waiter, waitMs === 0)) return;
+  wait(key: K, port: Port, requestId: number, req: R, waitMs: number, done?: () => void): void {
+    const waiter: Waiter<R> = { port, requestId, req, timer: null, done };
+    if (this.answer(waiter, waitMs === 0)) {
+      done?.();
+      return;
+    }
     let set = this.byKey.get(key);
     if (!set) {
       set = new Set();
@@ -41,6 +46,7 @@ export class Waiters<K, R> {
       waiter.timer = null;
       this.remove(key, waiter);
       this.answer(waiter, true);
+      done?.();
     }, waitMs);
   }
 
@@ -52,6 +58,7 @@ export class Waiters<K, R> {
       if (this.answer(w, false)) {
         set.delete(w);
         this.env.clearTimeout(w.timer);
+        w.done?.();
       }
     }
     if (set.size === 0) this.byKey.delete(key);
@@ -67,8 +74,14 @@ export class Waiters<K, R> {
 
   /** Forgets every waiter without answering (the connections are being closed or the node is). */
   clear(): void {
-    for (const set of this.byKey.values()) for (const w of set) this.env.clearTimeout(w.timer);
+    const all = [...this.byKey.values()];
     this.byKey.clear();
+    for (const set of all) {
+      for (const w of set) {
+        this.env.clearTimeout(w.timer);
+        w.done?.();
+      }
+    }
   }
 
   private remove(key: K, waiter: Waiter<R>): void {

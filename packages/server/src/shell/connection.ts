@@ -11,6 +11,12 @@
  * PEER_HELLO accepted) a frame may be at most MAX_HANDSHAKE_FRAME_BYTES, any error answers and closes,
  * and, with a handshake deadline, the connection is closed when it has not logged in by then. After the
  * login MAX_FRAME_BYTES applies.
+ *
+ * Bounds on what a client makes the server hold: answers queued on the wire and not yet sent are at most
+ * `maxQueuedAnswerBytes` (plus one answer). Beyond that the connection decodes no further request and
+ * produces no large answer (grants, READ_PAGES: through `whenRoom`) until the wire drains; the socket stops
+ * being read meanwhile. Requests in flight, with answers waiting for room, are at most MAX_INFLIGHT_REQUESTS
+ * (MAX_PAGE_READER_INFLIGHT_REQUESTS on a page-reader connection, which has no session).
  */
 import {
   type Changed,
@@ -27,6 +33,8 @@ import {
   MAX_FRAME_BYTES,
   MAX_HANDSHAKE_FRAME_BYTES,
   MAX_INFLIGHT_REQUESTS,
+  MAX_PAGE_READER_INFLIGHT_REQUESTS,
+  MAX_QUEUED_ANSWER_BYTES,
   MAX_REQUEST_HEADER_ELEMENTS,
   type OkBodyInput,
   PROTOCOL_VERSION,
@@ -48,7 +56,7 @@ import {
 } from './peer-codec.js';
 
 export interface ConnectionHooks {
-  /** Stop reading from the transport (too many requests in flight). */
+  /** Stop reading from the transport (too many requests in flight, or too many answer bytes unsent). */
   pause(): void;
   resume(): void;
 }
@@ -64,6 +72,8 @@ export interface ConnectionOptions {
   onHandshakeTimeout?: () => void;
   /** Told when a peer fails to prove the cluster secret and is refused (for a counter). */
   onPeerAuthFailure?: () => void;
+  /** Default MAX_QUEUED_ANSWER_BYTES (see the module comment). */
+  maxQueuedAnswerBytes?: number;
 }
 
 export class ServerConnection implements Port {
@@ -82,7 +92,16 @@ export class ServerConnection implements Port {
   /** Set by a HELLO with pageReader: no session; only READ_PAGES, STATUS and KEEPALIVE are served. */
   private pageReader = false;
   private inflight = 0;
+  /** Requests in flight reached their bound: decode no more until half of them are answered. */
+  private tooManyInflight = false;
+  /** Whether the hooks were told to pause. */
   private paused = false;
+  private readonly maxQueuedAnswerBytes: number;
+  /** Answers waiting for the wire to drain below maxQueuedAnswerBytes, oldest first. */
+  private readonly roomWaiters: (() => void)[] = [];
+  /** Frames left undecoded until there is room (or fewer requests in flight). */
+  private decodeHeld = false;
+  private drainAsked = false;
 
   constructor(
     private readonly node: SegmemNode,
@@ -90,6 +109,7 @@ export class ServerConnection implements Port {
     private readonly hooks: ConnectionHooks = { pause() {}, resume() {} },
     private readonly opts: ConnectionOptions = {},
   ) {
+    this.maxQueuedAnswerBytes = opts.maxQueuedAnswerBytes ?? MAX_QUEUED_ANSWER_BYTES;
     const timeoutMs = opts.handshakeTimeoutMs ?? 0;
     if (timeoutMs > 0) {
       this.handshakeTimer = node.env.setTimeout(() => {
@@ -127,8 +147,83 @@ export class ServerConnection implements Port {
     requestId: number,
     body: OkBodyInput<T>,
     payload?: Uint8Array | readonly Uint8Array[],
+    onSent?: () => void,
   ): void {
-    this.answer(encodeOk(type, requestId, body, payload));
+    let parts: Buffer[];
+    try {
+      parts = encodeOk(type, requestId, body, payload);
+    } catch (err) {
+      onSent?.();
+      throw err;
+    }
+    this.answer(parts, onSent);
+  }
+
+  whenRoom(produce: () => void): void {
+    if (this.closed) return;
+    if (this.hasRoom()) {
+      produce();
+      return;
+    }
+    this.roomWaiters.push(produce);
+    this.askDrain();
+    this.updatePause();
+  }
+
+  hasRoom(): boolean {
+    return this.roomWaiters.length === 0 && this.wireHasRoom();
+  }
+
+  private wireHasRoom(): boolean {
+    return (this.wire.unsentBytes ?? 0) < this.maxQueuedAnswerBytes;
+  }
+
+  private askDrain(): void {
+    if (this.drainAsked || !this.wire.onDrained) return;
+    this.drainAsked = true;
+    this.wire.onDrained(() => {
+      this.drainAsked = false;
+      this.drained();
+    });
+  }
+
+  /** The wire sent what it held: produce the answers that waited, then decode again. */
+  private drained(): void {
+    if (this.closed) return;
+    let produced = 0;
+    while (produced < this.roomWaiters.length && this.wireHasRoom()) {
+      try {
+        this.roomWaiters[produced++]!();
+      } catch (err) {
+        // A producer answers its own failures; one that throws must not strand the others.
+        this.node.metrics.failed(asSegmemError(err).code);
+      }
+    }
+    this.roomWaiters.splice(0, produced);
+    if (this.roomWaiters.length > 0) this.askDrain();
+    this.updatePause();
+    this.decodeFrames();
+  }
+
+  /** Stop decoding requests: the wire holds too much unsent, answers wait for room, or too many are in flight. */
+  private mustHold(): boolean {
+    if (this.peer) return false; // another member's link: its messages are never answered here
+    return this.tooManyInflight || !this.hasRoom();
+  }
+
+  /** Pauses or resumes the transport to match mustHold (requests in flight count answers waiting for room). */
+  private updatePause(): void {
+    const limit = this.pageReader ? MAX_PAGE_READER_INFLIGHT_REQUESTS : MAX_INFLIGHT_REQUESTS;
+    const pending = this.inflight + this.roomWaiters.length;
+    if (pending >= limit) this.tooManyInflight = true;
+    else if (pending < limit / 2) this.tooManyInflight = false;
+    const hold = this.mustHold();
+    if (hold && !this.wireHasRoom()) this.askDrain();
+    if (hold !== this.paused) {
+      this.paused = hold;
+      if (hold) this.hooks.pause();
+      else this.hooks.resume();
+    }
   }
 
   error(requestId: number, err: SegmemError): void {
@@ -163,7 +258,19 @@ export class ServerConnection implements Port {
       this.fatal(0, err);
       return;
     }
+    this.decodeFrames();
+  }
+
+  /** Decodes and handles the frames received, until none is left or the connection must hold. */
+  private decodeFrames(): void {
+    if (this.decodeHeld && this.mustHold()) return;
+    this.decodeHeld = false;
     while (!this.closed) {
+      if (this.mustHold()) {
+        this.decodeHeld = true;
+        this.updatePause();
+        return;
+      }
       let frame: Frame | null;
       try {
         frame = this.decoder.next();
@@ -181,6 +288,7 @@ export class ServerConnection implements Port {
     if (this.closed) return;
     this.closed = true;
     this.clearHandshakeTimer();
+    this.roomWaiters.length = 0;
     if (this.sessionId) this.node.detach(this, this.sessionId);
   }
 
@@ -425,23 +533,20 @@ export class ServerConnection implements Port {
   /** Counts requests in flight for back-pressure and turns a failure into an ERROR answer. */
   private track(work: Promise<void>, requestId: number): void {
     this.inflight++;
-    if (this.inflight >= MAX_INFLIGHT_REQUESTS && !this.paused) {
-      this.paused = true;
-      this.hooks.pause();
-    }
+    this.updatePause();
     work
       .catch((err: unknown) => this.answerError(requestId, err))
       .finally(() => {
         this.inflight--;
-        if (this.paused && this.inflight < MAX_INFLIGHT_REQUESTS / 2) {
-          this.paused = false;
-          this.hooks.resume();
-        }
+        if (this.closed) return;
+        this.updatePause();
+        if (this.decodeHeld) this.decodeFrames();
       });
   }
 
-  private answer(parts: Buffer[]): void {
-    if (!this.closed) this.wire.write(parts);
+  private answer(parts: Buffer[], onSent?: () => void): void {
+    if (!this.closed) this.wire.write(parts, onSent);
+    else onSent?.();
   }
 
   private answerError(requestId: number, err: unknown): void {

@@ -17,11 +17,14 @@ export interface LocalEnd {
 
 class Pipe {
   private parts: Buffer[] = [];
+  /** Told once their parts were delivered (copied into the chunk the other side gets). */
+  private sent: (() => void)[] = [];
   private scheduled = false;
   constructor(private readonly deliver: (chunk: Buffer) => void) {}
 
-  write(parts: Buffer[]): void {
+  write(parts: Buffer[], onSent?: () => void): void {
     for (const p of parts) this.parts.push(p);
+    if (onSent) this.sent.push(onSent);
     if (!this.scheduled) {
       this.scheduled = true;
       queueMicrotask(() => this.flush());
@@ -32,7 +35,12 @@ class Pipe {
     this.scheduled = false;
     const parts = this.parts;
     this.parts = [];
-    if (parts.length > 0) this.deliver(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+    const sent = this.sent;
+    if (sent.length > 0) this.sent = [];
+    // Parts may be views of the server's state (answers by reference): the other side gets a copy.
+    const chunk = parts.length === 1 && sent.length === 0 ? parts[0]! : Buffer.concat(parts);
+    for (const done of sent) done();
+    if (parts.length > 0) this.deliver(chunk);
   }
 }
 
@@ -50,8 +58,9 @@ export function connectLocal(node: SegmemNode): LocalEnd {
     if (open) end.onData(chunk);
   });
   const wire: Wire = {
-    write: (parts) => {
-      if (open) toClient.write(parts);
+    write: (parts, onSent) => {
+      if (open) toClient.write(parts, onSent);
+      else onSent?.();
     },
     close: () => queueMicrotask(shut),
   };

@@ -12,8 +12,6 @@ import { encodeError, parseHostPort, SegmemError } from '@segmem/protocol';
 import type { SegmemNode } from '../node/index.js';
 import { ServerConnection } from './connection.js';
 
-/** Pause reading from a socket whose unsent answers exceed this (a client that does not read). */
-const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
 /** A connection that has not logged in (HELLO or PEER_HELLO accepted) this long after it was accepted is closed. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 /**
@@ -107,23 +105,35 @@ export async function listen(
     const conn = new ServerConnection(
       node,
       {
-        write(parts) {
-          if (socket.destroyed) return;
-          if (parts.length === 1) {
-            socket.write(parts[0]!);
+        // A client that does not read: the connection holds its answers and its requests past
+        // maxQueuedAnswerBytes of unsent bytes (see ServerConnection), reading on once the socket drains.
+        write(parts, onSent) {
+          if (socket.destroyed) {
+            onSent?.();
+            return;
+          }
+          // The callback of the last write runs once every part left (or with an error, the socket destroyed).
+          const last = parts.length - 1;
+          if (last === 0) {
+            socket.write(parts[0]!, onSent && (() => onSent()));
             sentBytes += parts[0]!.length;
           } else {
             socket.cork();
-            for (const p of parts) {
-              socket.write(p);
+            for (let i = 0; i <= last; i++) {
+              const p = parts[i]!;
+              socket.write(p, i === last && onSent ? () => onSent() : undefined);
               sentBytes += p.length;
             }
             socket.uncork();
           }
-          if (socket.writableLength > MAX_UNSENT_BYTES && !socket.isPaused()) {
-            socket.pause();
-            socket.once('drain', () => socket.resume());
-          }
+        },
+        get unsentBytes() {
+          return socket.writableLength;
+        },
+        onDrained(cb) {
+          // 'drain' comes only after a write was told to wait; otherwise there is nothing to wait for.
+          if (socket.writableNeedDrain && !socket.destroyed) socket.once('drain', cb);
+          else queueMicrotask(cb);
         },
         close() {
           closeGently(node, socket);
