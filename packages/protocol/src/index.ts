@@ -7,3 +7,4 @@ export * from './messages.js';
 export * from './msgpack.js';
 export * from './ranges.js';
 export * from './validate.js';
+export * from './users.js';
