@@ -26,6 +26,7 @@ import {
   MAX_LOG_RECORD_BYTES,
   MAX_NAME_BYTES,
   MAX_OBJECT_BYTES,
+  MAX_RULES_PER_USER,
   MAX_SEGMENT_BYTES,
   MAX_SESSION_SECRET_BYTES,
   MAX_SNAPSHOT_CHUNK_BYTES,
@@ -454,6 +455,8 @@ export interface UsersRequest {
   user: string | null;
   /** 'add' only: the new user's password hash. */
   password?: PasswordHash | null;
+  /** 'add' only: rules the user starts with (at most MAX_RULES_PER_USER); absent: none. */
+  rules?: AclRule[] | null;
   /** 'aclSet' and 'aclRemove': the rule's name prefix, 0..255 bytes ('' : every name). */
   prefix?: string | null;
   /** 'aclSet' only. */
@@ -799,6 +802,7 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         seq: req.seq,
         user: req.user,
         ...(req.password ? { password: req.password } : {}),
+        ...(req.rules?.length ? { rules: req.rules } : {}),
         ...(req.prefix != null ? { prefix: req.prefix } : {}),
         ...(req.right != null ? { right: req.right } : {}),
       });
@@ -1159,6 +1163,23 @@ REQUEST_DECODERS[MessageType.HELLO] = (h, payload) => {
   };
 };
 
+/** `[prefix, right]` pairs, at most MAX_RULES_PER_USER. */
+function aclRulesField(value: unknown, field: string): AclRule[] {
+  const list = arrayField(value, field);
+  if (list.length > MAX_RULES_PER_USER)
+    throw invalidArgument(`${field} must hold at most ${MAX_RULES_PER_USER} rules; got ${list.length}`, {
+      field,
+    });
+  return list.map((r, j) => {
+    const pair = arrayField(r, `${field}[${j}]`);
+    if (pair.length !== 2) throw invalidArgument(`${field}[${j}] must be [prefix, right]`, { field });
+    return [
+      validateAclPrefix(pair[0], `${field}[${j}].prefix`),
+      validateRight(pair[1], `${field}[${j}].right`),
+    ] as AclRule;
+  });
+}
+
 /** HELLO's user and password: both or neither. */
 function helloLogin(h: Header): { user?: string; password?: string } {
   const user = optionalField(h.user, 'user', validateUserName);
@@ -1414,7 +1435,13 @@ REQUEST_DECODERS[MessageType.USERS] = (h, payload) => {
   }
   const seq = seqField(h.seq);
   const user = validateUserName(h.user);
-  if (op === 'add') return { type: 'USERS', op, seq, user, password: validatePasswordHash(h.password) };
+  if (op === 'add') {
+    const password = validatePasswordHash(h.password);
+    const rules = optionalField(h.rules, 'rules', aclRulesField);
+    return rules && rules.length > 0
+      ? { type: 'USERS', op, seq, user, password, rules }
+      : { type: 'USERS', op, seq, user, password };
+  }
   if (op === 'remove') return { type: 'USERS', op, seq, user };
   const prefix = validateAclPrefix(h.prefix);
   if (op === 'aclRemove') return { type: 'USERS', op, seq, user, prefix };
@@ -1620,15 +1647,10 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
     noPayload(payload);
     const users = arrayField(h.users, 'users').map((u, i) => {
       const m = mapField(u, `users[${i}]`);
-      const rules = arrayField(m.rules, `users[${i}].rules`).map((r, j) => {
-        const pair = arrayField(r, `users[${i}].rules[${j}]`);
-        if (pair.length !== 2) throw invalidArgument(`users[${i}].rules[${j}] must be [prefix, right]`);
-        return [
-          validateAclPrefix(pair[0], `users[${i}].rules[${j}].prefix`),
-          validateRight(pair[1], `users[${i}].rules[${j}].right`),
-        ] as AclRule;
-      });
-      return { name: validateUserName(m.name, `users[${i}].name`), rules };
+      return {
+        name: validateUserName(m.name, `users[${i}].name`),
+        rules: aclRulesField(m.rules, `users[${i}].rules`),
+      };
     });
     return { users };
   },

@@ -179,6 +179,17 @@ const sampleRequests: Request[] = [
   { type: 'USERS', op: 'list', seq: 0, user: null },
   { type: 'USERS', op: 'list', seq: 0, user: 'bob' },
   { type: 'USERS', op: 'add', seq: 12, user: 'bob', password: samplePasswordHash },
+  {
+    type: 'USERS',
+    op: 'add',
+    seq: 17,
+    user: 'root',
+    password: samplePasswordHash,
+    rules: [
+      ['', 'admin'],
+      ['a/', 'read'],
+    ],
+  },
   { type: 'USERS', op: 'remove', seq: 13, user: 'bob' },
   { type: 'USERS', op: 'aclSet', seq: 14, user: 'bob', prefix: 'jobs/', right: 'write' },
   { type: 'USERS', op: 'aclSet', seq: 15, user: 'bob', prefix: '', right: 'admin' },
