@@ -46,9 +46,20 @@ export function requireRight(
   right: AccessRight,
   name: string | null,
 ): void {
-  if (may(sm, principal, right, name ?? '')) return;
+  const err = accessError(sm, principal, right, name);
+  if (err) throw err;
+}
+
+/** {@link requireRight}'s error, returned instead of thrown (null: allowed). */
+export function accessError(
+  sm: StateMachine,
+  principal: Principal,
+  right: AccessRight,
+  name: string | null,
+): SegmemError | null {
+  if (may(sm, principal, right, name ?? '')) return null;
   const who = principal.kind === 'user' ? `user ${principal.name}` : 'a client without credentials';
-  throw new SegmemError(
+  return new SegmemError(
     'UNAUTHORIZED',
     name === null
       ? `${who} may not do this: it needs the admin right on every name`
