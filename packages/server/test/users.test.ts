@@ -15,7 +15,8 @@ import { Packr } from 'msgpackr';
 import { type Command, decodeCommand, encodeCommand, mustSync, type Outcome } from '../src/core/commands.js';
 import { checkUsers } from '../src/core/content-check.js';
 import { StateMachine } from '../src/core/state-machine.js';
-import { hashPassword, verifyPassword } from '../src/node/passwords.js';
+import { hashPassword, LoginGate, verifyPassword } from '../src/node/passwords.js';
+import { decodeConsolidated, encodeConsolidated } from '../src/storage/consolidated.js';
 
 const PAGE = 4096;
 
@@ -217,4 +218,68 @@ test('passwords: scrypt with a random salt; verify accepts the password and noth
   t.true(await verifyPassword('correct horse', h));
   t.false(await verifyPassword('correct horsf', h));
   t.false(await verifyPassword('', h));
+});
+
+test('a consolidated snapshot carries users and rules to a restored state; one without users reads as before', async (t) => {
+  const { sm, users } = machine();
+  const meta = {
+    clusterId: 'c1',
+    createdAt: '2026-01-01T00:00:00.000Z',
+    groups: [[0, 1, 0]] as [number, number, number][],
+  };
+  const without = decodeConsolidated(Buffer.concat(await encodeConsolidated(sm.exportContent(), meta)), 'f');
+  t.is(without.content.users, undefined);
+  t.false(StateMachine.fromContent(without.content).hasUsers());
+  users({ op: 'userAdd', user: 'amy', password: hashA, rules: [['', 'admin']] });
+  const file = Buffer.concat(await encodeConsolidated(sm.exportContent(), meta));
+  const back = StateMachine.fromContent(decodeConsolidated(file, 'f').content);
+  t.deepEqual(back.listUsers(), [{ name: 'amy', rules: [['', 'admin']] }]);
+  t.deepEqual(back.userPassword('amy'), hashA);
+  // A crafted file whose users break the rules is refused whole.
+  const bad = sm.exportContent();
+  bad.users = [['amy', 'zz', 1, 1, 1, 'zz', []]];
+  const crafted = decodeConsolidated(Buffer.concat(await encodeConsolidated(bad, meta)), 'f').content;
+  t.throws(() => StateMachine.fromContent(crafted), { message: /user "amy"/ });
+});
+
+test('the login gate runs at most N checks at once, queues a bounded number and refuses the rest', async (t) => {
+  const gate = new LoginGate(2, 1);
+  let running = 0;
+  let most = 0;
+  const releases: (() => void)[] = [];
+  const check = () =>
+    new Promise<string>((resolve) => {
+      running++;
+      most = Math.max(most, running);
+      releases.push(() => {
+        running--;
+        resolve('done');
+      });
+    });
+  const a = gate.run(check, () => true);
+  const b = gate.run(check, () => true);
+  let queuedWanted = true;
+  const queued = gate.run(check, () => queuedWanted);
+  const refused = await t.throwsAsync(
+    gate.run(check, () => true),
+    { instanceOf: SegmemError },
+  );
+  t.is(refused?.code, 'UNAVAILABLE');
+  t.is(running, 2);
+  // The queued HELLO's connection closed meanwhile: it is dropped without running its check.
+  queuedWanted = false;
+  releases.shift()!();
+  await t.throwsAsync(queued, { message: /closed while its login waited/ });
+  t.is(await a, 'done');
+  releases.shift()!();
+  t.is(await b, 'done');
+  t.is(most, 2);
+  t.is(
+    await gate.run(
+      async () => 'again',
+      () => true,
+    ),
+    'again',
+    'slots come back',
+  );
 });

@@ -1205,8 +1205,9 @@ export class StateMachine {
   }
 
   /**
-   * The durable content only (objects with their bytes and versions, shared logs, id counters), without
-   * sessions, locks or caches: what a consolidated snapshot keeps and a restored cluster starts from.
+   * The durable content only (objects with their bytes and versions, shared logs, id counters, users and
+   * their rules), without sessions, locks or caches: what a consolidated snapshot keeps and a restored
+   * cluster starts from.
    */
   exportContent(): StateContent {
     const objects = this.sortedObjects().map((o) => ({
@@ -1227,6 +1228,8 @@ export class StateMachine {
       nextSessionId: this.nextSessionId,
       objects,
       logs: this.logs.snapshot(),
+      // Only when there are users, so content from before users (and without them) reads the same.
+      ...(this.users.size > 0 ? { users: this.userEntries() } : {}),
     };
   }
 
