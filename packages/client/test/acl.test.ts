@@ -4,6 +4,7 @@
  * refused, LIST filtered, admin-only operations, snapshot exports private to their session, and users that
  * survive a restart and a change of leader.
  */
+import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -36,6 +37,29 @@ function segmem(args: string[], env: Record<string, string> = {}): Promise<Run> 
     env: { SEGMEM_SERVERS: '', SEGMEM_TOKEN: '', SEGMEM_USER: '', SEGMEM_PASSWORD: '', ...env },
     timeoutMs: 60_000,
   }).done;
+}
+
+/** Runs segmem with `input` on its standard input (a pipe). */
+function segmemWithInput(args: string[], input: string, env: Record<string, string>): Promise<Run> {
+  return new Promise((resolveRun, reject) => {
+    const proc = spawn(process.execPath, [segmemBin, ...args], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, SEGMEM_SERVERS: '', SEGMEM_USER: '', SEGMEM_PASSWORD: '', ...env },
+    });
+    let stdout = '';
+    let stderr = '';
+    proc.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    proc.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`segmem ${args.join(' ')} did not finish within 60 s: ${stderr}`));
+    }, 60_000);
+    proc.once('close', (code) => {
+      clearTimeout(timer);
+      resolveRun({ code, stdout, stderr });
+    });
+    proc.stdin.end(input);
+  });
 }
 
 async function ok(t: ExecutionContext, run: Promise<Run>): Promise<string> {
@@ -210,12 +234,31 @@ test('without the admin right a user cannot snapshot, change membership or manag
     await forbidden(['user', 'add', 'eve', '--new-password-file', join(dir, 'writer.pw')]);
     await forbidden(['user', 'ls']);
     await forbidden(['acl', 'set', 'writer', '', 'admin']);
-    // What a writer may do works: create, put, ls (the membership list every client reads).
+    // What a writer may do works: create, put, ls, the membership list every client reads, status (its
+    // page-reader login checks the password too).
     await ok(t, asWriter('create', 'w/x', '4'));
     t.regex(await ok(t, asWriter('ls')), /w\/x/);
     t.regex(await ok(t, asWriter('cluster', 'list')), /s1/);
+    t.regex(await ok(t, asWriter('status')), /leader/);
+    // A new user's password from standard input (its first line); an empty one is refused.
+    await ok(
+      t,
+      segmemWithInput(['user', 'add', 'piped', '--servers', address], 'from-stdin\nignored\n', {
+        SEGMEM_TOKEN: 'tok3n',
+      }),
+    );
+    const empty = await segmemWithInput(['user', 'add', 'nopw', '--servers', address], '\n', {
+      SEGMEM_TOKEN: 'tok3n',
+    });
+    t.is(empty.code, 1);
+    t.regex(empty.stderr, /password must be 1\.\.1024 bytes.*\(INVALID_ARGUMENT\)/);
+    const piped = await connect({ servers: [address], user: 'piped', password: 'from-stdin' });
+    await refused(t, piped.stat('w/x'), 'read', 'w/x');
+    await piped.close();
+    await ok(t, asAdmin('user', 'rm', 'piped'));
     // Users and rules as the admin sees them; never a hash.
     const listed = JSON.parse(await ok(t, asAdmin('user', 'ls', '--json')));
+    t.false(JSON.stringify(listed).includes('salt'), 'no password hash is listed');
     t.deepEqual(listed.users, [{ name: 'writer', rules: [['', 'write']] }]);
     t.regex(await ok(t, asAdmin('acl', 'ls')), /writer +"" +write/);
     // The token holder makes a first admin user, which can then do what the writer could not.
@@ -367,8 +410,17 @@ test('users and rules are replicated: after the leader dies, the new leader logs
     const asRoot = { SEGMEM_USER: 'root', SEGMEM_PASSWORD: 'u-pass' };
     await ok(t, segmem(['user', 'add', 'app', '--new-password-file', pw, '--servers', servers], asRoot));
     await ok(t, segmem(['acl', 'set', 'app', 'jobs/', 'write', '--servers', servers], asRoot));
+    // A session opened before the leader dies logs in again on the new leader by itself.
+    const before = await connect({ servers: cluster.addresses, user: 'app', password: 'u-pass' });
+    await before.create('jobs/0', 8);
     const leader = await waitFor(() => cluster.leader(), 'a leader');
     await cluster.kill(leader.id);
+    try {
+      await before.update('jobs/0', (h) => h.view.setUint32(0, 1));
+      await refused(t, before.create('other/0', 8), 'write', 'other/0');
+    } finally {
+      await before.close();
+    }
     seg = await untilItWorks(
       () =>
         connect({
@@ -383,7 +435,7 @@ test('users and rules are replicated: after the leader dies, the new leader logs
     await refused(t, seg.create('other/1', 8), 'write', 'other/1');
     t.deepEqual(
       (await seg.list()).map((o) => o.name),
-      ['jobs/1'],
+      ['jobs/0', 'jobs/1'],
     );
   } catch (err) {
     t.log(cluster.history());
