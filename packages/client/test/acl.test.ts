@@ -32,8 +32,12 @@ import {
 
 type Run = { code: number | null; stdout: string; stderr: string };
 
+/**
+ * Runs segmem with a generous --timeout: a login costs a scrypt on the server, which on a loaded machine
+ * can outlast the default 2 s a command gives itself to reach the leader.
+ */
 function segmem(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return runNode(segmemBin, args, {
+  return runNode(segmemBin, [...args, '--timeout', '20000'], {
     env: { SEGMEM_SERVERS: '', SEGMEM_TOKEN: '', SEGMEM_USER: '', SEGMEM_PASSWORD: '', ...env },
     timeoutMs: 60_000,
   }).done;
@@ -42,7 +46,7 @@ function segmem(args: string[], env: Record<string, string> = {}): Promise<Run> 
 /** Runs segmem with `input` on its standard input (a pipe). */
 function segmemWithInput(args: string[], input: string, env: Record<string, string>): Promise<Run> {
   return new Promise((resolveRun, reject) => {
-    const proc = spawn(process.execPath, [segmemBin, ...args], {
+    const proc = spawn(process.execPath, [segmemBin, ...args, '--timeout', '20000'], {
       stdio: ['pipe', 'pipe', 'pipe'],
       env: { ...process.env, SEGMEM_SERVERS: '', SEGMEM_USER: '', SEGMEM_PASSWORD: '', ...env },
     });

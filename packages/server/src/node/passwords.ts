@@ -4,15 +4,17 @@
  * at most MAX_CONCURRENT_LOGINS at once (see {@link LoginGate}), so a flood of HELLOs with passwords cannot
  * take the thread pool or the memory (16 MiB per check) from everything else.
  */
-import { randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
+import { scrypt, timingSafeEqual } from 'node:crypto';
 import {
   DEFAULT_SCRYPT,
+  type Env,
   MAX_CONCURRENT_LOGINS,
   MAX_LOGIN_QUEUE,
   PASSWORD_HASH_BYTES,
   PASSWORD_SALT_BYTES,
   type PasswordHash,
   SegmemError,
+  systemEnv,
 } from '@segmem/protocol';
 
 function scryptBytes(
@@ -32,12 +34,16 @@ function scryptBytes(
   });
 }
 
-/** A new hash of `password` with a fresh random 16-byte salt and `params` (default N=2^14, r=8, p=1). */
+/**
+ * A new hash of `password` with a fresh random 16-byte salt (from `env`, the process's own by default) and
+ * `params` (default N=2^14, r=8, p=1).
+ */
 export async function hashPassword(
   password: string,
+  env: Pick<Env, 'randomBytes'> = systemEnv,
   params: { n: number; r: number; p: number } = DEFAULT_SCRYPT,
 ): Promise<PasswordHash> {
-  const salt = randomBytes(PASSWORD_SALT_BYTES);
+  const salt = env.randomBytes(PASSWORD_SALT_BYTES);
   const key = await scryptBytes(password, salt, params);
   return { salt: salt.toString('hex'), n: params.n, r: params.r, p: params.p, hash: key.toString('hex') };
 }
