@@ -43,6 +43,7 @@ export class FollowerReads {
     private readonly opts: {
       sessionTimeoutMs: number;
       token?: string;
+      login?: { user: string; password: string };
       /** How to reach one follower (default: TCP; the simulator passes its network's). */
       dial?: (address: string) => Dial;
     },
@@ -127,6 +128,7 @@ export class FollowerReads {
       env: this.env,
       sessionTimeoutMs: this.opts.sessionTimeoutMs,
       ...(this.opts.token !== undefined ? { token: this.opts.token } : {}),
+      ...(this.opts.login ? { login: this.opts.login } : {}),
       clusterId: this.session.hello.clusterId,
       reconnect: false,
       pageReader: true,

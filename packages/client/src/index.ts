@@ -26,6 +26,8 @@ import {
   parseHostPort,
   SegmemError,
   systemEnv,
+  validatePassword,
+  validateUserName,
 } from '@segmem/protocol';
 import { connectLocal, type FsyncPolicy, SegmemNode } from '@segmem/server';
 import { FollowerReads } from './follower-reads.js';
@@ -65,6 +67,14 @@ export interface ConnectOptions {
   cacheDir?: string;
   /** Credential the server expects, if it has one (the `token` setting); a wrong one is `UNAUTHORIZED`. */
   token?: string;
+  /**
+   * Log in as this user (see `segmem user add`); with `password`. Every request is then held to the user's
+   * ACL rules: one it has no right for is `UNAUTHORIZED` (details.reason 'FORBIDDEN'). A wrong user or
+   * password is `UNAUTHORIZED`. The password travels in the handshake: use TLS on untrusted networks.
+   */
+  user?: string;
+  /** The user's password (1..1024 bytes); required with `user`. */
+  password?: string;
   /** Also receive invalidations as UDP datagrams (best effort, beside the TCP pushes). Default false. */
   udpHints?: boolean;
   /**
@@ -112,6 +122,14 @@ function booleanOption(value: unknown, name: string, fallback: boolean): boolean
   return value;
 }
 
+/** `user` and `password`: both valid or both absent. */
+function loginOption(user: unknown, password: unknown): { user: string; password: string } | undefined {
+  if (user === undefined && password === undefined) return undefined;
+  if (user === undefined || password === undefined)
+    throw new SegmemError('INVALID_ARGUMENT', 'user and password come together: give both or neither');
+  return { user: validateUserName(user), password: validatePassword(password) };
+}
+
 function sessionTimeout(value: number | undefined): number {
   const ms = value ?? DEFAULT_SESSION_TIMEOUT_MS;
   if (!Number.isInteger(ms) || ms < MIN_SESSION_TIMEOUT_MS || ms > MAX_SESSION_TIMEOUT_MS) {
@@ -128,6 +146,7 @@ async function openSegment(
   opts: {
     sessionTimeoutMs: number;
     token?: string;
+    login?: { user: string; password: string };
     cacheDir?: string;
     reconnect: boolean;
     udp?: UdpSocket;
@@ -142,6 +161,7 @@ async function openSegment(
     env: systemEnv,
     sessionTimeoutMs: opts.sessionTimeoutMs,
     ...(opts.token !== undefined ? { token: opts.token } : {}),
+    ...(opts.login ? { login: opts.login } : {}),
     ...(opts.udp ? { udpPort: opts.udp.address().port } : {}),
     reconnect: opts.reconnect,
     onInvalidate: (msg) => segment?.onInvalidate(msg),
@@ -159,6 +179,7 @@ async function openSegment(
     ? new FollowerReads(session, {
         sessionTimeoutMs: opts.sessionTimeoutMs,
         ...(opts.token !== undefined ? { token: opts.token } : {}),
+        ...(opts.login ? { login: opts.login } : {}),
       })
     : null;
   segment = new SegmentImpl(
@@ -219,6 +240,7 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
   for (const s of opts.servers) parseHostPort(s, 'server address');
   const sessionTimeoutMs = sessionTimeout(opts.sessionTimeoutMs);
   const delegations = booleanOption(opts.delegations, 'delegations', true);
+  const login = loginOption(opts.user, opts.password);
   let udp: UdpSocket | undefined;
   if (opts.udpHints) {
     udp = createSocket('udp4');
@@ -238,6 +260,7 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
         delegations,
         followerReads: opts.followerReads ?? true,
         ...(opts.token !== undefined ? { token: opts.token } : {}),
+        ...(login ? { login } : {}),
         ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
         ...(udp ? { udp } : {}),
       },

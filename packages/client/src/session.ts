@@ -86,6 +86,8 @@ export interface SessionOptions {
   sessionTimeoutMs: number;
   clusterId?: string;
   token?: string;
+  /** Log in as this user with this password (every HELLO, reconnects too). */
+  login?: { user: string; password: string };
   udpPort?: number;
   /** Whether a lost transport may be re-dialled (TCP); an embedded pipe cannot come back. */
   reconnect: boolean;
@@ -312,6 +314,7 @@ export class Session {
       udpPort: this.opts.udpPort ?? null,
       clientName: `pid ${process.pid}`,
       pageReader: this.opts.pageReader ?? false,
+      ...(this.opts.login ? { user: this.opts.login.user, password: this.opts.login.password } : {}),
     };
     const answer = new Promise<unknown>((resolve, reject) => {
       this.pending.set(requestId, { req: hello, sent: true, sentAtMs: this.env.now(), resolve, reject });

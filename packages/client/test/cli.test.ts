@@ -119,7 +119,10 @@ test('every command prints complete help, and docs/operations.md lists the same 
     t.true(commands.includes(c), `the overview lists ${c}`);
   }
   const common = docOptions('', 'Common options').options;
-  t.deepEqual([...common.keys()], ['--servers HOST:PORT,...', '--timeout MS', '--token TOKEN']);
+  t.deepEqual(
+    [...common.keys()],
+    ['--servers HOST:PORT,...', '--timeout MS', '--token TOKEN', '--user NAME', '--password-file FILE'],
+  );
   const helps = await Promise.all(commands.map((c) => segmem([...c.split(' '), '--help'])));
   for (const [i, command] of commands.entries()) {
     const r = helps[i]!;

@@ -32,7 +32,8 @@ export const ERROR_CODES = [
  *   write-ahead log that cannot be written; the operation may be retried;
  * - `INVALID_ARGUMENT`: a bad name, size, option or range; nothing was changed;
  * - `PROTOCOL`: a peer broke the wire protocol (another version, a malformed frame);
- * - `UNAUTHORIZED`: a missing or wrong `token`, or a server of another cluster;
+ * - `UNAUTHORIZED`: a missing or wrong `token`, a wrong user or password, a server of another cluster, or
+ *   (`details.reason` 'FORBIDDEN') a request the logged-in user has no right for; nothing was changed;
  * - `CLOSED`: the segment (or the server) was closed.
  */
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -6,4 +6,5 @@ export * from './limits.js';
 export * from './messages.js';
 export * from './msgpack.js';
 export * from './ranges.js';
+export * from './users.js';
 export * from './validate.js';

@@ -105,3 +105,15 @@ export const MAX_WATCHES_PER_SESSION = 1024;
 export const MAX_QUEUED_ANSWER_BYTES = 16 * 1024 * 1024;
 /** Requests in flight (or answers waiting for room) on one page-reader connection, which has no session. */
 export const MAX_PAGE_READER_INFLIGHT_REQUESTS = 256;
+/** Most users a group holds (USERS add); one more is refused with INVALID_ARGUMENT. */
+export const MAX_USERS = 1000;
+/** Most ACL rules (prefix, right) one user holds; one more is refused with INVALID_ARGUMENT. */
+export const MAX_RULES_PER_USER = 64;
+/** Longest user name in bytes (HELLO user, USERS); names are 1.. of these of [A-Za-z0-9._@-]. */
+export const MAX_USER_NAME_BYTES = 64;
+/** Longest password in bytes (HELLO password); an empty password is refused. */
+export const MAX_PASSWORD_BYTES = 1024;
+/** Password checks (scrypt) one server runs at once; the next ones wait in a queue of MAX_LOGIN_QUEUE. */
+export const MAX_CONCURRENT_LOGINS = 4;
+/** HELLOs with a password that may wait for a check; one more is refused with UNAVAILABLE. */
+export const MAX_LOGIN_QUEUE = 64;

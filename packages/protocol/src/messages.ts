@@ -26,6 +26,7 @@ import {
   MAX_LOG_RECORD_BYTES,
   MAX_NAME_BYTES,
   MAX_OBJECT_BYTES,
+  MAX_RULES_PER_USER,
   MAX_SEGMENT_BYTES,
   MAX_SESSION_SECRET_BYTES,
   MAX_SNAPSHOT_CHUNK_BYTES,
@@ -36,6 +37,17 @@ import {
   PROTOCOL_VERSION,
 } from './limits.js';
 import { sanitizeHeaderValue } from './msgpack.js';
+import {
+  type AccessRight,
+  type AclRule,
+  type PasswordHash,
+  type UserInfo,
+  validateAclPrefix,
+  validatePassword,
+  validatePasswordHash,
+  validateRight,
+  validateUserName,
+} from './users.js';
 import {
   type AccessMode,
   arrayField,
@@ -93,6 +105,7 @@ export const MessageType = {
   WATCH: 0x14,
   UNWATCH: 0x15,
   CHANGED: 0x62,
+  USERS: 0x16,
 } as const;
 
 export type MessageTypeName = keyof typeof MessageType;
@@ -120,6 +133,7 @@ export const REQUEST_TYPES = [
   'STATUS',
   'WATCH',
   'UNWATCH',
+  'USERS',
 ] as const;
 
 export type RequestType = (typeof REQUEST_TYPES)[number];
@@ -138,7 +152,7 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
-  return code >= MessageType.HELLO && code <= MessageType.UNWATCH;
+  return code >= MessageType.HELLO && code <= MessageType.USERS;
 }
 
 function hex(code: number): string {
@@ -200,6 +214,10 @@ export interface HelloRequest {
   clusterId?: string | null;
   /** Credential, 0..MAX_TOKEN_BYTES bytes; null for none. */
   token?: string | null;
+  /** Log in as this user (validateUserName), with `password`; null or absent for none. */
+  user?: string | null;
+  /** The user's password, 1..MAX_PASSWORD_BYTES bytes; required with `user`, refused without. */
+  password?: string | null;
   /** MIN_SESSION_TIMEOUT_MS..MAX_SESSION_TIMEOUT_MS. */
   sessionTimeoutMs: number;
   /** A session to resume after a reconnect (>= 1), or null for a new session. */
@@ -420,6 +438,31 @@ export interface UnwatchRequest {
   objectId: number;
 }
 
+/** What USERS does: list users, add or remove one, set or remove one of a user's rules. */
+export const USERS_OPS = ['list', 'add', 'remove', 'aclSet', 'aclRemove'] as const;
+export type UsersOp = (typeof USERS_OPS)[number];
+
+/**
+ * 0x16: manages users and their access rules (replicated; needs the admin right on every name). The
+ * password travels hashed (the client hashes it), never in clear: see {@link PasswordHash}.
+ */
+export interface UsersRequest {
+  type: 'USERS';
+  op: UsersOp;
+  /** Session sequence number (>= 1) of a change, for exactly-once retries; 0 for 'list'. */
+  seq: number;
+  /** The user (validateUserName); required except for 'list', where it restricts the answer to that user. */
+  user: string | null;
+  /** 'add' only: the new user's password hash. */
+  password?: PasswordHash | null;
+  /** 'add' only: rules the user starts with (at most MAX_RULES_PER_USER); absent: none. */
+  rules?: AclRule[] | null;
+  /** 'aclSet' and 'aclRemove': the rule's name prefix, 0..255 bytes ('' : every name). */
+  prefix?: string | null;
+  /** 'aclSet' only. */
+  right?: AccessRight | null;
+}
+
 export type Request =
   | HelloRequest
   | KeepaliveRequest
@@ -441,7 +484,8 @@ export type Request =
   | SnapshotReadRequest
   | StatusRequest
   | WatchRequest
-  | UnwatchRequest;
+  | UnwatchRequest
+  | UsersRequest;
 
 export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
 
@@ -646,6 +690,11 @@ export interface UnwatchOk {
   removed: boolean;
 }
 
+/** The users listed (by name), or after a change the changed user ([] after 'remove'). */
+export interface UsersOk {
+  users: UserInfo[];
+}
+
 export interface OkBodies {
   HELLO: HelloOk;
   KEEPALIVE: EmptyBody;
@@ -668,6 +717,7 @@ export interface OkBodies {
   STATUS: StatusOk;
   WATCH: WatchOk;
   UNWATCH: UnwatchOk;
+  USERS: UsersOk;
 }
 
 /** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
@@ -751,6 +801,18 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         udpPort: req.udpPort ?? null,
         clientName: req.clientName ?? null,
         pageReader: req.pageReader ?? false,
+        // Only when given, so a HELLO without them stays as it was.
+        ...(req.user != null ? { user: req.user, password: req.password ?? null } : {}),
+      });
+    case 'USERS':
+      return encodeFrame(MessageType.USERS, requestId, groupId, {
+        op: req.op,
+        seq: req.seq,
+        user: req.user,
+        ...(req.password ? { password: req.password } : {}),
+        ...(req.rules?.length ? { rules: req.rules } : {}),
+        ...(req.prefix != null ? { prefix: req.prefix } : {}),
+        ...(req.right != null ? { right: req.right } : {}),
       });
     case 'KEEPALIVE':
       return encodeFrame(MessageType.KEEPALIVE, requestId, groupId, req.lease ? { lease: true } : {});
@@ -1023,6 +1085,9 @@ export function encodeOk<T extends RequestType>(
     case 'UNWATCH':
       header = { removed: (b as UnwatchOk).removed };
       break;
+    case 'USERS':
+      header = { users: (b as UsersOk).users.map((u) => ({ name: u.name, rules: u.rules })) };
+      break;
     default:
       throw invalidArgument(`unknown request type ${describeValue(requestType)}`);
   }
@@ -1102,8 +1167,38 @@ REQUEST_DECODERS[MessageType.HELLO] = (h, payload) => {
     udpPort: optionalField(h.udpPort, 'udpPort', (v, f) => uintField(v, f, 1, 65535)),
     clientName: optionalField(h.clientName, 'clientName', (v, f) => stringField(v, f, 0, MAX_NAME_BYTES)),
     pageReader: optionalField(h.pageReader, 'pageReader', boolField) ?? false,
+    ...helloLogin(h),
   };
 };
+
+/** `[prefix, right]` pairs, at most MAX_RULES_PER_USER. */
+function aclRulesField(value: unknown, field: string): AclRule[] {
+  const list = arrayField(value, field);
+  if (list.length > MAX_RULES_PER_USER)
+    throw invalidArgument(`${field} must hold at most ${MAX_RULES_PER_USER} rules; got ${list.length}`, {
+      field,
+    });
+  return list.map((r, j) => {
+    const pair = arrayField(r, `${field}[${j}]`);
+    if (pair.length !== 2) throw invalidArgument(`${field}[${j}] must be [prefix, right]`, { field });
+    return [
+      validateAclPrefix(pair[0], `${field}[${j}].prefix`),
+      validateRight(pair[1], `${field}[${j}].right`),
+    ] as AclRule;
+  });
+}
+
+/** HELLO's user and password: both or neither. */
+function helloLogin(h: Header): { user?: string; password?: string } {
+  const user = optionalField(h.user, 'user', validateUserName);
+  const password = optionalField(h.password, 'password', validatePassword);
+  if ((user === null) !== (password === null)) {
+    throw invalidArgument('user and password come together: give both or neither', {
+      field: user === null ? 'user' : 'password',
+    });
+  }
+  return user === null ? {} : { user, password: password! };
+}
 
 REQUEST_DECODERS[MessageType.KEEPALIVE] = (h, payload) => {
   noPayload(payload);
@@ -1335,6 +1430,32 @@ REQUEST_DECODERS[MessageType.UNWATCH] = (h, payload) => {
   return { type: 'UNWATCH', objectId: uintField(h.objectId, 'objectId', 1) };
 };
 
+REQUEST_DECODERS[MessageType.USERS] = (h, payload) => {
+  noPayload(payload);
+  const op = h.op as UsersOp;
+  if (!USERS_OPS.includes(op)) {
+    throw invalidArgument(`op must be one of ${USERS_OPS.join(', ')}; got ${describeValue(h.op)}`, {
+      field: 'op',
+    });
+  }
+  if (op === 'list') {
+    return { type: 'USERS', op, seq: 0, user: optionalField(h.user, 'user', validateUserName) };
+  }
+  const seq = seqField(h.seq);
+  const user = validateUserName(h.user);
+  if (op === 'add') {
+    const password = validatePasswordHash(h.password);
+    const rules = optionalField(h.rules, 'rules', aclRulesField);
+    return rules && rules.length > 0
+      ? { type: 'USERS', op, seq, user, password, rules }
+      : { type: 'USERS', op, seq, user, password };
+  }
+  if (op === 'remove') return { type: 'USERS', op, seq, user };
+  const prefix = validateAclPrefix(h.prefix);
+  if (op === 'aclRemove') return { type: 'USERS', op, seq, user, prefix };
+  return { type: 'USERS', op, seq, user, prefix, right: validateRight(h.right) };
+};
+
 /**
  * Decodes and validates a request frame. PROTOCOL: not a request (unknown or non-request type, requestId 0) or
  * a HELLO of another protocol version. INVALID_ARGUMENT: a bad field, the message naming type and field.
@@ -1529,6 +1650,17 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
   UNWATCH: (h, payload) => {
     noPayload(payload);
     return { removed: boolField(h.removed, 'removed') };
+  },
+  USERS: (h, payload) => {
+    noPayload(payload);
+    const users = arrayField(h.users, 'users').map((u, i) => {
+      const m = mapField(u, `users[${i}]`);
+      return {
+        name: validateUserName(m.name, `users[${i}].name`),
+        rules: aclRulesField(m.rules, `users[${i}].rules`),
+      };
+    });
+    return { users };
   },
 };
 

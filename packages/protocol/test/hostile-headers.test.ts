@@ -20,7 +20,9 @@ import {
   MAX_LOG_RECORD_BYTES,
   MAX_NAME_BYTES,
   MAX_OBJECT_BYTES,
+  MAX_PASSWORD_BYTES,
   MAX_REQUEST_HEADER_ELEMENTS,
+  MAX_RULES_PER_USER,
   MAX_SESSION_SECRET_BYTES,
   MAX_SESSION_TIMEOUT_MS,
   MAX_SNAPSHOT_CHUNK_BYTES,
@@ -92,6 +94,8 @@ const KEYS: Record<Request['type'], string[]> = {
     'udpPort',
     'clientName',
     'pageReader',
+    'user',
+    'password',
   ],
   KEEPALIVE: ['type', 'lease'],
   CREATE: ['type', 'seq', 'name', 'size', 'ifNotExists'],
@@ -113,6 +117,7 @@ const KEYS: Record<Request['type'], string[]> = {
   STATUS: ['type'],
   WATCH: ['type', 'name'],
   UNWATCH: ['type', 'objectId'],
+  USERS: ['type', 'op', 'seq', 'user', 'password', 'rules', 'prefix', 'right'],
 };
 
 /** The first documented bound `req` breaks, or null. `payloadBytes`: what the frame carried. */
@@ -134,6 +139,9 @@ function brokenBound(req: Request, payloadBytes: number): string | null {
       if (!orNull(req.udpPort ?? null, (v) => isInt(v, 1, 65535))) return 'udpPort';
       if (!orNull(req.clientName ?? null, (v) => isText(v, 0, MAX_NAME_BYTES))) return 'clientName';
       if (typeof req.pageReader !== 'boolean') return 'pageReader';
+      if ((req.user === undefined) !== (req.password === undefined)) return 'user/password';
+      if (req.user !== undefined && !isUser(req.user)) return 'user';
+      if (req.password !== undefined && !isText(req.password, 1, MAX_PASSWORD_BYTES)) return 'password';
       return noPayload ? null : 'payload';
     case 'KEEPALIVE':
       if (req.lease !== undefined && req.lease !== true) return 'lease';
@@ -234,8 +242,38 @@ function brokenBound(req: Request, payloadBytes: number): string | null {
       return noPayload ? null : 'payload';
     case 'UNWATCH':
       return isInt(req.objectId, 1) && noPayload ? null : 'objectId';
+    case 'USERS': {
+      if (!noPayload) return 'payload';
+      if (req.op === 'list') return req.seq === 0 && orNull(req.user, isUser) ? null : 'list';
+      if (!isInt(req.seq, 1) || !isUser(req.user)) return 'seq/user';
+      const isPrefix = (v: unknown) => v === '' || isName(v);
+      switch (req.op) {
+        case 'add': {
+          const h = req.password as Record<string, unknown> | undefined;
+          if (!h || !/^[0-9a-f]{32}$/.test(String(h.salt)) || !/^[0-9a-f]{64}$/.test(String(h.hash)))
+            return 'password';
+          if (!isInt(h.n, 1024, 2 ** 20) || !isInt(h.r, 1, 32) || !isInt(h.p, 1, 4)) return 'password cost';
+          const rules = req.rules ?? [];
+          if (!Array.isArray(rules) || rules.length > MAX_RULES_PER_USER) return 'rules';
+          return rules.every((r) => isPrefix(r[0]) && ['read', 'write', 'admin'].includes(r[1]))
+            ? null
+            : 'rule';
+        }
+        case 'remove':
+          return null;
+        case 'aclRemove':
+          return isPrefix(req.prefix) ? null : 'prefix';
+        case 'aclSet':
+          return isPrefix(req.prefix) && ['read', 'write', 'admin'].includes(String(req.right))
+            ? null
+            : 'rule';
+        default:
+          return 'op';
+      }
+    }
   }
 }
+const isUser = (v: unknown) => typeof v === 'string' && /^[A-Za-z0-9._@-]{1,64}$/.test(v);
 
 function runProperty(
   t: import('ava').ExecutionContext,

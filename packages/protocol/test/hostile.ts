@@ -43,6 +43,8 @@ export const REQUEST_FIELDS: Record<RequestType, readonly string[]> = {
     'udpPort',
     'clientName',
     'pageReader',
+    'user',
+    'password',
   ],
   KEEPALIVE: ['lease'],
   CREATE: ['seq', 'name', 'size', 'ifNotExists'],
@@ -64,6 +66,7 @@ export const REQUEST_FIELDS: Record<RequestType, readonly string[]> = {
   STATUS: [],
   WATCH: ['name'],
   UNWATCH: ['objectId'],
+  USERS: ['op', 'seq', 'user', 'password', 'rules', 'prefix', 'right'],
 };
 
 const nameArb = (prefix: string) =>
@@ -229,6 +232,39 @@ export function validRequestArb(type: RequestType, namePrefix = ''): fc.Arbitrar
       return fc.record({ type: fc.constant('WATCH' as const), name });
     case 'UNWATCH':
       return fc.record({ type: fc.constant('UNWATCH' as const), objectId: idArb });
+    case 'USERS': {
+      // No 'add': a fuzzer that created users would turn logins on for every later connection on purpose.
+      const user = fc.stringMatching(/^[A-Za-z0-9._@-]{1,20}$/);
+      return fc.oneof(
+        fc.record({
+          type: fc.constant('USERS' as const),
+          op: fc.constant('list' as const),
+          seq: fc.constant(0),
+          user: opt(user),
+        }),
+        fc.record({
+          type: fc.constant('USERS' as const),
+          op: fc.constant('remove' as const),
+          seq: seqArb,
+          user,
+        }),
+        fc.record({
+          type: fc.constant('USERS' as const),
+          op: fc.constant('aclRemove' as const),
+          seq: seqArb,
+          user,
+          prefix: fc.oneof(fc.constant(''), name),
+        }),
+        fc.record({
+          type: fc.constant('USERS' as const),
+          op: fc.constant('aclSet' as const),
+          seq: seqArb,
+          user,
+          prefix: fc.oneof(fc.constant(''), name),
+          right: fc.constantFrom('read' as const, 'write' as const, 'admin' as const),
+        }),
+      );
+    }
   }
 }
 

@@ -1,6 +1,7 @@
 import test, { type ExecutionContext } from 'ava';
 import fc from 'fast-check';
 import {
+  type AclRule,
   controlCharIndex,
   decodeChanged,
   decodeError,
@@ -31,10 +32,13 @@ import {
   type ObjectRecord,
   type OkBodyInput,
   PAGE_BYTES,
+  type PasswordHash,
   PROTOCOL_VERSION,
   REQUEST_TYPES,
   type Request,
   type RequestType,
+  rightCovers,
+  rightOn,
   SegmemError,
   validateName,
   validatePrefix,
@@ -62,6 +66,14 @@ function throwsCode(t: ExecutionContext, fn: () => unknown, code: string, includ
 }
 
 const record: ObjectRecord = { id: 7, name: 'matrix/a', size: 10_000, address: 3 * PAGE_BYTES, version: 4 };
+
+const samplePasswordHash: PasswordHash = {
+  salt: '00112233445566778899aabbccddeeff',
+  n: 2 ** 14,
+  r: 8,
+  p: 1,
+  hash: 'ab'.repeat(32),
+};
 
 const sampleRequests: Request[] = [
   {
@@ -151,6 +163,37 @@ const sampleRequests: Request[] = [
   { type: 'STATUS' },
   { type: 'WATCH', name: 'jobs/ü' },
   { type: 'UNWATCH', objectId: Number.MAX_SAFE_INTEGER },
+  {
+    type: 'HELLO',
+    protocol: PROTOCOL_VERSION,
+    clusterId: null,
+    token: null,
+    sessionTimeoutMs: 10_000,
+    resumeSessionId: null,
+    resumeSecret: null,
+    udpPort: null,
+    clientName: null,
+    user: 'alice@example.com',
+    password: 'pässwörd',
+  },
+  { type: 'USERS', op: 'list', seq: 0, user: null },
+  { type: 'USERS', op: 'list', seq: 0, user: 'bob' },
+  { type: 'USERS', op: 'add', seq: 12, user: 'bob', password: samplePasswordHash },
+  {
+    type: 'USERS',
+    op: 'add',
+    seq: 17,
+    user: 'root',
+    password: samplePasswordHash,
+    rules: [
+      ['', 'admin'],
+      ['a/', 'read'],
+    ],
+  },
+  { type: 'USERS', op: 'remove', seq: 13, user: 'bob' },
+  { type: 'USERS', op: 'aclSet', seq: 14, user: 'bob', prefix: 'jobs/', right: 'write' },
+  { type: 'USERS', op: 'aclSet', seq: 15, user: 'bob', prefix: '', right: 'admin' },
+  { type: 'USERS', op: 'aclRemove', seq: 16, user: 'bob', prefix: 'jobs/' },
 ];
 
 /** A request as decoding returns it: payloads as Buffers, absent optional fields at their defaults. */
@@ -636,6 +679,18 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
   },
   WATCH: { objectId: 7, version: 3 },
   UNWATCH: { removed: true },
+  USERS: {
+    users: [
+      { name: 'alice', rules: [] },
+      {
+        name: 'bob',
+        rules: [
+          ['jobs/', 'write'],
+          ['', 'read'],
+        ],
+      },
+    ],
+  },
 };
 
 test('every OK body round trips', (t) => {
@@ -870,6 +925,75 @@ test('WATCH and UNWATCH refuse bad fields, naming them', (t) => {
     'version',
   ]);
   throwsCode(t, () => decodeOk('UNWATCH', rawFrame(MessageType.OK, { removed: 1 })), 'PROTOCOL', ['removed']);
+});
+
+test('HELLO user and password are validated and come together', (t) => {
+  const hello = { protocol: 1, sessionTimeoutMs: 1000 };
+  for (const [fields, field] of [
+    [{ user: 'alice' }, 'password'],
+    [{ password: 'x' }, 'user'],
+    [{ user: 'al ice', password: 'x' }, 'user'],
+    [{ user: '', password: 'x' }, 'user'],
+    [{ user: 'a'.repeat(65), password: 'x' }, 'user'],
+    [{ user: 'alice', password: '' }, 'password'],
+    [{ user: 'alice', password: 'x'.repeat(1025) }, 'password'],
+    [{ user: 7, password: 'x' }, 'user'],
+  ] as const) {
+    throwsCode(
+      t,
+      () => decodeRequest(rawFrame(MessageType.HELLO, { ...hello, ...fields })),
+      'INVALID_ARGUMENT',
+      ['HELLO', field],
+    );
+  }
+});
+
+test('USERS refuses bad fields, naming them', (t) => {
+  const add = { op: 'add', seq: 1, user: 'bob', password: samplePasswordHash };
+  for (const [header, field] of [
+    [{ op: 'grant', seq: 1, user: 'bob' }, 'op'],
+    [{ op: 'remove', seq: 0, user: 'bob' }, 'seq'],
+    [{ op: 'remove', seq: 1, user: null }, 'user'],
+    [{ op: 'list', user: 'b b' }, 'user'],
+    [{ ...add, password: null }, 'password'],
+    [{ ...add, password: { ...samplePasswordHash, salt: 'abcd' } }, 'password.salt'],
+    [{ ...add, password: { ...samplePasswordHash, hash: 'AB'.repeat(32) } }, 'password.hash'],
+    [{ ...add, password: { ...samplePasswordHash, n: 3000 } }, 'password.n'],
+    [{ ...add, password: { ...samplePasswordHash, n: 2 ** 21 } }, 'password.n'],
+    [{ ...add, password: { ...samplePasswordHash, r: 0 } }, 'password.r'],
+    [{ ...add, password: { ...samplePasswordHash, n: 2 ** 18, r: 8 } }, 'password'],
+    [{ op: 'aclSet', seq: 1, user: 'bob', prefix: 'a/', right: 'owner' }, 'right'],
+    [{ op: 'aclSet', seq: 1, user: 'bob', right: 'read' }, 'prefix'],
+    [{ op: 'aclRemove', seq: 1, user: 'bob', prefix: 'x'.repeat(256) }, 'prefix'],
+  ] as const) {
+    throwsCode(t, () => decodeRequest(rawFrame(MessageType.USERS, header)), 'INVALID_ARGUMENT', [
+      'USERS',
+      field,
+    ]);
+  }
+  throwsCode(
+    t,
+    () => decodeOk('USERS', rawFrame(MessageType.OK, { users: [{ name: 'bob', rules: [['a/', 'all']] }] })),
+    'PROTOCOL',
+    ['right'],
+  );
+});
+
+test('rightOn takes the strongest matching rule; rightCovers orders read < write < admin', (t) => {
+  const rules: AclRule[] = [
+    ['a/', 'read'],
+    ['a/b/', 'write'],
+    ['', 'read'],
+    ['adm', 'admin'],
+  ];
+  t.is(rightOn(rules, 'a/x'), 'read');
+  t.is(rightOn(rules, 'a/b/c'), 'write');
+  t.is(rightOn(rules, 'admin/x'), 'admin');
+  t.is(rightOn([['a/', 'read']], 'b/x'), null);
+  t.true(rightCovers('admin', 'write'));
+  t.true(rightCovers('write', 'read'));
+  t.false(rightCovers('read', 'write'));
+  t.false(rightCovers(null, 'read'));
 });
 
 test('a REVOKE push round trips; a bad one is PROTOCOL', (t) => {

@@ -6,6 +6,7 @@
 import { type OkBodyInput, type RequestType, SegmemError } from '@segmem/protocol';
 import test from 'ava';
 import { StateMachine } from '../src/core/state-machine.js';
+import { ADMIN, type Principal } from '../src/node/access.js';
 import type { Port } from '../src/node/port.js';
 import { answerWithPages, objectRecord } from '../src/node/util.js';
 
@@ -17,6 +18,7 @@ class RecordingPort implements Port {
   readonly udpPort = null;
   readonly remoteAddress = undefined;
   closed = false;
+  principal: Principal = ADMIN;
   readonly sent: { payload: readonly Uint8Array[]; onSent: (() => void) | undefined }[] = [];
   ok<T extends RequestType>(
     _type: T,

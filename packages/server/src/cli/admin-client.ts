@@ -29,6 +29,8 @@ export interface AdminOptions {
   timeoutMs: number;
   /** The credential the servers require (config `token`), or null. */
   token: string | null;
+  /** Log in as this user (`--user`, `--password-file`); absent or null: none. */
+  login?: { user: string; password: string } | null;
   /** Told of every push the leader sends (requestId 0: INVALIDATE, CHANGED); none: pushes are ignored. */
   onPush?: (frame: Frame) => void;
   /** Told when the connection to the leader is lost (the next call finds the leader again). */
@@ -270,6 +272,7 @@ export class AdminSession {
           token: this.opts.token,
           sessionTimeoutMs: ADMIN_SESSION_TIMEOUT_MS,
           clientName: 'segmem cli',
+          ...loginFields(this.opts.login),
           resumeSessionId: this.session?.id ?? null,
           resumeSecret: this.session?.secret ?? null,
         },
@@ -315,6 +318,11 @@ function answeredBy(err: unknown): boolean {
   );
 }
 
+/** HELLO's user and password, when there is a login. */
+function loginFields(login: { user: string; password: string } | null | undefined) {
+  return login ? { user: login.user, password: login.password } : {};
+}
+
 /** Runs `req` on the leader of the group reachable at `opts.servers`, in a session of its own. */
 export async function adminCall<T extends Request['type']>(
   opts: AdminOptions,
@@ -335,7 +343,7 @@ export async function adminCall<T extends Request['type']>(
  */
 export async function memberStatus(
   address: string,
-  opts: { timeoutMs: number; token: string | null },
+  opts: { timeoutMs: number; token: string | null; login?: { user: string; password: string } | null },
 ): Promise<StatusOk> {
   const deadline = Date.now() + opts.timeoutMs;
   const conn = await Conn.open(address, deadline);
@@ -347,6 +355,7 @@ export async function memberStatus(
         token: opts.token,
         sessionTimeoutMs: ADMIN_SESSION_TIMEOUT_MS,
         clientName: 'segmem status',
+        ...loginFields(opts.login),
         pageReader: true,
       },
       Math.max(1, deadline - Date.now()),

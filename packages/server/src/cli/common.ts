@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { PROTOCOL_VERSION, parseHostPort, SegmemError } from '@segmem/protocol';
+import { PROTOCOL_VERSION, parseHostPort, SegmemError, validateUserName } from '@segmem/protocol';
 import type { AdminOptions } from './admin-client.js';
 import { type CommandSpec, type OptionSpec, type Parsed, parseCount, UsageError } from './args.js';
 
@@ -33,10 +33,28 @@ export const TOKEN_OPTION: OptionSpec = {
   help: 'the credential the servers require: the token of their config file',
   default: '$SEGMEM_TOKEN',
 };
+export const USER_OPTION: OptionSpec = {
+  name: 'user',
+  value: 'NAME',
+  help: 'log in as this user (see segmem user add); its password from --password-file or $SEGMEM_PASSWORD',
+  default: '$SEGMEM_USER',
+};
+export const PASSWORD_FILE_OPTION: OptionSpec = {
+  name: 'password-file',
+  value: 'FILE',
+  help: "the --user's password: FILE's first line (never give a password as an argument)",
+  default: '$SEGMEM_PASSWORD',
+};
 export const JSON_OPTION: OptionSpec = { name: 'json', help: 'print JSON for scripts instead of text' };
 
 /** The options of every command that talks to a running cluster. */
-export const CONNECTION_OPTIONS = [SERVERS_OPTION, TIMEOUT_OPTION, TOKEN_OPTION];
+export const CONNECTION_OPTIONS = [
+  SERVERS_OPTION,
+  TIMEOUT_OPTION,
+  TOKEN_OPTION,
+  USER_OPTION,
+  PASSWORD_FILE_OPTION,
+];
 
 /** --servers, --timeout and --token, or their environment variables. */
 export function connectionOf(p: Parsed): AdminOptions {
@@ -50,7 +68,49 @@ export function connectionOf(p: Parsed): AdminOptions {
     servers,
     timeoutMs: timeout === undefined ? DEFAULT_TIMEOUT_MS : parseCount('--timeout', timeout, 1, 2 ** 31 - 1),
     token: token === '' ? null : token,
+    login: loginOf(p),
   };
+}
+
+/** --user and its password (--password-file, else $SEGMEM_PASSWORD), or null without a user. */
+function loginOf(p: Parsed): { user: string; password: string } | null {
+  const user = p.values.get('user') ?? (process.env.SEGMEM_USER || undefined);
+  const file = p.values.get('password-file');
+  if (user === undefined) {
+    if (file !== undefined) throw new UsageError('--password-file needs --user NAME (or SEGMEM_USER)', null);
+    return null;
+  }
+  try {
+    validateUserName(user, '--user');
+  } catch (err) {
+    throw new UsageError((err as Error).message, null);
+  }
+  const password =
+    file !== undefined ? readPasswordFile(file, '--password-file') : process.env.SEGMEM_PASSWORD;
+  if (password === undefined || password === '')
+    throw new UsageError('--user needs its password: --password-file FILE or SEGMEM_PASSWORD', null);
+  return { user, password };
+}
+
+/** A password from a file: its first line, without the line end. */
+export function readPasswordFile(file: string, what: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `${what}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    );
+  }
+  return firstLine(text);
+}
+
+/** The first line of `text`, without its \n or \r\n. */
+export function firstLine(text: string): string {
+  const end = text.indexOf('\n');
+  const line = end < 0 ? text : text.slice(0, end);
+  return line.endsWith('\r') ? line.slice(0, -1) : line;
 }
 
 /** `value` if it is host:port, else a usage mistake naming `what`. */

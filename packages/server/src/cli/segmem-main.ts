@@ -13,6 +13,7 @@ import { create, get, ls, put, rm, stat } from './data-commands.js';
 import { logInfo, logTail } from './log-commands.js';
 import { secretNew } from './secret-command.js';
 import { up } from './up.js';
+import { aclLs, aclRm, aclSet, userAdd, userLs, userRm } from './user-commands.js';
 import { watch } from './watch-command.js';
 
 /** Every subcommand, in the order the overview lists them. */
@@ -34,10 +35,16 @@ export const COMMANDS: Command[] = [
   secretNew,
   snapshot,
   restore,
+  userAdd,
+  userRm,
+  userLs,
+  aclSet,
+  aclRm,
+  aclLs,
 ];
 
 /** Words that only group subcommands (`segmem cluster` alone lists its subcommands). */
-const GROUPS = ['cluster', 'log', 'secret'];
+const GROUPS = ['cluster', 'log', 'secret', 'user', 'acl'];
 
 function overview(commands: Command[] = COMMANDS, title = 'segmem COMMAND [ARGS] [options]'): string {
   const width = Math.max(...commands.map((c) => c.name.length)) + 2;
@@ -49,8 +56,8 @@ function overview(commands: Command[] = COMMANDS, title = 'segmem COMMAND [ARGS]
     '',
     "segmem COMMAND --help prints a command's arguments and options; segmem --version its version.",
     'Commands that talk to a cluster take --servers (default $SEGMEM_SERVERS), --timeout MS (default 2000)',
-    'and --token (default $SEGMEM_TOKEN). A failure prints one line, "segmem: <message> (<CODE>)", and',
-    'exits 1.',
+    'and --token (default $SEGMEM_TOKEN), or --user NAME with --password-file FILE (default $SEGMEM_USER,',
+    '$SEGMEM_PASSWORD). A failure prints one line, "segmem: <message> (<CODE>)", and exits 1.',
   ];
   return `${lines.join('\n')}\n`;
 }
@@ -128,8 +135,7 @@ export async function segmemMain(argv: string[]): Promise<void> {
 }
 
 function groupOverview(group: string): string {
-  return overview(
-    COMMANDS.filter((c) => c.name.startsWith(`${group} `)),
-    `segmem ${group} ${{ cluster: 'list|add|remove', log: 'tail|info', secret: 'new' }[group] ?? ''} [ARGS] [options]`,
-  );
+  const commands = COMMANDS.filter((c) => c.name.startsWith(`${group} `));
+  const words = commands.map((c) => c.name.split(' ')[1]).join('|');
+  return overview(commands, `segmem ${group} ${words} [ARGS] [options]`);
 }

@@ -2,7 +2,7 @@
  * The commands of the replicated log, and the results and effects of applying them.
  * Every change to the segment's state is one of these, applied in log order by {@link StateMachine.apply}.
  */
-import type { ErrorCode } from '@segmem/protocol';
+import type { AccessRight, AclRule, ErrorCode, PasswordHash } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 
 export type LockMode = 'read' | 'write';
@@ -48,7 +48,26 @@ export type Command =
       data: Buffer | null;
     }
   /** Drops a shared log's records before sequence number `before`. */
-  | { op: 'truncate'; sessionId: number; seq: number; name: string; before: number };
+  | { op: 'truncate'; sessionId: number; seq: number; name: string; before: number }
+  /**
+   * Adds a user (ALREADY_EXISTS if the name is taken). The password arrives hashed (the admin's client ran
+   * scrypt): the state machine stays pure, and the password itself is never in the log.
+   */
+  | {
+      op: 'userAdd';
+      sessionId: number;
+      seq: number;
+      user: string;
+      password: PasswordHash;
+      /** Rules the user starts with (so a first admin can be made in one step). */
+      rules?: AclRule[];
+    }
+  /** Removes a user and its rules (NOT_FOUND if there is no such user). */
+  | { op: 'userRemove'; sessionId: number; seq: number; user: string }
+  /** Sets the right of a user's rule for a name prefix (adding the rule or replacing its right). */
+  | { op: 'aclSet'; sessionId: number; seq: number; user: string; prefix: string; right: AccessRight }
+  /** Removes a user's rule for a name prefix (NOT_FOUND if the user has none for it). */
+  | { op: 'aclRemove'; sessionId: number; seq: number; user: string; prefix: string };
 
 /**
  * Commands that change durable data. Under fsync "always"/"batch" they are applied (made visible)
@@ -61,6 +80,10 @@ export function mustSync(cmd: Command): boolean {
     cmd.op === 'delete' ||
     cmd.op === 'append' ||
     cmd.op === 'truncate' ||
+    cmd.op === 'userAdd' ||
+    cmd.op === 'userRemove' ||
+    cmd.op === 'aclSet' ||
+    cmd.op === 'aclRemove' ||
     (cmd.op === 'release' && cmd.mode === 'write')
   );
 }

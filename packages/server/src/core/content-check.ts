@@ -12,7 +12,10 @@
  *   an integer 1..version; lastToken (the last fencing token granted) a safe integer >= 0; bytes, when
  *   present, exactly size long;
  * - logs: `[name, maxBytes, first, next, sizes, data]`; retention 1..MAX_LOG_MAX_BYTES; sequence numbers
- *   0 <= first <= next; one u32 size per retained record, each 0..MAX_LOG_RECORD_BYTES, adding up to data.
+ *   0 <= first <= next; one u32 size per retained record, each 0..MAX_LOG_RECORD_BYTES, adding up to data;
+ * - users: `[name, salt, n, r, p, hash, rules]`, at most MAX_USERS, names valid (validateUserName) and
+ *   unique; salt and hash of the right size in hex and scrypt costs in bounds (validatePasswordHash); at
+ *   most MAX_RULES_PER_USER rules `[prefix, right]`, prefixes valid and unique, rights read|write|admin.
  *
  * A violation throws SegmemError('INVALID_ARGUMENT') with one line naming the field and the object or log,
  * and details { reason: 'BAD_SNAPSHOT', field }.
@@ -22,11 +25,17 @@ import {
   MAX_LOG_MAX_BYTES,
   MAX_LOG_RECORD_BYTES,
   MAX_OBJECT_BYTES,
+  MAX_RULES_PER_USER,
   MAX_SEGMENT_BYTES,
+  MAX_USERS,
   PAGE_BYTES,
   SegmemError,
+  validateAclPrefix,
   validateName,
+  validatePasswordHash,
+  validateRight,
   validateStoredName,
+  validateUserName,
 } from '@segmem/protocol';
 import type { StateContent } from './state-machine.js';
 
@@ -223,5 +232,52 @@ export function checkContent(content: StateContent, opts: ContentCheckOptions): 
     }
     if (!Buffer.isBuffer(data) || data.length !== total)
       throw bad('data', `data must be the records' ${total} bytes; got ${show(data)}`);
+  }
+  if (content.users !== undefined) checkUsers(what, content.users);
+}
+
+/** Throws (see the module comment) unless `users` are valid user entries. */
+export function checkUsers(what: string, users: unknown): void {
+  if (!Array.isArray(users)) throw badSnapshot(what, '', 'users', `users must be a list; got ${show(users)}`);
+  if (users.length > MAX_USERS)
+    throw badSnapshot(what, '', 'users', `at most ${MAX_USERS} users; got ${users.length}`);
+  const names = new Set<string>();
+  for (let i = 0; i < users.length; i++) {
+    const e = users[i];
+    if (!Array.isArray(e) || e.length !== 7) {
+      throw badSnapshot(what, `user entry ${i}`, 'users', 'must be [name, salt, n, r, p, hash, rules]');
+    }
+    const [name, salt, n, r, p, hash, rules] = e as unknown[];
+    const where = `user ${nameLabel(name)}`;
+    const guard = (field: string, check: () => void) => {
+      try {
+        check();
+      } catch (err) {
+        throw badSnapshot(what, where, field, (err as Error).message);
+      }
+    };
+    guard('name', () => validateUserName(name, 'name'));
+    if (names.has(name as string))
+      throw badSnapshot(what, where, 'name', 'the name is also the name of another user');
+    names.add(name as string);
+    guard('password', () => validatePasswordHash({ salt, n, r, p, hash }, 'password'));
+    if (!Array.isArray(rules) || rules.length > MAX_RULES_PER_USER) {
+      throw badSnapshot(
+        what,
+        where,
+        'rules',
+        `rules must be a list of at most ${MAX_RULES_PER_USER}; got ${show(rules)}`,
+      );
+    }
+    const prefixes = new Set<string>();
+    for (const rule of rules) {
+      if (!Array.isArray(rule) || rule.length !== 2)
+        throw badSnapshot(what, where, 'rules', 'a rule must be [prefix, right]');
+      guard('rules', () => validateAclPrefix(rule[0], 'prefix'));
+      guard('rules', () => validateRight(rule[1], 'right'));
+      if (prefixes.has(rule[0]))
+        throw badSnapshot(what, where, 'rules', `two rules for prefix ${nameLabel(rule[0])}`);
+      prefixes.add(rule[0]);
+    }
   }
 }

@@ -9,7 +9,19 @@
  */
 
 import { createHash } from 'node:crypto';
-import type { ErrorCode } from '@segmem/protocol';
+import {
+  type AccessRight,
+  type AclRule,
+  type ErrorCode,
+  MAX_RULES_PER_USER,
+  MAX_USERS,
+  type PasswordHash,
+  type UserInfo,
+  validateAclPrefix,
+  validatePasswordHash,
+  validateRight,
+  validateUserName,
+} from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 import { PageAllocator } from './allocator.js';
 import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';
@@ -99,6 +111,18 @@ export interface StateContent {
   }[];
   /** Shared logs in {@link SharedLogs.snapshot}'s form. */
   logs: unknown[];
+  /**
+   * Users, `[name, salt, n, r, p, hash, [[prefix, right], ...]]` sorted by name (rules by prefix); absent
+   * in content written before users existed.
+   */
+  users?: unknown[];
+}
+
+/** A user as the state machine holds it: its password hash and its rules by prefix. */
+interface StoredUser {
+  readonly name: string;
+  readonly password: PasswordHash;
+  readonly rules: Map<string, AccessRight>;
 }
 
 /**
@@ -155,10 +179,11 @@ const snapshotCodec = new Packr({
   moreTypes: false,
 });
 /**
- * 2 added shared logs, 3 queued deletes (a queue entry's mode may be 'delete'); formats 1 and 2 still
- * restore. The number moved so that a server too old to know queued deletes refuses such a snapshot.
+ * 2 added shared logs, 3 queued deletes (a queue entry's mode may be 'delete'), 4 users and their ACL rules
+ * (a tenth element); formats 1 to 3 still restore. The number moved so that a server too old to know
+ * the new content refuses such a snapshot instead of dropping it.
  */
-const SNAPSHOT_FORMAT = 3;
+const SNAPSHOT_FORMAT = 4;
 
 const ok = (value: unknown): Result => ({ ok: true, value });
 const fail = (code: ErrorCode, message: string): Result => ({ ok: false, code, message });
@@ -173,6 +198,8 @@ export class StateMachine {
   /** Sessions with at least one queued acquire or delete: the vertices deadlock detection walks. */
   private readonly waitingSessions = new Set<Session>();
   private logs = new SharedLogs();
+  /** Users by name (Map order: insertion, which is log order, so the same on every replica). */
+  private readonly users = new Map<string, StoredUser>();
   private nextObjectId = 1;
   private nextSessionId = 1;
   private readonly unsafeSkipFencing: boolean;
@@ -256,6 +283,12 @@ export class StateMachine {
       case 'truncate':
         result = this.truncate(cmd.name, cmd.before, effects);
         break;
+      case 'userAdd':
+      case 'userRemove':
+      case 'aclSet':
+      case 'aclRemove':
+        result = this.changeUsers(cmd);
+        break;
       default:
         throw new Error(`state machine invariant: unknown command ${(cmd as { op: string }).op}`);
     }
@@ -270,6 +303,98 @@ export class StateMachine {
       const oldest = session.done.keys().next().value as number;
       session.done.delete(oldest);
     }
+  }
+
+  // --- users and ACL rules ---
+
+  private changeUsers(cmd: Command & { op: 'userAdd' | 'userRemove' | 'aclSet' | 'aclRemove' }): Result {
+    // Validated here as well as on the wire: the log is the authority, and a bad command must fail the same
+    // way on every replica instead of entering the state.
+    let user: string;
+    try {
+      user = validateUserName(cmd.user);
+    } catch (err) {
+      return fail('INVALID_ARGUMENT', (err as Error).message);
+    }
+    const existing = this.users.get(user);
+    if (cmd.op === 'userAdd') {
+      if (existing) return fail('ALREADY_EXISTS', `user ${user} already exists`);
+      if (this.users.size >= MAX_USERS)
+        return fail('INVALID_ARGUMENT', `a group holds at most ${MAX_USERS} users`);
+      let password: PasswordHash;
+      const rules = new Map<string, AccessRight>();
+      try {
+        password = validatePasswordHash(cmd.password);
+        for (const [prefix, right] of cmd.rules ?? [])
+          rules.set(validateAclPrefix(prefix), validateRight(right));
+      } catch (err) {
+        return fail('INVALID_ARGUMENT', (err as Error).message);
+      }
+      if (rules.size > MAX_RULES_PER_USER)
+        return fail('INVALID_ARGUMENT', `a user holds at most ${MAX_RULES_PER_USER} rules`);
+      this.users.set(user, { name: user, password, rules });
+      return ok({ users: [userInfo(this.users.get(user)!)] });
+    }
+    if (!existing) return fail('NOT_FOUND', `no user named ${user}`);
+    if (cmd.op === 'userRemove') {
+      this.users.delete(user);
+      return ok({ users: [] });
+    }
+    let prefix: string;
+    try {
+      prefix = validateAclPrefix(cmd.prefix);
+    } catch (err) {
+      return fail('INVALID_ARGUMENT', (err as Error).message);
+    }
+    if (cmd.op === 'aclRemove') {
+      if (!existing.rules.delete(prefix))
+        return fail('NOT_FOUND', `user ${user} has no rule for prefix ${JSON.stringify(prefix)}`);
+      return ok({ users: [userInfo(existing)] });
+    }
+    let right: AccessRight;
+    try {
+      right = validateRight(cmd.right);
+    } catch (err) {
+      return fail('INVALID_ARGUMENT', (err as Error).message);
+    }
+    if (!existing.rules.has(prefix) && existing.rules.size >= MAX_RULES_PER_USER)
+      return fail('INVALID_ARGUMENT', `a user holds at most ${MAX_RULES_PER_USER} rules`);
+    existing.rules.set(prefix, right);
+    return ok({ users: [userInfo(existing)] });
+  }
+
+  /** True once the group has a user: from then on every client must log in (see node/access.ts). */
+  hasUsers(): boolean {
+    return this.users.size > 0;
+  }
+
+  /** A user's password hash, or undefined for no such user. */
+  userPassword(name: string): PasswordHash | undefined {
+    return this.users.get(name)?.password;
+  }
+
+  /** A user's rules, or null for no such user (removed: its sessions lose every right). */
+  userRules(name: string): AclRule[] | null {
+    const u = this.users.get(name);
+    return u ? [...u.rules] : null;
+  }
+
+  /** Users sorted by name with their rules sorted by prefix (one user, or none, when `name` is given). */
+  listUsers(name: string | null = null): UserInfo[] {
+    if (name !== null) {
+      const u = this.users.get(name);
+      return u ? [userInfo(u)] : [];
+    }
+    return [...this.users.values()].sort((a, b) => compare(a.name, b.name)).map(userInfo);
+  }
+
+  private userEntries(): unknown[] {
+    return [...this.users.values()]
+      .sort((a, b) => compare(a.name, b.name))
+      .map((u) => {
+        const { salt, n, r, p, hash } = u.password;
+        return [u.name, salt, n, r, p, hash, userInfo(u).rules];
+      });
   }
 
   // --- sessions ---
@@ -818,6 +943,7 @@ export class StateMachine {
       this.sortedObjects().map(objectEntry),
       this.sessionEntries(),
       this.logs.snapshot(),
+      this.userEntries(),
     ]);
   }
 
@@ -836,7 +962,7 @@ export class StateMachine {
       full.add(piece);
       meta.add(piece);
     };
-    both(arrayHeader(9));
+    both(arrayHeader(10));
     both(packElements(this.snapshotCounters()));
     const objects = this.sortedObjects();
     both(arrayHeader(objects.length));
@@ -877,6 +1003,7 @@ export class StateMachine {
         meta.addShared(part);
       }
     }
+    both(snapshotCodec.pack(this.userEntries()));
     const parts = full.finish();
     const metaParts = meta.finish();
     let released = false;
@@ -976,6 +1103,7 @@ export class StateMachine {
       objects,
       sessions,
       logs,
+      users,
     ] = snapshotCodec.unpack(bytes) as [
       number,
       number,
@@ -986,8 +1114,9 @@ export class StateMachine {
       unknown[][],
       unknown[][],
       unknown[] | undefined,
+      unknown[] | undefined,
     ];
-    if (format !== 1 && format !== 2 && format !== SNAPSHOT_FORMAT)
+    if (format !== 1 && format !== 2 && format !== 3 && format !== SNAPSHOT_FORMAT)
       throw new Error(`unknown state machine snapshot format ${format}`);
     // The same invariants a restore from a file is held to (names by the rule a server stored them under),
     // so a snapshot that is well-formed but wrong is refused here, not discovered far from its cause.
@@ -1021,8 +1150,17 @@ export class StateMachine {
       placed.push({ id, name, size, firstPage, version, pageVersions, lastToken, data: given ?? data });
     }
     const restoredLogs = format >= 2 && logs ? logs : [];
+    const restoredUsers = format >= 4 && users ? users : [];
     checkContent(
-      { pageBytes, segmentBytes, nextObjectId, nextSessionId, objects: placed, logs: restoredLogs },
+      {
+        pageBytes,
+        segmentBytes,
+        nextObjectId,
+        nextSessionId,
+        objects: placed,
+        logs: restoredLogs,
+        users: restoredUsers,
+      },
       { what: 'snapshot', storedNames: true },
     );
     const sm = new StateMachine({ ...opts, pageBytes, segmentBytes });
@@ -1030,6 +1168,7 @@ export class StateMachine {
     sm.nextObjectId = nextObjectId;
     sm.nextSessionId = nextSessionId;
     sm.logs = SharedLogs.restore(restoredLogs);
+    sm.restoreUsers(restoredUsers);
     for (let i = 0; i < objects.length; i++) {
       const o = objects[i]!;
       const writer = o[8] as number;
@@ -1094,8 +1233,9 @@ export class StateMachine {
   }
 
   /**
-   * The durable content only (objects with their bytes and versions, shared logs, id counters), without
-   * sessions, locks or caches: what a consolidated snapshot keeps and a restored cluster starts from.
+   * The durable content only (objects with their bytes and versions, shared logs, id counters, users and
+   * their rules), without sessions, locks or caches: what a consolidated snapshot keeps and a restored
+   * cluster starts from.
    */
   exportContent(): StateContent {
     const objects = this.sortedObjects().map((o) => ({
@@ -1116,6 +1256,8 @@ export class StateMachine {
       nextSessionId: this.nextSessionId,
       objects,
       logs: this.logs.snapshot(),
+      // Only when there are users, so content from before users (and without them) reads the same.
+      ...(this.users.size > 0 ? { users: this.userEntries() } : {}),
     };
   }
 
@@ -1134,7 +1276,24 @@ export class StateMachine {
     for (const o of content.objects)
       sm.placeObject({ ...o, pageVersions: Float64Array.from(o.pageVersions) });
     sm.logs = SharedLogs.restore(content.logs);
+    sm.restoreUsers(content.users ?? []);
     return sm;
+  }
+
+  /** Users from checked entries (see {@link StateContent.users}). */
+  private restoreUsers(entries: unknown[]): void {
+    for (const e of entries) {
+      const [name, salt, n, r, p, hash, rules] = e as [
+        string,
+        string,
+        number,
+        number,
+        number,
+        string,
+        AclRule[],
+      ];
+      this.users.set(name, { name, password: { salt, n, r, p, hash }, rules: new Map(rules) });
+    }
   }
 
   /**
@@ -1383,4 +1542,13 @@ function describeMode(mode: unknown): string {
 function removeWaiter(obj: SegmentObject, sessionId: number, seq: number): void {
   const i = obj.queue.findIndex((w) => w.sessionId === sessionId && w.seq === seq);
   if (i >= 0) obj.queue.splice(i, 1);
+}
+
+/** Code-unit order, the same everywhere (localeCompare is not). */
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function userInfo(u: StoredUser): UserInfo {
+  return { name: u.name, rules: [...u.rules].sort((a, b) => compare(a[0], b[0])) };
 }

@@ -95,8 +95,19 @@ export class SnapshotExports {
    * socket's queue after this returns: the export, and so the frozen view, lives until its session ends,
    * by which time the reader has had every piece it asked for.
    */
-  read(req: { id: number; offset: number; length: number }): Buffer[] {
+  read(
+    req: { id: number; offset: number; length: number },
+    mayRead: (owner: number) => boolean = () => true,
+  ): Buffer[] {
     const ex = this.held.get(req.id);
+    // Ids are sequential, so guessing another session's is easy: it takes the admin right to read it.
+    if (ex && !mayRead(ex.sessionId)) {
+      throw new SegmemError('UNAUTHORIZED', `snapshot ${req.id} belongs to another session`, {
+        reason: 'FORBIDDEN',
+        right: 'admin',
+        name: null,
+      });
+    }
     if (!ex)
       throw new SegmemError(
         'NOT_FOUND',

@@ -25,9 +25,12 @@ import {
   type ReadPagesRequest,
   type ReleaseOk,
   type ReleaseRequest,
+  type Request,
   SegmemError,
   type StatusOk,
   systemEnv,
+  type UserInfo,
+  type UsersRequest,
 } from '@segmem/protocol';
 import { DEFAULT_CONFIG, parseSegmentBytes } from '../config.js';
 import type { Command } from '../core/commands.js';
@@ -45,6 +48,7 @@ import { describeLocalRecovery } from '../storage/local-storage.js';
 import { isSnapshotName, SNAPSHOT_DIR } from '../storage/snapshot-file.js';
 import { isSegmentFileName, type RecoveryReport } from '../storage/wal.js';
 import { MemoryBudget } from './budget.js';
+import { ADMIN, isAdmin, may, type Principal, requireRight } from './access.js';
 import type { NodeContext, NodeOptions } from './context.js';
 import { afterApply } from './effects.js';
 import { SnapshotExports } from './exports.js';
@@ -295,8 +299,11 @@ export class SegmemNode {
   /** Cluster mode: the consensus core's position, for STATUS (set by cluster.ts). */
   raftStatus: (() => RaftStatus) | null = null;
 
-  /** STATUS: where this member stands; any member answers, leader or not. */
-  async statusReport(): Promise<StatusOk> {
+  /**
+   * STATUS: where this member stands; any member answers, leader or not. The locked objects listed are
+   * those `principal` may read.
+   */
+  async statusReport(principal: Principal = ADMIN): Promise<StatusOk> {
     const sm = this.sm;
     const applied = this.log.appliedPosition().index;
     const raft: RaftStatus = this.raftStatus?.() ?? {
@@ -307,7 +314,10 @@ export class SegmemNode {
       lastIndex: applied,
       progress: [],
     };
-    const locked = sm.lockedObjects().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const locked = sm
+      .lockedObjects()
+      .filter((obj) => may(sm, principal, 'read', obj.name))
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     const locks: LockedObject[] = locked.slice(0, MAX_STATUS_LOCKS).map((obj) => {
       const writing = obj.writer !== 0;
       return [obj.name, writing ? 'write' : 'read', writing ? 1 : obj.readers, obj.queue.length];
@@ -445,8 +455,8 @@ export class SegmemNode {
   }
 
   /** HELLO of a page-reader connection: any member answers, after the cluster and credential checks. */
-  helloPageReader(port: Port, requestId: number, req: HelloRequest): void {
-    this.sessions.helloPageReader(port, requestId, req);
+  helloPageReader(port: Port, requestId: number, req: HelloRequest): void | Promise<void> {
+    return this.sessions.helloPageReader(port, requestId, req);
   }
 
   touch(sessionId: number): void {
@@ -500,10 +510,76 @@ export class SegmemNode {
     return rec;
   }
 
-  async list(prefix: string) {
+  /** LIST: the objects under `prefix` that `principal` may read. */
+  async list(prefix: string, principal: Principal = ADMIN) {
     this.requireLeader();
     await this.log.readBarrier();
-    return this.sm.list(prefix);
+    const sm = this.sm;
+    const all = sm.list(prefix);
+    return principal.kind === 'admin' ? all : all.filter((o) => may(sm, principal, 'read', o.name));
+  }
+
+  // --- access (access.ts) ---
+
+  /**
+   * Throws UNAUTHORIZED (reason FORBIDDEN) unless `principal` has the right `req` needs: read for what only
+   * looks (STAT, WATCH, read ACQUIRE, LOG_READ), write for what changes a name (CREATE, DELETE, write ACQUIRE
+   * and RELEASE, LOG_APPEND, LOG_TRUNCATE), admin on every name for the cluster's own operations
+   * (MEMBERSHIP add/remove, SNAPSHOT, USERS). LIST and STATUS filter instead; READ_PAGES is checked where the
+   * object is found (reads.ts); SNAPSHOT_READ by who made the snapshot. The rest need only the login.
+   */
+  authorize(principal: Principal, req: Request): void {
+    if (principal.kind === 'admin') return;
+    const sm = this.sm;
+    switch (req.type) {
+      case 'CREATE':
+      case 'DELETE':
+      case 'LOG_APPEND':
+      case 'LOG_TRUNCATE':
+        requireRight(sm, principal, 'write', req.name);
+        return;
+      case 'ACQUIRE':
+        requireRight(sm, principal, req.mode, req.name);
+        return;
+      case 'RELEASE':
+        // Giving a read back needs no right (a rule removed meanwhile must not keep the lock held).
+        if (req.mode === 'write') requireRight(sm, principal, 'write', req.name);
+        return;
+      case 'STAT':
+      case 'WATCH':
+      case 'LOG_READ':
+        requireRight(sm, principal, 'read', req.name);
+        return;
+      case 'MEMBERSHIP':
+        // Listing the members is how every client learns where to fail over to.
+        if (req.op !== 'list') requireRight(sm, principal, 'admin', null);
+        return;
+      case 'SNAPSHOT':
+      case 'USERS':
+        requireRight(sm, principal, 'admin', null);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** USERS: lists users, or changes one (committed before it answers). */
+  async users(sessionId: number, req: UsersRequest): Promise<{ users: UserInfo[] }> {
+    this.requireLeader();
+    if (req.op === 'list') {
+      await this.log.readBarrier();
+      return { users: this.sm.listUsers(req.user) };
+    }
+    const base = { sessionId, seq: req.seq, user: req.user! };
+    const cmd: Command =
+      req.op === 'add'
+        ? { op: 'userAdd', ...base, password: req.password!, ...(req.rules ? { rules: req.rules } : {}) }
+        : req.op === 'remove'
+          ? { op: 'userRemove', ...base }
+          : req.op === 'aclSet'
+            ? { op: 'aclSet', ...base, prefix: req.prefix!, right: req.right! }
+            : { op: 'aclRemove', ...base, prefix: req.prefix! };
+    return unwrap((await this.log.propose(cmd)).result) as { users: UserInfo[] };
   }
 
   async validate(objects: [number, number][]): Promise<[number, number][]> {
@@ -631,9 +707,16 @@ export class SegmemNode {
     return this.exports.export(sessionId);
   }
 
-  /** SNAPSHOT_READ: a piece of an export, as views of its frozen bytes (no copy). */
-  snapshotRead(req: { id: number; offset: number; length: number }): Buffer[] {
-    return this.exports.read(req);
+  /**
+   * SNAPSHOT_READ: a piece of an export, as views of its frozen bytes (no copy). Only the session that made
+   * the export, or an admin of every name, may read it.
+   */
+  snapshotRead(
+    req: { id: number; offset: number; length: number },
+    sessionId = 0,
+    principal: Principal = ADMIN,
+  ): Buffer[] {
+    return this.exports.read(req, (owner) => owner === sessionId || isAdmin(this.sm, principal));
   }
 }
 

@@ -3,6 +3,7 @@
  * connection (shell/connection.ts) encodes it.
  */
 import type { Changed, Invalidate, OkBodyInput, RequestType, Revoke, SegmemError } from '@segmem/protocol';
+import type { Principal } from './access.js';
 
 /** The transport under one connection: TCP socket or an in-process pipe. */
 export interface Wire {
@@ -28,6 +29,10 @@ export interface Port {
   readonly remoteAddress: string | undefined;
   /** Once set, the connection is gone (or being dropped): answers to it are not written. */
   closed: boolean;
+  /** Who the connection logged in as (set by HELLO; anonymous before). */
+  principal: Principal;
+  /** An in-process connection (embedded mode): no credentials, every right. */
+  readonly inProcess?: boolean;
   /**
    * Answers request `requestId` with OK; `payload` travels beside the header, never copied into it. `onSent`
    * is called once the payload's buffers are no longer read (sent, or dropped with the connection).

@@ -10,6 +10,7 @@ import {
   type ReadPagesRequest,
   SegmemError,
 } from '@segmem/protocol';
+import { accessError } from './access.js';
 import type { NodeContext } from './context.js';
 import type { Port } from './port.js';
 import { answerWithPages, objectRecord } from './util.js';
@@ -120,6 +121,7 @@ export class Reads {
     } else if (req.pages[req.pages.length - 1]! >= pageCount(obj.size)) {
       err = new SegmemError('INVALID_ARGUMENT', `"${obj.name}" has ${pageCount(obj.size)} pages`);
     }
+    err ??= accessError(sm, port.principal, 'read', obj!.name);
     if (err) {
       port.error(requestId, err);
       return true;

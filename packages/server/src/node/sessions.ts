@@ -14,7 +14,9 @@ import {
 import type { LockMode } from '../core/commands.js';
 import { SessionLiveness } from '../shell/liveness.js';
 import type { UdpHints } from '../shell/udp-hints.js';
+import { ADMIN, ANONYMOUS, type Principal } from './access.js';
 import type { NodeContext } from './context.js';
+import { DECOY_HASH, LoginGate, verifyPassword } from './passwords.js';
 import type { Port } from './port.js';
 import { sameSecret, unwrap } from './util.js';
 
@@ -46,6 +48,8 @@ export class Sessions {
   private readonly ports = new Set<Port>();
   private readonly states = new Map<number, SessionState>();
   private readonly liveness: SessionLiveness;
+  /** Bounds the password checks running and waiting on this member. */
+  private readonly logins = new LoginGate();
   /** Sessions whose expiry is being proposed: not resumable any more. */
   private readonly expiring = new Set<number>();
   private expiryTimer: EnvTimer | null = null;
@@ -63,8 +67,9 @@ export class Sessions {
   /** HELLO on a client connection: opens a session or resumes one; returns its id. */
   async hello(port: Port, requestId: number, req: HelloRequest): Promise<number> {
     const ctx = this.ctx;
-    // Credentials first: a follower names its leader only to a client that holds the token.
-    this.checkCredentials(req);
+    // Credentials first: a follower names its leader only to a client that logged in.
+    const login = this.logIn(port, req);
+    port.principal = login instanceof Promise ? await login : login;
     ctx.requireLeader();
     let sessionId = 0;
     let resumed = false;
@@ -102,14 +107,64 @@ export class Sessions {
     return sessionId;
   }
 
-  /** HELLO of a page-reader connection: any member answers, after the cluster and credential checks. */
-  helloPageReader(port: Port, requestId: number, req: HelloRequest): void {
-    this.checkCredentials(req);
+  /**
+   * HELLO of a page-reader connection: any member answers, after the cluster and credential checks. Returns
+   * a promise only when a password must be checked (a HELLO without one is answered at once).
+   */
+  helloPageReader(port: Port, requestId: number, req: HelloRequest): void | Promise<void> {
+    const login = this.logIn(port, req);
     // No session, so nothing to keep alive and no invalidations to hint.
-    this.answerHello(port, requestId, 0, false, req.sessionTimeoutMs, {
-      keepaliveMs: req.sessionTimeoutMs,
-      udpPort: null,
-    });
+    const answer = (principal: Principal) => {
+      port.principal = principal;
+      this.answerHello(port, requestId, 0, false, req.sessionTimeoutMs, {
+        keepaliveMs: req.sessionTimeoutMs,
+        udpPort: null,
+      });
+    };
+    if (login instanceof Promise) return login.then(answer);
+    answer(login);
+  }
+
+  /**
+   * Who a HELLO logs in as (see node/access.ts): a user by password (checked off the event loop, at most
+   * MAX_CONCURRENT_LOGINS at once), the token holder (admin), or, while the group has no users and the
+   * token (if any) is right, a client without credentials. UNAUTHORIZED otherwise; a wrong user name and a
+   * wrong password get the same answer after the same work. A promise only when a password is checked.
+   */
+  private logIn(port: Port, req: HelloRequest): Principal | Promise<Principal> {
+    if (port.inProcess) return ADMIN;
+    const { opts, sm } = this.ctx;
+    if (req.user != null) {
+      const name = req.user;
+      const password = req.password ?? '';
+      return this.logins
+        .run(
+          () => verifyPassword(password, sm.userPassword(name) ?? DECOY_HASH),
+          () => !port.closed,
+        )
+        .then((good) => {
+          // Asked again after the check: the user may have been removed meanwhile.
+          if (!good || !this.ctx.sm.userPassword(name)) {
+            throw new SegmemError('UNAUTHORIZED', 'bad user name or password', { reason: 'BAD_LOGIN' });
+          }
+          this.checkCluster(req);
+          return { kind: 'user', name } satisfies Principal;
+        });
+    }
+    const hasToken = opts.token !== undefined && sameSecret(req.token, opts.token);
+    if (opts.token !== undefined && !hasToken) {
+      throw new SegmemError(
+        'UNAUTHORIZED',
+        sm.hasUsers() ? 'bad or missing token; or log in with a user and password' : 'bad or missing token',
+      );
+    }
+    if (!hasToken && sm.hasUsers()) {
+      throw new SegmemError('UNAUTHORIZED', 'this cluster has users: log in with a user and password', {
+        reason: 'LOGIN_REQUIRED',
+      });
+    }
+    this.checkCluster(req);
+    return hasToken ? ADMIN : ANONYMOUS;
   }
 
   private answerHello(
@@ -136,12 +191,9 @@ export class Sessions {
     });
   }
 
-  private checkCredentials(req: HelloRequest): void {
-    const { clusterId, opts } = this.ctx;
-    // The token before the cluster id: without it a caller learns nothing, not even the cluster's name.
-    if (opts.token !== undefined && !sameSecret(req.token, opts.token)) {
-      throw new SegmemError('UNAUTHORIZED', 'bad or missing token');
-    }
+  /** After the credentials: without them a caller learns nothing, not even the cluster's name. */
+  private checkCluster(req: HelloRequest): void {
+    const { clusterId } = this.ctx;
     if (req.clusterId && req.clusterId !== clusterId) {
       throw new SegmemError(
         'UNAUTHORIZED',

@@ -43,6 +43,7 @@ import {
   type Revoke,
   SegmemError,
 } from '@segmem/protocol';
+import { ANONYMOUS, type Principal } from '../node/access.js';
 import type { Port, SegmemNode, Wire } from '../node/index.js';
 import type { Message } from '../raft/types.js';
 import { checkPeerProof, newNonce, type PeerHandshake, peerProof } from './peer-auth.js';
@@ -74,12 +75,17 @@ export interface ConnectionOptions {
   onPeerAuthFailure?: () => void;
   /** Default MAX_QUEUED_ANSWER_BYTES (see the module comment). */
   maxQueuedAnswerBytes?: number;
+  /** An in-process connection (embedded mode): logs in without credentials, with every right. */
+  inProcess?: boolean;
 }
 
 export class ServerConnection implements Port {
   /** The client's UDP port for invalidation hints, from its HELLO (null: none asked for). */
   udpPort: number | null = null;
   closed = false;
+  /** Who the HELLO logged in as; every request is checked against its rights (node/access.ts). */
+  principal: Principal = ANONYMOUS;
+  readonly inProcess: boolean;
   private readonly decoder = new FrameDecoder({
     maxFrameBytes: MAX_HANDSHAKE_FRAME_BYTES,
     maxHeaderElements: MAX_REQUEST_HEADER_ELEMENTS,
@@ -110,6 +116,7 @@ export class ServerConnection implements Port {
     private readonly opts: ConnectionOptions = {},
   ) {
     this.maxQueuedAnswerBytes = opts.maxQueuedAnswerBytes ?? MAX_QUEUED_ANSWER_BYTES;
+    this.inProcess = opts.inProcess === true;
     const timeoutMs = opts.handshakeTimeoutMs ?? 0;
     if (timeoutMs > 0) {
       this.handshakeTimer = node.env.setTimeout(() => {
@@ -400,10 +407,18 @@ export class ServerConnection implements Port {
         return;
       }
       if (req.pageReader) {
-        try {
-          this.node.helloPageReader(this, frame.requestId, req);
+        const loggedIn = () => {
+          this.helloPending = false;
           this.pageReader = true;
           this.logIn();
+        };
+        try {
+          const checking = this.node.helloPageReader(this, frame.requestId, req);
+          if (checking) {
+            // A password is being checked: frames before the answer are refused as for a session's HELLO.
+            this.helloPending = true;
+            checking.then(loggedIn, (err) => this.fatal(frame.requestId, err));
+          } else loggedIn();
         } catch (err) {
           this.fatal(frame.requestId, err);
         }
@@ -442,7 +457,7 @@ export class ServerConnection implements Port {
       return;
     }
     if (req.type === 'STATUS') {
-      this.answer(encodeOk('STATUS', requestId, await this.node.statusReport()));
+      this.answer(encodeOk('STATUS', requestId, await this.node.statusReport(this.principal)));
       return;
     }
     if (req.type === 'KEEPALIVE') {
@@ -459,6 +474,7 @@ export class ServerConnection implements Port {
     const node = this.node;
     const sid = this.sessionId;
     node.requireLeader();
+    node.authorize(this.principal, req);
     switch (req.type) {
       case 'KEEPALIVE':
         if (req.lease) await node.leaseBarrier();
@@ -477,7 +493,7 @@ export class ServerConnection implements Port {
         this.answer(encodeOk('STAT', requestId, { object: await node.stat(req.name) }));
         return;
       case 'LIST':
-        this.answer(encodeOk('LIST', requestId, { objects: await node.list(req.prefix) }));
+        this.answer(encodeOk('LIST', requestId, { objects: await node.list(req.prefix, this.principal) }));
         return;
       case 'ACQUIRE':
         await node.acquire(this, sid, requestId, req);
@@ -516,10 +532,20 @@ export class ServerConnection implements Port {
         this.answer(encodeOk('SNAPSHOT', requestId, await node.snapshotExport(sid)));
         return;
       case 'SNAPSHOT_READ':
-        this.answer(encodeOk('SNAPSHOT_READ', requestId, { offset: req.offset }, node.snapshotRead(req)));
+        this.answer(
+          encodeOk(
+            'SNAPSHOT_READ',
+            requestId,
+            { offset: req.offset },
+            node.snapshotRead(req, sid, this.principal),
+          ),
+        );
         return;
       case 'STATUS':
-        this.answer(encodeOk('STATUS', requestId, await node.statusReport()));
+        this.answer(encodeOk('STATUS', requestId, await node.statusReport(this.principal)));
+        return;
+      case 'USERS':
+        this.answer(encodeOk('USERS', requestId, await node.users(sid, req)));
         return;
       case 'WATCH':
         this.answer(encodeOk('WATCH', requestId, await node.watch(sid, req.name)));

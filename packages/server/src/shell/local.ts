@@ -64,7 +64,7 @@ export function connectLocal(node: SegmemNode): LocalEnd {
     },
     close: () => queueMicrotask(shut),
   };
-  const conn = new ServerConnection(node, wire);
+  const conn = new ServerConnection(node, wire, undefined, { inProcess: true });
   const toServer = new Pipe((chunk) => conn.receive(chunk));
   function shut(): void {
     if (!open) return;

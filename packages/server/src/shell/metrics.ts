@@ -41,6 +41,10 @@ const COMMAND_OPS = Object.keys({
   release: 0,
   append: 0,
   truncate: 0,
+  userAdd: 0,
+  userRemove: 0,
+  aclSet: 0,
+  aclRemove: 0,
 } satisfies Record<Command['op'], 0>) as Command['op'][];
 const S_PER_MS = 1e-3;
 /** Sub-millisecond to a second: an fdatasync or a WAL write. */

@@ -4,7 +4,9 @@
  *
  *   "SGMCONS1"                         8 bytes
  *   u32 LE length | msgpack header     format, cluster id, time, page and segment size, the groups with
- *                                      their Raft index and term, id counters, counts
+ *                                      their Raft index and term, id counters, counts; `users` (with their
+ *                                      password hashes and rules) when the group has any: an optional
+ *                                      field, so files without users read as before
  *   u32 LE length | msgpack directory  per object: [id, name, size, firstPage, version, pageVersions
  *                                      (f64 LE bytes), lastToken, pages present]
  *   pages                              the present pages' bytes, object by object, page by page (a page is
@@ -117,6 +119,7 @@ export async function encodeConsolidated(
     logCount: content.logs.length,
     nextObjectId: content.nextObjectId,
     nextSessionId: content.nextSessionId,
+    ...(content.users && content.users.length > 0 ? { users: content.users } : {}),
   };
   const parts = [
     Buffer.from(MAGIC, 'latin1'),
@@ -227,6 +230,7 @@ export function decodeConsolidated(bytes: Buffer, file: string, what = 'restore'
     const header = packr.unpack(section('header')) as ConsolidatedHeader & {
       nextObjectId: number;
       nextSessionId: number;
+      users?: unknown;
     };
     if (header.format !== FORMAT)
       throw bad(file, `format ${header.format} is not supported (this is ${FORMAT})`);
@@ -292,6 +296,8 @@ export function decodeConsolidated(bytes: Buffer, file: string, what = 'restore'
         nextSessionId: header.nextSessionId,
         objects,
         logs,
+        // Checked with the rest of the content when it becomes a state machine (core/content-check.ts).
+        ...(header.users !== undefined ? { users: header.users as unknown[] } : {}),
       },
       contentDigest,
     };
