@@ -4,6 +4,7 @@
  * tokens survive the loss of any minority, and a restarted member simply catches up.
  */
 import { createHash } from 'node:crypto';
+import type { ConnectionOptions } from 'node:tls';
 import { DEFAULT_SEGMENT_BYTES, type Env, PAGE_BYTES, SegmemError, systemEnv } from '@segmem/protocol';
 import { parseSegmentBytes } from './config.js';
 import { StateMachine } from './core/state-machine.js';
@@ -49,6 +50,8 @@ export interface ClusterNodeOptions extends NodeOptions {
    * peers.json, meta.json) and its lock (default: the real one; the simulator passes its disk).
    */
   fs?: StorageFs;
+  /** Dial the other members over TLS with these options (the listen port serves TLS only); none: plain TCP. */
+  peerTls?: ConnectionOptions;
 }
 
 export interface PeerTransportOptions {
@@ -58,10 +61,11 @@ export interface PeerTransportOptions {
   addresses: Record<NodeId, string>;
   token: string | null;
   env: Env;
+  tls?: ConnectionOptions;
 }
 
 function tcpTransport(opts: PeerTransportOptions): PeerTransport {
-  return new PeerTransport(opts.self, opts.clusterId, opts.addresses, [], opts.token, opts.env);
+  return new PeerTransport(opts.self, opts.clusterId, opts.addresses, [], opts.token, opts.env, opts.tls);
 }
 
 /** A cluster id every member derives alike when the operator gives none: a digest of the member list. */
@@ -124,6 +128,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       addresses: { ...learned, ...opts.peers },
       token: opts.token ?? null,
       env,
+      ...(opts.peerTls ? { tls: opts.peerTls } : {}),
     });
     let saving = Promise.resolve();
     const remember = (id: string, address: string) => {

@@ -42,6 +42,13 @@ export interface ServerConfig {
    * their own ports); none when unset.
    */
   metrics?: string | Record<string, string>;
+  /** TLS on the listen port: the server's certificate and key (PEM files); none: plain TCP. */
+  tlsCert?: string;
+  tlsKey?: string;
+  /** CA certificates (PEM file) client and member certificates must chain to. */
+  tlsCa?: string;
+  /** Refuse clients without a certificate signed by `tlsCa`. */
+  tlsRequireClientCert?: boolean;
 }
 
 export const DEFAULT_CONFIG: ServerConfig = {
@@ -126,6 +133,10 @@ export function loadConfigFile(path: string): ServerConfig {
     'consolidatedIntervalMs',
     'consolidatedKeep',
     'metrics',
+    'tlsCert',
+    'tlsKey',
+    'tlsCa',
+    'tlsRequireClientCert',
   ]);
   for (const key of Object.keys(c))
     if (!known.has(key)) throw bad(`config file ${path}: unknown setting "${key}"`);
@@ -153,6 +164,16 @@ export function loadConfigFile(path: string): ServerConfig {
   if (c.token !== undefined) {
     if (typeof c.token !== 'string') throw bad('token must be a string');
     config.token = c.token;
+  }
+  for (const key of ['tlsCert', 'tlsKey', 'tlsCa'] as const) {
+    if (c[key] === undefined) continue;
+    if (typeof c[key] !== 'string' || c[key].length === 0)
+      throw bad(`${key} must be a non-empty path (a PEM file)`);
+    config[key] = c[key];
+  }
+  if (c.tlsRequireClientCert !== undefined) {
+    if (typeof c.tlsRequireClientCert !== 'boolean') throw bad('tlsRequireClientCert must be true or false');
+    config.tlsRequireClientCert = c.tlsRequireClientCert;
   }
   if (c.dataDir !== undefined) {
     if (typeof c.dataDir !== 'string' || c.dataDir.length === 0)

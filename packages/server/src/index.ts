@@ -24,6 +24,7 @@ import {
   listen,
   parseHostPort,
 } from './shell/tcp.js';
+import { loadServerTls, type ServerTls, type TlsFiles } from './shell/tls.js';
 import type { FsyncPolicy } from './storage/wal.js';
 
 export { type Env, SegmemError, systemEnv } from '@segmem/protocol';
@@ -40,6 +41,7 @@ export {
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
 } from './shell/tcp.js';
+export type { TlsFiles } from './shell/tls.js';
 export { DataDir } from './storage/datadir.js';
 export type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
 
@@ -110,6 +112,12 @@ export interface StartServerOptions {
   maxConnections?: number;
   /** Connections open at once from one remote address; one more is refused. Default 64. */
   maxConnectionsPerAddress?: number;
+  /**
+   * Serve clients (and other members) over TLS only, with this certificate and key; overrides the config
+   * file's `tlsCert`, `tlsKey`, `tlsCa` and `tlsRequireClientCert`. Members then dial each other over TLS,
+   * checking certificates against `caFile` (else the system's roots). None: plain TCP.
+   */
+  tls?: TlsFiles;
   /** Receives recovery reports and warnings, one line each. */
   log?: (line: string) => void;
 }
@@ -185,6 +193,9 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   }
   const config = opts.config ? loadConfigFile(opts.config) : { ...DEFAULT_CONFIG };
   const listenOpts = listenOptions(opts);
+  // Bad certificate files stop the start here, before the data directory is opened or anything listens.
+  const tlsFiles = opts.tls ?? tlsFilesOf(config);
+  const tls: ServerTls | undefined = tlsFiles ? loadServerTls(tlsFiles) : undefined;
   const peers = opts.peers ?? config.servers;
   const others = Object.keys(peers).filter((id) => id !== opts.id);
   for (const [id, address] of Object.entries(peers)) {
@@ -227,6 +238,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
           ...(metrics ? { metrics } : {}),
           peers,
           makeCore: (cfg) => new RaftNode(cfg),
+          ...(tls ? { peerTls: tls.peerOptions } : {}),
           ...(opts.join ? { join: true } : {}),
         });
   const node = await opening.catch(async (err: unknown) => {
@@ -235,7 +247,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   });
   let listener: Awaited<ReturnType<typeof listen>>;
   try {
-    listener = await listen(node, opts.listen, listenOpts);
+    listener = await listen(node, opts.listen, { ...listenOpts, ...(tls ? { tls } : {}) });
   } catch (err) {
     await node.close();
     await metricsServer?.close();
@@ -261,7 +273,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
 }
 
 /** The connection bounds, checked before anything starts. */
-function listenOptions(opts: StartServerOptions): Required<ListenOptions> {
+function listenOptions(opts: StartServerOptions): Required<Omit<ListenOptions, 'tls'>> {
   const atLeastOne = (name: string, value: number) => {
     const n = parseNonNegativeInteger(name, value);
     if (n < 1) throw new SegmemError('INVALID_ARGUMENT', `${name} must be at least 1; got ${n}`);
@@ -277,6 +289,23 @@ function listenOptions(opts: StartServerOptions): Required<ListenOptions> {
       'maxConnectionsPerAddress',
       opts.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     ),
+  };
+}
+
+/** The config file's TLS settings; none unless it names a certificate or key. */
+function tlsFilesOf(config: ServerConfig): TlsFiles | undefined {
+  if (config.tlsCert === undefined && config.tlsKey === undefined) {
+    if (config.tlsCa !== undefined || config.tlsRequireClientCert)
+      throw new SegmemError('INVALID_ARGUMENT', 'tlsCa and tlsRequireClientCert need tlsCert and tlsKey');
+    return undefined;
+  }
+  if (config.tlsCert === undefined || config.tlsKey === undefined)
+    throw new SegmemError('INVALID_ARGUMENT', 'TLS needs both tlsCert and tlsKey');
+  return {
+    certFile: config.tlsCert,
+    keyFile: config.tlsKey,
+    ...(config.tlsCa !== undefined ? { caFile: config.tlsCa } : {}),
+    ...(config.tlsRequireClientCert ? { requireClientCert: true } : {}),
   };
 }
 

@@ -7,6 +7,7 @@
  */
 import { type CommandSpec, helpText, parseCommand, synopsis, UsageError } from './args.js';
 import { restore, snapshot } from './backup-commands.js';
+import { cert } from './cert-command.js';
 import { clusterAdd, clusterList, clusterRemove, status } from './cluster-commands.js';
 import { type Command, describe, versionLine } from './common.js';
 import { create, get, ls, put, rm, stat } from './data-commands.js';
@@ -32,6 +33,7 @@ export const COMMANDS: Command[] = [
   clusterRemove,
   snapshot,
   restore,
+  cert,
 ];
 
 /** Words that only group subcommands (`segmem cluster` alone lists its subcommands). */

@@ -8,7 +8,8 @@
  * retries) carry the state across once the link is back. Each link re-dials on its own, with capped,
  * jittered back-off, so a restarted peer is found again without any topology change.
  */
-import { connect as netConnect, type Socket } from 'node:net';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import type { Env, EnvTimer } from '@segmem/protocol';
 import type { Message, NodeId } from '../raft/types.js';
 import { encodePeerHello, encodeRaftMessage } from './peer-codec.js';
@@ -30,6 +31,7 @@ class PeerLink {
     private readonly address: string,
     private readonly hello: Buffer[],
     private readonly env: Env,
+    private readonly tls?: ConnectionOptions,
   ) {
     this.dial();
   }
@@ -37,9 +39,13 @@ class PeerLink {
   private dial(): void {
     if (this.closed) return;
     const { host, port } = parseHostPort(this.address, `address of peer ${this.id}`);
-    const socket = netConnect({ host, port, noDelay: true });
+    // With TLS the hello waits for the handshake (and the peer's certificate checked against the CA).
+    const socket = this.tls
+      ? tlsConnect({ ...this.tls, host, port, ...(isIP(host) ? {} : { servername: host }) })
+      : netConnect({ host, port, noDelay: true });
+    socket.setNoDelay(true);
     this.socket = socket;
-    socket.on('connect', () => {
+    socket.on(this.tls ? 'secureConnect' : 'connect', () => {
       this.connected = true;
       this.delayMs = 20;
       socket.cork();
@@ -104,6 +110,8 @@ export class PeerTransport {
     private readonly token: string | null,
     /** Timers and randomness of the re-dial back-off. */
     private readonly env: Env,
+    /** Dial members over TLS with these options; none: plain TCP. */
+    private readonly tls?: ConnectionOptions,
   ) {
     this.setMembers(members);
   }
@@ -121,6 +129,7 @@ export class PeerTransport {
           address,
           encodePeerHello({ clusterId: this.clusterId, from: this.self, to: id, token: this.token }),
           this.env,
+          this.tls,
         ),
       );
     }
