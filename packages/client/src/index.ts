@@ -205,6 +205,7 @@ async function openSegment(
     ...(opts.token !== undefined ? { token: opts.token } : {}),
     ...(opts.udp ? { udpPort: opts.udp.address().port } : {}),
     reconnect: opts.reconnect,
+    ...(opts.tls ? { tls: true } : {}),
     onInvalidate: (msg) => segment?.onInvalidate(msg),
     onRevoke: (msg) => segment?.onRevoke(msg),
     onChanged: (msg) => segment?.onChanged(msg),

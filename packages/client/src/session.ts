@@ -99,6 +99,8 @@ export interface SessionOptions {
   onSessionLost: (err: SegmemError) => void;
   /** Dropping the transport made the client's cache unreliable: revalidate it. */
   onResumed: () => void;
+  /** Whether the transport is TLS (for error messages). */
+  tls?: boolean;
   /** A page-reader connection: no session, READ_PAGES only, to any member (see HelloRequest.pageReader). */
   pageReader?: boolean;
 }
@@ -317,11 +319,20 @@ export class Session {
     const answer = new Promise<unknown>((resolve, reject) => {
       this.pending.set(requestId, { req: hello, sent: true, sentAtMs: this.env.now(), resolve, reject });
     });
+    const receivedBefore = this.traffic.bytesReceived;
     transport.onClose = () => {
       const p = this.pending.get(requestId);
       if (!p) return;
       this.pending.delete(requestId);
-      p.reject(new SegmemError('UNAVAILABLE', 'the connection closed during the handshake'));
+      // A server that serves TLS only closes a plain connection so, without a word.
+      const plain =
+        !this.opts.tls && transport.address !== undefined && this.traffic.bytesReceived === receivedBefore;
+      p.reject(
+        new SegmemError(
+          'UNAVAILABLE',
+          `the connection closed during the handshake${plain ? ' (a server that requires TLS does so: see the tls option)' : ''}`,
+        ),
+      );
     };
     this.send(encodeRequest(hello, requestId));
     // Over a network only: an in-process store has no server that could stop answering.
@@ -765,9 +776,11 @@ function tlsFailure(addr: string, err: NodeJS.ErrnoException): SegmemError {
   const hint =
     code === 'ECONNRESET' || /wrong version number|packet length too long/i.test(why)
       ? ' (does the server serve TLS?)'
-      : /certificate|self.signed|unable to verify|altname|Hostname\/IP/i.test(why)
-        ? ' (is tls.ca the CA that signed the server certificate?)'
-        : '';
+      : code === 'ERR_TLS_CERT_ALTNAME_INVALID'
+        ? ' (the certificate is not for this host: see tls.servername)'
+        : /certificate|self.signed|unable to verify/i.test(why)
+          ? ' (is tls.ca the CA that signed the server certificate?)'
+          : '';
   return new SegmemError('UNAVAILABLE', `TLS handshake with ${addr} failed: ${why} (${code})${hint}`, {
     reason: 'TLS',
     tlsCode: code,
