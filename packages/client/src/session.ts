@@ -41,6 +41,8 @@ export interface Transport {
   onClose: () => void;
   /** The server's address, when it has one (TCP). */
   readonly address?: string;
+  /** Why it closed, when a socket error said (e.g. a TLS alert from the server). */
+  readonly closeReason?: string;
 }
 
 /**
@@ -330,7 +332,13 @@ export class Session {
       p.reject(
         new SegmemError(
           'UNAVAILABLE',
-          `the connection closed during the handshake${plain ? ' (a server that requires TLS does so: see the tls option)' : ''}`,
+          `the connection closed during the handshake${
+            transport.closeReason
+              ? `: ${transport.closeReason}`
+              : plain
+                ? ' (a server that requires TLS does so: see the tls option)'
+                : ''
+          }`,
         ),
       );
     };
@@ -744,7 +752,7 @@ function dialOne(addr: string, env: Env, tls?: ConnectionOptions): Promise<Trans
     socket.once(tls ? 'secureConnect' : 'connect', () => {
       env.clearTimeout(timer);
       socket.removeAllListeners('error');
-      const transport: Transport = {
+      const transport: Transport & { closeReason?: string } = {
         address: addr,
         write(parts) {
           if (socket.destroyed) return;
@@ -762,7 +770,9 @@ function dialOne(addr: string, env: Env, tls?: ConnectionOptions): Promise<Trans
         onClose: () => {},
       };
       socket.on('data', (chunk: Buffer) => transport.onData(chunk));
-      socket.on('error', () => {});
+      socket.on('error', (err: Error) => {
+        transport.closeReason = err.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:/, '').trim();
+      });
       socket.on('close', () => transport.onClose());
       resolve(transport);
     });

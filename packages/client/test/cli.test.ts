@@ -119,7 +119,17 @@ test('every command prints complete help, and docs/operations.md lists the same 
     t.true(commands.includes(c), `the overview lists ${c}`);
   }
   const common = docOptions('', 'Common options').options;
-  t.deepEqual([...common.keys()], ['--servers HOST:PORT,...', '--timeout MS', '--token TOKEN']);
+  t.deepEqual(
+    [...common.keys()],
+    [
+      '--servers HOST:PORT,...',
+      '--timeout MS',
+      '--token TOKEN',
+      '--tls-ca FILE',
+      '--tls-cert FILE',
+      '--tls-key FILE',
+    ],
+  );
   const helps = await Promise.all(commands.map((c) => segmem([...c.split(' '), '--help'])));
   for (const [i, command] of commands.entries()) {
     const r = helps[i]!;

@@ -238,6 +238,7 @@ test('--tls-require-client-cert: only a client with a certificate of the CA gets
       (e: unknown) => e,
     );
     t.true(SegmemError.is(anonymous, 'UNAVAILABLE'), String(anonymous));
+    t.regex((anonymous as SegmemError).message, /certificate required/i);
     const seg = await connect({
       servers: [server.address],
       tls: { ca, cert: readFileSync(file('client.pem')), key: readFileSync(file('client-key.pem')) },

@@ -49,8 +49,8 @@ function overview(commands: Command[] = COMMANDS, title = 'segmem COMMAND [ARGS]
     '',
     "segmem COMMAND --help prints a command's arguments and options; segmem --version its version.",
     'Commands that talk to a cluster take --servers (default $SEGMEM_SERVERS), --timeout MS (default 2000)',
-    'and --token (default $SEGMEM_TOKEN). A failure prints one line, "segmem: <message> (<CODE>)", and',
-    'exits 1.',
+    'and --token (default $SEGMEM_TOKEN), and --tls-ca FILE (default $SEGMEM_TLS_CA) for servers that serve',
+    'TLS. A failure prints one line, "segmem: <message> (<CODE>)", and exits 1.',
   ];
   return `${lines.join('\n')}\n`;
 }
