@@ -265,12 +265,20 @@ test('--tls-require-client-cert: only a client with a certificate of the CA gets
   }
 });
 
-test('a 3-member TLS cluster elects a leader, commits, and a client follows a failover over TLS', async (t) => {
+test('a 3-member mutual-TLS cluster elects a leader, commits, and a client follows a failover over TLS', async (t) => {
   const root = tempDir();
-  const cluster = await TestCluster.start(3, root.path, 'batch', serverTls);
-  const ca = readFileSync(file('ca.pem'));
+  // Members must present a certificate of the CA to each other too.
+  const cluster = await TestCluster.start(3, root.path, 'batch', () => [
+    ...serverTls(),
+    '--tls-require-client-cert',
+  ]);
+  const tls = {
+    ca: readFileSync(file('ca.pem')),
+    cert: readFileSync(file('client.pem')),
+    key: readFileSync(file('client-key.pem')),
+  };
   try {
-    const seg = await connect({ servers: cluster.addresses, tls: { ca }, sessionTimeoutMs: 3000 });
+    const seg = await connect({ servers: cluster.addresses, tls, sessionTimeoutMs: 3000 });
     try {
       await untilItWorks(
         () => seg.create('tls/cluster', 8, { ifNotExists: true }),
@@ -292,6 +300,63 @@ test('a 3-member TLS cluster elects a leader, commits, and a client follows a fa
   } finally {
     await cluster.stopAll();
     root.cleanup();
+  }
+});
+
+test('the config file keys tlsCert, tlsKey and tlsCa turn TLS on; bad values are refused', async (t) => {
+  const dir = tempDir();
+  try {
+    const config = join(dir.path, 'segmem.json');
+    writeFileSync(
+      config,
+      JSON.stringify({ tlsCert: file('server.pem'), tlsKey: file('server-key.pem'), tlsCa: file('ca.pem') }),
+    );
+    const server = await startServerProcess({
+      dataDir: join(dir.path, 'data'),
+      fsync: 'none',
+      extra: ['--config', config],
+    });
+    try {
+      const seg = await connect({
+        servers: [server.address],
+        tls: { ca: readFileSync(file('ca.pem'), 'utf8') },
+      });
+      await seg.create('from-config', 4);
+      await seg.close();
+      const plain = await plainHello(server.address);
+      await plain.closed;
+      t.is(plain.received, 0);
+    } finally {
+      t.is(await server.stop(), 0);
+    }
+    writeFileSync(config, JSON.stringify({ tlsCert: file('server.pem'), tlsRequireClientCert: 'yes' }));
+    const r = await runNode(serverBin, [
+      '--id',
+      's1',
+      '--listen',
+      '127.0.0.1:0',
+      '--data',
+      join(dir.path, 'd2'),
+      '--config',
+      config,
+    ]).done;
+    t.is(r.code, 1);
+    t.regex(r.stderr, /^segmem-server: tlsRequireClientCert must be true or false \(INVALID_ARGUMENT\)$/m);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('connect refuses a tls option of the wrong shape before dialling', async (t) => {
+  for (const [tls, message] of [
+    ['yes', /tls must be an object/],
+    [{ ca: 42 }, /tls\.ca has the wrong type/],
+    [{ cert: 'x' }, /tls\.cert and tls\.key go together/],
+    [{ ciphers: 'x' }, /tls\.ciphers is not a TLS option/],
+  ] as const) {
+    const err = await connect({ servers: ['127.0.0.1:1'], tls: tls as never }).catch((e: unknown) => e);
+    t.true(SegmemError.is(err, 'INVALID_ARGUMENT'), String(err));
+    t.regex((err as Error).message, message);
   }
 });
 
