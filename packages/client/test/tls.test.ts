@@ -6,8 +6,9 @@
  */
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import {
   decodeError,
   encodeRequest,
@@ -33,6 +34,7 @@ import {
 } from './helpers.js';
 
 const certs = tempDir('segmem-tls-');
+const compatUrl = pathToFileURL(resolve(dirname(fileURLToPath(import.meta.url)), '../src/compat.js')).href;
 const file = (name: string) => join(certs.path, name);
 /** The server options of a TLS server with the certificates of `segmem cert`. */
 const serverTls = () => [
@@ -160,11 +162,31 @@ test('a TLS server: a client with the CA works, one without it is refused, a pla
       t.is(get.code, 0, get.stderr);
       const plainLs = await runNode(segmemBin, ['ls', '--servers', server.address]).done;
       t.is(plainLs.code, 1);
+      t.regex(plainLs.stderr, /closed the connection without a word \(if it serves TLS: --tls-ca\)/);
       const noCa = await runNode(segmemBin, ['ls', '--servers', server.address], {
         env: { SEGMEM_TLS_CA: file('client.pem') },
       }).done;
       t.is(noCa.code, 1);
       t.regex(noCa.stderr, /TLS handshake failed/);
+
+      // The compat API: SEGMEM_SERVERS and SEGMEM_TLS_CA.
+      const script = join(certs.path, 'compat-client.mjs');
+      writeFileSync(
+        script,
+        `import * as c from ${JSON.stringify(compatUrl)};
+await c.init_persistant();
+await c.p_create(4, 'compat');
+const b = await c.p_access_readwrite('compat');
+b.writeUInt32LE(7, 0);
+await c.p_release_readwrite(b);
+await c.close_persistant();
+`,
+      );
+      const compat = await runNode(script, [], {
+        env: { SEGMEM_SERVERS: server.address, SEGMEM_TLS_CA: file('ca.pem') },
+      }).done;
+      t.is(compat.code, 0, compat.stderr);
+      t.is(await seg.read('compat', (h) => h.bytes.readUInt32LE(0)), 7);
     } finally {
       await seg.close();
     }

@@ -61,8 +61,11 @@ class Conn {
   private constructor(
     private readonly socket: Socket,
     readonly address: string,
+    tls: boolean,
   ) {
+    let heard = false;
     socket.on('data', (chunk: Buffer) => {
+      heard = true;
       let frames: Frame[];
       try {
         frames = this.decoder.push(chunk);
@@ -84,7 +87,14 @@ class Conn {
       }
     });
     socket.on('close', () =>
-      this.fail(new SegmemError('UNAVAILABLE', `${address} closed the connection`, { reason: 'CLOSED' })),
+      this.fail(
+        new SegmemError(
+          'UNAVAILABLE',
+          // A server that serves TLS only closes a plain connection without a word.
+          `${address} closed the connection${heard || tls ? '' : ' without a word (if it serves TLS: --tls-ca)'}`,
+          { reason: 'CLOSED' },
+        ),
+      ),
     );
     socket.on('error', () => {});
   }
@@ -107,7 +117,7 @@ class Conn {
       );
       s.once(tls ? 'secureConnect' : 'connect', () => {
         clearTimeout(timer);
-        resolve(new Conn(s, address));
+        resolve(new Conn(s, address, tls !== undefined));
       });
       s.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
