@@ -382,6 +382,56 @@ test('connect refuses a tls option of the wrong shape before dialling', async (t
   }
 });
 
+test('a member with a certificate of another CA is kept out of a mutual-TLS group, and both sides say why', async (t) => {
+  const root = tempDir();
+  const otherCa = join(root.path, 'other-ca');
+  const made = await runNode(segmemBin, ['cert', '--out', otherCa, '--host', '127.0.0.1']).done;
+  t.is(made.code, 0, made.stderr);
+  const cluster = await TestCluster.start(3, root.path, 'batch', (id) =>
+    id === 's3'
+      ? [
+          '--tls-cert',
+          join(otherCa, 'server.pem'),
+          '--tls-key',
+          join(otherCa, 'server-key.pem'),
+          '--tls-ca',
+          join(otherCa, 'ca.pem'),
+          '--tls-require-client-cert',
+        ]
+      : [...serverTls(), '--tls-require-client-cert'],
+  );
+  const tls = {
+    ca: readFileSync(file('ca.pem')),
+    cert: readFileSync(file('client.pem')),
+    key: readFileSync(file('client-key.pem')),
+  };
+  try {
+    // s1 and s2 are a majority: they elect and commit without s3.
+    const seg = await connect({ servers: cluster.addresses.slice(0, 2), tls });
+    await untilItWorks(
+      () => seg.create('kept-out', 4, { ifNotExists: true }),
+      'a commit by s1 and s2',
+      20_000,
+    );
+    await seg.close();
+    await waitFor(
+      () => /TLS handshake with member s3 at \S+ failed: /.test(cluster.member('s1').server!.stderr()),
+      's1 saying why it cannot reach s3',
+    );
+    await waitFor(
+      () => /TLS handshake with member s1 at \S+ failed: /.test(cluster.member('s3').server!.stderr()),
+      's3 saying why it cannot reach s1',
+    );
+    t.not(cluster.leader()?.id, 's3');
+  } catch (err) {
+    t.log(cluster.history());
+    throw err;
+  } finally {
+    await cluster.stopAll();
+    root.cleanup();
+  }
+});
+
 test('bad certificate files stop the server with one line naming the file, before it listens', async (t) => {
   const dir = tempDir();
   try {

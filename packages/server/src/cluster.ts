@@ -62,10 +62,20 @@ export interface PeerTransportOptions {
   token: string | null;
   env: Env;
   tls?: ConnectionOptions;
+  log?: (line: string) => void;
 }
 
 function tcpTransport(opts: PeerTransportOptions): PeerTransport {
-  return new PeerTransport(opts.self, opts.clusterId, opts.addresses, [], opts.token, opts.env, opts.tls);
+  return new PeerTransport(
+    opts.self,
+    opts.clusterId,
+    opts.addresses,
+    [],
+    opts.token,
+    opts.env,
+    opts.tls,
+    opts.log,
+  );
 }
 
 /** A cluster id every member derives alike when the operator gives none: a digest of the member list. */
@@ -129,6 +139,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       token: opts.token ?? null,
       env,
       ...(opts.peerTls ? { tls: opts.peerTls } : {}),
+      ...(opts.log ? { log: opts.log } : {}),
     });
     let saving = Promise.resolve();
     const remember = (id: string, address: string) => {

@@ -32,9 +32,12 @@ class PeerLink {
     private readonly hello: Buffer[],
     private readonly env: Env,
     private readonly tls?: ConnectionOptions,
+    /** Told why a TLS handshake with this peer failed (once per reason until a link comes up). */
+    private readonly onTlsError?: (message: string) => void,
   ) {
     this.dial();
   }
+  private lastTlsError = '';
 
   private dial(): void {
     if (this.closed) return;
@@ -45,16 +48,24 @@ class PeerLink {
       : netConnect({ host, port, noDelay: true });
     socket.setNoDelay(true);
     this.socket = socket;
+    let tcpConnected = false;
+    if (this.tls) socket.once('connect', () => (tcpConnected = true));
     socket.on(this.tls ? 'secureConnect' : 'connect', () => {
       this.connected = true;
       this.delayMs = 20;
+      this.lastTlsError = '';
       socket.cork();
       for (const p of this.hello) socket.write(p);
       socket.uncork();
     });
     // Peers answer nothing on this connection; drain whatever comes (e.g. an ERROR before a close).
     socket.on('data', () => {});
-    socket.on('error', () => {});
+    socket.on('error', (err: Error) => {
+      // A misconfigured certificate or CA shows nowhere else: the link just never comes up.
+      if (!this.tls || !tcpConnected || this.connected || err.message === this.lastTlsError) return;
+      this.lastTlsError = err.message;
+      this.onTlsError?.(err.message);
+    });
     socket.on('close', () => {
       this.connected = false;
       this.socket = null;
@@ -112,6 +123,8 @@ export class PeerTransport {
     private readonly env: Env,
     /** Dial members over TLS with these options; none: plain TCP. */
     private readonly tls?: ConnectionOptions,
+    /** Receives one line when a TLS handshake with a member fails. */
+    private readonly log?: (line: string) => void,
   ) {
     this.setMembers(members);
   }
@@ -130,6 +143,7 @@ export class PeerTransport {
           encodePeerHello({ clusterId: this.clusterId, from: this.self, to: id, token: this.token }),
           this.env,
           this.tls,
+          (message) => this.log?.(`TLS handshake with member ${id} at ${address} failed: ${message}`),
         ),
       );
     }
