@@ -44,6 +44,7 @@ export interface ServerConfig {
   metrics?: string | Record<string, string>;
   /** TLS on the listen port: the server's certificate and key (PEM files); none: plain TCP. */
   tlsCert?: string;
+  /** The private key of `tlsCert` (PEM file). */
   tlsKey?: string;
   /** CA certificates (PEM file) client and member certificates must chain to. */
   tlsCa?: string;
