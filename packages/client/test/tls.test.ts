@@ -308,6 +308,28 @@ test('a 3-member mutual-TLS cluster elects a leader, commits, and a client follo
         20_000,
       );
       await bump(seg, 'tls/cluster', 5);
+
+      // Large grants' pages come from followers, on page-reader connections of their own: TLS too.
+      const size = 512 * 1024;
+      await untilItWorks(() => seg.create('tls/big', size, { ifNotExists: true }), 'creating tls/big');
+      const reader = await connect({ servers: cluster.addresses, tls, sessionTimeoutMs: 3000 });
+      try {
+        let round = 0;
+        await waitFor(
+          async () => {
+            round++;
+            await seg.update('tls/big', (h) => h.bytes.fill(round % 251));
+            await reader.read('tls/big', (h) => t.true(h.bytes.every((b) => b === round % 251)));
+            return (reader as unknown as { stats(): { pageReads: { fromFollowers: number } } }).stats()
+              .pageReads.fromFollowers;
+          },
+          'a grant whose pages came from a follower over TLS',
+          20_000,
+        );
+      } finally {
+        await reader.close();
+      }
+
       const leader = await waitFor(() => cluster.leader(), 'a leader');
       await cluster.kill(leader.id);
       await untilItWorks(() => bump(seg, 'tls/cluster'), 'a write after the failover', 20_000);
