@@ -1,7 +1,7 @@
 /**
  * @segmem/server: the segmem server and its building blocks.
  */
-import { SegmemError } from '@segmem/protocol';
+import { SegmemError, systemEnv } from '@segmem/protocol';
 import { openClusterNode } from './cluster.js';
 import {
   DEFAULT_CONFIG,
@@ -24,8 +24,9 @@ import {
   listen,
   parseHostPort,
 } from './shell/tcp.js';
-import { loadServerTls, type ServerTls, type TlsFiles } from './shell/tls.js';
+import type { ServerTls } from './shell/tls.js';
 import type { FsyncPolicy } from './storage/wal.js';
+import { loadServerTls, type TlsFiles } from './tls-files.js';
 
 export { type Env, SegmemError, systemEnv } from '@segmem/protocol';
 export { DEFAULT_CONFIG, loadConfigFile, parsePeers, type ServerConfig } from './config.js';
@@ -41,9 +42,9 @@ export {
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
 } from './shell/tcp.js';
-export type { TlsFiles } from './shell/tls.js';
 export { DataDir } from './storage/datadir.js';
 export type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
+export type { TlsFiles } from './tls-files.js';
 
 /**
  * How {@link startServer} starts a server. Only `id`, `listen` and `dataDir` are required; every other
@@ -195,7 +196,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   const listenOpts = listenOptions(opts);
   // Bad certificate files stop the start here, before the data directory is opened or anything listens.
   const tlsFiles = opts.tls ?? tlsFilesOf(config);
-  const tls: ServerTls | undefined = tlsFiles ? loadServerTls(tlsFiles) : undefined;
+  const tls: ServerTls | undefined = tlsFiles ? loadServerTls(tlsFiles, systemEnv.now()) : undefined;
   const peers = opts.peers ?? config.servers;
   const others = Object.keys(peers).filter((id) => id !== opts.id);
   for (const [id, address] of Object.entries(peers)) {

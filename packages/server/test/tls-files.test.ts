@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import test from 'ava';
 import { createCertificates } from '../src/cli/cert-command.js';
-import { loadServerTls } from '../src/shell/tls.js';
+import { loadServerTls } from '../src/tls-files.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'segmem-tls-files-'));
 const file = (name: string) => join(dir, name);
@@ -27,12 +27,15 @@ function refused(t: import('ava').ExecutionContext, load: () => unknown, message
 }
 
 test('good files load, with the CA for members and client certificates', (t) => {
-  const tls = loadServerTls({
-    certFile: file('server.pem'),
-    keyFile: file('server-key.pem'),
-    caFile: file('ca.pem'),
-    requireClientCert: true,
-  });
+  const tls = loadServerTls(
+    {
+      certFile: file('server.pem'),
+      keyFile: file('server-key.pem'),
+      caFile: file('ca.pem'),
+      requireClientCert: true,
+    },
+    Date.now(),
+  );
   t.true(tls.requireClientCert);
   t.truthy(tls.peerOptions.ca);
   t.truthy(tls.peerOptions.cert);
@@ -61,24 +64,27 @@ test('an encrypted key, a CA file of garbage, and a client-certificate demand wi
   ]);
   refused(
     t,
-    () => loadServerTls({ certFile: file('server.pem'), keyFile: encrypted }),
+    () => loadServerTls({ certFile: file('server.pem'), keyFile: encrypted }, Date.now()),
     /the TLS key file .*encrypted-key\.pem holds no valid private key/,
   );
   const garbageCa = file('garbage-ca.pem');
   writeFileSync(garbageCa, '-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n');
   refused(
     t,
-    () => loadServerTls({ certFile: file('server.pem'), keyFile: file('server-key.pem'), caFile: garbageCa }),
+    () =>
+      loadServerTls(
+        { certFile: file('server.pem'), keyFile: file('server-key.pem'), caFile: garbageCa },
+        Date.now(),
+      ),
     /the TLS CA file .*garbage-ca\.pem holds no valid certificate/,
   );
   refused(
     t,
     () =>
-      loadServerTls({
-        certFile: file('server.pem'),
-        keyFile: file('server-key.pem'),
-        requireClientCert: true,
-      }),
+      loadServerTls(
+        { certFile: file('server.pem'), keyFile: file('server-key.pem'), requireClientCert: true },
+        Date.now(),
+      ),
     /needs a CA file/,
   );
 });

@@ -1,30 +1,10 @@
 /**
- * TLS on the listen port: the server's certificate and key (and the CA that client certificates, and other
- * members' certificates, must chain to), loaded and checked once at start, so that a bad file stops the
- * server with one line naming it before anything listens.
- *
- * Clients and members share the port, so with TLS on, members dial each other over TLS too: they verify the
- * peer's certificate against the CA file (or the system's roots without one) and present their own
- * certificate, which `requireClientCert` asks for.
+ * TLS on the listen port, the socket side: a server-side TLS socket over each accepted connection (its
+ * material is loaded and checked at start by tls-files.ts). Clients and members share the port, so with
+ * TLS on, members dial each other over TLS too, with `peerOptions`.
  */
-
-import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { type ConnectionOptions, createSecureContext, type SecureContext, TLSSocket } from 'node:tls';
-import { SegmemError } from '@segmem/protocol';
-
-/** Where the server's TLS material is: PEM files. */
-export interface TlsFiles {
-  /** The server's certificate (PEM; may be followed by intermediate certificates). */
-  certFile: string;
-  /** The certificate's private key (PEM, unencrypted). */
-  keyFile: string;
-  /** CA certificates (PEM) that client certificates and other members' certificates must chain to. */
-  caFile?: string;
-  /** Refuse clients that present no certificate signed by `caFile`'s CA (mutual TLS). */
-  requireClientCert?: boolean;
-}
+import { type ConnectionOptions, type SecureContext, TLSSocket } from 'node:tls';
 
 /** The loaded TLS material: how to accept connections and how to dial other members. */
 export interface ServerTls {
@@ -32,72 +12,6 @@ export interface ServerTls {
   readonly requireClientCert: boolean;
   /** tls.connect options for this server's links to other members. */
   readonly peerOptions: ConnectionOptions;
-}
-
-function bad(message: string): SegmemError {
-  return new SegmemError('INVALID_ARGUMENT', message);
-}
-
-function readPem(path: string, what: string): string {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.message;
-    throw bad(`cannot read the TLS ${what} file ${path}: ${why}`);
-  }
-  if (!text.includes('-----BEGIN ')) throw bad(`the TLS ${what} file ${path} holds no PEM data`);
-  return text;
-}
-
-/** The reason OpenSSL gives, without its error-stack prefix (`error:0480006C:PEM routines::`). */
-function reason(err: unknown): string {
-  const message = (err as Error)?.message ?? String(err);
-  return message.replace(/^error:[0-9A-F]+:[^:]*:[^:]*:/, '');
-}
-
-/** Reads and checks the files; throws INVALID_ARGUMENT naming the file and what is wrong with it. */
-export function loadServerTls(files: TlsFiles, now = Date.now()): ServerTls {
-  const certPem = readPem(files.certFile, 'certificate');
-  const keyPem = readPem(files.keyFile, 'key');
-  const caPem = files.caFile !== undefined ? readPem(files.caFile, 'CA') : undefined;
-  let cert: X509Certificate;
-  try {
-    cert = new X509Certificate(certPem);
-  } catch (err) {
-    throw bad(`the TLS certificate file ${files.certFile} holds no valid certificate: ${reason(err)}`);
-  }
-  let key: ReturnType<typeof createPrivateKey>;
-  try {
-    key = createPrivateKey(keyPem);
-  } catch (err) {
-    throw bad(`the TLS key file ${files.keyFile} holds no valid private key: ${reason(err)}`);
-  }
-  if (!cert.checkPrivateKey(key))
-    throw bad(`the TLS key file ${files.keyFile} is not the key of the certificate in ${files.certFile}`);
-  if (Date.parse(cert.validTo) < now)
-    throw bad(`the TLS certificate in ${files.certFile} expired on ${cert.validTo}`);
-  if (caPem !== undefined) {
-    try {
-      new X509Certificate(caPem);
-    } catch (err) {
-      throw bad(`the TLS CA file ${files.caFile} holds no valid certificate: ${reason(err)}`);
-    }
-  }
-  if (files.requireClientCert && caPem === undefined)
-    throw bad('requiring client certificates needs a CA file to check them against (--tls-ca)');
-  let context: SecureContext;
-  try {
-    context = createSecureContext({ cert: certPem, key: keyPem, ...(caPem ? { ca: caPem } : {}) });
-  } catch (err) {
-    throw bad(`cannot use the TLS files ${files.certFile} and ${files.keyFile}: ${reason(err)}`);
-  }
-  return {
-    context,
-    requireClientCert: files.requireClientCert === true,
-    peerOptions: { cert: certPem, key: keyPem, ...(caPem ? { ca: caPem } : {}) },
-  };
 }
 
 /** Starts the server side of TLS on an accepted socket; the handshake runs before any data event. */
