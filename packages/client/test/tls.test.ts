@@ -4,7 +4,7 @@
  * with a typed error, a plain client gets nothing, members of a TLS cluster elect and commit over TLS, and
  * bad certificate files stop a server before it listens.
  */
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
@@ -66,6 +66,26 @@ test('segmem cert writes a CA, a server and a client certificate, keys readable 
     t.is(statSync(file(`${name}-key.pem`)).mode & 0o777, 0o600, `${name}-key.pem has mode 0600`);
   }
   t.false(existsSync(join(certs.path, 'openssl.cnf')), 'no working files left behind');
+});
+
+test('segmem cert signs with the CA already in DIR, and will not replace a CA whose key is not there', async (t) => {
+  const out = tempDir('segmem-tls-again-');
+  try {
+    const first = await runNode(segmemBin, ['cert', '--out', out.path, '--host', '127.0.0.1']).done;
+    t.is(first.code, 0, first.stderr);
+    const ca = readFileSync(join(out.path, 'ca.pem'), 'utf8');
+    const again = await runNode(segmemBin, ['cert', '--out', out.path, '--host', 'localhost']).done;
+    t.is(again.code, 0, again.stderr);
+    t.regex(again.stdout, /using the CA in /);
+    t.is(readFileSync(join(out.path, 'ca.pem'), 'utf8'), ca, 'the same CA');
+    rmSync(join(out.path, 'ca-key.pem'));
+    const noKey = await runNode(segmemBin, ['cert', '--out', out.path, '--host', 'localhost']).done;
+    t.is(noKey.code, 1);
+    t.regex(noKey.stderr, /^segmem: .*ca\.pem exists without ca-key\.pem beside it.* \(ALREADY_EXISTS\)$/m);
+    t.is(readFileSync(join(out.path, 'ca.pem'), 'utf8'), ca, 'the CA is left alone');
+  } finally {
+    out.cleanup();
+  }
 });
 
 test('segmem cert without openssl on PATH fails with one line saying so', async (t) => {

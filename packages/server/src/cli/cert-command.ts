@@ -180,6 +180,12 @@ export function createCertificates(dir: string, subjectAltNames: string[], days:
     writeFileSync(config, opensslConfig(subjectAltNames));
     const lines: string[] = [];
     const haveCa = existsSync(join(dir, 'ca.pem')) && existsSync(join(dir, 'ca-key.pem'));
+    // A CA certificate without its key: replacing it would strand every certificate it signed.
+    if (!haveCa && existsSync(join(dir, 'ca.pem')))
+      throw new SegmemError(
+        'ALREADY_EXISTS',
+        `${join(dir, 'ca.pem')} exists without ca-key.pem beside it: put its key there to sign with it, or use another --out`,
+      );
     if (haveCa) lines.push(`using the CA in ${join(dir, 'ca.pem')}`);
     else {
       issue(dir, work, config, 'ca', CA_DAYS);
