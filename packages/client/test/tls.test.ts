@@ -151,7 +151,7 @@ test('a TLS server: a client with the CA works, one without it is refused, a pla
       const plain = await plainHello(server.address);
       await plain.closed;
       t.is(plain.received, 0, 'a plain client gets no frame');
-      const plainClient = await connect({ servers: [server.address], sessionTimeoutMs: 1000 }).catch(
+      const plainClient = await connect({ servers: [server.address], sessionTimeoutMs: 6000 }).catch(
         (e: unknown) => e,
       );
       t.true(SegmemError.is(plainClient, 'UNAVAILABLE'), String(plainClient));
@@ -166,6 +166,8 @@ test('a TLS server: a client with the CA works, one without it is refused, a pla
         'status',
         '--servers',
         server.address,
+        '--timeout',
+        '10000',
         '--tls-ca',
         file('ca.pem'),
       ]).done;
@@ -176,14 +178,17 @@ test('a TLS server: a client with the CA works, one without it is refused, a pla
         'tls/counter',
         '--servers',
         server.address,
+        '--timeout',
+        '10000',
         '--tls-ca',
         file('ca.pem'),
       ]).done;
       t.is(get.code, 0, get.stderr);
-      const plainLs = await runNode(segmemBin, ['ls', '--servers', server.address]).done;
+      const plainLs = await runNode(segmemBin, ['ls', '--servers', server.address, '--timeout', '10000'])
+        .done;
       t.is(plainLs.code, 1);
       t.regex(plainLs.stderr, /closed the connection without a word \(if it serves TLS: --tls-ca\)/);
-      const noCa = await runNode(segmemBin, ['ls', '--servers', server.address], {
+      const noCa = await runNode(segmemBin, ['ls', '--servers', server.address, '--timeout', '10000'], {
         env: { SEGMEM_TLS_CA: file('client.pem') },
       }).done;
       t.is(noCa.code, 1);
@@ -282,7 +287,7 @@ test('--tls-require-client-cert: only a client with a certificate of the CA gets
   });
   const ca = readFileSync(file('ca.pem'));
   try {
-    const anonymous = await connect({ servers: [server.address], tls: { ca }, sessionTimeoutMs: 1000 }).catch(
+    const anonymous = await connect({ servers: [server.address], tls: { ca }, sessionTimeoutMs: 6000 }).catch(
       (e: unknown) => e,
     );
     t.true(SegmemError.is(anonymous, 'UNAVAILABLE'), String(anonymous));
@@ -299,6 +304,8 @@ test('--tls-require-client-cert: only a client with a certificate of the CA gets
       'mtls',
       '--servers',
       server.address,
+      '--timeout',
+      '10000',
       '--tls-ca',
       file('ca.pem'),
       '--tls-cert',
