@@ -16,8 +16,9 @@
  *
  * @module
  */
+import { readFileSync } from 'node:fs';
 import { SegmemError } from '@segmem/protocol';
-import { connect, openEmbedded } from './index.js';
+import { connect, openEmbedded, type TlsOptions } from './index.js';
 import type { Handle, Segment } from './segment.js';
 
 /**
@@ -35,6 +36,11 @@ export interface InitOptions {
   dir?: string;
   /** As in `connect()`: locks are released this long after the process goes silent; default 10000. */
   sessionTimeoutMs?: number;
+  /**
+   * As in `connect()`: connect to the servers over TLS. Default: with the SEGMEM_TLS_CA environment variable
+   * set, TLS trusting the CA certificate in the PEM file it names; else plain TCP.
+   */
+  tls?: TlsOptions;
 }
 
 let segment: Segment | null = null;
@@ -68,14 +74,29 @@ export async function init_persistant(opts: InitOptions = {}): Promise<void> {
             .filter(Boolean)
         : undefined);
     const timeout = opts.sessionTimeoutMs !== undefined ? { sessionTimeoutMs: opts.sessionTimeoutMs } : {};
-    return servers && servers.length > 0
-      ? connect({ servers, ...timeout })
-      : openEmbedded({ dir: opts.dir ?? './segmem-data', ...timeout });
+    if (!servers || servers.length === 0)
+      return openEmbedded({ dir: opts.dir ?? './segmem-data', ...timeout });
+    const tls = opts.tls ?? tlsFromEnvironment();
+    return connect({ servers, ...timeout, ...(tls ? { tls } : {}) });
   })();
   try {
     segment = await opening;
   } finally {
     opening = null;
+  }
+}
+
+/** TLS trusting the CA in the file SEGMEM_TLS_CA names; none when it is unset. */
+function tlsFromEnvironment(): TlsOptions | undefined {
+  const caFile = process.env.SEGMEM_TLS_CA;
+  if (!caFile) return undefined;
+  try {
+    return { ca: readFileSync(caFile) };
+  } catch (err) {
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `cannot read SEGMEM_TLS_CA ${caFile}: ${(err as Error).message}`,
+    );
   }
 }
 

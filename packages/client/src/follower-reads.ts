@@ -4,6 +4,8 @@
  * them here with READ_PAGES from the followers in turn, over page-reader connections (no session), and
  * from the leader through the session when no follower answers in time.
  */
+
+import type { ConnectionOptions } from 'node:tls';
 import { type AcquireOk, type Env, SegmemError } from '@segmem/protocol';
 import { type Dial, Session, tcpDial } from './session.js';
 
@@ -44,6 +46,8 @@ export class FollowerReads {
       sessionTimeoutMs: number;
       token?: string;
       login?: { user: string; password: string };
+      /** Dial followers over TLS with these options. */
+      tls?: ConnectionOptions;
       /** How to reach one follower (default: TCP; the simulator passes its network's). */
       dial?: (address: string) => Dial;
     },
@@ -124,7 +128,7 @@ export class FollowerReads {
 
   private openReader(address: string): Reader {
     const session = Session.open({
-      dial: this.opts.dial ? this.opts.dial(address) : tcpDial([address], this.env),
+      dial: this.opts.dial ? this.opts.dial(address) : tcpDial([address], this.env, this.opts.tls),
       env: this.env,
       sessionTimeoutMs: this.opts.sessionTimeoutMs,
       ...(this.opts.token !== undefined ? { token: this.opts.token } : {}),

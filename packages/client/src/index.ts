@@ -18,6 +18,7 @@
  * @module
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import type { ConnectionOptions } from 'node:tls';
 import {
   DEFAULT_SESSION_TIMEOUT_MS,
   decodeInvalidationDatagram,
@@ -88,6 +89,65 @@ export interface ConnectOptions {
    * acquire takes the grant back (the servers ask for it); see docs/consistency.md for the lease it rests on.
    */
   delegations?: boolean;
+  /**
+   * Connect over TLS (to servers started with `--tls-cert`); none: plain TCP. UDP hints (`udpHints`) stay
+   * plain: they carry object ids and versions, never data.
+   */
+  tls?: TlsOptions;
+}
+
+/**
+ * TLS settings of {@link connect}: the server's certificate must chain to `ca` (else the system's roots)
+ * and name the host dialled (or `servername`).
+ *
+ * @example
+ * ```ts
+ * import { readFileSync } from 'node:fs';
+ * const seg = await connect({ servers: ['10.0.0.1:7401'], tls: { ca: readFileSync('ca.pem') } });
+ * ```
+ */
+export interface TlsOptions {
+  /** CA certificate(s), PEM text or Buffer, the servers' certificates must chain to. Default: the system's roots. */
+  ca?: string | Buffer | (string | Buffer)[];
+  /** This client's certificate (PEM), for servers started with `--tls-require-client-cert`. */
+  cert?: string | Buffer;
+  /** The key of `cert` (PEM). */
+  key?: string | Buffer;
+  /** The name the servers' certificates must carry, instead of the host of each address. */
+  servername?: string;
+  /** Default true. false accepts any certificate: encryption without knowing who answers (tests only). */
+  rejectUnauthorized?: boolean;
+}
+
+/** `tls` checked: an object of known fields of the right types. */
+function tlsOption(value: unknown): ConnectionOptions | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      'tls must be an object ({ ca, cert, key, servername, rejectUnauthorized })',
+    );
+  const pem = (v: unknown) => typeof v === 'string' || Buffer.isBuffer(v);
+  const out: ConnectionOptions = {};
+  for (const [key, v] of Object.entries(value)) {
+    if (v === undefined) continue;
+    const ok =
+      key === 'ca'
+        ? pem(v) || (Array.isArray(v) && v.every(pem))
+        : key === 'cert' || key === 'key'
+          ? pem(v)
+          : key === 'servername'
+            ? typeof v === 'string' && v.length > 0
+            : key === 'rejectUnauthorized'
+              ? typeof v === 'boolean'
+              : null;
+    if (ok === null) throw new SegmemError('INVALID_ARGUMENT', `tls.${key} is not a TLS option`);
+    if (!ok) throw new SegmemError('INVALID_ARGUMENT', `tls.${key} has the wrong type`);
+    (out as Record<string, unknown>)[key] = v;
+  }
+  if ((out.cert === undefined) !== (out.key === undefined))
+    throw new SegmemError('INVALID_ARGUMENT', 'tls.cert and tls.key go together');
+  return out;
 }
 
 /**
@@ -152,6 +212,7 @@ async function openSegment(
     udp?: UdpSocket;
     followerReads?: boolean;
     delegations: boolean;
+    tls?: ConnectionOptions;
   },
   onClose: () => Promise<void>,
 ): Promise<SegmentImpl> {
@@ -164,6 +225,7 @@ async function openSegment(
     ...(opts.login ? { login: opts.login } : {}),
     ...(opts.udp ? { udpPort: opts.udp.address().port } : {}),
     reconnect: opts.reconnect,
+    ...(opts.tls ? { tls: true } : {}),
     onInvalidate: (msg) => segment?.onInvalidate(msg),
     onRevoke: (msg) => segment?.onRevoke(msg),
     onChanged: (msg) => segment?.onChanged(msg),
@@ -180,6 +242,7 @@ async function openSegment(
         sessionTimeoutMs: opts.sessionTimeoutMs,
         ...(opts.token !== undefined ? { token: opts.token } : {}),
         ...(opts.login ? { login: opts.login } : {}),
+        ...(opts.tls ? { tls: opts.tls } : {}),
       })
     : null;
   segment = new SegmentImpl(
@@ -241,6 +304,7 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
   const sessionTimeoutMs = sessionTimeout(opts.sessionTimeoutMs);
   const delegations = booleanOption(opts.delegations, 'delegations', true);
   const login = loginOption(opts.user, opts.password);
+  const tls = tlsOption(opts.tls);
   let udp: UdpSocket | undefined;
   if (opts.udpHints) {
     udp = createSocket('udp4');
@@ -253,7 +317,7 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
   const servers = [...opts.servers];
   try {
     const segment = await openSegment(
-      tcpDial(servers, systemEnv),
+      tcpDial(servers, systemEnv, tls),
       {
         sessionTimeoutMs,
         reconnect: true,
@@ -263,6 +327,7 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
         ...(login ? { login } : {}),
         ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
         ...(udp ? { udp } : {}),
+        ...(tls ? { tls } : {}),
       },
       async () => {
         udp?.close();

@@ -3,7 +3,8 @@
  * correlation with many requests in flight, keepalives, sequence numbers for exactly-once retries,
  * and, over TCP, reconnection that resumes the session and re-sends what was not answered.
  */
-import { connect as netConnect, type Socket } from 'node:net';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import {
   type AcquireOk,
   type Changed,
@@ -40,6 +41,8 @@ export interface Transport {
   onClose: () => void;
   /** The server's address, when it has one (TCP). */
   readonly address?: string;
+  /** Why it closed, when a socket error said (e.g. a TLS alert from the server). */
+  readonly closeReason?: string;
 }
 
 /**
@@ -100,6 +103,8 @@ export interface SessionOptions {
   onSessionLost: (err: SegmemError) => void;
   /** Dropping the transport made the client's cache unreliable: revalidate it. */
   onResumed: () => void;
+  /** Whether the transport is TLS (for error messages). */
+  tls?: boolean;
   /** A page-reader connection: no session, READ_PAGES only, to any member (see HelloRequest.pageReader). */
   pageReader?: boolean;
 }
@@ -319,11 +324,26 @@ export class Session {
     const answer = new Promise<unknown>((resolve, reject) => {
       this.pending.set(requestId, { req: hello, sent: true, sentAtMs: this.env.now(), resolve, reject });
     });
+    const receivedBefore = this.traffic.bytesReceived;
     transport.onClose = () => {
       const p = this.pending.get(requestId);
       if (!p) return;
       this.pending.delete(requestId);
-      p.reject(new SegmemError('UNAVAILABLE', 'the connection closed during the handshake'));
+      // A server that serves TLS only closes a plain connection so, without a word.
+      const plain =
+        !this.opts.tls && transport.address !== undefined && this.traffic.bytesReceived === receivedBefore;
+      p.reject(
+        new SegmemError(
+          'UNAVAILABLE',
+          `the connection closed during the handshake${
+            transport.closeReason
+              ? `: ${transport.closeReason}`
+              : plain
+                ? ' (a server that requires TLS does so: see the tls option)'
+                : ''
+          }`,
+        ),
+      );
     };
     this.send(encodeRequest(hello, requestId));
     // Over a network only: an in-process store has no server that could stop answering.
@@ -682,11 +702,12 @@ export class Session {
   }
 }
 
-/** Dials the first reachable server of the list (in order, then round again). */
-export function tcpDial(servers: string[], env: Env): Dial {
+/** Dials the first reachable server of the list (in order, then round again); over TLS with `tls`. */
+export function tcpDial(servers: string[], env: Env, tls?: ConnectionOptions): Dial {
   let next = 0;
   return async (prefer?: string, avoid?: string) => {
     let lastError: Error | undefined;
+    let tlsError: SegmemError | undefined;
     let order = prefer
       ? [prefer, ...servers.filter((s) => s !== prefer)]
       : servers.map((_, i) => servers[(next + i) % servers.length]!);
@@ -695,19 +716,22 @@ export function tcpDial(servers: string[], env: Env): Dial {
       order = [...order.filter((s) => s !== avoid), avoid];
     for (const addr of order) {
       try {
-        const t = await dialOne(addr, env);
+        const t = await dialOne(addr, env, tls);
         next = Math.max(0, servers.indexOf(addr));
         return t;
       } catch (err) {
         lastError = err as Error;
+        if (SegmemError.is(err) && err.details?.reason === 'TLS') tlsError ??= err;
       }
     }
     next = (next + 1) % servers.length;
+    // A server that answered but failed TLS says more than the others' refused connections.
+    if (tlsError) throw tlsError;
     throw new SegmemError('UNAVAILABLE', `no server reachable (${order.join(', ')}): ${lastError?.message}`);
   };
 }
 
-function dialOne(addr: string, env: Env): Promise<Transport> {
+function dialOne(addr: string, env: Env, tls?: ConnectionOptions): Promise<Transport> {
   let host: string;
   let port: number;
   try {
@@ -716,16 +740,22 @@ function dialOne(addr: string, env: Env): Promise<Transport> {
     return Promise.reject(err);
   }
   return new Promise((resolve, reject) => {
-    const socket: Socket = netConnect({ host, port, noDelay: true });
+    const socket: Socket = tls
+      ? tlsConnect({ ...tls, host, port, ...(tls.servername || isIP(host) ? {} : { servername: host }) })
+      : netConnect({ host, port, noDelay: true });
+    socket.setNoDelay(true);
+    let tcpConnected = false;
     const timer = env.setTimeout(() => socket.destroy(new Error(`connect to ${addr} timed out`)), 5000);
-    socket.once('error', (err) => {
+    socket.once('error', (err: NodeJS.ErrnoException) => {
       env.clearTimeout(timer);
-      reject(err);
+      // Reached, but the TLS handshake failed: an untrusted certificate, a name it is not for, a plain server.
+      reject(tls && tcpConnected ? tlsFailure(addr, err) : err);
     });
-    socket.once('connect', () => {
+    if (tls) socket.once('connect', () => (tcpConnected = true));
+    socket.once(tls ? 'secureConnect' : 'connect', () => {
       env.clearTimeout(timer);
       socket.removeAllListeners('error');
-      const transport: Transport = {
+      const transport: Transport & { closeReason?: string } = {
         address: addr,
         write(parts) {
           if (socket.destroyed) return;
@@ -743,10 +773,31 @@ function dialOne(addr: string, env: Env): Promise<Transport> {
         onClose: () => {},
       };
       socket.on('data', (chunk: Buffer) => transport.onData(chunk));
-      socket.on('error', () => {});
+      socket.on('error', (err: Error) => {
+        transport.closeReason = err.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:/, '').trim();
+      });
       socket.on('close', () => transport.onClose());
       resolve(transport);
     });
+  });
+}
+
+/** A failed TLS handshake as an UNAVAILABLE error with reason TLS, saying why in OpenSSL's words. */
+function tlsFailure(addr: string, err: NodeJS.ErrnoException): SegmemError {
+  const code = err.code ?? 'ERROR';
+  const why = err.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:/, '').trim();
+  const hint =
+    code === 'ECONNRESET' || /wrong version number|packet length too long/i.test(why)
+      ? ' (does the server serve TLS?)'
+      : code === 'ERR_TLS_CERT_ALTNAME_INVALID'
+        ? ' (the certificate is not for this host: see tls.servername)'
+        : /certificate|self.signed|unable to verify/i.test(why)
+          ? ' (is tls.ca the CA that signed the server certificate?)'
+          : '';
+  return new SegmemError('UNAVAILABLE', `TLS handshake with ${addr} failed: ${why} (${code})${hint}`, {
+    reason: 'TLS',
+    tlsCode: code,
+    address: addr,
   });
 }
 

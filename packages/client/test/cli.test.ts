@@ -121,7 +121,16 @@ test('every command prints complete help, and docs/operations.md lists the same 
   const common = docOptions('', 'Common options').options;
   t.deepEqual(
     [...common.keys()],
-    ['--servers HOST:PORT,...', '--timeout MS', '--token TOKEN', '--user NAME', '--password-file FILE'],
+    [
+      '--servers HOST:PORT,...',
+      '--timeout MS',
+      '--token TOKEN',
+      '--user NAME',
+      '--password-file FILE',
+      '--tls-ca FILE',
+      '--tls-cert FILE',
+      '--tls-key FILE',
+    ],
   );
   const helps = await Promise.all(commands.map((c) => segmem([...c.split(' '), '--help'])));
   for (const [i, command] of commands.entries()) {

@@ -4,6 +4,7 @@
  * tokens survive the loss of any minority, and a restarted member simply catches up.
  */
 import { createHash } from 'node:crypto';
+import type { ConnectionOptions } from 'node:tls';
 import { DEFAULT_SEGMENT_BYTES, type Env, PAGE_BYTES, SegmemError, systemEnv } from '@segmem/protocol';
 import { parseSegmentBytes } from './config.js';
 import { StateMachine } from './core/state-machine.js';
@@ -52,6 +53,8 @@ export interface ClusterNodeOptions extends NodeOptions {
    * peers.json, meta.json) and its lock (default: the real one; the simulator passes its disk).
    */
   fs?: StorageFs;
+  /** Dial the other members over TLS with these options (the listen port serves TLS only); none: plain TCP. */
+  peerTls?: ConnectionOptions;
 }
 
 export interface PeerTransportOptions {
@@ -63,6 +66,8 @@ export interface PeerTransportOptions {
   env: Env;
   /** The cluster secret both ends of a peer link prove (shell/peer-auth.ts); null only in the simulator. */
   secret?: Buffer | null;
+  /** Dial the other members over TLS with these options; none: plain TCP. */
+  tls?: ConnectionOptions;
   /** Where a link reports why a peer refused it or failed its proof. */
   log?: (line: string) => void;
 }
@@ -76,6 +81,7 @@ function tcpTransport(opts: PeerTransportOptions): PeerTransport {
     opts.token,
     opts.env,
     opts.secret ?? null,
+    opts.tls,
     opts.log,
   );
 }
@@ -152,6 +158,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
       token: opts.token ?? null,
       env,
       secret,
+      ...(opts.peerTls ? { tls: opts.peerTls } : {}),
       ...(opts.log ? { log: opts.log } : {}),
     });
     let saving = Promise.resolve();

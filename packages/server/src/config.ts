@@ -51,6 +51,14 @@ export interface ServerConfig {
    * memory. In the file a number of bytes or a size string such as "512MiB".
    */
   maxMemory?: number | 'off';
+  /** TLS on the listen port: the server's certificate and key (PEM files); none: plain TCP. */
+  tlsCert?: string;
+  /** The private key of `tlsCert` (PEM file). */
+  tlsKey?: string;
+  /** CA certificates (PEM file) client and member certificates must chain to. */
+  tlsCa?: string;
+  /** Refuse clients without a certificate signed by `tlsCa`. */
+  tlsRequireClientCert?: boolean;
 }
 
 export const DEFAULT_CONFIG: ServerConfig = {
@@ -137,6 +145,10 @@ export function loadConfigFile(path: string): ServerConfig {
     'consolidatedKeep',
     'metrics',
     'maxMemory',
+    'tlsCert',
+    'tlsKey',
+    'tlsCa',
+    'tlsRequireClientCert',
   ]);
   for (const key of Object.keys(c))
     if (!known.has(key)) throw bad(`config file ${path}: unknown setting "${key}"`);
@@ -172,6 +184,16 @@ export function loadConfigFile(path: string): ServerConfig {
       throw bad('clusterSecretFile must be a non-empty path');
     // A relative path starts at the config file's directory: the two are distributed together.
     config.clusterSecretFile = resolve(dirname(path), c.clusterSecretFile);
+  }
+  for (const key of ['tlsCert', 'tlsKey', 'tlsCa'] as const) {
+    if (c[key] === undefined) continue;
+    if (typeof c[key] !== 'string' || c[key].length === 0)
+      throw bad(`${key} must be a non-empty path (a PEM file)`);
+    config[key] = c[key];
+  }
+  if (c.tlsRequireClientCert !== undefined) {
+    if (typeof c.tlsRequireClientCert !== 'boolean') throw bad('tlsRequireClientCert must be true or false');
+    config.tlsRequireClientCert = c.tlsRequireClientCert;
   }
   if (c.dataDir !== undefined) {
     if (typeof c.dataDir !== 'string' || c.dataDir.length === 0)

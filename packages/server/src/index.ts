@@ -1,7 +1,7 @@
 /**
  * @segmem/server: the segmem server and its building blocks.
  */
-import { SegmemError } from '@segmem/protocol';
+import { SegmemError, systemEnv } from '@segmem/protocol';
 import { openClusterNode } from './cluster.js';
 import {
   DEFAULT_CONFIG,
@@ -28,7 +28,9 @@ import {
   listen,
   parseHostPort,
 } from './shell/tcp.js';
+import type { ServerTls } from './shell/tls.js';
 import type { FsyncPolicy } from './storage/wal.js';
+import { loadServerTls, type TlsFiles } from './tls-files.js';
 
 export { type Env, SegmemError, systemEnv } from '@segmem/protocol';
 export { DEFAULT_CONFIG, loadConfigFile, parsePeers, type ServerConfig } from './config.js';
@@ -46,6 +48,7 @@ export {
 } from './shell/tcp.js';
 export { DataDir } from './storage/datadir.js';
 export type { FsyncPolicy, RecoveryReport } from './storage/wal.js';
+export type { TlsFiles } from './tls-files.js';
 
 /**
  * How {@link startServer} starts a server. Only `id`, `listen` and `dataDir` are required; every other
@@ -131,6 +134,12 @@ export interface StartServerOptions {
   maxConnections?: number;
   /** Connections open at once from one remote address; one more is refused. Default 64. */
   maxConnectionsPerAddress?: number;
+  /**
+   * Serve clients (and other members) over TLS only, with this certificate and key; overrides the config
+   * file's `tlsCert`, `tlsKey`, `tlsCa` and `tlsRequireClientCert`. Members then dial each other over TLS,
+   * checking certificates against `caFile` (else the system's roots). None: plain TCP.
+   */
+  tls?: TlsFiles;
   /** Receives recovery reports and warnings, one line each. */
   log?: (line: string) => void;
 }
@@ -206,6 +215,9 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   }
   const config = opts.config ? loadConfigFile(opts.config) : { ...DEFAULT_CONFIG };
   const listenOpts = listenOptions(opts);
+  // Bad certificate files stop the start here, before the data directory is opened or anything listens.
+  const tlsFiles = opts.tls ?? tlsFilesOf(config);
+  const tls: ServerTls | undefined = tlsFiles ? loadServerTls(tlsFiles, systemEnv.now()) : undefined;
   const peers = opts.peers ?? config.servers;
   const others = Object.keys(peers).filter((id) => id !== opts.id);
   for (const [id, address] of Object.entries(peers)) {
@@ -259,6 +271,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
           ...(metrics ? { metrics } : {}),
           peers,
           makeCore: (cfg) => new RaftNode(cfg),
+          ...(tls ? { peerTls: tls.peerOptions } : {}),
           ...(opts.join ? { join: true } : {}),
           ...(opts.rotateClusterSecret ? { rotateClusterSecret: true } : {}),
         });
@@ -268,7 +281,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   });
   let listener: Awaited<ReturnType<typeof listen>>;
   try {
-    listener = await listen(node, opts.listen, listenOpts);
+    listener = await listen(node, opts.listen, { ...listenOpts, ...(tls ? { tls } : {}) });
   } catch (err) {
     await node.close();
     await metricsServer?.close();
@@ -299,7 +312,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
 }
 
 /** The connection bounds, checked before anything starts. */
-function listenOptions(opts: StartServerOptions): Required<ListenOptions> {
+function listenOptions(opts: StartServerOptions): Required<Omit<ListenOptions, 'tls'>> {
   const atLeastOne = (name: string, value: number) => {
     const n = parseNonNegativeInteger(name, value);
     if (n < 1) throw new SegmemError('INVALID_ARGUMENT', `${name} must be at least 1; got ${n}`);
@@ -315,6 +328,23 @@ function listenOptions(opts: StartServerOptions): Required<ListenOptions> {
       'maxConnectionsPerAddress',
       opts.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     ),
+  };
+}
+
+/** The config file's TLS settings; none unless it names a certificate or key. */
+function tlsFilesOf(config: ServerConfig): TlsFiles | undefined {
+  if (config.tlsCert === undefined && config.tlsKey === undefined) {
+    if (config.tlsCa !== undefined || config.tlsRequireClientCert)
+      throw new SegmemError('INVALID_ARGUMENT', 'tlsCa and tlsRequireClientCert need tlsCert and tlsKey');
+    return undefined;
+  }
+  if (config.tlsCert === undefined || config.tlsKey === undefined)
+    throw new SegmemError('INVALID_ARGUMENT', 'TLS needs both tlsCert and tlsKey');
+  return {
+    certFile: config.tlsCert,
+    keyFile: config.tlsKey,
+    ...(config.tlsCa !== undefined ? { caFile: config.tlsCa } : {}),
+    ...(config.tlsRequireClientCert ? { requireClientCert: true } : {}),
   };
 }
 

@@ -6,7 +6,8 @@
  * Every wait is bounded: reaching a leader (dialling, the handshake, redirects, an election) by the
  * caller's `timeoutMs`, an answer by the time the request may take on the server plus `timeoutMs`.
  */
-import { connect as netConnect, type Socket } from 'node:net';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import {
   decodeError,
   decodeResponse,
@@ -31,6 +32,8 @@ export interface AdminOptions {
   token: string | null;
   /** Log in as this user (`--user`, `--password-file`); absent or null: none. */
   login?: { user: string; password: string } | null;
+  /** Connect over TLS with these options; none: plain TCP. */
+  tls?: ConnectionOptions;
   /** Told of every push the leader sends (requestId 0: INVALIDATE, CHANGED); none: pushes are ignored. */
   onPush?: (frame: Frame) => void;
   /** Told when the connection to the leader is lost (the next call finds the leader again). */
@@ -60,8 +63,11 @@ class Conn {
   private constructor(
     private readonly socket: Socket,
     readonly address: string,
+    tls: boolean,
   ) {
+    let heard = false;
     socket.on('data', (chunk: Buffer) => {
+      heard = true;
       let frames: Frame[];
       try {
         frames = this.decoder.push(chunk);
@@ -83,16 +89,27 @@ class Conn {
       }
     });
     socket.on('close', () =>
-      this.fail(new SegmemError('UNAVAILABLE', `${address} closed the connection`, { reason: 'CLOSED' })),
+      this.fail(
+        new SegmemError(
+          'UNAVAILABLE',
+          // A server that serves TLS only closes a plain connection without a word.
+          `${address} closed the connection${heard || tls ? '' : ' without a word (if it serves TLS: --tls-ca)'}`,
+          { reason: 'CLOSED' },
+        ),
+      ),
     );
     socket.on('error', () => {});
   }
 
   /** Dials `address`; fails with a one-line reason by `deadline` at the latest. */
-  static open(address: string, deadline: number): Promise<Conn> {
+  static open(address: string, deadline: number, tls?: ConnectionOptions): Promise<Conn> {
     const { host, port } = parseHostPort(address, 'server address');
     return new Promise((resolve, reject) => {
-      const s = netConnect({ host, port });
+      const s = tls
+        ? tlsConnect({ ...tls, host, port, ...(isIP(host) ? {} : { servername: host }) })
+        : netConnect({ host, port });
+      let tcpConnected = false;
+      if (tls) s.once('connect', () => (tcpConnected = true));
       const timer = setTimeout(
         () => {
           s.destroy();
@@ -100,12 +117,23 @@ class Conn {
         },
         Math.max(0, deadline - Date.now()),
       );
-      s.once('connect', () => {
+      s.once(tls ? 'secureConnect' : 'connect', () => {
         clearTimeout(timer);
-        resolve(new Conn(s, address));
+        resolve(new Conn(s, address, tls !== undefined));
       });
       s.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
+        if (tls && tcpConnected) {
+          // Reached, but no TLS: an untrusted certificate, one for another name, or a server without TLS.
+          const why = err.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:/, '').trim();
+          reject(
+            new SegmemError('UNAVAILABLE', `TLS handshake failed: ${why}`, {
+              reason: 'TLS',
+              tlsCode: err.code,
+            }),
+          );
+          return;
+        }
         reject(new SegmemError('UNAVAILABLE', describeSocketError(err), { reason: err.code ?? 'ERROR' }));
       });
     });
@@ -262,7 +290,7 @@ export class AdminSession {
   }
 
   private async connect(address: string, deadline: number): Promise<Conn> {
-    const conn = await Conn.open(address, deadline);
+    const conn = await Conn.open(address, deadline, this.opts.tls);
     if (this.opts.onPush) conn.onPush = this.opts.onPush;
     try {
       const hello = await conn.call(
@@ -343,10 +371,15 @@ export async function adminCall<T extends Request['type']>(
  */
 export async function memberStatus(
   address: string,
-  opts: { timeoutMs: number; token: string | null; login?: { user: string; password: string } | null },
+  opts: {
+    timeoutMs: number;
+    token: string | null;
+    login?: { user: string; password: string } | null;
+    tls?: ConnectionOptions;
+  },
 ): Promise<StatusOk> {
   const deadline = Date.now() + opts.timeoutMs;
-  const conn = await Conn.open(address, deadline);
+  const conn = await Conn.open(address, deadline, opts.tls);
   try {
     await conn.call(
       {

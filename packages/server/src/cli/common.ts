@@ -1,6 +1,7 @@
 /** What the `segmem` subcommands share: the connection options, output helpers, and the command type. */
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import type { ConnectionOptions } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { PROTOCOL_VERSION, parseHostPort, SegmemError, validateUserName } from '@segmem/protocol';
 import type { AdminOptions } from './admin-client.js';
@@ -45,6 +46,22 @@ export const PASSWORD_FILE_OPTION: OptionSpec = {
   help: "the --user's password: FILE's first line (never give a password as an argument)",
   default: '$SEGMEM_PASSWORD',
 };
+export const TLS_CA_OPTION: OptionSpec = {
+  name: 'tls-ca',
+  value: 'FILE',
+  help: "connect over TLS, trusting the servers' certificates signed by this CA (PEM)",
+  default: '$SEGMEM_TLS_CA; none: plain TCP',
+};
+export const TLS_CERT_OPTION: OptionSpec = {
+  name: 'tls-cert',
+  value: 'FILE',
+  help: 'connect over TLS with this client certificate (PEM), for servers that require one',
+};
+export const TLS_KEY_OPTION: OptionSpec = {
+  name: 'tls-key',
+  value: 'FILE',
+  help: 'the key of --tls-cert (PEM)',
+};
 export const JSON_OPTION: OptionSpec = { name: 'json', help: 'print JSON for scripts instead of text' };
 
 /** The options of every command that talks to a running cluster. */
@@ -54,6 +71,9 @@ export const CONNECTION_OPTIONS = [
   TOKEN_OPTION,
   USER_OPTION,
   PASSWORD_FILE_OPTION,
+  TLS_CA_OPTION,
+  TLS_CERT_OPTION,
+  TLS_KEY_OPTION,
 ];
 
 /** --servers, --timeout and --token, or their environment variables. */
@@ -69,6 +89,36 @@ export function connectionOf(p: Parsed): AdminOptions {
     timeoutMs: timeout === undefined ? DEFAULT_TIMEOUT_MS : parseCount('--timeout', timeout, 1, 2 ** 31 - 1),
     token: token === '' ? null : token,
     login: loginOf(p),
+    ...tlsOf(p),
+  };
+}
+
+/** --tls-ca, --tls-cert, --tls-key (or $SEGMEM_TLS_CA) as tls.connect options; none: plain TCP. */
+function tlsOf(p: Parsed): { tls?: ConnectionOptions } {
+  const caFile = p.values.get('tls-ca') ?? (process.env.SEGMEM_TLS_CA || undefined);
+  const certFile = p.values.get('tls-cert');
+  const keyFile = p.values.get('tls-key');
+  if ((certFile === undefined) !== (keyFile === undefined))
+    throw new UsageError('--tls-cert and --tls-key go together', null);
+  if (caFile === undefined && certFile === undefined) return {};
+  const read = (file: string, option: string) => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      throw new SegmemError(
+        'INVALID_ARGUMENT',
+        `cannot read ${option} ${file}: ${e.code === 'ENOENT' ? 'no such file' : e.message}`,
+      );
+    }
+  };
+  return {
+    tls: {
+      ...(caFile !== undefined ? { ca: read(caFile, '--tls-ca') } : {}),
+      ...(certFile !== undefined
+        ? { cert: read(certFile, '--tls-cert'), key: read(keyFile!, '--tls-key') }
+        : {}),
+    },
   };
 }
 

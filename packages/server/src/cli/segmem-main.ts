@@ -7,6 +7,7 @@
  */
 import { type CommandSpec, helpText, parseCommand, synopsis, UsageError } from './args.js';
 import { restore, snapshot } from './backup-commands.js';
+import { cert } from './cert-command.js';
 import { clusterAdd, clusterList, clusterRemove, status } from './cluster-commands.js';
 import { type Command, describe, versionLine } from './common.js';
 import { create, get, ls, put, rm, stat } from './data-commands.js';
@@ -41,6 +42,7 @@ export const COMMANDS: Command[] = [
   aclSet,
   aclRm,
   aclLs,
+  cert,
 ];
 
 /** Words that only group subcommands (`segmem cluster` alone lists its subcommands). */
@@ -57,7 +59,8 @@ function overview(commands: Command[] = COMMANDS, title = 'segmem COMMAND [ARGS]
     "segmem COMMAND --help prints a command's arguments and options; segmem --version its version.",
     'Commands that talk to a cluster take --servers (default $SEGMEM_SERVERS), --timeout MS (default 2000)',
     'and --token (default $SEGMEM_TOKEN), or --user NAME with --password-file FILE (default $SEGMEM_USER,',
-    '$SEGMEM_PASSWORD). A failure prints one line, "segmem: <message> (<CODE>)", and exits 1.',
+    '$SEGMEM_PASSWORD), and --tls-ca FILE (default $SEGMEM_TLS_CA) for servers that serve TLS. A failure',
+    'prints one line, "segmem: <message> (<CODE>)", and exits 1.',
   ];
   return `${lines.join('\n')}\n`;
 }

@@ -12,6 +12,7 @@ import {
   parseMaxMemory,
   parseNonNegativeInteger,
   parsePeers,
+  type ServerConfig,
 } from '../config.js';
 import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
@@ -19,6 +20,7 @@ import {
   DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
   type StartServerOptions,
   startServer,
+  type TlsFiles,
 } from '../index.js';
 import { MIN_MAX_MEMORY_BYTES } from '../node/budget.js';
 import { type CommandSpec, helpText, parseCommand, synopsis, UsageError } from './args.js';
@@ -149,6 +151,23 @@ export const SERVER_COMMAND: CommandSpec = {
       help: 'connections open at once from one remote address; one more is refused',
       default: String(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
     },
+    {
+      name: 'tls-cert',
+      value: 'FILE',
+      help: 'serve TLS only, with this certificate (PEM); members then dial each other over TLS',
+      default: "off, or the config file's tlsCert",
+    },
+    { name: 'tls-key', value: 'FILE', help: 'the private key of --tls-cert (PEM)' },
+    {
+      name: 'tls-ca',
+      value: 'FILE',
+      help: "CA certificates (PEM) that members' and client certificates must chain to",
+      default: 'the system roots',
+    },
+    {
+      name: 'tls-require-client-cert',
+      help: 'refuse clients without a certificate signed by --tls-ca (mutual TLS)',
+    },
   ],
 };
 
@@ -231,6 +250,7 @@ function serverOptions(values: Map<string, string>, flags: Set<string>): StartSe
   const maxMemory = values.has('max-memory')
     ? parseMaxMemory('--max-memory', values.get('max-memory')!, MIN_MAX_MEMORY_BYTES)
     : undefined;
+  const tls = tlsOptions(values, flags, config);
   return {
     id,
     listen,
@@ -256,6 +276,34 @@ function serverOptions(values: Map<string, string>, flags: Set<string>): StartSe
     ...(maxConnections !== undefined ? { maxConnections } : {}),
     ...(maxConnectionsPerAddress !== undefined ? { maxConnectionsPerAddress } : {}),
     ...(maxMemory !== undefined ? { maxMemory } : {}),
+    ...(tls ? { tls } : {}),
+  };
+}
+
+/** The --tls-* options over the config file's; none given: the config file's alone (startServer reads it). */
+function tlsOptions(
+  values: Map<string, string>,
+  flags: Set<string>,
+  config: ServerConfig | undefined,
+): TlsFiles | undefined {
+  const given =
+    ['tls-cert', 'tls-key', 'tls-ca'].some((o) => values.has(o)) || flags.has('tls-require-client-cert');
+  if (!given) return undefined;
+  const certFile = values.get('tls-cert') ?? config?.tlsCert;
+  const keyFile = values.get('tls-key') ?? config?.tlsKey;
+  if (!certFile || !keyFile)
+    throw new UsageError(
+      'TLS needs both --tls-cert and --tls-key (or tlsCert and tlsKey in the config file)',
+      SERVER_COMMAND,
+    );
+  const caFile = values.get('tls-ca') ?? config?.tlsCa;
+  return {
+    certFile: resolve(certFile),
+    keyFile: resolve(keyFile),
+    ...(caFile ? { caFile: resolve(caFile) } : {}),
+    ...(flags.has('tls-require-client-cert') || config?.tlsRequireClientCert
+      ? { requireClientCert: true }
+      : {}),
   };
 }
 

@@ -12,7 +12,8 @@
  * PEER_HELLO with our nonce, the peer's PEER_CHALLENGE with its nonce and proof, which we check, then our
  * PEER_PROOF. A peer whose proof fails is dropped and counted; its link re-dials like any other.
  */
-import { connect as netConnect, type Socket } from 'node:net';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import {
   type Env,
   type EnvTimer,
@@ -64,19 +65,30 @@ class PeerLink {
     private readonly address: string,
     private readonly who: LinkIdentity,
     private readonly env: Env,
+    private readonly tls?: ConnectionOptions,
+    /** Told why a TLS handshake with this peer failed (once per reason until a link comes up). */
+    private readonly onTlsError?: (message: string) => void,
   ) {
     this.dial();
   }
+  private lastTlsError = '';
 
   private dial(): void {
     if (this.closed) return;
     const { host, port } = parseHostPort(this.address, `address of peer ${this.id}`);
-    const socket = netConnect({ host, port, noDelay: true });
+    // With TLS the hello waits for the handshake (and the peer's certificate checked against the CA).
+    const socket = this.tls
+      ? tlsConnect({ ...this.tls, host, port, ...(isIP(host) ? {} : { servername: host }) })
+      : netConnect({ host, port, noDelay: true });
+    socket.setNoDelay(true);
     this.socket = socket;
     const { clusterId, self, token, secret } = this.who;
     const nonce = secret ? newNonce() : undefined;
     const decoder = new FrameDecoder({ maxFrameBytes: MAX_HANDSHAKE_FRAME_BYTES, maxHeaderElements: 16 });
-    socket.on('connect', () => {
+    let tcpConnected = false;
+    if (this.tls) socket.once('connect', () => (tcpConnected = true));
+    socket.on(this.tls ? 'secureConnect' : 'connect', () => {
+      this.lastTlsError = '';
       const hello = encodePeerHello({
         clusterId,
         from: self,
@@ -99,7 +111,12 @@ class PeerLink {
         this.fail(socket, `peer link to ${this.id} at ${this.address}: ${(err as Error).message}`);
       }
     });
-    socket.on('error', () => {});
+    socket.on('error', (err: Error) => {
+      // A misconfigured certificate or CA shows nowhere else: the link just never comes up.
+      if (!this.tls || !tcpConnected || this.connected || err.message === this.lastTlsError) return;
+      this.lastTlsError = err.message;
+      this.onTlsError?.(err.message);
+    });
     socket.on('close', () => {
       this.connected = false;
       this.socket = null;
@@ -208,6 +225,8 @@ export class PeerTransport {
     private readonly env: Env,
     /** The cluster secret both ends of a link prove; null: links without proof (tests of old peers only). */
     secret: Buffer | null = null,
+    /** Dial members over TLS with these options; none: plain TCP. */
+    private readonly tls?: ConnectionOptions,
     log?: (line: string) => void,
   ) {
     this.who = {
@@ -227,7 +246,12 @@ export class PeerTransport {
       if (id === this.who.self || this.links.has(id)) continue;
       const address = this.addresses[id];
       if (!address) continue; // no known address: the operator adds it with the member
-      this.links.set(id, new PeerLink(id, address, this.who, this.env));
+      this.links.set(
+        id,
+        new PeerLink(id, address, this.who, this.env, this.tls, (message) =>
+          this.who.log?.(`TLS handshake with member ${id} at ${address} failed: ${message}`),
+        ),
+      );
     }
     for (const [id, link] of this.links) {
       if (!members.includes(id)) {

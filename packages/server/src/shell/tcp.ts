@@ -11,6 +11,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { encodeError, parseHostPort, SegmemError } from '@segmem/protocol';
 import type { SegmemNode } from '../node/index.js';
 import { ServerConnection } from './connection.js';
+import { acceptTls, type ServerTls } from './tls.js';
 
 /** A connection that has not logged in (HELLO or PEER_HELLO accepted) this long after it was accepted is closed. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -32,6 +33,11 @@ export interface ListenOptions {
   maxConnections?: number;
   /** Default DEFAULT_MAX_CONNECTIONS_PER_ADDRESS. */
   maxConnectionsPerAddress?: number;
+  /**
+   * Accept only TLS connections (clients and members alike); none: plain TCP. The TLS handshake counts
+   * against `handshakeTimeoutMs` and the connection limits, as everything before login does.
+   */
+  tls?: ServerTls;
 }
 
 /** Connections the listener closed before they logged in, by why. */
@@ -76,7 +82,9 @@ export async function listen(
   let refusedOpen = 0;
   let receivedBytes = 0;
   let sentBytes = 0;
-  const server: Server = createServer({ noDelay: true }, (socket) => {
+  const tls = opts.tls;
+  const server: Server = createServer({ noDelay: true }, (accepted) => {
+    const socket: Socket = tls ? acceptTls(accepted, tls) : accepted;
     const remote = socket.remoteAddress ?? '';
     const fromRemote = perAddress.get(remote) ?? 0;
     if (sockets.size >= maxConnections || fromRemote >= maxPerAddress) {

@@ -1,0 +1,540 @@
+/**
+ * TLS on the servers' port, against real `segmem-server` processes over real sockets, with certificates made
+ * by `segmem cert` (the system's openssl): a client that trusts the CA works, one that does not is refused
+ * with a typed error, a plain client gets nothing, members of a TLS cluster elect and commit over TLS, and
+ * bad certificate files stop a server before it listens.
+ */
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { connect as netConnect, type Socket } from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import {
+  decodeError,
+  encodeRequest,
+  type Frame,
+  FrameDecoder,
+  MessageType,
+  PROTOCOL_VERSION,
+  SegmemError,
+} from '@segmem/protocol';
+import test from 'ava';
+import { connect } from '../src/index.js';
+import {
+  bump,
+  freePort,
+  runNode,
+  segmemBin,
+  serverBin,
+  startServerProcess,
+  TestCluster,
+  tempDir,
+  untilItWorks,
+  waitFor,
+} from './helpers.js';
+
+const certs = tempDir('segmem-tls-');
+const compatUrl = pathToFileURL(resolve(dirname(fileURLToPath(import.meta.url)), '../src/compat.js')).href;
+const file = (name: string) => join(certs.path, name);
+/** The server options of a TLS server with the certificates of `segmem cert`. */
+const serverTls = () => [
+  '--tls-cert',
+  file('server.pem'),
+  '--tls-key',
+  file('server-key.pem'),
+  '--tls-ca',
+  file('ca.pem'),
+];
+
+test.before(async () => {
+  const r = await runNode(segmemBin, [
+    'cert',
+    '--out',
+    certs.path,
+    '--host',
+    '127.0.0.1',
+    '--host',
+    'localhost',
+  ]).done;
+  if (r.code !== 0) throw new Error(`segmem cert failed: ${r.stderr}`);
+});
+test.after.always(() => certs.cleanup());
+
+test('segmem cert writes a CA, a server and a client certificate, keys readable by the owner only', (t) => {
+  for (const name of ['ca', 'server', 'client']) {
+    t.true(readFileSync(file(`${name}.pem`), 'utf8').startsWith('-----BEGIN CERTIFICATE-----'), name);
+    t.is(statSync(file(`${name}-key.pem`)).mode & 0o777, 0o600, `${name}-key.pem has mode 0600`);
+  }
+  t.false(existsSync(join(certs.path, 'openssl.cnf')), 'no working files left behind');
+});
+
+test('segmem cert signs with the CA already in DIR, and will not replace a CA whose key is not there', async (t) => {
+  const out = tempDir('segmem-tls-again-');
+  try {
+    const first = await runNode(segmemBin, ['cert', '--out', out.path, '--host', '127.0.0.1']).done;
+    t.is(first.code, 0, first.stderr);
+    const ca = readFileSync(join(out.path, 'ca.pem'), 'utf8');
+    const again = await runNode(segmemBin, ['cert', '--out', out.path, '--host', 'localhost']).done;
+    t.is(again.code, 0, again.stderr);
+    t.regex(again.stdout, /using the CA in /);
+    t.is(readFileSync(join(out.path, 'ca.pem'), 'utf8'), ca, 'the same CA');
+    rmSync(join(out.path, 'ca-key.pem'));
+    const noKey = await runNode(segmemBin, ['cert', '--out', out.path, '--host', 'localhost']).done;
+    t.is(noKey.code, 1);
+    t.regex(noKey.stderr, /^segmem: .*ca\.pem exists without ca-key\.pem beside it.* \(ALREADY_EXISTS\)$/m);
+    t.is(readFileSync(join(out.path, 'ca.pem'), 'utf8'), ca, 'the CA is left alone');
+  } finally {
+    out.cleanup();
+  }
+});
+
+test('segmem cert without openssl on PATH fails with one line saying so', async (t) => {
+  const out = tempDir('segmem-tls-noopenssl-');
+  try {
+    const r = await runNode(segmemBin, ['cert', '--out', out.path, '--host', '127.0.0.1'], {
+      env: { PATH: '' },
+    }).done;
+    t.is(r.code, 1);
+    t.is(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
+    t.regex(r.stderr, /^segmem: segmem cert needs the openssl program on PATH .*\(UNAVAILABLE\)$/m);
+    t.false(existsSync(join(out.path, 'ca.pem')));
+  } finally {
+    out.cleanup();
+  }
+});
+
+/** A raw TCP connection that sends a HELLO frame in the clear and records what comes back. */
+async function plainHello(address: string): Promise<{ received: number; closed: Promise<void> }> {
+  const at = address.lastIndexOf(':');
+  const socket: Socket = await new Promise((resolve, reject) => {
+    const s = netConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)) }, () =>
+      resolve(s),
+    );
+    s.once('error', reject);
+  });
+  const result = { received: 0, closed: new Promise<void>((r) => socket.once('close', () => r())) };
+  socket.on('data', (chunk: Buffer) => (result.received += chunk.length));
+  socket.on('error', () => {});
+  for (const part of encodeRequest(
+    { type: 'HELLO', protocol: PROTOCOL_VERSION, token: null, sessionTimeoutMs: 5000, clientName: 'plain' },
+    1,
+  ))
+    socket.write(part);
+  return result;
+}
+
+test('a TLS server: a client with the CA works, one without it is refused, a plain client gets nothing', async (t) => {
+  const data = tempDir();
+  const server = await startServerProcess({ dataDir: data.path, fsync: 'none', extra: serverTls() });
+  const ca = readFileSync(file('ca.pem'));
+  try {
+    const seg = await connect({ servers: [server.address], tls: { ca } });
+    try {
+      await seg.create('tls/counter', 8);
+      await bump(seg, 'tls/counter', 3);
+      t.is(await seg.read('tls/counter', (h) => h.bytes.readUInt32LE(0)), 3);
+
+      // No CA: the self-made CA is not among the system's roots.
+      const untrusted = await connect({ servers: [server.address], tls: {} }).catch((e: unknown) => e);
+      t.true(SegmemError.is(untrusted, 'UNAVAILABLE'), String(untrusted));
+      t.is((untrusted as SegmemError).details?.reason, 'TLS');
+      t.regex((untrusted as SegmemError).message, /TLS handshake with .* failed: .*certificate/);
+
+      // A certificate for other names than the one dialled.
+      const otherName = await connect({
+        servers: [server.address],
+        tls: { ca, servername: 'example.com' },
+      }).catch((e: unknown) => e);
+      t.is((otherName as SegmemError).details?.tlsCode, 'ERR_TLS_CERT_ALTNAME_INVALID');
+
+      // In the clear: the HELLO frame is never read as one; no byte comes back, the connection closes.
+      const plain = await plainHello(server.address);
+      await plain.closed;
+      t.is(plain.received, 0, 'a plain client gets no frame');
+      const plainClient = await connect({ servers: [server.address], sessionTimeoutMs: 6000 }).catch(
+        (e: unknown) => e,
+      );
+      t.true(SegmemError.is(plainClient, 'UNAVAILABLE'), String(plainClient));
+      t.regex((plainClient as SegmemError).message, /requires TLS/);
+
+      // The server is still up and the TLS session still serves.
+      await bump(seg, 'tls/counter');
+      t.is(await seg.read('tls/counter', (h) => h.bytes.readUInt32LE(0)), 4);
+
+      // The CLI over TLS, and refused without the CA.
+      const status = await runNode(segmemBin, [
+        'status',
+        '--servers',
+        server.address,
+        '--timeout',
+        '10000',
+        '--tls-ca',
+        file('ca.pem'),
+      ]).done;
+      t.is(status.code, 0, status.stderr);
+      t.regex(status.stdout, /leader/);
+      const get = await runNode(segmemBin, [
+        'get',
+        'tls/counter',
+        '--servers',
+        server.address,
+        '--timeout',
+        '10000',
+        '--tls-ca',
+        file('ca.pem'),
+      ]).done;
+      t.is(get.code, 0, get.stderr);
+      const plainLs = await runNode(segmemBin, ['ls', '--servers', server.address, '--timeout', '10000'])
+        .done;
+      t.is(plainLs.code, 1);
+      t.regex(plainLs.stderr, /closed the connection without a word \(if it serves TLS: --tls-ca\)/);
+      const noCa = await runNode(segmemBin, ['ls', '--servers', server.address, '--timeout', '10000'], {
+        env: { SEGMEM_TLS_CA: file('client.pem') },
+      }).done;
+      t.is(noCa.code, 1);
+      t.regex(noCa.stderr, /TLS handshake failed/);
+
+      // The compat API: SEGMEM_SERVERS and SEGMEM_TLS_CA.
+      const script = join(certs.path, 'compat-client.mjs');
+      writeFileSync(
+        script,
+        `import * as c from ${JSON.stringify(compatUrl)};
+await c.init_persistant();
+await c.p_create(4, 'compat');
+const b = await c.p_access_readwrite('compat');
+b.writeUInt32LE(7, 0);
+await c.p_release_readwrite(b);
+await c.close_persistant();
+`,
+      );
+      const compat = await runNode(script, [], {
+        env: { SEGMEM_SERVERS: server.address, SEGMEM_TLS_CA: file('ca.pem') },
+      }).done;
+      t.is(compat.code, 0, compat.stderr);
+      t.is(await seg.read('compat', (h) => h.bytes.readUInt32LE(0)), 7);
+    } finally {
+      await seg.close();
+    }
+  } finally {
+    t.is(await server.stop(), 0);
+    data.cleanup();
+  }
+});
+
+test('the handshake deadline and the connection limits hold for TLS connections', async (t) => {
+  const data = tempDir();
+  const server = await startServerProcess({
+    dataDir: data.path,
+    fsync: 'none',
+    // Long enough for two TLS handshakes and a refusal on a loaded machine, short enough to wait out.
+    extra: [...serverTls(), '--handshake-timeout-ms', '2000', '--max-connections-per-address', '2'],
+  });
+  const at = server.address.lastIndexOf(':');
+  const host = server.address.slice(0, at);
+  const port = Number(server.address.slice(at + 1));
+  try {
+    // A TCP connection that never starts the TLS handshake is closed at the deadline.
+    const idle = netConnect({ host, port });
+    idle.on('error', () => {});
+    const started = Date.now();
+    await new Promise<void>((r) => idle.once('close', () => r()));
+    const waitedMs = Date.now() - started;
+    t.true(waitedMs >= 1900 && waitedMs < 15_000, `closed at the deadline, after ${waitedMs} ms`);
+
+    // Two TLS connections that do not log in, then a third: refused with an error frame, over TLS.
+    const open = async () => {
+      const s = tlsConnect({ host, port, ca: readFileSync(file('ca.pem')) });
+      s.on('error', () => {});
+      await new Promise<void>((resolve, reject) => {
+        s.once('secureConnect', () => resolve());
+        s.once('error', reject);
+      });
+      return s;
+    };
+    await untilItWorks(
+      async () => {
+        const held = [await open(), await open()];
+        try {
+          const third = await open();
+          const decoder = new FrameDecoder();
+          const frames: Frame[] = [];
+          third.on('data', (c: Buffer) => frames.push(...decoder.push(c)));
+          await waitFor(() => frames.length > 0, 'the refusal of the third connection', 3000);
+          t.is(frames[0]!.type, MessageType.ERROR);
+          const err = decodeError(frames[0]!);
+          t.is(err.code, 'UNAVAILABLE');
+          t.regex(err.message, /connections from .* are open/);
+          third.destroy();
+        } finally {
+          for (const s of held) s.destroy();
+        }
+      },
+      'two TLS connections held and a third refused',
+      30_000,
+    );
+  } finally {
+    t.is(await server.stop(), 0);
+    data.cleanup();
+  }
+});
+
+test('--tls-require-client-cert: only a client with a certificate of the CA gets in', async (t) => {
+  const data = tempDir();
+  const server = await startServerProcess({
+    dataDir: data.path,
+    fsync: 'none',
+    extra: [...serverTls(), '--tls-require-client-cert'],
+  });
+  const ca = readFileSync(file('ca.pem'));
+  try {
+    const anonymous = await connect({ servers: [server.address], tls: { ca }, sessionTimeoutMs: 6000 }).catch(
+      (e: unknown) => e,
+    );
+    t.true(SegmemError.is(anonymous, 'UNAVAILABLE'), String(anonymous));
+    t.regex((anonymous as SegmemError).message, /certificate required/i);
+    const seg = await connect({
+      servers: [server.address],
+      tls: { ca, cert: readFileSync(file('client.pem')), key: readFileSync(file('client-key.pem')) },
+    });
+    await seg.create('mtls', 4);
+    t.is((await seg.stat('mtls')).size, 4);
+    await seg.close();
+    const cli = await runNode(segmemBin, [
+      'stat',
+      'mtls',
+      '--servers',
+      server.address,
+      '--timeout',
+      '10000',
+      '--tls-ca',
+      file('ca.pem'),
+      '--tls-cert',
+      file('client.pem'),
+      '--tls-key',
+      file('client-key.pem'),
+    ]).done;
+    t.is(cli.code, 0, cli.stderr);
+  } finally {
+    t.is(await server.stop(), 0);
+    data.cleanup();
+  }
+});
+
+test('a 3-member mutual-TLS cluster elects a leader, commits, and a client follows a failover over TLS', async (t) => {
+  const root = tempDir();
+  // Members must present a certificate of the CA to each other too.
+  const cluster = await TestCluster.start(3, root.path, 'batch', () => [
+    ...serverTls(),
+    '--tls-require-client-cert',
+  ]);
+  const tls = {
+    ca: readFileSync(file('ca.pem')),
+    cert: readFileSync(file('client.pem')),
+    key: readFileSync(file('client-key.pem')),
+  };
+  try {
+    const seg = await connect({ servers: cluster.addresses, tls, sessionTimeoutMs: 3000 });
+    try {
+      await untilItWorks(
+        () => seg.create('tls/cluster', 8, { ifNotExists: true }),
+        'a leader to commit',
+        20_000,
+      );
+      await bump(seg, 'tls/cluster', 5);
+
+      // Large grants' pages come from followers, on page-reader connections of their own: TLS too.
+      const size = 512 * 1024;
+      await untilItWorks(() => seg.create('tls/big', size, { ifNotExists: true }), 'creating tls/big');
+      const reader = await connect({ servers: cluster.addresses, tls, sessionTimeoutMs: 3000 });
+      try {
+        let round = 0;
+        await waitFor(
+          async () => {
+            round++;
+            await seg.update('tls/big', (h) => h.bytes.fill(round % 251));
+            await reader.read('tls/big', (h) => t.true(h.bytes.every((b) => b === round % 251)));
+            return (reader as unknown as { stats(): { pageReads: { fromFollowers: number } } }).stats()
+              .pageReads.fromFollowers;
+          },
+          'a grant whose pages came from a follower over TLS',
+          20_000,
+        );
+      } finally {
+        await reader.close();
+      }
+
+      const leader = await waitFor(() => cluster.leader(), 'a leader');
+      await cluster.kill(leader.id);
+      await untilItWorks(() => bump(seg, 'tls/cluster'), 'a write after the failover', 20_000);
+      t.is(await seg.read('tls/cluster', (h) => h.bytes.readUInt32LE(0)), 6);
+      t.not(cluster.leader()?.id, leader.id);
+    } finally {
+      await seg.close();
+    }
+  } catch (err) {
+    t.log(cluster.history());
+    throw err;
+  } finally {
+    await cluster.stopAll();
+    root.cleanup();
+  }
+});
+
+test('the config file keys tlsCert, tlsKey and tlsCa turn TLS on; bad values are refused', async (t) => {
+  const dir = tempDir();
+  try {
+    const config = join(dir.path, 'segmem.json');
+    writeFileSync(
+      config,
+      JSON.stringify({ tlsCert: file('server.pem'), tlsKey: file('server-key.pem'), tlsCa: file('ca.pem') }),
+    );
+    const server = await startServerProcess({
+      dataDir: join(dir.path, 'data'),
+      fsync: 'none',
+      extra: ['--config', config],
+    });
+    try {
+      const seg = await connect({
+        servers: [server.address],
+        tls: { ca: readFileSync(file('ca.pem'), 'utf8') },
+      });
+      await seg.create('from-config', 4);
+      await seg.close();
+      const plain = await plainHello(server.address);
+      await plain.closed;
+      t.is(plain.received, 0);
+    } finally {
+      t.is(await server.stop(), 0);
+    }
+    writeFileSync(config, JSON.stringify({ tlsCert: file('server.pem'), tlsRequireClientCert: 'yes' }));
+    const r = await runNode(serverBin, [
+      '--id',
+      's1',
+      '--listen',
+      '127.0.0.1:0',
+      '--data',
+      join(dir.path, 'd2'),
+      '--config',
+      config,
+    ]).done;
+    t.is(r.code, 1);
+    t.regex(r.stderr, /^segmem-server: tlsRequireClientCert must be true or false \(INVALID_ARGUMENT\)$/m);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('connect refuses a tls option of the wrong shape before dialling', async (t) => {
+  for (const [tls, message] of [
+    ['yes', /tls must be an object/],
+    [{ ca: 42 }, /tls\.ca has the wrong type/],
+    [{ cert: 'x' }, /tls\.cert and tls\.key go together/],
+    [{ ciphers: 'x' }, /tls\.ciphers is not a TLS option/],
+  ] as const) {
+    const err = await connect({ servers: ['127.0.0.1:1'], tls: tls as never }).catch((e: unknown) => e);
+    t.true(SegmemError.is(err, 'INVALID_ARGUMENT'), String(err));
+    t.regex((err as Error).message, message);
+  }
+});
+
+test('a member with a certificate of another CA is kept out of a mutual-TLS group, and both sides say why', async (t) => {
+  const root = tempDir();
+  const otherCa = join(root.path, 'other-ca');
+  const made = await runNode(segmemBin, ['cert', '--out', otherCa, '--host', '127.0.0.1']).done;
+  t.is(made.code, 0, made.stderr);
+  const cluster = await TestCluster.start(3, root.path, 'batch', (id) =>
+    id === 's3'
+      ? [
+          '--tls-cert',
+          join(otherCa, 'server.pem'),
+          '--tls-key',
+          join(otherCa, 'server-key.pem'),
+          '--tls-ca',
+          join(otherCa, 'ca.pem'),
+          '--tls-require-client-cert',
+        ]
+      : [...serverTls(), '--tls-require-client-cert'],
+  );
+  const tls = {
+    ca: readFileSync(file('ca.pem')),
+    cert: readFileSync(file('client.pem')),
+    key: readFileSync(file('client-key.pem')),
+  };
+  try {
+    // s1 and s2 are a majority: they elect and commit without s3.
+    const seg = await connect({ servers: cluster.addresses.slice(0, 2), tls });
+    await untilItWorks(
+      () => seg.create('kept-out', 4, { ifNotExists: true }),
+      'a commit by s1 and s2',
+      20_000,
+    );
+    await seg.close();
+    await waitFor(
+      () => /TLS handshake with member s3 at \S+ failed: /.test(cluster.member('s1').server!.stderr()),
+      's1 saying why it cannot reach s3',
+    );
+    await waitFor(
+      () => /TLS handshake with member s1 at \S+ failed: /.test(cluster.member('s3').server!.stderr()),
+      's3 saying why it cannot reach s1',
+    );
+    t.not(cluster.leader()?.id, 's3');
+  } catch (err) {
+    t.log(cluster.history());
+    throw err;
+  } finally {
+    await cluster.stopAll();
+    root.cleanup();
+  }
+});
+
+test('bad certificate files stop the server with one line naming the file, before it listens', async (t) => {
+  const dir = tempDir();
+  try {
+    const garbage = join(dir.path, 'garbage.pem');
+    writeFileSync(garbage, 'not a certificate\n');
+    const port = await freePort();
+    const cases: [string[], RegExp][] = [
+      [
+        ['--tls-cert', join(dir.path, 'missing.pem'), '--tls-key', file('server-key.pem')],
+        /missing\.pem: no such file/,
+      ],
+      [['--tls-cert', garbage, '--tls-key', file('server-key.pem')], /garbage\.pem holds no PEM data/],
+      [
+        ['--tls-cert', file('server-key.pem'), '--tls-key', file('server-key.pem')],
+        /server-key\.pem holds no valid certificate/,
+      ],
+      [
+        ['--tls-cert', file('server.pem'), '--tls-key', file('server.pem')],
+        /server\.pem holds no valid private key/,
+      ],
+      [
+        ['--tls-cert', file('server.pem'), '--tls-key', file('client-key.pem')],
+        /client-key\.pem is not the key of the certificate in .*server\.pem/,
+      ],
+      [
+        ['--tls-cert', file('server.pem'), '--tls-key', file('server-key.pem'), '--tls-require-client-cert'],
+        /needs a CA file/,
+      ],
+      [['--tls-cert', file('server.pem')], /TLS needs both --tls-cert and --tls-key/],
+    ];
+    for (const [args, message] of cases) {
+      const data = join(dir.path, 'data');
+      const r = await runNode(serverBin, [
+        '--id',
+        's1',
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--data',
+        data,
+        ...args,
+      ]).done;
+      t.is(r.code, 1, args.join(' '));
+      t.is(r.stdout, '', 'no ready line');
+      t.regex(r.stderr.split('\n')[0]!, message);
+      t.regex(r.stderr.split('\n')[0]!, /^segmem-server: .* \(INVALID_ARGUMENT\)$/);
+      t.false(existsSync(data), 'the data directory was not even created');
+    }
+  } finally {
+    dir.cleanup();
+  }
+});
