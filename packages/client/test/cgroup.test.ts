@@ -6,7 +6,9 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { connect as netConnect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
+import { encodeRequest, PROTOCOL_VERSION, type Request } from '@segmem/protocol';
 import { AdminSession } from '@segmem/server/internal/cli/admin-client';
 import test from 'ava';
 import { connect, SegmemError, type Segment } from '../src/index.js';
@@ -209,9 +211,27 @@ test('under a cgroup memory limit, a flooded server with --max-memory stays up, 
     const many = await Promise.all(Array.from({ length: 40 }, () => connect({ servers: [server!.address] })));
     segs.push(...many);
     await Promise.all(many.map((s, k) => s.read(`o${k}`, (h) => h.bytes.readUInt32LE(0))));
-    // TODO(sendq): pipelining large grants from a client that never reads its socket belongs here once
-    // per-connection send queues are bounded (the `sendq` work); without it that flood is not bounded.
+    // Greedy clients: each pipelines 64 read acquires of a 1 MiB object and never reads its socket (20 of
+    // them ask for 1.25 GiB of answers). Answers wait for room instead of piling up in the server.
+    const greedy = await Promise.all(
+      Array.from({ length: 20 }, (_, k) => greedyAcquires(server!.address, `o${k}`, 64)),
+    );
+    // The flood reached the server: every greedy session holds read grants (beside the kept grant of the
+    // client above that read the same object).
+    const watcher = new AdminSession({ servers: [server.address], timeoutMs: 5000, token: null });
+    await waitFor(
+      async () => {
+        const status = await watcher.call({ type: 'STATUS' }, 10_000);
+        return Array.from({ length: 20 }, (_, k) => `o${k}`).every((name) =>
+          status.locks.some(([n, , holders]) => n === name && holders >= 2),
+        );
+      },
+      'the greedy acquires granted',
+      30_000,
+    );
+    await watcher.close();
     await servedWithinDeadline(seg, 'o0');
+    for (const socket of greedy) socket.destroy();
     await Promise.all(many.map((s) => s.close()));
     segs.length = 1;
 
@@ -268,3 +288,42 @@ test('under a cgroup memory limit, a flooded server with --max-memory stays up, 
     dir.cleanup();
   }
 });
+
+/**
+ * A raw connection that logs in, then pipelines `count` read acquires of `name` in one write and never
+ * reads what comes back.
+ */
+function greedyAcquires(address: string, name: string, count: number): Promise<Socket> {
+  const at = address.lastIndexOf(':');
+  const hello: Request = {
+    type: 'HELLO',
+    protocol: PROTOCOL_VERSION,
+    sessionTimeoutMs: 60_000,
+    pageReader: false,
+  };
+  const acquires = Array.from(
+    { length: count },
+    (_, i): Request => ({
+      type: 'ACQUIRE',
+      seq: i + 1,
+      name,
+      mode: 'read',
+      cachedId: 0,
+      cachedVersion: 0,
+      timeoutMs: null,
+    }),
+  );
+  return new Promise((resolve, reject) => {
+    const socket = netConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)) }, () => {
+      for (const p of encodeRequest(hello, 1)) socket.write(p);
+    });
+    socket.once('error', reject);
+    // The HELLO's answer (the session) comes first; from then on nothing is read.
+    socket.once('data', () => {
+      socket.pause();
+      socket.write(Buffer.concat(acquires.flatMap((req, i) => encodeRequest(req, i + 2))), () =>
+        resolve(socket),
+      );
+    });
+  });
+}
