@@ -678,7 +678,8 @@ async function streamRecords(
   let fd: number;
   let size: number;
   try {
-    fd = await fs.open(path, 'r');
+    // The same fault step as a whole-file read: a test's read error hits either path.
+    fd = await fs.open(path, 'r', 'recovery.read-wal');
   } catch (err) {
     throw unreadable(path, err, 'read');
   }
