@@ -254,6 +254,17 @@ export class TestCluster {
     fsync = 'batch',
     extra: (id: string) => string[] = () => [],
   ): Promise<TestCluster> {
+    // A port freePort chose can be taken by another process before the member binds it: start again
+    // on fresh ports (and fresh directories) then.
+    return retryOnAddressInUse(() => TestCluster.startOnce(size, root, fsync, extra));
+  }
+
+  private static async startOnce(
+    size: number,
+    root: string,
+    fsync: string,
+    extra: (id: string) => string[],
+  ): Promise<TestCluster> {
     const members: ClusterMember[] = [];
     for (let i = 0; i < size; i++) {
       members.push({
@@ -268,7 +279,14 @@ export class TestCluster {
     mkdirSync(root, { recursive: true });
     if (!existsSync(secretFile)) createClusterSecretFile(secretFile);
     const cluster = new TestCluster(members, fsync, extra, secretFile);
-    await Promise.all(members.map((m) => cluster.startMember(m.id)));
+    const starts = await Promise.allSettled(members.map((m) => cluster.startMember(m.id)));
+    const failed = starts.find((r) => r.status === 'rejected');
+    if (failed) {
+      await cluster.stopAll();
+      if (/EADDRINUSE/.test(String((failed.reason as Error)?.message)))
+        for (const m of members) rmSync(m.dataDir, { recursive: true, force: true });
+      throw failed.reason;
+    }
     return cluster;
   }
 
