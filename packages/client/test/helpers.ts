@@ -142,7 +142,11 @@ export async function startServerProcess(opts: {
       if (m) resolveReady(m[1]!);
     });
     exited.then((code) => reject(new Error(`segmem-server exited (${code}) before ready: ${err}`)));
-    setTimeout(() => reject(new Error(`segmem-server not ready after 15 s: ${err}`)), 15_000).unref();
+    setTimeout(() => {
+      // Not left running: a server nobody holds keeps the test's worker (and the whole run) alive.
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      reject(new Error(`segmem-server not ready after 15 s: ${err}`));
+    }, 15_000).unref();
   });
   return {
     address,
