@@ -136,17 +136,21 @@ export async function startServerProcess(opts: {
   // 'close', not 'exit': only then has everything the server wrote to stderr been read.
   const exited = new Promise<number | null>((r) => proc.once('close', (code) => r(code)));
   const address = await new Promise<string>((resolveReady, reject) => {
-    const lines = createInterface({ input: proc.stdout! });
-    lines.on('line', (line) => {
-      const m = / ready on (\S+)$/.exec(line);
-      if (m) resolveReady(m[1]!);
-    });
-    exited.then((code) => reject(new Error(`segmem-server exited (${code}) before ready: ${err}`)));
-    setTimeout(() => {
+    const notReady = setTimeout(() => {
       // Not left running: a server nobody holds keeps the test's worker (and the whole run) alive.
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
       reject(new Error(`segmem-server not ready after 15 s: ${err}`));
-    }, 15_000).unref();
+    }, 15_000);
+    notReady.unref();
+    const lines = createInterface({ input: proc.stdout! });
+    lines.on('line', (line) => {
+      const m = / ready on (\S+)$/.exec(line);
+      if (m) {
+        clearTimeout(notReady);
+        resolveReady(m[1]!);
+      }
+    });
+    exited.then((code) => reject(new Error(`segmem-server exited (${code}) before ready: ${err}`)));
   });
   return {
     address,
