@@ -6,21 +6,12 @@
  */
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { connect as netConnect, type Socket } from 'node:net';
 import { join } from 'node:path';
-import {
-  decodeResponse,
-  encodeRequest,
-  type Frame,
-  FrameDecoder,
-  PROTOCOL_VERSION,
-  type Request,
-  type RequestType,
-  SegmemError,
-} from '@segmem/protocol';
+import { SegmemError } from '@segmem/protocol';
 import test, { type ExecutionContext } from 'ava';
 import { connect, type Segment } from '../src/index.js';
 import {
+  RawConnection,
   runNode,
   segmemBin,
   startServerProcess,
@@ -70,60 +61,6 @@ async function ok(t: ExecutionContext, run: Promise<Run>): Promise<string> {
   const r = await run;
   t.is(r.code, 0, r.stderr);
   return r.stdout;
-}
-
-/** A raw protocol connection, to see exactly what the server answers and when it closes. */
-class Raw {
-  private readonly decoder = new FrameDecoder();
-  private readonly frames: Frame[] = [];
-  closed = false;
-  private nextId = 1;
-
-  private constructor(readonly socket: Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      for (const f of this.decoder.push(chunk)) this.frames.push(f);
-    });
-    socket.on('close', () => {
-      this.closed = true;
-    });
-    socket.on('error', () => {});
-  }
-
-  static open(address: string): Promise<Raw> {
-    const at = address.lastIndexOf(':');
-    return new Promise((resolve, reject) => {
-      const s = netConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)) }, () =>
-        resolve(new Raw(s)),
-      );
-      s.once('error', reject);
-    });
-  }
-
-  async next(what: string): Promise<Frame | null> {
-    await waitFor(() => this.frames.length > 0 || this.closed, what, 10_000);
-    return this.frames.shift() ?? null;
-  }
-
-  /** Sends `req` and decodes its answer (an ERROR throws its SegmemError). */
-  async call<T extends RequestType>(req: Extract<Request, { type: T }>) {
-    for (const p of encodeRequest(req, this.nextId++)) this.socket.write(p);
-    const f = await this.next(`the ${req.type} answer`);
-    if (!f) throw new Error(`closed instead of answering ${req.type}`);
-    return decodeResponse(req.type as T, f);
-  }
-
-  hello(extra: Partial<Extract<Request, { type: 'HELLO' }>> = {}) {
-    return this.call<'HELLO'>({
-      type: 'HELLO',
-      protocol: PROTOCOL_VERSION,
-      sessionTimeoutMs: 5000,
-      ...extra,
-    });
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
 }
 
 async function refused(t: ExecutionContext, work: Promise<unknown>, right: string, name: string | null) {
@@ -287,9 +224,9 @@ test('a snapshot export is readable only by its own session or an admin', async 
     await ok(t, asAdmin('user', 'add', 'u1', '--admin', '--new-password-file', passwordFile('u1', 'p1')));
     await ok(t, asAdmin('user', 'add', 'u2', '--new-password-file', passwordFile('u2', 'p2')));
     await ok(t, asAdmin('acl', 'set', 'u2', '', 'write'));
-    const maker = await Raw.open(address);
-    const other = await Raw.open(address);
-    const tokenHolder = await Raw.open(address);
+    const maker = await RawConnection.open(address);
+    const other = await RawConnection.open(address);
+    const tokenHolder = await RawConnection.open(address);
     try {
       await maker.hello({ user: 'u1', password: 'p1' });
       await other.hello({ user: 'u2', password: 'p2' });
@@ -319,7 +256,7 @@ test('a wrong password and an unknown user get the same error, then the connecti
       { user: 'alice', password: 'wrong' },
       { user: 'mallory', password: 'right' },
     ]) {
-      const raw = await Raw.open(address);
+      const raw = await RawConnection.open(address);
       const err = await t.throwsAsync(raw.hello(login), { instanceOf: SegmemError });
       await waitFor(() => raw.closed, 'the server closes the connection after the refusal', 5000);
       answers.push({ code: err!.code, message: err!.message, details: err!.details });
@@ -328,7 +265,7 @@ test('a wrong password and an unknown user get the same error, then the connecti
     t.deepEqual(answers[0], answers[1], 'the same answer for a wrong password and an unknown user');
     t.like(answers[0], { code: 'UNAUTHORIZED', message: 'bad user name or password' });
     // Once users exist, a HELLO with neither a login nor the token is refused; the token still works.
-    const bare = await Raw.open(address);
+    const bare = await RawConnection.open(address);
     const err = await t.throwsAsync(bare.hello(), { instanceOf: SegmemError });
     t.is(err?.code, 'UNAUTHORIZED');
     bare.close();

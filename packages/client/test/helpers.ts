@@ -1,10 +1,23 @@
 /** Test helpers: temp dirs, real server processes, child clients, and bounded waits. */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import {
+  decodeError,
+  decodeResponse,
+  encodeRequest,
+  type Frame,
+  FrameDecoder,
+  MessageType,
+  PROTOCOL_VERSION,
+  type Request,
+  type RequestType,
+  type SegmemError,
+} from '@segmem/protocol';
 import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
 import type { ExecutionContext } from 'ava';
 import { connect, type Segment } from '../src/index.js';
@@ -471,5 +484,86 @@ export async function withCluster(
     }
   } finally {
     dir.cleanup();
+  }
+}
+
+/**
+ * A raw protocol connection: sends exactly the requests (or bytes) a test wants, and reads frames and the
+ * close, to see exactly what a server answers and when it hangs up.
+ */
+export class RawConnection {
+  private readonly decoder = new FrameDecoder();
+  private readonly frames: Frame[] = [];
+  closed = false;
+  private nextId = 1;
+
+  private constructor(readonly socket: Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      for (const f of this.decoder.push(chunk)) this.frames.push(f);
+    });
+    socket.on('close', () => {
+      this.closed = true;
+    });
+    socket.on('error', () => {}); // a server closing mid-write resets the socket: expected here
+  }
+
+  static open(address: string): Promise<RawConnection> {
+    const at = address.lastIndexOf(':');
+    return new Promise((resolve, reject) => {
+      const s = netConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)) }, () =>
+        resolve(new RawConnection(s)),
+      );
+      s.once('error', reject);
+    });
+  }
+
+  /** The next frame; null once the server closed without sending one more. */
+  async next(what: string, timeoutMs = 5000): Promise<Frame | null> {
+    await waitFor(() => this.frames.length > 0 || this.closed, what, timeoutMs);
+    return this.frames.shift() ?? null;
+  }
+
+  /** The next frame, which must be an ERROR; returns it decoded. */
+  async error(what: string, timeoutMs = 5000): Promise<SegmemError> {
+    const f = await this.next(what, timeoutMs);
+    if (!f) throw new Error(`${what}: the server closed without an answer`);
+    if (f.type !== MessageType.ERROR) throw new Error(`${what}: got frame type ${f.type}, not ERROR`);
+    return decodeError(f);
+  }
+
+  untilClosed(what: string, timeoutMs = 5000): Promise<unknown> {
+    return waitFor(() => this.closed, what, timeoutMs);
+  }
+
+  send(req: Request): number {
+    const id = this.nextId++;
+    for (const p of encodeRequest(req, id)) this.socket.write(p);
+    return id;
+  }
+
+  /** Sends `req` and decodes its answer (an ERROR throws its SegmemError). */
+  async call<T extends RequestType>(
+    req: Extract<Request, { type: T }>,
+    timeoutMs = 10_000,
+  ): Promise<ReturnType<typeof decodeResponse<T>>> {
+    this.send(req);
+    const f = await this.next(`the ${req.type} answer`, timeoutMs);
+    if (!f) throw new Error(`closed instead of answering ${req.type}`);
+    return decodeResponse(req.type as T, f);
+  }
+
+  hello(
+    extra: Partial<Extract<Request, { type: 'HELLO' }>> = {},
+  ): Promise<ReturnType<typeof decodeResponse<'HELLO'>>> {
+    return this.call<'HELLO'>({
+      type: 'HELLO',
+      protocol: PROTOCOL_VERSION,
+      sessionTimeoutMs: 5000,
+      ...extra,
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
   }
 }

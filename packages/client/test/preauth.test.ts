@@ -4,20 +4,15 @@
  * Each test is an attack that used to stall, crash or inform; now it gets one clear answer and a close.
  */
 import { writeFileSync } from 'node:fs';
-import { connect as netConnect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import {
   decodeError,
   decodeResponse,
   encodeFrameToBuffer,
-  encodeRequest,
-  type Frame,
-  FrameDecoder,
   MAX_HANDSHAKE_FRAME_BYTES,
   MAX_REQUEST_HEADER_ELEMENTS,
   MessageType,
   PROTOCOL_VERSION,
-  type Request,
   SegmemError,
 } from '@segmem/protocol';
 import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
@@ -25,6 +20,7 @@ import test from 'ava';
 import { connect } from '../src/index.js';
 import {
   freePort,
+  RawConnection,
   retryOnAddressInUse,
   runNode,
   segmemBin,
@@ -33,69 +29,6 @@ import {
   untilItWorks,
   waitFor,
 } from './helpers.js';
-
-/** A raw protocol connection: sends exactly the bytes a test wants, reads frames and the close. */
-class Raw {
-  private readonly decoder = new FrameDecoder();
-  private readonly frames: Frame[] = [];
-  closed = false;
-  private nextId = 1;
-
-  private constructor(readonly socket: Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      for (const f of this.decoder.push(chunk)) this.frames.push(f);
-    });
-    socket.on('close', () => {
-      this.closed = true;
-    });
-    socket.on('error', () => {}); // a server closing mid-write resets the socket: expected here
-  }
-
-  static open(address: string): Promise<Raw> {
-    const at = address.lastIndexOf(':');
-    return new Promise((resolve, reject) => {
-      const s = netConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)) }, () =>
-        resolve(new Raw(s)),
-      );
-      s.once('error', reject);
-    });
-  }
-
-  /** The next frame; null once the server closed without sending one more. */
-  async next(what: string, timeoutMs = 5000): Promise<Frame | null> {
-    await waitFor(() => this.frames.length > 0 || this.closed, what, timeoutMs);
-    return this.frames.shift() ?? null;
-  }
-
-  /** The next frame, which must be an ERROR; returns it decoded. */
-  async error(what: string, timeoutMs = 5000): Promise<SegmemError> {
-    const f = await this.next(what, timeoutMs);
-    if (!f) throw new Error(`${what}: the server closed without an answer`);
-    if (f.type !== MessageType.ERROR) throw new Error(`${what}: got frame type ${f.type}, not ERROR`);
-    return decodeError(f);
-  }
-
-  untilClosed(what: string, timeoutMs = 5000): Promise<unknown> {
-    return waitFor(() => this.closed, what, timeoutMs);
-  }
-
-  send(req: Request): number {
-    const id = this.nextId++;
-    for (const p of encodeRequest(req, id)) this.socket.write(p);
-    return id;
-  }
-
-  async hello(extra: Partial<Extract<Request, { type: 'HELLO' }>> = {}) {
-    this.send({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000, ...extra });
-    const f = await this.next('the HELLO answer');
-    if (!f) throw new Error('closed instead of answering HELLO');
-    return decodeResponse('HELLO', f);
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
 
 /** A frame of `type` whose header is `{ k: [ {} x count ] }`: tiny maps, one byte each (header from byte 16). */
 function emptyMapsFrame(type: number, count: number): Buffer {
@@ -134,7 +67,7 @@ async function withServer(
 }
 
 /** A STAT on a logged-in connection, timed: the server answers others while it deals with an attacker. */
-async function statMs(c: Raw): Promise<number> {
+async function statMs(c: RawConnection): Promise<number> {
   const started = performance.now();
   const id = c.send({ type: 'STAT', name: 'probe' });
   const f = await c.next('a STAT answer', 10_000);
@@ -148,13 +81,13 @@ test('a hostile header before login is refused from its length prefix or by the 
     t,
     () => [],
     async (address) => {
-      const good = await Raw.open(address);
+      const good = await RawConnection.open(address);
       await good.hello();
       good.send({ type: 'CREATE', seq: 1, name: 'probe', size: 8, ifNotExists: false });
       t.truthy(await good.next('CREATE answer'));
 
       // Under the limit, 64 KiB of empty maps: refused by the header scan before anything is decoded.
-      const small = await Raw.open(address);
+      const small = await RawConnection.open(address);
       const smallStarted = performance.now();
       small.socket.write(emptyMapsFrame(MessageType.HELLO, MAX_HANDSHAKE_FRAME_BYTES - 12 - 8));
       const serr = await small.error('the answer to a 64 KiB header of empty maps');
@@ -164,7 +97,7 @@ test('a hostile header before login is refused from its length prefix or by the 
       await small.untilClosed('the close after the refusal');
       // 16 MiB of empty maps as a "HELLO": before this change it was buffered, then decoded into 16 million
       // objects (seconds of a stalled server and about 1 GB of heap; 64 MiB exhausted the heap).
-      const big = await Raw.open(address);
+      const big = await RawConnection.open(address);
       const started = performance.now();
       big.socket.write(emptyMapsFrame(MessageType.HELLO, 16 * 1024 * 1024));
       const err = await big.error('the answer to a 16 MiB frame before login');
@@ -188,11 +121,11 @@ test('after login a 64 MiB header of tiny maps, or 12 million integers, is refus
     t,
     () => [],
     async (address) => {
-      const good = await Raw.open(address);
+      const good = await RawConnection.open(address);
       await good.hello();
       good.send({ type: 'CREATE', seq: 1, name: 'probe', size: 8, ifNotExists: false });
       t.truthy(await good.next('CREATE answer'));
-      const attacker = await Raw.open(address);
+      const attacker = await RawConnection.open(address);
       await attacker.hello();
       // The whole frame fits MAX_FRAME_BYTES; before this change it stalled the server for about a minute and
       // then exhausted its heap.
@@ -213,7 +146,7 @@ test('after login a 64 MiB header of tiny maps, or 12 million integers, is refus
       t.true((await statMs(good)) < 1000, 'other clients are served');
 
       // 12 million one-byte integers: few containers, but more elements than a request may hold.
-      const second = await Raw.open(address);
+      const second = await RawConnection.open(address);
       await second.hello();
       const count = MAX_REQUEST_HEADER_ELEMENTS + 4_000_000;
       const ints = emptyMapsFrame(MessageType.STAT, count);
@@ -240,14 +173,14 @@ test('idle and unfinished connections are closed at the handshake deadline; limi
     () => ['--handshake-timeout-ms', '600', '--max-connections-per-address', '6', '--max-connections', '40'],
     async (address) => {
       // Five idle strangers and one with an unfinished frame (a length prefix and a few bytes).
-      const idle = await Promise.all(Array.from({ length: 5 }, () => Raw.open(address)));
-      const unfinished = await Raw.open(address);
+      const idle = await Promise.all(Array.from({ length: 5 }, () => RawConnection.open(address)));
+      const unfinished = await RawConnection.open(address);
       const partial = Buffer.alloc(20);
       partial.writeUInt32LE(60_000, 0);
       partial[4] = PROTOCOL_VERSION;
       unfinished.socket.write(partial);
       // The seventh from this address is over the limit: an UNAVAILABLE answer and a close, at once.
-      const excess = await Raw.open(address);
+      const excess = await RawConnection.open(address);
       const refused = await excess.error('the answer to the connection over the per-address limit', 2000);
       t.is(refused.code, 'UNAVAILABLE');
       t.regex(refused.message, /limit per address \(--max-connections-per-address 6\)/);
@@ -263,7 +196,7 @@ test('idle and unfinished connections are closed at the handshake deadline; limi
       const seg = await untilItWorks(() => connect({ servers: [address] }), 'a client connects');
       try {
         await seg.create('probe', 8);
-        const survivor = await Raw.open(address);
+        const survivor = await RawConnection.open(address);
         await survivor.hello();
         const waitedFrom = Date.now();
         await waitFor(() => Date.now() - waitedFrom > 1200, 'twice the deadline', 5000);
@@ -294,8 +227,8 @@ test('the server-wide connection limit refuses the excess and the metrics count 
       ];
     },
     async (address) => {
-      const held = await Promise.all(Array.from({ length: 3 }, () => Raw.open(address)));
-      const excess = await Raw.open(address);
+      const held = await Promise.all(Array.from({ length: 3 }, () => RawConnection.open(address)));
+      const excess = await RawConnection.open(address);
       const err = await excess.error('the answer over --max-connections', 2000);
       t.is(err.code, 'UNAVAILABLE');
       t.regex(err.message, /its limit \(--max-connections 3\)/);
@@ -320,7 +253,7 @@ test('a bad HELLO is answered and the connection closed; names with control char
     t,
     () => [],
     async (address) => {
-      const bad = await Raw.open(address);
+      const bad = await RawConnection.open(address);
       bad.send({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 1 });
       const err = await bad.error('the answer to a HELLO with a bad field');
       t.is(err.code, 'INVALID_ARGUMENT');
@@ -328,7 +261,7 @@ test('a bad HELLO is answered and the connection closed; names with control char
       await bad.untilClosed('the close after a bad HELLO', 2000);
 
       // The server's own boundary refuses control characters, whatever a client checked.
-      const raw = await Raw.open(address);
+      const raw = await RawConnection.open(address);
       await raw.hello();
       for (const name of ['esc\x1b[2Jname', 'bell\x07', 'c1\u0085', 'nl\nname']) {
         const id = raw.send({ type: 'CREATE', seq: 1, name, size: 8, ifNotExists: false });
@@ -410,7 +343,7 @@ test('a follower checks the token before it names the leader', async (t) => {
     const follower = await untilItWorks(
       async () => {
         for (const id of ids) {
-          const c = await Raw.open(servers[id]!);
+          const c = await RawConnection.open(servers[id]!);
           try {
             await c.hello({ token: 's3cret' });
           } catch (err) {
@@ -426,7 +359,7 @@ test('a follower checks the token before it names the leader', async (t) => {
     );
     // Without the token, or with a wrong one, the same follower says only UNAUTHORIZED, and closes.
     for (const token of [undefined, 'wrong']) {
-      const c = await Raw.open(servers[follower]!);
+      const c = await RawConnection.open(servers[follower]!);
       c.send({
         type: 'HELLO',
         protocol: PROTOCOL_VERSION,
