@@ -26,6 +26,7 @@ import {
   type Request,
   type RequestType,
 } from '@segmem/protocol';
+import { PeerMessageType, RAFT_MESSAGE_TYPES } from '@segmem/server/internal/shell/peer-codec';
 import test, { type ExecutionContext } from 'ava';
 import fc from 'fast-check';
 import { connect, type Segment } from '../src/index.js';
@@ -271,21 +272,7 @@ test('hostile requests of every type on logged-in connections: the server stays 
 
 // ----- peer frames -----
 
-const PEER_HELLO = 0x80;
-const RAFT = 0x81;
-const RAFT_PIECE = 0x82;
-const RAFT_TYPES = [
-  'preVote',
-  'preVoteResp',
-  'vote',
-  'voteResp',
-  'append',
-  'appendResp',
-  'heartbeat',
-  'heartbeatResp',
-  'snapshot',
-  'timeoutNow',
-];
+const { PEER_HELLO, RAFT, RAFT_PIECE } = PeerMessageType;
 /** A stranger's id: not a member, so whatever it says cannot count as a member's word. */
 const STRANGER = 'fz-peer';
 /** The highest term the stranger's well-formed messages carry (hostile mutations carry any). */
@@ -303,7 +290,7 @@ interface PeerFrame {
 function peerFrameArb(hostileValue: fc.Arbitrary<unknown>, to: string): fc.Arbitrary<PeerFrame> {
   const raft = fc
     .record({
-      type: fc.constantFrom(...RAFT_TYPES),
+      type: fc.constantFrom(...RAFT_MESSAGE_TYPES),
       term: fc.nat({ max: MAX_STRANGER_TERM }),
       logIndex: fc.nat({ max: 100 }),
       logTerm: fc.nat({ max: 50 }),

@@ -40,6 +40,7 @@ import {
   type HostileFrame,
   hostileFrameArb,
   hostileFrameBytes,
+  REQUEST_FIELDS,
   validRequestArb,
 } from './hostile.js';
 
@@ -81,44 +82,16 @@ function isText(v: unknown, minBytes: number, maxBytes: number): boolean {
 }
 const orNull = (v: unknown, ok: (v: unknown) => boolean) => v === null || ok(v);
 
-/** The fields a decoded request may hold, per type (decoders return fresh objects of only these). */
-const KEYS: Record<Request['type'], string[]> = {
-  HELLO: [
-    'type',
-    'protocol',
-    'clusterId',
-    'token',
-    'sessionTimeoutMs',
-    'resumeSessionId',
-    'resumeSecret',
-    'udpPort',
-    'clientName',
-    'pageReader',
-    'user',
-    'password',
-  ],
-  KEEPALIVE: ['type', 'lease'],
-  CREATE: ['type', 'seq', 'name', 'size', 'ifNotExists'],
-  DELETE: ['type', 'seq', 'name', 'timeoutMs'],
-  STAT: ['type', 'name'],
-  LIST: ['type', 'prefix'],
-  ACQUIRE: ['type', 'seq', 'name', 'mode', 'cachedId', 'cachedVersion', 'timeoutMs', 'inlineMaxBytes'],
-  RELEASE: ['type', 'seq', 'name', 'mode', 'token', 'ranges', 'payload', 'keep'],
-  CANCEL: ['type', 'requestId', 'reason'],
-  VALIDATE: ['type', 'objects'],
-  GOODBYE: ['type'],
-  MEMBERSHIP: ['type', 'op', 'id', 'address'],
-  LOG_APPEND: ['type', 'seq', 'name', 'sizes', 'maxBytes', 'payload'],
-  LOG_READ: ['type', 'name', 'from', 'maxBytes', 'waitMs'],
-  LOG_TRUNCATE: ['type', 'seq', 'name', 'before'],
-  READ_PAGES: ['type', 'objectId', 'version', 'pages', 'waitMs'],
-  SNAPSHOT: ['type'],
-  SNAPSHOT_READ: ['type', 'id', 'offset', 'length'],
-  STATUS: ['type'],
-  WATCH: ['type', 'name'],
-  UNWATCH: ['type', 'objectId'],
-  USERS: ['type', 'op', 'seq', 'user', 'password', 'rules', 'prefix', 'right'],
-};
+/**
+ * The fields a decoded request may hold, per type (decoders return fresh objects of only these): its header
+ * fields, and the payload where the request carries bytes.
+ */
+const KEYS = Object.fromEntries(
+  Object.entries(REQUEST_FIELDS).map(([type, fields]) => [
+    type,
+    ['type', ...fields, ...(type === 'RELEASE' || type === 'LOG_APPEND' ? ['payload'] : [])],
+  ]),
+) as Record<Request['type'], string[]>;
 
 /** The first documented bound `req` breaks, or null. `payloadBytes`: what the frame carried. */
 function brokenBound(req: Request, payloadBytes: number): string | null {

@@ -15,6 +15,7 @@ import {
   decodePeerHello,
   decodeRaftMessage,
   PeerMessageType,
+  RAFT_MESSAGE_TYPES,
   SnapshotPieces,
 } from '../src/shell/peer-codec.js';
 
@@ -26,18 +27,6 @@ const loadHostile = () =>
 const SEED = Number(process.env.SEGMEM_FUZZ_SEED ?? 20261207);
 const FRAMES = 500;
 const NODE_ID = /^[A-Za-z0-9._-]{1,64}$/;
-const RAFT_TYPES = [
-  'preVote',
-  'preVoteResp',
-  'vote',
-  'voteResp',
-  'append',
-  'appendResp',
-  'heartbeat',
-  'heartbeatResp',
-  'snapshot',
-  'timeoutNow',
-];
 
 interface PeerFrame {
   type: number;
@@ -52,7 +41,7 @@ function refusedAsItShould(err: unknown): boolean {
 
 /** The first bound a decoded RAFT message breaks, or null. */
 function brokenBound(m: Message, payloadBytes: number): string | null {
-  if (!RAFT_TYPES.includes(m.type)) return 'type';
+  if (!RAFT_MESSAGE_TYPES.includes(m.type)) return 'type';
   if (!NODE_ID.test(m.from) || !NODE_ID.test(m.to)) return 'from/to';
   for (const k of ['term', 'logIndex', 'logTerm', 'commit', 'hintIndex', 'hintTerm', 'context'] as const) {
     const v = m[k];
@@ -90,7 +79,7 @@ function peerFrameArb(hostileValue: fc.Arbitrary<unknown>): fc.Arbitrary<PeerFra
     });
   const raft = fc
     .record({
-      type: fc.constantFrom(...RAFT_TYPES),
+      type: fc.constantFrom(...RAFT_MESSAGE_TYPES),
       entries: fc.array(fc.tuple(fc.nat(9), fc.integer({ min: 1, max: 99 }), fc.nat(1), fc.nat(16)), {
         maxLength: 3,
       }),

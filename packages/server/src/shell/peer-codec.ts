@@ -52,7 +52,8 @@ export const MAX_PEER_INDEX = 2 ** 48;
 /** Snapshots larger than this travel in pieces of this size. */
 export const SNAPSHOT_PIECE_BYTES = 16 * 1024 * 1024;
 
-const MESSAGE_TYPES: ReadonlySet<string> = new Set<MessageType>([
+/** Every Raft message type a peer may send (the fuzzers draw from this list too). */
+export const RAFT_MESSAGE_TYPES: readonly MessageType[] = [
   'preVote',
   'preVoteResp',
   'vote',
@@ -63,7 +64,8 @@ const MESSAGE_TYPES: ReadonlySet<string> = new Set<MessageType>([
   'heartbeatResp',
   'snapshot',
   'timeoutNow',
-]);
+];
+const MESSAGE_TYPES: ReadonlySet<string> = new Set<string>(RAFT_MESSAGE_TYPES);
 
 const NODE_ID = /^[A-Za-z0-9._-]{1,64}$/;
 
