@@ -127,7 +127,7 @@ class Conn {
           // Reached, but no TLS: an untrusted certificate, one for another name, or a server without TLS.
           const why = err.message.replace(/^[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:/, '').trim();
           reject(
-            new SegmemError('UNAVAILABLE', `TLS handshake failed: ${why}`, {
+            new SegmemError('UNAVAILABLE', `TLS handshake with ${address} failed: ${why}`, {
               reason: 'TLS',
               tlsCode: err.code,
             }),
@@ -237,6 +237,8 @@ export class AdminSession {
     /** Whether an attempt sent the request and lost the connection before its answer. */
     let uncertain = false;
     let failuresInARow = 0;
+    /** Addresses whose last attempt failed the TLS handshake. */
+    const tlsRefused = new Set<string>();
     for (;;) {
       const address = this.queue[0]!;
       let conn = this.conn;
@@ -250,6 +252,10 @@ export class AdminSession {
         } catch (err) {
           tried.set(address, reasonOf(err));
           if (!isRetriable(err)) throw err;
+          if (SegmemError.is(err) && err.details?.reason === 'TLS') tlsRefused.add(address);
+          else tlsRefused.delete(address);
+          // Every address answered, and failed TLS: a certificate or CA mistake that waiting will not mend.
+          if (this.queue.every((a) => tlsRefused.has(a))) throw err;
           const redirect = redirectOf(err);
           if (redirect) this.prefer(redirect);
           else this.queue.push(this.queue.shift()!);
