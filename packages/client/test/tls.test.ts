@@ -1,7 +1,7 @@
 /**
  * TLS on the servers' port, against real `segmem-server` processes over real sockets, with certificates made
  * by `segmem cert` (the system's openssl): a client that trusts the CA works, one that does not is refused
- * with a typed error, a plain client gets nothing, members of a TLS cluster elect and commit over TLS, and
+ * with a typed error, a plain client is told in the clear that TLS is required, members of a TLS cluster elect and commit over TLS, and
  * bad certificate files stop a server before it listens.
  */
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -18,7 +18,7 @@ import {
   PROTOCOL_VERSION,
   SegmemError,
 } from '@segmem/protocol';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { connect } from '../src/index.js';
 import {
   bump,
@@ -103,8 +103,10 @@ test('segmem cert without openssl on PATH fails with one line saying so', async 
   }
 });
 
-/** A raw TCP connection that sends a HELLO frame in the clear and records what comes back. */
-async function plainHello(address: string): Promise<{ received: number; closed: Promise<void> }> {
+/** A raw TCP connection that sends a HELLO frame in the clear and records the frames that come back. */
+async function plainHello(
+  address: string,
+): Promise<{ frames: Frame[]; received: number; closed: Promise<void> }> {
   const at = address.lastIndexOf(':');
   const socket: Socket = await new Promise((resolve, reject) => {
     const s = netConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)) }, () =>
@@ -112,8 +114,16 @@ async function plainHello(address: string): Promise<{ received: number; closed: 
     );
     s.once('error', reject);
   });
-  const result = { received: 0, closed: new Promise<void>((r) => socket.once('close', () => r())) };
-  socket.on('data', (chunk: Buffer) => (result.received += chunk.length));
+  const decoder = new FrameDecoder();
+  const result = {
+    frames: [] as Frame[],
+    received: 0,
+    closed: new Promise<void>((r) => socket.once('close', () => r())),
+  };
+  socket.on('data', (chunk: Buffer) => {
+    result.received += chunk.length;
+    result.frames.push(...decoder.push(chunk));
+  });
   socket.on('error', () => {});
   for (const part of encodeRequest(
     { type: 'HELLO', protocol: PROTOCOL_VERSION, token: null, sessionTimeoutMs: 5000, clientName: 'plain' },
@@ -123,7 +133,18 @@ async function plainHello(address: string): Promise<{ received: number; closed: 
   return result;
 }
 
-test('a TLS server: a client with the CA works, one without it is refused, a plain client gets nothing', async (t) => {
+/** Checks that a plain connection got one UNAVAILABLE error frame, in the clear, saying TLS is required. */
+function assertTlsRequired(t: ExecutionContext, plain: { frames: Frame[] }): void {
+  t.is(plain.frames.length, 1, 'one frame');
+  t.is(plain.frames[0]!.type, MessageType.ERROR);
+  t.is(plain.frames[0]!.requestId, 0);
+  const err = decodeError(plain.frames[0]!);
+  t.is(err.code, 'UNAVAILABLE');
+  t.is(err.details?.reason, 'TLS_REQUIRED');
+  t.regex(err.message, /requires TLS/);
+}
+
+test('a TLS server: a client with the CA works, one without it is refused, a plain client is told TLS is required', async (t) => {
   const data = tempDir();
   const server = await startServerProcess({ dataDir: data.path, fsync: 'none', extra: serverTls() });
   const ca = readFileSync(file('ca.pem'));
@@ -147,15 +168,19 @@ test('a TLS server: a client with the CA works, one without it is refused, a pla
       }).catch((e: unknown) => e);
       t.is((otherName as SegmemError).details?.tlsCode, 'ERR_TLS_CERT_ALTNAME_INVALID');
 
-      // In the clear: the HELLO frame is never read as one; no byte comes back, the connection closes.
+      // In the clear: the HELLO frame is never read as one; one error frame comes back, the connection closes.
       const plain = await plainHello(server.address);
       await plain.closed;
-      t.is(plain.received, 0, 'a plain client gets no frame');
-      const plainClient = await connect({ servers: [server.address], sessionTimeoutMs: 6000 }).catch(
+      assertTlsRequired(t, plain);
+      // The library says so at once, not when its session timeout has passed.
+      const plainStarted = Date.now();
+      const plainClient = await connect({ servers: [server.address], sessionTimeoutMs: 10_000 }).catch(
         (e: unknown) => e,
       );
       t.true(SegmemError.is(plainClient, 'UNAVAILABLE'), String(plainClient));
-      t.regex((plainClient as SegmemError).message, /requires TLS/);
+      t.is((plainClient as SegmemError).details?.reason, 'TLS_REQUIRED');
+      t.regex((plainClient as SegmemError).message, /^127\.0\.0\.1:\d+: .*requires TLS/);
+      t.true(Date.now() - plainStarted < 5000, `took ${Date.now() - plainStarted} ms`);
 
       // The server is still up and the TLS session still serves.
       await bump(seg, 'tls/counter');
@@ -184,10 +209,12 @@ test('a TLS server: a client with the CA works, one without it is refused, a pla
         file('ca.pem'),
       ]).done;
       t.is(get.code, 0, get.stderr);
+      const plainLsStarted = Date.now();
       const plainLs = await runNode(segmemBin, ['ls', '--servers', server.address, '--timeout', '10000'])
         .done;
       t.is(plainLs.code, 1);
-      t.regex(plainLs.stderr, /closed the connection without a word \(if it serves TLS: --tls-ca\)/);
+      t.regex(plainLs.stderr, /^segmem: 127\.0\.0\.1:\d+: .*requires TLS.*--tls-ca.* \(UNAVAILABLE\)\n$/);
+      t.true(Date.now() - plainLsStarted < 8000, `took ${Date.now() - plainLsStarted} ms`);
       // A CA mistake is not waited out: the command says so at once, not when its 10 s timeout ends.
       const noCaStarted = Date.now();
       const noCa = await runNode(segmemBin, ['ls', '--servers', server.address, '--timeout', '10000'], {
@@ -405,7 +432,7 @@ test('the config file keys tlsCert, tlsKey and tlsCa turn TLS on; bad values are
       await seg.close();
       const plain = await plainHello(server.address);
       await plain.closed;
-      t.is(plain.received, 0);
+      assertTlsRequired(t, plain);
     } finally {
       t.is(await server.stop(), 0);
     }

@@ -69,6 +69,7 @@ export interface ScrapeSource {
       readonly addressLimit: number;
       readonly handshakeTimeout: number;
       readonly peerAuth?: number;
+      readonly tlsRequired?: number;
     };
   };
 }
@@ -221,7 +222,7 @@ export class ServerMetrics implements MetricsSink {
     );
     this.counter(
       'segmem_connections_refused_total',
-      'Connections closed before they logged in: over --max-connections (reason server_limit), over --max-connections-per-address (address_limit), not logged in within --handshake-timeout-ms (handshake_timeout), a peer link that did not prove the cluster secret (peer_auth)',
+      'Connections closed before they logged in: over --max-connections (reason server_limit), over --max-connections-per-address (address_limit), not logged in within --handshake-timeout-ms (handshake_timeout), a peer link that did not prove the cluster secret (peer_auth), a plain connection on a TLS port (tls_required)',
       {
         label: 'reason',
         read: () => {
@@ -232,6 +233,7 @@ export class ServerMetrics implements MetricsSink {
             ['handshake_timeout', r?.handshakeTimeout ?? 0],
             // Both ends: peers whose proof this member refused, and peers it dialled that had no proof.
             ['peer_auth', (r?.peerAuth ?? 0) + (this.view()?.log.peerLinks.authFailures ?? 0)],
+            ['tls_required', r?.tlsRequired ?? 0],
           ];
         },
       },
