@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { connect } from '../src/index.js';
-import { retryOnAddressInUse, runNode, serverBin, startServerProcess, tempDir } from './helpers.js';
+import { retryOnAddressInUse, runNode, serverBin, startServerProcess, tempDir, waitFor } from './helpers.js';
 
 /** Starts a server on `data`, writes one object, and stops it cleanly. */
 async function initialise(data: string): Promise<void> {
@@ -60,6 +60,35 @@ test('a log lost together with its wal-started marker is refused: meta.json reme
     t.regex(line, /\(UNAVAILABLE\)$/);
     t.true(existsSync(join(data, 'wal-started')), 'the marker is back, so the refusal holds on every start');
     t.is((await refusedStart(t, data)).includes('write-ahead log is missing'), true);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('a log lost with its marker after a crash (no clean stop ever) is refused too: meta.json records the marker at the first durable record', async (t) => {
+  const dir = tempDir('segmem-files-');
+  const data = join(dir.path, 'data');
+  try {
+    const server = await retryOnAddressInUse(() => startServerProcess({ dataDir: data, fsync: 'always' }));
+    try {
+      const seg = await connect({ servers: [server.address] });
+      await seg.create('kept', 8);
+      await seg.update('kept', (h) => h.bytes.writeUInt32LE(42, 0));
+      await seg.close();
+      // Recorded while the server runs, off the write path: waited for, not assumed.
+      const meta = await waitFor(() => {
+        const m = JSON.parse(readFileSync(join(data, 'meta.json'), 'utf8')) as { walStartedAt?: string };
+        return m.walStartedAt !== undefined ? m : null;
+      }, 'meta.json recording walStartedAt while the server runs');
+      t.false(Number.isNaN(Date.parse(meta.walStartedAt!)), meta.walStartedAt);
+    } finally {
+      await server.kill(); // SIGKILL: no clean stop
+    }
+    rmSync(join(data, 'wal'), { recursive: true });
+    rmSync(join(data, 'wal-started'));
+    const line = await refusedStart(t, data);
+    t.regex(line, /write-ahead log is missing: .*wal holds no segment file/);
+    t.regex(line, /\(UNAVAILABLE\)$/);
   } finally {
     dir.cleanup();
   }
