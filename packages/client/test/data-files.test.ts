@@ -8,7 +8,16 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { connect } from '../src/index.js';
-import { retryOnAddressInUse, runNode, serverBin, startServerProcess, tempDir, waitFor } from './helpers.js';
+import {
+  freePort,
+  retryOnAddressInUse,
+  runNode,
+  segmemBin,
+  serverBin,
+  startServerProcess,
+  tempDir,
+  waitFor,
+} from './helpers.js';
 
 /** Starts a server on `data`, writes one object, and stops it cleanly. */
 async function initialise(data: string): Promise<void> {
@@ -28,8 +37,9 @@ async function refusedStart(
   t: ExecutionContext,
   data: string,
   env: Record<string, string> = {},
+  extra: string[] = [],
 ): Promise<string> {
-  const run = runNode(serverBin, ['--id', 's1', '--listen', '127.0.0.1:0', '--data', data], {
+  const run = runNode(serverBin, ['--id', 's1', '--listen', '127.0.0.1:0', '--data', data, ...extra], {
     env,
     timeoutMs: 20_000,
     onLine: (line, proc) => {
@@ -179,6 +189,63 @@ test('a file where wal/ or snap/ belongs, or a directory where LOCK belongs: one
     mkdirSync(join(data, 'LOCK'));
     const line = await refusedStart(t, data);
     t.is(line, `segmem-server: cannot read the lock file ${join(data, 'LOCK')}: EISDIR (UNAVAILABLE)`);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('a vote file that cannot be written is one typed line naming it: at the first start, and at a term change', async (t) => {
+  const dir = tempDir('segmem-files-');
+  try {
+    const secret = join(dir.path, 'secret');
+    const made = await runNode(segmemBin, ['secret', 'new', secret]).done;
+    t.is(made.code, 0, made.stderr);
+    // A member of a group of two: its first start writes the vote file.
+    const member = ['--peers', 's1=127.0.0.1:1,s2=127.0.0.1:2', '--cluster-secret-file', secret];
+    for (const [step, errno] of [
+      ['vote.create', 'EIO'],
+      ['vote.rename', 'EACCES'],
+    ] as const) {
+      const data = join(dir.path, `first-${step}`);
+      const line = await refusedStart(t, data, { SEGMEM_FAIL_AT: `${step}:1:1:${errno}` }, member);
+      t.is(line, `segmem-server: cannot write ${join(data, 'vote')}: ${errno} (UNAVAILABLE)`);
+    }
+
+    // Later: the first election changes the term, and s1 cannot record it.
+    await retryOnAddressInUse(async () => {
+      const ports = [await freePort(), await freePort()];
+      const peers = `s1=127.0.0.1:${ports[0]},s2=127.0.0.1:${ports[1]}`;
+      const start = (id: string, port: number, env?: Record<string, string>) =>
+        startServerProcess({
+          id,
+          dataDir: join(dir.path, `later-${id}`),
+          listen: `127.0.0.1:${port}`,
+          fsync: 'always',
+          extra: ['--peers', peers, '--cluster-secret-file', secret],
+          ...(env ? { env } : {}),
+        });
+      const s1 = await start('s1', ports[0]!, { SEGMEM_FAIL_AT: 'vote.create:2:1:EIO' });
+      try {
+        const s2 = await start('s2', ports[1]!);
+        try {
+          const vote = join(dir.path, 'later-s1', 'vote');
+          await waitFor(
+            () => s1.stderr().includes('raft loop failed'),
+            's1 failing to record a term change',
+            20_000,
+          );
+          t.regex(
+            s1.stderr(),
+            new RegExp(`raft loop failed: cannot write ${vote.replace(/[.]/g, '\\.')}: EIO\n`),
+          );
+          t.false(/^\s+at /m.test(s1.stderr()), `no stack trace: ${s1.stderr()}`);
+        } finally {
+          await s2.stop();
+        }
+      } finally {
+        await s1.kill();
+      }
+    });
   } finally {
     dir.cleanup();
   }

@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { errnoCode, errorMessage, isAtomicTempName, writeAll } from './files.js';
 import {
+  cannotWrite,
   type DirLock,
   type FileStat,
   LOCK_FILE,
@@ -452,8 +453,6 @@ async function writeMeta(fs: StorageFs, path: string, meta: DataDirMeta): Promis
   try {
     await writeFileAtomic(fs, path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
   } catch (err) {
-    if (SegmemError.is(err)) throw err;
-    const errno = errnoCode(err) ?? 'EIO';
-    throw new SegmemError('UNAVAILABLE', `cannot write ${path}: ${errno}`, { file: path, errno });
+    throw cannotWrite(path, err);
   }
 }
