@@ -4,6 +4,7 @@
  * with a typed error, a plain client is told in the clear that TLS is required, members of a TLS cluster elect and commit over TLS, and
  * bad certificate files stop a server before it listens.
  */
+import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
@@ -248,6 +249,92 @@ await c.close_persistant();
   } finally {
     t.is(await server.stop(), 0);
     data.cleanup();
+  }
+});
+
+/** The fingerprint of the certificate the server at `address` presents to a new TLS connection. */
+async function presentedFingerprint(address: string, ca: Buffer): Promise<string> {
+  const at = address.lastIndexOf(':');
+  const s = tlsConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)), ca });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      s.once('secureConnect', () => resolve());
+      s.once('error', reject);
+    });
+    return s.getPeerCertificate().fingerprint256;
+  } finally {
+    s.destroy();
+  }
+}
+
+test('SIGHUP renews the certificate for new connections, open ones keep working, and a bad file keeps the old one', async (t) => {
+  const dir = tempDir('segmem-tls-renew-');
+  const data = tempDir();
+  const tlsDir = join(dir.path, 'tls');
+  const fingerprintOf = () => new X509Certificate(readFileSync(join(tlsDir, 'server.pem'))).fingerprint256;
+  try {
+    const made = await runNode(segmemBin, ['cert', '--out', tlsDir, '--host', '127.0.0.1']).done;
+    t.is(made.code, 0, made.stderr);
+    const ca = readFileSync(join(tlsDir, 'ca.pem'));
+    const server = await startServerProcess({
+      dataDir: data.path,
+      fsync: 'none',
+      extra: [
+        '--tls-cert',
+        join(tlsDir, 'server.pem'),
+        '--tls-key',
+        join(tlsDir, 'server-key.pem'),
+        '--tls-ca',
+        join(tlsDir, 'ca.pem'),
+      ],
+    });
+    try {
+      const first = fingerprintOf();
+      t.is(await presentedFingerprint(server.address, ca), first);
+      const seg = await connect({ servers: [server.address], tls: { ca } });
+      try {
+        await seg.create('renew', 8);
+        await bump(seg, 'renew');
+
+        // Renewed by the same CA: a new certificate (new serial), then SIGHUP.
+        const renewed = await runNode(segmemBin, ['cert', '--out', tlsDir, '--host', '127.0.0.1']).done;
+        t.is(renewed.code, 0, renewed.stderr);
+        const second = fingerprintOf();
+        t.not(second, first, 'segmem cert made a new certificate');
+        server.proc.kill('SIGHUP');
+        await waitFor(() => /TLS files reloaded: .*serial /.test(server.stderr()), 'the reload line');
+        t.is(await presentedFingerprint(server.address, ca), second, 'a new connection gets the new one');
+        // The open session goes on over its connection, and new clients get in.
+        await bump(seg, 'renew');
+        t.is(await seg.read('renew', (h) => h.bytes.readUInt32LE(0)), 2);
+        const again = await connect({ servers: [server.address], tls: { ca } });
+        t.is(await again.read('renew', (h) => h.bytes.readUInt32LE(0)), 2);
+        await again.close();
+
+        // A broken certificate file: one line saying why, and the renewed certificate stays in use.
+        writeFileSync(join(tlsDir, 'server.pem'), 'not a certificate\n');
+        server.proc.kill('SIGHUP');
+        await waitFor(() => /TLS files not reloaded/.test(server.stderr()), 'the refusal line');
+        const refusal = server
+          .stderr()
+          .split('\n')
+          .find((l) => l.includes('TLS files not reloaded'))!;
+        t.regex(
+          refusal,
+          /^segmem-server s1: TLS files not reloaded, the previous certificate stays in use: the TLS certificate file .*server\.pem holds no PEM data \(INVALID_ARGUMENT\)$/,
+        );
+        t.is(await presentedFingerprint(server.address, ca), second);
+        await bump(seg, 'renew');
+        t.is(await seg.read('renew', (h) => h.bytes.readUInt32LE(0)), 3);
+      } finally {
+        await seg.close();
+      }
+    } finally {
+      t.is(await server.stop(), 0, server.stderr());
+    }
+  } finally {
+    data.cleanup();
+    dir.cleanup();
   }
 });
 

@@ -30,7 +30,7 @@ import {
 } from './shell/tcp.js';
 import type { ServerTls } from './shell/tls.js';
 import type { FsyncPolicy } from './storage/wal.js';
-import { loadServerTls, type TlsFiles } from './tls-files.js';
+import { loadServerTls, reloadServerTls, type TlsFiles } from './tls-files.js';
 
 export { type Env, SegmemError, systemEnv } from '@segmem/protocol';
 export { DEFAULT_CONFIG, loadConfigFile, parsePeers, type ServerConfig } from './config.js';
@@ -182,6 +182,20 @@ export interface RunningServer {
   status(): ReturnType<SegmemNode['status']>;
   /** host:port of the metrics and health endpoint; null without one. */
   metricsAddress: string | null;
+  /** Whether the listen port (and the metrics endpoint) serve TLS. */
+  servesTls: boolean;
+  /**
+   * Reads the TLS files again (not part of the pinned API; `segmem-server` does it on SIGHUP) and checks
+   * them exactly as at start; connections made from then on use the new certificate (and key and CA),
+   * those open keep theirs. Returns the certificate now in use. Throws `INVALID_ARGUMENT` naming the file
+   * when one does not check out (the material in use stays), or when the server serves no TLS.
+   *
+   * @example
+   * ```ts
+   * process.on('SIGHUP', () => console.log(`serial ${server.reloadTls().serialNumber}`));
+   * ```
+   */
+  reloadTls(): { serialNumber: string; validTo: string; fingerprint256: string };
 }
 
 /**
@@ -298,6 +312,13 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     address: listener.address,
     metricsAddress: metricsServer?.address ?? null,
     status: () => node.status(),
+    servesTls: tls !== undefined,
+    reloadTls() {
+      if (!tls || !tlsFiles)
+        throw new SegmemError('INVALID_ARGUMENT', 'this server serves no TLS: nothing to reload');
+      reloadServerTls(tls, tlsFiles, systemEnv.now());
+      return { ...tls.certificate };
+    },
     close() {
       closing ??= (async () => {
         await metricsServer?.close();
