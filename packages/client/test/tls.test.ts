@@ -6,6 +6,8 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { get as plainGet } from 'node:http';
+import { get as httpsGet, type RequestOptions } from 'node:https';
 import { connect as netConnect, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
@@ -253,9 +255,13 @@ await c.close_persistant();
 });
 
 /** The fingerprint of the certificate the server at `address` presents to a new TLS connection. */
-async function presentedFingerprint(address: string, ca: Buffer): Promise<string> {
+async function presentedFingerprint(
+  address: string,
+  ca: Buffer,
+  client: { cert?: Buffer; key?: Buffer } = {},
+): Promise<string> {
   const at = address.lastIndexOf(':');
-  const s = tlsConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)), ca });
+  const s = tlsConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)), ca, ...client });
   try {
     await new Promise<void>((resolve, reject) => {
       s.once('secureConnect', () => resolve());
@@ -286,11 +292,15 @@ test('SIGHUP renews the certificate for new connections, open ones keep working,
         join(tlsDir, 'server-key.pem'),
         '--tls-ca',
         join(tlsDir, 'ca.pem'),
+        '--metrics',
+        '127.0.0.1:0',
       ],
     });
     try {
+      const metricsAt = /metrics on https:\/\/(\S+)\/metrics/.exec(server.stderr())![1]!;
       const first = fingerprintOf();
       t.is(await presentedFingerprint(server.address, ca), first);
+      t.is(await presentedFingerprint(metricsAt, ca), first);
       const seg = await connect({ servers: [server.address], tls: { ca } });
       try {
         await seg.create('renew', 8);
@@ -304,6 +314,7 @@ test('SIGHUP renews the certificate for new connections, open ones keep working,
         server.proc.kill('SIGHUP');
         await waitFor(() => /TLS files reloaded: .*serial /.test(server.stderr()), 'the reload line');
         t.is(await presentedFingerprint(server.address, ca), second, 'a new connection gets the new one');
+        t.is(await presentedFingerprint(metricsAt, ca), second, 'so does the metrics endpoint');
         // The open session goes on over its connection, and new clients get in.
         await bump(seg, 'renew');
         t.is(await seg.read('renew', (h) => h.bytes.readUInt32LE(0)), 2);
@@ -335,6 +346,65 @@ test('SIGHUP renews the certificate for new connections, open ones keep working,
   } finally {
     data.cleanup();
     dir.cleanup();
+  }
+});
+
+/** GET `url` (http or https, with `options`): the status and body, or the error it failed with. */
+function httpGet(
+  url: string,
+  options: RequestOptions = {},
+): Promise<{ status: number; body: string } | { error: string }> {
+  const get = url.startsWith('https:') ? httpsGet : plainGet;
+  return new Promise((resolve) => {
+    const req = get(url, { ...options, timeout: 10_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', (err) => resolve({ error: err.message }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timed out')));
+    req.on('error', (err) => resolve({ error: err.message }));
+  });
+}
+
+test('with TLS on, metrics and health are served over HTTPS with the same certificate, not in the clear', async (t) => {
+  const data = tempDir();
+  const server = await startServerProcess({
+    dataDir: data.path,
+    fsync: 'none',
+    extra: [...serverTls(), '--tls-require-client-cert', '--metrics', '127.0.0.1:0'],
+  });
+  const ca = readFileSync(file('ca.pem'));
+  const client = { cert: readFileSync(file('client.pem')), key: readFileSync(file('client-key.pem')) };
+  try {
+    const at = /metrics on https:\/\/(\S+)\/metrics/.exec(server.stderr());
+    t.truthy(at, server.stderr());
+    const address = at![1]!;
+    const metrics = await httpGet(`https://${address}/metrics`, { ca, ...client });
+    t.true('status' in metrics && metrics.status === 200, JSON.stringify(metrics).slice(0, 200));
+    t.regex(
+      (metrics as { body: string }).body,
+      /segmem_connections_refused_total\{reason="tls_required"\} 0/,
+    );
+    const health = await httpGet(`https://${address}/health`, { ca, ...client });
+    t.true('status' in health && health.status === 200, JSON.stringify(health));
+    t.is(
+      await presentedFingerprint(address, ca, client),
+      new X509Certificate(readFileSync(file('server.pem'))).fingerprint256,
+    );
+    // In the clear: no answer.
+    const plain = await httpGet(`http://${address}/metrics`);
+    t.true('error' in plain, JSON.stringify(plain));
+    // Without a client certificate, as on the listen port: refused.
+    const anonymous = await httpGet(`https://${address}/metrics`, { ca });
+    t.true('error' in anonymous, JSON.stringify(anonymous));
+    // Without the CA: the certificate is not trusted.
+    const untrusted = await httpGet(`https://${address}/metrics`, client);
+    t.true('error' in untrusted, JSON.stringify(untrusted));
+  } finally {
+    t.is(await server.stop(), 0, server.stderr());
+    data.cleanup();
   }
 });
 

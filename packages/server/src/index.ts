@@ -116,8 +116,9 @@ export interface StartServerOptions {
    */
   rotateClusterSecret?: boolean;
   /**
-   * host:port to serve Prometheus metrics (GET /metrics) and health (GET /health) on, over HTTP; overrides
-   * the config file's `metrics`. Port 0 picks a free port. None when unset.
+   * host:port to serve Prometheus metrics (GET /metrics) and health (GET /health) on, over HTTP (HTTPS,
+   * with the same certificate, when the server has TLS); overrides the config file's `metrics`. Port 0
+   * picks a free port. None when unset.
    */
   metrics?: string;
   /**
@@ -274,8 +275,10 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   // Listening first: /health answers (STARTING) while the data directory is recovered.
   const metricsAt = metricsAddressFor(opts, config);
   const metrics = metricsAt === undefined ? null : new ServerMetrics();
-  const metricsServer = metrics && metricsAt ? await serveMetrics(metrics, metricsAt) : null;
-  if (metricsServer) opts.log?.(`metrics on http://${metricsServer.address}/metrics, health on /health`);
+  // With TLS on the listen port, metrics are served over HTTPS with the same certificate.
+  const metricsServer = metrics && metricsAt ? await serveMetrics(metrics, metricsAt, tls) : null;
+  if (metricsServer)
+    opts.log?.(`metrics on ${metricsServer.scheme}://${metricsServer.address}/metrics, health on /health`);
   // One member: the single-member log. Several: a Raft group, every command committed on a majority.
   const opening =
     others.length === 0
@@ -317,6 +320,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
       if (!tls || !tlsFiles)
         throw new SegmemError('INVALID_ARGUMENT', 'this server serves no TLS: nothing to reload');
       reloadServerTls(tls, tlsFiles, systemEnv.now());
+      metricsServer?.tlsReloaded();
       return { ...tls.certificate };
     },
     close() {

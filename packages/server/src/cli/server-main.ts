@@ -124,7 +124,7 @@ export const SERVER_COMMAND: CommandSpec = {
     {
       name: 'metrics',
       value: 'HOST:PORT',
-      help: 'serve Prometheus metrics at /metrics and a health check at /health on this address',
+      help: 'serve Prometheus metrics at /metrics and a health check at /health on this address (HTTPS with TLS on)',
       default: "off, or the config file's metrics",
     },
     {
