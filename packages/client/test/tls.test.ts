@@ -106,9 +106,10 @@ test('segmem cert without openssl on PATH fails with one line saying so', async 
   }
 });
 
-/** A raw TCP connection that sends a HELLO frame in the clear and records the frames that come back. */
+/** A raw TCP connection that sends a HELLO frame (or `bytes`) in the clear and records the frames that come back. */
 async function plainHello(
   address: string,
+  bytes?: Buffer,
 ): Promise<{ frames: Frame[]; received: number; closed: Promise<void> }> {
   const at = address.lastIndexOf(':');
   const socket: Socket = await new Promise((resolve, reject) => {
@@ -128,10 +129,8 @@ async function plainHello(
     result.frames.push(...decoder.push(chunk));
   });
   socket.on('error', () => {});
-  for (const part of encodeRequest(
-    { type: 'HELLO', protocol: PROTOCOL_VERSION, token: null, sessionTimeoutMs: 5000, clientName: 'plain' },
-    1,
-  ))
+  const hello = { type: 'HELLO', protocol: PROTOCOL_VERSION, token: null, sessionTimeoutMs: 5000 } as const;
+  for (const part of bytes ? [bytes] : encodeRequest({ ...hello, clientName: 'plain' }, 1))
     socket.write(part);
   return result;
 }
@@ -175,6 +174,12 @@ test('a TLS server: a client with the CA works, one without it is refused, a pla
       const plain = await plainHello(server.address);
       await plain.closed;
       assertTlsRequired(t, plain);
+      // A frame whose length starts with 0x16, the byte a TLS handshake starts with: still no TLS.
+      const lookalike = Buffer.alloc(0x16 + 4);
+      lookalike.writeUInt32LE(0x16, 0);
+      const plain16 = await plainHello(server.address, lookalike);
+      await plain16.closed;
+      assertTlsRequired(t, plain16);
       // The library says so at once, not when its session timeout has passed.
       const plainStarted = Date.now();
       const plainClient = await connect({ servers: [server.address], sessionTimeoutMs: 10_000 }).catch(

@@ -21,8 +21,20 @@ export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
  * error answer before the peer reads it. Still counted against the connection limits meanwhile.
  */
 const CLOSE_LINGER_MS = 1000;
-/** The first byte of a TLS connection: a handshake record (the ClientHello). */
+/**
+ * The bytes a TLS connection starts with: a handshake record (0x16, the ClientHello), record version 3.x
+ * (3.1 to 3.4). A segmem frame before login never starts so: its first 4 bytes are a length below 64 KiB,
+ * so its third byte is 0.
+ */
 const TLS_HANDSHAKE_RECORD = 0x16;
+const TLS_START_BYTES = 3;
+function startsTls(b: Buffer): boolean {
+  return (
+    b[0] === TLS_HANDSHAKE_RECORD &&
+    (b.length < 2 || b[1] === 3) &&
+    (b.length < 3 || (b[2]! >= 1 && b[2]! <= 4))
+  );
+}
 /** Said, in the clear, to a connection that does not start with a TLS handshake on a TLS port. */
 const TLS_REQUIRED_MESSAGE =
   'this server requires TLS and the connection is plain TCP (clients: the tls option of connect; segmem commands: --tls-ca)';
@@ -55,7 +67,7 @@ export interface RefusedConnections {
   handshakeTimeout: number;
   /** A peer link that did not prove the cluster secret (shell/peer-auth.ts). */
   peerAuth: number;
-  /** A plain connection on a TLS port (its first byte starts no TLS handshake). */
+  /** A plain connection on a TLS port (its first bytes start no TLS handshake). */
   tlsRequired: number;
 }
 
@@ -194,7 +206,7 @@ export async function listen(
     }
     accepted.on('error', () => {});
     accepted.on('close', onClose);
-    // The first chunk is looked at, not consumed: a TLS handshake is handed back to the TLS socket whole.
+    // The first bytes are looked at, not consumed: a TLS handshake is handed back to the TLS socket whole.
     const peek = () => {
       if (lingering.has(accepted)) {
         // Closed before any byte came (the handshake deadline): what still arrives is dropped unread.
@@ -202,10 +214,11 @@ export async function listen(
         accepted.resume();
         return;
       }
-      const first: Buffer | null = accepted.read();
-      if (first === null) return; // nothing yet (or the end: 'close' follows)
+      // Null until that many bytes came (fewer at the end: then what there is).
+      const first: Buffer | null = accepted.read(TLS_START_BYTES);
+      if (first === null) return;
       accepted.off('readable', peek);
-      if (first[0] !== TLS_HANDSHAKE_RECORD) {
+      if (!startsTls(first)) {
         refused.tlsRequired++;
         refuse(node, accepted, TLS_REQUIRED_MESSAGE, { reason: 'TLS_REQUIRED' });
         return;
