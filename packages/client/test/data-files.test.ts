@@ -1,8 +1,9 @@
 /**
  * The data files' edges, against real `segmem-server` processes: a lost log is refused even when its
- * `wal-started` marker went with it (meta.json remembers), and every file the server cannot read or open at
- * start (an I/O error injected at the storage seam, a directory where a file belongs, a file where a
- * directory belongs) stops it with one typed line naming the file and the errno, exit code 1, no stack.
+ * `wal-started` marker went with it (meta.json remembers, from the first durable record on, crash or clean
+ * stop), and every file the server cannot read, open or write (an I/O error injected at the storage seam, a
+ * directory where a file belongs, a file where a directory belongs, the vote file) stops it with one typed
+ * line naming the file and the errno, exit code 1, no stack.
  */
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
