@@ -126,6 +126,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     storage = await DiskRaftStorage.open({
       dir: dataDir.dir,
       walDir: dataDir.walDir,
+      onWalStarted: () => dataDir.walStarted(),
       fsync: opts.fsync ?? 'batch',
       id: opts.id,
       env,

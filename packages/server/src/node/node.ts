@@ -169,6 +169,7 @@ export class SegmemNode {
       const local = await openLocalLog({
         dir: dataDir.dir,
         walDir: dataDir.walDir,
+        onWalStarted: () => dataDir.walStarted(),
         fsync: opts.fsync ?? 'batch',
         pageBytes: PAGE_BYTES,
         segmentBytes,
