@@ -345,7 +345,7 @@ export class ServerConnection implements Port {
           dialer: hello.from,
           acceptor: this.node.id,
           dialerNonce: hello.nonce,
-          acceptorNonce: newNonce(),
+          acceptorNonce: newNonce(this.node.env),
         };
         this.peerPending = { handshake, secret, handler };
         this.answer(
