@@ -45,6 +45,7 @@ export const REAL_BROKEN_VARIANTS = [
   'walSkipsFsync',
   'grantPastLease',
   'leaseWithoutDriftMargin',
+  'acceptUnprovenPeer',
 ] as const;
 /**
  * Deliberately broken variants of the shipped code, each of which the checkers must catch:
@@ -59,6 +60,8 @@ export const REAL_BROKEN_VARIANTS = [
  * ignoreLease), so a paused or cut-off client may read its copy after its session ended and others wrote.
  * leaseWithoutDriftMargin: a client's lease is the whole session timeout on its own clock (Session's
  * unsafeLeaseMs), with no margin for the drift bound; runs with the lease edge (RealSimOptions.leaseEdge).
+ * acceptUnprovenPeer: a member takes a dialer's PEER_PROOF unchecked (NodeOptions' unsafe
+ * acceptUnprovenPeer), so a forged peer that names a member is taken for it; runs with the forged peer.
  */
 export type RealBrokenVariant = (typeof REAL_BROKEN_VARIANTS)[number];
 
@@ -365,6 +368,9 @@ class RealSimulation {
     );
     this.clientNet = new SimClientNetwork(this.world, this.params.latencyMs, this.params.jitterMs);
     this.secret = this.world.randomBytes(CLUSTER_SECRET_BYTES);
+    // The forged peer's variant needs it there, often.
+    if (opts.broken === 'acceptUnprovenPeer' && this.params.forgedPeerEveryMs === 0)
+      this.params.forgedPeerEveryMs = 300;
   }
 
   get nowMs(): number {
@@ -421,6 +427,7 @@ class RealSimulation {
           });
         },
         ...(this.opts.broken === 'followerReadsUnapplied' ? { unsafe: { servePagesUnapplied: true } } : {}),
+        ...(this.opts.broken === 'acceptUnprovenPeer' ? { unsafe: { acceptUnprovenPeer: true } } : {}),
         log: (line) => {
           if (!process.alive) return;
           if (line.startsWith('raft:')) {

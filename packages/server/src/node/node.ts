@@ -394,6 +394,11 @@ export class SegmemNode {
     return this.opts.clusterSecret ?? null;
   }
 
+  /** @internal The simulator's broken variant acceptUnprovenPeer: a dialer's PEER_PROOF is taken unchecked. */
+  get acceptsUnprovenPeers(): boolean {
+    return this.opts.unsafe?.acceptUnprovenPeer === true;
+  }
+
   /**
    * Checks a peer's PEER_HELLO; throws UNAUTHORIZED for another cluster, a misdirected peer or one that is
    * not a member. With a cluster secret the connection still has to pass the proof (shell/connection.ts)
