@@ -1,17 +1,18 @@
 /**
  * The simulation of the code that ships: three real members (openClusterNode: SegmemNode, RaftLog and its
- * driver, DiskRaftStorage with its data directory on the simulated disk SimFs, the real connection handling
- * and peer codec) and
+ * driver, DiskRaftStorage with its data directory on the simulated disk SimFs, the real connection handling,
+ * and the real peer links, which prove one cluster secret to each other before any Raft message) and
  * 2..4 real clients (the client's own Session and SegmentImpl over a BufferSegment, reconnecting and
  * following the leader by their own code), every one a process with its own Env on one simulated clock.
  *
  * Each seed draws its faults (swarm testing): network delay and jitter, partitions between members
  * (symmetric or one-way) and between a client and a member, and client pauses longer than the session
- * timeout taken while the client holds a write handle, after which it writes into that handle. Then the
+ * timeout taken while the client holds a write handle, after which it writes into that handle; peer
+ * handshakes reset midway, peer links reset, and a forged peer without the secret. Then the
  * faults stop and every operation still out must complete (liveness). The history of what the clients saw
  * is checked: increments counted exactly once, reads of committed values only, linearizability per
  * counter, stat versions that count every increment acknowledged before them, shared-log appends exactly
- * once at the sequence number their answer gave.
+ * once at the sequence number their answer gave; and terms that grow only by campaigns.
  */
 import { createHash } from 'node:crypto';
 import { FollowerReads } from '@segmem/client/internal/follower-reads';
