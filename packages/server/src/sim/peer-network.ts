@@ -177,10 +177,13 @@ function isRaftUnit(bytes: Buffer): boolean {
 
 /** The dialling end of a connection over the simulated network. */
 class SimPeerSocket extends EventEmitter implements PeerSocket {
+  /** Nothing is ever held back: a unit leaves as it is written (or uncorked). */
   readonly writableLength = 0;
   writableCorked = 0;
   private held: Buffer[] = [];
   private state: 'connecting' | 'open' | 'closed' = 'connecting';
+  /** The dialer heard 'close'. */
+  private closed = false;
   private server: Accepted | null = null;
   private readonly to: NodeId;
   /** When the last bytes each way arrive: what is not jittered keeps its order. */
@@ -325,7 +328,7 @@ class SimPeerSocket extends EventEmitter implements PeerSocket {
     this.env.setTimeout(fn, 0);
   }
 
-  private closed = false;
+  /** Tells the dialer once that the connection closed. */
   private closeDialer(): void {
     if (this.closed) return;
     this.closed = true;
