@@ -6,7 +6,7 @@
 import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
-import { decodeError, type Frame, FrameDecoder, MessageType } from '@segmem/protocol';
+import { decodeError, type Frame, FrameDecoder, MessageType, systemEnv } from '@segmem/protocol';
 import { defaultClusterId } from '@segmem/server/internal/cluster';
 import { createClusterSecretFile, readClusterSecretFile } from '@segmem/server/internal/secret-file';
 import { newNonce, type PeerHandshake, peerProof } from '@segmem/server/internal/shell/peer-auth';
@@ -149,7 +149,7 @@ async function rawPeer(
   const write = (parts: Buffer[]) => {
     for (const p of parts) socket.write(p);
   };
-  const nonce = newNonce();
+  const nonce = newNonce(systemEnv);
   write(encodePeerHello({ ...hello, token: null, nonce }));
   if (secret) {
     const challenge = await next();
