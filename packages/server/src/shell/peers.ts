@@ -70,6 +70,11 @@ interface LinkIdentity {
 
 /** Drop messages to a peer whose socket already holds this many unsent bytes. */
 const MAX_UNSENT_BYTES = 32 * 1024 * 1024;
+/**
+ * A link not through its handshake this long after the dial is given up and dialled again: a dial into a
+ * partition otherwise waits out the system's SYN retries (minutes, backing off), long after the path is back.
+ */
+export const PEER_DIAL_TIMEOUT_MS = 5000;
 
 class PeerLink {
   private socket: PeerSocket | null = null;
@@ -78,6 +83,8 @@ class PeerLink {
   private closed = false;
   private delayMs = 20;
   private timer: EnvTimer | null = null;
+  /** Ends a dial that is not through its handshake in time (see PEER_DIAL_TIMEOUT_MS). */
+  private dialTimer: EnvTimer | null = null;
   /** The last reason this link failed, logged once until it works again. */
   private lastFailure: string | null = null;
   dropped = 0;
@@ -103,6 +110,14 @@ class PeerLink {
     const nonce = secret ? newNonce(this.env) : undefined;
     const decoder = new FrameDecoder({ maxFrameBytes: MAX_HANDSHAKE_FRAME_BYTES, maxHeaderElements: 16 });
     let tcpConnected = false;
+    this.dialTimer = this.env.setTimeout(() => {
+      this.dialTimer = null;
+      if (!this.connected && this.socket === socket)
+        this.fail(
+          socket,
+          `peer link to ${this.id} at ${this.address}: not through its handshake within ${PEER_DIAL_TIMEOUT_MS} ms`,
+        );
+    }, PEER_DIAL_TIMEOUT_MS);
     if (this.tls) socket.once('connect', () => (tcpConnected = true));
     socket.on(this.tls ? 'secureConnect' : 'connect', () => {
       this.lastTlsError = '';
@@ -135,6 +150,7 @@ class PeerLink {
       this.onTlsError?.(err.message);
     });
     socket.on('close', () => {
+      this.clearDialTimer();
       this.connected = false;
       this.socket = null;
       if (this.closed) return;
@@ -189,7 +205,13 @@ class PeerLink {
     return true;
   }
 
+  private clearDialTimer(): void {
+    if (this.dialTimer) this.env.clearTimeout(this.dialTimer);
+    this.dialTimer = null;
+  }
+
   private established(): void {
+    this.clearDialTimer();
     this.connected = true;
     this.delayMs = 20;
     if (this.lastFailure !== null) this.who.log?.(`peer link to ${this.id} at ${this.address} works again`);
@@ -230,6 +252,7 @@ class PeerLink {
   close(): void {
     this.closed = true;
     this.env.clearTimeout(this.timer);
+    this.clearDialTimer();
     this.socket?.destroy();
   }
 }
