@@ -166,8 +166,9 @@ export class Session {
         transport.close();
         const redirect = redirectOf(err);
         // A redirect, or a member that dropped the connection mid-handshake (e.g. it just lost leadership):
-        // try again, until the deadline.
-        const retry = redirect !== null || SegmemError.is(err, 'UNAVAILABLE');
+        // try again, until the deadline. A full memory budget (details.budget) is the leader's answer: no retry.
+        const retry =
+          redirect !== null || (SegmemError.is(err, 'UNAVAILABLE') && err.details?.budget === undefined);
         if (!retry || env.now() > deadline) throw err;
         prefer = redirect?.address ?? undefined;
         avoid = prefer ? undefined : transport.address;
