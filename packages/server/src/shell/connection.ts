@@ -233,7 +233,6 @@ export class ServerConnection implements Port {
     if (this.roomWaiters.length > 0) this.askDrain();
     this.updatePause();
     this.decodeFrames();
-    this.countHeld();
   }
 
   /** Tells the memory budget what this connection's buffers hold now (two reads, no scan). */
@@ -319,12 +318,16 @@ export class ServerConnection implements Port {
       return;
     }
     this.decodeFrames();
-    this.countHeld();
     this.admitFrame();
   }
 
   /** Decodes and handles the frames received, until none is left or the connection must hold. */
   private decodeFrames(): void {
+    this.decodeReceived();
+    this.countHeld();
+  }
+
+  private decodeReceived(): void {
     if (this.decodeHeld && this.mustHold()) return;
     this.decodeHeld = false;
     while (!this.closed) {
