@@ -367,7 +367,7 @@ export class SegmentImpl implements Segment {
       // While grants are kept, the lease is renewed well before it runs out.
       const everyMs = Math.max(20, Math.floor(session.leaseMs / 3));
       this.leaseTimer = session.env.setInterval(() => {
-        if (!this.closed && this.keptGrants() > 0) this.session.renewLease(this.session.leaseStamp());
+        if (!this.closed && this.keepsAnyGrant()) this.session.renewLease(this.session.leaseStamp());
       }, everyMs);
       this.leaseTimer.unref();
     }
@@ -379,6 +379,12 @@ export class SegmentImpl implements Segment {
     for (const c of this.byId.values())
       if (c.grant?.mode === 'read' && c.grantUsers === 0 && !c.revoked) out.push(c.name);
     return out;
+  }
+
+  /** Whether this session keeps any grant (stops at the first: the lease timer asks every few hundred ms). */
+  private keepsAnyGrant(): boolean {
+    for (const c of this.byId.values()) if (c.grant) return true;
+    return false;
   }
 
   /** How many objects this session keeps a grant of. */

@@ -9,6 +9,7 @@ import {
   type AcquireOk,
   type Changed,
   decodeChanged,
+  decodeError,
   decodeInvalidate,
   decodeResponse,
   decodeRevoke,
@@ -113,6 +114,8 @@ export class Session {
   hello!: HelloOk;
   private transport: Transport | null = null;
   private decoder = new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
+  /** The error frame (requestId 0) the server sent on this transport before closing it, if any. */
+  private closingError: SegmemError | null = null;
   private readonly pending = new Map<number, Pending>();
   private nextRequestId = 1;
   private nextSeq = 1;
@@ -166,9 +169,13 @@ export class Session {
         transport.close();
         const redirect = redirectOf(err);
         // A redirect, or a member that dropped the connection mid-handshake (e.g. it just lost leadership):
-        // try again, until the deadline. A full memory budget (details.budget) is the leader's answer: no retry.
+        // try again, until the deadline. A plain connection to a server that requires TLS will not mend by
+        // waiting, and a full memory budget (details.budget) is the leader's answer: both said at once.
         const retry =
-          redirect !== null || (SegmemError.is(err, 'UNAVAILABLE') && err.details?.budget === undefined);
+          redirect !== null ||
+          (SegmemError.is(err, 'UNAVAILABLE') &&
+            err.details?.reason !== 'TLS_REQUIRED' &&
+            err.details?.budget === undefined);
         if (!retry || env.now() > deadline) throw err;
         prefer = redirect?.address ?? undefined;
         avoid = prefer ? undefined : transport.address;
@@ -305,6 +312,7 @@ export class Session {
 
   private async attach(transport: Transport, resumeSessionId: number | null): Promise<boolean> {
     this.decoder = new FrameDecoder({ maxFrameBytes: MAX_FRAME_BYTES });
+    this.closingError = null;
     this.transport = transport;
     transport.onData = (chunk) => this.receive(chunk);
     const requestId = this.allocateRequestId();
@@ -330,7 +338,20 @@ export class Session {
       const p = this.pending.get(requestId);
       if (!p) return;
       this.pending.delete(requestId);
-      // A server that serves TLS only closes a plain connection so, without a word.
+      // The server said why it closed (a plain connection to a TLS port, a connection limit): that is the reason.
+      const said = this.closingError;
+      // Still UNAVAILABLE whatever its code (a handshake deadline's TIMEOUT): another attempt may do.
+      if (said) {
+        p.reject(
+          new SegmemError('UNAVAILABLE', `${transport.address ?? 'the server'}: ${said.message}`, {
+            ...said.details,
+            ...(said.code !== 'UNAVAILABLE' ? { serverCode: said.code } : {}),
+            ...(transport.address !== undefined ? { address: transport.address } : {}),
+          }),
+        );
+        return;
+      }
+      // An older server that serves TLS only closes a plain connection without a word.
       const plain =
         !this.opts.tls && transport.address !== undefined && this.traffic.bytesReceived === receivedBefore;
       p.reject(
@@ -414,7 +435,12 @@ export class Session {
             this.opts.onResumed(); // an unreadable push: watches are sent again, their answers fill the gap
           }
         } else if (frame.type === MessageType.ERROR) {
-          // The server is closing the connection over a framing error; the close handler follows.
+          // The server is closing the connection (a framing error, a refusal); the close handler follows.
+          try {
+            this.closingError = decodeError(frame);
+          } catch {
+            // unreadable: the close says what it can
+          }
         }
         continue;
       }

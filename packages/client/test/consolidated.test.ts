@@ -286,6 +286,10 @@ test('segmem restore refuses a crafted file whose checksum matches: one line, ex
       t.is(r.stderr, line, 'the one line, no stack');
       t.is(r.stdout, '');
       for (const d of dirs) t.false(existsSync(d), `${d} was not created`);
+      // Inspecting it says what restore would refuse, not just "checksum OK".
+      const inspected = await segmem(['snapshot', '--inspect', file]);
+      t.is(inspected.code, 1, inspected.stdout);
+      t.is(inspected.stderr, line.replace('segmem: restore: ', `segmem: inspect ${file}: `));
     }
   } finally {
     dir.cleanup();

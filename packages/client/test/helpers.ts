@@ -17,6 +17,7 @@ import {
   type Request,
   type RequestType,
   type SegmemError,
+  systemEnv,
 } from '@segmem/protocol';
 import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
 import { newNonce, type PeerHandshake, peerProof } from '@segmem/server/internal/shell/peer-auth';
@@ -616,7 +617,7 @@ export async function rawPeer(
   const write = (parts: Buffer[]) => {
     for (const p of parts) socket.write(p);
   };
-  const nonce = newNonce();
+  const nonce = newNonce(systemEnv);
   write(encodePeerHello({ ...hello, token: null, nonce }));
   if (secret) {
     const challenge = await next();

@@ -1,10 +1,13 @@
 /**
  * TLS on the servers' port, against real `segmem-server` processes over real sockets, with certificates made
  * by `segmem cert` (the system's openssl): a client that trusts the CA works, one that does not is refused
- * with a typed error, a plain client gets nothing, members of a TLS cluster elect and commit over TLS, and
+ * with a typed error, a plain client is told in the clear that TLS is required, members of a TLS cluster elect and commit over TLS, and
  * bad certificate files stop a server before it listens.
  */
+import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { get as plainGet } from 'node:http';
+import { get as httpsGet, type RequestOptions } from 'node:https';
 import { connect as netConnect, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
@@ -18,7 +21,7 @@ import {
   PROTOCOL_VERSION,
   SegmemError,
 } from '@segmem/protocol';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { connect } from '../src/index.js';
 import {
   bump,
@@ -103,8 +106,11 @@ test('segmem cert without openssl on PATH fails with one line saying so', async 
   }
 });
 
-/** A raw TCP connection that sends a HELLO frame in the clear and records what comes back. */
-async function plainHello(address: string): Promise<{ received: number; closed: Promise<void> }> {
+/** A raw TCP connection that sends a HELLO frame (or `bytes`) in the clear and records the frames that come back. */
+async function plainHello(
+  address: string,
+  bytes?: Buffer,
+): Promise<{ frames: Frame[]; received: number; closed: Promise<void> }> {
   const at = address.lastIndexOf(':');
   const socket: Socket = await new Promise((resolve, reject) => {
     const s = netConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)) }, () =>
@@ -112,18 +118,35 @@ async function plainHello(address: string): Promise<{ received: number; closed: 
     );
     s.once('error', reject);
   });
-  const result = { received: 0, closed: new Promise<void>((r) => socket.once('close', () => r())) };
-  socket.on('data', (chunk: Buffer) => (result.received += chunk.length));
+  const decoder = new FrameDecoder();
+  const result = {
+    frames: [] as Frame[],
+    received: 0,
+    closed: new Promise<void>((r) => socket.once('close', () => r())),
+  };
+  socket.on('data', (chunk: Buffer) => {
+    result.received += chunk.length;
+    result.frames.push(...decoder.push(chunk));
+  });
   socket.on('error', () => {});
-  for (const part of encodeRequest(
-    { type: 'HELLO', protocol: PROTOCOL_VERSION, token: null, sessionTimeoutMs: 5000, clientName: 'plain' },
-    1,
-  ))
+  const hello = { type: 'HELLO', protocol: PROTOCOL_VERSION, token: null, sessionTimeoutMs: 5000 } as const;
+  for (const part of bytes ? [bytes] : encodeRequest({ ...hello, clientName: 'plain' }, 1))
     socket.write(part);
   return result;
 }
 
-test('a TLS server: a client with the CA works, one without it is refused, a plain client gets nothing', async (t) => {
+/** Checks that a plain connection got one UNAVAILABLE error frame, in the clear, saying TLS is required. */
+function assertTlsRequired(t: ExecutionContext, plain: { frames: Frame[] }): void {
+  t.is(plain.frames.length, 1, 'one frame');
+  t.is(plain.frames[0]!.type, MessageType.ERROR);
+  t.is(plain.frames[0]!.requestId, 0);
+  const err = decodeError(plain.frames[0]!);
+  t.is(err.code, 'UNAVAILABLE');
+  t.is(err.details?.reason, 'TLS_REQUIRED');
+  t.regex(err.message, /requires TLS/);
+}
+
+test('a TLS server: a client with the CA works, one without it is refused, a plain client is told TLS is required', async (t) => {
   const data = tempDir();
   const server = await startServerProcess({ dataDir: data.path, fsync: 'none', extra: serverTls() });
   const ca = readFileSync(file('ca.pem'));
@@ -147,15 +170,25 @@ test('a TLS server: a client with the CA works, one without it is refused, a pla
       }).catch((e: unknown) => e);
       t.is((otherName as SegmemError).details?.tlsCode, 'ERR_TLS_CERT_ALTNAME_INVALID');
 
-      // In the clear: the HELLO frame is never read as one; no byte comes back, the connection closes.
+      // In the clear: the HELLO frame is never read as one; one error frame comes back, the connection closes.
       const plain = await plainHello(server.address);
       await plain.closed;
-      t.is(plain.received, 0, 'a plain client gets no frame');
-      const plainClient = await connect({ servers: [server.address], sessionTimeoutMs: 6000 }).catch(
+      assertTlsRequired(t, plain);
+      // A frame whose length starts with 0x16, the byte a TLS handshake starts with: still no TLS.
+      const lookalike = Buffer.alloc(0x16 + 4);
+      lookalike.writeUInt32LE(0x16, 0);
+      const plain16 = await plainHello(server.address, lookalike);
+      await plain16.closed;
+      assertTlsRequired(t, plain16);
+      // The library says so at once, not when its session timeout has passed.
+      const plainStarted = Date.now();
+      const plainClient = await connect({ servers: [server.address], sessionTimeoutMs: 10_000 }).catch(
         (e: unknown) => e,
       );
       t.true(SegmemError.is(plainClient, 'UNAVAILABLE'), String(plainClient));
-      t.regex((plainClient as SegmemError).message, /requires TLS/);
+      t.is((plainClient as SegmemError).details?.reason, 'TLS_REQUIRED');
+      t.regex((plainClient as SegmemError).message, /^127\.0\.0\.1:\d+: .*requires TLS/);
+      t.true(Date.now() - plainStarted < 5000, `took ${Date.now() - plainStarted} ms`);
 
       // The server is still up and the TLS session still serves.
       await bump(seg, 'tls/counter');
@@ -184,10 +217,12 @@ test('a TLS server: a client with the CA works, one without it is refused, a pla
         file('ca.pem'),
       ]).done;
       t.is(get.code, 0, get.stderr);
+      const plainLsStarted = Date.now();
       const plainLs = await runNode(segmemBin, ['ls', '--servers', server.address, '--timeout', '10000'])
         .done;
       t.is(plainLs.code, 1);
-      t.regex(plainLs.stderr, /closed the connection without a word \(if it serves TLS: --tls-ca\)/);
+      t.regex(plainLs.stderr, /^segmem: 127\.0\.0\.1:\d+: .*requires TLS.*--tls-ca.* \(UNAVAILABLE\)\n$/);
+      t.true(Date.now() - plainLsStarted < 8000, `took ${Date.now() - plainLsStarted} ms`);
       // A CA mistake is not waited out: the command says so at once, not when its 10 s timeout ends.
       const noCaStarted = Date.now();
       const noCa = await runNode(segmemBin, ['ls', '--servers', server.address, '--timeout', '10000'], {
@@ -220,6 +255,160 @@ await c.close_persistant();
     }
   } finally {
     t.is(await server.stop(), 0);
+    data.cleanup();
+  }
+});
+
+/** The fingerprint of the certificate the server at `address` presents to a new TLS connection. */
+async function presentedFingerprint(
+  address: string,
+  ca: Buffer,
+  client: { cert?: Buffer; key?: Buffer } = {},
+): Promise<string> {
+  const at = address.lastIndexOf(':');
+  const s = tlsConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)), ca, ...client });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      s.once('secureConnect', () => resolve());
+      s.once('error', reject);
+    });
+    return s.getPeerCertificate().fingerprint256;
+  } finally {
+    s.destroy();
+  }
+}
+
+test('SIGHUP renews the certificate for new connections, open ones keep working, and a bad file keeps the old one', async (t) => {
+  const dir = tempDir('segmem-tls-renew-');
+  const data = tempDir();
+  const tlsDir = join(dir.path, 'tls');
+  const fingerprintOf = () => new X509Certificate(readFileSync(join(tlsDir, 'server.pem'))).fingerprint256;
+  try {
+    const made = await runNode(segmemBin, ['cert', '--out', tlsDir, '--host', '127.0.0.1']).done;
+    t.is(made.code, 0, made.stderr);
+    const ca = readFileSync(join(tlsDir, 'ca.pem'));
+    const server = await startServerProcess({
+      dataDir: data.path,
+      fsync: 'none',
+      extra: [
+        '--tls-cert',
+        join(tlsDir, 'server.pem'),
+        '--tls-key',
+        join(tlsDir, 'server-key.pem'),
+        '--tls-ca',
+        join(tlsDir, 'ca.pem'),
+        '--metrics',
+        '127.0.0.1:0',
+      ],
+    });
+    try {
+      const metricsAt = /metrics on https:\/\/(\S+)\/metrics/.exec(server.stderr())![1]!;
+      const first = fingerprintOf();
+      t.is(await presentedFingerprint(server.address, ca), first);
+      t.is(await presentedFingerprint(metricsAt, ca), first);
+      const seg = await connect({ servers: [server.address], tls: { ca } });
+      try {
+        await seg.create('renew', 8);
+        await bump(seg, 'renew');
+
+        // Renewed by the same CA: a new certificate (new serial), then SIGHUP.
+        const renewed = await runNode(segmemBin, ['cert', '--out', tlsDir, '--host', '127.0.0.1']).done;
+        t.is(renewed.code, 0, renewed.stderr);
+        const second = fingerprintOf();
+        t.not(second, first, 'segmem cert made a new certificate');
+        server.proc.kill('SIGHUP');
+        await waitFor(() => /TLS files reloaded: .*serial /.test(server.stderr()), 'the reload line');
+        t.is(await presentedFingerprint(server.address, ca), second, 'a new connection gets the new one');
+        t.is(await presentedFingerprint(metricsAt, ca), second, 'so does the metrics endpoint');
+        // The open session goes on over its connection, and new clients get in.
+        await bump(seg, 'renew');
+        t.is(await seg.read('renew', (h) => h.bytes.readUInt32LE(0)), 2);
+        const again = await connect({ servers: [server.address], tls: { ca } });
+        t.is(await again.read('renew', (h) => h.bytes.readUInt32LE(0)), 2);
+        await again.close();
+
+        // A broken certificate file: one line saying why, and the renewed certificate stays in use.
+        writeFileSync(join(tlsDir, 'server.pem'), 'not a certificate\n');
+        server.proc.kill('SIGHUP');
+        await waitFor(() => /TLS files not reloaded/.test(server.stderr()), 'the refusal line');
+        const refusal = server
+          .stderr()
+          .split('\n')
+          .find((l) => l.includes('TLS files not reloaded'))!;
+        t.regex(
+          refusal,
+          /^segmem-server s1: TLS files not reloaded, the previous certificate stays in use: the TLS certificate file .*server\.pem holds no PEM data \(INVALID_ARGUMENT\)$/,
+        );
+        t.is(await presentedFingerprint(server.address, ca), second);
+        await bump(seg, 'renew');
+        t.is(await seg.read('renew', (h) => h.bytes.readUInt32LE(0)), 3);
+      } finally {
+        await seg.close();
+      }
+    } finally {
+      t.is(await server.stop(), 0, server.stderr());
+    }
+  } finally {
+    data.cleanup();
+    dir.cleanup();
+  }
+});
+
+/** GET `url` (http or https, with `options`): the status and body, or the error it failed with. */
+function httpGet(
+  url: string,
+  options: RequestOptions = {},
+): Promise<{ status: number; body: string } | { error: string }> {
+  const get = url.startsWith('https:') ? httpsGet : plainGet;
+  return new Promise((resolve) => {
+    const req = get(url, { ...options, timeout: 10_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', (err) => resolve({ error: err.message }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timed out')));
+    req.on('error', (err) => resolve({ error: err.message }));
+  });
+}
+
+test('with TLS on, metrics and health are served over HTTPS with the same certificate, not in the clear', async (t) => {
+  const data = tempDir();
+  const server = await startServerProcess({
+    dataDir: data.path,
+    fsync: 'none',
+    extra: [...serverTls(), '--tls-require-client-cert', '--metrics', '127.0.0.1:0'],
+  });
+  const ca = readFileSync(file('ca.pem'));
+  const client = { cert: readFileSync(file('client.pem')), key: readFileSync(file('client-key.pem')) };
+  try {
+    const at = /metrics on https:\/\/(\S+)\/metrics/.exec(server.stderr());
+    t.truthy(at, server.stderr());
+    const address = at![1]!;
+    const metrics = await httpGet(`https://${address}/metrics`, { ca, ...client });
+    t.true('status' in metrics && metrics.status === 200, JSON.stringify(metrics).slice(0, 200));
+    t.regex(
+      (metrics as { body: string }).body,
+      /segmem_connections_refused_total\{reason="tls_required"\} 0/,
+    );
+    const health = await httpGet(`https://${address}/health`, { ca, ...client });
+    t.true('status' in health && health.status === 200, JSON.stringify(health));
+    t.is(
+      await presentedFingerprint(address, ca, client),
+      new X509Certificate(readFileSync(file('server.pem'))).fingerprint256,
+    );
+    // In the clear: no answer.
+    const plain = await httpGet(`http://${address}/metrics`);
+    t.true('error' in plain, JSON.stringify(plain));
+    // Without a client certificate, as on the listen port: refused.
+    const anonymous = await httpGet(`https://${address}/metrics`, { ca });
+    t.true('error' in anonymous, JSON.stringify(anonymous));
+    // Without the CA: the certificate is not trusted.
+    const untrusted = await httpGet(`https://${address}/metrics`, client);
+    t.true('error' in untrusted, JSON.stringify(untrusted));
+  } finally {
+    t.is(await server.stop(), 0, server.stderr());
     data.cleanup();
   }
 });
@@ -405,7 +594,7 @@ test('the config file keys tlsCert, tlsKey and tlsCa turn TLS on; bad values are
       await seg.close();
       const plain = await plainHello(server.address);
       await plain.closed;
-      t.is(plain.received, 0);
+      assertTlsRequired(t, plain);
     } finally {
       t.is(await server.stop(), 0);
     }

@@ -64,7 +64,7 @@ export interface PeerTransportOptions {
   addresses: Record<NodeId, string>;
   token: string | null;
   env: Env;
-  /** The cluster secret both ends of a peer link prove (shell/peer-auth.ts); null only in the simulator. */
+  /** The cluster secret both ends of a peer link prove (shell/peer-auth.ts); null only in unit tests on the simulated clock. */
   secret?: Buffer | null;
   /** Dial the other members over TLS with these options; none: plain TCP. */
   tls?: ConnectionOptions;
@@ -126,6 +126,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     storage = await DiskRaftStorage.open({
       dir: dataDir.dir,
       walDir: dataDir.walDir,
+      onWalStarted: () => dataDir.walStarted(),
       fsync: opts.fsync ?? 'batch',
       id: opts.id,
       env,

@@ -30,7 +30,7 @@ import {
 } from './shell/tcp.js';
 import type { ServerTls } from './shell/tls.js';
 import type { FsyncPolicy } from './storage/wal.js';
-import { loadServerTls, type TlsFiles } from './tls-files.js';
+import { loadServerTls, reloadServerTls, type TlsFiles } from './tls-files.js';
 
 export { type Env, SegmemError, systemEnv } from '@segmem/protocol';
 export { DEFAULT_CONFIG, loadConfigFile, parsePeers, type ServerConfig } from './config.js';
@@ -116,8 +116,9 @@ export interface StartServerOptions {
    */
   rotateClusterSecret?: boolean;
   /**
-   * host:port to serve Prometheus metrics (GET /metrics) and health (GET /health) on, over HTTP; overrides
-   * the config file's `metrics`. Port 0 picks a free port. None when unset.
+   * host:port to serve Prometheus metrics (GET /metrics) and health (GET /health) on, over HTTP (HTTPS,
+   * with the same certificate, when the server has TLS); overrides the config file's `metrics`. Port 0
+   * picks a free port. None when unset.
    */
   metrics?: string;
   /**
@@ -182,6 +183,20 @@ export interface RunningServer {
   status(): ReturnType<SegmemNode['status']>;
   /** host:port of the metrics and health endpoint; null without one. */
   metricsAddress: string | null;
+  /** Whether the listen port (and the metrics endpoint) serve TLS. */
+  servesTls: boolean;
+  /**
+   * Reads the TLS files again (not part of the pinned API; `segmem-server` does it on SIGHUP) and checks
+   * them exactly as at start; connections made from then on use the new certificate (and key and CA),
+   * those open keep theirs. Returns the certificate now in use. Throws `INVALID_ARGUMENT` naming the file
+   * when one does not check out (the material in use stays), or when the server serves no TLS.
+   *
+   * @example
+   * ```ts
+   * process.on('SIGHUP', () => console.log(`serial ${server.reloadTls().serialNumber}`));
+   * ```
+   */
+  reloadTls(): { serialNumber: string; validTo: string; fingerprint256: string };
 }
 
 /**
@@ -260,8 +275,10 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   // Listening first: /health answers (STARTING) while the data directory is recovered.
   const metricsAt = metricsAddressFor(opts, config);
   const metrics = metricsAt === undefined ? null : new ServerMetrics();
-  const metricsServer = metrics && metricsAt ? await serveMetrics(metrics, metricsAt) : null;
-  if (metricsServer) opts.log?.(`metrics on http://${metricsServer.address}/metrics, health on /health`);
+  // With TLS on the listen port, metrics are served over HTTPS with the same certificate.
+  const metricsServer = metrics && metricsAt ? await serveMetrics(metrics, metricsAt, tls) : null;
+  if (metricsServer)
+    opts.log?.(`metrics on ${metricsServer.scheme}://${metricsServer.address}/metrics, health on /health`);
   // One member: the single-member log. Several: a Raft group, every command committed on a majority.
   const opening =
     others.length === 0
@@ -298,6 +315,14 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     address: listener.address,
     metricsAddress: metricsServer?.address ?? null,
     status: () => node.status(),
+    servesTls: tls !== undefined,
+    reloadTls() {
+      if (!tls || !tlsFiles)
+        throw new SegmemError('INVALID_ARGUMENT', 'this server serves no TLS: nothing to reload');
+      reloadServerTls(tls, tlsFiles, systemEnv.now());
+      metricsServer?.tlsReloaded();
+      return { ...tls.certificate };
+    },
     close() {
       closing ??= (async () => {
         await metricsServer?.close();

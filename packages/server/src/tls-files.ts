@@ -1,7 +1,8 @@
 /**
  * The server's TLS files: the certificate and key (and the CA that client certificates, and other members'
- * certificates, must chain to), read and checked once at start, so that a bad file stops the server with
- * one line naming it before anything listens. (Outside shell/: a cluster member's modules read no files.)
+ * certificates, must chain to), read and checked at start, so that a bad file stops the server with one
+ * line naming it before anything listens, and again on a reload (SIGHUP), which keeps the material in use
+ * when the new files do not check out. (Outside shell/: a cluster member's modules read no files.)
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -87,5 +88,25 @@ export function loadServerTls(files: TlsFiles, nowMs: number): ServerTls {
     context,
     requireClientCert: files.requireClientCert === true,
     peerOptions: { cert: certPem, key: keyPem, ...(caPem ? { ca: caPem } : {}) },
+    certificate: {
+      serialNumber: cert.serialNumber,
+      validTo: cert.validTo,
+      fingerprint256: cert.fingerprint256,
+    },
   };
+}
+
+/**
+ * Reads and checks the files again, exactly as at start, and puts the new material in `tls` for the
+ * connections made from now on (open ones keep theirs). Throws as {@link loadServerTls} does, `tls` left
+ * as it was.
+ */
+export function reloadServerTls(tls: ServerTls, files: TlsFiles, nowMs: number): void {
+  const fresh = loadServerTls(files, nowMs);
+  tls.context = fresh.context;
+  tls.certificate = fresh.certificate;
+  // Peer links hold this very object (they spread it at each dial): its contents are replaced.
+  const peer = tls.peerOptions as Record<string, unknown>;
+  for (const key of Object.keys(peer)) delete peer[key];
+  Object.assign(peer, fresh.peerOptions);
 }

@@ -51,11 +51,6 @@ const ALLOW: { path: string; rules?: string[]; why: string }[] = [
     why: 'the unique name of the mapped segment file on a real disk (unlinked at once)',
   },
   {
-    path: 'packages/server/src/shell/peer-auth.ts',
-    rules: ['crypto random'],
-    why: 'peer handshake nonces: an attacker must not predict them, so cryptographic randomness, never a seeded PRNG (the simulator runs members without a secret)',
-  },
-  {
     path: 'packages/server/src/secret-file.ts',
     rules: ['crypto random'],
     why: 'a new cluster secret (segmem secret new, segmem up): it must be unguessable',

@@ -2,7 +2,7 @@
  * Server-to-server frames: a consensus message survives encoding, and a snapshot larger than a frame
  * travels in pieces that are put back together, in order, or refused.
  */
-import { encodeFrame, FrameDecoder, type SegmemError } from '@segmem/protocol';
+import { encodeFrame, FrameDecoder, type SegmemError, systemEnv } from '@segmem/protocol';
 import test from 'ava';
 import type { Message } from '../src/raft/types.js';
 import { checkPeerProof, newNonce, type PeerHandshake, peerProof } from '../src/shell/peer-auth.js';
@@ -151,7 +151,7 @@ test('terms and indexes above 2^48 are refused at the boundary, not handed to th
 });
 
 test('the handshake frames round-trip; a proof holds only for its role, nonces, ids, cluster and secret', (t) => {
-  const nonce = newNonce();
+  const nonce = newNonce(systemEnv);
   const frames = new FrameDecoder().push(
     Buffer.concat(encodePeerHello({ clusterId: 'c', from: 's1', to: 's2', token: null, nonce })),
   );
@@ -162,7 +162,7 @@ test('the handshake frames round-trip; a proof holds only for its role, nonces, 
     dialer: 's1',
     acceptor: 's2',
     dialerNonce: nonce,
-    acceptorNonce: newNonce(),
+    acceptorNonce: newNonce(systemEnv),
   };
   const proof = peerProof(secret, 'acceptor', h);
   const [challenge] = new FrameDecoder().push(
@@ -173,7 +173,7 @@ test('the handshake frames round-trip; a proof holds only for its role, nonces, 
   t.false(checkPeerProof(secret, 'dialer', h, proof), 'not as the other role');
   t.false(checkPeerProof(Buffer.alloc(32, 8), 'acceptor', h, proof), 'not under another secret');
   t.false(
-    checkPeerProof(secret, 'acceptor', { ...h, acceptorNonce: newNonce() }, proof),
+    checkPeerProof(secret, 'acceptor', { ...h, acceptorNonce: newNonce(systemEnv) }, proof),
     'not with another nonce',
   );
   t.false(checkPeerProof(secret, 'acceptor', { ...h, dialer: 's3' }, proof), 'not for another peer');

@@ -16,6 +16,7 @@ import {
   PROTOCOL_VERSION,
   type Request,
   type SegmemError,
+  systemEnv,
 } from '@segmem/protocol';
 import test from 'ava';
 import { startServer } from '../src/index.js';
@@ -373,11 +374,11 @@ test('members of a token-protected cluster prove the cluster secret to each othe
       from: 's2',
       to: 's1',
       token: null,
-      nonce: newNonce(),
+      nonce: newNonce(systemEnv),
     }))
       guesser.socket.write(p);
     t.is((await guesser.next())?.type, PeerMessageType.PEER_CHALLENGE);
-    for (const p of encodePeerProof(newNonce())) guesser.socket.write(p);
+    for (const p of encodePeerProof(newNonce(systemEnv))) guesser.socket.write(p);
     const refused = await guesser.next();
     t.is(refused?.type, MessageType.ERROR);
     t.is(decodeError(refused!).code, 'UNAUTHORIZED');

@@ -69,7 +69,7 @@ async function runReal(): Promise<number> {
       if (args.includes('--verbose') || seed !== undefined) {
         const st = r.stats;
         process.stdout.write(
-          `seed ${s} ok: ${(st.simulatedMs / 1000).toFixed(1)} simulated s, ${st.increments} increments (+${st.incrementsUnknown} unknown), ${st.reads} reads, ${st.stats} stats, ${st.appends} appends, ${st.failedOps} failed ops (${st.lockLost} LOCK_LOST), ${st.pauses} pauses, ${st.partitions} partitions, ${st.clockJumps} clock jumps, ${st.crashes} crashes (${st.restarts} restarts), ${st.bitFlips} bit flips, ${st.readErrors} read errors, ${st.fullDisks} full disks, ${st.brokenConnections}/${st.connections} connections broken, ${st.timersRun} timers, trace ${r.traceHash.slice(0, 16)}\n`,
+          `seed ${s} ok: ${(st.simulatedMs / 1000).toFixed(1)} simulated s, ${st.increments} increments (+${st.incrementsUnknown} unknown), ${st.reads} reads, ${st.stats} stats, ${st.appends} appends, ${st.failedOps} failed ops (${st.lockLost} LOCK_LOST), ${st.pauses} pauses, ${st.partitions} partitions, ${st.clockJumps} clock jumps, ${st.crashes} crashes (${st.restarts} restarts), ${st.bitFlips} bit flips, ${st.readErrors} read errors, ${st.fullDisks} full disks, ${st.brokenConnections}/${st.connections} connections broken, ${st.peerConnections} peer connections (${st.handshakeResets} handshake resets, ${st.linkResets} link resets, ${st.peerAuthFailures} refused proofs), ${st.forgedRefused}/${st.forgedAttempts} forged peers refused, ${st.timersRun} timers, trace ${r.traceHash.slice(0, 16)}\n`,
         );
       }
     } else {

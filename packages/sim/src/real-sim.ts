@@ -1,17 +1,18 @@
 /**
  * The simulation of the code that ships: three real members (openClusterNode: SegmemNode, RaftLog and its
- * driver, DiskRaftStorage with its data directory on the simulated disk SimFs, the real connection handling
- * and peer codec) and
+ * driver, DiskRaftStorage with its data directory on the simulated disk SimFs, the real connection handling,
+ * and the real peer links, which prove one cluster secret to each other before any Raft message) and
  * 2..4 real clients (the client's own Session and SegmentImpl over a BufferSegment, reconnecting and
  * following the leader by their own code), every one a process with its own Env on one simulated clock.
  *
  * Each seed draws its faults (swarm testing): network delay and jitter, partitions between members
  * (symmetric or one-way) and between a client and a member, and client pauses longer than the session
- * timeout taken while the client holds a write handle, after which it writes into that handle. Then the
+ * timeout taken while the client holds a write handle, after which it writes into that handle; peer
+ * handshakes reset midway, peer links reset, and a forged peer without the secret. Then the
  * faults stop and every operation still out must complete (liveness). The history of what the clients saw
  * is checked: increments counted exactly once, reads of committed values only, linearizability per
  * counter, stat versions that count every increment acknowledged before them, shared-log appends exactly
- * once at the sequence number their answer gave.
+ * once at the sequence number their answer gave; and terms that grow only by campaigns.
  */
 import { createHash } from 'node:crypto';
 import { FollowerReads } from '@segmem/client/internal/follower-reads';
@@ -23,6 +24,7 @@ import type { SegmemNode } from '@segmem/server';
 import { openClusterNode } from '@segmem/server/internal/cluster';
 import { RaftNode } from '@segmem/server/internal/raft/node';
 import type { RaftStorage } from '@segmem/server/internal/raft/types';
+import { CLUSTER_SECRET_BYTES } from '@segmem/server/internal/shell/peer-auth';
 import { runFor } from '@segmem/server/internal/sim/drive';
 import { SimClock, SimEnv } from '@segmem/server/internal/sim/env';
 import { SimFs } from '@segmem/server/internal/sim/fs';
@@ -34,6 +36,7 @@ import { WAL_DIR } from '@segmem/server/internal/storage/datadir';
 import { isSnapshotName, SNAPSHOT_DIR } from '@segmem/server/internal/storage/snapshot-file';
 import { isSegmentFileName, verifiedRecordSpans } from '@segmem/server/internal/storage/wal';
 import { SimClientNetwork } from './client-network.js';
+import { ForgedPeer } from './forged-peer.js';
 import { PausableEnv } from './pausable-env.js';
 
 export const REAL_BROKEN_VARIANTS = [
@@ -43,6 +46,7 @@ export const REAL_BROKEN_VARIANTS = [
   'walSkipsFsync',
   'grantPastLease',
   'leaseWithoutDriftMargin',
+  'acceptUnprovenPeer',
 ] as const;
 /**
  * Deliberately broken variants of the shipped code, each of which the checkers must catch:
@@ -57,6 +61,8 @@ export const REAL_BROKEN_VARIANTS = [
  * ignoreLease), so a paused or cut-off client may read its copy after its session ended and others wrote.
  * leaseWithoutDriftMargin: a client's lease is the whole session timeout on its own clock (Session's
  * unsafeLeaseMs), with no margin for the drift bound; runs with the lease edge (RealSimOptions.leaseEdge).
+ * acceptUnprovenPeer: a member takes a dialer's PEER_PROOF unchecked (NodeOptions' unsafe
+ * acceptUnprovenPeer), so a forged peer that names a member is taken for it; runs with the forged peer.
  */
 export type RealBrokenVariant = (typeof REAL_BROKEN_VARIANTS)[number];
 
@@ -125,6 +131,12 @@ export interface RealSimParams {
   fullDiskEveryMs: number;
   /** The members compact their logs into a snapshot every this many applied entries. */
   snapshotEveryEntries: number;
+  /** Chance that a frame of a peer handshake resets its connection instead of arriving. */
+  handshakeResetRate: number;
+  /** Mean simulated ms between two resets of every peer connection at once (0: none). */
+  linkResetEveryMs: number;
+  /** Mean simulated ms between two attempts of a forged peer, without the cluster secret (0: none). */
+  forgedPeerEveryMs: number;
 }
 
 export interface RealSimStats {
@@ -144,6 +156,14 @@ export interface RealSimStats {
   bitFlips: number;
   readErrors: number;
   fullDisks: number;
+  /** Peer connections: opened, reset by the handshake fault, and dialers a member refused for their proof. */
+  peerConnections: number;
+  handshakeResets: number;
+  linkResets: number;
+  peerAuthFailures: number;
+  /** Connections a forged peer opened to members, and those the member refused. */
+  forgedAttempts: number;
+  forgedRefused: number;
   connections: number;
   brokenConnections: number;
   leaderChanges: number;
@@ -231,6 +251,9 @@ function drawParams(prng: Prng): RealSimParams {
     readErrorRate: prng.chance(0.3) ? prng.pick([0.2, 0.5]) : 0,
     fullDiskEveryMs: prng.chance(0.25) ? prng.int(1000, 4000) : 0,
     snapshotEveryEntries: prng.pick([20, 100, 500, 10_000]),
+    handshakeResetRate: prng.chance(0.3) ? prng.pick([0.05, 0.3]) : 0,
+    linkResetEveryMs: prng.chance(0.3) ? prng.int(500, 3000) : 0,
+    forgedPeerEveryMs: prng.chance(0.4) ? prng.int(100, 1000) : 0,
   };
 }
 
@@ -257,6 +280,11 @@ class RealSimulation {
   readonly params: RealSimParams;
   readonly peerNet: SimPeerNetwork;
   readonly clientNet: SimClientNetwork;
+  /** The cluster secret every member is started with (again after each crash), from the seed. */
+  readonly secret: Buffer;
+  /** The highest term any member has named in a message: a term grows only by a campaign, one at a time. */
+  private maxTerm = 0;
+  forger: ForgedPeer | null = null;
   readonly nodes = new Map<string, SegmemNode>();
   /** Each member's clock. */
   readonly memberClocks = new Map<string, SkewedEnv>();
@@ -290,6 +318,12 @@ class RealSimulation {
     bitFlips: 0,
     readErrors: 0,
     fullDisks: 0,
+    peerConnections: 0,
+    handshakeResets: 0,
+    linkResets: 0,
+    peerAuthFailures: 0,
+    forgedAttempts: 0,
+    forgedRefused: 0,
     connections: 0,
     brokenConnections: 0,
     leaderChanges: 0,
@@ -334,6 +368,10 @@ class RealSimulation {
       this.params.peerDuplicateRate,
     );
     this.clientNet = new SimClientNetwork(this.world, this.params.latencyMs, this.params.jitterMs);
+    this.secret = this.world.randomBytes(CLUSTER_SECRET_BYTES);
+    // The forged peer's variant needs it there, often.
+    if (opts.broken === 'acceptUnprovenPeer' && this.params.forgedPeerEveryMs === 0)
+      this.params.forgedPeerEveryMs = 300;
   }
 
   get nowMs(): number {
@@ -354,6 +392,13 @@ class RealSimulation {
     this.peerNet.onSend = (from, msg) => {
       if (msg.type === 'appendResp' && !msg.reject && msg.hintIndex !== undefined)
         this.acked.set(from, { term: msg.term, index: msg.hintIndex });
+      // A campaign names the next term; any larger step came from somewhere else (a forged peer's message).
+      if (msg.term > this.maxTerm + 1)
+        this.unexpected ??= new Failure(
+          'termGrowth',
+          `${from} sent ${msg.type} in term ${msg.term}, while no member had named a term above ${this.maxTerm}`,
+        );
+      this.maxTerm = Math.max(this.maxTerm, msg.term);
     };
     // One after the other, the clock running: the simulated disk's fsyncs take simulated time.
     for (const id of ids) await this.settle(this.openMember(id), 10_000, `opening ${id}`);
@@ -373,6 +418,7 @@ class RealSimulation {
         env,
         transport: this.peerNet.transport,
         fs: this.disks.get(id)!,
+        clusterSecret: this.secret,
         snapshotEveryEntries: this.params.snapshotEveryEntries,
         makeCore: (cfg) => {
           this.checkRecovered(id, cfg.storage, cfg.rejoinTerm);
@@ -382,6 +428,7 @@ class RealSimulation {
           });
         },
         ...(this.opts.broken === 'followerReadsUnapplied' ? { unsafe: { servePagesUnapplied: true } } : {}),
+        ...(this.opts.broken === 'acceptUnprovenPeer' ? { unsafe: { acceptUnprovenPeer: true } } : {}),
         log: (line) => {
           if (!process.alive) return;
           if (line.startsWith('raft:')) {
@@ -1033,10 +1080,48 @@ class RealSimulation {
     return `WAL ${r.file} damaged: a bit flipped at byte ${at} (a record of ${r.end - r.start} bytes at ${r.start})`;
   }
 
+  /**
+   * Faults of the peer links: handshake frames that reset their connection, every connection reset at
+   * once, and a forged peer without the secret dialling members.
+   */
+  private startPeerFaults(endMs: number): void {
+    const p = this.params;
+    const active = () => this.faultsOn && this.nowMs < endMs;
+    this.peerNet.handshakeResetRate = p.handshakeResetRate;
+    if (p.linkResetEveryMs > 0) {
+      const next = () =>
+        this.every(p.linkResetEveryMs, () => {
+          if (!active()) return;
+          this.stats.linkResets++;
+          this.log('peer links: every connection resets');
+          this.peerNet.resetAll();
+          next();
+        });
+      next();
+    }
+    if (p.forgedPeerEveryMs > 0) {
+      const forger = new ForgedPeer(this.peerNet, this.world.process(), this.prng, (line) => this.log(line));
+      this.forger = forger;
+      const ids = Object.keys(this.addresses);
+      const next = () =>
+        this.every(p.forgedPeerEveryMs, () => {
+          if (!active()) return;
+          const up = [...this.nodes.keys()];
+          if (up.length > 0) {
+            const target = this.prng.pick(up);
+            forger.attempt(target, this.addresses[target]!, this.nodes.get(target)!.clusterId, ids);
+          }
+          next();
+        });
+      next();
+    }
+  }
+
   startFaults(endMs: number): void {
     const p = this.params;
     this.workloadEndMs = endMs;
     this.startDiskFaults(endMs);
+    this.startPeerFaults(endMs);
     if (p.strandRate > 0) {
       this.clientNet.onWriteRelease = (client, address) => {
         if (!this.faultsOn || this.nowMs >= endMs || this.clientNet.isCut(client, address)) return;
@@ -1127,6 +1212,7 @@ class RealSimulation {
   }
 
   heal(): void {
+    if (!this.faultsOn) this.peerNet.handshakeResetRate = 0;
     this.peerNet.heal();
     this.clientNet.heal();
     this.log('healed');
@@ -1341,6 +1427,11 @@ export async function runRealSimulation(opts: RealSimOptions): Promise<RealSimRe
   sim.stats.simulatedMs = sim.nowMs;
   sim.stats.timersRun = sim.clock.fired;
   sim.stats.connections = sim.clientNet.opened;
+  sim.stats.peerConnections = sim.peerNet.connections;
+  sim.stats.handshakeResets = sim.peerNet.handshakeResets;
+  sim.stats.peerAuthFailures = sim.peerNet.authFailures;
+  sim.stats.forgedAttempts = sim.forger?.stats.attempts ?? 0;
+  sim.stats.forgedRefused = sim.forger?.stats.refused ?? 0;
   sim.stats.brokenConnections = sim.clientNet.broken;
   for (const c of sim.clients) {
     const reads = c.segment.stats().pageReads;

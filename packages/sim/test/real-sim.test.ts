@@ -32,19 +32,37 @@ async function catches(
   t.log(caught);
 }
 
-test('real-code simulation: one seed replays the same run (same trace hash)', async (t) => {
-  const a = await runRealSimulation({ seed: 7 });
-  const b = await runRealSimulation({ seed: 7 });
+test('real-code simulation: one seed replays the same run (same trace hash), peer handshakes and their faults included', async (t) => {
+  // Seed 6 draws every fault of the peer links: handshakes reset, all links reset, a forged peer.
+  const a = await runRealSimulation({ seed: 6 });
+  const b = await runRealSimulation({ seed: 6 });
   t.true(a.ok, a.failure?.detail);
   t.is(a.traceHash, b.traceHash);
   t.deepEqual(a.stats, b.stats);
   t.true(a.trace.length > 100, `${a.trace.length} trace lines`);
-  const c = await runRealSimulation({ seed: 8 });
+  const s = a.stats;
+  t.true(
+    s.handshakeResets > 0 && s.linkResets > 0,
+    `${s.handshakeResets} handshake resets, ${s.linkResets} link resets`,
+  );
+  // Every forged connection was refused, each for its proof or its id, and the run stayed green above.
+  t.true(s.forgedAttempts > 0, `${s.forgedAttempts} forged attempts`);
+  t.is(s.forgedRefused, s.forgedAttempts);
+  t.true(s.peerAuthFailures > 0, `${s.peerAuthFailures} proofs refused`);
+  const c = await runRealSimulation({ seed: 7 });
   t.not(c.traceHash, a.traceHash, 'another seed, another run');
 });
 
 test('the checkers catch a client that keeps its copy after LOCK_LOST (broken variant keepCopyAfterLockLost)', (t) =>
-  catches(t, 'keepCopyAfterLockLost', 12, /^seed \d+: (countedOnce|readsCommitted|linearizability):/));
+  catches(
+    t,
+    'keepCopyAfterLockLost',
+    40,
+    /^seed \d+: (countedOnce|readsCommitted|linearizability):/,
+    // With today's fault mix (peer handshakes and their faults included) seed 38 is the first of 1..60 it
+    // catches; the seeds before it pass, which costs minutes of CPU: the search starts at 36.
+    36,
+  ));
 
 test('the checkers catch members that answer before a majority has the command (broken variant replyBeforeCommit)', (t) =>
   catches(
@@ -85,6 +103,9 @@ test('the checkers catch a client that trusts its clock without the drift margin
     40,
     /^seed \d+: (linearizability: \w+: no linearization exists|readsLatest|readsCommitted|countedOnce)/,
   ));
+
+test('the checkers catch a member that takes a peer without checking its proof of the cluster secret (broken variant acceptUnprovenPeer)', (t) =>
+  catches(t, 'acceptUnprovenPeer', 6, /^seed \d+: termGrowth:/));
 
 test('the lease holds at its edge: clocks at the drift bound, a client cut off as its lease is renewed, others writing what it keeps', async (t) => {
   for (let seed = 1; seed <= 12; seed++) {

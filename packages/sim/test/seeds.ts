@@ -7,7 +7,8 @@ export const SEEDS_PER_TEST = 25;
 
 /**
  * Seeds `from`..`to` must pass every checker, and the faults that matter must have happened among them:
- * stalls past the session timeout that lost write locks, partitions, and pages read from followers.
+ * stalls past the session timeout that lost write locks, partitions, pages read from followers, peer
+ * handshakes reset, peer links reset, and forged peers (every one refused).
  */
 export async function checkSeeds(t: ExecutionContext, from: number, to: number): Promise<void> {
   const failures: string[] = [];
@@ -17,6 +18,10 @@ export async function checkSeeds(t: ExecutionContext, from: number, to: number):
   let partitions = 0;
   let increments = 0;
   let pagesFromFollowers = 0;
+  let handshakeResets = 0;
+  let linkResets = 0;
+  let forgedAttempts = 0;
+  let forgedRefused = 0;
   const started = performance.now();
   for (let seed = from; seed <= to; seed++) {
     const r = await runRealSimulation({ seed });
@@ -26,6 +31,10 @@ export async function checkSeeds(t: ExecutionContext, from: number, to: number):
     partitions += r.stats.partitions;
     increments += r.stats.increments;
     pagesFromFollowers += r.stats.pagesFromFollowers;
+    handshakeResets += r.stats.handshakeResets;
+    linkResets += r.stats.linkResets;
+    forgedAttempts += r.stats.forgedAttempts;
+    forgedRefused += r.stats.forgedRefused;
     if (!r.ok) failures.push(`seed ${seed}: ${r.failure!.checker}: ${r.failure!.detail}`);
   }
   const wallS = (performance.now() - started) / 1000;
@@ -37,8 +46,14 @@ export async function checkSeeds(t: ExecutionContext, from: number, to: number):
   );
   t.true(increments > 30 * seeds, `${increments} acknowledged increments`);
   t.true(pagesFromFollowers > 0, 'deferred grants had their pages read from followers');
+  t.true(
+    handshakeResets > 0 && linkResets > 0 && forgedAttempts > 0,
+    `${handshakeResets} handshake resets, ${linkResets} link resets, ${forgedAttempts} forged peers`,
+  );
+  t.is(forgedRefused, forgedAttempts, 'every forged peer was refused');
   t.log(
     `${seeds} seeds in ${wallS.toFixed(1)} s (${((60 * seeds) / wallS).toFixed(0)} seeds/minute, ${(simulatedMs / 1000 / wallS).toFixed(1)} simulated s per wall s); ` +
-      `${increments} increments, ${pauses} pauses, ${lockLost} LOCK_LOST, ${partitions} partitions, ${pagesFromFollowers} pages from followers`,
+      `${increments} increments, ${pauses} pauses, ${lockLost} LOCK_LOST, ${partitions} partitions, ${pagesFromFollowers} pages from followers, ` +
+      `${handshakeResets} handshake resets, ${linkResets} link resets, ${forgedRefused}/${forgedAttempts} forged peers refused`,
   );
 }

@@ -81,8 +81,16 @@ class Conn {
           this.pending.delete(f.requestId);
           answer?.(f);
         } else if (f.type === MessageType.ERROR) {
-          // A frame-level error: the server closes the connection after it.
-          this.fail(decodeError(f));
+          // A frame-level error (a refusal: a plain connection to a TLS port, a limit): the server closes
+          // the connection after it.
+          let said: SegmemError;
+          try {
+            said = decodeError(f);
+          } catch (err) {
+            this.fail(asSegmemError(err, 'PROTOCOL'));
+            return;
+          }
+          this.fail(new SegmemError(said.code, `${address}: ${said.message}`, { ...said.details, address }));
         }
         // Anything else with id 0 is a push (INVALIDATE, CHANGED): only a command that asked hears it.
         else this.onPush(f);
@@ -92,7 +100,7 @@ class Conn {
       this.fail(
         new SegmemError(
           'UNAVAILABLE',
-          // A server that serves TLS only closes a plain connection without a word.
+          // An older server that serves TLS only closes a plain connection without a word.
           `${address} closed the connection${heard || tls ? '' : ' without a word (if it serves TLS: --tls-ca)'}`,
           { reason: 'CLOSED' },
         ),
@@ -252,9 +260,13 @@ export class AdminSession {
         } catch (err) {
           tried.set(address, reasonOf(err));
           if (!isRetriable(err)) throw err;
-          if (SegmemError.is(err) && err.details?.reason === 'TLS') tlsRefused.add(address);
+          if (
+            SegmemError.is(err) &&
+            (err.details?.reason === 'TLS' || err.details?.reason === 'TLS_REQUIRED')
+          )
+            tlsRefused.add(address);
           else tlsRefused.delete(address);
-          // Every address answered, and failed TLS: a certificate or CA mistake that waiting will not mend.
+          // Every address answered, and failed TLS (or required it): a mistake that waiting will not mend.
           if (this.queue.every((a) => tlsRefused.has(a))) throw err;
           const redirect = redirectOf(err);
           if (redirect) this.prefer(redirect);

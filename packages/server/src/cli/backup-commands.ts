@@ -1,6 +1,7 @@
 /** `segmem snapshot` and `segmem restore`: consolidated snapshots of a running cluster, and back. */
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import { SegmemError } from '@segmem/protocol';
+import { checkContent } from '../core/content-check.js';
 import { ConsolidatedVerifier, decodeConsolidated } from '../storage/consolidated.js';
 import { restoreConsolidated } from '../storage/restore.js';
 import { AdminSession } from './admin-client.js';
@@ -34,8 +35,8 @@ export const snapshot: Command = {
     and writes it into FILE, checking its checksum as the pieces arrive; FILE appears only once complete and
     verified (it is written as FILE.tmp-<pid> first). The leader may take up to 10 minutes to build it, on
     top of the timeout. On a terminal, a progress line on stderr. With --inspect, verifies FILE's checksum
-    and prints what it holds: header, content digest, objects (name, size, version, address), logs; no
-    server is asked. Exactly one of --out or --inspect.`,
+    and content (the checks restore makes) and prints what it holds: header, content digest, objects (name,
+    size, version, address), logs; no server is asked. Exactly one of --out or --inspect.`,
   options: [
     { name: 'out', value: 'FILE', help: 'write a snapshot of the running cluster into FILE' },
     { name: 'inspect', value: 'FILE', help: 'verify FILE and print what it holds' },
@@ -59,9 +60,11 @@ async function inspectFile(file: string): Promise<number> {
     throw new SegmemError('NOT_FOUND', `cannot read ${file}: ${(err as Error).message}`);
   }
   const snap = decodeConsolidated(bytes, file, `inspect ${file}`);
+  // The checks restore makes: a file whose checksum matches may still hold what no state can (crafted).
+  checkContent(snap.content, { what: `inspect ${file}` });
   const h = snap.header;
   const lines = [
-    `consolidated snapshot ${file}: checksum OK, format ${h.format}`,
+    `consolidated snapshot ${file}: checksum OK, content OK, format ${h.format}`,
     `cluster ${h.clusterId}, taken ${h.createdAt}; page ${h.pageBytes} B, segment ${h.segmentBytes} B`,
     ...h.groups.map(([g, index, term]) => `group ${g}: index ${index}, term ${term}`),
     `content digest ${snap.contentDigest}`,

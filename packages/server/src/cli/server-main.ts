@@ -124,7 +124,7 @@ export const SERVER_COMMAND: CommandSpec = {
     {
       name: 'metrics',
       value: 'HOST:PORT',
-      help: 'serve Prometheus metrics at /metrics and a health check at /health on this address',
+      help: 'serve Prometheus metrics at /metrics and a health check at /health on this address (HTTPS with TLS on)',
       default: "off, or the config file's metrics",
     },
     {
@@ -203,6 +203,21 @@ export async function serverMain(argv: string[]): Promise<void> {
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
+    // SIGHUP renews the TLS certificate (as nginx does); without TLS it keeps its default (the process ends).
+    if (server.servesTls) {
+      process.on('SIGHUP', () => {
+        try {
+          const cert = server.reloadTls();
+          process.stderr.write(
+            `segmem-server ${id}: TLS files reloaded: new connections get the certificate with serial ${cert.serialNumber}, valid until ${cert.validTo}\n`,
+          );
+        } catch (err) {
+          process.stderr.write(
+            `segmem-server ${id}: TLS files not reloaded, the previous certificate stays in use: ${describe(err)}\n`,
+          );
+        }
+      });
+    }
     // SIGUSR2 prints where this member stands (tests compare replicas with it).
     process.on('SIGUSR2', () => {
       const s = server.status();

@@ -48,6 +48,8 @@ export interface NodeOptions {
   unsafe?: {
     /** READ_PAGES answers at once with this member's current bytes, even before it applied the version asked for. */
     servePagesUnapplied?: boolean;
+    /** A peer's PEER_PROOF is not checked: whoever answers the challenge is taken for the member it named. */
+    acceptUnprovenPeer?: boolean;
   };
 }
 

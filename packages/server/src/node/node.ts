@@ -174,6 +174,7 @@ export class SegmemNode {
       const local = await openLocalLog({
         dir: dataDir.dir,
         walDir: dataDir.walDir,
+        onWalStarted: () => dataDir.walStarted(),
         fsync: opts.fsync ?? 'batch',
         pageBytes: PAGE_BYTES,
         segmentBytes,
@@ -405,9 +406,14 @@ export class SegmemNode {
   /** Whether `id` is a member this one knows of (cluster mode only): a peer that is not gets refused. */
   peerIsMember: ((id: string) => boolean) | null = null;
 
-  /** The cluster secret members prove to each other (shell/peer-auth.ts); null only in the simulator. */
+  /** The cluster secret members prove to each other (shell/peer-auth.ts); null only in unit tests on the simulated clock. */
   get peerSecret(): Buffer | null {
     return this.opts.clusterSecret ?? null;
+  }
+
+  /** @internal The simulator's broken variant acceptUnprovenPeer: a dialer's PEER_PROOF is taken unchecked. */
+  get acceptsUnprovenPeers(): boolean {
+    return this.opts.unsafe?.acceptUnprovenPeer === true;
   }
 
   /**
@@ -421,7 +427,7 @@ export class SegmemNode {
     to: string;
     token: string | null;
   }): (msg: Message) => void {
-    // Without a secret (the in-process simulator only) the token stands in for it, checked before anything else.
+    // Without a secret (unit tests on the simulated clock only) the token stands in for it, checked before anything else.
     if (
       !this.opts.clusterSecret &&
       this.opts.token !== undefined &&

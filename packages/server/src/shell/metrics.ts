@@ -9,12 +9,14 @@
  * from the node when scraped. The HTTP side reads no request body, answers GET only, bounds its
  * connections and their time, and does no work between scrapes.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { ERROR_CODES, type ErrorCode, parseHostPort, SegmemError } from '@segmem/protocol';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Command, LockMode } from '../core/commands.js';
 import type { Role } from '../raft/types.js';
 import type { MetricsSink, NodeStats, SnapshotKind } from '../stats.js';
+import type { ServerTls } from './tls.js';
 
 /** A follower whose applied state is more than this many entries behind its leader's commit index is not healthy. */
 export const HEALTH_MAX_LAG_ENTRIES = 1000;
@@ -69,6 +71,7 @@ export interface ScrapeSource {
       readonly addressLimit: number;
       readonly handshakeTimeout: number;
       readonly peerAuth?: number;
+      readonly tlsRequired?: number;
     };
   };
 }
@@ -221,7 +224,7 @@ export class ServerMetrics implements MetricsSink {
     );
     this.counter(
       'segmem_connections_refused_total',
-      'Connections closed before they logged in: over --max-connections (reason server_limit), over --max-connections-per-address (address_limit), not logged in within --handshake-timeout-ms (handshake_timeout), a peer link that did not prove the cluster secret (peer_auth)',
+      'Connections closed before they logged in: over --max-connections (reason server_limit), over --max-connections-per-address (address_limit), not logged in within --handshake-timeout-ms (handshake_timeout), a peer link that did not prove the cluster secret (peer_auth), a plain connection on a TLS port (tls_required)',
       {
         label: 'reason',
         read: () => {
@@ -232,6 +235,7 @@ export class ServerMetrics implements MetricsSink {
             ['handshake_timeout', r?.handshakeTimeout ?? 0],
             // Both ends: peers whose proof this member refused, and peers it dialled that had no proof.
             ['peer_auth', (r?.peerAuth ?? 0) + (this.view()?.log.peerLinks.authFailures ?? 0)],
+            ['tls_required', r?.tlsRequired ?? 0],
           ];
         },
       },
@@ -473,30 +477,51 @@ function one(get: () => number | undefined): () => [Record<string, string>, numb
 export interface MetricsServer {
   /** host:port it listens on. */
   readonly address: string;
+  /** `https` when it serves TLS, else `http`. */
+  readonly scheme: 'http' | 'https';
+  /** The server's TLS material was reloaded: connections made from now on use it. */
+  tlsReloaded(): void;
   close(): Promise<void>;
 }
 
 /**
  * Serves `metrics` over HTTP at `listen` (host:port; port 0 picks one): GET /metrics and GET /health
- * (200 or 503, JSON); another path is 404, another method 405, a request with a body 400.
+ * (200 or 503, JSON); another path is 404, another method 405, a request with a body 400. With `tls`
+ * (the listen port's material), over HTTPS only, with the same certificate, and asking for a client
+ * certificate of the CA when the listen port does.
  */
-export async function serveMetrics(metrics: ServerMetrics, listen: string): Promise<MetricsServer> {
+export async function serveMetrics(
+  metrics: ServerMetrics,
+  listen: string,
+  tls?: ServerTls,
+): Promise<MetricsServer> {
   const { host, port } = parseHostPort(listen, 'metrics address');
-  const server = createServer(
-    {
-      maxHeaderSize: HTTP_MAX_HEADER_BYTES,
-      headersTimeout: HTTP_HEADERS_TIMEOUT_MS,
-      requestTimeout: HTTP_REQUEST_TIMEOUT_MS,
-      keepAliveTimeout: HTTP_KEEP_ALIVE_MS,
-    },
-    (req, res) => {
-      answer(metrics, req, res).catch((err: unknown) => {
-        if (!res.headersSent)
-          reply(res, 500, 'text/plain', `cannot collect metrics: ${(err as Error).message}\n`);
-        else res.destroy();
-      });
-    },
-  );
+  const httpOptions = {
+    maxHeaderSize: HTTP_MAX_HEADER_BYTES,
+    headersTimeout: HTTP_HEADERS_TIMEOUT_MS,
+    requestTimeout: HTTP_REQUEST_TIMEOUT_MS,
+    keepAliveTimeout: HTTP_KEEP_ALIVE_MS,
+  };
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+    answer(metrics, req, res).catch((err: unknown) => {
+      if (!res.headersSent)
+        reply(res, 500, 'text/plain', `cannot collect metrics: ${(err as Error).message}\n`);
+      else res.destroy();
+    });
+  };
+  const https = tls
+    ? createHttpsServer(
+        {
+          ...httpOptions,
+          ...pemOf(tls),
+          requestCert: tls.requireClientCert,
+          rejectUnauthorized: tls.requireClientCert,
+          handshakeTimeout: HTTP_HEADERS_TIMEOUT_MS,
+        },
+        onRequest,
+      )
+    : null;
+  const server: Server = https ?? createServer(httpOptions, onRequest);
   server.maxConnections = MAX_HTTP_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) =>
@@ -509,12 +534,22 @@ export async function serveMetrics(metrics: ServerMetrics, listen: string): Prom
   const boundPort = typeof bound === 'object' && bound ? bound.port : port;
   return {
     address: `${host.includes(':') ? `[${host}]` : host}:${boundPort}`,
+    scheme: https ? 'https' : 'http',
+    tlsReloaded() {
+      if (https && tls) https.setSecureContext(pemOf(tls));
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();
       }),
   };
+}
+
+/** The PEM text of the certificate, key and CA in use, which `peerOptions` holds (see ServerTls). */
+function pemOf(tls: ServerTls) {
+  const { cert, key, ca } = tls.peerOptions;
+  return { cert, key, ...(ca !== undefined ? { ca } : {}) };
 }
 
 async function answer(metrics: ServerMetrics, req: IncomingMessage, res: ServerResponse): Promise<void> {

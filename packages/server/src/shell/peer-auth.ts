@@ -8,7 +8,8 @@
  * and written by secret-file.ts (entry points only: a member's code does not touch files but through its
  * StorageFs).
  */
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import type { Env } from '@segmem/protocol';
 
 /** Bytes `segmem secret new` writes. */
 export const CLUSTER_SECRET_BYTES = 32;
@@ -29,8 +30,12 @@ export interface PeerHandshake {
   acceptorNonce: Buffer;
 }
 
-export function newNonce(): Buffer {
-  return randomBytes(PEER_NONCE_BYTES);
+/**
+ * A handshake nonce from the member's Env: cryptographic in a server (systemEnv), the seeded generator's in
+ * the simulator, so a seed replays its handshakes.
+ */
+export function newNonce(env: Pick<Env, 'randomBytes'>): Buffer {
+  return env.randomBytes(PEER_NONCE_BYTES);
 }
 
 /** HMAC-SHA256 of the handshake under `role`'s label, keyed by the secret. */

@@ -83,7 +83,7 @@ export interface PeerHello {
   from: NodeId;
   to: NodeId;
   /**
-   * Only between members that run without a cluster secret (the in-process simulator): the cluster's
+   * Only between members that run without a cluster secret (unit tests on the simulated clock): the cluster's
    * `token` setting, presented like a client's. With a secret, members send none.
    */
   token: string | null;

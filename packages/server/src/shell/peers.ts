@@ -11,8 +11,11 @@
  * With a cluster secret a link carries nothing until both ends proved they hold it (shell/peer-auth.ts):
  * PEER_HELLO with our nonce, the peer's PEER_CHALLENGE with its nonce and proof, which we check, then our
  * PEER_PROOF. A peer whose proof fails is dropped and counted; its link re-dials like any other.
+ *
+ * A link speaks to a {@link PeerSocket}: a node:net or node:tls socket, or the simulator's (its network
+ * carries the same frames, so the simulation runs this code, handshake and re-dials included).
  */
-import { isIP, connect as netConnect, type Socket } from 'node:net';
+import { isIP, connect as netConnect } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import {
   type Env,
@@ -34,6 +37,23 @@ import {
 } from './peer-codec.js';
 import { parseHostPort } from './tcp.js';
 
+/** What a link needs of its connection: the part of a node:net Socket it uses. */
+export interface PeerSocket {
+  write(chunk: Buffer): unknown;
+  cork(): void;
+  uncork(): void;
+  destroy(): void;
+  readonly writableLength: number;
+  readonly writableCorked: number;
+  on(event: 'connect' | 'secureConnect' | 'close', listener: () => void): unknown;
+  on(event: 'data', listener: (chunk: Buffer) => void): unknown;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  once(event: 'connect', listener: () => void): unknown;
+}
+
+/** Opens a connection to a member's address (host:port); it emits 'connect' once it is up. */
+export type PeerDial = (address: string) => PeerSocket;
+
 /** What a link needs to open: who we are, who the peer is, and the secret to prove (none: no proof). */
 interface LinkIdentity {
   clusterId: string;
@@ -44,13 +64,15 @@ interface LinkIdentity {
   log: ((line: string) => void) | undefined;
   /** Counts a peer that failed to prove the secret. */
   onAuthFailure: () => void;
+  /** How links connect (none: TCP, or TLS with the link's options). */
+  dial: PeerDial | undefined;
 }
 
 /** Drop messages to a peer whose socket already holds this many unsent bytes. */
 const MAX_UNSENT_BYTES = 32 * 1024 * 1024;
 
 class PeerLink {
-  private socket: Socket | null = null;
+  private socket: PeerSocket | null = null;
   /** True once the handshake is through: only then are messages written. */
   private connected = false;
   private closed = false;
@@ -75,15 +97,10 @@ class PeerLink {
 
   private dial(): void {
     if (this.closed) return;
-    const { host, port } = parseHostPort(this.address, `address of peer ${this.id}`);
-    // With TLS the hello waits for the handshake (and the peer's certificate checked against the CA).
-    const socket = this.tls
-      ? tlsConnect({ ...this.tls, host, port, ...(isIP(host) ? {} : { servername: host }) })
-      : netConnect({ host, port, noDelay: true });
-    socket.setNoDelay(true);
+    const socket = this.who.dial ? this.who.dial(this.address) : this.connect();
     this.socket = socket;
     const { clusterId, self, token, secret } = this.who;
-    const nonce = secret ? newNonce() : undefined;
+    const nonce = secret ? newNonce(this.env) : undefined;
     const decoder = new FrameDecoder({ maxFrameBytes: MAX_HANDSHAKE_FRAME_BYTES, maxHeaderElements: 16 });
     let tcpConnected = false;
     if (this.tls) socket.once('connect', () => (tcpConnected = true));
@@ -126,8 +143,19 @@ class PeerLink {
     });
   }
 
+  /** A TCP connection to the peer, or TLS with the link's options. */
+  private connect(): PeerSocket {
+    const { host, port } = parseHostPort(this.address, `address of peer ${this.id}`);
+    // With TLS the hello waits for the handshake (and the peer's certificate checked against the CA).
+    const socket = this.tls
+      ? tlsConnect({ ...this.tls, host, port, ...(isIP(host) ? {} : { servername: host }) })
+      : netConnect({ host, port, noDelay: true });
+    socket.setNoDelay(true);
+    return socket;
+  }
+
   /** One frame from the peer; false once the socket was given up. */
-  private onFrame(frame: Frame, socket: Socket, nonce: Buffer | undefined): boolean {
+  private onFrame(frame: Frame, socket: PeerSocket, nonce: Buffer | undefined): boolean {
     if (frame.type === MessageType.ERROR) {
       const h = frame.header;
       const why = isPlainMap(h) && typeof h.message === 'string' ? h.message : 'no reason given';
@@ -168,7 +196,7 @@ class PeerLink {
     this.lastFailure = null;
   }
 
-  private fail(socket: Socket, why: string): void {
+  private fail(socket: PeerSocket, why: string): void {
     if (why !== this.lastFailure) this.who.log?.(why);
     this.lastFailure = why;
     socket.destroy();
@@ -228,6 +256,8 @@ export class PeerTransport {
     /** Dial members over TLS with these options; none: plain TCP. */
     private readonly tls?: ConnectionOptions,
     log?: (line: string) => void,
+    /** How links connect; none: TCP (or TLS with `tls`). The simulator passes its network's. */
+    dial?: PeerDial,
   ) {
     this.who = {
       clusterId,
@@ -236,6 +266,7 @@ export class PeerTransport {
       secret,
       log,
       onAuthFailure: () => this.authFailures++,
+      dial,
     };
     this.setMembers(members);
   }

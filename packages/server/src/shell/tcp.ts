@@ -21,6 +21,23 @@ export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
  * error answer before the peer reads it. Still counted against the connection limits meanwhile.
  */
 const CLOSE_LINGER_MS = 1000;
+/**
+ * The bytes a TLS connection starts with: a handshake record (0x16, the ClientHello), record version 3.x
+ * (3.1 to 3.4). A segmem frame before login never starts so: its first 4 bytes are a length below 64 KiB,
+ * so its third byte is 0.
+ */
+const TLS_HANDSHAKE_RECORD = 0x16;
+const TLS_START_BYTES = 3;
+function startsTls(b: Buffer): boolean {
+  return (
+    b[0] === TLS_HANDSHAKE_RECORD &&
+    (b.length < 2 || b[1] === 3) &&
+    (b.length < 3 || (b[2]! >= 1 && b[2]! <= 4))
+  );
+}
+/** Said, in the clear, to a connection that does not start with a TLS handshake on a TLS port. */
+const TLS_REQUIRED_MESSAGE =
+  'this server requires TLS and the connection is plain TCP (clients: the tls option of connect; segmem commands: --tls-ca)';
 /** Connections open at once (clients and other members' links); one more is refused. */
 export const DEFAULT_MAX_CONNECTIONS = 1024;
 /** Connections open at once from one remote address; one more is refused. */
@@ -50,6 +67,8 @@ export interface RefusedConnections {
   handshakeTimeout: number;
   /** A peer link that did not prove the cluster secret (shell/peer-auth.ts). */
   peerAuth: number;
+  /** A plain connection on a TLS port (its first bytes start no TLS handshake). */
+  tlsRequired: number;
 }
 
 export { parseHostPort };
@@ -77,17 +96,23 @@ export async function listen(
   const sockets = new Set<Socket>();
   /** Open connections by remote address. */
   const perAddress = new Map<string, number>();
-  const refused: RefusedConnections = { serverLimit: 0, addressLimit: 0, handshakeTimeout: 0, peerAuth: 0 };
+  const refused: RefusedConnections = {
+    serverLimit: 0,
+    addressLimit: 0,
+    handshakeTimeout: 0,
+    peerAuth: 0,
+    tlsRequired: 0,
+  };
   /** Refused connections still lingering; beyond maxConnections more are dropped without an answer. */
   let refusedOpen = 0;
   let receivedBytes = 0;
   let sentBytes = 0;
   const tls = opts.tls;
   const server: Server = createServer({ noDelay: true }, (accepted) => {
-    const socket: Socket = tls ? acceptTls(accepted, tls) : accepted;
-    const remote = socket.remoteAddress ?? '';
+    const remote = accepted.remoteAddress ?? '';
     const fromRemote = perAddress.get(remote) ?? 0;
     if (sockets.size >= maxConnections || fromRemote >= maxPerAddress) {
+      const socket: Socket = tls ? acceptTls(accepted, tls) : accepted;
       const serverFull = sockets.size >= maxConnections;
       if (serverFull) refused.serverLimit++;
       else refused.addressLimit++;
@@ -107,16 +132,21 @@ export async function listen(
       );
       return;
     }
+    // With TLS, the accepted socket until its first bytes show a TLS handshake, then the TLS socket over it.
+    // The connection (its limits, its handshake deadline) counts from accept all the same.
+    let socket: Socket = accepted;
+    let secured = !tls;
     sockets.add(socket);
     perAddress.set(remote, fromRemote + 1);
-    socket.setNoDelay(true);
+    accepted.setNoDelay(true);
     const conn = new ServerConnection(
       node,
       {
         // A client that does not read: the connection holds its answers and its requests past
         // maxQueuedAnswerBytes of unsent bytes (see ServerConnection), reading on once the socket drains.
         write(parts, onSent) {
-          if (socket.destroyed) {
+          // Nothing in the clear on a TLS port (a handshake deadline that passed before any byte came).
+          if (socket.destroyed || !secured) {
             onSent?.();
             return;
           }
@@ -146,7 +176,7 @@ export async function listen(
         close() {
           closeGently(node, socket);
         },
-        remoteAddress: socket.remoteAddress,
+        remoteAddress: remote,
       },
       { pause: () => socket.pause(), resume: () => socket.resume() },
       {
@@ -155,18 +185,53 @@ export async function listen(
         onPeerAuthFailure: () => refused.peerAuth++,
       },
     );
-    socket.on('data', (chunk: Buffer) => {
-      receivedBytes += chunk.length;
-      conn.receive(chunk);
-    });
-    socket.on('error', () => {});
-    socket.on('close', () => {
+    const onClose = () => {
       sockets.delete(socket);
       const left = (perAddress.get(remote) ?? 1) - 1;
       if (left > 0) perAddress.set(remote, left);
       else perAddress.delete(remote);
       conn.disconnected();
-    });
+    };
+    const serve = () => {
+      socket.on('data', (chunk: Buffer) => {
+        receivedBytes += chunk.length;
+        conn.receive(chunk);
+      });
+      socket.on('error', () => {});
+      socket.on('close', onClose);
+    };
+    if (!tls) {
+      serve();
+      return;
+    }
+    accepted.on('error', () => {});
+    accepted.on('close', onClose);
+    // The first bytes are looked at, not consumed: a TLS handshake is handed back to the TLS socket whole.
+    const peek = () => {
+      if (lingering.has(accepted)) {
+        // Closed before any byte came (the handshake deadline): what still arrives is dropped unread.
+        accepted.off('readable', peek);
+        accepted.resume();
+        return;
+      }
+      // Null until that many bytes came (fewer at the end: then what there is).
+      const first: Buffer | null = accepted.read(TLS_START_BYTES);
+      if (first === null) return;
+      accepted.off('readable', peek);
+      if (!startsTls(first)) {
+        refused.tlsRequired++;
+        refuse(node, accepted, TLS_REQUIRED_MESSAGE, { reason: 'TLS_REQUIRED' });
+        return;
+      }
+      accepted.unshift(first);
+      accepted.off('close', onClose);
+      sockets.delete(accepted);
+      socket = acceptTls(accepted, tls);
+      sockets.add(socket);
+      secured = true;
+      serve();
+    };
+    accepted.on('readable', peek);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -216,9 +281,9 @@ export async function listen(
   };
 }
 
-/** Answers a connection over a limit with one UNAVAILABLE error frame and closes it. */
-function refuse(node: SegmemNode, socket: Socket, why: string): void {
-  const parts = encodeError(0, new SegmemError('UNAVAILABLE', `connection refused: ${why}`));
+/** Answers a connection refused before login with one UNAVAILABLE error frame and closes it. */
+function refuse(node: SegmemNode, socket: Socket, why: string, details?: Record<string, unknown>): void {
+  const parts = encodeError(0, new SegmemError('UNAVAILABLE', `connection refused: ${why}`, details));
   socket.cork();
   for (const p of parts) socket.write(p);
   socket.uncork();

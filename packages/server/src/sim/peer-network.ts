@@ -1,29 +1,56 @@
 /**
- * The network between real members (a SegmemNode over a RaftLog) run under simulation. A member's link to
- * a peer is an in-process connection into that peer's own connection handling (shell/connection.ts), so
- * the real frames travel: PEER_HELLO first (checked by the peer: cluster id, token), then one RAFT frame
- * per message (shell/peer-codec.ts). A message arrives after a simulated latency; with jitter the messages
- * of one link may overtake each other, and some may arrive twice: harsher than a TCP connection, which the
- * consensus must tolerate anyway (its messages are retried and may cross a reconnection). A link to a
- * member that is not attached, or that is cut off, loses what is sent, and the Raft core's retries carry
- * the state across once it is back (as with the TCP links of shell/peers.ts).
+ * The network between real members (a SegmemNode over a RaftLog) run under simulation. A member's links to
+ * its peers are the shipped ones (shell/peers.ts: PeerTransport, re-dials with back-off, the cluster-secret
+ * handshake), dialling over this network instead of TCP; the member dialled takes each connection into its
+ * own connection handling (shell/connection.ts, with the TCP listener's handshake deadline), so the real
+ * frames travel both ways: PEER_HELLO, PEER_CHALLENGE, PEER_PROOF, then one RAFT frame per message.
+ *
+ * What a socket writes at once (one write, or what it wrote between cork and uncork: whole messages) crosses
+ * as one unit after a simulated latency. Handshake frames take the bare latency, in order; with jitter a
+ * link's Raft messages may overtake each other, and some arrive twice: harsher than TCP, which the consensus
+ * must tolerate anyway. Bytes that meet a partition break their connection on both sides (as a reset or a
+ * keepalive failure would), and a dial across one fails after a connect timeout; a member that dies breaks
+ * every connection it had. With `handshakeResetRate`, a handshake frame now and then resets its connection
+ * instead of arriving: the link must re-dial and prove itself again.
  */
+import { EventEmitter } from 'node:events';
 import type { Env } from '@segmem/protocol';
 import type { PeerTransportOptions } from '../cluster.js';
-import type { PeerSender } from '../log/raft-driver.js';
 import type { SegmemNode, Wire } from '../node/index.js';
 import type { Message, NodeId } from '../raft/types.js';
 import { ServerConnection } from '../shell/connection.js';
-import { encodePeerHello, encodeRaftMessage } from '../shell/peer-codec.js';
+import { PeerMessageType } from '../shell/peer-codec.js';
+import { type PeerSocket, PeerTransport } from '../shell/peers.js';
+import { DEFAULT_HANDSHAKE_TIMEOUT_MS } from '../shell/tcp.js';
+
+/** How long a dial across a partition waits before it fails (one to a member that is down is refused at once). */
+const CONNECT_TIMEOUT_MS = 1000;
+
+/** The accepting end of a connection: a member's connection handling. */
+interface Accepted {
+  receive(bytes: Buffer): void;
+  disconnected(): void;
+}
 
 export class SimPeerNetwork {
   private readonly nodes = new Map<string, SegmemNode>();
-  /** Cut links, as `fromId>toId`. */
+  /** Who listens (or listened) at each address: a cut is between ids. */
+  private readonly ids = new Map<string, NodeId>();
+  /** Cut directions, as `fromId>toId`. */
   private readonly cuts = new Set<string>();
-  /** Frames handed to a link, and those lost (no peer there, or cut off). */
+  private readonly open = new Set<SimPeerSocket>();
+  /** Units handed to a connection, and those lost (the connection broke first). */
   sent = 0;
   lost = 0;
   duplicated = 0;
+  /** Connections opened; connections broken by a partition, a crash or a handshake reset; handshake resets. */
+  connections = 0;
+  broken = 0;
+  handshakeResets = 0;
+  /** Dialers a member refused for failing to prove the cluster secret. */
+  authFailures = 0;
+  /** Chance that a handshake frame resets its connection instead of arriving. */
+  handshakeResetRate = 0;
   /** Sees every message a member sends, as it sends it (a checker's view of what members claim). */
   onSend: ((from: NodeId, msg: Message) => void) | null = null;
 
@@ -38,7 +65,7 @@ export class SimPeerNetwork {
     readonly duplicateRate = 0,
   ) {}
 
-  /** How long one message takes (the handshake takes the bare latency, so it arrives first). */
+  /** How long one Raft message takes (a handshake frame takes the bare latency, so it arrives first). */
   delayMs(): number {
     return this.latencyMs + (this.jitterMs > 0 ? 1 + Math.floor(this.env.random() * this.jitterMs) : 0);
   }
@@ -46,15 +73,21 @@ export class SimPeerNetwork {
   /** The member listening at `address` (host:port) takes connections from now on. */
   attach(address: string, node: SegmemNode): void {
     this.nodes.set(address, node);
+    this.ids.set(address, node.id);
   }
 
-  /** The member at `address` is gone: links to it lose what they send until one is attached again. */
+  /** The member at `address` is gone: every connection to or from it breaks; dials to it fail. */
   detach(address: string): void {
     this.nodes.delete(address);
+    for (const s of [...this.open]) if (s.toAddress === address || s.fromAddress === address) s.reset();
   }
 
   nodeAt(address: string): SegmemNode | undefined {
     return this.nodes.get(address);
+  }
+
+  idAt(address: string): NodeId {
+    return this.ids.get(address) ?? address;
   }
 
   cut(from: NodeId, to: NodeId): void {
@@ -69,110 +102,236 @@ export class SimPeerNetwork {
     return this.cuts.has(`${from}>${to}`);
   }
 
-  /** The `transport` option of openClusterNode: this member's links over this network. */
-  readonly transport = (opts: PeerTransportOptions): SimPeerTransport => new SimPeerTransport(this, opts);
+  /** Breaks every open connection (between members, or a stranger's) now and then: the links re-dial. */
+  resetAll(): void {
+    for (const s of [...this.open]) s.reset();
+  }
+
+  /**
+   * A connection from process `from` (known as `fromAddress`, its timers and deliveries on `env`) to
+   * `address`: a socket as shell/peers.ts uses one, emitting 'connect', 'data' and 'close'.
+   */
+  dial(from: NodeId, fromAddress: string, env: Env, address: string): PeerSocket {
+    return new SimPeerSocket(this, from, fromAddress, env, address);
+  }
+
+  /** The `transport` option of openClusterNode: the shipped peer links, dialling over this network. */
+  readonly transport = (opts: PeerTransportOptions): PeerTransport => {
+    const self = opts.addresses[opts.self] ?? opts.self;
+    return new ObservedTransport(this, opts, (address) => this.dial(opts.self, self, opts.env, address));
+  };
+
+  /** @internal */
+  accept(address: string, socket: SimPeerSocket): Accepted | null {
+    const node = this.nodes.get(address);
+    if (!node) return null;
+    this.open.add(socket);
+    this.connections++;
+    const wire: Wire = {
+      write: (parts) => socket.toDialer(Buffer.concat(parts)),
+      close: () => socket.hangUp(),
+    };
+    return new ServerConnection(node, wire, undefined, {
+      handshakeTimeoutMs: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+      onPeerAuthFailure: () => this.authFailures++,
+    });
+  }
+
+  /** @internal */
+  forget(socket: SimPeerSocket): void {
+    this.open.delete(socket);
+  }
 }
 
-/** One member's links to its peers. */
-export class SimPeerTransport implements PeerSender {
-  private readonly links = new Map<NodeId, SimLink>();
-
+/** PeerTransport whose sends the network sees first (for the checkers). */
+class ObservedTransport extends PeerTransport {
   constructor(
     private readonly network: SimPeerNetwork,
     private readonly opts: PeerTransportOptions,
-  ) {}
-
-  setMembers(members: NodeId[]): void {
-    for (const id of members) {
-      const address = this.opts.addresses[id];
-      if (id === this.opts.self || this.links.has(id) || !address) continue;
-      const hello = encodePeerHello({
-        clusterId: this.opts.clusterId,
-        from: this.opts.self,
-        to: id,
-        token: this.opts.token,
-      });
-      this.links.set(id, new SimLink(this.network, this.opts.self, id, address, Buffer.concat(hello)));
-    }
-    for (const [id, link] of this.links) {
-      if (!members.includes(id)) {
-        link.close();
-        this.links.delete(id);
-      }
-    }
+    dial: (address: string) => PeerSocket,
+  ) {
+    super(
+      opts.self,
+      opts.clusterId,
+      opts.addresses,
+      [],
+      opts.token,
+      opts.env,
+      opts.secret ?? null,
+      undefined,
+      opts.log,
+      dial,
+    );
   }
 
-  addAddress(id: NodeId, address: string): void {
-    this.opts.addresses[id] = address;
-  }
-
-  addressOf(id: NodeId): string | undefined {
-    return this.opts.addresses[id];
-  }
-
-  send(msg: Message): void {
+  override send(msg: Message): void {
     this.network.onSend?.(this.opts.self, msg);
-    this.links.get(msg.to)?.send(Buffer.concat(encodeRaftMessage(msg)));
-  }
-
-  close(): void {
-    for (const link of this.links.values()) link.close();
-    this.links.clear();
+    super.send(msg);
   }
 }
 
-/** A connection from one member to another: opened on first use, and again after the peer went away. */
-class SimLink {
-  private conn: ServerConnection | null = null;
-  private target: SegmemNode | null = null;
+/** Whether a unit starts with a Raft frame (the type is byte 5 of a frame). */
+function isRaftUnit(bytes: Buffer): boolean {
+  return bytes[5] === PeerMessageType.RAFT || bytes[5] === PeerMessageType.RAFT_PIECE;
+}
+
+/** The dialling end of a connection over the simulated network. */
+class SimPeerSocket extends EventEmitter implements PeerSocket {
+  /** Nothing is ever held back: a unit leaves as it is written (or uncorked). */
+  readonly writableLength = 0;
+  writableCorked = 0;
+  private held: Buffer[] = [];
+  private state: 'connecting' | 'open' | 'closed' = 'connecting';
+  /** The dialer heard 'close'. */
   private closed = false;
+  private server: Accepted | null = null;
+  private readonly to: NodeId;
+  /** When the last bytes each way arrive: what is not jittered keeps its order. */
+  private upAtMs = 0;
+  private downAtMs = 0;
 
   constructor(
-    private readonly network: SimPeerNetwork,
+    private readonly net: SimPeerNetwork,
     private readonly from: NodeId,
-    private readonly to: NodeId,
-    private readonly address: string,
-    private readonly hello: Buffer,
-  ) {}
-
-  send(bytes: Buffer): void {
-    const net = this.network;
-    net.sent++;
-    const node = net.nodeAt(this.address);
-    if (this.closed || !node || net.isCut(this.from, this.to)) {
-      net.lost++;
-      return;
-    }
-    if (this.target !== node || !this.conn || this.conn.closed) {
-      // A new connection (the peer restarted, or closed the last one): the hello goes first again.
-      const wire: Wire = { write: () => {}, close: () => conn.disconnected() };
-      const conn = new ServerConnection(node, wire);
-      this.conn = conn;
-      this.target = node;
-      this.deliver(conn, node, this.hello, net.latencyMs);
-    }
-    this.deliver(this.conn, node, bytes, net.delayMs());
-    if (net.duplicateRate > 0 && net.env.random() < net.duplicateRate) {
-      net.duplicated++;
-      this.deliver(this.conn, node, bytes, net.delayMs());
-    }
-  }
-
-  private deliver(conn: ServerConnection, node: SegmemNode, bytes: Buffer, delayMs: number): void {
-    const net = this.network;
+    readonly fromAddress: string,
+    private readonly env: Env,
+    readonly toAddress: string,
+  ) {
+    super();
+    this.to = net.idAt(toAddress);
+    // One round trip to connect; a connect timeout across a partition or to nobody.
     net.env.setTimeout(() => {
-      // Lost on the way if the peer went away or the link was cut meanwhile.
-      if (this.closed || net.nodeAt(this.address) !== node || net.isCut(this.from, this.to)) {
-        net.lost++;
+      if (this.state !== 'connecting') return;
+      if (net.isCut(from, this.to) || net.isCut(this.to, from)) {
+        this.state = 'closed';
+        net.env.setTimeout(() => this.onDialer(() => this.closeDialer()), CONNECT_TIMEOUT_MS);
         return;
       }
-      conn.receive(bytes);
-    }, delayMs);
+      if (!net.nodeAt(toAddress)) {
+        // Its machine is up, its process is not: refused at once.
+        this.state = 'closed';
+        this.onDialer(() => this.closeDialer());
+        return;
+      }
+      this.server = net.accept(toAddress, this);
+      this.state = 'open';
+      this.onDialer(() => this.emit('connect'));
+    }, 2 * net.latencyMs);
   }
 
-  close(): void {
+  write(chunk: Buffer): boolean {
+    if (this.writableCorked > 0) this.held.push(chunk);
+    else this.send(chunk);
+    return true;
+  }
+
+  cork(): void {
+    this.writableCorked++;
+  }
+
+  uncork(): void {
+    if (this.writableCorked === 0 || --this.writableCorked > 0 || this.held.length === 0) return;
+    const unit = Buffer.concat(this.held);
+    this.held = [];
+    this.send(unit);
+  }
+
+  /** The dialer closes the connection: the member hears it after the latency. */
+  destroy(): void {
+    if (this.state === 'closed') return;
+    const server = this.server;
+    this.state = 'closed';
+    this.net.forget(this);
+    if (server) this.net.env.setTimeout(() => server.disconnected(), this.net.latencyMs);
+    this.onDialer(() => this.closeDialer());
+  }
+
+  /** The connection breaks on both sides now (a partition, a crash, a reset). */
+  reset(): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.net.forget(this);
+    this.net.broken++;
+    this.server?.disconnected();
+    this.onDialer(() => this.closeDialer());
+  }
+
+  /** Dialer -> member: one unit of whole frames. */
+  private send(bytes: Buffer): void {
+    const net = this.net;
+    if (this.state !== 'open') return;
+    net.sent++;
+    const raft = isRaftUnit(bytes);
+    const arrive = (atMs: number) =>
+      net.env.setTimeout(() => {
+        if (this.state !== 'open') {
+          net.lost++;
+          return;
+        }
+        if (net.isCut(this.from, this.to)) {
+          net.lost++;
+          this.reset();
+          return;
+        }
+        if (!raft && this.resetHandshake()) return;
+        this.server!.receive(bytes);
+      }, atMs - net.env.now());
+    if (raft) {
+      arrive(net.env.now() + net.delayMs());
+      if (net.duplicateRate > 0 && net.env.random() < net.duplicateRate) {
+        net.duplicated++;
+        arrive(net.env.now() + net.delayMs());
+      }
+    } else {
+      this.upAtMs = Math.max(net.env.now() + net.latencyMs, this.upAtMs);
+      arrive(this.upAtMs);
+    }
+  }
+
+  /** Member -> dialer (a PEER_CHALLENGE, or an ERROR before it hangs up): in order, after the latency. */
+  toDialer(bytes: Buffer): void {
+    const net = this.net;
+    if (this.state !== 'open') return;
+    this.downAtMs = Math.max(net.env.now() + net.latencyMs, this.downAtMs);
+    net.env.setTimeout(() => {
+      if (this.state !== 'open') return;
+      if (net.isCut(this.to, this.from)) {
+        this.reset();
+        return;
+      }
+      if (this.resetHandshake()) return;
+      this.onDialer(() => {
+        if (this.state === 'open') this.emit('data', bytes);
+      });
+    }, this.downAtMs - net.env.now());
+  }
+
+  /** The member hangs up: the dialer hears it after what was sent before. */
+  hangUp(): void {
+    const net = this.net;
+    if (this.state !== 'open') return;
+    this.downAtMs = Math.max(net.env.now() + net.latencyMs, this.downAtMs);
+    net.env.setTimeout(() => this.reset(), this.downAtMs - net.env.now());
+  }
+
+  /** The handshake reset fault: true if this frame reset the connection instead of arriving. */
+  private resetHandshake(): boolean {
+    const net = this.net;
+    if (net.handshakeResetRate === 0 || net.env.random() >= net.handshakeResetRate) return false;
+    net.handshakeResets++;
+    this.reset();
+    return true;
+  }
+
+  /** What the dialer hears runs in its own process (none once that process died). */
+  private onDialer(fn: () => void): void {
+    this.env.setTimeout(fn, 0);
+  }
+
+  /** Tells the dialer once that the connection closed. */
+  private closeDialer(): void {
+    if (this.closed) return;
     this.closed = true;
-    this.conn?.disconnected();
-    this.conn = null;
+    this.emit('close');
   }
 }

@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { errnoCode, errorMessage, isAtomicTempName, writeAll } from './files.js';
 import {
+  cannotWrite,
   type DirLock,
   type FileStat,
   LOCK_FILE,
@@ -36,8 +37,9 @@ export interface DataDirMeta {
   /** HMAC of the cluster secret (shell/peer-auth.ts), recorded at the first start with one. */
   secretFingerprint?: string;
   /**
-   * When a clean stop first found the WAL-started marker (`wal-started`): from then on this directory is
-   * known to have held acknowledged records, even if `wal/` and the marker are both lost.
+   * When the WAL-started marker (`wal-started`) was first known to exist (recorded as soon as the WAL's
+   * first record is durable): from then on this directory is known to have held acknowledged records, even
+   * if `wal/` and the marker are both lost.
    */
   walStartedAt?: string;
 }
@@ -95,6 +97,8 @@ export class DataDir {
   readonly fs: StorageFs;
   private readonly lock: DirLock;
   private closed = false;
+  /** The meta.json rewrite that records `walStartedAt`, while one runs. */
+  private recording: Promise<void> | null = null;
 
   private constructor(dir: string, meta: DataDirMeta, created: boolean, lock: DirLock, fs: StorageFs) {
     this.dir = dir;
@@ -174,12 +178,27 @@ export class DataDir {
     }
   }
 
+  /**
+   * The WAL's started marker exists (WalOptions.onStarted): meta.json records when, once, in the
+   * background (an atomic rewrite the WAL does not wait for). Best effort: a failed write is tried again
+   * at the next call, the clean stop or the next start.
+   */
+  walStarted(): void {
+    if (this.closed || this.meta.walStartedAt !== undefined || this.recording) return;
+    this.recording = recordWalStarted(this.fs, this.dir, this.meta)
+      .catch(() => {})
+      .finally(() => {
+        this.recording = null;
+      });
+  }
+
   /** Releases the lock. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    // The WAL created its marker (at its first durable record): meta.json remembers it from now on. Best
-    // effort (a failing disk must not fail the stop): the next stop tries again.
+    await this.recording;
+    // The WAL created its marker: meta.json remembers it from now on, if walStarted has not recorded it.
+    // Best effort (a failing disk must not fail the stop): the next start or stop tries again.
     await recordWalStarted(this.fs, this.dir, this.meta).catch(() => {});
     await this.lock.release();
   }
@@ -418,8 +437,8 @@ async function restoreWalStartedMarker(
 }
 
 /**
- * At a clean stop: a marker meta.json does not know yet is recorded in it (`walStartedAt`, rewritten
- * atomically). Only then, not at a start: a crash loop never rewrites the directory's identity file.
+ * A marker meta.json does not know yet is recorded in it (`walStartedAt`, rewritten atomically): once,
+ * since the stamp stays, so a crash loop does not keep rewriting the directory's identity file.
  */
 async function recordWalStarted(fs: StorageFs, dir: string, meta: DataDirMeta): Promise<void> {
   if (meta.walStartedAt !== undefined || !(await walStartedMarkerExists(fs, join(dir, WAL_STARTED_FILE))))
@@ -434,8 +453,6 @@ async function writeMeta(fs: StorageFs, path: string, meta: DataDirMeta): Promis
   try {
     await writeFileAtomic(fs, path, `${JSON.stringify(meta, null, 2)}\n`, 'meta');
   } catch (err) {
-    if (SegmemError.is(err)) throw err;
-    const errno = errnoCode(err) ?? 'EIO';
-    throw new SegmemError('UNAVAILABLE', `cannot write ${path}: ${errno}`, { file: path, errno });
+    throw cannotWrite(path, err);
   }
 }

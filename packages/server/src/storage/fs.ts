@@ -125,6 +125,16 @@ export function notWritable(dir: string, err: unknown): SegmemError {
   });
 }
 
+/**
+ * A failed write of one of the data directory's files (meta.json, the vote file) as one typed line naming
+ * the file and the errno, the error kept as the cause (a retry on ENOSPC still sees it).
+ */
+export function cannotWrite(file: string, err: unknown): SegmemError {
+  if (SegmemError.is(err)) return err;
+  const errno = errnoCode(err) ?? 'EIO';
+  return new SegmemError('UNAVAILABLE', `cannot write ${file}: ${errno}`, { file, errno }, { cause: err });
+}
+
 export function dirInUse(dir: string, holder: LockHolder): SegmemError {
   return new SegmemError(
     'UNAVAILABLE',

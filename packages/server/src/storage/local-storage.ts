@@ -45,6 +45,8 @@ export interface LocalStorageOptions {
   walIo?: Partial<WalIo>;
   /** See {@link WalOptions.onStall}. */
   onStall?: WalOptions['onStall'];
+  /** See {@link WalOptions.onStarted}. */
+  onWalStarted?: () => void;
   /** Clock and timers of the WAL and the log (default: the process's own, systemEnv). */
   env?: Env;
 }
@@ -165,6 +167,7 @@ export class LocalStorage {
         ...(opts.repair ? { repair: true } : {}),
         ...(opts.walIo ? { io: opts.walIo } : {}),
         ...(opts.onStall ? { onStall: opts.onStall } : {}),
+        ...(opts.onWalStarted ? { onStarted: opts.onWalStarted } : {}),
         ...(opts.env ? { env: opts.env } : {}),
         ...(replay ? { onRecord: replay(newest?.state ?? null) } : {}),
       });

@@ -180,6 +180,8 @@ export interface DiskRaftStorageOptions {
   walIo?: Partial<WalIo>;
   /** Hears what happens later that an operator should know (a repaired member caught up). */
   log?: (line: string) => void;
+  /** See {@link WalOptions.onStarted}. */
+  onWalStarted?: () => void;
 }
 
 /** What healing found and did at open (see the module comment). */
@@ -827,5 +829,6 @@ function walOptions(opts: DiskRaftStorageOptions) {
     ...(opts.env ? { env: opts.env } : {}),
     ...(opts.fs ? { fs: opts.fs } : {}),
     ...(opts.walIo ? { io: opts.walIo } : {}),
+    ...(opts.onWalStarted ? { onStarted: opts.onWalStarted } : {}),
   };
 }

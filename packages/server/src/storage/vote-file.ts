@@ -27,7 +27,7 @@
 import { join } from 'node:path';
 import { crc32c } from './crc32c.js';
 import { errnoCode, errorMessage } from './files.js';
-import { nodeFs, type StorageFs, writeFileAtomic } from './fs.js';
+import { cannotWrite, nodeFs, type StorageFs, writeFileAtomic } from './fs.js';
 
 export const VOTE_FILE = 'vote';
 const MAGIC = 'SGMVOTE1';
@@ -94,9 +94,17 @@ export async function readVoteFile(dir: string, fs: StorageFs = nodeFs): Promise
   return typeof decoded === 'string' ? { damaged: `${path} is damaged: ${decoded}` } : { state: decoded };
 }
 
-/** Replaces the file with `state`, atomically and durably. */
-export function writeVoteFile(dir: string, state: VoteState, fs: StorageFs = nodeFs): Promise<void> {
-  return writeFileAtomic(fs, join(dir, VOTE_FILE), encodeVoteFile(state), 'vote');
+/**
+ * Replaces the file with `state`, atomically and durably. A failed write is `UNAVAILABLE` naming the file,
+ * with `details.errno`.
+ */
+export async function writeVoteFile(dir: string, state: VoteState, fs: StorageFs = nodeFs): Promise<void> {
+  const path = join(dir, VOTE_FILE);
+  try {
+    await writeFileAtomic(fs, path, encodeVoteFile(state), 'vote');
+  } catch (err) {
+    throw cannotWrite(path, err);
+  }
 }
 
 interface TermAndVote {

@@ -196,6 +196,12 @@ export interface WalOptions {
    */
   startedMarker?: string;
   /**
+   * Told once `startedMarker` exists: at open when it did (or was created for a log holding records),
+   * else right after the first record made it. Not awaited: what it does (the data directory records the
+   * time in meta.json) stays off the write path. Must not throw.
+   */
+  onStarted?: () => void;
+  /**
    * Called when writes start failing for a reason a retry may get past (a full disk: `ENOSPC`), with the
    * error appends now throw, and with null once a retry succeeded. Meanwhile the log keeps what was
    * queued, retries every 50 ms doubling to 2 s, and refuses new appends; nothing is lost or reordered.
@@ -1063,10 +1069,14 @@ export class Wal {
   private prefixChain: Promise<unknown> = Promise.resolve();
   /** The started marker still to be created before a record is first reported durable (null: none). */
   private markerPath: string | null = null;
+  private onStarted: (() => void) | undefined;
 
   private constructor(
     opts: Required<
-      Omit<WalOptions, 'repair' | 'io' | 'coveredIndex' | 'onStall' | 'env' | 'startedMarker' | 'onRecord'>
+      Omit<
+        WalOptions,
+        'repair' | 'io' | 'coveredIndex' | 'onStall' | 'env' | 'startedMarker' | 'onRecord' | 'onStarted'
+      >
     > &
       Pick<WalOptions, 'onStall' | 'env'>,
     io: WalIo,
@@ -1158,6 +1168,8 @@ export class Wal {
       if (rec.lastIndex > 0) await writeStartedMarker(fs, marker, opts.fsync !== 'none');
       else wal.markerPath = marker;
     }
+    if (marker !== undefined && wal.markerPath === null) opts.onStarted?.();
+    else wal.onStarted = opts.onStarted;
     const last = rec.segments[rec.segments.length - 1];
     if (rec.appendable && last) {
       try {
@@ -1517,6 +1529,8 @@ export class Wal {
       throw retryable(err);
     }
     this.markerPath = null;
+    this.onStarted?.();
+    this.onStarted = undefined;
   }
 
   private compactQueue(): void {
