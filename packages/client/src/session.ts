@@ -169,10 +169,13 @@ export class Session {
         transport.close();
         const redirect = redirectOf(err);
         // A redirect, or a member that dropped the connection mid-handshake (e.g. it just lost leadership):
-        // try again, until the deadline.
-        // A plain connection to a server that requires TLS will not mend by waiting: said at once.
+        // try again, until the deadline. A plain connection to a server that requires TLS will not mend by
+        // waiting, and a full memory budget (details.budget) is the leader's answer: both said at once.
         const retry =
-          redirect !== null || (SegmemError.is(err, 'UNAVAILABLE') && err.details?.reason !== 'TLS_REQUIRED');
+          redirect !== null ||
+          (SegmemError.is(err, 'UNAVAILABLE') &&
+            err.details?.reason !== 'TLS_REQUIRED' &&
+            err.details?.budget === undefined);
         if (!retry || env.now() > deadline) throw err;
         prefer = redirect?.address ?? undefined;
         avoid = prefer ? undefined : transport.address;

@@ -187,6 +187,16 @@ test('under a cgroup memory limit, a flooded server with --max-memory stays up, 
     await inParallel(created, 4, (i) => write(i, 2));
     await admin.close();
 
+    // Sessions opened while there is room (a full budget refuses new ones): many connections, each with its
+    // own session, and greedy clients logged in, whose requests come once the budget is full.
+    const many = await Promise.all(Array.from({ length: 40 }, () => connect({ servers: [server!.address] })));
+    segs.push(...many);
+    const greedy = await Promise.all(Array.from({ length: 20 }, () => greedyLogin(server!.address)));
+    const again = new AdminSession({ servers: [server.address], timeoutMs: 5000, token: null });
+    const watcher = new AdminSession({ servers: [server.address], timeoutMs: 5000, token: null });
+    await again.call({ type: 'STATUS' }, 10_000);
+    await watcher.call({ type: 'STATUS' }, 10_000);
+
     // Objects until the budget refuses one, every one written.
     let createRefused: SegmemError | null = null;
     // Bounded: the budget refuses long before 1000.
@@ -203,22 +213,16 @@ test('under a cgroup memory limit, a flooded server with --max-memory stays up, 
     t.true(created > 200, `${created} objects of 1 MiB admitted`);
     await inParallel(created, 4, (i) => (round.has(i) ? Promise.resolve() : write(i, 1)));
     await t.throwsAsync(log.append(Buffer.alloc(MiB)), { code: 'NO_SPACE' });
-    const again = new AdminSession({ servers: [server.address], timeoutMs: 5000, token: null });
     await t.throwsAsync(again.call({ type: 'SNAPSHOT' }, 10_000), { code: 'UNAVAILABLE' });
     await again.close();
 
-    // Many connections at once, each with its own session, while a well-behaved client is served.
-    const many = await Promise.all(Array.from({ length: 40 }, () => connect({ servers: [server!.address] })));
-    segs.push(...many);
+    // The many connections read at once while a well-behaved client is served.
     await Promise.all(many.map((s, k) => s.read(`o${k}`, (h) => h.bytes.readUInt32LE(0))));
     // Greedy clients: each pipelines 64 read acquires of a 1 MiB object and never reads its socket (20 of
     // them ask for 1.25 GiB of answers). Answers wait for room instead of piling up in the server.
-    const greedy = await Promise.all(
-      Array.from({ length: 20 }, (_, k) => greedyAcquires(server!.address, `o${k}`, 64)),
-    );
+    await Promise.all(greedy.map((socket, k) => greedyAcquires(socket, `o${k}`, 64)));
     // The flood reached the server: every greedy session holds read grants (beside the kept grant of the
     // client above that read the same object).
-    const watcher = new AdminSession({ servers: [server.address], timeoutMs: 5000, token: null });
     await waitFor(
       async () => {
         const status = await watcher.call({ type: 'STATUS' }, 10_000);
@@ -289,18 +293,30 @@ test('under a cgroup memory limit, a flooded server with --max-memory stays up, 
   }
 });
 
-/**
- * A raw connection that logs in, then pipelines `count` read acquires of `name` in one write and never
- * reads what comes back.
- */
-function greedyAcquires(address: string, name: string, count: number): Promise<Socket> {
+/** A raw connection that logs in (a session that needs no keepalive for 10 minutes), then reads nothing. */
+function greedyLogin(address: string): Promise<Socket> {
   const at = address.lastIndexOf(':');
   const hello: Request = {
     type: 'HELLO',
     protocol: PROTOCOL_VERSION,
-    sessionTimeoutMs: 60_000,
+    sessionTimeoutMs: 600_000,
     pageReader: false,
   };
+  return new Promise((resolve, reject) => {
+    const socket = netConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)) }, () => {
+      for (const p of encodeRequest(hello, 1)) socket.write(p);
+    });
+    socket.once('error', reject);
+    // The HELLO's answer (the session) comes first; from then on nothing is read.
+    socket.once('data', () => {
+      socket.pause();
+      resolve(socket);
+    });
+  });
+}
+
+/** On a greedy connection: pipelines `count` read acquires of `name` in one write. */
+function greedyAcquires(socket: Socket, name: string, count: number): Promise<void> {
   const acquires = Array.from(
     { length: count },
     (_, i): Request => ({
@@ -313,17 +329,7 @@ function greedyAcquires(address: string, name: string, count: number): Promise<S
       timeoutMs: null,
     }),
   );
-  return new Promise((resolve, reject) => {
-    const socket = netConnect({ host: address.slice(0, at), port: Number(address.slice(at + 1)) }, () => {
-      for (const p of encodeRequest(hello, 1)) socket.write(p);
-    });
-    socket.once('error', reject);
-    // The HELLO's answer (the session) comes first; from then on nothing is read.
-    socket.once('data', () => {
-      socket.pause();
-      socket.write(Buffer.concat(acquires.flatMap((req, i) => encodeRequest(req, i + 2))), () =>
-        resolve(socket),
-      );
-    });
+  return new Promise((resolve) => {
+    socket.write(Buffer.concat(acquires.flatMap((req, i) => encodeRequest(req, i + 2))), () => resolve());
   });
 }

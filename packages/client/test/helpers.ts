@@ -1,6 +1,6 @@
 /** Test helpers: temp dirs, real server processes, child clients, and bounded waits. */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -17,8 +17,16 @@ import {
   type Request,
   type RequestType,
   type SegmemError,
+  systemEnv,
 } from '@segmem/protocol';
 import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
+import { newNonce, type PeerHandshake, peerProof } from '@segmem/server/internal/shell/peer-auth';
+import {
+  decodePeerChallenge,
+  encodePeerHello,
+  encodePeerProof,
+  PeerMessageType,
+} from '@segmem/server/internal/shell/peer-codec';
 import type { ExecutionContext } from 'ava';
 import { connect, type Segment } from '../src/index.js';
 
@@ -566,4 +574,71 @@ export class RawConnection {
   close(): void {
     this.socket.destroy();
   }
+}
+
+/**
+ * A raw peer connection to `address` posing as member `from`: PEER_HELLO with a nonce, then (with a
+ * `secret`) the proof the member's challenge asks for. Collects what the member answers.
+ */
+export async function rawPeer(
+  address: string,
+  hello: { clusterId: string; from: string; to: string },
+  secret: Buffer | null,
+): Promise<{ write(parts: Buffer[]): void; next(): Promise<Frame | null>; closed: Promise<void> }> {
+  const [host, port] = address.split(':');
+  const socket = netConnect({ host: host!, port: Number(port) });
+  const decoder = new FrameDecoder();
+  const frames: Frame[] = [];
+  let wake: (() => void) | null = null;
+  let ended = false;
+  const closed = new Promise<void>((resolve) => {
+    socket.on('close', () => {
+      ended = true;
+      wake?.();
+      resolve();
+    });
+  });
+  socket.on('error', () => {});
+  socket.on('data', (chunk: Buffer) => {
+    decoder.feed(chunk);
+    for (let f = decoder.next(); f !== null; f = decoder.next()) frames.push(f);
+    wake?.();
+  });
+  await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+  const next = async (): Promise<Frame | null> => {
+    const deadline = Date.now() + 5000;
+    while (frames.length === 0 && !ended && Date.now() < deadline)
+      await new Promise<void>((r) => {
+        wake = r;
+        setTimeout(r, 100);
+      });
+    return frames.shift() ?? null;
+  };
+  const write = (parts: Buffer[]) => {
+    for (const p of parts) socket.write(p);
+  };
+  const nonce = newNonce(systemEnv);
+  write(encodePeerHello({ ...hello, token: null, nonce }));
+  if (secret) {
+    const challenge = await next();
+    if (challenge?.type !== PeerMessageType.PEER_CHALLENGE)
+      throw new Error(`expected PEER_CHALLENGE, got ${challenge?.type}`);
+    const { nonce: acceptorNonce } = decodePeerChallenge(challenge);
+    const h: PeerHandshake = {
+      clusterId: hello.clusterId,
+      dialer: hello.from,
+      acceptor: hello.to,
+      dialerNonce: nonce,
+      acceptorNonce,
+    };
+    write(encodePeerProof(peerProof(secret, 'dialer', h)));
+  }
+  return { write, next, closed };
+}
+
+/** A field of `/proc/<pid>/status` in KiB (VmRSS: resident now, VmHWM: its peak). */
+export function procStatusKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no ${field} for process ${pid}`);
+  return Number(m[1]);
 }

@@ -6,14 +6,11 @@
 import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
-import { decodeError, type Frame, FrameDecoder, MessageType, systemEnv } from '@segmem/protocol';
+import { decodeError, MessageType } from '@segmem/protocol';
 import { defaultClusterId } from '@segmem/server/internal/cluster';
 import { createClusterSecretFile, readClusterSecretFile } from '@segmem/server/internal/secret-file';
-import { newNonce, type PeerHandshake, peerProof } from '@segmem/server/internal/shell/peer-auth';
 import {
-  decodePeerChallenge,
   encodePeerHello,
-  encodePeerProof,
   encodeRaftMessage,
   PeerMessageType,
 } from '@segmem/server/internal/shell/peer-codec';
@@ -23,6 +20,7 @@ import {
   bump,
   converged,
   freePort,
+  rawPeer,
   runNode,
   segmemBin,
   serverBin,
@@ -107,66 +105,6 @@ test('a forged heartbeat with a huge term moves no member, and the cluster keeps
     dir.cleanup();
   }
 });
-
-/**
- * A raw peer connection to `address` posing as member `from`: PEER_HELLO with a nonce, then (with a
- * `secret`) the proof the member's challenge asks for. Collects what the member answers.
- */
-async function rawPeer(
-  address: string,
-  hello: { clusterId: string; from: string; to: string },
-  secret: Buffer | null,
-): Promise<{ write(parts: Buffer[]): void; next(): Promise<Frame | null>; closed: Promise<void> }> {
-  const [host, port] = address.split(':');
-  const socket = netConnect({ host: host!, port: Number(port) });
-  const decoder = new FrameDecoder();
-  const frames: Frame[] = [];
-  let wake: (() => void) | null = null;
-  let ended = false;
-  const closed = new Promise<void>((resolve) => {
-    socket.on('close', () => {
-      ended = true;
-      wake?.();
-      resolve();
-    });
-  });
-  socket.on('error', () => {});
-  socket.on('data', (chunk: Buffer) => {
-    decoder.feed(chunk);
-    for (let f = decoder.next(); f !== null; f = decoder.next()) frames.push(f);
-    wake?.();
-  });
-  await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
-  const next = async (): Promise<Frame | null> => {
-    const deadline = Date.now() + 5000;
-    while (frames.length === 0 && !ended && Date.now() < deadline)
-      await new Promise<void>((r) => {
-        wake = r;
-        setTimeout(r, 100);
-      });
-    return frames.shift() ?? null;
-  };
-  const write = (parts: Buffer[]) => {
-    for (const p of parts) socket.write(p);
-  };
-  const nonce = newNonce(systemEnv);
-  write(encodePeerHello({ ...hello, token: null, nonce }));
-  if (secret) {
-    const challenge = await next();
-    if (challenge?.type !== PeerMessageType.PEER_CHALLENGE)
-      throw new Error(`expected PEER_CHALLENGE, got ${challenge?.type}`);
-    const { nonce: acceptorNonce } = decodePeerChallenge(challenge);
-    const h: PeerHandshake = {
-      clusterId: hello.clusterId,
-      dialer: hello.from,
-      acceptor: hello.to,
-      dialerNonce: nonce,
-      acceptorNonce,
-    };
-    write(encodePeerProof(peerProof(secret, 'dialer', h)));
-  }
-  return { write, next, closed };
-}
 
 /** The metrics endpoint a member logged (`--metrics 127.0.0.1:0`), scraped for one counter. */
 async function peerAuthRefusals(cluster: TestCluster, id: string): Promise<number> {

@@ -270,6 +270,14 @@ export class FrameDecoder {
     return this.#buffered;
   }
 
+  /**
+   * Bytes of the frame being received, length prefix included, once its length was read (by {@link next});
+   * 0 before.
+   */
+  get pendingFrameBytes(): number {
+    return this.#frameBytes < 0 ? 0 : FRAME_LENGTH_BYTES + this.#frameBytes;
+  }
+
   /** The error that stopped this decoder, if any. */
   get failure(): SegmemError | undefined {
     return this.#failure;

@@ -7,6 +7,7 @@
  */
 import type { Env, ErrorCode } from '@segmem/protocol';
 import type { Command, LockMode } from './core/commands.js';
+import type { CountedBytes } from './node/budget.js';
 import type { NodeId, Role } from './raft/types.js';
 import { nodeFs, type StorageFs } from './storage/fs.js';
 import { type Wal, type WalIo, walIoOf } from './storage/wal.js';
@@ -84,7 +85,14 @@ export interface NodeStats {
   locks: LockStats;
   pagesServed: number;
   /** The memory budget (node/budget.ts): what it counts now, and its limit (null: none). */
-  memory?: { usedBytes: number; limitBytes: number | null };
+  memory?: {
+    usedBytes: number;
+    limitBytes: number | null;
+    /** What it counts, part by part. */
+    counted: CountedBytes;
+    /** Client connections not read until the count is back under the limit. */
+    waitingForRoom: number;
+  };
 }
 
 export interface LockStats {

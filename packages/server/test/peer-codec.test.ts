@@ -2,7 +2,7 @@
  * Server-to-server frames: a consensus message survives encoding, and a snapshot larger than a frame
  * travels in pieces that are put back together, in order, or refused.
  */
-import { FrameDecoder, systemEnv } from '@segmem/protocol';
+import { encodeFrame, FrameDecoder, type SegmemError, systemEnv } from '@segmem/protocol';
 import test from 'ava';
 import type { Message } from '../src/raft/types.js';
 import { checkPeerProof, newNonce, type PeerHandshake, peerProof } from '../src/shell/peer-auth.js';
@@ -59,6 +59,51 @@ test('a snapshot larger than a frame travels in pieces and arrives whole', (t) =
   t.is(both.length, 3);
   t.true(both[1]!.snapshot!.data.equals(msg.snapshot!.data));
   t.true(both[2]!.snapshot!.data.equals(small.snapshot!.data));
+});
+
+test('snapshot pieces: a total past the limit is refused before anything is held; the buffer grows with what arrived', (t) => {
+  const msg = snapshotMessage(5 * SNAPSHOT_PIECE_BYTES + 999);
+  const frames = new FrameDecoder().push(Buffer.concat(encodeRaftMessage(msg)));
+  t.is(frames.length, 7); // 6 pieces and the message
+  const held: number[] = [];
+  const refusing = new SnapshotPieces({
+    maxTotalBytes: () => 5 * SNAPSHOT_PIECE_BYTES,
+    holding: (bytes) => held.push(bytes),
+  });
+  const err = t.throws(() => refusing.add(frames[0]!), { code: 'NO_SPACE' });
+  t.regex(err!.message, /snapshot 77 \(term 3\) of 83887079 bytes refused: larger than the 83886080 bytes/);
+  t.like((err as SegmemError).details, { budget: 'max-memory', neededBytes: 83887079 });
+  t.deepEqual(held, [0], 'nothing held for it');
+
+  held.length = 0;
+  const pieces = new SnapshotPieces({ maxTotalBytes: () => null, holding: (bytes) => held.push(bytes) });
+  for (const f of frames.slice(0, 6)) pieces.add(f);
+  const M = SNAPSHOT_PIECE_BYTES;
+  // Doubling from the first piece, up to the total: never the announced total before the bytes came.
+  t.deepEqual(held, [0, M, 2 * M, 4 * M, 5 * M + 999]);
+  const got = decodeRaftMessage(frames[6]!, pieces);
+  t.true(got.snapshot!.data.equals(msg.snapshot!.data));
+  t.is(got.snapshot!.data.length, msg.snapshot!.data.length);
+  t.is(held[held.length - 1], 0, 'the bytes taken are no longer counted as arriving');
+
+  // A piece announcing a huge total holds only what it carried.
+  held.length = 0;
+  const liar = new SnapshotPieces({ maxTotalBytes: () => null, holding: (bytes) => held.push(bytes) });
+  const [lie] = new FrameDecoder().push(
+    Buffer.concat(
+      encodeFrame(
+        PeerMessageType.RAFT_PIECE,
+        1,
+        0,
+        { index: 9, term: 1, offset: 0, total: 3 * 1024 * 1024 * 1024 },
+        Buffer.alloc(1000),
+      ),
+    ),
+  );
+  liar.add(lie!);
+  t.deepEqual(held, [0, 1000]);
+  liar.drop();
+  t.deepEqual(held, [0, 1000, 0]);
 });
 
 test('snapshot pieces out of order, missing, or announced without pieces are refused', (t) => {

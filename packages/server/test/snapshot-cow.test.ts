@@ -115,6 +115,52 @@ test('copy-on-write: a write to a frozen object copies its bytes once and leaves
   t.is(sm.objectNamed('a')!.data, after, 'no copy once released');
 });
 
+test('object bytes only a frozen view keeps alive (written away from, deleted) are counted until it is released', (t) => {
+  const sm = new StateMachine({ pageBytes: PAGE, segmentBytes: 64 * PAGE });
+  let index = 0;
+  const apply = (cmd: Command) => sm.apply(++index, cmd);
+  const sessionId = (
+    apply({ op: 'open', timeoutMs: 1000, clientName: null }).result as { value: { sessionId: number } }
+  ).value.sessionId;
+  let seq = 0;
+  const write = (name: string, fill: number) => {
+    const o = apply({ op: 'acquire', sessionId, seq: ++seq, name, mode: 'write' });
+    const token = (o.result as { value: { granted: { token: number } } }).value.granted.token;
+    apply({
+      op: 'release',
+      sessionId,
+      seq: ++seq,
+      name,
+      mode: 'write',
+      token,
+      ranges: [[0, 10]],
+      data: Buffer.alloc(10, fill),
+    });
+  };
+  for (const name of ['a', 'b', 'c'])
+    apply({ op: 'create', sessionId, seq: ++seq, name, size: 2 * PAGE, ifNotExists: false });
+  write('a', 1);
+  write('b', 1);
+  write('c', 1);
+  const first = sm.freeze();
+  const second = sm.freeze();
+  t.is(sm.frozenCopyBytes(), 0, 'nothing copied yet: the view shares the live bytes');
+  write('a', 2);
+  t.is(sm.frozenCopyBytes(), 2 * PAGE, "a's old bytes live on in the views only");
+  write('a', 3);
+  t.is(sm.frozenCopyBytes(), 2 * PAGE, 'copied once');
+  apply({ op: 'delete', sessionId, seq: ++seq, name: 'b' });
+  t.is(sm.frozenCopyBytes(), 4 * PAGE, "b's bytes too, once deleted");
+  first.release();
+  t.is(sm.frozenCopyBytes(), 4 * PAGE, 'the other view still holds them');
+  second.release();
+  t.is(sm.frozenCopyBytes(), 0);
+  // Without a view, writes and deletes keep nothing alive.
+  write('c', 2);
+  apply({ op: 'delete', sessionId, seq: ++seq, name: 'c' });
+  t.is(sm.frozenCopyBytes(), 0);
+});
+
 async function tempDir(t: ExecutionContext): Promise<string> {
   const dir = await fsp.mkdtemp(join(tmpdir(), 'segmem-snapshot-cow-'));
   t.teardown(() => fsp.rm(dir, { recursive: true, force: true }));

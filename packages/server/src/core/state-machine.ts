@@ -207,6 +207,10 @@ export class StateMachine {
   private objectBytes = 0;
   /** Object bytes held by unreleased frozen views (how many each): written copy-on-write. */
   private readonly frozenData = new Map<Buffer, number>();
+  /** Frozen object bytes no object holds any more (a write copied it, or the object was deleted). */
+  private readonly retiredData = new Set<Buffer>();
+  /** Their bytes: a running sum (the memory budget counts them). */
+  private retiredBytes = 0;
   /** Object bytes that answers still being sent read by reference (how many each): written copy-on-write. */
   private readonly pinnedData = new Map<Buffer, number>();
   /** Index of the last applied log entry. */
@@ -545,6 +549,7 @@ export class StateMachine {
     this.byName.delete(name);
     this.byId.delete(obj.id);
     this.objectBytes -= objectHeldBytes(obj.size, obj.pageCount);
+    if (obj.data) this.retireIfFrozen(obj.data);
     this.allocator.release(obj.firstPage, obj.pageCount);
     for (const w of obj.queue) {
       const waiter = this.sessions.get(w.sessionId);
@@ -841,7 +846,10 @@ export class StateMachine {
     if (!obj.data) obj.data = Buffer.alloc(obj.size);
     // Copy-on-write: a frozen snapshot or an unsent answer still reads these bytes. Copied once; the copy is
     // neither frozen nor pinned.
-    else if (this.frozenData.has(obj.data) || this.pinnedData.has(obj.data)) obj.data = Buffer.from(obj.data);
+    else if (this.frozenData.has(obj.data) || this.pinnedData.has(obj.data)) {
+      this.retireIfFrozen(obj.data);
+      obj.data = Buffer.from(obj.data);
+    }
     const version = ++obj.version;
     let at = 0;
     for (const [offset, length] of ranges) {
@@ -1021,10 +1029,28 @@ export class StateMachine {
         for (const data of frozen) {
           const n = this.frozenData.get(data)!;
           if (n > 1) this.frozenData.set(data, n - 1);
-          else this.frozenData.delete(data);
+          else {
+            this.frozenData.delete(data);
+            if (this.retiredData.delete(data)) this.retiredBytes -= data.length;
+          }
         }
       },
     };
+  }
+
+  /** `data` leaves its object: while frozen views still hold it, it counts as theirs. */
+  private retireIfFrozen(data: Buffer): void {
+    if (!this.frozenData.has(data) || this.retiredData.has(data)) return;
+    this.retiredData.add(data);
+    this.retiredBytes += data.length;
+  }
+
+  /**
+   * Object bytes that only frozen views (exports, snapshots being written) keep alive: copied away from by a
+   * write, or deleted, since they froze. Local to this member (when it snapshots), unlike {@link heldBytes}.
+   */
+  frozenCopyBytes(): number {
+    return this.retiredBytes;
   }
 
   /**

@@ -91,7 +91,12 @@ export class SegmemNode {
     const node = this;
     this.budget = new MemoryBudget(
       opts.maxMemoryBytes ?? null,
-      () => node.sm.heldBytes() + (node.log.heldBytes?.() ?? 0),
+      {
+        stateBytes: () => node.sm.heldBytes() + (node.log.heldBytes?.() ?? 0),
+        sessions: () => node.sm.sessionCount(),
+        frozenCopyBytes: () => node.sm.frozenCopyBytes(),
+      },
+      this.env,
     );
     // Read through the node: the log is made below, and a Raft follower may replace its state machine.
     const ctx: NodeContext = {
@@ -247,6 +252,7 @@ export class SegmemNode {
     this.closing = true;
     for (const fn of this.closeHooks) fn();
     this.sessions.stop();
+    this.budget.close();
     this.reads.close();
     this.exports.close();
     await this.schedule?.stop();
@@ -293,7 +299,12 @@ export class SegmemNode {
       logs: sm.logCount(),
       locks: sm.lockStats(),
       pagesServed: this.pagesServed,
-      memory: { usedBytes: this.budget.usedBytes(), limitBytes: this.budget.limitBytes },
+      memory: {
+        usedBytes: this.budget.usedBytes(),
+        limitBytes: this.budget.limitBytes,
+        counted: this.budget.counted(),
+        waitingForRoom: this.budget.waitingForRoom,
+      },
     };
   }
 
@@ -383,6 +394,11 @@ export class SegmemNode {
       }
     }
     return { members: log.membersWithAddresses(), leader: this.id };
+  }
+
+  /** Writes one line to the server's log (what an operator should see: a member's link refused). */
+  note(line: string): void {
+    this.opts.log?.(line);
   }
 
   /** Receives consensus messages from peers (cluster mode only). */

@@ -82,6 +82,8 @@ export class Sessions {
       sessionId = resumeId;
       resumed = true;
     } else {
+      // Admitted on the leader before proposing (node/budget.ts); a resumed session grows nothing.
+      ctx.budget.admitSession();
       const outcome = await ctx.log.propose({
         op: 'open',
         timeoutMs: req.sessionTimeoutMs,

@@ -17,6 +17,13 @@
  * produces no large answer (grants, READ_PAGES: through `whenRoom`) until the wire drains; the socket stops
  * being read meanwhile. Requests in flight, with answers waiting for room, are at most MAX_INFLIGHT_REQUESTS
  * (MAX_PAGE_READER_INFLIGHT_REQUESTS on a page-reader connection, which has no session).
+ *
+ * Bounds on what all connections hold together: the bytes received and not yet decoded and the answers
+ * not yet sent are counted in the memory budget (node/budget.ts) as they change. A client connection
+ * starting a frame larger than MAX_HANDSHAKE_FRAME_BYTES that the budget has no room for (`mayReceive`)
+ * stops being read until it has; a frame once let in is read to its end. Small requests (a release without
+ * bytes, a delete, a goodbye) keep flowing, so clients can still make room. Another member's link is never
+ * paused: its traffic is what the leader admitted, and a snapshot arriving in pieces is bounded on its own.
  */
 import {
   type Changed,
@@ -44,6 +51,7 @@ import {
   SegmemError,
 } from '@segmem/protocol';
 import { ANONYMOUS, type Principal } from '../node/access.js';
+import type { Holding } from '../node/budget.js';
 import type { Port, SegmemNode, Wire } from '../node/index.js';
 import type { Message } from '../raft/types.js';
 import { checkPeerProof, newNonce, type PeerHandshake, peerProof } from './peer-auth.js';
@@ -108,6 +116,13 @@ export class ServerConnection implements Port {
   /** Frames left undecoded until there is room (or fewer requests in flight). */
   private decodeHeld = false;
   private drainAsked = false;
+  /** What this connection's buffers count in the memory budget. */
+  private readonly receivedHeld: Holding;
+  private readonly unsentHeld: Holding;
+  /** Set while the connection is not read until the memory budget has room: cancels the wait. */
+  private memoryWait: (() => void) | null = null;
+  /** The frame being received was let in by the budget (read to its end whatever comes meanwhile). */
+  private frameLetIn = false;
 
   constructor(
     private readonly node: SegmemNode,
@@ -116,6 +131,14 @@ export class ServerConnection implements Port {
     private readonly opts: ConnectionOptions = {},
   ) {
     this.maxQueuedAnswerBytes = opts.maxQueuedAnswerBytes ?? MAX_QUEUED_ANSWER_BYTES;
+    this.receivedHeld = node.budget.holding('received');
+    this.unsentHeld = node.budget.holding('unsent');
+    const receiving = node.budget.holding('receiving_snapshots');
+    this.snapshotPieces = new SnapshotPieces({
+      maxTotalBytes: () => node.budget.snapshotBoundBytes,
+      holding: (bytes) => receiving.set(bytes),
+    });
+    this.receiving = receiving;
     this.inProcess = opts.inProcess === true;
     const timeoutMs = opts.handshakeTimeoutMs ?? 0;
     if (timeoutMs > 0) {
@@ -212,6 +235,12 @@ export class ServerConnection implements Port {
     this.decodeFrames();
   }
 
+  /** Tells the memory budget what this connection's buffers hold now (two reads, no scan). */
+  private countHeld(): void {
+    this.receivedHeld.set(this.decoder.bufferedBytes);
+    this.unsentHeld.set(this.wire.unsentBytes ?? 0);
+  }
+
   /** Stop decoding requests: the wire holds too much unsent, answers wait for room, or too many are in flight. */
   private mustHold(): boolean {
     if (this.peer) return false; // another member's link: its messages are never answered here
@@ -226,11 +255,34 @@ export class ServerConnection implements Port {
     else if (pending < limit / 2) this.tooManyInflight = false;
     const hold = this.mustHold();
     if (hold && !this.wireHasRoom()) this.askDrain();
-    if (hold !== this.paused) {
-      this.paused = hold;
-      if (hold) this.hooks.pause();
+    const pause = hold || this.memoryWait !== null;
+    if (pause !== this.paused) {
+      this.paused = pause;
+      if (pause) this.hooks.pause();
       else this.hooks.resume();
     }
+  }
+
+  /**
+   * A large frame started: let it in if the memory budget has room for it, else stop reading until it has
+   * (a client's link only, see the module comment).
+   */
+  private admitFrame(): void {
+    if (this.frameLetIn || this.memoryWait || this.peer || this.peerPending || this.closed) return;
+    const frameBytes = this.decoder.pendingFrameBytes;
+    if (frameBytes <= MAX_HANDSHAKE_FRAME_BYTES) return;
+    const budget = this.node.budget;
+    const hasRoom = () => budget.mayReceive(frameBytes, this.decoder.bufferedBytes);
+    if (hasRoom()) {
+      this.frameLetIn = true;
+      return;
+    }
+    this.memoryWait = budget.whenRoom(hasRoom, () => {
+      this.memoryWait = null;
+      this.frameLetIn = true;
+      if (!this.closed) this.updatePause();
+    });
+    this.updatePause();
   }
 
   error(requestId: number, err: SegmemError): void {
@@ -266,10 +318,16 @@ export class ServerConnection implements Port {
       return;
     }
     this.decodeFrames();
+    this.admitFrame();
   }
 
   /** Decodes and handles the frames received, until none is left or the connection must hold. */
   private decodeFrames(): void {
+    this.decodeReceived();
+    this.countHeld();
+  }
+
+  private decodeReceived(): void {
     if (this.decodeHeld && this.mustHold()) return;
     this.decodeHeld = false;
     while (!this.closed) {
@@ -286,6 +344,7 @@ export class ServerConnection implements Port {
         return;
       }
       if (frame === null) return;
+      this.frameLetIn = false;
       this.handle(frame);
     }
   }
@@ -296,6 +355,12 @@ export class ServerConnection implements Port {
     this.closed = true;
     this.clearHandshakeTimer();
     this.roomWaiters.length = 0;
+    this.memoryWait?.();
+    this.memoryWait = null;
+    this.snapshotPieces.drop();
+    this.receiving.release();
+    this.receivedHeld.release();
+    this.unsentHeld.release();
     if (this.sessionId) this.node.detach(this, this.sessionId);
   }
 
@@ -304,8 +369,11 @@ export class ServerConnection implements Port {
   /** Between our PEER_CHALLENGE and the dialer's PEER_PROOF: what the proof must cover. */
   private peerPending: { handshake: PeerHandshake; secret: Buffer; handler: (msg: Message) => void } | null =
     null;
-  /** A large snapshot arriving in pieces on this peer link. */
-  private readonly snapshotPieces = new SnapshotPieces();
+  /** A large snapshot arriving in pieces on this peer link, and what it counts in the memory budget. */
+  private readonly snapshotPieces: SnapshotPieces;
+  private readonly receiving: Holding;
+  /** The member that dialled this link (set once its PEER_HELLO was accepted). */
+  private peerName = '';
 
   /**
    * A peer link: PEER_HELLO (the dialer's nonce), our PEER_CHALLENGE (our nonce and proof), its PEER_PROOF,
@@ -331,6 +399,7 @@ export class ServerConnection implements Port {
       } else {
         const hello = decodePeerHello(frame);
         const handler = this.node.acceptPeer(hello);
+        this.peerName = hello.from;
         const secret = this.node.peerSecret;
         if (!secret) {
           this.peer = handler;
@@ -357,6 +426,8 @@ export class ServerConnection implements Port {
         );
       }
     } catch (err) {
+      // A member's link closing is worth a line: the group may be stuck until it is fixed.
+      if (this.peer) this.node.note(`peer link from ${this.peerName} closed: ${asSegmemError(err).message}`);
       this.fatal(frame.requestId, err);
     }
   }
@@ -572,8 +643,16 @@ export class ServerConnection implements Port {
   }
 
   private answer(parts: Buffer[], onSent?: () => void): void {
-    if (!this.closed) this.wire.write(parts, onSent);
-    else onSent?.();
+    if (this.closed) {
+      onSent?.();
+      return;
+    }
+    // Counted while queued: again once these bytes left (the socket's queue shrank by then).
+    this.wire.write(parts, () => {
+      onSent?.();
+      this.countHeld();
+    });
+    this.countHeld();
   }
 
   private answerError(requestId: number, err: unknown): void {

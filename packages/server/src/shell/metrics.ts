@@ -273,6 +273,22 @@ export class ServerMetrics implements MetricsSink {
     this.gauge('segmem_memory_used_bytes', 'What the memory budget counts now (--max-memory)', {
       read: one(() => this.view()?.memory?.usedBytes),
     });
+    this.gauge(
+      'segmem_memory_counted_bytes',
+      'What the memory budget counts, by part (they add up to segmem_memory_used_bytes)',
+      {
+        labels: ['part'],
+        read: () => {
+          const counted = this.view()?.memory?.counted;
+          return counted ? Object.entries(counted).map(([part, bytes]) => [{ part }, bytes]) : [];
+        },
+      },
+    );
+    this.gauge(
+      'segmem_memory_paused_connections',
+      'Client connections not read while the memory budget is over its limit',
+      { read: one(() => this.view()?.memory?.waitingForRoom) },
+    );
     this.gauge('segmem_memory_limit_bytes', 'The memory budget (--max-memory); absent when off', {
       read: one(() => this.view()?.memory?.limitBytes ?? undefined),
     });

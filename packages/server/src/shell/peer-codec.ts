@@ -7,7 +7,9 @@
  *                    their lengths in the header, so page bytes are never msgpack-encoded.
  *   0x82 RAFT_PIECE  { index, term, offset, total } and up to 16 MiB of a snapshot's bytes: a snapshot
  *                    larger than that goes as pieces, in order, then its RAFT frame with `pieces: true`
- *                    and no bytes of its own (a frame may not exceed 64 MiB; a snapshot may).
+ *                    and no bytes of its own (a frame may not exceed 64 MiB; a snapshot may). The
+ *                    receiver refuses a `total` past its memory budget's room and holds only the
+ *                    bytes that arrived (its buffer grows with them), counted in its budget.
  * Peers validate every field like clients do: a peer is just another process on the network.
  */
 import { constants as bufferConstants } from 'node:buffer';
@@ -20,6 +22,7 @@ import {
   isPlainMap,
   MAX_TOKEN_BYTES,
   optionalField,
+  SegmemError,
   stringField,
   uintField,
 } from '@segmem/protocol';
@@ -192,15 +195,31 @@ export function encodeRaftMessage(m: Message, groupId = 0): Buffer[] {
   return frames;
 }
 
+/** What a receiver of snapshot pieces allows and counts (the server's memory budget). */
+export interface SnapshotPiecesLimits {
+  /** The largest snapshot accepted (null: only the Buffer limit); read at each snapshot's first piece. */
+  maxTotalBytes(): number | null;
+  /** Says how many bytes the buffer being filled takes now (0 once taken or dropped). */
+  holding(bytes: number): void;
+}
+
 /**
  * Collects the pieces of a large snapshot from one peer link, in order; {@link decodeRaftMessage} takes
- * the bytes when the snapshot's RAFT frame follows. Anything out of order is a protocol error.
+ * the bytes when the snapshot's RAFT frame follows. Anything out of order is a protocol error; a snapshot
+ * announced larger than the limits allow is refused (`NO_SPACE`) before anything is held for it. The
+ * buffer grows with the bytes that arrived (doubling, up to the announced total), so a total announced
+ * but never sent reserves nothing.
  */
 export class SnapshotPieces {
   private bytes: Buffer | null = null;
   private index = 0;
   private term = 0;
+  private total = 0;
   private received = 0;
+
+  constructor(
+    private readonly limits: SnapshotPiecesLimits = { maxTotalBytes: () => null, holding: () => {} },
+  ) {}
 
   add(frame: Frame): void {
     const h = frame.header;
@@ -210,18 +229,47 @@ export class SnapshotPieces {
     const offset = uintField(h.offset, 'offset');
     const total = uintField(h.total, 'total', 1, bufferConstants.MAX_LENGTH);
     if (offset === 0) {
-      this.bytes = Buffer.allocUnsafe(total);
+      this.drop();
+      const max = this.limits.maxTotalBytes();
+      if (max !== null && total > max) {
+        throw new SegmemError(
+          'NO_SPACE',
+          `snapshot ${index} (term ${term}) of ${total} bytes refused: larger than the ${max} bytes of ` +
+            'state the memory budget (--max-memory) allows a member to hold',
+          { budget: 'max-memory', limitBytes: max, neededBytes: total },
+        );
+      }
       this.index = index;
       this.term = term;
-      this.received = 0;
-    } else if (!this.bytes || index !== this.index || term !== this.term || total !== this.bytes.length) {
+      this.total = total;
+    } else if (!this.bytes || index !== this.index || term !== this.term || total !== this.total) {
       throw invalidArgument(`snapshot piece at ${offset} belongs to no snapshot being received`);
     }
     if (offset !== this.received) {
       throw invalidArgument(`snapshot piece at ${offset}, expected ${this.received}`);
     }
-    if (offset + frame.payload.length > total) throw invalidArgument('snapshot piece runs past its total');
+    const end = offset + frame.payload.length;
+    if (end > total) throw invalidArgument('snapshot piece runs past its total');
+    this.reserve(end);
     this.received += frame.payload.copy(this.bytes!, offset);
+  }
+
+  /** Room for `end` bytes: the buffer doubles (at most to the total), keeping what arrived. */
+  private reserve(end: number): void {
+    const capacity = this.bytes?.length ?? 0;
+    if (end <= capacity && this.bytes) return;
+    const grown = Buffer.allocUnsafe(Math.min(this.total, Math.max(end, capacity * 2)));
+    this.bytes?.copy(grown, 0, 0, this.received);
+    this.bytes = grown;
+    this.limits.holding(grown.length);
+  }
+
+  /** Forgets a snapshot being received (the link closed, or a new one starts). */
+  drop(): void {
+    this.bytes = null;
+    this.received = 0;
+    this.total = 0;
+    this.limits.holding(0);
   }
 
   /** The complete bytes of the snapshot at (index, term), once; throws if they are not all here. */
@@ -231,12 +279,14 @@ export class SnapshotPieces {
       !bytes ||
       index !== this.index ||
       term !== this.term ||
-      length !== bytes.length ||
+      length !== this.total ||
       this.received !== length
     ) {
       throw invalidArgument(`snapshot ${index} (term ${term}) announced in pieces that did not all arrive`);
     }
+    // Complete, the buffer is exactly the total (it grows to it at most); the log counts it from now on.
     this.bytes = null;
+    this.limits.holding(0);
     return bytes;
   }
 }
