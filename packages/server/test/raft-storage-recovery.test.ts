@@ -1,7 +1,7 @@
 /**
  * What a Raft member holds while it recovers: the WAL is read in windows (never a segment file whole, when
- * it is intact), and the snapshot it restarts from is serialised only when its bytes are first read, from
- * a frozen view that keeps the bytes of the snapshot's index while the restored state moves on.
+ * it is intact), and the snapshot it restarts from is serialised only once its bytes are first asked
+ * for, from a frozen view that keeps the bytes of the snapshot's index while the restored state moves on.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,6 +11,7 @@ import test from 'ava';
 import type { Entry } from '../src/raft/types.js';
 import { nodeFs, type StorageFs } from '../src/storage/fs.js';
 import { DiskRaftStorage } from '../src/storage/raft-storage.js';
+import { snapshotBytes } from './fixtures/snapshot-bytes.js';
 import { PAGE, stateHolding } from './fixtures/workload.js';
 
 const ENTRY_BYTES = 64 * 1024;
@@ -83,7 +84,7 @@ test('a reopen reads the intact WAL in windows, never a segment file whole, and 
   }
 });
 
-test('the restored snapshot is serialised when its bytes are first read, as they were at its index, and counted the same before', async (t) => {
+test('the restored snapshot is serialised in the background once its bytes are first asked for, as they were at its index, and counted the same before', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'segmem-raftrecovery-'));
   try {
     await writeLog(dir);
@@ -111,6 +112,13 @@ test('the restored snapshot is serialised when its bytes are first read, as they
     });
     t.true(released.result.ok, 'the write applied');
     t.not(sm.digest(), stateHolding(6).digest());
+    const ready = new Promise<void>((resolve) => {
+      s.onSnapshotReady = resolve;
+    });
+    const first = t.throws(() => s.snapshot().data);
+    t.true(SegmemError.is(first, 'UNAVAILABLE'), String(first));
+    t.regex(String(first?.message), /being serialised for the first follower/);
+    await ready;
     t.true(s.snapshot().data.equals(expected), 'the bytes of the snapshot index');
     t.is(snap.serialised, true);
     t.is(s.heldBytes(), held, 'counted the same once serialised');
@@ -131,7 +139,7 @@ test('a restored snapshot replaced by a compaction before its bytes were read re
     const err = t.throws(() => old.data);
     t.true(SegmemError.is(err, 'UNAVAILABLE'), String(err));
     t.regex(String(err?.message), /snapshot at index 6 was replaced/);
-    t.true(s.snapshot().data.equals(stateHolding(20).snapshot()));
+    t.true((await snapshotBytes(s)).equals(stateHolding(20).snapshot()));
     await s.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -246,6 +246,11 @@ export class DiskRaftStorage implements RaftStorage {
   private restored: StateMachine | null = null;
   /** The snapshot loaded at open, while the log starts from it (its bytes made when first needed). */
   private restoredSnap: RestoredSnapshot | null = null;
+  /**
+   * Called once the bytes of the snapshot loaded at open are made (a follower asked for them first: the
+   * message was dropped meanwhile), for the leader to offer them again at once.
+   */
+  onSnapshotReady: (() => void) | null = null;
   /** Raft index -> WAL index of the record holding that entry, for every entry of the in-memory log. */
   private readonly walAt = new Map<number, number>();
   /** The log, set by open(). */
@@ -383,8 +388,13 @@ export class DiskRaftStorage implements RaftStorage {
     this.restoredSnap = null;
     if (snap) {
       // The core sends snapshot()'s bytes to followers that need a snapshot (InstallSnapshot): made from a
-      // frozen view of the restored state the first time one does, not now beside the state.
-      this.restoredSnap = new RestoredSnapshot(snap.meta, snap.state.freeze());
+      // frozen view of the restored state once one does, not now beside the state.
+      this.restoredSnap = new RestoredSnapshot(
+        snap.meta,
+        snap.state.freeze(),
+        () => this.onSnapshotReady?.(),
+        this.opts.log,
+      );
       this.mem.applySnapshot(this.restoredSnap);
       this.restored = snap.state;
     }
