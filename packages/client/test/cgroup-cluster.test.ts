@@ -92,7 +92,7 @@ test('a cluster member filled to its budget in a cgroup restarts after SIGKILL w
     t.pass();
     return;
   }
-  t.timeout(180_000);
+  t.timeout(300_000);
   const cgroup = MemoryCgroup.create(where.dir, 'segmem-member', CGROUP_LIMIT_BYTES);
   const dir = tempDir();
   let cluster: TestCluster | null = null;
