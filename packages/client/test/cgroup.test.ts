@@ -4,15 +4,20 @@
  * well-behaved client, and after SIGKILL restarts under the same limit with every acknowledged write.
  * Needs root and a writable cgroup v1 memory hierarchy; elsewhere the test passes with a logged reason.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
-import { createInterface } from 'node:readline';
 import { encodeRequest, PROTOCOL_VERSION, type Request } from '@segmem/protocol';
 import { AdminSession } from '@segmem/server/internal/cli/admin-client';
 import test from 'ava';
 import { connect, SegmemError, type Segment } from '../src/index.js';
-import { serverBin, tempDir, waitFor } from './helpers.js';
+import {
+  MemoryCgroup,
+  memoryCgroupDir,
+  peakRssMiB,
+  type ServerProcess,
+  startServerProcess,
+  tempDir,
+  waitFor,
+} from './helpers.js';
 
 const MiB = 1024 * 1024;
 /** The budget plus 256 MiB: the sizing docs/operations.md ("Memory") gives. */
@@ -25,87 +30,15 @@ const SERVE_DEADLINE_MS = 2000;
 /** Recovery of about 320 MiB on a loaded machine (2 cores shared by many processes) may take a while. */
 const READY_TIMEOUT_MS = 60_000;
 
-/** The cgroup v1 memory directory of this process, or why there is none to make a child in. */
-function memoryCgroupDir(): { dir: string } | { reason: string } {
-  let lines: string[];
-  try {
-    lines = readFileSync('/proc/self/cgroup', 'utf8').split('\n');
-  } catch (err) {
-    return { reason: `cannot read /proc/self/cgroup: ${(err as Error).message}` };
-  }
-  const path = lines
-    .map((l) => /^\d+:([^:]*,)?memory(,[^:]*)?:(.*)$/.exec(l)?.[3])
-    .find((p) => p !== undefined);
-  if (path === undefined) return { reason: 'no cgroup v1 memory controller (cgroup v2 only, or none)' };
-  for (const dir of [`/sys/fs/cgroup/memory${path === '/' ? '' : path}`, '/sys/fs/cgroup/memory']) {
-    if (!existsSync(`${dir}/memory.limit_in_bytes`)) continue;
-    const probe = `${dir}/segmem-probe-${process.pid}`;
-    try {
-      mkdirSync(probe);
-      rmdirSync(probe);
-      return { dir };
-    } catch (err) {
-      return { reason: `cannot make a child cgroup in ${dir}: ${(err as Error).message}` };
-    }
-  }
-  return { reason: `the memory cgroup ${path} is not mounted under /sys/fs/cgroup/memory` };
-}
-
-/** Peak resident memory of process `pid` (VmHWM), in MiB. */
-function peakRssMiB(pid: number): number {
-  const m = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Math.round(Number(m[1]) / 1024) : Number.NaN;
-}
-
-function oomKills(cgroup: string): number {
-  const m = /^oom_kill (\d+)$/m.exec(readFileSync(`${cgroup}/memory.oom_control`, 'utf8'));
-  return m ? Number(m[1]) : 0;
-}
-
-/** segmem-server started inside `cgroup` (the shell joins it, then execs node): nothing runs outside it. */
-async function startInCgroup(
-  cgroup: string,
-  dataDir: string,
-): Promise<{ proc: ChildProcess; address: string; exited: Promise<unknown> }> {
-  const args = ['--id', 's1', '--listen', '127.0.0.1:0', '--data', dataDir, '--fsync', 'batch'];
-  const proc = spawn(
-    '/bin/sh',
-    [
-      '-c',
-      'echo $$ > "$0" && exec "$@"',
-      `${cgroup}/cgroup.procs`,
-      process.execPath,
-      serverBin,
-      ...args,
-      '--max-memory',
-      MAX_MEMORY,
-    ],
-    {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  let stderr = '';
-  proc.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const exited = new Promise((r) => proc.once('close', r));
-  const address = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: proc.stdout! }).on('line', (line) => {
-      const m = / ready on (\S+)$/.exec(line);
-      if (m) resolve(m[1]!);
-    });
-    exited.then(() =>
-      reject(new Error(`segmem-server exited (${proc.exitCode ?? proc.signalCode}) before ready: ${stderr}`)),
-    );
-    setTimeout(
-      () => reject(new Error(`segmem-server not ready after ${READY_TIMEOUT_MS} ms: ${stderr}`)),
-      READY_TIMEOUT_MS,
-    ).unref();
-  }).catch(async (err) => {
-    // Not left running: the cgroup can only go once it is empty.
-    proc.kill('SIGKILL');
-    await exited;
-    throw err;
+/** segmem-server started inside `cgroup`, with the budget. */
+function startInCgroup(cgroup: MemoryCgroup, dataDir: string): Promise<ServerProcess> {
+  return startServerProcess({
+    dataDir,
+    fsync: 'batch',
+    extra: ['--max-memory', MAX_MEMORY],
+    cgroup: cgroup.path,
+    readyTimeoutMs: READY_TIMEOUT_MS,
   });
-  return { proc, address, exited };
 }
 
 /** The bytes object `i` is written with: a pattern of its own, so a lost or mixed-up write shows. */
@@ -142,15 +75,11 @@ test('under a cgroup memory limit, a flooded server with --max-memory stays up, 
     return;
   }
   t.timeout(180_000);
-  const cgroup = `${where.dir}/segmem-test-${process.pid}`;
-  mkdirSync(cgroup);
+  const cgroup = MemoryCgroup.create(where.dir, 'segmem-test', CGROUP_LIMIT_BYTES);
   const dir = tempDir();
-  let server: Awaited<ReturnType<typeof startInCgroup>> | null = null;
+  let server: ServerProcess | null = null;
   const segs: Segment[] = [];
   try {
-    writeFileSync(`${cgroup}/memory.limit_in_bytes`, String(CGROUP_LIMIT_BYTES));
-    if (existsSync(`${cgroup}/memory.memsw.limit_in_bytes`))
-      writeFileSync(`${cgroup}/memory.memsw.limit_in_bytes`, String(CGROUP_LIMIT_BYTES));
     server = await startInCgroup(cgroup, dir.path);
     const pid = server.proc.pid;
     const seg = await connect({ servers: [server.address] });
@@ -241,18 +170,17 @@ test('under a cgroup memory limit, a flooded server with --max-memory stays up, 
 
     t.is(server.proc.pid, pid, 'the same process');
     t.is(server.proc.exitCode, null, 'still running');
-    t.is(oomKills(cgroup), 0, 'no OOM kill in the cgroup');
+    t.is(cgroup.oomKills(), 0, 'no OOM kill in the cgroup');
     t.log(
       `${created} objects of 1 MiB; server peak RSS ${peakRssMiB(pid!)} MiB, cgroup limit ${CGROUP_LIMIT_BYTES / MiB} MiB`,
     );
 
     // SIGKILL, then a restart under the same limit: everything acknowledged is there.
-    server.proc.kill('SIGKILL');
-    await server.exited;
+    await server.kill();
     await seg.close().catch(() => {});
     segs.length = 0;
     server = await startInCgroup(cgroup, dir.path);
-    t.is(oomKills(cgroup), 0, 'no OOM kill during recovery');
+    t.is(cgroup.oomKills(), 0, 'no OOM kill during recovery');
     t.log(`restart: peak RSS ${peakRssMiB(server.proc.pid!)} MiB`);
     const after = await connect({ servers: [server.address] });
     segs.push(after);
@@ -272,23 +200,8 @@ test('under a cgroup memory limit, a flooded server with --max-memory stays up, 
     t.is(records, 32 * 16);
   } finally {
     await Promise.all(segs.map((s) => s.close().catch(() => {})));
-    if (server && server.proc.exitCode === null && server.proc.signalCode === null) {
-      server.proc.kill('SIGKILL');
-      await server.exited;
-    }
-    // The cgroup goes once its last process has (the kernel may take a moment to see it empty).
-    await waitFor(
-      () => {
-        try {
-          rmdirSync(cgroup);
-          return true;
-        } catch {
-          return !existsSync(cgroup);
-        }
-      },
-      `removing ${cgroup}`,
-      5000,
-    ).catch((err) => t.log(String(err)));
+    await server?.kill();
+    await cgroup.remove().catch((err) => t.log(String(err)));
     dir.cleanup();
   }
 });

@@ -316,6 +316,50 @@ test.serial(
   },
 );
 
+test.serial(
+  'a leader restarted from its snapshot serialises it once a follower needs it, and sends it as soon as it is made',
+  async (t) => {
+    await withCluster(
+      { extra: () => ['--snapshot-every-entries', '40'], sessionTimeoutMs: 10_000 },
+      async ({ cluster, seg }) => {
+        const behind = cluster.member('s3');
+        await cluster.kill(behind.id);
+        await seg.create('n', 4);
+        // Past the first compaction of s1 and s2, far from the next: their restarts replay few entries.
+        const compacted = () =>
+          ['s1', 's2'].every((id) => /snapshot at index \d+/.test(cluster.member(id).server!.stderr()));
+        let n = 0;
+        while (n < 100 && !compacted()) await bump(seg, 'n').then(() => n++);
+        t.true(compacted(), 's1 and s2 took a snapshot');
+        await bump(seg, 'n', 3);
+        n += 3;
+        // Both restart from their snapshots: the bytes a follower needs are not made at start.
+        await cluster.kill('s1');
+        await cluster.kill('s2');
+        await Promise.all([cluster.startMember('s1'), cluster.startMember('s2')]);
+        const leader = await waitFor(() => cluster.leader(), 'a leader', 20_000);
+        const started = Date.now();
+        await cluster.startMember(behind.id);
+        await waitFor(
+          () => /installed snapshot at index \d+/.test(behind.server!.stderr()),
+          `${behind.id} to install the restarted leader's snapshot`,
+          20_000,
+        ).catch((err) => {
+          t.log(cluster.history());
+          throw err;
+        });
+        const ms = Date.now() - started;
+        t.log(`${behind.id} installed the snapshot ${ms} ms after it started`);
+        t.regex(leader.server!.stderr(), /is being serialised for the first follower that needs it/);
+        // The core's own retry would come 10 s (200 ticks) after the dropped message.
+        t.true(ms < 8000, `${ms} ms`);
+        t.is(await untilItWorks(() => seg.read('n', (h) => h.bytes.readUInt32LE(0)), 'reading n', 20_000), n);
+        await converged(cluster);
+      },
+    );
+  },
+);
+
 test.serial('a clean shutdown of the leader hands leadership to a follower first', async (t) => {
   await withCluster({ sessionTimeoutMs: 5000 }, async ({ cluster, seg }) => {
     await seg.create('x', 4);

@@ -1,6 +1,6 @@
 /** Test helpers: temp dirs, real server processes, child clients, and bounded waits. */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -136,6 +136,10 @@ export async function startServerProcess(opts: {
   env?: Record<string, string>;
   /** An executable to run instead of this repository's bin through node (e.g. an installed `.bin/segmem-server`). */
   bin?: string;
+  /** A cgroup v1 directory to run the server in (see {@link MemoryCgroup}): nothing of it runs outside. */
+  cgroup?: string;
+  /** How long recovery may take before the server counts as failed to start (default 15 s). */
+  readyTimeoutMs?: number;
 }): Promise<ServerProcess> {
   const args = [
     '--id',
@@ -147,10 +151,16 @@ export async function startServerProcess(opts: {
     ...(opts.fsync ? ['--fsync', opts.fsync] : []),
     ...(opts.extra ?? []),
   ];
-  const proc = spawn(opts.bin ?? process.execPath, opts.bin ? args : [serverBin, ...args], {
+  const command = opts.bin ? [opts.bin, ...args] : [process.execPath, serverBin, ...args];
+  // In a cgroup: the shell joins it, then execs the server, so the process is the server's from the start.
+  const argv = opts.cgroup
+    ? ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', `${opts.cgroup}/cgroup.procs`, ...command]
+    : command;
+  const proc = spawn(argv[0]!, argv.slice(1), {
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}),
   });
+  const readyTimeoutMs = opts.readyTimeoutMs ?? 15_000;
   let err = '';
   proc.stderr!.setEncoding('utf8');
   proc.stderr!.on('data', (d: string) => (err += d));
@@ -160,8 +170,8 @@ export async function startServerProcess(opts: {
     const notReady = setTimeout(() => {
       // Not left running: a server nobody holds keeps the test's worker (and the whole run) alive.
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
-      reject(new Error(`segmem-server not ready after 15 s: ${err}`));
-    }, 15_000);
+      reject(new Error(`segmem-server not ready after ${readyTimeoutMs} ms: ${err}`));
+    }, readyTimeoutMs);
     notReady.unref();
     const lines = createInterface({ input: proc.stdout! });
     lines.on('line', (line) => {
@@ -171,7 +181,9 @@ export async function startServerProcess(opts: {
         resolveReady(m[1]!);
       }
     });
-    exited.then((code) => reject(new Error(`segmem-server exited (${code}) before ready: ${err}`)));
+    exited.then((code) =>
+      reject(new Error(`segmem-server exited (${code ?? proc.signalCode}) before ready: ${err}`)),
+    );
   });
   return {
     address,
@@ -329,7 +341,8 @@ export class TestCluster {
     return m;
   }
 
-  async startMember(id: string): Promise<void> {
+  /** `opts.cgroup`: run the member in that cgroup; `opts.readyTimeoutMs`: see {@link startServerProcess}. */
+  async startMember(id: string, opts: { cgroup?: string; readyTimeoutMs?: number } = {}): Promise<void> {
     const m = this.member(id);
     m.server = await startServerProcess({
       id,
@@ -337,6 +350,7 @@ export class TestCluster {
       listen: m.address,
       fsync: this.fsync,
       extra: ['--peers', this.peers, '--cluster-secret-file', this.secretFile, ...this.extra(id)],
+      ...opts,
     });
     this.started.push({ id, server: m.server });
   }
@@ -493,6 +507,80 @@ export async function withCluster(
   } finally {
     dir.cleanup();
   }
+}
+
+/** The cgroup v1 memory directory of this process, or why there is none to make a child in. */
+export function memoryCgroupDir(): { dir: string } | { reason: string } {
+  let lines: string[];
+  try {
+    lines = readFileSync('/proc/self/cgroup', 'utf8').split('\n');
+  } catch (err) {
+    return { reason: `cannot read /proc/self/cgroup: ${(err as Error).message}` };
+  }
+  const path = lines
+    .map((l) => /^\d+:([^:]*,)?memory(,[^:]*)?:(.*)$/.exec(l)?.[3])
+    .find((p) => p !== undefined);
+  if (path === undefined) return { reason: 'no cgroup v1 memory controller (cgroup v2 only, or none)' };
+  for (const dir of [`/sys/fs/cgroup/memory${path === '/' ? '' : path}`, '/sys/fs/cgroup/memory']) {
+    if (!existsSync(`${dir}/memory.limit_in_bytes`)) continue;
+    const probe = `${dir}/segmem-probe-${process.pid}`;
+    try {
+      mkdirSync(probe);
+      rmdirSync(probe);
+      return { dir };
+    } catch (err) {
+      return { reason: `cannot make a child cgroup in ${dir}: ${(err as Error).message}` };
+    }
+  }
+  return { reason: `the memory cgroup ${path} is not mounted under /sys/fs/cgroup/memory` };
+}
+
+/** A child memory cgroup (v1) with a limit on memory and on memory + swap, for servers to run in. */
+export class MemoryCgroup {
+  private constructor(readonly path: string) {}
+
+  /** Makes `name` under `parent` (see {@link memoryCgroupDir}) limited to `limitBytes`. */
+  static create(parent: string, name: string, limitBytes: number): MemoryCgroup {
+    const path = `${parent}/${name}-${process.pid}`;
+    mkdirSync(path);
+    writeFileSync(`${path}/memory.limit_in_bytes`, String(limitBytes));
+    // Swap would stretch the limit: a process over it would page out instead of being killed.
+    if (existsSync(`${path}/memory.memsw.limit_in_bytes`))
+      writeFileSync(`${path}/memory.memsw.limit_in_bytes`, String(limitBytes));
+    return new MemoryCgroup(path);
+  }
+
+  /** How many processes the kernel's OOM killer killed in it. */
+  oomKills(): number {
+    const m = /^oom_kill (\d+)$/m.exec(readFileSync(`${this.path}/memory.oom_control`, 'utf8'));
+    return m ? Number(m[1]) : 0;
+  }
+
+  /** Peak memory charged to it (processes and page cache) since it was made, in MiB. */
+  peakMiB(): number {
+    return Math.round(Number(readFileSync(`${this.path}/memory.max_usage_in_bytes`, 'utf8')) / 1024 / 1024);
+  }
+
+  /** Removes it once its last process has gone (the kernel may take a moment to see it empty). */
+  async remove(): Promise<void> {
+    await waitFor(
+      () => {
+        try {
+          rmdirSync(this.path);
+          return true;
+        } catch {
+          return !existsSync(this.path);
+        }
+      },
+      `removing ${this.path}`,
+      5000,
+    );
+  }
+}
+
+/** Peak resident memory of process `pid` (VmHWM), in MiB. */
+export function peakRssMiB(pid: number): number {
+  return Math.round(procStatusKiB(pid, 'VmHWM') / 1024);
 }
 
 /**

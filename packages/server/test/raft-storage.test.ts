@@ -13,6 +13,7 @@ import { setFaults } from '../src/storage/faults.js';
 import { DiskRaftStorage } from '../src/storage/raft-storage.js';
 import { decodeVoteFile, encodeVoteFile, VOTE_FILE, type VoteState } from '../src/storage/vote-file.js';
 import { WAL_FILE_HEADER_BYTES, WAL_RECORD_HEADER_BYTES } from '../src/storage/wal.js';
+import { snapshotBytes } from './fixtures/snapshot-bytes.js';
 import { stateHolding } from './fixtures/workload.js';
 
 function entry(index: number, term: number, text = `e${index}`): Entry {
@@ -77,7 +78,7 @@ test('a local compaction keeps the entries after it; an installed snapshot repla
     await s.close();
     s = await open(dir);
     t.is(s.snapshot().meta.index, 6);
-    t.true(s.snapshot().data.equals(stateHolding(6).snapshot()));
+    t.true((await snapshotBytes(s)).equals(stateHolding(6).snapshot()));
     t.is(s.takeRestoredState()?.digest(), stateHolding(6).digest(), 'the state is handed over restored');
     t.is(s.takeRestoredState(), null, 'once');
     t.deepEqual(
@@ -109,7 +110,7 @@ test('a local compaction keeps the entries after it; an installed snapshot repla
       before.entries.map((e) => e[0]),
       [21],
     );
-    t.true(s.snapshot().data.equals(stateHolding(20).snapshot()));
+    t.true((await snapshotBytes(s)).equals(stateHolding(20).snapshot()));
     t.throws(() => s.entries(5, 6), { name: 'CompactedError' });
     await s.close();
   } finally {
@@ -162,7 +163,7 @@ test('a snapshot deletes the WAL files it made useless; a reopen gets the same l
       await s.close();
       s = await DiskRaftStorage.open(opts);
       t.deepEqual(dump(s), later);
-      t.true(s.snapshot().data.equals(stateHolding(90).snapshot()));
+      t.true((await snapshotBytes(s)).equals(stateHolding(90).snapshot()));
       t.true(files() <= 2, `${files()} files left`);
       await s.close();
     } finally {

@@ -52,6 +52,7 @@ export interface RaftCore {
   readIndex(context: number): void;
   transferLeadership(to: NodeId): void;
   progress(id: NodeId): { match: number; next: number; state: string } | undefined;
+  reportSnapshot(to: NodeId, ok: boolean): void;
   hasReady(): boolean;
   ready(): Ready;
   /** While a Ready is being persisted: commits to apply and messages that may go ahead of it. */
@@ -175,6 +176,16 @@ export class RaftDriver {
   tick(): void {
     if (this.closed) return;
     this.core.tick();
+    this.kick();
+  }
+
+  /**
+   * A snapshot that could not be sent (its bytes were still being made: the message was dropped) is ready:
+   * the followers waiting for one are probed again now instead of after the core's snapshot retry ticks.
+   */
+  retrySnapshots(): void {
+    if (this.closed || this.failure) return;
+    for (const id of this.core.members) if (id !== this.core.id) this.core.reportSnapshot(id, false);
     this.kick();
   }
 

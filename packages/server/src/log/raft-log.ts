@@ -83,6 +83,7 @@ export class RaftLog implements NodeLog {
       },
       ...(opts.log ? { log: opts.log } : {}),
     });
+    storage.onSnapshotReady = () => this.driver.retrySnapshots();
   }
 
   get stateMachine(): StateMachine {

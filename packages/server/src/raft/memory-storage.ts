@@ -73,7 +73,7 @@ export class MemoryStorage implements RaftStorage {
 
   /** Bytes held in memory: the snapshot's data and every entry after it (the server's memory budget counts them). */
   heldBytes(): number {
-    return this.snap.data.length + this.logBytes;
+    return (this.snap.dataBytes ?? this.snap.data.length) + this.logBytes;
   }
 
   // --- write side ---

@@ -63,6 +63,8 @@ export interface Snapshot {
   meta: SnapshotMeta;
   /** The state machine's state at meta.index, opaque to the core. */
   data: Buffer;
+  /** The length of `data` where reading `data` would first serialise it (storage's restored snapshot). */
+  readonly dataBytes?: number;
 }
 
 export type MessageType =

@@ -59,6 +59,7 @@ import {
 import { errnoCode } from './files.js';
 import { mkdirDurable, nodeFs, type StorageFs } from './fs.js';
 import type { SnapshotWrite } from './page-file.js';
+import { RestoredSnapshot } from './restored-snapshot.js';
 import { removeSnapshotFiles, SNAPSHOT_DIR, snapshotFileName, snapshotNameMeta } from './snapshot-file.js';
 import { serialiseSnapshot } from './snapshot-serialise.js';
 import { type LoadedSnapshot, SnapshotDir } from './snapshots.js';
@@ -92,15 +93,24 @@ function encodeSmall(kind: number, value: unknown): Buffer[] {
   return [Buffer.from([kind]), packr.pack(value)];
 }
 
-/** The floor of the newest snapshot marker (see `logSnapshot`); markers logged before floors existed: 0. */
-function walFloor(records: readonly { index: number; payload: Buffer }[]): number {
-  for (let i = records.length - 1; i >= 0; i--) {
-    const payload = records[i]!.payload;
-    if (payload[0] !== KIND_SNAPSHOT_INSTALLED && payload[0] !== KIND_SNAPSHOT_COMPACTED) continue;
+/**
+ * What the WAL's records before its first bad one show, gathered record by record as they are read (no
+ * record is kept): the floor of the newest snapshot marker (see `logSnapshot`; markers logged before floors
+ * existed: 0), the highest term, and how many there are.
+ */
+class WalSummary {
+  floor = 0;
+  term = 0;
+  records = 0;
+
+  readonly add = (record: WalRecord): void => {
+    const payload = record.payload;
+    this.records++;
+    this.term = Math.max(this.term, recordTerm(payload)?.term ?? 0);
+    if (payload[0] !== KIND_SNAPSHOT_INSTALLED && payload[0] !== KIND_SNAPSHOT_COMPACTED) return;
     const floor = (packr.unpack(payload.subarray(1)) as number[])[2];
-    return typeof floor === 'number' && Number.isSafeInteger(floor) ? floor : 0;
-  }
-  return 0;
+    this.floor = typeof floor === 'number' && Number.isSafeInteger(floor) ? floor : 0;
+  };
 }
 
 /**
@@ -126,23 +136,30 @@ function recordTerm(payload: Buffer): { term: number; hardState: boolean } | und
   return undefined;
 }
 
+/** A WAL record found after damage, reduced to what healing reads: its index and the term it shows. */
+export interface RecordTerm {
+  index: number;
+  shows: { term: number; hardState: boolean } | undefined;
+}
+
 /**
  * An upper bound on every term this member reached before its storage was damaged, from what survived:
- * `proof` says where it comes from, or is null when nothing proves it (the damage may hide a later term).
+ * `termBefore` (the highest term the records before the damage show), the records found after it, and the
+ * vote file. `proof` says where it comes from, or is null when nothing proves it (the damage may hide a
+ * later term).
  */
 export function termBound(
-  records: readonly WalRecord[],
-  after: readonly WalRecord[],
+  termBefore: number,
+  after: readonly RecordTerm[],
   walIntact: boolean,
   vote: VoteFileRead,
 ): { term: number; proof: string | null } {
-  let term = 'state' in vote ? vote.state.term : 0;
-  for (const r of records) term = Math.max(term, recordTerm(r.payload)?.term ?? 0);
+  let term = Math.max('state' in vote ? vote.state.term : 0, termBefore);
   // A hard state logged after the damage is the last one, if every record after it is here too: terms
   // never go back, so nothing the damage took can have been later.
   let lastHardState = -1;
   for (let i = 0; i < after.length; i++) {
-    const t = recordTerm(after[i]!.payload);
+    const t = after[i]!.shows;
     if (!t) continue;
     term = Math.max(term, t.term);
     if (t.hardState) lastHardState = i;
@@ -194,6 +211,13 @@ export interface StorageRepair {
   rejoinTerm: number;
 }
 
+/** Damage the WAL's recovery found and refused (or a lost WAL), as healing needs it. */
+interface WalDamage {
+  damage: NonNullable<WalInspection['damage']>;
+  /** The records that verify after the damage (their payloads dropped at once: see {@link RecordTerm}). */
+  after: RecordTerm[];
+}
+
 /** The log depends on snapshot files that did not verify: they, and the good one to start from instead. */
 interface LostSnapshot {
   damaged: { file: string; problem: string }[];
@@ -207,12 +231,28 @@ function isLogLoss(err: unknown): boolean {
   );
 }
 
+/** What healing needs of an inspection that found damage (undefined: none found). */
+function reduceDamage(inspection: WalInspection): WalDamage | undefined {
+  if (!inspection.damage) return undefined;
+  return {
+    damage: inspection.damage,
+    after: inspection.after.map((r) => ({ index: r.index, shows: recordTerm(r.payload) })),
+  };
+}
+
 export class DiskRaftStorage implements RaftStorage {
   /** What the core reads: the same in-memory view tests use, kept equal to what the WAL and snap/ hold. */
   private mem: MemoryStorage;
   private readonly snaps: SnapshotDir;
   /** The state the snapshot loaded at open holds, until {@link takeRestoredState} hands it over. */
   private restored: StateMachine | null = null;
+  /** The snapshot loaded at open, while the log starts from it (its bytes made when first needed). */
+  private restoredSnap: RestoredSnapshot | null = null;
+  /**
+   * Called once the bytes of the snapshot loaded at open are made (a follower asked for them first: the
+   * message was dropped meanwhile), for the leader to offer them again at once.
+   */
+  onSnapshotReady: (() => void) | null = null;
   /** Raft index -> WAL index of the record holding that entry, for every entry of the in-memory log. */
   private readonly walAt = new Map<number, number>();
   /** The log, set by open(). */
@@ -236,39 +276,71 @@ export class DiskRaftStorage implements RaftStorage {
     this.mem = new MemoryStorage(opts.initialMembers);
   }
 
+  /**
+   * Opens the member's storage: loads the newest snapshot that verifies, and replays the WAL records after
+   * it as they are read, in windows (see {@link WalOptions.onRecord}): recovery holds the restored state,
+   * the log it rebuilds and a window of the WAL, never whole segment files. A first pass over the WAL,
+   * changing nothing and keeping no record, learns what the replay needs before it starts: the floor of
+   * the newest snapshot marker.
+   */
   static async open(opts: DiskRaftStorageOptions): Promise<DiskRaftStorage> {
     const fs = opts.fs ?? nodeFs;
     await mkdirDurable(fs, join(opts.dir, SNAPSHOT_DIR));
+    await mkdirDurable(fs, opts.walDir, opts.fsync !== 'none');
     const vote = await readVoteFile(opts.dir, fs);
+    const summary = new WalSummary();
+    let found: WalDamage | undefined = reduceDamage(
+      await inspectWal(opts.walDir, undefined, fs, summary.add),
+    );
+    const storage = new DiskRaftStorage(opts);
+    // Newest first; a damaged newest snapshot falls back to the one before (files are renamed into place
+    // complete, so damage means the disk, not a crash mid-write).
+    const { newest, damaged } = await storage.snaps.loadNewest();
+    storage.startFrom(newest);
+    let replayFailed: { err: unknown } | null = null;
+    const replay = (rec: WalRecord): void => {
+      if (replayFailed || rec.index < summary.floor) return;
+      try {
+        storage.replay(rec.payload, rec.index);
+      } catch (err) {
+        replayFailed = { err };
+      }
+    };
     let opened: Awaited<ReturnType<typeof WalClass.open>> | undefined;
-    let inspection: WalInspection | undefined;
+    let inspection: WalDamage | undefined;
     try {
-      opened = await WalClass.open(walOptions(opts));
+      opened = await WalClass.open({ ...walOptions(opts), onRecord: replay });
     } catch (err) {
       const reason = SegmemError.is(err) ? err.details?.reason : undefined;
       if (reason === 'WAL_MISSING') {
         // A lost log heals like damage at its very start: the majority holds its records.
         const damage = { file: opts.walDir, offset: 0, reason: 'no record left', index: 1, missing: true };
-        inspection = { records: [], damage, after: [] };
+        inspection = { damage, after: [] };
       } else {
-        if (reason !== 'WAL_CORRUPT') throw err;
-        // Nothing is cut yet: first learn what the damage may hide.
-        inspection = await inspectWal(opts.walDir, undefined, fs);
-        if (!inspection.damage) throw err;
+        if (reason !== 'WAL_CORRUPT') {
+          storage.restoredSnap?.release();
+          throw err;
+        }
+        // Nothing is cut yet: the first pass learnt what the damage may hide.
+        if (!found) {
+          storage.restoredSnap?.release();
+          throw err;
+        }
+        inspection = found;
       }
     }
-    const storage = new DiskRaftStorage(opts);
+    found = undefined;
     try {
-      const records = opened ? opened.records : inspection!.records;
-      const lost = await storage.restore(records);
+      const lost = storage.afterReplay(replayFailed, damaged, newest);
       if (inspection || lost) {
-        await storage.heal(vote, records, inspection, lost, opened);
+        await storage.heal(vote, summary, inspection, lost, opened);
       } else {
         storage.wal = opened!.wal;
         storage.report = opened!.report;
         await storage.settleHardState(vote);
       }
     } catch (err) {
+      storage.restoredSnap?.release();
       await (storage.wal ?? opened?.wal)?.close().catch(() => {});
       throw err;
     }
@@ -276,19 +348,17 @@ export class DiskRaftStorage implements RaftStorage {
   }
 
   /**
-   * Loads the newest snapshot that verifies and replays `records` after it. Resolves with the damaged
-   * snapshots when the log cannot be replayed without them (it was cut behind them), else null.
+   * After the WAL was replayed over the newest snapshot: resolves with the damaged snapshots when the log
+   * cannot be replayed without them (it was cut behind them), else null; throws what stopped the replay
+   * otherwise.
    */
-  private async restore(records: readonly WalRecord[]): Promise<LostSnapshot | null> {
-    // Newest first; a damaged newest snapshot falls back to the one before (files are renamed into place
-    // complete, so damage means the disk, not a crash mid-write).
-    const { newest, damaged } = await this.snaps.loadNewest();
-    this.startFrom(newest);
-    try {
-      const floor = walFloor(records);
-      for (const rec of records) if (rec.index >= floor) this.replay(rec.payload, rec.index);
-    } catch (err) {
-      if (damaged.length === 0 || !isLogLoss(err)) throw err;
+  private afterReplay(
+    failed: { err: unknown } | null,
+    damaged: { file: string; problem: string }[],
+    newest: LoadedSnapshot | undefined,
+  ): LostSnapshot | null {
+    if (failed) {
+      if (damaged.length === 0 || !isLogLoss(failed.err)) throw failed.err;
       return { damaged: damaged.map(({ file, problem }) => ({ file, problem })), fallback: newest };
     }
     // A damaged snapshot is not needed only where the log still holds its last entry (the state it held
@@ -316,10 +386,27 @@ export class DiskRaftStorage implements RaftStorage {
     this.walAt.clear();
     this.mem = new MemoryStorage(this.opts.initialMembers);
     this.restored = null;
+    this.restoredSnap?.release();
+    this.restoredSnap = null;
     if (snap) {
-      // The core sends snapshot()'s bytes to followers that need a snapshot (InstallSnapshot).
-      this.mem.applySnapshot({ meta: snap.meta, data: snap.state.snapshot() });
+      // The core sends snapshot()'s bytes to followers that need a snapshot (InstallSnapshot): made from a
+      // frozen view of the restored state once one does, not now beside the state.
+      this.restoredSnap = new RestoredSnapshot(
+        snap.meta,
+        snap.state.freeze(),
+        () => this.onSnapshotReady?.(),
+        this.opts.log,
+      );
+      this.mem.applySnapshot(this.restoredSnap);
       this.restored = snap.state;
+    }
+  }
+
+  /** The snapshot the log starts from was replaced by a newer one: the restored one's view can go. */
+  private replacedRestoredSnapshot(): void {
+    if (this.restoredSnap && this.mem.snapshot() !== this.restoredSnap) {
+      this.restoredSnap.release();
+      this.restoredSnap = null;
     }
   }
 
@@ -330,8 +417,8 @@ export class DiskRaftStorage implements RaftStorage {
    */
   private async heal(
     vote: VoteFileRead,
-    records: readonly WalRecord[],
-    inspection: WalInspection | undefined,
+    before: WalSummary,
+    inspection: WalDamage | undefined,
     lost: LostSnapshot | null,
     opened: Awaited<ReturnType<typeof WalClass.open>> | undefined,
   ): Promise<void> {
@@ -348,7 +435,7 @@ export class DiskRaftStorage implements RaftStorage {
     } else {
       what = `${lost!.damaged.map((d) => d.problem).join('; ')}: dropped it and the log that continues it`;
     }
-    const bound = termBound(records, inspection?.after ?? [], !inspection, vote);
+    const bound = termBound(before.term, inspection?.after ?? [], !inspection, vote);
     const members = new Set([...opts.initialMembers, ...this.mem.membersAt(this.mem.lastIndex())]);
     members.delete(opts.id);
     let unsafe: string | null = null;
@@ -376,8 +463,9 @@ export class DiskRaftStorage implements RaftStorage {
     // this member is rejoining; never a shorter log with nothing saying so.
     await this.persistVote({ term, vote: opts.id, rejoinTerm });
     if (inspection) {
-      const reopened = await WalClass.open({ ...walOptions(opts), repair: true });
-      if (reopened.records.length !== inspection.records.length) {
+      // The records were replayed already: this pass only cuts the log and counts what it keeps.
+      const reopened = await WalClass.open({ ...walOptions(opts), repair: true, onRecord: () => {} });
+      if (reopened.report.records !== before.records) {
         await reopened.wal.close().catch(() => {});
         throw new SegmemError(
           'UNAVAILABLE',
@@ -716,6 +804,7 @@ export class DiskRaftStorage implements RaftStorage {
     }
     // The leader's snapshot replaces the whole log; it re-sends whatever follows the snapshot.
     this.mem.applySnapshot(snap);
+    this.replacedRestoredSnapshot();
     this.walAt.clear();
     const floor = await this.logSnapshot(KIND_SNAPSHOT_INSTALLED, snap.meta.index, snap.meta.term);
     if (this.rejoin > 0) this.rejoinedAt(snap.meta.term, this.wal.lastIndex);
@@ -745,6 +834,7 @@ export class DiskRaftStorage implements RaftStorage {
       view.release();
     }
     this.mem.compact(index, data);
+    this.replacedRestoredSnapshot();
     for (const i of [...this.walAt.keys()]) if (i <= index) this.walAt.delete(i);
     const floor = await this.logSnapshot(KIND_SNAPSHOT_COMPACTED, index, meta.term);
     await this.removeOldSnapshots();
@@ -808,6 +898,7 @@ export class DiskRaftStorage implements RaftStorage {
 
   async close(): Promise<void> {
     this.closing = true;
+    this.restoredSnap?.release();
     if (this.hardStatePending && !this.wal.failed && !this.wal.stalled) {
       try {
         this.appendHardState(this.mem.hardState());

@@ -936,7 +936,7 @@ async function recover(
 
 /** What {@link inspectWal} found. */
 export interface WalInspection {
-  /** The records before the first bad one, in index order: what a repair keeps. */
+  /** The records before the first bad one, in index order: what a repair keeps (none when streamed). */
   records: WalRecord[];
   /** The first bad record: in which file, at which offset, why, and the index it should have had. */
   damage: {
@@ -958,13 +958,16 @@ export interface WalInspection {
  * Reads the log in `dir` as {@link Wal.open} would, changing nothing on disk, and returns what it holds
  * before and after its first bad record. For a caller that must decide what to do about damage before
  * anything is cut (a cluster member learns from the records after the damage which term it reached).
+ * With `onRecord`, the records before the bad one are handed to it as they are read, in windows, and not
+ * returned (see {@link WalOptions.onRecord}); those after it are returned either way.
  */
 export async function inspectWal(
   dir: string,
   maxRecordBytes = DEFAULT_MAX_RECORD_BYTES,
   fs: StorageFs = nodeFs,
+  onRecord?: (record: WalRecord) => void,
 ): Promise<WalInspection> {
-  const scan = await scanSegments(fs, dir, maxRecordBytes, undefined);
+  const scan = await scanSegments(fs, dir, maxRecordBytes, undefined, onRecord);
   if (!scan.bad) return { records: scan.records, damage: null, after: [] };
   const bad = scan.bad;
   const found: WalRecord[] = [];
