@@ -45,11 +45,17 @@ export function tempDir(prefix = 'segmem-test-', under = tmpdir()): { path: stri
   return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
 }
 
+/**
+ * The default bound of waitFor and untilItWorks: what they wait for (a process started, an election, a
+ * reconnection) took more than 10 s on a loaded 2-core machine. Only a failing test waits this long.
+ */
+export const WAIT_MS = 30_000;
+
 /** Polls `cond` until it returns a truthy value or `timeoutMs` passes (then throws `what`). */
 export async function waitFor<T>(
   cond: () => T | Promise<T>,
   what: string,
-  timeoutMs = 10_000,
+  timeoutMs = WAIT_MS,
 ): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -77,7 +83,7 @@ export interface ServerProcess {
 export async function untilItWorks<T>(
   attempt: () => Promise<T>,
   what: string,
-  timeoutMs = 10_000,
+  timeoutMs = WAIT_MS,
 ): Promise<T> {
   let last: unknown;
   const got = await waitFor(
@@ -104,6 +110,27 @@ export async function bump(seg: Segment, name: string, times = 1): Promise<void>
 }
 
 /**
+ * Runs `fn` on every item, at most `width` at a time; resolves with the results in the items' order.
+ * Spawning a process per item all at once would load a 2-core machine for many seconds.
+ */
+export async function pool<T, R>(
+  items: readonly T[],
+  width: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const workers = Array.from({ length: Math.min(width, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  });
+  await Promise.all(workers);
+  return out;
+}
+
+/**
  * Runs `attempt` again (at most 3 times in all) when it fails because a port it chose with freePort was
  * taken in between by another process (EADDRINUSE): `attempt` picks its ports afresh each time.
  */
@@ -116,6 +143,13 @@ export async function retryOnAddressInUse<T>(attempt: () => Promise<T>): Promise
     }
   }
 }
+
+/**
+ * How long a server process may take to print its ready line. Generous: loading the server's modules
+ * alone takes 0.35 s of CPU, and on a loaded 2-core machine (the suite, and other work) a start took
+ * more than 15 s of wall time; this bound only keeps a failed start from hanging the run.
+ */
+export const SERVER_READY_MS = 60_000;
 
 /** Starts `segmem-server` as a real process and waits for its ready line. */
 export async function startServerProcess(opts: {
@@ -152,8 +186,8 @@ export async function startServerProcess(opts: {
     const notReady = setTimeout(() => {
       // Not left running: a server nobody holds keeps the test's worker (and the whole run) alive.
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
-      reject(new Error(`segmem-server not ready after 15 s: ${err}`));
-    }, 15_000);
+      reject(new Error(`segmem-server not ready after ${SERVER_READY_MS / 1000} s: ${err}`));
+    }, SERVER_READY_MS);
     notReady.unref();
     const lines = createInterface({ input: proc.stdout! });
     lines.on('line', (line) => {
@@ -552,13 +586,17 @@ export class RawConnection {
     return decodeResponse(req.type as T, f);
   }
 
+  /**
+   * Logs in. This connection sends no keepalives: its session outlasts the test's pauses (an attack of
+   * seconds on a loaded machine), or the server would end it and close the connection under the test.
+   */
   hello(
     extra: Partial<Extract<Request, { type: 'HELLO' }>> = {},
   ): Promise<ReturnType<typeof decodeResponse<'HELLO'>>> {
     return this.call<'HELLO'>({
       type: 'HELLO',
       protocol: PROTOCOL_VERSION,
-      sessionTimeoutMs: 5000,
+      sessionTimeoutMs: 60_000,
       ...extra,
     });
   }
