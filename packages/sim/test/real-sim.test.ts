@@ -2,8 +2,15 @@
  * The simulation of the shipped code in CI: one seed must replay the same run, and the checkers must catch
  * each broken variant within a few seeds (the seeds without variants: real-sim-seeds-*.test.ts).
  */
-import test, { type ExecutionContext } from 'ava';
+import ava, { type ExecutionContext } from 'ava';
 import { type RealBrokenVariant, runRealSimulation } from '../src/real-sim.js';
+
+/**
+ * One after the other: the simulations share this process's one thread, so running them at once gains
+ * nothing and makes them all end together, minutes in (73 s of CPU; 4 min on a loaded machine): ava's
+ * 3-minute timeout, which waits for any test to end, then fires when the other worker is slow too.
+ */
+const test = ava.serial;
 
 /**
  * Runs seeds 1..maxSeed of a broken variant until a checker fails one; a run that stops on an error no
