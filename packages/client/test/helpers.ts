@@ -452,11 +452,7 @@ export async function statuses(
     if (!m.server) continue;
     const before = (m.server.stderr().match(/status /g) ?? []).length;
     m.server.proc.kill('SIGUSR2');
-    await waitFor(
-      () => (m.server!.stderr().match(/status /g) ?? []).length > before,
-      `status of ${m.id}`,
-      5000,
-    );
+    await waitFor(() => (m.server!.stderr().match(/status /g) ?? []).length > before, `status of ${m.id}`);
     const lines = m.server
       .stderr()
       .split('\n')
@@ -481,7 +477,7 @@ export async function converged(cluster: TestCluster): Promise<void> {
       return s.length > 0 && s.every((x) => x.applied === s[0]!.applied && x.digest === s[0]!.digest);
     },
     'every running server to hold the same state',
-    20_000,
+    2 * WAIT_MS,
   );
 }
 
