@@ -4,6 +4,7 @@
  */
 import ava, { type ExecutionContext } from 'ava';
 import { type RealBrokenVariant, runRealSimulation } from '../src/real-sim.js';
+import { SIM_TEST_TIMEOUT_MS } from './seeds.js';
 
 /**
  * One after the other: the simulations share this process's one thread, so running them at once gains
@@ -23,6 +24,7 @@ async function catches(
   checkers: RegExp,
   fromSeed = 1,
 ) {
+  t.timeout(SIM_TEST_TIMEOUT_MS);
   let caught: string | undefined;
   for (let seed = fromSeed; seed <= maxSeed && caught === undefined; seed++) {
     const r = await runRealSimulation({ seed, broken });
