@@ -7,11 +7,15 @@ import { type RealBrokenVariant, runRealSimulation } from '../src/real-sim.js';
 import { SIM_TEST_TIMEOUT_MS } from './seeds.js';
 
 /**
- * One after the other: the simulations share this process's one thread, so running them at once gains
- * nothing and makes them all end together, minutes in (73 s of CPU; 4 min on a loaded machine): ava's
- * 3-minute timeout, which waits for any test to end, then fires when the other worker is slow too.
+ * One after the other (the simulations share this process's one thread: at once they gain nothing and end
+ * together, minutes in), each with its own timeout: one alone took more than ava's 3-minute wait for any
+ * test to end on a loaded machine (73 s of CPU for the file; 4 to 10 minutes of wall time).
  */
-const test = ava.serial;
+const test = (title: string, body: (t: ExecutionContext) => Promise<void>) =>
+  ava.serial(title, (t) => {
+    t.timeout(SIM_TEST_TIMEOUT_MS);
+    return body(t);
+  });
 
 /**
  * Runs seeds 1..maxSeed of a broken variant until a checker fails one; a run that stops on an error no
@@ -24,7 +28,6 @@ async function catches(
   checkers: RegExp,
   fromSeed = 1,
 ) {
-  t.timeout(SIM_TEST_TIMEOUT_MS);
   let caught: string | undefined;
   for (let seed = fromSeed; seed <= maxSeed && caught === undefined; seed++) {
     const r = await runRealSimulation({ seed, broken });
