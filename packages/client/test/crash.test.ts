@@ -2,9 +2,10 @@
  * What happens when processes die or misbehave: real child processes, real signals.
  */
 import { join } from 'node:path';
+import { decodeResponse, encodeRequest } from '@segmem/protocol';
 import test from 'ava';
 import { connect, openEmbedded } from '../src/index.js';
-import { fixturesDir, runNode, startServerProcess, tempDir } from './helpers.js';
+import { fixturesDir, RawConnection, runNode, startServerProcess, tempDir } from './helpers.js';
 
 test('a client killed while holding write access loses its write, and the lock frees after sessionTimeoutMs', async (t) => {
   const dir = tempDir();
@@ -154,6 +155,44 @@ test('a client whose event loop stalls past its session timeout gets a new sessi
     t.is(await seg.read('x', (h) => h.bytes.readUInt32LE(0)), 5, 'a new session works');
   } finally {
     await seg.close();
+    await server.stop();
+    dir.cleanup();
+  }
+});
+
+test('a request that takes longer than the session timeout to arrive keeps its session: its bytes are a sign of life', async (t) => {
+  const dir = tempDir();
+  const server = await startServerProcess({ dataDir: dir.path, fsync: 'none' });
+  const raw = await RawConnection.open(server.address);
+  try {
+    await raw.hello({ sessionTimeoutMs: 3000 });
+    // 8 records of 1 MiB for a log, arriving over about 8 s as on a slow link: no keepalive can pass it on its connection.
+    const frame = Buffer.concat(
+      encodeRequest(
+        {
+          type: 'LOG_APPEND',
+          seq: 1,
+          name: 'slow',
+          sizes: Array.from({ length: 8 }, () => 1 << 20),
+          maxBytes: null,
+          payload: Buffer.alloc(8 << 20, 7),
+        },
+        100,
+      ),
+    );
+    const slices = 80;
+    const per = Math.ceil(frame.length / slices);
+    for (let i = 0; i < slices && !raw.closed; i++) {
+      raw.socket.write(frame.subarray(i * per, (i + 1) * per));
+      await new Promise((r) => setTimeout(r, 100)); // the link's pace, not a wait for something
+    }
+    const answer = await raw.next('the LOG_APPEND answer', 30_000);
+    t.truthy(answer, `the server closed the connection: ${server.stderr()}`);
+    t.is(answer?.requestId, 100);
+    t.is(decodeResponse('LOG_APPEND', answer!).count, 8);
+    t.false(raw.closed, 'the session and its connection live on');
+  } finally {
+    raw.close();
     await server.stop();
     dir.cleanup();
   }
