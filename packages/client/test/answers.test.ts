@@ -13,6 +13,7 @@ import {
   encodeRequest,
   type Frame,
   FrameDecoder,
+  MAX_SESSION_TIMEOUT_MS,
   MessageType,
   PAGE_BYTES,
   PROTOCOL_VERSION,
@@ -94,9 +95,18 @@ class Greedy {
     this.socket.write(Buffer.concat(parts));
   }
 
-  /** HELLO and its answer; then the socket stops reading. */
+  /**
+   * HELLO and its answer; then the socket stops reading. The session gets the longest timeout: it sends
+   * nothing while its answers pile up, and with 60 s it expired under load (the server then closed the
+   * socket, 53 of 64 answers read).
+   */
   async hello(pageReader: boolean, thenRead = false): Promise<void> {
-    this.send({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 60_000, pageReader });
+    this.send({
+      type: 'HELLO',
+      protocol: PROTOCOL_VERSION,
+      sessionTimeoutMs: MAX_SESSION_TIMEOUT_MS,
+      pageReader,
+    });
     await waitFor(() => this.frames.length > 0 || this.closed, 'the HELLO answer', 10_000);
     const f = this.frames.shift();
     if (!f) throw new Error('closed instead of answering HELLO');

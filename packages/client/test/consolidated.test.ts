@@ -174,32 +174,24 @@ test('the leader writes consolidated snapshots on a schedule and keeps the newes
     const seen = new Set<string>();
     for (let round = 1; round <= 3; round++) {
       await seg.update('counter', (h) => h.bytes.writeUInt32LE(round));
-      await waitFor(
-        () => {
-          for (const f of files()) seen.add(f);
-          return seen.size >= round;
-        },
-        `consolidated snapshot ${round}`,
-        15_000,
-      );
+      await waitFor(() => {
+        for (const f of files()) seen.add(f);
+        return seen.size >= round;
+      }, `consolidated snapshot ${round}`);
       // The new file is written before the oldest goes: for a moment there is one more.
-      await waitFor(() => files().length <= 2, `at most 2 kept (${files().join(', ')})`, 5000);
+      await waitFor(() => files().length <= 2, `at most 2 kept (${files().join(', ')})`);
     }
     await seg.log('events').append('one');
     await seg.close();
     // Once nothing changes, the newest file holds everything: what a snapshot taken now holds.
     const leader = await waitFor(() => cluster.leader(), 'a leader');
     const applied = (await statuses(cluster)).get(leader.id)!.applied;
-    const newest = await waitFor(
-      () => {
-        const f = files().at(-1);
-        return f && indexOf(f) >= applied ? f : undefined;
-      },
-      `a consolidated snapshot at index ${applied} or later`,
-      15_000,
-    );
+    const newest = await waitFor(() => {
+      const f = files().at(-1);
+      return f && indexOf(f) >= applied ? f : undefined;
+    }, `a consolidated snapshot at index ${applied} or later`);
     t.regex(leader.server!.stderr(), /consolidated snapshot at index \d+ \(term \d+\): \d+ bytes to /);
-    await waitFor(() => files().length <= 2, 'at most 2 kept', 5000);
+    await waitFor(() => files().length <= 2, 'at most 2 kept');
     t.deepEqual(
       readdirSync(backups).filter((n) => !n.endsWith('.segsnap')),
       [],

@@ -53,11 +53,17 @@ export function tempDir(prefix = 'segmem-test-', under = tmpdir()): { path: stri
   return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
 }
 
+/**
+ * The default bound of waitFor and untilItWorks: what they wait for (a process started, an election, a
+ * reconnection) took more than 10 s on a loaded 2-core machine. Only a failing test waits this long.
+ */
+export const WAIT_MS = 30_000;
+
 /** Polls `cond` until it returns a truthy value or `timeoutMs` passes (then throws `what`). */
 export async function waitFor<T>(
   cond: () => T | Promise<T>,
   what: string,
-  timeoutMs = 10_000,
+  timeoutMs = WAIT_MS,
 ): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -85,7 +91,7 @@ export interface ServerProcess {
 export async function untilItWorks<T>(
   attempt: () => Promise<T>,
   what: string,
-  timeoutMs = 10_000,
+  timeoutMs = WAIT_MS,
 ): Promise<T> {
   let last: unknown;
   const got = await waitFor(
@@ -112,6 +118,27 @@ export async function bump(seg: Segment, name: string, times = 1): Promise<void>
 }
 
 /**
+ * Runs `fn` on every item, at most `width` at a time; resolves with the results in the items' order.
+ * Spawning a process per item all at once would load a 2-core machine for many seconds.
+ */
+export async function pool<T, R>(
+  items: readonly T[],
+  width: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const workers = Array.from({ length: Math.min(width, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  });
+  await Promise.all(workers);
+  return out;
+}
+
+/**
  * Runs `attempt` again (at most 3 times in all) when it fails because a port it chose with freePort was
  * taken in between by another process (EADDRINUSE): `attempt` picks its ports afresh each time.
  */
@@ -124,6 +151,13 @@ export async function retryOnAddressInUse<T>(attempt: () => Promise<T>): Promise
     }
   }
 }
+
+/**
+ * How long a server process may take to print its ready line. Generous: loading the server's modules
+ * alone takes 0.35 s of CPU, and on a loaded 2-core machine (the suite, and other work) a start took
+ * more than 15 s of wall time; this bound only keeps a failed start from hanging the run.
+ */
+export const SERVER_READY_MS = 60_000;
 
 /** Starts `segmem-server` as a real process and waits for its ready line. */
 export async function startServerProcess(opts: {
@@ -138,7 +172,7 @@ export async function startServerProcess(opts: {
   bin?: string;
   /** A cgroup v1 directory to run the server in (see {@link MemoryCgroup}): nothing of it runs outside. */
   cgroup?: string;
-  /** How long recovery may take before the server counts as failed to start (default 15 s). */
+  /** How long recovery may take before the server counts as failed to start (default SERVER_READY_MS). */
   readyTimeoutMs?: number;
 }): Promise<ServerProcess> {
   const args = [
@@ -160,7 +194,7 @@ export async function startServerProcess(opts: {
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}),
   });
-  const readyTimeoutMs = opts.readyTimeoutMs ?? 15_000;
+  const readyTimeoutMs = opts.readyTimeoutMs ?? SERVER_READY_MS;
   let err = '';
   proc.stderr!.setEncoding('utf8');
   proc.stderr!.on('data', (d: string) => (err += d));
@@ -440,11 +474,7 @@ export async function statuses(
     if (!m.server) continue;
     const before = (m.server.stderr().match(/status /g) ?? []).length;
     m.server.proc.kill('SIGUSR2');
-    await waitFor(
-      () => (m.server!.stderr().match(/status /g) ?? []).length > before,
-      `status of ${m.id}`,
-      5000,
-    );
+    await waitFor(() => (m.server!.stderr().match(/status /g) ?? []).length > before, `status of ${m.id}`);
     const lines = m.server
       .stderr()
       .split('\n')
@@ -469,7 +499,7 @@ export async function converged(cluster: TestCluster): Promise<void> {
       return s.length > 0 && s.every((x) => x.applied === s[0]!.applied && x.digest === s[0]!.digest);
     },
     'every running server to hold the same state',
-    20_000,
+    2 * WAIT_MS,
   );
 }
 
@@ -648,13 +678,17 @@ export class RawConnection {
     return decodeResponse(req.type as T, f);
   }
 
+  /**
+   * Logs in. This connection sends no keepalives: its session outlasts the test's pauses (an attack of
+   * seconds on a loaded machine), or the server would end it and close the connection under the test.
+   */
   hello(
     extra: Partial<Extract<Request, { type: 'HELLO' }>> = {},
   ): Promise<ReturnType<typeof decodeResponse<'HELLO'>>> {
     return this.call<'HELLO'>({
       type: 'HELLO',
       protocol: PROTOCOL_VERSION,
-      sessionTimeoutMs: 5000,
+      sessionTimeoutMs: 60_000,
       ...extra,
     });
   }

@@ -45,16 +45,18 @@ test('every acknowledged write survives kill -9 of the server under load, and cl
     const acked = new Map<string, number>();
     const children = ['c0', 'c1', 'c2'].map((name) =>
       runNode(join(fixturesDir, 'increment.mjs'), [server.address, name, '100000'], {
-        timeoutMs: 60_000,
+        timeoutMs: 180_000,
         onLine: (line) => {
           const m = /^ack (\d+)$/.exec(line);
           if (m) acked.set(name, Number(m[1]));
         },
       }),
     );
+    // Three node processes start and connect first: many seconds on a loaded machine.
     await waitFor(
       () => [...acked.values()].every((v) => v >= 30) && acked.size === 3,
       'some acknowledged increments',
+      90_000,
     );
     await server.kill(); // SIGKILL: no clean shutdown
     server = await startServerProcess({ dataDir: dir.path, listen, fsync: 'batch' });

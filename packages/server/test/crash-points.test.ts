@@ -34,6 +34,11 @@ const child = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'crash-w
 const WRITES = 12;
 /** Child processes run at once (the machine has two cores). */
 const PARALLEL = 2;
+/**
+ * How long a harness test may run: its 40 cases start about 120 node processes, which took 112 s on a
+ * loaded 2-core machine (beside the suite, more than the 120 s this was).
+ */
+const HARNESS_TIMEOUT_MS = 300_000;
 
 interface ChildRun {
   code: number | null;
@@ -265,7 +270,7 @@ function casesFor(
 }
 
 test('crash-point harness: a kill at any storage step loses nothing acknowledged and applies nothing in part', async (t) => {
-  t.timeout(120_000);
+  t.timeout(HARNESS_TIMEOUT_MS);
   const started = Date.now();
   const batchSequence: FaultStep[] = [];
   const batchSteps = await traceSteps('batch', tmpdir(), batchSequence);
@@ -349,7 +354,7 @@ async function runCases(t: ExecutionContext, cases: Case[], started: number, und
 }
 
 test('crash-point harness on XFS: a kill at any step of a snapshot taken as a clone loses nothing', async (t) => {
-  t.timeout(120_000);
+  t.timeout(HARNESS_TIMEOUT_MS);
   await withXfs(t, async (mount) => {
     const started = Date.now();
     const steps = await traceSteps('batch', mount);
@@ -366,7 +371,7 @@ test('crash-point harness on XFS: a kill at any step of a snapshot taken as a cl
 });
 
 test('crash-point harness: a log that acknowledges before the disk is caught (the test of the test)', async (t) => {
-  t.timeout(60_000);
+  t.timeout(HARNESS_TIMEOUT_MS / 2);
   const steps = await traceSteps('batch');
   const middle = (step: FaultStep) => Math.max(1, Math.floor((steps.get(step) ?? 2) / 2));
   const cases: Case[] = (['wal.write', 'wal.create'] as const).map((step) => ({

@@ -120,8 +120,9 @@ class RawClient {
     return this.call(writeRelease(seq, name, token, bytes, offset));
   }
 
+  /** Logs in, with a session that outlasts the test's pauses: this client sends no keepalives. */
   async hello(extra: Partial<Extract<Request, { type: 'HELLO' }>> = {}) {
-    return this.call({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 5000, ...extra });
+    return this.call({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 60_000, ...extra });
   }
 
   close(): void {

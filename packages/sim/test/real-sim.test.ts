@@ -2,8 +2,20 @@
  * The simulation of the shipped code in CI: one seed must replay the same run, and the checkers must catch
  * each broken variant within a few seeds (the seeds without variants: real-sim-seeds-*.test.ts).
  */
-import test, { type ExecutionContext } from 'ava';
+import ava, { type ExecutionContext } from 'ava';
 import { type RealBrokenVariant, runRealSimulation } from '../src/real-sim.js';
+import { SIM_TEST_TIMEOUT_MS } from './seeds.js';
+
+/**
+ * One after the other (the simulations share this process's one thread: at once they gain nothing and end
+ * together, minutes in), each with its own timeout: one alone took more than ava's 3-minute wait for any
+ * test to end on a loaded machine (73 s of CPU for the file; 4 to 10 minutes of wall time).
+ */
+const test = (title: string, body: (t: ExecutionContext) => Promise<void>) =>
+  ava.serial(title, (t) => {
+    t.timeout(SIM_TEST_TIMEOUT_MS);
+    return body(t);
+  });
 
 /**
  * Runs seeds 1..maxSeed of a broken variant until a checker fails one; a run that stops on an error no

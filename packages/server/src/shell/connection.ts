@@ -310,6 +310,9 @@ export class ServerConnection implements Port {
   /** Bytes received from the transport. */
   receive(chunk: Buffer): void {
     if (this.closed) return;
+    // Bytes from a session are a sign of life: a frame that takes longer than the session timeout to
+    // arrive (a large write on a slow link or a loaded machine) holds up the keepalives queued behind it.
+    if (this.sessionId !== 0) this.node.touch(this.sessionId);
     // One frame at a time: a login handled here raises the frame limit before the next length is checked.
     try {
       this.decoder.feed(chunk);
