@@ -111,6 +111,13 @@ test('a SegmemError reaches the client through the simulated members as on TCP',
   try {
     await sim.until(() => sim.leaders().length === 1, 10_000, 'a leader');
     const follower = [...sim.nodes].find(([, n]) => !n.status().leader)![1];
+    // A follower names the leader once it has heard from it (the leader's first append reaches it over
+    // its link, which may still be in its handshake when the votes are in).
+    await sim.until(
+      () => follower.stats().log.leader !== null,
+      10_000,
+      'the follower to hear from the leader',
+    );
     const client = new FrameClient(sim, connectLocal(follower));
     const err = await t.throwsAsync(
       client.call({ type: 'HELLO', protocol: PROTOCOL_VERSION, sessionTimeoutMs: 2000 }),
