@@ -144,7 +144,7 @@ export class DataDir {
       try {
         await mkdirDurable(fs, dir);
       } catch (err) {
-        const errno = SegmemError.is(err) ? err.details?.errno : errnoCode(err);
+        const errno = errnoCode(err);
         if (errno === 'EEXIST') {
           throw new SegmemError('INVALID_ARGUMENT', `data directory ${dir} is not a directory`, { dir });
         }

@@ -7,6 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
+import { SegmemError } from '@segmem/protocol';
 import { type FaultStep, faultDone, faultPoint } from './faults.js';
 
 /** A Node.js callback that settles a promise, marking the end of `step` on success. */
@@ -175,9 +176,12 @@ export function isAtomicTempName(name: string): boolean {
   return /^\..+\.tmp-\d+-[0-9a-f]{8}$/.test(name);
 }
 
-/** The `code` of a Node.js system error (`'ENOENT'`, ...), or undefined. */
+/**
+ * The errno of a failed system call (`'ENOENT'`, ...), or undefined: a Node.js system error's `code`, or
+ * the `details.errno` of a SegmemError made from one (its own `code` is segmem's, never an errno).
+ */
 export function errnoCode(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
+  const code = SegmemError.is(err) ? err.details?.errno : (err as { code?: unknown } | null)?.code;
   return typeof code === 'string' ? code : undefined;
 }
 
