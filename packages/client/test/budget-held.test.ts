@@ -121,6 +121,8 @@ test('with the budget full, new sessions are refused, large frames wait for room
   });
   const seg = await connect({ servers: [server.address] });
   const raws: RawConnection[] = [];
+  /** Sessions opened after the data filled its share of the budget. */
+  const reserveRaws: RawConnection[] = [];
   try {
     // Ten sessions on raw sockets (they send no keepalives: a long timeout), opened while there is room.
     for (let i = 0; i < 10; i++) {
@@ -133,7 +135,28 @@ test('with the budget full, new sessions are refused, large frames wait for room
     const small = await fill(seg, 'small', 64 * 1024, 100);
     t.log(`${big} objects of 1 MiB and ${small} of 64 KiB fill the budget`);
 
-    // A new session does not fit: refused at once with the budget named, nothing changed.
+    // Data stops short of the limit by the session reserve: a client can still connect (to delete), until
+    // new sessions have used the reserve too.
+    const late = await connect({ servers: [server.address] });
+    t.is((await late.stat('big0')).size, MiB);
+    await late.close();
+    let inReserve = 0;
+    for (let i = 0; i < 64; i++) {
+      const raw = await RawConnection.open(server.address);
+      reserveRaws.push(raw);
+      const admitted = await raw.hello({ sessionTimeoutMs: 300_000 }).then(
+        () => true,
+        (err: unknown) => {
+          if (SegmemError.is(err, 'UNAVAILABLE')) return false;
+          throw err;
+        },
+      );
+      if (!admitted) break;
+      inReserve++;
+    }
+    t.log(`${inReserve} new sessions fit in the reserve after the data filled its share`);
+    t.true(inReserve >= 32, `${inReserve} sessions`);
+    // A new session does not fit now: refused at once with the budget named, nothing changed.
     const sessionsBefore = gauge(await scrape(server.stderr()), 'segmem_sessions');
     const refused = await t.throwsAsync(connect({ servers: [server.address] }), { code: 'UNAVAILABLE' });
     t.like((refused as SegmemError).details, { budget: 'max-memory', limitBytes: BUDGET });
@@ -219,7 +242,7 @@ test('with the budget full, new sessions are refused, large frames wait for room
     const again = await connect({ servers: [server.address] });
     await again.close();
   } finally {
-    for (const raw of raws) raw.close();
+    for (const raw of [...raws, ...reserveRaws]) raw.close();
     await seg.close();
     await server.stop();
     dir.cleanup();

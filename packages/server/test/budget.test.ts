@@ -9,6 +9,7 @@ import {
   RECEIVE_RESERVE_BYTES,
   RUNTIME_ALLOWANCE_BYTES,
   SESSION_HELD_BYTES,
+  SESSION_RESERVE_BYTES,
 } from '../src/node/budget.js';
 import { SimClock, SimEnv } from '../src/sim/env.js';
 import { Prng } from '../src/sim/prng.js';
@@ -74,6 +75,27 @@ test('a new session is refused with UNAVAILABLE naming the budget when it does n
   off.admitSession();
   t.true(off.mayReceive(64 * MiB, 0));
   t.is(off.snapshotBoundBytes, null);
+});
+
+test('data leaves room for new sessions: growth and exports stop short of the limit by the session reserve', (t) => {
+  const limit = 256 * MiB;
+  const room = limit - RUNTIME_ALLOWANCE_BYTES - SESSION_RESERVE_BYTES;
+  const state = { bytes: room - MiB, sessions: 0, frozen: 0 };
+  const { b } = budget(limit, state);
+  b.admitGrowth(MiB, 'an object')();
+  const err = t.throws(() => b.admitGrowth(MiB + 1, 'an object'), {
+    instanceOf: SegmemError,
+    code: 'NO_SPACE',
+  });
+  t.regex(err!.message, /16 MiB of it kept for new sessions/);
+  t.throws(() => b.admitExport(MiB + 1, 'an export'), { code: 'UNAVAILABLE' });
+  // Data has filled its share: sessions still get in, 64 of them, so clients can connect and delete.
+  state.bytes = room;
+  for (let i = 0; i < SESSION_RESERVE_BYTES / SESSION_HELD_BYTES; i++) {
+    b.admitSession();
+    state.sessions++;
+  }
+  t.throws(() => b.admitSession(), { code: 'UNAVAILABLE' });
 });
 
 test('a large frame goes on when it fits the budget or the receive reserve, and a waiter wakes once it does', (t) => {

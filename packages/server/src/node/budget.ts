@@ -44,6 +44,11 @@ export const MIN_MAX_MEMORY_BYTES = 2 * RUNTIME_ALLOWANCE_BYTES;
  */
 export const SESSION_HELD_BYTES = 256 * 1024;
 /**
+ * Room that state growth and exports leave for new sessions (64 of them): once data has filled its share
+ * of the budget, clients can still connect to delete objects or truncate logs.
+ */
+export const SESSION_RESERVE_BYTES = 64 * SESSION_HELD_BYTES;
+/**
  * Frames being received that connections may hold together past a full budget: one of the largest
  * (MAX_FRAME_BYTES), so that writes, which are never refused, keep arriving one at a time even when the
  * count is over the limit (a member's Raft log holds written bytes until its next snapshot).
@@ -182,6 +187,7 @@ export class MemoryBudget {
   admitGrowth(bytes: number, what: string): Reservation {
     this.check(
       bytes,
+      SESSION_RESERVE_BYTES,
       'NO_SPACE',
       what,
       'delete objects or shared logs, truncate logs, or raise --max-memory',
@@ -193,6 +199,7 @@ export class MemoryBudget {
   admitExport(bytes: number, what: string): Reservation {
     this.check(
       bytes,
+      SESSION_RESERVE_BYTES,
       'UNAVAILABLE',
       what,
       'try again once other snapshot exports were read to the end or dropped (their sessions ended, or idle for a minute)',
@@ -207,6 +214,7 @@ export class MemoryBudget {
   admitSession(): void {
     this.check(
       SESSION_HELD_BYTES,
+      0,
       'UNAVAILABLE',
       'a new session',
       'try again once other sessions ended, or delete objects or shared logs, or raise --max-memory',
@@ -281,15 +289,22 @@ export class MemoryBudget {
     }
   }
 
-  private check(bytes: number, code: 'NO_SPACE' | 'UNAVAILABLE', what: string, advice: string): void {
+  /** Throws `code` unless `bytes` more fit in the budget with `keepFree` of it left over. */
+  private check(
+    bytes: number,
+    keepFree: number,
+    code: 'NO_SPACE' | 'UNAVAILABLE',
+    what: string,
+    advice: string,
+  ): void {
     const limitBytes = this.limitBytes;
     if (limitBytes === null) return;
     const usedBytes = this.usedBytes();
-    if (usedBytes + bytes <= limitBytes) return;
+    if (usedBytes + bytes + keepFree <= limitBytes) return;
     throw new SegmemError(
       code,
       `memory budget full: ${what} needs ${formatBytes(bytes)}, and ${formatBytes(usedBytes)} of the ` +
-        `--max-memory ${formatBytes(limitBytes)} are in use; ${advice}`,
+        `--max-memory ${formatBytes(limitBytes)} are in use${keepFree > 0 ? ` (${formatBytes(keepFree)} of it kept for new sessions)` : ''}; ${advice}`,
       { budget: 'max-memory', limitBytes, usedBytes, neededBytes: bytes },
     );
   }
