@@ -19,7 +19,8 @@
  *
  * Refusals: state growth (create, append) gets `NO_SPACE`, transient holdings (exports, new sessions)
  * `UNAVAILABLE`, all with `details: { budget: 'max-memory', limitBytes, usedBytes }`; nothing is proposed, so
- * nothing changes. What arrives unasked is not refused but slowed: a client connection starting a large
+ * nothing changes. Growth and exports stop SESSION_RESERVE_BYTES short of the limit, so that a client can
+ * still log in to make room. What arrives unasked is not refused but slowed: a client connection starting a large
  * frame that does not fit stops being read until it does ({@link mayReceive}, {@link whenRoom}), unless the
  * frames being received together stay within RECEIVE_RESERVE_BYTES, so one write at a time always gets
  * through. A snapshot announced in pieces larger than the budget's room for data is refused outright, its
