@@ -69,11 +69,12 @@ test('the checkers catch a client that keeps its copy after LOCK_LOST (broken va
   catches(
     t,
     'keepCopyAfterLockLost',
-    40,
+    70,
     /^seed \d+: (countedOnce|readsCommitted|linearizability):/,
-    // With today's fault mix (peer handshakes and their faults included) seed 38 is the first of 1..60 it
-    // catches; the seeds before it pass, which costs minutes of CPU: the search starts at 36.
-    36,
+    // With today's fault mix (peer handshakes, their faults and dial deadlines included) seeds 58, 66, 109
+    // and 116 are those of 1..120 it catches; the seeds before pass, which costs a minute of CPU: the
+    // search starts at 56. Few seeds catch this variant: a change to the fault mix moves them.
+    56,
   ));
 
 test('the checkers catch members that answer before a majority has the command (broken variant replyBeforeCommit)', (t) =>
