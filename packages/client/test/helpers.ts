@@ -159,6 +159,9 @@ export async function retryOnAddressInUse<T>(attempt: () => Promise<T>): Promise
  */
 export const SERVER_READY_MS = 60_000;
 
+/** How long a server may take to end after SIGTERM (it closes its WAL and sockets; seconds at most). */
+export const STOP_MS = 60_000;
+
 /** Starts `segmem-server` as a real process and waits for its ready line. */
 export async function startServerProcess(opts: {
   dataDir: string;
@@ -228,7 +231,18 @@ export async function startServerProcess(opts: {
         proc.kill('SIGTERM');
         proc.kill('SIGCONT'); // a paused server (SIGSTOP) acts on the SIGTERM only once it runs
       }
-      return exited;
+      // A server that does not end on SIGTERM is a bug the test must report, not a hang of the whole run
+      // (ava reports a test only after its teardowns, and a teardown has no timeout).
+      let overdue: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((r) => {
+        overdue = setTimeout(() => r('late'), STOP_MS);
+      });
+      const code = await Promise.race([exited, late]);
+      clearTimeout(overdue);
+      if (code !== 'late') return code;
+      proc.kill('SIGKILL');
+      await exited;
+      throw new Error(`segmem-server (pid ${proc.pid}) did not exit within ${STOP_MS} ms of SIGTERM: ${err}`);
     },
     async kill() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
