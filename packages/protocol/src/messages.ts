@@ -515,6 +515,8 @@ export interface HelloOk {
   keepaliveMs: number;
   /** The server's UDP port for hints, or null. */
   udpPort: number | null;
+  /** The shard group the server is a member of (0: a cluster without groups); absent from older servers. */
+  groupId?: number;
 }
 
 export interface CreateOk {
@@ -677,7 +679,20 @@ export interface StatusOk {
   lockedObjects: number;
   /** The WAL durability policy: 'always', 'batch' or 'none'. */
   fsync: string;
+  /** The member's shard group and the range of the segment it allocates in; absent from older servers. */
+  group?: GroupInfo;
 }
+
+/** A shard group as STATUS reports it: id 0 is the one group of a cluster without groups. */
+export interface GroupInfo {
+  id: number;
+  /** First byte of the group's range of the segment. */
+  start: number;
+  bytes: number;
+}
+
+/** Group ids are u16: frames carry one. */
+export const MAX_GROUP_ID = 0xffff;
 
 /** The object now watched, and its version when the watch began (later changes are pushed). */
 export interface WatchOk {
@@ -944,6 +959,7 @@ export function encodeOk<T extends RequestType>(
         sessionTimeoutMs: h.sessionTimeoutMs,
         keepaliveMs: h.keepaliveMs,
         udpPort: h.udpPort ?? null,
+        ...(h.groupId !== undefined ? { groupId: h.groupId } : {}),
       };
       break;
     }
@@ -1064,6 +1080,7 @@ export function encodeOk<T extends RequestType>(
         locks: r.locks.slice(0, MAX_STATUS_LOCKS),
         lockedObjects: r.lockedObjects,
         fsync: r.fsync,
+        ...(r.group ? { group: { id: r.group.id, start: r.group.start, bytes: r.group.bytes } } : {}),
       };
       break;
     }
@@ -1504,6 +1521,7 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
       sessionTimeoutMs: validateSessionTimeoutMs(h.sessionTimeoutMs),
       keepaliveMs: uintField(h.keepaliveMs, 'keepaliveMs', 1),
       udpPort: optionalField(h.udpPort, 'udpPort', (v, f) => uintField(v, f, 1, 65535)),
+      ...(h.groupId !== undefined ? { groupId: uintField(h.groupId, 'groupId', 0, MAX_GROUP_ID) } : {}),
     };
   },
   KEEPALIVE: emptyOk,
@@ -1641,6 +1659,7 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
       locks,
       lockedObjects: uintField(h.lockedObjects, 'lockedObjects', locks.length),
       fsync: stringField(h.fsync, 'fsync', 1, 16),
+      ...(h.group !== undefined ? { group: groupInfoField(h.group) } : {}),
     };
   },
   WATCH: (h, payload) => {
@@ -1663,6 +1682,18 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
     return { users };
   },
 };
+
+/** STATUS's group: `{ id, start, bytes }`, the range inside the largest segment. */
+function groupInfoField(v: unknown): GroupInfo {
+  if (!isPlainMap(v)) throw invalidArgument(`group must be a map; got ${describeValue(v)}`);
+  const g = v as Record<string, unknown>;
+  const start = uintField(g.start, 'group.start', 0, MAX_SEGMENT_BYTES);
+  return {
+    id: uintField(g.id, 'group.id', 0, MAX_GROUP_ID),
+    start,
+    bytes: uintField(g.bytes, 'group.bytes', 1, MAX_SEGMENT_BYTES - start),
+  };
+}
 
 /** `[id, address]` pairs of members (MEMBERSHIP, STATUS). */
 function membersField(value: unknown): [string, string | null][] {

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import type { ConnectionOptions } from 'node:tls';
 import { DEFAULT_SEGMENT_BYTES, type Env, PAGE_BYTES, SegmemError, systemEnv } from '@segmem/protocol';
 import { parseSegmentBytes } from './config.js';
+import { checkRestoredGroup, wholeSegment } from './core/group-range.js';
 import { StateMachine } from './core/state-machine.js';
 import { type PeerSender, type RaftCore, RaftLog } from './log/raft-log.js';
 import { type NodeOptions, SegmemNode } from './node/index.js';
@@ -114,6 +115,7 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     serverId: opts.id,
     pageBytes: PAGE_BYTES,
     segmentBytes,
+    ...(opts.group ? { group: opts.group } : {}),
     ...(opts.clusterId !== undefined
       ? { clusterId: opts.clusterId }
       : { newClusterId: secret ? clusterIdFromSecret(secret) : defaultClusterId(opts.peers) }),
@@ -140,7 +142,10 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     });
     const report = storage.report;
     for (const line of [...dataDir.warnings, ...storage.recoveryLines()]) opts.log?.(line);
-    const sm = storage.takeRestoredState() ?? new StateMachine({ pageBytes: PAGE_BYTES, segmentBytes });
+    const group = opts.group ?? wholeSegment(segmentBytes);
+    const restored = storage.takeRestoredState();
+    if (restored) checkRestoredGroup(restored.group, group, dataDir.dir);
+    const sm = restored ?? new StateMachine({ pageBytes: PAGE_BYTES, segmentBytes, group });
     const core = opts.makeCore({
       id: opts.id,
       storage,

@@ -11,6 +11,13 @@ import {
   parseHostPort,
   SegmemError,
 } from '@segmem/protocol';
+import {
+  elementPath,
+  JsonSyntaxError,
+  memberPath,
+  type PositionedJson,
+  parseJsonWithPositions,
+} from './config-json.js';
 import { MIN_MAX_MEMORY_BYTES } from './node/budget.js';
 import { FSYNC_POLICIES, type FsyncPolicy } from './storage/wal.js';
 
@@ -27,8 +34,10 @@ export interface ServerConfig {
   token?: string;
   /** Path of the cluster secret members prove to each other (every member of a group needs it). */
   clusterSecretFile?: string;
-  /** Server id -> host:port. */
+  /** Server id -> host:port: with `groups`, every group's members. */
   servers: Record<string, string>;
+  /** Shard groups, each a Raft group owning a range of the segment; unset: one group of `servers`. */
+  groups?: GroupConfig[];
   /** Data directory per server; `{id}` is replaced by the server id. */
   dataDir: string;
   /** Snapshot the state machine every this many log entries, then cut the WAL (0: never by count). */
@@ -61,6 +70,18 @@ export interface ServerConfig {
   tlsRequireClientCert?: boolean;
 }
 
+/** One shard group of the config file's `groups`. */
+export interface GroupConfig {
+  /** 1..65535; frames to and from the group carry it. */
+  id: number;
+  /** First byte of its range of the segment (page-aligned). */
+  start: number;
+  /** Bytes in its range (page-aligned). */
+  bytes: number;
+  /** Server id -> host:port: 1, 3 or 5 members. */
+  members: Record<string, string>;
+}
+
 export const DEFAULT_CONFIG: ServerConfig = {
   pageBytes: PAGE_BYTES,
   segmentBytes: DEFAULT_SEGMENT_BYTES,
@@ -84,7 +105,7 @@ export function parseFsync(value: unknown): FsyncPolicy {
 }
 
 export function parseSegmentBytes(value: unknown): number {
-  const n = typeof value === 'string' ? Number(value) : value;
+  const n = typeof value === 'string' ? parseSize(value) : value;
   if (
     typeof n !== 'number' ||
     !Number.isSafeInteger(n) ||
@@ -119,96 +140,287 @@ export function parseConsolidatedKeep(value: unknown): number {
   return n;
 }
 
+/** Every key the config file may hold. */
+const CONFIG_KEYS = new Set([
+  'clusterId',
+  'pageBytes',
+  'segmentBytes',
+  'fsync',
+  'token',
+  'clusterSecretFile',
+  'servers',
+  'groups',
+  'dataDir',
+  'snapshotEveryEntries',
+  'snapshotIntervalMs',
+  'consolidatedDir',
+  'consolidatedIntervalMs',
+  'consolidatedKeep',
+  'metrics',
+  'maxMemory',
+  'tlsCert',
+  'tlsKey',
+  'tlsCa',
+  'tlsRequireClientCert',
+]);
+
+/**
+ * Reads the config file. Every mistake is INVALID_ARGUMENT with a message that starts
+ * `<file>:<line>: ` and names the key path (details: file, line, path); nothing is started.
+ */
 export function loadConfigFile(path: string): ServerConfig {
-  let raw: unknown;
+  let text: string;
   try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
+    text = readFileSync(path, 'utf8');
   } catch (err) {
     throw bad(`cannot read config file ${path}: ${(err as Error).message}`);
   }
+  let doc: PositionedJson;
+  try {
+    doc = parseJsonWithPositions(text);
+  } catch (err) {
+    if (!(err instanceof JsonSyntaxError)) throw err;
+    throw new SegmemError('INVALID_ARGUMENT', `${path}:${err.line}: ${err.problem}`, {
+      file: path,
+      line: err.line,
+    });
+  }
+  const raw = doc.value;
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
     throw bad(`config file ${path} must hold a JSON object`);
   const c = raw as Record<string, unknown>;
-  const known = new Set([
-    'clusterId',
-    'pageBytes',
-    'segmentBytes',
-    'fsync',
-    'token',
-    'clusterSecretFile',
-    'servers',
-    'dataDir',
-    'snapshotEveryEntries',
-    'snapshotIntervalMs',
-    'consolidatedDir',
-    'consolidatedIntervalMs',
-    'consolidatedKeep',
-    'metrics',
-    'maxMemory',
-    'tlsCert',
-    'tlsKey',
-    'tlsCa',
-    'tlsRequireClientCert',
-  ]);
-  for (const key of Object.keys(c))
-    if (!known.has(key)) throw bad(`config file ${path}: unknown setting "${key}"`);
+  const mistake = configMistake(path, doc);
+  for (const key of Object.keys(c)) if (!CONFIG_KEYS.has(key)) throw mistake(key, `unknown setting "${key}"`);
+  // The existing checks' messages name their key: they gain the file and line.
+  const located = <T>(key: string, read: () => T): T => {
+    try {
+      return read();
+    } catch (err) {
+      if (!SegmemError.is(err) || err.code !== 'INVALID_ARGUMENT') throw err;
+      const line = doc.lineOf(key);
+      throw new SegmemError('INVALID_ARGUMENT', `${path}:${line}: ${err.message}`, {
+        file: path,
+        line,
+        path: key,
+      });
+    }
+  };
   const config: ServerConfig = { ...DEFAULT_CONFIG, servers: {} };
-  if (c.clusterId !== undefined) {
+  located('clusterId', () => {
+    if (c.clusterId === undefined) return;
     if (typeof c.clusterId !== 'string' || c.clusterId.length === 0)
       throw bad('clusterId must be a non-empty string');
     config.clusterId = c.clusterId;
-  }
-  if (c.pageBytes !== undefined && c.pageBytes !== PAGE_BYTES) throw bad(`pageBytes must be ${PAGE_BYTES}`);
-  if (c.segmentBytes !== undefined) config.segmentBytes = parseSegmentBytes(c.segmentBytes);
-  if (c.fsync !== undefined) config.fsync = parseFsync(c.fsync);
+  });
+  located('pageBytes', () => {
+    if (c.pageBytes !== undefined && c.pageBytes !== PAGE_BYTES) throw bad(`pageBytes must be ${PAGE_BYTES}`);
+  });
+  if (c.segmentBytes !== undefined)
+    config.segmentBytes = located('segmentBytes', () => parseSegmentBytes(c.segmentBytes));
+  if (c.fsync !== undefined) config.fsync = located('fsync', () => parseFsync(c.fsync));
   for (const key of ['snapshotEveryEntries', 'snapshotIntervalMs'] as const) {
-    if (c[key] !== undefined) config[key] = parseNonNegativeInteger(key, c[key]);
+    if (c[key] !== undefined) config[key] = located(key, () => parseNonNegativeInteger(key, c[key]));
   }
-  if (c.consolidatedDir !== undefined) {
+  located('consolidatedDir', () => {
+    if (c.consolidatedDir === undefined) return;
     if (typeof c.consolidatedDir !== 'string' || c.consolidatedDir.length === 0)
       throw bad('consolidatedDir must be a non-empty string');
     config.consolidatedDir = c.consolidatedDir;
-  }
+  });
   if (c.consolidatedIntervalMs !== undefined)
-    config.consolidatedIntervalMs = parseConsolidatedIntervalMs(c.consolidatedIntervalMs);
-  if (c.consolidatedKeep !== undefined) config.consolidatedKeep = parseConsolidatedKeep(c.consolidatedKeep);
-  if (c.metrics !== undefined) config.metrics = parseMetricsAddress(c.metrics);
+    config.consolidatedIntervalMs = located('consolidatedIntervalMs', () =>
+      parseConsolidatedIntervalMs(c.consolidatedIntervalMs),
+    );
+  if (c.consolidatedKeep !== undefined)
+    config.consolidatedKeep = located('consolidatedKeep', () => parseConsolidatedKeep(c.consolidatedKeep));
+  if (c.metrics !== undefined) config.metrics = located('metrics', () => parseMetricsAddress(c.metrics));
   if (c.maxMemory !== undefined)
-    config.maxMemory = parseMaxMemory('maxMemory', c.maxMemory, MIN_MAX_MEMORY_BYTES);
-  if (c.token !== undefined) {
+    config.maxMemory = located('maxMemory', () =>
+      parseMaxMemory('maxMemory', c.maxMemory, MIN_MAX_MEMORY_BYTES),
+    );
+  located('token', () => {
+    if (c.token === undefined) return;
     if (typeof c.token !== 'string') throw bad('token must be a string');
     config.token = c.token;
-  }
-  if (c.clusterSecretFile !== undefined) {
+  });
+  located('clusterSecretFile', () => {
+    if (c.clusterSecretFile === undefined) return;
     if (typeof c.clusterSecretFile !== 'string' || c.clusterSecretFile.length === 0)
       throw bad('clusterSecretFile must be a non-empty path');
     // A relative path starts at the config file's directory: the two are distributed together.
     config.clusterSecretFile = resolve(dirname(path), c.clusterSecretFile);
-  }
+  });
   for (const key of ['tlsCert', 'tlsKey', 'tlsCa'] as const) {
     if (c[key] === undefined) continue;
-    if (typeof c[key] !== 'string' || c[key].length === 0)
-      throw bad(`${key} must be a non-empty path (a PEM file)`);
-    config[key] = c[key];
+    located(key, () => {
+      if (typeof c[key] !== 'string' || c[key].length === 0)
+        throw bad(`${key} must be a non-empty path (a PEM file)`);
+      config[key] = c[key];
+    });
   }
-  if (c.tlsRequireClientCert !== undefined) {
+  located('tlsRequireClientCert', () => {
+    if (c.tlsRequireClientCert === undefined) return;
     if (typeof c.tlsRequireClientCert !== 'boolean') throw bad('tlsRequireClientCert must be true or false');
     config.tlsRequireClientCert = c.tlsRequireClientCert;
-  }
-  if (c.dataDir !== undefined) {
+  });
+  located('dataDir', () => {
+    if (c.dataDir === undefined) return;
     if (typeof c.dataDir !== 'string' || c.dataDir.length === 0)
       throw bad('dataDir must be a non-empty string');
     config.dataDir = c.dataDir;
+  });
+  if (c.servers !== undefined && c.groups !== undefined) {
+    throw mistake(
+      'groups',
+      `cannot be used with servers (line ${doc.lineOf('servers')}): list every server under its group's members`,
+    );
   }
   if (c.servers !== undefined) {
-    if (typeof c.servers !== 'object' || c.servers === null)
-      throw bad('servers must map server ids to host:port');
-    for (const [id, addr] of Object.entries(c.servers)) {
-      if (typeof addr !== 'string') throw bad(`servers.${id} must be a host:port string`);
-      config.servers[id] = addr;
-    }
+    located('servers', () => {
+      if (typeof c.servers !== 'object' || c.servers === null || Array.isArray(c.servers))
+        throw bad('servers must map server ids to host:port');
+      for (const [id, addr] of Object.entries(c.servers)) {
+        if (typeof addr !== 'string') throw bad(`${memberPath('servers', id)} must be a host:port string`);
+        config.servers[id] = addr;
+      }
+    });
+  }
+  if (c.groups !== undefined) {
+    config.groups = parseGroups(c.groups, config.segmentBytes, mistake);
+    // Every member of every group, for whoever needs the whole cluster's addresses.
+    for (const g of config.groups) Object.assign(config.servers, g.members);
   }
   return config;
+}
+
+/** Makes the error for a mistake at a key path: `<file>:<line>: <path>: <problem>`. */
+type Mistake = (keyPath: string, problem: string) => SegmemError;
+
+function configMistake(file: string, doc: PositionedJson): Mistake {
+  return (keyPath, problem) => {
+    const line = doc.lineOf(keyPath);
+    return new SegmemError('INVALID_ARGUMENT', `${file}:${line}: ${keyPath}: ${problem}`, {
+      file,
+      line,
+      path: keyPath,
+    });
+  };
+}
+
+const GROUP_KEYS = ['id', 'start', 'bytes', 'members'];
+/** Replicas a group may have: an odd count, so a majority survives the loss of the others. */
+export const GROUP_MEMBER_COUNTS = [1, 3, 5];
+export const MAX_GROUP_ID = 65535;
+
+/** The `groups` list: each group well-formed, ranges inside the segment and apart, members unique. */
+function parseGroups(value: unknown, segmentBytes: number, mistake: Mistake): GroupConfig[] {
+  if (!Array.isArray(value)) throw mistake('groups', 'must be a list of groups');
+  if (value.length === 0) throw mistake('groups', 'must list at least one group');
+  const groups: GroupConfig[] = [];
+  const memberAt = new Map<string, string>(); // server id -> its key path
+  const addressAt = new Map<string, string>(); // address -> key path of the member it belongs to
+  value.forEach((g, i) => {
+    const at = elementPath('groups', i);
+    if (typeof g !== 'object' || g === null || Array.isArray(g))
+      throw mistake(at, 'must be an object with id, start, bytes and members');
+    const o = g as Record<string, unknown>;
+    for (const key of Object.keys(o))
+      if (!GROUP_KEYS.includes(key))
+        throw mistake(memberPath(at, key), `unknown key (a group has ${GROUP_KEYS.join(', ')})`);
+    for (const key of GROUP_KEYS) if (o[key] === undefined) throw mistake(at, `missing "${key}"`);
+    const id = o.id;
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 1 || id > MAX_GROUP_ID)
+      throw mistake(`${at}.id`, `must be an integer 1..${MAX_GROUP_ID}; got ${JSON.stringify(id)}`);
+    const same = groups.findIndex((x) => x.id === id);
+    if (same >= 0) throw mistake(`${at}.id`, `group id ${id} is already used by groups[${same}]`);
+    const start = groupSize(o.start, `${at}.start`, mistake);
+    const bytes = groupSize(o.bytes, `${at}.bytes`, mistake);
+    if (bytes === 0) throw mistake(`${at}.bytes`, 'must be at least one page (4096)');
+    if (start + bytes > segmentBytes) {
+      throw mistake(
+        `${at}.bytes`,
+        `the range ${describeRange(start, bytes)} ends past the segment (segmentBytes ${segmentBytes})`,
+      );
+    }
+    groups.forEach((other, j) => {
+      if (start < other.start + other.bytes && other.start < start + bytes) {
+        throw mistake(
+          `${at}.start`,
+          `group ${id}'s range ${describeRange(start, bytes)} overlaps group ${other.id}'s ${describeRange(other.start, other.bytes)} (groups[${j}])`,
+        );
+      }
+    });
+    const members = o.members;
+    const membersAt = `${at}.members`;
+    if (typeof members !== 'object' || members === null || Array.isArray(members))
+      throw mistake(membersAt, 'must map server ids to host:port');
+    const ids = Object.keys(members);
+    if (!GROUP_MEMBER_COUNTS.includes(ids.length))
+      throw mistake(membersAt, `a group has 1, 3 or 5 members; group ${id} has ${ids.length}`);
+    const byId: Record<string, string> = {};
+    for (const [serverId, address] of Object.entries(members)) {
+      const here = memberPath(membersAt, serverId);
+      if (!SERVER_ID.test(serverId)) throw mistake(here, 'a server id is 1..64 characters of [A-Za-z0-9._-]');
+      if (typeof address !== 'string') throw mistake(here, 'must be a host:port string');
+      try {
+        parseHostPort(address, `address of ${serverId}`);
+      } catch (err) {
+        throw mistake(here, (err as Error).message);
+      }
+      const earlier = memberAt.get(serverId);
+      if (earlier !== undefined) throw mistake(here, `server ${serverId} is already a member at ${earlier}`);
+      const taken = addressAt.get(address);
+      if (taken !== undefined) throw mistake(here, `address ${address} is already given to ${taken}`);
+      memberAt.set(serverId, here);
+      addressAt.set(address, here);
+      byId[serverId] = address;
+    }
+    groups.push({ id, start, bytes, members: byId });
+  });
+  return groups;
+}
+
+/** A group's start or size: bytes, or a size string; page-aligned. */
+function groupSize(value: unknown, keyPath: string, mistake: Mistake): number {
+  const bytes = typeof value === 'number' || typeof value === 'string' ? parseSize(value) : undefined;
+  if (bytes === undefined || !Number.isSafeInteger(bytes) || bytes < 0)
+    throw mistake(
+      keyPath,
+      `must be a number of bytes or a size such as "1GiB"; got ${JSON.stringify(value)}`,
+    );
+  if (bytes % PAGE_BYTES !== 0)
+    throw mistake(keyPath, `${bytes} is not a multiple of the page size (${PAGE_BYTES})`);
+  return bytes;
+}
+
+function describeRange(start: number, bytes: number): string {
+  return `[${start}, ${start + bytes})`;
+}
+
+const SERVER_ID = /^[A-Za-z0-9._-]{1,64}$/;
+
+/** Where a server stands: its group's id, members and address range. */
+export interface ServerGroup {
+  /** 0: the one group of a cluster configured without `groups`. */
+  id: number;
+  /** First byte of the group's range in the segment. */
+  start: number;
+  bytes: number;
+  members: Record<string, string>;
+}
+
+/**
+ * The group of server `serverId` in `config`: its entry of `groups`, or without groups the one group 0
+ * of `servers` over the whole segment. INVALID_ARGUMENT if `groups` has no member `serverId`.
+ */
+export function groupOf(config: ServerConfig, serverId: string, file: string): ServerGroup {
+  if (!config.groups) return { id: 0, start: 0, bytes: config.segmentBytes, members: config.servers };
+  const g = config.groups.find((x) => Object.hasOwn(x.members, serverId));
+  if (!g) {
+    const all = config.groups.flatMap((x) => Object.keys(x.members));
+    throw bad(`server "${serverId}" is in no group of ${file} (its members: ${all.join(', ')})`);
+  }
+  return { id: g.id, start: g.start, bytes: g.bytes, members: { ...g.members } };
 }
 
 const SIZE_UNITS: Record<string, number> = {
@@ -234,19 +446,21 @@ const SIZE_UNITS: Record<string, number> = {
  */
 export function parseMaxMemory(name: string, value: unknown, minBytes: number): number | 'off' {
   if (value === 'off') return 'off';
-  let bytes: number | undefined;
-  if (typeof value === 'number') bytes = value;
-  else if (typeof value === 'string') {
-    const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
-    const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
-    if (m && unit !== undefined) bytes = Math.floor(Number(m[1]) * unit);
-  }
+  const bytes = typeof value === 'number' || typeof value === 'string' ? parseSize(value) : undefined;
   if (bytes === undefined || !Number.isSafeInteger(bytes) || bytes < minBytes) {
     throw bad(
       `${name} must be a size of at least ${minBytes / 1024 / 1024} MiB (bytes, or with a unit: 512MiB, 2GiB) or "off"; got ${JSON.stringify(value)}`,
     );
   }
   return bytes;
+}
+
+/** Bytes as a number, digits, or a size with a binary unit ("512MiB", "1.5G"); undefined if it is none. */
+export function parseSize(value: number | string): number | undefined {
+  if (typeof value === 'number') return value;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+  const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
+  return m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : undefined;
 }
 
 /** The metrics endpoint's host:port, or a map of them by server id. */

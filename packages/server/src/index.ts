@@ -5,6 +5,7 @@ import { SegmemError, systemEnv } from '@segmem/protocol';
 import { openClusterNode } from './cluster.js';
 import {
   DEFAULT_CONFIG,
+  groupOf,
   loadConfigFile,
   parseConsolidatedIntervalMs,
   parseConsolidatedKeep,
@@ -233,7 +234,9 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   // Bad certificate files stop the start here, before the data directory is opened or anything listens.
   const tlsFiles = opts.tls ?? tlsFilesOf(config);
   const tls: ServerTls | undefined = tlsFiles ? loadServerTls(tlsFiles, systemEnv.now()) : undefined;
-  const peers = opts.peers ?? config.servers;
+  // A grouped config file: this server's group gives its peers and range (--peers still wins for peers).
+  const group = opts.config && config.groups ? groupOf(config, opts.id, opts.config) : undefined;
+  const peers = opts.peers ?? group?.members ?? config.servers;
   const others = Object.keys(peers).filter((id) => id !== opts.id);
   for (const [id, address] of Object.entries(peers)) {
     if (!/^[A-Za-z0-9._-]{1,64}$/.test(id)) {
@@ -250,13 +253,21 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   }
   const clusterSecret = secretFile === undefined ? undefined : readClusterSecretFile(secretFile);
   const budget = maxMemoryBytes(opts, config);
+  const segmentBytes =
+    opts.segmentBytes !== undefined ? parseSegmentBytes(opts.segmentBytes) : config.segmentBytes;
+  if (group && group.start + group.bytes > segmentBytes) {
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `group ${group.id}'s range [${group.start}, ${group.start + group.bytes}) ends past the segment (${segmentBytes} bytes)`,
+    );
+  }
   const nodeOpts = {
     id: opts.id,
     ...(clusterSecret ? { clusterSecret } : {}),
     dataDir: opts.dataDir,
     fsync: opts.fsync ? parseFsync(opts.fsync) : config.fsync,
-    segmentBytes:
-      opts.segmentBytes !== undefined ? parseSegmentBytes(opts.segmentBytes) : config.segmentBytes,
+    segmentBytes,
+    ...(group ? { group: { id: group.id, start: group.start, bytes: group.bytes } } : {}),
     ...((opts.clusterId ?? config.clusterId) ? { clusterId: opts.clusterId ?? config.clusterId } : {}),
     snapshotEveryEntries: parseNonNegativeInteger(
       'snapshotEveryEntries',

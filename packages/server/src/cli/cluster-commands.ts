@@ -118,9 +118,11 @@ export const status: Command = {
       );
     const clusterId = (lead ?? up[0]!.status).clusterId;
     const locks = (lead ?? up[0]!.status).locks;
+    const group = (lead ?? up[0]!.status).group;
     if (p.flags.has('json')) {
       await json({
         clusterId,
+        ...(group ? { group } : {}),
         leader: lead?.serverId ?? null,
         term: lead?.term ?? null,
         healthy: problems.length === 0,
@@ -138,7 +140,12 @@ export const status: Command = {
         lockedObjects: (lead ?? up[0]!.status).lockedObjects,
       });
     } else {
-      let text = `cluster ${clusterId}, ${lead ? `leader ${lead.serverId} in term ${lead.term}` : 'no leader'}, ${membership.length - down.length} of ${membership.length} member${membership.length === 1 ? '' : 's'} up\n`;
+      // A cluster without groups is group 0, the whole segment: its line stays as it was.
+      const groupNote =
+        group && group.id !== 0
+          ? ` group ${group.id} (bytes ${group.start}..${group.start + group.bytes - 1})`
+          : '';
+      let text = `cluster ${clusterId}${groupNote}, ${lead ? `leader ${lead.serverId} in term ${lead.term}` : 'no leader'}, ${membership.length - down.length} of ${membership.length} member${membership.length === 1 ? '' : 's'} up\n`;
       text += table([
         [
           'ID',
@@ -214,6 +221,7 @@ function memberJson(s: StatusOk) {
     logs: s.logs,
     lockedObjects: s.lockedObjects,
     fsync: s.fsync,
+    ...(s.group ? { group: s.group } : {}),
   };
 }
 

@@ -6,6 +6,7 @@
 import { resolve } from 'node:path';
 import {
   DEFAULT_CONFIG,
+  groupOf,
   loadConfigFile,
   parseConsolidatedIntervalMs,
   parseConsolidatedKeep,
@@ -238,6 +239,8 @@ function serverOptions(values: Map<string, string>, flags: Set<string>): StartSe
   if (!id) throw usage('--id is required');
   const configPath = values.get('config');
   const config = configPath ? loadConfigFile(configPath) : undefined;
+  // A grouped config: an id in no group is refused here, in one line (not as a usage mistake).
+  if (configPath && config?.groups) groupOf(config, id, configPath);
   const listen = values.get('listen') ?? config?.servers[id];
   if (!listen)
     throw usage(configPath ? `server "${id}" is not listed in ${configPath}` : '--listen is required');

@@ -1,18 +1,23 @@
 /** `segmem up`: a local cluster in the foreground, for development. */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { SegmemError } from '@segmem/protocol';
+import { DEFAULT_SEGMENT_BYTES, PAGE_BYTES, SegmemError } from '@segmem/protocol';
+import { GROUP_MEMBER_COUNTS, parseSegmentBytes } from '../config.js';
 import { createClusterSecretFile } from '../secret-file.js';
-import { parseCount } from './args.js';
+import { parseCount, UsageError } from './args.js';
 import { type Command, out } from './common.js';
 
 const SERVER_BIN = join(dirname(fileURLToPath(import.meta.url)), '../../../bin/segmem-server.mjs');
 
-/** Most servers `up` starts: a development cluster on one machine. */
+/** Most servers `up --servers` starts: a development cluster on one machine. */
 const MAX_LOCAL_SERVERS = 7;
+/** Most groups and servers `up --groups` starts. */
+const MAX_LOCAL_GROUPS = 4;
+const MAX_LOCAL_GROUPED_SERVERS = 15;
+export const UP_CONFIG_FILE = 'segmem.json';
 
 interface Started {
   id: string;
@@ -25,7 +30,7 @@ interface Started {
 export const up: Command = {
   name: 'up',
   args: [],
-  summary: 'start a local cluster of N servers in the foreground',
+  summary: 'start a local cluster of N servers (or G groups of R) in the foreground',
   description: `Starts N segmem-server processes on 127.0.0.1, s1 listening on PORT, s2 on PORT+1 and so on,
     each with its data in DIR/<id>; with N > 1 they form one replicated group, whose members prove to each
     other the secret in DIR/cluster-secret (created with mode 0600 on the first run, kept after). Their output passes through;
@@ -33,9 +38,25 @@ export const up: Command = {
     data directory, a port in use) is reported on stderr with its reason, and the others keep running; a
     group with fewer than a majority running has no leader until more start. Ctrl-C or SIGTERM stops every
     server (SIGTERM, a clean shutdown) and up exits once they have: 0 when every server started and stopped
-    cleanly, else 1. Arguments after -- go to every server as they are (see segmem-server --help).`,
+    cleanly, else 1. Arguments after -- go to every server as they are (see segmem-server --help).
+    With --groups G (and --replicas R) it starts G shard groups of R servers each instead: it writes
+    DIR/segmem.json, whose groups split the segment into G equal ranges (group 1 the first), s1..sR forming
+    group 1, the next R group 2 and so on, and starts each server with --config DIR/segmem.json --id sN;
+    it prints SEGMEM_SERVERS (every server) and SEGMEM_CONFIG (the file). A client is given the servers of
+    one group: it does not route across groups.`,
   options: [
     { name: 'servers', value: 'N', help: `how many servers, 1..${MAX_LOCAL_SERVERS}`, default: '1' },
+    {
+      name: 'groups',
+      value: 'G',
+      help: `how many shard groups, 1..${MAX_LOCAL_GROUPS}, each owning an equal range of the segment (not with --servers)`,
+    },
+    {
+      name: 'replicas',
+      value: 'R',
+      help: `servers per group with --groups: 1, 3 or 5 (${MAX_LOCAL_GROUPED_SERVERS} servers at most)`,
+      default: '1',
+    },
     {
       name: 'dir',
       value: 'DIR',
@@ -59,20 +80,24 @@ export const up: Command = {
   ],
   passThrough: 'SERVER-ARGS...',
   async run(p) {
-    const count = parseCount('--servers', p.values.get('servers') ?? '1', 1, MAX_LOCAL_SERVERS);
-    const port = parseCount('--port', p.values.get('port') ?? '7401', 1, 65535 - count + 1);
-    const dir = resolve(p.values.get('dir') ?? '.segmem');
+    const layout = p.values.has('groups') ? groupedLayout(p.values) : singleGroupLayout(p.values);
+    const { count, port, dir } = layout;
     const passed = [
       ...(p.values.has('fsync') ? ['--fsync', p.values.get('fsync')!] : []),
-      ...(p.values.has('segment-bytes') ? ['--segment-bytes', p.values.get('segment-bytes')!] : []),
+      ...(p.values.has('segment-bytes') && !layout.config
+        ? ['--segment-bytes', p.values.get('segment-bytes')!]
+        : []),
       ...p.rest,
     ];
-    const members = Array.from({ length: count }, (_, i) => `s${i + 1}=127.0.0.1:${port + i}`).join(',');
-    // One secret for the group, kept beside the data: the next `up` on the same DIR finds it again.
+    // One secret for the cluster, kept beside the data: the next `up` on the same DIR finds it again.
     const secretFile = join(dir, 'cluster-secret');
-    if (count > 1) {
+    if (layout.needsSecret) {
       mkdirSync(dir, { recursive: true });
       if (!existsSync(secretFile)) createClusterSecretFile(secretFile);
+    }
+    if (layout.config) {
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(layout.config.path, `${JSON.stringify(layout.config.content, null, 2)}\n`);
     }
     const started: Started[] = [];
     let stopping = false;
@@ -87,18 +112,18 @@ export const up: Command = {
       const id = `s${i + 1}`;
       const data = join(dir, id);
       mkdirSync(data, { recursive: true });
-      started.push(
-        startOne(id, [
-          '--id',
-          id,
-          '--listen',
-          `127.0.0.1:${port + i}`,
-          '--data',
-          data,
-          ...(count > 1 ? ['--peers', members, '--cluster-secret-file', secretFile] : []),
-          ...passed,
-        ]),
-      );
+      const own = layout.config
+        ? ['--config', layout.config.path, '--id', id]
+        : [
+            '--id',
+            id,
+            '--listen',
+            `127.0.0.1:${port + i}`,
+            '--data',
+            data,
+            ...(count > 1 ? ['--peers', layout.members, '--cluster-secret-file', secretFile] : []),
+          ];
+      started.push(startOne(id, [...own, ...passed]));
     }
     const outcomes = await Promise.all(started.map((s) => s.ready));
     const running: string[] = [];
@@ -115,12 +140,14 @@ export const up: Command = {
     }
     for (const f of failures)
       process.stderr.write(`segmem: server ${f.id} did not start: ${f.error}; the others run on\n`);
-    if (count > 1 && running.length <= count / 2) {
+    if (!layout.config && count > 1 && running.length <= count / 2) {
       process.stderr.write(
         `segmem: ${running.length} of ${count} servers run: no majority, so no leader until more start\n`,
       );
     }
-    await out(`SEGMEM_SERVERS=${running.join(',')}\n`);
+    await out(
+      `SEGMEM_SERVERS=${running.join(',')}\n${layout.config ? `SEGMEM_CONFIG=${layout.config.path}\n` : ''}`,
+    );
     const codes = await Promise.all(
       started.map(async (s) => {
         const code = await s.exited;
@@ -134,6 +161,73 @@ export const up: Command = {
     return failures.length === 0 && codes.every((c) => c === 0) ? 0 : 1;
   },
 };
+
+/** What `up` starts: `count` servers s1..sN on PORT, PORT+1, ...; with groups, from a config file it writes. */
+interface Layout {
+  count: number;
+  port: number;
+  dir: string;
+  /** Without groups: the --peers value of a group of count > 1. */
+  members: string;
+  needsSecret: boolean;
+  config?: { path: string; content: object };
+}
+
+function singleGroupLayout(values: Map<string, string>): Layout {
+  if (values.has('replicas')) throw new UsageError('--replicas goes with --groups', null);
+  const count = parseCount('--servers', values.get('servers') ?? '1', 1, MAX_LOCAL_SERVERS);
+  const port = parseCount('--port', values.get('port') ?? '7401', 1, 65535 - count + 1);
+  const members = Array.from({ length: count }, (_, i) => `s${i + 1}=127.0.0.1:${port + i}`).join(',');
+  return { count, port, dir: resolve(values.get('dir') ?? '.segmem'), members, needsSecret: count > 1 };
+}
+
+/**
+ * G groups of R servers: a config file whose groups split the segment into G equal page-aligned ranges, and
+ * the members of group g are the R servers after those of group g-1.
+ */
+function groupedLayout(values: Map<string, string>): Layout {
+  if (values.has('servers')) throw new UsageError('--servers and --groups cannot be used together', null);
+  const groups = parseCount('--groups', values.get('groups')!, 1, MAX_LOCAL_GROUPS);
+  const replicas = parseCount('--replicas', values.get('replicas') ?? '1', 1, 5);
+  if (!GROUP_MEMBER_COUNTS.includes(replicas))
+    throw new UsageError(`--replicas must be 1, 3 or 5; got ${replicas}`, null);
+  const count = groups * replicas;
+  if (count > MAX_LOCAL_GROUPED_SERVERS)
+    throw new UsageError(
+      `--groups ${groups} --replicas ${replicas} is ${count} servers; at most ${MAX_LOCAL_GROUPED_SERVERS}`,
+      null,
+    );
+  const port = parseCount('--port', values.get('port') ?? '7401', 1, 65535 - count + 1);
+  const dir = resolve(values.get('dir') ?? '.segmem');
+  const segmentBytes = parseSegmentBytes(values.get('segment-bytes') ?? DEFAULT_SEGMENT_BYTES);
+  const rangeBytes = Math.floor(segmentBytes / groups / PAGE_BYTES) * PAGE_BYTES;
+  if (rangeBytes === 0)
+    throw new UsageError(`--segment-bytes ${segmentBytes} is too small for ${groups} groups`, null);
+  const content = {
+    segmentBytes,
+    dataDir: join(dir, '{id}'),
+    ...(replicas > 1 ? { clusterSecretFile: 'cluster-secret' } : {}),
+    groups: Array.from({ length: groups }, (_, g) => ({
+      id: g + 1,
+      start: g * rangeBytes,
+      bytes: rangeBytes,
+      members: Object.fromEntries(
+        Array.from({ length: replicas }, (_, r) => {
+          const i = g * replicas + r;
+          return [`s${i + 1}`, `127.0.0.1:${port + i}`];
+        }),
+      ),
+    })),
+  };
+  return {
+    count,
+    port,
+    dir,
+    members: '',
+    needsSecret: replicas > 1,
+    config: { path: join(dir, UP_CONFIG_FILE), content },
+  };
+}
 
 /** Spawns one server, passing its output through, and tells when it is ready or why it never was. */
 function startOne(id: string, args: string[]): Started {

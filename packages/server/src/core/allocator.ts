@@ -13,11 +13,14 @@ export class PageAllocator {
   private free: Extent[];
   private freePagesCount: number;
 
-  constructor(totalPages: number) {
+  /** `totalPages` pages from page `firstPage` on (a group's range of the segment); pages are absolute. */
+  constructor(totalPages: number, firstPage = 0) {
     if (!Number.isSafeInteger(totalPages) || totalPages < 1)
       throw new RangeError('totalPages must be a positive integer');
+    if (!Number.isSafeInteger(firstPage) || firstPage < 0)
+      throw new RangeError('firstPage must be a non-negative integer');
     this.totalPages = totalPages;
-    this.free = [{ start: 0, count: totalPages }];
+    this.free = [{ start: firstPage, count: totalPages }];
     this.freePagesCount = totalPages;
   }
 

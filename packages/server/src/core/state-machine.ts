@@ -26,6 +26,7 @@ import { Packr } from 'msgpackr';
 import { PageAllocator } from './allocator.js';
 import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';
 import { badSnapshot, checkContent, checkGeometry, checkObjectSize } from './content-check.js';
+import { type GroupRange, groupRangeProblem, wholeSegment } from './group-range.js';
 import { type LogRead, SharedLogs } from './shared-logs.js';
 import { findCycle, type WaitEdge } from './wait-for.js';
 
@@ -165,6 +166,8 @@ export interface FrozenObject {
 export interface StateMachineOptions {
   pageBytes: number;
   segmentBytes: number;
+  /** Default: group 0 over the whole segment. */
+  group?: GroupRange;
   /**
    * A deliberately broken variant for the simulator's checker tests only: accept a release whatever its
    * token. Never set in a server; it exists so a test can prove the checkers catch a fencing bug.
@@ -180,10 +183,11 @@ const snapshotCodec = new Packr({
 });
 /**
  * 2 added shared logs, 3 queued deletes (a queue entry's mode may be 'delete'), 4 users and their ACL rules
- * (a tenth element); formats 1 to 3 still restore. The number moved so that a server too old to know
+ * (a tenth element), 5 the group and its range (an eleventh, [groupId, start, bytes]); formats 1 to 4 still
+ * restore, as group 0 over the whole segment. The number moved so that a server too old to know
  * the new content refuses such a snapshot instead of dropping it.
  */
-const SNAPSHOT_FORMAT = 4;
+const SNAPSHOT_FORMAT = 5;
 
 const ok = (value: unknown): Result => ({ ok: true, value });
 const fail = (code: ErrorCode, message: string): Result => ({ ok: false, code, message });
@@ -191,6 +195,7 @@ const fail = (code: ErrorCode, message: string): Result => ({ ok: false, code, m
 export class StateMachine {
   readonly pageBytes: number;
   readonly segmentBytes: number;
+  readonly group: GroupRange;
   private readonly allocator: PageAllocator;
   private readonly byName = new Map<string, SegmentObject>();
   private readonly byId = new Map<number, SegmentObject>();
@@ -221,7 +226,11 @@ export class StateMachine {
       throw new RangeError('segmentBytes must be a multiple of pageBytes');
     this.pageBytes = opts.pageBytes;
     this.segmentBytes = opts.segmentBytes;
-    this.allocator = new PageAllocator(opts.segmentBytes / opts.pageBytes);
+    const group = opts.group ?? wholeSegment(opts.segmentBytes);
+    const problem = groupRangeProblem(group, opts.pageBytes, opts.segmentBytes);
+    if (problem) throw new RangeError(problem);
+    this.group = { id: group.id, start: group.start, bytes: group.bytes };
+    this.allocator = new PageAllocator(group.bytes / opts.pageBytes, group.start / opts.pageBytes);
     this.unsafeSkipFencing = opts.unsafeSkipFencing === true;
   }
 
@@ -492,9 +501,17 @@ export class StateMachine {
     const pageCount = Math.ceil(size / this.pageBytes);
     const firstPage = this.allocator.allocate(pageCount);
     if (firstPage < 0) {
+      const free = this.allocator.freePages;
+      if (this.group.id === 0) {
+        return fail(
+          'NO_SPACE',
+          `no free extent of ${pageCount} pages for "${name}" (${size} bytes); ${free} pages free in all`,
+        );
+      }
+      const { id, start, bytes } = this.group;
       return fail(
         'NO_SPACE',
-        `no free extent of ${pageCount} pages for "${name}" (${size} bytes); ${this.allocator.freePages} pages free in all`,
+        `group ${id} (range [${start}, ${start + bytes})) has no free extent of ${pageCount} pages for "${name}" (${size} bytes); ${free * this.pageBytes} bytes free in all`,
       );
     }
     const obj: SegmentObject = {
@@ -952,6 +969,7 @@ export class StateMachine {
       this.sessionEntries(),
       this.logs.snapshot(),
       this.userEntries(),
+      this.groupEntry(),
     ]);
   }
 
@@ -970,7 +988,7 @@ export class StateMachine {
       full.add(piece);
       meta.add(piece);
     };
-    both(arrayHeader(10));
+    both(arrayHeader(11));
     both(packElements(this.snapshotCounters()));
     const objects = this.sortedObjects();
     both(arrayHeader(objects.length));
@@ -1012,6 +1030,7 @@ export class StateMachine {
       }
     }
     both(snapshotCodec.pack(this.userEntries()));
+    both(snapshotCodec.pack(this.groupEntry()));
     const parts = full.finish();
     const metaParts = meta.finish();
     let released = false;
@@ -1090,6 +1109,10 @@ export class StateMachine {
     ];
   }
 
+  private groupEntry(): number[] {
+    return [this.group.id, this.group.start, this.group.bytes];
+  }
+
   private sortedObjects(): SegmentObject[] {
     return [...this.byId.values()].sort((a, b) => a.id - b.id);
   }
@@ -1130,6 +1153,7 @@ export class StateMachine {
       sessions,
       logs,
       users,
+      groupEntry,
     ] = snapshotCodec.unpack(bytes) as [
       number,
       number,
@@ -1141,12 +1165,14 @@ export class StateMachine {
       unknown[][],
       unknown[] | undefined,
       unknown[] | undefined,
+      unknown[] | undefined,
     ];
-    if (format !== 1 && format !== 2 && format !== 3 && format !== SNAPSHOT_FORMAT)
+    if (!Number.isInteger(format) || format < 1 || format > SNAPSHOT_FORMAT)
       throw new Error(`unknown state machine snapshot format ${format}`);
     // The same invariants a restore from a file is held to (names by the rule a server stored them under),
     // so a snapshot that is well-formed but wrong is refused here, not discovered far from its cause.
     checkGeometry('snapshot', pageBytes, segmentBytes);
+    const group = format >= 5 ? snapshotGroup(groupEntry, pageBytes, segmentBytes) : undefined;
     const placed: StateContent['objects'] = [];
     for (const o of objects) {
       const [id, name, size, firstPage, version, pv, data, lastToken] = o as [
@@ -1189,7 +1215,7 @@ export class StateMachine {
       },
       { what: 'snapshot', storedNames: true },
     );
-    const sm = new StateMachine({ ...opts, pageBytes, segmentBytes });
+    const sm = new StateMachine({ ...opts, pageBytes, segmentBytes, ...(group ? { group } : {}) });
     sm.appliedIndex = appliedIndex;
     sm.nextObjectId = nextObjectId;
     sm.nextSessionId = nextSessionId;
@@ -1577,4 +1603,16 @@ function compare(a: string, b: string): number {
 
 function userInfo(u: StoredUser): UserInfo {
   return { name: u.name, rules: [...u.rules].sort((a, b) => compare(a[0], b[0])) };
+}
+
+/** A format 5 snapshot's [groupId, start, bytes], checked. */
+function snapshotGroup(entry: unknown, pageBytes: number, segmentBytes: number): GroupRange {
+  const [id, start, bytes] = Array.isArray(entry) ? (entry as number[]) : [];
+  const group = { id: id as number, start: start as number, bytes: bytes as number };
+  const problem =
+    Array.isArray(entry) && entry.length === 3
+      ? groupRangeProblem(group, pageBytes, segmentBytes)
+      : 'the group must be [groupId, start, bytes]';
+  if (problem) throw badSnapshot('snapshot', '', 'group', problem);
+  return group;
 }

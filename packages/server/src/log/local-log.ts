@@ -17,6 +17,7 @@
  */
 import { type Env, type EnvTimer, SegmemError, systemEnv } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommand, mustSync, type Outcome } from '../core/commands.js';
+import { checkRestoredGroup, type GroupRange, wholeSegment } from '../core/group-range.js';
 import { StateMachine } from '../core/state-machine.js';
 import { type LogStats, type MetricsSink, walStats } from '../stats.js';
 import { errorMessage } from '../storage/files.js';
@@ -47,6 +48,8 @@ export interface SnapshotPolicy {
 export interface OpenLocalLogOptions extends LocalStorageOptions, Partial<SnapshotPolicy> {
   pageBytes: number;
   segmentBytes: number;
+  /** The group and range a new state serves (default: group 0, the whole segment); a snapshot's must match. */
+  group?: GroupRange;
   /** Where to report snapshots and their failures. */
   log?: (line: string) => void;
   metrics?: MetricsSink;
@@ -76,8 +79,10 @@ export async function openLocalLog(
   // the state plus a window of the WAL, not the state plus the whole log.
   let sm: StateMachine | undefined;
   const { storage, report } = await LocalStorage.open(opts, (state) => {
+    const group = opts.group ?? wholeSegment(opts.segmentBytes);
+    if (state) checkRestoredGroup(state.group, group, opts.dir);
     const replayTo =
-      state ?? new StateMachine({ pageBytes: opts.pageBytes, segmentBytes: opts.segmentBytes });
+      state ?? new StateMachine({ pageBytes: opts.pageBytes, segmentBytes: opts.segmentBytes, group });
     sm = replayTo;
     return (rec) => replayTo.apply(rec.index, decodeLocalRecord(rec.payload, rec.index, opts.dir));
   });

@@ -1,5 +1,6 @@
 /** What the node's parts share: its identity, clock, log and options. */
 import type { Env } from '@segmem/protocol';
+import type { GroupRange } from '../core/group-range.js';
 import type { StateMachine } from '../core/state-machine.js';
 import type { NodeLog } from '../log/types.js';
 import type { MetricsSink } from '../stats.js';
@@ -11,6 +12,8 @@ export interface NodeOptions {
   dataDir: string;
   fsync?: FsyncPolicy;
   segmentBytes?: number;
+  /** The shard group this server is a member of and the range it allocates in; default: group 0, the whole segment. */
+  group?: GroupRange;
   clusterId?: string;
   /** Credential clients must present in HELLO; none when unset. */
   token?: string;

@@ -168,6 +168,7 @@ export class SegmemNode {
       serverId: opts.id,
       pageBytes: PAGE_BYTES,
       segmentBytes,
+      ...(opts.group ? { group: opts.group } : {}),
       ...(opts.clusterId ? { clusterId: opts.clusterId } : {}),
     });
     try {
@@ -178,6 +179,7 @@ export class SegmemNode {
         fsync: opts.fsync ?? 'batch',
         pageBytes: PAGE_BYTES,
         segmentBytes,
+        ...(opts.group ? { group: opts.group } : {}),
         ...pick(opts, 'snapshotEveryEntries', 'snapshotIntervalMs', 'walFileBytes', 'log', 'env'),
         ...(opts.repair ? { repair: true } : {}),
         ...(opts.metrics
@@ -354,6 +356,7 @@ export class SegmemNode {
       locks,
       lockedObjects: locked.length,
       fsync: this.opts.fsync ?? 'batch',
+      group: { id: sm.group.id, start: sm.group.start, bytes: sm.group.bytes },
     };
   }
 

@@ -189,6 +189,7 @@ export class Sessions {
       maxFrameBytes: MAX_FRAME_BYTES,
       maxObjectBytes: MAX_OBJECT_BYTES,
       sessionTimeoutMs,
+      groupId: sm.group.id,
       ...extra,
     });
   }

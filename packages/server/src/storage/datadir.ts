@@ -7,6 +7,13 @@
 import { randomUUID } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
+import {
+  describeGroupRange,
+  type GroupRange,
+  groupRangeProblem,
+  sameGroupRange,
+  wholeSegment,
+} from '../core/group-range.js';
 import { errnoCode, errorMessage, isAtomicTempName, writeAll } from './files.js';
 import {
   cannotWrite,
@@ -34,6 +41,8 @@ export interface DataDirMeta {
   createdAt: string;
   pageBytes: number;
   segmentBytes: number;
+  /** The shard group this server is a member of and its range; absent: group 0, the whole segment. */
+  group?: GroupRange;
   /** HMAC of the cluster secret (shell/peer-auth.ts), recorded at the first start with one. */
   secretFingerprint?: string;
   /**
@@ -63,6 +72,8 @@ export interface DataDirOptions {
   replaceSecretFingerprint?: boolean;
   pageBytes: number;
   segmentBytes: number;
+  /** The server's group and range (default: group 0, the whole segment); an existing directory must match. */
+  group?: GroupRange;
   /** Create and initialise the directory if it is missing or uninitialised (default true). */
   create?: boolean;
   /** @internal The file system it lives on (default: the real one). */
@@ -290,6 +301,16 @@ function validateMeta(path: string, v: unknown): DataDirMeta {
     (typeof m.secretFingerprint !== 'string' || m.secretFingerprint === '')
   )
     throw invalidMeta(path, 'secretFingerprint must be a non-empty string');
+  let group: GroupRange | undefined;
+  if (m.group !== undefined) {
+    const g = m.group as Record<string, unknown> | null;
+    group = { id: g?.id as number, start: g?.start as number, bytes: g?.bytes as number };
+    const problem =
+      typeof g === 'object' && g !== null
+        ? groupRangeProblem(group, m.pageBytes as number, m.segmentBytes as number)
+        : 'not an object';
+    if (problem) throw invalidMeta(path, `group: ${problem}`);
+  }
   return {
     formatVersion: 1,
     clusterId: m.clusterId as string,
@@ -297,6 +318,7 @@ function validateMeta(path: string, v: unknown): DataDirMeta {
     createdAt: m.createdAt as string,
     pageBytes: m.pageBytes as number,
     segmentBytes: m.segmentBytes as number,
+    ...(group ? { group } : {}),
     ...(m.secretFingerprint !== undefined ? { secretFingerprint: m.secretFingerprint as string } : {}),
     ...(typeof m.walStartedAt === 'string' ? { walStartedAt: m.walStartedAt } : {}),
   };
@@ -346,6 +368,8 @@ async function loadOrCreateMeta(
       createdAt: new Date().toISOString(),
       pageBytes: opts.pageBytes,
       segmentBytes: opts.segmentBytes,
+      // Only a server of a grouped cluster records it: a directory without one is group 0.
+      ...(opts.group && opts.group.id !== 0 ? { group: opts.group } : {}),
       ...(opts.secretFingerprint !== undefined ? { secretFingerprint: opts.secretFingerprint } : {}),
     };
     await writeMeta(fs, path, meta);
@@ -387,6 +411,15 @@ async function loadOrCreateMeta(
         },
       );
     }
+  }
+  const holds = meta.group ?? wholeSegment(meta.segmentBytes);
+  const wanted = opts.group ?? wholeSegment(opts.segmentBytes);
+  if (!sameGroupRange(holds, wanted)) {
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `data directory ${dir} holds ${describeGroupRange(holds)}, but this server is configured as ${describeGroupRange(wanted)}; a server keeps its group and range (start it with the config it was created with)`,
+      { dir, group: holds, configured: wanted },
+    );
   }
   if (opts.secretFingerprint !== undefined && meta.secretFingerprint !== opts.secretFingerprint) {
     if (meta.secretFingerprint !== undefined && !opts.replaceSecretFingerprint) {
