@@ -14,6 +14,7 @@ import { join, resolve } from 'node:path';
 import ava, { type ExecutionContext } from 'ava';
 import { connect } from '../src/index.js';
 import {
+  consecutivePorts,
   fixturesDir,
   freePort,
   pool,
@@ -681,25 +682,6 @@ test('data commands on a 3-member group go to the leader from any address', asyn
     dir.cleanup();
   }
 });
-
-/** `n` consecutive free ports on 127.0.0.1 (segmem up takes PORT, PORT+1, ...). */
-async function consecutivePorts(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const base = await freePort();
-    if (base + n > 65535) continue;
-    const free = await Promise.all(
-      Array.from({ length: n - 1 }, (_, i) => {
-        const s = createServer();
-        return new Promise<boolean>((r) => {
-          s.once('error', () => r(false));
-          s.listen(base + 1 + i, '127.0.0.1', () => s.close(() => r(true)));
-        });
-      }),
-    );
-    if (free.every(Boolean)) return base;
-  }
-  throw new Error('no consecutive free ports');
-}
 
 test('segmem up starts the healthy members when one is damaged, says why, and passes --fsync through', async (t) => {
   const dir = tempDir();

@@ -1,7 +1,7 @@
 /** Test helpers: temp dirs, real server processes, child clients, and bounded waits. */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
-import { connect as netConnect, type Socket } from 'node:net';
+import { createServer, connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -309,6 +309,25 @@ export async function freePort(): Promise<number> {
       s.close(() => resolvePort(port));
     });
   });
+}
+
+/** `n` consecutive free ports on 127.0.0.1 (segmem up takes PORT, PORT+1, ...). */
+export async function consecutivePorts(n: number): Promise<number> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const base = await freePort();
+    if (base + n > 65535) continue;
+    const free = await Promise.all(
+      Array.from({ length: n - 1 }, (_, i) => {
+        const s = createServer();
+        return new Promise<boolean>((r) => {
+          s.once('error', () => r(false));
+          s.listen(base + 1 + i, '127.0.0.1', () => s.close(() => r(true)));
+        });
+      }),
+    );
+    if (free.every(Boolean)) return base;
+  }
+  throw new Error('no consecutive free ports');
 }
 
 export interface ClusterMember {

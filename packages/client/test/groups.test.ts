@@ -1,0 +1,201 @@
+/**
+ * Shard groups with real processes: `segmem up --groups 2 --replicas 3` writes a grouped config file and
+ * starts six servers from it; each group elects its own leader, reports its group and range in STATUS, and
+ * hands out addresses in its own range only; a member restarted with another range, or an id in no group,
+ * is refused in one line.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import ava from 'ava';
+import { connect } from '../src/index.js';
+import {
+  consecutivePorts,
+  runNode,
+  SERVER_READY_MS,
+  segmemBin,
+  serverBin,
+  tempDir,
+  untilItWorks,
+  waitFor,
+} from './helpers.js';
+
+/** Six servers at once load a 2-core machine enough: these tests run alone. */
+const test = ava.serial;
+
+const SEGMENT_BYTES = 64 * 1024 * 1024;
+const HALF = SEGMENT_BYTES / 2;
+
+test('segmem up --groups 2 --replicas 3: two groups, each with its own leader, range and addresses', async (t) => {
+  const dir = tempDir();
+  const port = await consecutivePorts(6);
+  let servers = '';
+  let configPath = '';
+  const up = runNode(
+    segmemBin,
+    [
+      'up',
+      '--groups',
+      '2',
+      '--replicas',
+      '3',
+      '--port',
+      String(port),
+      '--dir',
+      dir.path,
+      '--fsync',
+      'none',
+      '--segment-bytes',
+      String(SEGMENT_BYTES),
+    ],
+    {
+      timeoutMs: 2 * SERVER_READY_MS,
+      onLine: (line) => {
+        if (line.startsWith('SEGMEM_SERVERS=')) servers = line.slice('SEGMEM_SERVERS='.length);
+        if (line.startsWith('SEGMEM_CONFIG=')) configPath = line.slice('SEGMEM_CONFIG='.length);
+      },
+    },
+  );
+  try {
+    await waitFor(
+      () => servers && configPath,
+      'up to print SEGMEM_SERVERS and SEGMEM_CONFIG',
+      SERVER_READY_MS,
+    );
+    const all = servers.split(',');
+    t.deepEqual(
+      all,
+      Array.from({ length: 6 }, (_, i) => `127.0.0.1:${port + i}`),
+    );
+    const groups = [all.slice(0, 3), all.slice(3)];
+    const ids = [
+      ['s1', 's2', 's3'],
+      ['s4', 's5', 's6'],
+    ];
+    const config = JSON.parse(readFileSync(configPath, 'utf8'));
+    t.deepEqual(
+      config.groups.map((g: { id: number; start: number; bytes: number; members: object }) => [
+        g.id,
+        g.start,
+        g.bytes,
+        Object.keys(g.members),
+      ]),
+      [
+        [1, 0, HALF, ids[0]],
+        [2, HALF, HALF, ids[1]],
+      ],
+    );
+
+    for (const [g, members] of groups.entries()) {
+      // Each group elects a leader among its own members, and says which group and range it is.
+      const status = await untilItWorks(
+        async () => {
+          const r = await runNode(segmemBin, ['status', '--json', '--servers', members.join(',')], {
+            env: { SEGMEM_SERVERS: '', SEGMEM_TOKEN: '' },
+          }).done;
+          const s = JSON.parse(r.stdout);
+          if (r.code !== 0 || !s.leader) throw new Error(`${r.stdout}${r.stderr}`);
+          return s;
+        },
+        `group ${g + 1} to elect a leader`,
+      );
+      t.true(ids[g]!.includes(status.leader), `group ${g + 1}'s leader is one of its members`);
+      t.deepEqual(status.group, { id: g + 1, start: g * HALF, bytes: HALF });
+      t.deepEqual(
+        status.members.map((m: { id: string }) => m.id),
+        ids[g],
+      );
+
+      // A client given one group's servers creates objects in that group's range.
+      const seg = await connect({ servers: members });
+      try {
+        for (const name of ['a', 'b', 'c']) {
+          const info = await seg.create(`${name}${g}`, 10_000);
+          t.true(
+            info.address >= g * HALF && info.address + 10_000 <= (g + 1) * HALF,
+            `group ${g + 1} placed ${name}${g} at ${info.address}`,
+          );
+        }
+        await seg.update(`a${g}`, (h) => h.bytes.write(`group ${g + 1}`));
+        t.is(await seg.read(`a${g}`, (h) => h.bytes.subarray(0, 7).toString()), `group ${g + 1}`);
+      } finally {
+        await seg.close();
+      }
+    }
+    up.proc.kill('SIGTERM');
+    t.is((await up.done).code, 0, 'every server started and stopped cleanly');
+
+    // s4 restarted with a config that gives group 2 another range is refused, in one line.
+    const changed = JSON.parse(readFileSync(configPath, 'utf8'));
+    changed.groups[1].bytes = HALF / 2;
+    const changedPath = `${configPath}.changed.json`;
+    writeFileSync(changedPath, JSON.stringify(changed, null, 2));
+    const refused = await runNode(serverBin, ['--config', changedPath, '--id', 's4'], { timeoutMs: 30_000 })
+      .done;
+    t.is(refused.code, 1);
+    t.is(
+      refused.stderr,
+      `segmem-server: data directory ${dir.path}/s4 holds group 2 (bytes [${HALF}, ${2 * HALF})), but this server is configured as group 2 (bytes [${HALF}, ${HALF + HALF / 2})); a server keeps its group and range (start it with the config it was created with) (INVALID_ARGUMENT)\n`,
+    );
+    t.is(refused.stdout, '');
+
+    // An id in no group of the file: one line, nothing started.
+    const stranger = await runNode(serverBin, ['--config', configPath, '--id', 's9'], { timeoutMs: 30_000 })
+      .done;
+    t.is(stranger.code, 1);
+    t.is(
+      stranger.stderr,
+      `segmem-server: server "s9" is in no group of ${configPath} (its members: s1, s2, s3, s4, s5, s6) (INVALID_ARGUMENT)\n`,
+    );
+  } finally {
+    if (up.proc.exitCode === null && up.proc.signalCode === null) up.proc.kill('SIGTERM');
+    await up.done.catch(() => {});
+    dir.cleanup();
+  }
+});
+
+test('segmem up --groups 2 (one replica each): two single-server groups; bad layouts are usage mistakes', async (t) => {
+  const env = { SEGMEM_SERVERS: '', SEGMEM_TOKEN: '' };
+  for (const [args, message] of [
+    [['--groups', '2', '--replicas', '2'], '--replicas must be 1, 3 or 5; got 2'],
+    [['--groups', '4', '--replicas', '5'], '--groups 4 --replicas 5 is 20 servers; at most 15'],
+    [['--groups', '5'], '--groups must be an integer 1..4; got "5"'],
+    [['--groups', '2', '--servers', '3'], '--servers and --groups cannot be used together'],
+    [['--replicas', '3'], '--replicas goes with --groups'],
+  ] as const) {
+    const r = await runNode(segmemBin, ['up', ...args], { env, timeoutMs: 30_000 }).done;
+    t.is(r.code, 1, args.join(' '));
+    t.is(r.stderr.split('\n')[0], `segmem: ${message} (INVALID_ARGUMENT)`, args.join(' '));
+    t.regex(r.stderr, /usage: segmem up /);
+  }
+
+  const dir = tempDir();
+  const port = await consecutivePorts(2);
+  let servers = '';
+  const up = runNode(
+    segmemBin,
+    ['up', '--groups', '2', '--port', String(port), '--dir', dir.path, '--fsync', 'none'],
+    {
+      timeoutMs: 2 * SERVER_READY_MS,
+      onLine: (line) =>
+        line.startsWith('SEGMEM_SERVERS=') && (servers = line.slice('SEGMEM_SERVERS='.length)),
+    },
+  );
+  try {
+    await waitFor(() => servers, 'up to print SEGMEM_SERVERS', SERVER_READY_MS);
+    const half = 2 * 1024 ** 3; // the default 4 GiB segment in two
+    for (const [g, address] of servers.split(',').entries()) {
+      const seg = await connect({ servers: [address] });
+      try {
+        const info = await seg.create('x', 1);
+        t.is(info.address, g * half, `group ${g + 1}'s first object starts its range`);
+      } finally {
+        await seg.close();
+      }
+    }
+    up.proc.kill('SIGTERM');
+    t.is((await up.done).code, 0);
+  } finally {
+    if (up.proc.exitCode === null && up.proc.signalCode === null) up.proc.kill('SIGTERM');
+    await up.done.catch(() => {});
+    dir.cleanup();
+  }
+});
