@@ -622,6 +622,7 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
     sessionTimeoutMs: 10_000,
     keepaliveMs: 2500,
     udpPort: null,
+    groupId: 2,
   },
   KEEPALIVE: {},
   CREATE: { object: record, created: true },
@@ -676,6 +677,7 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
     locks: [['counter', 'write', 1, 2]],
     lockedObjects: 1,
     fsync: 'batch',
+    group: { id: 2, start: 2 ** 31, bytes: 2 ** 31 },
   },
   WATCH: { objectId: 7, version: 3 },
   UNWATCH: { removed: true },
@@ -816,6 +818,14 @@ test('bad answers are PROTOCOL errors naming the field', (t) => {
     ['STATUS', okFrame({ ...sampleOks.STATUS, locks: [['x', 'own', 1, 0]] }), 'locks[0].mode'],
     ['STATUS', okFrame({ ...sampleOks.STATUS, lockedObjects: 0 }), 'lockedObjects'],
     ['STATUS', okFrame({ ...sampleOks.STATUS, progress: [['s2']] }), 'progress[0]'],
+    ['STATUS', okFrame({ ...sampleOks.STATUS, group: { id: 65536, start: 0, bytes: 4096 } }), 'group.id'],
+    [
+      'STATUS',
+      okFrame({ ...sampleOks.STATUS, group: { id: 1, start: 4096, bytes: 2 ** 46 } }),
+      'group.bytes',
+    ],
+    ['STATUS', okFrame({ ...sampleOks.STATUS, group: [1, 0, 4096] }), 'group must be a map'],
+    ['HELLO', okFrame({ ...sampleOks.HELLO, groupId: -1 }), 'groupId'],
   ];
   for (const [type, frame, includes] of cases) {
     throwsCode(t, () => decodeOk(type, frame), 'PROTOCOL', [`bad OK answer to ${type}`, includes]);

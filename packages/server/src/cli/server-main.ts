@@ -34,7 +34,7 @@ export const SERVER_COMMAND: CommandSpec = {
   summary: 'run one segmem server in the foreground',
   description: `Runs one server in the foreground: segmem-server --id ID --listen HOST:PORT --data DIR
     [--peers ...], or segmem-server --config FILE --id ID with the rest in the config file (options given
-    override it). Prints "segmem-server ID ready on HOST:PORT" on stdout once it serves, recovery reports and
+    override it); with shard groups in the file, ID's group gives its peers and its range of the segment. Prints "segmem-server ID ready on HOST:PORT" on stdout once it serves, recovery reports and
     warnings on stderr. SIGTERM or SIGINT stop it cleanly (exit 0); SIGUSR2 prints a status line on stderr.
     A failure to start prints "segmem-server: <message> (<CODE>)" and exits 1.`,
   options: [
@@ -43,7 +43,7 @@ export const SERVER_COMMAND: CommandSpec = {
       name: 'listen',
       value: 'HOST:PORT',
       help: 'TCP (and UDP) address to listen on; port 0 picks a free one',
-      default: "the config file's servers[ID]",
+      default: "the config file's servers[ID] (or its group's members[ID])",
     },
     {
       name: 'data',
@@ -55,7 +55,7 @@ export const SERVER_COMMAND: CommandSpec = {
       name: 'peers',
       value: 'ID=HOST:PORT,...',
       help: 'every member of the group, this server included: makes it a member of a replicated group',
-      default: "the config file's servers; none: one server",
+      default: "the config file's servers, or its group's members; none: one server",
     },
     {
       name: 'fsync',
