@@ -6,6 +6,7 @@
  */
 import { type Env, SegmemError } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommandHead, type Outcome } from '../core/commands.js';
+import { describeGroupRange, sameGroupRange } from '../core/group-range.js';
 import { StateMachine } from '../core/state-machine.js';
 import type { ConfChange, Entry, Message, NodeId, Role, Snapshot } from '../raft/types.js';
 import { NotLeaderError } from '../raft/types.js';
@@ -143,6 +144,12 @@ export class RaftLog implements NodeLog {
       if (sm.pageBytes !== this.opts.pageBytes || sm.segmentBytes !== this.opts.segmentBytes) {
         throw new Error(
           `its geometry (${sm.pageBytes}-byte pages, ${sm.segmentBytes}-byte segment) is not this member's`,
+        );
+      }
+      // A member's group and range never change: a snapshot of another group's state is not this group's.
+      if (!sameGroupRange(sm.group, this.sm.group)) {
+        throw new Error(
+          `it holds ${describeGroupRange(sm.group)}, this member ${describeGroupRange(this.sm.group)}`,
         );
       }
       return true;
