@@ -13,6 +13,7 @@ import { groupOf, loadConfigFile } from '../src/config.js';
 import { JsonSyntaxError, parseJsonWithPositions } from '../src/config-json.js';
 import type { Command } from '../src/core/commands.js';
 import { StateMachine } from '../src/core/state-machine.js';
+import { openLocalLog } from '../src/log/local-log.js';
 import { DataDir } from '../src/storage/datadir.js';
 
 const GiB = 1024 ** 3;
@@ -344,4 +345,43 @@ test('a data directory keeps its group: opened as another group or range, it is 
   await (await DataDir.open({ ...base, dir: plain })).close();
   t.false('group' in JSON.parse(await fsp.readFile(join(plain, 'meta.json'), 'utf8')));
   await t.throwsAsync(DataDir.open({ ...base, dir: plain, group: g2 }), { message: /holds group 0/ });
+});
+
+test("a state restored from a snapshot of another group's range is refused before the WAL is replayed", async (t) => {
+  const dir = tempDir(t);
+  const options = {
+    dir,
+    walDir: join(dir, 'wal'),
+    fsync: 'always' as const,
+    pageBytes: PAGE,
+    segmentBytes: 32 * PAGE,
+    snapshotEveryEntries: 0,
+    snapshotIntervalMs: 0,
+  };
+  const g2 = { id: 2, start: 16 * PAGE, bytes: 8 * PAGE };
+  const log = (await openLocalLog({ ...options, group: g2 })).create(() => {});
+  const opened = await log.propose({ op: 'open', timeoutMs: 10_000, clientName: null });
+  const sessionId = (opened.result as { ok: true; value: { sessionId: number } }).value.sessionId;
+  const created = await log.propose({
+    op: 'create',
+    sessionId,
+    seq: 1,
+    name: 'a',
+    size: 1,
+    ifNotExists: false,
+  });
+  t.like(created.result, { ok: true, value: { object: { address: 16 * PAGE } } });
+  t.truthy(await log.snapshot());
+  await log.close();
+
+  const again = (await openLocalLog({ ...options, group: g2 })).create(() => {});
+  t.deepEqual(again.stateMachine.group, g2);
+  await again.close();
+  const other = { id: 2, start: 8 * PAGE, bytes: 8 * PAGE };
+  const err = await t.throwsAsync(openLocalLog({ ...options, group: other }));
+  t.true(SegmemError.is(err, 'INVALID_ARGUMENT'));
+  t.is(
+    err!.message,
+    `the snapshot in ${dir} holds group 2 (bytes [${16 * PAGE}, ${24 * PAGE})), but this server is configured as group 2 (bytes [${8 * PAGE}, ${16 * PAGE})); a server keeps its group and range (start it with the config it was created with)`,
+  );
 });
