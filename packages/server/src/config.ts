@@ -186,10 +186,13 @@ export function loadConfigFile(path: string): ServerConfig {
     });
   }
   const raw = doc.value;
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
-    throw bad(`config file ${path} must hold a JSON object`);
-  const c = raw as Record<string, unknown>;
   const mistake = configMistake(path, doc);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw mistake(
+      '',
+      `a config file holds a JSON object; got ${Array.isArray(raw) ? 'a list' : JSON.stringify(raw)}`,
+    );
+  const c = raw as Record<string, unknown>;
   for (const key of Object.keys(c)) if (!CONFIG_KEYS.has(key)) throw mistake(key, `unknown setting "${key}"`);
   // The existing checks' messages name their key: they gain the file and line.
   const located = <T>(key: string, read: () => T): T => {
@@ -299,7 +302,8 @@ type Mistake = (keyPath: string, problem: string) => SegmemError;
 function configMistake(file: string, doc: PositionedJson): Mistake {
   return (keyPath, problem) => {
     const line = doc.lineOf(keyPath);
-    return new SegmemError('INVALID_ARGUMENT', `${file}:${line}: ${keyPath}: ${problem}`, {
+    const where = keyPath === '' ? '' : `${keyPath}: `;
+    return new SegmemError('INVALID_ARGUMENT', `${file}:${line}: ${where}${problem}`, {
       file,
       line,
       path: keyPath,

@@ -206,6 +206,7 @@ const MISTAKES: [string, string, number, string | RegExp][] = [
     3,
     /^segmentBytes must be a multiple of 4096/,
   ],
+  ['not an object', '\n[1]', 2, 'a config file holds a JSON object; got a list'],
   ['a syntax error', '{\n  "fsync": "always",\n  "dataDir" "x"\n}', 3, 'expected ":", found "\\""'],
 ];
 
