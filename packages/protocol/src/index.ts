@@ -6,5 +6,6 @@ export * from './limits.js';
 export * from './messages.js';
 export * from './msgpack.js';
 export * from './ranges.js';
+export * from './slots.js';
 export * from './users.js';
 export * from './validate.js';

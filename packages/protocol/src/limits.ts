@@ -117,3 +117,7 @@ export const MAX_PASSWORD_BYTES = 1024;
 export const MAX_CONCURRENT_LOGINS = 4;
 /** HELLOs with a password that may wait for a check; one more is refused with UNAVAILABLE. */
 export const MAX_LOGIN_QUEUE = 64;
+/** Most shard groups a slot table lists (their ids are 0..65535, as frames carry them). */
+export const MAX_SLOT_GROUPS = 1024;
+/** Most servers a slot table lists for one group. */
+export const MAX_GROUP_MEMBERS = 64;

@@ -37,6 +37,7 @@ import {
   PROTOCOL_VERSION,
 } from './limits.js';
 import { sanitizeHeaderValue } from './msgpack.js';
+import { type SlotTable, validateSlotTable } from './slots.js';
 import {
   type AccessRight,
   type AclRule,
@@ -106,6 +107,7 @@ export const MessageType = {
   UNWATCH: 0x15,
   CHANGED: 0x62,
   USERS: 0x16,
+  SLOTS: 0x17,
 } as const;
 
 export type MessageTypeName = keyof typeof MessageType;
@@ -134,6 +136,7 @@ export const REQUEST_TYPES = [
   'WATCH',
   'UNWATCH',
   'USERS',
+  'SLOTS',
 ] as const;
 
 export type RequestType = (typeof REQUEST_TYPES)[number];
@@ -152,7 +155,7 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
-  return code >= MessageType.HELLO && code <= MessageType.USERS;
+  return code >= MessageType.HELLO && code <= MessageType.SLOTS;
 }
 
 function hex(code: number): string {
@@ -463,6 +466,14 @@ export interface UsersRequest {
   right?: AccessRight | null;
 }
 
+/**
+ * 0x17: the cluster's slot table as the answering group's leader holds it (any logged-in session may ask):
+ * which shard group owns each hash slot, and the servers of each group.
+ */
+export interface SlotsRequest {
+  type: 'SLOTS';
+}
+
 export type Request =
   | HelloRequest
   | KeepaliveRequest
@@ -485,7 +496,8 @@ export type Request =
   | StatusRequest
   | WatchRequest
   | UnwatchRequest
-  | UsersRequest;
+  | UsersRequest
+  | SlotsRequest;
 
 export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
 
@@ -710,6 +722,13 @@ export interface UsersOk {
   users: UserInfo[];
 }
 
+/** The slot table, and the group of the server that answered. */
+export interface SlotsOk {
+  /** The answering server's shard group (0..65535). */
+  groupId: number;
+  table: SlotTable;
+}
+
 export interface OkBodies {
   HELLO: HelloOk;
   KEEPALIVE: EmptyBody;
@@ -733,6 +752,7 @@ export interface OkBodies {
   WATCH: WatchOk;
   UNWATCH: UnwatchOk;
   USERS: UsersOk;
+  SLOTS: SlotsOk;
 }
 
 /** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
@@ -925,6 +945,8 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
       return encodeFrame(MessageType.WATCH, requestId, groupId, { name: req.name });
     case 'UNWATCH':
       return encodeFrame(MessageType.UNWATCH, requestId, groupId, { objectId: req.objectId });
+    case 'SLOTS':
+      return encodeFrame(MessageType.SLOTS, requestId, groupId, {});
     default:
       throw invalidArgument(`unknown request type ${describeValue((req as { type: unknown }).type)}`);
   }
@@ -1105,6 +1127,14 @@ export function encodeOk<T extends RequestType>(
     case 'USERS':
       header = { users: (b as UsersOk).users.map((u) => ({ name: u.name, rules: u.rules })) };
       break;
+    case 'SLOTS': {
+      const { groupId: group, table } = b as SlotsOk;
+      header = {
+        groupId: group,
+        table: { version: table.version, ranges: table.ranges, groups: table.groups },
+      };
+      break;
+    }
     default:
       throw invalidArgument(`unknown request type ${describeValue(requestType)}`);
   }
@@ -1473,6 +1503,11 @@ REQUEST_DECODERS[MessageType.USERS] = (h, payload) => {
   return { type: 'USERS', op, seq, user, prefix, right: validateRight(h.right) };
 };
 
+REQUEST_DECODERS[MessageType.SLOTS] = (_h, payload) => {
+  noPayload(payload);
+  return { type: 'SLOTS' };
+};
+
 /**
  * Decodes and validates a request frame. PROTOCOL: not a request (unknown or non-request type, requestId 0) or
  * a HELLO of another protocol version. INVALID_ARGUMENT: a bad field, the message naming type and field.
@@ -1680,6 +1715,13 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
       };
     });
     return { users };
+  },
+  SLOTS: (h, payload) => {
+    noPayload(payload);
+    return {
+      groupId: uintField(h.groupId, 'groupId', 0, 0xffff),
+      table: validateSlotTable(h.table),
+    };
   },
 };
 

@@ -168,6 +168,7 @@ function brokenBound(req: Request, payloadBytes: number): string | null {
     case 'GOODBYE':
     case 'SNAPSHOT':
     case 'STATUS':
+    case 'SLOTS':
       return noPayload ? null : 'payload';
     case 'MEMBERSHIP':
       if (req.op === 'list') return noPayload ? null : 'payload';

@@ -67,6 +67,7 @@ export const REQUEST_FIELDS: Record<RequestType, readonly string[]> = {
   WATCH: ['name'],
   UNWATCH: ['objectId'],
   USERS: ['op', 'seq', 'user', 'password', 'rules', 'prefix', 'right'],
+  SLOTS: [],
 };
 
 const nameArb = (prefix: string) =>
@@ -173,6 +174,7 @@ export function validRequestArb(type: RequestType, namePrefix = ''): fc.Arbitrar
     case 'GOODBYE':
     case 'SNAPSHOT':
     case 'STATUS':
+    case 'SLOTS':
       return fc.constant({ type } as Request);
     case 'MEMBERSHIP':
       // Only 'list': a fuzzer that added or removed members would be changing the cluster on purpose.

@@ -161,6 +161,7 @@ const sampleRequests: Request[] = [
   { type: 'SNAPSHOT' },
   { type: 'SNAPSHOT_READ', id: 3, offset: 1 << 20, length: 16 * 1024 * 1024 },
   { type: 'STATUS' },
+  { type: 'SLOTS' },
   { type: 'WATCH', name: 'jobs/ü' },
   { type: 'UNWATCH', objectId: Number.MAX_SAFE_INTEGER },
   {
@@ -693,6 +694,26 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
       },
     ],
   },
+  SLOTS: {
+    groupId: 1,
+    table: {
+      version: 3,
+      ranges: [
+        [0, 8191, 0],
+        [8192, 16383, 1],
+      ],
+      groups: [
+        { id: 0, members: [['s1', '127.0.0.1:7401']] },
+        {
+          id: 1,
+          members: [
+            ['s4', '127.0.0.1:7404'],
+            ['s5', '[::1]:7405'],
+          ],
+        },
+      ],
+    },
+  },
 };
 
 test('every OK body round trips', (t) => {
@@ -826,6 +847,13 @@ test('bad answers are PROTOCOL errors naming the field', (t) => {
     ],
     ['STATUS', okFrame({ ...sampleOks.STATUS, group: [1, 0, 4096] }), 'group must be a map'],
     ['HELLO', okFrame({ ...sampleOks.HELLO, groupId: -1 }), 'groupId'],
+    ['SLOTS', okFrame({ ...sampleOks.SLOTS, groupId: 65536 }), 'groupId'],
+    [
+      'SLOTS',
+      okFrame({ ...sampleOks.SLOTS, table: { ...sampleOks.SLOTS.table, ranges: [[0, 100, 0]] } }),
+      'slots 101..16383 belong to no group',
+    ],
+    ['SLOTS', okFrame({ groupId: 0 }), 'slot table must be a map'],
   ];
   for (const [type, frame, includes] of cases) {
     throwsCode(t, () => decodeOk(type, frame), 'PROTOCOL', [`bad OK answer to ${type}`, includes]);
