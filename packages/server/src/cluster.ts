@@ -145,7 +145,14 @@ export async function openClusterNode(opts: ClusterNodeOptions): Promise<SegmemN
     const group = opts.group ?? wholeSegment(segmentBytes);
     const restored = storage.takeRestoredState();
     if (restored) checkRestoredGroup(restored.group, group, dataDir.dir);
-    const sm = restored ?? new StateMachine({ pageBytes: PAGE_BYTES, segmentBytes, group });
+    const sm =
+      restored ??
+      new StateMachine({
+        pageBytes: PAGE_BYTES,
+        segmentBytes,
+        group,
+        ...(opts.slotTable ? { slotTable: opts.slotTable } : {}),
+      });
     const core = opts.makeCore({
       id: opts.id,
       storage,

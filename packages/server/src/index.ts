@@ -1,7 +1,7 @@
 /**
  * @segmem/server: the segmem server and its building blocks.
  */
-import { SegmemError, systemEnv } from '@segmem/protocol';
+import { SegmemError, type SlotTable, systemEnv, validateSlotTable } from '@segmem/protocol';
 import { openClusterNode } from './cluster.js';
 import {
   DEFAULT_CONFIG,
@@ -144,6 +144,14 @@ export interface StartServerOptions {
   tls?: TlsFiles;
   /** Receives recovery reports and warnings, one line each. */
   log?: (line: string) => void;
+  /**
+   * The cluster's first slot table: which shard group owns each hash slot, and each group's servers (see
+   * `validateSlotTable` of `@segmem/protocol`, and docs/architecture.md "Hash slots"). It must list this
+   * server's group (from the config file's `groups`; 0 without). Requests naming an object or log whose
+   * slot another group owns are answered with a MOVED redirect. The table is only the first one: a data
+   * directory that already holds a state keeps the table in it. Default: this group owning every slot.
+   */
+  slotTable?: SlotTable;
 }
 
 /**
@@ -261,6 +269,8 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
       `group ${group.id}'s range [${group.start}, ${group.start + group.bytes}) ends past the segment (${segmentBytes} bytes)`,
     );
   }
+  const slotTable =
+    opts.slotTable === undefined ? undefined : slotTableOption(opts.slotTable, group?.id ?? 0);
   const nodeOpts = {
     id: opts.id,
     ...(clusterSecret ? { clusterSecret } : {}),
@@ -282,6 +292,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     ...(opts.repair ? { repair: true } : {}),
     ...(opts.log ? { log: opts.log } : {}),
     maxMemoryBytes: budget.limitBytes,
+    ...(slotTable ? { slotTable } : {}),
   };
   // Listening first: /health answers (STARTING) while the data directory is recovered.
   const metricsAt = metricsAddressFor(opts, config);
@@ -345,6 +356,17 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
       return closing;
     },
   };
+}
+
+/** The `slotTable` option, checked: a valid table that lists this server's group. */
+function slotTableOption(given: unknown, groupId: number): SlotTable {
+  const table = validateSlotTable(given);
+  if (!table.groups.some((g) => g.id === groupId))
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `slotTable does not list group ${groupId}, the group of this server`,
+    );
+  return table;
 }
 
 /** The connection bounds, checked before anything starts. */

@@ -301,3 +301,46 @@ export const clusterRemove: Command = {
   options: [JSON_OPTION, ...CONNECTION_OPTIONS],
   run: (p) => membership(p, 'remove', serverId(p.args[0]!), null),
 };
+
+export const clusterSlots: Command = {
+  name: 'cluster slots',
+  args: [],
+  summary: 'the slot table: which shard group owns each hash slot, and its servers',
+  description: `Asks the leader reached through the addresses given for the cluster's slot table (SLOTS):
+    which shard group owns each of the 16384 hash slots a name hashes to, and the servers of each group.
+    Prints the table's version and the group the answering server belongs to, then one line per range of
+    slots, "FIRST-LAST GROUP", then one line per group, "GROUP ID ADDRESS ..." (its servers as the table
+    lists them; "-" for none: a single group is reached at the addresses given).`,
+  options: [JSON_OPTION, ...CONNECTION_OPTIONS],
+  async run(p) {
+    const r = await adminCall(connectionOf(p), { type: 'SLOTS' });
+    const { version, ranges, groups } = r.table;
+    if (p.flags.has('json')) {
+      await json({
+        clusterId: r.clusterId,
+        groupId: r.groupId,
+        version,
+        ranges: ranges.map(([first, last, group]) => ({ first, last, group })),
+        groups: groups.map((g) => ({
+          id: g.id,
+          members: g.members.map(([id, address]) => ({ id, address })),
+        })),
+      });
+      return 0;
+    }
+    let text = `cluster ${r.clusterId}, slot table version ${version}, answered by group ${r.groupId}\n`;
+    text += table([
+      ['SLOTS', 'GROUP'],
+      ...ranges.map(([first, last, group]) => [`${first}-${last}`, String(group)]),
+    ]);
+    text += table([
+      ['GROUP', 'SERVERS'],
+      ...groups.map((g) => [
+        String(g.id),
+        g.members.length === 0 ? '-' : g.members.map(([id, address]) => `${id} ${address}`).join(', '),
+      ]),
+    ]);
+    await out(text);
+    return 0;
+  },
+};

@@ -8,7 +8,7 @@
 import { type CommandSpec, helpText, parseCommand, synopsis, UsageError } from './args.js';
 import { restore, snapshot } from './backup-commands.js';
 import { cert } from './cert-command.js';
-import { clusterAdd, clusterList, clusterRemove, status } from './cluster-commands.js';
+import { clusterAdd, clusterList, clusterRemove, clusterSlots, status } from './cluster-commands.js';
 import { type Command, describe, versionLine } from './common.js';
 import { create, get, ls, put, rm, stat } from './data-commands.js';
 import { logInfo, logTail } from './log-commands.js';
@@ -33,6 +33,7 @@ export const COMMANDS: Command[] = [
   clusterList,
   clusterAdd,
   clusterRemove,
+  clusterSlots,
   secretNew,
   snapshot,
   restore,

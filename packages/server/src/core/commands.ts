@@ -2,7 +2,7 @@
  * The commands of the replicated log, and the results and effects of applying them.
  * Every change to the segment's state is one of these, applied in log order by {@link StateMachine.apply}.
  */
-import type { AccessRight, AclRule, ErrorCode, PasswordHash } from '@segmem/protocol';
+import type { AccessRight, AclRule, ErrorCode, PasswordHash, SlotTable } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 
 export type LockMode = 'read' | 'write';
@@ -67,7 +67,12 @@ export type Command =
   /** Sets the right of a user's rule for a name prefix (adding the rule or replacing its right). */
   | { op: 'aclSet'; sessionId: number; seq: number; user: string; prefix: string; right: AccessRight }
   /** Removes a user's rule for a name prefix (NOT_FOUND if the user has none for it). */
-  | { op: 'aclRemove'; sessionId: number; seq: number; user: string; prefix: string };
+  | { op: 'aclRemove'; sessionId: number; seq: number; user: string; prefix: string }
+  /**
+   * Installs a newer slot table (its version above the one held; INVALID_ARGUMENT and no change otherwise).
+   * Not tied to a session: whoever moves slots between groups proposes it.
+   */
+  | { op: 'slots'; table: SlotTable };
 
 /**
  * Commands that change durable data. Under fsync "always"/"batch" they are applied (made visible)
@@ -84,6 +89,7 @@ export function mustSync(cmd: Command): boolean {
     cmd.op === 'userRemove' ||
     cmd.op === 'aclSet' ||
     cmd.op === 'aclRemove' ||
+    cmd.op === 'slots' ||
     (cmd.op === 'release' && cmd.mode === 'write')
   );
 }
@@ -107,7 +113,14 @@ export interface Grant {
   contended?: true;
 }
 
-export type Result = { ok: true; value: unknown } | { ok: false; code: ErrorCode; message: string };
+/**
+ * What applying a command answered. A failure's `details` (machine-readable facts, such as where a name's slot
+ * lives) are present only on failures that are never remembered for retries, so the replicated dedup
+ * results read as before.
+ */
+export type Result =
+  | { ok: true; value: unknown }
+  | { ok: false; code: ErrorCode; message: string; details?: Record<string, unknown> };
 
 export type Effect =
   /** A queued acquire was granted. */

@@ -15,11 +15,17 @@ import {
   type ErrorCode,
   MAX_RULES_PER_USER,
   MAX_USERS,
+  ownerOf,
   type PasswordHash,
+  SegmemError,
+  type SlotTable,
+  singleGroupSlotTable,
+  slotOf,
   type UserInfo,
   validateAclPrefix,
   validatePasswordHash,
   validateRight,
+  validateSlotTable,
   validateUserName,
 } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
@@ -173,6 +179,11 @@ export interface StateMachineOptions {
    * token. Never set in a server; it exists so a test can prove the checkers catch a fencing bug.
    */
   unsafeSkipFencing?: boolean;
+  /**
+   * The slot table a new state starts with (default: its group owning every slot, version 1); a restored one
+   * holds its own (see {@link StateMachine.restore}), or, from a snapshot older than slot tables, this one.
+   */
+  slotTable?: SlotTable;
 }
 
 const snapshotCodec = new Packr({
@@ -183,14 +194,34 @@ const snapshotCodec = new Packr({
 });
 /**
  * 2 added shared logs, 3 queued deletes (a queue entry's mode may be 'delete'), 4 users and their ACL rules
- * (a tenth element), 5 the group and its range (an eleventh, [groupId, start, bytes]); formats 1 to 4 still
- * restore, as group 0 over the whole segment. The number moved so that a server too old to know
- * the new content refuses such a snapshot instead of dropping it.
+ * (a tenth element), 5 the group and its range (an eleventh, [groupId, start, bytes]), 6 the slot table
+ * (a twelfth, `{ version, ranges, groups }`); formats 1 to 5 still restore, as group 0 over the whole segment
+ * (before 5) with the slot table a new state would have (before 6). The number moved so that a server too old
+ * to know the new content refuses such a snapshot instead of dropping it.
  */
-const SNAPSHOT_FORMAT = 5;
+const SNAPSHOT_FORMAT = 6;
 
 const ok = (value: unknown): Result => ({ ok: true, value });
 const fail = (code: ErrorCode, message: string): Result => ({ ok: false, code, message });
+
+/** Where a name's slot lives, when this group does not own it: what a MOVED redirect carries. */
+export interface SlotMove {
+  reason: 'MOVED';
+  slot: number;
+  /** The group that owns the slot. */
+  group: number;
+  /** The version of the slot table that says so. */
+  version: number;
+}
+
+/** The redirect for a name owned by another group (the node adds the whole table to its details). */
+export function movedError(name: string, move: SlotMove): SegmemError {
+  return new SegmemError(
+    'UNAVAILABLE',
+    `"${name}" (slot ${move.slot}) belongs to group ${move.group} (slot table version ${move.version})`,
+    { ...move },
+  );
+}
 
 export class StateMachine {
   readonly pageBytes: number;
@@ -208,6 +239,8 @@ export class StateMachine {
   private nextObjectId = 1;
   private nextSessionId = 1;
   private readonly unsafeSkipFencing: boolean;
+  /** Which group owns each hash slot (replicated: changed only by a 'slots' command). */
+  private slots: SlotTable;
   /** What the objects take in memory once written (see {@link objectHeldBytes}): a running sum. */
   private objectBytes = 0;
   /** Object bytes held by unreleased frozen views (how many each): written copy-on-write. */
@@ -232,6 +265,23 @@ export class StateMachine {
     this.group = { id: group.id, start: group.start, bytes: group.bytes };
     this.allocator = new PageAllocator(group.bytes / opts.pageBytes, group.start / opts.pageBytes);
     this.unsafeSkipFencing = opts.unsafeSkipFencing === true;
+    // Checked here too: a config file may hold anything.
+    this.slots = opts.slotTable ? validateSlotTable(opts.slotTable) : singleGroupSlotTable(this.group.id);
+  }
+
+  /** The slot table this state holds (do not change it: install a newer one with a 'slots' command). */
+  get slotTable(): SlotTable {
+    return this.slots;
+  }
+
+  /** Null when this group owns `name`'s slot; otherwise where the slot lives. */
+  slotMove(name: string): SlotMove | null {
+    // A group owning every slot (every server started without a table) skips hashing the name.
+    const ranges = this.slots.ranges;
+    if (ranges.length === 1 && ranges[0]![2] === this.group.id) return null;
+    const slot = slotOf(name);
+    const group = ownerOf(this.slots, slot);
+    return group === this.group.id ? null : { reason: 'MOVED', slot, group, version: this.slots.version };
   }
 
   /** Applies the command at log index `index`. Deterministic: same log, same state, same outcomes. */
@@ -263,6 +313,8 @@ export class StateMachine {
         return ok(null);
       case 'cancel':
         return this.cancel(cmd.sessionId, cmd.seq, cmd.reason, effects);
+      case 'slots':
+        return this.installSlots(cmd.table);
       default:
         return this.applySessionCommand(cmd, effects);
     }
@@ -276,6 +328,15 @@ export class StateMachine {
     if (previous) return previous;
     if ((cmd.op === 'acquire' || cmd.op === 'delete') && session.waiting.has(cmd.seq))
       return ok({ queued: true });
+    // A name whose slot another group owns is refused here as well as at the node: the table may have
+    // changed between the node's check and this entry. Not remembered, so nothing changes.
+    if ('name' in cmd) {
+      const move = this.slotMove(cmd.name);
+      if (move) {
+        const { message, details } = movedError(cmd.name, move);
+        return { ok: false, code: 'UNAVAILABLE', message, details: details! };
+      }
+    }
     let result: Result;
     switch (cmd.op) {
       case 'create':
@@ -316,6 +377,25 @@ export class StateMachine {
       const oldest = session.done.keys().next().value as number;
       session.done.delete(oldest);
     }
+  }
+
+  // --- slots ---
+
+  private installSlots(given: unknown): Result {
+    let table: SlotTable;
+    try {
+      table = validateSlotTable(given);
+    } catch (err) {
+      return fail('INVALID_ARGUMENT', (err as Error).message);
+    }
+    if (table.version <= this.slots.version) {
+      return fail(
+        'INVALID_ARGUMENT',
+        `slot table version ${table.version} is not newer than the installed version ${this.slots.version}`,
+      );
+    }
+    this.slots = table;
+    return ok({ version: table.version });
   }
 
   // --- users and ACL rules ---
@@ -970,7 +1050,13 @@ export class StateMachine {
       this.logs.snapshot(),
       this.userEntries(),
       this.groupEntry(),
+      this.slotsEntry(),
     ]);
+  }
+
+  private slotsEntry(): SlotTable {
+    const t = this.slots;
+    return { version: t.version, ranges: t.ranges, groups: t.groups };
   }
 
   /**
@@ -988,7 +1074,7 @@ export class StateMachine {
       full.add(piece);
       meta.add(piece);
     };
-    both(arrayHeader(11));
+    both(arrayHeader(12));
     both(packElements(this.snapshotCounters()));
     const objects = this.sortedObjects();
     both(arrayHeader(objects.length));
@@ -1031,6 +1117,7 @@ export class StateMachine {
     }
     both(snapshotCodec.pack(this.userEntries()));
     both(snapshotCodec.pack(this.groupEntry()));
+    both(snapshotCodec.pack(this.slotsEntry()));
     const parts = full.finish();
     const metaParts = meta.finish();
     let released = false;
@@ -1154,6 +1241,7 @@ export class StateMachine {
       logs,
       users,
       groupEntry,
+      slots,
     ] = snapshotCodec.unpack(bytes) as [
       number,
       number,
@@ -1166,6 +1254,7 @@ export class StateMachine {
       unknown[] | undefined,
       unknown[] | undefined,
       unknown[] | undefined,
+      unknown,
     ];
     if (!Number.isInteger(format) || format < 1 || format > SNAPSHOT_FORMAT)
       throw new Error(`unknown state machine snapshot format ${format}`);
@@ -1216,6 +1305,13 @@ export class StateMachine {
       { what: 'snapshot', storedNames: true },
     );
     const sm = new StateMachine({ ...opts, pageBytes, segmentBytes, ...(group ? { group } : {}) });
+    if (format >= 6) {
+      try {
+        sm.slots = validateSlotTable(slots);
+      } catch (err) {
+        throw badSnapshot('snapshot', '', 'slots', (err as Error).message);
+      }
+    }
     sm.appliedIndex = appliedIndex;
     sm.nextObjectId = nextObjectId;
     sm.nextSessionId = nextSessionId;

@@ -15,7 +15,7 @@
  * asynchronous file I/O and checksums in slices while commands keep applying, then cuts the WAL behind the
  * previous snapshot. The whole state is never serialised into one buffer.
  */
-import { type Env, type EnvTimer, SegmemError, systemEnv } from '@segmem/protocol';
+import { type Env, type EnvTimer, SegmemError, type SlotTable, systemEnv } from '@segmem/protocol';
 import { type Command, decodeCommand, encodeCommand, mustSync, type Outcome } from '../core/commands.js';
 import { checkRestoredGroup, type GroupRange, wholeSegment } from '../core/group-range.js';
 import { StateMachine } from '../core/state-machine.js';
@@ -59,6 +59,8 @@ export interface OpenLocalLogOptions extends LocalStorageOptions, Partial<Snapsh
    * @internal
    */
   unsafeAckBeforeDurable?: boolean;
+  /** The shard group and first slot table of a new state (one restored from a snapshot keeps its own). */
+  slotTable?: SlotTable;
 }
 
 /** Defaults of the single-member log's snapshot policy. */
@@ -82,7 +84,13 @@ export async function openLocalLog(
     const group = opts.group ?? wholeSegment(opts.segmentBytes);
     if (state) checkRestoredGroup(state.group, group, opts.dir);
     const replayTo =
-      state ?? new StateMachine({ pageBytes: opts.pageBytes, segmentBytes: opts.segmentBytes, group });
+      state ??
+      new StateMachine({
+        pageBytes: opts.pageBytes,
+        segmentBytes: opts.segmentBytes,
+        group,
+        ...(opts.slotTable ? { slotTable: opts.slotTable } : {}),
+      });
     sm = replayTo;
     return (rec) => replayTo.apply(rec.index, decodeLocalRecord(rec.payload, rec.index, opts.dir));
   });

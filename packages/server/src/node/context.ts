@@ -1,5 +1,5 @@
 /** What the node's parts share: its identity, clock, log and options. */
-import type { Env } from '@segmem/protocol';
+import type { Env, SlotTable } from '@segmem/protocol';
 import type { GroupRange } from '../core/group-range.js';
 import type { StateMachine } from '../core/state-machine.js';
 import type { NodeLog } from '../log/types.js';
@@ -44,6 +44,11 @@ export interface NodeOptions {
   metrics?: MetricsSink;
   /** The memory budget (node/budget.ts) in bytes; none when unset or null (counted, never refused). */
   maxMemoryBytes?: number | null;
+  /**
+   * The cluster's first slot table (default: this server's group owning every slot). A data directory that
+   * already holds a state keeps the table in it.
+   */
+  slotTable?: SlotTable;
   /**
    * @internal Deliberately broken variants, only for proving the real-code simulator's checkers. Never set
    * in a server.

@@ -66,7 +66,7 @@ export class Grants {
     const result = outcome.result;
     if (!result.ok) {
       state.waiting.delete(req.seq);
-      throw new SegmemError(result.code, result.message);
+      throw new SegmemError(result.code, result.message, result.details);
     }
     const value = result.value as { granted?: Grant; queued?: boolean };
     if (value.granted) {

@@ -27,6 +27,8 @@ import {
   type ReleaseRequest,
   type Request,
   SegmemError,
+  type SlotsOk,
+  type SlotTable,
   type StatusOk,
   systemEnv,
   type UserInfo,
@@ -56,6 +58,7 @@ import { Grants } from './grants.js';
 import type { Port } from './port.js';
 import { Reads } from './reads.js';
 import { Sessions } from './sessions.js';
+import { requireSlot, withSlotTable } from './slots.js';
 import { pick, sameSecret, toBuffer, unwrap } from './util.js';
 import { Watches } from './watches.js';
 
@@ -181,6 +184,7 @@ export class SegmemNode {
         segmentBytes,
         ...(opts.group ? { group: opts.group } : {}),
         ...pick(opts, 'snapshotEveryEntries', 'snapshotIntervalMs', 'walFileBytes', 'log', 'env'),
+        ...(opts.slotTable ? { slotTable: opts.slotTable } : {}),
         ...(opts.repair ? { repair: true } : {}),
         ...(opts.metrics
           ? { metrics: opts.metrics, walIo: timedWalIo(opts.metrics, opts.env ?? systemEnv) }
@@ -375,6 +379,36 @@ export class SegmemNode {
     );
   }
 
+  // --- slots (slots.ts) ---
+
+  /**
+   * Throws the MOVED redirect (UNAVAILABLE, details `{ reason: 'MOVED', slot, group, version, table }`) when
+   * another shard group owns `name`'s slot.
+   */
+  requireSlot(name: string): void {
+    requireSlot(this.sm, name);
+  }
+
+  /** A MOVED refusal from applying a command gains the slot table its redirect carries. */
+  withSlotTable(err: unknown): unknown {
+    return withSlotTable(err, this.sm);
+  }
+
+  /** SLOTS: this server's shard group and the slot table its state holds. */
+  slots(): SlotsOk {
+    return { groupId: this.sm.group.id, table: this.sm.slotTable };
+  }
+
+  /**
+   * Installs a newer slot table in this group's replicated state (committed before it resolves): what moving
+   * slots between groups proposes. INVALID_ARGUMENT, and no change, for a bad table or one whose version
+   * is not above the installed one.
+   */
+  async installSlots(table: SlotTable): Promise<{ version: number }> {
+    this.requireLeader();
+    return unwrap((await this.log.propose({ op: 'slots', table })).result) as { version: number };
+  }
+
   /** MEMBERSHIP: lists the group, or adds or removes one server (committed before it answers). */
   async membership(op: 'list' | 'add' | 'remove', id: string | null, address: string | null) {
     this.requireLeader();
@@ -535,13 +569,17 @@ export class SegmemNode {
     return rec;
   }
 
-  /** LIST: the objects under `prefix` that `principal` may read. */
+  /** LIST: the objects under `prefix` that `principal` may read, of this shard group's slots only. */
   async list(prefix: string, principal: Principal = ADMIN) {
     this.requireLeader();
     await this.log.readBarrier();
     const sm = this.sm;
-    const all = sm.list(prefix);
-    return principal.kind === 'admin' ? all : all.filter((o) => may(sm, principal, 'read', o.name));
+    return sm
+      .list(prefix)
+      .filter(
+        (o) =>
+          sm.slotMove(o.name) === null && (principal.kind === 'admin' || may(sm, principal, 'read', o.name)),
+      );
   }
 
   // --- access (access.ts) ---

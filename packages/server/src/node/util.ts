@@ -84,7 +84,7 @@ export function sameSecret(given: string | null | undefined, expected: string): 
 }
 
 export function unwrap(result: Result): unknown {
-  if (!result.ok) throw new SegmemError(result.code, result.message);
+  if (!result.ok) throw new SegmemError(result.code, result.message, result.details);
   return result.value;
 }
 

@@ -549,6 +549,9 @@ export class ServerConnection implements Port {
     const node = this.node;
     const sid = this.sessionId;
     node.requireLeader();
+    // A name another shard group owns is redirected before anything else looks at it (rights included:
+    // the owning group's rules decide).
+    if ('name' in req) node.requireSlot(req.name);
     node.authorize(this.principal, req);
     switch (req.type) {
       case 'KEEPALIVE':
@@ -628,6 +631,9 @@ export class ServerConnection implements Port {
       case 'UNWATCH':
         this.answer(encodeOk('UNWATCH', requestId, { removed: node.unwatch(sid, req.objectId) }));
         return;
+      case 'SLOTS':
+        this.answer(encodeOk('SLOTS', requestId, node.slots()));
+        return;
     }
   }
 
@@ -636,7 +642,8 @@ export class ServerConnection implements Port {
     this.inflight++;
     this.updatePause();
     work
-      .catch((err: unknown) => this.answerError(requestId, err))
+      // A MOVED refusal that came back from the log gains the slot table here, where every failure passes.
+      .catch((err: unknown) => this.answerError(requestId, this.node.withSlotTable(err)))
       .finally(() => {
         this.inflight--;
         if (this.closed) return;

@@ -47,6 +47,7 @@ const COMMAND_OPS = Object.keys({
   userRemove: 0,
   aclSet: 0,
   aclRemove: 0,
+  slots: 0,
 } satisfies Record<Command['op'], 0>) as Command['op'][];
 const S_PER_MS = 1e-3;
 /** Sub-millisecond to a second: an fdatasync or a WAL write. */
