@@ -128,12 +128,16 @@ test('the names this group owns are served as before', (t) => {
   t.is(sm.logCount(), 1);
 });
 
-test('a machine without slots is group 0 owning every slot', (t) => {
-  const { run, open, sm } = machine(null);
-  t.is(sm.group.id, 0);
-  t.deepEqual(sm.slotTable, singleGroupSlotTable());
-  const s = open();
-  for (const cmd of namedCommands(s, 1, elsewhere)) t.true(run(cmd).result.ok, cmd.op);
+test('a machine given no table is its group owning every slot: it serves every name', (t) => {
+  for (const groupId of [0, 1]) {
+    const { run, open, sm } = machine(null, groupId);
+    t.is(sm.group.id, groupId);
+    t.deepEqual(sm.slotTable, singleGroupSlotTable(groupId));
+    const s = open();
+    for (const name of [elsewhere, here])
+      for (const cmd of namedCommands(s, name === here ? 10 : 1, name))
+        t.true(run(cmd).result.ok, `group ${groupId}: ${cmd.op}`);
+  }
 });
 
 test('a newer table installs; an older or equal version, or a bad table, is refused and changes nothing', (t) => {
