@@ -59,7 +59,7 @@ export interface OpenLocalLogOptions extends LocalStorageOptions, Partial<Snapsh
    * @internal
    */
   unsafeAckBeforeDurable?: boolean;
-  /** The shard group and first slot table of a new state (one restored from a snapshot keeps its own). */
+  /** The first slot table of a new state (one restored from a snapshot keeps its own). */
   slotTable?: SlotTable;
 }
 
