@@ -5,6 +5,7 @@
  * is refused in one line.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
+import { SLOT_COUNT, SegmemError, slotOf } from '@segmem/protocol';
 import ava from 'ava';
 import { connect } from '../src/index.js';
 import {
@@ -23,6 +24,16 @@ const test = ava.serial;
 
 const SEGMENT_BYTES = 64 * 1024 * 1024;
 const HALF = SEGMENT_BYTES / 2;
+
+/** `count` names whose slots group `index + 1` of two owns (group 1 the lower half of the slots). */
+function namesOfGroup(index: number, count: number): string[] {
+  const names: string[] = [];
+  for (let i = 0; names.length < count; i++) {
+    const name = `obj-${i}`;
+    if (Math.floor((slotOf(name) * 2) / SLOT_COUNT) === index) names.push(name);
+  }
+  return names;
+}
 
 test('segmem up --groups 2 --replicas 3: two groups, each with its own leader, range and addresses', async (t) => {
   const dir = tempDir();
@@ -104,18 +115,25 @@ test('segmem up --groups 2 --replicas 3: two groups, each with its own leader, r
         ids[g],
       );
 
-      // A client given one group's servers creates objects in that group's range.
+      // A client given one group's servers creates the names its slots hold (the file's two groups split
+      // the slots in halves), in its range; a name of the other group's slots is redirected there.
       const seg = await connect({ servers: members });
       try {
-        for (const name of ['a', 'b', 'c']) {
-          const info = await seg.create(`${name}${g}`, 10_000);
+        const own = namesOfGroup(g, 3);
+        for (const name of own) {
+          const info = await seg.create(name, 10_000);
           t.true(
             info.address >= g * HALF && info.address + 10_000 <= (g + 1) * HALF,
-            `group ${g + 1} placed ${name}${g} at ${info.address}`,
+            `group ${g + 1} placed ${name} at ${info.address}`,
           );
         }
-        await seg.update(`a${g}`, (h) => h.bytes.write(`group ${g + 1}`));
-        t.is(await seg.read(`a${g}`, (h) => h.bytes.subarray(0, 7).toString()), `group ${g + 1}`);
+        await seg.update(own[0]!, (h) => h.bytes.write(`group ${g + 1}`));
+        t.is(await seg.read(own[0]!, (h) => h.bytes.subarray(0, 7).toString()), `group ${g + 1}`);
+        const other = namesOfGroup(1 - g, 1)[0]!;
+        const moved = await t.throwsAsync(seg.create(other, 4096), { instanceOf: SegmemError });
+        t.is(moved?.code, 'UNAVAILABLE');
+        t.like(moved?.details, { reason: 'MOVED', group: 2 - g, slot: slotOf(other) });
+        t.is((await seg.list('')).length, 3, 'the redirected create made nothing');
       } finally {
         await seg.close();
       }
@@ -185,7 +203,7 @@ test('segmem up --groups 2 (one replica each): two single-server groups; bad lay
     for (const [g, address] of servers.split(',').entries()) {
       const seg = await connect({ servers: [address] });
       try {
-        const info = await seg.create('x', 1);
+        const info = await seg.create(namesOfGroup(g, 1)[0]!, 1);
         t.is(info.address, g * half, `group ${g + 1}'s first object starts its range`);
       } finally {
         await seg.close();

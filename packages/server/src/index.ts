@@ -1,7 +1,13 @@
 /**
  * @segmem/server: the segmem server and its building blocks.
  */
-import { SegmemError, type SlotTable, systemEnv, validateSlotTable } from '@segmem/protocol';
+import {
+  initialSlotTable,
+  SegmemError,
+  type SlotTable,
+  systemEnv,
+  validateSlotTable,
+} from '@segmem/protocol';
 import { openClusterNode } from './cluster.js';
 import {
   DEFAULT_CONFIG,
@@ -269,8 +275,14 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
       `group ${group.id}'s range [${group.start}, ${group.start + group.bytes}) ends past the segment (${segmentBytes} bytes)`,
     );
   }
+  // A grouped config file places every name: its groups split the slots evenly, in group-id order (the
+  // same table on every server, as the file is the same everywhere). A table given here wins.
   const slotTable =
-    opts.slotTable === undefined ? undefined : slotTableOption(opts.slotTable, group?.id ?? 0);
+    opts.slotTable !== undefined
+      ? slotTableOption(opts.slotTable, group?.id ?? 0)
+      : config.groups && group
+        ? initialSlotTable(config.groups.map((g) => ({ id: g.id, members: Object.entries(g.members) })))
+        : undefined;
   const nodeOpts = {
     id: opts.id,
     ...(clusterSecret ? { clusterSecret } : {}),
