@@ -5,7 +5,7 @@
  * is refused in one line.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { SLOT_COUNT, SegmemError, slotOf } from '@segmem/protocol';
+import { SegmemError, SLOT_COUNT, slotOf } from '@segmem/protocol';
 import ava from 'ava';
 import { connect } from '../src/index.js';
 import {
