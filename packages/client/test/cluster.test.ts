@@ -300,6 +300,13 @@ test.serial(
         }
         await seg.create('n', 4);
         for (let i = 0; i < 30; i++) await seg.update('n', (h) => h.bytes.writeUInt32LE(i + 1));
+        // The leader drops the entries a snapshot covers only once the snapshot is written and serialised
+        // (seconds for 96 MiB on a loaded machine): until then the follower could catch up from the log.
+        await waitFor(
+          () => /snapshot at index \d+/.test(leader.server!.stderr()),
+          "the leader's first compaction",
+          60_000,
+        );
         await cluster.startMember(behind.id);
         await waitFor(
           () => /installed snapshot at index \d+/.test(behind.server!.stderr()),

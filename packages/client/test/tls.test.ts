@@ -613,7 +613,11 @@ test('the config file keys tlsCert, tlsKey and tlsCa turn TLS on; bad values are
       config,
     ]).done;
     t.is(r.code, 1);
-    t.regex(r.stderr, /^segmem-server: tlsRequireClientCert must be true or false \(INVALID_ARGUMENT\)$/m);
+    // The config file's mistakes name the file, the line and the key.
+    t.is(
+      r.stderr,
+      `segmem-server: ${config}:1: tlsRequireClientCert must be true or false (INVALID_ARGUMENT)\n`,
+    );
   } finally {
     dir.cleanup();
   }
