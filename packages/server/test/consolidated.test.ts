@@ -1,6 +1,7 @@
+import { initialSlotTable, singleGroupSlotTable } from '@segmem/protocol';
 import test from 'ava';
 import type { Command, Outcome } from '../src/core/commands.js';
-import { StateMachine } from '../src/core/state-machine.js';
+import { type StateContent, StateMachine } from '../src/core/state-machine.js';
 import {
   ConsolidatedVerifier,
   decodeConsolidated,
@@ -129,4 +130,73 @@ test('checked piece by piece as it arrives, a file gets the same verdict as chec
     verdict(good, [good.length - 1]),
     'f is not a usable consolidated snapshot: cut short (' + `${good.length - 1} of ${good.length} bytes)`,
   );
+});
+
+test("a shard group's consolidated snapshot keeps its range and slot table; an ungrouped one has neither", async (t) => {
+  const segmentBytes = 64 * PAGE;
+  const range = { id: 2, start: 32 * PAGE, bytes: 32 * PAGE };
+  const slotTable = initialSlotTable([
+    { id: 1, members: [['s1', '127.0.0.1:7401']] },
+    { id: 2, members: [['s2', '127.0.0.1:7402']] },
+  ]);
+  const sm = new StateMachine({ pageBytes: PAGE, segmentBytes, group: range, slotTable });
+  let index = 0;
+  const run = (cmd: Command): Outcome => sm.apply(++index, cmd);
+  const opened = run({ op: 'open', timeoutMs: 1000, clientName: null }).result;
+  const s = (opened as { value: { sessionId: number } }).value.sessionId;
+  // "{foo}" hashes to slot 12182 (group 2's half), "{bar}" to 5061 (group 1's).
+  t.true(
+    run({ op: 'create', sessionId: s, seq: 1, name: '{foo}a', size: 3 * PAGE, ifNotExists: false }).result.ok,
+  );
+  const address = sm.objectNamed('{foo}a')!.firstPage * PAGE;
+  t.true(address >= range.start, `placed in the group's range at ${address}`);
+
+  const meta = { clusterId: 'c', createdAt: 'now', groups: [[2, index, 1]] as [number, number, number][] };
+  const file = Buffer.concat(await encodeConsolidated(sm.exportContent(), meta));
+  const decoded = decodeConsolidated(file, 'g2.segsnap');
+  t.deepEqual(decoded.header.group, [2, range.start, range.bytes]);
+  t.deepEqual(decoded.content.group, range);
+  t.deepEqual(decoded.content.slotTable, slotTable);
+  const restored = StateMachine.fromContent(decoded.content, 1);
+  t.deepEqual(restored.group, range);
+  t.deepEqual(restored.slotTable, slotTable);
+  t.is(restored.objectNamed('{foo}a')!.firstPage * PAGE, address);
+  t.like(restored.slotMove('{bar}b'), { reason: 'MOVED', group: 1 });
+  t.is(restored.slotMove('{foo}b'), null);
+  t.deepEqual(restored.exportContent(), sm.exportContent());
+
+  // An ungrouped state's file has no group fields: it reads, as before, as group 0 over the whole segment.
+  const plain = machine();
+  plain.createAndWrite(1, 'a', PAGE, 0, Buffer.from('x'));
+  const plainFile = decodeConsolidated(
+    Buffer.concat(await encodeConsolidated(plain.sm.exportContent(), meta)),
+    'plain.segsnap',
+  );
+  t.false('group' in plainFile.header || 'slots' in plainFile.header);
+  t.false('group' in plainFile.content || 'slotTable' in plainFile.content);
+  const plainRestored = StateMachine.fromContent(plainFile.content);
+  t.deepEqual(plainRestored.group, { id: 0, start: 0, bytes: 64 * PAGE });
+  t.deepEqual(plainRestored.slotTable, singleGroupSlotTable(0));
+
+  // A group or table no state can hold is refused naming the file, and so is the same content given directly.
+  const crafted: [string, (c: StateContent) => void, RegExp][] = [
+    ['a range past the segment', (c) => (c.group = { ...range, bytes: 64 * PAGE }), /ends past the segment/],
+    ['a range not page-aligned', (c) => (c.group = { ...range, start: range.start + 1 }), /multiple of 4096/],
+    [
+      'an object outside the range',
+      (c) => (c.group = { ...range, id: 2, start: 0 }),
+      /must be inside group 2/,
+    ],
+    ['a table without the group', (c) => (c.group = { ...range, id: 3 }), /not this content's group 3/],
+    ['a broken table', (c) => (c.slotTable = { ...slotTable, ranges: [] }), /slot table: ranges/],
+  ];
+  for (const [what, tamper, message] of crafted) {
+    const content = sm.exportContent();
+    tamper(content);
+    const bad = Buffer.concat(await encodeConsolidated(content, meta));
+    const err = t.throws(() => decodeConsolidated(bad, 'crafted.segsnap'), { message }, what);
+    t.like(err, { code: 'INVALID_ARGUMENT' }, what);
+    t.regex(err!.message, /^crafted\.segsnap is not a usable consolidated snapshot: /, what);
+    t.throws(() => StateMachine.fromContent(content), { message }, what);
+  }
 });

@@ -2,6 +2,7 @@
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import { SegmemError } from '@segmem/protocol';
 import { checkContent } from '../core/content-check.js';
+import { describeGroupRange } from '../core/group-range.js';
 import { ConsolidatedVerifier, decodeConsolidated } from '../storage/consolidated.js';
 import { restoreConsolidated } from '../storage/restore.js';
 import { AdminSession } from './admin-client.js';
@@ -63,10 +64,18 @@ async function inspectFile(file: string): Promise<number> {
   // The checks restore makes: a file whose checksum matches may still hold what no state can (crafted).
   checkContent(snap.content, { what: `inspect ${file}` });
   const h = snap.header;
+  const { group: g, slotTable: t } = snap.content;
   const lines = [
     `consolidated snapshot ${file}: checksum OK, content OK, format ${h.format}`,
     `cluster ${h.clusterId}, taken ${h.createdAt}; page ${h.pageBytes} B, segment ${h.segmentBytes} B`,
     ...h.groups.map(([g, index, term]) => `group ${g}: index ${index}, term ${term}`),
+    // Only a shard group's snapshot holds these: the range it serves and which group owns which slots.
+    ...(g ? [`range of ${describeGroupRange(g)}`] : []),
+    ...(t
+      ? [
+          `slot table version ${t.version}: ${t.ranges.map(([a, b, id]) => `${a}-${b} group ${id}`).join(', ')}`,
+        ]
+      : []),
     `content digest ${snap.contentDigest}`,
     `${counted(snap.content.objects.length, 'object')}:`,
     ...snap.content.objects.map(

@@ -15,7 +15,9 @@
  *   0 <= first <= next; one u32 size per retained record, each 0..MAX_LOG_RECORD_BYTES, adding up to data;
  * - users: `[name, salt, n, r, p, hash, rules]`, at most MAX_USERS, names valid (validateUserName) and
  *   unique; salt and hash of the right size in hex and scrypt costs in bounds (validatePasswordHash); at
- *   most MAX_RULES_PER_USER rules `[prefix, right]`, prefixes valid and unique, rights read|write|admin.
+ *   most MAX_RULES_PER_USER rules `[prefix, right]`, prefixes valid and unique, rights read|write|admin;
+ * - group (when given): a range of the segment (groupRangeProblem) holding every object's pages; the slot
+ *   table (when given) valid (validateSlotTable) and listing the group.
  *
  * A violation throws SegmemError('INVALID_ARGUMENT') with one line naming the field and the object or log,
  * and details { reason: 'BAD_SNAPSHOT', field }.
@@ -34,9 +36,11 @@ import {
   validateName,
   validatePasswordHash,
   validateRight,
+  validateSlotTable,
   validateStoredName,
   validateUserName,
 } from '@segmem/protocol';
+import { groupRangeProblem, wholeSegment } from './group-range.js';
 import type { StateContent } from './state-machine.js';
 
 export interface ContentCheckOptions {
@@ -234,6 +238,46 @@ export function checkContent(content: StateContent, opts: ContentCheckOptions): 
       throw bad('data', `data must be the records' ${total} bytes; got ${show(data)}`);
   }
   if (content.users !== undefined) checkUsers(what, content.users);
+  checkGroup(content, what);
+}
+
+/** The group's range and slot table of `content` (see the module comment); absent ones are the defaults. */
+export function checkGroup(content: StateContent, what: string): void {
+  const { pageBytes } = content;
+  const group = content.group ?? wholeSegment(content.segmentBytes);
+  if (content.group !== undefined) {
+    const problem = groupRangeProblem(group, pageBytes, content.segmentBytes);
+    if (problem) throw badSnapshot(what, '', 'group', problem);
+    const first = group.start / pageBytes;
+    const end = first + group.bytes / pageBytes;
+    for (const o of content.objects) {
+      const last = o.firstPage + Math.ceil(o.size / pageBytes);
+      if (o.firstPage < first || last > end) {
+        throw badSnapshot(
+          what,
+          `object ${nameLabel(o.name)} (id ${show(o.id)})`,
+          'firstPage',
+          `pages ${o.firstPage}..${last - 1} must be inside group ${group.id}'s pages ${first}..${end - 1}`,
+        );
+      }
+    }
+  }
+  if (content.slotTable !== undefined) {
+    let ids: number[];
+    try {
+      ids = validateSlotTable(content.slotTable).groups.map((g) => g.id);
+    } catch (err) {
+      throw badSnapshot(what, '', 'slots', (err as Error).message);
+    }
+    if (!ids.includes(group.id)) {
+      throw badSnapshot(
+        what,
+        '',
+        'slots',
+        `the slot table lists groups ${ids.join(', ')} but not this content's group ${group.id}`,
+      );
+    }
+  }
 }
 
 /** Throws (see the module comment) unless `users` are valid user entries. */

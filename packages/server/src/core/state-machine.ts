@@ -18,6 +18,7 @@ import {
   ownerOf,
   type PasswordHash,
   SegmemError,
+  SLOT_COUNT,
   type SlotTable,
   singleGroupSlotTable,
   slotOf,
@@ -32,7 +33,7 @@ import { Packr } from 'msgpackr';
 import { PageAllocator } from './allocator.js';
 import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';
 import { badSnapshot, checkContent, checkGeometry, checkObjectSize } from './content-check.js';
-import { type GroupRange, groupRangeProblem, wholeSegment } from './group-range.js';
+import { type GroupRange, groupRangeProblem, sameGroupRange, wholeSegment } from './group-range.js';
 import { type LogRead, SharedLogs } from './shared-logs.js';
 import { findCycle, type WaitEdge } from './wait-for.js';
 
@@ -123,6 +124,10 @@ export interface StateContent {
    * in content written before users existed.
    */
   users?: unknown[];
+  /** The shard group and its range; absent: group 0 over the whole segment. */
+  group?: GroupRange;
+  /** The slot table; absent: the table in which the group owns every slot (singleGroupSlotTable). */
+  slotTable?: SlotTable;
 }
 
 /** A user as the state machine holds it: its password hash and its rules by prefix. */
@@ -1406,6 +1411,9 @@ export class StateMachine {
       logs: this.logs.snapshot(),
       // Only when there are users, so content from before users (and without them) reads the same.
       ...(this.users.size > 0 ? { users: this.userEntries() } : {}),
+      // Likewise only a group's, or a table other than the default: an ungrouped state exports as before.
+      ...(sameGroupRange(this.group, wholeSegment(this.segmentBytes)) ? {} : { group: { ...this.group } }),
+      ...(isSingleGroupSlotTable(this.slots, this.group.id) ? {} : { slotTable: this.slotsEntry() }),
     };
   }
 
@@ -1417,7 +1425,12 @@ export class StateMachine {
    */
   static fromContent(content: StateContent, appliedIndex = 0, what = 'restore'): StateMachine {
     checkContent(content, { what });
-    const sm = new StateMachine({ pageBytes: content.pageBytes, segmentBytes: content.segmentBytes });
+    const sm = new StateMachine({
+      pageBytes: content.pageBytes,
+      segmentBytes: content.segmentBytes,
+      ...(content.group ? { group: content.group } : {}),
+      ...(content.slotTable ? { slotTable: content.slotTable } : {}),
+    });
     sm.appliedIndex = appliedIndex;
     sm.nextObjectId = content.nextObjectId;
     sm.nextSessionId = content.nextSessionId;
@@ -1699,6 +1712,22 @@ function compare(a: string, b: string): number {
 
 function userInfo(u: StoredUser): UserInfo {
   return { name: u.name, rules: [...u.rules].sort((a, b) => compare(a[0], b[0])) };
+}
+
+/** True when `t` is the table a state of group `id` starts with when given none (singleGroupSlotTable). */
+function isSingleGroupSlotTable(t: SlotTable, id: number): boolean {
+  const [range] = t.ranges;
+  const [group] = t.groups;
+  return (
+    t.version === 1 &&
+    t.ranges.length === 1 &&
+    range![0] === 0 &&
+    range![1] === SLOT_COUNT - 1 &&
+    range![2] === id &&
+    t.groups.length === 1 &&
+    group!.id === id &&
+    group!.members.length === 0
+  );
 }
 
 /** A format 5 snapshot's [groupId, start, bytes], checked. */

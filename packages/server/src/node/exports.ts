@@ -66,7 +66,7 @@ export class SnapshotExports {
       parts = await encodeConsolidated(sm.exportContent(), {
         clusterId: ctx.clusterId,
         createdAt,
-        groups: [[0, index, term]],
+        groups: [[sm.group.id, index, term]],
       });
     } catch (err) {
       view.release();

@@ -6,7 +6,10 @@
  *   u32 LE length | msgpack header     format, cluster id, time, page and segment size, the groups with
  *                                      their Raft index and term, id counters, counts; `users` (with their
  *                                      password hashes and rules) when the group has any: an optional
- *                                      field, so files without users read as before
+ *                                      field, so files without users read as before; `group`
+ *                                      ([id, start, bytes]) and `slots` (the slot table) of a shard group's
+ *                                      snapshot, optional too: a file without them is group 0 over the whole
+ *                                      segment, its table the one in which that group owns every slot
  *   u32 LE length | msgpack directory  per object: [id, name, size, firstPage, version, pageVersions
  *                                      (f64 LE bytes), lastToken, pages present]
  *   pages                              the present pages' bytes, object by object, page by page (a page is
@@ -20,9 +23,10 @@
  * same content digest (SHA-256 over those sections), whatever cluster or time they came from.
  */
 import { createHash } from 'node:crypto';
-import { describeValue, SegmemError } from '@segmem/protocol';
+import { describeValue, SegmemError, type SlotTable } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
-import { badSnapshot, checkGeometry, checkObjectSize, nameLabel } from '../core/content-check.js';
+import { badSnapshot, checkGeometry, checkGroup, checkObjectSize, nameLabel } from '../core/content-check.js';
+import type { GroupRange } from '../core/group-range.js';
 import { pageVersionBytes, pageVersionsFrom, type StateContent } from '../core/state-machine.js';
 import { crc32c } from './crc32c.js';
 import { isZeroPage } from './page-table.js';
@@ -44,6 +48,10 @@ export interface ConsolidatedHeader {
   groups: [number, number, number][];
   objectCount: number;
   logCount: number;
+  /** [group id, start, bytes] of a shard group's snapshot; absent: group 0 over the whole segment. */
+  group?: [number, number, number];
+  /** The group's slot table; absent: the one in which the group owns every slot. */
+  slots?: SlotTable;
 }
 
 export interface Consolidated {
@@ -120,6 +128,8 @@ export async function encodeConsolidated(
     nextObjectId: content.nextObjectId,
     nextSessionId: content.nextSessionId,
     ...(content.users && content.users.length > 0 ? { users: content.users } : {}),
+    ...(content.group ? { group: [content.group.id, content.group.start, content.group.bytes] } : {}),
+    ...(content.slotTable ? { slots: content.slotTable } : {}),
   };
   const parts = [
     Buffer.from(MAGIC, 'latin1'),
@@ -157,6 +167,14 @@ function checkHeader(what: string, h: ConsolidatedHeader): void {
       'groups must be a list of [group id, Raft index, Raft term] integers >= 0',
     );
   }
+}
+
+/** The header's [id, start, bytes] as a range (its numbers are checked with the content). */
+function headerGroup(entry: unknown, file: string): GroupRange {
+  if (!Array.isArray(entry) || entry.length !== 3)
+    throw bad(file, `group must be [group id, start, bytes]; got ${describeValue(entry)}`);
+  const [id, start, bytes] = entry as number[];
+  return { id: id!, start: start!, bytes: bytes! };
 }
 
 function bad(file: string, why: string): SegmemError {
@@ -210,7 +228,8 @@ export class ConsolidatedVerifier {
 
 /**
  * Verifies the checksum and decodes; INVALID_ARGUMENT naming `file` and the problem otherwise. The content
- * is checked only as far as decoding needs (geometry, object sizes before their bytes are allocated):
+ * is checked only as far as decoding needs (geometry, object sizes before their bytes are allocated), and
+ * the group and slot table (a file restored as the wrong group would be refused far from it):
  * {@link StateMachine.fromContent} checks the rest before it becomes a state. `what` starts the messages of
  * those checks (see core/content-check.ts).
  */
@@ -287,20 +306,25 @@ export function decodeConsolidated(bytes: Buffer, file: string, what = 'restore'
     }
     if (at !== bodyEnd) throw bad(file, `${bodyEnd - at} unexpected bytes before the checksum`);
     const contentDigest = createHash('sha256').update(bytes.subarray(contentStart, bodyEnd)).digest('hex');
-    return {
-      header,
-      content: {
-        pageBytes: pb,
-        segmentBytes: header.segmentBytes,
-        nextObjectId: header.nextObjectId,
-        nextSessionId: header.nextSessionId,
-        objects,
-        logs,
-        // Checked with the rest of the content when it becomes a state machine (core/content-check.ts).
-        ...(header.users !== undefined ? { users: header.users as unknown[] } : {}),
-      },
-      contentDigest,
+    const content: StateContent = {
+      pageBytes: pb,
+      segmentBytes: header.segmentBytes,
+      nextObjectId: header.nextObjectId,
+      nextSessionId: header.nextSessionId,
+      objects,
+      logs,
+      // Checked with the rest of the content when it becomes a state machine (core/content-check.ts).
+      ...(header.users !== undefined ? { users: header.users as unknown[] } : {}),
+      ...(header.group !== undefined ? { group: headerGroup(header.group, file) } : {}),
+      ...(header.slots !== undefined ? { slotTable: header.slots } : {}),
     };
+    // Checked here as well, so a file restored as the wrong group or range is refused naming the file.
+    try {
+      checkGroup(content, what);
+    } catch (err) {
+      throw bad(file, (err as Error).message);
+    }
+    return { header, content, contentDigest };
   } catch (err) {
     if (SegmemError.is(err)) throw err;
     throw bad(file, (err as Error).message);

@@ -1,6 +1,7 @@
 /**
  * `segmem restore`: builds the data directories of a fresh cluster (or of one server) from a consolidated
- * snapshot. Each directory gets its identity (meta.json: server id, cluster id, page and segment size) and
+ * snapshot. Each directory gets its identity (meta.json: server id, cluster id, page and segment size, and
+ * the shard group and range of a group's snapshot) and
  * one state-machine snapshot holding the file's content and nothing else (no sessions, no locks); a server
  * started on it rolls forward from there like after any snapshot.
  */
@@ -83,6 +84,8 @@ export async function restoreConsolidated(
       clusterId,
       pageBytes: content.pageBytes,
       segmentBytes: content.segmentBytes,
+      // A shard group's snapshot restores as that group: its servers start with the config it came from.
+      ...(content.group ? { group: content.group } : {}),
     });
     try {
       const snapDir = join(dataDir.dir, SNAPSHOT_DIR);
