@@ -14,6 +14,7 @@ import {
   SERVER_READY_MS,
   segmemBin,
   serverBin,
+  startServerProcess,
   tempDir,
   untilItWorks,
   waitFor,
@@ -214,6 +215,120 @@ test('segmem up --groups 2 (one replica each): two single-server groups; bad lay
   } finally {
     if (up.proc.exitCode === null && up.proc.signalCode === null) up.proc.kill('SIGTERM');
     await up.done.catch(() => {});
+    dir.cleanup();
+  }
+});
+
+test("a group's consolidated snapshot restores as that group: same addresses and bytes, MOVED kept", async (t) => {
+  const env = { SEGMEM_SERVERS: '', SEGMEM_TOKEN: '' };
+  const segmem = (args: string[]) => runNode(segmemBin, args, { env, timeoutMs: 60_000 }).done;
+  const dir = tempDir();
+  const port = await consecutivePorts(2);
+  let servers = '';
+  let configPath = '';
+  const up = runNode(
+    segmemBin,
+    [
+      'up',
+      '--groups',
+      '2',
+      '--port',
+      String(port),
+      '--dir',
+      dir.path,
+      '--fsync',
+      'none',
+      '--segment-bytes',
+      String(SEGMENT_BYTES),
+    ],
+    {
+      timeoutMs: 2 * SERVER_READY_MS,
+      onLine: (line) => {
+        if (line.startsWith('SEGMEM_SERVERS=')) servers = line.slice('SEGMEM_SERVERS='.length);
+        if (line.startsWith('SEGMEM_CONFIG=')) configPath = line.slice('SEGMEM_CONFIG='.length);
+      },
+    },
+  );
+  const file = `${dir.path}/group2.segsnap`;
+  const own = namesOfGroup(1, 3);
+  const other = namesOfGroup(0, 1)[0]!;
+  const before: { name: string; address: number; bytes: string }[] = [];
+  try {
+    await waitFor(
+      () => servers && configPath,
+      'up to print SEGMEM_SERVERS and SEGMEM_CONFIG',
+      SERVER_READY_MS,
+    );
+    const group2 = servers.split(',')[1]!;
+    const seg = await connect({ servers: [group2] });
+    try {
+      for (const [i, name] of own.entries()) {
+        const info = await seg.create(name, 5000 + i * 4096);
+        await seg.update(name, (h) => h.bytes.fill(i + 1, 100, 4200));
+        const bytes = await seg.read(name, (h) => Buffer.from(h.bytes).toString('base64'));
+        before.push({ name, address: info.address, bytes });
+      }
+    } finally {
+      await seg.close();
+    }
+    const made = await segmem(['snapshot', '--out', file, '--servers', group2]);
+    t.is(made.code, 0, made.stderr);
+    const inspected = await segmem(['snapshot', '--inspect', file]);
+    t.is(inspected.code, 0, inspected.stderr);
+    t.regex(inspected.stdout, /^group 2: index \d+, term \d+$/m);
+    t.regex(inspected.stdout, new RegExp(`^range of group 2 \\(bytes \\[${HALF}, ${2 * HALF}\\)\\)$`, 'm'));
+    t.regex(inspected.stdout, /^slot table version 1: 0-8191 group 1, 8192-16383 group 2$/m);
+    up.proc.kill('SIGTERM');
+    t.is((await up.done).code, 0);
+  } finally {
+    if (up.proc.exitCode === null && up.proc.signalCode === null) up.proc.kill('SIGTERM');
+    await up.done.catch(() => {});
+  }
+
+  try {
+    // Restored for s2 and started with the grouped config it came from: group 2, its objects where they were.
+    const restoredDir = `${dir.path}/restored-s2`;
+    const restored = await segmem(['restore', file, '--data', restoredDir, '--ids', 's2']);
+    t.is(restored.code, 0, restored.stderr);
+    const server = await startServerProcess({
+      id: 's2',
+      dataDir: restoredDir,
+      extra: ['--config', configPath],
+    });
+    try {
+      const seg = await connect({ servers: [server.address] });
+      try {
+        const listed = (await seg.list('')).map((o) => o.name).sort();
+        t.deepEqual(listed, [...own].sort());
+        for (const b of before) {
+          t.is((await seg.stat(b.name)).address, b.address, `${b.name} keeps its address`);
+          t.is(await seg.read(b.name, (h) => Buffer.from(h.bytes).toString('base64')), b.bytes, b.name);
+        }
+        const created = await seg.create(namesOfGroup(1, 4)[3]!, 1);
+        t.true(created.address >= HALF, `a new object lands in the group's range (${created.address})`);
+        const moved = await t.throwsAsync(seg.create(other, 4096), { instanceOf: SegmemError });
+        t.like(moved?.details, { reason: 'MOVED', group: 1, slot: slotOf(other) });
+      } finally {
+        await seg.close();
+      }
+    } finally {
+      await server.stop();
+    }
+
+    // The same file restored for a server the config puts in group 1: refused at start, in one line.
+    const wrongDir = `${dir.path}/restored-s1`;
+    t.is((await segmem(['restore', file, '--data', wrongDir, '--ids', 's1'])).code, 0);
+    const refused = await runNode(
+      serverBin,
+      ['--config', configPath, '--id', 's1', '--data', wrongDir, '--listen', '127.0.0.1:0'],
+      { timeoutMs: 30_000 },
+    ).done;
+    t.is(refused.code, 1);
+    t.is(
+      refused.stderr,
+      `segmem-server: data directory ${wrongDir} holds group 2 (bytes [${HALF}, ${2 * HALF})), but this server is configured as group 1 (bytes [0, ${HALF})); a server keeps its group and range (start it with the config it was created with) (INVALID_ARGUMENT)\n`,
+    );
+  } finally {
     dir.cleanup();
   }
 });
