@@ -290,6 +290,10 @@ test("a group's consolidated snapshot restores as that group: same addresses and
     const restoredDir = `${dir.path}/restored-s2`;
     const restored = await segmem(['restore', file, '--data', restoredDir, '--ids', 's2']);
     t.is(restored.code, 0, restored.stderr);
+    t.regex(
+      restored.stdout,
+      new RegExp(`^the directories are group 2 \\(bytes \\[${HALF}, ${2 * HALF}\\)\\)`, 'm'),
+    );
     const server = await startServerProcess({
       id: 's2',
       dataDir: restoredDir,

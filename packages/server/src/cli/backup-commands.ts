@@ -214,6 +214,9 @@ export const restore: Command = {
     progress('restore: done', true);
     const c = r.snapshot.content;
     let text = `restored ${counted(c.objects.length, 'object')} and ${counted(c.logs.length, 'shared log')} into ${dirs.length} data director${dirs.length === 1 ? 'y' : 'ies'} (cluster ${r.clusterId}, servers ${r.ids.join(', ')})\n`;
+    if (c.group) {
+      text += `the directories are ${describeGroupRange(c.group)}: start them with the grouped config file it came from\n`;
+    }
     if (dirs.length > 1) {
       text += `start each member with --id ID --data DIR --peers ${r.ids.map((id) => `${id}=HOST:PORT`).join(',')} --cluster-id ${r.clusterId} --cluster-secret-file FILE (segmem secret new FILE; one for all)\n`;
     }

@@ -1387,8 +1387,8 @@ export class StateMachine {
 
   /**
    * The durable content only (objects with their bytes and versions, shared logs, id counters, users and
-   * their rules), without sessions, locks or caches: what a consolidated snapshot keeps and a restored
-   * cluster starts from.
+   * their rules, a shard group's range and slot table), without sessions, locks or caches: what a
+   * consolidated snapshot keeps and a restored cluster starts from.
    */
   exportContent(): StateContent {
     const objects = this.sortedObjects().map((o) => ({
