@@ -196,7 +196,7 @@ test("a shard group's consolidated snapshot keeps its range and slot table; an u
     const bad = Buffer.concat(await encodeConsolidated(content, meta));
     const err = t.throws(() => decodeConsolidated(bad, 'crafted.segsnap'), { message }, what);
     t.like(err, { code: 'INVALID_ARGUMENT' }, what);
-    t.regex(err!.message, /^crafted\.segsnap is not a usable consolidated snapshot: /, what);
+    t.regex(err!.message, /^crafted\.segsnap is not a usable consolidated snapshot: header: /, what);
     t.throws(() => StateMachine.fromContent(content), { message }, what);
   }
 });

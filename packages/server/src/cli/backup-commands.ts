@@ -37,7 +37,8 @@ export const snapshot: Command = {
     verified (it is written as FILE.tmp-<pid> first). The leader may take up to 10 minutes to build it, on
     top of the timeout. On a terminal, a progress line on stderr. With --inspect, verifies FILE's checksum
     and content (the checks restore makes) and prints what it holds: header (with a shard group's range and
-    slot table), content digest, objects (name, size, version, address), logs; no server is asked. Exactly one of --out or --inspect.`,
+    slot table), content digest, objects (name, size, version, address), logs; no server is asked. Exactly
+    one of --out or --inspect.`,
   options: [
     { name: 'out', value: 'FILE', help: 'write a snapshot of the running cluster into FILE' },
     { name: 'inspect', value: 'FILE', help: 'verify FILE and print what it holds' },

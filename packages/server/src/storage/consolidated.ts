@@ -320,7 +320,7 @@ export function decodeConsolidated(bytes: Buffer, file: string, what = 'restore'
     };
     // Checked here as well, so a file restored as the wrong group or range is refused naming the file.
     try {
-      checkGroup(content, what);
+      checkGroup(content, 'header');
     } catch (err) {
       throw bad(file, (err as Error).message);
     }

@@ -1,9 +1,9 @@
 /**
  * `segmem restore`: builds the data directories of a fresh cluster (or of one server) from a consolidated
  * snapshot. Each directory gets its identity (meta.json: server id, cluster id, page and segment size, and
- * the shard group and range of a group's snapshot) and
- * one state-machine snapshot holding the file's content and nothing else (no sessions, no locks); a server
- * started on it rolls forward from there like after any snapshot.
+ * the shard group and range of a group's snapshot) and one state-machine snapshot holding the file's
+ * content and nothing else (no sessions, no locks); a server started on it rolls forward from there like
+ * after any snapshot.
  */
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
