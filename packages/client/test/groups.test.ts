@@ -5,13 +5,17 @@
  * is refused in one line.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { SegmemError, SLOT_COUNT, slotOf } from '@segmem/protocol';
+import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
 import ava from 'ava';
-import { connect } from '../src/index.js';
+import { connect, type Segment } from '../src/index.js';
 import {
+  bump,
   consecutivePorts,
   runNode,
   SERVER_READY_MS,
+  type ServerProcess,
   segmemBin,
   serverBin,
   startServerProcess,
@@ -333,6 +337,90 @@ test("a group's consolidated snapshot restores as that group: same addresses and
       `segmem-server: data directory ${wrongDir} holds group 2 (bytes [${HALF}, ${2 * HALF})), but this server is configured as group 1 (bytes [0, ${HALF})); a server keeps its group and range (start it with the config it was created with) (INVALID_ARGUMENT)\n`,
     );
   } finally {
+    dir.cleanup();
+  }
+});
+
+test('a group that loses its majority stops only its own names: the other group keeps serving', async (t) => {
+  const dir = tempDir();
+  const port = await consecutivePorts(6);
+  const ids = ['s1', 's2', 's3', 's4', 's5', 's6'];
+  const addressOf = (id: string) => `127.0.0.1:${port + ids.indexOf(id)}`;
+  const secretFile = join(dir.path, 'cluster-secret');
+  createClusterSecretFile(secretFile);
+  const config = join(dir.path, 'segmem.json');
+  const members = (group: string[]) => Object.fromEntries(group.map((id) => [id, addressOf(id)]));
+  writeFileSync(
+    config,
+    JSON.stringify({
+      segmentBytes: SEGMENT_BYTES,
+      fsync: 'none',
+      clusterSecretFile: secretFile,
+      groups: [
+        { id: 1, start: 0, bytes: HALF, members: members(ids.slice(0, 3)) },
+        { id: 2, start: HALF, bytes: HALF, members: members(ids.slice(3)) },
+      ],
+    }),
+  );
+  const servers = new Map<string, ServerProcess>();
+  const start = async (id: string) =>
+    servers.set(
+      id,
+      await startServerProcess({
+        id,
+        dataDir: join(dir.path, id),
+        listen: addressOf(id),
+        extra: ['--config', config],
+      }),
+    );
+  const segs: Segment[] = [];
+  try {
+    await Promise.all(ids.map(start));
+    const connectTo = async (group: string[]) => {
+      // Delegations off: every acquire goes to the group (a kept grant is used locally during its lease).
+      const seg = await connect({
+        servers: group.map(addressOf),
+        sessionTimeoutMs: 3000,
+        delegations: false,
+      });
+      segs.push(seg);
+      return seg;
+    };
+    const [one, two] = [await connectTo(ids.slice(0, 3)), await connectTo(ids.slice(3))];
+    const [name1, name2] = [namesOfGroup(0, 1)[0]!, namesOfGroup(1, 1)[0]!];
+    for (const [seg, name] of [
+      [one, name1],
+      [two, name2],
+    ] as const) {
+      await untilItWorks(() => seg.create(name, 4, { ifNotExists: true }), `${name} created`);
+      await bump(seg, name, 5);
+    }
+
+    // Group 2 loses two of its three members: its names stop, within the caller's timeout.
+    await servers.get('s5')!.kill();
+    await servers.get('s6')!.kill();
+    const started = Date.now();
+    const err = await t.throwsAsync(two.acquireWrite(name2, { timeoutMs: 1500 }));
+    const waited = Date.now() - started;
+    t.true(SegmemError.is(err) && (err.code === 'UNAVAILABLE' || err.code === 'TIMEOUT'), String(err));
+    t.true(waited < 6000, `group 2's write failed after ${waited} ms`);
+
+    // Group 1 keeps serving all along.
+    const before = Date.now();
+    await bump(one, name1, 20);
+    t.is(await one.read(name1, (h) => h.bytes.readUInt32LE(0)), 25);
+    t.log(`group 1: 20 writes in ${Date.now() - before} ms while group 2 had no majority`);
+
+    // One member back: group 2 serves again, with every increment it acknowledged.
+    await start('s5');
+    await untilItWorks(
+      async () => (await two.acquireWrite(name2, { timeoutMs: 2000 })).release(),
+      'a write in group 2 once a majority is back',
+    );
+    t.is(await two.read(name2, (h) => h.bytes.readUInt32LE(0)), 5);
+  } finally {
+    for (const seg of segs) await seg.close();
+    for (const server of servers.values()) await server.stop();
     dir.cleanup();
   }
 });
