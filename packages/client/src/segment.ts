@@ -572,13 +572,36 @@ export class SegmentImpl implements Segment {
     const waitedMs = Math.floor(env.now() - startMs);
     const leftMs = timeoutMs === undefined ? undefined : Math.max(0, timeoutMs - waitedMs);
     try {
-      const handle = await this.acquireAtServer(name, mode, leftMs, signal);
+      let handle: Handle;
+      try {
+        handle = await this.acquireAtServer(name, mode, leftMs, signal);
+      } catch (err) {
+        // A cycle of waits may pass through a grant this session keeps with no handle using it: the servers
+        // cannot tell it from one in use. Those go back (ahead of the retry, on the same session), and the
+        // acquire is asked once more; a cycle through handles in use is refused again.
+        if (!SegmemError.is(err, 'DEADLOCK') || !this.returnIdleGrants()) throw err;
+        const again =
+          timeoutMs === undefined ? undefined : Math.max(0, timeoutMs - Math.floor(env.now() - startMs));
+        handle = await this.acquireAtServer(name, mode, again, signal);
+      }
       this.localTurns.set(handle as HandleImpl, turn);
       return handle;
     } catch (err) {
       turn.leave();
       throw err;
     }
+  }
+
+  /** Gives back every kept grant no handle uses; true if there was one. */
+  private returnIdleGrants(): boolean {
+    let returned = false;
+    for (const c of this.byName.values()) {
+      if (c.grant && c.grantUsers === 0) {
+        this.returnGrant(c);
+        returned = true;
+      }
+    }
+    return returned;
   }
 
   private async acquireAtServer(

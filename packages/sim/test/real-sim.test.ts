@@ -145,6 +145,10 @@ for (const [seed, bug] of [
     'a kept write lock was left at the servers when its release failed over a partition: the session met DEADLOCK for ever',
   ],
   [
+    2099,
+    'a read met DEADLOCK through a read grant its session kept with no handle using it (the revoke crossed the acquire)',
+  ],
+  [
     940184755,
     'a write release redirected by a deposed leader, then re-sent under a new session, was reported LOCK_LOST though applied',
   ],
