@@ -40,42 +40,43 @@ function namesOfGroup(index: number, count: number): string[] {
   return names;
 }
 
-test('segmem up --groups 2 --replicas 3: two groups, each with its own leader, range and addresses', async (t) => {
-  const dir = tempDir();
-  const port = await consecutivePorts(6);
-  let servers = '';
-  let configPath = '';
-  const up = runNode(
-    segmemBin,
-    [
-      'up',
-      '--groups',
-      '2',
-      '--replicas',
-      '3',
-      '--port',
-      String(port),
-      '--dir',
-      dir.path,
-      '--fsync',
-      'none',
-      '--segment-bytes',
-      String(SEGMENT_BYTES),
-    ],
-    {
-      timeoutMs: 2 * SERVER_READY_MS,
-      onLine: (line) => {
-        if (line.startsWith('SEGMEM_SERVERS=')) servers = line.slice('SEGMEM_SERVERS='.length);
-        if (line.startsWith('SEGMEM_CONFIG=')) configPath = line.slice('SEGMEM_CONFIG='.length);
-      },
+/**
+ * Runs `segmem up ARGS --port PORT --dir DIR --fsync none`; `ready()` waits for the SEGMEM_SERVERS (every
+ * address, comma-separated) and SEGMEM_CONFIG lines it prints once its servers are ready.
+ */
+function startUp(dir: string, port: number, args: string[]) {
+  const printed = { servers: '', configPath: '' };
+  const up = runNode(segmemBin, ['up', ...args, '--port', String(port), '--dir', dir, '--fsync', 'none'], {
+    timeoutMs: 2 * SERVER_READY_MS,
+    onLine: (line) => {
+      if (line.startsWith('SEGMEM_SERVERS=')) printed.servers = line.slice('SEGMEM_SERVERS='.length);
+      if (line.startsWith('SEGMEM_CONFIG=')) printed.configPath = line.slice('SEGMEM_CONFIG='.length);
     },
-  );
-  try {
+  });
+  const ready = async () => {
     await waitFor(
-      () => servers && configPath,
+      () => printed.servers && printed.configPath,
       'up to print SEGMEM_SERVERS and SEGMEM_CONFIG',
       SERVER_READY_MS,
     );
+    return printed;
+  };
+  return { up, ready, printed };
+}
+
+test('segmem up --groups 2 --replicas 3: two groups, each with its own leader, range and addresses', async (t) => {
+  const dir = tempDir();
+  const port = await consecutivePorts(6);
+  const { up, ready } = startUp(dir.path, port, [
+    '--groups',
+    '2',
+    '--replicas',
+    '3',
+    '--segment-bytes',
+    String(SEGMENT_BYTES),
+  ]);
+  try {
+    const { servers, configPath } = await ready();
     const all = servers.split(',');
     t.deepEqual(
       all,
@@ -192,18 +193,9 @@ test('segmem up --groups 2 (one replica each): two single-server groups; bad lay
 
   const dir = tempDir();
   const port = await consecutivePorts(2);
-  let servers = '';
-  const up = runNode(
-    segmemBin,
-    ['up', '--groups', '2', '--port', String(port), '--dir', dir.path, '--fsync', 'none'],
-    {
-      timeoutMs: 2 * SERVER_READY_MS,
-      onLine: (line) =>
-        line.startsWith('SEGMEM_SERVERS=') && (servers = line.slice('SEGMEM_SERVERS='.length)),
-    },
-  );
+  const { up, ready } = startUp(dir.path, port, ['--groups', '2']);
   try {
-    await waitFor(() => servers, 'up to print SEGMEM_SERVERS', SERVER_READY_MS);
+    const { servers } = await ready();
     const half = 2 * 1024 ** 3; // the default 4 GiB segment in two
     for (const [g, address] of servers.split(',').entries()) {
       const seg = await connect({ servers: [address] });
@@ -228,41 +220,18 @@ test("a group's consolidated snapshot restores as that group: same addresses and
   const segmem = (args: string[]) => runNode(segmemBin, args, { env, timeoutMs: 60_000 }).done;
   const dir = tempDir();
   const port = await consecutivePorts(2);
-  let servers = '';
-  let configPath = '';
-  const up = runNode(
-    segmemBin,
-    [
-      'up',
-      '--groups',
-      '2',
-      '--port',
-      String(port),
-      '--dir',
-      dir.path,
-      '--fsync',
-      'none',
-      '--segment-bytes',
-      String(SEGMENT_BYTES),
-    ],
-    {
-      timeoutMs: 2 * SERVER_READY_MS,
-      onLine: (line) => {
-        if (line.startsWith('SEGMEM_SERVERS=')) servers = line.slice('SEGMEM_SERVERS='.length);
-        if (line.startsWith('SEGMEM_CONFIG=')) configPath = line.slice('SEGMEM_CONFIG='.length);
-      },
-    },
-  );
+  const { up, ready, printed } = startUp(dir.path, port, [
+    '--groups',
+    '2',
+    '--segment-bytes',
+    String(SEGMENT_BYTES),
+  ]);
   const file = `${dir.path}/group2.segsnap`;
   const own = namesOfGroup(1, 3);
   const other = namesOfGroup(0, 1)[0]!;
   const before: { name: string; address: number; bytes: string }[] = [];
   try {
-    await waitFor(
-      () => servers && configPath,
-      'up to print SEGMEM_SERVERS and SEGMEM_CONFIG',
-      SERVER_READY_MS,
-    );
+    const { servers } = await ready();
     const group2 = servers.split(',')[1]!;
     const seg = await connect({ servers: [group2] });
     try {
@@ -301,7 +270,7 @@ test("a group's consolidated snapshot restores as that group: same addresses and
     const server = await startServerProcess({
       id: 's2',
       dataDir: restoredDir,
-      extra: ['--config', configPath],
+      extra: ['--config', printed.configPath],
     });
     try {
       const seg = await connect({ servers: [server.address] });
@@ -328,7 +297,7 @@ test("a group's consolidated snapshot restores as that group: same addresses and
     t.is((await segmem(['restore', file, '--data', wrongDir, '--ids', 's1'])).code, 0);
     const refused = await runNode(
       serverBin,
-      ['--config', configPath, '--id', 's1', '--data', wrongDir, '--listen', '127.0.0.1:0'],
+      ['--config', printed.configPath, '--id', 's1', '--data', wrongDir, '--listen', '127.0.0.1:0'],
       { timeoutMs: 30_000 },
     ).done;
     t.is(refused.code, 1);

@@ -70,14 +70,28 @@ const CLOSE_BRACE = 0x7d;
  * ```
  */
 export function slotOf(name: string): number {
-  const bytes = Buffer.from(name, 'utf8');
-  const open = bytes.indexOf(OPEN_BRACE);
-  if (open >= 0) {
-    const close = bytes.indexOf(CLOSE_BRACE, open + 1);
-    if (close > open + 1) return crc16(bytes, open + 1, close) % SLOT_COUNT;
+  // Servers hash the name of every request twice (before proposing, and in apply): names fit the scratch
+  // buffer (UTF-8 takes at most 3 bytes per UTF-16 unit), so no allocation per request.
+  let bytes: Uint8Array = slotScratch;
+  let length: number;
+  if (name.length * 3 <= slotScratch.length) length = slotScratch.write(name, 'utf8');
+  else {
+    bytes = Buffer.from(name, 'utf8');
+    length = bytes.length;
   }
-  return crc16(bytes) % SLOT_COUNT;
+  const open = bytes.indexOf(OPEN_BRACE);
+  if (open >= 0 && open < length) {
+    for (let close = open + 1; close < length; close++) {
+      if (bytes[close] !== CLOSE_BRACE) continue;
+      if (close > open + 1) return crc16(bytes, open + 1, close) % SLOT_COUNT;
+      break;
+    }
+  }
+  return crc16(bytes, 0, length) % SLOT_COUNT;
 }
+
+/** Names are at most 255 bytes of UTF-8; longer strings (refused elsewhere) are encoded on their own. */
+const slotScratch = Buffer.allocUnsafe(1024);
 
 /** The largest group id: frames carry it in 16 bits. */
 const MAX_GROUP_ID = 0xffff;
