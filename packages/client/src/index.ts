@@ -229,6 +229,7 @@ async function openSegment(
     onInvalidate: (msg) => segment?.onInvalidate(msg),
     onRevoke: (msg) => segment?.onRevoke(msg),
     onChanged: (msg) => segment?.onChanged(msg),
+    onProbed: (msg) => segment?.onProbed(msg),
     onSessionLost: () => segment?.sessionLost(),
     onResumed: () => segment?.revalidate(),
   });

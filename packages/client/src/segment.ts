@@ -12,6 +12,7 @@ import {
   type Invalidate,
   MAX_TIMEOUT_MS,
   type ObjectRecord,
+  type Probed,
   type Revoke,
   SegmemError,
   validateName,
@@ -21,6 +22,7 @@ import {
 import { checkPagesAnswer, FOLLOWER_READ_MIN_BYTES, type FollowerReads } from './follower-reads.js';
 import { LocalLocks, type LocalTurn } from './local-locks.js';
 import type { MappedSegment } from './mapped-segment.js';
+import type { ProbeGroup, ProbeHub } from './probes.js';
 import type { Session } from './session.js';
 import { type LogOptions, type SharedLog, SharedLogImpl } from './shared-log.js';
 import { type WatchEvent, Watches, type WatchOptions } from './watch.js';
@@ -307,6 +309,8 @@ interface CachedGrant {
 /** How long an object's grants are not kept after it was revoked (another session wanted it). */
 const REVOKED_NO_KEEP_MS = 1000;
 
+const NO_WAIT = () => {};
+
 /** How long past its timeoutMs an acquire waits for the server's own TIMEOUT before giving up locally. */
 const ACQUIRE_GUARD_GRACE_MS = 1000;
 
@@ -326,7 +330,7 @@ function info(r: ObjectRecord): ObjectInfo {
   return { name: r.name, size: r.size, address: r.address, version: r.version };
 }
 
-export class SegmentImpl implements Segment {
+export class SegmentImpl implements Segment, ProbeGroup {
   private readonly byName = new Map<string, CachedObject>();
   private readonly byId = new Map<number, CachedObject>();
   private readonly handles = new Set<HandleImpl>();
@@ -351,6 +355,8 @@ export class SegmentImpl implements Segment {
   /** Revocations of objects not cached yet (their grant is on its way): the grant is then not kept. */
   private readonly earlyRevokes = new Set<number>();
   private leaseTimer: EnvTimer | null = null;
+  /** Deadlock detection across shard groups (a sharded client's); none for one group. */
+  private probes: ProbeHub | null = null;
 
   constructor(
     private readonly session: Session,
@@ -493,6 +499,8 @@ export class SegmentImpl implements Segment {
         name,
         timeoutMs: leftMs,
       });
+      const ended = this.probing(requestId);
+      promise.then(ended, ended);
       if (signal) {
         // The server answers the cancelled wait with ABORTED; a delete applied meanwhile stays applied.
         const onAbort = () =>
@@ -520,6 +528,36 @@ export class SegmentImpl implements Segment {
 
   watch(name: string, opts?: WatchOptions): AsyncIterable<WatchEvent> {
     return this.watches.watch(name, opts);
+  }
+
+  /** @internal Takes part in deadlock detection across shard groups through `hub` (a sharded client's). */
+  attachProbes(hub: ProbeHub): void {
+    this.probes = hub;
+  }
+
+  /** A PROBED push: a probe of a cycle of waits across shard groups reached this session. */
+  onProbed(msg: Probed): void {
+    this.probes?.onProbed(this, msg);
+  }
+
+  sendProbe(initiator: string, probeId: number, hops: number): void {
+    if (this.closed) return;
+    this.session.start({ type: 'PROBE', initiator, probeId, hops }).promise.catch(() => {});
+  }
+
+  cancelForDeadlock(requestId: number): void {
+    if (this.closed) return;
+    this.session.start({ type: 'CANCEL', requestId, reason: 'DEADLOCK' }).promise.catch(() => {});
+  }
+
+  keepsIdleGrant(name: string): boolean {
+    const c = this.byName.get(name);
+    return c?.grant !== undefined && c.grant !== null && c.grantUsers === 0;
+  }
+
+  /** Tells the probe hub, if any, that the wait `requestId` began; the result ends it. */
+  private probing(requestId: number): () => void {
+    return this.probes ? this.probes.waitStarted(this, requestId) : NO_WAIT;
   }
 
   /** A CHANGED push: objects this session watches changed. */
@@ -634,6 +672,8 @@ export class SegmentImpl implements Segment {
       timeoutMs: timeoutMs ?? null,
       inlineMaxBytes: this.followerReads?.active ? FOLLOWER_READ_MIN_BYTES : null,
     });
+    const ended = this.probing(requestId);
+    promise.then(ended, ended);
     // The copy this grant will be a delta against (null: none, the grant carries every page that is not zero).
     const base = fresh ? cached : null;
     // Held until the grant is installed (or the acquire failed), not merely answered: an invalidation

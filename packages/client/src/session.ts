@@ -11,6 +11,7 @@ import {
   decodeChanged,
   decodeError,
   decodeInvalidate,
+  decodeProbed,
   decodeResponse,
   decodeRevoke,
   type Env,
@@ -26,6 +27,7 @@ import {
   MessageType,
   type OkBodies,
   PROTOCOL_VERSION,
+  type Probed,
   parseHostPort,
   type ReleaseOk,
   type Request,
@@ -100,6 +102,8 @@ export interface SessionOptions {
   onRevoke?: (msg: Revoke) => void;
   /** A CHANGED push (objects this session watches changed); none: such pushes are ignored. */
   onChanged?: (msg: Changed) => void;
+  /** A PROBED push: a probe of a cycle of waits across shard groups reached this session. */
+  onProbed?: (msg: Probed) => void;
   /** The session was replaced by a new one (the old one expired while disconnected). */
   onSessionLost: (err: SegmemError) => void;
   /** Dropping the transport made the client's cache unreliable: revalidate it. */
@@ -433,6 +437,12 @@ export class Session {
             this.opts.onChanged?.(decodeChanged(frame));
           } catch {
             this.opts.onResumed(); // an unreadable push: watches are sent again, their answers fill the gap
+          }
+        } else if (frame.type === MessageType.PROBED) {
+          try {
+            this.opts.onProbed?.(decodeProbed(frame));
+          } catch {
+            // unreadable: probes are hints, repeated while their wait lasts
           }
         } else if (frame.type === MessageType.ERROR) {
           // The server is closing the connection (a framing error, a refusal); the close handler follows.
