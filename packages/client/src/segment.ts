@@ -309,7 +309,6 @@ interface CachedGrant {
 /** How long an object's grants are not kept after it was revoked (another session wanted it). */
 const REVOKED_NO_KEEP_MS = 1000;
 
-const NO_WAIT = () => {};
 
 /** How long past its timeoutMs an acquire waits for the server's own TIMEOUT before giving up locally. */
 const ACQUIRE_GUARD_GRACE_MS = 1000;
@@ -499,8 +498,7 @@ export class SegmentImpl implements Segment, ProbeGroup {
         name,
         timeoutMs: leftMs,
       });
-      const ended = this.probing(requestId);
-      promise.then(ended, ended);
+      this.probing(requestId, promise);
       if (signal) {
         // The server answers the cancelled wait with ABORTED; a delete applied meanwhile stays applied.
         const onAbort = () =>
@@ -555,9 +553,11 @@ export class SegmentImpl implements Segment, ProbeGroup {
     return c?.grant !== undefined && c.grant !== null && c.grantUsers === 0;
   }
 
-  /** Tells the probe hub, if any, that the wait `requestId` began; the result ends it. */
-  private probing(requestId: number): () => void {
-    return this.probes ? this.probes.waitStarted(this, requestId) : NO_WAIT;
+  /** Tells the probe hub, if any, that the wait `requestId` lasts until `answered` settles. */
+  private probing(requestId: number, answered: Promise<unknown>): void {
+    if (!this.probes) return;
+    const ended = this.probes.waitStarted(this, requestId);
+    answered.then(ended, ended);
   }
 
   /** A CHANGED push: objects this session watches changed. */
@@ -672,8 +672,7 @@ export class SegmentImpl implements Segment, ProbeGroup {
       timeoutMs: timeoutMs ?? null,
       inlineMaxBytes: this.followerReads?.active ? FOLLOWER_READ_MIN_BYTES : null,
     });
-    const ended = this.probing(requestId);
-    promise.then(ended, ended);
+    this.probing(requestId, promise);
     // The copy this grant will be a delta against (null: none, the grant carries every page that is not zero).
     const base = fresh ? cached : null;
     // Held until the grant is installed (or the acquire failed), not merely answered: an invalidation
