@@ -309,7 +309,6 @@ interface CachedGrant {
 /** How long an object's grants are not kept after it was revoked (another session wanted it). */
 const REVOKED_NO_KEEP_MS = 1000;
 
-
 /** How long past its timeoutMs an acquire waits for the server's own TIMEOUT before giving up locally. */
 const ACQUIRE_GUARD_GRACE_MS = 1000;
 

@@ -129,7 +129,10 @@ test('two groups under eight writers: each fault stops only its group; counters 
             const before = (s.stderr().match(/ status /g) ?? []).length;
             s.proc.kill('SIGUSR2');
             await waitFor(() => (s.stderr().match(/ status /g) ?? []).length > before, `status of ${id}`);
-            const lines = s.stderr().split('\n').filter((l) => l.includes(' status '));
+            const lines = s
+              .stderr()
+              .split('\n')
+              .filter((l) => l.includes(' status '));
             if (/leader=true/.test(lines[lines.length - 1]!)) return id;
           }
           return undefined;
@@ -165,7 +168,7 @@ test('two groups under eight writers: each fault stops only its group; counters 
         return () => start(leader).then(() => {});
       });
     }
-    await strike(0, "SIGSTOP of a member of group 1 (its leader)", async () => {
+    await strike(0, 'SIGSTOP of a member of group 1 (its leader)', async () => {
       const leader = await leaderOf(groups[0]!);
       servers.get(leader)!.proc.kill('SIGSTOP');
       return async () => {

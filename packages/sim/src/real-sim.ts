@@ -439,12 +439,13 @@ class RealSimulation {
   /** Starts every member of every group. */
   async startMembers(): Promise<void> {
     const ids = this.groups.flat();
-    this.groups.forEach((members, g) =>
+    this.groups.forEach((members, g) => {
       members.forEach((id, k) => {
-        this.addresses[id] = this.groups.length === 1 ? `10.0.0.${k + 1}:7401` : `10.0.${g + 1}.${k + 1}:7401`;
+        this.addresses[id] =
+          this.groups.length === 1 ? `10.0.0.${k + 1}:7401` : `10.0.${g + 1}.${k + 1}:7401`;
         this.disks.set(id, new SimFs(this.world.process(), this.prng.fork(), { fsyncMaxMs: 8 }));
-      }),
-    );
+      });
+    });
     this.peerNet.onSend = (from, msg) => {
       if (msg.type === 'appendResp' && !msg.reject && msg.hintIndex !== undefined)
         this.acked.set(from, { term: msg.term, index: msg.hintIndex });
@@ -1120,7 +1121,9 @@ class RealSimulation {
           if (!active()) return;
           const group = this.pickGroup();
           const leader = this.leaderOf(group);
-          const followers = group.filter((id) => id !== leader && !this.down.has(id) && !this.opening.has(id));
+          const followers = group.filter(
+            (id) => id !== leader && !this.down.has(id) && !this.opening.has(id),
+          );
           if (leader && followers.length > 0) {
             const victim = this.prng.pick(followers);
             this.log(`broken: ${victim}'s next WAL fdatasync does nothing`);
