@@ -187,6 +187,15 @@ function toRecord(record: unknown, what: string): Buffer {
   return bytes;
 }
 
+/** INVALID_ARGUMENT for a `from` that is not a non-negative integer or a `follow` that is not a boolean. */
+export function checkLogReadOptions(opts: LogReadOptions): void {
+  const { from, follow = false } = opts;
+  if (from !== undefined && (!Number.isSafeInteger(from) || from < 0)) {
+    throw new SegmemError('INVALID_ARGUMENT', `from must be a non-negative integer; got ${from}`);
+  }
+  if (typeof follow !== 'boolean') throw new SegmemError('INVALID_ARGUMENT', 'follow must be a boolean');
+}
+
 function newBatch(): Batch {
   return { records: [], bytes: 0, waiters: [] };
 }
@@ -299,11 +308,8 @@ export class SharedLogImpl implements SharedLog {
 
   read(opts: LogReadOptions = {}): AsyncIterable<LogRecord> {
     this.check();
+    checkLogReadOptions(opts);
     const { from, follow = false, signal } = opts;
-    if (from !== undefined && (!Number.isSafeInteger(from) || from < 0)) {
-      throw new SegmemError('INVALID_ARGUMENT', `from must be a non-negative integer; got ${from}`);
-    }
-    if (typeof follow !== 'boolean') throw new SegmemError('INVALID_ARGUMENT', 'follow must be a boolean');
     return this.records(from ?? null, follow, signal);
   }
 

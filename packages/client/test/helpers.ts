@@ -17,6 +17,8 @@ import {
   type Request,
   type RequestType,
   type SegmemError,
+  SLOT_COUNT,
+  slotOf,
   systemEnv,
 } from '@segmem/protocol';
 import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
@@ -796,4 +798,38 @@ export function procStatusKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   if (!m) throw new Error(`no ${field} for process ${pid}`);
   return Number(m[1]);
+}
+
+/** `count` names whose slots group `index + 1` of two owns (group 1 the lower half of the slots). */
+export function namesOfGroup(index: number, count: number): string[] {
+  const names: string[] = [];
+  for (let i = 0; names.length < count; i++) {
+    const name = `obj-${i}`;
+    if (Math.floor((slotOf(name) * 2) / SLOT_COUNT) === index) names.push(name);
+  }
+  return names;
+}
+
+/**
+ * Runs `segmem up ARGS --port PORT --dir DIR --fsync none`; `ready()` waits for the SEGMEM_SERVERS (every
+ * address, comma-separated) and SEGMEM_CONFIG lines it prints once its servers are ready.
+ */
+export function startUp(dir: string, port: number, args: string[]) {
+  const printed = { servers: '', configPath: '' };
+  const up = runNode(segmemBin, ['up', ...args, '--port', String(port), '--dir', dir, '--fsync', 'none'], {
+    timeoutMs: 2 * SERVER_READY_MS,
+    onLine: (line) => {
+      if (line.startsWith('SEGMEM_SERVERS=')) printed.servers = line.slice('SEGMEM_SERVERS='.length);
+      if (line.startsWith('SEGMEM_CONFIG=')) printed.configPath = line.slice('SEGMEM_CONFIG='.length);
+    },
+  });
+  const ready = async () => {
+    await waitFor(
+      () => printed.servers && printed.configPath,
+      'up to print SEGMEM_SERVERS and SEGMEM_CONFIG',
+      SERVER_READY_MS,
+    );
+    return printed;
+  };
+  return { up, ready, printed };
 }
