@@ -313,17 +313,23 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** `n` consecutive free ports on 127.0.0.1 (segmem up takes PORT, PORT+1, ...). */
+/**
+ * `n` consecutive free ports on 127.0.0.1 (segmem up takes PORT, PORT+1, ...). From the ephemeral range
+ * first, then below it (20000..31999): when busy clients hold most ephemeral ports (in TIME_WAIT),
+ * ports the kernel never hands to outgoing connections are still free.
+ */
 export async function consecutivePorts(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const base = await freePort();
+  for (let attempt = 0; attempt < 70; attempt++) {
+    const base = attempt < 20 ? await freePort() : 20_000 + Math.floor(Math.random() * (12_000 - n));
     if (base + n > 65535) continue;
+    // freePort's base was free already.
+    const first = attempt < 20 ? 1 : 0;
     const free = await Promise.all(
-      Array.from({ length: n - 1 }, (_, i) => {
+      Array.from({ length: n - first }, (_, i) => {
         const s = createServer();
         return new Promise<boolean>((r) => {
           s.once('error', () => r(false));
-          s.listen(base + 1 + i, '127.0.0.1', () => s.close(() => r(true)));
+          s.listen(base + first + i, '127.0.0.1', () => s.close(() => r(true)));
         });
       }),
     );
