@@ -58,7 +58,9 @@ export type { WatchEvent, WatchOptions } from './watch.js';
 export interface ConnectOptions {
   /**
    * Server addresses, host:port. Any reachable one will do: the client dials them in order and a member
-   * that does not lead redirects it to the leader. List several members of a cluster, ideally all.
+   * that does not lead redirects it to the leader. List several members of a cluster, ideally all. In a
+   * cluster of several shard groups a server of any group will do: the client asks it for the slot table
+   * and reaches each group at the members the table lists, when one of its names is first used.
    */
   servers: string[];
   /**
@@ -370,6 +372,8 @@ function shardedSegment(
 /**
  * Opens a session with a segmem server or cluster. The session keeps itself alive, follows the leader
  * across failovers (re-sending what was unanswered, applied once) and ends with {@link Segment.close}.
+ * In a cluster of several shard groups it is one session per group, each opened on first use, and every
+ * call goes to the group owning the name's hash slot.
  *
  * Rejects with `INVALID_ARGUMENT` for bad options, `UNAVAILABLE` when no listed server answers, and
  * `UNAUTHORIZED` for a wrong token.

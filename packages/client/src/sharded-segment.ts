@@ -33,6 +33,7 @@ import {
   type SegmentImpl,
 } from './segment.js';
 import {
+  checkLog,
   checkLogReadOptions,
   type LogInfo,
   type LogOptions,
@@ -352,7 +353,7 @@ export class ShardedSegment implements Segment {
 
   log(name: string, opts: LogOptions = {}): SharedLog {
     this.check();
-    validateName(name);
+    checkLog(name, opts);
     let log = this.logs.get(name);
     if (!log) {
       log = new RoutedLog(this, name, opts, () => this.check());

@@ -187,6 +187,18 @@ function toRecord(record: unknown, what: string): Buffer {
   return bytes;
 }
 
+/** INVALID_ARGUMENT for a bad log name or a `maxBytes` that is not an integer 1..MAX_LOG_MAX_BYTES. */
+export function checkLog(name: string, opts: LogOptions): void {
+  validateName(name);
+  const maxBytes = opts.maxBytes;
+  if (
+    maxBytes !== undefined &&
+    (!Number.isInteger(maxBytes) || maxBytes < 1 || maxBytes > MAX_LOG_MAX_BYTES)
+  ) {
+    throw new SegmemError('INVALID_ARGUMENT', `maxBytes must be an integer 1..${MAX_LOG_MAX_BYTES}`);
+  }
+}
+
 /** INVALID_ARGUMENT for a `from` that is not a non-negative integer or a `follow` that is not a boolean. */
 export function checkLogReadOptions(opts: LogReadOptions): void {
   const { from, follow = false } = opts;
@@ -215,15 +227,8 @@ export class SharedLogImpl implements SharedLog {
     opts: LogOptions,
     private readonly check: () => void,
   ) {
-    validateName(name);
-    const maxBytes = opts.maxBytes;
-    if (
-      maxBytes !== undefined &&
-      (!Number.isInteger(maxBytes) || maxBytes < 1 || maxBytes > MAX_LOG_MAX_BYTES)
-    ) {
-      throw new SegmemError('INVALID_ARGUMENT', `maxBytes must be an integer 1..${MAX_LOG_MAX_BYTES}`);
-    }
-    this.maxBytes = maxBytes ?? null;
+    checkLog(name, opts);
+    this.maxBytes = opts.maxBytes ?? null;
   }
 
   async append(record: Uint8Array | string): Promise<number> {
