@@ -255,13 +255,21 @@ test('a MOVED redirect is followed: a client holding table version 1 creates a m
       [8192, 16383, 2],
     ];
     const v2: SlotTable = { version: 2, ranges, groups: v1.groups };
-    for (const group of [group2, group1]) {
-      await untilItWorks(async () => {
+    const install = (group: Member[]) =>
+      untilItWorks(async () => {
         const installed = (await Promise.all(group.map((m) => m.install(v2)))).filter((v) => v !== null);
         if (installed.length !== 1 || installed[0] !== 2)
           throw new Error(`installed: ${installed.join(',')}`);
       }, `table version 2 installed by ${group[0]!.id}'s group`);
-    }
+    // Group 1 first. Until group 2 has it too the groups disagree: group 1 sends the client to group 2, which
+    // (at version 1) sends it back with an older table; the client stops there and says so.
+    const split = await connectTo([group1[2]!.address]);
+    await install(group1);
+    const disagree = await t.throwsAsync(split.stat(moved));
+    t.true(SegmemError.is(disagree, 'UNAVAILABLE'), String(disagree));
+    t.like((disagree as SegmemError).details, { reason: 'MOVED', group: 1, version: 1 });
+    t.is((split as ShardedSegment).table.version, 2);
+    await install(group2);
     t.is((stale as ShardedSegment).table.version, 1, 'the client still holds version 1');
 
     // Routed by version 1 to group 1, redirected to group 2, created there.
