@@ -330,7 +330,9 @@ function info(r: ObjectRecord): ObjectInfo {
 
 /**
  * Runs `fn` with the handle `h` and releases it, also when `fn` throws; a write handle's changes are undone
- * first then, so the release ships nothing (what {@link Segment.read} and {@link Segment.update} do).
+ * first then, so the release ships nothing (what {@link Segment.read} and {@link Segment.update} do). The
+ * ShardedSegment's read and update use it; SegmentImpl keeps its own bodies, whose exact sequence of awaits
+ * the simulator's recorded seeds depend on.
  */
 export async function holding<T>(h: Handle, fn: (h: Handle) => T | Promise<T>): Promise<T> {
   let value: T;
@@ -566,12 +568,27 @@ export class SegmentImpl implements Segment {
   }
 
   async read<T>(name: string, fn: (h: Handle) => T | Promise<T>): Promise<T> {
-    return holding(await this.acquireRead(name), fn);
+    const h = await this.acquireRead(name);
+    try {
+      return await fn(h);
+    } finally {
+      await h.release();
+    }
   }
 
   /** Write access around `fn`. If `fn` throws, its changes are undone and the release ships nothing. */
   async update<T>(name: string, fn: (h: Handle) => T | Promise<T>): Promise<T> {
-    return holding(await this.acquireWrite(name), fn);
+    const h = (await this.acquireWrite(name)) as HandleImpl;
+    let value: T;
+    try {
+      value = await fn(h);
+    } catch (err) {
+      h.rollback();
+      await h.release();
+      throw err;
+    }
+    await h.release();
+    return value;
   }
 
   private async acquire(name: string, mode: 'read' | 'write', opts: AcquireOptions = {}): Promise<Handle> {
