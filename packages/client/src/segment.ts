@@ -439,6 +439,11 @@ export class SegmentImpl implements Segment, ProbeGroup {
   }
 
   /** The id of this segment's session at its group (UDP hints name it). */
+  /** @internal The shard group this segment's session belongs to (0: a cluster without groups). */
+  get groupId(): number {
+    return this.session.hello.groupId ?? 0;
+  }
+
   get sessionId(): number {
     return this.session.sessionId;
   }

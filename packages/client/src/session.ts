@@ -62,6 +62,8 @@ const ELECTION_POLL_MS = 50;
  * the connection is dropped and the other servers are tried. A healthy leader answers within an election.
  */
 const HANDSHAKE_TIMEOUT_MS = 3000;
+/** The least silence (nothing from the server while keepalives go out) after which a connection is given up. */
+const UNRESPONSIVE_MIN_MS = 1000;
 
 /** A follower's answer: not the leader (the client goes to `address` if it is known). */
 function redirectOf(err: unknown): { address: string | null } | null {
@@ -124,6 +126,8 @@ export class Session {
   private nextRequestId = 1;
   private nextSeq = 1;
   private keepaliveTimer: EnvTimer | null = null;
+  /** When the last bytes came from the server (this process's clock). */
+  private lastHeardMs = 0;
   private closed = false;
   private reconnecting: Promise<void> | null = null;
   private readonly capacityWaiters: (() => void)[] = [];
@@ -408,6 +412,7 @@ export class Session {
 
   private receive(chunk: Buffer): void {
     this.traffic.bytesReceived += chunk.length;
+    this.lastHeardMs = this.env.now();
     let frames: Frame[];
     try {
       frames = this.decoder.push(chunk);
@@ -490,10 +495,31 @@ export class Session {
 
   private startKeepalive(everyMs: number): void {
     this.env.clearInterval(this.keepaliveTimer);
+    this.lastHeardMs = this.env.now();
+    let lastTickMs = this.env.now();
     this.keepaliveTimer = this.env.setInterval(() => {
-      if (this.transport && !this.reconnecting) this.start({ type: 'KEEPALIVE' }).promise.catch(() => {});
+      const now = this.env.now();
+      // A tick long overdue means this process stalled: what the server sent meanwhile is still unread.
+      const stalled = now - lastTickMs > 2 * everyMs;
+      lastTickMs = now;
+      if (!this.transport || this.reconnecting) return;
+      if (!stalled && now - this.lastHeardMs > this.unresponsiveMs()) {
+        // The server holds the connection open and answers nothing, keepalives included (a stopped or
+        // hung process): the others may have a new leader by now. Dial again; what is unanswered is re-sent.
+        this.transport.close();
+        return;
+      }
+      this.start({ type: 'KEEPALIVE' }).promise.catch(() => {});
     }, everyMs);
     this.keepaliveTimer.unref();
+  }
+
+  /**
+   * How long a server may send nothing while keepalives go to it before the connection is given up: half
+   * the session timeout (as the leader's own silence check), at least a second.
+   */
+  private unresponsiveMs(): number {
+    return Math.max(UNRESPONSIVE_MIN_MS, Math.floor(this.opts.sessionTimeoutMs / 2));
   }
 
   private lost(transport: Transport): void {

@@ -450,6 +450,11 @@ export class ShardedSegment implements Segment {
     return this.groups.get(this.router.route(name).group)?.segment?.cacheInfo(name);
   }
 
+  /** @internal The segments of the groups with a session open now (diagnostics; the simulator). */
+  groupSegments(): SegmentImpl[] {
+    return this.openSegments();
+  }
+
   /** The ids of the groups with a session open now (diagnostic). */
   openGroups(): number[] {
     return [...this.groups].filter(([, e]) => e.segment !== null).map(([id]) => id);

@@ -32,7 +32,7 @@ const FAULT_MS = FULL ? 6000 : 2500;
 const INCREMENTS = FULL ? 100_000 : 20_000;
 const WRITERS = 8;
 /** Increments the healthy group must acknowledge while the other is struck. */
-const PROGRESS = FULL ? 50 : 10;
+const PROGRESS = FULL ? 500 : 50;
 const SEGMENT_BYTES = 64 * 1024 * 1024;
 const HALF = SEGMENT_BYTES / 2;
 const WRITER = fileURLToPath(new URL('../../test/fixtures/sharded-writer.mjs', import.meta.url));
@@ -90,6 +90,7 @@ test('two groups under eight writers: each fault stops only its group; counters 
   const acked = new Map<string, number>();
   const unknown = new Map<string, number>();
   const codes = new Map<string, number>();
+  const events: string[] = [];
   const counters = [namesOfGroup(0, WRITERS), namesOfGroup(1, WRITERS)];
   const groupOfName = new Map(counters.flatMap((names, g) => names.map((n) => [n, g] as const)));
   const ackedIn = (g: number) => counters[g]!.reduce((n, name) => n + (acked.get(name) ?? 0), 0);
@@ -107,6 +108,7 @@ test('two groups under eight writers: each fault stops only its group; counters 
         runNode(WRITER, [ids.map(addressOf).join(','), names.join(','), String(INCREMENTS), '1500'], {
           timeoutMs: 4 * 60_000,
           onLine: (line) => {
+            events.push(`w${w} ${line}`);
             const [what, name, code] = line.split(' ');
             if (what === 'ready') ready++;
             else if (what === 'ack') acked.set(name!, (acked.get(name!) ?? 0) + 1);
@@ -206,6 +208,10 @@ test('two groups under eight writers: each fault stops only its group; counters 
       total += a;
       unknownTotal += u;
     }
+    const odd = events.flatMap((e, i) =>
+      /unknown|DEADLOCK|why/.test(e) ? [events.slice(Math.max(0, i - 2), i + 1).join(' | ')] : [],
+    );
+    if (odd.length > 0) t.log(odd.join('\n'));
     t.log(
       `${total} increments acknowledged over ${counters.flat().length} counters, ${unknownTotal} of unknown outcome; failures ${JSON.stringify(Object.fromEntries(codes))}`,
     );

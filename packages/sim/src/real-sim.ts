@@ -16,9 +16,10 @@
  */
 import { createHash } from 'node:crypto';
 import { FollowerReads } from '@segmem/client/internal/follower-reads';
-import { BufferSegment } from '@segmem/client/internal/mapped-segment';
+import { BufferSegment, type MappedSegment, sharedMapping } from '@segmem/client/internal/mapped-segment';
 import { SegmentImpl } from '@segmem/client/internal/segment';
 import { Session } from '@segmem/client/internal/session';
+import { ShardedSegment } from '@segmem/client/internal/sharded-segment';
 import {
   DEFAULT_SEGMENT_BYTES,
   type Env,
@@ -296,7 +297,13 @@ interface SimClient {
   /** The process: pausable, and its clock (`clock`, which the client's code runs on) skewed. */
   env: PausableEnv;
   clock: SkewedEnv;
-  segment: SegmentImpl;
+  /** A SegmentImpl over the one group, or a sharded run's ShardedSegment over every group. */
+  segment: SegmentImpl | ShardedSegment;
+}
+
+/** The segments of a client's sessions: the one, or every group's it has opened. */
+function partsOf(c: SimClient): SegmentImpl[] {
+  return c.segment instanceof ShardedSegment ? c.segment.groupSegments() : [c.segment];
 }
 
 interface AppendRecord {
@@ -624,8 +631,78 @@ class RealSimulation {
     );
   }
 
+  /**
+   * A sharded run's client: the real ShardedSegment over one SegmentImpl (and Session) per group, opened
+   * over the simulated network as the client library does (the first at every member, the others from the
+   * slot table the first one's group answers).
+   */
+  private async openShardedClient(name: string): Promise<SimClient> {
+    const process = new PausableEnv(this.world.process());
+    const env = this.skewed(process, 'client');
+    const mapped = new BufferSegment();
+    const shared = sharedMapping(mapped);
+    const first = await this.openGroupSegment(name, env, Object.values(this.addresses), shared);
+    const table = (await first.slots()).table;
+    const segment = new ShardedSegment(
+      table,
+      { group: first.groupId, segment: first, servers: Object.values(this.addresses) },
+      mapped,
+      (_group, servers) => this.openGroupSegment(name, env, servers, shared),
+      env,
+    );
+    this.log(`${name} client ${segment.clientId}, session ${first.sessionId} in group ${first.groupId}`);
+    return {
+      name,
+      env: process,
+      clock: env,
+      segment,
+      home: this.counters[this.clients.length % this.counters.length]!,
+    };
+  }
+
+  /** One group's segment of a sharded client: a Session and SegmentImpl over `servers`. */
+  private async openGroupSegment(
+    name: string,
+    env: SkewedEnv,
+    servers: string[],
+    mapped: MappedSegment,
+  ): Promise<SegmentImpl> {
+    let segment: SegmentImpl | undefined;
+    const session = await Session.open({
+      dial: this.clientNet.dial(name, env, servers),
+      env,
+      sessionTimeoutMs: this.params.sessionTimeoutMs,
+      reconnect: true,
+      onInvalidate: (msg) => segment?.onInvalidate(msg),
+      onRevoke: (msg) => segment?.onRevoke(msg),
+      onProbed: (msg) => segment?.onProbed(msg),
+      onSessionLost: () => {
+        this.log(`${name} session lost (group ${session.hello.groupId})`);
+        segment?.sessionLost();
+      },
+      onResumed: () => segment?.revalidate(),
+    });
+    const followerReads = new FollowerReads(session, {
+      sessionTimeoutMs: this.params.sessionTimeoutMs,
+      dial: (address) => this.clientNet.dial(name, env, [address]),
+    });
+    segment = new SegmentImpl(
+      session,
+      mapped,
+      session.hello.pageBytes,
+      async () => followerReads.close(),
+      followerReads,
+      !globalThis.process.env.SIM_NO_DELEG,
+    );
+    if (this.opts.broken === 'keepCopyAfterLockLost') segment.keepUncommittedCopies = true;
+    if (this.opts.broken === 'grantPastLease') segment.ignoreLease = true;
+    if (this.opts.broken === 'leaseWithoutDriftMargin') session.unsafeLeaseMs = (timeoutMs) => timeoutMs;
+    return segment;
+  }
+
   /** A real client: its own process Env, Session and SegmentImpl over the simulated network. */
   async openClient(name: string): Promise<SimClient> {
+    if (this.groups.length > 1) return this.openShardedClient(name);
     const process = new PausableEnv(this.world.process());
     const env = this.skewed(process, 'client');
     let segment: SegmentImpl | undefined;
@@ -760,15 +837,20 @@ class RealSimulation {
   clientStates(): string {
     return this.clients
       .map((c) => {
-        const session = (c.segment as unknown as { session: Session }).session;
-        const inner = session as unknown as {
-          pending: Map<number, { req: { type: string; name?: string }; sent: boolean }>;
-        };
-        const pending = [...inner.pending.values()].map(
-          (p) => `${p.req.type}${p.req.name ? ` ${p.req.name}` : ''}${p.sent ? '' : ' (unsent)'}`,
-        );
-        const local = (c.segment as SegmentImpl).localState();
-        return `${c.name}: ${session.isConnected ? 'connected' : 'not connected'}${c.env.isPaused ? ', paused' : ''}, session ${session.sessionId}, waiting for ${pending.join(', ') || 'nothing'}${local.map((l) => `\n  ${l}`).join('')}`;
+        return partsOf(c)
+          .map((part) => {
+            const session = (part as unknown as { session: Session }).session;
+            const inner = session as unknown as {
+              pending: Map<number, { req: { type: string; name?: string }; sent: boolean }>;
+            };
+            const pending = [...inner.pending.values()].map(
+              (p) => `${p.req.type}${p.req.name ? ` ${p.req.name}` : ''}${p.sent ? '' : ' (unsent)'}`,
+            );
+            const local = part.localState();
+            const group = this.groups.length > 1 ? ` (group ${part.groupId})` : '';
+            return `${c.name}${group}: ${session.isConnected ? 'connected' : 'not connected'}${c.env.isPaused ? ', paused' : ''}, session ${session.sessionId}, waiting for ${pending.join(', ') || 'nothing'}${local.map((l) => `\n  ${l}`).join('')}`;
+          })
+          .join('\n');
       })
       .join('\n')
       .concat(
