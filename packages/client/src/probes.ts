@@ -60,9 +60,12 @@ export class ProbeHub {
 
   /** How many probes of this client's own came back (cycles it broke); for tests and stats. */
   cyclesBroken = 0;
+  /** @internal Unsafe, for the simulator's broken variant: no wait is probed, so no cycle across groups is found. */
+  unsafeOff = false;
 
   /** A wait at `group`'s servers began (an ACQUIRE or DELETE queued there). Call the result when it ends. */
   waitStarted(group: ProbeGroup, requestId: number): () => void {
+    if (this.unsafeOff) return () => {};
     const wait: Wait = { group, requestId, sinceMs: this.env.now(), probeIds: [], cancelled: false };
     this.waits.add(wait);
     if (!this.timer && !this.closed) {

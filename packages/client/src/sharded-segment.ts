@@ -69,8 +69,8 @@ function byName(a: ObjectInfo, b: ObjectInfo): number {
 }
 
 export class ShardedSegment implements Segment {
-  /** Deadlock detection across the groups: every group's segment takes part through it. */
-  private readonly probes: ProbeHub;
+  /** @internal Deadlock detection across the groups: every group's segment takes part through it. */
+  readonly probes: ProbeHub;
   private readonly router: SlotRouter;
   private readonly groups = new Map<number, GroupEntry>();
   private readonly logs = new Map<string, RoutedLog>();

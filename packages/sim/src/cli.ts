@@ -46,8 +46,9 @@ async function runReal(): Promise<number> {
     fail('--edge-drift takes a percentage 0..50, with --lease-edge');
   if (broken !== undefined && !REAL_BROKEN_VARIANTS.includes(broken as RealBrokenVariant))
     fail(`unknown --broken ${broken}`);
-  const groups = int('groups', opt('groups'), 1) ?? 1;
+  const groups = int('groups', opt('groups'), 1) ?? (broken === 'noCrossGroupProbes' ? 3 : 1);
   if (groups > 5) fail('--groups takes 1..5 shard groups');
+  if (groups > 1 && args.includes('--lease-edge')) fail('--lease-edge runs with one group');
   const list = seed !== undefined ? [seed] : Array.from({ length: seeds }, (_, i) => from + i);
   process.stdout.write(
     `real-code simulation (${groups === 1 ? '3 real members' : `${groups} shard groups of 3 real members`}, real clients): seeds ${list[0]}..${list[list.length - 1]}${broken ? `, broken ${broken}` : ''}${args.includes('--lease-edge') ? ', lease edge' : ''}\n`,

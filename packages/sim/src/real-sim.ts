@@ -58,6 +58,7 @@ export const REAL_BROKEN_VARIANTS = [
   'grantPastLease',
   'leaseWithoutDriftMargin',
   'acceptUnprovenPeer',
+  'noCrossGroupProbes',
 ] as const;
 /**
  * Deliberately broken variants of the shipped code, each of which the checkers must catch:
@@ -74,6 +75,8 @@ export const REAL_BROKEN_VARIANTS = [
  * unsafeLeaseMs), with no margin for the drift bound; runs with the lease edge (RealSimOptions.leaseEdge).
  * acceptUnprovenPeer: a member takes a dialer's PEER_PROOF unchecked (NodeOptions' unsafe
  * acceptUnprovenPeer), so a forged peer that names a member is taken for it; runs with the forged peer.
+ * noCrossGroupProbes: a sharded client never probes its waits (ProbeHub's unsafeOff), so a cycle of waits
+ * through two groups is never broken; runs with three groups.
  */
 export type RealBrokenVariant = (typeof REAL_BROKEN_VARIANTS)[number];
 
@@ -410,7 +413,8 @@ class RealSimulation {
     // The lease variant's targeted fault needs a client that goes on reading while it is cut off.
     this.leaseEdge = opts.leaseEdge === true || opts.broken === 'leaseWithoutDriftMargin';
     if (this.leaseEdge && this.params.watchEveryMs === 0) this.params.watchEveryMs = 2;
-    const groups = opts.groups ?? 1;
+    // The variant about cycles through groups needs groups.
+    const groups = opts.groups ?? (opts.broken === 'noCrossGroupProbes' ? 3 : 1);
     this.groups =
       groups === 1
         ? [['s1', 's2', 's3']]
@@ -650,6 +654,7 @@ class RealSimulation {
       (_group, servers) => this.openGroupSegment(name, env, servers, shared),
       env,
     );
+    if (this.opts.broken === 'noCrossGroupProbes') segment.probes.unsafeOff = true;
     this.log(`${name} client ${segment.clientId}, session ${first.sessionId} in group ${first.groupId}`);
     return {
       name,
@@ -951,9 +956,16 @@ class RealSimulation {
    * would be the process's own deadlock), half of the clients in the other: their waits can form cycles
    * through two groups, which must be broken with DEADLOCK rather than hang.
    */
-  private async incrementPair(c: SimClient, object: string): Promise<void> {
+  private async incrementPair(c: SimClient, pick: string): Promise<void> {
+    let object = pick;
     const groupOf = (name: string) => this.counters.indexOf(name) % this.groups.length;
-    const other = this.prng.pick(this.counters.filter((n) => groupOf(n) !== groupOf(object)));
+    // Half the pairs are the same two counters (of groups 1 and 2), so that clients taking them in opposite
+    // orders meet often; the others join the task's object with one of another group.
+    if (this.prng.chance(0.5)) object = this.counters[0]!;
+    const other =
+      object === this.counters[0]
+        ? this.counters[1]!
+        : this.prng.pick(this.counters.filter((n) => groupOf(n) !== groupOf(object)));
     const ascending = this.clients.indexOf(c) % 2 === 0;
     const [first, second] = ascending === object < other ? [object, other] : [other, object];
     this.stats.pairs++;
