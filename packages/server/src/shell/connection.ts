@@ -53,6 +53,7 @@ import {
 import { ANONYMOUS, type Principal } from '../node/access.js';
 import type { Holding } from '../node/budget.js';
 import type { Port, SegmemNode, Wire } from '../node/index.js';
+import { FROZEN_WAIT_MS } from '../node/moves.js';
 import type { Message } from '../raft/types.js';
 import { checkPeerProof, newNonce, type PeerHandshake, peerProof } from './peer-auth.js';
 import {
@@ -559,12 +560,14 @@ export class ServerConnection implements Port {
         this.answer(encodeOk('KEEPALIVE', requestId, {}));
         return;
       case 'CREATE': {
-        const r = await node.create(sid, req);
+        const r = await node.moves.whenUnfrozen(req.name, FROZEN_WAIT_MS, false, () => node.create(sid, req));
         this.answer(encodeOk('CREATE', requestId, { object: r.object!, created: r.created }));
         return;
       }
       case 'DELETE':
-        await node.delete(this, sid, requestId, req);
+        await node.moves.whenUnfrozen(req.name, req.timeoutMs ?? null, req.timeoutMs != null, (timeoutMs) =>
+          node.delete(this, sid, requestId, { ...req, timeoutMs }),
+        );
         this.answer(encodeOk('DELETE', requestId, {}));
         return;
       case 'STAT':
@@ -574,7 +577,9 @@ export class ServerConnection implements Port {
         this.answer(encodeOk('LIST', requestId, { objects: await node.list(req.prefix, this.principal) }));
         return;
       case 'ACQUIRE':
-        await node.acquire(this, sid, requestId, req);
+        await node.moves.whenUnfrozen(req.name, req.timeoutMs, req.timeoutMs !== null, (timeoutMs) =>
+          node.acquire(this, sid, requestId, { ...req, timeoutMs }),
+        );
         return;
       case 'RELEASE':
         this.answer(encodeOk('RELEASE', requestId, await node.release(sid, req)));
@@ -595,13 +600,25 @@ export class ServerConnection implements Port {
         this.answer(encodeOk('MEMBERSHIP', requestId, await node.membership(req.op, req.id, req.address)));
         return;
       case 'LOG_APPEND':
-        this.answer(encodeOk('LOG_APPEND', requestId, await node.logAppend(sid, req)));
+        this.answer(
+          encodeOk(
+            'LOG_APPEND',
+            requestId,
+            await node.moves.whenUnfrozen(req.name, FROZEN_WAIT_MS, false, () => node.logAppend(sid, req)),
+          ),
+        );
         return;
       case 'LOG_READ':
         await node.logRead(this, requestId, req);
         return;
       case 'LOG_TRUNCATE':
-        this.answer(encodeOk('LOG_TRUNCATE', requestId, { first: await node.logTruncate(sid, req) }));
+        this.answer(
+          encodeOk('LOG_TRUNCATE', requestId, {
+            first: await node.moves.whenUnfrozen(req.name, FROZEN_WAIT_MS, false, () =>
+              node.logTruncate(sid, req),
+            ),
+          }),
+        );
         return;
       case 'READ_PAGES':
         await node.readPages(this, requestId, req);
@@ -634,6 +651,14 @@ export class ServerConnection implements Port {
       case 'SLOTS':
         this.answer(encodeOk('SLOTS', requestId, node.slots()));
         return;
+      case 'MOVE':
+        this.answer(encodeOk('MOVE', requestId, await node.moves.move(req)));
+        return;
+      case 'MOVE_READ': {
+        const { body, parts } = await node.moves.read(req);
+        this.answer(encodeOk('MOVE_READ', requestId, body, parts));
+        return;
+      }
     }
   }
 
