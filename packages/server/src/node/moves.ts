@@ -162,9 +162,29 @@ export class Moves {
 
   /**
    * MOVE_READ: the next chunk of a frozen move's objects, then its logs' records, from `cursor`. The bytes
-   * come by reference (object buffers, log chunks): nothing changes them while the slots are frozen.
+   * come by reference (object buffers, log chunks, which never change): the objects' buffers are pinned
+   * until `sent` is called, so a write after an abort copies them instead of changing what is being sent.
    */
-  async read(req: MoveReadRequest): Promise<{ body: Omit<MoveReadOk, 'payload'>; parts: Buffer[] }> {
+  async read(
+    req: MoveReadRequest,
+  ): Promise<{ body: Omit<MoveReadOk, 'payload'>; parts: Buffer[]; sent: () => void }> {
+    const unpin: (() => void)[] = [];
+    const sent = () => {
+      for (const f of unpin) f();
+    };
+    try {
+      const { body, parts } = await this.readChunk(req, unpin);
+      return { body, parts, sent };
+    } catch (err) {
+      sent();
+      throw err;
+    }
+  }
+
+  private async readChunk(
+    req: MoveReadRequest,
+    unpin: (() => void)[],
+  ): Promise<{ body: Omit<MoveReadOk, 'payload'>; parts: Buffer[] }> {
     const { ctx } = this;
     ctx.requireLeader();
     await ctx.log.readBarrier();
@@ -198,6 +218,7 @@ export class Moves {
           written: o.data !== null,
         });
         if (o.data) {
+          unpin.push(sm.pinData(o.data));
           parts.push(o.data);
           bytes += o.size;
         }

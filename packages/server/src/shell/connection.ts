@@ -655,8 +655,13 @@ export class ServerConnection implements Port {
         this.answer(encodeOk('MOVE', requestId, await node.moves.move(req)));
         return;
       case 'MOVE_READ': {
-        const { body, parts } = await node.moves.read(req);
-        this.answer(encodeOk('MOVE_READ', requestId, body, parts));
+        const { body, parts, sent } = await node.moves.read(req);
+        try {
+          this.answer(encodeOk('MOVE_READ', requestId, body, parts), sent);
+        } catch (err) {
+          sent();
+          throw err;
+        }
         return;
       }
     }
