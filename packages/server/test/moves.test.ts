@@ -2,6 +2,7 @@
 import { SLOT_COUNT, type SlotTable, slotOf } from '@segmem/protocol';
 import test from 'ava';
 import { Packr } from 'msgpackr';
+import { drainPlans, evenSpreadPlans, slotsOwnedBy, withSlots } from '../src/cli/rebalance.js';
 import { type Command, decodeCommand, encodeCommand, type Outcome } from '../src/core/commands.js';
 import type { MovedObject } from '../src/core/moves.js';
 import { StateMachine } from '../src/core/state-machine.js';
@@ -377,4 +378,38 @@ test('moves are deterministic and survive a snapshot round trip (format 7)', (t)
     value: { dropped: 2 },
   });
   t.is(rb.objectCount(), 0);
+});
+
+test('the driver plans an even spread, a group drained, and a range given to one group', (t) => {
+  const two: SlotTable = {
+    version: 1,
+    ranges: [
+      [0, 8191, 1],
+      [8192, SLOT_COUNT - 1, 2],
+    ],
+    groups: [
+      { id: 1, members: [] },
+      { id: 2, members: [] },
+      { id: 3, members: [] },
+    ],
+  };
+  // Three groups: 0..5460, 5461..10921, 10922..16383 (the table a new cluster of three starts with).
+  t.deepEqual(evenSpreadPlans(two, [1, 2, 3]), [
+    { from: 1, to: 2, slots: [[5461, 8191]] },
+    { from: 2, to: 3, slots: [[10922, SLOT_COUNT - 1]] },
+  ]);
+  t.deepEqual(evenSpreadPlans(two, [1, 2]), [], 'already even: nothing to move');
+  t.deepEqual(drainPlans(two, 2, [1, 3]), [
+    { from: 2, to: 1, slots: [[8192, 12287]] },
+    { from: 2, to: 3, slots: [[12288, SLOT_COUNT - 1]] },
+  ]);
+  const moved = withSlots(two, [[0, 99]], 3);
+  t.is(moved.version, 2);
+  t.deepEqual(moved.ranges, [
+    [0, 99, 3],
+    [100, 8191, 1],
+    [8192, SLOT_COUNT - 1, 2],
+  ]);
+  t.true(slotsOwnedBy(moved, [[0, 99]], 3));
+  t.false(slotsOwnedBy(moved, [[0, 100]], 3));
 });
