@@ -265,3 +265,92 @@ test('add-group moves slots while clients work; a stopped driver and a killed le
     dir.cleanup();
   }
 });
+
+test('a move the target has no room for changes nothing (NO_SPACE naming it); remove-group drains a group', async (t) => {
+  const dir = tempDir();
+  const port = await quietPorts(2);
+  const addressOf = (i: number) => `127.0.0.1:${port + i}`;
+  const config = join(dir.path, 'segmem.json');
+  const SMALL = 64 * 4096;
+  writeFileSync(
+    config,
+    JSON.stringify({
+      segmentBytes: RANGE + SMALL,
+      fsync: 'none',
+      groups: [
+        { id: 1, start: 0, bytes: RANGE, members: { s1: addressOf(0) } },
+        { id: 2, start: RANGE, bytes: SMALL, members: { s2: addressOf(1) } },
+      ],
+    }),
+  );
+  const env = { SEGMEM_SERVERS: '', SEGMEM_TOKEN: '' };
+  const servers: ServerProcess[] = [];
+  const segs: Segment[] = [];
+  try {
+    for (const [i, id] of ['s1', 's2'].entries()) {
+      servers.push(
+        await startServerProcess({
+          id,
+          dataDir: join(dir.path, id),
+          listen: addressOf(i),
+          extra: ['--config', config],
+        }),
+      );
+    }
+    const one = await connect({ servers: [addressOf(0)], delegations: false });
+    const two = await connect({ servers: [addressOf(1)], delegations: false });
+    segs.push(one, two);
+    // 100 KiB objects in slots 0..4095 (group 1): 400 KiB, more than group 2's 256 KiB.
+    const big = namesOfGroup(0, 200, 'big')
+      .filter((n) => slotOf(n) < 4096)
+      .slice(0, 4);
+    for (const name of big) {
+      await untilItWorks(() => one.create(name, 100 * 1024), `${name} created`);
+      await one.update(name, (h) => h.bytes.write(name));
+    }
+    const small = namesOfGroup(1, 3, 'small');
+    for (const name of small) {
+      await untilItWorks(() => two.create(name, 1000), `${name} created`);
+      await two.update(name, (h) => h.bytes.write(name));
+    }
+    const refused = await runNode(
+      segmemBin,
+      ['cluster', 'move-slots', '--config', config, '--slots', '0-4095', '--group', '2'],
+      { env, timeoutMs: 60_000 },
+    ).done;
+    t.is(refused.code, 1);
+    t.regex(
+      refused.stderr,
+      /^segmem: group 2 has .* free; the 4 objects of slots 0-4095 in group 1 take .*: nothing was moved \(NO_SPACE\)\n$/,
+    );
+    // Nothing changed: group 1 still serves and takes changes there (nothing stayed frozen).
+    for (const name of big)
+      t.is(await one.read(name, (h) => h.bytes.subarray(0, name.length).toString()), name);
+    await one.create(namesOfGroup(0, 400, 'more').find((n) => slotOf(n) < 4096)!, 10);
+    const slots = JSON.parse(
+      (await runNode(segmemBin, ['cluster', 'slots', '--json', '--servers', addressOf(0)], { env }).done)
+        .stdout,
+    );
+    t.is(slots.version, 1);
+
+    // remove-group 2: its slots and objects go to group 1, which then owns every slot.
+    const removed = await runNode(
+      segmemBin,
+      ['cluster', 'remove-group', '--config', config, '--group', '2'],
+      {
+        env,
+        timeoutMs: 60_000,
+      },
+    ).done;
+    t.is(removed.code, 0, removed.stderr);
+    t.regex(removed.stdout, /group 1: 16384 slots/);
+    for (const name of small) {
+      t.is(await one.read(name, (h) => h.bytes.subarray(0, name.length).toString()), name);
+      t.like(((await t.throwsAsync(two.stat(name))) as SegmemError).details, { reason: 'MOVED', group: 1 });
+    }
+  } finally {
+    for (const seg of segs) await seg.close().catch(() => {});
+    for (const server of servers) await server.stop().catch(() => {});
+    dir.cleanup();
+  }
+});
