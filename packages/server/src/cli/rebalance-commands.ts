@@ -97,13 +97,14 @@ async function drive(
     const ids = groups.map((g) => g.id);
     const table = await listGroups(r, await r.newestTable(), groups);
     const plans = await work(r, table, ids);
-    const total = await r.runAll(plans);
+    await r.runAll(plans);
+    const total = r.moved;
     const final = await r.newestTable();
     const spread = new Map<number, number>();
     for (const [first, last, g] of final.ranges) spread.set(g, (spread.get(g) ?? 0) + last - first + 1);
     const lines = [...spread].sort((a, b) => a[0] - b[0]).map(([g, n]) => `group ${g}: ${n} slots`);
     await out(
-      `${plans.length === 0 ? 'no slot to move' : `moved ${total.slots} slots, ${total.objects} objects, ${formatBytes(total.bytes)}`}; slot table version ${final.version}\n${lines.join('\n')}\n`,
+      `${total.slots === 0 ? 'no slot to move' : `moved ${total.slots} slots, ${total.objects} objects, ${formatBytes(total.bytes)}`}; slot table version ${final.version}\n${lines.join('\n')}\n`,
     );
     return 0;
   } finally {

@@ -55,6 +55,8 @@ export function groupSessions(
 
 export class Rebalancer {
   private readonly byId: Map<number, GroupEndpoint>;
+  /** What this run moved, resumed moves included. */
+  readonly moved = { objects: 0, bytes: 0, slots: 0 };
 
   constructor(
     private readonly groups: GroupEndpoint[],
@@ -134,15 +136,8 @@ export class Rebalancer {
   }
 
   /** Runs every move of `plans`, one after the other. */
-  async runAll(plans: MovePlan[]): Promise<{ objects: number; bytes: number; slots: number }> {
-    const total = { objects: 0, bytes: 0, slots: 0 };
-    for (const plan of plans) {
-      const r = await this.runMove(plan, newMoveId());
-      total.objects += r.objects;
-      total.bytes += r.bytes;
-      total.slots += spanCount(plan.slots);
-    }
-    return total;
+  async runAll(plans: MovePlan[]): Promise<void> {
+    for (const plan of plans) await this.runMove(plan, newMoveId());
   }
 
   /** One move, from its freeze (again, harmlessly, when resumed) to the table in every group. */
@@ -197,6 +192,9 @@ export class Rebalancer {
     if (stopAfter === 'target-switch') throw stopped('target-switch');
     await this.switchGroup(from, moveId, table);
     await this.spreadTable(table);
+    this.moved.objects += copied.objects;
+    this.moved.bytes += copied.bytes;
+    this.moved.slots += spanCount(slots);
     const s = Math.max(0.001, (Date.now() - started) / 1000);
     report(
       `${label}: done, ${copied.objects} objects, ${formatBytes(copied.bytes)} in ${s.toFixed(1)} s (${(copied.bytes / 1048576 / s).toFixed(1)} MiB/s); slot table version ${table.version}`,
