@@ -111,6 +111,8 @@ test('a frozen slot takes no create, acquire, delete or append; releases and oth
   t.deepEqual(r.result, { ok: true, value: { role: 'source', already: false } });
   // The holder of b is asked to give it back.
   t.true(r.effects.some((e) => e.kind === 'revoke' && e.sessionIds.includes(s)));
+  // ... and again now and then while it holds it (a REVOKE may be lost with a connection).
+  t.deepEqual(m.sm.contendedHolders(), [{ objectId: m.sm.objectNamed(moved('b'))!.id, sessionIds: [s] }]);
   for (const cmd of [
     { op: 'create', sessionId: s, seq: 11, name: moved('new'), size: 10, ifNotExists: false },
     { op: 'acquire', sessionId: s, seq: 12, name: moved('a'), mode: 'write' },

@@ -825,8 +825,8 @@ export class StateMachine {
   }
 
   /**
-   * Objects other sessions wait for, with the sessions holding them: their grants are asked back again now
-   * and then, in case a REVOKE was lost with a connection.
+   * Objects other sessions wait for (or a slot move waits for), with the sessions holding them: their grants
+   * are asked back again now and then, in case a REVOKE was lost with a connection.
    */
   contendedHolders(): { objectId: number; sessionIds: number[] }[] {
     const out: { objectId: number; sessionIds: number[] }[] = [];
@@ -837,6 +837,11 @@ export class StateMachine {
         const obj = this.byId.get(w.objectId);
         if (obj) waited.add(obj);
       }
+    // Holders of frozen objects too: a move waits for them (a REVOKE lost with a connection is sent again).
+    for (const m of this.moves.values())
+      if (m.role === 'source')
+        for (const obj of this.objectsInSlots(m.slots))
+          if (obj.writer !== 0 || obj.readers > 0) waited.add(obj);
     for (const obj of waited) {
       const sessionIds: number[] = [];
       for (const id of obj.cachedBy) if (this.sessions.get(id)?.holds.has(obj.id)) sessionIds.push(id);
