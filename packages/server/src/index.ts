@@ -371,7 +371,6 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   };
 }
 
-/** The `slotTable` option, checked: a valid table that lists this server's group. */
 /**
  * The table a grouped config file starts a new state with: its groups split the slots evenly in group-id
  * order, except groups marked `joining` (added to a running cluster), which are listed but own no slot.
@@ -384,6 +383,7 @@ function firstSlotTable(groups: GroupConfig[]): SlotTable {
   return validateSlotTable({ ...table, groups: [...table.groups, ...joining] });
 }
 
+/** The `slotTable` option, checked: a valid table that lists this server's group. */
 function slotTableOption(given: unknown, groupId: number): SlotTable {
   const table = validateSlotTable(given);
   if (!table.groups.some((g) => g.id === groupId))

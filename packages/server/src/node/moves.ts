@@ -51,10 +51,15 @@ export class Moves {
   ): Promise<T> {
     const env = this.ctx.env;
     const deadline = timeoutMs === null ? null : env.now() + timeoutMs;
+    // The common case, nothing frozen: the caller checked the leader and the slot already.
+    let checked = true;
     for (;;) {
       for (;;) {
-        this.ctx.requireLeader();
-        requireSlot(this.ctx.sm, name);
+        if (!checked) {
+          this.ctx.requireLeader();
+          requireSlot(this.ctx.sm, name);
+        }
+        checked = false;
         const frozen = this.ctx.sm.frozenBy(name);
         if (!frozen) break;
         const left = deadline === null ? FROZEN_RECHECK_MS : deadline - env.now();
