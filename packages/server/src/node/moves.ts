@@ -23,6 +23,19 @@ import { toBuffer, unwrap } from './util.js';
 
 /** How long a change without a timeout of its own (create, append, truncate) waits for a frozen slot. */
 export const FROZEN_WAIT_MS = 60_000;
+
+/**
+ * A change the state machine refused because a freeze was applied after the node's check: the connection
+ * sends the request again, which then waits for the move.
+ */
+export function isFrozen(err: unknown): boolean {
+  // The state machine's refusal has no waitedMs: that one is the end of a wait here, answered as it is.
+  return (
+    SegmemError.is(err, 'UNAVAILABLE') &&
+    err.details?.reason === 'FROZEN' &&
+    err.details.waitedMs === undefined
+  );
+}
 /** How often a frozen wait looks again besides being woken (a missed wake-up, a new leader's state). */
 const FROZEN_RECHECK_MS = 250;
 
@@ -38,47 +51,48 @@ export class Moves {
   }
 
   /**
-   * Runs `change` (a create, delete, acquire or log change of `name`) once `name`'s slot is not frozen, and
-   * again when it met a freeze applied after the check. The move's switch ends the wait with MOVED; past
-   * `timeoutMs` (null: the move's end) it ends with TIMEOUT when the request had a timeout of its own, else
-   * UNAVAILABLE (reason FROZEN), which a client may retry.
+   * Runs `change` (a create, delete, acquire or log change of `name`) once `name`'s slot is not frozen. When
+   * nothing is frozen it is `change` itself, not wrapped (the simulator replays runs turn for turn). The
+   * move's switch ends the wait with MOVED; past `timeoutMs` (null: the move's end) it ends with TIMEOUT when
+   * the request had a timeout of its own, else UNAVAILABLE (reason FROZEN), which a client may retry. A
+   * change that a freeze applied after this check refused is sent again by the connection ({@link isFrozen}).
    */
-  async whenUnfrozen<T>(
+  whenUnfrozen<T>(
     name: string,
     timeoutMs: number | null,
     ownTimeout: boolean,
     change: (remainingMs: number | null) => Promise<T>,
   ): Promise<T> {
+    if (!this.ctx.sm.frozenBy(name)) return change(timeoutMs);
+    return this.waitUnfrozen(name, timeoutMs, ownTimeout).then(change);
+  }
+
+  /** Waits while `name` is frozen; resolves with what is left of `timeoutMs`. */
+  private async waitUnfrozen(
+    name: string,
+    timeoutMs: number | null,
+    ownTimeout: boolean,
+  ): Promise<number | null> {
     const env = this.ctx.env;
     const deadline = timeoutMs === null ? null : env.now() + timeoutMs;
-    // The common case, nothing frozen: the caller checked the leader and the slot already.
-    let checked = true;
     for (;;) {
-      for (;;) {
-        if (!checked) {
-          this.ctx.requireLeader();
-          requireSlot(this.ctx.sm, name);
-        }
-        checked = false;
-        const frozen = this.ctx.sm.frozenBy(name);
-        if (!frozen) break;
-        const left = deadline === null ? FROZEN_RECHECK_MS : deadline - env.now();
-        if (left <= 0) {
-          const msg = `"${name}" (slot ${frozen.slot}) stayed frozen by move ${frozen.moveId}`;
-          if (ownTimeout) throw new SegmemError('TIMEOUT', `${msg} until the request timed out`);
-          throw new SegmemError('UNAVAILABLE', `${msg} for ${timeoutMs} ms; retry`, {
-            reason: 'FROZEN',
-            slot: frozen.slot,
-            moveId: frozen.moveId,
-          });
-        }
-        await this.wake(Math.min(left, FROZEN_RECHECK_MS));
+      const frozen = this.ctx.sm.frozenBy(name);
+      if (!frozen) return deadline === null ? null : Math.max(0, deadline - env.now());
+      const left = deadline === null ? FROZEN_RECHECK_MS : deadline - env.now();
+      if (left <= 0) {
+        const msg = `"${name}" (slot ${frozen.slot}) stayed frozen by move ${frozen.moveId}`;
+        if (ownTimeout) throw new SegmemError('TIMEOUT', `${msg} until the request timed out`);
+        throw new SegmemError('UNAVAILABLE', `${msg} for ${timeoutMs} ms; retry`, {
+          reason: 'FROZEN',
+          slot: frozen.slot,
+          moveId: frozen.moveId,
+          waitedMs: timeoutMs,
+        });
       }
-      try {
-        return await change(deadline === null ? null : Math.max(0, deadline - env.now()));
-      } catch (err) {
-        if (!(SegmemError.is(err, 'UNAVAILABLE') && err.details?.reason === 'FROZEN')) throw err;
-      }
+      await this.wake(Math.min(left, FROZEN_RECHECK_MS));
+      // The move may have ended by its switch (MOVED), or this member stopped leading.
+      this.ctx.requireLeader();
+      requireSlot(this.ctx.sm, name);
     }
   }
 

@@ -53,7 +53,7 @@ import {
 import { ANONYMOUS, type Principal } from '../node/access.js';
 import type { Holding } from '../node/budget.js';
 import type { Port, SegmemNode, Wire } from '../node/index.js';
-import { FROZEN_WAIT_MS } from '../node/moves.js';
+import { FROZEN_WAIT_MS, isFrozen } from '../node/moves.js';
 import type { Message } from '../raft/types.js';
 import { checkPeerProof, newNonce, type PeerHandshake, peerProof } from './peer-auth.js';
 import {
@@ -523,7 +523,7 @@ export class ServerConnection implements Port {
       return;
     }
     this.node.touch(this.sessionId);
-    this.track(this.dispatch(frame.requestId, req), frame.requestId);
+    this.track(this.dispatch(frame.requestId, req), frame.requestId, req);
   }
 
   /** A page-reader connection (any member, no session): reads pages or the member's status, nothing else. */
@@ -667,13 +667,20 @@ export class ServerConnection implements Port {
     }
   }
 
-  /** Counts requests in flight for back-pressure and turns a failure into an ERROR answer. */
-  private track(work: Promise<void>, requestId: number): void {
+  /**
+   * Counts requests in flight for back-pressure and turns a failure into an ERROR answer. A change refused
+   * because its slot was frozen after the node's check (`req` given) is dispatched again: it then waits for
+   * the move (node/moves.ts).
+   */
+  private track(work: Promise<void>, requestId: number, req?: Exclude<Request, { type: 'HELLO' }>): void {
     this.inflight++;
     this.updatePause();
     work
-      // A MOVED refusal that came back from the log gains the slot table here, where every failure passes.
-      .catch((err: unknown) => this.answerError(requestId, this.node.withSlotTable(err)))
+      .catch((err: unknown) => {
+        if (req && isFrozen(err) && !this.closed) this.track(this.dispatch(requestId, req), requestId, req);
+        // A MOVED refusal that came back from the log gains the slot table here, where every failure passes.
+        else this.answerError(requestId, this.node.withSlotTable(err));
+      })
       .finally(() => {
         this.inflight--;
         if (this.closed) return;
