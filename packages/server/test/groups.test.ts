@@ -174,6 +174,14 @@ const MISTAKES: [string, string, number, string | RegExp][] = [
     'groups[0].replicas: unknown key (a group has id, start, bytes, members, joining)',
   ],
   [
+    'joining that is not true or false',
+    grouped((c) => {
+      c.groups[1]!.joining = 'yes';
+    }),
+    23,
+    'groups[1].joining: must be true or false; got "yes"',
+  ],
+  [
     'a missing key in a group',
     grouped((c) => {
       delete c.groups[0]!.bytes;
