@@ -17,15 +17,19 @@
 //    1, 2 and 3 groups of 3 servers: the servers' CPU seconds (user + system, from /proc) over the window,
 //    per acknowledged write. A 2-CPU machine cannot show throughput growing with the group count (the
 //    servers of every group share the same two CPUs); the CPU per operation is what lets it be read off.
-// 3. Capacity. With a fixed range per group (64 MiB), objects of 1 MiB are created under names spread over
+// 3. Slot migration. Two groups of 3 servers; group 1 holds 64 MiB in 256 KiB objects under the slots that move;
+//    `segmem cluster move-slots` moves a quarter of the slots (those objects) to group 2 while 4 writers cycle
+//    on objects of slots that stay: the driver's copy rate (MiB/s), and the writers' p50/p99 before and during.
+// 4. Capacity. With a fixed range per group (64 MiB), objects of 1 MiB are created under names spread over
 //    the slots until every group answers NO_SPACE: the bytes placed grow with the group count.
 //
 // Bounded: loops by count and time, at most 4 min in all; every process started is stopped and the temp
 // dirs removed at the end, also on an error or Ctrl-C.
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { promisify } from 'node:util';
 import { connect } from '@segmem/client';
 import { log, parseArgs } from './lib/cli.mjs';
 import { writeDocsSection } from './lib/docs.mjs';
@@ -41,11 +45,15 @@ import {
 } from './lib/procs.mjs';
 import { fmtInt, fmtNum, fmtUs, markdownTable, percentile, textTable } from './lib/stats.mjs';
 
+const execFileAsync = promisify(execFile);
 const SEGMEM = join(ROOT_DIR, 'packages/server/bin/segmem.mjs');
 const MAX_RUN_MS = 240_000;
 const MAX_OPS = 2_000_000;
 const WRITERS = 8;
 const RANGE_BYTES = 64 * 1024 * 1024;
+const MIGRATION_BYTES = 64 * 1024 * 1024;
+const MIGRATION_OBJECT = 256 * 1024;
+const MIGRATION_SLOTS = [0, 4095];
 const CAPACITY_OBJECT = 1024 * 1024;
 const SECTION_START = '<!-- bench:sharding:start -->';
 const SECTION_END = '<!-- bench:sharding:end -->';
@@ -92,7 +100,7 @@ async function up(groups, replicas, segmentBytes) {
     .filter((n) => n > 0);
   const stop = async () => stopChild(child, 15_000);
   addCleanup(stop);
-  return { servers, pids, stop };
+  return { servers, pids, stop, config: join(dir, 'segmem.json') };
 }
 
 /** Names of `count` objects whose slots group `index` (0-based) of `groups` owns, from the slot table's split. */
@@ -222,6 +230,75 @@ async function cpuPerOp(groups) {
   };
 }
 
+async function migration() {
+  log('migration: 2 groups of 3 servers, 64 MiB to move');
+  const { slotOf } = await import('@segmem/protocol');
+  const cluster = await up(2, 3);
+  const seg = await connect({ servers: cluster.servers });
+  const moving = (name) => slotOf(name) >= MIGRATION_SLOTS[0] && slotOf(name) <= MIGRATION_SLOTS[1];
+  let placed = 0;
+  for (let i = 0; placed < MIGRATION_BYTES && i < 100_000; i++) {
+    const name = `move-${i}`;
+    if (!moving(name)) continue;
+    await seg.create(name, MIGRATION_OBJECT);
+    const h = await seg.acquireWrite(name);
+    h.bytes.fill(i & 0xff);
+    await h.release();
+    placed += MIGRATION_OBJECT;
+  }
+  const writers = [];
+  for (let i = 0; writers.length < 4; i++) {
+    const name = `stay-${i}`;
+    if (moving(name) || slotOf(name) >= 8192) continue; // group 1, slots that stay
+    const w = await connect({ servers: cluster.servers });
+    await w.create(name, 4096, { ifNotExists: true });
+    writers.push({ seg: w, name });
+  }
+  const before = sorted((await Promise.all(writers.map((w) => writeCycles(w.seg, w.name, windowMs)))).flat());
+  let moveDone = false;
+  const during = [];
+  const load = Promise.all(
+    writers.map(async (w) => {
+      while (!moveDone && !overdue()) during.push(...(await writeCycles(w.seg, w.name, 100)));
+    }),
+  );
+  const t0 = performance.now();
+  // Asynchronously: the writers run in this process meanwhile.
+  const { stdout: out } = await execFileAsync(
+    process.execPath,
+    [
+      SEGMEM,
+      'cluster',
+      'move-slots',
+      '--config',
+      cluster.config,
+      '--slots',
+      MIGRATION_SLOTS.join('-'),
+      '--group',
+      '2',
+    ],
+    { encoding: 'utf8', env: { ...process.env, SEGMEM_SERVERS: '' }, timeout: 120_000 },
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  moveDone = true;
+  await load;
+  const rate = /done, (\d+) objects, .*? in ([\d.]+) s \(([\d.]+) MiB\/s\)/.exec(out);
+  const duringSorted = sorted(during);
+  for (const w of writers) await w.seg.close();
+  await seg.close();
+  await cluster.stop();
+  return {
+    moved: `${fmtInt(placed / 1024 / 1024)} MiB in ${rate ? rate[1] : '?'} objects`,
+    command: `${fmtNum(seconds)} s`,
+    rate: rate ? `${rate[3]} MiB/s` : '?',
+    p50Before: fmtUs(percentile(before, 50)),
+    p99Before: fmtUs(percentile(before, 99)),
+    p50During: fmtUs(percentile(duringSorted, 50)),
+    p99During: fmtUs(percentile(duringSorted, 99)),
+    ratio: `${fmtNum(percentile(duringSorted, 99) / percentile(before, 99), 2)}×`,
+  };
+}
+
 async function capacity(groups) {
   log(`capacity: ${groups} group(s) of ${RANGE_BYTES / 1024 / 1024} MiB`);
   const cluster = await up(groups, 1, groups * RANGE_BYTES);
@@ -252,6 +329,7 @@ try {
   const routing = await routingOverhead();
   const cpuRows = [];
   for (const g of [1, 2, 3]) if (!overdue()) cpuRows.push(await cpuPerOp(g));
+  const moveRows = overdue() ? [] : [await migration()];
   const capRows = [];
   for (const g of [1, 2, 3]) if (!overdue()) capRows.push(await capacity(g));
   const routingCols = [
@@ -274,6 +352,16 @@ try {
     { key: 'perOp', title: 'server CPU µs per write' },
     { key: 'clientPerOp', title: 'client CPU µs per write' },
   ];
+  const moveCols = [
+    { key: 'moved', title: 'moved', align: 'left' },
+    { key: 'command', title: 'move-slots took' },
+    { key: 'rate', title: 'copy rate' },
+    { key: 'p50Before', title: 'writer p50 µs before' },
+    { key: 'p99Before', title: 'writer p99 µs before' },
+    { key: 'p50During', title: 'p50 µs during' },
+    { key: 'p99During', title: 'p99 µs during' },
+    { key: 'ratio', title: 'p99 during / before' },
+  ];
   const capCols = [
     { key: 'groups', title: 'groups' },
     { key: 'segment', title: 'segment (64 MiB per group)' },
@@ -281,7 +369,7 @@ try {
     { key: 'full', title: 'groups answering NO_SPACE' },
   ];
   process.stdout.write(
-    `\nRouting overhead\n${textTable(routingCols, routing)}\n\nCPU per write\n${textTable(cpuCols, cpuRows)}\n\nCapacity\n${textTable(capCols, capRows)}\n`,
+    `\nRouting overhead\n${textTable(routingCols, routing)}\n\nCPU per write\n${textTable(cpuCols, cpuRows)}\n\nSlot migration\n${textTable(moveCols, moveRows)}\n\nCapacity\n${textTable(capCols, capRows)}\n`,
   );
   if (writeDocs) {
     const date = new Date().toISOString().slice(0, 10);
@@ -303,6 +391,12 @@ group count here; the server CPU per write is the figure to scale by: a group of
 shown per write, so N groups on their own machines serve about N times the writes one group does.
 
 ${markdownTable(cpuCols, cpuRows)}
+
+Slot migration: two groups of 3 servers; a quarter of the slots, holding 64 MiB in 256 KiB objects of group 1,
+move to group 2 with \`segmem cluster move-slots\` while 4 writers cycle on objects of slots that stay (their
+p99 before and during the move; the copy rate is the driver's own figure).
+
+${markdownTable(moveCols, moveRows)}
 
 Capacity: each group serves its own 64 MiB range; 1 MiB objects under names spread over the slots are
 created until every group answers \`NO_SPACE\` (naming the group and its free bytes).

@@ -13,6 +13,14 @@
  * is checked: increments counted exactly once, reads of committed values only, linearizability per
  * counter, stat versions that count every increment acknowledged before them, shared-log appends exactly
  * once at the sequence number their answer gave; and terms that grow only by campaigns.
+ *
+ * With `groups` (several shard groups of three members), the clients are the real ShardedSegment (one
+ * Session and SegmentImpl per group, routing by hash slot), faults strike one group at a time, the counters
+ * spread over the groups, pair increments hold a counter of one group while incrementing one of another (so
+ * waits form cycles through groups, broken by the clients' probes), and the real rebalance driver
+ * (Rebalancer, over sessions of the simulated network) moves the slots of the workload's names between groups
+ * every 1.5 s or so; a run a fault stops half way is resumed or rolled back by the next, and by one after
+ * the faults stop.
  */
 import { createHash } from 'node:crypto';
 import { FollowerReads } from '@segmem/client/internal/follower-reads';
@@ -31,6 +39,7 @@ import {
   slotOf,
 } from '@segmem/protocol';
 import type { SegmemNode } from '@segmem/server';
+import { type GroupEndpoint, newMoveId, Rebalancer } from '@segmem/server/internal/cli/rebalance';
 import { openClusterNode } from '@segmem/server/internal/cluster';
 import type { GroupRange } from '@segmem/server/internal/core/group-range';
 import { RaftNode } from '@segmem/server/internal/raft/node';
@@ -171,6 +180,9 @@ export interface RealSimStats {
   /** Operations that ended in DEADLOCK, and a sharded run's increments of two counters of different groups. */
   deadlocks: number;
   pairs: number;
+  /** A sharded run's slot moves done by the rebalance driver, and its runs a fault stopped half way. */
+  moves: number;
+  movesStopped: number;
   pauses: number;
   partitions: number;
   clockJumps: number;
@@ -363,6 +375,8 @@ class RealSimulation {
     lockLost: 0,
     deadlocks: 0,
     pairs: 0,
+    moves: 0,
+    movesStopped: 0,
     pauses: 0,
     partitions: 0,
     clockJumps: 0,
@@ -1336,11 +1350,111 @@ class RealSimulation {
     }
   }
 
+  /** The rebalance driver's sessions, one per group, in a process of its own (a sharded run's). */
+  private mover: { env: Env; groups: GroupEndpoint[] } | null = null;
+  /** The driver's run under way, if any: one at a time, as an operator would. */
+  private moving: Promise<void> | null = null;
+
+  /** The real rebalance driver (Rebalancer) over sessions of the simulated network, made on first use. */
+  private async rebalancer(): Promise<Rebalancer> {
+    if (!this.mover) {
+      const env = this.world.process();
+      const groups: GroupEndpoint[] = [];
+      for (const [g, members] of this.groups.entries()) {
+        const session = await Session.open({
+          dial: this.clientNet.dial(
+            'mover',
+            env,
+            members.map((m) => this.addresses[m]!),
+          ),
+          env,
+          sessionTimeoutMs: 5000,
+          reconnect: true,
+          onInvalidate: () => {},
+          onSessionLost: () => {},
+          onResumed: () => {},
+        });
+        groups.push({
+          id: g + 1,
+          session: { call: (req) => session.call(req), close: () => session.close() },
+        });
+      }
+      this.mover = { env, groups };
+    }
+    return new Rebalancer(this.mover.groups, {
+      report: (line) => this.log(`rebalance: ${line}`),
+      stopAfter: null,
+      drainWaitMs: 2000,
+      env: this.mover.env,
+    });
+  }
+
+  /**
+   * Moves the slot of one of the workload's names (a counter, the blob or the log) to another group, after
+   * finishing whatever an earlier run left (a crash, a partition or a drain that timed out may stop a run
+   * half way: the next one resumes or rolls it back).
+   */
+  private moveSomething(): void {
+    if (this.moving) return;
+    const name = this.prng.pick([...this.counters, BLOB, LOG]);
+    const toIndex = this.prng.int(1, this.groups.length);
+    this.moving = (async () => {
+      const r = await this.rebalancer();
+      await r.resume();
+      const table = await r.newestTable();
+      const slot = slotOf(name);
+      const from = ownerOf(table, slot);
+      const to = toIndex === from ? (toIndex % this.groups.length) + 1 : toIndex;
+      await r.runMove({ from, to, slots: [[slot, slot]] }, newMoveId(this.mover!.env));
+      this.stats.moves++;
+    })()
+      .catch((err: unknown) => {
+        if (!SegmemError.is(err)) {
+          this.unexpected ??= new Failure('rebalance', String((err as Error)?.stack ?? err));
+          return;
+        }
+        this.stats.movesStopped++;
+        this.log(`rebalance: stopped by ${err.code}: ${err.message.split('\n')[0]}`);
+      })
+      .finally(() => {
+        this.moving = null;
+      });
+  }
+
+  /** With the faults over, the driver must finish or roll back every move left half way. */
+  async finishMoves(): Promise<void> {
+    if (this.groups.length === 1) return;
+    await this.until(() => this.moving === null, 30_000, 'the rebalance run under way');
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.settle(
+          (async () => (await this.rebalancer()).resume())(),
+          30_000,
+          'finishing the slot moves left',
+        );
+        return;
+      } catch (err) {
+        if (attempt >= 5 || !(err instanceof Failure)) throw err;
+        this.log(`rebalance: finishing failed (${err.detail.split('\n')[0]}); again`);
+        await this.run(500);
+      }
+    }
+  }
+
   startFaults(endMs: number): void {
     const p = this.params;
     this.workloadEndMs = endMs;
     this.startDiskFaults(endMs);
     this.startPeerFaults(endMs);
+    if (this.groups.length > 1) {
+      const next = () =>
+        this.every(1500, () => {
+          if (!this.faultsOn || this.nowMs >= endMs) return;
+          this.moveSomething();
+          next();
+        });
+      next();
+    }
     if (p.strandRate > 0) {
       this.clientNet.onWriteRelease = (client, address) => {
         if (!this.faultsOn || this.nowMs >= endMs || this.clientNet.isCut(client, address)) return;
@@ -1623,6 +1737,7 @@ export async function runRealSimulation(opts: RealSimOptions): Promise<RealSimRe
     sim.heal();
     sim.liveCore();
     try {
+      await sim.finishMoves();
       await sim.until(() => running === 0 || failure !== undefined, LIVENESS_MS, 'the operations still out');
     } catch (err) {
       if (err instanceof Failure) throw new Failure(err.checker, `${err.detail}\n${sim.clientStates()}`);

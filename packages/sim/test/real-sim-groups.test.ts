@@ -2,8 +2,10 @@
  * The simulation of the shipped code with three shard groups of three members: the real sharded client
  * (ShardedSegment over a Session and SegmentImpl per group) routes by hash slot, faults strike one group at a
  * time, counters spread over every group, and some increments hold a counter of one group while they
- * increment one of another, so waits form cycles through two groups. Every checker must pass, cycles must be
- * broken (DEADLOCK), and without the probes that break them (broken variant noCrossGroupProbes) a run hangs.
+ * increment one of another, so waits form cycles through two groups. The real rebalance driver moves the
+ * slots of the workload's names between groups all along (faults stop some of its runs half way; the next
+ * run, and one after the faults, finish or roll them back). Every checker must pass, cycles must be broken
+ * (DEADLOCK), and without the probes that break them (broken variant noCrossGroupProbes) a run hangs.
  */
 import ava from 'ava';
 import { runRealSimulation } from '../src/real-sim.js';
@@ -14,7 +16,7 @@ const GROUPS = 3;
 const FROM = 1;
 const TO = 30;
 
-test(`three shard groups: seeds ${FROM}..${TO} pass every checker, and cycles through groups are broken`, async (t) => {
+test(`three shard groups: seeds ${FROM}..${TO} pass every checker while slots move, and cycles through groups are broken`, async (t) => {
   t.timeout(SIM_TEST_TIMEOUT_MS);
   const failures: string[] = [];
   let increments = 0;
@@ -23,6 +25,8 @@ test(`three shard groups: seeds ${FROM}..${TO} pass every checker, and cycles th
   let crashes = 0;
   let partitions = 0;
   let leaderChanges = 0;
+  let moves = 0;
+  let movesStopped = 0;
   for (let seed = FROM; seed <= TO; seed++) {
     const r = await runRealSimulation({ seed, groups: GROUPS });
     if (!r.ok) failures.push(`seed ${seed}: ${r.failure!.checker}: ${r.failure!.detail.split('\n')[0]}`);
@@ -32,13 +36,16 @@ test(`three shard groups: seeds ${FROM}..${TO} pass every checker, and cycles th
     crashes += r.stats.crashes;
     partitions += r.stats.partitions;
     leaderChanges += r.stats.leaderChanges;
+    moves += r.stats.moves;
+    movesStopped += r.stats.movesStopped;
   }
   t.deepEqual(failures, []);
   t.true(increments > 30 * (TO - FROM + 1), `${increments} acknowledged increments`);
   t.true(pairs > 0 && deadlocks > 0, `${pairs} pair increments, ${deadlocks} DEADLOCK`);
   t.true(crashes > 0 && partitions > 0, `${crashes} crashes, ${partitions} partitions`);
+  t.true(moves > 30, `${moves} slot moves done (${movesStopped} runs stopped half way)`);
   t.log(
-    `${increments} increments, ${pairs} pair increments across groups, ${deadlocks} DEADLOCK, ${crashes} crashes, ${partitions} partitions, ${leaderChanges} leader changes`,
+    `${increments} increments, ${pairs} pair increments across groups, ${deadlocks} DEADLOCK, ${moves} slot moves (${movesStopped} runs stopped half way), ${crashes} crashes, ${partitions} partitions, ${leaderChanges} leader changes`,
   );
 });
 

@@ -6,15 +6,18 @@
  * the target, the source, and every other group. Every step is idempotent by move id, so a crash of the
  * driver or of a leader is mended by running it again.
  */
-import { randomBytes } from 'node:crypto';
 import {
+  type Env,
   type MoveInfo,
   type MoveOk,
   type MoveReadOk,
   type MoveRequest,
+  type OkBodies,
+  type Request,
   SegmemError,
   SLOT_COUNT,
   type SlotTable,
+  systemEnv,
 } from '@segmem/protocol';
 import { type AdminOptions, AdminSession } from './admin-client.js';
 import { formatBytes } from './common.js';
@@ -28,9 +31,15 @@ const DRAIN_POLL_MS = 50;
 /** For tests: stop after this step (the move stays half done, as a crash would leave it). */
 export type StopAfter = 'freeze' | 'copy' | 'target-switch' | null;
 
+/** What the driver asks of a group: its leader's answers (an operator's AdminSession; a simulator's session). */
+export interface MoveSession {
+  call<T extends Request['type']>(req: Extract<Request, { type: T }>): Promise<OkBodies[T]>;
+  close(): Promise<void> | void;
+}
+
 export interface GroupEndpoint {
   id: number;
-  session: AdminSession;
+  session: MoveSession;
 }
 
 export interface MovePlan {
@@ -43,6 +52,8 @@ export interface DriverOptions {
   report: (line: string) => void;
   stopAfter: StopAfter;
   drainWaitMs: number;
+  /** Clock, timers and randomness (move ids); default the process's own. */
+  env?: Env;
 }
 
 /** A session per group, each on its leader (found from the group's members). */
@@ -63,7 +74,10 @@ export class Rebalancer {
     private readonly opts: DriverOptions,
   ) {
     this.byId = new Map(groups.map((g) => [g.id, g]));
+    this.env = opts.env ?? systemEnv;
   }
+
+  private readonly env: Env;
 
   private group(id: number): GroupEndpoint {
     const g = this.byId.get(id);
@@ -137,7 +151,7 @@ export class Rebalancer {
 
   /** Runs every move of `plans`, one after the other. */
   async runAll(plans: MovePlan[]): Promise<void> {
-    for (const plan of plans) await this.runMove(plan, newMoveId());
+    for (const plan of plans) await this.runMove(plan, newMoveId(this.env));
   }
 
   /** One move, from its freeze (again, harmlessly, when resumed) to the table in every group. */
@@ -161,12 +175,27 @@ export class Rebalancer {
     await this.call(to, freeze);
     report(`${label}: frozen`);
     if (stopAfter === 'freeze') throw stopped('freeze');
-    await this.drain(from, moveId, slots);
-    const started = Date.now();
+    try {
+      await this.drain(from, moveId, slots);
+    } catch (err) {
+      // A holder that does not let go may itself wait for a name the freeze holds back (a cycle the groups
+      // cannot see): the move gives way rather than hold the application up, and a later run tries again.
+      if (!SegmemError.is(err, 'TIMEOUT')) throw err;
+      await this.abortGroup(to, moveId);
+      await this.abortGroup(from, moveId);
+      throw new SegmemError(
+        'TIMEOUT',
+        `${err.message.split(';')[0]}: move ${moveId} was rolled back, nothing was moved`,
+        {
+          reason: 'DRAIN_TIMEOUT',
+        },
+      );
+    }
+    const started = this.env.now();
     let copied: { objects: number; bytes: number };
     try {
       copied = await this.copy(from, to, moveId, (objects, bytes) => {
-        const s = Math.max(0.001, (Date.now() - started) / 1000);
+        const s = Math.max(0.001, (this.env.now() - started) / 1000);
         report(
           `${label}: copied ${objects} objects, ${formatBytes(bytes)} (${(bytes / 1048576 / s).toFixed(1)} MiB/s)`,
         );
@@ -195,7 +224,7 @@ export class Rebalancer {
     this.moved.objects += copied.objects;
     this.moved.bytes += copied.bytes;
     this.moved.slots += spanCount(slots);
-    const s = Math.max(0.001, (Date.now() - started) / 1000);
+    const s = Math.max(0.001, (this.env.now() - started) / 1000);
     report(
       `${label}: done, ${copied.objects} objects, ${formatBytes(copied.bytes)} in ${s.toFixed(1)} s (${(copied.bytes / 1048576 / s).toFixed(1)} MiB/s); slot table version ${table.version}`,
     );
@@ -204,17 +233,17 @@ export class Rebalancer {
 
   /** Waits until the source holds no grant and no waiter in the slots (frozen holders finish and give back). */
   private async drain(from: number, moveId: string, slots: [number, number][]): Promise<void> {
-    const deadline = Date.now() + this.opts.drainWaitMs;
+    const deadline = this.env.now() + this.opts.drainWaitMs;
     for (;;) {
       const s = await this.status(from, slots);
       if (s.busy === 0) return;
-      if (Date.now() >= deadline) {
+      if (this.env.now() >= deadline) {
         throw new SegmemError(
           'TIMEOUT',
           `move ${moveId}: ${s.busy} objects of group ${from} were still held after ${this.opts.drainWaitMs} ms; run the command again to go on, or let it roll back`,
         );
       }
-      await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
+      await new Promise<void>((resolve) => this.env.setTimeout(resolve, DRAIN_POLL_MS));
     }
   }
 
@@ -297,8 +326,8 @@ function stopped(step: string): SegmemError {
   });
 }
 
-export function newMoveId(): string {
-  return `m-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+export function newMoveId(env: Env = systemEnv): string {
+  return `m-${Math.floor(env.now()).toString(36)}-${env.randomBytes(4).toString('hex')}`;
 }
 
 /** Whether `table` gives every slot of `spans` to `group`. */
