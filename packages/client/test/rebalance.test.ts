@@ -8,12 +8,13 @@
 import { writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { SegmemError, SLOT_COUNT, type SlotTable, slotOf } from '@segmem/protocol';
+import { type Request, SegmemError, SLOT_COUNT, type SlotTable, slotOf } from '@segmem/protocol';
 import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
 import ava from 'ava';
 import { connect, type Segment } from '../src/index.js';
 import {
   consecutivePorts,
+  RawConnection,
   runNode,
   type ServerProcess,
   segmemBin,
@@ -48,6 +49,32 @@ async function quietPorts(n: number): Promise<number> {
     if (free.every(Boolean)) return base;
   }
   return consecutivePorts(n);
+}
+
+/**
+ * The error (or null) a group's leader answers `req` with, asked directly over a raw connection: a client
+ * routes by slot and follows MOVED, so what one group says of a name is asked of that group itself.
+ */
+async function askGroup(addresses: string[], req: Request): Promise<SegmemError | null> {
+  return untilItWorks(
+    async () => {
+      for (const address of addresses) {
+        let raw: RawConnection | undefined;
+        try {
+          raw = await RawConnection.open(address);
+          await raw.hello();
+          await raw.call(req);
+          return null;
+        } catch (err) {
+          if (SegmemError.is(err) && err.details?.reason !== 'NOT_LEADER') return err;
+        } finally {
+          raw?.close();
+        }
+      }
+      throw new Error(`no leader among ${addresses.join(', ')}`);
+    },
+    `the leader of ${addresses.join(', ')}`,
+  );
 }
 
 /** The owner of `slot` in `table`. */
@@ -127,16 +154,14 @@ test('add-group moves slots while clients work; a stopped driver and a killed le
     };
 
     // The joining group owns no slot: whatever it is asked is redirected, and nothing is made.
-    const redirected = await untilItWorks(async () => {
-      const err = await clients[3]!.create('anything', 10).then(
-        () => new Error('group 3 created a name while it owns no slot'),
-        (e: unknown) => e,
-      );
-      if (SegmemError.is(err) && err.details?.reason === 'MOVED') return err;
-      if (SegmemError.is(err) && err.code === 'UNAVAILABLE') throw err; // no leader yet
-      return err;
-    }, 'group 3 to answer');
-    t.like((redirected as SegmemError).details, { reason: 'MOVED' });
+    const redirected = await askGroup(groupIds[3]!.map(addressOf), {
+      type: 'CREATE',
+      seq: 1,
+      name: 'anything',
+      size: 10,
+      ifNotExists: false,
+    });
+    t.like(redirected?.details, { reason: 'MOVED' });
 
     // Objects with known bytes and versions in both groups.
     const expected = new Map<string, { bytes: string; version: number }>();
@@ -168,11 +193,8 @@ test('add-group moves slots while clients work; a stopped driver and a killed le
     // Frozen: a write acquire waits, bounded by its own timeout, and does not fail otherwise.
     const timedOut = await t.throwsAsync(clients[1]!.acquireWrite(timedName, { timeoutMs: 1000 }));
     t.is((timedOut as SegmemError).code, 'TIMEOUT', String(timedOut));
-    // One started now waits through the move and is then redirected.
-    const waiting = clients[1]!.acquireWrite(waitingName, { timeoutMs: 120_000 }).then(
-      () => null,
-      (err: unknown) => err,
-    );
+    // One started now waits through the move, is redirected, and is granted by the new owner.
+    const waiting = clients[1]!.acquireWrite(waitingName, { timeoutMs: 120_000 });
 
     // Rerun, stopped after the copy: it waits for the holder, which writes and releases meanwhile.
     let frozenSeen = false;
@@ -203,11 +225,15 @@ test('add-group moves slots while clients work; a stopped driver and a killed le
     t.is(third.code, 0, `${third.stdout}${third.stderr}`);
     t.log(third.stdout.trim());
 
-    // The waiting acquire heard MOVED: the object now lives in group 2.
-    const redirect = await waiting;
-    t.true(SegmemError.is(redirect), String(redirect));
-    t.is((redirect as SegmemError).code, 'UNAVAILABLE');
-    t.like((redirect as SegmemError).details, { reason: 'MOVED', group: 2 });
+    // The waiting acquire heard MOVED and went on in group 2, where the object now lives.
+    const granted = await waiting;
+    await granted.release();
+    const waited = await clients[1]!.stat(waitingName);
+    t.true(
+      waited.address >= RANGE && waited.address < 2 * RANGE,
+      `${waitingName} granted in group 2's range (${waited.address})`,
+    );
+    expected.set(waitingName, { ...expected.get(waitingName)!, version: waited.version });
 
     // Every object is served by exactly one group, with its bytes and version; the others redirect.
     const slots = await runNode(segmemBin, ['cluster', 'slots', '--json', '--servers', addressOf('s7')], {
@@ -236,12 +262,8 @@ test('add-group moves slots while clients work; a stopped driver and a killed le
       const bytes = await seg.read(name, (h) => h.bytes.subarray(4096, 4096 + want.bytes.length).toString());
       t.is(bytes, want.bytes, `${name}'s bytes`);
       for (const other of [1, 2, 3].filter((g) => g !== owner)) {
-        const err = await t.throwsAsync(clients[other]!.stat(name));
-        t.like(
-          (err as SegmemError).details,
-          { reason: 'MOVED', group: owner },
-          `${name} through group ${other}`,
-        );
+        const err = await askGroup(groupIds[other]!.map(addressOf), { type: 'STAT', name });
+        t.like(err?.details, { reason: 'MOVED', group: owner }, `${name} through group ${other}`);
       }
     }
     t.is(spread.size, 3, 'every group serves objects');
@@ -346,7 +368,10 @@ test('a move the target has no room for changes nothing (NO_SPACE naming it); re
     t.regex(removed.stdout, /group 1: 16384 slots/);
     for (const name of small) {
       t.is(await one.read(name, (h) => h.bytes.subarray(0, name.length).toString()), name);
-      t.like(((await t.throwsAsync(two.stat(name))) as SegmemError).details, { reason: 'MOVED', group: 1 });
+      t.like((await askGroup([addressOf(1)], { type: 'STAT', name }))?.details, {
+        reason: 'MOVED',
+        group: 1,
+      });
     }
   } finally {
     for (const seg of segs) await seg.close().catch(() => {});
