@@ -17,6 +17,7 @@
 import { type ErrorCode, invalidArgument, isErrorCode, protocolError, SegmemError } from './errors.js';
 import { EMPTY_PAYLOAD, encodeFrame, type Frame, frameLength, MAX_U32 } from './frame.js';
 import {
+  MAX_BARRIER_HOLD_MS,
   MAX_ERROR_MESSAGE_CHARS,
   MAX_HEADER_DEPTH,
   MAX_LOG_BATCH_BYTES,
@@ -108,6 +109,7 @@ export const MessageType = {
   CHANGED: 0x62,
   USERS: 0x16,
   SLOTS: 0x17,
+  BARRIER: 0x18,
 } as const;
 
 export type MessageTypeName = keyof typeof MessageType;
@@ -137,6 +139,7 @@ export const REQUEST_TYPES = [
   'UNWATCH',
   'USERS',
   'SLOTS',
+  'BARRIER',
 ] as const;
 
 export type RequestType = (typeof REQUEST_TYPES)[number];
@@ -155,7 +158,7 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
-  return code >= MessageType.HELLO && code <= MessageType.SLOTS;
+  return code >= MessageType.HELLO && code <= MessageType.BARRIER;
 }
 
 function hex(code: number): string {
@@ -474,6 +477,23 @@ export interface SlotsRequest {
   type: 'SLOTS';
 }
 
+/** What a BARRIER asks: hold new writes back for a consistent cut, or let them go. */
+export const BARRIER_OPS = ['hold', 'release'] as const;
+export type BarrierOp = (typeof BARRIER_OPS)[number];
+
+/**
+ * 0x18 (leader only, admin right): `hold` stops the group's leader from proposing new write releases,
+ * creates, deletes and log appends (they wait, they do not fail) and answers once everything proposed before
+ * is applied; the hold ends by itself after `holdMs` (a dead coordinator cannot freeze the group). `release`
+ * ends it at once. A snapshot coordinator holds every group, snapshots each, then releases them all.
+ */
+export interface BarrierRequest {
+  type: 'BARRIER';
+  op: BarrierOp;
+  /** 'hold': how long it may last, 1..MAX_BARRIER_HOLD_MS; a repeated hold restarts it. 'release': 0. */
+  holdMs: number;
+}
+
 export type Request =
   | HelloRequest
   | KeepaliveRequest
@@ -497,7 +517,8 @@ export type Request =
   | WatchRequest
   | UnwatchRequest
   | UsersRequest
-  | SlotsRequest;
+  | SlotsRequest
+  | BarrierRequest;
 
 export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
 
@@ -729,6 +750,17 @@ export interface SlotsOk {
   table: SlotTable;
 }
 
+/** Where the group stands after a BARRIER. */
+export interface BarrierOk {
+  /** Whether a hold is on now. */
+  held: boolean;
+  /** The Raft index and term the applied state stands at (term 0 for a single server). */
+  index: number;
+  term: number;
+  /** Milliseconds until the hold ends by itself (0 when none is on). */
+  remainingMs: number;
+}
+
 export interface OkBodies {
   HELLO: HelloOk;
   KEEPALIVE: EmptyBody;
@@ -753,6 +785,7 @@ export interface OkBodies {
   UNWATCH: UnwatchOk;
   USERS: UsersOk;
   SLOTS: SlotsOk;
+  BARRIER: BarrierOk;
 }
 
 /** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
@@ -947,6 +980,8 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
       return encodeFrame(MessageType.UNWATCH, requestId, groupId, { objectId: req.objectId });
     case 'SLOTS':
       return encodeFrame(MessageType.SLOTS, requestId, groupId, {});
+    case 'BARRIER':
+      return encodeFrame(MessageType.BARRIER, requestId, groupId, { op: req.op, holdMs: req.holdMs });
     default:
       throw invalidArgument(`unknown request type ${describeValue((req as { type: unknown }).type)}`);
   }
@@ -1133,6 +1168,11 @@ export function encodeOk<T extends RequestType>(
         groupId: group,
         table: { version: table.version, ranges: table.ranges, groups: table.groups },
       };
+      break;
+    }
+    case 'BARRIER': {
+      const r = b as BarrierOk;
+      header = { held: r.held, index: r.index, term: r.term, remainingMs: r.remainingMs };
       break;
     }
     default:
@@ -1508,6 +1548,18 @@ REQUEST_DECODERS[MessageType.SLOTS] = (_h, payload) => {
   return { type: 'SLOTS' };
 };
 
+REQUEST_DECODERS[MessageType.BARRIER] = (h, payload) => {
+  noPayload(payload);
+  const op = h.op;
+  if (op !== 'hold' && op !== 'release')
+    throw invalidArgument(`op must be 'hold' or 'release'; got ${describeValue(op)}`, { field: 'op' });
+  const holdMs =
+    op === 'hold'
+      ? uintField(h.holdMs, 'holdMs', 1, MAX_BARRIER_HOLD_MS)
+      : uintField(h.holdMs, 'holdMs', 0, 0);
+  return { type: 'BARRIER', op, holdMs };
+};
+
 /**
  * Decodes and validates a request frame. PROTOCOL: not a request (unknown or non-request type, requestId 0) or
  * a HELLO of another protocol version. INVALID_ARGUMENT: a bad field, the message naming type and field.
@@ -1721,6 +1773,17 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
     return {
       groupId: uintField(h.groupId, 'groupId', 0, 0xffff),
       table: validateSlotTable(h.table),
+    };
+  },
+  BARRIER: (h, payload) => {
+    noPayload(payload);
+    if (typeof h.held !== 'boolean')
+      throw invalidArgument(`held must be a boolean; got ${describeValue(h.held)}`, { field: 'held' });
+    return {
+      held: h.held,
+      index: uintField(h.index, 'index'),
+      term: uintField(h.term, 'term'),
+      remainingMs: uintField(h.remainingMs, 'remainingMs', 0, MAX_BARRIER_HOLD_MS),
     };
   },
 };

@@ -68,6 +68,7 @@ export const REQUEST_FIELDS: Record<RequestType, readonly string[]> = {
   UNWATCH: ['objectId'],
   USERS: ['op', 'seq', 'user', 'password', 'rules', 'prefix', 'right'],
   SLOTS: [],
+  BARRIER: ['op', 'holdMs'],
 };
 
 const nameArb = (prefix: string) =>
@@ -176,6 +177,16 @@ export function validRequestArb(type: RequestType, namePrefix = ''): fc.Arbitrar
     case 'STATUS':
     case 'SLOTS':
       return fc.constant({ type } as Request);
+    case 'BARRIER':
+      // Only short holds: a fuzzer must not stall the server's writes for long.
+      return fc.oneof(
+        fc.record({
+          type: fc.constant('BARRIER' as const),
+          op: fc.constant('hold' as const),
+          holdMs: fc.integer({ min: 1, max: 50 }),
+        }),
+        fc.constant({ type: 'BARRIER' as const, op: 'release' as const, holdMs: 0 }),
+      );
     case 'MEMBERSHIP':
       // Only 'list': a fuzzer that added or removed members would be changing the cluster on purpose.
       return fc.constant({ type: 'MEMBERSHIP', op: 'list', id: null, address: null });

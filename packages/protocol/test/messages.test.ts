@@ -162,6 +162,8 @@ const sampleRequests: Request[] = [
   { type: 'SNAPSHOT_READ', id: 3, offset: 1 << 20, length: 16 * 1024 * 1024 },
   { type: 'STATUS' },
   { type: 'SLOTS' },
+  { type: 'BARRIER', op: 'hold', holdMs: 2000 },
+  { type: 'BARRIER', op: 'release', holdMs: 0 },
   { type: 'WATCH', name: 'jobs/ü' },
   { type: 'UNWATCH', objectId: Number.MAX_SAFE_INTEGER },
   {
@@ -714,6 +716,7 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
       ],
     },
   },
+  BARRIER: { held: true, index: 42, term: 3, remainingMs: 1999 },
 };
 
 test('every OK body round trips', (t) => {
@@ -854,6 +857,8 @@ test('bad answers are PROTOCOL errors naming the field', (t) => {
       'slots 101..16383 belong to no group',
     ],
     ['SLOTS', okFrame({ groupId: 0 }), 'slot table must be a map'],
+    ['BARRIER', okFrame({ ...sampleOks.BARRIER, held: 1 }), 'held must be a boolean'],
+    ['BARRIER', okFrame({ ...sampleOks.BARRIER, remainingMs: 10_001 }), 'remainingMs'],
   ];
   for (const [type, frame, includes] of cases) {
     throwsCode(t, () => decodeOk(type, frame), 'PROTOCOL', [`bad OK answer to ${type}`, includes]);

@@ -9,6 +9,7 @@ import type { Socket as UdpSocket } from 'node:dgram';
 import { join } from 'node:path';
 import {
   type AcquireRequest,
+  type BarrierOk,
   DEFAULT_LOG_MAX_BYTES,
   DEFAULT_SEGMENT_BYTES,
   type DeleteRequest,
@@ -35,7 +36,7 @@ import {
   type UsersRequest,
 } from '@segmem/protocol';
 import { DEFAULT_CONFIG, parseSegmentBytes } from '../config.js';
-import type { Command } from '../core/commands.js';
+import type { Command, Outcome } from '../core/commands.js';
 import { objectHeldBytes, type StateMachine } from '../core/state-machine.js';
 import { openLocalLog } from '../log/local-log.js';
 import type { ApplyListener, NodeLog } from '../log/types.js';
@@ -61,6 +62,7 @@ import { Sessions } from './sessions.js';
 import { requireSlot, withSlotTable } from './slots.js';
 import { pick, sameSecret, toBuffer, unwrap } from './util.js';
 import { Watches } from './watches.js';
+import { WriteHold } from './write-hold.js';
 
 export class SegmemNode {
   readonly id: string;
@@ -75,6 +77,8 @@ export class SegmemNode {
   private readonly reads: Reads;
   private readonly exports: SnapshotExports;
   private readonly watches: Watches;
+  /** BARRIER's hold on content changes (write-hold.ts). */
+  private readonly hold: WriteHold;
   /** The memory budget: admission for creates, appends and exports (node/budget.ts). */
   readonly budget: MemoryBudget;
   private closing = false;
@@ -91,6 +95,7 @@ export class SegmemNode {
     this.clusterId = dataDir.meta.clusterId;
     this.env = opts.env ?? systemEnv;
     this.metrics = opts.metrics ?? NO_METRICS;
+    this.hold = new WriteHold(this.env);
     const node = this;
     this.budget = new MemoryBudget(
       opts.maxMemoryBytes ?? null,
@@ -115,6 +120,7 @@ export class SegmemNode {
         return node.log.stateMachine;
       },
       requireLeader: () => this.requireLeader(),
+      propose: (cmd) => this.propose(cmd),
       budget: this.budget,
     };
     this.sessions = new Sessions(ctx);
@@ -260,6 +266,7 @@ export class SegmemNode {
     this.sessions.stop();
     this.budget.close();
     this.reads.close();
+    this.hold.release();
     this.exports.close();
     await this.schedule?.stop();
     await this.log.close();
@@ -545,7 +552,7 @@ export class SegmemNode {
         )
       : null;
     try {
-      const outcome = await this.log.propose({
+      const outcome = await this.propose({
         op: 'create',
         sessionId,
         ...pick(req, 'seq', 'name', 'size', 'ifNotExists'),
@@ -619,6 +626,7 @@ export class SegmemNode {
         return;
       case 'SNAPSHOT':
       case 'USERS':
+      case 'BARRIER':
         requireRight(sm, principal, 'admin', null);
         return;
       default:
@@ -730,7 +738,7 @@ export class SegmemNode {
       data: req.payload.byteLength > 0 ? toBuffer(req.payload) : null,
     };
     try {
-      return unwrap((await this.log.propose(cmd)).result) as { first: number; count: number };
+      return unwrap((await this.propose(cmd)).result) as { first: number; count: number };
     } finally {
       admitted();
       counted();
@@ -738,7 +746,7 @@ export class SegmemNode {
   }
 
   async logTruncate(sessionId: number, req: { seq: number; name: string; before: number }): Promise<number> {
-    const outcome = await this.log.propose({
+    const outcome = await this.propose({
       op: 'truncate',
       sessionId,
       ...pick(req, 'seq', 'name', 'before'),
@@ -756,6 +764,28 @@ export class SegmemNode {
   /** READ_PAGES: answers on `port` with the pages at exactly `req.version`, waiting up to `waitMs` to apply it. */
   readPages(port: Port, requestId: number, req: ReadPagesRequest): Promise<void> {
     return this.reads.readPages(port, requestId, req);
+  }
+
+  /** Proposes through the BARRIER hold: a change to content waits while a hold is on. */
+  private propose(cmd: Command): Promise<Outcome> {
+    return this.hold.propose(cmd, (c) => this.log.propose(c));
+  }
+
+  /**
+   * BARRIER `hold`: stops proposing content changes for `holdMs` and answers once everything proposed
+   * before is applied, with the applied position; `release`: ends the hold, `held` saying whether it was
+   * still on (false: it ended by itself, so a cut taken under it may not be consistent).
+   */
+  async barrier(req: { op: 'hold' | 'release'; holdMs: number }): Promise<BarrierOk> {
+    this.requireLeader();
+    if (req.op === 'release') {
+      const held = this.hold.release();
+      return { held, ...this.log.appliedPosition(), remainingMs: 0 };
+    }
+    await this.hold.hold(req.holdMs);
+    await this.log.readBarrier();
+    const { index, term } = this.log.appliedPosition();
+    return { ...this.hold.state(), index, term };
   }
 
   // --- consolidated snapshots (exports.ts) ---

@@ -634,6 +634,9 @@ export class ServerConnection implements Port {
       case 'SLOTS':
         this.answer(encodeOk('SLOTS', requestId, node.slots()));
         return;
+      case 'BARRIER':
+        this.answer(encodeOk('BARRIER', requestId, await node.barrier(req)));
+        return;
     }
   }
 
