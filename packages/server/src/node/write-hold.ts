@@ -44,7 +44,10 @@ export class WriteHold {
   }
 
   state(): HoldState {
-    return { held: this.held, remainingMs: this.held ? Math.max(0, this.untilMs - this.env.now()) : 0 };
+    return {
+      held: this.held,
+      remainingMs: this.held ? Math.max(0, Math.ceil(this.untilMs - this.env.now())) : 0,
+    };
   }
 
   /** Proposes `cmd` through `propose`, after the hold ends when `cmd` changes content. */
