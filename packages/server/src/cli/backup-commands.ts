@@ -7,6 +7,7 @@ import { describeGroupRange } from '../core/group-range.js';
 import { decodeClusterFile, isClusterFile } from '../storage/cluster-file.js';
 import { type Consolidated, ConsolidatedVerifier, decodeConsolidated } from '../storage/consolidated.js';
 import { restoreConsolidated } from '../storage/restore.js';
+import { restoreClusterMember } from '../storage/restore-cluster.js';
 import { type AdminOptions, AdminSession } from './admin-client.js';
 import { type Parsed, parseCount, UsageError } from './args.js';
 import { DEFAULT_HOLD_MS, takeClusterCut } from './cluster-cut.js';
@@ -229,6 +230,36 @@ async function takeSnapshot(session: AdminSession, file: string): Promise<number
   }
 }
 
+/** `restore FILE --config C --id ID --dir DIR`: one server's data directory of a (sharded) cluster. */
+async function restoreMember(p: Parsed, file: string, configFile: string): Promise<number> {
+  const id = p.values.get('id');
+  const dir = p.values.get('dir');
+  if (id === undefined || dir === undefined)
+    throw new UsageError(
+      'restore --config needs --id ID and --dir DIR (the server and its data directory)',
+      null,
+    );
+  if (p.lists.has('data') || p.lists.has('ids'))
+    throw new UsageError(
+      'restore --config builds one directory: give --id and --dir, not --data or --ids',
+      null,
+    );
+  const clusterId = p.values.get('cluster-id');
+  const r = await restoreClusterMember(file, {
+    config: loadConfigFile(configFile),
+    configFile,
+    id,
+    dir,
+    ...(clusterId ? { clusterId } : {}),
+    onProgress: (step) => progress(`restore: ${step}`),
+  });
+  progress('restore: done', true);
+  await out(
+    `restored ${counted(r.objects, 'object')} and ${counted(r.logs, 'shared log')} of group ${r.group} into ${dir} (server ${id}, cluster ${r.clusterId}${r.placement === 'by-slot' ? ', placed anew by slot' : ''}); start it with --config ${configFile} --id ${id} --data ${dir}\n`,
+  );
+  return 0;
+}
+
 export const restore: Command = {
   name: 'restore',
   args: [{ name: 'FILE', hint: 'give it before --data, whose directories run up to the next option' }],
@@ -237,7 +268,15 @@ export const restore: Command = {
     FILE's content: one directory restores a single server, several a cluster, one member each, whose ids are
     s1, s2, ... in the order of the directories (or --ids). Each gets a new cluster id (or --cluster-id),
     which the command prints with the --peers form to start the members with. Give FILE before --data: the
-    directories after --data run up to the next option. On a terminal, a progress line on stderr.`,
+    directories after --data run up to the next option. On a terminal, a progress line on stderr.
+
+    With --config, --id and --dir instead: builds server ID's data directory DIR (missing or empty) from a
+    cluster snapshot (snapshot --out --config), for the cluster the config file describes. Same groups
+    (ids and ranges) as the file: the server's group gets its part of the file. Other groups (another
+    count, other ranges): every object and shared log goes to the group that owns its name's slot in the
+    config's initial slot table, keeping its bytes, version and fencing token floor, at a new address in
+    that group's range. Run it once per server of the config. The cluster id is --cluster-id, else the
+    config's clusterId, else the file's. A file whose page or segment size is not the config's is refused.`,
   options: [
     {
       name: 'data',
@@ -253,9 +292,20 @@ export const restore: Command = {
       default: 's1, s2, ...',
     },
     { name: 'cluster-id', value: 'ID', help: "the restored cluster's id", default: 'a new random id' },
+    {
+      name: 'config',
+      value: 'FILE',
+      help: 'the config file of the cluster to restore into (with --id, --dir)',
+    },
+    { name: 'id', value: 'ID', help: 'with --config: the server whose data directory to build' },
+    { name: 'dir', value: 'DIR', help: "with --config: that server's data directory" },
   ],
   async run(p) {
     const file = p.args[0]!;
+    const configFile = p.values.get('config');
+    if (configFile !== undefined) return restoreMember(p, file, configFile);
+    for (const option of ['id', 'dir'])
+      if (p.values.has(option)) throw new UsageError(`--${option} goes with --config FILE`, null);
     const dirs = p.lists.get('data') ?? [];
     if (dirs.length === 0)
       throw new UsageError('restore needs --data DIR... (one directory per server)', null);
