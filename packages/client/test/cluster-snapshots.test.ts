@@ -1,0 +1,418 @@
+/**
+ * Cluster snapshots of a sharded cluster with real processes (`segmem up --groups 2 --replicas 3`):
+ * `segmem snapshot --out F --config` while writers write gives one file that inspects OK and restores
+ * (`segmem restore F --config --id --dir`) into a fresh 2-group cluster and into a 3-group one with every
+ * object's bytes equal; the cut is consistent across groups (a chain of writes alternating between the
+ * groups, each begun after the previous was acknowledged, is always in a file as a prefix); two snapshot
+ * agents elect one coordinator through the cluster, and when it is SIGKILLed the other takes over and
+ * writes the next file; bad input is refused in one line.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { initialSlotTable, ownerOf, SLOT_COUNT, slotOf } from '@segmem/protocol';
+import { decodeClusterFile } from '@segmem/server/internal/storage/cluster-file';
+import ava from 'ava';
+import { connect, type Segment } from '../src/index.js';
+import {
+  consecutivePorts,
+  runNode,
+  SERVER_READY_MS,
+  segmemBin,
+  serverBin,
+  tempDir,
+  untilItWorks,
+  waitFor,
+} from './helpers.js';
+
+/** Six servers and more at once load a 2-core machine enough: these tests run alone. */
+const test = ava.serial;
+
+const SEGMENT_BYTES = 64 * 1024 * 1024;
+const NO_ENV = { SEGMEM_SERVERS: '', SEGMEM_TOKEN: '' };
+
+interface Config {
+  segmentBytes: number;
+  dataDir: string;
+  clusterSecretFile: string;
+  groups: { id: number; start: number; bytes: number; members: Record<string, string> }[];
+}
+
+/** `count` names whose slots group `index + 1` of two owns (group 1 the lower half of the slots). */
+function namesOfGroup(index: number, count: number, prefix = 'obj-'): string[] {
+  const names: string[] = [];
+  for (let i = 0; names.length < count; i++) {
+    const name = `${prefix}${i}`;
+    if (Math.floor((slotOf(name) * 2) / SLOT_COUNT) === index) names.push(name);
+  }
+  return names;
+}
+
+function segmem(args: string[], timeoutMs = 120_000) {
+  return runNode(segmemBin, args, { env: NO_ENV, timeoutMs }).done;
+}
+
+/** The objects of a cluster file: name -> bytes (zeros for one never written). */
+function objectsOf(file: string): Map<string, Buffer> {
+  const c = decodeClusterFile(readFileSync(file), file);
+  const out = new Map<string, Buffer>();
+  for (const part of c.parts)
+    for (const o of part.content.objects) out.set(o.name, o.data ?? Buffer.alloc(o.size));
+  return out;
+}
+
+/** A running `segmem up --groups 2 --replicas 3`, shared by the tests. */
+let cluster: {
+  dir: ReturnType<typeof tempDir>;
+  up: ReturnType<typeof runNode>;
+  configPath: string;
+  config: Config;
+} | null = null;
+
+test.before(async () => {
+  const dir = tempDir();
+  const port = await consecutivePorts(6);
+  const printed = { configPath: '' };
+  const up = runNode(
+    segmemBin,
+    [
+      'up',
+      '--groups',
+      '2',
+      '--replicas',
+      '3',
+      '--segment-bytes',
+      String(SEGMENT_BYTES),
+      '--port',
+      String(port),
+      '--dir',
+      join(dir.path, 'up'),
+      '--fsync',
+      'none',
+    ],
+    {
+      timeoutMs: 30 * 60_000,
+      onLine: (line) => {
+        if (line.startsWith('SEGMEM_CONFIG=')) printed.configPath = line.slice('SEGMEM_CONFIG='.length);
+      },
+    },
+  );
+  await waitFor(() => printed.configPath, 'up to print SEGMEM_CONFIG', 2 * SERVER_READY_MS);
+  const config = JSON.parse(readFileSync(printed.configPath, 'utf8')) as Config;
+  cluster = { dir, up, configPath: printed.configPath, config };
+});
+
+test.after.always(async () => {
+  if (!cluster) return;
+  const { up, dir } = cluster;
+  if (up.proc.exitCode === null && up.proc.signalCode === null) up.proc.kill('SIGTERM');
+  await up.done.catch(() => {});
+  dir.cleanup();
+});
+
+/** A session on group `g` (1-based) of `config`. */
+function groupSession(config: Config, g: number): Promise<Segment> {
+  return untilItWorks(
+    () => connect({ servers: Object.values(config.groups[g - 1]!.members), sessionTimeoutMs: 5000 }),
+    `a session on group ${g}`,
+  );
+}
+
+/** Starts every server of `config` (written to `path`); resolves once all are ready. */
+async function startServers(config: Config, path: string) {
+  const ids = config.groups.flatMap((g) => Object.keys(g.members));
+  const procs = ids.map((id) => {
+    const ready = { done: false };
+    const p = runNode(serverBin, ['--config', path, '--id', id, '--fsync', 'none'], {
+      timeoutMs: 10 * 60_000,
+      onLine: (line) => {
+        if (line.includes(' ready on ')) ready.done = true;
+      },
+    });
+    return { id, p, ready };
+  });
+  const stop = async () => {
+    for (const { p } of procs)
+      if (p.proc.exitCode === null && p.proc.signalCode === null) p.proc.kill('SIGTERM');
+    await Promise.all(procs.map(({ p }) => p.done.catch(() => {})));
+  };
+  try {
+    await waitFor(
+      () => procs.every((x) => x.ready.done),
+      `servers ${ids.join(', ')} to be ready`,
+      2 * SERVER_READY_MS,
+    );
+  } catch (err) {
+    await stop();
+    throw new Error(`${(err as Error).message}: ${procs.map((x) => x.p.stderr()).join('')}`);
+  }
+  return stop;
+}
+
+/** Every object the groups of `config` serve, read through a session on each group. */
+async function readAll(config: Config): Promise<Map<string, Buffer>> {
+  const out = new Map<string, Buffer>();
+  for (const g of config.groups) {
+    const seg = await groupSession(config, g.id);
+    try {
+      for (const info of await seg.list()) {
+        if (info.name.startsWith('.segmem/')) continue;
+        out.set(info.name, await seg.read(info.name, (h) => Buffer.from(h.bytes)));
+      }
+    } finally {
+      await seg.close();
+    }
+  }
+  return out;
+}
+
+/** `config` with new ports, data directories under `dir`, and `groups` when given. */
+async function freshConfig(dir: string, base: Config, groupCount: number, replicas: number): Promise<Config> {
+  const port = await consecutivePorts(groupCount * replicas);
+  const bytes = Math.floor(base.segmentBytes / groupCount / 4096) * 4096;
+  return {
+    ...base,
+    dataDir: join(dir, '{id}'),
+    clusterSecretFile: base.clusterSecretFile,
+    groups: Array.from({ length: groupCount }, (_, g) => ({
+      id: g + 1,
+      start: g * bytes,
+      bytes,
+      members: Object.fromEntries(
+        Array.from({ length: replicas }, (_, r) => {
+          const n = g * replicas + r;
+          return [`s${n + 1}`, `127.0.0.1:${port + n}`];
+        }),
+      ),
+    })),
+  };
+}
+
+test('a cluster snapshot taken while writers write restores into 2 groups and into 3 with every object equal', async (t) => {
+  const { config, configPath, dir } = cluster!;
+  // The secret file is named relative to the config's directory: the new configs name it absolutely.
+  const base = { ...config, clusterSecretFile: join(configPath, '..', config.clusterSecretFile) };
+  const sessions = [await groupSession(config, 1), await groupSession(config, 2)];
+  const names = [namesOfGroup(0, 4, 'w-'), namesOfGroup(1, 4, 'w-')];
+  for (const [g, seg] of sessions.entries())
+    for (const [i, name] of names[g]!.entries()) await seg.create(name, 3000 + i * 4096);
+  let stop = false;
+  let writes = 0;
+  const writers = sessions.map(async (seg, g) => {
+    for (let k = 1; !stop; k++) {
+      const name = names[g]![k % names[g]!.length]!;
+      await seg.update(name, (h) => {
+        h.bytes.fill(k & 0xff, 0, 100);
+        h.view.setUint32(h.bytes.length - 4, k, true);
+      });
+      writes++;
+    }
+  });
+  const file = join(dir.path, 'cluster.segsnap');
+  try {
+    await waitFor(() => writes >= 20, 'the writers to get going');
+    const r = await segmem(['snapshot', '--out', file, '--config', configPath]);
+    t.is(r.code, 0, r.stderr);
+    t.regex(
+      r.stdout,
+      /^cluster snapshot of cluster \S+, 2 groups \(group 1 at index \d+, group 2 at index \d+\): \d+ bytes in /,
+    );
+    const before = writes;
+    await waitFor(() => writes >= before + 10, 'the writers to go on after the snapshot');
+  } finally {
+    stop = true;
+    await Promise.all(writers);
+    await Promise.all(sessions.map((s) => s.close()));
+  }
+  const inspected = await segmem(['snapshot', '--inspect', file]);
+  t.is(inspected.code, 0, inspected.stderr);
+  t.regex(inspected.stdout, /checksums OK, content OK/);
+  t.regex(inspected.stdout, /^group 1: bytes \[0, 33554432\)/m);
+  t.regex(inspected.stdout, /^group 2: bytes \[33554432, 67108864\)/m);
+  const expected = objectsOf(file);
+  for (const n of names.flat()) t.true(expected.has(n), `${n} is in the file`);
+
+  for (const [groupCount, replicas] of [
+    [2, 3],
+    [3, 1],
+  ] as const) {
+    const into = join(dir.path, `restored-${groupCount}`);
+    const fresh = await freshConfig(into, base, groupCount, replicas);
+    const freshPath = join(dir.path, `restored-${groupCount}.json`);
+    writeFileSync(freshPath, JSON.stringify(fresh, null, 2));
+    for (const id of fresh.groups.flatMap((g) => Object.keys(g.members))) {
+      const r = await segmem(['restore', file, '--config', freshPath, '--id', id, '--dir', join(into, id)]);
+      t.is(r.code, 0, r.stderr);
+      t.regex(r.stdout, groupCount === 2 ? /^restored \d+ objects? .* of group \d/ : /placed anew by slot/);
+    }
+    const stopServers = await startServers(fresh, freshPath);
+    try {
+      const got = await readAll(fresh);
+      const want = new Map([...expected].filter(([n]) => !n.startsWith('.segmem/')));
+      t.deepEqual([...got.keys()].sort(), [...want.keys()].sort(), `${groupCount} groups serve every object`);
+      for (const [n, bytes] of want)
+        t.true(got.get(n)?.equals(bytes), `${n}'s bytes in ${groupCount} groups`);
+      if (groupCount === 3) {
+        const table = initialSlotTable(
+          fresh.groups.map((g) => ({ id: g.id, members: Object.entries(g.members) })),
+        );
+        t.true(new Set(names.flat().map((n) => ownerOf(table, slotOf(n)))).size > 1, 'spread over groups');
+      }
+    } finally {
+      await stopServers();
+    }
+  }
+});
+
+test('the cut is consistent: a chain of writes alternating between the groups is in every file as a prefix', async (t) => {
+  const { config, configPath, dir } = cluster!;
+  const a = namesOfGroup(0, 1, 'chain-a-')[0]!;
+  const b = namesOfGroup(1, 1, 'chain-b-')[0]!;
+  const sessions = [await groupSession(config, 1), await groupSession(config, 2)];
+  await sessions[0]!.create(a, 8);
+  await sessions[1]!.create(b, 8);
+  // Step k writes k into A (k odd) or B (k even), each begun after the step before was acknowledged.
+  let stop = false;
+  let step = 0;
+  const chain = (async () => {
+    for (let k = 1; !stop; k++) {
+      await sessions[(k + 1) % 2]!.update(k % 2 ? a : b, (h) => h.view.setUint32(0, k, true));
+      step = k;
+    }
+  })();
+  const seen: [number, number][] = [];
+  try {
+    for (let i = 0; i < 6; i++) {
+      const at = step;
+      await waitFor(() => step >= at + 5, 'the chain to go on');
+      const file = join(dir.path, `chain-${i}.segsnap`);
+      const r = await segmem(['snapshot', '--out', file, '--config', configPath]);
+      t.is(r.code, 0, r.stderr);
+      const objects = objectsOf(file);
+      seen.push([objects.get(a)!.readUInt32LE(0), objects.get(b)!.readUInt32LE(0)]);
+    }
+  } finally {
+    stop = true;
+    await chain;
+    await Promise.all(sessions.map((s) => s.close()));
+  }
+  for (const [va, vb] of seen) {
+    // A prefix 1..m of the chain: the newest step m is in one object and m - 1 in the other.
+    t.is(Math.abs(va - vb), 1, `A ${va} and B ${vb} are a prefix of the chain`);
+  }
+  t.true(
+    seen.some(([va, vb]) => va + vb > 10),
+    `the chain moved while files were taken: ${JSON.stringify(seen)}`,
+  );
+});
+
+test('two snapshot agents: one coordinates; SIGKILLed, the other takes over and writes the next file', async (t) => {
+  const { configPath, dir } = cluster!;
+  const out = join(dir.path, 'agents');
+  const lines: string[][] = [[], []];
+  const agents = [0, 1].map((i) =>
+    runNode(
+      segmemBin,
+      ['snapshot-agent', '--config', configPath, '--dir', out, '--every', '1', '--keep', '50'],
+      {
+        env: NO_ENV,
+        timeoutMs: 5 * 60_000,
+        onLine: (line) => lines[i]!.push(line),
+      },
+    ),
+  );
+  const written = (i: number) => lines[i]!.flatMap((l) => /^snapshot-agent: wrote (\S+) /.exec(l)?.[1] ?? []);
+  const fenceOf = (file: string) => decodeClusterFile(readFileSync(file), file).header.fence;
+  try {
+    await waitFor(() => written(0).length + written(1).length >= 2, 'an agent to write two files', 60_000);
+    const coordinator = written(0).length > 0 ? 0 : 1;
+    const other = 1 - coordinator;
+    t.is(written(other).length, 0, 'only the lease holder writes');
+    const oldFence = fenceOf(written(coordinator)[0]!);
+    t.true(oldFence >= 1);
+    const killedAt = Date.now();
+    agents[coordinator]!.proc.kill('SIGKILL');
+    await agents[coordinator]!.done;
+    // The lease's session expires after 5 s; the waiting agent's ACQUIRE is then granted.
+    await waitFor(() => written(other).length >= 1, 'the other agent to take over and write a file', 30_000);
+    const tookMs = Date.now() - killedAt;
+    t.true(tookMs < 15_000, `took over in ${tookMs} ms`);
+    const next = written(other)[0]!;
+    t.true(fenceOf(next) > oldFence, 'the new coordinator holds a newer fencing token');
+    const inspected = await segmem(['snapshot', '--inspect', next]);
+    t.is(inspected.code, 0, inspected.stderr);
+    t.regex(inspected.stdout, new RegExp(`by the snapshot agent holding fencing token ${fenceOf(next)}`));
+  } finally {
+    for (const a of agents)
+      if (a.proc.exitCode === null && a.proc.signalCode === null) a.proc.kill('SIGTERM');
+    const ends = await Promise.all(agents.map((a) => a.done.catch(() => null)));
+    t.true(
+      ends.some((e) => e?.code === 0),
+      'the surviving agent ends cleanly on SIGTERM',
+    );
+  }
+});
+
+test('bad input: unknown flags, no server answering, a damaged file', async (t) => {
+  const { configPath, dir } = cluster!;
+  for (const args of [
+    ['snapshot-agent', '--config', configPath, '--bogus'],
+    ['snapshot', '--out', 'x', '--config', configPath, '--bogus'],
+    ['restore', 'x', '--config', configPath, '--id', 's1', '--dir', 'd', '--bogus'],
+  ]) {
+    const r = await segmem(args);
+    t.is(r.code, 1);
+    t.regex(r.stderr, /^segmem: unknown option --bogus \(INVALID_ARGUMENT\)\n/);
+  }
+  // A config whose servers are all down: one line, exit 1.
+  const down = join(dir.path, 'down.json');
+  const ports = await consecutivePorts(2);
+  writeFileSync(
+    down,
+    JSON.stringify({
+      segmentBytes: SEGMENT_BYTES,
+      groups: [
+        { id: 1, start: 0, bytes: SEGMENT_BYTES / 2, members: { s1: `127.0.0.1:${ports}` } },
+        {
+          id: 2,
+          start: SEGMENT_BYTES / 2,
+          bytes: SEGMENT_BYTES / 2,
+          members: { s2: `127.0.0.1:${ports + 1}` },
+        },
+      ],
+    }),
+  );
+  for (const args of [
+    ['snapshot-agent', '--config', down, '--dir', join(dir.path, 'none'), '--timeout', '500'],
+    ['snapshot', '--out', join(dir.path, 'none.segsnap'), '--config', down, '--timeout', '500'],
+  ]) {
+    const r = await segmem(args);
+    t.is(r.code, 1, r.stdout);
+    t.regex(r.stderr, /^segmem: .*\(UNAVAILABLE\)\n$/);
+  }
+  // A damaged file is refused naming the group whose part is wrong; a truncated one says it is cut short.
+  const file = join(dir.path, 'bad-input.segsnap');
+  t.is((await segmem(['snapshot', '--out', file, '--config', configPath])).code, 0);
+  const bytes = readFileSync(file);
+  const damaged = Buffer.from(bytes);
+  damaged[damaged.length - 30]! ^= 1;
+  writeFileSync(`${file}.damaged`, damaged);
+  writeFileSync(`${file}.cut`, bytes.subarray(0, bytes.length - 100));
+  const d = await segmem(['snapshot', '--inspect', `${file}.damaged`]);
+  t.is(d.code, 1);
+  t.regex(
+    d.stderr,
+    /not a usable cluster snapshot: the part of group 2 fails its checksum \(INVALID_ARGUMENT\)\n$/,
+  );
+  const c = await segmem([
+    'restore',
+    `${file}.cut`,
+    '--config',
+    configPath,
+    '--id',
+    's1',
+    '--dir',
+    join(dir.path, 'r-cut'),
+  ]);
+  t.is(c.code, 1);
+  t.regex(c.stderr, /not a usable cluster snapshot: cut short in the part of group 2/);
+});
