@@ -10,6 +10,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { initialSlotTable, ownerOf, SLOT_COUNT, slotOf } from '@segmem/protocol';
+import { AdminSession } from '@segmem/server/internal/cli/admin-client';
 import { decodeClusterFile } from '@segmem/server/internal/storage/cluster-file';
 import ava from 'ava';
 import { connect, type Segment } from '../src/index.js';
@@ -307,6 +308,41 @@ test('the cut is consistent: chains of writes alternating between the groups are
     seen.some(([va, vb]) => va + vb > 10),
     `the chains moved while files were taken: ${JSON.stringify(seen)}`,
   );
+});
+
+test('BARRIER: a hold makes write releases wait until released, and ends by itself after its time', async (t) => {
+  const { config } = cluster!;
+  const name = namesOfGroup(0, 1, 'held-')[0]!;
+  const seg = await groupSession(config, 1);
+  const admin = new AdminSession({
+    servers: Object.values(config.groups[0]!.members),
+    timeoutMs: 10_000,
+    token: null,
+  });
+  try {
+    await seg.create(name, 8);
+    const hold = await admin.call({ type: 'BARRIER', op: 'hold', holdMs: 10_000 });
+    t.true(hold.held);
+    t.true(hold.remainingMs > 0 && hold.remainingMs <= 10_000);
+    let done = false;
+    const write = seg.update(name, (h) => h.view.setUint32(0, 1, true)).then(() => (done = true));
+    // Every hold answers only once what was proposed before it is applied: the write was not proposed.
+    for (let i = 0; i < 5; i++) await admin.call({ type: 'BARRIER', op: 'hold', holdMs: 10_000 });
+    t.false(done, 'the write release waits while the hold is on');
+    const released = await admin.call({ type: 'BARRIER', op: 'release', holdMs: 0 });
+    t.true(released.held, 'the hold was still on when released');
+    await waitFor(() => done, 'the write to complete once released');
+    await write;
+    // A hold nobody releases ends by itself: the write goes through, and a late release says so.
+    await admin.call({ type: 'BARRIER', op: 'hold', holdMs: 300 });
+    await seg.update(name, (h) => h.view.setUint32(0, 2, true));
+    const late = await admin.call({ type: 'BARRIER', op: 'release', holdMs: 0 });
+    t.false(late.held, 'the hold had ended by itself');
+    t.is(await seg.read(name, (h) => h.view.getUint32(0, true)), 2);
+  } finally {
+    await admin.close();
+    await seg.close();
+  }
 });
 
 test('two snapshot agents: one coordinates; SIGKILLed, the other takes over and writes the next file', async (t) => {
