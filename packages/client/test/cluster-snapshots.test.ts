@@ -310,7 +310,7 @@ test('the cut is consistent: chains of writes alternating between the groups are
   );
 });
 
-test('BARRIER: a hold makes write releases wait until released, and ends by itself after its time', async (t) => {
+test('BARRIER: a hold makes write releases wait until released, ends by itself after its time, and is per session', async (t) => {
   const { config } = cluster!;
   const name = namesOfGroup(0, 1, 'held-')[0]!;
   const seg = await groupSession(config, 1);
@@ -339,6 +339,23 @@ test('BARRIER: a hold makes write releases wait until released, and ends by itse
     const late = await admin.call({ type: 'BARRIER', op: 'release', holdMs: 0 });
     t.false(late.held, 'the hold had ended by itself');
     t.is(await seg.read(name, (h) => h.view.getUint32(0, true)), 2);
+
+    // Holds are per session: one session's release leaves another's on, and a session's hold ends with it.
+    const other = new AdminSession({
+      servers: Object.values(config.groups[0]!.members),
+      timeoutMs: 10_000,
+      token: null,
+    });
+    await other.call({ type: 'BARRIER', op: 'hold', holdMs: 10_000 });
+    await admin.call({ type: 'BARRIER', op: 'hold', holdMs: 10_000 });
+    let third = false;
+    const write3 = seg.update(name, (h) => h.view.setUint32(0, 3, true)).then(() => (third = true));
+    t.true((await admin.call({ type: 'BARRIER', op: 'release', holdMs: 0 })).held);
+    for (let i = 0; i < 5; i++) await admin.call({ type: 'STATUS' });
+    t.false(third, "the write waits for the other session's hold");
+    await other.close(); // GOODBYE ends the session, and its hold with it
+    await waitFor(() => third, "the write to complete once the other session's hold ended with it");
+    await write3;
   } finally {
     await admin.close();
     await seg.close();

@@ -134,6 +134,7 @@ export class SegmemNode {
       reads: this.reads,
       exports: this.exports,
       watches: this.watches,
+      hold: this.hold,
     };
     this.log = makeLog((_index, cmd, outcome) => {
       this.metrics.applied(cmd.op);
@@ -266,7 +267,7 @@ export class SegmemNode {
     this.sessions.stop();
     this.budget.close();
     this.reads.close();
-    this.hold.release();
+    this.hold.releaseAll();
     this.exports.close();
     await this.schedule?.stop();
     await this.log.close();
@@ -772,20 +773,21 @@ export class SegmemNode {
   }
 
   /**
-   * BARRIER `hold`: stops proposing content changes for `holdMs` and answers once everything proposed
-   * before is applied, with the applied position; `release`: ends the hold, `held` saying whether it was
-   * still on (false: it ended by itself, so a cut taken under it may not be consistent).
+   * BARRIER `hold`: stops proposing content changes for `holdMs` (this session's hold; changes wait while
+   * any session holds) and answers once everything proposed before is applied, with the applied position;
+   * `release`: ends the session's hold, `held` saying whether it was still on (false: it ended by itself,
+   * so a cut taken under it may not be consistent).
    */
-  async barrier(req: { op: 'hold' | 'release'; holdMs: number }): Promise<BarrierOk> {
+  async barrier(sessionId: number, req: { op: 'hold' | 'release'; holdMs: number }): Promise<BarrierOk> {
     this.requireLeader();
     if (req.op === 'release') {
-      const held = this.hold.release();
+      const held = this.hold.release(sessionId);
       return { held, ...this.log.appliedPosition(), remainingMs: 0 };
     }
-    await this.hold.hold(req.holdMs);
+    await this.hold.hold(sessionId, req.holdMs);
     await this.log.readBarrier();
     const { index, term } = this.log.appliedPosition();
-    return { ...this.hold.state(), index, term };
+    return { ...this.hold.state(sessionId), index, term };
   }
 
   // --- consolidated snapshots (exports.ts) ---

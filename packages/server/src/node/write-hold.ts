@@ -25,32 +25,42 @@ export function changesContent(cmd: Command): boolean {
 }
 
 export interface HoldState {
+  /** Whether the asking session's hold is on. */
   held: boolean;
-  /** Milliseconds until the hold ends by itself (0 when none is on). */
+  /** Milliseconds until that hold ends by itself (0 when it is not on). */
   remainingMs: number;
 }
 
+/** One session's hold: until when, and the timer that ends it. */
+interface Hold {
+  untilMs: number;
+  timer: EnvTimer;
+}
+
+/**
+ * Holds are per session: two coordinators (an agent and an on-demand snapshot) may hold at once, and a
+ * release answers whether the releasing session's own hold lasted, whatever the other did meanwhile.
+ * Content changes wait while any hold is on.
+ */
 export class WriteHold {
-  private untilMs = 0;
-  private timer: EnvTimer | null = null;
+  private readonly holds = new Map<number, Hold>();
   private waiting: (() => void)[] = [];
   /** Content changes proposed and not yet applied: a hold answers only once they are. */
   private readonly inFlight = new Set<Promise<unknown>>();
 
   constructor(private readonly env: Env) {}
 
+  /** Whether any session's hold is on. */
   get held(): boolean {
-    return this.untilMs > 0;
+    return this.holds.size > 0;
   }
 
-  state(): HoldState {
-    return {
-      held: this.held,
-      remainingMs: this.held ? Math.max(0, Math.ceil(this.untilMs - this.env.now())) : 0,
-    };
+  state(sessionId: number): HoldState {
+    const h = this.holds.get(sessionId);
+    return { held: h !== undefined, remainingMs: h ? Math.max(0, Math.ceil(h.untilMs - this.env.now())) : 0 };
   }
 
-  /** Proposes `cmd` through `propose`, after the hold ends when `cmd` changes content. */
+  /** Proposes `cmd` through `propose`, after every hold ends when `cmd` changes content. */
   async propose(cmd: Command, propose: (cmd: Command) => Promise<Outcome>): Promise<Outcome> {
     if (!changesContent(cmd)) return propose(cmd);
     // A hold begun again while this one waited keeps it waiting.
@@ -63,26 +73,37 @@ export class WriteHold {
   }
 
   /**
-   * Starts (or extends) a hold for `ms`, then resolves once every content change proposed before it has
-   * been applied or failed. The caller then waits for the log to apply what is committed (a read barrier).
+   * Starts (or extends) `sessionId`'s hold for `ms`, then resolves once every content change proposed
+   * before it has been applied or failed. The caller then waits for the log to apply what is committed
+   * (a read barrier).
    */
-  async hold(ms: number): Promise<void> {
-    this.untilMs = this.env.now() + ms;
-    if (this.timer) this.env.clearTimeout(this.timer);
-    this.timer = this.env.setTimeout(() => this.release(), ms);
-    this.timer.unref();
+  async hold(sessionId: number, ms: number): Promise<void> {
+    const old = this.holds.get(sessionId);
+    if (old) this.env.clearTimeout(old.timer);
+    const timer = this.env.setTimeout(() => this.release(sessionId), ms);
+    timer.unref();
+    this.holds.set(sessionId, { untilMs: this.env.now() + ms, timer });
     await Promise.allSettled([...this.inFlight]);
   }
 
-  /** Ends the hold; answers whether one was still on (false: it had ended by itself, or never began). */
-  release(): boolean {
-    const was = this.held;
-    this.untilMs = 0;
-    if (this.timer) this.env.clearTimeout(this.timer);
-    this.timer = null;
+  /**
+   * Ends `sessionId`'s hold; answers whether it was still on (false: it had ended by itself, or never
+   * began here). Waiting changes go once no hold is left.
+   */
+  release(sessionId: number): boolean {
+    const h = this.holds.get(sessionId);
+    if (!h) return false;
+    this.env.clearTimeout(h.timer);
+    this.holds.delete(sessionId);
+    if (this.held) return true;
     const waiting = this.waiting;
     this.waiting = [];
     for (const go of waiting) go();
-    return was;
+    return true;
+  }
+
+  /** Ends every hold (the member shuts down). */
+  releaseAll(): void {
+    for (const id of [...this.holds.keys()]) this.release(id);
   }
 }

@@ -635,7 +635,7 @@ export class ServerConnection implements Port {
         this.answer(encodeOk('SLOTS', requestId, node.slots()));
         return;
       case 'BARRIER':
-        this.answer(encodeOk('BARRIER', requestId, await node.barrier(req)));
+        this.answer(encodeOk('BARRIER', requestId, await node.barrier(sid, req)));
         return;
     }
   }
