@@ -7,14 +7,7 @@
  */
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import {
-  initialSlotTable,
-  MAX_BARRIER_HOLD_MS,
-  ownerOf,
-  SegmemError,
-  type SlotTable,
-  slotOf,
-} from '@segmem/protocol';
+import { MAX_BARRIER_HOLD_MS, ownerOf, SegmemError, type SlotTable, slotOf } from '@segmem/protocol';
 import { type GroupConfig, loadConfigFile } from '../config.js';
 import { mkdirDurable, nodeFs } from '../storage/fs.js';
 import { type AdminOptions, AdminSession } from './admin-client.js';
@@ -161,17 +154,12 @@ class Agent {
 
   private leaseGroup(table: SlotTable): GroupConfig {
     const id = ownerOf(table, slotOf(LEASE_NAME));
-    const g =
-      this.groups.find((x) => x.id === id) ??
-      // A table from a server that is not this config's: place the name as the config would.
-      this.groups.find(
-        (x) =>
-          x.id ===
-          ownerOf(
-            initialSlotTable(this.groups.map((y) => ({ id: y.id, members: Object.entries(y.members) }))),
-            slotOf(LEASE_NAME),
-          ),
-      )!;
+    const g = this.groups.find((x) => x.id === id);
+    if (!g)
+      throw new SegmemError(
+        'INVALID_ARGUMENT',
+        `the cluster's slot table gives "${LEASE_NAME}" to group ${id}, which the config file does not list: not this cluster's config`,
+      );
     return g;
   }
 

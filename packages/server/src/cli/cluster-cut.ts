@@ -107,12 +107,18 @@ async function writeFile(
   made: Made[],
   slots: OkBodies['SLOTS']['table'],
 ): Promise<ClusterCut> {
-  // Page and segment size come from the first part's own header (the servers', not the config's).
-  let first: Buffer | null = null;
-  await readExport(sessions[0]!, made[0]!.id, Math.min(made[0]!.bytes, 64 * 1024), (c) => {
-    first = Buffer.from(c);
-  });
-  const partHeader = consolidatedHeaderOf(first ?? Buffer.alloc(0), `group ${groups[0]!.id}'s snapshot`);
+  // Page and segment size come from the first part's own header (the servers', not the config's): its
+  // length prefix first, then the header itself.
+  const readHead = async (to: number) => {
+    const pieces: Buffer[] = [];
+    await readExport(sessions[0]!, made[0]!.id, Math.min(made[0]!.bytes, to), (c) => {
+      pieces.push(Buffer.from(c));
+    });
+    return Buffer.concat(pieces);
+  };
+  const prefix = await readHead(12);
+  const headBytes = prefix.length === 12 ? await readHead(12 + prefix.readUInt32LE(8)) : prefix;
+  const partHeader = consolidatedHeaderOf(headBytes, `group ${groups[0]!.id}'s snapshot`);
   const table: ClusterFileGroup[] = groups.map((g, i) => ({
     id: g.id,
     start: g.start,
