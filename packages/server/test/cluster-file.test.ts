@@ -315,3 +315,53 @@ test('restore refuses a config that does not fit the file, and builds nothing', 
     t.regex(err!.message, /group 1's slots need more than its 8192 bytes/);
   });
 });
+
+test('restore --config of a cluster without groups takes a single consolidated snapshot; a grouped config refuses one', async (t) => {
+  const dir = await fsp.mkdtemp(join(tmpdir(), 'segmem-cluster-file-'));
+  try {
+    const sm = new StateMachine({ pageBytes: PAGE, segmentBytes: SEGMENT });
+    sm.apply(1, { op: 'open', timeoutMs: 1000, clientName: null });
+    sm.apply(2, { op: 'create', sessionId: 1, seq: 1, name: 'solo', size: 10, ifNotExists: false });
+    const file = join(dir, 'single.segsnap');
+    await fsp.writeFile(
+      file,
+      Buffer.concat(
+        await encodeConsolidated(sm.exportContent(), {
+          clusterId: 'c0',
+          createdAt: '2026-12-07T00:00:00.000Z',
+          groups: [[0, 2, 1]],
+        }),
+      ),
+    );
+    const servers = { s1: '127.0.0.1:1', s2: '127.0.0.1:2', s3: '127.0.0.1:3' };
+    const ungrouped: ServerConfig = { ...DEFAULT_CONFIG, segmentBytes: SEGMENT, servers };
+    const r = await restoreClusterMember(file, {
+      config: ungrouped,
+      configFile: 'c.json',
+      id: 's2',
+      dir: join(dir, 's2'),
+    });
+    t.deepEqual([r.group, r.clusterId, r.objects], [0, 'c0', 1]);
+    const loaded = await new SnapshotDir(join(dir, 's2', SNAPSHOT_DIR)).loadNewest();
+    t.deepEqual(loaded.newest!.meta.members, ['s1', 's2', 's3']);
+    t.deepEqual(
+      loaded.newest!.state.exportContent().objects.map((o) => o.name),
+      ['solo'],
+    );
+    const err = await t.throwsAsync(
+      restoreClusterMember(file, {
+        config: configOf(twoGroups),
+        configFile: 'c.json',
+        id: 's1',
+        dir: join(dir, 's1'),
+      }),
+    );
+    t.regex(
+      err!.message,
+      /single.segsnap is one group's snapshot, not a cluster snapshot: c.json has shard groups/,
+    );
+    t.false(existsSync(join(dir, 's1')));
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
