@@ -324,6 +324,19 @@ test('BARRIER: a hold makes write releases wait until released, ends by itself a
     const hold = await admin.call({ type: 'BARRIER', op: 'hold', holdMs: 10_000 });
     t.true(hold.held);
     t.true(hold.remainingMs > 0 && hold.remainingMs <= 10_000);
+    // STATUS says so, on the leader.
+    const status = async () => {
+      const r = await segmem([
+        'status',
+        '--json',
+        '--servers',
+        Object.values(config.groups[0]!.members).join(','),
+      ]);
+      const members = JSON.parse(r.stdout).members as { role?: string; writesHeldMs?: number }[];
+      return members.find((m) => m.role === 'leader')!;
+    };
+    const during = await status();
+    t.true(during.writesHeldMs! > 0 && during.writesHeldMs! <= 10_000, JSON.stringify(during));
     let done = false;
     const write = seg.update(name, (h) => h.view.setUint32(0, 1, true)).then(() => (done = true));
     // Every hold answers only once what was proposed before it is applied: the write was not proposed.
@@ -333,6 +346,7 @@ test('BARRIER: a hold makes write releases wait until released, ends by itself a
     t.true(released.held, 'the hold was still on when released');
     await waitFor(() => done, 'the write to complete once released');
     await write;
+    t.is((await status()).writesHeldMs, undefined, 'no hold in STATUS once released');
     // A hold nobody releases ends by itself: the write goes through, and a late release says so.
     await admin.call({ type: 'BARRIER', op: 'hold', holdMs: 300 });
     await seg.update(name, (h) => h.view.setUint32(0, 2, true));

@@ -714,6 +714,11 @@ export interface StatusOk {
   fsync: string;
   /** The member's shard group and the range of the segment it allocates in; absent from older servers. */
   group?: GroupInfo;
+  /**
+   * While a BARRIER hold is on at this member: milliseconds until the last one ends by itself
+   * (1..MAX_BARRIER_HOLD_MS); content changes wait meanwhile. Absent when none is on.
+   */
+  writesHeldMs?: number;
 }
 
 /** A shard group as STATUS reports it: id 0 is the one group of a cluster without groups. */
@@ -1138,6 +1143,7 @@ export function encodeOk<T extends RequestType>(
         lockedObjects: r.lockedObjects,
         fsync: r.fsync,
         ...(r.group ? { group: { id: r.group.id, start: r.group.start, bytes: r.group.bytes } } : {}),
+        ...(r.writesHeldMs !== undefined ? { writesHeldMs: r.writesHeldMs } : {}),
       };
       break;
     }
@@ -1747,6 +1753,9 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
       lockedObjects: uintField(h.lockedObjects, 'lockedObjects', locks.length),
       fsync: stringField(h.fsync, 'fsync', 1, 16),
       ...(h.group !== undefined ? { group: groupInfoField(h.group) } : {}),
+      ...(h.writesHeldMs !== undefined
+        ? { writesHeldMs: uintField(h.writesHeldMs, 'writesHeldMs', 1, MAX_BARRIER_HOLD_MS) }
+        : {}),
     };
   },
   WATCH: (h, payload) => {

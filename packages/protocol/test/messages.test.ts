@@ -849,6 +849,7 @@ test('bad answers are PROTOCOL errors naming the field', (t) => {
       'group.bytes',
     ],
     ['STATUS', okFrame({ ...sampleOks.STATUS, group: [1, 0, 4096] }), 'group must be a map'],
+    ['STATUS', okFrame({ ...sampleOks.STATUS, writesHeldMs: 0 }), 'writesHeldMs'],
     ['HELLO', okFrame({ ...sampleOks.HELLO, groupId: -1 }), 'groupId'],
     ['SLOTS', okFrame({ ...sampleOks.SLOTS, groupId: 65536 }), 'groupId'],
     [

@@ -369,6 +369,7 @@ export class SegmemNode {
       lockedObjects: locked.length,
       fsync: this.opts.fsync ?? 'batch',
       group: { id: sm.group.id, start: sm.group.start, bytes: sm.group.bytes },
+      ...(this.hold.held ? { writesHeldMs: this.hold.remainingMs() } : {}),
     };
   }
 

@@ -60,6 +60,13 @@ export class WriteHold {
     return { held: h !== undefined, remainingMs: h ? Math.max(0, Math.ceil(h.untilMs - this.env.now())) : 0 };
   }
 
+  /** Milliseconds until the last hold ends by itself; 0 when none is on. */
+  remainingMs(): number {
+    let until = 0;
+    for (const h of this.holds.values()) until = Math.max(until, h.untilMs);
+    return until === 0 ? 0 : Math.max(1, Math.ceil(until - this.env.now()));
+  }
+
   /** Proposes `cmd` through `propose`, after every hold ends when `cmd` changes content. */
   async propose(cmd: Command, propose: (cmd: Command) => Promise<Outcome>): Promise<Outcome> {
     if (!changesContent(cmd)) return propose(cmd);
