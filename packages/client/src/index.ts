@@ -26,15 +26,17 @@ import {
   MIN_SESSION_TIMEOUT_MS,
   parseHostPort,
   SegmemError,
+  type SlotTable,
   systemEnv,
   validatePassword,
   validateUserName,
 } from '@segmem/protocol';
 import { connectLocal, type FsyncPolicy, SegmemNode } from '@segmem/server';
 import { FollowerReads } from './follower-reads.js';
-import { openMappedSegment } from './mapped-segment.js';
+import { type MappedSegment, openMappedSegment } from './mapped-segment.js';
 import { type Segment, SegmentImpl } from './segment.js';
 import { type Dial, Session, type Transport, tcpDial } from './session.js';
+import { ShardedSegment } from './sharded-segment.js';
 
 export { type ErrorCode, SegmemError } from '@segmem/protocol';
 export type { AcquireOptions, Handle, ObjectInfo, Segment } from './segment.js';
@@ -56,7 +58,9 @@ export type { WatchEvent, WatchOptions } from './watch.js';
 export interface ConnectOptions {
   /**
    * Server addresses, host:port. Any reachable one will do: the client dials them in order and a member
-   * that does not lead redirects it to the leader. List several members of a cluster, ideally all.
+   * that does not lead redirects it to the leader. List several members of a cluster, ideally all. In a
+   * cluster of several shard groups a server of any group will do: the client asks it for the slot table
+   * and reaches each group at the members the table lists, when one of its names is first used.
    */
   servers: string[];
   /**
@@ -201,23 +205,27 @@ function sessionTimeout(value: number | undefined): number {
   return ms;
 }
 
-async function openSegment(
-  dial: Dial,
-  opts: {
-    sessionTimeoutMs: number;
-    token?: string;
-    login?: { user: string; password: string };
-    cacheDir?: string;
-    reconnect: boolean;
-    udp?: UdpSocket;
-    followerReads?: boolean;
-    delegations: boolean;
-    tls?: ConnectionOptions;
-  },
-  onClose: () => Promise<void>,
-): Promise<SegmentImpl> {
-  let segment: SegmentImpl | undefined;
-  const session = await Session.open({
+/** What a segment's session is opened with (shared by every group session of a sharded cluster). */
+interface SegmentOptions {
+  sessionTimeoutMs: number;
+  token?: string;
+  login?: { user: string; password: string };
+  cacheDir?: string;
+  reconnect: boolean;
+  udp?: UdpSocket;
+  followerReads?: boolean;
+  delegations: boolean;
+  tls?: ConnectionOptions;
+}
+
+/** Where a session's pushes go: its segment, once built (none arrive for objects before). */
+interface PushTarget {
+  segment?: SegmentImpl;
+}
+
+/** Opens a session through `dial` whose pushes go to `target.segment`. */
+function openSession(dial: Dial, opts: SegmentOptions, target: PushTarget): Promise<Session> {
+  return Session.open({
     dial,
     env: systemEnv,
     sessionTimeoutMs: opts.sessionTimeoutMs,
@@ -226,17 +234,30 @@ async function openSegment(
     ...(opts.udp ? { udpPort: opts.udp.address().port } : {}),
     reconnect: opts.reconnect,
     ...(opts.tls ? { tls: true } : {}),
-    onInvalidate: (msg) => segment?.onInvalidate(msg),
-    onRevoke: (msg) => segment?.onRevoke(msg),
-    onChanged: (msg) => segment?.onChanged(msg),
-    onSessionLost: () => segment?.sessionLost(),
-    onResumed: () => segment?.revalidate(),
+    onInvalidate: (msg) => target.segment?.onInvalidate(msg),
+    onRevoke: (msg) => target.segment?.onRevoke(msg),
+    onChanged: (msg) => target.segment?.onChanged(msg),
+    onSessionLost: () => target.segment?.sessionLost(),
+    onResumed: () => target.segment?.revalidate(),
   });
-  const mapped = openMappedSegment({
+}
+
+/** The mapped segment sized by the session's HELLO answer. */
+function mapSegment(session: Session, opts: SegmentOptions): MappedSegment {
+  return openMappedSegment({
     segmentBytes: session.hello.segmentBytes,
     pageBytes: session.hello.pageBytes,
     ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
   });
+}
+
+/** The segment over an open session and the mapped segment it uses (which it unmaps when it closes). */
+function segmentOver(
+  session: Session,
+  mapped: MappedSegment,
+  opts: SegmentOptions,
+  onClose: () => Promise<void>,
+): SegmentImpl {
   const followerReads = opts.followerReads
     ? new FollowerReads(session, {
         sessionTimeoutMs: opts.sessionTimeoutMs,
@@ -245,7 +266,7 @@ async function openSegment(
         ...(opts.tls ? { tls: opts.tls } : {}),
       })
     : null;
-  segment = new SegmentImpl(
+  return new SegmentImpl(
     session,
     mapped,
     session.hello.pageBytes,
@@ -256,23 +277,103 @@ async function openSegment(
     followerReads,
     opts.delegations,
   );
-  const udp = opts.udp;
-  if (udp) {
-    udp.on('message', (buf) => {
-      try {
-        const d = decodeInvalidationDatagram(buf);
-        if (d.sessionId === session.sessionId) segment?.onHint(d.objects);
-      } catch {
-        // not ours, or damaged: hints are best effort
-      }
-    });
-  }
+}
+
+/** UDP hints of the one session of a segment that talks to one group. */
+function hintsTo(udp: UdpSocket, segment: SegmentImpl): void {
+  udp.on('message', (buf) => {
+    try {
+      const d = decodeInvalidationDatagram(buf);
+      if (d.sessionId === segment.sessionId) segment.onHint(d.objects);
+    } catch {
+      // not ours, or damaged: hints are best effort
+    }
+  });
+}
+
+async function openSegment(
+  dial: Dial,
+  opts: SegmentOptions,
+  onClose: () => Promise<void>,
+): Promise<SegmentImpl> {
+  const target: PushTarget = {};
+  const session = await openSession(dial, opts, target);
+  const segment = segmentOver(session, mapSegment(session, opts), opts, onClose);
+  target.segment = segment;
+  if (opts.udp) hintsTo(opts.udp, segment);
   return segment;
+}
+
+/** `mapped` for one group's segment: the sharded segment unmaps it, once, after every group closed. */
+function sharedMapping(mapped: MappedSegment): MappedSegment {
+  return {
+    get protectedPages() {
+      return mapped.protectedPages;
+    },
+    bytes: (address, size, name) => mapped.bytes(address, size, name),
+    setAccess: (address, size, access) => mapped.setAccess(address, size, access),
+    zero: (address, size) => mapped.zero(address, size),
+    forget: (address, size) => mapped.forget(address, size),
+    close: () => {},
+  };
+}
+
+/**
+ * The segment of a cluster whose slot table lists several groups: `first` (a session with the group of the
+ * server that answered, dialled through `servers`, its pushes going to `target`) becomes that group's
+ * segment, and the other groups' sessions are opened on first use, each from its members in the table.
+ */
+function shardedSegment(
+  first: Session,
+  target: PushTarget,
+  servers: string[],
+  table: SlotTable,
+  opts: SegmentOptions,
+  onClose: () => Promise<void>,
+): ShardedSegment {
+  const mapped = mapSegment(first, opts);
+  const shared = sharedMapping(mapped);
+  const { segmentBytes, pageBytes } = first.hello;
+  const openGroup = async (group: number, members: string[]): Promise<SegmentImpl> => {
+    const pushes: PushTarget = {};
+    const session = await openSession(tcpDial(members, systemEnv, opts.tls), opts, pushes);
+    const hello = session.hello;
+    // One segment, one layout: a server of another group (or cluster) would place objects elsewhere.
+    const mismatch =
+      hello.groupId !== group
+        ? `answered as group ${String(hello.groupId)}`
+        : hello.segmentBytes !== segmentBytes || hello.pageBytes !== pageBytes
+          ? `has a segment of ${hello.segmentBytes} bytes in pages of ${hello.pageBytes}, not ${segmentBytes} in pages of ${pageBytes}`
+          : null;
+    if (mismatch !== null) {
+      await session.close();
+      throw new SegmemError(
+        'PROTOCOL',
+        `a server of group ${group} (${members.join(', ')}) ${mismatch}, unlike what the slot table says`,
+        { group },
+      );
+    }
+    pushes.segment = segmentOver(session, shared, opts, async () => {});
+    return pushes.segment;
+  };
+  target.segment = segmentOver(first, shared, opts, async () => {});
+  const sharded = new ShardedSegment(
+    table,
+    { group: first.hello.groupId ?? 0, segment: target.segment, servers },
+    mapped,
+    openGroup,
+    systemEnv,
+    onClose,
+  );
+  opts.udp?.on('message', (buf, from) => sharded.onDatagram(buf, from));
+  return sharded;
 }
 
 /**
  * Opens a session with a segmem server or cluster. The session keeps itself alive, follows the leader
  * across failovers (re-sending what was unanswered, applied once) and ends with {@link Segment.close}.
+ * In a cluster of several shard groups it is one session per group, each opened on first use, and every
+ * call goes to the group owning the name's hash slot.
  *
  * Rejects with `INVALID_ARGUMENT` for bad options, `UNAVAILABLE` when no listed server answers, and
  * `UNAUTHORIZED` for a wrong token.
@@ -315,24 +416,41 @@ export async function connect(opts: ConnectOptions): Promise<Segment> {
     udp.unref();
   }
   const servers = [...opts.servers];
+  const segmentOptions: SegmentOptions = {
+    sessionTimeoutMs,
+    reconnect: true,
+    delegations,
+    followerReads: opts.followerReads ?? true,
+    ...(opts.token !== undefined ? { token: opts.token } : {}),
+    ...(login ? { login } : {}),
+    ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
+    ...(udp ? { udp } : {}),
+    ...(tls ? { tls } : {}),
+  };
+  const closeUdp = async () => {
+    udp?.close();
+  };
   try {
-    const segment = await openSegment(
-      tcpDial(servers, systemEnv, tls),
-      {
-        sessionTimeoutMs,
-        reconnect: true,
-        delegations,
-        followerReads: opts.followerReads ?? true,
-        ...(opts.token !== undefined ? { token: opts.token } : {}),
-        ...(login ? { login } : {}),
-        ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
-        ...(udp ? { udp } : {}),
-        ...(tls ? { tls } : {}),
-      },
-      async () => {
-        udp?.close();
-      },
-    );
+    const target: PushTarget = {};
+    const session = await openSession(tcpDial(servers, systemEnv, tls), segmentOptions, target);
+    let segment: SegmentImpl;
+    try {
+      // A member of a shard group: the slot table says whether other groups own names too.
+      const table =
+        session.hello.groupId === undefined ? null : (await session.call({ type: 'SLOTS' })).table;
+      if (table !== null && table.groups.length > 1) {
+        // This session stays with its group: it re-dials that group's members only.
+        const own = table.groups.find((g) => g.id === session.hello.groupId)?.members ?? [];
+        if (own.length > 0) servers.splice(0, servers.length, ...own.map(([, address]) => address));
+        return shardedSegment(session, target, servers, table, segmentOptions, closeUdp);
+      }
+      segment = segmentOver(session, mapSegment(session, segmentOptions), segmentOptions, closeUdp);
+    } catch (err) {
+      await session.close();
+      throw err;
+    }
+    target.segment = segment;
+    if (udp) hintsTo(udp, segment);
     // Learn the whole membership, so failover can reach members the caller did not list (best effort).
     segment
       .members()

@@ -14,6 +14,7 @@ import {
   type ObjectRecord,
   type Revoke,
   SegmemError,
+  type SlotsOk,
   validateName,
   validatePrefix,
   validateSize,
@@ -310,7 +311,8 @@ const REVOKED_NO_KEEP_MS = 1000;
 /** How long past its timeoutMs an acquire waits for the server's own TIMEOUT before giving up locally. */
 const ACQUIRE_GUARD_GRACE_MS = 1000;
 
-function checkTimeoutMs(timeoutMs: number | undefined): void {
+/** INVALID_ARGUMENT unless `timeoutMs` is absent or an integer 0..MAX_TIMEOUT_MS. */
+export function checkTimeoutMs(timeoutMs: number | undefined): void {
   if (
     timeoutMs !== undefined &&
     !(Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= MAX_TIMEOUT_MS)
@@ -324,6 +326,25 @@ function checkTimeoutMs(timeoutMs: number | undefined): void {
 
 function info(r: ObjectRecord): ObjectInfo {
   return { name: r.name, size: r.size, address: r.address, version: r.version };
+}
+
+/**
+ * Runs `fn` with the handle `h` and releases it, also when `fn` throws; a write handle's changes are undone
+ * first then, so the release ships nothing (what {@link Segment.read} and {@link Segment.update} do). The
+ * ShardedSegment's read and update use it; SegmentImpl keeps its own bodies, whose exact sequence of awaits
+ * the simulator's recorded seeds depend on.
+ */
+export async function holding<T>(h: Handle, fn: (h: Handle) => T | Promise<T>): Promise<T> {
+  let value: T;
+  try {
+    value = await fn(h);
+  } catch (err) {
+    (h as HandleImpl).rollback();
+    await h.release();
+    throw err;
+  }
+  await h.release();
+  return value;
 }
 
 export class SegmentImpl implements Segment {
@@ -411,6 +432,17 @@ export class SegmentImpl implements Segment {
       t.requests += r.requests;
     }
     return { ...t, pageReads: { ...(f?.stats ?? { fromFollowers: 0, fromLeader: 0 }) } };
+  }
+
+  /** The id of this segment's session at its group (UDP hints name it). */
+  get sessionId(): number {
+    return this.session.sessionId;
+  }
+
+  /** The slot table the group holds, and the group's id (SLOTS). Not pinned. */
+  async slots(): Promise<SlotsOk> {
+    this.check();
+    return this.session.call({ type: 'SLOTS' });
   }
 
   /** The group's members and their addresses (a single server lists itself without one). Not pinned. */

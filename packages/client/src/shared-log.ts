@@ -187,6 +187,27 @@ function toRecord(record: unknown, what: string): Buffer {
   return bytes;
 }
 
+/** INVALID_ARGUMENT for a bad log name or a `maxBytes` that is not an integer 1..MAX_LOG_MAX_BYTES. */
+export function checkLog(name: string, opts: LogOptions): void {
+  validateName(name);
+  const maxBytes = opts.maxBytes;
+  if (
+    maxBytes !== undefined &&
+    (!Number.isInteger(maxBytes) || maxBytes < 1 || maxBytes > MAX_LOG_MAX_BYTES)
+  ) {
+    throw new SegmemError('INVALID_ARGUMENT', `maxBytes must be an integer 1..${MAX_LOG_MAX_BYTES}`);
+  }
+}
+
+/** INVALID_ARGUMENT for a `from` that is not a non-negative integer or a `follow` that is not a boolean. */
+export function checkLogReadOptions(opts: LogReadOptions): void {
+  const { from, follow = false } = opts;
+  if (from !== undefined && (!Number.isSafeInteger(from) || from < 0)) {
+    throw new SegmemError('INVALID_ARGUMENT', `from must be a non-negative integer; got ${from}`);
+  }
+  if (typeof follow !== 'boolean') throw new SegmemError('INVALID_ARGUMENT', 'follow must be a boolean');
+}
+
 function newBatch(): Batch {
   return { records: [], bytes: 0, waiters: [] };
 }
@@ -206,15 +227,8 @@ export class SharedLogImpl implements SharedLog {
     opts: LogOptions,
     private readonly check: () => void,
   ) {
-    validateName(name);
-    const maxBytes = opts.maxBytes;
-    if (
-      maxBytes !== undefined &&
-      (!Number.isInteger(maxBytes) || maxBytes < 1 || maxBytes > MAX_LOG_MAX_BYTES)
-    ) {
-      throw new SegmemError('INVALID_ARGUMENT', `maxBytes must be an integer 1..${MAX_LOG_MAX_BYTES}`);
-    }
-    this.maxBytes = maxBytes ?? null;
+    checkLog(name, opts);
+    this.maxBytes = opts.maxBytes ?? null;
   }
 
   async append(record: Uint8Array | string): Promise<number> {
@@ -299,11 +313,8 @@ export class SharedLogImpl implements SharedLog {
 
   read(opts: LogReadOptions = {}): AsyncIterable<LogRecord> {
     this.check();
+    checkLogReadOptions(opts);
     const { from, follow = false, signal } = opts;
-    if (from !== undefined && (!Number.isSafeInteger(from) || from < 0)) {
-      throw new SegmemError('INVALID_ARGUMENT', `from must be a non-negative integer; got ${from}`);
-    }
-    if (typeof follow !== 'boolean') throw new SegmemError('INVALID_ARGUMENT', 'follow must be a boolean');
     return this.records(from ?? null, follow, signal);
   }
 

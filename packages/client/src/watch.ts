@@ -83,6 +83,22 @@ function aborted(): SegmemError {
   return new SegmemError('ABORTED', 'the watch was aborted');
 }
 
+/** INVALID_ARGUMENT for a bad name, options that are not an object, a bad `fromVersion` or `signal`. */
+export function checkWatch(name: string, opts: WatchOptions): void {
+  validateName(name);
+  if (opts === null || typeof opts !== 'object')
+    throw new SegmemError('INVALID_ARGUMENT', 'watch options must be an object');
+  const { signal, fromVersion } = opts;
+  if (fromVersion !== undefined && (!Number.isSafeInteger(fromVersion) || fromVersion < 0)) {
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `fromVersion must be a non-negative integer; got ${String(fromVersion)}`,
+    );
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal))
+    throw new SegmemError('INVALID_ARGUMENT', 'signal must be an AbortSignal');
+}
+
 export class Watches {
   private readonly byId = new Map<number, Watched>();
   private readonly byName = new Map<string, Watched>();
@@ -99,18 +115,8 @@ export class Watches {
 
   watch(name: string, opts: WatchOptions = {}): AsyncIterable<WatchEvent> {
     this.check();
-    validateName(name);
-    if (opts === null || typeof opts !== 'object')
-      throw new SegmemError('INVALID_ARGUMENT', 'watch options must be an object');
+    checkWatch(name, opts);
     const { signal, fromVersion } = opts;
-    if (fromVersion !== undefined && (!Number.isSafeInteger(fromVersion) || fromVersion < 0)) {
-      throw new SegmemError(
-        'INVALID_ARGUMENT',
-        `fromVersion must be a non-negative integer; got ${String(fromVersion)}`,
-      );
-    }
-    if (signal !== undefined && !(signal instanceof AbortSignal))
-      throw new SegmemError('INVALID_ARGUMENT', 'signal must be an AbortSignal');
     return this.events(name, fromVersion ?? null, signal);
   }
 

@@ -17,6 +17,8 @@ import {
   type Request,
   type RequestType,
   type SegmemError,
+  SLOT_COUNT,
+  slotOf,
   systemEnv,
 } from '@segmem/protocol';
 import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
@@ -311,17 +313,23 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** `n` consecutive free ports on 127.0.0.1 (segmem up takes PORT, PORT+1, ...). */
+/**
+ * `n` consecutive free ports on 127.0.0.1 (segmem up takes PORT, PORT+1, ...). From the ephemeral range
+ * first, then below it (20000..31999): when busy clients hold most ephemeral ports (in TIME_WAIT),
+ * ports the kernel never hands to outgoing connections are still free.
+ */
 export async function consecutivePorts(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const base = await freePort();
+  for (let attempt = 0; attempt < 70; attempt++) {
+    const base = attempt < 20 ? await freePort() : 20_000 + Math.floor(Math.random() * (12_000 - n));
     if (base + n > 65535) continue;
+    // freePort's base was free already.
+    const first = attempt < 20 ? 1 : 0;
     const free = await Promise.all(
-      Array.from({ length: n - 1 }, (_, i) => {
+      Array.from({ length: n - first }, (_, i) => {
         const s = createServer();
         return new Promise<boolean>((r) => {
           s.once('error', () => r(false));
-          s.listen(base + 1 + i, '127.0.0.1', () => s.close(() => r(true)));
+          s.listen(base + first + i, '127.0.0.1', () => s.close(() => r(true)));
         });
       }),
     );
@@ -796,4 +804,38 @@ export function procStatusKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   if (!m) throw new Error(`no ${field} for process ${pid}`);
   return Number(m[1]);
+}
+
+/** `count` names whose slots group `index + 1` of two owns (group 1 the lower half of the slots). */
+export function namesOfGroup(index: number, count: number): string[] {
+  const names: string[] = [];
+  for (let i = 0; names.length < count; i++) {
+    const name = `obj-${i}`;
+    if (Math.floor((slotOf(name) * 2) / SLOT_COUNT) === index) names.push(name);
+  }
+  return names;
+}
+
+/**
+ * Runs `segmem up ARGS --port PORT --dir DIR --fsync none`; `ready()` waits for the SEGMEM_SERVERS (every
+ * address, comma-separated) and SEGMEM_CONFIG lines it prints once its servers are ready.
+ */
+export function startUp(dir: string, port: number, args: string[]) {
+  const printed = { servers: '', configPath: '' };
+  const up = runNode(segmemBin, ['up', ...args, '--port', String(port), '--dir', dir, '--fsync', 'none'], {
+    timeoutMs: 2 * SERVER_READY_MS,
+    onLine: (line) => {
+      if (line.startsWith('SEGMEM_SERVERS=')) printed.servers = line.slice('SEGMEM_SERVERS='.length);
+      if (line.startsWith('SEGMEM_CONFIG=')) printed.configPath = line.slice('SEGMEM_CONFIG='.length);
+    },
+  });
+  const ready = async () => {
+    await waitFor(
+      () => printed.servers && printed.configPath,
+      'up to print SEGMEM_SERVERS and SEGMEM_CONFIG',
+      SERVER_READY_MS,
+    );
+    return printed;
+  };
+  return { up, ready, printed };
 }

@@ -121,7 +121,7 @@ test('names another group owns are redirected with the table, and nothing change
   t.deepEqual(await raw.call({ type: 'SLOTS' }), { groupId: 0, table });
 });
 
-test('a client sees MOVED errors and its SlotRouter learns the table from them', async (t) => {
+test('MOVED errors teach a SlotRouter the table; a client routes by it and a group it cannot reach fails in time', async (t) => {
   const { server, table } = await startGroup0(t);
   const seg = await connect({ servers: [server.address] });
   t.teardown(() => seg.close());
@@ -129,24 +129,38 @@ test('a client sees MOVED errors and its SlotRouter learns the table from them',
   await seg.update(here('a'), (h) => h.bytes.write('hello'));
   t.is(await seg.read(here('a'), (h) => h.bytes.toString('utf8', 0, 5)), 'hello');
   await seg.log(here('events')).append('one');
+  // Group 1's only server (127.0.0.1:1) never answers: a call for its names fails within its timeout.
+  const started = Date.now();
+  const unreachable = await t.throwsAsync(seg.acquireRead(elsewhere('b'), { timeoutMs: 1000 }));
+  t.true(SegmemError.is(unreachable, 'UNAVAILABLE'), String(unreachable));
+  t.true(Date.now() - started < 4000, `failed after ${Date.now() - started} ms`);
 
+  const raw = await RawConnection.open(server.address);
+  t.teardown(() => raw.close());
+  await raw.hello();
   const router = new SlotRouter();
   t.is(router.table.version, 1, 'a router starts from a single group');
   t.is(router.route(elsewhere('b')).group, 0);
-  const failures: [string, () => Promise<unknown>][] = [
-    ['create', () => seg.create(elsewhere('b'), 16)],
-    ['stat', () => seg.stat(elsewhere('b'))],
-    ['acquireRead', () => seg.acquireRead(elsewhere('b'), { timeoutMs: 1000 })],
-    ['delete', () => seg.delete(elsewhere('b'))],
-    ['log append', () => seg.log(elsewhere('events')).append('x')],
-  ];
-  for (const [what, call] of failures) {
-    const err = await call().then(
+  const failures = [
+    { type: 'CREATE', seq: 1, name: elsewhere('b'), size: 16, ifNotExists: false },
+    { type: 'STAT', name: elsewhere('b') },
+    { type: 'DELETE', seq: 2, name: elsewhere('b'), timeoutMs: 1000 },
+    {
+      type: 'LOG_APPEND',
+      seq: 3,
+      name: elsewhere('events'),
+      sizes: [1],
+      maxBytes: null,
+      payload: Buffer.from('x'),
+    },
+  ] as const;
+  for (const req of failures) {
+    const err = await raw.call(req as never).then(
       () => null,
       (e: unknown) => e,
     );
-    isMoved(t, err, what === 'log append' ? elsewhere('events') : elsewhere('b'), table, what);
-    t.deepEqual(router.fromRedirect(err), table, `${what}: the router takes the table out`);
+    isMoved(t, err, req.name, table, req.type);
+    t.deepEqual(router.fromRedirect(err), table, `${req.type}: the router takes the table out`);
   }
   t.deepEqual(router.table, table, 'the router keeps the newest table');
   t.deepEqual(router.route(elsewhere('b')), {
@@ -157,7 +171,7 @@ test('a client sees MOVED errors and its SlotRouter learns the table from them',
   t.like(router.route(here('a')), { group: 0, members: [['s1', '127.0.0.1:7401']] });
   t.is(router.fromRedirect(new SegmemError('UNAVAILABLE', 'not the leader', { reason: 'NOT_LEADER' })), null);
   t.deepEqual(
-    (await seg.list('')).map((o) => o.name),
+    (await raw.call({ type: 'LIST', prefix: '' })).objects.map((o) => o.name),
     [here('a')],
   );
 });

@@ -196,6 +196,18 @@ export interface RunningServer {
    * ```
    */
   status(): ReturnType<SegmemNode['status']>;
+  /**
+   * Installs a newer slot table in this member's shard group (not part of the pinned API): the `slots`
+   * command, committed before it resolves. The member must lead its group (else `UNAVAILABLE`, reason
+   * `NOT_LEADER`); a bad table, or one whose version is not above the installed one, is `INVALID_ARGUMENT`
+   * and changes nothing.
+   *
+   * @example
+   * ```ts
+   * await server.installSlots({ ...table, version: table.version + 1, ranges: moved });
+   * ```
+   */
+  installSlots(table: SlotTable): Promise<{ version: number }>;
   /** host:port of the metrics and health endpoint; null without one. */
   metricsAddress: string | null;
   /** Whether the listen port (and the metrics endpoint) serve TLS. */
@@ -349,6 +361,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     address: listener.address,
     metricsAddress: metricsServer?.address ?? null,
     status: () => node.status(),
+    installSlots: (table) => node.installSlots(table),
     servesTls: tls !== undefined,
     reloadTls() {
       if (!tls || !tlsFiles)
