@@ -486,4 +486,8 @@ test('bad input: unknown flags, no server answering, a damaged file', async (t) 
   ]);
   t.is(c.code, 1);
   t.regex(c.stderr, /not a usable cluster snapshot: cut short in the part of group 2/);
+  // A cluster file given to the single-group form says how to restore it.
+  const single = await segmem(['restore', file, '--data', join(dir.path, 'r-single')]);
+  t.is(single.code, 1);
+  t.regex(single.stderr, /is a cluster snapshot of several shard groups: restore each server with --config/);
 });

@@ -10,6 +10,7 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
 import { type StateContent, StateMachine } from '../core/state-machine.js';
+import { isClusterFile } from './cluster-file.js';
 import { type Consolidated, decodeConsolidated } from './consolidated.js';
 import { DataDir } from './datadir.js';
 import { mkdirDurable, nodeFs } from './fs.js';
@@ -63,6 +64,11 @@ export async function restoreConsolidated(
   } catch (err) {
     throw new SegmemError('NOT_FOUND', `cannot read ${file}: ${(err as Error).message}`);
   }
+  if (isClusterFile(bytes))
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `${file} is a cluster snapshot of several shard groups: restore each server with --config FILE --id ID --dir DIR`,
+    );
   const snapshot = decodeConsolidated(bytes, file);
   const { content } = snapshot;
   // A fresh log starts after the snapshot at index 1 (term 1 for a group: its first leader's term is higher).
