@@ -33,7 +33,7 @@ import {
 } from '@segmem/protocol';
 import { connectLocal, type FsyncPolicy, SegmemNode } from '@segmem/server';
 import { FollowerReads } from './follower-reads.js';
-import { type MappedSegment, openMappedSegment } from './mapped-segment.js';
+import { type MappedSegment, openMappedSegment, sharedMapping } from './mapped-segment.js';
 import { type Segment, SegmentImpl } from './segment.js';
 import { type Dial, Session, type Transport, tcpDial } from './session.js';
 import { ShardedSegment } from './sharded-segment.js';
@@ -237,6 +237,7 @@ function openSession(dial: Dial, opts: SegmentOptions, target: PushTarget): Prom
     onInvalidate: (msg) => target.segment?.onInvalidate(msg),
     onRevoke: (msg) => target.segment?.onRevoke(msg),
     onChanged: (msg) => target.segment?.onChanged(msg),
+    onProbed: (msg) => target.segment?.onProbed(msg),
     onSessionLost: () => target.segment?.sessionLost(),
     onResumed: () => target.segment?.revalidate(),
   });
@@ -302,20 +303,6 @@ async function openSegment(
   target.segment = segment;
   if (opts.udp) hintsTo(opts.udp, segment);
   return segment;
-}
-
-/** `mapped` for one group's segment: the sharded segment unmaps it, once, after every group closed. */
-function sharedMapping(mapped: MappedSegment): MappedSegment {
-  return {
-    get protectedPages() {
-      return mapped.protectedPages;
-    },
-    bytes: (address, size, name) => mapped.bytes(address, size, name),
-    setAccess: (address, size, access) => mapped.setAccess(address, size, access),
-    zero: (address, size) => mapped.zero(address, size),
-    forget: (address, size) => mapped.forget(address, size),
-    close: () => {},
-  };
 }
 
 /**

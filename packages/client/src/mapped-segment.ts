@@ -157,3 +157,17 @@ export class BufferSegment implements MappedSegment {
     this.objects.clear();
   }
 }
+
+/** `mapped` for one group's segment: the sharded segment unmaps it, once, after every group closed. */
+export function sharedMapping(mapped: MappedSegment): MappedSegment {
+  return {
+    get protectedPages() {
+      return mapped.protectedPages;
+    },
+    bytes: (address, size, name) => mapped.bytes(address, size, name),
+    setAccess: (address, size, access) => mapped.setAccess(address, size, access),
+    zero: (address, size) => mapped.zero(address, size),
+    forget: (address, size) => mapped.forget(address, size),
+    close: () => {},
+  };
+}

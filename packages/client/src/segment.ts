@@ -12,6 +12,7 @@ import {
   type Invalidate,
   MAX_TIMEOUT_MS,
   type ObjectRecord,
+  type Probed,
   type Revoke,
   SegmemError,
   type SlotsOk,
@@ -22,6 +23,7 @@ import {
 import { checkPagesAnswer, FOLLOWER_READ_MIN_BYTES, type FollowerReads } from './follower-reads.js';
 import { LocalLocks, type LocalTurn } from './local-locks.js';
 import type { MappedSegment } from './mapped-segment.js';
+import type { ProbeGroup, ProbeHub } from './probes.js';
 import type { Session } from './session.js';
 import { type LogOptions, type SharedLog, SharedLogImpl } from './shared-log.js';
 import { type WatchEvent, Watches, type WatchOptions } from './watch.js';
@@ -347,7 +349,7 @@ export async function holding<T>(h: Handle, fn: (h: Handle) => T | Promise<T>): 
   return value;
 }
 
-export class SegmentImpl implements Segment {
+export class SegmentImpl implements Segment, ProbeGroup {
   private readonly byName = new Map<string, CachedObject>();
   private readonly byId = new Map<number, CachedObject>();
   private readonly handles = new Set<HandleImpl>();
@@ -372,6 +374,8 @@ export class SegmentImpl implements Segment {
   /** Revocations of objects not cached yet (their grant is on its way): the grant is then not kept. */
   private readonly earlyRevokes = new Set<number>();
   private leaseTimer: EnvTimer | null = null;
+  /** Deadlock detection across shard groups (a sharded client's); none for one group. */
+  private probes: ProbeHub | null = null;
 
   constructor(
     private readonly session: Session,
@@ -435,6 +439,11 @@ export class SegmentImpl implements Segment {
   }
 
   /** The id of this segment's session at its group (UDP hints name it). */
+  /** @internal The shard group this segment's session belongs to (0: a cluster without groups). */
+  get groupId(): number {
+    return this.session.hello.groupId ?? 0;
+  }
+
   get sessionId(): number {
     return this.session.sessionId;
   }
@@ -525,6 +534,7 @@ export class SegmentImpl implements Segment {
         name,
         timeoutMs: leftMs,
       });
+      this.probing(requestId, promise);
       if (signal) {
         // The server answers the cancelled wait with ABORTED; a delete applied meanwhile stays applied.
         const onAbort = () =>
@@ -552,6 +562,38 @@ export class SegmentImpl implements Segment {
 
   watch(name: string, opts?: WatchOptions): AsyncIterable<WatchEvent> {
     return this.watches.watch(name, opts);
+  }
+
+  /** @internal Takes part in deadlock detection across shard groups through `hub` (a sharded client's). */
+  attachProbes(hub: ProbeHub): void {
+    this.probes = hub;
+  }
+
+  /** A PROBED push: a probe of a cycle of waits across shard groups reached this session. */
+  onProbed(msg: Probed): void {
+    this.probes?.onProbed(this, msg);
+  }
+
+  sendProbe(initiator: string, probeId: number, hops: number): void {
+    if (this.closed) return;
+    this.session.start({ type: 'PROBE', initiator, probeId, hops }).promise.catch(() => {});
+  }
+
+  cancelForDeadlock(requestId: number): void {
+    if (this.closed) return;
+    this.session.start({ type: 'CANCEL', requestId, reason: 'DEADLOCK' }).promise.catch(() => {});
+  }
+
+  keepsIdleGrant(name: string): boolean {
+    const c = this.byName.get(name);
+    return c?.grant !== undefined && c.grant !== null && c.grantUsers === 0;
+  }
+
+  /** Tells the probe hub, if any, that the wait `requestId` lasts until `answered` settles. */
+  private probing(requestId: number, answered: Promise<unknown>): void {
+    if (!this.probes) return;
+    const ended = this.probes.waitStarted(this, requestId);
+    answered.then(ended, ended);
   }
 
   /** A CHANGED push: objects this session watches changed. */
@@ -666,6 +708,7 @@ export class SegmentImpl implements Segment {
       timeoutMs: timeoutMs ?? null,
       inlineMaxBytes: this.followerReads?.active ? FOLLOWER_READ_MIN_BYTES : null,
     });
+    this.probing(requestId, promise);
     // The copy this grant will be a delta against (null: none, the grant carries every page that is not zero).
     const base = fresh ? cached : null;
     // Held until the grant is installed (or the acquire failed), not merely answered: an invalidation

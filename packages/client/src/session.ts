@@ -11,6 +11,7 @@ import {
   decodeChanged,
   decodeError,
   decodeInvalidate,
+  decodeProbed,
   decodeResponse,
   decodeRevoke,
   type Env,
@@ -26,6 +27,7 @@ import {
   MessageType,
   type OkBodies,
   PROTOCOL_VERSION,
+  type Probed,
   parseHostPort,
   type ReleaseOk,
   type Request,
@@ -60,6 +62,8 @@ const ELECTION_POLL_MS = 50;
  * the connection is dropped and the other servers are tried. A healthy leader answers within an election.
  */
 const HANDSHAKE_TIMEOUT_MS = 3000;
+/** The least silence (nothing from the server while keepalives go out) after which a connection is given up. */
+const UNRESPONSIVE_MIN_MS = 1000;
 
 /** A follower's answer: not the leader (the client goes to `address` if it is known). */
 function redirectOf(err: unknown): { address: string | null } | null {
@@ -100,6 +104,8 @@ export interface SessionOptions {
   onRevoke?: (msg: Revoke) => void;
   /** A CHANGED push (objects this session watches changed); none: such pushes are ignored. */
   onChanged?: (msg: Changed) => void;
+  /** A PROBED push: a probe of a cycle of waits across shard groups reached this session. */
+  onProbed?: (msg: Probed) => void;
   /** The session was replaced by a new one (the old one expired while disconnected). */
   onSessionLost: (err: SegmemError) => void;
   /** Dropping the transport made the client's cache unreliable: revalidate it. */
@@ -120,6 +126,8 @@ export class Session {
   private nextRequestId = 1;
   private nextSeq = 1;
   private keepaliveTimer: EnvTimer | null = null;
+  /** When the last bytes came from the server (this process's clock). */
+  private lastHeardMs = 0;
   private closed = false;
   private reconnecting: Promise<void> | null = null;
   private readonly capacityWaiters: (() => void)[] = [];
@@ -404,6 +412,7 @@ export class Session {
 
   private receive(chunk: Buffer): void {
     this.traffic.bytesReceived += chunk.length;
+    this.lastHeardMs = this.env.now();
     let frames: Frame[];
     try {
       frames = this.decoder.push(chunk);
@@ -433,6 +442,12 @@ export class Session {
             this.opts.onChanged?.(decodeChanged(frame));
           } catch {
             this.opts.onResumed(); // an unreadable push: watches are sent again, their answers fill the gap
+          }
+        } else if (frame.type === MessageType.PROBED) {
+          try {
+            this.opts.onProbed?.(decodeProbed(frame));
+          } catch {
+            // unreadable: probes are hints, repeated while their wait lasts
           }
         } else if (frame.type === MessageType.ERROR) {
           // The server is closing the connection (a framing error, a refusal); the close handler follows.
@@ -480,10 +495,31 @@ export class Session {
 
   private startKeepalive(everyMs: number): void {
     this.env.clearInterval(this.keepaliveTimer);
+    this.lastHeardMs = this.env.now();
+    let lastTickMs = this.env.now();
     this.keepaliveTimer = this.env.setInterval(() => {
-      if (this.transport && !this.reconnecting) this.start({ type: 'KEEPALIVE' }).promise.catch(() => {});
+      const now = this.env.now();
+      // A tick long overdue means this process stalled: what the server sent meanwhile is still unread.
+      const stalled = now - lastTickMs > 2 * everyMs;
+      lastTickMs = now;
+      if (!this.transport || this.reconnecting) return;
+      if (!stalled && now - this.lastHeardMs > this.unresponsiveMs()) {
+        // The server holds the connection open and answers nothing, keepalives included (a stopped or
+        // hung process): the others may have a new leader by now. Dial again; what is unanswered is re-sent.
+        this.transport.close();
+        return;
+      }
+      this.start({ type: 'KEEPALIVE' }).promise.catch(() => {});
     }, everyMs);
     this.keepaliveTimer.unref();
+  }
+
+  /**
+   * How long a server may send nothing while keepalives go to it before the connection is given up: half
+   * the session timeout (as the leader's own silence check), at least a second.
+   */
+  private unresponsiveMs(): number {
+    return Math.max(UNRESPONSIVE_MIN_MS, Math.floor(this.opts.sessionTimeoutMs / 2));
   }
 
   private lost(transport: Transport): void {

@@ -6,7 +6,6 @@
  * group keys them by (group, id); the groups' address ranges are disjoint, so they share one local mapped
  * segment, which this class opens once and unmaps once.
  */
-import { randomBytes } from 'node:crypto';
 import type { RemoteInfo } from 'node:dgram';
 import { isIP } from 'node:net';
 import {
@@ -23,6 +22,7 @@ import {
   validateSize,
 } from '@segmem/protocol';
 import type { MappedSegment } from './mapped-segment.js';
+import { ProbeHub } from './probes.js';
 import {
   type AcquireOptions,
   checkTimeoutMs,
@@ -69,11 +69,8 @@ function byName(a: ObjectInfo, b: ObjectInfo): number {
 }
 
 export class ShardedSegment implements Segment {
-  /**
-   * @internal This client's id across the groups (8 random bytes, hex): one id for every group session, for
-   * detecting deadlocks across groups later. Sent nowhere yet.
-   */
-  readonly clientId = randomBytes(8).toString('hex');
+  /** @internal Deadlock detection across the groups: every group's segment takes part through it. */
+  readonly probes: ProbeHub;
   private readonly router: SlotRouter;
   private readonly groups = new Map<number, GroupEntry>();
   private readonly logs = new Map<string, RoutedLog>();
@@ -93,8 +90,20 @@ export class ShardedSegment implements Segment {
     private readonly onClose: () => Promise<void> = async () => {},
   ) {
     this.router = new SlotRouter(table);
+    this.probes = new ProbeHub(env);
+    first.segment.attachProbes(this.probes);
     this.groups.set(first.group, { servers: first.servers, segment: first.segment, opening: null });
     this.tableChanged();
+  }
+
+  /** @internal This client's id across the groups, in probes of cycles of waits (random, from the Env). */
+  get clientId(): string {
+    return this.probes.clientId;
+  }
+
+  /** @internal Cycles of waits across groups this client broke by giving up one of its waits. */
+  get cyclesBroken(): number {
+    return this.probes.cyclesBroken;
   }
 
   /** The newest slot table seen (from SLOTS, or a MOVED redirect). Not pinned. */
@@ -162,6 +171,7 @@ export class ShardedSegment implements Segment {
             await segment.close();
             throw new SegmemError('CLOSED', 'the segment is closed');
           }
+          segment.attachProbes(this.probes);
           opened.segment = segment;
           return segment;
         },
@@ -440,6 +450,11 @@ export class ShardedSegment implements Segment {
     return this.groups.get(this.router.route(name).group)?.segment?.cacheInfo(name);
   }
 
+  /** @internal The segments of the groups with a session open now (diagnostics; the simulator). */
+  groupSegments(): SegmentImpl[] {
+    return this.openSegments();
+  }
+
   /** The ids of the groups with a session open now (diagnostic). */
   openGroups(): number[] {
     return [...this.groups].filter(([, e]) => e.segment !== null).map(([id]) => id);
@@ -452,6 +467,7 @@ export class ShardedSegment implements Segment {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.closed = true;
+      this.probes.close();
       await Promise.all(this.openSegments().map((segment) => segment.close()));
       this.mapped.close();
       await this.onClose();

@@ -110,6 +110,8 @@ export const MessageType = {
   USERS: 0x16,
   SLOTS: 0x17,
   BARRIER: 0x18,
+  PROBE: 0x1d,
+  PROBED: 0x63,
 } as const;
 
 export type MessageTypeName = keyof typeof MessageType;
@@ -140,12 +142,13 @@ export const REQUEST_TYPES = [
   'USERS',
   'SLOTS',
   'BARRIER',
+  'PROBE',
 ] as const;
 
 export type RequestType = (typeof REQUEST_TYPES)[number];
 
 /** Reasons a CANCEL may give. */
-export const CANCEL_REASONS = ['TIMEOUT', 'ABORTED'] as const;
+export const CANCEL_REASONS = ['TIMEOUT', 'ABORTED', 'DEADLOCK'] as const;
 export type CancelReason = (typeof CANCEL_REASONS)[number];
 
 const NAME_BY_CODE: (MessageTypeName | undefined)[] = new Array(256).fill(undefined);
@@ -158,7 +161,7 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
-  return code >= MessageType.HELLO && code <= MessageType.BARRIER;
+  return (code >= MessageType.HELLO && code <= MessageType.BARRIER) || code === MessageType.PROBE;
 }
 
 function hex(code: number): string {
@@ -494,6 +497,28 @@ export interface BarrierRequest {
   holdMs: number;
 }
 
+/** Bytes of a client id in PROBE (a client that routes across shard groups draws one at random). */
+export const CLIENT_ID_BYTES = 8;
+/** Most hops a probe travels: a cycle of waits longer than this is not looked for. */
+export const MAX_PROBE_HOPS = 32;
+
+/**
+ * 0x1D: a probe of a cycle of waits across shard groups (edge chasing). The session waits here (an ACQUIRE
+ * or DELETE queued); the leader pushes PROBED, with `hops` + 1, to every other session its waits here are
+ * behind: the holders of the objects and the conflicting waits queued ahead. `initiator` is the client that
+ * started the probe; a client that is itself waiting passes a probe it receives on to the groups it waits in,
+ * and a probe that comes back to its initiator closes a cycle. Answered with how many pushes went out.
+ */
+export interface ProbeRequest {
+  type: 'PROBE';
+  /** The initiating client's id: CLIENT_ID_BYTES bytes as lowercase hex. */
+  initiator: string;
+  /** The initiator's number for the wait it probes for (1..2^32-1). */
+  probeId: number;
+  /** Hops travelled so far (0..MAX_PROBE_HOPS - 1). */
+  hops: number;
+}
+
 export type Request =
   | HelloRequest
   | KeepaliveRequest
@@ -518,7 +543,8 @@ export type Request =
   | UnwatchRequest
   | UsersRequest
   | SlotsRequest
-  | BarrierRequest;
+  | BarrierRequest
+  | ProbeRequest;
 
 export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
 
@@ -766,6 +792,11 @@ export interface BarrierOk {
   remainingMs: number;
 }
 
+/** How many sessions the probe was pushed to. */
+export interface ProbeOk {
+  pushed: number;
+}
+
 export interface OkBodies {
   HELLO: HelloOk;
   KEEPALIVE: EmptyBody;
@@ -791,6 +822,7 @@ export interface OkBodies {
   USERS: UsersOk;
   SLOTS: SlotsOk;
   BARRIER: BarrierOk;
+  PROBE: ProbeOk;
 }
 
 /** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
@@ -835,6 +867,19 @@ export interface Invalidate {
  */
 export interface Changed {
   objects: VersionPair[];
+}
+
+/**
+ * Server push: a waiting client's probe reached this session, because a wait of the probe's path is behind
+ * this session's hold of (or queued wait for) the object `name` (see PROBE).
+ */
+export interface Probed {
+  initiator: string;
+  probeId: number;
+  /** Hops including this one (1..MAX_PROBE_HOPS). */
+  hops: number;
+  /** The object this session holds or waits for that the probed wait is behind. */
+  name: string;
 }
 
 /** The bytes carried for `pages` of a `size`-byte object (a grant, a READ_PAGES answer) must be exactly theirs. */
@@ -987,6 +1032,12 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
       return encodeFrame(MessageType.SLOTS, requestId, groupId, {});
     case 'BARRIER':
       return encodeFrame(MessageType.BARRIER, requestId, groupId, { op: req.op, holdMs: req.holdMs });
+    case 'PROBE':
+      return encodeFrame(MessageType.PROBE, requestId, groupId, {
+        initiator: req.initiator,
+        probeId: req.probeId,
+        hops: req.hops,
+      });
     default:
       throw invalidArgument(`unknown request type ${describeValue((req as { type: unknown }).type)}`);
   }
@@ -1181,6 +1232,9 @@ export function encodeOk<T extends RequestType>(
       header = { held: r.held, index: r.index, term: r.term, remainingMs: r.remainingMs };
       break;
     }
+    case 'PROBE':
+      header = { pushed: (b as ProbeOk).pushed };
+      break;
     default:
       throw invalidArgument(`unknown request type ${describeValue(requestType)}`);
   }
@@ -1214,6 +1268,16 @@ export function encodeInvalidate(msg: Invalidate, groupId = 0): Buffer[] {
 /** Encodes a REVOKE push (requestId 0). */
 export function encodeRevoke(msg: Revoke, groupId = 0): Buffer[] {
   return encodeFrame(MessageType.REVOKE, 0, groupId, { objectId: msg.objectId });
+}
+
+/** Encodes a PROBED push (requestId 0). */
+export function encodeProbed(msg: Probed, groupId = 0): Buffer[] {
+  return encodeFrame(MessageType.PROBED, 0, groupId, {
+    initiator: msg.initiator,
+    probeId: msg.probeId,
+    hops: msg.hops,
+    name: msg.name,
+  });
 }
 
 /** Encodes a CHANGED push (requestId 0). */
@@ -1377,12 +1441,19 @@ REQUEST_DECODERS[MessageType.RELEASE] = (h, payload) => {
 REQUEST_DECODERS[MessageType.CANCEL] = (h, payload) => {
   noPayload(payload);
   const reason = h.reason;
-  if (reason !== 'TIMEOUT' && reason !== 'ABORTED') {
-    throw invalidArgument(`reason must be 'TIMEOUT' or 'ABORTED'; got ${describeValue(reason)}`, {
-      field: 'reason',
-    });
+  if (!(CANCEL_REASONS as readonly unknown[]).includes(reason)) {
+    throw invalidArgument(
+      `reason must be one of ${CANCEL_REASONS.join(', ')}; got ${describeValue(reason)}`,
+      {
+        field: 'reason',
+      },
+    );
   }
-  return { type: 'CANCEL', requestId: uintField(h.requestId, 'requestId', 1, MAX_U32), reason };
+  return {
+    type: 'CANCEL',
+    requestId: uintField(h.requestId, 'requestId', 1, MAX_U32),
+    reason: reason as CancelReason,
+  };
 };
 
 REQUEST_DECODERS[MessageType.VALIDATE] = (h, payload) => {
@@ -1565,6 +1636,29 @@ REQUEST_DECODERS[MessageType.BARRIER] = (h, payload) => {
       : uintField(h.holdMs, 'holdMs', 0, 0);
   return { type: 'BARRIER', op, holdMs };
 };
+
+REQUEST_DECODERS[MessageType.PROBE] = (h, payload) => {
+  noPayload(payload);
+  return {
+    type: 'PROBE',
+    initiator: clientIdField(h.initiator, 'initiator'),
+    probeId: uintField(h.probeId, 'probeId', 1, MAX_U32),
+    hops: uintField(h.hops, 'hops', 0, MAX_PROBE_HOPS - 1),
+  };
+};
+
+/** A client id: CLIENT_ID_BYTES bytes as lowercase hex. */
+function clientIdField(v: unknown, field: string): string {
+  if (typeof v !== 'string' || v.length !== CLIENT_ID_BYTES * 2 || !/^[0-9a-f]+$/.test(v)) {
+    throw invalidArgument(
+      `${field} must be ${CLIENT_ID_BYTES * 2} lowercase hex digits; got ${describeValue(v)}`,
+      {
+        field,
+      },
+    );
+  }
+  return v;
+}
 
 /**
  * Decodes and validates a request frame. PROTOCOL: not a request (unknown or non-request type, requestId 0) or
@@ -1795,6 +1889,10 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
       remainingMs: uintField(h.remainingMs, 'remainingMs', 0, MAX_BARRIER_HOLD_MS),
     };
   },
+  PROBE: (h, payload) => {
+    noPayload(payload);
+    return { pushed: uintField(h.pushed, 'pushed', 0, MAX_U32) };
+  },
 };
 
 /** STATUS's group: `{ id, start, bytes }`, the range inside the largest segment. */
@@ -1936,5 +2034,28 @@ export function decodeChanged(frame: Frame): Changed {
     return { objects };
   } catch (err) {
     throw asProtocol(err, 'bad CHANGED push');
+  }
+}
+
+/** Decodes a PROBED push; PROTOCOL for anything wrong. */
+export function decodeProbed(frame: Frame): Probed {
+  if (frame.type !== MessageType.PROBED) {
+    throw protocolError(
+      `expected PROBED (0x63); got ${NAME_BY_CODE[frame.type] ?? 'unknown type'} (${hex(frame.type)})`,
+    );
+  }
+  if (frame.requestId !== 0)
+    throw protocolError(`PROBED push with requestId ${frame.requestId}; pushes use 0`);
+  try {
+    noPayload(frame.payload);
+    const h = frame.header;
+    return {
+      initiator: clientIdField(h.initiator, 'initiator'),
+      probeId: uintField(h.probeId, 'probeId', 1, MAX_U32),
+      hops: uintField(h.hops, 'hops', 1, MAX_PROBE_HOPS),
+      name: validateName(h.name),
+    };
+  } catch (err) {
+    throw asProtocol(err, 'bad PROBED push');
   }
 }

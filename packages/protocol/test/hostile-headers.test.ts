@@ -161,7 +161,9 @@ function brokenBound(req: Request, payloadBytes: number): string | null {
     }
     case 'CANCEL':
       if (!isInt(req.requestId, 1, 0xffffffff)) return 'requestId';
-      return (req.reason === 'TIMEOUT' || req.reason === 'ABORTED') && noPayload ? null : 'reason';
+      return (req.reason === 'TIMEOUT' || req.reason === 'ABORTED' || req.reason === 'DEADLOCK') && noPayload
+        ? null
+        : 'reason';
     case 'VALIDATE':
       for (const p of req.objects)
         if (!Array.isArray(p) || p.length !== 2 || !isInt(p[0], 1) || !isInt(p[1], 1)) return 'objects';
@@ -175,6 +177,10 @@ function brokenBound(req: Request, payloadBytes: number): string | null {
       if (req.op === 'release') return req.holdMs === 0 && noPayload ? null : 'holdMs';
       if (req.op !== 'hold') return 'op';
       if (!isInt(req.holdMs, 1, MAX_BARRIER_HOLD_MS)) return 'holdMs';
+      return noPayload ? null : 'payload';
+    case 'PROBE':
+      if (typeof req.initiator !== 'string' || !/^[0-9a-f]{16}$/.test(req.initiator)) return 'initiator';
+      if (!isInt(req.probeId, 1, 0xffffffff) || !isInt(req.hops, 0, 31)) return 'probeId/hops';
       return noPayload ? null : 'payload';
     case 'MEMBERSHIP':
       if (req.op === 'list') return noPayload ? null : 'payload';

@@ -19,6 +19,7 @@ import {
   MAX_LOG_RECORD_BYTES,
   MAX_NAME_BYTES,
   MAX_OBJECT_BYTES,
+  MAX_PROBE_HOPS,
   MAX_SESSION_TIMEOUT_MS,
   MAX_SNAPSHOT_CHUNK_BYTES,
   MAX_TIMEOUT_MS,
@@ -69,6 +70,7 @@ export const REQUEST_FIELDS: Record<RequestType, readonly string[]> = {
   USERS: ['op', 'seq', 'user', 'password', 'rules', 'prefix', 'right'],
   SLOTS: [],
   BARRIER: ['op', 'holdMs'],
+  PROBE: ['initiator', 'probeId', 'hops'],
 };
 
 const nameArb = (prefix: string) =>
@@ -165,7 +167,7 @@ export function validRequestArb(type: RequestType, namePrefix = ''): fc.Arbitrar
       return fc.record({
         type: fc.constant('CANCEL' as const),
         requestId: fc.integer({ min: 1, max: 0xffffffff }),
-        reason: fc.constantFrom('TIMEOUT' as const, 'ABORTED' as const),
+        reason: fc.constantFrom('TIMEOUT' as const, 'ABORTED' as const, 'DEADLOCK' as const),
       });
     case 'VALIDATE':
       return fc.record({
@@ -187,6 +189,13 @@ export function validRequestArb(type: RequestType, namePrefix = ''): fc.Arbitrar
         }),
         fc.constant({ type: 'BARRIER' as const, op: 'release' as const, holdMs: 0 }),
       );
+    case 'PROBE':
+      return fc.record({
+        type: fc.constant('PROBE' as const),
+        initiator: fc.stringMatching(/^[0-9a-f]{16}$/),
+        probeId: fc.integer({ min: 1, max: 0xffffffff }),
+        hops: fc.integer({ min: 0, max: MAX_PROBE_HOPS - 1 }),
+      });
     case 'MEMBERSHIP':
       // Only 'list': a fuzzer that added or removed members would be changing the cluster on purpose.
       return fc.constant({ type: 'MEMBERSHIP', op: 'list', id: null, address: null });

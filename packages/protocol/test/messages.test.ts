@@ -8,6 +8,7 @@ import {
   decodeFrame,
   decodeInvalidate,
   decodeOk,
+  decodeProbed,
   decodeRequest,
   decodeResponse,
   decodeRevoke,
@@ -17,6 +18,7 @@ import {
   encodeFrameToBuffer,
   encodeInvalidate,
   encodeOk,
+  encodeProbed,
   encodeRequest,
   encodeRevoke,
   type Frame,
@@ -26,6 +28,7 @@ import {
   MAX_LOG_BATCH_RECORDS,
   MAX_LOG_RECORD_BYTES,
   MAX_OBJECT_BYTES,
+  MAX_PROBE_HOPS,
   MAX_WATCHES_PER_SESSION,
   MessageType,
   messageTypeName,
@@ -164,6 +167,8 @@ const sampleRequests: Request[] = [
   { type: 'SLOTS' },
   { type: 'BARRIER', op: 'hold', holdMs: 2000 },
   { type: 'BARRIER', op: 'release', holdMs: 0 },
+  { type: 'PROBE', initiator: '0123456789abcdef', probeId: 7, hops: 3 },
+  { type: 'CANCEL', requestId: 9, reason: 'DEADLOCK' },
   { type: 'WATCH', name: 'jobs/ü' },
   { type: 'UNWATCH', objectId: Number.MAX_SAFE_INTEGER },
   {
@@ -696,6 +701,7 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
       },
     ],
   },
+  PROBE: { pushed: 2 },
   SLOTS: {
     groupId: 1,
     table: {
@@ -860,6 +866,7 @@ test('bad answers are PROTOCOL errors naming the field', (t) => {
     ['SLOTS', okFrame({ groupId: 0 }), 'slot table must be a map'],
     ['BARRIER', okFrame({ ...sampleOks.BARRIER, held: 1 }), 'held must be a boolean'],
     ['BARRIER', okFrame({ ...sampleOks.BARRIER, remainingMs: 10_001 }), 'remainingMs'],
+    ['PROBE', okFrame({ pushed: -1 }), 'pushed'],
   ];
   for (const [type, frame, includes] of cases) {
     throwsCode(t, () => decodeOk(type, frame), 'PROTOCOL', [`bad OK answer to ${type}`, includes]);
@@ -1068,6 +1075,44 @@ test('a grant says when others wait behind it, and a kept write release says whe
     kept: false,
   });
   t.deepEqual(decodeOk('RELEASE', frameOf(encodeOk('RELEASE', 1, { version: 4 }))), { version: 4 });
+});
+
+test('a PROBED push round trips; a bad one is PROTOCOL', (t) => {
+  const msg = { initiator: 'fedcba9876543210', probeId: 12, hops: 2, name: 'jobs/a' };
+  const frame = frameOf(encodeProbed(msg, 1));
+  t.is(frame.type, MessageType.PROBED);
+  t.is(frame.requestId, 0);
+  t.deepEqual(decodeProbed(frame), msg);
+  const bad: [Record<string, unknown>, string][] = [
+    [{ ...msg, initiator: 'FEDCBA9876543210' }, 'initiator'],
+    [{ ...msg, initiator: 'abc' }, 'initiator'],
+    [{ ...msg, probeId: 0 }, 'probeId'],
+    [{ ...msg, hops: 0 }, 'hops'],
+    [{ ...msg, hops: MAX_PROBE_HOPS + 1 }, 'hops'],
+    [{ ...msg, name: '' }, 'name'],
+  ];
+  for (const [header, field] of bad) {
+    throwsCode(t, () => decodeProbed(rawFrame(MessageType.PROBED, header, undefined, 0)), 'PROTOCOL', [
+      field,
+    ]);
+  }
+  throwsCode(t, () => decodeProbed(rawFrame(MessageType.PROBED, msg, undefined, 4)), 'PROTOCOL', [
+    'requestId 4',
+  ]);
+  // A push is not a request; a probe request with a bad field is refused by name.
+  throwsCode(t, () => decodeRequest(rawFrame(MessageType.PROBED, msg)), 'PROTOCOL', ['not a request']);
+  throwsCode(
+    t,
+    () => decodeRequest(rawFrame(MessageType.PROBE, { initiator: 'x', probeId: 1, hops: 0 })),
+    'INVALID_ARGUMENT',
+    ['initiator'],
+  );
+  throwsCode(
+    t,
+    () => decodeRequest(rawFrame(MessageType.PROBE, { initiator: '0123456789abcdef', probeId: 1, hops: 32 })),
+    'INVALID_ARGUMENT',
+    ['hops'],
+  );
 });
 
 test('a CHANGED push round trips; a bad one is PROTOCOL', (t) => {

@@ -42,6 +42,7 @@ class RecordingPort implements Port {
   invalidate(): void {}
   revoke(): void {}
   changed(): void {}
+  probed(): void {}
   close(): void {}
 }
 

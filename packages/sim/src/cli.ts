@@ -20,8 +20,8 @@ const { opt, int, fail } = simArgs(
   args,
   mode === 'real'
     ? {
-        usage: `usage: npm run sim -- [--real] --seeds N [--from F] [--seed S] [--broken ${REAL_BROKEN_VARIANTS.join('|')}] [--lease-edge [--edge-drift PERCENT]] [--trace] [--verbose]\n       npm run sim -- --both ... (the core simulator, then this one)\n${CORE_SIM_CLI.usage}`,
-        values: ['seeds', 'seed', 'from', 'broken', 'edge-drift'],
+        usage: `usage: npm run sim -- [--real] --seeds N [--from F] [--seed S] [--broken ${REAL_BROKEN_VARIANTS.join('|')}] [--lease-edge [--edge-drift PERCENT]] [--groups G] [--trace] [--verbose]\n       npm run sim -- --both ... (the core simulator, then this one)\n${CORE_SIM_CLI.usage}`,
+        values: ['seeds', 'seed', 'from', 'broken', 'edge-drift', 'groups'],
         flags: ['real', 'trace', 'verbose', 'lease-edge'],
       }
     : { ...CORE_SIM_CLI, flags: [...CORE_SIM_CLI.flags, 'core', 'both'] },
@@ -46,9 +46,12 @@ async function runReal(): Promise<number> {
     fail('--edge-drift takes a percentage 0..50, with --lease-edge');
   if (broken !== undefined && !REAL_BROKEN_VARIANTS.includes(broken as RealBrokenVariant))
     fail(`unknown --broken ${broken}`);
+  const groups = int('groups', opt('groups'), 1) ?? (broken === 'noCrossGroupProbes' ? 3 : 1);
+  if (groups > 5) fail('--groups takes 1..5 shard groups');
+  if (groups > 1 && args.includes('--lease-edge')) fail('--lease-edge runs with one group');
   const list = seed !== undefined ? [seed] : Array.from({ length: seeds }, (_, i) => from + i);
   process.stdout.write(
-    `real-code simulation (3 real members, real clients): seeds ${list[0]}..${list[list.length - 1]}${broken ? `, broken ${broken}` : ''}${args.includes('--lease-edge') ? ', lease edge' : ''}\n`,
+    `real-code simulation (${groups === 1 ? '3 real members' : `${groups} shard groups of 3 real members`}, real clients): seeds ${list[0]}..${list[list.length - 1]}${broken ? `, broken ${broken}` : ''}${args.includes('--lease-edge') ? ', lease edge' : ''}\n`,
   );
   let passed = 0;
   let failed = 0;
@@ -61,6 +64,7 @@ async function runReal(): Promise<number> {
       ...(broken ? { broken: broken as RealBrokenVariant } : {}),
       ...(args.includes('--lease-edge') ? { leaseEdge: true } : {}),
       ...(edgeDrift !== undefined ? { edgeDrift: edgeDrift / 100 } : {}),
+      ...(groups > 1 ? { groups } : {}),
       ...(args.includes('--trace') ? { onTrace: (line: string) => process.stderr.write(`${line}\n`) } : {}),
     });
     simulatedMs += r.stats.simulatedMs;
@@ -69,7 +73,7 @@ async function runReal(): Promise<number> {
       if (args.includes('--verbose') || seed !== undefined) {
         const st = r.stats;
         process.stdout.write(
-          `seed ${s} ok: ${(st.simulatedMs / 1000).toFixed(1)} simulated s, ${st.increments} increments (+${st.incrementsUnknown} unknown), ${st.reads} reads, ${st.stats} stats, ${st.appends} appends, ${st.failedOps} failed ops (${st.lockLost} LOCK_LOST), ${st.pauses} pauses, ${st.partitions} partitions, ${st.clockJumps} clock jumps, ${st.crashes} crashes (${st.restarts} restarts), ${st.bitFlips} bit flips, ${st.readErrors} read errors, ${st.fullDisks} full disks, ${st.brokenConnections}/${st.connections} connections broken, ${st.peerConnections} peer connections (${st.handshakeResets} handshake resets, ${st.linkResets} link resets, ${st.peerAuthFailures} refused proofs), ${st.forgedRefused}/${st.forgedAttempts} forged peers refused, ${st.timersRun} timers, trace ${r.traceHash.slice(0, 16)}\n`,
+          `seed ${s} ok: ${(st.simulatedMs / 1000).toFixed(1)} simulated s, ${st.increments} increments (+${st.incrementsUnknown} unknown), ${st.reads} reads, ${st.stats} stats, ${st.appends} appends, ${st.failedOps} failed ops (${st.lockLost} LOCK_LOST, ${st.deadlocks} DEADLOCK)${st.pairs > 0 ? `, ${st.pairs} pair increments` : ''}, ${st.pauses} pauses, ${st.partitions} partitions, ${st.clockJumps} clock jumps, ${st.crashes} crashes (${st.restarts} restarts), ${st.bitFlips} bit flips, ${st.readErrors} read errors, ${st.fullDisks} full disks, ${st.brokenConnections}/${st.connections} connections broken, ${st.peerConnections} peer connections (${st.handshakeResets} handshake resets, ${st.linkResets} link resets, ${st.peerAuthFailures} refused proofs), ${st.forgedRefused}/${st.forgedAttempts} forged peers refused, ${st.timersRun} timers, trace ${r.traceHash.slice(0, 16)}\n`,
         );
       }
     } else {

@@ -16,12 +16,23 @@
  */
 import { createHash } from 'node:crypto';
 import { FollowerReads } from '@segmem/client/internal/follower-reads';
-import { BufferSegment } from '@segmem/client/internal/mapped-segment';
+import { BufferSegment, type MappedSegment, sharedMapping } from '@segmem/client/internal/mapped-segment';
 import { SegmentImpl } from '@segmem/client/internal/segment';
 import { Session } from '@segmem/client/internal/session';
-import { type Env, SegmemError } from '@segmem/protocol';
+import { ShardedSegment } from '@segmem/client/internal/sharded-segment';
+import {
+  DEFAULT_SEGMENT_BYTES,
+  type Env,
+  initialSlotTable,
+  ownerOf,
+  PAGE_BYTES,
+  SegmemError,
+  type SlotTable,
+  slotOf,
+} from '@segmem/protocol';
 import type { SegmemNode } from '@segmem/server';
 import { openClusterNode } from '@segmem/server/internal/cluster';
+import type { GroupRange } from '@segmem/server/internal/core/group-range';
 import { RaftNode } from '@segmem/server/internal/raft/node';
 import type { RaftStorage } from '@segmem/server/internal/raft/types';
 import { CLUSTER_SECRET_BYTES } from '@segmem/server/internal/shell/peer-auth';
@@ -47,6 +58,7 @@ export const REAL_BROKEN_VARIANTS = [
   'grantPastLease',
   'leaseWithoutDriftMargin',
   'acceptUnprovenPeer',
+  'noCrossGroupProbes',
 ] as const;
 /**
  * Deliberately broken variants of the shipped code, each of which the checkers must catch:
@@ -63,6 +75,8 @@ export const REAL_BROKEN_VARIANTS = [
  * unsafeLeaseMs), with no margin for the drift bound; runs with the lease edge (RealSimOptions.leaseEdge).
  * acceptUnprovenPeer: a member takes a dialer's PEER_PROOF unchecked (NodeOptions' unsafe
  * acceptUnprovenPeer), so a forged peer that names a member is taken for it; runs with the forged peer.
+ * noCrossGroupProbes: a sharded client never probes its waits (ProbeHub's unsafeOff), so a cycle of waits
+ * through two groups is never broken; runs with three groups.
  */
 export type RealBrokenVariant = (typeof REAL_BROKEN_VARIANTS)[number];
 
@@ -82,6 +96,12 @@ export interface RealSimOptions {
   edgeDrift?: number;
   /** Simulated ms of workload under faults (default 8000), before the liveness phase. */
   workloadMs?: number;
+  /**
+   * Shard groups of three members each (default 1: one group, the cluster without groups). With several,
+   * the segment is split between them, the clients route by hash slot, the counters spread over every
+   * group, and some increments hold counters of two groups at once (cross-group deadlocks are broken).
+   */
+  groups?: number;
   /** Every line of the trace as it is made. */
   onTrace?: (line: string) => void;
 }
@@ -148,6 +168,9 @@ export interface RealSimStats {
   appends: number;
   failedOps: number;
   lockLost: number;
+  /** Operations that ended in DEADLOCK, and a sharded run's increments of two counters of different groups. */
+  deadlocks: number;
+  pairs: number;
   pauses: number;
   partitions: number;
   clockJumps: number;
@@ -226,6 +249,19 @@ function sleep(env: Env, ms: number): Promise<void> {
   return new Promise((resolve) => env.setTimeout(resolve, ms));
 }
 
+/** Two counters per group of a sharded run (`c<j>`, or `c<j>.<k>` for the first k whose slot the group owns). */
+function spreadCounters(groups: number): string[] {
+  const table = initialSlotTable(Array.from({ length: groups }, (_, g) => ({ id: g + 1, members: [] })));
+  const out: string[] = [];
+  for (let j = 0; j < 2 * groups; j++) {
+    const group = (j % groups) + 1;
+    let name = `c${j}`;
+    for (let k = 1; ownerOf(table, slotOf(name)) !== group; k++) name = `c${j}.${k}`;
+    out.push(name);
+  }
+  return out;
+}
+
 function drawParams(prng: Prng): RealSimParams {
   const partitions = prng.chance(0.6);
   return {
@@ -264,7 +300,13 @@ interface SimClient {
   /** The process: pausable, and its clock (`clock`, which the client's code runs on) skewed. */
   env: PausableEnv;
   clock: SkewedEnv;
-  segment: SegmentImpl;
+  /** A SegmentImpl over the one group, or a sharded run's ShardedSegment over every group. */
+  segment: SegmentImpl | ShardedSegment;
+}
+
+/** The segments of a client's sessions: the one, or every group's it has opened. */
+function partsOf(c: SimClient): SegmentImpl[] {
+  return c.segment instanceof ShardedSegment ? c.segment.groupSegments() : [c.segment];
 }
 
 interface AppendRecord {
@@ -282,8 +324,17 @@ class RealSimulation {
   readonly clientNet: SimClientNetwork;
   /** The cluster secret every member is started with (again after each crash), from the seed. */
   readonly secret: Buffer;
-  /** The highest term any member has named in a message: a term grows only by a campaign, one at a time. */
-  private maxTerm = 0;
+  /**
+   * The highest term any member of each group has named in a message: a term grows only by a campaign, one
+   * at a time (each group has terms of its own).
+   */
+  private readonly maxTerm = new Map<number, number>();
+  /** The members of each shard group (one group of three for a cluster without groups). */
+  readonly groups: string[][];
+  /** Each member's group: its index in `groups`. */
+  readonly groupOf = new Map<string, number>();
+  /** The counter objects: four, spread over the groups. */
+  readonly counters: string[];
   forger: ForgedPeer | null = null;
   readonly nodes = new Map<string, SegmemNode>();
   /** Each member's clock. */
@@ -310,6 +361,8 @@ class RealSimulation {
     appends: 0,
     failedOps: 0,
     lockLost: 0,
+    deadlocks: 0,
+    pairs: 0,
     pauses: 0,
     partitions: 0,
     clockJumps: 0,
@@ -331,8 +384,8 @@ class RealSimulation {
     pagesFromLeader: 0,
     timersRun: 0,
   };
-  /** Who led each term. */
-  private readonly termLeaders = new Map<number, string>();
+  /** Who led each term, by `group:term`. */
+  private readonly termLeaders = new Map<string, string>();
   /** Each member's disk (a machine each), its data directory at `/sim/<id>`. */
   readonly disks = new Map<string, SimFs>();
   /** The process each member runs in now (a crash kills it; a restart is a new one). */
@@ -360,6 +413,16 @@ class RealSimulation {
     // The lease variant's targeted fault needs a client that goes on reading while it is cut off.
     this.leaseEdge = opts.leaseEdge === true || opts.broken === 'leaseWithoutDriftMargin';
     if (this.leaseEdge && this.params.watchEveryMs === 0) this.params.watchEveryMs = 2;
+    // The variant about cycles through groups needs groups.
+    const groups = opts.groups ?? (opts.broken === 'noCrossGroupProbes' ? 3 : 1);
+    this.groups =
+      groups === 1
+        ? [['s1', 's2', 's3']]
+        : Array.from({ length: groups }, (_, g) => [1, 2, 3].map((k) => `g${g + 1}s${k}`));
+    this.groups.forEach((members, g) => {
+      for (const id of members) this.groupOf.set(id, g);
+    });
+    this.counters = groups === 1 ? COUNTERS : spreadCounters(groups);
     this.world = new SimEnv(this.clock, this.prng.fork());
     this.peerNet = new SimPeerNetwork(
       this.world,
@@ -384,21 +447,28 @@ class RealSimulation {
     this.opts.onTrace?.(stamped);
   }
 
-  async startMembers(ids: string[]): Promise<void> {
-    ids.forEach((id, i) => {
-      this.addresses[id] = `10.0.0.${i + 1}:7401`;
-      this.disks.set(id, new SimFs(this.world.process(), this.prng.fork(), { fsyncMaxMs: 8 }));
+  /** Starts every member of every group. */
+  async startMembers(): Promise<void> {
+    const ids = this.groups.flat();
+    this.groups.forEach((members, g) => {
+      members.forEach((id, k) => {
+        this.addresses[id] =
+          this.groups.length === 1 ? `10.0.0.${k + 1}:7401` : `10.0.${g + 1}.${k + 1}:7401`;
+        this.disks.set(id, new SimFs(this.world.process(), this.prng.fork(), { fsyncMaxMs: 8 }));
+      });
     });
     this.peerNet.onSend = (from, msg) => {
       if (msg.type === 'appendResp' && !msg.reject && msg.hintIndex !== undefined)
         this.acked.set(from, { term: msg.term, index: msg.hintIndex });
       // A campaign names the next term; any larger step came from somewhere else (a forged peer's message).
-      if (msg.term > this.maxTerm + 1)
+      const group = this.groupOf.get(from) ?? -1;
+      const max = this.maxTerm.get(group) ?? 0;
+      if (msg.term > max + 1)
         this.unexpected ??= new Failure(
           'termGrowth',
-          `${from} sent ${msg.type} in term ${msg.term}, while no member had named a term above ${this.maxTerm}`,
+          `${from} sent ${msg.type} in term ${msg.term}, while no member of its group had named a term above ${max}`,
         );
-      this.maxTerm = Math.max(this.maxTerm, msg.term);
+      this.maxTerm.set(group, Math.max(max, msg.term));
     };
     // One after the other, the clock running: the simulated disk's fsyncs take simulated time.
     for (const id of ids) await this.settle(this.openMember(id), 10_000, `opening ${id}`);
@@ -413,7 +483,8 @@ class RealSimulation {
       const node = await openClusterNode({
         id,
         dataDir: `/sim/${id}`,
-        peers: this.addresses,
+        peers: this.peersOf(id),
+        ...this.groupOptions(id),
         fsync: 'batch',
         env,
         transport: this.peerNet.transport,
@@ -467,6 +538,31 @@ class RealSimulation {
     } finally {
       this.opening.delete(id);
     }
+  }
+
+  /** The addresses of the members of `id`'s group. */
+  peersOf(id: string): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const m of this.groups[this.groupOf.get(id)!]!) out[m] = this.addresses[m]!;
+    return out;
+  }
+
+  /** A sharded run's member serves its group's range of the segment, and starts with the run's slot table. */
+  private groupOptions(id: string): { group?: GroupRange; slotTable?: SlotTable } {
+    if (this.groups.length === 1) return {};
+    const g = this.groupOf.get(id)!;
+    const bytes = Math.floor(DEFAULT_SEGMENT_BYTES / this.groups.length / PAGE_BYTES) * PAGE_BYTES;
+    return { group: { id: g + 1, start: g * bytes, bytes }, slotTable: this.slotTable() };
+  }
+
+  /** The slot table every group starts with: the slots split evenly, in group order. */
+  slotTable(): SlotTable {
+    return initialSlotTable(
+      this.groups.map((members, g) => ({
+        id: g + 1,
+        members: members.map((m): [string, string] => [m, this.addresses[m]!]),
+      })),
+    );
   }
 
   /**
@@ -539,8 +635,79 @@ class RealSimulation {
     );
   }
 
+  /**
+   * A sharded run's client: the real ShardedSegment over one SegmentImpl (and Session) per group, opened
+   * over the simulated network as the client library does (the first at every member, the others from the
+   * slot table the first one's group answers).
+   */
+  private async openShardedClient(name: string): Promise<SimClient> {
+    const process = new PausableEnv(this.world.process());
+    const env = this.skewed(process, 'client');
+    const mapped = new BufferSegment();
+    const shared = sharedMapping(mapped);
+    const first = await this.openGroupSegment(name, env, Object.values(this.addresses), shared);
+    const table = (await first.slots()).table;
+    const segment = new ShardedSegment(
+      table,
+      { group: first.groupId, segment: first, servers: Object.values(this.addresses) },
+      mapped,
+      (_group, servers) => this.openGroupSegment(name, env, servers, shared),
+      env,
+    );
+    if (this.opts.broken === 'noCrossGroupProbes') segment.probes.unsafeOff = true;
+    this.log(`${name} client ${segment.clientId}, session ${first.sessionId} in group ${first.groupId}`);
+    return {
+      name,
+      env: process,
+      clock: env,
+      segment,
+      home: this.counters[this.clients.length % this.counters.length]!,
+    };
+  }
+
+  /** One group's segment of a sharded client: a Session and SegmentImpl over `servers`. */
+  private async openGroupSegment(
+    name: string,
+    env: SkewedEnv,
+    servers: string[],
+    mapped: MappedSegment,
+  ): Promise<SegmentImpl> {
+    let segment: SegmentImpl | undefined;
+    const session = await Session.open({
+      dial: this.clientNet.dial(name, env, servers),
+      env,
+      sessionTimeoutMs: this.params.sessionTimeoutMs,
+      reconnect: true,
+      onInvalidate: (msg) => segment?.onInvalidate(msg),
+      onRevoke: (msg) => segment?.onRevoke(msg),
+      onProbed: (msg) => segment?.onProbed(msg),
+      onSessionLost: () => {
+        this.log(`${name} session lost (group ${session.hello.groupId})`);
+        segment?.sessionLost();
+      },
+      onResumed: () => segment?.revalidate(),
+    });
+    const followerReads = new FollowerReads(session, {
+      sessionTimeoutMs: this.params.sessionTimeoutMs,
+      dial: (address) => this.clientNet.dial(name, env, [address]),
+    });
+    segment = new SegmentImpl(
+      session,
+      mapped,
+      session.hello.pageBytes,
+      async () => followerReads.close(),
+      followerReads,
+      !globalThis.process.env.SIM_NO_DELEG,
+    );
+    if (this.opts.broken === 'keepCopyAfterLockLost') segment.keepUncommittedCopies = true;
+    if (this.opts.broken === 'grantPastLease') segment.ignoreLease = true;
+    if (this.opts.broken === 'leaseWithoutDriftMargin') session.unsafeLeaseMs = (timeoutMs) => timeoutMs;
+    return segment;
+  }
+
   /** A real client: its own process Env, Session and SegmentImpl over the simulated network. */
   async openClient(name: string): Promise<SimClient> {
+    if (this.groups.length > 1) return this.openShardedClient(name);
     const process = new PausableEnv(this.world.process());
     const env = this.skewed(process, 'client');
     let segment: SegmentImpl | undefined;
@@ -583,7 +750,7 @@ class RealSimulation {
           if (!ok || !this.faultsOn || this.nowMs >= this.workloadEndMs || !this.prng.chance(0.2)) return;
           const addresses = Object.values(this.addresses);
           if (addresses.some((a) => this.clientNet.isCut(name, a))) return;
-          const kept = (segment?.idleReadGrants() ?? []).filter((o) => COUNTERS.includes(o));
+          const kept = (segment?.idleReadGrants() ?? []).filter((o) => this.counters.includes(o));
           if (kept.length === 0) return;
           this.leaseTargets.set(name, this.prng.pick(kept));
           this.stats.partitions++;
@@ -602,7 +769,7 @@ class RealSimulation {
       env: process,
       clock: env,
       segment,
-      home: COUNTERS[this.clients.length % COUNTERS.length]!,
+      home: this.counters[this.clients.length % this.counters.length]!,
     };
     this.log(`${name} session ${session.sessionId}`);
     return client;
@@ -611,10 +778,11 @@ class RealSimulation {
   /** Election safety: at most one leader per term, whatever crashes and disks did. */
   private leaderElected(id: string, term: number): void {
     this.stats.leaderChanges++;
-    const other = this.termLeaders.get(term);
+    const key = `${this.groupOf.get(id)}:${term}`;
+    const other = this.termLeaders.get(key);
     if (other !== undefined && other !== id)
       this.unexpected ??= new Failure('electionSafety', `${other} and ${id} both led term ${term}`);
-    this.termLeaders.set(term, id);
+    this.termLeaders.set(key, id);
   }
 
   /** A process's own clock: off true time by an offset and a drift rate drawn for it. */
@@ -674,15 +842,20 @@ class RealSimulation {
   clientStates(): string {
     return this.clients
       .map((c) => {
-        const session = (c.segment as unknown as { session: Session }).session;
-        const inner = session as unknown as {
-          pending: Map<number, { req: { type: string; name?: string }; sent: boolean }>;
-        };
-        const pending = [...inner.pending.values()].map(
-          (p) => `${p.req.type}${p.req.name ? ` ${p.req.name}` : ''}${p.sent ? '' : ' (unsent)'}`,
-        );
-        const local = (c.segment as SegmentImpl).localState();
-        return `${c.name}: ${session.isConnected ? 'connected' : 'not connected'}${c.env.isPaused ? ', paused' : ''}, session ${session.sessionId}, waiting for ${pending.join(', ') || 'nothing'}${local.map((l) => `\n  ${l}`).join('')}`;
+        return partsOf(c)
+          .map((part) => {
+            const session = (part as unknown as { session: Session }).session;
+            const inner = session as unknown as {
+              pending: Map<number, { req: { type: string; name?: string }; sent: boolean }>;
+            };
+            const pending = [...inner.pending.values()].map(
+              (p) => `${p.req.type}${p.req.name ? ` ${p.req.name}` : ''}${p.sent ? '' : ' (unsent)'}`,
+            );
+            const local = part.localState();
+            const group = this.groups.length > 1 ? ` (group ${part.groupId})` : '';
+            return `${c.name}${group}: ${session.isConnected ? 'connected' : 'not connected'}${c.env.isPaused ? ', paused' : ''}, session ${session.sessionId}, waiting for ${pending.join(', ') || 'nothing'}${local.map((l) => `\n  ${l}`).join('')}`;
+          })
+          .join('\n');
       })
       .join('\n')
       .concat(
@@ -695,12 +868,25 @@ class RealSimulation {
       );
   }
 
+  /** The leader of the group `members`, if it has one now. */
+  leaderOf(members: string[]): string | undefined {
+    // In the order the members started (as leaders() gives them): during a partition a group may have two.
+    for (const [id, n] of this.nodes) if (members.includes(id) && n.status().leader) return id;
+    return undefined;
+  }
+
+  /** A group the next fault strikes: the one group, or one drawn (a sharded run's). */
+  private pickGroup(): string[] {
+    return this.groups.length === 1 ? this.groups[0]! : this.prng.pick(this.groups);
+  }
+
   leaders(): string[] {
     return [...this.nodes].filter(([, n]) => n.status().leader).map(([id]) => id);
   }
 
   /** An error no fault explains fails the run (after the current timer's continuations). */
   private check(err: unknown, client: string, what: string): SegmemError | null {
+    if (SegmemError.is(err, 'DEADLOCK')) this.stats.deadlocks++;
     if (SegmemError.is(err) && EXPECTED_CODES.has(err.code)) return err;
     this.unexpected ??= new Failure(
       'unexpectedError',
@@ -720,7 +906,11 @@ class RealSimulation {
     }, ms);
   }
 
-  private async increment(c: SimClient, object: string): Promise<void> {
+  /**
+   * `inner` runs while the write handle is held, before the write: a sharded run's increment of a counter
+   * of another group, so waits can form cycles through two groups.
+   */
+  private async increment(c: SimClient, object: string, inner?: () => Promise<void>): Promise<void> {
     const op: OpRecord = this.history.begin(c.name, object, 'write', this.nowMs);
     const tag = op.id + 1;
     let wrote = false;
@@ -730,6 +920,7 @@ class RealSimulation {
         op.value = n;
         this.seen.set(op.id, Buffer.from(h.bytes.subarray(4, 4 + 4 * n)));
         if (n >= MAX_SLOTS) throw new Failure('workload', `${object} is full`);
+        if (inner) await inner();
         if (this.faultsOn && this.prng.chance(this.params.pauseRate)) {
           // The stall that matters: holding the write handle past the session timeout, then writing into it.
           this.pause(c, Math.floor(this.params.sessionTimeoutMs * (1.5 + this.prng.float() * 2)));
@@ -757,6 +948,28 @@ class RealSimulation {
       }
       this.log(`${c.name} inc ${object} from ${op.value} #${tag} failed: ${e?.code ?? 'unexpected'}`);
     }
+  }
+
+  /**
+   * A sharded run's increment of two counters of different groups, the first held while the second is
+   * incremented. A client takes its pairs in one order (its tasks never wait for each other in a cycle, which
+   * would be the process's own deadlock), half of the clients in the other: their waits can form cycles
+   * through two groups, which must be broken with DEADLOCK rather than hang.
+   */
+  private async incrementPair(c: SimClient, pick: string): Promise<void> {
+    let object = pick;
+    const groupOf = (name: string) => this.counters.indexOf(name) % this.groups.length;
+    // Half the pairs are the same two counters (of groups 1 and 2), so that clients taking them in opposite
+    // orders meet often; the others join the task's object with one of another group.
+    if (this.prng.chance(0.5)) object = this.counters[0]!;
+    const other =
+      object === this.counters[0]
+        ? this.counters[1]!
+        : this.prng.pick(this.counters.filter((n) => groupOf(n) !== groupOf(object)));
+    const ascending = this.clients.indexOf(c) % 2 === 0;
+    const [first, second] = ascending === object < other ? [object, other] : [other, object];
+    this.stats.pairs++;
+    await this.increment(c, first, () => this.increment(c, second));
   }
 
   private async read(c: SimClient, object: string): Promise<void> {
@@ -896,7 +1109,7 @@ class RealSimulation {
       const target = cut && this.leaseTargets.get(cut.name);
       if (target && this.prng.chance(0.5)) return target;
     }
-    return this.prng.chance(0.8) ? c.home : this.prng.pick(COUNTERS);
+    return this.prng.chance(0.8) ? c.home : this.prng.pick(this.counters);
   }
 
   /** One task of a client: operations through the real client API until the workload ends. */
@@ -905,7 +1118,8 @@ class RealSimulation {
     while (this.nowMs < endMs) {
       const object = this.pickObject(c);
       const r = this.prng.float();
-      if (r < 0.45) await this.increment(c, object);
+      if (this.groups.length > 1 && r < 0.15) await this.incrementPair(c, object);
+      else if (r < 0.45) await this.increment(c, object);
       else if (r < 0.75) await this.read(c, object);
       else if (r < 0.8) await this.stat(c, object);
       else if (r < 0.84) await this.writeBlob(c);
@@ -961,10 +1175,12 @@ class RealSimulation {
       const next = () =>
         this.every(p.crashEveryMs, () => {
           if (!active()) return;
-          const up = ids.filter((id) => !this.down.has(id) && !this.opening.has(id));
-          // Mostly one member down at a time, sometimes two: then nothing commits until one is back.
+          const group = this.pickGroup();
+          const up = group.filter((id) => !this.down.has(id) && !this.opening.has(id));
+          // Mostly one member of a group down at a time, sometimes two: then nothing commits there until
+          // one is back.
           if (up.length === 3 || (up.length === 2 && this.prng.chance(0.3))) {
-            const leader = this.leaders()[0];
+            const leader = this.leaderOf(group);
             const victim = leader && this.prng.chance(0.4) ? leader : this.prng.pick(up);
             this.crashMember(victim);
             this.world.setTimeout(() => void this.whileDown(victim), this.prng.int(20, p.crashDownMs));
@@ -997,8 +1213,11 @@ class RealSimulation {
       const next = () =>
         this.every(700, () => {
           if (!active()) return;
-          const leader = this.leaders()[0];
-          const followers = ids.filter((id) => id !== leader && !this.down.has(id) && !this.opening.has(id));
+          const group = this.pickGroup();
+          const leader = this.leaderOf(group);
+          const followers = group.filter(
+            (id) => id !== leader && !this.down.has(id) && !this.opening.has(id),
+          );
           if (leader && followers.length > 0) {
             const victim = this.prng.pick(followers);
             this.log(`broken: ${victim}'s next WAL fdatasync does nothing`);
@@ -1022,7 +1241,7 @@ class RealSimulation {
   private async whileDown(id: string): Promise<void> {
     if (this.keptDown.has(id)) return;
     const p = this.params;
-    const others = Object.keys(this.addresses).filter((o) => o !== id);
+    const others = this.groups[this.groupOf.get(id)!]!.filter((o) => o !== id);
     // Damage only while the other two are whole and running: with a majority intact, nothing may be lost.
     if (
       this.faultsOn &&
@@ -1157,7 +1376,6 @@ class RealSimulation {
       jumpNext();
     }
     if (!p.memberPartitions && !p.clientPartitions) return;
-    const ids = [...this.nodes.keys()];
     const next = () => {
       const waitMs = Math.floor(p.partitionEveryMs * (0.5 + this.prng.float()));
       this.world.setTimeout(() => {
@@ -1167,7 +1385,8 @@ class RealSimulation {
         const kinds = [...(p.memberPartitions ? ['member'] : []), ...(p.clientPartitions ? ['client'] : [])];
         if (this.prng.pick(kinds) === 'member') {
           // Often the leader: with clients still attached, it must not answer what it cannot commit.
-          const leader = this.leaders()[0];
+          const ids = this.pickGroup();
+          const leader = this.leaderOf(ids);
           const isolated = leader && this.prng.chance(0.5) ? leader : this.prng.pick(ids);
           const oneWay = p.oneWayPartitions && this.prng.chance(0.5);
           for (const other of ids) {
@@ -1179,7 +1398,8 @@ class RealSimulation {
         } else {
           const c = this.prng.pick(this.clients);
           // Mostly the leader: the cut that strands the client's requests and answers.
-          const leader = this.leaders()[0];
+          const ids = this.pickGroup();
+          const leader = this.leaderOf(ids);
           const member = leader && this.prng.chance(0.7) ? leader : this.prng.pick(ids);
           this.clientNet.cut(c.name, this.addresses[member]!);
           this.clientNet.breakCut();
@@ -1200,15 +1420,17 @@ class RealSimulation {
    * and the disks have space.
    */
   liveCore(): void {
-    const ids = Object.keys(this.addresses);
-    const out = this.damaged ? this.damaged.id : this.prng.chance(0.5) ? this.prng.pick(ids) : null;
     for (const disk of this.disks.values()) disk.full = false;
-    if (out) {
-      this.log(`liveness: ${out} stays down`);
-      this.keptDown.add(out);
-      this.crashMember(out);
+    for (const ids of this.groups) {
+      const damaged = this.damaged && ids.includes(this.damaged.id) ? this.damaged.id : null;
+      const out = damaged ?? (this.prng.chance(0.5) ? this.prng.pick(ids) : null);
+      if (out) {
+        this.log(`liveness: ${out} stays down`);
+        this.keptDown.add(out);
+        this.crashMember(out);
+      }
+      for (const id of ids) if (id !== out) this.restartMember(id);
     }
-    for (const id of ids) if (id !== out) this.restartMember(id);
   }
 
   heal(): void {
@@ -1220,7 +1442,7 @@ class RealSimulation {
 
   /** The checkers, over the history and the final state read by a client that saw no faults. */
   async checkFinal(reader: SimClient): Promise<void> {
-    for (const object of COUNTERS) {
+    for (const object of this.counters) {
       const final = await this.settle(
         reader.segment.read(object, (h) => Buffer.from(h.bytes)),
         20_000,
@@ -1373,14 +1595,14 @@ export async function runRealSimulation(opts: RealSimOptions): Promise<RealSimRe
   let failure: { checker: string; detail: string } | undefined;
   sim.log(`seed ${opts.seed} ${JSON.stringify(sim.params)}${opts.broken ? ` broken ${opts.broken}` : ''}`);
   try {
-    await sim.startMembers(['s1', 's2', 's3']);
-    await sim.until(() => sim.leaders().length === 1, 10_000, 'a first leader');
+    await sim.startMembers();
+    await sim.until(() => sim.leaders().length === sim.groups.length, 10_000, 'a first leader');
     for (let i = 0; i < sim.params.clients; i++) {
       const c = await sim.settle(sim.openClient(`k${i + 1}`), 10_000, `client k${i + 1} connecting`);
       sim.clients.push(c);
     }
     const setup = sim.clients[0]!.segment;
-    for (const name of COUNTERS)
+    for (const name of sim.counters)
       await sim.settle(setup.create(name, COUNTER_BYTES, { ifNotExists: true }), 10_000, `creating ${name}`);
     await sim.settle(setup.create(BLOB, BLOB_BYTES), 10_000, 'creating the blob');
     const endMs = sim.nowMs + workloadMs;

@@ -2,7 +2,14 @@
  * The commands of the replicated log, and the results and effects of applying them.
  * Every change to the segment's state is one of these, applied in log order by {@link StateMachine.apply}.
  */
-import type { AccessRight, AclRule, ErrorCode, PasswordHash, SlotTable } from '@segmem/protocol';
+import type {
+  AccessRight,
+  AclRule,
+  CancelReason,
+  ErrorCode,
+  PasswordHash,
+  SlotTable,
+} from '@segmem/protocol';
 import { Packr } from 'msgpackr';
 
 export type LockMode = 'read' | 'write';
@@ -22,7 +29,7 @@ export type Command =
   /** Deletes at once, or queues like a writer until the object's holders release it. */
   | { op: 'delete'; sessionId: number; seq: number; name: string }
   | { op: 'acquire'; sessionId: number; seq: number; name: string; mode: LockMode }
-  | { op: 'cancel'; sessionId: number; seq: number; reason: 'TIMEOUT' | 'ABORTED' }
+  | { op: 'cancel'; sessionId: number; seq: number; reason: CancelReason }
   | {
       op: 'release';
       sessionId: number;

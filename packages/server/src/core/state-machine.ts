@@ -12,6 +12,7 @@ import { createHash } from 'node:crypto';
 import {
   type AccessRight,
   type AclRule,
+  type CancelReason,
   type ErrorCode,
   MAX_RULES_PER_USER,
   MAX_USERS,
@@ -869,7 +870,7 @@ export class StateMachine {
     }
   }
 
-  private cancel(sessionId: number, seq: number, reason: 'TIMEOUT' | 'ABORTED', effects: Effect[]): Result {
+  private cancel(sessionId: number, seq: number, reason: CancelReason, effects: Effect[]): Result {
     const session = this.sessions.get(sessionId);
     const waiting = session?.waiting.get(seq);
     if (!session || !waiting) return ok({ cancelled: false });
@@ -880,7 +881,11 @@ export class StateMachine {
         ? 'delete'
         : 'acquire';
     const message =
-      reason === 'TIMEOUT' ? `${what} of "${obj?.name}" timed out` : `${what} of "${obj?.name}" was aborted`;
+      reason === 'TIMEOUT'
+        ? `${what} of "${obj?.name}" timed out`
+        : reason === 'DEADLOCK'
+          ? `${what} of "${obj?.name}" was given up: it closed a cycle of waits across shard groups`
+          : `${what} of "${obj?.name}" was aborted`;
     const result = fail(reason, message);
     this.remember(session, seq, result);
     effects.push({ kind: 'fail', sessionId, seq, code: reason, message });
@@ -1507,6 +1512,41 @@ export class StateMachine {
 
   object(id: number): SegmentObject | undefined {
     return this.byId.get(id);
+  }
+
+  /**
+   * Whom the waits of session `sessionId` are behind, for a probe of a cycle across shard groups: for each
+   * object it waits for, the other sessions holding it in a conflicting mode (waiting themselves or not:
+   * they may wait in another group) and those with a conflicting wait queued ahead. One entry per session
+   * and object.
+   */
+  waitsBehind(sessionId: number): { sessionId: number; name: string }[] {
+    const session = this.sessions.get(sessionId);
+    if (!session) return [];
+    const out: { sessionId: number; name: string }[] = [];
+    const seen = new Set<string>();
+    const add = (id: number, name: string) => {
+      const key = `${id}:${name}`;
+      if (id === sessionId || seen.has(key)) return;
+      seen.add(key);
+      out.push({ sessionId: id, name });
+    };
+    for (const [seq, w] of session.waiting) {
+      const obj = this.byId.get(w.objectId);
+      if (!obj) continue;
+      const at = obj.queue.findIndex((q) => q.sessionId === sessionId && q.seq === seq);
+      if (at < 0) continue;
+      const mode = obj.queue[at]!.mode;
+      for (let i = 0; i < at; i++) {
+        const q = obj.queue[i]!;
+        if (conflicts(mode, q.mode)) add(q.sessionId, obj.name);
+      }
+      for (const id of obj.cachedBy) {
+        const hold = this.sessions.get(id)?.holds.get(obj.id);
+        if (hold && conflicts(mode, hold.mode)) add(id, obj.name);
+      }
+    }
+    return out;
   }
 
   /** Objects someone holds now (read or write), in no particular order: one pass, no copy of the others. */

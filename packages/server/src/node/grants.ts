@@ -4,6 +4,7 @@
  */
 import {
   type AcquireRequest,
+  type CancelReason,
   type DeleteRequest,
   type ErrorCode,
   grantPayloadBytes,
@@ -135,7 +136,7 @@ export class Grants {
   async cancel(
     sessionId: number,
     acquireRequestId: number,
-    reason: 'TIMEOUT' | 'ABORTED',
+    reason: CancelReason,
     port: Port,
   ): Promise<boolean> {
     const state = this.sessions.find(sessionId);

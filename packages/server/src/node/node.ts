@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import {
   type AcquireRequest,
   type BarrierOk,
+  type CancelReason,
   DEFAULT_LOG_MAX_BYTES,
   DEFAULT_SEGMENT_BYTES,
   type DeleteRequest,
@@ -23,6 +24,7 @@ import {
   MAX_STATUS_LOCKS,
   type MemberRole,
   PAGE_BYTES,
+  type ProbeRequest,
   type ReadPagesRequest,
   type ReleaseOk,
   type ReleaseRequest,
@@ -686,13 +688,24 @@ export class SegmemNode {
     return this.grants.acquire(port, sessionId, requestId, req);
   }
 
+  /**
+   * PROBE: passes a probe of a cycle of waits across shard groups on, one hop further, to every session the
+   * waits of `sessionId` are behind (their holds, and conflicting waits queued ahead). Read from the state
+   * this leader has applied, without a barrier: a probe is a hint, repeated while the wait lasts, and a
+   * cycle is only declared when a probe comes back to the client that started it. Returns how many went out.
+   */
+  probe(sessionId: number, req: ProbeRequest): number {
+    this.requireLeader();
+    let pushed = 0;
+    for (const behind of this.sm.waitsBehind(sessionId)) {
+      const msg = { initiator: req.initiator, probeId: req.probeId, hops: req.hops + 1, name: behind.name };
+      if (this.sessions.pushProbed(behind.sessionId, msg)) pushed++;
+    }
+    return pushed;
+  }
+
   /** CANCEL: the waiter answers through the `fail` effect; this answers whether it was still waiting. */
-  cancel(
-    sessionId: number,
-    acquireRequestId: number,
-    reason: 'TIMEOUT' | 'ABORTED',
-    port: Port,
-  ): Promise<boolean> {
+  cancel(sessionId: number, acquireRequestId: number, reason: CancelReason, port: Port): Promise<boolean> {
     return this.grants.cancel(sessionId, acquireRequestId, reason, port);
   }
 

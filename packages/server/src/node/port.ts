@@ -2,7 +2,15 @@
  * How the node answers a client connection without knowing frames: it hands over what to say, and the
  * connection (shell/connection.ts) encodes it.
  */
-import type { Changed, Invalidate, OkBodyInput, RequestType, Revoke, SegmemError } from '@segmem/protocol';
+import type {
+  Changed,
+  Invalidate,
+  OkBodyInput,
+  Probed,
+  RequestType,
+  Revoke,
+  SegmemError,
+} from '@segmem/protocol';
 import type { Principal } from './access.js';
 
 /** The transport under one connection: TCP socket or an in-process pipe. */
@@ -60,6 +68,8 @@ export interface Port {
   revoke(msg: Revoke): void;
   /** Pushes a CHANGED (objects this session watches changed) to the session on this connection. */
   changed(msg: Changed): void;
+  /** Pushes a PROBED (a probe of a cycle of waits across shard groups) to the session on this connection. */
+  probed(msg: Probed): void;
   /** Closes the connection from the server's side; the client then reconnects (and finds the leader). */
   close(): void;
 }

@@ -9,6 +9,7 @@ import {
   MAX_FRAME_BYTES,
   MAX_OBJECT_BYTES,
   PAGE_BYTES,
+  type Probed,
   SegmemError,
 } from '@segmem/protocol';
 import type { LockMode } from '../core/commands.js';
@@ -255,6 +256,14 @@ export class Sessions {
     const port = this.states.get(sessionId)?.port;
     // A session not connected now gives back its cached grants when it resumes (see the client's onResumed).
     if (port && !port.closed) port.revoke({ objectId });
+  }
+
+  /** Passes a probe of a cycle of waits to a session, if it is connected here (probes are best effort). */
+  pushProbed(sessionId: number, msg: Probed): boolean {
+    const port = this.states.get(sessionId)?.port;
+    if (!port || port.closed) return false;
+    port.probed(msg);
+    return true;
   }
 
   /** The replicated state ended a session (GOODBYE or expiry). */

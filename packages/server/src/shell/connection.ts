@@ -33,6 +33,7 @@ import {
   encodeError,
   encodeInvalidate,
   encodeOk,
+  encodeProbed,
   encodeRevoke,
   type Frame,
   FrameDecoder,
@@ -45,6 +46,7 @@ import {
   MAX_REQUEST_HEADER_ELEMENTS,
   type OkBodyInput,
   PROTOCOL_VERSION,
+  type Probed,
   type Request,
   type RequestType,
   type Revoke,
@@ -299,6 +301,10 @@ export class ServerConnection implements Port {
 
   changed(msg: Changed): void {
     this.answer(encodeChanged(msg));
+  }
+
+  probed(msg: Probed): void {
+    this.answer(encodeProbed(msg));
   }
 
   /** Closes from the server's side (a deposed leader, an expired session): the client reconnects. */
@@ -636,6 +642,9 @@ export class ServerConnection implements Port {
         return;
       case 'BARRIER':
         this.answer(encodeOk('BARRIER', requestId, await node.barrier(sid, req)));
+        return;
+      case 'PROBE':
+        this.answer(encodeOk('PROBE', requestId, { pushed: node.probe(sid, req) }));
         return;
     }
   }
