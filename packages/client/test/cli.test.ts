@@ -257,7 +257,7 @@ test('mistakes in the command line are refused with the usage line; other failur
   const frob = await segmem(['cluster', 'frob']);
   t.is(
     frob.stderr,
-    'segmem: unknown command "cluster frob"; segmem cluster has list, add, remove, slots (INVALID_ARGUMENT)\n(segmem --help lists the commands)\n',
+    'segmem: unknown command "cluster frob"; segmem cluster has list, add, remove, slots, rebalance, move-slots, add-group, remove-group (INVALID_ARGUMENT)\n(segmem --help lists the commands)\n',
   );
   const unknown = await segmem(['frob']);
   t.is(

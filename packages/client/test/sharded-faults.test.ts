@@ -14,12 +14,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SLOT_COUNT, slotOf } from '@segmem/protocol';
 import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
-import test from 'ava';
+import ava from 'ava';
 import { connect, type Segment } from '../src/index.js';
 import {
   consecutivePorts,
   runNode,
   type ServerProcess,
+  segmemBin,
   startServerProcess,
   tempDir,
   untilItWorks,
@@ -34,6 +35,8 @@ const WRITERS = 8;
 /** Increments the healthy group must acknowledge while the other is struck. */
 const PROGRESS = FULL ? 500 : 50;
 const SEGMENT_BYTES = 64 * 1024 * 1024;
+/** The tests start six to nine servers and eight writer processes each: one at a time. */
+const test = ava.serial;
 const HALF = SEGMENT_BYTES / 2;
 const WRITER = fileURLToPath(new URL('../../test/fixtures/sharded-writer.mjs', import.meta.url));
 
@@ -113,7 +116,7 @@ test('two groups under eight writers: each fault stops only its group; counters 
             if (what === 'ready') ready++;
             else if (what === 'ack') acked.set(name!, (acked.get(name!) ?? 0) + 1);
             else if (what === 'unknown') unknown.set(name!, (unknown.get(name!) ?? 0) + 1);
-            if (code) codes.set(`${what} ${code}`, (codes.get(`${what} ${code}`) ?? 0) + 1);
+            if (code && what !== 'why') codes.set(`${what} ${code}`, (codes.get(`${what} ${code}`) ?? 0) + 1);
           },
         }),
       );
@@ -218,6 +221,148 @@ test('two groups under eight writers: each fault stops only its group; counters 
   } finally {
     for (const w of writers) if (w.proc.exitCode === null) w.proc.kill('SIGKILL');
     for (const s of servers.values()) s.proc.kill('SIGCONT');
+    for (const seg of segs) await seg.close().catch(() => {});
+    for (const server of servers.values()) await server.stop();
+    dir.cleanup();
+  }
+});
+
+test('rebalancing 2 groups to 3 and back under eight writers: counters exact, acquires fail only by their own timeout', async (t) => {
+  t.timeout(5 * 60_000);
+  const dir = tempDir();
+  // CI: the third group has one server; the full run gives it three.
+  const groups = [['s1', 's2', 's3'], ['s4', 's5', 's6'], FULL ? ['s7', 's8', 's9'] : ['s7']];
+  const ids = groups.flat();
+  const port = await consecutivePorts(ids.length);
+  const addressOf = (id: string) => `127.0.0.1:${port + ids.indexOf(id)}`;
+  const secretFile = join(dir.path, 'cluster-secret');
+  createClusterSecretFile(secretFile);
+  const config = join(dir.path, 'segmem.json');
+  const members = (group: string[]) => Object.fromEntries(group.map((id) => [id, addressOf(id)]));
+  const range = SEGMENT_BYTES / 2;
+  writeFileSync(
+    config,
+    JSON.stringify({
+      segmentBytes: 3 * range,
+      fsync: 'none',
+      clusterSecretFile: secretFile,
+      groups: groups.map((g, i) => ({
+        id: i + 1,
+        start: i * range,
+        bytes: range,
+        members: members(g),
+        ...(i === 2 ? { joining: true } : {}),
+      })),
+    }),
+  );
+  const servers = new Map<string, ServerProcess>();
+  const segs: Segment[] = [];
+  const writers: ReturnType<typeof runNode>[] = [];
+  const acked = new Map<string, number>();
+  const unknown = new Map<string, number>();
+  const codes = new Map<string, number>();
+  const counters = [namesOfGroup(0, WRITERS), namesOfGroup(1, WRITERS)];
+  const ackedAll = () => [...acked.values()].reduce((a, b) => a + b, 0);
+  const env = { SEGMEM_SERVERS: '', SEGMEM_TOKEN: '' };
+  try {
+    await Promise.all(
+      ids.map(async (id) =>
+        servers.set(
+          id,
+          await startServerProcess({
+            id,
+            dataDir: join(dir.path, id),
+            listen: addressOf(id),
+            extra: ['--config', config],
+          }),
+        ),
+      ),
+    );
+    const setup = await connect({ servers: ids.slice(0, 6).map(addressOf), sessionTimeoutMs: 4000 });
+    segs.push(setup);
+    for (const name of counters.flat())
+      await untilItWorks(() => setup.create(name, 4, { ifNotExists: true }), `${name} created`);
+    let ready = 0;
+    for (let w = 0; w < WRITERS; w++) {
+      const names = [counters[0]![w]!, counters[1]![w]!];
+      writers.push(
+        runNode(
+          WRITER,
+          [ids.slice(0, 6).map(addressOf).join(','), names.join(','), String(INCREMENTS), '3000'],
+          {
+            timeoutMs: 4 * 60_000,
+            onLine: (line) => {
+              const [what, name, code] = line.split(' ');
+              if (what === 'ready') ready++;
+              else if (what === 'ack') acked.set(name!, (acked.get(name!) ?? 0) + 1);
+              else if (what === 'unknown') unknown.set(name!, (unknown.get(name!) ?? 0) + 1);
+              if (code && what !== 'why')
+                codes.set(`${what} ${code}`, (codes.get(`${what} ${code}`) ?? 0) + 1);
+            },
+          },
+        ),
+      );
+    }
+    await waitFor(() => ready === WRITERS, 'every writer connected', 30_000);
+    await waitFor(() => ackedAll() >= 50, 'the writers acknowledging', 30_000);
+
+    /** Runs `segmem cluster COMMAND --group 3` while the writers go on; they must keep acknowledging. */
+    const rebalance = async (command: string) => {
+      const before = ackedAll();
+      const startedAt = Date.now();
+      const run = await runNode(segmemBin, ['cluster', command, '--config', config, '--group', '3'], {
+        env,
+        timeoutMs: 180_000,
+      }).done;
+      t.is(run.code, 0, `${run.stdout}${run.stderr}`);
+      const summary = run.stdout.split('\n').filter((l) => /^moved|^group \d+:/.test(l));
+      t.log(
+        `${command}: ${Date.now() - startedAt} ms, ${ackedAll() - before} increments acknowledged meanwhile; ${summary.join('; ')}`,
+      );
+      await waitFor(() => ackedAll() > before + 20, `the writers acknowledging after ${command}`, 30_000);
+    };
+    await rebalance('add-group');
+    // Where the counters live now: every group holds some.
+    const spread = new Map<number, number>();
+    for (const name of counters.flat()) {
+      const info = await untilItWorks(() => setup.stat(name), `stat of ${name}`);
+      const group = Math.floor(info.address / range) + 1;
+      spread.set(group, (spread.get(group) ?? 0) + 1);
+    }
+    t.log(
+      `counters per group after add-group: ${[...spread]
+        .sort()
+        .map(([g, n]) => `group ${g}: ${n}`)
+        .join(', ')}`,
+    );
+    t.is(spread.size, 3, 'the third group took some of the counters');
+    await rebalance('remove-group');
+
+    for (const w of writers) w.proc.kill('SIGTERM');
+    const ends = await Promise.all(writers.map((w) => w.done));
+    for (const end of ends) t.is(end.code, 0, end.stderr);
+    // An acquire fails only by its own timeout while its object moves; nothing else fails.
+    for (const key of codes.keys())
+      t.true(key === 'fail TIMEOUT', `a writer saw ${key} (${codes.get(key)} times)`);
+
+    const reader = await connect({ servers: ids.slice(0, 6).map(addressOf), sessionTimeoutMs: 4000 });
+    segs.push(reader);
+    let total = 0;
+    for (const name of counters.flat()) {
+      const value = await untilItWorks(
+        () => reader.read(name, (h) => h.bytes.readUInt32LE(0)),
+        `${name} read`,
+      );
+      const a = acked.get(name) ?? 0;
+      const u = unknown.get(name) ?? 0;
+      t.true(value >= a && value <= a + u, `${name} is ${value}: ${a} acknowledged, ${u} unknown`);
+      const info = await reader.stat(name);
+      t.true(info.address < 2 * range, `${name} is back in groups 1 and 2 (address ${info.address})`);
+      total += a;
+    }
+    t.log(`${total} increments acknowledged; failures ${JSON.stringify(Object.fromEntries(codes))}`);
+  } finally {
+    for (const w of writers) if (w.proc.exitCode === null) w.proc.kill('SIGKILL');
     for (const seg of segs) await seg.close().catch(() => {});
     for (const server of servers.values()) await server.stop();
     dir.cleanup();

@@ -112,6 +112,8 @@ export const MessageType = {
   BARRIER: 0x18,
   PROBE: 0x1d,
   PROBED: 0x63,
+  MOVE: 0x1a,
+  MOVE_READ: 0x1b,
 } as const;
 
 export type MessageTypeName = keyof typeof MessageType;
@@ -143,6 +145,8 @@ export const REQUEST_TYPES = [
   'SLOTS',
   'BARRIER',
   'PROBE',
+  'MOVE',
+  'MOVE_READ',
 ] as const;
 
 export type RequestType = (typeof REQUEST_TYPES)[number];
@@ -161,7 +165,12 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
-  return (code >= MessageType.HELLO && code <= MessageType.BARRIER) || code === MessageType.PROBE;
+  return (
+    (code >= MessageType.HELLO && code <= MessageType.BARRIER) ||
+    code === MessageType.MOVE ||
+    code === MessageType.MOVE_READ ||
+    code === MessageType.PROBE
+  );
 }
 
 function hex(code: number): string {
@@ -519,6 +528,76 @@ export interface ProbeRequest {
   hops: number;
 }
 
+/** What MOVE does (see {@link MoveRequest}). */
+export const MOVE_OPS = ['status', 'freeze', 'import', 'switch', 'abort', 'install'] as const;
+export type MoveOp = (typeof MOVE_OPS)[number];
+
+/** `[first, last]`: hash slots first..last, inclusive. */
+export type SlotSpanWire = [first: number, last: number];
+
+/** An object a move copies: its bytes follow in the payload when `written` (else it is all zero). */
+export interface MovedObjectInfo {
+  name: string;
+  size: number;
+  version: number;
+  /** The source's last fencing token: the target hands out only tokens above it. */
+  lastToken: number;
+  written: boolean;
+}
+
+/** A piece of a shared log a move copies: records `first`.. of `sizes` bytes each, after the objects' bytes. */
+export interface MovedLogInfo {
+  name: string;
+  /** The log's retention. */
+  maxBytes: number;
+  first: number;
+  sizes: number[];
+}
+
+/**
+ * 0x1A: one step of moving hash slots between shard groups, on the leader of one group (replicated; needs the
+ * admin right on every name). 'status' proposes nothing; the others are commands of the group's log,
+ * idempotent by `moveId`: 'freeze' (`from`, `to`, `slots`: the source freezes them, the target accepts
+ * imports), 'import' (`objects`, `logs`, their bytes in the payload), 'switch' (`table`: the new slot table),
+ * 'abort'; and 'install' (`table`, no move id: a newer table for a group no move involves). Every op answers
+ * the group's move state after it.
+ */
+export interface MoveRequest {
+  type: 'MOVE';
+  op: MoveOp;
+  /** Required except for 'status' and 'install'. */
+  moveId: string | null;
+  from?: number;
+  to?: number;
+  /** 'freeze'; for 'status', the slots to count objects in (default: those of the move under way). */
+  slots?: SlotSpanWire[];
+  table?: SlotTable;
+  objects?: MovedObjectInfo[];
+  logs?: MovedLogInfo[];
+  payload?: Uint8Array;
+}
+
+/** Where a MOVE_READ stands: objects by name after `after`, then logs by name from record `from`. */
+export interface MoveCursor {
+  phase: 'objects' | 'logs';
+  /** objects: the last name read (null: from the first); logs: the log being read (null: from the first). */
+  after: string | null;
+  /** logs: the next record of log `after`. */
+  from: number;
+}
+
+/**
+ * 0x1B: reads the objects and shared logs of a frozen move's slots from its source group's leader, in
+ * chunks of about `maxBytes` (at least one object or log piece). Refused (UNAVAILABLE, reason 'BUSY') while
+ * an object of the slots is still held or waited for.
+ */
+export interface MoveReadRequest {
+  type: 'MOVE_READ';
+  moveId: string;
+  cursor: MoveCursor;
+  maxBytes: number;
+}
+
 export type Request =
   | HelloRequest
   | KeepaliveRequest
@@ -544,7 +623,9 @@ export type Request =
   | UsersRequest
   | SlotsRequest
   | BarrierRequest
-  | ProbeRequest;
+  | ProbeRequest
+  | MoveRequest
+  | MoveReadRequest;
 
 export type RequestOf<T extends RequestType> = Extract<Request, { type: T }>;
 
@@ -797,6 +878,38 @@ export interface ProbeOk {
   pushed: number;
 }
 
+/** A move a group takes part in. */
+export interface MoveInfo {
+  id: string;
+  role: 'source' | 'target';
+  from: number;
+  to: number;
+  slots: SlotSpanWire[];
+}
+
+/** A group's move state (every MOVE op answers it). */
+export interface MoveOk {
+  groupId: number;
+  /** The version of the slot table the group holds. */
+  tableVersion: number;
+  /** Bytes of the group's range no object takes. */
+  freeBytes: number;
+  moves: MoveInfo[];
+  /** In the slots counted (see MoveRequest.slots): objects, their bytes, and how many are held or waited for. */
+  objects: number;
+  objectBytes: number;
+  logs: number;
+  busy: number;
+}
+
+/** A chunk of a move's copy: objects and log pieces, their bytes in the payload; `next` null: all read. */
+export interface MoveReadOk {
+  objects: MovedObjectInfo[];
+  logs: MovedLogInfo[];
+  next: MoveCursor | null;
+  payload: Uint8Array;
+}
+
 export interface OkBodies {
   HELLO: HelloOk;
   KEEPALIVE: EmptyBody;
@@ -823,6 +936,8 @@ export interface OkBodies {
   SLOTS: SlotsOk;
   BARRIER: BarrierOk;
   PROBE: ProbeOk;
+  MOVE: MoveOk;
+  MOVE_READ: MoveReadOk;
 }
 
 /** What {@link encodeOk} takes: the body, where a grant's payload may instead come as the separate argument. */
@@ -834,7 +949,9 @@ export type OkBodyInput<T extends RequestType> = T extends 'ACQUIRE'
       ? Omit<ReadPagesOk, 'payload'> & { payload?: Uint8Array }
       : T extends 'SNAPSHOT_READ'
         ? Omit<SnapshotReadOk, 'payload'> & { payload?: Uint8Array }
-        : OkBodies[T];
+        : T extends 'MOVE_READ'
+          ? Omit<MoveReadOk, 'payload'> & { payload?: Uint8Array | readonly Uint8Array[] }
+          : OkBodies[T];
 
 // ---------------------------------------------------------------------------------------------------------------
 // ERROR (0x41) and the INVALIDATE push (0x60)
@@ -1038,6 +1155,29 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
         probeId: req.probeId,
         hops: req.hops,
       });
+    case 'MOVE':
+      return encodeFrame(
+        MessageType.MOVE,
+        requestId,
+        groupId,
+        {
+          op: req.op,
+          moveId: req.moveId,
+          ...(req.from != null ? { from: req.from } : {}),
+          ...(req.to != null ? { to: req.to } : {}),
+          ...(req.slots ? { slots: req.slots } : {}),
+          ...(req.table ? { table: req.table } : {}),
+          ...(req.objects ? { objects: req.objects } : {}),
+          ...(req.logs ? { logs: req.logs } : {}),
+        },
+        req.payload,
+      );
+    case 'MOVE_READ':
+      return encodeFrame(MessageType.MOVE_READ, requestId, groupId, {
+        moveId: req.moveId,
+        cursor: req.cursor,
+        maxBytes: req.maxBytes,
+      });
     default:
       throw invalidArgument(`unknown request type ${describeValue((req as { type: unknown }).type)}`);
   }
@@ -1235,6 +1375,37 @@ export function encodeOk<T extends RequestType>(
     case 'PROBE':
       header = { pushed: (b as ProbeOk).pushed };
       break;
+    case 'MOVE': {
+      const m = b as MoveOk;
+      header = {
+        groupId: m.groupId,
+        tableVersion: m.tableVersion,
+        freeBytes: m.freeBytes,
+        moves: m.moves,
+        objects: m.objects,
+        objectBytes: m.objectBytes,
+        logs: m.logs,
+        busy: m.busy,
+      };
+      break;
+    }
+    case 'MOVE_READ': {
+      const r = b as OkBodyInput<'MOVE_READ'>;
+      const bytes = payload ?? r.payload ?? EMPTY_PAYLOAD;
+      const carried = Array.isArray(bytes) ? frameLength(bytes) : (bytes as Uint8Array).byteLength;
+      const needed = movedBytes(r.objects, r.logs);
+      if (carried !== needed)
+        throw invalidArgument(
+          `MOVE_READ payload is ${carried} bytes; its objects and records need ${needed}`,
+        );
+      return encodeFrame(
+        MessageType.OK,
+        requestId,
+        groupId,
+        { objects: r.objects, logs: r.logs, next: r.next },
+        bytes,
+      );
+    }
     default:
       throw invalidArgument(`unknown request type ${describeValue(requestType)}`);
   }
@@ -1660,6 +1831,120 @@ function clientIdField(v: unknown, field: string): string {
   return v;
 }
 
+/** Bytes a move's objects (the written ones) and log pieces carry in a payload. */
+export function movedBytes(objects: readonly MovedObjectInfo[], logs: readonly MovedLogInfo[]): number {
+  let n = 0;
+  for (const o of objects) if (o.written) n += o.size;
+  for (const l of logs) for (const size of l.sizes) n += size;
+  return n;
+}
+
+const MOVE_ID = /^[A-Za-z0-9._-]{1,64}$/;
+
+function moveIdField(value: unknown): string {
+  if (typeof value !== 'string' || !MOVE_ID.test(value))
+    throw invalidArgument('moveId must be 1..64 characters of [A-Za-z0-9._-]', { field: 'moveId' });
+  return value;
+}
+
+function slotSpansField(value: unknown): SlotSpanWire[] {
+  return arrayField(value, 'slots').map((span, i) => {
+    const pair = arrayField(span, `slots[${i}]`);
+    if (pair.length !== 2)
+      throw invalidArgument(`slots[${i}] must be [first, last]`, { field: `slots[${i}]` });
+    return [uintField(pair[0], `slots[${i}][0]`, 0, 16383), uintField(pair[1], `slots[${i}][1]`, 0, 16383)];
+  });
+}
+
+function movedObjectsField(value: unknown): MovedObjectInfo[] {
+  return arrayField(value, 'objects').map((o, i) => {
+    const m = mapField(o, `objects[${i}]`);
+    return {
+      name: validateStoredName(m.name, `objects[${i}].name`),
+      size: validateSize(m.size, `objects[${i}].size`),
+      version: uintField(m.version, `objects[${i}].version`, 1),
+      lastToken: uintField(m.lastToken, `objects[${i}].lastToken`),
+      written: boolField(m.written, `objects[${i}].written`),
+    };
+  });
+}
+
+function movedLogsField(value: unknown): MovedLogInfo[] {
+  return arrayField(value, 'logs').map((l, i) => {
+    const m = mapField(l, `logs[${i}]`);
+    const sizes = arrayField(m.sizes, `logs[${i}].sizes`).map((n, j) =>
+      uintField(n, `logs[${i}].sizes[${j}]`, 0, MAX_LOG_RECORD_BYTES),
+    );
+    return {
+      name: validateStoredName(m.name, `logs[${i}].name`),
+      maxBytes: uintField(m.maxBytes, `logs[${i}].maxBytes`, 1, MAX_LOG_MAX_BYTES),
+      first: uintField(m.first, `logs[${i}].first`),
+      sizes,
+    };
+  });
+}
+
+function moveCursorField(value: unknown): MoveCursor {
+  const m = mapField(value, 'cursor');
+  if (m.phase !== 'objects' && m.phase !== 'logs')
+    throw invalidArgument(`cursor.phase must be 'objects' or 'logs'; got ${describeValue(m.phase)}`);
+  return {
+    phase: m.phase,
+    after: optionalField(m.after, 'cursor.after', (v, f) => validateStoredName(v, f)),
+    from: uintField(m.from, 'cursor.from'),
+  };
+}
+
+REQUEST_DECODERS[MessageType.MOVE] = (h, payload) => {
+  const op = h.op as MoveOp;
+  if (!MOVE_OPS.includes(op))
+    throw invalidArgument(`op must be one of ${MOVE_OPS.join(', ')}; got ${describeValue(h.op)}`, {
+      field: 'op',
+    });
+  if (op !== 'import') noPayload(payload);
+  if (op === 'status') {
+    const slots = optionalField(h.slots, 'slots', slotSpansField);
+    return { type: 'MOVE', op, moveId: null, ...(slots ? { slots } : {}) };
+  }
+  if (op === 'install') return { type: 'MOVE', op, moveId: null, table: validateSlotTable(h.table) };
+  const moveId = moveIdField(h.moveId);
+  switch (op) {
+    case 'freeze':
+      return {
+        type: 'MOVE',
+        op,
+        moveId,
+        from: uintField(h.from, 'from', 0, MAX_GROUP_ID),
+        to: uintField(h.to, 'to', 0, MAX_GROUP_ID),
+        slots: slotSpansField(h.slots),
+      };
+    case 'import': {
+      const objects = movedObjectsField(h.objects ?? []);
+      const logs = movedLogsField(h.logs ?? []);
+      const needed = movedBytes(objects, logs);
+      if (needed !== payload.length)
+        throw invalidArgument(`payload is ${payload.length} bytes; the objects and records need ${needed}`, {
+          field: 'payload',
+        });
+      return { type: 'MOVE', op, moveId, objects, logs, payload };
+    }
+    case 'switch':
+      return { type: 'MOVE', op, moveId, table: validateSlotTable(h.table) };
+    default:
+      return { type: 'MOVE', op, moveId };
+  }
+};
+
+REQUEST_DECODERS[MessageType.MOVE_READ] = (h, payload) => {
+  noPayload(payload);
+  return {
+    type: 'MOVE_READ',
+    moveId: moveIdField(h.moveId),
+    cursor: moveCursorField(h.cursor),
+    maxBytes: uintField(h.maxBytes, 'maxBytes', 1, MAX_SNAPSHOT_CHUNK_BYTES),
+  };
+};
+
 /**
  * Decodes and validates a request frame. PROTOCOL: not a request (unknown or non-request type, requestId 0) or
  * a HELLO of another protocol version. INVALID_ARGUMENT: a bad field, the message naming type and field.
@@ -1892,6 +2177,40 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
   PROBE: (h, payload) => {
     noPayload(payload);
     return { pushed: uintField(h.pushed, 'pushed', 0, MAX_U32) };
+  },
+  MOVE: (h, payload) => {
+    noPayload(payload);
+    const moves = arrayField(h.moves, 'moves').map((v, i) => {
+      const m = mapField(v, `moves[${i}]`);
+      if (m.role !== 'source' && m.role !== 'target')
+        throw invalidArgument(`moves[${i}].role must be 'source' or 'target'`);
+      return {
+        id: moveIdField(m.id),
+        role: m.role as 'source' | 'target',
+        from: uintField(m.from, `moves[${i}].from`, 0, MAX_GROUP_ID),
+        to: uintField(m.to, `moves[${i}].to`, 0, MAX_GROUP_ID),
+        slots: slotSpansField(m.slots),
+      };
+    });
+    return {
+      groupId: uintField(h.groupId, 'groupId', 0, MAX_GROUP_ID),
+      tableVersion: uintField(h.tableVersion, 'tableVersion', 1),
+      freeBytes: uintField(h.freeBytes, 'freeBytes'),
+      moves,
+      objects: uintField(h.objects, 'objects'),
+      objectBytes: uintField(h.objectBytes, 'objectBytes'),
+      logs: uintField(h.logs, 'logs'),
+      busy: uintField(h.busy, 'busy'),
+    };
+  },
+  MOVE_READ: (h, payload) => {
+    const objects = movedObjectsField(h.objects);
+    const logs = movedLogsField(h.logs);
+    const needed = movedBytes(objects, logs);
+    if (needed !== payload.length)
+      throw invalidArgument(`payload is ${payload.length} bytes; the objects and records need ${needed}`);
+    const next = h.next === null || h.next === undefined ? null : moveCursorField(h.next);
+    return { objects, logs, next, payload };
   },
 };
 

@@ -90,7 +90,11 @@ const orNull = (v: unknown, ok: (v: unknown) => boolean) => v === null || ok(v);
 const KEYS = Object.fromEntries(
   Object.entries(REQUEST_FIELDS).map(([type, fields]) => [
     type,
-    ['type', ...fields, ...(type === 'RELEASE' || type === 'LOG_APPEND' ? ['payload'] : [])],
+    [
+      'type',
+      ...fields,
+      ...(type === 'RELEASE' || type === 'LOG_APPEND' || type === 'MOVE' ? ['payload'] : []),
+    ],
   ]),
 ) as Record<Request['type'], string[]>;
 
@@ -182,6 +186,18 @@ function brokenBound(req: Request, payloadBytes: number): string | null {
       if (typeof req.initiator !== 'string' || !/^[0-9a-f]{16}$/.test(req.initiator)) return 'initiator';
       if (!isInt(req.probeId, 1, 0xffffffff) || !isInt(req.hops, 0, 31)) return 'probeId/hops';
       return noPayload ? null : 'payload';
+    case 'MOVE':
+      if (req.moveId !== null && !/^[A-Za-z0-9._-]{1,64}$/.test(req.moveId)) return 'moveId';
+      if (req.op === 'status' || req.op === 'install')
+        return req.moveId === null && noPayload ? null : 'status';
+      if (req.moveId === null) return 'moveId';
+      if (req.op === 'import') return (req.payload?.length ?? 0) === payloadBytes ? null : 'payload length';
+      return noPayload ? null : 'payload';
+    case 'MOVE_READ':
+      if (!/^[A-Za-z0-9._-]{1,64}$/.test(req.moveId)) return 'moveId';
+      if (req.cursor.phase !== 'objects' && req.cursor.phase !== 'logs') return 'cursor.phase';
+      if (!isInt(req.cursor.from, 0)) return 'cursor.from';
+      return isInt(req.maxBytes, 1, 16 * 1024 * 1024) && noPayload ? null : 'maxBytes';
     case 'MEMBERSHIP':
       if (req.op === 'list') return noPayload ? null : 'payload';
       if (typeof req.id !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(req.id)) return 'id';
@@ -306,7 +322,7 @@ for (const type of REQUEST_TYPES) {
       fc.property(validRequestArb(type), (req) => {
         const bytes = Buffer.concat(encodeRequest(req, 7));
         const back = decodeAsServer(bytes);
-        const payloadBytes = 'payload' in req ? req.payload.length : 0;
+        const payloadBytes = 'payload' in req ? (req.payload?.length ?? 0) : 0;
         const broken = brokenBound(back, payloadBytes);
         if (broken !== null) throw new Error(`a valid request decodes out of bounds (${broken})`);
         // Optional fields come back as null where they were absent; compare with that normalisation.

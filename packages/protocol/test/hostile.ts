@@ -71,6 +71,8 @@ export const REQUEST_FIELDS: Record<RequestType, readonly string[]> = {
   SLOTS: [],
   BARRIER: ['op', 'holdMs'],
   PROBE: ['initiator', 'probeId', 'hops'],
+  MOVE: ['op', 'moveId', 'from', 'to', 'slots', 'table', 'objects', 'logs'],
+  MOVE_READ: ['moveId', 'cursor', 'maxBytes'],
 };
 
 const nameArb = (prefix: string) =>
@@ -195,6 +197,20 @@ export function validRequestArb(type: RequestType, namePrefix = ''): fc.Arbitrar
         initiator: fc.stringMatching(/^[0-9a-f]{16}$/),
         probeId: fc.integer({ min: 1, max: 0xffffffff }),
         hops: fc.integer({ min: 0, max: MAX_PROBE_HOPS - 1 }),
+      });
+    case 'MOVE':
+      // Only 'status': a fuzzer that froze or switched slots would be changing the cluster on purpose.
+      return fc.constant({ type: 'MOVE', op: 'status', moveId: null } as Request);
+    case 'MOVE_READ':
+      return fc.record({
+        type: fc.constant('MOVE_READ' as const),
+        moveId: fc.stringMatching(/^[A-Za-z0-9._-]{1,64}$/),
+        cursor: fc.record({
+          phase: fc.constantFrom('objects' as const, 'logs' as const),
+          after: opt(name),
+          from: fc.nat({ max: 1000 }),
+        }),
+        maxBytes: fc.integer({ min: 1, max: 16 * 1024 * 1024 }),
       });
     case 'MEMBERSHIP':
       // Only 'list': a fuzzer that added or removed members would be changing the cluster on purpose.

@@ -169,6 +169,48 @@ const sampleRequests: Request[] = [
   { type: 'BARRIER', op: 'release', holdMs: 0 },
   { type: 'PROBE', initiator: '0123456789abcdef', probeId: 7, hops: 3 },
   { type: 'CANCEL', requestId: 9, reason: 'DEADLOCK' },
+  { type: 'MOVE', op: 'status', moveId: null, slots: [[0, 99]] },
+  {
+    type: 'MOVE',
+    op: 'freeze',
+    moveId: 'm-1',
+    from: 0,
+    to: 1,
+    slots: [
+      [5, 9],
+      [100, 100],
+    ],
+  },
+  {
+    type: 'MOVE',
+    op: 'import',
+    moveId: 'm-1',
+    objects: [
+      { name: 'a', size: 3, version: 4, lastToken: 9, written: true },
+      { name: 'b', size: 5000, version: 1, lastToken: 0, written: false },
+    ],
+    logs: [{ name: 'events', maxBytes: 4096, first: 7, sizes: [2, 0] }],
+    payload: Buffer.from('xyzhi'),
+  },
+  {
+    type: 'MOVE',
+    op: 'switch',
+    moveId: 'm-1',
+    table: { version: 2, ranges: [[0, 16383, 1]], groups: [{ id: 1, members: [] }] },
+  },
+  { type: 'MOVE', op: 'abort', moveId: 'm-1' },
+  {
+    type: 'MOVE',
+    op: 'install',
+    moveId: null,
+    table: { version: 3, ranges: [[0, 16383, 2]], groups: [{ id: 2, members: [] }] },
+  },
+  {
+    type: 'MOVE_READ',
+    moveId: 'm-1',
+    cursor: { phase: 'logs', after: 'events', from: 3 },
+    maxBytes: 1 << 20,
+  },
   { type: 'WATCH', name: 'jobs/ü' },
   { type: 'UNWATCH', objectId: Number.MAX_SAFE_INTEGER },
   {
@@ -702,6 +744,22 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
     ],
   },
   PROBE: { pushed: 2 },
+  MOVE: {
+    groupId: 1,
+    tableVersion: 4,
+    freeBytes: 1 << 30,
+    moves: [{ id: 'm-1', role: 'source', from: 1, to: 2, slots: [[0, 99]] }],
+    objects: 3,
+    objectBytes: 12288,
+    logs: 1,
+    busy: 0,
+  },
+  MOVE_READ: {
+    objects: [{ name: 'a', size: 3, version: 2, lastToken: 1, written: true }],
+    logs: [{ name: 'events', maxBytes: 4096, first: 0, sizes: [1] }],
+    next: { phase: 'logs', after: 'events', from: 1 },
+    payload: Buffer.from('abcd'),
+  },
   SLOTS: {
     groupId: 1,
     table: {
@@ -732,7 +790,7 @@ test('every OK body round trips', (t) => {
     t.is(frame.type, MessageType.OK);
     t.is(frame.requestId, 5);
     const decoded = decodeOk(type, frame) as unknown as Record<string, unknown>;
-    if (type === 'ACQUIRE' || type === 'LOG_READ' || type === 'SNAPSHOT_READ') {
+    if (type === 'ACQUIRE' || type === 'LOG_READ' || type === 'SNAPSHOT_READ' || type === 'MOVE_READ') {
       t.true(Buffer.isBuffer(decoded.payload));
       t.deepEqual(
         { ...decoded, payload: [...(decoded.payload as Buffer)] },

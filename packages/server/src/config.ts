@@ -80,6 +80,11 @@ export interface GroupConfig {
   bytes: number;
   /** Server id -> host:port: 1, 3 or 5 members. */
   members: Record<string, string>;
+  /**
+   * A group added to a running cluster: its servers start owning no slot (the other groups' first table,
+   * listing it), until `segmem cluster add-group` moves slots to it. Absent: false.
+   */
+  joining?: boolean;
 }
 
 export const DEFAULT_CONFIG: ServerConfig = {
@@ -329,8 +334,10 @@ function parseGroups(value: unknown, segmentBytes: number, mistake: Mistake): Gr
       throw mistake(at, 'must be an object with id, start, bytes and members');
     const o = g as Record<string, unknown>;
     for (const key of Object.keys(o))
-      if (!GROUP_KEYS.includes(key))
-        throw mistake(memberPath(at, key), `unknown key (a group has ${GROUP_KEYS.join(', ')})`);
+      if (!GROUP_KEYS.includes(key) && key !== 'joining')
+        throw mistake(memberPath(at, key), `unknown key (a group has ${GROUP_KEYS.join(', ')}, joining)`);
+    if (o.joining !== undefined && typeof o.joining !== 'boolean')
+      throw mistake(`${at}.joining`, `must be true or false; got ${JSON.stringify(o.joining)}`);
     for (const key of GROUP_KEYS) if (o[key] === undefined) throw mistake(at, `missing "${key}"`);
     const id = o.id;
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 1 || id > MAX_GROUP_ID)
@@ -379,7 +386,7 @@ function parseGroups(value: unknown, segmentBytes: number, mistake: Mistake): Gr
       addressAt.set(address, here);
       byId[serverId] = address;
     }
-    groups.push({ id, start, bytes, members: byId });
+    groups.push({ id, start, bytes, members: byId, ...(o.joining === true ? { joining: true } : {}) });
   });
   return groups;
 }

@@ -11,6 +11,7 @@ import {
 import { openClusterNode } from './cluster.js';
 import {
   DEFAULT_CONFIG,
+  type GroupConfig,
   groupOf,
   loadConfigFile,
   parseConsolidatedIntervalMs,
@@ -293,7 +294,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     opts.slotTable !== undefined
       ? slotTableOption(opts.slotTable, group?.id ?? 0)
       : config.groups && group
-        ? initialSlotTable(config.groups.map((g) => ({ id: g.id, members: Object.entries(g.members) })))
+        ? firstSlotTable(config.groups)
         : undefined;
   const nodeOpts = {
     id: opts.id,
@@ -381,6 +382,18 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
       return closing;
     },
   };
+}
+
+/**
+ * The table a grouped config file starts a new state with: its groups split the slots evenly in group-id
+ * order, except groups marked `joining` (added to a running cluster), which are listed but own no slot.
+ */
+function firstSlotTable(groups: GroupConfig[]): SlotTable {
+  const listed = (g: GroupConfig) => ({ id: g.id, members: Object.entries(g.members) });
+  const owners = groups.filter((g) => !g.joining);
+  const table = initialSlotTable((owners.length > 0 ? owners : groups).map(listed));
+  const joining = groups.filter((g) => g.joining && owners.length > 0).map(listed);
+  return validateSlotTable({ ...table, groups: [...table.groups, ...joining] });
 }
 
 /** The `slotTable` option, checked: a valid table that lists this server's group. */

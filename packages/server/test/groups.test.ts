@@ -171,7 +171,15 @@ const MISTAKES: [string, string, number, string | RegExp][] = [
       c.groups[0]!.replicas = 3;
     }),
     13,
-    'groups[0].replicas: unknown key (a group has id, start, bytes, members)',
+    'groups[0].replicas: unknown key (a group has id, start, bytes, members, joining)',
+  ],
+  [
+    'joining that is not true or false',
+    grouped((c) => {
+      c.groups[1]!.joining = 'yes';
+    }),
+    23,
+    'groups[1].joining: must be true or false; got "yes"',
   ],
   [
     'a missing key in a group',
@@ -311,9 +319,9 @@ test('snapshot format 5 keeps the group and range; a format 4 snapshot restores 
     moreTypes: false,
   });
   const elements = codec.unpack(whole.snapshot()) as unknown[];
-  // Format 6 added the slot table after the group (a twelfth element).
-  t.is(elements.length, 12);
-  t.is(elements[0], 6);
+  // Format 6 added the slot table after the group (a twelfth element), format 7 the slot moves.
+  t.is(elements.length, 13);
+  t.is(elements[0], 7);
   t.deepEqual(elements[10], [0, 0, 32 * PAGE]);
   const format4 = codec.pack([4, ...elements.slice(1, 10)]);
   t.deepEqual(StateMachine.restore(format4).group, { id: 0, start: 0, bytes: 32 * PAGE });

@@ -224,13 +224,17 @@ test('snapshots of formats 4 and 5 (before slot tables) restore with the table a
   const s = open();
   run({ op: 'create', sessionId: s, seq: 1, name: elsewhere('x'), size: 10, ifNotExists: false });
   const elements = codec.unpack(sm.snapshot()) as unknown[];
-  t.is(elements[0], 6, 'this version writes format 6');
-  t.is(elements.length, 12);
+  t.is(elements[0], 7, 'this version writes format 7');
+  t.is(elements.length, 13);
+  // Format 6 has no slot moves: it restores as a state with none.
+  const six = StateMachine.restore(codec.pack([6, ...elements.slice(1, 12)]));
+  t.is(six.digest(), sm.digest(), 'the same state as the one that wrote format 7');
+  t.deepEqual(six.moveList(), []);
   // Format 5 has the group and its range, format 4 not even that (group 0, the whole segment).
   const five = StateMachine.restore(codec.pack([5, ...elements.slice(1, 11)]));
   t.is(five.group.id, 1);
   t.deepEqual(five.slotTable, singleGroupSlotTable(1), 'its group owns every slot');
-  t.is(five.digest(), sm.digest(), 'the same state as the one that wrote format 6');
+  t.is(five.digest(), sm.digest(), 'the same state as the one that wrote format 7');
   const four = StateMachine.restore(codec.pack([4, ...elements.slice(1, 10)]));
   t.is(four.group.id, 0);
   t.deepEqual(four.slotTable, singleGroupSlotTable());

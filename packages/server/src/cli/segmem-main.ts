@@ -13,6 +13,12 @@ import { clusterAdd, clusterList, clusterRemove, clusterSlots, status } from './
 import { type Command, describe, versionLine } from './common.js';
 import { create, get, ls, put, rm, stat } from './data-commands.js';
 import { logInfo, logTail } from './log-commands.js';
+import {
+  clusterAddGroup,
+  clusterMoveSlots,
+  clusterRebalance,
+  clusterRemoveGroup,
+} from './rebalance-commands.js';
 import { secretNew } from './secret-command.js';
 import { up } from './up.js';
 import { aclLs, aclRm, aclSet, userAdd, userLs, userRm } from './user-commands.js';
@@ -35,6 +41,10 @@ export const COMMANDS: Command[] = [
   clusterAdd,
   clusterRemove,
   clusterSlots,
+  clusterRebalance,
+  clusterMoveSlots,
+  clusterAddGroup,
+  clusterRemoveGroup,
   secretNew,
   snapshot,
   snapshotAgent,

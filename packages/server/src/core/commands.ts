@@ -11,6 +11,7 @@ import type {
   SlotTable,
 } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
+import type { MovedLog, MovedObject, SlotSpan } from './moves.js';
 
 export type LockMode = 'read' | 'write';
 
@@ -79,7 +80,21 @@ export type Command =
    * Installs a newer slot table (its version above the one held; INVALID_ARGUMENT and no change otherwise).
    * Not tied to a session: whoever moves slots between groups proposes it.
    */
-  | { op: 'slots'; table: SlotTable };
+  | { op: 'slots'; table: SlotTable }
+  /**
+   * Starts moving `slots` from group `from` to group `to` (core/moves.ts): the source freezes them (new
+   * creates, deletes, acquires and log changes on their names wait), the target accepts imports for them.
+   */
+  | { op: 'moveFreeze'; moveId: string; from: number; to: number; slots: SlotSpan[] }
+  /**
+   * Copies objects and log records of a move's slots into the target (allocated in its range, served only
+   * once it owns the slots). `data`: the written objects' bytes in order, then the log pieces' records.
+   */
+  | { op: 'moveImport'; moveId: string; objects: MovedObject[]; logs: MovedLog[]; data: Buffer | null }
+  /** Ends a move by installing the table that gives its slots to the target (the source drops them). */
+  | { op: 'moveSwitch'; moveId: string; table: SlotTable }
+  /** Rolls a move back: the source unfreezes, the target drops what the move imported. */
+  | { op: 'moveAbort'; moveId: string };
 
 /**
  * Commands that change durable data. Under fsync "always"/"batch" they are applied (made visible)
@@ -97,6 +112,10 @@ export function mustSync(cmd: Command): boolean {
     cmd.op === 'aclSet' ||
     cmd.op === 'aclRemove' ||
     cmd.op === 'slots' ||
+    cmd.op === 'moveFreeze' ||
+    cmd.op === 'moveImport' ||
+    cmd.op === 'moveSwitch' ||
+    cmd.op === 'moveAbort' ||
     (cmd.op === 'release' && cmd.mode === 'write')
   );
 }
@@ -134,8 +153,18 @@ export type Effect =
   | { kind: 'grant'; sessionId: number; seq: number; grant: Grant }
   /** A queued delete was applied (the object's holders had released it). */
   | { kind: 'deleted'; sessionId: number; seq: number }
-  /** A queued acquire or delete ended without its effect (cancelled, deadlock, object deleted, session closed). */
-  | { kind: 'fail'; sessionId: number; seq: number; code: ErrorCode; message: string }
+  /**
+   * A queued acquire or delete ended without its effect (cancelled, deadlock, object deleted, session closed,
+   * its slot moved to another group: then `details` say where, as a MOVED refusal's do).
+   */
+  | {
+      kind: 'fail';
+      sessionId: number;
+      seq: number;
+      code: ErrorCode;
+      message: string;
+      details?: Record<string, unknown>;
+    }
   /** Another session waits for the object: these sessions should give back the grants they hold of it. */
   | { kind: 'revoke'; sessionIds: number[]; objectId: number }
   /** These sessions cache a stale copy of the object (version 0: deleted). */
@@ -157,7 +186,7 @@ const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: '
 export function encodeCommand(cmd: Command): Buffer[] {
   let data: Buffer | null = null;
   let header: unknown = cmd;
-  if ((cmd.op === 'release' || cmd.op === 'append') && cmd.data) {
+  if ((cmd.op === 'release' || cmd.op === 'append' || cmd.op === 'moveImport') && cmd.data) {
     data = cmd.data;
     header = { ...cmd, data: null };
   }
@@ -196,7 +225,7 @@ export function decodeCommand(record: Buffer, data?: Buffer): Command {
   if (data && 4 + headerBytes !== record.length)
     throw new Error('log record head has bytes after its header');
   const cmd = packr.unpack(record.subarray(4, 4 + headerBytes)) as Command;
-  if ((cmd.op === 'release' && cmd.mode === 'write') || cmd.op === 'append') {
+  if ((cmd.op === 'release' && cmd.mode === 'write') || cmd.op === 'append' || cmd.op === 'moveImport') {
     cmd.data = data ?? record.subarray(4 + headerBytes);
   }
   return cmd;

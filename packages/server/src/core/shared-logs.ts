@@ -63,6 +63,11 @@ export class SharedLogs {
     return this.logs.get(name);
   }
 
+  /** The logs' names, sorted. */
+  names(): string[] {
+    return [...this.logs.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  }
+
   has(name: string): boolean {
     return this.logs.has(name);
   }
@@ -97,6 +102,22 @@ export class SharedLogs {
     // Retention drops the oldest records, never the batch just appended (it stays readable at least once).
     this.dropWhile(log, (seq) => log.bytes > log.maxBytes && seq < first);
     return first;
+  }
+
+  /**
+   * Records copied from another group's log (a slot move): the log is created starting at `first`, and a
+   * piece already held (its records below `next`) is skipped, so a retried copy changes nothing. Returns
+   * false, changing nothing, when the piece does not continue the log (a gap). The caller has checked that
+   * `sizes` add up to `data`'s length.
+   */
+  importRecords(name: string, maxBytes: number, first: number, sizes: number[], data: Buffer): boolean {
+    const log = this.logs.get(name);
+    if (!log) {
+      this.logs.set(name, { name, maxBytes, first, next: first, bytes: 0, chunks: [] });
+    } else if (first + sizes.length <= log.next) return true;
+    else if (first !== log.next) return false;
+    if (sizes.length > 0) this.append(name, sizes, data, maxBytes);
+    return true;
   }
 
   /** Drops records before `before` (clamped to the log's bounds); returns the new first sequence number. */

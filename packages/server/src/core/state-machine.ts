@@ -14,6 +14,7 @@ import {
   type AclRule,
   type CancelReason,
   type ErrorCode,
+  MAX_OBJECT_BYTES,
   MAX_RULES_PER_USER,
   MAX_USERS,
   ownerOf,
@@ -28,6 +29,7 @@ import {
   validatePasswordHash,
   validateRight,
   validateSlotTable,
+  validateStoredName,
   validateUserName,
 } from '@segmem/protocol';
 import { Packr } from 'msgpackr';
@@ -35,6 +37,19 @@ import { PageAllocator } from './allocator.js';
 import type { Command, Effect, Grant, LockMode, ObjectRecord, Outcome, Result } from './commands.js';
 import { badSnapshot, checkContent, checkGeometry, checkObjectSize } from './content-check.js';
 import { type GroupRange, groupRangeProblem, sameGroupRange, wholeSegment } from './group-range.js';
+import {
+  type MovedLog,
+  type MovedObject,
+  type MoveState,
+  moveEntry,
+  moveFromEntry,
+  type SlotSpan,
+  sameSpans,
+  slotNotOwned,
+  spansHold,
+  validateMoveId,
+  validateSlotSpans,
+} from './moves.js';
 import { type LogRead, SharedLogs } from './shared-logs.js';
 import { findCycle, type WaitEdge } from './wait-for.js';
 
@@ -201,11 +216,12 @@ const snapshotCodec = new Packr({
 /**
  * 2 added shared logs, 3 queued deletes (a queue entry's mode may be 'delete'), 4 users and their ACL rules
  * (a tenth element), 5 the group and its range (an eleventh, [groupId, start, bytes]), 6 the slot table
- * (a twelfth, `{ version, ranges, groups }`); formats 1 to 5 still restore, as group 0 over the whole segment
- * (before 5) with the slot table a new state would have (before 6). The number moved so that a server too old
- * to know the new content refuses such a snapshot instead of dropping it.
+ * (a twelfth, `{ version, ranges, groups }`), 7 slot moves under way (a thirteenth, see moves.ts moveEntry);
+ * formats 1 to 6 still restore, as group 0 over the whole segment (before 5) with the slot table a new state
+ * would have (before 6) and no move (before 7). The number moved so that a server too old to know the new
+ * content refuses such a snapshot instead of dropping it.
  */
-const SNAPSHOT_FORMAT = 6;
+const SNAPSHOT_FORMAT = 7;
 
 const ok = (value: unknown): Result => ({ ok: true, value });
 const fail = (code: ErrorCode, message: string): Result => ({ ok: false, code, message });
@@ -245,8 +261,10 @@ export class StateMachine {
   private nextObjectId = 1;
   private nextSessionId = 1;
   private readonly unsafeSkipFencing: boolean;
-  /** Which group owns each hash slot (replicated: changed only by a 'slots' command). */
+  /** Which group owns each hash slot (replicated: changed only by a 'slots' or 'moveSwitch' command). */
   private slots: SlotTable;
+  /** Slot moves this group takes part in, by id (at most one: see freezeMove). */
+  private readonly moves = new Map<string, MoveState>();
   /** What the objects take in memory once written (see {@link objectHeldBytes}): a running sum. */
   private objectBytes = 0;
   /** Object bytes held by unreleased frozen views (how many each): written copy-on-write. */
@@ -321,6 +339,14 @@ export class StateMachine {
         return this.cancel(cmd.sessionId, cmd.seq, cmd.reason, effects);
       case 'slots':
         return this.installSlots(cmd.table);
+      case 'moveFreeze':
+        return this.freezeMove(cmd, effects);
+      case 'moveImport':
+        return this.importMove(cmd);
+      case 'moveSwitch':
+        return this.switchMove(cmd.moveId, cmd.table, effects);
+      case 'moveAbort':
+        return this.abortMove(cmd.moveId, effects);
       default:
         return this.applySessionCommand(cmd, effects);
     }
@@ -341,6 +367,11 @@ export class StateMachine {
       if (move) {
         const { message, details } = movedError(cmd.name, move);
         return { ok: false, code: 'UNAVAILABLE', message, details: details! };
+      }
+      // A frozen slot (a move under way) takes no change: the node waits and proposes again. Not remembered.
+      if (cmd.op !== 'release') {
+        const frozen = this.frozenBy(cmd.name);
+        if (frozen) return frozenRefusal(cmd.name, frozen);
       }
     }
     let result: Result;
@@ -402,6 +433,254 @@ export class StateMachine {
     }
     this.slots = table;
     return ok({ version: table.version });
+  }
+
+  // --- slot moves (core/moves.ts) ---
+
+  /** The move that froze `name`'s slot in this group (the source), or null. */
+  frozenBy(name: string): { moveId: string; slot: number } | null {
+    if (this.moves.size === 0) return null;
+    for (const m of this.moves.values()) {
+      if (m.role !== 'source') continue;
+      const slot = slotOf(name);
+      return spansHold(m.slots, slot) ? { moveId: m.id, slot } : null;
+    }
+    return null;
+  }
+
+  /** The moves this group takes part in (copies), sorted by id. */
+  moveList(): { id: string; role: 'source' | 'target'; from: number; to: number; slots: SlotSpan[] }[] {
+    return [...this.moves.values()]
+      .sort((a, b) => compare(a.id, b.id))
+      .map((m) => ({
+        id: m.id,
+        role: m.role,
+        from: m.from,
+        to: m.to,
+        slots: m.slots.map(([f, l]) => [f, l]),
+      }));
+  }
+
+  /** Objects whose slot is in `spans`, sorted by name. */
+  objectsInSlots(spans: readonly SlotSpan[]): SegmentObject[] {
+    const out: SegmentObject[] = [];
+    for (const obj of this.byName.values()) if (spansHold(spans, slotOf(obj.name))) out.push(obj);
+    return out.sort((a, b) => compare(a.name, b.name));
+  }
+
+  /** Names of the shared logs whose slot is in `spans`, sorted. */
+  logsInSlots(spans: readonly SlotSpan[]): string[] {
+    return this.logs.names().filter((name) => spansHold(spans, slotOf(name)));
+  }
+
+  /** How many objects of `spans` someone holds or waits for: a move copies them once this is 0. */
+  busyInSlots(spans: readonly SlotSpan[]): number {
+    let n = 0;
+    for (const obj of this.byId.values()) {
+      if (obj.writer === 0 && obj.readers === 0 && obj.queue.length === 0) continue;
+      if (spansHold(spans, slotOf(obj.name))) n++;
+    }
+    return n;
+  }
+
+  private freezeMove(cmd: Command & { op: 'moveFreeze' }, effects: Effect[]): Result {
+    let moveId: string;
+    let slots: SlotSpan[];
+    try {
+      moveId = validateMoveId(cmd.moveId);
+      slots = validateSlotSpans(cmd.slots);
+    } catch (err) {
+      return fail('INVALID_ARGUMENT', (err as Error).message);
+    }
+    const { from, to } = cmd;
+    const self = this.group.id;
+    const known = this.moves.get(moveId);
+    if (known) {
+      if (known.from === from && known.to === to && sameSpans(known.slots, slots))
+        return ok({ role: known.role, already: true });
+      return fail('INVALID_ARGUMENT', `move ${moveId} is under way with other groups or slots`);
+    }
+    if (this.moves.size > 0) {
+      const [other] = this.moves.keys();
+      return fail(
+        'INVALID_ARGUMENT',
+        `group ${self} takes part in move ${other} already: finish or abort it first`,
+      );
+    }
+    const ids = new Set(this.slots.groups.map((g) => g.id));
+    if (from === to || !ids.has(from) || !ids.has(to))
+      return fail(
+        'INVALID_ARGUMENT',
+        `a move needs two different groups of the slot table; got ${from} -> ${to}`,
+      );
+    if (self !== from && self !== to)
+      return fail(
+        'INVALID_ARGUMENT',
+        `group ${self} is neither the source (${from}) nor the target (${to}) of move ${moveId}`,
+      );
+    const notOwned = slotNotOwned(this.slots, slots, from);
+    if (notOwned >= 0)
+      return fail(
+        'INVALID_ARGUMENT',
+        `slot ${notOwned} does not belong to group ${from} (slot table version ${this.slots.version})`,
+      );
+    const role = self === from ? 'source' : 'target';
+    this.moves.set(moveId, { id: moveId, role, from, to, slots, imported: new Set() });
+    // Holders of the frozen objects are asked to give their grants back (as when a writer waits).
+    if (role === 'source') {
+      for (const obj of this.objectsInSlots(slots)) this.revokeHolders(obj, 0, effects);
+    }
+    return ok({ role, already: false });
+  }
+
+  private importMove(cmd: Command & { op: 'moveImport' }): Result {
+    const move = this.moves.get(cmd.moveId);
+    if (!move)
+      return fail(
+        'NOT_FOUND',
+        `no move ${String(cmd.moveId).slice(0, 64)} under way in group ${this.group.id}`,
+      );
+    if (move.role !== 'target')
+      return fail(
+        'INVALID_ARGUMENT',
+        `group ${this.group.id} is the source of move ${move.id}: it imports nothing`,
+      );
+    const objects = Array.isArray(cmd.objects) ? cmd.objects : [];
+    const logs = Array.isArray(cmd.logs) ? cmd.logs : [];
+    const data = cmd.data ?? Buffer.alloc(0);
+    // Everything is checked before anything changes.
+    let total = 0;
+    const names = new Set<string>();
+    for (const o of objects) {
+      const problem = movedObjectProblem(o, move);
+      if (problem) return fail('INVALID_ARGUMENT', problem);
+      if (names.has(o.name)) return fail('INVALID_ARGUMENT', `"${o.name}" is imported twice`);
+      names.add(o.name);
+      if (!move.imported.has(o.name) && (this.byName.has(o.name) || this.logs.has(o.name)))
+        return fail('ALREADY_EXISTS', `"${o.name}" exists in group ${this.group.id} already`);
+      if (o.written) total += o.size;
+    }
+    for (const l of logs) {
+      const problem = movedLogProblem(l, move);
+      if (problem) return fail('INVALID_ARGUMENT', problem);
+      if (this.byName.has(l.name) || (this.logs.has(l.name) && !move.imported.has(l.name)))
+        return fail('ALREADY_EXISTS', `"${l.name}" exists in group ${this.group.id} already`);
+      for (const n of l.sizes) total += n;
+    }
+    if (total !== data.length)
+      return fail(
+        'INVALID_ARGUMENT',
+        `import carries ${data.length} bytes; its objects and records need ${total}`,
+      );
+    // Space: every new object is placed, or none is.
+    const placed: { o: MovedObject; firstPage: number; pageCount: number }[] = [];
+    for (const o of objects) {
+      if (move.imported.has(o.name)) continue;
+      const pageCount = Math.ceil(o.size / this.pageBytes);
+      const firstPage = this.allocator.allocate(pageCount);
+      if (firstPage < 0) {
+        for (const p of placed) this.allocator.release(p.firstPage, p.pageCount);
+        const { id, start, bytes } = this.group;
+        return fail(
+          'NO_SPACE',
+          `group ${id} (range [${start}, ${start + bytes})) has no free extent of ${pageCount} pages for "${o.name}" (${o.size} bytes); ${this.allocator.freePages * this.pageBytes} bytes free in all`,
+        );
+      }
+      placed.push({ o, firstPage, pageCount });
+    }
+    for (const l of logs) {
+      const held = this.logs.get(l.name);
+      if (held && l.first !== held.next && l.first + l.sizes.length > held.next) {
+        for (const p of placed) this.allocator.release(p.firstPage, p.pageCount);
+        return fail(
+          'INVALID_ARGUMENT',
+          `log "${l.name}" piece from ${l.first} does not continue at ${held.next}`,
+        );
+      }
+    }
+    // placeObject reserves the pages itself: the allocation above only chose them.
+    for (const p of placed) this.allocator.release(p.firstPage, p.pageCount);
+    let at = 0;
+    const byName = new Map(placed.map((p) => [p.o.name, p]));
+    for (const o of objects) {
+      const bytes = o.written ? data.subarray(at, at + o.size) : null;
+      if (o.written) at += o.size;
+      const p = byName.get(o.name);
+      if (!p) continue; // imported by an earlier copy of this chunk
+      const obj = this.placeObject({
+        id: this.nextObjectId++,
+        name: o.name,
+        size: o.size,
+        firstPage: p.firstPage,
+        version: o.version,
+        pageVersions: new Float64Array(p.pageCount).fill(o.version),
+        lastToken: o.lastToken,
+        data: bytes,
+      });
+      move.imported.add(obj.name);
+    }
+    for (const l of logs) {
+      let n = 0;
+      for (const size of l.sizes) n += size;
+      this.logs.importRecords(l.name, l.maxBytes, l.first, l.sizes, data.subarray(at, at + n));
+      at += n;
+      move.imported.add(l.name);
+    }
+    return ok({ objects: placed.length, imported: move.imported.size });
+  }
+
+  private switchMove(moveId: string, given: unknown, effects: Effect[]): Result {
+    const move = this.moves.get(moveId);
+    if (!move)
+      return fail('NOT_FOUND', `no move ${String(moveId).slice(0, 64)} under way in group ${this.group.id}`);
+    let table: SlotTable;
+    try {
+      table = validateSlotTable(given);
+    } catch (err) {
+      return fail('INVALID_ARGUMENT', (err as Error).message);
+    }
+    if (table.version <= this.slots.version) {
+      return fail(
+        'INVALID_ARGUMENT',
+        `slot table version ${table.version} is not newer than the installed version ${this.slots.version}`,
+      );
+    }
+    const notMoved = slotNotOwned(table, move.slots, move.to);
+    if (notMoved >= 0)
+      return fail(
+        'INVALID_ARGUMENT',
+        `the table gives slot ${notMoved} of move ${move.id} to a group other than ${move.to}`,
+      );
+    this.slots = table;
+    this.moves.delete(move.id);
+    if (move.role === 'source') this.dropSlots(move.slots, effects);
+    return ok({ version: table.version });
+  }
+
+  private abortMove(moveId: string, effects: Effect[]): Result {
+    const move = this.moves.get(moveId);
+    if (!move)
+      return fail('NOT_FOUND', `no move ${String(moveId).slice(0, 64)} under way in group ${this.group.id}`);
+    this.moves.delete(move.id);
+    for (const name of move.imported) {
+      const obj = this.byName.get(name);
+      if (obj) this.removeObject(obj, effects);
+      else if (this.logs.delete(name)) effects.push({ kind: 'logChanged', name });
+    }
+    return ok({ role: move.role, dropped: move.imported.size });
+  }
+
+  /** The source's part of a switch: the moved slots' objects and logs go; their waiters are told where. */
+  private dropSlots(spans: readonly SlotSpan[], effects: Effect[]): void {
+    for (const obj of this.objectsInSlots(spans)) {
+      const move = this.slotMove(obj.name)!;
+      const { message, details } = movedError(obj.name, move);
+      this.removeObject(obj, effects, { code: 'UNAVAILABLE', message, details: details! });
+    }
+    for (const name of this.logsInSlots(spans)) {
+      this.logs.delete(name);
+      effects.push({ kind: 'logChanged', name });
+    }
   }
 
   // --- users and ACL rules ---
@@ -547,8 +826,8 @@ export class StateMachine {
   }
 
   /**
-   * Objects other sessions wait for, with the sessions holding them: their grants are asked back again now
-   * and then, in case a REVOKE was lost with a connection.
+   * Objects other sessions wait for (or a slot move waits for), with the sessions holding them: their grants
+   * are asked back again now and then, in case a REVOKE was lost with a connection.
    */
   contendedHolders(): { objectId: number; sessionIds: number[] }[] {
     const out: { objectId: number; sessionIds: number[] }[] = [];
@@ -559,6 +838,11 @@ export class StateMachine {
         const obj = this.byId.get(w.objectId);
         if (obj) waited.add(obj);
       }
+    // Holders of frozen objects too: a move waits for them (a REVOKE lost with a connection is sent again).
+    for (const m of this.moves.values())
+      if (m.role === 'source')
+        for (const obj of this.objectsInSlots(m.slots))
+          if (obj.writer !== 0 || obj.readers > 0) waited.add(obj);
     for (const obj of waited) {
       const sessionIds: number[] = [];
       for (const id of obj.cachedBy) if (this.sessions.get(id)?.holds.has(obj.id)) sessionIds.push(id);
@@ -647,7 +931,14 @@ export class StateMachine {
     return this.enqueue(session, seq, obj, 'delete', effects);
   }
 
-  private removeObject(obj: SegmentObject, effects: Effect[]): void {
+  private removeObject(
+    obj: SegmentObject,
+    effects: Effect[],
+    why: { code: ErrorCode; message: string; details?: Record<string, unknown> } = {
+      code: 'NOT_FOUND',
+      message: `object "${obj.name}" was deleted`,
+    },
+  ): void {
     const name = obj.name;
     this.byName.delete(name);
     this.byId.delete(obj.id);
@@ -657,13 +948,7 @@ export class StateMachine {
     for (const w of obj.queue) {
       const waiter = this.sessions.get(w.sessionId);
       if (waiter) this.unwait(waiter, w.seq);
-      effects.push({
-        kind: 'fail',
-        sessionId: w.sessionId,
-        seq: w.seq,
-        code: 'NOT_FOUND',
-        message: `object "${name}" was deleted`,
-      });
+      effects.push({ kind: 'fail', sessionId: w.sessionId, seq: w.seq, ...why });
     }
     obj.queue.length = 0;
     // Nobody holds it (a delete waits for the holders), but a restored or old state may say otherwise:
@@ -842,7 +1127,9 @@ export class StateMachine {
     obj.cachedBy.add(session.id);
     session.cached.add(obj.id);
     // Called with the waiters still queued behind this grant (the pump shifts its head first).
-    const contended = obj.queue.some((w) => mode === 'write' || w.mode === 'write');
+    // A frozen object must come back soon (a move waits for it): never cached.
+    const contended =
+      obj.queue.some((w) => mode === 'write' || w.mode === 'write') || this.frozenBy(obj.name) !== null;
     return contended ? { object: record(obj), token, mode, contended } : { object: record(obj), token, mode };
   }
 
@@ -931,7 +1218,8 @@ export class StateMachine {
       }
       if (cmd.ranges.length > 0) this.writeRanges(obj, cmd.ranges, cmd.data!, session.id, effects);
       // A write delegation: the lock stays with the session (same token) while nobody waits for it.
-      if (cmd.keep === true && obj.queue.length === 0) return ok({ version: obj.version, kept: true });
+      if (cmd.keep === true && obj.queue.length === 0 && !this.frozenBy(obj.name))
+        return ok({ version: obj.version, kept: true });
       obj.writer = 0;
       session.holds.delete(obj.id);
     } else {
@@ -1061,7 +1349,12 @@ export class StateMachine {
       this.userEntries(),
       this.groupEntry(),
       this.slotsEntry(),
+      this.moveEntries(),
     ]);
+  }
+
+  private moveEntries(): unknown[] {
+    return [...this.moves.values()].sort((a, b) => compare(a.id, b.id)).map(moveEntry);
   }
 
   private slotsEntry(): SlotTable {
@@ -1084,7 +1377,7 @@ export class StateMachine {
       full.add(piece);
       meta.add(piece);
     };
-    both(arrayHeader(12));
+    both(arrayHeader(13));
     both(packElements(this.snapshotCounters()));
     const objects = this.sortedObjects();
     both(arrayHeader(objects.length));
@@ -1128,6 +1421,7 @@ export class StateMachine {
     both(snapshotCodec.pack(this.userEntries()));
     both(snapshotCodec.pack(this.groupEntry()));
     both(snapshotCodec.pack(this.slotsEntry()));
+    both(snapshotCodec.pack(this.moveEntries()));
     const parts = full.finish();
     const metaParts = meta.finish();
     let released = false;
@@ -1252,6 +1546,7 @@ export class StateMachine {
       users,
       groupEntry,
       slots,
+      moves,
     ] = snapshotCodec.unpack(bytes) as [
       number,
       number,
@@ -1264,6 +1559,7 @@ export class StateMachine {
       unknown[] | undefined,
       unknown[] | undefined,
       unknown[] | undefined,
+      unknown,
       unknown,
     ];
     if (!Number.isInteger(format) || format < 1 || format > SNAPSHOT_FORMAT)
@@ -1320,6 +1616,17 @@ export class StateMachine {
         sm.slots = validateSlotTable(slots);
       } catch (err) {
         throw badSnapshot('snapshot', '', 'slots', (err as Error).message);
+      }
+    }
+    if (format >= 7) {
+      try {
+        if (!Array.isArray(moves)) throw new Error('moves must be a list');
+        for (const entry of moves) {
+          const m = moveFromEntry(entry);
+          sm.moves.set(m.id, m);
+        }
+      } catch (err) {
+        throw badSnapshot('snapshot', '', 'moves', (err as Error).message);
       }
     }
     sm.appliedIndex = appliedIndex;
@@ -1780,4 +2087,51 @@ function snapshotGroup(entry: unknown, pageBytes: number, segmentBytes: number):
       : 'the group must be [groupId, start, bytes]';
   if (problem) throw badSnapshot('snapshot', '', 'group', problem);
   return group;
+}
+
+/** The refusal of a change to a name whose slot a move froze: the node waits for the move and proposes again. */
+function frozenRefusal(name: string, frozen: { moveId: string; slot: number }): Result {
+  return {
+    ok: false,
+    code: 'UNAVAILABLE',
+    message: `"${name}" (slot ${frozen.slot}) is frozen while move ${frozen.moveId} copies it to another group`,
+    details: { reason: 'FROZEN', slot: frozen.slot, moveId: frozen.moveId },
+  };
+}
+
+const isUint = (v: unknown, min = 0): v is number => Number.isSafeInteger(v) && (v as number) >= min;
+
+/** What is wrong with an object a move imports, or null. */
+function movedObjectProblem(o: MovedObject, move: MoveState): string | null {
+  if (!o || typeof o !== 'object') return 'an imported object must be a map';
+  try {
+    validateStoredName(o.name);
+  } catch (err) {
+    return (err as Error).message;
+  }
+  if (!spansHold(move.slots, slotOf(o.name)))
+    return `"${o.name}" (slot ${slotOf(o.name)}) is not in the slots of move ${move.id}`;
+  if (!isUint(o.size, 1) || o.size > MAX_OBJECT_BYTES)
+    return `"${o.name}": size must be 1..${MAX_OBJECT_BYTES}; got ${String(o.size)}`;
+  if (!isUint(o.version, 1)) return `"${o.name}": version must be an integer >= 1`;
+  if (!isUint(o.lastToken)) return `"${o.name}": lastToken must be an integer >= 0`;
+  if (typeof o.written !== 'boolean') return `"${o.name}": written must be true or false`;
+  return null;
+}
+
+/** What is wrong with a log piece a move imports, or null. */
+function movedLogProblem(l: MovedLog, move: MoveState): string | null {
+  if (!l || typeof l !== 'object') return 'an imported log must be a map';
+  try {
+    validateStoredName(l.name);
+  } catch (err) {
+    return (err as Error).message;
+  }
+  if (!spansHold(move.slots, slotOf(l.name)))
+    return `log "${l.name}" (slot ${slotOf(l.name)}) is not in the slots of move ${move.id}`;
+  if (!isUint(l.maxBytes, 1) || !isUint(l.first))
+    return `log "${l.name}": maxBytes and first must be integers`;
+  if (!Array.isArray(l.sizes) || !l.sizes.every((n) => isUint(n)))
+    return `log "${l.name}": sizes must be a list of byte counts`;
+  return null;
 }

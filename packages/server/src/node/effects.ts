@@ -31,7 +31,7 @@ export function afterApply(outcome: Outcome, to: EffectTargets): void {
         to.grants.deleted(effect.sessionId, effect.seq);
         break;
       case 'fail':
-        to.grants.failed(effect.sessionId, effect.seq, effect.code, effect.message);
+        to.grants.failed(effect.sessionId, effect.seq, effect.code, effect.message, effect.details);
         break;
       case 'revoke':
         for (const sid of effect.sessionIds) to.sessions.pushRevoke(sid, effect.objectId);

@@ -16,6 +16,7 @@ import type { Command, Grant, Outcome } from '../core/commands.js';
 import type { NodeContext } from './context.js';
 import type { Port } from './port.js';
 import type { Sessions, Waiting } from './sessions.js';
+import { withSlotTable } from './slots.js';
 import { answerWithPages, objectRecord, toBuffer, unwrap } from './util.js';
 
 export class Grants {
@@ -185,11 +186,22 @@ export class Grants {
     this.take(sessionId, seq)?.settle?.(null);
   }
 
-  /** The apply path failed a queued acquire (cancelled, timed out, deadlock, object deleted). */
-  failed(sessionId: number, seq: number, code: ErrorCode, message: string): void {
+  /**
+   * The apply path failed a queued acquire (cancelled, timed out, deadlock, object deleted, or its slot moved
+   * to another group: then the MOVED details gain the slot table, as a refusal before proposing has it).
+   */
+  failed(
+    sessionId: number,
+    seq: number,
+    code: ErrorCode,
+    message: string,
+    details?: Record<string, unknown>,
+  ): void {
     const w = this.take(sessionId, seq);
-    if (w?.settle) w.settle(new SegmemError(code, message));
-    else if (w && !w.port.closed) w.port.error(w.requestId, new SegmemError(code, message));
+    if (!w) return;
+    const err = withSlotTable(new SegmemError(code, message, details), this.ctx.sm) as SegmemError;
+    if (w.settle) w.settle(err);
+    else if (!w.port.closed) w.port.error(w.requestId, err);
   }
 
   private take(sessionId: number, seq: number): Waiting | undefined {

@@ -58,6 +58,7 @@ import type { NodeContext, NodeOptions } from './context.js';
 import { afterApply } from './effects.js';
 import { SnapshotExports } from './exports.js';
 import { Grants } from './grants.js';
+import { Moves } from './moves.js';
 import type { Port } from './port.js';
 import { Reads } from './reads.js';
 import { Sessions } from './sessions.js';
@@ -81,6 +82,8 @@ export class SegmemNode {
   private readonly watches: Watches;
   /** BARRIER's hold on content changes (write-hold.ts). */
   private readonly hold: WriteHold;
+  /** Slot moves: MOVE, MOVE_READ, and changes waiting for a frozen slot (moves.ts). */
+  readonly moves: Moves;
   /** The memory budget: admission for creates, appends and exports (node/budget.ts). */
   readonly budget: MemoryBudget;
   private closing = false;
@@ -130,6 +133,7 @@ export class SegmemNode {
     this.reads = new Reads(ctx);
     this.exports = new SnapshotExports(ctx);
     this.watches = new Watches(ctx, this.sessions);
+    this.moves = new Moves(ctx);
     const targets = {
       sessions: this.sessions,
       grants: this.grants,
@@ -142,6 +146,7 @@ export class SegmemNode {
       this.metrics.applied(cmd.op);
       afterApply(outcome, targets);
       this.watches.applied(cmd, outcome);
+      this.moves.applied(cmd);
     });
     this.schedule = opts.consolidatedDir
       ? new ConsolidatedSchedule(
@@ -599,7 +604,7 @@ export class SegmemNode {
    * Throws UNAUTHORIZED (reason FORBIDDEN) unless `principal` has the right `req` needs: read for what only
    * looks (STAT, WATCH, read ACQUIRE, LOG_READ), write for what changes a name (CREATE, DELETE, write ACQUIRE
    * and RELEASE, LOG_APPEND, LOG_TRUNCATE), admin on every name for the cluster's own operations
-   * (MEMBERSHIP add/remove, SNAPSHOT, USERS). LIST and STATUS filter instead; READ_PAGES is checked where the
+   * (MEMBERSHIP add/remove, SNAPSHOT, USERS, MOVE, MOVE_READ). LIST and STATUS filter instead; READ_PAGES is checked where the
    * object is found (reads.ts); SNAPSHOT_READ by who made the snapshot. The rest need only the login.
    */
   authorize(principal: Principal, req: Request): void {
@@ -631,6 +636,8 @@ export class SegmemNode {
       case 'SNAPSHOT':
       case 'USERS':
       case 'BARRIER':
+      case 'MOVE':
+      case 'MOVE_READ':
         requireRight(sm, principal, 'admin', null);
         return;
       default:

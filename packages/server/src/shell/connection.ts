@@ -55,6 +55,7 @@ import {
 import { ANONYMOUS, type Principal } from '../node/access.js';
 import type { Holding } from '../node/budget.js';
 import type { Port, SegmemNode, Wire } from '../node/index.js';
+import { FROZEN_WAIT_MS, isFrozen } from '../node/moves.js';
 import type { Message } from '../raft/types.js';
 import { checkPeerProof, newNonce, type PeerHandshake, peerProof } from './peer-auth.js';
 import {
@@ -528,7 +529,7 @@ export class ServerConnection implements Port {
       return;
     }
     this.node.touch(this.sessionId);
-    this.track(this.dispatch(frame.requestId, req), frame.requestId);
+    this.track(this.dispatch(frame.requestId, req), frame.requestId, req);
   }
 
   /** A page-reader connection (any member, no session): reads pages or the member's status, nothing else. */
@@ -565,12 +566,14 @@ export class ServerConnection implements Port {
         this.answer(encodeOk('KEEPALIVE', requestId, {}));
         return;
       case 'CREATE': {
-        const r = await node.create(sid, req);
+        const r = await node.moves.whenUnfrozen(req.name, FROZEN_WAIT_MS, false, () => node.create(sid, req));
         this.answer(encodeOk('CREATE', requestId, { object: r.object!, created: r.created }));
         return;
       }
       case 'DELETE':
-        await node.delete(this, sid, requestId, req);
+        await node.moves.whenUnfrozen(req.name, req.timeoutMs ?? null, req.timeoutMs != null, (timeoutMs) =>
+          node.delete(this, sid, requestId, { ...req, timeoutMs }),
+        );
         this.answer(encodeOk('DELETE', requestId, {}));
         return;
       case 'STAT':
@@ -580,7 +583,9 @@ export class ServerConnection implements Port {
         this.answer(encodeOk('LIST', requestId, { objects: await node.list(req.prefix, this.principal) }));
         return;
       case 'ACQUIRE':
-        await node.acquire(this, sid, requestId, req);
+        await node.moves.whenUnfrozen(req.name, req.timeoutMs, req.timeoutMs !== null, (timeoutMs) =>
+          node.acquire(this, sid, requestId, { ...req, timeoutMs }),
+        );
         return;
       case 'RELEASE':
         this.answer(encodeOk('RELEASE', requestId, await node.release(sid, req)));
@@ -601,13 +606,25 @@ export class ServerConnection implements Port {
         this.answer(encodeOk('MEMBERSHIP', requestId, await node.membership(req.op, req.id, req.address)));
         return;
       case 'LOG_APPEND':
-        this.answer(encodeOk('LOG_APPEND', requestId, await node.logAppend(sid, req)));
+        this.answer(
+          encodeOk(
+            'LOG_APPEND',
+            requestId,
+            await node.moves.whenUnfrozen(req.name, FROZEN_WAIT_MS, false, () => node.logAppend(sid, req)),
+          ),
+        );
         return;
       case 'LOG_READ':
         await node.logRead(this, requestId, req);
         return;
       case 'LOG_TRUNCATE':
-        this.answer(encodeOk('LOG_TRUNCATE', requestId, { first: await node.logTruncate(sid, req) }));
+        this.answer(
+          encodeOk('LOG_TRUNCATE', requestId, {
+            first: await node.moves.whenUnfrozen(req.name, FROZEN_WAIT_MS, false, () =>
+              node.logTruncate(sid, req),
+            ),
+          }),
+        );
         return;
       case 'READ_PAGES':
         await node.readPages(this, requestId, req);
@@ -646,16 +663,36 @@ export class ServerConnection implements Port {
       case 'PROBE':
         this.answer(encodeOk('PROBE', requestId, { pushed: node.probe(sid, req) }));
         return;
+      case 'MOVE':
+        this.answer(encodeOk('MOVE', requestId, await node.moves.move(req)));
+        return;
+      case 'MOVE_READ': {
+        const { body, parts, sent } = await node.moves.read(req);
+        try {
+          this.answer(encodeOk('MOVE_READ', requestId, body, parts), sent);
+        } catch (err) {
+          sent();
+          throw err;
+        }
+        return;
+      }
     }
   }
 
-  /** Counts requests in flight for back-pressure and turns a failure into an ERROR answer. */
-  private track(work: Promise<void>, requestId: number): void {
+  /**
+   * Counts requests in flight for back-pressure and turns a failure into an ERROR answer. A change refused
+   * because its slot was frozen after the node's check (`req` given) is dispatched again: it then waits for
+   * the move (node/moves.ts).
+   */
+  private track(work: Promise<void>, requestId: number, req?: Exclude<Request, { type: 'HELLO' }>): void {
     this.inflight++;
     this.updatePause();
     work
-      // A MOVED refusal that came back from the log gains the slot table here, where every failure passes.
-      .catch((err: unknown) => this.answerError(requestId, this.node.withSlotTable(err)))
+      .catch((err: unknown) => {
+        if (req && isFrozen(err) && !this.closed) this.track(this.dispatch(requestId, req), requestId, req);
+        // A MOVED refusal that came back from the log gains the slot table here, where every failure passes.
+        else this.answerError(requestId, this.node.withSlotTable(err));
+      })
       .finally(() => {
         this.inflight--;
         if (this.closed) return;

@@ -48,6 +48,10 @@ const COMMAND_OPS = Object.keys({
   aclSet: 0,
   aclRemove: 0,
   slots: 0,
+  moveFreeze: 0,
+  moveImport: 0,
+  moveSwitch: 0,
+  moveAbort: 0,
 } satisfies Record<Command['op'], 0>) as Command['op'][];
 const S_PER_MS = 1e-3;
 /** Sub-millisecond to a second: an fdatasync or a WAL write. */
