@@ -365,3 +365,86 @@ test('restore --config of a cluster without groups takes a single consolidated s
     await fsp.rm(dir, { recursive: true, force: true });
   }
 });
+
+test("a copy a slot move imported before its switch is restored once, in the group the cut's table names", async (t) => {
+  // Group 2 holds a copy of one of group 1's objects, as a move's import leaves it before the switch.
+  const dir = await fsp.mkdtemp(join(tmpdir(), 'segmem-cluster-file-'));
+  try {
+    const g2 = states[1]!.exportContent();
+    const moved = states[0]!.exportContent().objects[0]!;
+    const lastPage = Math.max(...g2.objects.map((o) => o.firstPage + Math.ceil(o.size / PAGE)));
+    g2.objects.push({ ...moved, id: g2.nextObjectId, firstPage: lastPage });
+    g2.nextObjectId++;
+    const parts = [
+      Buffer.concat(
+        await encodeConsolidated(states[0]!.exportContent(), {
+          clusterId: 'c1',
+          createdAt: 'now',
+          groups: [[1, 10, 2]],
+        }),
+      ),
+      Buffer.concat(
+        await encodeConsolidated(g2, { clusterId: 'c1', createdAt: 'now', groups: [[2, 10, 2]] }),
+      ),
+    ];
+    const head = encodeClusterFileHead({
+      format: 1,
+      clusterId: 'c1',
+      createdAt: 'now',
+      pageBytes: PAGE,
+      segmentBytes: SEGMENT,
+      fence: 0,
+      slots: TABLE,
+      groups: twoGroups.map((g, i) => ({
+        id: g.id,
+        start: g.start,
+        bytes: g.bytes,
+        members: Object.entries(g.members),
+        index: 10,
+        term: 2,
+        partBytes: parts[i]!.length,
+      })),
+    });
+    const file = join(dir, 'mid-move.segsnap');
+    await fsp.writeFile(
+      file,
+      Buffer.concat([
+        head,
+        ...parts.flatMap((p) => [p, encodePartTrailer(crc32c(p))]),
+        encodeClusterFileEnd(),
+      ]),
+    );
+    await restoreClusterMember(file, {
+      config: configOf(twoGroups),
+      configFile: 'c.json',
+      id: 's4',
+      dir: join(dir, 's4'),
+    });
+    const same = await restoredState(join(dir, 's4'));
+    t.false(
+      same.objects.some((o) => o.name === moved.name),
+      'the copy is left out of the group the table does not give it to',
+    );
+    const third = Math.floor(SEGMENT / 3 / PAGE) * PAGE;
+    const three: GroupConfig[] = [1, 2, 3].map((id, i) => ({
+      id,
+      start: i * third,
+      bytes: third,
+      members: { [`s${id}`]: `127.0.0.1:${id}` },
+    }));
+    const names: string[] = [];
+    for (const g of three) {
+      const id = `s${g.id}`;
+      await restoreClusterMember(file, {
+        config: configOf(three),
+        configFile: 'c.json',
+        id,
+        dir: join(dir, `3-${id}`),
+      });
+      names.push(...(await restoredState(join(dir, `3-${id}`))).objects.map((o) => o.name));
+    }
+    t.deepEqual(names.sort(), original.map((o) => o.name).sort(), 'every object once');
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});

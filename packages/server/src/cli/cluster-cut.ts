@@ -59,8 +59,7 @@ export async function takeClusterCut(opts: ClusterCutOptions): Promise<ClusterCu
         'INVALID_ARGUMENT',
         `the groups answer for different clusters (${[...clusterIds].join(', ')}): not one cluster's config`,
       );
-    const slots = await sessions[0]!.call({ type: 'SLOTS' });
-    return await writeFile(opts, groups, sessions, made, slots.table);
+    return await writeFile(opts, groups, sessions, made);
   } finally {
     await Promise.all(sessions.map((s) => s.close()));
   }
@@ -105,20 +104,29 @@ async function writeFile(
   groups: GroupConfig[],
   sessions: AdminSession[],
   made: Made[],
-  slots: OkBodies['SLOTS']['table'],
 ): Promise<ClusterCut> {
-  // Page and segment size come from the first part's own header (the servers', not the config's): its
-  // length prefix first, then the header itself.
-  const readHead = async (to: number) => {
-    const pieces: Buffer[] = [];
-    await readExport(sessions[0]!, made[0]!.id, Math.min(made[0]!.bytes, to), (c) => {
-      pieces.push(Buffer.from(c));
-    });
-    return Buffer.concat(pieces);
-  };
-  const prefix = await readHead(12);
-  const headBytes = prefix.length === 12 ? await readHead(12 + prefix.readUInt32LE(8)) : prefix;
-  const partHeader = consolidatedHeaderOf(headBytes, `group ${groups[0]!.id}'s snapshot`);
+  // Each part's own header (its length prefix first, then the header): page and segment size are the
+  // servers' (not the config's), and the newest of the groups' slot tables is the cut's (a slot move's
+  // switch may have reached one group of the two).
+  const headers = await Promise.all(
+    groups.map(async (g, i) => {
+      const readHead = async (to: number) => {
+        const pieces: Buffer[] = [];
+        await readExport(sessions[i]!, made[i]!.id, Math.min(made[i]!.bytes, to), (c) => {
+          pieces.push(Buffer.from(c));
+        });
+        return Buffer.concat(pieces);
+      };
+      const prefix = await readHead(12);
+      const headBytes = prefix.length === 12 ? await readHead(12 + prefix.readUInt32LE(8)) : prefix;
+      return consolidatedHeaderOf(headBytes, `group ${g.id}'s snapshot`);
+    }),
+  );
+  const partHeader = headers[0]!;
+  const tables = headers.flatMap((h) => (h.slots ? [h.slots] : []));
+  if (tables.length === 0)
+    throw new SegmemError('INVALID_ARGUMENT', 'no group snapshot holds a slot table: not a sharded cluster');
+  const slots = tables.reduce((a, b) => (b.version > a.version ? b : a));
   const table: ClusterFileGroup[] = groups.map((g, i) => ({
     id: g.id,
     start: g.start,

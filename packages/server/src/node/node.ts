@@ -422,7 +422,7 @@ export class SegmemNode {
    */
   async installSlots(table: SlotTable): Promise<{ version: number }> {
     this.requireLeader();
-    return unwrap((await this.log.propose({ op: 'slots', table })).result) as { version: number };
+    return unwrap((await this.propose({ op: 'slots', table })).result) as { version: number };
   }
 
   /** MEMBERSHIP: lists the group, or adds or removes one server (committed before it answers). */

@@ -16,6 +16,12 @@ export function changesContent(cmd: Command): boolean {
     case 'delete':
     case 'append':
     case 'truncate':
+    // A slot move's steps copy or drop objects and change the slot table: a cut sees none of them happen.
+    case 'moveFreeze':
+    case 'moveImport':
+    case 'moveSwitch':
+    case 'moveAbort':
+    case 'slots':
       return true;
     case 'release':
       return cmd.mode === 'write';

@@ -78,7 +78,8 @@ export async function restoreClusterMember(
     groups.every((g) => h.groups.some((f) => f.id === g.id && f.start === g.start && f.bytes === g.bytes));
   let content: StateContent;
   if (sameGroups) {
-    const part = cluster.parts[h.groups.findIndex((f) => f.id === group.id)]!.content;
+    const i = h.groups.findIndex((f) => f.id === group.id);
+    const part = ownedContent(cluster.parts[i]!.content, h.slots, group.id);
     // The slot table as it was (slots moved since the config was written stay moved), at the config's addresses.
     const slotTable: SlotTable = {
       ...h.slots,
@@ -96,6 +97,20 @@ export async function restoreClusterMember(
     placement: sameGroups ? 'same-groups' : 'by-slot',
     objects: content.objects.length,
     logs: content.logs.length,
+  };
+}
+
+/**
+ * `content` without the objects and logs whose slot `table` (the cut's: the newest of the groups') gives
+ * to another group: copies a slot move had imported into a group before its switch, or left in the
+ * source after it. Each name is then in exactly one group's part.
+ */
+function ownedContent(content: StateContent, table: SlotTable, groupId: number): StateContent {
+  const owned = (name: string) => ownerOf(table, slotOf(name)) === groupId;
+  return {
+    ...content,
+    objects: content.objects.filter((o) => owned(o.name)),
+    logs: content.logs.filter((l) => owned((l as [string])[0])),
   };
 }
 
@@ -128,8 +143,8 @@ function placeBySlot(
   let page = group.start / pb;
   const endPage = (group.start + group.bytes) / pb;
   let nextSessionId = 1;
-  for (const part of cluster.parts) {
-    const c = part.content;
+  for (const [i, part] of cluster.parts.entries()) {
+    const c = ownedContent(part.content, cluster.header.slots, cluster.header.groups[i]!.id);
     nextSessionId = Math.max(nextSessionId, c.nextSessionId);
     for (const o of c.objects) {
       if (!mine(o.name)) continue;
