@@ -70,6 +70,9 @@ export const MAX_LOG_READ_BYTES = 4 * 1024 * 1024;
 export const DEFAULT_LOG_MAX_BYTES = 64 * 1024 * 1024;
 /** Largest `maxBytes` a log may keep (logs live in the replicated state, in memory and in snapshots). */
 export const MAX_LOG_MAX_BYTES = 1024 * 1024 * 1024;
+/** Longest a BARRIER hold may last before it ends by itself: a dead coordinator stalls writes no longer. */
+export const MAX_BARRIER_HOLD_MS = 10_000;
+
 /** Most bytes of a consolidated snapshot one SNAPSHOT_READ answer carries. */
 export const MAX_SNAPSHOT_CHUNK_BYTES = 16 * 1024 * 1024;
 

@@ -17,6 +17,7 @@
 import { type ErrorCode, invalidArgument, isErrorCode, protocolError, SegmemError } from './errors.js';
 import { EMPTY_PAYLOAD, encodeFrame, type Frame, frameLength, MAX_U32 } from './frame.js';
 import {
+  MAX_BARRIER_HOLD_MS,
   MAX_ERROR_MESSAGE_CHARS,
   MAX_HEADER_DEPTH,
   MAX_LOG_BATCH_BYTES,
@@ -108,6 +109,7 @@ export const MessageType = {
   CHANGED: 0x62,
   USERS: 0x16,
   SLOTS: 0x17,
+  BARRIER: 0x18,
   PROBE: 0x1d,
   PROBED: 0x63,
   MOVE: 0x1a,
@@ -141,6 +143,7 @@ export const REQUEST_TYPES = [
   'UNWATCH',
   'USERS',
   'SLOTS',
+  'BARRIER',
   'PROBE',
   'MOVE',
   'MOVE_READ',
@@ -163,7 +166,7 @@ export function messageTypeName(code: number): MessageTypeName | undefined {
 /** True when `code` is the type code of a request. */
 export function isRequestCode(code: number): boolean {
   return (
-    (code >= MessageType.HELLO && code <= MessageType.SLOTS) ||
+    (code >= MessageType.HELLO && code <= MessageType.BARRIER) ||
     code === MessageType.MOVE ||
     code === MessageType.MOVE_READ ||
     code === MessageType.PROBE
@@ -486,6 +489,23 @@ export interface SlotsRequest {
   type: 'SLOTS';
 }
 
+/** What a BARRIER asks: hold new writes back for a consistent cut, or let them go. */
+export const BARRIER_OPS = ['hold', 'release'] as const;
+export type BarrierOp = (typeof BARRIER_OPS)[number];
+
+/**
+ * 0x18 (leader only, admin right): `hold` stops the group's leader from proposing new write releases,
+ * creates, deletes and log appends (they wait, they do not fail) and answers once everything proposed before
+ * is applied; the hold ends by itself after `holdMs` (a dead coordinator cannot freeze the group). `release`
+ * ends it at once. A snapshot coordinator holds every group, snapshots each, then releases them all.
+ */
+export interface BarrierRequest {
+  type: 'BARRIER';
+  op: BarrierOp;
+  /** 'hold': how long it may last, 1..MAX_BARRIER_HOLD_MS; a repeated hold restarts it. 'release': 0. */
+  holdMs: number;
+}
+
 /** Bytes of a client id in PROBE (a client that routes across shard groups draws one at random). */
 export const CLIENT_ID_BYTES = 8;
 /** Most hops a probe travels: a cycle of waits longer than this is not looked for. */
@@ -602,6 +622,7 @@ export type Request =
   | UnwatchRequest
   | UsersRequest
   | SlotsRequest
+  | BarrierRequest
   | ProbeRequest
   | MoveRequest
   | MoveReadRequest;
@@ -800,6 +821,11 @@ export interface StatusOk {
   fsync: string;
   /** The member's shard group and the range of the segment it allocates in; absent from older servers. */
   group?: GroupInfo;
+  /**
+   * While a BARRIER hold is on at this member: milliseconds until the last one ends by itself
+   * (1..MAX_BARRIER_HOLD_MS); content changes wait meanwhile. Absent when none is on.
+   */
+  writesHeldMs?: number;
 }
 
 /** A shard group as STATUS reports it: id 0 is the one group of a cluster without groups. */
@@ -834,6 +860,17 @@ export interface SlotsOk {
   /** The answering server's shard group (0..65535). */
   groupId: number;
   table: SlotTable;
+}
+
+/** Where the group stands after a BARRIER. */
+export interface BarrierOk {
+  /** Whether a hold is on now. */
+  held: boolean;
+  /** The Raft index and term the applied state stands at (term 0 for a single server). */
+  index: number;
+  term: number;
+  /** Milliseconds until the hold ends by itself (0 when none is on). */
+  remainingMs: number;
 }
 
 /** How many sessions the probe was pushed to. */
@@ -897,6 +934,7 @@ export interface OkBodies {
   UNWATCH: UnwatchOk;
   USERS: UsersOk;
   SLOTS: SlotsOk;
+  BARRIER: BarrierOk;
   PROBE: ProbeOk;
   MOVE: MoveOk;
   MOVE_READ: MoveReadOk;
@@ -1109,6 +1147,8 @@ export function encodeRequest(req: Request, requestId: number, groupId = 0): Buf
       return encodeFrame(MessageType.UNWATCH, requestId, groupId, { objectId: req.objectId });
     case 'SLOTS':
       return encodeFrame(MessageType.SLOTS, requestId, groupId, {});
+    case 'BARRIER':
+      return encodeFrame(MessageType.BARRIER, requestId, groupId, { op: req.op, holdMs: req.holdMs });
     case 'PROBE':
       return encodeFrame(MessageType.PROBE, requestId, groupId, {
         initiator: req.initiator,
@@ -1294,6 +1334,7 @@ export function encodeOk<T extends RequestType>(
         lockedObjects: r.lockedObjects,
         fsync: r.fsync,
         ...(r.group ? { group: { id: r.group.id, start: r.group.start, bytes: r.group.bytes } } : {}),
+        ...(r.writesHeldMs !== undefined ? { writesHeldMs: r.writesHeldMs } : {}),
       };
       break;
     }
@@ -1324,6 +1365,11 @@ export function encodeOk<T extends RequestType>(
         groupId: group,
         table: { version: table.version, ranges: table.ranges, groups: table.groups },
       };
+      break;
+    }
+    case 'BARRIER': {
+      const r = b as BarrierOk;
+      header = { held: r.held, index: r.index, term: r.term, remainingMs: r.remainingMs };
       break;
     }
     case 'PROBE':
@@ -1750,6 +1796,18 @@ REQUEST_DECODERS[MessageType.SLOTS] = (_h, payload) => {
   return { type: 'SLOTS' };
 };
 
+REQUEST_DECODERS[MessageType.BARRIER] = (h, payload) => {
+  noPayload(payload);
+  const op = h.op;
+  if (op !== 'hold' && op !== 'release')
+    throw invalidArgument(`op must be 'hold' or 'release'; got ${describeValue(op)}`, { field: 'op' });
+  const holdMs =
+    op === 'hold'
+      ? uintField(h.holdMs, 'holdMs', 1, MAX_BARRIER_HOLD_MS)
+      : uintField(h.holdMs, 'holdMs', 0, 0);
+  return { type: 'BARRIER', op, holdMs };
+};
+
 REQUEST_DECODERS[MessageType.PROBE] = (h, payload) => {
   noPayload(payload);
   return {
@@ -2074,6 +2132,9 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
       lockedObjects: uintField(h.lockedObjects, 'lockedObjects', locks.length),
       fsync: stringField(h.fsync, 'fsync', 1, 16),
       ...(h.group !== undefined ? { group: groupInfoField(h.group) } : {}),
+      ...(h.writesHeldMs !== undefined
+        ? { writesHeldMs: uintField(h.writesHeldMs, 'writesHeldMs', 1, MAX_BARRIER_HOLD_MS) }
+        : {}),
     };
   },
   WATCH: (h, payload) => {
@@ -2100,6 +2161,17 @@ const OK_DECODERS: { [T in RequestType]: (h: Header, payload: Buffer) => OkBodie
     return {
       groupId: uintField(h.groupId, 'groupId', 0, 0xffff),
       table: validateSlotTable(h.table),
+    };
+  },
+  BARRIER: (h, payload) => {
+    noPayload(payload);
+    if (typeof h.held !== 'boolean')
+      throw invalidArgument(`held must be a boolean; got ${describeValue(h.held)}`, { field: 'held' });
+    return {
+      held: h.held,
+      index: uintField(h.index, 'index'),
+      term: uintField(h.term, 'term'),
+      remainingMs: uintField(h.remainingMs, 'remainingMs', 0, MAX_BARRIER_HOLD_MS),
     };
   },
   PROBE: (h, payload) => {

@@ -13,6 +13,7 @@ import {
   decodeRequest,
   encodeRequest,
   FrameDecoder,
+  MAX_BARRIER_HOLD_MS,
   MAX_LOG_BATCH_BYTES,
   MAX_LOG_BATCH_RECORDS,
   MAX_LOG_MAX_BYTES,
@@ -175,6 +176,11 @@ function brokenBound(req: Request, payloadBytes: number): string | null {
     case 'SNAPSHOT':
     case 'STATUS':
     case 'SLOTS':
+      return noPayload ? null : 'payload';
+    case 'BARRIER':
+      if (req.op === 'release') return req.holdMs === 0 && noPayload ? null : 'holdMs';
+      if (req.op !== 'hold') return 'op';
+      if (!isInt(req.holdMs, 1, MAX_BARRIER_HOLD_MS)) return 'holdMs';
       return noPayload ? null : 'payload';
     case 'PROBE':
       if (typeof req.initiator !== 'string' || !/^[0-9a-f]{16}$/.test(req.initiator)) return 'initiator';

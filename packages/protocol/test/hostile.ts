@@ -69,6 +69,7 @@ export const REQUEST_FIELDS: Record<RequestType, readonly string[]> = {
   UNWATCH: ['objectId'],
   USERS: ['op', 'seq', 'user', 'password', 'rules', 'prefix', 'right'],
   SLOTS: [],
+  BARRIER: ['op', 'holdMs'],
   PROBE: ['initiator', 'probeId', 'hops'],
   MOVE: ['op', 'moveId', 'from', 'to', 'slots', 'table', 'objects', 'logs'],
   MOVE_READ: ['moveId', 'cursor', 'maxBytes'],
@@ -180,6 +181,16 @@ export function validRequestArb(type: RequestType, namePrefix = ''): fc.Arbitrar
     case 'STATUS':
     case 'SLOTS':
       return fc.constant({ type } as Request);
+    case 'BARRIER':
+      // Only short holds: a fuzzer must not stall the server's writes for long.
+      return fc.oneof(
+        fc.record({
+          type: fc.constant('BARRIER' as const),
+          op: fc.constant('hold' as const),
+          holdMs: fc.integer({ min: 1, max: 50 }),
+        }),
+        fc.constant({ type: 'BARRIER' as const, op: 'release' as const, holdMs: 0 }),
+      );
     case 'PROBE':
       return fc.record({
         type: fc.constant('PROBE' as const),

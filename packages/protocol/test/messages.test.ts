@@ -165,6 +165,8 @@ const sampleRequests: Request[] = [
   { type: 'SNAPSHOT_READ', id: 3, offset: 1 << 20, length: 16 * 1024 * 1024 },
   { type: 'STATUS' },
   { type: 'SLOTS' },
+  { type: 'BARRIER', op: 'hold', holdMs: 2000 },
+  { type: 'BARRIER', op: 'release', holdMs: 0 },
   { type: 'PROBE', initiator: '0123456789abcdef', probeId: 7, hops: 3 },
   { type: 'CANCEL', requestId: 9, reason: 'DEADLOCK' },
   { type: 'MOVE', op: 'status', moveId: null, slots: [[0, 99]] },
@@ -778,6 +780,7 @@ const sampleOks: { [T in RequestType]: OkBodyInput<T> } = {
       ],
     },
   },
+  BARRIER: { held: true, index: 42, term: 3, remainingMs: 1999 },
 };
 
 test('every OK body round trips', (t) => {
@@ -910,6 +913,7 @@ test('bad answers are PROTOCOL errors naming the field', (t) => {
       'group.bytes',
     ],
     ['STATUS', okFrame({ ...sampleOks.STATUS, group: [1, 0, 4096] }), 'group must be a map'],
+    ['STATUS', okFrame({ ...sampleOks.STATUS, writesHeldMs: 0 }), 'writesHeldMs'],
     ['HELLO', okFrame({ ...sampleOks.HELLO, groupId: -1 }), 'groupId'],
     ['SLOTS', okFrame({ ...sampleOks.SLOTS, groupId: 65536 }), 'groupId'],
     [
@@ -918,6 +922,8 @@ test('bad answers are PROTOCOL errors naming the field', (t) => {
       'slots 101..16383 belong to no group',
     ],
     ['SLOTS', okFrame({ groupId: 0 }), 'slot table must be a map'],
+    ['BARRIER', okFrame({ ...sampleOks.BARRIER, held: 1 }), 'held must be a boolean'],
+    ['BARRIER', okFrame({ ...sampleOks.BARRIER, remainingMs: 10_001 }), 'remainingMs'],
     ['PROBE', okFrame({ pushed: -1 }), 'pushed'],
   ];
   for (const [type, frame, includes] of cases) {

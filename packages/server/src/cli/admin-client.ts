@@ -226,6 +226,11 @@ export class AdminSession {
     return this.clusterIdSeen;
   }
 
+  /** True once the session was lost (it expired while away): its locks are gone. */
+  get lost(): boolean {
+    return this.sessionLost;
+  }
+
   /** The next sequence number of this session's mutations (exactly-once retries). */
   nextSeq(): number {
     return ++this.seq;

@@ -1,12 +1,16 @@
 /** `segmem snapshot` and `segmem restore`: consolidated snapshots of a running cluster, and back. */
 import { open, readFile, rename, rm } from 'node:fs/promises';
-import { SegmemError } from '@segmem/protocol';
+import { MAX_BARRIER_HOLD_MS, SegmemError } from '@segmem/protocol';
+import { type GroupConfig, loadConfigFile } from '../config.js';
 import { checkContent } from '../core/content-check.js';
 import { describeGroupRange } from '../core/group-range.js';
-import { ConsolidatedVerifier, decodeConsolidated } from '../storage/consolidated.js';
+import { decodeClusterFile, isClusterFile } from '../storage/cluster-file.js';
+import { type Consolidated, ConsolidatedVerifier, decodeConsolidated } from '../storage/consolidated.js';
 import { restoreConsolidated } from '../storage/restore.js';
-import { AdminSession } from './admin-client.js';
-import { UsageError } from './args.js';
+import { restoreClusterMember } from '../storage/restore-cluster.js';
+import { type AdminOptions, AdminSession } from './admin-client.js';
+import { type Parsed, parseCount, UsageError } from './args.js';
+import { DEFAULT_HOLD_MS, takeClusterCut } from './cluster-cut.js';
 import {
   CONNECTION_OPTIONS,
   type Command,
@@ -17,15 +21,10 @@ import {
   out,
   progress,
 } from './common.js';
+import { readExport, SNAPSHOT_BUILD_MS } from './export-reader.js';
 
-/** A chunk size well under the frame limit. */
-const SNAPSHOT_CHUNK = 8 * 1024 * 1024;
-/** `snapshot --out` keeps this many SNAPSHOT_READs in flight. */
-const SNAPSHOT_READS_IN_FLIGHT = 4;
 /** `snapshot --out` fdatasyncs the file every this many bytes written. */
 const SNAPSHOT_SYNC_EVERY_BYTES = 32 * 1024 * 1024;
-/** How long the leader may take to build the snapshot in memory (a gigabyte took about 10 s). */
-const SNAPSHOT_BUILD_MS = 600_000;
 
 export const snapshot: Command = {
   name: 'snapshot',
@@ -38,10 +37,27 @@ export const snapshot: Command = {
     top of the timeout. On a terminal, a progress line on stderr. With --inspect, verifies FILE's checksum
     and content (the checks restore makes) and prints what it holds: header (with a shard group's range and
     slot table), content digest, objects (name, size, version, address), logs; no server is asked. Exactly
-    one of --out or --inspect.`,
+    one of --out or --inspect.
+
+    With --config naming a config file with shard groups, --out takes one cluster snapshot of every group
+    at one consistent cut: each group's leader holds back new writes for a moment (at most --hold-ms),
+    and once every group holds, each is exported and released; the groups' snapshots go into one file
+    with the group table and slot table. --inspect shows such a file group by group. A config without
+    groups takes today's single snapshot from its servers.`,
   options: [
     { name: 'out', value: 'FILE', help: 'write a snapshot of the running cluster into FILE' },
     { name: 'inspect', value: 'FILE', help: 'verify FILE and print what it holds' },
+    {
+      name: 'config',
+      value: 'FILE',
+      help: "the cluster's config file: with shard groups, one consistent snapshot of all of them",
+    },
+    {
+      name: 'hold-ms',
+      value: 'MS',
+      help: `how long each group may hold writes back for the cut (1..${MAX_BARRIER_HOLD_MS})`,
+      default: String(DEFAULT_HOLD_MS),
+    },
     ...CONNECTION_OPTIONS,
   ],
   async run(p) {
@@ -50,9 +66,46 @@ export const snapshot: Command = {
     if ((inspect === undefined) === (file === undefined))
       throw new UsageError('give exactly one of --out FILE or --inspect FILE', null);
     if (inspect !== undefined) return inspectFile(inspect);
-    return takeSnapshot(new AdminSession(connectionOf(p)), file!);
+    const configFile = p.values.get('config');
+    const config = configFile !== undefined ? loadConfigFile(configFile) : null;
+    if (config?.groups) {
+      const holdMs = p.values.has('hold-ms')
+        ? parseCount('--hold-ms', p.values.get('hold-ms')!, 1, MAX_BARRIER_HOLD_MS)
+        : DEFAULT_HOLD_MS;
+      return takeClusterSnapshot(p, config.groups, file!, holdMs, config.token ?? null);
+    }
+    const servers = config ? Object.values(config.servers) : undefined;
+    return takeSnapshot(new AdminSession(connectionOf(p, servers)), file!);
   },
 };
+
+/** `snapshot --out FILE --config` of a config with shard groups: one consistent cut of them all. */
+async function takeClusterSnapshot(
+  p: Parsed,
+  groups: GroupConfig[],
+  file: string,
+  holdMs: number,
+  configToken: string | null,
+): Promise<number> {
+  const cut = await takeClusterCut({
+    groups,
+    connection: (servers) => withConfigToken(connectionOf(p, servers), configToken),
+    file,
+    fence: 0,
+    holdMs,
+    onProgress: (step) => progress(`snapshot: ${step}`),
+  });
+  progress('snapshot: done', true);
+  await out(
+    `cluster snapshot of cluster ${cut.clusterId}, ${counted(cut.groups.length, 'group')} (${cut.groups.map((g) => `group ${g.id} at index ${g.index}`).join(', ')}): ${cut.bytes} bytes in ${file}\n`,
+  );
+  return 0;
+}
+
+/** The config's token when neither --token nor SEGMEM_TOKEN gave one. */
+export function withConfigToken(opts: AdminOptions, token: string | null): AdminOptions {
+  return opts.token === null && token !== null ? { ...opts, token } : opts;
+}
 
 async function inspectFile(file: string): Promise<number> {
   let bytes: Buffer;
@@ -61,13 +114,44 @@ async function inspectFile(file: string): Promise<number> {
   } catch (err) {
     throw new SegmemError('NOT_FOUND', `cannot read ${file}: ${(err as Error).message}`);
   }
+  if (isClusterFile(bytes)) return inspectClusterFile(bytes, file);
   const snap = decodeConsolidated(bytes, file, `inspect ${file}`);
   // The checks restore makes: a file whose checksum matches may still hold what no state can (crafted).
   checkContent(snap.content, { what: `inspect ${file}` });
+  const lines = [
+    `consolidated snapshot ${file}: checksum OK, content OK, format ${snap.header.format}`,
+    ...describeSnapshot(snap),
+  ];
+  await out(`${lines.join('\n')}\n`);
+  return 0;
+}
+
+async function inspectClusterFile(bytes: Buffer, file: string): Promise<number> {
+  const cluster = decodeClusterFile(bytes, file, `inspect ${file}`);
+  const h = cluster.header;
+  const lines = [
+    `cluster snapshot ${file}: checksums OK, content OK, format ${h.format}`,
+    `cluster ${h.clusterId}, taken ${h.createdAt}${h.fence > 0 ? ` by the snapshot agent holding fencing token ${h.fence}` : ''}; page ${h.pageBytes} B, segment ${h.segmentBytes} B`,
+    `slot table version ${h.slots.version}: ${h.slots.ranges.map(([a, b, id]) => `${a}-${b} group ${id}`).join(', ')}`,
+    `${counted(h.groups.length, 'group')}:`,
+  ];
+  for (const [i, g] of h.groups.entries()) {
+    const snap = cluster.parts[i]!;
+    checkContent(snap.content, { what: `inspect ${file} (group ${g.id})` });
+    lines.push(
+      `group ${g.id}: bytes [${g.start}, ${g.start + g.bytes}), members ${g.members.map(([id, a]) => `${id}=${a}`).join(',')}, index ${g.index}, term ${g.term}, part ${g.partBytes} bytes`,
+      ...describeSnapshot(snap).map((l) => `  ${l}`),
+    );
+  }
+  await out(`${lines.join('\n')}\n`);
+  return 0;
+}
+
+/** What `snapshot --inspect` prints of one consolidated snapshot, below its first line. */
+function describeSnapshot(snap: Consolidated): string[] {
   const h = snap.header;
   const { group: g, slotTable: t } = snap.content;
-  const lines = [
-    `consolidated snapshot ${file}: checksum OK, content OK, format ${h.format}`,
+  return [
     `cluster ${h.clusterId}, taken ${h.createdAt}; page ${h.pageBytes} B, segment ${h.segmentBytes} B`,
     ...h.groups.map(([g, index, term]) => `group ${g}: index ${index}, term ${term}`),
     // Only a shard group's snapshot holds these: the range it serves and which group owns which slots.
@@ -89,8 +173,6 @@ async function inspectFile(file: string): Promise<number> {
         `  ${escapeText(name)}  records ${first}..${next - 1}  retention ${maxBytes} B`,
     ),
   ];
-  await out(`${lines.join('\n')}\n`);
-  return 0;
 }
 
 async function takeSnapshot(session: AdminSession, file: string): Promise<number> {
@@ -113,31 +195,9 @@ async function takeSnapshot(session: AdminSession, file: string): Promise<number
     const verifier = new ConsolidatedVerifier(made.bytes, tmp);
     try {
       let unsynced = 0;
-      // A few pieces in flight, so the leader serves the next while this one is checked and written.
-      const read = (offset: number) =>
-        session.call({ type: 'SNAPSHOT_READ', id: made.id, offset, length: SNAPSHOT_CHUNK });
-      const ahead: Promise<Awaited<ReturnType<typeof read>>>[] = [];
-      let asked = 0;
-      const askMore = () => {
-        while (ahead.length < SNAPSHOT_READS_IN_FLIGHT && asked < made.bytes) {
-          const piece = read(asked);
-          piece.catch(() => {}); // awaited in order below; an early failure must not go unhandled meanwhile
-          ahead.push(piece);
-          asked = Math.min(made.bytes, asked + SNAPSHOT_CHUNK);
-        }
-      };
-      for (let offset = 0; offset < made.bytes; ) {
-        askMore();
-        const r = await ahead.shift()!;
-        if (r.payload.byteLength !== Math.min(SNAPSHOT_CHUNK, made.bytes - offset))
-          throw new SegmemError(
-            'PROTOCOL',
-            `a piece of ${r.payload.byteLength} bytes at ${offset} of ${made.bytes}`,
-          );
-        const chunk = Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength);
+      await readExport(session, made.id, made.bytes, async (chunk, at) => {
         verifier.push(chunk);
         await handle.write(chunk);
-        offset += chunk.length;
         // Synced as it goes: a gigabyte of dirty pages flushed at once would stall every other fsync on
         // this disk (the servers' write-ahead logs among them) for as long.
         unsynced += chunk.length;
@@ -145,10 +205,11 @@ async function takeSnapshot(session: AdminSession, file: string): Promise<number
           await handle.datasync();
           unsynced = 0;
         }
+        const done = at + chunk.length;
         progress(
-          `snapshot: ${Math.floor((offset / made.bytes) * 100)}% (${formatBytes(offset)} of ${formatBytes(made.bytes)})`,
+          `snapshot: ${Math.floor((done / made.bytes) * 100)}% (${formatBytes(done)} of ${formatBytes(made.bytes)})`,
         );
-      }
+      });
       progress(`snapshot: 100% (${formatBytes(made.bytes)})`, true);
       await handle.sync();
     } finally {
@@ -169,6 +230,36 @@ async function takeSnapshot(session: AdminSession, file: string): Promise<number
   }
 }
 
+/** `restore FILE --config C --id ID --dir DIR`: one server's data directory of a (sharded) cluster. */
+async function restoreMember(p: Parsed, file: string, configFile: string): Promise<number> {
+  const id = p.values.get('id');
+  const dir = p.values.get('dir');
+  if (id === undefined || dir === undefined)
+    throw new UsageError(
+      'restore --config needs --id ID and --dir DIR (the server and its data directory)',
+      null,
+    );
+  if (p.lists.has('data') || p.lists.has('ids'))
+    throw new UsageError(
+      'restore --config builds one directory: give --id and --dir, not --data or --ids',
+      null,
+    );
+  const clusterId = p.values.get('cluster-id');
+  const r = await restoreClusterMember(file, {
+    config: loadConfigFile(configFile),
+    configFile,
+    id,
+    dir,
+    ...(clusterId ? { clusterId } : {}),
+    onProgress: (step) => progress(`restore: ${step}`),
+  });
+  progress('restore: done', true);
+  await out(
+    `restored ${counted(r.objects, 'object')} and ${counted(r.logs, 'shared log')} of group ${r.group} into ${dir} (server ${id}, cluster ${r.clusterId}${r.placement === 'by-slot' ? ', placed anew by slot' : ''}); start it with --config ${configFile} --id ${id} --data ${dir}\n`,
+  );
+  return 0;
+}
+
 export const restore: Command = {
   name: 'restore',
   args: [{ name: 'FILE', hint: 'give it before --data, whose directories run up to the next option' }],
@@ -177,7 +268,15 @@ export const restore: Command = {
     FILE's content: one directory restores a single server, several a cluster, one member each, whose ids are
     s1, s2, ... in the order of the directories (or --ids). Each gets a new cluster id (or --cluster-id),
     which the command prints with the --peers form to start the members with. Give FILE before --data: the
-    directories after --data run up to the next option. On a terminal, a progress line on stderr.`,
+    directories after --data run up to the next option. On a terminal, a progress line on stderr.
+
+    With --config, --id and --dir instead: builds server ID's data directory DIR (missing or empty) from a
+    cluster snapshot (snapshot --out --config), for the cluster the config file describes. Same groups
+    (ids and ranges) as the file: the server's group gets its part of the file. Other groups (another
+    count, other ranges): every object and shared log goes to the group that owns its name's slot in the
+    config's initial slot table, keeping its bytes, version and fencing token floor, at a new address in
+    that group's range. Run it once per server of the config. The cluster id is --cluster-id, else the
+    config's clusterId, else the file's. A file whose page or segment size is not the config's is refused.`,
   options: [
     {
       name: 'data',
@@ -193,9 +292,20 @@ export const restore: Command = {
       default: 's1, s2, ...',
     },
     { name: 'cluster-id', value: 'ID', help: "the restored cluster's id", default: 'a new random id' },
+    {
+      name: 'config',
+      value: 'FILE',
+      help: 'the config file of the cluster to restore into (with --id, --dir)',
+    },
+    { name: 'id', value: 'ID', help: 'with --config: the server whose data directory to build' },
+    { name: 'dir', value: 'DIR', help: "with --config: that server's data directory" },
   ],
   async run(p) {
     const file = p.args[0]!;
+    const configFile = p.values.get('config');
+    if (configFile !== undefined) return restoreMember(p, file, configFile);
+    for (const option of ['id', 'dir'])
+      if (p.values.has(option)) throw new UsageError(`--${option} goes with --config FILE`, null);
     const dirs = p.lists.get('data') ?? [];
     if (dirs.length === 0)
       throw new UsageError('restore needs --data DIR... (one directory per server)', null);

@@ -182,6 +182,8 @@ export const status: Command = {
         }),
       ]);
       for (const r of down) text += `${r.id} is down: ${r.error}\n`;
+      if (lead?.writesHeldMs !== undefined)
+        text += `writes held for a snapshot cut (BARRIER): they wait, at most ${lead.writesHeldMs} ms more\n`;
       if (locks.length > 0) {
         const total = (lead ?? up[0]!.status).lockedObjects;
         text += `locked objects${total > locks.length ? ` (first ${locks.length} of ${total})` : ''}:\n`;
@@ -222,6 +224,7 @@ function memberJson(s: StatusOk) {
     lockedObjects: s.lockedObjects,
     fsync: s.fsync,
     ...(s.group ? { group: s.group } : {}),
+    ...(s.writesHeldMs !== undefined ? { writesHeldMs: s.writesHeldMs } : {}),
   };
 }
 

@@ -76,9 +76,13 @@ export const CONNECTION_OPTIONS = [
   TLS_KEY_OPTION,
 ];
 
-/** --servers, --timeout and --token, or their environment variables. */
-export function connectionOf(p: Parsed): AdminOptions {
-  const servers = p.lists.get('servers') ?? (process.env.SEGMEM_SERVERS ?? '').split(',').filter(Boolean);
+/**
+ * --servers, --timeout and --token, or their environment variables; `given`: these servers instead of
+ * --servers (one group of a config file's).
+ */
+export function connectionOf(p: Parsed, given?: string[]): AdminOptions {
+  const servers =
+    given ?? p.lists.get('servers') ?? (process.env.SEGMEM_SERVERS ?? '').split(',').filter(Boolean);
   if (servers.length === 0)
     throw new UsageError('--servers (or the SEGMEM_SERVERS environment variable) is required', null);
   for (const s of servers) hostPort(s, '--servers');

@@ -5,6 +5,7 @@
  * Output contract: results on stdout; a failure is ONE line on stderr, `segmem: <message> (<CODE>)`, and
  * exit code 1. Only a usage mistake adds the command's usage line after it.
  */
+import { snapshotAgent } from './agent-command.js';
 import { type CommandSpec, helpText, parseCommand, synopsis, UsageError } from './args.js';
 import { restore, snapshot } from './backup-commands.js';
 import { cert } from './cert-command.js';
@@ -46,6 +47,7 @@ export const COMMANDS: Command[] = [
   clusterRemoveGroup,
   secretNew,
   snapshot,
+  snapshotAgent,
   restore,
   userAdd,
   userRm,

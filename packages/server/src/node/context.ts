@@ -1,5 +1,6 @@
 /** What the node's parts share: its identity, clock, log and options. */
 import type { Env, SlotTable } from '@segmem/protocol';
+import type { Command, Outcome } from '../core/commands.js';
 import type { GroupRange } from '../core/group-range.js';
 import type { StateMachine } from '../core/state-machine.js';
 import type { NodeLog } from '../log/types.js';
@@ -74,4 +75,6 @@ export interface NodeContext {
   readonly budget: MemoryBudget;
   /** Throws the redirect a client follows when this member is not the leader. */
   requireLeader(): void;
+  /** Proposes a command through the BARRIER hold: a change to content waits while a hold is on (write-hold.ts). */
+  propose(cmd: Command): Promise<Outcome>;
 }

@@ -1,7 +1,7 @@
 /**
  * What happens on this member after the state machine applied an entry: every effect of the outcome is
  * delivered to the part that owns its connections (grants and failures to waiting acquires, pushes to
- * sessions, woken reads, ended sessions' exports).
+ * sessions, woken reads, ended sessions' exports and BARRIER holds).
  */
 import type { Outcome } from '../core/commands.js';
 import type { SnapshotExports } from './exports.js';
@@ -9,6 +9,7 @@ import type { Grants } from './grants.js';
 import type { Reads } from './reads.js';
 import type { Sessions } from './sessions.js';
 import type { Watches } from './watches.js';
+import type { WriteHold } from './write-hold.js';
 
 export interface EffectTargets {
   readonly sessions: Sessions;
@@ -16,6 +17,7 @@ export interface EffectTargets {
   readonly reads: Reads;
   readonly exports: SnapshotExports;
   readonly watches: Watches;
+  readonly hold: WriteHold;
 }
 
 export function afterApply(outcome: Outcome, to: EffectTargets): void {
@@ -45,6 +47,8 @@ export function afterApply(outcome: Outcome, to: EffectTargets): void {
         to.sessions.ended(effect.sessionId, effect.reason);
         to.exports.sessionEnded(effect.sessionId);
         to.watches.sessionEnded(effect.sessionId);
+        // A coordinator that ended (or expired) holds nothing any more.
+        to.hold.release(effect.sessionId);
         break;
     }
   }

@@ -111,7 +111,7 @@ export class Grants {
     state.waiting.set(req.seq, waiting);
     let outcome: Outcome;
     try {
-      outcome = await ctx.log.propose({ op: 'delete', sessionId, seq: req.seq, name: req.name });
+      outcome = await ctx.propose({ op: 'delete', sessionId, seq: req.seq, name: req.name });
     } catch (err) {
       state.waiting.delete(req.seq);
       throw err;
@@ -168,7 +168,7 @@ export class Grants {
       data,
       ...(req.keep ? { keep: true } : {}),
     };
-    const outcome = await this.ctx.log.propose(cmd);
+    const outcome = await this.ctx.propose(cmd);
     const r = unwrap(outcome.result) as { version: number; kept?: boolean };
     // A retry is answered from the first result: a release applied with `keep` says so even to a copy without it.
     if (r.kept === true) return { version: r.version, kept: true };

@@ -143,7 +143,7 @@ export class Moves {
     }
     const admitted = req.op === 'import' ? this.admitImport(req) : null;
     try {
-      unwrap((await ctx.log.propose(cmd)).result);
+      unwrap((await ctx.propose(cmd)).result);
     } finally {
       admitted?.();
     }

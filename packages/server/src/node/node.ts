@@ -9,6 +9,7 @@ import type { Socket as UdpSocket } from 'node:dgram';
 import { join } from 'node:path';
 import {
   type AcquireRequest,
+  type BarrierOk,
   type CancelReason,
   DEFAULT_LOG_MAX_BYTES,
   DEFAULT_SEGMENT_BYTES,
@@ -37,7 +38,7 @@ import {
   type UsersRequest,
 } from '@segmem/protocol';
 import { DEFAULT_CONFIG, parseSegmentBytes } from '../config.js';
-import type { Command } from '../core/commands.js';
+import type { Command, Outcome } from '../core/commands.js';
 import { objectHeldBytes, type StateMachine } from '../core/state-machine.js';
 import { openLocalLog } from '../log/local-log.js';
 import type { ApplyListener, NodeLog } from '../log/types.js';
@@ -64,6 +65,7 @@ import { Sessions } from './sessions.js';
 import { requireSlot, withSlotTable } from './slots.js';
 import { pick, sameSecret, toBuffer, unwrap } from './util.js';
 import { Watches } from './watches.js';
+import { WriteHold } from './write-hold.js';
 
 export class SegmemNode {
   readonly id: string;
@@ -78,6 +80,8 @@ export class SegmemNode {
   private readonly reads: Reads;
   private readonly exports: SnapshotExports;
   private readonly watches: Watches;
+  /** BARRIER's hold on content changes (write-hold.ts). */
+  private readonly hold: WriteHold;
   /** Slot moves: MOVE, MOVE_READ, and changes waiting for a frozen slot (moves.ts). */
   readonly moves: Moves;
   /** The memory budget: admission for creates, appends and exports (node/budget.ts). */
@@ -96,6 +100,7 @@ export class SegmemNode {
     this.clusterId = dataDir.meta.clusterId;
     this.env = opts.env ?? systemEnv;
     this.metrics = opts.metrics ?? NO_METRICS;
+    this.hold = new WriteHold(this.env);
     const node = this;
     this.budget = new MemoryBudget(
       opts.maxMemoryBytes ?? null,
@@ -120,6 +125,7 @@ export class SegmemNode {
         return node.log.stateMachine;
       },
       requireLeader: () => this.requireLeader(),
+      propose: (cmd) => this.propose(cmd),
       budget: this.budget,
     };
     this.sessions = new Sessions(ctx);
@@ -134,6 +140,7 @@ export class SegmemNode {
       reads: this.reads,
       exports: this.exports,
       watches: this.watches,
+      hold: this.hold,
     };
     this.log = makeLog((_index, cmd, outcome) => {
       this.metrics.applied(cmd.op);
@@ -267,6 +274,7 @@ export class SegmemNode {
     this.sessions.stop();
     this.budget.close();
     this.reads.close();
+    this.hold.releaseAll();
     this.exports.close();
     await this.schedule?.stop();
     await this.log.close();
@@ -368,6 +376,7 @@ export class SegmemNode {
       lockedObjects: locked.length,
       fsync: this.opts.fsync ?? 'batch',
       group: { id: sm.group.id, start: sm.group.start, bytes: sm.group.bytes },
+      ...(this.hold.held ? { writesHeldMs: this.hold.remainingMs() } : {}),
     };
   }
 
@@ -413,7 +422,7 @@ export class SegmemNode {
    */
   async installSlots(table: SlotTable): Promise<{ version: number }> {
     this.requireLeader();
-    return unwrap((await this.log.propose({ op: 'slots', table })).result) as { version: number };
+    return unwrap((await this.propose({ op: 'slots', table })).result) as { version: number };
   }
 
   /** MEMBERSHIP: lists the group, or adds or removes one server (committed before it answers). */
@@ -552,7 +561,7 @@ export class SegmemNode {
         )
       : null;
     try {
-      const outcome = await this.log.propose({
+      const outcome = await this.propose({
         op: 'create',
         sessionId,
         ...pick(req, 'seq', 'name', 'size', 'ifNotExists'),
@@ -626,6 +635,7 @@ export class SegmemNode {
         return;
       case 'SNAPSHOT':
       case 'USERS':
+      case 'BARRIER':
       case 'MOVE':
       case 'MOVE_READ':
         requireRight(sm, principal, 'admin', null);
@@ -750,7 +760,7 @@ export class SegmemNode {
       data: req.payload.byteLength > 0 ? toBuffer(req.payload) : null,
     };
     try {
-      return unwrap((await this.log.propose(cmd)).result) as { first: number; count: number };
+      return unwrap((await this.propose(cmd)).result) as { first: number; count: number };
     } finally {
       admitted();
       counted();
@@ -758,7 +768,7 @@ export class SegmemNode {
   }
 
   async logTruncate(sessionId: number, req: { seq: number; name: string; before: number }): Promise<number> {
-    const outcome = await this.log.propose({
+    const outcome = await this.propose({
       op: 'truncate',
       sessionId,
       ...pick(req, 'seq', 'name', 'before'),
@@ -776,6 +786,29 @@ export class SegmemNode {
   /** READ_PAGES: answers on `port` with the pages at exactly `req.version`, waiting up to `waitMs` to apply it. */
   readPages(port: Port, requestId: number, req: ReadPagesRequest): Promise<void> {
     return this.reads.readPages(port, requestId, req);
+  }
+
+  /** Proposes through the BARRIER hold: a change to content waits while a hold is on. */
+  private propose(cmd: Command): Promise<Outcome> {
+    return this.hold.propose(cmd, (c) => this.log.propose(c));
+  }
+
+  /**
+   * BARRIER `hold`: stops proposing content changes for `holdMs` (this session's hold; changes wait while
+   * any session holds) and answers once everything proposed before is applied, with the applied position;
+   * `release`: ends the session's hold, `held` saying whether it was still on (false: it ended by itself,
+   * so a cut taken under it may not be consistent).
+   */
+  async barrier(sessionId: number, req: { op: 'hold' | 'release'; holdMs: number }): Promise<BarrierOk> {
+    this.requireLeader();
+    if (req.op === 'release') {
+      const held = this.hold.release(sessionId);
+      return { held, ...this.log.appliedPosition(), remainingMs: 0 };
+    }
+    await this.hold.hold(sessionId, req.holdMs);
+    await this.log.readBarrier();
+    const { index, term } = this.log.appliedPosition();
+    return { ...this.hold.state(sessionId), index, term };
   }
 
   // --- consolidated snapshots (exports.ts) ---

@@ -657,6 +657,9 @@ export class ServerConnection implements Port {
       case 'SLOTS':
         this.answer(encodeOk('SLOTS', requestId, node.slots()));
         return;
+      case 'BARRIER':
+        this.answer(encodeOk('BARRIER', requestId, await node.barrier(sid, req)));
+        return;
       case 'PROBE':
         this.answer(encodeOk('PROBE', requestId, { pushed: node.probe(sid, req) }));
         return;

@@ -184,6 +184,20 @@ function bad(file: string, why: string): SegmemError {
   });
 }
 
+/**
+ * The header of a consolidated snapshot from the file's first bytes (`prefix`, at least through the
+ * header), before the rest arrives; not checked against the checksum, which covers the whole file.
+ * INVALID_ARGUMENT naming `file` when the prefix holds no header.
+ */
+export function consolidatedHeaderOf(prefix: Buffer, file: string): ConsolidatedHeader {
+  if (prefix.length < 12 || prefix.toString('latin1', 0, 8) !== MAGIC) throw bad(file, 'bad magic');
+  const len = prefix.readUInt32LE(8);
+  if (12 + len > prefix.length) throw bad(file, 'the header runs past the first piece');
+  const h = packr.unpack(prefix.subarray(12, 12 + len)) as ConsolidatedHeader;
+  if (h === null || typeof h !== 'object') throw bad(file, 'the header is not a map');
+  return h;
+}
+
 /** Checks the markers and the checksum only (no decoding); INVALID_ARGUMENT naming `file` otherwise. */
 export function verifyConsolidated(bytes: Buffer, file: string): void {
   const verifier = new ConsolidatedVerifier(bytes.length, file);

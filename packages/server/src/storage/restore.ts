@@ -9,7 +9,8 @@ import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { SegmemError } from '@segmem/protocol';
-import { StateMachine } from '../core/state-machine.js';
+import { type StateContent, StateMachine } from '../core/state-machine.js';
+import { isClusterFile } from './cluster-file.js';
 import { type Consolidated, decodeConsolidated } from './consolidated.js';
 import { DataDir } from './datadir.js';
 import { mkdirDurable, nodeFs } from './fs.js';
@@ -55,14 +56,7 @@ export async function restoreConsolidated(
       throw new SegmemError('INVALID_ARGUMENT', `bad server id "${id}": 1..64 characters of [A-Za-z0-9._-]`);
   }
   if (new Set(ids).size !== ids.length) throw new SegmemError('INVALID_ARGUMENT', 'server ids must differ');
-  for (const dir of dirs) {
-    if (!(await isEmptyOrMissing(dir))) {
-      throw new SegmemError(
-        'INVALID_ARGUMENT',
-        `${dir} is not empty: restore only builds fresh data directories`,
-      );
-    }
-  }
+  for (const dir of dirs) await requireFreshDir(dir);
   let bytes: Buffer;
   try {
     opts.onProgress?.(`reading ${file}`);
@@ -70,14 +64,36 @@ export async function restoreConsolidated(
   } catch (err) {
     throw new SegmemError('NOT_FOUND', `cannot read ${file}: ${(err as Error).message}`);
   }
+  if (isClusterFile(bytes))
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `${file} is a cluster snapshot of several shard groups: restore each server with --config FILE --id ID --dir DIR`,
+    );
   const snapshot = decodeConsolidated(bytes, file);
   const { content } = snapshot;
   // A fresh log starts after the snapshot at index 1 (term 1 for a group: its first leader's term is higher).
-  const sm = StateMachine.fromContent(content, 1);
   const clusterId = opts.clusterId ?? randomUUID();
   const members = dirs.length > 1 ? [...ids].sort() : [];
+  await writeDataDirs(content, dirs, ids, clusterId, members, opts.onProgress);
+  return { snapshot, clusterId, ids };
+}
+
+/**
+ * Builds each of `dirs` (server `ids[i]`) holding `content` and nothing else, as members `members` of one
+ * group (empty: a single server).
+ */
+export async function writeDataDirs(
+  content: StateContent,
+  dirs: string[],
+  ids: string[],
+  clusterId: string,
+  members: string[],
+  onProgress?: (step: string) => void,
+): Promise<void> {
+  // A fresh log starts after the snapshot at index 1 (term 1 for a group: its first leader's term is higher).
+  const sm = StateMachine.fromContent(content, 1);
   for (let i = 0; i < dirs.length; i++) {
-    opts.onProgress?.(`writing ${dirs[i]} (${i + 1} of ${dirs.length})`);
+    onProgress?.(`writing ${dirs[i]} (${i + 1} of ${dirs.length})`);
     const dataDir = await DataDir.open({
       dir: dirs[i]!,
       serverId: ids[i]!,
@@ -101,5 +117,13 @@ export async function restoreConsolidated(
       await dataDir.close();
     }
   }
-  return { snapshot, clusterId, ids };
+}
+
+/** Throws unless `dir` is missing or empty. */
+export async function requireFreshDir(dir: string): Promise<void> {
+  if (!(await isEmptyOrMissing(dir)))
+    throw new SegmemError(
+      'INVALID_ARGUMENT',
+      `${dir} is not empty: restore only builds fresh data directories`,
+    );
 }
