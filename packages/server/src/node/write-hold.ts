@@ -73,12 +73,28 @@ export class WriteHold {
     return until === 0 ? 0 : Math.max(1, Math.ceil(until - this.env.now()));
   }
 
-  /** Proposes `cmd` through `propose`, after every hold ends when `cmd` changes content. */
-  async propose(cmd: Command, propose: (cmd: Command) => Promise<Outcome>): Promise<Outcome> {
+  /**
+   * Proposes `cmd` through `propose`, after every hold ends when `cmd` changes content. With no hold on it
+   * proposes at once and hands back `propose`'s own promise: no turn of the event loop is added to the
+   * path of every write (the simulator's runs, and the order of answers, stay as they were).
+   */
+  propose(cmd: Command, propose: (cmd: Command) => Promise<Outcome>): Promise<Outcome> {
     if (!changesContent(cmd)) return propose(cmd);
+    if (!this.held) return this.track(propose(cmd));
+    return this.proposeAfterHolds(cmd, propose);
+  }
+
+  private async proposeAfterHolds(
+    cmd: Command,
+    propose: (cmd: Command) => Promise<Outcome>,
+  ): Promise<Outcome> {
     // A hold begun again while this one waited keeps it waiting.
     while (this.held) await new Promise<void>((resolve) => this.waiting.push(resolve));
-    const outcome = propose(cmd);
+    return this.track(propose(cmd));
+  }
+
+  /** Remembers a content change in flight until it is applied or failed (a hold answers after them). */
+  private track(outcome: Promise<Outcome>): Promise<Outcome> {
     this.inFlight.add(outcome);
     const forget = () => this.inFlight.delete(outcome);
     outcome.then(forget, forget);
