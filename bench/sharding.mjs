@@ -1,6 +1,6 @@
 // Shard groups: what routing by hash slot costs, the CPU one operation takes, and capacity by group count.
 //
-//   node bench/sharding.mjs             # after `npx tsc -b`; about 2 min; rewrites the "Shard groups" section
+//   node bench/sharding.mjs             # after `npx tsc -b`; about 4 min; rewrites the "Shard groups" section
 //                                       # of docs/benchmarks.md
 //   node bench/sharding.mjs --no-docs   # prints the tables only
 //   --window-ms N                       # measuring window per run (default 2000, 500..10000)
@@ -20,10 +20,13 @@
 // 3. Slot migration. Two groups of 3 servers; group 1 holds 64 MiB in 256 KiB objects under the slots that move;
 //    `segmem cluster move-slots` moves a quarter of the slots (those objects) to group 2 while 4 writers cycle
 //    on objects of slots that stay: the driver's copy rate (MiB/s), and the writers' p50/p99 before and during.
-// 4. Capacity. With a fixed range per group (64 MiB), objects of 1 MiB are created under names spread over
+// 4. Snapshot barrier. Two groups of 3 servers, 4 writers (objects in both groups) and 16 MiB of objects;
+//    `segmem snapshot --config --out` 10 times, one after the other: how long each cut holds writes back,
+//    seen by the writers (the longest write cycle that overlapped each cut), and their p50/p99 during cuts.
+// 5. Capacity. With a fixed range per group (64 MiB), objects of 1 MiB are created under names spread over
 //    the slots until every group answers NO_SPACE: the bytes placed grow with the group count.
 //
-// Bounded: loops by count and time, at most 4 min in all; every process started is stopped and the temp
+// Bounded: loops by count and time, at most 6 min in all; every process started is stopped and the temp
 // dirs removed at the end, also on an error or Ctrl-C.
 import { execFile, execFileSync } from 'node:child_process';
 import { cpus } from 'node:os';
@@ -47,7 +50,7 @@ import { fmtInt, fmtNum, fmtUs, markdownTable, percentile, textTable } from './l
 
 const execFileAsync = promisify(execFile);
 const SEGMEM = join(ROOT_DIR, 'packages/server/bin/segmem.mjs');
-const MAX_RUN_MS = 240_000;
+const MAX_RUN_MS = 360_000;
 const MAX_OPS = 2_000_000;
 const WRITERS = 8;
 const RANGE_BYTES = 64 * 1024 * 1024;
@@ -299,6 +302,77 @@ async function migration() {
   };
 }
 
+/** Write cycles with when each started and ended (ms, this process's clock), for overlaps with a window. */
+async function timedWriteCycles(seg, name, until) {
+  const out = [];
+  while (!until() && out.length < MAX_OPS) {
+    const t0 = performance.now();
+    const h = await seg.acquireWrite(name);
+    h.bytes.writeUInt32LE(h.bytes.readUInt32LE(0) + 1, 0);
+    await h.release();
+    out.push([t0, performance.now()]);
+  }
+  return out;
+}
+
+async function barrier() {
+  log('barrier: 2 groups of 3 servers, 4 writers, 10 cluster snapshots');
+  const cluster = await up(2, 3);
+  const seg = await connect({ servers: cluster.servers });
+  for (let i = 0; i < 64; i++) {
+    const name = `content-${i}`;
+    await seg.create(name, MIGRATION_OBJECT, { ifNotExists: true });
+    const h = await seg.acquireWrite(name);
+    h.bytes.fill(i);
+    await h.release();
+  }
+  const writers = [];
+  for (let g = 0; g < 2; g++) {
+    for (const name of await namesOf(seg, g, 2, `barrier-${g}`)) {
+      const w = await connect({ servers: cluster.servers });
+      await w.create(name, 4096, { ifNotExists: true });
+      writers.push({ seg: w, name });
+    }
+  }
+  let done = false;
+  const load = Promise.all(writers.map((w) => timedWriteCycles(w.seg, w.name, () => done || overdue())));
+  await new Promise((r) => setTimeout(r, 500));
+  const cuts = [];
+  const dir = makeTempDir('segmem-bench-cut-');
+  for (let i = 0; i < 10 && !overdue(); i++) {
+    const t0 = performance.now();
+    await execFileAsync(
+      process.execPath,
+      [SEGMEM, 'snapshot', '--config', cluster.config, '--out', join(dir, `cut-${i}.segsnap`)],
+      { encoding: 'utf8', env: { ...process.env, SEGMEM_SERVERS: '' }, timeout: 60_000 },
+    );
+    cuts.push([t0, performance.now()]);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  done = true;
+  const cycles = (await load).flat();
+  const overlapping = (cut) => cycles.filter(([a, b]) => a < cut[1] && b > cut[0]);
+  const stalls = sorted(cuts.map((cut) => Math.max(0, ...overlapping(cut).map(([a, b]) => (b - a) * 1000))));
+  const during = sorted(cuts.flatMap((cut) => overlapping(cut).map(([a, b]) => (b - a) * 1000)));
+  const outside = sorted(
+    cycles.filter(([a, b]) => !cuts.some((cut) => a < cut[1] && b > cut[0])).map(([a, b]) => (b - a) * 1000),
+  );
+  const cutMs = sorted(cuts.map(([a, b]) => b - a));
+  for (const w of writers) await w.seg.close();
+  await seg.close();
+  await cluster.stop();
+  return {
+    cuts: String(cuts.length),
+    cutMs: `${fmtInt(percentile(cutMs, 50))} ms`,
+    stallP50: fmtUs(percentile(stalls, 50)),
+    stallP99: fmtUs(percentile(stalls, 99)),
+    outsideP50: fmtUs(percentile(outside, 50)),
+    outsideP99: fmtUs(percentile(outside, 99)),
+    duringP50: fmtUs(percentile(during, 50)),
+    duringP99: fmtUs(percentile(during, 99)),
+  };
+}
+
 async function capacity(groups) {
   log(`capacity: ${groups} group(s) of ${RANGE_BYTES / 1024 / 1024} MiB`);
   const cluster = await up(groups, 1, groups * RANGE_BYTES);
@@ -330,6 +404,7 @@ try {
   const cpuRows = [];
   for (const g of [1, 2, 3]) if (!overdue()) cpuRows.push(await cpuPerOp(g));
   const moveRows = overdue() ? [] : [await migration()];
+  const barrierRows = overdue() ? [] : [await barrier()];
   const capRows = [];
   for (const g of [1, 2, 3]) if (!overdue()) capRows.push(await capacity(g));
   const routingCols = [
@@ -362,6 +437,16 @@ try {
     { key: 'p99During', title: 'p99 µs during' },
     { key: 'ratio', title: 'p99 during / before' },
   ];
+  const barrierCols = [
+    { key: 'cuts', title: 'cuts' },
+    { key: 'cutMs', title: 'snapshot command p50' },
+    { key: 'stallP50', title: 'writes held µs p50' },
+    { key: 'stallP99', title: 'writes held µs p99' },
+    { key: 'outsideP50', title: 'write p50 µs, no cut' },
+    { key: 'outsideP99', title: 'write p99 µs, no cut' },
+    { key: 'duringP50', title: 'write p50 µs, during cuts' },
+    { key: 'duringP99', title: 'write p99 µs, during cuts' },
+  ];
   const capCols = [
     { key: 'groups', title: 'groups' },
     { key: 'segment', title: 'segment (64 MiB per group)' },
@@ -369,7 +454,7 @@ try {
     { key: 'full', title: 'groups answering NO_SPACE' },
   ];
   process.stdout.write(
-    `\nRouting overhead\n${textTable(routingCols, routing)}\n\nCPU per write\n${textTable(cpuCols, cpuRows)}\n\nSlot migration\n${textTable(moveCols, moveRows)}\n\nCapacity\n${textTable(capCols, capRows)}\n`,
+    `\nRouting overhead\n${textTable(routingCols, routing)}\n\nCPU per write\n${textTable(cpuCols, cpuRows)}\n\nSlot migration\n${textTable(moveCols, moveRows)}\n\nSnapshot barrier\n${textTable(barrierCols, barrierRows)}\n\nCapacity\n${textTable(capCols, capRows)}\n`,
   );
   if (writeDocs) {
     const date = new Date().toISOString().slice(0, 10);
@@ -397,6 +482,12 @@ move to group 2 with \`segmem cluster move-slots\` while 4 writers cycle on obje
 p99 before and during the move; the copy rate is the driver's own figure).
 
 ${markdownTable(moveCols, moveRows)}
+
+Snapshot barrier: two groups of 3 servers, 16 MiB of objects, 4 writers on objects of both groups; 10
+cluster snapshots (\`segmem snapshot --config --out\`) one after the other. "Writes held" is, per cut, the
+longest write cycle that overlapped it: how long the cut's hold kept a write back, as the writers saw it.
+
+${markdownTable(barrierCols, barrierRows)}
 
 Capacity: each group serves its own 64 MiB range; 1 MiB objects under names spread over the slots are
 created until every group answers \`NO_SPACE\` (naming the group and its free bytes).
