@@ -4,6 +4,7 @@
 //                                       # of docs/benchmarks.md
 //   node bench/sharding.mjs --no-docs   # prints the tables only
 //   --window-ms N                       # measuring window per run (default 2000, 500..10000)
+//   --only routing,cpu,migration,barrier,capacity   # a subset (leaves docs/benchmarks.md alone)
 //
 // Every cluster is started with `segmem up --groups G --replicas R` (servers in their own processes on
 // 127.0.0.1, fsync "batch", data in a temporary directory), and the load runs in this process through the
@@ -29,6 +30,7 @@
 // Bounded: loops by count and time, at most 6 min in all; every process started is stopped and the temp
 // dirs removed at the end, also on an error or Ctrl-C.
 import { execFile, execFileSync } from 'node:child_process';
+import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -63,9 +65,13 @@ const SECTION_END = '<!-- bench:sharding:end -->';
 
 let windowMs = 2000;
 let writeDocs = true;
-parseArgs(process.argv.slice(2), import.meta.url, (opt, value) => {
+let only = null;
+parseArgs(process.argv.slice(2), import.meta.url, (opt, value, list) => {
   if (opt === '--no-docs') writeDocs = false;
-  else if (opt === '--window-ms') {
+  else if (opt === '--only') {
+    only = new Set(list());
+    writeDocs = false;
+  } else if (opt === '--window-ms') {
     windowMs = Number(value());
     if (!Number.isInteger(windowMs) || windowMs < 500 || windowMs > 10_000)
       throw new Error('--window-ms takes an integer from 500 to 10000');
@@ -89,6 +95,8 @@ async function up(groups, replicas, segmentBytes) {
     dir,
     '--fsync',
     'batch',
+    '--port',
+    String(await freePorts(groups * replicas)),
   ];
   if (segmentBytes) args.push('--segment-bytes', String(segmentBytes));
   const { child, match } = await spawnUntilReady(SEGMEM, args, {
@@ -102,8 +110,37 @@ async function up(groups, replicas, segmentBytes) {
     .map((s) => Number(s.trim()))
     .filter((n) => n > 0);
   const stop = async () => stopChild(child, 15_000);
-  addCleanup(stop);
+  // On an error or Ctrl-C the servers go too: `segmem up` itself is killed then, and cannot stop them.
+  addCleanup(() => {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+  });
   return { servers, pids, stop, config: join(dir, 'segmem.json') };
+}
+
+/** The first of `n` consecutive free loopback ports, below the ephemeral range. */
+async function freePorts(n) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 12_000);
+    const free = await Promise.all(
+      Array.from(
+        { length: n },
+        (_, i) =>
+          new Promise((resolve) => {
+            const s = createServer();
+            s.once('error', () => resolve(false));
+            s.listen(base + i, '127.0.0.1', () => s.close(() => resolve(true)));
+          }),
+      ),
+    );
+    if (free.every(Boolean)) return base;
+  }
+  throw new Error(`no ${n} consecutive free ports found`);
 }
 
 /** Names of `count` objects whose slots group `index` (0-based) of `groups` owns, from the slot table's split. */
@@ -170,9 +207,9 @@ async function routingOverhead() {
       [1, segTwo, readTwo, writeTwo],
     ]) {
       await readCycles(seg, r, 200); // warm-up: the kept grant
-      runs.read[i].push(...(await readCycles(seg, r, windowMs)));
+      for (const x of await readCycles(seg, r, windowMs)) runs.read[i].push(x);
       await writeCycles(seg, w, 200);
-      runs.write[i].push(...(await writeCycles(seg, w, windowMs)));
+      for (const x of await writeCycles(seg, w, windowMs)) runs.write[i].push(x);
       log(`routing: round ${round + 1}, ${i === 0 ? 'one group' : 'two groups'} done`);
     }
   }
@@ -262,7 +299,7 @@ async function migration() {
   const during = [];
   const load = Promise.all(
     writers.map(async (w) => {
-      while (!moveDone && !overdue()) during.push(...(await writeCycles(w.seg, w.name, 100)));
+      while (!moveDone && !overdue()) for (const x of await writeCycles(w.seg, w.name, 100)) during.push(x);
     }),
   );
   const t0 = performance.now();
@@ -352,7 +389,9 @@ async function barrier() {
   done = true;
   const cycles = (await load).flat();
   const overlapping = (cut) => cycles.filter(([a, b]) => a < cut[1] && b > cut[0]);
-  const stalls = sorted(cuts.map((cut) => Math.max(0, ...overlapping(cut).map(([a, b]) => (b - a) * 1000))));
+  const stalls = sorted(
+    cuts.map((cut) => overlapping(cut).reduce((m, [a, b]) => Math.max(m, (b - a) * 1000), 0)),
+  );
   const during = sorted(cuts.flatMap((cut) => overlapping(cut).map(([a, b]) => (b - a) * 1000)));
   const outside = sorted(
     cycles.filter(([a, b]) => !cuts.some((cut) => a < cut[1] && b > cut[0])).map(([a, b]) => (b - a) * 1000),
@@ -400,13 +439,14 @@ async function capacity(groups) {
 }
 
 try {
-  const routing = await routingOverhead();
+  const wanted = (part) => (only === null || only.has(part)) && !overdue();
+  const routing = wanted('routing') ? await routingOverhead() : [];
   const cpuRows = [];
-  for (const g of [1, 2, 3]) if (!overdue()) cpuRows.push(await cpuPerOp(g));
-  const moveRows = overdue() ? [] : [await migration()];
-  const barrierRows = overdue() ? [] : [await barrier()];
+  for (const g of [1, 2, 3]) if (wanted('cpu')) cpuRows.push(await cpuPerOp(g));
+  const moveRows = wanted('migration') ? [await migration()] : [];
+  const barrierRows = wanted('barrier') ? [await barrier()] : [];
   const capRows = [];
-  for (const g of [1, 2, 3]) if (!overdue()) capRows.push(await capacity(g));
+  for (const g of [1, 2, 3]) if (wanted('capacity')) capRows.push(await capacity(g));
   const routingCols = [
     { key: 'cycle', title: 'cycle, 1 client', align: 'left' },
     { key: 'p50a', title: 'p50 µs, 1 group' },

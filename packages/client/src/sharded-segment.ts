@@ -307,16 +307,35 @@ export class ShardedSegment implements Segment {
     return this.acquire(name, 'write', opts);
   }
 
-  private async acquire(name: string, mode: 'read' | 'write', opts: AcquireOptions = {}): Promise<Handle> {
-    this.check();
-    validateName(name);
-    checkTimeoutMs(opts.timeoutMs);
-    if (opts.signal?.aborted) throw new SegmemError('ABORTED', `acquire of "${name}" was aborted`);
-    return this.routed(name, opts, (segment, leftMs) =>
+  private acquire(name: string, mode: 'read' | 'write', opts: AcquireOptions = {}): Promise<Handle> {
+    try {
+      this.check();
+      // The group's segment validates the name in full; routing needs only a string (the hot path).
+      if (typeof name !== 'string') validateName(name);
+      checkTimeoutMs(opts.timeoutMs);
+      if (opts.signal?.aborted) throw new SegmemError('ABORTED', `acquire of "${name}" was aborted`);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const at = (segment: SegmentImpl, leftMs: number | undefined) =>
       mode === 'read'
         ? segment.acquireRead(name, { ...opts, timeoutMs: leftMs })
-        : segment.acquireWrite(name, { ...opts, timeoutMs: leftMs }),
-    );
+        : segment.acquireWrite(name, { ...opts, timeoutMs: leftMs });
+    // The owner's session is open (the common case): the segment's own call and promise, as fast as a
+    // single group's (a read under a kept grant sends nothing); the redirect machinery only on MOVED.
+    const version = this.router.table.version;
+    const open = this.groups.get(this.router.groupOf(name))?.segment;
+    if (!open) return this.routed(name, opts, at);
+    const startMs = opts.timeoutMs === undefined ? 0 : this.env.now();
+    const granted = mode === 'read' ? open.acquireRead(name, opts) : open.acquireWrite(name, opts);
+    return granted.catch((err: unknown) => {
+      if (!this.followRedirect(err, version, 0)) throw err;
+      const timeoutMs =
+        opts.timeoutMs === undefined
+          ? undefined
+          : Math.max(0, opts.timeoutMs - Math.floor(this.env.now() - startMs));
+      return this.routed(name, { ...opts, timeoutMs }, at);
+    });
   }
 
   async read<T>(name: string, fn: (h: Handle) => T | Promise<T>): Promise<T> {

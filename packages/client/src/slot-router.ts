@@ -44,6 +44,11 @@ export class SlotRouter {
     return true;
   }
 
+  /** The group that owns `name`'s slot in the newest table (no allocation: the hot path of every acquire). */
+  groupOf(name: string): number {
+    return ownerOf(this.current, slotOf(name));
+  }
+
   /** The group that owns `name`'s slot in the newest table, with its servers. */
   route(name: string): Route {
     const slot = slotOf(name);
