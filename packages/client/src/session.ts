@@ -282,7 +282,13 @@ export class Session {
       // A release still goes out once a server answers: if the session resumes, the server would otherwise
       // hold the lock for as long as the session lives. Its caller fails fast, as every other caller does.
       if (req.type === 'RELEASE') this.orphan(this.allocateRequestId(), req, false);
-      return { requestId: 0, promise: Promise.reject(this.unavailable) };
+      // Failed after a turn of the event loop, not at once: a caller that retries in a loop would otherwise
+      // never let the process run the timers and sockets of the reconnection that ends this state.
+      const err = this.unavailable;
+      return {
+        requestId: 0,
+        promise: new Promise<unknown>((_, reject) => this.env.setImmediate(() => reject(err))),
+      };
     }
     const requestId = this.allocateRequestId();
     let entry!: Pending;

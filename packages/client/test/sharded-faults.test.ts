@@ -163,7 +163,13 @@ test('two groups under eight writers: each fault stops only its group; counters 
       );
       await heal();
       const healedAt = ackedIn(g);
-      await waitFor(() => ackedIn(g) > healedAt, `group ${g + 1} serving again after ${what}`, 30_000);
+      const eventsAt = events.length;
+      try {
+        await waitFor(() => ackedIn(g) > healedAt, `group ${g + 1} serving again after ${what}`, 30_000);
+      } catch (err) {
+        t.log(`what the writers saw since: ${events.slice(eventsAt, eventsAt + 60).join(' | ')}`);
+        throw err;
+      }
     };
 
     for (const g of [0, 1]) {
