@@ -5,18 +5,16 @@
  * is refused in one line.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { SegmemError, slotOf } from '@segmem/protocol';
-import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
 import ava from 'ava';
 import { connect, type Segment } from '../src/index.js';
 import {
   bump,
   consecutivePorts,
+  groupedCluster,
   namesOfGroup,
   RawConnection,
   runNode,
-  type ServerProcess,
   segmemBin,
   serverBin,
   startServerProcess,
@@ -288,39 +286,15 @@ test("a group's consolidated snapshot restores as that group: same addresses and
 
 test('a group that loses its majority stops only its own names: the other group keeps serving', async (t) => {
   const dir = tempDir();
-  const port = await consecutivePorts(6);
   const ids = ['s1', 's2', 's3', 's4', 's5', 's6'];
-  const addressOf = (id: string) => `127.0.0.1:${port + ids.indexOf(id)}`;
-  const secretFile = join(dir.path, 'cluster-secret');
-  createClusterSecretFile(secretFile);
-  const config = join(dir.path, 'segmem.json');
-  const members = (group: string[]) => Object.fromEntries(group.map((id) => [id, addressOf(id)]));
-  writeFileSync(
-    config,
-    JSON.stringify({
-      segmentBytes: SEGMENT_BYTES,
-      fsync: 'none',
-      clusterSecretFile: secretFile,
-      groups: [
-        { id: 1, start: 0, bytes: HALF, members: members(ids.slice(0, 3)) },
-        { id: 2, start: HALF, bytes: HALF, members: members(ids.slice(3)) },
-      ],
-    }),
-  );
-  const servers = new Map<string, ServerProcess>();
-  const start = async (id: string) =>
-    servers.set(
-      id,
-      await startServerProcess({
-        id,
-        dataDir: join(dir.path, id),
-        listen: addressOf(id),
-        extra: ['--config', config],
-      }),
-    );
+  const cluster = await groupedCluster({
+    dir: dir.path,
+    groups: [ids.slice(0, 3), ids.slice(3)],
+    rangeBytes: HALF,
+  });
+  const { addressOf, servers, start } = cluster;
   const segs: Segment[] = [];
   try {
-    await Promise.all(ids.map(start));
     const connectTo = async (group: string[]) => {
       // Delegations off: every acquire goes to the group (a kept grant is used locally during its lease).
       const seg = await connect({
@@ -365,7 +339,7 @@ test('a group that loses its majority stops only its own names: the other group 
     t.is(await two.read(name2, (h) => h.bytes.readUInt32LE(0)), 5);
   } finally {
     for (const seg of segs) await seg.close();
-    for (const server of servers.values()) await server.stop();
+    await cluster.stopAll();
     dir.cleanup();
   }
 });

@@ -839,3 +839,73 @@ export function startUp(dir: string, port: number, args: string[]) {
   };
   return { up, ready, printed };
 }
+
+/** A sharded cluster of real server processes started from one config file (see {@link groupedCluster}). */
+export interface GroupedCluster {
+  /** The config file every server was started with. */
+  config: string;
+  addressOf(id: string): string;
+  /** The servers running now, by id (a killed one is replaced when started again). */
+  servers: Map<string, ServerProcess>;
+  /** Starts server `id` from the config file, over its data directory (again, after a kill). */
+  start(id: string): Promise<void>;
+  /** Stops every server (SIGCONT first: a stopped one acts on SIGTERM only once it runs). */
+  stopAll(): Promise<void>;
+}
+
+/**
+ * Writes a config file under `dir` whose groups 1..G hold the server ids of `groups` (consecutive free
+ * ports), each an equal range of `rangeBytes`, fsync none and a cluster secret, and starts every server
+ * from it. Groups whose index is in `joining` are marked `"joining": true` (they own no slot at first).
+ */
+export async function groupedCluster(opts: {
+  dir: string;
+  groups: string[][];
+  rangeBytes: number;
+  joining?: number[];
+}): Promise<GroupedCluster> {
+  const ids = opts.groups.flat();
+  const port = await consecutivePorts(ids.length);
+  const addressOf = (id: string) => `127.0.0.1:${port + ids.indexOf(id)}`;
+  const secretFile = join(opts.dir, 'cluster-secret');
+  createClusterSecretFile(secretFile);
+  const config = join(opts.dir, 'segmem.json');
+  writeFileSync(
+    config,
+    JSON.stringify({
+      segmentBytes: opts.groups.length * opts.rangeBytes,
+      fsync: 'none',
+      clusterSecretFile: secretFile,
+      groups: opts.groups.map((members, i) => ({
+        id: i + 1,
+        start: i * opts.rangeBytes,
+        bytes: opts.rangeBytes,
+        members: Object.fromEntries(members.map((id) => [id, addressOf(id)])),
+        ...(opts.joining?.includes(i) ? { joining: true } : {}),
+      })),
+    }),
+  );
+  const servers = new Map<string, ServerProcess>();
+  const start = async (id: string) => {
+    servers.set(
+      id,
+      await startServerProcess({
+        id,
+        dataDir: join(opts.dir, id),
+        listen: addressOf(id),
+        extra: ['--config', config],
+      }),
+    );
+  };
+  const stopAll = async () => {
+    for (const s of servers.values()) s.proc.kill('SIGCONT');
+    for (const s of servers.values()) await s.stop();
+  };
+  try {
+    await Promise.all(ids.map(start));
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+  return { config, addressOf, servers, start, stopAll };
+}

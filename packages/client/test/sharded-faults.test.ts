@@ -9,23 +9,11 @@
  * CI runs a short schedule. The full one (longer windows, more increments):
  *   SEGMEM_SHARDED_FULL=1 npx ava packages/client/dist/test/sharded-faults.test.js
  */
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SLOT_COUNT, slotOf } from '@segmem/protocol';
-import { createClusterSecretFile } from '@segmem/server/internal/secret-file';
 import ava from 'ava';
 import { connect, type Segment } from '../src/index.js';
-import {
-  consecutivePorts,
-  runNode,
-  type ServerProcess,
-  segmemBin,
-  startServerProcess,
-  tempDir,
-  untilItWorks,
-  waitFor,
-} from './helpers.js';
+import { groupedCluster, runNode, segmemBin, tempDir, untilItWorks, waitFor } from './helpers.js';
 
 const FULL = process.env.SEGMEM_SHARDED_FULL === '1';
 /** How long each fault lasts, and how many increments each writer makes at most. */
@@ -53,40 +41,13 @@ function namesOfGroup(index: number, count: number): string[] {
 test('two groups under eight writers: each fault stops only its group; counters hold every acknowledged increment', async (t) => {
   t.timeout(5 * 60_000);
   const dir = tempDir();
-  const port = await consecutivePorts(6);
   const groups = [
     ['s1', 's2', 's3'],
     ['s4', 's5', 's6'],
   ];
   const ids = groups.flat();
-  const addressOf = (id: string) => `127.0.0.1:${port + ids.indexOf(id)}`;
-  const secretFile = join(dir.path, 'cluster-secret');
-  createClusterSecretFile(secretFile);
-  const config = join(dir.path, 'segmem.json');
-  const members = (group: string[]) => Object.fromEntries(group.map((id) => [id, addressOf(id)]));
-  writeFileSync(
-    config,
-    JSON.stringify({
-      segmentBytes: SEGMENT_BYTES,
-      fsync: 'none',
-      clusterSecretFile: secretFile,
-      groups: [
-        { id: 1, start: 0, bytes: HALF, members: members(groups[0]!) },
-        { id: 2, start: HALF, bytes: HALF, members: members(groups[1]!) },
-      ],
-    }),
-  );
-  const servers = new Map<string, ServerProcess>();
-  const start = async (id: string) =>
-    servers.set(
-      id,
-      await startServerProcess({
-        id,
-        dataDir: join(dir.path, id),
-        listen: addressOf(id),
-        extra: ['--config', config],
-      }),
-    );
+  const cluster = await groupedCluster({ dir: dir.path, groups, rangeBytes: HALF });
+  const { addressOf, servers, start } = cluster;
   const segs: Segment[] = [];
   const writers: ReturnType<typeof runNode>[] = [];
   /** Per counter: acknowledged increments, and those whose outcome is unknown. */
@@ -98,7 +59,6 @@ test('two groups under eight writers: each fault stops only its group; counters 
   const groupOfName = new Map(counters.flatMap((names, g) => names.map((n) => [n, g] as const)));
   const ackedIn = (g: number) => counters[g]!.reduce((n, name) => n + (acked.get(name) ?? 0), 0);
   try {
-    await Promise.all(ids.map(start));
     const setup = await connect({ servers: ids.map(addressOf), sessionTimeoutMs: 4000 });
     segs.push(setup);
     for (const name of counters.flat())
@@ -176,7 +136,7 @@ test('two groups under eight writers: each fault stops only its group; counters 
       await strike(g, `SIGKILL of group ${g + 1}'s leader`, async () => {
         const leader = await leaderOf(groups[g]!);
         await servers.get(leader)!.kill();
-        return () => start(leader).then(() => {});
+        return () => start(leader);
       });
     }
     await strike(0, 'SIGSTOP of a member of group 1 (its leader)', async () => {
@@ -226,9 +186,8 @@ test('two groups under eight writers: each fault stops only its group; counters 
     );
   } finally {
     for (const w of writers) if (w.proc.exitCode === null) w.proc.kill('SIGKILL');
-    for (const s of servers.values()) s.proc.kill('SIGCONT');
     for (const seg of segs) await seg.close().catch(() => {});
-    for (const server of servers.values()) await server.stop();
+    await cluster.stopAll();
     dir.cleanup();
   }
 });
@@ -239,29 +198,9 @@ test('rebalancing 2 groups to 3 and back under eight writers: counters exact, ac
   // CI: the third group has one server; the full run gives it three.
   const groups = [['s1', 's2', 's3'], ['s4', 's5', 's6'], FULL ? ['s7', 's8', 's9'] : ['s7']];
   const ids = groups.flat();
-  const port = await consecutivePorts(ids.length);
-  const addressOf = (id: string) => `127.0.0.1:${port + ids.indexOf(id)}`;
-  const secretFile = join(dir.path, 'cluster-secret');
-  createClusterSecretFile(secretFile);
-  const config = join(dir.path, 'segmem.json');
-  const members = (group: string[]) => Object.fromEntries(group.map((id) => [id, addressOf(id)]));
   const range = SEGMENT_BYTES / 2;
-  writeFileSync(
-    config,
-    JSON.stringify({
-      segmentBytes: 3 * range,
-      fsync: 'none',
-      clusterSecretFile: secretFile,
-      groups: groups.map((g, i) => ({
-        id: i + 1,
-        start: i * range,
-        bytes: range,
-        members: members(g),
-        ...(i === 2 ? { joining: true } : {}),
-      })),
-    }),
-  );
-  const servers = new Map<string, ServerProcess>();
+  const cluster = await groupedCluster({ dir: dir.path, groups, rangeBytes: range, joining: [2] });
+  const { addressOf, config } = cluster;
   const segs: Segment[] = [];
   const writers: ReturnType<typeof runNode>[] = [];
   const acked = new Map<string, number>();
@@ -271,19 +210,6 @@ test('rebalancing 2 groups to 3 and back under eight writers: counters exact, ac
   const ackedAll = () => [...acked.values()].reduce((a, b) => a + b, 0);
   const env = { SEGMEM_SERVERS: '', SEGMEM_TOKEN: '' };
   try {
-    await Promise.all(
-      ids.map(async (id) =>
-        servers.set(
-          id,
-          await startServerProcess({
-            id,
-            dataDir: join(dir.path, id),
-            listen: addressOf(id),
-            extra: ['--config', config],
-          }),
-        ),
-      ),
-    );
     const setup = await connect({ servers: ids.slice(0, 6).map(addressOf), sessionTimeoutMs: 4000 });
     segs.push(setup);
     for (const name of counters.flat())
@@ -370,7 +296,7 @@ test('rebalancing 2 groups to 3 and back under eight writers: counters exact, ac
   } finally {
     for (const w of writers) if (w.proc.exitCode === null) w.proc.kill('SIGKILL');
     for (const seg of segs) await seg.close().catch(() => {});
-    for (const server of servers.values()) await server.stop();
+    await cluster.stopAll();
     dir.cleanup();
   }
 });
