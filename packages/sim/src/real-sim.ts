@@ -659,13 +659,13 @@ class RealSimulation {
     const env = this.skewed(process, 'client');
     const mapped = new BufferSegment();
     const shared = sharedMapping(mapped);
-    const first = await this.openGroupSegment(name, env, Object.values(this.addresses), shared);
+    const { segment: first } = await this.openGroupSegment(name, env, Object.values(this.addresses), shared);
     const table = (await first.slots()).table;
     const segment = new ShardedSegment(
       table,
       { group: first.groupId, segment: first, servers: Object.values(this.addresses) },
       mapped,
-      (_group, servers) => this.openGroupSegment(name, env, servers, shared),
+      async (_group, servers) => (await this.openGroupSegment(name, env, servers, shared)).segment,
       env,
     );
     if (this.opts.broken === 'noCrossGroupProbes') segment.probes.unsafeOff = true;
@@ -679,13 +679,17 @@ class RealSimulation {
     };
   }
 
-  /** One group's segment of a sharded client: a Session and SegmentImpl over `servers`. */
+  /**
+   * A client's Session and SegmentImpl over `servers` (a sharded client has one per group), with the broken
+   * variant's flags. Large grants leave their pages to the followers, read over page-reader connections of
+   * this network.
+   */
   private async openGroupSegment(
     name: string,
     env: SkewedEnv,
     servers: string[],
     mapped: MappedSegment,
-  ): Promise<SegmentImpl> {
+  ): Promise<{ segment: SegmentImpl; session: Session }> {
     let segment: SegmentImpl | undefined;
     const session = await Session.open({
       dial: this.clientNet.dial(name, env, servers),
@@ -696,7 +700,7 @@ class RealSimulation {
       onRevoke: (msg) => segment?.onRevoke(msg),
       onProbed: (msg) => segment?.onProbed(msg),
       onSessionLost: () => {
-        this.log(`${name} session lost (group ${session.hello.groupId})`);
+        this.log(`${name} session lost${this.groups.length > 1 ? ` (group ${session.hello.groupId})` : ''}`);
         segment?.sessionLost();
       },
       onResumed: () => segment?.revalidate(),
@@ -716,7 +720,7 @@ class RealSimulation {
     if (this.opts.broken === 'keepCopyAfterLockLost') segment.keepUncommittedCopies = true;
     if (this.opts.broken === 'grantPastLease') segment.ignoreLease = true;
     if (this.opts.broken === 'leaseWithoutDriftMargin') session.unsafeLeaseMs = (timeoutMs) => timeoutMs;
-    return segment;
+    return { segment, session };
   }
 
   /** A real client: its own process Env, Session and SegmentImpl over the simulated network. */
@@ -724,36 +728,12 @@ class RealSimulation {
     if (this.groups.length > 1) return this.openShardedClient(name);
     const process = new PausableEnv(this.world.process());
     const env = this.skewed(process, 'client');
-    let segment: SegmentImpl | undefined;
-    const session = await Session.open({
-      dial: this.clientNet.dial(name, env, Object.values(this.addresses)),
+    const { segment, session } = await this.openGroupSegment(
+      name,
       env,
-      sessionTimeoutMs: this.params.sessionTimeoutMs,
-      reconnect: true,
-      onInvalidate: (msg) => segment?.onInvalidate(msg),
-      onRevoke: (msg) => segment?.onRevoke(msg),
-      onSessionLost: () => {
-        this.log(`${name} session lost`);
-        segment?.sessionLost();
-      },
-      onResumed: () => segment?.revalidate(),
-    });
-    // Large grants leave their pages to the followers, read over page-reader connections of this network.
-    const followerReads = new FollowerReads(session, {
-      sessionTimeoutMs: this.params.sessionTimeoutMs,
-      dial: (address) => this.clientNet.dial(name, env, [address]),
-    });
-    segment = new SegmentImpl(
-      session,
+      Object.values(this.addresses),
       new BufferSegment(),
-      session.hello.pageBytes,
-      async () => followerReads.close(),
-      followerReads,
-      !globalThis.process.env.SIM_NO_DELEG,
     );
-    if (this.opts.broken === 'keepCopyAfterLockLost') segment.keepUncommittedCopies = true;
-    if (this.opts.broken === 'grantPastLease') segment.ignoreLease = true;
-    if (this.opts.broken === 'leaseWithoutDriftMargin') session.unsafeLeaseMs = (timeoutMs) => timeoutMs;
     if (this.leaseEdge) {
       // The edge a lease must hold at: now and then a client is cut off from every member the moment a lease
       // renewal is answered, while the others go on writing (its home object among others).

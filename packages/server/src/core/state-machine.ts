@@ -418,7 +418,8 @@ export class StateMachine {
 
   // --- slots ---
 
-  private installSlots(given: unknown): Result {
+  /** `given` if it is a valid slot table newer than the installed one; else the refusal (INVALID_ARGUMENT). */
+  private newerSlotTable(given: unknown): SlotTable | Result {
     let table: SlotTable;
     try {
       table = validateSlotTable(given);
@@ -431,6 +432,12 @@ export class StateMachine {
         `slot table version ${table.version} is not newer than the installed version ${this.slots.version}`,
       );
     }
+    return table;
+  }
+
+  private installSlots(given: unknown): Result {
+    const table = this.newerSlotTable(given);
+    if (!('ranges' in table)) return table;
     this.slots = table;
     return ok({ version: table.version });
   }
@@ -633,18 +640,8 @@ export class StateMachine {
     const move = this.moves.get(moveId);
     if (!move)
       return fail('NOT_FOUND', `no move ${String(moveId).slice(0, 64)} under way in group ${this.group.id}`);
-    let table: SlotTable;
-    try {
-      table = validateSlotTable(given);
-    } catch (err) {
-      return fail('INVALID_ARGUMENT', (err as Error).message);
-    }
-    if (table.version <= this.slots.version) {
-      return fail(
-        'INVALID_ARGUMENT',
-        `slot table version ${table.version} is not newer than the installed version ${this.slots.version}`,
-      );
-    }
+    const table = this.newerSlotTable(given);
+    if (!('ranges' in table)) return table;
     const notMoved = slotNotOwned(table, move.slots, move.to);
     if (notMoved >= 0)
       return fail(

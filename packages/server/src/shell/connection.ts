@@ -572,7 +572,12 @@ export class ServerConnection implements Port {
       }
       case 'DELETE':
         await node.moves.whenUnfrozen(req.name, req.timeoutMs ?? null, req.timeoutMs != null, (timeoutMs) =>
-          node.delete(this, sid, requestId, { ...req, timeoutMs }),
+          node.delete(
+            this,
+            sid,
+            requestId,
+            timeoutMs === (req.timeoutMs ?? null) ? req : { ...req, timeoutMs },
+          ),
         );
         this.answer(encodeOk('DELETE', requestId, {}));
         return;
@@ -584,7 +589,8 @@ export class ServerConnection implements Port {
         return;
       case 'ACQUIRE':
         await node.moves.whenUnfrozen(req.name, req.timeoutMs, req.timeoutMs !== null, (timeoutMs) =>
-          node.acquire(this, sid, requestId, { ...req, timeoutMs }),
+          // The request itself unless a freeze used up part of its time (no copy per acquire).
+          node.acquire(this, sid, requestId, timeoutMs === req.timeoutMs ? req : { ...req, timeoutMs }),
         );
         return;
       case 'RELEASE':
